@@ -1,0 +1,56 @@
+"""Typed exceptions raised by the fleet library.
+
+The library never prints: it raises one of these. The CLI turns a ``FleetError``
+into a single line (``Error: <message>``) followed by ``Hint: <hint>`` when one is set.
+"""
+
+from __future__ import annotations
+
+
+class FleetError(Exception):
+    """Base of every user-facing error; ``hint`` says what to do about it."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RegistryError(FleetError):
+    """The fleet registry file is missing, unreadable or invalid."""
+
+    hint = "Fix the registry file, then check it with `fleet registry validate`."
+
+    def __init__(self, problems: list[str], hint: str | None = None) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems), hint)
+
+
+class LabError(FleetError):
+    """The local lab fleet cannot be built, started or stopped."""
+
+
+class StatusError(FleetError):
+    """A fleet status probe could not be run."""
+
+
+class DeployError(FleetError):
+    """A deploy, rollback or release build failed."""
+
+
+class SecretsError(FleetError):
+    """The controller-side secrets file is missing, unsafe or invalid."""
+
+
+class BusError(FleetError):
+    """A bus message could not be built, stored or sent."""
+
+
+class WebhookError(FleetError):
+    """The webhook receiver is misconfigured."""

@@ -1,0 +1,460 @@
+"""Load and validate the fleet registry (``registry.yaml``) into typed records.
+
+Every problem is reported as ``FILE:LINE: wizards.NAME.FIELD: what is wrong (what is allowed)``
+and all problems of a file are collected before :class:`RegistryError` is raised.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from fleet.errors import RegistryError
+
+REGISTRY_ENV = "FLEET_REGISTRY"
+ROLES = ("orchestrator", "worker")
+DEFAULT_GATEWAY_PORT = 8646
+DEFAULT_SSH_PORT = 22
+DEFAULT_SSH_USER = "root"
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+CAPABILITY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+AGENT_FIELDS = (
+    "host",
+    "role",
+    "model",
+    "health_endpoint",
+    "capabilities",
+    "description",
+    "gateway_port",
+    "ssh_user",
+    "ssh_port",
+    "soul",
+    "region",
+    "provider",
+    "authorized_keys",
+    "config",
+)
+REQUIRED_AGENT_FIELDS = ("host", "role", "model")
+FLEET_FIELDS = ("name", "ssh_key", "known_hosts", "repo_url")
+TOP_FIELDS = ("wizards", "fleet")
+
+
+@dataclass(frozen=True)
+class Agent:
+    """One agent (``wizards.NAME``) of the fleet, with every default filled in."""
+
+    name: str
+    host: str
+    role: str
+    model: str
+    health_endpoint: str
+    capabilities: tuple[str, ...] = ()
+    description: str = ""
+    gateway_port: int = DEFAULT_GATEWAY_PORT
+    ssh_user: str = DEFAULT_SSH_USER
+    ssh_port: int = DEFAULT_SSH_PORT
+    soul: str = ""
+    region: str | None = None
+    provider: str | None = None
+    authorized_keys: tuple[str, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict)
+    line: int = 0
+
+    @property
+    def gateway_url(self) -> str:
+        """Base URL of the agent's gateway (bus, agent card, health)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.gateway_port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The agent as registry YAML would spell it (all defaults explicit)."""
+        data: dict[str, Any] = {
+            "host": self.host,
+            "role": self.role,
+            "model": self.model,
+            "health_endpoint": self.health_endpoint,
+            "capabilities": list(self.capabilities),
+            "gateway_port": self.gateway_port,
+            "ssh_user": self.ssh_user,
+            "ssh_port": self.ssh_port,
+            "soul": self.soul,
+        }
+        optional = {
+            "description": self.description,
+            "region": self.region,
+            "provider": self.provider,
+            "authorized_keys": list(self.authorized_keys),
+            "config": dict(self.config),
+        }
+        data.update({key: value for key, value in optional.items() if value})
+        return data
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A validated registry: fleet-wide settings and the agents in file order."""
+
+    path: Path
+    agents: dict[str, Agent]
+    name: str = "fleet"
+    ssh_key: str | None = None
+    known_hosts: str | None = None
+    repo_url: str | None = None
+
+    def __iter__(self) -> Iterator[Agent]:
+        return iter(self.agents.values())
+
+    def __len__(self) -> int:
+        return len(self.agents)
+
+    def get(self, name: str) -> Agent:
+        """The agent called ``name``; :class:`RegistryError` naming the known ones if absent."""
+        try:
+            return self.agents[name]
+        except KeyError:
+            known = ", ".join(self.agents)
+            raise RegistryError(
+                [f"{self.path}: no agent named {name!r} (agents: {known})"],
+                hint="Use one of the agent names listed by `fleet registry show`.",
+            ) from None
+
+    def with_capability(self, capability: str) -> list[Agent]:
+        """Agents that declare ``capability``, in registry order."""
+        return [agent for agent in self if capability in agent.capabilities]
+
+    def by_role(self, role: str) -> list[Agent]:
+        """Agents with ``role``, in registry order."""
+        return [agent for agent in self if agent.role == role]
+
+    def soul_path(self, agent: Agent) -> Path:
+        """The agent's soul file on the controller (relative paths are beside the registry)."""
+        path = Path(agent.soul)
+        return path if path.is_absolute() else self.path.parent / path
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole registry as plain data (for ``--json`` and for writing lab registries)."""
+        fleet = {"name": self.name, "ssh_key": self.ssh_key, "known_hosts": self.known_hosts,
+                 "repo_url": self.repo_url}
+        return {
+            "fleet": {key: value for key, value in fleet.items() if value},
+            "wizards": {agent.name: agent.to_dict() for agent in self},
+        }
+
+
+def resolve_registry_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The registry to use: ``explicit``, else ``$FLEET_REGISTRY``, else ``./registry.yaml``."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get(REGISTRY_ENV)
+    return Path(from_env) if from_env else Path("registry.yaml")
+
+
+def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
+    """Read, parse and validate a registry file; raise :class:`RegistryError` listing problems."""
+    registry_path = resolve_registry_path(path)
+    try:
+        text = registry_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RegistryError(
+            [f"{registry_path}: registry file not found"],
+            hint=f"Pass --registry PATH or set {REGISTRY_ENV}; see README.md for the format.",
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError([f"{registry_path}: cannot read registry: {exc}"]) from None
+    return parse_registry(text, registry_path)
+
+
+def parse_registry(text: str, path: Path) -> Registry:
+    """Validate registry YAML ``text`` (read from ``path``) into a :class:`Registry`."""
+    return _Validator(path).validate(text)
+
+
+class _Validator:
+    """Walks the YAML node tree so that each problem carries its line number."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[str] = []
+        self.loader: yaml.SafeLoader | None = None
+
+    def problem(self, node: yaml.Node | None, where: str, message: str) -> None:
+        line = f"{node.start_mark.line + 1}:" if node is not None else ""
+        location = f" {where}:" if where else ""
+        self.problems.append(f"{self.path}:{line}{location} {message}")
+
+    def fail(self) -> RegistryError:
+        return RegistryError(self.problems)
+
+    def value(self, node: yaml.Node) -> Any:
+        assert self.loader is not None
+        return self.loader.construct_object(node, deep=True)
+
+    def validate(self, text: str) -> Registry:
+        root = self.compose(text)
+        if root is None:
+            self.problems.append(f"{self.path}: registry is empty; it needs a `wizards:` mapping")
+            raise self.fail()
+        if not isinstance(root, yaml.MappingNode):
+            self.problem(root, "", "the registry must be a mapping with a `wizards:` key")
+            raise self.fail()
+        top = self.mapping(root, "", TOP_FIELDS)
+        settings = self.fleet_settings(top.get("fleet"))
+        wizards = top.get("wizards")
+        if wizards is None:
+            self.problem(root, "", "missing `wizards:`, the mapping of agent name to agent")
+            raise self.fail()
+        agents = self.agents(wizards[1])
+        self.check_endpoints_unique(agents)
+        if self.problems:
+            raise self.fail()
+        return Registry(path=self.path, agents=agents, **settings)
+
+    def compose(self, text: str) -> yaml.Node | None:
+        self.loader = yaml.SafeLoader(text)
+        try:
+            return self.loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f"{mark.line + 1}:{mark.column + 1}:" if mark else ""
+            self.problems.append(f"{self.path}:{where} YAML syntax error: {exc.problem}")
+            raise self.fail() from None
+        except yaml.YAMLError as exc:
+            self.problems.append(f"{self.path}: YAML syntax error: {exc}")
+            raise self.fail() from None
+
+    def mapping(
+        self, node: yaml.MappingNode, where: str, allowed: tuple[str, ...]
+    ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """Keys of ``node`` with their key/value nodes; flags unknown and repeated keys."""
+        found: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            dotted = f"{where}.{key}" if where else key
+            if key in found:
+                first = found[key][0].start_mark.line + 1
+                self.problem(key_node, dotted, f"repeated key (first defined on line {first})")
+                continue
+            found[key] = (key_node, value_node)
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                suggestion = f"did you mean {close[0]!r}? " if close else ""
+                self.problem(key_node, dotted,
+                             f"unknown field; {suggestion}allowed: {', '.join(allowed)}")
+        return found
+
+    def fleet_settings(self, entry: tuple[yaml.Node, yaml.Node] | None) -> dict[str, Any]:
+        if entry is None:
+            return {}
+        node = entry[1]
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, "fleet", "must be a mapping of fleet-wide settings")
+            return {}
+        settings: dict[str, Any] = {}
+        for key, (_, value_node) in self.mapping(node, "fleet", FLEET_FIELDS).items():
+            if key not in FLEET_FIELDS:
+                continue
+            value = self.value(value_node)
+            if value is not None and not isinstance(value, str):
+                self.problem(value_node, f"fleet.{key}", f"{value!r} is not a string")
+                continue
+            settings[key] = value
+        return settings
+
+    def agents(self, node: yaml.Node) -> dict[str, Agent]:
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, "wizards", "must be a mapping of agent name to agent fields")
+            return {}
+        if not node.value:
+            self.problem(node, "wizards", "no agents defined; add at least one agent")
+            return {}
+        agents: dict[str, Agent] = {}
+        for key_node, value_node in node.value:
+            name = str(key_node.value)
+            where = f"wizards.{name}"
+            if name in agents:
+                first = agents[name].line
+                self.problem(key_node, where,
+                             f"duplicate agent name (first defined on line {first})")
+                continue
+            if not NAME_RE.match(name):
+                self.problem(key_node, where, "agent name must be 1-31 characters of lowercase "
+                             "letters, digits and '-', starting with a letter")
+            agent = self.agent(name, key_node, value_node)
+            if agent is not None:
+                agents[name] = agent
+        return agents
+
+    def agent(self, name: str, key_node: yaml.Node, node: yaml.Node) -> Agent | None:
+        where = f"wizards.{name}"
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, where, "must be a mapping of agent fields (host, role, model, ...)")
+            return None
+        fields = self.mapping(node, where, AGENT_FIELDS)
+        before = len(self.problems)
+        for required in REQUIRED_AGENT_FIELDS:
+            if required not in fields:
+                self.problem(key_node, f"{where}.{required}", "missing required field")
+        values = {key: (self.value(v), v) for key, (_, v) in fields.items() if key in AGENT_FIELDS}
+        checked = _AgentFields(self, where, values)
+        host = checked.host()
+        port = checked.port("gateway_port", DEFAULT_GATEWAY_PORT)
+        agent_data: dict[str, Any] = {
+            "name": name,
+            "host": host,
+            "role": checked.role(),
+            "model": checked.string("model", ""),
+            "capabilities": checked.string_list("capabilities", CAPABILITY_RE),
+            "description": checked.string("description", ""),
+            "gateway_port": port,
+            "ssh_user": checked.string("ssh_user", DEFAULT_SSH_USER),
+            "ssh_port": checked.port("ssh_port", DEFAULT_SSH_PORT),
+            "soul": checked.string("soul", f"souls/{name}.md"),
+            "region": checked.string("region", None),
+            "provider": checked.string("provider", None),
+            "authorized_keys": checked.string_list("authorized_keys", None),
+            "config": checked.config(),
+            "line": key_node.start_mark.line + 1,
+        }
+        default_health = f"http://{host}:{port}/health" if host else ""
+        agent_data["health_endpoint"] = checked.url("health_endpoint", default_health)
+        if len(self.problems) > before:
+            return None
+        return Agent(**agent_data)
+
+    def check_endpoints_unique(self, agents: dict[str, Agent]) -> None:
+        seen: dict[tuple[str, int], Agent] = {}
+        for agent in agents.values():
+            key = (agent.host.lower(), agent.gateway_port)
+            other = seen.get(key)
+            if other is not None:
+                self.problems.append(
+                    f"{self.path}:{agent.line}: wizards.{agent.name}.host: {agent.host}:"
+                    f"{agent.gateway_port} is already used by {other.name} (line {other.line}); "
+                    "give each agent its own host or gateway_port"
+                )
+            else:
+                seen[key] = agent
+
+
+class _AgentFields:
+    """Type checks for one agent's field values, reporting through the validator."""
+
+    def __init__(self, validator: _Validator, where: str,
+                 values: dict[str, tuple[Any, yaml.Node]]) -> None:
+        self.validator = validator
+        self.where = where
+        self.values = values
+
+    def bad(self, key: str, message: str) -> None:
+        self.validator.problem(self.values[key][1], f"{self.where}.{key}", message)
+
+    def string(self, key: str, default: str | None) -> Any:
+        if key not in self.values:
+            return default
+        value = self.values[key][0]
+        if not isinstance(value, str) or not value.strip():
+            self.bad(key, f"{value!r} is not a non-empty string")
+            return default
+        return value
+
+    def host(self) -> str:
+        if "host" not in self.values:
+            return ""
+        value = self.values["host"][0]
+        if isinstance(value, str) and _is_host(value):
+            return value
+        self.bad("host", f"{value!r} is not a hostname or IP address "
+                 "(write just the name or address, no scheme, port or path)")
+        return ""
+
+    def role(self) -> str:
+        if "role" not in self.values:
+            return ""
+        value = self.values["role"][0]
+        if value not in ROLES:
+            close = difflib.get_close_matches(str(value), ROLES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            self.bad("role", f"{value!r} is not a role ({', '.join(ROLES)}){hint}")
+            return ""
+        return str(value)
+
+    def port(self, key: str, default: int) -> int:
+        if key not in self.values:
+            return default
+        value = self.values[key][0]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            self.bad(key, f"{value!r} is not a port number (1-65535)")
+            return default
+        return value
+
+    def string_list(self, key: str, pattern: re.Pattern[str] | None) -> tuple[str, ...]:
+        if key not in self.values:
+            return ()
+        value = self.values[key][0]
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            self.bad(key, f"{value!r} is not a list of strings (write [a, b] or one '- item' "
+                     "per line)")
+            return ()
+        if pattern is not None:
+            for item in value:
+                if not pattern.match(item):
+                    self.bad(key, f"{item!r} is not a valid name (lowercase letters, digits, "
+                             "'.', '_' and '-')")
+        return tuple(value)
+
+    def config(self) -> dict[str, Any]:
+        if "config" not in self.values:
+            return {}
+        value = self.values["config"][0]
+        scalars = (str, int, float, bool)
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and (v is None or isinstance(v, scalars)) for k, v in value.items()
+        ):
+            self.bad("config", "must be a mapping of setting name to a string, number or boolean")
+            return {}
+        return dict(value)
+
+    def url(self, key: str, default: str) -> str:
+        if key not in self.values:
+            return default
+        value = self.values[key][0]
+        problem = _url_problem(value)
+        if problem:
+            self.bad(key, f"{value!r} is not a valid health URL: {problem} "
+                     "(expected like http://HOST:8646/health)")
+            return default
+        return str(value)
+
+
+def _is_host(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return bool(HOSTNAME_RE.match(value))
+
+
+def _url_problem(value: Any) -> str:
+    if not isinstance(value, str):
+        return "not a string"
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        return "scheme must be http or https"
+    if not parts.hostname:
+        return "no host"
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return "bad port"
+    return ""

@@ -1,0 +1,24 @@
+"""pyinfra inventory generated from the fleet registry.
+
+Uses ``registry.yaml`` beside this file, or the file named by ``$FLEET_REGISTRY``:
+
+    pyinfra inventory.py debug-inventory
+    FLEET_REGISTRY=/var/lib/sovereign-fleet/lab/registry.yaml pyinfra inventory.py deploy.py
+"""
+
+import os
+from pathlib import Path
+
+from pyinfra.api.exceptions import InventoryError
+
+from fleet.errors import RegistryError
+from fleet.inventory import inventory_groups
+from fleet.registry import REGISTRY_ENV, load_registry
+
+_registry_path = os.environ.get(REGISTRY_ENV) or Path(__file__).resolve().parent / "registry.yaml"
+try:
+    _registry = load_registry(_registry_path)
+except RegistryError as _exc:
+    raise InventoryError(f"{_exc}\nHint: {_exc.hint}") from None
+
+globals().update(inventory_groups(_registry))
