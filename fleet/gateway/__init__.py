@@ -1,0 +1,58 @@
+"""The agent gateway: the Flask app every agent serves (health, agent card, message bus).
+
+On a node it runs under gunicorn as ``fleet.gateway.wsgi:app`` with its settings in the
+environment (the systemd unit's ``EnvironmentFile=``):
+
+- ``FLEET_AGENT``: this agent's name in the registry
+- ``FLEET_REGISTRY``: the registry file (a copy on the node)
+- ``FLEET_STATE_DIR``: the agent's state dir (the bus store lives here)
+- ``FLEET_BUS_KEYS``: ``name=key,...`` bus signing keys of the fleet
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app
+
+from fleet.registry import Agent, Registry, load_registry
+from fleet.secrets import parse_keyring
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the gateway app from the environment, overridden by ``test_config``."""
+    app = Flask(__name__)
+    agent = os.environ.get("FLEET_AGENT", "")
+    app.config.from_mapping(
+        AGENT_NAME=agent,
+        REGISTRY_PATH=os.environ.get("FLEET_REGISTRY", "registry.yaml"),
+        STATE_DIR=os.environ.get("FLEET_STATE_DIR") or str(Path(".fleet/state") / agent),
+        BUS_KEYS=parse_keyring(os.environ.get("FLEET_BUS_KEYS", "")),
+    )
+    if test_config is not None:
+        app.config.update(test_config)
+    registry = load_registry(app.config["REGISTRY_PATH"])
+    app.extensions["fleet.registry"] = registry
+    app.extensions["fleet.agent"] = registry.get(app.config["AGENT_NAME"])
+    Path(app.config["STATE_DIR"]).mkdir(parents=True, exist_ok=True)
+    _register_blueprints(app)
+    return app
+
+
+def _register_blueprints(app: Flask) -> None:
+    """Mount every part of the gateway; each module owns one blueprint and its init_app."""
+
+
+def current_registry() -> Registry:
+    """The registry the running gateway was started with."""
+    registry: Registry = current_app.extensions["fleet.registry"]
+    return registry
+
+
+def current_agent() -> Agent:
+    """The agent this gateway serves."""
+    agent: Agent = current_app.extensions["fleet.agent"]
+    return agent

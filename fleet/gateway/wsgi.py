@@ -1,0 +1,5 @@
+"""WSGI entry point for gunicorn: ``gunicorn fleet.gateway.wsgi:app``."""
+
+from fleet.gateway import create_app
+
+app = create_app()

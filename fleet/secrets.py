@@ -1,0 +1,129 @@
+"""The controller-side secrets file (``$FLEET_SECRETS``), kept outside git.
+
+Format (YAML, mode 0600 or stricter)::
+
+    fleet:                      # given to every agent
+      FLEET_WEBHOOK_SECRET: "..."
+    agents:
+      ezra-primary:
+        FLEET_BUS_KEY: "..."    # this agent's bus signing key
+        OPENROUTER_API_KEY: "..."
+
+Names are environment variable names; values are strings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from fleet.errors import SecretsError
+
+SECRETS_ENV = "FLEET_SECRETS"
+BUS_KEY = "FLEET_BUS_KEY"
+BUS_KEYRING = "FLEET_BUS_KEYS"
+ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secret environment values, fleet-wide and per agent."""
+
+    path: Path | None = None
+    fleet: dict[str, str] = field(default_factory=dict)
+    agents: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def bus_keys(self) -> dict[str, str]:
+        """Every agent's bus signing key, by agent name."""
+        return {name: env[BUS_KEY] for name, env in self.agents.items() if BUS_KEY in env}
+
+    def for_agent(self, name: str) -> dict[str, str]:
+        """The environment one agent's service gets: fleet values, its own, and the bus keyring."""
+        env = {**self.fleet, **self.agents.get(name, {})}
+        keys = self.bus_keys()
+        if keys:
+            env[BUS_KEYRING] = format_keyring(keys)
+        return env
+
+    def values(self) -> set[str]:
+        """Every secret value (for masking output)."""
+        found = set(self.fleet.values())
+        for env in self.agents.values():
+            found.update(env.values())
+        keys = self.bus_keys()
+        if keys:
+            found.add(format_keyring(keys))
+        return {value for value in found if value}
+
+
+def format_keyring(keys: dict[str, str]) -> str:
+    """``name=key,name=key``: the form of ``FLEET_BUS_KEYS`` in an agent's environment."""
+    return ",".join(f"{name}={key}" for name, key in sorted(keys.items()))
+
+
+def parse_keyring(text: str) -> dict[str, str]:
+    """Inverse of :func:`format_keyring`; empty text gives an empty keyring."""
+    keys: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, key = item.partition("=")
+        if not sep or not name or not key:
+            raise SecretsError(f"{BUS_KEYRING}: {item!r} is not NAME=KEY")
+        keys[name] = key
+    return keys
+
+
+def secrets_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The secrets file to use: ``explicit``, else ``$FLEET_SECRETS``, else none."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get(SECRETS_ENV)
+    return Path(from_env) if from_env else None
+
+
+def load_secrets(path: str | os.PathLike[str] | None = None) -> Secrets:
+    """Load and check the secrets file; no file configured gives empty secrets."""
+    resolved = secrets_path(path)
+    if resolved is None:
+        return Secrets()
+    try:
+        mode = resolved.stat().st_mode
+    except FileNotFoundError:
+        raise SecretsError(f"{resolved}: secrets file not found",
+                           hint=f"Create it (mode 0600) or unset {SECRETS_ENV}.") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SecretsError(
+            f"{resolved}: secrets file is readable by group or others "
+            f"(mode {stat.S_IMODE(mode):04o})",
+            hint=f"Run: chmod 600 {resolved}",
+        )
+    try:
+        data = yaml.safe_load(resolved.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise SecretsError(f"{resolved}: YAML syntax error: {exc}") from None
+    if not isinstance(data, dict) or set(data) - {"fleet", "agents"}:
+        raise SecretsError(f"{resolved}: top level must be a mapping with `fleet:` and `agents:`")
+    fleet = _env_mapping(data.get("fleet") or {}, f"{resolved}: fleet")
+    agents_data = data.get("agents") or {}
+    if not isinstance(agents_data, dict):
+        raise SecretsError(f"{resolved}: agents must be a mapping of agent name to variables")
+    agents = {str(name): _env_mapping(env or {}, f"{resolved}: agents.{name}")
+              for name, env in agents_data.items()}
+    return Secrets(path=resolved, fleet=fleet, agents=agents)
+
+
+def _env_mapping(data: object, where: str) -> dict[str, str]:
+    if not isinstance(data, dict):
+        raise SecretsError(f"{where}: must be a mapping of VARIABLE: value")
+    env: dict[str, str] = {}
+    for name, value in data.items():
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+            raise SecretsError(f"{where}.{name}: not an environment variable name (A-Z, 0-9, _)")
+        if not isinstance(value, str | int | float):
+            raise SecretsError(f"{where}.{name}: value must be a string")
+        env[name] = str(value)
+    return env
