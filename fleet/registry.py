@@ -27,7 +27,8 @@ DEFAULT_SSH_PORT = 22
 DEFAULT_SSH_USER = "root"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 CAPABILITY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
 AGENT_FIELDS = (
     "host",

@@ -1,0 +1,136 @@
+"""Fleet status: SSH reachability and deep health of every agent, probed in parallel.
+
+HTTP alone says little when a node is down or its gateway is wedged: each agent is probed
+over real SSH (the user, port, key and pinned host keys pyinfra uses) *and* over its health
+endpoint, concurrently, with short timeouts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import requests
+
+from fleet.errors import StatusError
+from fleet.registry import Agent, Registry
+
+DEFAULT_TIMEOUT = 2.0
+OK = "ok"
+
+
+@dataclass
+class AgentStatus:
+    """What one probe found; ``ssh`` and ``health`` are ``ok`` or a one-line reason."""
+
+    agent: str
+    role: str
+    host: str
+    ssh: str = "not checked"
+    system: str | None = None
+    health: str = "not checked"
+    release: str | None = None
+    soul_sha256: str | None = None
+    config_hash: str | None = None
+    model: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        """True when SSH works and the health endpoint says ok."""
+        return self.ssh == OK and self.health == OK
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json``, with the computed ``healthy`` flag."""
+        return {**asdict(self), "healthy": self.healthy}
+
+
+def ssh_command(agent: Agent, registry: Registry, timeout: float) -> list[str]:
+    """The ``ssh`` argv that reaches ``agent`` with the same settings as the pyinfra inventory."""
+    command = [
+        "ssh", "-p", str(agent.ssh_port),
+        "-o", "BatchMode=yes",
+        "-o", f"ConnectTimeout={max(1, int(timeout))}",
+        "-o", "LogLevel=ERROR",
+    ]
+    if registry.ssh_key:
+        command += ["-i", registry.ssh_key, "-o", "IdentitiesOnly=yes"]
+    if registry.known_hosts:
+        command += ["-o", f"UserKnownHostsFile={registry.known_hosts}",
+                    "-o", "StrictHostKeyChecking=yes"]
+    return [*command, f"{agent.ssh_user}@{agent.host}"]
+
+
+def probe_ssh(agent: Agent, registry: Registry, timeout: float) -> tuple[str, str | None]:
+    """Log in and ask systemd for the system state; ``(ok | reason, state)``."""
+    command = [*ssh_command(agent, registry, timeout), "systemctl is-system-running || true"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 1,
+                              stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout:g}s", None
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or [f"ssh exited {done.returncode}"])[-1]
+        return reason, None
+    return OK, done.stdout.strip() or None
+
+
+def probe_health(agent: Agent, timeout: float) -> tuple[str, dict[str, Any]]:
+    """GET the health endpoint; ``(ok | reason, body)``."""
+    try:
+        response = requests.get(agent.health_endpoint, timeout=timeout)
+    except requests.RequestException as exc:
+        return _short_reason(exc), {}
+    try:
+        body = response.json()
+    except (ValueError, json.JSONDecodeError):
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    if response.status_code != 200:
+        problems = "; ".join(map(str, body.get("problems", []))) or response.reason
+        return f"HTTP {response.status_code}: {problems}", body
+    return OK, body
+
+
+def probe_agent(agent: Agent, registry: Registry, timeout: float = DEFAULT_TIMEOUT) -> AgentStatus:
+    """Probe one agent over SSH and HTTP at the same time."""
+    status = AgentStatus(agent=agent.name, role=agent.role, host=agent.host)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        ssh_future = pool.submit(probe_ssh, agent, registry, timeout)
+        health_future = pool.submit(probe_health, agent, timeout)
+        status.ssh, status.system = ssh_future.result()
+        status.health, body = health_future.result()
+    status.release = body.get("release")
+    status.soul_sha256 = body.get("soul_sha256")
+    status.config_hash = body.get("config_hash")
+    status.model = body.get("model")
+    status.problems = [str(problem) for problem in body.get("problems", [])]
+    return status
+
+
+def probe_fleet(registry: Registry, timeout: float = DEFAULT_TIMEOUT) -> list[AgentStatus]:
+    """Probe every agent of ``registry`` in parallel; results in registry order."""
+    if shutil.which("ssh") is None:
+        raise StatusError("the `ssh` client is not installed",
+                          hint="Install it: apt-get install openssh-client")
+    agents = list(registry)
+    with ThreadPoolExecutor(max_workers=max(1, min(64, len(agents)))) as pool:
+        return list(pool.map(lambda agent: probe_agent(agent, registry, timeout), agents))
+
+
+def _short_reason(exc: requests.RequestException) -> str:
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.ConnectionError):
+        text = str(exc)
+        for marker in ("Connection refused", "No route to host", "Name or service not known",
+                       "Network is unreachable"):
+            if marker in text:
+                return marker.lower()
+        return "connection failed"
+    return type(exc).__name__

@@ -1,0 +1,166 @@
+"""Registry loading: every kind of bad input gets one clear message naming line and field."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fleet.errors import RegistryError
+from fleet.registry import load_registry, parse_registry
+
+GOOD = """\
+wizards:
+  ezra-primary:
+    host: 192.0.2.10
+    role: orchestrator
+    model: google/gemma-4-31b-it
+    health_endpoint: "http://192.0.2.10:8646/health"
+    capabilities: [ansible-deploy, webhook-receiver]
+  bezalel:
+    host: 192.0.2.20
+    role: worker
+    model: google/gemma-4-31b-it
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(RegistryError) as caught:
+        parse_registry(textwrap.dedent(text), Path("registry.yaml"))
+    return caught.value.problems
+
+
+def test_example_registry_loads(repo: Path) -> None:
+    registry = load_registry(repo / "registry.yaml")
+    assert list(registry.agents) == ["ezra-primary", "bezalel", "allegro"]
+    assert [a.name for a in registry.by_role("worker")] == ["bezalel", "allegro"]
+    assert [a.name for a in registry.with_capability("webhook-receiver")] == ["ezra-primary"]
+    for agent in registry:
+        assert registry.soul_path(agent).is_file()
+
+
+def test_defaults_are_filled_in() -> None:
+    registry = parse_registry(GOOD, Path("registry.yaml"))
+    bezalel = registry.get("bezalel")
+    assert bezalel.gateway_port == 8646
+    assert bezalel.ssh_user == "root" and bezalel.ssh_port == 22
+    assert bezalel.health_endpoint == "http://192.0.2.20:8646/health"
+    assert bezalel.soul == "souls/bezalel.md"
+    assert bezalel.capabilities == ()
+    assert registry.to_dict()["wizards"]["bezalel"]["gateway_port"] == 8646
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("wizards:\n  a: [1, 2\n",
+         "registry.yaml:3:1: YAML syntax error: expected ',' or ']', but got '<stream end>'"),
+        ("", "registry.yaml: registry is empty; it needs a `wizards:` mapping"),
+        ("fleet: {name: x}\n", "registry.yaml:1: missing `wizards:`, the mapping of agent name "
+         "to agent"),
+        ("wizards: {}\n", "registry.yaml:1: wizards: no agents defined; add at least one agent"),
+        ("- a\n- b\n", "registry.yaml:1: the registry must be a mapping with a `wizards:` key"),
+        ("wizard: {}\n", "registry.yaml:1: wizard: unknown field; did you mean 'wizards'? "
+         "allowed: wizards, fleet"),
+    ],
+)
+def test_file_level_errors(text: str, expected: str) -> None:
+    assert expected in problems(text)
+
+
+def test_unknown_field_suggests_close_name() -> None:
+    found = problems(GOOD.replace("    model: google/gemma-4-31b-it\n    health",
+                                  "    modle: google/gemma-4-31b-it\n    health"))
+    assert "registry.yaml:5: wizards.ezra-primary.modle: unknown field; did you mean 'model'? " \
+        "allowed: host, role, model, health_endpoint, capabilities, description, gateway_port, " \
+        "ssh_user, ssh_port, soul, region, provider, authorized_keys, config" in found
+    assert "registry.yaml:2: wizards.ezra-primary.model: missing required field" in found
+
+
+def test_missing_host() -> None:
+    found = problems(GOOD.replace("    host: 192.0.2.20\n", ""))
+    assert found == ["registry.yaml:8: wizards.bezalel.host: missing required field"]
+
+
+def test_bad_role() -> None:
+    found = problems(GOOD.replace("role: worker", "role: wrker"))
+    assert found == ["registry.yaml:10: wizards.bezalel.role: 'wrker' is not a role "
+                     "(orchestrator, worker); did you mean 'worker'?"]
+
+
+@pytest.mark.parametrize("value", ["ansible-deploy", "[1, 2]", "{a: b}"])
+def test_capabilities_must_be_list_of_strings(value: str) -> None:
+    found = problems(GOOD.replace("[ansible-deploy, webhook-receiver]", value))
+    assert len(found) == 1
+    assert found[0].startswith("registry.yaml:7: wizards.ezra-primary.capabilities: ")
+    assert found[0].endswith("is not a list of strings (write [a, b] or one '- item' per line)")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [("192.0.2.10:8646/health", "scheme must be http or https"),
+     ("http:///health", "no host"),
+     ("http://192.0.2.10:99999/health", "bad port")],
+)
+def test_malformed_health_endpoint(url: str, reason: str) -> None:
+    found = problems(GOOD.replace('"http://192.0.2.10:8646/health"', f'"{url}"'))
+    assert found == [f"registry.yaml:6: wizards.ezra-primary.health_endpoint: '{url}' is not a "
+                     f"valid health URL: {reason} (expected like http://HOST:8646/health)"]
+
+
+def test_duplicate_agent_names() -> None:
+    found = problems(GOOD + "  bezalel:\n    host: 192.0.2.30\n    role: worker\n    model: m\n")
+    assert found == ["registry.yaml:12: wizards.bezalel: duplicate agent name "
+                     "(first defined on line 8)"]
+
+
+def test_two_agents_on_same_host_and_port() -> None:
+    found = problems(GOOD.replace("host: 192.0.2.20", "host: 192.0.2.10"))
+    assert found == ["registry.yaml:8: wizards.bezalel.host: 192.0.2.10:8646 is already used by "
+                     "ezra-primary (line 2); give each agent its own host or gateway_port"]
+
+
+def test_same_host_other_port_is_fine() -> None:
+    text = GOOD.replace("host: 192.0.2.20", "host: 192.0.2.10\n    gateway_port: 8647")
+    assert parse_registry(text, Path("r.yaml")).get("bezalel").gateway_port == 8647
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [("    host: http://192.0.2.20", "wizards.bezalel.host: 'http://192.0.2.20' is not a hostname "
+      "or IP address (write just the name or address, no scheme, port or path)"),
+     ("    host: 192.0.2.20\n    ssh_port: 70000", "wizards.bezalel.ssh_port: 70000 is not a "
+      "port number (1-65535)"),
+     ("    host: 192.0.2.20\n    config: [a]", "wizards.bezalel.config: must be a mapping of "
+      "setting name to a string, number or boolean")],
+)
+def test_field_types(line: str, expected: str) -> None:
+    found = problems(GOOD.replace("    host: 192.0.2.20", line))
+    assert len(found) == 1 and found[0].split(": ", 1)[1] == expected
+
+
+def test_bad_agent_name() -> None:
+    found = problems(GOOD.replace("  bezalel:", "  Bezalel_1:"))
+    assert found == ["registry.yaml:8: wizards.Bezalel_1: agent name must be 1-31 characters of "
+                     "lowercase letters, digits and '-', starting with a letter"]
+
+
+def test_all_problems_reported_together() -> None:
+    found = problems(GOOD.replace("role: worker", "role: boss").replace("modle", "model")
+                     .replace("[ansible-deploy, webhook-receiver]", "yes"))
+    assert len(found) == 2
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError) as caught:
+        load_registry(tmp_path / "nope.yaml")
+    assert str(caught.value) == f"{tmp_path / 'nope.yaml'}: registry file not found"
+    assert "FLEET_REGISTRY" in (caught.value.hint or "")
+
+
+def test_unknown_agent_lookup() -> None:
+    registry = parse_registry(GOOD, Path("registry.yaml"))
+    with pytest.raises(RegistryError, match=r"no agent named 'gandalf' \(agents: ezra-primary, "
+                       r"bezalel\)"):
+        registry.get("gandalf")

@@ -1,0 +1,94 @@
+"""`fleet status` against real HTTP servers on loopback (SSH to a closed port fails fast)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from flask import Flask, jsonify
+from werkzeug.serving import make_server
+
+from fleet.cli import main
+from fleet.registry import load_registry
+from fleet.status import probe_fleet
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def health_server(healthy: bool) -> Flask:
+    app = Flask("fake-gateway")
+
+    @app.get("/health")
+    def health():  # type: ignore[no-untyped-def]
+        body = {"status": "ok" if healthy else "fail", "release": "abc123",
+                "soul_sha256": "f" * 64, "problems": [] if healthy else ["state dir not writable"]}
+        return jsonify(body), 200 if healthy else 503
+
+    return app
+
+
+@pytest.fixture
+def fleet_registry(tmp_path: Path) -> Iterator[Path]:
+    """Two agents on loopback: one healthy gateway, one failing; SSH port closed."""
+    servers = []
+    closed_ssh = free_port()
+    lines = ["wizards:"]
+    for name, healthy in (("alpha", True), ("beta", False)):
+        port = free_port()
+        server = make_server("127.0.0.1", port, health_server(healthy), threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        lines += [f"  {name}:", "    host: 127.0.0.1", "    role: worker", "    model: m",
+                  f"    gateway_port: {port}", f"    ssh_port: {closed_ssh}"]
+    path = tmp_path / "registry.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    yield path
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_probe_reports_health_and_ssh_reasons(fleet_registry: Path) -> None:
+    alpha, beta = probe_fleet(load_registry(fleet_registry), timeout=1)
+    assert alpha.health == "ok" and alpha.release == "abc123" and alpha.soul_sha256 == "f" * 64
+    assert beta.health == "HTTP 503: state dir not writable"
+    assert beta.problems == ["state dir not writable"]
+    for result in (alpha, beta):
+        assert "Connection refused" in result.ssh
+        assert not result.healthy
+
+
+def test_status_json_and_exit_code(fleet_registry: Path) -> None:
+    result = CliRunner().invoke(main, ["--registry", str(fleet_registry), "status", "--json",
+                                       "--timeout", "1"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["healthy"] is False
+    assert [agent["agent"] for agent in data["agents"]] == ["alpha", "beta"]
+    assert data["agents"][0]["health"] == "ok"
+
+
+def test_status_table(fleet_registry: Path) -> None:
+    result = CliRunner().invoke(main, ["--registry", str(fleet_registry), "status"])
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["AGENT", "ROLE", "HOST", "SSH", "HEALTH", "RELEASE", "SOUL"]
+    assert lines[1].split() == ["alpha", "worker", "127.0.0.1", "FAIL", "ok", "abc123",
+                                "ffffffffffff"]
+    assert "beta: health: HTTP 503: state dir not writable" in lines
+
+
+def test_unreachable_health_endpoint(tmp_path: Path) -> None:
+    path = tmp_path / "registry.yaml"
+    path.write_text(f"wizards:\n  gamma:\n    host: 127.0.0.1\n    role: worker\n    model: m\n"
+                    f"    gateway_port: {free_port()}\n    ssh_port: {free_port()}\n")
+    (gamma,) = probe_fleet(load_registry(path), timeout=1)
+    assert gamma.health == "connection refused"
