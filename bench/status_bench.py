@@ -1,0 +1,61 @@
+"""Benchmark `fleet status` (SSH + health of every agent, in parallel) on lab fleets.
+
+Brings up a lab of N nodes from the example registry, optionally deploys it, times
+`probe_fleet` (median of --rounds), and takes the lab down again. Needs root.
+
+    python bench/status_bench.py --nodes 3 20 [--deploy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from fleet import lab  # noqa: E402
+from fleet.registry import load_registry  # noqa: E402
+from fleet.status import probe_fleet  # noqa: E402
+
+LAB = "bench-status"
+
+
+def bench(nodes: int, rounds: int, deploy: bool) -> None:
+    """Time status over a fresh lab of ``nodes`` nodes."""
+    lab_registry = lab.up(load_registry(REPO / "registry.yaml"), nodes=nodes, lab=LAB)
+    try:
+        if deploy:
+            subprocess.run([sys.executable, "-m", "fleet", "deploy"], cwd=REPO, check=True,
+                           env={**os.environ, "FLEET_REGISTRY": str(lab_registry)})
+        registry = load_registry(lab_registry)
+        timings, results = [], []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            results = probe_fleet(registry)
+            timings.append(time.perf_counter() - start)
+        ssh_ok = sum(result.ssh == "ok" for result in results)
+        healthy = sum(result.healthy for result in results)
+        print(f"status  nodes={nodes:<3} median={statistics.median(timings):.3f}s "
+              f"max={max(timings):.3f}s  ssh_ok={ssh_ok}/{nodes} healthy={healthy}/{nodes}")
+    finally:
+        lab.down(LAB)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[3, 20])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--deploy", action="store_true", help="deploy the lab before timing")
+    args = parser.parse_args()
+    for nodes in args.nodes:
+        bench(nodes, args.rounds, args.deploy)
+
+
+if __name__ == "__main__":
+    main()
