@@ -1,0 +1,93 @@
+"""``GET /health``: a deep check of the running agent, 200 when healthy, else 503 with problems.
+
+Settings (from the environment the systemd unit gives the gateway):
+``CONFIG_PATH`` (``$FLEET_CONFIG``), the agent config file whose sha256 is the config hash,
+and ``SOUL_PATH`` (``$FLEET_SOUL``), the agent's soul file. The release id comes from the
+``RELEASE`` file of the release the code was loaded from (see :mod:`fleet.release`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, jsonify
+from flask.typing import ResponseReturnValue
+
+from fleet.gateway import current_agent
+from fleet.release import BROKEN_ENV, running_release
+
+bp = Blueprint("health", __name__)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str | None:
+    """Hex sha256 of a file, or None when it cannot be read."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def state_writable(state_dir: str) -> bool:
+    """Whether a file can be created (and removed) in the state dir right now."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=state_dir, prefix=".health-"):
+            return True
+    except OSError:
+        return False
+
+
+def init_app(app: Flask) -> None:
+    """Register the blueprint and read the facts fixed at start-up (release, config hash)."""
+    agent = app.config["AGENT_NAME"]
+    app.config.setdefault("CONFIG_PATH", os.environ.get("FLEET_CONFIG")
+                          or f"/etc/fleet/{agent}/config.json")
+    app.config.setdefault("SOUL_PATH", os.environ.get("FLEET_SOUL")
+                          or f"/etc/fleet/{agent}/soul.md")
+    release, broken = running_release()
+    app.config.setdefault("RELEASE", release)
+    app.config.setdefault("RELEASE_BROKEN", broken)
+    app.config["CONFIG_HASH"] = file_sha256(app.config["CONFIG_PATH"])
+    app.config["STARTED_AT"] = time.monotonic()
+    app.register_blueprint(bp)
+
+
+def health_report() -> dict[str, Any]:
+    """The health document (``status`` is ``ok`` exactly when ``problems`` is empty)."""
+    config = current_app.config
+    agent = current_agent()
+    problems: list[str] = []
+    if config["RELEASE_BROKEN"]:
+        problems.append(f"release {config['RELEASE']} was built broken on purpose "
+                        f"({BROKEN_ENV}=1); deploy a normal release")
+    if config["CONFIG_HASH"] is None:
+        problems.append(f"config file {config['CONFIG_PATH']} was not readable at start-up")
+    soul = file_sha256(config["SOUL_PATH"])
+    if soul is None:
+        problems.append(f"soul file {config['SOUL_PATH']} is not readable")
+    writable = state_writable(config["STATE_DIR"])
+    if not writable:
+        problems.append(f"state dir {config['STATE_DIR']} is not writable")
+    return {
+        "status": "fail" if problems else "ok",
+        "agent": agent.name,
+        "role": agent.role,
+        "model": agent.model,
+        "release": config["RELEASE"],
+        "config_hash": config["CONFIG_HASH"],
+        "soul_sha256": soul,
+        "state_writable": writable,
+        "uptime_s": round(time.monotonic() - config["STARTED_AT"], 1),
+        "problems": problems,
+    }
+
+
+@bp.get("/health")
+def health() -> ResponseReturnValue:
+    """Deep health of this agent; 503 when any check fails."""
+    report = health_report()
+    return jsonify(report), 200 if report["status"] == "ok" else 503

@@ -1,0 +1,222 @@
+"""Release id and release artifact: what the release phase ships to a node.
+
+A release is a tarball holding ``site/`` (Flask, gunicorn, PyYAML, requests and their
+dependencies as cp311 manylinux x86_64 wheels, unpacked, plus the ``fleet`` and ``bus``
+packages) and ``site/RELEASE`` (its id). Nodes need nothing but ``python3``; the unit runs
+``python3 -m gunicorn`` with ``PYTHONPATH=<release>/site``.
+
+The release id is the repo's git sha (12 digits); when the shipped sources (``fleet/``,
+``bus/``, ``pyproject.toml``) differ from ``HEAD`` it becomes ``<sha12>-dirty-<hash8>``.
+
+Test hook: ``FLEET_BROKEN_RELEASE=1`` in the controller's environment builds a deliberately
+broken release (id suffix ``-broken``): its gateway starts but ``/health`` answers 503, so
+the verify phase rolls the node back.
+"""
+
+from __future__ import annotations
+
+import compileall
+import functools
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from fleet.errors import DeployError
+
+CACHE_ENV = "FLEET_CACHE_DIR"
+BROKEN_ENV = "FLEET_BROKEN_RELEASE"
+DEFAULT_CACHE = Path("/var/cache/sovereign-fleet")
+RELEASE_FILE = "RELEASE"
+BROKEN_MARKER = "BROKEN_RELEASE"
+SHIPPED_PACKAGES = ("fleet", "bus")
+NODE_REQUIREMENTS = ("Flask", "gunicorn", "PyYAML", "requests")
+NODE_PLATFORM = ("--platform", "manylinux2014_x86_64", "--python-version", "3.11",
+                 "--implementation", "cp", "--abi", "cp311")
+_SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
+
+
+@dataclass(frozen=True)
+class Release:
+    """A built release: its id, the tarball on the controller and the tarball's sha256."""
+
+    id: str
+    path: Path
+    sha256: str
+    broken: bool = False
+
+
+def repo_root() -> Path:
+    """The checkout the ``fleet`` package was imported from."""
+    return Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    """Where built releases and dependency trees are cached (``$FLEET_CACHE_DIR/release``)."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE) / "release"
+
+
+def broken_requested() -> bool:
+    """Whether ``FLEET_BROKEN_RELEASE`` asks for a deliberately broken release."""
+    return os.environ.get(BROKEN_ENV, "").lower() in ("1", "true", "yes")
+
+
+def shipped_files(root: Path) -> list[Path]:
+    """Source files that go into a release, relative to ``root``, sorted."""
+    files: list[Path] = []
+    for package in SHIPPED_PACKAGES:
+        base = root / package
+        for path in base.rglob("*"):
+            relative = path.relative_to(root)
+            if path.is_file() and not _SKIP_DIRS.intersection(relative.parts) \
+                    and path.suffix not in (".pyc", ".pyo"):
+                files.append(relative)
+    return sorted(files)
+
+
+def requirements() -> list[str]:
+    """The node's requirements, pinned to the versions installed on the controller."""
+    pins = []
+    for name in NODE_REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def content_hash(root: Path) -> str:
+    """sha256 over the shipped sources and the pinned requirements."""
+    digest = hashlib.sha256()
+    for line in requirements():
+        digest.update(f"req {line}\n".encode())
+    for relative in shipped_files(root):
+        digest.update(f"file {relative.as_posix()}\n".encode())
+        digest.update(hashlib.sha256((root / relative).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                              text=True, check=False)
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def release_id(root: Path | None = None, broken: bool | None = None) -> str:
+    """``<sha12>``, ``<sha12>-dirty-<hash8>`` or ``nogit-<hash12>``; ``-broken`` if asked."""
+    root = root or repo_root()
+    broken = broken_requested() if broken is None else broken
+    sha = _git(root, "rev-parse", "HEAD")
+    if not sha:
+        ident = f"nogit-{content_hash(root)[:12]}"
+    else:
+        paths = [*SHIPPED_PACKAGES, "pyproject.toml"]
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=normal", "--", *paths)
+        ident = sha[:12] if not dirty else f"{sha[:12]}-dirty-{content_hash(root)[:8]}"
+    return f"{ident}-broken" if broken else ident
+
+
+def _deps_dir() -> Path:
+    """Unpacked node dependencies for the current pins, installed once and cached."""
+    pins = requirements()
+    key = hashlib.sha256("\n".join([*pins, *NODE_PLATFORM]).encode()).hexdigest()[:16]
+    target = cache_dir() / "deps" / key
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+               "--no-warn-script-location", "--target", str(staging),
+               "--only-binary=:all:", *NODE_PLATFORM, *pins]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DeployError(
+            f"pip could not fetch the node dependencies ({', '.join(pins)}): "
+            f"{done.stderr.strip().splitlines()[-1:] or done.returncode}",
+            hint="Check that PyPI is reachable from the controller, then deploy again.",
+        )
+    (staging / ".complete").write_text("\n".join(pins) + "\n")
+    try:
+        staging.rename(target)
+    except OSError:  # another build finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _reset_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def _write_artifact(root: Path, ident: str, broken: bool, dest: Path) -> None:
+    deps = _deps_dir()
+    with tempfile.TemporaryDirectory(prefix="fleet-release-") as scratch:
+        source = Path(scratch) / "src"
+        for relative in shipped_files(root):
+            (source / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / relative, source / relative)
+        compileall.compile_dir(str(source), quiet=1, workers=1)
+        partial = dest.with_name(f".{dest.name}.{os.getpid()}")
+        with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+            for entry in sorted(deps.iterdir()):
+                if entry.name not in (".complete", "bin"):
+                    tar.add(entry, arcname=f"site/{entry.name}", filter=_reset_owner)
+            for package in SHIPPED_PACKAGES:
+                if (source / package).exists():
+                    tar.add(source / package, arcname=f"site/{package}", filter=_reset_owner)
+            _add_bytes(tar, f"site/{RELEASE_FILE}", f"{ident}\n".encode())
+            if broken:
+                _add_bytes(tar, f"site/{BROKEN_MARKER}", b"built with FLEET_BROKEN_RELEASE=1\n")
+        partial.rename(dest)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@functools.cache
+def build_release(root: Path | None = None, broken: bool | None = None) -> Release:
+    """Build (or reuse from the cache) the release tarball of ``root``; one build per process."""
+    root = root or repo_root()
+    broken = broken_requested() if broken is None else broken
+    ident = release_id(root, broken)
+    key = content_hash(root)[:12]
+    dest = cache_dir() / "artifacts" / f"{ident}-{key}.tar.gz"
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _write_artifact(root, ident, broken, dest)
+    return Release(id=ident, path=dest, sha256=file_sha256(dest), broken=broken)
+
+
+def running_release(package_file: str | None = None) -> tuple[str, bool]:
+    """(release id, built broken) of the code running now; ``("dev", False)`` off a release."""
+    site = Path(package_file or __file__).resolve().parent.parent
+    marker = site / RELEASE_FILE
+    if not marker.is_file():
+        return os.environ.get("FLEET_RELEASE", "dev"), False
+    return marker.read_text(encoding="utf-8").strip(), (site / BROKEN_MARKER).exists()

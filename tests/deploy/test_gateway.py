@@ -1,0 +1,84 @@
+"""The gateway's /health and agent card, through Flask's test client."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from fleet.gateway import create_app
+
+REGISTRY = """\
+fleet: {name: testfleet}
+wizards:
+  alpha:
+    host: 127.0.0.1
+    role: orchestrator
+    model: m1
+    capabilities: [code, review]
+    description: The first.
+"""
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> dict[str, Path]:
+    """A fake node layout: registry, config, soul and state dir."""
+    paths = {name: tmp_path / name for name in ("registry.yaml", "config.json", "soul.md")}
+    paths["registry.yaml"].write_text(REGISTRY)
+    paths["config.json"].write_text('{"agent": "alpha"}\n')
+    paths["soul.md"].write_text("# Soul\n")
+    paths["state"] = tmp_path / "state"
+    return paths
+
+
+def make_app(node: dict[str, Path], **extra: object) -> Flask:
+    return create_app({
+        "AGENT_NAME": "alpha", "REGISTRY_PATH": str(node["registry.yaml"]),
+        "STATE_DIR": str(node["state"]), "CONFIG_PATH": str(node["config.json"]),
+        "SOUL_PATH": str(node["soul.md"]), "RELEASE": "abc123", "RELEASE_BROKEN": False,
+        **extra,
+    })
+
+
+def test_health_reports_identity_and_hashes(node: dict[str, Path]) -> None:
+    response = make_app(node).test_client().get("/health")
+    body = response.get_json()
+    assert response.status_code == 200
+    assert body["status"] == "ok" and body["problems"] == []
+    assert (body["agent"], body["role"], body["model"]) == ("alpha", "orchestrator", "m1")
+    assert body["release"] == "abc123"
+    assert body["config_hash"] == hashlib.sha256(b'{"agent": "alpha"}\n').hexdigest()
+    assert body["soul_sha256"] == hashlib.sha256(b"# Soul\n").hexdigest()
+    assert body["state_writable"] is True
+    assert body["uptime_s"] >= 0
+
+
+def test_health_fails_on_missing_soul(node: dict[str, Path]) -> None:
+    node["soul.md"].unlink()
+    response = make_app(node).test_client().get("/health")
+    assert response.status_code == 503
+    assert response.get_json()["problems"] == [f"soul file {node['soul.md']} is not readable"]
+
+
+def test_health_fails_for_a_broken_release(node: dict[str, Path]) -> None:
+    response = make_app(node, RELEASE_BROKEN=True).test_client().get("/health")
+    assert response.status_code == 503
+    assert "built broken on purpose" in response.get_json()["problems"][0]
+
+
+def test_health_fails_without_config(node: dict[str, Path]) -> None:
+    node["config.json"].unlink()
+    body = make_app(node).test_client().get("/health").get_json()
+    assert body["status"] == "fail"
+    assert body["config_hash"] is None
+
+
+def test_agent_card_lists_capabilities_as_skills(node: dict[str, Path]) -> None:
+    card = make_app(node).test_client().get("/.well-known/agent-card.json").get_json()
+    assert card["name"] == "alpha"
+    assert card["description"] == "The first."
+    assert card["url"] == "http://127.0.0.1:8646/message"
+    assert card["version"] == "abc123"
+    assert [skill["id"] for skill in card["skills"]] == ["code", "review"]
