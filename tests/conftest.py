@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab_fixtures import lab_refresh, lab_registry  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 
 

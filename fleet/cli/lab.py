@@ -1,8 +1,85 @@
-"""``fleet lab up|down|status|ssh`` (owned by the lab work)."""
+"""``fleet lab up|down|status|ssh``: a local lab fleet of systemd-nspawn nodes."""
+
+from __future__ import annotations
+
+import json
+import os
 
 import click
+
+from fleet import lab as lab_api
+from fleet.cli.context import CliContext, pass_cli
+from fleet.lab.paths import DEFAULT_LAB, LAB_ENV
+
+lab_option = click.option("--lab", "lab_name", envvar=LAB_ENV, default=DEFAULT_LAB,
+                          show_default=True, help="Lab name (also from $FLEET_LAB).")
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
 
 
 @click.group()
 def lab() -> None:
-    """Run a local lab fleet of systemd-nspawn nodes."""
+    """Run a local lab fleet of systemd-nspawn nodes (needs root)."""
+
+
+@lab.command()
+@click.option("-n", "--nodes", type=click.IntRange(min=1), default=None,
+              help="Number of nodes (default: one per registry agent; extra ones are workers).")
+@lab_option
+@pass_cli
+def up(cli: CliContext, nodes: int | None, lab_name: str) -> None:
+    """Boot one node per registry agent and write the lab registry."""
+    path = lab_api.up(cli.registry, nodes=nodes, lab=lab_name, progress=_progress)
+    count = len(lab_api.status(lab_name))
+    click.echo(f"Lab {lab_name!r} is up with {count} nodes. Point the fleet at it with:")
+    click.echo(f"  export FLEET_REGISTRY={path}")
+    click.echo(f"Log in with `fleet lab ssh NAME --lab {lab_name}`; "
+               f"stop it with `fleet lab down --lab {lab_name}`.")
+
+
+@lab.command()
+@lab_option
+@click.option("--all", "all_labs", is_flag=True, help="Take down every lab on this machine.")
+def down(lab_name: str, all_labs: bool) -> None:
+    """Stop the nodes and remove their namespaces, mounts and bridge."""
+    if all_labs:
+        names = lab_api.down_all()
+        click.echo(f"Labs down: {', '.join(names)}." if names else "No lab was up.")
+        return
+    lab_api.down(lab_name)
+    click.echo(f"Lab {lab_name!r} is down.")
+
+
+@lab.command()
+@lab_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(lab_name: str, as_json: bool) -> None:
+    """List the lab's nodes: name, IP, running, pid."""
+    nodes = lab_api.status(lab_name)
+    if as_json:
+        click.echo(json.dumps([node.to_dict() for node in nodes], indent=2))
+        return
+    if not nodes:
+        click.echo(f"Lab {lab_name!r} is down.")
+        return
+    click.echo(f"{'NAME':<20} {'IP':<15} {'RUNNING':<8} PID")
+    for node in nodes:
+        running = "yes" if node.running else "no"
+        click.echo(f"{node.name:<20} {node.ip:<15} {running:<8} {node.pid or '-'}")
+
+
+@lab.command(context_settings={"ignore_unknown_options": True,
+                               "allow_interspersed_args": False})
+@lab_option
+@click.argument("name")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def ssh(lab_name: str, name: str, command: tuple[str, ...]) -> None:
+    """Open an SSH session to node NAME (or run COMMAND there) with the lab key."""
+    config = lab_api.ssh_config(lab_name)
+    known = [node.name for node in lab_api.status(lab_name)]
+    if name not in known:
+        raise click.ClickException(f"lab {lab_name!r} has no node {name!r} "
+                                   f"(nodes: {', '.join(known)})")
+    os.execvp("ssh", ["ssh", "-F", str(config), name, *command])

@@ -1,0 +1,110 @@
+"""The local lab fleet: one systemd-nspawn node per agent, reachable over SSH.
+
+``up`` writes ``<lab dir>/registry.yaml`` (hosts rewritten to lab IPs) and returns its path;
+``down`` removes every node, namespace, mount, cgroup and the bridge; ``status`` lists nodes.
+Several labs can run at once, each with its own folder, bridge and /24 subnet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fleet.errors import LabError
+from fleet.lab import processes
+from fleet.lab.bring_up import bring_up
+from fleet.lab.network import read_index
+from fleet.lab.node import NODES_DIR, NodePaths
+from fleet.lab.paths import DEFAULT_LAB, lab_dir, lab_root
+from fleet.lab.prereqs import check_prerequisites, require_root
+from fleet.lab.registry_writer import REGISTRY_FILE, SSH_CONFIG
+from fleet.lab.state import STATE_FILE, read_records
+from fleet.lab.teardown import teardown
+from fleet.registry import Registry
+
+__all__ = ["NodeStatus", "down", "down_all", "lab_dir", "labs", "ssh_config", "status", "up"]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One lab node as ``fleet lab status`` shows it."""
+
+    name: str
+    ip: str
+    running: bool
+    pid: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def up(registry: Registry, nodes: int | None = None, lab: str = DEFAULT_LAB,
+       progress: Callable[[str], None] | None = None) -> Path:
+    """Boot the lab from ``registry`` (first ``nodes`` agents, extra workers beyond) and
+    return the lab registry path. On any failure everything is torn down before raising."""
+    check_prerequisites()
+    path = lab_dir(lab)
+    if (path / STATE_FILE).exists():
+        raise LabError(f"lab {lab!r} is already up ({path / STATE_FILE} exists)",
+                       hint=f"Run `fleet lab down --lab {lab}` first, or pick another --lab.")
+    try:
+        return bring_up(registry, nodes, lab, path, progress or (lambda _: None))
+    except BaseException as exc:
+        try:
+            teardown(lab, path)
+        except LabError as cleanup:
+            raise LabError(f"{exc}; cleaning up also failed: {cleanup}",
+                           hint=cleanup.hint) from exc
+        raise
+
+
+def down(lab: str = DEFAULT_LAB) -> None:
+    """Stop the lab's nodes and remove all its run-time state (idempotent)."""
+    require_root()
+    teardown(lab, lab_dir(lab))
+
+
+def labs() -> list[str]:
+    """Names of labs that have run-time state (up or half-built)."""
+    root = lab_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and (read_index(p) is not None or (p / NODES_DIR).exists()
+                                     or (p / STATE_FILE).exists()))
+
+
+def down_all() -> list[str]:
+    """Take down every lab under the lab root; return their names."""
+    require_root()
+    names = labs()
+    for name in names:
+        teardown(name, lab_dir(name))
+    return names
+
+
+def status(lab: str = DEFAULT_LAB) -> list[NodeStatus]:
+    """The lab's nodes with their IP and whether their nspawn is running."""
+    path = lab_dir(lab)
+    result = []
+    for record in read_records(path):
+        pid = NodePaths.of(path, record.name).pid()
+        running = pid is not None and processes.is_nspawn(pid, record.name)
+        result.append(NodeStatus(record.name, record.ip, running, pid if running else None))
+    return result
+
+
+def ssh_config(lab: str = DEFAULT_LAB) -> Path:
+    """The lab's ssh_config; :class:`LabError` when the lab is not up."""
+    path = lab_dir(lab) / SSH_CONFIG
+    if not read_records(lab_dir(lab)) or not path.exists():
+        raise LabError(f"lab {lab!r} is not up (no nodes in {lab_dir(lab)})",
+                       hint=f"Start it with `fleet lab up --lab {lab}`.")
+    return path
+
+
+def registry_path(lab: str = DEFAULT_LAB) -> Path:
+    """Where ``up`` writes the lab registry."""
+    return lab_dir(lab) / REGISTRY_FILE

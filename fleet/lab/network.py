@@ -1,0 +1,142 @@
+"""Per-lab addressing (index, bridge, /24 subnet) and the host-side network plumbing.
+
+Lab ``index`` N owns bridge ``flbrN`` with the controller at ``10.231.N.1/24``; node ``i``
+(0-based) gets ``10.231.N.(10+i)`` in network namespace ``flN-NAME`` through veth ``flNvI``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from fleet.errors import LabError
+from fleet.lab.commands import run
+from fleet.lab.locks import file_lock
+
+SUBNET_PREFIX = "10.231"
+MAX_INDEX = 254
+FIRST_NODE_HOST = 10
+MAX_NODES = 254 - FIRST_NODE_HOST + 1
+INDEX_FILE = "index"
+SYS_NET = Path("/sys/class/net")
+
+
+def bridge_name(index: int) -> str:
+    """The lab's bridge interface (at most 15 characters)."""
+    return f"flbr{index}"
+
+
+def controller_ip(index: int) -> str:
+    """The controller's address on the lab bridge."""
+    return f"{SUBNET_PREFIX}.{index}.1"
+
+
+def node_ip(index: int, position: int) -> str:
+    """Address of the node at ``position`` (0-based) in lab ``index``."""
+    if not 0 <= position < MAX_NODES:
+        raise LabError(f"node number {position + 1} is out of range: a lab holds at most "
+                       f"{MAX_NODES} nodes", hint=f"Use -n {MAX_NODES} or fewer.")
+    return f"{SUBNET_PREFIX}.{index}.{FIRST_NODE_HOST + position}"
+
+
+def netns_prefix(index: int) -> str:
+    """Prefix of every network namespace of lab ``index``."""
+    return f"fl{index}-"
+
+
+def netns_name(index: int, node: str) -> str:
+    """The node's network namespace name."""
+    return f"{netns_prefix(index)}{node}"
+
+
+def veth_prefix(index: int) -> str:
+    """Prefix of the host ends of lab ``index``'s veth pairs."""
+    return f"fl{index}v"
+
+
+def veth_name(index: int, position: int) -> str:
+    """Host end of the node's veth pair (at most 15 characters)."""
+    return f"{veth_prefix(index)}{position}"
+
+
+def read_index(lab_path: Path) -> int | None:
+    """The index stored in a lab folder, or None when it has none."""
+    try:
+        return int((lab_path / INDEX_FILE).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def free_index(used: set[int], link_exists: Callable[[str], bool]) -> int:
+    """The lowest index neither claimed by a lab nor holding a leftover bridge."""
+    for index in range(MAX_INDEX + 1):
+        if index not in used and not link_exists(bridge_name(index)):
+            return index
+    raise LabError(f"all {MAX_INDEX + 1} lab subnets are in use",
+                   hint="Stop labs you no longer need with `fleet lab down --lab NAME`.")
+
+
+def allocate_index(lab_path: Path) -> int:
+    """Claim the lowest free index for ``lab_path`` (kept if it already has one)."""
+    root = lab_path.parent
+    with file_lock(root / ".index.lock"):
+        existing = read_index(lab_path)
+        if existing is not None:
+            return existing
+        used = {i for d in root.iterdir() if d.is_dir() and (i := read_index(d)) is not None}
+        index = free_index(used, link_exists)
+        lab_path.mkdir(parents=True, exist_ok=True)
+        (lab_path / INDEX_FILE).write_text(f"{index}\n")
+        return index
+
+
+def link_exists(name: str) -> bool:
+    """Whether a network interface ``name`` exists on the host."""
+    return (SYS_NET / name).exists()
+
+
+def create_bridge(index: int) -> None:
+    """Create the lab bridge with the controller address (replacing a leftover one)."""
+    bridge = bridge_name(index)
+    if link_exists(bridge):
+        run(["ip", "link", "del", bridge])
+    run(["ip", "link", "add", bridge, "type", "bridge"])
+    run(["ip", "addr", "add", f"{controller_ip(index)}/24", "dev", bridge])
+    run(["ip", "link", "set", bridge, "up"])
+
+
+def create_node_network(index: int, position: int, node: str) -> str:
+    """Namespace + veth for one node, ``eth0`` addressed inside; returns the namespace."""
+    netns = netns_name(index, node)
+    veth = veth_name(index, position)
+    run(["ip", "netns", "add", netns])
+    run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
+    run(["ip", "link", "set", veth, "master", bridge_name(index), "up"])
+    run(["ip", "-n", netns, "addr", "add", f"{node_ip(index, position)}/24", "dev", "eth0"])
+    run(["ip", "-n", netns, "link", "set", "eth0", "up"])
+    run(["ip", "-n", netns, "link", "set", "lo", "up"])
+    return netns
+
+
+def lab_netns(index: int) -> list[str]:
+    """Network namespaces of lab ``index`` that exist now."""
+    listing = run(["ip", "netns", "list"], check=False).stdout
+    names = [line.split()[0] for line in listing.splitlines() if line.strip()]
+    return [name for name in names if name.startswith(netns_prefix(index))]
+
+
+def lab_links(index: int) -> list[str]:
+    """Host interfaces of lab ``index`` (veth ends and the bridge) that exist now."""
+    if not SYS_NET.is_dir():
+        return []
+    names = sorted(p.name for p in SYS_NET.iterdir())
+    return [n for n in names if n.startswith(veth_prefix(index)) or n == bridge_name(index)]
+
+
+def remove_network(index: int) -> None:
+    """Delete the lab's namespaces, leftover veths and finally its bridge."""
+    for netns in lab_netns(index):
+        run(["ip", "netns", "del", netns], check=False)
+    links = lab_links(index)
+    for link in sorted(links, key=lambda name: name == bridge_name(index)):
+        run(["ip", "link", "del", link], check=False)

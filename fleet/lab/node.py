@@ -1,0 +1,162 @@
+"""One lab node: its overlay root, injected identity, the nspawn process and readiness."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleet.errors import LabError
+from fleet.lab import processes
+from fleet.lab.commands import run
+from fleet.lab.keys import HOST_KEY
+from fleet.lab.paths import cgroup_dirs
+from fleet.lab.rootfs import ADMIN_USER
+
+NODES_DIR = "nodes"
+READY_TIMEOUT = 120.0
+SPAWN_SCRIPT = 'for f in "$1" "$2"; do [ -n "$f" ] && echo $$ > "$f"; done; shift 2; exec "$@"'
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    """Files and folders of one node under ``<lab dir>/nodes/<name>``."""
+
+    base: Path
+
+    @classmethod
+    def of(cls, lab_path: Path, name: str) -> NodePaths:
+        return cls(lab_path / NODES_DIR / name)
+
+    @property
+    def root(self) -> Path:
+        return self.base / "root"
+
+    @property
+    def upper(self) -> Path:
+        return self.base / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.base / "work"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.base / "pid"
+
+    @property
+    def console(self) -> Path:
+        return self.base / "console.log"
+
+    def pid(self) -> int | None:
+        """The recorded nspawn pid, if any."""
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+
+def mount_overlay(paths: NodePaths, base: Path) -> None:
+    """Mount a fresh overlay (lower = shared base) as the node's root."""
+    for folder in (paths.upper, paths.work, paths.root):
+        folder.mkdir(parents=True, exist_ok=True)
+    options = f"lowerdir={base},upperdir={paths.upper},workdir={paths.work}"
+    run(["mount", "-t", "overlay", "overlay", "-o", options, str(paths.root)])
+
+
+def inject_identity(root: Path, name: str, host_key: Path, lab_public_key: str,
+                    ssh_port: int, hosts: dict[str, str]) -> None:
+    """Hostname, host key, authorized keys (root and the sudo user), sshd port, /etc/hosts."""
+    (root / "etc/hostname").write_text(f"{name}\n")
+    for suffix in ("", ".pub"):
+        target = root / "etc/ssh" / f"{HOST_KEY}{suffix}"
+        shutil.copyfile(f"{host_key}{suffix}", target)
+        target.chmod(0o600 if not suffix else 0o644)
+    if ssh_port != 22:
+        (root / "etc/ssh/sshd_config.d/fleet-lab-port.conf").write_text(f"Port {ssh_port}\n")
+    home = root / "home" / ADMIN_USER
+    owner = (home.stat().st_uid, home.stat().st_gid)
+    for ssh_dir, ids in ((root / "root/.ssh", (0, 0)), (home / ".ssh", owner)):
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        keys = ssh_dir / "authorized_keys"
+        keys.write_text(f"{lab_public_key} fleet-lab\n")
+        keys.chmod(0o600)
+        for path in (ssh_dir, keys):
+            os.chown(path, *ids)
+    lines = ["127.0.0.1 localhost", f"127.0.1.1 {name}", "::1 localhost ip6-localhost"]
+    lines += [f"{ip} {host}" for host, ip in hosts.items()]
+    (root / "etc/hosts").write_text("\n".join(lines) + "\n")
+
+
+def start(paths: NodePaths, lab: str, name: str, netns: str) -> int:
+    """Boot the node in its own session and cgroups; return the nspawn pid.
+
+    nspawn stays a child of this process (no double fork), so a long-lived caller such as
+    pytest reaps it at ``down`` instead of leaving it to PID 1.
+    """
+    cgroups = cgroup_dirs(lab, name)
+    for cgroup in cgroups:
+        cgroup.mkdir(parents=True, exist_ok=True)
+    procs = [str(c / "cgroup.procs") for c in cgroups] + [""] * (2 - len(cgroups))
+    command = ["systemd-nspawn", "--register=no", "--keep-unit", "-q", "--console=passive",
+               "--link-journal=no", "-D", str(paths.root), "-M", name,
+               f"--network-namespace-path=/run/netns/{netns}", "-b"]
+    argv = ["sh", "-c", SPAWN_SCRIPT, "sh", *procs[:2], *command]
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(paths.console), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+         0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    sh = shutil.which("sh") or "/bin/sh"
+    pid = os.posix_spawn(sh, argv, os.environ, file_actions=actions, setsid=True)
+    paths.pidfile.write_text(f"{pid}\n")
+    return pid
+
+
+def ssh_base(ssh_config: Path, name: str) -> list[str]:
+    """ssh arguments for a one-off connection to ``name`` (no connection sharing)."""
+    return ["ssh", "-F", str(ssh_config), "-o", "ControlMaster=no", "-o", "ControlPath=none",
+            "-o", "ConnectTimeout=2", name]
+
+
+def wait_ready(paths: NodePaths, ssh_config: Path, name: str, pid: int,
+               timeout: float = READY_TIMEOUT) -> list[str]:
+    """Wait until SSH works and systemd finished booting; return failed units (degraded)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if not processes.alive(pid):
+            raise LabError(f"node {name}: systemd-nspawn exited during boot: "
+                           f"{_tail(paths.console)}", hint=f"See {paths.console}.")
+        left = max(5, int(deadline - time.monotonic()))
+        result = subprocess.run(
+            [*ssh_base(ssh_config, name), f"timeout {left} systemctl is-system-running --wait"],
+            capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+        state = result.stdout.strip()
+        if result.returncode == 255:
+            last = result.stderr.strip()
+            time.sleep(0.2)
+            continue
+        if state == "running":
+            return []
+        if state == "degraded":
+            failed = subprocess.run(
+                [*ssh_base(ssh_config, name), "systemctl --failed --plain --no-legend --no-pager"],
+                capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+            return [line.split()[0] for line in failed.stdout.splitlines() if line.strip()]
+        last = f"systemctl is-system-running said {state!r}"
+        time.sleep(0.2)
+    raise LabError(f"node {name} was not ready after {timeout:.0f} s: {last}",
+                   hint=f"See {paths.console}.")
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return "(no console log)"
+    return " | ".join(text[-lines:]) or "(empty console log)"

@@ -1,0 +1,118 @@
+"""Pure builders for the lab's files: node plan, lab registry, ssh_config, known_hosts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fleet.errors import LabError
+from fleet.lab.keys import LAB_KEY
+from fleet.lab.network import MAX_NODES, node_ip
+from fleet.registry import Agent, Registry
+
+KNOWN_HOSTS = "known_hosts"
+SSH_CONFIG = "ssh_config"
+REGISTRY_FILE = "registry.yaml"
+
+
+@dataclass(frozen=True)
+class LabNode:
+    """One planned lab node: its registry entry (host rewritten) and its position."""
+
+    position: int
+    agent: Agent
+    soul: Path
+
+    @property
+    def name(self) -> str:
+        return self.agent.name
+
+    @property
+    def ip(self) -> str:
+        return self.agent.host
+
+
+def plan_nodes(registry: Registry, nodes: int | None, index: int) -> list[LabNode]:
+    """The first ``nodes`` agents (all by default) plus extra ``worker-NN`` when asked for more."""
+    count = len(registry) if nodes is None else nodes
+    if not 1 <= count <= MAX_NODES:
+        raise LabError(f"-n {count} is out of range: a lab has 1 to {MAX_NODES} nodes",
+                       hint=f"Pass -n between 1 and {MAX_NODES}.")
+    agents = list(registry)
+    template = ([a for a in agents if a.role == "worker"] or agents)[-1]
+    planned: list[tuple[Agent, Path]] = [(a, registry.soul_path(a)) for a in agents[:count]]
+    taken = set(registry.agents)
+    number = len(agents)
+    while len(planned) < count:
+        number += 1
+        name = f"worker-{number:02d}"
+        if name in taken:
+            continue
+        extra = Agent(name=name, host="", role="worker", model=template.model,
+                      health_endpoint="", capabilities=(),
+                      description=f"Lab extra worker {number}.",
+                      gateway_port=template.gateway_port, ssh_user=template.ssh_user,
+                      ssh_port=template.ssh_port, soul=template.soul,
+                      region=template.region, provider=template.provider)
+        planned.append((extra, registry.soul_path(template)))
+    result = []
+    for position, (agent, soul) in enumerate(planned):
+        ip = node_ip(index, position)
+        lab_agent = replace(agent, host=ip, soul=str(soul.resolve()),
+                            health_endpoint=f"http://{ip}:{agent.gateway_port}/health")
+        result.append(LabNode(position, lab_agent, soul.resolve()))
+    return result
+
+
+def lab_registry_data(registry: Registry, nodes: list[LabNode], lab: str,
+                      lab_path: Path) -> dict[str, Any]:
+    """The lab registry as plain data, valid for :func:`fleet.registry.load_registry`."""
+    fleet: dict[str, Any] = {"name": f"lab-{lab}", "ssh_key": str(lab_path / LAB_KEY),
+                             "known_hosts": str(lab_path / KNOWN_HOSTS)}
+    if registry.repo_url:
+        fleet["repo_url"] = registry.repo_url
+    return {"fleet": fleet, "wizards": {node.name: node.agent.to_dict() for node in nodes}}
+
+
+def lab_registry_yaml(registry: Registry, nodes: list[LabNode], lab: str,
+                      lab_path: Path) -> str:
+    """The lab registry file's text."""
+    header = (f"# Lab registry written by `fleet lab up --lab {lab}` from {registry.path}.\n"
+              f"# Use it with: export FLEET_REGISTRY={lab_path / REGISTRY_FILE}\n")
+    data = lab_registry_data(registry, nodes, lab, lab_path)
+    return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def ssh_config_text(nodes: list[LabNode], lab_path: Path) -> str:
+    """An ssh_config with one ``Host`` per node (for ``ssh -F`` and testinfra's ``ssh://``)."""
+    blocks = []
+    for node in nodes:
+        blocks.append(
+            f"Host {node.name}\n"
+            f"    HostName {node.ip}\n"
+            f"    Port {node.agent.ssh_port}\n"
+            "    User root\n"
+            f"    IdentityFile {lab_path / LAB_KEY}\n"
+            "    IdentitiesOnly yes\n"
+            f"    UserKnownHostsFile {lab_path / KNOWN_HOSTS}\n"
+            "    StrictHostKeyChecking yes\n"
+            "    BatchMode yes\n"
+            "    ControlMaster auto\n"
+            f"    ControlPath {lab_path}/cm-%C\n"
+            "    ControlPersist 60s\n"
+        )
+    return "\n".join(blocks)
+
+
+def known_hosts_text(nodes: list[LabNode], host_keys: dict[str, str]) -> str:
+    """known_hosts lines pinning each node's host key under its IP and name."""
+    lines = []
+    for node in nodes:
+        port = node.agent.ssh_port
+        hosts = [node.ip, node.name] if port == 22 else [f"[{node.ip}]:{port}",
+                                                          f"[{node.name}]:{port}"]
+        lines.append(f"{','.join(hosts)} {host_keys[node.name]}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,145 @@
+"""The shared Debian bookworm base rootfs: debootstrap once, cache a zstd tarball, unpack.
+
+The cache key is a hash of the suite, the package list and the customisation version, so
+changing any of them builds a new base. A lock file keeps concurrent builds apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from fleet.errors import LabError
+from fleet.lab.commands import run
+from fleet.lab.locks import file_lock
+from fleet.lab.paths import cache_dir
+
+SUITE = "bookworm"
+PACKAGES = (
+    "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-venv", "sudo",
+    "iproute2", "ca-certificates", "curl", "procps", "netbase", "iputils-ping", "rsync",
+)
+MASKED_UNITS = (
+    "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "e2scrub_reap.service",
+    "fstrim.timer", "console-getty.service", "systemd-networkd-wait-online.service",
+)
+ADMIN_USER = "fleet-admin"
+CUSTOMISATION_VERSION = "1"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+SOURCES_DIR = Path("/etc/apt/sources.list.d")
+SSHD_DROPIN = """\
+# Written by fleet lab: one ed25519 host key per node, keys only.
+HostKey /etc/ssh/ssh_host_ed25519_key
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UseDNS no
+"""
+
+
+def cache_key(suite: str = SUITE, packages: tuple[str, ...] = PACKAGES) -> str:
+    """Short hash of everything that shapes the base image."""
+    text = "\n".join([suite, CUSTOMISATION_VERSION, *sorted(packages)])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def base_name(suite: str = SUITE, packages: tuple[str, ...] = PACKAGES) -> str:
+    """File name stem of the cached base (``rootfs-bookworm-<key>``)."""
+    return f"rootfs-{suite}-{cache_key(suite, packages)}"
+
+
+def debian_mirror(sources_dir: Path = SOURCES_DIR, suite: str = SUITE) -> str:
+    """The Debian mirror apt already uses for ``suite`` (deb822 or one-line sources)."""
+    for path in sorted(sources_dir.glob("*.sources")):
+        for stanza in path.read_text(encoding="utf-8", errors="replace").split("\n\n"):
+            fields = dict(re.findall(r"^([A-Za-z-]+):\s*(.*)$", stanza, re.M))
+            uris = fields.get("URIs", "").split()
+            if uris and suite in fields.get("Suites", "").split() and "debian" in uris[0]:
+                return uris[0]
+    for path in [sources_dir.parent / "sources.list", *sorted(sources_dir.glob("*.list"))]:
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            words = [w for w in line.split() if not w.startswith("[")]
+            if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
+                return words[1]
+    return DEFAULT_MIRROR
+
+
+def ensure_base(progress: Callable[[str], None] = lambda _: None) -> Path:
+    """The unpacked base rootfs, built or unpacked from the tarball cache if needed."""
+    root = cache_dir()
+    name = base_name()
+    base = root / name
+    tarball = root / f"{name}.tar.zst"
+    if (base / ".fleet-base-complete").exists():
+        return base
+    with file_lock(root / "rootfs.lock"):
+        if (base / ".fleet-base-complete").exists():
+            return base
+        if not tarball.exists():
+            _build_tarball(tarball, progress)
+        progress(f"unpacking {tarball}")
+        tmp = root / f"{name}.unpack"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        run(["tar", "--zstd", "-xpf", str(tarball), "-C", str(tmp), "--numeric-owner"],
+            timeout=600)
+        (tmp / ".fleet-base-complete").write_text(name + "\n")
+        shutil.rmtree(base, ignore_errors=True)
+        tmp.rename(base)
+    return base
+
+
+def _build_tarball(tarball: Path, progress: Callable[[str], None]) -> None:
+    mirror = debian_mirror()
+    build = tarball.parent / f"{tarball.name}.build"
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir(parents=True)
+    progress(f"building the {SUITE} base rootfs with debootstrap from {mirror} (about 1-2 min)")
+    started = time.monotonic()
+    try:
+        run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+             SUITE, str(build), mirror], timeout=1800)
+        customise(build)
+        partial = tarball.with_name(tarball.name + ".part")
+        run(["tar", "--zstd", "-cpf", str(partial), "--numeric-owner", "-C", str(build), "."],
+            timeout=1800)
+        partial.rename(tarball)
+    except LabError as exc:
+        raise LabError(f"building the lab rootfs failed: {exc}",
+                       hint=f"Check that {mirror} is reachable; the log is in "
+                            f"{build}/debootstrap/debootstrap.log if debootstrap got that far.",
+                       ) from None
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    progress(f"base rootfs cached as {tarball} in {time.monotonic() - started:.0f} s")
+
+
+def customise(root: Path) -> None:
+    """Strip identity, mask noisy units, configure sshd and add the sudo user."""
+    (root / "etc/machine-id").write_text("")
+    for path in [root / "etc/hostname", root / "var/lib/dbus/machine-id",
+                 *root.glob("etc/ssh/ssh_host_*")]:
+        if path.is_symlink() or path.exists():
+            path.unlink()
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True, exist_ok=True)
+    for unit in MASKED_UNITS:
+        link = units / unit
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to("/dev/null")
+    (root / "etc/ssh/sshd_config.d").mkdir(parents=True, exist_ok=True)
+    (root / "etc/ssh/sshd_config.d/fleet-lab.conf").write_text(SSHD_DROPIN)
+    run(["chroot", str(root), "useradd", "--create-home", "--shell", "/bin/bash", ADMIN_USER])
+    sudoers = root / f"etc/sudoers.d/{ADMIN_USER}"
+    sudoers.write_text(f"{ADMIN_USER} ALL=(ALL) NOPASSWD:ALL\n")
+    sudoers.chmod(0o440)
+    run(["chroot", str(root), "apt-get", "clean"])
+    for lists in (root / "var/lib/apt/lists").glob("*_*"):
+        lists.unlink()

@@ -1,0 +1,122 @@
+"""``down``: stop every node and remove namespaces, mounts, cgroups and the bridge.
+
+Idempotent and tolerant of half-built state: everything is found from the lab index, the
+node folders and the lab's cgroups, not only from what ``up`` managed to record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from fleet.errors import LabError
+from fleet.lab import processes
+from fleet.lab.commands import run
+from fleet.lab.network import INDEX_FILE, lab_links, lab_netns, read_index, remove_network
+from fleet.lab.node import NODES_DIR, NodePaths
+from fleet.lab.paths import cgroup_dirs
+from fleet.lab.registry_writer import SSH_CONFIG
+from fleet.lab.state import STATE_FILE, read_records
+
+STOP_TIMEOUT = 15.0
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path``, deepest first."""
+    prefix = str(path).rstrip("/") + "/"
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        for line in mountinfo:
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point.startswith(prefix):
+                points.append(point)
+    return sorted(points, key=len, reverse=True)
+
+
+def node_names(lab: str, lab_path: Path) -> set[str]:
+    """Nodes known from the records, the node folders or the lab's cgroups."""
+    names = {record.name for record in read_records(lab_path)}
+    if (lab_path / NODES_DIR).is_dir():
+        names.update(p.name for p in (lab_path / NODES_DIR).iterdir() if p.is_dir())
+    for cgroup in cgroup_dirs(lab):
+        if cgroup.is_dir():
+            names.update(p.name for p in cgroup.iterdir() if p.is_dir())
+    return names
+
+
+def close_ssh_masters(lab_path: Path) -> None:
+    """Ask every shared SSH connection of the lab to exit."""
+    config = lab_path / SSH_CONFIG
+    if not config.exists():
+        return
+    for record in read_records(lab_path):
+        subprocess.run(["ssh", "-F", str(config), "-O", "exit", record.name],
+                       capture_output=True, check=False, timeout=10)
+
+
+def stop_nodes(lab: str, lab_path: Path, names: set[str]) -> None:
+    """SIGTERM each nspawn, wait up to 15 s, then kill and remove each node's cgroups."""
+    pids = {}
+    for name in names:
+        pid = NodePaths.of(lab_path, name).pid()
+        if pid is not None and processes.is_nspawn(pid, name):
+            processes.signal_pid(pid, signal.SIGTERM)
+            pids[name] = pid
+    for pid in processes.wait_gone(pids.values(), STOP_TIMEOUT):
+        processes.signal_pid(pid, signal.SIGKILL)
+    processes.wait_gone(pids.values(), 5)
+    for name in names:
+        dirs = cgroup_dirs(lab, name)
+        for cgroup in dirs:
+            processes.kill_cgroup(cgroup)
+        for cgroup in dirs:
+            processes.remove_cgroup(cgroup)
+    for cgroup in cgroup_dirs(lab):
+        with contextlib.suppress(OSError):
+            cgroup.rmdir()
+
+
+def unmount_all(lab_path: Path) -> None:
+    """Unmount node overlays (lazily if a mount is still busy)."""
+    for point in mounts_under(lab_path):
+        if run(["umount", point], check=False).returncode != 0:
+            run(["umount", "-l", point], check=False)
+
+
+def leftovers(lab: str, lab_path: Path, index: int | None, names: set[str]) -> list[str]:
+    """What is still there after ``down`` (empty when clean)."""
+    found = [f"mount {point}" for point in mounts_under(lab_path)]
+    if index is not None:
+        found += [f"network namespace {ns}" for ns in lab_netns(index)]
+        found += [f"interface {link}" for link in lab_links(index)]
+    for name in names:
+        pid = NodePaths.of(lab_path, name).pid()
+        if pid is not None and processes.is_nspawn(pid, name):
+            found.append(f"systemd-nspawn pid {pid} ({name})")
+        for cgroup in cgroup_dirs(lab, name):
+            found += [f"pid {pid} in {cgroup}" for pid in processes.cgroup_pids(cgroup)]
+    return found
+
+
+def teardown(lab: str, lab_path: Path) -> None:
+    """Remove everything the lab created at run time; keep its keys and files."""
+    index = read_index(lab_path)
+    names = node_names(lab, lab_path)
+    close_ssh_masters(lab_path)
+    stop_nodes(lab, lab_path, names)
+    unmount_all(lab_path)
+    if index is not None:
+        remove_network(index)
+    left = leftovers(lab, lab_path, index, names)
+    if left:
+        raise LabError(f"lab {lab!r} is not fully down; still present: {', '.join(left)}",
+                       hint=f"Run `fleet lab down --lab {lab}` again; if it persists, remove "
+                            "them by hand.")
+    shutil.rmtree(lab_path / NODES_DIR, ignore_errors=True)
+    for name in (STATE_FILE, INDEX_FILE):
+        (lab_path / name).unlink(missing_ok=True)
+    for socket in lab_path.glob("cm-*"):
+        socket.unlink(missing_ok=True)
