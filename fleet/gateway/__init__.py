@@ -44,10 +44,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 def _register_blueprints(app: Flask) -> None:
     """Mount every part of the gateway; each module owns one blueprint and its init_app."""
+    import bus
     from fleet.gateway import card, health
 
     health.init_app(app)
     card.init_app(app)
+    bus.init_app(app)
 
 
 def current_registry() -> Registry:
