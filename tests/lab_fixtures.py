@@ -3,7 +3,12 @@
 ``lab_registry`` brings up the lab named by ``$FLEET_TEST_LAB`` (default ``pytest``) from the
 repo's ``registry.yaml`` (3 agents), yields the lab registry path and takes the lab down at
 session end, also after failures. Without root it skips; with root a lab failure fails.
-``fresh_lab`` re-creates the nodes from scratch (down + up) for tests that need cold nodes.
+
+The session claims its lab (an ``flock`` that dies with the process): when another session
+already holds ``pytest``, this one uses ``pytest-2``, ``pytest-3``, ... instead, and
+``fleet lab down --all`` leaves claimed labs alone. ``lab_name`` says which lab was taken.
+``fresh_lab`` / ``lab_refresh`` re-create the nodes from scratch for tests that need cold
+nodes.
 """
 
 from __future__ import annotations
@@ -20,14 +25,7 @@ from fleet.registry import load_registry
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_REGISTRY = REPO / "registry.yaml"
 TEST_LAB_ENV = "FLEET_TEST_LAB"
-
-
-def test_lab_name() -> str:
-    """The lab the test session uses (``$FLEET_TEST_LAB``, default ``pytest``)."""
-    return os.environ.get(TEST_LAB_ENV) or "pytest"
-
-
-test_lab_name.__test__ = False  # type: ignore[attr-defined]
+MAX_PARALLEL_SESSIONS = 9
 
 
 def skip_unless_root() -> None:
@@ -36,28 +34,46 @@ def skip_unless_root() -> None:
         pytest.skip(f"the nspawn lab needs root (running as uid {os.geteuid()})")
 
 
-def fresh_lab(nodes: int | None = None, name: str | None = None,
+def claim_lab(base: str) -> lab.LabClaim:
+    """Claim ``base``, or ``base-2``, ``base-3``, ... when other sessions hold it."""
+    names = [base] + [f"{base}-{n}" for n in range(2, MAX_PARALLEL_SESSIONS + 1)]
+    for name in names:
+        claimed = lab.claim(name)
+        if claimed is not None:
+            return claimed
+    pytest.fail(f"labs {names[0]} to {names[-1]} are all held by other test sessions; "
+                f"set {TEST_LAB_ENV} to another name")
+
+
+def fresh_lab(name: str, nodes: int | None = None,
               registry: Path = EXAMPLE_REGISTRY) -> Path:
-    """Take the lab down and bring it up again with cold nodes; return the lab registry."""
+    """Take lab ``name`` down and bring it up again with cold nodes; return its registry."""
     skip_unless_root()
-    lab_name = name or test_lab_name()
-    lab.down(lab_name)
-    return lab.up(load_registry(registry), nodes=nodes, lab=lab_name)
+    lab.down(name)
+    return lab.up(load_registry(registry), nodes=nodes, lab=name)
 
 
 @pytest.fixture(scope="session")
-def lab_registry() -> Iterator[Path]:
-    """The session's lab registry path (3 running nodes); the lab is taken down at the end."""
+def lab_name() -> Iterator[str]:
+    """Name of the lab this session holds (``$FLEET_TEST_LAB``, default ``pytest``)."""
     skip_unless_root()
-    name = test_lab_name()
-    lab.down(name)  # a previous session may have been killed mid-way
+    claimed = claim_lab(os.environ.get(TEST_LAB_ENV) or "pytest")
     try:
-        yield lab.up(load_registry(EXAMPLE_REGISTRY), lab=name)
+        yield claimed.lab
     finally:
-        lab.down(name)
+        claimed.release()
+
+
+@pytest.fixture(scope="session")
+def lab_registry(lab_name: str) -> Iterator[Path]:
+    """The session's lab registry path (3 running nodes); the lab is taken down at the end."""
+    try:
+        yield fresh_lab(lab_name)  # down first: a killed session may have left it half-up
+    finally:
+        lab.down(lab_name)
 
 
 @pytest.fixture
-def lab_refresh(lab_registry: Path) -> Callable[[], Path]:
+def lab_refresh(lab_name: str, lab_registry: Path) -> Callable[[], Path]:
     """A function that re-creates the session lab's nodes from scratch (cold nodes)."""
-    return lambda: fresh_lab()
+    return lambda: fresh_lab(lab_name)

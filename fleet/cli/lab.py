@@ -41,12 +41,17 @@ def up(cli: CliContext, nodes: int | None, lab_name: str) -> None:
 
 @lab.command()
 @lab_option
-@click.option("--all", "all_labs", is_flag=True, help="Take down every lab on this machine.")
-def down(lab_name: str, all_labs: bool) -> None:
+@click.option("--all", "all_labs", is_flag=True,
+              help="Take down every lab on this machine (except labs a test session holds).")
+@click.option("--force", is_flag=True, help="With --all, also labs a test session holds.")
+def down(lab_name: str, all_labs: bool, force: bool) -> None:
     """Stop the nodes and remove their namespaces, mounts and bridge."""
     if all_labs:
-        names = lab_api.down_all()
+        names, skipped = lab_api.down_all(include_in_use=force)
         click.echo(f"Labs down: {', '.join(names)}." if names else "No lab was up.")
+        if skipped:
+            click.echo(f"Skipped labs in use by a running session: {', '.join(skipped)} "
+                       "(use --force to take them down too).")
         return
     lab_api.down(lab_name)
     click.echo(f"Lab {lab_name!r} is down.")

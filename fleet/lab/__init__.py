@@ -15,6 +15,7 @@ from typing import Any
 from fleet.errors import LabError
 from fleet.lab import processes
 from fleet.lab.bring_up import bring_up
+from fleet.lab.locks import file_lock, is_locked, release, try_lock
 from fleet.lab.network import read_index
 from fleet.lab.node import NODES_DIR, NodePaths
 from fleet.lab.paths import DEFAULT_LAB, lab_dir, lab_root
@@ -24,7 +25,12 @@ from fleet.lab.state import STATE_FILE, read_records
 from fleet.lab.teardown import teardown
 from fleet.registry import Registry
 
-__all__ = ["NodeStatus", "down", "down_all", "lab_dir", "labs", "ssh_config", "status", "up"]
+__all__ = ["LabClaim", "NodeStatus", "claim", "down", "down_all", "in_use", "lab_dir", "labs",
+           "registry_path", "ssh_config", "status", "up"]
+OP_LOCK = "lab.lock"
+"""Held while ``up`` or ``down`` works on a lab, so two of them never interleave."""
+CLAIM_LOCK = "in-use.lock"
+"""Held by a long-lived user of the lab (a pytest session); ``down --all`` skips such labs."""
 
 
 @dataclass(frozen=True)
@@ -46,24 +52,29 @@ def up(registry: Registry, nodes: int | None = None, lab: str = DEFAULT_LAB,
     return the lab registry path. On any failure everything is torn down before raising."""
     check_prerequisites()
     path = lab_dir(lab)
-    if (path / STATE_FILE).exists():
-        raise LabError(f"lab {lab!r} is already up ({path / STATE_FILE} exists)",
-                       hint=f"Run `fleet lab down --lab {lab}` first, or pick another --lab.")
-    try:
-        return bring_up(registry, nodes, lab, path, progress or (lambda _: None))
-    except BaseException as exc:
+    with file_lock(path / OP_LOCK):
+        if (path / STATE_FILE).exists():
+            raise LabError(f"lab {lab!r} is already up ({path / STATE_FILE} exists)",
+                           hint=f"Run `fleet lab down --lab {lab}` first, or pick another --lab.")
         try:
-            teardown(lab, path)
-        except LabError as cleanup:
-            raise LabError(f"{exc}; cleaning up also failed: {cleanup}",
-                           hint=cleanup.hint) from exc
-        raise
+            return bring_up(registry, nodes, lab, path, progress or (lambda _: None))
+        except BaseException as exc:
+            try:
+                teardown(lab, path)
+            except LabError as cleanup:
+                raise LabError(f"{exc}; cleaning up also failed: {cleanup}",
+                               hint=cleanup.hint) from exc
+            raise
 
 
 def down(lab: str = DEFAULT_LAB) -> None:
     """Stop the lab's nodes and remove all its run-time state (idempotent)."""
     require_root()
-    teardown(lab, lab_dir(lab))
+    path = lab_dir(lab)
+    if not path.is_dir():
+        return
+    with file_lock(path / OP_LOCK):
+        teardown(lab, path)
 
 
 def labs() -> list[str]:
@@ -76,13 +87,49 @@ def labs() -> list[str]:
                                      or (p / STATE_FILE).exists()))
 
 
-def down_all() -> list[str]:
-    """Take down every lab under the lab root; return their names."""
+def down_all(include_in_use: bool = False) -> tuple[list[str], list[str]]:
+    """Take down every lab under the lab root; return (labs taken down, labs skipped).
+
+    Labs claimed by a running session (see :func:`claim`) are skipped unless
+    ``include_in_use``.
+    """
     require_root()
-    names = labs()
-    for name in names:
-        teardown(name, lab_dir(name))
-    return names
+    done, skipped = [], []
+    for name in labs():
+        if in_use(name) and not include_in_use:
+            skipped.append(name)
+            continue
+        down(name)
+        done.append(name)
+    return done, skipped
+
+
+@dataclass
+class LabClaim:
+    """A lab held for a long-lived user (e.g. a pytest session) until :meth:`release`."""
+
+    lab: str
+    fd: int | None
+
+    def release(self) -> None:
+        """Let others (``down --all``, other sessions) have the lab again."""
+        if self.fd is not None:
+            release(self.fd)
+            self.fd = None
+
+
+def claim(lab: str) -> LabClaim | None:
+    """Claim ``lab`` for this process, or None when another holder has it.
+
+    The claim is an ``flock``, so it ends with the process even if it is killed.
+    """
+    fd = try_lock(lab_dir(lab) / CLAIM_LOCK)
+    return None if fd is None else LabClaim(lab, fd)
+
+
+def in_use(lab: str) -> bool:
+    """Whether some process holds a :func:`claim` on ``lab``."""
+    return is_locked(lab_dir(lab) / CLAIM_LOCK)
 
 
 def status(lab: str = DEFAULT_LAB) -> list[NodeStatus]:
