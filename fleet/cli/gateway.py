@@ -1,8 +1,73 @@
-"""``fleet gateway serve`` (owned by the bus work)."""
+"""``fleet gateway serve``: run one agent's gateway (health, agent card, bus) locally."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
 
 import click
+from gunicorn.app.base import BaseApplication
+
+from fleet.cli.context import CliContext, pass_cli
+from fleet.secrets import BUS_KEYRING, format_keyring, load_secrets
+
+
+class GatewayServer(BaseApplication):
+    """gunicorn running ``create_app()`` in each worker (no preload: one bus worker each)."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for name, value in self.options.items():
+            self.cfg.set(name, value)
+
+    def load(self) -> Any:
+        from fleet.gateway import create_app
+
+        return create_app()
 
 
 @click.group()
 def gateway() -> None:
     """Run an agent gateway locally."""
+
+
+@gateway.command()
+@click.option("--agent", required=True, envvar="FLEET_AGENT",
+              help="Agent (registry name) whose gateway to run.")
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="Port to listen on (default: the agent's gateway_port).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--state-dir", envvar="FLEET_STATE_DIR", type=click.Path(file_okay=False),
+              help="State dir holding bus.sqlite3 (default: $FLEET_STATE_DIR, else "
+                   ".fleet/state/AGENT).")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="gunicorn worker processes.")
+@click.option("--threads", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Threads per worker.")
+@click.option("--dev", is_flag=True, help="Use Flask's threaded development server.")
+@pass_cli
+def serve(cli: CliContext, agent: str, port: int | None, host: str, state_dir: str | None,
+          workers: int, threads: int, dev: bool) -> None:
+    """Serve AGENT's gateway until interrupted (bus keys: $FLEET_BUS_KEYS or $FLEET_SECRETS)."""
+    registry = cli.registry
+    record = registry.get(agent)
+    os.environ["FLEET_AGENT"] = agent
+    os.environ["FLEET_REGISTRY"] = str(registry.path.resolve())
+    if state_dir:
+        os.environ["FLEET_STATE_DIR"] = state_dir
+    if not os.environ.get(BUS_KEYRING):
+        keys = load_secrets().bus_keys()
+        if keys:
+            os.environ[BUS_KEYRING] = format_keyring(keys)
+    port = port or record.gateway_port
+    if dev:
+        from fleet.gateway import create_app
+
+        create_app().run(host=host, port=port, threaded=True, use_reloader=False)
+        return
+    GatewayServer({"bind": f"{host}:{port}", "workers": workers, "threads": threads,
+                   "worker_class": "gthread", "keepalive": 30, "graceful_timeout": 10,
+                   "accesslog": None, "loglevel": "warning"}).run()

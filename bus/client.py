@@ -1,0 +1,128 @@
+"""A client for one agent's gateway, signing every request with that agent's key.
+
+Used by the agent runtime (its own gateway), the ``fleet bus`` commands and tests::
+
+    with BusClient.for_agent(registry, "ezra-primary", keys) as ezra:
+        ezra.send("bezalel", "request", {"task": "review"})   # queued in ezra's outbox
+        reply = ezra.request("bezalel", {"task": "review"}, timeout=30)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Self
+from urllib.parse import quote, urlencode
+
+import requests
+
+from bus.signing import sign
+from fleet.errors import BusError
+from fleet.registry import Registry
+
+
+class BusClient:
+    """Signed HTTP calls to ``base_url`` as ``agent``."""
+
+    def __init__(self, base_url: str, agent: str, key: str, timeout: float = 10.0) -> None:
+        self.base_url, self.agent, self.key = base_url.rstrip("/"), agent, key
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    @classmethod
+    def for_agent(cls, registry: Registry, agent: str, keys: Mapping[str, str],
+                  timeout: float = 10.0) -> BusClient:
+        """A client for ``agent``'s gateway from the registry, with its key from ``keys``."""
+        url = registry.get(agent).gateway_url
+        if agent not in keys:
+            raise BusError(f"no bus key for {agent!r} (keys for: {', '.join(keys) or 'none'})",
+                           hint="Set FLEET_SECRETS (agents.NAME.FLEET_BUS_KEY) or "
+                                "FLEET_BUS_KEYS=name=key,...")
+        return cls(url, agent, keys[agent], timeout)
+
+    def call(self, method: str, path: str, params: Mapping[str, Any] | None = None,
+             body: Any = None, content_type: str = "application/json") -> Any:
+        """One signed request; the decoded JSON answer, or :class:`BusError` with the reason."""
+        query = urlencode({k: v for k, v in (params or {}).items() if v is not None})
+        data = b"" if body is None else json.dumps(body).encode()
+        headers = sign(self.agent, self.key, method, path, query, data)
+        if body is not None:
+            headers["Content-Type"] = content_type
+        url = f"{self.base_url}{path}" + (f"?{query}" if query else "")
+        try:
+            with self.session.request(method, url, data=data or None, headers=headers,
+                                      timeout=self.timeout) as response:
+                status, text = response.status_code, response.text
+        except requests.RequestException as exc:
+            raise BusError(f"{self.base_url}: cannot reach the gateway: {exc}",
+                           hint="Is the agent's gateway running?") from None
+        try:
+            answer = json.loads(text) if text else {}
+        except ValueError:
+            answer = {"error": text[:200]}
+        if status >= 400:
+            problems = answer.get("problems") or {}
+            detail = "".join(f"; {name}: {problem}" for name, problem in problems.items())
+            raise BusError(f"{method} {path}: HTTP {status}: {answer.get('error')}{detail}",
+                           hint=answer.get("hint"))
+        return answer
+
+    def send(self, to: str | None, type: str, payload: Any, **options: Any) -> dict[str, Any]:
+        """Queue a message in this agent's outbox; ``{id, recipients}`` once it is durable."""
+        fields = {"to": to, "type": type, "payload": payload, **options}
+        queued: dict[str, Any] = self.call("POST", "/outbox", body=fields)
+        return queued
+
+    def messages(self, since: int = 0, limit: int = 100, **filters: Any) -> dict[str, Any]:
+        """Inbox page after ``since``: ``{messages, next}``; filters: type, correlation_id,
+        from, unacked."""
+        page: dict[str, Any] = self.call("GET", "/messages",
+                                         {"since": since, "limit": limit, **filters})
+        return page
+
+    def ack(self, message_id: str, sender: str | None = None) -> None:
+        """Mark an inbox message as handled."""
+        self.call("POST", f"/messages/{quote(message_id, safe='')}/ack", {"from": sender})
+
+    def request(self, to: str, payload: Any, timeout: float = 30.0, poll: float = 0.02,
+                **options: Any) -> dict[str, Any]:
+        """Send a request and wait for the response with its correlation id in the inbox."""
+        correlation = options.pop("correlation_id", None) or str(uuid.uuid4())
+        self.send(to, "request", payload, correlation_id=correlation, reply_to=self.agent,
+                  **options)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.messages(type="response", correlation_id=correlation, limit=1)
+            if found["messages"]:
+                return dict(found["messages"][0])
+            time.sleep(poll)
+        raise BusError(f"no response from {to!r} to request {correlation} within {timeout} s",
+                       hint=f"Check `fleet bus dead-letters {self.agent}` and {to}'s gateway.")
+
+    def reply(self, request: Mapping[str, Any], payload: Any) -> dict[str, Any]:
+        """Answer an inbox ``request`` with a correlated response."""
+        return self.send(request.get("reply_to") or request["from"], "response", payload,
+                         correlation_id=request.get("correlation_id") or request["id"])
+
+    def stats(self) -> dict[str, Any]:
+        """The gateway's ``/bus/stats``."""
+        found: dict[str, Any] = self.call("GET", "/bus/stats")
+        return found
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Messages this agent gave up delivering, newest first."""
+        letters: list[dict[str, Any]] = self.call("GET", "/bus/dead-letters",
+                                                  {"limit": limit})["dead_letters"]
+        return letters
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self.session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
