@@ -1,0 +1,48 @@
+"""The deploy webhook receiver: a signed push of the deploy tag runs the fleet deploy.
+
+``create_app()`` reads :class:`fleet.webhook.config.Settings` from the environment (or takes
+``SETTINGS`` from ``test_config``); gunicorn serves it as ``webhook_app:app``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from fleet.webhook.config import load_settings
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the receiver; ``test_config`` overrides ``SETTINGS``, ``DISPATCH`` and friends."""
+    app = Flask(__name__, static_folder=None)
+    app.config.from_mapping(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, DISPATCH=True)
+    if test_config is not None:
+        app.config.update(test_config)
+    if app.config.get("SETTINGS") is None:
+        app.config["SETTINGS"] = load_settings()
+    app.config["SETTINGS"].state_dir.mkdir(parents=True, exist_ok=True)
+
+    from fleet.webhook import api, db, dispatcher, hooks, openapi
+
+    db.init_app(app)
+    app.register_blueprint(hooks.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(openapi.bp)
+    app.register_error_handler(HTTPException, _json_error)
+    dispatcher.init_app(app)
+    return app
+
+
+def _json_error(exc: HTTPException) -> tuple[Response, int]:
+    """Every HTTP error as ``{"error": ...}`` (413 says what the limit is)."""
+    code = exc.code or 500
+    message = exc.description or exc.name
+    if code == 413:
+        message = (f"body is larger than {MAX_BODY_BYTES} bytes; a push event is far smaller, "
+                   "so this is not a push this receiver takes")
+    return jsonify(error=message), code

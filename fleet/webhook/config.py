@@ -1,0 +1,146 @@
+"""Settings of the webhook receiver, read from the environment and an optional config file.
+
+The config file (``$FLEET_WEBHOOK_CONFIG`` or ``fleet webhook serve --config``) uses the
+``KEY=value`` lines of a systemd ``EnvironmentFile=``; variables set in the environment win.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleet.errors import WebhookError
+
+CONFIG_ENV = "FLEET_WEBHOOK_CONFIG"
+DEFAULT_TAG = "PROD"
+DEFAULT_STATE_DIR = "/var/lib/sovereign-fleet/webhook"
+DEFAULT_COMMAND = "pyinfra -y --json inventory.py deploy.py"
+HEALTH_MODES = ("fleet", "http", "off")
+MIN_SECRET_LENGTH = 16
+RECEIVER_SECRETS = ("FLEET_WEBHOOK_SECRET", "FLEET_GITLAB_TOKEN", "FLEET_READ_TOKEN")
+SECRET_HINT = "Generate one with: python -c 'import secrets; print(secrets.token_hex(32))'"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the receiver, the runner and the read API need."""
+
+    webhook_secret: str | None
+    gitlab_token: str | None
+    read_token: str
+    repo_url: str
+    state_dir: Path
+    deploy_tag: str = DEFAULT_TAG
+    deploy_command: tuple[str, ...] = tuple(shlex.split(DEFAULT_COMMAND))
+    deploy_timeout: float = 3600.0
+    health_timeout: float = 5.0
+    health_check: str = "fleet"
+    env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite file holding deliveries and runs."""
+        return self.state_dir / "webhook.sqlite3"
+
+    def deploy_env(self) -> dict[str, str]:
+        """The deploy's environment: the receiver's settings (``FLEET_REGISTRY``,
+        ``FLEET_SECRETS``, ...) without the receiver's own secrets."""
+        return {key: value for key, value in self.env.items() if key not in RECEIVER_SECRETS}
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Parse ``KEY=value`` lines (``#`` comments, optional quotes) into a mapping."""
+    config_path = Path(path)
+    try:
+        lines = config_path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise WebhookError(f"{config_path}: cannot read config file: {exc.strerror}",
+                           hint=f"Pass an existing file or unset {CONFIG_ENV}.") from None
+    values: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise WebhookError(f"{config_path}:{number}: {text!r} is not KEY=value")
+        value = value.strip()
+        values[key.strip()] = shlex.split(value)[0] if value[:1] in "\"'" and value else value
+    return values
+
+
+def load_settings(env: Mapping[str, str] | None = None,
+                  config_file: str | os.PathLike[str] | None = None) -> Settings:
+    """Settings from ``config_file`` (or ``$FLEET_WEBHOOK_CONFIG``) overlaid by ``env``."""
+    environ = dict(os.environ if env is None else env)
+    file_path = config_file or environ.get(CONFIG_ENV)
+    values = {**(read_config_file(file_path) if file_path else {}), **environ}
+    webhook_secret = _secret(values, "FLEET_WEBHOOK_SECRET")
+    gitlab_token = _secret(values, "FLEET_GITLAB_TOKEN")
+    if not webhook_secret and not gitlab_token:
+        raise WebhookError(
+            "FLEET_WEBHOOK_SECRET is not set (nor FLEET_GITLAB_TOKEN): "
+            "the receiver cannot check who sent a push",
+            hint=f"Set FLEET_WEBHOOK_SECRET (Gitea, GitHub) or FLEET_GITLAB_TOKEN. {SECRET_HINT}")
+    command = shlex.split(values.get("FLEET_DEPLOY_COMMAND") or DEFAULT_COMMAND)
+    return Settings(
+        webhook_secret=webhook_secret,
+        gitlab_token=gitlab_token,
+        read_token=_secret(values, "FLEET_READ_TOKEN",
+                           required="the bearer token of the read API (GET /runs, /healthz)") or "",
+        repo_url=_required(values, "FLEET_REPO_URL",
+                           "the fleet repository to deploy from (URL, path or file://)"),
+        state_dir=Path(values.get("FLEET_STATE_DIR") or DEFAULT_STATE_DIR),
+        deploy_tag=values.get("FLEET_DEPLOY_TAG") or DEFAULT_TAG,
+        deploy_command=tuple(command),
+        deploy_timeout=_seconds(values, "FLEET_DEPLOY_TIMEOUT", 3600.0),
+        health_timeout=_seconds(values, "FLEET_HEALTH_TIMEOUT", 5.0),
+        health_check=_choice(values, "FLEET_HEALTH_CHECK", HEALTH_MODES),
+        env=values,
+    )
+
+
+def _required(values: Mapping[str, str], name: str, what: str) -> str:
+    value = values.get(name, "").strip()
+    if not value:
+        raise WebhookError(f"{name} is not set: it names {what}",
+                           hint=f"Set {name} in the environment or the config file.")
+    return value
+
+
+def _secret(values: Mapping[str, str], name: str, required: str = "") -> str | None:
+    value = values.get(name, "").strip()
+    if not value:
+        if required:
+            raise WebhookError(f"{name} is not set: it names {required}", hint=SECRET_HINT)
+        return None
+    if len(value) < MIN_SECRET_LENGTH:
+        raise WebhookError(
+            f"{name} is too short ({len(value)} characters); use at least "
+            f"{MIN_SECRET_LENGTH} random characters", hint=SECRET_HINT)
+    return value
+
+
+def _seconds(values: Mapping[str, str], name: str, default: float) -> float:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise WebhookError(f"{name}: {raw!r} is not a positive number of seconds",
+                           hint=f"Set {name} to e.g. {default:g}.")
+    return seconds
+
+
+def _choice(values: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = values.get(name, "").strip() or choices[0]
+    if raw not in choices:
+        raise WebhookError(f"{name}: {raw!r} is not one of {', '.join(choices)}",
+                           hint=f"Set {name} to one of: {', '.join(choices)}.")
+    return raw

@@ -1,0 +1,87 @@
+"""The SQLite store of deliveries and runs: one file under ``FLEET_STATE_DIR``.
+
+Request handlers use :func:`get_db` (one connection per request, cached on ``g``); the
+background runner and the CLI open their own with :func:`connect`. WAL mode lets readers
+work while a run is being recorded; writers take ``BEGIN IMMEDIATE`` transactions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+import click
+from flask import Flask, current_app, g
+
+from fleet.errors import WebhookError
+
+
+def connect(path: str | Path, create: bool = True) -> sqlite3.Connection:
+    """Open the database at ``path`` in autocommit mode, creating the schema if asked."""
+    db_path = Path(path)
+    if not create and not db_path.exists():
+        raise WebhookError(f"{db_path}: no webhook database here",
+                           hint="Point FLEET_STATE_DIR (or --state-dir) at the receiver's state "
+                                "dir, or read through the HTTP API with --url.")
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db_path, timeout=30.0, isolation_level=None,
+                           check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if create:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.executescript(resources.files(__package__).joinpath("schema.sql").read_text())
+    return conn
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def now() -> str:
+    """The current UTC time as ISO 8601 with milliseconds (how every time is stored)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def get_db() -> sqlite3.Connection:
+    """The request's connection, opened on first use."""
+    if "webhook_db" not in g:
+        g.webhook_db = connect(current_app.config["SETTINGS"].db_path, create=False)
+    conn: sqlite3.Connection = g.webhook_db
+    return conn
+
+
+def close_db(_exc: BaseException | None = None) -> None:
+    """Close the request's connection (teardown hook)."""
+    conn = g.pop("webhook_db", None)
+    if conn is not None:
+        conn.close()
+
+
+@click.command("init-db")
+def init_db_command() -> None:
+    """Create the webhook database and its tables if missing."""
+    settings = current_app.config["SETTINGS"]
+    connect(settings.db_path).close()
+    click.echo(f"Initialized {settings.db_path}")
+
+
+def init_app(app: Flask) -> None:
+    """Create the schema once at start-up and register teardown and the CLI command."""
+    connect(app.config["SETTINGS"].db_path).close()
+    app.teardown_appcontext(close_db)
+    app.cli.add_command(init_db_command)

@@ -1,0 +1,95 @@
+"""A forge's push event reduced to a :class:`Push` record, and the rule that decides a deploy.
+
+Forges differ in field names only: Gitea and GitHub send ``ref``/``before``/``after`` and a
+``pusher``; GitLab sends ``checkout_sha`` (the commit a tag points at) and ``user_username``.
+A tag is deleted when ``after`` is all zeros; a moved tag (non-zero ``before``) deploys too.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Any
+
+SHA_RE = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")
+TAG_PREFIX = "refs/tags/"
+
+
+class PayloadError(ValueError):
+    """The JSON body is not a push event this receiver can read (answered with 400)."""
+
+
+@dataclass(frozen=True)
+class Push:
+    """One push of a ref, whichever forge sent it."""
+
+    forge: str
+    delivery_id: str
+    event: str
+    ref: str
+    before: str
+    sha: str
+    pusher: str
+    repository: str
+
+    @property
+    def tag(self) -> str | None:
+        """The tag name, or ``None`` for a branch push."""
+        return self.ref[len(TAG_PREFIX):] if self.ref.startswith(TAG_PREFIX) else None
+
+    @property
+    def deleted(self) -> bool:
+        """True when the push removed the ref (all-zero new sha)."""
+        return not self.sha.strip("0")
+
+
+def parse_push(forge: str, delivery_id: str, event: str, payload: Any) -> Push:
+    """Read a push event of ``forge`` (``gitea``, ``github`` or ``gitlab``) into a :class:`Push`."""
+    if not isinstance(payload, dict):
+        raise PayloadError("body must be a JSON object (a push event)")
+    ref = payload.get("ref")
+    if not isinstance(ref, str) or not ref.startswith("refs/"):
+        raise PayloadError(f"field 'ref' is {ref!r}, expected a ref like 'refs/tags/NAME'")
+    if forge == "gitlab":
+        sha = payload.get("checkout_sha") or payload.get("after")
+        pusher = payload.get("user_username") or payload.get("user_name")
+        repository = _get(payload, "project", "path_with_namespace")
+    else:
+        sha = payload.get("after")
+        pusher = (_get(payload, "pusher", "login") or _get(payload, "pusher", "username")
+                  or _get(payload, "pusher", "name") or _get(payload, "sender", "login"))
+        repository = _get(payload, "repository", "full_name")
+    if not isinstance(sha, str) or not SHA_RE.match(sha):
+        field = "checkout_sha" if forge == "gitlab" else "after"
+        raise PayloadError(f"field '{field}' is {sha!r}, expected a 40 or 64 digit hex sha")
+    before = payload.get("before")
+    return Push(forge=forge, delivery_id=delivery_id, event=event, ref=ref,
+                before=before if isinstance(before, str) else "", sha=sha,
+                pusher=str(pusher or "unknown"), repository=str(repository or ""))
+
+
+def ignore_reason(push: Push, pattern: str) -> str | None:
+    """Why ``push`` does not deploy, or ``None`` when it does.
+
+    ``pattern`` is a glob (``PROD``, ``release-*``); several may be given comma-separated.
+    """
+    tag = push.tag
+    if tag is None:
+        return f"ref {push.ref!r} is not a tag; only pushes of a tag matching {pattern!r} deploy"
+    if not tag_matches(tag, pattern):
+        return f"tag {tag!r} does not match the deploy tag {pattern!r}"
+    if push.deleted:
+        return f"tag {tag!r} was deleted (after is all zeros); deleting a tag does not deploy"
+    return None
+
+
+def tag_matches(tag: str, pattern: str) -> bool:
+    """True when ``tag`` matches one of the comma-separated globs in ``pattern``."""
+    globs = [part.strip() for part in pattern.split(",") if part.strip()]
+    return any(fnmatch.fnmatchcase(tag, glob) for glob in globs)
+
+
+def _get(payload: dict[str, Any], key: str, field: str) -> Any:
+    value = payload.get(key)
+    return value.get(field) if isinstance(value, dict) else None

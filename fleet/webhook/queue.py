@@ -1,0 +1,106 @@
+"""The deploy queue in SQLite: accept pushes, coalesce waiting ones, claim the next run.
+
+A push that deploys becomes a ``queued`` run. Whoever holds the deploy lock claims work in a
+``BEGIN IMMEDIATE`` transaction: the newest queued run becomes ``running`` and every older
+queued run becomes ``superseded`` with ``superseded_by`` pointing at it, so a burst of pushes
+costs one deploy of the newest sha and no push is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+
+from fleet.webhook.db import immediate, now
+from fleet.webhook.push import Push
+
+
+class ReplayError(Exception):
+    """The delivery id was seen before (answered with 409)."""
+
+    def __init__(self, delivery_id: str, received_at: str, run_id: int | None) -> None:
+        run = f" (run {run_id})" if run_id is not None else ""
+        super().__init__(f"delivery {delivery_id!r} was already received at {received_at}{run}; "
+                         "replayed deliveries are refused")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run taken off the queue, and the older queued runs it covers."""
+
+    run_id: int
+    sha: str
+    tag: str
+    superseded: tuple[int, ...]
+
+
+def record_ignored(conn: sqlite3.Connection, forge: str, delivery_id: str, event: str,
+                   reason: str) -> None:
+    """Keep the id of a delivery that does not deploy (so replays of it are refused too)."""
+    with immediate(conn):
+        _insert_delivery(conn, forge, delivery_id, event, "ignored", reason, None)
+
+
+def enqueue(conn: sqlite3.Connection, push: Push) -> int:
+    """Record ``push`` as a queued run and its delivery; return the run id."""
+    with immediate(conn):
+        cursor = conn.execute(
+            "INSERT INTO runs (delivery_id, forge, tag, sha, before_sha, pusher, repository,"
+            " status, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+            (push.delivery_id, push.forge, push.tag or "", push.sha, push.before, push.pusher,
+             push.repository, now()))
+        run_id = int(cursor.lastrowid or 0)
+        _insert_delivery(conn, push.forge, push.delivery_id, push.event, "queued", "", run_id)
+    return run_id
+
+
+def claim_next(conn: sqlite3.Connection) -> Claim | None:
+    """Take the newest queued run, supersede the older ones; call only under the deploy lock."""
+    with immediate(conn):
+        rows = conn.execute(
+            "SELECT id, sha, tag FROM runs WHERE status = 'queued' ORDER BY id DESC").fetchall()
+        if not rows:
+            return None
+        newest, older = rows[0], [int(row["id"]) for row in rows[1:]]
+        stamp = now()
+        conn.executemany(
+            "UPDATE runs SET status = 'superseded', superseded_by = ?, ended_at = ?,"
+            " summary = ? WHERE id = ?",
+            [(newest["id"], stamp, f"covered by run {newest['id']} (newer push)", run_id)
+             for run_id in older])
+        conn.execute("UPDATE runs SET status = 'running', started_at = ?, worker_pid = ?"
+                     " WHERE id = ?", (stamp, os.getpid(), newest["id"]))
+    return Claim(int(newest["id"]), newest["sha"], newest["tag"], tuple(older))
+
+
+def mark_interrupted(conn: sqlite3.Connection) -> list[int]:
+    """Close runs left ``running`` by a crashed process; call only under the deploy lock."""
+    with immediate(conn):
+        ids = [int(row["id"]) for row in
+               conn.execute("SELECT id FROM runs WHERE status = 'running'").fetchall()]
+        conn.execute(
+            "UPDATE runs SET status = 'interrupted', ended_at = ?, summary = 'the receiver "
+            "stopped during this run (crash or kill); its outcome is unknown' "
+            "WHERE status = 'running'", (now(),))
+    return ids
+
+
+def queue_depth(conn: sqlite3.Connection) -> int:
+    """How many runs wait for the deploy lock."""
+    return int(conn.execute("SELECT count(*) FROM runs WHERE status = 'queued'").fetchone()[0])
+
+
+def _check_replay(conn: sqlite3.Connection, delivery_id: str) -> None:
+    seen = conn.execute("SELECT received_at, run_id FROM deliveries WHERE delivery_id = ?",
+                        (delivery_id,)).fetchone()
+    if seen is not None:
+        raise ReplayError(delivery_id, seen["received_at"], seen["run_id"])
+
+
+def _insert_delivery(conn: sqlite3.Connection, forge: str, delivery_id: str, event: str,
+                     outcome: str, reason: str, run_id: int | None) -> None:
+    _check_replay(conn, delivery_id)
+    conn.execute("INSERT INTO deliveries (delivery_id, forge, event, received_at, outcome,"
+                 " reason, run_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (delivery_id, forge, event, now(), outcome, reason, run_id))

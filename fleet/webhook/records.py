@@ -1,0 +1,64 @@
+"""Read the run records: the one shape used by ``GET /runs``, ``fleet runs`` and the tests."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from fleet.errors import WebhookError
+
+LOG_TAIL_BYTES = 256 * 1024
+FIELDS = ("id", "status", "forge", "tag", "sha", "commit_sha", "before_sha", "pusher",
+          "repository", "delivery_id", "superseded_by", "queued_at", "started_at", "ended_at",
+          "exit_status", "worker_pid", "summary", "log_path")
+
+
+def run_to_dict(row: sqlite3.Row) -> dict[str, Any]:
+    """One run as plain data; ``hosts`` and ``health`` decoded from their JSON columns."""
+    data = {field: row[field] for field in FIELDS}
+    data["hosts"] = json.loads(row["hosts"] or "{}")
+    data["health"] = json.loads(row["health"] or "[]")
+    return data
+
+
+def list_runs(conn: sqlite3.Connection, limit: int = 50,
+              status: str | None = None) -> list[dict[str, Any]]:
+    """The newest ``limit`` runs (optionally of one ``status``), newest first."""
+    if status:
+        rows = conn.execute("SELECT * FROM runs WHERE status = ? ORDER BY id DESC LIMIT ?",
+                            (status, limit))
+    else:
+        rows = conn.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))
+    return [run_to_dict(row) for row in rows.fetchall()]
+
+
+def get_run(conn: sqlite3.Connection, run_id: int, with_log: bool = True) -> dict[str, Any]:
+    """One run with the tail of its log; :class:`WebhookError` when there is no such run."""
+    row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise WebhookError(f"run {run_id} doesn't exist",
+                           hint="List the runs with `fleet runs`.")
+    data = run_to_dict(row)
+    covered = conn.execute("SELECT id FROM runs WHERE superseded_by = ? ORDER BY id",
+                           (run_id,)).fetchall()
+    data["covers"] = [int(item["id"]) for item in covered]
+    if with_log:
+        data["log"] = read_log_tail(data["log_path"])
+    return data
+
+
+def read_log_tail(path: str | None, limit: int = LOG_TAIL_BYTES) -> str:
+    """The last ``limit`` bytes of a run's log ('' when it has none yet)."""
+    if not path:
+        return ""
+    try:
+        with Path(path).open("rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - limit))
+            text = handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return text if size <= limit else f"[... first {size - limit} bytes cut ...]\n{text}"

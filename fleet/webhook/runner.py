@@ -1,0 +1,129 @@
+"""Run one claimed deploy: fetch the sha, run the deploy command, check health, record it all.
+
+The command (``FLEET_DEPLOY_COMMAND``, default ``pyinfra -y --json inventory.py deploy.py``)
+runs in the fresh work dir in its own session, its stdout and stderr streamed to
+``<state dir>/logs/run-<id>.log``; it inherits the deploy lock (see :mod:`fleet.webhook.lock`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from fleet.errors import DeployError
+from fleet.webhook.checkout import checkout, redact
+from fleet.webhook.config import RECEIVER_SECRETS, Settings
+from fleet.webhook.db import immediate, now
+from fleet.webhook.health import check_health
+from fleet.webhook.queue import Claim
+from fleet.webhook.records import read_log_tail
+from fleet.webhook.results import host_results
+
+RESULT_BYTES = 8 * 1024 * 1024
+
+
+def execute(conn: sqlite3.Connection, settings: Settings, claim: Claim, lock_fd: int) -> str:
+    """Deploy ``claim`` and record the outcome; returns the final status."""
+    log_path = settings.state_dir / "logs" / f"run-{claim.run_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    _update(conn, claim.run_id, log_path=str(log_path))
+    hosts: dict[str, Any] = {}
+    health: list[Any] = []
+    exit_status: int | None = None
+    with log_path.open("ab") as log:
+        log.write(f"==> run {claim.run_id}: tag {claim.tag} at {claim.sha} from "
+                  f"{redact(settings.repo_url)} ({now()})\n".encode())
+        try:
+            work, commit = checkout(settings.repo_url, claim.sha, settings.state_dir, log)
+            _update(conn, claim.run_id, commit_sha=commit)
+            env = deploy_env(settings, claim, work, commit)
+            log.write(f"==> {' '.join(settings.deploy_command)} (in {work})\n".encode())
+            log.flush()
+            exit_status = run_command(settings, work, env, log, lock_fd)
+        except DeployError as exc:
+            status, summary = "failed", str(exc)
+            log.write(f"==> {summary}\n".encode())
+        else:
+            hosts = host_results(read_log_tail(str(log_path), RESULT_BYTES))
+            status, summary = _outcome(exit_status, hosts, settings)
+            if status == "success":
+                healthy, health = check_health(_registry_path(env, work),
+                                               settings.health_check, settings.health_timeout)
+                if not healthy:
+                    status = "unhealthy"
+                    summary = "deploy finished but the fleet is unhealthy: " + ", ".join(
+                        f"{item.get('agent')} ({'; '.join(_reasons(item))})"
+                        for item in health if not item.get("healthy"))
+            log.write(f"==> {status}: {summary}\n".encode())
+    _update(conn, claim.run_id, status=status, ended_at=now(), exit_status=exit_status,
+            summary=summary, hosts=json.dumps(hosts), health=json.dumps(health))
+    return status
+
+
+def deploy_env(settings: Settings, claim: Claim, work: Path, commit: str) -> dict[str, str]:
+    """The receiver's environment without its secrets, plus what the deploy may want to know."""
+    env = {key: value for key, value in os.environ.items() if key not in RECEIVER_SECRETS}
+    env.update(settings.deploy_env())
+    bin_dir = str(Path(sys.executable).parent)
+    env.update(
+        FLEET_DEPLOY_RUN=str(claim.run_id), FLEET_DEPLOY_TAG=claim.tag, FLEET_DEPLOY_SHA=commit,
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(work), env.get("PYTHONPATH")])),
+        PATH=os.pathsep.join(filter(None, [bin_dir, env.get("PATH", os.defpath)])),
+    )
+    return env
+
+
+def run_command(settings: Settings, work: Path, env: dict[str, str], log: Any,
+                lock_fd: int) -> int:
+    """Run the deploy command to completion (killed after ``deploy_timeout``)."""
+    try:
+        process = subprocess.Popen(
+            settings.deploy_command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(lock_fd,))
+    except OSError as exc:
+        raise DeployError(f"cannot start the deploy command {settings.deploy_command[0]!r}: "
+                          f"{exc.strerror}; check FLEET_DEPLOY_COMMAND") from None
+    try:
+        return process.wait(timeout=settings.deploy_timeout)
+    except subprocess.TimeoutExpired:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            os.killpg(process.pid, sig)
+            try:
+                process.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        raise DeployError(f"the deploy command ran longer than FLEET_DEPLOY_TIMEOUT "
+                          f"({settings.deploy_timeout:g}s) and was stopped") from None
+
+
+def _outcome(exit_status: int | None, hosts: dict[str, Any],
+             settings: Settings) -> tuple[str, str]:
+    failed = sorted(host for host, entry in hosts.items() if entry["status"] != "ok")
+    changes = sum(entry["changed"] for entry in hosts.values())
+    if exit_status == 0 and not failed:
+        return "success", f"deployed to {len(hosts)} host(s), {changes} change(s)"
+    where = f"; hosts with errors: {', '.join(failed)}" if failed else ""
+    return "failed", f"{settings.deploy_command[0]} exited with status {exit_status}{where}"
+
+
+def _registry_path(env: dict[str, str], work: Path) -> Path:
+    return Path(env.get("FLEET_REGISTRY") or work / "registry.yaml")
+
+
+def _reasons(item: dict[str, Any]) -> list[str]:
+    found = [f"{key} {item[key]}" for key in ("ssh", "health") if item.get(key, "ok") != "ok"]
+    return found + [str(problem) for problem in item.get("problems", [])] or ["unhealthy"]
+
+
+def _update(conn: sqlite3.Connection, run_id: int, **columns: Any) -> None:
+    assignments = ", ".join(f"{name} = ?" for name in columns)
+    with immediate(conn):
+        conn.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*columns.values(), run_id))

@@ -1,0 +1,38 @@
+-- Deliveries and deploy runs of the webhook receiver (SQLite, WAL mode).
+-- Every authenticated delivery is kept (its id refuses replays); pushes that deploy get a run.
+
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    delivery_id TEXT NOT NULL,
+    forge TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    before_sha TEXT NOT NULL DEFAULT '',
+    pusher TEXT NOT NULL,
+    repository TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL CHECK (status IN
+        ('queued', 'running', 'success', 'failed', 'unhealthy', 'superseded', 'interrupted')),
+    superseded_by INTEGER REFERENCES runs (id),
+    queued_at TEXT NOT NULL,
+    started_at TEXT,
+    ended_at TEXT,
+    exit_status INTEGER,
+    worker_pid INTEGER,
+    commit_sha TEXT,
+    log_path TEXT,
+    summary TEXT NOT NULL DEFAULT '',
+    hosts TEXT NOT NULL DEFAULT '{}',
+    health TEXT NOT NULL DEFAULT '[]'
+);
+
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, id);
+
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id TEXT PRIMARY KEY,
+    forge TEXT NOT NULL,
+    event TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    outcome TEXT NOT NULL CHECK (outcome IN ('queued', 'ignored')),
+    reason TEXT NOT NULL DEFAULT '',
+    run_id INTEGER REFERENCES runs (id)
+);

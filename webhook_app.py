@@ -1,0 +1,9 @@
+"""WSGI entry point of the deploy webhook receiver: ``gunicorn webhook_app:app``.
+
+Settings come from the environment (``FLEET_WEBHOOK_SECRET``, ``FLEET_REPO_URL``, ...) or the
+file named by ``FLEET_WEBHOOK_CONFIG``; ``fleet webhook serve`` checks them before starting.
+"""
+
+from fleet.webhook import create_app
+
+app = create_app()
