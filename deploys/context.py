@@ -1,0 +1,146 @@
+"""Per-host deploy context: paths, names and controller-side inputs shared by the phases."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pyinfra import host
+from pyinfra.api.operation import OperationMeta
+
+from fleet.records import current_run_id
+from fleet.registry import Agent, Registry, load_registry
+from fleet.release import Release, build_release
+from fleet.secrets import Secrets, load_secrets
+
+OPT = "/opt/fleet"
+RELEASES = f"{OPT}/releases"
+CURRENT = f"{OPT}/current"
+NODECTL = f"{OPT}/bin/fleet-nodectl"
+LOCK_DIR = "/run/fleet-deploy.lock"
+KEEP_RELEASES = 5
+PUBLIC_ENV = ("FLEET_AGENT", "FLEET_REGISTRY", "FLEET_STATE_DIR", "FLEET_CONFIG", "FLEET_SOUL",
+              "FLEET_RELEASE_DIR", "PYTHONDONTWRITEBYTECODE")
+
+
+@functools.cache
+def registry_at(path: str) -> Registry:
+    """The registry at ``path``, loaded once per process."""
+    return load_registry(path)
+
+
+@functools.cache
+def secrets() -> Secrets:
+    """The controller's secrets (``$FLEET_SECRETS``), loaded once per process."""
+    return load_secrets()
+
+
+def lock_owner() -> str:
+    """Who holds a node lock taken by this process: ``controller:pid:run-id``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{current_run_id()}"
+
+
+@dataclass
+class AgentContext:
+    """Everything the phases need to know about the agent on the current host."""
+
+    agent: Agent
+    registry: Registry
+    soul_source: Path
+    restart_triggers: list[OperationMeta] = field(default_factory=list)
+    service_ops: list[OperationMeta] = field(default_factory=list)
+    check_ops: list[OperationMeta] = field(default_factory=list)
+    preflight_ok: bool = False
+    verify_result: dict[str, Any] = field(default_factory=dict)
+    rollback_target: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.agent.name
+
+    @property
+    def user(self) -> str:
+        """The agent's system user (and group): the agent's name."""
+        return self.agent.name
+
+    @property
+    def etc_dir(self) -> str:
+        return f"/etc/fleet/{self.name}"
+
+    @property
+    def state_dir(self) -> str:
+        return f"/var/lib/fleet/{self.name}"
+
+    @property
+    def unit(self) -> str:
+        return f"fleet-agent-{self.name}.service"
+
+    @property
+    def release(self) -> Release:
+        return build_release()
+
+    def node_registry(self) -> str:
+        """The registry copy for the node: no controller paths, other agents' config left out
+        (so one agent's config change touches only that agent's node)."""
+        data = self.registry.to_dict()
+        data["fleet"] = {key: value for key, value in data["fleet"].items()
+                         if key not in ("ssh_key", "known_hosts")}
+        for name, entry in data["wizards"].items():
+            entry["soul"] = f"/etc/fleet/{name}/soul.md"
+            if name != self.name:
+                entry.pop("config", None)
+        header = "# Written by the fleet deploy (release phase); edit the controller's registry.\n"
+        return header + yaml.safe_dump(data, sort_keys=False)
+
+    def config_json(self) -> str:
+        """The agent config file; its sha256 is the config hash /health reports."""
+        agent = self.agent
+        data: dict[str, Any] = {"agent": agent.name, "role": agent.role, "model": agent.model,
+                                "gateway_port": agent.gateway_port,
+                                "capabilities": list(agent.capabilities),
+                                "provider": agent.provider, "region": agent.region,
+                                "config": agent.config}
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.config_json().encode()).hexdigest()
+
+    def soul_sha256(self) -> str:
+        return hashlib.sha256(self.soul_source.read_bytes()).hexdigest()
+
+    def public_env(self) -> dict[str, str]:
+        """The non-secret settings of the agent's service environment."""
+        return {
+            "FLEET_AGENT": self.name,
+            "FLEET_REGISTRY": f"{self.etc_dir}/registry.yaml",
+            "FLEET_STATE_DIR": self.state_dir,
+            "FLEET_CONFIG": f"{self.etc_dir}/config.json",
+            "FLEET_SOUL": f"{self.etc_dir}/soul.md",
+            "FLEET_RELEASE_DIR": CURRENT,
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+
+    def env_file(self) -> str:
+        """``/etc/fleet/<agent>/env``: public settings then secrets, ``NAME=value`` lines."""
+        env = {**self.public_env(), **secrets().for_agent(self.name)}
+        return "".join(f"{key}={value}\n" for key, value in env.items())
+
+
+_contexts: dict[str, AgentContext] = {}
+
+
+def agent_context() -> AgentContext:
+    """The context of the host pyinfra is planning for now (one per host and process)."""
+    name = host.data.agent_name
+    if name not in _contexts:
+        registry = registry_at(host.data.registry_path)
+        _contexts[name] = AgentContext(agent=registry.get(name), registry=registry,
+                                       soul_source=Path(host.data.soul_path))
+    return _contexts[name]

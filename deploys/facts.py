@@ -1,0 +1,92 @@
+"""Custom pyinfra facts of the fleet deploy (one shell round trip each)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from typing import Any
+
+from pyinfra.api import FactBase
+
+
+class NodeBasics(FactBase[dict[str, Any]]):
+    """
+    What preflight checks, read in one command:
+
+    .. code:: python
+
+        {"os": "debian", "os_like": "", "systemd": True, "python": (3, 11),
+         "free_mb": 10240, "skew_s": 0.02, "lock": "controller:1234:run-id 1764290000"}
+    """
+
+    default = dict
+
+    def command(self, lock_dir: str) -> str:
+        lock = shlex.quote(f"{lock_dir}/owner")
+        return "; ".join([
+            "(. /etc/os-release 2>/dev/null; echo \"os=$ID\"; echo \"os_like=$ID_LIKE\")",
+            "if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi",
+            "echo \"python=$(python3 -c 'import sys; print(*sys.version_info[:2])' "
+            "2>/dev/null)\"",
+            "echo \"free_kb=$(df -Pk /opt 2>/dev/null | awk 'NR==2 {print $4}')\"",
+            "echo \"epoch=$(date +%s.%N)\"",
+            f"echo \"lock=$(cat {lock} 2>/dev/null)\"",
+        ])
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        received = time.time()
+        raw = dict(line.split("=", 1) for line in output if "=" in line)
+        version = tuple(int(part) for part in raw.get("python", "").split() if part.isdigit())
+        try:
+            skew = float(raw.get("epoch", "")) - received
+        except ValueError:
+            skew = None
+        return {
+            "os": raw.get("os", ""),
+            "os_like": raw.get("os_like", ""),
+            "systemd": raw.get("systemd") == "yes",
+            "python": version,
+            "free_mb": int(raw["free_kb"]) // 1024 if raw.get("free_kb", "").isdigit() else None,
+            "skew_s": skew,
+            "lock": raw.get("lock", ""),
+        }
+
+
+class InstalledReleases(FactBase[list[str]]):
+    """
+    Release ids unpacked under the releases dir (complete ones only):
+
+    .. code:: python
+
+        ["1ea2fee0c1d2", "444a224b3f00"]
+    """
+
+    default = list
+
+    def command(self, releases_dir: str) -> str:
+        path = shlex.quote(releases_dir)
+        return f"for d in {path}/*/site; do [ -d \"$d\" ] && basename \"$(dirname \"$d\")\"; " \
+               "done; true"
+
+    def process(self, output: list[str]) -> list[str]:
+        return sorted(line.strip() for line in output if line.strip())
+
+
+class AgentAudit(FactBase[dict[str, Any]]):
+    """
+    The audit view of one agent, from ``fleet-nodectl facts`` (see :mod:`fleet.nodectl`):
+    release, soul and config hashes, file modes, unit state, listening ports, authorized key
+    fingerprints, sudoers lines and the gateway's /health answer.
+    """
+
+    default = dict
+
+    def command(self, nodectl: str, agent: str, unit: str, port: int, login_user: str) -> str:
+        args = [nodectl, "facts", "--agent", agent, "--unit", unit, "--port", str(port),
+                "--login-user", login_user]
+        return " ".join(shlex.quote(arg) for arg in args)
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads("\n".join(output))
+        return data

@@ -1,0 +1,24 @@
+"""Phase 5, keys: the service environment (with secrets, masked in all output) and operators'
+SSH public keys (added to the login user's authorized_keys, never replacing existing ones)."""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+from pyinfra.api.hiddenvalue import HiddenValue
+from pyinfra.operations import server
+
+from deploys.context import PUBLIC_ENV, AgentContext
+from deploys.ops import secret_file
+
+
+@deploy("Keys")
+def run(ctx: AgentContext) -> None:
+    """``/etc/fleet/<agent>/env`` (0600, agent user) and ``authorized_keys`` additions."""
+    ctx.restart_triggers.append(secret_file(
+        name=f"Environment of {ctx.name} (secrets masked)", dest=f"{ctx.etc_dir}/env",
+        content=HiddenValue(ctx.env_file()), public=PUBLIC_ENV, user=ctx.user,
+        group=ctx.user))
+    if ctx.agent.authorized_keys:
+        server.user_authorizedkeys(
+            name=f"Operator keys for {ctx.agent.ssh_user}", user=ctx.agent.ssh_user,
+            public_keys=list(ctx.agent.authorized_keys), delete_keys=False)

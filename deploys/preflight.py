@@ -1,0 +1,92 @@
+"""Phase 1, preflight: check the node can take a deploy and take its deploy lock.
+
+Checks (one round trip): Debian/Ubuntu with systemd, python3 >= 3.11, free disk under /opt,
+clock skew, and nobody else's deploy lock. SSH itself is checked by pyinfra's connect. A failing
+node is named with its reasons and gets a single failing operation, so nothing changes on it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import time
+from typing import Any
+
+from pyinfra import host, logger
+from pyinfra.api import deploy
+from pyinfra.operations import server
+
+from deploys.context import LOCK_DIR, AgentContext, lock_owner
+from deploys.facts import NodeBasics
+from deploys.ops import lock_taken
+
+MIN_PYTHON = (3, 11)
+MIN_FREE_MB = 200
+MAX_SKEW_S = 10.0
+LOCK_TTL_S = 1800
+SUPPORTED_OS = ("debian", "ubuntu")
+
+
+def _stale(owner_line: str, now: float) -> bool:
+    """A lock is stale when its process on this controller is gone, or it is past the TTL."""
+    owner, _, taken = owner_line.partition(" ")
+    controller, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if controller == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    try:
+        return now - float(taken) > LOCK_TTL_S
+    except ValueError:
+        return True
+
+
+def problems(facts: dict[str, Any], owner: str) -> tuple[list[str], str]:
+    """(reasons the node cannot be deployed, a stale lock holder that may be taken over)."""
+    found = []
+    if facts["os"] not in SUPPORTED_OS and not set(facts["os_like"].split()) & {"debian"}:
+        found.append(f"OS {facts['os'] or 'unknown'!r} is not Debian or Ubuntu")
+    if not facts["systemd"]:
+        found.append("systemd is not running (no /run/systemd/system)")
+    if not facts["python"]:
+        found.append("python3 is missing; install python3 (>= 3.11)")
+    elif facts["python"] < MIN_PYTHON:
+        version = ".".join(map(str, facts["python"]))
+        found.append(f"python3 is {version}, needs >= {'.'.join(map(str, MIN_PYTHON))}")
+    if facts["free_mb"] is not None and facts["free_mb"] < MIN_FREE_MB:
+        found.append(f"only {facts['free_mb']} MiB free under /opt, needs {MIN_FREE_MB} MiB")
+    if facts["skew_s"] is None or abs(facts["skew_s"]) > MAX_SKEW_S:
+        skew = "unknown" if facts["skew_s"] is None else f"{facts['skew_s']:+.1f} s"
+        found.append(f"clock skew {skew} exceeds {MAX_SKEW_S:.0f} s; sync the node's clock")
+    stale = ""
+    holder = facts["lock"]
+    if holder and holder.split(" ")[0] != owner:
+        if _stale(holder, time.time()):
+            stale = holder.split(" ")[0]
+        else:
+            found.append(f"deploy lock {LOCK_DIR} is held by {holder}; wait for that deploy "
+                         f"or remove the lock if it is dead")
+    return found, stale
+
+
+@deploy("Preflight")
+def run(ctx: AgentContext) -> None:
+    """Check the node and take its lock; sets ``ctx.preflight_ok`` (a failing op if not)."""
+    owner = lock_owner()
+    found, stale = problems(host.get_fact(NodeBasics, lock_dir=LOCK_DIR), owner)
+    if found:
+        reason = "; ".join(found)
+        host.log_styled(f"preflight failed: {reason}", fg="red", log_func=logger.error)
+        server.shell(name=f"Preflight failed: {reason}",
+                     commands=[f"echo {shlex.quote('preflight: ' + reason)} >&2; exit 1"])
+        ctx.preflight_ok = False
+        return
+    ctx.check_ops.append(lock_taken(name="Take the node's deploy lock", lock_dir=LOCK_DIR,
+                                    owner=owner, stale_owner=stale))
+    ctx.preflight_ok = True

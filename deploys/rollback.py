@@ -1,0 +1,43 @@
+"""Rollback (``fleet rollback``): ``current`` back to an earlier release, restart, verify.
+
+The agent's state dir is not touched. The outcome goes to the audit phase like a verify.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pyinfra.api import State, StringCommand, deploy
+from pyinfra.api.host import Host
+from pyinfra.operations import python
+
+from deploys.context import NODECTL, AgentContext
+from deploys.verify import HEALTH_TIMEOUT_S
+
+
+def rollback_node(state: State, host: Host, ctx: AgentContext, to: str | None) -> bool:
+    """Run ``fleet-nodectl rollback`` and store its outcome as this run's verify result."""
+    args = [NODECTL, "rollback", "--unit", ctx.unit, "--port", str(ctx.agent.gateway_port),
+            "--timeout", str(HEALTH_TIMEOUT_S)]
+    if to:
+        args += ["--to", to]
+    ok, output = host.run_shell_command(StringCommand(*args))
+    try:
+        result: dict[str, Any] = json.loads(output.stdout) if ok else {}
+    except ValueError:
+        result = {}
+    healthy = bool(result.get("rolled_back") and result.get("healthy"))
+    problems = result.get("problems") or [result.get("reason") or output.stderr or "failed"]
+    ctx.verify_result = {"ok": healthy, "problems": [] if healthy else problems,
+                         "rollback": result}
+    ctx.rollback_target = result.get("release")
+    return True
+
+
+@deploy("Rollback")
+def run(ctx: AgentContext, to: str | None) -> None:
+    """Switch to ``to`` (or the previous release), restart and verify."""
+    ctx.check_ops.append(python.call(
+        name=f"Roll {ctx.name} back to {to or 'the previous release'}",
+        function=rollback_node, ctx=ctx, to=to))
