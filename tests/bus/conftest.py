@@ -1,0 +1,209 @@
+"""Bus fixtures: a temp registry on loopback, Flask test clients and real gateway processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+from flask.testing import FlaskClient
+
+from bus.client import BusClient
+from bus.signing import sign
+from fleet.gateway import create_app
+from fleet.registry import load_registry
+from fleet.secrets import format_keyring
+
+AGENTS = ("ezra", "bezalel", "allegro", "ghost")  # ghost is registered but never started
+KEYS = {name: f"key-of-{name}" for name in AGENTS}
+FAST_RETRIES = {"FLEET_BUS_RETRY_BASE": "0.05", "FLEET_BUS_RETRY_MAX": "0.5",
+                "FLEET_BUS_POLL_SECONDS": "0.2"}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def write_registry(folder: Path) -> Path:
+    """A registry of :data:`AGENTS` on 127.0.0.1, each with its own free port."""
+    lines = ["wizards:"]
+    for number, name in enumerate(AGENTS):
+        role = "orchestrator" if number == 0 else "worker"
+        lines += [f"  {name}:", "    host: 127.0.0.1", f"    role: {role}", "    model: test/m",
+                  f"    gateway_port: {free_port()}"]
+    path = folder / "registry.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def message(**fields: Any) -> dict[str, Any]:
+    """A valid message from ezra to bezalel, with ``fields`` replaced."""
+    base = {"id": "m-1", "from": "ezra", "to": "bezalel", "type": "request",
+            "payload": {"task": "review"}, "timestamp": datetime.now(UTC).isoformat()}
+    base.update(fields)
+    return base
+
+
+def signed_headers(agent: str, body: bytes, path: str = "/message", method: str = "POST",
+                   query: str = "", key: str | None = None, now: float | None = None,
+                   content_type: str | None = "application/json") -> dict[str, str]:
+    """Headers signing a request as ``agent`` (with ``key`` to forge one)."""
+    headers = sign(agent, key or KEYS[agent], method, path, query, body, now=now)
+    if content_type:
+        headers["Content-Type"] = content_type
+    return headers
+
+
+def rows(store: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Run a query on a bus store and close it again."""
+    db = sqlite3.connect(store)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def registry_path(tmp_path: Path) -> Path:
+    return write_registry(tmp_path)
+
+
+@pytest.fixture
+def app(tmp_path: Path, registry_path: Path) -> Flask:
+    """bezalel's gateway app with the delivery worker off."""
+    return create_app({"AGENT_NAME": "bezalel", "REGISTRY_PATH": str(registry_path),
+                       "STATE_DIR": str(tmp_path / "state"), "BUS_KEYS": dict(KEYS),
+                       "BUS_WORKER": False, "TESTING": True})
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def store(app: Flask) -> Path:
+    return Path(app.config["STATE_DIR"]) / "bus.sqlite3"
+
+
+class Gateway:
+    """One agent's gateway run by ``fleet gateway serve`` in its own process group."""
+
+    def __init__(self, name: str, registry: Path, state: Path, env: dict[str, str]) -> None:
+        self.name, self.registry, self.state = name, registry, state
+        self.agent = load_registry(registry).get(name)
+        self.url = self.agent.gateway_url
+        self.env = {**os.environ, "FLEET_BUS_KEYS": format_keyring(KEYS), **env}
+        self.env.pop("FLEET_SECRETS", None)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = state.parent / f"{name}.log"
+
+    def start(self, timeout: float = 20.0) -> Gateway:
+        """Start the process and wait until it answers on its port."""
+        command = [sys.executable, "-c", "from fleet.cli import main; main()",
+                   "--registry", str(self.registry), "gateway", "serve", "--agent", self.name,
+                   "--port", str(self.agent.gateway_port), "--state-dir", str(self.state)]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
+            try:
+                with requests.get(f"{self.url}/openapi.json", timeout=1) as response:
+                    if response.status_code == 200:
+                        return self
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not start: {self.log.read_text()[-2000:]}")
+
+    def signal(self, number: int) -> None:
+        """Send ``number`` to the gateway's whole process group and reap it."""
+        if self.process is None or self.process.poll() is not None:
+            self.process = None
+            return
+        os.killpg(self.process.pid, number)
+        self.process.wait(timeout=20)
+        self.process = None
+
+    def stop(self) -> None:
+        self.signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def client(self, timeout: float = 10.0) -> BusClient:
+        """A client signing as this agent."""
+        return BusClient(self.url, self.name, KEYS[self.name], timeout=timeout)
+
+    @property
+    def store(self) -> Path:
+        return self.state / "bus.sqlite3"
+
+
+class Fleet:
+    """Gateways of one temp registry, stopped at the end of the test."""
+
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+        self.folder = folder
+        self.registry = write_registry(folder)
+        self.gateways = {name: Gateway(name, self.registry, folder / name, env)
+                         for name in AGENTS}
+
+    def start(self, *names: str) -> list[Gateway]:
+        return [self.gateways[name].start() for name in names]
+
+    def __getitem__(self, name: str) -> Gateway:
+        return self.gateways[name]
+
+    def stop(self) -> None:
+        for gateway in self.gateways.values():
+            gateway.kill()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """A registry of four agents; start gateways with ``fleet.start(name, ...)``."""
+    found = Fleet(tmp_path, dict(FAST_RETRIES))
+    yield found
+    found.stop()
+
+
+@pytest.fixture(scope="module")
+def bezalel_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One running gateway (bezalel) shared by a module's refusal tests."""
+    found = Fleet(tmp_path_factory.mktemp("bus"), dict(FAST_RETRIES))
+    yield found["bezalel"].start()
+    found.stop()
+
+
+def wait_for(check: Any, timeout: float = 30.0, every: float = 0.05) -> Any:
+    """Poll ``check()`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {check}")
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(data).encode()

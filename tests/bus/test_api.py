@@ -1,0 +1,145 @@
+"""Inbox, outbox, stats, metrics and OpenAPI endpoints with the Flask test client."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.bus.conftest import dumps, message, rows, signed_headers
+
+
+def call(client: FlaskClient, method: str, path: str, params: dict[str, Any] | None = None,
+         body: Any = None, agent: str = "bezalel") -> Any:
+    """A request signed as ``agent`` (the gateway's own agent by default)."""
+    query = urlencode(params or {})
+    data = b"" if body is None else dumps(body)
+    headers = signed_headers(agent, data, path=path, method=method, query=query,
+                             content_type="application/json" if body is not None else None)
+    return client.open(path + (f"?{query}" if query else ""), method=method, data=data,
+                       headers=headers)
+
+
+def receive(client: FlaskClient, status: int = 201, **fields: Any) -> None:
+    data = message(**fields)
+    body = dumps(data)
+    response = client.post("/message", data=body, headers=signed_headers(data["from"], body))
+    assert response.status_code == status, response.json
+
+
+def test_messages_lists_after_a_cursor_with_filters(client: FlaskClient) -> None:
+    receive(client, id="a")
+    receive(client, id="b", type="alert")
+    receive(client, id="c", type="response", correlation_id="x")
+    page = call(client, "GET", "/messages").json
+    assert [m["id"] for m in page["messages"]] == ["a", "b", "c"]
+    assert page["next"] == 3
+    assert page["messages"][0] | {"timestamp": None, "received_at": None} == {
+        "seq": 1, "id": "a", "from": "ezra", "to": "bezalel", "type": "request",
+        "payload": {"task": "review"}, "timestamp": None, "correlation_id": None,
+        "reply_to": None, "ttl": None, "format": "fleet", "received_at": None, "acked_at": None}
+    assert [m["id"] for m in call(client, "GET", "/messages", {"since": 1}).json["messages"]] \
+        == ["b", "c"]
+    assert [m["id"] for m in call(client, "GET", "/messages", {"type": "alert"}).json[
+        "messages"]] == ["b"]
+    assert [m["id"] for m in call(client, "GET", "/messages", {"correlation_id": "x"}).json[
+        "messages"]] == ["c"]
+    assert [m["id"] for m in call(client, "GET", "/messages", {"limit": 1}).json[
+        "messages"]] == ["a"]
+
+
+def test_bad_inbox_query_lists_each_parameter(client: FlaskClient) -> None:
+    response = call(client, "GET", "/messages",
+                    {"since": "-1", "limit": "5000", "type": "x", "unacked": "maybe", "q": "1"})
+    assert response.status_code == 400
+    assert response.json["problems"] == {
+        "since": "'-1' is not an inbox position (a whole number >= 0)",
+        "limit": "'5000' is not a whole number from 1 to 1000",
+        "type": "'x' is not a message type (request, response, broadcast, alert)",
+        "unacked": "'maybe' is not 1, 0, true or false",
+        "q": "unknown parameter",
+    }
+
+
+def test_ack_marks_a_message_handled(client: FlaskClient, store: Path) -> None:
+    receive(client, id="a")
+    receive(client, id="b")
+    response = call(client, "POST", "/messages/a/ack")
+    assert response.status_code == 200
+    assert response.json == {"acked": 1, "id": "a"}
+    unacked = call(client, "GET", "/messages", {"unacked": 1}).json["messages"]
+    assert [m["id"] for m in unacked] == ["b"]
+    missing = call(client, "POST", "/messages/zzz/ack")
+    assert missing.status_code == 404
+    assert missing.json["error"] == "message 'zzz' is not in the inbox"
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/messages"), ("POST", "/messages/a/ack"), ("GET", "/bus/stats"),
+    ("GET", "/bus/dead-letters"), ("POST", "/outbox"),
+])
+def test_owner_endpoints_refuse_other_agents_and_unsigned(client: FlaskClient, method: str,
+                                                          path: str) -> None:
+    body = {"to": "ezra", "type": "alert", "payload": 1} if path == "/outbox" else None
+    other = call(client, method, path, body=body, agent="ezra")
+    assert other.status_code == 403
+    assert other.json["error"] == (f"{path} is readable only with 'bezalel''s own key, "
+                                   "not 'ezra''s")
+    assert client.open(path, method=method).status_code == 401
+
+
+def test_outbox_queues_one_row_per_recipient(client: FlaskClient, store: Path) -> None:
+    response = call(client, "POST", "/outbox", body={"type": "broadcast", "payload": "hi",
+                                                     "id": "b-1"})
+    assert response.status_code == 202
+    assert response.json == {"id": "b-1", "recipients": ["ezra", "allegro", "ghost"]}
+    assert call(client, "POST", "/outbox", body={"type": "broadcast", "payload": "hi",
+                                                 "id": "b-1"}).status_code == 202
+    queued = rows(store, "SELECT recipient, body FROM outbox ORDER BY seq")
+    assert [(name, json.loads(body)["to"]) for name, body in queued] == [
+        ("ezra", "ezra"), ("allegro", "allegro"), ("ghost", "ghost")]
+    assert json.loads(queued[0][1])["from"] == "bezalel"
+
+
+def test_outbox_refuses_bad_messages(client: FlaskClient, store: Path) -> None:
+    response = call(client, "POST", "/outbox", body={"type": "request", "payload": 1,
+                                                     "ttl": -5, "to": "*"})
+    assert response.status_code == 400
+    assert response.json["problems"] == {
+        "ttl": "-5 is not a positive whole number of seconds",
+        "to": "a request needs one recipient; only a broadcast goes to '*'"}
+    assert rows(store, "SELECT COUNT(*) FROM outbox") == [(0,)]
+
+
+def test_stats_and_metrics_count_the_store(client: FlaskClient) -> None:
+    receive(client, id="a")
+    receive(client, 200, id="a")
+    call(client, "POST", "/outbox", body={"to": "ezra", "type": "alert", "payload": 1})
+    stats = call(client, "GET", "/bus/stats").json
+    assert stats == {"agent": "bezalel", "received": 1, "duplicates": 1, "delivered": 0,
+                     "retried": 0, "dead_lettered": 0, "outbox_depth": 1, "inbox_messages": 1,
+                     "inbox_unacked": 1, "dead_letters": 0}
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert metrics.content_type.startswith("text/plain; version=0.0.4")
+    text = metrics.get_data(as_text=True)
+    assert 'fleet_bus_received_total{agent="bezalel"} 1\n' in text
+    assert 'fleet_bus_outbox_depth{agent="bezalel"} 1\n' in text
+    assert "# TYPE fleet_bus_outbox_depth gauge\n" in text
+
+
+def test_openapi_documents_every_bus_route(app: Flask, client: FlaskClient) -> None:
+    document = client.get("/openapi.json").json
+    documented = {(path, method) for path, operations in document["paths"].items()
+                  for method in operations}
+    routes = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower())
+              for rule in app.url_map.iter_rules() if rule.endpoint.startswith("bus_")
+              for method in rule.methods - {"HEAD", "OPTIONS"}}
+    assert routes == documented
+    assert document["openapi"].startswith("3.")

@@ -1,0 +1,171 @@
+"""POST /message with the Flask test client: validation, limits, auth, dedup, CloudEvents."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.bus.conftest import dumps, message, rows, signed_headers
+
+AGENTS = "ezra, bezalel, allegro, ghost"
+
+
+def post(client: FlaskClient, data: Any, agent: str = "ezra", **sign: Any) -> Any:
+    body = data if isinstance(data, bytes) else dumps(data)
+    return client.post("/message", data=body, headers=signed_headers(agent, body, **sign))
+
+
+def test_stores_a_signed_message(client: FlaskClient, store: Path) -> None:
+    response = post(client, message(correlation_id="c-1", reply_to="ezra", ttl=60))
+    assert response.status_code == 201
+    assert response.json == {"status": "stored", "id": "m-1"}
+    assert rows(store, "SELECT id, sender, recipient, type, payload, correlation_id, reply_to,"
+                       " ttl, format FROM inbox") == [
+        ("m-1", "ezra", "bezalel", "request", '{"task": "review"}', "c-1", "ezra", 60, "fleet")]
+
+
+def test_duplicate_is_acknowledged_and_stored_once(client: FlaskClient, store: Path) -> None:
+    assert post(client, message()).status_code == 201
+    again = post(client, message(payload="changed"))
+    assert again.status_code == 200
+    assert again.json == {"status": "duplicate", "id": "m-1"}
+    assert rows(store, "SELECT COUNT(*) FROM inbox") == [(1,)]
+    assert rows(store, "SELECT name, value FROM counters ORDER BY name") == [
+        ("duplicates", 1), ("received", 1)]
+
+
+def test_same_id_from_another_sender_is_another_message(client: FlaskClient,
+                                                        store: Path) -> None:
+    assert post(client, message()).status_code == 201
+    assert post(client, message(**{"from": "allegro"}), agent="allegro").status_code == 201
+    assert rows(store, "SELECT COUNT(*) FROM inbox") == [(2,)]
+
+
+@pytest.mark.parametrize(("fields", "problems"), [
+    ({"id": None}, {"id": "missing required field"}),
+    ({"type": "gossip"},
+     {"type": "'gossip' is not a message type (request, response, broadcast, alert)"}),
+    ({"timestamp": "yesterday"},
+     {"timestamp": "'yesterday' is not an ISO 8601 timestamp with a UTC offset "
+                   "(e.g. 2026-11-28T01:02:03Z)"}),
+    ({"timestamp": "2026-11-28T01:02:03"},
+     {"timestamp": "'2026-11-28T01:02:03' is not an ISO 8601 timestamp with a UTC offset "
+                   "(e.g. 2026-11-28T01:02:03Z)"}),
+    ({"to": "nobody"}, {"to": f"'nobody' is not an agent in the registry (agents: {AGENTS})"}),
+    ({"to": "allegro"}, {"to": "'allegro' is not this agent (this gateway serves 'bezalel')"}),
+    ({"ttl": 0}, {"ttl": "0 is not a positive whole number of seconds"}),
+    ({"reply_to": "x"}, {"reply_to": f"'x' is not an agent in the registry (agents: {AGENTS})"}),
+    ({"type": "response"},
+     {"correlation_id": "a response needs the correlation_id of its request"}),
+    ({"colour": "red"}, {"colour": "unknown field (allowed: id, from, to, type, payload, "
+                                   "timestamp, correlation_id, reply_to, ttl)"}),
+    ({"id": "", "type": 3, "payload": None},
+     {"id": "'' is not a non-empty string of at most 200 characters",
+      "type": "3 is not a message type (request, response, broadcast, alert)"}),
+])
+def test_bad_fields_are_listed_and_not_stored(client: FlaskClient, store: Path,
+                                              fields: dict[str, Any],
+                                              problems: dict[str, str]) -> None:
+    data = message(**{k: v for k, v in fields.items() if v is not None or k == "payload"})
+    for name in [k for k, v in fields.items() if v is None and k != "payload"]:
+        del data[name]
+    response = post(client, data)
+    assert response.status_code == 400
+    assert response.json == {"error": "invalid message", "problems": problems}
+    assert rows(store, "SELECT COUNT(*) FROM inbox") == [(0,)]
+
+
+def test_every_missing_field_is_listed(client: FlaskClient) -> None:
+    response = post(client, {})
+    assert response.status_code == 400
+    assert response.json["problems"] == {
+        name: "missing required field"
+        for name in ("id", "from", "to", "type", "payload", "timestamp")}
+
+
+def test_not_json_is_refused(client: FlaskClient, store: Path) -> None:
+    response = post(client, b"{nope")
+    assert response.status_code == 400
+    assert response.json["problems"]["body"].startswith("not valid JSON")
+
+
+def test_over_256_kib_is_refused(client: FlaskClient, store: Path) -> None:
+    response = post(client, message(payload="x" * 256 * 1024))
+    assert response.status_code == 413
+    assert response.json == {"error": "message body is over 256 KiB",
+                             "hint": "Send large data by reference (a URL in the payload)."}
+    assert rows(store, "SELECT COUNT(*) FROM inbox") == [(0,)]
+
+
+def test_other_content_types_are_refused(client: FlaskClient, store: Path) -> None:
+    response = post(client, dumps(message()), content_type="text/plain")
+    assert response.status_code == 415
+    assert response.json == {"error": "Content-Type 'text/plain' is not application/json or "
+                                      "application/cloudevents+json"}
+    assert rows(store, "SELECT COUNT(*) FROM inbox") == [(0,)]
+
+
+FORGED = "X-Fleet-Signature: signature does not match the body and 'ezra''s key"
+
+
+@pytest.mark.parametrize(("sign", "error"), [
+    ({"key": "guessed"}, FORGED),
+    ({"path": "/messages"}, FORGED),
+    ({"now": 1_000_000_000}, "X-Fleet-Timestamp: 1000000000 is "),
+])
+def test_forged_or_stale_messages_get_401(client: FlaskClient, store: Path,
+                                          sign: dict[str, Any], error: str) -> None:
+    response = post(client, message(), **sign)
+    assert response.status_code == 401
+    assert response.json["error"].startswith(error)
+    assert rows(store, "SELECT COUNT(*) FROM inbox") == [(0,)]
+
+
+def test_stale_message_names_the_window(client: FlaskClient) -> None:
+    response = post(client, message(), now=time.time() - 301)
+    assert response.status_code == 401
+    assert response.json["error"].endswith("s from this gateway's clock (allowed: 300 s)")
+
+
+def test_unsigned_message_gets_401(client: FlaskClient, store: Path) -> None:
+    response = client.post("/message", json=message())
+    assert response.status_code == 401
+    assert response.json["error"] == ("unsigned request: missing X-Fleet-Agent, "
+                                      "X-Fleet-Timestamp, X-Fleet-Signature")
+    assert rows(store, "SELECT COUNT(*) FROM inbox") == [(0,)]
+
+
+def test_from_must_be_the_signing_agent(client: FlaskClient, store: Path) -> None:
+    response = post(client, message(), agent="allegro")
+    assert response.status_code == 401
+    assert response.json["error"] == ("from 'ezra' does not match the signing agent 'allegro'")
+    assert rows(store, "SELECT COUNT(*) FROM inbox") == [(0,)]
+
+
+def test_cloudevent_is_mapped_into_the_inbox(client: FlaskClient, store: Path) -> None:
+    event = {"specversion": "1.0", "id": "ce-1", "source": "ezra", "type": "fleet.alert",
+             "time": "2026-11-28T01:02:03Z", "to": "bezalel", "correlationid": "c-9",
+             "datacontenttype": "application/json", "data": {"disk": "full"}}
+    response = post(client, event, content_type="application/cloudevents+json")
+    assert response.status_code == 201
+    assert rows(store, "SELECT id, sender, recipient, type, payload, timestamp, correlation_id,"
+                       " format FROM inbox") == [
+        ("ce-1", "ezra", "bezalel", "alert", '{"disk": "full"}', "2026-11-28T01:02:03Z", "c-9",
+         "cloudevents")]
+
+
+def test_bad_cloudevent_names_the_attributes(client: FlaskClient, store: Path) -> None:
+    event = {"specversion": "0.3", "id": "ce-1", "source": "nobody", "type": "com.x.alert",
+             "to": "bezalel"}
+    response = post(client, event, content_type="application/cloudevents+json")
+    assert response.status_code == 400
+    assert response.json["problems"] == {
+        "specversion": "'0.3' is not '1.0'",
+        "source": f"'nobody' is not an agent in the registry (agents: {AGENTS})",
+        "type": "'com.x.alert' is not fleet.<type> (e.g. fleet.request)",
+    }
+    assert rows(store, "SELECT COUNT(*) FROM inbox") == [(0,)]
