@@ -1,0 +1,202 @@
+"""Fixtures of the webhook tests: settings in a temp state dir, a real git fleet repo, the app,
+and a real gunicorn serving it on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+from flask.testing import FlaskClient
+
+from fleet.webhook import create_app
+from fleet.webhook.config import Settings, load_settings
+from tests.webhook.forge import GITLAB_TOKEN, READ_TOKEN, SECRET
+
+REPO = Path(__file__).resolve().parents[2]
+STANDIN = Path(__file__).with_name("standin_deploy.py")
+GIT_ID = ["-c", "user.name=Test", "-c", "user.email=test@example.org"]
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    """Run git and return its stdout (fails the test on error)."""
+    done = subprocess.run(["git", *GIT_ID, *args], cwd=cwd, capture_output=True, text=True,
+                          check=True)
+    return done.stdout.strip()
+
+
+@dataclass
+class FleetRepo:
+    """A working clone and the bare repository it pushes to (what a forge would host)."""
+
+    work: Path
+    bare: Path
+
+    def commit(self, message: str) -> str:
+        """Commit a change and return its sha."""
+        with (self.work / "CHANGES").open("a") as handle:
+            handle.write(message + "\n")
+        git("add", "CHANGES", cwd=self.work)
+        git("commit", "-q", "-m", message, cwd=self.work)
+        return git("rev-parse", "HEAD", cwd=self.work)
+
+    def push_tag(self, tag: str, sha: str) -> None:
+        """``git tag -f TAG SHA`` and force-push it, like moving PROD."""
+        git("tag", "-f", tag, sha, cwd=self.work)
+        git("push", "-q", "--force", "origin", "HEAD:refs/heads/main", f"refs/tags/{tag}",
+            cwd=self.work)
+
+
+@pytest.fixture
+def fleet_repo(tmp_path: Path) -> FleetRepo:
+    """A small fleet repo in a bare repository (``file://`` URL via ``.bare``)."""
+    bare, work = tmp_path / "fleet.git", tmp_path / "fleet-work"
+    git("init", "-q", "--bare", "-b", "main", str(bare))
+    git("clone", "-q", str(bare), str(work))
+    repo = FleetRepo(work=work, bare=bare)
+    repo.commit("first")
+    git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=work)
+    return repo
+
+
+@pytest.fixture
+def record_file(tmp_path: Path) -> Path:
+    """Where the stand-in deploy appends one JSON line per run."""
+    return tmp_path / "deploys.jsonl"
+
+
+@pytest.fixture
+def env(tmp_path: Path, record_file: Path) -> dict[str, str]:
+    """Receiver settings as environment variables, deploying with the stand-in command from
+    the ``fleet_repo`` fixture's bare repository (request that fixture to create it)."""
+    return {
+        "FLEET_WEBHOOK_SECRET": SECRET, "FLEET_GITLAB_TOKEN": GITLAB_TOKEN,
+        "FLEET_READ_TOKEN": READ_TOKEN, "FLEET_REPO_URL": f"file://{tmp_path / 'fleet.git'}",
+        "FLEET_STATE_DIR": str(tmp_path / "state"), "FLEET_HEALTH_CHECK": "off",
+        "FLEET_DEPLOY_COMMAND": f"{sys.executable} {STANDIN}",
+        "STANDIN_RECORD": str(record_file), "STANDIN_SLEEP": "0", "STANDIN_HOSTS": "alpha,beta",
+    }
+
+
+@pytest.fixture
+def settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings from ``env`` (also exported, as the deploy's environment reads them)."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return load_settings(env)
+
+
+@pytest.fixture
+def app(settings: Settings) -> Flask:
+    """The receiver without its background thread (tests drain the queue themselves)."""
+    return create_app({"TESTING": True, "SETTINGS": settings, "DISPATCH": False})
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client of the receiver."""
+    return app.test_client()
+
+
+def auth() -> dict[str, str]:
+    """The read API's Authorization header."""
+    return {"Authorization": f"Bearer {READ_TOKEN}"}
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The stand-in deploy's JSON lines."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A gunicorn serving ``webhook_app:app`` on loopback."""
+
+    env: dict[str, str]
+    workers: int = 2
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        """Start gunicorn and wait until it answers."""
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--workers", str(self.workers), "--bind",
+             f"127.0.0.1:{self.port}", "webhook_app:app"],
+            cwd=REPO, env={**os.environ, **self.env}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                requests.get(f"{self.url}/openapi.json", timeout=1)
+                return self
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise AssertionError("gunicorn did not start within 20s")
+
+    def pids(self) -> list[int]:
+        """The master and its workers."""
+        assert self.process is not None
+        children = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True,
+                                  text=True, check=False).stdout.split()
+        return [self.process.pid, *map(int, children)]
+
+    def kill(self) -> None:
+        """SIGKILL the master and the workers (not the deploy they started)."""
+        for pid in self.pids():
+            os.kill(pid, signal.SIGKILL)
+        assert self.process is not None
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Stop gunicorn (and anything left in its session)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
+
+
+@pytest.fixture
+def serve(env: dict[str, str]) -> Iterator[Callable[..., Server]]:
+    """Start gunicorn servers of the receiver; all are stopped at teardown."""
+    servers: list[Server] = []
+
+    def start(workers: int = 2, **overrides: str) -> Server:
+        server = Server({**env, **overrides}, workers=workers).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
