@@ -29,6 +29,8 @@ __all__ = ["LabClaim", "NodeStatus", "claim", "down", "down_all", "in_use", "lab
            "registry_path", "ssh_config", "status", "up"]
 OP_LOCK = "lab.lock"
 """Held while ``up`` or ``down`` works on a lab, so two of them never interleave."""
+FAILED_UP_GRACE = 2.0
+"""Seconds half-booted nodes get to power off when ``up`` failed (nothing to save there)."""
 CLAIM_LOCK = "in-use.lock"
 """Held by a long-lived user of the lab (a pytest session); ``down --all`` skips such labs."""
 
@@ -60,7 +62,7 @@ def up(registry: Registry, nodes: int | None = None, lab: str = DEFAULT_LAB,
             return bring_up(registry, nodes, lab, path, progress or (lambda _: None))
         except BaseException as exc:
             try:
-                teardown(lab, path)
+                teardown(lab, path, grace=FAILED_UP_GRACE)
             except LabError as cleanup:
                 raise LabError(f"{exc}; cleaning up also failed: {cleanup}",
                                hint=cleanup.hint) from exc

@@ -10,6 +10,7 @@ import contextlib
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from fleet.errors import LabError
@@ -22,6 +23,7 @@ from fleet.lab.registry_writer import SSH_CONFIG
 from fleet.lab.state import STATE_FILE, read_records
 
 STOP_TIMEOUT = 15.0
+RESIGNAL_EVERY = 2.0
 
 
 def mounts_under(path: Path) -> list[str]:
@@ -57,17 +59,23 @@ def close_ssh_masters(lab_path: Path) -> None:
                        capture_output=True, check=False, timeout=10)
 
 
-def stop_nodes(lab: str, lab_path: Path, names: set[str]) -> None:
-    """SIGTERM each nspawn, wait up to 15 s, then kill and remove each node's cgroups."""
+def stop_nodes(lab: str, lab_path: Path, names: set[str], grace: float = STOP_TIMEOUT) -> None:
+    """SIGTERM each nspawn (repeated, as a node still booting may miss it), wait up to
+    ``grace`` s for a clean poweroff, then kill and remove each node's cgroups."""
     pids = {}
     for name in names:
         pid = NodePaths.of(lab_path, name).pid()
         if pid is not None and processes.is_nspawn(pid, name):
-            processes.signal_pid(pid, signal.SIGTERM)
             pids[name] = pid
-    for pid in processes.wait_gone(pids.values(), STOP_TIMEOUT):
+    deadline = time.monotonic() + grace
+    left = set(pids.values())
+    while left and time.monotonic() < deadline:
+        for pid in left:
+            processes.signal_pid(pid, signal.SIGTERM)
+        left = processes.wait_gone(left, min(RESIGNAL_EVERY, deadline - time.monotonic()))
+    for pid in left:
         processes.signal_pid(pid, signal.SIGKILL)
-    processes.wait_gone(pids.values(), 5)
+    processes.wait_gone(left, 5)
     for name in names:
         dirs = cgroup_dirs(lab, name)
         for cgroup in dirs:
@@ -101,12 +109,15 @@ def leftovers(lab: str, lab_path: Path, index: int | None, names: set[str]) -> l
     return found
 
 
-def teardown(lab: str, lab_path: Path) -> None:
-    """Remove everything the lab created at run time; keep its keys and files."""
+def teardown(lab: str, lab_path: Path, grace: float = STOP_TIMEOUT) -> None:
+    """Remove everything the lab created at run time; keep its keys and files.
+
+    Nodes get ``grace`` seconds to power off cleanly before they are killed.
+    """
     index = read_index(lab_path)
     names = node_names(lab, lab_path)
     close_ssh_masters(lab_path)
-    stop_nodes(lab, lab_path, names)
+    stop_nodes(lab, lab_path, names, grace)
     unmount_all(lab_path)
     if index is not None:
         remove_network(index)

@@ -1,0 +1,126 @@
+"""Real labs: down leaves nothing behind (also after a failed up), labs run side by side."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fleet import lab
+from fleet.errors import LabError
+from fleet.lab import network, node, paths
+from fleet.lab.bring_up import FAIL_ENV
+from fleet.registry import load_registry
+from tests.lab.leftovers import lab_leftovers
+from tests.lab_fixtures import EXAMPLE_REGISTRY, REPO
+
+pytestmark = pytest.mark.lab
+
+
+def run_on(registry_path: Path, name: str, command: str) -> str:
+    """Run ``command`` on a node through the lab's ssh_config (strict host key checking)."""
+    config = registry_path.parent / "ssh_config"
+    result = subprocess.run(["ssh", "-F", str(config), name, command], capture_output=True,
+                            text=True, timeout=60, check=True)
+    return result.stdout.strip()
+
+
+def test_down_removes_everything(spare_lab: str) -> None:
+    registry_path = lab.up(load_registry(EXAMPLE_REGISTRY), lab=spare_lab)
+    lab_path = paths.lab_dir(spare_lab)
+    index = network.read_index(lab_path)
+    assert index is not None
+    assert run_on(registry_path, "allegro", "hostname") == "allegro"
+    assert len(lab_leftovers(lab_path, index)) > 5  # the check sees a running lab
+    lab.down(spare_lab)
+    assert lab_leftovers(lab_path, index) == []
+    assert lab.status(spare_lab) == []
+    lab.down(spare_lab)  # idempotent
+
+
+def test_failed_up_cleans_up_after_itself(spare_lab: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    lab_path = paths.lab_dir(spare_lab)
+    index = network.allocate_index(lab_path)  # up keeps a pre-claimed index: we know it
+    monkeypatch.setenv(FAIL_ENV, "bezalel")
+    with pytest.raises(LabError, match=f"node bezalel: boot failure injected by {FAIL_ENV}"):
+        lab.up(load_registry(EXAMPLE_REGISTRY), lab=spare_lab)
+    assert lab_leftovers(lab_path, index) == []
+    assert network.read_index(lab_path) is None
+    monkeypatch.delenv(FAIL_ENV)
+    lab.up(load_registry(EXAMPLE_REGISTRY), nodes=1, lab=spare_lab)  # usable again
+    assert [s.running for s in lab.status(spare_lab)] == [True]
+
+
+def test_down_tolerates_half_built_state(spare_lab: str) -> None:
+    lab_path = paths.lab_dir(spare_lab)
+    index = network.allocate_index(lab_path)
+    network.create_bridge(index)
+    network.create_node_network(index, 0, "ezra-primary")
+    node_paths = node.NodePaths.of(lab_path, "ezra-primary")
+    node.mount_overlay(node_paths, next(paths.cache_dir().glob("rootfs-bookworm-*/")))
+    assert len(lab_leftovers(lab_path, index)) == 4
+    lab.down(spare_lab)
+    assert lab_leftovers(lab_path, index) == []
+
+
+def test_labs_run_side_by_side(lab_name: str, lab_registry: Path, spare_lab: str) -> None:
+    spare_registry = lab.up(load_registry(EXAMPLE_REGISTRY), nodes=5, lab=spare_lab)
+    ours, theirs = load_registry(lab_registry), load_registry(spare_registry)
+    assert list(theirs.agents)[3:] == ["worker-04", "worker-05"]
+    assert ours.get("bezalel").host.rsplit(".", 1)[0] != theirs.get("bezalel").host.rsplit(
+        ".", 1)[0]
+    assert run_on(spare_registry, "worker-05", "hostname") == "worker-05"
+    lab.down(spare_lab)
+    assert all(s.running for s in lab.status(lab_name))
+    assert run_on(lab_registry, "bezalel", "hostname") == "bezalel"
+
+
+def test_nodes_have_no_internet_route_but_see_each_other(lab_registry: Path) -> None:
+    registry = load_registry(lab_registry)
+    routes = run_on(lab_registry, "ezra-primary", "ip -4 route").splitlines()
+    subnet = registry.get("ezra-primary").host.rsplit(".", 1)[0]
+    assert [route.strip() for route in routes] == [
+        f"{subnet}.0/24 dev eth0 proto kernel scope link src {subnet}.10"]
+    allegro = registry.get("allegro").host
+    assert run_on(lab_registry, "ezra-primary", f"ping -c1 -W2 {allegro} >/dev/null && echo ok"
+                  ) == "ok"
+
+
+def test_host_keys_stay_pinned_across_down_and_up(lab_refresh, lab_registry: Path) -> None:
+    known_hosts = (lab_registry.parent / "known_hosts").read_text()
+    before = run_on(lab_registry, "allegro", "cat /etc/machine-id")
+    assert lab_refresh() == lab_registry
+    assert (lab_registry.parent / "known_hosts").read_text() == known_hosts
+    assert run_on(lab_registry, "allegro", "test -e /root/marker || echo cold") == "cold"
+    assert run_on(lab_registry, "allegro", "cat /etc/machine-id") != before
+
+
+def test_testinfra_ssh_backend_uses_the_ssh_config(lab_registry: Path) -> None:
+    testinfra = pytest.importorskip("testinfra")
+    host = testinfra.get_host("ssh://bezalel", ssh_config=str(lab_registry.parent / "ssh_config"))
+    assert host.file("/etc/hostname").content_string == "bezalel\n"
+    assert host.service("ssh").is_running
+    assert host.user("fleet-admin").exists
+    assert host.run("python3 -c 'import venv, ensurepip; print(1)'").stdout.strip() == "1"
+
+
+def test_cli_up_status_ssh_down(spare_lab: str) -> None:
+    fleet = ["fleet", "--registry", str(REPO / "registry.yaml"), "lab"]
+    up = subprocess.run([*fleet, "up", "-n", "2", "--lab", spare_lab], capture_output=True,
+                        text=True, timeout=300, check=True)
+    registry_path = paths.lab_dir(spare_lab) / "registry.yaml"
+    assert f"  export FLEET_REGISTRY={registry_path}\n" in up.stdout
+    status = subprocess.run([*fleet, "status", "--lab", spare_lab, "--json"],
+                            capture_output=True, text=True, check=True)
+    nodes = json.loads(status.stdout)
+    assert [(n["name"], n["running"]) for n in nodes] == [("ezra-primary", True),
+                                                          ("bezalel", True)]
+    ssh = subprocess.run([*fleet, "ssh", "--lab", spare_lab, "bezalel", "echo", "hi", "there"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert ssh.stdout == "hi there\n"
+    down = subprocess.run([*fleet, "down", "--lab", spare_lab], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert down.stdout == f"Lab {spare_lab!r} is down.\n"
