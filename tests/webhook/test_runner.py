@@ -1,0 +1,185 @@
+"""Running deploys: real git fetches from a bare repo, a real stand-in deploy command."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from fleet.webhook.config import Settings
+from fleet.webhook.dispatcher import drain
+from tests.webhook.conftest import FleetRepo, auth, git, read_records
+from tests.webhook.forge import signed_push
+
+
+def push_tag(client: FlaskClient, sha: str, forge: str = "gitea") -> int:
+    """Deliver a push of PROD at ``sha``; return the queued run id."""
+    body, headers = signed_push(forge, "refs/tags/PROD", sha)
+    response = client.post(f"/hooks/{forge}", data=body, headers=headers)
+    assert response.status_code == 202, response.json
+    return int(response.json["run_id"])
+
+
+def show(client: FlaskClient, run_id: int) -> dict[str, Any]:
+    """``GET /runs/<id>``."""
+    response = client.get(f"/runs/{run_id}", headers=auth())
+    assert response.status_code == 200
+    return dict(response.json)
+
+
+def test_a_push_deploys_the_tagged_commit(client: FlaskClient, settings: Settings,
+                                          fleet_repo: FleetRepo, record_file: Path) -> None:
+    sha = fleet_repo.commit("second")
+    fleet_repo.push_tag("PROD", sha)
+    run_id = push_tag(client, sha)
+    assert drain(settings) == [run_id]
+    run = show(client, run_id)
+    assert (run["status"], run["exit_status"], run["commit_sha"]) == ("success", 0, sha)
+    assert run["summary"] == "deployed to 2 host(s), 1 change(s)"
+    assert run["hosts"] == {
+        "alpha": {"status": "ok", "changed": 1, "unchanged": 0, "failed": 0,
+                  "changes": ["Install release"], "errors": []},
+        "beta": {"status": "ok", "changed": 0, "unchanged": 1, "failed": 0, "changes": [],
+                 "errors": []}}
+    assert f"stand-in deploy of {sha}" in run["log"]
+    assert run["log"].rstrip().endswith("==> success: deployed to 2 host(s), 1 change(s)")
+    assert run["started_at"] <= run["ended_at"]
+    [record] = read_records(record_file)
+    assert (record["run"], record["sha"], record["secret_seen"]) == (run_id, sha, False)
+    work = settings.state_dir / "work"
+    assert git("rev-parse", "HEAD", cwd=work) == sha
+    assert (work / "CHANGES").read_text() == "first\nsecond\n"
+
+
+def test_an_annotated_tag_deploys_the_commit_it_points_at(client: FlaskClient,
+                                                          settings: Settings,
+                                                          fleet_repo: FleetRepo) -> None:
+    sha = fleet_repo.commit("annotated")
+    git("tag", "-a", "-m", "release", "PROD", sha, cwd=fleet_repo.work)
+    git("push", "-q", "origin", "refs/tags/PROD", cwd=fleet_repo.work)
+    tag_object = git("rev-parse", "PROD", cwd=fleet_repo.work)
+    assert tag_object != sha
+    run_id = push_tag(client, tag_object, forge="github")
+    drain(settings)
+    run = show(client, run_id)
+    assert (run["status"], run["sha"], run["commit_sha"]) == ("success", tag_object, sha)
+
+
+def test_queued_pushes_coalesce_into_one_deploy(client: FlaskClient, settings: Settings,
+                                                fleet_repo: FleetRepo,
+                                                record_file: Path) -> None:
+    shas = [fleet_repo.commit(f"change {n}") for n in range(3)]
+    fleet_repo.push_tag("PROD", shas[-1])
+    ids = [push_tag(client, sha) for sha in shas]
+    assert drain(settings) == [ids[-1]]
+    assert [record["sha"] for record in read_records(record_file)] == [shas[-1]]
+    assert [show(client, run_id)["status"] for run_id in ids] == [
+        "superseded", "superseded", "success"]
+    assert show(client, ids[-1])["covers"] == ids[:-1]
+
+
+def with_env(settings: Settings, **values: str) -> Settings:
+    """``settings`` with more variables for the deploy's environment."""
+    return replace(settings, env={**settings.env, **values})
+
+
+def test_a_failing_deploy_is_recorded_as_failed(client: FlaskClient, settings: Settings,
+                                                fleet_repo: FleetRepo) -> None:
+    sha = fleet_repo.commit("broken")
+    fleet_repo.push_tag("PROD", sha)
+    run_id = push_tag(client, sha)
+    drain(with_env(settings, STANDIN_EXIT="3"))
+    run = show(client, run_id)
+    assert (run["status"], run["exit_status"]) == ("failed", 3)
+    assert run["summary"].endswith("exited with status 3; hosts with errors: alpha")
+    assert run["hosts"]["alpha"]["errors"] == ["Install release"]
+
+
+def test_a_sha_missing_from_the_repo_fails_the_run(client: FlaskClient, settings: Settings,
+                                                   fleet_repo: FleetRepo,
+                                                   record_file: Path) -> None:
+    run_id = push_tag(client, "ab" * 20)
+    drain(settings)
+    run = show(client, run_id)
+    assert run["status"] == "failed"
+    assert run["summary"] == (f"commit {'ab' * 20} is not in file://{fleet_repo.bare}; was the "
+                              "tag moved or the history rewritten before the deploy started?")
+    assert read_records(record_file) == []
+
+
+def test_a_missing_deploy_command_fails_the_run(client: FlaskClient, settings: Settings,
+                                                fleet_repo: FleetRepo) -> None:
+    sha = fleet_repo.commit("x")
+    fleet_repo.push_tag("PROD", sha)
+    run_id = push_tag(client, sha)
+    drain(replace(settings, deploy_command=("no-such-deploy-tool", "deploy.py")))
+    run = show(client, run_id)
+    assert run["status"] == "failed"
+    assert run["summary"] == ("cannot start the deploy command 'no-such-deploy-tool': No such "
+                              "file or directory; check FLEET_DEPLOY_COMMAND")
+
+
+def test_a_deploy_over_its_timeout_is_stopped(client: FlaskClient, settings: Settings,
+                                              fleet_repo: FleetRepo) -> None:
+    sha = fleet_repo.commit("slow")
+    fleet_repo.push_tag("PROD", sha)
+    run_id = push_tag(client, sha)
+    drain(replace(with_env(settings, STANDIN_SLEEP="30"), deploy_timeout=0.5))
+    run = show(client, run_id)
+    assert run["status"] == "failed"
+    assert run["summary"] == ("the deploy command ran longer than FLEET_DEPLOY_TIMEOUT (0.5s) "
+                              "and was stopped")
+
+
+class Health(BaseHTTPRequestHandler):
+    """A gateway health endpoint that answers ok (or 503 on /broken)."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        broken = self.path == "/broken"
+        body = b'{"status": "fail", "problems": ["soul missing"]}' if broken else \
+            b'{"status": "ok", "problems": []}'
+        self.send_response(503 if broken else 200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def health_server() -> Iterator[int]:
+    """A loopback HTTP server standing in for agents' gateways; yields its port."""
+    server = HTTPServer(("127.0.0.1", 0), Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(("path", "status"), [("/health", "success"), ("/broken", "unhealthy")])
+def test_fleet_health_is_checked_after_the_deploy(client: FlaskClient, settings: Settings,
+                                                  fleet_repo: FleetRepo, tmp_path: Path,
+                                                  health_server: int, path: str,
+                                                  status: str) -> None:
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(f"wizards:\n  ezra:\n    host: 127.0.0.1\n    role: orchestrator\n"
+                        f"    model: m\n    gateway_port: {health_server}\n"
+                        f"    health_endpoint: http://127.0.0.1:{health_server}{path}\n")
+    sha = fleet_repo.commit("health")
+    fleet_repo.push_tag("PROD", sha)
+    run_id = push_tag(client, sha)
+    drain(replace(with_env(settings, FLEET_REGISTRY=str(registry)), health_check="http"))
+    run = show(client, run_id)
+    assert run["status"] == status
+    assert [item["agent"] for item in run["health"]] == ["ezra"]
+    if status == "unhealthy":
+        assert run["summary"] == ("deploy finished but the fleet is unhealthy: ezra (health "
+                                  "HTTP 503: soul missing)")
