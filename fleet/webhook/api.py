@@ -45,9 +45,10 @@ def read_token_required(view: View) -> View:
 @read_token_required
 def index() -> Any:
     """The newest runs first; ``?limit=N`` (1-500, default 50) and ``?status=S`` filter."""
-    limit = request.args.get("limit", 50, type=int) or 0
+    raw_limit = request.args.get("limit", "50")
+    limit = int(raw_limit) if raw_limit.isdigit() else 0
     if not 1 <= limit <= 500:
-        abort(400, f"limit {request.args.get('limit')!r} is not a number from 1 to 500")
+        abort(400, f"limit {raw_limit!r} is not a number from 1 to 500")
     status = request.args.get("status")
     if status and status not in STATUSES:
         abort(400, f"status {status!r} is not one of {', '.join(STATUSES)}")

@@ -1,0 +1,87 @@
+"""The read API and its OpenAPI document."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from fleet.webhook.openapi import SPEC
+from tests.webhook.conftest import auth
+from tests.webhook.forge import signed_push
+
+READ_ENDPOINTS = ["/runs", "/runs/1", "/healthz"]
+
+
+@pytest.mark.parametrize("path", READ_ENDPOINTS)
+@pytest.mark.parametrize("header", [None, "Bearer wrong-token-0000000000", "Basic abc",
+                                    "test-read-token-0123456789"])
+def test_reads_need_the_read_token(client: FlaskClient, path: str, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    response = client.get(path, headers=headers)
+    assert response.status_code == 401
+    assert response.json == {"error": "missing or wrong read token; send "
+                                      "'Authorization: Bearer <FLEET_READ_TOKEN>'"}
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="fleet-webhook"'
+
+
+def test_runs_lists_newest_first_and_filters(client: FlaskClient) -> None:
+    for sha in ("a" * 40, "b" * 40):
+        body, headers = signed_push("gitea", "refs/tags/PROD", sha)
+        client.post("/hooks/gitea", data=body, headers=headers)
+    runs = client.get("/runs", headers=auth()).json["runs"]
+    assert [(run["id"], run["sha"], run["status"]) for run in runs] == [
+        (2, "b" * 40, "queued"), (1, "a" * 40, "queued")]
+    assert client.get("/runs?limit=1", headers=auth()).json["runs"][0]["id"] == 2
+    assert client.get("/runs?status=success", headers=auth()).json == {"runs": []}
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("limit=0", "limit '0' is not a number from 1 to 500"),
+    ("limit=many", "limit 'many' is not a number from 1 to 500"),
+    ("status=done", "status 'done' is not one of queued, running, success, failed, unhealthy, "
+                    "superseded, interrupted"),
+])
+def test_bad_queries_are_400(client: FlaskClient, query: str, message: str) -> None:
+    response = client.get(f"/runs?{query}", headers=auth())
+    assert response.status_code == 400
+    assert response.json == {"error": message}
+
+
+def test_an_unknown_run_is_404(client: FlaskClient) -> None:
+    response = client.get("/runs/42", headers=auth())
+    assert response.status_code == 404
+    assert response.json == {"error": "run 42 doesn't exist"}
+
+
+def test_healthz_reports_the_queue(client: FlaskClient) -> None:
+    body, headers = signed_push("github", "refs/tags/PROD", "c" * 40)
+    client.post("/hooks/github", data=body, headers=headers)
+    assert client.get("/healthz", headers=auth()).json == {
+        "status": "ok", "deploy_tag": "PROD", "queued": 1, "running": [], "last_run": None}
+
+
+def test_openapi_is_public_and_documents_every_route(app: Flask, client: FlaskClient) -> None:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.json == SPEC
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
+            routes.add((path, method.lower()))
+    documented = {(path, method) for path, item in SPEC["paths"].items() for method in item}
+    assert routes == documented
+
+
+def test_every_documented_response_schema_exists() -> None:
+    text = str(SPEC)
+    for name in re.findall(r"#/components/schemas/(\w+)", text):
+        assert name in SPEC["components"]["schemas"]
+
+
+def test_every_status_a_hook_answers_is_documented() -> None:
+    responses = SPEC["paths"]["/hooks/{forge}"]["post"]["responses"]
+    assert set(responses) == {"202", "400", "401", "409", "413", "415"}

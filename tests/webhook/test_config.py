@@ -1,0 +1,81 @@
+"""Settings: required variables, checks with messages that name the variable and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleet.errors import WebhookError
+from fleet.webhook.config import load_settings
+
+BASE = {"FLEET_WEBHOOK_SECRET": "s" * 32, "FLEET_READ_TOKEN": "r" * 32,
+        "FLEET_REPO_URL": "/srv/git/fleet.git", "FLEET_STATE_DIR": "/tmp/x"}
+
+
+def test_defaults() -> None:
+    settings = load_settings(BASE)
+    assert settings.deploy_tag == "PROD"
+    assert settings.deploy_command == ("pyinfra", "-y", "--json", "inventory.py", "deploy.py")
+    assert settings.gitlab_token is None
+    assert settings.health_check == "fleet"
+
+
+@pytest.mark.parametrize(("missing", "message"), [
+    ("FLEET_REPO_URL", "FLEET_REPO_URL is not set: it names the fleet repository to deploy "
+                       "from (URL, path or file://)"),
+    ("FLEET_READ_TOKEN", "FLEET_READ_TOKEN is not set: it names the bearer token of the read "
+                         "API (GET /runs, /healthz)"),
+    ("FLEET_WEBHOOK_SECRET", "FLEET_WEBHOOK_SECRET is not set (nor FLEET_GITLAB_TOKEN): the "
+                             "receiver cannot check who sent a push"),
+])
+def test_missing_required_settings_name_the_variable(missing: str, message: str) -> None:
+    env = {key: value for key, value in BASE.items() if key != missing}
+    with pytest.raises(WebhookError) as caught:
+        load_settings(env)
+    assert str(caught.value) == message
+    assert caught.value.hint
+
+
+def test_a_gitlab_token_alone_is_enough() -> None:
+    env = {**BASE, "FLEET_GITLAB_TOKEN": "g" * 20}
+    del env["FLEET_WEBHOOK_SECRET"]
+    assert load_settings(env).webhook_secret is None
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("FLEET_WEBHOOK_SECRET", "short", "FLEET_WEBHOOK_SECRET is too short (5 characters); use "
+                                      "at least 16 random characters"),
+    ("FLEET_DEPLOY_TIMEOUT", "soon", "FLEET_DEPLOY_TIMEOUT: 'soon' is not a positive number of "
+                                     "seconds"),
+    ("FLEET_HEALTH_CHECK", "ssh", "FLEET_HEALTH_CHECK: 'ssh' is not one of fleet, http, off"),
+])
+def test_bad_values_are_refused(key: str, value: str, message: str) -> None:
+    with pytest.raises(WebhookError) as caught:
+        load_settings({**BASE, key: value})
+    assert str(caught.value) == message
+
+
+def test_a_config_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    config = tmp_path / "webhook.env"
+    config.write_text("# fleet webhook\nFLEET_DEPLOY_TAG=release-*\n"
+                      "FLEET_REPO_URL='file:///srv/fleet.git'\nFLEET_READ_TOKEN=" + "f" * 20 + "\n")
+    settings = load_settings({**BASE, "FLEET_WEBHOOK_CONFIG": str(config)})
+    assert settings.deploy_tag == "release-*"
+    assert settings.repo_url == "/srv/git/fleet.git"
+    assert settings.read_token == "r" * 32
+
+
+def test_a_bad_config_file_line_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "webhook.env"
+    config.write_text("FLEET_DEPLOY_TAG=PROD\nnonsense\n")
+    with pytest.raises(WebhookError) as caught:
+        load_settings(BASE, config_file=config)
+    assert str(caught.value) == f"{config}:2: 'nonsense' is not KEY=value"
+
+
+def test_the_deploy_env_leaves_out_the_receivers_secrets() -> None:
+    env = load_settings({**BASE, "FLEET_GITLAB_TOKEN": "g" * 20,
+                         "FLEET_SECRETS": "/etc/fleet/secrets.yaml"}).deploy_env()
+    assert env["FLEET_SECRETS"] == "/etc/fleet/secrets.yaml"
+    assert not {"FLEET_WEBHOOK_SECRET", "FLEET_GITLAB_TOKEN", "FLEET_READ_TOKEN"} & set(env)
