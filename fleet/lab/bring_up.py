@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fleet.errors import LabError
 from fleet.lab import keys, network, node
+from fleet.lab.prereqs import raise_host_limits
 from fleet.lab.registry_writer import (
     KNOWN_HOSTS,
     REGISTRY_FILE,
@@ -37,6 +38,8 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
              progress: Progress = _quiet) -> Path:
     """Build the lab in ``lab_path`` (which must be down); the caller tears down on failure."""
     lab_path.mkdir(parents=True, exist_ok=True)
+    for key, value in raise_host_limits().items():
+        progress(f"raised {key} to {value} (many nodes need more inotify instances)")
     base = ensure_base(progress)
     index = network.allocate_index(lab_path)
     plan = plan_nodes(registry, nodes, index)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from fleet.cli import main
 from fleet.errors import LabError
 from fleet.lab import paths, rootfs
-from fleet.lab.prereqs import check_prerequisites
+from fleet.lab.prereqs import check_prerequisites, raise_host_limits
 from tests.lab_fixtures import EXAMPLE_REGISTRY
 
 
@@ -91,3 +91,13 @@ def test_mirror_comes_from_apt_sources(tmp_path: Path) -> None:
     assert rootfs.debian_mirror(tmp_path) == "http://old.example/debian"
     (tmp_path / "old.list").unlink()
     assert rootfs.debian_mirror(tmp_path) == rootfs.DEFAULT_MIRROR
+
+
+def test_host_limits_are_raised_never_lowered(tmp_path: Path) -> None:
+    (tmp_path / "fs/inotify").mkdir(parents=True)
+    (tmp_path / "fs/inotify/max_user_instances").write_text("128\n")
+    (tmp_path / "fs/inotify/max_user_watches").write_text("999999\n")
+    assert raise_host_limits(tmp_path) == {"fs.inotify.max_user_instances": 8192}
+    assert (tmp_path / "fs/inotify/max_user_instances").read_text() == "8192\n"
+    assert (tmp_path / "fs/inotify/max_user_watches").read_text() == "999999\n"
+    assert raise_host_limits(tmp_path) == {}
