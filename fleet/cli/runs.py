@@ -1,8 +1,109 @@
-"""``fleet runs`` (owned by the webhook work)."""
+"""``fleet runs [--json]`` and ``fleet runs show ID``: the records of webhook deploy runs.
+
+Records come from the receiver's SQLite under ``FLEET_STATE_DIR`` (on the receiver's host),
+or from its HTTP API with ``--url`` (and the read token).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
 
+from fleet.webhook.client import fetch
+from fleet.webhook.config import DEFAULT_STATE_DIR
+from fleet.webhook.db import connect
+from fleet.webhook.records import get_run, list_runs
 
-@click.group()
-def runs() -> None:
-    """Read the records of deploy runs."""
+
+def source_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--url``, ``--token`` and ``--state-dir``: where the records are read from."""
+    for option in reversed([
+        click.option("--url", envvar="FLEET_WEBHOOK_URL",
+                     help="Read over HTTP from this receiver (e.g. http://HOST:9876)."),
+        click.option("--token", envvar="FLEET_READ_TOKEN",
+                     help="Read token for --url (default: $FLEET_READ_TOKEN)."),
+        click.option("--state-dir", envvar="FLEET_STATE_DIR", default=DEFAULT_STATE_DIR,
+                     show_default=True, type=click.Path(file_okay=False),
+                     help="Receiver state dir holding webhook.sqlite3 (without --url)."),
+    ]):
+        command = option(command)
+    return command
+
+
+@click.group(invoke_without_command=True)
+@source_options
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True,
+              help="How many runs, newest first.")
+@click.pass_context
+def runs(ctx: click.Context, url: str | None, token: str | None, state_dir: str,
+         as_json: bool, limit: int) -> None:
+    """List webhook deploy runs, newest first; `fleet runs show ID` for one run."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if url:
+        records = fetch(url, "/runs", token, {"limit": limit})["runs"]
+    else:
+        conn = connect(Path(state_dir) / "webhook.sqlite3", create=False)
+        try:
+            records = list_runs(conn, limit=limit)
+        finally:
+            conn.close()
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    click.echo(f"{'ID':>5}  {'STATUS':<11} {'TAG':<10} {'SHA':<12} {'PUSHER':<12} "
+               f"{'QUEUED':<24} SUMMARY")
+    for run in records:
+        click.echo(f"{run['id']:>5}  {run['status']:<11} {run['tag']:<10} {run['sha'][:12]:<12} "
+                   f"{run['pusher'][:12]:<12} {run['queued_at']:<24} {run['summary']}")
+
+
+@runs.command()
+@click.argument("run_id", type=int)
+@source_options
+@click.option("--json", "as_json", is_flag=True, help="Print the run (with its log) as JSON.")
+def show(run_id: int, url: str | None, token: str | None, state_dir: str,
+         as_json: bool) -> None:
+    """Show run RUN_ID: push, times, per-host results, health and the log's tail."""
+    if url:
+        run = fetch(url, f"/runs/{run_id}", token)
+    else:
+        conn = connect(Path(state_dir) / "webhook.sqlite3", create=False)
+        try:
+            run = get_run(conn, run_id)
+        finally:
+            conn.close()
+    if as_json:
+        click.echo(json.dumps(run, indent=2))
+        return
+    click.echo(format_run(run))
+
+
+def format_run(run: dict[str, Any]) -> str:
+    """One run for people."""
+    lines = [
+        f"run {run['id']}: {run['status']}",
+        f"tag {run['tag']} at {run['sha']} pushed by {run['pusher']} via {run['forge']} "
+        f"(delivery {run['delivery_id']})",
+        f"queued {run['queued_at']}, started {run['started_at'] or '-'}, "
+        f"ended {run['ended_at'] or '-'}, exit status {run['exit_status']}",
+        f"summary: {run['summary'] or '-'}",
+    ]
+    if run.get("superseded_by"):
+        lines.append(f"superseded by run {run['superseded_by']}")
+    if run.get("covers"):
+        lines.append(f"covers runs {', '.join(map(str, run['covers']))}")
+    for host, result in run["hosts"].items():
+        lines.append(f"  {host:<16} {result['status']:<6} {result['changed']} changed, "
+                     f"{result['unchanged']} unchanged, {result['failed']} failed")
+    for item in run["health"]:
+        lines.append(f"  health {item.get('agent')}: "
+                     f"{'ok' if item.get('healthy') else 'FAIL'}")
+    if run.get("log"):
+        lines += [f"--- log {run['log_path']} ---", run["log"].rstrip()]
+    return "\n".join(lines)

@@ -140,7 +140,7 @@ def test_a_deploy_over_its_timeout_is_stopped(client: FlaskClient, settings: Set
 class Health(BaseHTTPRequestHandler):
     """A gateway health endpoint that answers ok (or 503 on /broken)."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         broken = self.path == "/broken"
         body = b'{"status": "fail", "problems": ["soul missing"]}' if broken else \
             b'{"status": "ok", "problems": []}'
