@@ -17,10 +17,12 @@ node back (see ``fleet/release.py``).
 from pyinfra import host
 
 from deploys import audit, baseline, keys, preflight, release, rollback, services, soul, verify
-from deploys.context import agent_context
+from deploys.context import agent_context, load_node
 
 ctx = agent_context()
 preflight.run(ctx)
+if ctx.preflight_ok:
+    load_node(ctx)
 if ctx.preflight_ok and host.data.get("action") == "rollback":
     rollback.run(ctx, host.data.get("rollback_to"))
     audit.run(ctx)

@@ -25,6 +25,7 @@ RELEASES = f"{OPT}/releases"
 CURRENT = f"{OPT}/current"
 NODECTL = f"{OPT}/bin/fleet-nodectl"
 LOCK_DIR = "/run/fleet-deploy.lock"
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-fleet.conf"
 KEEP_RELEASES = 5
 PUBLIC_ENV = ("FLEET_AGENT", "FLEET_REGISTRY", "FLEET_STATE_DIR", "FLEET_CONFIG", "FLEET_SOUL",
               "FLEET_RELEASE_DIR", "PYTHONDONTWRITEBYTECODE")
@@ -60,6 +61,7 @@ class AgentContext:
     preflight_ok: bool = False
     verify_result: dict[str, Any] = field(default_factory=dict)
     rollback_target: str | None = None
+    node: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -85,6 +87,23 @@ class AgentContext:
     @property
     def release(self) -> Release:
         return build_release()
+
+    @property
+    def login_keys_file(self) -> str:
+        """The login user's ``authorized_keys`` (operators' keys are added there)."""
+        user = self.agent.ssh_user
+        return f"{'/root' if user == 'root' else '/home/' + user}/.ssh/authorized_keys"
+
+    def managed_paths(self) -> list[str]:
+        """Every path the deploy manages for this agent (read in one NodeState snapshot)."""
+        etc = self.etc_dir
+        return [OPT, RELEASES, f"{OPT}/bin", NODECTL, "/etc/fleet", etc, "/var/lib/fleet",
+                self.state_dir, SSHD_DROPIN, f"{etc}/registry.yaml", f"{etc}/config.json",
+                f"{etc}/soul.md", f"{etc}/env", self.unit_path]
+
+    @property
+    def unit_path(self) -> str:
+        return f"/etc/systemd/system/{self.unit}"
 
     def node_registry(self) -> str:
         """The registry copy for the node: no controller paths, other agents' config left out
@@ -134,6 +153,15 @@ class AgentContext:
 
 
 _contexts: dict[str, AgentContext] = {}
+
+
+def load_node(ctx: AgentContext) -> None:
+    """Read the host's NodeState snapshot once; every phase decides from it."""
+    from deploys.facts import NodeState
+
+    ctx.node = host.get_fact(NodeState, paths=ctx.managed_paths(), user=ctx.user, unit=ctx.unit,
+                             current=CURRENT, releases_dir=RELEASES,
+                             keys_file=ctx.login_keys_file)
 
 
 def agent_context() -> AgentContext:

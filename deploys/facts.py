@@ -90,3 +90,61 @@ class AgentAudit(FactBase[dict[str, Any]]):
     def process(self, output: list[str]) -> dict[str, Any]:
         data: dict[str, Any] = json.loads("\n".join(output))
         return data
+
+
+class NodeState(FactBase[dict[str, Any]]):
+    """
+    One snapshot of everything the deploy manages on a node (read once per host and run):
+
+    .. code:: python
+
+        {"paths": {"/opt/fleet": {"type": "directory", "user": "root", "group": "root",
+                                  "mode": "755", "sha256": None}},
+         "current": "444a224b3f00", "releases": ["444a224b3f00"],
+         "user": True, "group": True, "unit": {"active": "active", "enabled": "enabled"},
+         "authorized_keys": ["ssh-ed25519 AAAA... op@laptop"]}
+    """
+
+    default = dict
+
+    def command(self, paths: list[str], user: str, unit: str, current: str, releases_dir: str,
+                keys_file: str) -> str:
+        quoted = " ".join(shlex.quote(path) for path in paths)
+        return "; ".join([
+            f"for p in {quoted}; do if [ -e \"$p\" ]; then "
+            "echo \"path|$p|$(stat -c '%F|%U|%G|%a' \"$p\")|$( [ -f \"$p\" ] && "
+            "sha256sum < \"$p\" | cut -d' ' -f1)\"; fi; done",
+            f"echo \"current|$(readlink {shlex.quote(current)} 2>/dev/null)\"",
+            f"for d in {shlex.quote(releases_dir)}/*/site; do [ -d \"$d\" ] && "
+            "echo \"release|$(basename \"$(dirname \"$d\")\")\"; done",
+            f"getent passwd {shlex.quote(user)} >/dev/null && echo user",
+            f"getent group {shlex.quote(user)} >/dev/null && echo group",
+            f"echo \"unit|$(systemctl show {shlex.quote(unit)} -p ActiveState --value)"
+            f"|$(systemctl is-enabled {shlex.quote(unit)} 2>/dev/null)\"",
+            f"sed 's/^/key|/' {shlex.quote(keys_file)} 2>/dev/null",
+            "true",
+        ])
+
+    def process(self, output: list[str]) -> dict[str, Any]:
+        state: dict[str, Any] = {"paths": {}, "current": None, "releases": [], "user": False,
+                                 "group": False, "unit": {}, "authorized_keys": []}
+        for line in output:
+            kind, _, rest = line.partition("|")
+            if kind == "path":
+                path, kind_, user, group, mode, digest = (rest.split("|") + [""] * 6)[:6]
+                state["paths"][path] = {"type": kind_.replace("regular empty file",
+                                                              "regular file"),
+                                        "user": user, "group": group, "mode": mode,
+                                        "sha256": digest or None}
+            elif kind == "current":
+                state["current"] = rest.rsplit("/", 1)[-1] or None
+            elif kind == "release":
+                state["releases"].append(rest)
+            elif kind in ("user", "group"):
+                state[kind] = True
+            elif kind == "unit":
+                active, _, enabled = rest.partition("|")
+                state["unit"] = {"active": active, "enabled": enabled}
+            elif kind == "key":
+                state["authorized_keys"].append(rest.strip())
+        return state

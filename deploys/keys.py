@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 from pyinfra.api.hiddenvalue import HiddenValue
-from pyinfra.operations import server
 
 from deploys.context import PUBLIC_ENV, AgentContext
-from deploys.ops import secret_file
+from deploys.ops import authorized_keys_added, secret_file
 
 
 @deploy("Keys")
@@ -17,8 +16,8 @@ def run(ctx: AgentContext) -> None:
     ctx.restart_triggers.append(secret_file(
         name=f"Environment of {ctx.name} (secrets masked)", dest=f"{ctx.etc_dir}/env",
         content=HiddenValue(ctx.env_file()), public=PUBLIC_ENV, user=ctx.user,
-        group=ctx.user))
+        group=ctx.user, node=ctx.node))
     if ctx.agent.authorized_keys:
-        server.user_authorizedkeys(
-            name=f"Operator keys for {ctx.agent.ssh_user}", user=ctx.agent.ssh_user,
-            public_keys=list(ctx.agent.authorized_keys), delete_keys=False)
+        authorized_keys_added(
+            name=f"Operator keys for {ctx.agent.ssh_user}", keys_file=ctx.login_keys_file,
+            keys=list(ctx.agent.authorized_keys), node=ctx.node)

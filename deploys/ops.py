@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+from collections.abc import Callable, Sequence
 from io import StringIO
-from pathlib import Path
+from typing import Any
 
 from pyinfra import host, logger, state
-from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operation
 from pyinfra.api.hiddenvalue import HiddenValue
-from pyinfra.facts.files import File, FileContents, Link, Sha256File
+from pyinfra.api.operation import OperationMeta
+from pyinfra.facts.files import FileContents
 from pyinfra.operations.util.files import generate_color_diff
 
-from deploys.facts import InstalledReleases
 from fleet.masking import mask_env
+
+Node = dict[str, Any]  # a NodeState snapshot (deploys.facts.NodeState)
 
 
 def _q(*parts: str) -> str:
@@ -48,14 +51,170 @@ def lock_taken(lock_dir: str, owner: str, stale_owner: str = ""):
     )
 
 
+
+def _changed(op: OperationMeta) -> bool:
+    """Did (when executing) or would (when planning) ``op`` change something."""
+    return op.did_change() if state.is_executing else op.will_change
+
+
+def _show_diff(dest: str, exists: bool, new_text: str,
+               mask: Callable[[str], str] = lambda text: text) -> None:
+    """Log a unified diff of ``dest`` (as pyinfra's ``--diff`` does), through ``mask``."""
+    if not state.config.DIFF:
+        return
+    old = host.get_fact(FileContents, path=dest) if exists else None
+    old_text = "".join(f"{line}\n" for line in old or [])
+    host.log(f"Will {'modify' if exists else 'create'} {dest}", logger.info)
+    for line in generate_color_diff(mask(old_text).splitlines(keepends=True),
+                                    mask(new_text).splitlines(keepends=True)):
+        logger.info("  %s", line)
+    logger.info("")
+
+
+def _attributes(path: str, have: dict[str, Any], user: str, group: str, mode: str):
+    if (have["user"], have["group"]) != (user, group):
+        yield _q("chown", f"{user}:{group}", path)
+    if have["mode"] != mode.lstrip("0"):
+        yield _q("chmod", mode, path)
+
+
 @operation()
-def release_unpacked(release_id: str, tarball: str, releases_dir: str):
+def agent_account(user: str, home: str, node: Node):
+    """
+    A system user and group for the agent, with no login shell.
+
+    + user: user and group name
+    + home: home directory (not created)
+    + node: the host's NodeState snapshot
+
+    **Example:**
+
+    .. code:: python
+
+        agent_account(name="Agent user", user="bezalel", home="/var/lib/fleet/bezalel", node=node)
+    """
+    if not node["group"]:
+        yield _q("groupadd", "--system", user)
+    if not node["user"]:
+        yield _q("useradd", "--system", "--gid", user, "--home-dir", home, "--no-create-home",
+                 "--shell", "/usr/sbin/nologin", user)
+    if node["user"] and node["group"]:
+        host.noop(f"user {user} exists")
+
+
+@operation()
+def directories(specs: Sequence[tuple[str, str, str, str]], node: Node):
+    """
+    Directories with owner, group and mode, created when missing.
+
+    + specs: ``(path, user, group, mode)`` tuples, parents first
+    + node: the host's NodeState snapshot
+
+    **Example:**
+
+    .. code:: python
+
+        directories(name="Fleet dirs", specs=[("/opt/fleet", "root", "root", "755")], node=node)
+    """
+    changed = False
+    for path, user, group, mode in specs:
+        have = node["paths"].get(path)
+        if have is None:
+            changed = True
+            yield _q("install", "-d", "-o", user, "-g", group, "-m", mode, path)
+            continue
+        if have["type"] != "directory":
+            raise OperationError(f"{path} exists and is a {have['type']}, not a directory")
+        for command in _attributes(path, have, user, group, mode):
+            changed = True
+            yield command
+    if not changed:
+        host.noop("directories are up to date")
+
+
+@operation()
+def managed_file(dest: str, content: str, user: str, group: str, mode: str, node: Node,
+                 then: Sequence[str] = ()):
+    """
+    A file with exactly ``content``; written to ``dest.new`` with its final mode, then moved.
+
+    + dest: path on the node
+    + content: the wanted text
+    + user: owner
+    + group: group
+    + mode: octal mode
+    + node: the host's NodeState snapshot
+    + then: shell commands to run after the content changed (e.g. check and reload)
+
+    **Example:**
+
+    .. code:: python
+
+        managed_file(name="Soul", dest="/etc/fleet/a/soul.md", content="# Soul\n", user="root",
+                     group="root", mode="444", node=node)
+    """
+    have = node["paths"].get(dest)
+    digest = hashlib.sha256(content.encode()).hexdigest()
+    if have and have["sha256"] == digest:
+        commands = list(_attributes(dest, have, user, group, mode))
+        if not commands:
+            host.noop(f"{dest} is up to date")
+        yield from commands
+        return
+    _show_diff(dest, have is not None, content)
+    yield from _upload(dest, StringIO(content), user, group, mode)
+    yield from then
+
+
+def _upload(dest: str, source: Any, user: str, group: str, mode: str):
+    staging = f"{dest}.new"
+    yield _q("install", "-m", mode, "-o", user, "-g", group, "/dev/null", staging)
+    yield FileUploadCommand(source, staging, remote_temp_filename=staging)
+    yield StringCommand("mv", "-f", shlex.quote(staging), shlex.quote(dest))
+
+
+@operation()
+def secret_file(dest: str, content: HiddenValue, public: tuple[str, ...], user: str, group: str,
+                node: Node, mode: str = "600"):
+    """
+    An env file holding secrets; ``--diff`` shows it with every secret value masked.
+
+    + dest: path on the node
+    + content: the file content (``NAME=value`` lines), hidden from pyinfra's output
+    + public: names whose values may be shown in diffs
+    + user: owner
+    + group: group
+    + node: the host's NodeState snapshot
+    + mode: octal mode
+
+    **Example:**
+
+    .. code:: python
+
+        secret_file(name="Env", dest="/etc/fleet/a/env", content=HiddenValue("K=v\n"),
+                    public=("FLEET_AGENT",), user="a", group="a", node=node)
+    """
+    text = content.unmask()
+    have = node["paths"].get(dest)
+    if have and have["sha256"] == hashlib.sha256(text.encode()).hexdigest():
+        commands = list(_attributes(dest, have, user, group, mode))
+        if not commands:
+            host.noop(f"{dest} is up to date")
+        yield from commands
+        return
+    _show_diff(dest, have is not None, text, lambda body: mask_env(body, public))
+    yield from _upload(dest, StringIO(text), user, group, mode)
+
+
+@operation()
+def release_unpacked(release_id: str, tarball: str, releases_dir: str, node: Node):
     """
     Upload a release tarball and unpack it to ``releases_dir/<release_id>/`` unless present.
 
     + release_id: the release id (directory name)
     + tarball: the release tarball on the controller
     + releases_dir: where releases live on the node
+    + node: the host's NodeState snapshot
 
     **Example:**
 
@@ -63,61 +222,60 @@ def release_unpacked(release_id: str, tarball: str, releases_dir: str):
 
         release_unpacked(name="Upload release", release_id="444a224b3f00",
                          tarball="/var/cache/sovereign-fleet/release/artifacts/x.tar.gz",
-                         releases_dir="/opt/fleet/releases")
+                         releases_dir="/opt/fleet/releases", node=node)
     """
-    if release_id in host.get_fact(InstalledReleases, releases_dir=releases_dir):
+    if release_id in node["releases"]:
         host.noop(f"release {release_id} is already installed")
         return
     staging = f"{releases_dir}/.unpack-{release_id}"
     upload = f"{staging}.tar.gz"
-    yield _q("mkdir", "-p", releases_dir)
+    final = f"{releases_dir}/{release_id}"
     yield FileUploadCommand(tarball, upload, remote_temp_filename=upload)
-    yield (f"rm -rf {_q(staging)} && mkdir {_q(staging)} && tar -xzf {_q(upload)} -C "
-           f"{_q(staging)} && rm -f {_q(upload)} && rm -rf {_q(f'{releases_dir}/{release_id}')}"
-           f" && mv -T {_q(staging)} {_q(f'{releases_dir}/{release_id}')}")
+    yield (f"rm -rf {_q(staging, final)} && mkdir {_q(staging)} && "
+           f"tar -xzf {_q(upload)} -C {_q(staging)} && rm -f {_q(upload)} && "
+           f"mv -T {_q(staging, final)}")
 
 
 @operation()
-def release_current(release_id: str, current: str, nodectl: str):
+def release_current(release_id: str, nodectl: str, node: Node):
     """
-    Point the ``current`` symlink at a release (atomically, via ``fleet-nodectl switch``).
+    Point ``/opt/fleet/current`` at a release, atomically (``fleet-nodectl switch``).
 
     + release_id: the release to make current
-    + current: the symlink path
     + nodectl: path of fleet-nodectl on the node
+    + node: the host's NodeState snapshot
 
     **Example:**
 
     .. code:: python
 
-        release_current(name="Switch current", release_id="444a224b3f00",
-                        current="/opt/fleet/current", nodectl="/opt/fleet/bin/fleet-nodectl")
+        release_current(name="Switch", release_id="444a224b3f00",
+                        nodectl="/opt/fleet/bin/fleet-nodectl", node=node)
     """
-    link = host.get_fact(Link, path=current)
-    if link and Path(link["link_target"]).name == release_id:
-        host.noop(f"{current} already points at {release_id}")
+    if node["current"] == release_id:
+        host.noop(f"current already points at {release_id}")
         return
     yield _q(nodectl, "switch", release_id)
 
 
 @operation()
-def releases_pruned(releases_dir: str, keep: int, incoming: str, nodectl: str):
+def releases_pruned(keep: int, incoming: str, nodectl: str, node: Node):
     """
     Keep only the newest ``keep`` releases on the node.
 
-    + releases_dir: where releases live on the node
     + keep: how many releases to keep (the current one included)
     + incoming: the release this run installs (counted even before it is unpacked)
     + nodectl: path of fleet-nodectl on the node
+    + node: the host's NodeState snapshot
 
     **Example:**
 
     .. code:: python
 
-        releases_pruned(name="Prune", releases_dir="/opt/fleet/releases", keep=5,
-                        incoming="444a224b3f00", nodectl="/opt/fleet/bin/fleet-nodectl")
+        releases_pruned(name="Prune", keep=5, incoming="444a224b3f00",
+                        nodectl="/opt/fleet/bin/fleet-nodectl", node=node)
     """
-    installed = set(host.get_fact(InstalledReleases, releases_dir=releases_dir)) | {incoming}
+    installed = {*node["releases"], incoming}
     if len(installed) <= keep:
         host.noop(f"{len(installed)} releases installed (keeping up to {keep})")
         return
@@ -125,50 +283,59 @@ def releases_pruned(releases_dir: str, keep: int, incoming: str, nodectl: str):
 
 
 @operation()
-def secret_file(dest: str, content: HiddenValue, public: tuple[str, ...], user: str, group: str,
-                mode: str = "600"):
+def authorized_keys_added(keys_file: str, keys: Sequence[str], node: Node):
     """
-    Upload an env file holding secrets; ``--diff`` shows it with every secret value masked.
+    Add public keys to an ``authorized_keys`` file; keys already there are left alone.
 
-    The file is created with its final mode before the content is written, then moved in place.
-
-    + dest: path on the node
-    + content: the file content (``NAME=value`` lines), hidden from pyinfra's output
-    + public: names whose values may be shown in diffs
-    + user: owner
-    + group: group
-    + mode: octal mode
+    + keys_file: the authorized_keys path
+    + keys: public key lines to add
+    + node: the host's NodeState snapshot
 
     **Example:**
 
     .. code:: python
 
-        secret_file(name="Upload env", dest="/etc/fleet/a/env", content=HiddenValue("K=v\\n"),
-                    public=("FLEET_AGENT",), user="a", group="a")
+        authorized_keys_added(name="Keys", keys_file="/root/.ssh/authorized_keys",
+                              keys=["ssh-ed25519 AAAA... op"], node=node)
     """
-    text = content.unmask()
-    remote = host.get_fact(File, path=dest)
-    same = bool(remote) and host.get_fact(Sha256File, path=dest) == hashlib.sha256(
-        text.encode()).hexdigest()
-    if same and remote:
-        wrong_owner = remote["user"] != user or remote["group"] != group
-        if wrong_owner:
-            yield _q("chown", f"{user}:{group}", dest)
-        if str(remote['mode']) != mode.lstrip("0"):
-            yield _q("chmod", mode, dest)
-        if not wrong_owner and str(remote['mode']) == mode.lstrip("0"):
-            host.noop(f"{dest} is up to date")
+    present = {" ".join(line.split()[:2]) for line in node["authorized_keys"]}
+    missing = [key.strip() for key in keys if " ".join(key.split()[:2]) not in present]
+    if not missing:
+        host.noop(f"all {len(keys)} operator keys present")
         return
-    if state.config.DIFF:
-        old = host.get_fact(FileContents, path=dest) if remote else None
-        old_lines = mask_env("".join(f"{line}\n" for line in old or []), public)
-        host.log(f"Will {'modify' if remote else 'create'} {dest} (secret values masked)",
-                 logger.info)
-        for line in generate_color_diff(old_lines.splitlines(keepends=True),
-                                        mask_env(text, public).splitlines(keepends=True)):
-            logger.info("  %s", line)
-        logger.info("")
-    staging = f"{dest}.new"
-    yield _q("install", "-m", mode, "-o", user, "-g", group, "/dev/null", staging)
-    yield FileUploadCommand(StringIO(text), staging, remote_temp_filename=staging)
-    yield StringCommand("mv", "-f", shlex.quote(staging), shlex.quote(dest))
+    folder = keys_file.rsplit("/", 1)[0]
+    yield f"install -d -m 700 {_q(folder)} && touch {_q(keys_file)} && chmod 600 {_q(keys_file)}"
+    for key in missing:
+        yield f"echo {_q(key)} >> {_q(keys_file)}"
+
+
+@operation()
+def agent_service(unit: str, node: Node, unit_file: OperationMeta,
+                  triggers: Sequence[OperationMeta]):
+    """
+    The agent's unit enabled and running; daemon-reload when its file changed, restart when
+    any of ``triggers`` changed (not when it was just started).
+
+    + unit: the unit name
+    + node: the host's NodeState snapshot
+    + unit_file: the operation writing the unit file
+    + triggers: operations whose change needs a restart
+
+    **Example:**
+
+    .. code:: python
+
+        agent_service(name="Service", unit="fleet-agent-a.service", node=node, unit_file=op,
+                      triggers=[release_op, config_op])
+    """
+    status = node["unit"]
+    if _changed(unit_file):
+        yield "systemctl daemon-reload"
+    if status.get("enabled") != "enabled":
+        yield _q("systemctl", "enable", unit)
+    if status.get("active") != "active":
+        yield _q("systemctl", "start", unit)
+    elif any(_changed(op) for op in [unit_file, *triggers]):
+        yield _q("systemctl", "restart", unit)
+    else:
+        host.noop(f"{unit} is running and nothing it uses changed")

@@ -20,6 +20,7 @@ from pyinfra.operations import server
 from deploys.context import LOCK_DIR, AgentContext, lock_owner
 from deploys.facts import NodeBasics
 from deploys.ops import lock_taken
+from fleet.records import current_run_id, update_host
 
 MIN_PYTHON = (3, 11)
 MIN_FREE_MB = 200
@@ -83,6 +84,8 @@ def run(ctx: AgentContext) -> None:
     if found:
         reason = "; ".join(found)
         host.log_styled(f"preflight failed: {reason}", fg="red", log_func=logger.error)
+        update_host(current_run_id(), host.name,
+                    {"status": "failed", "phase": "preflight", "problems": found})
         server.shell(name=f"Preflight failed: {reason}",
                      commands=[f"echo {shlex.quote('preflight: ' + reason)} >&2; exit 1"])
         ctx.preflight_ok = False

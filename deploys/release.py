@@ -6,32 +6,31 @@ agent config file whose sha256 is the config hash. Keeps the newest releases onl
 
 from __future__ import annotations
 
-from io import StringIO
 from pathlib import Path
 
 from pyinfra.api import deploy
-from pyinfra.operations import files
 
 import fleet.nodectl
-from deploys.context import CURRENT, KEEP_RELEASES, NODECTL, RELEASES, AgentContext
-from deploys.ops import release_current, release_unpacked, releases_pruned
+from deploys.context import KEEP_RELEASES, NODECTL, RELEASES, AgentContext
+from deploys.ops import managed_file, release_current, release_unpacked, releases_pruned
 
 
 @deploy("Release")
 def run(ctx: AgentContext) -> None:
     """Upload + unpack the release, switch current, prune, registry copy and config file."""
     release = ctx.release
-    files.put(name="Node helper fleet-nodectl", src=fleet.nodectl.__file__, dest=NODECTL,
-              user="root", group="root", mode="755")
+    managed_file(name="Node helper fleet-nodectl", dest=NODECTL,
+                 content=Path(fleet.nodectl.__file__).read_text(), user="root", group="root",
+                 mode="755", node=ctx.node)
     release_unpacked(name=f"Release {release.id} unpacked", release_id=release.id,
-                     tarball=str(release.path), releases_dir=RELEASES)
+                     tarball=str(release.path), releases_dir=RELEASES, node=ctx.node)
     ctx.restart_triggers.append(release_current(
-        name=f"Switch current to {release.id}", release_id=release.id, current=CURRENT,
-        nodectl=NODECTL))
-    releases_pruned(name=f"Keep the newest {KEEP_RELEASES} releases", releases_dir=RELEASES,
-                    keep=KEEP_RELEASES, incoming=release.id, nodectl=NODECTL)
+        name=f"Switch current to {release.id}", release_id=release.id, nodectl=NODECTL,
+        node=ctx.node))
+    releases_pruned(name=f"Keep the newest {KEEP_RELEASES} releases", keep=KEEP_RELEASES,
+                    incoming=release.id, nodectl=NODECTL, node=ctx.node)
     for filename, text in (("registry.yaml", ctx.node_registry()),
                            ("config.json", ctx.config_json())):
-        ctx.restart_triggers.append(files.put(
-            name=f"Agent {filename}", src=StringIO(text),
-            dest=str(Path(ctx.etc_dir) / filename), user="root", group=ctx.user, mode="640"))
+        ctx.restart_triggers.append(managed_file(
+            name=f"Agent {filename}", dest=f"{ctx.etc_dir}/{filename}", content=text,
+            user="root", group=ctx.user, mode="640", node=ctx.node))

@@ -5,31 +5,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyinfra import host
+from jinja2 import Template
 from pyinfra.api import deploy
-from pyinfra.facts.systemd import SystemdStatus
-from pyinfra.operations import files, systemd
 
 from deploys.context import CURRENT, AgentContext
+from deploys.ops import agent_service, managed_file
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "fleet-agent.service.j2"
+
+
+def unit_text(ctx: AgentContext) -> str:
+    """The agent's systemd unit, rendered from ``templates/fleet-agent.service.j2``."""
+    template = Template(TEMPLATE.read_text(encoding="utf-8"), keep_trailing_newline=True)
+    return template.render(agent=ctx.name, user_name=ctx.user, port=ctx.agent.gateway_port,
+                           etc_dir=ctx.etc_dir, state_dir=ctx.state_dir, current=CURRENT)
 
 
 @deploy("Services")
 def run(ctx: AgentContext) -> None:
-    """Unit file, daemon-reload when it changed, start/enable, restart on any change."""
-    unit = files.template(
-        name=f"Unit {ctx.unit}", src=str(TEMPLATES / "fleet-agent.service.j2"),
-        dest=f"/etc/systemd/system/{ctx.unit}", user="root", group="root", mode="644",
-        agent=ctx.name, user_name=ctx.user, port=ctx.agent.gateway_port, etc_dir=ctx.etc_dir,
-        state_dir=ctx.state_dir, current=CURRENT)
-    triggers = [*ctx.restart_triggers, unit]
-    was_running = bool(host.get_fact(SystemdStatus).get(ctx.unit))
-    systemd.daemon_reload(name="systemd daemon-reload", _if=unit.did_change)
-    ctx.service_ops.append(systemd.service(
-        name=f"{ctx.unit} enabled and running", service=ctx.unit, running=True, enabled=True))
-    if was_running:
-        ctx.service_ops.append(systemd.service(
-            name=f"Restart {ctx.unit} (release, config, soul, keys or unit changed)",
-            service=ctx.unit, restarted=True,
-            _if=lambda: any(op.did_change() for op in triggers)))
+    """Unit file, then the service: daemon-reload, enable, start, or restart on any change."""
+    unit = managed_file(name=f"Unit {ctx.unit}", dest=ctx.unit_path, content=unit_text(ctx),
+                        user="root", group="root", mode="644", node=ctx.node)
+    ctx.service_ops.append(agent_service(
+        name=f"{ctx.unit} enabled, running, restarted if anything it uses changed",
+        unit=ctx.unit, node=ctx.node, unit_file=unit, triggers=list(ctx.restart_triggers)))

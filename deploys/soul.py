@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pyinfra.api import deploy
-from pyinfra.operations import files
 
 from deploys.context import AgentContext
+from deploys.ops import managed_file
 
 
 @deploy("Soul")
 def run(ctx: AgentContext) -> None:
     """Copy ``souls/<agent>.md`` to ``/etc/fleet/<agent>/soul.md`` (0444, root)."""
-    ctx.restart_triggers.append(files.put(
-        name=f"Soul of {ctx.name}", src=str(ctx.soul_source), dest=f"{ctx.etc_dir}/soul.md",
-        user="root", group="root", mode="444"))
+    ctx.restart_triggers.append(managed_file(
+        name=f"Soul of {ctx.name} (read-only)", dest=f"{ctx.etc_dir}/soul.md",
+        content=ctx.soul_source.read_text(encoding="utf-8"), user="root", group="root",
+        mode="444", node=ctx.node))

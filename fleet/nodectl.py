@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Node-side helper of the deploy (standard library only, installed as /opt/fleet/bin/fleet-nodectl).
+"""Node-side helper of the deploy (stdlib only; installed as /opt/fleet/bin/fleet-nodectl).
 
 Subcommands, each printing one JSON document:
 

@@ -33,6 +33,8 @@ from fleet.errors import DeployError
 
 CACHE_ENV = "FLEET_CACHE_DIR"
 BROKEN_ENV = "FLEET_BROKEN_RELEASE"
+ARTIFACT_ENV = "FLEET_RELEASE_ARTIFACT"
+ID_ENV = "FLEET_RELEASE_ID"
 DEFAULT_CACHE = Path("/var/cache/sovereign-fleet")
 RELEASE_FILE = "RELEASE"
 BROKEN_MARKER = "BROKEN_RELEASE"
@@ -45,11 +47,10 @@ _SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
 
 @dataclass(frozen=True)
 class Release:
-    """A built release: its id, the tarball on the controller and the tarball's sha256."""
+    """A built release: its id and its tarball on the controller."""
 
     id: str
     path: Path
-    sha256: str
     broken: bool = False
 
 
@@ -190,27 +191,32 @@ def _write_artifact(root: Path, ident: str, broken: bool, dest: Path) -> None:
         partial.rename(dest)
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @functools.cache
 def build_release(root: Path | None = None, broken: bool | None = None) -> Release:
-    """Build (or reuse from the cache) the release tarball of ``root``; one build per process."""
-    root = root or repo_root()
+    """Build (or reuse from the cache) the release tarball of ``root``; one build per process.
+
+    A runner that built the release already passes it on in ``$FLEET_RELEASE_ID`` and
+    ``$FLEET_RELEASE_ARTIFACT`` (see :func:`release_env`)."""
     broken = broken_requested() if broken is None else broken
+    given, artifact = os.environ.get(ID_ENV), os.environ.get(ARTIFACT_ENV)
+    if root is None and given and artifact and Path(artifact).is_file():
+        return Release(id=given, path=Path(artifact), broken=broken)
+    root = root or repo_root()
     ident = release_id(root, broken)
     key = content_hash(root)[:12]
     dest = cache_dir() / "artifacts" / f"{ident}-{key}.tar.gz"
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         _write_artifact(root, ident, broken, dest)
-    return Release(id=ident, path=dest, sha256=file_sha256(dest), broken=broken)
+    return Release(id=ident, path=dest, broken=broken)
+
+
+def release_env(release: Release) -> dict[str, str]:
+    """Environment that hands a built release to child deploy processes."""
+    env = {ID_ENV: release.id, ARTIFACT_ENV: str(release.path)}
+    if release.broken:
+        env[BROKEN_ENV] = "1"
+    return env
 
 
 def running_release(package_file: str | None = None) -> tuple[str, bool]:
