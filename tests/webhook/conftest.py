@@ -146,14 +146,14 @@ class Server:
              f"127.0.0.1:{self.port}", "webhook_app:app"],
             cwd=REPO, env={**os.environ, **self.env}, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                requests.get(f"{self.url}/openapi.json", timeout=1)
+                requests.get(f"{self.url}/openapi.json", timeout=5)
                 return self
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.05)
-        raise AssertionError("gunicorn did not start within 20s")
+        raise AssertionError("gunicorn did not start within 30s")
 
     def pids(self) -> list[int]:
         """The master and its workers."""
@@ -182,9 +182,9 @@ def serve(env: dict[str, str]) -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
     def start(workers: int = 2, **overrides: str) -> Server:
-        server = Server({**env, **overrides}, workers=workers).start()
+        server = Server({**env, **overrides}, workers=workers)
         servers.append(server)
-        return server
+        return server.start()
 
     yield start
     for server in servers:

@@ -1,0 +1,108 @@
+"""The receiver under real gunicorn with several workers: concurrency, coalescing, crashes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.webhook.conftest import FleetRepo, Server, auth, read_records, wait_for
+from tests.webhook.forge import signed_push
+
+pytestmark = pytest.mark.slow
+
+
+def post_push(server: Server, sha: str, forge: str = "gitea") -> tuple[requests.Response, float]:
+    """Deliver a signed push of PROD at ``sha``; the response and its latency in seconds."""
+    body, headers = signed_push(forge, "refs/tags/PROD", sha)
+    started = time.perf_counter()
+    response = requests.post(f"{server.url}/hooks/{forge}", data=body, headers=headers,
+                             timeout=30)
+    return response, time.perf_counter() - started
+
+
+def runs(server: Server) -> list[dict[str, Any]]:
+    """Every run, oldest first."""
+    response = requests.get(f"{server.url}/runs?limit=500", headers=auth(), timeout=10)
+    return sorted(response.json()["runs"], key=lambda run: run["id"])
+
+
+def show(server: Server, run_id: int) -> dict[str, Any]:
+    """``GET /runs/<id>``."""
+    return dict(requests.get(f"{server.url}/runs/{run_id}", headers=auth(), timeout=10).json())
+
+
+def settled(server: Server) -> list[dict[str, Any]] | None:
+    """The runs once none is queued or running, else None."""
+    found = runs(server)
+    return None if any(run["status"] in ("queued", "running") for run in found) else found
+
+
+def test_50_concurrent_pushes_deploy_one_at_a_time_and_the_newest_last(
+        serve: Callable[..., Server], fleet_repo: FleetRepo, record_file: Path) -> None:
+    shas = [fleet_repo.commit(f"change {n}") for n in range(50)]
+    fleet_repo.push_tag("PROD", shas[-1])
+    server = serve(workers=2, STANDIN_SLEEP="0.2")
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        answers = list(pool.map(lambda sha: post_push(server, sha), shas))
+    assert [response.status_code for response, _ in answers] == [202] * 50
+    run_ids = {response.json()["run_id"] for response, _ in answers}
+    assert len(run_ids) == 50
+    final = wait_for(lambda: settled(server), timeout=120, what="all runs to finish")
+    assert [run["id"] for run in final] == sorted(run_ids)
+    by_id = {run["id"]: run for run in final}
+    deployed = [run for run in final if run["status"] != "superseded"]
+    assert {run["status"] for run in deployed} == {"success"}
+    for run in final:
+        if run["status"] == "superseded":
+            assert by_id[run["superseded_by"]]["status"] == "success"
+            assert run["superseded_by"] > run["id"]
+    records = sorted(read_records(record_file), key=lambda record: record["start"])
+    assert [record["run"] for record in records] == [run["id"] for run in deployed]
+    for before, after in zip(records, records[1:], strict=False):
+        assert after["start"] >= before["end"], "two deploys overlapped"
+    newest = by_id[max(run_ids)]
+    assert records[-1]["run"] == newest["id"]
+    assert records[-1]["sha"] == newest["sha"]
+    assert len(records) < 50  # pushes during a deploy were coalesced
+
+
+def test_a_killed_receiver_marks_its_run_interrupted_and_the_next_push_deploys(
+        serve: Callable[..., Server], fleet_repo: FleetRepo, record_file: Path) -> None:
+    first, second = fleet_repo.commit("first deploy"), fleet_repo.commit("second deploy")
+    fleet_repo.push_tag("PROD", second)
+    server = serve(workers=2, STANDIN_SLEEP="3")
+    response, _ = post_push(server, first)
+    crashed = response.json()["run_id"]
+    wait_for(lambda: "stand-in deploy of" in show(server, crashed)["log"],
+             what="the deploy command to start")
+    server.kill()
+    restarted = serve(workers=2, STANDIN_SLEEP="0")
+    response, _ = post_push(restarted, second)
+    assert response.status_code == 202
+    after = response.json()["run_id"]
+    final = wait_for(lambda: settled(restarted), timeout=60, what="the new deploy")
+    by_id = {run["id"]: run for run in final}
+    assert by_id[crashed]["status"] == "interrupted"
+    assert by_id[after]["status"] == "success"
+    assert by_id[after]["commit_sha"] == second
+    assert by_id[crashed]["summary"] == ("the receiver stopped during this run (crash or kill); "
+                                         "its outcome is unknown")
+    records = {record["run"]: record for record in read_records(record_file)}
+    # the orphaned deploy kept the lock: the next one started only after it had ended
+    assert records[after]["start"] >= records[crashed]["end"], "the new deploy overlapped"
+
+
+def test_a_push_is_answered_well_under_50_ms(serve: Callable[..., Server],
+                                             fleet_repo: FleetRepo) -> None:
+    sha = fleet_repo.commit("fast")
+    fleet_repo.push_tag("PROD", sha)
+    server = serve(workers=2, FLEET_DEPLOY_COMMAND="true")
+    post_push(server, sha)  # warm up both the connection path and SQLite
+    latencies = sorted(post_push(server, sha)[1] for _ in range(21))
+    assert latencies[10] < 0.050, f"median {latencies[10] * 1000:.1f} ms"
