@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab_fixtures import lab_name, lab_refresh, lab_registry  # noqa: F401
+from tests.lab_fixtures import lab_refresh, lab_registry, session_lab_name  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ session end, also after failures. Without root it skips; with root a lab failure
 
 The session claims its lab (an ``flock`` that dies with the process): when another session
 already holds ``pytest``, this one uses ``pytest-2``, ``pytest-3``, ... instead, and
-``fleet lab down --all`` leaves claimed labs alone. ``lab_name`` says which lab was taken.
+``fleet lab down --all`` leaves claimed labs alone. ``session_lab_name`` says which lab was taken.
 ``fresh_lab`` / ``lab_refresh`` re-create the nodes from scratch for tests that need cold
 nodes.
 """
@@ -54,7 +54,7 @@ def fresh_lab(name: str, nodes: int | None = None,
 
 
 @pytest.fixture(scope="session")
-def lab_name() -> Iterator[str]:
+def session_lab_name() -> Iterator[str]:
     """Name of the lab this session holds (``$FLEET_TEST_LAB``, default ``pytest``)."""
     skip_unless_root()
     claimed = claim_lab(os.environ.get(TEST_LAB_ENV) or "pytest")
@@ -65,15 +65,15 @@ def lab_name() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def lab_registry(lab_name: str) -> Iterator[Path]:
+def lab_registry(session_lab_name: str) -> Iterator[Path]:
     """The session's lab registry path (3 running nodes); the lab is taken down at the end."""
     try:
-        yield fresh_lab(lab_name)  # down first: a killed session may have left it half-up
+        yield fresh_lab(session_lab_name)  # down first: a killed session may have left it half-up
     finally:
-        lab.down(lab_name)
+        lab.down(session_lab_name)
 
 
 @pytest.fixture
-def lab_refresh(lab_name: str, lab_registry: Path) -> Callable[[], Path]:
+def lab_refresh(session_lab_name: str, lab_registry: Path) -> Callable[[], Path]:
     """A function that re-creates the session lab's nodes from scratch (cold nodes)."""
-    return lambda: fresh_lab(lab_name)
+    return lambda: fresh_lab(session_lab_name)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+from types import FrameType
 
 import click
 
@@ -19,6 +21,10 @@ def _progress(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 @click.group()
 def lab() -> None:
     """Run a local lab fleet of systemd-nspawn nodes (needs root)."""
@@ -31,6 +37,7 @@ def lab() -> None:
 @pass_cli
 def up(cli: CliContext, nodes: int | None, lab_name: str) -> None:
     """Boot one node per registry agent and write the lab registry."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so a killed `up` still cleans up
     path = lab_api.up(cli.registry, nodes=nodes, lab=lab_name, progress=_progress)
     count = len(lab_api.status(lab_name))
     click.echo(f"Lab {lab_name!r} is up with {count} nodes. Point the fleet at it with:")

@@ -56,8 +56,11 @@ def up(registry: Registry, nodes: int | None = None, lab: str = DEFAULT_LAB,
     path = lab_dir(lab)
     with file_lock(path / OP_LOCK):
         if (path / STATE_FILE).exists():
-            raise LabError(f"lab {lab!r} is already up ({path / STATE_FILE} exists)",
-                           hint=f"Run `fleet lab down --lab {lab}` first, or pick another --lab.")
+            if any(node.running for node in status(lab)):
+                raise LabError(f"lab {lab!r} is already up ({path / STATE_FILE} exists)",
+                               hint=f"Run `fleet lab down --lab {lab}` first, or pick another "
+                                    "--lab.")
+            teardown(lab, path)  # left over from a killed run or a reboot: nothing runs
         try:
             return bring_up(registry, nodes, lab, path, progress or (lambda _: None))
         except BaseException as exc:

@@ -27,6 +27,7 @@ from fleet.registry import Registry
 FAIL_ENV = "FLEET_LAB_FAIL_NODE"
 """Test hook: the node with this name fails right after it was started."""
 MAX_WORKERS = 16
+MAX_READY_WORKERS = 64
 Progress = Callable[[str], None]
 
 
@@ -75,7 +76,7 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
         paths = node.NodePaths.of(lab_path, item.name)
         return node.wait_ready(paths, lab_path / SSH_CONFIG, item.name, pids[item.name])
 
-    with ThreadPoolExecutor(max(workers, len(plan))) as pool:
+    with ThreadPoolExecutor(min(MAX_READY_WORKERS, len(plan))) as pool:
         failed = dict(zip(hosts, pool.map(ready, plan), strict=True))
     for name, units in failed.items():
         if units:

@@ -11,12 +11,12 @@ from tests.lab_fixtures import skip_unless_root
 
 
 @pytest.fixture
-def spare_lab(lab_name: str) -> Iterator[str]:
+def spare_lab(session_lab_name: str) -> Iterator[str]:
     """A claimed lab name other than the session's, taken down after the test."""
     skip_unless_root()
-    claimed = lab.claim(f"{lab_name}-spare")
+    claimed = lab.claim(f"{session_lab_name}-spare")
     if claimed is None:
-        pytest.fail(f"lab {lab_name}-spare is held by another session")
+        pytest.fail(f"lab {session_lab_name}-spare is held by another session")
     try:
         lab.down(claimed.lab)
         yield claimed.lab

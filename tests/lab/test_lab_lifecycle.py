@@ -10,7 +10,7 @@ import pytest
 
 from fleet import lab
 from fleet.errors import LabError
-from fleet.lab import network, node, paths
+from fleet.lab import network, node, paths, processes
 from fleet.lab.bring_up import FAIL_ENV
 from fleet.registry import load_registry
 from tests.lab.leftovers import lab_leftovers
@@ -25,6 +25,14 @@ def run_on(registry_path: Path, name: str, command: str) -> str:
     result = subprocess.run(["ssh", "-F", str(config), name, command], capture_output=True,
                             text=True, timeout=60, check=True)
     return result.stdout.strip()
+
+
+def test_up_refuses_a_lab_that_is_already_up(session_lab_name: str, lab_registry: Path) -> None:
+    with pytest.raises(LabError) as info:
+        lab.up(load_registry(EXAMPLE_REGISTRY), lab=session_lab_name)
+    assert str(info.value) == (f"lab {session_lab_name!r} is already up "
+                               f"({lab_registry.parent / 'nodes.json'} exists)")
+    assert all(s.running for s in lab.status(session_lab_name))
 
 
 def test_down_removes_everything(spare_lab: str) -> None:
@@ -66,7 +74,7 @@ def test_down_tolerates_half_built_state(spare_lab: str) -> None:
     assert lab_leftovers(lab_path, index) == []
 
 
-def test_labs_run_side_by_side(lab_name: str, lab_registry: Path, spare_lab: str) -> None:
+def test_labs_run_side_by_side(session_lab_name: str, lab_registry: Path, spare_lab: str) -> None:
     spare_registry = lab.up(load_registry(EXAMPLE_REGISTRY), nodes=5, lab=spare_lab)
     ours, theirs = load_registry(lab_registry), load_registry(spare_registry)
     assert list(theirs.agents)[3:] == ["worker-04", "worker-05"]
@@ -74,7 +82,7 @@ def test_labs_run_side_by_side(lab_name: str, lab_registry: Path, spare_lab: str
         ".", 1)[0]
     assert run_on(spare_registry, "worker-05", "hostname") == "worker-05"
     lab.down(spare_lab)
-    assert all(s.running for s in lab.status(lab_name))
+    assert all(s.running for s in lab.status(session_lab_name))
     assert run_on(lab_registry, "bezalel", "hostname") == "bezalel"
 
 
@@ -124,3 +132,27 @@ def test_cli_up_status_ssh_down(spare_lab: str) -> None:
     down = subprocess.run([*fleet, "down", "--lab", spare_lab], capture_output=True, text=True,
                           timeout=120, check=True)
     assert down.stdout == f"Lab {spare_lab!r} is down.\n"
+
+
+def test_up_recovers_a_lab_whose_nodes_were_killed(spare_lab: str) -> None:
+    lab.up(load_registry(EXAMPLE_REGISTRY), nodes=2, lab=spare_lab)
+    for cgroup in paths.cgroup_dirs(spare_lab)[-1:]:
+        (cgroup / "cgroup.kill").write_text("1")  # as after `kill -9` or a crash
+    processes.wait_gone([s.pid for s in lab.status(spare_lab) if s.pid], 10)
+    assert not any(s.running for s in lab.status(spare_lab))
+    registry_path = lab.up(load_registry(EXAMPLE_REGISTRY), nodes=1, lab=spare_lab)
+    assert run_on(registry_path, "ezra-primary", "hostname") == "ezra-primary"
+
+
+def test_sigterm_during_cli_up_cleans_up(spare_lab: str) -> None:
+    lab_path = paths.lab_dir(spare_lab)
+    index = network.allocate_index(lab_path)
+    with subprocess.Popen(["fleet", "--registry", str(EXAMPLE_REGISTRY), "lab", "up",
+                           "--lab", spare_lab], stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.startswith("booting"):
+                break
+        proc.terminate()
+        assert proc.wait(timeout=120) == 128 + 15
+    assert lab_leftovers(lab_path, index) == []

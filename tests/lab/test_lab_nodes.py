@@ -36,8 +36,8 @@ def test_three_nodes_run_systemd_and_answer_ssh(lab_registry: Path) -> None:
             "running", "degraded")
 
 
-def test_status_lists_running_nodes(lab_name: str, lab_registry: Path) -> None:
-    nodes = lab.status(lab_name)
+def test_status_lists_running_nodes(session_lab_name: str, lab_registry: Path) -> None:
+    nodes = lab.status(session_lab_name)
     registry = load_registry(lab_registry)
     assert [(n.name, n.ip, n.running) for n in nodes] == [
         (a.name, a.host, True) for a in registry]
