@@ -121,13 +121,25 @@ def health_problems(status: int, body: dict[str, Any] | None, expect: dict[str, 
     return problems
 
 
+SETTLE_S = 3.0
+
+
 def wait_healthy(port: int, expect: dict[str, str], timeout: float) -> tuple[list[str], Any]:
-    """Poll /health until it matches ``expect`` or ``timeout`` passes; (problems, last body)."""
-    deadline = time.monotonic() + timeout
+    """Poll /health until it matches ``expect`` or ``timeout`` passes; (problems, last body).
+
+    A gateway that already runs the expected release but reports problems gets ``SETTLE_S``
+    seconds to recover, not the whole timeout."""
+    started = time.monotonic()
+    deadline = started + timeout
+    running_since: float | None = None
     while True:
         status, body = get_health(port)
         problems = health_problems(status, body, expect)
-        if not problems or time.monotonic() >= deadline:
+        now = time.monotonic()
+        if body is not None and body.get("release") == expect.get("release"):
+            running_since = running_since or now
+        settled = running_since is not None and now - running_since >= SETTLE_S
+        if not problems or now >= deadline or settled:
             return problems, body
         time.sleep(0.2)
 

@@ -1,0 +1,196 @@
+"""Fast tests of the deploy's pure parts: release ids, masking, records, rollout planning,
+preflight rules, node-side release switching and audit drift."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from deploys import preflight
+from deploys.audit import drift
+from deploys.context import AgentContext
+from fleet import nodectl, records
+from fleet.errors import DeployError
+from fleet.masking import MASK, Masker, mask_env
+from fleet.registry import load_registry
+from fleet.release import content_hash, release_id, running_release, shipped_files
+from fleet.rollout import RolloutOptions, plan_stages, pyinfra_command, select
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def source_tree(tmp_path: Path) -> Path:
+    """A tiny git repo with fleet/ and bus/ packages, committed."""
+    for package in ("fleet", "bus"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text(f"# {package}\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    return tmp_path
+
+
+def test_release_id_is_the_sha_then_dirty_with_content_hash(source_tree: Path) -> None:
+    clean = release_id(source_tree, broken=False)
+    assert len(clean) == 12
+    (source_tree / "fleet" / "__init__.py").write_text("# changed\n")
+    dirty = release_id(source_tree, broken=False)
+    assert dirty == f"{clean}-dirty-{content_hash(source_tree)[:8]}"
+    assert release_id(source_tree, broken=True) == f"{dirty}-broken"
+
+
+def test_release_ignores_changes_outside_shipped_packages(source_tree: Path) -> None:
+    clean = release_id(source_tree, broken=False)
+    (source_tree / "notes.txt").write_text("not shipped\n")
+    assert release_id(source_tree, broken=False) == clean
+
+
+def test_shipped_files_skip_caches(source_tree: Path) -> None:
+    (source_tree / "fleet" / "__pycache__").mkdir()
+    (source_tree / "fleet" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"")
+    assert [p.as_posix() for p in shipped_files(source_tree)] == [
+        "bus/__init__.py", "fleet/__init__.py"]
+
+
+def test_running_release_reads_the_release_file(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "fleet").mkdir(parents=True)
+    (site / "RELEASE").write_text("abc123\n")
+    assert running_release(str(site / "fleet" / "__init__.py")) == ("abc123", False)
+    (site / "BROKEN_RELEASE").write_text("")
+    assert running_release(str(site / "fleet" / "__init__.py")) == ("abc123", True)
+
+
+def test_masker_hides_every_value_longest_first() -> None:
+    mask = Masker(["s3cr3t", "s3cr3t-longer", ""])
+    assert mask("a s3cr3t-longer b s3cr3t") == f"a {MASK} b {MASK}"
+    assert mask.data({"k": ["x s3cr3t"]}) == {"k": [f"x {MASK}"]}
+
+
+def test_mask_env_keeps_only_public_values() -> None:
+    text = "FLEET_AGENT=a\nAPI_KEY=hunter2\n"
+    assert mask_env(text, ["FLEET_AGENT"]) == f"FLEET_AGENT=a\nAPI_KEY={MASK}\n"
+
+
+def test_records_merge_hosts_and_mask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(records.RECORDS_ENV, str(tmp_path))
+    records.update_run("r1", kind="deploy")
+    records.update_host("r1", "a", {"status": "ok", "note": "key=hunter2"}, Masker(["hunter2"]))
+    records.update_host("r1", "b", {"status": "failed"})
+    data = json.loads((tmp_path / "r1.json").read_text())
+    assert data["kind"] == "deploy"
+    assert data["hosts"] == {"a": {"status": "ok", "note": f"key={MASK}"},
+                             "b": {"status": "failed"}}
+    assert records.latest_record() == data
+
+
+@pytest.fixture
+def registry():
+    return load_registry(REPO / "registry.yaml")
+
+
+def test_rollout_canary_first_then_batches(registry) -> None:
+    names = select(registry, ())
+    assert plan_stages(registry, names, None) == [["ezra-primary"], ["bezalel", "allegro"]]
+    assert plan_stages(registry, names, 1) == [["ezra-primary"], ["bezalel"], ["allegro"]]
+    assert plan_stages(registry, select(registry, ("worker",)), None) == [["bezalel", "allegro"]]
+
+
+def test_rollout_limit_names_unknown_values(registry) -> None:
+    with pytest.raises(DeployError, match="--limit 'nope' matches no agent or group"):
+        select(registry, ("nope",))
+
+
+def test_pyinfra_command_is_the_plain_cli(registry) -> None:
+    command = pyinfra_command(["a", "b"], RolloutOptions(dry=True, diff=True))
+    assert command[1:] == ["-m", "pyinfra", "-y", "inventory.py", "deploy.py", "--limit", "a",
+                           "--limit", "b", "--dry", "--diff"]
+
+
+GOOD = {"os": "debian", "os_like": "", "systemd": True, "python": (3, 11), "free_mb": 900,
+        "skew_s": 0.1, "lock": ""}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"os": "alpine"}, "OS 'alpine' is not Debian or Ubuntu"),
+    ({"systemd": False}, "systemd is not running (no /run/systemd/system)"),
+    ({"python": (3, 9)}, "python3 is 3.9, needs >= 3.11"),
+    ({"python": ()}, "python3 is missing; install python3 (>= 3.11)"),
+    ({"free_mb": 10}, "only 10 MiB free under /opt, needs 200 MiB"),
+    ({"skew_s": 42.0}, "clock skew +42.0 s exceeds 10 s; sync the node's clock"),
+])
+def test_preflight_names_each_problem(change: dict, message: str) -> None:
+    assert preflight.problems({**GOOD, **change}, "me:1:r") == ([message], "")
+
+
+def test_preflight_lock_held_by_a_live_deploy() -> None:
+    holder = f"elsewhere:1:run {time.time():.0f}"
+    found, stale = preflight.problems({**GOOD, "lock": holder}, "me:1:r")
+    assert stale == ""
+    assert found and "is held by elsewhere:1:run" in found[0]
+    old = f"elsewhere:1:run {time.time() - 7200:.0f}"
+    assert preflight.problems({**GOOD, "lock": old}, "me:1:r") == ([], "elsewhere:1:run")
+
+
+@pytest.fixture
+def node_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(nodectl, "ROOT", tmp_path)
+    monkeypatch.setattr(nodectl, "RELEASES", tmp_path / "releases")
+    monkeypatch.setattr(nodectl, "CURRENT", tmp_path / "current")
+    monkeypatch.setattr(nodectl, "HISTORY", tmp_path / "history")
+    for release in ("r1", "r2", "r3"):
+        (tmp_path / "releases" / release / "site").mkdir(parents=True)
+    return tmp_path
+
+
+def test_nodectl_switch_is_a_relative_symlink_and_history(node_root: Path) -> None:
+    assert nodectl.switch("r1")["changed"] is True
+    assert nodectl.switch("r2")["before"] == "r1"
+    assert nodectl.switch("r2")["changed"] is False
+    assert (node_root / "current").readlink() == Path("releases/r2")
+    assert nodectl.previous_release() == "r1"
+    with pytest.raises(SystemExit, match="release r9 is not installed"):
+        nodectl.switch("r9")
+
+
+def test_nodectl_prune_keeps_current_and_newest(node_root: Path) -> None:
+    for release in ("r1", "r2", "r3", "r1"):
+        nodectl.switch(release)
+    assert nodectl.prune(keep=2) == {"kept": ["r1", "r3"], "removed": ["r2"]}
+    assert not (node_root / "releases" / "r2").exists()
+
+
+def test_nodectl_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    expected = subprocess.run(["ssh-keygen", "-lf", str(key) + ".pub"], check=True,
+                              capture_output=True, text=True).stdout.split()[1]
+    assert nodectl.fingerprint((tmp_path / "k.pub").read_text()) == expected
+
+
+def test_audit_drift_lists_every_difference(registry) -> None:
+    agent = registry.get("bezalel")
+    ctx = AgentContext(agent=agent, registry=registry, soul_source=registry.soul_path(agent))
+    facts = {"release": "old", "soul_sha256": ctx.soul_sha256(), "config_hash": "x",
+             "unit": {"ActiveState": "failed", "UnitFileState": "enabled"}, "ports": [22],
+             "health_status": 503, "health": {"problems": ["soul missing"]},
+             "files": {"/etc/fleet/bezalel/env": {"mode": "0644", "user": "root"},
+                       "/etc/fleet/bezalel/soul.md": {"mode": "0444", "user": "root"},
+                       "/var/lib/fleet/bezalel": {"mode": "0700", "user": "bezalel"}}}
+    assert drift(facts, ctx, "new") == [
+        "release is old, expected new",
+        "config.json differs from the registry",
+        "fleet-agent-bezalel.service is failed, expected active",
+        "nothing listens on gateway port 8646",
+        "/health answers 503: soul missing",
+        "/etc/fleet/bezalel/env is 0644 root, expected 0600 bezalel",
+    ]
