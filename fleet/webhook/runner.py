@@ -7,6 +7,7 @@ runs in the fresh work dir in its own session, its stdout and stderr streamed to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fleet.errors import DeployError
+from fleet.errors import DeployError, FleetError
+from fleet.masking import Masker
+from fleet.secrets import SECRETS_ENV, load_secrets
 from fleet.webhook.checkout import checkout, redact
 from fleet.webhook.config import RECEIVER_SECRETS, Settings
 from fleet.webhook.db import immediate, now
@@ -50,6 +53,8 @@ def execute(conn: sqlite3.Connection, settings: Settings, claim: Claim, lock_fd:
             status, summary = "failed", str(exc)
             log.write(f"==> {summary}\n".encode())
         else:
+            log.flush()
+            mask_log(log_path, settings, env)
             hosts = host_results(read_log_tail(str(log_path), RESULT_BYTES))
             status, summary = _outcome(exit_status, hosts, settings)
             if status == "success":
@@ -102,6 +107,17 @@ def run_command(settings: Settings, work: Path, env: dict[str, str], log: Any,
                 continue
         raise DeployError(f"the deploy command ran longer than FLEET_DEPLOY_TIMEOUT "
                           f"({settings.deploy_timeout:g}s) and was stopped") from None
+
+
+def mask_log(log_path: Path, settings: Settings, env: dict[str, str]) -> None:
+    """Replace secret values (``$FLEET_SECRETS``, the receiver's own) in the finished log."""
+    values = [value for value in (settings.env.get(name) for name in RECEIVER_SECRETS) if value]
+    with contextlib.suppress(FleetError):  # the deploy reports a broken secrets file itself
+        values += load_secrets(env.get(SECRETS_ENV) or None).values()
+    text = log_path.read_text(encoding="utf-8", errors="replace")
+    masked = Masker(values)(text)
+    if masked != text:
+        log_path.write_text(masked, encoding="utf-8")
 
 
 def _outcome(exit_status: int | None, hosts: dict[str, Any],

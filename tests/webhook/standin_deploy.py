@@ -2,7 +2,8 @@
 
 Appends one JSON line ``{"run", "sha", "pid", "start", "end"}`` to ``$STANDIN_RECORD``; sleeps
 ``$STANDIN_SLEEP`` seconds; prints a pyinfra-style ``--json`` result document for the hosts in
-``$STANDIN_HOSTS`` (comma-separated); exits with ``$STANDIN_EXIT``.
+``$STANDIN_HOSTS`` (comma-separated) after the text of ``$STANDIN_PRINT``; exits with
+``$STANDIN_EXIT``.
 """
 
 import json
@@ -12,6 +13,7 @@ import time
 
 start = time.time()
 print(f"stand-in deploy of {os.environ['FLEET_DEPLOY_SHA']} in {os.getcwd()}", flush=True)
+print(os.environ.get("STANDIN_PRINT", ""), flush=True)
 time.sleep(float(os.environ.get("STANDIN_SLEEP", "0")))
 hosts = [host for host in os.environ.get("STANDIN_HOSTS", "").split(",") if host]
 exit_status = int(os.environ.get("STANDIN_EXIT", "0"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -64,7 +65,7 @@ def test_50_concurrent_pushes_deploy_one_at_a_time_and_the_newest_last(
             assert run["superseded_by"] > run["id"]
     records = sorted(read_records(record_file), key=lambda record: record["start"])
     assert [record["run"] for record in records] == [run["id"] for run in deployed]
-    for before, after in zip(records, records[1:], strict=False):
+    for before, after in itertools.pairwise(records):
         assert after["start"] >= before["end"], "two deploys overlapped"
     newest = by_id[max(run_ids)]
     assert records[-1]["run"] == newest["id"]

@@ -137,6 +137,21 @@ def test_a_deploy_over_its_timeout_is_stopped(client: FlaskClient, settings: Set
                               "and was stopped")
 
 
+def test_secret_values_are_masked_in_the_log(client: FlaskClient, settings: Settings,
+                                             fleet_repo: FleetRepo, tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.yaml"
+    secrets.write_text("fleet:\n  OPENROUTER_API_KEY: sk-or-very-secret-value\n")
+    secrets.chmod(0o600)
+    sha = fleet_repo.commit("masked")
+    fleet_repo.push_tag("PROD", sha)
+    run_id = push_tag(client, sha)
+    drain(with_env(settings, FLEET_SECRETS=str(secrets),
+                   STANDIN_PRINT=f"key sk-or-very-secret-value, hook {settings.webhook_secret}"))
+    log = show(client, run_id)["log"]
+    assert "key ***, hook ***" in log
+    assert "very-secret" not in log
+
+
 class Health(BaseHTTPRequestHandler):
     """A gateway health endpoint that answers ok (or 503 on /broken)."""
 
