@@ -1,0 +1,105 @@
+"""Fixtures of the deploy lab tests: a clean clone, a secrets file, and runners that keep every
+line of output (so the secrets test can search all of it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SECRETS = {
+    "fleet": {"OPENROUTER_API_KEY": "sk-or-test-SECRET-1a2b3c4d"},
+    "agents": {
+        "ezra-primary": {"FLEET_BUS_KEY": "bus-key-ezra-SECRET-7777"},
+        "bezalel": {"FLEET_BUS_KEY": "bus-key-bezalel-SECRET-8888"},
+        "allegro": {"FLEET_BUS_KEY": "bus-key-allegro-SECRET-9999"},
+    },
+}
+
+
+def secret_values() -> list[str]:
+    """Every secret value the tests put in the secrets file."""
+    return [value for env in [SECRETS["fleet"], *SECRETS["agents"].values()]
+            for value in env.values()]
+
+
+@dataclass
+class Fleet:
+    """Runs ``fleet`` and ``pyinfra`` from a clean clone against the lab; keeps all output."""
+
+    clone: Path
+    registry: Path
+    env: dict[str, str]
+    records: Path
+    transcript: list[str] = field(default_factory=list)
+
+    def run(self, *args: str, registry: Path | None = None,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """``fleet --registry R ARGS`` (exit code not checked)."""
+        command = [sys.executable, "-c", "from fleet.cli import main; main()",
+                   "--registry", str(registry or self.registry), *args]
+        return self._run(command, extra_env)
+
+    def pyinfra(self, *args: str,
+                extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """``pyinfra ARGS`` from the clone's root (exit code not checked)."""
+        return self._run([sys.executable, "-m", "pyinfra", *args], extra_env)
+
+    def _run(self, command: list[str],
+             extra_env: dict[str, str] | None) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(command, cwd=self.clone, env={**self.env, **(extra_env or {})},
+                              capture_output=True, text=True, timeout=600, check=False)
+        self.transcript.append(done.stdout + done.stderr)
+        return done
+
+    def record(self, output: str) -> dict[str, Any]:
+        """The run record named in ``fleet deploy``/``rollback`` output."""
+        for line in reversed(output.splitlines()):
+            if "(record: " in line:
+                path = line.rsplit("(record: ", 1)[1].rstrip(")")
+                data: dict[str, Any] = json.loads(Path(path).read_text())
+                return data
+        raise AssertionError(f"no record named in output:\n{output}")
+
+    def ssh(self, agent: str, command: str) -> str:
+        """Run a command on a lab node; its stdout."""
+        config = self.registry.parent / "ssh_config"
+        done = subprocess.run(["ssh", "-F", str(config), agent, command], capture_output=True,
+                              text=True, timeout=60, check=True)
+        return done.stdout
+
+
+@pytest.fixture(scope="module")
+def fleet(lab_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    """A clean clone of the repo's HEAD wired to the session lab, a 0600 secrets file, and a
+    records dir of its own."""
+    base = tmp_path_factory.mktemp("deploy")
+    clone = base / "repo"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    secrets = base / "secrets.yaml"
+    secrets.write_text(json.dumps(SECRETS))
+    secrets.chmod(0o600)
+    env = {**os.environ, "PYTHONPATH": str(clone), "FLEET_REGISTRY": str(lab_registry),
+           "FLEET_RECORDS_DIR": str(base / "records"), "FLEET_SECRETS": str(secrets)}
+    for name in ("FLEET_BROKEN_RELEASE", "FLEET_RELEASE_ID", "FLEET_RELEASE_ARTIFACT",
+                 "FLEET_RUN_ID"):
+        env.pop(name, None)
+    return Fleet(clone=clone, registry=lab_registry, env=env, records=base / "records")
+
+
+@pytest.fixture(scope="module")
+def unit_state(fleet: Fleet) -> Callable[[], dict[str, str]]:
+    """MainPID and ActiveEnterTimestamp of every agent's unit, by agent."""
+    def read() -> dict[str, str]:
+        return {agent: fleet.ssh(agent, f"systemctl show fleet-agent-{agent}.service "
+                                 "-p MainPID -p ActiveEnterTimestamp").strip()
+                for agent in SECRETS["agents"]}
+    return read

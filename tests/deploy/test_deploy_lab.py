@@ -1,0 +1,153 @@
+"""Acceptance of the 8-phase deploy on the nspawn lab, from a clean clone.
+
+The tests share one lab and run in file order: cold deploy, no-change redeploy, one agent's
+config change, a broken release rolled back by verify, ``fleet rollback``, then checks over
+everything that happened (state dir untouched, secrets never printed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.deploy.conftest import SECRETS, Fleet, secret_values
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+AGENTS = list(SECRETS["agents"])
+STATE_FILE = "/var/lib/fleet/bezalel/memory.txt"
+STATE_PROBE = f"stat -c '%i %Y %s' {STATE_FILE} && sha256sum {STATE_FILE}"
+RUN: dict[str, str] = {}
+
+
+def lab_hosts(fleet: Fleet) -> dict[str, str]:
+    data = yaml.safe_load(fleet.registry.read_text())
+    return {name: entry["host"] for name, entry in data["wizards"].items()}
+
+
+def test_cold_deploy_brings_every_agent_to_healthy(fleet: Fleet) -> None:
+    done = fleet.run("deploy")
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = fleet.record(done.stdout)
+    assert record["status"] == "ok"
+    assert [stage["hosts"] for stage in record["stages"]] == [["ezra-primary"],
+                                                            ["bezalel", "allegro"]]
+    release = record["release"]
+    RUN["release"] = release
+    for agent, host in lab_hosts(fleet).items():
+        assert record["hosts"][agent]["status"] == "ok"
+        assert record["hosts"][agent]["drift"] == []
+        health = requests.get(f"http://{host}:8646/health", timeout=5)
+        assert health.status_code == 200
+        body = health.json()
+        assert (body["agent"], body["release"], body["status"]) == (agent, release, "ok")
+        soul = (fleet.clone / "souls" / f"{agent}.md").read_bytes()
+        assert body["soul_sha256"] == hashlib.sha256(soul).hexdigest()
+        card = requests.get(f"http://{host}:8646/.well-known/agent-card.json", timeout=5).json()
+        assert card["name"] == agent and card["version"] == release
+    fleet.ssh("bezalel", f"echo remembered > {STATE_FILE} && chown bezalel: {STATE_FILE}")
+    RUN["state"] = fleet.ssh("bezalel", STATE_PROBE)
+
+
+def test_second_deploy_changes_and_restarts_nothing(
+        fleet: Fleet, unit_state: Callable[[], dict[str, str]]) -> None:
+    before = unit_state()
+    done = fleet.run("deploy")
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = fleet.record(done.stdout)
+    for agent in AGENTS:
+        entry = record["hosts"][agent]
+        assert (entry["status"], entry["changed"], entry["restarted"]) == ("ok", [], False)
+    assert unit_state() == before
+
+
+def test_config_change_touches_only_that_agent(
+        fleet: Fleet, unit_state: Callable[[], dict[str, str]], tmp_path: Path) -> None:
+    data = yaml.safe_load(fleet.registry.read_text())
+    data["wizards"]["bezalel"]["config"] = {"temperature": 0.2}
+    edited = tmp_path / "registry.yaml"
+    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    before = unit_state()
+    done = fleet.run("deploy", registry=edited)
+    assert done.returncode == 0, done.stdout + done.stderr
+    hosts = fleet.record(done.stdout)["hosts"]
+    assert hosts["bezalel"]["restarted"] is True
+    assert any("config.json" in name for name in hosts["bezalel"]["changed"])
+    for agent in ("ezra-primary", "allegro"):
+        assert (hosts[agent]["changed"], hosts[agent]["restarted"]) == ([], False)
+    after = unit_state()
+    assert after["bezalel"] != before["bezalel"]
+    assert {a: after[a] for a in ("ezra-primary", "allegro")} == {
+        a: before[a] for a in ("ezra-primary", "allegro")}
+    config = json.loads(fleet.ssh("bezalel", "cat /etc/fleet/bezalel/config.json"))
+    assert config["config"] == {"temperature": 0.2}
+
+
+def test_broken_release_is_rolled_back_by_verify(fleet: Fleet) -> None:
+    done = fleet.run("deploy", extra_env={"FLEET_BROKEN_RELEASE": "1"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    good = RUN["release"]
+    assert f"rolled back to release {good}, which is healthy" in done.stdout
+    record = fleet.record(done.stdout)
+    canary = record["hosts"]["ezra-primary"]
+    assert record["status"] == "failed"
+    assert record["skipped"] == ["bezalel", "allegro"]
+    assert (canary["status"], canary["release"]) == ("rolled_back", good)
+    assert canary["expected_release"] == f"{good}-broken"
+    assert "built broken on purpose" in " ".join(canary["verify"]["problems"])
+    host = lab_hosts(fleet)["ezra-primary"]
+    body = requests.get(f"http://{host}:8646/health", timeout=5).json()
+    assert (body["status"], body["release"]) == ("ok", good)
+
+
+def test_fleet_rollback_switches_restarts_and_verifies(fleet: Fleet) -> None:
+    good = RUN["release"]
+    to_broken = fleet.run("rollback", "ezra-primary")  # previous release: the broken one
+    assert to_broken.returncode == 1
+    assert fleet.record(to_broken.stdout)["hosts"]["ezra-primary"]["release"] == f"{good}-broken"
+    back = fleet.run("rollback", "ezra-primary", "--to", good)
+    assert back.returncode == 0, back.stdout + back.stderr
+    entry = fleet.record(back.stdout)["hosts"]["ezra-primary"]
+    assert (entry["status"], entry["release"]) == ("ok", good)
+    history = fleet.ssh("ezra-primary", "cat /opt/fleet/history").split()
+    assert history == [good, f"{good}-broken", good, f"{good}-broken", good]
+
+
+def test_state_dir_survives_deploys_and_rollbacks(fleet: Fleet) -> None:
+    done = fleet.run("deploy", "--limit", "bezalel")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert fleet.ssh("bezalel", STATE_PROBE) == RUN["state"]
+
+
+def test_dry_diff_shows_file_diffs_with_secrets_masked(fleet: Fleet, tmp_path: Path) -> None:
+    changed = json.loads(json.dumps(SECRETS))
+    changed["fleet"]["OPENROUTER_API_KEY"] = "sk-or-test-SECRET-rotated-5e6f"
+    secrets = tmp_path / "secrets.yaml"
+    secrets.write_text(json.dumps(changed))
+    secrets.chmod(0o600)
+    done = fleet.pyinfra("inventory.py", "deploy.py", "--dry", "--diff",
+                         extra_env={"FLEET_SECRETS": str(secrets)})
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "Will modify /etc/fleet/allegro/env" in output
+    assert "OPENROUTER_API_KEY=***" in output
+    assert "rotated" not in output
+
+
+def test_no_secret_in_any_output_or_record(fleet: Fleet) -> None:
+    assert len(fleet.transcript) >= 8
+    records = [path.read_text() for path in fleet.records.glob("*.json")]
+    assert records
+    for value in secret_values():
+        assert not [text for text in fleet.transcript if value in text]
+        assert not [text for text in records if value in text]
+    for agent in AGENTS:
+        env_file = f"/etc/fleet/{agent}/env"
+        assert fleet.ssh(agent, f"stat -c '%a %U' {env_file}").split() == ["600", agent]
+        content = fleet.ssh(agent, f"cat {env_file}")
+        assert SECRETS["agents"][agent]["FLEET_BUS_KEY"] in content
