@@ -75,6 +75,7 @@ def deploy_env(settings: Settings, claim: Claim, work: Path, commit: str) -> dic
     """The receiver's environment without its secrets, plus what the deploy may want to know."""
     env = {key: value for key, value in os.environ.items() if key not in RECEIVER_SECRETS}
     env.update(settings.deploy_env())
+    env.setdefault("FLEET_RECORDS_DIR", str(settings.state_dir / "records"))  # work dir is wiped
     bin_dir = str(Path(sys.executable).parent)
     env.update(
         FLEET_DEPLOY_RUN=str(claim.run_id), FLEET_DEPLOY_TAG=claim.tag, FLEET_DEPLOY_SHA=commit,
