@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +16,14 @@ from typing import Any
 import pytest
 import requests
 
-from tests.webhook.conftest import FleetRepo, Server, auth, read_records, wait_for
+from tests.webhook.conftest import (
+    FleetRepo,
+    Server,
+    auth,
+    free_port,
+    read_records,
+    wait_for,
+)
 from tests.webhook.forge import signed_push
 
 pytestmark = pytest.mark.slow
@@ -107,3 +118,34 @@ def test_a_push_is_answered_well_under_50_ms(serve: Callable[..., Server],
     post_push(server, sha)  # warm up both the connection path and SQLite
     latencies = sorted(post_push(server, sha)[1] for _ in range(21))
     assert latencies[10] < 0.050, f"median {latencies[10] * 1000:.1f} ms"
+
+
+def test_fleet_webhook_serve_runs_the_receiver(env: dict[str, str], fleet_repo: FleetRepo,
+                                               record_file: Path) -> None:
+    sha = fleet_repo.commit("served")
+    fleet_repo.push_tag("PROD", sha)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fleet", "webhook", "serve", "--port", str(port), "--workers", "2"],
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True)
+    server = Server(env, port=port)
+    try:
+        wait_for(lambda: _answers(f"{server.url}/openapi.json"), what="fleet webhook serve")
+        response, _ = post_push(server, sha)
+        assert response.status_code == 202
+        wait_for(lambda: settled(server), what="the deploy")
+        assert [record["sha"] for record in read_records(record_file)] == [sha]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert err.decode().splitlines()[0] == (
+        f"fleet webhook: http://127.0.0.1:{port}/hooks/{{gitea,github,gitlab}} deploys tag "
+        f"'PROD' of file://{fleet_repo.bare}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
