@@ -15,7 +15,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import FileContents
 from pyinfra.operations.util.files import generate_color_diff
 
-from fleet.masking import mask_env
+from fleet.masking import mask_env_pair
 
 Node = dict[str, Any]  # a NodeState snapshot (deploys.facts.NodeState)
 
@@ -58,15 +58,15 @@ def _changed(op: OperationMeta) -> bool:
 
 
 def _show_diff(dest: str, exists: bool, new_text: str,
-               mask: Callable[[str], str] = lambda text: text) -> None:
+               mask: Callable[[str, str], tuple[str, str]] = lambda old, new: (old, new)) -> None:
     """Log a unified diff of ``dest`` (as pyinfra's ``--diff`` does), through ``mask``."""
     if not state.config.DIFF:
         return
     old = host.get_fact(FileContents, path=dest) if exists else None
-    old_text = "".join(f"{line}\n" for line in old or [])
+    old_text, new_text = mask("".join(f"{line}\n" for line in old or []), new_text)
     host.log(f"Will {'modify' if exists else 'create'} {dest}", logger.info)
-    for line in generate_color_diff(mask(old_text).splitlines(keepends=True),
-                                    mask(new_text).splitlines(keepends=True)):
+    for line in generate_color_diff(old_text.splitlines(keepends=True),
+                                    new_text.splitlines(keepends=True)):
         logger.info("  %s", line)
     logger.info("")
 
@@ -202,7 +202,7 @@ def secret_file(dest: str, content: HiddenValue, public: tuple[str, ...], user: 
             host.noop(f"{dest} is up to date")
         yield from commands
         return
-    _show_diff(dest, have is not None, text, lambda body: mask_env(body, public))
+    _show_diff(dest, have is not None, text, lambda old, new: mask_env_pair(old, new, public))
     yield from _upload(dest, StringIO(text), user, group, mode)
 
 

@@ -41,3 +41,25 @@ def mask_env(text: str, public: Iterable[str]) -> str:
         else:
             lines.append(line)
     return "".join(lines)
+
+
+def mask_env_pair(old: str, new: str, public: Iterable[str]) -> tuple[str, str]:
+    """Old and new env file texts masked for a diff: a secret whose value changed shows as
+    ``NAME=*** (changed)`` on the new side, so the diff has a line without showing a value."""
+    keep = set(public)
+    old_values = dict(_pairs(old))
+    masked_new = []
+    for line in new.splitlines(keepends=True):
+        name, sep, value = line.rstrip("\n").partition("=")
+        if sep and name not in keep and name in old_values and old_values[name] != value:
+            masked_new.append(f"{name}={MASK} (changed)\n")
+        else:
+            masked_new.append(mask_env(line, keep))
+    return mask_env(old, keep), "".join(masked_new)
+
+
+def _pairs(text: str) -> Iterable[tuple[str, str]]:
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep:
+            yield name, value

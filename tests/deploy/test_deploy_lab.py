@@ -135,7 +135,7 @@ def test_dry_diff_shows_file_diffs_with_secrets_masked(fleet: Fleet, tmp_path: P
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert "Will modify /etc/fleet/allegro/env" in output
-    assert "OPENROUTER_API_KEY=***" in output
+    assert "OPENROUTER_API_KEY=*** (changed)" in output
     assert "rotated" not in output
 
 

@@ -15,7 +15,7 @@ from deploys.audit import drift
 from deploys.context import AgentContext
 from fleet import nodectl, records
 from fleet.errors import DeployError
-from fleet.masking import MASK, Masker, mask_env
+from fleet.masking import MASK, Masker, mask_env, mask_env_pair
 from fleet.registry import load_registry
 from fleet.release import content_hash, release_id, running_release, shipped_files
 from fleet.rollout import RolloutOptions, plan_stages, pyinfra_command, select
@@ -194,3 +194,10 @@ def test_audit_drift_lists_every_difference(registry) -> None:
         "/health answers 503: soul missing",
         "/etc/fleet/bezalel/env is 0644 root, expected 0600 bezalel",
     ]
+
+
+def test_mask_env_pair_marks_changed_secrets_without_values() -> None:
+    old, new = mask_env_pair("FLEET_AGENT=a\nKEY=one\nSAME=x\n", "FLEET_AGENT=a\nKEY=two\nSAME=x\n",
+                             ["FLEET_AGENT"])
+    assert old == f"FLEET_AGENT=a\nKEY={MASK}\nSAME={MASK}\n"
+    assert new == f"FLEET_AGENT=a\nKEY={MASK} (changed)\nSAME={MASK}\n"

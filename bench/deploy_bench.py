@@ -1,0 +1,68 @@
+"""Time ``fleet deploy`` on a lab of 3 nodes: cold (fresh nodes) and no-change (again).
+
+    python bench/deploy_bench.py [--rounds 3] [--lab deploy-bench]
+
+Each round brings up a fresh lab (its own name; taken down at the end), runs one cold deploy
+and then no-change deploys. The release is built (or taken from the cache) before timing, as
+a controller that deployed before would have it. Prints every figure and the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from fleet import lab  # noqa: E402
+from fleet.registry import load_registry  # noqa: E402
+from fleet.release import build_release  # noqa: E402
+
+
+def timed_deploy(registry: Path) -> float:
+    """Seconds taken by one ``fleet deploy`` (fails loudly if the deploy fails)."""
+    env = {**os.environ, "FLEET_REGISTRY": str(registry)}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", "from fleet.cli import main; main()", "deploy"],
+                          cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"fleet deploy failed:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-change-runs", type=int, default=3)
+    parser.add_argument("--lab", default="deploy-bench")
+    args = parser.parse_args()
+    release = build_release()
+    print(f"release {release.id} ({release.path.stat().st_size / 1e6:.1f} MB)")
+    cold: list[float] = []
+    no_change: list[float] = []
+    try:
+        for round_ in range(1, args.rounds + 1):
+            lab.down(args.lab)
+            registry = lab.up(load_registry(REPO / "registry.yaml"), lab=args.lab)
+            cold.append(timed_deploy(registry))
+            runs = [timed_deploy(registry) for _ in range(args.no_change_runs)]
+            no_change.extend(runs)
+            print(f"round {round_}: cold {cold[-1]:.2f} s, no-change "
+                  f"{', '.join(f'{t:.2f}' for t in runs)} s", flush=True)
+    finally:
+        lab.down(args.lab)
+    load = os.getloadavg()[0]
+    print(f"fleet deploy, 3 nodes: cold median {statistics.median(cold):.2f} s, "
+          f"no-change median {statistics.median(no_change):.2f} s "
+          f"(load average {load:.1f} on {os.cpu_count()} cores)")
+
+
+if __name__ == "__main__":
+    main()
