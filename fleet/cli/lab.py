@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from types import FrameType
 
 import click
@@ -21,8 +22,20 @@ def _progress(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+def _cancel_on_signals() -> threading.Event:
+    """An event set by the first SIGTERM/SIGINT; a second one acts as usual."""
+    cancel = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        cancel.set()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        click.echo(f"{signal.Signals(signum).name}: stopping and cleaning up the lab ...",
+                   err=True)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return cancel
 
 
 @click.group()
@@ -37,8 +50,9 @@ def lab() -> None:
 @pass_cli
 def up(cli: CliContext, nodes: int | None, lab_name: str) -> None:
     """Boot one node per registry agent and write the lab registry."""
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so a killed `up` still cleans up
-    path = lab_api.up(cli.registry, nodes=nodes, lab=lab_name, progress=_progress)
+    cancel = _cancel_on_signals()  # so an interrupted `up` still cleans up after itself
+    path = lab_api.up(cli.registry, nodes=nodes, lab=lab_name, progress=_progress,
+                      cancel=cancel)
     count = len(lab_api.status(lab_name))
     click.echo(f"Lab {lab_name!r} is up with {count} nodes. Point the fleet at it with:")
     click.echo(f"  export FLEET_REGISTRY={path}")

@@ -7,6 +7,7 @@ Several labs can run at once, each with its own folder, bridge and /24 subnet.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from fleet.errors import LabError
 from fleet.lab import processes
-from fleet.lab.bring_up import bring_up
+from fleet.lab.bring_up import bring_up, join_threads, thread_prefix
 from fleet.lab.locks import file_lock, is_locked, release, try_lock
 from fleet.lab.network import read_index
 from fleet.lab.node import NODES_DIR, NodePaths
@@ -49,9 +50,11 @@ class NodeStatus:
 
 
 def up(registry: Registry, nodes: int | None = None, lab: str = DEFAULT_LAB,
-       progress: Callable[[str], None] | None = None) -> Path:
+       progress: Callable[[str], None] | None = None,
+       cancel: threading.Event | None = None) -> Path:
     """Boot the lab from ``registry`` (first ``nodes`` agents, extra workers beyond) and
-    return the lab registry path. On any failure everything is torn down before raising."""
+    return the lab registry path. On any failure (or ``cancel`` being set) everything is
+    torn down before raising."""
     check_prerequisites()
     path = lab_dir(lab)
     with file_lock(path / OP_LOCK):
@@ -62,8 +65,9 @@ def up(registry: Registry, nodes: int | None = None, lab: str = DEFAULT_LAB,
                                     "--lab.")
             teardown(lab, path)  # left over from a killed run or a reboot: nothing runs
         try:
-            return bring_up(registry, nodes, lab, path, progress or (lambda _: None))
+            return bring_up(registry, nodes, lab, path, progress or (lambda _: None), cancel)
         except BaseException as exc:
+            join_threads(thread_prefix(lab))  # no node thread may build while we tear down
             try:
                 teardown(lab, path, grace=FAILED_UP_GRACE)
             except LabError as cleanup:

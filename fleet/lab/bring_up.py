@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from fleet.errors import LabError
 from fleet.lab import keys, network, node
@@ -29,19 +32,66 @@ FAIL_ENV = "FLEET_LAB_FAIL_NODE"
 MAX_WORKERS = 16
 MAX_READY_WORKERS = 64
 Progress = Callable[[str], None]
+T = TypeVar("T")
 
 
 def _quiet(_: str) -> None:
     """Default progress sink: say nothing."""
 
 
+class Cancelled(LabError):
+    """``up`` was asked to stop (SIGTERM/SIGINT in the CLI) or a sibling node failed."""
+
+
+def thread_prefix(lab: str) -> str:
+    """Name prefix of the worker threads of ``up`` for ``lab`` (to join them on failure)."""
+    return f"fleet-lab-{lab}"
+
+
+def run_parallel(fn: Callable[[LabNode], T], items: list[LabNode], workers: int,
+                 prefix: str, abort: threading.Event) -> list[T]:
+    """``fn`` over ``items`` in threads; on the first error set ``abort`` and wait for all."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix=prefix)
+    futures: list[Future[T]] = []
+    try:
+        futures = [pool.submit(fn, item) for item in items]
+        return [future.result() for future in futures]
+    except BaseException:
+        abort.set()
+        raise
+    finally:
+        for future in futures:
+            future.cancel()
+        pool.shutdown(wait=True)
+
+
+def join_threads(prefix: str, timeout: float = 180) -> None:
+    """Wait for every thread named ``prefix...`` (also ones an interrupt left unjoined)."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name.startswith(prefix) and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
 def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
-             progress: Progress = _quiet) -> Path:
-    """Build the lab in ``lab_path`` (which must be down); the caller tears down on failure."""
+             progress: Progress = _quiet, cancel: threading.Event | None = None) -> Path:
+    """Build the lab in ``lab_path`` (which must be down); the caller tears down on failure.
+
+    Setting ``cancel`` stops the start-up at the next checkpoint with :class:`Cancelled`.
+    """
+    abort = threading.Event()
+
+    def checkpoint() -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"start of lab {lab!r} was cancelled")
+        if abort.is_set():
+            raise Cancelled(f"start of lab {lab!r} stopped: another node failed")
+
     lab_path.mkdir(parents=True, exist_ok=True)
     for key, value in raise_host_limits().items():
         progress(f"raised {key} to {value} (many nodes need more inotify instances)")
     base = ensure_base(progress)
+    checkpoint()
     index = network.allocate_index(lab_path)
     plan = plan_nodes(registry, nodes, index)
     records = [NodeRecord(n.name, n.ip, n.position, network.netns_name(index, n.name))
@@ -52,33 +102,36 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
     write_files(registry, plan, lab, lab_path,
                 {name: keys.public_key(key) for name, key in host_keys.items()})
     network.create_bridge(index)
+    checkpoint()
     progress(f"booting {len(plan)} nodes on {network.bridge_name(index)} "
              f"({network.SUBNET_PREFIX}.{index}.0/24)")
     hosts = {n.name: n.ip for n in plan}
     lab_public = keys.public_key(lab_key)
-    workers = min(MAX_WORKERS, len(plan))
+    prefix = thread_prefix(lab)
 
     def start(item: LabNode) -> int:
+        checkpoint()
         paths = node.NodePaths.of(lab_path, item.name)
         netns = network.create_node_network(index, item.position, item.name)
         node.mount_overlay(paths, base)
         node.inject_identity(paths.root, item.name, host_keys[item.name], lab_public,
                              item.agent.ssh_port, hosts)
+        checkpoint()
         pid = node.start(paths, lab, item.name, netns)
         if os.environ.get(FAIL_ENV) == item.name:
             raise LabError(f"node {item.name}: boot failure injected by {FAIL_ENV}")
         return pid
 
-    with ThreadPoolExecutor(workers) as pool:
-        pids = dict(zip(hosts, pool.map(start, plan), strict=True))
+    started = run_parallel(start, plan, min(MAX_WORKERS, len(plan)), prefix, abort)
+    pids = dict(zip(hosts, started, strict=True))
 
     def ready(item: LabNode) -> list[str]:
         paths = node.NodePaths.of(lab_path, item.name)
-        return node.wait_ready(paths, lab_path / SSH_CONFIG, item.name, pids[item.name])
+        return node.wait_ready(paths, lab_path / SSH_CONFIG, item.name, pids[item.name],
+                               checkpoint=checkpoint)
 
-    with ThreadPoolExecutor(min(MAX_READY_WORKERS, len(plan))) as pool:
-        failed = dict(zip(hosts, pool.map(ready, plan), strict=True))
-    for name, units in failed.items():
+    failed = run_parallel(ready, plan, min(MAX_READY_WORKERS, len(plan)), prefix, abort)
+    for name, units in zip(hosts, failed, strict=True):
         if units:
             progress(f"node {name} is degraded; failed units: {', '.join(units)}")
     return lab_path / REGISTRY_FILE

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from fleet.lab.rootfs import ADMIN_USER
 
 NODES_DIR = "nodes"
 READY_TIMEOUT = 120.0
+READY_ATTEMPT = 10
 SPAWN_SCRIPT = 'for f in "$1" "$2"; do [ -n "$f" ] && echo $$ > "$f"; done; shift 2; exec "$@"'
 
 
@@ -124,17 +126,22 @@ def ssh_base(ssh_config: Path, name: str) -> list[str]:
 
 
 def wait_ready(paths: NodePaths, ssh_config: Path, name: str, pid: int,
-               timeout: float = READY_TIMEOUT) -> list[str]:
-    """Wait until SSH works and systemd finished booting; return failed units (degraded)."""
+               timeout: float = READY_TIMEOUT,
+               checkpoint: Callable[[], None] = lambda: None) -> list[str]:
+    """Wait until SSH works and systemd finished booting; return failed units (degraded).
+
+    ``checkpoint`` runs between attempts and may raise to stop waiting.
+    """
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
+        checkpoint()
         if not processes.alive(pid):
             raise LabError(f"node {name}: systemd-nspawn exited during boot: "
                            f"{_tail(paths.console)}", hint=f"See {paths.console}.")
-        left = max(5, int(deadline - time.monotonic()))
         result = subprocess.run(
-            [*ssh_base(ssh_config, name), f"timeout {left} systemctl is-system-running --wait"],
+            [*ssh_base(ssh_config, name),
+             f"timeout {READY_ATTEMPT} systemctl is-system-running --wait"],
             capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
         state = result.stdout.strip()
         if result.returncode == 255:
