@@ -112,8 +112,11 @@ def test_rollout_limit_names_unknown_values(registry) -> None:
 
 def test_pyinfra_command_is_the_plain_cli(registry) -> None:
     command = pyinfra_command(["a", "b"], RolloutOptions(dry=True, diff=True))
-    assert command[1:] == ["-m", "pyinfra", "-y", "inventory.py", "deploy.py", "--limit", "a",
+    assert command[1:] == ["-m", "pyinfra", "inventory.py", "deploy.py", "--limit", "a",
                            "--limit", "b", "--dry", "--diff"]
+    command = pyinfra_command(["a"], RolloutOptions(), ["action=rollback"])
+    assert command[1:] == ["-m", "pyinfra", "-y", "inventory.py", "deploy.py", "--limit", "a",
+                           "--data", "action=rollback"]
 
 
 GOOD = {"os": "debian", "os_like": "", "systemd": True, "python": (3, 11), "free_mb": 900,
