@@ -79,11 +79,14 @@ def kill_cgroup(cgroup: Path, timeout: float = 5.0) -> set[int]:
     return cgroup_pids(cgroup)
 
 
-def remove_cgroup(cgroup: Path) -> bool:
-    """rmdir ``cgroup`` bottom-up; True when it is gone."""
-    if not cgroup.is_dir():
-        return True
-    for folder, _, _ in os.walk(cgroup, topdown=False):
-        with contextlib.suppress(OSError):
-            os.rmdir(folder)
+def remove_cgroup(cgroup: Path, timeout: float = 3.0) -> bool:
+    """rmdir ``cgroup`` bottom-up, retrying while it is still busy; True when it is gone."""
+    deadline = time.monotonic() + timeout
+    while cgroup.is_dir():
+        for folder, _, _ in os.walk(cgroup, topdown=False):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        if not cgroup.exists() or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     return not cgroup.exists()

@@ -71,15 +71,19 @@ def debian_mirror(sources_dir: Path = SOURCES_DIR, suite: str = SUITE) -> str:
 
 
 def ensure_base(progress: Callable[[str], None] = lambda _: None) -> Path:
-    """The unpacked base rootfs, built or unpacked from the tarball cache if needed."""
+    """The unpacked base rootfs, built or unpacked from the tarball cache if needed.
+
+    The base is unpacked beside its final name and renamed into place, so an existing base
+    is always complete; it is never touched again (running labs use it as overlay lower).
+    """
     root = cache_dir()
     name = base_name()
     base = root / name
     tarball = root / f"{name}.tar.zst"
-    if (base / ".fleet-base-complete").exists():
+    if base.is_dir():
         return base
     with file_lock(root / "rootfs.lock"):
-        if (base / ".fleet-base-complete").exists():
+        if base.is_dir():
             return base
         if not tarball.exists():
             _build_tarball(tarball, progress)
@@ -89,8 +93,6 @@ def ensure_base(progress: Callable[[str], None] = lambda _: None) -> Path:
         tmp.mkdir(parents=True)
         run(["tar", "--zstd", "-xpf", str(tarball), "-C", str(tmp), "--numeric-owner"],
             timeout=600)
-        (tmp / ".fleet-base-complete").write_text(name + "\n")
-        shutil.rmtree(base, ignore_errors=True)
         tmp.rename(base)
     return base
 

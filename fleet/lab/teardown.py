@@ -106,6 +106,7 @@ def leftovers(lab: str, lab_path: Path, index: int | None, names: set[str]) -> l
             found.append(f"systemd-nspawn pid {pid} ({name})")
         for cgroup in cgroup_dirs(lab, name):
             found += [f"pid {pid} in {cgroup}" for pid in processes.cgroup_pids(cgroup)]
+    found += [f"cgroup {cgroup}" for cgroup in cgroup_dirs(lab) if cgroup.exists()]
     return found
 
 
