@@ -62,8 +62,9 @@ def init_app(app: Flask) -> None:
     key = app.config["BUS_KEYS"].get(app.config["AGENT_NAME"])
     if not enabled or key is None:
         return
-    worker = DeliveryWorker(db.store_path(app), app.config["AGENT_NAME"], key,
-                            app.extensions["fleet.registry"], settings(app))
+    worker = DeliveryWorker(db.store_path(app), app.extensions["bus.writer"],
+                            app.config["AGENT_NAME"], key, app.extensions["fleet.registry"],
+                            settings(app))
     app.extensions["bus.worker"] = worker
     app.before_request(worker.start)  # restarts the threads in a forked child
     worker.start()

@@ -1,21 +1,26 @@
 """The agent's bus store: one SQLite file in WAL mode under the gateway's ``STATE_DIR``.
 
-Connections run in autocommit mode; every write that must be atomic opens its own
-``BEGIN IMMEDIATE`` transaction (see :func:`transaction`). ``synchronous=FULL`` makes a
-commit durable before the gateway answers.
+Reads use the request's connection (:func:`get_db`); writes go through the process's
+:class:`bus.writer.GroupWriter` (:func:`write`), which commits them in batches.
+``synchronous=FULL`` makes a commit durable before the gateway answers.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from flask import Flask, current_app, g
 
+if TYPE_CHECKING:
+    from bus.writer import GroupWriter
+
 STORE_NAME = "bus.sqlite3"
+T = TypeVar("T")
 
 
 def store_path(app: Flask) -> Path:
@@ -56,6 +61,8 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 def bump(db: sqlite3.Connection, name: str, by: int = 1) -> None:
     """Add ``by`` to counter ``name`` (inside the caller's transaction)."""
+    if by == 0:
+        return
     db.execute(
         "INSERT INTO counters (name, value) VALUES (?, ?)"
         " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
@@ -76,6 +83,12 @@ def get_db() -> sqlite3.Connection:
     return db
 
 
+def write(change: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``change(db)`` in a committed write transaction (group commit); its result."""
+    writer: GroupWriter = current_app.extensions["bus.writer"]
+    return writer.run(change)
+
+
 def close_db(exc: BaseException | None = None) -> None:
     """Close the request's connection (registered as a teardown)."""
     db = g.pop("bus_db", None)
@@ -84,6 +97,9 @@ def close_db(exc: BaseException | None = None) -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Create the store and close connections after every request."""
+    """Create the store, its group-commit writer, and close connections after requests."""
+    from bus.writer import GroupWriter
+
     init_db(store_path(app))
+    app.extensions["bus.writer"] = GroupWriter(store_path(app))
     app.teardown_appcontext(close_db)

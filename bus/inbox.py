@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from bus.db import bump, get_db, transaction
+from bus.db import bump, get_db, write
 from bus.validate import TYPES
 from bus.web import authenticate, fail
 
@@ -24,18 +24,18 @@ MAX_LIMIT = 1000
 
 
 def store(db: sqlite3.Connection, message: dict[str, Any], fmt: str) -> bool:
-    """Commit a valid message to the inbox; False if (from, id) was stored before."""
-    with transaction(db):
-        cursor = db.execute(
+    """Add a valid message to the inbox (in the caller's transaction); False if (from, id)
+    was stored before."""
+    cursor = db.execute(
             "INSERT INTO inbox (id, sender, recipient, type, payload, timestamp, correlation_id,"
-            " reply_to, ttl, format, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (sender, id) DO NOTHING",
-            (message["id"], message["from"], message["to"], message["type"],
-             json.dumps(message["payload"]), message["timestamp"], message.get("correlation_id"),
-             message.get("reply_to"), message.get("ttl"), fmt, time.time()),
-        )
-        stored = cursor.rowcount == 1
-        bump(db, "received" if stored else "duplicates")
+        " reply_to, ttl, format, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (sender, id) DO NOTHING",
+        (message["id"], message["from"], message["to"], message["type"],
+         json.dumps(message["payload"]), message["timestamp"], message.get("correlation_id"),
+         message.get("reply_to"), message.get("ttl"), fmt, time.time()),
+    )
+    stored = cursor.rowcount == 1
+    bump(db, "received" if stored else "duplicates")
     return stored
 
 
@@ -104,8 +104,7 @@ def ack(message_id: str) -> ResponseReturnValue:
     if sender is not None:
         sql += " AND sender = ?"
         params.append(sender)
-    with transaction(get_db()) as db:
-        count = db.execute(sql, params).rowcount
+    count = write(lambda db: db.execute(sql, params).rowcount)
     if not count:
         origin = f" from {sender!r}" if sender is not None else ""
         fail(404, f"message {message_id!r}{origin} is not in the inbox",

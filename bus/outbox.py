@@ -11,6 +11,8 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from bus.db import bump, transaction
@@ -18,71 +20,112 @@ from bus.db import bump, transaction
 
 def enqueue(db: sqlite3.Connection, message: dict[str, Any], recipients: list[str],
             now: float | None = None) -> int:
-    """Commit ``message`` once per recipient (as its ``to``); rows already queued are kept."""
+    """Queue ``message`` once per recipient (as its ``to``) in the caller's transaction;
+    rows already queued are kept. Returns how many rows were added."""
     now = time.time() if now is None else now
     ttl = message.get("ttl")
     expires = now + ttl if ttl else None
     added = 0
-    with transaction(db):
-        for recipient in recipients:
-            body = json.dumps({**message, "to": recipient}, separators=(",", ":"))
-            added += db.execute(
-                "INSERT INTO outbox (id, recipient, body, created_at, expires_at, next_attempt_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id, recipient) DO NOTHING",
-                (message["id"], recipient, body, now, expires, now),
-            ).rowcount
+    for recipient in recipients:
+        body = json.dumps({**message, "to": recipient}, separators=(",", ":"))
+        added += db.execute(
+            "INSERT INTO outbox (id, recipient, body, created_at, expires_at, next_attempt_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id, recipient) DO NOTHING",
+            (message["id"], recipient, body, now, expires, now),
+        ).rowcount
     return added
 
 
-def claim(db: sqlite3.Connection, owner: str, lease_seconds: float, limit: int,
-          now: float | None = None) -> list[sqlite3.Row]:
-    """Lease up to ``limit`` due rows to ``owner`` and count the attempt (one atomic UPDATE)."""
+def _due(exclude: Collection[str]) -> str:
+    """WHERE clause of claimable rows (2 + len(exclude) parameters: now, now, names)."""
+    skip = f" AND recipient NOT IN ({', '.join('?' * len(exclude))})" if exclude else ""
+    return f"next_attempt_at <= ? AND lease_until <= ?{skip}"
+
+
+def has_due(db: sqlite3.Connection, exclude: Collection[str] = (),
+            now: float | None = None) -> bool:
+    """Whether a row (not to ``exclude``) can be claimed: a read, so it takes no write lock."""
     now = time.time() if now is None else now
+    sql = f"SELECT 1 FROM outbox WHERE {_due(exclude)} LIMIT 1"
+    return db.execute(sql, (now, now, *exclude)).fetchone() is not None
+
+
+def claim(db: sqlite3.Connection, owner: str, lease_seconds: float, limit: int,
+          exclude: Collection[str] = (), now: float | None = None) -> list[sqlite3.Row]:
+    """Lease up to ``limit`` due rows (not to ``exclude``) to ``owner``, counting the attempt
+    (one UPDATE, in the caller's transaction)."""
+    now = time.time() if now is None else now
+    params = (now, now, *exclude)
     return db.execute(
         "UPDATE outbox SET lease_owner = ?, lease_until = ?, attempts = attempts + 1"
-        " WHERE seq IN (SELECT seq FROM outbox WHERE next_attempt_at <= ? AND lease_until <= ?"
+        f" WHERE seq IN (SELECT seq FROM outbox WHERE {_due(exclude)}"
         " ORDER BY next_attempt_at, seq LIMIT ?)"
         " RETURNING seq, id, recipient, body, attempts, expires_at",
-        (owner, now + lease_seconds, now, now, limit),
+        (owner, now + lease_seconds, *params, limit),
     ).fetchall()
 
 
-def next_due(db: sqlite3.Connection) -> float | None:
-    """When the next row becomes claimable (None for an empty outbox)."""
-    row = db.execute("SELECT MIN(MAX(next_attempt_at, lease_until)) FROM outbox").fetchone()
+def next_due(db: sqlite3.Connection, exclude: Collection[str] = ()) -> float | None:
+    """When the next row (not to ``exclude``) becomes claimable; None if there is none."""
+    skip = f" WHERE recipient NOT IN ({', '.join('?' * len(exclude))})" if exclude else ""
+    row = db.execute(f"SELECT MIN(MAX(next_attempt_at, lease_until)) FROM outbox{skip}",
+                     tuple(exclude)).fetchone()
     return None if row[0] is None else float(row[0])
 
 
-def delivered(db: sqlite3.Connection, seq: int, owner: str) -> None:
-    """The recipient stored the row's message: drop it from the outbox."""
-    with transaction(db):
-        if db.execute("DELETE FROM outbox WHERE seq = ? AND lease_owner = ?",
-                      (seq, owner)).rowcount:
-            bump(db, "delivered")
+@dataclass(frozen=True)
+class Outcome:
+    """How one claimed row's attempt ended: delivered, retry at ``retry_at``, or dead."""
+
+    seq: int
+    retry_at: float | None = None
+    dead_reason: str | None = None
+    error: str | None = None
 
 
-def retry(db: sqlite3.Connection, seq: int, owner: str, at: float, error: str) -> None:
-    """A failed attempt: release the row until ``at``."""
-    with transaction(db):
-        if db.execute("UPDATE outbox SET lease_owner = NULL, lease_until = 0, next_attempt_at = ?,"
-                      " last_error = ? WHERE seq = ? AND lease_owner = ?",
-                      (at, error, seq, owner)).rowcount:
-            bump(db, "retried")
+def finish(db: sqlite3.Connection, owner: str, outcomes: list[Outcome],
+           down: dict[str, tuple[float, str]], max_attempts: int) -> None:
+    """Record a batch of attempts (in the caller's transaction).
+
+    ``down`` maps recipients that could not be reached to (retry time, error): their other
+    due rows are postponed too, counting as a failed attempt, instead of hammering a host
+    that is down; those over ``max_attempts`` go to the dead letters.
+    """
+    now = time.time()
+    for outcome in outcomes:
+        mine = (outcome.seq, owner)
+        if outcome.dead_reason is not None:
+            _bury(db, "seq = ? AND lease_owner = ?", mine, outcome.dead_reason,
+                  outcome.error, now)
+        elif outcome.retry_at is not None:
+            bump(db, "retried", db.execute(
+                "UPDATE outbox SET lease_owner = NULL, lease_until = 0, next_attempt_at = ?,"
+                " last_error = ? WHERE seq = ? AND lease_owner = ?",
+                (outcome.retry_at, outcome.error, *mine)).rowcount)
+        else:
+            bump(db, "delivered", db.execute(
+                "DELETE FROM outbox WHERE seq = ? AND lease_owner = ?", mine).rowcount)
+    for recipient, (retry_at, error) in down.items():
+        bump(db, "retried", db.execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+            " WHERE recipient = ? AND lease_until <= ? AND next_attempt_at <= ?",
+            (retry_at, error, recipient, now, now)).rowcount)
+        _bury(db, "recipient = ? AND lease_until <= ? AND attempts >= ?",
+              (recipient, now, max_attempts), f"gave up after {max_attempts} attempts",
+              None, now)
 
 
-def dead_letter(db: sqlite3.Connection, seq: int, owner: str, reason: str,
-                error: str | None = None) -> None:
-    """Give up on a row: move it to ``dead_letters`` with why."""
-    with transaction(db):
-        moved = db.execute(
-            "INSERT INTO dead_letters (id, recipient, body, created_at, attempts, reason,"
-            " last_error, dead_at) SELECT id, recipient, body, created_at, attempts, ?,"
-            " COALESCE(?, last_error), ? FROM outbox WHERE seq = ? AND lease_owner = ?",
-            (reason, error, time.time(), seq, owner),
-        ).rowcount
-        if moved:
-            db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-            bump(db, "dead_lettered")
+def _bury(db: sqlite3.Connection, where: str, params: tuple[Any, ...], reason: str,
+          error: str | None, now: float) -> None:
+    """Move the rows matching ``where`` to ``dead_letters`` (in the caller's transaction)."""
+    moved = db.execute(
+        "INSERT INTO dead_letters (id, recipient, body, created_at, attempts, reason,"
+        " last_error, dead_at) SELECT id, recipient, body, created_at, attempts, ?,"
+        f" COALESCE(?, last_error), ? FROM outbox WHERE {where}",
+        (reason, error, now, *params)).rowcount
+    if moved:
+        db.execute(f"DELETE FROM outbox WHERE {where}", params)
+        bump(db, "dead_lettered", moved)
 
 
 def release_dead_leases(db: sqlite3.Connection) -> int:

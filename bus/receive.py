@@ -15,7 +15,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from bus import cloudevents
-from bus.db import get_db
+from bus.db import write
 from bus.inbox import store
 from bus.validate import message_problems
 from bus.web import authenticate, fail, me, registry
@@ -57,6 +57,6 @@ def receive() -> ResponseReturnValue:
     if message["from"] != signer:
         fail(401, f"from {message['from']!r} does not match the signing agent {signer!r}",
              hint="Sign a message with the key of the agent named in its `from`.")
-    stored = store(get_db(), message, fmt)
+    stored = write(lambda db: store(db, message, fmt))
     status = "stored" if stored else "duplicate"
     return jsonify({"status": status, "id": message["id"]}), 201 if stored else 200

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from bus.db import get_db
+from bus.db import write
 from bus.outbox import enqueue
 from bus.receive import MAX_BODY
 from bus.validate import fields_problems
@@ -75,7 +75,7 @@ def queue(fields: dict[str, Any]) -> dict[str, Any]:
                        hint="Run the keys phase or set FLEET_BUS_KEYS.")
     message = build(registry, sender, fields)
     names = recipients(registry, sender, message)
-    enqueue(get_db(), message, names)
+    write(lambda db: enqueue(db, message, names))
     worker = current_app.extensions.get("bus.worker")
     if worker is not None:
         worker.wake()

@@ -29,7 +29,7 @@ from fleet.secrets import format_keyring
 AGENTS = ("ezra", "bezalel", "allegro", "ghost")  # ghost is registered but never started
 KEYS = {name: f"key-of-{name}" for name in AGENTS}
 FAST_RETRIES = {"FLEET_BUS_RETRY_BASE": "0.05", "FLEET_BUS_RETRY_MAX": "0.5",
-                "FLEET_BUS_POLL_SECONDS": "0.2"}
+                "FLEET_BUS_POLL_SECONDS": "0.2", "FLEET_BUS_MAX_ATTEMPTS": "1000"}
 
 
 def free_port() -> int:

@@ -1,0 +1,208 @@
+"""Bus benchmark on loopback: durable receive throughput and end-to-end delivery latency.
+
+Starts two real gateways (``fleet gateway serve``, gunicorn) for a temp registry on
+127.0.0.1, then measures:
+
+1. receive throughput: signed messages POSTed to one gateway's ``/message`` by
+   ``--clients`` threads, each answered only after its SQLite (WAL, synchronous=FULL) commit;
+2. end-to-end latency: messages queued in the sender's outbox (``POST /outbox``) at
+   ``--rate`` per second, from the enqueue timestamp to the recipient's inbox commit;
+3. end-to-end throughput: a burst queued in the outbox, until all are in the inbox.
+
+Run: ``python bench/bus_bench.py [--messages 2000] [--clients 8] [--rate 200]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import requests
+
+from bus.signing import sign
+
+KEYS = {"sender": "bench-key-sender", "receiver": "bench-key-receiver"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_gateway(name: str, registry: Path, folder: Path, port: int,
+                  workers: int, threads: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "FLEET_BUS_KEYS": ",".join(f"{k}={v}" for k, v in KEYS.items())}
+    command = [sys.executable, "-c", "from fleet.cli import main; main()", "--registry",
+               str(registry), "gateway", "serve", "--agent", name, "--port", str(port),
+               "--state-dir", str(folder / name), "--workers", str(workers),
+               "--threads", str(threads)]
+    log = (folder / f"{name}.log").open("wb")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=log,
+                               start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with requests.get(f"http://127.0.0.1:{port}/openapi.json", timeout=1):
+                return process
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    raise SystemExit(f"{name} did not start; see {folder / name}.log")
+
+
+def post_signed(connection: http.client.HTTPConnection, path: str, data: dict[str, object],
+                expect: int) -> None:
+    """POST ``data`` signed as the sender on a keep-alive connection."""
+    body = json.dumps(data).encode()
+    headers = sign("sender", KEYS["sender"], "POST", path, "", body)
+    headers["Content-Type"] = "application/json"
+    connection.request("POST", path, body, headers)
+    response = connection.getresponse()
+    answer = response.read()
+    assert response.status == expect, answer
+
+
+def receive_throughput(port: int, count: int, clients: int) -> float:
+    """Messages per second stored by the receiver (each a signed POST /message).
+
+    The load generator uses keep-alive ``http.client`` connections: ``requests`` costs more
+    CPU per call than the gateway does on a 2-core machine.
+    """
+    per_client = count // clients
+
+    def run(worker: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            for n in range(per_client):
+                post_signed(connection, "/message", {
+                    "id": f"rx-{worker}-{n}", "from": "sender", "to": "receiver",
+                    "type": "alert", "payload": {"n": n},
+                    "timestamp": datetime.now(UTC).isoformat()}, 201)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return per_client * clients / (time.perf_counter() - started)
+
+
+def inbox_latencies(store: Path, prefix: str) -> list[float]:
+    """Seconds from each message's enqueue timestamp to its inbox commit."""
+    db = sqlite3.connect(store)
+    try:
+        found = db.execute("SELECT timestamp, received_at FROM inbox WHERE id LIKE ?",
+                           (f"{prefix}%",)).fetchall()
+    finally:
+        db.close()
+    return [received - datetime.fromisoformat(stamp).timestamp() for stamp, received in found]
+
+
+def wait_inbox(store: Path, prefix: str, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(inbox_latencies(store, prefix)) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {len(inbox_latencies(store, prefix))} of {count} arrived")
+        time.sleep(0.05)
+
+
+def end_to_end(port: int, store: Path, count: int, rate: float) -> list[float]:
+    """Latencies of ``count`` messages queued at ``rate`` per second."""
+    interval, start = 1.0 / rate, time.perf_counter()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for n in range(count):
+            time.sleep(max(0.0, start + n * interval - time.perf_counter()))
+            post_signed(connection, "/outbox", {"to": "receiver", "type": "alert",
+                                                "payload": {"n": n}, "id": f"lat-{n}"}, 202)
+    finally:
+        connection.close()
+    wait_inbox(store, "lat-", count)
+    return sorted(inbox_latencies(store, "lat-"))
+
+
+def burst(port: int, store: Path, count: int, clients: int) -> float:
+    """Messages per second from outbox enqueue (``clients`` threads) to all in the inbox."""
+    per_client = count // clients
+
+    def run(worker: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            for n in range(per_client):
+                post_signed(connection, "/outbox", {"to": "receiver", "type": "alert",
+                                                    "payload": {"n": n},
+                                                    "id": f"burst-{worker}-{n}"}, 202)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wait_inbox(store, "burst-", per_client * clients)
+    return per_client * clients / (time.perf_counter() - started)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    return values[min(len(values) - 1, int(fraction * len(values)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000, help="messages per phase")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
+    parser.add_argument("--rate", type=float, default=200, help="latency phase: msgs/s")
+    parser.add_argument("--latency-messages", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads/worker")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="bus-bench-"))
+    ports = {name: free_port() for name in KEYS}
+    registry = folder / "registry.yaml"
+    registry.write_text("wizards:\n" + "".join(
+        f"  {name}:\n    host: 127.0.0.1\n    role: worker\n    model: bench/m\n"
+        f"    gateway_port: {port}\n" for name, port in ports.items()))
+    processes = [start_gateway(name, registry, folder, port, args.workers, args.threads)
+                 for name, port in ports.items()]
+    store = folder / "receiver" / "bus.sqlite3"
+    try:
+        print(f"loopback, {os.cpu_count()} cores, gunicorn {args.workers} workers x "
+              f"{args.threads} threads per gateway, SQLite WAL synchronous=FULL")
+        rx = receive_throughput(ports["receiver"], args.messages, args.clients)
+        print(f"receive throughput: {rx:,.0f} msg/s durable into one gateway "
+              f"({args.messages} msgs, {args.clients} clients)")
+        lat = end_to_end(ports["sender"], store, args.latency_messages, args.rate)
+        print(f"end-to-end latency outbox -> inbox at {args.rate:.0f} msg/s "
+              f"({len(lat)} msgs): p50 {percentile(lat, 0.5) * 1000:.1f} ms, "
+              f"p99 {percentile(lat, 0.99) * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms, "
+              f"mean {statistics.mean(lat) * 1000:.1f} ms")
+        e2e = burst(ports["sender"], store, args.messages, args.clients)
+        print(f"end-to-end throughput (burst into outbox until all in inbox): {e2e:,.0f} msg/s")
+    finally:
+        for process in processes:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(20)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Nothing is lost: receiver down, sender SIGKILLed, recipient gone for good (real gateways)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fleet.cli import main
+from fleet.errors import BusError
+from tests.bus.conftest import AGENTS, KEYS, Fleet, Gateway, rows, wait_for
+
+COUNT = 1000
+
+
+def send_all(gateway: Gateway, ids: list[str], sent: list[str], deadline: float = 60) -> None:
+    """Queue one alert per id in ``gateway``'s outbox, retrying each until it is acknowledged."""
+    give_up = time.monotonic() + deadline
+    client = gateway.client(timeout=2)
+    try:
+        for message_id in ids:
+            while True:
+                try:
+                    client.send("bezalel", "alert", {"n": message_id}, id=message_id)
+                    break
+                except BusError:
+                    if time.monotonic() > give_up:
+                        raise
+                    client.close()
+                    client = gateway.client(timeout=2)
+                    time.sleep(0.05)
+            sent.append(message_id)
+    finally:
+        client.close()
+
+
+def inbox_ids(store: Path) -> list[str]:
+    return [row[0] for row in rows(store, "SELECT id FROM inbox WHERE sender = 'ezra'")]
+
+
+def assert_all_delivered_once(fleet: Fleet, ids: list[str]) -> None:
+    wait_for(lambda: len(inbox_ids(fleet["bezalel"].store)) >= COUNT, timeout=30)
+    got = inbox_ids(fleet["bezalel"].store)
+    assert len(got) == COUNT
+    assert sorted(got) == sorted(ids)
+    wait_for(lambda: rows(fleet["ezra"].store, "SELECT COUNT(*) FROM outbox") == [(0,)])
+    assert rows(fleet["ezra"].store, "SELECT COUNT(*) FROM dead_letters") == [(0,)]
+
+
+@pytest.mark.slow
+def test_receiver_down_then_started_gets_all_once(fleet: Fleet) -> None:
+    (ezra,) = fleet.start("ezra")
+    ids = [f"down-{n}" for n in range(COUNT)]
+    sent: list[str] = []
+    send_all(ezra, ids, sent)
+    assert sent == ids
+    with ezra.client() as client:
+        assert client.stats()["delivered"] == 0
+    fleet.start("bezalel")
+    assert_all_delivered_once(fleet, ids)
+    with ezra.client() as client:
+        stats = client.stats()
+    assert stats["delivered"] == COUNT
+    assert stats["retried"] > 0
+
+
+@pytest.mark.slow
+def test_sender_killed_mid_send_loses_nothing(fleet: Fleet) -> None:
+    ezra, _ = fleet.start("ezra", "bezalel")
+    ids = [f"kill-{n}" for n in range(COUNT)]
+    sent: list[str] = []
+    sender = threading.Thread(target=send_all, args=(ezra, ids, sent))
+    sender.start()
+    wait_for(lambda: len(sent) >= COUNT // 3, timeout=30, every=0.005)
+    ezra.kill()  # SIGKILL to gunicorn master and workers: no clean-up at all
+    killed_at = len(sent)
+    time.sleep(0.3)
+    ezra.start()
+    sender.join(60)
+    assert sent == ids
+    assert killed_at < COUNT
+    assert_all_delivered_once(fleet, ids)
+
+
+@pytest.mark.slow
+def test_recipient_that_never_returns_ends_in_dead_letters(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet = Fleet(tmp_path, {"FLEET_BUS_RETRY_BASE": "0.05", "FLEET_BUS_MAX_ATTEMPTS": "3",
+                             "FLEET_BUS_POLL_SECONDS": "0.1"})
+    try:
+        (ezra,) = fleet.start("ezra")
+        with ezra.client() as client:
+            queued = client.send("ghost", "request", {"task": "x"})
+            expiring = client.send("ghost", "alert", "soon stale", ttl=1)
+            stats = wait_for(lambda: (s := client.stats())["dead_lettered"] == 2 and s,
+                             timeout=20)
+            letters = {letter["id"]: letter for letter in client.dead_letters()}
+        assert stats["outbox_depth"] == 0
+        assert stats["retried"] >= 2
+        assert stats["delivered"] == 0
+        letter = letters[queued["id"]]
+        assert (letter["to"], letter["attempts"], letter["reason"]) == (
+            "ghost", 3, "gave up after 3 attempts")
+        assert letter["last_error"].startswith("ConnectionRefusedError: ")
+        assert letters[expiring["id"]]["reason"] in ("ttl expired", "gave up after 3 attempts")
+        monkeypatch.setenv("FLEET_BUS_KEYS", ",".join(f"{k}={v}" for k, v in KEYS.items()))
+        shown = CliRunner().invoke(main, ["--registry", str(fleet.registry), "bus",
+                                          "dead-letters", "ezra"])
+        assert shown.exit_code == 0
+        assert f"{queued['id']} -> ghost (request) after 3 attempts: gave up after 3 " \
+               "attempts [ConnectionRefusedError: " in shown.output
+    finally:
+        fleet.stop()
+    assert "ghost" in AGENTS
