@@ -1,8 +1,8 @@
-"""Fixtures for the lab tests: a second, throw-away lab beside the session's lab."""
+"""Fixtures for the lab tests: throw-away labs beside the session's lab."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -11,17 +11,30 @@ from tests.lab_fixtures import skip_unless_root
 
 
 @pytest.fixture
-def spare_lab(session_lab_name: str) -> Iterator[str]:
-    """A claimed lab name other than the session's, taken down after the test."""
+def claim_spare(session_lab_name: str) -> Iterator[Callable[[str], str]]:
+    """A function claiming lab ``<session lab>-<suffix>``; each is taken down after the test."""
     skip_unless_root()
-    claimed = lab.claim(f"{session_lab_name}-spare")
-    if claimed is None:
-        pytest.fail(f"lab {session_lab_name}-spare is held by another session")
-    try:
+    claims: list[lab.LabClaim] = []
+
+    def claim(suffix: str) -> str:
+        claimed = lab.claim(f"{session_lab_name}-{suffix}")
+        if claimed is None:
+            pytest.fail(f"lab {session_lab_name}-{suffix} is held by another session")
+        claims.append(claimed)
         lab.down(claimed.lab)
-        yield claimed.lab
+        return claimed.lab
+
+    try:
+        yield claim
     finally:
-        try:
-            lab.down(claimed.lab)
-        finally:
-            claimed.release()
+        for claimed in claims:
+            try:
+                lab.down(claimed.lab)
+            finally:
+                claimed.release()
+
+
+@pytest.fixture
+def spare_lab(claim_spare: Callable[[str], str]) -> str:
+    """A claimed lab name other than the session's, taken down after the test."""
+    return claim_spare("spare")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,27 @@ def test_sigterm_during_cli_up_cleans_up(spare_lab: str) -> None:
         assert proc.wait(timeout=120) == 1, rest
     assert rest.endswith(f"Error: start of lab {spare_lab!r} was cancelled\n")
     assert lab_leftovers(lab_path, index) == []
+
+
+def test_two_labs_start_at_the_same_time(claim_spare) -> None:
+    names = [claim_spare("a"), claim_spare("b")]
+    registry = load_registry(EXAMPLE_REGISTRY)
+    results: dict[str, Path | BaseException] = {}
+
+    def start(name: str) -> None:
+        try:
+            results[name] = lab.up(registry, nodes=2, lab=name)
+        except BaseException as exc:
+            results[name] = exc
+
+    threads = [threading.Thread(target=start, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    indices = {network.read_index(paths.lab_dir(name)) for name in names}
+    assert len(indices) == 2
+    for name in names:
+        registry_path = results[name]
+        assert isinstance(registry_path, Path), registry_path
+        assert run_on(registry_path, "bezalel", "hostname") == "bezalel"
