@@ -53,7 +53,7 @@ def serve(host: str, port: int, workers: int, config_file: str | None) -> None:
     if config_file:
         os.environ[CONFIG_ENV] = os.path.abspath(config_file)
     settings = load_settings()
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     click.echo(f"fleet webhook: http://{host}:{port}/hooks/{{gitea,github,gitlab}} deploys tag "
                f"{settings.deploy_tag!r} of {redact(settings.repo_url)}", err=True)
     WebhookServer({"bind": f"{host}:{port}", "workers": workers, "accesslog": "-",

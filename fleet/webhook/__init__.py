@@ -25,7 +25,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     if app.config.get("SETTINGS") is None:
         app.config["SETTINGS"] = load_settings()
-    app.config["SETTINGS"].state_dir.mkdir(parents=True, exist_ok=True)
+    app.config["SETTINGS"].state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     from fleet.webhook import api, db, dispatcher, hooks, openapi
 

@@ -27,7 +27,7 @@ def connect(path: str | Path, create: bool = True) -> sqlite3.Connection:
         raise WebhookError(f"{db_path}: no webhook database here",
                            hint="Point FLEET_STATE_DIR (or --state-dir) at the receiver's state "
                                 "dir, or read through the HTTP API with --url.")
-    db_path.parent.mkdir(parents=True, exist_ok=True)
+    db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     conn = sqlite3.connect(db_path, timeout=30.0, isolation_level=None,
                            check_same_thread=False)
     conn.row_factory = sqlite3.Row

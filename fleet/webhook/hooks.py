@@ -96,18 +96,16 @@ def receive(forge: str) -> tuple[Response, int]:
 def _handle(forge: str, spec: Forge, settings: Settings, event: str, delivery_id: str,
             payload: Any) -> tuple[Response, int]:
     reason = _event_reason(spec, event, payload)
-    push = None
     if reason is None:
         push = parse_push(forge, delivery_id, event, payload)
         reason = ignore_reason(push, settings.deploy_tag)
-    if push is None or reason is not None:
-        reason = reason or "not a push"
-        record_ignored(get_db(), forge, delivery_id, event, reason)
-        return jsonify(status="ignored", reason=reason, delivery=delivery_id), 202
-    run_id = enqueue(get_db(), push)
-    dispatcher.kick()
-    return jsonify(status="queued", run_id=run_id, delivery=delivery_id, tag=push.tag,
-                   sha=push.sha, run=url_for("api.show_run", run_id=run_id)), 202
+        if reason is None:
+            run_id = enqueue(get_db(), push)
+            dispatcher.kick()
+            return jsonify(status="queued", run_id=run_id, delivery=delivery_id, tag=push.tag,
+                           sha=push.sha, run=url_for("api.show_run", run_id=run_id)), 202
+    record_ignored(get_db(), forge, delivery_id, event, reason)
+    return jsonify(status="ignored", reason=reason, delivery=delivery_id), 202
 
 
 def _event_reason(spec: Forge, event: str, payload: Any) -> str | None:
