@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from fleet import lab
+from fleet.lab import paths, processes
 from fleet.lab.rootfs import ensure_base
 from fleet.registry import load_registry
 
@@ -31,6 +32,26 @@ def measure(lab_name: str, nodes: int) -> tuple[float, float]:
     assert all(node.running for node in lab.status(lab_name))
     lab.down(lab_name)
     return booted - started, time.perf_counter() - booted
+
+
+def footprint(lab_name: str) -> tuple[float, float]:
+    """Mean PSS (MiB) of one idle node's processes and of its overlay upper dir (MiB)."""
+    pss_total = 0
+    upper_total = 0
+    nodes = lab.status(lab_name)
+    for node in nodes:
+        cgroup = paths.cgroup_dirs(lab_name, node.name)[-1]
+        for pid in processes.cgroup_pids(cgroup):
+            try:
+                rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            except OSError:
+                continue
+            pss_total += sum(int(line.split()[1]) for line in rollup.splitlines()
+                             if line.startswith("Pss:"))
+        upper = paths.lab_dir(lab_name) / "nodes" / node.name / "upper"
+        upper_total += sum(f.stat().st_size for f in upper.rglob("*")
+                           if f.is_file() and not f.is_symlink())
+    return pss_total / 1024 / len(nodes), upper_total / 2**20 / len(nodes)
 
 
 def main() -> int:
@@ -50,6 +71,10 @@ def main() -> int:
         for size in args.sizes:
             ups, downs = zip(*(measure(args.lab, size) for _ in range(args.rounds)), strict=True)
             print(f"{size:>5}  {_fmt(ups):>22}  {_fmt(downs):>24}", flush=True)
+        lab.up(load_registry(REPO / "registry.yaml"), nodes=3, lab=args.lab)
+        time.sleep(2)
+        pss, upper = footprint(args.lab)
+        print(f"idle node: {pss:.1f} MiB PSS, {upper:.1f} MiB in its overlay upper dir")
     finally:
         lab.down(args.lab)
         claim.release()
