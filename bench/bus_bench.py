@@ -163,6 +163,19 @@ def burst(port: int, store: Path, count: int, clients: int) -> float:
     return per_client * clients / (time.perf_counter() - started)
 
 
+def group_cpu_seconds(group: int) -> float:
+    """CPU seconds (user + system) used so far by the processes of process group ``group``."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], fraction: float) -> float:
     return values[min(len(values) - 1, int(fraction * len(values)))]
 
@@ -188,9 +201,13 @@ def main() -> None:
     try:
         print(f"loopback, {os.cpu_count()} cores, gunicorn {args.workers} workers x "
               f"{args.threads} threads per gateway, SQLite WAL synchronous=FULL")
+        receiver = processes[1].pid
+        cpu = group_cpu_seconds(receiver)
         rx = receive_throughput(ports["receiver"], args.messages, args.clients)
+        cpu_ms = (group_cpu_seconds(receiver) - cpu) * 1000 / args.messages
         print(f"receive throughput: {rx:,.0f} msg/s durable into one gateway "
-              f"({args.messages} msgs, {args.clients} clients)")
+              f"({args.messages} msgs, {args.clients} clients); gateway CPU {cpu_ms:.2f} ms/msg "
+              f"(= {1000 / cpu_ms:,.0f} msg/s per core)")
         lat = end_to_end(ports["sender"], store, args.latency_messages, args.rate)
         print(f"end-to-end latency outbox -> inbox at {args.rate:.0f} msg/s "
               f"({len(lat)} msgs): p50 {percentile(lat, 0.5) * 1000:.1f} ms, "

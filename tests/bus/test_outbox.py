@@ -1,0 +1,156 @@
+"""The outbox and its delivery machinery without HTTP: leases, outcomes, backoff, writer."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bus import outbox
+from bus.db import connect, init_db
+from bus.signing import AuthError, sign, verify
+from bus.worker import Settings
+from bus.writer import GroupWriter
+from tests.bus.conftest import KEYS, rows
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    path = tmp_path / "bus.sqlite3"
+    init_db(path)
+    return path
+
+
+@pytest.fixture
+def db(store: Path) -> Iterator[sqlite3.Connection]:
+    connection = connect(store)
+    yield connection
+    connection.close()
+
+
+def queue(db: sqlite3.Connection, count: int, to: str = "bezalel", ttl: int | None = None) -> None:
+    for n in range(count):
+        message = {"id": f"m-{n}", "from": "ezra", "type": "alert", "payload": n, "ttl": ttl}
+        outbox.enqueue(db, message, [to])
+
+
+def test_enqueue_is_idempotent_per_recipient(db: sqlite3.Connection) -> None:
+    message = {"id": "b-1", "from": "ezra", "type": "broadcast", "payload": 1}
+    assert outbox.enqueue(db, message, ["bezalel", "allegro"]) == 2
+    assert outbox.enqueue(db, message, ["bezalel", "allegro"]) == 0
+    assert [row[0] for row in db.execute("SELECT recipient FROM outbox ORDER BY seq")] == [
+        "bezalel", "allegro"]
+
+
+def test_concurrent_claims_never_share_a_row(store: Path, db: sqlite3.Connection) -> None:
+    queue(db, 200)
+    claimed: dict[str, list[int]] = {}
+
+    def claimer(owner: str) -> None:
+        connection = connect(store)
+        mine = claimed.setdefault(owner, [])
+        try:
+            while True:
+                connection.execute("BEGIN IMMEDIATE")
+                got = outbox.claim(connection, owner, 30, 7)
+                connection.execute("COMMIT")
+                if not got:
+                    return
+                mine.extend(row["seq"] for row in got)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=claimer, args=(f"{n}:t:0",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [seq for seqs in claimed.values() for seq in seqs]
+    assert sorted(every) == list(range(1, 201))
+    assert rows(store, "SELECT MIN(attempts), MAX(attempts) FROM outbox") == [(1, 1)]
+
+
+def test_leased_rows_wait_for_the_lease_or_a_dead_owner(db: sqlite3.Connection) -> None:
+    queue(db, 3)
+    assert len(outbox.claim(db, "999999999:x:0", 30, 10)) == 3
+    assert outbox.claim(db, "1:y:0", 30, 10) == []
+    assert len(outbox.claim(db, "1:y:0", 30, 10, now=time.time() + 31)) == 3
+
+
+def test_leases_of_dead_processes_are_released(db: sqlite3.Connection) -> None:
+    queue(db, 2)
+    outbox.claim(db, "999999999:dead:0", 30, 1)  # no such pid
+    outbox.claim(db, f"{os.getpid()}:alive:0", 30, 1)
+    assert outbox.release_dead_leases(db) == 1
+    assert [row["id"] for row in outbox.claim(db, "2:z:0", 30, 10)] == ["m-0"]
+
+
+def test_finish_records_each_outcome(db: sqlite3.Connection, store: Path) -> None:
+    queue(db, 3)
+    owner = "1:w:0"
+    seqs = [row["seq"] for row in outbox.claim(db, owner, 30, 3)]
+    outbox.finish(db, owner, [outbox.Outcome(seqs[0]),
+                              outbox.Outcome(seqs[1], retry_at=time.time() + 60, error="HTTP 503"),
+                              outbox.Outcome(seqs[2], dead_reason="ttl expired")], {}, 10)
+    assert rows(store, "SELECT id, lease_owner, last_error FROM outbox") == [
+        ("m-1", None, "HTTP 503")]
+    assert rows(store, "SELECT id, reason, attempts FROM dead_letters") == [
+        ("m-2", "ttl expired", 1)]
+    assert dict(rows(store, "SELECT name, value FROM counters")) == {
+        "delivered": 1, "retried": 1, "dead_lettered": 1}
+
+
+def test_unreachable_recipient_postpones_its_backlog(db: sqlite3.Connection,
+                                                      store: Path) -> None:
+    queue(db, 5)
+    owner = "1:w:0"
+    (first,) = outbox.claim(db, owner, 30, 1)
+    later = time.time() + 60
+    outbox.finish(db, owner, [outbox.Outcome(first["seq"], retry_at=later, error="refused")],
+                  {"bezalel": (later, "refused")}, 2)
+    assert rows(store, "SELECT MIN(next_attempt_at) FROM outbox")[0][0] >= later
+    assert rows(store, "SELECT attempts, COUNT(*) FROM outbox GROUP BY attempts") == [(1, 5)]
+    outbox.finish(db, owner, [], {"bezalel": (later, "refused")}, 2)  # nothing due: no change
+    assert rows(store, "SELECT COUNT(*) FROM dead_letters") == [(0,)]
+
+
+def test_backoff_doubles_with_jitter_up_to_the_ceiling() -> None:
+    settings = Settings(retry_base=0.5, retry_max=8)
+    for attempts, ceiling in ((1, 0.5), (2, 1), (3, 2), (5, 8), (40, 8)):
+        delays = [settings.backoff(attempts) for _ in range(50)]
+        assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
+        assert len(set(delays)) > 1
+
+
+def test_group_writer_isolates_a_failing_write(store: Path) -> None:
+    writer = GroupWriter(store)
+    assert writer.run(lambda db: db.execute(
+        "INSERT INTO counters VALUES ('a', 1)").rowcount) == 1
+    with pytest.raises(sqlite3.IntegrityError):
+        writer.run(lambda db: db.execute("INSERT INTO counters VALUES ('a', 2)"))
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda n=n: results.append(writer.run(
+        lambda db: db.execute("INSERT INTO counters VALUES (?, ?)", (f"n{n}", n)).rowcount)))
+        for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [1] * 20
+    assert rows(store, "SELECT COUNT(*) FROM counters") == [(21,)]
+
+
+def test_signature_checks() -> None:
+    headers = sign("ezra", KEYS["ezra"], "GET", "/messages", "since=3", b"")
+    assert verify(headers, KEYS, "GET", "/messages", "since=3", b"") == "ezra"
+    with pytest.raises(AuthError, match="signature does not match"):
+        verify(headers, KEYS, "GET", "/messages", "since=0", b"")
+    with pytest.raises(AuthError, match="no bus key for agent 'ezra' on this gateway"):
+        verify(headers, {"bezalel": "k"}, "GET", "/messages", "since=3", b"")
+    with pytest.raises(AuthError, match=r"is \d+ s from this gateway's clock"):
+        verify(headers, KEYS, "GET", "/messages", "since=3", b"", now=time.time() + 400)
