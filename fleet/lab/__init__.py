@@ -16,7 +16,8 @@ from typing import Any
 from fleet.errors import LabError
 from fleet.lab import processes
 from fleet.lab.bring_up import bring_up, join_threads, thread_prefix
-from fleet.lab.locks import file_lock, is_locked, release, try_lock
+from fleet.lab.claims import LabClaim, claim, in_use
+from fleet.lab.locks import file_lock
 from fleet.lab.network import read_index
 from fleet.lab.node import NODES_DIR, NodePaths
 from fleet.lab.paths import DEFAULT_LAB, lab_dir, lab_root
@@ -32,8 +33,6 @@ OP_LOCK = "lab.lock"
 """Held while ``up`` or ``down`` works on a lab, so two of them never interleave."""
 FAILED_UP_GRACE = 2.0
 """Seconds half-booted nodes get to power off when ``up`` failed (nothing to save there)."""
-CLAIM_LOCK = "in-use.lock"
-"""Held by a long-lived user of the lab (a pytest session); ``down --all`` skips such labs."""
 
 
 @dataclass(frozen=True)
@@ -111,34 +110,6 @@ def down_all(include_in_use: bool = False) -> tuple[list[str], list[str]]:
         down(name)
         done.append(name)
     return done, skipped
-
-
-@dataclass
-class LabClaim:
-    """A lab held for a long-lived user (e.g. a pytest session) until :meth:`release`."""
-
-    lab: str
-    fd: int | None
-
-    def release(self) -> None:
-        """Let others (``down --all``, other sessions) have the lab again."""
-        if self.fd is not None:
-            release(self.fd)
-            self.fd = None
-
-
-def claim(lab: str) -> LabClaim | None:
-    """Claim ``lab`` for this process, or None when another holder has it.
-
-    The claim is an ``flock``, so it ends with the process even if it is killed.
-    """
-    fd = try_lock(lab_dir(lab) / CLAIM_LOCK)
-    return None if fd is None else LabClaim(lab, fd)
-
-
-def in_use(lab: str) -> bool:
-    """Whether some process holds a :func:`claim` on ``lab``."""
-    return is_locked(lab_dir(lab) / CLAIM_LOCK)
 
 
 def status(lab: str = DEFAULT_LAB) -> list[NodeStatus]:

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from fleet.cli import main
 from fleet.errors import LabError
-from fleet.lab import paths, rootfs
+from fleet.lab import claims, paths, rootfs
 from fleet.lab.prereqs import check_prerequisites, raise_host_limits
 from tests.lab_fixtures import EXAMPLE_REGISTRY
 
@@ -101,3 +101,18 @@ def test_host_limits_are_raised_never_lowered(tmp_path: Path) -> None:
     assert (tmp_path / "fs/inotify/max_user_instances").read_text() == "8192\n"
     assert (tmp_path / "fs/inotify/max_user_watches").read_text() == "999999\n"
     assert raise_host_limits(tmp_path) == {}
+
+
+def test_a_claimed_lab_is_in_use_until_released(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(paths.LAB_ROOT_ENV, str(tmp_path))
+    assert not claims.in_use("x")
+    first = claims.claim("x")
+    assert first is not None
+    assert claims.claim("x") is None
+    assert claims.in_use("x")
+    first.release()
+    assert not claims.in_use("x")
+    again = claims.claim("x")
+    assert again is not None
+    again.release()
