@@ -100,7 +100,7 @@ def test_nodes_have_no_internet_route_but_see_each_other(lab_registry: Path) -> 
 
 def test_host_keys_stay_pinned_across_down_and_up(lab_refresh, lab_registry: Path) -> None:
     known_hosts = (lab_registry.parent / "known_hosts").read_text()
-    before = run_on(lab_registry, "allegro", "cat /etc/machine-id")
+    before = run_on(lab_registry, "allegro", "touch /root/marker; cat /etc/machine-id")
     assert lab_refresh() == lab_registry
     assert (lab_registry.parent / "known_hosts").read_text() == known_hosts
     assert run_on(lab_registry, "allegro", "test -e /root/marker || echo cold") == "cold"
