@@ -82,9 +82,10 @@ def changed_operations(state: State, host: Host, ctx: AgentContext) -> list[str]
 def audit_node(state: State, host: Host, ctx: AgentContext) -> bool:
     """Collect facts, write this host's part of the run record, release the lock; False (the
     host fails) when verify failed."""
-    facts = host.get_fact(AgentAudit, nodectl=NODECTL, agent=ctx.name, unit=ctx.unit,
-                          port=ctx.agent.gateway_port, login_user=ctx.agent.ssh_user)
-    verify = ctx.verify_result
+    verify = dict(ctx.verify_result)
+    facts = verify.pop("facts", None) or host.get_fact(
+        AgentAudit, nodectl=NODECTL, agent=ctx.name, unit=ctx.unit,
+        port=ctx.agent.gateway_port, login_user=ctx.agent.ssh_user)
     rollback = verify.get("rollback") or {}
     status = "ok" if verify.get("ok") else "rolled_back" if rollback.get("healthy") else "failed"
     entry = {
@@ -101,10 +102,10 @@ def audit_node(state: State, host: Host, ctx: AgentContext) -> bool:
         "finished": now(),
     }
     update_host(current_run_id(), host.name, entry, Masker(secrets().values()))
-    lock_file = f"{LOCK_DIR}/owner"
-    host.run_shell_command(StringCommand(
-        f"[ \"$(cut -d' ' -f1 {lock_file} 2>/dev/null)\" = '{lock_owner()}' ] && "
-        f"rm -rf {LOCK_DIR}; true"))
+    if not verify.get("unlocked"):
+        host.run_shell_command(StringCommand(
+            f"[ \"$(cut -d' ' -f1 {LOCK_DIR}/owner 2>/dev/null)\" = '{lock_owner()}' ] && "
+            f"rm -rf {LOCK_DIR}; true"))
     if status == "ok":
         return True
     reason = "; ".join(verify.get("problems", [])) or "health check failed"

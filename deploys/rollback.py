@@ -5,32 +5,21 @@ The agent's state dir is not touched. The outcome goes to the audit phase like a
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-from pyinfra.api import State, StringCommand, deploy
+from pyinfra.api import State, deploy
 from pyinfra.api.host import Host
 from pyinfra.operations import python
 
-from deploys.context import NODECTL, AgentContext
-from deploys.verify import HEALTH_TIMEOUT_S
+from deploys.context import AgentContext
+from deploys.verify import run_nodectl
 
 
 def rollback_node(state: State, host: Host, ctx: AgentContext, to: str | None) -> bool:
     """Run ``fleet-nodectl rollback`` and store its outcome as this run's verify result."""
-    args = [NODECTL, "rollback", "--unit", ctx.unit, "--port", str(ctx.agent.gateway_port),
-            "--timeout", str(HEALTH_TIMEOUT_S)]
-    if to:
-        args += ["--to", to]
-    ok, output = host.run_shell_command(StringCommand(*args))
-    try:
-        result: dict[str, Any] = json.loads(output.stdout) if ok else {}
-    except ValueError:
-        result = {}
+    result = run_nodectl(host, ctx, ["rollback", *(["--to", to] if to else [])])
     healthy = bool(result.get("rolled_back") and result.get("healthy"))
-    problems = result.get("problems") or [result.get("reason") or output.stderr or "failed"]
+    problems = result.get("problems") or [result.get("reason") or "rollback failed"]
     ctx.verify_result = {"ok": healthy, "problems": [] if healthy else problems,
-                         "rollback": result}
+                         "rollback": result, "facts": result.pop("facts", None)}
     ctx.rollback_target = result.get("release")
     return True
 

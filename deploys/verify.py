@@ -12,27 +12,33 @@ from pyinfra.api import State, StringCommand, deploy
 from pyinfra.api.host import Host
 from pyinfra.operations import python
 
-from deploys.context import NODECTL, AgentContext
+from deploys.context import LOCK_DIR, NODECTL, AgentContext, lock_owner
 
 HEALTH_TIMEOUT_S = 20
 
 
 def verify_node(state: State, host: Host, ctx: AgentContext) -> bool:
     """Run ``fleet-nodectl verify --rollback`` on the node; store the result on ``ctx``."""
+    ctx.verify_result = run_nodectl(host, ctx, [
+        "verify", "--release", ctx.release.id, "--config-hash", ctx.config_hash(),
+        "--soul-sha", ctx.soul_sha256(), "--rollback"])
+    return True
+
+
+def run_nodectl(host: Host, ctx: AgentContext, args: list[str]) -> dict[str, Any]:
+    """One ``fleet-nodectl`` call that checks the agent, collects the audit facts and releases
+    the deploy lock (a single round trip); its JSON result."""
     command = StringCommand(
-        NODECTL, "verify", "--unit", ctx.unit, "--port", str(ctx.agent.gateway_port),
-        "--release", ctx.release.id, "--config-hash", ctx.config_hash(),
-        "--soul-sha", ctx.soul_sha256(), "--timeout", str(HEALTH_TIMEOUT_S), "--rollback")
+        NODECTL, *args, "--unit", ctx.unit, "--port", str(ctx.agent.gateway_port),
+        "--timeout", str(HEALTH_TIMEOUT_S), "--agent", ctx.name,
+        "--login-user", ctx.agent.ssh_user, "--unlock", LOCK_DIR, lock_owner())
     ok, output = host.run_shell_command(command)
-    result: dict[str, Any]
     try:
-        result = json.loads(output.stdout) if ok else {}
+        result: dict[str, Any] = json.loads(output.stdout) if ok else {}
     except ValueError:
         result = {}
-    if not result:
-        result = {"ok": False, "problems": [f"fleet-nodectl verify failed: {output.stderr}"]}
-    ctx.verify_result = result
-    return True
+    return result or {"ok": False, "problems": [
+        f"fleet-nodectl {args[0]} failed: {output.stderr.strip() or 'no output'}"]}
 
 
 @deploy("Verify")

@@ -93,6 +93,19 @@ def prune(keep: int) -> dict[str, Any]:
     return {"kept": kept, "removed": removed}
 
 
+def unlock(lock_dir: str, owner: str) -> bool:
+    """Remove the deploy lock ``lock_dir`` if ``owner`` holds it."""
+    lock = Path(lock_dir)
+    try:
+        holder = (lock / "owner").read_text().split(" ")[0]
+    except OSError:
+        return False
+    if holder != owner:
+        return False
+    shutil.rmtree(lock, ignore_errors=True)
+    return True
+
+
 def get_health(port: int, timeout: float = 2.0) -> tuple[int, dict[str, Any] | None]:
     """(HTTP status, JSON body) of the local gateway's /health; status 0 when unreachable."""
     url = f"http://127.0.0.1:{port}/health"
@@ -300,17 +313,27 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sub.add_argument("--agent", required=True)
             sub.add_argument("--login-user", default="root")
+        if name != "facts":
+            sub.add_argument("--agent", help="also report the audit facts of this agent")
+            sub.add_argument("--login-user", default="root")
+            sub.add_argument("--unlock", nargs=2, metavar=("LOCK_DIR", "OWNER"),
+                             help="at the end, remove the deploy lock if OWNER holds it")
     args = parser.parse_args(argv)
     if args.command == "switch":
         result = switch(args.release)
     elif args.command == "prune":
         result = prune(args.keep)
-    elif args.command == "verify":
-        result = verify(args)
-    elif args.command == "rollback":
-        result = rollback(args.unit, args.port, args.to, args.timeout)
-    else:
+    elif args.command == "facts":
         result = facts(args)
+    else:
+        if args.command == "verify":
+            result = verify(args)
+        else:
+            result = rollback(args.unit, args.port, args.to, args.timeout)
+        if args.agent:
+            result["facts"] = facts(args)
+        if args.unlock:
+            result["unlocked"] = unlock(*args.unlock)
     json.dump(result, sys.stdout, sort_keys=True)
     sys.stdout.write("\n")
     return 0

@@ -49,4 +49,7 @@ def rollback(cli: CliContext, name: str, to: str | None) -> None:
     click.echo(f"==> {name}: {entry.get('status')} on release {entry.get('release')} "
                f"(record: {record_path(entry['run_id'])})")
     if entry.get("status") != "ok":
+        problems = entry.get("verify", {}).get("problems") or entry.get("problems") or []
+        for problem in problems:
+            click.echo(f"    {problem}", err=True)
         raise click.exceptions.Exit(1)

@@ -124,6 +124,20 @@ def test_state_dir_survives_deploys_and_rollbacks(fleet: Fleet) -> None:
     assert fleet.ssh("bezalel", STATE_PROBE) == RUN["state"]
 
 
+def test_locked_node_fails_preflight_before_anything_changes(fleet: Fleet) -> None:
+    lock = "/run/fleet-deploy.lock"
+    fleet.ssh("allegro", f"mkdir {lock} && echo 'elsewhere:1:run-x 9999999999' > {lock}/owner")
+    before = fleet.ssh("allegro", "ls -la --time-style=+%s /etc/fleet/allegro /opt/fleet")
+    done = fleet.run("deploy", "--limit", "allegro")
+    fleet.ssh("allegro", f"rm -rf {lock}")
+    assert done.returncode == 1
+    assert (f"preflight failed: deploy lock {lock} is held by elsewhere:1:run-x"
+            in done.stdout)
+    entry = fleet.record(done.stdout)["hosts"]["allegro"]
+    assert (entry["status"], entry["phase"]) == ("failed", "preflight")
+    assert fleet.ssh("allegro", "ls -la --time-style=+%s /etc/fleet/allegro /opt/fleet") == before
+
+
 def test_dry_diff_shows_file_diffs_with_secrets_masked(fleet: Fleet, tmp_path: Path) -> None:
     changed = json.loads(json.dumps(SECRETS))
     changed["fleet"]["OPENROUTER_API_KEY"] = "sk-or-test-SECRET-rotated-5e6f"
