@@ -204,3 +204,24 @@ def test_mask_env_pair_marks_changed_secrets_without_values() -> None:
                              ["FLEET_AGENT"])
     assert old == f"FLEET_AGENT=a\nKEY={MASK}\nSAME={MASK}\n"
     assert new == f"FLEET_AGENT=a\nKEY={MASK} (changed)\nSAME={MASK}\n"
+
+
+@pytest.mark.slow
+def test_release_artifact_has_deps_and_code_and_is_cached() -> None:
+    import tarfile
+
+    from fleet.release import build_release
+
+    build_release.cache_clear()
+    first = build_release(REPO, broken=False)
+    with tarfile.open(first.path) as tar:
+        names = set(tar.getnames())
+        release_file = tar.extractfile("site/RELEASE")
+        assert release_file is not None and release_file.read().decode().strip() == first.id
+    assert {"site/flask/__init__.py", "site/gunicorn/__init__.py", "site/requests/__init__.py",
+            "site/fleet/gateway/health.py", "site/bus/__init__.py"} <= names
+    assert any(name.startswith("site/yaml/_yaml.cpython-311-x86_64-linux-gnu") for name in names)
+    mtime = first.path.stat().st_mtime
+    build_release.cache_clear()
+    second = build_release(REPO, broken=False)
+    assert (second.path, second.path.stat().st_mtime) == (first.path, mtime)
