@@ -2,6 +2,7 @@
 
     python bench/deploy_bench.py [--rounds 3] [--lab deploy-bench]
 
+Deploys a clean clone of HEAD (so edits in the work tree do not change the release midway).
 Each round brings up a fresh lab (its own name; taken down at the end), runs one cold deploy
 and then no-change deploys. The release is built (or taken from the cache) before timing, as
 a controller that deployed before would have it. Prints every figure and the medians.
@@ -14,6 +15,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,12 +27,13 @@ from fleet.registry import load_registry  # noqa: E402
 from fleet.release import build_release  # noqa: E402
 
 
-def timed_deploy(registry: Path) -> float:
-    """Seconds taken by one ``fleet deploy`` (fails loudly if the deploy fails)."""
-    env = {**os.environ, "FLEET_REGISTRY": str(registry)}
+def timed_deploy(clone: Path, registry: Path) -> float:
+    """Seconds taken by one ``fleet deploy`` from ``clone`` (fails loudly if it fails)."""
+    env = {**os.environ, "FLEET_REGISTRY": str(registry), "PYTHONPATH": str(clone),
+           "FLEET_RECORDS_DIR": str(clone / "records")}
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", "from fleet.cli import main; main()", "deploy"],
-                          cwd=REPO, env=env, capture_output=True, text=True, check=False)
+                          cwd=clone, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"fleet deploy failed:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
@@ -43,7 +46,10 @@ def main() -> None:
     parser.add_argument("--no-change-runs", type=int, default=3)
     parser.add_argument("--lab", default="deploy-bench")
     args = parser.parse_args()
-    release = build_release()
+    scratch = tempfile.TemporaryDirectory(prefix="deploy-bench-")
+    clone = Path(scratch.name) / "repo"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    release = build_release(clone, broken=False)
     print(f"release {release.id} ({release.path.stat().st_size / 1e6:.1f} MB)")
     cold: list[float] = []
     no_change: list[float] = []
@@ -51,13 +57,14 @@ def main() -> None:
         for round_ in range(1, args.rounds + 1):
             lab.down(args.lab)
             registry = lab.up(load_registry(REPO / "registry.yaml"), lab=args.lab)
-            cold.append(timed_deploy(registry))
-            runs = [timed_deploy(registry) for _ in range(args.no_change_runs)]
+            cold.append(timed_deploy(clone, registry))
+            runs = [timed_deploy(clone, registry) for _ in range(args.no_change_runs)]
             no_change.extend(runs)
             print(f"round {round_}: cold {cold[-1]:.2f} s, no-change "
                   f"{', '.join(f'{t:.2f}' for t in runs)} s", flush=True)
     finally:
         lab.down(args.lab)
+        scratch.cleanup()
     load = os.getloadavg()[0]
     print(f"fleet deploy, 3 nodes: cold median {statistics.median(cold):.2f} s, "
           f"no-change median {statistics.median(no_change):.2f} s "
