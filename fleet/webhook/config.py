@@ -68,7 +68,13 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, str]:
         if not sep or not key.strip():
             raise WebhookError(f"{config_path}:{number}: {text!r} is not KEY=value")
         value = value.strip()
-        values[key.strip()] = shlex.split(value)[0] if value[:1] in "\"'" and value else value
+        if value[:1] in ("'", '"'):
+            try:
+                value = shlex.split(value)[0]
+            except ValueError:
+                raise WebhookError(
+                    f"{config_path}:{number}: unbalanced quotes in {text!r}") from None
+        values[key.strip()] = value
     return values
 
 
@@ -85,7 +91,13 @@ def load_settings(env: Mapping[str, str] | None = None,
             "FLEET_WEBHOOK_SECRET is not set (nor FLEET_GITLAB_TOKEN): "
             "the receiver cannot check who sent a push",
             hint=f"Set FLEET_WEBHOOK_SECRET (Gitea, GitHub) or FLEET_GITLAB_TOKEN. {SECRET_HINT}")
-    command = shlex.split(values.get("FLEET_DEPLOY_COMMAND") or DEFAULT_COMMAND)
+    try:
+        command = shlex.split(values.get("FLEET_DEPLOY_COMMAND") or DEFAULT_COMMAND)
+    except ValueError as exc:
+        raise WebhookError(f"FLEET_DEPLOY_COMMAND: {values['FLEET_DEPLOY_COMMAND']!r} cannot be "
+                           f"split into arguments ({exc})",
+                           hint="Quote it as a shell would, e.g. pyinfra -y --json "
+                                "inventory.py deploy.py") from None
     return Settings(
         webhook_secret=webhook_secret,
         gitlab_token=gitlab_token,

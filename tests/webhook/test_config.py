@@ -79,3 +79,10 @@ def test_the_deploy_env_leaves_out_the_receivers_secrets() -> None:
                          "FLEET_SECRETS": "/etc/fleet/secrets.yaml"}).deploy_env()
     assert env["FLEET_SECRETS"] == "/etc/fleet/secrets.yaml"
     assert not {"FLEET_WEBHOOK_SECRET", "FLEET_GITLAB_TOKEN", "FLEET_READ_TOKEN"} & set(env)
+
+
+def test_an_unsplittable_deploy_command_is_refused() -> None:
+    with pytest.raises(WebhookError) as caught:
+        load_settings({**BASE, "FLEET_DEPLOY_COMMAND": "pyinfra 'inventory.py"})
+    assert str(caught.value) == ("FLEET_DEPLOY_COMMAND: \"pyinfra 'inventory.py\" cannot be split "
+                                 "into arguments (No closing quotation)")
