@@ -63,6 +63,14 @@ def document() -> dict[str, Any]:
         "/message": {"post": _op("Receive a message durably", {
             "201": _json("stored"), "200": _json("duplicate, stored before"), "400": ERROR,
             "413": ERROR, "415": ERROR}, requestBody=message_body)},
+        "/messages/batch": {"post": _op("Receive up to 500 messages in one transaction", {
+            "200": _json("one result per message: stored, duplicate or invalid + problems"),
+            "400": ERROR, "413": ERROR, "415": ERROR}, requestBody={"required": True, "content": {
+                "application/json": {"schema": {"type": "object", "required": ["messages"],
+                                                "properties": {"messages": {
+                                                    "type": "array", "maxItems": 500, "items": {
+                                                        "$ref": "#/components/schemas/Message"}}}}},
+                "application/cloudevents-batch+json": {"schema": {"type": "array"}}}})},
         "/messages": {"get": _op("List inbox messages (owner-signed)", {
             "200": _json("messages and next cursor"), "400": ERROR, "403": ERROR},
             parameters=_query("since", "type", "limit", "correlation_id", "from", "unacked"))},

@@ -1,16 +1,16 @@
 """The delivery worker: background threads in the gateway process that empty the outbox.
 
 Each thread claims due rows with a lease, POSTs them signed to the recipient's gateway
-(``Agent.gateway_url`` + ``/message``) and then deletes, reschedules (exponential backoff
-with jitter) or dead-letters them. A recipient that cannot be reached is backed off as a
-whole: its due rows wait together instead of each hammering a host that is down.
+(:mod:`bus.delivery`: ``/message``, or ``/messages/batch`` for a backlog) and then
+deletes, reschedules (exponential backoff with jitter) or dead-letters them. A recipient
+that cannot be reached is backed off as a whole: its due rows wait together instead of each
+hammering a host that is down.
 ``wake()`` starts delivery at once after a send; idle threads also poll, so retries and rows
 queued by other processes go out too.
 """
 
 from __future__ import annotations
 
-import http.client
 import logging
 import os
 import random
@@ -23,9 +23,9 @@ from pathlib import Path
 
 from bus import outbox
 from bus.db import connect
-from bus.signing import sign
+from bus.delivery import Sender
 from bus.writer import GroupWriter
-from fleet.registry import Agent, Registry
+from fleet.registry import Registry
 
 log = logging.getLogger(__name__)
 PERMANENT = (400, 413, 415)  # the recipient will never accept this message
@@ -40,7 +40,7 @@ class Settings:
     retry_max: float = 60.0
     lease_seconds: float = 30.0
     threads: int = 4
-    batch: int = 8
+    batch: int = 64
     poll_seconds: float = 1.0
     http_timeout: float = 5.0
 
@@ -102,19 +102,19 @@ class DeliveryWorker:
 
     def _run(self, owner: str) -> None:
         db = connect(self.store)
-        connections = Connections(self.settings.http_timeout)
+        sender = Sender(self.agent, self.key, self.settings.http_timeout)
         try:
             while not self._stop.is_set():
                 try:
-                    self._cycle(db, connections, owner)
+                    self._cycle(db, sender, owner)
                 except Exception:  # keep delivering whatever one cycle hit
                     log.exception("bus delivery cycle failed")
                     self._stop.wait(self.settings.poll_seconds)
         finally:
-            connections.close()
+            sender.close()
             db.close()
 
-    def _cycle(self, db: sqlite3.Connection, connections: Connections, owner: str) -> None:
+    def _cycle(self, db: sqlite3.Connection, sender: Sender, owner: str) -> None:
         """Claim a batch and deliver it; with nothing due, sleep until woken or due."""
         with self._wakeup:
             seen = self._generation
@@ -132,30 +132,34 @@ class DeliveryWorker:
                     self._wakeup.wait(max(0.001, wait))
             return
         failed: dict[str, tuple[float, str]] = {}
-        outcomes = [self._attempt(connections, row, failed) for row in rows]
+        outcomes: list[outbox.Outcome] = []
+        groups: dict[str, list[sqlite3.Row]] = {}
+        for row in rows:
+            if row["expires_at"] is not None and time.time() > row["expires_at"]:
+                outcomes.append(outbox.Outcome(row["seq"], dead_reason="ttl expired"))
+            elif row["recipient"] not in self.registry.agents:
+                outcomes.append(outbox.Outcome(
+                    row["seq"], dead_reason=f"{row['recipient']!r} is not in the registry"))
+            else:
+                groups.setdefault(row["recipient"], []).append(row)
+        for recipient, group in groups.items():
+            results = sender.send(self.registry.agents[recipient], [r["body"] for r in group])
+            outcomes += [self._outcome(row, status, detail, failed)
+                         for row, (status, detail) in zip(group, results, strict=True)]
         self.writer.run(lambda w: outbox.finish(w, owner, outcomes, failed,
                                                  self.settings.max_attempts))
 
-    def _attempt(self, connections: Connections, row: sqlite3.Row,
+    def _outcome(self, row: sqlite3.Row, status: int, detail: str,
                  down: dict[str, tuple[float, str]]) -> outbox.Outcome:
-        """Send one claimed row (unless its recipient is already down in this batch)."""
+        """What to do with a row after an attempt answered ``status`` (0: unreachable)."""
         seq, recipient, attempts = row["seq"], row["recipient"], row["attempts"]
-        if row["expires_at"] is not None and time.time() > row["expires_at"]:
-            return outbox.Outcome(seq, dead_reason="ttl expired")
-        agent = self.registry.agents.get(recipient)
-        if agent is None:
-            return outbox.Outcome(seq, dead_reason=f"{recipient!r} is not in the registry")
-        if recipient in down:
-            status, text = 0, down[recipient][1]
-        else:
-            status, text = self._post(connections, agent, row["body"])
-        error = f"HTTP {status}: {text}" if status else text
+        error = f"HTTP {status}: {detail}" if status else detail
         if 200 <= status < 300:
             self._unreachable.pop(recipient, None)
             return outbox.Outcome(seq)
         if status in PERMANENT:
             return outbox.Outcome(seq, dead_reason=f"refused by {recipient}: HTTP {status}",
-                                  error=text)
+                                  error=detail)
         if attempts >= self.settings.max_attempts:
             return outbox.Outcome(seq, dead_reason=f"gave up after {attempts} attempts",
                                   error=error)
@@ -169,47 +173,3 @@ class DeliveryWorker:
         elif status == 0:
             retry_at = down[recipient][0]
         return outbox.Outcome(seq, retry_at=retry_at, error=error)
-
-    def _post(self, connections: Connections, agent: Agent, body_text: str) -> tuple[int, str]:
-        """POST a signed message; (HTTP status, start of the answer), status 0 if unreachable."""
-        body = body_text.encode()
-        headers = sign(self.agent, self.key, "POST", "/message", "", body)
-        headers["Content-Type"] = "application/json"
-        return connections.post(agent, "/message", body, headers)
-
-
-class Connections:
-    """Keep-alive HTTP connections of one delivery thread, one per recipient gateway."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self.open: dict[tuple[str, int], http.client.HTTPConnection] = {}
-
-    def post(self, agent: Agent, path: str, body: bytes,
-             headers: dict[str, str]) -> tuple[int, str]:
-        """POST ``body``; a kept-alive connection the server closed is retried once."""
-        address = (agent.host, agent.gateway_port)
-        for fresh in (address not in self.open, True):
-            connection = self.open.pop(address, None) or http.client.HTTPConnection(
-                *address, timeout=self.timeout)
-            try:
-                connection.request("POST", path, body, headers)
-                response = connection.getresponse()
-                text = response.read()[:500].decode("utf-8", "replace")
-            except (OSError, http.client.HTTPException) as exc:
-                connection.close()
-                if fresh:
-                    return 0, f"{type(exc).__name__}: {exc}"[:500]
-                continue
-            if response.will_close:
-                connection.close()
-            else:
-                self.open[address] = connection
-            return response.status, text
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        """Close every connection."""
-        for connection in self.open.values():
-            connection.close()
-        self.open.clear()

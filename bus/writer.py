@@ -3,12 +3,15 @@
 Request threads and delivery threads hand a write (a function of the connection) to
 :meth:`GroupWriter.run` and block until the transaction holding it is committed
 (``synchronous=FULL``). Writes that arrive together share one transaction and one fsync,
-and threads queue in the process instead of sleeping in SQLite's busy handler. Each write
-runs in its own SAVEPOINT, so one failing write does not undo the others.
+and threads queue in the process instead of sleeping in SQLite's busy handler. The writers
+of several gunicorn workers take turns through an ``flock`` on ``bus.sqlite3.lock``, which
+hands over at once (SQLite's own busy wait sleeps up to 100 ms). Each write runs in its own
+SAVEPOINT, so one failing write does not undo the others.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import queue
 import sqlite3
@@ -52,6 +55,7 @@ class GroupWriter:
 
     def _loop(self) -> None:
         db = connect(self.store)
+        lock = os.open(f"{self.store}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         while True:
             batch = [self._queue.get()]
             while len(batch) < MAX_BATCH:
@@ -59,7 +63,11 @@ class GroupWriter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._commit(db, batch)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._commit(db, batch)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _commit(self, db: sqlite3.Connection,
                 batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]) -> None:

@@ -169,3 +169,54 @@ def test_bad_cloudevent_names_the_attributes(client: FlaskClient, store: Path) -
         "type": "'com.x.alert' is not fleet.<type> (e.g. fleet.request)",
     }
     assert rows(store, "SELECT COUNT(*) FROM inbox") == [(0,)]
+
+
+def post_batch(client: FlaskClient, data: Any, agent: str = "ezra",
+               content_type: str = "application/json") -> Any:
+    body = dumps(data)
+    return client.post("/messages/batch", data=body,
+                       headers=signed_headers(agent, body, path="/messages/batch",
+                                              content_type=content_type))
+
+
+def test_batch_stores_valid_messages_and_lists_the_rest(client: FlaskClient,
+                                                        store: Path) -> None:
+    assert post(client, message(id="seen")).status_code == 201
+    response = post_batch(client, {"messages": [
+        message(id="a"), message(id="seen"), message(id="b", type="gossip"),
+        message(id="c", **{"from": "allegro"}), message(id="d")]})
+    assert response.status_code == 200
+    assert response.json["results"] == [
+        {"id": "a", "status": "stored"},
+        {"id": "seen", "status": "duplicate"},
+        {"id": "b", "status": "invalid", "problems": {
+            "type": "'gossip' is not a message type (request, response, broadcast, alert)"}},
+        {"id": "c", "status": "invalid", "problems": {
+            "signer": "from 'allegro' does not match the signing agent 'ezra'"}},
+        {"id": "d", "status": "stored"},
+    ]
+    assert rows(store, "SELECT id FROM inbox ORDER BY seq") == [("seen",), ("a",), ("d",)]
+
+
+def test_cloudevents_batch_is_accepted(client: FlaskClient, store: Path) -> None:
+    events = [{"specversion": "1.0", "id": f"ce-{n}", "source": "ezra", "type": "fleet.alert",
+               "to": "bezalel", "data": n} for n in range(3)]
+    response = post_batch(client, events, content_type="application/cloudevents-batch+json")
+    assert [result["status"] for result in response.json["results"]] == ["stored"] * 3
+    assert rows(store, "SELECT id, format FROM inbox") == [
+        (f"ce-{n}", "cloudevents") for n in range(3)]
+
+
+@pytest.mark.parametrize("data", [{"messages": []}, [message()], {"messages": "x"}])
+def test_batch_needs_a_list_of_messages(client: FlaskClient, store: Path, data: Any) -> None:
+    response = post_batch(client, data)
+    assert response.status_code == 400
+    assert response.json == {"error": "invalid batch", "problems": {
+        "body": 'must be a JSON object {"messages": [...]} with 1 to 500 items'}}
+    assert rows(store, "SELECT COUNT(*) FROM inbox") == [(0,)]
+
+
+def test_batch_must_be_signed(client: FlaskClient, store: Path) -> None:
+    response = client.post("/messages/batch", json={"messages": [message()]})
+    assert response.status_code == 401
+    assert rows(store, "SELECT COUNT(*) FROM inbox") == [(0,)]
