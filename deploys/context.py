@@ -27,8 +27,6 @@ NODECTL = f"{OPT}/bin/fleet-nodectl"
 LOCK_DIR = "/run/fleet-deploy.lock"
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-fleet.conf"
 KEEP_RELEASES = 5
-PUBLIC_ENV = ("FLEET_AGENT", "FLEET_REGISTRY", "FLEET_STATE_DIR", "FLEET_CONFIG", "FLEET_SOUL",
-              "FLEET_RELEASE_DIR", "PYTHONDONTWRITEBYTECODE")
 
 
 @functools.cache

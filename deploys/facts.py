@@ -53,26 +53,6 @@ class NodeBasics(FactBase[dict[str, Any]]):
         }
 
 
-class InstalledReleases(FactBase[list[str]]):
-    """
-    Release ids unpacked under the releases dir (complete ones only):
-
-    .. code:: python
-
-        ["1ea2fee0c1d2", "444a224b3f00"]
-    """
-
-    default = list
-
-    def command(self, releases_dir: str) -> str:
-        path = shlex.quote(releases_dir)
-        return f"for d in {path}/*/site; do [ -d \"$d\" ] && basename \"$(dirname \"$d\")\"; " \
-               "done; true"
-
-    def process(self, output: list[str]) -> list[str]:
-        return sorted(line.strip() for line in output if line.strip())
-
-
 class AgentAudit(FactBase[dict[str, Any]]):
     """
     The audit view of one agent, from ``fleet-nodectl facts`` (see :mod:`fleet.nodectl`):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pyinfra.api import deploy
 from pyinfra.api.hiddenvalue import HiddenValue
 
-from deploys.context import PUBLIC_ENV, AgentContext
+from deploys.context import AgentContext
 from deploys.ops import authorized_keys_added, secret_file
 
 
@@ -15,7 +15,7 @@ def run(ctx: AgentContext) -> None:
     """``/etc/fleet/<agent>/env`` (0600, agent user) and ``authorized_keys`` additions."""
     ctx.restart_triggers.append(secret_file(
         name=f"Environment of {ctx.name} (secrets masked)", dest=f"{ctx.etc_dir}/env",
-        content=HiddenValue(ctx.env_file()), public=PUBLIC_ENV, user=ctx.user,
+        content=HiddenValue(ctx.env_file()), public=tuple(ctx.public_env()), user=ctx.user,
         group=ctx.user, node=ctx.node))
     if ctx.agent.authorized_keys:
         authorized_keys_added(
