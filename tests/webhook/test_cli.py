@@ -42,6 +42,7 @@ def http_url(app: Flask) -> Iterator[str]:
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
+    server.server_close()
 
 
 def run(*args: str) -> tuple[int, str, str]:
