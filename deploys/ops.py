@@ -9,7 +9,7 @@ from io import StringIO
 from typing import Any
 
 from pyinfra import host, logger, state
-from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operation
+from pyinfra.api import FileUploadCommand, OperationError, operation
 from pyinfra.api.hiddenvalue import HiddenValue
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import FileContents
@@ -71,11 +71,15 @@ def _show_diff(dest: str, exists: bool, new_text: str,
     logger.info("")
 
 
-def _attributes(path: str, have: dict[str, Any], user: str, group: str, mode: str):
+def _attributes(path: str, have: dict[str, Any], user: str, group: str,
+                mode: str) -> list[str]:
+    """Commands that fix owner and mode of an existing ``path`` (none when right)."""
+    commands = []
     if (have["user"], have["group"]) != (user, group):
-        yield _q("chown", f"{user}:{group}", path)
+        commands.append(_q("chown", f"{user}:{group}", path))
     if have["mode"] != mode.lstrip("0"):
-        yield _q("chmod", mode, path)
+        commands.append(_q("chmod", mode, path))
+    return commands
 
 
 @operation()
@@ -93,12 +97,15 @@ def agent_account(user: str, home: str, node: Node):
 
         agent_account(name="Agent user", user="bezalel", home="/var/lib/fleet/bezalel", node=node)
     """
+    commands = []
     if not node["group"]:
-        yield _q("groupadd", "--system", user)
+        commands.append(_q("groupadd", "--system", user))
     if not node["user"]:
-        yield _q("useradd", "--system", "--gid", user, "--home-dir", home, "--no-create-home",
-                 "--shell", "/usr/sbin/nologin", user)
-    if node["user"] and node["group"]:
+        commands.append(_q("useradd", "--system", "--gid", user, "--home-dir", home,
+                           "--no-create-home", "--shell", "/usr/sbin/nologin", user))
+    if commands:
+        yield " && ".join(commands)
+    else:
         host.noop(f"user {user} exists")
 
 
@@ -116,19 +123,18 @@ def directories(specs: Sequence[tuple[str, str, str, str]], node: Node):
 
         directories(name="Fleet dirs", specs=[("/opt/fleet", "root", "root", "755")], node=node)
     """
-    changed = False
+    commands: list[str] = []
     for path, user, group, mode in specs:
         have = node["paths"].get(path)
         if have is None:
-            changed = True
-            yield _q("install", "-d", "-o", user, "-g", group, "-m", mode, path)
-            continue
-        if have["type"] != "directory":
+            commands.append(_q("install", "-d", "-o", user, "-g", group, "-m", mode, path))
+        elif have["type"] != "directory":
             raise OperationError(f"{path} exists and is a {have['type']}, not a directory")
-        for command in _attributes(path, have, user, group, mode):
-            changed = True
-            yield command
-    if not changed:
+        else:
+            commands.extend(_attributes(path, have, user, group, mode))
+    if commands:
+        yield " && ".join(commands)
+    else:
         host.noop("directories are up to date")
 
 
@@ -156,21 +162,27 @@ def managed_file(dest: str, content: str, user: str, group: str, mode: str, node
     have = node["paths"].get(dest)
     digest = hashlib.sha256(content.encode()).hexdigest()
     if have and have["sha256"] == digest:
-        commands = list(_attributes(dest, have, user, group, mode))
-        if not commands:
+        commands = _attributes(dest, have, user, group, mode)
+        if commands:
+            yield " && ".join(commands)
+        else:
             host.noop(f"{dest} is up to date")
-        yield from commands
         return
     _show_diff(dest, have is not None, content)
-    yield from _upload(dest, StringIO(content), user, group, mode)
-    yield from then
+    yield from _upload(dest, StringIO(content), user, group, mode, then)
 
 
-def _upload(dest: str, source: Any, user: str, group: str, mode: str):
+def _upload(dest: str, source: Any, user: str, group: str, mode: str, then: Sequence[str] = (),
+            secret: bool = False):
+    """Upload to ``dest.new``, set owner and mode, move it in place, run ``then``. A secret
+    file is created with its final owner and mode before any content is written."""
     staging = f"{dest}.new"
-    yield _q("install", "-m", mode, "-o", user, "-g", group, "/dev/null", staging)
+    fix = [_q("chown", f"{user}:{group}", staging), _q("chmod", mode, staging)]
+    if secret:
+        yield _q("install", "-m", mode, "-o", user, "-g", group, "/dev/null", staging)
+        fix = []
     yield FileUploadCommand(source, staging, remote_temp_filename=staging)
-    yield StringCommand("mv", "-f", shlex.quote(staging), shlex.quote(dest))
+    yield " && ".join([*fix, _q("mv", "-f", staging, dest), *then])
 
 
 @operation()
@@ -197,13 +209,14 @@ def secret_file(dest: str, content: HiddenValue, public: tuple[str, ...], user: 
     text = content.unmask()
     have = node["paths"].get(dest)
     if have and have["sha256"] == hashlib.sha256(text.encode()).hexdigest():
-        commands = list(_attributes(dest, have, user, group, mode))
-        if not commands:
+        commands = _attributes(dest, have, user, group, mode)
+        if commands:
+            yield " && ".join(commands)
+        else:
             host.noop(f"{dest} is up to date")
-        yield from commands
         return
     _show_diff(dest, have is not None, text, lambda old, new: mask_env_pair(old, new, public))
-    yield from _upload(dest, StringIO(text), user, group, mode)
+    yield from _upload(dest, StringIO(text), user, group, mode, secret=True)
 
 
 @operation()
@@ -329,13 +342,14 @@ def agent_service(unit: str, node: Node, unit_file: OperationMeta,
                       triggers=[release_op, config_op])
     """
     status = node["unit"]
-    if _changed(unit_file):
-        yield "systemctl daemon-reload"
+    commands = ["systemctl daemon-reload"] if _changed(unit_file) else []
     if status.get("enabled") != "enabled":
-        yield _q("systemctl", "enable", unit)
+        commands.append(_q("systemctl", "enable", unit))
     if status.get("active") != "active":
-        yield _q("systemctl", "start", unit)
+        commands.append(_q("systemctl", "start", unit))
     elif any(_changed(op) for op in [unit_file, *triggers]):
-        yield _q("systemctl", "restart", unit)
+        commands.append(_q("systemctl", "restart", unit))
+    if commands:
+        yield " && ".join(commands)
     else:
         host.noop(f"{unit} is running and nothing it uses changed")
