@@ -3,6 +3,7 @@ and a real gunicorn serving it on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -165,7 +166,8 @@ class Server:
     def kill(self) -> None:
         """SIGKILL the master and the workers (not the deploy they started)."""
         for pid in self.pids():
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         assert self.process is not None
         self.process.wait(timeout=10)
 
