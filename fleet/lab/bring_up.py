@@ -115,7 +115,7 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
         netns = network.create_node_network(index, item.position, item.name)
         node.mount_overlay(paths, base)
         node.inject_identity(paths.root, item.name, host_keys[item.name], lab_public,
-                             item.agent.ssh_port, hosts)
+                             item.agent.ssh_port, item.agent.ssh_user, hosts)
         checkpoint()
         pid = node.start(paths, lab, item.name, netns)
         if os.environ.get(FAIL_ENV) == item.name:

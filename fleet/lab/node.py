@@ -70,8 +70,9 @@ def mount_overlay(paths: NodePaths, base: Path) -> None:
 
 
 def inject_identity(root: Path, name: str, host_key: Path, lab_public_key: str,
-                    ssh_port: int, hosts: dict[str, str]) -> None:
-    """Hostname, host key, authorized keys (root and the sudo user), sshd port, /etc/hosts."""
+                    ssh_port: int, ssh_user: str, hosts: dict[str, str]) -> None:
+    """Hostname, host key, sshd port, /etc/hosts, and the lab key for root, the sudo user
+    and the agent's ``ssh_user`` (created with passwordless sudo if the image lacks it)."""
     (root / "etc/hostname").write_text(f"{name}\n")
     for suffix in ("", ".pub"):
         target = root / "etc/ssh" / f"{HOST_KEY}{suffix}"
@@ -79,18 +80,31 @@ def inject_identity(root: Path, name: str, host_key: Path, lab_public_key: str,
         target.chmod(0o600 if not suffix else 0o644)
     if ssh_port != 22:
         (root / "etc/ssh/sshd_config.d/fleet-lab-port.conf").write_text(f"Port {ssh_port}\n")
-    home = root / "home" / ADMIN_USER
-    owner = (home.stat().st_uid, home.stat().st_gid)
-    for ssh_dir, ids in ((root / "root/.ssh", (0, 0)), (home / ".ssh", owner)):
-        ssh_dir.mkdir(mode=0o700, exist_ok=True)
-        keys = ssh_dir / "authorized_keys"
-        keys.write_text(f"{lab_public_key} fleet-lab\n")
-        keys.chmod(0o600)
-        for path in (ssh_dir, keys):
-            os.chown(path, *ids)
+    _authorize(root / "root", lab_public_key)
+    for user in dict.fromkeys((ADMIN_USER, ssh_user)):
+        if user == "root":
+            continue
+        if not (root / "home" / user).is_dir():
+            run(["chroot", str(root), "useradd", "--create-home", "--shell", "/bin/bash", user])
+            sudoers = root / "etc/sudoers.d" / user
+            sudoers.write_text(f"{user} ALL=(ALL) NOPASSWD:ALL\n")
+            sudoers.chmod(0o440)
+        _authorize(root / "home" / user, lab_public_key)
     lines = ["127.0.0.1 localhost", f"127.0.1.1 {name}", "::1 localhost ip6-localhost"]
     lines += [f"{ip} {host}" for host, ip in hosts.items()]
     (root / "etc/hosts").write_text("\n".join(lines) + "\n")
+
+
+def _authorize(home: Path, public_key: str) -> None:
+    """Put the lab key in ``home/.ssh/authorized_keys``, owned by the home's owner."""
+    owner = (home.stat().st_uid, home.stat().st_gid)
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    keys = ssh_dir / "authorized_keys"
+    keys.write_text(f"{public_key} fleet-lab\n")
+    keys.chmod(0o600)
+    for path in (ssh_dir, keys):
+        os.chown(path, *owner)
 
 
 def start(paths: NodePaths, lab: str, name: str, netns: str) -> int:

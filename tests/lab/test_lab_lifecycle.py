@@ -24,7 +24,8 @@ def run_on(registry_path: Path, name: str, command: str) -> str:
     """Run ``command`` on a node through the lab's ssh_config (strict host key checking)."""
     config = registry_path.parent / "ssh_config"
     result = subprocess.run(["ssh", "-F", str(config), name, command], capture_output=True,
-                            text=True, timeout=60, check=True)
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, f"ssh {name} {command!r}: {result.stderr}"
     return result.stdout.strip()
 
 
