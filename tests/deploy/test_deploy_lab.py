@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -122,6 +123,24 @@ def test_state_dir_survives_deploys_and_rollbacks(fleet: Fleet) -> None:
     done = fleet.run("deploy", "--limit", "bezalel")
     assert done.returncode == 0, done.stdout + done.stderr
     assert fleet.ssh("bezalel", STATE_PROBE) == RUN["state"]
+
+
+def test_operator_keys_are_added_next_to_the_lab_key(fleet: Fleet, tmp_path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "operator",
+                    "-f", str(tmp_path / "op")], check=True)
+    public = (tmp_path / "op.pub").read_text().strip()
+    data = yaml.safe_load(fleet.registry.read_text())
+    data["wizards"]["allegro"]["authorized_keys"] = [public]
+    edited = tmp_path / "registry.yaml"
+    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    before = fleet.ssh("allegro", "cat /root/.ssh/authorized_keys")
+    done = fleet.run("deploy", "--limit", "allegro", registry=edited)
+    assert done.returncode == 0, done.stdout + done.stderr
+    entry = fleet.record(done.stdout)["hosts"]["allegro"]
+    assert entry["drift"] == [] and entry["restarted"] is False
+    assert fleet.ssh("allegro", "cat /root/.ssh/authorized_keys") == before + public + "\n"
+    again = fleet.record(fleet.run("deploy", "--limit", "allegro", registry=edited).stdout)
+    assert again["hosts"]["allegro"]["changed"] == []
 
 
 def test_locked_node_fails_preflight_before_anything_changes(fleet: Fleet) -> None:
