@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -30,16 +31,7 @@ def test_a_gitea_push_of_prod_deploys_the_lab_at_that_sha(
     server = serve(workers=2, FLEET_REPO_URL=f"file://{bare}", FLEET_REGISTRY=str(lab_registry),
                    FLEET_DEPLOY_COMMAND="pyinfra -y --json inventory.py deploy.py",
                    FLEET_HEALTH_CHECK="fleet", FLEET_DEPLOY_TIMEOUT="1800")
-    body, headers = signed_push("gitea", "refs/tags/PROD", sha, before=ZERO)
-    answer = requests.post(f"{server.url}/hooks/gitea", data=body, headers=headers, timeout=10)
-    assert answer.status_code == 202, answer.text
-    run_url = f"{server.url}/runs/{answer.json()['run_id']}"
-
-    def finished() -> dict | None:
-        run = requests.get(run_url, headers=auth(), timeout=10).json()
-        return None if run["status"] in ("queued", "running") else run
-
-    run = wait_for(finished, timeout=1800, what="the lab deploy")
+    run = deliver(server, sha, before=ZERO)
     assert run["status"] == "success", f"{run['summary']}\n{run['log'][-4000:]}"
     assert run["commit_sha"] == sha
     agents = list(load_registry(lab_registry).agents)
@@ -50,3 +42,23 @@ def test_a_gitea_push_of_prod_deploys_the_lab_at_that_sha(
     assert [item["agent"] for item in run["health"]] == agents
     assert all(item["healthy"] for item in run["health"])
     assert {item["release"] for item in run["health"]} == {sha[:12]}
+
+    moved = fleet.commit("move PROD")  # git tag -f PROD + force push: a moving tag deploys too
+    fleet.push_tag("PROD", moved)
+    run = deliver(server, moved, before=sha)
+    assert run["status"] == "success", f"{run['summary']}\n{run['log'][-4000:]}"
+    assert {item["release"] for item in run["health"]} == {moved[:12]}
+
+
+def deliver(server: Server, sha: str, before: str) -> dict[str, Any]:
+    """POST the push as Gitea would and wait for its run to finish; the run record."""
+    body, headers = signed_push("gitea", "refs/tags/PROD", sha, before=before)
+    answer = requests.post(f"{server.url}/hooks/gitea", data=body, headers=headers, timeout=10)
+    assert answer.status_code == 202, answer.text
+    run_url = f"{server.url}/runs/{answer.json()['run_id']}"
+
+    def finished() -> dict[str, Any] | None:
+        run = requests.get(run_url, headers=auth(), timeout=10).json()
+        return None if run["status"] in ("queued", "running") else dict(run)
+
+    return dict(wait_for(finished, timeout=1800, what="the lab deploy"))
