@@ -7,7 +7,9 @@ Starts two real gateways (``fleet gateway serve``, gunicorn) for a temp registry
    ``--clients`` threads, each answered only after its SQLite (WAL, synchronous=FULL) commit;
 2. end-to-end latency: messages queued in the sender's outbox (``POST /outbox``) at
    ``--rate`` per second, from the enqueue timestamp to the recipient's inbox commit;
-3. end-to-end throughput: a burst queued in the outbox, until all are in the inbox.
+3. end-to-end throughput: a burst queued in the outbox, until all are in the inbox;
+4. backlog drain: messages queued while the recipient is down, then the recipient started:
+   the delivery worker sends them in batches (``/messages/batch``), one commit per batch.
 
 Run: ``python bench/bus_bench.py [--messages 2000] [--clients 8] [--rate 200]``.
 """
@@ -46,7 +48,8 @@ def free_port() -> int:
 
 def start_gateway(name: str, registry: Path, folder: Path, port: int,
                   workers: int, threads: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "FLEET_BUS_KEYS": ",".join(f"{k}={v}" for k, v in KEYS.items())}
+    env = {**os.environ, "FLEET_BUS_KEYS": ",".join(f"{k}={v}" for k, v in KEYS.items()),
+           "FLEET_BUS_RETRY_MAX": "0.5", "FLEET_BUS_MAX_ATTEMPTS": "1000"}  # drain: no backoff
     command = [sys.executable, "-c", "from fleet.cli import main; main()", "--registry",
                str(registry), "gateway", "serve", "--agent", name, "--port", str(port),
                "--state-dir", str(folder / name), "--workers", str(workers),
@@ -176,6 +179,27 @@ def group_cpu_seconds(group: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def queue_backlog(port: int, count: int, clients: int) -> None:
+    """Queue ``count`` messages in the sender's outbox (the recipient is down)."""
+    per_client = count // clients
+
+    def run(worker: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            for n in range(per_client):
+                post_signed(connection, "/outbox", {"to": "receiver", "type": "alert",
+                                                    "payload": {"n": n},
+                                                    "id": f"drain-{worker}-{n}"}, 202)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def percentile(values: list[float], fraction: float) -> float:
     return values[min(len(values) - 1, int(fraction * len(values)))]
 
@@ -215,6 +239,17 @@ def main() -> None:
               f"mean {statistics.mean(lat) * 1000:.1f} ms")
         e2e = burst(ports["sender"], store, args.messages, args.clients)
         print(f"end-to-end throughput (burst into outbox until all in inbox): {e2e:,.0f} msg/s")
+        os.killpg(processes[1].pid, signal.SIGTERM)
+        processes[1].wait(20)
+        drain_count = args.messages * 5
+        queue_backlog(ports["sender"], drain_count, args.clients)
+        started = time.perf_counter()
+        processes[1] = start_gateway("receiver", registry, folder, ports["receiver"],
+                                     args.workers, args.threads)
+        wait_inbox(store, "drain-", drain_count)
+        drained = drain_count / (time.perf_counter() - started)
+        print(f"backlog drain into one gateway (recipient down while {drain_count} were "
+              f"queued, then started; includes its start-up): {drained:,.0f} msg/s")
     finally:
         for process in processes:
             os.killpg(process.pid, signal.SIGTERM)
