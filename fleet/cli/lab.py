@@ -102,10 +102,25 @@ def status(lab_name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def ssh(lab_name: str, name: str, command: tuple[str, ...]) -> None:
-    """Open an SSH session to node NAME (or run COMMAND there) with the lab key."""
+    """Open an SSH session to node NAME (or run COMMAND there) with the lab key.
+
+    ``--lab`` may also follow NAME; put ``--`` before a COMMAND that starts with options.
+    """
+    lab_name, command = _lab_after_name(lab_name, command)
     config = lab_api.ssh_config(lab_name)
     known = [node.name for node in lab_api.status(lab_name)]
     if name not in known:
         raise click.ClickException(f"lab {lab_name!r} has no node {name!r} "
                                    f"(nodes: {', '.join(known)})")
     os.execvp("ssh", ["ssh", "-F", str(config), name, *command])
+
+
+def _lab_after_name(lab_name: str, args: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """Take ``--lab X`` / ``--lab=X`` and a ``--`` separator from the front of ``args``."""
+    if len(args) >= 2 and args[0] == "--lab":
+        lab_name, args = args[1], args[2:]
+    elif args and args[0].startswith("--lab="):
+        lab_name, args = args[0].split("=", 1)[1], args[1:]
+    if args[:1] == ("--",):
+        args = args[1:]
+    return lab_name, args

@@ -131,6 +131,10 @@ def test_cli_up_status_ssh_down(spare_lab: str) -> None:
     ssh = subprocess.run([*fleet, "ssh", "--lab", spare_lab, "bezalel", "echo", "hi", "there"],
                          capture_output=True, text=True, timeout=60, check=True)
     assert ssh.stdout == "hi there\n"
+    after = subprocess.run([*fleet, "ssh", "ezra-primary", f"--lab={spare_lab}", "--", "ls",
+                            "-d", "/etc"], capture_output=True, text=True, timeout=60,
+                           check=True)
+    assert after.stdout == "/etc\n"
     down = subprocess.run([*fleet, "down", "--lab", spare_lab], capture_output=True, text=True,
                           timeout=120, check=True)
     assert down.stdout == f"Lab {spare_lab!r} is down.\n"

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from fleet.cli import main
+from fleet.cli.lab import _lab_after_name
 from fleet.errors import LabError
 from fleet.lab import claims, paths, rootfs
 from fleet.lab.prereqs import check_prerequisites, raise_host_limits
@@ -116,3 +117,15 @@ def test_a_claimed_lab_is_in_use_until_released(tmp_path: Path,
     again = claims.claim("x")
     assert again is not None
     again.release()
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ((), ("default", ())),
+    (("ls", "-l"), ("default", ("ls", "-l"))),
+    (("--lab", "x", "ls"), ("x", ("ls",))),
+    (("--lab=y", "--", "ls", "--lab"), ("y", ("ls", "--lab"))),
+    (("--", "--lab", "z"), ("default", ("--lab", "z"))),
+])
+def test_ssh_takes_lab_after_the_node_name(args: tuple[str, ...],
+                                           expected: tuple[str, tuple[str, ...]]) -> None:
+    assert _lab_after_name("default", args) == expected
