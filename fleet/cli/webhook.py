@@ -20,10 +20,12 @@ class WebhookServer(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
+        """Hand the options to gunicorn."""
         for name, value in self.options.items():
             self.cfg.set(name, value)
 
     def load(self) -> Any:
+        """Build the app (in each worker)."""
         from fleet.webhook import create_app
 
         return create_app()

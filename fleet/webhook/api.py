@@ -28,6 +28,7 @@ def read_token_required(view: View) -> View:
 
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
+        """Check the bearer token, then call the view."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         expected = current_app.config["SETTINGS"].read_token
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),

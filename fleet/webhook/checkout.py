@@ -50,12 +50,14 @@ def redact(url: str) -> str:
 
 
 def _has_commit(cache: Path, sha: str) -> bool:
+    """True when ``sha`` names a commit (or a tag of one) in ``cache``."""
     done = subprocess.run(["git", "-C", str(cache), "cat-file", "-e", f"{sha}^{{commit}}"],
                           capture_output=True, check=False)
     return done.returncode == 0
 
 
 def _git(log: IO[bytes], *args: str, check: bool = True) -> None:
+    """Run git with its output in the run log; :class:`DeployError` on failure."""
     log.write(f"$ git {' '.join(redact(arg) for arg in args)}\n".encode())
     log.flush()
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}

@@ -116,6 +116,7 @@ def load_settings(env: Mapping[str, str] | None = None,
 
 
 def _required(values: Mapping[str, str], name: str, what: str) -> str:
+    """A non-empty setting, or :class:`WebhookError` naming it."""
     value = values.get(name, "").strip()
     if not value:
         raise WebhookError(f"{name} is not set: it names {what}",
@@ -124,6 +125,7 @@ def _required(values: Mapping[str, str], name: str, what: str) -> str:
 
 
 def _secret(values: Mapping[str, str], name: str, required: str = "") -> str | None:
+    """A secret of at least MIN_SECRET_LENGTH characters (``None`` when unset and optional)."""
     value = values.get(name, "").strip()
     if not value:
         if required:
@@ -137,6 +139,7 @@ def _secret(values: Mapping[str, str], name: str, required: str = "") -> str | N
 
 
 def _seconds(values: Mapping[str, str], name: str, default: float) -> float:
+    """A positive number of seconds, ``default`` when unset."""
     raw = values.get(name, "").strip()
     if not raw:
         return default
@@ -151,6 +154,7 @@ def _seconds(values: Mapping[str, str], name: str, default: float) -> float:
 
 
 def _choice(values: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (the first when unset)."""
     raw = values.get(name, "").strip() or choices[0]
     if raw not in choices:
         raise WebhookError(f"{name}: {raw!r} is not one of {', '.join(choices)}",

@@ -67,6 +67,7 @@ class Dispatcher:
         self.wake.set()
 
     def _loop(self) -> None:
+        """Drain on every wake-up and every POLL_SECONDS, forever."""
         startup = True
         while True:
             self.wake.wait(timeout=POLL_SECONDS)

@@ -95,6 +95,7 @@ def receive(forge: str) -> tuple[Response, int]:
 
 def _handle(forge: str, spec: Forge, settings: Settings, event: str, delivery_id: str,
             payload: Any) -> tuple[Response, int]:
+    """Queue a run for a push of the deploy tag; record anything else as ignored."""
     reason = _event_reason(spec, event, payload)
     if reason is None:
         push = parse_push(forge, delivery_id, event, payload)

@@ -13,16 +13,19 @@ BEARER: list[dict[str, list[str]]] = [{"readToken": []}]
 
 
 def _error(description: str) -> dict[str, Any]:
+    """A documented error response."""
     return {"description": description,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
 def _ok(description: str, schema: str) -> dict[str, Any]:
+    """A documented JSON response of schema ``schema``."""
     return {"description": description,
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
 
 
 def _header(name: str, description: str) -> dict[str, Any]:
+    """An optional request header parameter."""
     return {"name": name, "in": "header", "required": False, "description": description,
             "schema": {"type": "string"}}
 

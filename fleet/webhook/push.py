@@ -91,5 +91,6 @@ def tag_matches(tag: str, pattern: str) -> bool:
 
 
 def _get(payload: dict[str, Any], key: str, field: str) -> Any:
+    """``payload[key][field]`` when ``payload[key]`` is an object, else ``None``."""
     value = payload.get(key)
     return value.get(field) if isinstance(value, dict) else None

@@ -92,6 +92,7 @@ def queue_depth(conn: sqlite3.Connection) -> int:
 
 
 def _check_replay(conn: sqlite3.Connection, delivery_id: str) -> None:
+    """Raise :class:`ReplayError` if ``delivery_id`` was recorded before."""
     seen = conn.execute("SELECT received_at, run_id FROM deliveries WHERE delivery_id = ?",
                         (delivery_id,)).fetchone()
     if seen is not None:
@@ -100,6 +101,7 @@ def _check_replay(conn: sqlite3.Connection, delivery_id: str) -> None:
 
 def _insert_delivery(conn: sqlite3.Connection, forge: str, delivery_id: str, event: str,
                      outcome: str, reason: str, run_id: int | None) -> None:
+    """Record one delivery (refusing a replay)."""
     _check_replay(conn, delivery_id)
     conn.execute("INSERT INTO deliveries (delivery_id, forge, event, received_at, outcome,"
                  " reason, run_id) VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -59,5 +59,6 @@ def host_results(log: str) -> dict[str, dict[str, Any]]:
 
 
 def _entry(status: str = "ok", errors: list[str] | None = None) -> dict[str, Any]:
+    """A host's empty result record."""
     return {"status": status, "changed": 0, "unchanged": 0, "failed": len(errors or []),
             "changes": [], "errors": list(errors or [])}

@@ -123,6 +123,7 @@ def mask_log(log_path: Path, settings: Settings, env: dict[str, str]) -> None:
 
 def _outcome(exit_status: int | None, hosts: dict[str, Any],
              settings: Settings) -> tuple[str, str]:
+    """Status and one-line summary from the exit status and the host results."""
     failed = sorted(host for host, entry in hosts.items() if entry["status"] != "ok")
     changes = sum(entry["changed"] for entry in hosts.values())
     if exit_status == 0 and not failed:
@@ -132,15 +133,18 @@ def _outcome(exit_status: int | None, hosts: dict[str, Any],
 
 
 def _registry_path(env: dict[str, str], work: Path) -> Path:
+    """The registry the deploy used: ``$FLEET_REGISTRY`` or the work dir's."""
     return Path(env.get("FLEET_REGISTRY") or work / "registry.yaml")
 
 
 def _reasons(item: dict[str, Any]) -> list[str]:
+    """Why one health record is not healthy."""
     found = [f"{key} {item[key]}" for key in ("ssh", "health") if item.get(key, "ok") != "ok"]
     return found + [str(problem) for problem in item.get("problems", [])] or ["unhealthy"]
 
 
 def _update(conn: sqlite3.Connection, run_id: int, **columns: Any) -> None:
+    """Set columns of run ``run_id``."""
     assignments = ", ".join(f"{name} = ?" for name in columns)
     with immediate(conn):
         conn.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*columns.values(), run_id))

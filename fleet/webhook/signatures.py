@@ -69,4 +69,5 @@ def check_gitlab(headers: Headers, body: bytes, token: str | None) -> str | None
 
 
 def _disabled(forge: str, variable: str) -> str:
+    """The refusal of a receiver whose secret is not configured."""
     return f"the {forge} receiver is disabled because {variable} is not set; set it to enable it"
