@@ -20,7 +20,9 @@ from fleet.lab.rootfs import ADMIN_USER
 NODES_DIR = "nodes"
 READY_TIMEOUT = 120.0
 READY_ATTEMPT = 10
-SPAWN_SCRIPT = 'for f in "$1" "$2"; do [ -n "$f" ] && echo $$ > "$f"; done; shift 2; exec "$@"'
+SPAWN_SCRIPT = ('for f in "$1" "$2"; do [ -z "$f" ] || echo $$ > "$f" || exit 97; done; '
+                'shift 2; exec "$@"')
+"""Join the node's cgroups (v1 name=systemd, unified), then become systemd-nspawn."""
 
 
 @dataclass(frozen=True)
