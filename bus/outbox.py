@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bus.db import bump, transaction
@@ -138,12 +139,29 @@ def release_dead_leases(db: sqlite3.Connection) -> int:
                               " WHERE lease_owner = ?", (owner,)).rowcount for owner in dead)
 
 
-def _alive(owner: str) -> bool:
-    """Whether the process named in ``owner`` (``PID:token:thread``) still runs."""
+def process_tag(pid: int | None = None) -> str:
+    """``PID.STARTTIME`` of a process: unlike the PID alone, never reused (Linux /proc)."""
+    pid = os.getpid() if pid is None else pid
     try:
-        os.kill(int(owner.split(":", 1)[0]), 0)
-    except ProcessLookupError:
-        return False
-    except (ValueError, PermissionError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return f"{pid}.0"
+    return f"{pid}.{fields[19]}"
+
+
+def _alive(owner: str) -> bool:
+    """Whether the process named in ``owner`` (``PID.STARTTIME:token:thread``) still runs
+    (a zombie or a new process with a reused PID does not count)."""
+    tag = owner.split(":", 1)[0]
+    pid, _, started = tag.partition(".")
+    if not pid.isdigit():
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True
+    if state == "Z":
+        return False
+    return started == "0" or process_tag(int(pid)) == tag

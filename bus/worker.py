@@ -79,7 +79,7 @@ class DeliveryWorker:
                 db.close()
             token = uuid.uuid4().hex[:8]
             for number in range(self.settings.threads):
-                owner = f"{os.getpid()}:{token}:{number}"
+                owner = f"{outbox.process_tag()}:{token}:{number}"
                 thread = threading.Thread(target=self._run, args=(owner,), daemon=True,
                                           name=f"bus-delivery-{number}")
                 thread.start()

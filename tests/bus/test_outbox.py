@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -84,8 +83,8 @@ def test_leased_rows_wait_for_the_lease_or_a_dead_owner(db: sqlite3.Connection) 
 
 def test_leases_of_dead_processes_are_released(db: sqlite3.Connection) -> None:
     queue(db, 2)
-    outbox.claim(db, "999999999:dead:0", 30, 1)  # no such pid
-    outbox.claim(db, f"{os.getpid()}:alive:0", 30, 1)
+    outbox.claim(db, "999999999.5:dead:0", 30, 1)  # no such pid
+    outbox.claim(db, f"{outbox.process_tag()}:alive:0", 30, 1)
     assert outbox.release_dead_leases(db) == 1
     assert [row["id"] for row in outbox.claim(db, "2:z:0", 30, 10)] == ["m-0"]
 
