@@ -16,10 +16,23 @@ node back (see ``fleet/release.py``).
 
 from pyinfra import host
 
-from deploys import audit, baseline, keys, preflight, release, rollback, services, soul, verify
+from deploys import (
+    audit,
+    baseline,
+    gate,
+    keys,
+    preflight,
+    release,
+    rollback,
+    services,
+    soul,
+    verify,
+)
 from deploys.context import agent_context, load_node
 
 ctx = agent_context()
+if host.data.get("after_stage") is not None:  # set by fleet deploy: wait for the earlier stage
+    gate.run(ctx, int(host.data.after_stage), int(host.data.runner_pid))
 preflight.run(ctx)
 if ctx.preflight_ok:
     load_node(ctx)

@@ -1,4 +1,9 @@
-"""Custom pyinfra operations of the fleet deploy: node lock, releases and secret files."""
+"""Custom pyinfra operations of the fleet deploy: node lock, agent account, directories, files
+(secret ones masked in diffs), releases, operator keys and the agent service.
+
+Each decides from the host's one ``NodeState`` snapshot (no fact round trip per operation)
+and yields only the commands needed, joined into one shell command where possible.
+"""
 
 from __future__ import annotations
 
@@ -49,7 +54,6 @@ def lock_taken(lock_dir: str, owner: str, stale_owner: str = ""):
         f"else echo \"node is locked by another deploy: $(cat {owner_file}); remove "
         f"{lock_dir} if that deploy is dead\" >&2; exit 1; fi"
     )
-
 
 
 def _changed(op: OperationMeta) -> bool:

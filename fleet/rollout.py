@@ -3,13 +3,17 @@
 A thin loop over the pyinfra CLI (``python -m pyinfra -y inventory.py deploy.py --limit ...``);
 each stage's outcome per host is read from the run record the audit phase writes. The rollout
 stops when more hosts failed than ``max_failures``. Output is streamed with secrets masked.
+The next stage's process is started early and held at a gate (``deploys/gate.py``) until the
+runner records its verdict on the current stage.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,14 +98,33 @@ def pyinfra_command(hosts: Sequence[str], options: RolloutOptions,
     return command
 
 
+class StageProcess:
+    """One pyinfra process run from the repo root; a reader thread buffers its masked output
+    so that a stage started early stays quiet until it is its turn to print."""
+
+    def __init__(self, command: list[str], env: dict[str, str], masker: Masker) -> None:
+        self.process = subprocess.Popen(command, cwd=repo_root(), env=env, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.masker = masker
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(self.masker(line.rstrip("\n")))
+        self.lines.put(None)
+
+    def stream(self, echo: Echo) -> int:
+        """Echo the output (buffered so far, then live) until the process ends; its exit code."""
+        while (line := self.lines.get()) is not None:
+            echo(line)
+        return self.process.wait()
+
+
 def run_stage(command: list[str], env: dict[str, str], masker: Masker, echo: Echo) -> int:
     """Run one pyinfra call from the repo root, streaming its output through the masker."""
-    with subprocess.Popen(command, cwd=repo_root(), env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            echo(masker(line.rstrip("\n")))
-    return process.returncode
+    return StageProcess(command, env, masker).stream(echo)
 
 
 def stage_env(registry: Registry, run_id: str, extra: dict[str, str]) -> dict[str, str]:
@@ -133,9 +156,11 @@ def stage_outcome(run_id: str, hosts: Sequence[str], code: int, dry: bool) -> di
 
 
 def deploy_fleet(registry: Registry, options: RolloutOptions, echo: Echo) -> RolloutResult:
-    """Deploy the selected agents: canary first, then workers; stop past ``max_failures``."""
-    secrets = load_secrets()
-    masker = Masker(secrets.values())
+    """Deploy the selected agents: canary first, then workers; stop past ``max_failures``.
+
+    Each next stage's pyinfra process starts while the current stage runs (start-up and
+    read-only planning overlap) and waits at its rollout gate for this stage's verdict."""
+    masker = Masker(load_secrets().values())
     names = select(registry, options.limit)
     run_id = new_run_id()
     release = build_release()
@@ -143,25 +168,40 @@ def deploy_fleet(registry: Registry, options: RolloutOptions, echo: Echo) -> Rol
     update_run(run_id, kind="deploy", release=release.id, registry=str(registry.path),
                dry=options.dry, limit=list(options.limit), batch=options.batch)
     result = RolloutResult(run_id=run_id, status="ok")
-    failures = 0
     stages = plan_stages(registry, names, options.batch)
+    verdicts: dict[str, bool] = {}
+
+    def launch(index: int) -> StageProcess:
+        gate = [] if index == 0 else [f"after_stage={index - 1}", f"runner_pid={os.getpid()}"]
+        return StageProcess(pyinfra_command(stages[index], options, gate), env, masker)
+
+    failures = 0
+    current = launch(0) if stages else None
     for index, hosts in enumerate(stages):
+        assert current is not None
+        pipelined = index + 1 < len(stages) and not options.dry
+        upcoming = launch(index + 1) if pipelined else None
         label = "canary" if index == 0 and registry.agents[hosts[0]].role == "orchestrator" \
             else "workers"
         echo(f"==> {label}: {', '.join(hosts)} (release {release.id}, run {run_id})")
-        code = run_stage(pyinfra_command(hosts, options), env, masker, echo)
+        code = current.stream(echo)
         outcome = stage_outcome(run_id, hosts, code, options.dry)
         result.stages.append({"stage": label, "hosts": hosts, "exit_code": code,
                               "outcome": outcome})
-        failures += sum(status != "ok" and status != "planned" for status in outcome.values())
-        if failures > options.max_failures:
+        failures += sum(status not in ("ok", "planned") for status in outcome.values())
+        verdicts[str(index)] = failures <= options.max_failures
+        update_run(run_id, verdicts=verdicts)
+        if not verdicts[str(index)]:
             result.status = "failed"
             skipped = [name for stage in stages[index + 1:] for name in stage]
             if skipped:
                 echo(f"==> stopping: {failures} host(s) failed (allowed: "
                      f"{options.max_failures}); not deployed: {', '.join(skipped)}")
                 update_run(run_id, skipped=skipped)
+            if upcoming is not None:
+                upcoming.stream(lambda line: None)  # its gate refuses at once
             break
+        current = upcoming or (launch(index + 1) if index + 1 < len(stages) else None)
     if failures and result.status == "ok":
         result.status = "degraded"
     update_run(run_id, stages=result.stages, status=result.status, finished=now())
