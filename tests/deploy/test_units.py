@@ -225,3 +225,16 @@ def test_release_artifact_has_deps_and_code_and_is_cached() -> None:
     build_release.cache_clear()
     second = build_release(REPO, broken=False)
     assert (second.path, second.path.stat().st_mtime) == (first.path, mtime)
+
+
+def test_gate_reads_the_runners_stage_verdicts(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from deploys.gate import stage_verdict
+
+    monkeypatch.setenv(records.RECORDS_ENV, str(tmp_path))
+    assert stage_verdict("r2", 0) is None
+    records.update_run("r2", verdicts={"0": True})
+    assert stage_verdict("r2", 0) is True
+    assert stage_verdict("r2", 1) is None
+    records.update_run("r2", verdicts={"0": True, "1": False})
+    assert stage_verdict("r2", 1) is False
