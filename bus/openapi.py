@@ -1,10 +1,15 @@
-"""``GET /openapi.json``: the OpenAPI 3.1 description of every bus endpoint."""
+"""``GET /openapi.json``: the OpenAPI 3.1 description of the gateway's endpoints.
+
+Bus endpoints are described in full; routes other blueprints mount on the same gateway
+(health, agent card) are listed from the URL map with their view's docstring.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
 from bus.cloudevents import CONTENT_TYPE as CLOUDEVENTS
@@ -13,6 +18,7 @@ from bus.validate import TYPES
 from bus.web import me
 
 bp = Blueprint("bus_openapi", __name__)
+IMPLICIT = ("HEAD", "OPTIONS")
 SIGNED: list[dict[str, list[str]]] = [{"agent": [], "timestamp": [], "signature": []}]
 ERROR = {"description": "JSON error", "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -54,7 +60,7 @@ def _query(*names: str) -> list[dict[str, Any]]:
 
 
 def document() -> dict[str, Any]:
-    """The OpenAPI document (paths use OpenAPI ``{param}`` syntax)."""
+    """The OpenAPI document (paths use OpenAPI ``{param}`` syntax); needs an app context."""
     message_body = {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/Message"}},
         CLOUDEVENTS: {"schema": {"type": "object", "description": "CloudEvents 1.0 structured "
@@ -92,6 +98,15 @@ def document() -> dict[str, Any]:
         "/openapi.json": {"get": _op("This document (public)", {"200": _json("OpenAPI")},
                                      signed=False)},
     }
+    for rule in current_app.url_map.iter_rules():
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        if rule.endpoint == "static" or path in paths:
+            continue
+        view = current_app.view_functions[rule.endpoint]
+        summary = (view.__doc__ or rule.endpoint).strip().splitlines()[0]
+        paths[path] = {method.lower(): _op(summary, {"200": _json("see the summary")},
+                                           signed=False)
+                       for method in sorted(rule.methods or ()) if method not in IMPLICIT}
     header = {"type": "apiKey", "in": "header"}
     return {
         "openapi": "3.1.0",

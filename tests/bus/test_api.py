@@ -134,12 +134,17 @@ def test_stats_and_metrics_count_the_store(client: FlaskClient) -> None:
     assert "# TYPE fleet_bus_outbox_depth gauge\n" in text
 
 
-def test_openapi_documents_every_bus_route(app: Flask, client: FlaskClient) -> None:
+def test_openapi_documents_every_route(app: Flask, client: FlaskClient) -> None:
     document = client.get("/openapi.json").json
     documented = {(path, method) for path, operations in document["paths"].items()
                   for method in operations}
     routes = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower())
-              for rule in app.url_map.iter_rules() if rule.endpoint.startswith("bus_")
+              for rule in app.url_map.iter_rules() if rule.endpoint != "static"
               for method in rule.methods - {"HEAD", "OPTIONS"}}
     assert routes == documented
+    assert ("/message", "post") in routes and ("/health", "get") in routes
     assert document["openapi"].startswith("3.")
+    signed = {path for path, operations in document["paths"].items()
+              for operation in operations.values() if "security" in operation}
+    assert signed == {"/message", "/messages/batch", "/messages", "/messages/{message_id}/ack",
+                      "/outbox", "/bus/stats", "/bus/dead-letters"}

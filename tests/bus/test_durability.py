@@ -75,6 +75,8 @@ def test_receiver_down_then_started_gets_all_once(fleet: Fleet) -> None:
         stats = client.stats()
     assert stats["delivered"] == COUNT
     assert stats["retried"] > 0
+    with fleet["bezalel"].client() as client:  # two gunicorn workers never sent a row twice
+        assert (client.stats()["received"], client.stats()["duplicates"]) == (COUNT, 0)
 
 
 @pytest.mark.slow
