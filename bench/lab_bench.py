@@ -1,6 +1,6 @@
 """Time `fleet lab up` / `fleet lab down` for 3 and 20 nodes (needs root).
 
-Runs the library calls behind the CLI on a lab of its own (``bench`` unless --lab), a fresh
+Runs the real CLI commands on a lab of its own (``bench`` unless --lab), a fresh
 lab each round, and prints the median and range per size. The rootfs cache is warmed first
 so the figures exclude the one-off debootstrap.
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,13 +25,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def measure(lab_name: str, nodes: int) -> tuple[float, float]:
-    """One round: seconds for up (all nodes SSH-ready) and for down."""
-    registry = load_registry(REPO / "registry.yaml")
+    """One round: seconds for `fleet lab up` (all nodes SSH-ready) and `fleet lab down`."""
+    fleet = ["fleet", "--registry", str(REPO / "registry.yaml"), "lab"]
     started = time.perf_counter()
-    lab.up(registry, nodes=nodes, lab=lab_name)
+    subprocess.run([*fleet, "up", "-n", str(nodes), "--lab", lab_name], check=True,
+                   capture_output=True)
     booted = time.perf_counter()
     assert all(node.running for node in lab.status(lab_name))
-    lab.down(lab_name)
+    subprocess.run([*fleet, "down", "--lab", lab_name], check=True, capture_output=True)
     return booted - started, time.perf_counter() - booted
 
 
