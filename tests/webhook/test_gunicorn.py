@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -109,17 +108,6 @@ def test_a_killed_receiver_marks_its_run_interrupted_and_the_next_push_deploys(
     records = {record["run"]: record for record in read_records(record_file)}
     # the orphaned deploy kept the lock: the next one started only after it had ended
     assert records[after]["start"] >= records[crashed]["end"], "the new deploy overlapped"
-
-
-def test_a_push_is_answered_well_under_50_ms(serve: Callable[..., Server],
-                                             fleet_repo: FleetRepo) -> None:
-    sha = fleet_repo.commit("fast")
-    fleet_repo.push_tag("PROD", sha)
-    server = serve(workers=2, FLEET_DEPLOY_COMMAND="true")
-    post_push(server, sha)  # warm up both the connection path and SQLite
-    # best of 5 batch medians: the CI box is shared, a burst of load there is not our latency
-    medians = [statistics.median(post_push(server, sha)[1] for _ in range(11)) for _ in range(5)]
-    assert min(medians) < 0.050, f"batch medians {[round(m * 1000, 1) for m in medians]} ms"
 
 
 def test_fleet_webhook_serve_runs_the_receiver(env: dict[str, str], fleet_repo: FleetRepo,
