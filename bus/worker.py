@@ -119,7 +119,8 @@ class DeliveryWorker:
         with self._wakeup:
             seen = self._generation
         now = time.time()
-        down = {name: until for name, (until, _) in self._unreachable.items() if until > now}
+        down = {name: until for name, (until, _) in list(self._unreachable.items())
+                if until > now}
         rows: list[sqlite3.Row] = []
         if outbox.has_due(db, down, now):
             rows = self.writer.run(lambda w: outbox.claim(

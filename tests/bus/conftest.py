@@ -174,8 +174,12 @@ class Fleet:
         return self.gateways[name]
 
     def stop(self) -> None:
+        """Kill every gateway; fail if one logged a traceback (e.g. a delivery thread)."""
         for gateway in self.gateways.values():
             gateway.kill()
+        for gateway in self.gateways.values():
+            log = gateway.log.read_text() if gateway.log.exists() else ""
+            assert "Traceback" not in log, f"{gateway.name} logged an error:\n{log[-3000:]}"
 
 
 @pytest.fixture
