@@ -23,6 +23,10 @@ from fleet.errors import BusError
 from fleet.registry import Registry
 
 
+class RequestTimeout(BusError, TimeoutError):
+    """No correlated response arrived in time (both a :class:`BusError` and a TimeoutError)."""
+
+
 class BusClient:
     """Signed HTTP calls to ``base_url`` as ``agent``."""
 
@@ -98,8 +102,10 @@ class BusClient:
             if found["messages"]:
                 return dict(found["messages"][0])
             time.sleep(poll)
-        raise BusError(f"no response from {to!r} to request {correlation} within {timeout} s",
-                       hint=f"Check `fleet bus dead-letters {self.agent}` and {to}'s gateway.")
+        raise RequestTimeout(f"no response from {to!r} to request {correlation} within "
+                             f"{timeout} s",
+                             hint=f"Check `fleet bus dead-letters {self.agent}` and {to}'s "
+                                  "gateway.")
 
     def reply(self, request: Mapping[str, Any], payload: Any) -> dict[str, Any]:
         """Answer an inbox ``request`` with a correlated response."""

@@ -11,6 +11,7 @@ import requests
 from click.testing import CliRunner
 
 from fleet.cli import main
+from fleet.errors import BusError
 from tests.bus.conftest import KEYS, Fleet, Gateway, dumps, message, signed_headers, wait_for
 
 
@@ -40,10 +41,11 @@ def test_request_response_round_trip(fleet: Fleet) -> None:
 
 def test_request_times_out_with_bus_error(fleet: Fleet) -> None:
     ezra, _ = fleet.start("ezra", "bezalel")
-    with ezra.client() as orchestrator, pytest.raises(Exception) as raised:
+    with ezra.client() as orchestrator, pytest.raises(BusError) as raised:
         orchestrator.request("bezalel", {"task": "ignored"}, timeout=0.5)
-    assert type(raised.value).__name__ == "BusError"
+    assert isinstance(raised.value, TimeoutError)
     assert str(raised.value).startswith("no response from 'bezalel' to request ")
+    assert str(raised.value).endswith(" within 0.5 s")
 
 
 def test_broadcast_reaches_every_other_agent(fleet: Fleet) -> None:
