@@ -104,13 +104,14 @@ class AgentContext:
         return f"/etc/systemd/system/{self.unit}"
 
     def node_registry(self) -> str:
-        """The registry copy for the node: no controller paths, other agents' config left out
-        (so one agent's config change touches only that agent's node)."""
+        """The registry copy for the node: no controller paths, no operator keys, other agents'
+        config left out (so one agent's config change touches only that agent's node)."""
         data = self.registry.to_dict()
         data["fleet"] = {key: value for key, value in data["fleet"].items()
                          if key not in ("ssh_key", "known_hosts")}
         for name, entry in data["wizards"].items():
             entry["soul"] = f"/etc/fleet/{name}/soul.md"
+            entry.pop("authorized_keys", None)
             if name != self.name:
                 entry.pop("config", None)
         header = "# Written by the fleet deploy (release phase); edit the controller's registry.\n"
