@@ -55,7 +55,7 @@ def test_broadcast_reaches_every_other_agent(fleet: Fleet) -> None:
         assert queued["recipients"] == ["bezalel", "allegro", "ghost"]
         for gateway in (bezalel, allegro):
             with gateway.client() as runtime:
-                got = wait_for(lambda r=runtime: r.messages()["messages"])  # type: ignore[misc]
+                got = wait_for(lambda r=runtime: r.messages()["messages"])
                 assert [(m["id"], m["from"], m["to"], m["type"], m["payload"]) for m in got] == [
                     (queued["id"], "ezra", gateway.name, "broadcast", {"notice": "deploy at 3"})]
         stats = wait_for(lambda: (s := orchestrator.stats())["delivered"] == 2 and s)

@@ -132,7 +132,7 @@ def test_stale_message_names_the_window(client: FlaskClient) -> None:
 
 
 def test_unsigned_message_gets_401(client: FlaskClient, store: Path) -> None:
-    response = client.post("/message", json=message())
+    response: Any = client.post("/message", json=message())
     assert response.status_code == 401
     assert response.json["error"] == ("unsigned request: missing X-Fleet-Agent, "
                                       "X-Fleet-Timestamp, X-Fleet-Signature")
