@@ -34,13 +34,14 @@ SETTINGS: dict[str, Any] = {  # app setting -> (environment variable, type)
     "BUS_LEASE_SECONDS": ("FLEET_BUS_LEASE_SECONDS", float),
     "BUS_DELIVERY_THREADS": ("FLEET_BUS_DELIVERY_THREADS", int),
     "BUS_POLL_SECONDS": ("FLEET_BUS_POLL_SECONDS", float),
+    "BUS_RETENTION_DAYS": ("FLEET_BUS_RETENTION_DAYS", float),
 }
 
 
 def settings(app: Flask) -> Settings:
     """Delivery settings: app config, else ``FLEET_BUS_*`` environment, else defaults."""
     fields = dict(zip(SETTINGS, ("max_attempts", "retry_base", "retry_max", "lease_seconds",
-                                 "threads", "poll_seconds"), strict=True))
+                                 "threads", "poll_seconds", "retention_days"), strict=True))
     values: dict[str, Any] = {}
     for name, (env, kind) in SETTINGS.items():
         value = app.config.get(name, os.environ.get(env))

@@ -39,6 +39,17 @@ def store(db: sqlite3.Connection, message: dict[str, Any], fmt: str) -> bool:
     return stored
 
 
+def prune(db: sqlite3.Connection, before: float) -> int:
+    """Delete inbox messages acknowledged before ``before`` (and older dead letters).
+
+    An acknowledged message is kept for the retention time so that a late re-send of it
+    (same ``from`` + ``id``) is still recognised as a duplicate.
+    """
+    removed = db.execute("DELETE FROM inbox WHERE acked_at < ?", (before,)).rowcount
+    return removed + db.execute("DELETE FROM dead_letters WHERE dead_at < ?",
+                                (before,)).rowcount
+
+
 def row_to_message(row: sqlite3.Row) -> dict[str, Any]:
     """An inbox row as the JSON the inbox API returns."""
     return {

@@ -6,7 +6,8 @@ deletes, reschedules (exponential backoff with jitter) or dead-letters them. A r
 that cannot be reached is backed off as a whole: its due rows wait together instead of each
 hammering a host that is down.
 ``wake()`` starts delivery at once after a send; idle threads also poll, so retries and rows
-queued by other processes go out too.
+queued by other processes go out too. One thread also prunes acknowledged inbox messages
+and dead letters older than the retention time.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from bus import outbox
+from bus import inbox, outbox
 from bus.db import connect
 from bus.delivery import Sender
 from bus.writer import GroupWriter
@@ -29,6 +31,7 @@ from fleet.registry import Registry
 
 log = logging.getLogger(__name__)
 PERMANENT = (400, 413, 415)  # the recipient will never accept this message
+PRUNE_EVERY = 600  # seconds between deletions of old acknowledged messages
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Settings:
     batch: int = 64
     poll_seconds: float = 1.0
     http_timeout: float = 5.0
+    retention_days: float = 7.0
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt ``attempts + 1``: doubling from ``retry_base``, jittered."""
@@ -80,7 +84,8 @@ class DeliveryWorker:
             token = uuid.uuid4().hex[:8]
             for number in range(self.settings.threads):
                 owner = f"{outbox.process_tag()}:{token}:{number}"
-                thread = threading.Thread(target=self._run, args=(owner,), daemon=True,
+                thread = threading.Thread(target=self._run, args=(owner, number == 0),
+                                          daemon=True,
                                           name=f"bus-delivery-{number}")
                 thread.start()
                 self._threads.append(thread)
@@ -100,12 +105,17 @@ class DeliveryWorker:
             thread.join(timeout)
         self._pid = 0
 
-    def _run(self, owner: str) -> None:
+    def _run(self, owner: str, prunes: bool) -> None:
         db = connect(self.store)
         sender = Sender(self.agent, self.key, self.settings.http_timeout)
+        pruned = 0.0
         try:
             while not self._stop.is_set():
                 try:
+                    if prunes and time.monotonic() - pruned > PRUNE_EVERY:
+                        before = time.time() - self.settings.retention_days * 86400
+                        self.writer.run(partial(inbox.prune, before=before))
+                        pruned = time.monotonic()
                     self._cycle(db, sender, owner)
                 except Exception:  # keep delivering whatever one cycle hit
                     log.exception("bus delivery cycle failed")

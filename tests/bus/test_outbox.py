@@ -153,3 +153,15 @@ def test_signature_checks() -> None:
         verify(headers, {"bezalel": "k"}, "GET", "/messages", "since=3", b"")
     with pytest.raises(AuthError, match=r"is \d+ s from this gateway's clock"):
         verify(headers, KEYS, "GET", "/messages", "since=3", b"", now=time.time() + 400)
+
+
+def test_prune_keeps_unacked_and_recent_messages(db: sqlite3.Connection, store: Path) -> None:
+    from bus.inbox import prune
+
+    now = time.time()
+    for n, acked in enumerate((None, now - 10 * 86400, now - 3600)):
+        db.execute("INSERT INTO inbox (id, sender, recipient, type, payload, timestamp, format,"
+                   " received_at, acked_at) VALUES (?, 'ezra', 'bezalel', 'alert', '1', 't',"
+                   " 'fleet', ?, ?)", (f"m-{n}", now - 20 * 86400, acked))
+    assert prune(db, now - 7 * 86400) == 1
+    assert rows(store, "SELECT id FROM inbox ORDER BY id") == [("m-0",), ("m-2",)]
