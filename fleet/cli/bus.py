@@ -16,6 +16,8 @@ from bus.client import BusClient
 from fleet.cli.context import CliContext, pass_cli
 from fleet.secrets import BUS_KEYRING, load_secrets, parse_keyring
 
+PAGE = 1000
+
 
 def client(cli: CliContext, agent: str) -> BusClient:
     """A signed client for ``agent``'s gateway."""
@@ -81,14 +83,15 @@ def tail(cli: CliContext, agent: str, since: int, kind: str | None, follow: bool
     """Print AGENT's inbox messages, oldest first."""
     with client(cli, agent) as gateway:
         while True:
-            page = gateway.messages(since=since, limit=1000, type=kind)
+            page = gateway.messages(since=since, limit=PAGE, type=kind)
             for message in page["messages"]:
                 click.echo(json.dumps(message) if as_json else format_message(message))
             since = page["next"]
+            if len(page["messages"]) == PAGE:
+                continue
             if not follow:
                 return
-            if not page["messages"]:
-                time.sleep(0.5)
+            time.sleep(0.5)
 
 
 @bus.command("dead-letters")
