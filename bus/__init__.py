@@ -19,8 +19,9 @@ import os
 from typing import Any
 
 from flask import Flask
+from werkzeug.exceptions import HTTPException
 
-from bus import db, inbox, openapi, receive, stats
+from bus import db, inbox, openapi, receive, stats, web
 from bus import send as sending
 from bus.send import send
 from bus.worker import DeliveryWorker, Settings
@@ -59,6 +60,7 @@ def init_app(app: Flask) -> None:
     db.init_app(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    app.register_error_handler(HTTPException, web.json_errors)
     enabled = app.config.get("BUS_WORKER", os.environ.get("FLEET_BUS_WORKER", "1") != "0")
     key = app.config["BUS_KEYS"].get(app.config["AGENT_NAME"])
     if not enabled or key is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from flask import abort, current_app, jsonify, make_response, request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
 
 from bus.signing import AuthError, verify
 from fleet.registry import Registry
@@ -19,6 +21,17 @@ def fail(status: int, error: str, problems: dict[str, str] | None = None,
     if hint:
         body["hint"] = hint
     abort(make_response(jsonify(body), status))
+
+
+BUS_PATHS = ("/message", "/outbox", "/bus/")
+
+
+def json_errors(exc: HTTPException) -> ResponseReturnValue:
+    """HTTP errors (404, 405, 500, ...) on bus paths as JSON ``{error}``; other paths keep
+    Flask's default page."""
+    if not request.path.startswith(BUS_PATHS):
+        return exc
+    return jsonify({"error": f"{exc.code} {exc.name}: {exc.description}"}), exc.code or 500
 
 
 def me() -> str:

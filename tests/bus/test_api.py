@@ -148,3 +148,20 @@ def test_openapi_documents_every_route(app: Flask, client: FlaskClient) -> None:
               for operation in operations.values() if "security" in operation}
     assert signed == {"/message", "/messages/batch", "/messages", "/messages/{message_id}/ack",
                       "/outbox", "/bus/stats", "/bus/dead-letters"}
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/message", 405), ("DELETE", "/messages", 405), ("GET", "/bus/nothing", 404),
+])
+def test_http_errors_on_bus_paths_are_json(client: FlaskClient, method: str, path: str,
+                                           status: int) -> None:
+    response = client.open(path, method=method)
+    assert response.status_code == status
+    assert response.is_json
+    assert response.json["error"].startswith(f"{status} ")
+
+
+def test_other_paths_keep_flasks_error_page(client: FlaskClient) -> None:
+    response = client.get("/nothing-here")
+    assert response.status_code == 404
+    assert not response.is_json
