@@ -172,7 +172,8 @@ def deploy_fleet(registry: Registry, options: RolloutOptions, echo: Echo) -> Rol
     verdicts: dict[str, bool] = {}
 
     def launch(index: int) -> StageProcess:
-        gate = [] if index == 0 else [f"after_stage={index - 1}", f"runner_pid={os.getpid()}"]
+        gate = [] if index == 0 or options.dry else [f"after_stage={index - 1}",
+                                                     f"runner_pid={os.getpid()}"]
         return StageProcess(pyinfra_command(stages[index], options, gate), env, masker)
 
     failures = 0
