@@ -20,6 +20,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -254,6 +255,7 @@ def main() -> None:
         for process in processes:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(20)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
