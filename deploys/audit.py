@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from pyinfra import logger
-from pyinfra.api import State, StringCommand, deploy
+from pyinfra.api import State, StringCommand
 from pyinfra.api.host import Host
 from pyinfra.operations import python
 
-from deploys.context import LOCK_DIR, NODECTL, AgentContext, lock_owner, secrets
+from deploys.context import LOCK_DIR, NODECTL, AgentContext, lock_owner, phase, secrets
 from deploys.facts import AgentAudit
 from fleet.masking import Masker
 from fleet.nodectl import fingerprint
@@ -121,7 +121,7 @@ def audit_node(state: State, host: Host, ctx: AgentContext) -> bool:
     return False
 
 
-@deploy("Audit")
+@phase("Audit")
 def run(ctx: AgentContext) -> None:
     """Record the node's real state and drift; release the lock; fail a rolled-back host."""
     ctx.check_ops.append(python.call(

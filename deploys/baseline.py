@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pyinfra.api import deploy
-
-from deploys.context import OPT, RELEASES, SSHD_DROPIN, AgentContext
+from deploys.context import OPT, RELEASES, SSHD_DROPIN, AgentContext, phase
 from deploys.ops import agent_account, directories, managed_file
 
 SSHD_SETTINGS = """\
@@ -16,7 +14,7 @@ PermitRootLogin prohibit-password
 """
 
 
-@deploy("Baseline")
+@phase("Baseline")
 def run(ctx: AgentContext) -> None:
     """User (no login shell), /opt/fleet, /etc/fleet/<agent>, state dir, sshd settings."""
     agent_account(name=f"Agent user {ctx.user} (system, no login shell)", user=ctx.user,

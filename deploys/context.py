@@ -7,12 +7,14 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, cast
 
 import yaml
 from pyinfra import host
+from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 
 from fleet.records import current_run_id
@@ -27,6 +29,15 @@ NODECTL = f"{OPT}/bin/fleet-nodectl"
 LOCK_DIR = "/run/fleet-deploy.lock"
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-fleet.conf"
 KEEP_RELEASES = 5
+
+
+P = ParamSpec("P")
+
+
+def phase(name: str) -> Callable[[Callable[P, None]], Callable[P, None]]:
+    """pyinfra's ``@deploy(name)`` (operation names get the ``name | `` prefix), keeping the
+    phase function's own signature for type checkers."""
+    return cast("Callable[[Callable[P, None]], Callable[P, None]]", deploy(name))
 
 
 @functools.cache

@@ -12,11 +12,11 @@ import os
 import time
 
 from pyinfra import logger
-from pyinfra.api import State, deploy
+from pyinfra.api import State
 from pyinfra.api.host import Host
 from pyinfra.operations import python
 
-from deploys.context import AgentContext
+from deploys.context import AgentContext, phase
 from fleet.records import current_run_id, load_record, update_host
 
 POLL_S = 0.1
@@ -49,7 +49,7 @@ def wait_for_stage(state: State, host: Host, stage: int, runner_pid: int) -> boo
     return False
 
 
-@deploy("Rollout")
+@phase("Rollout")
 def run(ctx: AgentContext, stage: int, runner_pid: int) -> None:
     """Wait for the previous rollout stage before anything changes on this host."""
     ctx.check_ops.append(python.call(

@@ -3,14 +3,13 @@ SSH public keys (added to the login user's authorized_keys, never replacing exis
 
 from __future__ import annotations
 
-from pyinfra.api import deploy
 from pyinfra.api.hiddenvalue import HiddenValue
 
-from deploys.context import AgentContext
+from deploys.context import AgentContext, phase
 from deploys.ops import authorized_keys_added, secret_file
 
 
-@deploy("Keys")
+@phase("Keys")
 def run(ctx: AgentContext) -> None:
     """``/etc/fleet/<agent>/env`` (0600, agent user) and ``authorized_keys`` additions."""
     ctx.restart_triggers.append(secret_file(

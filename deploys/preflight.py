@@ -14,10 +14,9 @@ import time
 from typing import Any
 
 from pyinfra import host, logger
-from pyinfra.api import deploy
 from pyinfra.operations import server
 
-from deploys.context import LOCK_DIR, AgentContext, lock_owner
+from deploys.context import LOCK_DIR, AgentContext, lock_owner, phase
 from deploys.facts import NodeBasics
 from deploys.ops import lock_taken
 from fleet.records import current_run_id, update_host
@@ -76,7 +75,7 @@ def problems(facts: dict[str, Any], owner: str) -> tuple[list[str], str]:
     return found, stale
 
 
-@deploy("Preflight")
+@phase("Preflight")
 def run(ctx: AgentContext) -> None:
     """Check the node and take its lock; sets ``ctx.preflight_ok`` (a failing op if not)."""
     owner = lock_owner()

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyinfra.api import deploy
-
 import fleet.nodectl
-from deploys.context import KEEP_RELEASES, NODECTL, RELEASES, AgentContext
+from deploys.context import KEEP_RELEASES, NODECTL, RELEASES, AgentContext, phase
 from deploys.ops import managed_file, release_current, release_unpacked, releases_pruned
 
 
-@deploy("Release")
+@phase("Release")
 def run(ctx: AgentContext) -> None:
     """Upload + unpack the release, switch current, prune, registry copy and config file."""
     release = ctx.release

@@ -5,11 +5,11 @@ The agent's state dir is not touched. The outcome goes to the audit phase like a
 
 from __future__ import annotations
 
-from pyinfra.api import State, deploy
+from pyinfra.api import State
 from pyinfra.api.host import Host
 from pyinfra.operations import python
 
-from deploys.context import AgentContext
+from deploys.context import AgentContext, phase
 from deploys.verify import run_nodectl
 
 
@@ -24,7 +24,7 @@ def rollback_node(state: State, host: Host, ctx: AgentContext, to: str | None) -
     return True
 
 
-@deploy("Rollback")
+@phase("Rollback")
 def run(ctx: AgentContext, to: str | None) -> None:
     """Switch to ``to`` (or the previous release), restart and verify."""
     ctx.check_ops.append(python.call(

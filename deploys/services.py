@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from jinja2 import Template
-from pyinfra.api import deploy
 
-from deploys.context import CURRENT, AgentContext
+from deploys.context import CURRENT, AgentContext, phase
 from deploys.ops import agent_service, managed_file
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "fleet-agent.service.j2"
@@ -21,7 +20,7 @@ def unit_text(ctx: AgentContext) -> str:
                            etc_dir=ctx.etc_dir, state_dir=ctx.state_dir, current=CURRENT)
 
 
-@deploy("Services")
+@phase("Services")
 def run(ctx: AgentContext) -> None:
     """Unit file, then the service: daemon-reload, enable, start, or restart on any change."""
     unit = managed_file(name=f"Unit {ctx.unit}", dest=ctx.unit_path, content=unit_text(ctx),

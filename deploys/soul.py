@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pyinfra.api import deploy
-
-from deploys.context import AgentContext
+from deploys.context import AgentContext, phase
 from deploys.ops import managed_file
 
 
-@deploy("Soul")
+@phase("Soul")
 def run(ctx: AgentContext) -> None:
     """Copy ``souls/<agent>.md`` to ``/etc/fleet/<agent>/soul.md`` (0444, root)."""
     ctx.restart_triggers.append(managed_file(

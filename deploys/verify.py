@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pyinfra.api import State, StringCommand, deploy
+from pyinfra.api import State, StringCommand
 from pyinfra.api.host import Host
 from pyinfra.operations import python
 
-from deploys.context import LOCK_DIR, NODECTL, AgentContext, lock_owner
+from deploys.context import LOCK_DIR, NODECTL, AgentContext, lock_owner, phase
 
 HEALTH_TIMEOUT_S = 20
 
@@ -41,7 +41,7 @@ def run_nodectl(host: Host, ctx: AgentContext, args: list[str]) -> dict[str, Any
         f"fleet-nodectl {args[0]} failed: {output.stderr.strip() or 'no output'}"]}
 
 
-@deploy("Verify")
+@phase("Verify")
 def run(ctx: AgentContext) -> None:
     """Check health on the node; roll back automatically when it fails."""
     ctx.check_ops.append(python.call(
