@@ -22,6 +22,7 @@ SUITE = "bookworm"
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-venv", "sudo",
     "iproute2", "ca-certificates", "curl", "procps", "netbase", "iputils-ping", "rsync",
+    "git",  # the webhook receiver fetches the fleet repo on its node
 )
 MASKED_UNITS = (
     "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "e2scrub_reap.service",
