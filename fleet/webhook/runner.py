@@ -2,7 +2,8 @@
 
 The command (``FLEET_DEPLOY_COMMAND``, default ``pyinfra -y --json inventory.py deploy.py``)
 runs in the fresh work dir in its own session, its stdout and stderr streamed to
-``<state dir>/logs/run-<id>.log``; it inherits the deploy lock (see :mod:`fleet.webhook.lock`).
+``<state dir>/logs/run-<id>.log`` with secrets masked line by line as they are written (see
+:mod:`fleet.webhook.logcopy`); it inherits the deploy lock (see :mod:`fleet.webhook.lock`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fleet.webhook.checkout import checkout, redact
 from fleet.webhook.config import RECEIVER_SECRETS, Settings
 from fleet.webhook.db import immediate, now
 from fleet.webhook.health import check_health
+from fleet.webhook.logcopy import MaskedLog, unmasked_path
 from fleet.webhook.queue import Claim
 from fleet.webhook.records import read_log_tail
 from fleet.webhook.results import host_results
@@ -39,7 +41,9 @@ def execute(conn: sqlite3.Connection, settings: Settings, claim: Claim, lock_fd:
     hosts: dict[str, Any] = {}
     health: list[Any] = []
     exit_status: int | None = None
-    with log_path.open("ab") as log:
+    raw_path = unmasked_path(log_path)
+    with MaskedLog(raw_path, log_path, Masker(secret_values(settings))) as masked, \
+            raw_path.open("ab") as log:
         log.write(f"==> run {claim.run_id}: tag {claim.tag} at {claim.sha} from "
                   f"{redact(settings.repo_url)} ({now()})\n".encode())
         try:
@@ -54,7 +58,7 @@ def execute(conn: sqlite3.Connection, settings: Settings, claim: Claim, lock_fd:
             log.write(f"==> {summary}\n".encode())
         else:
             log.flush()
-            mask_log(log_path, settings, env)
+            masked.copy(final=True)
             hosts = host_results(read_log_tail(str(log_path), RESULT_BYTES))
             status, summary = _outcome(exit_status, hosts, settings)
             if status == "success":
@@ -110,15 +114,13 @@ def run_command(settings: Settings, work: Path, env: dict[str, str], log: Any,
                           f"({settings.deploy_timeout:g}s) and was stopped") from None
 
 
-def mask_log(log_path: Path, settings: Settings, env: dict[str, str]) -> None:
-    """Replace secret values (``$FLEET_SECRETS``, the receiver's own) in the finished log."""
+def secret_values(settings: Settings) -> list[str]:
+    """What the run log masks: the receiver's own secrets and the deploy's ``$FLEET_SECRETS``."""
     values = [value for value in (settings.env.get(name) for name in RECEIVER_SECRETS) if value]
     with contextlib.suppress(FleetError):  # the deploy reports a broken secrets file itself
-        values += load_secrets(env.get(SECRETS_ENV) or None).values()
-    text = log_path.read_text(encoding="utf-8", errors="replace")
-    masked = Masker(values)(text)
-    if masked != text:
-        log_path.write_text(masked, encoding="utf-8")
+        values += load_secrets(settings.env.get(SECRETS_ENV)
+                               or os.environ.get(SECRETS_ENV) or None).values()
+    return values
 
 
 def _outcome(exit_status: int | None, hosts: dict[str, Any],

@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from fleet.masking import Masker
 from fleet.webhook.config import Settings
 from fleet.webhook.dispatcher import drain
-from tests.webhook.conftest import FleetRepo, auth, git, read_records
+from fleet.webhook.logcopy import MaskedLog, unmasked_path
+from tests.webhook.conftest import FleetRepo, auth, git, read_records, wait_for
 from tests.webhook.forge import signed_push
 
 
@@ -150,6 +152,47 @@ def test_secret_values_are_masked_in_the_log(client: FlaskClient, settings: Sett
     log = show(client, run_id)["log"]
     assert "key ***, hook ***" in log
     assert "very-secret" not in log
+
+
+def test_secrets_are_masked_while_the_deploy_runs(client: FlaskClient, settings: Settings,
+                                                 fleet_repo: FleetRepo, tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.yaml"
+    secrets.write_text("fleet:\n  OPENROUTER_API_KEY: sk-or-very-secret-value\n")
+    secrets.chmod(0o600)
+    sha = fleet_repo.commit("masked while running")
+    fleet_repo.push_tag("PROD", sha)
+    run_id = push_tag(client, sha)
+    running = with_env(settings, FLEET_SECRETS=str(secrets), STANDIN_SLEEP="3",
+                       STANDIN_PRINT=f"key sk-or-very-secret-value, hook {settings.webhook_secret}")
+    thread = threading.Thread(target=drain, args=(running,))
+    thread.start()
+    try:
+        run = wait_for(lambda: (lambda r: r if "key ***" in r["log"] else None)(
+            show(client, run_id)), what="the masked line in the log of the running deploy")
+        assert run["status"] == "running"
+        assert "very-secret" not in run["log"]
+        assert str(settings.webhook_secret) not in run["log"]
+        raw = unmasked_path(Path(run["log_path"]))
+        assert raw.stat().st_mode & 0o777 == 0o600
+    finally:
+        thread.join()
+    run = show(client, run_id)
+    assert run["status"] == "success" and "very-secret" not in run["log"]
+    assert not raw.exists()
+
+
+def test_a_secret_split_across_writes_is_masked_once_its_line_is_whole(tmp_path: Path) -> None:
+    raw, log = tmp_path / "run.log.unmasked", tmp_path / "run.log"
+    copier = MaskedLog(raw, log, Masker(["sk-or-very-secret-value"]))
+    raw.write_bytes(b"first line\nkey sk-or-very-")
+    copier.copy()
+    assert log.read_text() == "first line\n"
+    with raw.open("ab") as handle:
+        handle.write(b"secret-value done\nno newline sk-or-very-secret-value")
+    copier.copy()
+    assert log.read_text() == "first line\nkey *** done\n"
+    copier.copy(final=True)
+    assert log.read_text() == "first line\nkey *** done\nno newline ***"
 
 
 class Health(BaseHTTPRequestHandler):
