@@ -112,11 +112,11 @@ def test_rollout_limit_names_unknown_values(registry) -> None:
 
 def test_pyinfra_command_is_the_plain_cli(registry) -> None:
     command = pyinfra_command(["a", "b"], RolloutOptions(dry=True, diff=True))
-    assert command[1:] == ["-m", "pyinfra", "inventory.py", "deploy.py", "--limit", "a",
-                           "--limit", "b", "--dry", "--diff"]
+    assert command[1:] == ["-m", "fleet.pyinfra_launcher", "inventory.py", "deploy.py",
+                           "--limit", "a", "--limit", "b", "--dry", "--diff"]
     command = pyinfra_command(["a"], RolloutOptions(), ["action=rollback"])
-    assert command[1:] == ["-m", "pyinfra", "-y", "inventory.py", "deploy.py", "--limit", "a",
-                           "--data", "action=rollback"]
+    assert command[1:] == ["-m", "fleet.pyinfra_launcher", "-y", "inventory.py", "deploy.py",
+                           "--limit", "a", "--data", "action=rollback"]
 
 
 GOOD = {"os": "debian", "os_like": "", "systemd": True, "python": (3, 11), "free_mb": 900,
@@ -238,3 +238,22 @@ def test_gate_reads_the_runners_stage_verdicts(tmp_path: Path,
     assert stage_verdict("r2", 1) is None
     records.update_run("r2", verdicts={"0": True, "1": False})
     assert stage_verdict("r2", 1) is False
+
+
+def test_launcher_entry_points_match_importlib() -> None:
+    from importlib import metadata
+
+    from fleet.pyinfra_launcher import cached_entry_points
+
+    for group in ("pyinfra.connectors", "console_scripts", "no.such.group"):
+        assert list(cached_entry_points(group=group)) == list(metadata.entry_points(group=group))
+    assert list(cached_entry_points(name="pyinfra")) == list(metadata.entry_points(name="pyinfra"))
+
+
+def test_launcher_runs_pyinfras_cli() -> None:
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "fleet.pyinfra_launcher", "--version"],
+                          cwd=REPO, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "pyinfra" in (done.stdout + done.stderr).lower()
