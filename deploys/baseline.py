@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from deploys import webhook
 from deploys.context import OPT, RELEASES, SSHD_DROPIN, AgentContext, phase
 from deploys.ops import agent_account, directories, managed_file
 
@@ -31,3 +32,4 @@ def run(ctx: AgentContext) -> None:
     managed_file(name="sshd: no password logins (checked, then reloaded)", dest=SSHD_DROPIN,
                  content=SSHD_SETTINGS, user="root", group="root", mode="644", node=ctx.node,
                  then=["sshd -t", "systemctl reload ssh.service"])
+    webhook.baseline(ctx)

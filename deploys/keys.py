@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pyinfra.api.hiddenvalue import HiddenValue
 
+from deploys import webhook
 from deploys.context import AgentContext, phase
 from deploys.ops import authorized_keys_added, secret_file
 
@@ -20,3 +21,4 @@ def run(ctx: AgentContext) -> None:
         authorized_keys_added(
             name=f"Operator keys for {ctx.agent.ssh_user}", keys_file=ctx.login_keys_file,
             keys=list(ctx.agent.authorized_keys), node=ctx.node)
+    webhook.keys(ctx)

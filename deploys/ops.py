@@ -190,14 +190,15 @@ def _upload(dest: str, source: Any, user: str, group: str, mode: str, then: Sequ
 
 
 @operation()
-def secret_file(dest: str, content: HiddenValue, public: tuple[str, ...], user: str, group: str,
-                node: Node, mode: str = "600"):
+def secret_file(dest: str, content: HiddenValue, public: tuple[str, ...] | None, user: str,
+                group: str, node: Node, mode: str = "600"):
     """
     An env file holding secrets; ``--diff`` shows it with every secret value masked.
 
     + dest: path on the node
     + content: the file content (``NAME=value`` lines), hidden from pyinfra's output
-    + public: names whose values may be shown in diffs
+    + public: names whose values may be shown in diffs; ``None``: not an env file, the diff
+      shows no content at all (a key, a YAML secrets file)
     + user: owner
     + group: group
     + node: the host's NodeState snapshot
@@ -219,8 +220,18 @@ def secret_file(dest: str, content: HiddenValue, public: tuple[str, ...], user: 
         else:
             host.noop(f"{dest} is up to date")
         return
-    _show_diff(dest, have is not None, text, lambda old, new: mask_env_pair(old, new, public))
+    if public is None:
+        _show_diff(dest, have is not None, text, _hide_all)
+    else:
+        _show_diff(dest, have is not None, text,
+                   lambda old, new: mask_env_pair(old, new, public))
     yield from _upload(dest, StringIO(text), user, group, mode, secret=True)
+
+
+def _hide_all(old: str, new: str) -> tuple[str, str]:
+    """The diff of a secret file that is not an env file: one line saying it changed."""
+    return ("(secret content not shown)\n" if old else "",
+            f"(secret content not shown{', changed' if old else ''})\n")
 
 
 @operation()

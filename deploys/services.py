@@ -7,6 +7,7 @@ from pathlib import Path
 
 from jinja2 import Template
 
+from deploys import webhook
 from deploys.context import CURRENT, AgentContext, phase
 from deploys.ops import agent_service, managed_file
 
@@ -28,3 +29,4 @@ def run(ctx: AgentContext) -> None:
     ctx.service_ops.append(agent_service(
         name=f"{ctx.unit} enabled, running, restarted if anything it uses changed",
         unit=ctx.unit, node=ctx.node, unit_file=unit, triggers=list(ctx.restart_triggers)))
+    webhook.services(ctx)

@@ -40,6 +40,7 @@ RELEASE_FILE = "RELEASE"
 BROKEN_MARKER = "BROKEN_RELEASE"
 SHIPPED_PACKAGES = ("fleet", "bus")
 NODE_REQUIREMENTS = ("Flask", "gunicorn", "PyYAML", "requests")
+DEPLOY_TOOL_REQUIREMENTS = ("pyinfra",)  # only on the node running the webhook receiver
 NODE_PLATFORM = ("--platform", "manylinux2014_x86_64", "--python-version", "3.11",
                  "--implementation", "cp", "--abi", "cp311")
 _SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
@@ -82,10 +83,10 @@ def shipped_files(root: Path) -> list[Path]:
     return sorted(files)
 
 
-def requirements() -> list[str]:
+def requirements(names: tuple[str, ...] = NODE_REQUIREMENTS) -> list[str]:
     """The node's requirements, pinned to the versions installed on the controller."""
     pins = []
-    for name in NODE_REQUIREMENTS:
+    for name in names:
         try:
             pins.append(f"{name}=={metadata.version(name)}")
         except metadata.PackageNotFoundError:
@@ -127,9 +128,9 @@ def release_id(root: Path | None = None, broken: bool | None = None) -> str:
     return f"{ident}-broken" if broken else ident
 
 
-def _deps_dir() -> Path:
+def _deps_dir(names: tuple[str, ...] = NODE_REQUIREMENTS) -> Path:
     """Unpacked node dependencies for the current pins, installed once and cached."""
-    pins = requirements()
+    pins = requirements(names)
     key = hashlib.sha256("\n".join([*pins, *NODE_PLATFORM]).encode()).hexdigest()[:16]
     target = cache_dir() / "deps" / key
     if (target / ".complete").exists():
@@ -179,9 +180,7 @@ def _write_artifact(root: Path, ident: str, broken: bool, dest: Path) -> None:
         compileall.compile_dir(str(source), quiet=1, workers=1)
         partial = dest.with_name(f".{dest.name}.{os.getpid()}")
         with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
-            for entry in sorted(deps.iterdir()):
-                if entry.name not in (".complete", "bin"):
-                    tar.add(entry, arcname=f"site/{entry.name}", filter=_reset_owner)
+            _add_deps(tar, deps)
             for package in SHIPPED_PACKAGES:
                 if (source / package).exists():
                     tar.add(source / package, arcname=f"site/{package}", filter=_reset_owner)
@@ -189,6 +188,32 @@ def _write_artifact(root: Path, ident: str, broken: bool, dest: Path) -> None:
             if broken:
                 _add_bytes(tar, f"site/{BROKEN_MARKER}", b"built with FLEET_BROKEN_RELEASE=1\n")
         partial.rename(dest)
+
+
+def _add_deps(tar: tarfile.TarFile, deps: Path) -> None:
+    """Add an unpacked dependency tree to ``tar`` under ``site/``."""
+    for entry in sorted(deps.iterdir()):
+        if entry.name not in (".complete", "bin"):
+            tar.add(entry, arcname=f"site/{entry.name}", filter=_reset_owner)
+
+
+@functools.cache
+def build_deploy_tools() -> Release:
+    """The deploy tools (pyinfra and its dependencies, ``site/``) for the node running the
+    webhook receiver, so its deploys run there; id ``deploy-tools-<hash12>`` of the pins.
+
+    Shipped apart from the release, to that node only: 21 MB compressed (the release is 5 MB),
+    uploaded again only when the pins change."""
+    deps = _deps_dir(DEPLOY_TOOL_REQUIREMENTS)
+    ident = f"deploy-tools-{deps.name[:12]}"
+    dest = cache_dir() / "artifacts" / f"{ident}.tar.gz"
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(f".{dest.name}.{os.getpid()}")
+        with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+            _add_deps(tar, deps)
+        partial.rename(dest)
+    return Release(id=ident, path=dest)
 
 
 @functools.cache

@@ -3,13 +3,18 @@
 Format (YAML, mode 0600 or stricter)::
 
     fleet:                      # given to every agent
-      FLEET_WEBHOOK_SECRET: "..."
+      OPENROUTER_API_KEY: "..."
+      FLEET_WEBHOOK_SECRET: "..."   # receiver-only (below)
     agents:
       ezra-primary:
         FLEET_BUS_KEY: "..."    # this agent's bus signing key
-        OPENROUTER_API_KEY: "..."
+        FLEET_DEPLOY_SSH_KEY: |  # receiver-only: private key its deploys reach the fleet with
+          -----BEGIN OPENSSH PRIVATE KEY-----
+          ...
 
-Names are environment variable names; values are strings.
+Names are environment variable names; values are strings. The receiver-only names
+(``RECEIVER_ONLY``) go to the webhook receiver on a ``webhook-receiver`` agent's node, never
+into an agent's environment.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ SECRETS_ENV = "FLEET_SECRETS"
 BUS_KEY = "FLEET_BUS_KEY"
 BUS_KEYRING = "FLEET_BUS_KEYS"
 ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+RECEIVER_SECRETS = ("FLEET_WEBHOOK_SECRET", "FLEET_GITLAB_TOKEN", "FLEET_READ_TOKEN")
+DEPLOY_SSH_KEY = "FLEET_DEPLOY_SSH_KEY"
+RECEIVER_ONLY = (*RECEIVER_SECRETS, DEPLOY_SSH_KEY)
 
 
 @dataclass(frozen=True)
@@ -43,12 +51,19 @@ class Secrets:
         return {name: env[BUS_KEY] for name, env in self.agents.items() if BUS_KEY in env}
 
     def for_agent(self, name: str) -> dict[str, str]:
-        """The environment one agent's service gets: fleet values, its own, and the bus keyring."""
-        env = {**self.fleet, **self.agents.get(name, {})}
+        """The environment one agent's service gets: fleet values, its own, and the bus keyring
+        (receiver-only values left out)."""
+        env = {key: value for key, value in {**self.fleet, **self.agents.get(name, {})}.items()
+               if key not in RECEIVER_ONLY}
         keys = self.bus_keys()
         if keys:
             env[BUS_KEYRING] = format_keyring(keys)
         return env
+
+    def for_receiver(self, name: str) -> dict[str, str]:
+        """The receiver-only values set for agent ``name`` (its own over the fleet's)."""
+        env = {**self.fleet, **self.agents.get(name, {})}
+        return {key: env[key] for key in RECEIVER_ONLY if env.get(key)}
 
     def values(self) -> set[str]:
         """Every secret value (for masking output)."""

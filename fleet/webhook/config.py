@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet.errors import WebhookError
+from fleet.secrets import RECEIVER_SECRETS
 
 CONFIG_ENV = "FLEET_WEBHOOK_CONFIG"
 DEFAULT_TAG = "PROD"
@@ -20,7 +21,6 @@ DEFAULT_STATE_DIR = "/var/lib/sovereign-fleet/webhook"
 DEFAULT_COMMAND = "pyinfra -y --json inventory.py deploy.py"
 HEALTH_MODES = ("fleet", "http", "off")
 MIN_SECRET_LENGTH = 16
-RECEIVER_SECRETS = ("FLEET_WEBHOOK_SECRET", "FLEET_GITLAB_TOKEN", "FLEET_READ_TOKEN")
 SECRET_HINT = "Generate one with: python -c 'import secrets; print(secrets.token_hex(32))'"
 
 
