@@ -1,0 +1,118 @@
+"""Fast tests of the webhook receiver's part of the deploy: which secrets go where, why it is
+skipped, its environment and its unit."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from deploys import webhook
+from deploys.context import AgentContext
+from deploys.ops import _hide_all
+from fleet.registry import Registry, load_registry
+from fleet.release import Release
+from fleet.secrets import Secrets
+from tests.webhook.forge import READ_TOKEN, SECRET
+
+REPO = Path(__file__).resolve().parents[2]
+KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAkey\n-----END OPENSSH PRIVATE KEY-----\n"
+FULL = Secrets(fleet={"OPENROUTER_API_KEY": "sk-or-x", "FLEET_WEBHOOK_SECRET": SECRET},
+               agents={"ezra-primary": {"FLEET_BUS_KEY": "bus-ezra", "FLEET_READ_TOKEN": READ_TOKEN,
+                                        "FLEET_DEPLOY_SSH_KEY": KEY},
+                       "bezalel": {"FLEET_BUS_KEY": "bus-bezalel"}})
+
+
+@pytest.fixture
+def registry() -> Registry:
+    """The example registry with ``fleet.repo_url`` set."""
+    return replace(load_registry(REPO / "registry.yaml"), repo_url="git@forge:ops/fleet.git")
+
+
+def context(registry: Registry, secrets: Secrets, monkeypatch: pytest.MonkeyPatch,
+            name: str = "ezra-primary") -> AgentContext:
+    """The context of ``name`` with ``secrets`` as the secrets file and a fixed release."""
+    monkeypatch.setattr(webhook, "secrets", lambda: secrets)
+    monkeypatch.setattr(AgentContext, "release",
+                        property(lambda self: Release(id="abc123", path=Path("/x"))))
+    agent = registry.get(name)
+    return AgentContext(agent=agent, registry=registry, soul_source=registry.soul_path(agent))
+
+
+def test_receiver_only_secrets_stay_out_of_agent_environments() -> None:
+    assert FULL.for_agent("ezra-primary") == {
+        "OPENROUTER_API_KEY": "sk-or-x", "FLEET_BUS_KEY": "bus-ezra",
+        "FLEET_BUS_KEYS": "bezalel=bus-bezalel,ezra-primary=bus-ezra"}
+    assert FULL.for_receiver("ezra-primary") == {
+        "FLEET_WEBHOOK_SECRET": SECRET, "FLEET_READ_TOKEN": READ_TOKEN,
+        "FLEET_DEPLOY_SSH_KEY": KEY}
+    assert FULL.for_receiver("bezalel") == {"FLEET_WEBHOOK_SECRET": SECRET}
+    assert KEY in FULL.values()
+
+
+def test_environment_names_the_key_and_holds_no_private_key(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = context(registry, FULL, monkeypatch)
+    assert webhook.problem(ctx) is None
+    assert webhook.receiver_env(ctx) == {
+        "FLEET_STATE_DIR": "/var/lib/fleet/webhook",
+        "FLEET_REPO_URL": "git@forge:ops/fleet.git",
+        "FLEET_SECRETS": "/etc/fleet/webhook/secrets.yaml",
+        "FLEET_DEPLOY_COMMAND": "python3 -m pyinfra -y --json --data "
+                                "ssh_key=/etc/fleet/webhook/deploy_key inventory.py deploy.py",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "GIT_SSH_COMMAND": "ssh -i /etc/fleet/webhook/deploy_key -o IdentitiesOnly=yes",
+        "FLEET_WEBHOOK_SECRET": SECRET, "FLEET_READ_TOKEN": READ_TOKEN}
+    assert webhook.deploy_key(ctx) == KEY
+
+
+def test_without_a_deploy_key_ssh_uses_its_defaults(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = Secrets(fleet={"FLEET_WEBHOOK_SECRET": SECRET, "FLEET_READ_TOKEN": READ_TOKEN})
+    env = webhook.receiver_env(context(registry, secrets, monkeypatch))
+    assert env["FLEET_DEPLOY_COMMAND"] == "python3 -m pyinfra -y --json inventory.py deploy.py"
+    assert "GIT_SSH_COMMAND" not in env
+
+
+@pytest.mark.parametrize(("secrets", "repo_url", "message"), [
+    (Secrets(fleet={"FLEET_READ_TOKEN": READ_TOKEN}), "git@forge:f.git",
+     "FLEET_WEBHOOK_SECRET is not set (nor FLEET_GITLAB_TOKEN): the receiver cannot check who "
+     "sent a push; add it under fleet: or agents.ezra-primary: in the secrets file "
+     "($FLEET_SECRETS is not set)"),
+    (Secrets(fleet={"FLEET_WEBHOOK_SECRET": SECRET}), "git@forge:f.git",
+     "FLEET_READ_TOKEN is not set: it names the bearer token of the read API (GET /runs, "
+     "/healthz); add it under fleet: or agents.ezra-primary: in the secrets file "
+     "($FLEET_SECRETS is not set)"),
+    (Secrets(fleet={"FLEET_WEBHOOK_SECRET": "short", "FLEET_READ_TOKEN": READ_TOKEN}),
+     "git@forge:f.git",
+     "FLEET_WEBHOOK_SECRET is too short (5 characters); use at least 16 random characters; "
+     "add it under fleet: or agents.ezra-primary: in the secrets file "
+     "($FLEET_SECRETS is not set)"),
+    (FULL, None, "fleet.repo_url is not set in the registry; set it to the fleet repository "
+                 "the receiver deploys from"),
+])
+def test_why_the_receiver_is_skipped(registry: Registry, monkeypatch: pytest.MonkeyPatch,
+                                     secrets: Secrets, repo_url: str | None,
+                                     message: str) -> None:
+    ctx = context(replace(registry, repo_url=repo_url), secrets, monkeypatch)
+    assert webhook.problem(ctx) == message
+    assert SECRET not in message
+
+
+def test_unit_runs_this_release_with_the_deploy_tools(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    unit = webhook.unit_text(context(registry, FULL, monkeypatch), "deploy-tools-0123")
+    assert ("Environment=PYTHONPATH=/opt/fleet/releases/abc123/site:"
+            "/opt/fleet/tools/deploy-tools-0123/site\n") in unit
+    assert ("ExecStart=/usr/bin/python3 -m gunicorn --bind 0.0.0.0:9876 --workers 2 "
+            "--access-logfile - --error-logfile - fleet.webhook:create_app()\n") in unit
+    assert "EnvironmentFile=/etc/fleet/webhook/webhook.env\n" in unit
+    assert "User=fleet-webhook\n" in unit
+    assert "ReadWritePaths=/var/lib/fleet/webhook /var/lib/fleet/webhook\n" in unit
+
+
+def test_secret_files_that_are_not_env_files_show_no_content_in_diffs() -> None:
+    assert _hide_all("", KEY) == ("", "(secret content not shown)\n")
+    old, new = _hide_all(KEY, KEY + "x")
+    assert KEY not in old + new and new == "(secret content not shown, changed)\n"
