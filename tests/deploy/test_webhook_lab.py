@@ -1,0 +1,110 @@
+"""The deploy installs the webhook receiver on the orchestrator (``webhook-receiver``) of the
+lab, from a clean clone: skipped without its secrets, then installed, answering, and left
+alone by a no-change redeploy.
+
+Run alone with: ``FLEET_TEST_LAB=hook pytest -m lab tests/deploy/test_webhook_lab.py``
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.deploy.conftest import SECRETS, Fleet, secret_values
+from tests.webhook.forge import READ_TOKEN, SECRET, signed_push
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+ORCH = "ezra-primary"
+UNITS = ("fleet-webhook.service", f"fleet-agent-{ORCH}.service")
+RUN: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def setup(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A lab registry with ``fleet.repo_url`` and a secrets file with the receiver's secrets."""
+    base = tmp_path_factory.mktemp("webhook")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleet-deploy",
+                    "-f", str(base / "deploy_key")], check=True)
+    RUN["key"] = (base / "deploy_key").read_text()
+    data = json.loads(json.dumps(SECRETS))
+    data["fleet"].update(FLEET_WEBHOOK_SECRET=SECRET, FLEET_READ_TOKEN=READ_TOKEN)
+    data["agents"][ORCH]["FLEET_DEPLOY_SSH_KEY"] = RUN["key"]
+    secrets = base / "secrets.yaml"
+    secrets.write_text(yaml.safe_dump(data))
+    secrets.chmod(0o600)
+    registry = yaml.safe_load(fleet.registry.read_text())
+    registry["fleet"]["repo_url"] = "file:///srv/fleet.git"
+    edited = base / "registry.yaml"
+    edited.write_text(yaml.safe_dump(registry, sort_keys=False))
+    return {"secrets": secrets, "registry": edited}
+
+
+def url(fleet: Fleet, path: str) -> str:
+    host = yaml.safe_load(fleet.registry.read_text())["wizards"][ORCH]["host"]
+    return f"http://{host}:9876{path}"
+
+
+def main_pids(fleet: Fleet) -> str:
+    return fleet.ssh(ORCH, f"systemctl show {' '.join(UNITS)} -p MainPID -p ActiveEnterTimestamp")
+
+
+def test_without_a_webhook_secret_the_receiver_is_skipped(fleet: Fleet,
+                                                          setup: dict[str, Path]) -> None:
+    done = fleet.run("deploy", registry=setup["registry"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ("webhook receiver not installed (the deploy goes on): FLEET_WEBHOOK_SECRET is not "
+            "set (nor FLEET_GITLAB_TOKEN)") in done.stdout
+    assert fleet.record(done.stdout)["hosts"][ORCH]["status"] == "ok"
+    state = fleet.ssh(ORCH, "systemctl show fleet-webhook.service -p LoadState --value")
+    assert state.strip() == "not-found"
+
+
+def test_deploy_installs_and_starts_the_receiver(fleet: Fleet, setup: dict[str, Path]) -> None:
+    done = fleet.run("deploy", registry=setup["registry"],
+                     extra_env={"FLEET_SECRETS": str(setup["secrets"])})
+    assert done.returncode == 0, done.stdout + done.stderr
+    entry = fleet.record(done.stdout)["hosts"][ORCH]
+    assert entry["status"] == "ok" and entry["restarted"] is False
+    assert any("fleet-webhook.service" in name for name in entry["changed"])
+    assert fleet.ssh(ORCH, f"systemctl is-active {UNITS[0]}; systemctl is-enabled {UNITS[0]}"
+                     ).split() == ["active", "enabled"]
+    assert "0.0.0.0:9876" in fleet.ssh(ORCH, "ss -ltnH 'sport = :9876'")
+    files = "/etc/fleet/webhook/webhook.env /etc/fleet/webhook/secrets.yaml " \
+            "/etc/fleet/webhook/deploy_key"
+    assert fleet.ssh(ORCH, f"stat -c '%a %U' {files}").splitlines() == ["600 fleet-webhook"] * 3
+    assert fleet.ssh(ORCH, "cat /etc/fleet/webhook/deploy_key") == RUN["key"]
+    assert SECRET not in fleet.ssh(ORCH, f"cat /etc/fleet/{ORCH}/env")
+
+    health = requests.get(url(fleet, "/healthz"), timeout=10,
+                          headers={"Authorization": f"Bearer {READ_TOKEN}"})
+    assert health.status_code == 200, health.text
+    assert health.json()["status"] == "ok"
+    assert requests.get(url(fleet, "/healthz"), timeout=10).status_code == 401
+    body, headers = signed_push("gitea", "refs/tags/v1.0", "ab" * 20)
+    answer = requests.post(url(fleet, "/hooks/gitea"), data=body, headers=headers, timeout=10)
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["status"] == "ignored"
+
+
+def test_no_change_redeploy_restarts_neither_receiver_nor_agent(
+        fleet: Fleet, setup: dict[str, Path]) -> None:
+    before = main_pids(fleet)
+    done = fleet.run("deploy", registry=setup["registry"],
+                     extra_env={"FLEET_SECRETS": str(setup["secrets"])})
+    assert done.returncode == 0, done.stdout + done.stderr
+    entry = fleet.record(done.stdout)["hosts"][ORCH]
+    assert (entry["status"], entry["changed"], entry["restarted"]) == ("ok", [], False)
+    assert main_pids(fleet) == before
+
+
+def test_no_receiver_secret_in_any_output_or_record(fleet: Fleet) -> None:
+    records = [path.read_text() for path in fleet.records.glob("*.json")]
+    key_line = RUN["key"].splitlines()[1]
+    for value in [*secret_values(), SECRET, READ_TOKEN, key_line]:
+        assert not [text for text in fleet.transcript if value in text]
+        assert not [text for text in records if value in text]
