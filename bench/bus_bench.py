@@ -11,7 +11,13 @@ Starts two real gateways (``fleet gateway serve``, gunicorn) for a temp registry
 4. backlog drain: messages queued while the recipient is down, then the recipient started:
    the delivery worker sends them in batches (``/messages/batch``), one commit per batch.
 
-Run: ``python bench/bus_bench.py [--messages 2000] [--clients 8] [--rate 200]``.
+The load generator is lean so that the figures measure the gateway, not the client: every
+request is built and signed before the clock starts, and one thread drives ``--clients``
+keep-alive sockets with raw HTTP/1.1 (one request in flight per socket). Each figure comes
+with the load average (the machine may be shared) and the gateway's CPU per message, which
+does not depend on the load.
+
+Run: ``python bench/bus_bench.py [--messages 5000] [--clients 16] [--rounds 3] [--rate 200]``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import http.client
 import json
 import os
+import selectors
 import shutil
 import signal
 import socket
@@ -28,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,32 +87,75 @@ def post_signed(connection: http.client.HTTPConnection, path: str, data: dict[st
     assert response.status == expect, answer
 
 
-def receive_throughput(port: int, count: int, clients: int) -> float:
-    """Messages per second stored by the receiver (each a signed POST /message).
+def signed_request(port: int, path: str, data: dict[str, object]) -> bytes:
+    """A complete HTTP/1.1 request POSTing ``data`` signed as the sender (keep-alive)."""
+    body = json.dumps(data, separators=(",", ":")).encode()
+    headers = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json",
+               "Content-Length": str(len(body)),
+               **sign("sender", KEYS["sender"], "POST", path, "", body)}
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return f"POST {path} HTTP/1.1\r\n{head}\r\n".encode("latin-1") + body
 
-    The load generator uses keep-alive ``http.client`` connections: ``requests`` costs more
-    CPU per call than the gateway does on a 2-core machine.
-    """
-    per_client = count // clients
 
-    def run(worker: int) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            for n in range(per_client):
-                post_signed(connection, "/message", {
-                    "id": f"rx-{worker}-{n}", "from": "sender", "to": "receiver",
-                    "type": "alert", "payload": {"n": n},
-                    "timestamp": datetime.now(UTC).isoformat()}, 201)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(w,)) for w in range(clients)]
+def blast(port: int, requests_: list[bytes], clients: int, expect: int) -> float:
+    """Send pre-built ``requests_`` over ``clients`` keep-alive sockets driven by one selector
+    thread, one request in flight per socket; seconds until every answer is in."""
+    selector = selectors.DefaultSelector()
+    todo = list(reversed(requests_))
+    sockets = [socket.create_connection(("127.0.0.1", port))
+               for _ in range(min(clients, len(todo)))]
+    for sock in sockets:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        selector.register(sock, selectors.EVENT_READ, (sock, bytearray()))
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return per_client * clients / (time.perf_counter() - started)
+    for sock in sockets:
+        sock.sendall(todo.pop())
+    answered = 0
+    try:
+        while answered < len(requests_):
+            for key, _ in selector.select(10):
+                sock, buffer = key.data
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise SystemExit("the gateway closed a keep-alive connection")
+                buffer += chunk
+                while (status := _take_response(buffer)) is not None:
+                    if status != expect:
+                        raise SystemExit(f"HTTP {status}, expected {expect}")
+                    answered += 1
+                    if todo:
+                        sock.sendall(todo.pop())
+    finally:
+        for sock in sockets:
+            sock.close()
+        selector.close()
+    return time.perf_counter() - started
+
+
+def _take_response(buffer: bytearray) -> int | None:
+    """Remove one complete response (``Content-Length`` framed) from ``buffer``; its status."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+    length = next((int(line.split(":", 1)[1]) for line in head[1:]
+                   if line.lower().startswith("content-length:")), 0)
+    if len(buffer) < end + 4 + length:
+        return None
+    del buffer[:end + 4 + length]
+    return int(head[0].split(" ", 2)[1])
+
+
+def receive_throughput(port: int, count: int, clients: int, prefix: str) -> tuple[float, float]:
+    """Messages per second stored by the receiver (each one signed ``POST /message``,
+    answered 201 after its commit) and the load generator's CPU ms per message."""
+    requests_ = [signed_request(port, "/message", {
+        "id": f"{prefix}-{n}", "from": "sender", "to": "receiver", "type": "alert",
+        "payload": {"n": n}, "timestamp": datetime.now(UTC).isoformat()})
+        for n in range(count)]
+    cpu = time.process_time()
+    elapsed = blast(port, requests_, clients, 201)
+    return count / elapsed, (time.process_time() - cpu) * 1000 / count
 
 
 def inbox_latencies(store: Path, prefix: str) -> list[float]:
@@ -143,28 +192,20 @@ def end_to_end(port: int, store: Path, count: int, rate: float) -> list[float]:
     return sorted(inbox_latencies(store, "lat-"))
 
 
+def outbox_requests(port: int, prefix: str, count: int) -> list[bytes]:
+    """Signed ``POST /outbox`` requests queueing ``count`` alerts for the receiver."""
+    return [signed_request(port, "/outbox", {"to": "receiver", "type": "alert",
+                                             "payload": {"n": n}, "id": f"{prefix}-{n}"})
+            for n in range(count)]
+
+
 def burst(port: int, store: Path, count: int, clients: int) -> float:
-    """Messages per second from outbox enqueue (``clients`` threads) to all in the inbox."""
-    per_client = count // clients
-
-    def run(worker: int) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            for n in range(per_client):
-                post_signed(connection, "/outbox", {"to": "receiver", "type": "alert",
-                                                    "payload": {"n": n},
-                                                    "id": f"burst-{worker}-{n}"}, 202)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(w,)) for w in range(clients)]
+    """Messages per second from outbox enqueue (``clients`` sockets) to all in the inbox."""
+    requests_ = outbox_requests(port, "burst", count)
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wait_inbox(store, "burst-", per_client * clients)
-    return per_client * clients / (time.perf_counter() - started)
+    blast(port, requests_, clients, 202)
+    wait_inbox(store, "burst-", count)
+    return count / (time.perf_counter() - started)
 
 
 def group_cpu_seconds(group: int) -> float:
@@ -182,33 +223,41 @@ def group_cpu_seconds(group: int) -> float:
 
 def queue_backlog(port: int, count: int, clients: int) -> None:
     """Queue ``count`` messages in the sender's outbox (the recipient is down)."""
-    per_client = count // clients
-
-    def run(worker: int) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            for n in range(per_client):
-                post_signed(connection, "/outbox", {"to": "receiver", "type": "alert",
-                                                    "payload": {"n": n},
-                                                    "id": f"drain-{worker}-{n}"}, 202)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(w,)) for w in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    blast(port, outbox_requests(port, "drain", count), clients, 202)
 
 
 def percentile(values: list[float], fraction: float) -> float:
     return values[min(len(values) - 1, int(fraction * len(values)))]
 
 
+def load() -> str:
+    """The 1-minute load average, to read each figure against."""
+    return f"load {os.getloadavg()[0]:.1f}"
+
+
+def measure_receive(port: int, receiver: int, args: argparse.Namespace) -> None:
+    """Receive throughput over ``args.rounds`` rounds: each round's figures, then medians."""
+    rates: list[float] = []
+    cpus: list[float] = []
+    for number in range(args.rounds):
+        cpu = group_cpu_seconds(receiver)
+        rate, client_ms = receive_throughput(port, args.messages, args.clients, f"rx{number}")
+        cpu_ms = (group_cpu_seconds(receiver) - cpu) * 1000 / args.messages
+        rates.append(rate)
+        cpus.append(cpu_ms)
+        print(f"  round {number + 1}: {rate:,.0f} msg/s, gateway CPU {cpu_ms:.2f} ms/msg, "
+              f"load generator CPU {client_ms:.3f} ms/msg, {load()}")
+    cpu_ms = statistics.median(cpus)
+    print(f"receive throughput: {statistics.median(rates):,.0f} msg/s durable into one gateway "
+          f"(median of {args.rounds} x {args.messages} msgs, {args.clients} clients); gateway "
+          f"CPU {cpu_ms:.2f} ms/msg (= {1000 / cpu_ms:,.0f} msg/s per core), {load()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=2000, help="messages per phase")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
+    parser.add_argument("--messages", type=int, default=5000, help="messages per phase/round")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent connections")
+    parser.add_argument("--rounds", type=int, default=3, help="receive throughput rounds")
     parser.add_argument("--rate", type=float, default=200, help="latency phase: msgs/s")
     parser.add_argument("--latency-messages", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
@@ -225,21 +274,16 @@ def main() -> None:
     store = folder / "receiver" / "bus.sqlite3"
     try:
         print(f"loopback, {os.cpu_count()} cores, gunicorn {args.workers} workers x "
-              f"{args.threads} threads per gateway, SQLite WAL synchronous=FULL")
-        receiver = processes[1].pid
-        cpu = group_cpu_seconds(receiver)
-        rx = receive_throughput(ports["receiver"], args.messages, args.clients)
-        cpu_ms = (group_cpu_seconds(receiver) - cpu) * 1000 / args.messages
-        print(f"receive throughput: {rx:,.0f} msg/s durable into one gateway "
-              f"({args.messages} msgs, {args.clients} clients); gateway CPU {cpu_ms:.2f} ms/msg "
-              f"(= {1000 / cpu_ms:,.0f} msg/s per core)")
+              f"{args.threads} threads per gateway, SQLite WAL synchronous=FULL, {load()}")
+        measure_receive(ports["receiver"], processes[1].pid, args)
         lat = end_to_end(ports["sender"], store, args.latency_messages, args.rate)
         print(f"end-to-end latency outbox -> inbox at {args.rate:.0f} msg/s "
               f"({len(lat)} msgs): p50 {percentile(lat, 0.5) * 1000:.1f} ms, "
               f"p99 {percentile(lat, 0.99) * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms, "
-              f"mean {statistics.mean(lat) * 1000:.1f} ms")
+              f"mean {statistics.mean(lat) * 1000:.1f} ms, {load()}")
         e2e = burst(ports["sender"], store, args.messages, args.clients)
-        print(f"end-to-end throughput (burst into outbox until all in inbox): {e2e:,.0f} msg/s")
+        print(f"end-to-end throughput (burst into outbox until all in inbox): {e2e:,.0f} msg/s, "
+              f"{load()}")
         os.killpg(processes[1].pid, signal.SIGTERM)
         processes[1].wait(20)
         drain_count = args.messages * 5
@@ -250,7 +294,7 @@ def main() -> None:
         wait_inbox(store, "drain-", drain_count)
         drained = drain_count / (time.perf_counter() - started)
         print(f"backlog drain into one gateway (recipient down while {drain_count} were "
-              f"queued, then started; includes its start-up): {drained:,.0f} msg/s")
+              f"queued, then started; includes its start-up): {drained:,.0f} msg/s, {load()}")
     finally:
         for process in processes:
             os.killpg(process.pid, signal.SIGTERM)

@@ -1,23 +1,23 @@
-"""Group commit: one writer thread per process commits the store's writes in batches.
+"""Group commit: the store's writes are committed in batches, one transaction and one fsync each.
 
 Request threads and delivery threads hand a write (a function of the connection) to
-:meth:`GroupWriter.run` and block until the transaction holding it is committed
-(``synchronous=FULL``). Writes that arrive together share one transaction and one fsync,
-and threads queue in the process instead of sleeping in SQLite's busy handler. The writers
-of several gunicorn workers take turns through an ``flock`` on ``bus.sqlite3.lock``, which
-hands over at once (SQLite's own busy wait sleeps up to 100 ms). Each write runs in its own
-SAVEPOINT, so one failing write does not undo the others.
+:meth:`GroupWriter.run` and return once the transaction holding it is committed
+(``synchronous=FULL``). Writes that arrive while a commit is running wait together and go
+into the next transaction. There is no writer thread: the first waiting caller leads, i.e.
+commits the queued batch on the process's one write connection and wakes the others; then it
+hands the lead to the next waiting caller. That saves a thread hand-off (and a wait for the
+GIL) per batch. The writers of several gunicorn workers take turns through an ``flock`` on
+``bus.sqlite3.lock``, which hands over at once (SQLite's own busy wait sleeps up to 100 ms).
+Each write runs in its own SAVEPOINT, so one failing write does not undo the others.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,71 +27,101 @@ T = TypeVar("T")
 MAX_BATCH = 512
 
 
+class _Write:
+    """One queued write and its outcome; ``done`` is held until it is decided."""
+
+    __slots__ = ("change", "done", "error", "lead", "result")
+
+    def __init__(self, change: Callable[[sqlite3.Connection], Any]) -> None:
+        self.change = change
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.lead = False  # woken to commit the next batch, not with an outcome
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
 class GroupWriter:
-    """Serialises and batches writes to one store; started lazily in each process."""
+    """Serialises and batches writes to one store (state reset in a forked child)."""
 
     def __init__(self, store: Path) -> None:
         self.store = store
-        self._queue: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]
-        self._queue = queue.SimpleQueue()
         self._pid = 0
-        self._lock = threading.Lock()
+        self._reset()
 
-    def run(self, write: Callable[[sqlite3.Connection], T], timeout: float = 60) -> T:
-        """Run ``write(db)`` in a committed transaction; its result, or its exception."""
-        self._ensure_thread()
-        future: Future[T] = Future()
-        self._queue.put((write, future))
-        return future.result(timeout)
+    def _reset(self) -> None:
+        self._mutex = threading.Lock()  # guards _pending and _leading
+        self._pending: list[_Write] = []
+        self._leading = False
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd = -1
+        self._pid = os.getpid()
 
-    def _ensure_thread(self) -> None:
-        if self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._pid != os.getpid():
-                self._queue = queue.SimpleQueue()
-                threading.Thread(target=self._loop, daemon=True, name="bus-writer").start()
-                self._pid = os.getpid()
-
-    def _loop(self) -> None:
-        db = connect(self.store)
-        lock = os.open(f"{self.store}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    def run(self, change: Callable[[sqlite3.Connection], T], timeout: float = 60) -> T:
+        """Run ``change(db)`` in a committed transaction; its result, or its exception."""
+        if self._pid != os.getpid():
+            self._reset()
+        item = _Write(change)
+        with self._mutex:
+            self._pending.append(item)
+            lead = not self._leading
+            self._leading = True
         while True:
-            batch = [self._queue.get()]
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                self._commit(db, batch)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+            if lead:
+                self._lead()
+            if not item.done.acquire(timeout=timeout):
+                with self._mutex:  # still queued: withdraw it; else it is being decided
+                    if item in self._pending:
+                        self._pending.remove(item)
+                        raise TimeoutError(f"bus store write not committed within {timeout} s")
+                continue
+            if not item.lead:
+                break
+            item.lead, lead = False, True
+        if item.error is not None:
+            raise item.error
+        result: T = item.result
+        return result
 
-    def _commit(self, db: sqlite3.Connection,
-                batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]]) -> None:
-        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+    def _lead(self) -> None:
+        """Commit the queued writes (ours among them), then pass the lead on or drop it."""
+        with self._mutex:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        try:
+            self._commit(batch)
+        finally:
+            with self._mutex:
+                if self._pending:
+                    self._pending[0].lead = True
+                    self._pending[0].done.release()
+                else:
+                    self._leading = False
+            for item in batch:
+                item.done.release()
+
+    def _commit(self, batch: list[_Write]) -> None:
+        """Run ``batch`` in one transaction, under the cross-process lock."""
+        if self._db is None:
+            self._db = connect(self.store)
+            self._lock_fd = os.open(f"{self.store}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        db = self._db
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
             db.execute("BEGIN IMMEDIATE")
-            for write, future in batch:
+            for item in batch:
                 db.execute("SAVEPOINT one")
                 try:
-                    outcomes.append((future, write(db), None))
+                    item.result = item.change(db)
                     db.execute("RELEASE one")
                 except Exception as exc:  # handed to the waiting thread
                     db.execute("ROLLBACK TO one")
                     db.execute("RELEASE one")
-                    outcomes.append((future, None, exc))
+                    item.error = exc
             db.execute("COMMIT")
         except Exception as exc:  # the transaction itself failed: nothing was stored
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            for _, future in batch:
-                future.set_exception(exc)
-            return
-        for future, result, error in outcomes:
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
+            for item in batch:
+                item.result, item.error = None, exc
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
