@@ -11,6 +11,7 @@ import hashlib
 import json
 import subprocess
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,41 @@ def test_config_change_touches_only_that_agent(
         a: before[a] for a in ("ezra-primary", "allegro")}
     config = json.loads(fleet.ssh("bezalel", "cat /etc/fleet/bezalel/config.json"))
     assert config["config"] == {"temperature": 0.2}
+
+
+def restarted_at(fleet: Fleet, agent: str) -> datetime:
+    """When the agent's unit last became active (microseconds, UTC)."""
+    line = fleet.ssh(agent, f"systemctl show fleet-agent-{agent}.service "
+                     "-p ActiveEnterTimestamp --timestamp=us+utc").strip()
+    return datetime.strptime(line.split("=", 1)[1], "%a %Y-%m-%d %H:%M:%S.%f %Z")
+
+
+def test_batch_one_deploys_the_workers_one_after_the_other(
+        fleet: Fleet, tmp_path: Path) -> None:
+    data = yaml.safe_load(fleet.registry.read_text())
+    data["wizards"]["allegro"]["config"] = {"temperature": 0.3}  # bezalel: back to no config
+    edited = tmp_path / "registry.yaml"
+    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    for registry, restarted in ((edited, {"bezalel", "allegro"}), (fleet.registry, {"allegro"})):
+        done = fleet.run("deploy", "--batch", "1", registry=registry)
+        assert done.returncode == 0, done.stdout + done.stderr
+        record = fleet.record(done.stdout)
+        assert [stage["hosts"] for stage in record["stages"]] == [
+            ["ezra-primary"], ["bezalel"], ["allegro"]]
+        assert record["verdicts"] == {"0": True, "1": True, "2": True}
+        assert {name for name, entry in record["hosts"].items() if entry["restarted"]} == \
+            restarted
+        assert all(entry["status"] == "ok" for entry in record["hosts"].values())
+        out = done.stdout
+        marks = [out.index(f"==> {label}: {name} ") for label, name in (
+            ("canary", "ezra-primary"), ("workers", "bezalel"), ("workers", "allegro"))]
+        assert marks == sorted(marks)
+        assert marks[1] < out.index("[bezalel]") and out.rindex("[bezalel]") < marks[2]
+        assert marks[2] < out.index("[allegro]")
+        if restarted == {"bezalel", "allegro"}:  # allegro's batch restarts after bezalel's passed
+            assert restarted_at(fleet, "allegro") > restarted_at(fleet, "bezalel")
+    config = json.loads(fleet.ssh("allegro", "cat /etc/fleet/allegro/config.json"))
+    assert config["config"] == {}
 
 
 def test_broken_release_is_rolled_back_by_verify(fleet: Fleet) -> None:
