@@ -8,8 +8,10 @@ endpoint, concurrently, with short timeouts.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,6 +23,8 @@ from fleet.registry import Agent, Registry
 
 DEFAULT_TIMEOUT = 2.0
 OK = "ok"
+CONTROL_DIR_ENV = "FLEET_SSH_CONTROL_DIR"
+CONTROL_PERSIST_SECONDS = 120
 
 
 @dataclass
@@ -49,13 +53,30 @@ class AgentStatus:
         return {**asdict(self), "healthy": self.healthy}
 
 
+def control_dir() -> str:
+    """Folder of the shared SSH master sockets (``$FLEET_SSH_CONTROL_DIR``, else in /tmp)."""
+    path = os.environ.get(CONTROL_DIR_ENV) or os.path.join(
+        tempfile.gettempdir(), f"sovereign-fleet-ssh-{os.getuid()}")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
 def ssh_command(agent: Agent, registry: Registry, timeout: float) -> list[str]:
-    """The ``ssh`` argv that reaches ``agent`` with the same settings as the pyinfra inventory."""
+    """The ``ssh`` argv that reaches ``agent`` with the same settings as the pyinfra inventory.
+
+    Connections are shared (``ControlMaster``): a repeated ``fleet status`` reuses the master
+    connection of the last one for a while instead of a new key exchange per agent.
+    """
     command = [
         "ssh", "-p", str(agent.ssh_port),
         "-o", "BatchMode=yes",
         "-o", f"ConnectTimeout={max(1, int(timeout))}",
         "-o", "LogLevel=ERROR",
+        "-o", "ControlMaster=auto",
+        "-o", f"ControlPath={control_dir()}/%C",
+        "-o", f"ControlPersist={CONTROL_PERSIST_SECONDS}",
+        "-o", "ServerAliveInterval=5",
+        "-o", "ServerAliveCountMax=2",
     ]
     if registry.ssh_key:
         command += ["-i", registry.ssh_key, "-o", "IdentitiesOnly=yes"]
