@@ -265,6 +265,43 @@ def release_unpacked(release_id: str, tarball: str, releases_dir: str, node: Nod
 
 
 @operation()
+def deps_seeded(cache: str, trees: Sequence[tuple[str, str]], user: str, node: Node,
+                leave_out: Sequence[str] = ()):
+    """
+    Dependency trees copied into a release build cache on the node, so a build there needs
+    no package index: ``<cache>/<key>/`` with ``.complete``, unless already there.
+
+    + cache: the deps cache directory (``<FLEET_CACHE_DIR>/release/deps``)
+    + trees: ``(key, source site dir)`` pairs
+    + user: owner of the copies
+    + node: the host's NodeState snapshot (holding ``<cache>/<key>/.complete``)
+    + leave_out: top-level names not copied (the fleet's own packages)
+
+    **Example:**
+
+    .. code:: python
+
+        deps_seeded(name="Seed", cache="/var/lib/fleet/webhook/release/deps",
+                    trees=[("0123abcd", "/opt/fleet/releases/444a224b3f00/site")],
+                    user="fleet-webhook", node=node, leave_out=["fleet", "bus"])
+    """
+    missing = [(key, source) for key, source in trees
+               if f"{cache}/{key}/.complete" not in node["paths"]]
+    if not missing:
+        host.noop(f"{len(trees)} dependency trees are in {cache}")
+        return
+    parent = cache.rsplit("/", 1)[0]
+    commands = [_q("install", "-d", "-o", user, "-g", user, "-m", "700", parent, cache)]
+    for key, source in missing:
+        staging, final = f"{cache}/.seed-{key}", f"{cache}/{key}"
+        drop = " ".join(_q(f"{staging}/{name}") for name in leave_out)
+        commands.append(f"rm -rf {_q(staging, final)} && cp -a {_q(source)}/. {_q(staging)} && "
+                        f"rm -rf {drop} && touch {_q(staging + '/.complete')} && "
+                        f"chown -R {_q(f'{user}:{user}', staging)} && mv -T {_q(staging, final)}")
+    yield " && ".join(commands)
+
+
+@operation()
 def release_current(release_id: str, nodectl: str, node: Node):
     """
     Point ``/opt/fleet/current`` at a release, atomically (``fleet-nodectl switch``).

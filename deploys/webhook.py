@@ -7,7 +7,8 @@ Called from three phases, and a no-op on every other host:
 - keys: ``webhook.env`` (0600: the receiver's secrets, ``FLEET_REPO_URL`` from the registry's
   ``fleet.repo_url``), a copy of the secrets file its deploys use, and ``FLEET_DEPLOY_SSH_KEY``
   as the private key they reach the fleet with;
-- services: the deploy tools (pyinfra, see :func:`fleet.release.build_deploy_tools`), the unit
+- services: the deploy tools (pyinfra, see :func:`fleet.release.build_deploy_tools`), the
+  receiver's release build cache seeded from the node's release and tools, the unit
   ``fleet-webhook.service`` from ``fleet/webhook/fleet-webhook.service`` running the current
   release, enabled and started; restarted when its release, tools, unit or env changed.
 
@@ -33,13 +34,21 @@ from deploys.ops import (
     Node,
     agent_account,
     agent_service,
+    deps_seeded,
     directories,
     managed_file,
     release_unpacked,
     secret_file,
 )
 from fleet.errors import WebhookError
-from fleet.release import build_deploy_tools
+from fleet.release import (
+    BROKEN_MARKER,
+    DEPLOY_TOOL_REQUIREMENTS,
+    RELEASE_FILE,
+    SHIPPED_PACKAGES,
+    build_deploy_tools,
+    deps_key,
+)
 from fleet.secrets import DEPLOY_SSH_KEY
 
 CAPABILITY = "webhook-receiver"
@@ -48,6 +57,7 @@ NAME = "webhook"  # of its directories under /etc/fleet and /var/lib/fleet
 ETC_DIR = f"/etc/fleet/{NAME}"
 STATE_DIR = f"/var/lib/fleet/{NAME}"
 TOOLS_DIR = f"{OPT}/tools"
+DEPS_CACHE = f"{STATE_DIR}/release/deps"  # FLEET_CACHE_DIR is the state dir
 ENV_FILE = f"{ETC_DIR}/webhook.env"
 SECRETS_COPY = f"{ETC_DIR}/secrets.yaml"
 KEY_FILE = f"{ETC_DIR}/deploy_key"
@@ -131,12 +141,19 @@ def receiver(ctx: AgentContext) -> Receiver | None:
         else:
             plan.node = host.get_fact(
                 NodeState, paths=[ETC_DIR, STATE_DIR, TOOLS_DIR, ENV_FILE, SECRETS_COPY,
-                                  KEY_FILE, UNIT_PATH],
+                                  KEY_FILE, UNIT_PATH, *(f"{DEPS_CACHE}/{key}/.complete"
+                                                         for key in deps_keys())],
                 user=USER, unit=UNIT, current=f"{TOOLS_DIR}/current", releases_dir=TOOLS_DIR,
                 keys_file="/dev/null")
         _receivers[ctx.name] = plan
     plan = _receivers[ctx.name]
     return None if plan.problem else plan
+
+
+def deps_keys() -> tuple[str, str]:
+    """Keys of the release's and the deploy tools' dependency trees (as the node computes
+    them: the same pins)."""
+    return deps_key(), deps_key(DEPLOY_TOOL_REQUIREMENTS)
 
 
 def unit_text(ctx: AgentContext, tools_id: str) -> str:
@@ -194,6 +211,12 @@ def services(ctx: AgentContext) -> None:
     release_unpacked(name=f"Deploy tools {tools.id} (pyinfra) for the webhook receiver",
                      release_id=tools.id, tarball=str(tools.path), releases_dir=TOOLS_DIR,
                      node=plan.node)
+    release_deps, tools_deps = deps_keys()
+    deps_seeded(name="Release build cache of the receiver's deploys (no package index needed)",
+                cache=DEPS_CACHE, user=USER, node=plan.node,
+                trees=[(release_deps, f"{RELEASES}/{ctx.release.id}/site"),
+                       (tools_deps, f"{TOOLS_DIR}/{tools.id}/site")],
+                leave_out=[*SHIPPED_PACKAGES, RELEASE_FILE, BROKEN_MARKER])
     unit = managed_file(name=f"Unit {UNIT}", dest=UNIT_PATH, content=unit_text(ctx, tools.id),
                         user="root", group="root", mode="644", node=plan.node)
     agent_service(

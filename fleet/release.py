@@ -128,10 +128,17 @@ def release_id(root: Path | None = None, broken: bool | None = None) -> str:
     return f"{ident}-broken" if broken else ident
 
 
+def deps_key(names: tuple[str, ...] = NODE_REQUIREMENTS) -> str:
+    """Name of the cached dependency tree of ``names`` at the current pins
+    (``<cache>/release/deps/<key>``; a tree holding ``.complete`` is never fetched again)."""
+    pins = requirements(names)
+    return hashlib.sha256("\n".join([*pins, *NODE_PLATFORM]).encode()).hexdigest()[:16]
+
+
 def _deps_dir(names: tuple[str, ...] = NODE_REQUIREMENTS) -> Path:
     """Unpacked node dependencies for the current pins, installed once and cached."""
     pins = requirements(names)
-    key = hashlib.sha256("\n".join([*pins, *NODE_PLATFORM]).encode()).hexdigest()[:16]
+    key = deps_key(names)
     target = cache_dir() / "deps" / key
     if (target / ".complete").exists():
         return target
