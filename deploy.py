@@ -28,14 +28,12 @@ from deploys import (
     soul,
     verify,
 )
-from deploys.context import agent_context, load_node
+from deploys.context import agent_context
 
 ctx = agent_context()
 if host.data.get("after_stage") is not None:  # set by fleet deploy: wait for the earlier stage
     gate.run(ctx, int(host.data.after_stage), int(host.data.runner_pid))
-preflight.run(ctx)
-if ctx.preflight_ok:
-    load_node(ctx)
+preflight.run(ctx)  # also reads the node's snapshot (ctx.node) the phases decide from
 if ctx.preflight_ok and host.data.get("action") == "rollback":
     rollback.run(ctx, host.data.get("rollback_to"))
     audit.run(ctx)

@@ -166,12 +166,13 @@ _contexts: dict[str, AgentContext] = {}
 
 
 def load_node(ctx: AgentContext) -> None:
-    """Read the host's NodeState snapshot once; every phase decides from it."""
+    """Read the host's NodeState snapshot once (with preflight's basics, in the same round
+    trip); every phase decides from it."""
     from deploys.facts import NodeState
 
     ctx.node = host.get_fact(NodeState, paths=ctx.managed_paths(), user=ctx.user, unit=ctx.unit,
                              current=CURRENT, releases_dir=RELEASES,
-                             keys_file=ctx.login_keys_file)
+                             keys_file=ctx.login_keys_file, lock_dir=LOCK_DIR)
 
 
 def agent_context() -> AgentContext:

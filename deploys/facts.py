@@ -83,13 +83,17 @@ class NodeState(FactBase[dict[str, Any]]):
          "current": "444a224b3f00", "releases": ["444a224b3f00"],
          "user": True, "group": True, "unit": {"active": "active", "enabled": "enabled"},
          "authorized_keys": ["ssh-ed25519 AAAA... op@laptop"]}
+
+    Given ``lock_dir``, the same round trip also reads what preflight checks (``NodeBasics``)
+    into ``"basics"``.
     """
 
     default = dict
 
     def command(self, paths: list[str], user: str, unit: str, current: str, releases_dir: str,
-                keys_file: str) -> str:
+                keys_file: str, lock_dir: str | None = None) -> str:
         quoted = " ".join(shlex.quote(path) for path in paths)
+        basics = [f"({NodeBasics().command(lock_dir)}) | sed 's/^/basics|/'"] if lock_dir else []
         return "; ".join([
             f"for p in {quoted}; do if [ -e \"$p\" ]; then "
             "echo \"path|$p|$(stat -c '%F|%U|%G|%a' \"$p\")|$( [ -f \"$p\" ] && "
@@ -102,15 +106,19 @@ class NodeState(FactBase[dict[str, Any]]):
             f"echo \"unit|$(systemctl show {shlex.quote(unit)} -p ActiveState --value)"
             f"|$(systemctl is-enabled {shlex.quote(unit)} 2>/dev/null)\"",
             f"sed 's/^/key|/' {shlex.quote(keys_file)} 2>/dev/null",
+            *basics,  # last: its clock reading is closest to when the output arrives
             "true",
         ])
 
     def process(self, output: list[str]) -> dict[str, Any]:
         state: dict[str, Any] = {"paths": {}, "current": None, "releases": [], "user": False,
                                  "group": False, "unit": {}, "authorized_keys": []}
+        basics = []
         for line in output:
             kind, _, rest = line.partition("|")
-            if kind == "path":
+            if kind == "basics":
+                basics.append(rest)
+            elif kind == "path":
                 path, kind_, user, group, mode, digest = (rest.split("|") + [""] * 6)[:6]
                 state["paths"][path] = {"type": kind_.replace("regular empty file",
                                                               "regular file"),
@@ -127,4 +135,6 @@ class NodeState(FactBase[dict[str, Any]]):
                 state["unit"] = {"active": active, "enabled": enabled}
             elif kind == "key":
                 state["authorized_keys"].append(rest.strip())
+        if basics:
+            state["basics"] = NodeBasics().process(basics)
         return state

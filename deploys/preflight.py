@@ -1,6 +1,7 @@
 """Phase 1, preflight: check the node can take a deploy and take its deploy lock.
 
-Checks (one round trip): Debian/Ubuntu with systemd, python3 >= 3.11, free disk under /opt,
+Checks (in the same round trip as the node snapshot the later phases decide from):
+Debian/Ubuntu with systemd, python3 >= 3.11, free disk under /opt,
 clock skew, and nobody else's deploy lock. SSH itself is checked by pyinfra's connect. A failing
 node is named with its reasons and gets a single failing operation, so nothing changes on it.
 """
@@ -16,8 +17,7 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.operations import server
 
-from deploys.context import LOCK_DIR, AgentContext, lock_owner, phase
-from deploys.facts import NodeBasics
+from deploys.context import LOCK_DIR, AgentContext, load_node, lock_owner, phase
 from deploys.ops import lock_taken
 from fleet.records import current_run_id, update_host
 
@@ -77,9 +77,11 @@ def problems(facts: dict[str, Any], owner: str) -> tuple[list[str], str]:
 
 @phase("Preflight")
 def run(ctx: AgentContext) -> None:
-    """Check the node and take its lock; sets ``ctx.preflight_ok`` (a failing op if not)."""
+    """Read the node's snapshot (``ctx.node``), check the node and take its lock; sets
+    ``ctx.preflight_ok`` (a failing op if not)."""
     owner = lock_owner()
-    found, stale = problems(host.get_fact(NodeBasics, lock_dir=LOCK_DIR), owner)
+    load_node(ctx)
+    found, stale = problems(ctx.node["basics"], owner)
     if found:
         reason = "; ".join(found)
         host.log_styled(f"preflight failed: {reason}", fg="red", log_func=logger.error)

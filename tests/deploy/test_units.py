@@ -257,3 +257,26 @@ def test_launcher_runs_pyinfras_cli() -> None:
                           cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "pyinfra" in (done.stdout + done.stderr).lower()
+
+
+def test_node_state_reads_preflight_basics_in_the_same_round_trip() -> None:
+    from deploys.facts import NodeState
+
+    fact = NodeState()
+    args = dict(paths=["/opt/fleet"], user="a", unit="u", current="/opt/fleet/current",
+                releases_dir="/opt/fleet/releases", keys_file="/root/.ssh/authorized_keys")
+    assert "basics|" not in fact.command(**args)
+    command = fact.command(**args, lock_dir="/run/fleet-deploy.lock")
+    assert "basics|" in command and "/run/fleet-deploy.lock/owner" in command
+    epoch = f"{time.time():.3f}"
+    state = fact.process(["path|/opt/fleet|directory|root|root|755|", "user",
+                          "basics|os=debian", "basics|os_like=", "basics|systemd=yes",
+                          "basics|python=3 11", "basics|free_kb=1048576",
+                          f"basics|epoch={epoch}", "basics|lock=", "unit|active|enabled"])
+    assert state["paths"]["/opt/fleet"]["mode"] == "755" and state["user"] is True
+    assert state["unit"] == {"active": "active", "enabled": "enabled"}
+    basics = state["basics"]
+    assert (basics["os"], basics["systemd"], basics["python"], basics["free_mb"]) == (
+        "debian", True, (3, 11), 1024)
+    assert abs(basics["skew_s"]) < 5 and basics["lock"] == ""
+    assert preflight.problems(basics, "me")[0] == []
