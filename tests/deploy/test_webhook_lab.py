@@ -1,6 +1,6 @@
 """The deploy installs the webhook receiver on the orchestrator (``webhook-receiver``) of the
-lab, from a clean clone: skipped without its secrets, then installed, answering, and left
-alone by a no-change redeploy.
+lab, from a clean clone: skipped without its secrets, then installed, answering, left alone by
+a no-change redeploy, and deploying the whole lab from the node on a push of PROD.
 
 Run alone with: ``FLEET_TEST_LAB=hook pytest -m lab tests/deploy/test_webhook_lab.py``
 """
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -31,6 +34,7 @@ def setup(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleet-deploy",
                     "-f", str(base / "deploy_key")], check=True)
     RUN["key"] = (base / "deploy_key").read_text()
+    public = (base / "deploy_key.pub").read_text().strip()
     data = json.loads(json.dumps(SECRETS))
     data["fleet"].update(FLEET_WEBHOOK_SECRET=SECRET, FLEET_READ_TOKEN=READ_TOKEN)
     data["agents"][ORCH]["FLEET_DEPLOY_SSH_KEY"] = RUN["key"]
@@ -39,6 +43,8 @@ def setup(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     secrets.chmod(0o600)
     registry = yaml.safe_load(fleet.registry.read_text())
     registry["fleet"]["repo_url"] = "file:///srv/fleet.git"
+    for entry in registry["wizards"].values():  # the receiver's deploys log in with its key
+        entry["authorized_keys"] = [public]
     edited = base / "registry.yaml"
     edited.write_text(yaml.safe_dump(registry, sort_keys=False))
     return {"secrets": secrets, "registry": edited}
@@ -108,3 +114,70 @@ def test_no_receiver_secret_in_any_output_or_record(fleet: Fleet) -> None:
     for value in [*secret_values(), SECRET, READ_TOKEN, key_line]:
         assert not [text for text in fleet.transcript if value in text]
         assert not [text for text in records if value in text]
+
+
+def test_a_push_of_prod_deploys_the_lab_from_the_node(
+        fleet: Fleet, setup: dict[str, Path],
+        unit_state: Callable[[], dict[str, str]]) -> None:
+    """The receiver fetches the pushed sha, runs pyinfra on the node with the deploy key and
+    the seeded build cache (no package index), and checks every agent's health. The lab's
+    registry copy on the node (its key, known hosts, souls from the work dir) comes in a
+    drop-in; in production the checkout's ``registry.yaml`` is the registry."""
+    sha = subprocess.run(["git", "-C", str(fleet.clone), "rev-parse", "HEAD"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    bare = setup["registry"].parent / "fleet.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(fleet.clone), str(bare)], check=True)
+    config = fleet.registry.parent / "ssh_config"
+    subprocess.run(f"tar -C {bare.parent} -cf - fleet.git | ssh -F {config} {ORCH} "
+                   "'tar -C /srv -xf - && chown -R fleet-webhook: /srv/fleet.git'",
+                   shell=True, check=True)
+    registry = yaml.safe_load(setup["registry"].read_text())
+    registry["fleet"].update(ssh_key="/etc/fleet/webhook/deploy_key",
+                             known_hosts="/etc/fleet/webhook/known_hosts")
+    for name, entry in registry["wizards"].items():
+        entry["soul"] = f"/var/lib/fleet/webhook/work/souls/{name}.md"
+    node_files = {"lab-registry.yaml": yaml.safe_dump(registry, sort_keys=False),
+                  "known_hosts": (fleet.registry.parent / "known_hosts").read_text()}
+    for name, text in node_files.items():
+        subprocess.run(["ssh", "-F", str(config), ORCH,
+                        f"cat > /etc/fleet/webhook/{name} && chown fleet-webhook: "
+                        f"/etc/fleet/webhook/{name}"], input=text, text=True, check=True)
+    fleet.ssh(ORCH, "mkdir -p /etc/systemd/system/fleet-webhook.service.d && printf "
+              "'[Service]\\nEnvironment=FLEET_REGISTRY=/etc/fleet/webhook/lab-registry.yaml\\n"
+              "Environment=FLEET_HEALTH_CHECK=http\\n' > "
+              "/etc/systemd/system/fleet-webhook.service.d/lab.conf && "
+              "systemctl daemon-reload && systemctl restart fleet-webhook.service")
+    before = main_pids(fleet), unit_state()
+
+    body, headers = signed_push("gitea", "refs/tags/PROD", sha)
+    answer = deliver(fleet, body, headers)
+    run = wait_run(fleet, int(answer["run_id"]))
+    assert run["status"] == "success", f"{run['summary']}\n{run['log'][-4000:]}"
+    assert run["commit_sha"] == sha
+    assert sorted(run["hosts"]) == sorted(SECRETS["agents"])
+    assert all(item["healthy"] for item in run["health"])
+    for value in [SECRET, READ_TOKEN, *secret_values()]:
+        assert value not in run["log"]
+    assert (main_pids(fleet), unit_state()) == before  # the release deployed: no restart
+
+
+def deliver(fleet: Fleet, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    """POST a push to the receiver on the orchestrator; its 202 answer."""
+    answer = requests.post(url(fleet, "/hooks/gitea"), data=body, headers=headers, timeout=10)
+    assert answer.status_code == 202, answer.text
+    result: dict[str, Any] = answer.json()
+    assert result["status"] == "queued", result
+    return result
+
+
+def wait_run(fleet: Fleet, run_id: int, timeout: float = 600) -> dict[str, Any]:
+    """The run once it is neither queued nor running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run: dict[str, Any] = requests.get(
+            url(fleet, f"/runs/{run_id}"), timeout=10,
+            headers={"Authorization": f"Bearer {READ_TOKEN}"}).json()
+        if run["status"] not in ("queued", "running"):
+            return run
+        time.sleep(1)
+    raise AssertionError(f"run {run_id} did not finish within {timeout:g}s")
