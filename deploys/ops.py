@@ -376,7 +376,7 @@ def authorized_keys_added(keys_file: str, keys: Sequence[str], node: Node):
 
 @operation()
 def agent_service(unit: str, node: Node, unit_file: OperationMeta,
-                  triggers: Sequence[OperationMeta]):
+                  triggers: Sequence[OperationMeta], restart: str = ""):
     """
     The agent's unit enabled and running; daemon-reload when its file changed, restart when
     any of ``triggers`` changed (not when it was just started).
@@ -385,6 +385,7 @@ def agent_service(unit: str, node: Node, unit_file: OperationMeta,
     + node: the host's NodeState snapshot
     + unit_file: the operation writing the unit file
     + triggers: operations whose change needs a restart
+    + restart: shell command restarting it (default ``systemctl restart UNIT``)
 
     **Example:**
 
@@ -400,7 +401,7 @@ def agent_service(unit: str, node: Node, unit_file: OperationMeta,
     if status.get("active") != "active":
         commands.append(_q("systemctl", "start", unit))
     elif any(_changed(op) for op in [unit_file, *triggers]):
-        commands.append(_q("systemctl", "restart", unit))
+        commands.append(restart or _q("systemctl", "restart", unit))
     if commands:
         yield " && ".join(commands)
     else:

@@ -10,7 +10,8 @@ Called from three phases, and a no-op on every other host:
 - services: the deploy tools (pyinfra, see :func:`fleet.release.build_deploy_tools`), the
   receiver's release build cache seeded from the node's release and tools, the unit
   ``fleet-webhook.service`` from ``fleet/webhook/fleet-webhook.service`` running the current
-  release, enabled and started; restarted when its release, tools, unit or env changed.
+  release, enabled and started; restarted when its release, tools, unit or env changed (after
+  the run, when the receiver is deploying its own node: :func:`restart_command`).
 
 Without the receiver's secrets (or ``fleet.repo_url``) nothing is installed and the deploy
 says why; the deploy does not fail. The host reads one snapshot of the receiver's paths and
@@ -19,6 +20,7 @@ unit (``NodeState``), apart from the agent's.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +60,7 @@ ETC_DIR = f"/etc/fleet/{NAME}"
 STATE_DIR = f"/var/lib/fleet/{NAME}"
 TOOLS_DIR = f"{OPT}/tools"
 DEPS_CACHE = f"{STATE_DIR}/release/deps"  # FLEET_CACHE_DIR is the state dir
+LOCK_FILE = f"{STATE_DIR}/deploy.lock"  # fleet.webhook.lock: held while the receiver deploys
 ENV_FILE = f"{ETC_DIR}/webhook.env"
 SECRETS_COPY = f"{ETC_DIR}/secrets.yaml"
 KEY_FILE = f"{ETC_DIR}/deploy_key"
@@ -156,6 +159,16 @@ def deps_keys() -> tuple[str, str]:
     return deps_key(), deps_key(DEPLOY_TOOL_REQUIREMENTS)
 
 
+def restart_command() -> str:
+    """Restart the receiver now when it is idle; while it runs a deploy (this one, when the
+    receiver deploys its own node) a transient unit restarts it once the deploy lock is free,
+    so the run is recorded before its receiver goes. Never creates the lock file."""
+    lock, unit = shlex.quote(LOCK_FILE), shlex.quote(UNIT)
+    return (f"if [ ! -e {lock} ] || flock -n {lock} true; then systemctl restart {unit}; "
+            f"else systemd-run --no-block --collect --quiet flock {lock} "
+            f"systemctl restart {unit}; fi")
+
+
 def unit_text(ctx: AgentContext, tools_id: str) -> str:
     """The receiver's unit: this deploy's release and deploy tools on ``PYTHONPATH``."""
     template = Template(TEMPLATE.read_text(encoding="utf-8"), keep_trailing_newline=True)
@@ -221,5 +234,6 @@ def services(ctx: AgentContext) -> None:
                         user="root", group="root", mode="644", node=plan.node)
     agent_service(
         name=f"{UNIT} enabled, running, restarted if its release, tools, unit or env changed",
-        unit=UNIT, node=plan.node, unit_file=unit, triggers=list(plan.triggers))
+        unit=UNIT, node=plan.node, unit_file=unit, triggers=list(plan.triggers),
+        restart=restart_command())
 

@@ -159,6 +159,40 @@ def test_a_push_of_prod_deploys_the_lab_from_the_node(
     for value in [SECRET, READ_TOKEN, *secret_values()]:
         assert value not in run["log"]
     assert (main_pids(fleet), unit_state()) == before  # the release deployed: no restart
+    RUN["sha"] = sha
+
+
+def test_a_push_that_changes_the_receiver_restarts_it_after_its_run(
+        fleet: Fleet, setup: dict[str, Path]) -> None:
+    """A new sha is a new release for the receiver too: it finishes and records the run, then
+    restarts on the new release (the restart waits for the deploy lock)."""
+    bare = setup["registry"].parent / "fleet.git"
+    git = ["git", "-C", str(fleet.clone), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "move PROD"], check=True)
+    subprocess.run([*git, "push", "-q", str(bare), "HEAD:refs/heads/main"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    config = fleet.registry.parent / "ssh_config"
+    subprocess.run(f"tar -C {bare.parent} -cf - fleet.git | ssh -F {config} {ORCH} "
+                   "'rm -rf /srv/fleet.git && tar -C /srv -xf - && "
+                   "chown -R fleet-webhook: /srv/fleet.git'", shell=True, check=True)
+    before = main_pids(fleet)
+    body, headers = signed_push("gitea", "refs/tags/PROD", sha, before=RUN["sha"])
+    run = wait_run(fleet, int(deliver(fleet, body, headers)["run_id"]))
+    assert run["status"] == "success", f"{run['summary']}\n{run['log'][-4000:]}"
+    host = yaml.safe_load(fleet.registry.read_text())["wizards"]
+    for name, entry in host.items():
+        health = requests.get(f"http://{entry['host']}:8646/health", timeout=5).json()
+        assert (name, health["release"]) == (name, sha[:12])
+    deadline = time.monotonic() + 60
+    while main_pids(fleet).split("\n\n")[0] == before.split("\n\n")[0]:
+        assert time.monotonic() < deadline, "the receiver was not restarted after its run"
+        time.sleep(1)
+    unit = fleet.ssh(ORCH, "systemctl show fleet-webhook.service -p Environment --value")
+    assert f"/opt/fleet/releases/{sha[:12]}/site" in unit
+    health = requests.get(url(fleet, "/healthz"), timeout=10,
+                          headers={"Authorization": f"Bearer {READ_TOKEN}"}).json()
+    assert health["last_run"]["status"] == "success"
 
 
 def deliver(fleet: Fleet, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
