@@ -19,7 +19,7 @@ from pyinfra.operations import python
 from deploys.context import AgentContext, phase
 from fleet.records import current_run_id, load_record, update_host
 
-POLL_S = 0.1
+POLL_S = 0.05
 
 
 def stage_verdict(run_id: str, stage: int) -> bool | None:

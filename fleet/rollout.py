@@ -27,6 +27,8 @@ from fleet.release import build_release, release_env, repo_root
 from fleet.secrets import load_secrets
 
 Echo = Callable[[str], None]
+TICK_S = 0.05
+FINAL_STATUSES = ("ok", "rolled_back", "failed")
 
 
 @dataclass(frozen=True)
@@ -116,11 +118,20 @@ class StageProcess:
             self.lines.put(self.masker(line.rstrip("\n")))
         self.lines.put(None)
 
-    def stream(self, echo: Echo) -> int:
-        """Echo the output (buffered so far, then live) until the process ends; its exit code."""
-        while (line := self.lines.get()) is not None:
-            echo(line)
-        return self.process.wait()
+    def stream(self, echo: Echo, tick: Callable[[], None] | None = None) -> int:
+        """Echo the output (buffered so far, then live) until the process ends; its exit code.
+        ``tick`` is called about every ``TICK_S`` meanwhile."""
+        while True:
+            try:
+                line = self.lines.get(timeout=TICK_S if tick else None)
+            except queue.Empty:
+                line = ""  # nothing new (not an empty line of output)
+            else:
+                if line is None:
+                    return self.process.wait()
+                echo(line)
+            if tick is not None:
+                tick()
 
 
 def run_stage(command: list[str], env: dict[str, str], masker: Masker, echo: Echo) -> int:
@@ -134,6 +145,19 @@ def stage_env(registry: Registry, run_id: str, extra: dict[str, str]) -> dict[st
     env.update({"FLEET_REGISTRY": str(registry.path.resolve()), RUN_ID_ENV: run_id,
                 "PYINFRA_PROGRESS": "off", **extra})
     return env
+
+
+def finished_hosts(run_id: str, hosts: Sequence[str]) -> dict[str, str] | None:
+    """Status per host once every host of a stage has its final entry in the run record
+    (written by its audit, or by a failed preflight); None while any is still running."""
+    try:
+        entries = load_record(run_id).get("hosts", {})
+    except (FileNotFoundError, ValueError):
+        return None
+    statuses = {name: entries.get(name, {}).get("status") for name in hosts}
+    if all(status in FINAL_STATUSES for status in statuses.values()):
+        return {name: str(status) for name, status in statuses.items()}
+    return None
 
 
 def stage_outcome(run_id: str, hosts: Sequence[str], code: int, dry: bool) -> dict[str, str]:
@@ -160,7 +184,8 @@ def deploy_fleet(registry: Registry, options: RolloutOptions, echo: Echo) -> Rol
     """Deploy the selected agents: canary first, then workers; stop past ``max_failures``.
 
     Each next stage's pyinfra process starts while the current stage runs (start-up and
-    read-only planning overlap) and waits at its rollout gate for this stage's verdict."""
+    read-only planning overlap) and waits at its rollout gate for this stage's verdict, given
+    as soon as every host of the stage has its audit record."""
     masker = Masker(load_secrets().values())
     names = select(registry, options.limit)
     run_id = new_run_id()
@@ -186,7 +211,17 @@ def deploy_fleet(registry: Registry, options: RolloutOptions, echo: Echo) -> Rol
         label = "canary" if index == 0 and registry.agents[hosts[0]].role == "orchestrator" \
             else "workers"
         echo(f"==> {label}: {', '.join(hosts)} (release {release.id}, run {run_id})")
-        code = current.stream(echo)
+
+        def early_verdict(index: int = index, hosts: list[str] = hosts,
+                          before: int = failures) -> None:
+            """Give the verdict as soon as every host of the stage is audited, so the next
+            stage need not wait for this process's summary and disconnects."""
+            if str(index) not in verdicts and (done := finished_hosts(run_id, hosts)):
+                failed = sum(status != "ok" for status in done.values())
+                verdicts[str(index)] = before + failed <= options.max_failures
+                update_run(run_id, verdicts=verdicts)
+
+        code = current.stream(echo, early_verdict if pipelined else None)
         outcome = stage_outcome(run_id, hosts, code, options.dry)
         result.stages.append({"stage": label, "hosts": hosts, "exit_code": code,
                               "outcome": outcome})

@@ -240,6 +240,19 @@ def test_gate_reads_the_runners_stage_verdicts(tmp_path: Path,
     assert stage_verdict("r2", 1) is False
 
 
+def test_stage_is_finished_when_every_host_has_its_audit_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleet.rollout import finished_hosts
+
+    monkeypatch.setenv(records.RECORDS_ENV, str(tmp_path))
+    assert finished_hosts("r3", ["a", "b"]) is None
+    records.update_host("r3", "a", {"status": "ok"})
+    records.update_host("r3", "c", {"status": "skipped"})
+    assert finished_hosts("r3", ["a", "b"]) is None
+    records.update_host("r3", "b", {"status": "rolled_back"})
+    assert finished_hosts("r3", ["a", "b"]) == {"a": "ok", "b": "rolled_back"}
+
+
 def test_launcher_entry_points_match_importlib() -> None:
     from importlib import metadata
 
