@@ -1,8 +1,10 @@
 """Time ``fleet deploy`` on a lab of 3 nodes: cold (fresh nodes) and no-change (again).
 
-    python bench/deploy_bench.py [--rounds 3] [--lab deploy-bench]
+    python bench/deploy_bench.py [--rounds 3] [--lab deploy-bench] [--rev HEAD]
 
-Deploys a clean clone of HEAD (so edits in the work tree do not change the release midway).
+Deploys a clean clone of HEAD (or ``--rev``, to compare with an earlier commit; edits in the
+work tree do not change the release midway). Besides wall time it prints the CPU time (user +
+sys) of ``fleet deploy`` and all its pyinfra processes, which tells code changes from load.
 Each round brings up a fresh lab (its own name; taken down at the end), runs one cold deploy
 and then no-change deploys. The release is built (or taken from the cache) before timing, as
 a controller that deployed before would have it. Prints every figure and the medians.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,14 +30,25 @@ from fleet.registry import load_registry  # noqa: E402
 from fleet.release import build_release  # noqa: E402
 
 
-def timed_deploy(clone: Path, registry: Path) -> float:
-    """Seconds taken by one ``fleet deploy`` from ``clone`` (fails loudly if it fails)."""
+def cpu_of_children() -> float:
+    """User + sys seconds of all waited-for child processes (and theirs) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_deploy(clone: Path, registry: Path, cpu: list[float]) -> float:
+    """Seconds taken by one ``fleet deploy`` from ``clone`` (fails loudly if it fails); its CPU
+    seconds (with its pyinfra processes) are appended to ``cpu``."""
     env = {**os.environ, "FLEET_REGISTRY": str(registry), "PYTHONPATH": str(clone),
            "FLEET_RECORDS_DIR": str(clone / "records")}
+    for name in ("FLEET_RELEASE_ID", "FLEET_RELEASE_ARTIFACT", "FLEET_RUN_ID"):
+        env.pop(name, None)
+    cpu_before = cpu_of_children()
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", "from fleet.cli import main; main()", "deploy"],
                           cwd=clone, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
+    cpu.append(cpu_of_children() - cpu_before)
     if done.returncode != 0:
         raise SystemExit(f"fleet deploy failed:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
     return elapsed
@@ -45,29 +59,40 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-change-runs", type=int, default=3)
     parser.add_argument("--lab", default="deploy-bench")
+    parser.add_argument("--rev", default="HEAD", help="commit to deploy (default: HEAD)")
     args = parser.parse_args()
     scratch = tempfile.TemporaryDirectory(prefix="deploy-bench-")
     clone = Path(scratch.name) / "repo"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "checkout", "-q", args.rev], check=True)
     release = build_release(clone, broken=False)
     print(f"release {release.id} ({release.path.stat().st_size / 1e6:.1f} MB)")
     cold: list[float] = []
     no_change: list[float] = []
+    cold_cpu: list[float] = []
+    no_change_cpu: list[float] = []
     try:
         for round_ in range(1, args.rounds + 1):
             lab.down(args.lab)
             registry = lab.up(load_registry(REPO / "registry.yaml"), lab=args.lab)
-            cold.append(timed_deploy(clone, registry))
-            runs = [timed_deploy(clone, registry) for _ in range(args.no_change_runs)]
+            cold.append(timed_deploy(clone, registry, cold_cpu))
+            runs = [timed_deploy(clone, registry, no_change_cpu)
+                    for _ in range(args.no_change_runs)]
             no_change.extend(runs)
-            print(f"round {round_}: cold {cold[-1]:.2f} s, no-change "
-                  f"{', '.join(f'{t:.2f}' for t in runs)} s", flush=True)
+            cpu = no_change_cpu[-len(runs):]
+            print(f"round {round_}: cold {cold[-1]:.2f} s (CPU {cold_cpu[-1]:.2f} s), no-change "
+                  f"{', '.join(f'{t:.2f}' for t in runs)} s (CPU "
+                  f"{', '.join(f'{t:.2f}' for t in cpu)} s), load {os.getloadavg()[0]:.1f}",
+                  flush=True)
     finally:
         lab.down(args.lab)
         scratch.cleanup()
     load = os.getloadavg()[0]
-    print(f"fleet deploy, 3 nodes: cold median {statistics.median(cold):.2f} s, "
+    print(f"fleet deploy, 3 nodes: cold median {statistics.median(cold):.2f} s "
+          f"(CPU {statistics.median(cold_cpu):.2f} s), "
           f"no-change median {statistics.median(no_change):.2f} s "
+          f"({min(no_change):.2f}-{max(no_change):.2f} s, CPU "
+          f"{statistics.median(no_change_cpu):.2f} s) "
           f"(load average {load:.1f} on {os.cpu_count()} cores)")
 
 
