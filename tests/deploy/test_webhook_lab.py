@@ -205,12 +205,15 @@ def deliver(fleet: Fleet, body: bytes, headers: dict[str, str]) -> dict[str, Any
 
 
 def wait_run(fleet: Fleet, run_id: int, timeout: float = 600) -> dict[str, Any]:
-    """The run once it is neither queued nor running."""
+    """The run once it is neither queued nor running (the receiver may be restarting)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run: dict[str, Any] = requests.get(
-            url(fleet, f"/runs/{run_id}"), timeout=10,
-            headers={"Authorization": f"Bearer {READ_TOKEN}"}).json()
+        try:
+            run: dict[str, Any] = requests.get(
+                url(fleet, f"/runs/{run_id}"), timeout=10,
+                headers={"Authorization": f"Bearer {READ_TOKEN}"}).json()
+        except requests.ConnectionError:
+            run = {"status": "running"}
         if run["status"] not in ("queued", "running"):
             return run
         time.sleep(1)
