@@ -172,8 +172,11 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _reset_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """root-owned, readable by all (0755 dirs and executables, 0644 files), whatever the
+    builder's umask (the receiver builds releases under ``UMask=0077``)."""
     info.uid = info.gid = 0
     info.uname = info.gname = "root"
+    info.mode = 0o755 if info.isdir() or info.mode & 0o100 else 0o644
     return info
 
 

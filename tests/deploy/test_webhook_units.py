@@ -3,6 +3,7 @@ skipped, its environment and its unit."""
 
 from __future__ import annotations
 
+import tarfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from deploys import webhook
 from deploys.context import AgentContext
 from deploys.ops import _hide_all
 from fleet.registry import Registry, load_registry
-from fleet.release import Release
+from fleet.release import Release, build_release
 from fleet.secrets import Secrets
 from tests.webhook.forge import READ_TOKEN, SECRET
 
@@ -116,3 +117,17 @@ def test_secret_files_that_are_not_env_files_show_no_content_in_diffs() -> None:
     assert _hide_all("", KEY) == ("", "(secret content not shown)\n")
     old, new = _hide_all(KEY, KEY + "x")
     assert KEY not in old + new and new == "(secret content not shown, changed)\n"
+
+
+def test_a_release_built_under_umask_0077_is_readable_by_all(tmp_path: Path) -> None:
+    """The receiver builds releases with ``UMask=0077``; agents must still read them."""
+    (tmp_path / "fleet").mkdir(mode=0o700)
+    (tmp_path / "fleet" / "__init__.py").write_text("# fleet\n")
+    (tmp_path / "fleet" / "__init__.py").chmod(0o600)
+    (tmp_path / "bus").mkdir(mode=0o700)
+    release = build_release(root=tmp_path, broken=False)
+    with tarfile.open(release.path) as tar:
+        modes = {info.name: (info.mode, info.uname) for info in tar.getmembers()
+                 if info.name.startswith(("site/fleet", "site/bus"))}
+    assert modes["site/fleet"] == (0o755, "root")
+    assert modes["site/fleet/__init__.py"] == (0o644, "root")
