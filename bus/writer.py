@@ -71,7 +71,7 @@ class GroupWriter:
                 self._lead()
             if not item.done.acquire(timeout=timeout):
                 with self._mutex:  # still queued: withdraw it; else it is being decided
-                    if item in self._pending:
+                    if not item.lead and item in self._pending:
                         self._pending.remove(item)
                         raise TimeoutError(f"bus store write not committed within {timeout} s")
                 continue
@@ -118,7 +118,7 @@ class GroupWriter:
                     db.execute("RELEASE one")
                     item.error = exc
             db.execute("COMMIT")
-        except Exception as exc:  # the transaction itself failed: nothing was stored
+        except BaseException as exc:  # the transaction itself failed: nothing was stored
             if db.in_transaction:
                 db.execute("ROLLBACK")
             for item in batch:

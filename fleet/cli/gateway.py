@@ -45,8 +45,9 @@ def gateway() -> None:
                    ".fleet/state/AGENT).")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="gunicorn worker processes.")
-@click.option("--threads", type=click.IntRange(1, 256), default=8, show_default=True,
-              help="Threads per worker.")
+@click.option("--threads", type=click.IntRange(1, 256), default=32, show_default=True,
+              help="Threads per worker (a request holds one while its group commit runs: "
+                   "more in flight, bigger batches per fsync).")
 @click.option("--dev", is_flag=True, help="Use Flask's threaded development server.")
 @pass_cli
 def serve(cli: CliContext, agent: str, port: int | None, host: str, state_dir: str | None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -142,6 +144,46 @@ def test_group_writer_isolates_a_failing_write(store: Path) -> None:
         thread.join()
     assert results == [1] * 20
     assert rows(store, "SELECT COUNT(*) FROM counters") == [(21,)]
+
+
+def test_group_writer_batches_concurrent_writes(store: Path) -> None:
+    """Many callers at once (some lead, most wait): each gets its own result, all stored."""
+    writer = GroupWriter(store)
+    results: dict[int, int] = {}
+
+    def insert(n: int) -> None:
+        def change(db: sqlite3.Connection) -> int:
+            db.execute("INSERT INTO counters VALUES (?, ?)", (f"c{n}", n))
+            return n
+        results[n] = writer.run(change)
+
+    threads = [threading.Thread(target=insert, args=(n,)) for n in range(200)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {n: n for n in range(200)}
+    assert rows(store, "SELECT COUNT(*), SUM(value) FROM counters") == [(200, sum(range(200)))]
+
+
+def test_group_writer_withdraws_a_write_that_timed_out(store: Path) -> None:
+    """A write still queued when its caller gives up is never stored; the next one is."""
+    writer = GroupWriter(store)
+    writer.run(lambda db: db.execute("SELECT 1"))
+    other_process = os.open(f"{store}.lock", os.O_RDWR)
+    fcntl.flock(other_process, fcntl.LOCK_EX)  # the leader below waits for this lock
+    leader = threading.Thread(target=writer.run, args=(
+        lambda db: db.execute("INSERT INTO counters VALUES ('first', 1)"),))
+    leader.start()
+    time.sleep(0.2)
+    with pytest.raises(TimeoutError, match=r"not committed within 0\.2 s"):
+        writer.run(lambda db: db.execute("INSERT INTO counters VALUES ('gave-up', 1)"),
+                   timeout=0.2)
+    fcntl.flock(other_process, fcntl.LOCK_UN)
+    os.close(other_process)
+    leader.join(5)
+    writer.run(lambda db: db.execute("INSERT INTO counters VALUES ('after', 1)"), timeout=5)
+    assert rows(store, "SELECT name FROM counters ORDER BY name") == [("after",), ("first",)]
 
 
 def test_signature_checks() -> None:
