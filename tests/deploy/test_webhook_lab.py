@@ -147,6 +147,7 @@ def test_a_push_of_prod_deploys_the_lab_from_the_node(
               "Environment=FLEET_HEALTH_CHECK=http\\n' > "
               "/etc/systemd/system/fleet-webhook.service.d/lab.conf && "
               "systemctl daemon-reload && systemctl restart fleet-webhook.service")
+    wait_answering(fleet)
     before = main_pids(fleet), unit_state()
 
     body, headers = signed_push("gitea", "refs/tags/PROD", sha)
@@ -188,11 +189,24 @@ def test_a_push_that_changes_the_receiver_restarts_it_after_its_run(
     while main_pids(fleet).split("\n\n")[0] == before.split("\n\n")[0]:
         assert time.monotonic() < deadline, "the receiver was not restarted after its run"
         time.sleep(1)
+    wait_answering(fleet)
     unit = fleet.ssh(ORCH, "systemctl show fleet-webhook.service -p Environment --value")
     assert f"/opt/fleet/releases/{sha[:12]}/site" in unit
     health = requests.get(url(fleet, "/healthz"), timeout=10,
                           headers={"Authorization": f"Bearer {READ_TOKEN}"}).json()
     assert health["last_run"]["status"] == "success"
+
+
+def wait_answering(fleet: Fleet, timeout: float = 30) -> None:
+    """Wait until the (re)started receiver answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            requests.get(url(fleet, "/openapi.json"), timeout=5)
+            return
+        except requests.ConnectionError:
+            assert time.monotonic() < deadline, "the receiver does not answer"
+            time.sleep(0.2)
 
 
 def deliver(fleet: Fleet, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
