@@ -166,6 +166,36 @@ def test_group_writer_batches_concurrent_writes(store: Path) -> None:
     assert rows(store, "SELECT COUNT(*), SUM(value) FROM counters") == [(200, sum(range(200)))]
 
 
+def test_group_writer_failing_write_in_a_batch_keeps_the_others(store: Path) -> None:
+    """Writes queued behind a blocked commit form one batch; the failing one alone is undone."""
+    writer = GroupWriter(store)
+    writer.run(lambda db: db.execute("INSERT INTO counters VALUES ('taken', 0)"))
+    other_process = os.open(f"{store}.lock", os.O_RDWR)
+    fcntl.flock(other_process, fcntl.LOCK_EX)
+    outcomes: dict[str, object] = {}
+
+    def insert(name: str) -> None:
+        try:
+            outcomes[name] = writer.run(lambda db: db.execute(
+                "INSERT INTO counters VALUES (?, 1)", (name,)).rowcount)
+        except sqlite3.IntegrityError as exc:
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=insert, args=(name,))
+               for name in ("lead", "a", "taken", "b")]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    fcntl.flock(other_process, fcntl.LOCK_UN)
+    os.close(other_process)
+    for thread in threads:
+        thread.join(5)
+    assert {name: outcomes[name] for name in ("lead", "a", "b")} == {"lead": 1, "a": 1, "b": 1}
+    assert isinstance(outcomes["taken"], sqlite3.IntegrityError)
+    assert rows(store, "SELECT name, value FROM counters ORDER BY name") == [
+        ("a", 1), ("b", 1), ("lead", 1), ("taken", 0)]
+
+
 def test_group_writer_withdraws_a_write_that_timed_out(store: Path) -> None:
     """A write still queued when its caller gives up is never stored; the next one is."""
     writer = GroupWriter(store)
