@@ -130,7 +130,7 @@ class Gateway:
                 with requests.get(f"{self.url}/openapi.json", timeout=1) as response:
                     if response.status_code == 200:
                         return self
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or slow under load
                 time.sleep(0.05)
         raise RuntimeError(f"{self.name} did not start: {self.log.read_text()[-2000:]}")
 
