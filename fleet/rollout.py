@@ -1,10 +1,12 @@
 """``fleet deploy``: the canary first, then the workers (all at once or in batches).
 
-A thin loop over the pyinfra CLI (``python -m pyinfra -y inventory.py deploy.py --limit ...``);
-each stage's outcome per host is read from the run record the audit phase writes. The rollout
-stops when more hosts failed than ``max_failures``. Output is streamed with secrets masked.
-The next stage's process is started early and held at a gate (``deploys/gate.py``) until the
-runner records its verdict on the current stage.
+A thin layer over the pyinfra CLI: all stages run in one pyinfra process
+(``python -m fleet.pyinfra_launcher -y inventory.py deploy.py deploy.py ... --data
+rollout=...``, ``deploy.py`` once per stage), so the process starts, connects and plans once.
+pyinfra runs every operation of a stage before the next stage's first one, its rollout gate
+(``deploys/gate.py``), which lets that stage go on only when no more hosts than
+``max_failures`` have failed so far. Afterwards each stage's outcome per host is read from the
+run record the audit phase writes. Output is streamed with secrets masked.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from fleet.release import build_release, release_env, repo_root
 from fleet.secrets import load_secrets
 
 Echo = Callable[[str], None]
-TICK_S = 0.05
-FINAL_STATUSES = ("ok", "rolled_back", "failed")
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,24 @@ def plan_stages(registry: Registry, names: Sequence[str], batch: int | None) -> 
     return stages
 
 
+def encode_stages(stages: list[list[str]]) -> str:
+    """The ``rollout`` host data of ``deploy.py``: ``a|b,c`` (agent names hold no ``|`` or
+    ``,``)."""
+    return "|".join(",".join(hosts) for hosts in stages)
+
+
+def decode_stages(value: str) -> list[list[str]]:
+    """The stages of a ``rollout`` host data value."""
+    return [hosts.split(",") for hosts in str(value).split("|")]
+
+
 def pyinfra_command(hosts: Sequence[str], options: RolloutOptions,
-                    data: Sequence[str] = ()) -> list[str]:
-    """The pyinfra CLI call for one stage (``-y`` unless dry: a dry run shows the changes),
-    started through :mod:`fleet.pyinfra_launcher` (pyinfra's CLI, quicker to start)."""
+                    data: Sequence[str] = (), passes: int = 1) -> list[str]:
+    """The pyinfra CLI call (``-y`` unless dry: a dry run shows the changes), started through
+    :mod:`fleet.pyinfra_launcher` (pyinfra's CLI, quicker to start); ``deploy.py`` is given
+    ``passes`` times (once per rollout stage)."""
     command = [sys.executable, "-m", "fleet.pyinfra_launcher", *([] if options.dry else ["-y"]),
-               "inventory.py", "deploy.py"]
+               "inventory.py", *["deploy.py"] * passes]
     for name in hosts:
         command += ["--limit", name]
     for item in data:
@@ -118,20 +130,11 @@ class StageProcess:
             self.lines.put(self.masker(line.rstrip("\n")))
         self.lines.put(None)
 
-    def stream(self, echo: Echo, tick: Callable[[], None] | None = None) -> int:
-        """Echo the output (buffered so far, then live) until the process ends; its exit code.
-        ``tick`` is called about every ``TICK_S`` meanwhile."""
-        while True:
-            try:
-                line = self.lines.get(timeout=TICK_S if tick else None)
-            except queue.Empty:
-                line = ""  # nothing new (not an empty line of output)
-            else:
-                if line is None:
-                    return self.process.wait()
-                echo(line)
-            if tick is not None:
-                tick()
+    def stream(self, echo: Echo) -> int:
+        """Echo the output (buffered so far, then live) until the process ends; its exit code."""
+        while (line := self.lines.get()) is not None:
+            echo(line)
+        return self.process.wait()
 
 
 def run_stage(command: list[str], env: dict[str, str], masker: Masker, echo: Echo) -> int:
@@ -145,19 +148,6 @@ def stage_env(registry: Registry, run_id: str, extra: dict[str, str]) -> dict[st
     env.update({"FLEET_REGISTRY": str(registry.path.resolve()), RUN_ID_ENV: run_id,
                 "PYINFRA_PROGRESS": "off", **extra})
     return env
-
-
-def finished_hosts(run_id: str, hosts: Sequence[str]) -> dict[str, str] | None:
-    """Status per host once every host of a stage has its final entry in the run record
-    (written by its audit, or by a failed preflight); None while any is still running."""
-    try:
-        entries = load_record(run_id).get("hosts", {})
-    except (FileNotFoundError, ValueError):
-        return None
-    statuses = {name: entries.get(name, {}).get("status") for name in hosts}
-    if all(status in FINAL_STATUSES for status in statuses.values()):
-        return {name: str(status) for name, status in statuses.items()}
-    return None
 
 
 def stage_outcome(run_id: str, hosts: Sequence[str], code: int, dry: bool) -> dict[str, str]:
@@ -180,12 +170,14 @@ def stage_outcome(run_id: str, hosts: Sequence[str], code: int, dry: bool) -> di
     return outcome
 
 
-def deploy_fleet(registry: Registry, options: RolloutOptions, echo: Echo) -> RolloutResult:
-    """Deploy the selected agents: canary first, then workers; stop past ``max_failures``.
+def stage_label(registry: Registry, stages: list[list[str]], index: int) -> str:
+    """``canary`` for a first stage of orchestrators, else ``workers``."""
+    first = registry.agents[stages[index][0]]
+    return "canary" if index == 0 and first.role == "orchestrator" else "workers"
 
-    Each next stage's pyinfra process starts while the current stage runs (start-up and
-    read-only planning overlap) and waits at its rollout gate for this stage's verdict, given
-    as soon as every host of the stage has its audit record."""
+
+def deploy_fleet(registry: Registry, options: RolloutOptions, echo: Echo) -> RolloutResult:
+    """Deploy the selected agents: canary first, then workers; stop past ``max_failures``."""
     masker = Masker(load_secrets().values())
     names = select(registry, options.limit)
     run_id = new_run_id()
@@ -195,53 +187,36 @@ def deploy_fleet(registry: Registry, options: RolloutOptions, echo: Echo) -> Rol
                dry=options.dry, limit=list(options.limit), batch=options.batch)
     result = RolloutResult(run_id=run_id, status="ok")
     stages = plan_stages(registry, names, options.batch)
+    if not stages:
+        update_run(run_id, stages=[], status="ok", finished=now())
+        return result
+    plan = "; then ".join(f"{stage_label(registry, stages, index)}: {', '.join(hosts)}"
+                          for index, hosts in enumerate(stages))
+    echo(f"==> {plan} (release {release.id}, run {run_id})")
+    data = [] if options.dry else [f"rollout={encode_stages(stages)}",
+                                   f"max_failures={options.max_failures}"]
+    passes = 1 if options.dry else len(stages)
+    code = run_stage(pyinfra_command(names, options, data, passes), env, masker, echo)
     verdicts: dict[str, bool] = {}
-
-    def launch(index: int) -> StageProcess:
-        gate = [] if index == 0 or options.dry else [f"after_stage={index - 1}",
-                                                     f"runner_pid={os.getpid()}"]
-        return StageProcess(pyinfra_command(stages[index], options, gate), env, masker)
-
     failures = 0
-    current = launch(0) if stages else None
     for index, hosts in enumerate(stages):
-        assert current is not None
-        pipelined = index + 1 < len(stages) and not options.dry
-        upcoming = launch(index + 1) if pipelined else None
-        label = "canary" if index == 0 and registry.agents[hosts[0]].role == "orchestrator" \
-            else "workers"
-        echo(f"==> {label}: {', '.join(hosts)} (release {release.id}, run {run_id})")
-
-        def early_verdict(index: int = index, hosts: list[str] = hosts,
-                          before: int = failures) -> None:
-            """Give the verdict as soon as every host of the stage is audited, so the next
-            stage need not wait for this process's summary and disconnects."""
-            if str(index) not in verdicts and (done := finished_hosts(run_id, hosts)):
-                failed = sum(status != "ok" for status in done.values())
-                verdicts[str(index)] = before + failed <= options.max_failures
-                update_run(run_id, verdicts=verdicts)
-
-        code = current.stream(echo, early_verdict if pipelined else None)
         outcome = stage_outcome(run_id, hosts, code, options.dry)
-        result.stages.append({"stage": label, "hosts": hosts, "exit_code": code,
-                              "outcome": outcome})
+        result.stages.append({"stage": stage_label(registry, stages, index), "hosts": hosts,
+                              "exit_code": code, "outcome": outcome})
         failures += sum(status not in ("ok", "planned") for status in outcome.values())
         verdicts[str(index)] = failures <= options.max_failures
-        update_run(run_id, verdicts=verdicts)
         if not verdicts[str(index)]:
             result.status = "failed"
             skipped = [name for stage in stages[index + 1:] for name in stage]
             if skipped:
-                echo(f"==> stopping: {failures} host(s) failed (allowed: "
+                echo(f"==> stopped: {failures} host(s) failed (allowed: "
                      f"{options.max_failures}); not deployed: {', '.join(skipped)}")
                 update_run(run_id, skipped=skipped)
-            if upcoming is not None:
-                upcoming.stream(lambda line: None)  # its gate refuses at once
             break
-        current = upcoming or (launch(index + 1) if index + 1 < len(stages) else None)
     if failures and result.status == "ok":
         result.status = "degraded"
-    update_run(run_id, stages=result.stages, status=result.status, finished=now())
+    update_run(run_id, stages=result.stages, verdicts=verdicts, status=result.status,
+               finished=now())
     if not options.dry:
         result.hosts = load_record(run_id).get("hosts", {})
     return result

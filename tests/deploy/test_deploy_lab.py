@@ -114,11 +114,12 @@ def test_batch_one_deploys_the_workers_one_after_the_other(
             restarted
         assert all(entry["status"] == "ok" for entry in record["hosts"].values())
         out = done.stdout
-        marks = [out.index(f"==> {label}: {name} ") for label, name in (
-            ("canary", "ezra-primary"), ("workers", "bezalel"), ("workers", "allegro"))]
-        assert marks == sorted(marks)
-        assert marks[1] < out.index("[bezalel]") and out.rindex("[bezalel]") < marks[2]
-        assert marks[2] < out.index("[allegro]")
+        assert "==> canary: ezra-primary; then workers: bezalel; then workers: allegro " in out
+        audits = [out.index(f"Starting operation: Audit | Audit {name}:")
+                  for name in ("ezra-primary", "bezalel", "allegro")]
+        gates = [out.index(f"Starting operation: Rollout | Rollout stage {stage}:")
+                 for stage in (1, 2)]
+        assert audits[0] < gates[0] < audits[1] < gates[1] < audits[2]
         if restarted == {"bezalel", "allegro"}:  # allegro's batch restarts after bezalel's passed
             assert restarted_at(fleet, "allegro") > restarted_at(fleet, "bezalel")
     config = json.loads(fleet.ssh("allegro", "cat /etc/fleet/allegro/config.json"))

@@ -227,30 +227,32 @@ def test_release_artifact_has_deps_and_code_and_is_cached() -> None:
     assert (second.path, second.path.stat().st_mtime) == (first.path, mtime)
 
 
-def test_gate_reads_the_runners_stage_verdicts(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from deploys.gate import stage_verdict
+def test_rollout_stages_round_trip_through_host_data() -> None:
+    from fleet.rollout import decode_stages, encode_stages
 
-    monkeypatch.setenv(records.RECORDS_ENV, str(tmp_path))
-    assert stage_verdict("r2", 0) is None
-    records.update_run("r2", verdicts={"0": True})
-    assert stage_verdict("r2", 0) is True
-    assert stage_verdict("r2", 1) is None
-    records.update_run("r2", verdicts={"0": True, "1": False})
-    assert stage_verdict("r2", 1) is False
+    stages = [["ezra-primary"], ["bezalel", "allegro"]]
+    assert encode_stages(stages) == "ezra-primary|bezalel,allegro"
+    assert decode_stages(encode_stages(stages)) == stages
 
 
-def test_stage_is_finished_when_every_host_has_its_audit_record(
+def test_gate_counts_failed_and_unaudited_hosts_of_earlier_stages(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fleet.rollout import finished_hosts
+    from types import SimpleNamespace
+    from typing import Any
+
+    from deploys.gate import failures_before
 
     monkeypatch.setenv(records.RECORDS_ENV, str(tmp_path))
-    assert finished_hosts("r3", ["a", "b"]) is None
+    monkeypatch.setenv(records.RUN_ID_ENV, "r3")
+    stages = [["a"], ["b", "c"], ["d"]]
+    state: Any = SimpleNamespace(failed_hosts=set())
     records.update_host("r3", "a", {"status": "ok"})
-    records.update_host("r3", "c", {"status": "skipped"})
-    assert finished_hosts("r3", ["a", "b"]) is None
+    assert failures_before(state, stages, 1) == 0
     records.update_host("r3", "b", {"status": "rolled_back"})
-    assert finished_hosts("r3", ["a", "b"]) == {"a": "ok", "b": "rolled_back"}
+    assert failures_before(state, stages, 2) == 2  # b rolled back, c not audited
+    records.update_host("r3", "c", {"status": "ok"})
+    state.failed_hosts = [SimpleNamespace(name="a")]
+    assert failures_before(state, stages, 2) == 2  # a failed after its audit, b rolled back
 
 
 def test_launcher_entry_points_match_importlib() -> None:
