@@ -12,10 +12,8 @@ run record the audit phase writes. Output is streamed with secrets masked.
 from __future__ import annotations
 
 import os
-import queue
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,33 +111,15 @@ def pyinfra_command(hosts: Sequence[str], options: RolloutOptions,
     return command
 
 
-class StageProcess:
-    """One pyinfra process run from the repo root; a reader thread buffers its masked output
-    so that a stage started early stays quiet until it is its turn to print."""
-
-    def __init__(self, command: list[str], env: dict[str, str], masker: Masker) -> None:
-        self.process = subprocess.Popen(command, cwd=repo_root(), env=env, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.masker = masker
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(self.masker(line.rstrip("\n")))
-        self.lines.put(None)
-
-    def stream(self, echo: Echo) -> int:
-        """Echo the output (buffered so far, then live) until the process ends; its exit code."""
-        while (line := self.lines.get()) is not None:
-            echo(line)
-        return self.process.wait()
-
-
 def run_stage(command: list[str], env: dict[str, str], masker: Masker, echo: Echo) -> int:
-    """Run one pyinfra call from the repo root, streaming its output through the masker."""
-    return StageProcess(command, env, masker).stream(echo)
+    """Run one pyinfra call from the repo root, streaming its output through the masker; its
+    exit code."""
+    with subprocess.Popen(command, cwd=repo_root(), env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            echo(masker(line.rstrip("\n")))
+    return process.returncode
 
 
 def stage_env(registry: Registry, run_id: str, extra: dict[str, str]) -> dict[str, str]:
