@@ -107,29 +107,42 @@ class GroupWriter:
         transaction rolled back and run again with each write in its own SAVEPOINT (fewer
         statements, hence fewer GIL releases, in the common case).
         """
-        if self._db is None:
-            self._db = connect(self.store)
-            self._lock_fd = os.open(f"{self.store}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        db = self._db
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            db.execute("BEGIN IMMEDIATE")
+            db = self._connection()
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                self._transaction(db, batch)
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        except BaseException as exc:  # nothing was stored: every waiting caller gets the error
+            for item in batch:
+                item.result, item.error = None, exc
+
+    def _connection(self) -> sqlite3.Connection:
+        """This process's write connection and lock file, opened on first use."""
+        if self._db is None:
+            self._lock_fd = os.open(f"{self.store}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self._db = connect(self.store)
+        return self._db
+
+    def _transaction(self, db: sqlite3.Connection, batch: list[_Write]) -> None:
+        """``batch`` in one committed transaction (rolled back if the commit fails)."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
             try:
                 for item in batch:
                     item.result = item.change(db)
             except Exception:  # one write failed: isolate each write, the others still commit
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 db.execute("BEGIN IMMEDIATE")
                 for item in batch:
                     self._isolated(db, item)
             db.execute("COMMIT")
-        except BaseException as exc:  # the transaction itself failed: nothing was stored
+        except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            for item in batch:
-                item.result, item.error = None, exc
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            raise
 
     @staticmethod
     def _isolated(db: sqlite3.Connection, item: _Write) -> None:
