@@ -8,8 +8,7 @@ Reads use the request's connection (:func:`get_db`); writes go through the proce
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -45,18 +44,6 @@ def init_db(path: str | Path) -> None:
         db.executescript(files("bus").joinpath("schema.sql").read_text(encoding="utf-8"))
     finally:
         db.close()
-
-
-@contextmanager
-def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """Run the block in one write transaction: committed on success, rolled back on error."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 def bump(db: sqlite3.Connection, name: str, by: int = 1) -> None:

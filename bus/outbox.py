@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bus.db import bump, transaction
+from bus.db import bump
+from fleet.sqlite import immediate
 
 
 def enqueue(db: sqlite3.Connection, message: dict[str, Any], recipients: list[str],
@@ -134,7 +135,7 @@ def release_dead_leases(db: sqlite3.Connection) -> int:
     owners = [row[0] for row in db.execute(
         "SELECT DISTINCT lease_owner FROM outbox WHERE lease_owner IS NOT NULL")]
     dead = [owner for owner in owners if not _alive(owner)]
-    with transaction(db):
+    with immediate(db):
         return sum(db.execute("UPDATE outbox SET lease_owner = NULL, lease_until = 0"
                               " WHERE lease_owner = ?", (owner,)).rowcount for owner in dead)
 

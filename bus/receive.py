@@ -24,7 +24,8 @@ from bus import cloudevents
 from bus.db import write
 from bus.inbox import store
 from bus.validate import message_problems
-from bus.web import authenticate, fail, me, registry
+from bus.web import authenticate, fail, me
+from fleet.gateway import current_registry
 
 bp = Blueprint("bus_receive", __name__)
 MAX_BODY = 256 * 1024
@@ -55,7 +56,7 @@ def signed_body(content_types: tuple[str, ...]) -> tuple[str, Any]:
 def check(data: Any, cloudevent: bool, signer: str) -> tuple[dict[str, Any], dict[str, str]]:
     """The message ``data`` stands for and its problems (named as the sender named them);
     a valid message from another agent than the signer has only the problem ``signer``."""
-    agents = list(registry().agents)
+    agents = list(current_registry().agents)
     if cloudevent:
         message, event_problems = cloudevents.from_cloudevent(data)
         problems = cloudevents.attribute_problems(message_problems(message, agents, me()))

@@ -9,7 +9,6 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from bus.signing import AuthError, verify
-from fleet.registry import Registry
 
 
 def fail(status: int, error: str, problems: dict[str, str] | None = None,
@@ -38,12 +37,6 @@ def me() -> str:
     """The name of the agent this gateway serves."""
     name: str = current_app.config["AGENT_NAME"]
     return name
-
-
-def registry() -> Registry:
-    """The registry the gateway was started with."""
-    found: Registry = current_app.extensions["fleet.registry"]
-    return found
 
 
 def authenticate(owner_only: bool = False) -> str:

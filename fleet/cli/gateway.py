@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import click
-from gunicorn.app.base import BaseApplication
 
 from fleet.cli.context import CliContext, pass_cli
 from fleet.secrets import BUS_KEYRING, format_keyring, load_secrets
-
-
-class GatewayServer(BaseApplication):
-    """gunicorn running ``create_app()`` in each worker (no preload: one bus worker each)."""
-
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for name, value in self.options.items():
-            self.cfg.set(name, value)
-
-    def load(self) -> Any:
-        from fleet.gateway import create_app
-
-        return create_app()
+from fleet.serving import FactoryServer
 
 
 @click.group()
@@ -69,6 +51,7 @@ def serve(cli: CliContext, agent: str, port: int | None, host: str, state_dir: s
 
         create_app().run(host=host, port=port, threaded=True, use_reloader=False)
         return
-    GatewayServer({"bind": f"{host}:{port}", "workers": workers, "threads": threads,
-                   "worker_class": "gthread", "keepalive": 30, "graceful_timeout": 10,
-                   "accesslog": None, "loglevel": "warning"}).run()
+    FactoryServer("fleet.gateway:create_app", {
+        "bind": f"{host}:{port}", "workers": workers, "threads": threads,
+        "worker_class": "gthread", "keepalive": 30, "graceful_timeout": 10,
+        "accesslog": None, "loglevel": "warning"}).run()

@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import click
-from gunicorn.app.base import BaseApplication
 
+from fleet.serving import FactoryServer
 from fleet.webhook.checkout import redact
 from fleet.webhook.config import CONFIG_ENV, load_settings
-
-
-class WebhookServer(BaseApplication):
-    """gunicorn running ``create_app()`` in each worker (each starts its deploy thread)."""
-
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        """Hand the options to gunicorn."""
-        for name, value in self.options.items():
-            self.cfg.set(name, value)
-
-    def load(self) -> Any:
-        """Build the app (in each worker)."""
-        from fleet.webhook import create_app
-
-        return create_app()
 
 
 @click.group()
@@ -58,5 +38,6 @@ def serve(host: str, port: int, workers: int, config_file: str | None) -> None:
     settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     click.echo(f"fleet webhook: http://{host}:{port}/hooks/{{gitea,github,gitlab}} deploys tag "
                f"{settings.deploy_tag!r} of {redact(settings.repo_url)}", err=True)
-    WebhookServer({"bind": f"{host}:{port}", "workers": workers, "accesslog": "-",
-                   "proc_name": "fleet-webhook"}).run()
+    FactoryServer("fleet.webhook:create_app", {
+        "bind": f"{host}:{port}", "workers": workers, "accesslog": "-",
+        "proc_name": "fleet-webhook"}).run()

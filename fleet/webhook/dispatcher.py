@@ -14,8 +14,9 @@ import threading
 
 from flask import Flask, current_app
 
+from fleet.sqlite import immediate
 from fleet.webhook.config import Settings
-from fleet.webhook.db import connect, immediate, now
+from fleet.webhook.db import connect, now
 from fleet.webhook.lock import DeployLock
 from fleet.webhook.queue import claim_next, mark_interrupted, queue_depth
 from fleet.webhook.runner import execute

@@ -12,7 +12,8 @@ import os
 import sqlite3
 from dataclasses import dataclass
 
-from fleet.webhook.db import immediate, now
+from fleet.sqlite import immediate
+from fleet.webhook.db import now
 from fleet.webhook.push import Push
 
 

@@ -21,9 +21,10 @@ from typing import Any
 from fleet.errors import DeployError, FleetError
 from fleet.masking import Masker
 from fleet.secrets import SECRETS_ENV, load_secrets
+from fleet.sqlite import immediate
 from fleet.webhook.checkout import checkout, redact
 from fleet.webhook.config import RECEIVER_SECRETS, Settings
-from fleet.webhook.db import immediate, now
+from fleet.webhook.db import now
 from fleet.webhook.health import check_health
 from fleet.webhook.logcopy import MaskedLog, unmasked_path
 from fleet.webhook.queue import Claim
