@@ -56,6 +56,20 @@ def test_cold_deploy_brings_every_agent_to_healthy(fleet: Fleet) -> None:
     RUN["state"] = fleet.ssh("bezalel", STATE_PROBE)
 
 
+def test_status_shows_release_soul_hash_and_health(fleet: Fleet) -> None:
+    done = fleet.run("status", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    agents = {entry["agent"]: entry for entry in json.loads(done.stdout)["agents"]}
+    assert list(agents) == AGENTS
+    for agent, entry in agents.items():
+        soul = (fleet.clone / "souls" / f"{agent}.md").read_bytes()
+        assert (entry["ssh"], entry["health"], entry["release"]) == ("ok", "ok", RUN["release"])
+        assert entry["soul_sha256"] == hashlib.sha256(soul).hexdigest()
+    table = fleet.run("status").stdout.splitlines()
+    assert table[0].split() == ["AGENT", "ROLE", "HOST", "SSH", "HEALTH", "RELEASE", "SOUL"]
+    assert all(row.split()[3:6] == ["ok", "ok", RUN["release"]] for row in table[1:4])
+
+
 def test_second_deploy_changes_and_restarts_nothing(
         fleet: Fleet, unit_state: Callable[[], dict[str, str]]) -> None:
     before = unit_state()
