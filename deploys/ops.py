@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from io import StringIO
 from typing import Any
 
@@ -164,16 +164,24 @@ def managed_file(dest: str, content: str, user: str, group: str, mode: str, node
                      group="root", mode="444", node=node)
     """
     have = node["paths"].get(dest)
-    digest = hashlib.sha256(content.encode()).hexdigest()
-    if have and have["sha256"] == digest:
-        commands = _attributes(dest, have, user, group, mode)
-        if commands:
-            yield " && ".join(commands)
-        else:
-            host.noop(f"{dest} is up to date")
+    if (yield from _kept_if_same(dest, have, content, user, group, mode)):
         return
     _show_diff(dest, have is not None, content)
     yield from _upload(dest, StringIO(content), user, group, mode, then)
+
+
+def _kept_if_same(dest: str, have: dict[str, Any] | None, text: str, user: str, group: str,
+                  mode: str) -> Generator[str, None, bool]:
+    """When ``dest`` already holds ``text``: yield only owner/mode fixes (a noop if none) and
+    return True; otherwise yield nothing and return False."""
+    if not have or have["sha256"] != hashlib.sha256(text.encode()).hexdigest():
+        return False
+    commands = list(_attributes(dest, have, user, group, mode))
+    if commands:
+        yield " && ".join(commands)
+    else:
+        host.noop(f"{dest} is up to date")
+    return True
 
 
 def _upload(dest: str, source: Any, user: str, group: str, mode: str, then: Sequence[str] = (),
@@ -213,12 +221,7 @@ def secret_file(dest: str, content: HiddenValue, public: tuple[str, ...] | None,
     """
     text = content.unmask()
     have = node["paths"].get(dest)
-    if have and have["sha256"] == hashlib.sha256(text.encode()).hexdigest():
-        commands = _attributes(dest, have, user, group, mode)
-        if commands:
-            yield " && ".join(commands)
-        else:
-            host.noop(f"{dest} is up to date")
+    if (yield from _kept_if_same(dest, have, text, user, group, mode)):
         return
     if public is None:
         _show_diff(dest, have is not None, text, _hide_all)
