@@ -139,11 +139,17 @@ def test_a_deploy_over_its_timeout_is_stopped(client: FlaskClient, settings: Set
                               "and was stopped")
 
 
+@pytest.fixture
+def secrets(tmp_path: Path) -> Path:
+    """A 0600 secrets file holding one fleet-wide secret value."""
+    path = tmp_path / "secrets.yaml"
+    path.write_text("fleet:\n  OPENROUTER_API_KEY: sk-or-very-secret-value\n")
+    path.chmod(0o600)
+    return path
+
+
 def test_secret_values_are_masked_in_the_log(client: FlaskClient, settings: Settings,
-                                             fleet_repo: FleetRepo, tmp_path: Path) -> None:
-    secrets = tmp_path / "secrets.yaml"
-    secrets.write_text("fleet:\n  OPENROUTER_API_KEY: sk-or-very-secret-value\n")
-    secrets.chmod(0o600)
+                                             fleet_repo: FleetRepo, secrets: Path) -> None:
     sha = fleet_repo.commit("masked")
     fleet_repo.push_tag("PROD", sha)
     run_id = push_tag(client, sha)
@@ -155,10 +161,7 @@ def test_secret_values_are_masked_in_the_log(client: FlaskClient, settings: Sett
 
 
 def test_secrets_are_masked_while_the_deploy_runs(client: FlaskClient, settings: Settings,
-                                                 fleet_repo: FleetRepo, tmp_path: Path) -> None:
-    secrets = tmp_path / "secrets.yaml"
-    secrets.write_text("fleet:\n  OPENROUTER_API_KEY: sk-or-very-secret-value\n")
-    secrets.chmod(0o600)
+                                                 fleet_repo: FleetRepo, secrets: Path) -> None:
     sha = fleet_repo.commit("masked while running")
     fleet_repo.push_tag("PROD", sha)
     run_id = push_tag(client, sha)
