@@ -7,8 +7,10 @@
 Phases, in order (``deploys/``): preflight, baseline, release, soul, keys, services, verify,
 audit. A second run with nothing changed changes and restarts nothing.
 
-``fleet deploy`` runs its stages in one pyinfra process: ``deploy.py`` once per stage and
-``--data rollout=CANARY|WORKER,WORKER|...`` (see ``deploys/gate.py``).
+``fleet deploy`` runs one pyinfra process per rollout stage (``--limit`` its hosts,
+``--data rollout_stage=N``); a later stage waits at its gate for the earlier stages' verdict
+(see ``deploys/gate.py``). Plain ``pyinfra inventory.py deploy.py`` deploys all hosts at once,
+with no canary.
 
 ``--data action=rollback`` (used by ``fleet rollback``) runs preflight, rollback, audit only;
 ``--data rollback_to=RELEASE`` picks the release (default: the previous one).
@@ -17,7 +19,7 @@ Test hook: ``FLEET_BROKEN_RELEASE=1`` builds a release whose /health fails, so v
 node back (see ``fleet/release.py``).
 """
 
-from pyinfra import host, state
+from pyinfra import host
 
 from deploys import (
     audit,
@@ -34,20 +36,16 @@ from deploys import (
 from deploys.context import agent_context
 
 ctx = agent_context()
-stage = gate.stage_of(host)  # fleet deploy gives this file once per rollout stage
-this_pass = state.current_op_file_number
-if stage is not None and this_pass:  # every host meets each later stage's gate, in order
-    gate.run(ctx, this_pass, host.data.rollout, int(host.data.get("max_failures") or 0))
-if stage is None or stage == this_pass:  # this host's pass
-    preflight.run(ctx)  # also reads the node's snapshot (ctx.node) the phases decide from
-    if ctx.preflight_ok and host.data.get("action") == "rollback":
-        rollback.run(ctx, host.data.get("rollback_to"))
-        audit.run(ctx)
-    elif ctx.preflight_ok:
-        baseline.run(ctx)
-        release.run(ctx)
-        soul.run(ctx)
-        keys.run(ctx)
-        services.run(ctx)
-        verify.run(ctx)
-        audit.run(ctx)
+gate.run(ctx)  # in a later stage of `fleet deploy`: wait for the earlier stages' verdict
+preflight.run(ctx)  # also reads the node's snapshot (ctx.node) the phases decide from
+if ctx.preflight_ok and host.data.get("action") == "rollback":
+    rollback.run(ctx, host.data.get("rollback_to"))
+    audit.run(ctx)
+elif ctx.preflight_ok:
+    baseline.run(ctx)
+    release.run(ctx)
+    soul.run(ctx)
+    keys.run(ctx)
+    services.run(ctx)
+    verify.run(ctx)
+    audit.run(ctx)

@@ -1,68 +1,95 @@
-"""Rollout gate: a later stage's hosts pass here only when the earlier stages passed.
+"""Rollout gate: a later stage's hosts wait here until the earlier stages passed.
 
-``fleet deploy`` runs all its stages in one pyinfra process: it gives ``deploy.py`` once per
-stage (``--data rollout=canary|worker1,worker2|...``), and pass N of the file plans the phases
-of stage N's hosts only. Pass N (N >= 1) starts with this gate on every host of the rollout:
-pyinfra orders operations so that each host's come in the order they were planned, so on the
-earlier stages' hosts the gate follows their audit, and on stage N's hosts it precedes every
-change; pyinfra runs one operation at a time on all hosts. The gate counts the earlier stages'
-hosts that failed or whose audit did not record ``ok``; more than ``max_failures`` fails the
-hosts of stage N and later (marked skipped in the run record), so nothing changes on them.
+``fleet deploy`` runs one pyinfra process per rollout stage (``--limit`` the stage's hosts,
+``--data rollout_stage=N``) and starts stage N's process while stage N-1 still deploys, so it
+connects and plans in the meantime. Its first operation on every host is this gate: it waits
+for the controller's verdict on the earlier stages (written to the run record when all their
+hosts are audited) and goes on only when no more hosts than allowed failed. Otherwise the host
+is recorded ``skipped`` and fails here, before anything changes on it. The gate is a check,
+not a change: at plan time (a dry run) it does nothing.
 """
 
 from __future__ import annotations
 
-from pyinfra import logger
-from pyinfra.api import State
+import os
+import time
+
+from pyinfra import host, logger, state
+from pyinfra.api import FunctionCommand, State, operation
 from pyinfra.api.host import Host
-from pyinfra.operations import python
 
 from deploys.context import AgentContext, phase
 from fleet.records import current_run_id, load_record, update_host
-from fleet.rollout import decode_stages
+
+POLL_S = 0.05
+WAIT_LIMIT_S = 6 * 3600.0  # a stage never waits longer than this for the ones before it
 
 
-def stage_of(host: Host) -> int | None:
-    """The rollout stage of ``host`` in a ``fleet deploy`` run, None outside one."""
-    value = host.data.get("rollout")
-    if not value:
-        return None
-    for index, hosts in enumerate(decode_stages(value)):
-        if host.name in hosts:
-            return index
-    return None
+def stage_of(target: Host) -> int:
+    """This process's rollout stage (0 outside ``fleet deploy`` or for its first stage)."""
+    value = target.data.get("rollout_stage")
+    return int(value) if isinstance(value, int) and value > 0 else 0
 
 
-def failures_before(state: State, stages: list[list[str]], stage: int) -> int:
-    """Hosts of the stages before ``stage`` that failed or were not recorded ``ok``."""
-    failed = {host.name for host in state.failed_hosts}
-    try:
-        entries = load_record(current_run_id()).get("hosts", {})
-    except (FileNotFoundError, ValueError):
-        entries = {}
-    return sum(name in failed or entries.get(name, {}).get("status") != "ok"
-               for hosts in stages[:stage] for name in hosts)
-
-
-def pass_gate(state: State, host: Host, stage: int, rollout: str, max_failures: int) -> bool:
-    """True when the earlier stages passed (or this host's stage came before them);
-    otherwise mark this host skipped (it fails)."""
-    own = stage_of(host)
-    if own is not None and own < stage:
+def wait_for_verdict(state: State, host: Host, stage: int, controller: int) -> bool:
+    """Wait until the controller judged stage ``stage - 1``; True when this host may go on."""
+    del state
+    run_id = current_run_id()
+    deadline = time.monotonic() + WAIT_LIMIT_S
+    verdict = None
+    while verdict is None:
+        try:
+            verdict = load_record(run_id).get("verdicts", {}).get(str(stage - 1))
+        except (FileNotFoundError, ValueError):
+            verdict = None
+        if verdict is not None:
+            break
+        if controller and os.getppid() != controller:
+            reason = "not deployed: the fleet deploy that started this stage is gone"
+            return _skip(host, run_id, reason)
+        if time.monotonic() > deadline:
+            return _skip(host, run_id, "not deployed: no verdict on the earlier stages came")
+        time.sleep(POLL_S)
+    if verdict["go"]:
         return True
-    failures = failures_before(state, decode_stages(rollout), stage)
-    if failures <= max_failures:
-        return True
-    reason = (f"not deployed: {failures} host(s) of earlier rollout stages failed "
-              f"(allowed: {max_failures})")
-    update_host(current_run_id(), host.name, {"status": "skipped", "reason": reason})
-    host.log_styled(reason, fg="yellow", log_func=logger.warning)
+    return _skip(host, run_id, f"not deployed: {verdict['failures']} host(s) of earlier rollout "
+                               f"stages failed (allowed: {verdict['allowed']})")
+
+
+def _skip(target: Host, run_id: str, reason: str) -> bool:
+    """Record ``target`` skipped with ``reason``; False (the host fails here)."""
+    update_host(run_id, target.name, {"status": "skipped", "reason": reason})
+    target.log_styled(reason, fg="yellow", log_func=logger.warning)
     return False
 
 
+@operation(is_idempotent=False)
+def earlier_stages_passed(stage: int, controller: int = 0):
+    """
+    Wait for the controller's verdict on the rollout stages before ``stage``; fail the host
+    (nothing changes on it) when they failed. A check, not a change: nothing at plan time.
+
+    + stage: this host's rollout stage (1 or more)
+    + controller: pid of the ``fleet deploy`` process; the gate fails when it is gone
+
+    **Example:**
+
+    .. code:: python
+
+        earlier_stages_passed(name="Rollout: earlier stages passed", stage=1)
+    """
+    if not state.is_executing:
+        host.noop("the rollout gate waits for the earlier stages when the deploy runs")
+        return
+    yield FunctionCommand(wait_for_verdict, (stage, controller), {})
+
+
 @phase("Rollout")
-def run(ctx: AgentContext, stage: int, rollout: str, max_failures: int) -> None:
-    """Go on into ``stage`` only when the earlier rollout stages passed."""
-    ctx.check_ops.append(python.call(
-        name=f"Rollout stage {stage}: earlier stages passed", function=pass_gate,
-        stage=stage, rollout=rollout, max_failures=max_failures))
+def run(ctx: AgentContext) -> None:
+    """In a later stage of ``fleet deploy``, wait for the earlier stages' verdict first."""
+    stage = stage_of(host)
+    if stage:
+        controller = host.data.get("rollout_controller")
+        ctx.check_ops.append(earlier_stages_passed(
+            name="Rollout: earlier stages passed", stage=stage,
+            controller=controller if isinstance(controller, int) else 0))

@@ -1,9 +1,11 @@
 """JSON run records: one file per deploy or rollback run, written on the controller.
 
-``$FLEET_RECORDS_DIR`` (default ``records/`` in the repo) holds ``<run-id>.json``:
-``{"run_id", "kind", "started", "finished", "status", "release", "command", "hosts":
-{NAME: {...}}, "batches": [...]}``. Several processes of one run (canary, batches) merge
-into the same file under a lock. Every string is masked with the secrets before writing.
+``$FLEET_RECORDS_DIR`` (default ``./records`` in the working directory) holds
+``<run-id>.json`` (mode 0600), a :class:`RunRecord`. The rollout's controller writes the run's
+fields, stages and verdicts; each stage's pyinfra process writes its hosts' entries
+(:class:`HostRecord`) from the audit phase. Writers merge into the file under an ``flock``;
+every string is masked with the secrets before writing. The record is the run's outcome:
+``fleet deploy``, ``fleet rollback`` and the webhook read it, never console output.
 """
 
 from __future__ import annotations
@@ -11,23 +13,94 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import secrets as random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict, cast
 
+from fleet.errors import FleetError
 from fleet.masking import Masker
 
 RECORDS_ENV = "FLEET_RECORDS_DIR"
 RUN_ID_ENV = "FLEET_RUN_ID"
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+HostStatus = Literal["ok", "failed", "rolled_back", "skipped", "planned"]
+RunStatus = Literal["running", "ok", "degraded", "failed"]
+
+
+class HostRecord(TypedDict, total=False):
+    """One host's part of a run: its outcome, what changed, and what the node runs now."""
+
+    status: HostStatus
+    phase: str  # where a host failed early (``preflight``)
+    reason: str  # one line: why the host is not ``ok``
+    problems: list[str]
+    expected_release: str
+    release: str | None
+    soul_sha256: str | None
+    config_hash: str | None
+    changed: list[str]  # names of this host's operations that changed something, in order
+    planned: list[str]  # dry run: names of this host's operations that would change
+    restarted: bool
+    verify: dict[str, Any]
+    facts: dict[str, Any]
+    drift: list[str]
+    finished: str
+
+
+class StageRecord(TypedDict, total=False):
+    """One rollout stage: its hosts, their outcomes, and the verdict on going on."""
+
+    stage: str  # ``canary`` or ``workers``
+    hosts: list[str]
+    outcome: dict[str, str]
+    exit_code: int | None
+    started: str
+    finished: str
+
+
+class Verdict(TypedDict):
+    """The controller's decision after a stage: may the next stage go on."""
+
+    go: bool
+    failures: int
+    allowed: int
+
+
+class RunRecord(TypedDict, total=False):
+    """A whole deploy or rollback run."""
+
+    run_id: str
+    kind: Literal["deploy", "rollback", "dry-run"]
+    status: RunStatus
+    started: str
+    finished: str
+    release: str
+    registry: str
+    limit: list[str]
+    batch: int | None
+    max_failures: int
+    to: str | None
+    stages: list[StageRecord]
+    verdicts: dict[str, Verdict]
+    skipped: list[str]
+    hosts: dict[str, HostRecord]
+
+
+class RecordError(FleetError):
+    """A run record is missing or unreadable, or a run id is malformed."""
+
+    hint = "List the runs under $FLEET_RECORDS_DIR (default ./records)."
 
 
 def records_dir() -> Path:
-    """Where run records live: ``$FLEET_RECORDS_DIR`` or ``records/`` in the repo."""
+    """Where run records live: ``$FLEET_RECORDS_DIR``, else ``records/`` in the working dir."""
     explicit = os.environ.get(RECORDS_ENV)
-    return Path(explicit) if explicit else Path(__file__).resolve().parent.parent / "records"
+    return Path(explicit) if explicit else Path.cwd() / "records"
 
 
 def now() -> str:
@@ -40,30 +113,42 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{random.token_hex(3)}"
 
 
+def check_run_id(run_id: str) -> str:
+    """``run_id`` when it is a safe file name (letters, digits, ``.``, ``_``, ``-``)."""
+    if not RUN_ID_RE.fullmatch(run_id):
+        raise RecordError(f"run id {run_id!r} is not valid: use 1-128 letters, digits, '.', "
+                          "'_' or '-', starting with a letter or digit")
+    return run_id
+
+
 def current_run_id() -> str:
     """This run's id: ``$FLEET_RUN_ID``, else a new one that child processes inherit."""
     run_id = os.environ.get(RUN_ID_ENV)
     if not run_id:
         run_id = os.environ[RUN_ID_ENV] = new_run_id()
-    return run_id
+    return check_run_id(run_id)
 
 
 def record_path(run_id: str) -> Path:
     """The record file of ``run_id``."""
-    return records_dir() / f"{run_id}.json"
+    return records_dir() / f"{check_run_id(run_id)}.json"
 
 
 @contextmanager
 def _locked(run_id: str) -> Iterator[dict[str, Any]]:
+    """The record of ``run_id`` to change in place, written back atomically (0600)."""
     path = record_path(run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
+    lock_fd = os.open(path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(lock_fd, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         record: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {
             "run_id": run_id, "started": now(), "hosts": {}}
         yield record
         partial = path.with_name(f".{path.name}.{os.getpid()}")
-        partial.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
         partial.rename(path)
 
 
@@ -73,21 +158,26 @@ def update_run(run_id: str, masker: Masker | None = None, **fields: Any) -> None
         record.update(masker.data(fields) if masker else fields)
 
 
-def update_host(run_id: str, host: str, entry: dict[str, Any],
+def update_host(run_id: str, host: str, entry: HostRecord | dict[str, Any],
                 masker: Masker | None = None) -> None:
     """Merge ``entry`` into the record of ``host`` in this run."""
     with _locked(run_id) as record:
         record.setdefault("hosts", {}).setdefault(host, {}).update(
-            masker.data(entry) if masker else entry)
+            masker.data(dict(entry)) if masker else entry)
 
 
-def load_record(run_id: str) -> dict[str, Any]:
+def set_verdict(run_id: str, stage: int, verdict: Verdict) -> None:
+    """Record the controller's verdict after ``stage`` (the next stage's gate reads it)."""
+    with _locked(run_id) as record:
+        record.setdefault("verdicts", {})[str(stage)] = verdict
+
+
+def load_record(run_id: str) -> RunRecord:
     """The record of ``run_id`` (``FileNotFoundError`` if there is none)."""
-    data: dict[str, Any] = json.loads(record_path(run_id).read_text())
-    return data
+    return cast(RunRecord, json.loads(record_path(run_id).read_text()))
 
 
-def latest_record() -> dict[str, Any] | None:
+def latest_record() -> RunRecord | None:
     """The newest record in the records dir, or None."""
     paths = sorted(records_dir().glob("*.json"))
-    return json.loads(paths[-1].read_text()) if paths else None
+    return cast(RunRecord, json.loads(paths[-1].read_text())) if paths else None

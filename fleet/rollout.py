@@ -1,57 +1,98 @@
-"""``fleet deploy``: the canary first, then the workers (all at once or in batches).
+"""The rollout behind ``fleet deploy``, ``fleet rollback`` and the webhook: canary, then the
+workers (all at once or in batches), stopping past ``max_failures``.
 
-A thin layer over the pyinfra CLI: all stages run in one pyinfra process
-(``python -m fleet.pyinfra_launcher -y inventory.py deploy.py deploy.py ... --data
-rollout=...``, ``deploy.py`` once per stage), so the process starts, connects and plans once.
-pyinfra runs every operation of a stage before the next stage's first one, its rollout gate
-(``deploys/gate.py``), which lets that stage go on only when no more hosts than
-``max_failures`` have failed so far. Afterwards each stage's outcome per host is read from the
-run record the audit phase writes. Output is streamed with secrets masked.
+Built on pyinfra's CLI only: each stage is one ``pyinfra -y inventory.py deploy.py --limit
+HOST ...`` process. Stage N+1's process starts while stage N deploys, so it connects and plans
+meanwhile; its first operation (``deploys/gate.py``) waits for the controller's verdict on the
+earlier stages. The controller judges a stage from the run record (:mod:`fleet.records`) as
+soon as all its hosts are audited, or when its process ends (a host with no entry then failed).
+Each stage's output is streamed, secrets masked, one stage after the other. The outcome is the
+typed run record; nothing is read from console output.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 from fleet.errors import DeployError
 from fleet.inventory import inventory_groups
 from fleet.masking import Masker
-from fleet.records import RUN_ID_ENV, load_record, new_run_id, now, update_host, update_run
-from fleet.registry import Registry
-from fleet.release import build_release, release_env, repo_root
+from fleet.records import (
+    RECORDS_ENV,
+    RUN_ID_ENV,
+    HostRecord,
+    RunRecord,
+    StageRecord,
+    current_run_id,
+    load_record,
+    now,
+    records_dir,
+    set_verdict,
+    update_host,
+    update_run,
+)
+from fleet.registry import REGISTRY_ENV, Registry
+from fleet.release import build_release, release_env
 from fleet.secrets import load_secrets
 
 Echo = Callable[[str], None]
+FINAL = ("ok", "failed", "rolled_back", "skipped")
+POLL_S = 0.05
+NO_ENTRY = ("no audit record: unreachable over SSH, or an operation failed before verify; "
+            "see the pyinfra output of this stage")
 
 
 @dataclass(frozen=True)
 class RolloutOptions:
-    """What ``fleet deploy`` was asked to do."""
+    """What ``fleet deploy`` (or ``fleet rollback``) was asked to do."""
 
     dry: bool = False
     diff: bool = False
     limit: tuple[str, ...] = ()
     batch: int | None = None
     max_failures: int = 0
+    action: Literal["deploy", "rollback"] = "deploy"
+    rollback_to: str | None = None
 
 
 @dataclass
 class RolloutResult:
-    """The outcome of a rollout: per-host entries of the run record, and the stages run."""
+    """The outcome of a rollout: its run record."""
 
     run_id: str
-    status: str
-    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    stages: list[dict[str, Any]] = field(default_factory=list)
+    record: RunRecord
+
+    @property
+    def status(self) -> str:
+        return self.record.get("status", "failed")
+
+    @property
+    def hosts(self) -> dict[str, HostRecord]:
+        return self.record.get("hosts", {})
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+def project_dir() -> Path:
+    """The fleet repository to deploy from: the working directory, which must hold
+    ``inventory.py`` and ``deploy.py``."""
+    here = Path.cwd()
+    missing = [name for name in ("inventory.py", "deploy.py") if not (here / name).is_file()]
+    if missing:
+        raise DeployError(f"{here} has no {' or '.join(missing)}: not a fleet repository",
+                          hint="Run the command from your fleet repository's top folder.")
+    return here
 
 
 def select(registry: Registry, limit: Sequence[str]) -> list[str]:
@@ -82,28 +123,25 @@ def plan_stages(registry: Registry, names: Sequence[str], batch: int | None) -> 
     return stages
 
 
-def encode_stages(stages: list[list[str]]) -> str:
-    """The ``rollout`` host data of ``deploy.py``: ``a|b,c`` (agent names hold no ``|`` or
-    ``,``)."""
-    return "|".join(",".join(hosts) for hosts in stages)
+def stage_label(registry: Registry, stages: list[list[str]], index: int) -> str:
+    """``canary`` for a first stage of orchestrators, else ``workers``."""
+    first = registry.agents[stages[index][0]]
+    return "canary" if index == 0 and first.role == "orchestrator" else "workers"
 
 
-def decode_stages(value: str) -> list[list[str]]:
-    """The stages of a ``rollout`` host data value."""
-    return [hosts.split(",") for hosts in str(value).split("|")]
-
-
-def pyinfra_command(hosts: Sequence[str], options: RolloutOptions,
-                    data: Sequence[str] = (), passes: int = 1) -> list[str]:
-    """The pyinfra CLI call (``-y`` unless dry: a dry run shows the changes), started through
-    :mod:`fleet.pyinfra_launcher` (pyinfra's CLI, quicker to start); ``deploy.py`` is given
-    ``passes`` times (once per rollout stage)."""
+def pyinfra_command(hosts: Sequence[str], options: RolloutOptions, stage: int = 0) -> list[str]:
+    """The pyinfra CLI call for one stage (``-y`` unless dry: a dry run shows the changes)."""
     command = [sys.executable, "-m", "fleet.pyinfra_launcher", *([] if options.dry else ["-y"]),
-               "inventory.py", *["deploy.py"] * passes]
+               "inventory.py", "deploy.py"]
     for name in hosts:
         command += ["--limit", name]
-    for item in data:
-        command += ["--data", item]
+    if stage:
+        command += ["--data", f"rollout_stage={stage}",
+                    "--data", f"rollout_controller={os.getpid()}"]
+    if options.action == "rollback":
+        command += ["--data", "action=rollback"]
+        if options.rollback_to:  # JSON-quoted: pyinfra would read "0123" as a number
+            command += ["--data", f"rollback_to={json.dumps(options.rollback_to)}"]
     if options.dry:
         command.append("--dry")
     if options.diff:
@@ -111,92 +149,197 @@ def pyinfra_command(hosts: Sequence[str], options: RolloutOptions,
     return command
 
 
-def run_stage(command: list[str], env: dict[str, str], masker: Masker, echo: Echo) -> int:
-    """Run one pyinfra call from the repo root, streaming its output through the masker; its
-    exit code."""
-    with subprocess.Popen(command, cwd=repo_root(), env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            echo(masker(line.rstrip("\n")))
-    return process.returncode
-
-
 def stage_env(registry: Registry, run_id: str, extra: dict[str, str]) -> dict[str, str]:
-    """Environment of the pyinfra child: this registry, run id, prebuilt release."""
+    """Environment of the pyinfra processes: this registry, run id, records dir, release."""
     env = dict(os.environ)
-    env.update({"FLEET_REGISTRY": str(registry.path.resolve()), RUN_ID_ENV: run_id,
-                "PYINFRA_PROGRESS": "off", **extra})
+    env.update({REGISTRY_ENV: str(registry.path.resolve()), RUN_ID_ENV: run_id,
+                RECORDS_ENV: str(records_dir().resolve()), "PYINFRA_PROGRESS": "off", **extra})
     return env
 
 
-def stage_outcome(run_id: str, hosts: Sequence[str], code: int, dry: bool) -> dict[str, str]:
-    """Status per host of one stage, from the run record (hosts without an entry failed)."""
-    if dry:
-        return {name: "planned" if code == 0 else "failed" for name in hosts}
+class StageProcess:
+    """One stage's pyinfra process; a thread collects its output lines (masked)."""
+
+    def __init__(self, command: list[str], env: dict[str, str], cwd: Path,
+                 masker: Masker) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.started = now()
+        self.process = subprocess.Popen(command, cwd=cwd, env=env, text=True, errors="replace",
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT)
+        self._reader = threading.Thread(target=self._read, args=(masker,), daemon=True)
+        self._reader.start()
+        self.done = False  # all output read and the process ended
+
+    def _read(self, masker: Masker) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(masker(line.rstrip("\n")))
+        self.lines.put(None)
+
+    def echo_available(self, echo: Echo, wait: float) -> None:
+        """Echo the lines read so far, waiting up to ``wait`` s for the first one."""
+        try:
+            line = self.lines.get(timeout=wait)
+            while True:
+                if line is None:
+                    self.process.wait()
+                    self.done = True
+                    return
+                echo(line)
+                line = self.lines.get_nowait()
+        except queue.Empty:
+            return
+
+    def stop(self) -> None:
+        """End the process (used only when the controller itself fails)."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+def final_outcome(run_id: str, hosts: Sequence[str], ended: bool) -> dict[str, str] | None:
+    """Status per host of a stage once every host has a final entry in the record, or once
+    its process ended (hosts without one are recorded failed); None while still running."""
     try:
         entries = load_record(run_id).get("hosts", {})
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         entries = {}
-    outcome = {}
-    for name in hosts:
-        status = entries.get(name, {}).get("status")
-        if status is None:
-            status = "failed"
-            update_host(run_id, name, {"status": status, "reason": (
-                "no audit record: unreachable over SSH or an operation failed before verify; "
-                "see the pyinfra output above")})
-        outcome[name] = status
+    outcome = {name: entries.get(name, {}).get("status", "") for name in hosts}
+    if all(status in FINAL for status in outcome.values()):
+        return outcome
+    if not ended:
+        return None
+    for name, status in outcome.items():
+        if status not in FINAL:
+            update_host(run_id, name, {"status": "failed", "reason": NO_ENTRY})
+            outcome[name] = "failed"
     return outcome
 
 
-def stage_label(registry: Registry, stages: list[list[str]], index: int) -> str:
-    """``canary`` for a first stage of orchestrators, else ``workers``."""
-    first = registry.agents[stages[index][0]]
-    return "canary" if index == 0 and first.role == "orchestrator" else "workers"
+def planned_outcome(run_id: str, hosts: Sequence[str], code: int) -> dict[str, str]:
+    """Status per host of a dry run: ``planned``, or ``failed`` when the plan failed."""
+    outcome: dict[str, str] = {}
+    for name in hosts:
+        entry: HostRecord = {"status": "planned" if code == 0 else "failed"}
+        if code:
+            entry["reason"] = f"the dry run exited with status {code}; see its output"
+        update_host(run_id, name, entry)
+        outcome[name] = entry["status"]
+    return outcome
+
+
+class Rollout:
+    """One run of the rollout: its stages, their processes and verdicts."""
+
+    def __init__(self, registry: Registry, options: RolloutOptions, echo: Echo) -> None:
+        self.registry = registry
+        self.options = options
+        self.echo = echo
+        self.root = project_dir()
+        self.masker = Masker(load_secrets().values())
+        self.names = select(registry, options.limit)
+        self.run_id = current_run_id()
+        self.stages = ([self.names] if options.dry and self.names
+                       else plan_stages(registry, self.names, options.batch))
+        self.processes: dict[int, StageProcess] = {}
+        self.failures = 0
+        self.stopped = False
+        release = None if options.action == "rollback" else build_release(self.root)
+        self.release = release.id if release else ""
+        self.env = stage_env(registry, self.run_id, release_env(release) if release else {})
+
+    def start(self, index: int) -> None:
+        """Start stage ``index``'s pyinfra process (once, never after the rollout stopped)."""
+        if index < len(self.stages) and index not in self.processes and not self.stopped:
+            command = pyinfra_command(self.stages[index], self.options,
+                                      stage=0 if self.options.dry else index)
+            self.processes[index] = StageProcess(command, self.env, self.root, self.masker)
+
+    def run(self) -> RunRecord:
+        """Run every stage; returns the final run record."""
+        options = self.options
+        update_run(self.run_id, kind=options.action, status="running", release=self.release,
+                   registry=str(self.registry.path), dry=options.dry, limit=list(options.limit),
+                   batch=options.batch, max_failures=options.max_failures,
+                   to=options.rollback_to, stages=[], skipped=[])
+        if not self.stages:
+            update_run(self.run_id, status="ok", finished=now())
+            return load_record(self.run_id)
+        plan = "; then ".join(f"{self.label(index)}: {', '.join(hosts)}"
+                              for index, hosts in enumerate(self.stages))
+        what = f"release {self.release}" if self.release else "rollback"
+        self.echo(f"==> {plan} ({what}, run {self.run_id})")
+        try:
+            self._stages()
+        finally:
+            for process in self.processes.values():
+                process.stop()
+        status = "failed" if self.stopped else "degraded" if self.failures else "ok"
+        update_run(self.run_id, status=status, finished=now())
+        return load_record(self.run_id)
+
+    def label(self, index: int) -> str:
+        return "plan" if self.options.dry else stage_label(self.registry, self.stages, index)
+
+    def _stages(self) -> None:
+        """Run the stages in order, each next one started while the one before deploys."""
+        records: list[StageRecord] = []
+        for index, hosts in enumerate(self.stages):
+            self.start(index)
+            if index not in self.processes:  # the rollout stopped before this stage
+                self._skip_unstarted(hosts)
+                records.append({"stage": self.label(index), "hosts": hosts, "exit_code": None,
+                                "outcome": dict.fromkeys(hosts, "skipped")})
+            else:
+                if not self.options.dry:
+                    self.start(index + 1)
+                records.append(self._follow(index, hosts))
+            update_run(self.run_id, stages=records)
+
+    def _follow(self, index: int, hosts: list[str]) -> StageRecord:
+        """Stream stage ``index`` until its process ends; judge it as soon as it can be."""
+        process = self.processes[index]
+        outcome: dict[str, str] | None = None
+        while not process.done:
+            process.echo_available(self.echo, POLL_S)
+            if outcome is None and not self.options.dry:
+                outcome = final_outcome(self.run_id, hosts, ended=process.done)
+                if outcome is not None:
+                    self._judge(index, outcome)
+        code = process.process.returncode
+        if outcome is None:
+            outcome = planned_outcome(self.run_id, hosts, code)
+        return {"stage": self.label(index), "hosts": hosts, "exit_code": code,
+                "outcome": outcome, "started": process.started, "finished": now()}
+
+    def _judge(self, index: int, outcome: dict[str, str]) -> None:
+        """Count the stage's failures and write the verdict the next stage's gate waits for."""
+        if self.stopped:  # started before the stop; its hosts waited at the gate and skipped
+            return
+        self.failures += sum(status != "ok" for status in outcome.values())
+        allowed = self.options.max_failures
+        go = self.failures <= allowed
+        set_verdict(self.run_id, index, {"go": go, "failures": self.failures,
+                                         "allowed": allowed})
+        if not go:
+            self.stopped = True
+            later = [name for stage in self.stages[index + 1:] for name in stage]
+            if later:
+                self.echo(f"==> stopped: {self.failures} host(s) failed (allowed: {allowed}); "
+                          f"not deployed: {', '.join(later)}")
+                update_run(self.run_id, skipped=later)
+
+    def _skip_unstarted(self, hosts: list[str]) -> None:
+        """Record the hosts of a stage that never started as skipped."""
+        for name in hosts:
+            update_host(self.run_id, name, {
+                "status": "skipped", "reason": "not deployed: an earlier rollout stage failed"})
 
 
 def deploy_fleet(registry: Registry, options: RolloutOptions, echo: Echo) -> RolloutResult:
-    """Deploy the selected agents: canary first, then workers; stop past ``max_failures``."""
-    masker = Masker(load_secrets().values())
-    names = select(registry, options.limit)
-    run_id = new_run_id()
-    release = build_release()
-    env = stage_env(registry, run_id, release_env(release))
-    update_run(run_id, kind="deploy", release=release.id, registry=str(registry.path),
-               dry=options.dry, limit=list(options.limit), batch=options.batch)
-    result = RolloutResult(run_id=run_id, status="ok")
-    stages = plan_stages(registry, names, options.batch)
-    if not stages:
-        update_run(run_id, stages=[], status="ok", finished=now())
-        return result
-    plan = "; then ".join(f"{stage_label(registry, stages, index)}: {', '.join(hosts)}"
-                          for index, hosts in enumerate(stages))
-    echo(f"==> {plan} (release {release.id}, run {run_id})")
-    data = [] if options.dry else [f"rollout={encode_stages(stages)}",
-                                   f"max_failures={options.max_failures}"]
-    passes = 1 if options.dry else len(stages)
-    code = run_stage(pyinfra_command(names, options, data, passes), env, masker, echo)
-    verdicts: dict[str, bool] = {}
-    failures = 0
-    for index, hosts in enumerate(stages):
-        outcome = stage_outcome(run_id, hosts, code, options.dry)
-        result.stages.append({"stage": stage_label(registry, stages, index), "hosts": hosts,
-                              "exit_code": code, "outcome": outcome})
-        failures += sum(status not in ("ok", "planned") for status in outcome.values())
-        verdicts[str(index)] = failures <= options.max_failures
-        if not verdicts[str(index)]:
-            result.status = "failed"
-            skipped = [name for stage in stages[index + 1:] for name in stage]
-            if skipped:
-                echo(f"==> stopped: {failures} host(s) failed (allowed: "
-                     f"{options.max_failures}); not deployed: {', '.join(skipped)}")
-                update_run(run_id, skipped=skipped)
-            break
-    if failures and result.status == "ok":
-        result.status = "degraded"
-    update_run(run_id, stages=result.stages, verdicts=verdicts, status=result.status,
-               finished=now())
-    if not options.dry:
-        result.hosts = load_record(run_id).get("hosts", {})
-    return result
+    """Deploy (or roll back) the selected agents: canary first, then the workers; stop past
+    ``max_failures``. The run record is the outcome."""
+    rollout = Rollout(registry, options, echo)
+    record = rollout.run()
+    return RolloutResult(run_id=rollout.run_id, record=record)

@@ -1,5 +1,5 @@
-"""``fleet deploy`` and ``fleet rollback``: thin over :mod:`fleet.rollout` and
-:mod:`fleet.rollback`."""
+"""``fleet deploy`` and ``fleet rollback``: thin over :mod:`fleet.rollout` (one rollout for
+both, and for the webhook)."""
 
 from __future__ import annotations
 
@@ -7,28 +7,61 @@ import click
 
 from fleet.cli.context import CliContext, pass_cli
 from fleet.records import record_path
-from fleet.rollback import rollback_agent
-from fleet.rollout import RolloutOptions, deploy_fleet
+from fleet.rollout import RolloutOptions, RolloutResult, deploy_fleet
+
+limit_option = click.option(
+    "--limit", multiple=True, metavar="NAME",
+    help="Only these agents or groups (role, capability); repeatable.")
+batch_option = click.option(
+    "--batch", type=click.IntRange(min=1), default=None, metavar="N",
+    help="Workers N at a time (default: all at once after the canary).")
+max_failures_option = click.option(
+    "--max-failures", type=click.IntRange(min=0), default=0, show_default=True,
+    help="Stop the rollout when more hosts than this have failed.")
 
 
 @click.command()
 @click.option("--dry", is_flag=True, help="Show what would change; change nothing.")
 @click.option("--diff", is_flag=True, help="Show file diffs (secret values masked).")
-@click.option("--limit", multiple=True, metavar="NAME",
-              help="Only these agents or groups (role, capability); repeatable.")
-@click.option("--batch", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Deploy workers N at a time (default: all at once after the canary).")
-@click.option("--max-failures", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Stop the rollout when more hosts than this have failed.")
+@limit_option
+@batch_option
+@max_failures_option
 @pass_cli
 def deploy(cli: CliContext, dry: bool, diff: bool, limit: tuple[str, ...], batch: int | None,
            max_failures: int) -> None:
     """Deploy the fleet: the orchestrator first as a canary, then the workers."""
     options = RolloutOptions(dry=dry, diff=diff, limit=limit, batch=batch,
                              max_failures=max_failures)
-    result = deploy_fleet(cli.registry, options, click.echo)
+    report(deploy_fleet(cli.registry, options, click.echo))
+
+
+@click.command()
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--to", "to", metavar="RELEASE", help="Release id (default: the previous one).")
+@limit_option
+@batch_option
+@max_failures_option
+@pass_cli
+def rollback(cli: CliContext, names: tuple[str, ...], to: str | None, limit: tuple[str, ...],
+             batch: int | None, max_failures: int) -> None:
+    """Roll agents back to an earlier release, restart and verify them (canary first)."""
+    if not names and not limit:
+        raise click.UsageError("name the agents to roll back (NAME... or --limit GROUP)")
+    options = RolloutOptions(limit=(*names, *limit), batch=batch, max_failures=max_failures,
+                             action="rollback", rollback_to=to)
+    report(deploy_fleet(cli.registry, options, click.echo))
+
+
+def report(result: RolloutResult) -> None:
+    """One line for the run and one per host, from the run record; exit 1 unless ok."""
     click.echo(f"==> run {result.run_id}: {result.status} (record: {record_path(result.run_id)})")
     for name, entry in result.hosts.items():
+        if entry.get("status") == "planned":
+            planned = entry.get("planned")
+            count = "?" if planned is None else str(len(planned))
+            click.echo(f"    {name:<16} planned      {count} change(s)"
+                       + (f": {', '.join(planned)}" if planned else ""))
+            continue
         changed = len(entry.get("changed", []))
         restarted = "restarted" if entry.get("restarted") else "not restarted"
         detail = "; ".join(entry.get("drift", []) or entry.get("problems", [])
@@ -36,20 +69,4 @@ def deploy(cli: CliContext, dry: bool, diff: bool, limit: tuple[str, ...], batch
         click.echo(f"    {name:<16} {entry.get('status', '?'):<12} {entry.get('release')} "
                    f"{changed} changed, {restarted}{'; ' + detail if detail else ''}")
     if not result.ok:
-        raise click.exceptions.Exit(1)
-
-
-@click.command()
-@click.argument("name")
-@click.option("--to", "to", metavar="RELEASE", help="Release id (default: the previous one).")
-@pass_cli
-def rollback(cli: CliContext, name: str, to: str | None) -> None:
-    """Roll agent NAME back to an earlier release, restart and verify it."""
-    entry = rollback_agent(cli.registry, name, to, click.echo)
-    click.echo(f"==> {name}: {entry.get('status')} on release {entry.get('release')} "
-               f"(record: {record_path(entry['run_id'])})")
-    if entry.get("status") != "ok":
-        problems = entry.get("verify", {}).get("problems") or entry.get("problems") or []
-        for problem in problems:
-            click.echo(f"    {problem}", err=True)
         raise click.exceptions.Exit(1)

@@ -77,13 +77,40 @@ class Fleet:
         return done.stdout
 
 
+WORKTREE_ENV = "FLEET_TEST_WORKTREE"
+
+
+def clone_repo(clone: Path) -> None:
+    """A clean clone of HEAD; with ``$FLEET_TEST_WORKTREE=1`` (while developing) the work tree's
+    uncommitted files are committed on top of it in the clone, so a clean release is built."""
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    if os.environ.get(WORKTREE_ENV) != "1":
+        return
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "-co",
+                             "--exclude-standard"], capture_output=True, check=True).stdout
+    names = [name for name in listed.decode().split("\0") if name]
+    for name in subprocess.run(["git", "-C", str(clone), "ls-files", "-z"], capture_output=True,
+                               check=True).stdout.decode().split("\0"):
+        if name and not (REPO / name).exists():
+            (clone / name).unlink()
+    for name in names:
+        source = REPO / name
+        if source.is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            (clone / name).write_bytes(source.read_bytes())
+            (clone / name).chmod(source.stat().st_mode & 0o777)
+    git = ["git", "-C", str(clone), "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "work tree"], check=True)
+
+
 @pytest.fixture(scope="module")
 def fleet(lab_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     """A clean clone of the repo's HEAD wired to the session lab, a 0600 secrets file, and a
     records dir of its own."""
     base = tmp_path_factory.mktemp("deploy")
     clone = base / "repo"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    clone_repo(clone)
     secrets = base / "secrets.yaml"
     secrets.write_text(json.dumps(SECRETS))
     secrets.chmod(0o600)

@@ -14,11 +14,9 @@ from deploys import preflight
 from deploys.audit import drift
 from deploys.context import AgentContext
 from fleet import nodectl, records
-from fleet.errors import DeployError
 from fleet.masking import MASK, Masker, mask_env, mask_env_pair
 from fleet.registry import load_registry
 from fleet.release import content_hash, release_id, running_release, shipped_files
-from fleet.rollout import RolloutOptions, plan_stages, pyinfra_command, select
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,27 +94,6 @@ def test_records_merge_hosts_and_mask(tmp_path: Path, monkeypatch: pytest.Monkey
 @pytest.fixture
 def registry():
     return load_registry(REPO / "registry.yaml")
-
-
-def test_rollout_canary_first_then_batches(registry) -> None:
-    names = select(registry, ())
-    assert plan_stages(registry, names, None) == [["ezra-primary"], ["bezalel", "allegro"]]
-    assert plan_stages(registry, names, 1) == [["ezra-primary"], ["bezalel"], ["allegro"]]
-    assert plan_stages(registry, select(registry, ("worker",)), None) == [["bezalel", "allegro"]]
-
-
-def test_rollout_limit_names_unknown_values(registry) -> None:
-    with pytest.raises(DeployError, match="--limit 'nope' matches no agent or group"):
-        select(registry, ("nope",))
-
-
-def test_pyinfra_command_is_the_plain_cli(registry) -> None:
-    command = pyinfra_command(["a", "b"], RolloutOptions(dry=True, diff=True))
-    assert command[1:] == ["-m", "fleet.pyinfra_launcher", "inventory.py", "deploy.py",
-                           "--limit", "a", "--limit", "b", "--dry", "--diff"]
-    command = pyinfra_command(["a"], RolloutOptions(), ["action=rollback"])
-    assert command[1:] == ["-m", "fleet.pyinfra_launcher", "-y", "inventory.py", "deploy.py",
-                           "--limit", "a", "--data", "action=rollback"]
 
 
 GOOD = {"os": "debian", "os_like": "", "systemd": True, "python": (3, 11), "free_mb": 900,
@@ -225,34 +202,6 @@ def test_release_artifact_has_deps_and_code_and_is_cached() -> None:
     build_release.cache_clear()
     second = build_release(REPO, broken=False)
     assert (second.path, second.path.stat().st_mtime) == (first.path, mtime)
-
-
-def test_rollout_stages_round_trip_through_host_data() -> None:
-    from fleet.rollout import decode_stages, encode_stages
-
-    stages = [["ezra-primary"], ["bezalel", "allegro"]]
-    assert encode_stages(stages) == "ezra-primary|bezalel,allegro"
-    assert decode_stages(encode_stages(stages)) == stages
-
-
-def test_gate_counts_failed_and_unaudited_hosts_of_earlier_stages(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from types import SimpleNamespace
-    from typing import Any
-
-    from deploys.gate import failures_before
-
-    monkeypatch.setenv(records.RECORDS_ENV, str(tmp_path))
-    monkeypatch.setenv(records.RUN_ID_ENV, "r3")
-    stages = [["a"], ["b", "c"], ["d"]]
-    state: Any = SimpleNamespace(failed_hosts=set())
-    records.update_host("r3", "a", {"status": "ok"})
-    assert failures_before(state, stages, 1) == 0
-    records.update_host("r3", "b", {"status": "rolled_back"})
-    assert failures_before(state, stages, 2) == 2  # b rolled back, c not audited
-    records.update_host("r3", "c", {"status": "ok"})
-    state.failed_hosts = [SimpleNamespace(name="a")]
-    assert failures_before(state, stages, 2) == 2  # a failed after its audit, b rolled back
 
 
 def test_launcher_entry_points_match_importlib() -> None:
