@@ -9,18 +9,20 @@ it is back on.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from pyinfra import logger
-from pyinfra.api import State, StringCommand
-from pyinfra.api.host import Host
-from pyinfra.operations import python
+from pyinfra import host, logger, state
+from pyinfra.api import FunctionCommand, Host, State, StringCommand, operation
 
-from deploys.context import LOCK_DIR, NODECTL, AgentContext, lock_owner, phase, secrets
+from deploys import lock
+from deploys.context import NODECTL, AgentContext, phase, secrets
 from deploys.facts import AgentAudit
 from fleet.masking import Masker
 from fleet.nodectl import fingerprint
 from fleet.records import current_run_id, now, update_host
+
+AUDIT = "Audit: record the node's state and drift, release the lock"
 
 
 def drift(facts: dict[str, Any], ctx: AgentContext, expected_release: str) -> list[str]:
@@ -67,45 +69,55 @@ def drift(facts: dict[str, Any], ctx: AgentContext, expected_release: str) -> li
     return found
 
 
-def changed_operations(state: State, host: Host, ctx: AgentContext) -> list[str]:
-    """Names of the state-changing operations that changed something on this host."""
-    checks = {id(op) for op in ctx.check_ops}
-    changed = []
-    for op_hash, op_data in state.ops[host].items():
-        meta = op_data.operation_meta
-        if id(meta) in checks or not meta.is_complete() or not meta.did_change():
-            continue
-        changed.extend(sorted(state.op_meta[op_hash].names))
-    return changed
+def check_result(ctx: AgentContext) -> dict[str, Any]:
+    """This host's verify outcome, from the JSON its verify (or rollback) printed; a rollback's
+    outcome in the shape of a verify's."""
+    check = ctx.check
+    output = check.stdout if check is not None and check.is_complete() else ""
+    try:
+        result: dict[str, Any] = json.loads(output) if output.strip() else {}
+    except ValueError:
+        result = {}
+    if not result:
+        return {"ok": False, "problems": ["fleet-nodectl did not answer (no JSON output)"]}
+    result["unlocked"] = True  # the same command released the lock
+    if host.data.get("action") != "rollback":
+        return result
+    healthy = bool(result.get("rolled_back") and result.get("healthy"))
+    problems = result.get("problems") or [result.get("reason") or "rollback failed"]
+    return {"ok": healthy, "problems": [] if healthy else problems, "rollback": result,
+            "facts": result.pop("facts", None), "unlocked": True}
 
 
 def audit_node(state: State, host: Host, ctx: AgentContext) -> bool:
     """Collect facts, write this host's part of the run record, release the lock; False (the
     host fails) when verify failed."""
-    verify = dict(ctx.verify_result)
+    verify = check_result(ctx)
     facts = verify.pop("facts", None) or host.get_fact(
         AgentAudit, nodectl=NODECTL, agent=ctx.name, unit=ctx.unit,
         port=ctx.agent.gateway_port, login_user=ctx.agent.ssh_user)
     rollback = verify.get("rollback") or {}
     status = "ok" if verify.get("ok") else "rolled_back" if rollback.get("healthy") else "failed"
+    changed = ctx.changed()
+    found = drift(facts, ctx, ctx.release.id)
     entry = {
         "status": status,
         "expected_release": ctx.release.id,
         "release": facts.get("release"),
         "soul_sha256": facts.get("soul_sha256"),
         "config_hash": facts.get("config_hash"),
-        "changed": changed_operations(state, host, ctx),
+        "changed": changed,
         "restarted": any(op.is_complete() and op.did_change() for op in ctx.service_ops),
         "verify": verify,
         "facts": facts,
-        "drift": drift(facts, ctx, ctx.release.id),
+        "drift": found,
         "finished": now(),
     }
     update_host(current_run_id(), host.name, entry, Masker(secrets().values()))
     if not verify.get("unlocked"):
-        host.run_shell_command(StringCommand(
-            f"[ \"$(cut -d' ' -f1 {LOCK_DIR}/owner 2>/dev/null)\" = '{lock_owner()}' ] && "
-            f"rm -rf {LOCK_DIR}; true"))
+        host.run_shell_command(StringCommand(lock.release_command(lock.owner())))
+    host.log(f"audit: {status}, {len(changed)} operation(s) changed, "
+             f"{len(found)} drift(s)", logger.info)
     if status == "ok":
         return True
     reason = "; ".join(verify.get("problems", [])) or "health check failed"
@@ -121,9 +133,31 @@ def audit_node(state: State, host: Host, ctx: AgentContext) -> bool:
     return False
 
 
+@operation(is_idempotent=False)
+def agent_audited(ctx: AgentContext):
+    """
+    Record what the node runs (release, hashes, unit, ports, keys, sudoers), the operations
+    that changed on it and every drift from the registry in the run record; release the deploy
+    lock if verify did not; fail the host when its verify failed. A check, not a change: at
+    plan time (a dry run) it does nothing.
+
+    + ctx: the agent's deploy context (its verify and the operations it ran)
+
+    **Example:**
+
+    .. code:: python
+
+        agent_audited(name="Audit", ctx=ctx)
+    """
+    if not state.is_executing:
+        host.noop("the audit runs when the deploy runs")
+        return
+    yield FunctionCommand(audit_node, (ctx,), {})
+
+
 @phase("Audit")
 def run(ctx: AgentContext) -> None:
-    """Record the node's real state and drift; release the lock; fail a rolled-back host."""
-    ctx.check_ops.append(python.call(
-        name=f"Audit {ctx.name}: record state and drift, release the lock",
-        function=audit_node, ctx=ctx))
+    """Record the node's real state and drift; release the lock; fail a rolled-back host. At
+    plan time, the record gets the names of this host's operations that would change."""
+    update_host(current_run_id(), host.name, {"planned": ctx.planned()})
+    agent_audited(name=AUDIT, ctx=ctx)

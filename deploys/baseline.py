@@ -13,14 +13,16 @@ KbdInteractiveAuthentication no
 PermitEmptyPasswords no
 PermitRootLogin prohibit-password
 """
+USER = "Agent user and group (system, no login shell)"
+DIRECTORIES = "Fleet directories (owners and modes)"
+SSHD = "sshd: no password logins (checked, then reloaded)"
 
 
 @phase("Baseline")
 def run(ctx: AgentContext) -> None:
     """User (no login shell), /opt/fleet, /etc/fleet/<agent>, state dir, sshd settings."""
-    agent_account(name=f"Agent user {ctx.user} (system, no login shell)", user=ctx.user,
-                  home=ctx.state_dir, node=ctx.node)
-    directories(name="Fleet directories (owners and modes)", node=ctx.node, specs=[
+    ctx.track(USER, agent_account(name=USER, user=ctx.user, home=ctx.state_dir, node=ctx.node))
+    ctx.track(DIRECTORIES, directories(name=DIRECTORIES, node=ctx.node, specs=[
         (OPT, "root", "root", "755"),
         (RELEASES, "root", "root", "755"),
         (f"{OPT}/bin", "root", "root", "755"),
@@ -28,8 +30,8 @@ def run(ctx: AgentContext) -> None:
         (ctx.etc_dir, "root", ctx.user, "750"),
         ("/var/lib/fleet", "root", "root", "755"),
         (ctx.state_dir, ctx.user, ctx.user, "700"),
-    ])
-    managed_file(name="sshd: no password logins (checked, then reloaded)", dest=SSHD_DROPIN,
-                 content=SSHD_SETTINGS, user="root", group="root", mode="644", node=ctx.node,
-                 then=["sshd -t", "systemctl reload ssh.service"])
+    ]))
+    ctx.track(SSHD, managed_file(
+        name=SSHD, dest=SSHD_DROPIN, content=SSHD_SETTINGS, user="root", group="root",
+        mode="644", node=ctx.node, then=["sshd -t", "systemctl reload ssh.service"]))
     webhook.baseline(ctx)

@@ -5,19 +5,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, cast
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import yaml
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.api.operation import OperationMeta
 
-from fleet.records import current_run_id
+from deploys.lock import LOCK_DIR
+from deploys.ops import Outcome
 from fleet.registry import Agent, Registry, load_registry
 from fleet.release import Release, build_release
 from fleet.secrets import Secrets, load_secrets
@@ -26,18 +24,32 @@ OPT = "/opt/fleet"
 RELEASES = f"{OPT}/releases"
 CURRENT = f"{OPT}/current"
 NODECTL = f"{OPT}/bin/fleet-nodectl"
-LOCK_DIR = "/run/fleet-deploy.lock"
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-fleet.conf"
 KEEP_RELEASES = 5
 
 
 P = ParamSpec("P")
+OpT = TypeVar("OpT", bound=Outcome)
 
 
-def phase(name: str) -> Callable[[Callable[P, None]], Callable[P, None]]:
-    """pyinfra's ``@deploy(name)`` (operation names get the ``name | `` prefix), keeping the
-    phase function's own signature for type checkers."""
-    return cast("Callable[[Callable[P, None]], Callable[P, None]]", deploy(name))
+def phase(name: str) -> Callable[[Callable[Concatenate[AgentContext, P], None]],
+                                  Callable[Concatenate[AgentContext, P], None]]:
+    """pyinfra's ``@deploy(name)`` (operation names get the ``name | `` prefix) for a phase
+    taking the agent's context first; the context knows the phase it is in (for the names of
+    the operations it tracks). Keeps the phase function's own signature for type checkers."""
+    def decorate(func: Callable[Concatenate[AgentContext, P], None]
+                 ) -> Callable[Concatenate[AgentContext, P], None]:
+        planned = cast("Callable[Concatenate[AgentContext, P], None]", deploy(name)(func))
+
+        @functools.wraps(func)
+        def run(ctx: AgentContext, *args: P.args, **kwargs: P.kwargs) -> None:
+            ctx.phase_name = name
+            try:
+                planned(ctx, *args, **kwargs)
+            finally:
+                ctx.phase_name = ""
+        return run
+    return decorate
 
 
 @functools.cache
@@ -52,11 +64,6 @@ def secrets() -> Secrets:
     return load_secrets()
 
 
-def lock_owner() -> str:
-    """Who holds a node lock taken by this process: ``controller:pid:run-id``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{current_run_id()}"
-
-
 @dataclass
 class AgentContext:
     """Everything the phases need to know about the agent on the current host."""
@@ -64,13 +71,28 @@ class AgentContext:
     agent: Agent
     registry: Registry
     soul_source: Path
-    restart_triggers: list[OperationMeta] = field(default_factory=list)
-    service_ops: list[OperationMeta] = field(default_factory=list)
-    check_ops: list[OperationMeta] = field(default_factory=list)
+    changes: list[tuple[str, Outcome]] = field(default_factory=list)
+    restart_triggers: list[Outcome] = field(default_factory=list)
+    service_ops: list[Outcome] = field(default_factory=list)
+    check: Outcome | None = None  # this host's verify (or rollback): its JSON on stdout
     preflight_ok: bool = False
-    verify_result: dict[str, Any] = field(default_factory=dict)
-    rollback_target: str | None = None
     node: dict[str, Any] = field(default_factory=dict)
+    phase_name: str = ""  # the phase running now (see :func:`phase`)
+
+    def track(self, name: str, op: OpT) -> OpT:
+        """Keep ``op`` (a state-changing operation this host runs, named ``name``) for the
+        run record; returns it. Names get the phase prefix, as in pyinfra's output."""
+        prefix = f"{self.phase_name} | " if self.phase_name else ""
+        self.changes.append((prefix + name, op))
+        return op
+
+    def changed(self) -> list[str]:
+        """Names of this host's operations that changed something, in order (when run)."""
+        return [name for name, op in self.changes if op.is_complete() and op.did_change()]
+
+    def planned(self) -> list[str]:
+        """Names of this host's operations that would change something (at plan time)."""
+        return [name for name, op in self.changes if op.will_change]
 
     @property
     def name(self) -> str:

@@ -15,8 +15,7 @@ import os
 import time
 
 from pyinfra import host, logger, state
-from pyinfra.api import FunctionCommand, State, operation
-from pyinfra.api.host import Host
+from pyinfra.api import FunctionCommand, Host, State, operation
 
 from deploys.context import AgentContext, phase
 from fleet.records import current_run_id, load_record, update_host
@@ -90,6 +89,5 @@ def run(ctx: AgentContext) -> None:
     stage = stage_of(host)
     if stage:
         controller = host.data.get("rollout_controller")
-        ctx.check_ops.append(earlier_stages_passed(
-            name="Rollout: earlier stages passed", stage=stage,
-            controller=controller if isinstance(controller, int) else 0))
+        earlier_stages_passed(name="Rollout: earlier stages passed", stage=stage,
+                              controller=controller if isinstance(controller, int) else 0)

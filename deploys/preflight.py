@@ -2,49 +2,28 @@
 
 Checks (in the same round trip as the node snapshot the later phases decide from):
 Debian/Ubuntu with systemd, python3 >= 3.11, free disk under /opt,
-clock skew, and nobody else's deploy lock. SSH itself is checked by pyinfra's connect. A failing
-node is named with its reasons and gets a single failing operation, so nothing changes on it.
+clock skew, and nobody else's deploy lock (:mod:`deploys.lock`). SSH itself is checked by
+pyinfra's connect. A failing node is named with its reasons and gets a single failing
+operation, so nothing changes on it.
 """
 
 from __future__ import annotations
 
-import os
 import shlex
-import socket
 import time
 from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.operations import server
 
-from deploys.context import LOCK_DIR, AgentContext, load_node, lock_owner, phase
-from deploys.ops import lock_taken
+from deploys import lock
+from deploys.context import AgentContext, load_node, phase
 from fleet.records import current_run_id, update_host
 
 MIN_PYTHON = (3, 11)
 MIN_FREE_MB = 200
 MAX_SKEW_S = 10.0
-LOCK_TTL_S = 1800
 SUPPORTED_OS = ("debian", "ubuntu")
-
-
-def _stale(owner_line: str, now: float) -> bool:
-    """A lock is stale when its process on this controller is gone, or it is past the TTL."""
-    owner, _, taken = owner_line.partition(" ")
-    controller, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if controller == socket.gethostname() and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-    try:
-        return now - float(taken) > LOCK_TTL_S
-    except ValueError:
-        return True
 
 
 def problems(facts: dict[str, Any], owner: str) -> tuple[list[str], str]:
@@ -64,14 +43,9 @@ def problems(facts: dict[str, Any], owner: str) -> tuple[list[str], str]:
     if facts["skew_s"] is None or abs(facts["skew_s"]) > MAX_SKEW_S:
         skew = "unknown" if facts["skew_s"] is None else f"{facts['skew_s']:+.1f} s"
         found.append(f"clock skew {skew} exceeds {MAX_SKEW_S:.0f} s; sync the node's clock")
-    stale = ""
-    holder = facts["lock"]
-    if holder and holder.split(" ")[0] != owner:
-        if _stale(holder, time.time()):
-            stale = holder.split(" ")[0]
-        else:
-            found.append(f"deploy lock {LOCK_DIR} is held by {holder}; wait for that deploy "
-                         f"or remove the lock if it is dead")
+    locked, stale = lock.blocker(facts["lock"], owner, time.time())
+    if locked:
+        found.append(locked)
     return found, stale
 
 
@@ -79,7 +53,7 @@ def problems(facts: dict[str, Any], owner: str) -> tuple[list[str], str]:
 def run(ctx: AgentContext) -> None:
     """Read the node's snapshot (``ctx.node``), check the node and take its lock; sets
     ``ctx.preflight_ok`` (a failing op if not)."""
-    owner = lock_owner()
+    owner = lock.owner()
     load_node(ctx)
     found, stale = problems(ctx.node["basics"], owner)
     if found:
@@ -87,10 +61,9 @@ def run(ctx: AgentContext) -> None:
         host.log_styled(f"preflight failed: {reason}", fg="red", log_func=logger.error)
         update_host(current_run_id(), host.name,
                     {"status": "failed", "phase": "preflight", "problems": found})
-        server.shell(name=f"Preflight failed: {reason}",
+        server.shell(name="Preflight failed (the reason is in the host's lines above)",
                      commands=[f"echo {shlex.quote('preflight: ' + reason)} >&2; exit 1"])
         ctx.preflight_ok = False
         return
-    ctx.check_ops.append(lock_taken(name="Take the node's deploy lock", lock_dir=LOCK_DIR,
-                                    owner=owner, stale_owner=stale))
+    lock.lock_taken(name="Take the node's deploy lock", owner=owner, stale_owner=stale)
     ctx.preflight_ok = True

@@ -12,23 +12,29 @@ import fleet.nodectl
 from deploys.context import KEEP_RELEASES, NODECTL, RELEASES, AgentContext, phase
 from deploys.ops import managed_file, release_current, release_unpacked, releases_pruned
 
+NODE_HELPER = "Node helper fleet-nodectl"
+UNPACKED = "Release unpacked"
+SWITCHED = "Current release switched"
+PRUNED = f"Only the newest {KEEP_RELEASES} releases kept"
+
 
 @phase("Release")
 def run(ctx: AgentContext) -> None:
     """Upload + unpack the release, switch current, prune, registry copy and config file."""
     release = ctx.release
-    managed_file(name="Node helper fleet-nodectl", dest=NODECTL,
-                 content=Path(fleet.nodectl.__file__).read_text(), user="root", group="root",
-                 mode="755", node=ctx.node)
-    release_unpacked(name=f"Release {release.id} unpacked", release_id=release.id,
-                     tarball=str(release.path), releases_dir=RELEASES, node=ctx.node)
-    ctx.restart_triggers.append(release_current(
-        name=f"Switch current to {release.id}", release_id=release.id, nodectl=NODECTL,
+    ctx.track(NODE_HELPER, managed_file(
+        name=NODE_HELPER, dest=NODECTL, content=Path(fleet.nodectl.__file__).read_text(),
+        user="root", group="root", mode="755", node=ctx.node))
+    ctx.track(UNPACKED, release_unpacked(
+        name=UNPACKED, release_id=release.id, tarball=str(release.path), releases_dir=RELEASES,
         node=ctx.node))
-    releases_pruned(name=f"Keep the newest {KEEP_RELEASES} releases", keep=KEEP_RELEASES,
-                    incoming=release.id, nodectl=NODECTL, node=ctx.node)
+    ctx.restart_triggers.append(ctx.track(SWITCHED, release_current(
+        name=SWITCHED, release_id=release.id, nodectl=NODECTL, node=ctx.node)))
+    ctx.track(PRUNED, releases_pruned(name=PRUNED, keep=KEEP_RELEASES, incoming=release.id,
+                                      nodectl=NODECTL, node=ctx.node))
     for filename, text in (("registry.yaml", ctx.node_registry()),
                            ("config.json", ctx.config_json())):
-        ctx.restart_triggers.append(managed_file(
-            name=f"Agent {filename}", dest=f"{ctx.etc_dir}/{filename}", content=text,
-            user="root", group=ctx.user, mode="640", node=ctx.node))
+        name = f"Agent {filename}"
+        ctx.restart_triggers.append(ctx.track(name, managed_file(
+            name=name, dest=f"{ctx.etc_dir}/{filename}", content=text, user="root",
+            group=ctx.user, mode="640", node=ctx.node)))

@@ -1,49 +1,64 @@
 """Phase 7, verify: the unit is active and /health (asked on the node itself, with retries)
 shows the expected release, config hash and soul hash. A failing node is rolled back at once:
 ``current`` back to the previous release, restart, re-verify (all by ``fleet-nodectl``).
-The outcome is kept for the audit phase, which fails the host after recording it."""
+The same command releases the node's deploy lock. Its JSON outcome (on the operation's
+stdout) is read by the audit phase, which fails the host after recording it."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import shlex
 
-from pyinfra.api import State, StringCommand
-from pyinfra.api.host import Host
-from pyinfra.operations import python
+from pyinfra import host, state
+from pyinfra.api import operation
 
-from deploys.context import LOCK_DIR, NODECTL, AgentContext, lock_owner, phase
+from deploys import lock
+from deploys.context import NODECTL, AgentContext, phase
 
 HEALTH_TIMEOUT_S = 20
+VERIFY = "Verify: /health shows the expected release, config and soul"
 
 
-def verify_node(state: State, host: Host, ctx: AgentContext) -> bool:
-    """Run ``fleet-nodectl verify --rollback`` on the node; store the result on ``ctx``."""
-    ctx.verify_result = run_nodectl(host, ctx, [
-        "verify", "--release", ctx.release.id, "--config-hash", ctx.config_hash(),
-        "--soul-sha", ctx.soul_sha256(), "--rollback"])
-    return True
+def nodectl_command(nodectl: str, args: list[str], owner: str) -> str:
+    """``fleet-nodectl ARGS`` then the lock's release, in one round trip; exits 0 (the JSON on
+    stdout is the outcome; none means fleet-nodectl failed)."""
+    return f"{shlex.join([nodectl, *args])}; {lock.release_command(owner)}"
 
 
-def run_nodectl(host: Host, ctx: AgentContext, args: list[str]) -> dict[str, Any]:
-    """One ``fleet-nodectl`` call that checks the agent, collects the audit facts and releases
-    the deploy lock (a single round trip); its JSON result."""
-    command = StringCommand(
-        NODECTL, *args, "--unit", ctx.unit, "--port", str(ctx.agent.gateway_port),
-        "--timeout", str(HEALTH_TIMEOUT_S), "--agent", ctx.name,
-        "--login-user", ctx.agent.ssh_user, "--unlock", LOCK_DIR, lock_owner())
-    ok, output = host.run_shell_command(command)
-    try:
-        result: dict[str, Any] = json.loads(output.stdout) if ok else {}
-    except ValueError:
-        result = {}
-    return result or {"ok": False, "problems": [
-        f"fleet-nodectl {args[0]} failed: {output.stderr.strip() or 'no output'}"]}
+def agent_args(ctx: AgentContext) -> list[str]:
+    """The arguments naming the agent's unit, port and audit facts for ``fleet-nodectl``."""
+    return ["--unit", ctx.unit, "--port", str(ctx.agent.gateway_port),
+            "--timeout", str(HEALTH_TIMEOUT_S), "--agent", ctx.name,
+            "--login-user", ctx.agent.ssh_user]
+
+
+@operation(is_idempotent=False)
+def agent_verified(nodectl: str, args: list[str], owner: str):
+    """
+    Check the agent on the node with ``fleet-nodectl verify ARGS`` (rolling it back if it
+    fails, when ARGS say so), then release the deploy lock held by ``owner``. A check, not a
+    change: at plan time (a dry run) it does nothing.
+
+    + nodectl: path of fleet-nodectl on the node
+    + args: its arguments (``verify ...`` or ``rollback ...``)
+    + owner: the deploy lock's holder (this deploy)
+
+    **Example:**
+
+    .. code:: python
+
+        agent_verified(name="Verify", nodectl="/opt/fleet/bin/fleet-nodectl",
+                       args=["verify", "--release", "444a224b3f00", "--unit",
+                             "fleet-agent-a.service", "--port", "8646"], owner="ctl:42:run")
+    """
+    if not state.is_executing:
+        host.noop(f"fleet-nodectl {args[0]} runs when the deploy runs")
+        return
+    yield nodectl_command(nodectl, args, owner)
 
 
 @phase("Verify")
 def run(ctx: AgentContext) -> None:
     """Check health on the node; roll back automatically when it fails."""
-    ctx.check_ops.append(python.call(
-        name=f"Verify {ctx.name}: /health shows release {ctx.release.id}, config and soul",
-        function=verify_node, ctx=ctx))
+    ctx.check = agent_verified(name=VERIFY, nodectl=NODECTL, owner=lock.owner(), args=[
+        "verify", "--release", ctx.release.id, "--config-hash", ctx.config_hash(),
+        "--soul-sha", ctx.soul_sha256(), "--rollback", *agent_args(ctx)])

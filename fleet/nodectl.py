@@ -11,7 +11,8 @@ Subcommands, each printing one JSON document:
 - ``rollback [--to RELEASE]``: switch to RELEASE (default: the previous one), restart, verify
 - ``facts ...``: what the audit phase records (release, hashes, unit, ports, keys, sudoers)
 
-Agent state dirs are never touched here.
+Agent state dirs are never touched here, nor is the deploy lock (the deploy releases it in
+the same round trip: :mod:`deploys.lock`).
 """
 
 from __future__ import annotations
@@ -91,19 +92,6 @@ def prune(keep: int) -> dict[str, Any]:
     for stale in RELEASES.glob(".unpack-*"):
         shutil.rmtree(stale, ignore_errors=True)
     return {"kept": kept, "removed": removed}
-
-
-def unlock(lock_dir: str, owner: str) -> bool:
-    """Remove the deploy lock ``lock_dir`` if ``owner`` holds it."""
-    lock = Path(lock_dir)
-    try:
-        holder = (lock / "owner").read_text().split(" ")[0]
-    except OSError:
-        return False
-    if holder != owner:
-        return False
-    shutil.rmtree(lock, ignore_errors=True)
-    return True
 
 
 def get_health(port: int, timeout: float = 2.0) -> tuple[int, dict[str, Any] | None]:
@@ -316,8 +304,6 @@ def main(argv: list[str] | None = None) -> int:
         if name != "facts":
             sub.add_argument("--agent", help="also report the audit facts of this agent")
             sub.add_argument("--login-user", default="root")
-            sub.add_argument("--unlock", nargs=2, metavar=("LOCK_DIR", "OWNER"),
-                             help="at the end, remove the deploy lock if OWNER holds it")
     args = parser.parse_args(argv)
     if args.command == "switch":
         result = switch(args.release)
@@ -332,8 +318,6 @@ def main(argv: list[str] | None = None) -> int:
             result = rollback(args.unit, args.port, args.to, args.timeout)
         if args.agent:
             result["facts"] = facts(args)
-        if args.unlock:
-            result["unlocked"] = unlock(*args.unlock)
     json.dump(result, sys.stdout, sort_keys=True)
     sys.stdout.write("\n")
     return 0

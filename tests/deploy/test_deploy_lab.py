@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from datetime import datetime
@@ -25,6 +26,21 @@ AGENTS = list(SECRETS["agents"])
 STATE_FILE = "/var/lib/fleet/bezalel/memory.txt"
 STATE_PROBE = f"stat -c '%i %Y %s' {STATE_FILE} && sha256sum {STATE_FILE}"
 RUN: dict[str, str] = {}
+COLD_CHANGES = [  # every state-changing operation of a deploy to a fresh node, in order
+    "Baseline | Agent user and group (system, no login shell)",
+    "Baseline | Fleet directories (owners and modes)",
+    "Baseline | sshd: no password logins (checked, then reloaded)",
+    "Release | Node helper fleet-nodectl",
+    "Release | Release unpacked",
+    "Release | Current release switched",
+    "Release | Agent registry.yaml",
+    "Release | Agent config.json",
+    "Soul | Agent soul (read-only)",
+    "Keys | Agent environment (secrets masked)",
+    "Services | Agent unit file",
+    "Services | systemd daemon-reload (unit file changed)",
+    "Services | Agent service enabled and running",
+]
 
 
 def lab_hosts(fleet: Fleet) -> dict[str, str]:
@@ -32,7 +48,9 @@ def lab_hosts(fleet: Fleet) -> dict[str, str]:
     return {name: entry["host"] for name, entry in data["wizards"].items()}
 
 
-def test_cold_deploy_brings_every_agent_to_healthy(fleet: Fleet) -> None:
+def test_cold_deploy_brings_every_agent_to_healthy(
+        fleet: Fleet, lab_refresh: Callable[[], Path]) -> None:
+    assert lab_refresh() == fleet.registry  # fresh nodes: every operation changes something
     done = fleet.run("deploy")
     assert done.returncode == 0, done.stdout + done.stderr
     record = fleet.record(done.stdout)
@@ -44,6 +62,7 @@ def test_cold_deploy_brings_every_agent_to_healthy(fleet: Fleet) -> None:
     for agent, host in lab_hosts(fleet).items():
         assert record["hosts"][agent]["status"] == "ok"
         assert record["hosts"][agent]["drift"] == []
+        assert record["hosts"][agent]["changed"] == COLD_CHANGES  # its own, each once
         health = requests.get(f"http://{host}:8646/health", timeout=5)
         assert health.status_code == 200
         body = health.json()
@@ -80,6 +99,27 @@ def test_second_deploy_changes_and_restarts_nothing(
         entry = record["hosts"][agent]
         assert (entry["status"], entry["changed"], entry["restarted"]) == ("ok", [], False)
     assert unit_state() == before
+
+
+def test_converged_fleet_dry_run_shows_no_change(fleet: Fleet) -> None:
+    plan = fleet.pyinfra("--json", "inventory.py", "deploy.py")  # no -y: a dry run
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    operations = json.loads(plan.stdout)["plan"]
+    assert operations and json.loads(plan.stdout)["results"] is None
+    assert [op["name"] for op in operations
+            if op["hosts_with_change"] or op["hosts_with_conditional_change"]] == []
+    assert not [op["name"] for op in operations if any(agent in op["name"] for agent in AGENTS)]
+    table = fleet.pyinfra("inventory.py", "deploy.py", "--dry")
+    output = table.stdout + table.stderr
+    assert table.returncode == 0, output
+    rows = output.split("Conditional Change", 1)[1].split("\n\n", 1)[0].strip().splitlines()
+    assert len(rows) == len(operations)
+    assert {tuple(re.split(r"\s{2,}", row.strip())[1:]) for row in rows} == {("-", "-")}
+    done = fleet.run("deploy", "--dry")
+    assert done.returncode == 0, done.stdout + done.stderr
+    hosts = fleet.record(done.stdout)["hosts"]
+    assert {agent: (hosts[agent]["status"], hosts[agent]["planned"]) for agent in AGENTS} == {
+        agent: ("planned", []) for agent in AGENTS}
 
 
 def test_config_change_touches_only_that_agent(

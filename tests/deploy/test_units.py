@@ -244,3 +244,75 @@ def test_node_state_reads_preflight_basics_in_the_same_round_trip() -> None:
         "debian", True, (3, 11), 1024)
     assert abs(basics["skew_s"]) < 5 and basics["lock"] == ""
     assert preflight.problems(basics, "me")[0] == []
+
+
+def test_lock_blocks_a_live_holder_and_takes_over_a_dead_one() -> None:
+    from deploys import lock
+
+    now = time.time()
+    assert lock.blocker("", "me:1:r", now) == (None, "")
+    assert lock.blocker(f"me:1:r {now:.0f}", "me:1:r", now) == (None, "")
+    live = f"elsewhere:1:run {now:.0f}"
+    assert lock.blocker(live, "me:1:r", now) == (
+        f"deploy lock {lock.LOCK_DIR} is held by {live}; wait for that deploy or remove the "
+        "lock if it is dead", "")
+    assert lock.blocker(f"elsewhere:1:run {now - 7200:.0f}", "me:1:r", now) == (
+        None, "elsewhere:1:run")
+    assert lock.stale("elsewhere:1:run garbage", now)
+
+
+def test_lock_release_removes_only_its_own_lock(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from deploys import lock
+
+    lock_dir = tmp_path / "fleet-deploy.lock"
+    monkeypatch.setattr(lock, "LOCK_DIR", str(lock_dir))
+    monkeypatch.setattr(lock, "OWNER_FILE", str(lock_dir / "owner"))
+    take = subprocess.run(["sh", "-c", lock.take_command("me:1:r")], check=False)
+    assert take.returncode == 0 and (lock_dir / "owner").read_text().startswith("me:1:r ")
+    other = subprocess.run(["sh", "-c", lock.take_command("other:2:s")], capture_output=True,
+                           text=True, check=False)
+    assert other.returncode == 1 and "node is locked by another deploy: me:1:r" in other.stderr
+    subprocess.run(["sh", "-c", lock.release_command("other:2:s")], check=True)
+    assert lock_dir.exists()
+    subprocess.run(["sh", "-c", lock.release_command("me:1:r")], check=True)
+    assert not lock_dir.exists()
+
+
+def test_unit_template_ships_in_the_package(registry) -> None:
+    from deploys.services import unit_text
+
+    agent = registry.get("bezalel")
+    ctx = AgentContext(agent=agent, registry=registry, soul_source=registry.soul_path(agent))
+    text = unit_text(ctx)
+    assert "User=bezalel" in text and "EnvironmentFile=/etc/fleet/bezalel/env" in text
+    assert not (REPO / "templates").exists()
+
+
+class Ran:
+    """An operation's result as the record reads it (pyinfra's OperationMeta)."""
+
+    def __init__(self, changed: bool, complete: bool = True) -> None:
+        self.will_change = changed
+        self.stdout = ""
+        self.changed, self.complete = changed, complete
+
+    def is_complete(self) -> bool:
+        return self.complete
+
+    def did_change(self) -> bool:
+        return self.changed
+
+    def did_succeed(self) -> bool:
+        return self.complete
+
+
+def test_record_lists_exactly_this_hosts_changed_operations(registry) -> None:
+    agent = registry.get("bezalel")
+    ctx = AgentContext(agent=agent, registry=registry, soul_source=registry.soul_path(agent))
+    ctx.track("Agent soul", Ran(True))
+    ctx.track("Agent unit file", Ran(False))
+    ctx.track("Agent config.json", Ran(True))
+    ctx.track("Agent service restarted", Ran(True, complete=False))  # not run (host failed)
+    assert ctx.changed() == ["Agent soul", "Agent config.json"]
+    assert ctx.planned() == ["Agent soul", "Agent config.json", "Agent service restarted"]

@@ -1,0 +1,106 @@
+"""The node's deploy lock: one deploy at a time per node.
+
+The lock is a directory on the node (``mkdir`` is atomic) holding an ``owner`` file with
+``controller:pid:run-id <unix time taken>``. Everything about it lives here:
+
+- :func:`owner`: who this deploy process is;
+- :func:`blocker`: at preflight, from the holder the node snapshot read, why the node cannot be
+  deployed now (a live deploy holds it), or a dead holder whose lock may be taken over;
+- :func:`lock_taken`: the operation taking it when the deploy runs (a check: nothing at plan
+  time);
+- :func:`release_command`: the shell command releasing it, if this deploy holds it (run with
+  verify, rollback or, failing those, audit).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+
+from pyinfra import host, state
+from pyinfra.api import operation
+
+from fleet.records import current_run_id
+
+LOCK_DIR = "/run/fleet-deploy.lock"
+OWNER_FILE = f"{LOCK_DIR}/owner"
+TTL_S = 1800  # a lock older than this whose holder cannot be checked is stale
+
+
+def owner() -> str:
+    """Who holds a node lock taken by this process: ``controller:pid:run-id``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{current_run_id()}"
+
+
+def stale(owner_line: str, now: float) -> bool:
+    """A lock is stale when its process on this controller is gone, or it is past the TTL."""
+    holder, _, taken = owner_line.partition(" ")
+    controller, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if controller == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    try:
+        return now - float(taken) > TTL_S
+    except ValueError:
+        return True
+
+
+def blocker(owner_line: str, me: str, now: float) -> tuple[str | None, str]:
+    """From the node's ``owner`` line: (why the node is locked, or None; a stale holder that
+    may be taken over, or '')."""
+    holder = owner_line.split(" ")[0]
+    if not owner_line or holder == me:
+        return None, ""
+    if stale(owner_line, now):
+        return None, holder
+    return (f"deploy lock {LOCK_DIR} is held by {owner_line}; wait for that deploy or remove "
+            f"the lock if it is dead"), ""
+
+
+def _holder_is(name: str) -> str:
+    """Shell test: the lock's owner file names ``name``."""
+    return f"[ \"$(cut -d' ' -f1 {shlex.quote(OWNER_FILE)} 2>/dev/null)\" = {shlex.quote(name)} ]"
+
+
+def take_command(me: str, stale_owner: str = "") -> str:
+    """Shell command taking the lock for ``me`` (or taking it over from ``stale_owner``)."""
+    takeover = f" || {_holder_is(stale_owner)}" if stale_owner else ""
+    return (
+        f"if mkdir {shlex.quote(LOCK_DIR)} 2>/dev/null || {_holder_is(me)}{takeover}; "
+        f"then echo {shlex.quote(me)} \"$(date +%s)\" > {shlex.quote(OWNER_FILE)}; "
+        f"else echo \"node is locked by another deploy: $(cat {shlex.quote(OWNER_FILE)}); "
+        f"remove {LOCK_DIR} if that deploy is dead\" >&2; exit 1; fi"
+    )
+
+
+def release_command(me: str) -> str:
+    """Shell command removing the lock if ``me`` holds it (always succeeds)."""
+    return f"{{ {_holder_is(me)} && rm -rf {shlex.quote(LOCK_DIR)}; true; }}"
+
+
+@operation(is_idempotent=False)
+def lock_taken(owner: str, stale_owner: str = ""):
+    """
+    Take this node's deploy lock for the run, or fail naming who holds it. A check, not a
+    change: at plan time (a dry run) it does nothing.
+
+    + owner: who takes it (``controller:pid:run-id``)
+    + stale_owner: a holder found dead at preflight whose lock may be taken over
+
+    **Example:**
+
+    .. code:: python
+
+        lock_taken(name="Take the node's deploy lock", owner="ctl:42:run-1")
+    """
+    if not state.is_executing:
+        host.noop("the deploy lock is taken when the deploy runs")
+        return
+    yield take_command(owner, stale_owner)
