@@ -29,6 +29,7 @@ COMMANDS = {
     "webhook": "fleet.cli.webhook:webhook",
     "bus": "fleet.cli.bus:bus",
     "gateway": "fleet.cli.gateway:gateway",
+    "dashboard": "fleet.cli.dashboard:dashboard",
 }
 
 

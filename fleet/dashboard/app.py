@@ -1,0 +1,38 @@
+"""The dashboard as its own app, for ``fleet dashboard`` on the controller (loopback, no
+token): ``create_app()`` reads ``$FLEET_REGISTRY``, ``$FLEET_RECORDS_DIR`` (default
+``./records``) and ``$FLEET_DASHBOARD_REFRESH`` (seconds, default 5)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, redirect, url_for
+from werkzeug.wrappers import Response
+
+from fleet import dashboard
+from fleet.dashboard.data import Dashboard
+from fleet.records import records_dir
+from fleet.registry import resolve_registry_path
+
+REFRESH_ENV = "FLEET_DASHBOARD_REFRESH"
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """The dashboard app; ``test_config`` may set REGISTRY_PATH, RECORDS_DIR, REFRESH_S."""
+    app = Flask(__name__)
+    app.config.from_mapping(
+        REGISTRY_PATH=str(resolve_registry_path(None)), RECORDS_DIR=str(records_dir()),
+        REFRESH_S=float(os.environ.get(REFRESH_ENV) or 5.0))
+    if test_config:
+        app.config.update(test_config)
+    source = Dashboard(Path(app.config["REGISTRY_PATH"]), Path(app.config["RECORDS_DIR"]),
+                       refresh_s=float(app.config["REFRESH_S"]))
+    dashboard.init_app(app, source)
+
+    @app.get("/")
+    def index() -> Response:
+        return redirect(url_for("dashboard.page"))
+
+    return app

@@ -1,0 +1,207 @@
+"""What the dashboard shows: every agent's live state against what it must run, and the
+latest runs. Built from ``fleet status``'s probes (SSH and ``/health`` in parallel), each
+gateway's public ``/metrics`` (bus outbox depth, dead letters), and the run records."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import requests
+
+from fleet.expected import expected
+from fleet.records import RunRecord
+from fleet.registry import Agent, Registry, load_registry
+from fleet.status import AgentStatus, probe_fleet
+
+METRIC_RE = re.compile(r'(fleet_bus_[a-z_]+)\{[^}]*\} ([0-9]+)')
+RUNS_SHOWN = 10
+METRICS_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """One agent's row: live state, and how it compares with what it must run."""
+
+    name: str
+    role: str
+    region: str | None
+    host: str
+    state: str  # ``ok``, ``drift`` or ``down``
+    health: str
+    release: str | None
+    release_state: str  # ``ok``, ``drift`` or ``unknown`` (against the last deploy)
+    soul_state: str
+    config_state: str
+    outbox_depth: int | None
+    dead_letters: int | None
+    last_seen: str | None
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostRun:
+    """One host's part of a run."""
+
+    name: str
+    status: str
+    release: str | None
+    changed: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class RunView:
+    """One run record, as the dashboard lists it."""
+
+    run_id: str
+    kind: str
+    status: str
+    dry: bool
+    release: str | None
+    started: str | None
+    finished: str | None
+    hosts: tuple[HostRun, ...]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one page (or one refresh of it) shows."""
+
+    taken: str
+    fleet: str
+    agents: tuple[AgentView, ...]
+    runs: tuple[RunView, ...]
+    deployed_release: str | None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many agents are ``ok``, ``drift`` and ``down``."""
+        found = {"ok": 0, "drift": 0, "down": 0}
+        for agent in self.agents:
+            found[agent.state] += 1
+        return found
+
+
+def _compare(actual: str | None, wanted: str | None) -> str:
+    if actual is None or wanted is None:
+        return "unknown"
+    return "ok" if actual == wanted else "drift"
+
+
+def read_runs(records: Path, limit: int = RUNS_SHOWN) -> list[RunRecord]:
+    """The newest run records, newest first (unreadable files are passed over)."""
+    found: list[RunRecord] = []
+    for path in sorted(records.glob("*.json"), reverse=True):
+        try:
+            found.append(cast(RunRecord, json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue
+        if len(found) == limit:
+            break
+    return found
+
+
+def deployed_release(runs: list[RunRecord]) -> str | None:
+    """The release of the newest deploy that went through (not a dry run)."""
+    for run in runs:
+        if run.get("kind") == "deploy" and not run.get("dry") and \
+                run.get("status") in ("ok", "degraded") and run.get("release"):
+            return run.get("release")
+    return None
+
+
+def bus_gauges(agent: Agent) -> dict[str, int]:
+    """The gateway's bus gauges from its public Prometheus ``/metrics`` (empty on failure)."""
+    url = re.sub(r"/health$", "/metrics", agent.health_endpoint)
+    try:
+        text = requests.get(url, timeout=METRICS_TIMEOUT_S).text
+    except requests.RequestException:
+        return {}
+    return {match[1]: int(match[2]) for line in text.splitlines()
+            if (match := METRIC_RE.fullmatch(line))}
+
+
+def view_runs(runs: list[RunRecord]) -> tuple[RunView, ...]:
+    """The records as rows: per host its outcome, release, changed operations and reason."""
+    return tuple(RunView(
+        run_id=run.get("run_id", "?"), kind=run.get("kind", "deploy"),
+        status=run.get("status", "?"), dry=bool(run.get("dry")), release=run.get("release"),
+        started=run.get("started"), finished=run.get("finished"),
+        hosts=tuple(HostRun(name=name, status=entry.get("status", "?"),
+                            release=entry.get("release"),
+                            changed=tuple(entry.get("changed", entry.get("planned", []))),
+                            reason=entry.get("reason", "") or "; ".join(entry.get("problems", [])))
+                    for name, entry in run.get("hosts", {}).items()),
+    ) for run in runs)
+
+
+class Dashboard:
+    """The dashboard's data source, one per app: probes cached for ``max_age`` seconds so many
+    viewers cost one probe of the fleet per interval."""
+
+    def __init__(self, registry_path: Path, records_dir: Path, refresh_s: float = 5.0) -> None:
+        self.registry_path = registry_path
+        self.records_dir = records_dir
+        self.refresh_s = refresh_s
+        self._lock = threading.Lock()
+        self._cached: tuple[float, Snapshot] | None = None
+        self.last_seen: dict[str, str] = {}
+
+    def snapshot(self) -> Snapshot:
+        """The fleet now (or as probed less than half a refresh interval ago)."""
+        with self._lock:
+            if self._cached and time.monotonic() - self._cached[0] < self.refresh_s / 2:
+                return self._cached[1]
+            snapshot = self._take()
+            self._cached = (time.monotonic(), snapshot)
+            return snapshot
+
+    def _take(self) -> Snapshot:
+        registry = load_registry(self.registry_path)
+        runs = read_runs(self.records_dir)
+        release = deployed_release(runs)
+        agents = list(registry)
+        with ThreadPoolExecutor(max_workers=max(1, len(agents))) as pool:
+            gauges = list(pool.map(bus_gauges, agents))
+        statuses = probe_fleet(registry)
+        taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        views = tuple(self._view(registry, agent, status, gauge, release, taken)
+                      for agent, status, gauge in zip(agents, statuses, gauges, strict=True))
+        return Snapshot(taken=taken, fleet=registry.name, agents=views, runs=view_runs(runs),
+                        deployed_release=release)
+
+    def _view(self, registry: Registry, agent: Agent, status: AgentStatus,
+              gauge: dict[str, int], release: str | None, taken: str) -> AgentView:
+        wanted = expected(registry, agent)
+        soul = _compare(status.soul_sha256, wanted.soul_sha256)
+        config = _compare(status.config_hash, wanted.config_hash)
+        release_state = _compare(status.release, release)
+        if status.healthy:
+            self.last_seen[agent.name] = taken
+            drifted = "drift" in (soul, config, release_state)
+            state = "drift" if drifted else "ok"
+        else:
+            state = "down"
+        reasons = [f"ssh: {status.ssh}"] if status.ssh != "ok" else []
+        reasons += [f"health: {status.health}"] if status.health != "ok" else []
+        return AgentView(
+            name=agent.name, role=agent.role, region=agent.region, host=agent.host, state=state,
+            health=status.health, release=status.release, release_state=release_state,
+            soul_state=soul, config_state=config,
+            outbox_depth=gauge.get("fleet_bus_outbox_depth"),
+            dead_letters=gauge.get("fleet_bus_dead_letters"),
+            last_seen=self.last_seen.get(agent.name),
+            problems=tuple(reasons + list(status.problems)))
+
+
+def as_json(snapshot: Snapshot) -> dict[str, Any]:
+    """The snapshot as plain data (``/dashboard/state.json``)."""
+    return {**asdict(snapshot), "counts": snapshot.counts}
+

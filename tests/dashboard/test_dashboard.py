@@ -1,0 +1,130 @@
+"""The dashboard without a lab: its page, live part and JSON on a fleet whose hosts are closed
+loopback ports (every agent down), the records it lists, and how it judges an agent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from fleet.dashboard.app import create_app
+from fleet.dashboard.data import Dashboard
+from fleet.expected import config_hash
+from fleet.registry import load_registry
+from fleet.status import AgentStatus
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def fleet_dir(tmp_path: Path) -> Path:
+    port, other = closed_port(), closed_port()
+    (tmp_path / "souls").mkdir()
+    for name in ("alpha", "beta"):
+        (tmp_path / "souls" / f"{name}.md").write_text(f"# {name}\n")
+    (tmp_path / "registry.yaml").write_text(f"""\
+fleet:
+  name: loop
+wizards:
+  alpha:
+    host: 127.0.0.1
+    role: orchestrator
+    model: m
+    ssh_port: {port}
+    gateway_port: {port}
+  beta:
+    host: 127.0.0.1
+    role: worker
+    model: m
+    ssh_port: {port}
+    gateway_port: {other}
+""")
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "20261130T100000Z-aaaaaa.json").write_text(json.dumps({
+        "run_id": "20261130T100000Z-aaaaaa", "kind": "deploy", "status": "ok", "dry": False,
+        "release": "abc123abc123", "hosts": {
+            "alpha": {"status": "ok", "release": "abc123abc123",
+                      "changed": ["Soul | Agent soul (read-only)"]},
+            "beta": {"status": "rolled_back", "release": "0123",
+                     "reason": "verify failed: /health answers 503"}}}))
+    return tmp_path
+
+
+@pytest.fixture
+def client(fleet_dir: Path) -> FlaskClient:
+    app = create_app({"REGISTRY_PATH": str(fleet_dir / "registry.yaml"),
+                      "RECORDS_DIR": str(fleet_dir / "records"), "REFRESH_S": 2.0})
+    return app.test_client()
+
+
+def test_page_lists_every_agent_and_the_runs(client: FlaskClient) -> None:
+    page = client.get("/dashboard/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert '<tr id="agent-alpha" data-agent="alpha" data-state="down">' in html
+    assert '<tr id="agent-beta" data-agent="beta" data-state="down">' in html
+    assert "0 ok</span>" in html and "2 down</span>" in html
+    assert "last deploy: abc123abc123" in html
+    assert "Soul | Agent soul (read-only)" in html
+    assert "verify failed: /health answers 503" in html
+    assert 'data-refresh-ms="2000"' in html
+    assert "http://" not in html.replace("http://127.0.0.1", "")  # nothing from elsewhere
+
+
+def test_live_part_and_json_carry_the_same_state(client: FlaskClient) -> None:
+    live = client.get("/dashboard/live")
+    assert live.status_code == 200
+    assert live.headers["Cache-Control"] == "no-store"
+    assert "<html" not in live.get_data(as_text=True)
+    state = client.get("/dashboard/state.json").get_json()
+    assert state["counts"] == {"ok": 0, "drift": 0, "down": 2}
+    assert [agent["name"] for agent in state["agents"]] == ["alpha", "beta"]
+    assert all(agent["health"] != "ok" and agent["last_seen"] is None
+               for agent in state["agents"])
+
+
+def test_run_records_are_served_by_valid_id_only(client: FlaskClient) -> None:
+    record = client.get("/dashboard/runs/20261130T100000Z-aaaaaa.json")
+    assert record.status_code == 200
+    assert record.get_json()["release"] == "abc123abc123"
+    missing = client.get("/dashboard/runs/20261130T100000Z-bbbbbb.json")
+    assert (missing.status_code, missing.get_json()) == (
+        404, {"error": "run 20261130T100000Z-bbbbbb doesn't exist"})
+    bad = client.get("/dashboard/runs/..%2Fregistry.json")
+    assert bad.status_code in (400, 404)
+
+
+@pytest.mark.parametrize(("status", "state", "soul", "config", "release"), [
+    ({}, "ok", "ok", "ok", "ok"),
+    ({"soul_sha256": "f" * 64}, "drift", "drift", "ok", "ok"),
+    ({"release": "999999999999"}, "drift", "ok", "ok", "drift"),
+    ({"config_hash": "0" * 64}, "drift", "ok", "drift", "ok"),
+    ({"health": "HTTP 503"}, "down", "ok", "ok", "ok"),
+])
+def test_an_agent_is_judged_against_what_it_must_run(
+        fleet_dir: Path, status: dict[str, str], state: str, soul: str, config: str,
+        release: str) -> None:
+    registry = load_registry(fleet_dir / "registry.yaml")
+    agent = registry.get("alpha")
+    found = AgentStatus(agent="alpha", role="orchestrator", host="127.0.0.1", ssh="ok",
+                        health="ok", release="abc123abc123", config_hash=config_hash(agent),
+                        soul_sha256=hashlib.sha256(b"# alpha\n").hexdigest())
+    for key, value in status.items():
+        setattr(found, key, value)
+    source = Dashboard(fleet_dir / "registry.yaml", fleet_dir / "records")
+    view = source._view(registry, agent, found, {"fleet_bus_outbox_depth": 3}, "abc123abc123",
+                        "2026-11-30T10:00:00Z")
+    assert (view.state, view.soul_state, view.config_state, view.release_state) == (
+        state, soul, config, release)
+    assert view.outbox_depth == 3 and view.dead_letters is None
+    assert view.last_seen == (None if state == "down" else "2026-11-30T10:00:00Z")

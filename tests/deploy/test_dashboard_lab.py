@@ -1,0 +1,116 @@
+"""The dashboard of a deployed lab in a real browser (Debian's chromium driven by Playwright):
+every agent healthy with its release; an agent whose service stops shows down within one
+refresh interval without a reload; no console errors; axe-core finds no accessibility
+violation. Screenshots are kept in ``$FLEET_TEST_ARTIFACTS`` (default ``artifacts/``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.deploy.conftest import Fleet
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+AXE = REPO / "tests" / "dashboard" / "vendor" / "axe.min.js"
+CHROMIUM = "/usr/bin/chromium"
+REFRESH_S = 2.0
+WORKER = "allegro"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def artifacts() -> Path:
+    path = Path(os.environ.get("FLEET_TEST_ARTIFACTS") or REPO / "artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dashboard_url(fleet: Fleet) -> Iterator[str]:
+    """A deployed lab and ``fleet dashboard`` serving it on loopback."""
+    done = fleet.run("deploy")
+    assert done.returncode == 0, done.stdout + done.stderr
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from fleet.cli import main; main()", "--registry",
+         str(fleet.registry), "dashboard", "--port", str(port), "--refresh", str(REFRESH_S)],
+        cwd=fleet.clone, env=fleet.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/dashboard/"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(url, timeout=10).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "fleet dashboard did not answer"
+            time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_dashboard_shows_health_then_a_stopped_agent_without_reload(
+        fleet: Fleet, dashboard_url: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    release = fleet.record(fleet.run("deploy").stdout)["release"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error"
+                    else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(dashboard_url)
+            rows = page.locator("tr[data-agent]")
+            assert rows.count() == 3
+            for index in range(3):
+                row = rows.nth(index)
+                assert row.get_attribute("data-state") == "ok", row.inner_text()
+                assert release in row.inner_text()
+            page.add_script_tag(path=str(AXE))
+            violations = page.evaluate(
+                "async () => (await axe.run(document, {runOnly: {type: 'tag', values: "
+                "['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']}}))"
+                ".violations.map(v => v.id + ': ' + v.help)")
+            assert violations == []
+            page.screenshot(path=str(artifacts() / "dashboard-healthy.png"), full_page=True)
+            page.evaluate("window.loadedOnce = true")  # gone if the page reloads
+
+            fleet.ssh(WORKER, f"systemctl stop fleet-agent-{WORKER}.service")
+            try:
+                started = time.monotonic()
+                page.wait_for_selector(f'tr[data-agent="{WORKER}"][data-state="down"]',
+                                       timeout=(2 * REFRESH_S + 8) * 1000)
+                waited = time.monotonic() - started
+                assert page.evaluate("window.loadedOnce") is True
+                assert page.locator(f'tr[data-agent="{WORKER}"] .badge').inner_text() == "down"
+                page.screenshot(path=str(artifacts() / "dashboard-agent-down.png"),
+                                full_page=True)
+                page.set_viewport_size({"width": 390, "height": 900})
+                page.screenshot(path=str(artifacts() / "dashboard-phone.png"), full_page=True)
+            finally:
+                fleet.ssh(WORKER, f"systemctl start fleet-agent-{WORKER}.service")
+            assert waited < 2 * REFRESH_S + 8
+            assert errors == []
+        finally:
+            browser.close()
