@@ -190,7 +190,6 @@ class Dashboard:
         else:
             state = "down"
         reasons = [f"ssh: {status.ssh}"] if status.ssh != "ok" else []
-        reasons += [f"health: {status.health}"] if status.health != "ok" else []
         return AgentView(
             name=agent.name, role=agent.role, region=agent.region, host=agent.host, state=state,
             health=status.health, release=status.release, release_state=release_state,
