@@ -30,6 +30,7 @@ COMMANDS = {
     "bus": "fleet.cli.bus:bus",
     "gateway": "fleet.cli.gateway:gateway",
     "dashboard": "fleet.cli.dashboard:dashboard",
+    "test": "fleet.cli.livetest:live_test_command",
 }
 
 

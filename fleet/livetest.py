@@ -1,0 +1,115 @@
+"""``fleet test``: the live testinfra suite (``tests/live``) against every agent, in parallel.
+
+One pytest process per agent (``FLEET_LIVE_REGISTRY`` and ``FLEET_LIVE_AGENT`` tell the suite
+which node to check), reaching it over ``ssh://`` with the deploy's SSH settings (user, port,
+key, pinned host keys). Each process writes a JUnit XML report; the per-host summary is read
+from it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleet.errors import FleetError
+from fleet.registry import REGISTRY_ENV, Agent, Registry
+
+LIVE_REGISTRY_ENV = "FLEET_LIVE_REGISTRY"
+LIVE_AGENT_ENV = "FLEET_LIVE_AGENT"
+SUITE = Path("tests") / "live"
+HOST_TIMEOUT_S = 600
+
+
+class LiveTestError(FleetError):
+    """The live suite cannot be run (no suite in this folder, pytest missing, ...)."""
+
+
+@dataclass
+class HostResult:
+    """One agent's outcome: checks passed, and each failed check with its message."""
+
+    agent: str
+    passed: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.passed > 0
+
+
+def testinfra_target(agent: Agent, registry: Registry) -> tuple[str, dict[str, Any]]:
+    """The ``testinfra.get_host`` spec and keyword arguments reaching ``agent`` like the
+    deploy does (host key checked strictly when the registry pins host keys)."""
+    extra = ["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
+    if registry.ssh_key:
+        extra += ["-o", "IdentitiesOnly=yes"]
+    if registry.known_hosts:
+        extra += ["-o", f"UserKnownHostsFile={registry.known_hosts}",
+                  "-o", "StrictHostKeyChecking=yes"]
+    kwargs: dict[str, Any] = {"ssh_extra_args": shlex.join(extra)}
+    if registry.ssh_key:
+        kwargs["ssh_identity_file"] = registry.ssh_key
+    return f"ssh://{agent.ssh_user}@{agent.host}:{agent.ssh_port}", kwargs
+
+
+def read_junit(agent: str, path: Path) -> HostResult:
+    """A host's result from its JUnit XML report."""
+    result = HostResult(agent=agent)
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (OSError, ElementTree.ParseError) as exc:
+        result.failed.append(("the live suite", f"no report: {exc}"))
+        return result
+    for case in root.iter("testcase"):
+        name = case.get("name", "?")
+        problem = case.find("failure")
+        if problem is None:
+            problem = case.find("error")
+        if problem is not None:
+            message = (problem.get("message") or problem.text or "failed").strip()
+            result.failed.append((name, message.splitlines()[0][:300]))
+        elif case.find("skipped") is not None:
+            result.skipped += 1
+        else:
+            result.passed += 1
+    return result
+
+
+def run_host(agent: str, registry: Registry, suite: Path, reports: Path) -> HostResult:
+    """Run the suite against one agent; its result."""
+    report = reports / f"{agent}.xml"
+    env = {**os.environ, LIVE_REGISTRY_ENV: str(registry.path.resolve()), LIVE_AGENT_ENV: agent,
+           REGISTRY_ENV: str(registry.path.resolve())}
+    command = [sys.executable, "-m", "pytest", str(suite), "-q", "-p", "no:cacheprovider",
+               f"--junitxml={report}", "-o", "junit_family=xunit1"]
+    try:
+        subprocess.run(command, cwd=suite.parent.parent, env=env, capture_output=True,
+                       timeout=HOST_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return HostResult(agent=agent, failed=[("the live suite",
+                                                f"timed out after {HOST_TIMEOUT_S}s")])
+    return read_junit(agent, report)
+
+
+def live_test(registry: Registry, names: list[str], project: Path,
+              echo: Callable[[str], None] = lambda _: None) -> list[HostResult]:
+    """Run ``tests/live`` of ``project`` against ``names`` in parallel; results in order."""
+    suite = project / SUITE
+    if not suite.is_dir():
+        raise LiveTestError(f"{suite} is missing: no live suite to run",
+                            hint="Run fleet test from the fleet repository's top folder.")
+    with tempfile.TemporaryDirectory(prefix="fleet-test-") as scratch, \
+            ThreadPoolExecutor(max_workers=max(1, min(len(names), 16))) as pool:
+        echo(f"==> live checks of {', '.join(names)} (tests/live, in parallel)")
+        return list(pool.map(lambda name: run_host(name, registry, suite, Path(scratch)),
+                             names))
