@@ -158,6 +158,8 @@ def agent_audited(ctx: AgentContext):
 @phase("Audit")
 def run(ctx: AgentContext) -> None:
     """Record the node's real state and drift; release the lock; fail a rolled-back host. At
-    plan time, the record gets the names of this host's operations that would change."""
-    update_host(current_run_id(), host.name, {"planned": ctx.planned()})
+    plan time (when pyinfra plans first), the record gets the names of this host's operations
+    that would change."""
+    if state.check_for_changes:  # planning first (a dry run, or pyinfra without -y)
+        update_host(current_run_id(), host.name, {"planned": ctx.planned()})
     agent_audited(name=AUDIT, ctx=ctx)
