@@ -6,12 +6,14 @@ Called from three phases, and a no-op on every other host:
   state dir ``/var/lib/fleet/webhook`` (also its home and build cache);
 - keys: ``webhook.env`` (0600: the receiver's secrets, ``FLEET_REPO_URL`` from the registry's
   ``fleet.repo_url``), a copy of the secrets file its deploys use, and ``FLEET_DEPLOY_SSH_KEY``
-  as the private key they reach the fleet with;
+  as the private key they reach the fleet with (named in the user's ``~/.ssh/config``, which
+  ssh, git and pyinfra read);
 - services: the deploy tools (pyinfra, see :func:`fleet.release.build_deploy_tools`), the
   receiver's release build cache seeded from the node's release and tools, the unit
-  ``fleet-webhook.service`` from ``fleet/webhook/fleet-webhook.service`` running the current
-  release, enabled and started; restarted when its release, tools, unit or env changed (after
-  the run, when the receiver is deploying its own node: :func:`restart_command`).
+  ``fleet-webhook.service`` from ``fleet/webhook/fleet-webhook.service`` running
+  ``fleet webhook serve`` (gunicorn and the deploy dispatcher) of the current release, enabled
+  and started; restarted when its release, tools, unit or env changed (after the run, when the
+  receiver is deploying its own node: :func:`restart_command`).
 
 Without the receiver's secrets (or ``fleet.repo_url``) nothing is installed and the deploy
 says why; the deploy does not fail. The host reads one snapshot of the receiver's paths and
@@ -26,14 +28,14 @@ from pathlib import Path
 
 from jinja2 import Template
 from pyinfra import host, logger
-from pyinfra.api.hiddenvalue import HiddenValue
-from pyinfra.api.operation import OperationMeta
+from pyinfra.api import HiddenValue
 from pyinfra.operations import apt
 
 from deploys.context import OPT, RELEASES, AgentContext, secrets
 from deploys.facts import NodeState
 from deploys.ops import (
     Node,
+    Outcome,
     agent_account,
     agent_service,
     deps_seeded,
@@ -64,10 +66,24 @@ LOCK_FILE = f"{STATE_DIR}/deploy.lock"  # fleet.webhook.lock: held while the rec
 ENV_FILE = f"{ETC_DIR}/webhook.env"
 SECRETS_COPY = f"{ETC_DIR}/secrets.yaml"
 KEY_FILE = f"{ETC_DIR}/deploy_key"
+SSH_DIR = f"{STATE_DIR}/.ssh"  # the user's home is the state dir
+SSH_CONFIG = f"{SSH_DIR}/config"
 UNIT = "fleet-webhook.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT}"
 PORT = 9876
 PYTHON = "/usr/bin/python3"
+# operation names (pyinfra shares one per operation across hosts: no host-specific part)
+GIT = "git for the webhook receiver (fetches the fleet repository)"
+ACCOUNT = f"Webhook user {USER} (system, no login shell)"
+DIRECTORIES = "Webhook receiver directories (owners and modes)"
+ENV = f"Environment of the webhook receiver {ENV_FILE} (secrets masked)"
+SECRETS = f"Secrets file of the receiver's deploys {SECRETS_COPY} (not shown)"
+KEY = f"SSH key of the receiver's deploys {KEY_FILE} (not shown)"
+SSH = f"SSH config of the receiver's deploys {SSH_CONFIG} (their key)"
+TOOLS = "Deploy tools (pyinfra) for the webhook receiver"
+CACHE = "Release build cache of the receiver's deploys (no package index needed)"
+UNIT_FILE = f"Unit {UNIT}"
+SERVICE = f"{UNIT} enabled, running, restarted if its release, tools, unit or env changed"
 TEMPLATE = Path(__file__).resolve().parent.parent / "fleet" / "webhook" / "fleet-webhook.service"
 
 
@@ -78,25 +94,27 @@ class Receiver:
 
     problem: str | None
     node: Node = field(default_factory=dict)
-    triggers: list[OperationMeta] = field(default_factory=list)
+    triggers: list[Outcome] = field(default_factory=list)
 
 
 _receivers: dict[str, Receiver] = {}
 
 
 def public_env(ctx: AgentContext) -> dict[str, str]:
-    """The receiver's non-secret settings (``webhook.env``)."""
-    data = f" --data ssh_key={KEY_FILE}" if deploy_key(ctx) else ""
-    env = {
+    """The receiver's non-secret settings (``webhook.env``); its deploys run
+    ``python3 -m fleet deploy``."""
+    return {
         "FLEET_STATE_DIR": STATE_DIR,
         "FLEET_REPO_URL": ctx.registry.repo_url or "",
         "FLEET_SECRETS": SECRETS_COPY,
-        "FLEET_DEPLOY_COMMAND": f"python3 -m pyinfra -y --json{data} inventory.py deploy.py",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
-    if data:
-        env["GIT_SSH_COMMAND"] = f"ssh -i {KEY_FILE} -o IdentitiesOnly=yes"
-    return env
+
+
+def ssh_config() -> str:
+    """``~/.ssh/config`` of the receiver's user: its deploy key for every host (git, ssh and
+    pyinfra's SSH connector read it)."""
+    return f"Host *\n    IdentityFile {KEY_FILE}\n    IdentitiesOnly yes\n"
 
 
 def receiver_env(ctx: AgentContext) -> dict[str, str]:
@@ -114,6 +132,7 @@ def deploy_key(ctx: AgentContext) -> str:
 
 def problem(ctx: AgentContext) -> str | None:
     """Why the receiver cannot be installed on this agent's node (``None``: it can)."""
+    from fleet.webhook.checkout import check_repo_url
     from fleet.webhook.config import load_settings
 
     if NAME in ctx.registry.agents:
@@ -122,11 +141,20 @@ def problem(ctx: AgentContext) -> str | None:
     if not ctx.registry.repo_url:
         return ("fleet.repo_url is not set in the registry; set it to the fleet repository "
                 "the receiver deploys from")
+    env = receiver_env(ctx)
     try:
-        load_settings(receiver_env(ctx))
+        check_repo_url(env["FLEET_REPO_URL"])
+    except WebhookError as exc:
+        return f"{exc}; fix fleet.repo_url in the registry"
+    try:
+        load_settings(env)
     except WebhookError as exc:
         where = secrets().path or "the secrets file ($FLEET_SECRETS is not set)"
         return f"{exc}; add it under fleet: or agents.{ctx.name}: in {where}"
+    for name, value in env.items():
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+            return (f"{name} contains a control character (newline, tab, ...); "
+                    f"{ENV_FILE} holds one KEY=value per line")
     return None
 
 
@@ -143,9 +171,9 @@ def receiver(ctx: AgentContext) -> Receiver | None:
                             fg="yellow", log_func=logger.warning)
         else:
             plan.node = host.get_fact(
-                NodeState, paths=[ETC_DIR, STATE_DIR, TOOLS_DIR, ENV_FILE, SECRETS_COPY,
-                                  KEY_FILE, UNIT_PATH, *(f"{DEPS_CACHE}/{key}/.complete"
-                                                         for key in deps_keys())],
+                NodeState, paths=[ETC_DIR, STATE_DIR, SSH_DIR, TOOLS_DIR, ENV_FILE, SECRETS_COPY,
+                                  KEY_FILE, SSH_CONFIG, UNIT_PATH,
+                                  *(f"{DEPS_CACHE}/{key}/.complete" for key in deps_keys())],
                 user=USER, unit=UNIT, current=f"{TOOLS_DIR}/current", releases_dir=TOOLS_DIR,
                 keys_file="/dev/null")
         _receivers[ctx.name] = plan
@@ -182,15 +210,14 @@ def baseline(ctx: AgentContext) -> None:
     plan = receiver(ctx)
     if plan is None:
         return
-    apt.packages(name="git for the webhook receiver (fetches the fleet repository)",
-                 packages=["git"])
-    agent_account(name=f"Webhook user {USER} (system, no login shell)", user=USER,
-                  home=STATE_DIR, node=plan.node)
-    directories(name="Webhook receiver directories (owners and modes)", node=plan.node, specs=[
+    ctx.track(GIT, apt.packages(name=GIT, packages=["git"]))
+    ctx.track(ACCOUNT, agent_account(name=ACCOUNT, user=USER, home=STATE_DIR, node=plan.node))
+    ctx.track(DIRECTORIES, directories(name=DIRECTORIES, node=plan.node, specs=[
         (ETC_DIR, "root", USER, "750"),
         (STATE_DIR, USER, USER, "700"),
+        (SSH_DIR, USER, USER, "700"),
         (TOOLS_DIR, "root", "root", "755"),
-    ])
+    ]))
 
 
 def keys(ctx: AgentContext) -> None:
@@ -199,20 +226,22 @@ def keys(ctx: AgentContext) -> None:
     if plan is None:
         return
     env = receiver_env(ctx)
-    plan.triggers.append(secret_file(
-        name=f"Environment of the webhook receiver {ENV_FILE} (secrets masked)", dest=ENV_FILE,
+    plan.triggers.append(ctx.track(ENV, secret_file(
+        name=ENV, dest=ENV_FILE,
         content=HiddenValue("".join(f"{key}={value}\n" for key, value in env.items())),
-        public=tuple(public_env(ctx)), user=USER, group=USER, node=plan.node))
+        public=tuple(public_env(ctx)), user=USER, group=USER, node=plan.node)))
     source = secrets().path
     if source is not None:
-        secret_file(name=f"Secrets file of the receiver's deploys {SECRETS_COPY} (not shown)",
-                    dest=SECRETS_COPY, content=HiddenValue(source.read_text(encoding="utf-8")),
-                    public=None, user=USER, group=USER, node=plan.node)
+        ctx.track(SECRETS, secret_file(
+            name=SECRETS, dest=SECRETS_COPY,
+            content=HiddenValue(source.read_text(encoding="utf-8")), public=None, user=USER,
+            group=USER, node=plan.node))
     key = deploy_key(ctx)
     if key:
-        secret_file(name=f"SSH key of the receiver's deploys {KEY_FILE} (not shown)",
-                    dest=KEY_FILE, content=HiddenValue(key), public=None, user=USER,
-                    group=USER, node=plan.node)
+        ctx.track(KEY, secret_file(name=KEY, dest=KEY_FILE, content=HiddenValue(key),
+                                   public=None, user=USER, group=USER, node=plan.node))
+        ctx.track(SSH, managed_file(name=SSH, dest=SSH_CONFIG, content=ssh_config(), user=USER,
+                                    group=USER, mode="600", node=plan.node))
 
 
 def services(ctx: AgentContext) -> None:
@@ -221,19 +250,18 @@ def services(ctx: AgentContext) -> None:
     if plan is None:
         return
     tools = build_deploy_tools()
-    release_unpacked(name=f"Deploy tools {tools.id} (pyinfra) for the webhook receiver",
-                     release_id=tools.id, tarball=str(tools.path), releases_dir=TOOLS_DIR,
-                     node=plan.node)
+    ctx.track(TOOLS, release_unpacked(name=TOOLS, release_id=tools.id, tarball=str(tools.path),
+                                      releases_dir=TOOLS_DIR, node=plan.node))
     release_deps, tools_deps = deps_keys()
-    deps_seeded(name="Release build cache of the receiver's deploys (no package index needed)",
-                cache=DEPS_CACHE, user=USER, node=plan.node,
-                trees=[(release_deps, f"{RELEASES}/{ctx.release.id}/site"),
-                       (tools_deps, f"{TOOLS_DIR}/{tools.id}/site")],
-                leave_out=[*SHIPPED_PACKAGES, RELEASE_FILE, BROKEN_MARKER])
-    unit = managed_file(name=f"Unit {UNIT}", dest=UNIT_PATH, content=unit_text(ctx, tools.id),
-                        user="root", group="root", mode="644", node=plan.node)
-    agent_service(
-        name=f"{UNIT} enabled, running, restarted if its release, tools, unit or env changed",
-        unit=UNIT, node=plan.node, unit_file=unit, triggers=list(plan.triggers),
-        restart=restart_command())
+    ctx.track(CACHE, deps_seeded(
+        name=CACHE, cache=DEPS_CACHE, user=USER, node=plan.node,
+        trees=[(release_deps, f"{RELEASES}/{ctx.release.id}/site"),
+               (tools_deps, f"{TOOLS_DIR}/{tools.id}/site")],
+        leave_out=[*SHIPPED_PACKAGES, RELEASE_FILE, BROKEN_MARKER]))
+    unit = ctx.track(UNIT_FILE, managed_file(
+        name=UNIT_FILE, dest=UNIT_PATH, content=unit_text(ctx, tools.id), user="root",
+        group="root", mode="644", node=plan.node))
+    ctx.track(SERVICE, agent_service(
+        name=SERVICE, unit=UNIT, node=plan.node, unit_file=unit, triggers=list(plan.triggers),
+        restart=restart_command()))
 

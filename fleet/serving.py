@@ -11,8 +11,9 @@ from gunicorn.app.base import BaseApplication
 class FactoryServer(BaseApplication):
     """gunicorn calling ``module:factory()`` in each worker.
 
-    No preload: the gateway's bus and the webhook's dispatcher start background threads
-    when the app is created, and each worker needs its own.
+    No preload: the gateway's bus starts background threads when the app is created, and
+    each worker needs its own. ``options`` are gunicorn settings by name; the webhook
+    receiver's worker model is :data:`fleet.webhook.serving.OPTIONS`.
     """
 
     def __init__(self, factory: str, options: dict[str, Any]) -> None:

@@ -88,8 +88,10 @@ def format_run(run: dict[str, Any]) -> str:
     """One run for people."""
     lines = [
         f"run {run['id']}: {run['status']}",
-        f"tag {run['tag']} at {run['sha']} pushed by {run['pusher']} via {run['forge']} "
+        f"tag {run['tag']} claimed at {run['sha']} by {run['pusher']} via {run['forge']} "
         f"(delivery {run['delivery_id']})",
+        f"resolved to {run.get('commit_sha') or '-'}, release {run.get('release') or '-'}, "
+        f"fleet run {run.get('fleet_run_id') or '-'}",
         f"queued {run['queued_at']}, started {run['started_at'] or '-'}, "
         f"ended {run['ended_at'] or '-'}, exit status {run['exit_status']}",
         f"summary: {run['summary'] or '-'}",
@@ -98,9 +100,15 @@ def format_run(run: dict[str, Any]) -> str:
         lines.append(f"superseded by run {run['superseded_by']}")
     if run.get("covers"):
         lines.append(f"covers runs {', '.join(map(str, run['covers']))}")
+    for stage in run.get("stages", []):
+        outcome = ", ".join(f"{host} {status}" for host, status in stage.get("outcome", {}).items())
+        lines.append(f"  stage {stage.get('stage')}: {outcome or '-'}")
     for host, result in run["hosts"].items():
-        lines.append(f"  {host:<16} {result['status']:<6} {result['changed']} changed, "
-                     f"{result['unchanged']} unchanged, {result['failed']} failed")
+        reason = result.get("reason") or "; ".join(result.get("problems") or [])
+        restarted = "restarted" if result.get("restarted") else "not restarted"
+        lines.append(f"  {host:<16} {result.get('status', '?'):<11} {result.get('release')} "
+                     f"{len(result.get('changed') or [])} changed, {restarted}"
+                     f"{'; ' + reason if reason else ''}")
     for item in run["health"]:
         lines.append(f"  health {item.get('agent')}: "
                      f"{'ok' if item.get('healthy') else 'FAIL'}")

@@ -1,7 +1,8 @@
 """The deploy webhook receiver: a signed push of the deploy tag runs the fleet deploy.
 
 ``create_app()`` reads :class:`fleet.webhook.config.Settings` from the environment (or takes
-``SETTINGS`` from ``test_config``); gunicorn serves it as ``webhook_app:app``.
+``SETTINGS`` from ``test_config``); gunicorn serves it as ``webhook_app:app`` with the worker
+model of :mod:`fleet.webhook.serving` (``--config python:fleet.webhook.serving``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ MAX_BODY_BYTES = 1024 * 1024
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the receiver; ``test_config`` overrides ``SETTINGS``, ``DISPATCH`` and friends."""
     app = Flask(__name__, static_folder=None)
-    app.config.from_mapping(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, DISPATCH=True)
+    # One byte over the limit: werkzeug stops a chunked body there, so a body of exactly
+    # MAX_BODY_BYTES can be told from a larger one (hooks.read_body answers 413 for those).
+    app.config.from_mapping(MAX_CONTENT_LENGTH=MAX_BODY_BYTES + 1, DISPATCH=True)
     if test_config is not None:
         app.config.update(test_config)
     if app.config.get("SETTINGS") is None:
@@ -39,10 +42,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def _json_error(exc: HTTPException) -> tuple[Response, int]:
-    """Every HTTP error as ``{"error": ...}`` (413 says what the limit is)."""
+    """Every HTTP error as ``{"error": ...}`` with the error's headers (405: ``Allow``);
+    413 says what the limit is."""
     code = exc.code or 500
     message = exc.description or exc.name
     if code == 413:
         message = (f"body is larger than {MAX_BODY_BYTES} bytes; a push event is far smaller, "
                    "so this is not a push this receiver takes")
-    return jsonify(error=message), code
+    response = jsonify(error=message)
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response, code

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -15,12 +16,29 @@ from flask import Blueprint, abort, current_app, jsonify, request
 
 from fleet.errors import WebhookError
 from fleet.webhook.db import get_db
-from fleet.webhook.queue import queue_depth
+from fleet.webhook.queue import STATUSES, queue_depth
 from fleet.webhook.records import get_run, list_runs, run_to_dict
 
 bp = Blueprint("api", __name__)
-STATUSES = ("queued", "running", "success", "failed", "unhealthy", "superseded", "interrupted")
+MAX_LIMIT = 500
+MAX_RUN_ID = 2**63 - 1  # SQLite's largest INTEGER
 View = TypeVar("View", bound=Callable[..., Any])
+
+
+def clip(value: str, width: int = 40) -> str:
+    """``value`` shortened for an error message (``...`` marks a cut)."""
+    return value if len(value) <= width else value[:width] + "..."
+
+
+def number(name: str, raw: str, low: int, high: int) -> int:
+    """``raw`` as a whole number from ``low`` to ``high``, else a 400 naming ``name``.
+
+    Only ASCII digits count (``str.isdigit`` would take ``²``, which ``int`` refuses), and
+    the length is bounded before ``int`` sees the value.
+    """
+    if re.fullmatch(r"[0-9]+", raw) and len(raw) <= len(str(high)) and low <= int(raw) <= high:
+        return int(raw)
+    abort(400, f"{name} {clip(raw)!r} is not a number from {low} to {high}")
 
 
 def read_token_required(view: View) -> View:
@@ -46,22 +64,20 @@ def read_token_required(view: View) -> View:
 @read_token_required
 def index() -> Any:
     """The newest runs first; ``?limit=N`` (1-500, default 50) and ``?status=S`` filter."""
-    raw_limit = request.args.get("limit", "50")
-    limit = int(raw_limit) if raw_limit.isdigit() else 0
-    if not 1 <= limit <= 500:
-        abort(400, f"limit {raw_limit!r} is not a number from 1 to 500")
+    limit = number("limit", request.args.get("limit", "50"), 1, MAX_LIMIT)
     status = request.args.get("status")
     if status and status not in STATUSES:
-        abort(400, f"status {status!r} is not one of {', '.join(STATUSES)}")
+        abort(400, f"status {clip(status)!r} is not one of {', '.join(STATUSES)}")
     return jsonify(runs=list_runs(get_db(), limit=limit, status=status))
 
 
-@bp.get("/runs/<int:run_id>")
+@bp.get("/runs/<run_id>")
 @read_token_required
-def show_run(run_id: int) -> Any:
+def show_run(run_id: str) -> Any:
     """One run with its per-host results, health and the tail of its log."""
+    number_id = number("run_id", run_id, 1, MAX_RUN_ID)
     try:
-        return jsonify(get_run(get_db(), run_id))
+        return jsonify(get_run(get_db(), number_id))
     except WebhookError as exc:
         abort(404, str(exc))
 

@@ -1,8 +1,9 @@
 """The SQLite store of deliveries and runs: one file under ``FLEET_STATE_DIR``.
 
 Request handlers use :func:`get_db` (one connection per request, cached on ``g``); the
-background runner and the CLI open their own with :func:`connect`. WAL mode lets readers
-work while a run is being recorded; writers take ``BEGIN IMMEDIATE`` transactions.
+dispatcher and the CLI open their own with :func:`connect`. WAL mode lets readers work while
+a run is being recorded; writers take ``BEGIN IMMEDIATE`` transactions. A database of schema
+version 1 (statuses ``success``, no release or stages) is rebuilt to version 2 on first open.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ import click
 from flask import Flask, current_app, g
 
 from fleet.errors import WebhookError
+from fleet.sqlite import immediate
+
+SCHEMA_VERSION = 2
+V1_COLUMNS = ("id, delivery_id, forge, tag, sha, before_sha, pusher, repository, superseded_by, "
+              "queued_at, started_at, ended_at, exit_status, worker_pid, commit_sha, log_path, "
+              "summary, hosts, health")
 
 
 def connect(path: str | Path, create: bool = True) -> sqlite3.Connection:
@@ -34,8 +41,38 @@ def connect(path: str | Path, create: bool = True) -> sqlite3.Connection:
     if create:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
-        conn.executescript(resources.files(__package__).joinpath("schema.sql").read_text())
+        create_schema(conn)
     return conn
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the tables, or rebuild a version 1 ``runs`` table (``success`` becomes ``ok``),
+    in one transaction; a no-op when the schema is current."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return
+    text = resources.files(__package__).joinpath("schema.sql").read_text()
+    statements = [part for part in text.split(";") if part.strip(" \n-")]
+    conn.execute("PRAGMA foreign_keys = OFF")
+    conn.execute("PRAGMA legacy_alter_table = ON")  # leave deliveries' reference to runs be
+    try:
+        with immediate(conn):
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                return  # another process did it meanwhile
+            old = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                               "name = 'runs'").fetchone() is not None
+            if old:
+                conn.execute("DROP INDEX IF EXISTS runs_by_status")
+                conn.execute("ALTER TABLE runs RENAME TO runs_v1")
+            for statement in statements:
+                conn.execute(statement)
+            if old:
+                conn.execute(f"INSERT INTO runs ({V1_COLUMNS}, status) SELECT {V1_COLUMNS}, "
+                             "CASE status WHEN 'success' THEN 'ok' ELSE status END FROM runs_v1")
+                conn.execute("DROP TABLE runs_v1")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    finally:
+        conn.execute("PRAGMA legacy_alter_table = OFF")
+        conn.execute("PRAGMA foreign_keys = ON")
 
 
 def now() -> str:

@@ -1,32 +1,47 @@
-"""The background side of the receiver: one thread per process drains the deploy queue.
+"""The dispatcher: one process per state dir that owns the deploy queue and the deploy it runs.
 
-A request enqueues a run and wakes its process's thread; the thread waits for the deploy lock
-(another worker may be deploying), marks runs left ``running`` by a dead process
-``interrupted``, then claims and runs queued work until none is left. Every thread also looks
-at the queue on start-up and every ``POLL_SECONDS``, so work queued before a crash still runs.
+Web workers only enqueue runs and read them; after enqueueing they wake the dispatcher through
+a FIFO (:mod:`fleet.webhook.wake`), and start one if none listens (``fleet webhook dispatch
+--parent-pid``). ``fleet webhook serve`` starts it beside gunicorn. A killed or timed-out web
+worker therefore never touches a deploy.
+
+The dispatcher holds ``dispatcher.lock`` for its whole life (a second one exits at once). On
+start it takes the deploy lock (waiting for a deploy orphaned by a killed dispatcher to end),
+marks runs left ``running`` as ``interrupted``, masks the logs their dispatcher left unmasked
+into their run logs and removes the unmasked files; then it claims and runs queued work until
+none is left, and waits for a wake-up (or ``POLL_SECONDS``) to look again. With
+``parent_pid`` it ends, between runs, once that process (the gunicorn master) is gone.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sqlite3
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 from flask import Flask, current_app
 
-from fleet.sqlite import immediate
+from fleet.masking import Masker
 from fleet.webhook.config import Settings
 from fleet.webhook.db import connect, now
-from fleet.webhook.lock import DeployLock
+from fleet.webhook.lock import DeployLock, DispatcherLock
+from fleet.webhook.logcopy import salvage
 from fleet.webhook.queue import claim_next, mark_interrupted, queue_depth
-from fleet.webhook.runner import execute
+from fleet.webhook.runner import Outcome, execute, record_outcome, secret_values, update
+from fleet.webhook.wake import Listener, notify
 
-POLL_SECONDS = 15.0
+POLL_SECONDS = 5.0
 log = logging.getLogger(__name__)
 
 
 def drain(settings: Settings, startup: bool = False) -> list[int]:
-    """Run every queued deploy (newest sha first, older ones coalesced); return the run ids."""
+    """Run every queued deploy (each covering the other queued runs of its tag); return the
+    run ids. ``startup`` first recovers what a dead dispatcher left behind."""
     conn = connect(settings.db_path)
     ran: list[int] = []
     try:
@@ -34,61 +49,117 @@ def drain(settings: Settings, startup: bool = False) -> list[int]:
             return ran
         with DeployLock(settings.state_dir) as lock:
             assert lock.fd is not None
-            mark_interrupted(conn)
+            if startup:
+                recover(conn, settings)
             while (claim := claim_next(conn)) is not None:
                 ran.append(claim.run_id)
                 try:
                     execute(conn, settings, claim, lock.fd)
                 except Exception as exc:  # record it, keep the queue moving
-                    log.exception("run %s failed inside the receiver", claim.run_id)
-                    with immediate(conn):
-                        conn.execute("UPDATE runs SET status = 'failed', ended_at = ?, summary = ?"
-                                     " WHERE id = ?", (now(), f"the receiver failed while "
-                                     f"running this deploy: {exc!r}", claim.run_id))
+                    log.exception("run %s failed inside the dispatcher", claim.run_id)
+                    update(conn, claim.run_id, ended_at=now(), **Outcome(
+                        "failed", f"the dispatcher failed while running this deploy: {exc!r}"
+                    ).columns())
     finally:
         conn.close()
     return ran
 
 
-class Dispatcher:
-    """The per-process drain thread, (re)started lazily after a fork."""
+def recover(conn: sqlite3.Connection, settings: Settings) -> list[int]:
+    """Under the deploy lock: mark runs left ``running`` ``interrupted`` (with what their fleet
+    run record says, if their deploy wrote one) and mask every unmasked log left behind."""
+    interrupted = mark_interrupted(conn)
+    for run_id in interrupted:
+        row = conn.execute("SELECT record_path, summary FROM runs WHERE id = ?",
+                           (run_id,)).fetchone()
+        if row["record_path"] and Path(row["record_path"]).exists():
+            found = record_outcome(Path(row["record_path"]), None)
+            update(conn, run_id, hosts=json.dumps(found.hosts), stages=json.dumps(found.stages),
+                   summary=f"{row['summary']}; its fleet run record says: {found.summary}")
+    masker = Masker(secret_values(settings))
+    for raw in sorted((settings.state_dir / "logs").glob("*.log.unmasked")):
+        salvage(raw, masker)
+    return interrupted
+
+
+def run(settings: Settings, parent_pid: int | None = None,
+        poll_seconds: float = POLL_SECONDS) -> bool:
+    """Be the dispatcher until ``parent_pid`` is gone (forever without it); False when another
+    dispatcher of the state dir runs already."""
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    holder = DispatcherLock(settings.state_dir)
+    if not holder.acquire(blocking=False):
+        return False
+    try:
+        with Listener(settings.state_dir) as wake:
+            startup = True
+            while True:
+                try:
+                    drain(settings, startup=startup)
+                    startup = False
+                except Exception:
+                    log.exception("the deploy dispatcher failed; retrying in %ss", poll_seconds)
+                if parent_pid is not None and not _alive(parent_pid):
+                    return True
+                wake.wait(poll_seconds)
+    finally:
+        holder.release()
+
+
+def spawn(parent_pid: int) -> subprocess.Popen[bytes]:
+    """Start a dispatcher process for this environment's settings (reaped by a thread)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fleet", "webhook", "dispatch", "--parent-pid", str(parent_pid)],
+        stdin=subprocess.DEVNULL)
+    threading.Thread(target=process.wait, name="fleet-dispatcher-reaper", daemon=True).start()
+    return process
+
+
+def running(state_dir: Path) -> bool:
+    """True when a dispatcher of ``state_dir`` holds its lock."""
+    return DispatcherLock(state_dir).held()
+
+
+class Waker:
+    """A web worker's handle on the dispatcher: wake it, or start one when none listens (a
+    child of this worker that watches the gunicorn master), at most one starting at a time."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.wake = threading.Event()
-        self.pid: int | None = None
+        self.started: subprocess.Popen[bytes] | None = None
+        self.lock = threading.Lock()
 
-    def kick(self) -> None:
-        """Make sure this process has a running thread and wake it up."""
-        if self.pid != os.getpid():
-            self.pid = os.getpid()
-            self.wake = threading.Event()
-            threading.Thread(target=self._loop, name="fleet-deploy-dispatcher",
-                             daemon=True).start()
-        self.wake.set()
-
-    def _loop(self) -> None:
-        """Drain on every wake-up and every POLL_SECONDS, forever."""
-        startup = True
-        while True:
-            self.wake.wait(timeout=POLL_SECONDS)
-            self.wake.clear()
-            try:
-                drain(self.settings, startup=startup)
-                startup = False
-            except Exception:
-                log.exception("the deploy dispatcher failed; retrying in %ss", POLL_SECONDS)
+    def wake(self) -> None:
+        """Wake the dispatcher (after a run was queued), starting one if needed."""
+        if notify(self.settings.state_dir):
+            return
+        with self.lock:
+            if self.started is not None and self.started.poll() is None:
+                return  # still starting (or it lost the race and is about to exit)
+            if running(self.settings.state_dir):
+                return  # starting, not listening yet: it drains the queue when it is
+            self.started = spawn(os.getppid())
 
 
 def init_app(app: Flask) -> None:
-    """Start the drain thread unless the app is configured with ``DISPATCH=False``."""
-    dispatcher = Dispatcher(app.config["SETTINGS"])
-    app.extensions["fleet.webhook.dispatcher"] = dispatcher
+    """Make sure a dispatcher runs, unless the app is configured with ``DISPATCH=False``."""
+    waker = app.extensions["fleet.webhook.dispatcher"] = Waker(app.config["SETTINGS"])
     if app.config.get("DISPATCH", True):
-        dispatcher.kick()
+        waker.wake()
 
 
 def kick() -> None:
-    """Wake the current app's drain thread (after a run was queued)."""
+    """Wake the dispatcher (after a run was queued)."""
     if current_app.config.get("DISPATCH", True):
-        current_app.extensions["fleet.webhook.dispatcher"].kick()
+        current_app.extensions["fleet.webhook.dispatcher"].wake()
+
+
+def _alive(pid: int) -> bool:
+    """True while process ``pid`` exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

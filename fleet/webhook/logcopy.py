@@ -5,7 +5,8 @@ The runner, git and the deploy command write to ``run-<id>.log.unmasked`` (mode 
 0700 state dir): a file, not a pipe, so a deploy orphaned by a killed receiver keeps writing.
 A thread copies each complete line of it into ``run-<id>.log`` through the masker, so a secret
 split across two writes is masked once its line is whole. The unmasked file is removed when
-the run ends.
+the run ends; one left behind by a killed dispatcher is masked into the log and removed by the
+next dispatcher (:func:`salvage`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,20 @@ MAX_LINE_BYTES = 64 * 1024  # a longer line without a newline is copied in piece
 def unmasked_path(log_path: Path) -> Path:
     """Where the raw output of the run logged at ``log_path`` is written."""
     return log_path.with_name(f"{log_path.name}.unmasked")
+
+
+def salvage(raw: Path, masker: Masker) -> Path:
+    """Rewrite the run log of the unmasked file ``raw`` from all of it, masked, and remove
+    ``raw`` (its run's dispatcher died before it could); returns the log's path."""
+    log = raw.with_name(raw.name.removesuffix(".unmasked"))
+    text = raw.read_bytes().decode("utf-8", errors="surrogateescape")
+    partial = log.with_name(f".{log.name}.salvage")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(masker(text).encode("utf-8", errors="surrogateescape"))
+    partial.rename(log)
+    raw.unlink()
+    return log
 
 
 class MaskedLog:

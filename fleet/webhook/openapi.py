@@ -7,6 +7,9 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from fleet import __version__
+from fleet.webhook.api import MAX_LIMIT, MAX_RUN_ID
+from fleet.webhook.hooks import DELIVERY_RE, EVENT_RE
+from fleet.webhook.queue import STATUSES
 
 bp = Blueprint("openapi", __name__)
 BEARER: list[dict[str, list[str]]] = [{"readToken": []}]
@@ -24,37 +27,73 @@ def _ok(description: str, schema: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
 
 
-def _header(name: str, description: str) -> dict[str, Any]:
-    """An optional request header parameter."""
-    return {"name": name, "in": "header", "required": False, "description": description,
-            "schema": {"type": "string"}}
+def _header(name: str, description: str, pattern: str, required: bool = True
+            ) -> dict[str, Any]:
+    """A request header parameter (required unless said otherwise)."""
+    return {"name": name, "in": "header", "required": required, "description": description,
+            "schema": {"type": "string", "pattern": pattern}}
 
 
-HOOK_HEADERS = [
-    _header("X-Gitea-Event", "Gitea: event name; `push` may deploy"),
-    _header("X-Gitea-Delivery", "Gitea: delivery UUID (replays are refused)"),
-    _header("X-Gitea-Signature", "Gitea: hex HMAC-SHA256 of the body with the secret"),
-    _header("X-GitHub-Event", "GitHub: event name; `push` may deploy"),
-    _header("X-GitHub-Delivery", "GitHub: delivery GUID (replays are refused)"),
-    _header("X-Hub-Signature-256", "GitHub: `sha256=` + hex HMAC-SHA256 of the body"),
-    _header("X-Gitlab-Event", "GitLab: `Tag Push Hook` may deploy"),
-    _header("X-Gitlab-Event-UUID", "GitLab: event UUID (replays are refused)"),
-    _header("Idempotency-Key", "GitLab: same across retries; preferred over the event UUID"),
-    _header("X-Gitlab-Token", "GitLab: the shared secret token"),
-]
+EVENT = f"^{EVENT_RE.pattern}$"
+DELIVERY = f"^{DELIVERY_RE.pattern}$"
+HOOK_HEADERS = {
+    "gitea": [
+        _header("X-Gitea-Event", "event name; `push` may deploy", EVENT),
+        _header("X-Gitea-Delivery", "delivery UUID (replays are refused)", DELIVERY),
+        _header("X-Gitea-Signature", "hex HMAC-SHA256 of the body with the secret",
+                "^[0-9a-fA-F]{64}$")],
+    "github": [
+        _header("X-GitHub-Event", "event name; `push` may deploy", EVENT),
+        _header("X-GitHub-Delivery", "delivery GUID (replays are refused)", DELIVERY),
+        _header("X-Hub-Signature-256", "`sha256=` + hex HMAC-SHA256 of the body",
+                "^sha256=[0-9a-fA-F]{64}$")],
+    "gitlab": [
+        _header("X-Gitlab-Event", "`Tag Push Hook` may deploy", EVENT),
+        _header("X-Gitlab-Token", "the shared secret token", "^.{16,}$"),
+        _header("X-Gitlab-Event-UUID", "event UUID (replays are refused)", DELIVERY),
+        _header("Idempotency-Key", "same across retries; preferred over the event UUID",
+                DELIVERY, required=False)],
+}
+HOOK_RESPONSES: dict[str, Any] = {
+    "202": {"description": "queued (with run id) or ignored (with reason)",
+            "content": {"application/json": {"schema": {"oneOf": [
+                {"$ref": "#/components/schemas/Queued"},
+                {"$ref": "#/components/schemas/Ignored"}]}}}},
+    "400": _error("missing or malformed event or delivery header; a body that is not one "
+                  "JSON object (invalid UTF-8, lone surrogates, NaN, nesting too deep) or not "
+                  "a push"),
+    "401": _error("missing or wrong signature or token"),
+    "409": _error("delivery id already received"),
+    "413": _error("body over 1 MiB"),
+    "415": _error("Content-Type is not application/json"),
+}
+FORGE_NAMES = {"gitea": "Gitea", "github": "GitHub", "gitlab": "GitLab"}
+
+
+def _hook(forge: str) -> dict[str, Any]:
+    """The receiver of one forge."""
+    return {"post": {
+        "summary": f"Receive a {FORGE_NAMES[forge]} push event; queue a deploy for the "
+                   "deploy tag",
+        "parameters": HOOK_HEADERS[forge],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"type": "object", "description": "the forge's push payload"}}}},
+        "responses": HOOK_RESPONSES}}
+
 
 RUN_PROPERTIES: dict[str, Any] = {
     "id": {"type": "integer"},
-    "status": {"enum": ["queued", "running", "success", "failed", "unhealthy", "superseded",
-                        "interrupted"]},
+    "status": {"enum": list(STATUSES)},
     **{name: {"type": ["string", "null"]} for name in (
-        "forge", "tag", "sha", "commit_sha", "before_sha", "pusher", "repository",
-        "delivery_id", "queued_at", "started_at", "ended_at", "summary", "log_path")},
+        "forge", "tag", "sha", "commit_sha", "release", "before_sha", "pusher", "repository",
+        "delivery_id", "queued_at", "started_at", "ended_at", "fleet_run_id", "record_path",
+        "summary", "log_path")},
     "superseded_by": {"type": ["integer", "null"], "description": "run that deployed instead"},
     "exit_status": {"type": ["integer", "null"]},
     "worker_pid": {"type": ["integer", "null"]},
     "hosts": {"type": "object", "description": "per host: status, changed, unchanged, failed, "
               "changes (operation names), errors"},
+    "stages": {"type": "array", "description": "stages of the fleet run record"},
     "health": {"type": "array", "items": {"type": "object"}},
 }
 
@@ -64,37 +103,28 @@ SPEC: dict[str, Any] = {
              "description": "A signed push of the deploy tag runs the fleet deploy, one at a "
                             "time; every run is recorded."},
     "paths": {
+        **{f"/hooks/{forge}": _hook(forge) for forge in FORGE_NAMES},
         "/hooks/{forge}": {"post": {
-            "summary": "Receive a forge's push event; queue a deploy for the deploy tag",
-            "parameters": [{"name": "forge", "in": "path", "required": True,
-                            "schema": {"enum": ["gitea", "github", "gitlab"]}}, *HOOK_HEADERS],
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"type": "object", "description": "the forge's push payload"}}}},
-            "responses": {
-                "202": {"description": "queued (with run id) or ignored (with reason)",
-                        "content": {"application/json": {"schema": {"oneOf": [
-                            {"$ref": "#/components/schemas/Queued"},
-                            {"$ref": "#/components/schemas/Ignored"}]}}}},
-                "400": _error("missing event or delivery header, malformed JSON or push"),
-                "401": _error("missing or wrong signature or token"),
-                "409": _error("delivery id already received"),
-                "413": _error("body over 1 MiB"),
-                "415": _error("Content-Type is not application/json"),
-            }}},
+            "summary": "Any other forge name answers 404 (the three receivers are above)",
+            "parameters": [{"name": "forge", "in": "path", "required": True, "schema": {
+                "type": "string", "minLength": 1, "not": {"enum": list(FORGE_NAMES)}}}],
+            "responses": {"404": _error("no receiver for this forge"), **HOOK_RESPONSES}}},
         "/runs": {"get": {
             "summary": "List runs, newest first", "security": BEARER,
             "parameters": [
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
-                                                            "maximum": 500, "default": 50}},
+                {"name": "limit", "in": "query", "schema": {
+                    "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}},
                 {"name": "status", "in": "query", "schema": RUN_PROPERTIES["status"]}],
             "responses": {"200": _ok("runs", "RunList"), "400": _error("bad query"),
                           "401": _error("missing or wrong read token")}}},
         "/runs/{run_id}": {"get": {
             "summary": "One run with per-host results and its log", "security": BEARER,
-            "parameters": [{"name": "run_id", "in": "path", "required": True,
-                            "schema": {"type": "integer"}}],
-            "responses": {"200": _ok("the run", "RunDetail"), "404": _error("no such run"),
-                          "401": _error("missing or wrong read token")}}},
+            "parameters": [{"name": "run_id", "in": "path", "required": True, "schema": {
+                "type": "integer", "minimum": 1, "maximum": MAX_RUN_ID}}],
+            "responses": {"200": _ok("the run", "RunDetail"),
+                          "400": _error("run_id is not a number from 1 to 2**63-1"),
+                          "401": _error("missing or wrong read token"),
+                          "404": _error("no such run")}}},
         "/healthz": {"get": {
             "summary": "Receiver health and queue state", "security": BEARER,
             "responses": {"200": _ok("up", "Health"),

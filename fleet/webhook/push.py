@@ -8,12 +8,18 @@ A tag is deleted when ``after`` is all zeros; a moved tag (non-zero ``before``) 
 from __future__ import annotations
 
 import fnmatch
+import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
-SHA_RE = re.compile(r"^([0-9a-f]{40}|[0-9a-f]{64})$")
+# used with fullmatch: ``$`` would also match before a trailing newline
+SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# what git check-ref-format refuses anywhere in a ref: control characters, space, ~^:?*[\
+REF_RE = re.compile(r"refs/[^\x00-\x20\x7f~^:?*\[\\]+")
 TAG_PREFIX = "refs/tags/"
+SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
 
 
 class PayloadError(ValueError):
@@ -44,12 +50,39 @@ class Push:
         return not self.sha.strip("0")
 
 
+def read_payload(body: bytes) -> dict[str, Any]:
+    """The JSON object of a request body; :class:`PayloadError` for anything else.
+
+    Refused: invalid UTF-8, invalid JSON, ``NaN``/``Infinity``/``1e999``, nesting deeper than
+    the parser's recursion limit, lone surrogates (``"\\ud800"``: no UTF-8 encoding, so no
+    record could hold them) and any value that is not an object.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"body is not valid UTF-8: byte {exc.start} ({exc.reason})") from None
+    try:
+        payload = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+    except RecursionError:
+        raise PayloadError("body is not valid JSON: arrays or objects nested too deeply "
+                           "for a push event") from None
+    except ValueError as exc:
+        raise PayloadError(f"body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise PayloadError("body must be a JSON object (a push event)")
+    surrogate = _lone_surrogate(payload)
+    if surrogate is not None:
+        raise PayloadError(f"body is not valid JSON text: a string holds the lone UTF-16 "
+                           f"surrogate U+{ord(surrogate):04X} (an unpaired \\u escape)")
+    return payload
+
+
 def parse_push(forge: str, delivery_id: str, event: str, payload: Any) -> Push:
     """Read a push event of ``forge`` (``gitea``, ``github`` or ``gitlab``) into a :class:`Push`."""
     if not isinstance(payload, dict):
         raise PayloadError("body must be a JSON object (a push event)")
     ref = payload.get("ref")
-    if not isinstance(ref, str) or not ref.startswith("refs/"):
+    if not isinstance(ref, str) or not valid_ref(ref):
         raise PayloadError(f"field 'ref' is {ref!r}, expected a ref like 'refs/tags/NAME'")
     if forge == "gitlab":
         sha = payload.get("checkout_sha") or payload.get("after")
@@ -60,12 +93,14 @@ def parse_push(forge: str, delivery_id: str, event: str, payload: Any) -> Push:
         pusher = (_get(payload, "pusher", "login") or _get(payload, "pusher", "username")
                   or _get(payload, "pusher", "name") or _get(payload, "sender", "login"))
         repository = _get(payload, "repository", "full_name")
-    if not isinstance(sha, str) or not SHA_RE.match(sha):
+    if not isinstance(sha, str) or not SHA_RE.fullmatch(sha):
         field = "checkout_sha" if forge == "gitlab" else "after"
         raise PayloadError(f"field '{field}' is {sha!r}, expected a 40 or 64 digit hex sha")
     before = payload.get("before")
+    if before is not None and not (isinstance(before, str) and SHA_RE.fullmatch(before)):
+        raise PayloadError(f"field 'before' is {before!r}, expected a 40 or 64 digit hex sha")
     return Push(forge=forge, delivery_id=delivery_id, event=event, ref=ref,
-                before=before if isinstance(before, str) else "", sha=sha,
+                before=before or "", sha=sha,
                 pusher=str(pusher or "unknown"), repository=str(repository or ""))
 
 
@@ -84,10 +119,48 @@ def ignore_reason(push: Push, pattern: str) -> str | None:
     return None
 
 
+def valid_ref(ref: str) -> bool:
+    """True when ``ref`` is a well-formed ``refs/...`` name (git check-ref-format's rules)."""
+    return (REF_RE.fullmatch(ref) is not None and ".." not in ref and "@{" not in ref
+            and "//" not in ref and "/." not in ref and not ref.endswith(("/", ".", ".lock")))
+
+
 def tag_matches(tag: str, pattern: str) -> bool:
     """True when ``tag`` matches one of the comma-separated globs in ``pattern``."""
     globs = [part.strip() for part in pattern.split(",") if part.strip()]
     return any(fnmatch.fnmatchcase(tag, glob) for glob in globs)
+
+
+def _refuse_constant(name: str) -> Any:
+    """``NaN``, ``Infinity`` and ``-Infinity`` are Python's extensions, not JSON."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; ``1e999`` (infinite as a float) is refused like ``Infinity``."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _lone_surrogate(payload: Any) -> str | None:
+    """A surrogate code point in any string (key or value), else ``None``.
+
+    Paired ``\\ud83d\\ude00`` escapes are decoded to one character; only lone ones remain.
+    """
+    stack = [payload]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if found := SURROGATE_RE.search(item):
+                return found.group()
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def _get(payload: dict[str, Any], key: str, field: str) -> Any:

@@ -1,9 +1,11 @@
 """The deploy queue in SQLite: accept pushes, coalesce waiting ones, claim the next run.
 
-A push that deploys becomes a ``queued`` run. Whoever holds the deploy lock claims work in a
-``BEGIN IMMEDIATE`` transaction: the newest queued run becomes ``running`` and every older
-queued run becomes ``superseded`` with ``superseded_by`` pointing at it, so a burst of pushes
-costs one deploy of the newest sha and no push is lost.
+A push that deploys becomes a ``queued`` run. The dispatcher, holding the deploy lock, claims
+work in a ``BEGIN IMMEDIATE`` transaction: the newest queued run becomes ``running`` and every
+other queued run of the same tag becomes ``superseded`` with ``superseded_by`` pointing at it.
+The claimed run deploys what the tag points to when it starts, whichever sha the pushes
+claimed, so a burst of pushes (in any order) costs one deploy of the tag's commit, and no push
+is lost.
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ from dataclasses import dataclass
 from fleet.sqlite import immediate
 from fleet.webhook.db import now
 from fleet.webhook.push import Push
+
+# Every status a run can have; the first two are not final.
+STATUSES = ("queued", "running", "ok", "degraded", "failed", "unhealthy", "up-to-date",
+            "superseded", "interrupted")
+INTERRUPTED_SUMMARY = ("the receiver stopped during this run (crash or kill); its outcome is "
+                       "unknown")
 
 
 class ReplayError(Exception):
@@ -28,7 +36,8 @@ class ReplayError(Exception):
 
 @dataclass(frozen=True)
 class Claim:
-    """A run taken off the queue, and the older queued runs it covers."""
+    """A run taken off the queue (``sha``: what its push claimed), and the other queued runs
+    of its tag it covers."""
 
     run_id: int
     sha: str
@@ -57,19 +66,22 @@ def enqueue(conn: sqlite3.Connection, push: Push) -> int:
 
 
 def claim_next(conn: sqlite3.Connection) -> Claim | None:
-    """Take the newest queued run, supersede the older ones; call only under the deploy lock."""
+    """Take the newest queued run, supersede the other queued runs of its tag; call only under
+    the deploy lock."""
     with immediate(conn):
-        rows = conn.execute(
-            "SELECT id, sha, tag FROM runs WHERE status = 'queued' ORDER BY id DESC").fetchall()
-        if not rows:
+        newest = conn.execute("SELECT id, sha, tag FROM runs WHERE status = 'queued' "
+                              "ORDER BY id DESC LIMIT 1").fetchone()
+        if newest is None:
             return None
-        newest, older = rows[0], [int(row["id"]) for row in rows[1:]]
+        older = [int(row["id"]) for row in conn.execute(
+            "SELECT id FROM runs WHERE status = 'queued' AND tag = ? AND id != ? "
+            "ORDER BY id DESC", (newest["tag"], newest["id"])).fetchall()]
         stamp = now()
         conn.executemany(
             "UPDATE runs SET status = 'superseded', superseded_by = ?, ended_at = ?,"
             " summary = ? WHERE id = ?",
-            [(newest["id"], stamp, f"covered by run {newest['id']} (newer push)", run_id)
-             for run_id in older])
+            [(newest["id"], stamp, f"covered by run {newest['id']}, which deploys what tag "
+              f"{newest['tag']} points to when it starts", run_id) for run_id in older])
         conn.execute("UPDATE runs SET status = 'running', started_at = ?, worker_pid = ?"
                      " WHERE id = ?", (stamp, os.getpid(), newest["id"]))
     return Claim(int(newest["id"]), newest["sha"], newest["tag"], tuple(older))
@@ -80,10 +92,8 @@ def mark_interrupted(conn: sqlite3.Connection) -> list[int]:
     with immediate(conn):
         ids = [int(row["id"]) for row in
                conn.execute("SELECT id FROM runs WHERE status = 'running'").fetchall()]
-        conn.execute(
-            "UPDATE runs SET status = 'interrupted', ended_at = ?, summary = 'the receiver "
-            "stopped during this run (crash or kill); its outcome is unknown' "
-            "WHERE status = 'running'", (now(),))
+        conn.execute("UPDATE runs SET status = 'interrupted', ended_at = ?, summary = ? "
+                     "WHERE status = 'running'", (now(), INTERRUPTED_SUMMARY))
     return ids
 
 

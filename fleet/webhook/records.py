@@ -1,4 +1,10 @@
-"""Read the run records: the one shape used by ``GET /runs``, ``fleet runs`` and the tests."""
+"""Read the run records: the one shape used by ``GET /runs``, ``fleet runs`` and the tests.
+
+``sha`` is what the push claimed, ``commit_sha`` what the tag pointed to when the run started
+(the commit deployed), ``release`` its release id; ``fleet_run_id`` / ``record_path`` name the
+fleet run record the deploy wrote, whose per-host outcome (``hosts``) and ``stages`` the run
+keeps.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +16,18 @@ from typing import Any
 from fleet.errors import WebhookError
 
 LOG_TAIL_BYTES = 256 * 1024
-FIELDS = ("id", "status", "forge", "tag", "sha", "commit_sha", "before_sha", "pusher",
-          "repository", "delivery_id", "superseded_by", "queued_at", "started_at", "ended_at",
-          "exit_status", "worker_pid", "summary", "log_path")
+FIELDS = ("id", "status", "forge", "tag", "sha", "commit_sha", "release", "before_sha",
+          "pusher", "repository", "delivery_id", "superseded_by", "queued_at", "started_at",
+          "ended_at", "exit_status", "worker_pid", "fleet_run_id", "record_path", "summary",
+          "log_path")
 
 
 def run_to_dict(row: sqlite3.Row) -> dict[str, Any]:
-    """One run as plain data; ``hosts`` and ``health`` decoded from their JSON columns."""
+    """One run as plain data; ``hosts``, ``stages`` and ``health`` decoded from their JSON
+    columns."""
     data = {field: row[field] for field in FIELDS}
     data["hosts"] = json.loads(row["hosts"] or "{}")
+    data["stages"] = json.loads(row["stages"] or "[]")
     data["health"] = json.loads(row["health"] or "[]")
     return data
 

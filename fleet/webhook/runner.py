@@ -1,8 +1,13 @@
-"""Run one claimed deploy: fetch the sha, run the deploy command, check health, record it all.
+"""Run one claimed deploy: resolve the tag, deploy its commit unless the fleet runs it already.
 
-The command (``FLEET_DEPLOY_COMMAND``, default ``pyinfra -y --json inventory.py deploy.py``)
-runs in the fresh work dir in its own session, its stdout and stderr streamed to
-``<state dir>/logs/run-<id>.log`` with secrets masked line by line as they are written (see
+The dispatcher calls :func:`execute` holding the deploy lock. It fetches the repository,
+resolves the run's tag to the commit it points to *now* (a replayed or late push cannot move
+the fleet back), checks that commit out into a fresh work dir, and asks the fleet whether every
+agent runs its release already (``up-to-date``: nothing is started). Otherwise it runs
+``python -m fleet deploy`` there (the rollout of ``fleet deploy``: canary, workers, automatic
+rollback) with ``FLEET_RUN_ID`` and ``FLEET_RECORDS_DIR`` set, and takes the outcome from the
+typed run record that rollout writes, never from its console output. The command's output
+goes to ``<state dir>/logs/run-<id>.log``, masked line by line as it is written (see
 :mod:`fleet.webhook.logcopy`); it inherits the deploy lock (see :mod:`fleet.webhook.lock`).
 """
 
@@ -15,74 +20,163 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from fleet.errors import DeployError, FleetError
 from fleet.masking import Masker
+from fleet.release import BROKEN_ENV, release_id
 from fleet.secrets import SECRETS_ENV, load_secrets
 from fleet.sqlite import immediate
-from fleet.webhook.checkout import checkout, redact
+from fleet.webhook.checkout import checkout, fetch, redact, resolve_tag
 from fleet.webhook.config import RECEIVER_SECRETS, Settings
+from fleet.webhook.current import deployed_everywhere, fleet_releases
 from fleet.webhook.db import now
 from fleet.webhook.health import check_health
 from fleet.webhook.logcopy import MaskedLog, unmasked_path
 from fleet.webhook.queue import Claim
-from fleet.webhook.records import read_log_tail
-from fleet.webhook.results import host_results
 
-RESULT_BYTES = 8 * 1024 * 1024
+RECORD_STATUSES = ("ok", "degraded", "failed")
+HOST_FIELDS = ("status", "reason", "problems", "release", "expected_release", "changed",
+               "restarted", "drift")
+
+
+@dataclass
+class Outcome:
+    """How a run ended, in the columns of its row."""
+
+    status: str
+    summary: str
+    exit_status: int | None = None
+    hosts: dict[str, Any] = field(default_factory=dict)
+    stages: list[Any] = field(default_factory=list)
+    health: list[Any] = field(default_factory=list)
+
+    def columns(self) -> dict[str, Any]:
+        """The row's columns for this outcome."""
+        return {"status": self.status, "summary": self.summary, "exit_status": self.exit_status,
+                "hosts": json.dumps(self.hosts), "stages": json.dumps(self.stages),
+                "health": json.dumps(self.health)}
+
+
+def fleet_run_id(run_id: int) -> str:
+    """The id of the fleet run record a webhook run's deploy writes."""
+    return f"webhook-{run_id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
 
 
 def execute(conn: sqlite3.Connection, settings: Settings, claim: Claim, lock_fd: int) -> str:
-    """Deploy ``claim`` and record the outcome; returns the final status."""
+    """Run ``claim`` and record the outcome; returns the final status."""
     log_path = settings.state_dir / "logs" / f"run-{claim.run_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    _update(conn, claim.run_id, log_path=str(log_path))
-    hosts: dict[str, Any] = {}
-    health: list[Any] = []
-    exit_status: int | None = None
+    record = settings.state_dir / "records" / f"{fleet_run_id(claim.run_id)}.json"
+    update(conn, claim.run_id, log_path=str(log_path), fleet_run_id=record.stem,
+           record_path=str(record))
     raw_path = unmasked_path(log_path)
-    with MaskedLog(raw_path, log_path, Masker(secret_values(settings))) as masked, \
+    with MaskedLog(raw_path, log_path, Masker(secret_values(settings))), \
             raw_path.open("ab") as log:
-        log.write(f"==> run {claim.run_id}: tag {claim.tag} at {claim.sha} from "
-                  f"{redact(settings.repo_url)} ({now()})\n".encode())
+        log.write(f"==> run {claim.run_id}: tag {claim.tag} (the push claimed {claim.sha}) "
+                  f"from {redact(settings.repo_url)} ({now()})\n".encode())
         try:
-            work, commit = checkout(settings.repo_url, claim.sha, settings.state_dir, log)
-            _update(conn, claim.run_id, commit_sha=commit)
-            env = deploy_env(settings, claim, work, commit)
-            log.write(f"==> {' '.join(settings.deploy_command)} (in {work})\n".encode())
-            log.flush()
-            exit_status = run_command(settings, work, env, log, lock_fd)
+            outcome = deploy(conn, settings, claim, record, log, lock_fd)
         except DeployError as exc:
-            status, summary = "failed", str(exc)
-            log.write(f"==> {summary}\n".encode())
-        else:
-            log.flush()
-            masked.copy(final=True)
-            hosts = host_results(read_log_tail(str(log_path), RESULT_BYTES))
-            status, summary = _outcome(exit_status, hosts, settings)
-            if status == "success":
-                healthy, health = check_health(_registry_path(env, work),
-                                               settings.health_check, settings.health_timeout)
-                if not healthy:
-                    status = "unhealthy"
-                    summary = "deploy finished but the fleet is unhealthy: " + ", ".join(
-                        f"{item.get('agent')} ({'; '.join(_reasons(item))})"
-                        for item in health if not item.get("healthy"))
-            log.write(f"==> {status}: {summary}\n".encode())
-    _update(conn, claim.run_id, status=status, ended_at=now(), exit_status=exit_status,
-            summary=summary, hosts=json.dumps(hosts), health=json.dumps(health))
-    return status
+            outcome = Outcome("failed", str(exc))
+        log.write(f"==> {outcome.status}: {outcome.summary}\n".encode())
+    update(conn, claim.run_id, ended_at=now(), **outcome.columns())
+    return outcome.status
 
 
-def deploy_env(settings: Settings, claim: Claim, work: Path, commit: str) -> dict[str, str]:
-    """The receiver's environment without its secrets, plus what the deploy may want to know."""
+def deploy(conn: sqlite3.Connection, settings: Settings, claim: Claim, record: Path,
+           log: IO[bytes], lock_fd: int) -> Outcome:
+    """Resolve, check out, and deploy unless the fleet runs the release already."""
+    cache = fetch(settings.repo_url, settings.state_dir, log)
+    commit = resolve_tag(cache, claim.tag, settings.repo_url)
+    log.write(f"==> tag {claim.tag} points to {commit}\n".encode())
+    work = checkout(cache, commit, settings.state_dir, log)
+    env = deploy_env(settings, claim, work, commit, record)
+    release = release_id(work, broken=env.get(BROKEN_ENV, "").lower() in ("1", "true", "yes"))
+    update(conn, claim.run_id, commit_sha=commit, release=release)
+    registry = Path(env.get("FLEET_REGISTRY") or work / "registry.yaml")
+    running = fleet_releases(registry, settings.health_check, settings.health_timeout)
+    if deployed_everywhere(running, release):
+        return Outcome("up-to-date", f"every agent runs release {release} already (tag "
+                       f"{claim.tag} at {commit[:12]}); nothing deployed", health=running)
+    log.write(f"==> {' '.join(settings.command)} (in {work}, release {release}, fleet run "
+              f"{record.stem})\n".encode())
+    log.flush()
+    started = time.time()
+    exit_status = run_command(settings, work, env, log, lock_fd)
+    found = locate_record(record, started)
+    if found != record:
+        update(conn, claim.run_id, fleet_run_id=found.stem, record_path=str(found))
+    outcome = record_outcome(found, exit_status)
+    if outcome.status == "ok":
+        healthy, outcome.health = check_health(registry, settings.health_check,
+                                               settings.health_timeout)
+        if not healthy:
+            outcome.status = "unhealthy"
+            outcome.summary = "deployed, but the fleet is unhealthy: " + ", ".join(
+                f"{item.get('agent')} ({'; '.join(_reasons(item))})"
+                for item in outcome.health if not item.get("healthy"))
+    return outcome
+
+
+def locate_record(record: Path, started: float) -> Path:
+    """``record``, or else the one record the deploy wrote into its records dir since
+    ``started``: the rollout of an older commit may not take ``FLEET_RUN_ID`` (deploys never
+    overlap, and the dir is the receiver's own)."""
+    if record.exists():
+        return record
+    written = [path for path in record.parent.glob("*.json")
+               if path.stat().st_mtime >= started - 1]
+    return max(written, key=lambda path: path.stat().st_mtime) if written else record
+
+
+def record_outcome(record: Path, exit_status: int | None) -> Outcome:
+    """The outcome the deploy's run record states (``failed`` when it wrote none)."""
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return Outcome("failed", f"the deploy exited with status {exit_status} and wrote no "
+                       f"run record ({record.name}); see the log", exit_status)
+    status = data.get("status")
+    hosts = {name: {key: entry[key] for key in HOST_FIELDS if key in entry}
+             for name, entry in (data.get("hosts") or {}).items()}
+    if status not in RECORD_STATUSES:
+        status = "failed"
+    elif status == "ok" and exit_status != 0:
+        status = "failed"  # a record that says ok from a deploy that failed is not believed
+    return Outcome(status, summarize(data, status, hosts), exit_status, hosts,
+                   list(data.get("stages") or []))
+
+
+def summarize(data: dict[str, Any], status: str, hosts: dict[str, Any]) -> str:
+    """One line: the release; for a run that is not ``ok``, each failed host with its reason
+    (canary first) and the hosts never deployed."""
+    release = data.get("release") or "?"
+    if status == "ok":
+        return f"deployed release {release} to {len(hosts)} host(s)"
+    staged = [name for stage in data.get("stages") or [] for name in stage.get("hosts", [])]
+    order = list(dict.fromkeys([*staged, *hosts]))
+    bad = [f"{name} {hosts[name].get('status', 'failed')} ({_host_reason(hosts[name])})"
+           for name in order if name in hosts
+           and hosts[name].get("status") not in ("ok", "skipped")]
+    skipped = list(dict.fromkeys([*(data.get("skipped") or []), *(
+        name for name in order if hosts.get(name, {}).get("status") == "skipped")]))
+    text = f"release {release} {status}: " + ("; ".join(bad) or f"the deploy said {status}")
+    return text + (f"; not deployed: {', '.join(skipped)}" if skipped else "")
+
+
+def deploy_env(settings: Settings, claim: Claim, work: Path, commit: str,
+               record: Path) -> dict[str, str]:
+    """The receiver's environment without its secrets, plus the run's record and what the
+    deploy may want to know; the work dir first on ``PYTHONPATH`` (the pushed code runs)."""
     env = {key: value for key, value in os.environ.items() if key not in RECEIVER_SECRETS}
     env.update(settings.deploy_env())
-    env.setdefault("FLEET_RECORDS_DIR", str(settings.state_dir / "records"))  # work dir is wiped
     bin_dir = str(Path(sys.executable).parent)
     env.update(
+        FLEET_RUN_ID=record.stem, FLEET_RECORDS_DIR=str(record.parent),
         FLEET_DEPLOY_RUN=str(claim.run_id), FLEET_DEPLOY_TAG=claim.tag, FLEET_DEPLOY_SHA=commit,
         PYTHONUNBUFFERED="1",
         PYTHONPATH=os.pathsep.join(filter(None, [str(work), env.get("PYTHONPATH")])),
@@ -91,15 +185,16 @@ def deploy_env(settings: Settings, claim: Claim, work: Path, commit: str) -> dic
     return env
 
 
-def run_command(settings: Settings, work: Path, env: dict[str, str], log: Any,
+def run_command(settings: Settings, work: Path, env: dict[str, str], log: IO[bytes],
                 lock_fd: int) -> int:
     """Run the deploy command to completion (killed after ``deploy_timeout``)."""
+    command = settings.command
     try:
         process = subprocess.Popen(
-            settings.deploy_command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=log,
+            command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(lock_fd,))
     except OSError as exc:
-        raise DeployError(f"cannot start the deploy command {settings.deploy_command[0]!r}: "
+        raise DeployError(f"cannot start the deploy command {command[0]!r}: "
                           f"{exc.strerror}; check FLEET_DEPLOY_COMMAND") from None
     try:
         return process.wait(timeout=settings.deploy_timeout)
@@ -111,7 +206,7 @@ def run_command(settings: Settings, work: Path, env: dict[str, str], log: Any,
                 break
             except subprocess.TimeoutExpired:
                 continue
-        raise DeployError(f"the deploy command ran longer than FLEET_DEPLOY_TIMEOUT "
+        raise DeployError(f"the deploy ran longer than FLEET_DEPLOY_TIMEOUT "
                           f"({settings.deploy_timeout:g}s) and was stopped") from None
 
 
@@ -124,30 +219,20 @@ def secret_values(settings: Settings) -> list[str]:
     return values
 
 
-def _outcome(exit_status: int | None, hosts: dict[str, Any],
-             settings: Settings) -> tuple[str, str]:
-    """Status and one-line summary from the exit status and the host results."""
-    failed = sorted(host for host, entry in hosts.items() if entry["status"] != "ok")
-    changes = sum(entry["changed"] for entry in hosts.values())
-    if exit_status == 0 and not failed:
-        return "success", f"deployed to {len(hosts)} host(s), {changes} change(s)"
-    where = f"; hosts with errors: {', '.join(failed)}" if failed else ""
-    return "failed", f"{settings.deploy_command[0]} exited with status {exit_status}{where}"
+def update(conn: sqlite3.Connection, run_id: int, **columns: Any) -> None:
+    """Set columns of run ``run_id``."""
+    assignments = ", ".join(f"{name} = ?" for name in columns)
+    with immediate(conn):
+        conn.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*columns.values(), run_id))
 
 
-def _registry_path(env: dict[str, str], work: Path) -> Path:
-    """The registry the deploy used: ``$FLEET_REGISTRY`` or the work dir's."""
-    return Path(env.get("FLEET_REGISTRY") or work / "registry.yaml")
+def _host_reason(entry: dict[str, Any]) -> str:
+    """Why a host is not ``ok``, in one line."""
+    return entry.get("reason") or "; ".join(map(str, entry.get("problems") or [])) \
+        or "; ".join(map(str, entry.get("drift") or [])) or "no reason recorded"
 
 
 def _reasons(item: dict[str, Any]) -> list[str]:
     """Why one health record is not healthy."""
     found = [f"{key} {item[key]}" for key in ("ssh", "health") if item.get(key, "ok") != "ok"]
     return found + [str(problem) for problem in item.get("problems", [])] or ["unhealthy"]
-
-
-def _update(conn: sqlite3.Connection, run_id: int, **columns: Any) -> None:
-    """Set columns of run ``run_id``."""
-    assignments = ", ".join(f"{name} = ?" for name in columns)
-    with immediate(conn):
-        conn.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*columns.values(), run_id))

@@ -1,5 +1,8 @@
--- Deliveries and deploy runs of the webhook receiver (SQLite, WAL mode).
--- Every authenticated delivery is kept (its id refuses replays); pushes that deploy get a run.
+-- Deliveries and deploy runs of the webhook receiver (SQLite, WAL mode), schema version 2.
+-- Every authenticated delivery is kept (its id refuses replays). Pushes that deploy get a run.
+-- A run records what its push claimed (sha) and what the tag pointed to when it started
+-- (commit_sha), the release and fleet run record of its deploy, and that record's outcome.
+-- No semicolons inside statements: db.py runs them one by one in a transaction.
 
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -11,7 +14,8 @@ CREATE TABLE IF NOT EXISTS runs (
     pusher TEXT NOT NULL,
     repository TEXT NOT NULL DEFAULT '',
     status TEXT NOT NULL CHECK (status IN
-        ('queued', 'running', 'success', 'failed', 'unhealthy', 'superseded', 'interrupted')),
+        ('queued', 'running', 'ok', 'degraded', 'failed', 'unhealthy', 'up-to-date',
+         'superseded', 'interrupted')),
     superseded_by INTEGER REFERENCES runs (id),
     queued_at TEXT NOT NULL,
     started_at TEXT,
@@ -19,9 +23,13 @@ CREATE TABLE IF NOT EXISTS runs (
     exit_status INTEGER,
     worker_pid INTEGER,
     commit_sha TEXT,
+    release TEXT,
+    fleet_run_id TEXT,
+    record_path TEXT,
     log_path TEXT,
     summary TEXT NOT NULL DEFAULT '',
     hosts TEXT NOT NULL DEFAULT '{}',
+    stages TEXT NOT NULL DEFAULT '[]',
     health TEXT NOT NULL DEFAULT '[]'
 );
 

@@ -116,17 +116,20 @@ def test_no_receiver_secret_in_any_output_or_record(fleet: Fleet) -> None:
         assert not [text for text in records if value in text]
 
 
-def test_a_push_of_prod_deploys_the_lab_from_the_node(
+def test_a_push_of_the_deployed_commit_is_up_to_date_on_the_node(
         fleet: Fleet, setup: dict[str, Path],
         unit_state: Callable[[], dict[str, str]]) -> None:
-    """The receiver fetches the pushed sha, runs pyinfra on the node with the deploy key and
-    the seeded build cache (no package index), and checks every agent's health. The lab's
-    registry copy on the node (its key, known hosts, souls from the work dir) comes in a
-    drop-in; in production the checkout's ``registry.yaml`` is the registry."""
+    """The receiver on the node fetches, resolves PROD, and asks every agent's /health
+    which release it runs: the commit the earlier deploys installed runs everywhere, so the
+    run is ``up-to-date`` and nothing is deployed or restarted. The lab's registry copy on the
+    node (its key, known hosts, souls from the work dir) comes in a drop-in; in production the
+    checkout's ``registry.yaml`` is the registry."""
     sha = subprocess.run(["git", "-C", str(fleet.clone), "rev-parse", "HEAD"], check=True,
                          capture_output=True, text=True).stdout.strip()
     bare = setup["registry"].parent / "fleet.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(fleet.clone), str(bare)], check=True)
+    subprocess.run(["git", "-C", str(bare), "tag", "-f", "PROD", sha], check=True,
+                   capture_output=True)
     config = fleet.registry.parent / "ssh_config"
     subprocess.run(f"tar -C {bare.parent} -cf - fleet.git | ssh -F {config} {ORCH} "
                    "'tar -C /srv -xf - && chown -R fleet-webhook: /srv/fleet.git'",
@@ -153,24 +156,27 @@ def test_a_push_of_prod_deploys_the_lab_from_the_node(
     body, headers = signed_push("gitea", "refs/tags/PROD", sha)
     answer = deliver(fleet, body, headers)
     run = wait_run(fleet, int(answer["run_id"]))
-    assert run["status"] == "success", f"{run['summary']}\n{run['log'][-4000:]}"
-    assert run["commit_sha"] == sha
-    assert sorted(run["hosts"]) == sorted(SECRETS["agents"])
-    assert all(item["healthy"] for item in run["health"])
+    assert run["status"] == "up-to-date", f"{run['summary']}\n{run['log'][-4000:]}"
+    assert (run["commit_sha"], run["release"]) == (sha, sha[:12])
+    assert sorted(item["agent"] for item in run["health"]) == sorted(SECRETS["agents"])
+    assert all(item["healthy"] and item["release"] == sha[:12] for item in run["health"])
     for value in [SECRET, READ_TOKEN, *secret_values()]:
         assert value not in run["log"]
-    assert (main_pids(fleet), unit_state()) == before  # the release deployed: no restart
+    assert (main_pids(fleet), unit_state()) == before  # nothing deployed: no restart
     RUN["sha"] = sha
 
 
 def test_a_push_that_changes_the_receiver_restarts_it_after_its_run(
         fleet: Fleet, setup: dict[str, Path]) -> None:
-    """A new sha is a new release for the receiver too: it finishes and records the run, then
-    restarts on the new release (the restart waits for the deploy lock)."""
+    """A new sha deploys from the node (``fleet deploy`` with the deploy key and the seeded
+    build cache, no package index): canary first, then the workers. It is a new release for
+    the receiver too: it finishes and records the run, then restarts on the new release (the
+    restart waits for the deploy lock)."""
     bare = setup["registry"].parent / "fleet.git"
     git = ["git", "-C", str(fleet.clone), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "move PROD"], check=True)
-    subprocess.run([*git, "push", "-q", str(bare), "HEAD:refs/heads/main"], check=True)
+    subprocess.run([*git, "push", "-q", "--force", str(bare), "HEAD:refs/heads/main",
+                    "HEAD:refs/tags/PROD"], check=True)
     sha = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
                          text=True).stdout.strip()
     config = fleet.registry.parent / "ssh_config"
@@ -180,7 +186,11 @@ def test_a_push_that_changes_the_receiver_restarts_it_after_its_run(
     before = main_pids(fleet)
     body, headers = signed_push("gitea", "refs/tags/PROD", sha, before=RUN["sha"])
     run = wait_run(fleet, int(deliver(fleet, body, headers)["run_id"]))
-    assert run["status"] == "success", f"{run['summary']}\n{run['log'][-4000:]}"
+    assert run["status"] == "ok", f"{run['summary']}\n{run['log'][-4000:]}"
+    assert (run["commit_sha"], run["release"]) == (sha, sha[:12])
+    assert [stage["stage"] for stage in run["stages"]] == ["canary", "workers"]
+    assert sorted(run["hosts"]) == sorted(SECRETS["agents"])
+    assert all(item["healthy"] for item in run["health"])
     host = yaml.safe_load(fleet.registry.read_text())["wizards"]
     for name, entry in host.items():
         health = requests.get(f"http://{entry['host']}:8646/health", timeout=5).json()
@@ -194,7 +204,7 @@ def test_a_push_that_changes_the_receiver_restarts_it_after_its_run(
     assert f"/opt/fleet/releases/{sha[:12]}/site" in unit
     health = requests.get(url(fleet, "/healthz"), timeout=10,
                           headers={"Authorization": f"Bearer {READ_TOKEN}"}).json()
-    assert health["last_run"]["status"] == "success"
+    assert health["last_run"]["status"] == "ok"
 
 
 def wait_answering(fleet: Fleet, timeout: float = 30) -> None:

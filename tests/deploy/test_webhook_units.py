@@ -60,20 +60,18 @@ def test_environment_names_the_key_and_holds_no_private_key(
         "FLEET_STATE_DIR": "/var/lib/fleet/webhook",
         "FLEET_REPO_URL": "git@forge:ops/fleet.git",
         "FLEET_SECRETS": "/etc/fleet/webhook/secrets.yaml",
-        "FLEET_DEPLOY_COMMAND": "python3 -m pyinfra -y --json --data "
-                                "ssh_key=/etc/fleet/webhook/deploy_key inventory.py deploy.py",
         "PYTHONDONTWRITEBYTECODE": "1",
-        "GIT_SSH_COMMAND": "ssh -i /etc/fleet/webhook/deploy_key -o IdentitiesOnly=yes",
         "FLEET_WEBHOOK_SECRET": SECRET, "FLEET_READ_TOKEN": READ_TOKEN}
     assert webhook.deploy_key(ctx) == KEY
+    assert webhook.ssh_config() == ("Host *\n    IdentityFile /etc/fleet/webhook/deploy_key\n"
+                                    "    IdentitiesOnly yes\n")
 
 
-def test_without_a_deploy_key_ssh_uses_its_defaults(
+def test_deploys_run_fleet_deploy_not_a_configured_command(
         registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     secrets = Secrets(fleet={"FLEET_WEBHOOK_SECRET": SECRET, "FLEET_READ_TOKEN": READ_TOKEN})
     env = webhook.receiver_env(context(registry, secrets, monkeypatch))
-    assert env["FLEET_DEPLOY_COMMAND"] == "python3 -m pyinfra -y --json inventory.py deploy.py"
-    assert "GIT_SSH_COMMAND" not in env
+    assert "FLEET_DEPLOY_COMMAND" not in env and "GIT_SSH_COMMAND" not in env
 
 
 @pytest.mark.parametrize(("secrets", "repo_url", "message"), [
@@ -92,6 +90,15 @@ def test_without_a_deploy_key_ssh_uses_its_defaults(
      "($FLEET_SECRETS is not set)"),
     (FULL, None, "fleet.repo_url is not set in the registry; set it to the fleet repository "
                  "the receiver deploys from"),
+    (FULL, "--upload-pack=touch /tmp/x", "FLEET_REPO_URL '--upload-pack=touch /tmp/x' starts "
+     "with '-'; git would read it as an option; fix fleet.repo_url in the registry"),
+    (FULL, "git@forge:f.git\nFLEET_DEPLOY_TAG=*", "FLEET_REPO_URL 'git@forge:f.git\\n"
+     "FLEET_DEPLOY_TAG=*' contains a control character (newline, tab, ...); fix fleet.repo_url "
+     "in the registry"),
+    (Secrets(fleet={"FLEET_WEBHOOK_SECRET": SECRET + "\nFLEET_REPO_URL=x",
+                    "FLEET_READ_TOKEN": READ_TOKEN}), "git@forge:f.git",
+     "FLEET_WEBHOOK_SECRET contains a control character (newline, tab, ...); "
+     "/etc/fleet/webhook/webhook.env holds one KEY=value per line"),
 ])
 def test_why_the_receiver_is_skipped(registry: Registry, monkeypatch: pytest.MonkeyPatch,
                                      secrets: Secrets, repo_url: str | None,
@@ -106,8 +113,9 @@ def test_unit_runs_this_release_with_the_deploy_tools(
     unit = webhook.unit_text(context(registry, FULL, monkeypatch), "deploy-tools-0123")
     assert ("Environment=PYTHONPATH=/opt/fleet/releases/abc123/site:"
             "/opt/fleet/tools/deploy-tools-0123/site\n") in unit
-    assert ("ExecStart=/usr/bin/python3 -m gunicorn --bind 0.0.0.0:9876 --workers 2 "
-            "--access-logfile - --error-logfile - fleet.webhook:create_app()\n") in unit
+    assert ("ExecStart=/usr/bin/python3 -m fleet webhook serve --host 0.0.0.0 --port 9876 "
+            "--workers 2\n") in unit
+    assert "KillMode" not in unit  # stopping the unit stops the dispatcher and its deploy
     assert "EnvironmentFile=/etc/fleet/webhook/webhook.env\n" in unit
     assert "User=fleet-webhook\n" in unit
     assert "ReadWritePaths=/var/lib/fleet/webhook /var/lib/fleet/webhook\n" in unit

@@ -26,6 +26,8 @@ from fleet.webhook.config import Settings, load_settings
 from tests.webhook.forge import GITLAB_TOKEN, READ_TOKEN, SECRET
 
 REPO = Path(__file__).resolve().parents[2]
+# the receiver's production worker model (gevent with timeouts), as a gunicorn config module
+PRODUCTION_WORKERS = ("--config", "python:fleet.webhook.serving")
 STANDIN = Path(__file__).with_name("standin_deploy.py")
 GIT_ID = ["-c", "user.name=Test", "-c", "user.email=test@example.org"]
 
@@ -135,6 +137,7 @@ class Server:
     workers: int = 2
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()  # more gunicorn options, e.g. PRODUCTION_WORKERS
 
     @property
     def url(self) -> str:
@@ -143,8 +146,8 @@ class Server:
     def start(self) -> Server:
         """Start gunicorn and wait until it answers."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--workers", str(self.workers), "--bind",
-             f"127.0.0.1:{self.port}", "webhook_app:app"],
+            [sys.executable, "-m", "gunicorn", *self.args, "--workers", str(self.workers),
+             "--bind", f"127.0.0.1:{self.port}", "webhook_app:app"],
             cwd=REPO, env={**os.environ, **self.env}, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 30
@@ -183,8 +186,8 @@ def serve(env: dict[str, str]) -> Iterator[Callable[..., Server]]:
     """Start gunicorn servers of the receiver; all are stopped at teardown."""
     servers: list[Server] = []
 
-    def start(workers: int = 2, **overrides: str) -> Server:
-        server = Server({**env, **overrides}, workers=workers)
+    def start(workers: int = 2, args: tuple[str, ...] = (), **overrides: str) -> Server:
+        server = Server({**env, **overrides}, workers=workers, args=args)
         servers.append(server)
         return server.start()
 

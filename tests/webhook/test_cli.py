@@ -56,8 +56,8 @@ def test_runs_lists_from_the_state_dir(deployed: str, settings: Settings) -> Non
     assert code == 0
     header, row = out.splitlines()
     assert header.split() == ["ID", "STATUS", "TAG", "SHA", "PUSHER", "QUEUED", "SUMMARY"]
-    assert row.split()[:5] == ["1", "success", "PROD", deployed[:12], "alice"]
-    assert row.endswith("deployed to 2 host(s), 1 change(s)")
+    assert row.split()[:5] == ["1", "ok", "PROD", deployed[:12], "alice"]
+    assert row.endswith(f"deployed release {deployed[:12]} to 2 host(s)")
 
 
 def test_runs_json_and_show_agree_with_the_api(deployed: str, settings: Settings,
@@ -69,16 +69,20 @@ def test_runs_json_and_show_agree_with_the_api(deployed: str, settings: Settings
     assert json.loads(out_http) == local
     assert local[0]["commit_sha"] == deployed
     _, shown, _ = run("runs", "show", "1", "--json", "--url", http_url, "--token", READ_TOKEN)
-    assert json.loads(shown)["hosts"]["alpha"]["changed"] == 1
+    assert json.loads(shown)["hosts"]["alpha"]["changed"] == ["Install release"]
 
 
 def test_runs_show_prints_one_run(deployed: str, settings: Settings) -> None:
     code, out, _ = run("runs", "show", "1", "--state-dir", str(settings.state_dir))
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == "run 1: success"
-    assert lines[1] == f"tag PROD at {deployed} pushed by alice via gitea (delivery cli-1)"
-    assert "  alpha            ok     1 changed, 0 unchanged, 0 failed" in lines
+    assert lines[0] == "run 1: ok"
+    assert lines[1] == f"tag PROD claimed at {deployed} by alice via gitea (delivery cli-1)"
+    assert lines[2].startswith(f"resolved to {deployed}, release {deployed[:12]}, fleet run "
+                               "webhook-1-")
+    assert "  stage canary: alpha ok" in lines
+    assert "  stage workers: beta ok" in lines
+    assert f"  alpha            ok          {deployed[:12]} 1 changed, restarted" in lines
     assert f"stand-in deploy of {deployed}" in out
 
 
@@ -116,7 +120,7 @@ def test_serve_refuses_to_start_without_settings(monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize("command", [["runs"], ["runs", "show"], ["webhook"],
-                                     ["webhook", "serve"]])
+                                     ["webhook", "serve"], ["webhook", "dispatch"]])
 def test_every_command_has_help(command: list[str]) -> None:
     code, out, _ = run(*command, "--help")
     assert code == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ BASE = {"FLEET_WEBHOOK_SECRET": "s" * 32, "FLEET_READ_TOKEN": "r" * 32,
 def test_defaults() -> None:
     settings = load_settings(BASE)
     assert settings.deploy_tag == "PROD"
-    assert settings.deploy_command == ("pyinfra", "-y", "--json", "inventory.py", "deploy.py")
+    assert settings.deploy_command == ()
+    assert settings.command == (sys.executable, "-m", "fleet", "deploy")
     assert settings.gitlab_token is None
     assert settings.health_check == "fleet"
 
@@ -86,3 +88,20 @@ def test_an_unsplittable_deploy_command_is_refused() -> None:
         load_settings({**BASE, "FLEET_DEPLOY_COMMAND": "pyinfra 'inventory.py"})
     assert str(caught.value) == ("FLEET_DEPLOY_COMMAND: \"pyinfra 'inventory.py\" cannot be split "
                                  "into arguments (No closing quotation)")
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("--upload-pack=touch /tmp/pwned", "FLEET_REPO_URL '--upload-pack=touch /tmp/pwned' starts "
+                                       "with '-'; git would read it as an option"),
+    ("-oProxyCommand=x", "FLEET_REPO_URL '-oProxyCommand=x' starts with '-'; git would read it "
+                         "as an option"),
+    ("/srv/fleet.git\nFLEET_DEPLOY_TAG=*", "FLEET_REPO_URL '/srv/fleet.git\\nFLEET_DEPLOY_TAG=*' "
+                                           "contains a control character (newline, tab, ...)"),
+    ("file:///srv/a\tb", "FLEET_REPO_URL 'file:///srv/a\\tb' contains a control character "
+                         "(newline, tab, ...)"),
+])
+def test_a_repo_url_git_could_misread_is_refused(url: str, message: str) -> None:
+    with pytest.raises(WebhookError) as caught:
+        load_settings({**BASE, "FLEET_REPO_URL": url})
+    assert str(caught.value) == message
+    assert caught.value.hint

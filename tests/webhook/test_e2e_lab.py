@@ -1,12 +1,24 @@
-"""End to end on the lab: a real git push of PROD, delivered as Gitea delivers it, deploys the
-lab fleet with the real ``pyinfra -y --json inventory.py deploy.py``.
+"""End to end on the lab: ``fleet webhook serve`` on loopback (gunicorn and its dispatcher)
+deploys the lab fleet with the real ``python -m fleet deploy`` on real pushes of PROD,
+delivered as Gitea delivers them. The tests run in order on one receiver state dir:
 
-Run alone with: ``FLEET_TEST_LAB=webhook pytest -m lab tests/webhook/test_e2e_lab.py``
+1. push PROD at A, then deliver the pushes for C and B out of order: C ends deployed; A's body
+   posted again with a new delivery id deploys nothing and is recorded ``up-to-date``;
+2. the web workers killed during a deploy: it completes, ``ok``, whole log, no unmasked file;
+3. a release whose gateway cannot start: the canary fails verify and is rolled back, the
+   workers are never touched, the run fails naming the host and the reason.
+
+Run alone with: ``FLEET_TEST_LAB=hooklab pytest -m lab tests/webhook/test_e2e_lab.py``
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,51 +26,194 @@ import pytest
 import requests
 
 from fleet.registry import load_registry
-from tests.webhook.conftest import REPO, FleetRepo, Server, auth, git, wait_for
-from tests.webhook.forge import ZERO, signed_push
+from tests.webhook.conftest import REPO, FleetRepo, auth, free_port, git, wait_for
+from tests.webhook.forge import GITLAB_TOKEN, READ_TOKEN, SECRET, signed_push
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
+ORCH = "ezra-primary"
+DEPLOY_TIMEOUT = 900.0
 
 
-def test_a_gitea_push_of_prod_deploys_the_lab_at_that_sha(
-        lab_registry: Path, serve: Callable[..., Server], tmp_path: Path) -> None:
-    bare, work = tmp_path / "fleet-e2e.git", tmp_path / "fleet-e2e"
-    git("clone", "-q", "--bare", str(REPO), str(bare))  # the checkout's committed HEAD
+class Receiver:
+    """``fleet webhook serve`` on loopback in its own session, deploying the lab."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fleet", "webhook", "serve", "--port", str(self.port),
+             "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        wait_for(self.answers, what="fleet webhook serve to answer")
+
+    def answers(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/openapi.json", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def post(self, body: bytes, headers: dict[str, str]) -> int:
+        """Deliver a push; the queued run's id."""
+        answer = requests.post(f"{self.url}/hooks/gitea", data=body, headers=headers,
+                               timeout=10)
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["status"] == "queued", answer.json()
+        return int(answer.json()["run_id"])
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        return dict(requests.get(f"{self.url}/runs/{run_id}", headers=auth(), timeout=10).json())
+
+    def wait(self, run_id: int) -> dict[str, Any]:
+        """The run once it is neither queued nor running."""
+        def done() -> dict[str, Any] | None:
+            run = self.run(run_id)
+            return None if run["status"] in ("queued", "running") else run
+        return dict(wait_for(done, timeout=DEPLOY_TIMEOUT, what=f"run {run_id}"))
+
+    def workers(self) -> list[int]:
+        """The gunicorn master's web workers (its other children are dispatchers)."""
+        found = []
+        for pid in self.children():
+            with contextlib.suppress(FileNotFoundError):  # a dispatcher that lost its race
+                if b"dispatch" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+        return found
+
+    def children(self) -> list[int]:
+        found = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True,
+                               text=True, check=False).stdout.split()
+        return [int(pid) for pid in found]
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> FleetRepo:
+    """A bare clone of the checkout's committed HEAD and a working clone pushing to it."""
+    base = tmp_path_factory.mktemp("hook-e2e")
+    bare, work = base / "fleet.git", base / "fleet"
+    git("clone", "-q", "--bare", str(REPO), str(bare))
     git("clone", "-q", str(bare), str(work))
-    fleet = FleetRepo(work=work, bare=bare)
-    sha = fleet.commit("webhook end-to-end test")
-    fleet.push_tag("PROD", sha)
-    server = serve(workers=2, FLEET_REPO_URL=f"file://{bare}", FLEET_REGISTRY=str(lab_registry),
-                   FLEET_DEPLOY_COMMAND="pyinfra -y --json inventory.py deploy.py",
-                   FLEET_HEALTH_CHECK="fleet", FLEET_DEPLOY_TIMEOUT="1800")
-    run = deliver(server, sha, before=ZERO)
-    assert run["status"] == "success", f"{run['summary']}\n{run['log'][-4000:]}"
-    assert run["commit_sha"] == sha
+    return FleetRepo(work=work, bare=bare)
+
+
+@pytest.fixture(scope="module")
+def receiver_env(lab_registry: Path, repo: FleetRepo,
+                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The receiver's environment: the lab registry, HTTP health checks, a state dir."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("FLEET_DEPLOY_COMMAND", "FLEET_BROKEN_RELEASE", "FLEET_RUN_ID",
+                          "FLEET_RECORDS_DIR", "FLEET_SECRETS")}
+    env.update(FLEET_WEBHOOK_SECRET=SECRET, FLEET_GITLAB_TOKEN=GITLAB_TOKEN,
+               FLEET_READ_TOKEN=READ_TOKEN, FLEET_REPO_URL=f"file://{repo.bare}",
+               FLEET_STATE_DIR=str(tmp_path_factory.mktemp("hook-state")),
+               FLEET_REGISTRY=str(lab_registry), FLEET_HEALTH_CHECK="http",
+               FLEET_DEPLOY_TIMEOUT=str(DEPLOY_TIMEOUT))
+    return env
+
+
+@pytest.fixture
+def receiver(receiver_env: dict[str, str]) -> Iterator[Receiver]:
+    started = Receiver(receiver_env)
+    yield started
+    started.stop()
+
+
+def releases(lab_registry: Path) -> dict[str, str | None]:
+    """The release each lab agent's /health reports."""
+    found = {}
+    for agent in load_registry(lab_registry):
+        try:
+            found[agent.name] = requests.get(agent.health_endpoint, timeout=5).json()["release"]
+        except (requests.RequestException, ValueError, KeyError):
+            found[agent.name] = None
+    return found
+
+
+STATE: dict[str, str] = {}
+
+
+def test_out_of_order_pushes_deploy_what_prod_points_to_and_a_replay_deploys_nothing(
+        receiver: Receiver, repo: FleetRepo, lab_registry: Path) -> None:
+    a = repo.commit("A")
+    repo.push_tag("PROD", a)
+    first = receiver.post(*signed_push("gitea", "refs/tags/PROD", a, delivery="lab-a"))
+    wait_for(lambda: receiver.run(first)["status"] == "running", what="A's deploy to start")
+    b = repo.commit("B")
+    repo.push_tag("PROD", b)
+    c = repo.commit("C")
+    repo.push_tag("PROD", c)
+    late_c = receiver.post(*signed_push("gitea", "refs/tags/PROD", c, before=b))
+    late_b = receiver.post(*signed_push("gitea", "refs/tags/PROD", b, before=a))
+
+    run_a = receiver.wait(first)
+    assert run_a["status"] == "ok", f"{run_a['summary']}\n{run_a['log'][-4000:]}"
+    run_b = receiver.wait(late_b)
+    assert run_b["status"] == "ok", f"{run_b['summary']}\n{run_b['log'][-4000:]}"
+    assert (run_b["sha"], run_b["commit_sha"], run_b["release"]) == (b, c, c[:12])
+    assert [stage["stage"] for stage in run_b["stages"]] == ["canary", "workers"]
+    assert run_b["stages"][0]["hosts"] == [ORCH]
     agents = list(load_registry(lab_registry).agents)
-    assert sorted(run["hosts"]) == sorted(agents)
-    assert all(entry["status"] == "ok" and entry["failed"] == 0
-               for entry in run["hosts"].values())
-    assert sum(entry["changed"] for entry in run["hosts"].values()) > 0
-    assert [item["agent"] for item in run["health"]] == agents
-    assert all(item["healthy"] for item in run["health"])
-    assert {item["release"] for item in run["health"]} == {sha[:12]}
+    assert sorted(run_b["hosts"]) == sorted(agents)
+    assert {entry["status"] for entry in run_b["hosts"].values()} == {"ok"}
+    assert Path(run_b["record_path"]).exists()
+    run_c = receiver.run(late_c)
+    assert (run_c["status"], run_c["superseded_by"]) == ("superseded", late_b)
+    assert releases(lab_registry) == {name: c[:12] for name in agents}
 
-    moved = fleet.commit("move PROD")  # git tag -f PROD + force push: a moving tag deploys too
-    fleet.push_tag("PROD", moved)
-    run = deliver(server, moved, before=sha)
-    assert run["status"] == "success", f"{run['summary']}\n{run['log'][-4000:]}"
-    assert {item["release"] for item in run["health"]} == {moved[:12]}
+    replay = receiver.post(*signed_push("gitea", "refs/tags/PROD", a, delivery="lab-a-again"))
+    run = receiver.wait(replay)
+    assert (run["status"], run["sha"], run["commit_sha"]) == ("up-to-date", a, c), run["summary"]
+    assert run["exit_status"] is None and not Path(run["record_path"]).exists()
+    assert "fleet deploy" not in run["log"]
+    assert releases(lab_registry) == {name: c[:12] for name in agents}
+    STATE["c"] = c
 
 
-def deliver(server: Server, sha: str, before: str) -> dict[str, Any]:
-    """POST the push as Gitea would and wait for its run to finish; the run record."""
-    body, headers = signed_push("gitea", "refs/tags/PROD", sha, before=before)
-    answer = requests.post(f"{server.url}/hooks/gitea", data=body, headers=headers, timeout=10)
-    assert answer.status_code == 202, answer.text
-    run_url = f"{server.url}/runs/{answer.json()['run_id']}"
+def test_killing_the_web_workers_during_a_deploy_does_not_touch_it(
+        receiver: Receiver, repo: FleetRepo, lab_registry: Path,
+        receiver_env: dict[str, str]) -> None:
+    d = repo.commit("D")
+    repo.push_tag("PROD", d)
+    run_id = receiver.post(*signed_push("gitea", "refs/tags/PROD", d))
+    run = wait_for(lambda: (lambda r: r if "fleet deploy" in r["log"] else None)(
+        receiver.run(run_id)), timeout=120, what="the deploy command to start")
+    workers = receiver.workers()
+    assert len(workers) == 2 and run["worker_pid"] not in workers
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    run = receiver.wait(run_id)
+    assert run["status"] == "ok", f"{run['summary']}\n{run['log'][-4000:]}"
+    assert run["log"].rstrip().endswith(f"==> ok: deployed release {d[:12]} to 3 host(s)")
+    logs = Path(receiver_env["FLEET_STATE_DIR"]) / "logs"
+    assert not list(logs.glob("*.unmasked"))
+    assert set(releases(lab_registry).values()) == {d[:12]}
+    STATE["d"] = d
 
-    def finished() -> dict[str, Any] | None:
-        run = requests.get(run_url, headers=auth(), timeout=10).json()
-        return None if run["status"] in ("queued", "running") else dict(run)
 
-    return dict(wait_for(finished, timeout=1800, what="the lab deploy"))
+def test_a_release_whose_gateway_cannot_start_is_rolled_back_on_the_canary_only(
+        receiver_env: dict[str, str], repo: FleetRepo, lab_registry: Path) -> None:
+    before = STATE["d"][:12]
+    broken = Receiver({**receiver_env, "FLEET_BROKEN_RELEASE": "1"})
+    try:
+        e = repo.commit("E")
+        repo.push_tag("PROD", e)
+        run = broken.wait(broken.post(*signed_push("gitea", "refs/tags/PROD", e)))
+    finally:
+        broken.stop()
+    assert run["status"] == "failed", f"{run['summary']}\n{run['log'][-4000:]}"
+    assert run["release"] == f"{e[:12]}-broken"
+    assert run["hosts"][ORCH]["status"] == "rolled_back"
+    assert run["summary"].startswith(f"release {e[:12]}-broken failed: {ORCH} rolled_back (")
+    assert run["stages"][0]["stage"] == "canary"
+    assert run["stages"][0]["outcome"] == {ORCH: "rolled_back"}
+    assert all(status == "skipped" for stage in run["stages"][1:]
+               for status in stage["outcome"].values())
+    workers = [name for name in load_registry(lab_registry).agents if name != ORCH]
+    assert all(name not in run["hosts"] or run["hosts"][name]["status"] == "skipped"
+               for name in workers)
+    assert run["summary"].endswith(f"; not deployed: {', '.join(workers)}")
+    assert releases(lab_registry) == {name: before for name in [ORCH, *workers]}

@@ -42,18 +42,24 @@ def test_a_push_deploys_the_tagged_commit(client: FlaskClient, settings: Setting
     run_id = push_tag(client, sha)
     assert drain(settings) == [run_id]
     run = show(client, run_id)
-    assert (run["status"], run["exit_status"], run["commit_sha"]) == ("success", 0, sha)
-    assert run["summary"] == "deployed to 2 host(s), 1 change(s)"
+    assert (run["status"], run["exit_status"], run["commit_sha"]) == ("ok", 0, sha)
+    assert (run["sha"], run["release"]) == (sha, sha[:12])
+    assert run["summary"] == f"deployed release {sha[:12]} to 2 host(s)"
+    assert run["fleet_run_id"].startswith(f"webhook-{run_id}-")
+    record = settings.state_dir / "records" / f"{run['fleet_run_id']}.json"
+    assert run["record_path"] == str(record) and record.exists()
     assert run["hosts"] == {
-        "alpha": {"status": "ok", "changed": 1, "unchanged": 0, "failed": 0,
-                  "changes": ["Install release"], "errors": []},
-        "beta": {"status": "ok", "changed": 0, "unchanged": 1, "failed": 0, "changes": [],
-                 "errors": []}}
+        name: {"status": "ok", "release": sha[:12], "expected_release": sha[:12],
+               "changed": ["Install release"], "restarted": True, "drift": []}
+        for name in ("alpha", "beta")}
+    assert run["stages"] == [
+        {"stage": "canary", "hosts": ["alpha"], "outcome": {"alpha": "ok"}},
+        {"stage": "workers", "hosts": ["beta"], "outcome": {"beta": "ok"}}]
     assert f"stand-in deploy of {sha}" in run["log"]
-    assert run["log"].rstrip().endswith("==> success: deployed to 2 host(s), 1 change(s)")
+    assert run["log"].rstrip().endswith(f"==> ok: deployed release {sha[:12]} to 2 host(s)")
     assert run["started_at"] <= run["ended_at"]
-    [record] = read_records(record_file)
-    assert (record["run"], record["sha"], record["secret_seen"]) == (run_id, sha, False)
+    [line] = read_records(record_file)
+    assert (line["run"], line["sha"], line["secret_seen"]) == (run_id, sha, False)
     work = settings.state_dir / "work"
     assert git("rev-parse", "HEAD", cwd=work) == sha
     assert (work / "CHANGES").read_text() == "first\nsecond\n"
@@ -70,7 +76,7 @@ def test_an_annotated_tag_deploys_the_commit_it_points_at(client: FlaskClient,
     run_id = push_tag(client, tag_object, forge="github")
     drain(settings)
     run = show(client, run_id)
-    assert (run["status"], run["sha"], run["commit_sha"]) == ("success", tag_object, sha)
+    assert (run["status"], run["sha"], run["commit_sha"]) == ("ok", tag_object, sha)
 
 
 def test_queued_pushes_coalesce_into_one_deploy(client: FlaskClient, settings: Settings,
@@ -82,7 +88,9 @@ def test_queued_pushes_coalesce_into_one_deploy(client: FlaskClient, settings: S
     assert drain(settings) == [ids[-1]]
     assert [record["sha"] for record in read_records(record_file)] == [shas[-1]]
     assert [show(client, run_id)["status"] for run_id in ids] == [
-        "superseded", "superseded", "success"]
+        "superseded", "superseded", "ok"]
+    assert show(client, ids[0])["summary"] == (
+        f"covered by run {ids[-1]}, which deploys what tag PROD points to when it starts")
     assert show(client, ids[-1])["covers"] == ids[:-1]
 
 
@@ -96,22 +104,35 @@ def test_a_failing_deploy_is_recorded_as_failed(client: FlaskClient, settings: S
     sha = fleet_repo.commit("broken")
     fleet_repo.push_tag("PROD", sha)
     run_id = push_tag(client, sha)
-    drain(with_env(settings, STANDIN_EXIT="3"))
+    drain(with_env(settings, STANDIN_STATUS="failed"))
     run = show(client, run_id)
-    assert (run["status"], run["exit_status"]) == ("failed", 3)
-    assert run["summary"].endswith("exited with status 3; hosts with errors: alpha")
-    assert run["hosts"]["alpha"]["errors"] == ["Install release"]
+    assert (run["status"], run["exit_status"]) == ("failed", 1)
+    assert run["summary"] == (f"release {sha[:12]} failed: alpha rolled_back (verify: /health "
+                              "answered 503; rolled back); not deployed: beta")
+    assert run["stages"] == [{"stage": "canary", "hosts": ["alpha"],
+                              "outcome": {"alpha": "rolled_back"}}]
 
 
-def test_a_sha_missing_from_the_repo_fails_the_run(client: FlaskClient, settings: Settings,
-                                                   fleet_repo: FleetRepo,
-                                                   record_file: Path) -> None:
-    run_id = push_tag(client, "ab" * 20)
+def test_a_deploy_that_writes_no_record_fails(client: FlaskClient, settings: Settings,
+                                              fleet_repo: FleetRepo) -> None:
+    sha = fleet_repo.commit("no record")
+    fleet_repo.push_tag("PROD", sha)
+    run_id = push_tag(client, sha)
+    drain(replace(settings, deploy_command=("true",)))
+    run = show(client, run_id)
+    assert (run["status"], run["exit_status"], run["hosts"]) == ("failed", 0, {})
+    assert run["summary"] == (f"the deploy exited with status 0 and wrote no run record "
+                              f"({run['fleet_run_id']}.json); see the log")
+
+
+def test_a_deleted_tag_fails_the_run(client: FlaskClient, settings: Settings,
+                                     fleet_repo: FleetRepo, record_file: Path) -> None:
+    run_id = push_tag(client, "ab" * 20)  # PROD was never pushed
     drain(settings)
     run = show(client, run_id)
-    assert run["status"] == "failed"
-    assert run["summary"] == (f"commit {'ab' * 20} is not in file://{fleet_repo.bare}; was the "
-                              "tag moved or the history rewritten before the deploy started?")
+    assert (run["status"], run["commit_sha"]) == ("failed", None)
+    assert run["summary"] == (f"tag 'PROD' does not exist in file://{fleet_repo.bare} (deleted "
+                              "after the push?); nothing was deployed")
     assert read_records(record_file) == []
 
 
@@ -135,8 +156,8 @@ def test_a_deploy_over_its_timeout_is_stopped(client: FlaskClient, settings: Set
     drain(replace(with_env(settings, STANDIN_SLEEP="30"), deploy_timeout=0.5))
     run = show(client, run_id)
     assert run["status"] == "failed"
-    assert run["summary"] == ("the deploy command ran longer than FLEET_DEPLOY_TIMEOUT (0.5s) "
-                              "and was stopped")
+    assert run["summary"] == ("the deploy ran longer than FLEET_DEPLOY_TIMEOUT (0.5s) and was "
+                              "stopped")
 
 
 @pytest.fixture
@@ -180,7 +201,7 @@ def test_secrets_are_masked_while_the_deploy_runs(client: FlaskClient, settings:
     finally:
         thread.join()
     run = show(client, run_id)
-    assert run["status"] == "success" and "very-secret" not in run["log"]
+    assert run["status"] == "ok" and "very-secret" not in run["log"]
     assert not raw.exists()
 
 
@@ -225,7 +246,7 @@ def health_server() -> Iterator[int]:
     server.server_close()
 
 
-@pytest.mark.parametrize(("path", "status"), [("/health", "success"), ("/broken", "unhealthy")])
+@pytest.mark.parametrize(("path", "status"), [("/health", "ok"), ("/broken", "unhealthy")])
 def test_fleet_health_is_checked_after_the_deploy(client: FlaskClient, settings: Settings,
                                                   fleet_repo: FleetRepo, tmp_path: Path,
                                                   health_server: int, path: str,
@@ -242,5 +263,5 @@ def test_fleet_health_is_checked_after_the_deploy(client: FlaskClient, settings:
     assert run["status"] == status
     assert [item["agent"] for item in run["health"]] == ["ezra"]
     if status == "unhealthy":
-        assert run["summary"] == ("deploy finished but the fleet is unhealthy: ezra (health "
-                                  "HTTP 503: soul missing)")
+        assert run["summary"] == ("deployed, but the fleet is unhealthy: ezra (health HTTP 503: "
+                                  "soul missing)")
