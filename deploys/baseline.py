@@ -6,12 +6,16 @@ from deploys import webhook
 from deploys.context import OPT, RELEASES, SSHD_DROPIN, AgentContext, phase
 from deploys.ops import agent_account, directories, managed_file
 
+# sshd takes the first value it reads for a keyword, and Debian's sshd_config includes
+# sshd_config.d/*.conf at its top: whatever this drop-in sets wins over the administrator's
+# settings. So it sets only what turns password logins off (which can only tighten sshd) and
+# nothing else: PermitRootLogin, ports, users stay the administrator's.
 SSHD_SETTINGS = """\
-# Written by the fleet deploy (baseline phase): keys only, no passwords.
+# Written by the fleet deploy (baseline phase): keys only, no passwords. Nothing else is
+# set here: sshd takes the first value it reads, so this file must never loosen a setting.
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitEmptyPasswords no
-PermitRootLogin prohibit-password
 """
 USER = "Agent user and group (system, no login shell)"
 DIRECTORIES = "Fleet directories (owners and modes)"

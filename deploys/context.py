@@ -16,6 +16,7 @@ from pyinfra.api import deploy
 
 from deploys.lock import LOCK_DIR
 from deploys.ops import Outcome
+from fleet.envfile import format_env
 from fleet.registry import Agent, Registry, load_registry
 from fleet.release import Release, build_release
 from fleet.secrets import Secrets, load_secrets
@@ -143,9 +144,11 @@ class AgentContext:
         data["fleet"] = {key: value for key, value in data["fleet"].items()
                          if key not in ("ssh_key", "known_hosts")}
         for name, entry in data["wizards"].items():
-            entry["soul"] = f"/etc/fleet/{name}/soul.md"
             entry.pop("authorized_keys", None)
-            if name != self.name:
+            if name == self.name:
+                entry["soul"] = "soul.md"  # beside the copy: /etc/fleet/<agent>/soul.md
+            else:  # not on this node
+                entry.pop("soul", None)
                 entry.pop("config", None)
         header = "# Written by the fleet deploy (release phase); edit the controller's registry.\n"
         return header + yaml.safe_dump(data, sort_keys=False)
@@ -179,9 +182,9 @@ class AgentContext:
         }
 
     def env_file(self) -> str:
-        """``/etc/fleet/<agent>/env``: public settings then secrets, ``NAME=value`` lines."""
-        env = {**self.public_env(), **secrets().for_agent(self.name)}
-        return "".join(f"{key}={value}\n" for key, value in env.items())
+        """``/etc/fleet/<agent>/env``: public settings then secrets, in systemd's
+        ``EnvironmentFile=`` syntax (double-quoted values, :mod:`fleet.envfile`)."""
+        return format_env({**self.public_env(), **secrets().for_agent(self.name)})
 
 
 _contexts: dict[str, AgentContext] = {}

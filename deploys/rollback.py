@@ -1,13 +1,18 @@
 """Rollback (``fleet rollback``): ``current`` back to an earlier release, restart, verify.
 
 The agent's state dir is not touched. The outcome goes to the audit phase like a verify.
+The release asked for (``--data rollback_to=ID``) must be a release id, matched in full; it
+is checked again on the node by ``fleet-nodectl``.
 """
 
 from __future__ import annotations
 
+from pyinfra.api import DeployError
+
 from deploys import lock
 from deploys.context import NODECTL, AgentContext, phase
 from deploys.verify import agent_args, agent_verified
+from fleet.validate import ValidationError, check_release_id
 
 ROLLBACK = "Roll back: switch, restart and verify"
 
@@ -15,6 +20,9 @@ ROLLBACK = "Roll back: switch, restart and verify"
 @phase("Rollback")
 def run(ctx: AgentContext, to: str | None) -> None:
     """Switch to ``to`` (or the previous release), restart and verify."""
-    target = ["--to", to] if to else []
+    try:
+        target = ["--to", check_release_id(to)] if to is not None else []
+    except ValidationError as exc:  # pyinfra prints its own errors as one line
+        raise DeployError(f"rollback_to: {exc}") from None
     ctx.check = agent_verified(name=ROLLBACK, nodectl=NODECTL, owner=lock.owner(),
                                args=["rollback", *target, *agent_args(ctx)])

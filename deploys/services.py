@@ -18,6 +18,8 @@ from deploys.ops import managed_file, unit_running
 from fleet.templates import read_template
 
 UNIT_TEMPLATE = "fleet-agent.service.j2"
+MEMORY_MAX = "1G"  # the unit's MemoryMax= (a gateway uses ~150 MB)
+TASKS_MAX = 512  # its TasksMax=: 2 workers x (32 request + bus delivery threads), with room
 UNIT_FILE = "Agent unit file"
 RELOAD = "systemd daemon-reload (unit file changed)"
 RUNNING = "Agent service enabled and running"
@@ -28,7 +30,8 @@ def unit_text(ctx: AgentContext) -> str:
     """The agent's systemd unit, rendered from ``fleet/templates/fleet-agent.service.j2``."""
     template = Template(read_template(UNIT_TEMPLATE), keep_trailing_newline=True)
     return template.render(agent=ctx.name, user_name=ctx.user, port=ctx.agent.gateway_port,
-                           etc_dir=ctx.etc_dir, state_dir=ctx.state_dir, current=CURRENT)
+                           etc_dir=ctx.etc_dir, state_dir=ctx.state_dir, current=CURRENT,
+                           memory_max=MEMORY_MAX, tasks_max=TASKS_MAX)
 
 
 @phase("Services")

@@ -44,6 +44,7 @@ from deploys.ops import (
     release_unpacked,
     secret_file,
 )
+from fleet.envfile import format_env
 from fleet.errors import WebhookError
 from fleet.release import (
     BROKEN_MARKER,
@@ -228,7 +229,7 @@ def keys(ctx: AgentContext) -> None:
     env = receiver_env(ctx)
     plan.triggers.append(ctx.track(ENV, secret_file(
         name=ENV, dest=ENV_FILE,
-        content=HiddenValue("".join(f"{key}={value}\n" for key, value in env.items())),
+        content=HiddenValue(format_env(env)),
         public=tuple(public_env(ctx)), user=USER, group=USER, node=plan.node)))
     source = secrets().path
     if source is not None:

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
+from pyinfra import logger
+
+from fleet.hosts import (
+    TRUST_HINT,
+    HostKeyError,
+    host_pattern,
+    known_hosts_path,
+    require_known_hosts,
+    unknown_agents,
+)
 from fleet.registry import ROLES, Agent, Registry
 
 RESERVED_GROUPS = {"all", "inventory", *ROLES}
@@ -25,9 +36,12 @@ def host_data(agent: Agent, registry: Registry) -> dict[str, Any]:
     }
     if registry.ssh_key:
         data["ssh_key"] = registry.ssh_key
-    if registry.known_hosts:
-        data["ssh_known_hosts_file"] = registry.known_hosts
-        data["ssh_strict_host_key_checking"] = "yes"
+    # Host keys are always checked, against the registry's known_hosts only; with none set,
+    # against an empty file: every connection is refused, nothing is trusted on first use
+    # (`fleet hosts scan` records the keys).
+    pinned = known_hosts_path(registry)
+    data["ssh_known_hosts_file"] = str(pinned.resolve()) if pinned else os.devnull
+    data["ssh_strict_host_key_checking"] = "yes"
     return data
 
 
@@ -37,8 +51,23 @@ def capability_group(capability: str) -> str:
     return f"capability-{name}" if name in RESERVED_GROUPS else name
 
 
+def host_key_warnings(registry: Registry) -> list[str]:
+    """What pyinfra's output should say before it refuses hosts whose key is not pinned (it
+    refuses them when connecting, without saying how to trust a key)."""
+    try:
+        path = require_known_hosts(registry)
+    except HostKeyError as exc:
+        return [f"{exc} (Hint: {exc.hint})"]
+    return [f"{path}: no host key pinned for {agent.name} ({host_pattern(agent)}): it will be "
+            f"refused. {TRUST_HINT.format(names=agent.name)}"
+            for agent in unknown_agents(path, registry)]
+
+
 def inventory_groups(registry: Registry) -> dict[str, list[HostEntry]]:
-    """Groups by role and by capability; every host entry carries its full host data."""
+    """Groups by role and by capability; every host entry carries its full host data. Hosts
+    whose key is not pinned are kept (pyinfra refuses them when connecting) with a warning."""
+    for warning in host_key_warnings(registry):
+        logger.warning(warning)
     entries = {agent.name: (agent.name, host_data(agent, registry)) for agent in registry}
     groups: dict[str, list[HostEntry]] = {role: [] for role in ROLES}
     for agent in registry:

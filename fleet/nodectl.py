@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,19 @@ ROOT = Path(os.environ.get("FLEET_OPT", "/opt/fleet"))
 RELEASES = ROOT / "releases"
 CURRENT = ROOT / "current"
 HISTORY = ROOT / "history"
+# A release id, matched in full: ``<sha12>``, ``<sha12>-dirty-<hash8>`` or ``nogit-<hash12>``,
+# each with an optional ``-broken`` (see fleet/release.py). Nothing else reaches a path here.
+RELEASE_ID_RE = re.compile(r"(?:[0-9a-f]{12}(?:-dirty-[0-9a-f]{8})?|nogit-[0-9a-f]{12})"
+                           r"(?:-broken)?")
+RELEASE_ID_FORM = ("12 hex digits, optionally -dirty-<8 hex digits>, or nogit-<12 hex digits>; "
+                   "then optionally -broken")
+
+
+def release_id(value: str) -> str:
+    """``value`` if it is a release id (argparse type); refuses paths like ``../x``."""
+    if not RELEASE_ID_RE.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a release id ({RELEASE_ID_FORM})")
+    return value
 
 
 def current_release() -> str | None:
@@ -57,13 +71,16 @@ def previous_release() -> str | None:
     """The release that was current before the current one and is still on disk."""
     now = current_release()
     for release in reversed(history()):
-        if release != now and (RELEASES / release / "site").is_dir():
+        if (release != now and RELEASE_ID_RE.fullmatch(release)
+                and (RELEASES / release / "site").is_dir()):
             return release
     return None
 
 
 def switch(release: str) -> dict[str, Any]:
     """Point ``current`` at ``release`` (symlink + rename) and append it to the history."""
+    if not RELEASE_ID_RE.fullmatch(release):
+        raise SystemExit(f"{release!r} is not a release id ({RELEASE_ID_FORM})")
     if not (RELEASES / release / "site").is_dir():
         raise SystemExit(f"release {release} is not installed under {RELEASES}")
     before = current_release()
@@ -283,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fleet-nodectl", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     switch_cmd = commands.add_parser("switch", help="point current at a release")
-    switch_cmd.add_argument("release")
+    switch_cmd.add_argument("release", type=release_id)
     prune_cmd = commands.add_parser("prune", help="keep only the newest releases")
     prune_cmd.add_argument("--keep", type=int, default=5)
     for name in ("verify", "rollback", "facts"):
@@ -292,12 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--port", type=int, required=True)
         sub.add_argument("--timeout", type=float, default=20.0)
         if name == "verify":
-            sub.add_argument("--release", required=True)
+            sub.add_argument("--release", required=True, type=release_id)
             sub.add_argument("--config-hash", default="")
             sub.add_argument("--soul-sha", default="")
             sub.add_argument("--rollback", action="store_true")
         elif name == "rollback":
-            sub.add_argument("--to")
+            sub.add_argument("--to", type=release_id)
         else:
             sub.add_argument("--agent", required=True)
             sub.add_argument("--login-user", default="root")

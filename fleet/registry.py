@@ -19,16 +19,18 @@ from urllib.parse import urlsplit
 import yaml
 
 from fleet.errors import RegistryError
+from fleet.validate import USER_NAME_FORM, USER_NAME_RE
 
 REGISTRY_ENV = "FLEET_REGISTRY"
 ROLES = ("orchestrator", "worker")
 DEFAULT_GATEWAY_PORT = 8646
 DEFAULT_SSH_PORT = 22
 DEFAULT_SSH_USER = "root"
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-CAPABILITY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+# Matched in full (``re.fullmatch``): a trailing newline is not part of a name.
+NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}")
+CAPABILITY_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*")
 
 AGENT_FIELDS = (
     "host",
@@ -139,9 +141,13 @@ class Registry:
         return [agent for agent in self if agent.role == role]
 
     def soul_path(self, agent: Agent) -> Path:
-        """The agent's soul file on the controller (relative paths are beside the registry)."""
-        path = Path(agent.soul)
-        return path if path.is_absolute() else self.path.parent / path
+        """The agent's soul file on the controller, inside the registry's folder (checked
+        again here: the file may have become a symlink out of it since loading)."""
+        problem = soul_problem(self.path, agent.soul)
+        if problem:
+            raise RegistryError([f"{self.path}:{agent.line}: wizards.{agent.name}.soul: "
+                                 f"{agent.soul!r} {problem}"])
+        return self.path.parent / agent.soul
 
     def to_dict(self) -> dict[str, Any]:
         """The whole registry as plain data (for ``--json`` and for writing lab registries)."""
@@ -288,7 +294,7 @@ class _Validator:
                 self.problem(key_node, where,
                              f"duplicate agent name (first defined on line {first})")
                 continue
-            if not NAME_RE.match(name):
+            if not NAME_RE.fullmatch(name):
                 self.problem(key_node, where, "agent name must be 1-31 characters of lowercase "
                              "letters, digits and '-', starting with a letter")
             agent = self.agent(name, key_node, value_node)
@@ -318,9 +324,9 @@ class _Validator:
             "capabilities": checked.string_list("capabilities", CAPABILITY_RE),
             "description": checked.string("description", ""),
             "gateway_port": port,
-            "ssh_user": checked.string("ssh_user", DEFAULT_SSH_USER),
+            "ssh_user": checked.user("ssh_user", DEFAULT_SSH_USER),
             "ssh_port": checked.port("ssh_port", DEFAULT_SSH_PORT),
-            "soul": checked.string("soul", f"souls/{name}.md"),
+            "soul": checked.soul(f"souls/{name}.md"),
             "region": checked.string("region", None),
             "provider": checked.string("provider", None),
             "authorized_keys": checked.string_list("authorized_keys", None),
@@ -369,6 +375,26 @@ class _AgentFields:
             return default
         return value
 
+    def user(self, key: str, default: str) -> str:
+        value = self.string(key, default)
+        if value is not default and not USER_NAME_RE.fullmatch(value):
+            self.bad(key, f"{value!r} is not a user name ({USER_NAME_FORM})")
+            return default
+        return str(value)
+
+    def soul(self, default: str) -> str:
+        """A soul path relative to the registry's folder that stays inside it: no absolute
+        path, no ``..`` out of it, no symlink leading out of it."""
+        value = self.string("soul", default)
+        if value is default:
+            return default
+        problem = soul_problem(self.validator.path, value)
+        if problem:
+            self.bad("soul", f"{value!r} {problem}; write a path relative to the registry's "
+                     "folder, inside it (e.g. souls/NAME.md)")
+            return default
+        return str(value)
+
     def host(self) -> str:
         if "host" not in self.values:
             return ""
@@ -409,7 +435,7 @@ class _AgentFields:
             return ()
         if pattern is not None:
             for item in value:
-                if not pattern.match(item):
+                if not pattern.fullmatch(item):
                     self.bad(key, f"{item!r} is not a valid name (lowercase letters, digits, "
                              "'.', '_' and '-')")
         return tuple(value)
@@ -438,12 +464,27 @@ class _AgentFields:
         return str(value)
 
 
+def soul_problem(registry_path: Path, soul: str) -> str:
+    """Why ``soul`` may not be used as a soul path of the registry at ``registry_path`` (empty
+    when it may): it must be relative and resolve, symlinks followed, inside the registry's
+    folder."""
+    if "\0" in soul:
+        return "contains a NUL character"
+    if Path(soul).is_absolute():
+        return "is an absolute path"
+    folder = registry_path.parent.resolve()
+    resolved = (folder / soul).resolve()
+    if not resolved.is_relative_to(folder) or resolved == folder:
+        return f"resolves outside the registry's folder {folder} (to {resolved})"
+    return ""
+
+
 def _is_host(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
-        return True
+        return "%" not in value  # no IPv6 zone ids: free text after the '%'
     except ValueError:
-        return bool(HOSTNAME_RE.match(value))
+        return bool(HOSTNAME_RE.fullmatch(value))
 
 
 def _url_problem(value: Any) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from fleet.errors import DeployError
+from fleet.hosts import check_known_hosts
 from fleet.inventory import inventory_groups
 from fleet.masking import Masker
 from fleet.records import (
@@ -43,6 +44,7 @@ from fleet.records import (
 from fleet.registry import REGISTRY_ENV, Registry
 from fleet.release import build_release, release_env
 from fleet.secrets import load_secrets
+from fleet.validate import check_release_id
 
 Echo = Callable[[str], None]
 FINAL = ("ok", "failed", "rolled_back", "skipped")
@@ -237,8 +239,12 @@ class Rollout:
         self.options = options
         self.echo = echo
         self.root = project_dir()
+        if options.rollback_to is not None:
+            check_release_id(options.rollback_to)
         self.masker = Masker(load_secrets().values())
         self.names = select(registry, options.limit)
+        if self.names:  # first contact is explicit: every host key pinned before connecting
+            check_known_hosts(registry, self.names)
         self.run_id = current_run_id()
         self.stages = ([self.names] if options.dry and self.names
                        else plan_stages(registry, self.names, options.batch))

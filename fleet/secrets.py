@@ -28,11 +28,12 @@ from pathlib import Path
 import yaml
 
 from fleet.errors import SecretsError
+from fleet.masking import MIN_SECRET_LENGTH
 
 SECRETS_ENV = "FLEET_SECRETS"
 BUS_KEY = "FLEET_BUS_KEY"
 BUS_KEYRING = "FLEET_BUS_KEYS"
-ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")  # matched in full
 RECEIVER_SECRETS = ("FLEET_WEBHOOK_SECRET", "FLEET_GITLAB_TOKEN", "FLEET_READ_TOKEN")
 DEPLOY_SSH_KEY = "FLEET_DEPLOY_SSH_KEY"
 RECEIVER_ONLY = (*RECEIVER_SECRETS, DEPLOY_SSH_KEY)
@@ -119,7 +120,8 @@ def load_secrets(path: str | os.PathLike[str] | None = None) -> Secrets:
     try:
         data = yaml.safe_load(resolved.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise SecretsError(f"{resolved}: YAML syntax error: {exc}") from None
+        raise SecretsError(f"{resolved}:{_yaml_error(exc)}",
+                           hint="Fix the YAML at that line and column.") from None
     if not isinstance(data, dict) or set(data) - {"fleet", "agents"}:
         raise SecretsError(f"{resolved}: top level must be a mapping with `fleet:` and `agents:`")
     fleet = _env_mapping(data.get("fleet") or {}, f"{resolved}: fleet")
@@ -136,9 +138,25 @@ def _env_mapping(data: object, where: str) -> dict[str, str]:
         raise SecretsError(f"{where}: must be a mapping of VARIABLE: value")
     env: dict[str, str] = {}
     for name, value in data.items():
-        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
-            raise SecretsError(f"{where}.{name}: not an environment variable name (A-Z, 0-9, _)")
-        if not isinstance(value, str | int | float):
+        if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
+            raise SecretsError(f"{where}: {name!r} is not an environment variable name "
+                               "(A-Z, 0-9, _; matched in full)")
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise SecretsError(f"{where}.{name}: value must be a string")
+        if len(str(value)) < MIN_SECRET_LENGTH:
+            raise SecretsError(
+                f"{where}.{name}: the value is shorter than {MIN_SECRET_LENGTH} characters "
+                "(too short to mask in output without garbling it)",
+                hint="Use a longer, random value, e.g. from `openssl rand -hex 32`.")
         env[name] = str(value)
     return env
+
+
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    """``LINE:COLUMN: YAML syntax error: PROBLEM`` without the file's text: PyYAML's message
+    quotes the offending line (a secret, perhaps) and its problem may quote a token of it."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{mark.line + 1}:{mark.column + 1}:" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or "not valid YAML"
+    problem = re.sub(r"'[^']*'|\"[^\"]*\"", "(text not shown)", problem)
+    return f"{where} YAML syntax error: {problem}"

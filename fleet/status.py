@@ -19,6 +19,13 @@ from typing import Any
 import requests
 
 from fleet.errors import StatusError
+from fleet.hosts import (
+    TRUST_HINT,
+    host_pattern,
+    known_hosts_path,
+    require_known_hosts,
+    unknown_agents,
+)
 from fleet.registry import Agent, Registry
 
 DEFAULT_TIMEOUT = 2.0
@@ -80,9 +87,10 @@ def ssh_command(agent: Agent, registry: Registry, timeout: float) -> list[str]:
     ]
     if registry.ssh_key:
         command += ["-i", registry.ssh_key, "-o", "IdentitiesOnly=yes"]
-    if registry.known_hosts:
-        command += ["-o", f"UserKnownHostsFile={registry.known_hosts}",
-                    "-o", "StrictHostKeyChecking=yes"]
+    pinned = known_hosts_path(registry)  # none: an empty file, every host key refused
+    command += ["-o", f"UserKnownHostsFile={pinned.resolve() if pinned else os.devnull}",
+                "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
+                "-o", "UpdateHostKeys=no"]
     return [*command, f"{agent.ssh_user}@{agent.host}"]
 
 
@@ -95,9 +103,18 @@ def probe_ssh(agent: Agent, registry: Registry, timeout: float) -> tuple[str, st
     except subprocess.TimeoutExpired:
         return f"timed out after {timeout:g}s", None
     if done.returncode != 0:
+        if "Host key verification failed" in done.stderr:
+            changed = "HOST IDENTIFICATION HAS CHANGED" in done.stderr
+            return host_key_reason(agent, "changed" if changed else "unknown"), None
         reason = (done.stderr.strip().splitlines() or [f"ssh exited {done.returncode}"])[-1]
         return reason, None
     return OK, done.stdout.strip() or None
+
+
+def host_key_reason(agent: Agent, what: str) -> str:
+    """The SSH probe's reason for a refused host key, saying how to trust it."""
+    return (f"host key of {host_pattern(agent)} is {what}: refused; "
+            + TRUST_HINT.format(names=agent.name))
 
 
 def probe_health(agent: Agent, timeout: float) -> tuple[str, dict[str, Any]]:
@@ -118,11 +135,14 @@ def probe_health(agent: Agent, timeout: float) -> tuple[str, dict[str, Any]]:
     return OK, body
 
 
-def probe_agent(agent: Agent, registry: Registry, timeout: float = DEFAULT_TIMEOUT) -> AgentStatus:
-    """Probe one agent over SSH and HTTP at the same time."""
+def probe_agent(agent: Agent, registry: Registry, timeout: float = DEFAULT_TIMEOUT,
+                known: bool = True) -> AgentStatus:
+    """Probe one agent over SSH and HTTP at the same time; with ``known`` False (no host key
+    pinned for it) SSH is not tried."""
     status = AgentStatus(agent=agent.name, role=agent.role, host=agent.host)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        ssh_future = pool.submit(probe_ssh, agent, registry, timeout)
+        ssh_future = (pool.submit(probe_ssh, agent, registry, timeout) if known else
+                      pool.submit(lambda: (host_key_reason(agent, "not pinned"), None)))
         health_future = pool.submit(probe_health, agent, timeout)
         status.ssh, status.system = ssh_future.result()
         status.health, body = health_future.result()
@@ -135,13 +155,17 @@ def probe_agent(agent: Agent, registry: Registry, timeout: float = DEFAULT_TIMEO
 
 
 def probe_fleet(registry: Registry, timeout: float = DEFAULT_TIMEOUT) -> list[AgentStatus]:
-    """Probe every agent of ``registry`` in parallel; results in registry order."""
+    """Probe every agent of ``registry`` in parallel; results in registry order. Refuses
+    (:class:`fleet.hosts.HostKeyError`) when the registry pins no host keys."""
     if shutil.which("ssh") is None:
         raise StatusError("the `ssh` client is not installed",
                           hint="Install it: apt-get install openssh-client")
+    pinned = require_known_hosts(registry)
     agents = list(registry)
+    unknown = {agent.name for agent in unknown_agents(pinned, agents)}
     with ThreadPoolExecutor(max_workers=max(1, min(64, len(agents)))) as pool:
-        return list(pool.map(lambda agent: probe_agent(agent, registry, timeout), agents))
+        return list(pool.map(lambda agent: probe_agent(agent, registry, timeout,
+                                                       agent.name not in unknown), agents))
 
 
 def _short_reason(exc: requests.RequestException) -> str:

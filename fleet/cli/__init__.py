@@ -29,6 +29,7 @@ COMMANDS = {
     "webhook": "fleet.cli.webhook:webhook",
     "bus": "fleet.cli.bus:bus",
     "gateway": "fleet.cli.gateway:gateway",
+    "hosts": "fleet.cli.hosts:hosts",
     "dashboard": "fleet.cli.dashboard:dashboard",
     "test": "fleet.cli.livetest:live_test_command",
 }

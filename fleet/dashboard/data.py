@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import requests
 
+from fleet.errors import FleetError
 from fleet.expected import expected
 from fleet.records import RunRecord
 from fleet.registry import Agent, Registry, load_registry
@@ -79,6 +80,7 @@ class Snapshot:
     agents: tuple[AgentView, ...]
     runs: tuple[RunView, ...]
     deployed_release: str | None
+    problem: str | None = None  # why the fleet could not be probed at all (with the fix)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -170,12 +172,18 @@ class Dashboard:
         agents = list(registry)
         with ThreadPoolExecutor(max_workers=max(1, len(agents))) as pool:
             gauges = list(pool.map(bus_gauges, agents))
-        statuses = probe_fleet(registry)
+        problem = None
+        try:
+            statuses = probe_fleet(registry)
+        except FleetError as exc:  # e.g. no pinned host keys: nothing is probed over SSH
+            problem = f"{exc}" + (f" ({exc.hint})" if exc.hint else "")
+            statuses = [AgentStatus(agent=agent.name, role=agent.role, host=agent.host,
+                                    ssh="not checked", health="not checked") for agent in agents]
         taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         views = tuple(self._view(registry, agent, status, gauge, release, taken)
                       for agent, status, gauge in zip(agents, statuses, gauges, strict=True))
         return Snapshot(taken=taken, fleet=registry.name, agents=views, runs=view_runs(runs),
-                        deployed_release=release)
+                        deployed_release=release, problem=problem)
 
     def _view(self, registry: Registry, agent: Agent, status: AgentStatus,
               gauge: dict[str, int], release: str | None, taken: str) -> AgentView:

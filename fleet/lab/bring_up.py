@@ -20,6 +20,7 @@ from fleet.lab.registry_writer import (
     LabNode,
     known_hosts_text,
     lab_registry_yaml,
+    lab_soul,
     plan_nodes,
     ssh_config_text,
 )
@@ -139,7 +140,11 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
 
 def write_files(registry: Registry, plan: list[LabNode], lab: str, lab_path: Path,
                 host_keys: dict[str, str]) -> None:
-    """known_hosts, ssh_config and the lab registry."""
+    """known_hosts, ssh_config, copies of the souls and the lab registry."""
+    for item in plan:
+        soul = lab_path / lab_soul(item.name)
+        soul.parent.mkdir(exist_ok=True)
+        soul.write_bytes(item.soul.read_bytes())
     (lab_path / KNOWN_HOSTS).write_text(known_hosts_text(plan, host_keys))
     (lab_path / SSH_CONFIG).write_text(ssh_config_text(plan, lab_path))
     (lab_path / REGISTRY_FILE).write_text(lab_registry_yaml(registry, plan, lab, lab_path))

@@ -17,12 +17,12 @@ DEFAULT_LAB = "default"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_HIERARCHIES = ("systemd", "unified")
 CGROUP_PARENT = "sovereign-fleet"
-LAB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+LAB_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")  # matched in full
 
 
 def check_lab_name(lab: str) -> str:
     """Return ``lab`` if it is a valid lab name, else raise :class:`LabError`."""
-    if not LAB_NAME_RE.match(lab):
+    if not LAB_NAME_RE.fullmatch(lab):
         raise LabError(
             f"lab name {lab!r} is invalid: use 1-31 lowercase letters, digits and '-', "
             "starting with a letter or digit",

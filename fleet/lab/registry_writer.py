@@ -14,6 +14,7 @@ from fleet.lab.network import MAX_NODES, node_ip
 from fleet.registry import Agent, Registry
 
 KNOWN_HOSTS = "known_hosts"
+SOULS_DIR = "souls"  # the lab's copies of the souls: a registry's souls live inside its folder
 SSH_CONFIG = "ssh_config"
 REGISTRY_FILE = "registry.yaml"
 
@@ -74,7 +75,14 @@ def lab_registry_data(registry: Registry, nodes: list[LabNode], lab: str,
                              "known_hosts": str(lab_path / KNOWN_HOSTS)}
     if registry.repo_url:
         fleet["repo_url"] = registry.repo_url
-    return {"fleet": fleet, "wizards": {node.name: node.agent.to_dict() for node in nodes}}
+    return {"fleet": fleet, "wizards": {node.name: {**node.agent.to_dict(),
+                                                     "soul": lab_soul(node.name)}
+                                        for node in nodes}}
+
+
+def lab_soul(name: str) -> str:
+    """The soul path in the lab registry (relative: a copy in the lab's folder)."""
+    return f"{SOULS_DIR}/{name}.md"
 
 
 def lab_registry_yaml(registry: Registry, nodes: list[LabNode], lab: str,

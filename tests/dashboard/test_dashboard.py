@@ -31,9 +31,11 @@ def fleet_dir(tmp_path: Path) -> Path:
     (tmp_path / "souls").mkdir()
     for name in ("alpha", "beta"):
         (tmp_path / "souls" / f"{name}.md").write_text(f"# {name}\n")
+    (tmp_path / "known_hosts").write_text("")  # nothing pinned: every agent is refused
     (tmp_path / "registry.yaml").write_text(f"""\
 fleet:
   name: loop
+  known_hosts: known_hosts
 wizards:
   alpha:
     host: 127.0.0.1
@@ -91,6 +93,18 @@ def test_live_part_and_json_carry_the_same_state(client: FlaskClient) -> None:
     assert [agent["name"] for agent in state["agents"]] == ["alpha", "beta"]
     assert all(agent["health"] != "ok" and agent["last_seen"] is None
                for agent in state["agents"])
+
+
+def test_a_fleet_that_cannot_be_probed_is_said_on_the_page(fleet_dir: Path) -> None:
+    registry = fleet_dir / "registry.yaml"
+    registry.write_text(registry.read_text().replace("  known_hosts: known_hosts\n", ""))
+    app = create_app({"REGISTRY_PATH": str(registry), "RECORDS_DIR": str(fleet_dir / "records")})
+    page = app.test_client().get("/dashboard/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert '<p class="problem" role="alert">The fleet could not be checked: ' in html
+    assert "fleet.known_hosts is not set" in html
+    assert html.count('data-state="down"') == 2
 
 
 def test_run_records_are_served_by_valid_id_only(client: FlaskClient) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 from collections.abc import Callable
 from datetime import datetime
@@ -127,6 +128,7 @@ def test_config_change_touches_only_that_agent(
     data = yaml.safe_load(fleet.registry.read_text())
     data["wizards"]["bezalel"]["config"] = {"temperature": 0.2}
     edited = tmp_path / "registry.yaml"
+    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls")  # souls: inside
     edited.write_text(yaml.safe_dump(data, sort_keys=False))
     before = unit_state()
     done = fleet.run("deploy", registry=edited)
@@ -156,6 +158,7 @@ def test_batch_one_deploys_the_workers_one_after_the_other(
     data = yaml.safe_load(fleet.registry.read_text())
     data["wizards"]["allegro"]["config"] = {"temperature": 0.3}  # bezalel: back to no config
     edited = tmp_path / "registry.yaml"
+    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls")  # souls: inside
     edited.write_text(yaml.safe_dump(data, sort_keys=False))
     for registry, restarted in ((edited, {"bezalel", "allegro"}), (fleet.registry, {"allegro"})):
         done = fleet.run("deploy", "--batch", "1", registry=registry)
@@ -221,6 +224,7 @@ def test_operator_keys_are_added_next_to_the_lab_key(fleet: Fleet, tmp_path: Pat
     data = yaml.safe_load(fleet.registry.read_text())
     data["wizards"]["allegro"]["authorized_keys"] = [public]
     edited = tmp_path / "registry.yaml"
+    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls")  # souls: inside
     edited.write_text(yaml.safe_dump(data, sort_keys=False))
     before = fleet.ssh("allegro", "cat /root/.ssh/authorized_keys")
     done = fleet.run("deploy", "--limit", "allegro", registry=edited)

@@ -127,26 +127,27 @@ def node_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(nodectl, "RELEASES", tmp_path / "releases")
     monkeypatch.setattr(nodectl, "CURRENT", tmp_path / "current")
     monkeypatch.setattr(nodectl, "HISTORY", tmp_path / "history")
-    for release in ("r1", "r2", "r3"):
+    for release in ("111111111111", "222222222222", "333333333333"):
         (tmp_path / "releases" / release / "site").mkdir(parents=True)
     return tmp_path
 
 
 def test_nodectl_switch_is_a_relative_symlink_and_history(node_root: Path) -> None:
-    assert nodectl.switch("r1")["changed"] is True
-    assert nodectl.switch("r2")["before"] == "r1"
-    assert nodectl.switch("r2")["changed"] is False
-    assert (node_root / "current").readlink() == Path("releases/r2")
-    assert nodectl.previous_release() == "r1"
-    with pytest.raises(SystemExit, match="release r9 is not installed"):
-        nodectl.switch("r9")
+    assert nodectl.switch("111111111111")["changed"] is True
+    assert nodectl.switch("222222222222")["before"] == "111111111111"
+    assert nodectl.switch("222222222222")["changed"] is False
+    assert (node_root / "current").readlink() == Path("releases/222222222222")
+    assert nodectl.previous_release() == "111111111111"
+    with pytest.raises(SystemExit, match="release 999999999999 is not installed"):
+        nodectl.switch("999999999999")
 
 
 def test_nodectl_prune_keeps_current_and_newest(node_root: Path) -> None:
-    for release in ("r1", "r2", "r3", "r1"):
+    for release in ("111111111111", "222222222222", "333333333333", "111111111111"):
         nodectl.switch(release)
-    assert nodectl.prune(keep=2) == {"kept": ["r1", "r3"], "removed": ["r2"]}
-    assert not (node_root / "releases" / "r2").exists()
+    assert nodectl.prune(keep=2) == {"kept": ["111111111111", "333333333333"],
+                                     "removed": ["222222222222"]}
+    assert not (node_root / "releases" / "222222222222").exists()
 
 
 def test_nodectl_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:

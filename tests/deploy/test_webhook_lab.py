@@ -8,6 +8,7 @@ Run alone with: ``FLEET_TEST_LAB=hook pytest -m lab tests/deploy/test_webhook_la
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ def setup(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     for entry in registry["wizards"].values():  # the receiver's deploys log in with its key
         entry["authorized_keys"] = [public]
     edited = base / "registry.yaml"
+    shutil.copytree(fleet.registry.parent / "souls", base / "souls")  # souls: inside its folder
     edited.write_text(yaml.safe_dump(registry, sort_keys=False))
     return {"secrets": secrets, "registry": edited}
 
@@ -122,7 +124,7 @@ def test_a_push_of_the_deployed_commit_is_up_to_date_on_the_node(
     """The receiver on the node fetches, resolves PROD, and asks every agent's /health
     which release it runs: the commit the earlier deploys installed runs everywhere, so the
     run is ``up-to-date`` and nothing is deployed or restarted. The lab's registry copy on the
-    node (its key, known hosts, souls from the work dir) comes in a drop-in; in production the
+    node (its key, known hosts, souls beside it) comes in a drop-in; in production the
     checkout's ``registry.yaml`` is the registry."""
     sha = subprocess.run(["git", "-C", str(fleet.clone), "rev-parse", "HEAD"], check=True,
                          capture_output=True, text=True).stdout.strip()
@@ -138,9 +140,12 @@ def test_a_push_of_the_deployed_commit_is_up_to_date_on_the_node(
     registry["fleet"].update(ssh_key="/etc/fleet/webhook/deploy_key",
                              known_hosts="/etc/fleet/webhook/known_hosts")
     for name, entry in registry["wizards"].items():
-        entry["soul"] = f"/var/lib/fleet/webhook/work/souls/{name}.md"
+        entry["soul"] = f"souls/{name}.md"  # beside the registry copy, like the checkout's
     node_files = {"lab-registry.yaml": yaml.safe_dump(registry, sort_keys=False),
                   "known_hosts": (fleet.registry.parent / "known_hosts").read_text()}
+    for name in registry["wizards"]:
+        node_files[f"souls/{name}.md"] = (fleet.clone / "souls" / f"{name}.md").read_text()
+    fleet.ssh(ORCH, "mkdir -p /etc/fleet/webhook/souls")
     for name, text in node_files.items():
         subprocess.run(["ssh", "-F", str(config), ORCH,
                         f"cat > /etc/fleet/webhook/{name} && chown fleet-webhook: "

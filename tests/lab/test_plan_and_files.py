@@ -99,7 +99,8 @@ def test_lab_registry_validates_and_rewrites_hosts(registry, tmp_path: Path) -> 
     original = registry.get("ezra-primary")
     assert ezra.host == "10.231.2.10"
     assert ezra.health_endpoint == "http://10.231.2.10:8646/health"
-    assert lab.soul_path(ezra) == (REPO / "souls/ezra-primary.md").resolve()
+    assert ezra.soul == "souls/ezra-primary.md"  # a copy inside the lab's folder
+    assert lab.soul_path(ezra) == tmp_path / "souls/ezra-primary.md"
     assert (ezra.capabilities, ezra.description, ezra.provider, ezra.region) == (
         original.capabilities, original.description, original.provider, original.region)
     assert list(lab.agents) == ["ezra-primary", "bezalel", "allegro", "worker-04"]

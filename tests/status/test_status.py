@@ -17,6 +17,13 @@ from fleet.cli import main
 from fleet.registry import load_registry
 from fleet.status import probe_fleet
 
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDj6jp1sM1r7JSYeaG5mpVQcOg6VTFXwGhm0BK1wWf0Q"
+
+
+def pin(known_hosts: Path, *ports: int) -> None:
+    """A known_hosts file pinning a key for 127.0.0.1 on each port (status then tries SSH)."""
+    known_hosts.write_text("".join(f"[127.0.0.1]:{port} {KEY}\n" for port in ports))
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -50,7 +57,8 @@ def fleet_registry(tmp_path: Path) -> Iterator[Path]:
         lines += [f"  {name}:", "    host: 127.0.0.1", "    role: worker", "    model: m",
                   f"    gateway_port: {port}", f"    ssh_port: {closed_ssh}"]
     path = tmp_path / "registry.yaml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("fleet: {known_hosts: known_hosts}\n" + "\n".join(lines) + "\n")
+    pin(tmp_path / "known_hosts", closed_ssh)
     yield path
     for server in servers:
         server.shutdown()
@@ -88,7 +96,10 @@ def test_status_table(fleet_registry: Path) -> None:
 
 def test_unreachable_health_endpoint(tmp_path: Path) -> None:
     path = tmp_path / "registry.yaml"
-    path.write_text(f"wizards:\n  gamma:\n    host: 127.0.0.1\n    role: worker\n    model: m\n"
-                    f"    gateway_port: {free_port()}\n    ssh_port: {free_port()}\n")
+    ssh_port = free_port()
+    path.write_text(f"fleet: {{known_hosts: known_hosts}}\n"
+                    f"wizards:\n  gamma:\n    host: 127.0.0.1\n    role: worker\n    model: m\n"
+                    f"    gateway_port: {free_port()}\n    ssh_port: {ssh_port}\n")
+    pin(tmp_path / "known_hosts", ssh_port)
     (gamma,) = probe_fleet(load_registry(path), timeout=1)
     assert gamma.health == "connection refused"
