@@ -71,7 +71,8 @@ def main() -> None:
     subprocess.run([*GIT, "clone", "-q", str(bare), str(work)], check=True,
                    stderr=subprocess.DEVNULL)
     subprocess.run([*GIT, "commit", "-q", "--allow-empty", "-m", "bench"], cwd=work, check=True)
-    subprocess.run([*GIT, "push", "-q", "origin", "HEAD:refs/heads/main"], cwd=work, check=True)
+    subprocess.run([*GIT, "push", "-q", "origin", "HEAD:refs/heads/main", "HEAD:refs/tags/PROD"],
+                   cwd=work, check=True)
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True,
                          text=True, check=True).stdout.strip()
     with socket.socket() as sock:
@@ -82,9 +83,10 @@ def main() -> None:
            "FLEET_HEALTH_CHECK": "off",
            "FLEET_DEPLOY_COMMAND": f"sh -c 'date +%s.%N >> {starts}'"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", str(args.workers), "-b", f"127.0.0.1:{port}",
-         "webhook_app:app"], cwd=REPO, env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [sys.executable, "-m", "gunicorn", "-c", "python:fleet.webhook.serving",
+         "-w", str(args.workers), "-b", f"127.0.0.1:{port}", "webhook_app:app"],
+        cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -116,7 +118,11 @@ def main() -> None:
             sent = time.time()
             run_id = requests.post(f"{url}/hooks/gitea", data=body, headers=headers,
                                    timeout=10).json()["run_id"]
+            give_up = time.monotonic() + 60
             while not starts.exists() or len(starts.read_text().splitlines()) <= seen:
+                if time.monotonic() > give_up:
+                    run = requests.get(f"{url}/runs/{run_id}", headers=auth, timeout=10)
+                    raise SystemExit(f"run {run_id} started no deploy within 60 s: {run.text}")
                 time.sleep(0.005)
             delays.append((float(starts.read_text().splitlines()[-1]) - sent) * 1000)
             run = requests.get(f"{url}/runs/{run_id}", headers=auth, timeout=10).json()
