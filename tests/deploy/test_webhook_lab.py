@@ -8,6 +8,7 @@ Run alone with: ``FLEET_TEST_LAB=hook pytest -m lab tests/deploy/test_webhook_la
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -97,6 +98,15 @@ def test_deploy_installs_and_starts_the_receiver(fleet: Fleet, setup: dict[str, 
     answer = requests.post(url(fleet, "/hooks/gitea"), data=body, headers=headers, timeout=10)
     assert answer.status_code == 202, answer.text
     assert answer.json()["status"] == "ignored"
+
+
+def test_receiver_unit_rates_ok_in_systemd_analyze_security(fleet: Fleet) -> None:
+    report = fleet.ssh(ORCH, f"systemd-analyze security --no-pager {UNITS[0]}")
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", report)
+    assert found, report
+    assert float(found.group(1)) <= 2.5 and found.group(2) == "OK", report
+    limits = fleet.ssh(ORCH, f"systemctl show -p MemoryMax -p TasksMax {UNITS[0]}")
+    assert limits.split() == ["MemoryMax=2147483648", "TasksMax=1024"]
 
 
 def test_no_change_redeploy_restarts_neither_receiver_nor_agent(
