@@ -40,7 +40,8 @@ from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, operation
 from pyinfra.facts.files import FileContents
 
-from fleet.masking import mask_env_pair
+from fleet.masking import Masker, mask_env_pair
+from fleet.records import add_diff, current_run_id
 
 Node = dict[str, Any]  # a NodeState snapshot (deploys.facts.NodeState)
 
@@ -72,11 +73,14 @@ def _changed(op: Outcome) -> bool:
 
 
 def diff_lines(old_text: str, new_text: str) -> list[str]:
-    """The changed lines of a unified diff, ``+`` green and ``-`` red (as ``--diff`` shows)."""
-    colours = {"+": "green", "-": "red"}
+    """The lines of a unified diff (hunks and changed lines, no file header)."""
     lines = difflib.unified_diff(old_text.splitlines(), new_text.splitlines(), lineterm="", n=2)
-    return [click.style(line, fg=colours.get(line[:1])) for line in lines
-            if not line.startswith(("---", "+++"))]
+    return [line for line in lines if not line.startswith(("---", "+++"))]
+
+
+def coloured(line: str) -> str:
+    """A diff line as ``--diff`` shows it: ``+`` green, ``-`` red."""
+    return click.style(line, fg={"+": "green", "-": "red"}.get(line[:1]))
 
 
 def _show_diff(dest: str, exists: bool, new_text: str,
@@ -87,9 +91,13 @@ def _show_diff(dest: str, exists: bool, new_text: str,
     old = host.get_fact(FileContents, path=dest) if exists else None
     old_text, new_text = mask("".join(f"{line}\n" for line in old or []), new_text)
     host.log(f"Will {'modify' if exists else 'create'} {dest}", logger.info)
-    for line in diff_lines(old_text, new_text):
-        logger.info("  %s", line)
+    lines = diff_lines(old_text, new_text)
+    for line in lines:
+        logger.info("  %s", coloured(line))
     logger.info("")
+    from deploys.context import secrets  # the context imports this module
+
+    add_diff(current_run_id(), host.name, dest, lines, Masker(secrets().values()))
 
 
 def _attributes(path: str, have: dict[str, Any], user: str, group: str,

@@ -7,9 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fleet.registry import Agent, Registry
+from fleet.status import AgentStatus
 
 
 def config_json(agent: Agent) -> str:
@@ -47,3 +49,62 @@ class Expected:
 def expected(registry: Registry, agent: Agent) -> Expected:
     """What ``agent`` must run now, by the registry and the soul file."""
     return Expected(config_hash=config_hash(agent), soul_sha256=soul_sha256(registry, agent))
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """How one agent compares with what it must run: ``state`` is ``ok``, ``drift`` or
+    ``down``; each part is ``ok``, ``drift`` or ``unknown``; ``drift`` says what differs."""
+
+    state: str
+    release: str
+    soul: str
+    config: str
+    drift: tuple[str, ...]
+
+
+def _compare(actual: str | None, wanted: str | None) -> str:
+    if actual is None or wanted is None:
+        return "unknown"
+    return "ok" if actual == wanted else "drift"
+
+
+def judge(status: AgentStatus, wanted: Expected, release: str | None) -> Judgement:
+    """Compare a probe of the agent with what the registry, the soul file and ``release``
+    (None: not compared) require; an agent that is not healthy is ``down``."""
+    parts = {"release": _compare(status.release, release),
+             "soul": _compare(status.soul_sha256, wanted.soul_sha256),
+             "config": _compare(status.config_hash, wanted.config_hash)}
+    found = []
+    if parts["release"] == "drift":
+        found.append(f"release is {status.release}, expected {release}")
+    if parts["soul"] == "drift":
+        found.append(f"soul.md is {short(status.soul_sha256)}, the soul file is "
+                     f"{short(wanted.soul_sha256)}")
+    if parts["config"] == "drift":
+        found.append(f"config.json is {short(status.config_hash)}, the registry's is "
+                     f"{short(wanted.config_hash)}")
+    state = "down" if not status.healthy else "drift" if found else "ok"
+    return Judgement(state=state, release=parts["release"], soul=parts["soul"],
+                     config=parts["config"], drift=tuple(found))
+
+
+def short(digest: str | None) -> str:
+    """The first 12 characters of a hash (``-`` for none)."""
+    return (digest or "-")[:12]
+
+
+def wanted_release(project: Path | None = None) -> tuple[str | None, str]:
+    """The release every agent must run and where that comes from: the fleet repository in
+    ``project`` (default: the working directory, when it holds ``deploy.py``), else the last
+    deploy recorded under the records dir; ``(None, reason)`` when neither says."""
+    from fleet.records import latest_deploy
+    from fleet.release import release_id
+
+    root = project or Path.cwd()
+    if (root / "deploy.py").is_file() and (root / "inventory.py").is_file():
+        return release_id(root, broken=False), f"the repository in {root}"
+    deployed = latest_deploy()
+    if deployed is not None:
+        return deployed.get("release"), f"the last deploy (run {deployed.get('run_id')})"
+    return None, "no fleet repository here and no deploy recorded"

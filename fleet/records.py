@@ -45,6 +45,7 @@ class HostRecord(TypedDict, total=False):
     config_hash: str | None
     changed: list[str]  # names of this host's operations that changed something, in order
     planned: list[str]  # dry run: names of this host's operations that would change
+    diffs: dict[str, list[str]]  # dry run with --diff: unified diff lines per file, masked
     restarted: bool
     verify: dict[str, Any]
     facts: dict[str, Any]
@@ -75,7 +76,8 @@ class RunRecord(TypedDict, total=False):
     """A whole deploy or rollback run."""
 
     run_id: str
-    kind: Literal["deploy", "rollback", "dry-run"]
+    kind: Literal["deploy", "rollback"]
+    dry: bool
     status: RunStatus
     started: str
     finished: str
@@ -166,6 +168,14 @@ def update_host(run_id: str, host: str, entry: HostRecord | dict[str, Any],
             masker.data(dict(entry)) if masker else entry)
 
 
+def add_diff(run_id: str, host: str, path: str, lines: list[str],
+             masker: Masker | None = None) -> None:
+    """Keep the planned diff of ``path`` on ``host`` (a dry run with ``--diff``)."""
+    with _locked(run_id) as record:
+        entry = record.setdefault("hosts", {}).setdefault(host, {})
+        entry.setdefault("diffs", {})[path] = masker.data(lines) if masker else lines
+
+
 def set_verdict(run_id: str, stage: int, verdict: Verdict) -> None:
     """Record the controller's verdict after ``stage`` (the next stage's gate reads it)."""
     with _locked(run_id) as record:
@@ -175,6 +185,25 @@ def set_verdict(run_id: str, stage: int, verdict: Verdict) -> None:
 def load_record(run_id: str) -> RunRecord:
     """The record of ``run_id`` (``FileNotFoundError`` if there is none)."""
     return cast(RunRecord, json.loads(record_path(run_id).read_text()))
+
+
+def went_through(record: RunRecord) -> bool:
+    """A deploy that changed the fleet: not a dry run, ``ok`` or ``degraded``, with a release."""
+    return (record.get("kind") == "deploy" and not record.get("dry")
+            and record.get("status") in ("ok", "degraded") and bool(record.get("release")))
+
+
+def latest_deploy(directory: Path | None = None) -> RunRecord | None:
+    """The newest deploy that went through (:func:`went_through`) in ``directory`` (default:
+    the records dir), or None."""
+    for path in sorted((directory or records_dir()).glob("*.json"), reverse=True):
+        try:
+            record = cast(RunRecord, json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+        if went_through(record):
+            return record
+    return None
 
 
 def latest_record() -> RunRecord | None:

@@ -32,6 +32,7 @@ COMMANDS = {
     "hosts": "fleet.cli.hosts:hosts",
     "dashboard": "fleet.cli.dashboard:dashboard",
     "test": "fleet.cli.livetest:live_test_command",
+    "drift": "fleet.cli.drift:drift",
 }
 
 

@@ -1,4 +1,8 @@
-"""``fleet status``: SSH and health of every agent, in parallel."""
+"""``fleet status``: every agent's SSH, health, and release, soul and config hashes against
+what the registry and the repository require now, in parallel.
+
+Exit codes: 0 every agent ``ok``; 1 some agent ``down``; 3 none down but some in ``drift``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,11 @@ import sys
 import click
 
 from fleet.cli.context import CliContext, pass_cli
+from fleet.expected import Judgement, expected, judge, short, wanted_release
 from fleet.status import DEFAULT_TIMEOUT, AgentStatus, probe_fleet
+
+EXIT_DOWN = 1
+EXIT_DRIFT = 3
 
 
 @click.command()
@@ -17,36 +25,48 @@ from fleet.status import DEFAULT_TIMEOUT, AgentStatus, probe_fleet
               show_default=True, help="Seconds each SSH or HTTP probe may take.")
 @pass_cli
 def status(cli: CliContext, as_json: bool, timeout: float) -> None:
-    """SSH reachability and health of every agent; exit 1 if any agent is unhealthy."""
+    """Each agent `ok`, `drift` or `down`: SSH, health, and its release, soul and config
+    against the registry and repository. Exit 0 all ok, 1 some down, 3 some in drift."""
     registry = cli.registry
+    release, source = wanted_release()
     results = probe_fleet(registry, timeout=timeout)
-    healthy = all(result.healthy for result in results)
+    verdicts = [judge(result, expected(registry, registry.get(result.agent)), release)
+                for result in results]
+    states = [verdict.state for verdict in verdicts]
     if as_json:
-        click.echo(json.dumps({"fleet": registry.name, "healthy": healthy,
-                               "agents": [result.to_dict() for result in results]}, indent=2))
+        click.echo(json.dumps({
+            "fleet": registry.name, "healthy": "down" not in states,
+            "expected_release": release, "expected_from": source,
+            "agents": [{**result.to_dict(), "state": verdict.state, "release_state":
+                        verdict.release, "soul_state": verdict.soul,
+                        "config_state": verdict.config, "drift": list(verdict.drift)}
+                       for result, verdict in zip(results, verdicts, strict=True)]}, indent=2))
     else:
-        click.echo(format_table(results))
-    if not healthy:
-        sys.exit(1)
+        click.echo(format_table(results, verdicts))
+        click.echo(f"expected release: {release or 'unknown'} ({source})")
+    if "down" in states:
+        sys.exit(EXIT_DOWN)
+    if "drift" in states:
+        sys.exit(EXIT_DRIFT)
 
 
-def format_table(results: list[AgentStatus]) -> str:
-    """A table for people: one row per agent, reasons in full at the end of the row."""
-    rows = [("AGENT", "ROLE", "HOST", "SSH", "HEALTH", "RELEASE", "SOUL")]
-    for result in results:
+def format_table(results: list[AgentStatus], verdicts: list[Judgement]) -> str:
+    """A table for people: one row per agent, reasons in full after it."""
+    rows = [("AGENT", "ROLE", "HOST", "SSH", "HEALTH", "RELEASE", "SOUL", "STATE")]
+    for result, verdict in zip(results, verdicts, strict=True):
         rows.append((
             result.agent, result.role, result.host,
             "ok" if result.ssh == "ok" else "FAIL",
             "ok" if result.health == "ok" else "FAIL",
-            result.release or "-",
-            (result.soul_sha256 or "-")[:12],
+            result.release or "-", short(result.soul_sha256), verdict.state,
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
              for row in rows]
-    for result in results:
+    for result, verdict in zip(results, verdicts, strict=True):
         if result.ssh != "ok":
             lines.append(f"{result.agent}: ssh: {result.ssh}")
         if result.health != "ok":
             lines.append(f"{result.agent}: health: {result.health}")
+        lines += [f"{result.agent}: drift: {line}" for line in verdict.drift]
     return "\n".join(lines)

@@ -16,8 +16,8 @@ from typing import Any, cast
 import requests
 
 from fleet.errors import FleetError
-from fleet.expected import expected
-from fleet.records import RunRecord
+from fleet.expected import expected, judge
+from fleet.records import RunRecord, went_through
 from fleet.registry import Agent, Registry, load_registry
 from fleet.status import AgentStatus, probe_fleet
 
@@ -91,12 +91,6 @@ class Snapshot:
         return found
 
 
-def _compare(actual: str | None, wanted: str | None) -> str:
-    if actual is None or wanted is None:
-        return "unknown"
-    return "ok" if actual == wanted else "drift"
-
-
 def read_runs(records: Path, limit: int = RUNS_SHOWN) -> list[RunRecord]:
     """The newest run records, newest first (unreadable files are passed over)."""
     found: list[RunRecord] = []
@@ -112,11 +106,7 @@ def read_runs(records: Path, limit: int = RUNS_SHOWN) -> list[RunRecord]:
 
 def deployed_release(runs: list[RunRecord]) -> str | None:
     """The release of the newest deploy that went through (not a dry run)."""
-    for run in runs:
-        if run.get("kind") == "deploy" and not run.get("dry") and \
-                run.get("status") in ("ok", "degraded") and run.get("release"):
-            return run.get("release")
-    return None
+    return next((run.get("release") for run in runs if went_through(run)), None)
 
 
 def bus_gauges(agent: Agent) -> dict[str, int]:
@@ -187,25 +177,18 @@ class Dashboard:
 
     def _view(self, registry: Registry, agent: Agent, status: AgentStatus,
               gauge: dict[str, int], release: str | None, taken: str) -> AgentView:
-        wanted = expected(registry, agent)
-        soul = _compare(status.soul_sha256, wanted.soul_sha256)
-        config = _compare(status.config_hash, wanted.config_hash)
-        release_state = _compare(status.release, release)
+        verdict = judge(status, expected(registry, agent), release)
         if status.healthy:
             self.last_seen[agent.name] = taken
-            drifted = "drift" in (soul, config, release_state)
-            state = "drift" if drifted else "ok"
-        else:
-            state = "down"
         reasons = [f"ssh: {status.ssh}"] if status.ssh != "ok" else []
         return AgentView(
-            name=agent.name, role=agent.role, region=agent.region, host=agent.host, state=state,
-            health=status.health, release=status.release, release_state=release_state,
-            soul_state=soul, config_state=config,
+            name=agent.name, role=agent.role, region=agent.region, host=agent.host,
+            state=verdict.state, health=status.health, release=status.release,
+            release_state=verdict.release, soul_state=verdict.soul, config_state=verdict.config,
             outbox_depth=gauge.get("fleet_bus_outbox_depth"),
             dead_letters=gauge.get("fleet_bus_dead_letters"),
             last_seen=self.last_seen.get(agent.name),
-            problems=tuple(reasons + list(status.problems)))
+            problems=tuple(reasons + list(verdict.drift) + list(status.problems)))
 
 
 def as_json(snapshot: Snapshot) -> dict[str, Any]:

@@ -86,8 +86,10 @@ def test_status_shows_release_soul_hash_and_health(fleet: Fleet) -> None:
         assert (entry["ssh"], entry["health"], entry["release"]) == ("ok", "ok", RUN["release"])
         assert entry["soul_sha256"] == hashlib.sha256(soul).hexdigest()
     table = fleet.run("status").stdout.splitlines()
-    assert table[0].split() == ["AGENT", "ROLE", "HOST", "SSH", "HEALTH", "RELEASE", "SOUL"]
-    assert all(row.split()[3:6] == ["ok", "ok", RUN["release"]] for row in table[1:4])
+    assert table[0].split() == ["AGENT", "ROLE", "HOST", "SSH", "HEALTH", "RELEASE", "SOUL",
+                                "STATE"]
+    assert all(row.split()[3:6] == ["ok", "ok", RUN["release"]] and row.split()[7] == "ok"
+               for row in table[1:4])
 
 
 def test_second_deploy_changes_and_restarts_nothing(

@@ -14,8 +14,9 @@ from flask import Flask, jsonify
 from werkzeug.serving import make_server
 
 from fleet.cli import main
+from fleet.expected import Expected, judge
 from fleet.registry import load_registry
-from fleet.status import probe_fleet
+from fleet.status import AgentStatus, probe_fleet
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDj6jp1sM1r7JSYeaG5mpVQcOg6VTFXwGhm0BK1wWf0Q"
 
@@ -88,9 +89,10 @@ def test_status_json_and_exit_code(fleet_registry: Path) -> None:
 def test_status_table(fleet_registry: Path) -> None:
     result = CliRunner().invoke(main, ["--registry", str(fleet_registry), "status"])
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["AGENT", "ROLE", "HOST", "SSH", "HEALTH", "RELEASE", "SOUL"]
+    assert lines[0].split() == ["AGENT", "ROLE", "HOST", "SSH", "HEALTH", "RELEASE", "SOUL",
+                                "STATE"]
     assert lines[1].split() == ["alpha", "worker", "127.0.0.1", "FAIL", "ok", "abc123",
-                                "ffffffffffff"]
+                                "ffffffffffff", "down"]
     assert "beta: health: HTTP 503: state dir not writable" in lines
 
 
@@ -103,3 +105,36 @@ def test_unreachable_health_endpoint(tmp_path: Path) -> None:
     pin(tmp_path / "known_hosts", ssh_port)
     (gamma,) = probe_fleet(load_registry(path), timeout=1)
     assert gamma.health == "connection refused"
+
+
+def healthy_probe(**changes: str) -> AgentStatus:
+    found = AgentStatus(agent="alpha", role="worker", host="127.0.0.1", ssh="ok", health="ok",
+                        release="abc123abc123", soul_sha256="a" * 64, config_hash="c" * 64)
+    for key, value in changes.items():
+        setattr(found, key, value)
+    return found
+
+
+WANTED = Expected(config_hash="c" * 64, soul_sha256="a" * 64)
+
+
+@pytest.mark.parametrize(("changes", "state", "drift"), [
+    ({}, "ok", ()),
+    ({"soul_sha256": "b" * 64}, "drift",
+     ("soul.md is bbbbbbbbbbbb, the soul file is aaaaaaaaaaaa",)),
+    ({"config_hash": "d" * 64}, "drift",
+     ("config.json is dddddddddddd, the registry's is cccccccccccc",)),
+    ({"release": "0123456789ab"}, "drift", ("release is 0123456789ab, expected abc123abc123",)),
+    ({"health": "HTTP 503: boom", "soul_sha256": "b" * 64}, "down",
+     ("soul.md is bbbbbbbbbbbb, the soul file is aaaaaaaaaaaa",)),
+    ({"ssh": "connection refused"}, "down", ()),
+])
+def test_an_agent_is_ok_drift_or_down(changes: dict[str, str], state: str,
+                                      drift: tuple[str, ...]) -> None:
+    verdict = judge(healthy_probe(**changes), WANTED, "abc123abc123")
+    assert (verdict.state, verdict.drift) == (state, drift)
+
+
+def test_an_unknown_release_is_not_judged() -> None:
+    verdict = judge(healthy_probe(release="0123456789ab"), WANTED, None)
+    assert (verdict.state, verdict.release) == ("ok", "unknown")
