@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fleet.records import RunRecord
 from fleet.registry import Registry
 from fleet.rollout import RolloutOptions, deploy_fleet, select
 
@@ -48,14 +49,21 @@ class DriftReport:
 def check_drift(registry: Registry, limit: Sequence[str] = (),
                 echo: Callable[[str], None] = lambda _: None) -> DriftReport:
     """Dry-run the deploy of the selected agents; what would change on each."""
+    names = select(registry, limit)
     result = deploy_fleet(registry, RolloutOptions(dry=True, diff=True, limit=tuple(limit)),
                           echo)
+    return report_from_record(result.record, names)
+
+
+def report_from_record(record: RunRecord, names: Sequence[str] | None = None) -> DriftReport:
+    """The drift a dry run's record shows, for ``names`` (default: every host in it)."""
+    entries = record.get("hosts", {})
     hosts = []
-    for name in select(registry, limit):
-        entry = result.hosts.get(name, {})
+    for name in entries if names is None else names:
+        entry = entries.get(name, {})
         status = entry.get("status", "failed")
         hosts.append(HostDrift(
             agent=name, status=status, operations=list(entry.get("planned", [])),
             diffs=dict(entry.get("diffs", {})),
             reason=entry.get("reason", "") or ("" if status == "planned" else "not checked")))
-    return DriftReport(run_id=result.run_id, hosts=hosts)
+    return DriftReport(run_id=record.get("run_id", "?"), hosts=hosts)

@@ -1,4 +1,4 @@
-"""The read API: ``GET /runs``, ``GET /runs/<id>`` and ``GET /healthz``.
+"""The read API: ``GET /runs``, ``GET /runs/<id>``, ``GET /drift-checks`` and ``GET /healthz``.
 
 Every endpoint wants ``Authorization: Bearer <FLEET_READ_TOKEN>``: run records name pushers,
 hosts and deploy logs.
@@ -16,6 +16,7 @@ from flask import Blueprint, abort, current_app, jsonify, request
 
 from fleet.errors import WebhookError
 from fleet.webhook.db import get_db
+from fleet.webhook.driftcheck import recent
 from fleet.webhook.queue import STATUSES, queue_depth
 from fleet.webhook.records import get_run, list_runs, run_to_dict
 
@@ -80,6 +81,14 @@ def show_run(run_id: str) -> Any:
         return jsonify(get_run(get_db(), number_id))
     except WebhookError as exc:
         abort(404, str(exc))
+
+
+@bp.get("/drift-checks")
+@read_token_required
+def drift_checks() -> Any:
+    """The scheduled drift checks, newest first; ``?limit=N`` (1-500, default 20)."""
+    limit = number("limit", request.args.get("limit", "20"), 1, MAX_LIMIT)
+    return jsonify(checks=recent(get_db(), limit))
 
 
 @bp.get("/healthz")

@@ -39,6 +39,8 @@ class Settings:
     deploy_timeout: float = 3600.0
     health_timeout: float = 5.0
     health_check: str = "fleet"
+    drift_interval: float = 900.0
+    drift_heal: bool = False
     env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -120,6 +122,8 @@ def load_settings(env: Mapping[str, str] | None = None,
         deploy_timeout=_seconds(values, "FLEET_DEPLOY_TIMEOUT", 3600.0),
         health_timeout=_seconds(values, "FLEET_HEALTH_TIMEOUT", 5.0),
         health_check=_choice(values, "FLEET_HEALTH_CHECK", HEALTH_MODES),
+        drift_interval=_seconds(values, "FLEET_DRIFT_INTERVAL", 900.0, allow_zero=True),
+        drift_heal=_choice(values, "FLEET_DRIFT_HEAL", ("0", "1")) == "1",
         env=values,
     )
 
@@ -147,8 +151,9 @@ def _secret(values: Mapping[str, str], name: str, required: str = "") -> str | N
     return value
 
 
-def _seconds(values: Mapping[str, str], name: str, default: float) -> float:
-    """A positive number of seconds, ``default`` when unset."""
+def _seconds(values: Mapping[str, str], name: str, default: float,
+             allow_zero: bool = False) -> float:
+    """A positive number of seconds (or 0 when ``allow_zero``), ``default`` when unset."""
     raw = values.get(name, "").strip()
     if not raw:
         return default
@@ -156,8 +161,9 @@ def _seconds(values: Mapping[str, str], name: str, default: float) -> float:
         seconds = float(raw)
     except ValueError:
         seconds = -1.0
-    if seconds <= 0:
-        raise WebhookError(f"{name}: {raw!r} is not a positive number of seconds",
+    if not (seconds >= 0 if allow_zero else seconds > 0) or seconds == float("inf"):
+        raise WebhookError(f"{name}: {raw!r} is not a positive number of seconds"
+                           + (" (or 0: off)" if allow_zero else ""),
                            hint=f"Set {name} to e.g. {default:g}.")
     return seconds
 

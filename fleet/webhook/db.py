@@ -3,7 +3,8 @@
 Request handlers use :func:`get_db` (one connection per request, cached on ``g``); the
 dispatcher and the CLI open their own with :func:`connect`. WAL mode lets readers work while
 a run is being recorded; writers take ``BEGIN IMMEDIATE`` transactions. A database of schema
-version 1 (statuses ``success``, no release or stages) is rebuilt to version 2 on first open.
+version 1 (statuses ``success``, no release or stages) is rebuilt on first open; version 2
+gets the ``drift_checks`` table.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from flask import Flask, current_app, g
 from fleet.errors import WebhookError
 from fleet.sqlite import immediate
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 V1_COLUMNS = ("id, delivery_id, forge, tag, sha, before_sha, pusher, repository, superseded_by, "
               "queued_at, started_at, ended_at, exit_status, worker_pid, commit_sha, log_path, "
               "summary, hosts, health")
@@ -46,8 +47,8 @@ def connect(path: str | Path, create: bool = True) -> sqlite3.Connection:
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
-    """Create the tables, or rebuild a version 1 ``runs`` table (``success`` becomes ``ok``),
-    in one transaction; a no-op when the schema is current."""
+    """Create the tables, or bring an older schema up to date (a version 1 ``runs`` table is
+    rebuilt, ``success`` becoming ``ok``), in one transaction; a no-op when it is current."""
     if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
         return
     text = resources.files(__package__).joinpath("schema.sql").read_text()
@@ -58,8 +59,10 @@ def create_schema(conn: sqlite3.Connection) -> None:
         with immediate(conn):
             if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
                 return  # another process did it meanwhile
-            old = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
-                               "name = 'runs'").fetchone() is not None
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            old = version < 2 and conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'"
+            ).fetchone() is not None  # version 1: rebuild runs; version 2: add drift_checks
             if old:
                 conn.execute("DROP INDEX IF EXISTS runs_by_status")
                 conn.execute("ALTER TABLE runs RENAME TO runs_v1")

@@ -22,11 +22,14 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from flask import Flask, current_app
 
 from fleet.masking import Masker
+from fleet.webhook import driftcheck
+from fleet.webhook.alerts import drift_alert
 from fleet.webhook.config import Settings
 from fleet.webhook.db import connect, now
 from fleet.webhook.lock import DeployLock, DispatcherLock
@@ -65,6 +68,20 @@ def drain(settings: Settings, startup: bool = False) -> list[int]:
     return ran
 
 
+def check_drift_if_due(settings: Settings, since: float) -> None:
+    """Run the scheduled drift check when it is due (``since``: when the dispatcher started),
+    between deploys (queued deploys first)."""
+    conn = connect(settings.db_path)
+    try:
+        if not driftcheck.due(conn, settings, time.time(), since):
+            return
+        with DeployLock(settings.state_dir):
+            if queue_depth(conn) == 0:
+                driftcheck.run_check(conn, settings, drift_alert)
+    finally:
+        conn.close()
+
+
 def recover(conn: sqlite3.Connection, settings: Settings) -> list[int]:
     """Under the deploy lock: mark runs left ``running`` ``interrupted`` (with what their fleet
     run record says, if their deploy wrote one) and mask every unmasked log left behind."""
@@ -92,11 +109,12 @@ def run(settings: Settings, parent_pid: int | None = None,
         return False
     try:
         with Listener(settings.state_dir) as wake:
-            startup = True
+            startup, started = True, time.time()
             while True:
                 try:
                     drain(settings, startup=startup)
                     startup = False
+                    check_drift_if_due(settings, started)
                 except Exception:
                     log.exception("the deploy dispatcher failed; retrying in %ss", poll_seconds)
                 if parent_pid is not None and not _alive(parent_pid):

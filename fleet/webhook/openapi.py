@@ -125,6 +125,13 @@ SPEC: dict[str, Any] = {
                           "400": _error("run_id is not a number from 1 to 2**63-1"),
                           "401": _error("missing or wrong read token"),
                           "404": _error("no such run")}}},
+        "/drift-checks": {"get": {
+            "summary": "Scheduled drift checks, newest first", "security": BEARER,
+            "parameters": [{"name": "limit", "in": "query", "schema": {
+                "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 20}}],
+            "responses": {"200": _ok("drift checks", "DriftCheckList"),
+                          "400": _error("bad query"),
+                          "401": _error("missing or wrong read token")}}},
         "/healthz": {"get": {
             "summary": "Receiver health and queue state", "security": BEARER,
             "responses": {"200": _ok("up", "Health"),
@@ -155,6 +162,19 @@ SPEC: dict[str, Any] = {
                     "log": {"type": "string", "description": "last 256 KiB of the log"},
                     "covers": {"type": "array", "items": {"type": "integer"},
                                "description": "runs superseded by this one"}}}]},
+            "DriftCheck": {"type": "object", "required": ["id", "status", "drifted"],
+                           "properties": {
+                "id": {"type": "integer"},
+                "status": {"enum": ["running", "ok", "drift", "failed"]},
+                "alert": {"enum": ["", "appeared", "cleared"]},
+                "drifted": {"type": "array", "items": {"type": "string"}},
+                "hosts": {"type": "array", "items": {"type": "object"}},
+                **{name: {"type": ["string", "null"]} for name in (
+                    "started_at", "ended_at", "commit_sha", "summary", "alert_status")},
+                "heal_run_id": {"type": ["integer", "null"]}}},
+            "DriftCheckList": {"type": "object", "properties": {
+                "checks": {"type": "array",
+                           "items": {"$ref": "#/components/schemas/DriftCheck"}}}},
             "Health": {"type": "object", "properties": {
                 "status": {"const": "ok"}, "deploy_tag": {"type": "string"},
                 "queued": {"type": "integer"},

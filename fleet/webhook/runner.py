@@ -170,15 +170,19 @@ def summarize(data: dict[str, Any], status: str, hosts: dict[str, Any]) -> str:
 
 def deploy_env(settings: Settings, claim: Claim, work: Path, commit: str,
                record: Path) -> dict[str, str]:
-    """The receiver's environment without its secrets, plus the run's record and what the
-    deploy may want to know; the work dir first on ``PYTHONPATH`` (the pushed code runs)."""
+    """:func:`work_env` plus what the deploy may want to know of the run."""
+    return {**work_env(settings, work, record), "FLEET_DEPLOY_RUN": str(claim.run_id),
+            "FLEET_DEPLOY_TAG": claim.tag, "FLEET_DEPLOY_SHA": commit}
+
+
+def work_env(settings: Settings, work: Path, record: Path) -> dict[str, str]:
+    """The receiver's environment without its secrets, plus the run record to write; the work
+    dir first on ``PYTHONPATH`` (the checked-out code runs)."""
     env = {key: value for key, value in os.environ.items() if key not in RECEIVER_SECRETS}
     env.update(settings.deploy_env())
     bin_dir = str(Path(sys.executable).parent)
     env.update(
-        FLEET_RUN_ID=record.stem, FLEET_RECORDS_DIR=str(record.parent),
-        FLEET_DEPLOY_RUN=str(claim.run_id), FLEET_DEPLOY_TAG=claim.tag, FLEET_DEPLOY_SHA=commit,
-        PYTHONUNBUFFERED="1",
+        FLEET_RUN_ID=record.stem, FLEET_RECORDS_DIR=str(record.parent), PYTHONUNBUFFERED="1",
         PYTHONPATH=os.pathsep.join(filter(None, [str(work), env.get("PYTHONPATH")])),
         PATH=os.pathsep.join(filter(None, [bin_dir, env.get("PATH", os.defpath)])),
     )

@@ -1,4 +1,5 @@
--- Deliveries and deploy runs of the webhook receiver (SQLite, WAL mode), schema version 2.
+-- Deliveries, deploy runs and drift checks of the webhook receiver (SQLite, WAL mode),
+-- schema version 3.
 -- Every authenticated delivery is kept (its id refuses replays). Pushes that deploy get a run.
 -- A run records what its push claimed (sha) and what the tag pointed to when it started
 -- (commit_sha), the release and fleet run record of its deploy, and that record's outcome.
@@ -43,4 +44,21 @@ CREATE TABLE IF NOT EXISTS deliveries (
     outcome TEXT NOT NULL CHECK (outcome IN ('queued', 'ignored')),
     reason TEXT NOT NULL DEFAULT '',
     run_id INTEGER REFERENCES runs (id)
+);
+
+-- Scheduled drift checks: a dry run of the deploy of what the tag points to, per host the
+-- operations that would change. ``alert`` says whether drift appeared or cleared with this
+-- check (an alert went to the orchestrator over the bus: ``alert_status``).
+CREATE TABLE IF NOT EXISTS drift_checks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    commit_sha TEXT,
+    status TEXT NOT NULL CHECK (status IN ('running', 'ok', 'drift', 'failed')),
+    drifted TEXT NOT NULL DEFAULT '[]',
+    hosts TEXT NOT NULL DEFAULT '[]',
+    summary TEXT NOT NULL DEFAULT '',
+    alert TEXT NOT NULL DEFAULT '' CHECK (alert IN ('', 'appeared', 'cleared')),
+    alert_status TEXT NOT NULL DEFAULT '',
+    heal_run_id INTEGER REFERENCES runs (id)
 );

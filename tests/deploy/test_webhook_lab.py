@@ -181,6 +181,71 @@ def test_a_push_of_the_deployed_commit_is_up_to_date_on_the_node(
     RUN["sha"] = sha
 
 
+def wait_check(fleet: Fleet, after: int, status: str, timeout: float = 240) -> dict[str, Any]:
+    """The first scheduled drift check after check ``after`` whose status is ``status``."""
+    deadline = time.monotonic() + timeout
+    seen: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        seen = requests.get(url(fleet, "/drift-checks"), timeout=10,
+                            headers={"Authorization": f"Bearer {READ_TOKEN}"}).json()["checks"]
+        found = [check for check in seen if check["id"] > after and check["status"] == status]
+        if found:
+            return found[-1]
+        time.sleep(1)
+    raise AssertionError(f"no drift check {status!r} within {timeout:g}s: {seen[:3]}")
+
+
+def alerts(fleet: Fleet) -> list[dict[str, Any]]:
+    """The alerts in the orchestrator's inbox (read with its own key)."""
+    from bus.client import BusClient
+    from fleet.registry import load_registry
+
+    keys = {name: env["FLEET_BUS_KEY"] for name, env in SECRETS["agents"].items()}
+    with BusClient.for_agent(load_registry(fleet.registry), ORCH, keys) as client:
+        messages: list[dict[str, Any]] = client.messages(type="alert")["messages"]
+    return [message for message in messages if message["payload"].get("kind") == "drift"]
+
+
+def test_scheduled_drift_checks_alert_the_orchestrator(fleet: Fleet,
+                                                       setup: dict[str, Path]) -> None:
+    """With checks every few seconds, a soul edited on a worker is found by the receiver's
+    check, which alerts the orchestrator over the bus; after a deploy the next check finds
+    the fleet clean and says so."""
+    fleet.ssh(ORCH, "printf '[Service]\\nEnvironment=FLEET_DRIFT_INTERVAL=3\\n' > "
+              "/etc/systemd/system/fleet-webhook.service.d/drift.conf && "
+              "systemctl daemon-reload && systemctl restart fleet-webhook.service")
+    wait_answering(fleet)
+    try:
+        first = wait_check(fleet, 0, "ok")
+        fleet.ssh("bezalel", "echo 'drifted by hand' >> /etc/fleet/bezalel/soul.md")
+        drifted = wait_check(fleet, first["id"], "drift")
+        assert (drifted["drifted"], drifted["alert"], drifted["alert_status"]) == (
+            ["bezalel"], "appeared", "sent")
+        host = next(entry for entry in drifted["hosts"] if entry["agent"] == "bezalel")
+        assert host["files"] == ["/etc/fleet/bezalel/soul.md"]
+        deadline = time.monotonic() + 60
+        while not [a for a in alerts(fleet) if a["payload"]["state"] == "appeared"]:
+            assert time.monotonic() < deadline, "the alert did not reach the orchestrator"
+            time.sleep(1)
+        appeared = next(a for a in alerts(fleet) if a["payload"]["state"] == "appeared")
+        assert (appeared["from"], appeared["payload"]["hosts"]) == (ORCH, ["bezalel"])
+
+        done = fleet.run("deploy", registry=setup["registry"],
+                         extra_env={"FLEET_SECRETS": str(setup["secrets"])})
+        assert done.returncode == 0, done.stdout + done.stderr
+        cleared = wait_check(fleet, drifted["id"], "ok")
+        assert (cleared["drifted"], cleared["alert"], cleared["alert_status"]) == (
+            [], "cleared", "sent")
+        deadline = time.monotonic() + 60
+        while not [a for a in alerts(fleet) if a["payload"]["state"] == "cleared"]:
+            assert time.monotonic() < deadline, "the all-clear did not reach the orchestrator"
+            time.sleep(1)
+    finally:
+        fleet.ssh(ORCH, "rm -f /etc/systemd/system/fleet-webhook.service.d/drift.conf && "
+                  "systemctl daemon-reload && systemctl restart fleet-webhook.service")
+        wait_answering(fleet)
+
+
 def test_a_push_that_changes_the_receiver_restarts_it_after_its_run(
         fleet: Fleet, setup: dict[str, Path]) -> None:
     """A new sha deploys from the node (``fleet deploy`` with the deploy key and the seeded

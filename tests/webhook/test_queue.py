@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.webhook.db import connect
+from fleet.webhook.db import SCHEMA_VERSION, connect
 from fleet.webhook.push import Push
 from fleet.webhook.queue import claim_next, enqueue, mark_interrupted, queue_depth
 from fleet.webhook.records import get_run
@@ -111,7 +111,7 @@ def test_a_version_1_database_is_rebuilt_keeping_its_runs(tmp_path: Path) -> Non
         run = get_run(conn, 1, with_log=False)
         assert (run["status"], run["sha"], run["commit_sha"], run["stages"]) == (
             "ok", "aa", "aa", [])
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'runs_by_status'"
                             ).fetchone() is not None
@@ -130,3 +130,18 @@ def test_only_queued_runs_of_the_claimed_tag_are_covered(conn: sqlite3.Connectio
     claim = claim_next(conn)
     assert claim is not None and (claim.run_id, claim.superseded) == (prod[-1], (prod[0],))
     assert get_run(conn, staging, with_log=False)["status"] == "queued"
+
+
+def test_a_version_2_database_gets_the_drift_checks_and_keeps_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "webhook.sqlite3"
+    conn = connect(path)
+    conn.execute("DROP TABLE drift_checks")
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO runs (delivery_id, forge, tag, sha, pusher, status, queued_at, "
+                 "release) VALUES ('d', 'gitea', 'PROD', 'a', 'me', 'ok', 'now', 'abc')")
+    conn.close()
+    conn = connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [tuple(row) for row in conn.execute("SELECT status, release FROM runs")] == [
+        ("ok", "abc")]
+    assert conn.execute("SELECT COUNT(*) FROM drift_checks").fetchone()[0] == 0

@@ -1,0 +1,42 @@
+"""Alerts of the receiver to the orchestrator, over the bus.
+
+The receiver runs on the orchestrator's node as its deploy controller and holds the fleet's
+secrets for its deploys; it queues the alert in the orchestrator's own outbox, addressed to
+the orchestrator, so it is durable and lands in the orchestrator's inbox like any message
+(``type: alert``, ``payload.source: fleet-webhook``). The message id is derived from the check,
+so a retried check queues its alert once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bus.client import BusClient
+from fleet.errors import FleetError
+from fleet.registry import load_registry
+from fleet.secrets import SECRETS_ENV, load_secrets
+from fleet.webhook.config import Settings
+
+SOURCE = "fleet-webhook"
+
+
+def drift_alert(settings: Settings, registry_path: Path, kind: str, drifted: list[str],
+                check_id: int) -> str:
+    """Queue the alert that drift ``kind`` (``appeared`` or ``cleared``) with the orchestrator;
+    ``sent`` or the reason it could not be."""
+    try:
+        registry = load_registry(registry_path)
+        orchestrators = [agent.name for agent in registry if agent.role == "orchestrator"]
+        if not orchestrators:
+            return "not sent: the registry has no orchestrator"
+        keys = load_secrets(settings.env.get(SECRETS_ENV) or None).bus_keys()
+        target = orchestrators[0]
+        text = (f"drift {kind}: {', '.join(drifted)}" if drifted
+                else "drift cleared: every host is as deployed")
+        with BusClient.for_agent(registry, target, keys) as client:
+            client.send(target, "alert", {
+                "source": SOURCE, "kind": "drift", "state": kind, "hosts": drifted,
+                "check": check_id, "text": text}, id=f"{SOURCE}-drift-check-{check_id}")
+    except (FleetError, OSError) as exc:
+        return f"not sent: {exc}"
+    return "sent"
