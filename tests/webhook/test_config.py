@@ -51,6 +51,15 @@ def test_a_gitlab_token_alone_is_enough() -> None:
     ("FLEET_DEPLOY_TIMEOUT", "soon", "FLEET_DEPLOY_TIMEOUT: 'soon' is not a positive number of "
                                      "seconds"),
     ("FLEET_HEALTH_CHECK", "ssh", "FLEET_HEALTH_CHECK: 'ssh' is not one of fleet, http, off"),
+    ("FLEET_DRIFT_INTERVAL", "²", "FLEET_DRIFT_INTERVAL: '²' is not a positive number of seconds"
+                                  " (or 0: off)"),
+    ("FLEET_DRIFT_INTERVAL", "nan", "FLEET_DRIFT_INTERVAL: 'nan' is not a positive number of "
+                                    "seconds (or 0: off)"),
+    ("FLEET_DRIFT_INTERVAL", "1e999", "FLEET_DRIFT_INTERVAL: '1e999' is not a positive number "
+                                      "of seconds (or 0: off)"),
+    ("FLEET_DRIFT_INTERVAL", "-5", "FLEET_DRIFT_INTERVAL: '-5' is not a positive number of "
+                                   "seconds (or 0: off)"),
+    ("FLEET_DRIFT_HEAL", "yes", "FLEET_DRIFT_HEAL: 'yes' is not one of 0, 1"),
 ])
 def test_bad_values_are_refused(key: str, value: str, message: str) -> None:
     with pytest.raises(WebhookError) as caught:
@@ -105,3 +114,10 @@ def test_a_repo_url_git_could_misread_is_refused(url: str, message: str) -> None
         load_settings({**BASE, "FLEET_REPO_URL": url})
     assert str(caught.value) == message
     assert caught.value.hint
+
+
+def test_drift_checks_default_to_every_15_minutes_without_healing() -> None:
+    settings = load_settings(BASE)
+    assert (settings.drift_interval, settings.drift_heal) == (900.0, False)
+    settings = load_settings({**BASE, "FLEET_DRIFT_INTERVAL": "0", "FLEET_DRIFT_HEAL": "1"})
+    assert (settings.drift_interval, settings.drift_heal) == (0.0, True)
