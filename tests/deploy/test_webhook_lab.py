@@ -82,7 +82,12 @@ def test_deploy_installs_and_starts_the_receiver(fleet: Fleet, setup: dict[str, 
     assert any("fleet-webhook.service" in name for name in entry["changed"])
     assert fleet.ssh(ORCH, f"systemctl is-active {UNITS[0]}; systemctl is-enabled {UNITS[0]}"
                      ).split() == ["active", "enabled"]
-    assert "0.0.0.0:9876" in fleet.ssh(ORCH, "ss -ltnH 'sport = :9876'")
+    deadline = time.monotonic() + 30  # the unit is active before gunicorn binds its port
+    while "0.0.0.0:9876" not in fleet.ssh(ORCH, "ss -ltnH 'sport = :9876'"):
+        assert time.monotonic() < deadline, fleet.ssh(
+            ORCH, f"systemctl status --no-pager {UNITS[0]}; journalctl --no-pager -n 60 "
+                  f"-u {UNITS[0]}")
+        time.sleep(0.5)
     files = "/etc/fleet/webhook/webhook.env /etc/fleet/webhook/secrets.yaml " \
             "/etc/fleet/webhook/deploy_key"
     assert fleet.ssh(ORCH, f"stat -c '%a %U' {files}").splitlines() == ["600 fleet-webhook"] * 3
