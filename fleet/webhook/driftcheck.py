@@ -92,9 +92,9 @@ def run_check(conn: sqlite3.Connection, settings: Settings, alert: Alert) -> Che
             hosts = dry_run(settings, work, check_id, output)
             registry = Path(settings.deploy_env().get("FLEET_REGISTRY")
                             or work / "registry.yaml")
-    except (DeployError, OSError, ValueError) as exc:
-        summary = Masker(secret_values(settings))(f"drift check failed: {exc}")
-        finish(conn, check_id, commit=commit, status="failed", summary=summary)
+    except Exception as exc:  # recorded as failed, never left running
+        summary = Masker(secret_values(settings))(f"drift check failed: {exc!r}")
+        finish(conn, check_id, commit_sha=commit, status="failed", summary=summary)
         return CheckResult(check_id, "failed", [], "")
     drifted = [host.agent for host in hosts if host.drifted]
     kind = alert_kind(before, drifted)
@@ -104,7 +104,7 @@ def run_check(conn: sqlite3.Connection, settings: Settings, alert: Alert) -> Che
     sent = alert(settings, registry, kind, drifted, check_id) if kind else ""
     heal = queue_heal(conn, settings, check_id, commit) if drifted and settings.drift_heal \
         else None
-    finish(conn, check_id, commit=commit, status=status, summary=summary,
+    finish(conn, check_id, commit_sha=commit, status=status, summary=summary,
            drifted=json.dumps(drifted), hosts=json.dumps([host_row(host) for host in hosts]),
            alert=kind, alert_status=sent, heal_run_id=heal)
     return CheckResult(check_id, status, drifted, kind)
