@@ -56,7 +56,8 @@ def free_port() -> int:
 def start_gateway(name: str, registry: Path, folder: Path, port: int,
                   workers: int, threads: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FLEET_BUS_KEYS": ",".join(f"{k}={v}" for k, v in KEYS.items()),
-           "FLEET_BUS_RETRY_MAX": "0.5", "FLEET_BUS_MAX_ATTEMPTS": "1000"}  # drain: no backoff
+           "FLEET_BUS_RETRY_MAX": "0.5",  # drain: no long backoff
+           "FLEET_BUS_INBOX_QUOTA": "100000000"}  # nothing acknowledges: no quota here
     command = [sys.executable, "-c", "from fleet.cli import main; main()", "--registry",
                str(registry), "gateway", "serve", "--agent", name, "--port", str(port),
                "--state-dir", str(folder / name), "--workers", str(workers),

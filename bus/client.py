@@ -14,13 +14,22 @@ import time
 import uuid
 from collections.abc import Mapping
 from typing import Any, Self
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import requests
 
 from bus.signing import sign
 from fleet.errors import BusError
 from fleet.registry import Registry
+
+
+class GatewayError(BusError):
+    """A call failed; ``retryable`` when trying the same call again may succeed (the gateway
+    was unreachable, busy or over a quota)."""
+
+    def __init__(self, message: str, hint: str | None = None, retryable: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.retryable = retryable
 
 
 class RequestTimeout(BusError, TimeoutError):
@@ -60,8 +69,8 @@ class BusClient:
                                       timeout=self.timeout) as response:
                 status, text = response.status_code, response.text
         except requests.RequestException as exc:
-            raise BusError(f"{self.base_url}: cannot reach the gateway: {exc}",
-                           hint="Is the agent's gateway running?") from None
+            raise GatewayError(f"{self.base_url}: cannot reach the gateway: {exc}",
+                               hint="Is the agent's gateway running?", retryable=True) from None
         try:
             answer = json.loads(text) if text else {}
         except ValueError:
@@ -69,15 +78,30 @@ class BusClient:
         if status >= 400:
             problems = answer.get("problems") or {}
             detail = "".join(f"; {name}: {problem}" for name, problem in problems.items())
-            raise BusError(f"{method} {path}: HTTP {status}: {answer.get('error')}{detail}",
-                           hint=answer.get("hint"))
+            raise GatewayError(f"{method} {path}: HTTP {status}: {answer.get('error')}{detail}",
+                               hint=answer.get("hint"), retryable=status >= 500 or status == 429)
         return answer
 
-    def send(self, to: str | None, type: str, payload: Any, **options: Any) -> dict[str, Any]:
-        """Queue a message in this agent's outbox; ``{id, recipients}`` once it is durable."""
+    def send(self, to: str | None, type: str, payload: Any, retries: int = 3,
+             **options: Any) -> dict[str, Any]:
+        """Queue a message in this agent's outbox; ``{id, recipients, status}`` once it is
+        durable.
+
+        The message gets an id (``options["id"]``, else a new UUID) that is reused when the
+        gateway cannot be reached or answers 5xx, up to ``retries`` more times: the gateway
+        queues an id once, so a retry after a lost answer sends nothing twice.
+        """
         fields = {"to": to, "type": type, "payload": payload, **options}
-        queued: dict[str, Any] = self.call("POST", "/outbox", body=fields)
-        return queued
+        fields["id"] = fields.get("id") or str(uuid.uuid4())
+        for attempt in range(retries + 1):
+            try:
+                queued: dict[str, Any] = self.call("POST", "/outbox", body=fields)
+                return queued
+            except GatewayError as exc:
+                if attempt == retries or not exc.retryable:
+                    raise
+                time.sleep(min(2.0, 0.1 * 2 ** attempt))
+        raise AssertionError("unreachable")
 
     def messages(self, since: int = 0, limit: int = 100, **filters: Any) -> dict[str, Any]:
         """Inbox page after ``since``: ``{messages, next}``; filters: type, correlation_id,
@@ -86,9 +110,11 @@ class BusClient:
                                          {"since": since, "limit": limit, **filters})
         return page
 
-    def ack(self, message_id: str, sender: str | None = None) -> None:
-        """Mark an inbox message as handled."""
-        self.call("POST", f"/messages/{quote(message_id, safe='')}/ack", {"from": sender})
+    def ack(self, sender: str, message_id: str) -> bool:
+        """Mark ``sender``'s inbox message ``message_id`` as handled (False if it was)."""
+        done: dict[str, Any] = self.call("POST", "/messages/ack",
+                                         body={"from": sender, "id": message_id})
+        return bool(done["acked"])
 
     def request(self, to: str, payload: Any, timeout: float = 30.0, poll: float = 0.02,
                 **options: Any) -> dict[str, Any]:
@@ -122,6 +148,12 @@ class BusClient:
         letters: list[dict[str, Any]] = self.call("GET", "/bus/dead-letters",
                                                   {"limit": limit})["dead_letters"]
         return letters
+
+    def redrive(self, seqs: list[int] | None = None) -> list[dict[str, Any]]:
+        """Queue dead letters (by ``seq``, or all) again; the re-queued ``{id, to}``."""
+        moved: list[dict[str, Any]] = self.call("POST", "/bus/dead-letters/redrive",
+                                                body={"seqs": seqs})["redriven"]
+        return moved
 
     def close(self) -> None:
         """Close the HTTP connections."""

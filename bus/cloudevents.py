@@ -17,8 +17,11 @@ CloudEvents attribute  bus message field
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
+
+from bus.schema import MAX_BATCH, TYPES, message_schema
 
 CONTENT_TYPE = "application/cloudevents+json"
 SPECVERSION = "1.0"
@@ -30,6 +33,38 @@ ATTRIBUTES = {
 }
 FIELDS = {field: attribute for attribute, field in ATTRIBUTES.items()}
 IGNORED = ("specversion", "datacontenttype", "subject", "dataschema")
+
+
+def cloudevent_schema(agents: Collection[str], me: str) -> dict[str, Any]:
+    """The JSON Schema of a structured event for agent ``me``: :func:`bus.schema.message_schema`
+    with its fields renamed to their attributes (``time`` and ``data`` optional)."""
+    message = message_schema(agents, me)
+    properties: dict[str, Any] = {}
+    for field, rule in message["properties"].items():
+        properties[FIELDS[field]] = rule
+    properties["type"] = {"enum": [f"{TYPE_PREFIX}{kind}" for kind in TYPES],
+                          "description": f"{TYPE_PREFIX}<type> (e.g. fleet.request)"}
+    properties["specversion"] = {"const": SPECVERSION, "description": repr(SPECVERSION)}
+    properties["datacontenttype"] = {"type": "string", "pattern": "^application/json",
+                                     "description": "application/json"}
+    properties.update({name: {"type": "string", "description": "any text (ignored)"}
+                       for name in ("subject", "dataschema")})
+    required = [FIELDS[field] for field in message["required"]
+                if field not in ("timestamp", "payload")]
+    return {"type": "object", "required": [*required, "specversion"],
+            "additionalProperties": False, "properties": properties, "allOf": [{
+                "if": {"properties": {"type": {"const": f"{TYPE_PREFIX}response"}},
+                       "required": ["type"]},
+                "then": {"required": ["correlationid"],
+                         "properties": {"correlationid": {"type": "string"}},
+                         "description": "a response needs the correlationid of its request"}}]}
+
+
+def batch_schema() -> dict[str, Any]:
+    """A CloudEvents JSON batch: an array of 1 to :data:`MAX_BATCH` events, each checked on
+    its own."""
+    return {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+            "items": {"description": "a structured event; checked one by one"}}
 
 
 def from_cloudevent(event: object) -> tuple[dict[str, Any], dict[str, str]]:

@@ -2,7 +2,8 @@
 
 One row goes to ``POST /message``; several rows for the same recipient go to
 ``POST /messages/batch`` in chunks under the body limit (falling back to single POSTs for a
-gateway without the batch endpoint). Each row gets ``(status, detail)``: 2xx means stored.
+gateway without the batch endpoint). Each row gets ``(status, detail)``: 2xx means stored,
+:data:`EXPIRED` that the recipient found its ``ttl`` run out.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import http.client
 import json
 from collections.abc import Iterator
 
-from bus.receive import MAX_BATCH
+from bus.schema import MAX_BATCH
 from bus.signing import sign
-from fleet.registry import Agent
+from bus.state import Address
 
-CHUNK_BYTES = 192 * 1024  # below the receiver's 256 KiB limit
+EXPIRED = 410  # stands for a 200 answer {"status": "expired"}: the ttl ran out, give up
+CHUNK_BYTES = 192 * 1024  # below the receiver's default 256 KiB limit
 
 
 class Sender:
@@ -25,32 +27,32 @@ class Sender:
         self.agent, self.key, self.timeout = agent, key, timeout
         self.open: dict[tuple[str, int], http.client.HTTPConnection] = {}
 
-    def send(self, to: Agent, bodies: list[str]) -> list[tuple[int, str]]:
+    def send(self, to: Address, bodies: list[str]) -> list[tuple[int, str]]:
         """Deliver the JSON ``bodies`` to ``to``; one (HTTP status, detail) per body."""
         results: list[tuple[int, str]] = []
         for chunk in _chunks(bodies):
             if len(chunk) == 1:
-                results.append(self._post(to, "/message", chunk[0].encode()))
+                results.append(_expired(*self._post(to, "/message", chunk[0].encode())))
             else:
                 results += self._post_batch(to, chunk)
         return results
 
-    def _post_batch(self, to: Agent, chunk: list[str]) -> list[tuple[int, str]]:
+    def _post_batch(self, to: Address, chunk: list[str]) -> list[tuple[int, str]]:
         body = ('{"messages":[' + ",".join(chunk) + "]}").encode()
         status, text = self._post(to, "/messages/batch", body, whole=True)
         if status in (404, 405):  # an older gateway: one by one
-            return [self._post(to, "/message", item.encode()) for item in chunk]
+            return [_expired(*self._post(to, "/message", item.encode())) for item in chunk]
         if status != 200:
             return [(status, text[:500])] * len(chunk)
         try:
             answers = json.loads(text)["results"]
         except (ValueError, KeyError, TypeError):
             return [(502, f"unreadable batch answer: {text[:200]}")] * len(chunk)
-        codes = {"stored": 201, "duplicate": 200}
+        codes = {"stored": 201, "duplicate": 200, "over_quota": 429, "expired": EXPIRED}
         return [(codes.get(answer.get("status"), 400),
                  json.dumps(answer.get("problems") or answer)[:500]) for answer in answers]
 
-    def _post(self, to: Agent, path: str, body: bytes, whole: bool = False) -> tuple[int, str]:
+    def _post(self, to: Address, path: str, body: bytes, whole: bool = False) -> tuple[int, str]:
         """POST signed ``body``; status 0 when unreachable. A kept-alive connection the server
         closed is retried once on a new one (the receiver's dedup makes that safe)."""
         headers = sign(self.agent, self.key, "POST", path, "", body)
@@ -81,6 +83,17 @@ class Sender:
         for connection in self.open.values():
             connection.close()
         self.open.clear()
+
+
+def _expired(status: int, text: str) -> tuple[int, str]:
+    """A single POST's answer, with ``{"status": "expired"}`` as :data:`EXPIRED`."""
+    if status == 200 and '"expired"' in text:
+        try:
+            if json.loads(text).get("status") == "expired":
+                return EXPIRED, "the recipient says the ttl ran out"
+        except (ValueError, AttributeError):
+            pass
+    return status, text
 
 
 def _chunks(bodies: list[str]) -> Iterator[list[str]]:

@@ -1,8 +1,13 @@
 """The inbox: messages this agent received, read and acknowledged by its runtime.
 
 ``GET /messages?since=SEQ&type=&limit=&correlation_id=&from=&unacked=1`` lists messages after
-inbox position ``since`` (oldest first); ``POST /messages/<id>/ack`` marks one as handled.
+inbox position ``since`` (oldest first); ``POST /messages/ack`` with ``{"from", "id"}`` marks
+one as handled (by sender and id: two senders may use the same id). The id travels in the
+JSON body, not in the path, so any id (``%``, ``/``, ...) can be acknowledged as it was sent.
 Both need a request signed with this agent's own key.
+
+Each sender may have at most ``inbox_quota`` unacknowledged messages here (counted in the
+``senders`` table): beyond that :func:`store` refuses and the sender gets 429.
 """
 
 from __future__ import annotations
@@ -15,39 +20,82 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from bus.db import bump, get_db, write
-from bus.validate import TYPES
-from bus.web import authenticate, fail
+from bus.db import get_db, write
+from bus.schema import BIGGEST, MAX_ID, query_problems
+from bus.store import bump
+from bus.validate import TYPES, fields_problems
+from bus.web import authenticate, fail, json_body
 
 bp = Blueprint("bus_inbox", __name__)
 MAX_LIMIT = 1000
+OVER_QUOTA = "over_quota"
+RETRY_AFTER = 30  # seconds, told to a sender over its quota
+QUERY: dict[str, dict[str, Any]] = {  # GET /messages: validation and /openapi.json
+    "since": {"type": "integer", "minimum": 0, "maximum": BIGGEST,
+              "description": "an inbox position (a whole number >= 0 in ASCII digits)"},
+    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+              "description": f"a whole number from 1 to {MAX_LIMIT}"},
+    "type": {"enum": list(TYPES), "description": f"a message type ({', '.join(TYPES)})"},
+    "unacked": {"enum": ["0", "1", "true", "false"], "description": "1, 0, true or false"},
+    "correlation_id": {"type": "string", "description": "a correlation id"},
+    "from": {"type": "string", "description": "an agent name"},
+}
 
 
-def store(db: sqlite3.Connection, message: dict[str, Any], fmt: str) -> bool:
-    """Add a valid message to the inbox (in the caller's transaction); False if (from, id)
-    was stored before."""
+def store(db: sqlite3.Connection, message: dict[str, Any], fmt: str,
+          quota: int | None = None) -> str:
+    """Add a valid message to the inbox (in the caller's transaction): ``stored``,
+    ``duplicate`` (same ``from`` + ``id`` stored before) or ``over_quota`` (nothing stored:
+    the sender has ``quota`` unacknowledged messages here)."""
+    sender = message["from"]
+    if quota is not None:
+        row = db.execute("SELECT unacked FROM senders WHERE sender = ?", (sender,)).fetchone()
+        if row is not None and row[0] >= quota:
+            known = db.execute("SELECT 1 FROM inbox WHERE sender = ? AND id = ?",
+                               (sender, message["id"])).fetchone()
+            if known is None:
+                return OVER_QUOTA
+    ttl = message.get("ttl")
     cursor = db.execute(
-            "INSERT INTO inbox (id, sender, recipient, type, payload, timestamp, correlation_id,"
+        "INSERT INTO inbox (id, sender, recipient, type, payload, timestamp, correlation_id,"
         " reply_to, ttl, format, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (sender, id) DO NOTHING",
-        (message["id"], message["from"], message["to"], message["type"],
+        (message["id"], sender, message["to"], message["type"],
          json.dumps(message["payload"]), message["timestamp"], message.get("correlation_id"),
-         message.get("reply_to"), message.get("ttl"), fmt, time.time()),
+         message.get("reply_to"), None if ttl is None else int(ttl), fmt, time.time()),
     )
     stored = cursor.rowcount == 1
     bump(db, "received" if stored else "duplicates")
-    return stored
+    if stored:
+        db.execute("INSERT INTO senders (sender, unacked) VALUES (?, 1) ON CONFLICT (sender)"
+                   " DO UPDATE SET unacked = unacked + 1", (sender,))
+    return "stored" if stored else "duplicate"
+
+
+def acknowledge(db: sqlite3.Connection, sender: str, message_id: str,
+                now: float | None = None) -> bool | None:
+    """Mark ``sender``'s message ``message_id`` handled: True, False if it was before, None
+    if there is no such message (in the caller's transaction)."""
+    changed = db.execute(
+        "UPDATE inbox SET acked_at = ? WHERE sender = ? AND id = ? AND acked_at IS NULL",
+        (time.time() if now is None else now, sender, message_id)).rowcount
+    if changed:
+        db.execute("UPDATE senders SET unacked = unacked - 1 WHERE sender = ?", (sender,))
+        return True
+    found = db.execute("SELECT 1 FROM inbox WHERE sender = ? AND id = ?",
+                       (sender, message_id)).fetchone()
+    return False if found else None
 
 
 def prune(db: sqlite3.Connection, before: float) -> int:
-    """Delete inbox messages acknowledged before ``before`` (and older dead letters).
+    """Delete inbox messages acknowledged before ``before`` and older sent ids.
 
     An acknowledged message is kept for the retention time so that a late re-send of it
-    (same ``from`` + ``id``) is still recognised as a duplicate.
+    (same ``from`` + ``id``) is still recognised as a duplicate; likewise a sent id, so a
+    send posted again is queued once. Dead letters stay until an operator acts.
     """
     removed = db.execute("DELETE FROM inbox WHERE acked_at < ?", (before,)).rowcount
-    return removed + db.execute("DELETE FROM dead_letters WHERE dead_at < ?",
-                                (before,)).rowcount
+    return removed + db.execute("DELETE FROM sent WHERE created_at < ?", (before,)).rowcount
 
 
 def row_to_message(row: sqlite3.Row) -> dict[str, Any]:
@@ -64,33 +112,20 @@ def row_to_message(row: sqlite3.Row) -> dict[str, Any]:
 def _query() -> tuple[str, list[Any], int]:
     """WHERE clause, its parameters and the limit from the query string (400 if bad)."""
     args = request.args
-    problems: dict[str, str] = {}
-    clauses: list[str] = ["seq > ?"]
-    params: list[Any] = []
-    since, limit = args.get("since", "0"), args.get("limit", "100")
-    if not since.isdigit():
-        problems["since"] = f"{since!r} is not an inbox position (a whole number >= 0)"
-    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
-        problems["limit"] = f"{limit!r} is not a whole number from 1 to {MAX_LIMIT}"
-    kind = args.get("type")
-    if kind is not None and kind not in TYPES:
-        problems["type"] = f"{kind!r} is not a message type ({', '.join(TYPES)})"
-    unacked = args.get("unacked", "0")
-    if unacked not in ("0", "1", "true", "false"):
-        problems["unacked"] = f"{unacked!r} is not 1, 0, true or false"
-    unknown = set(args) - {"since", "limit", "type", "unacked", "correlation_id", "from"}
-    problems.update({name: "unknown parameter" for name in sorted(unknown)})
+    problems = query_problems(QUERY, {name: args[name] for name in args})
     if problems:
         fail(400, "invalid inbox query", problems)
-    params.append(int(since))
-    for column, value in (("type", kind), ("correlation_id", args.get("correlation_id")),
+    clauses: list[str] = ["seq > ?"]
+    params: list[Any] = [int(args.get("since", "0"))]
+    for column, value in (("type", args.get("type")),
+                          ("correlation_id", args.get("correlation_id")),
                           ("sender", args.get("from"))):
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
-    if unacked in ("1", "true"):
+    if args.get("unacked", "0") in ("1", "true"):
         clauses.append("acked_at IS NULL")
-    return " AND ".join(clauses), params, int(limit)
+    return " AND ".join(clauses), params, int(args.get("limit", "100"))
 
 
 @bp.get("/messages")
@@ -105,19 +140,28 @@ def list_messages() -> ResponseReturnValue:
     return jsonify({"messages": messages, "next": messages[-1]["seq"] if messages else since})
 
 
-@bp.post("/messages/<message_id>/ack")
-def ack(message_id: str) -> ResponseReturnValue:
-    """Mark message ``message_id`` (optionally ``?from=AGENT``) as handled; 404 if unknown."""
+ACK_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["from", "id"], "additionalProperties": False,
+    "properties": {
+        "from": {"type": "string", "minLength": 1, "maxLength": MAX_ID,
+                 "description": "the sending agent's name"},
+        "id": {"type": "string", "minLength": 1, "maxLength": MAX_ID,
+               "description": "the message's id, exactly as sent"},
+    },
+}
+
+
+@bp.post("/messages/ack")
+def ack() -> ResponseReturnValue:
+    """Mark message ``{"from": SENDER, "id": ID}`` as handled; 404 if unknown."""
     authenticate(owner_only=True)
-    sender = request.args.get("from")
-    sql = "UPDATE inbox SET acked_at = COALESCE(acked_at, ?) WHERE id = ?"
-    params: list[Any] = [time.time(), message_id]
-    if sender is not None:
-        sql += " AND sender = ?"
-        params.append(sender)
-    count = write(lambda db: db.execute(sql, params).rowcount)
-    if not count:
-        origin = f" from {sender!r}" if sender is not None else ""
-        fail(404, f"message {message_id!r}{origin} is not in the inbox",
+    body = json_body()
+    problems = fields_problems(ACK_SCHEMA, body)
+    if problems:
+        fail(400, "invalid acknowledgement", problems)
+    sender, message_id = body["from"], body["id"]
+    done = write(lambda db: acknowledge(db, sender, message_id))
+    if done is None:
+        fail(404, f"message {message_id!r} from {sender!r} is not in the inbox",
              hint="List messages with GET /messages.")
-    return jsonify({"acked": count, "id": message_id})
+    return jsonify({"acked": done, "from": sender, "id": message_id})

@@ -1,7 +1,9 @@
 """``GET /openapi.json``: the OpenAPI 3.1 description of the gateway's endpoints.
 
-Bus endpoints are described in full; routes other blueprints mount on the same gateway
-(health, agent card) are listed from the URL map with their view's docstring.
+Bus request bodies are described by the very schemas the endpoints validate with
+(:mod:`bus.schema`, built for this gateway's registry and agent), so the document and the
+server cannot disagree. Routes other blueprints mount on the same app (health, agent card)
+are listed from the URL map with their view's docstring.
 """
 
 from __future__ import annotations
@@ -12,32 +14,20 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
+from bus import cloudevents, inbox, stats
 from bus.cloudevents import CONTENT_TYPE as CLOUDEVENTS
+from bus.cloudevents import cloudevent_schema
+from bus.inbox import ACK_SCHEMA
+from bus.schema import batch_schema, message_schema, send_schema
 from bus.signing import AGENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
-from bus.validate import TYPES
-from bus.web import me
+from bus.state import state
+from bus.stats import REDRIVE_SCHEMA
 
 bp = Blueprint("bus_openapi", __name__)
 IMPLICIT = ("HEAD", "OPTIONS")
 SIGNED: list[dict[str, list[str]]] = [{"agent": [], "timestamp": [], "signature": []}]
 ERROR = {"description": "JSON error", "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/Error"}}}}
-MESSAGE = {
-    "type": "object",
-    "required": ["id", "from", "to", "type", "payload", "timestamp"],
-    "additionalProperties": False,
-    "properties": {
-        "id": {"type": "string", "maxLength": 200, "description": "sender's idempotency key"},
-        "from": {"type": "string", "description": "sending agent (must sign the request)"},
-        "to": {"type": "string", "description": "receiving agent (this gateway's)"},
-        "type": {"enum": list(TYPES)},
-        "payload": {},
-        "timestamp": {"type": "string", "format": "date-time"},
-        "correlation_id": {"type": ["string", "null"]},
-        "reply_to": {"type": ["string", "null"]},
-        "ttl": {"type": ["integer", "null"], "minimum": 1, "description": "seconds"},
-    },
-}
 
 
 def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -45,54 +35,62 @@ def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
             "content": {"application/json": {"schema": schema or {"type": "object"}}}}
 
 
-def _op(summary: str, responses: dict[str, Any], signed: bool = True,
+def _body(schema: dict[str, Any], **more: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}, **more}}
+
+
+def _op(summary: str, responses: dict[str, Any], signed: bool = True, body: bool = False,
         **extra: Any) -> dict[str, Any]:
     operation: dict[str, Any] = {"summary": summary, "responses": responses, **extra}
     if signed:
         operation["security"] = SIGNED
         responses.setdefault("401", ERROR)
+    if body:
+        responses.update({"400": ERROR, "413": ERROR, "415": ERROR})
     return operation
 
 
-def _query(*names: str) -> list[dict[str, Any]]:
-    return [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
-            for name in names]
+def _params(query: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"name": name, "in": "query", "required": False, "schema": schema}
+            for name, schema in query.items()]
 
 
 def document() -> dict[str, Any]:
     """The OpenAPI document (paths use OpenAPI ``{param}`` syntax); needs an app context."""
-    message_body = {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/Message"}},
-        CLOUDEVENTS: {"schema": {"type": "object", "description": "CloudEvents 1.0 structured "
-                                 "event: id, source=from, type=fleet.<type>, time, data, to"}}}}
+    bus = state()
+    agents = list(bus.agents)
+    message = message_schema(agents, bus.agent)
+    quota = {"description": "the sender's inbox quota is full", "headers": {"Retry-After": {
+        "schema": {"type": "integer"}}}, "content": ERROR["content"]}
+    owner = {"403": ERROR}
     paths = {
         "/message": {"post": _op("Receive a message durably", {
-            "201": _json("stored"), "200": _json("duplicate, stored before"), "400": ERROR,
-            "413": ERROR, "415": ERROR}, requestBody=message_body)},
+            "201": _json("stored"), "200": _json("duplicate, stored before"), "429": quota},
+            body=True, requestBody=_body({"$ref": "#/components/schemas/Message"}, **{
+                CLOUDEVENTS: {"schema": cloudevent_schema(agents, bus.agent)}}))},
         "/messages/batch": {"post": _op("Receive up to 500 messages in one transaction", {
-            "200": _json("one result per message: stored, duplicate or invalid + problems"),
-            "400": ERROR, "413": ERROR, "415": ERROR}, requestBody={"required": True, "content": {
-                "application/json": {"schema": {"type": "object", "required": ["messages"],
-                                                "properties": {"messages": {
-                                                    "type": "array", "maxItems": 500, "items": {
-                                                        "$ref": "#/components/schemas/Message"}}}}},
-                "application/cloudevents-batch+json": {"schema": {"type": "array"}}}})},
+            "200": _json("one result per message: stored, duplicate, over_quota or invalid")},
+            body=True, requestBody=_body(batch_schema(),
+                                         **{"application/cloudevents-batch+json": {
+                                             "schema": cloudevents.batch_schema()}}))},
         "/messages": {"get": _op("List inbox messages (owner-signed)", {
-            "200": _json("messages and next cursor"), "400": ERROR, "403": ERROR},
-            parameters=_query("since", "type", "limit", "correlation_id", "from", "unacked"))},
-        "/messages/{message_id}/ack": {"post": _op("Acknowledge a message (owner-signed)", {
-            "200": _json("acknowledged"), "403": ERROR, "404": ERROR},
-            parameters=[{"name": "message_id", "in": "path", "required": True,
-                         "schema": {"type": "string"}}, *_query("from")])},
+            "200": _json("messages and next cursor"), "400": ERROR, **owner},
+            parameters=_params(inbox.QUERY))},
+        "/messages/ack": {"post": _op("Acknowledge a message by sender and id (owner-signed)", {
+            "200": _json("acknowledged"), "404": ERROR, **owner}, body=True,
+            requestBody=_body(ACK_SCHEMA))},
         "/outbox": {"post": _op("Queue a message from this agent (owner-signed)", {
-            "202": _json("queued: id and recipients"), "400": ERROR, "403": ERROR,
-            "413": ERROR}, requestBody={"required": True, "content": {"application/json": {
-                "schema": {"type": "object", "required": ["type", "payload"]}}}})},
+            "202": _json("queued: id, recipients, status"),
+            "200": _json("its id was sent before: nothing queued again"), **owner},
+            body=True, requestBody=_body(send_schema(agents)))},
         "/bus/stats": {"get": _op("Bus counters and table sizes (owner-signed)", {
-            "200": _json("stats"), "403": ERROR})},
+            "200": _json("stats"), **owner})},
         "/bus/dead-letters": {"get": _op("Messages given up on (owner-signed)", {
-            "200": _json("dead letters"), "400": ERROR, "403": ERROR},
-            parameters=_query("limit"))},
+            "200": _json("dead letters"), "400": ERROR, **owner},
+            parameters=_params(stats.DEAD_LETTER_QUERY))},
+        "/bus/dead-letters/redrive": {"post": _op("Queue dead letters again (owner-signed)", {
+            "200": _json("the re-queued messages"), **owner}, body=True,
+            requestBody=_body(REDRIVE_SCHEMA))},
         "/metrics": {"get": _op("Prometheus metrics (public)", {"200": {
             "description": "Prometheus text", "content": {"text/plain": {}}}}, signed=False)},
         "/openapi.json": {"get": _op("This document (public)", {"200": _json("OpenAPI")},
@@ -110,10 +108,13 @@ def document() -> dict[str, Any]:
     header = {"type": "apiKey", "in": "header"}
     return {
         "openapi": "3.1.0",
-        "info": {"title": f"Sovereign Fleet bus of {me()}", "version": "1.0"},
+        "info": {"title": f"Sovereign Fleet bus of {bus.agent}", "version": "2.0",
+                 "description": f"Every request body is at most {bus.max_body} bytes (413). "
+                                "JSON bodies may not contain NaN/Infinity or lone surrogates, "
+                                "nor nest deeper than 32 levels (400)."},
         "paths": paths,
         "components": {
-            "schemas": {"Message": MESSAGE, "Error": {"type": "object", "required": ["error"],
+            "schemas": {"Message": message, "Error": {"type": "object", "required": ["error"],
                         "properties": {"error": {"type": "string"}, "problems": {
                             "type": "object", "additionalProperties": {"type": "string"}},
                             "hint": {"type": "string"}}}},

@@ -16,26 +16,53 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bus.db import bump
+from bus.store import bump
 from fleet.sqlite import immediate
 
 
 def enqueue(db: sqlite3.Connection, message: dict[str, Any], recipients: list[str],
-            now: float | None = None) -> int:
-    """Queue ``message`` once per recipient (as its ``to``) in the caller's transaction;
-    rows already queued are kept. Returns how many rows were added."""
+            now: float | None = None) -> tuple[bool, list[str]]:
+    """Queue ``message`` once per recipient (as its ``to``) in the caller's transaction,
+    unless its id was sent before: ``(True, recipients)``, or ``(False, the recipients of
+    the first send)`` when nothing was queued."""
     now = time.time() if now is None else now
+    first = db.execute("INSERT INTO sent (id, recipients, created_at) VALUES (?, ?, ?)"
+                       " ON CONFLICT (id) DO NOTHING",
+                       (message["id"], json.dumps(recipients), now)).rowcount == 1
+    if not first:
+        row = db.execute("SELECT recipients FROM sent WHERE id = ?", (message["id"],)).fetchone()
+        return False, list(json.loads(row[0]))
     ttl = message.get("ttl")
     expires = now + ttl if ttl else None
-    added = 0
     for recipient in recipients:
         body = json.dumps({**message, "to": recipient}, separators=(",", ":"))
-        added += db.execute(
+        db.execute(
             "INSERT INTO outbox (id, recipient, body, created_at, expires_at, next_attempt_at)"
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id, recipient) DO NOTHING",
-            (message["id"], recipient, body, now, expires, now),
-        ).rowcount
-    return added
+            (message["id"], recipient, body, now, expires, now))
+    return True, recipients
+
+
+def redrive(db: sqlite3.Connection, seqs: Collection[int] | None = None,
+            now: float | None = None) -> list[tuple[str, str]]:
+    """Move dead letters (those with ``seqs``, or all) back into the outbox for a fresh
+    round of attempts (in the caller's transaction); their ``(id, recipient)`` pairs."""
+    now = time.time() if now is None else now
+    where, params = "1", tuple(seqs or ())
+    if seqs is not None:
+        if not seqs:
+            return []
+        where = f"seq IN ({', '.join('?' * len(seqs))})"
+    moved = db.execute(f"SELECT seq, id, recipient, body FROM dead_letters WHERE {where}"
+                       " ORDER BY seq", params).fetchall()
+    for row in moved:
+        db.execute(
+            "INSERT INTO outbox (id, recipient, body, created_at, next_attempt_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id, recipient) DO NOTHING",
+            (row["id"], row["recipient"], row["body"], now, now))
+        db.execute("DELETE FROM dead_letters WHERE seq = ?", (row["seq"],))
+    bump(db, "redriven", len(moved))
+    return [(row["id"], row["recipient"]) for row in moved]
 
 
 def _due(exclude: Collection[str]) -> str:
@@ -62,7 +89,7 @@ def claim(db: sqlite3.Connection, owner: str, lease_seconds: float, limit: int,
         "UPDATE outbox SET lease_owner = ?, lease_until = ?, attempts = attempts + 1"
         f" WHERE seq IN (SELECT seq FROM outbox WHERE {_due(exclude)}"
         " ORDER BY next_attempt_at, seq LIMIT ?)"
-        " RETURNING seq, id, recipient, body, attempts, expires_at",
+        " RETURNING seq, id, recipient, body, attempts, expires_at, created_at",
         (owner, now + lease_seconds, *params, limit),
     ).fetchall()
 
@@ -86,12 +113,14 @@ class Outcome:
 
 
 def finish(db: sqlite3.Connection, owner: str, outcomes: list[Outcome],
-           down: dict[str, tuple[float, str]], max_attempts: int) -> None:
+           down: dict[str, tuple[float, str]], max_attempts: int,
+           created_before: float) -> None:
     """Record a batch of attempts (in the caller's transaction).
 
     ``down`` maps recipients that could not be reached to (retry time, error): their other
     due rows are postponed too, counting as a failed attempt, instead of hammering a host
-    that is down; those over ``max_attempts`` go to the dead letters.
+    that is down; those queued before ``created_before`` or with ``max_attempts`` (when not
+    0) go to the dead letters.
     """
     now = time.time()
     for outcome in outcomes:
@@ -112,9 +141,13 @@ def finish(db: sqlite3.Connection, owner: str, outcomes: list[Outcome],
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
             " WHERE recipient = ? AND lease_until <= ? AND next_attempt_at <= ?",
             (retry_at, error, recipient, now, now)).rowcount)
-        _bury(db, "recipient = ? AND lease_until <= ? AND attempts >= ?",
-              (recipient, now, max_attempts), f"gave up after {max_attempts} attempts",
+        _bury(db, "recipient = ? AND lease_until <= ? AND created_at < ?",
+              (recipient, now, created_before), "gave up: older than the retry horizon",
               None, now)
+        if max_attempts:
+            _bury(db, "recipient = ? AND lease_until <= ? AND attempts >= ?",
+                  (recipient, now, max_attempts), f"gave up after {max_attempts} attempts",
+                  None, now)
 
 
 def _bury(db: sqlite3.Connection, where: str, params: tuple[Any, ...], reason: str,

@@ -2,61 +2,51 @@
 
 A message is answered 201 only after it is committed to the store (200 when the same
 ``from`` + ``id`` was stored before: acknowledged again, stored once). Refusals store
-nothing: 413 over 256 KiB, 415 for other content types, 401 unsigned/forged/stale, 400 bad
-fields (each listed).
+nothing: 413 over the body limit (before the signature is checked), 415 for other content
+types, 401 unsigned/forged/stale, 400 bad fields (each listed), 429 with ``Retry-After`` when
+the sender has its inbox quota of unacknowledged messages here. A valid message whose
+``ttl`` ran out is answered 200 ``{"status": "expired"}`` and not stored: the sender's
+worker then gives it up (a dead letter) instead of retrying.
 
 A batch (``{"messages": [...]}``, or a CloudEvents batch ``[event, ...]`` as
 ``application/cloudevents-batch+json``) is signed as a whole and committed in one
-transaction; the answer has one result per message, in order: ``stored``, ``duplicate`` or
-``invalid`` with its problems. Delivery workers use it for backlogs.
+transaction; the answer has one result per message, in order: ``stored``, ``duplicate``,
+``expired``, ``over_quota`` or ``invalid`` with its problems. Delivery workers use it for backlogs.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from bus import cloudevents
 from bus.db import write
-from bus.inbox import store
-from bus.validate import message_problems
-from bus.web import authenticate, fail, me
-from fleet.gateway import current_registry
+from bus.inbox import OVER_QUOTA, RETRY_AFTER, store
+from bus.schema import MAX_BATCH
+from bus.state import state
+from bus.validate import expired, message_problems
+from bus.web import authenticate, fail, json_body, me
 
 bp = Blueprint("bus_receive", __name__)
-MAX_BODY = 256 * 1024
-MAX_BATCH = 500
 JSON = "application/json"
 CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
 
 
 def signed_body(content_types: tuple[str, ...]) -> tuple[str, Any]:
-    """The signing agent and the decoded JSON body, after the size, type and auth checks."""
-    too_big = f"message body is over {MAX_BODY // 1024} KiB"
-    if (request.content_length or 0) > MAX_BODY:
-        fail(413, too_big, hint="Send large data by reference (a URL in the payload).")
+    """The signing agent and the decoded JSON body, after the type and auth checks (the
+    size was checked before the request reached the view)."""
     if request.mimetype not in content_types:
         fail(415, f"Content-Type {request.content_type!r} is not {' or '.join(content_types)}")
-    request.max_content_length = MAX_BODY
-    try:
-        body = request.get_data(cache=True)
-    except RequestEntityTooLarge:
-        fail(413, too_big)
     signer = authenticate()
-    try:
-        return signer, json.loads(body)
-    except ValueError as exc:
-        fail(400, "invalid message", {"body": f"not valid JSON: {exc}"})
+    return signer, json_body()
 
 
 def check(data: Any, cloudevent: bool, signer: str) -> tuple[dict[str, Any], dict[str, str]]:
     """The message ``data`` stands for and its problems (named as the sender named them);
     a valid message from another agent than the signer has only the problem ``signer``."""
-    agents = list(current_registry().agents)
+    agents = list(state().agents)
     if cloudevent:
         message, event_problems = cloudevents.from_cloudevent(data)
         problems = cloudevents.attribute_problems(message_problems(message, agents, me()))
@@ -67,6 +57,13 @@ def check(data: Any, cloudevent: bool, signer: str) -> tuple[dict[str, Any], dic
         problems["signer"] = (f"from {message['from']!r} does not match the signing agent "
                               f"{signer!r}")
     return message, problems
+
+
+def over_quota(sender: str) -> NoReturn:
+    """429: ``sender`` has its quota of unacknowledged messages in this inbox."""
+    fail(429, f"{sender!r} has {state().inbox_quota} unacknowledged messages in {me()}'s inbox "
+              "(its quota); retry later", hint="The receiving agent must acknowledge messages.",
+         headers={"Retry-After": str(RETRY_AFTER)})
 
 
 @bp.post("/message")
@@ -80,10 +77,26 @@ def receive() -> ResponseReturnValue:
              hint="Sign a message with the key of the agent named in its `from`.")
     if problems:
         fail(400, "invalid message", problems)
+    if expired(message):
+        return jsonify({"status": "expired", "id": message["id"]}), 200
     fmt = "cloudevents" if cloudevent else "fleet"
-    stored = write(lambda db: store(db, message, fmt))
-    status = "stored" if stored else "duplicate"
-    return jsonify({"status": status, "id": message["id"]}), 201 if stored else 200
+    quota = state().inbox_quota
+    outcome = write(lambda db: store(db, message, fmt, quota))
+    if outcome == OVER_QUOTA:
+        over_quota(message["from"])
+    return jsonify({"status": outcome, "id": message["id"]}), 201 if outcome == "stored" else 200
+
+
+def _given_id(item: Any) -> str | None:
+    """The ``id`` an item gave, for its result (None when it is not storable text)."""
+    given = item.get("id") if isinstance(item, dict) else None
+    if not isinstance(given, str):
+        return None
+    try:
+        given.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return given
 
 
 @bp.post("/messages/batch")
@@ -92,18 +105,23 @@ def receive_batch() -> ResponseReturnValue:
     signer, data = signed_body((JSON, CLOUDEVENTS_BATCH))
     cloudevent = request.mimetype == CLOUDEVENTS_BATCH
     items = data if cloudevent else data.get("messages") if isinstance(data, dict) else None
-    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+    extra = sorted(set(data) - {"messages"}) if isinstance(data, dict) else []
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH or extra:
         shape = "a JSON array of events" if cloudevent else 'a JSON object {"messages": [...]}'
-        fail(400, "invalid batch", {"body": f"must be {shape} with 1 to {MAX_BATCH} items"})
+        fail(400, "invalid batch", {"body": f"must be {shape} with 1 to {MAX_BATCH} items"
+                                            " and nothing else"})
     checked = [check(item, cloudevent, signer) for item in items]
     fmt = "cloudevents" if cloudevent else "fleet"
-    valid = [message for message, problems in checked if not problems]
-    stored = iter(write(lambda db: [store(db, message, fmt) for message in valid]))
+    valid = [message for message, problems in checked if not problems and not expired(message)]
+    quota = state().inbox_quota
+    outcomes = iter(write(lambda db: [store(db, message, fmt, quota) for message in valid])
+                    if valid else [])
     results: list[dict[str, Any]] = []
-    for item, (_, problems) in zip(items, checked, strict=True):
-        given = item.get("id") if isinstance(item, dict) else None
+    for item, (message, problems) in zip(items, checked, strict=True):
         if problems:
-            results.append({"id": given, "status": "invalid", "problems": problems})
+            results.append({"id": _given_id(item), "status": "invalid", "problems": problems})
+        elif expired(message):
+            results.append({"id": _given_id(item), "status": "expired"})
         else:
-            results.append({"id": given, "status": "stored" if next(stored) else "duplicate"})
+            results.append({"id": _given_id(item), "status": next(outcomes)})
     return jsonify({"results": results})

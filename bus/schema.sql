@@ -1,4 +1,5 @@
 -- The bus store of one agent (bus.sqlite3 under the gateway's STATE_DIR), WAL mode.
+-- Run by bus.store.init_db in one transaction under a lock; PRAGMA user_version = 2.
 
 -- Messages received by this agent; (sender, id) is the idempotency key.
 CREATE TABLE IF NOT EXISTS inbox (
@@ -36,7 +37,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_at);
 
--- Messages given up on: too many attempts, TTL expired, or refused by the recipient.
+-- Messages given up on (too old, TTL expired, refused by the recipient): kept until an
+-- operator re-sends them (redrive) or deletes them.
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL,
@@ -47,6 +49,19 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL,
     last_error TEXT,
     dead_at REAL NOT NULL
+);
+
+-- Unacknowledged inbox messages per sender, kept by store() and ack (the inbox quota).
+CREATE TABLE IF NOT EXISTS senders (
+    sender TEXT PRIMARY KEY,
+    unacked INTEGER NOT NULL
+);
+
+-- Ids this agent sent (POST /outbox, send()): a send posted again queues nothing new.
+CREATE TABLE IF NOT EXISTS sent (
+    id TEXT PRIMARY KEY,
+    recipients TEXT NOT NULL,       -- JSON list
+    created_at REAL NOT NULL
 );
 
 -- Monotonic counters: received, duplicates, delivered, retried, dead_lettered.

@@ -2,28 +2,34 @@
 
 ``send()`` works inside the gateway (an app context); other processes on the node and the
 operator use ``POST /outbox`` (signed with this agent's own key) or :mod:`bus.client`.
+
+Sends are idempotent on the sender's ``id``: the same id sent again (a client retrying after
+a lost answer, a replayed request) queues nothing new and is answered 200 with the first
+send's recipients. Without an ``id`` in the body, ``POST /outbox`` derives one from the
+request's signature, so the very same signed request posted again is still queued once;
+:class:`bus.client.BusClient` and ``fleet bus send`` always choose one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from bus.db import write
 from bus.outbox import enqueue
-from bus.receive import MAX_BODY
+from bus.schema import send_schema
+from bus.signing import SIGNATURE_HEADER
+from bus.state import state
 from bus.validate import fields_problems
-from bus.web import authenticate, fail
+from bus.web import authenticate, fail, json_body
 from fleet.errors import BusError
-from fleet.registry import Registry
 
 bp = Blueprint("bus_send", __name__)
-SEND_REQUIRED = ("type", "payload")
-SEND_ALLOWED = ("id", "to", "type", "payload", "correlation_id", "reply_to", "ttl")
 
 
 class MessageError(BusError):
@@ -35,31 +41,32 @@ class MessageError(BusError):
         super().__init__(f"invalid message: {detail}")
 
 
-def recipients(registry: Registry, sender: str, fields: dict[str, Any]) -> list[str]:
+def recipients(agents: list[str], sender: str, fields: dict[str, Any]) -> list[str]:
     """Who gets the message: every other agent for a broadcast, else ``to``."""
     if fields["type"] == "broadcast":
-        return [name for name in registry.agents if name != sender]
+        return [name for name in agents if name != sender]
     return [fields["to"]]
 
 
-def build(registry: Registry, sender: str, fields: dict[str, Any]) -> dict[str, Any]:
+def build(agents: list[str], sender: str, fields: dict[str, Any]) -> dict[str, Any]:
     """A complete wire message from ``fields`` (MessageError listing each bad field)."""
-    problems = fields_problems(fields, SEND_REQUIRED, SEND_ALLOWED, list(registry.agents))
-    kind, to = fields.get("type"), fields.get("to")
-    if kind != "broadcast" and "type" not in problems and to in (None, "*"):
-        problems["to"] = f"a {kind} needs one recipient; only a broadcast goes to '*'"
+    problems = fields_problems(send_schema(agents), fields)
     if problems:
         raise MessageError(problems)
     message = {"id": fields.get("id") or str(uuid.uuid4()), "from": sender,
-               "to": fields.get("to") or "*", "type": kind, "payload": fields["payload"],
+               "to": fields.get("to") or "*", "type": fields["type"],
+               "payload": fields["payload"],
                "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds")}
     message.update({name: fields[name] for name in ("correlation_id", "reply_to", "ttl")
                     if fields.get(name) is not None})
+    if "ttl" in message:
+        message["ttl"] = int(message["ttl"])
     return message
 
 
 def send(to: str | None, type: str, payload: Any, **options: Any) -> dict[str, Any]:
-    """Queue a message from this gateway's agent durably; returns ``{id, recipients}``.
+    """Queue a message from this gateway's agent durably; returns ``{id, recipients,
+    status}`` (``queued``, or ``duplicate`` when ``id`` was sent before).
 
     ``options``: ``id``, ``correlation_id``, ``reply_to``, ``ttl``. Needs an app context.
     """
@@ -67,32 +74,35 @@ def send(to: str | None, type: str, payload: Any, **options: Any) -> dict[str, A
 
 
 def queue(fields: dict[str, Any]) -> dict[str, Any]:
-    """Validate ``fields``, commit the message to the outbox and wake the worker."""
-    registry: Registry = current_app.extensions["fleet.registry"]
-    sender: str = current_app.config["AGENT_NAME"]
-    if sender not in current_app.config["BUS_KEYS"]:
-        raise BusError(f"no bus key for {sender!r} in FLEET_BUS_KEYS; messages cannot be signed",
-                       hint="Run the keys phase or set FLEET_BUS_KEYS.")
-    message = build(registry, sender, fields)
-    names = recipients(registry, sender, message)
-    write(lambda db: enqueue(db, message, names))
-    worker = current_app.extensions.get("bus.worker")
-    if worker is not None:
-        worker.wake()
-    return {"id": message["id"], "recipients": names}
+    """Validate ``fields``, commit the message to the outbox (once per id) and wake the
+    worker."""
+    bus = state()
+    if bus.agent not in bus.keys:
+        raise BusError(f"no bus key for {bus.agent!r} in FLEET_BUS_KEYS; messages cannot be "
+                       "signed", hint="Run the keys phase or set FLEET_BUS_KEYS.")
+    agents = list(bus.agents)
+    message = build(agents, bus.agent, fields)
+    names = recipients(agents, bus.agent, message)
+    first, queued_to = write(lambda db: enqueue(db, message, names))
+    if first and bus.worker is not None:
+        bus.worker.wake()
+    return {"id": message["id"], "recipients": queued_to,
+            "status": "queued" if first else "duplicate"}
 
 
 @bp.post("/outbox")
 def post_outbox() -> ResponseReturnValue:
-    """Queue a message from this agent (owner-signed); 202 once it is in the outbox."""
-    if (request.content_length or 0) > MAX_BODY:
-        fail(413, f"message body is over {MAX_BODY // 1024} KiB")
+    """Queue a message from this agent (owner-signed); 202 once it is in the outbox, 200 if
+    its id was sent before (nothing queued again)."""
     authenticate(owner_only=True)
-    fields = request.get_json(silent=True)
+    fields = json_body()
+    if isinstance(fields, dict) and fields.get("id") is None:
+        signature = request.headers.get(SIGNATURE_HEADER, "").encode()
+        fields = {**fields, "id": "sig-" + hashlib.sha256(signature).hexdigest()[:32]}
     if not isinstance(fields, dict):
         fail(400, "invalid message", {"body": "must be a JSON object with type and payload"})
     try:
         queued = queue(fields)
     except MessageError as exc:
         fail(400, "invalid message", exc.problems)
-    return jsonify(queued), 202
+    return jsonify(queued), 202 if queued["status"] == "queued" else 200

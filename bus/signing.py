@@ -20,8 +20,6 @@ import time
 from collections.abc import Mapping
 from urllib.parse import unquote
 
-from werkzeug.datastructures import Headers
-
 from fleet.errors import BusError
 
 AGENT_HEADER = "X-Fleet-Agent"
@@ -52,7 +50,7 @@ def sign(agent: str, key: str, method: str, path: str, query: str = "", body: by
     }
 
 
-def verify(headers: Mapping[str, str] | Headers, keys: Mapping[str, str], method: str, path: str,
+def verify(headers: Mapping[str, str], keys: Mapping[str, str], method: str, path: str,
            query: str, body: bytes, now: float | None = None) -> str:
     """The signing agent's name, or :class:`AuthError` saying what is wrong."""
     agent = headers.get(AGENT_HEADER)

@@ -1,5 +1,6 @@
-"""Operator views of the bus: ``/bus/stats`` and ``/bus/dead-letters`` (owner-signed) and
-Prometheus text at ``/metrics`` (public: counts only, no message content)."""
+"""Operator views of the bus: ``/bus/stats``, ``/bus/dead-letters`` and
+``POST /bus/dead-letters/redrive`` (owner-signed) and Prometheus text at ``/metrics``
+(public: counts only, no message content)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from bus.db import counters, get_db
-from bus.web import authenticate, fail, me
+from bus.db import get_db, write
+from bus.outbox import redrive
+from bus.schema import query_problems
+from bus.state import state
+from bus.store import counters
+from bus.validate import fields_problems
+from bus.web import authenticate, fail, json_body, me
 
 bp = Blueprint("bus_stats", __name__)
-COUNTERS = ("received", "duplicates", "delivered", "retried", "dead_lettered")
+COUNTERS = ("received", "duplicates", "delivered", "retried", "dead_lettered", "redriven")
 GAUGES = {
     "outbox_depth": "SELECT COUNT(*) FROM outbox",
     "inbox_messages": "SELECT COUNT(*) FROM inbox",
@@ -27,6 +33,7 @@ HELP = {
     "delivered": "Outbox messages the recipient stored.",
     "retried": "Failed delivery attempts that were rescheduled.",
     "dead_lettered": "Outbox messages given up on.",
+    "redriven": "Dead letters an operator queued again.",
     "outbox_depth": "Messages waiting in the outbox.",
     "inbox_messages": "Messages in the inbox.",
     "inbox_unacked": "Inbox messages not acknowledged yet.",
@@ -49,22 +56,55 @@ def stats() -> ResponseReturnValue:
     return jsonify({"agent": me(), **bus_stats(get_db())})
 
 
+DEAD_LETTER_QUERY: dict[str, dict[str, Any]] = {
+    "limit": {"type": "integer", "minimum": 1, "maximum": 1000,
+              "description": "a whole number from 1 to 1000"}}
+
+
 @bp.get("/bus/dead-letters")
 def dead_letters() -> ResponseReturnValue:
     """Messages given up on, newest first (``?limit=``, default 100)."""
     authenticate(owner_only=True)
-    limit = request.args.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-        fail(400, "invalid query", {"limit": f"{limit!r} is not a whole number from 1 to 1000"})
+    args = request.args
+    problems = query_problems(DEAD_LETTER_QUERY, {name: args[name] for name in args})
+    if problems:
+        fail(400, "invalid query", problems)
+    limit = args.get("limit", "100")
     rows = get_db().execute("SELECT * FROM dead_letters ORDER BY seq DESC LIMIT ?",
                             (int(limit),)).fetchall()
     letters: list[dict[str, Any]] = [
-        {"id": row["id"], "to": row["recipient"], "message": json.loads(row["body"]),
+        {"seq": row["seq"], "id": row["id"], "to": row["recipient"],
+         "message": json.loads(row["body"]),
          "attempts": row["attempts"], "reason": row["reason"], "last_error": row["last_error"],
          "created_at": row["created_at"], "dead_at": row["dead_at"]}
         for row in rows
     ]
     return jsonify({"agent": me(), "dead_letters": letters})
+
+
+REDRIVE_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "properties": {"seqs": {
+        "type": ["array", "null"], "maxItems": 1000, "items": {
+            "type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+        "description": "a list of at most 1000 dead-letter seqs (all when null or absent)"}},
+}
+
+
+@bp.post("/bus/dead-letters/redrive")
+def redrive_dead_letters() -> ResponseReturnValue:
+    """Queue dead letters again (``{"seqs": [...]}``, or all): fresh attempts from now."""
+    authenticate(owner_only=True)
+    body = json_body()
+    problems = fields_problems(REDRIVE_SCHEMA, body)
+    if problems:
+        fail(400, "invalid redrive", problems)
+    given = body.get("seqs")
+    seqs = None if given is None else [int(seq) for seq in given]
+    moved = write(lambda db: redrive(db, seqs))
+    worker = state().worker
+    if moved and worker is not None:
+        worker.wake()
+    return jsonify({"agent": me(), "redriven": [{"id": id_, "to": to} for id_, to in moved]})
 
 
 @bp.get("/metrics")

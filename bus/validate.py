@@ -1,77 +1,111 @@
 """Validation of bus messages: one clear message per bad field, nothing raised.
 
-A message is a JSON object ``{id, from, to, type, payload, timestamp}`` with optional
-``correlation_id``, ``reply_to`` and ``ttl`` (seconds).
+Two layers: :func:`parse_json` and :func:`value_problem` refuse what JSON allows but the
+store cannot keep (``NaN``/``Infinity``, lone UTF-16 surrogates, nesting deeper than
+:data:`MAX_DEPTH`); :func:`message_problems` checks fields against the schema of
+:mod:`bus.schema` (the one ``/openapi.json`` publishes) and an expired ``ttl``.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import time
 from collections.abc import Collection
-from datetime import datetime
 from typing import Any
 
-TYPES = ("request", "response", "broadcast", "alert")
-REQUIRED = ("id", "from", "to", "type", "payload", "timestamp")
-OPTIONAL = ("correlation_id", "reply_to", "ttl")
-MAX_ID = 200
+from bus.schema import TYPES, message_schema, parse_timestamp, schema_problems
+
+__all__ = [
+    "MAX_DEPTH",
+    "TYPES",
+    "JSONError",
+    "expired",
+    "fields_problems",
+    "message_problems",
+    "parse_json",
+    "parse_timestamp",
+    "value_problem",
+]
+MAX_DEPTH = 32
 
 
-def parse_timestamp(value: object) -> datetime | None:
-    """An ISO 8601 timestamp with a UTC offset (``2026-11-28T01:02:03Z``), else None."""
-    if not isinstance(value, str):
-        return None
+class JSONError(ValueError):
+    """A body that is not JSON the bus takes; the message says why."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise JSONError(f"{name} is not a JSON number (RFC 8259); send a string or null")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JSONError(f"{text} is out of range for a JSON number (it would be Infinity)")
+    return value
+
+
+def parse_json(body: bytes | str) -> Any:
+    """The JSON value of ``body``; :class:`JSONError` for invalid JSON, ``NaN``,
+    ``Infinity`` (also as an overflowing number such as ``1e400``) or nesting too deep to
+    decode."""
     try:
-        stamp = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return stamp if stamp.tzinfo is not None else None
+        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite)
+    except JSONError:
+        raise
+    except RecursionError:
+        raise JSONError(f"nested deeper than {MAX_DEPTH} levels (the limit)") from None
+    except ValueError as exc:
+        raise JSONError(f"not valid JSON: {exc}") from None
 
 
-def field_problem(name: str, value: Any, agents: Collection[str]) -> str | None:
-    """What is wrong with one field's value, or None."""
-    if name in ("id", "correlation_id"):
-        if not isinstance(value, str) or not value.strip() or len(value) > MAX_ID:
-            return f"{value!r} is not a non-empty string of at most {MAX_ID} characters"
-    elif name in ("from", "reply_to") or (name == "to" and value != "*"):
-        if not isinstance(value, str) or value not in agents:
-            return f"{value!r} is not an agent in the registry (agents: {', '.join(agents)})"
-    elif name == "type":
-        if value not in TYPES:
-            return f"{value!r} is not a message type ({', '.join(TYPES)})"
-    elif name == "timestamp":
-        if parse_timestamp(value) is None:
-            return (f"{value!r} is not an ISO 8601 timestamp with a UTC offset "
-                    "(e.g. 2026-11-28T01:02:03Z)")
-    elif name == "ttl" and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-        return f"{value!r} is not a positive whole number of seconds"
+def value_problem(value: Any, depth: int = MAX_DEPTH) -> str | None:
+    """What makes ``value`` unstorable: nesting deeper than ``depth`` levels, or a string
+    (key or value) that is not valid Unicode (a lone surrogate); None if it is fine."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if level > depth:
+            return f"nested deeper than {depth} levels (the limit)"
+        if isinstance(item, str):
+            strings: list[str] = [item]
+        elif isinstance(item, dict):
+            strings = [key for key in item if isinstance(key, str)]
+            stack.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, list):
+            strings = []
+            stack.extend((child, level + 1) for child in item)
+        else:
+            continue
+        for text in strings:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return (f"contains a lone UTF-16 surrogate ({ascii(text)[:40]}), which is not "
+                        "valid Unicode; send UTF-8 text")
     return None
 
 
-def fields_problems(data: object, required: tuple[str, ...], allowed: tuple[str, ...],
-                    agents: Collection[str]) -> dict[str, str]:
-    """Problems of a JSON object by field name: missing, unknown and bad fields."""
-    if not isinstance(data, dict):
-        return {"body": f"must be a JSON object with fields {', '.join(required)}"}
-    problems = {name: "missing required field" for name in required if name not in data}
-    for name, value in data.items():
-        if name not in allowed:
-            problems[name] = f"unknown field (allowed: {', '.join(allowed)})"
-        elif name != "payload" and (value is not None or name in required):
-            problem = field_problem(name, value, agents)
-            if problem:
-                problems[name] = problem
-    if data.get("type") == "response" and not data.get("correlation_id"):
-        problems.setdefault("correlation_id", "a response needs the correlation_id of its "
-                                              "request")
-    return problems
+def fields_problems(schema: dict[str, Any], data: object) -> dict[str, str]:
+    """Problems of ``data`` by field: unstorable values first, then the schema's rules."""
+    if isinstance(data, dict):
+        unstorable = {str(name): problem for name, value in data.items()
+                      if (problem := value_problem(value if name == "payload" else [value])
+                          or value_problem(name))}
+        if unstorable:
+            return {ascii(name)[1:-1]: problem for name, problem in unstorable.items()}
+    return schema_problems(schema, data)
 
 
 def message_problems(data: object, agents: Collection[str], me: str) -> dict[str, str]:
     """Problems of a message received by agent ``me``; empty when it may be stored."""
-    problems = fields_problems(data, REQUIRED, REQUIRED + OPTIONAL, agents)
-    if isinstance(data, dict) and "to" not in problems:
-        if data["to"] == "*":
-            problems["to"] = f"'*' is not an agent; a broadcast is sent to each agent as {me!r}"
-        elif data["to"] != me:
-            problems["to"] = f"{data['to']!r} is not this agent (this gateway serves {me!r})"
-    return problems
+    return fields_problems(message_schema(agents, me), data)
+
+
+def expired(message: dict[str, Any], now: float | None = None) -> bool:
+    """Whether a valid message's ``ttl`` ran out (counted from its ``timestamp``)."""
+    if message.get("ttl") is None:
+        return False
+    sent = parse_timestamp(message["timestamp"])
+    assert sent is not None
+    return sent.timestamp() + message["ttl"] < (time.time() if now is None else now)

@@ -7,7 +7,14 @@ that cannot be reached is backed off as a whole: its due rows wait together inst
 hammering a host that is down.
 ``wake()`` starts delivery at once after a send; idle threads also poll, so retries and rows
 queued by other processes go out too. One thread also prunes acknowledged inbox messages
-and dead letters older than the retention time.
+and sent ids older than the retention time; dead letters stay until an operator re-sends
+(``redrive``) them.
+
+The default schedule outlasts a receiver that is down for a day: the wait between attempts
+doubles from ``retry_base`` up to ``retry_max`` (5 min), each jittered (50-100 %), and a row is
+given up only once it is older than ``give_up_after`` (3 days); ``max_attempts`` (0: none)
+can cap the attempts too. A 429 (the receiver's inbox quota) is retried after its
+``Retry-After``.
 """
 
 from __future__ import annotations
@@ -19,18 +26,20 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from bus import inbox, outbox
-from bus.db import connect
-from bus.delivery import Sender
+from bus.delivery import EXPIRED, Sender
+from bus.state import Address
+from bus.store import connect
 from bus.writer import GroupWriter
-from fleet.registry import Registry
 
 log = logging.getLogger(__name__)
 PERMANENT = (400, 413, 415)  # the recipient will never accept this message
+RETRY_AFTER_429 = inbox.RETRY_AFTER * 0.5  # jittered like the backoff
 PRUNE_EVERY = 600  # seconds between deletions of old acknowledged messages
 
 
@@ -38,9 +47,10 @@ PRUNE_EVERY = 600  # seconds between deletions of old acknowledged messages
 class Settings:
     """Delivery tuning (``BUS_*`` app settings, ``FLEET_BUS_*`` environment)."""
 
-    max_attempts: int = 12
+    max_attempts: int = 0  # 0: no cap; rows are given up by age (give_up_after)
     retry_base: float = 0.5
-    retry_max: float = 60.0
+    retry_max: float = 300.0
+    give_up_after: float = 3 * 86400.0
     lease_seconds: float = 30.0
     threads: int = 4
     batch: int = 64
@@ -53,14 +63,19 @@ class Settings:
         ceiling = min(self.retry_max, self.retry_base * 2 ** min(attempts - 1, 30))
         return ceiling * random.uniform(0.5, 1.0)
 
+    def gives_up(self, attempts: int, created_at: float, now: float) -> bool:
+        """Whether a row queued at ``created_at`` that failed ``attempts`` times is dead."""
+        return (now - created_at > self.give_up_after
+                or (bool(self.max_attempts) and attempts >= self.max_attempts))
+
 
 class DeliveryWorker:
     """Delivers one agent's outbox; one instance per gateway process."""
 
     def __init__(self, store: Path, writer: GroupWriter, agent: str, key: str,
-                 registry: Registry, settings: Settings) -> None:
+                 agents: Mapping[str, Address], settings: Settings) -> None:
         self.store, self.writer, self.agent, self.key = store, writer, agent, key
-        self.registry, self.settings = registry, settings
+        self.agents, self.settings = agents, settings
         self._wakeup = threading.Condition()
         self._generation = 0  # bumped by every wake(), so no wake-up is lost
         self._stop = threading.Event()
@@ -148,33 +163,38 @@ class DeliveryWorker:
         for row in rows:
             if row["expires_at"] is not None and time.time() > row["expires_at"]:
                 outcomes.append(outbox.Outcome(row["seq"], dead_reason="ttl expired"))
-            elif row["recipient"] not in self.registry.agents:
+            elif row["recipient"] not in self.agents:
                 outcomes.append(outbox.Outcome(
                     row["seq"], dead_reason=f"{row['recipient']!r} is not in the registry"))
             else:
                 groups.setdefault(row["recipient"], []).append(row)
         for recipient, group in groups.items():
-            results = sender.send(self.registry.agents[recipient], [r["body"] for r in group])
+            results = sender.send(self.agents[recipient], [r["body"] for r in group])
             outcomes += [self._outcome(row, status, detail, failed)
                          for row, (status, detail) in zip(group, results, strict=True)]
+        horizon = time.time() - self.settings.give_up_after
         self.writer.run(lambda w: outbox.finish(w, owner, outcomes, failed,
-                                                 self.settings.max_attempts))
+                                                 self.settings.max_attempts, horizon))
 
     def _outcome(self, row: sqlite3.Row, status: int, detail: str,
                  down: dict[str, tuple[float, str]]) -> outbox.Outcome:
         """What to do with a row after an attempt answered ``status`` (0: unreachable)."""
         seq, recipient, attempts = row["seq"], row["recipient"], row["attempts"]
         error = f"HTTP {status}: {detail}" if status else detail
+        if status == EXPIRED:
+            return outbox.Outcome(seq, dead_reason="ttl expired", error=f"{recipient}: {detail}")
         if 200 <= status < 300:
             self._unreachable.pop(recipient, None)
             return outbox.Outcome(seq)
         if status in PERMANENT:
             return outbox.Outcome(seq, dead_reason=f"refused by {recipient}: HTTP {status}",
                                   error=detail)
-        if attempts >= self.settings.max_attempts:
+        if self.settings.gives_up(attempts, row["created_at"], time.time()):
             return outbox.Outcome(seq, dead_reason=f"gave up after {attempts} attempts",
                                   error=error)
         retry_at = time.time() + self.settings.backoff(attempts)
+        if status == 429:  # the receiver's inbox quota: come back when it says
+            retry_at = max(retry_at, time.time() + RETRY_AFTER_429)
         if status == 0 and recipient not in down:
             # unreachable: back off the whole recipient (this process skips it until then)
             failures = self._unreachable.get(recipient, (0.0, 0))[1] + 1

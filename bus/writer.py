@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bus.db import connect
+from bus.store import connect, lock_path
 
 T = TypeVar("T")
 MAX_BATCH = 512
@@ -121,7 +121,7 @@ class GroupWriter:
     def _connection(self) -> sqlite3.Connection:
         """This process's write connection and lock file, opened on first use."""
         if self._db is None:
-            self._lock_fd = os.open(f"{self.store}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock_fd = os.open(lock_path(self.store), os.O_RDWR | os.O_CREAT, 0o600)
             self._db = connect(self.store)
         return self._db
 

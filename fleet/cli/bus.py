@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from typing import Any
 
 import click
 
-from bus.client import BusClient
+from bus.client import BusClient, GatewayError
+from bus.schema import MAX_TTL
 from fleet.cli.context import CliContext, pass_cli
 from fleet.secrets import BUS_KEYRING, load_secrets, parse_keyring
 
@@ -55,18 +57,24 @@ def bus() -> None:
               help="Sending agent (default: $FLEET_AGENT, else the first orchestrator).")
 @click.option("--correlation-id", help="Correlation id (required for a response).")
 @click.option("--reply-to", help="Agent that should receive the response.")
-@click.option("--ttl", type=click.IntRange(1), help="Seconds before the message is given up.")
+@click.option("--ttl", type=click.IntRange(1, MAX_TTL),
+              help="Seconds before the message is given up.")
+@click.option("--id", "message_id", help="Message id (default: a new UUID). The same id sent "
+                                         "again is queued once: retrying is safe.")
 @pass_cli
 def send(cli: CliContext, to: str, type: str, payload: str, sender: str | None,
-         correlation_id: str | None, reply_to: str | None, ttl: int | None) -> None:
+         correlation_id: str | None, reply_to: str | None, ttl: int | None,
+         message_id: str | None) -> None:
     """Queue PAYLOAD (JSON, or text) from --from to TO ('*' for a broadcast)."""
     if sender is None:
         orchestrators = cli.registry.by_role("orchestrator") or list(cli.registry)
         sender = orchestrators[0].name
     with client(cli, sender) as gateway:
         queued = gateway.send(None if to == "*" else to, type, parse_payload(payload),
-                              correlation_id=correlation_id, reply_to=reply_to, ttl=ttl)
-    click.echo(f"queued {queued['id']} in {sender}'s outbox for "
+                              correlation_id=correlation_id, reply_to=reply_to, ttl=ttl,
+                              id=message_id or str(uuid.uuid4()))
+    verb = "queued" if queued.get("status", "queued") == "queued" else "already queued"
+    click.echo(f"{verb} {queued['id']} in {sender}'s outbox for "
                f"{', '.join(queued['recipients']) or 'nobody'}")
 
 
@@ -80,10 +88,17 @@ def send(cli: CliContext, to: str, type: str, payload: str, sender: str | None,
 @pass_cli
 def tail(cli: CliContext, agent: str, since: int, kind: str | None, follow: bool,
          as_json: bool) -> None:
-    """Print AGENT's inbox messages, oldest first."""
+    """Print AGENT's inbox messages, oldest first (--follow: keep printing new ones, also
+    across restarts of the gateway)."""
     with client(cli, agent) as gateway:
         while True:
-            page = gateway.messages(since=since, limit=PAGE, type=kind)
+            try:
+                page = gateway.messages(since=since, limit=PAGE, type=kind)
+            except GatewayError as exc:
+                if not follow or not exc.retryable:
+                    raise
+                time.sleep(1)  # the gateway restarts: pick up where we were
+                continue
             for message in page["messages"]:
                 click.echo(json.dumps(message) if as_json else format_message(message))
             since = page["next"]
@@ -108,11 +123,28 @@ def dead_letters(cli: CliContext, agent: str, limit: int, as_json: bool) -> None
         click.echo(json.dumps(letters, indent=2))
         return
     for letter in letters:
-        click.echo(f"{letter['id']} -> {letter['to']} ({letter['message']['type']}) after "
+        click.echo(f"#{letter['seq']} {letter['id']} -> {letter['to']} "
+                   f"({letter['message']['type']}) after "
                    f"{letter['attempts']} attempts: {letter['reason']}"
                    + (f" [{letter['last_error']}]" if letter["last_error"] else ""))
     if not letters:
         click.echo(f"no dead letters on {agent}")
+
+
+@bus.command()
+@click.argument("agent")
+@click.argument("seqs", nargs=-1, type=click.IntRange(1))
+@click.option("--all", "everything", is_flag=True, help="Re-send every dead letter.")
+@pass_cli
+def redrive(cli: CliContext, agent: str, seqs: tuple[int, ...], everything: bool) -> None:
+    """Re-send AGENT's dead letters SEQS (numbers from `dead-letters`), or --all."""
+    if bool(seqs) == everything:
+        raise click.UsageError("give dead-letter numbers (SEQS) or --all, not both or neither")
+    with client(cli, agent) as gateway:
+        moved = gateway.redrive(None if everything else list(seqs))
+    for letter in moved:
+        click.echo(f"queued {letter['id']} -> {letter['to']} again")
+    click.echo(f"{len(moved)} dead letter(s) of {agent} queued again")
 
 
 @bus.command()

@@ -44,12 +44,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 def _register_blueprints(app: Flask) -> None:
     """Mount every part of the gateway; each module owns one blueprint and its init_app."""
-    import bus
+    from bus import Bus
     from fleet.gateway import card, health
 
     health.init_app(app)
     card.init_app(app)
-    bus.init_app(app)
+    registry: Registry = app.extensions["fleet.registry"]
+    Bus(app, agents=registry.agents)  # the bus is an extension; the registry is its fleet
 
 
 def current_registry() -> Registry:

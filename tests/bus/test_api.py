@@ -59,7 +59,7 @@ def test_bad_inbox_query_lists_each_parameter(client: FlaskClient) -> None:
                     {"since": "-1", "limit": "5000", "type": "x", "unacked": "maybe", "q": "1"})
     assert response.status_code == 400
     assert response.json["problems"] == {
-        "since": "'-1' is not an inbox position (a whole number >= 0)",
+        "since": "'-1' is not an inbox position (a whole number >= 0 in ASCII digits)",
         "limit": "'5000' is not a whole number from 1 to 1000",
         "type": "'x' is not a message type (request, response, broadcast, alert)",
         "unacked": "'maybe' is not 1, 0, true or false",
@@ -70,19 +70,21 @@ def test_bad_inbox_query_lists_each_parameter(client: FlaskClient) -> None:
 def test_ack_marks_a_message_handled(client: FlaskClient, store: Path) -> None:
     receive(client, id="a")
     receive(client, id="b")
-    response = call(client, "POST", "/messages/a/ack")
+    response = call(client, "POST", "/messages/ack", body={"from": "ezra", "id": "a"})
     assert response.status_code == 200
-    assert response.json == {"acked": 1, "id": "a"}
+    assert response.json == {"acked": True, "from": "ezra", "id": "a"}
+    again = call(client, "POST", "/messages/ack", body={"from": "ezra", "id": "a"})
+    assert (again.status_code, again.json["acked"]) == (200, False)
     unacked = call(client, "GET", "/messages", {"unacked": 1}).json["messages"]
     assert [m["id"] for m in unacked] == ["b"]
-    missing = call(client, "POST", "/messages/zzz/ack")
+    missing = call(client, "POST", "/messages/ack", body={"from": "ezra", "id": "zzz"})
     assert missing.status_code == 404
-    assert missing.json["error"] == "message 'zzz' is not in the inbox"
+    assert missing.json["error"] == "message 'zzz' from 'ezra' is not in the inbox"
 
 
 @pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/messages"), ("POST", "/messages/a/ack"), ("GET", "/bus/stats"),
-    ("GET", "/bus/dead-letters"), ("POST", "/outbox"),
+    ("GET", "/messages"), ("POST", "/messages/ack"), ("GET", "/bus/stats"),
+    ("GET", "/bus/dead-letters"), ("POST", "/outbox"), ("POST", "/bus/dead-letters/redrive"),
 ])
 def test_owner_endpoints_refuse_other_agents_and_unsigned(client: FlaskClient, method: str,
                                                           path: str) -> None:
@@ -98,9 +100,10 @@ def test_outbox_queues_one_row_per_recipient(client: FlaskClient, store: Path) -
     response = call(client, "POST", "/outbox", body={"type": "broadcast", "payload": "hi",
                                                      "id": "b-1"})
     assert response.status_code == 202
-    assert response.json == {"id": "b-1", "recipients": ["ezra", "allegro", "ghost"]}
+    assert response.json == {"id": "b-1", "recipients": ["ezra", "allegro", "ghost"],
+                             "status": "queued"}
     assert call(client, "POST", "/outbox", body={"type": "broadcast", "payload": "hi",
-                                                 "id": "b-1"}).status_code == 202
+                                                 "id": "b-1"}).status_code == 200
     queued = rows(store, "SELECT recipient, body FROM outbox ORDER BY seq")
     assert [(name, json.loads(body)["to"]) for name, body in queued] == [
         ("ezra", "ezra"), ("allegro", "allegro"), ("ghost", "ghost")]
@@ -112,8 +115,9 @@ def test_outbox_refuses_bad_messages(client: FlaskClient, store: Path) -> None:
                                                      "ttl": -5, "to": "*"})
     assert response.status_code == 400
     assert response.json["problems"] == {
-        "ttl": "-5 is not a positive whole number of seconds",
-        "to": "a request needs one recipient; only a broadcast goes to '*'"}
+        "ttl": "-5 is not a whole number of seconds from 1 to 31536000",
+        "to": "a message that is not a broadcast needs one recipient (an agent); only a "
+              "broadcast goes to '*'"}
     assert rows(store, "SELECT COUNT(*) FROM outbox") == [(0,)]
 
 
@@ -123,7 +127,8 @@ def test_stats_and_metrics_count_the_store(client: FlaskClient) -> None:
     call(client, "POST", "/outbox", body={"to": "ezra", "type": "alert", "payload": 1})
     stats = call(client, "GET", "/bus/stats").json
     assert stats == {"agent": "bezalel", "received": 1, "duplicates": 1, "delivered": 0,
-                     "retried": 0, "dead_lettered": 0, "outbox_depth": 1, "inbox_messages": 1,
+                     "retried": 0, "dead_lettered": 0, "redriven": 0, "outbox_depth": 1,
+                     "inbox_messages": 1,
                      "inbox_unacked": 1, "dead_letters": 0}
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
@@ -146,8 +151,8 @@ def test_openapi_documents_every_route(app: Flask, client: FlaskClient) -> None:
     assert document["openapi"].startswith("3.")
     signed = {path for path, operations in document["paths"].items()
               for operation in operations.values() if "security" in operation}
-    assert signed == {"/message", "/messages/batch", "/messages", "/messages/{message_id}/ack",
-                      "/outbox", "/bus/stats", "/bus/dead-letters"}
+    assert signed == {"/message", "/messages/batch", "/messages", "/messages/ack",
+                      "/outbox", "/bus/stats", "/bus/dead-letters", "/bus/dead-letters/redrive"}
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [

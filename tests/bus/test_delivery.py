@@ -33,7 +33,7 @@ def test_send_refuses_bad_fields_and_a_missing_key(app: Flask, store: Path) -> N
         with pytest.raises(BusError, match="invalid message: type: 'chat' is not a message "
                                            "type"):
             bus.send("ezra", "chat", 1)
-        app.config["BUS_KEYS"] = {"ezra": "k"}
+        app.extensions["bus"].keys = {"ezra": "k"}
         with pytest.raises(BusError, match="no bus key for 'bezalel' in FLEET_BUS_KEYS"):
             bus.send("ezra", "alert", 1)
     assert rows(store, "SELECT COUNT(*) FROM outbox") == [(0,)]

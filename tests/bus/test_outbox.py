@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from bus import outbox
-from bus.db import connect, init_db
 from bus.signing import AuthError, sign, verify
+from bus.store import connect, init_db
 from bus.worker import Settings
 from bus.writer import GroupWriter
 from tests.bus.conftest import KEYS, rows
@@ -42,8 +42,8 @@ def queue(db: sqlite3.Connection, count: int, to: str = "bezalel", ttl: int | No
 
 def test_enqueue_is_idempotent_per_recipient(db: sqlite3.Connection) -> None:
     message = {"id": "b-1", "from": "ezra", "type": "broadcast", "payload": 1}
-    assert outbox.enqueue(db, message, ["bezalel", "allegro"]) == 2
-    assert outbox.enqueue(db, message, ["bezalel", "allegro"]) == 0
+    assert outbox.enqueue(db, message, ["bezalel", "allegro"]) == (True, ["bezalel", "allegro"])
+    assert outbox.enqueue(db, message, ["ghost"]) == (False, ["bezalel", "allegro"])
     assert [row[0] for row in db.execute("SELECT recipient FROM outbox ORDER BY seq")] == [
         "bezalel", "allegro"]
 
@@ -97,7 +97,7 @@ def test_finish_records_each_outcome(db: sqlite3.Connection, store: Path) -> Non
     seqs = [row["seq"] for row in outbox.claim(db, owner, 30, 3)]
     outbox.finish(db, owner, [outbox.Outcome(seqs[0]),
                               outbox.Outcome(seqs[1], retry_at=time.time() + 60, error="HTTP 503"),
-                              outbox.Outcome(seqs[2], dead_reason="ttl expired")], {}, 10)
+                              outbox.Outcome(seqs[2], dead_reason="ttl expired")], {}, 10, 0)
     assert rows(store, "SELECT id, lease_owner, last_error FROM outbox") == [
         ("m-1", None, "HTTP 503")]
     assert rows(store, "SELECT id, reason, attempts FROM dead_letters") == [
@@ -113,10 +113,10 @@ def test_unreachable_recipient_postpones_its_backlog(db: sqlite3.Connection,
     (first,) = outbox.claim(db, owner, 30, 1)
     later = time.time() + 60
     outbox.finish(db, owner, [outbox.Outcome(first["seq"], retry_at=later, error="refused")],
-                  {"bezalel": (later, "refused")}, 2)
+                  {"bezalel": (later, "refused")}, 2, 0)
     assert rows(store, "SELECT MIN(next_attempt_at) FROM outbox")[0][0] >= later
     assert rows(store, "SELECT attempts, COUNT(*) FROM outbox GROUP BY attempts") == [(1, 5)]
-    outbox.finish(db, owner, [], {"bezalel": (later, "refused")}, 2)  # nothing due: no change
+    outbox.finish(db, owner, [], {"bezalel": (later, "refused")}, 2, 0)  # nothing due: no change
     assert rows(store, "SELECT COUNT(*) FROM dead_letters") == [(0,)]
 
 

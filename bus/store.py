@@ -1,0 +1,75 @@
+"""The bus store without Flask: one SQLite file in WAL mode, its schema and its counters.
+
+:func:`init_db` creates or migrates the schema once, under an ``flock`` on
+``<store>.lock`` and a ``user_version`` check, so however many gunicorn workers start at
+once on a fresh store, exactly one creates it and the others wait, then find it ready.
+``journal_mode = WAL`` is set there only (it is persistent in the file); :func:`connect`
+sets per-connection pragmas only, so it never needs the exclusive lock that changing the
+journal mode takes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from importlib.resources import files
+from pathlib import Path
+
+STORE_NAME = "bus.sqlite3"
+SCHEMA_VERSION = 2
+# Version 1 (no user_version) had no `senders` and `sent` tables: count what is unacked.
+MIGRATE_TO_2 = """
+INSERT OR REPLACE INTO senders (sender, unacked)
+    SELECT sender, COUNT(*) FROM inbox WHERE acked_at IS NULL GROUP BY sender;
+"""
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """Open an initialised store (see :func:`init_db`), autocommit, ``synchronous=FULL``."""
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA busy_timeout = 30000")
+    db.execute("PRAGMA synchronous = FULL")
+    return db
+
+
+def lock_path(path: str | Path) -> str:
+    """The lock file beside the store that orders schema set-up and group commits."""
+    return f"{path}.lock"
+
+
+def init_db(path: str | Path) -> None:
+    """Create the store (WAL) or migrate it to :data:`SCHEMA_VERSION`, once, under a lock."""
+    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        db = connect(path)
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version >= SCHEMA_VERSION:
+                return
+            db.execute("PRAGMA journal_mode = WAL")
+            schema = files("bus").joinpath("schema.sql").read_text(encoding="utf-8")
+            db.executescript(f"BEGIN IMMEDIATE;\n{schema}\n{MIGRATE_TO_2}\n"
+                             f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+        finally:
+            db.close()
+    finally:
+        os.close(fd)
+
+
+def bump(db: sqlite3.Connection, name: str, by: int = 1) -> None:
+    """Add ``by`` to counter ``name`` (inside the caller's transaction)."""
+    if by == 0:
+        return
+    db.execute(
+        "INSERT INTO counters (name, value) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        (name, by),
+    )
+
+
+def counters(db: sqlite3.Connection) -> dict[str, int]:
+    """Every counter by name."""
+    return {row["name"]: row["value"] for row in db.execute("SELECT name, value FROM counters")}
