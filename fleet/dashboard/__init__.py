@@ -72,6 +72,16 @@ def run_record(run_id: str) -> ResponseReturnValue:
     return current_app.response_class(path.read_bytes(), mimetype="application/json")
 
 
+@bp.get("/runs/<run_id>/log")
+def run_log(run_id: str) -> ResponseReturnValue:
+    """A run's masked log (the receiver's runs), as plain text."""
+    source = dashboard()
+    text = source.logs(run_id) if source.logs is not None else None
+    if text is None:
+        return jsonify({"error": f"run {run_id!r} has no log here"}), 404
+    return current_app.response_class(text, mimetype="text/plain")
+
+
 def init_app(app: Flask, source: Dashboard, auth: Auth | None = None) -> None:
     """Mount the dashboard on ``app`` with its data source and access check."""
     app.extensions[EXTENSION] = {"source": source, "auth": auth}

@@ -8,6 +8,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,6 +70,20 @@ class RunView:
     started: str | None
     finished: str | None
     hosts: tuple[HostRun, ...]
+    summary: str = ""
+    has_log: bool = False  # the receiver keeps a masked log of its runs
+
+
+@dataclass(frozen=True)
+class CheckView:
+    """One scheduled drift check of the receiver."""
+
+    check_id: int
+    status: str
+    started: str | None
+    drifted: tuple[str, ...]
+    summary: str
+    alert: str
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,7 @@ class Snapshot:
     runs: tuple[RunView, ...]
     deployed_release: str | None
     problem: str | None = None  # why the fleet could not be probed at all (with the fix)
+    checks: tuple[CheckView, ...] | None = None  # None: no scheduled drift checks here
 
     @property
     def counts(self) -> dict[str, int]:
@@ -134,14 +150,24 @@ def view_runs(runs: list[RunRecord]) -> tuple[RunView, ...]:
     ) for run in runs)
 
 
-class Dashboard:
-    """The dashboard's data source, one per app: probes cached for ``max_age`` seconds so many
-    viewers cost one probe of the fleet per interval."""
+RunSource = Callable[[], list[RunView]]
+CheckSource = Callable[[], list[CheckView]]
+LogSource = Callable[[str], str | None]
 
-    def __init__(self, registry_path: Path, records_dir: Path, refresh_s: float = 5.0) -> None:
+
+class Dashboard:
+    """The dashboard's data source, one per app: probes cached for half a refresh interval,
+    so many viewers cost one probe of the fleet per interval. Runs come from the run records
+    in ``records_dir`` unless ``runs`` gives them (the receiver's own runs, with logs);
+    ``checks`` and ``logs`` are the receiver's drift checks and run logs."""
+
+    def __init__(self, registry_path: Path, records_dir: Path, refresh_s: float = 5.0,
+                 runs: RunSource | None = None, checks: CheckSource | None = None,
+                 logs: LogSource | None = None) -> None:
         self.registry_path = registry_path
         self.records_dir = records_dir
         self.refresh_s = refresh_s
+        self.runs, self.checks, self.logs = runs, checks, logs
         self._lock = threading.Lock()
         self._cached: tuple[float, Snapshot] | None = None
         self.last_seen: dict[str, str] = {}
@@ -156,9 +182,16 @@ class Dashboard:
             return snapshot
 
     def _take(self) -> Snapshot:
-        registry = load_registry(self.registry_path)
+        try:
+            registry = load_registry(self.registry_path)
+        except FleetError as exc:  # no registry yet (a receiver before its first run)
+            return Snapshot(taken=now_utc(), fleet="?", agents=(),
+                            runs=tuple(self.runs() if self.runs else ()), deployed_release=None,
+                            problem=f"{exc}", checks=tuple(self.checks()) if self.checks
+                            else None)
         runs = read_runs(self.records_dir)
         release = deployed_release(runs)
+        views = self.runs() if self.runs else list(view_runs(runs))
         agents = list(registry)
         with ThreadPoolExecutor(max_workers=max(1, len(agents))) as pool:
             gauges = list(pool.map(bus_gauges, agents))
@@ -169,11 +202,13 @@ class Dashboard:
             problem = f"{exc}" + (f" ({exc.hint})" if exc.hint else "")
             statuses = [AgentStatus(agent=agent.name, role=agent.role, host=agent.host,
                                     ssh="not checked", health="not checked") for agent in agents]
-        taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        views = tuple(self._view(registry, agent, status, gauge, release, taken)
-                      for agent, status, gauge in zip(agents, statuses, gauges, strict=True))
-        return Snapshot(taken=taken, fleet=registry.name, agents=views, runs=view_runs(runs),
-                        deployed_release=release, problem=problem)
+        taken = now_utc()
+        agent_views = tuple(self._view(registry, agent, status, gauge, release, taken)
+                            for agent, status, gauge in zip(agents, statuses, gauges,
+                                                            strict=True))
+        return Snapshot(taken=taken, fleet=registry.name, agents=agent_views, runs=tuple(views),
+                        deployed_release=release, problem=problem,
+                        checks=tuple(self.checks()) if self.checks else None)
 
     def _view(self, registry: Registry, agent: Agent, status: AgentStatus,
               gauge: dict[str, int], release: str | None, taken: str) -> AgentView:
@@ -189,6 +224,11 @@ class Dashboard:
             dead_letters=gauge.get("fleet_bus_dead_letters"),
             last_seen=self.last_seen.get(agent.name),
             problems=tuple(reasons + list(verdict.drift) + list(status.problems)))
+
+
+def now_utc() -> str:
+    """The time now, UTC, ISO 8601 to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def as_json(snapshot: Snapshot) -> dict[str, Any]:

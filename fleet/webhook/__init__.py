@@ -30,13 +30,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config["SETTINGS"] = load_settings()
     app.config["SETTINGS"].state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    from fleet.webhook import api, db, dispatcher, hooks, openapi
+    from fleet.webhook import api, board, db, dispatcher, hooks, openapi
 
     db.init_app(app)
     app.register_blueprint(hooks.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(openapi.bp)
     app.register_error_handler(HTTPException, _json_error)
+    board.init_app(app)
     dispatcher.init_app(app)
     return app
 

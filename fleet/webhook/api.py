@@ -42,16 +42,26 @@ def number(name: str, raw: str, low: int, high: int) -> int:
     abort(400, f"{name} {clip(raw)!r} is not a number from {low} to {high}")
 
 
+def has_read_token() -> bool:
+    """True when the request carries the read token: ``Bearer TOKEN``, or HTTP Basic with the
+    token as password (so a browser can open the dashboard)."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    expected = current_app.config["SETTINGS"].read_token.encode()
+    if scheme.lower() == "bearer":
+        return hmac.compare_digest(value.strip().encode(), expected)
+    if scheme.lower() == "basic" and request.authorization is not None:
+        password = (request.authorization.password or "").encode()
+        return hmac.compare_digest(password, expected)
+    return False
+
+
 def read_token_required(view: View) -> View:
     """Refuse with 401 unless the request carries the read token."""
 
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         """Check the bearer token, then call the view."""
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        expected = current_app.config["SETTINGS"].read_token
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                                  expected.encode()):
+        if not has_read_token():
             response = jsonify(error="missing or wrong read token; send "
                                      "'Authorization: Bearer <FLEET_READ_TOKEN>'")
             response.headers["WWW-Authenticate"] = 'Bearer realm="fleet-webhook"'

@@ -97,6 +97,15 @@ RUN_PROPERTIES: dict[str, Any] = {
     "health": {"type": "array", "items": {"type": "object"}},
 }
 
+READ = [{"readToken": []}, {"readTokenBasic": []}]
+UNAUTHORIZED = _error("missing or wrong read token")
+
+
+def _page(content_type: str, description: str) -> dict[str, Any]:
+    """A 200 answer of ``content_type`` text."""
+    return {"description": description, "content": {content_type: {"schema": {"type": "string"}}}}
+
+
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "Sovereign Fleet deploy webhook", "version": __version__,
@@ -136,14 +145,51 @@ SPEC: dict[str, Any] = {
             "summary": "Receiver health and queue state", "security": BEARER,
             "responses": {"200": _ok("up", "Health"),
                           "401": _error("missing or wrong read token")}}},
+        "/dashboard/": {"get": {
+            "summary": "The fleet dashboard (HTML)", "security": READ,
+            "responses": {"200": _page("text/html", "the page"), "401": UNAUTHORIZED}}},
+        "/dashboard/live": {"get": {
+            "summary": "The live part of the dashboard (HTML), fetched by its refresh",
+            "security": READ,
+            "responses": {"200": _page("text/html", "agents, runs and drift checks"),
+                          "401": UNAUTHORIZED}}},
+        "/dashboard/state.json": {"get": {
+            "summary": "The dashboard's data", "security": READ,
+            "responses": {"200": {"description": "agents, runs, drift checks", "content": {
+                "application/json": {"schema": {"type": "object"}}}},
+                          "401": UNAUTHORIZED}}},
+        "/dashboard/runs/{run_id}.json": {"get": {
+            "summary": "A fleet run record (secrets masked)", "security": READ,
+            "parameters": [{"name": "run_id", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the record", "content": {
+                "application/json": {"schema": {"type": "object"}}}},
+                          "400": _error("not a run id"), "401": UNAUTHORIZED,
+                          "404": _error("no such record")}}},
+        "/dashboard/runs/{run_id}/log": {"get": {
+            "summary": "A run's masked log", "security": READ,
+            "parameters": [{"name": "run_id", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": _page("text/plain", "the log"), "401": UNAUTHORIZED,
+                          "404": _error("no such run or no log")}}},
+        "/dashboard/static/{filename}": {"get": {
+            "summary": "The dashboard's stylesheet and script", "security": READ,
+            "parameters": [{"name": "filename", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "the file", "content": {
+                "text/css": {"schema": {"type": "string"}},
+                "text/javascript": {"schema": {"type": "string"}}}},
+                          "401": UNAUTHORIZED, "404": _error("no such file")}}},
         "/openapi.json": {"get": {
             "summary": "This document",
             "responses": {"200": {"description": "OpenAPI 3.1 document",
                                   "content": {"application/json": {}}}}}},
     },
     "components": {
-        "securitySchemes": {"readToken": {"type": "http", "scheme": "bearer",
-                                          "description": "FLEET_READ_TOKEN"}},
+        "securitySchemes": {
+            "readToken": {"type": "http", "scheme": "bearer", "description": "FLEET_READ_TOKEN"},
+            "readTokenBasic": {"type": "http", "scheme": "basic",
+                               "description": "any user name, FLEET_READ_TOKEN as password"}},
         "schemas": {
             "Error": {"type": "object", "required": ["error"],
                       "properties": {"error": {"type": "string"}}},
