@@ -8,13 +8,12 @@ store cannot keep (``NaN``/``Infinity``, lone UTF-16 surrogates, nesting deeper 
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Collection
 from typing import Any
 
 from bus.schema import TYPES, message_schema, parse_timestamp, schema_problems
+from fleet import strictjson
 
 __all__ = [
     "MAX_DEPTH",
@@ -34,25 +33,14 @@ class JSONError(ValueError):
     """A body that is not JSON the bus takes; the message says why."""
 
 
-def _refuse_constant(name: str) -> Any:
-    raise JSONError(f"{name} is not a JSON number (RFC 8259); send a string or null")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise JSONError(f"{text} is out of range for a JSON number (it would be Infinity)")
-    return value
-
-
 def parse_json(body: bytes | str) -> Any:
     """The JSON value of ``body``; :class:`JSONError` for invalid JSON, ``NaN``,
     ``Infinity`` (also as an overflowing number such as ``1e400``) or nesting too deep to
     decode."""
     try:
-        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite)
-    except JSONError:
-        raise
+        return strictjson.loads(body)
+    except strictjson.NonFiniteNumber as exc:
+        raise JSONError(str(exc)) from None
     except RecursionError:
         raise JSONError(f"nested deeper than {MAX_DEPTH} levels (the limit)") from None
     except ValueError as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from pyinfra.api import deploy
 
 from deploys.lock import LOCK_DIR
 from deploys.ops import Outcome
+from fleet import expected
 from fleet.envfile import format_env
 from fleet.registry import Agent, Registry, load_registry
 from fleet.release import Release, build_release
@@ -155,16 +155,10 @@ class AgentContext:
 
     def config_json(self) -> str:
         """The agent config file; its sha256 is the config hash /health reports."""
-        agent = self.agent
-        data: dict[str, Any] = {"agent": agent.name, "role": agent.role, "model": agent.model,
-                                "gateway_port": agent.gateway_port,
-                                "capabilities": list(agent.capabilities),
-                                "provider": agent.provider, "region": agent.region,
-                                "config": agent.config}
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+        return expected.config_json(self.agent)
 
     def config_hash(self) -> str:
-        return hashlib.sha256(self.config_json().encode()).hexdigest()
+        return expected.config_hash(self.agent)
 
     def soul_sha256(self) -> str:
         return hashlib.sha256(self.soul_source.read_bytes()).hexdigest()

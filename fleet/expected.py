@@ -8,10 +8,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleet.registry import Agent, Registry
-from fleet.status import AgentStatus
+
+if TYPE_CHECKING:  # the deploy imports this module; it needs no HTTP or SSH probing
+    from fleet.status import AgentStatus
 
 
 def config_json(agent: Agent) -> str:

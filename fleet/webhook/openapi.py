@@ -97,7 +97,7 @@ RUN_PROPERTIES: dict[str, Any] = {
     "health": {"type": "array", "items": {"type": "object"}},
 }
 
-READ = [{"readToken": []}, {"readTokenBasic": []}]
+READ: list[dict[str, list[str]]] = [{"readToken": []}, {"readTokenBasic": []}]
 UNAUTHORIZED = _error("missing or wrong read token")
 
 

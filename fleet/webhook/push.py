@@ -8,11 +8,11 @@ A tag is deleted when ``after`` is all zeros; a moved tag (non-zero ``before``) 
 from __future__ import annotations
 
 import fnmatch
-import json
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from fleet import strictjson
 
 # used with fullmatch: ``$`` would also match before a trailing newline
 SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -62,7 +62,7 @@ def read_payload(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise PayloadError(f"body is not valid UTF-8: byte {exc.start} ({exc.reason})") from None
     try:
-        payload = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+        payload = strictjson.loads(text)
     except RecursionError:
         raise PayloadError("body is not valid JSON: arrays or objects nested too deeply "
                            "for a push event") from None
@@ -129,19 +129,6 @@ def tag_matches(tag: str, pattern: str) -> bool:
     """True when ``tag`` matches one of the comma-separated globs in ``pattern``."""
     globs = [part.strip() for part in pattern.split(",") if part.strip()]
     return any(fnmatch.fnmatchcase(tag, glob) for glob in globs)
-
-
-def _refuse_constant(name: str) -> Any:
-    """``NaN``, ``Infinity`` and ``-Infinity`` are Python's extensions, not JSON."""
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite(text: str) -> float:
-    """A JSON number as a float; ``1e999`` (infinite as a float) is refused like ``Infinity``."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:40]} is out of range")
-    return value
 
 
 def _lone_surrogate(payload: Any) -> str | None:

@@ -108,7 +108,12 @@ def clone_repo(clone: Path) -> None:
 def fleet(lab_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     """A clean clone of the repo's HEAD wired to the session lab, a 0600 secrets file, and a
     records dir of its own."""
-    base = tmp_path_factory.mktemp("deploy")
+    return make_fleet(lab_registry, tmp_path_factory.mktemp("deploy"))
+
+
+def make_fleet(lab_registry: Path, base: Path) -> Fleet:
+    """A clean clone in ``base`` wired to the lab of ``lab_registry``, with its secrets file
+    and records dir."""
     clone = base / "repo"
     clone_repo(clone)
     secrets = base / "secrets.yaml"

@@ -5,13 +5,12 @@ fleet's dry run plans none (``fleet deploy --dry`` and plain pyinfra agree)."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 
 import pytest
 
 from fleet import lab
-from tests.deploy.conftest import SECRETS, Fleet, clone_repo
+from tests.deploy.conftest import Fleet, make_fleet
 from tests.lab_fixtures import claim_lab, fresh_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -24,18 +23,7 @@ def fleet5(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     claimed = claim_lab("records")
     try:
         registry = fresh_lab(claimed.lab, nodes=NODES)
-        base = tmp_path_factory.mktemp("records")
-        clone = base / "repo"
-        clone_repo(clone)
-        secrets = base / "secrets.yaml"
-        secrets.write_text(json.dumps(SECRETS))
-        secrets.chmod(0o600)
-        env = {**os.environ, "PYTHONPATH": str(clone), "FLEET_REGISTRY": str(registry),
-               "FLEET_RECORDS_DIR": str(base / "records"), "FLEET_SECRETS": str(secrets)}
-        for name in ("FLEET_BROKEN_RELEASE", "FLEET_RELEASE_ID", "FLEET_RELEASE_ARTIFACT",
-                     "FLEET_RUN_ID"):
-            env.pop(name, None)
-        yield Fleet(clone=clone, registry=registry, env=env, records=base / "records")
+        yield make_fleet(registry, tmp_path_factory.mktemp("records"))
     finally:
         lab.down(claimed.lab)
         claimed.release()
