@@ -6,8 +6,9 @@ Subcommands, each printing one JSON document:
 - ``switch RELEASE``: point ``/opt/fleet/current`` at a release atomically, record it in history
 - ``prune --keep N``: remove all but the newest N releases (never the current one)
 - ``verify ...``: poll the gateway's /health until it shows the expected release, config and
-  soul; with ``--rollback`` a failure switches back to the previous release, restarts and
-  re-verifies it
+  soul, then make sure the unit stays up (no restart, still healthy) for ``STABLE_S`` seconds
+  after it started, so a crash right after its first good answer fails; with ``--rollback`` a
+  failure switches back to the previous release, restarts and re-verifies it
 - ``rollback [--to RELEASE]``: switch to RELEASE (default: the previous one), restart, verify
 - ``facts ...``: what the audit phase records (release, hashes, unit, ports, keys, sudoers)
 
@@ -175,8 +176,45 @@ def rollback(unit: str, port: int, to: str | None, timeout: float) -> dict[str, 
     switched = switch(target)
     restart(unit)
     problems, body = wait_healthy(port, {"release": target}, timeout)
+    if not problems:
+        problems = stayed_up(unit, port, {"release": target})
     return {"rolled_back": True, "release": target, "from": switched["before"],
             "healthy": not problems, "problems": problems, "health": body}
+
+
+STABLE_S = 5.0  # a unit must stay up this long after it (re)started to pass verify
+
+
+def monotonic_us() -> int:
+    """CLOCK_MONOTONIC in microseconds (systemd's ``...TimestampMonotonic`` clock)."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def stayed_up(unit: str, port: int, expect: dict[str, str]) -> list[str]:
+    """Why the unit did not stay healthy for ``STABLE_S`` seconds after it became active: a
+    crash right after its first good answer restarts it (or leaves it down) and fails verify.
+    A unit that has been up longer already is checked at once (no wait)."""
+    first = unit_state(unit)
+    try:
+        up_for = (monotonic_us() - int(first.get("ActiveEnterTimestampMonotonic") or 0)) / 1e6
+    except ValueError:
+        up_for = 0.0
+    if up_for < STABLE_S:
+        time.sleep(STABLE_S - up_for)
+    now = unit_state(unit)
+    problems = []
+    if now.get("ActiveState") != "active":
+        problems.append(f"{unit} is {now.get('ActiveState')}/{now.get('SubState')} "
+                        f"{STABLE_S:g} s after it started: it fails after start")
+    elif (now.get("MainPID"), now.get("NRestarts")) != (first.get("MainPID"),
+                                                        first.get("NRestarts")):
+        problems.append(f"{unit} restarted after it first answered /health (restarts "
+                        f"{first.get('NRestarts')} -> {now.get('NRestarts')}): it crashes "
+                        "after start")
+    if not problems:
+        status, body = get_health(port)
+        problems = health_problems(status, body, expect)
+    return problems
 
 
 def verify(args: argparse.Namespace) -> dict[str, Any]:
@@ -184,6 +222,8 @@ def verify(args: argparse.Namespace) -> dict[str, Any]:
     expect = {"release": args.release, "config_hash": args.config_hash,
               "soul_sha256": args.soul_sha}
     problems, body = wait_healthy(args.port, expect, args.timeout)
+    if not problems:
+        problems = stayed_up(args.unit, args.port, expect)
     result: dict[str, Any] = {"ok": not problems, "problems": problems, "health": body,
                               "release": args.release}
     if problems and args.rollback:
@@ -262,7 +302,7 @@ def file_info(path: Path) -> dict[str, Any] | None:
 
 def unit_state(unit: str) -> dict[str, str]:
     keys = ["ActiveState", "SubState", "UnitFileState", "MainPID", "ActiveEnterTimestamp",
-            "NRestarts"]
+            "ActiveEnterTimestampMonotonic", "NRestarts"]
     done = subprocess.run(["systemctl", "show", unit, "-p", ",".join(keys)],
                           capture_output=True, text=True, check=False)
     return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
