@@ -22,7 +22,8 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 AXE = REPO / "tests" / "dashboard" / "vendor" / "axe.min.js"
 CHROMIUM = "/usr/bin/chromium"
-REFRESH_S = 2.0
+REFRESH_S = 3.0
+PROBE_SLACK_S = 3.0  # one probe of the fleet (SSH and /health) on a loaded 2-core machine
 WORKER = "allegro"
 
 
@@ -100,7 +101,7 @@ def test_dashboard_shows_health_then_a_stopped_agent_without_reload(
             try:
                 started = time.monotonic()
                 page.wait_for_selector(f'tr[data-agent="{WORKER}"][data-state="down"]',
-                                       timeout=(2 * REFRESH_S + 8) * 1000)
+                                       timeout=(REFRESH_S + PROBE_SLACK_S) * 1000)
                 waited = time.monotonic() - started
                 assert page.evaluate("window.loadedOnce") is True
                 assert page.locator(f'tr[data-agent="{WORKER}"] .badge').inner_text() == "down"
@@ -110,7 +111,7 @@ def test_dashboard_shows_health_then_a_stopped_agent_without_reload(
                 page.screenshot(path=str(artifacts() / "dashboard-phone.png"), full_page=True)
             finally:
                 fleet.ssh(WORKER, f"systemctl start fleet-agent-{WORKER}.service")
-            assert waited < 2 * REFRESH_S + 8
+            assert waited < REFRESH_S + PROBE_SLACK_S  # within one refresh (and its probe)
             assert errors == []
         finally:
             browser.close()
