@@ -29,8 +29,10 @@ ID_RULE = f"a non-empty string of at most {MAX_ID} characters"
 
 def _id(nullable: bool = False) -> dict[str, Any]:
     kind: Any = ["string", "null"] if nullable else "string"
-    return {"type": kind, "minLength": 1, "maxLength": MAX_ID, "pattern": r"\S",
-            "description": ID_RULE}
+    # some character that is not white space, by both regex dialects: Python's \s takes the
+    # separators U+001C-U+001F, the ECMA-262 one of JSON Schema (and of fuzzers) does not
+    return {"type": kind, "minLength": 1, "maxLength": MAX_ID,
+            "pattern": "[^\\s\\x1c-\\x1f]", "description": ID_RULE}
 
 
 def _agent(agents: Collection[str], nullable: bool = False, star: bool = False) -> dict[str, Any]:
