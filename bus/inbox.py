@@ -1,7 +1,10 @@
 """The inbox: messages this agent received, read and acknowledged by its runtime.
 
 ``GET /messages?since=SEQ&type=&limit=&correlation_id=&from=&unacked=1`` lists messages after
-inbox position ``since`` (oldest first); ``POST /messages/ack`` with ``{"from", "id"}`` marks
+inbox position ``since`` (oldest first): ``{"messages", "next"}``, or by ``Accept`` a
+CloudEvents JSON batch (``application/cloudevents-batch+json``) or the first message as one
+structured event (``application/cloudevents+json``; 204 when there is none), each with its
+inbox position as the ``seq`` extension; ``POST /messages/ack`` with ``{"from", "id"}`` marks
 one as handled (by sender and id: two senders may use the same id). The id travels in the
 JSON body, not in the path, so any id (``%``, ``/``, ...) can be acknowledged as it was sent.
 Both need a request signed with this agent's own key.
@@ -17,9 +20,10 @@ import sqlite3
 import time
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from bus import cloudevents
 from bus.db import get_db, write
 from bus.schema import BIGGEST, MAX_ID, query_problems
 from bus.store import bump
@@ -29,7 +33,10 @@ from bus.web import authenticate, fail, json_body
 bp = Blueprint("bus_inbox", __name__)
 MAX_LIMIT = 1000
 OVER_QUOTA = "over_quota"
+EVENT = "cloudevents+attributes"  # stored format: payload column {payload, attributes, ...}
 RETRY_AFTER = 30  # seconds, told to a sender over its quota
+JSON = "application/json"
+READ_TYPES = [JSON, cloudevents.BATCH_CONTENT_TYPE, cloudevents.CONTENT_TYPE]  # by Accept
 QUERY: dict[str, dict[str, Any]] = {  # GET /messages: validation and /openapi.json
     "since": {"type": "integer", "minimum": 0, "maximum": BIGGEST,
               "description": "an inbox position (a whole number >= 0 in ASCII digits)"},
@@ -56,12 +63,17 @@ def store(db: sqlite3.Connection, message: dict[str, Any], fmt: str,
             if known is None:
                 return OVER_QUOTA
     ttl = message.get("ttl")
+    payload: Any = message["payload"]
+    if fmt == "cloudevents" and ("attributes" in message or "data_base64" in message):
+        fmt = EVENT  # the payload column keeps the event's other attributes too
+        payload = {key: message[key] for key in ("payload", "data_base64", "attributes")
+                   if key in message}
     cursor = db.execute(
         "INSERT INTO inbox (id, sender, recipient, type, payload, timestamp, correlation_id,"
         " reply_to, ttl, format, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (sender, id) DO NOTHING",
         (message["id"], sender, message["to"], message["type"],
-         json.dumps(message["payload"]), message["timestamp"], message.get("correlation_id"),
+         json.dumps(payload), message["timestamp"], message.get("correlation_id"),
          message.get("reply_to"), None if ttl is None else int(ttl), fmt, time.time()),
     )
     stored = cursor.rowcount == 1
@@ -99,14 +111,19 @@ def prune(db: sqlite3.Connection, before: float) -> int:
 
 
 def row_to_message(row: sqlite3.Row) -> dict[str, Any]:
-    """An inbox row as the JSON the inbox API returns."""
-    return {
+    """An inbox row as the JSON the inbox API returns (an event's other CloudEvents
+    attributes in ``attributes``, binary data in ``data_base64``)."""
+    payload = json.loads(row["payload"])
+    message = {
         "seq": row["seq"], "id": row["id"], "from": row["sender"], "to": row["recipient"],
-        "type": row["type"], "payload": json.loads(row["payload"]),
+        "type": row["type"], "payload": payload,
         "timestamp": row["timestamp"], "correlation_id": row["correlation_id"],
         "reply_to": row["reply_to"], "ttl": row["ttl"], "format": row["format"],
         "received_at": row["received_at"], "acked_at": row["acked_at"],
     }
+    if row["format"] == EVENT:
+        message.update(payload, format="cloudevents")
+    return message
 
 
 def _query() -> tuple[str, list[Any], int]:
@@ -137,6 +154,14 @@ def list_messages() -> ResponseReturnValue:
                             [*params, limit]).fetchall()
     messages = [row_to_message(row) for row in rows]
     since = int(request.args.get("since", "0"))
+    kind = request.accept_mimetypes.best_match(READ_TYPES, default=JSON)
+    if kind == cloudevents.BATCH_CONTENT_TYPE:
+        return Response(json.dumps([cloudevents.to_cloudevent(m) for m in messages]),
+                        mimetype=kind)
+    if kind == cloudevents.CONTENT_TYPE:
+        if not messages:
+            return "", 204
+        return Response(json.dumps(cloudevents.to_cloudevent(messages[0])), mimetype=kind)
     return jsonify({"messages": messages, "next": messages[-1]["seq"] if messages else since})
 
 

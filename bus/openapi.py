@@ -14,17 +14,21 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
-from bus import cloudevents, inbox, stats
+from bus import a2a, cloudevents, inbox, stats
 from bus.cloudevents import CONTENT_TYPE as CLOUDEVENTS
 from bus.cloudevents import cloudevent_schema
 from bus.inbox import ACK_SCHEMA
-from bus.schema import batch_schema, message_schema, send_schema
+from bus.schema import a2a_schema, batch_schema, message_schema, send_schema
 from bus.signing import AGENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 from bus.state import state
 from bus.stats import REDRIVE_SCHEMA
 
 bp = Blueprint("bus_openapi", __name__)
 IMPLICIT = ("HEAD", "OPTIONS")
+BINARY_MODE = ("Also a CloudEvents binary-mode request: ce-specversion, ce-id, ce-source, "
+               "ce-type, ce-to and any other attribute as ce-* headers (checked as the "
+               "application/cloudevents+json event is), Content-Type as datacontenttype, the "
+               "body as the data (base64 in data_base64 unless its type is JSON).")
 SIGNED: list[dict[str, list[str]]] = [{"agent": [], "timestamp": [], "signature": []}]
 ERROR = {"description": "JSON error", "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -66,7 +70,8 @@ def document() -> dict[str, Any]:
     paths = {
         "/message": {"post": _op("Receive a message durably", {
             "201": _json("stored"), "200": _json("duplicate, stored before"), "429": quota},
-            body=True, requestBody=_body({"$ref": "#/components/schemas/Message"}, **{
+            body=True, description=BINARY_MODE,
+            requestBody=_body({"$ref": "#/components/schemas/Message"}, **{
                 CLOUDEVENTS: {"schema": cloudevent_schema(agents, bus.agent)}}))},
         "/messages/batch": {"post": _op("Receive up to 500 messages in one transaction", {
             "200": _json("one result per message: stored, duplicate, over_quota or invalid")},
@@ -74,8 +79,12 @@ def document() -> dict[str, Any]:
                                          **{"application/cloudevents-batch+json": {
                                              "schema": cloudevents.batch_schema()}}))},
         "/messages": {"get": _op("List inbox messages (owner-signed)", {
-            "200": _json("messages and next cursor"), "400": ERROR, **owner},
-            parameters=_params(inbox.QUERY))},
+            "200": {"description": "messages and next cursor; by Accept, CloudEvents",
+                    "content": {"application/json": {"schema": {"type": "object"}},
+                                cloudevents.BATCH_CONTENT_TYPE: {"schema": {"type": "array"}},
+                                CLOUDEVENTS: {"schema": {"type": "object"}}}},
+            "204": {"description": "Accept: application/cloudevents+json and no message"},
+            "400": ERROR, **owner}, parameters=_params(inbox.QUERY))},
         "/messages/ack": {"post": _op("Acknowledge a message by sender and id (owner-signed)", {
             "200": _json("acknowledged"), "404": ERROR, **owner}, body=True,
             requestBody=_body(ACK_SCHEMA))},
@@ -96,6 +105,12 @@ def document() -> dict[str, Any]:
         "/openapi.json": {"get": _op("This document (public)", {"200": _json("OpenAPI")},
                                      signed=False)},
     }
+    if "bus_a2a.send_message" in current_app.view_functions:  # mounted: bus.a2a.init_app
+        send = _op("A2A JSON-RPC SendMessage into the inbox", {
+            "200": _json("JSON-RPC result: an agent message with the outcome"), "429": quota},
+            body=True, requestBody=_body(a2a_schema()))
+        send["responses"]["400"] = _json("JSON-RPC error; data.problems names the fields")
+        paths[a2a.PATH] = {"post": send}
     for rule in current_app.url_map.iter_rules():
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         if rule.endpoint == "static" or path in paths:

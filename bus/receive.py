@@ -1,7 +1,9 @@
 """``POST /message`` and ``POST /messages/batch``: the durable receive endpoints of the bus.
 
 A message is answered 201 only after it is committed to the store (200 when the same
-``from`` + ``id`` was stored before: acknowledged again, stored once). Refusals store
+``from`` + ``id`` was stored before: acknowledged again, stored once). CloudEvents come
+structured (``application/cloudevents+json``) or in binary mode (``ce-*`` headers, any
+``Content-Type``: the body is the data), see :mod:`bus.cloudevents`. Refusals store
 nothing: 413 over the body limit (before the signature is checked), 415 for other content
 types, 401 unsigned/forged/stale, 400 bad fields (each listed), 429 with ``Retry-After`` when
 the sender has its inbox quota of unacknowledged messages here. A valid message whose
@@ -26,35 +28,56 @@ from bus.db import write
 from bus.inbox import OVER_QUOTA, RETRY_AFTER, store
 from bus.schema import MAX_BATCH
 from bus.state import state
-from bus.validate import expired, message_problems
-from bus.web import authenticate, fail, json_body, me
+from bus.validate import JSONError, expired, message_problems
+from bus.web import authenticate, fail, json_body, me, read_body
 
 bp = Blueprint("bus_receive", __name__)
 JSON = "application/json"
-CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
+CLOUDEVENTS_BATCH = cloudevents.BATCH_CONTENT_TYPE
+BINARY_MARK = "ce-specversion"  # a CloudEvents binary-mode request (HTTP binding)
 
 
 def signed_body(content_types: tuple[str, ...]) -> tuple[str, Any]:
     """The signing agent and the decoded JSON body, after the type and auth checks (the
     size was checked before the request reached the view)."""
     if request.mimetype not in content_types:
-        fail(415, f"Content-Type {request.content_type!r} is not {' or '.join(content_types)}")
+        binary = " (or a CloudEvents binary-mode request: ce-* headers)" if (
+            cloudevents.CONTENT_TYPE in content_types) else ""
+        fail(415, f"Content-Type {request.content_type!r} is not "
+                  f"{' or '.join(content_types)}{binary}")
     signer = authenticate()
     return signer, json_body()
 
 
-def check(data: Any, cloudevent: bool, signer: str) -> tuple[dict[str, Any], dict[str, str]]:
+def binary_event() -> tuple[str, dict[str, Any]]:
+    """The signing agent and the event of a binary-mode request (any Content-Type: the body
+    is the event's data); 400 when a JSON body is not valid JSON."""
+    signer = authenticate()
+    try:
+        event = cloudevents.from_binary(request.headers.items(), request.content_type, read_body())
+    except JSONError as exc:
+        fail(400, "invalid event", {"body": str(exc)})
+    if len(event.get("data_base64", "")) > cloudevents.MAX_BASE64:
+        fail(413, f"a binary-mode body that is not JSON is at most "
+                  f"{cloudevents.MAX_BASE64 // 4 * 3} bytes (the event carries it in base64)")
+    return signer, event
+
+
+def check(data: Any, cloudevent: bool, signer: str,
+          binary: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
     """The message ``data`` stands for and its problems (named as the sender named them);
     a valid message from another agent than the signer has only the problem ``signer``."""
     agents = list(state().agents)
     if cloudevent:
-        message, event_problems = cloudevents.from_cloudevent(data)
-        problems = cloudevents.attribute_problems(message_problems(message, agents, me()))
-        problems.update(event_problems)
+        problems = cloudevents.event_problems(data, agents, me())
+        if binary:
+            problems = cloudevents.binary_names(problems)
+        message = {} if problems else cloudevents.from_cloudevent(data)
     else:
         message, problems = data, message_problems(data, agents, me())
     if not problems and message["from"] != signer:
-        problems["signer"] = (f"from {message['from']!r} does not match the signing agent "
+        source = "source" if cloudevent else "from"
+        problems["signer"] = (f"{source} {data[source]!r} does not match the signing agent "
                               f"{signer!r}")
     return message, problems
 
@@ -68,15 +91,19 @@ def over_quota(sender: str) -> NoReturn:
 
 @bp.post("/message")
 def receive() -> ResponseReturnValue:
-    """Store one signed message (plain JSON or a CloudEvents structured event)."""
-    signer, data = signed_body((JSON, cloudevents.CONTENT_TYPE))
-    cloudevent = request.mimetype == cloudevents.CONTENT_TYPE
-    message, problems = check(data, cloudevent, signer)
+    """Store one signed message (plain JSON, or a CloudEvents structured or binary event)."""
+    binary = BINARY_MARK in request.headers
+    if binary:
+        signer, data = binary_event()
+    else:
+        signer, data = signed_body((JSON, cloudevents.CONTENT_TYPE))
+    cloudevent = binary or request.mimetype == cloudevents.CONTENT_TYPE
+    message, problems = check(data, cloudevent, signer, binary)
     if "signer" in problems:
         fail(401, problems["signer"],
              hint="Sign a message with the key of the agent named in its `from`.")
     if problems:
-        fail(400, "invalid message", problems)
+        fail(400, "invalid event" if cloudevent else "invalid message", problems)
     if expired(message):
         return jsonify({"status": "expired", "id": message["id"]}), 200
     fmt = "cloudevents" if cloudevent else "fleet"

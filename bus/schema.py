@@ -5,8 +5,10 @@ Each property's ``description`` is the rule a value must meet, phrased so that a
 reads ``'<value>' is not <description>``. The schemas use a small subset of JSON Schema
 2020-12, checked by :func:`schema_problems`: ``type``, ``enum``, ``const``, ``minLength``,
 ``maxLength``, ``pattern``, ``minimum``, ``maximum``, ``format: date-time``, ``required``,
-``properties``, ``additionalProperties: false``, ``minItems``/``maxItems``/``items`` and
-``allOf`` of ``if``/``then``/``else``.
+``properties`` (nested objects too: their problems are named ``outer.inner``),
+``additionalProperties`` (``false``, or a schema for the values with ``propertyNames``),
+``minItems``/``maxItems``/``items`` and ``allOf`` of ``if``/``then``/``else`` (a branch may
+hold ``required``, ``properties`` or ``not: {required}``).
 """
 
 from __future__ import annotations
@@ -110,6 +112,54 @@ def send_schema(agents: Collection[str]) -> dict[str, Any]:
     }
 
 
+A2A_METHODS = ("SendMessage", "message/send")  # A2A 1.0, and 0.3 for older clients
+A2A_ROLES = ("ROLE_USER", "ROLE_AGENT", "user", "agent")
+OBJECT = {"type": "object", "description": "a JSON object"}
+
+
+def a2a_schema() -> dict[str, Any]:
+    """An A2A JSON-RPC ``SendMessage`` (or 0.3 ``message/send``) request (``POST /a2a``): the
+    message is kept whole as the payload of an inbox message from the signing agent."""
+    message = {
+        "type": "object", "required": ["messageId", "role", "parts"],
+        "additionalProperties": False,
+        "description": "an A2A Message (messageId, role, parts)",
+        "properties": {
+            "messageId": _id(),
+            "role": {"enum": list(A2A_ROLES),
+                     "description": f"an A2A role ({', '.join(A2A_ROLES)})"},
+            "parts": {"type": "array", "minItems": 1, "maxItems": 100, "items": OBJECT,
+                      "description": "a JSON array of 1 to 100 parts (objects)"},
+            "kind": {"const": "message", "description": "'message'"},
+            "contextId": _id(),
+            "taskId": _id(),
+            "metadata": OBJECT,
+            "extensions": {"type": "array", "items": {"type": "string", "description": "a URI"},
+                           "description": "a JSON array of extension URIs"},
+            "referenceTaskIds": {"type": "array", "items": _id(),
+                                 "description": "a JSON array of task ids"},
+        },
+    }
+    return {
+        "type": "object", "required": ["jsonrpc", "id", "method", "params"],
+        "additionalProperties": False,
+        "properties": {
+            "jsonrpc": {"const": "2.0", "description": "'2.0'"},
+            "id": {"type": ["string", "integer"], "maxLength": MAX_ID,
+                   "description": f"a JSON-RPC id (a string of at most {MAX_ID} characters, "
+                                  "or an integer)"},
+            "method": {"enum": list(A2A_METHODS),
+                       "description": f"an A2A method served here ({', '.join(A2A_METHODS)})"},
+            "params": {
+                "type": "object", "required": ["message"], "additionalProperties": False,
+                "description": "A2A SendMessageRequest params (message, configuration, ...)",
+                "properties": {"message": message, "configuration": OBJECT,
+                               "metadata": OBJECT,
+                               "tenant": {"type": "string", "description": "a tenant name"}}},
+        },
+    }
+
+
 def query_problems(schema: Mapping[str, Any], args: Mapping[str, str]) -> dict[str, str]:
     """Problems of query parameters ``args`` by name against ``schema`` (parameter name ->
     schema: ``integer`` in ASCII digits, ``enum``, ``string``); unknown ones too."""
@@ -149,6 +199,7 @@ TYPE_CHECKS = {
     "null": lambda v: v is None,
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
+    "boolean": lambda v: isinstance(v, bool),
 }
 
 
@@ -172,6 +223,8 @@ def value_ok(schema: Mapping[str, Any], value: Any) -> bool:
             return False
         if schema.get("format") == "date-time" and parse_timestamp(value) is None:
             return False
+    if isinstance(value, dict) and "properties" in schema and schema_problems(schema, value):
+        return False
     if isinstance(value, list):
         if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value)):
             return False
@@ -189,10 +242,20 @@ def schema_problems(schema: Mapping[str, Any], data: Any) -> dict[str, str]:
         return {"body": f"must be a JSON object with fields {fields}"}
     problems = {name: "missing required field" for name in schema.get("required", ())
                 if name not in data}
+    extra = schema.get("additionalProperties", True)
     for name, value in data.items():
         if name not in properties:
-            if schema.get("additionalProperties", True) is False:
+            if extra is False:
                 problems[str(name)] = f"unknown field (allowed: {', '.join(properties)})"
+            elif isinstance(extra, dict):
+                names = schema.get("propertyNames", {})
+                if not value_ok(names, name):
+                    problems[str(name)] = f"unknown field, and not {names['description']}"
+                elif not value_ok(extra, value):
+                    problems[name] = f"{value!r} is not {extra['description']}"
+        elif isinstance(value, dict) and "properties" in properties[name]:
+            problems.update({f"{name}.{inner}": problem for inner, problem
+                             in schema_problems(properties[name], value).items()})
         elif not value_ok(properties[name], value):
             problems[name] = f"{value!r} is not {properties[name]['description']}"
     for rule in schema.get("allOf", ()):
@@ -203,6 +266,9 @@ def schema_problems(schema: Mapping[str, Any], data: Any) -> dict[str, str]:
         branch = rule.get("then" if holds else "else")
         if branch is None:
             continue
+        excluded = branch.get("not", {}).get("required", [])
+        if excluded and all(name in data for name in excluded):
+            problems.setdefault(excluded[0], branch["description"])
         for name in branch.get("required", ()):
             sub = branch.get("properties", {}).get(name, {})
             if name not in problems and (name not in data or not value_ok(sub, data[name])):

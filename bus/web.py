@@ -26,7 +26,7 @@ def fail(status: int, error: str, problems: dict[str, str] | None = None,
     abort(response)
 
 
-BUS_PATHS = ("/message", "/outbox", "/bus/")
+BUS_PATHS = ("/message", "/outbox", "/bus/", "/a2a")
 
 
 def too_large() -> str:

@@ -7,12 +7,26 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
+from bus.a2a import PATH as A2A_PATH
+from bus.signing import AGENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 from fleet.gateway import current_agent, current_registry
 from fleet.release import running_release
 
 bp = Blueprint("card", __name__)
 CARD_PATH = "/.well-known/agent-card.json"
-A2A_PROTOCOL_VERSION = "0.3.0"
+A2A_VERSIONS = ("1.0", "0.3")  # A2A 1.0 (SendMessage), 0.3 (message/send) at the same URL
+# The bus's signature headers as A2A security schemes (0.3 / OpenAPI form, which a2a-sdk
+# 1.x maps to its 1.0 model): every call to the A2A endpoint needs all three.
+SECURITY_SCHEMES = {
+    "fleetAgent": {"type": "apiKey", "in": "header", "name": AGENT_HEADER,
+                   "description": "the sending agent's name in the fleet registry"},
+    "fleetTimestamp": {"type": "apiKey", "in": "header", "name": TIMESTAMP_HEADER,
+                       "description": "unix seconds, within 300 s of the gateway's clock"},
+    "fleetSignature": {"type": "apiKey", "in": "header", "name": SIGNATURE_HEADER,
+                       "description": "sha256=<hex HMAC-SHA256 with the agent's bus key of "
+                                      "'<timestamp>\\n<METHOD>\\n<path>\\n<query>\\n' + "
+                                      "body> (bus.signing; bus.a2a.httpx_signer signs)"},
+}
 
 
 def init_app(app: Flask) -> None:
@@ -21,21 +35,26 @@ def init_app(app: Flask) -> None:
 
 
 def agent_card() -> dict[str, Any]:
-    """The A2A agent card: identity, endpoint, version, capabilities and one skill per
-    registry capability."""
+    """The A2A agent card: identity, the JSON-RPC endpoint the bus serves (``/a2a``, A2A 1.0
+    and 0.3) with the signature it needs, version, capabilities and one skill per registry
+    capability. Both a2a-sdk 1.x (1.0 model) and 0.3 clients read it."""
     agent = current_agent()
     registry = current_registry()
+    url = f"{agent.gateway_url}{A2A_PATH}"
     return {
-        "protocolVersion": A2A_PROTOCOL_VERSION,
         "name": agent.name,
         "description": agent.description or f"{agent.role} agent of fleet {registry.name}",
-        "url": f"{agent.gateway_url}/message",
-        "preferredTransport": "HTTP+JSON",
+        "supportedInterfaces": [{"url": url, "protocolBinding": "JSONRPC",
+                                 "protocolVersion": version} for version in A2A_VERSIONS],
+        "url": url,  # the 0.3 fields of the same interface
+        "preferredTransport": "JSONRPC",
+        "protocolVersion": "0.3.0",
         "version": current_app.config.get("RELEASE") or running_release()[0],
         "provider": {"organization": registry.name, "url": agent.gateway_url},
-        "capabilities": {"streaming": False, "pushNotifications": False,
-                         "stateTransitionHistory": False},
-        "defaultInputModes": ["application/cloudevents+json"],
+        "capabilities": {"streaming": False, "pushNotifications": False},
+        "securitySchemes": SECURITY_SCHEMES,
+        "security": [{name: [] for name in SECURITY_SCHEMES}],
+        "defaultInputModes": ["text/plain", "application/json"],
         "defaultOutputModes": ["application/json"],
         "skills": [
             {"id": capability, "name": capability, "tags": [capability, agent.role],

@@ -151,7 +151,7 @@ def test_openapi_documents_every_route(app: Flask, client: FlaskClient) -> None:
     assert document["openapi"].startswith("3.")
     signed = {path for path, operations in document["paths"].items()
               for operation in operations.values() if "security" in operation}
-    assert signed == {"/message", "/messages/batch", "/messages", "/messages/ack",
+    assert signed == {"/message", "/messages/batch", "/messages", "/messages/ack", "/a2a",
                       "/outbox", "/bus/stats", "/bus/dead-letters", "/bus/dead-letters/redrive"}
 
 

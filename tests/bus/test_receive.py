@@ -105,7 +105,8 @@ def test_other_content_types_are_refused(client: FlaskClient, store: Path) -> No
     response = post(client, dumps(message()), content_type="text/plain")
     assert response.status_code == 415
     assert response.json == {"error": "Content-Type 'text/plain' is not application/json or "
-                                      "application/cloudevents+json"}
+                                      "application/cloudevents+json (or a CloudEvents "
+                                      "binary-mode request: ce-* headers)"}
     assert rows(store, "SELECT COUNT(*) FROM inbox") == [(0,)]
 
 
@@ -165,7 +166,8 @@ def test_bad_cloudevent_names_the_attributes(client: FlaskClient, store: Path) -
     assert response.status_code == 400
     assert response.json["problems"] == {
         "specversion": "'0.3' is not '1.0'",
-        "source": f"'nobody' is not an agent in the registry (agents: {AGENTS})",
+        "source": "'nobody' is not an agent in the registry, or a URI reference ending in "
+                  f"/<agent> such as /agents/bezalel (agents: {AGENTS})",
         "type": "'com.x.alert' is not fleet.<type> (e.g. fleet.request)",
     }
     assert rows(store, "SELECT COUNT(*) FROM inbox") == [(0,)]

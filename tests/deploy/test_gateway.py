@@ -79,6 +79,6 @@ def test_agent_card_lists_capabilities_as_skills(node: dict[str, Path]) -> None:
     card = make_app(node).test_client().get("/.well-known/agent-card.json").get_json()
     assert card["name"] == "alpha"
     assert card["description"] == "The first."
-    assert card["url"] == "http://127.0.0.1:8646/message"
+    assert card["url"] == "http://127.0.0.1:8646/a2a"
     assert card["version"] == "abc123"
     assert [skill["id"] for skill in card["skills"]] == ["code", "review"]
