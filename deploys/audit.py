@@ -115,7 +115,9 @@ def audit_node(state: State, host: Host, ctx: AgentContext) -> bool:
     }
     update_host(current_run_id(), host.name, entry, Masker(secrets().values()))
     if not verify.get("unlocked"):
-        host.run_shell_command(StringCommand(lock.release_command(lock.owner())))
+        # a direct command gets no host-data global arguments: pass ``_sudo`` on
+        host.run_shell_command(StringCommand(lock.release_command(lock.owner())),
+                               _sudo=bool(host.data.get("_sudo")))
     host.log(f"audit: {status}, {len(changed)} operation(s) changed, "
              f"{len(found)} drift(s)", logger.info)
     if status == "ok":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from deploys import webhook
 from deploys.context import OPT, RELEASES, SSHD_DROPIN, AgentContext, phase
-from deploys.ops import agent_account, directories, managed_file
+from deploys.ops import UPLOAD_DIR, agent_account, directories, managed_file
 
 # sshd takes the first value it reads for a keyword, and Debian's sshd_config includes
 # sshd_config.d/*.conf at its top: whatever this drop-in sets wins over the administrator's
@@ -26,7 +26,7 @@ SSHD = "sshd: no password logins (checked, then reloaded)"
 def run(ctx: AgentContext) -> None:
     """User (no login shell), /opt/fleet, /etc/fleet/<agent>, state dir, sshd settings."""
     ctx.track(USER, agent_account(name=USER, user=ctx.user, home=ctx.state_dir, node=ctx.node))
-    ctx.track(DIRECTORIES, directories(name=DIRECTORIES, node=ctx.node, specs=[
+    specs = [
         (OPT, "root", "root", "755"),
         (RELEASES, "root", "root", "755"),
         (f"{OPT}/bin", "root", "root", "755"),
@@ -34,7 +34,10 @@ def run(ctx: AgentContext) -> None:
         (ctx.etc_dir, "root", ctx.user, "750"),
         ("/var/lib/fleet", "root", "root", "755"),
         (ctx.state_dir, ctx.user, ctx.user, "700"),
-    ]))
+    ]
+    if ctx.registry.become:  # the sudo user's private upload folder (deploys/ops.upload_temp)
+        specs.append((UPLOAD_DIR, ctx.agent.ssh_user, "root", "700"))
+    ctx.track(DIRECTORIES, directories(name=DIRECTORIES, node=ctx.node, specs=specs))
     ctx.track(SSHD, managed_file(
         name=SSHD, dest=SSHD_DROPIN, content=SSHD_SETTINGS, user="root", group="root",
         mode="644", node=ctx.node, then=["sshd -t", "systemctl reload ssh.service"]))

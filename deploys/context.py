@@ -14,7 +14,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 
 from deploys.lock import LOCK_DIR
-from deploys.ops import Outcome
+from deploys.ops import UPLOAD_DIR, Outcome
 from fleet import expected
 from fleet.envfile import format_env
 from fleet.registry import Agent, Registry, load_registry
@@ -129,9 +129,10 @@ class AgentContext:
     def managed_paths(self) -> list[str]:
         """Every path the deploy manages for this agent (read in one NodeState snapshot)."""
         etc = self.etc_dir
-        return [OPT, RELEASES, f"{OPT}/bin", NODECTL, "/etc/fleet", etc, "/var/lib/fleet",
-                self.state_dir, SSHD_DROPIN, f"{etc}/registry.yaml", f"{etc}/config.json",
-                f"{etc}/soul.md", f"{etc}/env", self.unit_path]
+        paths = [OPT, RELEASES, f"{OPT}/bin", NODECTL, "/etc/fleet", etc, "/var/lib/fleet",
+                 self.state_dir, SSHD_DROPIN, f"{etc}/registry.yaml", f"{etc}/config.json",
+                 f"{etc}/soul.md", f"{etc}/env", self.unit_path]
+        return [*paths, UPLOAD_DIR] if self.registry.become else paths
 
     @property
     def unit_path(self) -> str:

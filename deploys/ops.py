@@ -63,6 +63,18 @@ class Outcome(Protocol):
     def stdout(self) -> str: ...
 
 
+UPLOAD_DIR = "/var/lib/fleet/.upload"
+"""With ``fleet.become`` (host data ``_sudo``): the login user's own 0700 folder where SFTP
+puts a file before sudo copies it in place, so no content (secrets) sits in a shared /tmp."""
+
+
+def upload_temp(dest: str) -> str:
+    """Where pyinfra's SSH connector puts a file for ``dest`` when it uploads through sudo
+    (then ``sudo cp`` to ``dest``): in :data:`UPLOAD_DIR`. Without sudo it uploads to ``dest``
+    directly and ignores this."""
+    return f"{UPLOAD_DIR}/{dest.strip('/').replace('/', '_')}"
+
+
 def _q(*parts: str) -> str:
     return " ".join(shlex.quote(part) for part in parts)
 
@@ -218,7 +230,7 @@ def _upload(dest: str, source: Any, user: str, group: str, mode: str, then: Sequ
     if secret:
         yield _q("install", "-m", mode, "-o", user, "-g", group, "/dev/null", staging)
         fix = []
-    yield FileUploadCommand(source, staging, remote_temp_filename=staging)
+    yield FileUploadCommand(source, staging, remote_temp_filename=upload_temp(staging))
     yield " && ".join([*fix, _q("mv", "-f", staging, dest), *then])
 
 
@@ -286,7 +298,7 @@ def release_unpacked(release_id: str, tarball: str, releases_dir: str, node: Nod
     staging = f"{releases_dir}/.unpack-{release_id}"
     upload = f"{staging}.tar.gz"
     final = f"{releases_dir}/{release_id}"
-    yield FileUploadCommand(tarball, upload, remote_temp_filename=upload)
+    yield FileUploadCommand(tarball, upload, remote_temp_filename=upload_temp(upload))
     yield (f"rm -rf {_q(staging, final)} && mkdir {_q(staging)} && "
            f"tar -xzf {_q(upload)} -C {_q(staging)} && rm -f {_q(upload)} && "
            f"mv -T {_q(staging, final)}")

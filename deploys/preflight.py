@@ -1,7 +1,8 @@
 """Phase 1, preflight: check the node can take a deploy and take its deploy lock.
 
 Checks (in the same round trip as the node snapshot the later phases decide from):
-Debian/Ubuntu with systemd, python3 >= 3.11, free disk under /opt,
+Debian/Ubuntu with systemd, python3 >= 3.11 and one the release carries compiled modules for
+(``fleet.release.NODE_PYTHONS``), free disk under /opt,
 clock skew, and nobody else's deploy lock (:mod:`deploys.lock`). SSH itself is checked by
 pyinfra's connect. A failing node is named with its reasons and gets a single failing
 operation, so nothing changes on it.
@@ -19,6 +20,7 @@ from pyinfra.operations import server
 from deploys import lock
 from deploys.context import AgentContext, load_node, phase
 from fleet.records import current_run_id, update_host
+from fleet.release import NODE_PYTHONS
 
 MIN_PYTHON = (3, 11)
 MIN_FREE_MB = 200
@@ -38,6 +40,10 @@ def problems(facts: dict[str, Any], owner: str) -> tuple[list[str], str]:
     elif facts["python"] < MIN_PYTHON:
         version = ".".join(map(str, facts["python"]))
         found.append(f"python3 is {version}, needs >= {'.'.join(map(str, MIN_PYTHON))}")
+    elif ".".join(map(str, facts["python"][:2])) not in NODE_PYTHONS:
+        version = ".".join(map(str, facts["python"]))
+        found.append(f"python3 is {version}: the release carries compiled modules for Python "
+                     f"{', '.join(NODE_PYTHONS)} only (Debian 12 or 13, Ubuntu 24.04)")
     if facts["free_mb"] is not None and facts["free_mb"] < MIN_FREE_MB:
         found.append(f"only {facts['free_mb']} MiB free under /opt, needs {MIN_FREE_MB} MiB")
     if facts["skew_s"] is None or abs(facts["skew_s"]) > MAX_SKEW_S:

@@ -36,6 +36,8 @@ def host_data(agent: Agent, registry: Registry) -> dict[str, Any]:
     }
     if registry.ssh_key:
         data["ssh_key"] = registry.ssh_key
+    if registry.become == "sudo":
+        data["_sudo"] = True  # pyinfra's global argument, as host data: every operation and fact
     # Host keys are always checked, against the registry's known_hosts only; with none set,
     # against an empty file: every connection is refused, nothing is trusted on first use
     # (`fleet hosts scan` records the keys).

@@ -49,7 +49,8 @@ class HostResult:
 
 def testinfra_target(agent: Agent, registry: Registry) -> tuple[str, dict[str, Any]]:
     """The ``testinfra.get_host`` spec and keyword arguments reaching ``agent`` like the
-    deploy does (host key checked strictly when the registry pins host keys)."""
+    deploy does (host key checked strictly when the registry pins host keys; through sudo when
+    the registry's ``fleet.become`` says so)."""
     extra = ["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
     if registry.ssh_key:
         extra += ["-o", "IdentitiesOnly=yes"]
@@ -57,6 +58,8 @@ def testinfra_target(agent: Agent, registry: Registry) -> tuple[str, dict[str, A
         extra += ["-o", f"UserKnownHostsFile={registry.known_hosts}",
                   "-o", "StrictHostKeyChecking=yes"]
     kwargs: dict[str, Any] = {"ssh_extra_args": shlex.join(extra)}
+    if registry.become == "sudo":
+        kwargs["sudo"] = True  # checks read root-only files (env, sshd -T)
     if registry.ssh_key:
         kwargs["ssh_identity_file"] = registry.ssh_key
     return f"ssh://{agent.ssh_user}@{agent.host}:{agent.ssh_port}", kwargs

@@ -49,7 +49,10 @@ AGENT_FIELDS = (
     "config",
 )
 REQUIRED_AGENT_FIELDS = ("host", "role", "model")
-FLEET_FIELDS = ("name", "ssh_key", "known_hosts", "repo_url")
+FLEET_FIELDS = ("name", "ssh_key", "known_hosts", "repo_url", "become")
+BECOME_METHODS = ("sudo",)
+"""``fleet.become``: how a non-root ``ssh_user`` becomes root on the nodes (absent: it logs in
+as root, or the deploy runs as ``ssh_user``)."""
 TOP_FIELDS = ("wizards", "fleet")
 
 
@@ -114,6 +117,7 @@ class Registry:
     ssh_key: str | None = None
     known_hosts: str | None = None
     repo_url: str | None = None
+    become: str | None = None
 
     def __iter__(self) -> Iterator[Agent]:
         return iter(self.agents.values())
@@ -152,7 +156,7 @@ class Registry:
     def to_dict(self) -> dict[str, Any]:
         """The whole registry as plain data (for ``--json`` and for writing lab registries)."""
         fleet = {"name": self.name, "ssh_key": self.ssh_key, "known_hosts": self.known_hosts,
-                 "repo_url": self.repo_url}
+                 "repo_url": self.repo_url, "become": self.become}
         return {
             "fleet": {key: value for key, value in fleet.items() if value},
             "wizards": {agent.name: agent.to_dict() for agent in self},
@@ -194,6 +198,7 @@ class _Validator:
         self.path = path
         self.problems: list[str] = []
         self.loader: yaml.SafeLoader | None = None
+        self.fleet_keys: set[str] = set()
 
     def problem(self, node: yaml.Node | None, where: str, message: str) -> None:
         line = f"{node.start_mark.line + 1}:" if node is not None else ""
@@ -223,6 +228,8 @@ class _Validator:
             raise self.fail()
         agents = self.agents(wizards[1])
         self.check_endpoints_unique(agents)
+        if "become" not in self.fleet_keys:  # a wrong `become` is reported already
+            self.check_become(agents)
         if self.problems:
             raise self.fail()
         return Registry(path=self.path, agents=agents, **settings)
@@ -269,11 +276,19 @@ class _Validator:
             return {}
         settings: dict[str, Any] = {}
         for key, (_, value_node) in self.mapping(node, "fleet", FLEET_FIELDS).items():
+            self.fleet_keys.add(key)
             if key not in FLEET_FIELDS:
                 continue
             value = self.value(value_node)
             if value is not None and not isinstance(value, str):
                 self.problem(value_node, f"fleet.{key}", f"{value!r} is not a string")
+                continue
+            if key == "become" and value not in BECOME_METHODS:
+                self.problem(value_node, "fleet.become",
+                             f"{value!r} is not a way to become root "
+                             f"({', '.join(BECOME_METHODS)}); write `become: sudo` for a "
+                             "login user with passwordless sudo, or leave it out to log in as "
+                             "root")
                 continue
             settings[key] = value
         return settings
@@ -338,6 +353,15 @@ class _Validator:
         if len(self.problems) > before:
             return None
         return Agent(**agent_data)
+
+    def check_become(self, agents: dict[str, Agent]) -> None:
+        """A login user other than root deploys only through ``fleet.become``."""
+        for agent in agents.values():
+            if agent.ssh_user != DEFAULT_SSH_USER:
+                self.problems.append(
+                    f"{self.path}:{agent.line}: wizards.{agent.name}.ssh_user: "
+                    f"{agent.ssh_user!r} is not root and the fleet sets no `become`; add "
+                    "`become: sudo` under `fleet:` (the user needs passwordless sudo)")
 
     def check_endpoints_unique(self, agents: dict[str, Agent]) -> None:
         seen: dict[tuple[str, int], Agent] = {}

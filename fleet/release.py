@@ -1,9 +1,12 @@
 """Release id and release artifact: what the release phase ships to a node.
 
 A release is a tarball holding ``site/`` (Flask, gunicorn, PyYAML, requests and their
-dependencies as cp311 manylinux x86_64 wheels, unpacked, plus the ``fleet`` and ``bus``
-packages) and ``site/RELEASE`` (its id). Nodes need nothing but ``python3``; the unit runs
-``python3 -m gunicorn`` with ``PYTHONPATH=<release>/site``.
+dependencies as manylinux x86_64 wheels, unpacked, plus the ``fleet`` and ``bus`` packages) and
+``site/RELEASE`` (its id). One release runs on every node Python of ``NODE_PYTHONS`` (Debian 12's
+3.11, Ubuntu 24.04's 3.12, Debian 13's 3.13): the dependencies are resolved once for the first,
+the same versions fetched for the others, and their compiled modules (named per interpreter,
+``*.cpython-313-*.so``) laid side by side in one tree. Nodes need nothing but ``python3``; the
+unit runs ``python3 -m gunicorn`` with ``PYTHONPATH=<release>/site``.
 
 The release id is the repo's git sha (12 digits); when the shipped sources (``fleet/``,
 ``bus/``, ``pyproject.toml``) differ from ``HEAD`` it becomes ``<sha12>-dirty-<hash8>``.
@@ -41,8 +44,17 @@ BROKEN_MARKER = "BROKEN_RELEASE"
 SHIPPED_PACKAGES = ("fleet", "bus")
 NODE_REQUIREMENTS = ("Flask", "gunicorn", "PyYAML", "requests")
 DEPLOY_TOOL_REQUIREMENTS = ("pyinfra",)  # only on the node running the webhook receiver
-NODE_PLATFORM = ("--platform", "manylinux2014_x86_64", "--python-version", "3.11",
-                 "--implementation", "cp", "--abi", "cp311")
+NODE_PYTHONS = ("3.11", "3.12", "3.13")
+"""The node interpreters a release carries compiled modules for (preflight refuses others)."""
+
+
+def node_platform(python: str) -> tuple[str, ...]:
+    """pip's target options for a node interpreter ``python`` (``"3.13"``)."""
+    return ("--platform", "manylinux2014_x86_64", "--python-version", python,
+            "--implementation", "cp", "--abi", f"cp{python.replace('.', '')}")
+
+
+NODE_PLATFORM = tuple(arg for python in NODE_PYTHONS for arg in node_platform(python))
 _SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
 
 
@@ -97,6 +109,7 @@ def requirements(names: tuple[str, ...] = NODE_REQUIREMENTS) -> list[str]:
 def content_hash(root: Path) -> str:
     """sha256 over the shipped sources and the pinned requirements."""
     digest = hashlib.sha256()
+    digest.update(f"pythons {' '.join(NODE_PYTHONS)}\n".encode())
     for line in requirements():
         digest.update(f"req {line}\n".encode())
     for relative in shipped_files(root):
@@ -144,23 +157,58 @@ def _deps_dir(names: tuple[str, ...] = NODE_REQUIREMENTS) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-               "--no-warn-script-location", "--target", str(staging),
-               "--only-binary=:all:", *NODE_PLATFORM, *pins]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
+    try:
+        first, *others = NODE_PYTHONS
+        _pip_target(staging, first, pins)
+        exact = installed_versions(staging)  # the same versions for every interpreter
+        for python in others:
+            extra = staging / f".py{python}"
+            _pip_target(extra, python, exact, "--no-deps")
+            _merge_missing(extra, staging)
+            shutil.rmtree(extra)
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        raise DeployError(
-            f"pip could not fetch the node dependencies ({', '.join(pins)}): "
-            f"{done.stderr.strip().splitlines()[-1:] or done.returncode}",
-            hint="Check that PyPI is reachable from the controller, then deploy again.",
-        )
+        raise
     (staging / ".complete").write_text("\n".join(pins) + "\n")
     try:
         staging.rename(target)
     except OSError:  # another build finished first
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _pip_target(target: Path, python: str, pins: list[str], *options: str) -> None:
+    """``pip install --target`` of binary wheels for node interpreter ``python``."""
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+               "--no-warn-script-location", "--target", str(target), "--only-binary=:all:",
+               *node_platform(python), *options, *pins]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise DeployError(
+            f"pip could not fetch the node dependencies for Python {python} "
+            f"({', '.join(pins)}): {done.stderr.strip().splitlines()[-1:] or done.returncode}",
+            hint="Check that PyPI is reachable from the controller, then deploy again.",
+        )
+
+
+def installed_versions(site: Path) -> list[str]:
+    """``name==version`` of every distribution installed in ``site`` (its ``*.dist-info``)."""
+    pins = []
+    for info in sorted(site.glob("*.dist-info")):
+        name, _, version = info.name[: -len(".dist-info")].partition("-")
+        pins.append(f"{name}=={version}")
+    return pins
+
+
+def _merge_missing(source: Path, dest: Path) -> None:
+    """Copy into ``dest`` every file of ``source`` it lacks: another interpreter's compiled
+    modules (the pure-Python files are the same versions, already there)."""
+    for path in sorted(source.rglob("*")):
+        target = dest / path.relative_to(source)
+        if path.is_file() and not target.exists() and not path.relative_to(source).parts[0] \
+                .endswith(".dist-info") and path.relative_to(source).parts[0] != "bin":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -33,6 +33,7 @@ COMMANDS = {
     "dashboard": "fleet.cli.dashboard:dashboard",
     "test": "fleet.cli.livetest:live_test_command",
     "drift": "fleet.cli.drift:drift",
+    "init": "fleet.cli.init:init",
 }
 
 

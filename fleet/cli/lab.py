@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import threading
+from dataclasses import replace
 from types import FrameType
 
 import click
@@ -13,6 +14,8 @@ import click
 from fleet import lab as lab_api
 from fleet.cli.context import CliContext, pass_cli
 from fleet.lab.paths import DEFAULT_LAB, LAB_ENV
+from fleet.lab.rootfs import SUITES
+from fleet.validate import USER_NAME_FORM, USER_NAME_RE
 
 lab_option = click.option("--lab", "lab_name", envvar=LAB_ENV, default=DEFAULT_LAB,
                           show_default=True, help="Lab name (also from $FLEET_LAB).")
@@ -38,6 +41,34 @@ def _cancel_on_signals() -> threading.Event:
     return cancel
 
 
+def _user_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--ssh-user``: a POSIX user name, matched in full."""
+    if value is not None and not USER_NAME_RE.fullmatch(value):
+        raise click.BadParameter(f"{value!r} is not a user name ({USER_NAME_FORM})")
+    return value
+
+
+def _repo_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--repo-url``: no leading ``-`` and no control character (git gets it as a value)."""
+    if value is not None and (value.startswith("-") or not value.isprintable()):
+        raise click.BadParameter(f"{value!r} is not a repository URL (it may not start with "
+                                 "'-' or hold a control character)")
+    return value
+
+
+def _releases(ctx: click.Context, param: click.Parameter,
+              value: tuple[str, ...]) -> dict[str, str]:
+    """``--release [NAME=]SUITE`` options as ``{NAME or "": SUITE}``."""
+    releases: dict[str, str] = {}
+    for item in value:
+        name, _, suite = item.rpartition("=")
+        if suite not in SUITES:
+            raise click.BadParameter(f"{suite!r} is not a Debian release the lab boots "
+                                     f"({', '.join(SUITES)})")
+        releases[name] = suite
+    return releases
+
+
 @click.group()
 def lab() -> None:
     """Run a local lab fleet of systemd-nspawn nodes (needs root)."""
@@ -46,13 +77,27 @@ def lab() -> None:
 @lab.command()
 @click.option("-n", "--nodes", type=click.IntRange(min=1), default=None,
               help="Number of nodes (default: one per registry agent; extra ones are workers).")
+@click.option("--ssh-user", metavar="USER", callback=_user_name,
+              help="Reach every node as USER (passwordless sudo; root logins refused); the "
+                   "lab registry says `become: sudo`.")
+@click.option("--repo-url", metavar="URL", callback=_repo_url,
+              help="`fleet.repo_url` of the lab registry (the webhook receiver's fleet repo), "
+                   "instead of the registry's.")
+@click.option("--release", "releases", metavar="[NAME=]SUITE", multiple=True,
+              callback=_releases,
+              help="Debian release the nodes boot: bookworm (default) or trixie; NAME=SUITE "
+                   "for one node (repeat for several).")
 @lab_option
 @pass_cli
-def up(cli: CliContext, nodes: int | None, lab_name: str) -> None:
+def up(cli: CliContext, nodes: int | None, ssh_user: str | None, repo_url: str | None,
+       releases: dict[str, str], lab_name: str) -> None:
     """Boot one node per registry agent and write the lab registry."""
     cancel = _cancel_on_signals()  # so an interrupted `up` still cleans up after itself
-    path = lab_api.up(cli.registry, nodes=nodes, lab=lab_name, progress=_progress,
-                      cancel=cancel)
+    registry = cli.registry
+    if repo_url:
+        registry = replace(registry, repo_url=repo_url)
+    path = lab_api.up(registry, nodes=nodes, lab=lab_name, progress=_progress,
+                      cancel=cancel, ssh_user=ssh_user, releases=releases)
     count = len(lab_api.status(lab_name))
     click.echo(f"Lab {lab_name!r} is up with {count} nodes. Point the fleet at it with:")
     click.echo(f"  export FLEET_REGISTRY={path}")

@@ -50,9 +50,12 @@ class NodeStatus:
 
 def up(registry: Registry, nodes: int | None = None, lab: str = DEFAULT_LAB,
        progress: Callable[[str], None] | None = None,
-       cancel: threading.Event | None = None) -> Path:
+       cancel: threading.Event | None = None, ssh_user: str | None = None,
+       releases: dict[str, str] | None = None) -> Path:
     """Boot the lab from ``registry`` (first ``nodes`` agents, extra workers beyond) and
-    return the lab registry path. On any failure (or ``cancel`` being set) everything is
+    return the lab registry path; with ``ssh_user``, nodes are reached as that sudo user and
+    refuse root logins; ``releases`` maps node names (``""``: all) to the Debian release they
+    boot (bookworm by default, trixie). On any failure (or ``cancel`` being set) everything is
     torn down before raising."""
     check_prerequisites()
     path = lab_dir(lab)
@@ -64,7 +67,8 @@ def up(registry: Registry, nodes: int | None = None, lab: str = DEFAULT_LAB,
                                     "--lab.")
             teardown(lab, path)  # left over from a killed run or a reboot: nothing runs
         try:
-            return bring_up(registry, nodes, lab, path, progress or (lambda _: None), cancel)
+            return bring_up(registry, nodes, lab, path, progress or (lambda _: None), cancel,
+                            ssh_user, releases)
         except BaseException as exc:
             join_threads(thread_prefix(lab))  # no node thread may build while we tear down
             try:

@@ -75,11 +75,16 @@ def join_threads(prefix: str, timeout: float = 180) -> None:
 
 
 def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
-             progress: Progress = _quiet, cancel: threading.Event | None = None) -> Path:
+             progress: Progress = _quiet, cancel: threading.Event | None = None,
+             ssh_user: str | None = None, releases: dict[str, str] | None = None) -> Path:
     """Build the lab in ``lab_path`` (which must be down); the caller tears down on failure.
 
     Setting ``cancel`` stops the start-up at the next checkpoint with :class:`Cancelled`.
+    With ``ssh_user`` (not root) every node has that user with passwordless sudo and refuses
+    root logins; the lab registry says ``become: sudo``. ``releases`` picks each node's Debian
+    release (see :func:`plan_nodes`); each release's base rootfs is built once and cached.
     """
+    root_login = ssh_user in (None, "root")
     abort = threading.Event()
 
     def checkpoint() -> None:
@@ -91,17 +96,17 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
     lab_path.mkdir(parents=True, exist_ok=True)
     for key, value in raise_host_limits().items():
         progress(f"raised {key} to {value} (many nodes need more inotify instances)")
-    base = ensure_base(progress)
-    checkpoint()
     index = network.allocate_index(lab_path)
-    plan = plan_nodes(registry, nodes, index)
+    plan = plan_nodes(registry, nodes, index, ssh_user, releases)
+    bases = {suite: ensure_base(progress, suite) for suite in sorted({n.release for n in plan})}
+    checkpoint()
     records = [NodeRecord(n.name, n.ip, n.position, network.netns_name(index, n.name))
                for n in plan]
     write_records(lab_path, index, records)
     lab_key = keys.ensure_lab_key(lab_path, lab)
     host_keys = {n.name: keys.ensure_host_key(lab_path, n.name) for n in plan}
     write_files(registry, plan, lab, lab_path,
-                {name: keys.public_key(key) for name, key in host_keys.items()})
+                {name: keys.public_key(key) for name, key in host_keys.items()}, root_login)
     network.create_bridge(index)
     checkpoint()
     progress(f"booting {len(plan)} nodes on {network.bridge_name(index)} "
@@ -114,9 +119,9 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
         checkpoint()
         paths = node.NodePaths.of(lab_path, item.name)
         netns = network.create_node_network(index, item.position, item.name)
-        node.mount_overlay(paths, base)
+        node.mount_overlay(paths, bases[item.release])
         node.inject_identity(paths.root, item.name, host_keys[item.name], lab_public,
-                             item.agent.ssh_port, item.agent.ssh_user, hosts)
+                             item.agent.ssh_port, item.agent.ssh_user, hosts, root_login)
         checkpoint()
         pid = node.start(paths, lab, item.name, netns)
         if os.environ.get(FAIL_ENV) == item.name:
@@ -139,12 +144,12 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
 
 
 def write_files(registry: Registry, plan: list[LabNode], lab: str, lab_path: Path,
-                host_keys: dict[str, str]) -> None:
+                host_keys: dict[str, str], root_login: bool = True) -> None:
     """known_hosts, ssh_config, copies of the souls and the lab registry."""
     for item in plan:
         soul = lab_path / lab_soul(item.name)
         soul.parent.mkdir(exist_ok=True)
         soul.write_bytes(item.soul.read_bytes())
     (lab_path / KNOWN_HOSTS).write_text(known_hosts_text(plan, host_keys))
-    (lab_path / SSH_CONFIG).write_text(ssh_config_text(plan, lab_path))
+    (lab_path / SSH_CONFIG).write_text(ssh_config_text(plan, lab_path, root_login))
     (lab_path / REGISTRY_FILE).write_text(lab_registry_yaml(registry, plan, lab, lab_path))

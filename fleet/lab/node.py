@@ -71,10 +71,15 @@ def mount_overlay(paths: NodePaths, base: Path) -> None:
     run(["mount", "-t", "overlay", "overlay", "-o", options, str(paths.root)])
 
 
+ROOT_LOGIN_OFF = "etc/ssh/sshd_config.d/10-fleet-lab-no-root.conf"
+
+
 def inject_identity(root: Path, name: str, host_key: Path, lab_public_key: str,
-                    ssh_port: int, ssh_user: str, hosts: dict[str, str]) -> None:
+                    ssh_port: int, ssh_user: str, hosts: dict[str, str],
+                    root_login: bool = True) -> None:
     """Hostname, host key, sshd port, /etc/hosts, and the lab key for root, the sudo user
-    and the agent's ``ssh_user`` (created with passwordless sudo if the image lacks it)."""
+    and the agent's ``ssh_user`` (created with passwordless sudo if the image lacks it);
+    without ``root_login``, sshd refuses root (``PermitRootLogin no``)."""
     (root / "etc/hostname").write_text(f"{name}\n")
     for suffix in ("", ".pub"):
         target = root / "etc/ssh" / f"{HOST_KEY}{suffix}"
@@ -82,6 +87,8 @@ def inject_identity(root: Path, name: str, host_key: Path, lab_public_key: str,
         target.chmod(0o600 if not suffix else 0o644)
     if ssh_port != 22:
         (root / "etc/ssh/sshd_config.d/fleet-lab-port.conf").write_text(f"Port {ssh_port}\n")
+    if not root_login:
+        (root / ROOT_LOGIN_OFF).write_text("PermitRootLogin no\n")
     _authorize(root / "root", lab_public_key)
     for user in dict.fromkeys((ADMIN_USER, ssh_user)):
         if user == "root":

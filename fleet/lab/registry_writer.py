@@ -11,6 +11,7 @@ import yaml
 from fleet.errors import LabError
 from fleet.lab.keys import LAB_KEY
 from fleet.lab.network import MAX_NODES, node_ip
+from fleet.lab.rootfs import SUITE, check_suite
 from fleet.registry import Agent, Registry
 
 KNOWN_HOSTS = "known_hosts"
@@ -26,6 +27,7 @@ class LabNode:
     position: int
     agent: Agent
     soul: Path
+    release: str = SUITE  # the Debian release the node boots
 
     @property
     def name(self) -> str:
@@ -36,8 +38,12 @@ class LabNode:
         return self.agent.host
 
 
-def plan_nodes(registry: Registry, nodes: int | None, index: int) -> list[LabNode]:
-    """The first ``nodes`` agents (all by default) plus extra ``worker-NN`` when asked for more."""
+def plan_nodes(registry: Registry, nodes: int | None, index: int,
+               ssh_user: str | None = None,
+               releases: dict[str, str] | None = None) -> list[LabNode]:
+    """The first ``nodes`` agents (all by default) plus extra ``worker-NN`` when asked for more;
+    with ``ssh_user``, every node is reached as that (sudo) user. ``releases`` maps a node
+    name (or ``""``: every node) to the Debian release it boots (default bookworm)."""
     count = len(registry) if nodes is None else nodes
     if not 1 <= count <= MAX_NODES:
         raise LabError(f"-n {count} is out of range: a lab has 1 to {MAX_NODES} nodes",
@@ -63,9 +69,23 @@ def plan_nodes(registry: Registry, nodes: int | None, index: int) -> list[LabNod
     for position, (agent, soul) in enumerate(planned):
         ip = node_ip(index, position)
         lab_agent = replace(agent, host=ip, soul=str(soul.resolve()),
-                            health_endpoint=f"http://{ip}:{agent.gateway_port}/health")
+                            health_endpoint=f"http://{ip}:{agent.gateway_port}/health",
+                            ssh_user=ssh_user or agent.ssh_user)
         result.append(LabNode(position, lab_agent, soul.resolve()))
-    return result
+    return _with_releases(result, releases or {})
+
+
+def _with_releases(plan: list[LabNode], releases: dict[str, str]) -> list[LabNode]:
+    """The plan with each node's Debian release from ``releases`` (checked)."""
+    names = [node.name for node in plan]
+    for name, suite in releases.items():
+        check_suite(suite)
+        if name and name not in names:
+            raise LabError(f"--release {name}={suite}: the lab has no node {name!r} "
+                           f"(nodes: {', '.join(names)})",
+                           hint="Name a node of the lab, or pass --release SUITE for all.")
+    default = releases.get("", SUITE)
+    return [replace(node, release=releases.get(node.name, default)) for node in plan]
 
 
 def lab_registry_data(registry: Registry, nodes: list[LabNode], lab: str,
@@ -75,6 +95,8 @@ def lab_registry_data(registry: Registry, nodes: list[LabNode], lab: str,
                              "known_hosts": str(lab_path / KNOWN_HOSTS)}
     if registry.repo_url:
         fleet["repo_url"] = registry.repo_url
+    if registry.become or any(node.agent.ssh_user != "root" for node in nodes):
+        fleet["become"] = registry.become or "sudo"  # lab users get passwordless sudo
     return {"fleet": fleet, "wizards": {node.name: {**node.agent.to_dict(),
                                                      "soul": lab_soul(node.name)}
                                         for node in nodes}}
@@ -94,15 +116,16 @@ def lab_registry_yaml(registry: Registry, nodes: list[LabNode], lab: str,
     return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
-def ssh_config_text(nodes: list[LabNode], lab_path: Path) -> str:
-    """An ssh_config with one ``Host`` per node (for ``ssh -F`` and testinfra's ``ssh://``)."""
+def ssh_config_text(nodes: list[LabNode], lab_path: Path, root_login: bool = True) -> str:
+    """An ssh_config with one ``Host`` per node (for ``ssh -F`` and testinfra's ``ssh://``):
+    as root, or as each node's ``ssh_user`` when the nodes refuse root logins."""
     blocks = []
     for node in nodes:
         blocks.append(
             f"Host {node.name}\n"
             f"    HostName {node.ip}\n"
             f"    Port {node.agent.ssh_port}\n"
-            "    User root\n"
+            f"    User {'root' if root_login else node.agent.ssh_user}\n"
             f"    IdentityFile {lab_path / LAB_KEY}\n"
             "    IdentitiesOnly yes\n"
             f"    UserKnownHostsFile {lab_path / KNOWN_HOSTS}\n"

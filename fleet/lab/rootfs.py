@@ -1,4 +1,5 @@
-"""The shared Debian bookworm base rootfs: debootstrap once, cache a zstd tarball, unpack.
+"""The shared Debian base rootfs of each release (bookworm, trixie): debootstrap once, cache a
+zstd tarball, unpack.
 
 The cache key is a hash of the suite, the package list and the customisation version, so
 changing any of them builds a new base. A lock file keeps concurrent builds apart.
@@ -19,6 +20,8 @@ from fleet.lab.locks import file_lock
 from fleet.lab.paths import cache_dir
 
 SUITE = "bookworm"
+SUITES = ("bookworm", "trixie")
+"""Debian releases a lab node can run (``fleet lab up --release``): 12 and 13."""
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "python3-venv", "sudo",
     "iproute2", "ca-certificates", "curl", "procps", "netbase", "iputils-ping", "rsync",
@@ -71,14 +74,22 @@ def debian_mirror(sources_dir: Path = SOURCES_DIR, suite: str = SUITE) -> str:
     return DEFAULT_MIRROR
 
 
-def ensure_base(progress: Callable[[str], None] = lambda _: None) -> Path:
+def check_suite(suite: str) -> str:
+    """``suite`` if the lab can boot it, else :class:`LabError` naming the ones it can."""
+    if suite not in SUITES:
+        raise LabError(f"{suite!r} is not a Debian release the lab boots ({', '.join(SUITES)})",
+                       hint="Pass --release bookworm or --release trixie.")
+    return suite
+
+
+def ensure_base(progress: Callable[[str], None] = lambda _: None, suite: str = SUITE) -> Path:
     """The unpacked base rootfs, built or unpacked from the tarball cache if needed.
 
     The base is unpacked beside its final name and renamed into place, so an existing base
     is always complete; it is never touched again (running labs use it as overlay lower).
     """
     root = cache_dir()
-    name = base_name()
+    name = base_name(check_suite(suite))
     base = root / name
     tarball = root / f"{name}.tar.zst"
     if base.is_dir():
@@ -87,7 +98,7 @@ def ensure_base(progress: Callable[[str], None] = lambda _: None) -> Path:
         if base.is_dir():
             return base
         if not tarball.exists():
-            _build_tarball(tarball, progress)
+            _build_tarball(tarball, progress, suite)
         progress(f"unpacking {tarball}")
         tmp = root / f"{name}.unpack"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -98,16 +109,19 @@ def ensure_base(progress: Callable[[str], None] = lambda _: None) -> Path:
     return base
 
 
-def _build_tarball(tarball: Path, progress: Callable[[str], None]) -> None:
-    mirror = debian_mirror()
+def _build_tarball(tarball: Path, progress: Callable[[str], None], suite: str = SUITE) -> None:
+    # apt here may list only bookworm: its Debian mirror serves every release
+    mirror = debian_mirror(suite=suite)
+    if mirror == DEFAULT_MIRROR:
+        mirror = debian_mirror()
     build = tarball.parent / f"{tarball.name}.build"
     shutil.rmtree(build, ignore_errors=True)
     build.mkdir(parents=True)
-    progress(f"building the {SUITE} base rootfs with debootstrap from {mirror} (about 1-2 min)")
+    progress(f"building the {suite} base rootfs with debootstrap from {mirror} (about 1-2 min)")
     started = time.monotonic()
     try:
         run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-             SUITE, str(build), mirror], timeout=1800)
+             suite, str(build), mirror], timeout=1800)
         customise(build)
         partial = tarball.with_name(tarball.name + ".part")
         run(["tar", "--zstd", "-cpf", str(partial), "--numeric-owner", "-C", str(build), "."],

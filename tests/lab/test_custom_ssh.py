@@ -12,6 +12,8 @@ from fleet.lab.registry_writer import known_hosts_text, plan_nodes, ssh_config_t
 from fleet.registry import load_registry
 
 REGISTRY = """\
+fleet:
+  become: sudo
 wizards:
   solo:
     host: 192.0.2.7

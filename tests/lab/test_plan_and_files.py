@@ -130,3 +130,31 @@ def test_known_hosts_pins_ip_and_name(registry) -> None:
     assert known_hosts_text(plan, keys) == (
         "10.231.0.10,ezra-primary ssh-ed25519 AAAA1\n"
         "10.231.0.11,bezalel ssh-ed25519 AAAA2\n")
+
+
+def test_ssh_user_lab_reaches_nodes_as_that_sudo_user(registry, tmp_path: Path) -> None:
+    plan = plan_nodes(registry, 2, 0, ssh_user="deploy")
+    assert [n.agent.ssh_user for n in plan] == ["deploy", "deploy"]
+    lab = parse_registry(lab_registry_yaml(registry, plan, "sudo", tmp_path),
+                         tmp_path / "registry.yaml")
+    assert (lab.become, lab.get("bezalel").ssh_user) == ("sudo", "deploy")
+    assert "    User deploy\n" in ssh_config_text(plan, tmp_path, root_login=False)
+    assert "    User root\n" in ssh_config_text(plan, tmp_path)
+    plain = parse_registry(lab_registry_yaml(registry, plan_nodes(registry, 1, 0), "x",
+                                             tmp_path), tmp_path / "registry.yaml")
+    assert plain.become is None
+
+
+def test_root_login_is_refused_on_ssh_user_nodes(tmp_path: Path) -> None:
+    from fleet.lab.node import ROOT_LOGIN_OFF, inject_identity
+
+    root = tmp_path / "root"
+    for folder in ("etc/ssh/sshd_config.d", "root", "home/deploy", "home/fleet-admin"):
+        (root / folder).mkdir(parents=True)
+    key = tmp_path / "host_key"
+    key.write_text("private\n")
+    (tmp_path / "host_key.pub").write_text("public\n")
+    inject_identity(root, "n1", key, "ssh-ed25519 AAAA", 22, "deploy", {}, root_login=False)
+    assert (root / ROOT_LOGIN_OFF).read_text() == "PermitRootLogin no\n"
+    keys = root / "home/deploy/.ssh/authorized_keys"
+    assert keys.read_text() == "ssh-ed25519 AAAA fleet-lab\n"

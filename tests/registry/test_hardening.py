@@ -60,7 +60,8 @@ def test_ssh_user_must_be_a_posix_user_name(user: str) -> None:
 
 @pytest.mark.parametrize("user", ["root", "deploy", "_svc", "ops-1", "a" * 32])
 def test_posix_user_names_are_accepted(user: str) -> None:
-    text = AGENT.format(name="a", host="192.0.2.1") + f"    ssh_user: {user}\n"
+    text = ("fleet:\n  become: sudo\n" + AGENT.format(name="a", host="192.0.2.1")
+            + f"    ssh_user: {user}\n")
     assert parse_registry(text, Path("registry.yaml")).get("a").ssh_user == user
 
 
