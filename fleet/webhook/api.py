@@ -77,7 +77,7 @@ def index() -> Any:
     """The newest runs first; ``?limit=N`` (1-500, default 50) and ``?status=S`` filter."""
     limit = number("limit", request.args.get("limit", "50"), 1, MAX_LIMIT)
     status = request.args.get("status")
-    if status and status not in STATUSES:
+    if status is not None and status not in STATUSES:  # ?status= (empty) is no status either
         abort(400, f"status {clip(status)!r} is not one of {', '.join(STATUSES)}")
     return jsonify(runs=list_runs(get_db(), limit=limit, status=status))
 

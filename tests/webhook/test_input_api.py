@@ -64,3 +64,9 @@ def test_a_limit_that_is_not_a_number_in_range_is_400(client: FlaskClient, limit
 def test_the_read_token_is_checked_before_the_run_id(client: FlaskClient) -> None:
     response = client.get("/runs/9223372036854775808")
     assert response.status_code == 401
+
+
+def test_an_empty_status_filter_is_refused(client: FlaskClient) -> None:
+    answer = client.get("/runs?status=", headers=auth())
+    assert answer.status_code == 400
+    assert answer.get_json()["error"].startswith("status '' is not one of queued, running")
