@@ -182,7 +182,7 @@ def rollback(unit: str, port: int, to: str | None, timeout: float) -> dict[str, 
             "healthy": not problems, "problems": problems, "health": body}
 
 
-STABLE_S = 5.0  # a unit must stay up this long after it (re)started to pass verify
+STABLE_S = 3.0  # a unit must stay up this long after it (re)started to pass verify
 
 
 def monotonic_us() -> int:

@@ -1,5 +1,5 @@
 """A green deploy means healthy a while later too: a gateway that crashes a few seconds after
-its first good answer (systemd ends it after 4 s here, ``RuntimeMaxSec=``, and restarts it)
+its first good answer (systemd ends it after 2 s here, ``RuntimeMaxSec=``, and restarts it)
 fails verify, and the run names the restart; a fleet left alone passes again."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_a_gateway_that_crashes_after_start_fails_verify(fleet: Fleet, tmp_path:
     shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls")
     edited.write_text(yaml.safe_dump(data, sort_keys=False))
     fleet.ssh(AGENT, f"mkdir -p $(dirname {DROP_IN}) && printf "
-              f"'[Service]\\nRuntimeMaxSec=4\\n' > {DROP_IN} && systemctl daemon-reload")
+              f"'[Service]\\nRuntimeMaxSec=2\\n' > {DROP_IN} && systemctl daemon-reload")
     try:
         crashing = fleet.run("deploy", "--limit", AGENT, registry=edited)
     finally:
