@@ -205,3 +205,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = ""
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The child processes of ``pid``."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True,
+                           check=False).stdout.split()
+    return [int(child) for child in found]
+
+
+def web_workers(master: int) -> list[int]:
+    """A receiver's gunicorn web workers: its master's children but the dispatcher."""
+    found = []
+    for pid in child_pids(master):
+        with contextlib.suppress(FileNotFoundError):  # a dispatcher that lost its race
+            if b"dispatch" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found

@@ -32,7 +32,15 @@ from fleet.webhook.config import Settings
 from fleet.webhook.dispatcher import drain, run, running
 from fleet.webhook.lock import DispatcherLock
 from fleet.webhook.wake import Listener, notify
-from tests.webhook.conftest import FleetRepo, auth, free_port, read_records, wait_for
+from tests.webhook.conftest import (
+    FleetRepo,
+    auth,
+    child_pids,
+    free_port,
+    read_records,
+    wait_for,
+    web_workers,
+)
 from tests.webhook.forge import signed_push
 
 pytestmark = pytest.mark.slow
@@ -204,19 +212,12 @@ class Receiver:
             return False
 
     def workers(self) -> list[int]:
-        """The gunicorn master's web workers (its other children are dispatchers)."""
-        found = []
-        for pid in self.children():
-            with contextlib.suppress(FileNotFoundError):  # a dispatcher that lost its race
-                if b"dispatch" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    found.append(pid)
-        return found
+        """The gunicorn master's web workers (its other child is the dispatcher)."""
+        return web_workers(self.process.pid)
 
     def children(self) -> list[int]:
         """The gunicorn master's child processes (web workers and the dispatcher)."""
-        found = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True,
-                               text=True, check=False).stdout.split()
-        return [int(pid) for pid in found]
+        return child_pids(self.process.pid)
 
     def push(self, sha: str) -> int:
         body, headers = signed_push("gitea", "refs/tags/PROD", sha)

@@ -26,7 +26,16 @@ import pytest
 import requests
 
 from fleet.registry import load_registry
-from tests.webhook.conftest import REPO, FleetRepo, auth, free_port, git, wait_for
+from tests.webhook.conftest import (
+    REPO,
+    FleetRepo,
+    auth,
+    child_pids,
+    free_port,
+    git,
+    wait_for,
+    web_workers,
+)
 from tests.webhook.forge import GITLAB_TOKEN, READ_TOKEN, SECRET, signed_push
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -71,18 +80,12 @@ class Receiver:
         return dict(wait_for(done, timeout=DEPLOY_TIMEOUT, what=f"run {run_id}"))
 
     def workers(self) -> list[int]:
-        """The gunicorn master's web workers (its other children are dispatchers)."""
-        found = []
-        for pid in self.children():
-            with contextlib.suppress(FileNotFoundError):  # a dispatcher that lost its race
-                if b"dispatch" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    found.append(pid)
-        return found
+        """The gunicorn master's web workers (its other child is the dispatcher)."""
+        return web_workers(self.process.pid)
 
     def children(self) -> list[int]:
-        found = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True,
-                               text=True, check=False).stdout.split()
-        return [int(pid) for pid in found]
+        """The gunicorn master's child processes (web workers and the dispatcher)."""
+        return child_pids(self.process.pid)
 
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
