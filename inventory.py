@@ -9,10 +9,11 @@ Uses ``registry.yaml`` beside this file, or the file named by ``$FLEET_REGISTRY`
 import os
 from pathlib import Path
 
+from pyinfra import logger
 from pyinfra.api.exceptions import InventoryError
 
 from fleet.errors import RegistryError
-from fleet.inventory import inventory_groups
+from fleet.inventory import host_key_warnings, inventory_groups
 from fleet.registry import REGISTRY_ENV, load_registry
 
 _registry_path = os.environ.get(REGISTRY_ENV) or Path(__file__).resolve().parent / "registry.yaml"
@@ -21,4 +22,6 @@ try:
 except RegistryError as _exc:
     raise InventoryError(f"{_exc}\nHint: {_exc.hint}") from None
 
+for _warning in host_key_warnings(_registry):  # pyinfra refuses these hosts when connecting
+    logger.warning(_warning)
 globals().update(inventory_groups(_registry))

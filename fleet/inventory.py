@@ -6,8 +6,6 @@ import os
 import re
 from typing import Any
 
-from pyinfra import logger
-
 from fleet.hosts import (
     TRUST_HINT,
     HostKeyError,
@@ -67,9 +65,8 @@ def host_key_warnings(registry: Registry) -> list[str]:
 
 def inventory_groups(registry: Registry) -> dict[str, list[HostEntry]]:
     """Groups by role and by capability; every host entry carries its full host data. Hosts
-    whose key is not pinned are kept (pyinfra refuses them when connecting) with a warning."""
-    for warning in host_key_warnings(registry):
-        logger.warning(warning)
+    whose key is not pinned are kept (pyinfra refuses them when connecting; ``inventory.py``
+    says why first, see :func:`host_key_warnings`)."""
     entries = {agent.name: (agent.name, host_data(agent, registry)) for agent in registry}
     groups: dict[str, list[HostEntry]] = {role: [] for role in ROLES}
     for agent in registry:
