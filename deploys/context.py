@@ -131,8 +131,21 @@ class AgentContext:
         etc = self.etc_dir
         paths = [OPT, RELEASES, f"{OPT}/bin", NODECTL, "/etc/fleet", etc, "/var/lib/fleet",
                  self.state_dir, SSHD_DROPIN, f"{etc}/registry.yaml", f"{etc}/config.json",
-                 f"{etc}/soul.md", f"{etc}/env", self.unit_path]
+                 f"{etc}/soul.md", f"{etc}/env", self.unit_path, *self.runtime_paths()]
         return [*paths, UPLOAD_DIR] if self.registry.become else paths
+
+    @property
+    def ship_dir(self) -> str:
+        """Where the files the operator's own runtime needs are shipped."""
+        return f"{self.etc_dir}/ship"
+
+    def runtime_paths(self) -> list[str]:
+        """The runtime's unit file and shipped files (none without a runtime)."""
+        unit = self.agent.runtime_unit
+        if unit is None:
+            return []
+        return [f"/etc/systemd/system/{unit}",
+                *(f"{self.ship_dir}/{relative}" for relative in self.agent.runtime_ship)]
 
     @property
     def unit_path(self) -> str:

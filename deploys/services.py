@@ -9,15 +9,21 @@ running (then it is started with the new files).
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from jinja2 import Template
-from pyinfra.operations import systemd
+from pyinfra.operations import files, systemd
 
 from deploys import webhook
 from deploys.context import CURRENT, AgentContext, phase
-from deploys.ops import managed_file, unit_running
+from deploys.ops import Outcome, managed_file, unit_running
 from fleet.templates import read_template
 
 UNIT_TEMPLATE = "fleet-agent.service.j2"
+RUNTIME_TEMPLATE = "fleet-runtime.service.j2"
+RUNTIME_UNIT_FILE = "Runtime unit file"
+RUNTIME_RUNNING = "Runtime service enabled and running (it restarts with the agent service)"
+BUILTIN_RUNTIME = ("/usr/bin/python3", "-m", "fleet.runtime")
 MEMORY_MAX = "1G"  # the unit's MemoryMax= (a gateway uses ~150 MB)
 TASKS_MAX = 512  # its TasksMax=: 2 workers x (32 request + bus delivery threads), with room
 UNIT_FILE = "Agent unit file"
@@ -34,17 +40,76 @@ def unit_text(ctx: AgentContext) -> str:
                            memory_max=MEMORY_MAX, tasks_max=TASKS_MAX)
 
 
+def unit_quote(value: str, command: bool = False) -> str:
+    """``value`` as one double-quoted word of a unit file (``%`` specifiers escaped; in a
+    command line ``$`` too, which systemd would expand)."""
+    quoted = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return '"' + (quoted.replace("$", "$$") if command else quoted) + '"'
+
+
+def runtime_unit_text(ctx: AgentContext) -> str:
+    """The agent's runtime unit: the built-in runtime or the operator's command, with the
+    gateway's environment and sandbox, started and restarted with the gateway."""
+    agent = ctx.agent
+    if agent.runtime == "command":
+        argv, work_dir = agent.runtime_command, ctx.ship_dir
+    else:
+        argv, work_dir = BUILTIN_RUNTIME, ctx.state_dir
+    extra_env = [("FLEET_MODEL", agent.model), ("FLEET_PROVIDER_URL", agent.provider_url or ""),
+                 ("FLEET_PROVIDER_KEY_ENV", agent.provider_key or ""),
+                 ("FLEET_GATEWAY_URL", f"http://127.0.0.1:{agent.gateway_port}")]
+    template = Template(read_template(RUNTIME_TEMPLATE), keep_trailing_newline=True)
+    return template.render(
+        agent=ctx.name, kind=agent.runtime, user_name=ctx.user, etc_dir=ctx.etc_dir,
+        state_dir=ctx.state_dir, current=CURRENT, memory_max=MEMORY_MAX, tasks_max=TASKS_MAX,
+        gateway_unit=ctx.unit, work_dir=work_dir,
+        exec_start=" ".join(unit_quote(arg, command=True) for arg in argv),
+        extra_env=[(name, unit_quote(value)[1:-1]) for name, value in extra_env])
+
+
+def runtime(ctx: AgentContext) -> list[Outcome]:
+    """The runtime's shipped files and unit (none when the agent runs no runtime); the
+    operations whose change must restart the agent."""
+    unit = ctx.agent.runtime_unit
+    if unit is None:
+        return []
+    changed = []
+    folders = sorted({str(PurePosixPath(ctx.ship_dir, relative).parent)
+                      for relative in ctx.agent.runtime_ship} | {ctx.ship_dir})
+    for folder in folders if ctx.agent.runtime == "command" else []:
+        files.directory(name=f"Runtime folder {folder}", path=folder, user="root",
+                        group="root", mode="755", recursive=False)
+    for relative in ctx.agent.runtime_ship:
+        source = ctx.registry.path.parent / relative
+        mode = "755" if source.stat().st_mode & 0o100 else "644"
+        changed.append(ctx.track(f"Runtime file {relative}", managed_file(
+            name=f"Runtime file {relative}", dest=f"{ctx.ship_dir}/{relative}",
+            content=source.read_text(encoding="utf-8"), user="root", group="root", mode=mode,
+            node=ctx.node)))
+    unit_file = ctx.track(RUNTIME_UNIT_FILE, managed_file(
+        name=RUNTIME_UNIT_FILE, dest=f"/etc/systemd/system/{unit}",
+        content=runtime_unit_text(ctx), user="root", group="root", mode="644", node=ctx.node))
+    return [*changed, unit_file]
+
+
 @phase("Services")
 def run(ctx: AgentContext) -> None:
     """Unit file, daemon-reload if it changed, enabled and running, restart on any change."""
     unit = ctx.track(UNIT_FILE, managed_file(
         name=UNIT_FILE, dest=ctx.unit_path, content=unit_text(ctx), user="root", group="root",
         mode="644", node=ctx.node))
-    if unit.will_change:
-        ctx.track(RELOAD, systemd.daemon_reload(name=RELOAD, _if=unit.did_change))
+    runtime_ops = runtime(ctx)
+    unit_files = [unit, *runtime_ops[-1:]]
+    if any(op.will_change for op in unit_files):
+        ctx.track(RELOAD, systemd.daemon_reload(
+            name=RELOAD, _if=lambda: any(op.did_change() for op in unit_files)))
     ctx.service_ops.append(ctx.track(RUNNING, unit_running(name=RUNNING, unit=ctx.unit,
                                                            node=ctx.node)))
-    triggers = [unit, *ctx.restart_triggers]
+    if ctx.agent.runtime_unit:
+        ctx.service_ops.append(ctx.track(RUNTIME_RUNNING, systemd.service(
+            name=RUNTIME_RUNNING, service=ctx.agent.runtime_unit, running=True,
+            enabled=True)))
+    triggers = [unit, *runtime_ops, *ctx.restart_triggers]
     if ctx.node["unit"].get("active") == "active" and any(op.will_change for op in triggers):
         ctx.service_ops.append(ctx.track(RESTART, systemd.service(
             name=RESTART, service=ctx.unit, restarted=True,

@@ -61,4 +61,11 @@ def run(ctx: AgentContext) -> None:
     """Check health on the node; roll back automatically when it fails."""
     ctx.check = agent_verified(name=VERIFY, nodectl=NODECTL, owner=lock.owner(), args=[
         "verify", "--release", ctx.release.id, "--config-hash", ctx.config_hash(),
-        "--soul-sha", ctx.soul_sha256(), "--rollback", *agent_args(ctx)])
+        "--soul-sha", ctx.soul_sha256(), "--rollback", *runtime_args(ctx), *agent_args(ctx)])
+
+
+def runtime_args(ctx: AgentContext) -> list[str]:
+    """``--runtime-unit UNIT`` for an agent with a runtime: verify then also needs it running
+    and a live model round trip (a wrong key or an unreachable provider fails the deploy)."""
+    unit = ctx.agent.runtime_unit
+    return ["--runtime-unit", unit] if unit else []

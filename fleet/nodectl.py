@@ -112,9 +112,12 @@ def prune(keep: int) -> dict[str, Any]:
     return {"kept": kept, "removed": removed}
 
 
-def get_health(port: int, timeout: float = 2.0) -> tuple[int, dict[str, Any] | None]:
-    """(HTTP status, JSON body) of the local gateway's /health; status 0 when unreachable."""
-    url = f"http://127.0.0.1:{port}/health"
+def get_health(port: int, timeout: float = 2.0,
+               roundtrip: bool = False) -> tuple[int, dict[str, Any] | None]:
+    """(HTTP status, JSON body) of the local gateway's /health; status 0 when unreachable.
+    ``roundtrip`` asks the gateway for a live model round trip too."""
+    url = f"http://127.0.0.1:{port}/health" + ("?roundtrip=1" if roundtrip else "")
+    timeout = max(timeout, 15.0) if roundtrip else timeout
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, json.loads(response.read())
@@ -143,19 +146,29 @@ def health_problems(status: int, body: dict[str, Any] | None, expect: dict[str, 
 SETTLE_S = 3.0
 
 
-def wait_healthy(port: int, expect: dict[str, str], timeout: float) -> tuple[list[str], Any]:
+def runtime_starting(body: dict[str, Any] | None) -> bool:
+    """Whether /health shows an agent runtime that has not finished its first model round
+    trip yet (it gets the whole timeout for that, not only ``SETTLE_S``)."""
+    runtime = (body or {}).get("runtime") or {}
+    return runtime.get("kind") not in (None, "none") and runtime.get("state") in (None,
+                                                                                  "starting")
+
+
+def wait_healthy(port: int, expect: dict[str, str], timeout: float,
+                 roundtrip: bool = False) -> tuple[list[str], Any]:
     """Poll /health until it matches ``expect`` or ``timeout`` passes; (problems, last body).
 
     A gateway that already runs the expected release but reports problems gets ``SETTLE_S``
-    seconds to recover, not the whole timeout."""
+    seconds to recover, not the whole timeout (unless its runtime is still starting)."""
     started = time.monotonic()
     deadline = started + timeout
     running_since: float | None = None
     while True:
-        status, body = get_health(port)
+        status, body = get_health(port, roundtrip=roundtrip)
         problems = health_problems(status, body, expect)
         now = time.monotonic()
-        if body is not None and body.get("release") == expect.get("release"):
+        if body is not None and body.get("release") == expect.get("release") \
+                and not runtime_starting(body):
             running_since = running_since or now
         settled = running_since is not None and now - running_since >= SETTLE_S
         if not problems or now >= deadline or settled:
@@ -190,7 +203,8 @@ def monotonic_us() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
 
-def stayed_up(unit: str, port: int, expect: dict[str, str]) -> list[str]:
+def stayed_up(unit: str, port: int, expect: dict[str, str],
+              runtime_unit: str | None = None) -> list[str]:
     """Why the unit did not stay healthy for ``STABLE_S`` seconds after it became active: a
     crash right after its first good answer restarts it (or leaves it down) and fails verify.
     A unit that has been up longer already is checked at once (no wait)."""
@@ -211,8 +225,13 @@ def stayed_up(unit: str, port: int, expect: dict[str, str]) -> list[str]:
         problems.append(f"{unit} restarted after it first answered /health (restarts "
                         f"{first.get('NRestarts')} -> {now.get('NRestarts')}): it crashes "
                         "after start")
+    if not problems and runtime_unit:
+        runtime = unit_state(runtime_unit)
+        if runtime.get("ActiveState") != "active":
+            problems.append(f"{runtime_unit} is {runtime.get('ActiveState')}/"
+                            f"{runtime.get('SubState')}: the agent's runtime is not running")
     if not problems:
-        status, body = get_health(port)
+        status, body = get_health(port, roundtrip=runtime_unit is not None)
         problems = health_problems(status, body, expect)
     return problems
 
@@ -221,9 +240,10 @@ def verify(args: argparse.Namespace) -> dict[str, Any]:
     """Check the deployed agent; on failure optionally roll back (see module docstring)."""
     expect = {"release": args.release, "config_hash": args.config_hash,
               "soul_sha256": args.soul_sha}
-    problems, body = wait_healthy(args.port, expect, args.timeout)
+    problems, body = wait_healthy(args.port, expect, args.timeout,
+                                  roundtrip=bool(args.runtime_unit))
     if not problems:
-        problems = stayed_up(args.unit, args.port, expect)
+        problems = stayed_up(args.unit, args.port, expect, args.runtime_unit)
     result: dict[str, Any] = {"ok": not problems, "problems": problems, "health": body,
                               "release": args.release}
     if problems and args.rollback:
@@ -353,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--config-hash", default="")
             sub.add_argument("--soul-sha", default="")
             sub.add_argument("--rollback", action="store_true")
+            sub.add_argument("--runtime-unit", default=None,
+                             help="the agent's runtime unit: it must run, and a live model "
+                                  "round trip must succeed")
         elif name == "rollback":
             sub.add_argument("--to", type=release_id)
         else:

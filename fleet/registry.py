@@ -47,6 +47,7 @@ AGENT_FIELDS = (
     "provider",
     "authorized_keys",
     "config",
+    "runtime",
 )
 REQUIRED_AGENT_FIELDS = ("host", "role", "model")
 FLEET_FIELDS = ("name", "ssh_key", "known_hosts", "repo_url", "become")
@@ -54,6 +55,16 @@ BECOME_METHODS = ("sudo",)
 """``fleet.become``: how a non-root ``ssh_user`` becomes root on the nodes (absent: it logs in
 as root, or the deploy runs as ``ssh_user``)."""
 TOP_FIELDS = ("wizards", "fleet")
+PROVIDER_FIELDS = ("name", "base_url", "api_key")
+"""``provider:`` as a mapping: the OpenAI-compatible chat API the agent's runtime calls
+(``base_url`` like ``https://openrouter.ai/api/v1``; ``api_key`` names the secret holding the
+key, an environment variable name from the secrets file)."""
+RUNTIMES = ("builtin", "none")
+RUNTIME_FIELDS = ("command", "ship")
+"""``runtime:`` as a mapping: the operator's own agent program (``command``: its argv, run with
+the agent's environment; ``ship``: files beside the registry it needs, shipped to the node)."""
+SECRET_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
+SHIP_PATH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,16 @@ class Agent:
     authorized_keys: tuple[str, ...] = ()
     config: dict[str, Any] = field(default_factory=dict)
     line: int = 0
+    provider_url: str | None = None
+    provider_key: str | None = None
+    runtime: str = "none"
+    runtime_command: tuple[str, ...] = ()
+    runtime_ship: tuple[str, ...] = ()
+
+    @property
+    def runtime_unit(self) -> str | None:
+        """The systemd unit of the agent's runtime (None when it runs none)."""
+        return None if self.runtime == "none" else f"fleet-runtime-{self.name}.service"
 
     @property
     def gateway_url(self) -> str:
@@ -104,6 +125,15 @@ class Agent:
             "config": dict(self.config),
         }
         data.update({key: value for key, value in optional.items() if value})
+        if self.provider_url:
+            provider = {"name": self.provider, "base_url": self.provider_url,
+                        "api_key": self.provider_key}
+            data["provider"] = {key: value for key, value in provider.items() if value}
+        if self.runtime == "command":
+            data["runtime"] = {"command": list(self.runtime_command),
+                               "ship": list(self.runtime_ship)}
+        elif self.runtime != ("builtin" if self.provider_url else "none"):
+            data["runtime"] = self.runtime
         return data
 
 
@@ -343,13 +373,14 @@ class _Validator:
             "ssh_port": checked.port("ssh_port", DEFAULT_SSH_PORT),
             "soul": checked.soul(f"souls/{name}.md"),
             "region": checked.string("region", None),
-            "provider": checked.string("provider", None),
+            **checked.provider(),
             "authorized_keys": checked.string_list("authorized_keys", None),
             "config": checked.config(),
             "line": key_node.start_mark.line + 1,
         }
         default_health = f"http://{host}:{port}/health" if host else ""
         agent_data["health_endpoint"] = checked.url("health_endpoint", default_health)
+        agent_data.update(checked.runtime(bool(agent_data["provider_url"])))
         if len(self.problems) > before:
             return None
         return Agent(**agent_data)
@@ -475,6 +506,73 @@ class _AgentFields:
             self.bad("config", "must be a mapping of setting name to a string, number or boolean")
             return {}
         return dict(value)
+
+    def provider(self) -> dict[str, Any]:
+        """``provider``: free text (a label), or a mapping naming the chat API to call."""
+        found: dict[str, Any] = {"provider": None, "provider_url": None, "provider_key": None}
+        if "provider" not in self.values or not isinstance(self.values["provider"][0], dict):
+            found["provider"] = self.string("provider", None)
+            return found
+        value = self.values["provider"][0]
+        unknown = sorted(set(map(str, value)) - set(PROVIDER_FIELDS))
+        if unknown:
+            self.bad("provider", f"unknown field {unknown[0]!r}; allowed: "
+                     f"{', '.join(PROVIDER_FIELDS)}")
+        name, url, key = value.get("name"), value.get("base_url"), value.get("api_key")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            self.bad("provider", f"name {name!r} is not a non-empty string")
+        if _url_problem(url):
+            self.bad("provider", f"base_url {url!r} is not a valid URL: {_url_problem(url)} "
+                     "(the OpenAI-compatible API root, e.g. https://openrouter.ai/api/v1)")
+        if key is not None and not (isinstance(key, str) and SECRET_NAME_RE.fullmatch(key)):
+            self.bad("provider", f"api_key {key!r} is not the name of a secret (an "
+                     "environment variable name like OPENROUTER_API_KEY from the secrets "
+                     "file; never the key itself)")
+        found.update(provider=name if isinstance(name, str) else None,
+                     provider_url=url if isinstance(url, str) else None,
+                     provider_key=key if isinstance(key, str) else None)
+        return found
+
+    def runtime(self, has_provider: bool) -> dict[str, Any]:
+        """``runtime``: builtin (the default with a provider), none (the default without),
+        or ``{command: [argv], ship: [paths]}``."""
+        default = "builtin" if has_provider else "none"
+        if "runtime" not in self.values:
+            return {"runtime": default}
+        value = self.values["runtime"][0]
+        if isinstance(value, str):
+            if value not in RUNTIMES:
+                self.bad("runtime", f"{value!r} is not a runtime ({', '.join(RUNTIMES)}, or a "
+                         "mapping with `command:` and `ship:` for your own program)")
+                return {"runtime": default}
+            if value == "builtin" and not has_provider:
+                self.bad("runtime", "the built-in runtime needs a model to call; give the "
+                         "agent `provider: {base_url: ..., api_key: SECRET_NAME}`")
+            return {"runtime": value}
+        if not isinstance(value, dict):
+            self.bad("runtime", f"{value!r} is not builtin, none or a mapping with `command:`")
+            return {"runtime": default}
+        unknown = sorted(set(map(str, value)) - set(RUNTIME_FIELDS))
+        if unknown:
+            self.bad("runtime", f"unknown field {unknown[0]!r}; allowed: "
+                     f"{', '.join(RUNTIME_FIELDS)}")
+        command, ship = value.get("command"), value.get("ship") or []
+        if not (isinstance(command, list) and command
+                and all(isinstance(arg, str) and arg and "\0" not in arg for arg in command)):
+            self.bad("runtime", f"command {command!r} is not a non-empty list of arguments "
+                     "(argv, run without a shell), e.g. [python3, runtime/agent.py]")
+            command = []
+        if not (isinstance(ship, list) and all(isinstance(item, str) for item in ship)):
+            self.bad("runtime", f"ship {ship!r} is not a list of file paths")
+            ship = []
+        for item in ship:
+            if not SHIP_PATH_RE.fullmatch(item) or ".." in item.split("/"):
+                self.bad("runtime", f"ship path {item!r} is not a relative path inside the "
+                         "registry's folder (letters, digits, '.', '_', '-' and '/')")
+            elif not (self.validator.path.parent / item).is_file():
+                self.bad("runtime", f"ship path {item!r} is not a file beside the registry")
+        return {"runtime": "command", "runtime_command": tuple(command),
+                "runtime_ship": tuple(ship)}
 
     def url(self, key: str, default: str) -> str:
         if key not in self.values:

@@ -87,17 +87,22 @@ def lab() -> None:
               callback=_releases,
               help="Debian release the nodes boot: bookworm (default) or trixie; NAME=SUITE "
                    "for one node (repeat for several).")
+@click.option("--model", "with_model", is_flag=True,
+              help="Also serve the lab model (Gemma 3 270M through llama.cpp's OpenAI-"
+                   "compatible server) on the bridge; agents without a provider URL use it. "
+                   "The first time builds and caches the server (about 5 minutes).")
 @lab_option
 @pass_cli
 def up(cli: CliContext, nodes: int | None, ssh_user: str | None, repo_url: str | None,
-       releases: dict[str, str], lab_name: str) -> None:
+       releases: dict[str, str], with_model: bool, lab_name: str) -> None:
     """Boot one node per registry agent and write the lab registry."""
     cancel = _cancel_on_signals()  # so an interrupted `up` still cleans up after itself
     registry = cli.registry
     if repo_url:
         registry = replace(registry, repo_url=repo_url)
     path = lab_api.up(registry, nodes=nodes, lab=lab_name, progress=_progress,
-                      cancel=cancel, ssh_user=ssh_user, releases=releases)
+                      cancel=cancel, ssh_user=ssh_user, releases=releases,
+                      with_model=with_model)
     count = len(lab_api.status(lab_name))
     click.echo(f"Lab {lab_name!r} is up with {count} nodes. Point the fleet at it with:")
     click.echo(f"  export FLEET_REGISTRY={path}")
@@ -111,7 +116,7 @@ def up(cli: CliContext, nodes: int | None, ssh_user: str | None, repo_url: str |
               help="Take down every lab on this machine (except labs a test session holds).")
 @click.option("--force", is_flag=True, help="With --all, also labs a test session holds.")
 def down(lab_name: str, all_labs: bool, force: bool) -> None:
-    """Stop the nodes and remove their namespaces, mounts and bridge."""
+    """Stop the nodes and the model server; remove their namespaces, mounts and bridge."""
     if all_labs:
         names, skipped = lab_api.down_all(include_in_use=force)
         click.echo(f"Labs down: {', '.join(names)}." if names else "No lab was up.")

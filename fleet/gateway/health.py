@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from fleet.gateway import current_agent
 from fleet.release import BROKEN_ENV, running_release
+from fleet.runtime.thinking import runtime_report
 
 bp = Blueprint("health", __name__)
 
@@ -72,6 +73,9 @@ def health_report() -> dict[str, Any]:
     writable = state_writable(config["STATE_DIR"])
     if not writable:
         problems.append(f"state dir {config['STATE_DIR']} is not writable")
+    runtime = runtime_report(agent, config["STATE_DIR"], config["RELEASE"],
+                             live=request.args.get("roundtrip") == "1")
+    problems += runtime.pop("problems")
     return {
         "status": "fail" if problems else "ok",
         "agent": agent.name,
@@ -82,12 +86,14 @@ def health_report() -> dict[str, Any]:
         "soul_sha256": soul,
         "state_writable": writable,
         "uptime_s": round(time.monotonic() - config["STARTED_AT"], 1),
+        "runtime": runtime,
         "problems": problems,
     }
 
 
 @bp.get("/health")
 def health() -> ResponseReturnValue:
-    """Deep health of this agent; 503 when any check fails."""
+    """Deep health of this agent; 503 when any check fails. ``?roundtrip=1`` also asks the
+    model for a live round trip (at most one every few seconds)."""
     report = health_report()
     return jsonify(report), 200 if report["status"] == "ok" else 503

@@ -51,11 +51,12 @@ class NodeStatus:
 def up(registry: Registry, nodes: int | None = None, lab: str = DEFAULT_LAB,
        progress: Callable[[str], None] | None = None,
        cancel: threading.Event | None = None, ssh_user: str | None = None,
-       releases: dict[str, str] | None = None) -> Path:
+       releases: dict[str, str] | None = None, with_model: bool = False) -> Path:
     """Boot the lab from ``registry`` (first ``nodes`` agents, extra workers beyond) and
     return the lab registry path; with ``ssh_user``, nodes are reached as that sudo user and
     refuse root logins; ``releases`` maps node names (``""``: all) to the Debian release they
-    boot (bookworm by default, trixie). On any failure (or ``cancel`` being set) everything is
+    boot (bookworm by default, trixie); ``with_model`` also serves the lab model (see
+    :mod:`fleet.lab.model`). On any failure (or ``cancel`` being set) everything is
     torn down before raising."""
     check_prerequisites()
     path = lab_dir(lab)
@@ -68,7 +69,7 @@ def up(registry: Registry, nodes: int | None = None, lab: str = DEFAULT_LAB,
             teardown(lab, path)  # left over from a killed run or a reboot: nothing runs
         try:
             return bring_up(registry, nodes, lab, path, progress or (lambda _: None), cancel,
-                            ssh_user, releases)
+                            ssh_user, releases, with_model)
         except BaseException as exc:
             join_threads(thread_prefix(lab))  # no node thread may build while we tear down
             try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from fleet.errors import LabError
-from fleet.lab import keys, network, node
+from fleet.lab import keys, model, network, node
 from fleet.lab.prereqs import raise_host_limits
 from fleet.lab.registry_writer import (
     KNOWN_HOSTS,
@@ -76,13 +76,16 @@ def join_threads(prefix: str, timeout: float = 180) -> None:
 
 def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
              progress: Progress = _quiet, cancel: threading.Event | None = None,
-             ssh_user: str | None = None, releases: dict[str, str] | None = None) -> Path:
+             ssh_user: str | None = None, releases: dict[str, str] | None = None,
+             with_model: bool = False) -> Path:
     """Build the lab in ``lab_path`` (which must be down); the caller tears down on failure.
 
     Setting ``cancel`` stops the start-up at the next checkpoint with :class:`Cancelled`.
     With ``ssh_user`` (not root) every node has that user with passwordless sudo and refuses
     root logins; the lab registry says ``become: sudo``. ``releases`` picks each node's Debian
     release (see :func:`plan_nodes`); each release's base rootfs is built once and cached.
+    ``with_model`` starts the lab model server on the bridge (:mod:`fleet.lab.model`) and
+    points every agent without a chat API of its own at it.
     """
     root_login = ssh_user in (None, "root")
     abort = threading.Event()
@@ -97,6 +100,9 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
     for key, value in raise_host_limits().items():
         progress(f"raised {key} to {value} (many nodes need more inotify instances)")
     index = network.allocate_index(lab_path)
+    if with_model:
+        model.ensure_installed(progress)
+        registry = model.with_lab_provider(registry, model.base_url(index))
     plan = plan_nodes(registry, nodes, index, ssh_user, releases)
     bases = {suite: ensure_base(progress, suite) for suite in sorted({n.release for n in plan})}
     checkpoint()
@@ -109,6 +115,9 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
                 {name: keys.public_key(key) for name, key in host_keys.items()}, root_login)
     network.create_bridge(index)
     checkpoint()
+    if with_model:
+        progress(f"starting the lab model server on {model.base_url(index)}")
+        model.start(lab_path, index, progress)
     progress(f"booting {len(plan)} nodes on {network.bridge_name(index)} "
              f"({network.SUBNET_PREFIX}.{index}.0/24)")
     hosts = {n.name: n.ip for n in plan}

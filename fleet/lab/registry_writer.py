@@ -63,7 +63,9 @@ def plan_nodes(registry: Registry, nodes: int | None, index: int,
                       description=f"Lab extra worker {number}.",
                       gateway_port=template.gateway_port, ssh_user=template.ssh_user,
                       ssh_port=template.ssh_port, soul=template.soul,
-                      region=template.region, provider=template.provider)
+                      region=template.region, provider=template.provider,
+                      provider_url=template.provider_url, provider_key=template.provider_key,
+                      runtime=template.runtime)
         planned.append((extra, registry.soul_path(template)))
     result = []
     for position, (agent, soul) in enumerate(planned):

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from fleet.errors import LabError
-from fleet.lab import processes
+from fleet.lab import model, processes
 from fleet.lab.commands import run
 from fleet.lab.network import INDEX_FILE, lab_links, lab_netns, read_index, remove_network
 from fleet.lab.node import NODES_DIR, NodePaths
@@ -117,6 +117,7 @@ def teardown(lab: str, lab_path: Path, grace: float = STOP_TIMEOUT) -> None:
     """
     index = read_index(lab_path)
     names = node_names(lab, lab_path)
+    model.stop(lab_path)
     close_ssh_masters(lab_path)
     stop_nodes(lab, lab_path, names, grace)
     unmount_all(lab_path)

@@ -1,0 +1,63 @@
+"""The built-in agent runtime: ``python3 -m fleet.runtime`` under systemd, next to the agent's
+gateway (unit ``fleet-runtime-NAME.service``, same environment and hardening).
+
+It reads its settings from the environment the unit gives it: ``FLEET_AGENT``,
+``FLEET_REGISTRY`` (the node's registry copy: model, provider URL and the name of the key's
+secret), ``FLEET_STATE_DIR`` (where it writes ``runtime.json`` for ``/health``),
+``FLEET_SOUL`` (its system prompt, read for every request), ``FLEET_BUS_KEYS`` (its bus
+identity) and the provider's key under the name the registry gives.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from types import FrameType
+
+from bus.client import BusClient
+from fleet.errors import FleetError
+from fleet.registry import Agent, load_registry
+from fleet.release import running_release
+from fleet.runtime.loop import Runtime
+from fleet.runtime.provider import Provider
+from fleet.secrets import parse_keyring
+
+
+def provider_for(agent: Agent, env: dict[str, str] | os._Environ[str]) -> Provider:
+    """The agent's chat API with its key from ``env`` (the secret the registry names)."""
+    if not agent.provider_url:
+        raise FleetError(f"agent {agent.name!r} has no provider base_url to call",
+                         hint="Set `provider: {base_url: ..., api_key: SECRET}` in the "
+                              "registry.")
+    key = env.get(agent.provider_key, "") if agent.provider_key else ""
+    return Provider(base_url=agent.provider_url, key=key, model=agent.model)
+
+
+def from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> Runtime:
+    """The runtime of the agent the environment names."""
+    registry = load_registry(env.get("FLEET_REGISTRY", "registry.yaml"))
+    agent = registry.get(env.get("FLEET_AGENT", ""))
+    keys = parse_keyring(env.get("FLEET_BUS_KEYS", ""))
+    inbox = BusClient.for_agent(registry, agent.name, keys, timeout=30.0)
+    soul_path = Path(env.get("FLEET_SOUL") or f"/etc/fleet/{agent.name}/soul.md")
+    state_dir = Path(env.get("FLEET_STATE_DIR") or f"/var/lib/fleet/{agent.name}")
+    max_tokens = int(agent.config.get("max_tokens") or 256)
+    return Runtime(agent=agent.name, inbox=inbox, provider=provider_for(agent, env),
+                   soul=lambda: soul_path.read_text(encoding="utf-8"), state_dir=state_dir,
+                   release=running_release()[0], max_tokens=max_tokens)
+
+
+def main() -> int:
+    """Run until SIGTERM/SIGINT."""
+    runtime = from_env()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        runtime.stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    runtime.run()
+    runtime.status["state"] = "stopped"
+    runtime.save(force=True)
+    return 0

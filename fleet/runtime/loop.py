@@ -1,0 +1,195 @@
+"""The built-in runtime: answers ``request`` messages from the agent's durable inbox with its
+model, the soul as system prompt.
+
+For each unacknowledged request, oldest first: past its ``ttl`` it gets an error response;
+otherwise the model is asked (retryable provider errors back off and retry until the provider
+returns or the ttl runs out) and the answer is queued as a ``response`` with the request's
+``correlation_id``. The response's id is derived from the request (:func:`response_id`), and
+the gateway queues an id once, so a crash between the reply and the acknowledgement answers
+nothing twice: the request is handled again after the restart and the same response is sent
+again, which the outbox drops as a duplicate. The request is acknowledged only after that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bus.validate import expired
+from fleet.runtime.provider import Completion, Provider, ProviderError, round_trip
+from fleet.runtime.state import write_state
+
+MAX_PROMPT_CHARS = 32_000
+BACKOFF_MAX_S = 30.0
+
+
+class Inbox(Protocol):
+    """What the runtime needs of its gateway (:class:`bus.client.BusClient` has it)."""
+
+    def messages(self, since: int = 0, limit: int = 100, **filters: Any) -> dict[str, Any]: ...
+
+    def ack(self, sender: str, message_id: str) -> bool: ...
+
+    def send(self, to: str | None, type: str, payload: Any, retries: int = 3,
+             **options: Any) -> dict[str, Any]: ...
+
+
+def response_id(request: Mapping[str, Any]) -> str:
+    """The id of the response to ``request``: the same for the same request, every time."""
+    digest = hashlib.sha256(f"{request['from']}\n{request['id']}".encode()).hexdigest()
+    return f"response-{digest[:40]}"
+
+
+def prompt_of(payload: Any) -> list[dict[str, Any]]:
+    """The chat messages a request asks about: ``{"prompt": TEXT}``, ``{"messages": [...]}``
+    or a bare string."""
+    if isinstance(payload, str):
+        return [{"role": "user", "content": payload[:MAX_PROMPT_CHARS]}]
+    if isinstance(payload, dict):
+        if isinstance(payload.get("prompt"), str):
+            return [{"role": "user", "content": payload["prompt"][:MAX_PROMPT_CHARS]}]
+        chat = payload.get("messages")
+        if isinstance(chat, list) and chat and all(
+                isinstance(m, dict) and m.get("role") in ("user", "assistant")
+                and isinstance(m.get("content"), str) for m in chat):
+            return [{"role": m["role"], "content": m["content"][:MAX_PROMPT_CHARS]}
+                    for m in chat]
+    raise ValueError("the request's payload is not a prompt: send {\"prompt\": \"...\"}, "
+                     "{\"messages\": [{\"role\": \"user\", \"content\": \"...\"}]} or a string")
+
+
+@dataclass
+class Runtime:
+    """One agent's runtime: its inbox (a signed client of its own gateway), its provider, its
+    soul and where it writes its state."""
+
+    agent: str
+    inbox: Inbox
+    provider: Provider
+    soul: Callable[[], str]
+    state_dir: Path
+    release: str
+    max_tokens: int = 256
+    poll_s: float = 0.2
+    stop: threading.Event = field(default_factory=threading.Event)
+    status: dict[str, Any] = field(default_factory=dict)
+    sleep: Callable[[float], bool] | None = None
+
+    def __post_init__(self) -> None:
+        self.status = {"agent": self.agent, "state": "starting", "release": self.release,
+                       "handled": 0, "errors": 0, "last_round_trip": None,
+                       "model": self.provider.model, "current": None}
+        self._written = 0.0
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True when asked to stop."""
+        return self.sleep(seconds) if self.sleep else self.stop.wait(seconds)
+
+    def save(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._written >= 1.0:
+            write_state(self.state_dir, self.status)
+            self._written = now
+
+    def probe(self) -> bool:
+        """A live round trip; the state is ``ready`` after a good one."""
+        result = round_trip(self.provider)
+        self.status["last_round_trip"] = result
+        self.status["state"] = "ready" if result["ok"] else "waiting_provider"
+        self.save(force=True)
+        return bool(result["ok"])
+
+    def run(self) -> None:
+        """Probe the model until it answers, then serve the inbox until stopped."""
+        self.save(force=True)
+        delay = 1.0
+        while not self.probe():
+            if self.wait(delay):
+                return
+            delay = min(delay * 2, BACKOFF_MAX_S)
+        while not self.stop.is_set():
+            try:
+                handled = self.step()
+            except Exception as exc:  # the gateway restarting, a bus error: try again soon
+                self.status["gateway_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                handled = 0
+            self.save()
+            if not handled and self.wait(self.poll_s):
+                return
+
+    def step(self) -> int:
+        """Handle every unacknowledged request in the inbox now; how many were handled."""
+        page = self.inbox.messages(type="request", unacked=1, limit=20)
+        count = 0
+        for request in page["messages"]:
+            if self.stop.is_set():
+                break
+            if self.handle(request):
+                count += 1
+        return count
+
+    def handle(self, request: dict[str, Any]) -> bool:
+        """Answer one request, then acknowledge it (False when stopped before an answer)."""
+        self.status["current"] = request["id"]
+        self.save(force=True)
+        payload = self.answer(request)
+        if payload is None:
+            return False
+        self.inbox.send(request.get("reply_to") or request["from"], "response", payload,
+                        id=response_id(request),
+                        correlation_id=request.get("correlation_id") or request["id"])
+        self.inbox.ack(request["from"], request["id"])
+        self.status["handled"] += 1
+        self.status["current"] = None
+        self.save(force=True)
+        return True
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """The response payload for ``request``; None when stopped while waiting."""
+        if expired(request):
+            return self.error(f"request {request['id']!r} expired (ttl {request['ttl']} s) "
+                              "before it was answered")
+        try:
+            chat = prompt_of(request["payload"])
+        except ValueError as exc:
+            return self.error(str(exc))
+        messages = [{"role": "system", "content": self.soul()}, *chat]
+        delay = 1.0
+        while True:
+            try:
+                done = self.provider.chat(messages, max_tokens=self.max_tokens)
+            except ProviderError as exc:
+                self.record(None, str(exc))
+                if not exc.retryable:
+                    return self.error(f"the model provider refused: {exc}")
+                self.status["state"] = "waiting_provider"
+                self.save(force=True)
+                if self.wait(delay):
+                    return None
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                if expired(request):
+                    return self.error(f"request {request['id']!r} expired (ttl "
+                                      f"{request['ttl']} s) while the model was unreachable")
+                continue
+            self.record(done, None)
+            return {"text": done.text, "model": self.provider.model, "tokens": done.tokens,
+                    "latency_ms": round(done.latency_s * 1000, 1),
+                    "finish_reason": done.finish_reason, "agent": self.agent}
+
+    def record(self, done: Completion | None, error: str | None) -> None:
+        """Keep the last model round trip for /health."""
+        self.status["last_round_trip"] = {
+            "ok": error is None, "at": time.time(), "error": error,
+            "latency_ms": round(done.latency_s * 1000, 1) if done else None,
+            "tokens": done.tokens if done else 0}
+        if error is None:
+            self.status["state"] = "ready"
+
+    def error(self, message: str) -> dict[str, Any]:
+        self.status["errors"] += 1
+        return {"error": message, "agent": self.agent}

@@ -1,0 +1,128 @@
+"""Runtime fixtures: a mock model provider speaking OpenAI's chat-completions wire format on
+loopback, and two real gateways (ezra asks, bezalel thinks) on a temp registry."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.bus.conftest import FAST_RETRIES, KEYS, Gateway, free_port
+
+
+class MockProvider:
+    """``POST /v1/chat/completions`` answering ``reply`` (or failing as told), recording
+    every request body."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.failures: list[int] = []  # HTTP statuses to answer first, one per call
+        self.reply = "four"
+        self.key = "sk-test-KEY-0123456789"
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length))
+                outer.requests.append(body)
+                if self.headers.get("Authorization") != f"Bearer {outer.key}":
+                    return self.answer(401, {"error": {"message": "bad key"}})
+                if outer.failures:
+                    return self.answer(outer.failures.pop(0), {"error": {"message": "busy"}})
+                self.answer(200, {
+                    "id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": outer.reply}}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 1,
+                              "total_tokens": 6}})
+
+            def answer(self, status: int, data: dict[str, Any]) -> None:
+                raw = json.dumps(data).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def provider() -> Iterator[MockProvider]:
+    mock = MockProvider()
+    try:
+        yield mock
+    finally:
+        mock.close()
+
+
+def write_registry(folder: Path, provider_url: str) -> Path:
+    """ezra (orchestrator, no runtime) and bezalel (worker, built-in runtime with the mock
+    provider; capability code) on loopback."""
+    text = f"""wizards:
+  ezra:
+    host: 127.0.0.1
+    role: orchestrator
+    model: test/m
+    gateway_port: {free_port()}
+  bezalel:
+    host: 127.0.0.1
+    role: worker
+    model: test/m
+    gateway_port: {free_port()}
+    capabilities: [code]
+    provider:
+      name: mock
+      base_url: {provider_url}
+      api_key: MOCK_API_KEY
+  allegro:
+    host: 127.0.0.1
+    role: worker
+    model: test/m
+    gateway_port: {free_port()}
+  ghost:
+    host: 127.0.0.1
+    role: worker
+    model: test/m
+    gateway_port: {free_port()}
+"""
+    path = folder / "registry.yaml"
+    path.write_text(text)
+    (folder / "souls").mkdir()
+    for name in ("ezra", "bezalel", "allegro", "ghost"):
+        (folder / "souls" / f"{name}.md").write_text(f"You are {name}. Answer briefly.\n")
+    return path
+
+
+@pytest.fixture
+def fleet_pair(tmp_path: Path, provider: MockProvider) -> Iterator[tuple[Path, dict[str, Gateway]]]:
+    """The registry and running gateways of ezra and bezalel."""
+    registry = write_registry(tmp_path, provider.url)
+    gateways = {name: Gateway(name, registry, tmp_path / f"state-{name}", dict(FAST_RETRIES))
+                for name in ("ezra", "bezalel")}
+    try:
+        for gateway in gateways.values():
+            gateway.start()
+        yield registry, gateways
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+
+
+__all__ = ["KEYS", "MockProvider"]

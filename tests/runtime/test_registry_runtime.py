@@ -1,0 +1,97 @@
+"""Registry fields of thinking agents: ``provider`` (a chat API) and ``runtime``; the runtime's
+unit has the gateway's sandbox, starts and restarts with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleet.errors import RegistryError
+from fleet.registry import parse_registry
+from fleet.templates import read_template
+
+BASE = """\
+wizards:
+  bezalel:
+    host: 192.0.2.20
+    role: worker
+    model: google/gemma-4-31b-it
+"""
+
+
+def parse(extra: str, folder: Path = Path("registry.yaml")) -> object:
+    return parse_registry(BASE + extra, folder)
+
+
+def problems(extra: str, path: Path = Path("registry.yaml")) -> list[str]:
+    with pytest.raises(RegistryError) as caught:
+        parse_registry(BASE + extra, path)
+    return caught.value.problems
+
+
+def test_provider_mapping_gives_the_builtin_runtime() -> None:
+    registry = parse_registry(BASE + "    provider: {name: openrouter, base_url: "
+                              "'https://openrouter.ai/api/v1', api_key: OPENROUTER_API_KEY}\n",
+                              Path("registry.yaml"))
+    agent = registry.get("bezalel")
+    assert (agent.provider, agent.provider_url, agent.provider_key, agent.runtime) == (
+        "openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", "builtin")
+    assert agent.runtime_unit == "fleet-runtime-bezalel.service"
+    again = parse_registry(__import__("yaml").safe_dump(registry.to_dict()),
+                           Path("registry.yaml")).get("bezalel")
+    assert again.to_dict() == agent.to_dict()
+
+
+def test_provider_as_text_runs_no_runtime() -> None:
+    agent = parse_registry(BASE + "    provider: openrouter\n", Path("r.yaml")).get("bezalel")
+    assert (agent.provider, agent.provider_url, agent.runtime, agent.runtime_unit) == (
+        "openrouter", None, "none", None)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("    provider: {base_url: 'ftp://x'}\n",
+     "registry.yaml:6: wizards.bezalel.provider: base_url 'ftp://x' is not a valid URL: "
+     "scheme must be http or https"),
+    ("    provider: {base_url: 'http://x/v1', api_key: 'sk-or-abc'}\n",
+     "registry.yaml:6: wizards.bezalel.provider: api_key 'sk-or-abc' is not the name of a "
+     "secret"),
+    ("    provider: {base_url: 'http://x/v1', key: K}\n",
+     "registry.yaml:6: wizards.bezalel.provider: unknown field 'key'; allowed: name, "
+     "base_url, api_key"),
+    ("    runtime: builtin\n",
+     "registry.yaml:6: wizards.bezalel.runtime: the built-in runtime needs a model to call"),
+    ("    runtime: smart\n",
+     "registry.yaml:6: wizards.bezalel.runtime: 'smart' is not a runtime (builtin, none"),
+    ("    runtime: {command: 'python3 agent.py'}\n",
+     "registry.yaml:6: wizards.bezalel.runtime: command 'python3 agent.py' is not a "
+     "non-empty list of arguments"),
+    ("    runtime: {command: [python3, agent.py], ship: [../agent.py]}\n",
+     "registry.yaml:6: wizards.bezalel.runtime: ship path '../agent.py' is not a relative "
+     "path inside the registry's folder"),
+])
+def test_bad_provider_or_runtime_is_named_with_the_fix(extra: str, message: str) -> None:
+    found = problems(extra)
+    assert any(problem.startswith(message) for problem in found), found
+
+
+def test_operator_runtime_ships_files_beside_the_registry(tmp_path: Path) -> None:
+    (tmp_path / "agent.py").write_text("print('hi')\n")
+    registry = parse_registry(BASE + "    runtime: {command: [python3, agent.py], "
+                              "ship: [agent.py]}\n", tmp_path / "registry.yaml")
+    agent = registry.get("bezalel")
+    assert (agent.runtime, agent.runtime_command, agent.runtime_ship) == (
+        "command", ("python3", "agent.py"), ("agent.py",))
+    missing = problems("    runtime: {command: [python3, x.py], ship: [x.py]}\n",
+                       tmp_path / "registry.yaml")
+    assert any("ship path 'x.py' is not a file beside the registry" in p for p in missing)
+
+
+def test_runtime_unit_has_the_gateway_sandbox_and_follows_the_gateway() -> None:
+    gateway = read_template("fleet-agent.service.j2")
+    runtime = read_template("fleet-runtime.service.j2")
+    sandbox = "ReadWritePaths" + gateway.split("\nReadWritePaths", 1)[1].split("[Install]")[0]
+    hardening = [line for line in sandbox.splitlines() if line and not line.startswith("#")]
+    assert hardening and all(line in runtime.splitlines() for line in hardening)
+    assert "PartOf={{ gateway_unit }}" in runtime
+    assert "WantedBy={{ gateway_unit }}" in runtime

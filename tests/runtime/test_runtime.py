@@ -1,0 +1,153 @@
+"""The built-in runtime against real gateways and a mock OpenAI-format provider on loopback:
+answers with the request's correlation id and the soul as system prompt, answers once across
+a crash between reply and acknowledgement, waits out provider outages, answers an expired
+request with an error."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bus.client import BusClient
+from fleet.registry import load_registry
+from fleet.runtime import from_env
+from fleet.runtime.loop import Runtime, response_id
+from fleet.runtime.state import read_state, state_problems
+from fleet.secrets import format_keyring
+from tests.bus.conftest import Gateway
+from tests.runtime.conftest import KEYS, MockProvider
+
+
+def runtime_of(registry: Path, state: Path, provider: MockProvider, **changes: Any) -> Runtime:
+    """bezalel's runtime, built from the environment its unit would give it."""
+    env = {"FLEET_REGISTRY": str(registry), "FLEET_AGENT": "bezalel",
+           "FLEET_BUS_KEYS": format_keyring(KEYS), "FLEET_STATE_DIR": str(state),
+           "FLEET_SOUL": str(registry.parent / "souls" / "bezalel.md"),
+           "MOCK_API_KEY": provider.key}
+    runtime = from_env(env)
+    for name, value in changes.items():
+        setattr(runtime, name, value)
+    return runtime
+
+
+def responses(ezra: BusClient, correlation: str) -> list[dict[str, Any]]:
+    return list(ezra.messages(type="response", correlation_id=correlation)["messages"])
+
+
+def wait_for(check: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def test_request_is_answered_by_the_model_with_its_correlation_id(
+        fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider) -> None:
+    registry, gateways = fleet_pair
+    runtime = runtime_of(registry, gateways["bezalel"].state, provider)
+    thread = threading.Thread(target=runtime.run, daemon=True)
+    thread.start()
+    try:
+        with BusClient.for_agent(load_registry(registry), "ezra", KEYS) as ezra:
+            answer = ezra.request("bezalel", {"prompt": "What is 2+2?"}, timeout=30,
+                                  correlation_id="corr-42")
+    finally:
+        runtime.stop.set()
+        thread.join(10)
+    assert answer["correlation_id"] == "corr-42"
+    assert answer["from"] == "bezalel"
+    assert answer["payload"]["text"] == "four"
+    assert answer["payload"]["tokens"] == 1
+    asked = provider.requests[-1]
+    assert asked["messages"] == [
+        {"role": "system", "content": "You are bezalel. Answer briefly.\n"},
+        {"role": "user", "content": "What is 2+2?"}]
+    state = read_state(gateways["bezalel"].state)
+    assert state is not None and state["handled"] == 1
+    assert state["last_round_trip"]["ok"] is True
+    with BusClient.for_agent(load_registry(registry), "bezalel", KEYS) as bezalel:
+        assert bezalel.messages(type="request", unacked=1)["messages"] == []
+
+
+class CrashAfterReply(Exception):
+    """Stands for the runtime dying between queueing the reply and the acknowledgement."""
+
+
+def test_crash_between_reply_and_ack_answers_exactly_once(
+        fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider) -> None:
+    registry, gateways = fleet_pair
+    fleet = load_registry(registry)
+    with BusClient.for_agent(fleet, "ezra", KEYS) as ezra:
+        ezra.send("bezalel", "request", {"prompt": "hi"}, id="req-1", correlation_id="c-1",
+                  reply_to="ezra")
+        first = runtime_of(registry, gateways["bezalel"].state, provider)
+        request = wait_for(lambda: first.inbox.messages(type="request",
+                                                        unacked=1)["messages"])[0]
+
+        def crash(sender: str, message_id: str) -> bool:
+            raise CrashAfterReply
+
+        first.inbox.ack = crash  # type: ignore[method-assign]
+        with pytest.raises(CrashAfterReply):
+            first.handle(request)
+        second = runtime_of(registry, gateways["bezalel"].state, provider)
+        assert second.step() == 1  # handled again after the "restart"
+        assert second.step() == 0  # and acknowledged this time
+        wait_for(lambda: responses(ezra, "c-1"))
+        time.sleep(1.5)  # room for a second delivery, if there were one
+        found = responses(ezra, "c-1")
+    assert len(found) == 1
+    assert found[0]["id"] == response_id(request)
+    assert len(provider.requests) == 2  # the model was asked twice, answered once
+
+
+def test_provider_outage_waits_and_answers_after_it_returns(
+        fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider) -> None:
+    registry, gateways = fleet_pair
+    provider.failures = [503, 502, 503]
+    runtime = runtime_of(registry, gateways["bezalel"].state, provider,
+                         sleep=lambda seconds: False)  # no real back-off waits in a unit test
+    with BusClient.for_agent(load_registry(registry), "ezra", KEYS) as ezra:
+        ezra.send("bezalel", "request", {"prompt": "hi"}, correlation_id="c-2", reply_to="ezra")
+        wait_for(lambda: runtime.inbox.messages(type="request", unacked=1)["messages"])
+        assert runtime.step() == 1
+        answer = wait_for(lambda: responses(ezra, "c-2"))[0]
+    assert answer["payload"]["text"] == "four"
+    assert len(provider.requests) == 4
+
+
+def test_expired_request_gets_an_error_response(
+        fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider) -> None:
+    registry, gateways = fleet_pair
+    runtime = runtime_of(registry, gateways["bezalel"].state, provider)
+    with BusClient.for_agent(load_registry(registry), "ezra", KEYS) as ezra:
+        ezra.send("bezalel", "request", {"prompt": "hi"}, correlation_id="c-3", reply_to="ezra",
+                  ttl=1)
+        wait_for(lambda: runtime.inbox.messages(type="request", unacked=1)["messages"])
+        time.sleep(1.5)
+        assert runtime.step() == 1
+        answer = wait_for(lambda: responses(ezra, "c-3"))[0]
+    assert "expired" in answer["payload"]["error"]
+    assert provider.requests == []  # the model was not asked
+
+
+def test_wrong_key_is_refused_without_retries_and_shows_in_state(
+        fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider) -> None:
+    registry, gateways = fleet_pair
+    runtime = runtime_of(registry, gateways["bezalel"].state, provider)
+    provider.key = "sk-another-key-99999999"  # the agent's key is now the wrong one
+    assert runtime.probe() is False
+    state = read_state(gateways["bezalel"].state)
+    assert state is not None
+    problems = state_problems(state, runtime.release)
+    assert len(problems) == 1 and "HTTP 401" in problems[0]
+    assert state_problems(None, "r") == ["runtime has not started (no state file)"]
+    stale = {**state, "heartbeat": time.time() - 60}
+    assert "not running" in state_problems(stale, runtime.release, now=time.time())[0]
