@@ -34,6 +34,7 @@ COMMANDS = {
     "test": "fleet.cli.livetest:live_test_command",
     "drift": "fleet.cli.drift:drift",
     "init": "fleet.cli.init:init",
+    "ask": "fleet.cli.ask:ask",
 }
 
 

@@ -46,6 +46,8 @@ PID_FILE = "model-server.pid"
 LOG_FILE = "model-server.log"
 START_TIMEOUT = 120.0
 INSTALL_TIMEOUT = 1800.0
+_children: dict[int, subprocess.Popen[bytes]] = {}
+"""Servers this process started, by pid: kept so they are reaped (no zombie, no warning)."""
 
 
 def wheels_dir() -> Path:
@@ -162,6 +164,7 @@ def start(lab_path: Path, index: int, progress: object = None) -> str:
         with log:
             child = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                      start_new_session=True, cwd=lab_path)
+        _children[child.pid] = child
         (lab_path / PID_FILE).write_text(f"{child.pid}\n")
     deadline = time.monotonic() + START_TIMEOUT
     while not answering(url):
@@ -184,6 +187,9 @@ def stop(lab_path: Path, timeout: float = 10.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
             processes.wait_gone([pid], 5)
+        child = _children.pop(pid, None)
+        if child is not None:
+            child.wait(5)
     (lab_path / PID_FILE).unlink(missing_ok=True)
 
 

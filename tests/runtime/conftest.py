@@ -23,6 +23,7 @@ class MockProvider:
         self.requests: list[dict[str, Any]] = []
         self.failures: list[int] = []  # HTTP statuses to answer first, one per call
         self.reply = "four"
+        self.hold: threading.Event | None = None  # answers wait until it is set
         self.key = "sk-test-KEY-0123456789"
         outer = self
 
@@ -33,6 +34,8 @@ class MockProvider:
                 outer.requests.append(body)
                 if self.headers.get("Authorization") != f"Bearer {outer.key}":
                     return self.answer(401, {"error": {"message": "bad key"}})
+                if outer.hold is not None:
+                    outer.hold.wait(60)
                 if outer.failures:
                     return self.answer(outer.failures.pop(0), {"error": {"message": "busy"}})
                 self.answer(200, {
@@ -96,6 +99,8 @@ def write_registry(folder: Path, provider_url: str) -> Path:
     role: worker
     model: test/m
     gateway_port: {free_port()}
+    capabilities: [code]
+    provider: {{base_url: '{provider_url}', api_key: MOCK_API_KEY}}
   ghost:
     host: 127.0.0.1
     role: worker
@@ -112,10 +117,16 @@ def write_registry(folder: Path, provider_url: str) -> Path:
 
 @pytest.fixture
 def fleet_pair(tmp_path: Path, provider: MockProvider) -> Iterator[tuple[Path, dict[str, Gateway]]]:
-    """The registry and running gateways of ezra and bezalel."""
+    """The registry and running gateways of ezra, bezalel and allegro (both workers think
+    with the mock provider and declare capability code)."""
     registry = write_registry(tmp_path, provider.url)
-    gateways = {name: Gateway(name, registry, tmp_path / f"state-{name}", dict(FAST_RETRIES))
-                for name in ("ezra", "bezalel")}
+    gateways = {}
+    for name in ("ezra", "bezalel", "allegro"):
+        config = tmp_path / f"config-{name}.json"
+        config.write_text("{}\n")
+        env = {**FAST_RETRIES, "FLEET_CONFIG": str(config),
+               "FLEET_SOUL": str(tmp_path / "souls" / f"{name}.md")}
+        gateways[name] = Gateway(name, registry, tmp_path / f"state-{name}", env)
     try:
         for gateway in gateways.values():
             gateway.start()

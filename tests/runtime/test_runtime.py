@@ -22,11 +22,12 @@ from tests.bus.conftest import Gateway
 from tests.runtime.conftest import KEYS, MockProvider
 
 
-def runtime_of(registry: Path, state: Path, provider: MockProvider, **changes: Any) -> Runtime:
-    """bezalel's runtime, built from the environment its unit would give it."""
-    env = {"FLEET_REGISTRY": str(registry), "FLEET_AGENT": "bezalel",
+def runtime_of(registry: Path, state: Path, provider: MockProvider, agent: str = "bezalel",
+               **changes: Any) -> Runtime:
+    """An agent's runtime, built from the environment its unit would give it."""
+    env = {"FLEET_REGISTRY": str(registry), "FLEET_AGENT": agent,
            "FLEET_BUS_KEYS": format_keyring(KEYS), "FLEET_STATE_DIR": str(state),
-           "FLEET_SOUL": str(registry.parent / "souls" / "bezalel.md"),
+           "FLEET_SOUL": str(registry.parent / "souls" / f"{agent}.md"),
            "MOCK_API_KEY": provider.key}
     runtime = from_env(env)
     for name, value in changes.items():

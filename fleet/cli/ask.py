@@ -1,0 +1,39 @@
+"""``fleet ask --capability X "PROMPT"``: ask a healthy agent with a capability, print its
+model's answer."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from fleet.ask import ask as ask_agent
+from fleet.cli.context import CliContext, pass_cli
+from fleet.secrets import BUS_KEYRING, load_secrets, parse_keyring
+
+
+@click.command()
+@click.option("-c", "--capability", required=True, help="Capability the answering agent has.")
+@click.argument("prompt")
+@click.option("--from", "sender", envvar="FLEET_AGENT",
+              help="Asking agent (default: $FLEET_AGENT, else the first orchestrator).")
+@click.option("--timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
+              help="Seconds to wait for the answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole answer as JSON.")
+@pass_cli
+def ask(cli: CliContext, capability: str, prompt: str, sender: str | None, timeout: float,
+        as_json: bool) -> None:
+    """Send PROMPT to a healthy agent declaring the capability (load spread among them; sent
+    once more to another if it dies) and print the answer."""
+    keyring = os.environ.get(BUS_KEYRING)
+    keys = parse_keyring(keyring) if keyring else load_secrets().bus_keys()
+    answer = ask_agent(cli.registry, keys, capability, prompt, sender, timeout)
+    if as_json:
+        click.echo(json.dumps({"agent": answer.agent, "correlation_id": answer.correlation_id,
+                               "asked": list(answer.asked), "payload": answer.payload}))
+        return
+    payload = answer.payload if isinstance(answer.payload, dict) else {"text": answer.payload}
+    if payload.get("error"):
+        raise click.ClickException(f"{answer.agent} answered with an error: {payload['error']}")
+    click.echo(f"{answer.agent}: {payload.get('text', '')}")

@@ -1,0 +1,108 @@
+"""``fleet ask``: a request routed by capability to a healthy thinking agent, its answer
+printed; re-routed once when the chosen agent dies mid-request, answered once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleet.ask import AskError, ask
+from fleet.registry import load_registry
+from fleet.runtime.loop import Runtime
+from fleet.secrets import format_keyring
+from tests.bus.conftest import Gateway
+from tests.runtime.conftest import KEYS, MockProvider
+from tests.runtime.test_runtime import runtime_of
+
+
+class Running:
+    """Runtimes in threads, stopped at the end."""
+
+    def __init__(self) -> None:
+        self.threads: list[tuple[Runtime, threading.Thread]] = []
+
+    def start(self, runtime: Runtime) -> Runtime:
+        thread = threading.Thread(target=runtime.run, daemon=True)
+        thread.start()
+        self.threads.append((runtime, thread))
+        return runtime
+
+    def stop(self) -> None:
+        for runtime, _ in self.threads:
+            runtime.stop.set()
+
+
+@pytest.fixture
+def running() -> Iterator[Running]:
+    found = Running()
+    try:
+        yield found
+    finally:
+        found.stop()
+
+
+def wait_ready(runtime: Runtime) -> None:
+    deadline = time.monotonic() + 20
+    while runtime.status["state"] != "ready":
+        assert time.monotonic() < deadline, runtime.status
+        time.sleep(0.05)
+
+
+def test_fleet_ask_prints_the_answer_of_an_agent_with_the_capability(
+        fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider,
+        running: Running) -> None:
+    registry, gateways = fleet_pair
+    for name in ("bezalel", "allegro"):
+        wait_ready(running.start(runtime_of(registry, gateways[name].state, provider, name)))
+    env = {"FLEET_BUS_KEYS": format_keyring(KEYS), "PATH": "/usr/bin:/bin"}
+    answered = set()
+    for _ in range(6):
+        done = subprocess.run([sys.executable, "-c", "from fleet.cli import main; main()",
+                               "--registry", str(registry), "ask", "--capability", "code",
+                               "--json", "What is 2+2?"], capture_output=True, text=True,
+                              env=env, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        answer = json.loads(done.stdout)
+        assert answer["payload"]["text"] == "four"
+        answered.add(answer["agent"])
+    assert answered == {"bezalel", "allegro"}  # load spread (2**-5 chance of a false fail)
+    plain = subprocess.run([sys.executable, "-c", "from fleet.cli import main; main()",
+                            "--registry", str(registry), "ask", "-c", "code", "hi"],
+                           capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert plain.returncode == 0 and plain.stdout in ("bezalel: four\n", "allegro: four\n")
+    with pytest.raises(AskError, match="no agent declares capability 'cooking'"):
+        ask(load_registry(registry), KEYS, "cooking", "hi")
+
+
+def test_ask_reroutes_once_when_the_chosen_agent_dies(
+        fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider,
+        running: Running) -> None:
+    registry, gateways = fleet_pair
+    bezalel = running.start(runtime_of(registry, gateways["bezalel"].state, provider))
+    wait_ready(bezalel)  # allegro's runtime is not running yet: bezalel is the one asked
+    provider.hold = threading.Event()
+    result: dict[str, object] = {}
+    asking = threading.Thread(target=lambda: result.update(answer=ask(
+        load_registry(registry), KEYS, "code", "hi", timeout=60)))
+    asking.start()
+    deadline = time.monotonic() + 20
+    while bezalel.status["current"] is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    gateways["bezalel"].kill()  # bezalel dies mid-request
+    bezalel.stop.set()
+    allegro = runtime_of(registry, gateways["allegro"].state, provider, "allegro")
+    provider.hold.set()
+    running.start(allegro)
+    asking.join(60)
+    answer = result["answer"]
+    assert answer.agent == "allegro"  # type: ignore[attr-defined]
+    assert answer.asked == ("bezalel", "allegro")  # type: ignore[attr-defined]
+    assert answer.payload["text"] == "four"  # type: ignore[attr-defined]

@@ -1,0 +1,164 @@
+"""Agents that think, on the lab with the real model server (Gemma 3 270M through llama.cpp's
+OpenAI-compatible server on the lab bridge). The tests share one lab and run in file order:
+a deploy leaves agents whose runtimes answer requests with model-written text; a runtime
+killed -9 mid-request answers once after its restart; with the model server stopped requests
+wait and are answered after it returns; a release whose runtime cannot reach its provider
+fails verify and is rolled back.
+
+The model is a small base model: the tests check that answers came from it over the wire
+(tokens, timing, the right correlation id), not what they say."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from bus.client import BusClient
+from fleet import lab
+from fleet.lab import model
+from fleet.lab.network import read_index
+from fleet.registry import load_registry
+from tests.deploy.conftest import SECRETS, Fleet, make_fleet
+from tests.lab_fixtures import EXAMPLE_REGISTRY, TEST_LAB_ENV, claim_lab, skip_unless_root
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+KEYS = {name: env["FLEET_BUS_KEY"] for name, env in SECRETS["agents"].items()}
+ASKER, WORKER = "ezra-primary", "bezalel"
+RUNTIME = f"fleet-runtime-{WORKER}.service"
+
+
+@pytest.fixture(scope="module")
+def model_lab() -> Iterator[Path]:
+    """A lab of the example registry with the model server; every agent thinks with it."""
+    skip_unless_root()
+    claimed = claim_lab(f"{os.environ.get(TEST_LAB_ENV) or 'pytest'}-think")
+    try:
+        lab.down(claimed.lab)
+        try:
+            yield lab.up(load_registry(EXAMPLE_REGISTRY), lab=claimed.lab, with_model=True)
+        finally:
+            lab.down(claimed.lab)
+    finally:
+        claimed.release()
+
+
+@pytest.fixture(scope="module")
+def fleet(model_lab: Path, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    return make_fleet(model_lab, tmp_path_factory.mktemp("think"))
+
+
+def asker(fleet: Fleet) -> BusClient:
+    return BusClient.for_agent(load_registry(fleet.registry), ASKER, KEYS, timeout=30)
+
+
+def responses(client: BusClient, correlation: str) -> list[dict[str, Any]]:
+    return list(client.messages(type="response", correlation_id=correlation)["messages"])
+
+
+def wait_for(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def runtime_state(fleet: Fleet) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(fleet.ssh(WORKER, f"cat /var/lib/fleet/{WORKER}/"
+                                                        "runtime.json"))
+    return data
+
+
+def test_deploy_leaves_agents_that_answer_with_the_model(fleet: Fleet) -> None:
+    done = fleet.run("deploy")
+    assert done.returncode == 0, done.stdout + done.stderr
+    registry = load_registry(fleet.registry)
+    for agent in registry:
+        with requests.get(f"{agent.health_endpoint}?roundtrip=1", timeout=30) as answer:
+            health = answer.json()
+        assert answer.status_code == 200, health
+        assert health["runtime"]["state"] == "ready", health
+        assert health["runtime"]["live_round_trip"]["tokens"] > 0, health
+    started = time.monotonic()
+    with asker(fleet) as ezra:
+        answer = ezra.request(WORKER, {"prompt": "Write one line of Python."}, timeout=180,
+                              correlation_id="lab-corr-1")
+    took = time.monotonic() - started
+    assert answer["correlation_id"] == "lab-corr-1"
+    assert answer["from"] == WORKER
+    payload = answer["payload"]
+    assert "error" not in payload, payload
+    assert payload["tokens"] > 0 and payload["text"].strip(), payload
+    assert 0 < payload["latency_ms"] < took * 1000
+
+
+def test_runtime_killed_mid_request_answers_exactly_once(fleet: Fleet) -> None:
+    correlation = f"lab-kill-{uuid.uuid4()}"
+    with asker(fleet) as ezra:
+        sent = ezra.send(WORKER, "request", {"prompt": "Tell a long story about a robot."},
+                         correlation_id=correlation, reply_to=ASKER)
+        wait_for(lambda: runtime_state(fleet).get("current") == sent["id"], 120,
+                 "the runtime to take the request")
+        pid_before = fleet.ssh(WORKER, f"systemctl show -p MainPID --value {RUNTIME}").strip()
+        fleet.ssh(WORKER, f"systemctl kill -s KILL {RUNTIME}")
+        wait_for(lambda: responses(ezra, correlation), 240, "the answer after the restart")
+        time.sleep(5)  # room for a second answer, if there were one
+        found = responses(ezra, correlation)
+    pid_after = fleet.ssh(WORKER, f"systemctl show -p MainPID --value {RUNTIME}").strip()
+    assert pid_after != pid_before  # systemd restarted it
+    assert len(found) == 1, found
+    assert found[0]["payload"]["tokens"] > 0, found
+
+
+def test_requests_wait_while_the_model_is_down_and_are_answered_after(fleet: Fleet) -> None:
+    lab_path = fleet.registry.parent
+    index = read_index(lab_path)
+    assert index is not None
+    model.stop(lab_path)
+    correlation = f"lab-outage-{uuid.uuid4()}"
+    try:
+        with asker(fleet) as ezra:
+            ezra.send(WORKER, "request", {"prompt": "Say hello."}, correlation_id=correlation,
+                      reply_to=ASKER)
+            time.sleep(8)
+            assert responses(ezra, correlation) == []
+            assert runtime_state(fleet)["state"] == "waiting_provider"
+            model.start(lab_path, index)
+            answer = wait_for(lambda: responses(ezra, correlation), 120, "the answer")[0]
+    finally:
+        model.start(lab_path, index)
+    assert answer["payload"]["tokens"] > 0, answer
+
+
+def test_release_whose_runtime_cannot_reach_its_provider_is_rolled_back(fleet: Fleet) -> None:
+    before = requests.get(f"http://{load_registry(fleet.registry).get(WORKER).host}:8646"
+                          "/health", timeout=10).json()["release"]
+    source = fleet.clone / "fleet" / "runtime" / "__init__.py"
+    text = source.read_text()
+    source.write_text(text.replace("return Provider(base_url=agent.provider_url,",
+                                   "return Provider(base_url='http://127.0.0.1:9/v1',"))
+    git = ["git", "-C", str(fleet.clone), "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run([*git, "commit", "-qam", "runtime calls nothing"], check=True)
+    try:
+        broken = fleet.run("deploy", "--limit", WORKER)
+    finally:
+        subprocess.run([*git, "reset", "-q", "--hard", "HEAD~1"], check=True)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    entry = fleet.record(broken.stdout)["hosts"][WORKER]
+    assert entry["status"] == "rolled_back", entry
+    problems = " ".join(entry["verify"]["problems"])
+    assert "runtime is waiting_provider" in problems and "127.0.0.1:9" in problems, problems
+    health = requests.get(f"http://{load_registry(fleet.registry).get(WORKER).host}:8646"
+                          "/health?roundtrip=1", timeout=30).json()
+    assert health["release"] == before and health["status"] == "ok", health
