@@ -51,6 +51,8 @@ def wait_for_verdict(state: State, host: Host, stage: int, controller: int) -> b
         time.sleep(POLL_S)
     if verdict["go"]:
         return True
+    if verdict.get("reason"):
+        return _skip(host, run_id, verdict.get("reason", ""))
     return _skip(host, run_id, f"not deployed: {verdict['failures']} host(s) of earlier rollout "
                                f"stages failed (allowed: {verdict['allowed']})")
 

@@ -61,6 +61,7 @@ def run(ctx: AgentContext) -> None:
     ``ctx.preflight_ok`` (a failing op if not)."""
     owner = lock.owner()
     load_node(ctx)
+    update_host(current_run_id(), host.name, {"reached": True})  # connected, snapshot read
     found, stale = problems(ctx.node["basics"], owner)
     if found:
         reason = "; ".join(found)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from fleet.errors import FleetError
 from fleet.masking import Masker
@@ -29,7 +29,7 @@ RUN_ID_ENV = "FLEET_RUN_ID"
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 HostStatus = Literal["ok", "failed", "rolled_back", "skipped", "planned"]
-RunStatus = Literal["running", "ok", "degraded", "failed"]
+RunStatus = Literal["running", "ok", "degraded", "partial", "failed"]
 
 
 class HostRecord(TypedDict, total=False):
@@ -37,6 +37,8 @@ class HostRecord(TypedDict, total=False):
 
     status: HostStatus
     phase: str  # where a host failed early (``preflight``)
+    reached: bool  # the deploy connected and read the node's snapshot
+    unreachable: bool  # skipped: its region was unreachable
     reason: str  # one line: why the host is not ``ok``
     problems: list[str]
     expected_release: str
@@ -57,6 +59,7 @@ class StageRecord(TypedDict, total=False):
     """One rollout stage: its hosts, their outcomes, and the verdict on going on."""
 
     stage: str  # ``canary`` or ``workers``
+    region: str | None  # the region of a region wave
     hosts: list[str]
     outcome: dict[str, str]
     exit_code: int | None
@@ -70,6 +73,7 @@ class Verdict(TypedDict):
     go: bool
     failures: int
     allowed: int
+    reason: NotRequired[str]  # why not, when no failure count says it
 
 
 class RunRecord(TypedDict, total=False):
@@ -90,6 +94,8 @@ class RunRecord(TypedDict, total=False):
     stages: list[StageRecord]
     verdicts: dict[str, Verdict]
     skipped: list[str]
+    regions: list[str]  # the regions of the run, in rollout order
+    unreachable_regions: list[str]  # regions skipped as unreachable (the run is ``partial``)
     hosts: dict[str, HostRecord]
 
 
@@ -188,9 +194,11 @@ def load_record(run_id: str) -> RunRecord:
 
 
 def went_through(record: RunRecord) -> bool:
-    """A deploy that changed the fleet: not a dry run, ``ok`` or ``degraded``, with a release."""
+    """A deploy that changed the fleet: not a dry run, ``ok``, ``degraded`` or ``partial``,
+    with a release."""
     return (record.get("kind") == "deploy" and not record.get("dry")
-            and record.get("status") in ("ok", "degraded") and bool(record.get("release")))
+            and record.get("status") in ("ok", "degraded", "partial")
+            and bool(record.get("release")))
 
 
 def latest_deploy(directory: Path | None = None) -> RunRecord | None:

@@ -50,7 +50,11 @@ AGENT_FIELDS = (
     "runtime",
 )
 REQUIRED_AGENT_FIELDS = ("host", "role", "model")
-FLEET_FIELDS = ("name", "ssh_key", "known_hosts", "repo_url", "become")
+FLEET_FIELDS = ("name", "ssh_key", "known_hosts", "repo_url", "become", "regions")
+REGION_FIELDS = ("batch", "max_failures")
+"""``fleet.regions`` as a mapping: each region's own rollout settings (workers ``batch`` at a
+time, ``max_failures`` allowed in the region)."""
+REGION_RE = re.compile(r"[a-z][a-z0-9-]{0,30}")
 BECOME_METHODS = ("sudo",)
 """``fleet.become``: how a non-root ``ssh_user`` becomes root on the nodes (absent: it logs in
 as root, or the deploy runs as ``ssh_user``)."""
@@ -138,6 +142,20 @@ class Agent:
 
 
 @dataclass(frozen=True)
+class Region:
+    """One region of ``fleet.regions``: its name and rollout settings (None: the deploy's)."""
+
+    name: str
+    batch: int | None = None
+    max_failures: int | None = None
+
+    def to_dict(self) -> dict[str, int]:
+        """The region's settings as registry YAML spells them (only those set)."""
+        settings = {"batch": self.batch, "max_failures": self.max_failures}
+        return {key: value for key, value in settings.items() if value is not None}
+
+
+@dataclass(frozen=True)
 class Registry:
     """A validated registry: fleet-wide settings and the agents in file order."""
 
@@ -148,6 +166,7 @@ class Registry:
     known_hosts: str | None = None
     repo_url: str | None = None
     become: str | None = None
+    regions: tuple[Region, ...] = ()
 
     def __iter__(self) -> Iterator[Agent]:
         return iter(self.agents.values())
@@ -174,6 +193,20 @@ class Registry:
         """Agents with ``role``, in registry order."""
         return [agent for agent in self if agent.role == role]
 
+    def region_order(self) -> list[str]:
+        """Regions in rollout order: ``fleet.regions`` as written, else the canary's region
+        first, then the others by name (agents without a region belong to none)."""
+        if self.regions:
+            return [region.name for region in self.regions]
+        used = {agent.region for agent in self if agent.region}
+        canary = [agent.region for agent in self.by_role("orchestrator") if agent.region]
+        first = canary[:1]
+        return first + sorted(used - set(first))
+
+    def region(self, name: str) -> Region:
+        """The settings of region ``name`` (all defaults when ``fleet.regions`` omits it)."""
+        return next((region for region in self.regions if region.name == name), Region(name))
+
     def soul_path(self, agent: Agent) -> Path:
         """The agent's soul file on the controller, inside the registry's folder (checked
         again here: the file may have become a symlink out of it since loading)."""
@@ -186,11 +219,19 @@ class Registry:
     def to_dict(self) -> dict[str, Any]:
         """The whole registry as plain data (for ``--json`` and for writing lab registries)."""
         fleet = {"name": self.name, "ssh_key": self.ssh_key, "known_hosts": self.known_hosts,
-                 "repo_url": self.repo_url, "become": self.become}
+                 "repo_url": self.repo_url, "become": self.become,
+                 "regions": regions_data(self.regions)}
         return {
             "fleet": {key: value for key, value in fleet.items() if value},
             "wizards": {agent.name: agent.to_dict() for agent in self},
         }
+
+
+def regions_data(regions: tuple[Region, ...]) -> list[str] | dict[str, dict[str, int]]:
+    """``fleet.regions`` as YAML: a list of names, or a mapping when a region has settings."""
+    if any(region.to_dict() for region in regions):
+        return {region.name: region.to_dict() for region in regions}
+    return [region.name for region in regions]
 
 
 def resolve_registry_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -258,6 +299,8 @@ class _Validator:
             raise self.fail()
         agents = self.agents(wizards[1])
         self.check_endpoints_unique(agents)
+        if settings.get("regions"):
+            self.check_agent_regions(agents, settings["regions"])
         if "become" not in self.fleet_keys:  # a wrong `become` is reported already
             self.check_become(agents)
         if self.problems:
@@ -309,6 +352,9 @@ class _Validator:
             self.fleet_keys.add(key)
             if key not in FLEET_FIELDS:
                 continue
+            if key == "regions":
+                settings["regions"] = self.regions(value_node)
+                continue
             value = self.value(value_node)
             if value is not None and not isinstance(value, str):
                 self.problem(value_node, f"fleet.{key}", f"{value!r} is not a string")
@@ -322,6 +368,71 @@ class _Validator:
                 continue
             settings[key] = value
         return settings
+
+    def regions(self, node: yaml.Node) -> tuple[Region, ...]:
+        """``fleet.regions``: a list of region names in rollout order, or a mapping of region
+        name to its settings (``batch``, ``max_failures``), in rollout order."""
+        form = ("write `regions: [eu, us]` (rollout order) or a mapping like "
+                "`regions: {eu: {batch: 2, max_failures: 0}}`")
+        entries: list[tuple[yaml.Node, yaml.Node | None]]
+        if isinstance(node, yaml.SequenceNode):
+            entries = [(item, None) for item in node.value]
+        elif isinstance(node, yaml.MappingNode):
+            entries = list(node.value)
+        else:
+            self.problem(node, "fleet.regions", f"{self.value(node)!r} is not a list or "
+                         f"mapping of regions; {form}")
+            return ()
+        regions: list[Region] = []
+        for name_node, settings_node in entries:
+            name = self.value(name_node)
+            where = f"fleet.regions.{name}"
+            if not isinstance(name, str) or not REGION_RE.fullmatch(name):
+                self.problem(name_node, "fleet.regions", f"{name!r} is not a region name "
+                             "(1-31 lowercase letters, digits and '-', starting with a letter)")
+                continue
+            if any(region.name == name for region in regions):
+                self.problem(name_node, where, "region listed twice; list each region once")
+                continue
+            regions.append(Region(name, **self.region_settings(settings_node, where)))
+        return tuple(regions)
+
+    def region_settings(self, node: yaml.Node | None, where: str) -> dict[str, int]:
+        """One region's settings: ``batch`` (1 or more), ``max_failures`` (0 or more)."""
+        if node is None or (isinstance(node, yaml.ScalarNode) and self.value(node) is None):
+            return {}
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, where, "must be a mapping of region settings "
+                         f"({', '.join(REGION_FIELDS)}), e.g. {{batch: 2, max_failures: 0}}")
+            return {}
+        settings: dict[str, int] = {}
+        for key, (_, value_node) in self.mapping(node, where, REGION_FIELDS).items():
+            value = self.value(value_node)
+            least = 1 if key == "batch" else 0
+            if key not in REGION_FIELDS:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                self.problem(value_node, f"{where}.{key}",
+                             f"{value!r} is not a whole number of {least} or more")
+                continue
+            settings[key] = value
+        return settings
+
+    def check_agent_regions(self, agents: dict[str, Agent], regions: tuple[Region, ...]) -> None:
+        """With ``fleet.regions`` set, every agent names one of them."""
+        names = [region.name for region in regions]
+        listed = ", ".join(names)
+        for agent in agents.values():
+            where = f"{self.path}:{agent.line}: wizards.{agent.name}.region:"
+            if agent.region is None:
+                self.problems.append(f"{where} missing; the fleet lists regions ({listed}): "
+                                     "give the agent `region: NAME` with one of them")
+            elif agent.region not in names:
+                close = difflib.get_close_matches(agent.region, names, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                self.problems.append(f"{where} {agent.region!r} is not in fleet.regions "
+                                     f"({listed}); {hint}fix the name or add it to "
+                                     "fleet.regions")
 
     def agents(self, node: yaml.Node) -> dict[str, Agent]:
         if not isinstance(node, yaml.MappingNode):

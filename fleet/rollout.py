@@ -1,5 +1,8 @@
 """The rollout behind ``fleet deploy``, ``fleet rollback`` and the webhook: canary, then the
-workers (all at once or in batches), stopping past ``max_failures``.
+workers (all at once or in batches), stopping past ``max_failures``. In a fleet with regions
+listing ``fleet.regions`` the workers go region by region, each region in its own batches and
+gated on the regions before it; a region whose hosts all fail preflight (SSH included) is
+reported unreachable and skipped, and the run ends ``partial``.
 
 Built on pyinfra's CLI only: each stage is one ``pyinfra -y inventory.py deploy.py --limit
 HOST ...`` process. Stage N+1's process starts while stage N deploys, so it connects and plans
@@ -33,6 +36,7 @@ from fleet.records import (
     HostRecord,
     RunRecord,
     StageRecord,
+    Verdict,
     current_run_id,
     load_record,
     now,
@@ -64,6 +68,8 @@ class RolloutOptions:
     max_failures: int = 0
     action: Literal["deploy", "rollback"] = "deploy"
     rollback_to: str | None = None
+    regions: tuple[str, ...] = ()  # only the agents of these regions
+    stop_on_unreachable_region: bool = False
 
 
 @dataclass
@@ -97,7 +103,21 @@ def project_dir() -> Path:
     return here
 
 
-def select(registry: Registry, limit: Sequence[str]) -> list[str]:
+def select(registry: Registry, limit: Sequence[str],
+           regions: Sequence[str] = ()) -> list[str]:
+    """Agent names matched by ``limit`` (agent or group names) and in ``regions`` (when given),
+    in registry order."""
+    known_regions = registry.region_order()
+    for region in regions:
+        if region not in known_regions:
+            raise DeployError(f"--region {region!r} is not a region of the fleet (regions: "
+                              f"{', '.join(known_regions) or 'none'})",
+                              hint="Use a region of fleet.regions or of an agent's `region:`.")
+    names = _select(registry, limit)
+    return [name for name in names if not regions or registry.agents[name].region in regions]
+
+
+def _select(registry: Registry, limit: Sequence[str]) -> list[str]:
     """Agent names matched by ``limit`` (agent or group names), in registry order."""
     if not limit:
         return list(registry.agents)
@@ -116,13 +136,30 @@ def select(registry: Registry, limit: Sequence[str]) -> list[str]:
 
 
 def plan_stages(registry: Registry, names: Sequence[str], batch: int | None) -> list[list[str]]:
-    """Canary stage (the orchestrators) then the workers, in batches of ``batch`` if given."""
+    """Canary stage (the orchestrators) then the workers (region by region, see
+    :func:`plan_waves`), in batches of ``batch`` if given."""
+    return [hosts for _, hosts in plan_waves(registry, names, batch)]
+
+
+def plan_waves(registry: Registry, names: Sequence[str],
+               batch: int | None) -> list[tuple[str | None, list[str]]]:
+    """Stages with their region: the canary (the orchestrators), then, when the fleet lists
+    ``fleet.regions``, each region's workers in that order (in batches of the region's
+    ``batch``, else ``batch``); otherwise all workers in batches of ``batch``."""
     canary = [name for name in names if registry.agents[name].role == "orchestrator"]
     workers = [name for name in names if name not in canary]
-    size = batch or len(workers) or 1
-    stages = [canary] if canary else []
-    stages += [workers[index:index + size] for index in range(0, len(workers), size)]
-    return stages
+    canary_regions = {registry.agents[name].region for name in canary}
+    waves: list[tuple[str | None, list[str]]] = []
+    if canary:
+        one = registry.regions and len(canary_regions) == 1
+        waves.append((canary_regions.pop() if one else None, canary))
+    order = registry.region_order() if registry.regions else []
+    for region in [*order, None]:
+        members = [name for name in workers
+                   if (registry.agents[name].region if order else None) == region]
+        size = (registry.region(region).batch if region else None) or batch or len(members)
+        waves += [(region, members[i:i + size]) for i in range(0, len(members), size or 1)]
+    return waves
 
 
 def stage_label(registry: Registry, stages: list[list[str]], index: int) -> str:
@@ -242,14 +279,17 @@ class Rollout:
         if options.rollback_to is not None:
             check_release_id(options.rollback_to)
         self.masker = Masker(load_secrets().values())
-        self.names = select(registry, options.limit)
+        self.names = select(registry, options.limit, options.regions)
         if self.names:  # first contact is explicit: every host key pinned before connecting
             check_known_hosts(registry, self.names)
         self.run_id = current_run_id()
-        self.stages = ([self.names] if options.dry and self.names
-                       else plan_stages(registry, self.names, options.batch))
+        waves = ([(None, self.names)] if options.dry and self.names
+                 else plan_waves(registry, self.names, options.batch))
+        self.stages = [hosts for _, hosts in waves]
+        self.regions = [region for region, _ in waves]
         self.processes: dict[int, StageProcess] = {}
-        self.failures = 0
+        self.failures: dict[str, int] = {}  # per failure group: a region, or "" (the rest)
+        self.unreachable: list[str] = []  # regions found unreachable, in order
         self.stopped = False
         release = None if options.action == "rollback" else build_release(self.root)
         self.release = release.id if release else ""
@@ -257,7 +297,8 @@ class Rollout:
 
     def start(self, index: int) -> None:
         """Start stage ``index``'s pyinfra process (once, never after the rollout stopped)."""
-        if index < len(self.stages) and index not in self.processes and not self.stopped:
+        if (index < len(self.stages) and index not in self.processes and not self.stopped
+                and self.regions[index] not in self.unreachable):
             command = pyinfra_command(self.stages[index], self.options,
                                       stage=0 if self.options.dry else index)
             self.processes[index] = StageProcess(command, self.env, self.root, self.masker)
@@ -268,11 +309,13 @@ class Rollout:
         update_run(self.run_id, kind=options.action, status="running", release=self.release,
                    registry=str(self.registry.path), dry=options.dry, limit=list(options.limit),
                    batch=options.batch, max_failures=options.max_failures,
-                   to=options.rollback_to, stages=[], skipped=[])
+                   to=options.rollback_to, stages=[], skipped=[],
+                   regions=[r for r in self.registry.region_order() if r in self.regions],
+                   unreachable_regions=[])
         if not self.stages:
             update_run(self.run_id, status="ok", finished=now())
             return load_record(self.run_id)
-        plan = "; then ".join(f"{self.label(index)}: {', '.join(hosts)}"
+        plan = "; then ".join(f"{self.where(index)}: {', '.join(hosts)}"
                               for index, hosts in enumerate(self.stages))
         what = f"release {self.release}" if self.release else "rollback"
         self.echo(f"==> {plan} ({what}, run {self.run_id})")
@@ -281,21 +324,28 @@ class Rollout:
         finally:
             for process in self.processes.values():
                 process.stop()
-        status = "failed" if self.stopped else "degraded" if self.failures else "ok"
+        status = ("failed" if self.stopped else "partial" if self.unreachable
+                  else "degraded" if any(self.failures.values()) else "ok")
         update_run(self.run_id, status=status, finished=now())
         return load_record(self.run_id)
 
     def label(self, index: int) -> str:
         return "plan" if self.options.dry else stage_label(self.registry, self.stages, index)
 
+    def where(self, index: int) -> str:
+        """The stage's label with its region (``us workers``)."""
+        region = self.regions[index]
+        return f"{region} {self.label(index)}" if region else self.label(index)
+
     def _stages(self) -> None:
         """Run the stages in order, each next one started while the one before deploys."""
         records: list[StageRecord] = []
         for index, hosts in enumerate(self.stages):
             self.start(index)
-            if index not in self.processes:  # the rollout stopped before this stage
-                self._skip_unstarted(hosts)
-                records.append({"stage": self.label(index), "hosts": hosts, "exit_code": None,
+            if index not in self.processes:  # stopped, or its region is unreachable
+                self._skip_unstarted(index, hosts)
+                records.append({"stage": self.label(index), "region": self.regions[index],
+                                "hosts": hosts, "exit_code": None,
                                 "outcome": dict.fromkeys(hosts, "skipped")})
             else:
                 if not self.options.dry:
@@ -316,31 +366,82 @@ class Rollout:
         code = process.process.returncode
         if outcome is None:
             outcome = planned_outcome(self.run_id, hosts, code)
-        return {"stage": self.label(index), "hosts": hosts, "exit_code": code,
-                "outcome": outcome, "started": process.started, "finished": now()}
+        return {"stage": self.label(index), "region": self.regions[index], "hosts": hosts,
+                "exit_code": code, "outcome": outcome, "started": process.started,
+                "finished": now()}
 
     def _judge(self, index: int, outcome: dict[str, str]) -> None:
-        """Count the stage's failures and write the verdict the next stage's gate waits for."""
+        """Count the stage's failures and write the verdict the next stage's gate waits for.
+
+        A region's stage whose hosts all failed preflight (or never connected) makes the
+        region unreachable: its hosts are recorded skipped, not counted as failures, and the
+        later stages go on (unless ``stop_on_unreachable_region``)."""
         if self.stopped:  # started before the stop; its hosts waited at the gate and skipped
             return
-        self.failures += sum(status != "ok" for status in outcome.values())
+        region = self.regions[index]
+        if self.label(index) == "workers" and region and self._unreachable(index, outcome):
+            self._mark_unreachable(index, region)
+            if self.options.stop_on_unreachable_region:
+                self._stop(index, f"region {region} is unreachable", 0, 0)
+                return
+            set_verdict(self.run_id, index, {"go": True, "failures": 0, "allowed": 0})
+            return
+        group = region if region and self.label(index) == "workers" else ""
         allowed = self.options.max_failures
-        go = self.failures <= allowed
-        set_verdict(self.run_id, index, {"go": go, "failures": self.failures,
-                                         "allowed": allowed})
+        own = self.registry.region(group).max_failures if group else None
+        allowed = own if own is not None else allowed
+        count = self.failures.get(group, 0) + sum(s != "ok" for s in outcome.values())
+        self.failures[group] = count
+        go = count <= allowed
+        set_verdict(self.run_id, index, {"go": go, "failures": count, "allowed": allowed})
         if not go:
-            self.stopped = True
-            later = [name for stage in self.stages[index + 1:] for name in stage]
-            if later:
-                self.echo(f"==> stopped: {self.failures} host(s) failed (allowed: {allowed}); "
-                          f"not deployed: {', '.join(later)}")
-                update_run(self.run_id, skipped=later)
+            self._stop(index, f"{count} host(s) failed (allowed: {allowed})", count, allowed)
 
-    def _skip_unstarted(self, hosts: list[str]) -> None:
-        """Record the hosts of a stage that never started as skipped."""
-        for name in hosts:
+    def _stop(self, index: int, why: str, failures: int, allowed: int) -> None:
+        """Stop the rollout after stage ``index``: no later stage deploys."""
+        self.stopped = True
+        verdict: Verdict = {"go": False, "failures": failures, "allowed": allowed}
+        if not failures:
+            verdict["reason"] = f"not deployed: {why} (--stop-on-unreachable-region)"
+        set_verdict(self.run_id, index, verdict)
+        later = [name for stage in self.stages[index + 1:] for name in stage]
+        if later:
+            self.echo(f"==> stopped: {why}; not deployed: {', '.join(later)}")
+            update_run(self.run_id, skipped=later)
+
+    def _unreachable(self, index: int, outcome: dict[str, str]) -> bool:
+        """Whether every host of stage ``index`` failed preflight or never connected."""
+        if self.regions[index] in self.unreachable:
+            return True
+        entries = load_record(self.run_id).get("hosts", {})
+        return all(status == "failed" and (entries.get(name, {}).get("phase") == "preflight"
+                                           or not entries.get(name, {}).get("reached"))
+                   for name, status in outcome.items())
+
+    def _mark_unreachable(self, index: int, region: str) -> None:
+        """Record region ``region`` unreachable and stage ``index``'s hosts skipped."""
+        for name in self.stages[index]:
+            entry = load_record(self.run_id).get("hosts", {}).get(name, {})
+            why = "; ".join(entry.get("problems", [])) or entry.get("reason", "")
             update_host(self.run_id, name, {
-                "status": "skipped", "reason": "not deployed: an earlier rollout stage failed"})
+                "status": "skipped", "unreachable": True,
+                "reason": f"region {region} is unreachable (preflight failed on all its "
+                          f"hosts): {why}"})
+        if region not in self.unreachable:
+            self.unreachable.append(region)
+            self.echo(f"==> region {region} is unreachable: skipped"
+                      + ("" if self.options.stop_on_unreachable_region
+                         else "; the other regions go on"))
+            update_run(self.run_id, unreachable_regions=self.unreachable)
+
+    def _skip_unstarted(self, index: int, hosts: list[str]) -> None:
+        """Record the hosts of a stage that never started as skipped."""
+        region = self.regions[index]
+        reason = ("not deployed: an earlier rollout stage failed" if self.stopped
+                  else f"not deployed: region {region} is unreachable")
+        for name in hosts:
+            update_host(self.run_id, name, {"status": "skipped", "reason": reason,
+                                            **({} if self.stopped else {"unreachable": True})})
 
 
 def deploy_fleet(registry: Registry, options: RolloutOptions, echo: Echo) -> RolloutResult:

@@ -24,14 +24,22 @@ max_failures_option = click.option(
 @click.option("--dry", is_flag=True, help="Show what would change; change nothing.")
 @click.option("--diff", is_flag=True, help="Show file diffs (secret values masked).")
 @limit_option
+@click.option("--region", "regions", multiple=True, metavar="NAME",
+              help="Only the agents of this region; repeatable.")
+@click.option("--stop-on-unreachable-region", is_flag=True,
+              help="Stop the rollout when a region cannot be reached (default: skip it, "
+                   "deploy the others, and end the run partial).")
 @batch_option
 @max_failures_option
 @pass_cli
-def deploy(cli: CliContext, dry: bool, diff: bool, limit: tuple[str, ...], batch: int | None,
+def deploy(cli: CliContext, dry: bool, diff: bool, limit: tuple[str, ...],
+           regions: tuple[str, ...], stop_on_unreachable_region: bool, batch: int | None,
            max_failures: int) -> None:
-    """Deploy the fleet: the orchestrator first as a canary, then the workers."""
+    """Deploy the fleet: the orchestrator first as a canary, then the workers (region by
+    region when the registry lists ``fleet.regions``)."""
     options = RolloutOptions(dry=dry, diff=diff, limit=limit, batch=batch,
-                             max_failures=max_failures)
+                             max_failures=max_failures, regions=regions,
+                             stop_on_unreachable_region=stop_on_unreachable_region)
     report(deploy_fleet(cli.registry, options, click.echo))
 
 
@@ -55,6 +63,9 @@ def rollback(cli: CliContext, names: tuple[str, ...], to: str | None, limit: tup
 def report(result: RolloutResult) -> None:
     """One line for the run and one per host, from the run record; exit 1 unless ok."""
     click.echo(f"==> run {result.run_id}: {result.status} (record: {record_path(result.run_id)})")
+    unreachable = result.record.get("unreachable_regions", [])
+    if unreachable:
+        click.echo(f"    unreachable region(s), skipped: {', '.join(unreachable)}")
     for name, entry in result.hosts.items():
         if entry.get("status") == "planned":
             planned = entry.get("planned")

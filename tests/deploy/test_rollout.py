@@ -21,6 +21,7 @@ from fleet.rollout import (
     RolloutOptions,
     final_outcome,
     plan_stages,
+    plan_waves,
     project_dir,
     pyinfra_command,
     select,
@@ -143,3 +144,45 @@ def test_gate_gives_up_when_the_controller_is_gone(run: str) -> None:
     assert wait_for_verdict(None, target, 1, 1) is False  # type: ignore[arg-type]
     assert "the fleet deploy that started this stage is gone" in \
         records.load_record(run)["hosts"]["d"]["reason"]
+
+
+REGION_FLEET = """\
+fleet:
+  regions: {eu: {batch: 1}, us: null, ap: {max_failures: 1}}
+wizards:
+  o: {host: 192.0.2.1, role: orchestrator, model: m, region: us}
+  a1: {host: 192.0.2.2, role: worker, model: m, region: ap}
+  e1: {host: 192.0.2.3, role: worker, model: m, region: eu}
+  u1: {host: 192.0.2.4, role: worker, model: m, region: us}
+  e2: {host: 192.0.2.5, role: worker, model: m, region: eu}
+  a2: {host: 192.0.2.6, role: worker, model: m, region: ap}
+"""
+
+
+@pytest.fixture
+def region_fleet(tmp_path: Path):
+    path = tmp_path / "registry.yaml"
+    path.write_text(REGION_FLEET)
+    return load_registry(path)
+
+
+def test_region_waves_canary_then_each_region_in_order(region_fleet) -> None:
+    names = select(region_fleet, ())
+    assert plan_waves(region_fleet, names, None) == [
+        ("us", ["o"]), ("eu", ["e1"]), ("eu", ["e2"]), ("us", ["u1"]), ("ap", ["a1", "a2"])]
+    assert plan_waves(region_fleet, names, 1)[-2:] == [("ap", ["a1"]), ("ap", ["a2"])]
+
+
+def test_region_option_selects_one_region(region_fleet) -> None:
+    assert select(region_fleet, (), ("ap",)) == ["a1", "a2"]
+    assert plan_waves(region_fleet, select(region_fleet, (), ("us",)), None) == [
+        ("us", ["o"]), ("us", ["u1"])]
+    with pytest.raises(DeployError, match=r"--region 'mars' is not a region of the fleet "
+                                          r"\(regions: eu, us, ap\)"):
+        select(region_fleet, (), ("mars",))
+
+
+def test_free_text_regions_do_not_split_the_workers(registry) -> None:
+    """Without ``fleet.regions`` an agent's region is a label: one workers wave as before."""
+    assert plan_waves(registry, select(registry, ()), None) == [
+        (None, ["ezra-primary"]), (None, ["bezalel", "allegro"])]

@@ -164,3 +164,59 @@ def test_unknown_agent_lookup() -> None:
     with pytest.raises(RegistryError, match=r"no agent named 'gandalf' \(agents: ezra-primary, "
                        r"bezalel\)"):
         registry.get("gandalf")
+
+
+REGIONS = """\
+fleet:
+  regions: {regions}
+wizards:
+  a: {{host: 192.0.2.1, role: orchestrator, model: m, region: us}}
+  b: {{host: 192.0.2.2, role: worker, model: m, region: {b}}}
+  c: {{host: 192.0.2.3, role: worker, model: m, region: eu}}
+"""
+
+
+def test_regions_in_order_with_their_settings() -> None:
+    text = REGIONS.format(regions="{eu: {batch: 2}, us: null, ap: {max_failures: 1}}", b="ap")
+    registry = parse_registry(text, Path("registry.yaml"))
+    assert registry.region_order() == ["eu", "us", "ap"]
+    assert registry.region("eu").batch == 2 and registry.region("ap").max_failures == 1
+    assert registry.to_dict()["fleet"]["regions"] == {"eu": {"batch": 2}, "us": {},
+                                                      "ap": {"max_failures": 1}}
+    listed = parse_registry(REGIONS.format(regions="[ap, eu, us]", b="ap"), Path("r.yaml"))
+    assert listed.region_order() == ["ap", "eu", "us"]
+    assert listed.to_dict()["fleet"]["regions"] == ["ap", "eu", "us"]
+
+
+def test_default_region_order_is_the_canarys_first_then_by_name() -> None:
+    text = REGIONS.replace("fleet:\n  regions: {regions}\n", "").format(b="ap")
+    assert parse_registry(text, Path("registry.yaml")).region_order() == ["us", "ap", "eu"]
+
+
+@pytest.mark.parametrize(
+    ("regions", "b", "expected"),
+    [
+        ("[eu, us]", "usa", "registry.yaml:5: wizards.b.region: 'usa' is not in fleet.regions "
+         "(eu, us); did you mean 'us'? fix the name or add it to fleet.regions"),
+        ("[eu, us, eu]", "us", "registry.yaml:2: fleet.regions.eu: region listed twice; list "
+         "each region once"),
+        ("[EU, us]", "us", "registry.yaml:2: fleet.regions: 'EU' is not a region name (1-31 "
+         "lowercase letters, digits and '-', starting with a letter)"),
+        ("{eu: {batch: 0}, us: {}}", "us", "registry.yaml:2: fleet.regions.eu.batch: 0 is not "
+         "a whole number of 1 or more"),
+        ("{eu: {bach: 2}, us: {}}", "us", "registry.yaml:2: fleet.regions.eu.bach: unknown "
+         "field; did you mean 'batch'? allowed: batch, max_failures"),
+        ("eu", "us", "registry.yaml:2: fleet.regions: 'eu' is not a list or mapping of "
+         "regions; write `regions: [eu, us]` (rollout order) or a mapping like "
+         "`regions: {eu: {batch: 2, max_failures: 0}}`"),
+    ],
+)
+def test_bad_regions_are_named_with_the_fix(regions: str, b: str, expected: str) -> None:
+    assert expected in problems(REGIONS.format(regions=regions, b=b))
+
+
+def test_with_regions_every_agent_names_one() -> None:
+    text = REGIONS.format(regions="[eu, us]", b="us").replace(", region: eu}", "}")
+    assert problems(text) == [
+        "registry.yaml:6: wizards.c.region: missing; the fleet lists regions (eu, us): give "
+        "the agent `region: NAME` with one of them"]
