@@ -69,6 +69,19 @@ def _releases(ctx: click.Context, param: click.Parameter,
     return releases
 
 
+def _regions(ctx: click.Context, param: click.Parameter,
+             value: str | None) -> list[tuple[str, int]] | None:
+    """``--regions eu:3,us:3`` as ``[("eu", 3), ("us", 3)]``."""
+    if value is None:
+        return None
+    from fleet.errors import LabError
+    from fleet.lab.regions import parse_spec
+    try:
+        return parse_spec(value)
+    except LabError as exc:
+        raise click.BadParameter(f"{exc} ({exc.hint})") from None
+
+
 @click.group()
 def lab() -> None:
     """Run a local lab fleet of systemd-nspawn nodes (needs root)."""
@@ -91,18 +104,31 @@ def lab() -> None:
               help="Also serve the lab model (Gemma 3 270M through llama.cpp's OpenAI-"
                    "compatible server) on the bridge; agents without a provider URL use it. "
                    "The first time builds and caches the server (about 5 minutes).")
+@click.option("--regions", "regions", metavar="NAME:N,...", callback=_regions,
+              help="Regions and their node counts, e.g. eu:3,us:3,ap:3 (the lab registry "
+                   "lists them as fleet.regions, in this order).")
+@click.option("--latency", "latency_ms", type=click.FloatRange(min=0, max=10000), default=0,
+              metavar="MS", help="Added round-trip time between regions and to the "
+                                 "controller (tc netem inside the nodes' namespaces).")
+@click.option("--jitter", "jitter_ms", type=click.FloatRange(min=0, max=10000), default=0,
+              metavar="MS", help="Jitter of the added latency.")
 @lab_option
 @pass_cli
 def up(cli: CliContext, nodes: int | None, ssh_user: str | None, repo_url: str | None,
-       releases: dict[str, str], with_model: bool, lab_name: str) -> None:
+       releases: dict[str, str], with_model: bool, regions: list[tuple[str, int]] | None,
+       latency_ms: float, jitter_ms: float, lab_name: str) -> None:
     """Boot one node per registry agent and write the lab registry."""
+    if (latency_ms or jitter_ms) and not (regions or cli.registry.regions):
+        raise click.UsageError("--latency and --jitter need regions (--regions or the "
+                               "registry's fleet.regions)")
     cancel = _cancel_on_signals()  # so an interrupted `up` still cleans up after itself
     registry = cli.registry
     if repo_url:
         registry = replace(registry, repo_url=repo_url)
     path = lab_api.up(registry, nodes=nodes, lab=lab_name, progress=_progress,
                       cancel=cancel, ssh_user=ssh_user, releases=releases,
-                      with_model=with_model)
+                      with_model=with_model, regions=regions, latency_ms=latency_ms,
+                      jitter_ms=jitter_ms)
     count = len(lab_api.status(lab_name))
     click.echo(f"Lab {lab_name!r} is up with {count} nodes. Point the fleet at it with:")
     click.echo(f"  export FLEET_REGISTRY={path}")
@@ -140,10 +166,29 @@ def status(lab_name: str, as_json: bool) -> None:
     if not nodes:
         click.echo(f"Lab {lab_name!r} is down.")
         return
-    click.echo(f"{'NAME':<20} {'IP':<15} {'RUNNING':<8} PID")
+    click.echo(f"{'NAME':<20} {'IP':<15} {'REGION':<10} {'RUNNING':<8} PID")
     for node in nodes:
         running = "yes" if node.running else "no"
-        click.echo(f"{node.name:<20} {node.ip:<15} {running:<8} {node.pid or '-'}")
+        click.echo(f"{node.name:<20} {node.ip:<15} {node.region or '-':<10} {running:<8} "
+                   f"{node.pid or '-'}")
+
+
+@lab.command()
+@click.argument("region")
+@lab_option
+def partition(region: str, lab_name: str) -> None:
+    """Cut REGION off: its nodes' links go down until `fleet lab heal REGION`."""
+    names = lab_api.partition(lab_name, region)
+    click.echo(f"Region {region!r} of lab {lab_name!r} is cut off: {', '.join(names)}.")
+
+
+@lab.command()
+@click.argument("region")
+@lab_option
+def heal(region: str, lab_name: str) -> None:
+    """Reconnect REGION after `fleet lab partition REGION`."""
+    names = lab_api.partition(lab_name, region, heal=True)
+    click.echo(f"Region {region!r} of lab {lab_name!r} is reachable again: {', '.join(names)}.")
 
 
 @lab.command(context_settings={"ignore_unknown_options": True,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import LabError
-from fleet.lab import processes
+from fleet.lab import processes, regions
 from fleet.lab.bring_up import bring_up, join_threads, thread_prefix
 from fleet.lab.claims import LabClaim, claim, in_use
 from fleet.lab.locks import file_lock
@@ -28,7 +28,7 @@ from fleet.lab.teardown import teardown
 from fleet.registry import Registry
 
 __all__ = ["LabClaim", "NodeStatus", "claim", "down", "down_all", "in_use", "lab_dir", "labs",
-           "registry_path", "ssh_config", "status", "up"]
+           "partition", "registry_path", "ssh_config", "status", "up"]
 OP_LOCK = "lab.lock"
 """Held while ``up`` or ``down`` works on a lab, so two of them never interleave."""
 FAILED_UP_GRACE = 2.0
@@ -43,6 +43,7 @@ class NodeStatus:
     ip: str
     running: bool
     pid: int | None
+    region: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,12 +52,16 @@ class NodeStatus:
 def up(registry: Registry, nodes: int | None = None, lab: str = DEFAULT_LAB,
        progress: Callable[[str], None] | None = None,
        cancel: threading.Event | None = None, ssh_user: str | None = None,
-       releases: dict[str, str] | None = None, with_model: bool = False) -> Path:
+       releases: dict[str, str] | None = None, with_model: bool = False,
+       regions: list[tuple[str, int]] | None = None, latency_ms: float = 0,
+       jitter_ms: float = 0) -> Path:
     """Boot the lab from ``registry`` (first ``nodes`` agents, extra workers beyond) and
     return the lab registry path; with ``ssh_user``, nodes are reached as that sudo user and
     refuse root logins; ``releases`` maps node names (``""``: all) to the Debian release they
     boot (bookworm by default, trixie); ``with_model`` also serves the lab model (see
-    :mod:`fleet.lab.model`). On any failure (or ``cancel`` being set) everything is
+    :mod:`fleet.lab.model`); ``regions`` boots that many nodes per region, with
+    ``latency_ms`` (± ``jitter_ms``) between regions (see :mod:`fleet.lab.regions`). On any
+    failure (or ``cancel`` being set) everything is
     torn down before raising."""
     check_prerequisites()
     path = lab_dir(lab)
@@ -69,7 +74,7 @@ def up(registry: Registry, nodes: int | None = None, lab: str = DEFAULT_LAB,
             teardown(lab, path)  # left over from a killed run or a reboot: nothing runs
         try:
             return bring_up(registry, nodes, lab, path, progress or (lambda _: None), cancel,
-                            ssh_user, releases, with_model)
+                            ssh_user, releases, with_model, regions, latency_ms, jitter_ms)
         except BaseException as exc:
             join_threads(thread_prefix(lab))  # no node thread may build while we tear down
             try:
@@ -124,8 +129,21 @@ def status(lab: str = DEFAULT_LAB) -> list[NodeStatus]:
     for record in read_records(path):
         pid = NodePaths.of(path, record.name).pid()
         running = pid is not None and processes.is_nspawn(pid, record.name)
-        result.append(NodeStatus(record.name, record.ip, running, pid if running else None))
+        result.append(NodeStatus(record.name, record.ip, running, pid if running else None,
+                                 record.region))
     return result
+
+
+def partition(lab: str, region: str, heal: bool = False) -> list[str]:
+    """Cut region ``region`` of ``lab`` off (its nodes' links down), or ``heal`` it; returns
+    the region's nodes."""
+    require_root()
+    records = read_records(lab_dir(lab))
+    known = list(dict.fromkeys(r.region for r in records if r.region))
+    regions.check_region(region, known, lab)
+    members = [r for r in records if r.region == region]
+    regions.set_links([r.netns for r in members], up=heal)
+    return [r.name for r in members]
 
 
 def ssh_config(lab: str = DEFAULT_LAB) -> Path:

@@ -7,11 +7,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
 from fleet.errors import LabError
 from fleet.lab import keys, model, network, node
+from fleet.lab import regions as lab_regions
 from fleet.lab.prereqs import raise_host_limits
 from fleet.lab.registry_writer import (
     KNOWN_HOSTS,
@@ -26,7 +28,7 @@ from fleet.lab.registry_writer import (
 )
 from fleet.lab.rootfs import ensure_base
 from fleet.lab.state import NodeRecord, write_records
-from fleet.registry import Registry
+from fleet.registry import Region, Registry
 
 FAIL_ENV = "FLEET_LAB_FAIL_NODE"
 """Test hook: the node with this name fails right after it was started."""
@@ -77,7 +79,8 @@ def join_threads(prefix: str, timeout: float = 180) -> None:
 def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
              progress: Progress = _quiet, cancel: threading.Event | None = None,
              ssh_user: str | None = None, releases: dict[str, str] | None = None,
-             with_model: bool = False) -> Path:
+             with_model: bool = False, regions: list[tuple[str, int]] | None = None,
+             latency_ms: float = 0, jitter_ms: float = 0) -> Path:
     """Build the lab in ``lab_path`` (which must be down); the caller tears down on failure.
 
     Setting ``cancel`` stops the start-up at the next checkpoint with :class:`Cancelled`.
@@ -85,7 +88,10 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
     root logins; the lab registry says ``become: sudo``. ``releases`` picks each node's Debian
     release (see :func:`plan_nodes`); each release's base rootfs is built once and cached.
     ``with_model`` starts the lab model server on the bridge (:mod:`fleet.lab.model`) and
-    points every agent without a chat API of its own at it.
+    points every agent without a chat API of its own at it. ``regions`` (``[("eu", 3), ...]``)
+    gives the lab that many nodes per region (the lab registry lists them as ``fleet.regions``);
+    nodes of a lab with regions get ``latency_ms`` (± ``jitter_ms``) per round trip to other
+    regions and to the controller (:mod:`fleet.lab.regions`).
     """
     root_login = ssh_user in (None, "root")
     abort = threading.Event()
@@ -96,6 +102,10 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
         if abort.is_set():
             raise Cancelled(f"start of lab {lab!r} stopped: another node failed")
 
+    if latency_ms:
+        lab_regions.require_netem()
+    if regions:
+        registry = replace(registry, regions=tuple(Region(name) for name, _ in regions))
     lab_path.mkdir(parents=True, exist_ok=True)
     for key, value in raise_host_limits().items():
         progress(f"raised {key} to {value} (many nodes need more inotify instances)")
@@ -103,11 +113,13 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
     if with_model:
         model.ensure_installed(progress)
         registry = model.with_lab_provider(registry, model.base_url(index))
-    plan = plan_nodes(registry, nodes, index, ssh_user, releases)
+    plan = plan_nodes(registry, nodes, index, ssh_user, releases,
+                      lab_regions.assign(regions) if regions else None)
+    in_region = {n.name: n.agent.region for n in plan if registry.regions}
     bases = {suite: ensure_base(progress, suite) for suite in sorted({n.release for n in plan})}
     checkpoint()
-    records = [NodeRecord(n.name, n.ip, n.position, network.netns_name(index, n.name))
-               for n in plan]
+    records = [NodeRecord(n.name, n.ip, n.position, network.netns_name(index, n.name),
+                          in_region.get(n.name)) for n in plan]
     write_records(lab_path, index, records)
     lab_key = keys.ensure_lab_key(lab_path, lab)
     host_keys = {n.name: keys.ensure_host_key(lab_path, n.name) for n in plan}
@@ -128,6 +140,11 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
         checkpoint()
         paths = node.NodePaths.of(lab_path, item.name)
         netns = network.create_node_network(index, item.position, item.name)
+        if latency_ms and in_region.get(item.name):
+            peers = [n.ip for n in plan if n.name != item.name
+                     and in_region.get(n.name) == in_region[item.name]]
+            lab_regions.shape(netns, network.controller_ip(index), peers, latency_ms,
+                              jitter_ms)
         node.mount_overlay(paths, bases[item.release])
         node.inject_identity(paths.root, item.name, host_keys[item.name], lab_public,
                              item.agent.ssh_port, item.agent.ssh_user, hosts, root_login)

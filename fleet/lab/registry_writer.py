@@ -12,7 +12,7 @@ from fleet.errors import LabError
 from fleet.lab.keys import LAB_KEY
 from fleet.lab.network import MAX_NODES, node_ip
 from fleet.lab.rootfs import SUITE, check_suite
-from fleet.registry import Agent, Registry
+from fleet.registry import Agent, Registry, regions_data
 
 KNOWN_HOSTS = "known_hosts"
 SOULS_DIR = "souls"  # the lab's copies of the souls: a registry's souls live inside its folder
@@ -40,11 +40,16 @@ class LabNode:
 
 def plan_nodes(registry: Registry, nodes: int | None, index: int,
                ssh_user: str | None = None,
-               releases: dict[str, str] | None = None) -> list[LabNode]:
+               releases: dict[str, str] | None = None,
+               regions: list[str] | None = None) -> list[LabNode]:
     """The first ``nodes`` agents (all by default) plus extra ``worker-NN`` when asked for more;
     with ``ssh_user``, every node is reached as that (sudo) user. ``releases`` maps a node
-    name (or ``""``: every node) to the Debian release it boots (default bookworm)."""
-    count = len(registry) if nodes is None else nodes
+    name (or ``""``: every node) to the Debian release it boots (default bookworm).
+    ``regions`` gives each node position its region (and the node count)."""
+    if regions and nodes is not None and nodes != len(regions):
+        raise LabError(f"-n {nodes} does not match the {len(regions)} nodes of --regions",
+                       hint="Leave out -n: --regions says how many nodes each region has.")
+    count = len(regions) if regions else len(registry) if nodes is None else nodes
     if not 1 <= count <= MAX_NODES:
         raise LabError(f"-n {count} is out of range: a lab has 1 to {MAX_NODES} nodes",
                        hint=f"Pass -n between 1 and {MAX_NODES}.")
@@ -72,7 +77,8 @@ def plan_nodes(registry: Registry, nodes: int | None, index: int,
         ip = node_ip(index, position)
         lab_agent = replace(agent, host=ip, soul=str(soul.resolve()),
                             health_endpoint=f"http://{ip}:{agent.gateway_port}/health",
-                            ssh_user=ssh_user or agent.ssh_user)
+                            ssh_user=ssh_user or agent.ssh_user,
+                            region=regions[position] if regions else agent.region)
         result.append(LabNode(position, lab_agent, soul.resolve()))
     return _with_releases(result, releases or {})
 
@@ -97,11 +103,20 @@ def lab_registry_data(registry: Registry, nodes: list[LabNode], lab: str,
                              "known_hosts": str(lab_path / KNOWN_HOSTS)}
     if registry.repo_url:
         fleet["repo_url"] = registry.repo_url
+    regions = lab_regions(registry, nodes)
+    if regions:
+        fleet["regions"] = regions_data(tuple(registry.region(name) for name in regions))
     if registry.become or any(node.agent.ssh_user != "root" for node in nodes):
         fleet["become"] = registry.become or "sudo"  # lab users get passwordless sudo
     return {"fleet": fleet, "wizards": {node.name: {**node.agent.to_dict(),
                                                      "soul": lab_soul(node.name)}
                                         for node in nodes}}
+
+
+def lab_regions(registry: Registry, nodes: list[LabNode]) -> list[str]:
+    """The lab's regions in rollout order: those of ``fleet.regions`` its nodes are in."""
+    used = {node.agent.region for node in nodes}
+    return [region.name for region in registry.regions if region.name in used]
 
 
 def lab_soul(name: str) -> str:

@@ -17,6 +17,7 @@ class NodeRecord:
     ip: str
     position: int
     netns: str
+    region: str | None = None
 
 
 def write_records(lab_path: Path, index: int, records: list[NodeRecord]) -> None:

@@ -158,3 +158,39 @@ def test_root_login_is_refused_on_ssh_user_nodes(tmp_path: Path) -> None:
     assert (root / ROOT_LOGIN_OFF).read_text() == "PermitRootLogin no\n"
     keys = root / "home/deploy/.ssh/authorized_keys"
     assert keys.read_text() == "ssh-ed25519 AAAA fleet-lab\n"
+
+
+def test_regions_spec_gives_each_node_its_region(registry, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from fleet.lab.regions import assign, parse_spec
+    from fleet.registry import Region
+
+    spec = parse_spec("eu:2,us:1,ap:2")
+    assert spec == [("eu", 2), ("us", 1), ("ap", 2)]
+    with_regions = replace(registry, regions=tuple(Region(name) for name, _ in spec))
+    plan = plan_nodes(with_regions, None, 4, regions=assign(spec))
+    assert [(n.name, n.agent.region) for n in plan] == [
+        ("ezra-primary", "eu"), ("bezalel", "eu"), ("allegro", "us"), ("worker-04", "ap"),
+        ("worker-05", "ap")]
+    text = lab_registry_yaml(with_regions, plan, "t", tmp_path)
+    for node in plan:
+        (tmp_path / "souls").mkdir(exist_ok=True)
+        (tmp_path / "souls" / f"{node.name}.md").write_text("soul\n")
+    lab_registry = parse_registry(text, tmp_path / "registry.yaml")
+    assert lab_registry.region_order() == ["eu", "us", "ap"]
+    with pytest.raises(LabError, match=r"-n 3 does not match the 5 nodes of --regions"):
+        plan_nodes(with_regions, 3, 4, regions=assign(spec))
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("eu:2,eu:1", "region 'eu' is listed twice"),
+    ("eu:0", "'eu:0' is not NAME:COUNT"),
+    ("EU:2", "'EU:2' is not NAME:COUNT"),
+    ("eu:2\n", "is not NAME:COUNT"),
+])
+def test_bad_regions_spec_is_named(spec: str, message: str) -> None:
+    from fleet.lab.regions import parse_spec
+
+    with pytest.raises(LabError, match=message):
+        parse_spec(spec)
