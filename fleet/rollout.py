@@ -381,6 +381,7 @@ class Rollout:
         region = self.regions[index]
         if self.label(index) == "workers" and region and self._unreachable(index, outcome):
             self._mark_unreachable(index, region)
+            outcome.update(dict.fromkeys(outcome, "skipped"))
             if self.options.stop_on_unreachable_region:
                 self._stop(index, f"region {region} is unreachable", 0, 0)
                 return
