@@ -14,39 +14,29 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._common import clone as clean_clone  # noqa: E402
+from bench._common import cpu_of_children, fleet_command, fleet_env  # noqa: E402
 from fleet import lab  # noqa: E402
 from fleet.registry import load_registry  # noqa: E402
 from fleet.release import build_release  # noqa: E402
 
 
-def cpu_of_children() -> float:
-    """User + sys seconds of all waited-for child processes (and theirs) so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def timed_deploy(clone: Path, registry: Path, cpu: list[float]) -> float:
     """Seconds taken by one ``fleet deploy`` from ``clone`` (fails loudly if it fails); its CPU
     seconds (with its pyinfra processes) are appended to ``cpu``."""
-    env = {**os.environ, "FLEET_REGISTRY": str(registry), "PYTHONPATH": str(clone),
-           "FLEET_RECORDS_DIR": str(clone / "records")}
-    for name in ("FLEET_RELEASE_ID", "FLEET_RELEASE_ARTIFACT", "FLEET_RUN_ID"):
-        env.pop(name, None)
     cpu_before = cpu_of_children()
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", "from fleet.cli import main; main()", "deploy"],
-                          cwd=clone, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(fleet_command("deploy"), cwd=clone, env=fleet_env(clone, registry),
+                          capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
     cpu.append(cpu_of_children() - cpu_before)
     if done.returncode != 0:
@@ -61,10 +51,7 @@ def main() -> None:
     parser.add_argument("--lab", default="deploy-bench")
     parser.add_argument("--rev", default="HEAD", help="commit to deploy (default: HEAD)")
     args = parser.parse_args()
-    scratch = tempfile.TemporaryDirectory(prefix="deploy-bench-")
-    clone = Path(scratch.name) / "repo"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    subprocess.run(["git", "-C", str(clone), "checkout", "-q", args.rev], check=True)
+    scratch, clone = clean_clone(args.rev)
     release = build_release(clone, broken=False)
     print(f"release {release.id} ({release.path.stat().st_size / 1e6:.1f} MB)")
     cold: list[float] = []

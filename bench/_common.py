@@ -1,0 +1,107 @@
+"""Helpers the deploy benchmarks share: a clean clone to deploy from, the ``fleet`` command
+run from it, and child processes timed with their own CPU time and peak memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cpu_of_children() -> float:
+    """User + sys seconds of all waited-for child processes (and theirs) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def clone(rev: str = "HEAD") -> tuple[tempfile.TemporaryDirectory[str], Path]:
+    """A clean clone of this repository at ``rev`` (edits in the work tree, ours or another
+    session's, cannot change the release midway); the scratch dir owning it and its path."""
+    scratch = tempfile.TemporaryDirectory(prefix="fleet-bench-")
+    path = Path(scratch.name) / "repo"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(path)], check=True)
+    subprocess.run(["git", "-C", str(path), "checkout", "-q", rev], check=True)
+    return scratch, path
+
+
+def fleet_command(*args: str) -> list[str]:
+    """The ``fleet`` CLI with this interpreter (the project's venv), taking ``fleet`` from
+    ``$PYTHONPATH`` (see :func:`fleet_env`)."""
+    return [sys.executable, "-c", "from fleet.cli import main; main()", *args]
+
+
+def fleet_env(checkout: Path, registry: Path) -> dict[str, str]:
+    """Environment running ``fleet`` from ``checkout`` against the lab ``registry``."""
+    env = {**os.environ, "FLEET_REGISTRY": str(registry), "PYTHONPATH": str(checkout),
+           "FLEET_RECORDS_DIR": str(checkout / "records")}
+    for name in ("FLEET_RELEASE_ID", "FLEET_RELEASE_ARTIFACT", "FLEET_RUN_ID",
+                 "FLEET_BROKEN_RELEASE", "FLEET_SECRETS"):
+        env.pop(name, None)
+    return env
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One timed child process: wall seconds, CPU seconds (user + sys, with every descendant
+    it waited for), its largest resident set (MiB, of the biggest process in its tree), exit
+    code, and the log holding its output."""
+
+    wall: float
+    cpu: float
+    max_rss_mib: float
+    returncode: int
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> Measured:
+    """Run ``command`` with stdout and stderr to ``log``; its rusage comes from ``wait4`` on
+    it alone (``RUSAGE_CHILDREN``'s ru_maxrss never goes down, so it cannot be split per run)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out,
+                                   stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return Measured(wall=wall, cpu=usage.ru_utime + usage.ru_stime,
+                    max_rss_mib=usage.ru_maxrss / 1024, returncode=process.returncode, log=log)
+
+
+def equivalence_problems(checkout: Path, registry: Path, release: str,
+                         live: bool = True) -> list[str]:
+    """Why the lab fleet is not as our deploy leaves it: ``fleet status`` must show every agent
+    ok on ``release`` with the soul and config hashes the registry wants, ``fleet drift`` (our
+    deploy's dry run) must find nothing to change, and with ``live`` the ``tests/live`` suite
+    (``fleet test``) must pass. Empty when equivalent."""
+    env = fleet_env(checkout, registry)
+    problems = []
+    status = subprocess.run(fleet_command("status", "--json"), cwd=checkout, env=env,
+                            capture_output=True, text=True, check=False)
+    try:
+        agents = json.loads(status.stdout)["agents"]
+    except (ValueError, KeyError):
+        return [f"fleet status gave no JSON (exit {status.returncode}): {status.stderr[-500:]}"]
+    for agent in agents:
+        if agent["state"] != "ok" or agent["release"] != release:
+            problems.append(f"fleet status: {agent['agent']} is {agent['state']} on release "
+                            f"{agent['release']} ({'; '.join(agent['problems'] + agent['drift'])})")
+    checks = [("drift", ["drift"])] + ([("test", ["test"])] if live else [])
+    for name, args in checks:
+        done = subprocess.run(fleet_command(*args), cwd=checkout, env=env, capture_output=True,
+                              text=True, check=False, timeout=900)
+        if done.returncode != 0:
+            problems.append(f"fleet {name} failed (exit {done.returncode}): "
+                            f"{(done.stdout + done.stderr)[-1500:]}")
+    return problems

@@ -1,0 +1,319 @@
+"""Our deploy side by side with the same end state in Ansible (plain, then with Mitogen).
+
+    python bench/deploy_vs_ansible.py [--sizes 3 20 50] [--rounds 3] [--lab bench]
+                                      [--tools fleet ansible mitogen] [--rev HEAD]
+
+For each size N, each round runs every tool on a fresh lab of N nodes: ``fleet deploy`` cold
+then again with nothing to change; ``ansible-playbook bench/ansible/site.yml`` cold then
+again; the same with the Mitogen strategy. Everything deploys a clean clone of ``--rev`` and
+the same release artifact (``fleet.release.build_release``, built before any timing). After
+each tool's runs the lab must be equivalent to our deploy (``fleet status``: every agent ok
+on the release with the registry's soul and config hashes; ``fleet drift``: our deploy would
+change nothing; in the first round of a size also ``fleet test``, the ``tests/live`` suite),
+and a second Ansible run must report changed=0 on every host. With the first round's lab
+still up, the floor (``bench/floor.py``) is measured. Per run: wall time, CPU time and peak
+RSS of the controller (the tool's process tree, from ``wait4``), and the load average.
+
+Results merge into ``bench/results/deploy_vs_ansible.json`` (per size, so sizes can be run
+separately) and ``.md`` is rewritten from it. Ansible lives in its own virtualenv
+(``$FLEET_BENCH_ANSIBLE_VENV``, default ``/var/cache/sovereign-fleet/bench-ansible-venv``),
+created from PyPI the first time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench import floor  # noqa: E402
+from bench._common import (  # noqa: E402
+    Measured,
+    clone,
+    equivalence_problems,
+    fleet_command,
+    fleet_env,
+    run_measured,
+)
+from bench.ansible import tool  # noqa: E402
+
+TOOLS = ("fleet", "ansible", "mitogen")
+RESULTS = REPO / "bench" / "results"
+REGISTRY_RE = re.compile(r"export FLEET_REGISTRY=(\S+)")
+TARGETS = {"ansible": (6.0, 15.0), "mitogen": (3.0, 8.0)}  # (cold, no-change) ratio targets
+FLOOR_TARGET = 1.5
+
+
+class BenchError(RuntimeError):
+    """A run failed or left the lab not equivalent to our deploy."""
+
+
+def lab_up(checkout: Path, lab: str, nodes: int) -> Path:
+    """A fresh lab of ``nodes`` nodes (``fleet lab up`` of the clone); its registry."""
+    lab_down(checkout, lab)
+    done = subprocess.run(fleet_command("--registry", str(checkout / "registry.yaml"), "lab",
+                                        "up", "-n", str(nodes), "--lab", lab),
+                          cwd=checkout, env=fleet_env(checkout, checkout / "registry.yaml"),
+                          capture_output=True, text=True, check=False)
+    match = REGISTRY_RE.search(done.stdout + done.stderr)
+    if done.returncode != 0 or not match:
+        raise BenchError(f"fleet lab up failed: {done.stdout[-1500:]}{done.stderr[-1500:]}")
+    return Path(match[1])
+
+
+def lab_down(checkout: Path, lab: str) -> None:
+    subprocess.run(fleet_command("lab", "down", "--lab", lab), cwd=checkout,
+                   env=fleet_env(checkout, checkout / "registry.yaml"), check=True,
+                   capture_output=True)
+
+
+def close_masters(control_dir: Path) -> None:
+    """End the SSH ControlPersist masters Ansible left (they would idle out after 60 s)."""
+    for socket in control_dir.glob("*"):
+        if socket.is_socket():
+            subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "lab"],
+                           capture_output=True, check=False)
+
+
+def sample(measured: Measured, load: float) -> dict[str, float]:
+    return {"wall_s": round(measured.wall, 3), "cpu_s": round(measured.cpu, 3),
+            "max_rss_mib": round(measured.max_rss_mib, 1), "load_before": round(load, 2)}
+
+
+def run_tool(name: str, checkout: Path, registry: Path, work: Path, release: str,
+             venv: Path | None, live: bool) -> dict[str, Any]:
+    """Cold and no-change run of one tool on the (fresh) lab, then the equivalence checks."""
+    runs: dict[str, Any] = {}
+    if name == "fleet":
+        command, env = fleet_command("deploy"), fleet_env(checkout, registry)
+    else:
+        assert venv is not None
+        inventory = tool.generate_inventory(checkout, registry, work / "inventory")
+        control = Path(tempfile.mkdtemp(prefix="cp-", dir=work))
+        (control / "tmp").mkdir()
+        command, env = tool.playbook_command(venv, inventory, name == "mitogen", control)
+    try:
+        for phase in ("cold", "no_change"):
+            load = os.getloadavg()[0]
+            measured = run_measured(command, env, checkout, work / f"{name}-{phase}.log")
+            if measured.returncode != 0:
+                raise BenchError(f"{name} {phase} failed (exit {measured.returncode}), see "
+                                 f"{measured.log}:\n{measured.output()[-3000:]}")
+            runs[phase] = sample(measured, load)
+            if name != "fleet":
+                counts = tool.recap(measured.output())
+                runs[phase]["changed"] = sum(host["changed"] for host in counts.values())
+                if phase == "no_change" and (not counts or runs[phase]["changed"]):
+                    raise BenchError(f"{name}: the second run changed something: {counts}")
+    finally:
+        if name != "fleet":
+            close_masters(control)
+    problems = equivalence_problems(checkout, registry, release, live=live)
+    if problems:
+        raise BenchError(f"after {name}, the lab is not as our deploy leaves it:\n"
+                         + "\n".join(problems))
+    runs["checks"] = "status ok, drift none" + (", tests/live passed" if live else "")
+    return runs
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3)}
+
+
+def summarize(size: dict[str, Any]) -> dict[str, Any]:
+    """Medians, ranges, per-node seconds and ratios (tool / ours) of one size's rounds."""
+    summary: dict[str, Any] = {}
+    for name, rounds in size["runs"].items():
+        entry: dict[str, Any] = {}
+        for phase in ("cold", "no_change"):
+            entry[phase] = {key: stats([r[phase][key] for r in rounds])
+                            for key in ("wall_s", "cpu_s", "max_rss_mib", "load_before")}
+            entry[phase]["s_per_node"] = round(entry[phase]["wall_s"]["median"]
+                                               / size["nodes"], 3)
+        summary[name] = entry
+    ours = summary.get("fleet")
+    for name, entry in summary.items():
+        if ours and name != "fleet":
+            entry["ratio"] = {phase: round(entry[phase]["wall_s"]["median"]
+                                           / ours[phase]["wall_s"]["median"], 2)
+                              for phase in ("cold", "no_change")}
+    if ours and size.get("floor"):
+        summary["floor_multiple"] = round(ours["no_change"]["wall_s"]["median"]
+                                          / size["floor"]["floor_s"], 2)
+    return summary
+
+
+def versions(venv: Path | None) -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    from importlib import metadata
+
+    found["pyinfra"] = metadata.version("pyinfra")
+    if venv:
+        listed = subprocess.run([str(venv / "bin" / "pip"), "list", "--format", "json"],
+                                capture_output=True, text=True, check=False).stdout
+        for package in json.loads(listed or "[]"):
+            if package["name"] in ("ansible-core", "mitogen"):
+                found[package["name"]] = package["version"]
+    return found
+
+
+def machine() -> dict[str, Any]:
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.machine())
+    mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+               if line.startswith("MemTotal"))
+    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1),
+            "kernel": platform.release(),
+            "lab": "systemd-nspawn nodes (Debian 12), one per agent, on this machine"}
+
+
+def fmt(entry: dict[str, float], unit: str = "s") -> str:
+    return f"{entry['median']:.2f} {unit} ({entry['min']:.2f}-{entry['max']:.2f})"
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The results as Markdown: one table per size, the targets, the floor."""
+    lines = ["# Our deploy vs Ansible (same end state, same lab)", "",
+             f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores, "
+             f"{data['machine']['memory_gib']} GiB; {data['machine']['lab']}. Versions: "
+             + ", ".join(f"{k} {v}" for k, v in data["versions"].items()) + ".", "",
+             f"Command: `{data['command']}`", "",
+             "Each round: a fresh lab per tool, a cold run, then a run with nothing to change. "
+             "Median (min-max) wall seconds; CPU = user+sys seconds of the controller's process "
+             "tree; RSS = peak resident set of its largest process; load = 1-min load average "
+             "before the run (2 cores shared with the lab's nodes and other work).", ""]
+    for nodes, size in sorted(data["sizes"].items(), key=lambda item: int(item[0])):
+        summary = size["summary"]
+        lines += [f"## {nodes} nodes ({len(size['runs'].get('fleet', []))} rounds)", "",
+                  "| tool | cold | no-change | cold CPU | no-change CPU | peak RSS | "
+                  "s/node cold | x ours cold | x ours no-change |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name in TOOLS:
+            if name not in summary:
+                continue
+            entry = summary[name]
+            ratio = entry.get("ratio", {})
+            lines.append(
+                f"| {name} | {fmt(entry['cold']['wall_s'])} | "
+                f"{fmt(entry['no_change']['wall_s'])} | "
+                f"{entry['cold']['cpu_s']['median']:.2f} s | "
+                f"{entry['no_change']['cpu_s']['median']:.2f} s | "
+                f"{entry['cold']['max_rss_mib']['max']:.0f} MiB | "
+                f"{entry['cold']['s_per_node']:.2f} | "
+                f"{ratio.get('cold', 1.0):.1f}x | {ratio.get('no_change', 1.0):.1f}x |")
+        if size.get("floor"):
+            floor_ = size["floor"]
+            lines += ["", f"Floor ({nodes} hosts): {floor_['floor_s']:.2f} s (interpreter + "
+                      f"pyinfra imports {floor_['imports_s']:.2f} s, bare interpreter "
+                      f"{floor_['interpreter_s']:.3f} s; OpenSSH `ssh HOST true` to all in "
+                      f"parallel {floor_['openssh_parallel_s']:.2f} s); our no-change deploy "
+                      f"is {summary.get('floor_multiple', 0):.2f}x the floor."]
+        loads = [r[p]["load_before"] for runs in size["runs"].values() for r in runs
+                 for p in ("cold", "no_change")]
+        checks = next(iter(size["runs"].values()))[0]["checks"]
+        lines += ["", f"Load average before runs: {min(loads):.1f}-{max(loads):.1f}. Checks "
+                  f"after each tool: {checks} (tests/live in round 1); the second Ansible "
+                  "run changed=0 on every host.", ""]
+    lines += targets(data)
+    return "\n".join(lines) + "\n"
+
+
+def targets(data: dict[str, Any]) -> list[str]:
+    """The issue's targets, each marked met or not."""
+    lines = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for nodes, size in sorted(data["sizes"].items(), key=lambda item: int(item[0])):
+        summary = size["summary"]
+        for name, (cold, no_change) in TARGETS.items():
+            ratio = summary.get(name, {}).get("ratio")
+            if not ratio:
+                continue
+            for phase, wanted in (("cold", cold), ("no_change", no_change)):
+                got = ratio[phase]
+                lines.append(f"| {nodes} nodes: ours >={wanted:g}x faster than {name}, "
+                             f"{phase.replace('_', '-')} | {got:.1f}x | "
+                             f"{'yes' if got >= wanted else 'no'} |")
+        if "floor_multiple" in summary and nodes == "3":
+            got = summary["floor_multiple"]
+            lines.append(f"| 3 nodes: no-change within {FLOOR_TARGET}x of the floor | "
+                         f"{got:.2f}x | {'yes' if got <= FLOOR_TARGET else 'no'} |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[3, 20, 50])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
+    parser.add_argument("--lab", default="bench-av")
+    parser.add_argument("--rev", default="HEAD", help="commit to deploy (default: HEAD)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    scratch, checkout = clone(args.rev)
+    venv = tool.ensure_venv() if set(args.tools) - {"fleet"} else None
+    release = subprocess.run(
+        [sys.executable, "-c", "from fleet.release import build_release; "
+         "print(build_release(broken=False).id)"],
+        env={**os.environ, "PYTHONPATH": str(checkout)}, cwd=checkout, capture_output=True,
+        text=True, check=True).stdout.strip()
+    print(f"release {release}; tools {', '.join(args.tools)}", flush=True)
+    path = args.out / "deploy_vs_ansible.json"
+    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"sizes": {}}
+    data.update(machine=machine(), versions=versions(venv),
+                command="python bench/deploy_vs_ansible.py " + shlex.join(sys.argv[1:]))
+    try:
+        for nodes in args.sizes:
+            size: dict[str, Any] = {"nodes": nodes, "release": release,
+                                    "runs": {name: [] for name in args.tools}}
+            for round_ in range(1, args.rounds + 1):
+                for name in args.tools:
+                    work = Path(scratch.name) / f"{nodes}-{round_}-{name}"
+                    work.mkdir()
+                    registry = lab_up(checkout, args.lab, nodes)
+                    result = run_tool(name, checkout, registry, work, release, venv,
+                                      live=round_ == 1)
+                    size["runs"][name].append(result)
+                    if name == "fleet" and round_ == 1:
+                        size["floor"] = floor_of(checkout, registry)
+                    print(f"{nodes} nodes, round {round_}, {name}: cold "
+                          f"{result['cold']['wall_s']:.2f} s, no-change "
+                          f"{result['no_change']['wall_s']:.2f} s (load "
+                          f"{result['cold']['load_before']:.1f})", flush=True)
+            size["summary"] = summarize(size)
+            size["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            data["sizes"][str(nodes)] = size
+            args.out.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data, indent=2) + "\n")
+            (args.out / "deploy_vs_ansible.md").write_text(markdown(data))
+            print(markdown({**data, "sizes": {str(nodes): size}}), flush=True)
+    finally:
+        lab_down(checkout, args.lab)
+        scratch.cleanup()
+    return 0
+
+
+def floor_of(checkout: Path, registry: Path) -> dict[str, Any]:
+    """The floor measured in a process with the clone's code (``bench/floor.py``)."""
+    done = subprocess.run([sys.executable, str(Path(floor.__file__)), str(registry)],
+                          env={**os.environ, "PYTHONPATH": f"{checkout}:{REPO}"},
+                          capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
