@@ -41,6 +41,7 @@ class AgentStatus:
     agent: str
     role: str
     host: str
+    region: str | None = None
     ssh: str = "not checked"
     system: str | None = None
     health: str = "not checked"
@@ -139,7 +140,8 @@ def probe_agent(agent: Agent, registry: Registry, timeout: float = DEFAULT_TIMEO
                 known: bool = True) -> AgentStatus:
     """Probe one agent over SSH and HTTP at the same time; with ``known`` False (no host key
     pinned for it) SSH is not tried."""
-    status = AgentStatus(agent=agent.name, role=agent.role, host=agent.host)
+    status = AgentStatus(agent=agent.name, role=agent.role, host=agent.host,
+                         region=agent.region)
     with ThreadPoolExecutor(max_workers=2) as pool:
         ssh_future = (pool.submit(probe_ssh, agent, registry, timeout) if known else
                       pool.submit(lambda: (host_key_reason(agent, "not pinned"), None)))
@@ -155,17 +157,26 @@ def probe_agent(agent: Agent, registry: Registry, timeout: float = DEFAULT_TIMEO
 
 
 def probe_fleet(registry: Registry, timeout: float = DEFAULT_TIMEOUT) -> list[AgentStatus]:
-    """Probe every agent of ``registry`` in parallel; results in registry order. Refuses
-    (:class:`fleet.hosts.HostKeyError`) when the registry pins no host keys."""
+    """Probe every agent of ``registry`` in parallel; results grouped by region
+    (:func:`region_sorted`). Refuses (:class:`fleet.hosts.HostKeyError`) when the registry pins
+    no host keys."""
     if shutil.which("ssh") is None:
         raise StatusError("the `ssh` client is not installed",
                           hint="Install it: apt-get install openssh-client")
     pinned = require_known_hosts(registry)
-    agents = list(registry)
+    agents = region_sorted(registry)
     unknown = {agent.name for agent in unknown_agents(pinned, agents)}
     with ThreadPoolExecutor(max_workers=max(1, min(64, len(agents)))) as pool:
         return list(pool.map(lambda agent: probe_agent(agent, registry, timeout,
                                                        agent.name not in unknown), agents))
+
+
+def region_sorted(registry: Registry) -> list[Agent]:
+    """The agents grouped by region in the fleet's region order (registry order within a
+    region; agents without a region last)."""
+    order = registry.region_order()
+    return sorted(registry, key=lambda agent: order.index(agent.region)
+                  if agent.region in order else len(order))
 
 
 def _short_reason(exc: requests.RequestException) -> str:

@@ -84,6 +84,13 @@ def show(run_id: int, url: str | None, token: str | None, state_dir: str,
     click.echo(format_run(run))
 
 
+def _region_rank(region_of: dict[str, str], host: str) -> int:
+    """Position of ``host``'s region among the run's regions in stage order (hosts of no
+    stage last)."""
+    order = list(dict.fromkeys(region_of.values()))
+    return order.index(region_of[host]) if host in region_of else len(order)
+
+
 def format_run(run: dict[str, Any]) -> str:
     """One run for people."""
     lines = [
@@ -100,10 +107,18 @@ def format_run(run: dict[str, Any]) -> str:
         lines.append(f"superseded by run {run['superseded_by']}")
     if run.get("covers"):
         lines.append(f"covers runs {', '.join(map(str, run['covers']))}")
+    region_of: dict[str, str] = {}
     for stage in run.get("stages", []):
         outcome = ", ".join(f"{host} {status}" for host, status in stage.get("outcome", {}).items())
-        lines.append(f"  stage {stage.get('stage')}: {outcome or '-'}")
-    for host, result in run["hosts"].items():
+        region = f" ({stage['region']})" if stage.get("region") else ""
+        region_of.update(dict.fromkeys(stage.get("hosts", []), stage.get("region") or ""))
+        lines.append(f"  stage {stage.get('stage')}{region}: {outcome or '-'}")
+    shown = ""
+    for host, result in sorted(run["hosts"].items(), key=lambda item: _region_rank(
+            region_of, item[0])):
+        if any(region_of.values()) and region_of.get(host, "") != shown:
+            shown = region_of.get(host, "")
+            lines.append(f"  region {shown or '-'}:")
         reason = result.get("reason") or "; ".join(result.get("problems") or [])
         restarted = "restarted" if result.get("restarted") else "not restarted"
         lines.append(f"  {host:<16} {result.get('status', '?'):<11} {result.get('release')} "

@@ -37,12 +37,15 @@ def status(cli: CliContext, as_json: bool, timeout: float) -> None:
         click.echo(json.dumps({
             "fleet": registry.name, "healthy": "down" not in states,
             "expected_release": release, "expected_from": source,
+            "regions": {region: states for region, states in by_region(results, verdicts)},
             "agents": [{**result.to_dict(), "state": verdict.state, "release_state":
                         verdict.release, "soul_state": verdict.soul,
                         "config_state": verdict.config, "drift": list(verdict.drift)}
                        for result, verdict in zip(results, verdicts, strict=True)]}, indent=2))
     else:
         click.echo(format_table(results, verdicts))
+        for line in region_summary(results, verdicts):
+            click.echo(line)
         click.echo(f"expected release: {release or 'unknown'} ({source})")
     if "down" in states:
         sys.exit(EXIT_DOWN)
@@ -50,13 +53,39 @@ def status(cli: CliContext, as_json: bool, timeout: float) -> None:
         sys.exit(EXIT_DRIFT)
 
 
+def by_region(results: list[AgentStatus],
+              verdicts: list[Judgement]) -> list[tuple[str, dict[str, str]]]:
+    """Each region (in the order the results come, grouped by region) with its agents'
+    states; agents without a region under ``-``."""
+    regions: dict[str, dict[str, str]] = {}
+    for result, verdict in zip(results, verdicts, strict=True):
+        regions.setdefault(result.region or "-", {})[result.agent] = verdict.state
+    return list(regions.items())
+
+
+def region_summary(results: list[AgentStatus], verdicts: list[Judgement]) -> list[str]:
+    """One line per region (when agents have regions): how many agents are ok, drift, down."""
+    groups = by_region(results, verdicts)
+    if [name for name, _ in groups] == ["-"]:
+        return []
+    lines = []
+    for name, states in groups:
+        counts = ", ".join(f"{sum(s == state for s in states.values())} {state}"
+                           for state in ("ok", "drift", "down")
+                           if state in states.values())
+        lines.append(f"region {name}: {len(states)} agent(s): {counts}")
+    return lines
+
+
 def format_table(results: list[AgentStatus], verdicts: list[Judgement]) -> str:
-    """A table for people: one row per agent, reasons in full after it."""
-    rows = [("AGENT", "ROLE", "HOST", "SSH", "HEALTH", "RELEASE", "SOUL", "STATE")]
+    """A table for people: one row per agent (grouped by region), reasons in full after it."""
+    regional = any(result.region for result in results)  # a REGION column when any has one
+    rows = [("AGENT", "ROLE", *(("REGION",) if regional else ()), "HOST", "SSH", "HEALTH",
+             "RELEASE", "SOUL", "STATE")]
     for result, verdict in zip(results, verdicts, strict=True):
         rows.append((
-            result.agent, result.role, result.host,
-            "ok" if result.ssh == "ok" else "FAIL",
+            result.agent, result.role, *((result.region or "-",) if regional else ()),
+            result.host, "ok" if result.ssh == "ok" else "FAIL",
             "ok" if result.health == "ok" else "FAIL",
             result.release or "-", short(result.soul_sha256), verdict.state,
         ))

@@ -20,7 +20,7 @@ from fleet.errors import FleetError
 from fleet.expected import expected, judge
 from fleet.records import RunRecord, went_through
 from fleet.registry import Agent, Registry, load_registry
-from fleet.status import AgentStatus, probe_fleet
+from fleet.status import AgentStatus, probe_fleet, region_sorted
 
 METRIC_RE = re.compile(r'(fleet_bus_[a-z_]+)\{[^}]*\} ([0-9]+)')
 RUNS_SHOWN = 10
@@ -192,7 +192,7 @@ class Dashboard:
         runs = read_runs(self.records_dir)
         release = deployed_release(runs)
         views = self.runs() if self.runs else list(view_runs(runs))
-        agents = list(registry)
+        agents = region_sorted(registry)  # the order probe_fleet answers in
         with ThreadPoolExecutor(max_workers=max(1, len(agents))) as pool:
             gauges = list(pool.map(bus_gauges, agents))
         problem = None
@@ -201,7 +201,8 @@ class Dashboard:
         except FleetError as exc:  # e.g. no pinned host keys: nothing is probed over SSH
             problem = f"{exc}" + (f" ({exc.hint})" if exc.hint else "")
             statuses = [AgentStatus(agent=agent.name, role=agent.role, host=agent.host,
-                                    ssh="not checked", health="not checked") for agent in agents]
+                                    region=agent.region, ssh="not checked",
+                                    health="not checked") for agent in agents]
         taken = now_utc()
         agent_views = tuple(self._view(registry, agent, status, gauge, release, taken)
                             for agent, status, gauge in zip(agents, statuses, gauges,

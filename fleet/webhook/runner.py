@@ -143,6 +143,8 @@ def record_outcome(record: Path, exit_status: int | None) -> Outcome:
     status = data.get("status")
     hosts = {name: {key: entry[key] for key in HOST_FIELDS if key in entry}
              for name, entry in (data.get("hosts") or {}).items()}
+    if status == "partial":  # a region was unreachable: the others deployed
+        status = "degraded"
     if status not in RECORD_STATUSES:
         status = "failed"
     elif status == "ok" and exit_status != 0:

@@ -142,3 +142,22 @@ def test_an_agent_is_judged_against_what_it_must_run(
         state, soul, config, release)
     assert view.outbox_depth == 3 and view.dead_letters is None
     assert view.last_seen == (None if state == "down" else "2026-11-30T10:00:00Z")
+
+
+def test_agents_are_grouped_by_region(fleet_dir: Path) -> None:
+    registry = fleet_dir / "registry.yaml"
+    text = registry.read_text().replace("  known_hosts: known_hosts\n",
+                                        "  known_hosts: known_hosts\n  regions: [us, eu]\n")
+    text = text.replace("    role: orchestrator\n", "    role: orchestrator\n    region: eu\n")
+    registry.write_text(text.replace("    role: worker\n", "    role: worker\n    region: us\n"))
+    client = create_app({"REGISTRY_PATH": str(registry),
+                         "RECORDS_DIR": str(fleet_dir / "records")}).test_client()
+    html = client.get("/dashboard/live").get_data(as_text=True)
+    rows = [line.strip() for line in html.splitlines() if line.strip().startswith("<tr ")]
+    assert [row[:40] for row in rows] == [
+        '<tr class="region"><th scope="rowgroup" ', '<tr id="agent-beta" data-agent="beta" da',
+        '<tr class="region"><th scope="rowgroup" ', '<tr id="agent-alpha" data-agent="alpha" ']
+    assert ">Region us</th>" in html and ">Region eu</th>" in html
+    state = client.get("/dashboard/state.json").get_json()
+    assert [(agent["name"], agent["region"]) for agent in state["agents"]] == [
+        ("beta", "us"), ("alpha", "eu")]

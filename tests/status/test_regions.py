@@ -1,0 +1,81 @@
+"""Agents grouped by region: ``fleet status`` (table, summary, JSON), ``fleet runs show``, and
+the order every probe answers in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fleet.cli.runs import format_run
+from fleet.cli.status import by_region, format_table, region_summary
+from fleet.expected import Judgement
+from fleet.registry import parse_registry
+from fleet.status import AgentStatus, region_sorted
+
+REGISTRY = """\
+fleet:
+  regions: [us, eu]
+wizards:
+  o: {host: 192.0.2.1, role: orchestrator, model: m, region: eu}
+  e: {host: 192.0.2.2, role: worker, model: m, region: eu}
+  u: {host: 192.0.2.3, role: worker, model: m, region: us}
+"""
+
+
+def judged(state: str) -> Judgement:
+    return Judgement(state=state, release="ok", soul="ok", config="ok", drift=())
+
+
+def test_agents_come_in_region_order() -> None:
+    registry = parse_registry(REGISTRY, Path("registry.yaml"))
+    assert [agent.name for agent in region_sorted(registry)] == ["u", "o", "e"]
+
+
+def test_status_groups_by_region() -> None:
+    results = [AgentStatus("u", "worker", "192.0.2.3", region="us"),
+               AgentStatus("o", "orchestrator", "192.0.2.1", region="eu"),
+               AgentStatus("e", "worker", "192.0.2.2", region="eu")]
+    verdicts = [judged("down"), judged("ok"), judged("drift")]
+    assert format_table(results, verdicts).splitlines()[0].split()[:4] == [
+        "AGENT", "ROLE", "REGION", "HOST"]
+    assert by_region(results, verdicts) == [("us", {"u": "down"}),
+                                            ("eu", {"o": "ok", "e": "drift"})]
+    assert region_summary(results, verdicts) == ["region us: 1 agent(s): 1 down",
+                                                 "region eu: 2 agent(s): 1 ok, 1 drift"]
+    plain = [AgentStatus("a", "worker", "192.0.2.9")]
+    assert region_summary(plain, [judged("ok")]) == []
+    assert "REGION" not in format_table(plain, [judged("ok")])
+
+
+def test_runs_show_lists_hosts_under_their_region() -> None:
+    run = {"id": 7, "status": "degraded", "tag": "v1", "sha": "a" * 40, "pusher": "p",
+           "forge": "gitea", "delivery_id": "d", "queued_at": "t", "started_at": None,
+           "ended_at": None, "exit_status": 1, "summary": "", "health": [],
+           "stages": [{"stage": "canary", "region": "eu", "hosts": ["o"], "outcome": {"o": "ok"}},
+                      {"stage": "workers", "region": "us", "hosts": ["u"],
+                       "outcome": {"u": "skipped"}}],
+           "hosts": {"u": {"status": "skipped", "reason": "region us is unreachable"},
+                     "o": {"status": "ok"}}}
+    lines = format_run(run).splitlines()
+    assert "  stage workers (us): u skipped" in lines
+    assert [line.split()[0:2] for line in lines if line.startswith("  ") and
+            not line.startswith("  stage")] == [["region", "eu:"], ["o", "ok"],
+                                                 ["region", "us:"], ["u", "skipped"]]
+
+
+def test_a_partial_webhook_deploy_is_degraded(tmp_path: Path) -> None:
+    """A run that skipped an unreachable region deployed the others: the receiver's run is
+    ``degraded`` (not ``failed``), naming the skipped hosts."""
+    import json
+
+    from fleet.webhook.runner import record_outcome
+
+    record = tmp_path / "run.json"
+    record.write_text(json.dumps({
+        "status": "partial", "release": "r1", "unreachable_regions": ["us"], "skipped": [],
+        "stages": [{"stage": "canary", "region": "eu", "hosts": ["o"]},
+                   {"stage": "workers", "region": "us", "hosts": ["u"]}],
+        "hosts": {"o": {"status": "ok"}, "u": {"status": "skipped", "unreachable": True,
+                                               "reason": "region us is unreachable"}}}))
+    outcome = record_outcome(record, 1)
+    assert outcome.status == "degraded"
+    assert "u" in outcome.summary
