@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from fleet.errors import RegistryError
+from fleet.tools import Tool
+from fleet.tools.spec import parse_tools
 from fleet.validate import USER_NAME_FORM, USER_NAME_RE
 
 REGISTRY_ENV = "FLEET_REGISTRY"
@@ -48,6 +50,7 @@ AGENT_FIELDS = (
     "authorized_keys",
     "config",
     "runtime",
+    "tools",
 )
 REQUIRED_AGENT_FIELDS = ("host", "role", "model")
 FLEET_FIELDS = ("name", "ssh_key", "known_hosts", "repo_url", "become", "regions")
@@ -96,6 +99,11 @@ class Agent:
     runtime: str = "none"
     runtime_command: tuple[str, ...] = ()
     runtime_ship: tuple[str, ...] = ()
+    tools: tuple[Tool, ...] = ()
+
+    def tool(self, name: str) -> Tool | None:
+        """The declared tool called ``name``, or None."""
+        return next((tool for tool in self.tools if tool.name == name), None)
 
     @property
     def runtime_unit(self) -> str | None:
@@ -138,6 +146,8 @@ class Agent:
                                "ship": list(self.runtime_ship)}
         elif self.runtime != ("builtin" if self.provider_url else "none"):
             data["runtime"] = self.runtime
+        if self.tools:
+            data["tools"] = {tool.name: tool.to_dict() for tool in self.tools}
         return data
 
 
@@ -492,6 +502,7 @@ class _Validator:
         default_health = f"http://{host}:{port}/health" if host else ""
         agent_data["health_endpoint"] = checked.url("health_endpoint", default_health)
         agent_data.update(checked.runtime(bool(agent_data["provider_url"])))
+        agent_data["tools"] = checked.tools()
         if len(self.problems) > before:
             return None
         return Agent(**agent_data)
@@ -684,6 +695,15 @@ class _AgentFields:
                 self.bad("runtime", f"ship path {item!r} is not a file beside the registry")
         return {"runtime": "command", "runtime_command": tuple(command),
                 "runtime_ship": tuple(ship)}
+
+    def tools(self) -> tuple[Tool, ...]:
+        """``tools``: name -> {command or handler, args, timeout, callers, description}."""
+        if "tools" not in self.values:
+            return ()
+        tools, problems = parse_tools(self.values["tools"][0])
+        for problem in problems:
+            self.bad("tools", problem)
+        return tools
 
     def url(self, key: str, default: str) -> str:
         if key not in self.values:

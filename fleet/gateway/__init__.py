@@ -45,13 +45,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 def _register_blueprints(app: Flask) -> None:
     """Mount every part of the gateway; each module owns one blueprint and its init_app."""
     from bus import Bus, a2a
-    from fleet.gateway import card, health
+    from fleet.gateway import card, health, tools
 
     health.init_app(app)
     card.init_app(app)
     registry: Registry = app.extensions["fleet.registry"]
     Bus(app, agents=registry.agents)  # the bus is an extension; the registry is its fleet
     a2a.init_app(app)  # the A2A binding the agent card advertises, into the bus's inbox
+    tools.init_app(app)  # the tool execution API, on agents that declare tools
 
 
 def current_registry() -> Registry:

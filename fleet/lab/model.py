@@ -155,6 +155,7 @@ def start(lab_path: Path, index: int, progress: object = None) -> str:
     base URL once it answers."""
     model = ensure_installed(progress)
     url = base_url(index)
+    child: subprocess.Popen[bytes] | None = None
     if not running(lab_path):
         log = (lab_path / LOG_FILE).open("ab")
         command = [str(venv_python()), "-m", "llama_cpp.server", "--model", str(model),
@@ -168,7 +169,10 @@ def start(lab_path: Path, index: int, progress: object = None) -> str:
         (lab_path / PID_FILE).write_text(f"{child.pid}\n")
     deadline = time.monotonic() + START_TIMEOUT
     while not answering(url):
-        if not running(lab_path) or time.monotonic() > deadline:
+        # our own child is checked by its exit status: until it has exec'd the server, its
+        # command line is not yet the server's
+        alive = child.poll() is None if child is not None else running(lab_path)
+        if not alive or time.monotonic() > deadline:
             stop(lab_path)
             tail = _log_tail(lab_path)
             raise LabError(f"the lab model server did not start on {url}: {tail}",

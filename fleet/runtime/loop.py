@@ -26,6 +26,8 @@ from fleet.runtime.state import write_state
 
 MAX_PROMPT_CHARS = 32_000
 BACKOFF_MAX_S = 30.0
+PROBE_TIMEOUT_S = 30.0
+HEARTBEAT_S = 3.0
 
 
 class Inbox(Protocol):
@@ -85,39 +87,53 @@ class Runtime:
                        "handled": 0, "errors": 0, "last_round_trip": None,
                        "model": self.provider.model, "current": None}
         self._written = 0.0
+        self._lock = threading.Lock()
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True when asked to stop."""
         return self.sleep(seconds) if self.sleep else self.stop.wait(seconds)
 
     def save(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._written >= 1.0:
-            write_state(self.state_dir, self.status)
-            self._written = now
+        """Write the state file (at most once a second unless ``force``)."""
+        with self._lock:
+            now = time.monotonic()
+            if force or now - self._written >= 1.0:
+                write_state(self.state_dir, dict(self.status))
+                self._written = now
+
+    def heartbeat(self) -> None:
+        """Keep the state file fresh while a model call takes long (until stopped)."""
+        while not self.stop.wait(HEARTBEAT_S):
+            self.save(force=True)
 
     def probe(self) -> bool:
         """A live round trip; the state is ``ready`` after a good one."""
-        result = round_trip(self.provider)
+        result = round_trip(self.provider, timeout=PROBE_TIMEOUT_S)
         self.status["last_round_trip"] = result
         self.status["state"] = "ready" if result["ok"] else "waiting_provider"
         self.save(force=True)
         return bool(result["ok"])
 
     def run(self) -> None:
-        """Probe the model until it answers, then serve the inbox until stopped."""
+        """Probe the model, then serve the inbox until stopped; while the model does not
+        answer, probe it again with back-off (requests wait for it meanwhile)."""
         self.save(force=True)
+        threading.Thread(target=self.heartbeat, name="runtime-heartbeat", daemon=True).start()
         delay = 1.0
-        while not self.probe():
-            if self.wait(delay):
-                return
-            delay = min(delay * 2, BACKOFF_MAX_S)
+        next_probe = time.monotonic() + delay if not self.probe() else None
         while not self.stop.is_set():
+            if next_probe is not None and time.monotonic() >= next_probe:
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                next_probe = None if self.probe() else time.monotonic() + delay
             try:
                 handled = self.step()
             except Exception as exc:  # the gateway restarting, a bus error: try again soon
                 self.status["gateway_error"] = f"{type(exc).__name__}: {exc}"[:300]
                 handled = 0
+            if self.status["state"] == "ready":
+                next_probe, delay = None, 1.0
+            elif next_probe is None:
+                next_probe = time.monotonic() + delay
             self.save()
             if not handled and self.wait(self.poll_s):
                 return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 
 from bus.client import BusClient
 from fleet import lab
@@ -162,3 +164,36 @@ def test_release_whose_runtime_cannot_reach_its_provider_is_rolled_back(fleet: F
     health = requests.get(f"http://{load_registry(fleet.registry).get(WORKER).host}:8646"
                           "/health?roundtrip=1", timeout=30).json()
     assert health["release"] == before and health["status"] == "ok", health
+
+
+def test_fleet_ask_routes_by_capability_and_prints_the_model_answer(fleet: Fleet) -> None:
+    done = fleet.run("ask", "--capability", "code", "--json", "Write one line of Python.")
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["agent"] == WORKER and answer["asked"] == [WORKER]  # the one coder
+    assert answer["payload"]["tokens"] > 0 and answer["payload"]["text"].strip(), answer
+
+
+def test_operator_runtime_command_is_deployed_and_verified_the_same_way(
+        fleet: Fleet, tmp_path: Path) -> None:
+    data = yaml.safe_load(fleet.registry.read_text())
+    data["wizards"][WORKER]["runtime"] = {"command": ["python3", "agent.py"],
+                                          "ship": ["agent.py"]}
+    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls")
+    shutil.copy(Path(__file__).parent / "operator_agent.py", tmp_path / "agent.py")
+    edited = tmp_path / "registry.yaml"
+    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    done = fleet.run("deploy", "--limit", WORKER, registry=edited)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert fleet.record(done.stdout)["hosts"][WORKER]["status"] == "ok"
+    unit = fleet.ssh(WORKER, f"systemctl show -p ExecStart -p User -p NoNewPrivileges "
+                             f"-p ProtectSystem {RUNTIME}")
+    assert "argv[]=python3 agent.py" in unit and f"User={WORKER}" in unit, unit
+    assert "NoNewPrivileges=yes" in unit and "ProtectSystem=strict" in unit, unit
+    health = requests.get(f"{load_registry(edited).get(WORKER).health_endpoint}?roundtrip=1",
+                          timeout=30).json()
+    assert health["runtime"]["kind"] == "command" and health["status"] == "ok", health
+    with BusClient.for_agent(load_registry(edited), ASKER, KEYS, timeout=30) as ezra:
+        answer = ezra.request(WORKER, {"prompt": "Say hi."}, timeout=180)
+    assert answer["payload"]["runtime"] == "operator-agent", answer
+    assert answer["payload"]["tokens"] > 0, answer

@@ -1,0 +1,33 @@
+"""An operator's own agent program (run by the lab test instead of the built-in runtime): it
+answers each request with the model's text prefixed by its own name, with the environment
+every runtime gets (agent, registry copy, bus keys, provider URL and key name)."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import requests
+
+from bus.client import BusClient
+from fleet.registry import load_registry
+from fleet.secrets import parse_keyring
+
+agent = os.environ["FLEET_AGENT"]
+registry = load_registry(os.environ["FLEET_REGISTRY"])
+client = BusClient.for_agent(registry, agent, parse_keyring(os.environ["FLEET_BUS_KEYS"]))
+url = os.environ["FLEET_PROVIDER_URL"] + "/chat/completions"
+state = Path(os.environ["FLEET_STATE_DIR"]) / "operator-agent.json"
+while True:
+    for message in client.messages(type="request", unacked=1)["messages"]:
+        body = {"model": os.environ["FLEET_MODEL"], "max_tokens": 16,
+                "messages": [{"role": "user", "content": str(message["payload"])}]}
+        answer = requests.post(url, json=body, timeout=120).json()
+        text = answer["choices"][0]["message"]["content"]
+        client.send(message.get("reply_to") or message["from"], "response",
+                    {"text": text, "runtime": "operator-agent",
+                     "tokens": answer["usage"]["completion_tokens"]},
+                    id=f"op-{message['id']}", correlation_id=message["correlation_id"])
+        client.ack(message["from"], message["id"])
+    state.write_text(json.dumps({"alive": time.time()}))
+    time.sleep(0.2)
