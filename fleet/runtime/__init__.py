@@ -14,6 +14,7 @@ import os
 import signal
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from bus.client import BusClient
 from fleet.errors import FleetError
@@ -43,9 +44,16 @@ def from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> Runtime:
     soul_path = Path(env.get("FLEET_SOUL") or f"/etc/fleet/{agent.name}/soul.md")
     state_dir = Path(env.get("FLEET_STATE_DIR") or f"/var/lib/fleet/{agent.name}")
     max_tokens = int(agent.config.get("max_tokens") or 256)
+
+    def call_tool(name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run one of the agent's tools through its own gateway (signed as itself)."""
+        return dict(inbox.call("POST", f"/tools/{name}", body={"args": args}))
+
     return Runtime(agent=agent.name, inbox=inbox, provider=provider_for(agent, env),
                    soul=lambda: soul_path.read_text(encoding="utf-8"), state_dir=state_dir,
-                   release=running_release()[0], max_tokens=max_tokens)
+                   release=running_release()[0], max_tokens=max_tokens,
+                   tools=[tool.openai() for tool in agent.tools],
+                   call_tool=call_tool if agent.tools else None)
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ again, which the outbox drops as a duplicate. The request is acknowledged only a
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +29,8 @@ MAX_PROMPT_CHARS = 32_000
 BACKOFF_MAX_S = 30.0
 PROBE_TIMEOUT_S = 30.0
 HEARTBEAT_S = 3.0
+MAX_TOOL_ROUNDS = 3
+MAX_TOOL_RESULT = 8000
 
 
 class Inbox(Protocol):
@@ -77,10 +80,12 @@ class Runtime:
     state_dir: Path
     release: str
     max_tokens: int = 256
-    poll_s: float = 0.2
+    poll_s: float = 0.05
     stop: threading.Event = field(default_factory=threading.Event)
     status: dict[str, Any] = field(default_factory=dict)
     sleep: Callable[[float], bool] | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    call_tool: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         self.status = {"agent": self.agent, "state": "starting", "release": self.release,
@@ -174,11 +179,41 @@ class Runtime:
             chat = prompt_of(request["payload"])
         except ValueError as exc:
             return self.error(str(exc))
-        messages = [{"role": "system", "content": self.soul()}, *chat]
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self.soul()}, *chat]
+        used: list[dict[str, Any]] = []
+        done: Completion | None = None
+        for round_number in range(MAX_TOOL_ROUNDS + 1):
+            found = self.complete(request, messages, tools=round_number < MAX_TOOL_ROUNDS)
+            if not isinstance(found, Completion):
+                return found
+            done = found
+            if not (done.tool_calls and self.tools and round_number < MAX_TOOL_ROUNDS):
+                break
+            messages.append({"role": "assistant", "content": done.text or None,
+                             "tool_calls": done.tool_calls})
+            for call in done.tool_calls:
+                result = self.use_tool(call)
+                used.append({"tool": result.get("tool"), "exit": result.get("exit"),
+                             "error": result.get("error")})
+                messages.append({"role": "tool", "tool_call_id": call.get("id"),
+                                 "content": json.dumps(result)[:MAX_TOOL_RESULT]})
+        assert done is not None
+        answer = {"text": done.text, "model": self.provider.model, "tokens": done.tokens,
+                  "latency_ms": round(done.latency_s * 1000, 1),
+                  "finish_reason": done.finish_reason, "agent": self.agent}
+        if used:
+            answer["tools_used"] = used
+        return answer
+
+    def complete(self, request: dict[str, Any], messages: list[dict[str, Any]],
+                 tools: bool) -> Completion | dict[str, Any] | None:
+        """One model call, retried with back-off while the provider is unreachable: the
+        completion, an error payload, or None when stopped."""
         delay = 1.0
         while True:
             try:
-                done = self.provider.chat(messages, max_tokens=self.max_tokens)
+                done = self.provider.chat(messages, max_tokens=self.max_tokens,
+                                          tools=self.tools if tools else None)
             except ProviderError as exc:
                 self.record(None, str(exc))
                 if not exc.retryable:
@@ -193,9 +228,25 @@ class Runtime:
                                       f"{request['ttl']} s) while the model was unreachable")
                 continue
             self.record(done, None)
-            return {"text": done.text, "model": self.provider.model, "tokens": done.tokens,
-                    "latency_ms": round(done.latency_s * 1000, 1),
-                    "finish_reason": done.finish_reason, "agent": self.agent}
+            return done
+
+    def use_tool(self, call: dict[str, Any]) -> dict[str, Any]:
+        """Run a tool the model asked for (OpenAI tool-call format) through the agent's own
+        gateway; the result (or why it could not run) goes back to the model."""
+        function = call.get("function") if isinstance(call, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        try:
+            args = json.loads(function.get("arguments") or "{}") if function else None
+        except (TypeError, ValueError):
+            args = None
+        if not isinstance(name, str) or not isinstance(args, dict):
+            return {"tool": name, "error": "the tool call has no name or no JSON arguments"}
+        if self.call_tool is None:
+            return {"tool": name, "error": "this runtime runs no tools"}
+        try:
+            return {"tool": name, **self.call_tool(name, args)}
+        except Exception as exc:  # refused (4xx), timed out (504), gateway down
+            return {"tool": name, "error": str(exc)[:500]}
 
     def record(self, done: Completion | None, error: str | None) -> None:
         """Keep the last model round trip for /health."""

@@ -67,8 +67,8 @@ def argv(tool: Tool, args: dict[str, Any]) -> list[str]:
 def run(tool: Tool, args: dict[str, Any], cwd: str) -> Outcome:
     """Run ``tool`` with checked ``args`` (also given as JSON on stdin), with a bare
     environment (no secrets; the gateway's import path, for Python handlers)."""
-    env = {"PATH": TOOL_PATH, "LANG": "C.UTF-8",
-           "PYTHONPATH": os.pathsep.join(filter(None, sys.path)), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {"PATH": TOOL_PATH, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+           "PYTHONPATH": os.pathsep.join(path or os.getcwd() for path in sys.path)}
     started = time.monotonic()
     try:
         child = subprocess.Popen(argv(tool, args), stdin=subprocess.PIPE,

@@ -24,6 +24,7 @@ class MockProvider:
         self.failures: list[int] = []  # HTTP statuses to answer first, one per call
         self.reply = "four"
         self.hold: threading.Event | None = None  # answers wait until it is set
+        self.script: list[dict[str, Any]] = []  # assistant messages to answer first, in order
         self.key = "sk-test-KEY-0123456789"
         outer = self
 
@@ -38,10 +39,11 @@ class MockProvider:
                     outer.hold.wait(60)
                 if outer.failures:
                     return self.answer(outer.failures.pop(0), {"error": {"message": "busy"}})
+                message = outer.script.pop(0) if outer.script else {
+                    "role": "assistant", "content": outer.reply}
                 self.answer(200, {
                     "id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": outer.reply}}],
+                    "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
                     "usage": {"prompt_tokens": 5, "completion_tokens": 1,
                               "total_tokens": 6}})
 
@@ -94,6 +96,15 @@ def write_registry(folder: Path, provider_url: str) -> Path:
       name: mock
       base_url: {provider_url}
       api_key: MOCK_API_KEY
+    tools:
+      words:
+        description: Count the words of a text.
+        handler: tests.runtime.tool_handlers:count_words
+        args:
+          type: object
+          required: [text]
+          properties:
+            text: {{type: string, maxLength: 1000}}
   allegro:
     host: 127.0.0.1
     role: worker

@@ -152,3 +152,29 @@ def test_wrong_key_is_refused_without_retries_and_shows_in_state(
     assert state_problems(None, "r") == ["runtime has not started (no state file)"]
     stale = {**state, "heartbeat": time.time() - 60}
     assert "not running" in state_problems(stale, runtime.release, now=time.time())[0]
+
+
+def test_runtime_runs_its_own_tool_when_the_model_asks(
+        fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider) -> None:
+    registry, gateways = fleet_pair
+    provider.script = [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "words", "arguments": '{"text": "a b c"}'}}]}]
+    provider.reply = "three words"
+    runtime = runtime_of(registry, gateways["bezalel"].state, provider)
+    with BusClient.for_agent(load_registry(registry), "ezra", KEYS) as ezra:
+        ezra.send("bezalel", "request", {"prompt": "How many words in 'a b c'?"},
+                  correlation_id="c-tool", reply_to="ezra")
+        wait_for(lambda: runtime.inbox.messages(type="request", unacked=1)["messages"])
+        assert runtime.step() == 1
+        answer = wait_for(lambda: responses(ezra, "c-tool"))[0]
+    assert answer["payload"]["text"] == "three words"
+    assert answer["payload"]["tools_used"] == [{"tool": "words", "exit": 0, "error": None}]
+    first, second = provider.requests
+    assert first["tools"][0]["function"]["name"] == "words"
+    tool_message = second["messages"][-1]
+    assert tool_message["role"] == "tool" and tool_message["tool_call_id"] == "call_1"
+    assert '{\\"words\\": 3}' in tool_message["content"]
+    with BusClient.for_agent(load_registry(registry), "bezalel", KEYS) as bezalel:
+        [call] = bezalel.call("GET", "/tools/calls")["calls"]
+    assert (call["caller"], call["tool"], call["outcome"]) == ("bezalel", "words", "ok")
