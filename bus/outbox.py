@@ -19,6 +19,9 @@ from typing import Any
 from bus.store import bump
 from fleet.sqlite import immediate
 
+DELIVERY_MS = "delivery_ms:"  # counter prefix: milliseconds from queued to stored, summed
+DELIVERY_COUNT = "delivery_count:"  # counter prefix: deliveries counted in DELIVERY_MS
+
 
 def enqueue(db: sqlite3.Connection, message: dict[str, Any], recipients: list[str],
             now: float | None = None) -> tuple[bool, list[str]]:
@@ -134,8 +137,14 @@ def finish(db: sqlite3.Connection, owner: str, outcomes: list[Outcome],
                 " last_error = ? WHERE seq = ? AND lease_owner = ?",
                 (outcome.retry_at, outcome.error, *mine)).rowcount)
         else:
-            bump(db, "delivered", db.execute(
-                "DELETE FROM outbox WHERE seq = ? AND lease_owner = ?", mine).rowcount)
+            row = db.execute("SELECT recipient, created_at FROM outbox"
+                             " WHERE seq = ? AND lease_owner = ?", mine).fetchone()
+            delivered = db.execute(
+                "DELETE FROM outbox WHERE seq = ? AND lease_owner = ?", mine).rowcount
+            bump(db, "delivered", delivered)
+            if delivered and row is not None:  # queued-to-stored time, per recipient
+                bump(db, f"{DELIVERY_MS}{row[0]}", max(0, round((now - row[1]) * 1000)))
+                bump(db, f"{DELIVERY_COUNT}{row[0]}")
     for recipient, (retry_at, error) in down.items():
         bump(db, "retried", db.execute(
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"

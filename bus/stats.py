@@ -12,7 +12,7 @@ from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from bus.db import get_db, write
-from bus.outbox import redrive
+from bus.outbox import DELIVERY_COUNT, DELIVERY_MS, redrive
 from bus.schema import query_problems
 from bus.state import state
 from bus.store import counters
@@ -49,11 +49,33 @@ def bus_stats(db: sqlite3.Connection) -> dict[str, int]:
     return stats
 
 
+def delivery_by_region(db: sqlite3.Connection) -> dict[str, dict[str, float]]:
+    """Per recipient region (``none`` for agents without one): messages delivered and their
+    total and mean time from queued to stored by the recipient (ms), since the store was
+    created. A region cut off shows here as a mean that grows until it heals."""
+    found = counters(db)
+    agents = state().agents
+    regions: dict[str, dict[str, float]] = {}
+    for name, count in sorted(found.items()):
+        if not name.startswith(DELIVERY_COUNT) or not count:
+            continue
+        recipient = name.removeprefix(DELIVERY_COUNT)
+        region = getattr(agents.get(recipient), "region", None) or "none"
+        entry = regions.setdefault(region, {"delivered": 0, "latency_ms_sum": 0})
+        entry["delivered"] += count
+        entry["latency_ms_sum"] += found.get(f"{DELIVERY_MS}{recipient}", 0)
+    for entry in regions.values():
+        entry["latency_ms_mean"] = round(entry["latency_ms_sum"] / entry["delivered"], 1)
+    return regions
+
+
 @bp.get("/bus/stats")
 def stats() -> ResponseReturnValue:
-    """Outbox depth, delivered, retried, dead-lettered and inbox figures as JSON."""
+    """Outbox depth, delivered, retried, dead-lettered and inbox figures, and delivery
+    latency by the recipients' region, as JSON."""
     authenticate(owner_only=True)
-    return jsonify({"agent": me(), **bus_stats(get_db())})
+    db = get_db()
+    return jsonify({"agent": me(), **bus_stats(db), "delivery_by_region": delivery_by_region(db)})
 
 
 DEAD_LETTER_QUERY: dict[str, dict[str, Any]] = {
@@ -109,12 +131,22 @@ def redrive_dead_letters() -> ResponseReturnValue:
 
 @bp.get("/metrics")
 def metrics() -> ResponseReturnValue:
-    """Prometheus text exposition of :func:`bus_stats`, labelled with the agent."""
+    """Prometheus text exposition of :func:`bus_stats`, labelled with the agent, and of
+    :func:`delivery_by_region` (a summary per recipient region)."""
     lines = []
     for name, value in bus_stats(get_db()).items():
         kind = "counter" if name in COUNTERS else "gauge"
         metric = f"fleet_bus_{name}_total" if kind == "counter" else f"fleet_bus_{name}"
         lines += [f"# HELP {metric} {HELP[name]}", f"# TYPE {metric} {kind}",
                   f'{metric}{{agent="{me()}"}} {value}']
+    regions = delivery_by_region(get_db())
+    if regions:
+        metric = "fleet_bus_delivery_seconds"
+        lines += [f"# HELP {metric} Time from queued to stored by the recipient, by the "
+                  "recipient's region.", f"# TYPE {metric} summary"]
+        for region, entry in regions.items():
+            labels = f'agent="{me()}",region="{region}"'
+            lines += [f"{metric}_sum{{{labels}}} {entry['latency_ms_sum'] / 1000:.3f}",
+                      f"{metric}_count{{{labels}}} {int(entry['delivered'])}"]
     return Response("\n".join(lines) + "\n",
                     content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -129,7 +129,7 @@ def test_stats_and_metrics_count_the_store(client: FlaskClient) -> None:
     assert stats == {"agent": "bezalel", "received": 1, "duplicates": 1, "delivered": 0,
                      "retried": 0, "dead_lettered": 0, "redriven": 0, "outbox_depth": 1,
                      "inbox_messages": 1,
-                     "inbox_unacked": 1, "dead_letters": 0}
+                     "inbox_unacked": 1, "dead_letters": 0, "delivery_by_region": {}}
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
     assert metrics.content_type.startswith("text/plain; version=0.0.4")
