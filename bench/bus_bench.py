@@ -41,9 +41,18 @@ from pathlib import Path
 
 import requests
 
+from bus.keys import (
+    PRIVATE_KEY_ENV,
+    PUBLIC_KEYS_ENV,
+    format_keyring,
+    keyring_of,
+    new_private_key,
+    signing_key,
+)
 from bus.signing import sign
 
-KEYS = {"sender": "bench-key-sender", "receiver": "bench-key-receiver"}
+KEYS = {"sender": new_private_key(), "receiver": new_private_key()}  # Ed25519, RFC 9421
+SENDER = signing_key("sender", KEYS["sender"])
 
 
 def free_port() -> int:
@@ -55,7 +64,8 @@ def free_port() -> int:
 
 def start_gateway(name: str, registry: Path, folder: Path, port: int,
                   workers: int, threads: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "FLEET_BUS_KEYS": ",".join(f"{k}={v}" for k, v in KEYS.items()),
+    env = {**os.environ, PUBLIC_KEYS_ENV: format_keyring(keyring_of(KEYS.items())),
+           PRIVATE_KEY_ENV: KEYS[name],
            "FLEET_BUS_RETRY_MAX": "0.5",  # drain: no long backoff
            "FLEET_BUS_INBOX_QUOTA": "100000000"}  # nothing acknowledges: no quota here
     command = [sys.executable, "-c", "from fleet.cli import main; main()", "--registry",
@@ -80,7 +90,7 @@ def post_signed(connection: http.client.HTTPConnection, path: str, data: dict[st
                 expect: int) -> None:
     """POST ``data`` signed as the sender on a keep-alive connection."""
     body = json.dumps(data).encode()
-    headers = sign("sender", KEYS["sender"], "POST", path, "", body)
+    headers = sign(SENDER, "POST", f"http://{connection.host}:{connection.port}{path}", body)
     headers["Content-Type"] = "application/json"
     connection.request("POST", path, body, headers)
     response = connection.getresponse()
@@ -93,7 +103,7 @@ def signed_request(port: int, path: str, data: dict[str, object]) -> bytes:
     body = json.dumps(data, separators=(",", ":")).encode()
     headers = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json",
                "Content-Length": str(len(body)),
-               **sign("sender", KEYS["sender"], "POST", path, "", body)}
+               **sign(SENDER, "POST", f"http://127.0.0.1:{port}{path}", body)}
     head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     return f"POST {path} HTTP/1.1\r\n{head}\r\n".encode("latin-1") + body
 

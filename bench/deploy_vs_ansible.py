@@ -80,14 +80,6 @@ def lab_down(checkout: Path, lab: str) -> None:
                    capture_output=True)
 
 
-def close_masters(control_dir: Path) -> None:
-    """End the SSH ControlPersist masters Ansible left (they would idle out after 60 s)."""
-    for socket in control_dir.glob("*"):
-        if socket.is_socket():
-            subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "lab"],
-                           capture_output=True, check=False)
-
-
 def sample(measured: Measured, load: float) -> dict[str, float]:
     return {"wall_s": round(measured.wall, 3), "cpu_s": round(measured.cpu, 3),
             "max_rss_mib": round(measured.max_rss_mib, 1), "load_before": round(load, 2)}
@@ -120,7 +112,7 @@ def run_tool(name: str, checkout: Path, registry: Path, work: Path, release: str
                     raise BenchError(f"{name}: the second run changed something: {counts}")
     finally:
         if name != "fleet":
-            close_masters(control)
+            tool.close_masters(control)
     problems = equivalence_problems(checkout, registry, release, live=live)
     if problems:
         raise BenchError(f"after {name}, the lab is not as our deploy leaves it:\n"

@@ -25,6 +25,7 @@ from flask.typing import ResponseReturnValue
 
 from bus.db import write
 from bus.inbox import OVER_QUOTA, store
+from bus.keys import SigningKey
 from bus.receive import JSON, over_quota
 from bus.schema import a2a_schema
 from bus.signing import sign
@@ -97,12 +98,11 @@ def send_message() -> ResponseReturnValue:
                     "result": reply(call["method"], received, outcome)})
 
 
-def httpx_signer(agent: str, key: str) -> Callable[[Any], Awaitable[None]]:
-    """An ``httpx.AsyncClient`` request event hook signing each request as ``agent``."""
+def httpx_signer(key: SigningKey) -> Callable[[Any], Awaitable[None]]:
+    """An ``httpx.AsyncClient`` request event hook signing each request with ``key``."""
 
     async def hook(outgoing: Any) -> None:
-        url = outgoing.url
-        outgoing.headers.update(sign(agent, key, outgoing.method, url.path,
-                                     url.query.decode("latin-1"), outgoing.content))
+        outgoing.headers.update(sign(key, outgoing.method, str(outgoing.url),
+                                     outgoing.content))
 
     return hook

@@ -1,15 +1,22 @@
-"""A client for one agent's gateway, signing every request with that agent's key.
+"""A client for one agent's gateway, signing every request (RFC 9421, Ed25519).
 
 Used by the agent runtime (its own gateway), the ``fleet bus`` commands and tests::
 
-    with BusClient.for_agent(registry, "ezra-primary", keys) as ezra:
-        ezra.send("bezalel", "request", {"task": "review"})   # queued in ezra's outbox
-        reply = ezra.request("bezalel", {"task": "review"}, timeout=30)
+    with BusClient.from_env() as me:      # on a node: the agent's own environment
+        me.send("bezalel", "request", {"task": "review"})     # queued in my outbox
+        reply = me.request("bezalel", {"task": "review"}, timeout=30)
+
+    with BusClient.for_agent(registry, "ezra-primary", operator_key) as ezra:  # the CLI
+        ezra.messages(unacked=1)
+
+A gateway lets its own agent's key and the operator's key (``operator``) use its inbox,
+outbox and stats; other keys get 403.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -18,9 +25,10 @@ from urllib.parse import urlencode
 
 import requests
 
+from bus.keys import OPERATOR, PRIVATE_KEY_ENV, SigningKey, signing_key
 from bus.signing import sign
 from fleet.errors import BusError
-from fleet.registry import Registry
+from fleet.registry import Registry, load_registry
 
 
 class GatewayError(BusError):
@@ -37,33 +45,61 @@ class RequestTimeout(BusError, TimeoutError):
 
 
 class BusClient:
-    """Signed HTTP calls to ``base_url`` as ``agent``."""
+    """Signed HTTP calls to ``agent``'s gateway at ``base_url``.
 
-    def __init__(self, base_url: str, agent: str, key: str, timeout: float = 10.0) -> None:
-        self.base_url, self.agent, self.key = base_url.rstrip("/"), agent, key
+    ``key`` signs every request: a :class:`bus.keys.SigningKey` (the agent's own, or the
+    operator's), or the agent's private key text (``FLEET_BUS_PRIVATE_KEY``).
+    """
+
+    def __init__(self, base_url: str, agent: str, key: SigningKey | str,
+                 timeout: float = 10.0) -> None:
+        self.base_url, self.agent = base_url.rstrip("/"), agent
+        self.key = signing_key(agent, key) if isinstance(key, str) else key
         self.timeout = timeout
         self.session = requests.Session()
 
     @classmethod
-    def for_agent(cls, registry: Registry, agent: str, keys: Mapping[str, str],
-                  timeout: float = 10.0) -> BusClient:
-        """A client for ``agent``'s gateway from the registry, with its key from ``keys``."""
+    def for_agent(cls, registry: Registry, agent: str,
+                  keys: SigningKey | Mapping[str, str], timeout: float = 10.0) -> BusClient:
+        """A client for ``agent``'s gateway from the registry, signing with ``keys``: one
+        key (e.g. the operator's), or private key texts by identity name (``agent``'s own,
+        else the operator's)."""
         url = registry.get(agent).gateway_url
-        if agent not in keys:
-            raise BusError(f"no bus key for {agent!r} (keys for: {', '.join(keys) or 'none'})",
-                           hint="Set FLEET_SECRETS (agents.NAME.FLEET_BUS_KEY) or "
-                                "FLEET_BUS_KEYS=name=key,...")
-        return cls(url, agent, keys[agent], timeout)
+        if isinstance(keys, SigningKey):
+            return cls(url, agent, keys, timeout)
+        for name in (agent, OPERATOR):
+            if keys.get(name):
+                return cls(url, agent, signing_key(name, keys[name]), timeout)
+        raise BusError(f"no private bus key for {agent!r} or the operator (keys for: "
+                       f"{', '.join(keys) or 'none'})",
+                       hint=f"Set FLEET_SECRETS (identities.operator.{PRIVATE_KEY_ENV}, from "
+                            "`fleet init`) "
+                            f"or {PRIVATE_KEY_ENV}.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, timeout: float = 10.0) -> BusClient:
+        """The client of the agent whose service environment ``env`` is (default:
+        ``os.environ``): ``FLEET_AGENT``, its ``FLEET_BUS_PRIVATE_KEY`` and its gateway from
+        ``FLEET_GATEWAY_URL``, else the ``FLEET_REGISTRY`` file."""
+        env = os.environ if env is None else env
+        agent, key = env.get("FLEET_AGENT", ""), env.get(PRIVATE_KEY_ENV, "")
+        if not agent or not key:
+            raise BusError(f"FLEET_AGENT and {PRIVATE_KEY_ENV} must be set to build a bus "
+                           "client from the environment",
+                           hint="Run it in the agent's service environment (its env file).")
+        url = env.get("FLEET_GATEWAY_URL") or load_registry(
+            env.get("FLEET_REGISTRY", "registry.yaml")).get(agent).gateway_url
+        return cls(url, agent, signing_key(agent, key), timeout)
 
     def call(self, method: str, path: str, params: Mapping[str, Any] | None = None,
              body: Any = None, content_type: str = "application/json") -> Any:
         """One signed request; the decoded JSON answer, or :class:`BusError` with the reason."""
         query = urlencode({k: v for k, v in (params or {}).items() if v is not None})
         data = b"" if body is None else json.dumps(body).encode()
-        headers = sign(self.agent, self.key, method, path, query, data)
+        url = f"{self.base_url}{path}" + (f"?{query}" if query else "")
+        headers = sign(self.key, method, url, data)
         if body is not None:
             headers["Content-Type"] = content_type
-        url = f"{self.base_url}{path}" + (f"?{query}" if query else "")
         try:
             with self.session.request(method, url, data=data or None, headers=headers,
                                       timeout=self.timeout) as response:

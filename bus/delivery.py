@@ -12,6 +12,7 @@ import http.client
 import json
 from collections.abc import Iterator
 
+from bus.keys import SigningKey
 from bus.schema import MAX_BATCH
 from bus.signing import sign
 from bus.state import Address
@@ -21,10 +22,11 @@ CHUNK_BYTES = 192 * 1024  # below the receiver's default 256 KiB limit
 
 
 class Sender:
-    """Delivers rows as ``agent`` (one instance per delivery thread: it owns connections)."""
+    """Delivers rows signed with ``key`` (one instance per delivery thread: it owns
+    connections)."""
 
-    def __init__(self, agent: str, key: str, timeout: float) -> None:
-        self.agent, self.key, self.timeout = agent, key, timeout
+    def __init__(self, key: SigningKey, timeout: float) -> None:
+        self.agent, self.key, self.timeout = key.name, key, timeout
         self.open: dict[tuple[str, int], http.client.HTTPConnection] = {}
 
     def send(self, to: Address, bodies: list[str]) -> list[tuple[int, str]]:
@@ -55,9 +57,10 @@ class Sender:
     def _post(self, to: Address, path: str, body: bytes, whole: bool = False) -> tuple[int, str]:
         """POST signed ``body``; status 0 when unreachable. A kept-alive connection the server
         closed is retried once on a new one (the receiver's dedup makes that safe)."""
-        headers = sign(self.agent, self.key, "POST", path, "", body)
-        headers["Content-Type"] = "application/json"
         address = (to.host, to.gateway_port)
+        host = f"[{to.host}]" if ":" in to.host else to.host
+        headers = sign(self.key, "POST", f"http://{host}:{to.gateway_port}{path}", body)
+        headers["Content-Type"] = "application/json"
         for fresh in (address not in self.open, True):
             connection = self.open.pop(address, None) or http.client.HTTPConnection(
                 *address, timeout=self.timeout)

@@ -19,7 +19,7 @@ from bus.cloudevents import CONTENT_TYPE as CLOUDEVENTS
 from bus.cloudevents import cloudevent_schema
 from bus.inbox import ACK_SCHEMA
 from bus.schema import a2a_schema, batch_schema, message_schema, send_schema
-from bus.signing import AGENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from bus.signing import SECURITY, SECURITY_SCHEMES
 from bus.state import state
 from bus.stats import REDRIVE_SCHEMA
 
@@ -29,7 +29,7 @@ BINARY_MODE = ("Also a CloudEvents binary-mode request: ce-specversion, ce-id, c
                "ce-type, ce-to and any other attribute as ce-* headers (checked as the "
                "application/cloudevents+json event is), Content-Type as datacontenttype, the "
                "body as the data (base64 in data_base64 unless its type is JSON).")
-SIGNED: list[dict[str, list[str]]] = [{"agent": [], "timestamp": [], "signature": []}]
+SIGNED: list[dict[str, list[str]]] = SECURITY
 ERROR = {"description": "JSON error", "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/Error"}}}}
 
@@ -120,7 +120,6 @@ def document() -> dict[str, Any]:
         paths[path] = {method.lower(): _op(summary, {"200": _json("see the summary")},
                                            signed=False)
                        for method in sorted(rule.methods or ()) if method not in IMPLICIT}
-    header = {"type": "apiKey", "in": "header"}
     return {
         "openapi": "3.1.0",
         "info": {"title": f"Sovereign Fleet bus of {bus.agent}", "version": "2.0",
@@ -133,12 +132,7 @@ def document() -> dict[str, Any]:
                         "properties": {"error": {"type": "string"}, "problems": {
                             "type": "object", "additionalProperties": {"type": "string"}},
                             "hint": {"type": "string"}}}},
-            "securitySchemes": {
-                "agent": {**header, "name": AGENT_HEADER},
-                "timestamp": {**header, "name": TIMESTAMP_HEADER},
-                "signature": {**header, "name": SIGNATURE_HEADER, "description":
-                              "sha256=HMAC-SHA256(key, ts\\nMETHOD\\npath\\nquery\\n + body)"},
-            },
+            "securitySchemes": SECURITY_SCHEMES,
         },
     }
 

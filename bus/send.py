@@ -21,9 +21,10 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from bus.db import write
+from bus.keys import PRIVATE_KEY_ENV, RECEIVER
 from bus.outbox import enqueue
 from bus.schema import send_schema
-from bus.signing import SIGNATURE_HEADER
+from bus.signing import SIGNATURE
 from bus.state import state
 from bus.validate import fields_problems
 from bus.web import authenticate, fail, json_body
@@ -77,9 +78,9 @@ def queue(fields: dict[str, Any]) -> dict[str, Any]:
     """Validate ``fields``, commit the message to the outbox (once per id) and wake the
     worker."""
     bus = state()
-    if bus.agent not in bus.keys:
-        raise BusError(f"no bus key for {bus.agent!r} in FLEET_BUS_KEYS; messages cannot be "
-                       "signed", hint="Run the keys phase or set FLEET_BUS_KEYS.")
+    if bus.signer is None:
+        raise BusError(f"no private bus key for {bus.agent!r} ({PRIVATE_KEY_ENV}); messages "
+                       "cannot be signed", hint=f"Run the keys phase or set {PRIVATE_KEY_ENV}.")
     agents = list(bus.agents)
     message = build(agents, bus.agent, fields)
     names = recipients(agents, bus.agent, message)
@@ -92,12 +93,15 @@ def queue(fields: dict[str, Any]) -> dict[str, Any]:
 
 @bp.post("/outbox")
 def post_outbox() -> ResponseReturnValue:
-    """Queue a message from this agent (owner-signed); 202 once it is in the outbox, 200 if
-    its id was sent before (nothing queued again)."""
-    authenticate(owner_only=True)
+    """Queue a message from this agent (signed by it or the operator; the receiver's key may
+    queue alerts); 202 once it is in the outbox, 200 if its id was sent before (nothing
+    queued again)."""
+    signer = authenticate(owner_only=True, delegates=(RECEIVER,))
     fields = json_body()
+    if signer == RECEIVER and not (isinstance(fields, dict) and fields.get("type") == "alert"):
+        fail(403, f"the {RECEIVER!r} key may only queue messages of type 'alert'")
     if isinstance(fields, dict) and fields.get("id") is None:
-        signature = request.headers.get(SIGNATURE_HEADER, "").encode()
+        signature = request.headers.get(SIGNATURE, "").encode()
         fields = {**fields, "id": "sig-" + hashlib.sha256(signature).hexdigest()[:32]}
     if not isinstance(fields, dict):
         fail(400, "invalid message", {"body": "must be a JSON object with type and payload"})

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from flask import current_app
 
+from bus.keys import PublicKey, SigningKey
+
 if TYPE_CHECKING:
     from bus.worker import DeliveryWorker, Settings
     from bus.writer import GroupWriter
@@ -31,7 +33,7 @@ class BusState:
     """One mounted bus: whose it is, the fleet it talks to, its store and its worker."""
 
     agent: str                      # the agent this gateway serves
-    keys: Mapping[str, str]         # agent name -> signing key
+    keys: Mapping[str, PublicKey]   # trusted key id -> public key (bus.keys)
     agents: Mapping[str, Address]   # the fleet: agent name -> gateway address
     store: Path                     # bus.sqlite3
     writer: GroupWriter
@@ -39,6 +41,7 @@ class BusState:
     max_body: int = 256 * 1024      # bytes, every route of the app
     inbox_quota: int = 50_000       # unacknowledged messages per sender
     worker: DeliveryWorker | None = field(default=None)
+    signer: SigningKey | None = None  # this agent's own key: its outbox is sent with it
 
 
 def state() -> BusState:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 from flask import Response, abort, g, jsonify, make_response, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from bus.signing import AGENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, AuthError, verify
+from bus.keys import OPERATOR
+from bus.signing import AuthError, Target, authority, verify
 from bus.state import state
 from bus.validate import JSONError, parse_json
 
@@ -98,19 +100,31 @@ def me() -> str:
     return state().agent
 
 
-def authenticate(owner_only: bool = False) -> str:
-    """The agent that signed this request; 401 if unsigned/forged/stale, 403 if not the owner.
+def target() -> Target:
+    """This request as RFC 9421 components: method, ``Host``, the path as sent, the query."""
+    environ = request.environ
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    path = raw.partition("?")[0] if raw else quote(request.path)
+    if path.startswith(("http://", "https://")):  # an absolute-form request target
+        path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
+    headers = request.headers
+    return Target(request.method, request.scheme, authority(request.host, request.scheme),
+                  path, request.query_string.decode("latin-1"), headers.get)
 
-    ``owner_only`` endpoints (inbox, outbox, stats) accept only this agent's own key: the
-    agent runtime on the node and the operator (who holds every key) can use them.
+
+def authenticate(owner_only: bool = False, delegates: tuple[str, ...] = ()) -> str:
+    """The identity that signed this request; 401 if unsigned/forged/stale, 403 if not
+    allowed here.
+
+    ``owner_only`` endpoints (inbox, outbox, stats, dead letters) accept this agent's own key
+    and the operator's (:data:`bus.keys.OPERATOR`, which acts for any agent on its own
+    gateway), and the identities in ``delegates``; other agents' keys get 403.
     """
     try:
-        headers = {name: request.headers.get(name, "")
-                   for name in (AGENT_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)}
-        agent = verify(headers, state().keys, request.method, request.path,
-                       request.query_string.decode("latin-1"), read_body())
+        signer = verify(target(), read_body(), state().keys).name
     except AuthError as exc:
         fail(401, str(exc), hint=exc.hint)
-    if owner_only and agent != me():
-        fail(403, f"{request.path} is readable only with {me()!r}'s own key, not {agent!r}'s")
-    return agent
+    if owner_only and signer not in (me(), OPERATOR, *delegates):
+        fail(403, f"{request.path} is allowed only to {me()!r} (its own key) and the operator, "
+                  f"not {signer!r}")
+    return signer

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from bus import inbox, outbox
 from bus.delivery import EXPIRED, Sender
+from bus.keys import SigningKey
 from bus.state import Address
 from bus.store import connect
 from bus.writer import GroupWriter
@@ -72,7 +73,7 @@ class Settings:
 class DeliveryWorker:
     """Delivers one agent's outbox; one instance per gateway process."""
 
-    def __init__(self, store: Path, writer: GroupWriter, agent: str, key: str,
+    def __init__(self, store: Path, writer: GroupWriter, agent: str, key: SigningKey,
                  agents: Mapping[str, Address], settings: Settings) -> None:
         self.store, self.writer, self.agent, self.key = store, writer, agent, key
         self.agents, self.settings = agents, settings
@@ -122,7 +123,7 @@ class DeliveryWorker:
 
     def _run(self, owner: str, prunes: bool) -> None:
         db = connect(self.store)
-        sender = Sender(self.agent, self.key, self.settings.http_timeout)
+        sender = Sender(self.key, self.settings.http_timeout)
         pruned = 0.0
         try:
             while not self._stop.is_set():

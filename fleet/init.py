@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from bus.keys import IDENTITIES, new_private_key
 from fleet.errors import FleetError
 from fleet.registry import NAME_RE, load_registry, parse_registry
 from fleet.secrets import BUS_KEY, SECRETS_ENV
@@ -71,10 +72,12 @@ def registry_text(agents: list[str]) -> str:
 
 
 def secrets_text(agents: list[str]) -> str:
-    """A secrets file: the receiver's webhook secret and read token, a bus key per agent."""
+    """A secrets file: the receiver's webhook secret and read token, an Ed25519 bus key per
+    agent and for the operator's CLI and the webhook receiver (``identities``)."""
     data = {
         "fleet": {WEBHOOK_SECRET: new_key(), READ_TOKEN: new_key()},
-        "agents": {name: {BUS_KEY: new_key()} for name in agents},
+        "agents": {name: {BUS_KEY: new_private_key()} for name in agents},
+        "identities": {name: {BUS_KEY: new_private_key()} for name in IDENTITIES},
     }
     header = ("# Fleet secrets written by `fleet init` (mode 0600). Keep this file out of git;\n"
               f"# point the fleet at it with {SECRETS_ENV}. Add API keys under `fleet:` (all\n"
@@ -116,6 +119,10 @@ def _check_names(names: list[str]) -> list[str]:
             raise InitError(f"{name!r} is not an agent name (1-31 characters of lowercase "
                             "letters, digits and '-', starting with a letter)",
                             hint="Pass names like ezra-primary bezalel allegro.")
+    reserved = sorted(set(names) & set(IDENTITIES))
+    if reserved:
+        raise InitError(f"{reserved[0]!r} is reserved (the {reserved[0]} identity's bus key)",
+                        hint="Give the agent another name.")
     if len(set(names)) != len(names):
         raise InitError(f"agent names repeat: {' '.join(names)}",
                         hint="Give each agent its own name.")

@@ -42,16 +42,17 @@ DEFAULT_CACHE = Path("/var/cache/sovereign-fleet")
 RELEASE_FILE = "RELEASE"
 BROKEN_MARKER = "BROKEN_RELEASE"
 SHIPPED_PACKAGES = ("fleet", "bus")
-NODE_REQUIREMENTS = ("Flask", "gunicorn", "PyYAML", "requests")
+NODE_REQUIREMENTS = ("Flask", "gunicorn", "PyYAML", "requests", "cryptography")
 DEPLOY_TOOL_REQUIREMENTS = ("pyinfra",)  # only on the node running the webhook receiver
 NODE_PYTHONS = ("3.11", "3.12", "3.13")
 """The node interpreters a release carries compiled modules for (preflight refuses others)."""
 
 
 def node_platform(python: str) -> tuple[str, ...]:
-    """pip's target options for a node interpreter ``python`` (``"3.13"``)."""
+    """pip's target options for a node interpreter ``python`` (``"3.13"``): its own ABI and
+    the stable ABI (``abi3``: ``cryptography`` ships one wheel for every CPython >= 3.11)."""
     return ("--platform", "manylinux2014_x86_64", "--python-version", python,
-            "--implementation", "cp", "--abi", f"cp{python.replace('.', '')}")
+            "--implementation", "cp", "--abi", f"cp{python.replace('.', '')}", "--abi", "abi3")
 
 
 NODE_PLATFORM = tuple(arg for python in NODE_PYTHONS for arg in node_platform(python))

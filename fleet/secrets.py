@@ -7,14 +7,21 @@ Format (YAML, mode 0600 or stricter)::
       FLEET_WEBHOOK_SECRET: "..."   # receiver-only (below)
     agents:
       ezra-primary:
-        FLEET_BUS_KEY: "..."    # this agent's bus signing key
+        FLEET_BUS_PRIVATE_KEY: "..."  # its Ed25519 bus key(s), base64, oldest first (bus.keys)
         FLEET_DEPLOY_SSH_KEY: |  # receiver-only: private key its deploys reach the fleet with
           -----BEGIN OPENSSH PRIVATE KEY-----
           ...
+    identities:                 # bus keys of who is not an agent
+      operator:                 # the operator's `fleet bus` CLI
+        FLEET_BUS_PRIVATE_KEY: "..."
+      receiver:                 # the webhook receiver's drift alerts
+        FLEET_BUS_PRIVATE_KEY: "..."
 
 Names are environment variable names; values are strings. The receiver-only names
 (``RECEIVER_ONLY``) go to the webhook receiver on a ``webhook-receiver`` agent's node, never
-into an agent's environment.
+into an agent's environment. An agent's environment gets its own private bus key and the
+public keys of every agent and identity (``FLEET_BUS_PUBLIC_KEYS``), never another private
+key.
 """
 
 from __future__ import annotations
@@ -27,12 +34,25 @@ from pathlib import Path
 
 import yaml
 
+from bus.keys import (
+    IDENTITIES,
+    OPERATOR,
+    PRIVATE_KEY_ENV,
+    PUBLIC_KEYS_ENV,
+    RECEIVER,
+    BadKey,
+    SigningKey,
+    keyring_of,
+    private_keys,
+    signing_key,
+)
 from fleet.errors import SecretsError
 from fleet.masking import MIN_SECRET_LENGTH
 
 SECRETS_ENV = "FLEET_SECRETS"
-BUS_KEY = "FLEET_BUS_KEY"
-BUS_KEYRING = "FLEET_BUS_KEYS"
+BUS_KEY = PRIVATE_KEY_ENV  # an agent's or identity's private bus key(s)
+BUS_KEYRING = PUBLIC_KEYS_ENV  # the public keyring every agent gets (not secret)
+OLD_BUS_KEY = "FLEET_BUS_KEY"  # the shared HMAC key of before: refused with a hint
 ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")  # matched in full
 RECEIVER_SECRETS = ("FLEET_WEBHOOK_SECRET", "FLEET_GITLAB_TOKEN", "FLEET_READ_TOKEN")
 DEPLOY_SSH_KEY = "FLEET_DEPLOY_SSH_KEY"
@@ -46,49 +66,68 @@ class Secrets:
     path: Path | None = None
     fleet: dict[str, str] = field(default_factory=dict)
     agents: dict[str, dict[str, str]] = field(default_factory=dict)
+    identities: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def private_keys(self) -> dict[str, str]:
+        """The private bus key text of every agent and identity that has one, by name."""
+        return {name: env[BUS_KEY] for name, env in {**self.identities, **self.agents}.items()
+                if env.get(BUS_KEY)}
 
     def bus_keys(self) -> dict[str, str]:
-        """Every agent's bus signing key, by agent name."""
-        return {name: env[BUS_KEY] for name, env in self.agents.items() if BUS_KEY in env}
+        """The private bus keys by name (:meth:`private_keys`; kept for older callers)."""
+        return self.private_keys()
+
+    def operator_key(self) -> SigningKey | None:
+        """The key the operator's CLI signs with (``identities.operator``), if any."""
+        text = self.identities.get(OPERATOR, {}).get(BUS_KEY)
+        return signing_key(OPERATOR, text) if text else None
+
+    def public_keyring(self) -> dict[str, str]:
+        """``{keyid: public key}`` of every private key here: what every gateway trusts."""
+        return keyring_of(self.private_keys().items())
 
     def for_agent(self, name: str) -> dict[str, str]:
-        """The environment one agent's service gets: fleet values, its own, and the bus keyring
-        (receiver-only values left out)."""
+        """The environment one agent's service gets: fleet values, its own (its private bus
+        key among them) and the public keyring (receiver-only values left out)."""
         env = {key: value for key, value in {**self.fleet, **self.agents.get(name, {})}.items()
                if key not in RECEIVER_ONLY}
-        keys = self.bus_keys()
+        keys = self.public_keyring()
         if keys:
             env[BUS_KEYRING] = format_keyring(keys)
         return env
 
     def for_receiver(self, name: str) -> dict[str, str]:
-        """The receiver-only values set for agent ``name`` (its own over the fleet's)."""
+        """The receiver-only values set for agent ``name`` (its own over the fleet's), and
+        the receiver identity's own private bus key (its drift alerts)."""
         env = {**self.fleet, **self.agents.get(name, {})}
-        return {key: env[key] for key in RECEIVER_ONLY if env.get(key)}
+        found = {key: env[key] for key in RECEIVER_ONLY if env.get(key)}
+        own = self.identities.get(RECEIVER, {}).get(BUS_KEY)
+        if own:
+            found[BUS_KEY] = own
+        return found
 
     def values(self) -> set[str]:
-        """Every secret value (for masking output)."""
+        """Every secret value (for masking output); public keys are not secret."""
         found = set(self.fleet.values())
-        for env in self.agents.values():
+        for env in [*self.agents.values(), *self.identities.values()]:
             found.update(env.values())
-        keys = self.bus_keys()
-        if keys:
-            found.add(format_keyring(keys))
+            found.update(part.strip() for part in env.get(BUS_KEY, "").split(","))
         return {value for value in found if value}
 
 
 def format_keyring(keys: dict[str, str]) -> str:
-    """``name=key,name=key``: the form of ``FLEET_BUS_KEYS`` in an agent's environment."""
+    """``name=value,...`` sorted by name: the inverse of :func:`parse_keyring`."""
     return ",".join(f"{name}={key}" for name, key in sorted(keys.items()))
 
 
 def parse_keyring(text: str) -> dict[str, str]:
-    """Inverse of :func:`format_keyring`; empty text gives an empty keyring."""
+    """``name=value,...`` as a mapping (an operator's local ``name=private key`` override;
+    kept for older callers). Empty text gives an empty mapping."""
     keys: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, key = item.partition("=")
         if not sep or not name or not key:
-            raise SecretsError(f"{BUS_KEYRING}: {item!r} is not NAME=KEY")
+            raise SecretsError(f"{item!r} is not NAME=KEY")
         keys[name] = key
     return keys
 
@@ -122,15 +161,46 @@ def load_secrets(path: str | os.PathLike[str] | None = None) -> Secrets:
     except yaml.YAMLError as exc:
         raise SecretsError(f"{resolved}:{_yaml_error(exc)}",
                            hint="Fix the YAML at that line and column.") from None
-    if not isinstance(data, dict) or set(data) - {"fleet", "agents"}:
-        raise SecretsError(f"{resolved}: top level must be a mapping with `fleet:` and `agents:`")
+    return parse_secrets(data, resolved)
+
+
+def parse_secrets(data: object, resolved: Path) -> Secrets:
+    """Check the loaded YAML of a secrets file (``resolved`` names it in errors)."""
+    if not isinstance(data, dict) or set(data) - {"fleet", "agents", "identities"}:
+        raise SecretsError(f"{resolved}: top level must be a mapping with `fleet:`, `agents:` "
+                           "and `identities:`")
     fleet = _env_mapping(data.get("fleet") or {}, f"{resolved}: fleet")
-    agents_data = data.get("agents") or {}
-    if not isinstance(agents_data, dict):
-        raise SecretsError(f"{resolved}: agents must be a mapping of agent name to variables")
-    agents = {str(name): _env_mapping(env or {}, f"{resolved}: agents.{name}")
-              for name, env in agents_data.items()}
-    return Secrets(path=resolved, fleet=fleet, agents=agents)
+    sections: dict[str, dict[str, dict[str, str]]] = {}
+    for section in ("agents", "identities"):
+        found = data.get(section) or {}
+        if not isinstance(found, dict):
+            raise SecretsError(f"{resolved}: {section} must be a mapping of name to variables")
+        sections[section] = {str(name): _env_mapping(env or {}, f"{resolved}: {section}.{name}")
+                             for name, env in found.items()}
+    unknown = sorted(set(sections["identities"]) - set(IDENTITIES))
+    if unknown:
+        raise SecretsError(f"{resolved}: identities.{unknown[0]}: not an identity "
+                           f"({', '.join(IDENTITIES)})")
+    clash = sorted(set(sections["identities"]) & set(sections["agents"]))
+    if clash:
+        raise SecretsError(f"{resolved}: agents.{clash[0]}: the name is reserved for the "
+                           f"{clash[0]} identity's bus key", hint="Rename the agent.")
+    for section, entries in sections.items():
+        for name, env in entries.items():
+            where = f"{resolved}: {section}.{name}"
+            if OLD_BUS_KEY in env:
+                raise SecretsError(
+                    f"{where}.{OLD_BUS_KEY}: shared HMAC bus keys were replaced by per-agent "
+                    f"Ed25519 keys ({BUS_KEY})",
+                    hint=f"Delete the {OLD_BUS_KEY} lines, then run `fleet keys rotate NAME` "
+                         "for each agent and `fleet keys rotate operator`.")
+            if BUS_KEY in env:
+                try:
+                    private_keys(name, env[BUS_KEY])
+                except BadKey as exc:
+                    raise SecretsError(f"{where}.{BUS_KEY}: {exc}", hint=exc.hint) from None
+    return Secrets(path=resolved, fleet=fleet, agents=sections["agents"],
+                   identities=sections["identities"])
 
 
 def _env_mapping(data: object, where: str) -> dict[str, str]:

@@ -76,6 +76,14 @@ def playbook_command(venv: Path, inventory: Path, mitogen: bool,
     return [str(venv / "bin" / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOK)], env
 
 
+def close_masters(control_dir: Path) -> None:
+    """End the SSH ControlPersist masters a run left (they would idle out after 60 s)."""
+    for socket in control_dir.glob("*"):
+        if socket.is_socket():
+            subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "lab"],
+                           capture_output=True, check=False)
+
+
 def recap(output: str) -> dict[str, dict[str, int]]:
     """The PLAY RECAP counts per host (``{"node": {"ok": 16, "changed": 0, ...}}``)."""
     _, found, tail = output.rpartition("PLAY RECAP")

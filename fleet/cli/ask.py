@@ -10,7 +10,9 @@ import click
 
 from fleet.ask import ask as ask_agent
 from fleet.cli.context import CliContext, pass_cli
-from fleet.secrets import BUS_KEYRING, load_secrets, parse_keyring
+from fleet.secrets import load_secrets, parse_keyring
+
+LOCAL_KEYS = "FLEET_BUS_KEYS"
 
 
 @click.command()
@@ -26,8 +28,8 @@ def ask(cli: CliContext, capability: str, prompt: str, sender: str | None, timeo
         as_json: bool) -> None:
     """Send PROMPT to a healthy agent declaring the capability (load spread among them; sent
     once more to another if it dies) and print the answer."""
-    keyring = os.environ.get(BUS_KEYRING)
-    keys = parse_keyring(keyring) if keyring else load_secrets().bus_keys()
+    keyring = os.environ.get(LOCAL_KEYS)  # name=private key,... (else the secrets file's)
+    keys = parse_keyring(keyring) if keyring else load_secrets().private_keys()
     answer = ask_agent(cli.registry, keys, capability, prompt, sender, timeout)
     if as_json:
         click.echo(json.dumps({"agent": answer.agent, "correlation_id": answer.correlation_id,

@@ -1,6 +1,8 @@
 """``fleet bus ...``: send, tail and inspect bus messages through the agents' gateways.
 
-Keys come from ``$FLEET_BUS_KEYS`` (``name=key,...``), else from ``$FLEET_SECRETS``.
+Requests are signed with the operator's key (``identities.operator`` in ``$FLEET_SECRETS``),
+which every gateway lets use its own inbox, outbox and stats; without one, with
+``$FLEET_BUS_PRIVATE_KEY`` when it is the agent's own (``$FLEET_AGENT``: on its node).
 """
 
 from __future__ import annotations
@@ -16,16 +18,19 @@ import click
 from bus.client import BusClient, GatewayError
 from bus.schema import MAX_TTL
 from fleet.cli.context import CliContext, pass_cli
-from fleet.secrets import BUS_KEYRING, load_secrets, parse_keyring
+from fleet.secrets import BUS_KEY, load_secrets
 
 PAGE = 1000
 
 
 def client(cli: CliContext, agent: str) -> BusClient:
-    """A signed client for ``agent``'s gateway."""
-    keyring = os.environ.get(BUS_KEYRING)
-    keys = parse_keyring(keyring) if keyring else load_secrets().bus_keys()
-    return BusClient.for_agent(cli.registry, agent, keys)
+    """A signed client for ``agent``'s gateway: the operator's key, else the agent's own from
+    the environment."""
+    operator = load_secrets().operator_key()
+    if operator is not None:
+        return BusClient.for_agent(cli.registry, agent, operator)
+    own = os.environ.get(BUS_KEY) if os.environ.get("FLEET_AGENT") == agent else None
+    return BusClient.for_agent(cli.registry, agent, {agent: own} if own else {})
 
 
 def parse_payload(text: str) -> Any:

@@ -6,8 +6,9 @@ import os
 
 import click
 
+from bus.keys import format_keyring
 from fleet.cli.context import CliContext, pass_cli
-from fleet.secrets import BUS_KEYRING, format_keyring, load_secrets
+from fleet.secrets import BUS_KEY, BUS_KEYRING, load_secrets
 from fleet.serving import FactoryServer
 
 
@@ -34,17 +35,22 @@ def gateway() -> None:
 @pass_cli
 def serve(cli: CliContext, agent: str, port: int | None, host: str, state_dir: str | None,
           workers: int, threads: int, dev: bool) -> None:
-    """Serve AGENT's gateway until interrupted (bus keys: $FLEET_BUS_KEYS or $FLEET_SECRETS)."""
+    """Serve AGENT's gateway until interrupted (bus keys: $FLEET_BUS_PUBLIC_KEYS and
+    $FLEET_BUS_PRIVATE_KEY, else from $FLEET_SECRETS)."""
     registry = cli.registry
     record = registry.get(agent)
     os.environ["FLEET_AGENT"] = agent
     os.environ["FLEET_REGISTRY"] = str(registry.path.resolve())
     if state_dir:
         os.environ["FLEET_STATE_DIR"] = state_dir
-    if not os.environ.get(BUS_KEYRING):
-        keys = load_secrets().bus_keys()
-        if keys:
+    if not os.environ.get(BUS_KEYRING) or not os.environ.get(BUS_KEY):
+        secrets = load_secrets()
+        keys = secrets.public_keyring()
+        own = secrets.agents.get(agent, {}).get(BUS_KEY)
+        if keys and not os.environ.get(BUS_KEYRING):
             os.environ[BUS_KEYRING] = format_keyring(keys)
+        if own and not os.environ.get(BUS_KEY):
+            os.environ[BUS_KEY] = own
     port = port or record.gateway_port
     if dev:
         from fleet.gateway import create_app

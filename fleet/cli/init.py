@@ -23,7 +23,8 @@ def init(cli: CliContext, agents: tuple[str, ...], secrets_file: str | None,
          secrets_only: bool) -> None:
     """Write a starter registry (AGENTS: the first the orchestrator, the others workers;
     default: orchestrator worker-1 worker-2), their souls, and a secrets file (0600) with
-    fresh keys: a bus key per agent, the webhook secret and the read token. Never overwrites
+    fresh keys: an Ed25519 bus key per agent, for the operator and for the webhook receiver,
+    the webhook secret and the read token. Never overwrites
     a file."""
     if secrets_only and agents:
         raise click.UsageError("--secrets-only takes the agents from the registry: pass no "
@@ -35,8 +36,9 @@ def init(cli: CliContext, agents: tuple[str, ...], secrets_file: str | None,
         click.echo(f"Wrote {result.registry} ({len(result.agents)} agents: "
                    f"{', '.join(result.agents)}) and their souls under "
                    f"{result.souls[0].parent}/.")
-    click.echo(f"Wrote {result.secrets} (mode 0600): a bus key for each of "
-               f"{', '.join(result.agents)}, the webhook secret and the read token.")
+    click.echo(f"Wrote {result.secrets} (mode 0600): an Ed25519 bus key for each of "
+               f"{', '.join(result.agents)}, the operator and the webhook receiver, the webhook "
+               "secret and the read token.")
     click.echo("Next:")
     steps = []
     if result.registry is not None:

@@ -6,7 +6,8 @@ environment (the systemd unit's ``EnvironmentFile=``):
 - ``FLEET_AGENT``: this agent's name in the registry
 - ``FLEET_REGISTRY``: the registry file (a copy on the node)
 - ``FLEET_STATE_DIR``: the agent's state dir (the bus store lives here)
-- ``FLEET_BUS_KEYS``: ``name=key,...`` bus signing keys of the fleet
+- ``FLEET_BUS_PUBLIC_KEYS``: ``keyid=public,...`` the bus keys this gateway trusts
+- ``FLEET_BUS_PRIVATE_KEY``: this agent's own Ed25519 bus key(s) (it signs with the first)
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 
 from flask import Flask, current_app
 
+from bus.keys import PRIVATE_KEY_ENV, PUBLIC_KEYS_ENV
 from fleet.registry import Agent, Registry, load_registry
-from fleet.secrets import parse_keyring
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -30,7 +31,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         AGENT_NAME=agent,
         REGISTRY_PATH=os.environ.get("FLEET_REGISTRY", "registry.yaml"),
         STATE_DIR=os.environ.get("FLEET_STATE_DIR") or str(Path(".fleet/state") / agent),
-        BUS_KEYS=parse_keyring(os.environ.get("FLEET_BUS_KEYS", "")),
+        BUS_KEYS=os.environ.get(PUBLIC_KEYS_ENV, ""),
+        BUS_PRIVATE_KEY=os.environ.get(PRIVATE_KEY_ENV, ""),
     )
     if test_config is not None:
         app.config.update(test_config)

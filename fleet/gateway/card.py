@@ -8,25 +8,15 @@ from flask import Blueprint, Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
 from bus.a2a import PATH as A2A_PATH
-from bus.signing import AGENT_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from bus.signing import SECURITY_SCHEMES
 from fleet.gateway import current_agent, current_registry
 from fleet.release import running_release
 
 bp = Blueprint("card", __name__)
 CARD_PATH = "/.well-known/agent-card.json"
 A2A_VERSIONS = ("1.0", "0.3")  # A2A 1.0 (SendMessage), 0.3 (message/send) at the same URL
-# The bus's signature headers as A2A security schemes (0.3 / OpenAPI form, which a2a-sdk
-# 1.x maps to its 1.0 model): every call to the A2A endpoint needs all three.
-SECURITY_SCHEMES = {
-    "fleetAgent": {"type": "apiKey", "in": "header", "name": AGENT_HEADER,
-                   "description": "the sending agent's name in the fleet registry"},
-    "fleetTimestamp": {"type": "apiKey", "in": "header", "name": TIMESTAMP_HEADER,
-                       "description": "unix seconds, within 300 s of the gateway's clock"},
-    "fleetSignature": {"type": "apiKey", "in": "header", "name": SIGNATURE_HEADER,
-                       "description": "sha256=<hex HMAC-SHA256 with the agent's bus key of "
-                                      "'<timestamp>\\n<METHOD>\\n<path>\\n<query>\\n' + "
-                                      "body> (bus.signing; bus.a2a.httpx_signer signs)"},
-}
+# The bus's signature (RFC 9421, Ed25519) as A2A security schemes (0.3 / OpenAPI form,
+# which a2a-sdk 1.x maps to its 1.0 model): every call to the A2A endpoint needs both.
 
 
 def init_app(app: Flask) -> None:

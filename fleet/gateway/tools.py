@@ -15,6 +15,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from bus.signing import SECURITY
 from bus.web import authenticate, fail, json_body
 from fleet.gateway import current_agent
 from fleet.tools import Tool
@@ -109,7 +110,7 @@ def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str,
 
 def paths() -> dict[str, Any]:
     """The OpenAPI operations of the tool API."""
-    signed: dict[str, Any] = {"security": [{"agent": [], "timestamp": [], "signature": []}]}
+    signed: dict[str, Any] = {"security": SECURITY}
     error = _answer("JSON error", {"type": "object", "required": ["error"]})
     unsigned = {"401": error, "413": error}
     return {

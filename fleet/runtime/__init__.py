@@ -4,8 +4,8 @@ gateway (unit ``fleet-runtime-NAME.service``, same environment and hardening).
 It reads its settings from the environment the unit gives it: ``FLEET_AGENT``,
 ``FLEET_REGISTRY`` (the node's registry copy: model, provider URL and the name of the key's
 secret), ``FLEET_STATE_DIR`` (where it writes ``runtime.json`` for ``/health``),
-``FLEET_SOUL`` (its system prompt, read for every request), ``FLEET_BUS_KEYS`` (its bus
-identity) and the provider's key under the name the registry gives.
+``FLEET_SOUL`` (its system prompt, read for every request), ``FLEET_BUS_PRIVATE_KEY`` (its
+bus identity) and the provider's key under the name the registry gives.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any
 
 from bus.client import BusClient
+from bus.keys import PRIVATE_KEY_ENV
 from fleet.errors import FleetError
 from fleet.registry import Agent, load_registry
 from fleet.release import running_release
@@ -39,8 +40,9 @@ def from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> Runtime:
     """The runtime of the agent the environment names."""
     registry = load_registry(env.get("FLEET_REGISTRY", "registry.yaml"))
     agent = registry.get(env.get("FLEET_AGENT", ""))
-    keys = parse_keyring(env.get("FLEET_BUS_KEYS", ""))
-    inbox = BusClient.for_agent(registry, agent.name, keys, timeout=30.0)
+    own = env.get(PRIVATE_KEY_ENV) or parse_keyring(env.get("FLEET_BUS_KEYS", "")).get(
+        agent.name, "")  # FLEET_BUS_KEYS: an operator's local name=private-key override
+    inbox = BusClient.for_agent(registry, agent.name, {agent.name: own}, timeout=30.0)
     soul_path = Path(env.get("FLEET_SOUL") or f"/etc/fleet/{agent.name}/soul.md")
     state_dir = Path(env.get("FLEET_STATE_DIR") or f"/var/lib/fleet/{agent.name}")
     max_tokens = int(agent.config.get("max_tokens") or 256)

@@ -1,10 +1,11 @@
 """Alerts of the receiver to the orchestrator, over the bus.
 
-The receiver runs on the orchestrator's node as its deploy controller and holds the fleet's
-secrets for its deploys; it queues the alert in the orchestrator's own outbox, addressed to
-the orchestrator, so it is durable and lands in the orchestrator's inbox like any message
-(``type: alert``, ``payload.source: fleet-webhook``). The message id is derived from the check,
-so a retried check queues its alert once.
+The receiver queues the alert in the orchestrator's own outbox, addressed to the
+orchestrator, so it is durable and lands in the orchestrator's inbox like any message
+(``type: alert``, ``payload.source: fleet-webhook``). It signs with its own bus key (the
+``receiver`` identity's ``FLEET_BUS_PRIVATE_KEY`` in its environment), which gateways allow to
+queue alerts and nothing else. The message id is derived from the check, so a retried check
+queues its alert once.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bus.client import BusClient
+from bus.keys import PRIVATE_KEY_ENV, RECEIVER, signing_key
 from fleet.errors import FleetError
 from fleet.registry import load_registry
-from fleet.secrets import SECRETS_ENV, load_secrets
 from fleet.webhook.config import Settings
 
 SOURCE = "fleet-webhook"
@@ -29,11 +30,13 @@ def drift_alert(settings: Settings, registry_path: Path, kind: str, drifted: lis
         orchestrators = [agent.name for agent in registry if agent.role == "orchestrator"]
         if not orchestrators:
             return "not sent: the registry has no orchestrator"
-        keys = load_secrets(settings.env.get(SECRETS_ENV) or None).bus_keys()
+        own = settings.env.get(PRIVATE_KEY_ENV)
+        if not own:
+            return f"not sent: the receiver has no bus key ({PRIVATE_KEY_ENV})"
         target = orchestrators[0]
         text = (f"drift {kind}: {', '.join(drifted)}" if drifted
                 else "drift cleared: every host is as deployed")
-        with BusClient.for_agent(registry, target, keys) as client:
+        with BusClient.for_agent(registry, target, signing_key(RECEIVER, own)) as client:
             client.send(target, "alert", {
                 "source": SOURCE, "kind": "drift", "state": kind, "hosts": drifted,
                 "check": check_id, "text": text}, id=f"{SOURCE}-drift-check-{check_id}")

@@ -21,13 +21,24 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from bus.client import BusClient
+from bus.keys import (
+    OPERATOR,
+    PRIVATE_KEY_ENV,
+    PUBLIC_KEYS_ENV,
+    RECEIVER,
+    format_keyring,
+    keyring_of,
+    new_private_key,
+    signing_key,
+)
 from bus.signing import sign
 from fleet.gateway import create_app
 from fleet.registry import load_registry
-from fleet.secrets import format_keyring
 
 AGENTS = ("ezra", "bezalel", "allegro", "ghost")  # ghost is registered but never started
-KEYS = {name: f"key-of-{name}" for name in AGENTS}
+KEYS = {name: new_private_key() for name in (*AGENTS, OPERATOR, RECEIVER)}  # private, by name
+UNTRUSTED_KEY = new_private_key()  # a key no gateway trusts (a forger's)
+PUBLIC = format_keyring(keyring_of(KEYS.items()))  # every gateway's FLEET_BUS_PUBLIC_KEYS
 FAST_RETRIES = {"FLEET_BUS_RETRY_BASE": "0.05", "FLEET_BUS_RETRY_MAX": "0.5",
                 "FLEET_BUS_POLL_SECONDS": "0.2", "FLEET_BUS_MAX_ATTEMPTS": "1000"}
 
@@ -62,9 +73,12 @@ def message(**fields: Any) -> dict[str, Any]:
 
 def signed_headers(agent: str, body: bytes, path: str = "/message", method: str = "POST",
                    query: str = "", key: str | None = None, now: float | None = None,
-                   content_type: str | None = "application/json") -> dict[str, str]:
-    """Headers signing a request as ``agent`` (with ``key`` to forge one)."""
-    headers = sign(agent, key or KEYS[agent], method, path, query, body, now=now)
+                   content_type: str | None = "application/json",
+                   host: str = "localhost") -> dict[str, str]:
+    """Headers signing a request to ``host`` as ``agent`` (with another private ``key`` to
+    forge one)."""
+    url = f"http://{host}{path}" + (f"?{query}" if query else "")
+    headers = sign(signing_key(agent, key or KEYS[agent]), method, url, body, now=now)
     if content_type:
         headers["Content-Type"] = content_type
     return headers
@@ -88,7 +102,8 @@ def registry_path(tmp_path: Path) -> Path:
 def app(tmp_path: Path, registry_path: Path) -> Flask:
     """bezalel's gateway app with the delivery worker off."""
     return create_app({"AGENT_NAME": "bezalel", "REGISTRY_PATH": str(registry_path),
-                       "STATE_DIR": str(tmp_path / "state"), "BUS_KEYS": dict(KEYS),
+                       "STATE_DIR": str(tmp_path / "state"), "BUS_KEYS": PUBLIC,
+                       "BUS_PRIVATE_KEY": KEYS["bezalel"],
                        "BUS_WORKER": False, "TESTING": True})
 
 
@@ -109,7 +124,7 @@ class Gateway:
         self.name, self.registry, self.state = name, registry, state
         self.agent = load_registry(registry).get(name)
         self.url = self.agent.gateway_url
-        self.env = {**os.environ, "FLEET_BUS_KEYS": format_keyring(KEYS), **env}
+        self.env = {**os.environ, PUBLIC_KEYS_ENV: PUBLIC, PRIVATE_KEY_ENV: KEYS[name], **env}
         self.env.pop("FLEET_SECRETS", None)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = state.parent / f"{name}.log"
@@ -152,6 +167,11 @@ class Gateway:
     def client(self, timeout: float = 10.0) -> BusClient:
         """A client signing as this agent."""
         return BusClient(self.url, self.name, KEYS[self.name], timeout=timeout)
+
+    @property
+    def host(self) -> str:
+        """``host:port`` as clients send it in ``Host`` (what signatures cover)."""
+        return f"{self.agent.host}:{self.agent.gateway_port}"
 
     @property
     def store(self) -> Path:
@@ -211,3 +231,20 @@ def wait_for(check: Any, timeout: float = 30.0, every: float = 0.05) -> Any:
 
 def dumps(data: Any) -> bytes:
     return json.dumps(data).encode()
+
+
+def write_operator_secrets(folder: Path) -> Path:
+    """A secrets file (0600) holding only the operator's bus key, for ``fleet bus``."""
+    path = folder / "operator-secrets.yaml"
+    path.touch(mode=0o600)
+    path.write_text(f"identities:\n  {OPERATOR}:\n    {PRIVATE_KEY_ENV}: {KEYS[OPERATOR]}\n",
+                    encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def operator_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``$FLEET_SECRETS`` set to a file with the operator's key (the ``fleet bus`` CLI's)."""
+    path = write_operator_secrets(tmp_path)
+    monkeypatch.setenv("FLEET_SECRETS", str(path))
+    return path

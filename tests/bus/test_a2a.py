@@ -20,7 +20,8 @@ from flask.testing import FlaskClient
 from google.protobuf.json_format import MessageToDict
 
 from bus.a2a import httpx_signer
-from tests.bus.conftest import KEYS, Fleet, dumps, rows, signed_headers
+from bus.keys import signing_key
+from tests.bus.conftest import KEYS, UNTRUSTED_KEY, Fleet, dumps, rows, signed_headers
 
 CARD = "/.well-known/agent-card.json"
 
@@ -46,9 +47,8 @@ def test_card_lists_only_served_interfaces_with_their_security(client: FlaskClie
                                                       ("a2a", "JSONRPC", "0.3")]
     schemes = {name: (s.api_key_security_scheme.location, s.api_key_security_scheme.name)
                for name, s in parsed.security_schemes.items()}
-    assert schemes == {"fleetAgent": ("header", "X-Fleet-Agent"),
-                       "fleetTimestamp": ("header", "X-Fleet-Timestamp"),
-                       "fleetSignature": ("header", "X-Fleet-Signature")}
+    assert schemes == {"httpSignature": ("header", "Signature"),
+                       "httpSignatureInput": ("header", "Signature-Input")}
     assert [sorted(r.schemes) for r in parsed.security_requirements] == [sorted(schemes)]
     legacy = v03.AgentCard.model_validate(card)  # the 0.3 model still reads it
     assert legacy.preferred_transport == "JSONRPC" and legacy.url.endswith("/a2a")
@@ -104,17 +104,18 @@ def test_bad_calls_get_a_json_rpc_error_naming_the_field(
 def test_a2a_needs_a_signature(client: FlaskClient, store: Any) -> None:
     unsigned = client.post("/a2a", json=rpc())
     assert unsigned.status_code == 401
-    assert unsigned.json["error"].startswith("unsigned request: missing X-Fleet-Agent")
-    forged = post(client, rpc(), key="not-ezras-key")
+    assert unsigned.json["error"] == "unsigned request: missing Signature-Input, Signature"
+    forged = post(client, rpc(), key=UNTRUSTED_KEY)
     assert forged.status_code == 401
-    assert forged.json["error"] == ("X-Fleet-Signature: signature does not match the body "
-                                    "and 'ezra''s key")
+    assert forged.json["error"].startswith("Signature-Input: keyid 'ezra:")
+    assert forged.json["error"].endswith("' is not trusted by this gateway")
     assert rows(store, "SELECT COUNT(*) FROM inbox") == [(0,)]
 
 
 async def _send_with_sdk(base_url: str, agent: str, key: str, text: str) -> dict[str, Any]:
     """Resolve the card, build an a2a-sdk client from it and send one message."""
-    async with httpx.AsyncClient(event_hooks={"request": [httpx_signer(agent, key)]},
+    signer = httpx_signer(signing_key(agent, key))
+    async with httpx.AsyncClient(event_hooks={"request": [signer]},
                                  timeout=10) as http:
         card = (await http.get(f"{base_url}{CARD}")).json()
         client = ClientFactory(ClientConfig(httpx_client=http, streaming=False)).create(
@@ -137,4 +138,4 @@ def test_a2a_sdk_client_from_the_card_reaches_a_real_gateway(fleet: Fleet) -> No
     assert [(m["id"], m["from"], m["format"], m["payload"]["parts"]) for m in inbox] == [
         (data["id"], "ezra", "a2a", [{"text": "review #7"}])]
     with pytest.raises(A2AClientError, match="HTTP Error 401"):  # a wrong key cannot send
-        asyncio.run(_send_with_sdk(bezalel.url, "ezra", "wrong", "forged"))
+        asyncio.run(_send_with_sdk(bezalel.url, "ezra", UNTRUSTED_KEY, "forged"))

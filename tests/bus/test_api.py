@@ -91,9 +91,23 @@ def test_owner_endpoints_refuse_other_agents_and_unsigned(client: FlaskClient, m
     body = {"to": "ezra", "type": "alert", "payload": 1} if path == "/outbox" else None
     other = call(client, method, path, body=body, agent="ezra")
     assert other.status_code == 403
-    assert other.json["error"] == (f"{path} is readable only with 'bezalel''s own key, "
-                                   "not 'ezra''s")
+    assert other.json["error"] == (f"{path} is allowed only to 'bezalel' (its own key) and the "
+                                   "operator, not 'ezra'")
     assert client.open(path, method=method).status_code == 401
+    if path != "/outbox":  # the receiver's key may queue alerts, nothing else
+        assert call(client, method, path, agent="receiver").status_code == 403
+    assert call(client, method, path, body=body, agent="operator").status_code not in (401, 403)
+
+
+def test_receiver_key_queues_alerts_only(client: FlaskClient, store: Path) -> None:
+    alert = {"to": "ezra", "type": "alert", "payload": {"drift": True}, "id": "al-1"}
+    assert call(client, "POST", "/outbox", body=alert, agent="receiver").status_code == 202
+    request = {**alert, "type": "request", "id": "rq-1"}
+    refused = call(client, "POST", "/outbox", body=request, agent="receiver")
+    assert refused.status_code == 403
+    assert refused.json["error"] == "the 'receiver' key may only queue messages of type 'alert'"
+    assert [json.loads(body)["from"] for body, in rows(store, "SELECT body FROM outbox")] == [
+        "bezalel"]
 
 
 def test_outbox_queues_one_row_per_recipient(client: FlaskClient, store: Path) -> None:

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from fleet.cli import main
 from fleet.cli.bus import bus
 from fleet.cli.gateway import gateway
+from tests.bus.conftest import KEYS
 
 
 @pytest.mark.parametrize("group", [bus, gateway], ids=["bus", "gateway"])
@@ -25,19 +26,20 @@ def test_every_command_has_help_text(group: click.Group) -> None:
 
 def test_send_without_a_key_says_how_to_get_one(registry_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLEET_BUS_KEYS", "bezalel=k")
+    monkeypatch.setenv("FLEET_BUS_PRIVATE_KEY", KEYS["bezalel"])  # not ezra's: not used
+    monkeypatch.setenv("FLEET_AGENT", "bezalel")
     monkeypatch.delenv("FLEET_SECRETS", raising=False)
     result = CliRunner().invoke(main, ["--registry", str(registry_path), "bus", "send",
                                        "bezalel", "alert", "hi", "--from", "ezra"])
     assert result.exit_code == 1
     assert result.output == (
-        "Error: no bus key for 'ezra' (keys for: bezalel)\n"
-        "Hint: Set FLEET_SECRETS (agents.NAME.FLEET_BUS_KEY) or FLEET_BUS_KEYS=name=key,...\n")
+        "Error: no private bus key for 'ezra' or the operator (keys for: none)\n"
+        "Hint: Set FLEET_SECRETS (identities.operator.FLEET_BUS_PRIVATE_KEY, from `fleet init`) "
+        "or "
+        "FLEET_BUS_PRIVATE_KEY.\n")
 
 
-def test_unreachable_gateway_is_one_line(registry_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLEET_BUS_KEYS", "ghost=k")
+def test_unreachable_gateway_is_one_line(registry_path: Path, operator_secrets: Path) -> None:
     result = CliRunner().invoke(main, ["--registry", str(registry_path), "bus", "tail",
                                        "ghost"])
     assert result.exit_code == 1

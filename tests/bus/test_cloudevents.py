@@ -166,7 +166,8 @@ def test_official_sdk_exchanges_events_with_a_real_gateway(fleet: Fleet) -> None
             else "application/json"}, data=data)
         message = mode(event, JSONFormat())
         headers = {**message.headers,
-                   **signed_headers("allegro", message.body, content_type=None)}
+                   **signed_headers("allegro", message.body, content_type=None,
+                                    host=bezalel.host)}
         with requests.post(f"{bezalel.url}/message", data=message.body, headers=headers,
                            timeout=10) as response:
             assert response.status_code == 201, response.text
@@ -174,7 +175,7 @@ def test_official_sdk_exchanges_events_with_a_real_gateway(fleet: Fleet) -> None
     path = "/messages"
     with requests.get(f"{bezalel.url}{path}", timeout=10, headers={
             "Accept": BATCH, **signed_headers("bezalel", b"", path=path, method="GET",
-                                              content_type=None)}) as response:
+                                              content_type=None, host=bezalel.host)}) as response:
         assert response.status_code == 200
         assert response.headers["Content-Type"] == BATCH
         got = sdk_events(response.content)

@@ -11,7 +11,14 @@ from click.testing import CliRunner
 
 from fleet.cli import main
 from fleet.errors import BusError
-from tests.bus.conftest import AGENTS, KEYS, Fleet, Gateway, rows, wait_for
+from tests.bus.conftest import (
+    AGENTS,
+    Fleet,
+    Gateway,
+    rows,
+    wait_for,
+    write_operator_secrets,
+)
 
 COUNT = 1000
 
@@ -127,7 +134,7 @@ def test_recipient_that_never_returns_ends_in_dead_letters(tmp_path: Path,
             "ghost", 3, "gave up after 3 attempts")
         assert letter["last_error"].startswith("ConnectionRefusedError: ")
         assert letters[expiring["id"]]["reason"] in ("ttl expired", "gave up after 3 attempts")
-        monkeypatch.setenv("FLEET_BUS_KEYS", ",".join(f"{k}={v}" for k, v in KEYS.items()))
+        monkeypatch.setenv("FLEET_SECRETS", str(write_operator_secrets(tmp_path)))
         shown = CliRunner().invoke(main, ["--registry", str(fleet.registry), "bus",
                                           "dead-letters", "ezra"])
         assert shown.exit_code == 0

@@ -17,7 +17,7 @@ import bus
 from bus import Bus
 from bus.state import BusState
 from fleet.registry import load_registry
-from tests.bus.conftest import KEYS, dumps, message, rows, signed_headers
+from tests.bus.conftest import PUBLIC, dumps, message, rows, signed_headers
 from tests.bus.test_api import call
 
 BUS_DIR = Path(bus.__file__).parent
@@ -39,7 +39,7 @@ def test_bus_imports_nothing_from_the_gateway() -> None:
         assert not {name for name in imports(path) if name.startswith("fleet.gateway")}, path
 
 
-@pytest.mark.parametrize("module", ["store", "writer", "outbox", "schema", "signing"])
+@pytest.mark.parametrize("module", ["store", "writer", "outbox", "schema", "signing", "keys"])
 def test_store_layer_knows_no_flask(module: str) -> None:
     assert not {name for name in imports(BUS_DIR / f"{module}.py")
                 if name.split(".")[0] in ("flask", "werkzeug")}
@@ -50,7 +50,7 @@ def test_bus_mounts_on_a_plain_flask_app(tmp_path: Path, registry_path: Path) ->
     app.config.update(TESTING=True, BUS_WORKER=False)
     extension = Bus()
     state = extension.init_app(app, agents=load_registry(registry_path).agents, agent="bezalel",
-                               keys=KEYS, state_dir=tmp_path / "plain")
+                               keys=PUBLIC, state_dir=tmp_path / "plain")
     assert app.extensions["bus"] is state and isinstance(state, BusState)
     client = app.test_client()
     body = dumps(message(id="plain-1"))

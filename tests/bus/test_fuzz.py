@@ -1,7 +1,7 @@
 """Schemathesis fuzzing of the bus from its own ``/openapi.json`` (issue 9): every generated
 request, valid or not, gets no server error and an answer the document allows.
 
-Schemathesis marks a request to be signed (an auth provider sets ``X-Fleet-Signature:
+Schemathesis marks a request to be signed (an auth provider sets ``Signature:
 sign-me``); a WSGI middleware in front of the app then signs it over the exact bytes the app
 receives: as the message's ``from`` when the body names an agent, else as the gateway's own
 agent, so generated bodies reach validation instead of stopping at 401. Requests with other
@@ -24,15 +24,17 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from bus.keys import signing_key
 from bus.signing import sign
 from fleet.gateway import create_app
-from tests.bus.conftest import KEYS, write_registry
+from tests.bus.conftest import KEYS, PUBLIC, write_registry
 
 pytestmark = pytest.mark.slow
 FOLDER = Path(tempfile.mkdtemp(prefix="bus-fuzz-"))
 atexit.register(shutil.rmtree, FOLDER, ignore_errors=True)
 APP = create_app({"AGENT_NAME": "bezalel", "REGISTRY_PATH": str(write_registry(FOLDER)),
-                  "STATE_DIR": str(FOLDER / "state"), "BUS_KEYS": dict(KEYS),
+                  "STATE_DIR": str(FOLDER / "state"), "BUS_KEYS": PUBLIC,
+                  "BUS_PRIVATE_KEY": KEYS["bezalel"],
                   "BUS_WORKER": False, "TESTING": True})
 SIGN_ME = "sign-me"
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -42,7 +44,7 @@ def signing(app: WSGIApp) -> WSGIApp:
     """``app`` behind a middleware that signs each request over its body."""
 
     def middleware(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("HTTP_X_FLEET_SIGNATURE") != SIGN_ME:
+        if environ.get("HTTP_SIGNATURE") != SIGN_ME:
             return app(environ, start_response)
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
@@ -58,9 +60,11 @@ def signing(app: WSGIApp) -> WSGIApp:
         if environ["PATH_INFO"] in ("/message", "/messages/batch") and isinstance(
                 data, dict) and isinstance(data.get("from"), str) and data["from"] in KEYS:
             agent = data["from"]
-        path = environ["PATH_INFO"].encode("latin-1").decode("utf-8", "replace")
-        for name, value in sign(agent, KEYS[agent], environ["REQUEST_METHOD"], path,
-                                environ.get("QUERY_STRING", ""), body).items():
+        query = environ.get("QUERY_STRING", "")
+        url = f"http://{environ['HTTP_HOST']}{environ['RAW_URI'].partition('?')[0]}" + (
+            f"?{query}" if query else "")
+        for name, value in sign(signing_key(agent, KEYS[agent]), environ["REQUEST_METHOD"],
+                                url, body).items():
             environ["HTTP_" + name.upper().replace("-", "_")] = value
         return app(environ, start_response)
 
@@ -79,8 +83,8 @@ class SignInTheMiddleware:
         return SIGN_ME
 
     def set(self, case: schemathesis.Case, data: str, ctx: Any) -> None:
-        case.headers = {**(case.headers or {}), "X-Fleet-Agent": "bezalel",
-                        "X-Fleet-Timestamp": "0", "X-Fleet-Signature": data}
+        case.headers = {**(case.headers or {}), "Signature-Input": "fleet=()",
+                        "Signature": data}
 
 
 @schema.parametrize()

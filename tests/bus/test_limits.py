@@ -45,7 +45,7 @@ def raw(gateway: Gateway, path: str, headers: dict[str, str], body: bytes | None
 
 def _raw(gateway: Gateway, path: str, headers: dict[str, str], body: bytes | None,
          chunked: bool, length: int | None) -> tuple[int, dict[str, str], bytes]:
-    sent = {"Host": "127.0.0.1", "Connection": "close", **headers}
+    sent = {"Host": gateway.host, "Connection": "close", **headers}
     if chunked:
         sent["Transfer-Encoding"] = "chunked"
     else:
@@ -81,7 +81,8 @@ def test_unsigned_huge_content_length_is_413_before_reading(bezalel_gateway: Gat
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 def test_chunked_body_over_the_limit_is_413(bezalel_gateway: Gateway, signed: bool) -> None:
     body = dumps(message(id="big", payload="x" * LIMIT))
-    headers = signed_headers("ezra", body) if signed else {"Content-Type": "application/json"}
+    headers = (signed_headers("ezra", body, host=bezalel_gateway.host) if signed
+               else {"Content-Type": "application/json"})
     status, _, content = raw(bezalel_gateway, "/message", headers, body, chunked=True)
     assert status == 413
     assert b"262144 bytes (the bus limit)" in content
@@ -90,7 +91,8 @@ def test_chunked_body_over_the_limit_is_413(bezalel_gateway: Gateway, signed: bo
 
 def test_chunked_body_under_the_limit_is_stored(bezalel_gateway: Gateway) -> None:
     body = dumps(message(id="chunked", payload="x" * (LIMIT - 1000)))
-    status, _, content = raw(bezalel_gateway, "/message", signed_headers("ezra", body), body,
+    status, _, content = raw(bezalel_gateway, "/message",
+                             signed_headers("ezra", body, host=bezalel_gateway.host), body,
                              chunked=True)
     assert (status, b'"status":"stored"' in content.replace(b" ", b"")) == (201, True)
 

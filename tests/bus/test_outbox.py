@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from bus import outbox
-from bus.signing import AuthError, sign, verify
+from bus.keys import parse_keyring, signing_key
+from bus.signing import AuthError, Target, sign, verify
 from bus.store import connect, init_db
 from bus.worker import Settings
 from bus.writer import GroupWriter
-from tests.bus.conftest import KEYS, rows
+from tests.bus.conftest import KEYS, PUBLIC, rows
 
 
 @pytest.fixture
@@ -218,15 +219,21 @@ def test_group_writer_withdraws_a_write_that_timed_out(store: Path) -> None:
     assert rows(store, "SELECT name FROM counters ORDER BY name") == [("after",), ("first",)]
 
 
+def _target(headers: dict[str, str], query: str) -> Target:
+    lower = {name.lower(): value for name, value in headers.items()}
+    return Target("GET", "http", "gw:8080", "/messages", query, lower.get)
+
+
 def test_signature_checks() -> None:
-    headers = sign("ezra", KEYS["ezra"], "GET", "/messages", "since=3", b"")
-    assert verify(headers, KEYS, "GET", "/messages", "since=3", b"") == "ezra"
-    with pytest.raises(AuthError, match="signature does not match"):
-        verify(headers, KEYS, "GET", "/messages", "since=0", b"")
-    with pytest.raises(AuthError, match="no bus key for agent 'ezra' on this gateway"):
-        verify(headers, {"bezalel": "k"}, "GET", "/messages", "since=3", b"")
+    keys = parse_keyring(PUBLIC)
+    headers = sign(signing_key("ezra", KEYS["ezra"]), "GET", "http://gw:8080/messages?since=3")
+    assert verify(_target(headers, "since=3"), b"", keys).name == "ezra"
+    with pytest.raises(AuthError, match="does not verify with 'ezra:"):
+        verify(_target(headers, "since=0"), b"", keys)
+    with pytest.raises(AuthError, match=r"keyid 'ezra:[0-9a-f]{16}' is not trusted"):
+        verify(_target(headers, "since=3"), b"", {})
     with pytest.raises(AuthError, match=r"is \d+ s from this gateway's clock"):
-        verify(headers, KEYS, "GET", "/messages", "since=3", b"", now=time.time() + 400)
+        verify(_target(headers, "since=3"), b"", keys, now=time.time() + 400)
 
 
 def test_prune_keeps_unacked_and_recent_messages(db: sqlite3.Connection, store: Path) -> None:

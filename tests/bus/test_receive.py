@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from tests.bus.conftest import dumps, message, rows, signed_headers
+from tests.bus.conftest import UNTRUSTED_KEY, dumps, message, rows, signed_headers
 
 AGENTS = "ezra, bezalel, allegro, ghost"
 
@@ -110,13 +110,14 @@ def test_other_content_types_are_refused(client: FlaskClient, store: Path) -> No
     assert rows(store, "SELECT COUNT(*) FROM inbox") == [(0,)]
 
 
-FORGED = "X-Fleet-Signature: signature does not match the body and 'ezra''s key"
+FORGED = "Signature: does not verify with 'ezra:"
 
 
 @pytest.mark.parametrize(("sign", "error"), [
-    ({"key": "guessed"}, FORGED),
+    ({"key": UNTRUSTED_KEY}, "Signature-Input: keyid 'ezra:"),
     ({"path": "/messages"}, FORGED),
-    ({"now": 1_000_000_000}, "X-Fleet-Timestamp: 1000000000 is "),
+    ({"host": "127.0.0.1:1234"}, FORGED),  # signed for another gateway
+    ({"now": 1_000_000_000}, "Signature-Input: created 1000000000 is "),
 ])
 def test_forged_or_stale_messages_get_401(client: FlaskClient, store: Path,
                                           sign: dict[str, Any], error: str) -> None:
@@ -135,8 +136,7 @@ def test_stale_message_names_the_window(client: FlaskClient) -> None:
 def test_unsigned_message_gets_401(client: FlaskClient, store: Path) -> None:
     response: Any = client.post("/message", json=message())
     assert response.status_code == 401
-    assert response.json["error"] == ("unsigned request: missing X-Fleet-Agent, "
-                                      "X-Fleet-Timestamp, X-Fleet-Signature")
+    assert response.json["error"] == "unsigned request: missing Signature-Input, Signature"
     assert rows(store, "SELECT COUNT(*) FROM inbox") == [(0,)]
 
 

@@ -27,15 +27,16 @@ from bus.store import connect
 from bus.worker import Settings
 from fleet.cli import main
 from fleet.gateway import create_app
-from fleet.secrets import format_keyring
 from tests.bus.conftest import (
     KEYS,
+    PUBLIC,
     Fleet,
     dumps,
     message,
     rows,
     signed_headers,
     wait_for,
+    write_operator_secrets,
 )
 from tests.bus.test_api import call
 
@@ -65,7 +66,7 @@ def test_a_sent_id_is_not_queued_again_after_delivery(client: FlaskClient, store
 
 
 def test_client_chooses_an_id_and_reuses_it_on_retry(monkeypatch: pytest.MonkeyPatch) -> None:
-    client = BusClient("http://127.0.0.1:9", "ezra", "k")
+    client = BusClient("http://127.0.0.1:9", "ezra", KEYS["ezra"])
     seen: list[dict[str, Any]] = []
 
     def flaky(method: str, path: str, params: Any = None, body: Any = None) -> Any:
@@ -136,7 +137,7 @@ def test_dead_letters_are_kept_until_redriven(store: Path, client: FlaskClient) 
 @pytest.fixture
 def quota_client(tmp_path: Path, registry_path: Path) -> FlaskClient:
     app: Flask = create_app({"AGENT_NAME": "bezalel", "REGISTRY_PATH": str(registry_path),
-                             "STATE_DIR": str(tmp_path / "q"), "BUS_KEYS": dict(KEYS),
+                             "STATE_DIR": str(tmp_path / "q"), "BUS_KEYS": PUBLIC,
                              "BUS_WORKER": False, "BUS_INBOX_QUOTA": 2, "TESTING": True})
     return app.test_client()
 
@@ -170,7 +171,7 @@ def test_cli_send_id_and_redrive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     down is delivered after ``fleet bus redrive``."""
     fleet = Fleet(tmp_path, {"FLEET_BUS_RETRY_BASE": "0.05", "FLEET_BUS_MAX_ATTEMPTS": "2",
                              "FLEET_BUS_POLL_SECONDS": "0.1"})
-    monkeypatch.setenv("FLEET_BUS_KEYS", format_keyring(KEYS))
+    monkeypatch.setenv("FLEET_SECRETS", str(write_operator_secrets(tmp_path)))
     try:
         (ezra,) = fleet.start("ezra")
         cli = ["--registry", str(fleet.registry), "bus"]
@@ -196,7 +197,7 @@ def test_cli_tail_follow_prints_new_messages_across_a_restart(fleet: Fleet) -> N
     ezra, bezalel = fleet.start("ezra", "bezalel")
     command = [sys.executable, "-c", "from fleet.cli import main; main()", "--registry",
                str(fleet.registry), "bus", "tail", "bezalel", "--follow", "--json"]
-    env = {**os.environ, "FLEET_BUS_KEYS": format_keyring(KEYS)}
+    env = {**os.environ, "FLEET_SECRETS": str(write_operator_secrets(fleet.folder))}
     lines: queue.Queue[str] = queue.Queue()
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as tail:
         reader = threading.Thread(target=lambda: [lines.put(line) for line in tail.stdout or ()],

@@ -14,20 +14,21 @@ from typing import Any
 
 import pytest
 
+from bus.keys import IDENTITIES, PRIVATE_KEY_ENV, new_private_key
+
 REPO = Path(__file__).resolve().parents[2]
 SECRETS = {
     "fleet": {"OPENROUTER_API_KEY": "sk-or-test-SECRET-1a2b3c4d"},
-    "agents": {
-        "ezra-primary": {"FLEET_BUS_KEY": "bus-key-ezra-SECRET-7777"},
-        "bezalel": {"FLEET_BUS_KEY": "bus-key-bezalel-SECRET-8888"},
-        "allegro": {"FLEET_BUS_KEY": "bus-key-allegro-SECRET-9999"},
-    },
+    "agents": {name: {PRIVATE_KEY_ENV: new_private_key()}
+               for name in ("ezra-primary", "bezalel", "allegro")},
+    "identities": {name: {PRIVATE_KEY_ENV: new_private_key()} for name in IDENTITIES},
 }
 
 
 def secret_values() -> list[str]:
     """Every secret value the tests put in the secrets file."""
-    return [value for env in [SECRETS["fleet"], *SECRETS["agents"].values()]
+    return [value for env in [SECRETS["fleet"], *SECRETS["agents"].values(),
+                              *SECRETS["identities"].values()]
             for value in env.values()]
 
 

@@ -20,6 +20,7 @@ import pytest
 import requests
 import yaml
 
+from bus.keys import PRIVATE_KEY_ENV
 from tests.deploy.conftest import SECRETS, Fleet, secret_values
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -278,4 +279,10 @@ def test_no_secret_in_any_output_or_record(fleet: Fleet) -> None:
         env_file = f"/etc/fleet/{agent}/env"
         assert fleet.ssh(agent, f"stat -c '%a %U' {env_file}").split() == ["600", agent]
         content = fleet.ssh(agent, f"cat {env_file}")
-        assert SECRETS["agents"][agent]["FLEET_BUS_KEY"] in content
+        assert SECRETS["agents"][agent][PRIVATE_KEY_ENV] in content
+        others = [env[PRIVATE_KEY_ENV] for name, env in
+                  [*SECRETS["agents"].items(), *SECRETS["identities"].items()] if name != agent]
+        patterns = " ".join(f"-e {key}" for key in others)  # base64: no shell quoting needed
+        found = fleet.ssh(agent, f"grep -rlF {patterns} /etc /opt /var/lib/fleet /root /home "
+                                 "2>/dev/null || true")
+        assert found.strip() == "", f"{agent}'s node holds another identity's private key"

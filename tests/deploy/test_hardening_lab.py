@@ -52,7 +52,7 @@ def test_a_secret_with_newline_quotes_backslash_and_dollar_arrives_exactly(
     for agent in AGENTS:
         env = service_environ(fleet, agent)
         assert env["HARD_SECRET"] == HARD
-        assert env["FLEET_BUS_KEY"] == SECRETS["agents"][agent]["FLEET_BUS_KEY"]
+        assert env["FLEET_BUS_PRIVATE_KEY"] == SECRETS["agents"][agent]["FLEET_BUS_PRIVATE_KEY"]
         assert env["FLEET_AGENT"] == agent
     assert all(line not in done.stdout + done.stderr for line in HARD.splitlines())
     again = fleet.run("deploy", extra_env={"FLEET_SECRETS": str(hard_secrets)})

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
+from bus.keys import parse_keyring, signing_key
 from fleet.cli import main
 from fleet.registry import load_registry
 from fleet.secrets import load_secrets
@@ -38,11 +39,20 @@ def test_starter_files_are_valid_and_secrets_fresh(folder: Path) -> None:
     secrets_file = folder / "secrets.yaml"
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
     secrets = load_secrets(secrets_file)
-    assert set(secrets.bus_keys()) == {"ezra", "bezalel"}
-    values = [*secrets.bus_keys().values(), secrets.fleet["FLEET_WEBHOOK_SECRET"],
-              secrets.fleet["FLEET_READ_TOKEN"]]
-    assert len(set(values)) == 4
-    assert all(len(value) == 64 and int(value, 16) >= 0 for value in values)
+    assert set(secrets.private_keys()) == {"ezra", "bezalel", "operator", "receiver"}
+    tokens = [secrets.fleet["FLEET_WEBHOOK_SECRET"], secrets.fleet["FLEET_READ_TOKEN"]]
+    assert len(set(tokens)) == 2
+    assert all(len(value) == 64 and int(value, 16) >= 0 for value in tokens)
+    keys = {name: signing_key(name, text) for name, text in secrets.private_keys().items()}
+    assert len({key.keyid for key in keys.values()}) == 4  # each its own Ed25519 key
+    assert (operator := secrets.operator_key()) is not None
+    assert operator.keyid == keys["operator"].keyid
+    ezra_env = secrets.for_agent("ezra")  # its own private key, everyone's public keys
+    assert ezra_env["FLEET_BUS_PRIVATE_KEY"] == secrets.private_keys()["ezra"]
+    assert set(parse_keyring(ezra_env["FLEET_BUS_PUBLIC_KEYS"])) == {
+        key.keyid for key in keys.values()}
+    assert not {secrets.private_keys()[name] for name in ("bezalel", "operator", "receiver")} & {
+        *ezra_env.values()}
     assert "Next:\n  1. edit registry.yaml" in done.output
     assert f"export FLEET_SECRETS={secrets_file.resolve()}" in done.output
 

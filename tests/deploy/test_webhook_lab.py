@@ -201,12 +201,13 @@ def wait_check(fleet: Fleet, after: int, status: str, timeout: float = 240) -> d
 
 
 def alerts(fleet: Fleet) -> list[dict[str, Any]]:
-    """The alerts in the orchestrator's inbox (read with its own key)."""
+    """The alerts in the orchestrator's inbox (read with the operator's key)."""
     from bus.client import BusClient
+    from bus.keys import PRIVATE_KEY_ENV, signing_key
     from fleet.registry import load_registry
 
-    keys = {name: env["FLEET_BUS_KEY"] for name, env in SECRETS["agents"].items()}
-    with BusClient.for_agent(load_registry(fleet.registry), ORCH, keys) as client:
+    operator = signing_key("operator", SECRETS["identities"]["operator"][PRIVATE_KEY_ENV])
+    with BusClient.for_agent(load_registry(fleet.registry), ORCH, operator) as client:
         messages: list[dict[str, Any]] = client.messages(type="alert")["messages"]
     return [message for message in messages if message["payload"].get("kind") == "drift"]
 

@@ -9,20 +9,24 @@ from pathlib import Path
 
 import pytest
 
+from bus.keys import format_keyring, keyring_of, new_private_key
 from deploys import webhook
 from deploys.context import AgentContext
 from deploys.ops import _hide_all
 from fleet.registry import Registry, load_registry
 from fleet.release import Release, build_release
-from fleet.secrets import Secrets
+from fleet.secrets import BUS_KEY, Secrets
 from tests.webhook.forge import READ_TOKEN, SECRET
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAkey\n-----END OPENSSH PRIVATE KEY-----\n"
+BUS = {name: new_private_key() for name in ("ezra-primary", "bezalel", "receiver")}
 FULL = Secrets(fleet={"OPENROUTER_API_KEY": "sk-or-x", "FLEET_WEBHOOK_SECRET": SECRET},
-               agents={"ezra-primary": {"FLEET_BUS_KEY": "bus-ezra", "FLEET_READ_TOKEN": READ_TOKEN,
+               agents={"ezra-primary": {BUS_KEY: BUS["ezra-primary"],
+                                        "FLEET_READ_TOKEN": READ_TOKEN,
                                         "FLEET_DEPLOY_SSH_KEY": KEY},
-                       "bezalel": {"FLEET_BUS_KEY": "bus-bezalel"}})
+                       "bezalel": {BUS_KEY: BUS["bezalel"]}},
+               identities={"receiver": {BUS_KEY: BUS["receiver"]}})
 
 
 @pytest.fixture
@@ -43,12 +47,13 @@ def context(registry: Registry, secrets: Secrets, monkeypatch: pytest.MonkeyPatc
 
 def test_receiver_only_secrets_stay_out_of_agent_environments() -> None:
     assert FULL.for_agent("ezra-primary") == {
-        "OPENROUTER_API_KEY": "sk-or-x", "FLEET_BUS_KEY": "bus-ezra",
-        "FLEET_BUS_KEYS": "bezalel=bus-bezalel,ezra-primary=bus-ezra"}
+        "OPENROUTER_API_KEY": "sk-or-x", BUS_KEY: BUS["ezra-primary"],
+        "FLEET_BUS_PUBLIC_KEYS": format_keyring(keyring_of(BUS.items()))}
     assert FULL.for_receiver("ezra-primary") == {
         "FLEET_WEBHOOK_SECRET": SECRET, "FLEET_READ_TOKEN": READ_TOKEN,
-        "FLEET_DEPLOY_SSH_KEY": KEY}
-    assert FULL.for_receiver("bezalel") == {"FLEET_WEBHOOK_SECRET": SECRET}
+        "FLEET_DEPLOY_SSH_KEY": KEY, BUS_KEY: BUS["receiver"]}
+    assert FULL.for_receiver("bezalel") == {"FLEET_WEBHOOK_SECRET": SECRET,
+                                            BUS_KEY: BUS["receiver"]}
     assert KEY in FULL.values()
 
 
@@ -61,7 +66,8 @@ def test_environment_names_the_key_and_holds_no_private_key(
         "FLEET_REPO_URL": "git@forge:ops/fleet.git",
         "FLEET_SECRETS": "/etc/fleet/webhook/secrets.yaml",
         "PYTHONDONTWRITEBYTECODE": "1",
-        "FLEET_WEBHOOK_SECRET": SECRET, "FLEET_READ_TOKEN": READ_TOKEN}
+        "FLEET_WEBHOOK_SECRET": SECRET, "FLEET_READ_TOKEN": READ_TOKEN,
+        BUS_KEY: BUS["receiver"]}  # the receiver's own bus key, no agent's
     assert webhook.deploy_key(ctx) == KEY
     assert webhook.ssh_config() == ("Host *\n    IdentityFile /etc/fleet/webhook/deploy_key\n"
                                     "    IdentitiesOnly yes\n")
