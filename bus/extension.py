@@ -13,7 +13,14 @@ from werkzeug.exceptions import HTTPException
 import bus
 import bus.send as sending
 from bus import db, inbox, openapi, receive, stats, store, web
-from bus.keys import PublicKey, SigningKey, parse_keyring, signing_key
+from bus.keys import (
+    PublicKey,
+    SigningKey,
+    format_keyring,
+    keyring_of,
+    parse_keyring,
+    signing_key,
+)
 from bus.send import send
 from bus.state import Address, BusState
 from bus.worker import DeliveryWorker, Settings
@@ -48,6 +55,16 @@ def settings(app: Flask) -> Settings:
     return Settings(**values)
 
 
+def trusted(keys: Mapping[str, PublicKey] | Mapping[str, str] | str) -> dict[str, PublicKey]:
+    """The trusted keys by key id from a keyring text, a mapping of key id to
+    :class:`PublicKey`, or private key texts by name (a test fleet: their public keys)."""
+    if isinstance(keys, str):
+        return parse_keyring(keys)
+    texts = {name: value for name, value in keys.items() if isinstance(value, str)}
+    found = {ident: key for ident, key in keys.items() if isinstance(key, PublicKey)}
+    return {**found, **parse_keyring(format_keyring(keyring_of(texts.items())))}
+
+
 class Bus:
     """The bus as a Flask extension (flask-sqlalchemy's shape)."""
 
@@ -56,7 +73,7 @@ class Bus:
             self.init_app(app, **options)
 
     def init_app(self, app: Flask, agents: Mapping[str, Address] | None = None,
-                 agent: str | None = None, keys: Mapping[str, PublicKey] | str | None = None,
+                 agent: str | None = None, keys: Mapping[str, PublicKey] | Mapping[str, str] | str | None = None,
                  signer: SigningKey | str | None = None,
                  state_dir: str | Path | None = None) -> BusState:
         """Create the store, mount the blueprints, the body limit (every route) and the
@@ -80,7 +97,7 @@ class Bus:
         ring = config.get("BUS_KEYS", "") if keys is None else keys
         own = config.get("BUS_PRIVATE_KEY") if signer is None else signer
         found = BusState(
-            agent=name, keys=parse_keyring(ring) if isinstance(ring, str) else dict(ring),
+            agent=name, keys=trusted(ring),
             signer=signing_key(name, own) if isinstance(own, str) and own else own or None,
             agents=dict(agents if agents is not None else config["BUS_AGENTS"]),
             store=path, writer=GroupWriter(path), settings=settings(app),
