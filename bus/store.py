@@ -28,9 +28,13 @@ INSERT OR REPLACE INTO senders (sender, unacked)
 def connect(path: str | Path) -> sqlite3.Connection:
     """Open an initialised store (see :func:`init_db`), autocommit, ``synchronous=FULL``."""
     db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    db.row_factory = sqlite3.Row
-    db.execute("PRAGMA busy_timeout = 30000")
-    db.execute("PRAGMA synchronous = FULL")
+    try:
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout = 30000")
+        db.execute("PRAGMA synchronous = FULL")
+    except BaseException:
+        db.close()
+        raise
     return db
 
 

@@ -9,7 +9,10 @@ hands the lead to the next waiting caller. That saves a thread hand-off (and a w
 GIL) per batch. The writers of several gunicorn workers take turns through an ``flock`` on
 ``bus.sqlite3.lock``, which hands over at once (SQLite's own busy wait sleeps up to 100 ms).
 One failing write does not undo the others: the batch is then run again with each write in
-its own SAVEPOINT.
+its own SAVEPOINT. The write connection and lock file are closed by :meth:`GroupWriter.close`,
+else when the writer is collected or the interpreter exits (never left to the garbage
+collector, which Python 3.13 warns about). A forked child leaves its parent's connection
+alone (SQLite forbids using it across a fork, closing included) and opens its own.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +30,7 @@ from bus.store import connect, lock_path
 
 T = TypeVar("T")
 MAX_BATCH = 512
+_INHERITED: list[sqlite3.Connection] = []  # a parent's, kept unclosed in a forked child
 
 
 class _Write:
@@ -56,11 +61,24 @@ class GroupWriter:
         self._leading = False
         self._db: sqlite3.Connection | None = None
         self._lock_fd = -1
+        self._closer: weakref.finalize[[sqlite3.Connection, int, int], GroupWriter] | None = None
         self._pid = os.getpid()
+
+    def close(self) -> None:
+        """Close the write connection and the lock file once no write is in flight (the
+        next write opens them again)."""
+        with self._mutex:
+            self._close()
+
+    def _close(self) -> None:
+        if self._closer is not None:
+            self._closer()  # once: it detaches itself
+        self._db, self._lock_fd, self._closer = None, -1, None
 
     def run(self, change: Callable[[sqlite3.Connection], T], timeout: float = 60) -> T:
         """Run ``change(db)`` in a committed transaction; its result, or its exception."""
-        if self._pid != os.getpid():
+        if self._pid != os.getpid():  # forked: the parent's connection is not ours
+            self._close()
             self._reset()
         item = _Write(change)
         with self._mutex:
@@ -121,8 +139,14 @@ class GroupWriter:
     def _connection(self) -> sqlite3.Connection:
         """This process's write connection and lock file, opened on first use."""
         if self._db is None:
-            self._lock_fd = os.open(lock_path(self.store), os.O_RDWR | os.O_CREAT, 0o600)
-            self._db = connect(self.store)
+            fd = os.open(lock_path(self.store), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                db = connect(self.store)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._db, self._lock_fd = db, fd
+            self._closer = weakref.finalize(self, _close_handles, db, fd, os.getpid())
         return self._db
 
     def _transaction(self, db: sqlite3.Connection, batch: list[_Write]) -> None:
@@ -155,3 +179,15 @@ class GroupWriter:
             db.execute("ROLLBACK TO one")
             db.execute("RELEASE one")
             item.result, item.error = None, exc
+
+
+def _close_handles(db: sqlite3.Connection, fd: int, opener: int) -> None:
+    """Close a writer's connection and lock file (its finalizer: no reference to the writer);
+    in a child forked since, only the lock file."""
+    try:
+        if os.getpid() == opener:
+            db.close()
+        else:
+            _INHERITED.append(db)  # neither used nor closed (nor left to the collector) here
+    finally:
+        os.close(fd)

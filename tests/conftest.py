@@ -7,8 +7,14 @@ from pathlib import Path
 import pytest
 
 from tests.lab_fixtures import lab_refresh, lab_registry, session_lab_name  # noqa: F401
+from tests.leaks import track_connections
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Unclosed SQLite connections fail the tests on every Python (:mod:`tests.leaks`)."""
+    track_connections()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,8 +141,8 @@ def test_a_version_2_database_gets_the_drift_checks_and_keeps_its_runs(tmp_path:
     conn.execute("INSERT INTO runs (delivery_id, forge, tag, sha, pusher, status, queued_at, "
                  "release) VALUES ('d', 'gitea', 'PROD', 'a', 'me', 'ok', 'now', 'abc')")
     conn.close()
-    conn = connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert [tuple(row) for row in conn.execute("SELECT status, release FROM runs")] == [
-        ("ok", "abc")]
-    assert conn.execute("SELECT COUNT(*) FROM drift_checks").fetchone()[0] == 0
+    with contextlib.closing(connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert [tuple(row) for row in conn.execute("SELECT status, release FROM runs")] == [
+            ("ok", "abc")]
+        assert conn.execute("SELECT COUNT(*) FROM drift_checks").fetchone()[0] == 0
