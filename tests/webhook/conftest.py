@@ -23,13 +23,16 @@ from flask.testing import FlaskClient
 
 from fleet.webhook import create_app
 from fleet.webhook.config import Settings, load_settings
-from tests.webhook.forge import GITLAB_TOKEN, READ_TOKEN, SECRET
+from tests.webhook.forge import GITLAB_TOKEN, READ_TOKEN, SECRET, signed_push
 
 REPO = Path(__file__).resolve().parents[2]
 # the receiver's production worker model (gevent with timeouts), as a gunicorn config module
 PRODUCTION_WORKERS = ("--config", "python:fleet.webhook.serving")
 STANDIN = Path(__file__).with_name("standin_deploy.py")
 GIT_ID = ["-c", "user.name=Test", "-c", "user.email=test@example.org"]
+# a cold start (a fresh venv, two busy cores) takes seconds, rarely tens of them: allow
+# minutes, since a receiver that exits or fails its first answer fails the wait at once
+START_TIMEOUT = 180.0
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
@@ -222,3 +225,96 @@ def web_workers(master: int) -> list[int]:
             if b"dispatch" not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 found.append(pid)
     return found
+
+
+class Receiver:
+    """``fleet webhook serve`` on loopback in its own session (stderr in ``log``, beside the
+    state dir), with environment ``env``; ready once a web worker answers, failed at once if
+    it exits."""
+
+    def __init__(self, env: dict[str, str], workers: int = 2,
+                 deploy_timeout: float = 120.0) -> None:
+        self.port, self.deploy_timeout = free_port(), deploy_timeout
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(env["FLEET_STATE_DIR"]).parent / f"receiver-{self.port}.log"
+        with self.log.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "fleet", "webhook", "serve", "--port", str(self.port),
+                 "--workers", str(workers)], env=env, cwd=REPO,
+                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        wait_for(self.ready, timeout=START_TIMEOUT, what="fleet webhook serve to answer")
+
+    def ready(self) -> bool:
+        """Whether a web worker answers (an AssertionError with its stderr if it exited)."""
+        if self.process.poll() is not None:
+            raise AssertionError(f"fleet webhook serve exited with {self.process.returncode}:"
+                                 f"\n{self.errors()[-3000:]}")
+        try:
+            return requests.get(f"{self.url}/openapi.json", timeout=5).status_code == 200
+        except requests.RequestException:  # not listening yet, or slow to answer
+            return False
+
+    def errors(self) -> str:
+        """What it wrote to stderr so far."""
+        return self.log.read_text(errors="replace")
+
+    def post(self, body: bytes, headers: dict[str, str], forge: str = "gitea") -> int:
+        """Deliver a push; the queued run's id."""
+        answer = requests.post(f"{self.url}/hooks/{forge}", data=body, headers=headers,
+                               timeout=30)
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["status"] == "queued", answer.json()
+        return int(answer.json()["run_id"])
+
+    def push(self, sha: str, tag: str = "PROD") -> int:
+        """Deliver a signed Gitea push of ``tag`` at ``sha``; the queued run's id."""
+        return self.post(*signed_push("gitea", f"refs/tags/{tag}", sha))
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        """``GET /runs/<id>``."""
+        return dict(requests.get(f"{self.url}/runs/{run_id}", headers=auth(),
+                                 timeout=30).json())
+
+    def finished(self, run_id: int) -> dict[str, Any] | None:
+        """The run once it is neither queued nor running (None before, or while the
+        receiver is too busy to answer)."""
+        try:
+            run = self.run(run_id)
+        except requests.RequestException:
+            return None
+        return None if run["status"] in ("queued", "running") else run
+
+    def wait(self, run_id: int) -> dict[str, Any]:
+        """The run once it has ended (within ``deploy_timeout``)."""
+        return dict(wait_for(lambda: self.finished(run_id), timeout=self.deploy_timeout,
+                             what=f"run {run_id} to end"))
+
+    def workers(self) -> list[int]:
+        """The gunicorn master's web workers (its other child is the dispatcher)."""
+        return web_workers(self.process.pid)
+
+    def children(self) -> list[int]:
+        """The gunicorn master's child processes (web workers and the dispatcher)."""
+        return child_pids(self.process.pid)
+
+    def stop(self) -> None:
+        """SIGTERM its whole session and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+@pytest.fixture
+def receivers(env: dict[str, str]) -> Iterator[Callable[..., Receiver]]:
+    """Start ``fleet webhook serve`` processes (``env`` with overrides); all are stopped at
+    teardown."""
+    started: list[Receiver] = []
+
+    def start(**overrides: str) -> Receiver:
+        receiver = Receiver({**os.environ, **env, **overrides})
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        receiver.stop()

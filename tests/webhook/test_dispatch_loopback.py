@@ -8,12 +8,9 @@ agents' health endpoints at it and ``FLEET_HEALTH_CHECK=http`` asks it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from flask.testing import FlaskClient
 
 from fleet.errors import WebhookError
@@ -34,12 +30,10 @@ from fleet.webhook.lock import DispatcherLock
 from fleet.webhook.wake import Listener, notify
 from tests.webhook.conftest import (
     FleetRepo,
+    Receiver,
     auth,
-    child_pids,
-    free_port,
     read_records,
     wait_for,
-    web_workers,
 )
 from tests.webhook.forge import signed_push
 
@@ -193,68 +187,6 @@ def test_an_upload_pack_url_is_refused_and_never_run(tmp_path: Path) -> None:
 # --- real gunicorn and a real dispatcher process (``fleet webhook serve``) -----------------
 
 
-class Receiver:
-    """``fleet webhook serve`` on loopback, in its own session."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "fleet", "webhook", "serve", "--port", str(self.port),
-             "--workers", "2"], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_for(self.answers, what="fleet webhook serve to answer")
-
-    def answers(self) -> bool:
-        try:
-            return requests.get(f"{self.url}/openapi.json", timeout=5).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def workers(self) -> list[int]:
-        """The gunicorn master's web workers (its other child is the dispatcher)."""
-        return web_workers(self.process.pid)
-
-    def children(self) -> list[int]:
-        """The gunicorn master's child processes (web workers and the dispatcher)."""
-        return child_pids(self.process.pid)
-
-    def push(self, sha: str) -> int:
-        body, headers = signed_push("gitea", "refs/tags/PROD", sha)
-        response = requests.post(f"{self.url}/hooks/gitea", data=body, headers=headers,
-                                 timeout=10)
-        assert response.status_code == 202, response.text
-        return int(response.json()["run_id"])
-
-    def run(self, run_id: int) -> dict[str, Any]:
-        return dict(requests.get(f"{self.url}/runs/{run_id}", headers=auth(), timeout=10).json())
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=30)
-
-
-@pytest.fixture
-def receivers(env: dict[str, str]) -> Iterator[Callable[..., Receiver]]:
-    """Start ``fleet webhook serve`` processes; all are stopped at teardown."""
-    started: list[Receiver] = []
-
-    def start(**overrides: str) -> Receiver:
-        receiver = Receiver({**env, **overrides})
-        started.append(receiver)
-        return receiver
-
-    yield start
-    for receiver in started:
-        receiver.stop()
-
-
-def finished(receiver: Receiver, run_id: int) -> dict[str, Any] | None:
-    run = receiver.run(run_id)
-    return None if run["status"] in ("queued", "running") else run
-
-
 def test_killing_the_web_workers_never_touches_the_deploy(
         receivers: Callable[..., Receiver], fleet_repo: FleetRepo, settings: Settings) -> None:
     sha = fleet_repo.commit("survives")
@@ -268,7 +200,7 @@ def test_killing_the_web_workers_never_touches_the_deploy(
     assert dispatcher in receiver.children() and len(workers) == 2 and dispatcher not in workers
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
-    run = wait_for(lambda: finished(receiver, run_id), what="the deploy to end")
+    run = receiver.wait(run_id)
     assert run["status"] == "ok", run["summary"]
     assert run["worker_pid"] == dispatcher
     for line in (f"stand-in deploy of {sha}", "stand-in deploy: second 4",
@@ -296,7 +228,7 @@ def test_a_receiver_killed_as_a_whole_marks_its_run_interrupted_on_restart(
     assert raw.exists()
 
     restarted = receivers(STANDIN_SLEEP="0")
-    run = wait_for(lambda: finished(restarted, run_id), what="the run to be closed")
+    run = restarted.wait(run_id)
     assert run["status"] == "interrupted"
     assert run["summary"] == ("the receiver stopped during this run (crash or kill); its "
                               "outcome is unknown")
@@ -304,7 +236,7 @@ def test_a_receiver_killed_as_a_whole_marks_its_run_interrupted_on_restart(
     assert "stand-in deploy: second 1" in run["log"]
     assert "hook secret ***" in run["log"] and str(settings.webhook_secret) not in run["log"]
     again = restarted.push(sha)
-    assert wait_for(lambda: finished(restarted, again), what="the next deploy")["status"] == "ok"
+    assert restarted.wait(again)["status"] == "ok"
 
 
 def test_a_wake_up_reaches_the_listening_dispatcher_only(tmp_path: Path) -> None:

@@ -13,14 +13,10 @@ Run alone with: ``FLEET_TEST_LAB=hooklab pytest -m lab tests/webhook/test_e2e_la
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -29,68 +25,15 @@ from fleet.registry import load_registry
 from tests.webhook.conftest import (
     REPO,
     FleetRepo,
-    auth,
-    child_pids,
-    free_port,
+    Receiver,
     git,
     wait_for,
-    web_workers,
 )
 from tests.webhook.forge import GITLAB_TOKEN, READ_TOKEN, SECRET, signed_push
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 ORCH = "ezra-primary"
 DEPLOY_TIMEOUT = 900.0
-
-
-class Receiver:
-    """``fleet webhook serve`` on loopback in its own session, deploying the lab."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "fleet", "webhook", "serve", "--port", str(self.port),
-             "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        wait_for(self.answers, what="fleet webhook serve to answer")
-
-    def answers(self) -> bool:
-        try:
-            return requests.get(f"{self.url}/openapi.json", timeout=5).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def post(self, body: bytes, headers: dict[str, str]) -> int:
-        """Deliver a push; the queued run's id."""
-        answer = requests.post(f"{self.url}/hooks/gitea", data=body, headers=headers,
-                               timeout=10)
-        assert answer.status_code == 202, answer.text
-        assert answer.json()["status"] == "queued", answer.json()
-        return int(answer.json()["run_id"])
-
-    def run(self, run_id: int) -> dict[str, Any]:
-        return dict(requests.get(f"{self.url}/runs/{run_id}", headers=auth(), timeout=10).json())
-
-    def wait(self, run_id: int) -> dict[str, Any]:
-        """The run once it is neither queued nor running."""
-        def done() -> dict[str, Any] | None:
-            run = self.run(run_id)
-            return None if run["status"] in ("queued", "running") else run
-        return dict(wait_for(done, timeout=DEPLOY_TIMEOUT, what=f"run {run_id}"))
-
-    def workers(self) -> list[int]:
-        """The gunicorn master's web workers (its other child is the dispatcher)."""
-        return web_workers(self.process.pid)
-
-    def children(self) -> list[int]:
-        """The gunicorn master's child processes (web workers and the dispatcher)."""
-        return child_pids(self.process.pid)
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +63,7 @@ def receiver_env(lab_registry: Path, repo: FleetRepo,
 
 @pytest.fixture
 def receiver(receiver_env: dict[str, str]) -> Iterator[Receiver]:
-    started = Receiver(receiver_env)
+    started = Receiver(receiver_env, deploy_timeout=DEPLOY_TIMEOUT)
     yield started
     started.stop()
 
@@ -200,7 +143,8 @@ def test_killing_the_web_workers_during_a_deploy_does_not_touch_it(
 def test_a_release_whose_gateway_cannot_start_is_rolled_back_on_the_canary_only(
         receiver_env: dict[str, str], repo: FleetRepo, lab_registry: Path) -> None:
     before = STATE["d"][:12]
-    broken = Receiver({**receiver_env, "FLEET_BROKEN_RELEASE": "1"})
+    broken = Receiver({**receiver_env, "FLEET_BROKEN_RELEASE": "1"},
+                      deploy_timeout=DEPLOY_TIMEOUT)
     try:
         e = repo.commit("E")
         repo.push_tag("PROD", e)

@@ -4,10 +4,6 @@
 from __future__ import annotations
 
 import itertools
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,9 +16,9 @@ import requests
 from tests.webhook.conftest import (
     PRODUCTION_WORKERS,
     FleetRepo,
+    Receiver,
     Server,
     auth,
-    free_port,
     read_records,
     wait_for,
 )
@@ -88,32 +84,14 @@ def test_50_concurrent_pushes_deploy_one_at_a_time_and_the_newest_last(
     assert len(records) < 50  # pushes during a deploy were coalesced
 
 
-def test_fleet_webhook_serve_runs_the_receiver(env: dict[str, str], fleet_repo: FleetRepo,
+def test_fleet_webhook_serve_runs_the_receiver(receivers: Callable[..., Receiver],
+                                               fleet_repo: FleetRepo,
                                                record_file: Path) -> None:
     sha = fleet_repo.commit("served")
     fleet_repo.push_tag("PROD", sha)
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fleet", "webhook", "serve", "--port", str(port), "--workers", "2"],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True)
-    server = Server(env, port=port)
-    try:
-        wait_for(lambda: _answers(f"{server.url}/openapi.json"), what="fleet webhook serve")
-        response, _ = post_push(server, sha)
-        assert response.status_code == 202
-        wait_for(lambda: settled(server), what="the deploy")
-        assert [record["sha"] for record in read_records(record_file)] == [sha]
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        _, err = process.communicate(timeout=30)
-    assert err.decode().splitlines()[0] == (
-        f"fleet webhook: http://127.0.0.1:{port}/hooks/{{gitea,github,gitlab}} deploys tag "
-        f"'PROD' of file://{fleet_repo.bare}")
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=5).status_code == 200
-    except requests.RequestException:
-        return False
+    receiver = receivers()
+    assert receiver.wait(receiver.push(sha))["status"] == "ok"
+    assert [record["sha"] for record in read_records(record_file)] == [sha]
+    assert receiver.errors().splitlines()[0] == (
+        f"fleet webhook: http://127.0.0.1:{receiver.port}/hooks/{{gitea,github,gitlab}} deploys "
+        f"tag 'PROD' of file://{fleet_repo.bare}")
