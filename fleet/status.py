@@ -118,10 +118,15 @@ def host_key_reason(agent: Agent, what: str) -> str:
             + TRUST_HINT.format(names=agent.name))
 
 
-def probe_health(agent: Agent, timeout: float) -> tuple[str, dict[str, Any]]:
-    """GET the health endpoint; ``(ok | reason, body)``."""
+def probe_health(agent: Agent, timeout: float,
+                 think: bool = False) -> tuple[str, dict[str, Any]]:
+    """GET the health endpoint; ``(ok | reason, body)``. ``think``: also a live model round
+    trip on agents with a runtime (a wrong key or an unreachable provider shows as down)."""
+    url = agent.health_endpoint
+    if think and agent.runtime != "none":
+        url += ("&" if "?" in url else "?") + "roundtrip=1"
     try:
-        response = requests.get(agent.health_endpoint, timeout=timeout)
+        response = requests.get(url, timeout=timeout)
     except requests.RequestException as exc:
         return _short_reason(exc), {}
     try:
@@ -137,7 +142,7 @@ def probe_health(agent: Agent, timeout: float) -> tuple[str, dict[str, Any]]:
 
 
 def probe_agent(agent: Agent, registry: Registry, timeout: float = DEFAULT_TIMEOUT,
-                known: bool = True) -> AgentStatus:
+                known: bool = True, think: bool = False) -> AgentStatus:
     """Probe one agent over SSH and HTTP at the same time; with ``known`` False (no host key
     pinned for it) SSH is not tried."""
     status = AgentStatus(agent=agent.name, role=agent.role, host=agent.host,
@@ -145,7 +150,7 @@ def probe_agent(agent: Agent, registry: Registry, timeout: float = DEFAULT_TIMEO
     with ThreadPoolExecutor(max_workers=2) as pool:
         ssh_future = (pool.submit(probe_ssh, agent, registry, timeout) if known else
                       pool.submit(lambda: (host_key_reason(agent, "not pinned"), None)))
-        health_future = pool.submit(probe_health, agent, timeout)
+        health_future = pool.submit(probe_health, agent, timeout, think)
         status.ssh, status.system = ssh_future.result()
         status.health, body = health_future.result()
     status.release = body.get("release")
@@ -156,7 +161,8 @@ def probe_agent(agent: Agent, registry: Registry, timeout: float = DEFAULT_TIMEO
     return status
 
 
-def probe_fleet(registry: Registry, timeout: float = DEFAULT_TIMEOUT) -> list[AgentStatus]:
+def probe_fleet(registry: Registry, timeout: float = DEFAULT_TIMEOUT,
+                think: bool = False) -> list[AgentStatus]:
     """Probe every agent of ``registry`` in parallel; results grouped by region
     (:func:`region_sorted`). Refuses (:class:`fleet.hosts.HostKeyError`) when the registry pins
     no host keys."""
@@ -168,7 +174,8 @@ def probe_fleet(registry: Registry, timeout: float = DEFAULT_TIMEOUT) -> list[Ag
     unknown = {agent.name for agent in unknown_agents(pinned, agents)}
     with ThreadPoolExecutor(max_workers=max(1, min(64, len(agents)))) as pool:
         return list(pool.map(lambda agent: probe_agent(agent, registry, timeout,
-                                                       agent.name not in unknown), agents))
+                                                       agent.name not in unknown, think),
+                             agents))
 
 
 def region_sorted(registry: Registry) -> list[Agent]:

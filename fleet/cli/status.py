@@ -23,13 +23,17 @@ EXIT_DRIFT = 3
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--timeout", type=click.FloatRange(0.1, 60), default=DEFAULT_TIMEOUT,
               show_default=True, help="Seconds each SSH or HTTP probe may take.")
+@click.option("--think", is_flag=True,
+              help="Also ask each agent with a runtime for a live model round trip (a short "
+                   "prompt answered with tokens in time); one that fails is down.")
 @pass_cli
-def status(cli: CliContext, as_json: bool, timeout: float) -> None:
+def status(cli: CliContext, as_json: bool, timeout: float, think: bool) -> None:
     """Each agent `ok`, `drift` or `down`: SSH, health, and its release, soul and config
     against the registry and repository. Exit 0 all ok, 1 some down, 3 some in drift."""
     registry = cli.registry
     release, source = wanted_release()
-    results = probe_fleet(registry, timeout=timeout)
+    results = probe_fleet(registry, timeout=max(timeout, 15.0) if think else timeout,
+                          think=think)
     verdicts = [judge(result, expected(registry, registry.get(result.agent)), release)
                 for result in results]
     states = [verdict.state for verdict in verdicts]

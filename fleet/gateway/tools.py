@@ -1,6 +1,6 @@
 """The tool execution API: ``POST /tools/NAME`` runs one of the agent's declared tools for a
 signed caller allowed to use it; ``GET /tools`` lists them (public: names, argument schemas,
-timeouts; never the commands); ``GET /tools/calls`` lists the recorded calls (owner-signed).
+timeouts; never the commands); ``GET /tool-calls`` lists the recorded calls (owner-signed).
 
 Mounted only on agents that declare tools. Every call is recorded, refusals too: an unknown
 tool (404), a caller not allowed (403), bad or shell-shaped arguments (400), a tool past its
@@ -46,7 +46,7 @@ def list_tools() -> ResponseReturnValue:
                               for tool in current_agent().tools]})
 
 
-@bp.get("/tools/calls")
+@bp.get("/tool-calls")
 def list_calls() -> ResponseReturnValue:
     """Recorded tool calls, newest first (owner-signed)."""
     authenticate(owner_only=True)
@@ -116,7 +116,7 @@ def paths() -> dict[str, Any]:
     return {
         "/tools": {"get": {"summary": "The agent's tools (public)",
                            "responses": {"200": _answer("the tools")}}},
-        "/tools/calls": {"get": {
+        "/tool-calls": {"get": {
             "summary": "Recorded tool calls (owner-signed)", **signed,
             "parameters": [{"name": "limit", "in": "query", "required": False,
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],

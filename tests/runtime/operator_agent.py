@@ -10,12 +10,8 @@ from pathlib import Path
 import requests
 
 from bus.client import BusClient
-from fleet.registry import load_registry
-from fleet.secrets import parse_keyring
 
-agent = os.environ["FLEET_AGENT"]
-registry = load_registry(os.environ["FLEET_REGISTRY"])
-client = BusClient.for_agent(registry, agent, parse_keyring(os.environ["FLEET_BUS_KEYS"]))
+client = BusClient.from_env()  # FLEET_AGENT, its FLEET_BUS_PRIVATE_KEY, FLEET_GATEWAY_URL
 url = os.environ["FLEET_PROVIDER_URL"] + "/chat/completions"
 state = Path(os.environ["FLEET_STATE_DIR"]) / "operator-agent.json"
 while True:

@@ -176,5 +176,5 @@ def test_runtime_runs_its_own_tool_when_the_model_asks(
     assert tool_message["role"] == "tool" and tool_message["tool_call_id"] == "call_1"
     assert '{\\"words\\": 3}' in tool_message["content"]
     with BusClient.for_agent(load_registry(registry), "bezalel", KEYS) as bezalel:
-        [call] = bezalel.call("GET", "/tools/calls")["calls"]
+        [call] = bezalel.call("GET", "/tool-calls")["calls"]
     assert (call["caller"], call["tool"], call["outcome"]) == ("bezalel", "words", "ok")

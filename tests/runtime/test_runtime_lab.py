@@ -17,6 +17,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import requests
 import yaml
 
 from bus.client import BusClient
+from bus.keys import PRIVATE_KEY_ENV
 from fleet import lab
 from fleet.lab import model
 from fleet.lab.network import read_index
@@ -33,9 +35,10 @@ from tests.deploy.conftest import SECRETS, Fleet, make_fleet
 from tests.lab_fixtures import EXAMPLE_REGISTRY, TEST_LAB_ENV, claim_lab, skip_unless_root
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
-KEYS = {name: env["FLEET_BUS_KEY"] for name, env in SECRETS["agents"].items()}
+KEYS = {name: env[PRIVATE_KEY_ENV] for name, env in SECRETS["agents"].items()}
 ASKER, WORKER = "ezra-primary", "bezalel"
 RUNTIME = f"fleet-runtime-{WORKER}.service"
+MAX_TOKENS = 64  # per answer: a few seconds here, minutes when the machine is very busy
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,10 @@ def model_lab() -> Iterator[Path]:
     try:
         lab.down(claimed.lab)
         try:
-            yield lab.up(load_registry(EXAMPLE_REGISTRY), lab=claimed.lab, with_model=True)
+            registry = load_registry(EXAMPLE_REGISTRY)
+            short = {name: replace(agent, config={"max_tokens": MAX_TOKENS})
+                     for name, agent in registry.agents.items()}
+            yield lab.up(replace(registry, agents=short), lab=claimed.lab, with_model=True)
         finally:
             lab.down(claimed.lab)
     finally:
@@ -92,6 +98,8 @@ def test_deploy_leaves_agents_that_answer_with_the_model(fleet: Fleet) -> None:
         assert answer.status_code == 200, health
         assert health["runtime"]["state"] == "ready", health
         assert health["runtime"]["live_round_trip"]["tokens"] > 0, health
+    thinking = fleet.run("status", "--think", "--json")
+    assert thinking.returncode == 0, thinking.stdout + thinking.stderr
     started = time.monotonic()
     with asker(fleet) as ezra:
         answer = ezra.request(WORKER, {"prompt": "Write one line of Python."}, timeout=180,
@@ -114,7 +122,7 @@ def test_runtime_killed_mid_request_answers_exactly_once(fleet: Fleet) -> None:
                  "the runtime to take the request")
         pid_before = fleet.ssh(WORKER, f"systemctl show -p MainPID --value {RUNTIME}").strip()
         fleet.ssh(WORKER, f"systemctl kill -s KILL {RUNTIME}")
-        wait_for(lambda: responses(ezra, correlation), 240, "the answer after the restart")
+        wait_for(lambda: responses(ezra, correlation), 400, "the answer after the restart")
         time.sleep(5)  # room for a second answer, if there were one
         found = responses(ezra, correlation)
     pid_after = fleet.ssh(WORKER, f"systemctl show -p MainPID --value {RUNTIME}").strip()
@@ -137,7 +145,7 @@ def test_requests_wait_while_the_model_is_down_and_are_answered_after(fleet: Fle
             assert responses(ezra, correlation) == []
             assert runtime_state(fleet)["state"] == "waiting_provider"
             model.start(lab_path, index)
-            answer = wait_for(lambda: responses(ezra, correlation), 120, "the answer")[0]
+            answer = wait_for(lambda: responses(ezra, correlation), 300, "the answer")[0]
     finally:
         model.start(lab_path, index)
     assert answer["payload"]["tokens"] > 0, answer

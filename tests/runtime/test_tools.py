@@ -15,7 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from fleet.gateway import create_app
-from tests.bus.conftest import KEYS, signed_headers
+from tests.bus.conftest import KEYS, PUBLIC, signed_headers
 
 REGISTRY = """\
 wizards:
@@ -76,7 +76,8 @@ def app(tmp_path: Path) -> Flask:
     registry = tmp_path / "registry.yaml"
     registry.write_text(REGISTRY.replace("{python}", sys.executable))
     return create_app({"AGENT_NAME": "bezalel", "REGISTRY_PATH": str(registry),
-                       "STATE_DIR": str(tmp_path / "state"), "BUS_KEYS": dict(KEYS),
+                       "STATE_DIR": str(tmp_path / "state"), "BUS_KEYS": PUBLIC,
+                       "BUS_PRIVATE_KEY": KEYS["bezalel"],
                        "BUS_WORKER": False, "TESTING": True})
 
 
@@ -93,9 +94,9 @@ def call(client: FlaskClient, caller: str, tool: str, body: Any) -> tuple[int, d
 
 
 def calls(client: FlaskClient) -> list[dict[str, Any]]:
-    headers = signed_headers("bezalel", b"", path="/tools/calls", method="GET",
+    headers = signed_headers("bezalel", b"", path="/tool-calls", method="GET",
                              content_type=None)
-    answer = client.get("/tools/calls", headers=headers)
+    answer = client.get("/tool-calls", headers=headers)
     assert answer.status_code == 200
     found: list[dict[str, Any]] = answer.get_json()["calls"]
     return found
@@ -171,7 +172,7 @@ def test_tool_past_its_timeout_is_stopped(app: Flask, client: FlaskClient) -> No
 
 def test_tool_api_is_in_openapi_and_lists_no_commands(client: FlaskClient) -> None:
     document = client.get("/openapi.json").get_json()
-    assert {"/tools", "/tools/calls", "/tools/{name}"} <= set(document["paths"])
+    assert {"/tools", "/tool-calls", "/tools/{name}"} <= set(document["paths"])
     listed = client.get("/tools").get_json()["tools"]
     assert [tool["name"] for tool in listed] == ["touch", "echo", "sleepy", "words", "private"]
     assert "command" not in json.dumps(listed)
