@@ -31,7 +31,7 @@ from pathlib import Path
 from fleet.errors import LabError
 from fleet.lab import processes
 from fleet.lab.locks import file_lock
-from fleet.lab.network import controller_ip
+from fleet.lab.network import controller_ip, read_index
 from fleet.lab.paths import cache_dir
 from fleet.registry import Registry
 
@@ -157,6 +157,7 @@ def start(lab_path: Path, index: int, progress: object = None) -> str:
     url = base_url(index)
     child: subprocess.Popen[bytes] | None = None
     if not running(lab_path):
+        stop(lab_path)  # a server left behind on the lab's address would hold its port
         log = (lab_path / LOG_FILE).open("ab")
         command = [str(venv_python()), "-m", "llama_cpp.server", "--model", str(model),
                    "--model_alias", MODEL_ALIAS, "--chat_format", CHAT_FORMAT,
@@ -181,20 +182,41 @@ def start(lab_path: Path, index: int, progress: object = None) -> str:
     return url
 
 
+def _servers_on(address: str) -> list[int]:
+    """Model servers bound to ``address`` (also ones a killed ``up`` or test left behind)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"llama_cpp.server" in args and address.encode() in args:
+            found.append(int(proc.name))
+    return found
+
+
 def stop(lab_path: Path, timeout: float = 10.0) -> None:
-    """Stop this lab's model server (idempotent)."""
-    pid = _pid(lab_path)
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        if processes.wait_gone([pid], timeout):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            processes.wait_gone([pid], 5)
-        child = _children.pop(pid, None)
-        if child is not None:
-            child.wait(5)
+    """Stop this lab's model server (idempotent), and any other one on the lab's address."""
+    index = read_index(lab_path)
+    pids = {_pid(lab_path), *(_servers_on(controller_ip(index)) if index is not None else [])}
+    for pid in sorted(pid for pid in pids if pid is not None):
+        _stop_pid(pid, timeout)
     (lab_path / PID_FILE).unlink(missing_ok=True)
+
+
+def _stop_pid(pid: int, timeout: float) -> None:
+    """SIGTERM the server's process group, SIGKILL it after ``timeout``, reap our child."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    if processes.wait_gone([pid], timeout):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        processes.wait_gone([pid], 5)
+    child = _children.pop(pid, None)
+    if child is not None:
+        child.wait(5)
 
 
 def _log_tail(lab_path: Path) -> str:

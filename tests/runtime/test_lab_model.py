@@ -1,0 +1,41 @@
+"""The lab model server's plumbing that needs no build: the lab registry points agents at it,
+and ``stop`` ends a server left behind on the lab's address (it would hold the port)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from fleet.lab import model
+from fleet.lab.network import INDEX_FILE
+from fleet.registry import load_registry
+from tests.lab_fixtures import EXAMPLE_REGISTRY
+
+
+def test_agents_without_a_chat_api_think_with_the_lab_model() -> None:
+    registry = model.with_lab_provider(load_registry(EXAMPLE_REGISTRY),
+                                       model.base_url(7))
+    for agent in registry:
+        assert (agent.provider, agent.provider_url, agent.runtime) == (
+            "lab-model", "http://10.231.7.1:8650/v1", "builtin")
+        assert agent.to_dict()["provider"] == {"name": "lab-model",
+                                               "base_url": "http://10.231.7.1:8650/v1"}
+
+
+def test_stop_ends_a_server_left_behind_on_the_labs_address(tmp_path: Path) -> None:
+    (tmp_path / INDEX_FILE).write_text("250\n")
+    left = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                             "llama_cpp.server", "--host", "10.231.250.1"],
+                            start_new_session=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                              "llama_cpp.server", "--host", "10.231.251.1"],
+                             start_new_session=True)
+    try:
+        model.stop(tmp_path, timeout=5)
+        assert left.wait(10) is not None
+        assert other.poll() is None  # another lab's server is left alone
+    finally:
+        for process in (left, other):
+            process.kill()
+            process.wait()
