@@ -35,6 +35,7 @@ COMMANDS = {
     "drift": "fleet.cli.drift:drift",
     "init": "fleet.cli.init:init",
     "ask": "fleet.cli.ask:ask",
+    "tools": "fleet.cli.tools:tools",
     "keys": "fleet.cli.keys:keys",
 }
 

@@ -5,6 +5,9 @@ request with an error."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +20,7 @@ from fleet.registry import load_registry
 from fleet.runtime import from_env
 from fleet.runtime.loop import Runtime, response_id
 from fleet.runtime.state import read_state, state_problems
-from fleet.secrets import format_keyring
+from fleet.secrets import BUS_KEY, format_keyring
 from tests.bus.conftest import Gateway
 from tests.runtime.conftest import KEYS, MockProvider
 
@@ -178,3 +181,11 @@ def test_runtime_runs_its_own_tool_when_the_model_asks(
     with BusClient.for_agent(load_registry(registry), "bezalel", KEYS) as bezalel:
         [call] = bezalel.call("GET", "/tool-calls")["calls"]
     assert (call["caller"], call["tool"], call["outcome"]) == ("bezalel", "words", "ok")
+    listed = subprocess.run(
+        [sys.executable, "-c", "from fleet.cli import main; main()", "--registry",
+         str(registry), "tools", "calls", "bezalel"], capture_output=True, text=True,
+        timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin", "FLEET_AGENT": "bezalel", BUS_KEY: KEYS["bezalel"]})
+    assert listed.returncode == 0, listed.stderr
+    assert re.fullmatch(r"#1 \S+Z bezalel -> words ok exit=0 \d+ ms \{\"text\": \"a b c\"\}\n",
+                        listed.stdout), listed.stdout

@@ -1,0 +1,51 @@
+"""``fleet tools list|calls AGENT``: an agent's declared tools and the record of their calls."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import click
+
+from fleet.cli.bus import client
+from fleet.cli.context import CliContext, pass_cli
+
+
+@click.group()
+def tools() -> None:
+    """The agents' tools (run by their gateways for allowed, signed callers)."""
+
+
+@tools.command("list")
+@click.argument("agent")
+@pass_cli
+def list_tools(cli: CliContext, agent: str) -> None:
+    """AGENT's tools: name, timeout, who may call them."""
+    found = cli.registry.get(agent).tools
+    if not found:
+        click.echo(f"{agent} declares no tools.")
+    for tool in found:
+        runs = " ".join(tool.command) if tool.command else f"handler {tool.handler}"
+        callers = ", ".join([agent, *tool.callers])
+        click.echo(f"{tool.name:<20} {tool.timeout:g} s  callers: {callers}  runs: {runs}")
+
+
+@tools.command()
+@click.argument("agent")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_cli
+def calls(cli: CliContext, agent: str, limit: int, as_json: bool) -> None:
+    """AGENT's recorded tool calls, newest first: when, caller, tool, outcome, exit,
+    duration, arguments (secret-looking ones masked)."""
+    with client(cli, agent) as gateway:
+        found = gateway.call("GET", "/tool-calls", {"limit": limit})["calls"]
+    for call in found:
+        if as_json:
+            click.echo(json.dumps(call))
+            continue
+        when = datetime.fromtimestamp(call["at"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        duration = "-" if call["duration_ms"] is None else f"{call['duration_ms']:.0f} ms"
+        click.echo(f"#{call['seq']} {when} {call['caller']} -> {call['tool']} "
+                   f"{call['outcome']} exit={call['exit']} {duration} "
+                   f"{json.dumps(call['args'])}")
