@@ -7,7 +7,9 @@ work tree do not change the release midway). Besides wall time it prints the CPU
 sys) of ``fleet deploy`` and all its pyinfra processes, which tells code changes from load.
 Each round brings up a fresh lab (its own name; taken down at the end), runs one cold deploy
 and then no-change deploys. The release is built (or taken from the cache) before timing, as
-a controller that deployed before would have it. Prints every figure and the medians.
+a controller that deployed before would have it. Prints every figure and the medians, and
+the SSH round trips per host of a no-change deploy (:mod:`bench.roundtrips`, counted in each
+node's namespace during an extra no-change deploy that is not timed).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from bench._common import clone as clean_clone  # noqa: E402
 from bench._common import cpu_of_children, fleet_command, fleet_env  # noqa: E402
+from bench.roundtrips import RoundTrips, describe  # noqa: E402
 from fleet import lab  # noqa: E402
 from fleet.registry import load_registry  # noqa: E402
 from fleet.release import build_release  # noqa: E402
@@ -58,6 +61,7 @@ def main() -> None:
     no_change: list[float] = []
     cold_cpu: list[float] = []
     no_change_cpu: list[float] = []
+    trips: list[str] = []
     try:
         for round_ in range(1, args.rounds + 1):
             lab.down(args.lab)
@@ -66,11 +70,14 @@ def main() -> None:
             runs = [timed_deploy(clone, registry, no_change_cpu)
                     for _ in range(args.no_change_runs)]
             no_change.extend(runs)
+            with RoundTrips(args.lab, Path(scratch.name)) as counted:
+                timed_deploy(clone, registry, [])
+            trips.append(describe(counted.counts))
             cpu = no_change_cpu[-len(runs):]
             print(f"round {round_}: cold {cold[-1]:.2f} s (CPU {cold_cpu[-1]:.2f} s), no-change "
                   f"{', '.join(f'{t:.2f}' for t in runs)} s (CPU "
-                  f"{', '.join(f'{t:.2f}' for t in cpu)} s), load {os.getloadavg()[0]:.1f}",
-                  flush=True)
+                  f"{', '.join(f'{t:.2f}' for t in cpu)} s), no-change {trips[-1]}, load "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)
     finally:
         lab.down(args.lab)
         scratch.cleanup()

@@ -77,6 +77,8 @@ class AgentContext:
     service_ops: list[Outcome] = field(default_factory=list)
     check: Outcome | None = None  # this host's verify (or rollback): its JSON on stdout
     preflight_ok: bool = False
+    stale_lock: str = ""  # a dead deploy's lock preflight found: it may be taken over
+    will_change: bool = True  # some operation will change the node (set by verify's plan)
     node: dict[str, Any] = field(default_factory=dict)
     phase_name: str = ""  # the phase running now (see :func:`phase`)
 

@@ -6,8 +6,9 @@ The lock is a directory on the node (``mkdir`` is atomic) holding an ``owner`` f
 - :func:`owner`: who this deploy process is;
 - :func:`blocker`: at preflight, from the holder the node snapshot read, why the node cannot be
   deployed now (a live deploy holds it), or a dead holder whose lock may be taken over;
-- :func:`lock_taken`: the operation taking it when the deploy runs (a check: nothing at plan
-  time);
+- :func:`lock_taken`: the operation taking it when the deploy runs, before the first change
+  (a check: nothing at plan time); a deploy that changes nothing skips it, and verify's (or
+  rollback's) command takes it (:func:`take_command` keeps a lock its owner holds);
 - :func:`release_command`: the shell command releasing it, if this deploy holds it (run with
   verify, rollback or, failing those, audit).
 """

@@ -57,8 +57,8 @@ def problems(facts: dict[str, Any], owner: str) -> tuple[list[str], str]:
 
 @phase("Preflight")
 def run(ctx: AgentContext) -> None:
-    """Read the node's snapshot (``ctx.node``), check the node and take its lock; sets
-    ``ctx.preflight_ok`` (a failing op if not)."""
+    """Read the node's snapshot (``ctx.node``), check the node and take its lock before the
+    first change (if any); sets ``ctx.preflight_ok`` (a failing op if not)."""
     owner = lock.owner()
     load_node(ctx)
     update_host(current_run_id(), host.name, {"reached": True})  # connected, snapshot read
@@ -72,5 +72,10 @@ def run(ctx: AgentContext) -> None:
                      commands=[f"echo {shlex.quote('preflight: ' + reason)} >&2; exit 1"])
         ctx.preflight_ok = False
         return
-    lock.lock_taken(name="Take the node's deploy lock", owner=owner, stale_owner=stale)
+    # Only when an operation will change the node (verify's phase knows, once every phase
+    # has planned): a no-change deploy takes the lock in verify's command instead, one SSH
+    # command (about 3 round trips) fewer per host.
+    lock.lock_taken(name="Take the node's deploy lock", owner=owner, stale_owner=stale,
+                    _if=lambda: ctx.will_change)
+    ctx.stale_lock = stale
     ctx.preflight_ok = True

@@ -25,4 +25,5 @@ def run(ctx: AgentContext, to: str | None) -> None:
     except ValidationError as exc:  # pyinfra prints its own errors as one line
         raise DeployError(f"rollback_to: {exc}") from None
     ctx.check = agent_verified(name=ROLLBACK, nodectl=NODECTL, owner=lock.owner(),
+                               stale_owner=ctx.stale_lock,
                                args=["rollback", *target, *agent_args(ctx)])

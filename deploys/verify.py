@@ -1,7 +1,8 @@
 """Phase 7, verify: the unit is active and /health (asked on the node itself, with retries)
 shows the expected release, config hash and soul hash. A failing node is rolled back at once:
 ``current`` back to the previous release, restart, re-verify (all by ``fleet-nodectl``).
-The same command releases the node's deploy lock. Its JSON outcome (on the operation's
+The same command takes the node's deploy lock (a deploy that changes nothing took none
+before) and releases it. Its JSON outcome (on the operation's
 stdout) is read by the audit phase, which fails the host after recording it."""
 
 from __future__ import annotations
@@ -32,15 +33,18 @@ def agent_args(ctx: AgentContext) -> list[str]:
 
 
 @operation(is_idempotent=False)
-def agent_verified(nodectl: str, args: list[str], owner: str):
+def agent_verified(nodectl: str, args: list[str], owner: str, stale_owner: str = ""):
     """
-    Check the agent on the node with ``fleet-nodectl verify ARGS`` (rolling it back if it
-    fails, when ARGS say so), then release the deploy lock held by ``owner``. A check, not a
-    change: at plan time (a dry run) it does nothing.
+    Take the deploy lock for ``owner`` (kept if it holds it already: a deploy that changed
+    nothing took none before), check the agent on the node with ``fleet-nodectl verify ARGS``
+    (rolling it back if it fails, when ARGS say so), then release the lock; one command, so
+    one SSH round trip's worth of waiting. Fails, running nothing, when another deploy holds
+    the lock. A check, not a change: at plan time (a dry run) it does nothing.
 
     + nodectl: path of fleet-nodectl on the node
     + args: its arguments (``verify ...`` or ``rollback ...``)
     + owner: the deploy lock's holder (this deploy)
+    + stale_owner: a dead holder found at preflight whose lock may be taken over
 
     **Example:**
 
@@ -53,13 +57,17 @@ def agent_verified(nodectl: str, args: list[str], owner: str):
     if not state.is_executing:
         host.noop(f"fleet-nodectl {args[0]} runs when the deploy runs")
         return
-    yield nodectl_command(nodectl, args, owner)
+    yield f"{lock.take_command(owner, stale_owner)} && {nodectl_command(nodectl, args, owner)}"
 
 
 @phase("Verify")
 def run(ctx: AgentContext) -> None:
-    """Check health on the node; roll back automatically when it fails."""
-    ctx.check = agent_verified(name=VERIFY, nodectl=NODECTL, owner=lock.owner(), args=[
+    """Check health on the node; roll back automatically when it fails. Also notes, now that
+    every phase has planned, whether the deploy changes the node at all (preflight's lock
+    operation runs only then)."""
+    ctx.will_change = any(op.will_change for _, op in ctx.changes)  # stops at the first
+    ctx.check = agent_verified(name=VERIFY, nodectl=NODECTL, owner=lock.owner(),
+                               stale_owner=ctx.stale_lock, args=[
         "verify", "--release", ctx.release.id, "--config-hash", ctx.config_hash(),
         "--soul-sha", ctx.soul_sha256(), "--rollback", *runtime_args(ctx), *agent_args(ctx)])
 

@@ -179,8 +179,10 @@ def probe_fleet(registry: Registry, timeout: float = DEFAULT_TIMEOUT,
 
 
 def region_sorted(registry: Registry) -> list[Agent]:
-    """The agents grouped by region in the fleet's region order (registry order within a
-    region; agents without a region last)."""
+    """The agents grouped by region in the order of ``fleet.regions`` (registry order within
+    a region); in registry order when the fleet lists no regions."""
+    if not registry.regions:
+        return list(registry)
     order = registry.region_order()
     return sorted(registry, key=lambda agent: order.index(agent.region)
                   if agent.region in order else len(order))

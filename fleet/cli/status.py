@@ -37,18 +37,19 @@ def status(cli: CliContext, as_json: bool, timeout: float, think: bool) -> None:
     verdicts = [judge(result, expected(registry, registry.get(result.agent)), release)
                 for result in results]
     states = [verdict.state for verdict in verdicts]
+    regional = bool(registry.regions)  # grouped by region when the fleet lists its regions
     if as_json:
         click.echo(json.dumps({
             "fleet": registry.name, "healthy": "down" not in states,
             "expected_release": release, "expected_from": source,
-            "regions": {region: states for region, states in by_region(results, verdicts)},
+            **({"regions": dict(by_region(results, verdicts))} if regional else {}),
             "agents": [{**result.to_dict(), "state": verdict.state, "release_state":
                         verdict.release, "soul_state": verdict.soul,
                         "config_state": verdict.config, "drift": list(verdict.drift)}
                        for result, verdict in zip(results, verdicts, strict=True)]}, indent=2))
     else:
-        click.echo(format_table(results, verdicts))
-        for line in region_summary(results, verdicts):
+        click.echo(format_table(results, verdicts, regional))
+        for line in region_summary(results, verdicts) if regional else []:
             click.echo(line)
         click.echo(f"expected release: {release or 'unknown'} ({source})")
     if "down" in states:
@@ -68,12 +69,9 @@ def by_region(results: list[AgentStatus],
 
 
 def region_summary(results: list[AgentStatus], verdicts: list[Judgement]) -> list[str]:
-    """One line per region (when agents have regions): how many agents are ok, drift, down."""
-    groups = by_region(results, verdicts)
-    if [name for name, _ in groups] == ["-"]:
-        return []
+    """One line per region: how many of its agents are ok, drift, down."""
     lines = []
-    for name, states in groups:
+    for name, states in by_region(results, verdicts):
         counts = ", ".join(f"{sum(s == state for s in states.values())} {state}"
                            for state in ("ok", "drift", "down")
                            if state in states.values())
@@ -81,9 +79,10 @@ def region_summary(results: list[AgentStatus], verdicts: list[Judgement]) -> lis
     return lines
 
 
-def format_table(results: list[AgentStatus], verdicts: list[Judgement]) -> str:
-    """A table for people: one row per agent (grouped by region), reasons in full after it."""
-    regional = any(result.region for result in results)  # a REGION column when any has one
+def format_table(results: list[AgentStatus], verdicts: list[Judgement],
+                 regional: bool = False) -> str:
+    """A table for people: one row per agent, reasons in full after it; ``regional`` adds a
+    REGION column (the rows come grouped by region, see :func:`fleet.status.probe_fleet`)."""
     rows = [("AGENT", "ROLE", *(("REGION",) if regional else ()), "HOST", "SSH", "HEALTH",
              "RELEASE", "SOUL", "STATE")]
     for result, verdict in zip(results, verdicts, strict=True):

@@ -23,12 +23,12 @@ from fleet.lab.node import NODES_DIR, NodePaths
 from fleet.lab.paths import DEFAULT_LAB, lab_dir, lab_root
 from fleet.lab.prereqs import check_prerequisites, require_root
 from fleet.lab.registry_writer import REGISTRY_FILE, SSH_CONFIG
-from fleet.lab.state import STATE_FILE, read_records
+from fleet.lab.state import STATE_FILE, NodeRecord, read_records
 from fleet.lab.teardown import teardown
 from fleet.registry import Registry
 
-__all__ = ["LabClaim", "NodeStatus", "claim", "down", "down_all", "in_use", "lab_dir", "labs",
-           "partition", "registry_path", "ssh_config", "status", "up"]
+__all__ = ["LabClaim", "NodeStatus", "claim", "down", "down_all", "in_use", "lab_dir", "lab_nodes",
+           "labs", "partition", "registry_path", "ssh_config", "status", "up"]
 OP_LOCK = "lab.lock"
 """Held while ``up`` or ``down`` works on a lab, so two of them never interleave."""
 FAILED_UP_GRACE = 2.0
@@ -132,6 +132,11 @@ def status(lab: str = DEFAULT_LAB) -> list[NodeStatus]:
         result.append(NodeStatus(record.name, record.ip, running, pid if running else None,
                                  record.region))
     return result
+
+
+def lab_nodes(lab: str = DEFAULT_LAB) -> list[NodeRecord]:
+    """What ``up`` created for each node of ``lab`` (name, IP, namespace, region)."""
+    return read_records(lab_dir(lab))
 
 
 def partition(lab: str, region: str, heal: bool = False) -> list[str]:

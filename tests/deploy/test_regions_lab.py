@@ -2,8 +2,9 @@
 
 A deploy runs the canary, then region by region (the hosts' audit times prove the order); a
 region cut off during a deploy is reported unreachable and skipped while the others complete
-(the run is ``partial``); after healing it, a deploy brings every agent to healthy, and a bus
-message sent to the cut-off region meanwhile arrives exactly once.
+(the run is ``partial``); after healing it, a deploy brings every agent to healthy, a bus
+message sent to the cut-off region meanwhile arrives exactly once, and the sender's /metrics
+show its wait under the recipient's region.
 
 The regions are 80 ms apart (tc netem) where the kernel has sch_netem; on a kernel without it
 the lab runs without added latency and the latency check is skipped (reported in the output).
@@ -12,6 +13,7 @@ the lab runs without added latency and the latency check is skipped (reported in
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +21,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
+import yaml
 
 from fleet import lab
 from fleet.lab.regions import netem_problem
@@ -153,3 +157,11 @@ def test_after_heal_all_healthy_and_the_message_arrives_once(regional: Fleet) ->
     tail = regional.run("bus", "tail", RECEIVER, "--json")
     found = [m for line in tail.stdout.splitlines() if (m := json.loads(line))["id"] == "cut-1"]
     assert [(m["from"], m["payload"]) for m in found] == [(SENDER, {"task": "while cut"})]
+    # the sender's gateway reports the wait by the recipient's region (public /metrics)
+    host = yaml.safe_load(regional.registry.read_text())["wizards"][SENDER]["host"]
+    metrics = requests.get(f"http://{host}:8646/metrics", timeout=10).text
+    found_metrics = dict(re.findall(
+        r'fleet_bus_delivery_seconds_(sum|count)\{agent="ezra-primary",region="us"\} (\S+)',
+        metrics))
+    assert float(found_metrics["count"]) >= 1, metrics
+    assert float(found_metrics["sum"]) / float(found_metrics["count"]) > 1.0, metrics

@@ -28,6 +28,9 @@ def judged(state: str) -> Judgement:
 def test_agents_come_in_region_order() -> None:
     registry = parse_registry(REGISTRY, Path("registry.yaml"))
     assert [agent.name for agent in region_sorted(registry)] == ["u", "o", "e"]
+    free_text = parse_registry(REGISTRY.replace("fleet:\n  regions: [us, eu]\n", ""),
+                               Path("r.yaml"))
+    assert [agent.name for agent in region_sorted(free_text)] == ["o", "e", "u"]
 
 
 def test_status_groups_by_region() -> None:
@@ -35,15 +38,13 @@ def test_status_groups_by_region() -> None:
                AgentStatus("o", "orchestrator", "192.0.2.1", region="eu"),
                AgentStatus("e", "worker", "192.0.2.2", region="eu")]
     verdicts = [judged("down"), judged("ok"), judged("drift")]
-    assert format_table(results, verdicts).splitlines()[0].split()[:4] == [
+    assert format_table(results, verdicts, regional=True).splitlines()[0].split()[:4] == [
         "AGENT", "ROLE", "REGION", "HOST"]
     assert by_region(results, verdicts) == [("us", {"u": "down"}),
                                             ("eu", {"o": "ok", "e": "drift"})]
     assert region_summary(results, verdicts) == ["region us: 1 agent(s): 1 down",
                                                  "region eu: 2 agent(s): 1 ok, 1 drift"]
-    plain = [AgentStatus("a", "worker", "192.0.2.9")]
-    assert region_summary(plain, [judged("ok")]) == []
-    assert "REGION" not in format_table(plain, [judged("ok")])
+    assert "REGION" not in format_table(results, verdicts)  # a fleet without fleet.regions
 
 
 def test_runs_show_lists_hosts_under_their_region() -> None:
