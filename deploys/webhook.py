@@ -133,15 +133,17 @@ def deploy_key(ctx: AgentContext) -> str:
 
 def problem(ctx: AgentContext) -> str | None:
     """Why the receiver cannot be installed on this agent's node (``None``: it can)."""
-    from fleet.webhook.checkout import check_repo_url
-    from fleet.webhook.config import load_settings
-
     if NAME in ctx.registry.agents:
         return (f"agent name {NAME!r} is taken by the receiver's directories "
                 f"({ETC_DIR}, {STATE_DIR}); rename that agent")
     if not ctx.registry.repo_url:
         return ("fleet.repo_url is not set in the registry; set it to the fleet repository "
                 "the receiver deploys from")
+    # imported only now: the fleet.webhook package imports Flask (~0.2 s of every deploy's
+    # planning on the receiver's host when there is no receiver to plan)
+    from fleet.webhook.checkout import check_repo_url
+    from fleet.webhook.config import load_settings
+
     env = receiver_env(ctx)
     try:
         check_repo_url(env["FLEET_REPO_URL"])
