@@ -155,17 +155,24 @@ class AgentContext:
 
     def node_registry(self) -> str:
         """The registry copy for the node: no controller paths, no operator keys, other agents'
-        config left out (so one agent's config change touches only that agent's node)."""
+        config and shipped runtime files left out (so one agent's config change touches only
+        that agent's node); this agent's soul and shipped files named where they are, beside
+        the copy."""
         data = self.registry.to_dict()
         data["fleet"] = {key: value for key, value in data["fleet"].items()
                          if key not in ("ssh_key", "known_hosts")}
         for name, entry in data["wizards"].items():
             entry.pop("authorized_keys", None)
+            runtime = entry.get("runtime")
             if name == self.name:
                 entry["soul"] = "soul.md"  # beside the copy: /etc/fleet/<agent>/soul.md
+                if isinstance(runtime, dict):  # shipped beside the copy too: ship/<path>
+                    runtime["ship"] = [f"ship/{path}" for path in runtime["ship"]]
             else:  # not on this node
                 entry.pop("soul", None)
                 entry.pop("config", None)
+                if isinstance(runtime, dict):
+                    runtime["ship"] = []
         header = "# Written by the fleet deploy (release phase); edit the controller's registry.\n"
         return header + yaml.safe_dump(data, sort_keys=False)
 

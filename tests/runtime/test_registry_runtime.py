@@ -95,3 +95,24 @@ def test_runtime_unit_has_the_gateway_sandbox_and_follows_the_gateway() -> None:
     assert hardening and all(line in runtime.splitlines() for line in hardening)
     assert "PartOf={{ gateway_unit }}" in runtime
     assert "WantedBy={{ gateway_unit }}" in runtime
+
+
+def test_node_registry_names_shipped_files_where_the_node_has_them(tmp_path: Path) -> None:
+    from deploys.context import AgentContext
+
+    (tmp_path / "agent.py").write_text("print('hi')\n")
+    text = ("wizards:\n"
+            "  a:\n    host: 192.0.2.1\n    role: worker\n    model: m\n"
+            "    runtime: {command: [python3, agent.py], ship: [agent.py]}\n"
+            "  b:\n    host: 192.0.2.2\n    role: worker\n    model: m\n"
+            "    runtime: {command: [python3, agent.py], ship: [agent.py]}\n")
+    registry = parse_registry(text, tmp_path / "registry.yaml")
+    node_text = AgentContext(agent=registry.get("a"), registry=registry,
+                             soul_source=tmp_path / "soul.md").node_registry()
+    node = tmp_path / "etc"  # /etc/fleet/a on the node: the copy, soul.md and ship/
+    (node / "ship").mkdir(parents=True)
+    (node / "ship" / "agent.py").write_text("print('hi')\n")
+    (node / "soul.md").write_text("soul\n")
+    copy = parse_registry(node_text, node / "registry.yaml")
+    assert copy.get("a").runtime_ship == ("ship/agent.py",)
+    assert (copy.get("b").runtime, copy.get("b").runtime_ship) == ("command", ())
