@@ -73,7 +73,8 @@ class Bus:
             self.init_app(app, **options)
 
     def init_app(self, app: Flask, agents: Mapping[str, Address] | None = None,
-                 agent: str | None = None, keys: Mapping[str, PublicKey] | Mapping[str, str] | str | None = None,
+                 agent: str | None = None,
+                 keys: Mapping[str, PublicKey] | Mapping[str, str] | str | None = None,
                  signer: SigningKey | str | None = None,
                  state_dir: str | Path | None = None) -> BusState:
         """Create the store, mount the blueprints, the body limit (every route) and the
