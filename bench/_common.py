@@ -79,6 +79,23 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path, log: Path) 
                     max_rss_mib=usage.ru_maxrss / 1024, returncode=process.returncode, log=log)
 
 
+STATUS_ATTEMPTS = 3
+
+
+def status_problems(checkout: Path, env: dict[str, str], release: str) -> list[str]:
+    """Agents ``fleet status`` does not show ok on ``release`` (soul and config as wanted)."""
+    status = subprocess.run(fleet_command("status", "--json"), cwd=checkout, env=env,
+                            capture_output=True, text=True, check=False)
+    try:
+        agents = json.loads(status.stdout)["agents"]
+    except (ValueError, KeyError):
+        return [f"fleet status gave no JSON (exit {status.returncode}): {status.stderr[-500:]}"]
+    return [f"fleet status: {agent['agent']} is {agent['state']} on release {agent['release']} "
+            f"(ssh {agent.get('ssh')}, health {agent.get('health')}: "
+            f"{'; '.join(agent['problems'] + agent['drift'])})"
+            for agent in agents if agent["state"] != "ok" or agent["release"] != release]
+
+
 def equivalence_problems(checkout: Path, registry: Path, release: str,
                          live: bool = True) -> list[str]:
     """Why the lab fleet is not as our deploy leaves it: ``fleet status`` must show every agent
@@ -86,17 +103,11 @@ def equivalence_problems(checkout: Path, registry: Path, release: str,
     deploy's dry run) must find nothing to change, and with ``live`` the ``tests/live`` suite
     (``fleet test``) must pass. Empty when equivalent."""
     env = fleet_env(checkout, registry)
-    problems = []
-    status = subprocess.run(fleet_command("status", "--json"), cwd=checkout, env=env,
-                            capture_output=True, text=True, check=False)
-    try:
-        agents = json.loads(status.stdout)["agents"]
-    except (ValueError, KeyError):
-        return [f"fleet status gave no JSON (exit {status.returncode}): {status.stderr[-500:]}"]
-    for agent in agents:
-        if agent["state"] != "ok" or agent["release"] != release:
-            problems.append(f"fleet status: {agent['agent']} is {agent['state']} on release "
-                            f"{agent['release']} ({'; '.join(agent['problems'] + agent['drift'])})")
+    for attempt in range(STATUS_ATTEMPTS):  # a loaded 2-core box can time a probe out
+        problems = status_problems(checkout, env, release)
+        if not problems:
+            break
+        time.sleep(10 * (attempt + 1))
     checks = [("drift", ["drift"])] + ([("test", ["test"])] if live else [])
     for name, args in checks:
         done = subprocess.run(fleet_command(*args), cwd=checkout, env=env, capture_output=True,
