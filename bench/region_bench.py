@@ -5,10 +5,12 @@ round trips each host took (counted by :mod:`bench.roundtrips` inside each node'
     python bench/region_bench.py [--latencies 0,50,100] [--regions eu:3,us:3,ap:3]
                                  [--no-change-runs 2] [--lab region-bench] [--rev HEAD]
 
-Goal (issue 13): a no-change deploy at 100 ms takes under 3x its time at 0 ms. Added latency
-needs tc netem (sch_netem) in the kernel; where it is missing, the latencies above 0 are not
-measured and the script says so, printing instead what the counted round trips predict
-(time at 0 ms + the largest round-trip count of each rollout stage x the latency).
+Goal (issue 13): a no-change deploy at 100 ms takes under 3x its time at 0 ms. The latency is
+added with tc netem in the lab (``fleet lab up --latency``). On a kernel without sch_netem the
+script says so and adds it instead on the controller's SSH connections only, through
+:mod:`bench.delayline` (an ssh ProxyCommand holding each chunk for half the round trip each
+way, given to the deploy as ``$FLEET_SSH_CONFIG``): the same cost per round trip for the
+deploy, but node-to-node traffic is not delayed.
 """
 
 from __future__ import annotations
@@ -36,14 +38,15 @@ from fleet.registry import load_registry  # noqa: E402
 from fleet.release import build_release  # noqa: E402
 
 
-def timed_deploy(clone: Path, registry: Path, lab_name: str,
-                 scratch: Path) -> tuple[float, dict[str, Any], dict[str, dict[str, int]]]:
-    """(seconds, run record, round trips per host) of one ``fleet deploy``."""
+def timed_deploy(clone: Path, registry: Path, lab_name: str, scratch: Path,
+                 extra: dict[str, str]) -> tuple[float, dict[str, Any], dict[str, dict[str, int]]]:
+    """(seconds, run record, round trips per host) of one ``fleet deploy`` (``extra``: more
+    environment)."""
     with RoundTrips(lab_name, scratch) as counted:
         started = time.perf_counter()
         done = subprocess.run(fleet_command("deploy"), cwd=clone,
-                              env=fleet_env(clone, registry), capture_output=True, text=True,
-                              check=False)
+                              env={**fleet_env(clone, registry), **extra}, capture_output=True,
+                              text=True, check=False)
         elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"fleet deploy failed:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
@@ -77,19 +80,22 @@ def main() -> None:
     base_trips = 0
     try:
         for latency in latencies:
+            how = "netem"
+            extra: dict[str, str] = {}
             if latency and problem:
-                print(f"{latency:g} ms: not measured: {problem}")
-                if base:
-                    predicted = base["no-change"] + base_trips * latency / 1000
-                    print(f"{latency:g} ms: predicted from the round trips at 0 ms: no-change "
-                          f"{predicted:.2f} s ({predicted / base['no-change']:.2f}x its time "
-                          f"at 0 ms; {base_trips} round trips on the critical path)")
-                continue
+                print(f"{latency:g} ms: no netem ({problem}); added on the controller's SSH "
+                      "connections by bench/delayline.py instead", flush=True)
+                how = "delay line"
+                config = counters / f"ssh_config-{latency:g}"
+                config.write_text(f"Host *\n    ProxyCommand {sys.executable} "
+                                  f"{REPO / 'bench' / 'delayline.py'} %h %p {latency:g}\n")
+                extra = {"FLEET_SSH_CONFIG": str(config)}
             lab.down(args.lab)
             registry = lab.up(load_registry(REPO / "registry.yaml"), lab=args.lab,
-                              regions=regions, latency_ms=latency, jitter_ms=latency / 10)
-            cold, _, cold_counts = timed_deploy(clone, registry, args.lab, counters)
-            runs = [timed_deploy(clone, registry, args.lab, counters)
+                              regions=regions, latency_ms=0 if how != "netem" else latency,
+                              jitter_ms=0 if how != "netem" else latency / 10)
+            cold, _, cold_counts = timed_deploy(clone, registry, args.lab, counters, extra)
+            runs = [timed_deploy(clone, registry, args.lab, counters, extra)
                     for _ in range(args.no_change_runs)]
             times = [elapsed for elapsed, _, _ in runs]
             _, record, counts = runs[-1]
@@ -97,8 +103,13 @@ def main() -> None:
             if not latency:
                 base = {"cold": cold, "no-change": median}
                 base_trips = critical_round_trips(record, counts)
-            ratio = f" ({median / base['no-change']:.2f}x 0 ms)" if base and latency else ""
-            print(f"{latency:g} ms: cold {cold:.2f} s ({describe(cold_counts)}); no-change "
+            ratio = f" ({median / base['no-change']:.2f}x 0 ms" if base and latency else ""
+            if base and latency:
+                predicted = base["no-change"] + base_trips * latency / 1000
+                ratio += (f"; at most {predicted:.2f} s predicted from the {base_trips} round "
+                          "trips on the critical path at 0 ms)")
+            print(f"{latency:g} ms ({how if latency else 'none added'}): cold {cold:.2f} s "
+                  f"({describe(cold_counts)}); no-change "
                   f"{', '.join(f'{t:.2f}' for t in times)} s, median {median:.2f} s{ratio} "
                   f"({describe(counts)}; {critical_round_trips(record, counts)} on the "
                   f"critical path of {len(record['stages'])} stages); load "

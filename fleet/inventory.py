@@ -17,6 +17,8 @@ from fleet.hosts import (
 from fleet.registry import ROLES, Agent, Registry
 
 RESERVED_GROUPS = {"all", "inventory", *ROLES}
+SSH_CONFIG_ENV = "FLEET_SSH_CONFIG"
+"""An ssh_config file for the deploy's connections (pyinfra's ``ssh_config_file``)."""
 HostEntry = tuple[str, dict[str, Any]]
 
 
@@ -42,6 +44,9 @@ def host_data(agent: Agent, registry: Registry) -> dict[str, Any]:
     pinned = known_hosts_path(registry)
     data["ssh_known_hosts_file"] = str(pinned.resolve()) if pinned else os.devnull
     data["ssh_strict_host_key_checking"] = "yes"
+    ssh_config = os.environ.get(SSH_CONFIG_ENV)
+    if ssh_config:  # e.g. a ProxyJump bastion in front of a region; host keys stay pinned
+        data["ssh_config_file"] = ssh_config
     return data
 
 

@@ -191,3 +191,17 @@ def test_pyinfra_output_says_how_to_trust_a_host_that_will_be_refused(tmp_path: 
         "checking the fingerprint against the server's own (`ssh-keygen -lf "
         "/etc/ssh/ssh_host_ed25519_key.pub` on its console), trust it with "
         "`fleet hosts scan beta`."]
+
+
+def test_an_ssh_config_reaches_pyinfra_and_keys_stay_pinned(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$FLEET_SSH_CONFIG`` (a bastion's ProxyJump, a benchmark's delay line) becomes
+    pyinfra's ``ssh_config_file``; host keys are still checked against the registry's."""
+    pinned = load_registry(registry_file(tmp_path, "known_hosts"))
+    assert "ssh_config_file" not in host_data(pinned.get("alpha"), pinned)
+    config = tmp_path / "ssh_config"
+    monkeypatch.setenv("FLEET_SSH_CONFIG", str(config))
+    data = host_data(pinned.get("alpha"), pinned)
+    assert (data["ssh_config_file"], data["ssh_known_hosts_file"],
+            data["ssh_strict_host_key_checking"]) == (
+        str(config), str((pinned.path.parent / "known_hosts").resolve()), "yes")
