@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +28,8 @@ from http_message_signatures import (
 from bus.client import BusClient, GatewayError
 from bus.keys import OPERATOR, PRIVATE_KEY_ENV, PUBLIC_KEYS_ENV, RECEIVER, private_keys
 from bus.signing import AuthError, Target, sign, signature_base, signature_params, verify
-from fleet.secrets import Secrets
+from fleet.errors import BusError, SecretsError
+from fleet.secrets import Secrets, load_secrets
 from tests.bus.conftest import KEYS, PUBLIC, Fleet, dumps, message
 
 # RFC 9421 Appendix B.1.4 (test-key-ed25519) and B.2.6
@@ -200,3 +202,24 @@ def test_a_workers_whole_environment_cannot_act_as_another_agent(fleet: Fleet) -
         assert owner.stats()["outbox_depth"] == 0
     with bezalel.client() as worker:
         assert worker.messages()["messages"] == []
+
+
+def test_client_from_an_agents_environment() -> None:
+    env = {"FLEET_AGENT": "ezra", PRIVATE_KEY_ENV: KEYS["ezra"],
+           "FLEET_GATEWAY_URL": "http://127.0.0.1:9/"}
+    with BusClient.from_env(env) as client:
+        assert (client.agent, client.base_url) == ("ezra", "http://127.0.0.1:9")
+        assert client.key.keyid == private_keys("ezra", KEYS["ezra"])[0].keyid
+    with pytest.raises(BusError, match="FLEET_AGENT and FLEET_BUS_PRIVATE_KEY must be set"):
+        BusClient.from_env({"FLEET_AGENT": "ezra"})
+
+
+def test_old_shared_hmac_keys_are_refused_with_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "secrets.yaml"
+    path.touch(mode=0o600)
+    path.write_text("agents:\n  ezra:\n    FLEET_BUS_KEY: 0123456789abcdef\n", encoding="utf-8")
+    with pytest.raises(SecretsError, match=r"agents\.ezra\.FLEET_BUS_KEY: shared HMAC bus keys "
+                                           r"were replaced by per-agent Ed25519 keys") as found:
+        load_secrets(path)
+    assert found.value.hint == ("Delete the FLEET_BUS_KEY lines, then run `fleet keys rotate "
+                                "NAME` for each agent and `fleet keys rotate operator`.")
