@@ -7,10 +7,11 @@ round trips each host took (counted by :mod:`bench.roundtrips` inside each node'
 
 Goal (issue 13): a no-change deploy at 100 ms takes under 3x its time at 0 ms. The latency is
 added with tc netem in the lab (``fleet lab up --latency``). On a kernel without sch_netem the
-script says so and adds it instead on the controller's SSH connections only, through
-:mod:`bench.delayline` (an ssh ProxyCommand holding each chunk for half the round trip each
-way, given to the deploy as ``$FLEET_SSH_CONFIG``): the same cost per round trip for the
-deploy, but node-to-node traffic is not delayed.
+script says so and adds it instead to the controller's SSH only, through
+:mod:`bench.delayline`: a relay in each node's namespace on port 2222 in front of its sshd,
+holding each chunk for half the round trip each way (the deploy reaches the nodes through it
+with a copy of the lab registry saying ``ssh_port: 2222`` and a known_hosts to match): the
+same cost per round trip for the deploy, but node-to-node traffic is not delayed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -37,16 +40,43 @@ from fleet.lab.regions import netem_problem, parse_spec  # noqa: E402
 from fleet.registry import load_registry  # noqa: E402
 from fleet.release import build_release  # noqa: E402
 
+RELAY_PORT = 2222  # bench/delayline.py's port in each node's namespace
 
-def timed_deploy(clone: Path, registry: Path, lab_name: str, scratch: Path,
-                 extra: dict[str, str]) -> tuple[float, dict[str, Any], dict[str, dict[str, int]]]:
-    """(seconds, run record, round trips per host) of one ``fleet deploy`` (``extra``: more
-    environment)."""
+
+def delayed_registry(registry: Path, lab_name: str, latency: float,
+                     relays: list[subprocess.Popen[str]]) -> Path:
+    """Start a delay line in each node's namespace (appended to ``relays``) and write a copy
+    of the lab registry reaching every node through it; returns the copy's path."""
+    data = yaml.safe_load(registry.read_text())
+    known = Path(data["fleet"]["known_hosts"])
+    lines = []
+    for line in known.read_text().splitlines():
+        hosts, key = line.split(" ", 1)
+        lines.append(",".join(f"[{name}]:{RELAY_PORT}" for name in hosts.split(",")) + " " + key)
+    delayed_known = registry.parent / "known_hosts-delayed"
+    delayed_known.write_text("\n".join(lines) + "\n")
+    data["fleet"]["known_hosts"] = str(delayed_known)
+    for agent in data["wizards"].values():
+        agent["ssh_port"] = RELAY_PORT
+    delayed = registry.parent / "registry-delayed.yaml"
+    delayed.write_text(yaml.safe_dump(data, sort_keys=False))
+    for node in lab.lab_nodes(lab_name):
+        relay = subprocess.Popen(["ip", "netns", "exec", node.netns, sys.executable,
+                                  str(REPO / "bench" / "delayline.py"), str(RELAY_PORT),
+                                  f"{latency:g}"], stdout=subprocess.PIPE, text=True)
+        relays.append(relay)
+        assert relay.stdout is not None and relay.stdout.readline().strip() == "ready"
+    return delayed
+
+
+def timed_deploy(clone: Path, registry: Path, lab_name: str,
+                 scratch: Path) -> tuple[float, dict[str, Any], dict[str, dict[str, int]]]:
+    """(seconds, run record, round trips per host) of one ``fleet deploy``."""
     with RoundTrips(lab_name, scratch) as counted:
         started = time.perf_counter()
         done = subprocess.run(fleet_command("deploy"), cwd=clone,
-                              env={**fleet_env(clone, registry), **extra}, capture_output=True,
-                              text=True, check=False)
+                              env=fleet_env(clone, registry), capture_output=True, text=True,
+                              check=False)
         elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"fleet deploy failed:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}")
@@ -80,23 +110,25 @@ def main() -> None:
     base_trips = 0
     try:
         for latency in latencies:
-            how = "netem"
-            extra: dict[str, str] = {}
-            if latency and problem:
+            how = "netem" if latency and not problem else "delay line" if latency else ""
+            if how == "delay line":
                 print(f"{latency:g} ms: no netem ({problem}); added on the controller's SSH "
-                      "connections by bench/delayline.py instead", flush=True)
-                how = "delay line"
-                config = counters / f"ssh_config-{latency:g}"
-                config.write_text(f"Host *\n    ProxyCommand {sys.executable} "
-                                  f"{REPO / 'bench' / 'delayline.py'} %h %p {latency:g}\n")
-                extra = {"FLEET_SSH_CONFIG": str(config)}
+                      "by bench/delayline.py instead", flush=True)
             lab.down(args.lab)
             registry = lab.up(load_registry(REPO / "registry.yaml"), lab=args.lab,
-                              regions=regions, latency_ms=0 if how != "netem" else latency,
-                              jitter_ms=0 if how != "netem" else latency / 10)
-            cold, _, cold_counts = timed_deploy(clone, registry, args.lab, counters, extra)
-            runs = [timed_deploy(clone, registry, args.lab, counters, extra)
-                    for _ in range(args.no_change_runs)]
+                              regions=regions, latency_ms=latency if how == "netem" else 0,
+                              jitter_ms=latency / 10 if how == "netem" else 0)
+            relays: list[subprocess.Popen[str]] = []
+            try:
+                if how == "delay line":
+                    registry = delayed_registry(registry, args.lab, latency, relays)
+                cold, _, cold_counts = timed_deploy(clone, registry, args.lab, counters)
+                runs = [timed_deploy(clone, registry, args.lab, counters)
+                        for _ in range(args.no_change_runs)]
+            finally:
+                for relay in relays:
+                    relay.terminate()
+                    relay.wait(timeout=30)
             times = [elapsed for elapsed, _, _ in runs]
             _, record, counts = runs[-1]
             median = statistics.median(times)
@@ -108,7 +140,7 @@ def main() -> None:
                 predicted = base["no-change"] + base_trips * latency / 1000
                 ratio += (f"; at most {predicted:.2f} s predicted from the {base_trips} round "
                           "trips on the critical path at 0 ms)")
-            print(f"{latency:g} ms ({how if latency else 'none added'}): cold {cold:.2f} s "
+            print(f"{latency:g} ms ({how or 'none added'}): cold {cold:.2f} s "
                   f"({describe(cold_counts)}); no-change "
                   f"{', '.join(f'{t:.2f}' for t in times)} s, median {median:.2f} s{ratio} "
                   f"({describe(counts)}; {critical_round_trips(record, counts)} on the "

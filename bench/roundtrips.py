@@ -30,7 +30,7 @@ from pathlib import Path
 from types import FrameType
 
 ETH_P_ALL = 0x0003
-SSH_PORT = 22
+SSH_PORTS = (22, 2222)  # sshd, and bench/delayline.py's relay in front of it
 
 
 class Counter:
@@ -55,9 +55,9 @@ class Counter:
         offset = (data[tcp + 12] >> 4) * 4
         flags = data[tcp + 13]
         payload = total - ihl - offset
-        if SSH_PORT not in (sport, dport):
+        if sport not in SSH_PORTS and dport not in SSH_PORTS:
             return
-        to_server = dport == SSH_PORT
+        to_server = dport in SSH_PORTS
         client = (data[26:30], sport) if to_server else (data[30:34], dport)
         self.packets += 1
         if to_server and flags & 0x02 and not flags & 0x10:  # SYN: a new connection
