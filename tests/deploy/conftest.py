@@ -7,7 +7,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 import pytest
 
 from bus.keys import IDENTITIES, PRIVATE_KEY_ENV, new_private_key
+from fleet import lab
+from fleet.registry import load_registry
+from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_lab, skip_unless_root
 
 REPO = Path(__file__).resolve().parents[2]
 SECRETS = {
@@ -126,6 +130,22 @@ def make_fleet(lab_registry: Path, base: Path) -> Fleet:
                  "FLEET_RUN_ID"):
         env.pop(name, None)
     return Fleet(clone=clone, registry=lab_registry, env=env, records=base / "records")
+
+
+@contextmanager
+def own_lab(name: str, base: Path, **options: Any) -> Iterator[Fleet]:
+    """A clean clone in ``base`` wired to a lab of its own (``name``, or ``name-2``, ... when
+    another session holds it), booted afresh from the example registry with ``lab.up``'s
+    ``options`` and taken down afterwards."""
+    skip_unless_root()
+    claimed = claim_lab(name)
+    try:
+        lab.down(claimed.lab)
+        registry = lab.up(load_registry(EXAMPLE_REGISTRY), lab=claimed.lab, **options)
+        yield make_fleet(registry, base)
+    finally:
+        lab.down(claimed.lab)
+        claimed.release()
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,13 @@
 """Mixed Debian releases: one release runs on each node's own Python. Unit checks of the lab
 plan and of preflight's Python rule; on the lab, a Debian 12 (Python 3.11) and a Debian 13
 (Python 3.13) node deployed side by side, both healthy, each loading the compiled modules built
-for its own interpreter, and a second deploy changes nothing."""
+for its own interpreter, and a second deploy changes nothing; then the webhook receiver on the
+Debian 13 node (the orchestrator's ``webhook-receiver``) installed, answering, and deploying
+the fleet from there on a signed push."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -12,14 +15,23 @@ import requests
 import yaml
 
 from deploys import preflight
-from fleet import lab
 from fleet.errors import LabError
 from fleet.lab.registry_writer import plan_nodes
 from fleet.registry import load_registry
-from tests.deploy.conftest import Fleet, make_fleet
-from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_lab, skip_unless_root
+from tests.deploy.conftest import Fleet, own_lab
+from tests.deploy.test_webhook_lab import (
+    ORCH,
+    deliver,
+    receiver_setup,
+    serve_repo_on_node,
+    url,
+    wait_answering,
+    wait_run,
+)
+from tests.lab_fixtures import EXAMPLE_REGISTRY
+from tests.webhook.forge import READ_TOKEN, signed_push
 
-RELEASES = {"ezra-primary": ("bookworm", "3 11"), "bezalel": ("trixie", "3 13")}
+RELEASES = {"ezra-primary": ("trixie", "3 13"), "bezalel": ("bookworm", "3 11")}
 GOOD = {"os": "debian", "os_like": "", "systemd": True, "python": (3, 13), "free_mb": 900,
         "skew_s": 0.1, "lock": ""}
 LIBYAML = ("python3 -c 'import sys; sys.path.insert(0, \"/opt/fleet/current/site\"); "
@@ -60,16 +72,9 @@ def test_preflight_names_an_unsupported_python(python: tuple[int, int],
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """A clean clone wired to a lab of its own: ezra-primary on bookworm, bezalel on trixie."""
-    skip_unless_root()
-    claimed = claim_lab("mixed")
-    try:
-        lab.down(claimed.lab)
-        registry = lab.up(load_registry(EXAMPLE_REGISTRY), nodes=2, lab=claimed.lab,
-                          releases={name: suite for name, (suite, _) in RELEASES.items()})
-        yield make_fleet(registry, tmp_path_factory.mktemp("mixed"))
-    finally:
-        lab.down(claimed.lab)
-        claimed.release()
+    releases = {name: suite for name, (suite, _) in RELEASES.items()}
+    with own_lab("mixed", tmp_path_factory.mktemp("mixed"), nodes=2, releases=releases) as fleet:
+        yield fleet
 
 
 @pytest.mark.lab
@@ -94,3 +99,34 @@ def test_debian_12_and_13_deployed_side_by_side(mixed: Fleet) -> None:
         == {name: ([], False) for name in RELEASES}
     status = mixed.run("status")
     assert status.returncode == 0, status.stdout + status.stderr
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_a_receiver_on_debian_13_deploys_a_signed_push(
+        mixed: Fleet, tmp_path_factory: pytest.TempPathFactory) -> None:
+    assert RELEASES[ORCH][0] == "trixie"  # the orchestrator carries the receiver
+    files = receiver_setup(mixed, tmp_path_factory.mktemp("receiver-13"))
+    done = mixed.run("deploy", registry=files["registry"],
+                     extra_env={"FLEET_SECRETS": str(files["secrets"])})
+    assert done.returncode == 0, done.stdout + done.stderr
+    wait_answering(mixed, timeout=60)
+    health = requests.get(url(mixed, "/healthz"), timeout=10,
+                          headers={"Authorization": f"Bearer {READ_TOKEN}"})
+    assert (health.status_code, health.json()["status"]) == (200, "ok"), health.text
+
+    git = ["git", "-C", str(mixed.clone), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "deploy from Debian 13"],
+                   check=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    serve_repo_on_node(mixed, files, sha)
+    body, headers = signed_push("gitea", "refs/tags/PROD", sha)
+    run = wait_run(mixed, int(deliver(mixed, body, headers)["run_id"]))
+    assert run["status"] == "ok", f"{run['summary']}\n{run['log'][-4000:]}"
+    assert (run["commit_sha"], run["release"]) == (sha, sha[:12])
+    assert sorted(run["hosts"]) == sorted(RELEASES)
+    hosts = yaml.safe_load(mixed.registry.read_text())["wizards"]
+    for name in RELEASES:
+        agent = requests.get(f"http://{hosts[name]['host']}:8646/health", timeout=5).json()
+        assert (name, agent["status"], agent["release"]) == (name, "ok", sha[:12])

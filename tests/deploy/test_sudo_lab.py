@@ -12,10 +12,8 @@ import pytest
 import requests
 import yaml
 
-from fleet import lab
 from fleet.registry import load_registry
-from tests.deploy.conftest import Fleet, make_fleet
-from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_lab, skip_unless_root
+from tests.deploy.conftest import Fleet, own_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 NODES = 2  # the canary and one worker
@@ -26,16 +24,8 @@ RUN: dict[str, str] = {}
 @pytest.fixture(scope="module")
 def sudo_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """A clean clone wired to a lab of its own whose nodes take only ``deploy`` + sudo."""
-    skip_unless_root()
-    claimed = claim_lab("sudo")
-    try:
-        lab.down(claimed.lab)
-        registry = lab.up(load_registry(EXAMPLE_REGISTRY), nodes=NODES, lab=claimed.lab,
-                          ssh_user=USER)
-        yield make_fleet(registry, tmp_path_factory.mktemp("sudo"))
-    finally:
-        lab.down(claimed.lab)
-        claimed.release()
+    with own_lab("sudo", tmp_path_factory.mktemp("sudo"), nodes=NODES, ssh_user=USER) as fleet:
+        yield fleet
 
 
 def hosts(fleet: Fleet) -> dict[str, str]:

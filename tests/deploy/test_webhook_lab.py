@@ -29,17 +29,15 @@ UNITS = ("fleet-webhook.service", f"fleet-agent-{ORCH}.service")
 RUN: dict[str, str] = {}
 
 
-@pytest.fixture(scope="module")
-def setup(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A lab registry with ``fleet.repo_url`` and a secrets file with the receiver's secrets."""
-    base = tmp_path_factory.mktemp("webhook")
+def receiver_setup(fleet: Fleet, base: Path) -> dict[str, Path]:
+    """In ``base``: a lab registry with ``fleet.repo_url`` and every node trusting a new
+    deploy key (``deploy_key``), and a secrets file with the receiver's secrets and that key."""
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "fleet-deploy",
                     "-f", str(base / "deploy_key")], check=True)
-    RUN["key"] = (base / "deploy_key").read_text()
     public = (base / "deploy_key.pub").read_text().strip()
     data = json.loads(json.dumps(SECRETS))
     data["fleet"].update(FLEET_WEBHOOK_SECRET=SECRET, FLEET_READ_TOKEN=READ_TOKEN)
-    data["agents"][ORCH]["FLEET_DEPLOY_SSH_KEY"] = RUN["key"]
+    data["agents"][ORCH]["FLEET_DEPLOY_SSH_KEY"] = (base / "deploy_key").read_text()
     secrets = base / "secrets.yaml"
     secrets.write_text(yaml.safe_dump(data))
     secrets.chmod(0o600)
@@ -50,7 +48,15 @@ def setup(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     edited = base / "registry.yaml"
     shutil.copytree(fleet.registry.parent / "souls", base / "souls")  # souls: inside its folder
     edited.write_text(yaml.safe_dump(registry, sort_keys=False))
-    return {"secrets": secrets, "registry": edited}
+    return {"secrets": secrets, "registry": edited, "deploy_key": base / "deploy_key"}
+
+
+@pytest.fixture(scope="module")
+def setup(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The receiver's registry and secrets (:func:`receiver_setup`)."""
+    files = receiver_setup(fleet, tmp_path_factory.mktemp("webhook"))
+    RUN["key"] = files["deploy_key"].read_text()
+    return files
 
 
 def url(fleet: Fleet, path: str) -> str:
@@ -143,6 +149,26 @@ def test_a_push_of_the_deployed_commit_is_up_to_date_on_the_node(
     checkout's ``registry.yaml`` is the registry."""
     sha = subprocess.run(["git", "-C", str(fleet.clone), "rev-parse", "HEAD"], check=True,
                          capture_output=True, text=True).stdout.strip()
+    serve_repo_on_node(fleet, setup, sha)
+    before = main_pids(fleet), unit_state()
+
+    body, headers = signed_push("gitea", "refs/tags/PROD", sha)
+    answer = deliver(fleet, body, headers)
+    run = wait_run(fleet, int(answer["run_id"]))
+    assert run["status"] == "up-to-date", f"{run['summary']}\n{run['log'][-4000:]}"
+    assert (run["commit_sha"], run["release"]) == (sha, sha[:12])
+    assert sorted(item["agent"] for item in run["health"]) == sorted(SECRETS["agents"])
+    assert all(item["healthy"] and item["release"] == sha[:12] for item in run["health"])
+    for value in [SECRET, READ_TOKEN, *secret_values()]:
+        assert value not in run["log"]
+    assert (main_pids(fleet), unit_state()) == before  # nothing deployed: no restart
+    RUN["sha"] = sha
+
+
+def serve_repo_on_node(fleet: Fleet, setup: dict[str, Path], sha: str) -> None:
+    """The receiver's fleet repo on its node: a bare clone of the fleet's clone with PROD at
+    ``sha`` in /srv/fleet.git; the lab's registry copy (the deploy key, known hosts, souls
+    beside it) in a drop-in, then the receiver restarted and answering."""
     bare = setup["registry"].parent / "fleet.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(fleet.clone), str(bare)], check=True)
     subprocess.run(["git", "-C", str(bare), "tag", "-f", "PROD", sha], check=True,
@@ -171,19 +197,6 @@ def test_a_push_of_the_deployed_commit_is_up_to_date_on_the_node(
               "/etc/systemd/system/fleet-webhook.service.d/lab.conf && "
               "systemctl daemon-reload && systemctl restart fleet-webhook.service")
     wait_answering(fleet)
-    before = main_pids(fleet), unit_state()
-
-    body, headers = signed_push("gitea", "refs/tags/PROD", sha)
-    answer = deliver(fleet, body, headers)
-    run = wait_run(fleet, int(answer["run_id"]))
-    assert run["status"] == "up-to-date", f"{run['summary']}\n{run['log'][-4000:]}"
-    assert (run["commit_sha"], run["release"]) == (sha, sha[:12])
-    assert sorted(item["agent"] for item in run["health"]) == sorted(SECRETS["agents"])
-    assert all(item["healthy"] and item["release"] == sha[:12] for item in run["health"])
-    for value in [SECRET, READ_TOKEN, *secret_values()]:
-        assert value not in run["log"]
-    assert (main_pids(fleet), unit_state()) == before  # nothing deployed: no restart
-    RUN["sha"] = sha
 
 
 def wait_check(fleet: Fleet, after: int, status: str, timeout: float = 240) -> dict[str, Any]:
