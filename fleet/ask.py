@@ -67,37 +67,45 @@ def ask(registry: Registry, keys: Mapping[str, str], capability: str, prompt: st
         sender: str | None = None, timeout: float = 120.0,
         healthy: Callable[[Agent], bool] = thinks) -> Answer:
     """Send ``prompt`` to a healthy agent with ``capability``; its first response."""
+    sender = sender or (registry.by_role("orchestrator") or list(registry))[0].name
+    with BusClient.for_agent(registry, sender, keys) as client:
+        return ask_as(client, registry, capability, prompt, timeout, healthy)
+
+
+def ask_as(client: BusClient, registry: Registry, capability: str, prompt: str,
+           timeout: float = 120.0, healthy: Callable[[Agent], bool] = thinks) -> Answer:
+    """:func:`ask` through ``client``, the asking agent's own signed client (an agent's
+    runtime routing a request it was given by capability)."""
+    sender = client.agent
     if not registry.with_capability(capability):
         raise AskError(f"no agent declares capability {capability!r}",
                        hint="See `fleet find --capability NAME`.")
-    sender = sender or (registry.by_role("orchestrator") or list(registry))[0].name
     first = candidates(registry, capability, (sender,), healthy)
     if not first:
         raise AskError(f"no healthy agent with capability {capability!r} can answer now",
                        hint="Check `fleet status`: their runtimes must be ready.")
     correlation = str(uuid.uuid4())
     asked = [first[0].name]
-    with BusClient.for_agent(registry, sender, keys) as client:
-        client.send(asked[0], "request", {"prompt": prompt}, id=f"{correlation}-1",
-                    correlation_id=correlation, reply_to=sender, ttl=int(timeout) + 60)
-        deadline = time.monotonic() + timeout
-        misses, next_watch = 0, time.monotonic() + WATCH_EVERY_S
-        while time.monotonic() < deadline:
-            found = client.messages(type="response", correlation_id=correlation, limit=1)
-            if found["messages"]:
-                message: dict[str, Any] = found["messages"][0]
-                client.ack(message["from"], message["id"])
-                return Answer(message["from"], message["payload"], correlation, tuple(asked))
-            if len(asked) == 1 and time.monotonic() >= next_watch:
-                next_watch = time.monotonic() + WATCH_EVERY_S
-                misses = 0 if healthy(registry.get(asked[0])) else misses + 1
-                if misses >= DOWN_AFTER:
-                    others = candidates(registry, capability, (sender, asked[0]), healthy)
-                    if others:
-                        asked.append(others[0].name)
-                        client.send(asked[1], "request", {"prompt": prompt},
-                                    id=f"{correlation}-2", correlation_id=correlation,
-                                    reply_to=sender, ttl=int(timeout) + 60)
-            time.sleep(0.1)
+    client.send(asked[0], "request", {"prompt": prompt}, id=f"{correlation}-1",
+                correlation_id=correlation, reply_to=sender, ttl=int(timeout) + 60)
+    deadline = time.monotonic() + timeout
+    misses, next_watch = 0, time.monotonic() + WATCH_EVERY_S
+    while time.monotonic() < deadline:
+        found = client.messages(type="response", correlation_id=correlation, limit=1)
+        if found["messages"]:
+            message: dict[str, Any] = found["messages"][0]
+            client.ack(message["from"], message["id"])
+            return Answer(message["from"], message["payload"], correlation, tuple(asked))
+        if len(asked) == 1 and time.monotonic() >= next_watch:
+            next_watch = time.monotonic() + WATCH_EVERY_S
+            misses = 0 if healthy(registry.get(asked[0])) else misses + 1
+            if misses >= DOWN_AFTER:
+                others = candidates(registry, capability, (sender, asked[0]), healthy)
+                if others:
+                    asked.append(others[0].name)
+                    client.send(asked[1], "request", {"prompt": prompt},
+                                id=f"{correlation}-2", correlation_id=correlation,
+                                reply_to=sender, ttl=int(timeout) + 60)
+        time.sleep(0.1)
     raise AskError(f"no answer to request {correlation} from {', '.join(asked)} within "
                    f"{timeout:g} s", hint="Check `fleet status` and the agents' runtimes.")

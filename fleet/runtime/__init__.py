@@ -18,12 +18,15 @@ from typing import Any
 
 from bus.client import BusClient
 from bus.keys import PRIVATE_KEY_ENV
+from fleet.ask import ask_as
 from fleet.errors import FleetError
-from fleet.registry import Agent, load_registry
+from fleet.registry import Agent, Registry, load_registry
 from fleet.release import running_release
 from fleet.runtime.loop import Runtime
 from fleet.runtime.provider import Provider
 from fleet.secrets import parse_keyring
+
+ROUTE_TIMEOUT_S = 300.0
 
 
 def provider_for(agent: Agent, env: dict[str, str] | os._Environ[str]) -> Provider:
@@ -55,7 +58,17 @@ def from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> Runtime:
                    soul=lambda: soul_path.read_text(encoding="utf-8"), state_dir=state_dir,
                    release=running_release()[0], max_tokens=max_tokens,
                    tools=[tool.openai() for tool in agent.tools],
-                   call_tool=call_tool if agent.tools else None)
+                   call_tool=call_tool if agent.tools else None,
+                   route=lambda capability, prompt: routed(registry, inbox, capability, prompt))
+
+
+def routed(registry: Registry, client: BusClient, capability: str,
+           prompt: str) -> dict[str, Any]:
+    """Ask a healthy agent with ``capability`` (not this one) and return its answer, naming
+    who answered."""
+    answer = ask_as(client, registry, capability, prompt, timeout=ROUTE_TIMEOUT_S)
+    payload = answer.payload if isinstance(answer.payload, dict) else {"text": answer.payload}
+    return {**payload, "routed_to": answer.agent, "routed_by": client.agent}
 
 
 def main() -> int:

@@ -86,6 +86,9 @@ class Runtime:
     sleep: Callable[[float], bool] | None = None
     tools: list[dict[str, Any]] = field(default_factory=list)
     call_tool: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None
+    route: Callable[[str, str], dict[str, Any]] | None = None
+    """Asks a healthy agent with a capability (a request with ``capability`` in its payload
+    is routed, not answered by this agent's model)."""
 
     def __post_init__(self) -> None:
         self.status = {"agent": self.agent, "state": "starting", "release": self.release,
@@ -179,6 +182,10 @@ class Runtime:
             chat = prompt_of(request["payload"])
         except ValueError as exc:
             return self.error(str(exc))
+        capability = request["payload"].get("capability") if isinstance(
+            request["payload"], dict) else None
+        if isinstance(capability, str) and self.route is not None:
+            return self.routed(capability, chat[-1]["content"])
         messages: list[dict[str, Any]] = [{"role": "system", "content": self.soul()}, *chat]
         used: list[dict[str, Any]] = []
         done: Completion | None = None
@@ -229,6 +236,15 @@ class Runtime:
                 continue
             self.record(done, None)
             return done
+
+    def routed(self, capability: str, prompt: str) -> dict[str, Any]:
+        """The answer of a healthy agent with ``capability`` (routed over the bus)."""
+        assert self.route is not None
+        try:
+            return self.route(capability, prompt)
+        except Exception as exc:  # no such agent, none healthy, no answer in time
+            return self.error(f"could not route the request by capability "
+                              f"{capability!r}: {exc}")
 
     def use_tool(self, call: dict[str, Any]) -> dict[str, Any]:
         """Run a tool the model asked for (OpenAI tool-call format) through the agent's own

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bus.client import BusClient
 from fleet.ask import AskError, ask
 from fleet.registry import load_registry
 from fleet.runtime.loop import Runtime
@@ -106,3 +107,30 @@ def test_ask_reroutes_once_when_the_chosen_agent_dies(
     assert answer.agent == "allegro"  # type: ignore[attr-defined]
     assert answer.asked == ("bezalel", "allegro")  # type: ignore[attr-defined]
     assert answer.payload["text"] == "four"  # type: ignore[attr-defined]
+
+
+def test_a_runtime_routes_a_request_by_capability_over_the_bus(
+        fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider,
+        running: Running) -> None:
+    registry, gateways = fleet_pair
+    wait_ready(running.start(runtime_of(registry, gateways["allegro"].state, provider,
+                                        "allegro")))
+    bezalel = runtime_of(registry, gateways["bezalel"].state, provider)
+    with BusClient.for_agent(load_registry(registry), "ezra", KEYS) as ezra:
+        ezra.send("bezalel", "request", {"capability": "code", "prompt": "What is 2+2?"},
+                  correlation_id="c-routed", reply_to="ezra")
+        deadline = time.monotonic() + 20
+        while not bezalel.inbox.messages(type="request", unacked=1)["messages"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert bezalel.step() == 1
+        deadline = time.monotonic() + 20
+        while not (found := ezra.messages(type="response",
+                                          correlation_id="c-routed")["messages"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    payload = found[0]["payload"]
+    assert (payload["text"], payload["routed_to"], payload["routed_by"]) == (
+        "four", "allegro", "bezalel")  # bezalel does not route to itself
+    assert [request["messages"][-1]["content"] for request in provider.requests][-1] == \
+        "What is 2+2?"
