@@ -135,14 +135,18 @@ def main() -> None:
             if not latency:
                 base = {"cold": cold, "no-change": median}
                 base_trips = critical_round_trips(record, counts)
+            if not latency:
+                base["fastest"] = min(times)
             ratio = f" ({median / base['no-change']:.2f}x 0 ms" if base and latency else ""
+            fastest = f" ({min(times) / base['fastest']:.2f}x 0 ms)" if base and latency else ""
             if base and latency:
                 predicted = base["no-change"] + base_trips * latency / 1000
                 ratio += (f"; at most {predicted:.2f} s predicted from the {base_trips} round "
                           "trips on the critical path at 0 ms)")
             print(f"{latency:g} ms ({how or 'none added'}): cold {cold:.2f} s "
                   f"({describe(cold_counts)}); no-change "
-                  f"{', '.join(f'{t:.2f}' for t in times)} s, median {median:.2f} s{ratio} "
+                  f"{', '.join(f'{t:.2f}' for t in times)} s, median {median:.2f} s{ratio}, "
+                  f"fastest {min(times):.2f} s{fastest} "
                   f"({describe(counts)}; {critical_round_trips(record, counts)} on the "
                   f"critical path of {len(record['stages'])} stages); load "
                   f"{os.getloadavg()[0]:.1f}", flush=True)
