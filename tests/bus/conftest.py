@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from bus.keys import (
 from bus.signing import sign
 from fleet.gateway import create_app
 from fleet.registry import load_registry
+from tests.ports import free_port
 
 AGENTS = ("ezra", "bezalel", "allegro", "ghost")  # ghost is registered but never started
 KEYS = {name: new_private_key() for name in (*AGENTS, OPERATOR, RECEIVER)}  # private, by name
@@ -41,14 +41,6 @@ UNTRUSTED_KEY = new_private_key()  # a key no gateway trusts (a forger's)
 PUBLIC = format_keyring(keyring_of(KEYS.items()))  # every gateway's FLEET_BUS_PUBLIC_KEYS
 FAST_RETRIES = {"FLEET_BUS_RETRY_BASE": "0.05", "FLEET_BUS_RETRY_MAX": "0.5",
                 "FLEET_BUS_POLL_SECONDS": "0.2", "FLEET_BUS_MAX_ATTEMPTS": "1000"}
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def write_registry(folder: Path) -> Path:

@@ -6,7 +6,6 @@ violation. Screenshots are kept in ``$FLEET_TEST_ARTIFACTS`` (default ``artifact
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 import requests
 
 from tests.deploy.conftest import Fleet
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -25,12 +25,6 @@ CHROMIUM = "/usr/bin/chromium"
 REFRESH_S = 3.0
 PROBE_SLACK_S = 3.0  # one probe of the fleet (SSH and /health) on a loaded 2-core machine
 WORKER = "allegro"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def artifacts() -> Path:

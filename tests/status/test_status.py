@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from fleet.cli import main
 from fleet.expected import Expected, judge
 from fleet.registry import load_registry
 from fleet.status import AgentStatus, probe_fleet
+from tests.ports import free_port
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDj6jp1sM1r7JSYeaG5mpVQcOg6VTFXwGhm0BK1wWf0Q"
 
@@ -24,12 +24,6 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDj6jp1sM1r7JSYeaG5mpVQcOg6VTFXwGhm0B
 def pin(known_hosts: Path, *ports: int) -> None:
     """A known_hosts file pinning a key for 127.0.0.1 on each port (status then tries SSH)."""
     known_hosts.write_text("".join(f"[127.0.0.1]:{port} {KEY}\n" for port in ports))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def health_server(healthy: bool) -> Flask:

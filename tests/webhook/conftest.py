@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from flask.testing import FlaskClient
 
 from fleet.webhook import create_app
 from fleet.webhook.config import Settings, load_settings
+from tests.ports import free_port
 from tests.webhook.forge import GITLAB_TOKEN, READ_TOKEN, SECRET, signed_push
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,13 +123,6 @@ def auth() -> dict[str, str]:
 def read_records(path: Path) -> list[dict[str, Any]]:
     """The stand-in deploy's JSON lines."""
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
