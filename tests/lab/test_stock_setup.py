@@ -17,7 +17,9 @@ What runs where:
 Not here: the lab tests and the rest of ``lab-demo`` (``fleet lab up`` and what follows), since
 a lab node inside this container would be a nested systemd-nspawn; CI runs them on the host
 (``.ci/run`` is ``bash scripts/test``). Slow: debootstrap once per release (cached), then apt
-and PyPI installs and the tests; the durations seen are in the README."""
+and PyPI installs and the tests. Seen here with the rootfs cached, on 2 cores at a load of 20
+to 30: Debian 12 about 6.5 min (plus 4 min to unpack and remove the rootfs), Debian 13 about
+18 min (the unit suite 10.5 min of it)."""
 
 from __future__ import annotations
 
