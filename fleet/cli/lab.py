@@ -109,7 +109,8 @@ def lab() -> None:
                    "lists them as fleet.regions, in this order).")
 @click.option("--latency", "latency_ms", type=click.FloatRange(min=0, max=10000), default=0,
               metavar="MS", help="Added round-trip time between regions and to the "
-                                 "controller (tc netem inside the nodes' namespaces).")
+                                 "controller (tc netem inside the nodes' namespaces, or a "
+                                 "userspace delay line where the kernel lacks netem).")
 @click.option("--jitter", "jitter_ms", type=click.FloatRange(min=0, max=10000), default=0,
               metavar="MS", help="Jitter of the added latency.")
 @lab_option

@@ -102,8 +102,7 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
         if abort.is_set():
             raise Cancelled(f"start of lab {lab!r} stopped: another node failed")
 
-    if latency_ms:
-        lab_regions.require_netem()
+    method = lab_regions.latency_method() if latency_ms else ""
     if regions:
         registry = replace(registry, regions=tuple(Region(name) for name, _ in regions))
     lab_path.mkdir(parents=True, exist_ok=True)
@@ -143,8 +142,14 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
         if latency_ms and in_region.get(item.name):
             peers = [n.ip for n in plan if n.name != item.name
                      and in_region.get(n.name) == in_region[item.name]]
-            lab_regions.shape(netns, network.controller_ip(index), peers, latency_ms,
-                              jitter_ms)
+            if method == "netem":
+                lab_regions.shape(netns, network.controller_ip(index), peers, latency_ms,
+                                  jitter_ms)
+            else:
+                others = [n.ip for n in plan if in_region.get(n.name) != in_region[item.name]]
+                paths.base.mkdir(parents=True, exist_ok=True)
+                lab_regions.delay(netns, item.ip, network.controller_ip(index), others,
+                                  latency_ms, jitter_ms, paths.base / "delayline.log")
         node.mount_overlay(paths, bases[item.release])
         node.inject_identity(paths.root, item.name, host_keys[item.name], lab_public,
                              item.agent.ssh_port, item.agent.ssh_user, hosts, root_login)

@@ -5,7 +5,8 @@ Everything happens inside the nodes' own network namespaces (``ip -n`` / ``tc -n
 the host's interfaces. With ``latency`` L ms, each node's ``eth0`` gets an HTB root with three
 classes: its own region's nodes (no delay), other regions' nodes (netem, L/2 each way, so L
 per round trip) and the controller (netem, L: the controller is a region of its own). A
-partition takes the region's ``eth0`` links down; heal brings them up again.
+partition takes the region's ``eth0`` links down; heal brings them up again. A kernel without
+``sch_netem`` gets the same delays from a userspace delay line (:mod:`fleet.lab.delayline`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from pathlib import Path
 
 from fleet.errors import LabError
+from fleet.lab import delayline
 from fleet.lab.commands import run
 from fleet.registry import REGION_RE
 
@@ -66,13 +69,19 @@ def netem_problem() -> str:
         run(["ip", "netns", "del", scratch], check=False)
 
 
-def require_netem() -> None:
-    """:class:`LabError` naming the reason when ``tc netem`` is unavailable."""
+def latency_method() -> str:
+    """``netem``, or ``delayline`` where the kernel lacks netem; :class:`LabError` naming both
+    reasons when neither can add latency."""
     problem = netem_problem()
-    if problem:
-        raise LabError(f"cannot add latency between lab regions: {problem}",
-                       hint="Boot the lab without --latency (regions and partitions still "
-                            "work), or on a kernel with sch_netem (modprobe sch_netem).")
+    if not problem:
+        return "netem"
+    fallback = delayline.problem()
+    if not fallback:
+        return "delayline"
+    raise LabError(f"cannot add latency between lab regions: {problem}; and no delay line: "
+                   f"{fallback}",
+                   hint="Boot the lab without --latency (regions and partitions still "
+                        "work), or on a kernel with sch_netem (modprobe sch_netem).")
 
 
 def shape(netns: str, controller: str, same_region: list[str], latency_ms: float,
@@ -93,6 +102,15 @@ def shape(netns: str, controller: str, same_region: list[str], latency_ms: float
     for address, flow in targets:
         run([*tc, "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "prio",
              "1", "u32", "match", "ip", "dst", f"{address}/32", "flowid", flow])
+
+
+def delay(netns: str, source: str, controller: str, other_regions: list[str],
+          latency_ms: float, jitter_ms: float, log: Path) -> int:
+    """:func:`shape`'s delays from a userspace delay line (no netem): half the round trip on
+    each side for ``other_regions`` (they delay their half), all of it to the controller."""
+    routes = {address: (latency_ms / 2, jitter_ms / 2) for address in other_regions}
+    routes[controller] = (latency_ms, jitter_ms)
+    return delayline.install(netns, source, routes, log)
 
 
 def set_links(netns_names: list[str], up: bool) -> None:

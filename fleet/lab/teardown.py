@@ -14,9 +14,16 @@ import time
 from pathlib import Path
 
 from fleet.errors import LabError
-from fleet.lab import model, processes
+from fleet.lab import delayline, model, processes
 from fleet.lab.commands import run
-from fleet.lab.network import INDEX_FILE, lab_links, lab_netns, read_index, remove_network
+from fleet.lab.network import (
+    INDEX_FILE,
+    lab_links,
+    lab_netns,
+    netns_prefix,
+    read_index,
+    remove_network,
+)
 from fleet.lab.node import NODES_DIR, NodePaths
 from fleet.lab.paths import cgroup_dirs
 from fleet.lab.registry_writer import SSH_CONFIG
@@ -100,6 +107,7 @@ def leftovers(lab: str, lab_path: Path, index: int | None, names: set[str]) -> l
     if index is not None:
         found += [f"network namespace {ns}" for ns in lab_netns(index)]
         found += [f"interface {link}" for link in lab_links(index)]
+        found += [f"delay line pid {pid}" for pid in delayline.running(netns_prefix(index))]
     for name in names:
         pid = NodePaths.of(lab_path, name).pid()
         if pid is not None and processes.is_nspawn(pid, name):
@@ -122,6 +130,7 @@ def teardown(lab: str, lab_path: Path, grace: float = STOP_TIMEOUT) -> None:
     stop_nodes(lab, lab_path, names, grace)
     unmount_all(lab_path)
     if index is not None:
+        delayline.stop(netns_prefix(index))
         remove_network(index)
     left = leftovers(lab, lab_path, index, names)
     if left:

@@ -6,8 +6,9 @@ region cut off during a deploy is reported unreachable and skipped while the oth
 message sent to the cut-off region meanwhile arrives exactly once, and the sender's /metrics
 show its wait under the recipient's region.
 
-The regions are 80 ms apart (tc netem) where the kernel has sch_netem; on a kernel without it
-the lab runs without added latency and the latency check is skipped (reported in the output).
+The regions are 80 ms apart: tc netem where the kernel has sch_netem, else the userspace delay
+line (fleet.lab.delayline); only where neither works does the lab run without added latency and
+the latency check is skipped (reported in the output).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import requests
 import yaml
 
 from fleet import lab
+from fleet.lab import delayline
 from fleet.lab.regions import netem_problem
 from fleet.registry import load_registry
 from tests.deploy.conftest import Fleet, make_fleet
@@ -43,7 +45,7 @@ def regional(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """A clean clone wired to a fresh lab of 3 regions x 2 nodes, with fresh bus keys."""
     skip_unless_root()
     claimed = claim_lab("regions")
-    latency = 0 if netem_problem() else LATENCY_MS
+    latency = LATENCY_MS if not latency_problem() else 0
     try:
         lab.down(claimed.lab)
         registry = lab.up(load_registry(EXAMPLE_REGISTRY), lab=claimed.lab, regions=REGIONS,
@@ -62,6 +64,12 @@ def regional(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         claimed.release()
 
 
+def latency_problem() -> str:
+    """Why the lab cannot add latency here (neither netem nor the delay line works)."""
+    netem = netem_problem()
+    return f"{netem}; {delayline.problem()}" if netem and delayline.problem() else ""
+
+
 def lab_name(fleet: Fleet) -> str:
     return fleet.registry.parent.name
 
@@ -76,10 +84,27 @@ def hosts_by_region(record: dict[str, Any]) -> dict[str, list[str]]:
 def test_regions_are_apart(regional: Fleet) -> None:
     latency = float(regional.env["FLEET_TEST_LATENCY_MS"])
     if not latency:
-        pytest.skip(f"no added latency: {netem_problem()}")
+        pytest.skip(f"no added latency: {latency_problem()}")
     start = time.monotonic()
     regional.ssh("worker-05", "true")  # ap: several round trips to the controller
     assert time.monotonic() - start >= latency / 1000
+    nodes = {r.name: r for r in lab.lab_nodes(lab_name(regional))}
+    ports = {a.host: a.ssh_port for a in load_registry(regional.registry)}
+    eu, eu_peer, ap = nodes["ezra-primary"], nodes["bezalel"], nodes["worker-05"]
+    across = min(connect_seconds(eu.netns, ap.ip, ports[ap.ip]) for _ in range(3))
+    within = min(connect_seconds(eu.netns, eu_peer.ip, ports[eu_peer.ip]) for _ in range(3))
+    assert latency * 0.9 / 1000 <= across < 0.5, across  # jitter is latency / 10
+    assert within < 0.020, within
+
+
+def connect_seconds(netns: str, address: str, port: int) -> float:
+    """Seconds a TCP connect from namespace ``netns`` to ``address:port`` takes."""
+    code = ("import socket, sys, time; t = time.monotonic(); "
+            "socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5); "
+            "print(time.monotonic() - t)")
+    done = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code, address,
+                           str(port)], capture_output=True, text=True, check=True, timeout=60)
+    return float(done.stdout)
 
 
 def test_deploy_goes_canary_then_region_by_region(regional: Fleet) -> None:
