@@ -116,17 +116,11 @@ def main(argv: list[str] | None = None) -> None:
 def running(prefix: str) -> list[int]:
     """Pids of delay lines serving namespaces whose names start with ``prefix``."""
     found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
+    for pid, args in processes.command_lines():
         if MODULE.encode() in args and b"--netns" in args[:-1]:
             netns = args[args.index(b"--netns") + 1].decode(errors="replace")
             if netns.startswith(prefix):
-                found.append(int(proc.name))
+                found.append(pid)
     return found
 
 

@@ -184,17 +184,8 @@ def start(lab_path: Path, index: int, progress: object = None) -> str:
 
 def _servers_on(address: str) -> list[int]:
     """Model servers bound to ``address`` (also ones a killed ``up`` or test left behind)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"llama_cpp.server" in args and address.encode() in args:
-            found.append(int(proc.name))
-    return found
+    return [pid for pid, args in processes.command_lines()
+            if b"llama_cpp.server" in args and address.encode() in args]
 
 
 def stop(lab_path: Path, timeout: float = 10.0) -> None:
