@@ -12,11 +12,9 @@ agent, so generated bodies reach validation instead of stopping at 401. Requests
 from __future__ import annotations
 
 import atexit
-import io
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from bus.keys import signing_key
 from bus.signing import sign
 from fleet.gateway import create_app
 from tests.bus.conftest import KEYS, PUBLIC, write_registry
+from tests.signed_fuzz import SignInTheMiddleware, signing
 
 pytestmark = pytest.mark.slow
 FOLDER = Path(tempfile.mkdtemp(prefix="bus-fuzz-"))
@@ -36,55 +35,32 @@ APP = create_app({"AGENT_NAME": "bezalel", "REGISTRY_PATH": str(write_registry(F
                   "STATE_DIR": str(FOLDER / "state"), "BUS_KEYS": PUBLIC,
                   "BUS_PRIVATE_KEY": KEYS["bezalel"],
                   "BUS_WORKER": False, "TESTING": True})
-SIGN_ME = "sign-me"
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
-def signing(app: WSGIApp) -> WSGIApp:
-    """``app`` behind a middleware that signs each request over its body."""
-
-    def middleware(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("HTTP_SIGNATURE") != SIGN_ME:
-            return app(environ, start_response)
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        body = environ["wsgi.input"].read(length) if length else b""
-        environ["wsgi.input"] = io.BytesIO(body)
-        agent = "bezalel"
-        try:
-            data = json.loads(body) if body else None
-        except ValueError:
-            data = None
-        if environ["PATH_INFO"] == "/messages/batch" and isinstance(data, dict):
-            items = data.get("messages")
-            data = items[0] if isinstance(items, list) and items else None
-        if environ["PATH_INFO"] in ("/message", "/messages/batch") and isinstance(
-                data, dict) and isinstance(data.get("from"), str) and data["from"] in KEYS:
-            agent = data["from"]
-        query = environ.get("QUERY_STRING", "")
-        url = f"http://{environ['HTTP_HOST']}{environ['RAW_URI'].partition('?')[0]}" + (
-            f"?{query}" if query else "")
-        for name, value in sign(signing_key(agent, KEYS[agent]), environ["REQUEST_METHOD"],
-                                url, body).items():
-            environ["HTTP_" + name.upper().replace("-", "_")] = value
-        return app(environ, start_response)
-
-    return middleware
+def signed_as_sender(environ: dict[str, Any], body: bytes) -> dict[str, str]:
+    """Signature headers: as the message's ``from`` when the body names an agent, else as
+    the gateway's own agent."""
+    agent = "bezalel"
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    if environ["PATH_INFO"] == "/messages/batch" and isinstance(data, dict):
+        items = data.get("messages")
+        data = items[0] if isinstance(items, list) and items else None
+    if environ["PATH_INFO"] in ("/message", "/messages/batch") and isinstance(
+            data, dict) and isinstance(data.get("from"), str) and data["from"] in KEYS:
+        agent = data["from"]
+    query = environ.get("QUERY_STRING", "")
+    url = f"http://{environ['HTTP_HOST']}{environ['RAW_URI'].partition('?')[0]}" + (
+        f"?{query}" if query else "")
+    return sign(signing_key(agent, KEYS[agent]), environ["REQUEST_METHOD"], url, body)
 
 
-schema = schemathesis.openapi.from_wsgi("/openapi.json", signing(APP.wsgi_app)).exclude(
+schema = schemathesis.openapi.from_wsgi(
+    "/openapi.json", signing(APP.wsgi_app, signed_as_sender)).exclude(
     path_regex="^/(health|\\.well-known)")  # the gateway's own routes, not the bus
-
-
-@schema.auth(retry_on=[])
-class SignInTheMiddleware:
-    """Valid auth for schemathesis: headers the middleware replaces by a real signature."""
-
-    def get(self, case: schemathesis.Case, ctx: Any) -> str:
-        return SIGN_ME
-
-    def set(self, case: schemathesis.Case, data: str, ctx: Any) -> None:
-        case.headers = {**(case.headers or {}), "Signature-Input": "fleet=()",
-                        "Signature": data}
+schema.auth(retry_on=[])(SignInTheMiddleware)
 
 
 @schema.parametrize()

@@ -6,11 +6,9 @@ the app receives (as the allowed caller ezra, or as bezalel for its own call rec
 from __future__ import annotations
 
 import atexit
-import io
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from schemathesis.checks import not_a_server_error, positive_data_acceptance
 from fleet.gateway import create_app
 from tests.bus.conftest import KEYS, PUBLIC, signed_headers
 from tests.runtime.test_tools import REGISTRY
+from tests.signed_fuzz import SignInTheMiddleware, signing
 
 pytestmark = pytest.mark.slow
 FOLDER = Path(tempfile.mkdtemp(prefix="tools-fuzz-"))
@@ -31,47 +30,21 @@ APP = create_app({"AGENT_NAME": "bezalel", "REGISTRY_PATH": str(FOLDER / "regist
                   "STATE_DIR": str(FOLDER / "state"), "BUS_KEYS": PUBLIC,
                   "BUS_PRIVATE_KEY": KEYS["bezalel"],
                   "BUS_WORKER": False, "TESTING": True})
-SIGN_ME = "sign-me"
-MARK = "HTTP_SIGNATURE"  # the scheme's own header: gone when schemathesis drops auth
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
-def signing(app: WSGIApp) -> WSGIApp:
-    """``app`` behind a middleware that signs marked requests over their body."""
-
-    def middleware(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get(MARK) != SIGN_ME:
-            return app(environ, start_response)
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        body = environ["wsgi.input"].read(length) if length else b""
-        environ["wsgi.input"] = io.BytesIO(body)
-        path = environ["RAW_URI"].partition("?")[0]
-        agent = "bezalel" if path == "/tool-calls" else "ezra"
-        headers = signed_headers(agent, body, path=path, method=environ["REQUEST_METHOD"],
-                                 query=environ.get("QUERY_STRING", ""), content_type=None,
-                                 host=environ["HTTP_HOST"])
-        for name, value in headers.items():
-            environ["HTTP_" + name.upper().replace("-", "_")] = value
-        return app(environ, start_response)
-
-    return middleware
+def signed_as_caller(environ: dict[str, Any], body: bytes) -> dict[str, str]:
+    """Signature headers: as the allowed caller ezra, or as bezalel for its own call
+    record."""
+    path = environ["RAW_URI"].partition("?")[0]
+    agent = "bezalel" if path == "/tool-calls" else "ezra"
+    return signed_headers(agent, body, path=path, method=environ["REQUEST_METHOD"],
+                          query=environ.get("QUERY_STRING", ""), content_type=None,
+                          host=environ["HTTP_HOST"])
 
 
-schema = schemathesis.openapi.from_wsgi("/openapi.json", signing(APP.wsgi_app)).include(
-    path_regex="^/tool")
-
-
-@schema.auth(retry_on=[])
-class SignInTheMiddleware:
-    """Valid auth for schemathesis: headers the middleware replaces by a real signature
-    (schemathesis checks that requests without them are refused)."""
-
-    def get(self, case: schemathesis.Case, ctx: Any) -> str:
-        return SIGN_ME
-
-    def set(self, case: schemathesis.Case, data: str, ctx: Any) -> None:
-        case.headers = {**(case.headers or {}), "Signature-Input": "fleet=()",
-                        "Signature": data}
+schema = schemathesis.openapi.from_wsgi(
+    "/openapi.json", signing(APP.wsgi_app, signed_as_caller)).include(path_regex="^/tool")
+schema.auth(retry_on=[])(SignInTheMiddleware)
 
 
 @schema.parametrize()
