@@ -33,6 +33,7 @@ GIT_ID = ["-c", "user.name=Test", "-c", "user.email=test@example.org"]
 # a cold start (a fresh venv, two busy cores) takes seconds, rarely tens of them: allow
 # minutes, since a receiver that exits or fails its first answer fails the wait at once
 START_TIMEOUT = 180.0
+STOP_TIMEOUT = 60.0  # gunicorn's graceful_timeout (20 s) and a loaded machine's margin
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
@@ -171,10 +172,17 @@ class Server:
         self.process.wait(timeout=10)
 
     def stop(self) -> None:
-        """Stop gunicorn (and anything left in its session)."""
+        """Stop gunicorn (and anything left in its session): SIGTERM, which gives open
+        requests gunicorn's ``graceful_timeout`` (20 s, e.g. slow clients holding half a
+        request), then SIGKILL for what is left after a margin on top of that."""
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=20)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
 
 
 @pytest.fixture
