@@ -112,7 +112,7 @@ def test_a2a_needs_a_signature(client: FlaskClient, store: Any) -> None:
     assert rows(store, "SELECT COUNT(*) FROM inbox") == [(0,)]
 
 
-async def _send_with_sdk(base_url: str, agent: str, key: str, text: str) -> dict[str, Any]:
+async def send_with_sdk(base_url: str, agent: str, key: str, text: str) -> dict[str, Any]:
     """Resolve the card, build an a2a-sdk client from it and send one message."""
     signer = httpx_signer(signing_key(agent, key))
     async with httpx.AsyncClient(event_hooks={"request": [signer]},
@@ -131,11 +131,11 @@ async def _send_with_sdk(base_url: str, agent: str, key: str, text: str) -> dict
 @pytest.mark.slow
 def test_a2a_sdk_client_from_the_card_reaches_a_real_gateway(fleet: Fleet) -> None:
     bezalel, = fleet.start("bezalel")
-    answer = asyncio.run(_send_with_sdk(bezalel.url, "ezra", KEYS["ezra"], "review #7"))
+    answer = asyncio.run(send_with_sdk(bezalel.url, "ezra", KEYS["ezra"], "review #7"))
     data = answer["message"]["parts"][0]["data"]
     assert data["status"] == "stored"
     inbox = bezalel.client().messages()["messages"]
     assert [(m["id"], m["from"], m["format"], m["payload"]["parts"]) for m in inbox] == [
         (data["id"], "ezra", "a2a", [{"text": "review #7"}])]
     with pytest.raises(A2AClientError, match="HTTP Error 401"):  # a wrong key cannot send
-        asyncio.run(_send_with_sdk(bezalel.url, "ezra", UNTRUSTED_KEY, "forged"))
+        asyncio.run(send_with_sdk(bezalel.url, "ezra", UNTRUSTED_KEY, "forged"))
