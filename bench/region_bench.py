@@ -6,12 +6,9 @@ round trips each host took (counted by :mod:`bench.roundtrips` inside each node'
                                  [--no-change-runs 2] [--lab region-bench] [--rev HEAD]
 
 Goal (issue 13): a no-change deploy at 100 ms takes under 3x its time at 0 ms. The latency is
-added with tc netem in the lab (``fleet lab up --latency``). On a kernel without sch_netem the
-script says so and adds it instead to the controller's SSH only, through
-:mod:`bench.delayline`: a relay in each node's namespace on port 2222 in front of its sshd,
-holding each chunk for half the round trip each way (the deploy reaches the nodes through it
-with a copy of the lab registry saying ``ssh_port: 2222`` and a known_hosts to match): the
-same cost per round trip for the deploy, but node-to-node traffic is not delayed.
+the lab's own (``fleet lab up --latency``): tc netem in the nodes' namespaces, or on a kernel
+without sch_netem the lab's userspace delay line (:mod:`fleet.lab.delayline`), which delays
+every packet to other regions and to the controller, SSH and the bus alike.
 """
 
 from __future__ import annotations
@@ -27,8 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -36,37 +31,9 @@ from bench._common import clone as clean_clone  # noqa: E402
 from bench._common import fleet_command, fleet_env  # noqa: E402
 from bench.roundtrips import RoundTrips, describe  # noqa: E402
 from fleet import lab  # noqa: E402
-from fleet.lab.regions import netem_problem, parse_spec  # noqa: E402
+from fleet.lab.regions import latency_method, parse_spec  # noqa: E402
 from fleet.registry import load_registry  # noqa: E402
 from fleet.release import build_release  # noqa: E402
-
-RELAY_PORT = 2222  # bench/delayline.py's port in each node's namespace
-
-
-def delayed_registry(registry: Path, lab_name: str, latency: float,
-                     relays: list[subprocess.Popen[str]]) -> Path:
-    """Start a delay line in each node's namespace (appended to ``relays``) and write a copy
-    of the lab registry reaching every node through it; returns the copy's path."""
-    data = yaml.safe_load(registry.read_text())
-    known = Path(data["fleet"]["known_hosts"])
-    lines = []
-    for line in known.read_text().splitlines():
-        hosts, key = line.split(" ", 1)
-        lines.append(",".join(f"[{name}]:{RELAY_PORT}" for name in hosts.split(",")) + " " + key)
-    delayed_known = registry.parent / "known_hosts-delayed"
-    delayed_known.write_text("\n".join(lines) + "\n")
-    data["fleet"]["known_hosts"] = str(delayed_known)
-    for agent in data["wizards"].values():
-        agent["ssh_port"] = RELAY_PORT
-    delayed = registry.parent / "registry-delayed.yaml"
-    delayed.write_text(yaml.safe_dump(data, sort_keys=False))
-    for node in lab.lab_nodes(lab_name):
-        relay = subprocess.Popen(["ip", "netns", "exec", node.netns, sys.executable,
-                                  str(REPO / "bench" / "delayline.py"), str(RELAY_PORT),
-                                  f"{latency:g}"], stdout=subprocess.PIPE, text=True)
-        relays.append(relay)
-        assert relay.stdout is not None and relay.stdout.readline().strip() == "ready"
-    return delayed
 
 
 def timed_deploy(clone: Path, registry: Path, lab_name: str,
@@ -100,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     latencies = [float(value) for value in args.latencies.split(",")]
     regions = parse_spec(args.regions)
-    problem = netem_problem()
+    method = latency_method()
     scratch_dir, clone = clean_clone(args.rev)
     counters = Path(tempfile.mkdtemp(prefix="fleet-roundtrips-"))
     release = build_release(clone, broken=False)
@@ -110,25 +77,13 @@ def main() -> None:
     base_trips = 0
     try:
         for latency in latencies:
-            how = "netem" if latency and not problem else "delay line" if latency else ""
-            if how == "delay line":
-                print(f"{latency:g} ms: no netem ({problem}); added on the controller's SSH "
-                      "by bench/delayline.py instead", flush=True)
+            how = method if latency else ""
             lab.down(args.lab)
             registry = lab.up(load_registry(REPO / "registry.yaml"), lab=args.lab,
-                              regions=regions, latency_ms=latency if how == "netem" else 0,
-                              jitter_ms=latency / 10 if how == "netem" else 0)
-            relays: list[subprocess.Popen[str]] = []
-            try:
-                if how == "delay line":
-                    registry = delayed_registry(registry, args.lab, latency, relays)
-                cold, _, cold_counts = timed_deploy(clone, registry, args.lab, counters)
-                runs = [timed_deploy(clone, registry, args.lab, counters)
-                        for _ in range(args.no_change_runs)]
-            finally:
-                for relay in relays:
-                    relay.terminate()
-                    relay.wait(timeout=30)
+                              regions=regions, latency_ms=latency, jitter_ms=latency / 10)
+            cold, _, cold_counts = timed_deploy(clone, registry, args.lab, counters)
+            runs = [timed_deploy(clone, registry, args.lab, counters)
+                    for _ in range(args.no_change_runs)]
             times = [elapsed for elapsed, _, _ in runs]
             _, record, counts = runs[-1]
             median = statistics.median(times)
