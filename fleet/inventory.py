@@ -15,6 +15,7 @@ from fleet.hosts import (
     unknown_agents,
 )
 from fleet.registry import ROLES, Agent, Registry
+from fleet.sshdeadline import PARAMIKO_CONNECT_KWARGS
 
 RESERVED_GROUPS = {"all", "inventory", *ROLES}
 SSH_CONFIG_ENV = "FLEET_SSH_CONFIG"
@@ -44,6 +45,7 @@ def host_data(agent: Agent, registry: Registry) -> dict[str, Any]:
     pinned = known_hosts_path(registry)
     data["ssh_known_hosts_file"] = str(pinned.resolve()) if pinned else os.devnull
     data["ssh_strict_host_key_checking"] = "yes"
+    data["ssh_paramiko_connect_kwargs"] = PARAMIKO_CONNECT_KWARGS  # a vanished node fails
     ssh_config = os.environ.get(SSH_CONFIG_ENV)
     if ssh_config:  # e.g. a ProxyJump bastion in front of a region; host keys stay pinned
         data["ssh_config_file"] = ssh_config
