@@ -90,13 +90,19 @@ def registry_path(tmp_path: Path) -> Path:
     return write_registry(tmp_path)
 
 
+def bezalel_app(registry: Path, state: Path, **settings: Any) -> Flask:
+    """bezalel's gateway app on ``registry`` with the delivery worker off (``settings`` added
+    to its config)."""
+    return create_app({"AGENT_NAME": "bezalel", "REGISTRY_PATH": str(registry),
+                       "STATE_DIR": str(state), "BUS_KEYS": PUBLIC,
+                       "BUS_PRIVATE_KEY": KEYS["bezalel"], "BUS_WORKER": False,
+                       "TESTING": True, **settings})
+
+
 @pytest.fixture
 def app(tmp_path: Path, registry_path: Path) -> Flask:
     """bezalel's gateway app with the delivery worker off."""
-    return create_app({"AGENT_NAME": "bezalel", "REGISTRY_PATH": str(registry_path),
-                       "STATE_DIR": str(tmp_path / "state"), "BUS_KEYS": PUBLIC,
-                       "BUS_PRIVATE_KEY": KEYS["bezalel"],
-                       "BUS_WORKER": False, "TESTING": True})
+    return bezalel_app(registry_path, tmp_path / "state")
 
 
 @pytest.fixture

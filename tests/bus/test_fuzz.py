@@ -24,17 +24,13 @@ from hypothesis import HealthCheck, settings
 
 from bus.keys import signing_key
 from bus.signing import sign
-from fleet.gateway import create_app
-from tests.bus.conftest import KEYS, PUBLIC, write_registry
+from tests.bus.conftest import KEYS, bezalel_app, write_registry
 from tests.signed_fuzz import SignInTheMiddleware, signing
 
 pytestmark = pytest.mark.slow
 FOLDER = Path(tempfile.mkdtemp(prefix="bus-fuzz-"))
 atexit.register(shutil.rmtree, FOLDER, ignore_errors=True)
-APP = create_app({"AGENT_NAME": "bezalel", "REGISTRY_PATH": str(write_registry(FOLDER)),
-                  "STATE_DIR": str(FOLDER / "state"), "BUS_KEYS": PUBLIC,
-                  "BUS_PRIVATE_KEY": KEYS["bezalel"],
-                  "BUS_WORKER": False, "TESTING": True})
+APP = bezalel_app(write_registry(FOLDER), FOLDER / "state")
 
 
 def signed_as_sender(environ: dict[str, Any], body: bytes) -> dict[str, str]:

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from flask import Flask
 from flask.testing import FlaskClient
 
 from bus import inbox, outbox
@@ -26,11 +25,10 @@ from bus.client import BusClient, GatewayError
 from bus.store import connect
 from bus.worker import Settings
 from fleet.cli import main
-from fleet.gateway import create_app
 from tests.bus.conftest import (
     KEYS,
-    PUBLIC,
     Fleet,
+    bezalel_app,
     dumps,
     message,
     rows,
@@ -136,9 +134,7 @@ def test_dead_letters_are_kept_until_redriven(store: Path, client: FlaskClient) 
 
 @pytest.fixture
 def quota_client(tmp_path: Path, registry_path: Path) -> FlaskClient:
-    app: Flask = create_app({"AGENT_NAME": "bezalel", "REGISTRY_PATH": str(registry_path),
-                             "STATE_DIR": str(tmp_path / "q"), "BUS_KEYS": PUBLIC,
-                             "BUS_WORKER": False, "BUS_INBOX_QUOTA": 2, "TESTING": True})
+    app = bezalel_app(registry_path, tmp_path / "q", BUS_INBOX_QUOTA=2)
     return app.test_client()
 
 

@@ -14,8 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from fleet.gateway import create_app
-from tests.bus.conftest import KEYS, PUBLIC, signed_headers
+from tests.bus.conftest import bezalel_app, signed_headers
 
 REGISTRY = """\
 wizards:
@@ -75,10 +74,7 @@ wizards:
 def app(tmp_path: Path) -> Flask:
     registry = tmp_path / "registry.yaml"
     registry.write_text(REGISTRY.replace("{python}", sys.executable))
-    return create_app({"AGENT_NAME": "bezalel", "REGISTRY_PATH": str(registry),
-                       "STATE_DIR": str(tmp_path / "state"), "BUS_KEYS": PUBLIC,
-                       "BUS_PRIVATE_KEY": KEYS["bezalel"],
-                       "BUS_WORKER": False, "TESTING": True})
+    return bezalel_app(registry, tmp_path / "state")
 
 
 @pytest.fixture

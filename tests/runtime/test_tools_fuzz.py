@@ -17,8 +17,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error, positive_data_acceptance
 
-from fleet.gateway import create_app
-from tests.bus.conftest import KEYS, PUBLIC, signed_headers
+from tests.bus.conftest import bezalel_app, signed_headers
 from tests.runtime.test_tools import REGISTRY
 from tests.signed_fuzz import SignInTheMiddleware, signing
 
@@ -26,10 +25,7 @@ pytestmark = pytest.mark.slow
 FOLDER = Path(tempfile.mkdtemp(prefix="tools-fuzz-"))
 atexit.register(shutil.rmtree, FOLDER, ignore_errors=True)
 (FOLDER / "registry.yaml").write_text(REGISTRY.replace("{python}", sys.executable))
-APP = create_app({"AGENT_NAME": "bezalel", "REGISTRY_PATH": str(FOLDER / "registry.yaml"),
-                  "STATE_DIR": str(FOLDER / "state"), "BUS_KEYS": PUBLIC,
-                  "BUS_PRIVATE_KEY": KEYS["bezalel"],
-                  "BUS_WORKER": False, "TESTING": True})
+APP = bezalel_app(FOLDER / "registry.yaml", FOLDER / "state")
 
 
 def signed_as_caller(environ: dict[str, Any], body: bytes) -> dict[str, str]:
