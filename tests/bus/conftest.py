@@ -216,17 +216,6 @@ def bezalel_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
     found.stop()
 
 
-def wait_for(check: Any, timeout: float = 30.0, every: float = 0.05) -> Any:
-    """Poll ``check()`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {check}")
-
-
 def dumps(data: Any) -> bytes:
     return json.dumps(data).encode()
 

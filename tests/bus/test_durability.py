@@ -16,9 +16,9 @@ from tests.bus.conftest import (
     Fleet,
     Gateway,
     rows,
-    wait_for,
     write_operator_secrets,
 )
+from tests.waiting import wait_for
 
 COUNT = 1000
 

@@ -20,9 +20,9 @@ from tests.bus.conftest import (
     dumps,
     message,
     signed_headers,
-    wait_for,
     write_operator_secrets,
 )
+from tests.waiting import wait_for
 
 
 def test_request_response_round_trip(fleet: Fleet) -> None:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.bus.conftest import Fleet, rows, wait_for
+from tests.bus.conftest import Fleet, rows
 from tests.bus.test_durability import send_all
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 COUNT = 10_000

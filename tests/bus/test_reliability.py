@@ -33,10 +33,10 @@ from tests.bus.conftest import (
     message,
     rows,
     signed_headers,
-    wait_for,
     write_operator_secrets,
 )
 from tests.bus.test_api import call
+from tests.waiting import wait_for
 
 
 def test_the_same_signed_send_posted_again_queues_nothing_new(client: FlaskClient,

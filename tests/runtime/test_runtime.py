@@ -23,6 +23,7 @@ from fleet.runtime.state import read_state, state_problems
 from fleet.secrets import BUS_KEY, format_keyring
 from tests.bus.conftest import Gateway
 from tests.runtime.conftest import KEYS, MockProvider
+from tests.waiting import wait_for
 
 
 def runtime_of(registry: Path, state: Path, provider: MockProvider, agent: str = "bezalel",
@@ -40,16 +41,6 @@ def runtime_of(registry: Path, state: Path, provider: MockProvider, agent: str =
 
 def responses(ezra: BusClient, correlation: str) -> list[dict[str, Any]]:
     return list(ezra.messages(type="response", correlation_id=correlation)["messages"])
-
-
-def wait_for(check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_request_is_answered_by_the_model_with_its_correlation_id(

@@ -33,6 +33,7 @@ from fleet.lab.network import read_index
 from fleet.registry import load_registry
 from tests.deploy.conftest import SECRETS, Fleet, make_fleet
 from tests.lab_fixtures import EXAMPLE_REGISTRY, TEST_LAB_ENV, claim_lab, skip_unless_root
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 KEYS = {name: env[PRIVATE_KEY_ENV] for name, env in SECRETS["agents"].items()}
@@ -70,16 +71,6 @@ def asker(fleet: Fleet) -> BusClient:
 
 def responses(client: BusClient, correlation: str) -> list[dict[str, Any]]:
     return list(client.messages(type="response", correlation_id=correlation)["messages"])
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def runtime_state(fleet: Fleet) -> dict[str, Any]:
@@ -122,7 +113,8 @@ def test_runtime_killed_mid_request_answers_exactly_once(fleet: Fleet) -> None:
                  "the runtime to take the request")
         pid_before = fleet.ssh(WORKER, f"systemctl show -p MainPID --value {RUNTIME}").strip()
         fleet.ssh(WORKER, f"systemctl kill -s KILL {RUNTIME}")
-        wait_for(lambda: responses(ezra, correlation), 400, "the answer after the restart")
+        wait_for(lambda: responses(ezra, correlation), 400, "the answer after the restart",
+                 every=0.2)
         time.sleep(5)  # room for a second answer, if there were one
         found = responses(ezra, correlation)
     pid_after = fleet.ssh(WORKER, f"systemctl show -p MainPID --value {RUNTIME}").strip()
@@ -145,7 +137,8 @@ def test_requests_wait_while_the_model_is_down_and_are_answered_after(fleet: Fle
             assert responses(ezra, correlation) == []
             assert runtime_state(fleet)["state"] == "waiting_provider"
             model.start(lab_path, index)
-            answer = wait_for(lambda: responses(ezra, correlation), 300, "the answer")[0]
+            answer = wait_for(lambda: responses(ezra, correlation), 300, "the answer",
+                              every=0.2)[0]
     finally:
         model.start(lab_path, index)
     assert answer["payload"]["tokens"] > 0, answer

@@ -23,6 +23,7 @@ from flask.testing import FlaskClient
 from fleet.webhook import create_app
 from fleet.webhook.config import Settings, load_settings
 from tests.ports import free_port
+from tests.waiting import wait_for
 from tests.webhook.forge import GITLAB_TOKEN, READ_TOKEN, SECRET, signed_push
 
 REPO = Path(__file__).resolve().parents[2]
@@ -198,17 +199,6 @@ def serve(env: dict[str, str]) -> Iterator[Callable[..., Server]]:
     yield start
     for server in servers:
         server.stop()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
 
 
 def child_pids(pid: int) -> list[int]:

@@ -28,12 +28,12 @@ from fleet.webhook.config import Settings
 from fleet.webhook.dispatcher import drain, run, running
 from fleet.webhook.lock import DispatcherLock
 from fleet.webhook.wake import Listener, notify
+from tests.waiting import wait_for
 from tests.webhook.conftest import (
     FleetRepo,
     Receiver,
     auth,
     read_records,
-    wait_for,
 )
 from tests.webhook.forge import signed_push
 

@@ -22,12 +22,12 @@ import pytest
 import requests
 
 from fleet.registry import load_registry
+from tests.waiting import wait_for
 from tests.webhook.conftest import (
     REPO,
     FleetRepo,
     Receiver,
     git,
-    wait_for,
 )
 from tests.webhook.forge import GITLAB_TOKEN, READ_TOKEN, SECRET, signed_push
 

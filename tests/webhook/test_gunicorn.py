@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.waiting import wait_for
 from tests.webhook.conftest import (
     PRODUCTION_WORKERS,
     FleetRepo,
@@ -20,7 +21,6 @@ from tests.webhook.conftest import (
     Server,
     auth,
     read_records,
-    wait_for,
 )
 from tests.webhook.forge import signed_push
 

@@ -16,7 +16,8 @@ from fleet.masking import Masker
 from fleet.webhook.config import Settings
 from fleet.webhook.dispatcher import drain
 from fleet.webhook.logcopy import MaskedLog, unmasked_path
-from tests.webhook.conftest import FleetRepo, auth, git, read_records, wait_for
+from tests.waiting import wait_for
+from tests.webhook.conftest import FleetRepo, auth, git, read_records
 from tests.webhook.forge import signed_push
 
 
