@@ -8,7 +8,7 @@ then:
 - direct: ``--rounds`` chat completions straight to the model server (the baseline);
 - one at a time: ``--rounds`` requests from the orchestrator over the bus, each waited for;
   the fleet's added latency is the round trip minus the model call the runtime measured
-  (bus delivery both ways, the runtime's inbox poll, the asker's poll);
+  (bus delivery both ways, the runtime's inbox long poll, the asker's long poll);
 - throughput: ``--burst`` requests spread over the 3 workers at once; answered per minute.
 
 One llama.cpp server answers one completion at a time, so the throughput is bounded by the
@@ -108,8 +108,7 @@ def run(lab_registry: Path, secrets: Path, options: argparse.Namespace) -> None:
     with BusClient.for_agent(registry, asker, keys, timeout=30) as client:
         for number in range(options.rounds):
             started = time.perf_counter()
-            answer = client.request(workers[number % 3], {"prompt": PROMPT}, timeout=300,
-                                    poll=0.005)
+            answer = client.request(workers[number % 3], {"prompt": PROMPT}, timeout=300)
             took = (time.perf_counter() - started) * 1000
             total.append(took)
             added.append(took - answer["payload"]["latency_ms"])
@@ -121,10 +120,10 @@ def run(lab_registry: Path, secrets: Path, options: argparse.Namespace) -> None:
                         correlation_id=correlation, reply_to=asker)
             pending.add(correlation)
         while pending:
-            for message in client.messages(type="response", unacked=1, limit=1000)["messages"]:
+            page = client.messages(type="response", unacked=1, limit=1000, wait=0.5)
+            for message in page["messages"]:
                 client.ack(message["from"], message["id"])
                 pending.discard(message["correlation_id"])
-            time.sleep(0.05)
         burst_s = time.perf_counter() - started
     print(json.dumps({
         "tokens": options.tokens, "rounds": options.rounds, "burst": options.burst,

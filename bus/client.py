@@ -30,14 +30,23 @@ from bus.signing import sign
 from fleet.errors import BusError
 from fleet.registry import Registry, load_registry
 
+LONG_POLL_S = 0.5
+"""How long one inbox read waits for a message: short, so that a gateway restarting during a
+deploy is never held up by a waiting reader for longer than this."""
+LONG_POLL_MAX_S = 25.0  # the gateway's default limit (``BUS_MAX_WAIT_MS``)
+SHORT_POLL_S = 0.05  # the pause between reads of a gateway that cannot long-poll
+
 
 class GatewayError(BusError):
     """A call failed; ``retryable`` when trying the same call again may succeed (the gateway
     was unreachable, busy or over a quota)."""
 
-    def __init__(self, message: str, hint: str | None = None, retryable: bool = False) -> None:
+    def __init__(self, message: str, hint: str | None = None, retryable: bool = False,
+                 status: int | None = None, problems: Mapping[str, str] | None = None) -> None:
         super().__init__(message, hint=hint)
         self.retryable = retryable
+        self.status = status  # the HTTP status, when the gateway answered
+        self.problems = dict(problems or {})  # what the gateway named wrong, by field
 
 
 class RequestTimeout(BusError, TimeoutError):
@@ -57,6 +66,7 @@ class BusClient:
         self.key = signing_key(agent, key) if isinstance(key, str) else key
         self.timeout = timeout
         self.session = requests.Session()
+        self.long_poll = True  # False once the gateway turned out not to know ``wait_ms``
 
     @classmethod
     def for_agent(cls, registry: Registry, agent: str,
@@ -115,7 +125,8 @@ class BusClient:
             problems = answer.get("problems") or {}
             detail = "".join(f"; {name}: {problem}" for name, problem in problems.items())
             raise GatewayError(f"{method} {path}: HTTP {status}: {answer.get('error')}{detail}",
-                               hint=answer.get("hint"), retryable=status >= 500 or status == 429)
+                               hint=answer.get("hint"), retryable=status >= 500 or status == 429,
+                               status=status, problems=problems)
         return answer
 
     def send(self, to: str | None, type: str, payload: Any, retries: int = 3,
@@ -139,11 +150,27 @@ class BusClient:
                 time.sleep(min(2.0, 0.1 * 2 ** attempt))
         raise AssertionError("unreachable")
 
-    def messages(self, since: int = 0, limit: int = 100, **filters: Any) -> dict[str, Any]:
+    def messages(self, since: int = 0, limit: int = 100, wait: float = 0.0,
+                 **filters: Any) -> dict[str, Any]:
         """Inbox page after ``since``: ``{messages, next}``; filters: type, correlation_id,
-        from, unacked."""
-        page: dict[str, Any] = self.call("GET", "/messages",
-                                         {"since": since, "limit": limit, **filters})
+        from, unacked. With ``wait`` (seconds, at most :data:`LONG_POLL_MAX_S`) and nothing
+        to list, the gateway answers as soon as a matching message arrives, else after
+        ``wait`` (a gateway of an earlier release, without long polls, is read again after a
+        short pause instead)."""
+        query = {"since": since, "limit": limit, **filters}
+        if wait > 0 and self.long_poll:
+            try:
+                longest = min(wait, LONG_POLL_MAX_S, self.timeout / 2)  # answered in time
+                waited: dict[str, Any] = self.call(
+                    "GET", "/messages", {**query, "wait_ms": int(longest * 1000)})
+                return waited
+            except GatewayError as exc:
+                if exc.problems.get("wait_ms") != "unknown parameter":
+                    raise
+                self.long_poll = False  # a gateway of an earlier release: poll it instead
+        page: dict[str, Any] = self.call("GET", "/messages", query)
+        if wait > 0 and not page.get("messages"):
+            time.sleep(min(wait, SHORT_POLL_S))
         return page
 
     def ack(self, sender: str, message_id: str) -> bool:
@@ -152,18 +179,18 @@ class BusClient:
                                          body={"from": sender, "id": message_id})
         return bool(done["acked"])
 
-    def request(self, to: str, payload: Any, timeout: float = 30.0, poll: float = 0.02,
+    def request(self, to: str, payload: Any, timeout: float = 30.0,
                 **options: Any) -> dict[str, Any]:
         """Send a request and wait for the response with its correlation id in the inbox."""
         correlation = options.pop("correlation_id", None) or str(uuid.uuid4())
         self.send(to, "request", payload, correlation_id=correlation, reply_to=self.agent,
                   **options)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.messages(type="response", correlation_id=correlation, limit=1)
+        while (left := deadline - time.monotonic()) > 0:
+            found = self.messages(type="response", correlation_id=correlation, limit=1,
+                                  wait=min(left, LONG_POLL_S))
             if found["messages"]:
                 return dict(found["messages"][0])
-            time.sleep(poll)
         raise RequestTimeout(f"no response from {to!r} to request {correlation} within "
                              f"{timeout} s",
                              hint=f"Check `fleet bus dead-letters {self.agent}` and {to}'s "

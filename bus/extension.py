@@ -86,8 +86,9 @@ class Bus:
         agent's private key, or its text: ``BUS_PRIVATE_KEY``; without one the outbox is not
         delivered) and ``state_dir`` (``BUS_STATE_DIR``, else ``STATE_DIR``) default to app
         settings. ``BUS_MAX_BODY`` (bytes, 256 KiB), ``BUS_INBOX_QUOTA``
-        (``FLEET_BUS_INBOX_QUOTA``, 50,000) and ``BUS_WORKER`` (``FLEET_BUS_WORKER``, on)
-        tune it.
+        (``FLEET_BUS_INBOX_QUOTA``, 50,000), ``BUS_MAX_WAIT_MS`` (``FLEET_BUS_MAX_WAIT_MS``:
+        the longest long poll of ``GET /messages``, 25,000) and ``BUS_WORKER``
+        (``FLEET_BUS_WORKER``, on) tune it.
         """
         config = app.config
         folder = Path(state_dir or config.get("BUS_STATE_DIR") or config["STATE_DIR"])
@@ -103,7 +104,8 @@ class Bus:
             agents=dict(agents if agents is not None else config["BUS_AGENTS"]),
             store=path, writer=GroupWriter(path), settings=settings(app),
             max_body=int(config.get("BUS_MAX_BODY") or 256 * 1024),
-            inbox_quota=int(setting(app, "BUS_INBOX_QUOTA", "FLEET_BUS_INBOX_QUOTA", 50_000)))
+            inbox_quota=int(setting(app, "BUS_INBOX_QUOTA", "FLEET_BUS_INBOX_QUOTA", 50_000)),
+            max_wait_ms=int(setting(app, "BUS_MAX_WAIT_MS", "FLEET_BUS_MAX_WAIT_MS", 25_000)))
         app.extensions["bus"] = found
         app.teardown_appcontext(db.close_db)
         app.before_request(web.limit_body)

@@ -1,7 +1,10 @@
 """The inbox: messages this agent received, read and acknowledged by its runtime.
 
-``GET /messages?since=SEQ&type=&limit=&correlation_id=&from=&unacked=1`` lists messages after
-inbox position ``since`` (oldest first): ``{"messages", "next"}``, or by ``Accept`` a
+``GET /messages?since=SEQ&type=&limit=&correlation_id=&from=&unacked=1&wait_ms=`` lists
+messages after inbox position ``since`` (oldest first): ``{"messages", "next"}``; with
+``wait_ms`` and nothing to list yet, it waits up to that long for a matching message (a long
+poll: a runtime or an asker hears of a message within milliseconds without polling), or by
+``Accept`` a
 CloudEvents JSON batch (``application/cloudevents-batch+json``) or the first message as one
 structured event (``application/cloudevents+json``; 204 when there is none), each with its
 inbox position as the ``seq`` extension; ``POST /messages/ack`` with ``{"from", "id"}`` marks
@@ -26,6 +29,7 @@ from flask.typing import ResponseReturnValue
 from bus import cloudevents
 from bus.db import get_db, write
 from bus.schema import BIGGEST, MAX_ID, query_problems
+from bus.state import state
 from bus.store import bump
 from bus.validate import TYPES, fields_problems
 from bus.web import authenticate, fail, json_body
@@ -35,9 +39,10 @@ MAX_LIMIT = 1000
 OVER_QUOTA = "over_quota"
 EVENT = "cloudevents+attributes"  # stored format: payload column {payload, attributes, ...}
 RETRY_AFTER = 30  # seconds, told to a sender over its quota
+CHANGE_CHECK_S = 0.003  # how often a long poll looks for a commit (one PRAGMA, no query)
 JSON = "application/json"
 READ_TYPES = [JSON, cloudevents.BATCH_CONTENT_TYPE, cloudevents.CONTENT_TYPE]  # by Accept
-QUERY: dict[str, dict[str, Any]] = {  # GET /messages: validation and /openapi.json
+QUERY: dict[str, dict[str, Any]] = {  # GET /messages, besides wait_ms (query_schema)
     "since": {"type": "integer", "minimum": 0, "maximum": BIGGEST,
               "description": "an inbox position (a whole number >= 0 in ASCII digits)"},
     "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
@@ -47,6 +52,14 @@ QUERY: dict[str, dict[str, Any]] = {  # GET /messages: validation and /openapi.j
     "correlation_id": {"type": "string", "description": "a correlation id"},
     "from": {"type": "string", "description": "an agent name"},
 }
+
+
+def query_schema(max_wait_ms: int) -> dict[str, dict[str, Any]]:
+    """``GET /messages``'s parameters (validation and /openapi.json), ``wait_ms`` up to the
+    gateway's ``max_wait_ms``."""
+    return {**QUERY, "wait_ms": {
+        "type": "integer", "minimum": 0, "maximum": max_wait_ms,
+        "description": f"milliseconds to wait for a message, 0 to {max_wait_ms}"}}
 
 
 def store(db: sqlite3.Connection, message: dict[str, Any], fmt: str,
@@ -129,7 +142,8 @@ def row_to_message(row: sqlite3.Row) -> dict[str, Any]:
 def _query() -> tuple[str, list[Any], int]:
     """WHERE clause, its parameters and the limit from the query string (400 if bad)."""
     args = request.args
-    problems = query_problems(QUERY, {name: args[name] for name in args})
+    problems = query_problems(query_schema(state().max_wait_ms),
+                              {name: args[name] for name in args})
     if problems:
         fail(400, "invalid inbox query", problems)
     clauses: list[str] = ["seq > ?"]
@@ -145,13 +159,28 @@ def _query() -> tuple[str, list[Any], int]:
     return " AND ".join(clauses), params, int(args.get("limit", "100"))
 
 
+def _wait_for_rows(db: sqlite3.Connection, sql: str, params: list[Any],
+                   wait_s: float) -> list[sqlite3.Row]:
+    """The rows of ``sql``; while there are none, for up to ``wait_s`` seconds, run it again
+    after each commit to the store (by any process: SQLite's ``data_version``)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        rows = db.execute(sql, params).fetchall()
+        if rows or time.monotonic() >= deadline:
+            return rows
+        while (db.execute("PRAGMA data_version").fetchone()[0] == version
+               and time.monotonic() < deadline):
+            time.sleep(CHANGE_CHECK_S)
+
+
 @bp.get("/messages")
 def list_messages() -> ResponseReturnValue:
     """Inbox messages after ``since``, oldest first, with the cursor for the next call."""
     authenticate(owner_only=True)
     where, params, limit = _query()
-    rows = get_db().execute(f"SELECT * FROM inbox WHERE {where} ORDER BY seq LIMIT ?",
-                            [*params, limit]).fetchall()
+    rows = _wait_for_rows(get_db(), f"SELECT * FROM inbox WHERE {where} ORDER BY seq LIMIT ?",
+                          [*params, limit], int(request.args.get("wait_ms", "0")) / 1000)
     messages = [row_to_message(row) for row in rows]
     since = int(request.args.get("since", "0"))
     kind = request.accept_mimetypes.best_match(READ_TYPES, default=JSON)

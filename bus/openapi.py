@@ -84,7 +84,7 @@ def document() -> dict[str, Any]:
                                 cloudevents.BATCH_CONTENT_TYPE: {"schema": {"type": "array"}},
                                 CLOUDEVENTS: {"schema": {"type": "object"}}}},
             "204": {"description": "Accept: application/cloudevents+json and no message"},
-            "400": ERROR, **owner}, parameters=_params(inbox.QUERY))},
+            "400": ERROR, **owner}, parameters=_params(inbox.query_schema(bus.max_wait_ms)))},
         "/messages/ack": {"post": _op("Acknowledge a message by sender and id (owner-signed)", {
             "200": _json("acknowledged"), "404": ERROR, **owner}, body=True,
             requestBody=_body(ACK_SCHEMA))},

@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from bus.client import BusClient
+from bus.client import LONG_POLL_S, BusClient
 from fleet.errors import BusError
 from fleet.registry import Agent, Registry
 
@@ -91,7 +91,8 @@ def ask_as(client: BusClient, registry: Registry, capability: str, prompt: str,
     deadline = time.monotonic() + timeout
     misses, next_watch = 0, time.monotonic() + WATCH_EVERY_S
     while time.monotonic() < deadline:
-        found = client.messages(type="response", correlation_id=correlation, limit=1)
+        found = client.messages(type="response", correlation_id=correlation, limit=1,
+                                wait=min(LONG_POLL_S, max(0.0, deadline - time.monotonic())))
         if found["messages"]:
             message: dict[str, Any] = found["messages"][0]
             client.ack(message["from"], message["id"])
@@ -106,6 +107,5 @@ def ask_as(client: BusClient, registry: Registry, capability: str, prompt: str,
                     client.send(asked[1], "request", {"prompt": prompt},
                                 id=f"{correlation}-2", correlation_id=correlation,
                                 reply_to=sender, ttl=int(timeout) + 60)
-        time.sleep(0.1)
     raise AskError(f"no answer to request {correlation} from {', '.join(asked)} within "
                    f"{timeout:g} s", hint="Check `fleet status` and the agents' runtimes.")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from bus.client import LONG_POLL_S
 from bus.validate import expired
 from fleet.runtime.provider import Completion, Provider, ProviderError, round_trip
 from fleet.runtime.state import write_state
@@ -36,7 +37,8 @@ MAX_TOOL_RESULT = 8000
 class Inbox(Protocol):
     """What the runtime needs of its gateway (:class:`bus.client.BusClient` has it)."""
 
-    def messages(self, since: int = 0, limit: int = 100, **filters: Any) -> dict[str, Any]: ...
+    def messages(self, since: int = 0, limit: int = 100, wait: float = 0.0,
+                 **filters: Any) -> dict[str, Any]: ...
 
     def ack(self, sender: str, message_id: str) -> bool: ...
 
@@ -80,7 +82,11 @@ class Runtime:
     state_dir: Path
     release: str
     max_tokens: int = 256
-    poll_s: float = 0.05
+    wait_s: float = LONG_POLL_S
+    """How long one read of the inbox waits for a request (the gateway answers at once when
+    one arrives)."""
+    retry_s: float = 0.5
+    """The pause before reading the inbox again after the gateway failed to answer."""
     stop: threading.Event = field(default_factory=threading.Event)
     status: dict[str, Any] = field(default_factory=dict)
     sleep: Callable[[float], bool] | None = None
@@ -134,21 +140,24 @@ class Runtime:
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 next_probe = None if self.probe() else time.monotonic() + delay
             try:
-                handled = self.step()
+                self.step()
+                failed = False
             except Exception as exc:  # the gateway restarting, a bus error: try again soon
                 self.status["gateway_error"] = f"{type(exc).__name__}: {exc}"[:300]
-                handled = 0
+                failed = True
             if self.status["state"] == "ready":
                 next_probe, delay = None, 1.0
             elif next_probe is None:
                 next_probe = time.monotonic() + delay
             self.save()
-            if not handled and self.wait(self.poll_s):
+            if self.wait(self.retry_s if failed else 0):
                 return
 
     def step(self) -> int:
-        """Handle every unacknowledged request in the inbox now; how many were handled."""
-        page = self.inbox.messages(type="request", unacked=1, limit=20)
+        """Handle every unacknowledged request in the inbox (waiting up to ``wait_s`` for
+        one: a long poll, so a request is taken within milliseconds); how many were
+        handled."""
+        page = self.inbox.messages(type="request", unacked=1, limit=20, wait=self.wait_s)
         count = 0
         for request in page["messages"]:
             if self.stop.is_set():

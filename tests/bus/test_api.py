@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -65,6 +67,51 @@ def test_bad_inbox_query_lists_each_parameter(client: FlaskClient) -> None:
         "unacked": "'maybe' is not 1, 0, true or false",
         "q": "unknown parameter",
     }
+
+
+def test_a_long_poll_answers_when_a_message_arrives(client: FlaskClient, app: Flask) -> None:
+    """``wait_ms``: the read waits for a matching message, and answers as soon as one is
+    stored (by another connection, as another gunicorn worker would)."""
+    receive(client, id="early", type="alert")  # does not match type=request
+    arrived: list[float] = []
+
+    def later() -> None:
+        time.sleep(0.3)
+        receive(app.test_client(), id="late")
+        arrived.append(time.monotonic())
+
+    sender = threading.Thread(target=later)
+    started = time.monotonic()
+    sender.start()
+    response = call(client, "GET", "/messages", {"type": "request", "wait_ms": 10_000})
+    answered = time.monotonic()
+    sender.join()
+    assert response.status_code == 200
+    assert [m["id"] for m in response.json["messages"]] == ["late"]
+    assert answered - arrived[0] < 0.5  # heard of at once, not after the 10 s wait
+    assert answered - started < 5
+
+
+def test_a_long_poll_with_nothing_answers_after_its_wait(client: FlaskClient) -> None:
+    started = time.monotonic()
+    response = call(client, "GET", "/messages", {"wait_ms": 200})
+    took = time.monotonic() - started
+    assert response.json == {"messages": [], "next": 0}
+    assert 0.2 <= took < 2
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("25001", "'25001' is not milliseconds to wait for a message, 0 to 25000"),
+    ("-1", "'-1' is not milliseconds to wait for a message, 0 to 25000"),
+    ("\u0661\u0660", "'\u0661\u0660' is not milliseconds to wait for a message, 0 to 25000"),
+    ("0.5", "'0.5' is not milliseconds to wait for a message, 0 to 25000"),
+])
+def test_a_bad_wait_is_400_at_once(client: FlaskClient, value: str, problem: str) -> None:
+    started = time.monotonic()
+    response = call(client, "GET", "/messages", {"wait_ms": value})
+    assert time.monotonic() - started < 1
+    assert response.status_code == 400
+    assert response.json["problems"] == {"wait_ms": problem}
 
 
 def test_ack_marks_a_message_handled(client: FlaskClient, store: Path) -> None:

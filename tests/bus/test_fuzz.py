@@ -30,7 +30,8 @@ from tests.signed_fuzz import SignInTheMiddleware, signing
 pytestmark = pytest.mark.slow
 FOLDER = Path(tempfile.mkdtemp(prefix="bus-fuzz-"))
 atexit.register(shutil.rmtree, FOLDER, ignore_errors=True)
-APP = bezalel_app(write_registry(FOLDER), FOLDER / "state")
+APP = bezalel_app(write_registry(FOLDER), FOLDER / "state",
+                  BUS_MAX_WAIT_MS=50)  # long polls: fuzzed waits stay short
 
 
 def signed_as_sender(environ: dict[str, Any], body: bytes) -> dict[str, str]:

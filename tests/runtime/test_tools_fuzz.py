@@ -25,7 +25,8 @@ pytestmark = pytest.mark.slow
 FOLDER = Path(tempfile.mkdtemp(prefix="tools-fuzz-"))
 atexit.register(shutil.rmtree, FOLDER, ignore_errors=True)
 (FOLDER / "registry.yaml").write_text(REGISTRY.replace("{python}", sys.executable))
-APP = bezalel_app(FOLDER / "registry.yaml", FOLDER / "state")
+APP = bezalel_app(FOLDER / "registry.yaml", FOLDER / "state",
+                  BUS_MAX_WAIT_MS=50)  # long polls: fuzzed waits stay short
 
 
 def signed_as_caller(environ: dict[str, Any], body: bytes) -> dict[str, str]:
