@@ -59,14 +59,16 @@ def from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> Runtime:
                    release=running_release()[0], max_tokens=max_tokens,
                    tools=[tool.openai() for tool in agent.tools],
                    call_tool=call_tool if agent.tools else None,
-                   route=lambda capability, prompt: routed(registry, inbox, capability, prompt))
+                   route=lambda capability, prompt: routed(registry, agent.name, own,
+                                                           capability, prompt))
 
 
-def routed(registry: Registry, client: BusClient, capability: str,
+def routed(registry: Registry, agent: str, key: str, capability: str,
            prompt: str) -> dict[str, Any]:
-    """Ask a healthy agent with ``capability`` (not this one) and return its answer, naming
-    who answered."""
-    answer = ask_as(client, registry, capability, prompt, timeout=ROUTE_TIMEOUT_S)
+    """Ask a healthy agent with ``capability`` (not ``agent``) as ``agent``, through a client
+    of its own (routes run side by side), and return the answer, naming who answered."""
+    with BusClient.for_agent(registry, agent, {agent: key}, timeout=30.0) as client:
+        answer = ask_as(client, registry, capability, prompt, timeout=ROUTE_TIMEOUT_S)
     payload = answer.payload if isinstance(answer.payload, dict) else {"text": answer.payload}
     return {**payload, "routed_to": answer.agent, "routed_by": client.agent}
 

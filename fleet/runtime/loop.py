@@ -32,6 +32,7 @@ PROBE_TIMEOUT_S = 30.0
 HEARTBEAT_S = 3.0
 MAX_TOOL_ROUNDS = 3
 MAX_TOOL_RESULT = 8000
+ROUTING_AT_ONCE = 16  # requests a runtime routes by capability at the same time
 
 
 class Inbox(Protocol):
@@ -102,6 +103,10 @@ class Runtime:
                        "model": self.provider.model, "current": None}
         self._written = 0.0
         self._lock = threading.Lock()
+        self._cursor = 0  # the inbox position of the last request taken in
+        self._rescan = False
+        self._routing: set[tuple[str, str]] = set()  # (from, id) being routed now
+        self._routing_slots = threading.BoundedSemaphore(ROUTING_AT_ONCE)
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True when asked to stop."""
@@ -144,6 +149,7 @@ class Runtime:
                 failed = False
             except Exception as exc:  # the gateway restarting, a bus error: try again soon
                 self.status["gateway_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                self.rescan()
                 failed = True
             if self.status["state"] == "ready":
                 next_probe, delay = None, 1.0
@@ -154,22 +160,76 @@ class Runtime:
                 return
 
     def step(self) -> int:
-        """Handle every unacknowledged request in the inbox (waiting up to ``wait_s`` for
-        one: a long poll, so a request is taken within milliseconds); how many were
-        handled."""
-        page = self.inbox.messages(type="request", unacked=1, limit=20, wait=self.wait_s)
+        """Take the unacknowledged requests after the runtime's cursor (waiting up to
+        ``wait_s`` for one: a long poll, so a request is taken within milliseconds): answer
+        each in turn, or start routing it by capability beside the loop; how many were
+        taken."""
+        with self._lock:
+            if self._rescan:
+                self._cursor, self._rescan = 0, False
+        page = self.inbox.messages(type="request", unacked=1, limit=20, wait=self.wait_s,
+                                   since=self._cursor)
         count = 0
         for request in page["messages"]:
             if self.stop.is_set():
                 break
-            if self.handle(request):
-                count += 1
+            if self.routes(request):
+                self.start_routing(request)
+            elif not self.handle(request):
+                break
+            self._cursor = max(self._cursor, int(request.get("seq") or 0))
+            count += 1
         return count
+
+    def rescan(self) -> None:
+        """Read the inbox from its start at the next step: a request taken in was not
+        acknowledged."""
+        with self._lock:
+            self._rescan = True
+
+    def routes(self, request: dict[str, Any]) -> bool:
+        """Whether ``request`` is routed to another agent by capability."""
+        payload = request["payload"]
+        return (self.route is not None and isinstance(payload, dict)
+                and isinstance(payload.get("capability"), str))
+
+    def start_routing(self, request: dict[str, Any]) -> None:
+        """Route ``request`` in a thread of its own (at most :data:`ROUTING_AT_ONCE` at a
+        time), so the runtime goes on answering while the chosen agent thinks. A request
+        already being routed is not started twice."""
+        key = (request["from"], request["id"])
+        with self._lock:
+            if key in self._routing:
+                return
+            self._routing.add(key)
+        self._routing_slots.acquire()
+
+        def route() -> None:
+            try:
+                self.reply(request)
+            except Exception as exc:  # the gateway restarting: taken in again later
+                self.status["gateway_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                self.rescan()
+            finally:
+                with self._lock:
+                    self._routing.discard(key)
+                self._routing_slots.release()
+
+        threading.Thread(target=route, name=f"route-{request['id']}"[:60], daemon=True).start()
 
     def handle(self, request: dict[str, Any]) -> bool:
         """Answer one request, then acknowledge it (False when stopped before an answer)."""
         self.status["current"] = request["id"]
         self.save(force=True)
+        if not self.reply(request):
+            return False
+        self.status["current"] = None
+        self.save(force=True)
+        return True
+
+    def reply(self, request: dict[str, Any]) -> bool:
+        """Queue the response to ``request``, then acknowledge it (False when stopped
+        before an answer)."""
         payload = self.answer(request)
         if payload is None:
             return False
@@ -177,9 +237,8 @@ class Runtime:
                         id=response_id(request),
                         correlation_id=request.get("correlation_id") or request["id"])
         self.inbox.ack(request["from"], request["id"])
-        self.status["handled"] += 1
-        self.status["current"] = None
-        self.save(force=True)
+        with self._lock:
+            self.status["handled"] += 1
         return True
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any] | None:
@@ -191,10 +250,8 @@ class Runtime:
             chat = prompt_of(request["payload"])
         except ValueError as exc:
             return self.error(str(exc))
-        capability = request["payload"].get("capability") if isinstance(
-            request["payload"], dict) else None
-        if isinstance(capability, str) and self.route is not None:
-            return self.routed(capability, chat[-1]["content"])
+        if self.routes(request):
+            return self.routed(request["payload"]["capability"], chat[-1]["content"])
         messages: list[dict[str, Any]] = [{"role": "system", "content": self.soul()}, *chat]
         used: list[dict[str, Any]] = []
         done: Completion | None = None

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from fleet.secrets import format_keyring
 from tests.bus.conftest import Gateway
 from tests.runtime.conftest import KEYS, MockProvider
 from tests.runtime.test_runtime import runtime_of
+from tests.waiting import wait_for
 
 
 class Running:
@@ -138,3 +140,38 @@ def test_a_runtime_routes_a_request_by_capability_over_the_bus(
         "four", "allegro", "bezalel")  # bezalel does not route to itself
     assert [request["messages"][-1]["content"] for request in provider.requests][-1] == \
         "What is 2+2?"
+
+
+def test_a_runtime_answers_other_requests_while_it_routes_one(
+        fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider,
+        running: Running) -> None:
+    """Routing waits on another agent's model: the runtime answers the requests behind it
+    meanwhile, and each gets exactly one response."""
+    registry, gateways = fleet_pair
+    released = threading.Event()
+    routed_calls: list[str] = []
+
+    def slow_route(capability: str, prompt: str) -> dict[str, Any]:
+        routed_calls.append(prompt)
+        assert released.wait(30)
+        return {"text": "from afar", "routed_to": "allegro", "routed_by": "bezalel"}
+
+    bezalel = runtime_of(registry, gateways["bezalel"].state, provider, route=slow_route)
+    wait_ready(running.start(bezalel))
+    with BusClient.for_agent(load_registry(registry), "ezra", KEYS) as ezra:
+        ezra.send("bezalel", "request", {"capability": "code", "prompt": "Route me."},
+                  correlation_id="c-slow", reply_to="ezra")
+        wait_for(lambda: routed_calls, what="the routed request to start")
+        plain = ezra.request("bezalel", {"prompt": "What is 2+2?"}, timeout=20,
+                             correlation_id="c-plain")
+        assert plain["payload"]["text"] == "four"
+        assert not ezra.messages(type="response", correlation_id="c-slow")["messages"]
+        released.set()
+        routed = wait_for(lambda: ezra.messages(type="response", correlation_id="c-slow")[
+            "messages"], what="the routed response")
+        time.sleep(1.0)  # room for a second answer, if one were sent
+        responses = ezra.messages(type="response")["messages"]
+    assert routed[0]["payload"]["text"] == "from afar"
+    assert sorted(m["correlation_id"] for m in responses) == ["c-plain", "c-slow"]
+    assert routed_calls == ["Route me."]
+    assert bezalel.status["handled"] == 2
