@@ -158,7 +158,8 @@ def enter_script(root: Path, binds: list[str], command: str) -> str:
     cache = cache_dir()
     env = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8",
            *(f"{key}={value}" for key, value in os.environ.items() if key.startswith("PIP_"))]
-    lines = ["set -eu", f"cd {q(str(root))}", "mount --bind . .", "mount -t proc proc proc",
+    lines = ["set -eu", f"mount --bind {q(str(root))} {q(str(root))}",
+             f"cd {q(str(root))}", "mount -t proc proc proc",  # in the new mount, not under it
              "mount --rbind /sys sys", "mount --rbind /dev dev", "mount -t tmpfs tmpfs run",
              "mount -t tmpfs tmpfs tmp", f"mkdir -p .{q(str(cache))}",
              f"mount --bind {q(str(cache))} .{q(str(cache))}"]
