@@ -4,10 +4,8 @@ pause instead, and asks only once."""
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,6 +13,7 @@ import pytest
 
 from bus.client import SHORT_POLL_S, BusClient, GatewayError
 from tests.bus.conftest import KEYS
+from tests.jsonhttp import LoopbackServer, answer_json
 
 
 class EarlierGateway:
@@ -36,23 +35,14 @@ class EarlierGateway:
                     self.answer(200, {"messages": [], "next": 0})
 
             def answer(self, status: int, data: dict[str, Any]) -> None:
-                body = json.dumps(data).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                answer_json(self, status, data)
 
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.loopback = LoopbackServer(Handler)
+        self.url = self.loopback.address
+        self.close = self.loopback.close
 
 
 @pytest.fixture
