@@ -33,7 +33,7 @@ from fleet.registry import Registry, load_registry
 LONG_POLL_S = 0.5
 """How long one inbox read waits for a message: short, so that a gateway restarting during a
 deploy is never held up by a waiting reader for longer than this."""
-LONG_POLL_MAX_S = 25.0  # the gateway's default limit (``BUS_MAX_WAIT_MS``)
+LONG_POLL_MAX_S = 5.0  # the gateway's default limit (``BUS_MAX_WAIT_MS``)
 SHORT_POLL_S = 0.05  # the pause between reads of a gateway that cannot long-poll
 
 

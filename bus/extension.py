@@ -87,7 +87,7 @@ class Bus:
         delivered) and ``state_dir`` (``BUS_STATE_DIR``, else ``STATE_DIR``) default to app
         settings. ``BUS_MAX_BODY`` (bytes, 256 KiB), ``BUS_INBOX_QUOTA``
         (``FLEET_BUS_INBOX_QUOTA``, 50,000), ``BUS_MAX_WAIT_MS`` (``FLEET_BUS_MAX_WAIT_MS``:
-        the longest long poll of ``GET /messages``, 25,000) and ``BUS_WORKER``
+        the longest long poll of ``GET /messages``, 5,000) and ``BUS_WORKER``
         (``FLEET_BUS_WORKER``, on) tune it.
         """
         config = app.config
@@ -105,7 +105,7 @@ class Bus:
             store=path, writer=GroupWriter(path), settings=settings(app),
             max_body=int(config.get("BUS_MAX_BODY") or 256 * 1024),
             inbox_quota=int(setting(app, "BUS_INBOX_QUOTA", "FLEET_BUS_INBOX_QUOTA", 50_000)),
-            max_wait_ms=int(setting(app, "BUS_MAX_WAIT_MS", "FLEET_BUS_MAX_WAIT_MS", 25_000)))
+            max_wait_ms=int(setting(app, "BUS_MAX_WAIT_MS", "FLEET_BUS_MAX_WAIT_MS", 5_000)))
         app.extensions["bus"] = found
         app.teardown_appcontext(db.close_db)
         app.before_request(web.limit_body)

@@ -40,7 +40,8 @@ class BusState:
     settings: Settings
     max_body: int = 256 * 1024      # bytes, every route of the app
     inbox_quota: int = 50_000       # unacknowledged messages per sender
-    max_wait_ms: int = 25_000       # the longest long poll of GET /messages
+    max_wait_ms: int = 5_000        # the longest long poll of GET /messages (a restart
+    # waits for the long polls in flight: kept short)
     worker: DeliveryWorker | None = field(default=None)
     signer: SigningKey | None = None  # this agent's own key: its outbox is sent with it
 
