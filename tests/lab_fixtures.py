@@ -45,6 +45,20 @@ def claim_lab(base: str) -> lab.LabClaim:
                 f"set {TEST_LAB_ENV} to another name")
 
 
+def lab_base() -> str:
+    """The prefix of every lab this session boots: ``$FLEET_TEST_LAB``, default ``pytest``.
+
+    Lab names reach host-wide places (cgroups under ``sovereign-fleet/``), so a session that
+    runs beside another on the same kernel (the stock Debian test) sets its own prefix.
+    """
+    return os.environ.get(TEST_LAB_ENV) or "pytest"
+
+
+def claim_test_lab(suffix: str) -> lab.LabClaim:
+    """Claim the lab ``<lab_base()>-<suffix>`` (or ``...-2``, ... when others hold it)."""
+    return claim_lab(f"{lab_base()}-{suffix}")
+
+
 def fresh_lab(name: str, nodes: int | None = None,
               registry: Path = EXAMPLE_REGISTRY) -> Path:
     """Take lab ``name`` down and bring it up again with cold nodes; return its registry."""
@@ -57,7 +71,7 @@ def fresh_lab(name: str, nodes: int | None = None,
 def session_lab_name() -> Iterator[str]:
     """Name of the lab this session holds (``$FLEET_TEST_LAB``, default ``pytest``)."""
     skip_unless_root()
-    claimed = claim_lab(os.environ.get(TEST_LAB_ENV) or "pytest")
+    claimed = claim_lab(lab_base())
     try:
         yield claimed.lab
     finally:

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import yaml
 from bench._common import clone, equivalence_problems, run_measured
 from bench.ansible import tool
 from fleet import lab
-from tests.lab_fixtures import TEST_LAB_ENV, claim_lab, fresh_lab, skip_unless_root
+from tests.lab_fixtures import claim_test_lab, fresh_lab, skip_unless_root
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -33,7 +32,7 @@ def venv() -> Path:
 def lab_of_two() -> Iterator[Path]:
     """A fresh lab of its own with 2 nodes; its registry (taken down afterwards)."""
     skip_unless_root()
-    claimed = claim_lab(f"{os.environ.get(TEST_LAB_ENV) or 'pytest'}-ansible")
+    claimed = claim_test_lab("ansible")
     try:
         yield fresh_lab(claimed.lab, nodes=2)
     finally:

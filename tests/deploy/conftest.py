@@ -18,7 +18,7 @@ import pytest
 from bus.keys import IDENTITIES, PRIVATE_KEY_ENV, new_private_key
 from fleet import lab
 from fleet.registry import load_registry
-from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_lab, skip_unless_root
+from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
 
 REPO = Path(__file__).resolve().parents[2]
 SECRETS = {
@@ -134,11 +134,11 @@ def make_fleet(lab_registry: Path, base: Path) -> Fleet:
 
 @contextmanager
 def own_lab(name: str, base: Path, **options: Any) -> Iterator[Fleet]:
-    """A clean clone in ``base`` wired to a lab of its own (``name``, or ``name-2``, ... when
+    """A clean clone in ``base`` wired to a lab of its own (``pytest-NAME``, or ``...-2`` when
     another session holds it), booted afresh from the example registry with ``lab.up``'s
     ``options`` and taken down afterwards."""
     skip_unless_root()
-    claimed = claim_lab(name)
+    claimed = claim_test_lab(name)
     try:
         lab.down(claimed.lab)
         registry = lab.up(load_registry(EXAMPLE_REGISTRY), lab=claimed.lab, **options)

@@ -11,7 +11,7 @@ import pytest
 
 from fleet import lab
 from tests.deploy.conftest import Fleet, make_fleet
-from tests.lab_fixtures import claim_lab, fresh_lab
+from tests.lab_fixtures import claim_test_lab, fresh_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 NODES = 5
@@ -20,7 +20,7 @@ NODES = 5
 @pytest.fixture(scope="module")
 def fleet5(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """A clean clone wired to a lab of 5 fresh nodes of its own."""
-    claimed = claim_lab("records")
+    claimed = claim_test_lab("records")
     try:
         registry = fresh_lab(claimed.lab, nodes=NODES)
         yield make_fleet(registry, tmp_path_factory.mktemp("records"))

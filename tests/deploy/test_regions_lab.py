@@ -30,7 +30,7 @@ from fleet.lab import delayline
 from fleet.lab.regions import netem_problem
 from fleet.registry import load_registry
 from tests.deploy.conftest import Fleet, make_fleet
-from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_lab, skip_unless_root
+from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 REGIONS = [("eu", 2), ("us", 2), ("ap", 2)]
@@ -44,7 +44,7 @@ RECEIVER = "allegro"  # in us
 def regional(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """A clean clone wired to a fresh lab of 3 regions x 2 nodes, with fresh bus keys."""
     skip_unless_root()
-    claimed = claim_lab("regions")
+    claimed = claim_test_lab("regions")
     latency = LATENCY_MS if not latency_problem() else 0
     try:
         lab.down(claimed.lab)

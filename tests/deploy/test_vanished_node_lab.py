@@ -16,7 +16,7 @@ from fleet.lab.regions import set_links
 from fleet.registry import load_registry
 from fleet.sshdeadline import DEAD_AFTER_S
 from tests.deploy.conftest import make_fleet
-from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_lab, skip_unless_root
+from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 MARKER = "417.25"  # the sleep's argument: finds the command on the node from the host
@@ -31,7 +31,7 @@ def sleeping() -> bool:
 
 def test_a_node_cut_off_mid_command_fails_its_host_instead_of_hanging(tmp_path: Path) -> None:
     skip_unless_root()
-    claimed = claim_lab("vanish")
+    claimed = claim_test_lab("vanish")
     try:
         lab.down(claimed.lab)
         registry = lab.up(load_registry(EXAMPLE_REGISTRY), nodes=1, lab=claimed.lab)

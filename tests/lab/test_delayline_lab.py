@@ -7,7 +7,6 @@ partition still cuts the region off; ``down`` leaves no delay line running.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from fleet.lab import delayline
 from fleet.lab.regions import netem_problem
 from fleet.lab.state import NodeRecord
 from fleet.registry import load_registry
-from tests.lab_fixtures import EXAMPLE_REGISTRY, TEST_LAB_ENV, claim_lab, skip_unless_root
+from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
 
 pytestmark = [pytest.mark.lab]
 LATENCY_MS = 80
@@ -38,7 +37,7 @@ def regional() -> Iterator[tuple[str, dict[str, NodeRecord], dict[str, int]]]:
         pytest.skip("this kernel has tc netem: the lab uses it, not the delay line")
     if delayline.problem():
         pytest.skip(f"no delay line here: {delayline.problem()}")
-    claimed = claim_lab(f"{os.environ.get(TEST_LAB_ENV) or 'pytest'}-dl")
+    claimed = claim_test_lab("dl")
     try:
         lab.down(claimed.lab)
         path = lab.up(load_registry(EXAMPLE_REGISTRY), lab=claimed.lab,

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet import lab
 from fleet.lab.locks import file_lock
 from fleet.lab.paths import cache_dir
 from fleet.lab.rootfs import debian_mirror
@@ -145,6 +146,13 @@ CHECKS = {  # each release's commands, run in turn in its rootfs
 CLEAN_UP = ".venv/bin/fleet lab down --all"
 
 
+def inner_lab_names(suite: str) -> list[str]:
+    """The lab names of the run inside (``FLEET_TEST_LAB``, ``FLEET_LAB``), its own: the
+    rootfs keeps its own lab folders but shares the host's cgroups, where lab names meet, so
+    a ``pytest`` lab inside would take down the host session's ``pytest`` lab."""
+    return [f"FLEET_TEST_LAB=stock-{suite}", f"FLEET_LAB=stock-{suite}-demo"]
+
+
 def enter_script(root: Path, binds: list[str], command: str) -> str:
     """A shell script for ``unshare --mount``: ``root`` becomes the root of a private mount
     namespace (pivot_root, not chroot: lab nodes are systemd-nspawn containers, whose
@@ -153,6 +161,7 @@ def enter_script(root: Path, binds: list[str], command: str) -> str:
     q = shlex.quote
     cache = cache_dir()
     env = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8",
+           *inner_lab_names(root.name),
            *(f"{key}={value}" for key, value in os.environ.items() if key.startswith("PIP_"))]
     lines = ["set -eu", f"mount --bind {q(str(root))} {q(str(root))}",
              f"cd {q(str(root))}", "mount -t proc proc proc",  # in the new mount, not under it
@@ -176,12 +185,15 @@ def run_inside(root: Path, command: str, timeout: float) -> subprocess.Completed
                           stdin=subprocess.DEVNULL, check=False)
 
 
-def test_readme_commands_on_stock_debian(stock_root: Path) -> None:
+def test_readme_commands_on_stock_debian(stock_root: Path, session_lab_name: str,
+                                        lab_registry: Path) -> None:
     try:
         done = run_inside(stock_root, CHECKS[stock_root.name], timeout=3600)
     finally:
         if (stock_root / "src/.venv/bin/fleet").exists():
             run_inside(stock_root, CLEAN_UP, timeout=600)  # labs left by a failure
+    host_lab = lab.status(session_lab_name)  # the labs inside left the host's alone
+    assert host_lab and all(node.running for node in host_lab), host_lab
     assert done.returncode == 0, f"{done.stdout[-5000:]}\n--- stderr:\n{done.stderr[-1500:]}"
     summaries = [line for line in done.stdout.splitlines()
                  if re.fullmatch(r"\d+ passed.* in [\d.]+s( \(.*\))?", line)]

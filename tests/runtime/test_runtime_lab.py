@@ -11,7 +11,6 @@ The model is a small base model: the tests check that answers came from it over 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -32,7 +31,7 @@ from fleet.lab import model
 from fleet.lab.network import read_index
 from fleet.registry import load_registry
 from tests.deploy.conftest import SECRETS, Fleet, make_fleet
-from tests.lab_fixtures import EXAMPLE_REGISTRY, TEST_LAB_ENV, claim_lab, skip_unless_root
+from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -46,7 +45,7 @@ MAX_TOKENS = 64  # per answer: a few seconds here, minutes when the machine is v
 def model_lab() -> Iterator[Path]:
     """A lab of the example registry with the model server; every agent thinks with it."""
     skip_unless_root()
-    claimed = claim_lab(f"{os.environ.get(TEST_LAB_ENV) or 'pytest'}-think")
+    claimed = claim_test_lab("think")
     try:
         lab.down(claimed.lab)
         try:
