@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import TypeVar
 from fleet.errors import LabError
 from fleet.lab import keys, model, network, node
 from fleet.lab import regions as lab_regions
+from fleet.lab.paths import ssh_control_dir
 from fleet.lab.prereqs import raise_host_limits
 from fleet.lab.registry_writer import (
     KNOWN_HOSTS,
@@ -122,7 +124,7 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
     write_records(lab_path, index, records)
     lab_key = keys.ensure_lab_key(lab_path, lab)
     host_keys = {n.name: keys.ensure_host_key(lab_path, n.name) for n in plan}
-    write_files(registry, plan, lab, lab_path,
+    write_files(registry, plan, lab, lab_path, fresh_control_dir(index),
                 {name: keys.public_key(key) for name, key in host_keys.items()}, root_login)
     network.create_bridge(index)
     checkpoint()
@@ -174,13 +176,21 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
     return lab_path / REGISTRY_FILE
 
 
+def fresh_control_dir(index: int) -> Path:
+    """Lab ``index``'s SSH socket folder, emptied: a new lab never meets an old master."""
+    control = ssh_control_dir(index)
+    shutil.rmtree(control, ignore_errors=True)
+    control.mkdir(mode=0o700, parents=True)
+    return control
+
+
 def write_files(registry: Registry, plan: list[LabNode], lab: str, lab_path: Path,
-                host_keys: dict[str, str], root_login: bool = True) -> None:
+                control_dir: Path, host_keys: dict[str, str], root_login: bool = True) -> None:
     """known_hosts, ssh_config, copies of the souls and the lab registry."""
     for item in plan:
         soul = lab_path / lab_soul(item.name)
         soul.parent.mkdir(exist_ok=True)
         soul.write_bytes(item.soul.read_bytes())
     (lab_path / KNOWN_HOSTS).write_text(known_hosts_text(plan, host_keys))
-    (lab_path / SSH_CONFIG).write_text(ssh_config_text(plan, lab_path, root_login))
+    (lab_path / SSH_CONFIG).write_text(ssh_config_text(plan, lab_path, control_dir, root_login))
     (lab_path / REGISTRY_FILE).write_text(lab_registry_yaml(registry, plan, lab, lab_path))

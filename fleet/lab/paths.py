@@ -17,6 +17,7 @@ DEFAULT_LAB = "default"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_HIERARCHIES = ("systemd", "unified")
 CGROUP_PARENT = "sovereign-fleet"
+RUNTIME_ROOT = Path("/run/sovereign-fleet")
 LAB_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")  # matched in full
 
 
@@ -39,6 +40,16 @@ def lab_root() -> Path:
 def lab_dir(lab: str = DEFAULT_LAB) -> Path:
     """The folder of one lab: keys, registry, ssh_config and node overlays."""
     return lab_root() / check_lab_name(lab)
+
+
+def ssh_control_dir(index: int) -> Path:
+    """The folder of lab ``index``'s shared SSH master sockets (``ControlPath``).
+
+    Short and fixed, unlike the lab folder: a socket path must fit in 108 bytes, and ssh
+    adds a 40-character hash and a 17-character suffix while it creates one. Labs that run
+    at the same time have different indexes, so they never share it.
+    """
+    return RUNTIME_ROOT / f"ssh-{index}"
 
 
 def cache_dir() -> Path:

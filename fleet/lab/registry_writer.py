@@ -133,9 +133,11 @@ def lab_registry_yaml(registry: Registry, nodes: list[LabNode], lab: str,
     return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
-def ssh_config_text(nodes: list[LabNode], lab_path: Path, root_login: bool = True) -> str:
+def ssh_config_text(nodes: list[LabNode], lab_path: Path, control_dir: Path,
+                    root_login: bool = True) -> str:
     """An ssh_config with one ``Host`` per node (for ``ssh -F`` and testinfra's ``ssh://``):
-    as root, or as each node's ``ssh_user`` when the nodes refuse root logins."""
+    as root, or as each node's ``ssh_user`` when the nodes refuse root logins; masters
+    shared through sockets in ``control_dir``."""
     blocks = []
     for node in nodes:
         blocks.append(
@@ -149,7 +151,7 @@ def ssh_config_text(nodes: list[LabNode], lab_path: Path, root_login: bool = Tru
             "    StrictHostKeyChecking yes\n"
             "    BatchMode yes\n"
             "    ControlMaster auto\n"
-            f"    ControlPath {lab_path}/cm-%C\n"
+            f"    ControlPath {control_dir}/%C\n"
             "    ControlPersist 60s\n"
         )
     return "\n".join(blocks)

@@ -25,7 +25,7 @@ from fleet.lab.network import (
     remove_network,
 )
 from fleet.lab.node import NODES_DIR, NodePaths
-from fleet.lab.paths import cgroup_dirs
+from fleet.lab.paths import cgroup_dirs, ssh_control_dir
 from fleet.lab.registry_writer import SSH_CONFIG
 from fleet.lab.state import STATE_FILE, read_records
 
@@ -130,6 +130,7 @@ def teardown(lab: str, lab_path: Path, grace: float = STOP_TIMEOUT) -> None:
     stop_nodes(lab, lab_path, names, grace)
     unmount_all(lab_path)
     if index is not None:
+        shutil.rmtree(ssh_control_dir(index), ignore_errors=True)
         delayline.stop(netns_prefix(index))
         remove_network(index)
     left = leftovers(lab, lab_path, index, names)
@@ -140,5 +141,5 @@ def teardown(lab: str, lab_path: Path, grace: float = STOP_TIMEOUT) -> None:
     shutil.rmtree(lab_path / NODES_DIR, ignore_errors=True)
     for name in (STATE_FILE, INDEX_FILE):
         (lab_path / name).unlink(missing_ok=True)
-    for socket in lab_path.glob("cm-*"):
+    for socket in lab_path.glob("cm-*"):  # where labs of earlier releases kept them
         socket.unlink(missing_ok=True)

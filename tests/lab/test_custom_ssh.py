@@ -37,7 +37,7 @@ def test_files_use_the_agent_port(custom_registry: Path, tmp_path: Path) -> None
     plan = plan_nodes(load_registry(custom_registry), None, 7)
     assert known_hosts_text(plan, {"solo": "ssh-ed25519 AAAA"}) == (
         "[10.231.7.10]:2222,[solo]:2222 ssh-ed25519 AAAA\n")
-    assert "    Port 2222\n" in ssh_config_text(plan, tmp_path)
+    assert "    Port 2222\n" in ssh_config_text(plan, tmp_path, tmp_path / "cm")
 
 
 @pytest.mark.lab

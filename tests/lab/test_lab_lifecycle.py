@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -117,7 +118,11 @@ def test_testinfra_ssh_backend_uses_the_ssh_config(lab_registry: Path) -> None:
     assert host.run("python3 -c 'import venv, ensurepip; print(1)'").stdout.strip() == "1"
 
 
-def test_cli_up_status_ssh_down(spare_lab: str) -> None:
+def test_cli_up_status_ssh_down(session_lab_name: str,
+                                claim_spare: Callable[[str], str]) -> None:
+    spare_lab = claim_spare("longest"[:30 - len(session_lab_name)].ljust(
+        30 - len(session_lab_name), "x"))  # 31 characters, the longest name (sockets fit)
+    assert len(spare_lab) == 31
     fleet = ["fleet", "--registry", str(REPO / "registry.yaml"), "lab"]
     up = subprocess.run([*fleet, "up", "-n", "2", "--lab", spare_lab], capture_output=True,
                         text=True, timeout=300, check=True)
@@ -135,9 +140,12 @@ def test_cli_up_status_ssh_down(spare_lab: str) -> None:
                             "-d", "/etc"], capture_output=True, text=True, timeout=60,
                            check=True)
     assert after.stdout == "/etc\n"
+    index = network.read_index(paths.lab_dir(spare_lab))
+    assert index is not None and paths.ssh_control_dir(index).is_dir()
     down = subprocess.run([*fleet, "down", "--lab", spare_lab], capture_output=True, text=True,
                           timeout=120, check=True)
     assert down.stdout == f"Lab {spare_lab!r} is down.\n"
+    assert not paths.ssh_control_dir(index).exists()
 
 
 def test_up_recovers_a_lab_whose_nodes_were_killed(spare_lab: str) -> None:

@@ -108,7 +108,7 @@ def test_lab_registry_validates_and_rewrites_hosts(registry, tmp_path: Path) -> 
 
 def test_ssh_config_has_one_strict_shared_host_block(registry, tmp_path: Path) -> None:
     plan = plan_nodes(registry, 1, 0)
-    assert ssh_config_text(plan, tmp_path) == (
+    assert ssh_config_text(plan, tmp_path, tmp_path / "cm") == (
         "Host ezra-primary\n"
         "    HostName 10.231.0.10\n"
         "    Port 22\n"
@@ -119,7 +119,7 @@ def test_ssh_config_has_one_strict_shared_host_block(registry, tmp_path: Path) -
         "    StrictHostKeyChecking yes\n"
         "    BatchMode yes\n"
         "    ControlMaster auto\n"
-        f"    ControlPath {tmp_path}/cm-%C\n"
+        f"    ControlPath {tmp_path}/cm/%C\n"
         "    ControlPersist 60s\n"
     )
 
@@ -138,8 +138,8 @@ def test_ssh_user_lab_reaches_nodes_as_that_sudo_user(registry, tmp_path: Path) 
     lab = parse_registry(lab_registry_yaml(registry, plan, "sudo", tmp_path),
                          tmp_path / "registry.yaml")
     assert (lab.become, lab.get("bezalel").ssh_user) == ("sudo", "deploy")
-    assert "    User deploy\n" in ssh_config_text(plan, tmp_path, root_login=False)
-    assert "    User root\n" in ssh_config_text(plan, tmp_path)
+    assert "    User deploy\n" in ssh_config_text(plan, tmp_path, tmp_path / "cm", root_login=False)
+    assert "    User root\n" in ssh_config_text(plan, tmp_path, tmp_path / "cm")
     plain = parse_registry(lab_registry_yaml(registry, plan_nodes(registry, 1, 0), "x",
                                              tmp_path), tmp_path / "registry.yaml")
     assert plain.become is None
