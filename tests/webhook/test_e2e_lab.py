@@ -87,7 +87,8 @@ def test_out_of_order_pushes_deploy_what_prod_points_to_and_a_replay_deploys_not
     a = repo.commit("A")
     repo.push_tag("PROD", a)
     first = receiver.post(*signed_push("gitea", "refs/tags/PROD", a, delivery="lab-a"))
-    wait_for(lambda: receiver.run(first)["status"] == "running", what="A's deploy to start")
+    # A run deploys what the tag points to when it resolves it: wait until A's has
+    wait_for(lambda: receiver.run(first)["commit_sha"] == a, what="A's deploy to resolve PROD")
     b = repo.commit("B")
     repo.push_tag("PROD", b)
     c = repo.commit("C")
