@@ -120,8 +120,8 @@ def test_testinfra_ssh_backend_uses_the_ssh_config(lab_registry: Path) -> None:
 
 def test_cli_up_status_ssh_down(session_lab_name: str,
                                 claim_spare: Callable[[str], str]) -> None:
-    spare_lab = claim_spare("longest"[:30 - len(session_lab_name)].ljust(
-        30 - len(session_lab_name), "x"))  # 31 characters, the longest name (sockets fit)
+    # the longest name a lab may have, 31 characters: its SSH sockets must still fit
+    spare_lab = claim_spare("x" * (30 - len(session_lab_name)))
     assert len(spare_lab) == 31
     fleet = ["fleet", "--registry", str(REPO / "registry.yaml"), "lab"]
     up = subprocess.run([*fleet, "up", "-n", "2", "--lab", spare_lab], capture_output=True,
