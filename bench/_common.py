@@ -48,6 +48,13 @@ def fleet_env(checkout: Path, registry: Path) -> dict[str, str]:
     return env
 
 
+def stock_python(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with Python's defaults where a machine's environment may change them for
+    every process: bytecode caching on (``PYTHONDONTWRITEBYTECODE`` unset), as an operator's
+    machine has it, so a tool's second run does not compile its sources again."""
+    return {name: value for name, value in env.items() if name != "PYTHONDONTWRITEBYTECODE"}
+
+
 @dataclass(frozen=True)
 class Measured:
     """One timed child process: wall seconds, CPU seconds (user + sys, with every descendant

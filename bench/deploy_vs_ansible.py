@@ -47,6 +47,7 @@ from bench._common import (  # noqa: E402
     fleet_command,
     fleet_env,
     run_measured,
+    stock_python,
 )
 from bench.ansible import tool  # noqa: E402
 
@@ -97,6 +98,7 @@ def run_tool(name: str, checkout: Path, registry: Path, work: Path, release: str
         control = Path(tempfile.mkdtemp(prefix="cp-", dir=work))
         (control / "tmp").mkdir()
         command, env = tool.playbook_command(venv, inventory, name == "mitogen", control)
+    env = stock_python(env)
     try:
         for phase in ("cold", "no_change"):
             load = os.getloadavg()[0]
@@ -316,7 +318,7 @@ def save(data: dict[str, Any], size: dict[str, Any], path: Path) -> None:
 def floor_of(checkout: Path, registry: Path) -> dict[str, Any]:
     """The floor measured in a process with the clone's code (``bench/floor.py``)."""
     done = subprocess.run([sys.executable, str(Path(floor.__file__)), str(registry)],
-                          env={**os.environ, "PYTHONPATH": f"{checkout}:{REPO}"},
+                          env=stock_python({**os.environ, "PYTHONPATH": f"{checkout}:{REPO}"}),
                           capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(done.stdout)
     return result

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 from typing import Any
 
 from pyinfra.api import FactBase
+
+PYTHON_VERSION_RE = re.compile(r"Python ([0-9]+)\.([0-9]+)(?:\.[0-9]+)?\S*")  # python3 -V
 
 
 class NodeBasics(FactBase[dict[str, Any]]):
@@ -27,8 +30,7 @@ class NodeBasics(FactBase[dict[str, Any]]):
         return "; ".join([
             "(. /etc/os-release 2>/dev/null; echo \"os=$ID\"; echo \"os_like=$ID_LIKE\")",
             "if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi",
-            "echo \"python=$(python3 -c 'import sys; print(*sys.version_info[:2])' "
-            "2>/dev/null)\"",
+            "echo \"python=$(python3 -V 2>/dev/null)\"",
             "echo \"free_kb=$(df -Pk /opt 2>/dev/null | awk 'NR==2 {print $4}')\"",
             "echo \"epoch=$(date +%s.%N)\"",
             f"echo \"lock=$(cat {lock} 2>/dev/null)\"",
@@ -37,7 +39,8 @@ class NodeBasics(FactBase[dict[str, Any]]):
     def process(self, output: list[str]) -> dict[str, Any]:
         received = time.time()
         raw = dict(line.split("=", 1) for line in output if "=" in line)
-        version = tuple(int(part) for part in raw.get("python", "").split() if part.isdigit())
+        found = PYTHON_VERSION_RE.fullmatch(raw.get("python", ""))
+        version = (int(found[1]), int(found[2])) if found else ()
         try:
             skew = float(raw.get("epoch", "")) - received
         except ValueError:
@@ -94,17 +97,18 @@ class NodeState(FactBase[dict[str, Any]]):
                 keys_file: str, lock_dir: str | None = None) -> str:
         quoted = " ".join(shlex.quote(path) for path in paths)
         basics = [f"({NodeBasics().command(lock_dir)}) | sed 's/^/basics|/'"] if lock_dir else []
+        # A few processes in all, not a few per path: one stat, one sha256sum, one systemctl.
         return "; ".join([
-            f"for p in {quoted}; do if [ -e \"$p\" ]; then "
-            "echo \"path|$p|$(stat -c '%F|%U|%G|%a' \"$p\")|$( [ -f \"$p\" ] && "
-            "sha256sum < \"$p\" | cut -d' ' -f1)\"; fi; done",
+            f"stat -c 'path|%n|%F|%U|%G|%a' -- {quoted} 2>/dev/null",
+            f"(for p in {quoted}; do [ -f \"$p\" ] && set -- \"$@\" \"$p\"; done; "
+            "[ $# -eq 0 ] || sha256sum -- \"$@\") | sed 's/^/sha|/; s/  /|/'",
             f"echo \"current|$(readlink {shlex.quote(current)} 2>/dev/null)\"",
             f"for d in {shlex.quote(releases_dir)}/*/site; do [ -d \"$d\" ] && "
             "echo \"release|$(basename \"$(dirname \"$d\")\")\"; done",
             f"getent passwd {shlex.quote(user)} >/dev/null && echo user",
             f"getent group {shlex.quote(user)} >/dev/null && echo group",
-            f"echo \"unit|$(systemctl show {shlex.quote(unit)} -p ActiveState --value)"
-            f"|$(systemctl is-enabled {shlex.quote(unit)} 2>/dev/null)\"",
+            f"systemctl show {shlex.quote(unit)} -p ActiveState -p UnitFileState "
+            "| sed 's/^/unit|/'",
             f"sed 's/^/key|/' {shlex.quote(keys_file)} 2>/dev/null",
             *basics,  # last: its clock reading is closest to when the output arrives
             "true",
@@ -119,20 +123,26 @@ class NodeState(FactBase[dict[str, Any]]):
             if kind == "basics":
                 basics.append(rest)
             elif kind == "path":
-                path, kind_, user, group, mode, digest = (rest.split("|") + [""] * 6)[:6]
+                path, kind_, user, group, mode = (rest.split("|") + [""] * 5)[:5]
                 state["paths"][path] = {"type": kind_.replace("regular empty file",
                                                               "regular file"),
                                         "user": user, "group": group, "mode": mode,
-                                        "sha256": digest or None}
+                                        "sha256": None}
+            elif kind == "sha":
+                digest, _, path = rest.partition("|")
+                if path in state["paths"]:
+                    state["paths"][path]["sha256"] = digest
             elif kind == "current":
                 state["current"] = rest.rsplit("/", 1)[-1] or None
             elif kind == "release":
                 state["releases"].append(rest)
             elif kind in ("user", "group"):
                 state[kind] = True
-            elif kind == "unit":
-                active, _, enabled = rest.partition("|")
-                state["unit"] = {"active": active, "enabled": enabled}
+            elif kind == "unit":  # systemctl show's ActiveState= and UnitFileState= lines
+                name, _, value = rest.partition("=")
+                key = {"ActiveState": "active", "UnitFileState": "enabled"}.get(name)
+                if key:
+                    state["unit"][key] = value
             elif kind == "key":
                 state["authorized_keys"].append(rest.strip())
         if basics:

@@ -18,10 +18,20 @@ from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, Host, State, operation
 
 from deploys.context import AgentContext, phase
-from fleet.records import current_run_id, load_record, update_host
+from fleet.records import RecordWatch, Verdict, current_run_id, record_path, update_host
 
-POLL_S = 0.05
+POLL_S = 0.01
 WAIT_LIMIT_S = 6 * 3600.0  # a stage never waits longer than this for the ones before it
+_watches: dict[str, RecordWatch] = {}  # one per record in this process: its hosts share it
+
+
+def verdict_on(run_id: str, stage: int) -> Verdict | None:
+    """The controller's verdict on stage ``stage`` so far. Every host's gate polls the same
+    watch of the record, so a stage of many hosts still looks at it once per ``POLL_S``."""
+    watch = _watches.get(str(record_path(run_id)))
+    if watch is None:
+        watch = _watches[str(record_path(run_id))] = RecordWatch(run_id)
+    return watch.read(max_age=POLL_S).get("verdicts", {}).get(str(stage))
 
 
 def stage_of(target: Host) -> int:
@@ -37,10 +47,7 @@ def wait_for_verdict(state: State, host: Host, stage: int, controller: int) -> b
     deadline = time.monotonic() + WAIT_LIMIT_S
     verdict = None
     while verdict is None:
-        try:
-            verdict = load_record(run_id).get("verdicts", {}).get(str(stage - 1))
-        except (FileNotFoundError, ValueError):
-            verdict = None
+        verdict = verdict_on(run_id, stage - 1)
         if verdict is not None:
             break
         if controller and os.getppid() != controller:

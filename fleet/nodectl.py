@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/python3 -IS
 """Node-side helper of the deploy (stdlib only; installed as /opt/fleet/bin/fleet-nodectl).
 
 Subcommands, each printing one JSON document:
@@ -28,8 +28,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +114,9 @@ def get_health(port: int, timeout: float = 2.0,
                roundtrip: bool = False) -> tuple[int, dict[str, Any] | None]:
     """(HTTP status, JSON body) of the local gateway's /health; status 0 when unreachable.
     ``roundtrip`` asks the gateway for a live model round trip too."""
+    import urllib.error  # here: the controller imports this module for its constants
+    import urllib.request
+
     url = f"http://127.0.0.1:{port}/health" + ("?roundtrip=1" if roundtrip else "")
     timeout = max(timeout, 15.0) if roundtrip else timeout
     try:
@@ -213,9 +214,10 @@ def stayed_up(unit: str, port: int, expect: dict[str, str],
         up_for = (monotonic_us() - int(first.get("ActiveEnterTimestampMonotonic") or 0)) / 1e6
     except ValueError:
         up_for = 0.0
-    if up_for < STABLE_S:
+    waited = up_for < STABLE_S
+    if waited:
         time.sleep(STABLE_S - up_for)
-    now = unit_state(unit)
+    now = unit_state(unit) if waited else first
     problems = []
     if now.get("ActiveState") != "active":
         problems.append(f"{unit} is {now.get('ActiveState')}/{now.get('SubState')} "
@@ -230,7 +232,7 @@ def stayed_up(unit: str, port: int, expect: dict[str, str],
         if runtime.get("ActiveState") != "active":
             problems.append(f"{runtime_unit} is {runtime.get('ActiveState')}/"
                             f"{runtime.get('SubState')}: the agent's runtime is not running")
-    if not problems:
+    if not problems and waited:  # else /health was just found good (wait_healthy)
         status, body = get_health(port, roundtrip=runtime_unit is not None)
         problems = health_problems(status, body, expect)
     return problems

@@ -193,6 +193,36 @@ def load_record(run_id: str) -> RunRecord:
     return cast(RunRecord, json.loads(record_path(run_id).read_text()))
 
 
+class RecordWatch:
+    """One run's record, polled: read again only when its file was replaced since the last
+    read (every write renames a new file in), so polling it often costs a ``stat``."""
+
+    def __init__(self, run_id: str) -> None:
+        self.path = record_path(run_id)
+        self._seen: tuple[int, int, int] | None = None
+        self._record: RunRecord = {}
+        self._checked = -1.0
+
+    def read(self, max_age: float = 0.0) -> RunRecord:
+        """The record as it is now (empty while there is none or it cannot be read); as it
+        was at the last look when that was less than ``max_age`` seconds ago."""
+        if time.monotonic() - self._checked < max_age:
+            return self._record
+        self._checked = time.monotonic()
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return {}
+        seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if seen != self._seen:
+            try:
+                self._record = cast(RunRecord, json.loads(self.path.read_text()))
+            except (FileNotFoundError, ValueError):
+                return self._record
+            self._seen = seen
+        return self._record
+
+
 def went_through(record: RunRecord) -> bool:
     """A deploy that changed the fleet: not a dry run, ``ok``, ``degraded`` or ``partial``,
     with a release."""

@@ -34,6 +34,7 @@ from fleet.records import (
     RECORDS_ENV,
     RUN_ID_ENV,
     HostRecord,
+    RecordWatch,
     RunRecord,
     StageRecord,
     Verdict,
@@ -52,7 +53,7 @@ from fleet.validate import check_release_id
 
 Echo = Callable[[str], None]
 FINAL = ("ok", "failed", "rolled_back", "skipped")
-POLL_S = 0.05
+POLL_S = 0.01  # how often a running stage's record is looked at (a stat, unless it changed)
 NO_ENTRY = ("no audit record: unreachable over SSH, or an operation failed before verify; "
             "see the pyinfra output of this stage")
 
@@ -237,13 +238,12 @@ class StageProcess:
         self.process.wait()
 
 
-def final_outcome(run_id: str, hosts: Sequence[str], ended: bool) -> dict[str, str] | None:
+def final_outcome(run_id: str, hosts: Sequence[str], ended: bool,
+                  watch: RecordWatch | None = None) -> dict[str, str] | None:
     """Status per host of a stage once every host has a final entry in the record, or once
-    its process ended (hosts without one are recorded failed); None while still running."""
-    try:
-        entries = load_record(run_id).get("hosts", {})
-    except (FileNotFoundError, ValueError):
-        entries = {}
+    its process ended (hosts without one are recorded failed); None while still running.
+    ``watch``: the record's watch, so a poll reads it only when it changed."""
+    entries = (watch or RecordWatch(run_id)).read().get("hosts", {})
     outcome = {name: entries.get(name, {}).get("status", "") for name in hosts}
     if all(status in FINAL for status in outcome.values()):
         return outcome
@@ -288,6 +288,7 @@ class Rollout:
         self.stages = [hosts for _, hosts in waves]
         self.regions = [region for region, _ in waves]
         self.processes: dict[int, StageProcess] = {}
+        self.watch = RecordWatch(self.run_id)
         self.failures: dict[str, int] = {}  # per failure group: a region, or "" (the rest)
         self.unreachable: list[str] = []  # regions found unreachable, in order
         self.stopped = False
@@ -360,7 +361,8 @@ class Rollout:
         while not process.done:
             process.echo_available(self.echo, POLL_S)
             if outcome is None and not self.options.dry:
-                outcome = final_outcome(self.run_id, hosts, ended=process.done)
+                outcome = final_outcome(self.run_id, hosts, ended=process.done,
+                                        watch=self.watch)
                 if outcome is not None:
                     self._judge(index, outcome)
         code = process.process.returncode

@@ -225,7 +225,7 @@ def test_launcher_runs_pyinfras_cli() -> None:
 
 
 def test_node_state_reads_preflight_basics_in_the_same_round_trip() -> None:
-    from deploys.facts import NodeState
+    from deploys.facts import NodeBasics, NodeState
 
     fact = NodeState()
     args = dict(paths=["/opt/fleet"], user="a", unit="u", current="/opt/fleet/current",
@@ -234,17 +234,26 @@ def test_node_state_reads_preflight_basics_in_the_same_round_trip() -> None:
     command = fact.command(**args, lock_dir="/run/fleet-deploy.lock")
     assert "basics|" in command and "/run/fleet-deploy.lock/owner" in command
     epoch = f"{time.time():.3f}"
-    state = fact.process(["path|/opt/fleet|directory|root|root|755|", "user",
+    state = fact.process(["path|/opt/fleet|directory|root|root|755", "user",
+                          "path|/etc/fleet/a/env|regular empty file|root|a|640",
+                          f"sha|{'e3' * 32}|/etc/fleet/a/env", f"sha|{'00' * 32}|/elsewhere",
                           "basics|os=debian", "basics|os_like=", "basics|systemd=yes",
-                          "basics|python=3 11", "basics|free_kb=1048576",
-                          f"basics|epoch={epoch}", "basics|lock=", "unit|active|enabled"])
-    assert state["paths"]["/opt/fleet"]["mode"] == "755" and state["user"] is True
+                          "basics|python=Python 3.11.2", "basics|free_kb=1048576",
+                          f"basics|epoch={epoch}", "basics|lock=",
+                          "unit|ActiveState=active", "unit|UnitFileState=enabled"])
+    assert state["paths"]["/opt/fleet"] == {"type": "directory", "user": "root",
+                                            "group": "root", "mode": "755", "sha256": None}
+    assert state["paths"]["/etc/fleet/a/env"]["sha256"] == "e3" * 32
+    assert state["paths"]["/etc/fleet/a/env"]["type"] == "regular file"
+    assert "/elsewhere" not in state["paths"] and state["user"] is True
     assert state["unit"] == {"active": "active", "enabled": "enabled"}
     basics = state["basics"]
     assert (basics["os"], basics["systemd"], basics["python"], basics["free_mb"]) == (
         "debian", True, (3, 11), 1024)
     assert abs(basics["skew_s"]) < 5 and basics["lock"] == ""
     assert preflight.problems(basics, "me")[0] == []
+    for odd in ("Python 3.११.2", "3 11", "Python 3", "Python 3.11.2\nx", ""):
+        assert NodeBasics().process([f"python={odd}"])["python"] == (), odd
 
 
 def test_lock_blocks_a_live_holder_and_takes_over_a_dead_one() -> None:
