@@ -7,6 +7,10 @@ for the controller's verdict on the earlier stages (written to the run record wh
 hosts are audited) and goes on only when no more hosts than allowed failed. Otherwise the host
 is recorded ``skipped`` and fails here, before anything changes on it. The gate is a check,
 not a change: at plan time (a dry run) it does nothing.
+
+A host with nothing to change does not wait (known once every phase has planned, see
+``deploys/verify.py``): what it runs, verify and audit, checks the agent that is already
+there, so it checks it while the earlier stages deploy. Its stage is still judged as usual.
 """
 
 from __future__ import annotations
@@ -94,9 +98,11 @@ def earlier_stages_passed(stage: int, controller: int = 0):
 
 @phase("Rollout")
 def run(ctx: AgentContext) -> None:
-    """In a later stage of ``fleet deploy``, wait for the earlier stages' verdict first."""
+    """In a later stage of ``fleet deploy``, wait for the earlier stages' verdict first,
+    unless nothing changes on the host."""
     stage = stage_of(host)
     if stage:
         controller = host.data.get("rollout_controller")
         earlier_stages_passed(name="Rollout: earlier stages passed", stage=stage,
-                              controller=controller if isinstance(controller, int) else 0)
+                              controller=controller if isinstance(controller, int) else 0,
+                              _if=lambda: ctx.will_change)

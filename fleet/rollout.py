@@ -292,6 +292,7 @@ class Rollout:
         self.failures: dict[str, int] = {}  # per failure group: a region, or "" (the rest)
         self.unreachable: list[str] = []  # regions found unreachable, in order
         self.stopped = False
+        self.stopped_after = -1  # the stage after which the rollout stopped
         release = None if options.action == "rollback" else build_release(self.root)
         self.release = release.id if release else ""
         self.env = stage_env(registry, self.run_id, release_env(release) if release else {})
@@ -327,8 +328,17 @@ class Rollout:
                 process.stop()
         status = ("failed" if self.stopped else "partial" if self.unreachable
                   else "degraded" if any(self.failures.values()) else "ok")
-        update_run(self.run_id, status=status, finished=now())
+        update_run(self.run_id, status=status, finished=now(), skipped=self.not_deployed())
         return load_record(self.run_id)
+
+    def not_deployed(self) -> list[str]:
+        """The hosts of a stopped rollout that were skipped (a host with nothing to change
+        was checked, not skipped: see ``deploys/gate.py``)."""
+        if not self.stopped:
+            return []
+        entries = load_record(self.run_id).get("hosts", {})
+        return [name for stage in self.stages[self.stopped_after + 1:] for name in stage
+                if entries.get(name, {}).get("status") == "skipped"]
 
     def label(self, index: int) -> str:
         return "plan" if self.options.dry else stage_label(self.registry, self.stages, index)
@@ -402,15 +412,13 @@ class Rollout:
 
     def _stop(self, index: int, why: str, failures: int, allowed: int) -> None:
         """Stop the rollout after stage ``index``: no later stage deploys."""
-        self.stopped = True
+        self.stopped, self.stopped_after = True, index
         verdict: Verdict = {"go": False, "failures": failures, "allowed": allowed}
         if not failures:
             verdict["reason"] = f"not deployed: {why} (--stop-on-unreachable-region)"
         set_verdict(self.run_id, index, verdict)
-        later = [name for stage in self.stages[index + 1:] for name in stage]
-        if later:
-            self.echo(f"==> stopped: {why}; not deployed: {', '.join(later)}")
-            update_run(self.run_id, skipped=later)
+        if any(self.stages[index + 1:]):
+            self.echo(f"==> stopped: {why}; the later stages change nothing")
 
     def _unreachable(self, index: int, outcome: dict[str, str]) -> bool:
         """Whether every host of stage ``index`` failed preflight or never connected."""
