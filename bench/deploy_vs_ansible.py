@@ -192,7 +192,6 @@ def markdown(data: dict[str, Any]) -> str:
              f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores, "
              f"{data['machine']['memory_gib']} GiB; {data['machine']['lab']}. Versions: "
              + ", ".join(f"{k} {v}" for k, v in data["versions"].items()) + ".", "",
-             f"Command: `{data['command']}`", "",
              "Each round: a fresh lab per tool, a cold run, then a run with nothing to change. "
              "Median (min-max) wall seconds; CPU = user+sys seconds of the controller's process "
              "tree; RSS = peak resident set of its largest process; load = 1-min load average "
@@ -200,6 +199,8 @@ def markdown(data: dict[str, Any]) -> str:
     for nodes, size in sorted(data["sizes"].items(), key=lambda item: int(item[0])):
         summary = size["summary"]
         lines += [f"## {nodes} nodes ({len(size['runs'].get('fleet', []))} rounds)", "",
+                  f"Release {size['release']}, measured {size.get('finished', '?')[:10]}"
+                  + (f" with `{size['command']}`" if size.get("command") else "") + ".", "",
                   "| tool | cold | no-change | cold CPU | no-change CPU | peak RSS | "
                   "s/node cold | x ours cold | x ours no-change |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -281,6 +282,7 @@ def main() -> int:
     try:
         for nodes in args.sizes:
             size: dict[str, Any] = {"nodes": nodes, "release": release,
+                                    "command": data["command"],
                                     "runs": {name: [] for name in args.tools}}
             for round_ in range(1, args.rounds + 1):
                 for name in args.tools:
