@@ -32,9 +32,8 @@ _watches: dict[str, RecordWatch] = {}  # one per record in this process: its hos
 def verdict_on(run_id: str, stage: int) -> Verdict | None:
     """The controller's verdict on stage ``stage`` so far. Every host's gate polls the same
     watch of the record, so a stage of many hosts still looks at it once per ``POLL_S``."""
-    watch = _watches.get(str(record_path(run_id)))
-    if watch is None:
-        watch = _watches[str(record_path(run_id))] = RecordWatch(run_id)
+    key = str(record_path(run_id))
+    watch = _watches.get(key) or _watches.setdefault(key, RecordWatch(run_id))
     return watch.read(max_age=POLL_S).get("verdicts", {}).get(str(stage))
 
 
