@@ -25,6 +25,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -187,10 +188,13 @@ def _check_params(params: dict[str, int | str], now: float) -> None:
         missing = [name for name in ("created", "keyid") if name not in params]
         raise AuthError(f"{SIGNATURE_INPUT}: missing {' and '.join(missing)}", hint=HINT)
     created = int(params["created"])
-    skew = abs(now - created)
+    # ``created`` is whole seconds (the signer cut its fraction off), so the skew is counted
+    # between whole seconds too: a signer 301 s ahead is 301 s off, never "300 s".
+    skew = abs(created - math.floor(now))
     if skew > WINDOW_SECONDS:
-        raise AuthError(f"{SIGNATURE_INPUT}: created {created} is {int(skew)} s from this "
-                        f"gateway's clock (allowed: {WINDOW_SECONDS} s)",
+        direction = "ahead of" if created > now else "behind"
+        raise AuthError(f"{SIGNATURE_INPUT}: created {created} is {skew} s {direction} this "
+                        f"gateway's clock ({math.floor(now)}; allowed: up to {WINDOW_SECONDS} s)",
                         hint="Check the clocks (NTP).")
     if "expires" in params and now > int(params["expires"]):
         raise AuthError(f"{SIGNATURE_INPUT}: the signature expired at {params['expires']}")

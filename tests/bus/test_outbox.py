@@ -233,8 +233,31 @@ def test_signature_checks() -> None:
         verify(_target(headers, "since=0"), b"", keys)
     with pytest.raises(AuthError, match=r"keyid 'ezra:[0-9a-f]{16}' is not trusted"):
         verify(_target(headers, "since=3"), b"", {})
-    with pytest.raises(AuthError, match=r"is \d+ s from this gateway's clock"):
+    with pytest.raises(AuthError, match=r"is \d+ s behind this gateway's clock"):
         verify(_target(headers, "since=3"), b"", keys, now=time.time() + 400)
+
+
+@pytest.mark.parametrize(("signed_at", "now", "error"), [
+    # the signer's clock 301 s ahead: created 1301 (its fraction cut off) at 1000.7 here
+    (1301.2, 1000.7, "created 1301 is 301 s ahead of this gateway's clock (1000; allowed: up "
+                     "to 300 s)"),
+    (699.7, 1000.7, "created 699 is 301 s behind this gateway's clock (1000; allowed: up to "
+                    "300 s)"),
+])
+def test_clock_skew_error_names_the_real_skew(signed_at: float, now: float, error: str) -> None:
+    keys = parse_keyring(PUBLIC)
+    headers = sign(signing_key("ezra", KEYS["ezra"]), "GET", "http://gw:8080/messages?since=3",
+                   now=signed_at)
+    with pytest.raises(AuthError) as refused:
+        verify(_target(headers, "since=3"), b"", keys, now=now)
+    assert str(refused.value) == f"Signature-Input: {error}"
+
+
+def test_clock_skew_at_the_limit_is_accepted() -> None:
+    keys = parse_keyring(PUBLIC)
+    headers = sign(signing_key("ezra", KEYS["ezra"]), "GET", "http://gw:8080/messages?since=3",
+                   now=1300.9)
+    assert verify(_target(headers, "since=3"), b"", keys, now=1000.2).name == "ezra"
 
 
 def test_prune_keeps_unacked_and_recent_messages(db: sqlite3.Connection, store: Path) -> None:

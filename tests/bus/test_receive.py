@@ -130,7 +130,8 @@ def test_forged_or_stale_messages_get_401(client: FlaskClient, store: Path,
 def test_stale_message_names_the_window(client: FlaskClient) -> None:
     response = post(client, message(), now=time.time() - 301)
     assert response.status_code == 401
-    assert response.json["error"].endswith("s from this gateway's clock (allowed: 300 s)")
+    assert " s behind this gateway's clock (" in response.json["error"]
+    assert response.json["error"].endswith("; allowed: up to 300 s)")
 
 
 def test_unsigned_message_gets_401(client: FlaskClient, store: Path) -> None:
