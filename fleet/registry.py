@@ -2,12 +2,19 @@
 
 Every problem is reported as ``FILE:LINE: wizards.NAME.FIELD: what is wrong (what is allowed)``
 and all problems of a file are collected before :class:`RegistryError` is raised.
+
+Every string of the registry (mapping keys too, in every section) is checked once, on the
+composed YAML node tree, before any field is: no control character (newline, CR, tab, NUL,
+ESC, ...), line or paragraph separator, lone surrogate, U+FEFF or noncharacter, and at most
+:data:`~fleet.validate.MAX_TEXT` characters. So no value can start a new line or directive in
+any file the deploy writes to a node (:mod:`fleet.render`).
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -21,7 +28,13 @@ import yaml
 from fleet.errors import RegistryError
 from fleet.tools import Tool
 from fleet.tools.spec import parse_tools
-from fleet.validate import USER_NAME_FORM, USER_NAME_RE
+from fleet.validate import (
+    MAX_TEXT,
+    USER_NAME_FORM,
+    USER_NAME_RE,
+    authorized_key_problem,
+    unsafe_character,
+)
 
 REGISTRY_ENV = "FLEET_REGISTRY"
 ROLES = ("orchestrator", "worker")
@@ -72,6 +85,17 @@ RUNTIME_FIELDS = ("command", "ship")
 the agent's environment; ``ship``: files beside the registry it needs, shipped to the node)."""
 SECRET_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 SHIP_PATH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
+TEXT_LIMITS = {"model": 256, "description": 1024, "provider": 256}
+"""The longest value of these agent fields (any other string: ``MAX_TEXT``)."""
+MAX_URL = 1024
+TEXT_RULE = ("no registry string may hold a control character: newline, CR, tab, NUL, ESC, "
+             "U+2028, U+2029 and the like")
+
+
+def printable(text: str) -> str:
+    """``text`` for a message: as is, or escaped (``repr`` without quotes) when it holds a
+    character :func:`~fleet.validate.unsafe_character` refuses."""
+    return repr(text)[1:-1] if unsafe_character(text) else text
 
 
 @dataclass(frozen=True)
@@ -280,10 +304,14 @@ class _Validator:
         self.problems: list[str] = []
         self.loader: yaml.SafeLoader | None = None
         self.fleet_keys: set[str] = set()
+        self.refused: list[int] = []  # where the strings check_text refused start
 
     def problem(self, node: yaml.Node | None, where: str, message: str) -> None:
+        if node is not None and any(node.start_mark.index <= index < node.end_mark.index
+                                    for index in self.refused):
+            return  # a string in it holds a refused character: that problem is reported
         line = f"{node.start_mark.line + 1}:" if node is not None else ""
-        location = f" {where}:" if where else ""
+        location = f" {printable(where)}:" if where else ""
         self.problems.append(f"{self.path}:{line}{location} {message}")
 
     def fail(self) -> RegistryError:
@@ -301,6 +329,7 @@ class _Validator:
         if not isinstance(root, yaml.MappingNode):
             self.problem(root, "", "the registry must be a mapping with a `wizards:` key")
             raise self.fail()
+        self.check_text(root, "", set())
         top = self.mapping(root, "", TOP_FIELDS)
         settings = self.fleet_settings(top.get("fleet"))
         wizards = top.get("wizards")
@@ -329,6 +358,33 @@ class _Validator:
         except yaml.YAMLError as exc:
             self.problems.append(f"{self.path}: YAML syntax error: {exc}")
             raise self.fail() from None
+
+    def check_text(self, node: yaml.Node, where: str, seen: set[int]) -> None:
+        """Every string under ``node`` (keys and values, any depth, aliases once) holds no
+        character :func:`~fleet.validate.unsafe_character` refuses and is at most
+        ``MAX_TEXT`` long; each refused one is reported once, naming its place."""
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            text = str(node.value)
+            found = unsafe_character(text)
+            if found:
+                self.problem(node, where, f"{text[:60]!r} holds {found}; remove it ({TEXT_RULE})")
+            elif len(text) > MAX_TEXT:
+                self.problem(node, where, f"is {len(text)} characters long; the registry "
+                             f"allows at most {MAX_TEXT} in any string")
+            if found or len(text) > MAX_TEXT:
+                self.refused.append(node.start_mark.index)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self.check_text(item, f"{where}[{index}]", seen)
+        elif isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+                dotted = f"{where}.{key}" if where else key
+                self.check_text(key_node, dotted, seen)
+                self.check_text(value_node, dotted, seen)
 
     def mapping(
         self, node: yaml.MappingNode, where: str, allowed: tuple[str, ...]
@@ -486,7 +542,7 @@ class _Validator:
             "name": name,
             "host": host,
             "role": checked.role(),
-            "model": checked.string("model", ""),
+            "model": checked.model(),
             "capabilities": checked.string_list("capabilities", CAPABILITY_RE),
             "description": checked.string("description", ""),
             "gateway_port": port,
@@ -495,7 +551,7 @@ class _Validator:
             "soul": checked.soul(f"souls/{name}.md"),
             "region": checked.string("region", None),
             **checked.provider(),
-            "authorized_keys": checked.string_list("authorized_keys", None),
+            "authorized_keys": checked.authorized_keys(),
             "config": checked.config(),
             "line": key_node.start_mark.line + 1,
         }
@@ -550,7 +606,21 @@ class _AgentFields:
         if not isinstance(value, str) or not value.strip():
             self.bad(key, f"{value!r} is not a non-empty string")
             return default
+        limit = TEXT_LIMITS.get(key, MAX_TEXT)
+        if len(value) > limit:
+            self.bad(key, f"is {len(value)} characters long; at most {limit} allowed")
+            return default
         return value
+
+    def model(self) -> str:
+        """``model``: what the runtime names to its provider; never starts with ``-`` (it
+        must not read as an option) or whitespace, nor ends with whitespace."""
+        value = self.string("model", "")
+        if value and (value[0] == "-" or value != value.strip()):
+            self.bad("model", f"{value!r} starts with '-' or has spaces at either end; write "
+                     "the model's name as its provider spells it, e.g. google/gemma-4-31b-it")
+            return ""
+        return str(value)
 
     def user(self, key: str, default: str) -> str:
         value = self.string(key, default)
@@ -617,6 +687,17 @@ class _AgentFields:
                              "'.', '_' and '-')")
         return tuple(value)
 
+    def authorized_keys(self) -> tuple[str, ...]:
+        """``authorized_keys``: OpenSSH public key lines, nothing else (no options such as
+        ``command=``)."""
+        keys = self.string_list("authorized_keys", None)
+        for index, line in enumerate(keys):
+            problem = authorized_key_problem(line)
+            if problem:
+                self.bad("authorized_keys", f"entry {index + 1} {line[:40]!r}... {problem}; "
+                         "paste the public key line (e.g. ~/.ssh/id_ed25519.pub)")
+        return keys
+
     def config(self) -> dict[str, Any]:
         if "config" not in self.values:
             return {}
@@ -627,6 +708,11 @@ class _AgentFields:
         ):
             self.bad("config", "must be a mapping of setting name to a string, number or boolean")
             return {}
+        for name, item in value.items():
+            if isinstance(item, float) and not math.isfinite(item):
+                self.bad("config", f"{name}: {item!r} is not a finite number (config.json "
+                         "holds JSON numbers only)")
+                return {}
         return dict(value)
 
     def provider(self) -> dict[str, Any]:
@@ -641,8 +727,10 @@ class _AgentFields:
             self.bad("provider", f"unknown field {unknown[0]!r}; allowed: "
                      f"{', '.join(PROVIDER_FIELDS)}")
         name, url, key = value.get("name"), value.get("base_url"), value.get("api_key")
-        if name is not None and (not isinstance(name, str) or not name.strip()):
-            self.bad("provider", f"name {name!r} is not a non-empty string")
+        if name is not None and (not isinstance(name, str) or not name.strip()
+                                 or len(name) > TEXT_LIMITS["provider"]):
+            self.bad("provider", f"name {name!r} is not a non-empty string of at most "
+                     f"{TEXT_LIMITS['provider']} characters")
         if _url_problem(url):
             self.bad("provider", f"base_url {url!r} is not a valid URL: {_url_problem(url)} "
                      "(the OpenAI-compatible API root, e.g. https://openrouter.ai/api/v1)")
@@ -683,6 +771,10 @@ class _AgentFields:
                 and all(isinstance(arg, str) and arg and "\0" not in arg for arg in command)):
             self.bad("runtime", f"command {command!r} is not a non-empty list of arguments "
                      "(argv, run without a shell), e.g. [python3, runtime/agent.py]")
+            command = []
+        if ";" in command:
+            self.bad("runtime", "command holds an argument ';', which systemd reads as the end "
+                     "of a command line; drop it (argv runs without a shell)")
             command = []
         if not (isinstance(ship, list) and all(isinstance(item, str) for item in ship)):
             self.bad("runtime", f"ship {ship!r} is not a list of file paths")
@@ -743,6 +835,10 @@ def _is_host(value: str) -> bool:
 def _url_problem(value: Any) -> str:
     if not isinstance(value, str):
         return "not a string"
+    if len(value) > MAX_URL:
+        return f"longer than {MAX_URL} characters"
+    if unsafe_character(value) or re.search(r"\s", value):
+        return "holds a space or control character (percent-encode it, e.g. %20)"
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https"):
         return "scheme must be http or https"

@@ -10,7 +10,7 @@ import pytest
 from fleet import livetest
 from fleet.errors import RegistryError
 from fleet.inventory import host_data
-from fleet.registry import parse_registry
+from fleet.registry import TEXT_RULE, parse_registry
 
 AGENT = """\
 wizards:
@@ -46,14 +46,20 @@ def test_no_become_is_left_out(tmp_path: Path) -> None:
     assert "become" not in registry.to_dict()["fleet"]
 
 
-@pytest.mark.parametrize(("value", "shown"), [("su", "'su'"), ("doas", "'doas'"),
-                                               ('"sudo\\n"', "'sudo\\n'")])
+@pytest.mark.parametrize(("value", "shown"), [("su", "'su'"), ("doas", "'doas'")])
 def test_unknown_become_method_is_refused(value: str, shown: str) -> None:
     text = f"fleet:\n  become: {value}\n" + AGENT.format(user="deploy")
     assert problems(text) == [
         f"registry.yaml:2: fleet.become: {shown} is not a way to become root (sudo); write "
         "`become: sudo` for a login user with passwordless sudo, or leave it out to log in as "
         "root"]
+
+
+def test_become_with_a_newline_is_refused_for_the_newline() -> None:
+    text = 'fleet:\n  become: "sudo\\n"\n' + AGENT.format(user="deploy")
+    assert problems(text) == [
+        f"registry.yaml:2: fleet.become: 'sudo\\n' holds a newline at position 5; remove it "
+        f"({TEXT_RULE})"]
 
 
 def test_become_must_be_a_string() -> None:
