@@ -151,12 +151,30 @@ def finish(db: sqlite3.Connection, owner: str, outcomes: list[Outcome],
             " WHERE recipient = ? AND lease_until <= ? AND next_attempt_at <= ?",
             (retry_at, error, recipient, now, now)).rowcount)
         _bury(db, "recipient = ? AND lease_until <= ? AND created_at < ?",
-              (recipient, now, created_before), "gave up: older than the retry horizon",
+              (recipient, now, created_before), horizon_reason(round(now - created_before)),
               None, now)
         if max_attempts:
             _bury(db, "recipient = ? AND lease_until <= ? AND attempts >= ?",
-                  (recipient, now, max_attempts), f"gave up after {max_attempts} attempts",
-                  None, now)
+                  (recipient, now, max_attempts), attempts_reason(max_attempts), None, now)
+
+
+def horizon_reason(horizon: float, attempts: int | None = None) -> str:
+    """A dead letter's reason when its age decided: older than the retry horizon."""
+    tried = f" after {attempts} attempts" if attempts is not None else ""
+    return f"gave up{tried}: queued longer than the retry horizon ({_span(horizon)})"
+
+
+def attempts_reason(max_attempts: int) -> str:
+    """A dead letter's reason when the attempt cap decided."""
+    return f"gave up after {max_attempts} attempts: the most allowed (max_attempts)"
+
+
+def _span(seconds: float) -> str:
+    """``seconds`` as the largest whole unit that fits: ``3 d``, ``2 h``, ``90 s``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size:g} {unit}"
+    return f"{seconds:g} s"
 
 
 def _bury(db: sqlite3.Connection, where: str, params: tuple[Any, ...], reason: str,

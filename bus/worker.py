@@ -66,8 +66,16 @@ class Settings:
 
     def gives_up(self, attempts: int, created_at: float, now: float) -> bool:
         """Whether a row queued at ``created_at`` that failed ``attempts`` times is dead."""
-        return (now - created_at > self.give_up_after
-                or (bool(self.max_attempts) and attempts >= self.max_attempts))
+        return self.give_up_reason(attempts, created_at, now) is not None
+
+    def give_up_reason(self, attempts: int, created_at: float, now: float) -> str | None:
+        """Why a row queued at ``created_at`` that failed ``attempts`` times is dead, naming
+        the limit that decided (its age, or the attempt cap); None while it is not."""
+        if now - created_at > self.give_up_after:
+            return outbox.horizon_reason(self.give_up_after, attempts)
+        if self.max_attempts and attempts >= self.max_attempts:
+            return outbox.attempts_reason(self.max_attempts)
+        return None
 
 
 class DeliveryWorker:
@@ -190,9 +198,9 @@ class DeliveryWorker:
         if status in PERMANENT:
             return outbox.Outcome(seq, dead_reason=f"refused by {recipient}: HTTP {status}",
                                   error=detail)
-        if self.settings.gives_up(attempts, row["created_at"], time.time()):
-            return outbox.Outcome(seq, dead_reason=f"gave up after {attempts} attempts",
-                                  error=error)
+        reason = self.settings.give_up_reason(attempts, row["created_at"], time.time())
+        if reason is not None:
+            return outbox.Outcome(seq, dead_reason=reason, error=error)
         retry_at = time.time() + self.settings.backoff(attempts)
         if status == 429:  # the receiver's inbox quota: come back when it says
             retry_at = max(retry_at, time.time() + RETRY_AFTER_429)

@@ -131,15 +131,17 @@ def test_recipient_that_never_returns_ends_in_dead_letters(tmp_path: Path,
         assert stats["delivered"] == 0
         letter = letters[queued["id"]]
         assert (letter["to"], letter["attempts"], letter["reason"]) == (
-            "ghost", 3, "gave up after 3 attempts")
+            "ghost", 3, "gave up after 3 attempts: the most allowed (max_attempts)")
         assert letter["last_error"].startswith("ConnectionRefusedError: ")
-        assert letters[expiring["id"]]["reason"] in ("ttl expired", "gave up after 3 attempts")
+        assert letters[expiring["id"]]["reason"] in (
+            "ttl expired", "gave up after 3 attempts: the most allowed (max_attempts)")
         monkeypatch.setenv("FLEET_SECRETS", str(write_operator_secrets(tmp_path)))
         shown = CliRunner().invoke(main, ["--registry", str(fleet.registry), "bus",
                                           "dead-letters", "ezra"])
         assert shown.exit_code == 0
         assert f"{queued['id']} -> ghost (request) after 3 attempts: gave up after 3 " \
-               "attempts [ConnectionRefusedError: " in shown.output
+               "attempts: the most allowed (max_attempts) [ConnectionRefusedError: " \
+               in shown.output
     finally:
         fleet.stop()
     assert "ghost" in AGENTS
