@@ -35,6 +35,7 @@ LONG_POLL_S = 0.5
 deploy is never held up by a waiting reader for longer than this."""
 LONG_POLL_MAX_S = 5.0  # the gateway's default limit (``BUS_MAX_WAIT_MS``)
 SHORT_POLL_S = 0.05  # the pause between reads of a gateway that cannot long-poll
+LONG_POLL_BUSY_S = 1.0  # the pause a gateway holding its limit of long polls asks (429)
 
 
 class GatewayError(BusError):
@@ -165,6 +166,9 @@ class BusClient:
                     "GET", "/messages", {**query, "wait_ms": int(longest * 1000)})
                 return waited
             except GatewayError as exc:
+                if exc.status == 429:  # the gateway holds its BUS_MAX_LONG_POLLS: nothing yet
+                    time.sleep(min(longest, LONG_POLL_BUSY_S))
+                    return {"messages": [], "next": since}
                 if exc.problems.get("wait_ms") != "unknown parameter":
                     raise
                 self.long_poll = False  # a gateway of an earlier release: poll it instead

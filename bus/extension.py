@@ -23,6 +23,7 @@ from bus.keys import (
 )
 from bus.send import send
 from bus.state import Address, BusState
+from bus.watch import InboxWatch
 from bus.worker import DeliveryWorker, Settings
 from bus.writer import GroupWriter
 
@@ -88,7 +89,9 @@ class Bus:
         settings. ``BUS_MAX_BODY`` (bytes, 256 KiB), ``BUS_INBOX_QUOTA``
         (``FLEET_BUS_INBOX_QUOTA``, 50,000), ``BUS_MAX_WAIT_MS`` (``FLEET_BUS_MAX_WAIT_MS``:
         the longest long poll of ``GET /messages``, 5,000) and ``BUS_WORKER``
-        (``FLEET_BUS_WORKER``, on) tune it.
+        (``FLEET_BUS_WORKER``, on) tune it, and ``BUS_MAX_LONG_POLLS``
+        (``FLEET_BUS_MAX_LONG_POLLS``, 250): the long polls one process holds at once (one
+        more gets 429 with ``Retry-After``).
         """
         config = app.config
         folder = Path(state_dir or config.get("BUS_STATE_DIR") or config["STATE_DIR"])
@@ -103,6 +106,8 @@ class Bus:
             signer=signing_key(name, own) if isinstance(own, str) and own else own or None,
             agents=dict(agents if agents is not None else config["BUS_AGENTS"]),
             store=path, writer=GroupWriter(path), settings=settings(app),
+            watch=InboxWatch(path, int(setting(app, "BUS_MAX_LONG_POLLS",
+                                               "FLEET_BUS_MAX_LONG_POLLS", 250))),
             max_body=int(config.get("BUS_MAX_BODY") or 256 * 1024),
             inbox_quota=int(setting(app, "BUS_INBOX_QUOTA", "FLEET_BUS_INBOX_QUOTA", 50_000)),
             max_wait_ms=int(setting(app, "BUS_MAX_WAIT_MS", "FLEET_BUS_MAX_WAIT_MS", 5_000)))

@@ -14,6 +14,12 @@ Both need a request signed with this agent's own key.
 
 Each sender may have at most ``inbox_quota`` unacknowledged messages here (counted in the
 ``senders`` table): beyond that :func:`store` refuses and the sender gets 429.
+
+Long polls wait on the process's :class:`bus.watch.InboxWatch` (one watcher wakes them all),
+holding no SQLite connection meanwhile. Each gateway process holds at most
+``BUS_MAX_LONG_POLLS`` (``FLEET_BUS_MAX_LONG_POLLS``, 250) at once: one more is answered
+429 with ``Retry-After: 1`` (no page) at once, so long polls never take every connection of
+a worker (:mod:`fleet.serving`); :class:`bus.client.BusClient` reads that as "nothing yet".
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from bus import cloudevents
-from bus.db import get_db, write
+from bus.db import close_db, get_db, write
 from bus.schema import BIGGEST, MAX_ID, query_problems
 from bus.state import state
 from bus.store import bump
 from bus.validate import TYPES, fields_problems
+from bus.watch import TooManyLongPolls
 from bus.web import authenticate, fail, json_body
 
 bp = Blueprint("bus_inbox", __name__)
@@ -39,7 +46,7 @@ MAX_LIMIT = 1000
 OVER_QUOTA = "over_quota"
 EVENT = "cloudevents+attributes"  # stored format: payload column {payload, attributes, ...}
 RETRY_AFTER = 30  # seconds, told to a sender over its quota
-CHANGE_CHECK_S = 0.003  # how often a long poll looks for a commit (one PRAGMA, no query)
+LONG_POLL_RETRY_AFTER = 1  # seconds, told to a long poll over BUS_MAX_LONG_POLLS
 JSON = "application/json"
 READ_TYPES = [JSON, cloudevents.BATCH_CONTENT_TYPE, cloudevents.CONTENT_TYPE]  # by Accept
 QUERY: dict[str, dict[str, Any]] = {  # GET /messages, besides wait_ms (query_schema)
@@ -159,19 +166,26 @@ def _query() -> tuple[str, list[Any], int]:
     return " AND ".join(clauses), params, int(args.get("limit", "100"))
 
 
-def _wait_for_rows(db: sqlite3.Connection, sql: str, params: list[Any],
-                   wait_s: float) -> list[sqlite3.Row]:
+def _wait_for_rows(sql: str, params: list[Any], wait_s: float) -> list[sqlite3.Row]:
     """The rows of ``sql``; while there are none, for up to ``wait_s`` seconds, run it again
-    after each commit to the store (by any process: SQLite's ``data_version``)."""
+    after each new inbox row (stored by any process: :class:`bus.watch.InboxWatch`), with
+    the request's connection closed while it waits. 429 when the process holds its limit of
+    long polls."""
+    rows = get_db().execute(sql, params).fetchall()
+    if rows or wait_s <= 0:
+        return rows
     deadline = time.monotonic() + wait_s
-    while True:
-        version = db.execute("PRAGMA data_version").fetchone()[0]
-        rows = db.execute(sql, params).fetchall()
-        if rows or time.monotonic() >= deadline:
-            return rows
-        while (db.execute("PRAGMA data_version").fetchone()[0] == version
-               and time.monotonic() < deadline):
-            time.sleep(CHANGE_CHECK_S)
+    try:
+        with state().watch.waiter() as waiter:
+            rows = get_db().execute(sql, params).fetchall()  # rows added before it joined
+            while not rows and (left := deadline - time.monotonic()) > 0:
+                close_db()
+                if waiter.wait(left):
+                    rows = get_db().execute(sql, params).fetchall()
+    except TooManyLongPolls as exc:
+        fail(429, str(exc), hint=f"Read again after {LONG_POLL_RETRY_AFTER} s.",
+             headers={"Retry-After": str(LONG_POLL_RETRY_AFTER)})
+    return rows
 
 
 @bp.get("/messages")
@@ -179,7 +193,7 @@ def list_messages() -> ResponseReturnValue:
     """Inbox messages after ``since``, oldest first, with the cursor for the next call."""
     authenticate(owner_only=True)
     where, params, limit = _query()
-    rows = _wait_for_rows(get_db(), f"SELECT * FROM inbox WHERE {where} ORDER BY seq LIMIT ?",
+    rows = _wait_for_rows(f"SELECT * FROM inbox WHERE {where} ORDER BY seq LIMIT ?",
                           [*params, limit], int(request.args.get("wait_ms", "0")) / 1000)
     messages = [row_to_message(row) for row in rows]
     since = int(request.args.get("since", "0"))

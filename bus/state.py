@@ -12,6 +12,7 @@ from flask import current_app
 from bus.keys import PublicKey, SigningKey
 
 if TYPE_CHECKING:
+    from bus.watch import InboxWatch
     from bus.worker import DeliveryWorker, Settings
     from bus.writer import GroupWriter
 
@@ -38,6 +39,7 @@ class BusState:
     store: Path                     # bus.sqlite3
     writer: GroupWriter
     settings: Settings
+    watch: InboxWatch               # wakes the long polls (at most BUS_MAX_LONG_POLLS)
     max_body: int = 256 * 1024      # bytes, every route of the app
     inbox_quota: int = 50_000       # unacknowledged messages per sender
     max_wait_ms: int = 5_000        # the longest long poll of GET /messages (a restart

@@ -26,6 +26,5 @@ def dashboard(cli: CliContext, host: str, port: int, refresh: float) -> None:
     os.environ.update({REGISTRY_ENV: str(registry.path.resolve()),
                        RECORDS_ENV: str(records_dir().resolve()), REFRESH_ENV: str(refresh)})
     click.echo(f"==> dashboard of {registry.name} on http://{host}:{port}/dashboard/")
-    FactoryServer("fleet.dashboard.app:create_app", {
-        "bind": f"{host}:{port}", "workers": 1, "worker_class": "gthread", "threads": 8,
-        "timeout": 30, "accesslog": None}).run()
+    FactoryServer("fleet.dashboard.app:create_app", {  # gevent, deadlines: fleet.serving
+        "bind": f"{host}:{port}", "workers": 1, "accesslog": None}).run()

@@ -27,14 +27,12 @@ def gateway() -> None:
               help="State dir holding bus.sqlite3 (default: $FLEET_STATE_DIR, else "
                    ".fleet/state/AGENT).")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="gunicorn worker processes.")
-@click.option("--threads", type=click.IntRange(1, 256), default=32, show_default=True,
-              help="Threads per worker (a request holds one while its group commit runs: "
-                   "more in flight, bigger batches per fsync).")
+              help="gunicorn worker processes (gevent: each serves many connections; "
+                   "see fleet.serving).")
 @click.option("--dev", is_flag=True, help="Use Flask's threaded development server.")
 @pass_cli
 def serve(cli: CliContext, agent: str, port: int | None, host: str, state_dir: str | None,
-          workers: int, threads: int, dev: bool) -> None:
+          workers: int, dev: bool) -> None:
     """Serve AGENT's gateway until interrupted (bus keys: $FLEET_BUS_PUBLIC_KEYS and
     $FLEET_BUS_PRIVATE_KEY, else from $FLEET_SECRETS)."""
     registry = cli.registry
@@ -57,7 +55,6 @@ def serve(cli: CliContext, agent: str, port: int | None, host: str, state_dir: s
 
         create_app().run(host=host, port=port, threaded=True, use_reloader=False)
         return
-    FactoryServer("fleet.gateway:create_app", {
-        "bind": f"{host}:{port}", "workers": workers, "threads": threads,
-        "worker_class": "gthread", "keepalive": 30, "graceful_timeout": 10,
-        "accesslog": None, "loglevel": "warning"}).run()
+    FactoryServer("fleet.gateway:create_app", {  # served like the node's unit: fleet.serving
+        "bind": f"{host}:{port}", "workers": workers, "accesslog": None,
+        "loglevel": "warning"}).run()

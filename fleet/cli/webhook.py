@@ -46,7 +46,6 @@ def serve(host: str, port: int, workers: int, config_file: str | None) -> None:
     FLEET_DEPLOY_TAG (default PROD), FLEET_STATE_DIR, FLEET_HEALTH_CHECK.
     """
     from fleet.webhook.dispatcher import running, spawn
-    from fleet.webhook.serving import OPTIONS
 
     if config_file:
         os.environ[CONFIG_ENV] = os.path.abspath(config_file)
@@ -59,8 +58,8 @@ def serve(host: str, port: int, workers: int, config_file: str | None) -> None:
     while not running(settings.state_dir) and dispatcher.poll() is None \
             and time.monotonic() < deadline:
         time.sleep(0.05)
-    FactoryServer("fleet.webhook:create_app", {
-        **OPTIONS, "bind": f"{host}:{port}", "workers": workers, "accesslog": "-",
+    FactoryServer("fleet.webhook:create_app", {  # gevent, deadlines, limits: fleet.serving
+        "bind": f"{host}:{port}", "workers": workers, "accesslog": "-",
         "proc_name": "fleet-webhook"}).run()
 
 
