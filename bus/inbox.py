@@ -104,6 +104,14 @@ def store(db: sqlite3.Connection, message: dict[str, Any], fmt: str,
     return "stored" if stored else "duplicate"
 
 
+def pending_request(db: sqlite3.Connection, sender: str, message_id: str) -> bool:
+    """Whether ``sender``'s request ``message_id`` is in the inbox and not yet acknowledged
+    (it was signed by ``sender``: :func:`store` keeps only verified messages): a tool call
+    the agent's runtime makes while answering it may act on its behalf."""
+    return db.execute("SELECT 1 FROM inbox WHERE sender = ? AND id = ? AND type = 'request'"
+                      " AND acked_at IS NULL", (sender, message_id)).fetchone() is not None
+
+
 def acknowledge(db: sqlite3.Connection, sender: str, message_id: str,
                 now: float | None = None) -> bool | None:
     """Mark ``sender``'s message ``message_id`` handled: True, False if it was before, None

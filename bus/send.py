@@ -12,22 +12,20 @@ request's signature, so the very same signed request posted again is still queue
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from bus.db import write
 from bus.keys import PRIVATE_KEY_ENV, RECEIVER
 from bus.outbox import enqueue
 from bus.schema import send_schema
-from bus.signing import SIGNATURE
 from bus.state import state
 from bus.validate import fields_problems
-from bus.web import authenticate, fail, json_body
+from bus.web import authenticate, fail, json_body, signature_id
 from fleet.errors import BusError
 
 bp = Blueprint("bus_send", __name__)
@@ -101,8 +99,7 @@ def post_outbox() -> ResponseReturnValue:
     if signer == RECEIVER and not (isinstance(fields, dict) and fields.get("type") == "alert"):
         fail(403, f"the {RECEIVER!r} key may only queue messages of type 'alert'")
     if isinstance(fields, dict) and fields.get("id") is None:
-        signature = request.headers.get(SIGNATURE, "").encode()
-        fields = {**fields, "id": "sig-" + hashlib.sha256(signature).hexdigest()[:32]}
+        fields = {**fields, "id": signature_id()}
     if not isinstance(fields, dict):
         fail(400, "invalid message", {"body": "must be a JSON object with type and payload"})
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, NoReturn
 from urllib.parse import quote
 
@@ -10,7 +11,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from bus.keys import OPERATOR
-from bus.signing import AuthError, Target, authority, verify
+from bus.signing import SIGNATURE, AuthError, Target, authority, verify
 from bus.state import state
 from bus.validate import JSONError, parse_json
 
@@ -128,3 +129,10 @@ def authenticate(owner_only: bool = False, delegates: tuple[str, ...] = ()) -> s
         fail(403, f"{request.path} is allowed only to {me()!r} (its own key) and the operator, "
                   f"not {signer!r}")
     return signer
+
+
+def signature_id() -> str:
+    """An id for a request that names none, derived from its signature: the very same signed
+    request sent again (a replay) gets the same id, a request signed anew another."""
+    signature = request.headers.get(SIGNATURE, "").encode()
+    return "sig-" + hashlib.sha256(signature).hexdigest()[:32]
