@@ -55,7 +55,7 @@ def drift(facts: dict[str, Any], ctx: AgentContext, expected_release: str) -> li
         if print_ and print_ not in present:
             found.append(f"operator key {print_} missing from {agent.ssh_user}'s authorized_keys")
     wanted = {
-        f"/etc/fleet/{agent.name}/env": ("0600", agent.name),
+        f"/etc/fleet/{agent.name}/env": ("0600", "root"),
         f"/etc/fleet/{agent.name}/soul.md": ("0444", "root"),
         f"/var/lib/fleet/{agent.name}": ("0700", agent.name),
     }
@@ -98,7 +98,7 @@ def audit_node(state: State, host: Host, ctx: AgentContext) -> bool:
         port=ctx.agent.gateway_port, login_user=ctx.agent.ssh_user)
     rollback = verify.get("rollback") or {}
     status = "ok" if verify.get("ok") else "rolled_back" if rollback.get("healthy") else "failed"
-    changed = ctx.changed()
+    changed = [*ctx.changed(), *rollback_changes(rollback)]
     found = drift(facts, ctx, ctx.release.id)
     entry = {
         "status": status,
@@ -107,7 +107,8 @@ def audit_node(state: State, host: Host, ctx: AgentContext) -> bool:
         "soul_sha256": facts.get("soul_sha256"),
         "config_hash": facts.get("config_hash"),
         "changed": changed,
-        "restarted": any(op.is_complete() and op.did_change() for op in ctx.service_ops),
+        "restarted": bool(rollback.get("restarted")) or any(
+            op.is_complete() and op.did_change() for op in ctx.service_ops),
         "verify": verify,
         "facts": facts,
         "drift": found,
@@ -123,9 +124,13 @@ def audit_node(state: State, host: Host, ctx: AgentContext) -> bool:
     if status == "ok":
         return True
     reason = "; ".join(verify.get("problems", [])) or "health check failed"
+    if env_changed(ctx):
+        reason += ("; this deploy changed the agent's environment (secrets in "
+                   f"{secrets().path or '$FLEET_SECRETS'}): check them")
     if status == "rolled_back":
+        restored = " and its previous environment" if rollback.get("env_restored") else ""
         message = (f"{host.name}: verify failed ({reason}); rolled back to release "
-                   f"{rollback['release']}, which is healthy")
+                   f"{rollback['release']}{restored}, which is healthy")
     else:
         back = rollback.get("release") or facts.get("release")
         why = "; ".join(rollback.get("problems", [])) or rollback.get("reason", "")
@@ -133,6 +138,24 @@ def audit_node(state: State, host: Host, ctx: AgentContext) -> bool:
                    f"(now on {back}: {why})")
     host.log_styled(message, fg="red", log_func=logger.error)
     return False
+
+
+def rollback_changes(rollback: dict[str, Any]) -> list[str]:
+    """What a rollback (``fleet-nodectl``'s JSON) changed on the node, as operation names."""
+    changes = []
+    if rollback.get("release") and rollback.get("from") not in (None, rollback["release"]):
+        changes.append(f"Rollback | current release switched back to {rollback['release']}")
+    if rollback.get("env_restored"):
+        changes.append("Rollback | agent environment restored from env.previous")
+    if rollback.get("restarted"):
+        changes.append("Rollback | agent service restarted")
+    return changes
+
+
+def env_changed(ctx: AgentContext) -> bool:
+    """Whether this deploy changed the agent's environment (its secrets)."""
+    op = ctx.env_write
+    return op is not None and op.is_complete() and op.did_change()
 
 
 @operation(is_idempotent=False)

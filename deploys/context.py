@@ -9,14 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-import yaml
 from pyinfra import host
 from pyinfra.api import deploy
 
 from deploys.lock import LOCK_DIR
 from deploys.ops import UPLOAD_DIR, Outcome
-from fleet import expected
-from fleet.envfile import format_env
+from fleet import expected, render
 from fleet.registry import Agent, Registry, load_registry
 from fleet.release import Release, build_release
 from fleet.secrets import Secrets, load_secrets
@@ -76,6 +74,7 @@ class AgentContext:
     restart_triggers: list[Outcome] = field(default_factory=list)
     service_ops: list[Outcome] = field(default_factory=list)
     check: Outcome | None = None  # this host's verify (or rollback): its JSON on stdout
+    env_write: Outcome | None = None  # the keys phase's write of the agent's environment
     preflight_ok: bool = False
     stale_lock: str = ""  # a dead deploy's lock preflight found: it may be taken over
     will_change: bool = True  # some operation will change the node (set by verify's plan)
@@ -130,11 +129,35 @@ class AgentContext:
 
     def managed_paths(self) -> list[str]:
         """Every path the deploy manages for this agent (read in one NodeState snapshot)."""
-        etc = self.etc_dir
-        paths = [OPT, RELEASES, f"{OPT}/bin", NODECTL, "/etc/fleet", etc, "/var/lib/fleet",
-                 self.state_dir, SSHD_DROPIN, f"{etc}/registry.yaml", f"{etc}/config.json",
-                 f"{etc}/soul.md", f"{etc}/env", self.unit_path, *self.runtime_paths()]
+        paths = [OPT, RELEASES, f"{OPT}/bin", NODECTL, "/etc/fleet", self.etc_dir,
+                 "/var/lib/fleet", self.state_dir, SSHD_DROPIN, *self.loaded_paths()]
+        if self.agent.runtime_unit is None:  # one left from before is removed
+            paths.append(self.runtime_unit_path)
         return [*paths, UPLOAD_DIR] if self.registry.become else paths
+
+    def loaded_paths(self) -> list[str]:
+        """What the running agent loaded when it started (the release, its files, units): one
+        modified after the agent's unit became active needs a restart, also when the deploy
+        that wrote it failed before restarting (:func:`deploys.facts.newer_than_unit`)."""
+        etc = self.etc_dir
+        return [CURRENT, f"{etc}/registry.yaml", f"{etc}/config.json", f"{etc}/soul.md",
+                self.env_path, self.unit_path, *self.runtime_paths()]
+
+    @property
+    def env_path(self) -> str:
+        """The service environment (secrets): root's, 0600; systemd reads it as root."""
+        return f"{self.etc_dir}/env"
+
+    @property
+    def env_previous_path(self) -> str:
+        """The environment before the deploy changed it: a rollback restores it
+        (``fleet-nodectl rollback``), so a bad secret is undone with the release."""
+        return f"{self.etc_dir}/env.previous"
+
+    @property
+    def runtime_unit_path(self) -> str:
+        """Where the agent's runtime unit file is (or was, when the registry asks for none)."""
+        return f"/etc/systemd/system/fleet-runtime-{self.name}.service"
 
     @property
     def ship_dir(self) -> str:
@@ -173,8 +196,7 @@ class AgentContext:
                 entry.pop("config", None)
                 if isinstance(runtime, dict):
                     runtime["ship"] = []
-        header = "# Written by the fleet deploy (release phase); edit the controller's registry.\n"
-        return header + yaml.safe_dump(data, sort_keys=False)
+        return render.registry_copy(data)
 
     def config_json(self) -> str:
         """The agent config file; its sha256 is the config hash /health reports."""
@@ -201,7 +223,7 @@ class AgentContext:
     def env_file(self) -> str:
         """``/etc/fleet/<agent>/env``: public settings then secrets, in systemd's
         ``EnvironmentFile=`` syntax (double-quoted values, :mod:`fleet.envfile`)."""
-        return format_env({**self.public_env(), **secrets().for_agent(self.name)})
+        return render.env_file({**self.public_env(), **secrets().for_agent(self.name)})
 
 
 _contexts: dict[str, AgentContext] = {}

@@ -6,11 +6,33 @@ import json
 import re
 import shlex
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from pyinfra.api import FactBase
 
 PYTHON_VERSION_RE = re.compile(r"Python ([0-9]+)\.([0-9]+)(?:\.[0-9]+)?\S*")  # python3 -V
+UNIT_TIME_FORMAT = "%a %Y-%m-%d %H:%M:%S.%f UTC"  # systemctl show --timestamp=us+utc
+
+
+def unit_started(value: str) -> float | None:
+    """The Unix time of a ``systemctl show --timestamp=us+utc`` timestamp (None: never)."""
+    try:
+        return datetime.strptime(value.strip(), UNIT_TIME_FORMAT).replace(
+            tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def newer_than_unit(node: dict[str, Any], paths: list[str]) -> list[str]:
+    """The ``paths`` modified after the node's unit last became active: files the running
+    service has not loaded (a deploy that failed between writing them and the restart).
+    Empty when the unit is not active (it will be started, reading them all)."""
+    started = node.get("unit", {}).get("started")
+    if node.get("unit", {}).get("active") != "active" or started is None:
+        return []
+    return [path for path in paths
+            if (node["paths"].get(path) or {}).get("mtime", 0.0) > started]
 
 
 class NodeBasics(FactBase[dict[str, Any]]):
@@ -84,8 +106,15 @@ class NodeState(FactBase[dict[str, Any]]):
         {"paths": {"/opt/fleet": {"type": "directory", "user": "root", "group": "root",
                                   "mode": "755", "sha256": None}},
          "current": "444a224b3f00", "releases": ["444a224b3f00"],
-         "user": True, "group": True, "unit": {"active": "active", "enabled": "enabled"},
+         "user": True, "group": True,
+         "unit": {"active": "active", "enabled": "enabled", "started": 1764290000.5,
+                  "need_reload": False},
          "authorized_keys": ["ssh-ed25519 AAAA... op@laptop"]}
+
+    Each path also has its ``mtime`` (Unix time); ``unit.started`` is when the unit last
+    became active, so a file newer than it is one the running service has not loaded
+    (:func:`newer_than_unit`); ``unit.need_reload``: its unit file changed since systemd
+    loaded it.
 
     Given ``lock_dir``, the same round trip also reads what preflight checks (``NodeBasics``)
     into ``"basics"``.
@@ -99,7 +128,7 @@ class NodeState(FactBase[dict[str, Any]]):
         basics = [f"({NodeBasics().command(lock_dir)}) | sed 's/^/basics|/'"] if lock_dir else []
         # A few processes in all, not a few per path: one stat, one sha256sum, one systemctl.
         return "; ".join([
-            f"stat -c 'path|%n|%F|%U|%G|%a' -- {quoted} 2>/dev/null",
+            f"stat -c 'path|%n|%F|%U|%G|%a|%.9Y' -- {quoted} 2>/dev/null",
             f"(for p in {quoted}; do [ -f \"$p\" ] && set -- \"$@\" \"$p\"; done; "
             "[ $# -eq 0 ] || sha256sum -- \"$@\") | sed 's/^/sha|/; s/  /|/'",
             f"echo \"current|$(readlink {shlex.quote(current)} 2>/dev/null)\"",
@@ -107,8 +136,8 @@ class NodeState(FactBase[dict[str, Any]]):
             "echo \"release|$(basename \"$(dirname \"$d\")\")\"; done",
             f"getent passwd {shlex.quote(user)} >/dev/null && echo user",
             f"getent group {shlex.quote(user)} >/dev/null && echo group",
-            f"systemctl show {shlex.quote(unit)} -p ActiveState -p UnitFileState "
-            "| sed 's/^/unit|/'",
+            f"systemctl show {shlex.quote(unit)} --timestamp=us+utc -p ActiveState "
+            "-p UnitFileState -p ActiveEnterTimestamp -p NeedDaemonReload | sed 's/^/unit|/'",
             f"sed 's/^/key|/' {shlex.quote(keys_file)} 2>/dev/null",
             *basics,  # last: its clock reading is closest to when the output arrives
             "true",
@@ -123,11 +152,11 @@ class NodeState(FactBase[dict[str, Any]]):
             if kind == "basics":
                 basics.append(rest)
             elif kind == "path":
-                path, kind_, user, group, mode = (rest.split("|") + [""] * 5)[:5]
+                path, kind_, user, group, mode, mtime = (rest.split("|") + [""] * 6)[:6]
                 state["paths"][path] = {"type": kind_.replace("regular empty file",
                                                               "regular file"),
                                         "user": user, "group": group, "mode": mode,
-                                        "sha256": None}
+                                        "sha256": None, "mtime": _float(mtime)}
             elif kind == "sha":
                 digest, _, path = rest.partition("|")
                 if path in state["paths"]:
@@ -143,8 +172,19 @@ class NodeState(FactBase[dict[str, Any]]):
                 key = {"ActiveState": "active", "UnitFileState": "enabled"}.get(name)
                 if key:
                     state["unit"][key] = value
+                elif name == "ActiveEnterTimestamp":
+                    state["unit"]["started"] = unit_started(value)
+                elif name == "NeedDaemonReload":
+                    state["unit"]["need_reload"] = value == "yes"
             elif kind == "key":
                 state["authorized_keys"].append(rest.strip())
         if basics:
             state["basics"] = NodeBasics().process(basics)
         return state
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0

@@ -236,9 +236,10 @@ def _upload(dest: str, source: Any, user: str, group: str, mode: str, then: Sequ
 
 @operation()
 def secret_file(dest: str, content: HiddenValue, public: tuple[str, ...] | None, user: str,
-                group: str, node: Node, mode: str = "600"):
+                group: str, node: Node, mode: str = "600", backup: str = ""):
     """
-    An env file holding secrets; ``--diff`` shows it with every secret value masked.
+    An env file holding secrets; ``--diff`` shows it with every secret value masked. With
+    ``backup``, the content it replaces is kept there first (same owner and mode).
 
     + dest: path on the node
     + content: the file content (``NAME=value`` lines), hidden from pyinfra's output
@@ -248,13 +249,15 @@ def secret_file(dest: str, content: HiddenValue, public: tuple[str, ...] | None,
     + group: group
     + node: the host's NodeState snapshot
     + mode: octal mode
+    + backup: where the replaced content is kept (none kept when empty)
 
     **Example:**
 
     .. code:: python
 
         secret_file(name="Env", dest="/etc/fleet/a/env", content=HiddenValue("K=v\n"),
-                    public=("FLEET_AGENT",), user="a", group="a", node=node)
+                    public=("FLEET_AGENT",), user="root", group="root", node=node,
+                    backup="/etc/fleet/a/env.previous")
     """
     text = content.unmask()
     have = node["paths"].get(dest)
@@ -265,6 +268,9 @@ def secret_file(dest: str, content: HiddenValue, public: tuple[str, ...] | None,
     else:
         _show_diff(dest, have is not None, text,
                    lambda old, new: mask_env_pair(old, new, public))
+    if backup and have is not None:  # its final owner and mode before the content
+        yield (f"{_q('install', '-m', mode, '-o', user, '-g', group, '/dev/null', backup)} && "
+               f"cat {_q(dest)} > {_q(backup)}")
     yield from _upload(dest, StringIO(text), user, group, mode, secret=True)
 
 

@@ -1,5 +1,8 @@
 """Phase 6, services: the agent's hardened systemd unit, enabled and running; restarted only
-when the release, config, registry copy, soul, environment or unit changed.
+when the release, config, registry copy, soul, environment or unit changed, in this deploy or
+after the unit last started (an earlier deploy that failed before its restart: the node's
+snapshot has each file's mtime and the unit's start). A runtime unit the registry no longer
+asks for is stopped and removed.
 
 As in pyinfra-examples, the daemon-reload and the restart are pyinfra's own operations hung on
 ``did_change`` (``_if=``). They are planned only when a file they depend on will change, so a
@@ -11,12 +14,13 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from jinja2 import Template
 from pyinfra.operations import files, systemd
 
 from deploys import webhook
 from deploys.context import CURRENT, AgentContext, phase
+from deploys.facts import newer_than_unit
 from deploys.ops import Outcome, managed_file, unit_running
+from fleet import render
 from fleet.templates import read_template
 
 UNIT_TEMPLATE = "fleet-agent.service.j2"
@@ -29,22 +33,21 @@ TASKS_MAX = 512  # its TasksMax=: 2 workers x (32 request + bus delivery threads
 UNIT_FILE = "Agent unit file"
 RELOAD = "systemd daemon-reload (unit file changed)"
 RUNNING = "Agent service enabled and running"
-RESTART = "Agent service restarted (its release, config, soul, env or unit changed)"
+RESTART = ("Agent service restarted (its release, config, soul, env or unit changed, now or "
+           "since it started)")
+RUNTIME_STOPPED = "Runtime service stopped and disabled (the registry asks for no runtime)"
+RUNTIME_REMOVED = "Runtime unit file removed"
+RUNTIME_SHIP_REMOVED = "Runtime's shipped files removed"
+RUNTIME_RELOAD = "systemd daemon-reload (runtime unit removed)"
 
 
 def unit_text(ctx: AgentContext) -> str:
-    """The agent's systemd unit, rendered from ``fleet/templates/fleet-agent.service.j2``."""
-    template = Template(read_template(UNIT_TEMPLATE), keep_trailing_newline=True)
-    return template.render(agent=ctx.name, user_name=ctx.user, port=ctx.agent.gateway_port,
-                           etc_dir=ctx.etc_dir, state_dir=ctx.state_dir, current=CURRENT,
-                           memory_max=MEMORY_MAX, tasks_max=TASKS_MAX)
-
-
-def unit_quote(value: str, command: bool = False) -> str:
-    """``value`` as one double-quoted word of a unit file (``%`` specifiers escaped; in a
-    command line ``$`` too, which systemd would expand)."""
-    quoted = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
-    return '"' + (quoted.replace("$", "$$") if command else quoted) + '"'
+    """The agent's systemd unit, rendered from ``fleet/templates/fleet-agent.service.j2``
+    (:func:`fleet.render.unit_file`)."""
+    return render.unit_file(read_template(UNIT_TEMPLATE), agent=ctx.name, user_name=ctx.user,
+                            port=ctx.agent.gateway_port, etc_dir=ctx.etc_dir,
+                            state_dir=ctx.state_dir, current=CURRENT, memory_max=MEMORY_MAX,
+                            tasks_max=TASKS_MAX)
 
 
 def runtime_unit_text(ctx: AgentContext) -> str:
@@ -58,13 +61,12 @@ def runtime_unit_text(ctx: AgentContext) -> str:
     extra_env = [("FLEET_MODEL", agent.model), ("FLEET_PROVIDER_URL", agent.provider_url or ""),
                  ("FLEET_PROVIDER_KEY_ENV", agent.provider_key or ""),
                  ("FLEET_GATEWAY_URL", f"http://127.0.0.1:{agent.gateway_port}")]
-    template = Template(read_template(RUNTIME_TEMPLATE), keep_trailing_newline=True)
-    return template.render(
-        agent=ctx.name, kind=agent.runtime, user_name=ctx.user, etc_dir=ctx.etc_dir,
-        state_dir=ctx.state_dir, current=CURRENT, memory_max=MEMORY_MAX, tasks_max=TASKS_MAX,
-        gateway_unit=ctx.unit, work_dir=work_dir,
-        exec_start=" ".join(unit_quote(arg, command=True) for arg in argv),
-        extra_env=[(name, unit_quote(value)[1:-1]) for name, value in extra_env])
+    return render.unit_file(
+        read_template(RUNTIME_TEMPLATE), agent=ctx.name, kind=agent.runtime,
+        user_name=ctx.user, etc_dir=ctx.etc_dir, state_dir=ctx.state_dir, current=CURRENT,
+        memory_max=MEMORY_MAX, tasks_max=TASKS_MAX, gateway_unit=ctx.unit, work_dir=work_dir,
+        exec_start=render.unit_command(argv, what=f"wizards.{ctx.name}.runtime.command"),
+        extra_env=[render.unit_env(name, value) for name, value in extra_env])
 
 
 def runtime(ctx: AgentContext) -> list[Outcome]:
@@ -100,9 +102,11 @@ def run(ctx: AgentContext) -> None:
         mode="644", node=ctx.node))
     runtime_ops = runtime(ctx)
     unit_files = [unit, *runtime_ops[-1:]]
-    if any(op.will_change for op in unit_files):
+    stale_units = bool(ctx.node["unit"].get("need_reload"))  # a deploy failed before reload
+    if stale_units or any(op.will_change for op in unit_files):
         ctx.track(RELOAD, systemd.daemon_reload(
-            name=RELOAD, _if=lambda: any(op.did_change() for op in unit_files)))
+            name=RELOAD, _if=lambda: stale_units or any(op.did_change() for op in unit_files)))
+    runtime_removed(ctx)
     ctx.service_ops.append(ctx.track(RUNNING, unit_running(name=RUNNING, unit=ctx.unit,
                                                            node=ctx.node)))
     if ctx.agent.runtime_unit:
@@ -110,8 +114,27 @@ def run(ctx: AgentContext) -> None:
             name=RUNTIME_RUNNING, service=ctx.agent.runtime_unit, running=True,
             enabled=True)))
     triggers = [unit, *runtime_ops, *ctx.restart_triggers]
-    if ctx.node["unit"].get("active") == "active" and any(op.will_change for op in triggers):
+    pending = newer_than_unit(ctx.node, ctx.loaded_paths())  # written, never loaded
+    if ctx.node["unit"].get("active") == "active" and (
+            pending or any(op.will_change for op in triggers)):
         ctx.service_ops.append(ctx.track(RESTART, systemd.service(
             name=RESTART, service=ctx.unit, restarted=True,
-            _if=lambda: any(op.did_change() for op in triggers))))
+            _if=lambda: bool(pending) or any(op.did_change() for op in triggers))))
     webhook.services(ctx)
+
+
+def runtime_removed(ctx: AgentContext) -> None:
+    """A runtime unit left on the node after the registry stopped asking for one: stopped,
+    disabled and deleted with its shipped files (a broken one would fail every later
+    deploy). Planned only when its unit file is there, so it costs a normal deploy nothing."""
+    if ctx.agent.runtime_unit is not None or ctx.runtime_unit_path not in ctx.node["paths"]:
+        return
+    unit = PurePosixPath(ctx.runtime_unit_path).name
+    ctx.track(RUNTIME_STOPPED, systemd.service(name=RUNTIME_STOPPED, service=unit,
+                                               running=False, enabled=False))
+    removed = ctx.track(RUNTIME_REMOVED, files.file(name=RUNTIME_REMOVED,
+                                                    path=ctx.runtime_unit_path, present=False))
+    ctx.track(RUNTIME_SHIP_REMOVED, files.directory(name=RUNTIME_SHIP_REMOVED,
+                                                    path=ctx.ship_dir, present=False))
+    ctx.track(RUNTIME_RELOAD, systemd.daemon_reload(name=RUNTIME_RELOAD,
+                                                    _if=removed.did_change))

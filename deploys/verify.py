@@ -69,7 +69,14 @@ def run(ctx: AgentContext) -> None:
     ctx.check = agent_verified(name=VERIFY, nodectl=NODECTL, owner=lock.owner(),
                                stale_owner=ctx.stale_lock, args=[
         "verify", "--release", ctx.release.id, "--config-hash", ctx.config_hash(),
-        "--soul-sha", ctx.soul_sha256(), "--rollback", *runtime_args(ctx), *agent_args(ctx)])
+        "--soul-sha", ctx.soul_sha256(), "--rollback", *env_args(ctx), *runtime_args(ctx),
+        *agent_args(ctx)])
+
+
+def env_args(ctx: AgentContext) -> list[str]:
+    """``--restore-env`` when this deploy changes the agent's environment: a rollback then
+    restores the one it replaced (a wrong secret is undone with the release)."""
+    return ["--restore-env"] if ctx.env_write is not None and ctx.env_write.will_change else []
 
 
 def runtime_args(ctx: AgentContext) -> list[str]:

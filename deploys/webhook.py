@@ -26,7 +26,6 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jinja2 import Template
 from pyinfra import host, logger
 from pyinfra.api import HiddenValue
 from pyinfra.operations import apt
@@ -44,7 +43,7 @@ from deploys.ops import (
     release_unpacked,
     secret_file,
 )
-from fleet.envfile import format_env
+from fleet import render
 from fleet.errors import WebhookError
 from fleet.release import (
     BROKEN_MARKER,
@@ -202,8 +201,8 @@ def restart_command() -> str:
 
 def unit_text(ctx: AgentContext, tools_id: str) -> str:
     """The receiver's unit: this deploy's release and deploy tools on ``PYTHONPATH``."""
-    template = Template(TEMPLATE.read_text(encoding="utf-8"), keep_trailing_newline=True)
-    return template.render(
+    return render.unit_file(
+        TEMPLATE.read_text(encoding="utf-8"),
         python=PYTHON, pythonpath=f"{RELEASES}/{ctx.release.id}/site:{TOOLS_DIR}/{tools_id}/site",
         user_name=USER, etc_dir=ETC_DIR, state_dir=STATE_DIR, cache_dir=STATE_DIR, port=PORT)
 
@@ -231,7 +230,7 @@ def keys(ctx: AgentContext) -> None:
     env = receiver_env(ctx)
     plan.triggers.append(ctx.track(ENV, secret_file(
         name=ENV, dest=ENV_FILE,
-        content=HiddenValue(format_env(env)),
+        content=HiddenValue(render.env_file(env)),
         public=tuple(public_env(ctx)), user=USER, group=USER, node=plan.node)))
     source = secrets().path
     if source is not None:

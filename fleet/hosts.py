@@ -25,6 +25,9 @@ from fleet.errors import FleetError
 from fleet.registry import Agent, Registry
 
 DEFAULT_FILE = "known_hosts"
+SSH_CONFIG_ENV = "FLEET_SSH_CONFIG"
+"""An ssh_config file every connection reads (a ProxyJump bastion, say); host keys stay
+pinned to the registry's known_hosts."""
 KEY_TYPES = "ed25519,ecdsa,rsa"
 SCAN_TIMEOUT_S = 5
 TRUST_HINT = ("After checking the fingerprint against the server's own (`ssh-keygen -lf "
@@ -208,3 +211,123 @@ def _write(path: Path, text: str) -> None:
     except BaseException:
         Path(staging).unlink(missing_ok=True)
         raise
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """How the controller reaches one agent over SSH: the one place deploy (pyinfra), status,
+    ``fleet test`` (testinfra) and the lab take their settings from. Host keys are checked
+    strictly against the registry's known_hosts only (no user or global file); with none set,
+    against an empty file, so every host key is refused."""
+
+    user: str
+    host: str
+    port: int
+    known_hosts: str  # absolute path, or os.devnull
+    key: str | None = None
+    config_file: str | None = None
+
+    def options(self) -> list[str]:
+        """OpenSSH ``-o`` options (``NAME=value``), also valid in an ssh_config ``Host``."""
+        found = ["BatchMode=yes", "StrictHostKeyChecking=yes",
+                 f"UserKnownHostsFile={self.known_hosts}", "GlobalKnownHostsFile=/dev/null",
+                 "UpdateHostKeys=no"]
+        if self.key:
+            found += [f"IdentityFile={self.key}", "IdentitiesOnly=yes"]
+        return found
+
+    def ssh_args(self) -> list[str]:
+        """The ``ssh`` arguments before the destination (``-F``, ``-p``, every ``-o``)."""
+        args = ["-F", self.config_file] if self.config_file else []
+        args += ["-p", str(self.port)]
+        for option in self.options():
+            args += ["-o", option]
+        return args
+
+    @property
+    def destination(self) -> str:
+        return f"{self.user}@{self.host}"
+
+    def pyinfra_data(self) -> dict[str, object]:
+        """The same settings as pyinfra SSH connector host data."""
+        data: dict[str, object] = {
+            "ssh_hostname": self.host, "ssh_user": self.user, "ssh_port": self.port,
+            "ssh_known_hosts_file": self.known_hosts, "ssh_strict_host_key_checking": "yes"}
+        if self.key:
+            data["ssh_key"] = self.key
+        if self.config_file:
+            data["ssh_config_file"] = self.config_file
+        return data
+
+
+def ssh_settings(agent: Agent, registry: Registry) -> SshSettings:
+    """The SSH settings reaching ``agent`` (see :class:`SshSettings`)."""
+    pinned = known_hosts_path(registry)
+    return SshSettings(user=agent.ssh_user, host=agent.host, port=agent.ssh_port,
+                       known_hosts=str(pinned.resolve()) if pinned else os.devnull,
+                       key=registry.ssh_key or None,
+                       config_file=os.environ.get(SSH_CONFIG_ENV) or None)
+
+
+def keyscan_all(agents: Sequence[Agent], key_types: Iterable[str],
+                timeout: float = SCAN_TIMEOUT_S) -> dict[str, dict[str, str]]:
+    """The host keys each agent's host offers now, ``{agent: {key type: key}}``, asked with
+    one ``ssh-keyscan`` process per SSH port (it scans its hosts in parallel). A host that
+    does not answer is left out."""
+    by_port: dict[int, list[Agent]] = {}
+    for agent in agents:
+        by_port.setdefault(agent.ssh_port, []).append(agent)
+    types = ",".join(sorted(set(key_types))) or KEY_TYPES
+    processes = []
+    for port, group in by_port.items():
+        command = ["ssh-keyscan", "-T", str(max(1, int(timeout))), "-p", str(port), "-t", types,
+                   *sorted({agent.host for agent in group})]
+        try:
+            processes.append((group, subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL, text=True)))
+        except FileNotFoundError:
+            raise HostKeyError("the `ssh-keyscan` command is not installed",
+                               hint="Install it: apt-get install openssh-client") from None
+    offered: dict[str, dict[str, str]] = {}
+    for group, process in processes:
+        try:
+            output, _ = process.communicate(timeout=timeout + 5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+        by_host: dict[str, dict[str, str]] = {}
+        for fields in (line.split() for line in output.splitlines()):
+            if len(fields) >= 3 and not fields[0].startswith("#"):
+                host = fields[0].split(",")[0]
+                if host.startswith("["):  # [host]:port
+                    host = host[1:].rsplit("]", 1)[0]
+                by_host.setdefault(host, {})[fields[1]] = fields[2]
+        for agent in group:
+            if agent.host in by_host:
+                offered[agent.name] = by_host[agent.host]
+    return offered
+
+
+def changed_host_keys(path: Path, agents: Sequence[Agent],
+                      timeout: float = SCAN_TIMEOUT_S) -> dict[str, HostKey]:
+    """The agents whose host now offers a key that differs from the one ``path`` pins for
+    its type (or none of the pinned types), with the key it offers: a changed host key,
+    seen even while an SSH master connection opened before the change is still shared.
+    Hosts that do not answer are not judged here (their SSH probe says why)."""
+    pinned = {agent.name: {key.key_type: key.key for key in keys_of(path, agent)}
+              for agent in agents}
+    types = {key_type for keys in pinned.values() for key_type in keys}
+    offered = keyscan_all([agent for agent in agents if pinned[agent.name]], types, timeout)
+    changed = {}
+    for agent in agents:
+        now, known = offered.get(agent.name), pinned[agent.name]
+        if now is None or not known:
+            continue
+        common = set(now) & set(known)
+        differing = (sorted(key_type for key_type in common if now[key_type] != known[key_type])
+                     if common else sorted(now))
+        if differing:
+            changed[agent.name] = HostKey(agent.name, host_pattern(agent), differing[0],
+                                          now[differing[0]], "changed")
+    return changed

@@ -6,9 +6,12 @@ Subcommands, each printing one JSON document:
 - ``switch RELEASE``: point ``/opt/fleet/current`` at a release atomically, record it in history
 - ``prune --keep N``: remove all but the newest N releases (never the current one)
 - ``verify ...``: poll the gateway's /health until it shows the expected release, config and
-  soul, then make sure the unit stays up (no restart, still healthy) for ``STABLE_S`` seconds
-  after it started, so a crash right after its first good answer fails; with ``--rollback`` a
-  failure switches back to the previous release, restarts and re-verifies it
+  soul (and a runtime that keeps the runtime contract: fresh heartbeat, ``ready``), then make
+  sure the agent's units (gateway and runtime) stayed up across their stability window
+  (``STABLE_S``, ``RUNTIME_STABLE_S``): active, with the activation time, restart count and
+  main process ``systemctl show`` gave when verify began, so a unit that crashes and is
+  restarted fails however its restarts fall; with ``--rollback`` a failure switches back to
+  the previous release, restarts and re-verifies it
 - ``rollback [--to RELEASE]``: switch to RELEASE (default: the previous one), restart, verify
 - ``facts ...``: what the audit phase records (release, hashes, unit, ports, keys, sudoers)
 
@@ -28,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,36 +149,48 @@ def health_problems(status: int, body: dict[str, Any] | None, expect: dict[str, 
 
 
 SETTLE_S = 3.0
+POLL_S = 0.2
 
 
 def runtime_starting(body: dict[str, Any] | None) -> bool:
-    """Whether /health shows an agent runtime that has not finished its first model round
-    trip yet (it gets the whole timeout for that, not only ``SETTLE_S``)."""
+    """Whether /health shows an agent runtime that has not finished starting yet: no state
+    file, ``starting``, or up for less than its stability window (it gets the whole timeout
+    for that, not only ``SETTLE_S``; a runtime that crashes meanwhile is caught by the unit
+    watch of :func:`verify`)."""
     runtime = (body or {}).get("runtime") or {}
-    return runtime.get("kind") not in (None, "none") and runtime.get("state") in (None,
-                                                                                  "starting")
+    if runtime.get("kind") in (None, "none"):
+        return False
+    up = runtime.get("up_s")
+    return runtime.get("state") in (None, "starting") or (
+        isinstance(up, int | float) and up < RUNTIME_STABLE_S)
 
 
-def wait_healthy(port: int, expect: dict[str, str], timeout: float,
-                 roundtrip: bool = False) -> tuple[list[str], Any]:
+def wait_healthy(port: int, expect: dict[str, str], timeout: float, roundtrip: bool = False,
+                 watch: Callable[[], list[str]] | None = None) -> tuple[list[str], Any]:
     """Poll /health until it matches ``expect`` or ``timeout`` passes; (problems, last body).
 
     A gateway that already runs the expected release but reports problems gets ``SETTLE_S``
-    seconds to recover, not the whole timeout (unless its runtime is still starting)."""
-    started = time.monotonic()
+    seconds to recover, not the whole timeout (unless its runtime is still starting).
+    ``watch`` (the agent's units) ends the wait at once when it finds a problem: a unit that
+    crashed does not get the rest of the timeout."""
+    started = monotonic()
     deadline = started + timeout
     running_since: float | None = None
     while True:
+        crashed = watch() if watch else []
+        if crashed:
+            status, body = get_health(port)
+            return crashed, body
         status, body = get_health(port, roundtrip=roundtrip)
         problems = health_problems(status, body, expect)
-        now = time.monotonic()
+        now = monotonic()
         if body is not None and body.get("release") == expect.get("release") \
                 and not runtime_starting(body):
             running_since = running_since or now
         settled = running_since is not None and now - running_since >= SETTLE_S
         if not problems or now >= deadline or settled:
             return problems, body
-        time.sleep(0.2)
+        sleep(POLL_S)
 
 
 def restart(unit: str) -> None:
@@ -182,21 +198,25 @@ def restart(unit: str) -> None:
     subprocess.run(["systemctl", "restart", unit], check=True, capture_output=True)
 
 
-def rollback(unit: str, port: int, to: str | None, timeout: float) -> dict[str, Any]:
+def rollback(unit: str, port: int, to: str | None, timeout: float,
+             runtime_unit: str | None = None) -> dict[str, Any]:
     """Switch to ``to`` (default: previous release), restart and verify the result."""
     target = to or previous_release()
     if target is None:
         return {"rolled_back": False, "reason": "no previous release on the node"}
     switched = switch(target)
     restart(unit)
-    problems, body = wait_healthy(port, {"release": target}, timeout)
-    if not problems:
-        problems = stayed_up(unit, port, {"release": target})
+    problems, body = checked(unit, runtime_unit, port, {"release": target}, timeout)
     return {"rolled_back": True, "release": target, "from": switched["before"],
             "healthy": not problems, "problems": problems, "health": body}
 
 
 STABLE_S = 3.0  # a unit must stay up this long after it (re)started to pass verify
+RUNTIME_STABLE_S = 5.0
+"""A runtime unit must stay up this long (``fleet.runtime.state.STABLE_S``: /health counts a
+runtime only once its process has been up as long)."""
+UNIT_KEYS = ("ActiveState", "SubState", "UnitFileState", "MainPID", "ActiveEnterTimestamp",
+             "ActiveEnterTimestampMonotonic", "NRestarts", "Result", "ExecMainStatus")
 
 
 def monotonic_us() -> int:
@@ -204,52 +224,98 @@ def monotonic_us() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
 
-def stayed_up(unit: str, port: int, expect: dict[str, str],
-              runtime_unit: str | None = None) -> list[str]:
-    """Why the unit did not stay healthy for ``STABLE_S`` seconds after it became active: a
-    crash right after its first good answer restarts it (or leaves it down) and fails verify.
-    A unit that has been up longer already is checked at once (no wait)."""
-    first = unit_state(unit)
-    try:
-        up_for = (monotonic_us() - int(first.get("ActiveEnterTimestampMonotonic") or 0)) / 1e6
-    except ValueError:
-        up_for = 0.0
-    waited = up_for < STABLE_S
-    if waited:
-        time.sleep(STABLE_S - up_for)
-    now = unit_state(unit) if waited else first
-    problems = []
+def monotonic() -> float:
+    """CLOCK_MONOTONIC in seconds (the same clock as :func:`monotonic_us`)."""
+    return monotonic_us() / 1e6
+
+
+def sleep(seconds: float) -> None:
+    """Wait (a module function, so tests can give verify a clock of their own)."""
+    time.sleep(seconds)
+
+
+def unit_problems(unit: str, before: dict[str, str], now: dict[str, str]) -> list[str]:
+    """Why ``unit`` did not stay up from snapshot ``before`` to snapshot ``now`` (both from
+    :func:`unit_state`): not active now, or restarted in between (another activation time,
+    restart count or main process)."""
     if now.get("ActiveState") != "active":
-        problems.append(f"{unit} is {now.get('ActiveState')}/{now.get('SubState')} "
-                        f"{STABLE_S:g} s after it started: it fails after start")
-    elif (now.get("MainPID"), now.get("NRestarts")) != (first.get("MainPID"),
-                                                        first.get("NRestarts")):
-        problems.append(f"{unit} restarted after it first answered /health (restarts "
-                        f"{first.get('NRestarts')} -> {now.get('NRestarts')}): it crashes "
-                        "after start")
-    if not problems and runtime_unit:
-        runtime = unit_state(runtime_unit)
-        if runtime.get("ActiveState") != "active":
-            problems.append(f"{runtime_unit} is {runtime.get('ActiveState')}/"
-                            f"{runtime.get('SubState')}: the agent's runtime is not running")
-    if not problems and waited:  # else /health was just found good (wait_healthy)
-        status, body = get_health(port, roundtrip=runtime_unit is not None)
-        problems = health_problems(status, body, expect)
-    return problems
+        return [f"{unit} is {now.get('ActiveState')}/{now.get('SubState')} (result "
+                f"{now.get('Result') or '?'}, exit status {now.get('ExecMainStatus') or '?'}, "
+                f"restarts {now.get('NRestarts') or '0'}): it does not stay up"]
+    moved = [key for key in ("ActiveEnterTimestamp", "NRestarts", "MainPID")
+             if before.get(key) != now.get(key)]
+    if moved:
+        return [f"{unit} restarted during verify (restarts {before.get('NRestarts') or '0'} "
+                f"-> {now.get('NRestarts') or '0'}, active since "
+                f"{now.get('ActiveEnterTimestamp') or '?'}): it crashes after start"]
+    return []
+
+
+def up_for(state: dict[str, str]) -> float:
+    """Seconds since the unit last became active (0 when unknown)."""
+    try:
+        entered = int(state.get("ActiveEnterTimestampMonotonic") or 0)
+    except ValueError:
+        return 0.0
+    return (monotonic_us() - entered) / 1e6 if entered else 0.0
+
+
+def stayed_up(port: int, expect: dict[str, str], first: dict[str, dict[str, str]],
+              roundtrip: bool = False) -> list[str]:
+    """Why the units did not stay up across their stability window: each must have been
+    active ``STABLE_S`` seconds (a runtime unit ``RUNTIME_STABLE_S``) since it last started,
+    with the same activation time, restart count and main process as in ``first`` (taken
+    when verify began), so a unit that crashes and is restarted fails however its restarts
+    fall. Units up for longer are checked at once (no wait); after a wait /health is asked
+    again."""
+    waited = False
+    for unit, before in first.items():
+        window = RUNTIME_STABLE_S if unit.startswith("fleet-runtime-") else STABLE_S
+        found = unit_problems(unit, before, unit_state(unit))
+        if found:
+            return found
+        left = window - up_for(unit_state(unit))
+        if left > 0:
+            sleep(left)
+            waited = True
+    for unit, before in first.items():
+        found = unit_problems(unit, before, unit_state(unit))
+        if found:
+            return found
+    if waited:  # else /health was just found good (wait_healthy)
+        status, body = get_health(port, roundtrip=roundtrip)
+        return health_problems(status, body, expect)
+    return []
+
+
+def checked(unit: str, runtime_unit: str | None, port: int, expect: dict[str, str],
+            timeout: float) -> tuple[list[str], Any]:
+    """Wait for /health to show ``expect`` while watching the agent's units (the gateway and
+    its runtime, if any), then make sure they stayed up: (problems, last /health body)."""
+    units = [unit, *([runtime_unit] if runtime_unit else [])]
+    first = {name: unit_state(name) for name in units}
+
+    def watch() -> list[str]:
+        return [problem for name in units
+                for problem in unit_problems(name, first[name], unit_state(name))]
+
+    problems, body = wait_healthy(port, expect, timeout, roundtrip=bool(runtime_unit),
+                                  watch=watch)
+    if not problems:
+        problems = stayed_up(port, expect, first, roundtrip=bool(runtime_unit))
+    return problems, body
 
 
 def verify(args: argparse.Namespace) -> dict[str, Any]:
     """Check the deployed agent; on failure optionally roll back (see module docstring)."""
     expect = {"release": args.release, "config_hash": args.config_hash,
               "soul_sha256": args.soul_sha}
-    problems, body = wait_healthy(args.port, expect, args.timeout,
-                                  roundtrip=bool(args.runtime_unit))
-    if not problems:
-        problems = stayed_up(args.unit, args.port, expect, args.runtime_unit)
+    problems, body = checked(args.unit, args.runtime_unit, args.port, expect, args.timeout)
     result: dict[str, Any] = {"ok": not problems, "problems": problems, "health": body,
                               "release": args.release}
     if problems and args.rollback:
-        result["rollback"] = rollback(args.unit, args.port, None, args.timeout)
+        result["rollback"] = rollback(args.unit, args.port, None, args.timeout,
+                                      args.runtime_unit)
     return result
 
 
@@ -323,9 +389,8 @@ def file_info(path: Path) -> dict[str, Any] | None:
 
 
 def unit_state(unit: str) -> dict[str, str]:
-    keys = ["ActiveState", "SubState", "UnitFileState", "MainPID", "ActiveEnterTimestamp",
-            "ActiveEnterTimestampMonotonic", "NRestarts"]
-    done = subprocess.run(["systemctl", "show", unit, "-p", ",".join(keys)],
+    """``systemctl show UNIT`` for :data:`UNIT_KEYS` (empty when systemctl cannot say)."""
+    done = subprocess.run(["systemctl", "show", unit, "-p", ",".join(UNIT_KEYS)],
                           capture_output=True, text=True, check=False)
     return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
 
@@ -375,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--config-hash", default="")
             sub.add_argument("--soul-sha", default="")
             sub.add_argument("--rollback", action="store_true")
+            sub.add_argument("--restore-env", action="store_true",
+                             help="this deploy changed the agent's environment: a rollback "
+                                  "restores the previous one (env.previous) too")
             sub.add_argument("--runtime-unit", default=None,
                              help="the agent's runtime unit: it must run, and a live model "
                                   "round trip must succeed")

@@ -21,12 +21,14 @@ import requests
 from fleet.errors import StatusError
 from fleet.hosts import (
     TRUST_HINT,
+    changed_host_keys,
     host_pattern,
-    known_hosts_path,
     require_known_hosts,
+    ssh_settings,
     unknown_agents,
 )
 from fleet.registry import Agent, Registry
+from fleet.runtime.state import runtime_ready
 
 DEFAULT_TIMEOUT = 2.0
 OK = "ok"
@@ -75,9 +77,9 @@ def ssh_command(agent: Agent, registry: Registry, timeout: float) -> list[str]:
     Connections are shared (``ControlMaster``): a repeated ``fleet status`` reuses the master
     connection of the last one for a while instead of a new key exchange per agent.
     """
+    settings = ssh_settings(agent, registry)  # the deploy's: host keys pinned, strict
     command = [
-        "ssh", "-p", str(agent.ssh_port),
-        "-o", "BatchMode=yes",
+        "ssh", *settings.ssh_args(),
         "-o", f"ConnectTimeout={max(1, int(timeout))}",
         "-o", "LogLevel=ERROR",
         "-o", "ControlMaster=auto",
@@ -86,13 +88,15 @@ def ssh_command(agent: Agent, registry: Registry, timeout: float) -> list[str]:
         "-o", "ServerAliveInterval=5",
         "-o", "ServerAliveCountMax=2",
     ]
-    if registry.ssh_key:
-        command += ["-i", registry.ssh_key, "-o", "IdentitiesOnly=yes"]
-    pinned = known_hosts_path(registry)  # none: an empty file, every host key refused
-    command += ["-o", f"UserKnownHostsFile={pinned.resolve() if pinned else os.devnull}",
-                "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
-                "-o", "UpdateHostKeys=no"]
-    return [*command, f"{agent.ssh_user}@{agent.host}"]
+    return [*command, settings.destination]
+
+
+def close_master(agent: Agent, registry: Registry, timeout: float) -> None:
+    """End the shared master connection to ``agent`` (its host key changed: nothing may go
+    on riding the connection opened before)."""
+    command = ssh_command(agent, registry, timeout)
+    subprocess.run([*command[:-1], "-O", "exit", command[-1]], capture_output=True,
+                   timeout=timeout + 1, stdin=subprocess.DEVNULL, check=False)
 
 
 def probe_ssh(agent: Agent, registry: Registry, timeout: float) -> tuple[str, str | None]:
@@ -120,8 +124,10 @@ def host_key_reason(agent: Agent, what: str) -> str:
 
 def probe_health(agent: Agent, timeout: float,
                  think: bool = False) -> tuple[str, dict[str, Any]]:
-    """GET the health endpoint; ``(ok | reason, body)``. ``think``: also a live model round
-    trip on agents with a runtime (a wrong key or an unreachable provider shows as down)."""
+    """GET the health endpoint; ``(ok | reason, body)``: ``ok`` only when /health says so
+    and, for an agent with a runtime, says that runtime is ready (the runtime contract's
+    verdict). ``think``: also a live model round trip on agents with a runtime (a wrong key or
+    an unreachable provider shows as down)."""
     url = agent.health_endpoint
     if think and agent.runtime != "none":
         url += ("&" if "?" in url else "?") + "roundtrip=1"
@@ -138,6 +144,8 @@ def probe_health(agent: Agent, timeout: float,
     if response.status_code != 200:
         problems = "; ".join(map(str, body.get("problems", []))) or response.reason
         return f"HTTP {response.status_code}: {problems}", body
+    if agent.runtime != "none" and not runtime_ready(body):
+        return "runtime not ready: its /health does not say it is", body
     return OK, body
 
 
@@ -172,10 +180,23 @@ def probe_fleet(registry: Registry, timeout: float = DEFAULT_TIMEOUT,
     pinned = require_known_hosts(registry)
     agents = region_sorted(registry)
     unknown = {agent.name for agent in unknown_agents(pinned, agents)}
-    with ThreadPoolExecutor(max_workers=max(1, min(64, len(agents)))) as pool:
-        return list(pool.map(lambda agent: probe_agent(agent, registry, timeout,
-                                                       agent.name not in unknown, think),
-                             agents))
+    with ThreadPoolExecutor(max_workers=1) as scanner, \
+            ThreadPoolExecutor(max_workers=max(1, min(64, len(agents)))) as pool:
+        # beside the probes: a changed host key is seen even over a master opened before
+        scan = scanner.submit(changed_host_keys, pinned,
+                              [agent for agent in agents if agent.name not in unknown], timeout)
+        found = list(pool.map(lambda agent: probe_agent(agent, registry, timeout,
+                                                        agent.name not in unknown, think),
+                              agents))
+        changed = scan.result()
+    for agent, status in zip(agents, found, strict=True):
+        if agent.name in changed:
+            close_master(agent, registry, timeout)
+            key = changed[agent.name]
+            status.ssh, status.system = (
+                f"host key of {host_pattern(agent)} is changed (it now offers {key.key_type} "
+                f"{key.fingerprint}): refused; " + TRUST_HINT.format(names=agent.name)), None
+    return found
 
 
 def region_sorted(registry: Registry) -> list[Agent]:

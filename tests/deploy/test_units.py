@@ -7,6 +7,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,7 +174,7 @@ def test_audit_drift_lists_every_difference(registry) -> None:
         "fleet-agent-bezalel.service is failed, expected active",
         "nothing listens on gateway port 8646",
         "/health answers 503: soul missing",
-        "/etc/fleet/bezalel/env is 0644 root, expected 0600 bezalel",
+        "/etc/fleet/bezalel/env is 0644 root, expected 0600 root",
     ]
 
 
@@ -234,19 +235,23 @@ def test_node_state_reads_preflight_basics_in_the_same_round_trip() -> None:
     command = fact.command(**args, lock_dir="/run/fleet-deploy.lock")
     assert "basics|" in command and "/run/fleet-deploy.lock/owner" in command
     epoch = f"{time.time():.3f}"
-    state = fact.process(["path|/opt/fleet|directory|root|root|755", "user",
-                          "path|/etc/fleet/a/env|regular empty file|root|a|640",
+    state = fact.process(["path|/opt/fleet|directory|root|root|755|1764290000.250000000",
+                          "user", "path|/etc/fleet/a/env|regular empty file|root|a|640",
                           f"sha|{'e3' * 32}|/etc/fleet/a/env", f"sha|{'00' * 32}|/elsewhere",
                           "basics|os=debian", "basics|os_like=", "basics|systemd=yes",
                           "basics|python=Python 3.11.2", "basics|free_kb=1048576",
                           f"basics|epoch={epoch}", "basics|lock=",
-                          "unit|ActiveState=active", "unit|UnitFileState=enabled"])
+                          "unit|ActiveState=active", "unit|UnitFileState=enabled",
+                          "unit|ActiveEnterTimestamp=Sat 2025-11-29 00:33:20.500000 UTC",
+                          "unit|NeedDaemonReload=no"])
     assert state["paths"]["/opt/fleet"] == {"type": "directory", "user": "root",
-                                            "group": "root", "mode": "755", "sha256": None}
+                                            "group": "root", "mode": "755", "sha256": None,
+                                            "mtime": 1764290000.25}
     assert state["paths"]["/etc/fleet/a/env"]["sha256"] == "e3" * 32
     assert state["paths"]["/etc/fleet/a/env"]["type"] == "regular file"
     assert "/elsewhere" not in state["paths"] and state["user"] is True
-    assert state["unit"] == {"active": "active", "enabled": "enabled"}
+    assert state["unit"] == {"active": "active", "enabled": "enabled",
+                             "started": 1764376400.5, "need_reload": False}
     basics = state["basics"]
     assert (basics["os"], basics["systemd"], basics["python"], basics["free_mb"]) == (
         "debian", True, (3, 11), 1024)
@@ -254,6 +259,26 @@ def test_node_state_reads_preflight_basics_in_the_same_round_trip() -> None:
     assert preflight.problems(basics, "me")[0] == []
     for odd in ("Python 3.११.2", "3 11", "Python 3", "Python 3.11.2\nx", ""):
         assert NodeBasics().process([f"python={odd}"])["python"] == (), odd
+
+
+def test_files_written_after_the_unit_started_need_a_restart() -> None:
+    """A deploy that failed between writing config and restarting leaves files newer than
+    the running unit: the next deploy's snapshot names them (and restarts), none otherwise."""
+    from deploys.facts import NodeState, newer_than_unit
+
+    def node(active: str, started: str) -> dict[str, Any]:
+        return NodeState().process([
+            "path|/etc/fleet/a/config.json|regular file|root|a|640|1764290010.000000000",
+            "path|/etc/fleet/a/soul.md|regular file|root|root|444|1764289990.000000000",
+            f"unit|ActiveState={active}", f"unit|ActiveEnterTimestamp={started}"])
+
+    paths = ["/etc/fleet/a/config.json", "/etc/fleet/a/soul.md", "/opt/fleet/current"]
+    started = "Sat 2025-11-29 00:33:20.000000 UTC"  # 1764376400: after both files
+    assert newer_than_unit(node("active", started), paths) == []
+    earlier = "Fri 2025-11-28 00:33:20.000000 UTC"  # 1764290000: before config.json
+    assert newer_than_unit(node("active", earlier), paths) == ["/etc/fleet/a/config.json"]
+    assert newer_than_unit(node("failed", earlier), paths) == []  # it is started, not restarted
+    assert newer_than_unit(node("active", ""), paths) == []  # never started: nothing known
 
 
 def test_lock_blocks_a_live_holder_and_takes_over_a_dead_one() -> None:
