@@ -5,11 +5,14 @@ The request goes from the asker's gateway (an orchestrator by default) to one he
 with the capability, picked at random among them so that load spreads. While waiting, the
 chosen agent's health is watched; if it goes down the same request (same correlation id) is
 sent once to another healthy agent. The first response is the answer: the asker never
-returns or prints two.
+returns or prints two. Each request carries a ttl that runs out when the asker stops waiting,
+so a runtime drops a request nobody waits for without asking its model. "Healthy" is the
+agent's own ``/health`` verdict (:func:`fleet.runtime.state.runtime_ready`).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import uuid
@@ -22,6 +25,7 @@ import requests
 from bus.client import LONG_POLL_S, BusClient
 from fleet.errors import BusError
 from fleet.registry import Agent, Registry
+from fleet.runtime.state import runtime_ready
 
 HEALTH_TIMEOUT_S = 5.0
 WATCH_EVERY_S = 2.0
@@ -44,14 +48,13 @@ class Answer:
 
 
 def thinks(agent: Agent, timeout: float = HEALTH_TIMEOUT_S) -> bool:
-    """Whether ``agent`` is healthy and its runtime ready to answer."""
+    """Whether ``agent`` is healthy and its runtime ready to answer (its /health says so)."""
     try:
         with requests.get(agent.health_endpoint, timeout=timeout) as answer:
             body = answer.json() if answer.status_code == 200 else {}
     except (requests.RequestException, ValueError):
         return False
-    runtime = body.get("runtime") or {}
-    return body.get("status") == "ok" and runtime.get("state") == "ready"
+    return runtime_ready(body)
 
 
 def candidates(registry: Registry, capability: str, exclude: tuple[str, ...] = (),
@@ -66,29 +69,35 @@ def candidates(registry: Registry, capability: str, exclude: tuple[str, ...] = (
 def ask(registry: Registry, keys: Mapping[str, str], capability: str, prompt: str,
         sender: str | None = None, timeout: float = 120.0,
         healthy: Callable[[Agent], bool] = thinks) -> Answer:
-    """Send ``prompt`` to a healthy agent with ``capability``; its first response."""
+    """Send ``prompt`` to a healthy agent with ``capability``; its first response. The asker
+    asks itself only when no other agent can answer."""
     sender = sender or (registry.by_role("orchestrator") or list(registry))[0].name
     with BusClient.for_agent(registry, sender, keys) as client:
-        return ask_as(client, registry, capability, prompt, timeout, healthy)
+        return ask_as(client, registry, capability, prompt, timeout, healthy, ask_self=True)
 
 
 def ask_as(client: BusClient, registry: Registry, capability: str, prompt: str,
-           timeout: float = 120.0, healthy: Callable[[Agent], bool] = thinks) -> Answer:
+           timeout: float = 120.0, healthy: Callable[[Agent], bool] = thinks,
+           ask_self: bool = False) -> Answer:
     """:func:`ask` through ``client``, the asking agent's own signed client (an agent's
-    runtime routing a request it was given by capability)."""
+    runtime routing a request it was given by capability, never to itself). ``ask_self``:
+    the asker is asked when it is the only healthy agent with the capability."""
     sender = client.agent
     if not registry.with_capability(capability):
         raise AskError(f"no agent declares capability {capability!r}",
                        hint="See `fleet find --capability NAME`.")
     first = candidates(registry, capability, (sender,), healthy)
+    if not first and ask_self:
+        first = [agent for agent in candidates(registry, capability, (), healthy)
+                 if agent.name == sender]
     if not first:
         raise AskError(f"no healthy agent with capability {capability!r} can answer now",
                        hint="Check `fleet status`: their runtimes must be ready.")
     correlation = str(uuid.uuid4())
     asked = [first[0].name]
-    client.send(asked[0], "request", {"prompt": prompt}, id=f"{correlation}-1",
-                correlation_id=correlation, reply_to=sender, ttl=int(timeout) + 60)
     deadline = time.monotonic() + timeout
+    client.send(asked[0], "request", {"prompt": prompt}, id=f"{correlation}-1",
+                correlation_id=correlation, reply_to=sender, ttl=math.ceil(timeout))
     misses, next_watch = 0, time.monotonic() + WATCH_EVERY_S
     while time.monotonic() < deadline:
         found = client.messages(type="response", correlation_id=correlation, limit=1,
@@ -106,6 +115,7 @@ def ask_as(client: BusClient, registry: Registry, capability: str, prompt: str,
                     asked.append(others[0].name)
                     client.send(asked[1], "request", {"prompt": prompt},
                                 id=f"{correlation}-2", correlation_id=correlation,
-                                reply_to=sender, ttl=int(timeout) + 60)
+                                reply_to=sender,
+                                ttl=max(1, math.ceil(deadline - time.monotonic())))
     raise AskError(f"no answer to request {correlation} from {', '.join(asked)} within "
                    f"{timeout:g} s", hint="Check `fleet status` and the agents' runtimes.")

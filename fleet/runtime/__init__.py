@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from bus.client import BusClient
 from bus.keys import PRIVATE_KEY_ENV
-from fleet.ask import ask_as
 from fleet.errors import FleetError
 from fleet.registry import Agent, Registry, load_registry
 from fleet.release import running_release
 from fleet.runtime.loop import Runtime
 from fleet.runtime.provider import Provider
+from fleet.runtime.settings import RuntimeConfigError, runtime_settings
+from fleet.runtime.state import write_state
 from fleet.secrets import parse_keyring
 
 ROUTE_TIMEOUT_S = 300.0
@@ -48,7 +51,7 @@ def from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> Runtime:
     inbox = BusClient.for_agent(registry, agent.name, {agent.name: own}, timeout=30.0)
     soul_path = Path(env.get("FLEET_SOUL") or f"/etc/fleet/{agent.name}/soul.md")
     state_dir = Path(env.get("FLEET_STATE_DIR") or f"/var/lib/fleet/{agent.name}")
-    max_tokens = int(agent.config.get("max_tokens") or 256)
+    settings = runtime_settings(agent.config)
 
     def call_tool(name: str, args: dict[str, Any]) -> dict[str, Any]:
         """Run one of the agent's tools through its own gateway (signed as itself)."""
@@ -56,7 +59,8 @@ def from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> Runtime:
 
     return Runtime(agent=agent.name, inbox=inbox, provider=provider_for(agent, env),
                    soul=lambda: soul_path.read_text(encoding="utf-8"), state_dir=state_dir,
-                   release=running_release()[0], max_tokens=max_tokens,
+                   release=running_release()[0], max_tokens=settings.max_tokens,
+                   model_check_s=settings.model_check_s,
                    tools=[tool.openai() for tool in agent.tools],
                    call_tool=call_tool if agent.tools else None,
                    route=lambda capability, prompt: routed(registry, agent.name, own,
@@ -67,6 +71,8 @@ def routed(registry: Registry, agent: str, key: str, capability: str,
            prompt: str) -> dict[str, Any]:
     """Ask a healthy agent with ``capability`` (not ``agent``) as ``agent``, through a client
     of its own (routes run side by side), and return the answer, naming who answered."""
+    from fleet.ask import ask_as  # here: fleet.ask reads the health verdict of this package
+
     with BusClient.for_agent(registry, agent, {agent: key}, timeout=30.0) as client:
         answer = ask_as(client, registry, capability, prompt, timeout=ROUTE_TIMEOUT_S)
     payload = answer.payload if isinstance(answer.payload, dict) else {"text": answer.payload}
@@ -74,8 +80,19 @@ def routed(registry: Registry, agent: str, key: str, capability: str,
 
 
 def main() -> int:
-    """Run until SIGTERM/SIGINT."""
-    runtime = from_env()
+    """Run until SIGTERM/SIGINT. A runtime that cannot start (a config value it cannot use,
+    no provider) says why in its state file, so ``/health`` and verify name the cause, and
+    exits 1."""
+    started = time.time()
+    try:
+        runtime = from_env()
+    except (FleetError, RuntimeConfigError) as exc:
+        state_dir = os.environ.get("FLEET_STATE_DIR") or ""
+        if state_dir:
+            write_state(state_dir, {"state": "failed", "error": str(exc)[:500],
+                                    "pid": os.getpid(), "started": started})
+        print(f"fleet runtime: {exc}", file=sys.stderr)
+        return 1
 
     def stop(signum: int, frame: FrameType | None) -> None:
         runtime.stop.set()

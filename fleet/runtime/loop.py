@@ -1,19 +1,25 @@
 """The built-in runtime: answers ``request`` messages from the agent's durable inbox with its
 model, the soul as system prompt.
 
-For each unacknowledged request, oldest first: past its ``ttl`` it gets an error response;
-otherwise the model is asked (retryable provider errors back off and retry until the provider
-returns or the ttl runs out) and the answer is queued as a ``response`` with the request's
-``correlation_id``. The response's id is derived from the request (:func:`response_id`), and
-the gateway queues an id once, so a crash between the reply and the acknowledgement answers
-nothing twice: the request is handled again after the restart and the same response is sent
-again, which the outbox drops as a duplicate. The request is acknowledged only after that.
+For each unacknowledged request, oldest first: past its ``ttl`` it gets an error response and
+the model is not asked (an asker that gave up waits no more); otherwise the model is asked
+(retryable provider errors back off and retry until the provider returns or the ttl runs out;
+a call never outlasts the ttl) and the answer is queued as a ``response`` with the request's
+``correlation_id``; an answer with no tokens is an error. While idle, the runtime checks its
+model every ``model_check_s`` seconds (a 1-token round trip), so ``/health`` shows a model
+that went away without waiting for a request.
+
+The response's id is derived from the request (:func:`response_id`), and the gateway queues
+an id once, so a crash between the reply and the acknowledgement answers nothing twice: the
+request is handled again after the restart and the same response is sent again, which the
+outbox drops as a duplicate. The request is acknowledged only after that.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,8 +28,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bus.client import LONG_POLL_S
+from bus.schema import parse_timestamp
 from bus.validate import expired
-from fleet.runtime.provider import Completion, Provider, ProviderError, round_trip
+from fleet.runtime.provider import Completion, Provider, ProviderError, answered_tokens, round_trip
+from fleet.runtime.settings import RuntimeSettings
 from fleet.runtime.state import write_state
 
 MAX_PROMPT_CHARS = 32_000
@@ -96,11 +104,20 @@ class Runtime:
     route: Callable[[str, str], dict[str, Any]] | None = None
     """Asks a healthy agent with a capability (a request with ``capability`` in its payload
     is routed, not answered by this agent's model)."""
+    model_check_s: float = RuntimeSettings.model_check_s
+    """Seconds without a model round trip after which an idle runtime checks its model (a
+    1-token round trip); 0: never."""
+    clock: Callable[[], float] = time.monotonic
+    """The clock the model checks are scheduled by."""
+    now: Callable[[], float] = time.time
+    """Wall-clock time, for request ttls."""
 
     def __post_init__(self) -> None:
         self.status = {"agent": self.agent, "state": "starting", "release": self.release,
                        "handled": 0, "errors": 0, "last_round_trip": None,
-                       "model": self.provider.model, "current": None}
+                       "model": self.provider.model, "current": None,
+                       "pid": os.getpid(), "started": time.time()}
+        self._model_seen = self.clock()  # when the model last answered (or was last asked)
         self._written = 0.0
         self._lock = threading.Lock()
         self._cursor = 0  # the inbox position of the last request taken in
@@ -128,22 +145,32 @@ class Runtime:
     def probe(self) -> bool:
         """A live round trip; the state is ``ready`` after a good one."""
         result = round_trip(self.provider, timeout=PROBE_TIMEOUT_S)
+        self._model_seen = self.clock()
         self.status["last_round_trip"] = result
         self.status["state"] = "ready" if result["ok"] else "waiting_provider"
         self.save(force=True)
         return bool(result["ok"])
 
+    def check_due(self) -> bool:
+        """Whether a ready runtime should check its model now: ``model_check_s`` seconds
+        passed since the model last answered or was asked (never when it is 0)."""
+        return (self.model_check_s > 0 and self.status["state"] == "ready"
+                and self.clock() - self._model_seen >= self.model_check_s)
+
     def run(self) -> None:
         """Probe the model, then serve the inbox until stopped; while the model does not
-        answer, probe it again with back-off (requests wait for it meanwhile)."""
+        answer, probe it again with back-off (requests wait for it meanwhile); while it
+        does, check it every ``model_check_s`` seconds it was not used."""
         self.save(force=True)
         threading.Thread(target=self.heartbeat, name="runtime-heartbeat", daemon=True).start()
         delay = 1.0
-        next_probe = time.monotonic() + delay if not self.probe() else None
+        next_probe = self.clock() + delay if not self.probe() else None
         while not self.stop.is_set():
-            if next_probe is not None and time.monotonic() >= next_probe:
-                delay = min(delay * 2, BACKOFF_MAX_S)
-                next_probe = None if self.probe() else time.monotonic() + delay
+            if next_probe is not None and self.clock() >= next_probe:
+                delay = min(delay * 2, BACKOFF_MAX_S, self.model_check_s or BACKOFF_MAX_S)
+                next_probe = None if self.probe() else self.clock() + delay
+            elif self.check_due():
+                self.probe()
             try:
                 self.step()
                 failed = False
@@ -154,7 +181,7 @@ class Runtime:
             if self.status["state"] == "ready":
                 next_probe, delay = None, 1.0
             elif next_probe is None:
-                next_probe = time.monotonic() + delay
+                next_probe = self.clock() + delay
             self.save()
             if self.wait(self.retry_s if failed else 0):
                 return
@@ -243,9 +270,9 @@ class Runtime:
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any] | None:
         """The response payload for ``request``; None when stopped while waiting."""
-        if expired(request):
+        if expired(request, now=self.now()):
             return self.error(f"request {request['id']!r} expired (ttl {request['ttl']} s) "
-                              "before it was answered")
+                              "before it was answered: the model was not asked")
         try:
             chat = prompt_of(request["payload"])
         except ValueError as exc:
@@ -284,9 +311,16 @@ class Runtime:
         completion, an error payload, or None when stopped."""
         delay = 1.0
         while True:
+            left = self.time_left(request)
+            if left is not None and left <= 0:
+                return self.error(f"request {request['id']!r} expired (ttl {request['ttl']} "
+                                  "s) before the model answered")
             try:
                 done = self.provider.chat(messages, max_tokens=self.max_tokens,
-                                          tools=self.tools if tools else None)
+                                          tools=self.tools if tools else None,
+                                          timeout=min(self.provider.timeout, left)
+                                          if left is not None else None)
+                self._model_seen = self.clock()
             except ProviderError as exc:
                 self.record(None, str(exc))
                 if not exc.retryable:
@@ -296,12 +330,29 @@ class Runtime:
                 if self.wait(delay):
                     return None
                 delay = min(delay * 2, BACKOFF_MAX_S)
-                if expired(request):
+                if expired(request, now=self.now()):
                     return self.error(f"request {request['id']!r} expired (ttl "
                                       f"{request['ttl']} s) while the model was unreachable")
                 continue
+            if not answered_tokens(done):
+                self.record(None, f"the model answered no tokens (finish_reason "
+                                  f"{done.finish_reason!r})")
+                return self.error(f"the model answered no tokens (finish_reason "
+                                  f"{done.finish_reason!r})")
             self.record(done, None)
             return done
+
+    def time_left(self, request: Mapping[str, Any]) -> float | None:
+        """Seconds until ``request``'s ttl runs out (None: it has none)."""
+        if request.get("ttl") is None:
+            return None
+        return float(request["ttl"]) - (self.now() - self.sent_at(request))
+
+    @staticmethod
+    def sent_at(request: Mapping[str, Any]) -> float:
+        """The Unix time ``request`` was sent (its ``timestamp``)."""
+        sent = parse_timestamp(request["timestamp"])
+        return sent.timestamp() if sent is not None else 0.0
 
     def routed(self, capability: str, prompt: str) -> dict[str, Any]:
         """The answer of a healthy agent with ``capability`` (routed over the bus)."""

@@ -100,6 +100,14 @@ PROBE = [{"role": "user", "content": "Say OK."}]
 PROBE_TOKENS = 4
 
 
+def answered_tokens(done: Completion) -> int:
+    """How many tokens the model answered: its reported count, else 1 when it sent text or
+    tool calls; 0 (an error, not an answer) when it sent neither."""
+    if not done.text.strip() and not done.tool_calls:
+        return 0
+    return done.tokens or 1
+
+
 def round_trip(provider: Provider, timeout: float = 10.0) -> dict[str, Any]:
     """A live round trip: a short prompt that must come back with tokens within ``timeout``.
     ``{ok, latency_ms, tokens, at, error}``."""
@@ -108,7 +116,7 @@ def round_trip(provider: Provider, timeout: float = 10.0) -> dict[str, Any]:
         done = provider.chat(PROBE, max_tokens=PROBE_TOKENS, timeout=timeout)
     except ProviderError as exc:
         return {"ok": False, "latency_ms": None, "tokens": 0, "at": at, "error": str(exc)}
-    tokens = done.tokens or (1 if done.text.strip() or done.tool_calls else 0)
+    tokens = answered_tokens(done)
     error = None if tokens else "the model answered no tokens"
     return {"ok": error is None, "latency_ms": round(done.latency_s * 1000, 1),
             "tokens": tokens, "at": at, "error": error}

@@ -1,21 +1,50 @@
-"""The runtime's state file (``<state dir>/runtime.json``): written by the runtime, read by the
-gateway's ``/health``. Replaced atomically; a heartbeat shows the runtime is alive."""
+"""The runtime contract: the state file every agent runtime (the built-in one and an operator's
+own ``runtime: {command: ...}``) keeps in ``$FLEET_STATE_DIR/runtime.json``, and the one
+judgement of it (:func:`runtime_problems`) that ``/health``, verify, ``fleet status``, the
+dashboard and ``fleet ask`` all go by.
+
+The file is one JSON object, replaced atomically (write a temporary file in the same folder,
+then rename it over ``runtime.json``) at least every :data:`HEARTBEAT_EVERY_S` seconds:
+
+- ``state``: ``starting``, ``ready`` (it answers requests now), ``waiting_provider`` (its model
+  does not answer), ``failed`` or ``stopped``
+- ``heartbeat``: Unix time of this write
+- ``started``: Unix time the runtime's process started
+- ``pid``: its process id
+- optional: ``error`` (why it is not ready), ``release`` (the built-in runtime: the release it
+  runs), ``last_round_trip`` (``{ok, at, latency_ms, tokens, error}``), ``handled``, ``errors``
+
+A runtime is healthy when the file exists and follows this schema, its heartbeat is younger
+than :data:`STALE_S`, its process has stayed up :data:`STABLE_S` seconds (a runtime that
+crashes and is restarted every few seconds never is), its state is ``ready`` and, for the
+built-in runtime, it runs the gateway's release.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 STATE_FILE = "runtime.json"
+HEARTBEAT_EVERY_S = 5.0
+"""A runtime rewrites its state file at least this often."""
 STALE_S = 15.0
 """A heartbeat older than this means the runtime is not running."""
+STABLE_S = 5.0
+"""A runtime process must have been up this long before its agent counts as healthy."""
+STATES = ("starting", "ready", "waiting_provider", "failed", "stopped")
 MAX_STATE_BYTES = 64 * 1024
+NUMBER_FIELDS = ("heartbeat", "started")
+REPORTED = ("state", "error", "pid", "started", "heartbeat", "release", "last_round_trip",
+            "handled", "errors")
+"""The fields of the state file ``/health`` shows."""
 
 
-def write_state(state_dir: str | Path, state: dict[str, Any]) -> None:
+def write_state(state_dir: str | Path, state: Mapping[str, Any]) -> None:
     """Write ``state`` (with a fresh ``heartbeat``) atomically."""
     path = Path(state_dir) / STATE_FILE
     partial = path.with_name(f".{STATE_FILE}.{os.getpid()}")
@@ -35,21 +64,61 @@ def read_state(state_dir: str | Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def state_problems(state: dict[str, Any] | None, release: str,
-                   now: float | None = None) -> list[str]:
-    """Why this runtime state shows an agent that cannot think (empty: it can)."""
-    if state is None:
-        return ["runtime has not started (no state file)"]
-    now = time.time() if now is None else now
+def schema_problems(state: Mapping[str, Any]) -> list[str]:
+    """Where ``state`` breaks the contract's schema (empty: it keeps it)."""
     problems = []
-    age = now - float(state.get("heartbeat") or 0)
-    if age > STALE_S:
-        problems.append(f"runtime is not running (last heartbeat {age:.0f} s ago)")
-    elif state.get("release") != release:
-        problems.append(f"runtime runs release {state.get('release')!r}, the gateway "
-                        f"{release!r}")
-    elif state.get("state") != "ready":
-        last = state.get("last_round_trip") or {}
-        problems.append(f"runtime is {state.get('state')}: "
-                        f"{last.get('error') or 'no model round trip yet'}")
+    if state.get("state") not in STATES:
+        problems.append(f"state {state.get('state')!r} is not one of {', '.join(STATES)}")
+    for name in NUMBER_FIELDS:
+        value = state.get(name)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            problems.append(f"{name} {value!r} is not a Unix time")
+    pid = state.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        problems.append(f"pid {pid!r} is not a process id")
     return problems
+
+
+def runtime_problems(state: Mapping[str, Any] | None, kind: str, release: str,
+                     now: float | None = None) -> list[str]:
+    """Why this runtime state shows an agent that cannot think (empty: it can). ``kind`` is
+    the registry's (``builtin`` or ``command``); only the built-in runtime must run
+    ``release``, the gateway's."""
+    if state is None:
+        return [f"runtime has written no state file ({STATE_FILE} in its state dir): it has "
+                "not started, or it does not keep the runtime contract"]
+    broken = schema_problems(state)
+    if broken:
+        return [f"runtime state file {STATE_FILE} breaks the runtime contract: "
+                + "; ".join(broken)]
+    now = time.time() if now is None else now
+    age = now - float(state["heartbeat"])
+    up = now - float(state["started"])
+    if age > STALE_S:
+        failed = f": it failed: {state.get('error')}" if state["state"] == "failed" else ""
+        return [f"runtime is not running (last heartbeat {age:.0f} s ago){failed}"]
+    if state["state"] in ("failed", "stopped"):
+        return [f"runtime is {state['state']}: {state.get('error') or 'no reason given'}"]
+    if up < STABLE_S:
+        return [f"runtime (pid {state['pid']}) started {max(up, 0):.1f} s ago: it counts "
+                f"once it has stayed up {STABLE_S:g} s"]
+    if kind == "builtin" and state.get("release") != release:
+        return [f"runtime runs release {state.get('release')!r}, the gateway {release!r}"]
+    if state["state"] != "ready":
+        last = state.get("last_round_trip") or {}
+        reason = state.get("error") or (last.get("error") if isinstance(last, dict) else None)
+        return [f"runtime is {state['state']}: {reason or 'no model round trip yet'}"]
+    return []
+
+
+def runtime_ready(health: Mapping[str, Any] | None) -> bool:
+    """Whether a ``/health`` answer shows an agent that is healthy and whose runtime answers
+    requests now: what ``fleet ask`` routes by and ``fleet status --think`` shows."""
+    if not isinstance(health, Mapping):
+        return False
+    runtime = health.get("runtime")
+    if health.get("status") != "ok" or not isinstance(runtime, Mapping):
+        return False
+    if "ready" not in runtime:  # a gateway of a release before the contract
+        return runtime.get("state") == "ready"
+    return runtime["ready"] is True

@@ -11,7 +11,7 @@ from typing import Any
 
 from fleet.registry import Agent
 from fleet.runtime.provider import Provider, round_trip
-from fleet.runtime.state import read_state, state_problems
+from fleet.runtime.state import REPORTED, read_state, runtime_problems
 
 LIVE_EVERY_S = 5.0
 LIVE_TIMEOUT_S = 10.0
@@ -32,20 +32,27 @@ def live_round_trip(agent: Agent) -> dict[str, Any]:
         return dict(last[1])
 
 
-def runtime_report(agent: Agent, state_dir: str, release: str, live: bool) -> dict[str, Any]:
-    """``{kind, state, last_round_trip, ..., problems}`` for /health."""
-    report: dict[str, Any] = {"kind": agent.runtime, "problems": []}
+def runtime_report(agent: Agent, state_dir: str, release: str, live: bool,
+                   now: float | None = None) -> dict[str, Any]:
+    """``{kind, ready, state, pid, up_s, last_round_trip, ..., problems}`` for /health: the
+    runtime contract judged by :func:`fleet.runtime.state.runtime_problems`, the same for the
+    built-in runtime and an operator's own. ``ready`` is False for an agent with no runtime
+    (it cannot think) and whenever there are problems."""
+    report: dict[str, Any] = {"kind": agent.runtime, "ready": False, "problems": []}
     if agent.runtime == "none":
         return report
+    now = time.time() if now is None else now
     state = read_state(state_dir)
-    if agent.runtime == "builtin":
-        report["problems"] = state_problems(state, release)
+    report["problems"] = runtime_problems(state, agent.runtime, release, now)
     if state is not None:
-        report.update({key: state.get(key) for key in (
-            "state", "last_round_trip", "handled", "errors", "heartbeat", "release")})
+        report.update({key: state.get(key) for key in REPORTED})
+        started = state.get("started")
+        if isinstance(started, int | float) and not isinstance(started, bool):
+            report["up_s"] = round(now - started, 1)
     if live and agent.provider_url:
         result = live_round_trip(agent)
         report["live_round_trip"] = result
         if not result["ok"]:
             report["problems"].append(f"live model round trip failed: {result['error']}")
+    report["ready"] = not report["problems"]
     return report

@@ -19,7 +19,7 @@ from bus.client import BusClient
 from fleet.registry import load_registry
 from fleet.runtime import from_env
 from fleet.runtime.loop import Runtime, response_id
-from fleet.runtime.state import read_state, state_problems
+from fleet.runtime.state import STABLE_S, read_state, runtime_problems
 from fleet.secrets import BUS_KEY, format_keyring
 from tests.bus.conftest import Gateway
 from tests.runtime.conftest import KEYS, MockProvider
@@ -141,11 +141,13 @@ def test_wrong_key_is_refused_without_retries_and_shows_in_state(
     assert runtime.probe() is False
     state = read_state(gateways["bezalel"].state)
     assert state is not None
-    problems = state_problems(state, runtime.release)
+    settled = state["started"] + STABLE_S + 1  # up long enough to count
+    problems = runtime_problems(state, "builtin", runtime.release, now=settled)
     assert len(problems) == 1 and "HTTP 401" in problems[0]
-    assert state_problems(None, "r") == ["runtime has not started (no state file)"]
-    stale = {**state, "heartbeat": time.time() - 60}
-    assert "not running" in state_problems(stale, runtime.release, now=time.time())[0]
+    assert runtime_problems(None, "builtin", "r")[0].startswith(
+        "runtime has written no state file (runtime.json in its state dir)")
+    stale = {**state, "heartbeat": settled - 60}
+    assert "not running" in runtime_problems(stale, "builtin", runtime.release, now=settled)[0]
 
 
 def test_runtime_runs_its_own_tool_when_the_model_asks(

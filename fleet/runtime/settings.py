@@ -1,0 +1,71 @@
+"""The built-in runtime's settings from the agent's ``config:`` mapping in the registry, checked
+with their types when the registry is validated (:func:`runtime_config_problems`), so a bad
+value is refused there, naming the key, instead of crash-looping the runtime on the node.
+
+Imports nothing from :mod:`fleet`: the registry calls it while it is being loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MAX_TOKENS_LIMIT = 1_000_000
+MODEL_CHECK_LIMIT_S = 86_400
+
+
+class RuntimeConfigError(ValueError):
+    """The agent's ``config:`` gives the runtime a value it cannot use."""
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """What the built-in runtime reads from ``config:``.
+
+    + max_tokens: the most tokens one answer may take (default 256)
+    + model_check_s: seconds between the runtime's checks of its provider while idle (a
+      1-token round trip; 0 turns the check off)
+    """
+
+    max_tokens: int = 256
+    model_check_s: float = 60.0
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def runtime_config_problems(config: Mapping[str, Any]) -> list[str]:
+    """Why ``config`` (an agent's ``config:``) cannot drive its runtime; empty when it can.
+    Keys the runtime does not read are the agent's own and pass."""
+    problems = []
+    if "max_tokens" in config:
+        value = config["max_tokens"]
+        if not _whole(value) or not 1 <= value <= MAX_TOKENS_LIMIT:
+            problems.append(f"max_tokens {value!r} is not a whole number from 1 to "
+                            f"{MAX_TOKENS_LIMIT} (the most tokens one answer may take), "
+                            "e.g. max_tokens: 256")
+    if "model_check_s" in config:
+        value = config["model_check_s"]
+        if not _number(value) or not 0 <= value <= MODEL_CHECK_LIMIT_S:
+            problems.append(f"model_check_s {value!r} is not a number of seconds from 0 to "
+                            f"{MODEL_CHECK_LIMIT_S} (how often an idle runtime checks its "
+                            "model; 0 = never), e.g. model_check_s: 60")
+    return problems
+
+
+def runtime_settings(config: Mapping[str, Any]) -> RuntimeSettings:
+    """The runtime's settings from ``config`` (:class:`RuntimeConfigError` naming every bad
+    key)."""
+    problems = runtime_config_problems(config)
+    if problems:
+        raise RuntimeConfigError("config: " + "; ".join(problems))
+    defaults = RuntimeSettings()
+    return RuntimeSettings(
+        max_tokens=int(config.get("max_tokens", defaults.max_tokens)),
+        model_check_s=float(config.get("model_check_s", defaults.model_check_s)))
