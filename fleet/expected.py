@@ -5,11 +5,11 @@ answers with them."""
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fleet import render
 from fleet.registry import Agent, Registry
 
 if TYPE_CHECKING:  # the deploy imports this module; it needs no HTTP or SSH probing
@@ -24,7 +24,7 @@ def config_json(agent: Agent) -> str:
                             "capabilities": list(agent.capabilities),
                             "provider": agent.provider, "region": agent.region,
                             "config": agent.config}
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+    return render.config_json(data)
 
 
 def config_hash(agent: Agent) -> str:

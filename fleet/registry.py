@@ -29,6 +29,7 @@ from fleet.errors import RegistryError
 from fleet.tools import Tool
 from fleet.tools.spec import parse_tools
 from fleet.validate import (
+    EXEC_PREFIXES,
     MAX_TEXT,
     USER_NAME_FORM,
     USER_NAME_RE,
@@ -713,6 +714,9 @@ class _AgentFields:
                 self.bad("config", f"{name}: {item!r} is not a finite number (config.json "
                          "holds JSON numbers only)")
                 return {}
+        from fleet.runtime.settings import runtime_config_problems  # fleet.runtime imports us
+        for problem in runtime_config_problems(value):
+            self.bad("config", problem)
         return dict(value)
 
     def provider(self) -> dict[str, Any]:
@@ -771,6 +775,11 @@ class _AgentFields:
                 and all(isinstance(arg, str) and arg and "\0" not in arg for arg in command)):
             self.bad("runtime", f"command {command!r} is not a non-empty list of arguments "
                      "(argv, run without a shell), e.g. [python3, runtime/agent.py]")
+            command = []
+        if command and command[0][0] in EXEC_PREFIXES:
+            self.bad("runtime", f"command's program {command[0]!r} starts with one of "
+                     f"{EXEC_PREFIXES!r}, which systemd reads as flags (+ would run it as "
+                     "root); name the program itself, e.g. python3")
             command = []
         if ";" in command:
             self.bad("runtime", "command holds an argument ';', which systemd reads as the end "

@@ -11,10 +11,13 @@ import unicodedata
 from fleet.errors import FleetError
 from fleet.nodectl import RELEASE_ID_FORM, RELEASE_ID_RE
 
-__all__ = ["AUTHORIZED_KEY_FORM", "KEY_TYPES", "MAX_TEXT", "RELEASE_ID_FORM", "RELEASE_ID_RE",
-           "USER_NAME_FORM", "USER_NAME_RE", "ValidationError", "authorized_key_problem",
-           "check_release_id", "check_user_name", "unsafe_character"]
+__all__ = ["AUTHORIZED_KEY_FORM", "EXEC_PREFIXES", "KEY_TYPES", "MAX_TEXT", "RELEASE_ID_FORM",
+           "RELEASE_ID_RE", "USER_NAME_FORM", "USER_NAME_RE", "ValidationError",
+           "authorized_key_problem", "check_release_id", "check_user_name", "unsafe_character"]
 
+EXEC_PREFIXES = "-@:+!|"
+"""Characters systemd reads as flags at the start of a command line's program (even a quoted
+one: ``"+/bin/sh"`` would run with full privileges)."""
 MAX_TEXT = 4096
 """The longest string the registry accepts anywhere (fields with a form of their own have
 shorter limits)."""
@@ -76,8 +79,8 @@ def authorized_key_problem(line: str) -> str:
     """Why ``line`` is not an OpenSSH public key line we install (empty when it is one): a
     known key type, a base64 blob that decodes and names the same type, an optional comment
     of printable ASCII, and nothing else (no options such as ``command=``)."""
-    if len(line) > 8192:
-        return "is longer than 8192 characters"
+    if len(line) > MAX_TEXT:
+        return f"is longer than {MAX_TEXT} characters"
     match = _KEY_LINE_RE.fullmatch(line)
     if match is None:
         first = line.split(" ", 1)[0]
