@@ -42,7 +42,9 @@ DEFAULT_CACHE = Path("/var/cache/sovereign-fleet")
 RELEASE_FILE = "RELEASE"
 BROKEN_MARKER = "BROKEN_RELEASE"
 SHIPPED_PACKAGES = ("fleet", "bus")
-NODE_REQUIREMENTS = ("Flask", "gunicorn", "PyYAML", "requests", "cryptography")
+NODE_REQUIREMENTS = ("Flask", "gunicorn", "gevent", "PyYAML", "requests", "cryptography")
+"""What node code needs (gevent: gunicorn's worker, :mod:`fleet.serving`; it brings greenlet
+and zope.*)."""
 DEPLOY_TOOL_REQUIREMENTS = ("pyinfra",)  # only on the node running the webhook receiver
 NODE_PYTHONS = ("3.11", "3.12", "3.13")
 """The node interpreters a release carries compiled modules for (preflight refuses others)."""
@@ -50,8 +52,10 @@ NODE_PYTHONS = ("3.11", "3.12", "3.13")
 
 def node_platform(python: str) -> tuple[str, ...]:
     """pip's target options for a node interpreter ``python`` (``"3.13"``): its own ABI and
-    the stable ABI (``abi3``: ``cryptography`` ships one wheel for every CPython >= 3.11)."""
-    return ("--platform", "manylinux2014_x86_64", "--python-version", python,
+    the stable ABI (``abi3``: ``cryptography`` ships one wheel for every CPython >= 3.11), on
+    glibc 2.17 or 2.28 (gevent's and greenlet's wheels; Debian 12 has 2.36)."""
+    return ("--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64",
+            "--python-version", python,
             "--implementation", "cp", "--abi", f"cp{python.replace('.', '')}", "--abi", "abi3")
 
 
