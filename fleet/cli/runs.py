@@ -16,7 +16,7 @@ import click
 from fleet.webhook.client import fetch
 from fleet.webhook.config import DEFAULT_STATE_DIR
 from fleet.webhook.db import connect
-from fleet.webhook.records import get_run, list_runs
+from fleet.webhook.records import get_run, page_runs
 
 
 def source_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -39,28 +39,36 @@ def source_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
 @click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True,
               help="How many runs, newest first.")
+@click.option("--before", type=click.IntRange(1, 2**63 - 1), default=None, metavar="ID",
+              help="Only runs older than run ID (the next page).")
 @click.pass_context
 def runs(ctx: click.Context, url: str | None, token: str | None, state_dir: str,
-         as_json: bool, limit: int) -> None:
+         as_json: bool, limit: int, before: int | None) -> None:
     """List webhook deploy runs, newest first; `fleet runs show ID` for one run."""
     if ctx.invoked_subcommand is not None:
         return
     if url:
-        records = fetch(url, "/runs", token, {"limit": limit})["runs"]
+        query: dict[str, Any] = {"limit": limit, **({"before": before} if before else {})}
+        page = fetch(url, "/runs", token, query)
+        records, next_before = page["runs"], page.get("next_before")
     else:
         conn = connect(Path(state_dir) / "webhook.sqlite3", create=False)
         try:
-            records = list_runs(conn, limit=limit)
+            records, next_before = page_runs(conn, limit=limit, before=before)
         finally:
             conn.close()
     if as_json:
         click.echo(json.dumps(records, indent=2))
         return
-    click.echo(f"{'ID':>5}  {'STATUS':<11} {'TAG':<10} {'SHA':<12} {'PUSHER':<12} "
+    click.echo(f"{'ID':>5}  {'STATUS':<11} {'KIND':<8} {'TAG':<10} {'SHA':<12} {'PUSHER':<12} "
                f"{'QUEUED':<24} SUMMARY")
     for run in records:
-        click.echo(f"{run['id']:>5}  {run['status']:<11} {run['tag']:<10} {run['sha'][:12]:<12} "
-                   f"{run['pusher'][:12]:<12} {run['queued_at']:<24} {run['summary']}")
+        kind = "rollback" if run.get("rollback") else "deploy"
+        click.echo(f"{run['id']:>5}  {run['status']:<11} {kind:<8} {run['tag']:<10} "
+                   f"{run['sha'][:12]:<12} {run['pusher'][:12]:<12} {run['queued_at']:<24} "
+                   f"{run['summary']}")
+    if next_before is not None:
+        click.echo(f"older runs: fleet runs --before {next_before}")
 
 
 @runs.command()
@@ -103,6 +111,8 @@ def format_run(run: dict[str, Any]) -> str:
         f"ended {run['ended_at'] or '-'}, exit status {run['exit_status']}",
         f"summary: {run['summary'] or '-'}",
     ]
+    if run.get("rollback"):
+        lines.append(f"rollback: the tag was moved back from release {run['rollback_from']}")
     if run.get("superseded_by"):
         lines.append(f"superseded by run {run['superseded_by']}")
     if run.get("covers"):

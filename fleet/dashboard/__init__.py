@@ -61,12 +61,19 @@ def state() -> ResponseReturnValue:
 
 @bp.get("/runs/<run_id>.json")
 def run_record(run_id: str) -> ResponseReturnValue:
-    """One run record (secrets were masked when it was written)."""
+    """One run record (secrets were masked when it was written); on the receiver, ``run_id``
+    is its own run id, as for the log."""
     from fleet.records import RUN_ID_RE
 
+    source = dashboard()
+    if source.records is not None:
+        found = source.records(run_id)
+        if found is None or not found.is_file():
+            return jsonify({"error": f"run {run_id!r} has no run record here"}), 404
+        return current_app.response_class(found.read_bytes(), mimetype="application/json")
     if not RUN_ID_RE.fullmatch(run_id):
         return jsonify({"error": f"run id {run_id!r} is not valid"}), 400
-    path = dashboard().records_dir / f"{run_id}.json"
+    path = source.records_dir / f"{run_id}.json"
     if not path.is_file():
         return jsonify({"error": f"run {run_id} doesn't exist"}), 404
     return current_app.response_class(path.read_bytes(), mimetype="application/json")

@@ -153,21 +153,23 @@ def view_runs(runs: list[RunRecord]) -> tuple[RunView, ...]:
 RunSource = Callable[[], list[RunView]]
 CheckSource = Callable[[], list[CheckView]]
 LogSource = Callable[[str], str | None]
+RecordSource = Callable[[str], Path | None]
 
 
 class Dashboard:
     """The dashboard's data source, one per app: probes cached for half a refresh interval,
     so many viewers cost one probe of the fleet per interval. Runs come from the run records
     in ``records_dir`` unless ``runs`` gives them (the receiver's own runs, with logs);
-    ``checks`` and ``logs`` are the receiver's drift checks and run logs."""
+    ``checks`` and ``logs`` are the receiver's drift checks and run logs; ``records`` finds
+    the run record of one of those runs (by the same run id as ``logs``)."""
 
     def __init__(self, registry_path: Path, records_dir: Path, refresh_s: float = 5.0,
                  runs: RunSource | None = None, checks: CheckSource | None = None,
-                 logs: LogSource | None = None) -> None:
+                 logs: LogSource | None = None, records: RecordSource | None = None) -> None:
         self.registry_path = registry_path
         self.records_dir = records_dir
         self.refresh_s = refresh_s
-        self.runs, self.checks, self.logs = runs, checks, logs
+        self.runs, self.checks, self.logs, self.records = runs, checks, logs, records
         self._lock = threading.Lock()
         self._cached: tuple[float, Snapshot] | None = None
         self.last_seen: dict[str, str] = {}

@@ -18,7 +18,7 @@ from fleet.errors import WebhookError
 from fleet.webhook.db import get_db
 from fleet.webhook.driftcheck import recent
 from fleet.webhook.queue import STATUSES, queue_depth
-from fleet.webhook.records import get_run, list_runs, run_to_dict
+from fleet.webhook.records import get_run, page_runs, run_to_dict
 
 bp = Blueprint("api", __name__)
 MAX_LIMIT = 500
@@ -74,12 +74,17 @@ def read_token_required(view: View) -> View:
 @bp.get("/runs")
 @read_token_required
 def index() -> Any:
-    """The newest runs first; ``?limit=N`` (1-500, default 50) and ``?status=S`` filter."""
+    """The newest runs first; ``?limit=N`` (1-500, default 50) and ``?status=S`` filter, and
+    ``?before=ID`` pages: the runs older than run ``ID`` (``next_before`` of the page before;
+    null on the last page)."""
     limit = number("limit", request.args.get("limit", "50"), 1, MAX_LIMIT)
     status = request.args.get("status")
     if status is not None and status not in STATUSES:  # ?status= (empty) is no status either
         abort(400, f"status {clip(status)!r} is not one of {', '.join(STATUSES)}")
-    return jsonify(runs=list_runs(get_db(), limit=limit, status=status))
+    raw_before = request.args.get("before")
+    before = None if raw_before is None else number("before", raw_before, 1, MAX_RUN_ID)
+    runs, next_before = page_runs(get_db(), limit=limit, status=status, before=before)
+    return jsonify(runs=runs, next_before=next_before)
 
 
 @bp.get("/runs/<run_id>")

@@ -52,16 +52,29 @@ def check_views(conn: sqlite3.Connection) -> list[CheckView]:
             for check in recent(conn, CHECKS_SHOWN)]
 
 
-def log_of(settings: Settings, run_id: str) -> str | None:
-    """The masked log of run ``run_id`` (None when there is no such run or log)."""
+def run_column(settings: Settings, run_id: str, column: str) -> str | None:
+    """Column ``column`` of the receiver's run ``run_id`` (None: no such run, or empty)."""
     if not run_id.isascii() or not run_id.isdigit() or len(run_id) > 18:
         return None
     conn = connect(settings.db_path)
     try:
-        row = conn.execute("SELECT log_path FROM runs WHERE id = ?", (int(run_id),)).fetchone()
+        row = conn.execute(f"SELECT {column} FROM runs WHERE id = ?", (int(run_id),)).fetchone()
     finally:
         conn.close()
-    return read_log_tail(row["log_path"]) if row is not None and row["log_path"] else None
+    return row[column] if row is not None and row[column] else None
+
+
+def log_of(settings: Settings, run_id: str) -> str | None:
+    """The masked log of run ``run_id`` (None when there is no such run or log)."""
+    path = run_column(settings, run_id, "log_path")
+    return read_log_tail(path) if path else None
+
+
+def record_of(settings: Settings, run_id: str) -> Path | None:
+    """The fleet run record the deploy of run ``run_id`` wrote (None when it wrote none): the
+    receiver's run id keys the record as it keys the log."""
+    path = run_column(settings, run_id, "record_path")
+    return Path(path) if path else None
 
 
 def with_db(settings: Settings, read: Callable[[sqlite3.Connection], T]) -> T:
@@ -91,6 +104,7 @@ def init_app(app: Flask) -> None:
         registry_path(settings), settings.state_dir / "records",
         runs=lambda: with_db(settings, run_views),
         checks=lambda: with_db(settings, check_views),
-        logs=lambda run_id: log_of(settings, run_id))
+        logs=lambda run_id: log_of(settings, run_id),
+        records=lambda run_id: record_of(settings, run_id))
     dashboard.init_app(app, source, auth=require_read_token)
 

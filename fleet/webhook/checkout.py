@@ -9,6 +9,7 @@ points to when the run starts (not the sha a push claimed). Every user value rea
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -51,6 +52,23 @@ def resolve_tag(cache: Path, tag: str, repo_url: str) -> str:
         raise DeployError(f"tag {tag!r} does not exist in {redact(repo_url)} (deleted after the "
                           "push?); nothing was deployed")
     return done.stdout.strip()
+
+
+def rev_parse(cache: Path, name: str) -> str | None:
+    """The commit ``name`` (a sha or its prefix, e.g. a release id) names in the cache; None
+    when it names none (or more than one)."""
+    if not re.fullmatch(r"[0-9a-f]{4,40}", name):
+        return None
+    done = subprocess.run(
+        ["git", "-C", str(cache), "rev-parse", "--verify", "--quiet", "--end-of-options",
+         f"{name}^{{commit}}"], capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def is_ancestor(cache: Path, older: str, newer: str) -> bool:
+    """Whether commit ``older`` is an ancestor of commit ``newer`` (both full shas)."""
+    return subprocess.run(["git", "-C", str(cache), "merge-base", "--is-ancestor", "--",
+                           older, newer], capture_output=True, check=False).returncode == 0
 
 
 def checkout(cache: Path, commit: str, state_dir: Path, log: IO[bytes]) -> Path:

@@ -4,7 +4,7 @@ Request handlers use :func:`get_db` (one connection per request, cached on ``g``
 dispatcher and the CLI open their own with :func:`connect`. WAL mode lets readers work while
 a run is being recorded; writers take ``BEGIN IMMEDIATE`` transactions. A database of schema
 version 1 (statuses ``success``, no release or stages) is rebuilt on first open; version 2
-gets the ``drift_checks`` table.
+gets the ``drift_checks`` table; versions 2 and 3 get the ``rollback_from`` column.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from flask import Flask, current_app, g
 from fleet.errors import WebhookError
 from fleet.sqlite import immediate
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 V1_COLUMNS = ("id, delivery_id, forge, tag, sha, before_sha, pusher, repository, superseded_by, "
               "queued_at, started_at, ended_at, exit_status, worker_pid, commit_sha, log_path, "
               "summary, hosts, health")
@@ -72,6 +72,9 @@ def create_schema(conn: sqlite3.Connection) -> None:
                 conn.execute("ALTER TABLE runs RENAME TO runs_v1")
             for statement in statements:
                 conn.execute(statement)
+            columns = {row["name"] for row in conn.execute("PRAGMA table_info(runs)")}
+            if "rollback_from" not in columns:  # versions 2 and 3
+                conn.execute("ALTER TABLE runs ADD COLUMN rollback_from TEXT")
             if old:
                 conn.execute(f"INSERT INTO runs ({V1_COLUMNS}, status) SELECT {V1_COLUMNS}, "
                              "CASE status WHEN 'success' THEN 'ok' ELSE status END FROM runs_v1")

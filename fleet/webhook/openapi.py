@@ -89,6 +89,10 @@ RUN_PROPERTIES: dict[str, Any] = {
         "delivery_id", "queued_at", "started_at", "ended_at", "fleet_run_id", "record_path",
         "summary", "log_path")},
     "superseded_by": {"type": ["integer", "null"], "description": "run that deployed instead"},
+    "rollback": {"type": "boolean", "description": "the tag was moved back to an ancestor of "
+                 "the commit the fleet ran"},
+    "rollback_from": {"type": ["string", "null"],
+                      "description": "the release the fleet ran before this rollback"},
     "exit_status": {"type": ["integer", "null"]},
     "worker_pid": {"type": ["integer", "null"]},
     "hosts": {"type": "object", "description": "per host: status, changed, unchanged, failed, "
@@ -98,6 +102,7 @@ RUN_PROPERTIES: dict[str, Any] = {
 }
 
 READ: list[dict[str, list[str]]] = [{"readToken": []}, {"readTokenBasic": []}]
+RUN_ID: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": MAX_RUN_ID}
 UNAUTHORIZED = _error("missing or wrong read token")
 
 
@@ -123,7 +128,10 @@ SPEC: dict[str, Any] = {
             "parameters": [
                 {"name": "limit", "in": "query", "schema": {
                     "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}},
-                {"name": "status", "in": "query", "schema": RUN_PROPERTIES["status"]}],
+                {"name": "status", "in": "query", "schema": RUN_PROPERTIES["status"]},
+                {"name": "before", "in": "query", "description": "only runs older than this "
+                 "run id (the previous page's `next_before`)", "schema": {
+                     "type": "integer", "minimum": 1, "maximum": MAX_RUN_ID}}],
             "responses": {"200": _ok("runs", "RunList"), "400": _error("bad query"),
                           "401": _error("missing or wrong read token")}}},
         "/runs/{run_id}": {"get": {
@@ -159,17 +167,19 @@ SPEC: dict[str, Any] = {
                 "application/json": {"schema": {"type": "object"}}}},
                           "401": UNAUTHORIZED}}},
         "/dashboard/runs/{run_id}.json": {"get": {
-            "summary": "A fleet run record (secrets masked)", "security": READ,
+            "summary": "The fleet run record the deploy of run `run_id` wrote (secrets masked); "
+                       "`run_id` is the receiver's run id, as in `/runs/{run_id}`",
+            "security": READ,
             "parameters": [{"name": "run_id", "in": "path", "required": True,
-                            "schema": {"type": "string"}}],
+                            "schema": RUN_ID}],
             "responses": {"200": {"description": "the record", "content": {
                 "application/json": {"schema": {"type": "object"}}}},
-                          "400": _error("not a run id"), "401": UNAUTHORIZED,
-                          "404": _error("no such record")}}},
+                          "401": UNAUTHORIZED,
+                          "404": _error("no such run, or its deploy wrote no record")}}},
         "/dashboard/runs/{run_id}/log": {"get": {
-            "summary": "A run's masked log", "security": READ,
+            "summary": "A run's masked log (`run_id`: the receiver's run id)", "security": READ,
             "parameters": [{"name": "run_id", "in": "path", "required": True,
-                            "schema": {"type": "string"}}],
+                            "schema": RUN_ID}],
             "responses": {"200": _page("text/plain", "the log"), "401": UNAUTHORIZED,
                           "404": _error("no such run or no log")}}},
         "/dashboard/static/{filename}": {"get": {
@@ -201,8 +211,10 @@ SPEC: dict[str, Any] = {
                 "status": {"const": "ignored"}, "reason": {"type": "string"},
                 "delivery": {"type": "string"}}},
             "Run": {"type": "object", "properties": RUN_PROPERTIES},
-            "RunList": {"type": "object", "properties": {
-                "runs": {"type": "array", "items": {"$ref": "#/components/schemas/Run"}}}},
+            "RunList": {"type": "object", "required": ["runs", "next_before"], "properties": {
+                "runs": {"type": "array", "items": {"$ref": "#/components/schemas/Run"}},
+                "next_before": {"type": ["integer", "null"], "description": "`before` of the "
+                                "next page (older runs); null on the last page"}}},
             "RunDetail": {"allOf": [{"$ref": "#/components/schemas/Run"}, {
                 "type": "object", "properties": {
                     "log": {"type": "string", "description": "last 256 KiB of the log"},

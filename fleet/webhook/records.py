@@ -3,7 +3,9 @@
 ``sha`` is what the push claimed, ``commit_sha`` what the tag pointed to when the run started
 (the commit deployed), ``release`` its release id; ``fleet_run_id`` / ``record_path`` name the
 fleet run record the deploy wrote, whose per-host outcome (``hosts``) and ``stages`` the run
-keeps.
+keeps (both null when no deploy started, e.g. ``up-to-date``; ``record_path`` null when the
+deploy wrote no record). ``rollback`` is true when the tag was moved back to an ancestor of
+the commit the fleet ran (``rollback_from``: that commit's release).
 """
 
 from __future__ import annotations
@@ -19,28 +21,44 @@ LOG_TAIL_BYTES = 256 * 1024
 FIELDS = ("id", "status", "forge", "tag", "sha", "commit_sha", "release", "before_sha",
           "pusher", "repository", "delivery_id", "superseded_by", "queued_at", "started_at",
           "ended_at", "exit_status", "worker_pid", "fleet_run_id", "record_path", "summary",
-          "log_path")
+          "log_path", "rollback_from")
 
 
 def run_to_dict(row: sqlite3.Row) -> dict[str, Any]:
     """One run as plain data; ``hosts``, ``stages`` and ``health`` decoded from their JSON
     columns."""
     data = {field: row[field] for field in FIELDS}
+    data["rollback"] = row["rollback_from"] is not None
     data["hosts"] = json.loads(row["hosts"] or "{}")
     data["stages"] = json.loads(row["stages"] or "[]")
     data["health"] = json.loads(row["health"] or "[]")
     return data
 
 
-def list_runs(conn: sqlite3.Connection, limit: int = 50,
-              status: str | None = None) -> list[dict[str, Any]]:
-    """The newest ``limit`` runs (optionally of one ``status``), newest first."""
-    if status:
-        rows = conn.execute("SELECT * FROM runs WHERE status = ? ORDER BY id DESC LIMIT ?",
-                            (status, limit))
-    else:
-        rows = conn.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))
-    return [run_to_dict(row) for row in rows.fetchall()]
+def list_runs(conn: sqlite3.Connection, limit: int = 50, status: str | None = None,
+              before: int | None = None) -> list[dict[str, Any]]:
+    """The newest ``limit`` runs (optionally of one ``status``, and older than run ``before``),
+    newest first."""
+    return [run_to_dict(row) for row in _select(conn, limit, status, before)]
+
+
+def page_runs(conn: sqlite3.Connection, limit: int = 50, status: str | None = None,
+              before: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+    """One page of :func:`list_runs` and the ``before`` of the next page (None: no more)."""
+    rows = _select(conn, limit + 1, status, before)
+    runs = [run_to_dict(row) for row in rows[:limit]]
+    return runs, (runs[-1]["id"] if len(rows) > limit else None)
+
+
+def _select(conn: sqlite3.Connection, limit: int, status: str | None,
+            before: int | None) -> list[sqlite3.Row]:
+    """Up to ``limit`` rows of ``runs``, newest first, filtered by ``status`` and ``before``."""
+    where = [("status = ?", status) if status else None,
+             ("id < ?", before) if before is not None else None]
+    terms = [term for term in where if term is not None]
+    clause = f" WHERE {' AND '.join(text for text, _ in terms)}" if terms else ""
+    return conn.execute(f"SELECT * FROM runs{clause} ORDER BY id DESC LIMIT ?",
+                        (*(value for _, value in terms), limit)).fetchall()
 
 
 def get_run(conn: sqlite3.Connection, run_id: int, with_log: bool = True) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from fleet.masking import Masker
 from fleet.release import BROKEN_ENV, release_id
 from fleet.secrets import SECRETS_ENV, load_secrets
 from fleet.sqlite import immediate
-from fleet.webhook.checkout import checkout, fetch, redact, resolve_tag
+from fleet.webhook.checkout import checkout, fetch, is_ancestor, redact, resolve_tag, rev_parse
 from fleet.webhook.config import RECEIVER_SECRETS, Settings
 from fleet.webhook.current import deployed_everywhere, fleet_releases
 from fleet.webhook.db import now
@@ -71,8 +71,7 @@ def execute(conn: sqlite3.Connection, settings: Settings, claim: Claim, lock_fd:
     log_path = settings.state_dir / "logs" / f"run-{claim.run_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     record = settings.state_dir / "records" / f"{fleet_run_id(claim.run_id)}.json"
-    update(conn, claim.run_id, log_path=str(log_path), fleet_run_id=record.stem,
-           record_path=str(record))
+    update(conn, claim.run_id, log_path=str(log_path))
     raw_path = unmasked_path(log_path)
     with MaskedLog(raw_path, log_path, Masker(secret_values(settings))), \
             raw_path.open("ab") as log:
@@ -102,15 +101,26 @@ def deploy(conn: sqlite3.Connection, settings: Settings, claim: Claim, record: P
     if deployed_everywhere(running, release):
         return Outcome("up-to-date", f"every agent runs release {release} already (tag "
                        f"{claim.tag} at {commit[:12]}); nothing deployed", health=running)
+    newer = rolled_back_from(cache, commit, [
+        str(item["release"]) for item in running if item.get("release")]
+        or last_deployed(conn, claim.run_id))
+    if newer is not None:
+        update(conn, claim.run_id, rollback_from=newer)
+        log.write(f"==> rollback: tag {claim.tag} was moved back from release {newer} to "
+                  f"{commit[:12]}, an older commit\n".encode())
     log.write(f"==> {' '.join(settings.command)} (in {work}, release {release}, fleet run "
               f"{record.stem})\n".encode())
     log.flush()
+    update(conn, claim.run_id, fleet_run_id=record.stem, record_path=str(record))
     started = time.time()
     exit_status = run_command(settings, work, env, log, lock_fd)
     found = locate_record(record, started)
-    if found != record:
-        update(conn, claim.run_id, fleet_run_id=found.stem, record_path=str(found))
+    if found != record or not found.exists():  # the one it wrote; or none, then no path
+        update(conn, claim.run_id, fleet_run_id=found.stem,
+               record_path=str(found) if found.exists() else None)
     outcome = record_outcome(found, exit_status)
+    if newer is not None:
+        outcome.summary = f"rollback from release {newer}: {outcome.summary}"
     if outcome.status == "ok":
         healthy, outcome.health = check_health(registry, settings.health_check,
                                                settings.health_timeout)
@@ -120,6 +130,26 @@ def deploy(conn: sqlite3.Connection, settings: Settings, claim: Claim, record: P
                 f"{item.get('agent')} ({'; '.join(_reasons(item))})"
                 for item in outcome.health if not item.get("healthy"))
     return outcome
+
+
+def rolled_back_from(cache: Path, commit: str, releases: list[str]) -> str | None:
+    """The release among ``releases`` (what the fleet runs) whose commit ``commit`` is an
+    older ancestor of, i.e. the tag was moved back: a rollback; None otherwise (a release that
+    is no commit of the repository, e.g. one built from a dirty tree, never counts)."""
+    for release in sorted(set(releases)):
+        newer = rev_parse(cache, release)
+        if newer is not None and newer != commit and is_ancestor(cache, commit, newer):
+            return release
+    return None
+
+
+def last_deployed(conn: sqlite3.Connection, run_id: int) -> list[str]:
+    """The release of the newest run before ``run_id`` that deployed (the receiver's own
+    memory, for when the fleet is not asked: ``FLEET_HEALTH_CHECK=off``)."""
+    row = conn.execute("SELECT release FROM runs WHERE id < ? AND release IS NOT NULL AND "
+                       "status IN ('ok', 'degraded', 'unhealthy') ORDER BY id DESC LIMIT 1",
+                       (run_id,)).fetchone()
+    return [row["release"]] if row is not None else []
 
 
 def locate_record(record: Path, started: float) -> Path:

@@ -1,8 +1,9 @@
 -- Deliveries, deploy runs and drift checks of the webhook receiver (SQLite, WAL mode),
--- schema version 3.
+-- schema version 4.
 -- Every authenticated delivery is kept (its id refuses replays). Pushes that deploy get a run.
 -- A run records what its push claimed (sha) and what the tag pointed to when it started
--- (commit_sha), the release and fleet run record of its deploy, and that record's outcome.
+-- (commit_sha), the release and fleet run record of its deploy, and that record's outcome;
+-- rollback_from: the release the fleet ran when the tag was moved back to an older commit.
 -- No semicolons inside statements: db.py runs them one by one in a transaction.
 
 CREATE TABLE IF NOT EXISTS runs (
@@ -31,7 +32,8 @@ CREATE TABLE IF NOT EXISTS runs (
     summary TEXT NOT NULL DEFAULT '',
     hosts TEXT NOT NULL DEFAULT '{}',
     stages TEXT NOT NULL DEFAULT '[]',
-    health TEXT NOT NULL DEFAULT '[]'
+    health TEXT NOT NULL DEFAULT '[]',
+    rollback_from TEXT
 );
 
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, id);

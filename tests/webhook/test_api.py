@@ -36,7 +36,8 @@ def test_runs_lists_newest_first_and_filters(client: FlaskClient) -> None:
     assert [(run["id"], run["sha"], run["status"]) for run in runs] == [
         (2, "b" * 40, "queued"), (1, "a" * 40, "queued")]
     assert client.get("/runs?limit=1", headers=auth()).json["runs"][0]["id"] == 2
-    assert client.get("/runs?status=ok", headers=auth()).json == {"runs": []}
+    assert client.get("/runs?status=ok", headers=auth()).json == {"runs": [],
+                                                                  "next_before": None}
 
 
 @pytest.mark.parametrize(("query", "message"), [

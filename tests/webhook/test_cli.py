@@ -55,8 +55,9 @@ def test_runs_lists_from_the_state_dir(deployed: str, settings: Settings) -> Non
     code, out, _ = run("runs", "--state-dir", str(settings.state_dir))
     assert code == 0
     header, row = out.splitlines()
-    assert header.split() == ["ID", "STATUS", "TAG", "SHA", "PUSHER", "QUEUED", "SUMMARY"]
-    assert row.split()[:5] == ["1", "ok", "PROD", deployed[:12], "alice"]
+    assert header.split() == ["ID", "STATUS", "KIND", "TAG", "SHA", "PUSHER", "QUEUED",
+                              "SUMMARY"]
+    assert row.split()[:6] == ["1", "ok", "deploy", "PROD", deployed[:12], "alice"]
     assert row.endswith(f"deployed release {deployed[:12]} to 2 host(s)")
 
 
