@@ -27,6 +27,8 @@ class MockProvider:
         self.hold: threading.Event | None = None  # answers wait until it is set
         self.script: list[dict[str, Any]] = []  # assistant messages to answer first, in order
         self.key = "sk-test-KEY-0123456789"
+        self.down = False  # every call answers 503 while set
+        self.tokens = 1  # the completion_tokens each answer reports
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,13 +42,15 @@ class MockProvider:
                     outer.hold.wait(60)
                 if outer.failures:
                     return self.answer(outer.failures.pop(0), {"error": {"message": "busy"}})
+                if outer.down:
+                    return self.answer(503, {"error": {"message": "model server down"}})
                 message = outer.script.pop(0) if outer.script else {
                     "role": "assistant", "content": outer.reply}
                 self.answer(200, {
                     "id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
-                    "usage": {"prompt_tokens": 5, "completion_tokens": 1,
-                              "total_tokens": 6}})
+                    "usage": {"prompt_tokens": 5, "completion_tokens": outer.tokens,
+                              "total_tokens": 5 + outer.tokens}})
 
             def answer(self, status: int, data: dict[str, Any]) -> None:
                 answer_json(self, status, data)
