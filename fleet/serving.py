@@ -50,6 +50,9 @@ graceful_timeout = 10
 limit_request_line = 8190  # gunicorn's largest
 limit_request_fields = 100
 limit_request_field_size = 8190
+# gunicorn's default access log line has the HTTP Basic user name (``%(u)s``), where a browser
+# user may type the read token: no credential goes into the log, so no user name either.
+access_log_format = '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 
 MAX_REQUEST_LINE = 4094  # bytes: method, target and version (RequestLimits: 414)
 MAX_HEADER_FIELDS = 50  # header fields of one request (RequestLimits: 431)
@@ -64,6 +67,7 @@ OPTIONS: dict[str, Any] = {
     "limit_request_line": limit_request_line,
     "limit_request_fields": limit_request_fields,
     "limit_request_field_size": limit_request_field_size,
+    "access_log_format": access_log_format,
 }
 """The settings above by name, for :class:`FactoryServer` (each service adds ``bind``,
 ``workers`` and its logs)."""

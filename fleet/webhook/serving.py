@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fleet.serving import (
     OPTIONS,
+    access_log_format,
     graceful_timeout,
     keepalive,
     limit_request_field_size,
@@ -18,6 +19,6 @@ from fleet.serving import (
     worker_connections,
 )
 
-__all__ = ["OPTIONS", "graceful_timeout", "keepalive", "limit_request_field_size",
-           "limit_request_fields", "limit_request_line", "timeout", "worker_class",
-           "worker_connections"]
+__all__ = ["OPTIONS", "access_log_format", "graceful_timeout", "keepalive",
+           "limit_request_field_size", "limit_request_fields", "limit_request_line", "timeout",
+           "worker_class", "worker_connections"]
