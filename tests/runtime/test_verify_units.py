@@ -1,0 +1,160 @@
+"""Verify (``fleet-nodectl verify``) against a simulated node: systemd's view of the gateway and
+runtime units (``systemctl show``) and the gateway's /health move on a clock of the test's
+own. A runtime that exits at once, exits after 2 s (restarted each time, RestartSec=1) or never
+writes its state fails verify, naming its unit and the reason, whatever moment of its restart
+cycle verify starts at (5 of 5); a runtime that keeps working passes."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from fleet import nodectl
+
+RELEASE = "abc123abc123"
+GATEWAY = "fleet-agent-bezalel.service"
+RUNTIME = "fleet-runtime-bezalel.service"
+NO_STATE = ("runtime has written no state file (runtime.json in its state dir): it has not "
+            "started, or it does not keep the runtime contract")
+RESTART_S = 1.0  # RestartSec= of the runtime unit
+
+
+@dataclass
+class Runtime:
+    """A runtime unit started at ``start`` whose process lives ``life`` seconds (inf: stays
+    up), restarted ``RESTART_S`` after each exit; ``writes`` whether it keeps runtime.json."""
+
+    start: float
+    life: float
+    writes: bool = True
+
+    def phase(self, now: float) -> tuple[int, float]:
+        """(restarts so far, seconds into the current cycle)."""
+        if math.isinf(self.life):
+            return 0, now - self.start
+        period = self.life + RESTART_S
+        restarts = int((now - self.start) // period)
+        return restarts, now - self.start - restarts * period
+
+    def unit(self, now: float) -> dict[str, str]:
+        restarts, into = self.phase(now)
+        if into >= self.life:
+            return {"ActiveState": "activating", "SubState": "auto-restart",
+                    "NRestarts": str(restarts), "Result": "exit-code", "ExecMainStatus": "1",
+                    "MainPID": "0"}
+        entered = self.start + restarts * (self.life + RESTART_S) if restarts else self.start
+        return {"ActiveState": "active", "SubState": "running", "NRestarts": str(restarts),
+                "MainPID": str(1000 + restarts), "Result": "success",
+                "ActiveEnterTimestamp": f"t{entered:.3f}",
+                "ActiveEnterTimestampMonotonic": str(int(entered * 1e6))}
+
+    def health(self, now: float) -> tuple[int, dict[str, Any]]:
+        body: dict[str, Any] = {"status": "ok", "release": RELEASE, "problems": [],
+                                "runtime": {"kind": "command", "ready": False, "state": None}}
+        restarts, into = self.phase(now)
+        if not self.writes:
+            body["problems"] = [NO_STATE]
+        else:
+            body["runtime"].update(state="ready", up_s=round(into, 1))
+            if into < 5.0:
+                body["problems"] = [f"runtime (pid {1000 + restarts}) started {into:.1f} s "
+                                    "ago: it counts once it has stayed up 5 s"]
+        body["runtime"]["ready"] = not body["problems"]
+        if body["problems"]:
+            body["status"] = "fail"
+        return (200 if body["status"] == "ok" else 503), body
+
+
+class Node:
+    """The simulated node: a clock that only the code under test moves (by sleeping)."""
+
+    def __init__(self, runtime: Runtime, now: float = 1000.0) -> None:
+        self.now, self.runtime = now, runtime
+        self.asked: list[str] = []
+
+    def unit_state(self, unit: str) -> dict[str, str]:
+        self.asked.append(unit)
+        if unit == RUNTIME:
+            return self.runtime.unit(self.now)
+        return {"ActiveState": "active", "SubState": "running", "NRestarts": "0",
+                "MainPID": "77", "ActiveEnterTimestamp": "gateway-start",
+                "ActiveEnterTimestampMonotonic": str(int((self.now - 600) * 1e6))}
+
+    def get_health(self, port: int, timeout: float = 2.0,
+                   roundtrip: bool = False) -> tuple[int, dict[str, Any]]:
+        return self.runtime.health(self.now)
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def verify(node: Node, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], float]:
+    """Run ``fleet-nodectl verify`` on ``node``: (problems, seconds it took on node time)."""
+    monkeypatch.setattr(nodectl, "unit_state", node.unit_state)
+    monkeypatch.setattr(nodectl, "get_health", node.get_health)
+    monkeypatch.setattr(nodectl, "sleep", node.sleep)
+    monkeypatch.setattr(nodectl, "monotonic_us", lambda: int(node.now * 1e6))
+    began = node.now
+    result = nodectl.verify(argparse.Namespace(
+        release=RELEASE, config_hash="", soul_sha="", unit=GATEWAY, runtime_unit=RUNTIME,
+        port=8646, timeout=20.0, rollback=False))
+    assert result["ok"] is not bool(result["problems"])
+    return result["problems"], node.now - began
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.4, 0.9, 1.6, 2.3])  # 5 deploys, 5 moments
+@pytest.mark.parametrize(("life", "writes", "reason"), [
+    (0.05, False, "does not stay up"),  # exits at once
+    (2.0, True, "restarted during verify"),  # exits after 2 s
+])
+def test_a_runtime_that_exits_fails_verify_at_any_moment_of_its_restarts(
+        monkeypatch: pytest.MonkeyPatch, offset: float, life: float, writes: bool,
+        reason: str) -> None:
+    node = Node(Runtime(start=1000.0 - offset, life=life, writes=writes))
+    problems, took = verify(node, monkeypatch)
+    assert len(problems) == 1 and problems[0].startswith(RUNTIME), problems
+    assert reason in problems[0] or "does not stay up" in problems[0], problems
+    assert took < 6.0  # found while waiting for /health, not after its whole timeout
+
+
+def test_a_crashed_runtime_is_named_with_systemds_result() -> None:
+    before = Runtime(start=0, life=0.0).unit(0.5)
+    assert nodectl.unit_problems(RUNTIME, before, before) == [
+        f"{RUNTIME} is activating/auto-restart (result exit-code, exit status 1, restarts 0): "
+        "it does not stay up"]
+
+
+def test_a_runtime_that_never_writes_its_state_fails_verify_naming_why(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    node = Node(Runtime(start=999.0, life=math.inf, writes=False))
+    problems, took = verify(node, monkeypatch)
+    assert problems == [NO_STATE]
+    assert 20.0 <= took < 21.0  # it got the whole timeout to write it
+
+
+def test_a_runtime_that_stays_up_and_keeps_its_contract_passes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    node = Node(Runtime(start=999.5, life=math.inf))
+    problems, took = verify(node, monkeypatch)
+    assert problems == []
+    assert 4.5 <= took < 7.0  # it had to stay up its stability window
+    assert RUNTIME in node.asked and GATEWAY in node.asked
+
+
+def test_an_agent_without_a_runtime_checks_its_gateway_unit_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    node = Node(Runtime(start=0.0, life=math.inf))
+    monkeypatch.setattr(nodectl, "get_health", lambda port, timeout=2.0, roundtrip=False: (
+        200, {"status": "ok", "release": RELEASE, "problems": [], "runtime": {
+            "kind": "none", "ready": False}}))
+    monkeypatch.setattr(nodectl, "unit_state", node.unit_state)
+    monkeypatch.setattr(nodectl, "sleep", node.sleep)
+    monkeypatch.setattr(nodectl, "monotonic_us", lambda: int(node.now * 1e6))
+    result = nodectl.verify(argparse.Namespace(
+        release=RELEASE, config_hash="", soul_sha="", unit=GATEWAY, runtime_unit=None,
+        port=8646, timeout=20.0, rollback=False))
+    assert result["problems"] == [] and set(node.asked) == {GATEWAY}
