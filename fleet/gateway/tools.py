@@ -2,28 +2,43 @@
 signed caller allowed to use it; ``GET /tools`` lists them (public: names, argument schemas,
 timeouts; never the commands); ``GET /tool-calls`` lists the recorded calls (owner-signed).
 
-Mounted only on agents that declare tools. Every call is recorded, refusals too: an unknown
-tool (404), a caller not allowed (403), bad or shell-shaped arguments (400), a tool past its
-timeout is stopped (504). The tool runs as the gateway's own user, inside its unit's sandbox,
-never through a shell.
+Mounted only on agents that declare tools. Every call is recorded (:mod:`fleet.tools.records`),
+refusals too, in one place (:func:`record_call`, after the answer is made): unsigned or forged
+(401), over the body limit (413), an unknown tool (404), a caller not allowed (403), a bad
+body or bad arguments (400), a replay (409); a tool that could not run is 503, one past its
+timeout is stopped (504). The body is ``{"args": {...}, "id": CALL_ID, "on_behalf_of":
+{"from": AGENT, "id": REQUEST_ID}}`` (only ``args`` needed): ``id`` is the call's idempotency
+key (default: derived from the signature), so a captured call sent again is refused;
+``on_behalf_of`` names the request the agent's own runtime is answering, which must be
+waiting in this agent's inbox, signed by an agent allowed to call the tool (no confused
+deputy). The tool runs as the gateway's own user, inside its unit's sandbox, never through a
+shell, under a supervisor that kills its whole process tree (:mod:`fleet.tools.run`).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from bus.db import get_db
+from bus.inbox import pending_request
+from bus.schema import MAX_ID
 from bus.signing import SECURITY
-from bus.web import authenticate, fail, json_body
+from bus.web import authenticate, fail, json_body, signature_id
 from fleet.gateway import current_agent
-from fleet.tools import Tool
-from fleet.tools.records import calls, record
-from fleet.tools.run import argument_problems, run
+from fleet.registry import NAME_RE
+from fleet.tools import MAX_ARG_CHARS, Tool
+from fleet.tools.records import ReplayError, calls, claim, finish, record
+from fleet.tools.run import ToolError, argument_problems, run
 
 bp = Blueprint("tools", __name__)
 NAME = {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,62}$"}
+AGENT = {"type": "string", "pattern": f"^{NAME_RE.pattern}$"}
+ID_RE = re.compile(rf"[^\s\x00-\x1f\x7f]{{1,{MAX_ID}}}")
+BODY_FIELDS = ("args", "id", "on_behalf_of")
 
 
 def init_app(app: Flask) -> None:
@@ -56,41 +71,117 @@ def list_calls() -> ResponseReturnValue:
     return jsonify({"calls": calls(current_app.config["STATE_DIR"], int(limit))})
 
 
+def body_problems(body: Any) -> dict[str, str]:
+    """Why a tool call's body is not ``{"args": {...}, "id"?, "on_behalf_of"?}``."""
+    if not isinstance(body, dict):
+        return {"body": 'is not {"args": {...}}'}
+    problems = {name: f"is not a field of a tool call (fields: {', '.join(BODY_FIELDS)})"
+                for name in body if name not in BODY_FIELDS}
+    if "id" in body and not (isinstance(body["id"], str) and ID_RE.fullmatch(body["id"])):
+        problems["id"] = f"is not 1 to {MAX_ID} printable characters without spaces"
+    behalf = body.get("on_behalf_of")
+    if "on_behalf_of" in body and not (
+            isinstance(behalf, dict) and set(behalf) == {"from", "id"}
+            and isinstance(behalf["from"], str) and NAME_RE.fullmatch(behalf["from"])
+            and isinstance(behalf["id"], str) and ID_RE.fullmatch(behalf["id"])):
+        problems["on_behalf_of"] = ('is not {"from": AGENT, "id": REQUEST_ID} naming the '
+                                    "request this call is made for")
+    return problems
+
+
+def check_on_behalf_of(tool: Tool, caller: str, behalf: dict[str, str]) -> None:
+    """403 unless ``behalf`` names a request waiting in this agent's inbox, the caller is the
+    agent itself (its runtime answering it) and its sender may call ``tool``."""
+    me = current_agent().name
+    if caller != me:
+        fail(403, f"only {me!r} itself (its runtime) may call a tool on behalf of a request, "
+                  f"not {caller!r}")
+    if not pending_request(get_db(), behalf["from"], behalf["id"]):
+        fail(403, f"there is no unanswered request {behalf['id']!r} from {behalf['from']!r} "
+                  f"in {me}'s inbox to call tool {tool.name!r} for")
+    if not allowed(tool, behalf["from"]):
+        fail(403, f"{behalf['from']!r} may not call tool {tool.name!r} (allowed: "
+                  f"{', '.join([me, *tool.callers])}), so {me!r} may not call it for them")
+
+
 @bp.post("/tools/<name>")
 def call_tool(name: str) -> ResponseReturnValue:
-    """Run tool NAME with ``{"args": {...}}`` for a signed caller allowed to use it."""
-    caller = authenticate()
+    """Run tool NAME for a signed caller allowed to use it (recorded by
+    :func:`record_call`)."""
+    call: dict[str, Any] = {"tool": name}
+    g.tool_call = call
+    call["caller"] = caller = authenticate()
     state_dir = current_app.config["STATE_DIR"]
     tool = current_agent().tool(name)
     if tool is None:
-        record(state_dir, caller, name, None, "refused: unknown tool")
         fail(404, f"no tool {name!r} on {current_agent().name} (tools: "
                   f"{', '.join(t.name for t in current_agent().tools)})")
     assert tool is not None
     body = json_body()
-    args = body.get("args", {}) if isinstance(body, dict) else None
+    problems = body_problems(body)
+    if isinstance(body, dict) and "args" in body:
+        call["args"] = body["args"]
+    if isinstance(body, dict) and "on_behalf_of" not in problems and "on_behalf_of" in body:
+        call["on_behalf_of"] = body["on_behalf_of"]["from"]
+        call["request_id"] = body["on_behalf_of"]["id"]
     if not allowed(tool, caller):
-        record(state_dir, caller, name, args, "refused: caller not allowed")
         fail(403, f"{caller!r} may not call tool {name!r} (allowed: "
                   f"{', '.join([current_agent().name, *tool.callers])})")
-    if not isinstance(body, dict) or set(body) - {"args"}:
-        record(state_dir, caller, name, None, "refused: bad body")
-        fail(400, "invalid tool call", {"body": 'is not {"args": {...}}'})
+    if problems:
+        fail(400, "invalid tool call", problems)
+    if "on_behalf_of" in body:
+        check_on_behalf_of(tool, caller, body["on_behalf_of"])
+    args = body.get("args", {})
     problems = argument_problems(tool, args)
     if problems:
-        record(state_dir, caller, name, args, "refused: bad arguments")
         fail(400, f"invalid arguments for tool {name!r}", problems)
-    assert isinstance(args, dict)
-    done = run(tool, args, state_dir)
-    outcome = "timeout" if done.timed_out else ("ok" if done.exit == 0 else "failed")
-    record(state_dir, caller, name, args, outcome, done.exit, done.duration_ms)
+    call["call_id"] = body.get("id") or signature_id()
+    fields = {key: call.get(key) for key in ("args", "on_behalf_of", "request_id")}
+    try:
+        call["seq"] = claim(state_dir, caller, call["call_id"], name, **fields)
+    except ReplayError as exc:
+        fail(409, str(exc), hint=exc.hint)
+    try:
+        done = run(tool, args, state_dir)
+    except ToolError as exc:
+        fail(400, f"invalid arguments for tool {name!r}", {"args": str(exc)})
+    call["exit"], call["duration_ms"] = done.exit, done.duration_ms
     answer = {"tool": name, "exit": done.exit, "stdout": done.stdout, "stderr": done.stderr,
+              "stdout_bytes": done.stdout_bytes, "stderr_bytes": done.stderr_bytes,
               "duration_ms": done.duration_ms, "timed_out": done.timed_out}
+    if done.error:
+        call["outcome"] = "error"
+        return jsonify({**answer, "error": f"tool {name!r} could not run: {done.error}"}), 503
     if done.timed_out:
-        answer["error"] = f"tool {name!r} ran past its timeout of {tool.timeout:g} s and was " \
-                          "stopped"
-        return jsonify(answer), 504
+        call["outcome"] = "timeout"
+        return jsonify({**answer, "error": f"tool {name!r} ran past its timeout of "
+                                           f"{tool.timeout:g} s and was stopped (with every "
+                                           "process it started)"}), 504
+    call["outcome"] = "ok" if done.exit == 0 else "failed"
     return jsonify(answer)
+
+
+@bp.after_request
+def record_call(response: Response) -> Response:
+    """Record every ``POST /tools/NAME``, whatever its answer: a call that ran gets its
+    outcome, a refusal its status and error (caller None when the signature did not
+    verify)."""
+    if request.endpoint != "tools.call_tool" or request.method != "POST":
+        return response
+    call: dict[str, Any] = g.pop("tool_call", None) or {
+        "tool": (request.view_args or {}).get("name", "")}
+    error = response.get_json(silent=True) if response.is_json else None
+    message = error.get("error") if isinstance(error, dict) else None
+    state_dir = current_app.config["STATE_DIR"]
+    ended = {"status": response.status_code, "error": message,
+             "exit": call.get("exit"), "duration_ms": call.get("duration_ms")}
+    if "seq" in call:
+        finish(state_dir, call["seq"], call.get("outcome", "error"), **ended)
+    else:
+        record(state_dir, call["tool"], caller=call.get("caller"), args=call.get("args"),
+               on_behalf_of=call.get("on_behalf_of"), request_id=call.get("request_id"),
+               call_id=call.get("call_id"), outcome="refused", **ended)
+    return response
 
 
 def _document(response: Response) -> Response:
@@ -113,6 +204,8 @@ def paths() -> dict[str, Any]:
     signed: dict[str, Any] = {"security": SECURITY}
     error = _answer("JSON error", {"type": "object", "required": ["error"]})
     unsigned = {"401": error, "413": error}
+    call_id = {"type": "string", "minLength": 1, "maxLength": MAX_ID,
+               "pattern": "^[^\\s\\x00-\\x1f\\x7f]+$"}
     return {
         "/tools": {"get": {"summary": "The agent's tools (public)",
                            "responses": {"200": _answer("the tools")}}},
@@ -126,10 +219,22 @@ def paths() -> dict[str, Any]:
             "summary": "Run a declared tool (signed, allowed callers)", **signed,
             "parameters": [{"name": "name", "in": "path", "required": True, "schema": NAME}],
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "properties": {"args": {"type": "object"}},
-                "additionalProperties": False}}}},
+                "type": "object", "additionalProperties": False, "properties": {
+                    "args": {"type": "object", "description": "the tool's arguments (its "
+                             "schema in GET /tools); a string at most "
+                             f"{MAX_ARG_CHARS} characters"},
+                    "id": {**call_id, "description": "the call's id: the same id again is "
+                           "refused (409); default: derived from the signature"},
+                    "on_behalf_of": {
+                        "type": "object", "required": ["from", "id"],
+                        "additionalProperties": False,
+                        "description": "the request in this agent's inbox the call is made "
+                                       "for (the agent's own runtime only)",
+                        "properties": {"from": AGENT, "id": call_id}}}}}}},
             "responses": {"200": _answer("the tool ran (exit code and output)"),
-                          "400": error, "403": error, "404": error,
+                          "400": error, "403": error, "404": error, "409": error,
+                          "503": _answer("the tool could not run", {
+                              "type": "object", "required": ["error"]}),
                           "504": _answer("the tool ran past its timeout and was stopped"),
                           **unsigned}}},
     }

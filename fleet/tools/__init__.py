@@ -2,8 +2,9 @@
 
 A tool is a command with a fixed argv (``{name}`` elements take the value of argument
 ``name``) or a Python handler (``module:function`` called with the arguments), an argument
-schema, a timeout and the agents allowed to call it. Arguments are checked against the schema
-and refused when they look like shell syntax; nothing ever goes through a shell.
+schema (JSON Schema, Draft 2020-12), a timeout and the agents allowed to call it. Arguments
+are checked against the schema and refused when they look like shell syntax or an option, or
+are longer than :data:`MAX_ARG_CHARS`; nothing ever goes through a shell.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ PLACEHOLDER_RE = re.compile(r"\{([a-z_][a-z0-9_]{0,62})\}")
 HANDLER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*")
 DEFAULT_TIMEOUT_S = 10.0
 MAX_TIMEOUT_S = 300.0
+MAX_ARG_CHARS = 4096
+"""The longest string argument (a rendered argv element stays far below Linux's 128 KiB)."""
 EMPTY_ARGS: dict[str, Any] = {"type": "object", "properties": {},
                               "additionalProperties": False}
 

@@ -1,10 +1,14 @@
 """Validation of ``wizards.NAME.tools`` in the registry: one message per problem, naming the
-tool and the fix."""
+tool and the fix. Argument schemas are JSON Schema (Draft 2020-12), checked with the
+``jsonschema`` library; a command's ``{name}`` elements must name arguments that are always
+there (required, or with a default)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 
 from fleet.tools import (
     DEFAULT_TIMEOUT_S,
@@ -35,14 +39,60 @@ def parse_tools(value: Any) -> tuple[tuple[Tool, ...], list[str]]:
     return tuple(tools), problems
 
 
-def described(args: dict[str, Any]) -> dict[str, Any]:
-    """``args`` with a ``description`` on every property (the rule a bad value breaks, as
-    the bus's schema checker phrases problems)."""
-    properties = {name: {**prop, "description": prop.get("description") or
-                         f"a value matching {json.dumps(prop, sort_keys=True)}"}
-                  if isinstance(prop, dict) else prop
-                  for name, prop in (args.get("properties") or {}).items()}
-    return {**args, "properties": properties}
+def schema_problems(args: Any) -> list[str]:
+    """Why ``args`` is not a usable argument schema: a JSON Schema (Draft 2020-12) of an
+    object whose references stay inside it."""
+    if not (isinstance(args, dict) and args.get("type") == "object"):
+        return ["args must be a JSON Schema of an object (type: object, properties)"]
+    try:
+        Draft202012Validator.check_schema(args)
+    except SchemaError as exc:
+        return [f"args is not a valid JSON Schema (Draft 2020-12): {exc.message} at "
+                f"{exc.json_path.replace('$', 'args', 1)}"]
+    remote = sorted({ref for ref in references(args) if not ref.startswith("#")})
+    if remote:
+        return [f"args refers to {', '.join(map(repr, remote))}: only references inside the "
+                "schema ('#/$defs/...') are allowed"]
+    return []
+
+
+def references(schema: Any) -> list[str]:
+    """Every ``$ref`` and ``$dynamicRef`` in ``schema``, at any depth."""
+    if isinstance(schema, list):
+        return [ref for item in schema for ref in references(item)]
+    if not isinstance(schema, dict):
+        return []
+    found = [value for key, value in schema.items()
+             if key in ("$ref", "$dynamicRef") and isinstance(value, str)]
+    return found + [ref for value in schema.values() for ref in references(value)]
+
+
+def placeholder_problems(command: list[str], args: dict[str, Any]) -> list[str]:
+    """Why ``command``'s ``{name}`` elements cannot be filled from ``args``: each names a
+    property, and an optional one has a valid ``default`` (an omitted value would otherwise
+    shift the next argument into its place)."""
+    properties = args.get("properties") or {}
+    required = args.get("required") or []
+    problems = []
+    for arg in command:
+        placeholder = PLACEHOLDER_RE.fullmatch(arg)
+        if not placeholder:
+            if "{" in arg:
+                problems.append(f"command element {arg!r}: an argument must be a whole element "
+                                "{name}, never part of one")
+            continue
+        name = placeholder.group(1)
+        prop = properties.get(name)
+        if prop is None:
+            problems.append(f"command element {arg!r} names no argument in args.properties")
+        elif name not in required and not (isinstance(prop, dict) and "default" in prop):
+            problems.append(f"command element {arg!r}: argument {name!r} is optional and has "
+                            "no default (an omitted value would shift the next argument into "
+                            "its place); add it to args.required or give it a `default`")
+        elif name not in required and not Draft202012Validator(prop).is_valid(prop["default"]):
+            problems.append(f"command element {arg!r}: the default {prop['default']!r} of "
+                            f"argument {name!r} does not match its own schema")
+    return problems
 
 
 def parse_tool(name: str, spec: Any) -> Tool | list[str]:
@@ -66,17 +116,10 @@ def parse_tool(name: str, spec: Any) -> Tool | list[str]:
         command = None
     if handler is not None and not (isinstance(handler, str) and HANDLER_RE.fullmatch(handler)):
         problems.append(f"handler {handler!r} is not module:function")
-    if not (isinstance(args, dict) and args.get("type") == "object"):
-        problems.append("args must be a JSON Schema of an object (type: object, properties)")
-        args = EMPTY_ARGS
-    properties = args.get("properties") or {}
-    for arg in command or []:
-        placeholder = PLACEHOLDER_RE.fullmatch(arg)
-        if placeholder and placeholder.group(1) not in properties:
-            problems.append(f"command element {arg!r} names no argument in args.properties")
-        elif not placeholder and "{" in arg:
-            problems.append(f"command element {arg!r}: an argument must be a whole element "
-                            "{name}, never part of one")
+    found = schema_problems(args)
+    problems += found
+    if not found:
+        problems += placeholder_problems(command or [], args)
     timeout = spec.get("timeout", DEFAULT_TIMEOUT_S)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
             or not 0 < timeout <= MAX_TIMEOUT_S:
@@ -93,5 +136,5 @@ def parse_tool(name: str, spec: Any) -> Tool | list[str]:
         description = ""
     if problems:
         return problems
-    return Tool(name=name, command=tuple(command or ()), handler=handler, args=described(args),
+    return Tool(name=name, command=tuple(command or ()), handler=handler, args=args,
                 timeout=float(timeout), callers=tuple(callers), description=description)

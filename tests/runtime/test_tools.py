@@ -6,7 +6,9 @@ nothing else runs (a marker file shows what ran)."""
 from __future__ import annotations
 
 import json
+import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +46,11 @@ wizards:
         command: [echo, "{text}", "{api_token}"]
         args:
           type: object
+          required: [text]
           additionalProperties: false
           properties:
             text: {type: string, maxLength: 200}
-            api_token: {type: string, maxLength: 200}
+            api_token: {type: string, maxLength: 200, default: none}
         callers: [ezra]
       sleepy:
         command: [{python}, -c, "import time; time.sleep(30); open('late', 'w')"]
@@ -62,6 +65,61 @@ wizards:
             text: {type: string, maxLength: 1000}
       private:
         command: [touch, private-ran]
+      pair:
+        command: [printf, "%s|%s", "{first}", "{second}"]
+        args:
+          type: object
+          required: [second]
+          properties:
+            first: {type: string, maxLength: 20, default: unset}
+            second: {type: string, maxLength: 20}
+        callers: [ezra]
+      number:
+        command: [echo, "{n}"]
+        args:
+          type: object
+          required: [n]
+          properties:
+            n: {type: integer}
+        callers: [ezra]
+      nested:
+        handler: tests.runtime.tool_handlers:echo_args
+        args:
+          type: object
+          additionalProperties: false
+          properties:
+            ratio: {type: number, exclusiveMaximum: 1}
+            size: {anyOf: [{type: integer, minimum: 0}, {type: string, enum: [small, big]}]}
+            options:
+              type: object
+              additionalProperties: false
+              properties:
+                depth: {type: integer, minimum: 0, maximum: 5}
+                label: {type: string, maxLength: 20}
+        callers: [ezra]
+      count:
+        command: [sh, -c, "echo ran >> runs.txt"]
+        callers: [ezra]
+      tree:
+        command: [sh, -c, "setsid sleep 8 & sleep 30 &
+                          setsid sh -c 'echo $$ > escaped.pid; exec sleep 60' >/dev/null 2>&1 &
+                          wait"]
+        timeout: 1
+        callers: [ezra]
+      leaves:
+        command: [sh, -c, "setsid sh -c 'echo $$ > left.pid; exec sleep 60' >/dev/null 2>&1 &
+                          until [ -s left.pid ]; do sleep 0.01; done"]
+        callers: [ezra]
+      flood:
+        command: [head, -c, "104857600", /dev/zero]
+        callers: [ezra]
+      missing:
+        command: [no-such-command-anywhere]
+        callers: [ezra]
+      say:
+        command: [echo, "{text}"]
+        args: {type: object, required: [text], properties: {text: {type: string}}}
+        callers: [ezra]
   allegro:
     host: 127.0.0.1
     role: worker
@@ -160,7 +218,8 @@ def test_unsigned_caller_is_refused(client: FlaskClient) -> None:
 def test_tool_past_its_timeout_is_stopped(app: Flask, client: FlaskClient) -> None:
     status, answer = call(client, "ezra", "sleepy", {"args": {}})
     assert status == 504, answer
-    assert answer["error"] == "tool 'sleepy' ran past its timeout of 1 s and was stopped"
+    assert answer["error"] == ("tool 'sleepy' ran past its timeout of 1 s and was stopped "
+                               "(with every process it started)")
     assert answer["timed_out"] is True and answer["exit"] is None
     assert not (state(app) / "late").exists()
     assert calls(client)[0]["outcome"] == "timeout"
@@ -170,7 +229,8 @@ def test_tool_api_is_in_openapi_and_lists_no_commands(client: FlaskClient) -> No
     document = client.get("/openapi.json").get_json()
     assert {"/tools", "/tool-calls", "/tools/{name}"} <= set(document["paths"])
     listed = client.get("/tools").get_json()["tools"]
-    assert [tool["name"] for tool in listed] == ["touch", "echo", "sleepy", "words", "private"]
+    assert [tool["name"] for tool in listed][:5] == ["touch", "echo", "sleepy", "words",
+                                                     "private"]
     assert "command" not in json.dumps(listed)
 
 
@@ -185,3 +245,191 @@ def test_registry_names_a_bad_tool_with_the_fix(tmp_path: Path) -> None:
     assert caught.value.problems == [
         f"{tmp_path / 'registry.yaml'}:7: wizards.a.tools: t: command 'rm -rf {{path}}' is "
         "not a non-empty list of arguments (argv, never a shell line), e.g. [wc, -w, '{path}']"]
+
+
+def signed_call(caller: str, tool: str, body: Any) -> tuple[bytes, dict[str, str]]:
+    raw = json.dumps(body).encode()
+    return raw, signed_headers(caller, raw, path=f"/tools/{tool}")
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_long_arguments_are_recorded_whole_and_the_record_stays_readable(
+        client: FlaskClient) -> None:
+    status, answer = call(client, "ezra", "echo", {"args": {"text": "a" * 3000}})
+    assert status == 400 and set(answer["problems"]) == {"text"}
+    [entry] = calls(client)
+    assert entry["args"] == {"text": "a" * 3000} and entry["outcome"] == "refused"
+    assert entry["status"] == 400
+
+
+def test_a_negative_number_is_refused_as_an_option(app: Flask, client: FlaskClient) -> None:
+    status, answer = call(client, "ezra", "number", {"args": {"n": -1}})
+    assert status == 400, answer
+    assert answer["problems"] == {"n": "'-1' starts with '-' (it would read as an option)"}
+    status, answer = call(client, "ezra", "number", {"args": {"n": 7}})
+    assert (status, answer["stdout"]) == (200, "7\n")
+
+
+def test_an_omitted_optional_argument_takes_its_default_place(client: FlaskClient) -> None:
+    status, answer = call(client, "ezra", "pair", {"args": {"second": "B"}})
+    assert (status, answer["stdout"]) == (200, "unset|B"), answer
+    status, answer = call(client, "ezra", "pair", {"args": {"first": "A", "second": "B"}})
+    assert (status, answer["stdout"]) == (200, "A|B"), answer
+
+
+def test_the_whole_process_tree_is_killed_at_the_timeout(app: Flask,
+                                                        client: FlaskClient) -> None:
+    started = time.monotonic()
+    status, answer = call(client, "ezra", "tree", {"args": {}})
+    took = time.monotonic() - started
+    assert status == 504 and answer["timed_out"] is True, answer
+    assert took < 5, f"the call was held {took:.1f} s by a process that left the group"
+    escaped = int((state(app) / "escaped.pid").read_text())
+    assert not alive(escaped), "a setsid grandchild outlived the timeout"
+
+
+def test_what_a_tool_leaves_running_is_killed_when_it_exits(app: Flask,
+                                                            client: FlaskClient) -> None:
+    status, answer = call(client, "ezra", "leaves", {"args": {}})
+    assert status == 200 and answer["exit"] == 0, answer
+    left = int((state(app) / "left.pid").read_text())
+    assert not alive(left)
+
+
+def test_output_is_bounded_while_it_is_read(client: FlaskClient) -> None:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    status, answer = call(client, "ezra", "flood", {"args": {}})
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 30, f"the gateway grew {grown_mib:.0f} MiB reading 100 MiB of output"
+    assert status == 200, answer
+    assert len(answer["stdout"]) == 64 * 1024 and answer["stdout_bytes"] == 100 * 1024 * 1024
+
+
+def test_a_replayed_call_is_refused_and_runs_once(app: Flask, client: FlaskClient) -> None:
+    raw, headers = signed_call("ezra", "count", {"args": {}})
+    first = client.post("/tools/count", data=raw, headers=headers)
+    replay = client.post("/tools/count", data=raw, headers=headers)
+    assert first.status_code == 200, first.get_json()
+    assert replay.status_code == 409, replay.get_json()
+    assert replay.get_json()["error"].endswith("(call #1); a replayed call is refused")
+    assert (state(app) / "runs.txt").read_text() == "ran\n"
+    again, answer = call(client, "ezra", "count", {"args": {}, "id": "count-1"})
+    assert again == 200, answer
+    again, answer = call(client, "ezra", "count", {"args": {}, "id": "count-1"})
+    assert again == 409, answer
+    assert (state(app) / "runs.txt").read_text() == "ran\nran\n"
+    assert [(c["outcome"], c["status"]) for c in calls(client)] == [
+        ("refused", 409), ("ok", 200), ("refused", 409), ("ok", 200)]
+
+
+@pytest.mark.parametrize(("args", "status", "problems"), [
+    ({"ratio": 0.5, "size": "big", "options": {"depth": 2}}, 200, None),
+    ({"ratio": 1}, 400, {"ratio": "1 is greater than or equal to the maximum of 1"}),
+    ({"size": "huge"}, 400, {"size": "'huge' is not valid under any of the given schemas"}),
+    ({"options": {"depth": 9}}, 400, {"options.depth": "9 is greater than the maximum of 5"}),
+    ({"options": {"label": "a;b"}}, 400, {
+        "options.label": "'a;b' looks like shell syntax (no ; | & $ ` < > ( ) quotes, globs "
+                         "or control characters)"}),
+])
+def test_declared_schemas_are_json_schema(client: FlaskClient, args: dict[str, Any],
+                                          status: int, problems: dict[str, str] | None) -> None:
+    got, answer = call(client, "ezra", "nested", {"args": args})
+    assert got == status, answer
+    if problems is None:
+        assert json.loads(answer["stdout"]) == args
+    else:
+        assert answer["problems"] == problems
+    assert calls(client)[0]["status"] == status
+
+
+def test_unsigned_oversized_and_malformed_calls_are_recorded(client: FlaskClient) -> None:
+    assert client.post("/tools/touch", json={"args": {"name": "x"}}).status_code == 401
+    big = json.dumps({"args": {"name": "x" * 300_000}}).encode()
+    assert client.post("/tools/touch", data=big, headers=signed_headers(
+        "ezra", big, path="/tools/touch")).status_code == 413
+    raw = b"{not json"
+    assert client.post("/tools/touch", data=raw, headers=signed_headers(
+        "ezra", raw, path="/tools/touch")).status_code == 400
+    recorded = [(c["caller"], c["tool"], c["outcome"], c["status"], c["args"])
+                for c in calls(client)]
+    assert recorded == [("ezra", "touch", "refused", 400, None),
+                        (None, "touch", "refused", 413, None),
+                        (None, "touch", "refused", 401, None)]
+
+
+def test_an_over_long_argument_is_refused_and_a_command_that_cannot_run_is_an_error(
+        client: FlaskClient) -> None:
+    status, answer = call(client, "ezra", "say", {"args": {"text": "a" * 200_000}})
+    assert status == 400, answer
+    assert answer["problems"]["text"] == "is 200000 characters long; an argument is at most 4096"
+    status, answer = call(client, "ezra", "missing", {"args": {}})
+    assert status == 503, answer
+    assert answer["error"] == ("tool 'missing' could not run: cannot run "
+                               "'no-such-command-anywhere': No such file or directory")
+    assert (calls(client)[0]["outcome"], calls(client)[0]["status"]) == ("error", 503)
+
+
+def request_in_inbox(client: FlaskClient, sender: str, message_id: str) -> None:
+    """Deliver a signed request from ``sender`` into bezalel's inbox."""
+    body = json.dumps({"id": message_id, "from": sender, "to": "bezalel", "type": "request",
+                       "payload": {"prompt": "touch it"},
+                       "timestamp": "2026-01-01T00:00:00.000Z"}).encode()
+    stored = client.post("/message", data=body, headers=signed_headers(sender, body))
+    assert stored.status_code == 201, stored.get_json()
+
+
+def test_a_call_on_behalf_of_a_request_needs_an_allowed_requester(
+        app: Flask, client: FlaskClient) -> None:
+    request_in_inbox(client, "allegro", "ask-1")
+    request_in_inbox(client, "ezra", "ask-2")
+    status, answer = call(client, "bezalel", "touch", {
+        "args": {"name": "for-allegro"}, "on_behalf_of": {"from": "allegro", "id": "ask-1"}})
+    assert status == 403, answer
+    assert answer["error"] == ("'allegro' may not call tool 'touch' (allowed: bezalel, ezra), "
+                               "so 'bezalel' may not call it for them")
+    assert not (state(app) / "for-allegro").exists()
+    status, answer = call(client, "bezalel", "touch", {
+        "args": {"name": "for-ezra"}, "on_behalf_of": {"from": "ezra", "id": "ask-2"}})
+    assert status == 200, answer
+    status, answer = call(client, "bezalel", "touch", {
+        "args": {"name": "for-nobody"}, "on_behalf_of": {"from": "ezra", "id": "ask-9"}})
+    assert status == 403 and answer["error"].startswith("there is no unanswered request 'ask-9'")
+    status, answer = call(client, "ezra", "touch", {
+        "args": {"name": "relayed"}, "on_behalf_of": {"from": "ezra", "id": "ask-2"}})
+    assert status == 403 and answer["error"].startswith("only 'bezalel' itself (its runtime)")
+    recorded = [(c["caller"], c["on_behalf_of"], c["request_id"], c["outcome"])
+                for c in calls(client)]
+    assert recorded == [("ezra", "ezra", "ask-2", "refused"),
+                        ("bezalel", "ezra", "ask-9", "refused"),
+                        ("bezalel", "ezra", "ask-2", "ok"),
+                        ("bezalel", "allegro", "ask-1", "refused")]
+
+
+def test_registry_refuses_invalid_schemas_and_optional_placeholders(tmp_path: Path) -> None:
+    from fleet.errors import RegistryError
+    from fleet.registry import parse_registry
+
+    text = ("wizards:\n  a:\n    host: 127.0.0.1\n    role: worker\n    model: m\n"
+            "    tools:\n"
+            "      t:\n        command: [ls, '{path}']\n"
+            "        args: {type: object, properties: {path: {type: strin}}}\n"
+            "      u:\n        command: [cp, '{src}', '{dst}']\n"
+            "        args: {type: object, required: [dst], properties: {src: {type: string},"
+            " dst: {type: string}}}\n")
+    with pytest.raises(RegistryError) as caught:
+        parse_registry(text, tmp_path / "registry.yaml")
+    where = f"{tmp_path / 'registry.yaml'}:7: wizards.a.tools"
+    assert caught.value.problems == [
+        f"{where}: t: args is not a valid JSON Schema (Draft 2020-12): 'strin' is not valid "
+        "under any of the given schemas at args.properties.path.type",
+        f"{where}: u: command element '{{src}}': argument 'src' is optional and has no default "
+        "(an omitted value would shift the next argument into its place); add it to "
+        "args.required or give it a `default`"]
