@@ -1,7 +1,8 @@
 """The node's deploy lock: one deploy at a time per node.
 
 The lock is a directory on the node (``mkdir`` is atomic) holding an ``owner`` file with
-``controller:pid:run-id <unix time taken>``. Everything about it lives here:
+``controller:PID.STARTTIME:run-id <unix time taken>`` (:func:`fleet.liveness.process_tag`: a
+pid with its start time, never reused). Everything about it lives here:
 
 - :func:`owner`: who this deploy process is;
 - :func:`blocker`: at preflight, from the holder the node snapshot read, why the node cannot be
@@ -15,13 +16,13 @@ The lock is a directory on the node (``mkdir`` is atomic) holding an ``owner`` f
 
 from __future__ import annotations
 
-import os
 import shlex
 import socket
 
 from pyinfra import host, state
 from pyinfra.api import operation
 
+from fleet.liveness import Process, process_tag
 from fleet.records import current_run_id
 
 LOCK_DIR = "/run/fleet-deploy.lock"
@@ -30,23 +31,18 @@ TTL_S = 1800  # a lock older than this whose holder cannot be checked is stale
 
 
 def owner() -> str:
-    """Who holds a node lock taken by this process: ``controller:pid:run-id``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{current_run_id()}"
+    """Who holds a node lock taken by this process: ``controller:PID.STARTTIME:run-id``."""
+    return f"{socket.gethostname()}:{process_tag()}:{current_run_id()}"
 
 
 def stale(owner_line: str, now: float) -> bool:
-    """A lock is stale when its process on this controller is gone, or it is past the TTL."""
+    """A lock is stale when its process on this controller is gone (or its pid now belongs to
+    another process), or it is past the TTL."""
     holder, _, taken = owner_line.partition(" ")
     controller, _, rest = holder.partition(":")
-    pid = rest.partition(":")[0]
-    if controller == socket.gethostname() and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+    process = Process.parse(rest.partition(":")[0])
+    if controller == socket.gethostname() and process is not None:
+        return not process.alive()
     try:
         return now - float(taken) > TTL_S
     except ValueError:

@@ -9,18 +9,17 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from fleet import liveness
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a running (not zombie) process; reaps it if it is our child."""
+
+def alive(pid: int, started: int | None = None) -> bool:
+    """Whether ``pid`` is a running (not zombie) process, the one that started at ``started``
+    if given (:func:`fleet.liveness.alive`); reaps it if it is our child."""
     with contextlib.suppress(ChildProcessError):
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return liveness.alive(pid, started)
 
 
 def command_lines() -> Iterator[tuple[int, list[bytes]]]:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from flask import Flask, current_app
 
+from fleet.liveness import Process
 from fleet.masking import Masker
 from fleet.webhook import driftcheck
 from fleet.webhook.alerts import drift_alert
@@ -100,9 +101,14 @@ def recover(conn: sqlite3.Connection, settings: Settings) -> list[int]:
 
 
 def run(settings: Settings, parent_pid: int | None = None,
-        poll_seconds: float = POLL_SECONDS) -> bool:
-    """Be the dispatcher until ``parent_pid`` is gone (forever without it); False when another
-    dispatcher of the state dir runs already."""
+        poll_seconds: float = POLL_SECONDS, parent_started: int | None = None) -> bool:
+    """Be the dispatcher until process ``parent_pid`` is gone (forever without it); False when
+    another dispatcher of the state dir runs already. The parent is the process that had that
+    pid when the dispatcher started (``parent_started``: its start time, read then if not
+    given), so a later process reusing the pid does not keep the dispatcher alive."""
+    parent = None if parent_pid is None else (
+        Process(parent_pid, parent_started) if parent_started is not None
+        else Process.of(parent_pid))
     settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     holder = DispatcherLock(settings.state_dir)
     if not holder.acquire(blocking=False):
@@ -117,7 +123,7 @@ def run(settings: Settings, parent_pid: int | None = None,
                     check_drift_if_due(settings, started)
                 except Exception:
                     log.exception("the deploy dispatcher failed; retrying in %ss", poll_seconds)
-                if parent_pid is not None and not _alive(parent_pid):
+                if parent is not None and not parent.alive():
                     return True
                 wake.wait(poll_seconds)
     finally:
@@ -170,14 +176,3 @@ def kick() -> None:
     """Wake the dispatcher (after a run was queued)."""
     if current_app.config.get("DISPATCH", True):
         current_app.extensions["fleet.webhook.dispatcher"].wake()
-
-
-def _alive(pid: int) -> bool:
-    """True while process ``pid`` exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
