@@ -4,6 +4,7 @@ run from it, and child processes timed with their own CPU time and peak memory."
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import subprocess
@@ -14,6 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of ``values`` (``fraction`` 0.99: p99)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def cpu_of_children() -> float:

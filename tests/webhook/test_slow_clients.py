@@ -1,7 +1,7 @@
 """The receiver keeps answering while slow clients hold connections (production workers).
 
 Clients that send half a request used to hold both sync workers: ``/healthz`` stopped
-answering. The figures (p99 under 200 such connections) are ``bench/receiver_slow_clients.py``'s
+answering. The figures (p99 under 200 such connections) are ``bench/slow_clients.py``'s
 job; these tests check the behaviour: it answers, and a half-sent request is dropped at the
 header deadline (gunicorn's ``keepalive`` under gevent workers).
 """
