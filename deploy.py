@@ -36,6 +36,7 @@ from deploys import (
 from deploys.context import agent_context
 
 ctx = agent_context()
+audit.record_failures()  # a host an operation fails is recorded, naming the operation
 gate.run(ctx)  # in a later stage of `fleet deploy`: wait for the earlier stages' verdict
 preflight.run(ctx)  # also reads the node's snapshot (ctx.node) the phases decide from
 if ctx.preflight_ok and host.data.get("action") == "rollback":

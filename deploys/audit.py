@@ -13,14 +13,14 @@ import json
 from typing import Any
 
 from pyinfra import host, logger, state
-from pyinfra.api import FunctionCommand, Host, State, StringCommand, operation
+from pyinfra.api import BaseStateCallback, FunctionCommand, Host, State, StringCommand, operation
 
 from deploys import lock
-from deploys.context import NODECTL, AgentContext, phase, secrets
+from deploys.context import NODECTL, AgentContext, context_of, phase, secrets
 from deploys.facts import AgentAudit
 from fleet.masking import Masker
 from fleet.nodectl import fingerprint
-from fleet.records import current_run_id, now, update_host
+from fleet.records import current_run_id, load_record, now, update_host
 
 AUDIT = "Audit: record the node's state and drift, release the lock"
 
@@ -156,6 +156,51 @@ def env_changed(ctx: AgentContext) -> bool:
     """Whether this deploy changed the agent's environment (its secrets)."""
     op = ctx.env_write
     return op is not None and op.is_complete() and op.did_change()
+
+
+def failed_operation(ctx: AgentContext) -> str:
+    """The name of the tracked operation that failed the host: the first one not complete
+    (operations run in order; pyinfra stops a host at its first failure)."""
+    return next((name for name, op in ctx.changes if not op.is_complete()),
+                "an operation of this deploy")
+
+
+class FailureRecorder(BaseStateCallback):
+    """Records a host that an operation failed before verify (its restart, an upload, ...):
+    ``failed``, naming the operation and what had changed, instead of no record at all (read
+    as unreachable)."""
+
+    @staticmethod
+    def operation_host_error(state: State, host: Host, op_hash: Any, retry_count: int = 0,
+                             max_retries: int = 0) -> None:
+        ctx = context_of(str(host.data.get("agent_name")))
+        if ctx is None or (ctx.check is not None and ctx.check.is_complete()):
+            return  # not an agent's deploy, or verify ran: the audit records the host
+        try:
+            entry = load_record(current_run_id()).get("hosts", {}).get(host.name, {})
+        except FileNotFoundError:
+            entry = {}
+        if entry.get("status"):  # preflight or the rollout gate recorded why already
+            return
+        name = failed_operation(ctx)
+        update_host(current_run_id(), host.name, {
+            "status": "failed", "phase": name.split(" | ", 1)[0].lower() if " | " in name
+            else "", "reason": f"operation failed: {name} (the node was reached; see the "
+                               "pyinfra output of this stage)",
+            "changed": ctx.changed(), "restarted": False, "finished": now()},
+            Masker(secrets().values()))
+
+
+_recording = False
+
+
+def record_failures() -> None:
+    """Have this pyinfra process record hosts an operation fails (:class:`FailureRecorder`),
+    once."""
+    global _recording
+    if not _recording:
+        state.add_callback_handler(FailureRecorder())
+        _recording = True
 
 
 @operation(is_idempotent=False)

@@ -229,6 +229,11 @@ class AgentContext:
 _contexts: dict[str, AgentContext] = {}
 
 
+def context_of(name: str) -> AgentContext | None:
+    """The context made for agent ``name`` in this process, if any."""
+    return _contexts.get(name)
+
+
 def load_node(ctx: AgentContext) -> None:
     """Read the host's NodeState snapshot once (with preflight's basics, in the same round
     trip); every phase decides from it."""

@@ -55,8 +55,10 @@ from fleet.validate import check_release_id
 Echo = Callable[[str], None]
 FINAL = ("ok", "failed", "rolled_back", "skipped")
 POLL_S = 0.01  # how often a running stage's record is looked at (a stat, unless it changed)
-NO_ENTRY = ("no audit record: unreachable over SSH, or an operation failed before verify; "
-            "see the pyinfra output of this stage")
+NO_ENTRY = ("no audit record: not reached over SSH (no connection, or its snapshot could "
+            "not be read); see the pyinfra output of this stage")
+NO_ENTRY_REACHED = ("no audit record: reached over SSH, then the deploy stopped before verify; "
+                    "see the pyinfra output of this stage")
 
 
 @dataclass(frozen=True)
@@ -252,7 +254,9 @@ def final_outcome(run_id: str, hosts: Sequence[str], ended: bool,
         return None
     for name, status in outcome.items():
         if status not in FINAL:
-            update_host(run_id, name, {"status": "failed", "reason": NO_ENTRY})
+            reached = entries.get(name, {}).get("reached")
+            update_host(run_id, name, {"status": "failed",
+                                       "reason": NO_ENTRY_REACHED if reached else NO_ENTRY})
             outcome[name] = "failed"
     return outcome
 
