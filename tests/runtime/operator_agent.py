@@ -1,6 +1,7 @@
 """An operator's own agent program (run by the lab test instead of the built-in runtime): it
 answers each request with the model's text prefixed by its own name, with the environment
-every runtime gets (agent, registry copy, bus keys, provider URL and key name)."""
+every runtime gets (agent, registry copy, bus keys, provider URL and key name), and keeps the
+runtime contract: ``runtime.json`` in its state dir, rewritten every 2 s."""
 
 import json
 import os
@@ -13,7 +14,18 @@ from bus.client import BusClient
 
 client = BusClient.from_env()  # FLEET_AGENT, its FLEET_BUS_PRIVATE_KEY, FLEET_GATEWAY_URL
 url = os.environ["FLEET_PROVIDER_URL"] + "/chat/completions"
-state = Path(os.environ["FLEET_STATE_DIR"]) / "operator-agent.json"
+state = Path(os.environ["FLEET_STATE_DIR"]) / "runtime.json"
+started, written = time.time(), 0.0
+
+
+def keep_contract() -> None:
+    """Write the runtime contract's state file atomically (temporary file, then rename)."""
+    partial = state.with_name(".runtime.json.operator")
+    partial.write_text(json.dumps({"state": "ready", "heartbeat": time.time(),
+                                   "started": started, "pid": os.getpid()}))
+    partial.replace(state)
+
+
 while True:
     for message in client.messages(type="request", unacked=1)["messages"]:
         body = {"model": os.environ["FLEET_MODEL"], "max_tokens": 16,
@@ -25,5 +37,7 @@ while True:
                      "tokens": answer["usage"]["completion_tokens"]},
                     id=f"op-{message['id']}", correlation_id=message["correlation_id"])
         client.ack(message["from"], message["id"])
-    state.write_text(json.dumps({"alive": time.time()}))
+    if time.time() - written >= 2:
+        keep_contract()
+        written = time.time()
     time.sleep(0.2)

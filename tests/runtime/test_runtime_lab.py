@@ -197,3 +197,31 @@ def test_operator_runtime_command_is_deployed_and_verified_the_same_way(
         answer = ezra.request(WORKER, {"prompt": "Say hi."}, timeout=180)
     assert answer["payload"]["runtime"] == "operator-agent", answer
     assert answer["payload"]["tokens"] > 0, answer
+
+
+@pytest.mark.parametrize("mode", ["exit", "exit-after-2s", "silent"])
+def test_operator_runtime_that_does_not_work_fails_verify_and_is_never_ready(
+        fleet: Fleet, tmp_path: Path, mode: str) -> None:
+    data = yaml.safe_load(fleet.registry.read_text())
+    data["wizards"][WORKER]["runtime"] = {"command": ["python3", "broken.py", mode],
+                                          "ship": ["broken.py"]}
+    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls")
+    shutil.copy(Path(__file__).parent / "broken_agent.py", tmp_path / "broken.py")
+    edited = tmp_path / "registry.yaml"
+    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    done = fleet.run("deploy", "--limit", WORKER, registry=edited)
+    assert done.returncode == 1, done.stdout + done.stderr
+    entry = fleet.record(done.stdout)["hosts"][WORKER]
+    problems = " ".join(entry["verify"]["problems"])
+    if mode == "silent":
+        assert "runtime has written no state file" in problems, entry
+    else:
+        assert problems.startswith(RUNTIME), entry  # names the agent's runtime unit
+        assert "does not stay up" in problems or "restarted during verify" in problems, entry
+    status = fleet.run("status", "--json", registry=edited)
+    [found] = [agent for agent in json.loads(status.stdout)["agents"]
+               if agent["agent"] == WORKER]
+    assert found["healthy"] is False, found
+    asked = fleet.run("ask", "--capability", "code", "Say hi.", registry=edited)
+    assert asked.returncode != 0  # the one coder is never ready: nothing is routed to it
+    assert "no healthy agent with capability 'code'" in asked.stderr, asked.stderr
