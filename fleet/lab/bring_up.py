@@ -15,6 +15,7 @@ from typing import TypeVar
 from fleet.errors import LabError
 from fleet.lab import keys, model, network, node
 from fleet.lab import regions as lab_regions
+from fleet.lab.commands import Cancelled
 from fleet.lab.paths import ssh_control_dir
 from fleet.lab.prereqs import raise_host_limits
 from fleet.lab.registry_writer import (
@@ -42,10 +43,6 @@ T = TypeVar("T")
 
 def _quiet(_: str) -> None:
     """Default progress sink: say nothing."""
-
-
-class Cancelled(LabError):
-    """``up`` was asked to stop (SIGTERM/SIGINT in the CLI) or a sibling node failed."""
 
 
 def thread_prefix(lab: str) -> str:
@@ -117,7 +114,8 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
     plan = plan_nodes(registry, nodes, index, ssh_user, releases,
                       lab_regions.assign(regions) if regions else None)
     in_region = {n.name: n.agent.region for n in plan if registry.regions}
-    bases = {suite: ensure_base(progress, suite) for suite in sorted({n.release for n in plan})}
+    bases = {suite: ensure_base(progress, suite, cancel)
+             for suite in sorted({n.release for n in plan})}
     checkpoint()
     records = [NodeRecord(n.name, n.ip, n.position, network.netns_name(index, n.name),
                           in_region.get(n.name)) for n in plan]

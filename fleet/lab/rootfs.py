@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from fleet.errors import LabError
-from fleet.lab.commands import run
+from fleet.lab.commands import Cancelled, run, unmount_all
 from fleet.lab.locks import file_lock
 from fleet.lab.paths import cache_dir
 
@@ -82,11 +83,14 @@ def check_suite(suite: str) -> str:
     return suite
 
 
-def ensure_base(progress: Callable[[str], None] = lambda _: None, suite: str = SUITE) -> Path:
+def ensure_base(progress: Callable[[str], None] = lambda _: None, suite: str = SUITE,
+                cancel: threading.Event | None = None) -> Path:
     """The unpacked base rootfs, built or unpacked from the tarball cache if needed.
 
     The base is unpacked beside its final name and renamed into place, so an existing base
     is always complete; it is never touched again (running labs use it as overlay lower).
+    Setting ``cancel`` stops a build or unpack in progress (its whole process group: nothing
+    of debootstrap is left running), cleans up after it and raises :class:`Cancelled`.
     """
     root = cache_dir()
     name = base_name(check_suite(suite))
@@ -98,18 +102,23 @@ def ensure_base(progress: Callable[[str], None] = lambda _: None, suite: str = S
         if base.is_dir():
             return base
         if not tarball.exists():
-            _build_tarball(tarball, progress, suite)
+            _build_tarball(tarball, progress, suite, cancel)
         progress(f"unpacking {tarball}")
         tmp = root / f"{name}.unpack"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        run(["tar", "--zstd", "-xpf", str(tarball), "-C", str(tmp), "--numeric-owner"],
-            timeout=600)
+        try:
+            run(["tar", "--zstd", "-xpf", str(tarball), "-C", str(tmp), "--numeric-owner"],
+                timeout=600, cancel=cancel)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         tmp.rename(base)
     return base
 
 
-def _build_tarball(tarball: Path, progress: Callable[[str], None], suite: str = SUITE) -> None:
+def _build_tarball(tarball: Path, progress: Callable[[str], None], suite: str = SUITE,
+                   cancel: threading.Event | None = None) -> None:
     # apt here may list only bookworm: its Debian mirror serves every release
     mirror = debian_mirror(suite=suite)
     if mirror == DEFAULT_MIRROR:
@@ -119,21 +128,26 @@ def _build_tarball(tarball: Path, progress: Callable[[str], None], suite: str = 
     build.mkdir(parents=True)
     progress(f"building the {suite} base rootfs with debootstrap from {mirror} (about 1-2 min)")
     started = time.monotonic()
+    partial = tarball.with_name(tarball.name + ".part")
     try:
         run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-             suite, str(build), mirror], timeout=1800)
+             suite, str(build), mirror], timeout=1800, cancel=cancel)
         customise(build)
-        partial = tarball.with_name(tarball.name + ".part")
         run(["tar", "--zstd", "-cpf", str(partial), "--numeric-owner", "-C", str(build), "."],
-            timeout=1800)
+            timeout=1800, cancel=cancel)
         partial.rename(tarball)
+    except Cancelled:
+        progress(f"building the {suite} base rootfs was cancelled; cleaning up")
+        raise
     except LabError as exc:
         raise LabError(f"building the lab rootfs failed: {exc}",
                        hint=f"Check that {mirror} is reachable; the log is in "
                             f"{build}/debootstrap/debootstrap.log if debootstrap got that far.",
                        ) from None
     finally:
+        unmount_all(build)  # debootstrap mounts /proc and /sys inside the target
         shutil.rmtree(build, ignore_errors=True)
+        partial.unlink(missing_ok=True)
     progress(f"base rootfs cached as {tarball} in {time.monotonic() - started:.0f} s")
 
 

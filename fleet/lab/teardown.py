@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fleet.errors import LabError
 from fleet.lab import delayline, model, processes
-from fleet.lab.commands import run
+from fleet.lab.commands import mounts_under, unmount_all
 from fleet.lab.network import (
     INDEX_FILE,
     lab_links,
@@ -31,18 +31,6 @@ from fleet.lab.state import STATE_FILE, read_records
 
 STOP_TIMEOUT = 15.0
 RESIGNAL_EVERY = 2.0
-
-
-def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below ``path``, deepest first."""
-    prefix = str(path).rstrip("/") + "/"
-    points = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
-        for line in mountinfo:
-            point = line.split()[4].encode().decode("unicode_escape")
-            if point.startswith(prefix):
-                points.append(point)
-    return sorted(points, key=len, reverse=True)
 
 
 def node_names(lab: str, lab_path: Path) -> set[str]:
@@ -92,13 +80,6 @@ def stop_nodes(lab: str, lab_path: Path, names: set[str], grace: float = STOP_TI
     for cgroup in cgroup_dirs(lab):
         with contextlib.suppress(OSError):
             cgroup.rmdir()
-
-
-def unmount_all(lab_path: Path) -> None:
-    """Unmount node overlays (lazily if a mount is still busy)."""
-    for point in mounts_under(lab_path):
-        if run(["umount", point], check=False).returncode != 0:
-            run(["umount", "-l", point], check=False)
 
 
 def leftovers(lab: str, lab_path: Path, index: int | None, names: set[str]) -> list[str]:
