@@ -36,8 +36,9 @@ def list_tools(cli: CliContext, agent: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @pass_cli
 def calls(cli: CliContext, agent: str, limit: int, as_json: bool) -> None:
-    """AGENT's recorded tool calls, newest first: when, caller, tool, outcome, exit,
-    duration, arguments (secret-looking ones masked)."""
+    """AGENT's recorded tool calls, newest first: when, caller (and the requester it called
+    for), tool, outcome (a refusal with its status and reason), exit, duration, arguments
+    (secret-looking ones masked)."""
     with client(cli, agent) as gateway:
         found = gateway.call("GET", "/tool-calls", {"limit": limit})["calls"]
     for call in found:
@@ -46,6 +47,12 @@ def calls(cli: CliContext, agent: str, limit: int, as_json: bool) -> None:
             continue
         when = datetime.fromtimestamp(call["at"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         duration = "-" if call["duration_ms"] is None else f"{call['duration_ms']:.0f} ms"
-        click.echo(f"#{call['seq']} {when} {call['caller']} -> {call['tool']} "
-                   f"{call['outcome']} exit={call['exit']} {duration} "
+        who = call["caller"] or "(unverified)"
+        if call.get("on_behalf_of"):
+            who += f" for {call['on_behalf_of']}"
+        outcome = call["outcome"]
+        if outcome == "refused":
+            outcome += f" {call.get('status')}: {call.get('error')}"
+        click.echo(f"#{call['seq']} {when} {who} -> {call['tool']} "
+                   f"{outcome} exit={call['exit']} {duration} "
                    f"{json.dumps(call['args'])}")

@@ -199,14 +199,35 @@ def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str,
         "schema": schema or {"type": "object"}}}}
 
 
+def call_body(args: dict[str, Any]) -> dict[str, Any]:
+    """The request body of a tool call whose arguments follow the schema ``args``."""
+    call_id = {"type": "string", "minLength": 1, "maxLength": MAX_ID,
+               "pattern": "^[^\\s\\x00-\\x1f\\x7f]+$"}
+    return {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "additionalProperties": False, "properties": {
+            "args": {**args, "description": "the tool's arguments (a string at most "
+                     f"{MAX_ARG_CHARS} characters; nothing that looks like shell syntax "
+                     "or starts with '-')"},
+            "id": {**call_id, "description": "the call's id: the same id again is refused "
+                   "(409); default: derived from the signature"},
+            "on_behalf_of": {
+                "type": "object", "required": ["from", "id"], "additionalProperties": False,
+                "description": "the request in this agent's inbox the call is made for (the "
+                               "agent's own runtime only)",
+                "properties": {"from": AGENT, "id": call_id}}}}}}}
+
+
 def paths() -> dict[str, Any]:
-    """The OpenAPI operations of the tool API."""
+    """The OpenAPI operations of the tool API: ``/tools/{name}`` for any name, and each
+    declared tool with its own argument schema."""
     signed: dict[str, Any] = {"security": SECURITY}
     error = _answer("JSON error", {"type": "object", "required": ["error"]})
     unsigned = {"401": error, "413": error}
-    call_id = {"type": "string", "minLength": 1, "maxLength": MAX_ID,
-               "pattern": "^[^\\s\\x00-\\x1f\\x7f]+$"}
-    return {
+    ran = {"200": _answer("the tool ran (exit code and output)"), "400": error, "403": error,
+           "409": error, "503": _answer("the tool could not run", {
+               "type": "object", "required": ["error"]}),
+           "504": _answer("the tool ran past its timeout and was stopped"), **unsigned}
+    found: dict[str, Any] = {
         "/tools": {"get": {"summary": "The agent's tools (public)",
                            "responses": {"200": _answer("the tools")}}},
         "/tool-calls": {"get": {
@@ -218,23 +239,12 @@ def paths() -> dict[str, Any]:
         "/tools/{name}": {"post": {
             "summary": "Run a declared tool (signed, allowed callers)", **signed,
             "parameters": [{"name": "name", "in": "path", "required": True, "schema": NAME}],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "additionalProperties": False, "properties": {
-                    "args": {"type": "object", "description": "the tool's arguments (its "
-                             "schema in GET /tools); a string at most "
-                             f"{MAX_ARG_CHARS} characters"},
-                    "id": {**call_id, "description": "the call's id: the same id again is "
-                           "refused (409); default: derived from the signature"},
-                    "on_behalf_of": {
-                        "type": "object", "required": ["from", "id"],
-                        "additionalProperties": False,
-                        "description": "the request in this agent's inbox the call is made "
-                                       "for (the agent's own runtime only)",
-                        "properties": {"from": AGENT, "id": call_id}}}}}}},
-            "responses": {"200": _answer("the tool ran (exit code and output)"),
-                          "400": error, "403": error, "404": error, "409": error,
-                          "503": _answer("the tool could not run", {
-                              "type": "object", "required": ["error"]}),
-                          "504": _answer("the tool ran past its timeout and was stopped"),
-                          **unsigned}}},
+            "requestBody": call_body({"type": "object"}),
+            "responses": {**ran, "404": error}}},
     }
+    agent = current_agent().name
+    for tool in current_agent().tools:
+        found[f"/tools/{tool.name}"] = {"post": {
+            "summary": f"Run tool {tool.name} (signed: {', '.join([agent, *tool.callers])})",
+            **signed, "requestBody": call_body(tool.args), "responses": ran}}
+    return found

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -53,9 +54,12 @@ def from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> Runtime:
     state_dir = Path(env.get("FLEET_STATE_DIR") or f"/var/lib/fleet/{agent.name}")
     settings = runtime_settings(agent.config)
 
-    def call_tool(name: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Run one of the agent's tools through its own gateway (signed as itself)."""
-        return dict(inbox.call("POST", f"/tools/{name}", body={"args": args}))
+    def call_tool(name: str, args: dict[str, Any], request: Mapping[str, Any]) -> dict[str, Any]:
+        """Run one of the agent's tools through its own gateway (signed as itself) on behalf
+        of ``request``: the gateway finds it in the inbox and checks its sender may call the
+        tool."""
+        return dict(inbox.call("POST", f"/tools/{name}", body={
+            "args": args, "on_behalf_of": {"from": request["from"], "id": request["id"]}}))
 
     return Runtime(agent=agent.name, inbox=inbox, provider=provider_for(agent, env),
                    soul=lambda: soul_path.read_text(encoding="utf-8"), state_dir=state_dir,

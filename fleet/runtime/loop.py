@@ -100,7 +100,9 @@ class Runtime:
     status: dict[str, Any] = field(default_factory=dict)
     sleep: Callable[[float], bool] | None = None
     tools: list[dict[str, Any]] = field(default_factory=list)
-    call_tool: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None
+    call_tool: Callable[[str, dict[str, Any], Mapping[str, Any]], dict[str, Any]] | None = None
+    """Runs a tool through the agent's gateway: name, arguments, and the request the call is
+    made for (the gateway checks that its sender may call the tool: no confused deputy)."""
     route: Callable[[str, str], dict[str, Any]] | None = None
     """Asks a healthy agent with a capability (a request with ``capability`` in its payload
     is routed, not answered by this agent's model)."""
@@ -292,7 +294,7 @@ class Runtime:
             messages.append({"role": "assistant", "content": done.text or None,
                              "tool_calls": done.tool_calls})
             for call in done.tool_calls:
-                result = self.use_tool(call)
+                result = self.use_tool(call, request)
                 used.append({"tool": result.get("tool"), "exit": result.get("exit"),
                              "error": result.get("error")})
                 messages.append({"role": "tool", "tool_call_id": call.get("id"),
@@ -363,9 +365,10 @@ class Runtime:
             return self.error(f"could not route the request by capability "
                               f"{capability!r}: {exc}")
 
-    def use_tool(self, call: dict[str, Any]) -> dict[str, Any]:
+    def use_tool(self, call: dict[str, Any], request: Mapping[str, Any]) -> dict[str, Any]:
         """Run a tool the model asked for (OpenAI tool-call format) through the agent's own
-        gateway; the result (or why it could not run) goes back to the model."""
+        gateway, on behalf of ``request``'s sender; the result (or why it could not run, or
+        was refused) goes back to the model."""
         function = call.get("function") if isinstance(call, dict) else None
         name = function.get("name") if isinstance(function, dict) else None
         try:
@@ -377,7 +380,7 @@ class Runtime:
         if self.call_tool is None:
             return {"tool": name, "error": "this runtime runs no tools"}
         try:
-            return {"tool": name, **self.call_tool(name, args)}
+            return {"tool": name, **self.call_tool(name, args, request)}
         except Exception as exc:  # refused (4xx), timed out (504), gateway down
             return {"tool": name, "error": str(exc)[:500]}
 

@@ -100,6 +100,7 @@ def write_registry(folder: Path, provider_url: str) -> Path:
           required: [text]
           properties:
             text: {{type: string, maxLength: 1000}}
+        callers: [ezra]
   allegro:
     host: 127.0.0.1
     role: worker

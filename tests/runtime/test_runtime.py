@@ -173,12 +173,37 @@ def test_runtime_runs_its_own_tool_when_the_model_asks(
     assert '{\\"words\\": 3}' in tool_message["content"]
     with BusClient.for_agent(load_registry(registry), "bezalel", KEYS) as bezalel:
         [call] = bezalel.call("GET", "/tool-calls")["calls"]
-    assert (call["caller"], call["tool"], call["outcome"]) == ("bezalel", "words", "ok")
+    assert (call["caller"], call["on_behalf_of"], call["tool"], call["outcome"]) == (
+        "bezalel", "ezra", "words", "ok")
     listed = subprocess.run(
         [sys.executable, "-c", "from fleet.cli import main; main()", "--registry",
          str(registry), "tools", "calls", "bezalel"], capture_output=True, text=True,
         timeout=60, check=False,
         env={"PATH": "/usr/bin:/bin", "FLEET_AGENT": "bezalel", BUS_KEY: KEYS["bezalel"]})
     assert listed.returncode == 0, listed.stderr
-    assert re.fullmatch(r"#1 \S+Z bezalel -> words ok exit=0 \d+ ms \{\"text\": \"a b c\"\}\n",
-                        listed.stdout), listed.stdout
+    assert re.fullmatch(r"#1 \S+Z bezalel for ezra -> words ok exit=0 \d+ ms "
+                        r"\{\"text\": \"a b c\"\}\n", listed.stdout), listed.stdout
+
+
+def test_a_tool_runs_for_a_request_only_when_its_sender_may_call_it(
+        fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider) -> None:
+    """allegro may not call bezalel's tool, and asking bezalel's runtime to call it for it
+    does not help (no confused deputy): the record names bezalel and allegro."""
+    registry, gateways = fleet_pair
+    provider.script = [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "words", "arguments": '{"text": "a b c"}'}}]}]
+    provider.reply = "I could not count them"
+    runtime = runtime_of(registry, gateways["bezalel"].state, provider)
+    with BusClient.for_agent(load_registry(registry), "allegro", KEYS) as allegro:
+        allegro.send("bezalel", "request", {"prompt": "How many words in 'a b c'?"},
+                     id="deputy-1", correlation_id="c-deputy", reply_to="allegro")
+        wait_for(lambda: runtime.inbox.messages(type="request", unacked=1)["messages"])
+        assert runtime.step() == 1
+        answer = wait_for(lambda: responses(allegro, "c-deputy"))[0]
+    [used] = answer["payload"]["tools_used"]
+    assert used["exit"] is None and "HTTP 403: 'allegro' may not call tool 'words'" in used["error"]
+    with BusClient.for_agent(load_registry(registry), "bezalel", KEYS) as bezalel:
+        [call] = bezalel.call("GET", "/tool-calls")["calls"]
+    assert (call["caller"], call["on_behalf_of"], call["request_id"], call["outcome"],
+            call["status"]) == ("bezalel", "allegro", "deputy-1", "refused", 403)

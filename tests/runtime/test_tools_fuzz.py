@@ -1,5 +1,7 @@
 """Schemathesis fuzzing of the tool API from the gateway's own ``/openapi.json``: every
-generated call, valid or not, gets no server error and an answer the document allows.
+generated call, valid or not, gets no server error and an answer the document allows. Each
+declared tool is its own operation with its argument schema (JSON Schema: ``number``,
+``anyOf``, nested objects, ``exclusiveMaximum``), so generated arguments reach the checks.
 Requests marked by the auth provider are signed in a WSGI middleware over the exact bytes
 the app receives (as the allowed caller ezra, or as bezalel for its own call record)."""
 
@@ -14,6 +16,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+import yaml
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error, positive_data_acceptance
 
@@ -24,7 +27,11 @@ from tests.signed_fuzz import SignInTheMiddleware, signing
 pytestmark = pytest.mark.slow
 FOLDER = Path(tempfile.mkdtemp(prefix="tools-fuzz-"))
 atexit.register(shutil.rmtree, FOLDER, ignore_errors=True)
-(FOLDER / "registry.yaml").write_text(REGISTRY.replace("{python}", sys.executable))
+SLOW_OR_BROKEN = ("sleepy", "tree", "leaves", "flood", "missing")  # 504/503 by design
+FLEET = yaml.safe_load(REGISTRY.replace("{python}", sys.executable))
+for _name in SLOW_OR_BROKEN:
+    del FLEET["wizards"]["bezalel"]["tools"][_name]
+(FOLDER / "registry.yaml").write_text(yaml.safe_dump(FLEET))
 APP = bezalel_app(FOLDER / "registry.yaml", FOLDER / "state",
                   BUS_MAX_WAIT_MS=50)  # long polls: fuzzed waits stay short
 
