@@ -42,7 +42,8 @@ DEFAULT_CACHE = Path("/var/cache/sovereign-fleet")
 RELEASE_FILE = "RELEASE"
 BROKEN_MARKER = "BROKEN_RELEASE"
 SHIPPED_PACKAGES = ("fleet", "bus")
-NODE_REQUIREMENTS = ("Flask", "gunicorn", "gevent", "PyYAML", "requests", "cryptography")
+NODE_REQUIREMENTS = ("Flask", "gunicorn", "gevent", "PyYAML", "requests", "cryptography",
+                     "jsonschema")  # tool argument schemas (Draft 2020-12)
 """What node code needs (gevent: gunicorn's worker, :mod:`fleet.serving`; it brings greenlet
 and zope.*)."""
 DEPLOY_TOOL_REQUIREMENTS = ("pyinfra",)  # only on the node running the webhook receiver
