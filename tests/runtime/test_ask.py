@@ -32,6 +32,9 @@ class Running:
         self.threads: list[tuple[Runtime, threading.Thread]] = []
 
     def start(self, runtime: Runtime) -> Runtime:
+        """Run ``runtime`` as if its process had been up a minute (past the stability window
+        /health asks for before the agent counts)."""
+        runtime.status["started"] = time.time() - 60
         thread = threading.Thread(target=runtime.run, daemon=True)
         thread.start()
         self.threads.append((runtime, thread))
