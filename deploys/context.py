@@ -15,6 +15,7 @@ from pyinfra.api import deploy
 from deploys.lock import LOCK_DIR
 from deploys.ops import UPLOAD_DIR, Outcome
 from fleet import expected, render
+from fleet.masking import Masker
 from fleet.registry import Agent, Registry, load_registry
 from fleet.release import Release, build_release
 from fleet.secrets import Secrets, load_secrets
@@ -61,6 +62,13 @@ def registry_at(path: str) -> Registry:
 def secrets() -> Secrets:
     """The controller's secrets (``$FLEET_SECRETS``), loaded once per process."""
     return load_secrets()
+
+
+@functools.cache
+def masker() -> Masker:
+    """Hides every secret value (in every form it travels in) in what the deploy prints,
+    logs or records: plain ``pyinfra`` output included, not only ``fleet``'s."""
+    return Masker(secrets().values())
 
 
 @dataclass

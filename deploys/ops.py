@@ -40,7 +40,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, operation
 from pyinfra.facts.files import FileContents
 
-from fleet.masking import Masker, mask_env_pair
+from fleet.masking import mask_env_pair
 from fleet.records import add_diff, current_run_id
 
 Node = dict[str, Any]  # a NodeState snapshot (deploys.facts.NodeState)
@@ -100,16 +100,17 @@ def _show_diff(dest: str, exists: bool, new_text: str,
     """Log a unified diff of ``dest`` when pyinfra runs with ``--diff``, through ``mask``."""
     if not state.config.DIFF or state.is_executing:
         return
+    from deploys.context import masker  # the context imports this module
+
+    hide = masker()  # any file may hold a secret (a registry `config:` value, say)
     old = host.get_fact(FileContents, path=dest) if exists else None
     old_text, new_text = mask("".join(f"{line}\n" for line in old or []), new_text)
     host.log(f"Will {'modify' if exists else 'create'} {dest}", logger.info)
-    lines = diff_lines(old_text, new_text)
+    lines = diff_lines(hide(old_text), hide(new_text))
     for line in lines:
         logger.info("  %s", coloured(line))
     logger.info("")
-    from deploys.context import secrets  # the context imports this module
-
-    add_diff(current_run_id(), host.name, dest, lines, Masker(secrets().values()))
+    add_diff(current_run_id(), host.name, dest, lines, hide)
 
 
 def _attributes(path: str, have: dict[str, Any], user: str, group: str,

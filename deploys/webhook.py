@@ -5,7 +5,8 @@ Called from three phases, and a no-op on every other host:
 - baseline: ``git`` (apt), the ``fleet-webhook`` system user, ``/etc/fleet/webhook`` and the
   state dir ``/var/lib/fleet/webhook`` (also its home and build cache);
 - keys: ``webhook.env`` (0600: the receiver's secrets, ``FLEET_REPO_URL`` from the registry's
-  ``fleet.repo_url``), a copy of the secrets file its deploys use, and ``FLEET_DEPLOY_SSH_KEY``
+  ``fleet.repo_url``), a copy of the secrets file its deploys use (the operator's bus key as
+  its public half only: :meth:`fleet.secrets.Secrets.receiver_copy`), and ``FLEET_DEPLOY_SSH_KEY``
   as the private key they reach the fleet with (named in the user's ``~/.ssh/config``, which
   ssh, git and pyinfra read);
 - services: the deploy tools (pyinfra, see :func:`fleet.release.build_deploy_tools`), the
@@ -232,12 +233,10 @@ def keys(ctx: AgentContext) -> None:
         name=ENV, dest=ENV_FILE,
         content=HiddenValue(render.env_file(env)),
         public=tuple(public_env(ctx)), user=USER, group=USER, node=plan.node)))
-    source = secrets().path
-    if source is not None:
+    if secrets().path is not None:  # the operator's bus key as its public half only
         ctx.track(SECRETS, secret_file(
-            name=SECRETS, dest=SECRETS_COPY,
-            content=HiddenValue(source.read_text(encoding="utf-8")), public=None, user=USER,
-            group=USER, node=plan.node))
+            name=SECRETS, dest=SECRETS_COPY, content=HiddenValue(secrets().receiver_copy()),
+            public=None, user=USER, group=USER, node=plan.node))
     key = deploy_key(ctx)
     if key:
         ctx.track(KEY, secret_file(name=KEY, dest=KEY_FILE, content=HiddenValue(key),

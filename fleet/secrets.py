@@ -17,6 +17,10 @@ Format (YAML, mode 0600 or stricter)::
       receiver:                 # the webhook receiver's drift alerts
         FLEET_BUS_PRIVATE_KEY: "..."
 
+An identity may hold only its public keys instead (``FLEET_BUS_PUBLIC_KEYS: "operator:ID=KEY"``,
+the keyring form): gateways trust it, nothing here can sign as it. The webhook receiver's copy
+(:meth:`Secrets.receiver_copy`) holds the operator that way.
+
 Names are environment variable names; values are strings. The receiver-only names
 (``RECEIVER_ONLY``) go to the webhook receiver on a ``webhook-receiver`` agent's node, never
 into an agent's environment. An agent's environment gets its own private bus key and the
@@ -46,6 +50,8 @@ from bus.keys import (
     private_keys,
     signing_key,
 )
+from bus.keys import format_keyring as format_bus_keyring
+from bus.keys import parse_keyring as parse_keyring_keys
 from fleet.errors import SecretsError
 from fleet.masking import MIN_SECRET_LENGTH
 
@@ -83,8 +89,27 @@ class Secrets:
         return signing_key(OPERATOR, text) if text else None
 
     def public_keyring(self) -> dict[str, str]:
-        """``{keyid: public key}`` of every private key here: what every gateway trusts."""
-        return keyring_of(self.private_keys().items())
+        """``{keyid: public key}`` of every private key here, and of identities given only
+        by their public keys (:data:`BUS_KEYRING`): what every gateway trusts."""
+        ring = keyring_of(self.private_keys().items())
+        for env in self.identities.values():
+            if BUS_KEYRING in env and BUS_KEY not in env:
+                ring.update(parse_keyring(env[BUS_KEYRING]))
+        return ring
+
+    def receiver_copy(self) -> str:
+        """The secrets file the webhook receiver's deploys use (YAML): everything they need
+        to write every agent's environment, with the operator's bus key as its public half
+        only (``FLEET_BUS_PUBLIC_KEYS``): every gateway goes on trusting the operator, and
+        the receiver's node cannot sign as the operator."""
+        identities: dict[str, dict[str, str]] = {}
+        for name, env in self.identities.items():
+            env = dict(env)
+            if name == OPERATOR and env.get(BUS_KEY):
+                env[BUS_KEYRING] = format_bus_keyring(keyring_of([(name, env.pop(BUS_KEY))]))
+            identities[name] = env
+        data = {"fleet": self.fleet, "agents": self.agents, "identities": identities}
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
     def for_agent(self, name: str) -> dict[str, str]:
         """The environment one agent's service gets: fleet values, its own (its private bus
@@ -110,7 +135,7 @@ class Secrets:
         """Every secret value (for masking output); public keys are not secret."""
         found = set(self.fleet.values())
         for env in [*self.agents.values(), *self.identities.values()]:
-            found.update(env.values())
+            found.update(value for name, value in env.items() if name != BUS_KEYRING)
             found.update(part.strip() for part in env.get(BUS_KEY, "").split(","))
         return {value for value in found if value}
 
@@ -199,6 +224,14 @@ def parse_secrets(data: object, resolved: Path) -> Secrets:
                     private_keys(name, env[BUS_KEY])
                 except BadKey as exc:
                     raise SecretsError(f"{where}.{BUS_KEY}: {exc}", hint=exc.hint) from None
+            elif BUS_KEYRING in env and section == "identities":  # public half only
+                try:
+                    keys = parse_keyring_keys(env[BUS_KEYRING])
+                except BadKey as exc:
+                    raise SecretsError(f"{where}.{BUS_KEYRING}: {exc}", hint=exc.hint) from None
+                if any(key.name != name for key in keys.values()):
+                    raise SecretsError(f"{where}.{BUS_KEYRING}: every key id must name "
+                                       f"{name!r}")
     return Secrets(path=resolved, fleet=fleet, agents=sections["agents"],
                    identities=sections["identities"])
 

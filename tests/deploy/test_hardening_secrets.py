@@ -160,3 +160,74 @@ def test_a_variable_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> N
         load_secrets(path)
     assert str(caught.value) == (f"{path}: fleet: 'API_KEY\\n' is not an environment variable "
                                  "name (A-Z, 0-9, _; matched in full)")
+
+
+def test_the_receivers_secrets_copy_holds_only_the_operators_public_key(
+        tmp_path: Path) -> None:
+    """The webhook receiver needs the operator's key only to trust it: its copy of the
+    secrets file has the public half, which every deploy from it still hands to gateways."""
+    import yaml
+
+    from bus.keys import PRIVATE_KEY_ENV, new_private_key
+    from fleet.secrets import parse_secrets
+
+    operator = new_private_key()
+    data = {"fleet": {"OPENROUTER_API_KEY": "sk-or-test-SECRET-1a2b3c4d"},
+            "agents": {"a": {PRIVATE_KEY_ENV: new_private_key()}},
+            "identities": {"operator": {PRIVATE_KEY_ENV: operator},
+                           "receiver": {PRIVATE_KEY_ENV: new_private_key()}}}
+    full = parse_secrets(data, tmp_path / "secrets.yaml")
+    text = full.receiver_copy()
+    assert operator not in text
+    assert PRIVATE_KEY_ENV not in yaml.safe_load(text)["identities"]["operator"]
+    copy = parse_secrets(yaml.safe_load(text), tmp_path / "copy.yaml")
+    assert copy.operator_key() is None
+    assert copy.public_keyring() == full.public_keyring()
+    assert copy.for_agent("a") == full.for_agent("a")
+    assert copy.values() == full.values() - {operator}
+
+
+def test_plain_pyinfra_diff_masks_secrets_in_any_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``pyinfra inventory.py deploy.py --dry --diff`` (no ``fleet`` masking its output): a
+    secret sitting in a registry ``config:`` value reaches config.json's diff masked, also
+    base64- and URL-encoded."""
+    import inspect
+    from types import SimpleNamespace
+
+    from pyinfra.context import ctx_host, ctx_state
+
+    from deploys import context, ops
+    from tests.deploy.test_operations import EMPTY_NODE, FakeHost
+
+    secret = "sk-or-test-SECRET/1a2b+3c4d"
+    path = tmp_path / "secrets.yaml"
+    path.write_text(json.dumps({"fleet": {"OPENROUTER_API_KEY": secret}}))
+    path.chmod(0o600)
+    monkeypatch.setenv("FLEET_SECRETS", str(path))
+    monkeypatch.setenv("FLEET_RECORDS_DIR", str(tmp_path / "records"))
+    monkeypatch.setenv("FLEET_RUN_ID", "masking-test")
+    context.secrets.cache_clear()
+    context.masker.cache_clear()
+    encoded = base64.b64encode(secret.encode()).decode()
+    content = json.dumps({"config": {"key": secret, "b64": encoded,
+                                     "url": quote_plus(secret), "path": quote(secret)}})
+    host = FakeHost({"FileContents": ['{"config": {}}']})
+    state = SimpleNamespace(is_executing=False, config=SimpleNamespace(DIFF=True))
+    body = inspect.unwrap(ops.managed_file)
+    node = {**EMPTY_NODE, "paths": {"/etc/fleet/a/config.json": {
+        "type": "regular file", "user": "root", "group": "a", "mode": "640", "sha256": "0"}}}
+    try:
+        with ctx_state.use(state), ctx_host.use(host), caplog.at_level("INFO", "pyinfra"):
+            list(body(dest="/etc/fleet/a/config.json", content=content, user="root",
+                      group="a", mode="640", node=node))
+    finally:
+        context.secrets.cache_clear()
+        context.masker.cache_clear()
+    shown = "\n".join(record.getMessage() for record in caplog.records)
+    assert '"key": "***"' in shown, shown
+    for form in (secret, encoded, quote_plus(secret), quote(secret), json.dumps(secret)[1:-1]):
+        assert form not in shown
+    recorded = (tmp_path / "records" / "masking-test.json").read_text()
+    assert secret not in recorded and encoded not in recorded

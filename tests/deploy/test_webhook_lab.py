@@ -20,6 +20,7 @@ import pytest
 import requests
 import yaml
 
+from bus.keys import PRIVATE_KEY_ENV, PUBLIC_KEYS_ENV, keyring_of
 from tests.deploy.conftest import SECRETS, Fleet, secret_values
 from tests.webhook.forge import READ_TOKEN, SECRET, signed_push
 
@@ -98,6 +99,13 @@ def test_deploy_installs_and_starts_the_receiver(fleet: Fleet, setup: dict[str, 
             "/etc/fleet/webhook/deploy_key"
     assert fleet.ssh(ORCH, f"stat -c '%a %U' {files}").splitlines() == ["600 fleet-webhook"] * 3
     assert fleet.ssh(ORCH, "cat /etc/fleet/webhook/deploy_key") == RUN["key"]
+    copy = yaml.safe_load(fleet.ssh(ORCH, "cat /etc/fleet/webhook/secrets.yaml"))
+    operator = SECRETS["identities"]["operator"][PRIVATE_KEY_ENV]
+    assert copy["identities"]["operator"] == {  # the public half only: nothing signs as it
+        PUBLIC_KEYS_ENV: ",".join(f"{ident}={key}" for ident, key in
+                                  keyring_of([("operator", operator)]).items())}
+    assert {name: env[PRIVATE_KEY_ENV] for name, env in copy["agents"].items()} == {
+        name: env[PRIVATE_KEY_ENV] for name, env in SECRETS["agents"].items()}  # their envs
     assert SECRET not in fleet.ssh(ORCH, f"cat /etc/fleet/{ORCH}/env")
 
     health = requests.get(url(fleet, "/healthz"), timeout=10,
