@@ -100,14 +100,15 @@ class RequestLimits:
         status, error, hint = problem
         body = json.dumps({"error": error, "hint": hint}).encode()
         start_response(status, [("Content-Type", "application/json"),
-                                ("Content-Length", str(len(body))), ("Connection", "close")])
+                                ("Content-Length", str(len(body)))])
         return [body]
 
     def problem(self, environ: dict[str, Any]) -> tuple[str, str, str] | None:
         """``(status, error, hint)`` when the request is over a limit, else None."""
-        target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or (
-            environ.get("PATH_INFO", "") + ("?" + environ["QUERY_STRING"]
-                                            if environ.get("QUERY_STRING") else ""))
+        target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get(
+            "PATH_INFO", "")
+        if "?" not in target and environ.get("QUERY_STRING"):
+            target += "?" + environ["QUERY_STRING"]
         line = len(f"{environ.get('REQUEST_METHOD', '')} {target} "
                    f"{environ.get('SERVER_PROTOCOL', '')}".encode("latin-1", "replace"))
         if line > self.max_line:

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import pytest
@@ -117,7 +118,7 @@ class LongPolls:
 
     def __init__(self, gateway: Gateway, count: int, wait_ms: int = 5_000) -> None:
         self.gateway, self.count, self.wait_ms = gateway, count, wait_ms
-        self.answers: list[tuple[float, int, dict[str, object]]] = []
+        self.answers: list[tuple[float, int, dict[str, Any]]] = []
         self.sent = threading.Semaphore(0)
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._poll, daemon=True) for _ in range(count)]
@@ -179,7 +180,7 @@ def test_health_and_sends_answer_while_200_long_polls_wait_and_one_message_wakes
     assert len(polls.answers) == HOLD
     for answered, status, page in polls.answers:
         assert status == 200
-        assert [m["id"] for m in page["messages"]] == ["wake"]  # type: ignore[index,union-attr]
+        assert [m["id"] for m in page["messages"]] == ["wake"]
         assert answered - arrived < ANSWER_S  # woken by the message, not at wait_ms
 
 
@@ -215,10 +216,9 @@ def test_a_request_over_the_limits_gets_a_json_error(
         error: str) -> None:
     with socket.create_connection(("127.0.0.1", bezalel.agent.gateway_port), timeout=5) as sock:
         sock.sendall(raw(bezalel.host))
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.split(b" ", 2)[1] == str(status).encode(), answer[:300]
-    assert b"content-type: application/json" in head.lower()
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        body = response.read()
+    assert response.status == status, body[:300]
+    assert response.getheader("Content-Type") == "application/json"
     assert json.loads(body)["error"] == error
