@@ -15,12 +15,12 @@ import hashlib
 import hmac
 import os
 import subprocess
-import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet.atomic import write_atomic
 from fleet.errors import FleetError
 from fleet.registry import Agent, Registry
 
@@ -202,15 +202,7 @@ def scan(registry: Registry, names: Sequence[str] = ()) -> tuple[Path, list[Host
 def _write(path: Path, text: str) -> None:
     """Replace ``path`` atomically (0644: host keys are public)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(staging, 0o644)
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text, mode=0o644)
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ comments are not.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from bus.keys import IDENTITIES, new_private_key, private_keys
+from fleet.atomic import write_atomic
 from fleet.errors import SecretsError
 from fleet.secrets import BUS_KEY, SECRETS_ENV, load_secrets, parse_secrets
 
@@ -65,17 +65,7 @@ def _entry(data: dict[str, Any], name: str, create: bool) -> dict[str, Any]:
 def _write(path: Path, header: str, data: dict[str, Any]) -> None:
     text = header + yaml.safe_dump(data, sort_keys=False)
     parse_secrets(yaml.safe_load(text), path)  # never write a file load_secrets refuses
-    fd, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(staged, path)
-    except BaseException:
-        Path(staged).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text, mode=0o600)
 
 
 def secrets_file(path: str | os.PathLike[str] | None) -> Path:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
+from fleet.atomic import write_atomic
 from fleet.errors import FleetError
 from fleet.masking import Masker
 
@@ -153,11 +154,7 @@ def _locked(run_id: str) -> Iterator[dict[str, Any]]:
         record: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {
             "run_id": run_id, "started": now(), "hosts": {}}
         yield record
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        partial.rename(path)
+        write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o600)
 
 
 def update_run(run_id: str, masker: Masker | None = None, **fields: Any) -> None:

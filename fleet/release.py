@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from fleet.atomic import replace_atomic
 from fleet.errors import DeployError
 
 CACHE_ENV = "FLEET_CACHE_DIR"
@@ -251,7 +252,7 @@ def _write_artifact(root: Path, ident: str, broken: bool, dest: Path) -> None:
             _add_bytes(tar, f"site/{RELEASE_FILE}", f"{ident}\n".encode())
             if broken:
                 _add_bytes(tar, f"site/{BROKEN_MARKER}", b"built with FLEET_BROKEN_RELEASE=1\n")
-        partial.rename(dest)
+        replace_atomic(partial, dest)
 
 
 def _add_deps(tar: tarfile.TarFile, deps: Path) -> None:
@@ -276,7 +277,7 @@ def build_deploy_tools() -> Release:
         partial = dest.with_name(f".{dest.name}.{os.getpid()}")
         with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
             _add_deps(tar, deps)
-        partial.rename(dest)
+        replace_atomic(partial, dest)
     return Release(id=ident, path=dest)
 
 

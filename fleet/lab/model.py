@@ -33,6 +33,7 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
+from fleet.atomic import replace_atomic
 from fleet.errors import LabError
 from fleet.lab import processes
 from fleet.lab.locks import file_lock
@@ -130,7 +131,7 @@ def ensure_installed(progress: object = None) -> Path:
                     "g.assemble(output_path=sys.argv[1], overwrite=True)")
             subprocess.run([str(venv_python()), "-c", code, str(partial)], check=True,
                            capture_output=True, timeout=INSTALL_TIMEOUT)
-            partial.rename(model)
+            replace_atomic(partial, model)
     return model_path()
 
 

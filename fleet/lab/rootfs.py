@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from fleet.atomic import replace_atomic
 from fleet.errors import LabError
 from fleet.lab.commands import Cancelled, run, unmount_all
 from fleet.lab.locks import file_lock
@@ -135,7 +136,7 @@ def _build_tarball(tarball: Path, progress: Callable[[str], None], suite: str = 
         customise(build)
         run(["tar", "--zstd", "-cpf", str(partial), "--numeric-owner", "-C", str(build), "."],
             timeout=1800, cancel=cancel)
-        partial.rename(tarball)
+        replace_atomic(partial, tarball)
     except Cancelled:
         progress(f"building the {suite} base rootfs was cancelled; cleaning up")
         raise

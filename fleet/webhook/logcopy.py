@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
+from fleet.atomic import write_atomic
 from fleet.masking import Masker
 
 COPY_INTERVAL_S = 0.2
@@ -32,11 +33,7 @@ def salvage(raw: Path, masker: Masker) -> Path:
     ``raw`` (its run's dispatcher died before it could); returns the log's path."""
     log = raw.with_name(raw.name.removesuffix(".unmasked"))
     text = raw.read_bytes().decode("utf-8", errors="surrogateescape")
-    partial = log.with_name(f".{log.name}.salvage")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(masker(text).encode("utf-8", errors="surrogateescape"))
-    partial.rename(log)
+    write_atomic(log, masker(text).encode("utf-8", errors="surrogateescape"), mode=0o600)
     raw.unlink()
     return log
 

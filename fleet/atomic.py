@@ -1,0 +1,60 @@
+"""Atomic, durable file replacement: a reader sees the old file or the new one, never part of
+one, and after a crash the new one is there once the call returned.
+
+The way (one place for it): write a temporary file in the same directory (a rename is atomic
+only within one file system), give it its mode *before* any content (a secret file is never
+readable by others, not even while it is written), write, ``fsync`` the file, rename it over
+the target, then ``fsync`` the directory so the rename itself is on disk.
+
+Standard library only, so both the controller and node-side code may use it. ``bus`` imports
+nothing from ``fleet`` (it writes no files outside SQLite); ``fleet-nodectl`` is a
+stand-alone script on the node (it keeps its own switch of the ``current`` link).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or creation in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` (text as UTF-8) atomically and durably, with ``mode``
+    set before any content is written; the directory must exist."""
+    payload = data.encode() if isinstance(data, str) else data
+    fd, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staged, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged)
+        raise
+    fsync_dir(path.parent)
+
+
+def replace_atomic(staged: Path, path: Path) -> None:
+    """Move ``staged``, a file written by someone else (a tarball, a model), over ``path`` in
+    the same directory, durably: the file's content first, then the rename."""
+    fd = os.open(staged, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(staged, path)
+    fsync_dir(path.parent)
+
