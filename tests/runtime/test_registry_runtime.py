@@ -116,3 +116,25 @@ def test_node_registry_names_shipped_files_where_the_node_has_them(tmp_path: Pat
     copy = parse_registry(node_text, node / "registry.yaml")
     assert copy.get("a").runtime_ship == ("ship/agent.py",)
     assert (copy.get("b").runtime, copy.get("b").runtime_ship) == ("command", ())
+
+
+@pytest.mark.parametrize(("config", "problem"), [
+    ("{max_tokens: lots}", "max_tokens 'lots' is not a whole number from 1 to 1000000 (the "
+     "most tokens one answer may take), e.g. max_tokens: 256"),
+    ("{max_tokens: 0}", "max_tokens 0 is not a whole number from 1 to 1000000"),
+    ("{max_tokens: true}", "max_tokens True is not a whole number"),
+    ("{model_check_s: soon}", "model_check_s 'soon' is not a number of seconds from 0 to "
+     "86400 (how often an idle runtime checks its model; 0 = never), e.g. model_check_s: 60"),
+    ("{model_check_s: -1}", "model_check_s -1 is not a number of seconds"),
+])
+def test_runtime_settings_in_config_are_checked_with_their_types(config: str,
+                                                                 problem: str) -> None:
+    found = problems(f"    config: {config}\n")
+    assert len(found) == 1 and found[0].startswith(
+        f"registry.yaml:6: wizards.bezalel.config: {problem}"), found
+
+
+def test_runtime_settings_and_the_agents_own_keys_pass() -> None:
+    agent = parse("    config: {max_tokens: 64, model_check_s: 0, temperature: 0.2}\n")
+    assert agent.get("bezalel").config == {  # type: ignore[attr-defined]
+        "max_tokens": 64, "model_check_s": 0, "temperature": 0.2}
