@@ -2,12 +2,14 @@
 
 One pytest process per agent (``FLEET_LIVE_REGISTRY`` and ``FLEET_LIVE_AGENT`` tell the suite
 which node to check), reaching it over ``ssh://`` with the deploy's SSH settings (user, port,
-key, pinned host keys). Each process writes a JUnit XML report; the per-host summary is read
+key, pinned host keys: :func:`fleet.hosts.ssh_settings`). Without pytest-testinfra it says so
+once, with how to install it. Each process writes a JUnit XML report; the per-host summary is read
 from it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import subprocess
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.errors import FleetError
+from fleet.hosts import ssh_settings
 from fleet.registry import REGISTRY_ENV, Agent, Registry
 
 LIVE_REGISTRY_ENV = "FLEET_LIVE_REGISTRY"
@@ -48,21 +51,31 @@ class HostResult:
 
 
 def testinfra_target(agent: Agent, registry: Registry) -> tuple[str, dict[str, Any]]:
-    """The ``testinfra.get_host`` spec and keyword arguments reaching ``agent`` like the
-    deploy does (host key checked strictly when the registry pins host keys; through sudo when
-    the registry's ``fleet.become`` says so)."""
-    extra = ["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
-    if registry.ssh_key:
-        extra += ["-o", "IdentitiesOnly=yes"]
-    if registry.known_hosts:
-        extra += ["-o", f"UserKnownHostsFile={registry.known_hosts}",
-                  "-o", "StrictHostKeyChecking=yes"]
+    """The ``testinfra.get_host`` spec and keyword arguments reaching ``agent`` with the
+    deploy's SSH settings (:func:`fleet.hosts.ssh_settings`: key, host keys pinned to the
+    registry's known_hosts only and checked strictly; through sudo when the registry's
+    ``fleet.become`` says so)."""
+    settings = ssh_settings(agent, registry)
+    extra = [*settings.ssh_args(), "-o", "LogLevel=ERROR"]
     kwargs: dict[str, Any] = {"ssh_extra_args": shlex.join(extra)}
     if registry.become == "sudo":
         kwargs["sudo"] = True  # checks read root-only files (env, sshd -T)
-    if registry.ssh_key:
-        kwargs["ssh_identity_file"] = registry.ssh_key
-    return f"ssh://{agent.ssh_user}@{agent.host}:{agent.ssh_port}", kwargs
+    return f"ssh://{settings.destination}:{settings.port}", kwargs
+
+
+def require_testinfra() -> None:
+    """Refuse (:class:`LiveTestError`) when pytest or pytest-testinfra is missing from this
+    Python, once, before any host is tried."""
+    missing = [package for package, module in (("pytest", "pytest"),
+                                               ("pytest-testinfra", "testinfra"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise LiveTestError(
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed in "
+            f"{sys.executable}: fleet test runs the live checks with them",
+            hint=f"Install {'them' if len(missing) > 1 else 'it'}: {sys.executable} -m pip "
+                 f"install {' '.join(missing)} (or: pip install -e '.[test]' in the fleet "
+                 "repository)")
 
 
 def read_junit(agent: str, path: Path) -> HostResult:
@@ -111,6 +124,7 @@ def live_test(registry: Registry, names: list[str], project: Path,
     if not suite.is_dir():
         raise LiveTestError(f"{suite} is missing: no live suite to run",
                             hint="Run fleet test from the fleet repository's top folder.")
+    require_testinfra()
     with tempfile.TemporaryDirectory(prefix="fleet-test-") as scratch, \
             ThreadPoolExecutor(max_workers=max(1, min(len(names), 16))) as pool:
         echo(f"==> live checks of {', '.join(names)} (tests/live, in parallel)")

@@ -31,7 +31,7 @@ def test_agent_user_has_no_login_shell(node: Node) -> None:
 
 @pytest.mark.parametrize(("path", "kind", "owner", "group", "mode"), [
     ("/etc/fleet/{a}", "directory", "root", "{a}", 0o750),
-    ("/etc/fleet/{a}/env", "file", "{a}", "{a}", 0o600),
+    ("/etc/fleet/{a}/env", "file", "root", "root", 0o600),  # systemd reads it as root
     ("/etc/fleet/{a}/soul.md", "file", "root", "root", 0o444),
     ("/etc/fleet/{a}/config.json", "file", "root", "{a}", 0o640),
     ("/var/lib/fleet/{a}", "directory", "{a}", "{a}", 0o700),
