@@ -178,9 +178,10 @@ def wait_healthy(port: int, expect: dict[str, str], timeout: float, roundtrip: b
     running_since: float | None = None
     while True:
         crashed = watch() if watch else []
-        if crashed:
+        if crashed:  # with what /health says about it (a runtime's state names its error)
             status, body = get_health(port)
-            return crashed, body
+            said = [str(problem) for problem in (body or {}).get("problems", [])]
+            return crashed + [problem for problem in said if problem not in crashed], body
         status, body = get_health(port, roundtrip=roundtrip)
         problems = health_problems(status, body, expect)
         now = monotonic()
@@ -198,16 +199,36 @@ def restart(unit: str) -> None:
     subprocess.run(["systemctl", "restart", unit], check=True, capture_output=True)
 
 
+ETC = Path("/etc/fleet")
+
+
+def restore_env(agent: str | None) -> bool:
+    """Put back the agent's environment the deploy replaced (``env.previous``, kept by the
+    keys phase); False when there is none."""
+    if not agent:
+        return False
+    previous = ETC / agent / "env.previous"
+    if not previous.is_file():
+        return False
+    os.replace(previous, ETC / agent / "env")
+    return True
+
+
 def rollback(unit: str, port: int, to: str | None, timeout: float,
-             runtime_unit: str | None = None) -> dict[str, Any]:
-    """Switch to ``to`` (default: previous release), restart and verify the result."""
+             runtime_unit: str | None = None, env_of: str | None = None) -> dict[str, Any]:
+    """Switch to ``to`` (default: previous release), restart and verify the result. With
+    ``env_of`` (an agent whose environment this deploy changed) its previous environment is
+    restored too, and the current release restarted with it when there is no previous one."""
     target = to or previous_release()
+    env_restored = restore_env(env_of)
+    target = target or (current_release() if env_restored else None)
     if target is None:
         return {"rolled_back": False, "reason": "no previous release on the node"}
     switched = switch(target)
     restart(unit)
     problems, body = checked(unit, runtime_unit, port, {"release": target}, timeout)
     return {"rolled_back": True, "release": target, "from": switched["before"],
+            "env_restored": env_restored, "restarted": True,
             "healthy": not problems, "problems": problems, "health": body}
 
 
@@ -315,7 +336,8 @@ def verify(args: argparse.Namespace) -> dict[str, Any]:
                               "release": args.release}
     if problems and args.rollback:
         result["rollback"] = rollback(args.unit, args.port, None, args.timeout,
-                                      args.runtime_unit)
+                                      args.runtime_unit,
+                                      args.agent if args.restore_env else None)
     return result
 
 
@@ -448,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "round trip must succeed")
         elif name == "rollback":
             sub.add_argument("--to", type=release_id)
+            sub.add_argument("--runtime-unit", default=None,
+                             help="the agent's runtime unit: it must stay up too")
         else:
             sub.add_argument("--agent", required=True)
             sub.add_argument("--login-user", default="root")
@@ -465,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "verify":
             result = verify(args)
         else:
-            result = rollback(args.unit, args.port, args.to, args.timeout)
+            result = rollback(args.unit, args.port, args.to, args.timeout, args.runtime_unit)
         if args.agent:
             result["facts"] = facts(args)
     json.dump(result, sys.stdout, sort_keys=True)
