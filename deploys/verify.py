@@ -1,5 +1,6 @@
-"""Phase 7, verify: the unit is active and /health (asked on the node itself, with retries)
-shows the expected release, config hash and soul hash. A failing node is rolled back at once:
+"""Phase 7, verify: the agent's units (gateway, runtime) stay up across their stability window
+and /health (asked on the node itself, with retries) shows the expected release, config hash
+and soul hash, and a runtime that keeps its contract. A failing node is rolled back at once:
 ``current`` back to the previous release, restart, re-verify (all by ``fleet-nodectl``).
 The same command takes the node's deploy lock (a deploy that changes nothing took none
 before) and releases it. Its JSON outcome (on the operation's
@@ -80,7 +81,9 @@ def env_args(ctx: AgentContext) -> list[str]:
 
 
 def runtime_args(ctx: AgentContext) -> list[str]:
-    """``--runtime-unit UNIT`` for an agent with a runtime: verify then also needs it running
-    and a live model round trip (a wrong key or an unreachable provider fails the deploy)."""
+    """``--runtime-unit UNIT`` for an agent with a runtime (built-in or the operator's own):
+    verify then also needs that unit to stay up across its stability window (no restart, by
+    ``systemctl show``), the runtime contract kept (a fresh ``runtime.json``, ``ready``) and a
+    live model round trip (a wrong key or an unreachable provider fails the deploy)."""
     unit = ctx.agent.runtime_unit
     return ["--runtime-unit", unit] if unit else []
