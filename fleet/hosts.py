@@ -240,6 +240,14 @@ class SshSettings:
     def destination(self) -> str:
         return f"{self.user}@{self.host}"
 
+    def config_block(self, alias: str, extra: Sequence[str] = ()) -> str:
+        """The same settings as an ssh_config ``Host alias`` block (``ssh -F``, testinfra),
+        with ``extra`` options (``NAME=value``) after them."""
+        lines = [f"HostName={self.host}", f"Port={self.port}", f"User={self.user}",
+                 *self.options(), *extra]
+        return f"Host {alias}\n" + "".join(f"    {line.replace('=', ' ', 1)}\n"
+                                            for line in lines)
+
     def pyinfra_data(self) -> dict[str, object]:
         """The same settings as pyinfra SSH connector host data."""
         data: dict[str, object] = {

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from fleet.errors import LabError
+from fleet.hosts import SshSettings
 from fleet.lab.keys import LAB_KEY
 from fleet.lab.network import MAX_NODES, node_ip
 from fleet.lab.rootfs import SUITE, check_suite
@@ -139,21 +140,13 @@ def ssh_config_text(nodes: list[LabNode], lab_path: Path, control_dir: Path,
     as root, or as each node's ``ssh_user`` when the nodes refuse root logins; masters
     shared through sockets in ``control_dir``."""
     blocks = []
-    for node in nodes:
-        blocks.append(
-            f"Host {node.name}\n"
-            f"    HostName {node.ip}\n"
-            f"    Port {node.agent.ssh_port}\n"
-            f"    User {'root' if root_login else node.agent.ssh_user}\n"
-            f"    IdentityFile {lab_path / LAB_KEY}\n"
-            "    IdentitiesOnly yes\n"
-            f"    UserKnownHostsFile {lab_path / KNOWN_HOSTS}\n"
-            "    StrictHostKeyChecking yes\n"
-            "    BatchMode yes\n"
-            "    ControlMaster auto\n"
-            f"    ControlPath {control_dir}/%C\n"
-            "    ControlPersist 60s\n"
-        )
+    for node in nodes:  # the deploy's settings (fleet.hosts), with shared masters
+        settings = SshSettings(user="root" if root_login else node.agent.ssh_user,
+                               host=node.ip, port=node.agent.ssh_port,
+                               known_hosts=str(lab_path / KNOWN_HOSTS),
+                               key=str(lab_path / LAB_KEY))
+        blocks.append(settings.config_block(node.name, [
+            "ControlMaster=auto", f"ControlPath={control_dir}/%C", "ControlPersist=60s"]))
     return "\n".join(blocks)
 
 
