@@ -63,15 +63,14 @@ def free_port() -> int:
 
 
 def start_gateway(name: str, registry: Path, folder: Path, port: int,
-                  workers: int, threads: int) -> subprocess.Popen[bytes]:
+                  workers: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, PUBLIC_KEYS_ENV: format_keyring(keyring_of(KEYS.items())),
            PRIVATE_KEY_ENV: KEYS[name],
            "FLEET_BUS_RETRY_MAX": "0.5",  # drain: no long backoff
            "FLEET_BUS_INBOX_QUOTA": "100000000"}  # nothing acknowledges: no quota here
     command = [sys.executable, "-c", "from fleet.cli import main; main()", "--registry",
                str(registry), "gateway", "serve", "--agent", name, "--port", str(port),
-               "--state-dir", str(folder / name), "--workers", str(workers),
-               "--threads", str(threads)]
+               "--state-dir", str(folder / name), "--workers", str(workers)]
     log = (folder / f"{name}.log").open("wb")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=log,
                                start_new_session=True)
@@ -272,7 +271,6 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200, help="latency phase: msgs/s")
     parser.add_argument("--latency-messages", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=32, help="gunicorn threads/worker")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bus-bench-"))
     ports = {name: free_port() for name in KEYS}
@@ -280,12 +278,12 @@ def main() -> None:
     registry.write_text("wizards:\n" + "".join(
         f"  {name}:\n    host: 127.0.0.1\n    role: worker\n    model: bench/m\n"
         f"    gateway_port: {port}\n" for name, port in ports.items()))
-    processes = [start_gateway(name, registry, folder, port, args.workers, args.threads)
+    processes = [start_gateway(name, registry, folder, port, args.workers)
                  for name, port in ports.items()]
     store = folder / "receiver" / "bus.sqlite3"
     try:
-        print(f"loopback, {os.cpu_count()} cores, gunicorn {args.workers} workers x "
-              f"{args.threads} threads per gateway, SQLite WAL synchronous=FULL, {load()}")
+        print(f"loopback, {os.cpu_count()} cores, gunicorn {args.workers} gevent workers "
+              f"per gateway (fleet.serving), SQLite WAL synchronous=FULL, {load()}")
         measure_receive(ports["receiver"], processes[1].pid, args)
         lat = end_to_end(ports["sender"], store, args.latency_messages, args.rate)
         print(f"end-to-end latency outbox -> inbox at {args.rate:.0f} msg/s "
@@ -301,7 +299,7 @@ def main() -> None:
         queue_backlog(ports["sender"], drain_count, args.clients)
         started = time.perf_counter()
         processes[1] = start_gateway("receiver", registry, folder, ports["receiver"],
-                                     args.workers, args.threads)
+                                     args.workers)
         wait_inbox(store, "drain-", drain_count)
         drained = drain_count / (time.perf_counter() - started)
         print(f"backlog drain into one gateway (recipient down while {drain_count} were "
