@@ -23,11 +23,12 @@ built-in runtime, it runs the gateway's release.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from fleet.atomic import write_atomic
 
 STATE_FILE = "runtime.json"
 HEARTBEAT_EVERY_S = 5.0
@@ -47,9 +48,7 @@ REPORTED = ("state", "error", "pid", "started", "heartbeat", "release", "last_ro
 def write_state(state_dir: str | Path, state: Mapping[str, Any]) -> None:
     """Write ``state`` (with a fresh ``heartbeat``) atomically."""
     path = Path(state_dir) / STATE_FILE
-    partial = path.with_name(f".{STATE_FILE}.{os.getpid()}")
-    partial.write_text(json.dumps({**state, "heartbeat": time.time()}, sort_keys=True))
-    partial.replace(path)
+    write_atomic(path, json.dumps({**state, "heartbeat": time.time()}, sort_keys=True))
 
 
 def read_state(state_dir: str | Path) -> dict[str, Any] | None:
