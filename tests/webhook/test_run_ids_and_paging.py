@@ -43,6 +43,13 @@ def fleet(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def asking(settings: Settings, loopback: tuple[Path, Path]) -> tuple[Settings, Path]:
+    """``settings`` asking the loopback fleet what it runs, and that fleet's state file."""
+    registry, state = loopback
+    return replace(settings, health_check="http", env={
+        **settings.env, "FLEET_REGISTRY": str(registry), "STANDIN_FLEET": str(state)}), state
+
+
 def seed_runs(settings: Settings, count: int) -> None:
     """``count`` queued runs, ids 1 to ``count``."""
     conn = connect(settings.db_path)
@@ -116,10 +123,7 @@ def test_dashboard_record_and_log_take_the_receivers_run_id(
 def test_an_up_to_date_run_points_to_no_record(
         client: FlaskClient, settings: Settings, fleet_repo: FleetRepo,
         loopback_fleet: tuple[Path, Path]) -> None:  # noqa: F811
-    registry, state = loopback_fleet
-    live = replace(settings, health_check="http",
-                   env={**settings.env, "FLEET_REGISTRY": str(registry),
-                        "STANDIN_FLEET": str(state)})
+    live, _ = asking(settings, loopback_fleet)
     a = fleet_repo.commit("A")
     fleet_repo.push_tag("PROD", a)
     deliver(client, a, "a-1")
@@ -149,10 +153,7 @@ def test_a_deploy_that_writes_no_record_points_to_none(
 def test_moving_the_tag_back_is_marked_a_rollback(
         client: FlaskClient, settings: Settings, fleet_repo: FleetRepo, record_file: Path,
         loopback_fleet: tuple[Path, Path]) -> None:  # noqa: F811
-    registry, state = loopback_fleet
-    live = replace(settings, health_check="http",
-                   env={**settings.env, "FLEET_REGISTRY": str(registry),
-                        "STANDIN_FLEET": str(state)})
+    live, state = asking(settings, loopback_fleet)
     a = fleet_repo.commit("A")
     fleet_repo.push_tag("PROD", a)
     first = deliver(client, a, "r-1")
