@@ -5,6 +5,7 @@ newest 500 runs, no record path where no deploy ran, and a tag moved back marked
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from fleet.webhook.api import MAX_RUN_ID
 from fleet.webhook.config import Settings
 from fleet.webhook.db import connect, now
 from fleet.webhook.dispatcher import drain
+from fleet.webhook.records import list_runs
 from tests.webhook.conftest import FleetRepo, auth, read_records
 from tests.webhook.forge import READ_TOKEN, signed_push
 from tests.webhook.test_board import basic
@@ -199,3 +201,27 @@ def test_a_rollback_is_seen_without_asking_the_fleet(
     drain(settings)
     assert (show(client, back)["rollback"], show(client, back)["rollback_from"]) == (True,
                                                                                     c[:12])
+
+
+def test_a_version_3_database_gains_the_rollback_column(tmp_path: Path) -> None:
+    from importlib import resources
+
+    text = resources.files("fleet.webhook").joinpath("schema.sql").read_text()
+    old = text.replace("    health TEXT NOT NULL DEFAULT '[]',\n    rollback_from TEXT\n",
+                       "    health TEXT NOT NULL DEFAULT '[]'\n")
+    assert old != text
+    path = tmp_path / "webhook.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(old + "\nPRAGMA user_version = 3;")
+    conn.execute("INSERT INTO runs (delivery_id, forge, tag, sha, pusher, status, queued_at) "
+                 "VALUES ('d', 'gitea', 'PROD', ?, 'me', 'ok', '2026-12-01T00:00:00.000Z')",
+                 ("a" * 40,))
+    conn.commit()
+    conn.close()
+    upgraded = connect(path)
+    try:
+        assert upgraded.execute("PRAGMA user_version").fetchone()[0] == 4
+        (run,) = list_runs(upgraded)
+        assert (run["id"], run["rollback"], run["rollback_from"]) == (1, False, None)
+    finally:
+        upgraded.close()
