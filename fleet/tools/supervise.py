@@ -112,6 +112,7 @@ def children() -> list[int]:
 def kill_tree() -> None:
     """SIGKILL every descendant and reap them: as a subreaper, the children of a killed
     process become this one's children, so the loop ends only when none is left."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # nothing may interrupt the clean-up
     while True:
         for pid in children():
             try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import resource
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -433,3 +434,22 @@ def test_registry_refuses_invalid_schemas_and_optional_placeholders(tmp_path: Pa
         f"{where}: u: command element '{{src}}': argument 'src' is optional and has no default "
         "(an omitted value would shift the next argument into its place); add it to "
         "args.required or give it a `default`"]
+
+
+def test_a_record_an_earlier_release_cut_short_moves_over_and_stays_readable(
+        app: Flask, client: FlaskClient) -> None:
+    old = sqlite3.connect(state(app) / "tools.sqlite3")
+    old.execute("CREATE TABLE calls (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,"
+                " caller TEXT NOT NULL, tool TEXT NOT NULL, args TEXT NOT NULL,"
+                " outcome TEXT NOT NULL, exit INTEGER, duration_ms REAL)")
+    cut = json.dumps({"text": "a" * 3000})[:2000]
+    old.execute("INSERT INTO calls (at, caller, tool, args, outcome, exit, duration_ms)"
+                " VALUES (1, 'ezra', 'echo', ?, 'refused: bad arguments', NULL, NULL)", (cut,))
+    old.commit()
+    old.close()
+    status, _ = call(client, "ezra", "touch", {"args": {"name": "after"}})
+    assert status == 200
+    newest, moved = calls(client)
+    assert (moved["seq"], moved["caller"], moved["args"], moved["outcome"]) == (
+        1, "ezra", cut, "refused: bad arguments")
+    assert (newest["seq"], newest["args"]) == (2, {"name": "after"})
