@@ -170,7 +170,7 @@ def record_call(response: Response) -> Response:
         return response
     call: dict[str, Any] = g.pop("tool_call", None) or {
         "tool": (request.view_args or {}).get("name", "")}
-    error = response.get_json(silent=True) if response.is_json else None
+    error = response.get_json(silent=True) if response.status_code >= 400 else None
     message = error.get("error") if isinstance(error, dict) else None
     state_dir = current_app.config["STATE_DIR"]
     ended = {"status": response.status_code, "error": message,
