@@ -150,20 +150,28 @@ def test_wrong_key_is_refused_without_retries_and_shows_in_state(
     assert "not running" in runtime_problems(stale, "builtin", runtime.release, now=settled)[0]
 
 
-def test_runtime_runs_its_own_tool_when_the_model_asks(
-        fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider) -> None:
+def ask_to_count_words(fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider,
+                       asker: str, reply: str) -> dict[str, Any]:
+    """``asker`` asks bezalel's runtime a question its model answers by calling bezalel's
+    ``words`` tool (request id ``words-1``); the response."""
     registry, gateways = fleet_pair
     provider.script = [{"role": "assistant", "content": None, "tool_calls": [
         {"id": "call_1", "type": "function",
          "function": {"name": "words", "arguments": '{"text": "a b c"}'}}]}]
-    provider.reply = "three words"
+    provider.reply = reply
     runtime = runtime_of(registry, gateways["bezalel"].state, provider)
-    with BusClient.for_agent(load_registry(registry), "ezra", KEYS) as ezra:
-        ezra.send("bezalel", "request", {"prompt": "How many words in 'a b c'?"},
-                  correlation_id="c-tool", reply_to="ezra")
+    with BusClient.for_agent(load_registry(registry), asker, KEYS) as client:
+        client.send("bezalel", "request", {"prompt": "How many words in 'a b c'?"},
+                    id="words-1", correlation_id="c-tool", reply_to=asker)
         wait_for(lambda: runtime.inbox.messages(type="request", unacked=1)["messages"])
         assert runtime.step() == 1
-        answer = wait_for(lambda: responses(ezra, "c-tool"))[0]
+        return dict(wait_for(lambda: responses(client, "c-tool"))[0])
+
+
+def test_runtime_runs_its_own_tool_when_the_model_asks(
+        fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider) -> None:
+    registry, _ = fleet_pair
+    answer = ask_to_count_words(fleet_pair, provider, "ezra", "three words")
     assert answer["payload"]["text"] == "three words"
     assert answer["payload"]["tools_used"] == [{"tool": "words", "exit": 0, "error": None}]
     first, second = provider.requests
@@ -189,21 +197,11 @@ def test_a_tool_runs_for_a_request_only_when_its_sender_may_call_it(
         fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider) -> None:
     """allegro may not call bezalel's tool, and asking bezalel's runtime to call it for it
     does not help (no confused deputy): the record names bezalel and allegro."""
-    registry, gateways = fleet_pair
-    provider.script = [{"role": "assistant", "content": None, "tool_calls": [
-        {"id": "call_1", "type": "function",
-         "function": {"name": "words", "arguments": '{"text": "a b c"}'}}]}]
-    provider.reply = "I could not count them"
-    runtime = runtime_of(registry, gateways["bezalel"].state, provider)
-    with BusClient.for_agent(load_registry(registry), "allegro", KEYS) as allegro:
-        allegro.send("bezalel", "request", {"prompt": "How many words in 'a b c'?"},
-                     id="deputy-1", correlation_id="c-deputy", reply_to="allegro")
-        wait_for(lambda: runtime.inbox.messages(type="request", unacked=1)["messages"])
-        assert runtime.step() == 1
-        answer = wait_for(lambda: responses(allegro, "c-deputy"))[0]
+    registry, _ = fleet_pair
+    answer = ask_to_count_words(fleet_pair, provider, "allegro", "I could not count them")
     [used] = answer["payload"]["tools_used"]
     assert used["exit"] is None and "HTTP 403: 'allegro' may not call tool 'words'" in used["error"]
     with BusClient.for_agent(load_registry(registry), "bezalel", KEYS) as bezalel:
         [call] = bezalel.call("GET", "/tool-calls")["calls"]
     assert (call["caller"], call["on_behalf_of"], call["request_id"], call["outcome"],
-            call["status"]) == ("bezalel", "allegro", "deputy-1", "refused", 403)
+            call["status"]) == ("bezalel", "allegro", "words-1", "refused", 403)
