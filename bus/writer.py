@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -107,7 +108,7 @@ class GroupWriter:
         with self._mutex:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
         try:
-            self._commit(batch)
+            _blocking(self._commit, batch)
         finally:
             with self._mutex:
                 if self._pending:
@@ -179,6 +180,23 @@ class GroupWriter:
             db.execute("ROLLBACK TO one")
             db.execute("RELEASE one")
             item.result, item.error = None, exc
+
+
+def _blocking(commit: Callable[[list[_Write]], None], batch: list[_Write]) -> None:
+    """Run ``commit(batch)`` (the ``flock`` wait, the fsync) so that it blocks only its caller.
+
+    In a process gevent has patched (gunicorn's gevent workers) a commit run here would stall
+    every connection of the worker for its fsync, and no request could queue its write for
+    the next batch meanwhile: it runs in gevent's pool of real threads instead, while the
+    leader's greenlet waits. Elsewhere (threads) it runs here.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        import gevent
+
+        gevent.get_hub().threadpool.apply(commit, (batch,))
+    else:
+        commit(batch)
 
 
 def _close_handles(db: sqlite3.Connection, fd: int, opener: int) -> None:
