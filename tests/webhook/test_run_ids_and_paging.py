@@ -23,6 +23,7 @@ from fleet.webhook.records import list_runs
 from tests.webhook.conftest import FleetRepo, auth, read_records
 from tests.webhook.forge import READ_TOKEN, signed_push
 from tests.webhook.test_board import basic
+from tests.webhook.test_cli import http_url  # noqa: F401 (a fixture)
 from tests.webhook.test_dispatch_loopback import loopback_fleet  # noqa: F401 (a fixture)
 
 
@@ -225,3 +226,12 @@ def test_a_version_3_database_gains_the_rollback_column(tmp_path: Path) -> None:
         assert (run["id"], run["rollback"], run["rollback_from"]) == (1, False, None)
     finally:
         upgraded.close()
+
+
+def test_fleet_runs_pages_over_http(client: FlaskClient, settings: Settings,
+                                    http_url: str) -> None:  # noqa: F811
+    seed_runs(settings, 3)
+    code, out = fleet("runs", "--limit", "2", "--url", http_url, "--token", READ_TOKEN)
+    assert (code, out.splitlines()[-1]) == (0, "older runs: fleet runs --before 2")
+    code, out = fleet("runs", "--before", "2", "--url", http_url, "--token", READ_TOKEN)
+    assert (code, [line.split()[0] for line in out.splitlines()[1:]]) == (0, ["1"])
