@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import schemathesis
+from requests.structures import CaseInsensitiveDict
 
 SIGN_ME = "sign-me"
 MARK = "HTTP_SIGNATURE"  # the scheme's own header: gone when schemathesis drops auth
@@ -42,5 +43,6 @@ class SignInTheMiddleware:
         return SIGN_ME
 
     def set(self, case: schemathesis.Case, data: str, ctx: Any) -> None:
-        case.headers = {**(case.headers or {}), "Signature-Input": "fleet=()",
-                        "Signature": data}
+        headers = CaseInsensitiveDict(case.headers or {})
+        headers.update({"Signature-Input": "fleet=()", "Signature": data})
+        case.headers = headers
