@@ -23,8 +23,9 @@ built-in runtime, it runs the gateway's release.
 from __future__ import annotations
 
 import json
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,27 @@ def schema_problems(state: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def process_alive(pid: int, started: float) -> bool:
+    """Whether process ``pid`` (which started at ``started``) still runs: a state file left by
+    a process that has exited, its heartbeat still young, does not count. Signal 0 asks the
+    kernel (EPERM: the process exists); it works inside the gateway's sandbox, where ``/proc``
+    may hide the runtime. A pid reused within the heartbeat's 15 s is not told apart."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def runtime_problems(state: Mapping[str, Any] | None, kind: str, release: str,
-                     now: float | None = None) -> list[str]:
+                     now: float | None = None,
+                     alive: Callable[[int, float], bool] | None = None) -> list[str]:
     """Why this runtime state shows an agent that cannot think (empty: it can). ``kind`` is
     the registry's (``builtin`` or ``command``); only the built-in runtime must run
-    ``release``, the gateway's."""
+    ``release``, the gateway's. ``alive`` (the gateway gives :func:`process_alive`) checks
+    that the process the file names still runs."""
     if state is None:
         return [f"runtime has written no state file ({STATE_FILE} in its state dir): it has "
                 "not started, or it does not keep the runtime contract"]
@@ -98,6 +115,9 @@ def runtime_problems(state: Mapping[str, Any] | None, kind: str, release: str,
         return [f"runtime is not running (last heartbeat {age:.0f} s ago){failed}"]
     if state["state"] in ("failed", "stopped"):
         return [f"runtime is {state['state']}: {state.get('error') or 'no reason given'}"]
+    if alive is not None and not alive(int(state["pid"]), float(state["started"])):
+        return [f"runtime is not running (its process {state['pid']} has exited; "
+                f"last heartbeat {max(age, 0):.0f} s ago)"]
     if up < STABLE_S:
         return [f"runtime (pid {state['pid']}) started {max(up, 0):.1f} s ago: it counts "
                 f"once it has stayed up {STABLE_S:g} s"]

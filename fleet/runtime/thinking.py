@@ -11,7 +11,7 @@ from typing import Any
 
 from fleet.registry import Agent
 from fleet.runtime.provider import Provider, round_trip
-from fleet.runtime.state import REPORTED, read_state, runtime_problems
+from fleet.runtime.state import REPORTED, process_alive, read_state, runtime_problems
 
 LIVE_EVERY_S = 5.0
 LIVE_TIMEOUT_S = 10.0
@@ -43,7 +43,8 @@ def runtime_report(agent: Agent, state_dir: str, release: str, live: bool,
         return report
     now = time.time() if now is None else now
     state = read_state(state_dir)
-    report["problems"] = runtime_problems(state, agent.runtime, release, now)
+    report["problems"] = runtime_problems(state, agent.runtime, release, now,
+                                          alive=process_alive)
     if state is not None:
         report.update({key: state.get(key) for key in REPORTED})
         started = state.get("started")

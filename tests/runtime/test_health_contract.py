@@ -25,6 +25,7 @@ from fleet.registry import Agent, load_registry
 from fleet.runtime.state import (
     STABLE_S,
     STALE_S,
+    process_alive,
     read_state,
     runtime_problems,
     runtime_ready,
@@ -127,7 +128,8 @@ def health(agent: Agent) -> tuple[int, dict[str, Any]]:
 @pytest.mark.parametrize(("state", "reason"), [
     (None, "runtime has written no state file"),  # exits at once, or never writes its state
     ({"started": "now"}, "breaks the runtime contract"),
-    ("restarting", "started 1.0 s ago"),  # exits after 2 s and is restarted, again and again
+    ("restarting", " s ago: it counts once it has stayed up"),  # exits after 2 s, restarted
+    ("exited", "runtime is not running (its process "),  # its file outlives it a while
     ("stale", "runtime is not running (last heartbeat 30 s ago)"),  # died, not restarted
 ])
 def test_a_custom_runtime_that_does_not_work_is_never_healthy_nor_ready(
@@ -136,6 +138,10 @@ def test_a_custom_runtime_that_does_not_work_is_never_healthy_nor_ready(
     agent, gateway = custom_gateway
     if state == "restarting":
         write_state(gateway.state, custom_state(started=time.time() - 1))
+    elif state == "exited":
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        write_state(gateway.state, custom_state(pid=gone.pid))
     elif state == "stale":
         (gateway.state / "runtime.json").write_text(json.dumps(
             custom_state(heartbeat=time.time() - 30)))
@@ -189,3 +195,14 @@ wizards:
     assert "max_tokens 'lots'" in state["error"]
     problems = runtime_problems(state, "builtin", "r", now=state["started"] + 1)
     assert problems[0].startswith("runtime is failed: ") and "max_tokens 'lots'" in problems[0]
+
+
+def test_the_gateway_checks_that_the_runtimes_process_still_runs() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    state = {**GOOD, "pid": gone.pid}
+    assert runtime_problems(state, "command", "abc123abc123", now=NOW,
+                            alive=process_alive) == [
+        f"runtime is not running (its process {gone.pid} has exited; last heartbeat 1 s ago)"]
+    assert runtime_problems({**GOOD, "pid": os.getpid()}, "command", "r", now=NOW,
+                            alive=process_alive) == []
