@@ -308,7 +308,8 @@ def test_the_reported_newline_probe_is_refused_with_file_line_field_and_fix() ->
     ("authorized_keys", ['command="id" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7'],
      "has options before the key type"),
     ("region", "r" * 5000, "is 5000 characters long; the registry allows at most 4096"),
-])
+], ids=["model-dash", "model-long", "description-long", "url-space", "runtime-flag",
+        "runtime-separator", "config-inf", "key-options", "region-long"])
 def test_values_that_would_read_as_options_or_are_too_long_are_refused(
         field: str, value: Any, message: str) -> None:
     data = {"wizards": {"a": {"host": "192.0.2.1", "role": "worker", "model": "m",

@@ -1,0 +1,100 @@
+"""systemd's own parser on a lab node reads the units :mod:`fleet.render` writes for an agent
+whose registry holds hostile but valid values (quotes, ``%``, ``$``, spaces, backslashes,
+Unicode): ``systemd-analyze verify`` finds nothing, and the loaded unit's ``Environment`` and
+``ExecStart`` (read over D-Bus as JSON: exact strings) are exactly the registry's values."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploys.context import AgentContext
+from deploys.services import runtime_unit_text, unit_text
+from fleet import lab
+from fleet.registry import load_registry, parse_registry
+from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
+
+pytestmark = [pytest.mark.lab]
+MODEL = "m \"q\" 'x' %n %% $HOME ${X} \\ \\\\ é 日本 `id`"
+URL = "http://10.0.0.1:8650/v1/%25$HOME'\"\\é"
+COMMAND = ["python3", "-c", "import sys; print(sys.argv)", "a b", "%h %% $USER ${X} $$",
+           "\\\" ' \\n", "ü ✓ \U0001f600"]
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[tuple[Path, str]]:
+    """One lab node (its ssh_config and name), taken down afterwards."""
+    skip_unless_root()
+    claimed = claim_test_lab("render")
+    try:
+        lab.down(claimed.lab)
+        registry = lab.up(load_registry(EXAMPLE_REGISTRY), nodes=1, lab=claimed.lab)
+        yield registry.parent / "ssh_config", next(iter(load_registry(registry).agents))
+    finally:
+        lab.down(claimed.lab)
+        claimed.release()
+
+
+def ssh(node: tuple[Path, str], command: str, stdin: str | None = None) -> str:
+    done = subprocess.run(["ssh", "-F", str(node[0]), node[1], command], input=stdin,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def hostile_units(name: str) -> tuple[str, str]:
+    """The agent and runtime units of agent ``name`` with hostile values (validated first)."""
+    registry = parse_registry(yaml.safe_dump({"wizards": {name: {
+        "host": "192.0.2.10", "role": "worker", "model": MODEL,
+        "provider": {"base_url": URL, "api_key": "MODEL_KEY"},
+        "runtime": {"command": COMMAND}}}}, allow_unicode=True),
+        Path(tempfile.gettempdir()) / "registry.yaml")
+    agent = registry.get(name)
+    ctx = AgentContext(agent=agent, registry=registry, soul_source=Path("/dev/null"))
+    return unit_text(ctx), runtime_unit_text(ctx)
+
+
+def busctl_property(node: tuple[Path, str], unit: str, name: str) -> object:
+    """A property of a loaded service unit, exactly, from systemd over D-Bus (JSON)."""
+    path = json.loads(ssh(node, "busctl --json=short call org.freedesktop.systemd1 "
+                                "/org/freedesktop/systemd1 org.freedesktop.systemd1.Manager "
+                                f"LoadUnit s {unit}"))["data"][0]
+    return json.loads(ssh(node, f"busctl --json=short get-property org.freedesktop.systemd1 "
+                                f"{path} org.freedesktop.systemd1.Service {name}"))["data"]
+
+
+def test_systemd_reads_hostile_registry_values_exactly(node: tuple[Path, str]) -> None:
+    name = "render-probe"
+    agent_unit, runtime_unit = hostile_units(name)
+    units = {f"fleet-agent-{name}.service": agent_unit,
+             f"fleet-runtime-{name}.service": runtime_unit}
+    for unit, text in units.items():
+        ssh(node, f"cat > /etc/systemd/system/{unit}", stdin=text)
+    try:
+        verify = subprocess.run(
+            ["ssh", "-F", str(node[0]), node[1],
+             "systemd-analyze verify " + " ".join(f"/etc/systemd/system/{u}" for u in units)],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert verify.returncode == 0 and name not in verify.stdout + verify.stderr, (
+            verify.stdout + verify.stderr)
+        ssh(node, "systemctl daemon-reload")
+        runtime = f"fleet-runtime-{name}.service"
+        assert busctl_property(node, runtime, "Environment") == [
+            "PYTHONPATH=/opt/fleet/current/site", f"FLEET_MODEL={MODEL}",
+            f"FLEET_PROVIDER_URL={URL}", "FLEET_PROVIDER_KEY_ENV=MODEL_KEY",
+            "FLEET_GATEWAY_URL=http://127.0.0.1:8646"]
+        exec_start = busctl_property(node, runtime, "ExecStart")
+        assert isinstance(exec_start, list) and len(exec_start) == 1
+        # systemd keeps "$$" in the loaded argv and turns it into "$" when it runs the
+        # command; a single "$" would be a variable: none is left
+        assert exec_start[0][1] == [arg.replace("$", "$$") for arg in COMMAND]
+        assert ssh(node, f"systemctl show -p ExecStartPre --value {runtime}").strip() == ""
+    finally:
+        ssh(node, "rm -f " + " ".join(f"/etc/systemd/system/{u}" for u in units)
+            + " && systemctl daemon-reload")
