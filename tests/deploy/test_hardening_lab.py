@@ -193,3 +193,41 @@ def test_hosts_scan_records_the_keys_the_nodes_really_have(fleet: Fleet,
     status = fleet.run("status", "--json", registry=scanned,
                        extra_env={"FLEET_SSH_CONTROL_DIR": control_dir})
     assert status.returncode == 0, status.stdout + status.stderr
+
+
+def test_a_host_key_changed_under_a_shared_master_is_seen_by_the_next_status(
+        fleet: Fleet, control_dir: str) -> None:
+    """``fleet status`` shares SSH masters between runs; a node whose host key changes
+    meanwhile is down on the next status (naming the key it offers now), not ``ok`` over the
+    master opened before, and that master is closed."""
+    env = {"FLEET_SSH_CONTROL_DIR": control_dir}
+    host = yaml.safe_load(fleet.registry.read_text())["wizards"]["allegro"]["host"]
+
+    def ssh_of(done: subprocess.CompletedProcess[str]) -> dict[str, str]:
+        return {entry["agent"]: entry["ssh"] for entry in json.loads(done.stdout)["agents"]}
+
+    first = fleet.run("status", "--json", extra_env=env)  # opens the shared masters
+    assert ssh_of(first)["allegro"] == "ok", first.stdout + first.stderr
+    masters = set(Path(control_dir).iterdir())
+    assert len(masters) == len(AGENTS)
+    fleet.ssh("allegro", "mkdir -p /root/hostkeys && cp -a /etc/ssh/ssh_host_* /root/hostkeys/ "
+                         "&& rm -f /etc/ssh/ssh_host_* && ssh-keygen -A && systemctl restart ssh")
+    try:
+        new = fleet.ssh("allegro", "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub").split()[1]
+        second = fleet.run("status", "--json", extra_env=env)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert ssh_of(second)["allegro"] == (
+            f"host key of {host} is changed (it now offers ssh-ed25519 {new}): refused; After "
+            "checking the fingerprint against the server's own (`ssh-keygen -lf "
+            "/etc/ssh/ssh_host_ed25519_key.pub` on its console), trust it with "
+            "`fleet hosts scan allegro`.")
+        assert {agent: state for agent, state in ssh_of(second).items()
+                if agent != "allegro"} == {agent: "ok" for agent in AGENTS if agent != "allegro"}
+        assert len(set(Path(control_dir).iterdir())) == len(AGENTS) - 1  # its master closed
+        third = fleet.run("status", "--json", extra_env=env)
+        assert ssh_of(third)["allegro"].startswith(f"host key of {host} is changed")
+    finally:
+        fleet.ssh("allegro", "cp -a /root/hostkeys/ssh_host_* /etc/ssh/ && "
+                             "systemctl restart ssh && rm -rf /root/hostkeys")
+    again = fleet.run("status", "--json", extra_env=env)
+    assert ssh_of(again)["allegro"] == "ok", again.stdout + again.stderr
