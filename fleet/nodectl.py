@@ -154,15 +154,17 @@ POLL_S = 0.2
 
 def runtime_starting(body: dict[str, Any] | None) -> bool:
     """Whether /health shows an agent runtime that has not finished starting yet: no state
-    file, ``starting``, or up for less than its stability window (it gets the whole timeout
+    file, or still the file of the process before the restart (``stopped``, or its process
+    gone), ``starting``, or up for less than its stability window (it gets the whole timeout
     for that, not only ``SETTLE_S``; a runtime that crashes meanwhile is caught by the unit
     watch of :func:`verify`)."""
     runtime = (body or {}).get("runtime") or {}
     if runtime.get("kind") in (None, "none"):
         return False
     up = runtime.get("up_s")
-    return runtime.get("state") in (None, "starting") or (
-        isinstance(up, int | float) and up < RUNTIME_STABLE_S)
+    return (runtime.get("state") in (None, "starting", "stopped")
+            or runtime.get("alive") is False
+            or (isinstance(up, int | float) and up < RUNTIME_STABLE_S))
 
 
 def wait_healthy(port: int, expect: dict[str, str], timeout: float, roundtrip: bool = False,
@@ -185,8 +187,9 @@ def wait_healthy(port: int, expect: dict[str, str], timeout: float, roundtrip: b
         status, body = get_health(port, roundtrip=roundtrip)
         problems = health_problems(status, body, expect)
         now = monotonic()
-        if body is not None and body.get("release") == expect.get("release") \
-                and not runtime_starting(body):
+        if runtime_starting(body):
+            running_since = None  # the settling time counts from a started runtime
+        elif body is not None and body.get("release") == expect.get("release"):
             running_since = running_since or now
         settled = running_since is not None and now - running_since >= SETTLE_S
         if not problems or now >= deadline or settled:

@@ -47,6 +47,9 @@ def runtime_report(agent: Agent, state_dir: str, release: str, live: bool,
                                           alive=process_alive)
     if state is not None:
         report.update({key: state.get(key) for key in REPORTED})
+        pid = state.get("pid")
+        if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
+            report["alive"] = process_alive(pid, 0.0)
         started = state.get("started")
         if isinstance(started, int | float) and not isinstance(started, bool):
             report["up_s"] = round(now - started, 1)
