@@ -4,13 +4,14 @@ fails verify, and the run names the restart; a fleet left alone passes again."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.deploy.conftest import Fleet
+from tests.deploy.conftest import SECRETS, Fleet
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 AGENT = "allegro"
@@ -45,3 +46,94 @@ def test_a_gateway_that_crashes_after_start_fails_verify(fleet: Fleet, tmp_path:
     assert fleet.record(again.stdout)["hosts"][AGENT]["status"] == "ok"
     back = fleet.run("deploy")
     assert back.returncode == 0, back.stdout + back.stderr
+
+
+def edited_registry(fleet: Fleet, tmp_path: Path, config: dict[str, object]) -> Path:
+    """A copy of the lab registry (souls beside it) with ``AGENT``'s config set."""
+    data = yaml.safe_load(fleet.registry.read_text())
+    data["wizards"][AGENT]["config"] = config
+    edited = tmp_path / "registry.yaml"
+    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls", dirs_exist_ok=True)
+    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    return edited
+
+
+def test_a_deploy_that_failed_before_its_restart_is_finished_by_the_next(
+        fleet: Fleet, tmp_path: Path) -> None:
+    """config.json written, then the soul's upload fails: the run names the operation (not
+    'unreachable'), and the next deploy, with nothing left to write, restarts the agent
+    onto what is on disk instead of '0 changed' and a verify that fails for ever."""
+    assert fleet.run("deploy").returncode == 0
+    edited = edited_registry(fleet, tmp_path, {"temperature": 0.3})
+    soul = tmp_path / "souls" / f"{AGENT}.md"
+    original = soul.read_text()
+    soul.write_text(original + "\nA changed line.\n")
+    blocker = f"/etc/fleet/{AGENT}/soul.md.new"
+    fleet.ssh(AGENT, f"mkdir -p {blocker}/x")  # the upload cannot replace a folder
+    try:
+        failed = fleet.run("deploy", "--limit", AGENT, registry=edited)
+    finally:
+        fleet.ssh(AGENT, f"rm -rf {blocker}")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    entry = fleet.record(failed.stdout)["hosts"][AGENT]
+    assert entry["reason"].startswith("operation failed: Soul | Agent soul"), entry
+    assert "Release | Agent config.json" in entry["changed"] and not entry["restarted"]
+    soul.write_text(original)  # only the config is new now, and it is already on the node
+    again = fleet.run("deploy", "--limit", AGENT, registry=edited)
+    assert again.returncode == 0, again.stdout + again.stderr
+    entry = fleet.record(again.stdout)["hosts"][AGENT]
+    assert (entry["status"], entry["restarted"]) == ("ok", True), entry
+    assert fleet.run("deploy").returncode == 0
+
+
+def test_a_failed_restart_is_named_not_called_unreachable(fleet: Fleet, tmp_path: Path) -> None:
+    edited = edited_registry(fleet, tmp_path, {"temperature": 0.4})
+    fleet.ssh(AGENT, f"mkdir -p $(dirname {DROP_IN}) && printf "
+              f"'[Service]\\nExecStartPre=/bin/false\\n' > {DROP_IN} && systemctl daemon-reload")
+    try:
+        failed = fleet.run("deploy", "--limit", AGENT, registry=edited)
+    finally:
+        fleet.ssh(AGENT, f"rm -f {DROP_IN} && systemctl daemon-reload")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    entry = fleet.record(failed.stdout)["hosts"][AGENT]
+    assert entry["reason"].startswith(
+        "operation failed: Services | Agent service restarted"), entry
+    assert "unreachable" not in entry["reason"]
+    assert fleet.run("deploy").returncode == 0
+
+
+def test_a_runtime_unit_the_registry_dropped_is_removed(fleet: Fleet) -> None:
+    runtime = f"fleet-runtime-{AGENT}.service"
+    fleet.ssh(AGENT, f"printf '[Unit]\\nPartOf={UNIT}\\n[Service]\\nExecStart=/bin/false\\n"
+                     f"Restart=always\\n[Install]\\nWantedBy={UNIT}\\n' > "
+                     f"/etc/systemd/system/{runtime} && mkdir -p /etc/fleet/{AGENT}/ship && "
+                     f"systemctl daemon-reload && systemctl enable --now {runtime}")
+    done = fleet.run("deploy", "--limit", AGENT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert fleet.ssh(AGENT, f"ls /etc/systemd/system /etc/fleet/{AGENT}; "
+                            f"systemctl is-enabled {runtime} || true").split().count(
+        runtime) == 0
+    entry = fleet.record(done.stdout)["hosts"][AGENT]
+    assert "Services | Runtime unit file removed" in entry["changed"]
+
+
+def test_a_bad_secret_is_undone_by_the_rollback(fleet: Fleet, tmp_path: Path) -> None:
+    """A secrets file value that keeps the agent from starting: verify fails, the rollback
+    restores the environment it replaced (root's, 0600), and the message names the secrets."""
+    assert fleet.run("deploy").returncode == 0
+    data = json.loads(json.dumps(SECRETS))
+    data["agents"][AGENT]["FLEET_BUS_INBOX_QUOTA"] = "not-a-number"
+    bad = tmp_path / "secrets.yaml"
+    bad.write_text(json.dumps(data))
+    bad.chmod(0o600)
+    done = fleet.run("deploy", "--limit", AGENT, extra_env={"FLEET_SECRETS": str(bad)})
+    assert done.returncode == 1, done.stdout + done.stderr
+    entry = fleet.record(done.stdout)["hosts"][AGENT]
+    assert entry["status"] == "rolled_back", entry
+    assert entry["verify"]["rollback"]["env_restored"] is True
+    assert "this deploy changed the agent's environment" in done.stdout
+    assert "and its previous environment, which is healthy" in done.stdout
+    env = f"/etc/fleet/{AGENT}/env"
+    assert fleet.ssh(AGENT, f"stat -c '%a %U %G' {env}").split() == ["600", "root", "root"]
+    assert "FLEET_BUS_INBOX_QUOTA" not in fleet.ssh(AGENT, f"cat {env}")
+    assert fleet.run("deploy").returncode == 0
