@@ -277,7 +277,7 @@ def test_no_secret_in_any_output_or_record(fleet: Fleet) -> None:
         assert not [text for text in records if value in text]
     for agent in AGENTS:
         env_file = f"/etc/fleet/{agent}/env"
-        assert fleet.ssh(agent, f"stat -c '%a %U' {env_file}").split() == ["600", agent]
+        assert fleet.ssh(agent, f"stat -c '%a %U' {env_file}").split() == ["600", "root"]
         content = fleet.ssh(agent, f"cat {env_file}")
         assert SECRETS["agents"][agent][PRIVATE_KEY_ENV] in content
         others = [env[PRIVATE_KEY_ENV] for name, env in
