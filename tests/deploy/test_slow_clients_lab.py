@@ -76,7 +76,8 @@ def test_health_answers_while_200_signed_long_polls_wait(deployed: Fleet,
                                                          tmp_path: Path) -> None:
     registry = load_registry(deployed.registry)
     agent = registry.get(AGENT)
-    key = signing_key(OPERATOR, SECRETS["identities"][OPERATOR][PRIVATE_KEY_ENV])
+    identities: dict[str, dict[str, str]] = SECRETS["identities"]  # type: ignore[assignment]
+    key = signing_key(OPERATOR, identities[OPERATOR][PRIVATE_KEY_ENV])
     answered: list[float] = []
     lock = threading.Lock()
 
