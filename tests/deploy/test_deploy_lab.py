@@ -7,6 +7,7 @@ everything that happened (state dir untouched, secrets never printed).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -15,6 +16,7 @@ import subprocess
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -266,6 +268,21 @@ def test_dry_diff_shows_file_diffs_with_secrets_masked(fleet: Fleet, tmp_path: P
     assert "Will modify /etc/fleet/allegro/env" in output
     assert "OPENROUTER_API_KEY=*** (changed)" in output
     assert "rotated" not in output
+
+    secret = SECRETS["fleet"]["OPENROUTER_API_KEY"]  # a secret sitting in `config:`
+    forms = [secret, base64.b64encode(secret.encode()).decode(), quote(secret, safe="")]
+    data = yaml.safe_load(fleet.registry.read_text())
+    data["wizards"]["allegro"]["config"] = {f"k{i}": form for i, form in enumerate(forms)}
+    edited = tmp_path / "registry.yaml"
+    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls")
+    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    done = fleet.pyinfra("inventory.py", "deploy.py", "--dry", "--diff", "--limit", "allegro",
+                         extra_env={"FLEET_REGISTRY": str(edited)})
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "Will modify /etc/fleet/allegro/config.json" in output
+    assert '"k0": "***"' in output
+    assert not [form for form in forms if form in output]
 
 
 def test_no_secret_in_any_output_or_record(fleet: Fleet) -> None:
