@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify
 from fleet import __version__
 from fleet.webhook.api import MAX_LIMIT, MAX_RUN_ID
 from fleet.webhook.hooks import DELIVERY_RE, EVENT_RE
+from fleet.webhook.push import REF_PATTERN, SHA_PATTERN
 from fleet.webhook.queue import STATUSES
 
 bp = Blueprint("openapi", __name__)
@@ -68,6 +69,22 @@ HOOK_RESPONSES: dict[str, Any] = {
     "415": _error("Content-Type is not application/json"),
 }
 FORGE_NAMES = {"gitea": "Gitea", "github": "GitHub", "gitlab": "GitLab"}
+SHA: dict[str, Any] = {"type": "string", "pattern": SHA_PATTERN}
+PUSH_FIELDS: dict[str, Any] = {
+    "ref": {"type": "string", "pattern": REF_PATTERN, "description": "e.g. refs/tags/PROD"},
+    "after": {**SHA, "description": "the commit pushed (all zeros: the tag was deleted)"},
+    "before": {"type": ["string", "null"], "pattern": SHA_PATTERN}}
+# the fields a push event is read from; other events (ping, issues...) are answered 202 ignored
+PUSH_BODIES: dict[str, Any] = {
+    forge: {"type": "object", "description": "the forge's push payload",
+            "required": ["ref", "after"], "properties": PUSH_FIELDS}
+    for forge in ("gitea", "github")}
+PUSH_BODIES["gitlab"] = {
+    "type": "object", "required": ["ref", "after"], "description": "GitLab's push payload",
+    "properties": {**PUSH_FIELDS, "checkout_sha": {
+        "type": ["string", "null"], "pattern": r"^(?:[0-9a-f]{40}|[0-9a-f]{64})?$",
+        "description": "the commit a tag points at (preferred over after; null or empty "
+                       "when the tag was deleted)"}}}
 
 
 def _hook(forge: str) -> dict[str, Any]:
@@ -77,7 +94,7 @@ def _hook(forge: str) -> dict[str, Any]:
                    "deploy tag",
         "parameters": HOOK_HEADERS[forge],
         "requestBody": {"required": True, "content": {"application/json": {
-            "schema": {"type": "object", "description": "the forge's push payload"}}}},
+            "schema": PUSH_BODIES[forge]}}},
         "responses": HOOK_RESPONSES}}
 
 

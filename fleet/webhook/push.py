@@ -16,8 +16,13 @@ from fleet import strictjson
 
 # used with fullmatch: ``$`` would also match before a trailing newline
 SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-# what git check-ref-format refuses anywhere in a ref: control characters, space, ~^:?*[\
-REF_RE = re.compile(r"refs/[^\x00-\x20\x7f~^:?*\[\\]+")
+SHA_PATTERN = r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$"
+# git check-ref-format's rules: no control characters, space, ~^:?*[\ anywhere; no "..",
+# "@{", "//" or "/."; not ending in "/", "." or ".lock". The webhook's OpenAPI document
+# publishes this same pattern for a push's ``ref``.
+REF_PATTERN = (r"^(?!.*\.\.)(?!.*@\{)(?!.*//)(?!.*/\.)(?!.*(?:/|\.|\.lock)$)"
+               r"refs/[^\x00-\x20\x7f~^:?*\[\\]+$")
+REF_RE = re.compile(REF_PATTERN)
 TAG_PREFIX = "refs/tags/"
 SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
 
@@ -85,7 +90,8 @@ def parse_push(forge: str, delivery_id: str, event: str, payload: Any) -> Push:
     if not isinstance(ref, str) or not valid_ref(ref):
         raise PayloadError(f"field 'ref' is {ref!r}, expected a ref like 'refs/tags/NAME'")
     if forge == "gitlab":
-        sha = payload.get("checkout_sha") or payload.get("after")
+        checkout = payload.get("checkout_sha")  # null or "" on a tag deletion: use after
+        sha = payload.get("after") if checkout is None or checkout == "" else checkout
         pusher = payload.get("user_username") or payload.get("user_name")
         repository = _get(payload, "project", "path_with_namespace")
     else:
@@ -121,8 +127,7 @@ def ignore_reason(push: Push, pattern: str) -> str | None:
 
 def valid_ref(ref: str) -> bool:
     """True when ``ref`` is a well-formed ``refs/...`` name (git check-ref-format's rules)."""
-    return (REF_RE.fullmatch(ref) is not None and ".." not in ref and "@{" not in ref
-            and "//" not in ref and "/." not in ref and not ref.endswith(("/", ".", ".lock")))
+    return REF_RE.fullmatch(ref) is not None
 
 
 def tag_matches(tag: str, pattern: str) -> bool:

@@ -75,11 +75,11 @@ def test_an_idle_runtime_checks_its_model_and_health_follows(
 def test_no_model_checks_when_they_are_off(
         fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider) -> None:
     registry, gateways = fleet_pair
-    clock = [0.0]
+    clock = [time.monotonic()]  # not before the runtime saw its model (built on monotonic)
     runtime = runtime_of(registry, gateways["bezalel"].state, provider, model_check_s=0.0,
                          clock=lambda: clock[0])
     runtime.status["state"] = "ready"
-    clock[0] = 10_000.0
+    clock[0] += 10_000.0
     assert runtime.check_due() is False
     runtime.model_check_s = 60.0
     assert runtime.check_due() is True
