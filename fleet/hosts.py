@@ -14,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import subprocess
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ SSH_CONFIG_ENV = "FLEET_SSH_CONFIG"
 """An ssh_config file every connection reads (a ProxyJump bastion, say); host keys stay
 pinned to the registry's known_hosts."""
 KEY_TYPES = "ed25519,ecdsa,rsa"
+KEY_BLOB_RE = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 SCAN_TIMEOUT_S = 5
 TRUST_HINT = ("After checking the fingerprint against the server's own (`ssh-keygen -lf "
               "/etc/ssh/ssh_host_ed25519_key.pub` on its console), trust it with "
@@ -269,65 +271,25 @@ def ssh_settings(agent: Agent, registry: Registry) -> SshSettings:
                        config_file=os.environ.get(SSH_CONFIG_ENV) or None)
 
 
-def keyscan_all(agents: Sequence[Agent], key_types: Iterable[str],
-                timeout: float = SCAN_TIMEOUT_S) -> dict[str, dict[str, str]]:
-    """The host keys each agent's host offers now, ``{agent: {key type: key}}``, asked with
-    one ``ssh-keyscan`` process per SSH port (it scans its hosts in parallel). A host that
-    does not answer is left out."""
-    by_port: dict[int, list[Agent]] = {}
-    for agent in agents:
-        by_port.setdefault(agent.ssh_port, []).append(agent)
-    types = ",".join(sorted(set(key_types))) or KEY_TYPES
-    processes = []
-    for port, group in by_port.items():
-        command = ["ssh-keyscan", "-T", str(max(1, int(timeout))), "-p", str(port), "-t", types,
-                   *sorted({agent.host for agent in group})]
-        try:
-            processes.append((group, subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                stdin=subprocess.DEVNULL, text=True)))
-        except FileNotFoundError:
-            raise HostKeyError("the `ssh-keyscan` command is not installed",
-                               hint="Install it: apt-get install openssh-client") from None
-    offered: dict[str, dict[str, str]] = {}
-    for group, process in processes:
-        try:
-            output, _ = process.communicate(timeout=timeout + 5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-        by_host: dict[str, dict[str, str]] = {}
-        for fields in (line.split() for line in output.splitlines()):
-            if len(fields) >= 3 and not fields[0].startswith("#"):
-                host = fields[0].split(",")[0]
-                if host.startswith("["):  # [host]:port
-                    host = host[1:].rsplit("]", 1)[0]
-                by_host.setdefault(host, {})[fields[1]] = fields[2]
-        for agent in group:
-            if agent.host in by_host:
-                offered[agent.name] = by_host[agent.host]
-    return offered
+def changed_host_key(agent: Agent, pinned: Sequence[HostKey],
+                     offered: str) -> HostKey | None:
+    """The key ``agent``'s host offers that differs from the one ``pinned`` holds for its
+    type (or, sharing no type with them, the first it offers), else ``None``.
 
-
-def changed_host_keys(path: Path, agents: Sequence[Agent],
-                      timeout: float = SCAN_TIMEOUT_S) -> dict[str, HostKey]:
-    """The agents whose host now offers a key that differs from the one ``path`` pins for
-    its type (or none of the pinned types), with the key it offers: a changed host key,
-    seen even while an SSH master connection opened before the change is still shared.
-    Hosts that do not answer are not judged here (their SSH probe says why)."""
-    pinned = {agent.name: {key.key_type: key.key for key in keys_of(path, agent)}
-              for agent in agents}
-    types = {key_type for keys in pinned.values() for key_type in keys}
-    offered = keyscan_all([agent for agent in agents if pinned[agent.name]], types, timeout)
-    changed = {}
-    for agent in agents:
-        now, known = offered.get(agent.name), pinned[agent.name]
-        if now is None or not known:
-            continue
-        common = set(now) & set(known)
-        differing = (sorted(key_type for key_type in common if now[key_type] != known[key_type])
-                     if common else sorted(now))
-        if differing:
-            changed[agent.name] = HostKey(agent.name, host_pattern(agent), differing[0],
-                                          now[differing[0]], "changed")
-    return changed
+    ``offered`` is the text of the host's ``/etc/ssh/ssh_host_*_key.pub`` files, read over
+    the SSH connection itself: sshd loads those keys for every new connection, so a key
+    regenerated while a shared master stays open is seen by the next probe at no extra
+    connection. Nothing offered (or nothing pinned) is not judged here."""
+    now: dict[str, str] = {}
+    for fields in (line.split() for line in offered.splitlines()):
+        if len(fields) >= 2 and KEY_BLOB_RE.fullmatch(fields[1]):
+            now.setdefault(fields[0], fields[1])
+    known = {key.key_type: key.key for key in pinned}
+    if not now or not known:
+        return None
+    common = set(now) & set(known)
+    differing = (sorted(key_type for key_type in common if now[key_type] != known[key_type])
+                 if common else sorted(now))
+    if not differing:
+        return None
+    return HostKey(agent.name, host_pattern(agent), differing[0], now[differing[0]], "changed")

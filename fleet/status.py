@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,8 +22,10 @@ import requests
 from fleet.errors import StatusError
 from fleet.hosts import (
     TRUST_HINT,
-    changed_host_keys,
+    HostKey,
+    changed_host_key,
     host_pattern,
+    keys_of,
     require_known_hosts,
     ssh_settings,
     unknown_agents,
@@ -99,9 +102,18 @@ def close_master(agent: Agent, registry: Registry, timeout: float) -> None:
                    timeout=timeout + 1, stdin=subprocess.DEVNULL, check=False)
 
 
-def probe_ssh(agent: Agent, registry: Registry, timeout: float) -> tuple[str, str | None]:
-    """Log in and ask systemd for the system state; ``(ok | reason, state)``."""
-    command = [*ssh_command(agent, registry, timeout), "systemctl is-system-running || true"]
+HOST_KEYS_MARK = "--- host keys ---"
+# the system state, then the host keys sshd serves to new connections (public halves)
+PROBE_SCRIPT = (f"systemctl is-system-running || true; echo '{HOST_KEYS_MARK}'; "
+                "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null || true")
+
+
+def probe_ssh(agent: Agent, registry: Registry, timeout: float,
+              pinned: Sequence[HostKey] = ()) -> tuple[str, str | None]:
+    """Log in, ask systemd for the system state and read the host keys the node serves;
+    ``(ok | reason, state)``. A key that differs from ``pinned`` is refused and the shared
+    master closed, even when that master was opened before the key changed."""
+    command = [*ssh_command(agent, registry, timeout), PROBE_SCRIPT]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 1,
                               stdin=subprocess.DEVNULL, check=False)
@@ -113,7 +125,13 @@ def probe_ssh(agent: Agent, registry: Registry, timeout: float) -> tuple[str, st
             return host_key_reason(agent, "changed" if changed else "unknown"), None
         reason = (done.stderr.strip().splitlines() or [f"ssh exited {done.returncode}"])[-1]
         return reason, None
-    return OK, done.stdout.strip() or None
+    state, _, offered = done.stdout.partition(HOST_KEYS_MARK)
+    key = changed_host_key(agent, pinned, offered)
+    if key is not None:
+        close_master(agent, registry, timeout)
+        return (f"host key of {host_pattern(agent)} is changed (it now offers {key.key_type} "
+                f"{key.fingerprint}): refused; " + TRUST_HINT.format(names=agent.name)), None
+    return OK, state.strip() or None
 
 
 def host_key_reason(agent: Agent, what: str) -> str:
@@ -150,13 +168,14 @@ def probe_health(agent: Agent, timeout: float,
 
 
 def probe_agent(agent: Agent, registry: Registry, timeout: float = DEFAULT_TIMEOUT,
-                known: bool = True, think: bool = False) -> AgentStatus:
-    """Probe one agent over SSH and HTTP at the same time; with ``known`` False (no host key
-    pinned for it) SSH is not tried."""
+                pinned: Sequence[HostKey] | None = (), think: bool = False) -> AgentStatus:
+    """Probe one agent over SSH and HTTP at the same time. ``pinned``: the host keys the
+    fleet pins for it; ``None`` (none pinned) means SSH is not tried."""
     status = AgentStatus(agent=agent.name, role=agent.role, host=agent.host,
                          region=agent.region)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        ssh_future = (pool.submit(probe_ssh, agent, registry, timeout) if known else
+        ssh_future = (pool.submit(probe_ssh, agent, registry, timeout, pinned)
+                      if pinned is not None else
                       pool.submit(lambda: (host_key_reason(agent, "not pinned"), None)))
         health_future = pool.submit(probe_health, agent, timeout, think)
         status.ssh, status.system = ssh_future.result()
@@ -180,23 +199,10 @@ def probe_fleet(registry: Registry, timeout: float = DEFAULT_TIMEOUT,
     pinned = require_known_hosts(registry)
     agents = region_sorted(registry)
     unknown = {agent.name for agent in unknown_agents(pinned, agents)}
-    with ThreadPoolExecutor(max_workers=1) as scanner, \
-            ThreadPoolExecutor(max_workers=max(1, min(64, len(agents)))) as pool:
-        # beside the probes: a changed host key is seen even over a master opened before
-        scan = scanner.submit(changed_host_keys, pinned,
-                              [agent for agent in agents if agent.name not in unknown], timeout)
-        found = list(pool.map(lambda agent: probe_agent(agent, registry, timeout,
-                                                        agent.name not in unknown, think),
-                              agents))
-        changed = scan.result()
-    for agent, status in zip(agents, found, strict=True):
-        if agent.name in changed:
-            close_master(agent, registry, timeout)
-            key = changed[agent.name]
-            status.ssh, status.system = (
-                f"host key of {host_pattern(agent)} is changed (it now offers {key.key_type} "
-                f"{key.fingerprint}): refused; " + TRUST_HINT.format(names=agent.name)), None
-    return found
+    with ThreadPoolExecutor(max_workers=max(1, min(64, len(agents)))) as pool:
+        return list(pool.map(lambda agent: probe_agent(
+            agent, registry, timeout, keys_of(pinned, agent) if agent.name not in unknown
+            else None, think), agents))
 
 
 def region_sorted(registry: Registry) -> list[Agent]:

@@ -1,12 +1,12 @@
 """One SSH settings builder (``fleet.hosts.ssh_settings``) for deploy, status and
-``fleet test``; a changed host key seen by status each run (one ``ssh-keyscan`` for all hosts,
-a stand-in here; a real node's regenerated key in ``tests/deploy/test_hardening_lab.py``);
+``fleet test``; a changed host key seen by status each run (in the keys the node serves,
+read over the probe's own connection; a real node's regenerated key in
+``tests/deploy/test_hardening_lab.py``);
 ``fleet test`` without pytest-testinfra says once what is missing."""
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import shlex
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from fleet import livetest
 from fleet.cli import main
-from fleet.hosts import changed_host_keys
+from fleet.hosts import HostKey, changed_host_key
 from fleet.inventory import host_data
 from fleet.registry import load_registry
 from fleet.status import ssh_command
@@ -44,42 +44,27 @@ def test_deploy_status_and_fleet_test_check_host_keys_alike(
             data["ssh_port"]) == (pinned, "yes", 2222)
 
 
-@pytest.fixture
-def scans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    """A stand-in ``ssh-keyscan`` for many hosts at once: the key in ``keys/<host>``; each
-    call appended to ``calls``."""
-    bin_dir, keys, calls = tmp_path / "bin", tmp_path / "keys", tmp_path / "calls"
-    bin_dir.mkdir()
-    keys.mkdir()
-    script = bin_dir / "ssh-keyscan"
-    script.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nport=22\n'
-                      'while [ $# -gt 0 ]; do case "$1" in -p) port=$2; shift 2;; '
-                      '-T|-t) shift 2;; *) break;; esac; done\n'
-                      f'for host; do [ -f {keys}/$host ] || continue; name=$host; '
-                      '[ "$port" = 22 ] || name="[$host]:$port"; '
-                      f'echo "$name ssh-ed25519 $(cat {keys}/$host)"; done\n')
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    return keys, calls
+OTHER_KEY = "AAAAC3NzaC1lZDI1NTE5AAAAIFZnV2ZkN0ZlQ2hhbmdlZEtleUZvclRlc3RzMDAwMDA"
 
 
-def test_a_changed_host_key_is_found_with_one_scan_per_port(
-        tmp_path: Path, scans: tuple[Path, Path]) -> None:
-    keys, calls = scans
+def test_a_changed_host_key_is_found_in_the_keys_the_node_serves(tmp_path: Path) -> None:
     registry = load_registry(registry_file(tmp_path, "known_hosts"))
-    known = registry.path.parent / "known_hosts"
-    known.write_text(f"192.0.2.10 ssh-ed25519 {KEYS['a']}\n"
-                     f"[192.0.2.11]:2222 ssh-ed25519 {KEYS['b']}\n")
-    (keys / "192.0.2.10").write_text(KEYS["a"])
-    (keys / "192.0.2.11").write_text(KEYS["a"])  # beta's host now offers another key
-    changed = changed_host_keys(known, list(registry), timeout=1)
-    assert list(changed) == ["beta"]
-    assert (changed["beta"].key_type, changed["beta"].fingerprint) == (
-        "ssh-ed25519", fingerprint(KEYS["a"]))
-    assert sorted(calls.read_text().splitlines()) == [
-        "-T 1 -p 22 -t ssh-ed25519 192.0.2.10", "-T 1 -p 2222 -t ssh-ed25519 192.0.2.11"]
-    (keys / "192.0.2.11").unlink()  # no answer: not judged here (the SSH probe says why)
-    assert changed_host_keys(known, list(registry), timeout=1) == {}
+    beta = registry.get("beta")
+    pinned = [HostKey("beta", "[192.0.2.11]:2222", "ssh-ed25519", KEYS["b"]),
+              HostKey("beta", "[192.0.2.11]:2222", "ssh-rsa", KEYS["a"])]
+    served = f"ssh-ed25519 {KEYS['b']} root@beta\necdsa-sha2-nistp256 {OTHER_KEY} root@beta\n"
+    assert changed_host_key(beta, pinned, served) is None
+    changed = changed_host_key(beta, pinned, f"ssh-ed25519 {KEYS['a']} root@beta\n")
+    assert changed is not None
+    assert (changed.agent, changed.pattern, changed.key_type, changed.fingerprint) == (
+        "beta", "[192.0.2.11]:2222", "ssh-ed25519", fingerprint(KEYS["a"]))
+    # sharing no type with the pinned ones: the first type it serves is named
+    other = changed_host_key(beta, pinned[:1], f"ssh-rsa {OTHER_KEY}\n")
+    assert other is not None and (other.key_type, other.key) == ("ssh-rsa", OTHER_KEY)
+    # nothing readable served (no .pub files, garbage) or nothing pinned: not judged here
+    assert changed_host_key(beta, pinned, "") is None
+    assert changed_host_key(beta, pinned, "ssh-ed25519 not;base64\n\x00\n") is None
+    assert changed_host_key(beta, [], served) is None
 
 
 def test_fleet_test_without_testinfra_says_once_what_to_install(
