@@ -6,7 +6,8 @@ gateway's systemd unit) and the settings :class:`FactoryServer` hands to gunicor
 ``fleet ... serve`` commands (:data:`OPTIONS`), so slow or half-open clients are met the same
 way everywhere:
 
-- ``worker_class = "gevent"``: each worker waits for every connection in a greenlet, not a
+- ``worker_class``: gunicorn's gevent worker (:mod:`fleet.http_worker`, which answers the
+  requests gunicorn refuses in JSON): each worker waits for every connection in a greenlet, not a
   thread; a ``gthread`` worker gave each connection a thread as soon as its first bytes came,
   with no deadline for the rest, so 200 clients that never finished their headers held all
   2 x 32 threads and ``/health`` stopped answering;
@@ -19,9 +20,9 @@ way everywhere:
   ``graceful_timeout``: on restart, requests in flight (a long poll: at most the bus's
   ``BUS_MAX_WAIT_MS``, 5 s) get this long;
 - ``limit_request_line``, ``limit_request_fields``, ``limit_request_field_size``: gunicorn's
-  own caps (it answers past them with its HTML error page); :class:`RequestLimits` answers
-  JSON before them, at :data:`MAX_REQUEST_LINE`, :data:`MAX_HEADER_FIELDS` and
-  :data:`MAX_HEADER_FIELD_SIZE`.
+  own caps, where it stops reading (the worker answers past them in JSON);
+  :class:`RequestLimits` answers JSON before them, at :data:`MAX_REQUEST_LINE`,
+  :data:`MAX_HEADER_FIELDS` and :data:`MAX_HEADER_FIELD_SIZE`.
 
 The long polls of the bus (``GET /messages?wait_ms=``) have their own per-process limit,
 ``BUS_MAX_LONG_POLLS`` (:mod:`bus.inbox`). Any of these settings can be changed for one
@@ -42,7 +43,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-worker_class = "gevent"
+worker_class = "fleet.http_worker.JsonErrorsWorker"  # gunicorn's gevent worker, JSON refusals
 worker_connections = 500
 keepalive = 5
 timeout = 30
@@ -82,8 +83,8 @@ class RequestLimits:
     sees it: 414 for the request line, 431 for the header fields.
 
     Flask's way to add one: ``app.wsgi_app = RequestLimits(app.wsgi_app)``. gunicorn's own
-    limits sit above these, so the app answers first; only a request past gunicorn's (a
-    request line over 8,190 bytes, say) still gets gunicorn's HTML page.
+    limits sit above these, so the app answers first; a request past gunicorn's (a request
+    line over 8,190 bytes, say) gets the same JSON shape from :mod:`fleet.http_worker`.
     """
 
     def __init__(self, app: WSGIApp, max_line: int = MAX_REQUEST_LINE,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from gunicorn.config import Config
+from gunicorn.workers.ggevent import GeventWorker
 
 from fleet import serving
 
@@ -19,7 +20,7 @@ def test_every_setting_is_one_gunicorn_takes() -> None:
     for name, value in serving.OPTIONS.items():
         config.set(name, value)
         assert config.settings[name].get() == value
-    assert config.worker_class_str == "gevent"
+    assert issubclass(config.worker_class, GeventWorker)
 
 
 def limited_app() -> Flask:
@@ -59,3 +60,4 @@ def test_the_gateway_unit_uses_the_one_setup() -> None:
     unit = (REPO / "fleet/templates/fleet-agent.service.j2").read_text(encoding="utf-8")
     start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     assert "--config python:fleet.serving " in start and "--worker-class" not in start
+

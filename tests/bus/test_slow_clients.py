@@ -206,6 +206,21 @@ BAD_REQUESTS: list[tuple[str, Callable[[str], bytes], int, str]] = [
     ("header field", lambda host: b"GET /health HTTP/1.1\r\nHost: " + host.encode()
      + b"\r\nX-Big: " + b"b" * 5000 + b"\r\n\r\n", 431,
      "header field X-Big is 5007 bytes, over the limit of 4094"),
+    # past gunicorn's own limits, where it stops reading: still JSON, not its HTML page
+    ("request line past gunicorn's", lambda host: b"GET /health?x=" + b"a" * 9000
+     + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\n\r\n", 414,
+     "request line is over 8190 bytes, over the limit of 4094"),
+    ("header fields past gunicorn's", lambda host: b"GET /health HTTP/1.1\r\nHost: "
+     + host.encode() + b"\r\n" + b"".join(b"X-F%d: 1\r\n" % n for n in range(150))
+     + b"\r\n", 431, "request header fields are over the limits (50 fields of at most 4094 "
+     "bytes)"),
+    ("header field past gunicorn's", lambda host: b"GET /health HTTP/1.1\r\nHost: "
+     + host.encode() + b"\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431,
+     "request header fields are over the limits (50 fields of at most 4094 bytes)"),
+    ("malformed request line", lambda host: b"HELLO\r\n\r\n", 400,
+     "malformed HTTP request (InvalidRequestLine)"),
+    ("unknown HTTP version", lambda host: b"GET /health HTTP/9.9\r\nHost: " + host.encode()
+     + b"\r\n\r\n", 400, "malformed HTTP request (InvalidHTTPVersion)"),
 ]
 
 
