@@ -198,6 +198,9 @@ def test_broken_release_is_rolled_back_by_verify(fleet: Fleet) -> None:
     assert (canary["status"], canary["release"]) == ("rolled_back", good)
     assert canary["expected_release"] == f"{good}-broken"
     assert "built broken on purpose" in " ".join(canary["verify"]["problems"])
+    # the record says what the rollback did, not "0 changed, not restarted"
+    assert {f"Rollback | current release switched back to {good}",
+            "Rollback | agent service restarted"} <= set(canary["changed"]), canary
     host = lab_hosts(fleet)["ezra-primary"]
     body = requests.get(f"http://{host}:8646/health", timeout=5).json()
     assert (body["status"], body["release"]) == ("ok", good)
@@ -212,6 +215,8 @@ def test_fleet_rollback_switches_restarts_and_verifies(fleet: Fleet) -> None:
     assert back.returncode == 0, back.stdout + back.stderr
     entry = fleet.record(back.stdout)["hosts"]["ezra-primary"]
     assert (entry["status"], entry["release"]) == ("ok", good)
+    assert entry["restarted"] is True and entry["changed"], entry  # switched and restarted
+    assert "0 changed, not restarted" not in back.stdout
     history = fleet.ssh("ezra-primary", "cat /opt/fleet/history").split()
     assert history[-4:] == [f"{good}-broken", good, f"{good}-broken", good]
 
