@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import resource
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from fleet.tools.run import MAX_OUTPUT, SUPERVISOR
+from fleet.tools.supervise import decode
 from tests.bus.conftest import bezalel_app, signed_headers
 
 REGISTRY = """\
@@ -312,6 +315,26 @@ def test_output_is_bounded_while_it_is_read(client: FlaskClient) -> None:
     assert grown_mib < 30, f"the gateway grew {grown_mib:.0f} MiB reading 100 MiB of output"
     assert status == 200, answer
     assert len(answer["stdout"]) == 64 * 1024 and answer["stdout_bytes"] == 100 * 1024 * 1024
+
+
+def test_the_supervisor_keeps_its_memory_bounded_while_it_reads_100_mib(
+        tmp_path: Path) -> None:
+    """The reading happens in the supervisor process: its own peak memory (``VmHWM`` of its
+    ``/proc`` status, read by the tool once it has written 100 MiB to each output) stays
+    small. (Its ``wait4`` rusage would count the test process it was forked from.)"""
+    peak = tmp_path / "peak"
+    flood = ("head -c 104857600 /dev/zero; head -c 104857600 /dev/zero >&2; "
+             f"grep VmHWM /proc/$PPID/status > {peak}")
+    done = subprocess.run([sys.executable, "-I", "-S", SUPERVISOR, "30", str(MAX_OUTPUT), "--",
+                           "/bin/sh", "-c", flood], stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=60, check=True)
+    decoded = decode(done.stdout)
+    assert (decoded.exit, decoded.stdout_bytes, decoded.stderr_bytes) == (
+        0, 100 * 1024 * 1024, 100 * 1024 * 1024)
+    assert len(decoded.stdout) == MAX_OUTPUT and len(decoded.stderr) == MAX_OUTPUT
+    name, kib, unit = peak.read_text().split()
+    assert (name, unit) == ("VmHWM:", "kB")
+    assert int(kib) < 30 * 1024, f"the supervisor peaked at {kib} KiB reading 200 MiB"
 
 
 def test_a_replayed_call_is_refused_and_runs_once(app: Flask, client: FlaskClient) -> None:
