@@ -15,6 +15,7 @@ it too; ``bus`` keeps its own copy (``bus.outbox.process_tag``), as it imports n
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,16 @@ def start_time(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks since boot); None when it does not exist."""
     fields = _stat_fields(pid)
     return int(fields[19]) if fields is not None and len(fields) > 19 else None
+
+
+def started_unix(pid: int) -> float | None:
+    """When process ``pid`` started, as Unix time (its start ticks after boot, placed with
+    ``CLOCK_BOOTTIME``, which needs no ``/proc/stat``); None when it is gone or hidden."""
+    ticks = start_time(pid)
+    if ticks is None:
+        return None
+    booted = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    return booted + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def alive(pid: int, started: int | None = None) -> bool:

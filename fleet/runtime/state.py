@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from fleet import liveness
 from fleet.atomic import write_atomic
 
 STATE_FILE = "runtime.json"
@@ -41,6 +42,7 @@ STABLE_S = 5.0
 STATES = ("starting", "ready", "waiting_provider", "failed", "stopped")
 MAX_STATE_BYTES = 64 * 1024
 NUMBER_FIELDS = ("heartbeat", "started")
+PID_MAX = 4_194_304  # Linux's largest pid_max
 REPORTED = ("state", "error", "pid", "started", "heartbeat", "release", "last_round_trip",
             "handled", "errors")
 """The fields of the state file ``/health`` shows."""
@@ -74,23 +76,30 @@ def schema_problems(state: Mapping[str, Any]) -> list[str]:
         if not isinstance(value, int | float) or isinstance(value, bool):
             problems.append(f"{name} {value!r} is not a Unix time")
     pid = state.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= PID_MAX:
         problems.append(f"pid {pid!r} is not a process id")
     return problems
 
 
-def process_alive(pid: int, started: float) -> bool:
-    """Whether process ``pid`` (which started at ``started``) still runs: a state file left by
-    a process that has exited, its heartbeat still young, does not count. Signal 0 asks the
-    kernel (EPERM: the process exists); it works inside the gateway's sandbox, where ``/proc``
-    may hide the runtime. A pid reused within the heartbeat's 15 s is not told apart."""
+PID_REUSE_SLACK_S = 1.0
+"""Clock slack when a process's start is compared with a time the runtime was seen alive."""
+
+
+def process_alive(pid: int, seen: float) -> bool:
+    """Whether process ``pid`` is still the runtime that was alive at ``seen`` (Unix time: its
+    last heartbeat): it runs, is no zombie, and did not begin after ``seen`` (a later process
+    that got the same pid is not it). Where ``/proc`` hides the process (another user's, in
+    the gateway's sandbox), signal 0 is all that can be asked (EPERM: it exists)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        pass
-    return True
+        return True
+    if not Path(f"/proc/{pid}").exists():
+        return True  # hidden from this process: signal 0 said it exists
+    began = liveness.started_unix(pid)
+    return liveness.alive(pid) and began is not None and began <= seen + PID_REUSE_SLACK_S
 
 
 def runtime_problems(state: Mapping[str, Any] | None, kind: str, release: str,
@@ -99,7 +108,7 @@ def runtime_problems(state: Mapping[str, Any] | None, kind: str, release: str,
     """Why this runtime state shows an agent that cannot think (empty: it can). ``kind`` is
     the registry's (``builtin`` or ``command``); only the built-in runtime must run
     ``release``, the gateway's. ``alive`` (the gateway gives :func:`process_alive`) checks
-    that the process the file names still runs."""
+    that the process the file names is still the one that wrote its last heartbeat."""
     if state is None:
         return [f"runtime has written no state file ({STATE_FILE} in its state dir): it has "
                 "not started, or it does not keep the runtime contract"]
@@ -115,7 +124,7 @@ def runtime_problems(state: Mapping[str, Any] | None, kind: str, release: str,
         return [f"runtime is not running (last heartbeat {age:.0f} s ago){failed}"]
     if state["state"] in ("failed", "stopped"):
         return [f"runtime is {state['state']}: {state.get('error') or 'no reason given'}"]
-    if alive is not None and not alive(int(state["pid"]), float(state["started"])):
+    if alive is not None and not alive(int(state["pid"]), float(state["heartbeat"])):
         return [f"runtime is not running (its process {state['pid']} has exited; "
                 f"last heartbeat {max(age, 0):.0f} s ago)"]
     if up < STABLE_S:

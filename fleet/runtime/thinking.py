@@ -47,12 +47,12 @@ def runtime_report(agent: Agent, state_dir: str, release: str, live: bool,
                                           alive=process_alive)
     if state is not None:
         report.update({key: state.get(key) for key in REPORTED})
-        pid = state.get("pid")
-        if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0:
-            report["alive"] = process_alive(pid, 0.0)
-        started = state.get("started")
+        pid, started, beat = state.get("pid"), state.get("started"), state.get("heartbeat")
         if isinstance(started, int | float) and not isinstance(started, bool):
             report["up_s"] = round(now - started, 1)
+        if (isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
+                and isinstance(beat, int | float) and not isinstance(beat, bool)):
+            report["alive"] = process_alive(pid, beat)
     if live and agent.provider_url:
         result = live_round_trip(agent)
         report["live_round_trip"] = result

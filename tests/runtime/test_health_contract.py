@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 
+from fleet import liveness
 from fleet import status as status_module
 from fleet.ask import thinks
 from fleet.dashboard.data import Dashboard
@@ -59,6 +60,8 @@ GOOD = {"state": "ready", "heartbeat": NOW - 1, "started": NOW - 60, "pid": 4242
      "stopped"),
     ({"pid": None, "started": "soon"}, "command", "runtime state file runtime.json breaks the "
      "runtime contract: started 'soon' is not a Unix time; pid None is not a process id"),
+    ({"pid": 10**30}, "command", "runtime state file runtime.json breaks the runtime "
+     "contract: pid 1000000000000000000000000000000 is not a process id"),
 ])
 def test_one_judgement_of_the_runtime_state(change: dict[str, Any], kind: str,
                                             expected: str | None) -> None:
@@ -206,3 +209,21 @@ def test_the_gateway_checks_that_the_runtimes_process_still_runs() -> None:
         f"runtime is not running (its process {gone.pid} has exited; last heartbeat 1 s ago)"]
     assert runtime_problems({**GOOD, "pid": os.getpid()}, "command", "r", now=NOW,
                             alive=process_alive) == []
+
+
+def test_a_process_that_got_the_runtimes_pid_later_is_not_the_runtime() -> None:
+    """pid reuse: the state file names a pid that another process, begun after the last
+    heartbeat, holds now."""
+    later = subprocess.Popen(["sleep", "30"])
+    try:
+        began = liveness.started_unix(later.pid)
+        assert began is not None and abs(began - time.time()) < 5
+        assert process_alive(later.pid, began) is True  # the runtime that wrote it
+        assert process_alive(later.pid, began - 60) is False  # its pid, not its process
+        state = {**GOOD, "pid": later.pid, "started": time.time() - 60,
+                 "heartbeat": time.time() - 5}  # fresh, but older than the process
+        assert runtime_problems(state, "command", "r", alive=process_alive)[0].startswith(
+            f"runtime is not running (its process {later.pid} has exited")
+    finally:
+        later.kill()
+        later.wait()
