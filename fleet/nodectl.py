@@ -80,6 +80,16 @@ def previous_release() -> str | None:
     return None
 
 
+def sync_dir(path: Path) -> None:
+    """fsync a folder, so the renames in it are on disk (this script is stdlib only and runs
+    isolated: :mod:`fleet.atomic` is the controller's same rule)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def switch(release: str) -> dict[str, Any]:
     """Point ``current`` at ``release`` (symlink + rename) and append it to the history."""
     if not RELEASE_ID_RE.fullmatch(release):
@@ -94,6 +104,9 @@ def switch(release: str) -> dict[str, Any]:
         temp.rename(CURRENT)
         with HISTORY.open("a") as handle:
             handle.write(release + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        sync_dir(ROOT)  # the switch survives a power cut once it is reported
     return {"release": release, "before": before, "changed": before != release}
 
 
@@ -214,6 +227,7 @@ def restore_env(agent: str | None) -> bool:
     if not previous.is_file():
         return False
     os.replace(previous, ETC / agent / "env")
+    sync_dir(ETC / agent)
     return True
 
 

@@ -5,6 +5,7 @@ command line."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -103,6 +104,23 @@ def test_nodectl_switch_refuses_a_path(node_root: Path) -> None:
     with pytest.raises(SystemExit, match=r"^'\.\./elsewhere' is not a release id"):
         nodectl.switch("../elsewhere")
     assert json.loads(json.dumps(nodectl.switch("111111111111")))["changed"] is True
+
+
+def test_nodectl_switch_and_env_restore_are_synced_to_disk(
+        node_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(nodectl.os, "fsync", lambda fd: (
+        synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd))[-1])
+    nodectl.switch("111111111111")
+    assert synced == [str(node_root / "history"), str(node_root)]
+    monkeypatch.setattr(nodectl, "ETC", node_root / "etc")
+    (node_root / "etc" / "bezalel").mkdir(parents=True)
+    (node_root / "etc" / "bezalel" / "env.previous").write_text('A="1"\n')
+    synced.clear()
+    assert nodectl.restore_env("bezalel") is True
+    assert synced == [str(node_root / "etc" / "bezalel")]
+    assert (node_root / "etc" / "bezalel" / "env").read_text() == 'A="1"\n'
 
 
 def test_nodectl_history_entries_that_are_not_release_ids_are_skipped(node_root: Path) -> None:
