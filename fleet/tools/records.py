@@ -10,6 +10,10 @@ refusal or failure (``error``), exit code and duration.
 
 A call that runs claims ``(caller, call_id)`` first (:func:`claim`): the same pair again is a
 replay and is refused (:class:`ReplayError`), as the bus stores a sender's message id once.
+
+Both tables are bounded: the newest :data:`KEEP_CALLS` calls are kept, and a claimed id for
+:data:`KEEP_IDS_S` seconds (far past the signature window, after which a captured call is
+refused as too old anyway); older rows go every :data:`PRUNE_EVERY` calls.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ STORE = "tools.sqlite3"
 SECRET_NAME = re.compile(r"(?i).*(key|token|secret|password|passwd|credential).*")
 MASK = "***"
 MAX_ERROR = 500
+KEEP_CALLS = 10_000
+"""How many of the newest calls the record keeps."""
+KEEP_IDS_S = 24 * 3600.0
+"""How long a claimed call id refuses its replay (the signature window is 300 s)."""
+PRUNE_EVERY = 100
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS tool_calls (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, caller TEXT,
@@ -115,7 +124,18 @@ def _insert(db: sqlite3.Connection, fields: dict[str, Any]) -> int:
     names = ", ".join(row)
     cursor = db.execute(f"INSERT INTO tool_calls ({names}) VALUES "
                         f"({', '.join(':' + name for name in row)})", row)
-    return int(cursor.lastrowid or 0)
+    seq = int(cursor.lastrowid or 0)
+    if seq % PRUNE_EVERY == 0:
+        prune(db, seq)
+    return seq
+
+
+def prune(db: sqlite3.Connection, newest: int, now: float | None = None) -> None:
+    """Drop the calls older than the newest :data:`KEEP_CALLS` and the claimed ids older than
+    :data:`KEEP_IDS_S` (inside the caller's transaction)."""
+    db.execute("DELETE FROM tool_calls WHERE seq <= ?", (newest - KEEP_CALLS,))
+    db.execute("DELETE FROM call_ids WHERE at < ?",
+               ((time.time() if now is None else now) - KEEP_IDS_S,))
 
 
 def _short(text: str | None) -> str | None:

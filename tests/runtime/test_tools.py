@@ -5,6 +5,7 @@ nothing else runs (a marker file shows what ran)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import sqlite3
@@ -18,6 +19,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from fleet.tools import records
 from fleet.tools.run import MAX_OUTPUT, SUPERVISOR
 from fleet.tools.supervise import decode
 from tests.bus.conftest import bezalel_app, signed_headers
@@ -476,3 +478,21 @@ def test_a_record_an_earlier_release_cut_short_moves_over_and_stays_readable(
     assert (moved["seq"], moved["caller"], moved["args"], moved["outcome"]) == (
         1, "ezra", cut, "refused: bad arguments")
     assert (newest["seq"], newest["args"]) == (2, {"name": "after"})
+
+
+def test_the_record_keeps_the_newest_calls_and_ids_for_a_day(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(records, "KEEP_CALLS", 150)
+    now = time.time()
+    old_claim = records.claim(tmp_path, "ezra", "old-id", "count")
+    monkeypatch.setattr(records.time, "time", lambda: now + records.KEEP_IDS_S + 1)
+    for n in range(2, 201):
+        records.record(tmp_path, "count", caller="ezra", error=f"call {n}")
+    with contextlib.closing(sqlite3.connect(tmp_path / records.STORE)) as db:
+        kept = [seq for (seq,) in db.execute("SELECT seq FROM tool_calls ORDER BY seq")]
+        ids = db.execute("SELECT caller, id FROM call_ids").fetchall()
+    assert old_claim == 1 and kept == list(range(51, 201))  # pruned at call 200
+    assert ids == []  # a day on, the old id may be used again
+    assert records.claim(tmp_path, "ezra", "old-id", "count") == 201
+    with pytest.raises(records.ReplayError):
+        records.claim(tmp_path, "ezra", "old-id", "count")
