@@ -17,7 +17,6 @@ from fleet import lab
 from fleet.lab.node import ssh_base
 from fleet.registry import load_registry
 from fleet.tools import supervise
-from tests.lab_fixtures import fresh_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 UNIT = Path(__file__).resolve().parents[2] / "fleet" / "templates" / "fleet-agent.service.j2"
@@ -35,17 +34,17 @@ def sandbox() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def node(session_lab_name: str) -> Iterator[list[str]]:
-    """ssh to a fresh one-node lab that has the supervisor at :data:`ON_NODE`."""
-    registry = load_registry(fresh_lab(session_lab_name, nodes=1))
+def node(session_lab_name: str, lab_registry: Path) -> Iterator[list[str]]:
+    """ssh to a node of the session lab, with the supervisor at :data:`ON_NODE` (removed
+    afterwards; the lab stays up for the tests after this one)."""
+    agent = next(iter(load_registry(lab_registry)))
+    base = ssh_base(lab.ssh_config(session_lab_name), agent.name)
+    subprocess.run([*base, f"mkdir -p {Path(ON_NODE).parent} && cat > {ON_NODE}"],
+                   input=Path(supervise.__file__).read_bytes(), check=True, timeout=60)
     try:
-        [agent] = list(registry)
-        base = ssh_base(lab.ssh_config(session_lab_name), agent.name)
-        subprocess.run([*base, f"mkdir -p {Path(ON_NODE).parent} && cat > {ON_NODE}"],
-                       input=Path(supervise.__file__).read_bytes(), check=True, timeout=60)
         yield base
     finally:
-        lab.down(session_lab_name)
+        subprocess.run([*base, f"rm -rf {Path(ON_NODE).parent}"], check=False, timeout=60)
 
 
 def test_a_setsid_child_is_killed_at_the_timeout_inside_the_gateway_sandbox(
