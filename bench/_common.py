@@ -1,5 +1,7 @@
-"""Helpers the deploy benchmarks share: a clean clone to deploy from, the ``fleet`` command
-run from it, and child processes timed with their own CPU time and peak memory."""
+"""Helpers the benchmarks share: one percentile; loopback servers (a free port, their bus keys,
+waiting until they answer); for the deploy benchmarks a clean clone to deploy from, the
+``fleet`` command run from it, and child processes timed with their own CPU time and peak
+memory."""
 
 from __future__ import annotations
 
@@ -7,20 +9,66 @@ import json
 import math
 import os
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+import requests
+
+from bus.keys import PRIVATE_KEY_ENV, PUBLIC_KEYS_ENV, format_keyring, keyring_of
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of ``values`` (``fraction`` 0.99: p99)."""
+    """Nearest-rank percentile of ``values`` (``fraction`` 0.99: p99): the smallest value with
+    at least that share of ``values`` at or below it. Every bench reports with this one (the
+    README's ``bench/slow_clients.py`` figures were measured with it)."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on now (the kernel's pick)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def keys_env(keys: Mapping[str, str], agent: str) -> dict[str, str]:
+    """The bus key environment of ``agent``'s gateway: everyone's public keys from ``keys``
+    (agent name to private key) and ``agent``'s own private key."""
+    return {PUBLIC_KEYS_ENV: format_keyring(keyring_of(keys.items())),
+            PRIVATE_KEY_ENV: keys[agent]}
+
+
+def http_answers(url: str, timeout: float) -> bool:
+    """Whether a GET of ``url`` is answered at all (any status) within ``timeout`` seconds."""
+    try:
+        with requests.get(url, timeout=timeout):
+            return True
+    except requests.RequestException:  # not listening yet, or slow on a loaded machine
+        return False
+
+
+def wait_serving(process: subprocess.Popen[bytes], answers: Callable[[], bool],
+                 name: str, log: Path | None = None, timeout: float = 60) -> None:
+    """Return once ``answers()`` is true (asked every 50 ms): the server ``process`` started;
+    :class:`SystemExit` naming ``name`` (and its ``log``) if it exits or ``timeout`` seconds
+    pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{name} did not start" + (f"; see {log}" if log else ""))
+        if answers():
+            return
+        time.sleep(0.05)
 
 
 def cpu_of_children() -> float:

@@ -39,33 +39,20 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import requests
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
-from bus.keys import (
-    PRIVATE_KEY_ENV,
-    PUBLIC_KEYS_ENV,
-    format_keyring,
-    keyring_of,
-    new_private_key,
-    signing_key,
-)
-from bus.signing import sign
+from bench._common import free_port, http_answers, keys_env, percentile, wait_serving  # noqa: E402
+from bus.keys import new_private_key, signing_key  # noqa: E402
+from bus.signing import sign  # noqa: E402
 
 KEYS = {"sender": new_private_key(), "receiver": new_private_key()}  # Ed25519, RFC 9421
 SENDER = signing_key("sender", KEYS["sender"])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def start_gateway(name: str, registry: Path, folder: Path, port: int,
                   workers: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, PUBLIC_KEYS_ENV: format_keyring(keyring_of(KEYS.items())),
-           PRIVATE_KEY_ENV: KEYS[name],
+    env = {**os.environ, **keys_env(KEYS, name),
            "FLEET_BUS_RETRY_MAX": "0.5",  # drain: no long backoff
            "FLEET_BUS_INBOX_QUOTA": "100000000"}  # nothing acknowledges: no quota here
     command = [sys.executable, "-c", "from fleet.cli import main; main()", "--registry",
@@ -75,14 +62,9 @@ def start_gateway(name: str, registry: Path, folder: Path, port: int,
     process = subprocess.Popen(command, env=env, stdout=log, stderr=log,
                                start_new_session=True)
     log.close()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with requests.get(f"http://127.0.0.1:{port}/openapi.json", timeout=1):
-                return process
-        except requests.RequestException:  # not listening yet, or slow on a loaded machine
-            time.sleep(0.05)
-    raise SystemExit(f"{name} did not start; see {folder / name}.log")
+    wait_serving(process, lambda: http_answers(f"http://127.0.0.1:{port}/openapi.json", 1),
+                 name, folder / f"{name}.log")
+    return process
 
 
 def post_signed(connection: http.client.HTTPConnection, path: str, data: dict[str, object],
@@ -234,10 +216,6 @@ def group_cpu_seconds(group: int) -> float:
 def queue_backlog(port: int, count: int, clients: int) -> None:
     """Queue ``count`` messages in the sender's outbox (the recipient is down)."""
     blast(port, outbox_requests(port, "drain", count), clients, 202)
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    return values[min(len(values) - 1, int(fraction * len(values)))]
 
 
 def load() -> str:

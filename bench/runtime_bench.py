@@ -36,6 +36,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._common import percentile  # noqa: E402
 from bus.client import BusClient  # noqa: E402
 from fleet import lab  # noqa: E402
 from fleet.lab.model import base_url  # noqa: E402
@@ -45,11 +46,6 @@ from fleet.secrets import load_secrets  # noqa: E402
 
 LAB = "bench-runtime"
 PROMPT = "Write one line of Python."
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def fleet(*args: str, env: dict[str, str]) -> None:

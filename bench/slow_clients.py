@@ -50,15 +50,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._common import percentile  # noqa: E402
-from bus.keys import (  # noqa: E402
-    PRIVATE_KEY_ENV,
-    PUBLIC_KEYS_ENV,
-    format_keyring,
-    keyring_of,
-    new_private_key,
-    signing_key,
-)
+from bench._common import free_port, keys_env, percentile, wait_serving  # noqa: E402
+from bus.keys import new_private_key, signing_key  # noqa: E402
 from bus.signing import sign  # noqa: E402
 from fleet import serving  # noqa: E402
 
@@ -83,13 +76,6 @@ class Service:
     port: int = 0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def services(tmp: Path, chosen: list[str]) -> list[Service]:
     """The services named in ``chosen``, each with its own port, registry and state."""
     gateway_port, peer_port = free_port(), free_port()
@@ -111,9 +97,8 @@ def services(tmp: Path, chosen: list[str]) -> list[Service]:
                         "fleet.gateway.wsgi:app"],
             {**base, "FLEET_AGENT": AGENT, "FLEET_REGISTRY": str(registry),
              "FLEET_STATE_DIR": str(tmp / "gateway"), "FLEET_CONFIG": str(tmp / "config.json"),
-             "FLEET_SOUL": str(tmp / "soul.md"),
-             PUBLIC_KEYS_ENV: format_keyring(keyring_of(KEYS.items())),
-             PRIVATE_KEY_ENV: KEYS[AGENT]}, "/health", {}, port=gateway_port),
+             "FLEET_SOUL": str(tmp / "soul.md"), **keys_env(KEYS, AGENT)}, "/health", {},
+            port=gateway_port),
         "receiver": Service(
             "receiver", [sys.executable, "-m", "gunicorn", "-c", "python:fleet.webhook.serving",
                          "--workers", "2", "--bind", f"{HOST}:{(port := free_port())}",
@@ -140,13 +125,7 @@ def running(service: Service, log: Path) -> Iterator[Service]:
                                            stdout=out, stderr=out, stdin=subprocess.DEVNULL,
                                            start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if service.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{service.name} did not start; see {log}")
-            if ask(service, 2.0) == 200:
-                break
-            time.sleep(0.05)
+        wait_serving(service.process, lambda: ask(service, 2.0) == 200, service.name, log)
         yield service
     finally:
         os.killpg(service.process.pid, signal.SIGTERM)

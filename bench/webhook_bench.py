@@ -17,10 +17,8 @@ import argparse
 import hashlib
 import hmac
 import json
-import math
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +31,10 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench._common import free_port, http_answers, percentile, wait_serving  # noqa: E402
+
 SECRET, TOKEN = "bench-webhook-secret-0123456789", "bench-read-token-0123456789"
 GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.org"]
 
@@ -46,12 +48,6 @@ def signed(sha: str) -> tuple[bytes, dict[str, str]]:
                   "X-Gitea-Delivery": str(uuid.uuid4()),
                   "X-Gitea-Signature": hmac.new(SECRET.encode(), body,
                                                 hashlib.sha256).hexdigest()}
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def stamp(text: str) -> float:
@@ -75,9 +71,7 @@ def main() -> None:
                    cwd=work, check=True)
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True,
                          text=True, check=True).stdout.strip()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "FLEET_WEBHOOK_SECRET": SECRET, "FLEET_READ_TOKEN": TOKEN,
            "FLEET_REPO_URL": f"file://{bare}", "FLEET_STATE_DIR": str(tmp / "state"),
            "FLEET_HEALTH_CHECK": "off",
@@ -89,13 +83,8 @@ def main() -> None:
         stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                requests.get(f"{url}/openapi.json", timeout=5)
-                break
-            except requests.RequestException:
-                time.sleep(0.05)
+        wait_serving(server, lambda: http_answers(f"{url}/openapi.json", 5), "the receiver",
+                     timeout=30)
         latencies = []
         for _ in range(args.requests):
             body, headers = signed(sha)

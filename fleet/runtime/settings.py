@@ -7,7 +7,7 @@ Imports nothing from :mod:`fleet`: the registry calls it while it is being loade
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,22 +40,37 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+@dataclass(frozen=True)
+class _Rule:
+    """What one ``config:`` key must hold, and how a refusal describes it."""
+
+    accepts: Callable[[Any], bool]  # the type check
+    low: int
+    high: int
+    kind: str  # e.g. "a whole number"
+    meaning: str
+    example: str
+
+
+_RULES = {  # the keys the runtime reads, in the order their problems are listed
+    "max_tokens": _Rule(_whole, 1, MAX_TOKENS_LIMIT, "a whole number",
+                        "the most tokens one answer may take", "256"),
+    "model_check_s": _Rule(_number, 0, MODEL_CHECK_LIMIT_S, "a number of seconds",
+                           "how often an idle runtime checks its model; 0 = never", "60"),
+}
+
+
 def runtime_config_problems(config: Mapping[str, Any]) -> list[str]:
     """Why ``config`` (an agent's ``config:``) cannot drive its runtime; empty when it can.
     Keys the runtime does not read are the agent's own and pass."""
     problems = []
-    if "max_tokens" in config:
-        value = config["max_tokens"]
-        if not _whole(value) or not 1 <= value <= MAX_TOKENS_LIMIT:
-            problems.append(f"max_tokens {value!r} is not a whole number from 1 to "
-                            f"{MAX_TOKENS_LIMIT} (the most tokens one answer may take), "
-                            "e.g. max_tokens: 256")
-    if "model_check_s" in config:
-        value = config["model_check_s"]
-        if not _number(value) or not 0 <= value <= MODEL_CHECK_LIMIT_S:
-            problems.append(f"model_check_s {value!r} is not a number of seconds from 0 to "
-                            f"{MODEL_CHECK_LIMIT_S} (how often an idle runtime checks its "
-                            "model; 0 = never), e.g. model_check_s: 60")
+    for key, rule in _RULES.items():
+        if key not in config:
+            continue
+        value = config[key]
+        if not rule.accepts(value) or not rule.low <= value <= rule.high:
+            problems.append(f"{key} {value!r} is not {rule.kind} from {rule.low} to "
+                            f"{rule.high} ({rule.meaning}), e.g. {key}: {rule.example}")
     return problems
 
 

@@ -32,6 +32,7 @@ import requests
 from bus.keys import PRIVATE_KEY_ENV, PUBLIC_KEYS_ENV
 from fleet import serving
 from tests.bus.conftest import KEYS, PUBLIC, Fleet, Gateway, message, signed_headers
+from tests.slow_clients import assert_dropped_at_header_deadline, half_open
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -98,21 +99,6 @@ def health_answers(gateway: Gateway, times: int = 10) -> list[float]:
     return took
 
 
-@contextlib.contextmanager
-def half_open(gateway: Gateway, count: int) -> Iterator[list[socket.socket]]:
-    """``count`` connections that each sent half a request's headers, closed afterwards."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.create_connection(("127.0.0.1", gateway.agent.gateway_port), timeout=5)
-            sock.sendall(HALF_REQUEST)
-            sockets.append(sock)
-        yield sockets
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 class LongPolls:
     """``count`` signed ``GET /messages?wait_ms=`` held on their own connections."""
 
@@ -152,17 +138,13 @@ class LongPolls:
 
 
 def test_health_answers_while_200_connections_hold_half_a_request(bezalel: Gateway) -> None:
-    with half_open(bezalel, HOLD):
+    with half_open(bezalel.agent.gateway_port, HALF_REQUEST, HOLD):
         assert max(health_answers(bezalel)) < ANSWER_S
 
 
 def test_a_half_sent_request_is_dropped_at_the_header_deadline(bezalel: Gateway) -> None:
-    with half_open(bezalel, 1) as (sock,):
-        sock.settimeout(serving.keepalive + 10)
-        began = time.monotonic()
-        assert sock.recv(1024) == b""  # closed without an answer
-        waited = time.monotonic() - began
-    assert serving.keepalive - 1 <= waited <= serving.keepalive + 5
+    assert_dropped_at_header_deadline(bezalel.agent.gateway_port, HALF_REQUEST,
+                                      serving.keepalive)
 
 
 def test_health_and_sends_answer_while_200_long_polls_wait_and_one_message_wakes_them_all(

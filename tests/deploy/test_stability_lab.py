@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,23 +18,42 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 AGENT = "allegro"
 UNIT = f"fleet-agent-{AGENT}.service"
 DROP_IN = f"/etc/systemd/system/{UNIT}.d/zz-crash.conf"
+REMOVE_DROP_IN = f"rm -f {DROP_IN} && systemctl daemon-reload"
+
+
+def edited_registry(fleet: Fleet, tmp_path: Path, config: dict[str, object]) -> Path:
+    """A copy of the lab registry (souls beside it) with ``AGENT``'s config set."""
+    data = yaml.safe_load(fleet.registry.read_text())
+    data["wizards"][AGENT]["config"] = config
+    edited = tmp_path / "registry.yaml"
+    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls", dirs_exist_ok=True)
+    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    return edited
+
+
+def add_drop_in(setting: str) -> str:
+    """The shell command that gives ``UNIT`` the ``[Service]`` ``setting`` (a drop-in)."""
+    return (f"mkdir -p $(dirname {DROP_IN}) && printf '[Service]\\n{setting}\\n' > {DROP_IN} "
+            "&& systemctl daemon-reload")
+
+
+def deploy_while(fleet: Fleet, registry: Path, set_up: str,
+                 undo: str) -> subprocess.CompletedProcess[str]:
+    """``fleet deploy --limit AGENT`` of ``registry`` while ``set_up`` (a shell command on
+    ``AGENT``'s node) is in effect; ``undo`` runs there afterwards, whatever happened."""
+    fleet.ssh(AGENT, set_up)
+    try:
+        return fleet.run("deploy", "--limit", AGENT, registry=registry)
+    finally:
+        fleet.ssh(AGENT, undo)
 
 
 def test_a_gateway_that_crashes_after_start_fails_verify(fleet: Fleet, tmp_path: Path) -> None:
     done = fleet.run("deploy")
     assert done.returncode == 0, done.stdout + done.stderr
-    data = yaml.safe_load(fleet.registry.read_text())
-    data["wizards"][AGENT]["config"] = {"temperature": 0.7}  # a change that restarts it
-    edited = tmp_path / "registry.yaml"
-    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls")
-    edited.write_text(yaml.safe_dump(data, sort_keys=False))
-    fleet.ssh(AGENT, f"mkdir -p $(dirname {DROP_IN}) && printf "
-              f"'[Service]\\nRuntimeMaxSec=2\\n' > {DROP_IN} && systemctl daemon-reload")
-    try:
-        crashing = fleet.run("deploy", "--limit", AGENT, registry=edited)
-    finally:
-        fleet.ssh(AGENT, f"rm -f {DROP_IN} && systemctl daemon-reload && "
-                  f"systemctl restart {UNIT}")
+    edited = edited_registry(fleet, tmp_path, {"temperature": 0.7})  # a change that restarts it
+    crashing = deploy_while(fleet, edited, add_drop_in("RuntimeMaxSec=2"),
+                            f"{REMOVE_DROP_IN} && systemctl restart {UNIT}")
     assert crashing.returncode == 1, crashing.stdout + crashing.stderr
     entry = fleet.record(crashing.stdout)["hosts"][AGENT]
     assert entry["status"] in ("failed", "rolled_back")
@@ -48,16 +68,6 @@ def test_a_gateway_that_crashes_after_start_fails_verify(fleet: Fleet, tmp_path:
     assert back.returncode == 0, back.stdout + back.stderr
 
 
-def edited_registry(fleet: Fleet, tmp_path: Path, config: dict[str, object]) -> Path:
-    """A copy of the lab registry (souls beside it) with ``AGENT``'s config set."""
-    data = yaml.safe_load(fleet.registry.read_text())
-    data["wizards"][AGENT]["config"] = config
-    edited = tmp_path / "registry.yaml"
-    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls", dirs_exist_ok=True)
-    edited.write_text(yaml.safe_dump(data, sort_keys=False))
-    return edited
-
-
 def test_a_deploy_that_failed_before_its_restart_is_finished_by_the_next(
         fleet: Fleet, tmp_path: Path) -> None:
     """config.json written, then the soul's upload fails: the run names the operation (not
@@ -69,11 +79,8 @@ def test_a_deploy_that_failed_before_its_restart_is_finished_by_the_next(
     original = soul.read_text()
     soul.write_text(original + "\nA changed line.\n")
     blocker = f"/etc/fleet/{AGENT}/soul.md.new"
-    fleet.ssh(AGENT, f"mkdir -p {blocker}/x")  # the upload cannot replace a folder
-    try:
-        failed = fleet.run("deploy", "--limit", AGENT, registry=edited)
-    finally:
-        fleet.ssh(AGENT, f"rm -rf {blocker}")
+    # the upload cannot replace a folder
+    failed = deploy_while(fleet, edited, f"mkdir -p {blocker}/x", f"rm -rf {blocker}")
     assert failed.returncode == 1, failed.stdout + failed.stderr
     entry = fleet.record(failed.stdout)["hosts"][AGENT]
     assert entry["reason"].startswith("operation failed: Soul | Agent soul"), entry
@@ -88,12 +95,8 @@ def test_a_deploy_that_failed_before_its_restart_is_finished_by_the_next(
 
 def test_a_failed_restart_is_named_not_called_unreachable(fleet: Fleet, tmp_path: Path) -> None:
     edited = edited_registry(fleet, tmp_path, {"temperature": 0.4})
-    fleet.ssh(AGENT, f"mkdir -p $(dirname {DROP_IN}) && printf "
-              f"'[Service]\\nExecStartPre=/bin/false\\n' > {DROP_IN} && systemctl daemon-reload")
-    try:
-        failed = fleet.run("deploy", "--limit", AGENT, registry=edited)
-    finally:
-        fleet.ssh(AGENT, f"rm -f {DROP_IN} && systemctl daemon-reload")
+    failed = deploy_while(fleet, edited, add_drop_in("ExecStartPre=/bin/false"),
+                          REMOVE_DROP_IN)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     entry = fleet.record(failed.stdout)["hosts"][AGENT]
     assert entry["reason"].startswith(

@@ -174,15 +174,24 @@ def test_fleet_ask_routes_by_capability_and_prints_the_model_answer(fleet: Fleet
     assert answer["payload"]["tokens"] > 0 and answer["payload"]["text"].strip(), answer
 
 
-def test_operator_runtime_command_is_deployed_and_verified_the_same_way(
-        fleet: Fleet, tmp_path: Path) -> None:
+def operator_runtime_registry(fleet: Fleet, tmp_path: Path, script: str, shipped: str,
+                              *args: str) -> Path:
+    """A copy of the lab registry in ``tmp_path`` (souls beside it) whose worker runs this
+    folder's ``script`` as its operator runtime: shipped as ``shipped``, run as
+    ``python3 shipped args``."""
     data = yaml.safe_load(fleet.registry.read_text())
-    data["wizards"][WORKER]["runtime"] = {"command": ["python3", "agent.py"],
-                                          "ship": ["agent.py"]}
+    data["wizards"][WORKER]["runtime"] = {"command": ["python3", shipped, *args],
+                                          "ship": [shipped]}
     shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls")
-    shutil.copy(Path(__file__).parent / "operator_agent.py", tmp_path / "agent.py")
+    shutil.copy(Path(__file__).parent / script, tmp_path / shipped)
     edited = tmp_path / "registry.yaml"
     edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    return edited
+
+
+def test_operator_runtime_command_is_deployed_and_verified_the_same_way(
+        fleet: Fleet, tmp_path: Path) -> None:
+    edited = operator_runtime_registry(fleet, tmp_path, "operator_agent.py", "agent.py")
     done = fleet.run("deploy", "--limit", WORKER, registry=edited)
     assert done.returncode == 0, done.stdout + done.stderr
     assert fleet.record(done.stdout)["hosts"][WORKER]["status"] == "ok"
@@ -202,13 +211,7 @@ def test_operator_runtime_command_is_deployed_and_verified_the_same_way(
 @pytest.mark.parametrize("mode", ["exit", "exit-after-2s", "silent"])
 def test_operator_runtime_that_does_not_work_fails_verify_and_is_never_ready(
         fleet: Fleet, tmp_path: Path, mode: str) -> None:
-    data = yaml.safe_load(fleet.registry.read_text())
-    data["wizards"][WORKER]["runtime"] = {"command": ["python3", "broken.py", mode],
-                                          "ship": ["broken.py"]}
-    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls")
-    shutil.copy(Path(__file__).parent / "broken_agent.py", tmp_path / "broken.py")
-    edited = tmp_path / "registry.yaml"
-    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    edited = operator_runtime_registry(fleet, tmp_path, "broken_agent.py", "broken.py", mode)
     done = fleet.run("deploy", "--limit", WORKER, registry=edited)
     assert done.returncode == 1, done.stdout + done.stderr
     entry = fleet.record(done.stdout)["hosts"][WORKER]
