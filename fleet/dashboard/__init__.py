@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, current_app, jsonify, render_template
 from flask.typing import ResponseReturnValue
 
 from fleet.dashboard.data import Dashboard, as_json
+from fleet.records import RUN_ID_RE
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates",
                static_folder="static")
@@ -63,8 +64,6 @@ def state() -> ResponseReturnValue:
 def run_record(run_id: str) -> ResponseReturnValue:
     """One run record (secrets were masked when it was written); on the receiver, ``run_id``
     is its own run id, as for the log."""
-    from fleet.records import RUN_ID_RE
-
     source = dashboard()
     if source.records is not None:
         found = source.records(run_id)
@@ -81,8 +80,10 @@ def run_record(run_id: str) -> ResponseReturnValue:
 
 @bp.get("/runs/<run_id>/log")
 def run_log(run_id: str) -> ResponseReturnValue:
-    """A run's masked log (the receiver's runs), as plain text."""
+    """A run's masked log (the receiver's runs), as plain text; elsewhere no run has one."""
     source = dashboard()
+    if source.logs is None and not RUN_ID_RE.fullmatch(run_id):
+        return jsonify({"error": f"run id {run_id!r} is not valid"}), 400
     text = source.logs(run_id) if source.logs is not None else None
     if text is None:
         return jsonify({"error": f"run {run_id!r} has no log here"}), 404

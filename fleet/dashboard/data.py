@@ -108,13 +108,17 @@ class Snapshot:
 
 
 def read_runs(records: Path, limit: int = RUNS_SHOWN) -> list[RunRecord]:
-    """The newest run records, newest first (unreadable files are passed over)."""
+    """The newest run records, newest first (unreadable files, and JSON that is not an
+    object, are passed over)."""
     found: list[RunRecord] = []
     for path in sorted(records.glob("*.json"), reverse=True):
         try:
-            found.append(cast(RunRecord, json.loads(path.read_text())))
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
+        if not isinstance(data, dict):
+            continue
+        found.append(cast(RunRecord, data))
         if len(found) == limit:
             break
     return found

@@ -4,8 +4,6 @@ loopback ports (every agent down), the records it lists, and how it judges an ag
 from __future__ import annotations
 
 import hashlib
-import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,50 +14,6 @@ from fleet.dashboard.data import Dashboard
 from fleet.expected import config_hash
 from fleet.registry import load_registry
 from fleet.status import AgentStatus
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def fleet_dir(tmp_path: Path) -> Path:
-    port, other = closed_port(), closed_port()
-    (tmp_path / "souls").mkdir()
-    for name in ("alpha", "beta"):
-        (tmp_path / "souls" / f"{name}.md").write_text(f"# {name}\n")
-    (tmp_path / "known_hosts").write_text("")  # nothing pinned: every agent is refused
-    (tmp_path / "registry.yaml").write_text(f"""\
-fleet:
-  name: loop
-  known_hosts: known_hosts
-wizards:
-  alpha:
-    host: 127.0.0.1
-    role: orchestrator
-    model: m
-    ssh_port: {port}
-    gateway_port: {port}
-  beta:
-    host: 127.0.0.1
-    role: worker
-    model: m
-    ssh_port: {port}
-    gateway_port: {other}
-""")
-    records = tmp_path / "records"
-    records.mkdir()
-    (records / "20261130T100000Z-aaaaaa.json").write_text(json.dumps({
-        "run_id": "20261130T100000Z-aaaaaa", "kind": "deploy", "status": "ok", "dry": False,
-        "release": "abc123abc123", "hosts": {
-            "alpha": {"status": "ok", "release": "abc123abc123",
-                      "changed": ["Soul | Agent soul (read-only)"]},
-            "beta": {"status": "rolled_back", "release": "0123",
-                     "reason": "verify failed: /health answers 503"}}}))
-    return tmp_path
 
 
 @pytest.fixture
@@ -116,6 +70,37 @@ def test_run_records_are_served_by_valid_id_only(client: FlaskClient) -> None:
         404, {"error": "run 20261130T100000Z-bbbbbb doesn't exist"})
     bad = client.get("/dashboard/runs/..%2Fregistry.json")
     assert bad.status_code in (400, 404)
+    assert client.get("/dashboard/runs/-x.json").status_code == 400
+
+
+def test_runs_have_no_log_here_and_every_error_is_json(client: FlaskClient) -> None:
+    log = client.get("/dashboard/runs/20261130T100000Z-aaaaaa/log")
+    assert (log.status_code, log.get_json()) == (
+        404, {"error": "run '20261130T100000Z-aaaaaa' has no log here"})
+    assert client.get("/dashboard/runs/%C3%A9/log").status_code == 400
+    for path, code in (("/dashboard/static/nothing.css", 404), ("/nothing", 404)):
+        answer = client.get(path)
+        assert (answer.status_code, answer.mimetype) == (code, "application/json")
+    refused = client.post("/dashboard/state.json")
+    assert (refused.status_code, refused.mimetype) == (405, "application/json")
+    assert "GET" in refused.headers["Allow"]
+
+
+def test_the_openapi_document_names_every_route(client: FlaskClient) -> None:
+    app = client.application
+    documented = set(client.get("/openapi.json").get_json()["paths"])
+    routes = {rule.rule.replace("<run_id>", "{run_id}").replace("<path:filename>", "{filename}")
+              for rule in app.url_map.iter_rules()}
+    assert routes == documented
+
+
+def test_a_record_that_is_not_an_object_is_passed_over(fleet_dir: Path) -> None:
+    (fleet_dir / "records" / "20261201T100000Z-bbbbbb.json").write_text("[1, 2]")
+    client = create_app({"REGISTRY_PATH": str(fleet_dir / "registry.yaml"),
+                         "RECORDS_DIR": str(fleet_dir / "records")}).test_client()
+    state = client.get("/dashboard/state.json")
+    assert state.status_code == 200
+    assert [run["run_id"] for run in state.get_json()["runs"]] == ["20261130T100000Z-aaaaaa"]
 
 
 @pytest.mark.parametrize(("status", "state", "soul", "config", "release"), [
