@@ -63,7 +63,7 @@ def test_the_node_serves_the_gateway_with_gevent_workers(deployed: Fleet) -> Non
                          "python3 --version")
     assert "--config python:fleet.serving" in shown and "Python 3.11" in shown
     journal = deployed.ssh(AGENT, f"journalctl -u fleet-agent-{AGENT}.service -b --no-pager")
-    assert "Using worker: gevent" in journal
+    assert "Using worker: fleet.http_worker.JsonErrorsWorker" in journal  # gevent's, JSON errors
 
 
 def test_health_answers_while_200_clients_hold_half_a_request(deployed: Fleet) -> None:
