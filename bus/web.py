@@ -131,6 +131,15 @@ def authenticate(owner_only: bool = False, delegates: tuple[str, ...] = ()) -> s
     return signer
 
 
+def header_signer() -> str | None:
+    """Who signed the headers of a request whose body was refused unread (413), or None when
+    the signature does not verify: for the record of the refusal, never for access."""
+    try:
+        return verify(target(), None, state().keys).name
+    except AuthError:
+        return None
+
+
 def signature_id() -> str:
     """An id for a request that names none, derived from its signature: the very same signed
     request sent again (a replay) gets the same id, a request signed anew another."""

@@ -16,7 +16,8 @@ from fleet.serving import MAX_HEADER_FIELD_SIZE, MAX_HEADER_FIELDS, MAX_REQUEST_
 
 bp = Blueprint("dashboard_openapi", __name__)
 
-ERROR = {"$ref": "#/components/schemas/Error"}
+REF = "#/components/schemas/"
+ERROR = {"$ref": REF + "Error"}
 STRING: dict[str, Any] = {"type": "string"}
 MAYBE_STRING: dict[str, Any] = {"type": ["string", "null"]}
 STRINGS: dict[str, Any] = {"type": "array", "items": STRING}
@@ -112,6 +113,25 @@ RUN_RECORD = {"type": "object", "description": "the run record as `fleet deploy`
     "hosts": {"type": "object", "additionalProperties": {
         "$ref": "#/components/schemas/HostRecord"}}}}
 
+SCHEMAS: dict[str, Any] = {
+    "Error": _object({"error": STRING, "hint": STRING}, optional=("hint",)),
+    "State": STATE, "Agent": AGENT_VIEW, "Run": RUN_VIEW, "HostRun": HOST_RUN,
+    "Check": CHECK_VIEW, "RunRecord": RUN_RECORD, "HostRecord": HOST_RECORD}
+
+
+def schemas(prefix: str) -> dict[str, Any]:
+    """The dashboard's component schemas named ``prefix + name`` (their ``$ref``s too), for
+    another document that serves the same routes (the webhook receiver's)."""
+    def renamed(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: (REF + prefix + item.removeprefix(REF) if key == "$ref"
+                          else renamed(item)) for key, item in value.items()}
+        if isinstance(value, list):
+            return [renamed(item) for item in value]
+        return value
+    return {prefix + name: renamed(schema) for name, schema in SCHEMAS.items()}
+
+
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "Sovereign Fleet dashboard", "version": __version__,
@@ -160,10 +180,7 @@ SPEC: dict[str, Any] = {
             "description": "OpenAPI 3.1 document", "content": {"application/json": {
                 "schema": {"type": "object", "required": ["openapi", "paths"]}}}}}),
     },
-    "components": {"schemas": {
-        "Error": _object({"error": STRING, "hint": STRING}, optional=("hint",)),
-        "State": STATE, "Agent": AGENT_VIEW, "Run": RUN_VIEW, "HostRun": HOST_RUN,
-        "Check": CHECK_VIEW, "RunRecord": RUN_RECORD, "HostRecord": HOST_RECORD}},
+    "components": {"schemas": SCHEMAS},
 }
 
 

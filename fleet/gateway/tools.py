@@ -27,7 +27,7 @@ from bus.db import get_db
 from bus.inbox import pending_request
 from bus.schema import MAX_ID
 from bus.signing import SECURITY
-from bus.web import authenticate, fail, json_body, signature_id
+from bus.web import authenticate, fail, header_signer, json_body, signature_id
 from fleet.gateway import current_agent
 from fleet.registry import NAME_RE
 from fleet.tools import MAX_ARG_CHARS, Tool
@@ -165,13 +165,15 @@ def call_tool(name: str) -> ResponseReturnValue:
 def record_call(response: Response) -> Response:
     """Record every ``POST /tools/NAME``, whatever its answer: a call that ran gets its
     outcome, a refusal its status and error (caller None when the signature did not
-    verify)."""
+    verify; for a body refused unread, 413, the signer of its headers)."""
     if request.endpoint != "tools.call_tool" or request.method != "POST":
         return response
     call: dict[str, Any] = g.pop("tool_call", None) or {
         "tool": (request.view_args or {}).get("name", "")}
     error = response.get_json(silent=True) if response.status_code >= 400 else None
     message = error.get("error") if isinstance(error, dict) else None
+    if response.status_code == 413 and call.get("caller") is None:
+        call["caller"] = header_signer()
     state_dir = current_app.config["STATE_DIR"]
     ended = {"status": response.status_code, "error": message,
              "exit": call.get("exit"), "duration_ms": call.get("duration_ms")}

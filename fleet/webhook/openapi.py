@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from fleet import __version__
+from fleet.dashboard.openapi import schemas as dashboard_schemas
 from fleet.webhook.api import MAX_LIMIT, MAX_RUN_ID
 from fleet.webhook.hooks import DELIVERY_RE, EVENT_RE
 from fleet.webhook.push import REF_PATTERN, SHA_PATTERN
@@ -180,8 +181,7 @@ SPEC: dict[str, Any] = {
                           "401": UNAUTHORIZED}}},
         "/dashboard/state.json": {"get": {
             "summary": "The dashboard's data", "security": READ,
-            "responses": {"200": {"description": "agents, runs, drift checks", "content": {
-                "application/json": {"schema": {"type": "object"}}}},
+            "responses": {"200": _ok("agents, runs, drift checks", "DashboardState"),
                           "401": UNAUTHORIZED}}},
         "/dashboard/runs/{run_id}.json": {"get": {
             "summary": "The fleet run record the deploy of run `run_id` wrote (secrets masked); "
@@ -189,8 +189,7 @@ SPEC: dict[str, Any] = {
             "security": READ,
             "parameters": [{"name": "run_id", "in": "path", "required": True,
                             "schema": RUN_ID}],
-            "responses": {"200": {"description": "the record", "content": {
-                "application/json": {"schema": {"type": "object"}}}},
+            "responses": {"200": _ok("the record", "DashboardRunRecord"),
                           "401": UNAUTHORIZED,
                           "404": _error("no such run, or its deploy wrote no record")}}},
         "/dashboard/runs/{run_id}/log": {"get": {
@@ -255,6 +254,7 @@ SPEC: dict[str, Any] = {
                 "queued": {"type": "integer"},
                 "running": {"type": "array", "items": {"type": "integer"}},
                 "last_run": {"oneOf": [{"$ref": "#/components/schemas/Run"}, {"type": "null"}]}}},
+            **dashboard_schemas("Dashboard"),
         },
     },
 }

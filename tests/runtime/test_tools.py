@@ -387,8 +387,20 @@ def test_unsigned_oversized_and_malformed_calls_are_recorded(client: FlaskClient
     recorded = [(c["caller"], c["tool"], c["outcome"], c["status"], c["args"])
                 for c in calls(client)]
     assert recorded == [("ezra", "touch", "refused", 400, None),
-                        (None, "touch", "refused", 413, None),
+                        ("ezra", "touch", "refused", 413, None),
                         (None, "touch", "refused", 401, None)]
+
+
+def test_an_oversized_call_names_its_signer_only_when_the_headers_verify(
+        client: FlaskClient) -> None:
+    big = json.dumps({"args": {"name": "x" * 300_000}}).encode()
+    forged = signed_headers("ezra", big, path="/tools/touch")
+    forged["Signature"] = forged["Signature"][:-6] + "AAAAA:"
+    undigested = {name: value for name, value in signed_headers(
+        "ezra", big, path="/tools/touch").items() if name != "Content-Digest"}
+    for headers in (forged, undigested):
+        assert client.post("/tools/touch", data=big, headers=headers).status_code == 413
+    assert [c["caller"] for c in calls(client)] == [None, None]
 
 
 def test_an_over_long_argument_is_refused_and_a_command_that_cannot_run_is_an_error(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from fleet.dashboard.openapi import SPEC as DASHBOARD
 from fleet.webhook.openapi import SPEC
 from fleet.webhook.queue import STATUSES
 from tests.webhook.conftest import auth
@@ -84,6 +86,20 @@ def test_every_documented_response_schema_exists() -> None:
     text = str(SPEC)
     for name in re.findall(r"#/components/schemas/(\w+)", text):
         assert name in SPEC["components"]["schemas"]
+
+
+def test_the_dashboard_routes_are_documented_as_the_dashboard_documents_them() -> None:
+    def schema(path: str) -> Any:
+        return SPEC["paths"][path]["get"]["responses"]["200"]["content"]["application/json"][
+            "schema"]
+    ours = SPEC["components"]["schemas"]
+    assert schema("/dashboard/state.json") == {"$ref": "#/components/schemas/DashboardState"}
+    assert schema("/dashboard/runs/{run_id}.json") == {
+        "$ref": "#/components/schemas/DashboardRunRecord"}
+    assert ours["DashboardState"]["required"] == DASHBOARD["components"]["schemas"]["State"][
+        "required"]
+    assert ours["DashboardState"]["properties"]["agents"]["items"] == {
+        "$ref": "#/components/schemas/DashboardAgent"}
 
 
 @pytest.mark.parametrize("forge", ["gitea", "github", "gitlab"])
