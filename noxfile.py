@@ -16,30 +16,33 @@ def install(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole test suite (lab tests need root and the apt packages from scripts/setup)."""
+    """The whole test suite (lab tests need root and the apt packages from scripts/setup): the
+    unit tier in parallel, then the slow and lab tiers."""
     install(session)
     session.run("pytest", *session.posargs)
+    session.run("pytest", "-m", "lab or slow", "-n", "0", *session.posargs)
 
 
 @nox.session
 def unit(session: nox.Session) -> None:
-    """Fast tests only: everything but the lab tests."""
+    """The unit tier (no lab, nothing slow), in parallel: plain ``pytest``."""
     install(session)
-    session.run("pytest", "-m", "not lab", *session.posargs)
+    session.run("pytest", *session.posargs)
 
 
 @nox.session
 def lab(session: nox.Session) -> None:
     """Only the tests that run on real systemd-nspawn lab nodes (root)."""
     install(session)
-    session.run("pytest", "-m", "lab", *session.posargs)
+    session.run("pytest", "-m", "lab", "-n", "0", *session.posargs)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff over the whole tree."""
-    session.install("ruff")
+    """ruff over the whole tree, and the import layers."""
+    install(session)
     session.run("ruff", "check", ".")
+    session.run("lint-imports")
 
 
 @nox.session

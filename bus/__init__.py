@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bus.extension import Bus
-    from bus.send import send
+    from bus.sending import send
 
 __all__ = ["Bus", "send"]
 
@@ -36,8 +36,12 @@ __all__ = ["Bus", "send"]
 def __getattr__(name: str) -> Any:
     """``Bus`` and ``send``, imported when first used: the Flask-free modules
     (:mod:`bus.keys`, :mod:`bus.signing`, the store) load without Flask."""
-    if name in ("Bus", "send"):
-        from bus import extension  # binds ``bus.send`` to the function
+    if name == "Bus":
+        from bus.extension import Bus
 
-        return getattr(extension, name)
+        return Bus
+    if name == "send":
+        from bus.sending import send
+
+        return send
     raise AttributeError(f"module 'bus' has no attribute {name!r}")

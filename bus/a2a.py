@@ -24,7 +24,7 @@ from flask import Blueprint, Flask, abort, jsonify, make_response, request
 from flask.typing import ResponseReturnValue
 
 from bus.db import write
-from bus.inbox import OVER_QUOTA, store
+from bus.inbox_store import OVER_QUOTA, store
 from bus.keys import SigningKey
 from bus.receive import JSON, over_quota
 from bus.schema import a2a_schema

@@ -20,15 +20,14 @@ import os
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, Protocol, Self
 from urllib.parse import urlencode
 
 import requests
 
+from bus.errors import BusError
 from bus.keys import OPERATOR, PRIVATE_KEY_ENV, SigningKey, signing_key
 from bus.signing import sign
-from fleet.errors import BusError
-from fleet.registry import Registry, load_registry
 
 LONG_POLL_S = 0.5
 """How long one inbox read waits for a message: short, so that a gateway restarting during a
@@ -36,6 +35,20 @@ deploy is never held up by a waiting reader for longer than this."""
 LONG_POLL_MAX_S = 5.0  # the gateway's default limit (``BUS_MAX_WAIT_MS``)
 SHORT_POLL_S = 0.05  # the pause between reads of a gateway that cannot long-poll
 LONG_POLL_BUSY_S = 1.0  # the pause a gateway holding its limit of long polls asks (429)
+
+
+class Gateway(Protocol):
+    """An agent's entry in a directory of gateways (a fleet registry's agent)."""
+
+    @property
+    def gateway_url(self) -> str: ...
+
+
+class Directory(Protocol):
+    """Where each agent's gateway is: ``directory.get(agent).gateway_url`` (e.g. the fleet
+    registry; the bus imports nothing of the fleet's)."""
+
+    def get(self, name: str) -> Gateway: ...
 
 
 class GatewayError(BusError):
@@ -70,7 +83,7 @@ class BusClient:
         self.long_poll = True  # False once the gateway turned out not to know ``wait_ms``
 
     @classmethod
-    def for_agent(cls, registry: Registry, agent: str,
+    def for_agent(cls, registry: Directory, agent: str,
                   keys: SigningKey | Mapping[str, str], timeout: float = 10.0) -> BusClient:
         """A client for ``agent``'s gateway from the registry, signing with ``keys``: one
         key (e.g. the operator's), or private key texts by identity name (``agent``'s own,
@@ -90,16 +103,15 @@ class BusClient:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, timeout: float = 10.0) -> BusClient:
         """The client of the agent whose service environment ``env`` is (default:
-        ``os.environ``): ``FLEET_AGENT``, its ``FLEET_BUS_PRIVATE_KEY`` and its gateway from
-        ``FLEET_GATEWAY_URL``, else the ``FLEET_REGISTRY`` file."""
+        ``os.environ``): ``FLEET_AGENT``, its ``FLEET_BUS_PRIVATE_KEY`` and its gateway's
+        ``FLEET_GATEWAY_URL`` (a deployed agent's env file has all three)."""
         env = os.environ if env is None else env
-        agent, key = env.get("FLEET_AGENT", ""), env.get(PRIVATE_KEY_ENV, "")
-        if not agent or not key:
-            raise BusError(f"FLEET_AGENT and {PRIVATE_KEY_ENV} must be set to build a bus "
-                           "client from the environment",
+        names = ("FLEET_AGENT", PRIVATE_KEY_ENV, "FLEET_GATEWAY_URL")
+        agent, key, url = (env.get(name, "") for name in names)
+        if not agent or not key or not url:
+            raise BusError(f"{', '.join(names[:-1])} and {names[-1]} must be set to build a "
+                           "bus client from the environment",
                            hint="Run it in the agent's service environment (its env file).")
-        url = env.get("FLEET_GATEWAY_URL") or load_registry(
-            env.get("FLEET_REGISTRY", "registry.yaml")).get(agent).gateway_url
         return cls(url, agent, signing_key(agent, key), timeout)
 
     def call(self, method: str, path: str, params: Mapping[str, Any] | None = None,

@@ -10,8 +10,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.exceptions import HTTPException
 
-import bus
-import bus.send as sending
+import bus.sending as sending
 from bus import db, inbox, openapi, receive, stats, store, web
 from bus.keys import (
     PublicKey,
@@ -21,7 +20,6 @@ from bus.keys import (
     parse_keyring,
     signing_key,
 )
-from bus.send import send
 from bus.state import Address, BusState
 from bus.watch import InboxWatch
 from bus.worker import DeliveryWorker, Settings
@@ -126,4 +124,3 @@ class Bus:
         return found
 
 
-bus.send = send  # ``bus.send`` is the function, as documented

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from fleet.errors import BusError
+from bus.errors import BusError
 
 PRIVATE_KEY_ENV = "FLEET_BUS_PRIVATE_KEY"
 PUBLIC_KEYS_ENV = "FLEET_BUS_PUBLIC_KEYS"

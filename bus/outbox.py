@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bus.sqlite import immediate
 from bus.store import bump
-from fleet.sqlite import immediate
 
 DELIVERY_MS = "delivery_ms:"  # counter prefix: milliseconds from queued to stored, summed
 DELIVERY_COUNT = "delivery_count:"  # counter prefix: deliveries counted in DELIVERY_MS

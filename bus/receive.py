@@ -25,7 +25,7 @@ from flask.typing import ResponseReturnValue
 
 from bus import cloudevents
 from bus.db import write
-from bus.inbox import OVER_QUOTA, RETRY_AFTER, store
+from bus.inbox_store import OVER_QUOTA, RETRY_AFTER, store
 from bus.schema import MAX_BATCH
 from bus.state import state
 from bus.validate import JSONError, expired, message_problems

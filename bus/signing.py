@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature
 
+from bus.errors import BusError
 from bus.keys import PublicKey, SigningKey
-from fleet.errors import BusError
 
 SIGNATURE_INPUT = "Signature-Input"
 SIGNATURE = "Signature"

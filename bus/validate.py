@@ -12,8 +12,8 @@ import time
 from collections.abc import Collection
 from typing import Any
 
+from bus import strictjson
 from bus.schema import TYPES, message_schema, parse_timestamp, schema_problems
-from fleet import strictjson
 
 __all__ = [
     "MAX_DEPTH",

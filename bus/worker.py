@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from bus import inbox, outbox
+from bus import inbox_store, outbox
 from bus.delivery import EXPIRED, Sender
 from bus.keys import SigningKey
 from bus.state import Address
@@ -40,7 +40,7 @@ from bus.writer import GroupWriter
 
 log = logging.getLogger(__name__)
 PERMANENT = (400, 413, 415)  # the recipient will never accept this message
-RETRY_AFTER_429 = inbox.RETRY_AFTER * 0.5  # jittered like the backoff
+RETRY_AFTER_429 = inbox_store.RETRY_AFTER * 0.5  # jittered like the backoff
 PRUNE_EVERY = 600  # seconds between deletions of old acknowledged messages
 
 
@@ -138,7 +138,7 @@ class DeliveryWorker:
                 try:
                     if prunes and time.monotonic() - pruned > PRUNE_EVERY:
                         before = time.time() - self.settings.retention_days * 86400
-                        self.writer.run(partial(inbox.prune, before=before))
+                        self.writer.run(partial(inbox_store.prune, before=before))
                         pruned = time.monotonic()
                     self._cycle(db, sender, owner)
                 except Exception:  # keep delivering whatever one cycle hit

@@ -16,8 +16,9 @@ from pyinfra import host, logger, state
 from pyinfra.api import BaseStateCallback, FunctionCommand, Host, State, StringCommand, operation
 
 from deploys import lock
-from deploys.context import NODECTL, AgentContext, context_of, phase, secrets
+from deploys.context import NODECTL, AgentContext, context_of, phase
 from deploys.facts import AgentAudit
+from deploys.secret_cache import secrets
 from fleet.masking import Masker
 from fleet.nodectl import fingerprint
 from fleet.records import current_run_id, load_record, now, update_host

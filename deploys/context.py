@@ -14,11 +14,10 @@ from pyinfra.api import deploy
 
 from deploys.lock import LOCK_DIR
 from deploys.ops import UPLOAD_DIR, Outcome
+from deploys.secret_cache import secrets
 from fleet import expected, render
-from fleet.masking import Masker
 from fleet.registry import Agent, Registry, load_registry
 from fleet.release import Release, build_release
-from fleet.secrets import Secrets, load_secrets
 
 OPT = "/opt/fleet"
 RELEASES = f"{OPT}/releases"
@@ -56,19 +55,6 @@ def phase(name: str) -> Callable[[Callable[Concatenate[AgentContext, P], None]],
 def registry_at(path: str) -> Registry:
     """The registry at ``path``, loaded once per process."""
     return load_registry(path)
-
-
-@functools.cache
-def secrets() -> Secrets:
-    """The controller's secrets (``$FLEET_SECRETS``), loaded once per process."""
-    return load_secrets()
-
-
-@functools.cache
-def masker() -> Masker:
-    """Hides every secret value (in every form it travels in) in what the deploy prints,
-    logs or records: plain ``pyinfra`` output included, not only ``fleet``'s."""
-    return Masker(secrets().values())
 
 
 @dataclass

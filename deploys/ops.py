@@ -40,6 +40,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, operation
 from pyinfra.facts.files import FileContents
 
+from deploys.secret_cache import masker
 from fleet.masking import mask_env_pair
 from fleet.records import add_diff, current_run_id
 
@@ -100,8 +101,6 @@ def _show_diff(dest: str, exists: bool, new_text: str,
     """Log a unified diff of ``dest`` when pyinfra runs with ``--diff``, through ``mask``."""
     if not state.config.DIFF or state.is_executing:
         return
-    from deploys.context import masker  # the context imports this module
-
     hide = masker()  # any file may hold a secret (a registry `config:` value, say)
     old = host.get_fact(FileContents, path=dest) if exists else None
     old_text, new_text = mask("".join(f"{line}\n" for line in old or []), new_text)

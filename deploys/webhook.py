@@ -31,7 +31,7 @@ from pyinfra import host, logger
 from pyinfra.api import HiddenValue
 from pyinfra.operations import apt
 
-from deploys.context import OPT, RELEASES, AgentContext, secrets
+from deploys.context import OPT, RELEASES, AgentContext
 from deploys.facts import NodeState
 from deploys.ops import (
     Node,
@@ -44,6 +44,7 @@ from deploys.ops import (
     release_unpacked,
     secret_file,
 )
+from deploys.secret_cache import secrets
 from fleet import render
 from fleet.errors import WebhookError
 from fleet.release import (

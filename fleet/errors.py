@@ -6,6 +6,20 @@ into a single line (``Error: <message>``) followed by ``Hint: <hint>`` when one 
 
 from __future__ import annotations
 
+from bus.errors import BusError
+
+__all__ = [
+    "USER_ERRORS",
+    "BusError",
+    "DeployError",
+    "FleetError",
+    "LabError",
+    "RegistryError",
+    "SecretsError",
+    "StatusError",
+    "WebhookError",
+]
+
 
 class FleetError(Exception):
     """Base of every user-facing error; ``hint`` says what to do about it."""
@@ -48,9 +62,10 @@ class SecretsError(FleetError):
     """The controller-side secrets file is missing, unsafe or invalid."""
 
 
-class BusError(FleetError):
-    """A bus message could not be built, stored or sent."""
-
-
 class WebhookError(FleetError):
     """The webhook receiver is misconfigured."""
+
+
+USER_ERRORS = (FleetError, BusError)
+"""What a caller reports as one line with a hint (a :class:`BusError` comes from ``bus``,
+which stands alone, so it is not a :class:`FleetError`)."""

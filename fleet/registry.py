@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from fleet.errors import RegistryError
+from fleet.runtime_config import runtime_config_problems
 from fleet.tools import Tool
 from fleet.tools.spec import parse_tools
 from fleet.validate import (
@@ -714,7 +715,6 @@ class _AgentFields:
                 self.bad("config", f"{name}: {item!r} is not a finite number (config.json "
                          "holds JSON numbers only)")
                 return {}
-        from fleet.runtime.settings import runtime_config_problems  # fleet.runtime imports us
         for problem in runtime_config_problems(value):
             self.bad("config", problem)
         return dict(value)

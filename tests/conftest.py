@@ -17,6 +17,13 @@ def pytest_configure(config: pytest.Config) -> None:
     track_connections()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Lab tests share one session lab: under pytest-xdist they all run on one worker."""
+    for item in items:
+        if item.get_closest_marker("lab"):
+            item.add_marker(pytest.mark.xdist_group("lab"))
+
+
 @pytest.fixture
 def repo() -> Path:
     """The checkout's root folder."""

@@ -1,7 +1,7 @@
 """The ``fleet`` command line: a thin click layer over the library.
 
-Library errors (:class:`fleet.errors.FleetError`) become one line on stderr plus a hint,
-exit code 1; usage errors keep click's exit code 2.
+Library errors (:data:`fleet.errors.USER_ERRORS`: a ``FleetError`` or the bus's ``BusError``)
+become one line on stderr plus a hint, exit code 1; usage errors keep click's exit code 2.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import click
 
 from fleet import __version__
 from fleet.cli.context import CliContext
-from fleet.errors import FleetError
+from fleet.errors import USER_ERRORS
 
 # Subcommands, imported only when used: ``fleet deploy`` need not import the bus client,
 # Flask or the lab (about 0.7 s of CPU before the deploy starts).
@@ -56,7 +56,7 @@ class FleetGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except FleetError as exc:
+        except USER_ERRORS as exc:
             lines = str(exc).splitlines() or [type(exc).__name__]
             for line in lines:
                 click.echo(f"Error: {line}", err=True)

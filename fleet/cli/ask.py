@@ -8,8 +8,8 @@ import os
 
 import click
 
-from fleet.ask import ask as ask_agent
 from fleet.cli.context import CliContext, pass_cli
+from fleet.runtime.ask import ask as ask_agent
 from fleet.secrets import load_secrets, parse_keyring
 
 LOCAL_KEYS = "FLEET_BUS_KEYS"

@@ -17,10 +17,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask
 
+from bus import Bus, a2a
 from bus.keys import PRIVATE_KEY_ENV, PUBLIC_KEYS_ENV
-from fleet.registry import Agent, Registry, load_registry
+from fleet.gateway import card, health, tools
+from fleet.registry import Registry, load_registry
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -46,24 +48,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 def _register_blueprints(app: Flask) -> None:
     """Mount every part of the gateway; each module owns one blueprint and its init_app."""
-    from bus import Bus, a2a
-    from fleet.gateway import card, health, tools
-
     health.init_app(app)
     card.init_app(app)
     registry: Registry = app.extensions["fleet.registry"]
     Bus(app, agents=registry.agents)  # the bus is an extension; the registry is its fleet
     a2a.init_app(app)  # the A2A binding the agent card advertises, into the bus's inbox
     tools.init_app(app)  # the tool execution API, on agents that declare tools
-
-
-def current_registry() -> Registry:
-    """The registry the running gateway was started with."""
-    registry: Registry = current_app.extensions["fleet.registry"]
-    return registry
-
-
-def current_agent() -> Agent:
-    """The agent this gateway serves."""
-    agent: Agent = current_app.extensions["fleet.agent"]
-    return agent

@@ -9,7 +9,7 @@ from flask.typing import ResponseReturnValue
 
 from bus.a2a import PATH as A2A_PATH
 from bus.signing import SECURITY_SCHEMES
-from fleet.gateway import current_agent, current_registry
+from fleet.gateway.agent import current_agent, current_registry
 from fleet.release import running_release
 
 bp = Blueprint("card", __name__)

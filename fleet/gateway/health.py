@@ -18,7 +18,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from fleet.gateway import current_agent
+from fleet.gateway.agent import current_agent
 from fleet.release import BROKEN_ENV, running_release
 from fleet.runtime.thinking import runtime_report
 

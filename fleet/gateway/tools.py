@@ -24,11 +24,11 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from bus.db import get_db
-from bus.inbox import pending_request
+from bus.inbox_store import pending_request
 from bus.schema import MAX_ID
 from bus.signing import SECURITY
 from bus.web import authenticate, fail, header_signer, json_body, signature_id
-from fleet.gateway import current_agent
+from fleet.gateway.agent import current_agent
 from fleet.registry import NAME_RE
 from fleet.tools import MAX_ARG_CHARS, Tool
 from fleet.tools.records import ReplayError, calls, claim, finish, record

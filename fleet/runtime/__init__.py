@@ -21,13 +21,14 @@ from typing import Any
 
 from bus.client import BusClient
 from bus.keys import PRIVATE_KEY_ENV
-from fleet.errors import FleetError
+from fleet.errors import USER_ERRORS, FleetError
 from fleet.registry import Agent, Registry, load_registry
 from fleet.release import running_release
+from fleet.runtime.ask import ask_as
 from fleet.runtime.loop import Runtime
 from fleet.runtime.provider import Provider
-from fleet.runtime.settings import RuntimeConfigError, runtime_settings
 from fleet.runtime.state import write_state
+from fleet.runtime_config import RuntimeConfigError, runtime_settings
 from fleet.secrets import parse_keyring
 
 ROUTE_TIMEOUT_S = 300.0
@@ -75,8 +76,6 @@ def routed(registry: Registry, agent: str, key: str, capability: str,
            prompt: str) -> dict[str, Any]:
     """Ask a healthy agent with ``capability`` (not ``agent``) as ``agent``, through a client
     of its own (routes run side by side), and return the answer, naming who answered."""
-    from fleet.ask import ask_as  # here: fleet.ask reads the health verdict of this package
-
     with BusClient.for_agent(registry, agent, {agent: key}, timeout=30.0) as client:
         answer = ask_as(client, registry, capability, prompt, timeout=ROUTE_TIMEOUT_S)
     payload = answer.payload if isinstance(answer.payload, dict) else {"text": answer.payload}
@@ -90,7 +89,7 @@ def main() -> int:
     started = time.time()
     try:
         runtime = from_env()
-    except (FleetError, RuntimeConfigError) as exc:
+    except (*USER_ERRORS, RuntimeConfigError) as exc:
         state_dir = os.environ.get("FLEET_STATE_DIR") or ""
         if state_dir:
             write_state(state_dir, {"state": "failed", "error": str(exc)[:500],

@@ -31,8 +31,8 @@ from bus.client import LONG_POLL_S
 from bus.schema import parse_timestamp
 from bus.validate import expired
 from fleet.runtime.provider import Completion, Provider, ProviderError, answered_tokens, round_trip
-from fleet.runtime.settings import RuntimeSettings
 from fleet.runtime.state import write_state
+from fleet.runtime_config import RuntimeSettings
 
 MAX_PROMPT_CHARS = 32_000
 BACKOFF_MAX_S = 30.0

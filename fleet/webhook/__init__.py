@@ -13,9 +13,9 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from fleet.webhook import api, board, db, dispatcher, hooks, openapi
 from fleet.webhook.config import load_settings
-
-MAX_BODY_BYTES = 1024 * 1024
+from fleet.webhook.hooks import MAX_BODY_BYTES
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -29,8 +29,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if app.config.get("SETTINGS") is None:
         app.config["SETTINGS"] = load_settings()
     app.config["SETTINGS"].state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-    from fleet.webhook import api, board, db, dispatcher, hooks, openapi
 
     db.init_app(app)
     app.register_blueprint(hooks.bp)

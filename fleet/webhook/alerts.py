@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bus.client import BusClient
 from bus.keys import PRIVATE_KEY_ENV, RECEIVER, signing_key
-from fleet.errors import FleetError
+from fleet.errors import USER_ERRORS
 from fleet.registry import load_registry
 from fleet.webhook.config import Settings
 
@@ -40,6 +40,6 @@ def drift_alert(settings: Settings, registry_path: Path, kind: str, drifted: lis
             client.send(target, "alert", {
                 "source": SOURCE, "kind": "drift", "state": kind, "hosts": drifted,
                 "check": check_id, "text": text}, id=f"{SOURCE}-drift-check-{check_id}")
-    except (FleetError, OSError) as exc:
+    except (*USER_ERRORS, OSError) as exc:
         return f"not sent: {exc}"
     return "sent"

@@ -17,8 +17,8 @@ from pathlib import Path
 import click
 from flask import Flask, current_app, g
 
+from bus.sqlite import immediate
 from fleet.errors import WebhookError
-from fleet.sqlite import immediate
 
 SCHEMA_VERSION = 4
 V1_COLUMNS = ("id, delivery_id, forge, tag, sha, before_sha, pusher, repository, superseded_by, "

@@ -22,10 +22,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bus.sqlite import immediate
 from fleet.drift import HostDrift, report_from_record
 from fleet.errors import DeployError
 from fleet.masking import Masker
-from fleet.sqlite import immediate
 from fleet.webhook.checkout import checkout, fetch, resolve_tag
 from fleet.webhook.config import Settings
 from fleet.webhook.db import now

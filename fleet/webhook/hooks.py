@@ -25,7 +25,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from fleet.webhook import MAX_BODY_BYTES, dispatcher, signatures
+from fleet.webhook import dispatcher, signatures
 from fleet.webhook.api import clip
 from fleet.webhook.config import Settings
 from fleet.webhook.db import get_db
@@ -33,6 +33,7 @@ from fleet.webhook.push import PayloadError, ignore_reason, parse_push, read_pay
 from fleet.webhook.queue import ReplayError, enqueue, record_ignored
 
 bp = Blueprint("hooks", __name__, url_prefix="/hooks")
+MAX_BODY_BYTES = 1024 * 1024  # a push event is far smaller
 # Header values are matched whole (fullmatch, no strip): a trailing newline, a leading "-"
 # or a control character makes them malformed, and they are never stored.
 EVENT_RE = re.compile(r"[A-Za-z][A-Za-z0-9 _.-]{0,63}")

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from fleet import strictjson
+from bus import strictjson
 
 # used with fullmatch: ``$`` would also match before a trailing newline
 SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")

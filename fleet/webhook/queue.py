@@ -14,7 +14,7 @@ import os
 import sqlite3
 from dataclasses import dataclass
 
-from fleet.sqlite import immediate
+from bus.sqlite import immediate
 from fleet.webhook.db import now
 from fleet.webhook.push import Push
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from bus.sqlite import immediate
 from fleet.errors import DeployError, FleetError
 from fleet.masking import Masker
 from fleet.release import BROKEN_ENV, release_id
 from fleet.secrets import SECRETS_ENV, load_secrets
-from fleet.sqlite import immediate
 from fleet.webhook.checkout import checkout, fetch, is_ancestor, redact, resolve_tag, rev_parse
 from fleet.webhook.config import RECEIVER_SECRETS, Settings
 from fleet.webhook.current import deployed_everywhere, fleet_releases

@@ -261,7 +261,7 @@ def test_clock_skew_at_the_limit_is_accepted() -> None:
 
 
 def test_prune_keeps_unacked_and_recent_messages(db: sqlite3.Connection, store: Path) -> None:
-    from bus.inbox import prune
+    from bus.inbox_store import prune
 
     now = time.time()
     for n, acked in enumerate((None, now - 10 * 86400, now - 3600)):

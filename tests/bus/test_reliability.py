@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from flask.testing import FlaskClient
 
-from bus import inbox, outbox
+from bus import inbox_store, outbox
 from bus.client import BusClient, GatewayError
 from bus.store import connect
 from bus.worker import Settings
@@ -117,7 +117,7 @@ def test_dead_letters_are_kept_until_redriven(store: Path, client: FlaskClient) 
                    ["ezra"])
     (row,) = outbox.claim(db, "1:w:0", 30, 1)
     outbox.finish(db, "1:w:0", [outbox.Outcome(row["seq"], dead_reason="refused")], {}, 0, 0)
-    inbox.prune(db, before=time.time() + 365 * 86400)  # a year later
+    inbox_store.prune(db, before=time.time() + 365 * 86400)  # a year later
     assert rows(store, "SELECT id FROM dead_letters") == [("d-1",)]
     (letter,) = call(client, "GET", "/bus/dead-letters").json["dead_letters"]
     response = call(client, "POST", "/bus/dead-letters/redrive", body={"seqs": [letter["seq"]]})

@@ -210,8 +210,10 @@ def test_client_from_an_agents_environment() -> None:
     with BusClient.from_env(env) as client:
         assert (client.agent, client.base_url) == ("ezra", "http://127.0.0.1:9")
         assert client.key.keyid == private_keys("ezra", KEYS["ezra"])[0].keyid
-    with pytest.raises(BusError, match="FLEET_AGENT and FLEET_BUS_PRIVATE_KEY must be set"):
-        BusClient.from_env({"FLEET_AGENT": "ezra"})
+    for missing in ("FLEET_AGENT", PRIVATE_KEY_ENV, "FLEET_GATEWAY_URL"):
+        with pytest.raises(BusError, match="FLEET_AGENT, FLEET_BUS_PRIVATE_KEY and "
+                                           "FLEET_GATEWAY_URL must be set"):
+            BusClient.from_env({name: value for name, value in env.items() if name != missing})
 
 
 def test_old_shared_hmac_keys_are_refused_with_a_hint(tmp_path: Path) -> None:

@@ -198,7 +198,7 @@ def test_plain_pyinfra_diff_masks_secrets_in_any_file(
 
     from pyinfra.context import ctx_host, ctx_state
 
-    from deploys import context, ops
+    from deploys import ops, secret_cache
     from tests.deploy.test_operations import EMPTY_NODE, FakeHost
 
     secret = "sk-or-test-SECRET/1a2b+3c4d"
@@ -208,8 +208,8 @@ def test_plain_pyinfra_diff_masks_secrets_in_any_file(
     monkeypatch.setenv("FLEET_SECRETS", str(path))
     monkeypatch.setenv("FLEET_RECORDS_DIR", str(tmp_path / "records"))
     monkeypatch.setenv("FLEET_RUN_ID", "masking-test")
-    context.secrets.cache_clear()
-    context.masker.cache_clear()
+    secret_cache.secrets.cache_clear()
+    secret_cache.masker.cache_clear()
     encoded = base64.b64encode(secret.encode()).decode()
     content = json.dumps({"config": {"key": secret, "b64": encoded,
                                      "url": quote_plus(secret), "path": quote(secret)}})
@@ -223,8 +223,8 @@ def test_plain_pyinfra_diff_masks_secrets_in_any_file(
             list(body(dest="/etc/fleet/a/config.json", content=content, user="root",
                       group="a", mode="640", node=node))
     finally:
-        context.secrets.cache_clear()
-        context.masker.cache_clear()
+        secret_cache.secrets.cache_clear()
+        secret_cache.masker.cache_clear()
     shown = "\n".join(record.getMessage() for record in caplog.records)
     assert '"key": "***"' in shown, shown
     for form in (secret, encoded, quote_plus(secret), quote(secret), json.dumps(secret)[1:-1]):

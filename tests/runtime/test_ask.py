@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from bus.client import BusClient
-from fleet.ask import AskError, ask, candidates
 from fleet.registry import load_registry
+from fleet.runtime.ask import AskError, ask, candidates
 from fleet.runtime.loop import Runtime
 from fleet.secrets import format_keyring
 from tests.bus.conftest import Gateway

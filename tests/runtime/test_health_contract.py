@@ -20,9 +20,9 @@ import requests
 
 from fleet import liveness
 from fleet import status as status_module
-from fleet.ask import thinks
 from fleet.dashboard.data import Dashboard
 from fleet.registry import Agent, load_registry
+from fleet.runtime.ask import thinks
 from fleet.runtime.state import (
     STABLE_S,
     STALE_S,

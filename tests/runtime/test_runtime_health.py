@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from bus.client import BusClient
-from fleet.ask import AskError, ask
 from fleet.registry import load_registry
+from fleet.runtime.ask import AskError, ask
 from fleet.runtime.loop import Runtime
 from fleet.runtime.state import STABLE_S
 from tests.bus.conftest import Gateway

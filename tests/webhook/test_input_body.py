@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from fleet.webhook import MAX_BODY_BYTES
+from fleet.webhook.hooks import MAX_BODY_BYTES
 from tests.webhook.conftest import PRODUCTION_WORKERS, Server
 from tests.webhook.forge import gitea_headers, gitea_payload
 

@@ -2,7 +2,7 @@
 with their types when the registry is validated (:func:`runtime_config_problems`), so a bad
 value is refused there, naming the key, instead of crash-looping the runtime on the node.
 
-Imports nothing from :mod:`fleet`: the registry calls it while it is being loaded.
+Imports nothing from :mod:`fleet`: the registry (to validate) and the runtime (to run) read it.
 """
 
 from __future__ import annotations

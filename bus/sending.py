@@ -20,13 +20,13 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from bus.db import write
+from bus.errors import BusError
 from bus.keys import PRIVATE_KEY_ENV, RECEIVER
 from bus.outbox import enqueue
 from bus.schema import send_schema
 from bus.state import state
 from bus.validate import fields_problems
 from bus.web import authenticate, fail, json_body, signature_id
-from fleet.errors import BusError
 
 bp = Blueprint("bus_send", __name__)
 

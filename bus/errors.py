@@ -1,0 +1,19 @@
+"""The bus's typed exception: the library never prints, it raises :class:`BusError`, whose
+``hint`` says what to do (the fleet CLI prints it as one ``Error:`` line and a ``Hint:``)."""
+
+from __future__ import annotations
+
+
+class BusError(Exception):
+    """A bus message could not be built, stored or sent; ``hint`` says what to do."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,0 +1,45 @@
+"""The import layers hold: the contracts in pyproject.toml (``lint-imports``: the bus imports
+nothing of the fleet's, its store layer knows no Flask, no cycles between the modules of a
+package), and no module is part of an import cycle at all, lazy imports (inside functions)
+included: a package's ``__init__`` and its own modules too."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("bus", "fleet", "deploys")
+
+
+@functools.cache
+def graph() -> grimp.ImportGraph:
+    """Every import of our packages (``if TYPE_CHECKING:`` ones left out: they never run)."""
+    return grimp.build_graph(*PACKAGES, exclude_type_checking_imports=True, cache_dir=None)
+
+
+def test_the_import_contracts_hold() -> None:
+    lint = Path(sys.executable).with_name("lint-imports")
+    done = subprocess.run([str(lint), "--no-cache"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "0 broken" in done.stdout
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_module_is_part_of_an_import_cycle(package: str) -> None:
+    found = graph()
+    cycles = []
+    for importer in sorted(found.find_descendants(package) | {package}):
+        for imported in sorted(found.find_modules_directly_imported_by(importer)):
+            if imported.split(".")[0] not in PACKAGES:
+                continue
+            back = found.find_shortest_chain(importer=imported, imported=importer)
+            if back is not None:
+                cycles.append(" -> ".join((importer, *back)))
+    assert cycles == []
