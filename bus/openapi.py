@@ -3,7 +3,8 @@
 Bus request bodies are described by the very schemas the endpoints validate with
 (:mod:`bus.schema`, built for this gateway's registry and agent), so the document and the
 server cannot disagree. Routes other blueprints mount on the same app (health, agent card)
-are listed from the URL map with their view's docstring.
+are listed from the URL map with their view's docstring, and what the view documents itself
+(:data:`OPENAPI_ATTRIBUTE`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from bus.stats import REDRIVE_SCHEMA
 
 bp = Blueprint("bus_openapi", __name__)
 IMPLICIT = ("HEAD", "OPTIONS")
+OPENAPI_ATTRIBUTE = "openapi"
+"""A route of another blueprint may set this attribute on its view: its OpenAPI operation's
+``responses`` and ``parameters`` (default: 200 and the docstring's first line)."""
 BINARY_MODE = ("Also a CloudEvents binary-mode request: ce-specversion, ce-id, ce-source, "
                "ce-type, ce-to and any other attribute as ce-* headers (checked as the "
                "application/cloudevents+json event is), Content-Type as datacontenttype, the "
@@ -117,8 +121,9 @@ def document() -> dict[str, Any]:
             continue
         view = current_app.view_functions[rule.endpoint]
         summary = (view.__doc__ or rule.endpoint).strip().splitlines()[0]
-        paths[path] = {method.lower(): _op(summary, {"200": _json("see the summary")},
-                                           signed=False)
+        own = dict(getattr(view, OPENAPI_ATTRIBUTE, {}))  # what the view documents itself
+        paths[path] = {method.lower(): _op(summary, own.pop("responses", {
+            "200": _json("see the summary")}), signed=False, **own)
                        for method in sorted(rule.methods or ()) if method not in IMPLICIT}
     return {
         "openapi": "3.1.0",

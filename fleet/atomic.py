@@ -58,3 +58,18 @@ def replace_atomic(staged: Path, path: Path) -> None:
     os.replace(staged, path)
     fsync_dir(path.parent)
 
+
+def publish_dir(staged: Path, target: Path) -> bool:
+    """Move ``staged``, a directory built beside ``target`` (a cache: a rootfs, wheels),
+    into place durably: everything written is flushed to disk first (``sync``: the tree may
+    hold thousands of files), then the rename and the parent directory. False, and
+    ``staged`` left to the caller, when ``target`` appeared meanwhile (another build won)."""
+    os.sync()
+    try:
+        os.rename(staged, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+        return False
+    fsync_dir(target.parent)
+    return True

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from fleet.atomic import replace_atomic
+from fleet.atomic import publish_dir, replace_atomic
 from fleet.errors import DeployError
 
 CACHE_ENV = "FLEET_CACHE_DIR"
@@ -177,9 +177,7 @@ def _deps_dir(names: tuple[str, ...] = NODE_REQUIREMENTS) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     (staging / ".complete").write_text("\n".join(pins) + "\n")
-    try:
-        staging.rename(target)
-    except OSError:  # another build finished first
+    if not publish_dir(staging, target):  # another build finished first
         shutil.rmtree(staging, ignore_errors=True)
     return target
 

@@ -19,11 +19,13 @@ def answer_json(handler: BaseHTTPRequestHandler, status: int, data: Any) -> None
 
 
 class LoopbackServer:
-    """A threaded HTTP server on 127.0.0.1 serving ``handler`` until :meth:`close`."""
+    """A threaded HTTP server on 127.0.0.1 (or ``host``: a lab's bridge address) serving
+    ``handler`` until :meth:`close`."""
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-        self.address = f"http://127.0.0.1:{self.server.server_address[1]}"
+    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0,
+                 host: str = "127.0.0.1") -> None:
+        self.server = ThreadingHTTPServer((host, port), handler)
+        self.address = f"http://{host}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 

@@ -18,6 +18,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from bus.openapi import OPENAPI_ATTRIBUTE
 from fleet.gateway.agent import current_agent
 from fleet.release import BROKEN_ENV, running_release
 from fleet.runtime.thinking import runtime_report
@@ -97,3 +98,20 @@ def health() -> ResponseReturnValue:
     model for a live round trip (at most one every few seconds)."""
     report = health_report()
     return jsonify(report), 200 if report["status"] == "ok" else 503
+
+
+_REPORT: dict[str, Any] = {
+    "type": "object", "required": ["status", "agent", "problems", "runtime"],
+    "properties": {"status": {"enum": ["ok", "fail"]}, "agent": {"type": "string"},
+                   "problems": {"type": "array", "items": {"type": "string"}},
+                   "runtime": {"type": "object"}}}
+setattr(health, OPENAPI_ATTRIBUTE, {
+    "parameters": [{"name": "roundtrip", "in": "query", "required": False,
+                    "description": "`1`: also ask the model for a live round trip",
+                    "schema": {"type": "string"}}],
+    "responses": {code: {"description": description, "content": {"application/json": {
+        "schema": {**_REPORT, "properties": {**_REPORT["properties"], "status": {
+            "const": status}}}}}}
+                  for code, status, description in (
+                      ("200", "ok", "every check passed"),
+                      ("503", "fail", "a check failed: `problems` says which"))}})

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fleet.atomic import replace_atomic
+from fleet.atomic import publish_dir, replace_atomic
 from fleet.errors import LabError
 from fleet.lab.commands import Cancelled, run, unmount_all
 from fleet.lab.locks import file_lock
@@ -114,7 +114,7 @@ def ensure_base(progress: Callable[[str], None] = lambda _: None, suite: str = S
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        tmp.rename(base)
+        publish_dir(tmp, base)  # under the lock: nobody else builds it
     return base
 
 

@@ -65,3 +65,20 @@ schema.auth(retry_on=[])(SignInTheMiddleware)
           suppress_health_check=list(HealthCheck))
 def test_bus_api(case: schemathesis.Case) -> None:
     case.call_and_validate()
+
+
+(FOLDER / "soul.md").write_text("# bezalel\n")
+(FOLDER / "config.json").write_text("{}\n")
+HEALTHY = bezalel_app(write_registry(FOLDER), FOLDER / "healthy", SOUL_PATH=str(
+    FOLDER / "soul.md"), CONFIG_PATH=str(FOLDER / "config.json"))  # /health: 200, not 503
+gateway_routes = schemathesis.openapi.from_wsgi("/openapi.json", HEALTHY).include(
+    path_regex="^/(health|\\.well-known)")  # the gateway's own public routes
+
+
+@gateway_routes.parametrize()
+@settings(max_examples=50, derandomize=True, deadline=None,
+          suppress_health_check=list(HealthCheck))
+def test_gateway_routes(case: schemathesis.Case) -> None:
+    """``/health`` (its ``roundtrip`` query too) and the agent card of a healthy agent:
+    documented answers only, none a server error (not even ``/health``'s documented 503)."""
+    case.call_and_validate()

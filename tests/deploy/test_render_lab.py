@@ -1,7 +1,9 @@
 """systemd's own parser on a lab node reads the units :mod:`fleet.render` writes for an agent
 whose registry holds hostile but valid values (quotes, ``%``, ``$``, spaces, backslashes,
 Unicode): ``systemd-analyze verify`` finds nothing, and the loaded unit's ``Environment`` and
-``ExecStart`` (read over D-Bus as JSON: exact strings) are exactly the registry's values."""
+``ExecStart`` (read over D-Bus as JSON: exact strings) are exactly the registry's values. Once
+for a registry written by hand, and as a property test for registries drawn by the unit
+tests' strategy (``tests/registry/test_render.py``)."""
 
 from __future__ import annotations
 
@@ -10,17 +12,21 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, assume, given, settings
 
 from deploys.context import AgentContext
 from deploys.services import runtime_unit_text, unit_text
 from fleet import lab
 from fleet.registry import load_registry, parse_registry
 from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
+from tests.registry.test_render import agents, context, load
 
 pytestmark = [pytest.mark.lab]
+PROGRAMS = ("python3", "/usr/bin/env")  # on the node: systemd-analyze checks they exist
 MODEL = "m \"q\" 'x' %n %% $HOME ${X} \\ \\\\ é 日本 `id`"
 URL = "http://10.0.0.1:8650/v1/%25$HOME'\"\\é"
 COMMAND = ["python3", "-c", "import sys; print(sys.argv)", "a b", "%h %% $USER ${X} $$",
@@ -94,6 +100,50 @@ def test_systemd_reads_hostile_registry_values_exactly(node: tuple[Path, str]) -
         # systemd keeps "$$" in the loaded argv and turns it into "$" when it runs the
         # command; a single "$" would be a variable: none is left
         assert exec_start[0][1] == [arg.replace("$", "$$") for arg in COMMAND]
+        assert ssh(node, f"systemctl show -p ExecStartPre --value {runtime}").strip() == ""
+    finally:
+        ssh(node, "rm -f " + " ".join(f"/etc/systemd/system/{u}" for u in units)
+            + " && systemctl daemon-reload")
+
+
+@settings(max_examples=12, derandomize=True, deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(data=agents())
+def test_systemd_reads_every_accepted_registry_exactly(node: tuple[Path, str],
+                                                       data: dict[str, Any]) -> None:
+    """The property test on the node: registries the validator accepts (drawn by the unit
+    test's strategy: hostile text in every free field) render units that systemd's own
+    parser verifies and loads with exactly the intended environment and command."""
+    if "runtime" in data and data["runtime"]["command"][0] not in PROGRAMS:
+        data = {**data, "runtime": {"command": ["python3", *data["runtime"]["command"][1:]]}}
+    registry = load({"wizards": {"a": data}})
+    assume(registry is not None)
+    assert registry is not None
+    ctx = context(registry)
+    agent = ctx.agent
+    units = {"fleet-agent-a.service": unit_text(ctx),
+             "fleet-runtime-a.service": runtime_unit_text(ctx)}
+    for unit, text in units.items():
+        ssh(node, f"cat > /etc/systemd/system/{unit}", stdin=text)
+    try:
+        verify = subprocess.run(
+            ["ssh", "-F", str(node[0]), node[1],
+             "systemd-analyze verify " + " ".join(f"/etc/systemd/system/{u}" for u in units)],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert verify.returncode == 0 and "fleet-" not in verify.stdout + verify.stderr, (
+            verify.stdout + verify.stderr)
+        ssh(node, "systemctl daemon-reload")
+        runtime = "fleet-runtime-a.service"
+        assert busctl_property(node, runtime, "Environment") == [
+            "PYTHONPATH=/opt/fleet/current/site", f"FLEET_MODEL={agent.model}",
+            f"FLEET_PROVIDER_URL={agent.provider_url or ''}",
+            f"FLEET_PROVIDER_KEY_ENV={agent.provider_key or ''}",
+            "FLEET_GATEWAY_URL=http://127.0.0.1:8646"]
+        expected = (list(agent.runtime_command) if agent.runtime == "command"
+                    else ["/usr/bin/python3", "-m", "fleet.runtime"])
+        exec_start = busctl_property(node, runtime, "ExecStart")
+        assert isinstance(exec_start, list) and len(exec_start) == 1
+        assert exec_start[0][1] == [arg.replace("$", "$$") for arg in expected]
         assert ssh(node, f"systemctl show -p ExecStartPre --value {runtime}").strip() == ""
     finally:
         ssh(node, "rm -f " + " ".join(f"/etc/systemd/system/{u}" for u in units)

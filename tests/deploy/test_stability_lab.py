@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.deploy.conftest import SECRETS, Fleet
+from tests.runtime.conftest import MockProvider
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 AGENT = "allegro"
@@ -23,12 +24,7 @@ REMOVE_DROP_IN = f"rm -f {DROP_IN} && systemctl daemon-reload"
 
 def edited_registry(fleet: Fleet, tmp_path: Path, config: dict[str, object]) -> Path:
     """A copy of the lab registry (souls beside it) with ``AGENT``'s config set."""
-    data = yaml.safe_load(fleet.registry.read_text())
-    data["wizards"][AGENT]["config"] = config
-    edited = tmp_path / "registry.yaml"
-    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls", dirs_exist_ok=True)
-    edited.write_text(yaml.safe_dump(data, sort_keys=False))
-    return edited
+    return edited_registry_from(fleet.registry, tmp_path, config)
 
 
 def add_drop_in(setting: str) -> str:
@@ -141,3 +137,66 @@ def test_a_bad_secret_is_undone_by_the_rollback(fleet: Fleet, tmp_path: Path) ->
     assert fleet.ssh(AGENT, f"stat -c '%a %U %G' {env}").split() == ["600", "root", "root"]
     assert "FLEET_BUS_INBOX_QUOTA" not in fleet.ssh(AGENT, f"cat {env}")
     assert fleet.run("deploy").returncode == 0
+
+
+def test_a_wrong_model_key_is_undone_by_the_rollback_and_no_tokens_fail_verify(
+        fleet: Fleet, tmp_path: Path) -> None:
+    """``AGENT`` thinks with a provider on the lab's bridge (OpenAI's wire format, checking
+    its key). A secrets file with a wrong key: verify's live round trip fails, the rollback
+    restores the environment that worked and says so. A provider answering no tokens fails
+    verify too."""
+    data = yaml.safe_load(fleet.registry.read_text())
+    controller = data["wizards"][AGENT]["host"].rsplit(".", 1)[0] + ".1"
+    provider = MockProvider(host=controller)
+    env_file = f"/etc/fleet/{AGENT}/env"
+    try:
+        data["wizards"][AGENT]["provider"] = {"base_url": provider.url,
+                                              "api_key": "MOCK_API_KEY"}
+        registry = tmp_path / "registry.yaml"
+        shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls")
+        registry.write_text(yaml.safe_dump(data, sort_keys=False))
+
+        def secrets_with(key: str) -> dict[str, str]:
+            values = json.loads(json.dumps(SECRETS))
+            values["agents"][AGENT]["MOCK_API_KEY"] = key
+            path = tmp_path / f"secrets-{len(key)}-{key[-4:]}.yaml"
+            path.write_text(json.dumps(values))
+            path.chmod(0o600)
+            return {"FLEET_SECRETS": str(path)}
+
+        good = fleet.run("deploy", "--limit", AGENT, registry=registry,
+                         extra_env=secrets_with(provider.key))
+        assert good.returncode == 0, good.stdout + good.stderr
+        wrong = fleet.run("deploy", "--limit", AGENT, registry=registry,
+                          extra_env=secrets_with("sk-wrong-KEY-9999"))
+        assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+        entry = fleet.record(wrong.stdout)["hosts"][AGENT]
+        assert entry["status"] == "rolled_back", entry
+        assert entry["verify"]["rollback"]["env_restored"] is True
+        assert "401" in " ".join(entry["verify"]["problems"]), entry["verify"]
+        assert "this deploy changed the agent's environment" in wrong.stdout
+        assert "and its previous environment, which is healthy" in wrong.stdout
+        assert f"MOCK_API_KEY={provider.key}" in fleet.ssh(AGENT, f"cat {env_file}")
+
+        provider.tokens = 0
+        silent = fleet.run("deploy", "--limit", AGENT, registry=edited_registry_from(
+            registry, tmp_path / "silent", {"temperature": 0.3}),
+            extra_env=secrets_with(provider.key))
+        assert silent.returncode == 1, silent.stdout + silent.stderr
+        entry = fleet.record(silent.stdout)["hosts"][AGENT]
+        assert entry["status"] in ("failed", "rolled_back"), entry
+        assert "token" in " ".join(entry["verify"]["problems"]), entry["verify"]
+    finally:
+        provider.close()
+        back = fleet.run("deploy")  # the lab's own registry again: no runtime, no provider
+        assert back.returncode == 0, back.stdout + back.stderr
+
+
+def edited_registry_from(registry: Path, folder: Path, config: dict[str, object]) -> Path:
+    """A copy of ``registry`` (souls beside it) with ``AGENT``'s config set."""
+    data = yaml.safe_load(registry.read_text())
+    data["wizards"][AGENT]["config"] = config
+    folder.mkdir(exist_ok=True)
+    shutil.copytree(registry.parent / "souls", folder / "souls", dirs_exist_ok=True)
+    (folder / "registry.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder / "registry.yaml"

@@ -18,9 +18,9 @@ from tests.jsonhttp import LoopbackServer, answer_json
 
 class MockProvider:
     """``POST /v1/chat/completions`` answering ``reply`` (or failing as told), recording
-    every request body."""
+    every request body; on loopback, or on ``host`` (a lab's bridge address, for its nodes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.requests: list[dict[str, Any]] = []
         self.failures: list[int] = []  # HTTP statuses to answer first, one per call
         self.reply = "four"
@@ -58,7 +58,8 @@ class MockProvider:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.loopback = LoopbackServer(Handler, free_port())
+        self.loopback = LoopbackServer(Handler, free_port() if host == "127.0.0.1" else 0,
+                                       host)
         self.url = f"{self.loopback.address}/v1"
         self.close = self.loopback.close
 

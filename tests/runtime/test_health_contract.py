@@ -227,3 +227,26 @@ def test_a_process_that_got_the_runtimes_pid_later_is_not_the_runtime() -> None:
     finally:
         later.kill()
         later.wait()
+
+
+def test_a_runtime_hidden_from_the_gateway_counts_as_alive_only_while_its_heartbeat_is_fresh(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ``/proc`` hides the runtime (another user's process, EPERM to signal 0, or no
+    ``/proc`` entry in the gateway's sandbox), its start time cannot be read: signal 0 is
+    all there is, so a reused pid passes, but only until the heartbeat is stale (STALE_S)."""
+    hidden = 4_194_000  # no such /proc entry here
+    assert not Path(f"/proc/{hidden}").exists()
+
+    def refused(pid: int, signal: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    for kill in (refused, lambda pid, signal: None):  # EPERM; exists but not in /proc
+        monkeypatch.setattr(os, "kill", kill)
+        assert process_alive(hidden, time.time()) is True
+        fresh = {**GOOD, "pid": hidden, "heartbeat": NOW - 1}
+        assert runtime_problems(fresh, "command", "r", now=NOW, alive=process_alive) == []
+        stale = {**fresh, "heartbeat": NOW - STALE_S - 1}
+        assert runtime_problems(stale, "command", "r", now=NOW, alive=process_alive)[0] == (
+            f"runtime is not running (last heartbeat {STALE_S + 1:.0f} s ago)")
+    monkeypatch.undo()
+    assert process_alive(hidden, time.time()) is False  # really gone: signal 0 says so

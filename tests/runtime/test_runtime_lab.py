@@ -193,7 +193,8 @@ def test_operator_runtime_command_is_deployed_and_verified_the_same_way(
         fleet: Fleet, tmp_path: Path) -> None:
     edited = operator_runtime_registry(fleet, tmp_path, "operator_agent.py", "agent.py")
     done = fleet.run("deploy", "--limit", WORKER, registry=edited)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr + fleet.ssh(
+        WORKER, f"journalctl -u {RUNTIME} -n 40 --no-pager")
     assert fleet.record(done.stdout)["hosts"][WORKER]["status"] == "ok"
     unit = fleet.ssh(WORKER, f"systemctl show -p ExecStart -p User -p NoNewPrivileges "
                              f"-p ProtectSystem {RUNTIME}")
