@@ -42,7 +42,6 @@ CONTENT_DIGEST = "Content-Digest"
 LABEL = "fleet"
 ALG = "ed25519"
 WINDOW_SECONDS = 300
-TARGET = ("@method", "@authority", "@path", "@query")
 DIGEST = "content-digest"
 DERIVED = ("@method", "@authority", "@path", "@query", "@target-uri", "@scheme",
            "@request-target")

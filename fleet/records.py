@@ -239,9 +239,3 @@ def latest_deploy(directory: Path | None = None) -> RunRecord | None:
         if went_through(record):
             return record
     return None
-
-
-def latest_record() -> RunRecord | None:
-    """The newest record in the records dir, or None."""
-    paths = sorted(records_dir().glob("*.json"))
-    return cast(RunRecord, json.loads(paths[-1].read_text())) if paths else None

@@ -10,7 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from fleet.cli import main
+from fleet.dashboard.data import Dashboard, bus_gauges
 from fleet.errors import BusError
+from fleet.registry import load_registry
+from fleet.status import AgentStatus
 from tests.bus.conftest import (
     AGENTS,
     Fleet,
@@ -129,6 +132,14 @@ def test_recipient_that_never_returns_ends_in_dead_letters(tmp_path: Path,
         assert stats["outbox_depth"] == 0
         assert stats["retried"] >= 2
         assert stats["delivered"] == 0
+        gauges = bus_gauges(ezra.agent)  # what the dashboard shows, from the gateway's /metrics
+        assert gauges["fleet_bus_dead_letters"] == 2
+        registry = load_registry(fleet.registry)
+        view = Dashboard(fleet.registry, tmp_path / "records")._view(
+            registry, ezra.agent, AgentStatus(agent="ezra", role="orchestrator",
+                                              host="127.0.0.1", ssh="ok", health="ok"),
+            gauges, None, "2026-12-05T00:00:00Z")
+        assert view.dead_letters == 2 and view.outbox_depth == 0
         letter = letters[queued["id"]]
         assert (letter["to"], letter["attempts"], letter["reason"]) == (
             "ghost", 3, "gave up after 3 attempts: the most allowed (max_attempts)")

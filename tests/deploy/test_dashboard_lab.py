@@ -1,7 +1,8 @@
 """The dashboard of a deployed lab in a real browser (Debian's chromium driven by Playwright):
 every agent healthy with its release; an agent whose service stops shows down within one
 refresh interval without a reload; no console errors; axe-core finds no accessibility
-violation. Screenshots are kept in ``$FLEET_TEST_ARTIFACTS`` (default ``artifacts/``)."""
+violation; at a phone's 390 px nothing scrolls sideways and every agent's state is on
+screen. Screenshots are kept in ``$FLEET_TEST_ARTIFACTS`` (default ``artifacts/``)."""
 
 from __future__ import annotations
 
@@ -103,6 +104,13 @@ def test_dashboard_shows_health_then_a_stopped_agent_without_reload(
                                 full_page=True)
                 page.set_viewport_size({"width": 390, "height": 900})
                 page.screenshot(path=str(artifacts() / "dashboard-phone.png"), full_page=True)
+                phone = page.evaluate(  # reads well on a phone: nothing to scroll sideways
+                    "[document.documentElement.scrollWidth, window.innerWidth]")
+                assert phone[0] <= phone[1], phone
+                for index in range(3):  # every agent's state is on screen, not cut off
+                    badge = rows.nth(index).locator(".badge").bounding_box()
+                    assert badge is not None and badge["x"] >= 0, badge
+                    assert badge["x"] + badge["width"] <= 390, badge
             finally:
                 fleet.ssh(WORKER, f"systemctl start fleet-agent-{WORKER}.service")
             assert waited < REFRESH_S + PROBE_SLACK_S  # within one refresh (and its probe)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import pkgutil
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,6 +32,8 @@ from typing import Any
 import pytest
 from pyinfra.api import FileUploadCommand, FunctionCommand, HiddenValue, StringCommand
 from pyinfra.context import ctx_host, ctx_state
+
+import deploys
 
 CASES = Path(__file__).parent / "operations"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -72,9 +75,6 @@ class Result:
 
     def did_change(self) -> bool:
         return self.changed
-
-    def did_succeed(self) -> bool:
-        return True
 
 
 def value(raw: Any) -> Any:
@@ -146,10 +146,12 @@ def test_operation(path: Path, caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_every_custom_operation_has_cases() -> None:
-    """Each operation of the deploy's modules has at least one case."""
+    """Each operation of every module of the deploy (``deploys/``) has at least one case."""
     tested = {path.name for path in CASES.iterdir() if path.is_dir()}
     found = set()
-    for module in ("ops", "lock", "verify", "audit"):
+    modules = sorted(info.name for info in pkgutil.iter_modules(deploys.__path__))
+    assert {"ops", "lock", "gate", "verify", "audit"} <= set(modules)
+    for module in modules:
         loaded = importlib.import_module(f"deploys.{module}")
         for name, value in vars(loaded).items():
             body = inspect.unwrap(value) if callable(value) else None

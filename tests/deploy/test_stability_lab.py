@@ -176,7 +176,7 @@ def test_a_wrong_model_key_is_undone_by_the_rollback_and_no_tokens_fail_verify(
         assert "401" in " ".join(entry["verify"]["problems"]), entry["verify"]
         assert "this deploy changed the agent's environment" in wrong.stdout
         assert "and its previous environment, which is healthy" in wrong.stdout
-        assert f"MOCK_API_KEY={provider.key}" in fleet.ssh(AGENT, f"cat {env_file}")
+        assert f'MOCK_API_KEY="{provider.key}"' in fleet.ssh(AGENT, f"cat {env_file}")
 
         provider.tokens = 0
         silent = fleet.run("deploy", "--limit", AGENT, registry=edited_registry_from(
