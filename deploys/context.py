@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from deploys.lock import LOCK_DIR
 from deploys.ops import UPLOAD_DIR, Outcome
 from deploys.secret_cache import secrets
 from fleet import expected, render
+from fleet.digests import text_sha256
 from fleet.registry import Agent, Registry, load_registry
 from fleet.release import Release, build_release
 
@@ -200,7 +200,7 @@ class AgentContext:
         return expected.config_hash(self.agent)
 
     def soul_sha256(self) -> str:
-        return hashlib.sha256(self.soul_source.read_bytes()).hexdigest()
+        return text_sha256(self.soul_source.read_bytes())  # unreadable: the deploy fails
 
     def public_env(self) -> dict[str, str]:
         """The non-secret settings of the agent's service environment."""

@@ -29,7 +29,6 @@ and run only if it did (``_if=``); see :mod:`deploys.services`.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import shlex
 from collections.abc import Callable, Generator, Sequence
 from io import StringIO
@@ -41,6 +40,7 @@ from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, operatio
 from pyinfra.facts.files import FileContents
 
 from deploys.secret_cache import masker
+from fleet.digests import text_sha256
 from fleet.masking import mask_env_pair
 from fleet.records import add_diff, current_run_id
 
@@ -209,7 +209,7 @@ def _kept_if_same(dest: str, have: dict[str, Any] | None, text: str, user: str, 
                   mode: str) -> Generator[str, None, bool]:
     """When ``dest`` already holds ``text``: yield only owner/mode fixes (a noop if none) and
     return True; otherwise yield nothing and return False."""
-    if not have or have["sha256"] != hashlib.sha256(text.encode()).hexdigest():
+    if not have or have["sha256"] != text_sha256(text):
         return False
     commands = list(_attributes(dest, have, user, group, mode))
     if commands:

@@ -4,12 +4,12 @@ answers with them."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleet import render
+from fleet.digests import file_sha256, text_sha256
 from fleet.registry import Agent, Registry
 
 if TYPE_CHECKING:  # the deploy imports this module; it needs no HTTP or SSH probing
@@ -29,15 +29,12 @@ def config_json(agent: Agent) -> str:
 
 def config_hash(agent: Agent) -> str:
     """sha256 of :func:`config_json`."""
-    return hashlib.sha256(config_json(agent).encode()).hexdigest()
+    return text_sha256(config_json(agent))
 
 
 def soul_sha256(registry: Registry, agent: Agent) -> str | None:
     """sha256 of the agent's soul file in the repository (None when it cannot be read)."""
-    try:
-        return hashlib.sha256(registry.soul_path(agent).read_bytes()).hexdigest()
-    except OSError:
-        return None
+    return file_sha256(registry.soul_path(agent))
 
 
 @dataclass(frozen=True)

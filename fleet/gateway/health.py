@@ -8,30 +8,21 @@ and ``SOUL_PATH`` (``$FLEET_SOUL``), the agent's soul file. The release id comes
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from bus.openapi import OPENAPI_ATTRIBUTE
+from fleet.digests import file_sha256
 from fleet.gateway.agent import current_agent
 from fleet.release import BROKEN_ENV, running_release
 from fleet.runtime.thinking import runtime_report
 
 bp = Blueprint("health", __name__)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str | None:
-    """Hex sha256 of a file, or None when it cannot be read."""
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        return None
 
 
 def state_writable(state_dir: str) -> bool:

@@ -178,14 +178,15 @@ def test_a_wrong_model_key_is_undone_by_the_rollback_and_no_tokens_fail_verify(
         assert "and its previous environment, which is healthy" in wrong.stdout
         assert f'MOCK_API_KEY="{provider.key}"' in fleet.ssh(AGENT, f"cat {env_file}")
 
-        provider.tokens = 0
+        provider.reply, provider.tokens = "", 0  # an empty answer, 0 completion tokens
         silent = fleet.run("deploy", "--limit", AGENT, registry=edited_registry_from(
             registry, tmp_path / "silent", {"temperature": 0.3}),
             extra_env=secrets_with(provider.key))
         assert silent.returncode == 1, silent.stdout + silent.stderr
         entry = fleet.record(silent.stdout)["hosts"][AGENT]
         assert entry["status"] in ("failed", "rolled_back"), entry
-        assert "token" in " ".join(entry["verify"]["problems"]), entry["verify"]
+        assert "the model answered no tokens" in " ".join(entry["verify"]["problems"]), entry[
+            "verify"]
     finally:
         provider.close()
         back = fleet.run("deploy")  # the lab's own registry again: no runtime, no provider
