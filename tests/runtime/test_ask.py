@@ -19,8 +19,9 @@ from fleet.registry import load_registry
 from fleet.runtime.ask import AskError, ask, candidates
 from fleet.runtime.loop import Runtime
 from fleet.secrets import format_keyring
-from tests.bus.conftest import Gateway
-from tests.runtime.conftest import KEYS, MockProvider
+from fleet.status import OK, probe_health
+from tests.bus.conftest import FAST_RETRIES, Gateway
+from tests.runtime.conftest import KEYS, MockProvider, write_registry
 from tests.runtime.test_runtime import runtime_of
 from tests.waiting import wait_for
 
@@ -78,6 +79,12 @@ def test_fleet_ask_prints_the_answer_of_an_agent_with_the_capability(
         answer = json.loads(done.stdout)
         assert answer["payload"]["text"] == "four"
         answered.add(answer["agent"])
+        with gateways["ezra"].client() as asker:  # the response it printed, as the bus has it
+            (response,) = asker.messages(type="response",
+                                         correlation_id=answer["correlation_id"])["messages"]
+        assert (response["from"], response["correlation_id"], response["payload"]) == (
+            answer["agent"], answer["correlation_id"], answer["payload"])
+        assert answer["asked"] == [answer["agent"]]  # routed to one agent with the capability
     assert answered <= {"bezalel", "allegro"}
     registry_ = load_registry(registry)
     picked = {candidates(registry_, "code", ("ezra",), lambda agent: True)[0].name
@@ -178,3 +185,37 @@ def test_a_runtime_answers_other_requests_while_it_routes_one(
     assert sorted(m["correlation_id"] for m in responses) == ["c-plain", "c-slow"]
     assert routed_calls == ["Route me."]
     assert bezalel.status["handled"] == 2
+
+
+def test_a_thinking_status_shows_the_live_round_trip_and_a_wrong_key(
+        tmp_path: Path, provider: MockProvider, running: Running) -> None:
+    """``fleet status --think``'s probe (``/health?roundtrip=1``): the gateway asks the model
+    itself with the key it was given; its latency, time and error are in /health."""
+    registry = write_registry(tmp_path, provider.url)
+    gateways = {}
+    for name, key in (("bezalel", provider.key), ("allegro", "sk-wrong-KEY-0000")):
+        (tmp_path / f"config-{name}.json").write_text("{}\n")
+        gateways[name] = Gateway(name, registry, tmp_path / f"state-{name}", {
+            **FAST_RETRIES, "MOCK_API_KEY": key,
+            "FLEET_CONFIG": str(tmp_path / f"config-{name}.json"),
+            "FLEET_SOUL": str(tmp_path / "souls" / f"{name}.md")}).start()
+    try:
+        for name in gateways:
+            wait_ready(running.start(runtime_of(registry, gateways[name].state, provider, name)))
+        agents = load_registry(registry)
+        before = time.time()
+        verdict, body = probe_health(agents.get("bezalel"), 15.0, think=True)
+        assert verdict == OK, body
+        live = body["runtime"]["live_round_trip"]
+        assert live["ok"] is True and live["error"] is None and live["tokens"] == 1
+        assert 0 < live["latency_ms"] < 15_000 and before - 1 <= live["at"] <= time.time()
+        assert body["runtime"]["last_round_trip"]["ok"] is True  # the runtime's own, too
+        verdict, body = probe_health(agents.get("allegro"), 15.0, think=True)
+        assert verdict.startswith("HTTP 503: live model round trip failed: "), verdict
+        live = body["runtime"]["live_round_trip"]
+        assert live["ok"] is False and "401" in live["error"] and live["latency_ms"] is None
+        verdict, _ = probe_health(agents.get("allegro"), 15.0)  # without --think: its runtime
+        assert verdict == OK  # (with the right key) is ready; only the live trip shows the key
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
