@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bus.client import BusClient
+from bus.keys import PRIVATE_KEY_ENV
+from fleet.registry import load_registry
 from tests.deploy.conftest import SECRETS, Fleet
 from tests.runtime.conftest import MockProvider
 
@@ -201,3 +204,55 @@ def edited_registry_from(registry: Path, folder: Path, config: dict[str, object]
     shutil.copytree(registry.parent / "souls", folder / "souls", dirs_exist_ok=True)
     (folder / "registry.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return folder / "registry.yaml"
+
+
+CHECKS = {"read-own-env": "cat /etc/fleet/allegro/env",
+          "read-other-env": "cat /etc/fleet/otheragent/env",
+          "read-other-state": "cat /var/lib/fleet/otheragent/notes",
+          "write-etc": "touch /etc/fleet/allegro/planted",
+          "write-release": "touch /opt/fleet/planted",
+          "write-other-state": "touch /var/lib/fleet/otheragent/planted",
+          "write-own-state": "touch ./tool-wrote-this"}
+PROBE = "; ".join([  # one line, no braces: a registry string holds neither a newline nor {}
+    'echo "user:$(id -un)"', *(f"{command} >/dev/null 2>&1 && echo {name}:yes || echo {name}:no"
+                               for name, command in CHECKS.items())])
+
+
+def test_a_declared_tool_runs_as_the_agent_inside_its_sandbox(fleet: Fleet,
+                                                              tmp_path: Path) -> None:
+    """A tool called through the deployed gateway's API runs as the agent's user in the
+    gateway unit's sandbox: it cannot read the env file or another agent's files, and writes
+    only in its state dir."""
+    other = ("id otheragent >/dev/null 2>&1 || useradd --system otheragent; "
+             "install -d -m 700 -o otheragent /var/lib/fleet/otheragent && "
+             "echo private > /var/lib/fleet/otheragent/notes && "
+             "chown otheragent /var/lib/fleet/otheragent/notes && "
+             "chmod 600 /var/lib/fleet/otheragent/notes && install -d -m 700 "
+             "/etc/fleet/otheragent && echo K=v > /etc/fleet/otheragent/env && "
+             "chmod 600 /etc/fleet/otheragent/env")
+    fleet.ssh(AGENT, other)
+    data = yaml.safe_load(fleet.registry.read_text())
+    data["wizards"][AGENT]["tools"] = {"probe": {
+        "description": "What may a tool touch?", "command": ["sh", "-c", PROBE],
+        "timeout": 10}}
+    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls")
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        done = fleet.run("deploy", "--limit", AGENT, registry=registry)
+        assert done.returncode == 0, done.stdout + done.stderr
+        own = SECRETS["agents"][AGENT][PRIVATE_KEY_ENV]
+        with BusClient.for_agent(load_registry(registry), AGENT, {AGENT: own}) as client:
+            answer = client.call("POST", "/tools/probe", body={"args": {}})
+        assert answer["exit"] == 0, answer
+        seen = dict(line.split(":", 1) for line in answer["stdout"].splitlines())
+        assert seen == {"user": AGENT, "read-own-env": "no", "read-other-env": "no",
+                        "read-other-state": "no", "write-etc": "no", "write-release": "no",
+                        "write-other-state": "no", "write-own-state": "yes"}, answer
+        assert fleet.ssh(AGENT, f"stat -c %U /var/lib/fleet/{AGENT}/tool-wrote-this").strip() \
+            == AGENT
+    finally:
+        fleet.ssh(AGENT, f"rm -rf /var/lib/fleet/otheragent /etc/fleet/otheragent "
+                         f"/var/lib/fleet/{AGENT}/tool-wrote-this")
+        back = fleet.run("deploy")
+        assert back.returncode == 0, back.stdout + back.stderr
