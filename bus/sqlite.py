@@ -1,10 +1,28 @@
-"""SQLite helpers shared by the stores (bus, webhook runs)."""
+"""SQLite for every store we keep (the bus, the tool call record, the webhook receiver's runs):
+the one way to open a database, and the one write transaction."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+
+def open_db(path: str | Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit: :func:`immediate`), rows
+    as :class:`sqlite3.Row`, waiting up to 30 s for a lock, ``synchronous=FULL`` (a commit is
+    on disk once it returned), usable from any thread. Closed again when a pragma fails (a
+    locked or corrupt file): no connection is left behind."""
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    try:
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout = 30000")
+        db.execute("PRAGMA synchronous = FULL")
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 @contextmanager

@@ -16,6 +16,8 @@ import sqlite3
 from importlib.resources import files
 from pathlib import Path
 
+from bus.sqlite import open_db
+
 STORE_NAME = "bus.sqlite3"
 SCHEMA_VERSION = 2
 # Version 1 (no user_version) had no `senders` and `sent` tables: count what is unacked.
@@ -26,16 +28,8 @@ INSERT OR REPLACE INTO senders (sender, unacked)
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
-    """Open an initialised store (see :func:`init_db`), autocommit, ``synchronous=FULL``."""
-    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    try:
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA busy_timeout = 30000")
-        db.execute("PRAGMA synchronous = FULL")
-    except BaseException:
-        db.close()
-        raise
-    return db
+    """Open an initialised store (see :func:`init_db`): :func:`bus.sqlite.open_db`."""
+    return open_db(path)
 
 
 def lock_path(path: str | Path) -> str:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, TypedDict
 
+from bus.sqlite import open_db
 from fleet.errors import FleetError
 
 STORE = "tools.sqlite3"
@@ -95,9 +96,8 @@ def masked(args: Any) -> Any:
 
 def connect(state_dir: str | Path) -> sqlite3.Connection:
     """The record store (created, or moved over from an earlier release, on first use)."""
-    db = sqlite3.connect(Path(state_dir) / STORE, timeout=30, isolation_level=None)
+    db = open_db(Path(state_dir) / STORE)
     try:
-        db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         if not _exists(db, "call_ids"):
             db.execute("BEGIN IMMEDIATE")  # one gunicorn worker creates, the others wait

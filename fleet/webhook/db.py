@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 from flask import Flask, current_app, g
 
-from bus.sqlite import immediate
+from bus.sqlite import immediate, open_db
 from fleet.errors import WebhookError
 
 SCHEMA_VERSION = 4
@@ -34,15 +34,11 @@ def connect(path: str | Path, create: bool = True) -> sqlite3.Connection:
                            hint="Point FLEET_STATE_DIR (or --state-dir) at the receiver's state "
                                 "dir, or read through the HTTP API with --url.")
     db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    conn = sqlite3.connect(db_path, timeout=30.0, isolation_level=None,
-                           check_same_thread=False)
+    conn = open_db(db_path)
     try:
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA foreign_keys = ON")
         if create:
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
             create_schema(conn)
     except BaseException:  # e.g. a locked or corrupt file: no connection left behind
         conn.close()
