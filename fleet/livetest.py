@@ -106,8 +106,9 @@ def run_host(agent: str, registry: Registry, suite: Path, reports: Path) -> Host
     report = reports / f"{agent}.xml"
     env = {**os.environ, LIVE_REGISTRY_ENV: str(registry.path.resolve()), LIVE_AGENT_ENV: agent,
            REGISTRY_ENV: str(registry.path.resolve())}
+    # The project's own pytest options (a default marker filter, -n) are not the live suite's.
     command = [sys.executable, "-m", "pytest", str(suite), "-q", "-p", "no:cacheprovider",
-               f"--junitxml={report}", "-o", "junit_family=xunit1"]
+               "-o", "addopts=", f"--junitxml={report}", "-o", "junit_family=xunit1"]
     try:
         subprocess.run(command, cwd=suite.parent.parent, env=env, capture_output=True,
                        timeout=HOST_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL)
