@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--rev", default="HEAD", help="commit to deploy (default: HEAD)")
     args = parser.parse_args()
     scratch, clone = clean_clone(args.rev)
-    release = build_release(clone, broken=False)
+    release = build_release(clone, broken="")
     print(f"release {release.id} ({release.path.stat().st_size / 1e6:.1f} MB)")
     cold: list[float] = []
     no_change: list[float] = []

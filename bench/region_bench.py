@@ -70,7 +70,7 @@ def main() -> None:
     method = latency_method()
     scratch_dir, clone = clean_clone(args.rev)
     counters = Path(tempfile.mkdtemp(prefix="fleet-roundtrips-"))
-    release = build_release(clone, broken=False)
+    release = build_release(clone, broken="")
     print(f"release {release.id}; regions {args.regions}; load {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} cores", flush=True)
     base: dict[str, float] = {}

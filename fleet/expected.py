@@ -102,7 +102,7 @@ def wanted_release(project: Path | None = None) -> tuple[str | None, str]:
 
     root = project or Path.cwd()
     if (root / "deploy.py").is_file() and (root / "inventory.py").is_file():
-        return release_id(root, broken=False), f"the repository in {root}"
+        return release_id(root, broken=""), f"the repository in {root}"
     deployed = latest_deploy()
     if deployed is not None:
         return deployed.get("release"), f"the last deploy (run {deployed.get('run_id')})"

@@ -40,11 +40,12 @@ RELEASES = ROOT / "releases"
 CURRENT = ROOT / "current"
 HISTORY = ROOT / "history"
 # A release id, matched in full: ``<sha12>``, ``<sha12>-dirty-<hash8>`` or ``nogit-<hash12>``,
-# each with an optional ``-broken`` (see fleet/release.py). Nothing else reaches a path here.
+# each with an optional ``-broken`` or ``-broken-exit`` (see fleet/release.py). Nothing else
+# reaches a path here.
 RELEASE_ID_RE = re.compile(r"(?:[0-9a-f]{12}(?:-dirty-[0-9a-f]{8})?|nogit-[0-9a-f]{12})"
-                           r"(?:-broken)?")
+                           r"(?:-broken(?:-exit)?)?")
 RELEASE_ID_FORM = ("12 hex digits, optionally -dirty-<8 hex digits>, or nogit-<12 hex digits>; "
-                   "then optionally -broken")
+                   "then optionally -broken or -broken-exit")
 
 
 def release_id(value: str) -> str:

@@ -11,9 +11,10 @@ unit runs ``python3 -m gunicorn`` with ``PYTHONPATH=<release>/site``.
 The release id is the repo's git sha (12 digits); when the shipped sources (``fleet/``,
 ``bus/``, ``pyproject.toml``) differ from ``HEAD`` it becomes ``<sha12>-dirty-<hash8>``.
 
-Test hook: ``FLEET_BROKEN_RELEASE=1`` in the controller's environment builds a deliberately
-broken release (id suffix ``-broken``): its gateway starts but ``/health`` answers 503, so
-the verify phase rolls the node back.
+Test hook: ``FLEET_BROKEN_RELEASE`` in the controller's environment builds a deliberately
+broken release, so the verify phase rolls the node back: ``1`` (id suffix ``-broken``): its
+gateway starts but ``/health`` answers 503; ``exit`` (id suffix ``-broken-exit``): its gateway
+exits at start-up, before it serves anything.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -42,6 +44,9 @@ ID_ENV = "FLEET_RELEASE_ID"
 DEFAULT_CACHE = Path("/var/cache/sovereign-fleet")
 RELEASE_FILE = "RELEASE"
 BROKEN_MARKER = "BROKEN_RELEASE"
+BROKEN_KINDS = {"1": "unhealthy", "true": "unhealthy", "yes": "unhealthy", "exit": "exit"}
+"""``FLEET_BROKEN_RELEASE`` values and the broken release each builds."""
+BROKEN_SUFFIX = {"unhealthy": "-broken", "exit": "-broken-exit"}
 SHIPPED_PACKAGES = ("fleet", "bus")
 NODE_REQUIREMENTS = ("Flask", "gunicorn", "gevent", "PyYAML", "requests", "cryptography",
                      "jsonschema")  # tool argument schemas (Draft 2020-12)
@@ -71,7 +76,8 @@ class Release:
 
     id: str
     path: Path
-    broken: bool = False
+    broken: str = ""
+    """``""``, or how it was built broken: ``unhealthy`` or ``exit`` (see the module)."""
 
 
 def repo_root() -> Path:
@@ -84,9 +90,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE) / "release"
 
 
-def broken_requested() -> bool:
-    """Whether ``FLEET_BROKEN_RELEASE`` asks for a deliberately broken release."""
-    return os.environ.get(BROKEN_ENV, "").lower() in ("1", "true", "yes")
+def broken_requested(env: Mapping[str, str] | None = None) -> str:
+    """The deliberately broken release ``FLEET_BROKEN_RELEASE`` in ``env`` (default: this
+    process's) asks for: ``unhealthy``, ``exit``, or ``""`` for a normal one."""
+    value = (os.environ if env is None else env).get(BROKEN_ENV, "")
+    return BROKEN_KINDS.get(value.strip().lower(), "")
 
 
 def shipped_files(root: Path) -> list[Path]:
@@ -134,8 +142,9 @@ def _git(root: Path, *args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def release_id(root: Path | None = None, broken: bool | None = None) -> str:
-    """``<sha12>``, ``<sha12>-dirty-<hash8>`` or ``nogit-<hash12>``; ``-broken`` if asked."""
+def release_id(root: Path | None = None, broken: str | None = None) -> str:
+    """``<sha12>``, ``<sha12>-dirty-<hash8>`` or ``nogit-<hash12>``; ``-broken`` or
+    ``-broken-exit`` if asked (``broken``: see :data:`BROKEN_SUFFIX`)."""
     root = root or repo_root()
     broken = broken_requested() if broken is None else broken
     sha = _git(root, "rev-parse", "HEAD")
@@ -145,7 +154,7 @@ def release_id(root: Path | None = None, broken: bool | None = None) -> str:
         paths = [*SHIPPED_PACKAGES, "pyproject.toml"]
         dirty = _git(root, "status", "--porcelain", "--untracked-files=normal", "--", *paths)
         ident = sha[:12] if not dirty else f"{sha[:12]}-dirty-{content_hash(root)[:8]}"
-    return f"{ident}-broken" if broken else ident
+    return f"{ident}{BROKEN_SUFFIX[broken]}" if broken else ident
 
 
 def deps_key(names: tuple[str, ...] = NODE_REQUIREMENTS) -> str:
@@ -233,7 +242,7 @@ def _reset_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def _write_artifact(root: Path, ident: str, broken: bool, dest: Path) -> None:
+def _write_artifact(root: Path, ident: str, broken: str, dest: Path) -> None:
     deps = _deps_dir()
     with tempfile.TemporaryDirectory(prefix="fleet-release-") as scratch:
         source = Path(scratch) / "src"
@@ -249,7 +258,7 @@ def _write_artifact(root: Path, ident: str, broken: bool, dest: Path) -> None:
                     tar.add(source / package, arcname=f"site/{package}", filter=_reset_owner)
             _add_bytes(tar, f"site/{RELEASE_FILE}", f"{ident}\n".encode())
             if broken:
-                _add_bytes(tar, f"site/{BROKEN_MARKER}", b"built with FLEET_BROKEN_RELEASE=1\n")
+                _add_bytes(tar, f"site/{BROKEN_MARKER}", f"{broken}\n".encode())
         replace_atomic(partial, dest)
 
 
@@ -280,7 +289,7 @@ def build_deploy_tools() -> Release:
 
 
 @functools.cache
-def build_release(root: Path | None = None, broken: bool | None = None) -> Release:
+def build_release(root: Path | None = None, broken: str | None = None) -> Release:
     """Build (or reuse from the cache) the release tarball of ``root``; one build per process.
 
     A runner that built the release already passes it on in ``$FLEET_RELEASE_ID`` and
@@ -303,14 +312,18 @@ def release_env(release: Release) -> dict[str, str]:
     """Environment that hands a built release to child deploy processes."""
     env = {ID_ENV: release.id, ARTIFACT_ENV: str(release.path)}
     if release.broken:
-        env[BROKEN_ENV] = "1"
+        env[BROKEN_ENV] = "exit" if release.broken == "exit" else "1"
     return env
 
 
-def running_release(package_file: str | None = None) -> tuple[str, bool]:
-    """(release id, built broken) of the code running now; ``("dev", False)`` off a release."""
+def running_release(package_file: str | None = None) -> tuple[str, str]:
+    """(release id, how it was built broken or ``""``) of the code running now; ``("dev", "")``
+    off a release."""
     site = Path(package_file or __file__).resolve().parent.parent
     marker = site / RELEASE_FILE
     if not marker.is_file():
-        return os.environ.get("FLEET_RELEASE", "dev"), False
-    return marker.read_text(encoding="utf-8").strip(), (site / BROKEN_MARKER).exists()
+        return os.environ.get("FLEET_RELEASE", "dev"), ""
+    broken = site / BROKEN_MARKER
+    kind = broken.read_text(encoding="utf-8").strip() if broken.is_file() else ""
+    return marker.read_text(encoding="utf-8").strip(), (
+        kind if kind in BROKEN_SUFFIX else "unhealthy" if broken.exists() else "")

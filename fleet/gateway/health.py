@@ -18,6 +18,7 @@ from flask.typing import ResponseReturnValue
 
 from bus.openapi import OPENAPI_ATTRIBUTE
 from fleet.digests import file_sha256
+from fleet.errors import DeployError
 from fleet.gateway.agent import current_agent
 from fleet.release import BROKEN_ENV, running_release
 from fleet.runtime.thinking import runtime_report
@@ -42,8 +43,12 @@ def init_app(app: Flask) -> None:
     app.config.setdefault("SOUL_PATH", os.environ.get("FLEET_SOUL")
                           or f"/etc/fleet/{agent}/soul.md")
     release, broken = running_release()
+    if broken == "exit":  # gunicorn's worker fails to boot, so the gateway process exits
+        raise DeployError(f"release {release} was built broken on purpose "
+                          f"({BROKEN_ENV}=exit): the gateway exits at start-up",
+                          hint="Deploy a normal release.")
     app.config.setdefault("RELEASE", release)
-    app.config.setdefault("RELEASE_BROKEN", broken)
+    app.config.setdefault("RELEASE_BROKEN", bool(broken))
     app.config["CONFIG_HASH"] = file_sha256(app.config["CONFIG_PATH"])
     app.config["STARTED_AT"] = time.monotonic()
     app.register_blueprint(bp)

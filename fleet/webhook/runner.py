@@ -28,7 +28,7 @@ from typing import IO, Any
 from bus.sqlite import immediate
 from fleet.errors import DeployError, FleetError
 from fleet.masking import Masker
-from fleet.release import BROKEN_ENV, release_id
+from fleet.release import broken_requested, release_id
 from fleet.secrets import SECRETS_ENV, load_secrets
 from fleet.webhook.checkout import checkout, fetch, is_ancestor, redact, resolve_tag, rev_parse
 from fleet.webhook.config import RECEIVER_SECRETS, Settings
@@ -94,7 +94,7 @@ def deploy(conn: sqlite3.Connection, settings: Settings, claim: Claim, record: P
     log.write(f"==> tag {claim.tag} points to {commit}\n".encode())
     work = checkout(cache, commit, settings.state_dir, log)
     env = deploy_env(settings, claim, work, commit, record)
-    release = release_id(work, broken=env.get(BROKEN_ENV, "").lower() in ("1", "true", "yes"))
+    release = release_id(work, broken=broken_requested(env))
     update(conn, claim.run_id, commit_sha=commit, release=release)
     registry = Path(env.get("FLEET_REGISTRY") or work / "registry.yaml")
     running = fleet_releases(registry, settings.health_check, settings.health_timeout)

@@ -28,6 +28,22 @@ SECRETS = {
     "identities": {name: {PRIVATE_KEY_ENV: new_private_key()} for name in IDENTITIES},
 }
 
+COLD_CHANGES = [  # every state-changing operation of a deploy to a fresh node, in order
+    "Baseline | Agent user and group (system, no login shell)",
+    "Baseline | Fleet directories (owners and modes)",
+    "Baseline | sshd: no password logins (checked, then reloaded)",
+    "Release | Node helper fleet-nodectl",
+    "Release | Release unpacked",
+    "Release | Current release switched",
+    "Release | Agent registry.yaml",
+    "Release | Agent config.json",
+    "Soul | Agent soul (read-only)",
+    "Keys | Agent environment (secrets masked)",
+    "Services | Agent unit file",
+    "Services | systemd daemon-reload (unit file changed)",
+    "Services | Agent service enabled and running",
+]
+
 
 def secret_values() -> list[str]:
     """Every secret value the tests put in the secrets file."""

@@ -1,7 +1,8 @@
 """Acceptance of the 8-phase deploy on the nspawn lab, from a clean clone.
 
 The tests share one lab and run in file order: cold deploy, no-change redeploy, one agent's
-config change, a broken release rolled back by verify, ``fleet rollback``, then checks over
+config change, a broken release rolled back by verify, ``fleet rollback``, a release whose
+gateway exits at once rolled back on the canary only, then checks over
 everything that happened (state dir untouched, secrets never printed).
 """
 
@@ -23,28 +24,13 @@ import requests
 import yaml
 
 from bus.keys import PRIVATE_KEY_ENV
-from tests.deploy.conftest import SECRETS, Fleet, secret_values
+from tests.deploy.conftest import COLD_CHANGES, SECRETS, Fleet, secret_values
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 AGENTS = list(SECRETS["agents"])
 STATE_FILE = "/var/lib/fleet/bezalel/memory.txt"
 STATE_PROBE = f"stat -c '%i %Y %s' {STATE_FILE} && sha256sum {STATE_FILE}"
 RUN: dict[str, str] = {}
-COLD_CHANGES = [  # every state-changing operation of a deploy to a fresh node, in order
-    "Baseline | Agent user and group (system, no login shell)",
-    "Baseline | Fleet directories (owners and modes)",
-    "Baseline | sshd: no password logins (checked, then reloaded)",
-    "Release | Node helper fleet-nodectl",
-    "Release | Release unpacked",
-    "Release | Current release switched",
-    "Release | Agent registry.yaml",
-    "Release | Agent config.json",
-    "Soul | Agent soul (read-only)",
-    "Keys | Agent environment (secrets masked)",
-    "Services | Agent unit file",
-    "Services | systemd daemon-reload (unit file changed)",
-    "Services | Agent service enabled and running",
-]
 
 
 def lab_hosts(fleet: Fleet) -> dict[str, str]:
@@ -219,6 +205,30 @@ def test_fleet_rollback_switches_restarts_and_verifies(fleet: Fleet) -> None:
     assert "0 changed, not restarted" not in back.stdout
     history = fleet.ssh("ezra-primary", "cat /opt/fleet/history").split()
     assert history[-4:] == [f"{good}-broken", good, f"{good}-broken", good]
+
+
+def test_release_whose_gateway_exits_at_once_is_rolled_back_on_the_canary_only(
+        fleet: Fleet) -> None:
+    good = RUN["release"]
+    workers_before = {agent: fleet.ssh(agent, "readlink /opt/fleet/current")
+                      for agent in ("bezalel", "allegro")}
+    done = fleet.run("deploy", extra_env={"FLEET_BROKEN_RELEASE": "exit"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"rolled back to release {good}, which is healthy" in done.stdout
+    record = fleet.record(done.stdout)
+    canary = record["hosts"]["ezra-primary"]
+    assert (record["status"], record["skipped"]) == ("failed", ["bezalel", "allegro"])
+    assert (canary["status"], canary["release"], canary["expected_release"]) == (
+        "rolled_back", good, f"{good}-broken-exit")
+    assert canary["verify"]["problems"], canary
+    assert "built broken on purpose" not in " ".join(canary["verify"]["problems"])  # never served
+    journal = fleet.ssh("ezra-primary", "journalctl -q -o cat -u fleet-agent-ezra-primary.service")
+    assert f"release {good}-broken-exit was built broken on purpose" in journal
+    assert {agent: fleet.ssh(agent, "readlink /opt/fleet/current")
+            for agent in ("bezalel", "allegro")} == workers_before
+    host = lab_hosts(fleet)["ezra-primary"]
+    body = requests.get(f"http://{host}:8646/health", timeout=5).json()
+    assert (body["status"], body["release"]) == ("ok", good)
 
 
 def test_state_dir_survives_deploys_and_rollbacks(fleet: Fleet) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from fleet.gateway import create_app
+from fleet.errors import DeployError
+from fleet.gateway import create_app, health
 
 REGISTRY = """\
 fleet: {name: testfleet}
@@ -66,6 +67,13 @@ def test_health_fails_for_a_broken_release(node: dict[str, Path]) -> None:
     response = make_app(node, RELEASE_BROKEN=True).test_client().get("/health")
     assert response.status_code == 503
     assert "built broken on purpose" in response.get_json()["problems"][0]
+
+
+def test_a_release_built_to_exit_stops_the_gateway_at_start_up(
+        node: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(health, "running_release", lambda: ("abc123-broken-exit", "exit"))
+    with pytest.raises(DeployError, match=r"built broken on purpose .* exits at start-up"):
+        make_app(node)
 
 
 def test_health_fails_without_config(node: dict[str, Path]) -> None:

@@ -1,20 +1,30 @@
 """The run record is the audit trail: on a lab of 5 nodes, each host's record lists exactly its
-own changed operations after a cold deploy, none after a no-change deploy, and a converged
-fleet's dry run plans none (``fleet deploy --dry`` and plain pyinfra agree)."""
+own changed operations (the cold deploy's list, in order) after a cold deploy, none after a
+no-change deploy, and a converged fleet's dry run plans none (``fleet deploy --dry`` and plain
+pyinfra agree). Then, on the same nodes: ``--max-failures`` decides whether the workers after a
+failed one deploy, and plain ``pyinfra -y inventory.py deploy.py`` deploys for real, with
+verify and rollback per host."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
+import yaml
 
 from fleet import lab
-from tests.deploy.conftest import Fleet, make_fleet
+from fleet.records import new_run_id
+from tests.deploy.conftest import COLD_CHANGES, Fleet, make_fleet
 from tests.lab_fixtures import claim_test_lab, fresh_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 NODES = 5
+LOCK = "/run/fleet-deploy.lock"
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +44,10 @@ def test_cold_deploy_records_each_hosts_own_changes(fleet5: Fleet) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     hosts = fleet5.record(done.stdout)["hosts"]
     assert len(hosts) == NODES
-    workers = [name for name in hosts if name != "ezra-primary"]
     for name, entry in hosts.items():
-        changed = entry["changed"]
         assert entry["status"] == "ok"
-        assert changed, f"{name}: a cold deploy changes something"
-        assert len(changed) == len(set(changed)), f"{name}: {changed}"
-        others = [other for other in hosts if other != name]
-        assert not [op for op in changed if any(other in op for other in others)], \
-            f"{name} lists another host's operations: {changed}"
-    # the workers run the same operations: their records list the same changes, one each
-    assert all(hosts[name]["changed"] == hosts[workers[0]]["changed"] for name in workers)
+        # its own operations, each once, in order: no other host's, none left out
+        assert entry["changed"] == COLD_CHANGES, f"{name}: {entry['changed']}"
 
 
 def test_no_change_deploy_records_no_change(fleet5: Fleet) -> None:
@@ -69,3 +72,93 @@ def test_converged_dry_run_plans_no_change(fleet5: Fleet) -> None:
                          for op in plan
                          if op["hosts_with_change"] or op["hosts_with_conditional_change"]]
 
+
+
+def with_config(fleet: Fleet, folder: Path, config: dict[str, Any]) -> Path:
+    """A copy of the lab registry (souls beside it) giving every agent ``config``."""
+    data = yaml.safe_load(fleet.registry.read_text())
+    for entry in data["wizards"].values():
+        entry["config"] = config
+    folder.mkdir()
+    shutil.copytree(fleet.registry.parent / "souls", folder / "souls")
+    edited = folder / "registry.yaml"
+    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    return edited
+
+
+def hold_lock(fleet: Fleet, agent: str) -> None:
+    """Another deploy holds ``agent``'s node: its preflight fails."""
+    fleet.ssh(agent, f"mkdir {LOCK} && echo 'elsewhere:1:run-x 9999999999' > {LOCK}/owner")
+
+
+def node_config(fleet: Fleet, agent: str) -> Any:
+    return json.loads(fleet.ssh(agent, f"cat /etc/fleet/{agent}/config.json"))["config"]
+
+
+def test_max_failures_decides_whether_the_workers_after_a_failed_one_deploy(
+        fleet5: Fleet, tmp_path: Path) -> None:
+    names = list(yaml.safe_load(fleet5.registry.read_text())["wizards"])
+    first, second, *rest = names[1:]  # the workers, one stage each under --batch 1
+    hold_lock(fleet5, first)
+    try:
+        # one failed worker, one allowed: every other worker deploys; the run is degraded
+        edited = with_config(fleet5, tmp_path / "one", {"round": 1})
+        done = fleet5.run("deploy", "--batch", "1", "--max-failures", "1", registry=edited)
+        assert done.returncode == 1, done.stdout + done.stderr
+        record = fleet5.record(done.stdout)
+        hosts = record["hosts"]
+        assert (record["status"], record["skipped"]) == ("degraded", [])
+        assert (hosts[first]["status"], hosts[first]["phase"]) == ("failed", "preflight")
+        assert {name: hosts[name]["status"] for name in [names[0], second, *rest]} == \
+            dict.fromkeys([names[0], second, *rest], "ok")
+        assert {name: node_config(fleet5, name) for name in [names[0], second, *rest]} == \
+            {name: {"round": 1} for name in [names[0], second, *rest]}
+        assert node_config(fleet5, first) == {}
+        # two failed workers, one allowed: the rollout stops after the second
+        hold_lock(fleet5, second)
+        edited = with_config(fleet5, tmp_path / "two", {"round": 2})
+        done = fleet5.run("deploy", "--batch", "1", "--max-failures", "1", registry=edited)
+        assert done.returncode == 1, done.stdout + done.stderr
+        record = fleet5.record(done.stdout)
+        assert (record["status"], record["skipped"]) == ("failed", rest)
+        assert "2 host(s) failed (allowed: 1)" in done.stdout
+        assert {name: node_config(fleet5, name) for name in rest} == \
+            {name: {"round": 1} for name in rest}
+        assert node_config(fleet5, names[0]) == {"round": 2}
+    finally:
+        for name in (first, second):
+            fleet5.ssh(name, f"rm -rf {LOCK}")
+
+
+def test_plain_pyinfra_deploys_every_host_with_verify_and_rollback_per_host(
+        fleet5: Fleet) -> None:
+    names = list(yaml.safe_load(fleet5.registry.read_text())["wizards"])
+    hosts = {name: entry["host"] for name, entry in
+             yaml.safe_load(fleet5.registry.read_text())["wizards"].items()}
+
+    def release_of(name: str) -> str:
+        body = requests.get(f"http://{hosts[name]}:8646/health", timeout=5).json()
+        assert body["status"] == "ok", (name, body)
+        return str(body["release"])
+
+    before = {name: release_of(name) for name in names}
+    first = names[1]  # the last test left {} on it (locked), and round 1 or 2 on the others
+    run_id = new_run_id()
+    plain = fleet5.pyinfra("-y", "inventory.py", "deploy.py",
+                           extra_env={"FLEET_RUN_ID": run_id})
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    record = json.loads((fleet5.records / f"{run_id}.json").read_text())
+    assert {name: entry["status"] for name, entry in record["hosts"].items()} == \
+        dict.fromkeys(names, "ok")
+    assert {name: node_config(fleet5, name) for name in names} == {name: {} for name in names}
+    assert {name: "Release | Agent config.json" in entry["changed"]
+            for name, entry in record["hosts"].items()} == {name: name != first for name in names}
+    # a broken release: every host fails verify and is rolled back on its own, at once
+    run_id = new_run_id()
+    broken = fleet5.pyinfra("-y", "inventory.py", "deploy.py",
+                            extra_env={"FLEET_RUN_ID": run_id, "FLEET_BROKEN_RELEASE": "1"})
+    assert broken.returncode != 0, broken.stdout + broken.stderr
+    record = json.loads((fleet5.records / f"{run_id}.json").read_text())
+    assert {name: entry["status"] for name, entry in record["hosts"].items()} == \
+        dict.fromkeys(names, "rolled_back")
+    assert {name: release_of(name) for name in names} == before

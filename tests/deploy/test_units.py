@@ -17,7 +17,7 @@ from deploys.context import AgentContext
 from fleet import nodectl, records
 from fleet.masking import MASK, Masker, mask_env, mask_env_pair
 from fleet.registry import load_registry
-from fleet.release import content_hash, release_id, running_release, shipped_files
+from fleet.release import broken_requested, content_hash, release_id, running_release, shipped_files
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,18 +39,18 @@ def source_tree(tmp_path: Path) -> Path:
 
 
 def test_release_id_is_the_sha_then_dirty_with_content_hash(source_tree: Path) -> None:
-    clean = release_id(source_tree, broken=False)
+    clean = release_id(source_tree, broken="")
     assert len(clean) == 12
     (source_tree / "fleet" / "__init__.py").write_text("# changed\n")
-    dirty = release_id(source_tree, broken=False)
+    dirty = release_id(source_tree, broken="")
     assert dirty == f"{clean}-dirty-{content_hash(source_tree)[:8]}"
-    assert release_id(source_tree, broken=True) == f"{dirty}-broken"
+    assert release_id(source_tree, broken="unhealthy") == f"{dirty}-broken"
 
 
 def test_release_ignores_changes_outside_shipped_packages(source_tree: Path) -> None:
-    clean = release_id(source_tree, broken=False)
+    clean = release_id(source_tree, broken="")
     (source_tree / "notes.txt").write_text("not shipped\n")
-    assert release_id(source_tree, broken=False) == clean
+    assert release_id(source_tree, broken="") == clean
 
 
 def test_shipped_files_skip_caches(source_tree: Path) -> None:
@@ -64,9 +64,22 @@ def test_running_release_reads_the_release_file(tmp_path: Path) -> None:
     site = tmp_path / "site"
     (site / "fleet").mkdir(parents=True)
     (site / "RELEASE").write_text("abc123\n")
-    assert running_release(str(site / "fleet" / "__init__.py")) == ("abc123", False)
-    (site / "BROKEN_RELEASE").write_text("")
-    assert running_release(str(site / "fleet" / "__init__.py")) == ("abc123", True)
+    assert running_release(str(site / "fleet" / "__init__.py")) == ("abc123", "")
+    for marker, kind in (("", "unhealthy"), ("unhealthy\n", "unhealthy"), ("exit\n", "exit")):
+        (site / "BROKEN_RELEASE").write_text(marker)
+        assert running_release(str(site / "fleet" / "__init__.py")) == ("abc123", kind)
+
+
+def test_broken_release_kinds_have_their_own_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value, kind in (("1", "unhealthy"), ("yes", "unhealthy"), (" EXIT", "exit"),
+                        ("", ""), ("0", ""), ("exit; rm", "")):
+        assert broken_requested({"FLEET_BROKEN_RELEASE": value}) == kind
+    plain = release_id(REPO, broken="")
+    assert [release_id(REPO, broken=kind) for kind in ("unhealthy", "exit")] == [
+        f"{plain}-broken", f"{plain}-broken-exit"]
+    assert nodectl.release_id(f"{plain}-broken-exit") == f"{plain}-broken-exit"
+    monkeypatch.setenv("FLEET_BROKEN_RELEASE", "exit")
+    assert release_id(REPO) == f"{plain}-broken-exit"
 
 
 def test_masker_hides_every_value_longest_first() -> None:
@@ -191,7 +204,7 @@ def test_release_artifact_has_deps_and_code_and_is_cached() -> None:
     from fleet.release import build_release
 
     build_release.cache_clear()
-    first = build_release(REPO, broken=False)
+    first = build_release(REPO, broken="")
     with tarfile.open(first.path) as tar:
         names = set(tar.getnames())
         release_file = tar.extractfile("site/RELEASE")
@@ -201,7 +214,7 @@ def test_release_artifact_has_deps_and_code_and_is_cached() -> None:
     assert any(name.startswith("site/yaml/_yaml.cpython-311-x86_64-linux-gnu") for name in names)
     mtime = first.path.stat().st_mtime
     build_release.cache_clear()
-    second = build_release(REPO, broken=False)
+    second = build_release(REPO, broken="")
     assert (second.path, second.path.stat().st_mtime) == (first.path, mtime)
 
 

@@ -139,7 +139,7 @@ def test_a_release_built_under_umask_0077_is_readable_by_all(tmp_path: Path) -> 
     (tmp_path / "fleet" / "__init__.py").write_text("# fleet\n")
     (tmp_path / "fleet" / "__init__.py").chmod(0o600)
     (tmp_path / "bus").mkdir(mode=0o700)
-    release = build_release(root=tmp_path, broken=False)
+    release = build_release(root=tmp_path, broken="")
     with tarfile.open(release.path) as tar:
         modes = {info.name: (info.mode, info.uname) for info in tar.getmembers()
                  if info.name.startswith(("site/fleet", "site/bus"))}
