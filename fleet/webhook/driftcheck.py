@@ -30,7 +30,7 @@ from fleet.webhook.checkout import checkout, fetch, resolve_tag
 from fleet.webhook.config import Settings
 from fleet.webhook.db import now
 from fleet.webhook.push import Push
-from fleet.webhook.queue import enqueue
+from fleet.webhook.queue import HEAL_FORGE, enqueue
 from fleet.webhook.runner import secret_values, work_env
 
 Alert = Callable[[Settings, Path, str, list[str], int], str]
@@ -132,7 +132,7 @@ def host_row(host: HostDrift) -> dict[str, Any]:
 
 def queue_heal(conn: sqlite3.Connection, settings: Settings, check_id: int, commit: str) -> int:
     """Queue a deploy of the tag (self-heal); its run id."""
-    push = Push(forge="drift", delivery_id=f"drift-check-{check_id}", event="drift",
+    push = Push(forge=HEAL_FORGE, delivery_id=f"drift-check-{check_id}", event="drift",
                 ref=f"refs/tags/{settings.deploy_tag}", before="", sha=commit,
                 pusher="drift check", repository="")
     return enqueue(conn, push)

@@ -21,6 +21,8 @@ from fleet.webhook.push import Push
 # Every status a run can have; the first two are not final.
 STATUSES = ("queued", "running", "ok", "degraded", "failed", "unhealthy", "up-to-date",
             "superseded", "interrupted")
+HEAL_FORGE = "drift"
+"""The ``forge`` of the runs a drift check queues to heal the fleet (self-heal)."""
 INTERRUPTED_SUMMARY = ("the receiver stopped during this run (crash or kill); its outcome is "
                        "unknown")
 
@@ -43,6 +45,9 @@ class Claim:
     sha: str
     tag: str
     superseded: tuple[int, ...]
+    heal: bool = False
+    """A drift check queued it, or one of the runs it covers: it deploys even when every
+    agent runs the release already (the drift is in files, not in the release)."""
 
 
 def record_ignored(conn: sqlite3.Connection, forge: str, delivery_id: str, event: str,
@@ -69,13 +74,15 @@ def claim_next(conn: sqlite3.Connection) -> Claim | None:
     """Take the newest queued run, supersede the other queued runs of its tag; call only under
     the deploy lock."""
     with immediate(conn):
-        newest = conn.execute("SELECT id, sha, tag FROM runs WHERE status = 'queued' "
+        newest = conn.execute("SELECT id, sha, tag, forge FROM runs WHERE status = 'queued' "
                               "ORDER BY id DESC LIMIT 1").fetchone()
         if newest is None:
             return None
-        older = [int(row["id"]) for row in conn.execute(
-            "SELECT id FROM runs WHERE status = 'queued' AND tag = ? AND id != ? "
-            "ORDER BY id DESC", (newest["tag"], newest["id"])).fetchall()]
+        covered = conn.execute(
+            "SELECT id, forge FROM runs WHERE status = 'queued' AND tag = ? AND id != ? "
+            "ORDER BY id DESC", (newest["tag"], newest["id"])).fetchall()
+        older = [int(row["id"]) for row in covered]
+        heal = HEAL_FORGE in {newest["forge"], *(row["forge"] for row in covered)}
         stamp = now()
         conn.executemany(
             "UPDATE runs SET status = 'superseded', superseded_by = ?, ended_at = ?,"
@@ -84,7 +91,7 @@ def claim_next(conn: sqlite3.Connection) -> Claim | None:
               f"{newest['tag']} points to when it starts", run_id) for run_id in older])
         conn.execute("UPDATE runs SET status = 'running', started_at = ?, worker_pid = ?"
                      " WHERE id = ?", (stamp, os.getpid(), newest["id"]))
-    return Claim(int(newest["id"]), newest["sha"], newest["tag"], tuple(older))
+    return Claim(int(newest["id"]), newest["sha"], newest["tag"], tuple(older), heal)
 
 
 def mark_interrupted(conn: sqlite3.Connection) -> list[int]:

@@ -88,7 +88,8 @@ def execute(conn: sqlite3.Connection, settings: Settings, claim: Claim, lock_fd:
 
 def deploy(conn: sqlite3.Connection, settings: Settings, claim: Claim, record: Path,
            log: IO[bytes], lock_fd: int) -> Outcome:
-    """Resolve, check out, and deploy unless the fleet runs the release already."""
+    """Resolve, check out, and deploy unless the fleet runs the release already (a self-heal
+    run deploys anyway: its drift is in files the release does not name)."""
     cache = fetch(settings.repo_url, settings.state_dir, log)
     commit = resolve_tag(cache, claim.tag, settings.repo_url)
     log.write(f"==> tag {claim.tag} points to {commit}\n".encode())
@@ -98,7 +99,7 @@ def deploy(conn: sqlite3.Connection, settings: Settings, claim: Claim, record: P
     update(conn, claim.run_id, commit_sha=commit, release=release)
     registry = Path(env.get("FLEET_REGISTRY") or work / "registry.yaml")
     running = fleet_releases(registry, settings.health_check, settings.health_timeout)
-    if deployed_everywhere(running, release):
+    if deployed_everywhere(running, release) and not claim.heal:
         return Outcome("up-to-date", f"every agent runs release {release} already (tag "
                        f"{claim.tag} at {commit[:12]}); nothing deployed", health=running)
     newer = rolled_back_from(cache, commit, [

@@ -4,7 +4,9 @@ A deploy runs the canary, then region by region (the hosts' audit times prove th
 region cut off during a deploy is reported unreachable and skipped while the others complete
 (the run is ``partial``); after healing it, a deploy brings every agent to healthy, a bus
 message sent to the cut-off region meanwhile arrives exactly once, and the sender's /metrics
-show its wait under the recipient's region.
+show its wait under the recipient's region. Then, through the CLI: ``--region`` deploys one
+region only; a region with a failed host stops the regions after it, unless its own
+``max_failures`` allows the failure; ``--stop-on-unreachable-region`` stops at a cut region.
 
 The regions are 80 ms apart: tc netem where the kernel has sch_netem, else the userspace delay
 line (fleet.lab.delayline); only where neither works does the lab run without added latency and
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -190,3 +194,85 @@ def test_after_heal_all_healthy_and_the_message_arrives_once(regional: Fleet) ->
         metrics))
     assert float(found_metrics["count"]) >= 1, metrics
     assert float(found_metrics["sum"]) / float(found_metrics["count"]) > 1.0, metrics
+
+
+LOCK = "/run/fleet-deploy.lock"
+
+
+def edited(fleet: Fleet, folder: Path, config: dict[str, Any],
+           regions: dict[str, dict[str, int]] | None = None) -> Path:
+    """A copy of the lab registry (souls beside it): every agent gets ``config``, and
+    ``fleet.regions`` becomes ``regions`` when given."""
+    data = yaml.safe_load(fleet.registry.read_text())
+    for entry in data["wizards"].values():
+        entry["config"] = config
+    if regions is not None:
+        data["fleet"]["regions"] = regions
+    folder.mkdir()
+    shutil.copytree(fleet.registry.parent / "souls", folder / "souls")
+    path = folder / "registry.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def configs(fleet: Fleet) -> dict[str, Any]:
+    """Every agent's config as its node has it."""
+    names = yaml.safe_load(fleet.registry.read_text())["wizards"]
+    return {name: json.loads(fleet.ssh(name, f"cat /etc/fleet/{name}/config.json"))["config"]
+            for name in names}
+
+
+def test_region_flag_deploys_that_region_only(regional: Fleet, tmp_path: Path) -> None:
+    before = configs(regional)
+    done = regional.run("deploy", "--region", "us",
+                        registry=edited(regional, tmp_path / "r", {"round": 1}))
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = regional.record(done.stdout)
+    assert sorted(record["hosts"]) == ["allegro", "worker-04"]
+    assert configs(regional) == {**before, "allegro": {"round": 1}, "worker-04": {"round": 1}}
+
+
+def test_a_failed_region_stops_the_later_ones_unless_its_max_failures_allows(
+        regional: Fleet, tmp_path: Path) -> None:
+    regional.ssh("worker-04", f"mkdir {LOCK} && echo 'elsewhere:1:run-x 9999999999' > {LOCK}/owner")
+    try:
+        stopped = regional.run("deploy", registry=edited(regional, tmp_path / "a", {"round": 2}))
+        assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+        record = regional.record(stopped.stdout)
+        assert (record["status"], record["skipped"]) == ("failed", ["worker-05", "worker-06"])
+        assert record["hosts"]["worker-04"]["phase"] == "preflight"
+        assert record["verdicts"]["2"] == {"go": False, "failures": 1, "allowed": 0}
+        assert {name: config for name, config in configs(regional).items()
+                if name in ("worker-05", "worker-06")} == {"worker-05": {}, "worker-06": {}}
+        allowed = edited(regional, tmp_path / "b", {"round": 3},
+                         regions={"eu": {}, "us": {"max_failures": 1}, "ap": {}})
+        done = regional.run("deploy", registry=allowed)
+        assert done.returncode == 1, done.stdout + done.stderr  # degraded is not ok
+        record = regional.record(done.stdout)
+        assert (record["status"], record["skipped"]) == ("degraded", [])
+        assert record["verdicts"]["2"] == {"go": True, "failures": 1, "allowed": 1}
+        assert {name: entry["status"] for name, entry in record["hosts"].items()
+                if name != "worker-04"} == dict.fromkeys(
+            ["ezra-primary", "bezalel", "allegro", "worker-05", "worker-06"], "ok")
+        assert configs(regional)["worker-06"] == {"round": 3}
+    finally:
+        regional.ssh("worker-04", f"rm -rf {LOCK}")
+
+
+def test_stop_on_unreachable_region_stops_at_a_cut_region(
+        regional: Fleet, tmp_path: Path) -> None:
+    lab.partition(lab_name(regional), CUT)
+    try:
+        done = regional.run("deploy", "--stop-on-unreachable-region",
+                            registry=edited(regional, tmp_path / "c", {"round": 4}))
+    finally:
+        lab.partition(lab_name(regional), CUT, heal=True)
+    assert done.returncode == 1, done.stdout + done.stderr
+    record = regional.record(done.stdout)
+    assert (record["status"], record["unreachable_regions"]) == ("failed", [CUT])
+    assert record["skipped"] == ["worker-05", "worker-06"]
+    assert "==> stopped: region us is unreachable; the later stages change nothing" in done.stdout
+    assert {name: entry["status"] for name, entry in record["hosts"].items()} == {
+        "ezra-primary": "ok", "bezalel": "ok", "allegro": "skipped", "worker-04": "skipped",
+        "worker-05": "skipped", "worker-06": "skipped"}
+    assert configs(regional)["worker-05"] == {"round": 3}

@@ -273,6 +273,36 @@ def test_scheduled_drift_checks_alert_the_orchestrator(fleet: Fleet,
         wait_answering(fleet)
 
 
+def test_self_heal_deploys_what_a_scheduled_check_found_drifted(fleet: Fleet) -> None:
+    """With ``FLEET_DRIFT_HEAL=1``, a soul edited on a worker is found by the receiver's check,
+    which queues a deploy of the tag; that run deploys (though every agent runs the tag's
+    release already), the soul is the repository's again, and the next check is clean."""
+    soul = "/etc/fleet/bezalel/soul.md"
+    fleet.ssh(ORCH, "printf '[Service]\\nEnvironment=FLEET_DRIFT_INTERVAL=3\\n"
+              "Environment=FLEET_DRIFT_HEAL=1\\n' > "
+              "/etc/systemd/system/fleet-webhook.service.d/drift.conf && "
+              "systemctl daemon-reload && systemctl restart fleet-webhook.service")
+    wait_answering(fleet)
+    try:
+        checks = requests.get(url(fleet, "/drift-checks"), timeout=10,
+                              headers={"Authorization": f"Bearer {READ_TOKEN}"}).json()["checks"]
+        first = wait_check(fleet, max((check["id"] for check in checks), default=0), "ok")
+        deployed = fleet.ssh("bezalel", f"sha256sum {soul}")
+        fleet.ssh("bezalel", f"echo 'drifted by hand' >> {soul}")
+        drifted = wait_check(fleet, first["id"], "drift")
+        assert drifted["drifted"] == ["bezalel"] and drifted["heal_run_id"], drifted
+        run = wait_run(fleet, drifted["heal_run_id"])
+        assert (run["status"], run["forge"], run["pusher"]) == ("ok", "drift", "drift check"), \
+            run["summary"]
+        assert fleet.ssh("bezalel", f"sha256sum {soul}") == deployed
+        clean = wait_check(fleet, drifted["id"], "ok")
+        assert (clean["drifted"], clean["heal_run_id"]) == ([], None)
+    finally:
+        fleet.ssh(ORCH, "rm -f /etc/systemd/system/fleet-webhook.service.d/drift.conf && "
+                  "systemctl daemon-reload && systemctl restart fleet-webhook.service")
+        wait_answering(fleet)
+
+
 def test_a_push_that_changes_the_receiver_restarts_it_after_its_run(
         fleet: Fleet, setup: dict[str, Path]) -> None:
     """A new sha deploys from the node (``fleet deploy`` with the deploy key and the seeded

@@ -28,7 +28,7 @@ from bus.client import BusClient
 from bus.keys import PRIVATE_KEY_ENV
 from fleet import lab
 from fleet.lab import model
-from fleet.lab.network import read_index
+from fleet.lab.network import MAX_INDEX, controller_ip, read_index
 from fleet.registry import load_registry
 from tests.deploy.conftest import SECRETS, Fleet, make_fleet
 from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
@@ -101,6 +101,22 @@ def test_deploy_leaves_agents_that_answer_with_the_model(fleet: Fleet) -> None:
     assert "error" not in payload, payload
     assert payload["tokens"] > 0 and payload["text"].strip(), payload
     assert 0 < payload["latency_ms"] < took * 1000
+
+
+def test_the_model_server_listens_on_the_lab_bridge_only(fleet: Fleet) -> None:
+    """Who may use the lab model (README, ``fleet lab up --model``): the lab's nodes, and processes
+    on the controller (which owns the bridge address); no other machine, and no node of
+    another lab: it listens on the bridge address alone, and a node routes only its bridge."""
+    index = read_index(fleet.registry.parent)
+    assert index is not None
+    listening = subprocess.run(["ss", "-Hltn", f"sport = :{model.MODEL_PORT}"],
+                               capture_output=True, text=True, check=True).stdout
+    assert [line.split()[3] for line in listening.splitlines()] == [
+        f"{controller_ip(index)}:{model.MODEL_PORT}"]
+    other_lab = controller_ip(index + 1 if index < MAX_INDEX else index - 1)
+    route = fleet.ssh(WORKER, f"ip -4 route; ip route get {other_lab} 2>&1 || true")
+    assert route.splitlines()[0].startswith(f"{controller_ip(index).rsplit('.', 1)[0]}.0/24 ")
+    assert "default" not in route and "Network is unreachable" in route, route
 
 
 def test_runtime_killed_mid_request_answers_exactly_once(fleet: Fleet) -> None:

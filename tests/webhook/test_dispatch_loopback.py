@@ -8,6 +8,7 @@ agents' health endpoints at it and ``FLEET_HEALTH_CHECK=http`` asks it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,7 +26,9 @@ from flask.testing import FlaskClient
 from fleet.errors import WebhookError
 from fleet.webhook.checkout import fetch
 from fleet.webhook.config import Settings
+from fleet.webhook.db import connect
 from fleet.webhook.dispatcher import drain, run, running
+from fleet.webhook.driftcheck import queue_heal
 from fleet.webhook.lock import DispatcherLock
 from fleet.webhook.wake import Listener, notify
 from tests.waiting import wait_for
@@ -123,8 +126,9 @@ def test_a_replayed_push_is_up_to_date_and_deploys_nothing(
         client: FlaskClient, settings: Settings, fleet_repo: FleetRepo, record_file: Path,
         loopback_fleet: tuple[Path, Path]) -> None:
     """A's signed body posted again with a new delivery id resolves PROD (at C), finds every
-    agent on C's release and starts no deploy; after a manual rollback of one agent the same
-    replay deploys C again: the fleet is asked, not the database."""
+    agent on C's release and starts no deploy; a self-heal run queued by a drift check deploys
+    C though (its drift is in files); after a manual rollback of one agent the same replay
+    deploys C again: the fleet is asked, not the database."""
     registry, state = loopback_fleet
     live = replace(settings, health_check="http",
                    env={**settings.env, "FLEET_REGISTRY": str(registry),
@@ -150,6 +154,13 @@ def test_a_replayed_push_is_up_to_date_and_deploys_nothing(
     assert [item["release"] for item in run["health"]] == [c[:12], c[:12]]
     assert (run["exit_status"], run["fleet_run_id"], run["record_path"]) == (None, None, None)
     assert len(read_records(record_file)) == 2  # no deploy command started
+
+    with contextlib.closing(connect(settings.db_path)) as conn:  # a drift check found drift
+        heal = queue_heal(conn, live, 9, c)
+    drain(live)
+    run = show(client, heal)
+    assert (run["status"], run["commit_sha"], run["release"]) == ("ok", c, c[:12]), run
+    assert len(read_records(record_file)) == 3  # self-heal deploys though the release is on
 
     state.write_text(json.dumps({"alpha": c[:12], "beta": a[:12]}))  # `fleet rollback beta`
     again = deliver(client, *signed_push("gitea", "refs/tags/PROD", a, delivery="a-3"))

@@ -144,7 +144,7 @@ def test_killing_the_web_workers_during_a_deploy_does_not_touch_it(
 def test_a_release_whose_gateway_cannot_start_is_rolled_back_on_the_canary_only(
         receiver_env: dict[str, str], repo: FleetRepo, lab_registry: Path) -> None:
     before = STATE["d"][:12]
-    broken = Receiver({**receiver_env, "FLEET_BROKEN_RELEASE": "1"},
+    broken = Receiver({**receiver_env, "FLEET_BROKEN_RELEASE": "exit"},
                       deploy_timeout=DEPLOY_TIMEOUT)
     try:
         e = repo.commit("E")
@@ -153,9 +153,10 @@ def test_a_release_whose_gateway_cannot_start_is_rolled_back_on_the_canary_only(
     finally:
         broken.stop()
     assert run["status"] == "failed", f"{run['summary']}\n{run['log'][-4000:]}"
-    assert run["release"] == f"{e[:12]}-broken"
+    assert run["release"] == f"{e[:12]}-broken-exit"
     assert run["hosts"][ORCH]["status"] == "rolled_back"
-    assert run["summary"].startswith(f"release {e[:12]}-broken failed: {ORCH} rolled_back (")
+    assert run["summary"].startswith(
+        f"release {e[:12]}-broken-exit failed: {ORCH} rolled_back (")
     assert run["stages"][0]["stage"] == "canary"
     assert run["stages"][0]["outcome"] == {ORCH: "rolled_back"}
     assert all(status == "skipped" for stage in run["stages"][1:]
