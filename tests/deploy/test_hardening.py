@@ -19,11 +19,13 @@ from fleet import nodectl
 from fleet.validate import ValidationError, check_release_id, check_user_name
 
 FORM = ("12 hex digits, optionally -dirty-<8 hex digits>, or nogit-<12 hex digits>; then "
-        "optionally -broken")
+        "optionally -broken or -broken-exit")
 BAD_IDS = ["x;touch /tmp/pwned;#", "../../etc", "444a224b3f00\n", "444a224b3f00/..",
-           "444A224B3F00", "444a224b3f0", "444a224b3f00-dirty-1234567", "", "-broken"]
+           "444A224B3F00", "444a224b3f0", "444a224b3f00-dirty-1234567", "", "-broken",
+           "444a224b3f00-exit", "444a224b3f00-broken-exit-broken"]
 GOOD_IDS = ["444a224b3f00", "444a224b3f00-dirty-0123abcd", "444a224b3f00-broken",
-            "444a224b3f00-dirty-0123abcd-broken", "nogit-0123456789ab"]
+            "444a224b3f00-dirty-0123abcd-broken", "nogit-0123456789ab",
+            "444a224b3f00-broken-exit"]
 
 
 @pytest.mark.parametrize("value", BAD_IDS)
