@@ -126,7 +126,8 @@ class AgentContext:
         paths = [OPT, RELEASES, f"{OPT}/bin", NODECTL, "/etc/fleet", self.etc_dir,
                  "/var/lib/fleet", self.state_dir, SSHD_DROPIN, *self.loaded_paths()]
         if self.agent.runtime_unit is None:  # one left from before is removed
-            paths.append(self.runtime_unit_path)
+            paths += [self.runtime_unit_path, self.ship_dir]
+        paths += self.release_ship_paths()
         return [*paths, UPLOAD_DIR] if self.registry.become else paths
 
     def loaded_paths(self) -> list[str]:
@@ -155,8 +156,26 @@ class AgentContext:
 
     @property
     def ship_dir(self) -> str:
-        """Where the files the operator's own runtime needs are shipped."""
+        """Where the operator's own runtime finds its shipped files (its working directory):
+        a symlink to this agent's files in the current release (:attr:`ship_target`), so a
+        release switch or rollback brings back the files deployed with that release."""
         return f"{self.etc_dir}/ship"
+
+    @property
+    def ship_target(self) -> str:
+        """What :attr:`ship_dir` points at."""
+        return f"{CURRENT}/ship/{self.name}"
+
+    def release_ship_dir(self) -> str:
+        """This agent's shipped files inside the release this deploy installs."""
+        return f"{RELEASES}/{self.release.id}/ship/{self.name}"
+
+    def release_ship_paths(self) -> list[str]:
+        """The shipped files where this deploy writes them (none in a rollback: it installs
+        no release)."""
+        if self.agent.runtime != "command" or host.data.get("action") == "rollback":
+            return []
+        return [f"{self.release_ship_dir()}/{relative}" for relative in self.agent.runtime_ship]
 
     def runtime_paths(self) -> list[str]:
         """The runtime's unit file and shipped files (none without a runtime)."""

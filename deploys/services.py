@@ -38,6 +38,7 @@ RESTART = ("Agent service restarted (its release, config, soul, env or unit chan
 RUNTIME_STOPPED = "Runtime service stopped and disabled (the registry asks for no runtime)"
 RUNTIME_REMOVED = "Runtime unit file removed"
 RUNTIME_SHIP_REMOVED = "Runtime's shipped files removed"
+RUNTIME_SHIP_LINK = "Runtime files: the current release's"
 RUNTIME_RELOAD = "systemd daemon-reload (runtime unit removed)"
 
 
@@ -76,18 +77,25 @@ def runtime(ctx: AgentContext) -> list[Outcome]:
     if unit is None:
         return []
     changed = []
-    folders = sorted({str(PurePosixPath(ctx.ship_dir, relative).parent)
-                      for relative in ctx.agent.runtime_ship} | {ctx.ship_dir})
-    for folder in folders if ctx.agent.runtime == "command" else []:
-        files.directory(name=f"Runtime folder {folder}", path=folder, user="root",
-                        group="root", mode="755", recursive=False)
-    for relative in ctx.agent.runtime_ship:
-        source = ctx.registry.path.parent / relative
-        mode = "755" if source.stat().st_mode & 0o100 else "644"
-        changed.append(ctx.track(f"Runtime file {relative}", managed_file(
-            name=f"Runtime file {relative}", dest=f"{ctx.ship_dir}/{relative}",
-            content=source.read_text(encoding="utf-8"), user="root", group="root", mode=mode,
-            node=ctx.node)))
+    if ctx.agent.runtime == "command":  # shipped with the release: a rollback brings them back
+        base = ctx.release_ship_dir()
+        folders = sorted({str(PurePosixPath(base, relative).parent)
+                          for relative in ctx.agent.runtime_ship} | {base})
+        for folder in folders:
+            files.directory(name=f"Runtime folder {folder}", path=folder, user="root",
+                            group="root", mode="755", recursive=False)
+        for relative, dest in zip(ctx.agent.runtime_ship, ctx.release_ship_paths(),
+                                  strict=True):
+            source = ctx.registry.path.parent / relative
+            mode = "755" if source.stat().st_mode & 0o100 else "644"
+            changed.append(ctx.track(f"Runtime file {relative}", managed_file(
+                name=f"Runtime file {relative}", dest=dest,
+                content=source.read_text(encoding="utf-8"), user="root", group="root",
+                mode=mode, node=ctx.node)))
+        # a folder left by an earlier layout is replaced by the link
+        changed.append(ctx.track(RUNTIME_SHIP_LINK, files.link(
+            name=RUNTIME_SHIP_LINK, path=ctx.ship_dir, target=ctx.ship_target, user="root",
+            group="root", force=True, force_backup=False)))
     unit_file = ctx.track(RUNTIME_UNIT_FILE, managed_file(
         name=RUNTIME_UNIT_FILE, dest=f"/etc/systemd/system/{unit}",
         content=runtime_unit_text(ctx), user="root", group="root", mode="644", node=ctx.node))
@@ -134,7 +142,12 @@ def runtime_removed(ctx: AgentContext) -> None:
                                                running=False, enabled=False))
     removed = ctx.track(RUNTIME_REMOVED, files.file(name=RUNTIME_REMOVED,
                                                     path=ctx.runtime_unit_path, present=False))
-    ctx.track(RUNTIME_SHIP_REMOVED, files.directory(name=RUNTIME_SHIP_REMOVED,
-                                                    path=ctx.ship_dir, present=False))
+    shipped = (ctx.node["paths"].get(ctx.ship_dir) or {}).get("type")
+    if shipped == "symbolic link":
+        ctx.track(RUNTIME_SHIP_REMOVED, files.link(name=RUNTIME_SHIP_REMOVED, path=ctx.ship_dir,
+                                                   present=False))
+    elif shipped == "directory":  # an earlier layout's folder
+        ctx.track(RUNTIME_SHIP_REMOVED, files.directory(name=RUNTIME_SHIP_REMOVED,
+                                                        path=ctx.ship_dir, present=False))
     ctx.track(RUNTIME_RELOAD, systemd.daemon_reload(name=RUNTIME_RELOAD,
                                                     _if=removed.did_change))

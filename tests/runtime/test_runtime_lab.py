@@ -225,6 +225,31 @@ def test_operator_runtime_command_is_deployed_and_verified_the_same_way(
     assert answer["payload"]["tokens"] > 0, answer
 
 
+def test_shipped_runtime_files_go_with_the_release_and_a_rollback_brings_them_back(
+        fleet: Fleet, tmp_path: Path) -> None:
+    shipped = f"/etc/fleet/{WORKER}/ship/agent.py"
+    first = fleet.ssh(WORKER, "readlink /opt/fleet/current").strip().rsplit("/", 1)[-1]
+    before = fleet.ssh(WORKER, f"sha256sum < {shipped}")
+    edited = operator_runtime_registry(fleet, tmp_path, "operator_agent.py", "agent.py")
+    with (tmp_path / "agent.py").open("a") as script:
+        script.write("# the second version\n")
+    git = ["git", "-C", str(fleet.clone), "-c", "user.name=test", "-c", "user.email=t@localhost"]
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "next release"], check=True)
+    done = fleet.run("deploy", "--limit", WORKER, registry=edited)
+    assert done.returncode == 0, done.stdout + done.stderr
+    second = fleet.record(done.stdout)["release"]
+    assert second != first
+    assert fleet.ssh(WORKER, f"tail -n 1 {shipped}") == "# the second version\n"
+    assert fleet.ssh(WORKER, f"readlink /etc/fleet/{WORKER}/ship") == \
+        f"/opt/fleet/current/ship/{WORKER}\n"
+    back = fleet.run("rollback", WORKER, registry=edited)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert fleet.record(back.stdout)["hosts"][WORKER]["release"] == first
+    assert fleet.ssh(WORKER, f"sha256sum < {shipped}") == before  # the first release's file
+    health = requests.get(load_registry(edited).get(WORKER).health_endpoint, timeout=30).json()
+    assert (health["status"], health["runtime"]["kind"]) == ("ok", "command"), health
+
+
 @pytest.mark.parametrize("mode", ["exit", "exit-after-2s", "silent"])
 def test_operator_runtime_that_does_not_work_fails_verify_and_is_never_ready(
         fleet: Fleet, tmp_path: Path, mode: str) -> None:
