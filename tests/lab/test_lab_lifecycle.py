@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fleet import lab
 from fleet.errors import LabError
@@ -146,6 +148,39 @@ def test_cli_up_status_ssh_down(session_lab_name: str,
                           timeout=120, check=True)
     assert down.stdout == f"Lab {spare_lab!r} is down.\n"
     assert not paths.ssh_control_dir(index).exists()
+
+
+def test_cli_up_takes_the_regions_from_the_registry(claim_spare: Callable[[str], str],
+                                                    tmp_path: Path) -> None:
+    """A registry with ``fleet.regions`` boots each agent's node in the agent's region: the
+    lab's status and registry show them, and cutting a region cuts off those nodes only."""
+    spare_lab = claim_spare("regions")
+    data = yaml.safe_load(EXAMPLE_REGISTRY.read_text())
+    data["fleet"]["regions"] = ["us-east", "eu-central"]  # rollout order, not the file's
+    wanted = {name: entry["region"] for name, entry in data["wizards"].items()}
+    assert sorted(set(wanted.values())) == ["eu-central", "us-east"]
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(yaml.safe_dump(data, sort_keys=False))
+    shutil.copytree(EXAMPLE_REGISTRY.parent / "souls", tmp_path / "souls")
+    fleet = ["fleet", "--registry", str(registry), "lab"]
+    subprocess.run([*fleet, "up", "--lab", spare_lab], capture_output=True, text=True,
+                   timeout=300, check=True)
+    status = subprocess.run([*fleet, "status", "--lab", spare_lab, "--json"],
+                            capture_output=True, text=True, check=True)
+    assert {n["name"]: n["region"] for n in json.loads(status.stdout)} == wanted
+    written = yaml.safe_load((paths.lab_dir(spare_lab) / "registry.yaml").read_text())
+    assert written["fleet"]["regions"] == ["us-east", "eu-central"]
+    assert {name: entry["region"] for name, entry in written["wizards"].items()} == wanted
+    cut = subprocess.run([*fleet, "partition", "us-east", "--lab", spare_lab],
+                         capture_output=True, text=True, timeout=60, check=True)
+    us = sorted(name for name, region in wanted.items() if region == "us-east")
+    assert all(name in cut.stdout for name in us), cut.stdout
+    lab_registry = paths.lab_dir(spare_lab) / "registry.yaml"
+    reached = {name: subprocess.run(
+        ["ssh", "-F", str(lab_registry.parent / "ssh_config"), "-o", "ConnectTimeout=3", name,
+         "true"], capture_output=True, timeout=60, check=False).returncode == 0
+        for name in wanted}
+    assert reached == {name: name not in us for name in wanted}
 
 
 def test_up_recovers_a_lab_whose_nodes_were_killed(spare_lab: str) -> None:
