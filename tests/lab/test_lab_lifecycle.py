@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -162,7 +163,7 @@ def test_cli_up_takes_the_regions_from_the_registry(claim_spare: Callable[[str],
     registry = tmp_path / "registry.yaml"
     registry.write_text(yaml.safe_dump(data, sort_keys=False))
     shutil.copytree(EXAMPLE_REGISTRY.parent / "souls", tmp_path / "souls")
-    fleet = ["fleet", "--registry", str(registry), "lab"]
+    fleet = [sys.executable, "-m", "fleet", "--registry", str(registry), "lab"]
     subprocess.run([*fleet, "up", "--lab", spare_lab], capture_output=True, text=True,
                    timeout=300, check=True)
     status = subprocess.run([*fleet, "status", "--lab", spare_lab, "--json"],
