@@ -1,11 +1,13 @@
 """The bus's typed exception: the library never prints, it raises :class:`BusError`, whose
-``hint`` says what to do (the fleet CLI prints it as one ``Error:`` line and a ``Hint:``)."""
+``hint`` says what to do (the fleet CLI prints it as one ``Error:`` line and a ``Hint:``).
+Its base :class:`HintedError` is also the base of the fleet library's errors."""
 
 from __future__ import annotations
 
 
-class BusError(Exception):
-    """A bus message could not be built, stored or sent; ``hint`` says what to do."""
+class HintedError(Exception):
+    """An error for a person: its message, and a ``hint`` saying what to do (the base of
+    :class:`BusError` and of the fleet's ``FleetError``)."""
 
     hint: str | None = None
 
@@ -17,3 +19,7 @@ class BusError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class BusError(HintedError):
+    """A bus message could not be built, stored or sent; ``hint`` says what to do."""

@@ -6,7 +6,7 @@ into a single line (``Error: <message>``) followed by ``Hint: <hint>`` when one 
 
 from __future__ import annotations
 
-from bus.errors import BusError
+from bus.errors import BusError, HintedError
 
 __all__ = [
     "USER_ERRORS",
@@ -21,19 +21,8 @@ __all__ = [
 ]
 
 
-class FleetError(Exception):
-    """Base of every user-facing error; ``hint`` says what to do about it."""
-
-    hint: str | None = None
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if hint is not None:
-            self.hint = hint
-
-    def __str__(self) -> str:
-        return self.message
+class FleetError(HintedError):
+    """Base of every user-facing error of the fleet library; ``hint`` says what to do."""
 
 
 class RegistryError(FleetError):
@@ -66,6 +55,6 @@ class WebhookError(FleetError):
     """The webhook receiver is misconfigured."""
 
 
-USER_ERRORS = (FleetError, BusError)
-"""What a caller reports as one line with a hint (a :class:`BusError` comes from ``bus``,
-which stands alone, so it is not a :class:`FleetError`)."""
+USER_ERRORS = (HintedError,)
+"""What a caller reports as one line with a hint: a :class:`FleetError`, or a
+:class:`BusError` (from ``bus``, which stands alone, so it is not a :class:`FleetError`)."""
