@@ -11,6 +11,7 @@ import json
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,21 +76,31 @@ def busctl_property(node: tuple[Path, str], unit: str, name: str) -> object:
                                 f"{path} org.freedesktop.systemd1.Service {name}"))["data"]
 
 
+@contextmanager
+def loaded_units(node: tuple[Path, str], units: dict[str, str], marker: str) -> Iterator[None]:
+    """``units`` (file name: text) written to the node, verified by ``systemd-analyze verify``
+    (no complaint naming ``marker``) and loaded; removed again afterwards."""
+    for unit, text in units.items():
+        ssh(node, f"cat > /etc/systemd/system/{unit}", stdin=text)
+    paths = " ".join(f"/etc/systemd/system/{unit}" for unit in units)
+    try:
+        verify = subprocess.run(["ssh", "-F", str(node[0]), node[1],
+                                 f"systemd-analyze verify {paths}"],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert verify.returncode == 0 and marker not in verify.stdout + verify.stderr, (
+            verify.stdout + verify.stderr)
+        ssh(node, "systemctl daemon-reload")
+        yield
+    finally:
+        ssh(node, f"rm -f {paths} && systemctl daemon-reload")
+
+
 def test_systemd_reads_hostile_registry_values_exactly(node: tuple[Path, str]) -> None:
     name = "render-probe"
     agent_unit, runtime_unit = hostile_units(name)
     units = {f"fleet-agent-{name}.service": agent_unit,
              f"fleet-runtime-{name}.service": runtime_unit}
-    for unit, text in units.items():
-        ssh(node, f"cat > /etc/systemd/system/{unit}", stdin=text)
-    try:
-        verify = subprocess.run(
-            ["ssh", "-F", str(node[0]), node[1],
-             "systemd-analyze verify " + " ".join(f"/etc/systemd/system/{u}" for u in units)],
-            capture_output=True, text=True, timeout=60, check=False)
-        assert verify.returncode == 0 and name not in verify.stdout + verify.stderr, (
-            verify.stdout + verify.stderr)
-        ssh(node, "systemctl daemon-reload")
+    with loaded_units(node, units, name):
         runtime = f"fleet-runtime-{name}.service"
         assert busctl_property(node, runtime, "Environment") == [
             "PYTHONPATH=/opt/fleet/current/site", f"FLEET_MODEL={MODEL}",
@@ -101,9 +112,6 @@ def test_systemd_reads_hostile_registry_values_exactly(node: tuple[Path, str]) -
         # command; a single "$" would be a variable: none is left
         assert exec_start[0][1] == [arg.replace("$", "$$") for arg in COMMAND]
         assert ssh(node, f"systemctl show -p ExecStartPre --value {runtime}").strip() == ""
-    finally:
-        ssh(node, "rm -f " + " ".join(f"/etc/systemd/system/{u}" for u in units)
-            + " && systemctl daemon-reload")
 
 
 @settings(max_examples=12, derandomize=True, deadline=None,
@@ -123,16 +131,7 @@ def test_systemd_reads_every_accepted_registry_exactly(node: tuple[Path, str],
     agent = ctx.agent
     units = {"fleet-agent-a.service": unit_text(ctx),
              "fleet-runtime-a.service": runtime_unit_text(ctx)}
-    for unit, text in units.items():
-        ssh(node, f"cat > /etc/systemd/system/{unit}", stdin=text)
-    try:
-        verify = subprocess.run(
-            ["ssh", "-F", str(node[0]), node[1],
-             "systemd-analyze verify " + " ".join(f"/etc/systemd/system/{u}" for u in units)],
-            capture_output=True, text=True, timeout=60, check=False)
-        assert verify.returncode == 0 and "fleet-" not in verify.stdout + verify.stderr, (
-            verify.stdout + verify.stderr)
-        ssh(node, "systemctl daemon-reload")
+    with loaded_units(node, units, "fleet-"):
         runtime = "fleet-runtime-a.service"
         assert busctl_property(node, runtime, "Environment") == [
             "PYTHONPATH=/opt/fleet/current/site", f"FLEET_MODEL={agent.model}",
@@ -145,6 +144,3 @@ def test_systemd_reads_every_accepted_registry_exactly(node: tuple[Path, str],
         assert isinstance(exec_start, list) and len(exec_start) == 1
         assert exec_start[0][1] == [arg.replace("$", "$$") for arg in expected]
         assert ssh(node, f"systemctl show -p ExecStartPre --value {runtime}").strip() == ""
-    finally:
-        ssh(node, "rm -f " + " ".join(f"/etc/systemd/system/{u}" for u in units)
-            + " && systemctl daemon-reload")
