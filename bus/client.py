@@ -116,20 +116,30 @@ class BusClient:
 
     def call(self, method: str, path: str, params: Mapping[str, Any] | None = None,
              body: Any = None, content_type: str = "application/json") -> Any:
-        """One signed request; the decoded JSON answer, or :class:`BusError` with the reason."""
+        """One signed request; the decoded JSON answer, or :class:`BusError` with the reason.
+
+        A ``GET`` whose connection breaks (a kept-alive connection the gateway closed just as
+        it was reused) is signed and sent once more on a new connection: reads change
+        nothing. Other methods are never repeated here (``send`` repeats by message id)."""
         query = urlencode({k: v for k, v in (params or {}).items() if v is not None})
         data = b"" if body is None else json.dumps(body).encode()
         url = f"{self.base_url}{path}" + (f"?{query}" if query else "")
-        headers = sign(self.key, method, url, data)
-        if body is not None:
-            headers["Content-Type"] = content_type
-        try:
-            with self.session.request(method, url, data=data or None, headers=headers,
-                                      timeout=self.timeout) as response:
-                status, text = response.status_code, response.text
-        except requests.RequestException as exc:
-            raise GatewayError(f"{self.base_url}: cannot reach the gateway: {exc}",
-                               hint="Is the agent's gateway running?", retryable=True) from None
+        attempts = 2 if method == "GET" else 1
+        for attempt in range(1, attempts + 1):
+            headers = sign(self.key, method, url, data)
+            if body is not None:
+                headers["Content-Type"] = content_type
+            try:
+                with self.session.request(method, url, data=data or None, headers=headers,
+                                          timeout=self.timeout) as response:
+                    status, text = response.status_code, response.text
+                break
+            except requests.ConnectionError as exc:
+                if attempt < attempts and not isinstance(exc, requests.ConnectTimeout):
+                    continue
+                raise self._unreachable(exc) from None
+            except requests.RequestException as exc:
+                raise self._unreachable(exc) from None
         try:
             answer = json.loads(text) if text else {}
         except ValueError:
@@ -141,6 +151,10 @@ class BusClient:
                                hint=answer.get("hint"), retryable=status >= 500 or status == 429,
                                status=status, problems=problems)
         return answer
+
+    def _unreachable(self, exc: requests.RequestException) -> GatewayError:
+        return GatewayError(f"{self.base_url}: cannot reach the gateway: {exc}",
+                            hint="Is the agent's gateway running?", retryable=True)
 
     def send(self, to: str | None, type: str, payload: Any, retries: int = 3,
              **options: Any) -> dict[str, Any]:
