@@ -10,7 +10,6 @@ every string is masked with the secrets before writing. The record is the run's 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
+from bus.locks import FileLock
 from fleet.atomic import write_atomic
 from fleet.errors import FleetError
 from fleet.masking import Masker
@@ -147,10 +147,7 @@ def record_path(run_id: str) -> Path:
 def _locked(run_id: str) -> Iterator[dict[str, Any]]:
     """The record of ``run_id`` to change in place, written back atomically (0600)."""
     path = record_path(run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock_fd = os.open(path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
-    with os.fdopen(lock_fd, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(path.with_suffix(".lock")):
         record: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {
             "run_id": run_id, "started": now(), "hosts": {}}
         yield record
