@@ -15,13 +15,14 @@ from typing import Any
 from pyinfra import host, logger, state
 from pyinfra.api import BaseStateCallback, FunctionCommand, Host, State, StringCommand, operation
 
+from bus.timestamps import utc_timestamp
 from deploys import lock
 from deploys.context import NODECTL, AgentContext, context_of, phase
 from deploys.facts import AgentAudit
 from deploys.secret_cache import secrets
 from fleet.masking import Masker
 from fleet.nodectl import fingerprint
-from fleet.records import current_run_id, load_record, now, update_host
+from fleet.records import current_run_id, load_record, update_host
 
 AUDIT = "Audit: record the node's state and drift, release the lock"
 
@@ -113,7 +114,7 @@ def audit_node(state: State, host: Host, ctx: AgentContext) -> bool:
         "verify": verify,
         "facts": facts,
         "drift": found,
-        "finished": now(),
+        "finished": utc_timestamp(),
     }
     update_host(current_run_id(), host.name, entry, Masker(secrets().values()))
     if not verify.get("unlocked"):
@@ -188,7 +189,7 @@ class FailureRecorder(BaseStateCallback):
             "status": "failed", "phase": name.split(" | ", 1)[0].lower() if " | " in name
             else "", "reason": f"operation failed: {name} (the node was reached; see the "
                                "pyinfra output of this stage)",
-            "changed": ctx.changed(), "restarted": False, "finished": now()},
+            "changed": ctx.changed(), "restarted": False, "finished": utc_timestamp()},
             Masker(secrets().values()))
 
 
