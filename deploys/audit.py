@@ -20,6 +20,7 @@ from deploys import lock
 from deploys.context import NODECTL, AgentContext, context_of, phase
 from deploys.facts import AgentAudit
 from deploys.secret_cache import secrets
+from fleet.expected import Expected, compare
 from fleet.masking import Masker
 from fleet.nodectl import fingerprint
 from fleet.records import current_run_id, load_record, update_host
@@ -29,14 +30,10 @@ AUDIT = "Audit: record the node's state and drift, release the lock"
 
 def drift(facts: dict[str, Any], ctx: AgentContext, expected_release: str) -> list[str]:
     """Every difference between the node (``facts``) and the registry/release wanted."""
-    found = []
     agent = ctx.agent
-    if facts.get("release") != expected_release:
-        found.append(f"release is {facts.get('release')}, expected {expected_release}")
-    if facts.get("soul_sha256") != ctx.soul_sha256():
-        found.append("soul.md differs from the registry's soul file")
-    if facts.get("config_hash") != ctx.config_hash():
-        found.append("config.json differs from the registry")
+    must = Expected(config_hash=ctx.config_hash(), soul_sha256=ctx.soul_sha256())
+    found = list(compare(facts.get("release"), facts.get("soul_sha256"), facts.get("config_hash"),
+                         must, expected_release, absent="drift")[1])
     unit = facts.get("unit", {})
     if unit.get("ActiveState") != "active":
         found.append(f"{ctx.unit} is {unit.get('ActiveState')}, expected active")
