@@ -32,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from bench._common import (  # noqa: E402
     stock_python,
 )
 from bench.ansible import tool  # noqa: E402
+from bus.timestamps import utc_timestamp  # noqa: E402
 
 TOOLS = ("fleet", "ansible", "mitogen")
 RESULTS = REPO / "bench" / "results"
@@ -310,7 +310,7 @@ def main() -> int:
 def save(data: dict[str, Any], size: dict[str, Any], path: Path) -> None:
     """Summarize ``size`` (its rounds so far) into ``data``; write the JSON and the Markdown."""
     size["summary"] = summarize(size)
-    size["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    size["finished"] = utc_timestamp()
     data["sizes"][str(size["nodes"])] = size
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")

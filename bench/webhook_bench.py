@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 import requests
@@ -34,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._common import free_port, http_answers, percentile, wait_serving  # noqa: E402
+from bus.timestamps import parse_timestamp  # noqa: E402
 
 SECRET, TOKEN = "bench-webhook-secret-0123456789", "bench-read-token-0123456789"
 GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.org"]
@@ -52,7 +52,9 @@ def signed(sha: str) -> tuple[bytes, dict[str, str]]:
 
 def stamp(text: str) -> float:
     """Seconds since the epoch of a stored ISO time."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    stamped = parse_timestamp(text)
+    assert stamped is not None, text
+    return stamped.timestamp()
 
 
 def main() -> None:

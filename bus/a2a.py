@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from flask import Blueprint, Flask, abort, jsonify, make_response, request
@@ -30,6 +29,7 @@ from bus.receive import JSON, over_quota
 from bus.schema import a2a_schema
 from bus.signing import sign
 from bus.state import state
+from bus.timestamps import utc_timestamp
 from bus.validate import fields_problems, message_problems
 from bus.web import authenticate, fail, json_body, me
 
@@ -55,7 +55,7 @@ def rpc_error(status: int, rpc_id: Any, code: int, message: str,
 def to_bus(a2a_message: dict[str, Any], sender: str) -> dict[str, Any]:
     """The inbox message an A2A message from ``sender`` stands for."""
     return {"id": a2a_message["messageId"], "from": sender, "to": me(), "type": "request",
-            "payload": a2a_message, "timestamp": datetime.now(UTC).isoformat()}
+            "payload": a2a_message, "timestamp": utc_timestamp()}
 
 
 def reply(method: str, received: dict[str, Any], outcome: str) -> dict[str, Any]:

@@ -27,11 +27,11 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Collection, Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
 from bus.schema import MAX_BATCH, TYPES, WHOLE, message_schema
+from bus.timestamps import utc_timestamp
 from bus.validate import fields_problems, parse_json, value_problem
 
 CONTENT_TYPE = "application/cloudevents+json"
@@ -120,7 +120,7 @@ def sender(source: str) -> str:
 def from_cloudevent(event: Mapping[str, Any]) -> dict[str, Any]:
     """The bus message a valid event stands for; attributes that are no message field are in
     its ``attributes`` (``source`` too when it is a URI), a ``data_base64`` beside them."""
-    message: dict[str, Any] = {"payload": None, "timestamp": datetime.now(UTC).isoformat()}
+    message: dict[str, Any] = {"payload": None, "timestamp": utc_timestamp()}
     attributes: dict[str, Any] = {}
     for attribute, value in event.items():
         if attribute in ATTRIBUTES:

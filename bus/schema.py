@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping
-from datetime import datetime
 from typing import Any
+
+from bus.timestamps import parse_timestamp
 
 TYPES = ("request", "response", "broadcast", "alert")
 MAX_ID = 200
 MAX_TTL = 365 * 86400  # one year, in seconds
 MAX_BATCH = 500
-# RFC 3339 date-time with an offset (what Python's isoformat writes); parsed after the match
-TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})")
 WHOLE = re.compile(r"[0-9]{1,19}")  # ASCII digits only: '²'.isdigit() is True
 BIGGEST = 2**63 - 1  # SQLite's INTEGER
 ID_RULE = f"a non-empty string of at most {MAX_ID} characters"
@@ -176,16 +175,6 @@ def query_problems(schema: Mapping[str, Any], args: Mapping[str, str]) -> dict[s
         if not ok:
             problems[name] = f"{text!r} is not {rule['description']}"
     return problems
-
-
-def parse_timestamp(value: object) -> datetime | None:
-    """An RFC 3339 timestamp with a UTC offset (``2026-11-28T01:02:03Z``), else None."""
-    if not isinstance(value, str) or not TIMESTAMP.fullmatch(value):
-        return None
-    try:
-        return datetime.fromisoformat(value.upper())
-    except ValueError:
-        return None
 
 
 def _is_integer(value: object) -> bool:

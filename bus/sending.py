@@ -13,7 +13,6 @@ request's signature, so the very same signed request posted again is still queue
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, jsonify
@@ -25,6 +24,7 @@ from bus.keys import PRIVATE_KEY_ENV, RECEIVER
 from bus.outbox import enqueue
 from bus.schema import send_schema
 from bus.state import state
+from bus.timestamps import utc_timestamp
 from bus.validate import fields_problems
 from bus.web import authenticate, fail, json_body, signature_id
 
@@ -55,7 +55,7 @@ def build(agents: list[str], sender: str, fields: dict[str, Any]) -> dict[str, A
     message = {"id": fields.get("id") or str(uuid.uuid4()), "from": sender,
                "to": fields.get("to") or "*", "type": fields["type"],
                "payload": fields["payload"],
-               "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds")}
+               "timestamp": utc_timestamp()}
     message.update({name: fields[name] for name in ("correlation_id", "reply_to", "ttl")
                     if fields.get(name) is not None})
     if "ttl" in message:

@@ -10,12 +10,11 @@ journal mode takes.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
 from importlib.resources import files
 from pathlib import Path
 
+from bus.locks import FileLock
 from bus.sqlite import open_db
 
 STORE_NAME = "bus.sqlite3"
@@ -39,9 +38,7 @@ def lock_path(path: str | Path) -> str:
 
 def init_db(path: str | Path) -> None:
     """Create the store (WAL) or migrate it to :data:`SCHEMA_VERSION`, once, under a lock."""
-    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with FileLock(lock_path(path)):
         db = connect(path)
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -53,8 +50,6 @@ def init_db(path: str | Path) -> None:
                              f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
         finally:
             db.close()
-    finally:
-        os.close(fd)
 
 
 def bump(db: sqlite3.Connection, name: str, by: int = 1) -> None:

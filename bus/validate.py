@@ -13,7 +13,8 @@ from collections.abc import Collection
 from typing import Any
 
 from bus import strictjson
-from bus.schema import TYPES, message_schema, parse_timestamp, schema_problems
+from bus.schema import TYPES, message_schema, schema_problems
+from bus.timestamps import parse_timestamp
 
 __all__ = [
     "MAX_DEPTH",

@@ -6,18 +6,18 @@ Request threads and delivery threads hand a write (a function of the connection)
 into the next transaction. There is no writer thread: the first waiting caller leads, i.e.
 commits the queued batch on the process's one write connection and wakes the others; then it
 hands the lead to the next waiting caller. That saves a thread hand-off (and a wait for the
-GIL) per batch. The writers of several gunicorn workers take turns through an ``flock`` on
-``bus.sqlite3.lock``, which hands over at once (SQLite's own busy wait sleeps up to 100 ms).
-One failing write does not undo the others: the batch is then run again with each write in
-its own SAVEPOINT. The write connection and lock file are closed by :meth:`GroupWriter.close`,
-else when the writer is collected or the interpreter exits (never left to the garbage
-collector, which Python 3.13 warns about). A forked child leaves its parent's connection
-alone (SQLite forbids using it across a fork, closing included) and opens its own.
+GIL) per batch. The writers of several gunicorn workers take turns through a
+:class:`bus.locks.FileLock` on ``bus.sqlite3.lock``, which hands over at once (SQLite's own
+busy wait sleeps up to 100 ms). One failing write does not undo the others: the batch is
+then run again with each write in its own SAVEPOINT. The write connection and lock file are
+closed by :meth:`GroupWriter.close`, else when the writer is collected or the interpreter
+exits (never left to the garbage collector, which Python 3.13 warns about). A forked child
+leaves its parent's connection alone (SQLite forbids using it across a fork, closing
+included) and opens its own.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 import sys
@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bus.locks import FileLock
 from bus.store import connect, lock_path
 
 T = TypeVar("T")
@@ -61,8 +62,9 @@ class GroupWriter:
         self._pending: list[_Write] = []
         self._leading = False
         self._db: sqlite3.Connection | None = None
-        self._lock_fd = -1
-        self._closer: weakref.finalize[[sqlite3.Connection, int, int], GroupWriter] | None = None
+        self._lock = FileLock(lock_path(self.store))
+        self._closer: weakref.finalize[[sqlite3.Connection, FileLock, int], GroupWriter] | None
+        self._closer = None
         self._pid = os.getpid()
 
     def close(self) -> None:
@@ -74,7 +76,7 @@ class GroupWriter:
     def _close(self) -> None:
         if self._closer is not None:
             self._closer()  # once: it detaches itself
-        self._db, self._lock_fd, self._closer = None, -1, None
+        self._db, self._closer = None, None  # the closer closed the lock file too
 
     def run(self, change: Callable[[sqlite3.Connection], T], timeout: float = 60) -> T:
         """Run ``change(db)`` in a committed transaction; its result, or its exception."""
@@ -128,11 +130,11 @@ class GroupWriter:
         """
         try:
             db = self._connection()
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._lock.acquire()
             try:
                 self._transaction(db, batch)
             finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                self._lock.unlock()
         except BaseException as exc:  # nothing was stored: every waiting caller gets the error
             for item in batch:
                 item.result, item.error = None, exc
@@ -140,14 +142,14 @@ class GroupWriter:
     def _connection(self) -> sqlite3.Connection:
         """This process's write connection and lock file, opened on first use."""
         if self._db is None:
-            fd = os.open(lock_path(self.store), os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock.open()
             try:
                 db = connect(self.store)
             except BaseException:
-                os.close(fd)
+                self._lock.close()
                 raise
-            self._db, self._lock_fd = db, fd
-            self._closer = weakref.finalize(self, _close_handles, db, fd, os.getpid())
+            self._db = db
+            self._closer = weakref.finalize(self, _close_handles, db, self._lock, os.getpid())
         return self._db
 
     def _transaction(self, db: sqlite3.Connection, batch: list[_Write]) -> None:
@@ -199,7 +201,7 @@ def _blocking(commit: Callable[[list[_Write]], None], batch: list[_Write]) -> No
         commit(batch)
 
 
-def _close_handles(db: sqlite3.Connection, fd: int, opener: int) -> None:
+def _close_handles(db: sqlite3.Connection, lock: FileLock, opener: int) -> None:
     """Close a writer's connection and lock file (its finalizer: no reference to the writer);
     in a child forked since, only the lock file."""
     try:
@@ -208,4 +210,4 @@ def _close_handles(db: sqlite3.Connection, fd: int, opener: int) -> None:
         else:
             _INHERITED.append(db)  # neither used nor closed (nor left to the collector) here
     finally:
-        os.close(fd)
+        lock.close()

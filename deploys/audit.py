@@ -15,27 +15,25 @@ from typing import Any
 from pyinfra import host, logger, state
 from pyinfra.api import BaseStateCallback, FunctionCommand, Host, State, StringCommand, operation
 
+from bus.timestamps import utc_timestamp
 from deploys import lock
 from deploys.context import NODECTL, AgentContext, context_of, phase
 from deploys.facts import AgentAudit
 from deploys.secret_cache import secrets
+from fleet.expected import Expected, compare
 from fleet.masking import Masker
 from fleet.nodectl import fingerprint
-from fleet.records import current_run_id, load_record, now, update_host
+from fleet.records import current_run_id, load_record, update_host
 
 AUDIT = "Audit: record the node's state and drift, release the lock"
 
 
 def drift(facts: dict[str, Any], ctx: AgentContext, expected_release: str) -> list[str]:
     """Every difference between the node (``facts``) and the registry/release wanted."""
-    found = []
     agent = ctx.agent
-    if facts.get("release") != expected_release:
-        found.append(f"release is {facts.get('release')}, expected {expected_release}")
-    if facts.get("soul_sha256") != ctx.soul_sha256():
-        found.append("soul.md differs from the registry's soul file")
-    if facts.get("config_hash") != ctx.config_hash():
-        found.append("config.json differs from the registry")
+    must = Expected(config_hash=ctx.config_hash(), soul_sha256=ctx.soul_sha256())
+    found = list(compare(facts.get("release"), facts.get("soul_sha256"), facts.get("config_hash"),
+                         must, expected_release, absent="drift")[1])
     unit = facts.get("unit", {})
     if unit.get("ActiveState") != "active":
         found.append(f"{ctx.unit} is {unit.get('ActiveState')}, expected active")
@@ -113,7 +111,7 @@ def audit_node(state: State, host: Host, ctx: AgentContext) -> bool:
         "verify": verify,
         "facts": facts,
         "drift": found,
-        "finished": now(),
+        "finished": utc_timestamp(),
     }
     update_host(current_run_id(), host.name, entry, Masker(secrets().values()))
     if not verify.get("unlocked"):
@@ -188,7 +186,7 @@ class FailureRecorder(BaseStateCallback):
             "status": "failed", "phase": name.split(" | ", 1)[0].lower() if " | " in name
             else "", "reason": f"operation failed: {name} (the node was reached; see the "
                                "pyinfra output of this stage)",
-            "changed": ctx.changed(), "restarted": False, "finished": now()},
+            "changed": ctx.changed(), "restarted": False, "finished": utc_timestamp()},
             Masker(secrets().values()))
 
 

@@ -1,8 +1,10 @@
 """The node's deploy lock: one deploy at a time per node.
 
-The lock is a directory on the node (``mkdir`` is atomic) holding an ``owner`` file with
-``controller:PID.STARTTIME:run-id <unix time taken>`` (:func:`fleet.liveness.process_tag`: a
-pid with its start time, never reused). Everything about it lives here:
+Not a lock between processes of one machine (those are :class:`bus.locks.FileLock`, e.g. the
+webhook receiver's ``deploy.lock``): the lock is a directory on the node (``mkdir`` is atomic)
+holding an ``owner`` file with ``controller:PID.STARTTIME:run-id <unix time taken>``
+(:func:`fleet.liveness.process_tag`: a pid with its start time, never reused). Everything
+about it lives here:
 
 - :func:`owner`: who this deploy process is;
 - :func:`blocker`: at preflight, from the holder the node snapshot read, why the node cannot be

@@ -1,5 +1,6 @@
 """systemd ``EnvironmentFile=`` syntax (``man systemd.exec``): writing values so that they
-reach the service exactly, and reading such files back (for masked diffs).
+reach the service exactly, and reading such files back the way systemd does (for masked
+diffs, and the webhook receiver's config file).
 
 Every value is written double-quoted: inside double quotes systemd keeps every character as
 it is (newlines, quotes of the other kind, spaces at either end) except that ``\\`` escapes
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from typing import NamedTuple
 
 from fleet.errors import SecretsError
 
@@ -45,18 +47,47 @@ def format_env(env: Mapping[str, str]) -> str:
     return "".join(f"{name}={quote(name, value)}\n" for name, value in env.items())
 
 
-def parse_env(text: str) -> Iterator[tuple[str, str]]:
-    """The ``(name, value)`` assignments of an env file, as systemd reads it."""
-    for name, value, _ in parse_env_entries(text):
-        yield name, value
+class EnvEntry(NamedTuple):
+    """One assignment of an env file as systemd reads it: ``name``, ``value``, its ``source``
+    text and the ``line`` it starts on; ``problem`` (said of the name) is why systemd ignores
+    it (the line has no ``=``, the name is no variable name) or reads it oddly (a quote never
+    closed runs to the end of the file)."""
+
+    name: str
+    value: str
+    source: str
+    line: int
+    problem: str = ""
+
+    @property
+    def applied(self) -> bool:
+        """Whether systemd sets this variable."""
+        return not self.problem or self.problem == UNTERMINATED
 
 
-def parse_env_entries(text: str) -> Iterator[tuple[str, str, str]]:
-    """``(name, value, source text)`` of each assignment of an env file, as systemd reads it
-    (its parser's states: keys, unquoted values with backslash escapes and line continuation,
-    single- and double-quoted values spanning lines, ``#``/``;`` comments)."""
+UNTERMINATED = "has a value whose quote is never closed (systemd reads on to the end of the file)"
+NOT_ASSIGNMENT = "is not KEY=value"
+BAD_NAME = "is not a variable name (letters, digits and '_', not starting with a digit)"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_env_entries(text: str) -> Iterator[EnvEntry]:
+    """The assignments systemd applies from an env file (see :func:`scan_env`)."""
+    return (entry for entry in scan_env(text) if entry.applied)
+
+
+def scan_env(text: str) -> Iterator[EnvEntry]:
+    """Every entry of an env file, as systemd's parser meets it (its states: keys, unquoted
+    values with backslash escapes and line continuation, single- and double-quoted values
+    spanning lines, ``#``/``;`` comments); those systemd skips carry a ``problem``."""
     state, key, value, start = "pre_key", "", "", 0
     text += _NEWLINE
+
+    def entry(end: int, problem: str = "") -> EnvEntry:
+        if not problem and not _NAME.fullmatch(key):
+            problem = BAD_NAME
+        return EnvEntry(key, value, text[start:end], text.count(_NEWLINE, 0, start) + 1, problem)
+
     for index, char in enumerate(text):
         if state == "pre_key":
             if char in "#;":
@@ -65,6 +96,8 @@ def parse_env_entries(text: str) -> Iterator[tuple[str, str, str]]:
                 state, key, start = "key", char, index
         elif state == "key":
             if char == _NEWLINE:
+                key = key.rstrip(_WHITESPACE)
+                yield entry(index, NOT_ASSIGNMENT)
                 state, key = "pre_key", ""
             elif char == "=":
                 state, value, key = "pre_value", "", key.rstrip(_WHITESPACE)
@@ -72,7 +105,7 @@ def parse_env_entries(text: str) -> Iterator[tuple[str, str, str]]:
                 key += char
         elif state == "pre_value":
             if char == _NEWLINE:
-                yield key, value, text[start:index]
+                yield entry(index)
                 state = "pre_key"
             elif char == "'":
                 state = "single"
@@ -84,7 +117,8 @@ def parse_env_entries(text: str) -> Iterator[tuple[str, str, str]]:
                 state, value = "value", value + char
         elif state == "value":
             if char == _NEWLINE:
-                yield key, value.rstrip(_WHITESPACE), text[start:index]
+                value = value.rstrip(_WHITESPACE)
+                yield entry(index)
                 state = "pre_key"
             elif char == "\\":
                 state = "escape"
@@ -116,4 +150,4 @@ def parse_env_entries(text: str) -> Iterator[tuple[str, str, str]]:
         elif state == "comment_escape":
             state = "comment"
     if state in ("single", "double", "double_escape"):  # unterminated quote: systemd keeps it
-        yield key, value, text[start:-1]
+        yield entry(len(text) - 1, UNTERMINATED)

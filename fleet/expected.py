@@ -62,30 +62,42 @@ class Judgement:
     drift: tuple[str, ...]
 
 
-def _compare(actual: str | None, wanted: str | None) -> str:
+def _compare(actual: str | None, wanted: str | None, absent: str) -> str:
     if actual is None or wanted is None:
-        return "unknown"
+        return absent
     return "ok" if actual == wanted else "drift"
+
+
+def compare(release: str | None, soul_sha256: str | None, config_hash: str | None,
+            wanted: Expected, wanted_release: str | None,
+            absent: str = "unknown") -> tuple[dict[str, str], tuple[str, ...]]:
+    """The drift triple, compared in one place: what an agent runs (its release, soul and
+    config hashes) against what it must run. Each part is ``ok``, ``drift``, or ``absent``
+    where either side is None (``unknown`` for a probe that did not say; ``drift`` where a
+    missing file is itself the difference); with a line for each part that drifted."""
+    parts = {"release": _compare(release, wanted_release, absent),
+             "soul": _compare(soul_sha256, wanted.soul_sha256, absent),
+             "config": _compare(config_hash, wanted.config_hash, absent)}
+    found = []
+    if parts["release"] == "drift":
+        found.append(f"release is {release}, expected {wanted_release}")
+    if parts["soul"] == "drift":
+        found.append(f"soul.md is {short(soul_sha256)}, the soul file is "
+                     f"{short(wanted.soul_sha256)}")
+    if parts["config"] == "drift":
+        found.append(f"config.json is {short(config_hash)}, the registry's is "
+                     f"{short(wanted.config_hash)}")
+    return parts, tuple(found)
 
 
 def judge(status: AgentStatus, wanted: Expected, release: str | None) -> Judgement:
     """Compare a probe of the agent with what the registry, the soul file and ``release``
     (None: not compared) require; an agent that is not healthy is ``down``."""
-    parts = {"release": _compare(status.release, release),
-             "soul": _compare(status.soul_sha256, wanted.soul_sha256),
-             "config": _compare(status.config_hash, wanted.config_hash)}
-    found = []
-    if parts["release"] == "drift":
-        found.append(f"release is {status.release}, expected {release}")
-    if parts["soul"] == "drift":
-        found.append(f"soul.md is {short(status.soul_sha256)}, the soul file is "
-                     f"{short(wanted.soul_sha256)}")
-    if parts["config"] == "drift":
-        found.append(f"config.json is {short(status.config_hash)}, the registry's is "
-                     f"{short(wanted.config_hash)}")
+    parts, found = compare(status.release, status.soul_sha256, status.config_hash, wanted,
+                           release)
     state = "down" if not status.healthy else "drift" if found else "ok"
     return Judgement(state=state, release=parts["release"], soul=parts["soul"],
-                     config=parts["config"], drift=tuple(found))
+                     config=parts["config"], drift=found)
 
 
 def short(digest: str | None) -> str:

@@ -80,17 +80,17 @@ def mask_env(text: str, public: Iterable[str]) -> str:
     ``NAME=***`` line per secret assignment, however many lines its value spans; comments
     left out."""
     keep = set(public)
-    return "".join(f"{raw}\n" if name in keep else f"{name}={MASK}\n"
-                   for name, _, raw in parse_env_entries(text))
+    return "".join(f"{entry.source}\n" if entry.name in keep else f"{entry.name}={MASK}\n"
+                   for entry in parse_env_entries(text))
 
 
 def mask_env_pair(old: str, new: str, public: Iterable[str]) -> tuple[str, str]:
     """Old and new env file texts masked for a diff: a secret whose value changed shows as
     ``NAME=*** (changed)`` on the new side, so the diff has a line without showing a value."""
     keep = set(public)
-    old_values = {name: value for name, value, _ in parse_env_entries(old)}
+    old_values = {entry.name: entry.value for entry in parse_env_entries(old)}
     masked_new = []
-    for name, value, raw in parse_env_entries(new):
+    for name, value, raw, *_ in parse_env_entries(new):
         if name in keep:
             masked_new.append(f"{raw}\n")
         elif name in old_values and old_values[name] != value:

@@ -10,7 +10,6 @@ every string is masked with the secrets before writing. The record is the run's 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -21,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
+from bus.locks import FileLock
+from bus.timestamps import id_stamp, utc_timestamp
 from fleet.atomic import write_atomic
 from fleet.errors import FleetError
 from fleet.masking import Masker
@@ -112,14 +113,9 @@ def records_dir() -> Path:
     return Path(explicit) if explicit else Path.cwd() / "records"
 
 
-def now() -> str:
-    """UTC timestamp in ISO 8601 with seconds."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 def new_run_id() -> str:
     """A sortable, unique run id like ``20261128T011500Z-3f9a1c``."""
-    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{random.token_hex(3)}"
+    return f"{id_stamp()}-{random.token_hex(3)}"
 
 
 def check_run_id(run_id: str) -> str:
@@ -147,12 +143,9 @@ def record_path(run_id: str) -> Path:
 def _locked(run_id: str) -> Iterator[dict[str, Any]]:
     """The record of ``run_id`` to change in place, written back atomically (0600)."""
     path = record_path(run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock_fd = os.open(path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
-    with os.fdopen(lock_fd, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(path.with_suffix(".lock")):
         record: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {
-            "run_id": run_id, "started": now(), "hosts": {}}
+            "run_id": run_id, "started": utc_timestamp(), "hosts": {}}
         yield record
         write_atomic(path, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o600)
 

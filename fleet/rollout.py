@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from bus.timestamps import utc_timestamp
 from fleet.errors import DeployError
 from fleet.hosts import check_known_hosts
 from fleet.inventory import inventory_groups
@@ -41,7 +42,6 @@ from fleet.records import (
     Verdict,
     current_run_id,
     load_record,
-    now,
     records_dir,
     set_verdict,
     update_host,
@@ -206,7 +206,7 @@ class StageProcess:
     def __init__(self, command: list[str], env: dict[str, str], cwd: Path,
                  masker: Masker) -> None:
         self.lines: queue.Queue[str | None] = queue.Queue()
-        self.started = now()
+        self.started = utc_timestamp()
         self.process = subprocess.Popen(command, cwd=cwd, env=env, text=True, errors="replace",
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT)
@@ -320,7 +320,7 @@ class Rollout:
                    regions=[r for r in self.registry.region_order() if r in self.regions],
                    unreachable_regions=[])
         if not self.stages:
-            update_run(self.run_id, status="ok", finished=now())
+            update_run(self.run_id, status="ok", finished=utc_timestamp())
             return load_record(self.run_id)
         plan = "; then ".join(f"{self.where(index)}: {', '.join(hosts)}"
                               for index, hosts in enumerate(self.stages))
@@ -333,7 +333,8 @@ class Rollout:
                 process.stop()
         status = ("failed" if self.stopped else "partial" if self.unreachable
                   else "degraded" if any(self.failures.values()) else "ok")
-        update_run(self.run_id, status=status, finished=now(), skipped=self.not_deployed())
+        update_run(self.run_id, status=status, finished=utc_timestamp(),
+                   skipped=self.not_deployed())
         return load_record(self.run_id)
 
     def not_deployed(self) -> list[str]:
@@ -385,7 +386,7 @@ class Rollout:
             outcome = planned_outcome(self.run_id, hosts, code)
         return {"stage": self.label(index), "region": self.regions[index], "hosts": hosts,
                 "exit_code": code, "outcome": outcome, "started": process.started,
-                "finished": now()}
+                "finished": utc_timestamp()}
 
     def _judge(self, index: int, outcome: dict[str, str]) -> None:
         """Count the stage's failures and write the verdict the next stage's gate waits for.

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 import click
 
+from bus.timestamps import utc_timestamp
 from fleet.cli.bus import client
 from fleet.cli.context import CliContext, pass_cli
 
@@ -45,7 +45,7 @@ def calls(cli: CliContext, agent: str, limit: int, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(call))
             continue
-        when = datetime.fromtimestamp(call["at"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = utc_timestamp(call["at"])
         duration = "-" if call["duration_ms"] is None else f"{call['duration_ms']:.0f} ms"
         who = call["caller"] or "(unverified)"
         if call.get("on_behalf_of"):

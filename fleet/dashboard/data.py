@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import requests
 
+from bus.timestamps import utc_timestamp
 from fleet.errors import FleetError
 from fleet.expected import expected, judge
 from fleet.records import RunRecord, went_through
@@ -191,7 +192,7 @@ class Dashboard:
         try:
             registry = load_registry(self.registry_path)
         except FleetError as exc:  # no registry yet (a receiver before its first run)
-            return Snapshot(taken=now_utc(), fleet="?", agents=(),
+            return Snapshot(taken=utc_timestamp(), fleet="?", agents=(),
                             runs=tuple(self.runs() if self.runs else ()), deployed_release=None,
                             problem=f"{exc}", checks=tuple(self.checks()) if self.checks
                             else None)
@@ -209,7 +210,7 @@ class Dashboard:
             statuses = [AgentStatus(agent=agent.name, role=agent.role, host=agent.host,
                                     region=agent.region, ssh="not checked",
                                     health="not checked") for agent in agents]
-        taken = now_utc()
+        taken = utc_timestamp()
         agent_views = tuple(self._view(registry, agent, status, gauge, release, taken)
                             for agent, status, gauge in zip(agents, statuses, gauges,
                                                             strict=True))
@@ -231,11 +232,6 @@ class Dashboard:
             dead_letters=gauge.get("fleet_bus_dead_letters"),
             last_seen=self.last_seen.get(agent.name),
             problems=tuple(reasons + list(verdict.drift) + list(status.problems)))
-
-
-def now_utc() -> str:
-    """The time now, UTC, ISO 8601 to the second."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def as_json(snapshot: Snapshot) -> dict[str, Any]:

@@ -17,10 +17,9 @@ from fleet.errors import LabError
 from fleet.lab import processes, regions
 from fleet.lab.bring_up import bring_up, join_threads, thread_prefix
 from fleet.lab.claims import LabClaim, claim, in_use
-from fleet.lab.locks import file_lock
 from fleet.lab.network import read_index
 from fleet.lab.node import NODES_DIR, NodePaths
-from fleet.lab.paths import DEFAULT_LAB, lab_dir, lab_root
+from fleet.lab.paths import DEFAULT_LAB, lab_dir, lab_lock, lab_root
 from fleet.lab.prereqs import check_prerequisites, require_root
 from fleet.lab.registry_writer import REGISTRY_FILE, SSH_CONFIG
 from fleet.lab.state import STATE_FILE, NodeRecord, read_records
@@ -65,7 +64,7 @@ def up(registry: Registry, nodes: int | None = None, lab: str = DEFAULT_LAB,
     torn down before raising."""
     check_prerequisites()
     path = lab_dir(lab)
-    with file_lock(path / OP_LOCK):
+    with lab_lock(path / OP_LOCK):
         if (path / STATE_FILE).exists():
             if any(node.running for node in status(lab)):
                 raise LabError(f"lab {lab!r} is already up ({path / STATE_FILE} exists)",
@@ -91,7 +90,7 @@ def down(lab: str = DEFAULT_LAB) -> None:
     path = lab_dir(lab)
     if not path.is_dir():
         return
-    with file_lock(path / OP_LOCK):
+    with lab_lock(path / OP_LOCK):
         teardown(lab, path)
 
 

@@ -36,9 +36,8 @@ from pathlib import Path
 from fleet.atomic import replace_atomic
 from fleet.errors import LabError
 from fleet.lab import processes
-from fleet.lab.locks import file_lock
 from fleet.lab.network import controller_ip, read_index
-from fleet.lab.paths import cache_dir
+from fleet.lab.paths import cache_dir, lab_lock
 from fleet.registry import Registry
 
 MODEL_PORT = 8650
@@ -108,7 +107,7 @@ def ensure_installed(progress: object = None) -> Path:
     say = progress if callable(progress) else (lambda _msg: None)
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
-    with file_lock(root / "model.lock"):
+    with lab_lock(root / "model.lock"):
         if not _server_installed():
             if not venv_python().exists():
                 subprocess.run([sys.executable, "-m", "venv", str(venv_dir())], check=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fleet.errors import LabError
 from fleet.lab.commands import run
-from fleet.lab.locks import file_lock
+from fleet.lab.paths import lab_lock
 
 SUBNET_PREFIX = "10.231"
 MAX_INDEX = 254
@@ -79,7 +79,7 @@ def free_index(used: set[int], link_exists: Callable[[str], bool]) -> int:
 def allocate_index(lab_path: Path) -> int:
     """Claim the lowest free index for ``lab_path`` (kept if it already has one)."""
     root = lab_path.parent
-    with file_lock(root / ".index.lock"):
+    with lab_lock(root / ".index.lock"):
         existing = read_index(lab_path)
         if existing is not None:
             return existing

@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 
+from bus.locks import FileLock
 from fleet.errors import LabError
 
 LAB_ROOT_ENV = "FLEET_LAB_ROOT"
@@ -30,6 +31,12 @@ def check_lab_name(lab: str) -> str:
             hint="Pass --lab NAME (or set FLEET_LAB) with a name like 'default' or 'pytest'.",
         )
     return lab
+
+
+def lab_lock(path: Path) -> FileLock:
+    """A lock of the lab's (an operation, a cache, a claim) on ``path``: its file is readable
+    by everyone (0644), so a probe (``fleet lab status``) needs no root."""
+    return FileLock(path, mode=0o644)
 
 
 def lab_root() -> Path:

@@ -18,8 +18,7 @@ from pathlib import Path
 from fleet.atomic import publish_dir, replace_atomic
 from fleet.errors import LabError
 from fleet.lab.commands import Cancelled, run, unmount_all
-from fleet.lab.locks import file_lock
-from fleet.lab.paths import cache_dir
+from fleet.lab.paths import cache_dir, lab_lock
 
 SUITE = "bookworm"
 SUITES = ("bookworm", "trixie")
@@ -99,7 +98,7 @@ def ensure_base(progress: Callable[[str], None] = lambda _: None, suite: str = S
     tarball = root / f"{name}.tar.zst"
     if base.is_dir():
         return base
-    with file_lock(root / "rootfs.lock"):
+    with lab_lock(root / "rootfs.lock"):
         if base.is_dir():
             return base
         if not tarball.exists():

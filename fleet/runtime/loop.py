@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bus.client import LONG_POLL_S
-from bus.schema import parse_timestamp
+from bus.timestamps import parse_timestamp
 from bus.validate import expired
 from fleet.runtime.provider import Completion, Provider, ProviderError, answered_tokens, round_trip
 from fleet.runtime.state import write_state

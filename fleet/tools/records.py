@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from bus.sqlite import open_db
+from bus.timestamps import utc_timestamp
 from fleet.errors import FleetError
 
 STORE = "tools.sqlite3"
@@ -78,7 +79,7 @@ class ReplayError(FleetError):
 
     def __init__(self, caller: str, call_id: str, seq: int, at: float) -> None:
         self.seq, self.at = seq, at
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+        when = utc_timestamp(at)
         super().__init__(f"tool call {call_id!r} by {caller!r} was already made at {when} "
                          f"(call #{seq}); a replayed call is refused",
                          hint="Give every new call a new `id` (or sign it anew).")

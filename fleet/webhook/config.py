@@ -1,7 +1,8 @@
 """Settings of the webhook receiver, read from the environment and an optional config file.
 
-The config file (``$FLEET_WEBHOOK_CONFIG`` or ``fleet webhook serve --config``) uses the
-``KEY=value`` lines of a systemd ``EnvironmentFile=``; variables set in the environment win.
+The config file (``$FLEET_WEBHOOK_CONFIG`` or ``fleet webhook serve --config``) is read as
+systemd reads an ``EnvironmentFile=`` (:mod:`fleet.envfile`: the deploy writes it so, and the
+unit loads it so); variables set in the environment win.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleet.envfile import scan_env
 from fleet.errors import WebhookError
 from fleet.secrets import RECEIVER_SECRETS
 from fleet.webhook.checkout import check_repo_url
@@ -22,6 +24,8 @@ DEFAULT_TAG = "PROD"
 DEFAULT_STATE_DIR = "/var/lib/sovereign-fleet/webhook"
 HEALTH_MODES = ("fleet", "http", "off")
 MIN_SECRET_LENGTH = 16
+CONFIG_HINT = ("The config file has systemd's EnvironmentFile= syntax: KEY=value lines, a value "
+               "in \"...\" or '...' may span lines, # and ; start comments.")
 SECRET_HINT = "Generate one with: python -c 'import secrets; print(secrets.token_hex(32))'"
 
 
@@ -62,29 +66,21 @@ class Settings:
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Parse ``KEY=value`` lines (``#`` comments, optional quotes) into a mapping."""
+    """The variables systemd's ``EnvironmentFile=`` would set from ``path``
+    (:func:`fleet.envfile.scan_env`); an entry systemd would skip or misread is refused,
+    naming its line (never a value)."""
     config_path = Path(path)
     try:
-        lines = config_path.read_text(encoding="utf-8").splitlines()
+        text = config_path.read_text(encoding="utf-8")
     except OSError as exc:
         raise WebhookError(f"{config_path}: cannot read config file: {exc.strerror}",
                            hint=f"Pass an existing file or unset {CONFIG_ENV}.") from None
     values: dict[str, str] = {}
-    for number, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        key, sep, value = text.partition("=")
-        if not sep or not key.strip():
-            raise WebhookError(f"{config_path}:{number}: {text!r} is not KEY=value")
-        value = value.strip()
-        if value[:1] in ("'", '"'):
-            try:
-                value = shlex.split(value)[0]
-            except ValueError:
-                raise WebhookError(
-                    f"{config_path}:{number}: unbalanced quotes in {text!r}") from None
-        values[key.strip()] = value
+    for entry in scan_env(text):
+        if entry.problem:
+            raise WebhookError(f"{config_path}:{entry.line}: {entry.name!r} {entry.problem}",
+                               hint=CONFIG_HINT)
+        values[entry.name] = entry.value
     return values
 
 

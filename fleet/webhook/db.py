@@ -10,7 +10,6 @@ gets the ``drift_checks`` table; versions 2 and 3 get the ``rollback_from`` colu
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
@@ -79,11 +78,6 @@ def create_schema(conn: sqlite3.Connection) -> None:
     finally:
         conn.execute("PRAGMA legacy_alter_table = OFF")
         conn.execute("PRAGMA foreign_keys = ON")
-
-
-def now() -> str:
-    """The current UTC time as ISO 8601 with milliseconds (how every time is stored)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def get_db() -> sqlite3.Connection:

@@ -27,12 +27,13 @@ from pathlib import Path
 
 from flask import Flask, current_app
 
+from bus.timestamps import utc_timestamp
 from fleet.liveness import Process
 from fleet.masking import Masker
 from fleet.webhook import driftcheck
 from fleet.webhook.alerts import drift_alert
 from fleet.webhook.config import Settings
-from fleet.webhook.db import connect, now
+from fleet.webhook.db import connect
 from fleet.webhook.lock import DeployLock, DispatcherLock
 from fleet.webhook.logcopy import salvage
 from fleet.webhook.queue import claim_next, mark_interrupted, queue_depth
@@ -61,7 +62,7 @@ def drain(settings: Settings, startup: bool = False) -> list[int]:
                     execute(conn, settings, claim, lock.fd)
                 except Exception as exc:  # record it, keep the queue moving
                     log.exception("run %s failed inside the dispatcher", claim.run_id)
-                    update(conn, claim.run_id, ended_at=now(), **Outcome(
+                    update(conn, claim.run_id, ended_at=utc_timestamp(), **Outcome(
                         "failed", f"the dispatcher failed while running this deploy: {exc!r}"
                     ).columns())
     finally:

@@ -18,17 +18,16 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bus.sqlite import immediate
+from bus.timestamps import parse_timestamp, utc_timestamp
 from fleet.drift import HostDrift, report_from_record
 from fleet.errors import DeployError
 from fleet.masking import Masker
 from fleet.webhook.checkout import checkout, fetch, resolve_tag
 from fleet.webhook.config import Settings
-from fleet.webhook.db import now
 from fleet.webhook.push import Push
 from fleet.webhook.queue import HEAL_FORGE, enqueue
 from fleet.webhook.runner import secret_values, work_env
@@ -52,9 +51,8 @@ def due(conn: sqlite3.Connection, settings: Settings, at: float, since: float) -
     if settings.drift_interval <= 0:
         return False
     row = conn.execute("SELECT MAX(started_at) FROM drift_checks").fetchone()
-    last = since if row is None or row[0] is None else \
-        datetime.fromisoformat(str(row[0]).replace("Z", "+00:00")).timestamp()
-    return at - last >= settings.drift_interval
+    last = parse_timestamp(None if row is None else row[0])
+    return at - (since if last is None else last.timestamp()) >= settings.drift_interval
 
 
 def previous_drifted(conn: sqlite3.Connection) -> list[str] | None:
@@ -78,7 +76,7 @@ def run_check(conn: sqlite3.Connection, settings: Settings, alert: Alert) -> Che
     with immediate(conn):
         check_id = int(conn.execute(
             "INSERT INTO drift_checks (started_at, status) VALUES (?, 'running')",
-            (now(),)).lastrowid or 0)
+            (utc_timestamp(),)).lastrowid or 0)
     before = previous_drifted(conn)
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -140,7 +138,7 @@ def queue_heal(conn: sqlite3.Connection, settings: Settings, check_id: int, comm
 
 def finish(conn: sqlite3.Connection, check_id: int, **columns: Any) -> None:
     """Close check ``check_id`` with ``columns``."""
-    columns["ended_at"] = now()
+    columns["ended_at"] = utc_timestamp()
     assignments = ", ".join(f"{name} = ?" for name in columns)
     with immediate(conn):
         conn.execute(f"UPDATE drift_checks SET {assignments} WHERE id = ?",

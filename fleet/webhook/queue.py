@@ -15,7 +15,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from bus.sqlite import immediate
-from fleet.webhook.db import now
+from bus.timestamps import utc_timestamp
 from fleet.webhook.push import Push
 
 # Every status a run can have; the first two are not final.
@@ -64,7 +64,7 @@ def enqueue(conn: sqlite3.Connection, push: Push) -> int:
             "INSERT INTO runs (delivery_id, forge, tag, sha, before_sha, pusher, repository,"
             " status, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
             (push.delivery_id, push.forge, push.tag or "", push.sha, push.before, push.pusher,
-             push.repository, now()))
+             push.repository, utc_timestamp()))
         run_id = int(cursor.lastrowid or 0)
         _insert_delivery(conn, push.forge, push.delivery_id, push.event, "queued", "", run_id)
     return run_id
@@ -83,7 +83,7 @@ def claim_next(conn: sqlite3.Connection) -> Claim | None:
             "ORDER BY id DESC", (newest["tag"], newest["id"])).fetchall()
         older = [int(row["id"]) for row in covered]
         heal = HEAL_FORGE in {newest["forge"], *(row["forge"] for row in covered)}
-        stamp = now()
+        stamp = utc_timestamp()
         conn.executemany(
             "UPDATE runs SET status = 'superseded', superseded_by = ?, ended_at = ?,"
             " summary = ? WHERE id = ?",
@@ -100,7 +100,7 @@ def mark_interrupted(conn: sqlite3.Connection) -> list[int]:
         ids = [int(row["id"]) for row in
                conn.execute("SELECT id FROM runs WHERE status = 'running'").fetchall()]
         conn.execute("UPDATE runs SET status = 'interrupted', ended_at = ?, summary = ? "
-                     "WHERE status = 'running'", (now(), INTERRUPTED_SUMMARY))
+                     "WHERE status = 'running'", (utc_timestamp(), INTERRUPTED_SUMMARY))
     return ids
 
 
@@ -123,4 +123,4 @@ def _insert_delivery(conn: sqlite3.Connection, forge: str, delivery_id: str, eve
     _check_replay(conn, delivery_id)
     conn.execute("INSERT INTO deliveries (delivery_id, forge, event, received_at, outcome,"
                  " reason, run_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                 (delivery_id, forge, event, now(), outcome, reason, run_id))
+                 (delivery_id, forge, event, utc_timestamp(), outcome, reason, run_id))

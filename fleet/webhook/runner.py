@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bus.sqlite import immediate
+from bus.timestamps import id_stamp, utc_timestamp
 from fleet.errors import DeployError, FleetError
 from fleet.masking import Masker
 from fleet.release import broken_requested, release_id
@@ -33,7 +34,6 @@ from fleet.secrets import SECRETS_ENV, load_secrets
 from fleet.webhook.checkout import checkout, fetch, is_ancestor, redact, resolve_tag, rev_parse
 from fleet.webhook.config import RECEIVER_SECRETS, Settings
 from fleet.webhook.current import deployed_everywhere, fleet_releases
-from fleet.webhook.db import now
 from fleet.webhook.health import check_health
 from fleet.webhook.logcopy import MaskedLog, unmasked_path
 from fleet.webhook.queue import Claim
@@ -63,7 +63,7 @@ class Outcome:
 
 def fleet_run_id(run_id: int) -> str:
     """The id of the fleet run record a webhook run's deploy writes."""
-    return f"webhook-{run_id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    return f"webhook-{run_id}-{id_stamp()}"
 
 
 def execute(conn: sqlite3.Connection, settings: Settings, claim: Claim, lock_fd: int) -> str:
@@ -76,13 +76,13 @@ def execute(conn: sqlite3.Connection, settings: Settings, claim: Claim, lock_fd:
     with MaskedLog(raw_path, log_path, Masker(secret_values(settings))), \
             raw_path.open("ab") as log:
         log.write(f"==> run {claim.run_id}: tag {claim.tag} (the push claimed {claim.sha}) "
-                  f"from {redact(settings.repo_url)} ({now()})\n".encode())
+                  f"from {redact(settings.repo_url)} ({utc_timestamp()})\n".encode())
         try:
             outcome = deploy(conn, settings, claim, record, log, lock_fd)
         except DeployError as exc:
             outcome = Outcome("failed", str(exc))
         log.write(f"==> {outcome.status}: {outcome.summary}\n".encode())
-    update(conn, claim.run_id, ended_at=now(), **outcome.columns())
+    update(conn, claim.run_id, ended_at=utc_timestamp(), **outcome.columns())
     return outcome.status
 
 

@@ -11,7 +11,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from fleet.envfile import EnvFileError, format_env, parse_env
+from fleet.envfile import EnvFileError, format_env, parse_env_entries
 from fleet.errors import SecretsError
 from fleet.masking import MASK, Masker, mask_env, mask_env_pair
 from fleet.secrets import load_secrets
@@ -27,7 +27,8 @@ KEY = ("-----BEGIN OPENSSH PRIVATE KEY-----\n"
                                    "ünïcödé ✓", KEY])
 def test_env_file_values_round_trip_through_systemds_syntax(value: str) -> None:
     text = format_env({"FLEET_AGENT": "a", "SECRET": value, "AFTER": "z"})
-    assert dict(parse_env(text)) == {"FLEET_AGENT": "a", "SECRET": value, "AFTER": "z"}
+    read = {entry.name: entry.value for entry in parse_env_entries(text)}
+    assert read == {"FLEET_AGENT": "a", "SECRET": value, "AFTER": "z"}
 
 
 def test_env_file_quotes_what_systemd_would_interpret() -> None:
@@ -54,7 +55,7 @@ def test_deploy_env_file_is_quoted(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setattr(context, "secrets", lambda: Secrets(fleet={"API_KEY": HARD}))
     ctx = context.AgentContext(agent=registry.get("a"), registry=registry,
                                soul_source=tmp_path / "soul.md")
-    env = dict(parse_env(ctx.env_file()))
+    env = {entry.name: entry.value for entry in parse_env_entries(ctx.env_file())}
     assert env["API_KEY"] == HARD and env["FLEET_AGENT"] == "a"
 
 

@@ -15,9 +15,11 @@ from deploys import preflight
 from deploys.audit import drift
 from deploys.context import AgentContext
 from fleet import nodectl, records
+from fleet.expected import expected, judge
 from fleet.masking import MASK, Masker, mask_env, mask_env_pair
 from fleet.registry import load_registry
 from fleet.release import broken_requested, content_hash, release_id, running_release, shipped_files
+from fleet.status import AgentStatus
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -182,12 +184,31 @@ def test_audit_drift_lists_every_difference(registry) -> None:
                        "/var/lib/fleet/bezalel": {"mode": "0700", "user": "bezalel"}}}
     assert drift(facts, ctx, "new") == [
         "release is old, expected new",
-        "config.json differs from the registry",
+        f"config.json is x, the registry's is {ctx.config_hash()[:12]}",
         "fleet-agent-bezalel.service is failed, expected active",
         "nothing listens on gateway port 8646",
         "/health answers 503: soul missing",
         "/etc/fleet/bezalel/env is 0644 root, expected 0600 root",
     ]
+
+
+def test_audit_and_status_judge_the_drift_triple_alike(registry) -> None:
+    """One comparison (:func:`fleet.expected.compare`): the audit's drift lines are the ones
+    ``fleet status`` shows for the same node; only a hash the node lacks differs (the audit:
+    the file is missing, drift; a probe: it did not say, unknown)."""
+    agent = registry.get("bezalel")
+    ctx = AgentContext(agent=agent, registry=registry, soul_source=registry.soul_path(agent))
+    wanted = expected(registry, agent)
+    node = {"release": "old", "soul_sha256": "b" * 64, "config_hash": "d" * 64}
+    probe = AgentStatus(agent="bezalel", role="worker", host="h", ssh="ok", health="ok", **node)
+    lines = judge(probe, wanted, "new").drift
+    assert len(lines) == 3 and drift(node, ctx, "new")[:3] == list(lines)
+    missing = judge(AgentStatus(agent="bezalel", role="worker", host="h", ssh="ok",
+                                health="ok", release="new", config_hash=wanted.config_hash),
+                    wanted, "new")
+    assert (missing.state, missing.soul) == ("ok", "unknown")
+    assert drift({"release": "new", "config_hash": wanted.config_hash}, ctx, "new")[0] == (
+        f"soul.md is -, the soul file is {ctx.soul_sha256()[:12]}")
 
 
 def test_mask_env_pair_marks_changed_secrets_without_values() -> None:

@@ -37,8 +37,7 @@ from pathlib import Path
 import pytest
 
 from fleet import lab
-from fleet.lab.locks import file_lock
-from fleet.lab.paths import cache_dir
+from fleet.lab.paths import cache_dir, lab_lock
 from fleet.lab.rootfs import debian_mirror
 from tests.lab_fixtures import REPO, skip_unless_root
 
@@ -53,7 +52,7 @@ HOST_FILES = (Path("/etc/ssl/certs/ca-certificates.crt"), Path("/etc/resolv.conf
 def stock_tarball(suite: str) -> Path:
     """A plain minbase rootfs of Debian ``suite``, built once and cached as a zstd tarball."""
     tarball = cache_dir() / f"stock-{suite}.tar.zst"
-    with file_lock(cache_dir() / "stock.lock"):
+    with lab_lock(cache_dir() / "stock.lock"):
         if tarball.exists():
             return tarball
         build = cache_dir() / f"stock-{suite}.build"

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from deploys.context import AgentContext
 from deploys.services import runtime_unit_text, unit_text
 from fleet import render
-from fleet.envfile import parse_env
+from fleet.envfile import parse_env_entries
 from fleet.errors import RegistryError
 from fleet.registry import Registry, parse_registry, printable
 from fleet.validate import KEY_TYPES, unsafe_character
@@ -150,7 +150,8 @@ def test_every_accepted_registry_renders_config_keys_and_registry_copy_exactly(
                            "\n", "").replace("\t", "").replace("\r", ""))),
                        max_size=5))
 def test_env_file_reads_back_exactly(env: dict[str, str]) -> None:
-    assert dict(parse_env(render.env_file(env))) == env
+    entries = parse_env_entries(render.env_file(env))
+    assert {entry.name: entry.value for entry in entries} == env
 
 
 @pytest.mark.parametrize("value", ["a\nExecStartPre=+/bin/touch /tmp/PWNED", "x\0", "\x1b[0m",

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from flask.testing import FlaskClient
 
+from bus.timestamps import utc_timestamp
 from fleet.webhook.config import Settings
-from fleet.webhook.db import connect, now
+from fleet.webhook.db import connect
 from tests.webhook.conftest import auth
 from tests.webhook.forge import READ_TOKEN
 
@@ -29,11 +30,11 @@ def seed(settings: Settings) -> None:
         "INSERT INTO runs (delivery_id, forge, tag, sha, pusher, status, queued_at, ended_at, "
         "release, log_path, summary, hosts) VALUES ('d1', 'gitea', 'PROD', ?, 'me', 'ok', ?, ?, "
         "'abcabcabcabc', ?, 'deployed release abcabcabcabc to 1 host(s)', ?)",
-        ("a" * 40, now(), now(), str(log),
+        ("a" * 40, utc_timestamp(), utc_timestamp(), str(log),
          json.dumps({"bezalel": {"status": "ok", "changed": ["Soul | Agent soul (read-only)"]}})))
     conn.execute("INSERT INTO drift_checks (started_at, status, drifted, summary, alert) VALUES "
                  "(?, 'drift', '[\"bezalel\"]', '1 of 1 host(s) drifted: bezalel', 'appeared')",
-                 (now(),))
+                 (utc_timestamp(),))
     conn.close()
 
 

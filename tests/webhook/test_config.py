@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from fleet.envfile import format_env
 from fleet.errors import WebhookError
-from fleet.webhook.config import load_settings
+from fleet.webhook.config import CONFIG_HINT, load_settings, read_config_file
 
 BASE = {"FLEET_WEBHOOK_SECRET": "s" * 32, "FLEET_READ_TOKEN": "r" * 32,
         "FLEET_REPO_URL": "/srv/git/fleet.git", "FLEET_STATE_DIR": "/tmp/x"}
@@ -83,6 +84,51 @@ def test_a_bad_config_file_line_is_named(tmp_path: Path) -> None:
     with pytest.raises(WebhookError) as caught:
         load_settings(BASE, config_file=config)
     assert str(caught.value) == f"{config}:2: 'nonsense' is not KEY=value"
+
+
+def config_file(tmp_path: Path, text: str) -> dict[str, str]:
+    """What the receiver reads from a config file holding ``text``."""
+    config = tmp_path / "webhook.env"
+    config.write_text(text)
+    return read_config_file(config)
+
+
+@pytest.mark.parametrize(("text", "values"), [
+    ("; a comment\n# another\nA=1\n  ;B=2\n", {"A": "1"}),
+    ("A=x ; not a comment\nB=y # nor this\n", {"A": "x ; not a comment", "B": "y # nor this"}),
+    ('A="q\\"\\\\\\$\\`"\nB=a\\ b\\\\c\nC=\'\\n stays\'\n',
+     {"A": 'q"\\$`', "B": "a b\\c", "C": "\\n stays"}),
+    ('A="one\ntwo\n  three"\nB=\'x\ny\'\nC=1\n', {"A": "one\ntwo\n  three", "B": "x\ny", "C": "1"}),
+    ("A=continued \\\nline\n", {"A": "continued line"}),
+    ("  A = spaced  \n", {"A": "spaced"}),
+])
+def test_the_config_file_is_read_as_systemd_reads_it(tmp_path: Path, text: str,
+                                                     values: dict[str, str]) -> None:
+    assert config_file(tmp_path, text) == values
+
+
+def test_what_the_deploy_writes_the_receiver_reads_back(tmp_path: Path) -> None:
+    env = {"FLEET_WEBHOOK_SECRET": 'a$b\\c"d`e\'f', "FLEET_SECRETS": "/etc/fleet/x y.yaml",
+           "FLEET_DEPLOY_COMMAND": "stand-in\n--second-line"}
+    assert config_file(tmp_path, format_env(env)) == env
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("A=1\n\nnonsense  \n", "3: 'nonsense' is not KEY=value"),
+    ("A=1\n2B=x\n", "2: '2B' is not a variable name (letters, digits and '_', not starting "
+                    "with a digit)"),
+    ('A=1\nFLEET_WEBHOOK_SECRET="sec\nret\n', "2: 'FLEET_WEBHOOK_SECRET' has a value whose "
+     "quote is never closed (systemd reads on to the end of the file)"),
+])
+def test_a_bad_config_entry_names_its_line_and_never_a_value(tmp_path: Path, text: str,
+                                                             message: str) -> None:
+    config = tmp_path / "webhook.env"
+    config.write_text(text)
+    with pytest.raises(WebhookError) as caught:
+        load_settings(BASE, config_file=config)
+    assert str(caught.value) == f"{config}:{message}"
+    assert caught.value.hint == CONFIG_HINT
+    assert "sec" not in str(caught.value).replace("SECRET", "")
 
 
 def test_the_deploy_env_leaves_out_the_receivers_secrets() -> None:

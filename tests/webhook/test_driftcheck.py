@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
+from bus.timestamps import utc_timestamp
 from fleet.webhook import driftcheck
 from fleet.webhook.config import Settings
-from fleet.webhook.db import connect, now
+from fleet.webhook.db import connect
 from fleet.webhook.dispatcher import check_drift_if_due
 from fleet.webhook.driftcheck import alert_kind, due, queue_heal
 from fleet.webhook.lock import DeployLock
@@ -55,7 +56,8 @@ def test_a_check_is_due_an_interval_after_the_last_or_the_start(settings: Settin
     started = time.time()
     assert not due(conn, every, started + 30, since=started)
     assert due(conn, every, started + 61, since=started)
-    conn.execute("INSERT INTO drift_checks (started_at, status) VALUES (?, 'ok')", (now(),))
+    conn.execute("INSERT INTO drift_checks (started_at, status) VALUES (?, 'ok')",
+                 (utc_timestamp(),))
     assert not due(conn, every, time.time() + 30, since=started - 1000)
     assert due(conn, every, time.time() + 61, since=started - 1000)
     off = dataclasses.replace(settings, drift_interval=0.0)
@@ -74,7 +76,7 @@ def test_the_read_api_lists_checks_newest_first(conn: sqlite3.Connection,
                                                 client: FlaskClient) -> None:
     for status, drifted in (("ok", []), ("drift", ["bezalel"])):
         conn.execute("INSERT INTO drift_checks (started_at, status, drifted) VALUES (?, ?, ?)",
-                     (now(), status, json.dumps(drifted)))
+                     (utc_timestamp(), status, json.dumps(drifted)))
     assert client.get("/drift-checks").status_code == 401
     checks = client.get("/drift-checks", headers=auth()).get_json()["checks"]
     assert [(check["status"], check["drifted"]) for check in checks] == [

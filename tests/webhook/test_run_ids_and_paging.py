@@ -14,10 +14,11 @@ import pytest
 from click.testing import CliRunner
 from flask.testing import FlaskClient
 
+from bus.timestamps import utc_timestamp
 from fleet.cli import main
 from fleet.webhook.api import MAX_RUN_ID
 from fleet.webhook.config import Settings
-from fleet.webhook.db import connect, now
+from fleet.webhook.db import connect
 from fleet.webhook.dispatcher import drain
 from fleet.webhook.records import list_runs
 from tests.webhook.conftest import FleetRepo, auth, read_records
@@ -61,7 +62,7 @@ def seed_runs(settings: Settings, count: int) -> None:
             conn.executemany(
                 "INSERT INTO runs (delivery_id, forge, tag, sha, pusher, status, queued_at) "
                 "VALUES (?, 'gitea', 'PROD', ?, 'me', 'queued', ?)",
-                [(f"d-{n}", f"{n:040x}", now()) for n in range(1, count + 1)])
+                [(f"d-{n}", f"{n:040x}", utc_timestamp()) for n in range(1, count + 1)])
     finally:
         conn.close()
 

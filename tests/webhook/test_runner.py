@@ -14,7 +14,9 @@ from flask.testing import FlaskClient
 
 from fleet.masking import Masker
 from fleet.webhook.config import Settings
+from fleet.webhook.current import fleet_releases
 from fleet.webhook.dispatcher import drain
+from fleet.webhook.health import check_health
 from fleet.webhook.logcopy import MaskedLog, unmasked_path
 from tests.waiting import wait_for
 from tests.webhook.conftest import FleetRepo, auth, git, read_records
@@ -266,3 +268,23 @@ def test_fleet_health_is_checked_after_the_deploy(client: FlaskClient, settings:
     if status == "unhealthy":
         assert run["summary"] == ("deployed, but the fleet is unhealthy: ezra (health HTTP 503: "
                                   "soul missing)")
+
+
+@pytest.mark.parametrize("mode", ["http", "off"])
+def test_the_check_after_a_deploy_and_what_runs_now_probe_alike(tmp_path: Path, mode: str,
+                                                                health_server: int) -> None:
+    """One probe per ``FLEET_HEALTH_CHECK`` mode (:func:`fleet.webhook.health.probe`) serves
+    both; only an unloadable registry is read differently (unhealthy / nothing deployed)."""
+    registry = tmp_path / "registry.yaml"
+    registry.write_text("".join(
+        f"{'wizards:' if n == 0 else ''}\n  a{n}:\n    host: 127.0.0.1\n    role: worker\n"
+        f"    model: m\n    gateway_port: {health_server + n}\n    ssh_port: 9\n"
+        f"    health_endpoint: http://127.0.0.1:{health_server}{path}\n"
+        for n, path in enumerate(["/health", "/broken"])))
+    healthy, records = check_health(registry, mode, 2)
+    assert fleet_releases(registry, mode, 2) == records
+    assert [item["agent"] for item in records] == ([] if mode == "off" else ["a0", "a1"])
+    assert healthy == (mode == "off")
+    missing = tmp_path / "none.yaml"
+    assert fleet_releases(missing, mode, 2) == []
+    assert check_health(missing, mode, 2)[0] == (mode == "off")
