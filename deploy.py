@@ -39,7 +39,7 @@ ctx = agent_context()
 audit.record_failures()  # a host an operation fails is recorded, naming the operation
 gate.run(ctx)  # in a later stage of `fleet deploy`: wait for the earlier stages' verdict
 preflight.run(ctx)  # also reads the node's snapshot (ctx.node) the phases decide from
-if ctx.preflight_ok and host.data.get("action") == "rollback":
+if ctx.preflight_ok and ctx.rollback:
     rollback.run(ctx, host.data.get("rollback_to"))
     audit.run(ctx)
 elif ctx.preflight_ok:

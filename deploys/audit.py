@@ -80,7 +80,7 @@ def check_result(ctx: AgentContext) -> dict[str, Any]:
     if not result:
         return {"ok": False, "problems": ["fleet-nodectl did not answer (no JSON output)"]}
     result["unlocked"] = True  # the same command released the lock
-    if host.data.get("action") != "rollback":
+    if not ctx.rollback:
         return result
     healthy = bool(result.get("rolled_back") and result.get("healthy"))
     problems = result.get("problems") or [result.get("reason") or "rollback failed"]

@@ -64,6 +64,7 @@ class AgentContext:
     agent: Agent
     registry: Registry
     soul_source: Path
+    rollback: bool = False  # this run rolls the node back (``--data action=rollback``)
     changes: list[tuple[str, Outcome]] = field(default_factory=list)
     restart_triggers: list[Outcome] = field(default_factory=list)
     service_ops: list[Outcome] = field(default_factory=list)
@@ -173,7 +174,7 @@ class AgentContext:
     def release_ship_paths(self) -> list[str]:
         """The shipped files where this deploy writes them (none in a rollback: it installs
         no release)."""
-        if self.agent.runtime != "command" or host.data.get("action") == "rollback":
+        if self.agent.runtime != "command" or self.rollback:
             return []
         return [f"{self.release_ship_dir()}/{relative}" for relative in self.agent.runtime_ship]
 
@@ -263,5 +264,6 @@ def agent_context() -> AgentContext:
     if name not in _contexts:
         registry = registry_at(host.data.registry_path)
         _contexts[name] = AgentContext(agent=registry.get(name), registry=registry,
-                                       soul_source=Path(host.data.soul_path))
+                                       soul_source=Path(host.data.soul_path),
+                                       rollback=host.data.get("action") == "rollback")
     return _contexts[name]
