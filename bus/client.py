@@ -197,7 +197,8 @@ class BusClient:
                     return {"messages": [], "next": since}
                 if exc.problems.get("wait_ms") != "unknown parameter":
                     raise
-                self.long_poll = False  # a gateway of an earlier release: poll it instead
+                # compatibility: until 0.3.0: a gateway without long polls
+                self.long_poll = False
         page: dict[str, Any] = self.call("GET", "/messages", query)
         if wait > 0 and not page.get("messages"):
             time.sleep(min(wait, SHORT_POLL_S))

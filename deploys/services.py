@@ -92,7 +92,7 @@ def runtime(ctx: AgentContext) -> list[Outcome]:
                 name=f"Runtime file {relative}", dest=dest,
                 content=source.read_text(encoding="utf-8"), user="root", group="root",
                 mode=mode, node=ctx.node)))
-        # a folder left by an earlier layout is replaced by the link
+        # compatibility: until 0.3.0: a ship folder, not a link
         changed.append(ctx.track(RUNTIME_SHIP_LINK, files.link(
             name=RUNTIME_SHIP_LINK, path=ctx.ship_dir, target=ctx.ship_target, user="root",
             group="root", force=True, force_backup=False)))

@@ -122,5 +122,6 @@ def teardown(lab: str, lab_path: Path, grace: float = STOP_TIMEOUT) -> None:
     shutil.rmtree(lab_path / NODES_DIR, ignore_errors=True)
     for name in (STATE_FILE, INDEX_FILE):
         (lab_path / name).unlink(missing_ok=True)
-    for socket in lab_path.glob("cm-*"):  # where labs of earlier releases kept them
+    # compatibility: until 0.3.0: labs' SSH sockets in the lab folder
+    for socket in lab_path.glob("cm-*"):
         socket.unlink(missing_ok=True)

@@ -147,6 +147,7 @@ def runtime_ready(health: Mapping[str, Any] | None) -> bool:
     runtime = health.get("runtime")
     if health.get("status") != "ok" or not isinstance(runtime, Mapping):
         return False
-    if "ready" not in runtime:  # a gateway of a release before the contract
+    # compatibility: until 0.3.0: a /health without runtime.ready
+    if "ready" not in runtime:
         return runtime.get("state") == "ready"
     return runtime["ready"] is True

@@ -102,6 +102,7 @@ def connect(state_dir: str | Path) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         if not _exists(db, "call_ids"):
             db.execute("BEGIN IMMEDIATE")  # one gunicorn worker creates, the others wait
+            # compatibility: until 0.3.0: a tool record's calls table
             for statement in SCHEMA + (MIGRATE if _exists(db, "calls") else ()):
                 db.execute(statement)
             db.execute("COMMIT")
@@ -195,6 +196,7 @@ def finish(state_dir: str | Path, seq: int, outcome: str, **fields: Any) -> None
 
 def _loads(text: str | None) -> Any:
     """Stored arguments; a row an earlier release cut short comes back as its text."""
+    # compatibility: until 0.3.0: tool arguments cut short
     if text is None:
         return None
     try:

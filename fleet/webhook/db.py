@@ -58,6 +58,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
         with immediate(conn):
             if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
                 return  # another process did it meanwhile
+            # compatibility: until 0.3.0: receiver schemas 1 to 3
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             old = version < 2 and conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'"
