@@ -139,12 +139,6 @@ def _select(registry: Registry, limit: Sequence[str]) -> list[str]:
     return [name for name in registry.agents if name in chosen]
 
 
-def plan_stages(registry: Registry, names: Sequence[str], batch: int | None) -> list[list[str]]:
-    """Canary stage (the orchestrators) then the workers (region by region, see
-    :func:`plan_waves`), in batches of ``batch`` if given."""
-    return [hosts for _, hosts in plan_waves(registry, names, batch)]
-
-
 def plan_waves(registry: Registry, names: Sequence[str],
                batch: int | None) -> list[tuple[str | None, list[str]]]:
     """Stages with their region: the canary (the orchestrators), then, when the fleet lists

@@ -20,7 +20,6 @@ from fleet.registry import load_registry
 from fleet.rollout import (
     RolloutOptions,
     final_outcome,
-    plan_stages,
     plan_waves,
     project_dir,
     pyinfra_command,
@@ -43,11 +42,15 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return "r1"
 
 
+def stages(registry, names, batch) -> list[list[str]]:
+    return [hosts for _, hosts in plan_waves(registry, names, batch)]
+
+
 def test_canary_first_then_batches(registry) -> None:
     names = select(registry, ())
-    assert plan_stages(registry, names, None) == [["ezra-primary"], ["bezalel", "allegro"]]
-    assert plan_stages(registry, names, 1) == [["ezra-primary"], ["bezalel"], ["allegro"]]
-    assert plan_stages(registry, select(registry, ("worker",)), None) == [["bezalel", "allegro"]]
+    assert stages(registry, names, None) == [["ezra-primary"], ["bezalel", "allegro"]]
+    assert stages(registry, names, 1) == [["ezra-primary"], ["bezalel"], ["allegro"]]
+    assert stages(registry, select(registry, ("worker",)), None) == [["bezalel", "allegro"]]
 
 
 def test_limit_names_unknown_values(registry) -> None:
