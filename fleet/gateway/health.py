@@ -1,14 +1,13 @@
 """``GET /health``: a deep check of the running agent, 200 when healthy, else 503 with problems.
 
 Settings (from the environment the systemd unit gives the gateway):
-``CONFIG_PATH`` (``$FLEET_CONFIG``), the agent config file whose sha256 is the config hash,
-and ``SOUL_PATH`` (``$FLEET_SOUL``), the agent's soul file. The release id comes from the
+``CONFIG`` (``$FLEET_CONFIG``), the agent config file whose sha256 is the config hash,
+and ``SOUL`` (``$FLEET_SOUL``), the agent's soul file. The release id comes from the
 ``RELEASE`` file of the release the code was loaded from (see :mod:`fleet.release`).
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from typing import Any
@@ -37,11 +36,9 @@ def state_writable(state_dir: str) -> bool:
 
 def init_app(app: Flask) -> None:
     """Register the blueprint and read the facts fixed at start-up (release, config hash)."""
-    agent = app.config["AGENT_NAME"]
-    app.config.setdefault("CONFIG_PATH", os.environ.get("FLEET_CONFIG")
-                          or f"/etc/fleet/{agent}/config.json")
-    app.config.setdefault("SOUL_PATH", os.environ.get("FLEET_SOUL")
-                          or f"/etc/fleet/{agent}/soul.md")
+    agent = app.config["AGENT"]
+    app.config["CONFIG"] = app.config.get("CONFIG") or f"/etc/fleet/{agent}/config.json"
+    app.config["SOUL"] = app.config.get("SOUL") or f"/etc/fleet/{agent}/soul.md"
     release, broken = running_release()
     if broken == "exit":  # gunicorn's worker fails to boot, so the gateway process exits
         raise DeployError(f"release {release} was built broken on purpose "
@@ -49,7 +46,7 @@ def init_app(app: Flask) -> None:
                           hint="Deploy a normal release.")
     app.config.setdefault("RELEASE", release)
     app.config.setdefault("RELEASE_BROKEN", bool(broken))
-    app.config["CONFIG_HASH"] = file_sha256(app.config["CONFIG_PATH"])
+    app.config["CONFIG_HASH"] = file_sha256(app.config["CONFIG"])
     app.config["STARTED_AT"] = time.monotonic()
     app.register_blueprint(bp)
 
@@ -63,10 +60,10 @@ def health_report() -> dict[str, Any]:
         problems.append(f"release {config['RELEASE']} was built broken on purpose "
                         f"({BROKEN_ENV}=1); deploy a normal release")
     if config["CONFIG_HASH"] is None:
-        problems.append(f"config file {config['CONFIG_PATH']} was not readable at start-up")
-    soul = file_sha256(config["SOUL_PATH"])
+        problems.append(f"config file {config['CONFIG']} was not readable at start-up")
+    soul = file_sha256(config["SOUL"])
     if soul is None:
-        problems.append(f"soul file {config['SOUL_PATH']} is not readable")
+        problems.append(f"soul file {config['SOUL']} is not readable")
     writable = state_writable(config["STATE_DIR"])
     if not writable:
         problems.append(f"state dir {config['STATE_DIR']} is not writable")

@@ -93,8 +93,8 @@ def registry_path(tmp_path: Path) -> Path:
 def bezalel_app(registry: Path, state: Path, **settings: Any) -> Flask:
     """bezalel's gateway app on ``registry`` with the delivery worker off (``settings`` added
     to its config)."""
-    return create_app({"AGENT_NAME": "bezalel", "REGISTRY_PATH": str(registry),
-                       "STATE_DIR": str(state), "BUS_KEYS": PUBLIC,
+    return create_app({"AGENT": "bezalel", "REGISTRY": str(registry),
+                       "STATE_DIR": str(state), "BUS_PUBLIC_KEYS": PUBLIC,
                        "BUS_PRIVATE_KEY": KEYS["bezalel"], "BUS_WORKER": False,
                        "TESTING": True, **settings})
 

@@ -69,8 +69,8 @@ def test_bus_api(case: schemathesis.Case) -> None:
 
 (FOLDER / "soul.md").write_text("# bezalel\n")
 (FOLDER / "config.json").write_text("{}\n")
-HEALTHY = bezalel_app(write_registry(FOLDER), FOLDER / "healthy", SOUL_PATH=str(
-    FOLDER / "soul.md"), CONFIG_PATH=str(FOLDER / "config.json"))  # /health: 200, not 503
+HEALTHY = bezalel_app(write_registry(FOLDER), FOLDER / "healthy", SOUL=str(
+    FOLDER / "soul.md"), CONFIG=str(FOLDER / "config.json"))  # /health: 200, not 503
 gateway_routes = schemathesis.openapi.from_wsgi("/openapi.json", HEALTHY).include(
     path_regex="^/(health|\\.well-known)")  # the gateway's own public routes
 

@@ -41,9 +41,10 @@ def keys(cli_args: list[str], secrets: Path) -> str:
 def gateway(tmp_path: Path, registry_path: Path, secrets: Path, name: str) -> FlaskClient:
     """``name``'s gateway as the deploy would configure it from ``secrets`` (its env)."""
     env = load_secrets(secrets).for_agent(name)
-    app = create_app({"AGENT_NAME": name, "REGISTRY_PATH": str(registry_path),
+    app = create_app({"AGENT": name, "REGISTRY": str(registry_path),
                       "STATE_DIR": str(tmp_path / name / str(len(list(tmp_path.iterdir())))),
-                      "BUS_KEYS": env[PUBLIC_KEYS_ENV], "BUS_PRIVATE_KEY": env[PRIVATE_KEY_ENV],
+                      "BUS_PUBLIC_KEYS": env[PUBLIC_KEYS_ENV],
+                      "BUS_PRIVATE_KEY": env[PRIVATE_KEY_ENV],
                       "BUS_WORKER": False, "TESTING": True})
     return app.test_client()
 

@@ -36,9 +36,9 @@ def node(tmp_path: Path) -> dict[str, Path]:
 
 def make_app(node: dict[str, Path], **extra: object) -> Flask:
     return create_app({
-        "AGENT_NAME": "alpha", "REGISTRY_PATH": str(node["registry.yaml"]),
-        "STATE_DIR": str(node["state"]), "CONFIG_PATH": str(node["config.json"]),
-        "SOUL_PATH": str(node["soul.md"]), "RELEASE": "abc123", "RELEASE_BROKEN": False,
+        "AGENT": "alpha", "REGISTRY": str(node["registry.yaml"]),
+        "STATE_DIR": str(node["state"]), "CONFIG": str(node["config.json"]),
+        "SOUL": str(node["soul.md"]), "RELEASE": "abc123", "RELEASE_BROKEN": False,
         **extra,
     })
 
