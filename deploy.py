@@ -16,7 +16,7 @@ with no canary.
 ``--data rollback_to=RELEASE`` picks the release (default: the previous one).
 
 Test hook: ``FLEET_BROKEN_RELEASE=1`` builds a release whose /health fails, so verify rolls the
-node back (see ``fleet/release.py``).
+node back (see ``fleet/control/release.py``).
 """
 
 from pyinfra import host

@@ -12,9 +12,9 @@ from pathlib import Path
 from pyinfra import logger
 from pyinfra.api.exceptions import InventoryError
 
-from fleet.errors import RegistryError
-from fleet.inventory import host_key_warnings, inventory_groups
-from fleet.registry import REGISTRY_ENV, load_registry
+from fleet.control.inventory import host_key_warnings, inventory_groups
+from fleet.core.errors import RegistryError
+from fleet.core.registry import REGISTRY_ENV, load_registry
 
 _registry_path = os.environ.get(REGISTRY_ENV) or Path(__file__).resolve().parent / "registry.yaml"
 try:

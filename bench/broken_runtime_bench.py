@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from bench._common import clone, fleet_command, fleet_env  # noqa: E402
 from fleet import lab  # noqa: E402
-from fleet.registry import load_registry  # noqa: E402
+from fleet.core.registry import load_registry  # noqa: E402
 
 LAB = "bench-broken-runtime"
 WORKER = "bezalel"

@@ -261,7 +261,7 @@ def main() -> None:
     store = folder / "receiver" / "bus.sqlite3"
     try:
         print(f"loopback, {os.cpu_count()} cores, gunicorn {args.workers} gevent workers "
-              f"per gateway (fleet.serving), SQLite WAL synchronous=FULL, {load()}")
+              f"per gateway (fleet.core.serving), SQLite WAL synchronous=FULL, {load()}")
         measure_receive(ports["receiver"], processes[1].pid, args)
         lat = end_to_end(ports["sender"], store, args.latency_messages, args.rate)
         print(f"end-to-end latency outbox -> inbox at {args.rate:.0f} msg/s "

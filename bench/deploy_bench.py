@@ -29,8 +29,8 @@ from bench._common import clone as clean_clone  # noqa: E402
 from bench._common import cpu_of_children, fleet_command, fleet_env  # noqa: E402
 from bench.roundtrips import RoundTrips, describe  # noqa: E402
 from fleet import lab  # noqa: E402
-from fleet.registry import load_registry  # noqa: E402
-from fleet.release import build_release  # noqa: E402
+from fleet.control.release import build_release  # noqa: E402
+from fleet.core.registry import load_registry  # noqa: E402
 
 
 def timed_deploy(clone: Path, registry: Path, cpu: list[float]) -> float:

@@ -6,7 +6,7 @@
 For each size N, each round runs every tool on a fresh lab of N nodes: ``fleet deploy`` cold
 then again with nothing to change; ``ansible-playbook bench/ansible/site.yml`` cold then
 again; the same with the Mitogen strategy. Everything deploys a clean clone of ``--rev`` and
-the same release artifact (``fleet.release.build_release``, built before any timing). After
+the same release artifact (``fleet.control.release.build_release``, built before any timing). After
 each tool's runs the lab must be equivalent to our deploy (``fleet status``: every agent ok
 on the release with the registry's soul and config hashes; ``fleet drift``: our deploy would
 change nothing; in the first round of a size also ``fleet test``, the ``tests/live`` suite),
@@ -270,7 +270,7 @@ def main() -> int:
     scratch, checkout = clone(args.rev)
     venv = tool.ensure_venv() if set(args.tools) - {"fleet"} else None
     release = subprocess.run(
-        [sys.executable, "-c", "from fleet.release import build_release; "
+        [sys.executable, "-c", "from fleet.control.release import build_release; "
          "print(build_release(broken="").id)"],
         env={**os.environ, "PYTHONPATH": str(checkout)}, cwd=checkout, capture_output=True,
         text=True, check=True).stdout.strip()

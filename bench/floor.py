@@ -46,8 +46,8 @@ with ThreadPoolExecutor(len(targets)) as pool:
 
 def targets(registry_path: Path) -> list[dict[str, Any]]:
     """Host, port, user, key and known_hosts of every agent (the deploy's SSH settings)."""
-    from fleet.hosts import known_hosts_path
-    from fleet.registry import load_registry
+    from fleet.control.hosts import known_hosts_path
+    from fleet.core.registry import load_registry
 
     registry = load_registry(registry_path)
     pinned = known_hosts_path(registry)

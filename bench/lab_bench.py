@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from fleet import lab
+from fleet.core.registry import load_registry
 from fleet.lab import paths, processes
 from fleet.lab.rootfs import ensure_base
-from fleet.registry import load_registry
 
 REPO = Path(__file__).resolve().parent.parent
 

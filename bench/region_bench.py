@@ -31,9 +31,9 @@ from bench._common import clone as clean_clone  # noqa: E402
 from bench._common import fleet_command, fleet_env  # noqa: E402
 from bench.roundtrips import RoundTrips, describe  # noqa: E402
 from fleet import lab  # noqa: E402
+from fleet.control.release import build_release  # noqa: E402
+from fleet.core.registry import load_registry  # noqa: E402
 from fleet.lab.regions import latency_method, parse_spec  # noqa: E402
-from fleet.registry import load_registry  # noqa: E402
-from fleet.release import build_release  # noqa: E402
 
 
 def timed_deploy(clone: Path, registry: Path, lab_name: str,

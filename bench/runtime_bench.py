@@ -39,10 +39,10 @@ sys.path.insert(0, str(REPO))
 from bench._common import percentile  # noqa: E402
 from bus.client import BusClient  # noqa: E402
 from fleet import lab  # noqa: E402
+from fleet.control.secrets import load_secrets  # noqa: E402
+from fleet.core.registry import load_registry  # noqa: E402
 from fleet.lab.model import base_url  # noqa: E402
 from fleet.lab.network import read_index  # noqa: E402
-from fleet.registry import load_registry  # noqa: E402
-from fleet.secrets import load_secrets  # noqa: E402
 
 LAB = "bench-runtime"
 PROMPT = "Write one line of Python."

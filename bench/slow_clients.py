@@ -1,10 +1,10 @@
 """Benchmark: do the fleet's HTTP services keep answering while slow clients hold connections?
 
-Starts each service on 127.0.0.1 the way it runs for real (:mod:`fleet.serving`: gevent
+Starts each service on 127.0.0.1 the way it runs for real (:mod:`fleet.core.serving`: gevent
 workers, header deadline, connection limits), with a throw-away registry, keys and state:
 
-- the gateway: the node unit's command (``gunicorn -c python:fleet.serving --workers 2
-  fleet.gateway.wsgi:app``), measured on ``GET /health``;
+- the gateway: the node unit's command (``gunicorn -c python:fleet.core.serving --workers 2
+  fleet.node.gateway.wsgi:app``), measured on ``GET /health``;
 - the webhook receiver: ``gunicorn -c python:fleet.webhook.serving --workers 2
   webhook_app:app`` (no push is sent, so no deploy runs), measured on ``GET /healthz``;
 - the dashboard: ``fleet dashboard`` (its page, ``GET /dashboard/``; the registry's agents
@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO))
 from bench._common import free_port, keys_env, percentile, wait_serving  # noqa: E402
 from bus.keys import new_private_key, signing_key  # noqa: E402
 from bus.signing import sign  # noqa: E402
-from fleet import serving  # noqa: E402
+from fleet.core import serving  # noqa: E402
 
 HOST = "127.0.0.1"  # loopback only
 TOKEN = "bench-read-token-0123456789"
@@ -92,9 +92,9 @@ def services(tmp: Path, chosen: list[str]) -> list[Service]:
     base.pop("FLEET_SECRETS", None)
     found = {
         "gateway": Service(
-            "gateway", [sys.executable, "-m", "gunicorn", "-c", "python:fleet.serving",
+            "gateway", [sys.executable, "-m", "gunicorn", "-c", "python:fleet.core.serving",
                         "--workers", "2", "--bind", f"{HOST}:{gateway_port}",
-                        "fleet.gateway.wsgi:app"],
+                        "fleet.node.gateway.wsgi:app"],
             {**base, "FLEET_AGENT": AGENT, "FLEET_REGISTRY": str(registry),
              "FLEET_STATE_DIR": str(tmp / "gateway"), "FLEET_CONFIG": str(tmp / "config.json"),
              "FLEET_SOUL": str(tmp / "soul.md"), **keys_env(KEYS, AGENT)}, "/health", {},

@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from fleet import lab  # noqa: E402
-from fleet.registry import load_registry  # noqa: E402
-from fleet.status import AgentStatus, probe_fleet  # noqa: E402
+from fleet.control.status import AgentStatus, probe_fleet  # noqa: E402
+from fleet.core.registry import load_registry  # noqa: E402
 
 LAB = "bench-status"
 

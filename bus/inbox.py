@@ -19,7 +19,7 @@ Long polls wait on the process's :class:`bus.watch.InboxWatch` (one watcher wake
 holding no SQLite connection meanwhile. Each gateway process holds at most
 ``BUS_MAX_LONG_POLLS`` (``FLEET_BUS_MAX_LONG_POLLS``, 250) at once: one more is answered
 429 with ``Retry-After: 1`` (no page) at once, so long polls never take every connection of
-a worker (:mod:`fleet.serving`); :class:`bus.client.BusClient` reads that as "nothing yet".
+a worker (:mod:`fleet.core.serving`); :class:`bus.client.BusClient` reads that as "nothing yet".
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 class Address(Protocol):
-    """Where an agent's gateway listens (:class:`fleet.registry.Agent` is one)."""
+    """Where an agent's gateway listens (:class:`fleet.core.registry.Agent` is one)."""
 
     @property
     def host(self) -> str:

@@ -20,10 +20,10 @@ from deploys import lock
 from deploys.context import NODECTL, AgentContext, context_of, phase
 from deploys.facts import AgentAudit
 from deploys.secret_cache import secrets
-from fleet.expected import Expected, compare
-from fleet.masking import Masker
-from fleet.nodectl import fingerprint
-from fleet.records import current_run_id, load_record, update_host
+from fleet.control.expected import Expected, compare
+from fleet.control.records import current_run_id, load_record, update_host
+from fleet.core.masking import Masker
+from fleet.node.nodectl import fingerprint
 
 AUDIT = "Audit: record the node's state and drift, release the lock"
 

@@ -14,10 +14,10 @@ from pyinfra.api import deploy
 from deploys.lock import LOCK_DIR
 from deploys.ops import UPLOAD_DIR, Outcome
 from deploys.secret_cache import secrets
-from fleet import expected, render
-from fleet.digests import text_sha256
-from fleet.registry import Agent, Registry, load_registry
-from fleet.release import Release, build_release
+from fleet.control import expected, render
+from fleet.control.release import Release, build_release
+from fleet.core.digests import text_sha256
+from fleet.core.registry import Agent, Registry, load_registry
 
 OPT = "/opt/fleet"
 RELEASES = f"{OPT}/releases"
@@ -236,7 +236,7 @@ class AgentContext:
 
     def env_file(self) -> str:
         """``/etc/fleet/<agent>/env``: public settings then secrets, in systemd's
-        ``EnvironmentFile=`` syntax (double-quoted values, :mod:`fleet.envfile`)."""
+        ``EnvironmentFile=`` syntax (double-quoted values, :mod:`fleet.core.envfile`)."""
         return render.env_file({**self.public_env(), **secrets().for_agent(self.name)})
 
 

@@ -80,7 +80,7 @@ class NodeBasics(FactBase[dict[str, Any]]):
 
 class AgentAudit(FactBase[dict[str, Any]]):
     """
-    The audit view of one agent, from ``fleet-nodectl facts`` (see :mod:`fleet.nodectl`):
+    The audit view of one agent, from ``fleet-nodectl facts`` (see :mod:`fleet.node.nodectl`):
     release, soul and config hashes, file modes, unit state, listening ports, authorized key
     fingerprints, sudoers lines and the gateway's /health answer.
     """

@@ -22,7 +22,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, Host, State, operation
 
 from deploys.context import AgentContext, phase
-from fleet.records import RecordWatch, Verdict, current_run_id, record_path, update_host
+from fleet.control.records import RecordWatch, Verdict, current_run_id, record_path, update_host
 
 POLL_S = 0.01
 WAIT_LIMIT_S = 6 * 3600.0  # a stage never waits longer than this for the ones before it

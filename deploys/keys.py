@@ -9,7 +9,7 @@ from pyinfra.api import HiddenValue
 from deploys import webhook
 from deploys.context import AgentContext, phase
 from deploys.ops import authorized_keys_added, secret_file
-from fleet import render
+from fleet.control import render
 
 ENV = "Agent environment (secrets masked)"
 OPERATOR_KEYS = "Operator SSH keys of the login user"

@@ -3,7 +3,7 @@
 Not a lock between processes of one machine (those are :class:`bus.locks.FileLock`, e.g. the
 webhook receiver's ``deploy.lock``): the lock is a directory on the node (``mkdir`` is atomic)
 holding an ``owner`` file with ``controller:PID.STARTTIME:run-id <unix time taken>``
-(:func:`fleet.liveness.process_tag`: a pid with its start time, never reused). Everything
+(:func:`fleet.core.liveness.process_tag`: a pid with its start time, never reused). Everything
 about it lives here:
 
 - :func:`owner`: who this deploy process is;
@@ -24,8 +24,8 @@ import socket
 from pyinfra import host, state
 from pyinfra.api import operation
 
-from fleet.liveness import Process, process_tag
-from fleet.records import current_run_id
+from fleet.control.records import current_run_id
+from fleet.core.liveness import Process, process_tag
 
 LOCK_DIR = "/run/fleet-deploy.lock"
 OWNER_FILE = f"{LOCK_DIR}/owner"

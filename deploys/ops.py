@@ -40,9 +40,9 @@ from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, operatio
 from pyinfra.facts.files import FileContents
 
 from deploys.secret_cache import masker
-from fleet.digests import text_sha256
-from fleet.masking import mask_env_pair
-from fleet.records import add_diff, current_run_id
+from fleet.control.records import add_diff, current_run_id
+from fleet.core.digests import text_sha256
+from fleet.core.masking import mask_env_pair
 
 Node = dict[str, Any]  # a NodeState snapshot (deploys.facts.NodeState)
 

@@ -2,7 +2,7 @@
 
 Checks (in the same round trip as the node snapshot the later phases decide from):
 Debian/Ubuntu with systemd, python3 >= 3.11 and one the release carries compiled modules for
-(``fleet.release.NODE_PYTHONS``), free disk under /opt,
+(``fleet.control.release.NODE_PYTHONS``), free disk under /opt,
 clock skew, and nobody else's deploy lock (:mod:`deploys.lock`). SSH itself is checked by
 pyinfra's connect. A failing node is named with its reasons and gets a single failing
 operation, so nothing changes on it.
@@ -19,8 +19,8 @@ from pyinfra.operations import server
 
 from deploys import lock
 from deploys.context import AgentContext, load_node, phase
-from fleet.records import current_run_id, update_host
-from fleet.release import NODE_PYTHONS
+from fleet.control.records import current_run_id, update_host
+from fleet.control.release import NODE_PYTHONS
 
 MIN_PYTHON = (3, 11)
 MIN_FREE_MB = 200

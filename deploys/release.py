@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import fleet.nodectl
+import fleet.node.nodectl
 from deploys.context import KEEP_RELEASES, NODECTL, RELEASES, AgentContext, phase
 from deploys.ops import managed_file, release_current, release_unpacked, releases_pruned
 
@@ -23,7 +23,7 @@ def run(ctx: AgentContext) -> None:
     """Upload + unpack the release, switch current, prune, registry copy and config file."""
     release = ctx.release
     ctx.track(NODE_HELPER, managed_file(
-        name=NODE_HELPER, dest=NODECTL, content=Path(fleet.nodectl.__file__).read_text(),
+        name=NODE_HELPER, dest=NODECTL, content=Path(fleet.node.nodectl.__file__).read_text(),
         user="root", group="root", mode="755", node=ctx.node))
     ctx.track(UNPACKED, release_unpacked(
         name=UNPACKED, release_id=release.id, tarball=str(release.path), releases_dir=RELEASES,

@@ -12,7 +12,8 @@ from pyinfra.api import DeployError
 from deploys import lock
 from deploys.context import NODECTL, AgentContext, phase
 from deploys.verify import agent_args, agent_verified
-from fleet.validate import ValidationError, check_release_id
+from fleet.control.release import check_release_id
+from fleet.core.validate import ValidationError
 
 ROLLBACK = "Roll back: switch, restart and verify"
 

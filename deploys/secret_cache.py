@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import functools
 
-from fleet.masking import Masker
-from fleet.secrets import Secrets, load_secrets
+from fleet.control.secrets import Secrets, load_secrets
+from fleet.core.masking import Masker
 
 
 @functools.cache

@@ -20,14 +20,14 @@ from deploys import webhook
 from deploys.context import CURRENT, AgentContext, phase
 from deploys.facts import newer_than_unit
 from deploys.ops import Outcome, managed_file, unit_running
-from fleet import render
-from fleet.templates import read_template
+from fleet.control import render
+from fleet.control.templates import read_template
 
 UNIT_TEMPLATE = "fleet-agent.service.j2"
 RUNTIME_TEMPLATE = "fleet-runtime.service.j2"
 RUNTIME_UNIT_FILE = "Runtime unit file"
 RUNTIME_RUNNING = "Runtime service enabled and running (it restarts with the agent service)"
-BUILTIN_RUNTIME = ("/usr/bin/python3", "-m", "fleet.runtime")
+BUILTIN_RUNTIME = ("/usr/bin/python3", "-m", "fleet.node.runtime")
 MEMORY_MAX = "1G"  # the unit's MemoryMax= (a gateway uses ~150 MB)
 TASKS_MAX = 512  # its TasksMax=: 2 workers x (32 request + bus delivery threads), with room
 UNIT_FILE = "Agent unit file"
@@ -43,8 +43,8 @@ RUNTIME_RELOAD = "systemd daemon-reload (runtime unit removed)"
 
 
 def unit_text(ctx: AgentContext) -> str:
-    """The agent's systemd unit, rendered from ``fleet/templates/fleet-agent.service.j2``
-    (:func:`fleet.render.unit_file`)."""
+    """The agent's systemd unit, rendered from ``fleet/control/templates/fleet-agent.service.j2``
+    (:func:`fleet.control.render.unit_file`)."""
     return render.unit_file(read_template(UNIT_TEMPLATE), agent=ctx.name, user_name=ctx.user,
                             port=ctx.agent.gateway_port, etc_dir=ctx.etc_dir,
                             state_dir=ctx.state_dir, current=CURRENT, memory_max=MEMORY_MAX,

@@ -6,10 +6,10 @@ Called from three phases, and a no-op on every other host:
   state dir ``/var/lib/fleet/webhook`` (also its home and build cache);
 - keys: ``webhook.env`` (0600: the receiver's secrets, ``FLEET_REPO_URL`` from the registry's
   ``fleet.repo_url``), a copy of the secrets file its deploys use (the operator's bus key as
-  its public half only: :meth:`fleet.secrets.Secrets.receiver_copy`), and ``FLEET_DEPLOY_SSH_KEY``
-  as the private key they reach the fleet with (named in the user's ``~/.ssh/config``, which
-  ssh, git and pyinfra read);
-- services: the deploy tools (pyinfra, see :func:`fleet.release.build_deploy_tools`), the
+  its public half only: :meth:`fleet.control.secrets.Secrets.receiver_copy`), and
+  ``FLEET_DEPLOY_SSH_KEY`` as the private key they reach the fleet with (named in the user's
+  ``~/.ssh/config``, which ssh, git and pyinfra read);
+- services: the deploy tools (pyinfra, see :func:`fleet.control.release.build_deploy_tools`), the
   receiver's release build cache seeded from the node's release and tools, the unit
   ``fleet-webhook.service`` from ``fleet/webhook/fleet-webhook.service`` running
   ``fleet webhook serve`` (gunicorn and the deploy dispatcher) of the current release, enabled
@@ -45,17 +45,16 @@ from deploys.ops import (
     secret_file,
 )
 from deploys.secret_cache import secrets
-from fleet import render
-from fleet.errors import WebhookError
-from fleet.release import (
-    BROKEN_MARKER,
+from fleet.control import render
+from fleet.control.release import (
     DEPLOY_TOOL_REQUIREMENTS,
-    RELEASE_FILE,
     SHIPPED_PACKAGES,
     build_deploy_tools,
     deps_key,
 )
-from fleet.secrets import DEPLOY_SSH_KEY
+from fleet.control.secrets import DEPLOY_SSH_KEY
+from fleet.core.errors import WebhookError
+from fleet.core.release_marker import BROKEN_MARKER, RELEASE_FILE
 
 CAPABILITY = "webhook-receiver"
 USER = "fleet-webhook"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from fleet import lab
-from fleet.registry import load_registry
+from fleet.core.registry import load_registry
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_REGISTRY = REPO / "registry.yaml"

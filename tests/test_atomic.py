@@ -1,4 +1,4 @@
-"""One atomic write (fleet/atomic.py): temp file in the same dir with its mode set before any
+"""One atomic write (fleet/core/atomic.py): temp file in the same dir with its mode set before any
 content, fsync of the file, rename, fsync of the dir; every writer of the controller and the
 receiver goes through it."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.atomic import publish_dir, replace_atomic, write_atomic
+from fleet.core.atomic import publish_dir, replace_atomic, write_atomic
 
 Synced = list[tuple[str, int]]
 
@@ -85,7 +85,7 @@ def test_replace_atomic_syncs_the_file_then_the_dir(tmp_path: Path, synced: Sync
 
 
 def run_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from fleet.records import update_run
+    from fleet.control.records import update_run
 
     monkeypatch.setenv("FLEET_RECORDS_DIR", str(tmp_path))
     update_run("20261205T091500Z-abcdef", status="ok")
@@ -93,14 +93,14 @@ def run_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def known_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from fleet.hosts import _write
+    from fleet.control.hosts import _write
 
     _write(tmp_path / "known_hosts", "203.0.113.10 ssh-ed25519 AAAA\n")
     return tmp_path / "known_hosts"
 
 
 def salvaged_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from fleet.masking import Masker
+    from fleet.core.masking import Masker
     from fleet.webhook.logcopy import salvage
 
     raw = tmp_path / "run-1.log.unmasked"
@@ -138,7 +138,8 @@ def test_a_built_directory_is_published_after_a_sync_and_its_parent_synced(
     assert again.is_dir() and not (target / "other").exists()
 
 
-OWNERS = {"fleet/atomic.py", "fleet/nodectl.py"}  # nodectl: stdlib-only, its own synced switch
+# nodectl: stdlib-only, its own synced switch
+OWNERS = {"fleet/core/atomic.py", "fleet/node/nodectl.py"}
 
 
 def renames(tree: ast.AST) -> list[int]:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from fleet.liveness import Process, alive, process_tag, start_time
+from fleet.core.liveness import Process, alive, process_tag, start_time
 
 
 def test_a_process_is_alive_until_it_exits() -> None:

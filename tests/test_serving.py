@@ -1,4 +1,4 @@
-"""The one server setup (:mod:`fleet.serving`): settings gunicorn takes, JSON for requests
+"""The one server setup (:mod:`fleet.core.serving`): settings gunicorn takes, JSON for requests
 over the limits, and every ``fleet ... serve`` command and the gateway's unit using it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from flask import Flask
 from gunicorn.config import Config
 from gunicorn.workers.ggevent import GeventWorker
 
-from fleet import serving
+from fleet.core import serving
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def test_every_serve_command_uses_the_one_setup(path: str) -> None:
 
 
 def test_the_gateway_unit_uses_the_one_setup() -> None:
-    unit = (REPO / "fleet/templates/fleet-agent.service.j2").read_text(encoding="utf-8")
+    unit = (REPO / "fleet/control/templates/fleet-agent.service.j2").read_text(encoding="utf-8")
     start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
-    assert "--config python:fleet.serving " in start and "--worker-class" not in start
+    assert "--config python:fleet.core.serving " in start and "--worker-class" not in start
 

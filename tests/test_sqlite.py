@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bus import store
-from fleet.tools import records
+from fleet.node.tools import records
 from fleet.webhook import db as webhook_db
 
 

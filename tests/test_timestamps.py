@@ -13,7 +13,7 @@ import pytest
 
 from bus.sending import build
 from bus.timestamps import id_stamp, parse_timestamp, utc_timestamp
-from fleet.records import new_run_id
+from fleet.control.records import new_run_id
 from fleet.webhook.runner import fleet_run_id
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Ansible inventory for ``site.yml``, generated from the fleet registry (``fleet.registry``).
+"""Ansible inventory for ``site.yml``, generated from the fleet registry (``fleet.core.registry``).
 
     python bench/ansible/inventory_gen.py REGISTRY OUT_DIR
 
@@ -7,8 +7,8 @@ reached with the registry's SSH settings: user, port, key, pinned host keys, sud
 agent, ``OUT_DIR/files/<agent>/`` with the files the deploy writes from the registry and the
 secrets: ``registry.yaml`` (the node's copy), ``config.json`` and ``env`` (0600). Their text
 comes from the same functions our deploy uses (:class:`deploys.context.AgentContext`), and the
-release is built with :func:`fleet.release.build_release`, so both tools ship the same bytes.
-Contents live in files (``copy: src=``), not in variables, so Ansible never templates them.
+release is built with :func:`fleet.control.release.build_release`, so both tools ship the same
+bytes. Contents live in files (``copy: src=``), not in variables, so Ansible never templates them.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.append(str(REPO))  # after $PYTHONPATH: the bench points it at a clean clone
 
-import fleet.nodectl  # noqa: E402
-import fleet.templates  # noqa: E402
+import fleet.control.templates  # noqa: E402
+import fleet.node.nodectl  # noqa: E402
 from deploys.baseline import SSHD_SETTINGS  # noqa: E402
 from deploys.context import (  # noqa: E402
     CURRENT,
@@ -38,9 +38,9 @@ from deploys.context import (  # noqa: E402
 )
 from deploys.services import MEMORY_MAX, TASKS_MAX, UNIT_TEMPLATE  # noqa: E402
 from deploys.verify import HEALTH_TIMEOUT_S  # noqa: E402
-from fleet.hosts import known_hosts_path  # noqa: E402
-from fleet.registry import Agent, Registry, load_registry  # noqa: E402
-from fleet.release import Release, build_release  # noqa: E402
+from fleet.control.hosts import known_hosts_path  # noqa: E402
+from fleet.control.release import Release, build_release  # noqa: E402
+from fleet.core.registry import Agent, Registry, load_registry  # noqa: E402
 
 
 def ssh_vars(registry: Registry, agent: Agent) -> dict[str, Any]:
@@ -81,11 +81,12 @@ def common_vars() -> dict[str, Any]:
     """Variables shared by every host: the layout our deploy uses."""
     return {
         "opt_dir": OPT, "releases_dir": RELEASES, "current_link": CURRENT,
-        "nodectl_path": NODECTL, "nodectl_source": str(Path(fleet.nodectl.__file__).resolve()),
+        "nodectl_path": NODECTL, "nodectl_source": str(Path(fleet.node.nodectl.__file__).resolve()),
         "keep_releases": KEEP_RELEASES, "sshd_dropin": SSHD_DROPIN,
         "sshd_settings": SSHD_SETTINGS, "memory_max": MEMORY_MAX, "tasks_max": TASKS_MAX,
         "health_timeout": HEALTH_TIMEOUT_S,
-        "unit_template": str(Path(fleet.templates.__file__).resolve().parent / UNIT_TEMPLATE),
+        "unit_template": str(Path(fleet.control.templates.__file__).resolve().parent
+                             / UNIT_TEMPLATE),
     }
 
 

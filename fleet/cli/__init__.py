@@ -1,6 +1,6 @@
 """The ``fleet`` command line: a thin click layer over the library.
 
-Library errors (:data:`fleet.errors.USER_ERRORS`: a ``FleetError`` or the bus's ``BusError``)
+Library errors (:data:`fleet.core.errors.USER_ERRORS`: a ``FleetError`` or the bus's ``BusError``)
 become one line on stderr plus a hint, exit code 1; usage errors keep click's exit code 2.
 """
 
@@ -14,7 +14,7 @@ import click
 
 from fleet import __version__
 from fleet.cli.context import CliContext
-from fleet.errors import USER_ERRORS
+from fleet.core.errors import USER_ERRORS
 
 # Subcommands, imported only when used: ``fleet deploy`` need not import the bus client,
 # Flask or the lab (about 0.7 s of CPU before the deploy starts).

@@ -9,8 +9,9 @@ import os
 import click
 
 from fleet.cli.context import CliContext, pass_cli
-from fleet.runtime.ask import ask as ask_agent
-from fleet.secrets import load_secrets, parse_keyring
+from fleet.control.secrets import load_secrets
+from fleet.core.keylist import parse_keyring
+from fleet.node.runtime.ask import ask as ask_agent
 
 LOCAL_KEYS = "FLEET_BUS_KEYS"
 

@@ -18,7 +18,7 @@ import click
 from bus.client import BusClient, GatewayError
 from bus.schema import MAX_TTL
 from fleet.cli.context import CliContext, pass_cli
-from fleet.secrets import BUS_KEY, load_secrets
+from fleet.control.secrets import BUS_KEY, load_secrets
 
 PAGE = 1000
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from fleet.registry import Registry, load_registry, resolve_registry_path
+from fleet.core.registry import Registry, load_registry, resolve_registry_path
 
 
 @dataclass
@@ -18,7 +18,7 @@ class CliContext:
 
     @property
     def registry(self) -> Registry:
-        """The validated registry (raises :class:`fleet.errors.RegistryError`)."""
+        """The validated registry (raises :class:`fleet.core.errors.RegistryError`)."""
         if self._registry is None:
             self._registry = load_registry(resolve_registry_path(self.registry_path))
         return self._registry

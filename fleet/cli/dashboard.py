@@ -7,9 +7,9 @@ import os
 import click
 
 from fleet.cli.context import CliContext, pass_cli
+from fleet.control.records import RECORDS_ENV, records_dir
+from fleet.core.registry import REGISTRY_ENV
 from fleet.dashboard.app import REFRESH_ENV
-from fleet.records import RECORDS_ENV, records_dir
-from fleet.registry import REGISTRY_ENV
 
 
 @click.command()
@@ -20,11 +20,11 @@ from fleet.registry import REGISTRY_ENV
 @pass_cli
 def dashboard(cli: CliContext, host: str, port: int, refresh: float) -> None:
     """Serve the fleet dashboard (health, release, soul and config state, runs) locally."""
-    from fleet.serving import FactoryServer
+    from fleet.core.serving import FactoryServer
 
     registry = cli.registry  # validated before serving
     os.environ.update({REGISTRY_ENV: str(registry.path.resolve()),
                        RECORDS_ENV: str(records_dir().resolve()), REFRESH_ENV: str(refresh)})
     click.echo(f"==> dashboard of {registry.name} on http://{host}:{port}/dashboard/")
-    FactoryServer("fleet.dashboard.app:create_app", {  # gevent, deadlines: fleet.serving
+    FactoryServer("fleet.dashboard.app:create_app", {  # gevent, deadlines: fleet.core.serving
         "bind": f"{host}:{port}", "workers": 1, "accesslog": None}).run()

@@ -1,4 +1,4 @@
-"""``fleet deploy`` and ``fleet rollback``: thin over :mod:`fleet.rollout` (one rollout for
+"""``fleet deploy`` and ``fleet rollback``: thin over :mod:`fleet.control.rollout` (one rollout for
 both, and for the webhook)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import click
 
 from fleet.cli.context import CliContext, pass_cli
-from fleet.records import record_path
-from fleet.rollout import RolloutOptions, RolloutResult, deploy_fleet
+from fleet.control.records import record_path
+from fleet.control.rollout import RolloutOptions, RolloutResult, deploy_fleet
 
 limit_option = click.option(
     "--limit", multiple=True, metavar="NAME",

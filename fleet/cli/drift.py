@@ -18,7 +18,7 @@ from fleet.cli.context import CliContext, pass_cli
 def drift(cli: CliContext, as_json: bool, limit: tuple[str, ...], verbose: bool) -> None:
     """Compare every agent with what the registry and the repository require (a dry run of the
     real deploy); list each operation that would change, with file diffs. Exit 1 on drift."""
-    from fleet.drift import check_drift
+    from fleet.control.drift import check_drift
 
     report = check_drift(cli.registry, limit, click.echo if verbose else lambda _: None)
     if as_json:

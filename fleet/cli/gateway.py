@@ -8,8 +8,8 @@ import click
 
 from bus.keys import format_keyring
 from fleet.cli.context import CliContext, pass_cli
-from fleet.secrets import BUS_KEY, BUS_KEYRING, load_secrets
-from fleet.serving import FactoryServer
+from fleet.control.secrets import BUS_KEY, BUS_KEYRING, load_secrets
+from fleet.core.serving import FactoryServer
 
 
 @click.group()
@@ -28,7 +28,7 @@ def gateway() -> None:
                    ".fleet/state/AGENT).")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="gunicorn worker processes (gevent: each serves many connections; "
-                   "see fleet.serving).")
+                   "see fleet.core.serving).")
 @click.option("--dev", is_flag=True, help="Use Flask's threaded development server.")
 @pass_cli
 def serve(cli: CliContext, agent: str, port: int | None, host: str, state_dir: str | None,
@@ -51,10 +51,11 @@ def serve(cli: CliContext, agent: str, port: int | None, host: str, state_dir: s
             os.environ[BUS_KEY] = own
     port = port or record.gateway_port
     if dev:
-        from fleet.gateway import create_app
+        from fleet.node.gateway import create_app
 
         create_app().run(host=host, port=port, threaded=True, use_reloader=False)
         return
-    FactoryServer("fleet.gateway:create_app", {  # served like the node's unit: fleet.serving
+    # served like the node's unit: fleet.core.serving
+    FactoryServer("fleet.node.gateway:create_app", {
         "bind": f"{host}:{port}", "workers": workers, "accesslog": None,
         "loglevel": "warning"}).run()

@@ -7,7 +7,7 @@ import json
 import click
 
 from fleet.cli.context import CliContext, pass_cli
-from fleet.hosts import known_hosts_path, scan
+from fleet.control.hosts import known_hosts_path, scan
 
 
 @click.group()

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from fleet.cli.context import CliContext, pass_cli
-from fleet.init import DEFAULT_AGENTS, DEFAULT_SECRETS, init_fleet
-from fleet.registry import resolve_registry_path
-from fleet.secrets import SECRETS_ENV
+from fleet.control.init import DEFAULT_AGENTS, DEFAULT_SECRETS, init_fleet
+from fleet.control.secrets import SECRETS_ENV
+from fleet.core.registry import resolve_registry_path
 
 
 @click.command("init")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from bus.keys import IDENTITIES, private_keys
-from fleet.keyrotation import retire, rotate, secrets_file
-from fleet.secrets import BUS_KEY, SECRETS_ENV, load_secrets
+from fleet.control.keyrotation import retire, rotate, secrets_file
+from fleet.control.secrets import BUS_KEY, SECRETS_ENV, load_secrets
 
 SECRETS_OPTION = click.option("--secrets", "secrets", envvar=SECRETS_ENV,
                               type=click.Path(dir_okay=False),

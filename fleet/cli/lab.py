@@ -13,9 +13,9 @@ import click
 
 from fleet import lab as lab_api
 from fleet.cli.context import CliContext, pass_cli
+from fleet.core.validate import USER_NAME_FORM, USER_NAME_RE
 from fleet.lab.paths import DEFAULT_LAB, LAB_ENV
 from fleet.lab.rootfs import SUITES
-from fleet.validate import USER_NAME_FORM, USER_NAME_RE
 
 lab_option = click.option("--lab", "lab_name", envvar=LAB_ENV, default=DEFAULT_LAB,
                           show_default=True, help="Lab name (also from $FLEET_LAB).")
@@ -74,7 +74,7 @@ def _regions(ctx: click.Context, param: click.Parameter,
     """``--regions eu:3,us:3`` as ``[("eu", 3), ("us", 3)]``."""
     if value is None:
         return None
-    from fleet.errors import LabError
+    from fleet.core.errors import LabError
     from fleet.lab.regions import parse_spec
     try:
         return parse_spec(value)

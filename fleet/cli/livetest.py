@@ -14,8 +14,8 @@ from fleet.cli.context import CliContext, pass_cli
 def live_test_command(cli: CliContext, limit: tuple[str, ...]) -> None:
     """Run the testinfra suite (tests/live) on every agent's node; exit 1 naming host and
     check when one fails."""
-    from fleet.livetest import live_test
-    from fleet.rollout import project_dir, select
+    from fleet.control.livetest import live_test
+    from fleet.control.rollout import project_dir, select
 
     registry = cli.registry
     results = live_test(registry, select(registry, limit), project_dir(), click.echo)

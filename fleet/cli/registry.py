@@ -7,7 +7,7 @@ import json
 import click
 
 from fleet.cli.context import CliContext, pass_cli
-from fleet.registry import load_registry
+from fleet.core.registry import load_registry
 
 
 @click.group()

@@ -12,8 +12,8 @@ import sys
 import click
 
 from fleet.cli.context import CliContext, pass_cli
-from fleet.expected import Judgement, expected, judge, short, wanted_release
-from fleet.status import DEFAULT_TIMEOUT, AgentStatus, probe_fleet
+from fleet.control.expected import Judgement, expected, judge, short, wanted_release
+from fleet.control.status import DEFAULT_TIMEOUT, AgentStatus, probe_fleet
 
 EXIT_DOWN = 1
 EXIT_DRIFT = 3
@@ -82,7 +82,8 @@ def region_summary(results: list[AgentStatus], verdicts: list[Judgement]) -> lis
 def format_table(results: list[AgentStatus], verdicts: list[Judgement],
                  regional: bool = False) -> str:
     """A table for people: one row per agent, reasons in full after it; ``regional`` adds a
-    REGION column (the rows come grouped by region, see :func:`fleet.status.probe_fleet`)."""
+    REGION column (the rows come grouped by region, see
+    :func:`fleet.control.status.probe_fleet`)."""
     rows = [("AGENT", "ROLE", *(("REGION",) if regional else ()), "HOST", "SSH", "HEALTH",
              "RELEASE", "SOUL", "STATE")]
     for result, verdict in zip(results, verdicts, strict=True):

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from fleet.serving import FactoryServer
+from fleet.core.serving import FactoryServer
 from fleet.webhook.checkout import redact
 from fleet.webhook.config import CONFIG_ENV, load_settings
 
@@ -58,7 +58,7 @@ def serve(host: str, port: int, workers: int, config_file: str | None) -> None:
     while not running(settings.state_dir) and dispatcher.poll() is None \
             and time.monotonic() < deadline:
         time.sleep(0.05)
-    FactoryServer("fleet.webhook:create_app", {  # gevent, deadlines, limits: fleet.serving
+    FactoryServer("fleet.webhook:create_app", {  # gevent, deadlines, limits: fleet.core.serving
         "bind": f"{host}:{port}", "workers": workers, "accesslog": "-",
         "proc_name": "fleet-webhook"}).run()
 

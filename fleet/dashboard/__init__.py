@@ -14,8 +14,8 @@ from collections.abc import Callable
 from flask import Blueprint, Flask, current_app, jsonify, render_template
 from flask.typing import ResponseReturnValue
 
+from fleet.control.records import RUN_ID_RE
 from fleet.dashboard.data import Dashboard, as_json
-from fleet.records import RUN_ID_RE
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates",
                static_folder="static")

@@ -15,10 +15,10 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from fleet import dashboard
+from fleet.control.records import records_dir
+from fleet.core.registry import resolve_registry_path
 from fleet.dashboard import openapi
 from fleet.dashboard.data import Dashboard
-from fleet.records import records_dir
-from fleet.registry import resolve_registry_path
 
 REFRESH_ENV = "FLEET_DASHBOARD_REFRESH"
 

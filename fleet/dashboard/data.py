@@ -17,11 +17,11 @@ from typing import Any, cast
 import requests
 
 from bus.timestamps import utc_timestamp
-from fleet.errors import FleetError
-from fleet.expected import expected, judge
-from fleet.records import RunRecord, went_through
-from fleet.registry import Agent, Registry, load_registry
-from fleet.status import AgentStatus, probe_fleet, region_sorted
+from fleet.control.expected import expected, judge
+from fleet.control.records import RunRecord, went_through
+from fleet.control.status import AgentStatus, probe_fleet, region_sorted
+from fleet.core.errors import FleetError
+from fleet.core.registry import Agent, Registry, load_registry
 
 METRIC_RE = re.compile(r'(fleet_bus_[a-z_]+)\{[^}]*\} ([0-9]+)')
 RUNS_SHOWN = 10

@@ -10,9 +10,9 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from fleet import __version__
+from fleet.control.records import RUN_ID_RE
+from fleet.core.serving import MAX_HEADER_FIELD_SIZE, MAX_HEADER_FIELDS, MAX_REQUEST_LINE
 from fleet.dashboard.data import RUNS_SHOWN
-from fleet.records import RUN_ID_RE
-from fleet.serving import MAX_HEADER_FIELD_SIZE, MAX_HEADER_FIELDS, MAX_REQUEST_LINE
 
 bp = Blueprint("dashboard_openapi", __name__)
 
@@ -40,7 +40,7 @@ def _object(properties: dict[str, Any], optional: tuple[str, ...] = ()) -> dict[
             "required": [name for name in properties if name not in optional]}
 
 
-# what the app answers before any route (fleet.serving.RequestLimits, in front of the app)
+# what the app answers before any route (fleet.core.serving.RequestLimits, in front of the app)
 LIMITS = {
     "414": _json_error(f"request line over {MAX_REQUEST_LINE} bytes"),
     "431": _json_error(f"over {MAX_HEADER_FIELDS} header fields, or one over "

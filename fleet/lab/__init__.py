@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fleet.errors import LabError
+from fleet.core.errors import LabError
+from fleet.core.registry import Registry
 from fleet.lab import processes, regions
 from fleet.lab.bring_up import bring_up, join_threads, thread_prefix
 from fleet.lab.claims import LabClaim, claim, in_use
@@ -24,7 +25,6 @@ from fleet.lab.prereqs import check_prerequisites, require_root
 from fleet.lab.registry_writer import REGISTRY_FILE, SSH_CONFIG
 from fleet.lab.state import STATE_FILE, NodeRecord, read_records
 from fleet.lab.teardown import teardown
-from fleet.registry import Registry
 
 __all__ = ["LabClaim", "NodeStatus", "claim", "down", "down_all", "in_use", "lab_dir", "lab_nodes",
            "labs", "partition", "registry_path", "ssh_config", "status", "up"]

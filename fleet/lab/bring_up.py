@@ -12,7 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from fleet.errors import LabError
+from fleet.core.errors import LabError
+from fleet.core.registry import Region, Registry
 from fleet.lab import keys, model, network, node
 from fleet.lab import regions as lab_regions
 from fleet.lab.commands import Cancelled
@@ -31,7 +32,6 @@ from fleet.lab.registry_writer import (
 )
 from fleet.lab.rootfs import ensure_base
 from fleet.lab.state import NodeRecord, write_records
-from fleet.registry import Region, Registry
 
 FAIL_ENV = "FLEET_LAB_FAIL_NODE"
 """Test hook: the node with this name fails right after it was started."""

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from fleet.errors import LabError
+from fleet.core.errors import LabError
 
 CANCEL_POLL_S = 0.2  # how soon a cancel is noticed while a command runs
 STOP_GRACE_S = 5.0  # from TERM to KILL for a cancelled command's process group

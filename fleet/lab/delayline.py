@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from fleet.errors import LabError
+from fleet.core.errors import LabError
 from fleet.lab import processes
 from fleet.lab.commands import run
 

@@ -33,12 +33,12 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from fleet.atomic import replace_atomic
-from fleet.errors import LabError
+from fleet.core.atomic import replace_atomic
+from fleet.core.errors import LabError
+from fleet.core.registry import Registry
 from fleet.lab import processes
 from fleet.lab.network import controller_ip, read_index
 from fleet.lab.paths import cache_dir, lab_lock
-from fleet.registry import Registry
 
 MODEL_PORT = 8650
 MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"

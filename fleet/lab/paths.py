@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from bus.locks import FileLock
-from fleet.errors import LabError
+from fleet.core.errors import LabError
 
 LAB_ROOT_ENV = "FLEET_LAB_ROOT"
 CACHE_DIR_ENV = "FLEET_CACHE_DIR"

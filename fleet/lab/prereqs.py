@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from fleet.errors import LabError
+from fleet.core.errors import LabError
 
 # tool -> Debian package that provides it
 TOOLS = {

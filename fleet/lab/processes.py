@@ -9,12 +9,12 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from fleet import liveness
+from fleet.core import liveness
 
 
 def alive(pid: int, started: int | None = None) -> bool:
     """Whether ``pid`` is a running (not zombie) process, the one that started at ``started``
-    if given (:func:`fleet.liveness.alive`); reaps it if it is our child."""
+    if given (:func:`fleet.core.liveness.alive`); reaps it if it is our child."""
     with contextlib.suppress(ChildProcessError):
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:

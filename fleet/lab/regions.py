@@ -16,10 +16,10 @@ import re
 import subprocess
 from pathlib import Path
 
-from fleet.errors import LabError
+from fleet.core.errors import LabError
+from fleet.core.registry import REGION_RE
 from fleet.lab import delayline
 from fleet.lab.commands import run
-from fleet.registry import REGION_RE
 
 SPEC_RE = re.compile(r"([a-z][a-z0-9-]{0,30}):([1-9][0-9]{0,2})")
 RATE = "10gbit"  # HTB needs a rate; far above what the lab moves

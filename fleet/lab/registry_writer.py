@@ -8,12 +8,12 @@ from typing import Any
 
 import yaml
 
-from fleet.errors import LabError
-from fleet.hosts import SshSettings
+from fleet.control.hosts import SshSettings
+from fleet.core.errors import LabError
+from fleet.core.registry import Agent, Registry, regions_data
 from fleet.lab.keys import LAB_KEY
 from fleet.lab.network import MAX_NODES, node_ip
 from fleet.lab.rootfs import SUITE, check_suite
-from fleet.registry import Agent, Registry, regions_data
 
 KNOWN_HOSTS = "known_hosts"
 SOULS_DIR = "souls"  # the lab's copies of the souls: a registry's souls live inside its folder
@@ -99,7 +99,7 @@ def _with_releases(plan: list[LabNode], releases: dict[str, str]) -> list[LabNod
 
 def lab_registry_data(registry: Registry, nodes: list[LabNode], lab: str,
                       lab_path: Path) -> dict[str, Any]:
-    """The lab registry as plain data, valid for :func:`fleet.registry.load_registry`."""
+    """The lab registry as plain data, valid for :func:`fleet.core.registry.load_registry`."""
     fleet: dict[str, Any] = {"name": f"lab-{lab}", "ssh_key": str(lab_path / LAB_KEY),
                              "known_hosts": str(lab_path / KNOWN_HOSTS)}
     if registry.repo_url:
@@ -140,7 +140,7 @@ def ssh_config_text(nodes: list[LabNode], lab_path: Path, control_dir: Path,
     as root, or as each node's ``ssh_user`` when the nodes refuse root logins; masters
     shared through sockets in ``control_dir``."""
     blocks = []
-    for node in nodes:  # the deploy's settings (fleet.hosts), with shared masters
+    for node in nodes:  # the deploy's settings (fleet.control.hosts), with shared masters
         settings = SshSettings(user="root" if root_login else node.agent.ssh_user,
                                host=node.ip, port=node.agent.ssh_port,
                                known_hosts=str(lab_path / KNOWN_HOSTS),

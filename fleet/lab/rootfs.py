@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fleet.atomic import publish_dir, replace_atomic
-from fleet.errors import LabError
+from fleet.core.atomic import publish_dir, replace_atomic
+from fleet.core.errors import LabError
 from fleet.lab.commands import Cancelled, run, unmount_all
 from fleet.lab.paths import cache_dir, lab_lock
 

@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from fleet.errors import LabError
+from fleet.core.errors import LabError
 from fleet.lab import delayline, model, processes
 from fleet.lab.commands import mounts_under, unmount_all
 from fleet.lab.network import (

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from bus.client import BusClient
 from bus.keys import PRIVATE_KEY_ENV, RECEIVER, signing_key
-from fleet.errors import USER_ERRORS
-from fleet.registry import load_registry
+from fleet.core.errors import USER_ERRORS
+from fleet.core.registry import load_registry
 from fleet.webhook.config import Settings
 
 SOURCE = "fleet-webhook"

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, abort, current_app, jsonify, request
 
-from fleet.errors import WebhookError
+from fleet.core.errors import WebhookError
 from fleet.webhook.db import get_db
 from fleet.webhook.driftcheck import recent
 from fleet.webhook.queue import STATUSES, queue_depth

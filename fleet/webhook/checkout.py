@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
-from fleet.errors import DeployError, WebhookError
+from fleet.core.errors import DeployError, WebhookError
 
 GIT_TIMEOUT = 300.0
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import requests
 
-from fleet.errors import WebhookError
+from fleet.core.errors import WebhookError
 
 TIMEOUT = 10.0
 

@@ -1,7 +1,7 @@
 """Settings of the webhook receiver, read from the environment and an optional config file.
 
 The config file (``$FLEET_WEBHOOK_CONFIG`` or ``fleet webhook serve --config``) is read as
-systemd reads an ``EnvironmentFile=`` (:mod:`fleet.envfile`: the deploy writes it so, and the
+systemd reads an ``EnvironmentFile=`` (:mod:`fleet.core.envfile`: the deploy writes it so, and the
 unit loads it so); variables set in the environment win.
 """
 
@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleet.envfile import scan_env
-from fleet.errors import WebhookError
-from fleet.secrets import RECEIVER_SECRETS
+from fleet.control.secrets import RECEIVER_SECRETS
+from fleet.core.envfile import scan_env
+from fleet.core.errors import WebhookError
 from fleet.webhook.checkout import check_repo_url
 
 CONFIG_ENV = "FLEET_WEBHOOK_CONFIG"
@@ -67,7 +67,7 @@ class Settings:
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, str]:
     """The variables systemd's ``EnvironmentFile=`` would set from ``path``
-    (:func:`fleet.envfile.scan_env`); an entry systemd would skip or misread is refused,
+    (:func:`fleet.core.envfile.scan_env`); an entry systemd would skip or misread is refused,
     naming its line (never a value)."""
     config_path = Path(path)
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fleet.errors import FleetError
+from fleet.core.errors import FleetError
 from fleet.webhook.health import probe
 
 

@@ -17,7 +17,7 @@ import click
 from flask import Flask, current_app, g
 
 from bus.sqlite import immediate, open_db
-from fleet.errors import WebhookError
+from fleet.core.errors import WebhookError
 
 SCHEMA_VERSION = 4
 V1_COLUMNS = ("id, delivery_id, forge, tag, sha, before_sha, pusher, repository, superseded_by, "

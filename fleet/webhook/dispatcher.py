@@ -28,8 +28,8 @@ from pathlib import Path
 from flask import Flask, current_app
 
 from bus.timestamps import utc_timestamp
-from fleet.liveness import Process
-from fleet.masking import Masker
+from fleet.core.liveness import Process
+from fleet.core.masking import Masker
 from fleet.webhook import driftcheck
 from fleet.webhook.alerts import drift_alert
 from fleet.webhook.config import Settings

@@ -23,9 +23,9 @@ from typing import Any
 
 from bus.sqlite import immediate
 from bus.timestamps import parse_timestamp, utc_timestamp
-from fleet.drift import HostDrift, report_from_record
-from fleet.errors import DeployError
-from fleet.masking import Masker
+from fleet.control.drift import HostDrift, report_from_record
+from fleet.core.errors import DeployError
+from fleet.core.masking import Masker
 from fleet.webhook.checkout import checkout, fetch, resolve_tag
 from fleet.webhook.config import Settings
 from fleet.webhook.push import Push

@@ -1,5 +1,5 @@
 """Fleet health from the registry a deploy used, probed the one way ``FLEET_HEALTH_CHECK``
-says: ``fleet`` (default: :func:`fleet.status.probe_fleet`, SSH and the health endpoint of
+says: ``fleet`` (default: :func:`fleet.control.status.probe_fleet`, SSH and the health endpoint of
 every agent), ``http`` (health endpoints only, all at once) or ``off`` (nothing is asked).
 Used for the check after a deploy (:func:`check_health`) and for what the fleet runs now
 (:mod:`fleet.webhook.current`).
@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from fleet.errors import FleetError
-from fleet.registry import load_registry
-from fleet.status import probe_fleet, probe_health
+from fleet.control.status import probe_fleet, probe_health
+from fleet.core.errors import FleetError
+from fleet.core.registry import load_registry
 
 
 def probe(registry_path: Path, mode: str, timeout: float) -> list[dict[str, Any]]:

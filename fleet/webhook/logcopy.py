@@ -16,8 +16,8 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-from fleet.atomic import write_atomic
-from fleet.masking import Masker
+from fleet.core.atomic import write_atomic
+from fleet.core.masking import Masker
 
 COPY_INTERVAL_S = 0.2
 MAX_LINE_BYTES = 64 * 1024  # a longer line without a newline is copied in pieces

@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from fleet.errors import WebhookError
+from fleet.core.errors import WebhookError
 
 LOG_TAIL_BYTES = 256 * 1024
 FIELDS = ("id", "status", "forge", "tag", "sha", "commit_sha", "release", "before_sha",

@@ -27,10 +27,10 @@ from typing import IO, Any
 
 from bus.sqlite import immediate
 from bus.timestamps import id_stamp, utc_timestamp
-from fleet.errors import DeployError, FleetError
-from fleet.masking import Masker
-from fleet.release import broken_requested, release_id
-from fleet.secrets import SECRETS_ENV, load_secrets
+from fleet.control.release import broken_requested, release_id
+from fleet.control.secrets import SECRETS_ENV, load_secrets
+from fleet.core.errors import DeployError, FleetError
+from fleet.core.masking import Masker
 from fleet.webhook.checkout import checkout, fetch, is_ancestor, redact, resolve_tag, rev_parse
 from fleet.webhook.config import RECEIVER_SECRETS, Settings
 from fleet.webhook.current import deployed_everywhere, fleet_releases

@@ -1,4 +1,4 @@
-"""The receiver is served like every HTTP service of the fleet: :mod:`fleet.serving`.
+"""The receiver is served like every HTTP service of the fleet: :mod:`fleet.core.serving`.
 
 Kept as a gunicorn config module of its own name (``gunicorn -c python:fleet.webhook.serving
 webhook_app:app``), re-exporting the one setup's settings.
@@ -6,7 +6,7 @@ webhook_app:app``), re-exporting the one setup's settings.
 
 from __future__ import annotations
 
-from fleet.serving import (
+from fleet.core.serving import (
     OPTIONS,
     access_log_format,
     graceful_timeout,

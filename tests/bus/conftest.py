@@ -31,8 +31,8 @@ from bus.keys import (
     signing_key,
 )
 from bus.signing import sign
-from fleet.gateway import create_app
-from fleet.registry import load_registry
+from fleet.core.registry import load_registry
+from fleet.node.gateway import create_app
 from tests.ports import free_port
 
 AGENTS = ("ezra", "bezalel", "allegro", "ghost")  # ghost is registered but never started

@@ -14,8 +14,8 @@ from werkzeug.serving import make_server
 import bus
 from bus.delivery import Sender
 from bus.keys import signing_key
-from fleet.errors import BusError
-from fleet.registry import Agent
+from fleet.core.errors import BusError
+from fleet.core.registry import Agent
 from tests.bus.conftest import KEYS, free_port, rows
 
 

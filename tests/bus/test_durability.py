@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from fleet.cli import main
+from fleet.control.status import AgentStatus
+from fleet.core.errors import BusError
+from fleet.core.registry import load_registry
 from fleet.dashboard.data import Dashboard, bus_gauges
-from fleet.errors import BusError
-from fleet.registry import load_registry
-from fleet.status import AgentStatus
 from tests.bus.conftest import (
     AGENTS,
     Fleet,

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 import bus
 from bus import Bus
 from bus.state import BusState
-from fleet.registry import load_registry
+from fleet.core.registry import load_registry
 from tests.bus.conftest import PUBLIC, dumps, message, rows, signed_headers
 from tests.bus.test_api import call
 
@@ -36,7 +36,7 @@ def imports(path: Path) -> set[str]:
 
 def test_bus_imports_nothing_from_the_gateway() -> None:
     for path in BUS_DIR.glob("*.py"):
-        assert not {name for name in imports(path) if name.startswith("fleet.gateway")}, path
+        assert not {name for name in imports(path) if name.startswith("fleet.node.gateway")}, path
 
 
 @pytest.mark.parametrize("module", ["store", "writer", "outbox", "schema", "signing", "keys"])

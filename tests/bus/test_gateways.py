@@ -12,7 +12,7 @@ import requests
 from click.testing import CliRunner
 
 from fleet.cli import main
-from fleet.errors import BusError
+from fleet.core.errors import BusError
 from tests.bus.conftest import (
     UNTRUSTED_KEY,
     Fleet,

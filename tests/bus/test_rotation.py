@@ -14,8 +14,8 @@ from flask.testing import FlaskClient
 
 from bus.keys import PRIVATE_KEY_ENV, PUBLIC_KEYS_ENV, new_private_key, private_keys
 from fleet.cli import main
-from fleet.gateway import create_app
-from fleet.secrets import load_secrets
+from fleet.control.secrets import load_secrets
+from fleet.node.gateway import create_app
 from tests.bus.conftest import dumps, message, signed_headers
 
 AGENTS = ("ezra", "bezalel", "allegro", "ghost")

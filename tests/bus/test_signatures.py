@@ -28,8 +28,8 @@ from http_message_signatures import (
 from bus.client import BusClient, GatewayError
 from bus.keys import OPERATOR, PRIVATE_KEY_ENV, PUBLIC_KEYS_ENV, RECEIVER, private_keys
 from bus.signing import AuthError, Target, sign, signature_base, signature_params, verify
-from fleet.errors import BusError, SecretsError
-from fleet.secrets import Secrets, load_secrets
+from fleet.control.secrets import Secrets, load_secrets
+from fleet.core.errors import BusError, SecretsError
 from tests.bus.conftest import KEYS, PUBLIC, Fleet, dumps, message
 
 # RFC 9421 Appendix B.1.4 (test-key-ed25519) and B.2.6

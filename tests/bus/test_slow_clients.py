@@ -1,7 +1,7 @@
 """A gateway keeps answering while 200 clients hold connections: half-open ones, or long polls.
 
 The node runs the gateway with its unit's ``ExecStart`` (rendered here from the template, on
-loopback) and ``fleet gateway serve`` runs it through :class:`fleet.serving.FactoryServer`:
+loopback) and ``fleet gateway serve`` runs it through :class:`fleet.core.serving.FactoryServer`:
 both must keep ``/health`` answering while 200 connections never finish their headers, and
 while 200 signed ``GET /messages?wait_ms=5000`` wait (gunicorn's ``gthread`` 2 x 32 threads
 stopped answering at 64). The figures are ``bench/slow_clients.py``'s; these tests check the
@@ -30,7 +30,7 @@ import pytest
 import requests
 
 from bus.keys import PRIVATE_KEY_ENV, PUBLIC_KEYS_ENV
-from fleet import serving
+from fleet.core import serving
 from tests.bus.conftest import KEYS, PUBLIC, Fleet, Gateway, message, signed_headers
 from tests.slow_clients import assert_dropped_at_header_deadline, half_open
 
@@ -43,7 +43,7 @@ ANSWER_S = 3.0  # generous: on a quiet machine /health answers in milliseconds
 
 def unit_command(port: int) -> list[str]:
     """The gateway unit's ``ExecStart``, on loopback and with this test's interpreter."""
-    template = (REPO / "fleet/templates/fleet-agent.service.j2").read_text(encoding="utf-8")
+    template = (REPO / "fleet/control/templates/fleet-agent.service.j2").read_text(encoding="utf-8")
     line = next(line for line in template.splitlines() if line.startswith("ExecStart="))
     argv = shlex.split(jinja2.Template(line.removeprefix("ExecStart=")).render(port=port))
     assert argv[0] == "/usr/bin/python3"

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
+from fleet.control.expected import config_hash
+from fleet.control.status import AgentStatus
+from fleet.core.registry import load_registry
 from fleet.dashboard.app import create_app
 from fleet.dashboard.data import Dashboard
-from fleet.expected import config_hash
-from fleet.registry import load_registry
-from fleet.status import AgentStatus
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Fuzz ``fleet dashboard`` from its own ``/openapi.json`` with schemathesis.
 
-The app is the one ``fleet dashboard`` serves (:func:`fleet.serving.limited` in front of
+The app is the one ``fleet dashboard`` serves (:func:`fleet.core.serving.limited` in front of
 ``create_app()``), on the fleet of ``conftest.py`` (two agents, both down) with its run record
 and one more under the document's example run id, so that ``/state.json`` lists agents and
 runs and a run record is found. Every documented operation gets generated requests (valid and
@@ -19,9 +19,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from fleet.core.serving import limited
 from fleet.dashboard.app import create_app
 from fleet.dashboard.openapi import RUN_ID
-from fleet.serving import limited
 from tests.dashboard.conftest import RUN_ID as FIXTURE_RUN
 
 pytestmark = pytest.mark.slow

@@ -1,5 +1,5 @@
 """``fleet dashboard`` keeps answering while slow clients hold connections: it runs under the
-one server setup (:mod:`fleet.serving`: gevent, header deadline), like the gateway and the
+one server setup (:mod:`fleet.core.serving`: gevent, header deadline), like the gateway and the
 receiver. The figures are ``bench/slow_clients.py``'s job; this checks the behaviour on the
 real command: its page answers under 200 half-sent requests, and a half-sent request is
 dropped at the header deadline."""
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from fleet import serving
+from fleet.core import serving
 from tests.bus.conftest import free_port
 from tests.slow_clients import assert_dropped_at_header_deadline, half_open
 from tests.waiting import wait_for

@@ -17,7 +17,7 @@ import pytest
 
 from bus.keys import IDENTITIES, PRIVATE_KEY_ENV, new_private_key
 from fleet import lab
-from fleet.registry import load_registry
+from fleet.core.registry import load_registry
 from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pytest
 import yaml
 
-from fleet.masking import MASK
+from fleet.core.masking import MASK
 from tests.deploy.conftest import SECRETS, Fleet
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from fleet.errors import DeployError
-from fleet.gateway import create_app, health
+from fleet.core.errors import DeployError
+from fleet.node.gateway import create_app, health
 
 REGISTRY = """\
 fleet: {name: testfleet}

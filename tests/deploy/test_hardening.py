@@ -15,8 +15,9 @@ from pyinfra.api import DeployError
 
 from deploys import rollback
 from deploys.verify import nodectl_command
-from fleet import nodectl
-from fleet.validate import ValidationError, check_release_id, check_user_name
+from fleet.control.release import check_release_id
+from fleet.core.validate import ValidationError, check_user_name
+from fleet.node import nodectl
 
 FORM = ("12 hex digits, optionally -dirty-<8 hex digits>, or nogit-<12 hex digits>; then "
         "optionally -broken or -broken-exit")
@@ -49,7 +50,7 @@ def test_check_user_name() -> None:
 
 
 def test_release_ids_built_here_pass_the_check() -> None:
-    from fleet.release import release_id
+    from fleet.control.release import release_id
     assert check_release_id(release_id(Path(__file__).parents[2])) is not None
 
 
@@ -136,7 +137,7 @@ def test_agent_unit_has_limits_and_the_sandbox(tmp_path: Path) -> None:
     test_hardening_lab.py), with memory and task limits."""
     from deploys.context import AgentContext
     from deploys.services import unit_text
-    from fleet.registry import parse_registry
+    from fleet.core.registry import parse_registry
 
     registry = parse_registry("wizards:\n  a: {host: 192.0.2.1, role: worker, model: m}\n",
                               tmp_path / "registry.yaml")

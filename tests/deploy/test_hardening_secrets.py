@@ -11,10 +11,10 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from fleet.envfile import EnvFileError, format_env, parse_env_entries
-from fleet.errors import SecretsError
-from fleet.masking import MASK, Masker, mask_env, mask_env_pair
-from fleet.secrets import load_secrets
+from fleet.control.secrets import load_secrets
+from fleet.core.envfile import EnvFileError, format_env, parse_env_entries
+from fleet.core.errors import SecretsError
+from fleet.core.masking import MASK, Masker, mask_env, mask_env_pair
 
 HARD = 'line one\nline "two" \'x\' \\ $HOME `id` ${X}\n  trailing  '
 KEY = ("-----BEGIN OPENSSH PRIVATE KEY-----\n"
@@ -47,8 +47,8 @@ def test_env_file_refuses_what_it_cannot_hold_naming_only_the_variable(char: str
 
 def test_deploy_env_file_is_quoted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from deploys import context
-    from fleet.registry import parse_registry
-    from fleet.secrets import Secrets
+    from fleet.control.secrets import Secrets
+    from fleet.core.registry import parse_registry
 
     registry = parse_registry("wizards:\n  a: {host: 192.0.2.1, role: worker, model: m}\n",
                               tmp_path / "registry.yaml")
@@ -170,7 +170,7 @@ def test_the_receivers_secrets_copy_holds_only_the_operators_public_key(
     import yaml
 
     from bus.keys import PRIVATE_KEY_ENV, new_private_key
-    from fleet.secrets import parse_secrets
+    from fleet.control.secrets import parse_secrets
 
     operator = new_private_key()
     data = {"fleet": {"OPENROUTER_API_KEY": "sk-or-test-SECRET-1a2b3c4d"},

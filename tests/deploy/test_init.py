@@ -12,8 +12,8 @@ from click.testing import CliRunner, Result
 
 from bus.keys import parse_keyring, signing_key
 from fleet.cli import main
-from fleet.registry import load_registry
-from fleet.secrets import load_secrets
+from fleet.control.secrets import load_secrets
+from fleet.core.registry import load_registry
 
 
 def run(folder: Path, *args: str) -> Result:

@@ -18,7 +18,7 @@ from cloudevents.core.v1.event import CloudEvent
 from bus.client import BusClient
 from bus.keys import PRIVATE_KEY_ENV, signing_key
 from bus.signing import sign
-from fleet.registry import load_registry
+from fleet.core.registry import load_registry
 from tests.bus.test_a2a import send_with_sdk
 from tests.bus.test_cloudevents import BATCH, TRACEPARENT, sdk_events
 from tests.deploy.conftest import SECRETS, Fleet

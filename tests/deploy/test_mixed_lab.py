@@ -15,9 +15,9 @@ import requests
 import yaml
 
 from deploys import preflight
-from fleet.errors import LabError
+from fleet.core.errors import LabError
+from fleet.core.registry import load_registry
 from fleet.lab.registry_writer import plan_nodes
-from fleet.registry import load_registry
 from tests.deploy.conftest import Fleet, own_lab
 from tests.deploy.test_webhook_lab import (
     ORCH,

@@ -12,7 +12,7 @@ PROBE = """
 import sys
 from deploys import webhook
 from deploys.context import AgentContext
-from fleet.registry import load_registry
+from fleet.core.registry import load_registry
 registry = load_registry("registry.yaml")
 agent = registry.get("ezra-primary")
 ctx = AgentContext(agent=agent, registry=registry, soul_source=registry.soul_path(agent))

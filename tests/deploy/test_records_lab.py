@@ -18,7 +18,7 @@ import requests
 import yaml
 
 from fleet import lab
-from fleet.records import new_run_id
+from fleet.control.records import new_run_id
 from tests.deploy.conftest import COLD_CHANGES, Fleet, make_fleet
 from tests.lab_fixtures import claim_test_lab, fresh_lab
 

@@ -30,9 +30,9 @@ import requests
 import yaml
 
 from fleet import lab
+from fleet.core.registry import load_registry
 from fleet.lab import delayline
 from fleet.lab.regions import netem_problem
-from fleet.registry import load_registry
 from tests.deploy.conftest import Fleet, make_fleet
 from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
 

@@ -1,5 +1,5 @@
-"""systemd's own parser on a lab node reads the units :mod:`fleet.render` writes for an agent
-whose registry holds hostile but valid values (quotes, ``%``, ``$``, spaces, backslashes,
+"""systemd's own parser on a lab node reads the units :mod:`fleet.control.render` writes for an
+agent whose registry holds hostile but valid values (quotes, ``%``, ``$``, spaces, backslashes,
 Unicode): ``systemd-analyze verify`` finds nothing, and the loaded unit's ``Environment`` and
 ``ExecStart`` (read over D-Bus as JSON: exact strings) are exactly the registry's values. Once
 for a registry written by hand, and as a property test for registries drawn by the unit
@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from deploys.context import AgentContext
 from deploys.services import runtime_unit_text, unit_text
 from fleet import lab
-from fleet.registry import load_registry, parse_registry
+from fleet.core.registry import load_registry, parse_registry
 from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
 from tests.registry.test_render import agents, context, load
 
@@ -139,7 +139,7 @@ def test_systemd_reads_every_accepted_registry_exactly(node: tuple[Path, str],
             f"FLEET_PROVIDER_KEY_ENV={agent.provider_key or ''}",
             "FLEET_GATEWAY_URL=http://127.0.0.1:8646"]
         expected = (list(agent.runtime_command) if agent.runtime == "command"
-                    else ["/usr/bin/python3", "-m", "fleet.runtime"])
+                    else ["/usr/bin/python3", "-m", "fleet.node.runtime"])
         exec_start = busctl_property(node, runtime, "ExecStart")
         assert isinstance(exec_start, list) and len(exec_start) == 1
         assert exec_start[0][1] == [arg.replace("$", "$$") for arg in expected]

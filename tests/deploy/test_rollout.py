@@ -14,10 +14,8 @@ from typing import Any
 import pytest
 
 from deploys.gate import wait_for_verdict
-from fleet import records
-from fleet.errors import DeployError
-from fleet.registry import load_registry
-from fleet.rollout import (
+from fleet.control import records
+from fleet.control.rollout import (
     RolloutOptions,
     final_outcome,
     plan_waves,
@@ -25,6 +23,8 @@ from fleet.rollout import (
     pyinfra_command,
     select,
 )
+from fleet.core.errors import DeployError
+from fleet.core.registry import load_registry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,10 +60,11 @@ def test_limit_names_unknown_values(registry) -> None:
 
 def test_each_stage_is_a_plain_pyinfra_cli_call() -> None:
     command = pyinfra_command(["a", "b"], RolloutOptions(dry=True, diff=True))
-    assert command[1:] == ["-m", "fleet.pyinfra_launcher", "inventory.py", "deploy.py",
+    assert command[1:] == ["-m", "fleet.control.pyinfra_launcher", "inventory.py", "deploy.py",
                            "--limit", "a", "--limit", "b", "--dry", "--diff"]
     command = pyinfra_command(["b"], RolloutOptions(), stage=2)
-    assert command[1:] == ["-m", "fleet.pyinfra_launcher", "-y", "inventory.py", "deploy.py",
+    assert command[1:] == ["-m", "fleet.control.pyinfra_launcher", "-y", "inventory.py",
+                           "deploy.py",
                            "--limit", "b", "--data", "rollout_stage=2",
                            "--data", f"rollout_controller={os.getpid()}"]
 

@@ -18,7 +18,7 @@ import requests
 
 from bus.client import BusClient
 from bus.keys import OPERATOR, PRIVATE_KEY_ENV, signing_key
-from fleet.registry import load_registry
+from fleet.core.registry import load_registry
 from tests.deploy.conftest import SECRETS, Fleet, own_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -61,9 +61,10 @@ def half_open(host: str, port: int, count: int) -> Iterator[None]:
 def test_the_node_serves_the_gateway_with_gevent_workers(deployed: Fleet) -> None:
     shown = deployed.ssh(AGENT, f"systemctl show -p ExecStart fleet-agent-{AGENT}.service; "
                          "python3 --version")
-    assert "--config python:fleet.serving" in shown and "Python 3.11" in shown
+    assert "--config python:fleet.core.serving" in shown and "Python 3.11" in shown
     journal = deployed.ssh(AGENT, f"journalctl -u fleet-agent-{AGENT}.service -b --no-pager")
-    assert "Using worker: fleet.http_worker.JsonErrorsWorker" in journal  # gevent's, JSON errors
+    # gevent's, JSON errors
+    assert "Using worker: fleet.core.http_worker.JsonErrorsWorker" in journal
 
 
 def test_health_answers_while_200_clients_hold_half_a_request(deployed: Fleet) -> None:

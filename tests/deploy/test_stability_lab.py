@@ -14,7 +14,7 @@ import yaml
 
 from bus.client import BusClient
 from bus.keys import PRIVATE_KEY_ENV
-from fleet.registry import load_registry
+from fleet.core.registry import load_registry
 from tests.deploy.conftest import SECRETS, Fleet
 from tests.runtime.conftest import MockProvider
 

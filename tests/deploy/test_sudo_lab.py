@@ -12,7 +12,7 @@ import pytest
 import requests
 import yaml
 
-from fleet.registry import load_registry
+from fleet.core.registry import load_registry
 from tests.deploy.conftest import Fleet, own_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]

@@ -14,12 +14,14 @@ import pytest
 from deploys import preflight
 from deploys.audit import drift
 from deploys.context import AgentContext
-from fleet import nodectl, records
-from fleet.expected import expected, judge
-from fleet.masking import MASK, Masker, mask_env, mask_env_pair
-from fleet.registry import load_registry
-from fleet.release import broken_requested, content_hash, release_id, running_release, shipped_files
-from fleet.status import AgentStatus
+from fleet.control import records
+from fleet.control.expected import expected, judge
+from fleet.control.release import broken_requested, content_hash, release_id, shipped_files
+from fleet.control.status import AgentStatus
+from fleet.core.masking import MASK, Masker, mask_env, mask_env_pair
+from fleet.core.registry import load_registry
+from fleet.core.release_marker import running_release
+from fleet.node import nodectl
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -193,7 +195,7 @@ def test_audit_drift_lists_every_difference(registry) -> None:
 
 
 def test_audit_and_status_judge_the_drift_triple_alike(registry) -> None:
-    """One comparison (:func:`fleet.expected.compare`): the audit's drift lines are the ones
+    """One comparison (:func:`fleet.control.expected.compare`): the audit's drift lines are the ones
     ``fleet status`` shows for the same node; only a hash the node lacks differs (the audit:
     the file is missing, drift; a probe: it did not say, unknown)."""
     agent = registry.get("bezalel")
@@ -222,7 +224,7 @@ def test_mask_env_pair_marks_changed_secrets_without_values() -> None:
 def test_release_artifact_has_deps_and_code_and_is_cached() -> None:
     import tarfile
 
-    from fleet.release import build_release
+    from fleet.control.release import build_release
 
     build_release.cache_clear()
     first = build_release(REPO, broken="")
@@ -231,7 +233,7 @@ def test_release_artifact_has_deps_and_code_and_is_cached() -> None:
         release_file = tar.extractfile("site/RELEASE")
         assert release_file is not None and release_file.read().decode().strip() == first.id
     assert {"site/flask/__init__.py", "site/gunicorn/__init__.py", "site/requests/__init__.py",
-            "site/fleet/gateway/health.py", "site/bus/__init__.py"} <= names
+            "site/fleet/node/gateway/health.py", "site/bus/__init__.py"} <= names
     assert any(name.startswith("site/yaml/_yaml.cpython-311-x86_64-linux-gnu") for name in names)
     mtime = first.path.stat().st_mtime
     build_release.cache_clear()
@@ -242,7 +244,7 @@ def test_release_artifact_has_deps_and_code_and_is_cached() -> None:
 def test_launcher_entry_points_match_importlib() -> None:
     from importlib import metadata
 
-    from fleet.pyinfra_launcher import cached_entry_points
+    from fleet.control.pyinfra_launcher import cached_entry_points
 
     for group in ("pyinfra.connectors", "console_scripts", "no.such.group"):
         assert list(cached_entry_points(group=group)) == list(metadata.entry_points(group=group))
@@ -252,7 +254,7 @@ def test_launcher_entry_points_match_importlib() -> None:
 def test_launcher_runs_pyinfras_cli() -> None:
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "fleet.pyinfra_launcher", "--version"],
+    done = subprocess.run([sys.executable, "-m", "fleet.control.pyinfra_launcher", "--version"],
                           cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "pyinfra" in (done.stdout + done.stderr).lower()

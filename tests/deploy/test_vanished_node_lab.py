@@ -1,6 +1,6 @@
 """A node that vanishes in the middle of a command (its link cut, as by a partition) fails
 its host within the dead-peer time instead of holding the deploy's SSH connection forever
-(fleet.sshdeadline through pyinfra's ``ssh_paramiko_connect_kwargs``)."""
+(fleet.control.sshdeadline through pyinfra's ``ssh_paramiko_connect_kwargs``)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from fleet import lab
+from fleet.control.sshdeadline import DEAD_AFTER_S
+from fleet.core.registry import load_registry
 from fleet.lab.regions import set_links
-from fleet.registry import load_registry
-from fleet.sshdeadline import DEAD_AFTER_S
 from tests.deploy.conftest import make_fleet
 from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
 

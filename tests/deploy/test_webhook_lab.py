@@ -225,7 +225,7 @@ def alerts(fleet: Fleet) -> list[dict[str, Any]]:
     """The alerts in the orchestrator's inbox (read with the operator's key)."""
     from bus.client import BusClient
     from bus.keys import PRIVATE_KEY_ENV, signing_key
-    from fleet.registry import load_registry
+    from fleet.core.registry import load_registry
 
     operator = signing_key("operator", SECRETS["identities"]["operator"][PRIVATE_KEY_ENV])
     with BusClient.for_agent(load_registry(fleet.registry), ORCH, operator) as client:

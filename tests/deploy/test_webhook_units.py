@@ -13,9 +13,9 @@ from bus.keys import format_keyring, keyring_of, new_private_key
 from deploys import webhook
 from deploys.context import AgentContext
 from deploys.ops import _hide_all
-from fleet.registry import Registry, load_registry
-from fleet.release import Release, build_release
-from fleet.secrets import BUS_KEY, Secrets
+from fleet.control.release import Release, build_release
+from fleet.control.secrets import BUS_KEY, Secrets
+from fleet.core.registry import Registry, load_registry
 from tests.webhook.forge import READ_TOKEN, SECRET
 
 REPO = Path(__file__).resolve().parents[2]

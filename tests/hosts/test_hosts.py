@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from fleet.cli import main
-from fleet.hosts import HostKeyError, check_known_hosts, require_known_hosts
-from fleet.inventory import host_data
-from fleet.registry import load_registry
-from fleet.status import probe_fleet
+from fleet.control.hosts import HostKeyError, check_known_hosts, require_known_hosts
+from fleet.control.inventory import host_data
+from fleet.control.status import probe_fleet
+from fleet.core.registry import load_registry
 
 KEYS = {"a": "AAAAC3NzaC1lZDI1NTE5AAAAIDGvq23fWj+sJYCFR+GQIediwANgjEzX6tkvOFvbxqlQ",
         "b": "AAAAC3NzaC1lZDI1NTE5AAAAIDj6jp1sM1r7JSYeaG5mpVQcOg6VTFXwGhm0BK1wWf0Q"}
@@ -176,7 +176,7 @@ def test_status_does_not_log_in_to_an_agent_whose_key_is_not_pinned(tmp_path: Pa
 
 
 def test_pyinfra_output_says_how_to_trust_a_host_that_will_be_refused(tmp_path: Path) -> None:
-    from fleet.inventory import host_key_warnings
+    from fleet.control.inventory import host_key_warnings
 
     unset = load_registry(registry_file(tmp_path))
     assert host_key_warnings(unset) == [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleet import livetest
-from fleet.registry import load_registry
+from fleet.control import livetest
+from fleet.core.registry import load_registry
 from tests.hosts.test_hosts import registry_file
 
 PROJECT_CONFIG = """[tool.pytest.ini_options]

@@ -1,4 +1,4 @@
-"""One SSH settings builder (``fleet.hosts.ssh_settings``) for deploy, status and
+"""One SSH settings builder (``fleet.control.hosts.ssh_settings``) for deploy, status and
 ``fleet test``; a changed host key seen by status each run (in the keys the node serves,
 read over the probe's own connection; a real node's regenerated key in
 ``tests/deploy/test_hardening_lab.py``);
@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fleet import livetest
 from fleet.cli import main
-from fleet.hosts import HostKey, changed_host_key
-from fleet.inventory import host_data
-from fleet.registry import load_registry
-from fleet.status import ssh_command
+from fleet.control import livetest
+from fleet.control.hosts import HostKey, changed_host_key
+from fleet.control.inventory import host_data
+from fleet.control.status import ssh_command
+from fleet.core.registry import load_registry
 from tests.hosts.test_hosts import KEYS, fingerprint, registry_file
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import paramiko
 
-from fleet.inventory import host_data
-from fleet.registry import load_registry
-from fleet.sshdeadline import DEAD_AFTER_S, SOCKET_OPTIONS, transport_factory, watch_peer
+from fleet.control.inventory import host_data
+from fleet.control.sshdeadline import DEAD_AFTER_S, SOCKET_OPTIONS, transport_factory, watch_peer
+from fleet.core.registry import load_registry
 
 
 def test_every_deploy_connection_gets_the_transport_factory(tmp_path: Path) -> None:

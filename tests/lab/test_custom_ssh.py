@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from fleet import lab
+from fleet.core.registry import load_registry
 from fleet.lab.registry_writer import known_hosts_text, plan_nodes, ssh_config_text
-from fleet.registry import load_registry
 
 REGISTRY = """\
 fleet:

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 import pytest
 
 from fleet import lab
+from fleet.core.registry import load_registry
 from fleet.lab import delayline
 from fleet.lab.regions import netem_problem
 from fleet.lab.state import NodeRecord
-from fleet.registry import load_registry
 from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
 
 pytestmark = [pytest.mark.lab]

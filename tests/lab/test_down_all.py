@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from fleet import lab
+from fleet.core.registry import load_registry
 from fleet.lab import paths
-from fleet.registry import load_registry
 from tests.lab_fixtures import EXAMPLE_REGISTRY, skip_unless_root
 
 pytestmark = pytest.mark.lab

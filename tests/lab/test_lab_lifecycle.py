@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from fleet import lab
-from fleet.errors import LabError
+from fleet.core.errors import LabError
+from fleet.core.registry import load_registry
 from fleet.lab import network, node, paths, processes
 from fleet.lab.bring_up import FAIL_ENV
-from fleet.registry import load_registry
 from tests.lab.leftovers import lab_leftovers
 from tests.lab_fixtures import EXAMPLE_REGISTRY, REPO
 

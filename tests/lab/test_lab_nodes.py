@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fleet import lab
-from fleet.registry import load_registry
+from fleet.core.registry import load_registry
 from tests.lab_fixtures import REPO
 
 pytestmark = pytest.mark.lab

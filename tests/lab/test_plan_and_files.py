@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.errors import LabError
+from fleet.core.errors import LabError
+from fleet.core.registry import load_registry, parse_registry
 from fleet.lab import network
 from fleet.lab.registry_writer import (
     known_hosts_text,
@@ -15,7 +16,6 @@ from fleet.lab.registry_writer import (
     plan_nodes,
     ssh_config_text,
 )
-from fleet.registry import load_registry, parse_registry
 from tests.lab_fixtures import EXAMPLE_REGISTRY, REPO
 
 
@@ -165,8 +165,8 @@ def test_root_login_is_refused_on_ssh_user_nodes(tmp_path: Path) -> None:
 def test_regions_spec_gives_each_node_its_region(registry, tmp_path: Path) -> None:
     from dataclasses import replace
 
+    from fleet.core.registry import Region
     from fleet.lab.regions import assign, parse_spec
-    from fleet.registry import Region
 
     spec = parse_spec("eu:2,us:1,ap:2")
     assert spec == [("eu", 2), ("us", 1), ("ap", 2)]

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from fleet.cli import main
 from fleet.cli.lab import _lab_after_name
-from fleet.errors import LabError
+from fleet.core.errors import LabError
 from fleet.lab import claims, paths, rootfs
 from fleet.lab.prereqs import check_prerequisites, raise_host_limits
 from tests.lab_fixtures import EXAMPLE_REGISTRY

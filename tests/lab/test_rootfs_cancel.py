@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fleet.liveness import alive
+from fleet.core.liveness import alive
 from tests.lab_fixtures import skip_unless_root
 from tests.waiting import wait_for
 

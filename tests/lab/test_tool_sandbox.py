@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from fleet import lab
+from fleet.core.registry import load_registry
 from fleet.lab.node import ssh_base
-from fleet.registry import load_registry
-from fleet.tools import supervise
+from fleet.node.tools import supervise
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 UNIT = Path(__file__).resolve().parents[2] / "fleet" / "templates" / "fleet-agent.service.j2"

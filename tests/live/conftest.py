@@ -20,8 +20,8 @@ import pytest
 import testinfra
 from testinfra.host import Host
 
-from fleet.livetest import LIVE_AGENT_ENV, LIVE_REGISTRY_ENV, testinfra_target
-from fleet.registry import Agent, Registry, load_registry
+from fleet.control.livetest import LIVE_AGENT_ENV, LIVE_REGISTRY_ENV, testinfra_target
+from fleet.core.registry import Agent, Registry, load_registry
 
 REPO = Path(__file__).resolve().parents[2]
 LIVE_AGENT = os.environ.get(LIVE_AGENT_ENV)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from fleet.expected import expected
+from fleet.control.expected import expected
 from tests.live.conftest import Node
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fleet import livetest
-from fleet.errors import RegistryError
-from fleet.inventory import host_data
-from fleet.registry import TEXT_RULE, parse_registry
+from fleet.control import livetest
+from fleet.control.inventory import host_data
+from fleet.core.errors import RegistryError
+from fleet.core.registry import TEXT_RULE, parse_registry
 
 AGENT = """\
 wizards:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.errors import RegistryError
-from fleet.registry import TEXT_RULE, load_registry, parse_registry
+from fleet.core.errors import RegistryError
+from fleet.core.registry import TEXT_RULE, load_registry, parse_registry
 
 AGENT = """\
 wizards:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.errors import RegistryError
-from fleet.registry import load_registry, parse_registry
+from fleet.core.errors import RegistryError
+from fleet.core.registry import load_registry, parse_registry
 
 GOOD = """\
 wizards:

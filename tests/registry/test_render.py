@@ -1,6 +1,6 @@
-"""Every file the deploy writes to a node (:mod:`fleet.render`), for every registry the
+"""Every file the deploy writes to a node (:mod:`fleet.control.render`), for every registry the
 validator accepts: units read back (``unit_syntax``, systemd's rules) to exactly the intended
-keys and values, the env file through :mod:`fleet.envfile`'s parser, ``authorized_keys`` line
+keys and values, the env file through :mod:`fleet.core.envfile`'s parser, ``authorized_keys`` line
 by line, ``config.json`` and the registry copy loaded back. And a control character in any
 string of the registry is refused, naming the field."""
 
@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 
 from deploys.context import AgentContext
 from deploys.services import runtime_unit_text, unit_text
-from fleet import render
-from fleet.envfile import parse_env_entries
-from fleet.errors import RegistryError
-from fleet.registry import Registry, parse_registry, printable
-from fleet.validate import KEY_TYPES, unsafe_character
+from fleet.control import render
+from fleet.core.envfile import parse_env_entries
+from fleet.core.errors import RegistryError
+from fleet.core.registry import Registry, parse_registry, printable
+from fleet.core.validate import KEY_TYPES, unsafe_character
 from tests.registry import unit_syntax
 
 REGISTRY = Path(tempfile.gettempdir()) / "fleet-render-test" / "registry.yaml"
@@ -116,7 +116,7 @@ def test_every_accepted_registry_renders_units_that_read_back_exactly(data: dict
                    ("FLEET_GATEWAY_URL", "http://127.0.0.1:8646")]
     exec_start = [value for _, key, value in entries if key == "ExecStart"]
     expected = (list(agent.runtime_command) if agent.runtime == "command"
-                else ["/usr/bin/python3", "-m", "fleet.runtime"])
+                else ["/usr/bin/python3", "-m", "fleet.node.runtime"])
     assert [unit_syntax.command(value) for value in exec_start] == [expected]
     assert shape(unit_text(ctx)) == shape(unit_text(PLAIN))
 

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from bus.client import BusClient
-from fleet.registry import load_registry
-from fleet.runtime.ask import AskError, ask, candidates
-from fleet.runtime.loop import Runtime
-from fleet.secrets import format_keyring
-from fleet.status import OK, probe_health
+from fleet.control.status import OK, probe_health
+from fleet.core.keylist import format_keyring
+from fleet.core.registry import load_registry
+from fleet.node.runtime.ask import AskError, ask, candidates
+from fleet.node.runtime.loop import Runtime
 from tests.bus.conftest import FAST_RETRIES, Gateway
 from tests.runtime.conftest import KEYS, MockProvider, write_registry
 from tests.runtime.test_runtime import runtime_of

@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 import requests
 
-from fleet import liveness
-from fleet import status as status_module
+from fleet.control import status as status_module
+from fleet.control.status import OK, probe_agent, probe_health
+from fleet.core import liveness
+from fleet.core.registry import Agent, load_registry
 from fleet.dashboard.data import Dashboard
-from fleet.registry import Agent, load_registry
-from fleet.runtime.ask import thinks
-from fleet.runtime.state import (
+from fleet.node.runtime.ask import thinks
+from fleet.node.runtime.state import (
     STABLE_S,
     STALE_S,
     process_alive,
@@ -32,7 +33,6 @@ from fleet.runtime.state import (
     runtime_ready,
     write_state,
 )
-from fleet.status import OK, probe_agent, probe_health
 from tests.bus.conftest import Gateway, free_port
 
 NOW = 1_800_000_000.0
@@ -188,7 +188,7 @@ wizards:
 """)
     env = {"PATH": "/usr/bin:/bin", "FLEET_AGENT": "bezalel",
            "FLEET_REGISTRY": str(tmp_path / "registry.yaml"), "FLEET_STATE_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "fleet.runtime"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "fleet.node.runtime"], capture_output=True,
                           text=True, env=env, timeout=60, check=False,
                           cwd=Path(__file__).parents[2])
     assert done.returncode == 1

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fleet.core.registry import load_registry
 from fleet.lab import model
 from fleet.lab.network import INDEX_FILE
-from fleet.registry import load_registry
 from tests.lab_fixtures import EXAMPLE_REGISTRY
 
 

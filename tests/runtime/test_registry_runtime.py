@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet.errors import RegistryError
-from fleet.registry import parse_registry
-from fleet.templates import read_template
+from fleet.control.templates import read_template
+from fleet.core.errors import RegistryError
+from fleet.core.registry import parse_registry
 
 BASE = """\
 wizards:

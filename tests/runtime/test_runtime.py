@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 
 from bus.client import BusClient
-from fleet.registry import load_registry
-from fleet.runtime import from_env
-from fleet.runtime.loop import Runtime, response_id
-from fleet.runtime.state import STABLE_S, read_state, runtime_problems
-from fleet.secrets import BUS_KEY, format_keyring
+from fleet.control.secrets import BUS_KEY
+from fleet.core.keylist import format_keyring
+from fleet.core.registry import load_registry
+from fleet.node.runtime import from_env
+from fleet.node.runtime.loop import Runtime, response_id
+from fleet.node.runtime.state import STABLE_S, read_state, runtime_problems
 from tests.bus.conftest import Gateway
 from tests.runtime.conftest import KEYS, MockProvider
 from tests.waiting import wait_for

@@ -16,10 +16,10 @@ import pytest
 import requests
 
 from bus.client import BusClient
-from fleet.registry import load_registry
-from fleet.runtime.ask import AskError, ask
-from fleet.runtime.loop import Runtime
-from fleet.runtime.state import STABLE_S
+from fleet.core.registry import load_registry
+from fleet.node.runtime.ask import AskError, ask
+from fleet.node.runtime.loop import Runtime
+from fleet.node.runtime.state import STABLE_S
 from tests.bus.conftest import Gateway
 from tests.runtime.conftest import KEYS, MockProvider, write_registry
 from tests.runtime.test_runtime import responses, runtime_of

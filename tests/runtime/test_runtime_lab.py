@@ -27,9 +27,9 @@ import yaml
 from bus.client import BusClient
 from bus.keys import PRIVATE_KEY_ENV
 from fleet import lab
+from fleet.core.registry import load_registry
 from fleet.lab import model
 from fleet.lab.network import MAX_INDEX, controller_ip, read_index
-from fleet.registry import load_registry
 from tests.deploy.conftest import SECRETS, Fleet, make_fleet
 from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
 from tests.waiting import wait_for
@@ -160,7 +160,7 @@ def test_requests_wait_while_the_model_is_down_and_are_answered_after(fleet: Fle
 
 
 def test_release_whose_runtime_cannot_reach_its_provider_is_rolled_back(fleet: Fleet) -> None:
-    before = requests.get(f"http://{load_registry(fleet.registry).get(WORKER).host}:8646"
+    before = requests.get(f"http://{load_registry(fleet.core.registry).get(WORKER).host}:8646"
                           "/health", timeout=10).json()["release"]
     source = fleet.clone / "fleet" / "runtime" / "__init__.py"
     text = source.read_text()
@@ -177,7 +177,7 @@ def test_release_whose_runtime_cannot_reach_its_provider_is_rolled_back(fleet: F
     assert entry["status"] == "rolled_back", entry
     problems = " ".join(entry["verify"]["problems"])
     assert "runtime is waiting_provider" in problems and "127.0.0.1:9" in problems, problems
-    health = requests.get(f"http://{load_registry(fleet.registry).get(WORKER).host}:8646"
+    health = requests.get(f"http://{load_registry(fleet.core.registry).get(WORKER).host}:8646"
                           "/health?roundtrip=1", timeout=30).json()
     assert health["release"] == before and health["status"] == "ok", health
 

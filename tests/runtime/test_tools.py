@@ -19,9 +19,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from fleet.tools import records
-from fleet.tools.run import MAX_OUTPUT, SUPERVISOR
-from fleet.tools.supervise import decode
+from fleet.node.tools import records
+from fleet.node.tools.run import MAX_OUTPUT, SUPERVISOR
+from fleet.node.tools.supervise import decode
 from tests.bus.conftest import bezalel_app, signed_headers
 
 REGISTRY = """\
@@ -241,8 +241,8 @@ def test_tool_api_is_in_openapi_and_lists_no_commands(client: FlaskClient) -> No
 
 
 def test_registry_names_a_bad_tool_with_the_fix(tmp_path: Path) -> None:
-    from fleet.errors import RegistryError
-    from fleet.registry import parse_registry
+    from fleet.core.errors import RegistryError
+    from fleet.core.registry import parse_registry
 
     text = ("wizards:\n  a:\n    host: 127.0.0.1\n    role: worker\n    model: m\n"
             "    tools:\n      t:\n        command: 'rm -rf {path}'\n")
@@ -452,8 +452,8 @@ def test_a_call_on_behalf_of_a_request_needs_an_allowed_requester(
 
 
 def test_registry_refuses_invalid_schemas_and_optional_placeholders(tmp_path: Path) -> None:
-    from fleet.errors import RegistryError
-    from fleet.registry import parse_registry
+    from fleet.core.errors import RegistryError
+    from fleet.core.registry import parse_registry
 
     text = ("wizards:\n  a:\n    host: 127.0.0.1\n    role: worker\n    model: m\n"
             "    tools:\n"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from fleet import nodectl
+from fleet.node import nodectl
 
 RELEASE = "abc123abc123"
 GATEWAY = "fleet-agent-bezalel.service"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from fleet.cli.runs import format_run
 from fleet.cli.status import by_region, format_table, region_summary
-from fleet.expected import Judgement
-from fleet.registry import parse_registry
-from fleet.status import AgentStatus, region_sorted
+from fleet.control.expected import Judgement
+from fleet.control.status import AgentStatus, region_sorted
+from fleet.core.registry import parse_registry
 
 REGISTRY = """\
 fleet:

@@ -13,9 +13,9 @@ from flask import Flask, jsonify
 from werkzeug.serving import make_server
 
 from fleet.cli import main
-from fleet.expected import Expected, judge
-from fleet.registry import load_registry
-from fleet.status import AgentStatus, probe_fleet
+from fleet.control.expected import Expected, judge
+from fleet.control.status import AgentStatus, probe_fleet
+from fleet.core.registry import load_registry
 from tests.ports import free_port
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDj6jp1sM1r7JSYeaG5mpVQcOg6VTFXwGhm0BK1wWf0Q"

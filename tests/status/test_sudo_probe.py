@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleet.registry import parse_registry
-from fleet.status import ssh_command
+from fleet.control.status import ssh_command
+from fleet.core.registry import parse_registry
 
 REGISTRY = """\
 fleet:

@@ -20,7 +20,7 @@ from tests.webhook.conftest import REPO, START_TIMEOUT, STOP_TIMEOUT
 from tests.webhook.forge import READ_TOKEN
 
 TYPED_AS_USER = "tok-typed-as-user-0123456789abcdef"
-SERVE = ("import sys; from fleet.serving import FactoryServer; "
+SERVE = ("import sys; from fleet.core.serving import FactoryServer; "
          "FactoryServer('fleet.webhook:create_app', {'bind': sys.argv[1], 'workers': 1, "
          "'accesslog': sys.argv[2]}).run()")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.envfile import format_env
-from fleet.errors import WebhookError
+from fleet.core.envfile import format_env
+from fleet.core.errors import WebhookError
 from fleet.webhook.config import CONFIG_HINT, load_settings, read_config_file
 
 BASE = {"FLEET_WEBHOOK_SECRET": "s" * 32, "FLEET_READ_TOKEN": "r" * 32,

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from fleet.errors import WebhookError
+from fleet.core.errors import WebhookError
 from fleet.webhook.checkout import fetch
 from fleet.webhook.config import Settings
 from fleet.webhook.db import connect

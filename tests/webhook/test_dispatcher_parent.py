@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 
-from fleet.liveness import start_time
+from fleet.core.liveness import start_time
 from fleet.webhook.config import Settings
 from fleet.webhook.dispatcher import run
 

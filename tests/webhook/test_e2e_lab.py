@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from fleet.registry import load_registry
+from fleet.core.registry import load_registry
 from tests.waiting import wait_for
 from tests.webhook.conftest import (
     REPO,

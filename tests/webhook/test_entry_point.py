@@ -1,5 +1,5 @@
 """``webhook_app:app`` (what an operator's own gunicorn serves) has the request limits every
-HTTP service of the fleet has (:func:`fleet.serving.limited`)."""
+HTTP service of the fleet has (:func:`fleet.core.serving.limited`)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from fleet.masking import Masker
+from fleet.core.masking import Masker
 from fleet.webhook.config import Settings
 from fleet.webhook.current import fleet_releases
 from fleet.webhook.dispatcher import drain

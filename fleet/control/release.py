@@ -1,0 +1,325 @@
+"""Release id and release artifact: what the release phase ships to a node.
+
+A release is a tarball holding ``site/`` (Flask, gunicorn, PyYAML, requests and their
+dependencies as manylinux x86_64 wheels, unpacked, plus the ``fleet`` and ``bus`` packages) and
+``site/RELEASE`` (its id). One release runs on every node Python of ``NODE_PYTHONS`` (Debian 12's
+3.11, Ubuntu 24.04's 3.12, Debian 13's 3.13): the dependencies are resolved once for the first,
+the same versions fetched for the others, and their compiled modules (named per interpreter,
+``*.cpython-313-*.so``) laid side by side in one tree. Nodes need nothing but ``python3``; the
+unit runs ``python3 -m gunicorn`` with ``PYTHONPATH=<release>/site``.
+
+The release id is the repo's git sha (12 digits); when the shipped sources (``fleet/``,
+``bus/``, ``pyproject.toml``) differ from ``HEAD`` it becomes ``<sha12>-dirty-<hash8>``.
+
+Test hook: ``FLEET_BROKEN_RELEASE`` in the controller's environment builds a deliberately
+broken release, so the verify phase rolls the node back: ``1`` (id suffix ``-broken``): its
+gateway starts but ``/health`` answers 503; ``exit`` (id suffix ``-broken-exit``): its gateway
+exits at start-up, before it serves anything.
+"""
+
+from __future__ import annotations
+
+import compileall
+import functools
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from fleet.core.atomic import publish_dir, replace_atomic
+from fleet.core.errors import DeployError
+from fleet.core.release_marker import BROKEN_ENV, BROKEN_MARKER, BROKEN_SUFFIX, RELEASE_FILE
+from fleet.core.validate import ValidationError
+from fleet.node.nodectl import RELEASE_ID_FORM, RELEASE_ID_RE
+
+CACHE_ENV = "FLEET_CACHE_DIR"
+ARTIFACT_ENV = "FLEET_RELEASE_ARTIFACT"
+ID_ENV = "FLEET_RELEASE_ID"
+DEFAULT_CACHE = Path("/var/cache/sovereign-fleet")
+BROKEN_KINDS = {"1": "unhealthy", "true": "unhealthy", "yes": "unhealthy", "exit": "exit"}
+"""``FLEET_BROKEN_RELEASE`` values and the broken release each builds."""
+SHIPPED_PACKAGES = ("fleet", "bus")
+NODE_REQUIREMENTS = ("Flask", "gunicorn", "gevent", "PyYAML", "requests", "cryptography",
+                     "jsonschema")  # tool argument schemas (Draft 2020-12)
+"""What node code needs (gevent: gunicorn's worker, :mod:`fleet.core.serving`; it brings greenlet
+and zope.*)."""
+DEPLOY_TOOL_REQUIREMENTS = ("pyinfra",)  # only on the node running the webhook receiver
+NODE_PYTHONS = ("3.11", "3.12", "3.13")
+"""The node interpreters a release carries compiled modules for (preflight refuses others)."""
+
+
+def node_platform(python: str) -> tuple[str, ...]:
+    """pip's target options for a node interpreter ``python`` (``"3.13"``): its own ABI and
+    the stable ABI (``abi3``: ``cryptography`` ships one wheel for every CPython >= 3.11), on
+    glibc 2.17 or 2.28 (gevent's and greenlet's wheels; Debian 12 has 2.36)."""
+    return ("--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64",
+            "--python-version", python,
+            "--implementation", "cp", "--abi", f"cp{python.replace('.', '')}", "--abi", "abi3")
+
+
+NODE_PLATFORM = tuple(arg for python in NODE_PYTHONS for arg in node_platform(python))
+_SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
+
+
+@dataclass(frozen=True)
+class Release:
+    """A built release: its id and its tarball on the controller."""
+
+    id: str
+    path: Path
+    broken: str = ""
+    """``""``, or how it was built broken: ``unhealthy`` or ``exit`` (see the module)."""
+
+
+def repo_root() -> Path:
+    """The checkout the ``fleet`` package was imported from."""
+    return Path(__file__).resolve().parents[2]
+
+
+def cache_dir() -> Path:
+    """Where built releases and dependency trees are cached (``$FLEET_CACHE_DIR/release``)."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE) / "release"
+
+
+def broken_requested(env: Mapping[str, str] | None = None) -> str:
+    """The deliberately broken release ``FLEET_BROKEN_RELEASE`` in ``env`` (default: this
+    process's) asks for: ``unhealthy``, ``exit``, or ``""`` for a normal one."""
+    value = (os.environ if env is None else env).get(BROKEN_ENV, "")
+    return BROKEN_KINDS.get(value.strip().lower(), "")
+
+
+def shipped_files(root: Path) -> list[Path]:
+    """Source files that go into a release, relative to ``root``, sorted."""
+    files: list[Path] = []
+    for package in SHIPPED_PACKAGES:
+        base = root / package
+        for path in base.rglob("*"):
+            relative = path.relative_to(root)
+            if path.is_file() and not _SKIP_DIRS.intersection(relative.parts) \
+                    and path.suffix not in (".pyc", ".pyo"):
+                files.append(relative)
+    return sorted(files)
+
+
+def requirements(names: tuple[str, ...] = NODE_REQUIREMENTS) -> list[str]:
+    """The node's requirements, pinned to the versions installed on the controller."""
+    pins = []
+    for name in names:
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def content_hash(root: Path) -> str:
+    """sha256 over the shipped sources and the pinned requirements."""
+    digest = hashlib.sha256()
+    digest.update(f"pythons {' '.join(NODE_PYTHONS)}\n".encode())
+    for line in requirements():
+        digest.update(f"req {line}\n".encode())
+    for relative in shipped_files(root):
+        digest.update(f"file {relative.as_posix()}\n".encode())
+        digest.update(hashlib.sha256((root / relative).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                              text=True, check=False)
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def release_id(root: Path | None = None, broken: str | None = None) -> str:
+    """``<sha12>``, ``<sha12>-dirty-<hash8>`` or ``nogit-<hash12>``; ``-broken`` or
+    ``-broken-exit`` if asked (``broken``: see :data:`BROKEN_SUFFIX`)."""
+    root = root or repo_root()
+    broken = broken_requested() if broken is None else broken
+    sha = _git(root, "rev-parse", "HEAD")
+    if not sha:
+        ident = f"nogit-{content_hash(root)[:12]}"
+    else:
+        paths = [*SHIPPED_PACKAGES, "pyproject.toml"]
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=normal", "--", *paths)
+        ident = sha[:12] if not dirty else f"{sha[:12]}-dirty-{content_hash(root)[:8]}"
+    return f"{ident}{BROKEN_SUFFIX[broken]}" if broken else ident
+
+
+def deps_key(names: tuple[str, ...] = NODE_REQUIREMENTS) -> str:
+    """Name of the cached dependency tree of ``names`` at the current pins
+    (``<cache>/release/deps/<key>``; a tree holding ``.complete`` is never fetched again)."""
+    pins = requirements(names)
+    return hashlib.sha256("\n".join([*pins, *NODE_PLATFORM]).encode()).hexdigest()[:16]
+
+
+def _deps_dir(names: tuple[str, ...] = NODE_REQUIREMENTS) -> Path:
+    """Unpacked node dependencies for the current pins, installed once and cached."""
+    pins = requirements(names)
+    key = deps_key(names)
+    target = cache_dir() / "deps" / key
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    try:
+        first, *others = NODE_PYTHONS
+        _pip_target(staging, first, pins)
+        exact = installed_versions(staging)  # the same versions for every interpreter
+        for python in others:
+            extra = staging / f".py{python}"
+            _pip_target(extra, python, exact, "--no-deps")
+            _merge_missing(extra, staging)
+            shutil.rmtree(extra)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    (staging / ".complete").write_text("\n".join(pins) + "\n")
+    if not publish_dir(staging, target):  # another build finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _pip_target(target: Path, python: str, pins: list[str], *options: str) -> None:
+    """``pip install --target`` of binary wheels for node interpreter ``python``."""
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+               "--no-warn-script-location", "--target", str(target), "--only-binary=:all:",
+               *node_platform(python), *options, *pins]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise DeployError(
+            f"pip could not fetch the node dependencies for Python {python} "
+            f"({', '.join(pins)}): {done.stderr.strip().splitlines()[-1:] or done.returncode}",
+            hint="Check that PyPI is reachable from the controller, then deploy again.",
+        )
+
+
+def installed_versions(site: Path) -> list[str]:
+    """``name==version`` of every distribution installed in ``site`` (its ``*.dist-info``)."""
+    pins = []
+    for info in sorted(site.glob("*.dist-info")):
+        name, _, version = info.name[: -len(".dist-info")].partition("-")
+        pins.append(f"{name}=={version}")
+    return pins
+
+
+def _merge_missing(source: Path, dest: Path) -> None:
+    """Copy into ``dest`` every file of ``source`` it lacks: another interpreter's compiled
+    modules (the pure-Python files are the same versions, already there)."""
+    for path in sorted(source.rglob("*")):
+        target = dest / path.relative_to(source)
+        if path.is_file() and not target.exists() and not path.relative_to(source).parts[0] \
+                .endswith(".dist-info") and path.relative_to(source).parts[0] != "bin":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _reset_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """root-owned, readable by all (0755 dirs and executables, 0644 files), whatever the
+    builder's umask (the receiver builds releases under ``UMask=0077``)."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mode = 0o755 if info.isdir() or info.mode & 0o100 else 0o644
+    return info
+
+
+def _write_artifact(root: Path, ident: str, broken: str, dest: Path) -> None:
+    deps = _deps_dir()
+    with tempfile.TemporaryDirectory(prefix="fleet-release-") as scratch:
+        source = Path(scratch) / "src"
+        for relative in shipped_files(root):
+            (source / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / relative, source / relative)
+        compileall.compile_dir(str(source), quiet=1, workers=1)
+        partial = dest.with_name(f".{dest.name}.{os.getpid()}")
+        with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+            _add_deps(tar, deps)
+            for package in SHIPPED_PACKAGES:
+                if (source / package).exists():
+                    tar.add(source / package, arcname=f"site/{package}", filter=_reset_owner)
+            _add_bytes(tar, f"site/{RELEASE_FILE}", f"{ident}\n".encode())
+            if broken:
+                _add_bytes(tar, f"site/{BROKEN_MARKER}", f"{broken}\n".encode())
+        replace_atomic(partial, dest)
+
+
+def _add_deps(tar: tarfile.TarFile, deps: Path) -> None:
+    """Add an unpacked dependency tree to ``tar`` under ``site/``."""
+    for entry in sorted(deps.iterdir()):
+        if entry.name not in (".complete", "bin"):
+            tar.add(entry, arcname=f"site/{entry.name}", filter=_reset_owner)
+
+
+@functools.cache
+def build_deploy_tools() -> Release:
+    """The deploy tools (pyinfra and its dependencies, ``site/``) for the node running the
+    webhook receiver, so its deploys run there; id ``deploy-tools-<hash12>`` of the pins.
+
+    Shipped apart from the release, to that node only: 21 MB compressed (the release is 5 MB),
+    uploaded again only when the pins change."""
+    deps = _deps_dir(DEPLOY_TOOL_REQUIREMENTS)
+    ident = f"deploy-tools-{deps.name[:12]}"
+    dest = cache_dir() / "artifacts" / f"{ident}.tar.gz"
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(f".{dest.name}.{os.getpid()}")
+        with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+            _add_deps(tar, deps)
+        replace_atomic(partial, dest)
+    return Release(id=ident, path=dest)
+
+
+@functools.cache
+def build_release(root: Path | None = None, broken: str | None = None) -> Release:
+    """Build (or reuse from the cache) the release tarball of ``root``; one build per process.
+
+    A runner that built the release already passes it on in ``$FLEET_RELEASE_ID`` and
+    ``$FLEET_RELEASE_ARTIFACT`` (see :func:`release_env`)."""
+    broken = broken_requested() if broken is None else broken
+    given, artifact = os.environ.get(ID_ENV), os.environ.get(ARTIFACT_ENV)
+    if root is None and given and artifact and Path(artifact).is_file():
+        return Release(id=given, path=Path(artifact), broken=broken)
+    root = root or repo_root()
+    ident = release_id(root, broken)
+    key = content_hash(root)[:12]
+    dest = cache_dir() / "artifacts" / f"{ident}-{key}.tar.gz"
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _write_artifact(root, ident, broken, dest)
+    return Release(id=ident, path=dest, broken=broken)
+
+
+def release_env(release: Release) -> dict[str, str]:
+    """Environment that hands a built release to child deploy processes."""
+    env = {ID_ENV: release.id, ARTIFACT_ENV: str(release.path)}
+    if release.broken:
+        env[BROKEN_ENV] = "exit" if release.broken == "exit" else "1"
+    return env
+
+
+def check_release_id(value: str) -> str:
+    """``value`` if it is a release id (``fleet rollback --to``), else :class:`ValidationError`."""
+    if not isinstance(value, str) or not RELEASE_ID_RE.fullmatch(value):
+        raise ValidationError(
+            f"{value!r} is not a release id ({RELEASE_ID_FORM})",
+            hint="Pass a release id as `fleet status` or the run records show it, "
+                 "e.g. --to 444a224b3f00.")
+    return value

@@ -1,0 +1,463 @@
+"""The rollout behind ``fleet deploy``, ``fleet rollback`` and the webhook: canary, then the
+workers (all at once or in batches), stopping past ``max_failures``. In a fleet with regions
+listing ``fleet.regions`` the workers go region by region, each region in its own batches and
+gated on the regions before it; a region whose hosts all fail preflight (SSH included) is
+reported unreachable and skipped, and the run ends ``partial``.
+
+Built on pyinfra's CLI only: each stage is one ``pyinfra -y inventory.py deploy.py --limit
+HOST ...`` process. Stage N+1's process starts while stage N deploys, so it connects and plans
+meanwhile; its first operation (``deploys/gate.py``) waits for the controller's verdict on the
+earlier stages (a host with nothing to change does not wait: it is only checked). The
+controller judges a stage from the run record (:mod:`fleet.control.records`) as soon as all its
+hosts are audited, or when its process ends (a host with no entry then failed).
+Each stage's output is streamed, secrets masked, one stage after the other. The outcome is the
+typed run record; nothing is read from console output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from bus.timestamps import utc_timestamp
+from fleet.control.hosts import check_known_hosts
+from fleet.control.inventory import inventory_groups
+from fleet.control.records import (
+    RECORDS_ENV,
+    RUN_ID_ENV,
+    HostRecord,
+    RecordWatch,
+    RunRecord,
+    StageRecord,
+    Verdict,
+    current_run_id,
+    load_record,
+    records_dir,
+    set_verdict,
+    update_host,
+    update_run,
+)
+from fleet.control.release import build_release, check_release_id, release_env
+from fleet.control.secrets import load_secrets
+from fleet.core.errors import DeployError
+from fleet.core.masking import Masker
+from fleet.core.registry import REGISTRY_ENV, Registry
+
+Echo = Callable[[str], None]
+FINAL = ("ok", "failed", "rolled_back", "skipped")
+POLL_S = 0.01  # how often a running stage's record is looked at (a stat, unless it changed)
+NO_ENTRY = ("no audit record: not reached over SSH (no connection, or its snapshot could "
+            "not be read); see the pyinfra output of this stage")
+NO_ENTRY_REACHED = ("no audit record: reached over SSH, then the deploy stopped before verify; "
+                    "see the pyinfra output of this stage")
+
+
+@dataclass(frozen=True)
+class RolloutOptions:
+    """What ``fleet deploy`` (or ``fleet rollback``) was asked to do."""
+
+    dry: bool = False
+    diff: bool = False
+    limit: tuple[str, ...] = ()
+    batch: int | None = None
+    max_failures: int = 0
+    action: Literal["deploy", "rollback"] = "deploy"
+    rollback_to: str | None = None
+    regions: tuple[str, ...] = ()  # only the agents of these regions
+    stop_on_unreachable_region: bool = False
+
+
+@dataclass
+class RolloutResult:
+    """The outcome of a rollout: its run record."""
+
+    run_id: str
+    record: RunRecord
+
+    @property
+    def status(self) -> str:
+        return self.record.get("status", "failed")
+
+    @property
+    def hosts(self) -> dict[str, HostRecord]:
+        return self.record.get("hosts", {})
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def project_dir() -> Path:
+    """The fleet repository to deploy from: the working directory, which must hold
+    ``inventory.py`` and ``deploy.py``."""
+    here = Path.cwd()
+    missing = [name for name in ("inventory.py", "deploy.py") if not (here / name).is_file()]
+    if missing:
+        raise DeployError(f"{here} has no {' or '.join(missing)}: not a fleet repository",
+                          hint="Run the command from your fleet repository's top folder.")
+    return here
+
+
+def select(registry: Registry, limit: Sequence[str],
+           regions: Sequence[str] = ()) -> list[str]:
+    """Agent names matched by ``limit`` (agent or group names) and in ``regions`` (when given),
+    in registry order."""
+    known_regions = registry.region_order()
+    for region in regions:
+        if region not in known_regions:
+            raise DeployError(f"--region {region!r} is not a region of the fleet (regions: "
+                              f"{', '.join(known_regions) or 'none'})",
+                              hint="Use a region of fleet.regions or of an agent's `region:`.")
+    names = _select(registry, limit)
+    return [name for name in names if not regions or registry.agents[name].region in regions]
+
+
+def _select(registry: Registry, limit: Sequence[str]) -> list[str]:
+    """Agent names matched by ``limit`` (agent or group names), in registry order."""
+    if not limit:
+        return list(registry.agents)
+    groups = inventory_groups(registry)
+    chosen: set[str] = set()
+    for name in limit:
+        if name in registry.agents:
+            chosen.add(name)
+        elif name in groups:
+            chosen.update(entry[0] for entry in groups[name])
+        else:
+            known = ", ".join([*registry.agents, *groups])
+            raise DeployError(f"--limit {name!r} matches no agent or group (known: {known})",
+                              hint="Use an agent name, a role or a capability.")
+    return [name for name in registry.agents if name in chosen]
+
+
+def plan_waves(registry: Registry, names: Sequence[str],
+               batch: int | None) -> list[tuple[str | None, list[str]]]:
+    """Stages with their region: the canary (the orchestrators), then, when the fleet lists
+    ``fleet.regions``, each region's workers in that order (in batches of the region's
+    ``batch``, else ``batch``); otherwise all workers in batches of ``batch``."""
+    canary = [name for name in names if registry.agents[name].role == "orchestrator"]
+    workers = [name for name in names if name not in canary]
+    canary_regions = {registry.agents[name].region for name in canary}
+    waves: list[tuple[str | None, list[str]]] = []
+    if canary:
+        one = registry.regions and len(canary_regions) == 1
+        waves.append((canary_regions.pop() if one else None, canary))
+    order = registry.region_order() if registry.regions else []
+    for region in [*order, None]:
+        members = [name for name in workers
+                   if (registry.agents[name].region if order else None) == region]
+        size = (registry.region(region).batch if region else None) or batch or len(members)
+        waves += [(region, members[i:i + size]) for i in range(0, len(members), size or 1)]
+    return waves
+
+
+def stage_label(registry: Registry, stages: list[list[str]], index: int) -> str:
+    """``canary`` for a first stage of orchestrators, else ``workers``."""
+    first = registry.agents[stages[index][0]]
+    return "canary" if index == 0 and first.role == "orchestrator" else "workers"
+
+
+def pyinfra_command(hosts: Sequence[str], options: RolloutOptions, stage: int = 0) -> list[str]:
+    """The pyinfra CLI call for one stage (``-y`` unless dry: a dry run shows the changes)."""
+    command = [sys.executable, "-m", "fleet.control.pyinfra_launcher",
+               *([] if options.dry else ["-y"]),
+               "inventory.py", "deploy.py"]
+    for name in hosts:
+        command += ["--limit", name]
+    if stage:
+        command += ["--data", f"rollout_stage={stage}",
+                    "--data", f"rollout_controller={os.getpid()}"]
+    if options.action == "rollback":
+        command += ["--data", "action=rollback"]
+        if options.rollback_to:  # JSON-quoted: pyinfra would read "0123" as a number
+            command += ["--data", f"rollback_to={json.dumps(options.rollback_to)}"]
+    if options.dry:
+        command.append("--dry")
+    if options.diff:
+        command.append("--diff")
+    return command
+
+
+def stage_env(registry: Registry, run_id: str, extra: dict[str, str]) -> dict[str, str]:
+    """Environment of the pyinfra processes: this registry, run id, records dir, release."""
+    env = dict(os.environ)
+    env.update({REGISTRY_ENV: str(registry.path.resolve()), RUN_ID_ENV: run_id,
+                RECORDS_ENV: str(records_dir().resolve()), "PYINFRA_PROGRESS": "off", **extra})
+    return env
+
+
+class StageProcess:
+    """One stage's pyinfra process; a thread collects its output lines (masked)."""
+
+    def __init__(self, command: list[str], env: dict[str, str], cwd: Path,
+                 masker: Masker) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.started = utc_timestamp()
+        self.process = subprocess.Popen(command, cwd=cwd, env=env, text=True, errors="replace",
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT)
+        self._reader = threading.Thread(target=self._read, args=(masker,), daemon=True)
+        self._reader.start()
+        self.done = False  # all output read and the process ended
+
+    def _read(self, masker: Masker) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(masker(line.rstrip("\n")))
+        self.lines.put(None)
+
+    def echo_available(self, echo: Echo, wait: float) -> None:
+        """Echo the lines read so far, waiting up to ``wait`` s for the first one."""
+        try:
+            line = self.lines.get(timeout=wait)
+            while True:
+                if line is None:
+                    self.process.wait()
+                    self.done = True
+                    return
+                echo(line)
+                line = self.lines.get_nowait()
+        except queue.Empty:
+            return
+
+    def stop(self) -> None:
+        """End the process (used only when the controller itself fails)."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+def final_outcome(run_id: str, hosts: Sequence[str], ended: bool,
+                  watch: RecordWatch | None = None) -> dict[str, str] | None:
+    """Status per host of a stage once every host has a final entry in the record, or once
+    its process ended (hosts without one are recorded failed); None while still running.
+    ``watch``: the record's watch, so a poll reads it only when it changed."""
+    entries = (watch or RecordWatch(run_id)).read().get("hosts", {})
+    outcome = {name: entries.get(name, {}).get("status", "") for name in hosts}
+    if all(status in FINAL for status in outcome.values()):
+        return outcome
+    if not ended:
+        return None
+    for name, status in outcome.items():
+        if status not in FINAL:
+            reached = entries.get(name, {}).get("reached")
+            update_host(run_id, name, {"status": "failed",
+                                       "reason": NO_ENTRY_REACHED if reached else NO_ENTRY})
+            outcome[name] = "failed"
+    return outcome
+
+
+def planned_outcome(run_id: str, hosts: Sequence[str], code: int) -> dict[str, str]:
+    """Status per host of a dry run: ``planned``, or ``failed`` when the plan failed."""
+    outcome: dict[str, str] = {}
+    for name in hosts:
+        entry: HostRecord = {"status": "planned" if code == 0 else "failed"}
+        if code:
+            entry["reason"] = f"the dry run exited with status {code}; see its output"
+        update_host(run_id, name, entry)
+        outcome[name] = entry["status"]
+    return outcome
+
+
+class Rollout:
+    """One run of the rollout: its stages, their processes and verdicts."""
+
+    def __init__(self, registry: Registry, options: RolloutOptions, echo: Echo) -> None:
+        self.registry = registry
+        self.options = options
+        self.echo = echo
+        self.root = project_dir()
+        if options.rollback_to is not None:
+            check_release_id(options.rollback_to)
+        self.masker = Masker(load_secrets().values())
+        self.names = select(registry, options.limit, options.regions)
+        if self.names:  # first contact is explicit: every host key pinned before connecting
+            check_known_hosts(registry, self.names)
+        self.run_id = current_run_id()
+        waves = ([(None, self.names)] if options.dry and self.names
+                 else plan_waves(registry, self.names, options.batch))
+        self.stages = [hosts for _, hosts in waves]
+        self.regions = [region for region, _ in waves]
+        self.processes: dict[int, StageProcess] = {}
+        self.watch = RecordWatch(self.run_id)
+        self.failures: dict[str, int] = {}  # per failure group: a region, or "" (the rest)
+        self.unreachable: list[str] = []  # regions found unreachable, in order
+        self.stopped = False
+        self.stopped_after = -1  # the stage after which the rollout stopped
+        release = None if options.action == "rollback" else build_release(self.root)
+        self.release = release.id if release else ""
+        self.env = stage_env(registry, self.run_id, release_env(release) if release else {})
+
+    def start(self, index: int) -> None:
+        """Start stage ``index``'s pyinfra process (once, never after the rollout stopped)."""
+        if (index < len(self.stages) and index not in self.processes and not self.stopped
+                and self.regions[index] not in self.unreachable):
+            command = pyinfra_command(self.stages[index], self.options,
+                                      stage=0 if self.options.dry else index)
+            self.processes[index] = StageProcess(command, self.env, self.root, self.masker)
+
+    def run(self) -> RunRecord:
+        """Run every stage; returns the final run record."""
+        options = self.options
+        update_run(self.run_id, kind=options.action, status="running", release=self.release,
+                   registry=str(self.registry.path), dry=options.dry, limit=list(options.limit),
+                   batch=options.batch, max_failures=options.max_failures,
+                   to=options.rollback_to, stages=[], skipped=[],
+                   regions=[r for r in self.registry.region_order() if r in self.regions],
+                   unreachable_regions=[])
+        if not self.stages:
+            update_run(self.run_id, status="ok", finished=utc_timestamp())
+            return load_record(self.run_id)
+        plan = "; then ".join(f"{self.where(index)}: {', '.join(hosts)}"
+                              for index, hosts in enumerate(self.stages))
+        what = f"release {self.release}" if self.release else "rollback"
+        self.echo(f"==> {plan} ({what}, run {self.run_id})")
+        try:
+            self._stages()
+        finally:
+            for process in self.processes.values():
+                process.stop()
+        status = ("failed" if self.stopped else "partial" if self.unreachable
+                  else "degraded" if any(self.failures.values()) else "ok")
+        update_run(self.run_id, status=status, finished=utc_timestamp(),
+                   skipped=self.not_deployed())
+        return load_record(self.run_id)
+
+    def not_deployed(self) -> list[str]:
+        """The hosts of a stopped rollout that were skipped (a host with nothing to change
+        was checked, not skipped: see ``deploys/gate.py``)."""
+        if not self.stopped:
+            return []
+        entries = load_record(self.run_id).get("hosts", {})
+        return [name for stage in self.stages[self.stopped_after + 1:] for name in stage
+                if entries.get(name, {}).get("status") == "skipped"]
+
+    def label(self, index: int) -> str:
+        return "plan" if self.options.dry else stage_label(self.registry, self.stages, index)
+
+    def where(self, index: int) -> str:
+        """The stage's label with its region (``us workers``)."""
+        region = self.regions[index]
+        return f"{region} {self.label(index)}" if region else self.label(index)
+
+    def _stages(self) -> None:
+        """Run the stages in order, each next one started while the one before deploys."""
+        records: list[StageRecord] = []
+        for index, hosts in enumerate(self.stages):
+            self.start(index)
+            if index not in self.processes:  # stopped, or its region is unreachable
+                self._skip_unstarted(index, hosts)
+                records.append({"stage": self.label(index), "region": self.regions[index],
+                                "hosts": hosts, "exit_code": None,
+                                "outcome": dict.fromkeys(hosts, "skipped")})
+            else:
+                if not self.options.dry:
+                    self.start(index + 1)
+                records.append(self._follow(index, hosts))
+            update_run(self.run_id, stages=records)
+
+    def _follow(self, index: int, hosts: list[str]) -> StageRecord:
+        """Stream stage ``index`` until its process ends; judge it as soon as it can be."""
+        process = self.processes[index]
+        outcome: dict[str, str] | None = None
+        while not process.done:
+            process.echo_available(self.echo, POLL_S)
+            if outcome is None and not self.options.dry:
+                outcome = final_outcome(self.run_id, hosts, ended=process.done,
+                                        watch=self.watch)
+                if outcome is not None:
+                    self._judge(index, outcome)
+        code = process.process.returncode
+        if outcome is None:
+            outcome = planned_outcome(self.run_id, hosts, code)
+        return {"stage": self.label(index), "region": self.regions[index], "hosts": hosts,
+                "exit_code": code, "outcome": outcome, "started": process.started,
+                "finished": utc_timestamp()}
+
+    def _judge(self, index: int, outcome: dict[str, str]) -> None:
+        """Count the stage's failures and write the verdict the next stage's gate waits for.
+
+        A region's stage whose hosts all failed preflight (or never connected) makes the
+        region unreachable: its hosts are recorded skipped, not counted as failures, and the
+        later stages go on (unless ``stop_on_unreachable_region``)."""
+        if self.stopped:  # started before the stop; its hosts waited at the gate and skipped
+            return
+        region = self.regions[index]
+        if self.label(index) == "workers" and region and self._unreachable(index, outcome):
+            self._mark_unreachable(index, region)
+            outcome.update(dict.fromkeys(outcome, "skipped"))
+            if self.options.stop_on_unreachable_region:
+                self._stop(index, f"region {region} is unreachable", 0, 0)
+                return
+            set_verdict(self.run_id, index, {"go": True, "failures": 0, "allowed": 0})
+            return
+        group = region if region and self.label(index) == "workers" else ""
+        allowed = self.options.max_failures
+        own = self.registry.region(group).max_failures if group else None
+        allowed = own if own is not None else allowed
+        count = self.failures.get(group, 0) + sum(s != "ok" for s in outcome.values())
+        self.failures[group] = count
+        go = count <= allowed
+        set_verdict(self.run_id, index, {"go": go, "failures": count, "allowed": allowed})
+        if not go:
+            self._stop(index, f"{count} host(s) failed (allowed: {allowed})", count, allowed)
+
+    def _stop(self, index: int, why: str, failures: int, allowed: int) -> None:
+        """Stop the rollout after stage ``index``: no later stage deploys."""
+        self.stopped, self.stopped_after = True, index
+        verdict: Verdict = {"go": False, "failures": failures, "allowed": allowed}
+        if not failures:
+            verdict["reason"] = f"not deployed: {why} (--stop-on-unreachable-region)"
+        set_verdict(self.run_id, index, verdict)
+        if any(self.stages[index + 1:]):
+            self.echo(f"==> stopped: {why}; the later stages change nothing")
+
+    def _unreachable(self, index: int, outcome: dict[str, str]) -> bool:
+        """Whether every host of stage ``index`` failed preflight or never connected."""
+        if self.regions[index] in self.unreachable:
+            return True
+        entries = load_record(self.run_id).get("hosts", {})
+        return all(status == "failed" and (entries.get(name, {}).get("phase") == "preflight"
+                                           or not entries.get(name, {}).get("reached"))
+                   for name, status in outcome.items())
+
+    def _mark_unreachable(self, index: int, region: str) -> None:
+        """Record region ``region`` unreachable and stage ``index``'s hosts skipped."""
+        for name in self.stages[index]:
+            entry = load_record(self.run_id).get("hosts", {}).get(name, {})
+            why = "; ".join(entry.get("problems", [])) or entry.get("reason", "")
+            update_host(self.run_id, name, {
+                "status": "skipped", "unreachable": True,
+                "reason": f"region {region} is unreachable (preflight failed on all its "
+                          f"hosts): {why}"})
+        if region not in self.unreachable:
+            self.unreachable.append(region)
+            self.echo(f"==> region {region} is unreachable: skipped"
+                      + ("" if self.options.stop_on_unreachable_region
+                         else "; the other regions go on"))
+            update_run(self.run_id, unreachable_regions=self.unreachable)
+
+    def _skip_unstarted(self, index: int, hosts: list[str]) -> None:
+        """Record the hosts of a stage that never started as skipped."""
+        region = self.regions[index]
+        reason = ("not deployed: an earlier rollout stage failed" if self.stopped
+                  else f"not deployed: region {region} is unreachable")
+        for name in hosts:
+            update_host(self.run_id, name, {"status": "skipped", "reason": reason,
+                                            **({} if self.stopped else {"unreachable": True})})
+
+
+def deploy_fleet(registry: Registry, options: RolloutOptions, echo: Echo) -> RolloutResult:
+    """Deploy (or roll back) the selected agents: canary first, then the workers; stop past
+    ``max_failures``. The run record is the outcome."""
+    rollout = Rollout(registry, options, echo)
+    record = rollout.run()
+    return RolloutResult(run_id=rollout.run_id, record=record)

@@ -1,0 +1,249 @@
+"""The controller-side secrets file (``$FLEET_SECRETS``), kept outside git.
+
+Format (YAML, mode 0600 or stricter)::
+
+    fleet:                      # given to every agent
+      OPENROUTER_API_KEY: "..."
+      FLEET_WEBHOOK_SECRET: "..."   # receiver-only (below)
+    agents:
+      ezra-primary:
+        FLEET_BUS_PRIVATE_KEY: "..."  # its Ed25519 bus key(s), base64, oldest first (bus.keys)
+        FLEET_DEPLOY_SSH_KEY: |  # receiver-only: private key its deploys reach the fleet with
+          -----BEGIN OPENSSH PRIVATE KEY-----
+          ...
+    identities:                 # bus keys of who is not an agent
+      operator:                 # the operator's `fleet bus` CLI
+        FLEET_BUS_PRIVATE_KEY: "..."
+      receiver:                 # the webhook receiver's drift alerts
+        FLEET_BUS_PRIVATE_KEY: "..."
+
+An identity may hold only its public keys instead (``FLEET_BUS_PUBLIC_KEYS: "operator:ID=KEY"``,
+the keyring form): gateways trust it, nothing here can sign as it. The webhook receiver's copy
+(:meth:`Secrets.receiver_copy`) holds the operator that way.
+
+Names are environment variable names; values are strings. The receiver-only names
+(``RECEIVER_ONLY``) go to the webhook receiver on a ``webhook-receiver`` agent's node, never
+into an agent's environment. An agent's environment gets its own private bus key and the
+public keys of every agent and identity (``FLEET_BUS_PUBLIC_KEYS``), never another private
+key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from bus.keys import (
+    IDENTITIES,
+    OPERATOR,
+    PRIVATE_KEY_ENV,
+    PUBLIC_KEYS_ENV,
+    RECEIVER,
+    BadKey,
+    SigningKey,
+    keyring_of,
+    private_keys,
+    signing_key,
+)
+from bus.keys import format_keyring as format_bus_keyring
+from bus.keys import parse_keyring as parse_keyring_keys
+from fleet.core.errors import SecretsError
+from fleet.core.keylist import format_keyring, parse_keyring
+from fleet.core.masking import MIN_SECRET_LENGTH
+
+SECRETS_ENV = "FLEET_SECRETS"
+BUS_KEY = PRIVATE_KEY_ENV  # an agent's or identity's private bus key(s)
+BUS_KEYRING = PUBLIC_KEYS_ENV  # the public keyring every agent gets (not secret)
+OLD_BUS_KEY = "FLEET_BUS_KEY"  # the shared HMAC key of before: refused with a hint
+ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")  # matched in full
+RECEIVER_SECRETS = ("FLEET_WEBHOOK_SECRET", "FLEET_GITLAB_TOKEN", "FLEET_READ_TOKEN")
+DEPLOY_SSH_KEY = "FLEET_DEPLOY_SSH_KEY"
+RECEIVER_ONLY = (*RECEIVER_SECRETS, DEPLOY_SSH_KEY)
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secret environment values, fleet-wide and per agent."""
+
+    path: Path | None = None
+    fleet: dict[str, str] = field(default_factory=dict)
+    agents: dict[str, dict[str, str]] = field(default_factory=dict)
+    identities: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def private_keys(self) -> dict[str, str]:
+        """The private bus key text of every agent and identity that has one, by name."""
+        return {name: env[BUS_KEY] for name, env in {**self.identities, **self.agents}.items()
+                if env.get(BUS_KEY)}
+
+    def bus_keys(self) -> dict[str, str]:
+        """The private bus keys by name (:meth:`private_keys`; kept for older callers)."""
+        return self.private_keys()
+
+    def operator_key(self) -> SigningKey | None:
+        """The key the operator's CLI signs with (``identities.operator``), if any."""
+        text = self.identities.get(OPERATOR, {}).get(BUS_KEY)
+        return signing_key(OPERATOR, text) if text else None
+
+    def public_keyring(self) -> dict[str, str]:
+        """``{keyid: public key}`` of every private key here, and of identities given only
+        by their public keys (:data:`BUS_KEYRING`): what every gateway trusts."""
+        ring = keyring_of(self.private_keys().items())
+        for env in self.identities.values():
+            if BUS_KEYRING in env and BUS_KEY not in env:
+                ring.update(parse_keyring(env[BUS_KEYRING]))
+        return ring
+
+    def receiver_copy(self) -> str:
+        """The secrets file the webhook receiver's deploys use (YAML): everything they need
+        to write every agent's environment, with the operator's bus key as its public half
+        only (``FLEET_BUS_PUBLIC_KEYS``): every gateway goes on trusting the operator, and
+        the receiver's node cannot sign as the operator."""
+        identities: dict[str, dict[str, str]] = {}
+        for name, env in self.identities.items():
+            env = dict(env)
+            if name == OPERATOR and env.get(BUS_KEY):
+                env[BUS_KEYRING] = format_bus_keyring(keyring_of([(name, env.pop(BUS_KEY))]))
+            identities[name] = env
+        data = {"fleet": self.fleet, "agents": self.agents, "identities": identities}
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+    def for_agent(self, name: str) -> dict[str, str]:
+        """The environment one agent's service gets: fleet values, its own (its private bus
+        key among them) and the public keyring (receiver-only values left out)."""
+        env = {key: value for key, value in {**self.fleet, **self.agents.get(name, {})}.items()
+               if key not in RECEIVER_ONLY}
+        keys = self.public_keyring()
+        if keys:
+            env[BUS_KEYRING] = format_keyring(keys)
+        return env
+
+    def for_receiver(self, name: str) -> dict[str, str]:
+        """The receiver-only values set for agent ``name`` (its own over the fleet's), and
+        the receiver identity's own private bus key (its drift alerts)."""
+        env = {**self.fleet, **self.agents.get(name, {})}
+        found = {key: env[key] for key in RECEIVER_ONLY if env.get(key)}
+        own = self.identities.get(RECEIVER, {}).get(BUS_KEY)
+        if own:
+            found[BUS_KEY] = own
+        return found
+
+    def values(self) -> set[str]:
+        """Every secret value (for masking output); public keys are not secret."""
+        found = set(self.fleet.values())
+        for env in [*self.agents.values(), *self.identities.values()]:
+            found.update(value for name, value in env.items() if name != BUS_KEYRING)
+            found.update(part.strip() for part in env.get(BUS_KEY, "").split(","))
+        return {value for value in found if value}
+
+
+def secrets_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The secrets file to use: ``explicit``, else ``$FLEET_SECRETS``, else none."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get(SECRETS_ENV)
+    return Path(from_env) if from_env else None
+
+
+def load_secrets(path: str | os.PathLike[str] | None = None) -> Secrets:
+    """Load and check the secrets file; no file configured gives empty secrets."""
+    resolved = secrets_path(path)
+    if resolved is None:
+        return Secrets()
+    try:
+        mode = resolved.stat().st_mode
+    except FileNotFoundError:
+        raise SecretsError(f"{resolved}: secrets file not found",
+                           hint=f"Create it (mode 0600) or unset {SECRETS_ENV}.") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SecretsError(
+            f"{resolved}: secrets file is readable by group or others "
+            f"(mode {stat.S_IMODE(mode):04o})",
+            hint=f"Run: chmod 600 {resolved}",
+        )
+    try:
+        data = yaml.safe_load(resolved.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise SecretsError(f"{resolved}:{_yaml_error(exc)}",
+                           hint="Fix the YAML at that line and column.") from None
+    return parse_secrets(data, resolved)
+
+
+def parse_secrets(data: object, resolved: Path) -> Secrets:
+    """Check the loaded YAML of a secrets file (``resolved`` names it in errors)."""
+    if not isinstance(data, dict) or set(data) - {"fleet", "agents", "identities"}:
+        raise SecretsError(f"{resolved}: top level must be a mapping with `fleet:`, `agents:` "
+                           "and `identities:`")
+    fleet = _env_mapping(data.get("fleet") or {}, f"{resolved}: fleet")
+    sections: dict[str, dict[str, dict[str, str]]] = {}
+    for section in ("agents", "identities"):
+        found = data.get(section) or {}
+        if not isinstance(found, dict):
+            raise SecretsError(f"{resolved}: {section} must be a mapping of name to variables")
+        sections[section] = {str(name): _env_mapping(env or {}, f"{resolved}: {section}.{name}")
+                             for name, env in found.items()}
+    unknown = sorted(set(sections["identities"]) - set(IDENTITIES))
+    if unknown:
+        raise SecretsError(f"{resolved}: identities.{unknown[0]}: not an identity "
+                           f"({', '.join(IDENTITIES)})")
+    clash = sorted(set(sections["identities"]) & set(sections["agents"]))
+    if clash:
+        raise SecretsError(f"{resolved}: agents.{clash[0]}: the name is reserved for the "
+                           f"{clash[0]} identity's bus key", hint="Rename the agent.")
+    for section, entries in sections.items():
+        for name, env in entries.items():
+            where = f"{resolved}: {section}.{name}"
+            if OLD_BUS_KEY in env:
+                raise SecretsError(
+                    f"{where}.{OLD_BUS_KEY}: shared HMAC bus keys were replaced by per-agent "
+                    f"Ed25519 keys ({BUS_KEY})",
+                    hint=f"Delete the {OLD_BUS_KEY} lines, then run `fleet keys rotate NAME` "
+                         "for each agent and `fleet keys rotate operator`.")
+            if BUS_KEY in env:
+                try:
+                    private_keys(name, env[BUS_KEY])
+                except BadKey as exc:
+                    raise SecretsError(f"{where}.{BUS_KEY}: {exc}", hint=exc.hint) from None
+            elif BUS_KEYRING in env and section == "identities":  # public half only
+                try:
+                    keys = parse_keyring_keys(env[BUS_KEYRING])
+                except BadKey as exc:
+                    raise SecretsError(f"{where}.{BUS_KEYRING}: {exc}", hint=exc.hint) from None
+                if any(key.name != name for key in keys.values()):
+                    raise SecretsError(f"{where}.{BUS_KEYRING}: every key id must name "
+                                       f"{name!r}")
+    return Secrets(path=resolved, fleet=fleet, agents=sections["agents"],
+                   identities=sections["identities"])
+
+
+def _env_mapping(data: object, where: str) -> dict[str, str]:
+    if not isinstance(data, dict):
+        raise SecretsError(f"{where}: must be a mapping of VARIABLE: value")
+    env: dict[str, str] = {}
+    for name, value in data.items():
+        if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
+            raise SecretsError(f"{where}: {name!r} is not an environment variable name "
+                               "(A-Z, 0-9, _; matched in full)")
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise SecretsError(f"{where}.{name}: value must be a string")
+        if len(str(value)) < MIN_SECRET_LENGTH:
+            raise SecretsError(
+                f"{where}.{name}: the value is shorter than {MIN_SECRET_LENGTH} characters "
+                "(too short to mask in output without garbling it)",
+                hint="Use a longer, random value, e.g. from `openssl rand -hex 32`.")
+        env[name] = str(value)
+    return env
+
+
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    """``LINE:COLUMN: YAML syntax error: PROBLEM`` without the file's text: PyYAML's message
+    quotes the offending line (a secret, perhaps) and its problem may quote a token of it."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{mark.line + 1}:{mark.column + 1}:" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or "not valid YAML"
+    problem = re.sub(r"'[^']*'|\"[^\"]*\"", "(text not shown)", problem)
+    return f"{where} YAML syntax error: {problem}"

@@ -1,0 +1,67 @@
+"""The agent gateway: the Flask app every agent serves (health, agent card, message bus).
+
+On a node it runs under gunicorn as ``fleet.node.gateway.wsgi:app``. Its settings come from the
+environment (the systemd unit's ``EnvironmentFile=``) through Flask's
+``app.config.from_prefixed_env("FLEET")``: each ``FLEET_NAME`` variable sets the setting
+``NAME``, as text:
+
+- ``FLEET_AGENT`` (``AGENT``): this agent's name in the registry
+- ``FLEET_REGISTRY`` (``REGISTRY``): the registry file (a copy on the node)
+- ``FLEET_STATE_DIR`` (``STATE_DIR``): the agent's state dir (the bus store lives here)
+- ``FLEET_CONFIG``, ``FLEET_SOUL`` (``CONFIG``, ``SOUL``): the agent's config and soul files
+  (default: beside the registry copy in ``/etc/fleet/AGENT/``)
+- ``FLEET_BUS_PUBLIC_KEYS`` (``BUS_PUBLIC_KEYS``): ``keyid=public,...`` the bus keys this
+  gateway trusts
+- ``FLEET_BUS_PRIVATE_KEY`` (``BUS_PRIVATE_KEY``): this agent's own Ed25519 bus key(s) (it
+  signs with the first)
+- ``FLEET_BUS_*``: the bus's tuning (see :meth:`bus.Bus.init_app`)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from bus import Bus, a2a
+from fleet.core.registry import Registry, load_registry
+from fleet.node.gateway import card, health, tools
+
+ENV_PREFIX = "FLEET"
+DEFAULTS: dict[str, Any] = {"AGENT": "", "REGISTRY": "registry.yaml", "STATE_DIR": "",
+                            "BUS_PUBLIC_KEYS": "", "BUS_PRIVATE_KEY": ""}
+
+
+def as_text(value: str) -> str:
+    """Settings from the environment stay text (``from_prefixed_env`` would read ``true`` or
+    ``12`` as JSON); each setting's reader converts its own."""
+    return value
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the gateway app from the environment, overridden by ``test_config``."""
+    app = Flask(__name__)
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_prefixed_env(ENV_PREFIX, loads=as_text)
+    if test_config is not None:
+        app.config.update(test_config)
+    app.config["STATE_DIR"] = app.config["STATE_DIR"] or str(
+        Path(".fleet/state") / app.config["AGENT"])
+    registry = load_registry(app.config["REGISTRY"])
+    app.extensions["fleet.registry"] = registry
+    app.extensions["fleet.agent"] = registry.get(app.config["AGENT"])
+    Path(app.config["STATE_DIR"]).mkdir(parents=True, exist_ok=True)
+    _register_blueprints(app)
+    return app
+
+
+def _register_blueprints(app: Flask) -> None:
+    """Mount every part of the gateway; each module owns one blueprint and its init_app."""
+    health.init_app(app)
+    card.init_app(app)
+    registry: Registry = app.extensions["fleet.registry"]
+    Bus(app, agents=registry.agents)  # the bus is an extension; the registry is its fleet
+    a2a.init_app(app)  # the A2A binding the agent card advertises, into the bus's inbox
+    tools.init_app(app)  # the tool execution API, on agents that declare tools

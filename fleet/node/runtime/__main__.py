@@ -1,0 +1,7 @@
+"""``python3 -m fleet.node.runtime``: the built-in agent runtime."""
+
+import sys
+
+from fleet.node.runtime import main
+
+sys.exit(main())
