@@ -299,13 +299,43 @@ def release_unpacked(release_id: str, tarball: str, releases_dir: str, node: Nod
     if release_id in node["releases"]:
         host.noop(f"release {release_id} is already installed")
         return
-    staging = f"{releases_dir}/.unpack-{release_id}"
+    yield from _unpacked(tarball, releases_dir, release_id)
+
+
+def _unpacked(tarball: str, parent: str, name: str) -> Generator[Any, None, None]:
+    """Upload ``tarball``, unpack it into ``parent/.unpack-<name>`` and move that to
+    ``parent/<name>`` (replacing what is there)."""
+    staging = f"{parent}/.unpack-{name}"
     upload = f"{staging}.tar.gz"
-    final = f"{releases_dir}/{release_id}"
+    final = f"{parent}/{name}"
     yield FileUploadCommand(tarball, upload, remote_temp_filename=upload_temp(upload))
     yield (f"rm -rf {_q(staging, final)} && mkdir {_q(staging)} && "
            f"tar -xzf {_q(upload)} -C {_q(staging)} && rm -f {_q(upload)} && "
            f"mv -T {_q(staging, final)}")
+
+
+@operation()
+def tree_unpacked(dest: str, tarball: str, node: Node):
+    """
+    Upload a tarball and unpack it as the folder ``dest``, unless that folder is there.
+
+    + dest: the folder on the node (its parent must exist)
+    + tarball: the tarball on the controller (its members are the folder's contents)
+    + node: the host's NodeState snapshot (holding ``dest`` if it is there)
+
+    **Example:**
+
+    .. code:: python
+
+        tree_unpacked(name="Receiver code", dest="/opt/fleet/releases/444a224b3f00/receiver",
+                      tarball="/var/cache/sovereign-fleet/release/artifacts/receiver-x.tar.gz",
+                      node=node)
+    """
+    if node["paths"].get(dest, {}).get("type") == "directory":
+        host.noop(f"{dest} is unpacked already")
+        return
+    parent, _, name = dest.rstrip("/").rpartition("/")
+    yield from _unpacked(tarball, parent, name)
 
 
 @operation()

@@ -9,11 +9,13 @@ Called from three phases, and a no-op on every other host:
   its public half only: :meth:`fleet.control.secrets.Secrets.receiver_copy`), and
   ``FLEET_DEPLOY_SSH_KEY`` as the private key they reach the fleet with (named in the user's
   ``~/.ssh/config``, which ssh, git and pyinfra read);
-- services: the deploy tools (pyinfra, see :func:`fleet.control.release.build_deploy_tools`), the
+- services: the receiver's code (a release ships only what a node runs: see
+  :func:`fleet.control.release.build_receiver_code`) unpacked beside this deploy's release
+  site, the deploy tools (pyinfra, see :func:`fleet.control.release.build_deploy_tools`), the
   receiver's release build cache seeded from the node's release and tools, the unit
   ``fleet-webhook.service`` from ``fleet/webhook/fleet-webhook.service`` running
-  ``fleet webhook serve`` (gunicorn and the deploy dispatcher) of the current release, enabled
-  and started; restarted when its release, tools, unit or env changed (after the run, when the
+  ``fleet webhook serve`` (gunicorn and the deploy dispatcher) of that code, enabled and
+  started; restarted when its release, tools, unit or env changed (after the run, when the
   receiver is deploying its own node: :func:`restart_command`).
 
 Without the receiver's secrets (or ``fleet.repo_url``) nothing is installed and the deploy
@@ -43,6 +45,7 @@ from deploys.ops import (
     managed_file,
     release_unpacked,
     secret_file,
+    tree_unpacked,
 )
 from deploys.secret_cache import secrets
 from fleet.control import render
@@ -50,6 +53,7 @@ from fleet.control.release import (
     DEPLOY_TOOL_REQUIREMENTS,
     SHIPPED_PACKAGES,
     build_deploy_tools,
+    build_receiver_code,
     deps_key,
 )
 from fleet.control.secrets import DEPLOY_SSH_KEY
@@ -81,6 +85,7 @@ ENV = f"Environment of the webhook receiver {ENV_FILE} (secrets masked)"
 SECRETS = f"Secrets file of the receiver's deploys {SECRETS_COPY} (not shown)"
 KEY = f"SSH key of the receiver's deploys {KEY_FILE} (not shown)"
 SSH = f"SSH config of the receiver's deploys {SSH_CONFIG} (their key)"
+CODE = "Webhook receiver code (the controller's, beside the release)"
 TOOLS = "Deploy tools (pyinfra) for the webhook receiver"
 CACHE = "Release build cache of the receiver's deploys (no package index needed)"
 UNIT_FILE = f"Unit {UNIT}"
@@ -161,6 +166,12 @@ def problem(ctx: AgentContext) -> str | None:
     return None
 
 
+def code_dir(ctx: AgentContext) -> str:
+    """Where the receiver's code is unpacked: in this deploy's release folder, so pruning the
+    release removes it."""
+    return f"{RELEASES}/{ctx.release.id}/receiver"
+
+
 def receiver(ctx: AgentContext) -> Receiver | None:
     """The host's receiver plan, made once (and the skip reason logged once); ``None`` when the
     agent has no ``webhook-receiver`` capability or the receiver is skipped."""
@@ -175,7 +186,7 @@ def receiver(ctx: AgentContext) -> Receiver | None:
         else:
             plan.node = host.get_fact(
                 NodeState, paths=[ETC_DIR, STATE_DIR, SSH_DIR, TOOLS_DIR, ENV_FILE, SECRETS_COPY,
-                                  KEY_FILE, SSH_CONFIG, UNIT_PATH,
+                                  KEY_FILE, SSH_CONFIG, UNIT_PATH, code_dir(ctx),
                                   *(f"{DEPS_CACHE}/{key}/.complete" for key in deps_keys())],
                 user=USER, unit=UNIT, current=f"{TOOLS_DIR}/current", releases_dir=TOOLS_DIR,
                 keys_file="/dev/null")
@@ -201,10 +212,11 @@ def restart_command() -> str:
 
 
 def unit_text(ctx: AgentContext, tools_id: str) -> str:
-    """The receiver's unit: this deploy's release and deploy tools on ``PYTHONPATH``."""
+    """The receiver's unit: its code, then this deploy's release site and the deploy tools on
+    ``PYTHONPATH``."""
+    pythonpath = f"{code_dir(ctx)}:{RELEASES}/{ctx.release.id}/site:{TOOLS_DIR}/{tools_id}/site"
     return render.unit_file(
-        TEMPLATE.read_text(encoding="utf-8"),
-        python=PYTHON, pythonpath=f"{RELEASES}/{ctx.release.id}/site:{TOOLS_DIR}/{tools_id}/site",
+        TEMPLATE.read_text(encoding="utf-8"), python=PYTHON, pythonpath=pythonpath,
         user_name=USER, etc_dir=ETC_DIR, state_dir=STATE_DIR, cache_dir=STATE_DIR, port=PORT)
 
 
@@ -246,10 +258,14 @@ def keys(ctx: AgentContext) -> None:
 
 
 def services(ctx: AgentContext) -> None:
-    """Deploy tools, the unit, and the service enabled, running and restarted on change."""
+    """Receiver code, deploy tools, the unit, and the service enabled, running and restarted
+    on change."""
     plan = receiver(ctx)
     if plan is None:
         return
+    code = build_receiver_code()
+    ctx.track(CODE, tree_unpacked(name=CODE, dest=code_dir(ctx), tarball=str(code.path),
+                                  node=plan.node))
     tools = build_deploy_tools()
     ctx.track(TOOLS, release_unpacked(name=TOOLS, release_id=tools.id, tarball=str(tools.path),
                                       releases_dir=TOOLS_DIR, node=plan.node))

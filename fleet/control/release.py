@@ -1,15 +1,21 @@
 """Release id and release artifact: what the release phase ships to a node.
 
 A release is a tarball holding ``site/`` (Flask, gunicorn, PyYAML, requests and their
-dependencies as manylinux x86_64 wheels, unpacked, plus the ``fleet`` and ``bus`` packages) and
-``site/RELEASE`` (its id). One release runs on every node Python of ``NODE_PYTHONS`` (Debian 12's
-3.11, Ubuntu 24.04's 3.12, Debian 13's 3.13): the dependencies are resolved once for the first,
-the same versions fetched for the others, and their compiled modules (named per interpreter,
-``*.cpython-313-*.so``) laid side by side in one tree. Nodes need nothing but ``python3``; the
-unit runs ``python3 -m gunicorn`` with ``PYTHONPATH=<release>/site``.
+dependencies as manylinux x86_64 wheels, unpacked, plus what a node runs of ours: ``SHIPPED``,
+that is ``fleet/__init__.py``, :mod:`fleet.core`, :mod:`fleet.node` and ``bus``; nothing of the
+controller's) and ``site/RELEASE`` (its id). One release runs on every node Python of
+``NODE_PYTHONS`` (Debian 12's 3.11, Ubuntu 24.04's 3.12, Debian 13's 3.13): the dependencies are
+resolved once for the first, the same versions fetched for the others, and their compiled
+modules (named per interpreter, ``*.cpython-313-*.so``) laid side by side in one tree. Nodes
+need nothing but ``python3``; the unit runs ``python3 -m gunicorn`` with
+``PYTHONPATH=<release>/site``.
 
-The release id is the repo's git sha (12 digits); when the shipped sources (``fleet/``,
-``bus/``, ``pyproject.toml``) differ from ``HEAD`` it becomes ``<sha12>-dirty-<hash8>``.
+The release id is the repo's git sha (12 digits); when the shipped sources (``SHIPPED``,
+``pyproject.toml``) differ from ``HEAD`` it becomes ``<sha12>-dirty-<hash8>``.
+
+The node running the webhook receiver, a controller on a node, also gets the receiver's code
+(:func:`build_receiver_code`: the ``fleet`` package but the lab), unpacked beside its release's
+``site/``.
 
 Test hook: ``FLEET_BROKEN_RELEASE`` in the controller's environment builds a deliberately
 broken release, so the verify phase rolls the node back: ``1`` (id suffix ``-broken``): its
@@ -33,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from fleet.core.atomic import publish_dir, replace_atomic
 from fleet.core.errors import DeployError
@@ -46,7 +53,16 @@ ID_ENV = "FLEET_RELEASE_ID"
 DEFAULT_CACHE = Path("/var/cache/sovereign-fleet")
 BROKEN_KINDS = {"1": "unhealthy", "true": "unhealthy", "yes": "unhealthy", "exit": "exit"}
 """``FLEET_BROKEN_RELEASE`` values and the broken release each builds."""
+SHIPPED = ("fleet/__init__.py", "fleet/core", "fleet/node", "bus")
+"""What a release ships of this repository: the code a node runs (``lint-imports`` keeps it
+from importing anything else of ours)."""
 SHIPPED_PACKAGES = ("fleet", "bus")
+"""The top-level packages ``SHIPPED`` makes in a release's ``site/``."""
+RECEIVER_CODE = ("fleet",)
+"""What the webhook receiver runs beyond a release (``fleet webhook serve``, the rollout, the
+status and drift probes), shipped to its node only ..."""
+RECEIVER_LEAVES_OUT = ("fleet/lab",)
+"""... but the lab (systemd-nspawn on an operator's machine)."""
 NODE_REQUIREMENTS = ("Flask", "gunicorn", "gevent", "PyYAML", "requests", "cryptography",
                      "jsonschema")  # tool argument schemas (Draft 2020-12)
 """What node code needs (gevent: gunicorn's worker, :mod:`fleet.core.serving`; it brings greenlet
@@ -96,15 +112,18 @@ def broken_requested(env: Mapping[str, str] | None = None) -> str:
     return BROKEN_KINDS.get(value.strip().lower(), "")
 
 
-def shipped_files(root: Path) -> list[Path]:
-    """Source files that go into a release, relative to ``root``, sorted."""
+def shipped_files(root: Path, shipped: tuple[str, ...] = SHIPPED,
+                  leaves_out: tuple[str, ...] = ()) -> list[Path]:
+    """Source files that go into a release (or the paths ``shipped`` name, but those under
+    ``leaves_out``), relative to ``root``, sorted."""
     files: list[Path] = []
-    for package in SHIPPED_PACKAGES:
-        base = root / package
-        for path in base.rglob("*"):
+    for name in shipped:
+        base = root / name
+        for path in [base] if base.is_file() else base.rglob("*"):
             relative = path.relative_to(root)
             if path.is_file() and not _SKIP_DIRS.intersection(relative.parts) \
-                    and path.suffix not in (".pyc", ".pyo"):
+                    and path.suffix not in (".pyc", ".pyo") \
+                    and not any(relative.is_relative_to(out) for out in leaves_out):
                 files.append(relative)
     return sorted(files)
 
@@ -126,10 +145,14 @@ def content_hash(root: Path) -> str:
     digest.update(f"pythons {' '.join(NODE_PYTHONS)}\n".encode())
     for line in requirements():
         digest.update(f"req {line}\n".encode())
-    for relative in shipped_files(root):
+    _hash_files(digest, root, shipped_files(root))
+    return digest.hexdigest()
+
+
+def _hash_files(digest: Any, root: Path, files: list[Path]) -> None:
+    for relative in files:
         digest.update(f"file {relative.as_posix()}\n".encode())
         digest.update(hashlib.sha256((root / relative).read_bytes()).digest())
-    return digest.hexdigest()
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -150,7 +173,7 @@ def release_id(root: Path | None = None, broken: str | None = None) -> str:
     if not sha:
         ident = f"nogit-{content_hash(root)[:12]}"
     else:
-        paths = [*SHIPPED_PACKAGES, "pyproject.toml"]
+        paths = [*SHIPPED, "pyproject.toml"]
         dirty = _git(root, "status", "--porcelain", "--untracked-files=normal", "--", *paths)
         ident = sha[:12] if not dirty else f"{sha[:12]}-dirty-{content_hash(root)[:8]}"
     return f"{ident}{BROKEN_SUFFIX[broken]}" if broken else ident
@@ -241,14 +264,20 @@ def _reset_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
+def _staged(root: Path, files: list[Path], scratch: Path) -> Path:
+    """``files`` of ``root`` copied into ``scratch/src``, byte-compiled; returns that folder."""
+    source = scratch / "src"
+    for relative in files:
+        (source / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / relative, source / relative)
+    compileall.compile_dir(str(source), quiet=1, workers=1)
+    return source
+
+
 def _write_artifact(root: Path, ident: str, broken: str, dest: Path) -> None:
     deps = _deps_dir()
     with tempfile.TemporaryDirectory(prefix="fleet-release-") as scratch:
-        source = Path(scratch) / "src"
-        for relative in shipped_files(root):
-            (source / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / relative, source / relative)
-        compileall.compile_dir(str(source), quiet=1, workers=1)
+        source = _staged(root, shipped_files(root), Path(scratch))
         partial = dest.with_name(f".{dest.name}.{os.getpid()}")
         with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
             _add_deps(tar, deps)
@@ -273,7 +302,7 @@ def build_deploy_tools() -> Release:
     """The deploy tools (pyinfra and its dependencies, ``site/``) for the node running the
     webhook receiver, so its deploys run there; id ``deploy-tools-<hash12>`` of the pins.
 
-    Shipped apart from the release, to that node only: 21 MB compressed (the release is 5 MB),
+    Shipped apart from the release, to that node only: 30 MB compressed (the release is 25 MB),
     uploaded again only when the pins change."""
     deps = _deps_dir(DEPLOY_TOOL_REQUIREMENTS)
     ident = f"deploy-tools-{deps.name[:12]}"
@@ -284,6 +313,33 @@ def build_deploy_tools() -> Release:
         with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
             _add_deps(tar, deps)
         replace_atomic(partial, dest)
+    return Release(id=ident, path=dest)
+
+
+@functools.cache
+def build_receiver_code(root: Path | None = None) -> Release:
+    """The webhook receiver's code for the node running it: ``RECEIVER_CODE`` but
+    ``RECEIVER_LEAVES_OUT`` (the CLI, the controller's deploy half and probes, the receiver, the
+    dashboard it shows, and :mod:`fleet.core` and :mod:`fleet.node` again: one package), as
+    ``fleet/`` at the top of the tarball; id ``receiver-<hash12>`` of its files.
+
+    Unpacked as ``<release>/receiver`` beside the release's ``site/`` (and removed with it),
+    first on the receiver's ``PYTHONPATH``: the release gives ``bus`` and the dependencies."""
+    root = root or repo_root()
+    files = shipped_files(root, RECEIVER_CODE, RECEIVER_LEAVES_OUT)
+    digest = hashlib.sha256()
+    _hash_files(digest, root, files)
+    ident = f"receiver-{digest.hexdigest()[:12]}"
+    dest = cache_dir() / "artifacts" / f"{ident}.tar.gz"
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="fleet-receiver-") as scratch:
+            source = _staged(root, files, Path(scratch))
+            partial = dest.with_name(f".{dest.name}.{os.getpid()}")
+            with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+                for package in RECEIVER_CODE:
+                    tar.add(source / package, arcname=package, filter=_reset_owner)
+            replace_atomic(partial, dest)
     return Release(id=ident, path=dest)
 
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grimp
 import pytest
 
 from deploys import preflight
@@ -32,8 +33,8 @@ def git(root: Path, *args: str) -> None:
 
 @pytest.fixture
 def source_tree(tmp_path: Path) -> Path:
-    """A tiny git repo with fleet/ and bus/ packages, committed."""
-    for package in ("fleet", "bus"):
+    """A tiny git repo with fleet/ (its core, node and control parts) and bus/, committed."""
+    for package in ("fleet", "fleet/core", "fleet/node", "fleet/control", "bus"):
         (tmp_path / package).mkdir()
         (tmp_path / package / "__init__.py").write_text(f"# {package}\n")
     git(tmp_path, "init", "-q")
@@ -54,14 +55,35 @@ def test_release_id_is_the_sha_then_dirty_with_content_hash(source_tree: Path) -
 def test_release_ignores_changes_outside_shipped_packages(source_tree: Path) -> None:
     clean = release_id(source_tree, broken="")
     (source_tree / "notes.txt").write_text("not shipped\n")
+    (source_tree / "fleet" / "control" / "__init__.py").write_text("# the controller's\n")
     assert release_id(source_tree, broken="") == clean
+    (source_tree / "fleet" / "node" / "__init__.py").write_text("# a node's\n")
+    assert release_id(source_tree, broken="") != clean
 
 
-def test_shipped_files_skip_caches(source_tree: Path) -> None:
+def test_shipped_files_skip_caches_and_the_controllers_code(source_tree: Path) -> None:
     (source_tree / "fleet" / "__pycache__").mkdir()
     (source_tree / "fleet" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"")
+    (source_tree / "fleet" / "__main__.py").write_text("# the CLI\n")
     assert [p.as_posix() for p in shipped_files(source_tree)] == [
-        "bus/__init__.py", "fleet/__init__.py"]
+        "bus/__init__.py", "fleet/__init__.py", "fleet/core/__init__.py",
+        "fleet/node/__init__.py"]
+
+
+def test_a_release_holds_everything_its_code_imports() -> None:
+    """What a node runs imports nothing of ours the release leaves out (lazy imports too):
+    the modules of the shipped files are closed under import."""
+    shipped = {".".join(path.with_suffix("").parts).removesuffix(".__init__")
+               for path in shipped_files(REPO) if path.suffix == ".py"}
+    graph = grimp.build_graph("fleet", "bus", "deploys", exclude_type_checking_imports=True,
+                              cache_dir=None)
+    missing = {f"{module} -> {imported}" for module in shipped
+               for imported in graph.find_modules_directly_imported_by(module)
+               if imported.split(".")[0] in ("fleet", "bus", "deploys")
+               and imported not in shipped}
+    assert missing == set()
+    assert {"fleet", "fleet.core.registry", "fleet.node.gateway.wsgi", "fleet.node.nodectl",
+            "bus.web"} <= shipped and "fleet.control.release" not in shipped
 
 
 def test_running_release_reads_the_release_file(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from bus.keys import format_keyring, keyring_of, new_private_key
 from deploys import webhook
 from deploys.context import AgentContext
 from deploys.ops import _hide_all
-from fleet.control.release import Release, build_release
+from fleet.control.release import Release, build_receiver_code, build_release
 from fleet.control.secrets import BUS_KEY, Secrets
 from fleet.core.registry import Registry, load_registry
 from tests.webhook.forge import READ_TOKEN, SECRET
@@ -114,11 +114,11 @@ def test_why_the_receiver_is_skipped(registry: Registry, monkeypatch: pytest.Mon
     assert SECRET not in message
 
 
-def test_unit_runs_this_release_with_the_deploy_tools(
+def test_unit_runs_the_receiver_code_of_this_release_with_the_deploy_tools(
         registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     unit = webhook.unit_text(context(registry, FULL, monkeypatch), "deploy-tools-0123")
-    assert ("Environment=PYTHONPATH=/opt/fleet/releases/abc123/site:"
-            "/opt/fleet/tools/deploy-tools-0123/site\n") in unit
+    assert ("Environment=PYTHONPATH=/opt/fleet/releases/abc123/receiver:"
+            "/opt/fleet/releases/abc123/site:/opt/fleet/tools/deploy-tools-0123/site\n") in unit
     assert ("ExecStart=/usr/bin/python3 -m fleet webhook serve --host 0.0.0.0 --port 9876 "
             "--workers 2\n") in unit
     assert "KillMode" not in unit  # stopping the unit stops the dispatcher and its deploy
@@ -145,3 +145,19 @@ def test_a_release_built_under_umask_0077_is_readable_by_all(tmp_path: Path) -> 
                  if info.name.startswith(("site/fleet", "site/bus"))}
     assert modes["site/fleet"] == (0o755, "root")
     assert modes["site/fleet/__init__.py"] == (0o644, "root")
+
+
+def test_the_receiver_code_is_the_fleet_package_but_the_lab(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """What the receiver runs beyond its node's release (``fleet webhook serve``: the CLI, the
+    receiver, the rollout), with the package's core and node parts: ``fleet`` is one package."""
+    monkeypatch.setenv("FLEET_CACHE_DIR", str(tmp_path / "cache"))
+    code = build_receiver_code(REPO)
+    with tarfile.open(code.path) as tar:
+        names = set(tar.getnames())
+    assert {"fleet/__init__.py", "fleet/__main__.py", "fleet/cli/webhook.py",
+            "fleet/webhook/runner.py", "fleet/control/rollout.py", "fleet/dashboard/app.py",
+            "fleet/core/registry.py", "fleet/node/nodectl.py"} <= names
+    assert not {name for name in names if name.startswith(("fleet/lab", "bus", "site"))}
+    assert code.id.startswith("receiver-") and code.path.name == f"{code.id}.tar.gz"
