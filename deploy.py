@@ -4,8 +4,9 @@
     pyinfra inventory.py deploy.py --dry --diff       # show what would change, secrets masked
     fleet deploy [--batch N]                          # canary first, then the workers
 
-Phases, in order (``deploys/``): preflight, baseline, release, soul, keys, services, verify,
-audit. A second run with nothing changed changes and restarts nothing.
+Phases, in order (``deploys/``): preflight, baseline, release, soul, keys, services, webhook
+(the deploy webhook receiver, on the agent with that capability), verify, audit. A second run
+with nothing changed changes and restarts nothing.
 
 ``fleet deploy`` runs one pyinfra process per rollout stage (``--limit`` its hosts,
 ``--data rollout_stage=N``); a later stage waits at its gate for the earlier stages' verdict
@@ -32,6 +33,7 @@ from deploys import (
     services,
     soul,
     verify,
+    webhook,
 )
 from deploys.context import agent_context
 
@@ -48,5 +50,6 @@ elif ctx.preflight_ok:
     soul.run(ctx)
     keys.run(ctx)
     services.run(ctx)
+    webhook.run(ctx)  # the deploy webhook receiver, where the registry puts it
     verify.run(ctx)
     audit.run(ctx)

@@ -1,4 +1,4 @@
-"""Phase 8, audit: what the node really runs, compared with the registry, in the run record.
+"""Phase 9, audit: what the node really runs, compared with the registry, in the run record.
 
 Per host: release, soul and config hashes, unit state, listening ports, authorized key
 fingerprints, sudoers lines; the operations that changed, whether the service restarted,

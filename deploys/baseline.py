@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from deploys import webhook
 from deploys.context import OPT, RELEASES, SSHD_DROPIN, AgentContext, phase
 from deploys.ops import UPLOAD_DIR, agent_account, directories, managed_file
 
@@ -41,4 +40,3 @@ def run(ctx: AgentContext) -> None:
     ctx.track(SSHD, managed_file(
         name=SSHD, dest=SSHD_DROPIN, content=SSHD_SETTINGS, user="root", group="root",
         mode="644", node=ctx.node, then=["sshd -t", "systemctl reload ssh.service"]))
-    webhook.baseline(ctx)

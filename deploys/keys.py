@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pyinfra.api import HiddenValue
 
-from deploys import webhook
 from deploys.context import AgentContext, phase
 from deploys.ops import authorized_keys_added, secret_file
 from fleet.control import render
@@ -29,4 +28,3 @@ def run(ctx: AgentContext) -> None:
         ctx.track(OPERATOR_KEYS, authorized_keys_added(
             name=OPERATOR_KEYS, keys_file=ctx.login_keys_file,
             keys=render.authorized_keys(ctx.agent.authorized_keys), node=ctx.node))
-    webhook.keys(ctx)

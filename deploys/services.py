@@ -16,7 +16,6 @@ from pathlib import PurePosixPath
 
 from pyinfra.operations import files, systemd
 
-from deploys import webhook
 from deploys.context import CURRENT, AgentContext, phase
 from deploys.facts import newer_than_unit
 from deploys.ops import Outcome, managed_file, unit_running
@@ -128,7 +127,6 @@ def run(ctx: AgentContext) -> None:
         ctx.service_ops.append(ctx.track(RESTART, systemd.service(
             name=RESTART, service=ctx.unit, restarted=True,
             _if=lambda: bool(pending) or any(op.did_change() for op in triggers))))
-    webhook.services(ctx)
 
 
 def runtime_removed(ctx: AgentContext) -> None:

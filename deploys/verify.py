@@ -1,4 +1,4 @@
-"""Phase 7, verify: the agent's units (gateway, runtime) stay up across their stability window
+"""Phase 8, verify: the agent's units (gateway, runtime) stay up across their stability window
 and /health (asked on the node itself, with retries) shows the expected release, config hash
 and soul hash, and a runtime that keeps its contract. A failing node is rolled back at once:
 ``current`` back to the previous release, restart, re-verify (all by ``fleet-nodectl``).

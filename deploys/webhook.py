@@ -1,15 +1,15 @@
-"""The deploy webhook receiver on the agent with the ``webhook-receiver`` capability.
+"""Phase 7, webhook: the deploy webhook receiver on the agent with the ``webhook-receiver``
+capability, after the agent's services and before verify (which releases the deploy lock); a
+no-op on every other host. In order:
 
-Called from three phases, and a no-op on every other host:
-
-- baseline: ``git`` (apt), the ``fleet-webhook`` system user, ``/etc/fleet/webhook`` and the
+- its account: ``git`` (apt), the ``fleet-webhook`` system user, ``/etc/fleet/webhook`` and the
   state dir ``/var/lib/fleet/webhook`` (also its home and build cache);
-- keys: ``webhook.env`` (0600: the receiver's secrets, ``FLEET_REPO_URL`` from the registry's
-  ``fleet.repo_url``), a copy of the secrets file its deploys use (the operator's bus key as
-  its public half only: :meth:`fleet.control.secrets.Secrets.receiver_copy`), and
+- its settings: ``webhook.env`` (0600: the receiver's secrets, ``FLEET_REPO_URL`` from the
+  registry's ``fleet.repo_url``), a copy of the secrets file its deploys use (the operator's bus
+  key as its public half only: :meth:`fleet.control.secrets.Secrets.receiver_copy`), and
   ``FLEET_DEPLOY_SSH_KEY`` as the private key they reach the fleet with (named in the user's
   ``~/.ssh/config``, which ssh, git and pyinfra read);
-- services: the receiver's code (a release ships only what a node runs: see
+- its service: the receiver's code (a release ships only what a node runs: see
   :func:`fleet.control.release.build_receiver_code`) unpacked beside this deploy's release
   site, the deploy tools (pyinfra, see :func:`fleet.control.release.build_deploy_tools`), the
   receiver's release build cache seeded from the node's release and tools, the unit
@@ -33,7 +33,7 @@ from pyinfra import host, logger
 from pyinfra.api import HiddenValue
 from pyinfra.operations import apt
 
-from deploys.context import OPT, RELEASES, AgentContext
+from deploys.context import OPT, RELEASES, AgentContext, phase
 from deploys.facts import NodeState
 from deploys.ops import (
     Node,
@@ -95,12 +95,10 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "fleet" / "webhook" / "fleet
 
 @dataclass
 class Receiver:
-    """The receiver's plan on one host: why it is skipped (if it is), its node snapshot and
-    the operation writing its environment (a restart trigger)."""
+    """The receiver's plan on one host: why it is skipped (if it is) and its node snapshot."""
 
     problem: str | None
     node: Node = field(default_factory=dict)
-    triggers: list[Outcome] = field(default_factory=list)
 
 
 _receivers: dict[str, Receiver] = {}
@@ -220,11 +218,20 @@ def unit_text(ctx: AgentContext, tools_id: str) -> str:
         user_name=USER, etc_dir=ETC_DIR, state_dir=STATE_DIR, cache_dir=STATE_DIR, port=PORT)
 
 
-def baseline(ctx: AgentContext) -> None:
-    """git, the receiver's user and directories."""
+@phase("Webhook")
+def run(ctx: AgentContext) -> None:
+    """The receiver's account, settings and service; its service restarts when its
+    environment changed (or its release, tools or unit)."""
     plan = receiver(ctx)
     if plan is None:
         return
+    account(ctx, plan)
+    env = settings(ctx, plan)
+    service(ctx, plan, triggers=[env])
+
+
+def account(ctx: AgentContext, plan: Receiver) -> None:
+    """git, the receiver's user and directories."""
     ctx.track(GIT, apt.packages(name=GIT, packages=["git"]))
     ctx.track(ACCOUNT, agent_account(name=ACCOUNT, user=USER, home=STATE_DIR, node=plan.node))
     ctx.track(DIRECTORIES, directories(name=DIRECTORIES, node=plan.node, specs=[
@@ -235,16 +242,13 @@ def baseline(ctx: AgentContext) -> None:
     ]))
 
 
-def keys(ctx: AgentContext) -> None:
-    """``webhook.env``, the secrets file copy and the deploy SSH key (all 0600, masked)."""
-    plan = receiver(ctx)
-    if plan is None:
-        return
-    env = receiver_env(ctx)
-    plan.triggers.append(ctx.track(ENV, secret_file(
+def settings(ctx: AgentContext, plan: Receiver) -> Outcome:
+    """``webhook.env``, the secrets file copy and the deploy SSH key (all 0600, masked);
+    returns the operation writing ``webhook.env``."""
+    env = ctx.track(ENV, secret_file(
         name=ENV, dest=ENV_FILE,
-        content=HiddenValue(render.env_file(env)),
-        public=tuple(public_env(ctx)), user=USER, group=USER, node=plan.node)))
+        content=HiddenValue(render.env_file(receiver_env(ctx))),
+        public=tuple(public_env(ctx)), user=USER, group=USER, node=plan.node))
     if secrets().path is not None:  # the operator's bus key as its public half only
         ctx.track(SECRETS, secret_file(
             name=SECRETS, dest=SECRETS_COPY, content=HiddenValue(secrets().receiver_copy()),
@@ -255,14 +259,12 @@ def keys(ctx: AgentContext) -> None:
                                    public=None, user=USER, group=USER, node=plan.node))
         ctx.track(SSH, managed_file(name=SSH, dest=SSH_CONFIG, content=ssh_config(), user=USER,
                                     group=USER, mode="600", node=plan.node))
+    return env
 
 
-def services(ctx: AgentContext) -> None:
+def service(ctx: AgentContext, plan: Receiver, triggers: list[Outcome]) -> None:
     """Receiver code, deploy tools, the unit, and the service enabled, running and restarted
-    on change."""
-    plan = receiver(ctx)
-    if plan is None:
-        return
+    when the unit or one of ``triggers`` changed."""
     code = build_receiver_code()
     ctx.track(CODE, tree_unpacked(name=CODE, dest=code_dir(ctx), tarball=str(code.path),
                                   node=plan.node))
@@ -279,6 +281,6 @@ def services(ctx: AgentContext) -> None:
         name=UNIT_FILE, dest=UNIT_PATH, content=unit_text(ctx, tools.id), user="root",
         group="root", mode="644", node=plan.node))
     ctx.track(SERVICE, agent_service(
-        name=SERVICE, unit=UNIT, node=plan.node, unit_file=unit, triggers=list(plan.triggers),
+        name=SERVICE, unit=UNIT, node=plan.node, unit_file=unit, triggers=triggers,
         restart=restart_command()))
 

@@ -3,9 +3,12 @@ skipped, its environment and its unit."""
 
 from __future__ import annotations
 
+import ast
 import tarfile
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -161,3 +164,46 @@ def test_the_receiver_code_is_the_fleet_package_but_the_lab(tmp_path: Path,
             "fleet/core/registry.py", "fleet/node/nodectl.py"} <= names
     assert not {name for name in names if name.startswith(("fleet/lab", "bus", "site"))}
     assert code.id.startswith("receiver-") and code.path.name == f"{code.id}.tar.gz"
+
+
+def test_deploy_py_shows_the_receiver_as_its_own_step_before_verify() -> None:
+    """The agent's phases know no receiver; deploy.py runs it after the agent's services and
+    before verify (which releases the node's deploy lock)."""
+    tree = ast.parse((REPO / "deploy.py").read_text(encoding="utf-8"))
+    steps = [ast.unparse(node.func) for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(".run")]
+    assert steps[steps.index("services.run"):] == ["services.run", "webhook.run", "verify.run",
+                                                   "audit.run"]
+    for phase in ("baseline", "keys", "services"):
+        assert "webhook" not in (REPO / "deploys" / f"{phase}.py").read_text(encoding="utf-8")
+
+
+def test_the_webhook_step_installs_account_settings_then_service(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its operations in order, named under its own phase; the service restarts on a change
+    of its environment (the operation writing webhook.env is its trigger)."""
+    ctx = context(registry, FULL, monkeypatch)
+    calls: dict[str, dict[str, Any]] = {}
+
+    def operation(**kwargs: Any) -> SimpleNamespace:
+        calls[kwargs["name"]] = kwargs
+        return SimpleNamespace(name=kwargs["name"])
+
+    for name in ("agent_account", "directories", "secret_file", "managed_file", "tree_unpacked",
+                 "release_unpacked", "deps_seeded", "agent_service"):
+        monkeypatch.setattr(webhook, name, operation)
+    monkeypatch.setattr(webhook, "apt", SimpleNamespace(packages=operation))
+    monkeypatch.setattr(webhook, "receiver", lambda ctx: webhook.Receiver(problem=None))
+    monkeypatch.setattr(webhook, "build_receiver_code",
+                        lambda: Release(id="receiver-0123", path=Path("/r.tar.gz")))
+    monkeypatch.setattr(webhook, "build_deploy_tools",
+                        lambda: Release(id="deploy-tools-0123", path=Path("/t.tar.gz")))
+    monkeypatch.setattr(webhook, "deps_keys", lambda: ("r", "t"))
+    ctx.phase_name = "Webhook"  # what the phase decorator sets around pyinfra's deploy
+    webhook.run.__wrapped__(ctx)  # type: ignore[attr-defined]
+    assert [name for name, _ in ctx.changes] == [f"Webhook | {name}" for name in (
+        webhook.GIT, webhook.ACCOUNT, webhook.DIRECTORIES, webhook.ENV, webhook.KEY, webhook.SSH,
+        webhook.CODE, webhook.TOOLS, webhook.CACHE, webhook.UNIT_FILE, webhook.SERVICE)]
+    assert calls[webhook.CODE]["dest"] == "/opt/fleet/releases/abc123/receiver"
+    assert [op.name for op in calls[webhook.SERVICE]["triggers"]] == [webhook.ENV]
+    assert calls[webhook.SERVICE]["unit_file"].name == webhook.UNIT_FILE
