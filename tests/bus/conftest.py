@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +33,7 @@ from bus.signing import sign
 from fleet.core.registry import load_registry
 from fleet.node.gateway import create_app
 from tests.ports import free_port
+from tests.waiting import wait_for
 
 AGENTS = ("ezra", "bezalel", "allegro", "ghost")  # ghost is registered but never started
 KEYS = {name: new_private_key() for name in (*AGENTS, OPERATOR, RECEIVER)}  # private, by name
@@ -135,17 +135,19 @@ class Gateway:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def answers() -> bool:
+            if process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
             try:
                 with requests.get(f"{self.url}/openapi.json", timeout=1) as response:
-                    if response.status_code == 200:
-                        return self
+                    return response.status_code == 200
             except requests.RequestException:  # not listening yet, or slow under load
-                time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not start: {self.log.read_text()[-2000:]}")
+                return False
+
+        wait_for(answers, timeout, lambda: f"{self.name} to start: {self.log.read_text()[-2000:]}")
+        return self
 
     def signal(self, number: int) -> None:
         """Send ``number`` to the gateway's whole process group and reap it."""

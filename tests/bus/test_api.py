@@ -15,6 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.bus.conftest import dumps, message, rows, signed_headers
+from tests.waiting import wait_for
 
 
 def call(client: FlaskClient, method: str, path: str, params: dict[str, Any] | None = None,
@@ -74,9 +75,10 @@ def test_a_long_poll_answers_when_a_message_arrives(client: FlaskClient, app: Fl
     stored (by another connection, as another gunicorn worker would)."""
     receive(client, id="early", type="alert")  # does not match type=request
     arrived: list[float] = []
+    watch = app.extensions["bus"].watch
 
     def later() -> None:
-        time.sleep(0.3)
+        wait_for(lambda: watch.waiting == 1, 5, "the read to wait")  # stored after it waits
         receive(app.test_client(), id="late")
         arrived.append(time.monotonic())
 

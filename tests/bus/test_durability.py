@@ -26,8 +26,10 @@ from tests.waiting import wait_for
 COUNT = 1000
 
 
-def send_all(gateway: Gateway, ids: list[str], sent: list[str], deadline: float = 60) -> None:
-    """Queue one alert per id in ``gateway``'s outbox, retrying each until it is acknowledged."""
+def send_all(gateway: Gateway, ids: list[str], sent: list[str], deadline: float = 60,
+             refused: list[str] | None = None) -> None:
+    """Queue one alert per id in ``gateway``'s outbox, retrying each until it is acknowledged
+    (each failed try is noted in ``refused``: the gateway was down)."""
     give_up = time.monotonic() + deadline
     client = gateway.client(timeout=2)
     try:
@@ -37,6 +39,8 @@ def send_all(gateway: Gateway, ids: list[str], sent: list[str], deadline: float 
                     client.send("bezalel", "alert", {"n": message_id}, id=message_id)
                     break
                 except BusError:
+                    if refused is not None:
+                        refused.append(message_id)
                     if time.monotonic() > give_up:
                         raise
                     client.close()
@@ -47,9 +51,11 @@ def send_all(gateway: Gateway, ids: list[str], sent: list[str], deadline: float 
         client.close()
 
 
-def send_parallel(gateway: Gateway, ids: list[str], sent: list[str], threads: int = 4) -> None:
+def send_parallel(gateway: Gateway, ids: list[str], sent: list[str], threads: int = 4,
+                  refused: list[str] | None = None) -> None:
     """:func:`send_all` split over ``threads`` client threads."""
-    workers = [threading.Thread(target=send_all, args=(gateway, ids[n::threads], sent))
+    workers = [threading.Thread(target=send_all, args=(gateway, ids[n::threads], sent, 60,
+                                                        refused))
                for n in range(threads)]
     for worker in workers:
         worker.start()
@@ -99,7 +105,8 @@ def test_sender_killed_mid_send_loses_nothing(fleet: Fleet, receiver_up: bool) -
         fleet.start("bezalel")
     ids = [f"kill-{n}" for n in range(COUNT)]
     sent: list[str] = []
-    sender = threading.Thread(target=send_parallel, args=(ezra, ids, sent))
+    refused: list[str] = []
+    sender = threading.Thread(target=send_parallel, args=(ezra, ids, sent, 4, refused))
     sender.start()
     wait_for(lambda: len(sent) >= COUNT // 3, timeout=30, every=0.005)
     ezra.kill()  # SIGKILL to gunicorn master and workers: no clean-up at all
@@ -108,7 +115,7 @@ def test_sender_killed_mid_send_loses_nothing(fleet: Fleet, receiver_up: bool) -
     if not receiver_up:
         assert pending >= killed_at
         fleet.start("bezalel")
-    time.sleep(0.3)
+    wait_for(lambda: refused, 30, "a client to find the sender down")  # they retry meanwhile
     ezra.start()
     sender.join(90)
     assert sorted(sent) == sorted(ids)

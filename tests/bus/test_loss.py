@@ -32,29 +32,46 @@ def old_horizon() -> float:
     return sum(min(ceiling, base * 2 ** (n - 1)) for n in range(1, OLD_ATTEMPTS + 1))
 
 
+def counter(store: Path, name: str) -> int:
+    """A bus store's counter ``name`` (0 before its first bump)."""
+    found = rows(store, f"SELECT value FROM counters WHERE name = '{name}'")
+    return int(found[0][0]) if found else 0
+
+
+def max_attempts(store: Path) -> int:
+    """The most delivery attempts of a message still in a bus store's outbox."""
+    return int(rows(store, "SELECT MAX(attempts) FROM outbox")[0][0] or 0)
+
+
 def test_ten_thousand_messages_through_three_kills(tmp_path: Path) -> None:
     fleet = Fleet(tmp_path, dict(SCHEDULE))
     try:
         ezra, bezalel = fleet.start("ezra", "bezalel")
         ids = [f"loss-{n}" for n in range(COUNT)]
         sent: list[str] = []
-        senders = [threading.Thread(target=send_all, args=(ezra, ids[n::8], sent, 300))
+        refused: list[str] = []
+        senders = [threading.Thread(target=send_all, args=(ezra, ids[n::8], sent, 300, refused))
                    for n in range(8)]
         for thread in senders:
             thread.start()
         wait_for(lambda: len(sent) >= COUNT // 5, timeout=120, every=0.01)
-        bezalel.kill()  # receiver, first time
-        time.sleep(1)
+        retried = counter(ezra.store, "retried")
+        bezalel.kill()  # receiver, first time: down until ezra's delivery finds it down
+        wait_for(lambda: counter(ezra.store, "retried") > retried, 60,
+                 "ezra to retry a delivery to the killed receiver")
         bezalel.start()
         wait_for(lambda: len(sent) >= COUNT // 2, timeout=120, every=0.01)
         ezra.kill()  # sender: its outbox and the clients' retries carry on after the restart
-        time.sleep(0.3)
+        wait_for(lambda: refused, 60, "a client to find the sender down")
         ezra.start()
         wait_for(lambda: len(sent) >= COUNT * 7 // 10, timeout=120, every=0.01)
         bezalel.kill()  # receiver, second time: down longer than the old retry horizon
-        down = max(10.0, 2 * old_horizon())
-        time.sleep(down)
-        tried = rows(ezra.store, "SELECT MAX(attempts) FROM outbox")[0][0]
+        killed = time.monotonic()
+        tried = wait_for(lambda: time.monotonic() - killed > old_horizon() and (
+            (most := max_attempts(ezra.store)) > OLD_ATTEMPTS and most), 120,
+            lambda: f"more than {OLD_ATTEMPTS} attempts (now {max_attempts(ezra.store)}) and "
+                    f"{old_horizon():g} s down", every=0.2)
+        down = time.monotonic() - killed
         bezalel.start()
         for thread in senders:
             thread.join(300)

@@ -19,6 +19,7 @@ from bus.store import connect, init_db
 from bus.worker import Settings
 from bus.writer import GroupWriter
 from tests.bus.conftest import KEYS, PUBLIC, rows
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -150,6 +151,13 @@ def test_group_writer_isolates_a_failing_write(store: Path) -> None:
     assert rows(store, "SELECT COUNT(*) FROM counters") == [(21,)]
 
 
+def leading(writer: GroupWriter) -> bool:
+    """Whether a caller of ``writer`` leads and has taken the queue as its batch (it then
+    waits for the store's lock, if another process holds it): a write queued now waits."""
+    with writer._mutex:
+        return writer._leading and not writer._pending
+
+
 def test_group_writer_batches_concurrent_writes(store: Path) -> None:
     """Many callers at once (some lead, most wait): each gets its own result, all stored."""
     writer = GroupWriter(store)
@@ -187,9 +195,11 @@ def test_group_writer_failing_write_in_a_batch_keeps_the_others(store: Path) -> 
 
     threads = [threading.Thread(target=insert, args=(name,))
                for name in ("lead", "a", "taken", "b")]
-    for thread in threads:
+    threads[0].start()
+    wait_for(lambda: leading(writer), 5, "'lead' to take its batch and wait for the lock")
+    for thread in threads[1:]:
         thread.start()
-        time.sleep(0.05)
+    wait_for(lambda: len(writer._pending) == 3, 5, "the other three to queue behind it")
     fcntl.flock(other_process, fcntl.LOCK_UN)
     os.close(other_process)
     for thread in threads:
@@ -209,7 +219,7 @@ def test_group_writer_withdraws_a_write_that_timed_out(store: Path) -> None:
     leader = threading.Thread(target=writer.run, args=(
         lambda db: db.execute("INSERT INTO counters VALUES ('first', 1)"),))
     leader.start()
-    time.sleep(0.2)
+    wait_for(lambda: leading(writer), 5, "the leader to take its batch and wait for the lock")
     with pytest.raises(TimeoutError, match=r"not committed within 0\.2 s"):
         writer.run(lambda db: db.execute("INSERT INTO counters VALUES ('gave-up', 1)"),
                    timeout=0.2)

@@ -31,6 +31,7 @@ from bus.signing import AuthError, Target, sign, signature_base, signature_param
 from fleet.control.secrets import Secrets, load_secrets
 from fleet.core.errors import BusError, SecretsError
 from tests.bus.conftest import KEYS, PUBLIC, Fleet, dumps, message
+from tests.waiting import wait_for
 
 # RFC 9421 Appendix B.1.4 (test-key-ed25519) and B.2.6
 RFC_KEY = b"""-----BEGIN PRIVATE KEY-----
@@ -169,9 +170,7 @@ def test_a_workers_whole_environment_cannot_act_as_another_agent(fleet: Fleet) -
     with bezalel.client() as worker:
         worker.send("ezra", "request", {"task": "x"}, id="from-bezalel")
     with ezra.client() as owner:
-        ready = time.monotonic() + 20
-        while not owner.messages()["messages"] and time.monotonic() < ready:
-            time.sleep(0.1)
+        wait_for(lambda: owner.messages()["messages"], 20, "bezalel's message in ezra's inbox")
         assert [m["id"] for m in owner.messages()["messages"]] == ["from-bezalel"]
     # every value of the environment, tried as a private key of every identity
     candidates = []

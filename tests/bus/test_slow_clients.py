@@ -33,6 +33,7 @@ from bus.keys import PRIVATE_KEY_ENV, PUBLIC_KEYS_ENV
 from fleet.core import serving
 from tests.bus.conftest import KEYS, PUBLIC, Fleet, Gateway, message, signed_headers
 from tests.slow_clients import assert_dropped_at_header_deadline, half_open
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -62,15 +63,16 @@ def unit_gateway(gateway: Gateway) -> Iterator[Gateway]:
                                    cwd=gateway.state, stdout=log, stderr=log,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        def answers() -> bool:
             assert process.poll() is None, gateway.log.read_text()[-2000:]
             try:
                 with requests.get(f"{gateway.url}/openapi.json", timeout=1):
-                    break
+                    return True
             except requests.RequestException:
-                assert time.monotonic() < deadline, gateway.log.read_text()[-2000:]
-                time.sleep(0.05)
+                return False
+
+        wait_for(answers, 30, lambda: f"{gateway.name} to answer: "
+                                      f"{gateway.log.read_text()[-2000:]}")
         yield gateway
     finally:
         os.killpg(process.pid, signal.SIGKILL)

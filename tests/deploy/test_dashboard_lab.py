@@ -18,6 +18,7 @@ import requests
 
 from tests.deploy.conftest import Fleet
 from tests.ports import free_port
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -46,15 +47,13 @@ def dashboard_url(fleet: Fleet) -> Iterator[str]:
         cwd=fleet.clone, env=fleet.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/dashboard/"
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        def answers() -> bool:
             try:
-                if requests.get(url, timeout=10).status_code == 200:
-                    break
+                return requests.get(url, timeout=10).status_code == 200
             except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "fleet dashboard did not answer"
-            time.sleep(0.2)
+                return False
+
+        wait_for(answers, 30, "fleet dashboard to answer", every=0.2)
         yield url
     finally:
         server.terminate()

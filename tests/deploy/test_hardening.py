@@ -49,9 +49,15 @@ def test_check_user_name() -> None:
         check_user_name("root\n")
 
 
-def test_release_ids_built_here_pass_the_check() -> None:
+def test_release_ids_built_here_pass_the_check(tmp_path: Path) -> None:
+    """Every shape release_id builds: this checkout's (a commit, maybe dirty), one without
+    git, and each with the broken suffixes."""
     from fleet.control.release import release_id
-    assert check_release_id(release_id(Path(__file__).parents[2])) is not None
+    built = [release_id(root, broken) for root in (Path(__file__).parents[2], tmp_path)
+             for broken in ("", "unhealthy", "exit")]
+    assert [check_release_id(value) for value in built] == built
+    assert built[3].startswith("nogit-") and built[4:] == [built[3] + "-broken",
+                                                           built[3] + "-broken-exit"]
 
 
 def test_rollback_phase_refuses_a_bad_target_before_any_operation(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from fleet.lab import delayline
 from fleet.lab.regions import netem_problem
 from tests.deploy.conftest import Fleet, make_fleet
 from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 REGIONS = [("eu", 2), ("us", 2), ("ap", 2)]
@@ -137,10 +139,11 @@ def test_cut_region_is_skipped_and_the_others_complete(regional: Fleet) -> None:
          str(regional.registry), "deploy"], cwd=regional.clone, env=regional.env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while not set(regional.records.glob("*.json")) - before:
-            assert time.monotonic() < deadline and deploy.poll() is None
-            time.sleep(0.05)
+        def started() -> bool:
+            assert deploy.poll() is None, deploy.communicate()[0]
+            return bool(set(regional.records.glob("*.json")) - before)
+
+        wait_for(started, 120, "the deploy's run record")
         lab.partition(name, CUT)  # the canary deploys now; us comes after eu
         sent = regional.run("bus", "send", RECEIVER, "request", '{"task": "while cut"}',
                             "--from", SENDER, "--id", "cut-1")
@@ -155,6 +158,10 @@ def test_cut_region_is_skipped_and_the_others_complete(regional: Fleet) -> None:
     assert record["status"] == "partial"
     assert record["unreachable_regions"] == [CUT]
     assert "region us is unreachable: skipped; the other regions go on" in output
+    # nothing reached the cut region: the message waits in the sender's outbox, tried and failed
+    waiting = outbox_rows(regional, SENDER, "cut-1")
+    assert [(to, attempts >= 1, bool(error)) for to, attempts, error in waiting] == [
+        (RECEIVER, True, True)], waiting
     regions = hosts_by_region(record)
     for region, names in regions.items():
         for host in names:
@@ -173,18 +180,11 @@ def test_after_heal_all_healthy_and_the_message_arrives_once(regional: Fleet) ->
     record = regional.record(done.stdout)
     assert record["status"] == "ok"
     assert all(entry["status"] == "ok" for entry in record["hosts"].values())
-    deadline = time.monotonic() + 90
-    found: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        tail = regional.run("bus", "tail", RECEIVER, "--json")
-        assert tail.returncode == 0, tail.stdout + tail.stderr
-        found = [m for line in tail.stdout.splitlines() if (m := json.loads(line))["id"] == "cut-1"]
-        if found:
-            break
-        time.sleep(1)
-    time.sleep(3)  # a second delivery would land now
-    tail = regional.run("bus", "tail", RECEIVER, "--json")
-    found = [m for line in tail.stdout.splitlines() if (m := json.loads(line))["id"] == "cut-1"]
+    wait_for(lambda: received(regional, "cut-1"), 90, "cut-1 in the receiver's inbox", every=1)
+    # delivered: no longer in the sender's outbox, so no second delivery can come
+    wait_for(lambda: outbox_rows(regional, SENDER, "cut-1") == [], 60,
+             "cut-1 to leave the sender's outbox", every=1)
+    found = received(regional, "cut-1")
     assert [(m["from"], m["payload"]) for m in found] == [(SENDER, {"task": "while cut"})]
     # the sender's gateway reports the wait by the recipient's region (public /metrics)
     host = yaml.safe_load(regional.registry.read_text())["wizards"][SENDER]["host"]
@@ -194,6 +194,27 @@ def test_after_heal_all_healthy_and_the_message_arrives_once(regional: Fleet) ->
         metrics))
     assert float(found_metrics["count"]) >= 1, metrics
     assert float(found_metrics["sum"]) / float(found_metrics["count"]) > 1.0, metrics
+
+
+def received(fleet: Fleet, message_id: str) -> list[dict[str, Any]]:
+    """The messages with id ``message_id`` in the receiver's inbox (``fleet bus tail``)."""
+    tail = fleet.run("bus", "tail", RECEIVER, "--json")
+    assert tail.returncode == 0, tail.stdout + tail.stderr
+    return [m for line in tail.stdout.splitlines() if (m := json.loads(line))["id"] == message_id]
+
+
+OUTBOX_QUERY = ("import json, sqlite3, sys; "
+                "db = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True); "
+                "print(json.dumps(db.execute('SELECT recipient, attempts, last_error FROM outbox "
+                "WHERE id = ?', (sys.argv[2],)).fetchall()))")
+
+
+def outbox_rows(fleet: Fleet, agent: str, message_id: str) -> list[tuple[str, int, str | None]]:
+    """``message_id`` waiting in ``agent``'s outbox on its node: (recipient, attempts, last
+    error) per row, read-only as the agent's user."""
+    found = fleet.ssh(agent, f"runuser -u {agent} -- python3 -c {shlex.quote(OUTBOX_QUERY)} "
+                             f"/var/lib/fleet/{agent}/bus.sqlite3 {shlex.quote(message_id)}")
+    return [(to, attempts, error) for to, attempts, error in json.loads(found)]
 
 
 LOCK = "/run/fleet-deploy.lock"

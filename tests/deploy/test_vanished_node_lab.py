@@ -17,6 +17,7 @@ from fleet.core.registry import load_registry
 from fleet.lab.regions import set_links
 from tests.deploy.conftest import make_fleet
 from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 MARKER = "417.25"  # the sleep's argument: finds the command on the node from the host
@@ -41,11 +42,11 @@ def test_a_node_cut_off_mid_command_fails_its_host_instead_of_hanging(tmp_path: 
              MARKER], cwd=fleet.clone, env=fleet.env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True)
         try:
-            deadline = time.monotonic() + 120
-            while not sleeping():
+            def started() -> bool:
                 assert command.poll() is None, command.communicate()[0]
-                assert time.monotonic() < deadline, "the command never started on the node"
-                time.sleep(0.2)
+                return sleeping()
+
+            wait_for(started, 120, "the command to start on the node", every=0.2)
             node, = lab.lab_nodes(claimed.lab)
             set_links([node.netns], up=False)
             cut = time.monotonic()

@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import yaml
 
 from bus.keys import PRIVATE_KEY_ENV, PUBLIC_KEYS_ENV, keyring_of
 from tests.deploy.conftest import SECRETS, Fleet, secret_values
+from tests.waiting import wait_for
 from tests.webhook.forge import READ_TOKEN, SECRET, signed_push
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -89,12 +89,10 @@ def test_deploy_installs_and_starts_the_receiver(fleet: Fleet, setup: dict[str, 
     assert any("fleet-webhook.service" in name for name in entry["changed"])
     assert fleet.ssh(ORCH, f"systemctl is-active {UNITS[0]}; systemctl is-enabled {UNITS[0]}"
                      ).split() == ["active", "enabled"]
-    deadline = time.monotonic() + 30  # the unit is active before gunicorn binds its port
-    while "0.0.0.0:9876" not in fleet.ssh(ORCH, "ss -ltnH 'sport = :9876'"):
-        assert time.monotonic() < deadline, fleet.ssh(
-            ORCH, f"systemctl status --no-pager {UNITS[0]}; journalctl --no-pager -n 60 "
-                  f"-u {UNITS[0]}")
-        time.sleep(0.5)
+    wait_for(lambda: "0.0.0.0:9876" in fleet.ssh(ORCH, "ss -ltnH 'sport = :9876'"), 30,
+             lambda: "gunicorn to bind :9876 (the unit is active before): " + fleet.ssh(
+                 ORCH, f"systemctl status --no-pager {UNITS[0]}; journalctl --no-pager -n 60 "
+                       f"-u {UNITS[0]}"), every=0.5)
     files = "/etc/fleet/webhook/webhook.env /etc/fleet/webhook/secrets.yaml " \
             "/etc/fleet/webhook/deploy_key"
     assert fleet.ssh(ORCH, f"stat -c '%a %U' {files}").splitlines() == ["600 fleet-webhook"] * 3
@@ -209,16 +207,17 @@ def serve_repo_on_node(fleet: Fleet, setup: dict[str, Path], sha: str) -> None:
 
 def wait_check(fleet: Fleet, after: int, status: str, timeout: float = 240) -> dict[str, Any]:
     """The first scheduled drift check after check ``after`` whose status is ``status``."""
-    deadline = time.monotonic() + timeout
     seen: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        seen = requests.get(url(fleet, "/drift-checks"), timeout=10,
-                            headers={"Authorization": f"Bearer {READ_TOKEN}"}).json()["checks"]
-        found = [check for check in seen if check["id"] > after and check["status"] == status]
-        if found:
-            return found[-1]
-        time.sleep(1)
-    raise AssertionError(f"no drift check {status!r} within {timeout:g}s: {seen[:3]}")
+
+    def found() -> dict[str, Any] | None:
+        seen[:] = requests.get(url(fleet, "/drift-checks"), timeout=10,
+                               headers={"Authorization": f"Bearer {READ_TOKEN}"}).json()["checks"]
+        matching = [check for check in seen if check["id"] > after and check["status"] == status]
+        return matching[-1] if matching else None
+
+    check: dict[str, Any] = wait_for(found, timeout, lambda: f"a drift check {status!r} after "
+                                                            f"check {after}: {seen[:3]}", every=1)
+    return check
 
 
 def alerts(fleet: Fleet) -> list[dict[str, Any]]:
@@ -231,6 +230,11 @@ def alerts(fleet: Fleet) -> list[dict[str, Any]]:
     with BusClient.for_agent(load_registry(fleet.registry), ORCH, operator) as client:
         messages: list[dict[str, Any]] = client.messages(type="alert")["messages"]
     return [message for message in messages if message["payload"].get("kind") == "drift"]
+
+
+def alert(fleet: Fleet, state: str) -> dict[str, Any] | None:
+    """The first drift alert in ``state`` in the orchestrator's inbox, or None."""
+    return next((a for a in alerts(fleet) if a["payload"]["state"] == state), None)
 
 
 def test_scheduled_drift_checks_alert_the_orchestrator(fleet: Fleet,
@@ -250,11 +254,8 @@ def test_scheduled_drift_checks_alert_the_orchestrator(fleet: Fleet,
             ["bezalel"], "appeared", "sent")
         host = next(entry for entry in drifted["hosts"] if entry["agent"] == "bezalel")
         assert host["files"] == ["/etc/fleet/bezalel/soul.md"]
-        deadline = time.monotonic() + 60
-        while not [a for a in alerts(fleet) if a["payload"]["state"] == "appeared"]:
-            assert time.monotonic() < deadline, "the alert did not reach the orchestrator"
-            time.sleep(1)
-        appeared = next(a for a in alerts(fleet) if a["payload"]["state"] == "appeared")
+        appeared = wait_for(lambda: alert(fleet, "appeared"), 60,
+                            "the alert to reach the orchestrator", every=1)
         assert (appeared["from"], appeared["payload"]["hosts"]) == (ORCH, ["bezalel"])
 
         done = fleet.run("deploy", registry=setup["registry"],
@@ -263,10 +264,8 @@ def test_scheduled_drift_checks_alert_the_orchestrator(fleet: Fleet,
         cleared = wait_check(fleet, drifted["id"], "ok")
         assert (cleared["drifted"], cleared["alert"], cleared["alert_status"]) == (
             [], "cleared", "sent")
-        deadline = time.monotonic() + 60
-        while not [a for a in alerts(fleet) if a["payload"]["state"] == "cleared"]:
-            assert time.monotonic() < deadline, "the all-clear did not reach the orchestrator"
-            time.sleep(1)
+        wait_for(lambda: alert(fleet, "cleared"), 60, "the all-clear to reach the orchestrator",
+                 every=1)
     finally:
         fleet.ssh(ORCH, "rm -f /etc/systemd/system/fleet-webhook.service.d/drift.conf && "
                   "systemctl daemon-reload && systemctl restart fleet-webhook.service")
@@ -332,10 +331,8 @@ def test_a_push_that_changes_the_receiver_restarts_it_after_its_run(
     for name, entry in host.items():
         health = requests.get(f"http://{entry['host']}:8646/health", timeout=5).json()
         assert (name, health["release"]) == (name, sha[:12])
-    deadline = time.monotonic() + 60
-    while main_pids(fleet).split("\n\n")[0] == before.split("\n\n")[0]:
-        assert time.monotonic() < deadline, "the receiver was not restarted after its run"
-        time.sleep(1)
+    wait_for(lambda: main_pids(fleet).split("\n\n")[0] != before.split("\n\n")[0], 60,
+             "the receiver to restart after its run", every=1)
     wait_answering(fleet)
     unit = fleet.ssh(ORCH, "systemctl show fleet-webhook.service -p Environment --value")
     assert f"/opt/fleet/releases/{sha[:12]}/site" in unit
@@ -346,14 +343,15 @@ def test_a_push_that_changes_the_receiver_restarts_it_after_its_run(
 
 def wait_answering(fleet: Fleet, timeout: float = 30) -> None:
     """Wait until the (re)started receiver answers."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def answers() -> bool:
         try:
-            requests.get(url(fleet, "/openapi.json"), timeout=5)
-            return
+            requests.get(url(fleet, "/openapi.json"), timeout=5).close()
+            return True
         except requests.ConnectionError:
-            assert time.monotonic() < deadline, "the receiver does not answer"
-            time.sleep(0.2)
+            return False
+
+    wait_for(answers, timeout, "the receiver to answer", every=0.2)
 
 
 def deliver(fleet: Fleet, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
@@ -367,15 +365,15 @@ def deliver(fleet: Fleet, body: bytes, headers: dict[str, str]) -> dict[str, Any
 
 def wait_run(fleet: Fleet, run_id: int, timeout: float = 600) -> dict[str, Any]:
     """The run once it is neither queued nor running (the receiver may be restarting)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def finished() -> dict[str, Any] | None:
         try:
             run: dict[str, Any] = requests.get(
                 url(fleet, f"/runs/{run_id}"), timeout=10,
                 headers={"Authorization": f"Bearer {READ_TOKEN}"}).json()
         except requests.ConnectionError:
-            run = {"status": "running"}
-        if run["status"] not in ("queued", "running"):
-            return run
-        time.sleep(1)
-    raise AssertionError(f"run {run_id} did not finish within {timeout:g}s")
+            return None
+        return run if run["status"] not in ("queued", "running") else None
+
+    done: dict[str, Any] = wait_for(finished, timeout, f"run {run_id} to finish", every=1)
+    return done

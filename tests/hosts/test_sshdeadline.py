@@ -37,4 +37,11 @@ def test_the_socket_gets_keepalives_and_a_user_timeout() -> None:
 
 
 def test_a_proxy_command_pipe_is_left_alone() -> None:
-    watch_peer(object())  # no setsockopt: nothing to set, no error
+    """A host reached through a ProxyCommand: paramiko hands the factory the command's pipe,
+    which has no socket options; the transport runs over it all the same."""
+    proxy = paramiko.ProxyCommand("cat")
+    with proxy.process:
+        assert not hasattr(proxy, "setsockopt")
+        transport = transport_factory(proxy)
+        assert isinstance(transport, paramiko.Transport) and transport.sock is proxy
+        proxy.close()

@@ -22,7 +22,7 @@ from fleet.node.runtime.ask import AskError, ask, candidates
 from fleet.node.runtime.loop import Runtime
 from tests.bus.conftest import FAST_RETRIES, Gateway
 from tests.runtime.conftest import KEYS, MockProvider, write_registry
-from tests.runtime.test_runtime import runtime_of
+from tests.runtime.test_runtime import runtime_of, settled_bus
 from tests.waiting import wait_for
 
 
@@ -56,10 +56,8 @@ def running() -> Iterator[Running]:
 
 
 def wait_ready(runtime: Runtime) -> None:
-    deadline = time.monotonic() + 20
-    while runtime.status["state"] != "ready":
-        assert time.monotonic() < deadline, runtime.status
-        time.sleep(0.05)
+    wait_for(lambda: runtime.status["state"] == "ready", 20,
+             lambda: f"{runtime.agent}'s runtime to be ready: {runtime.status}")
 
 
 def test_fleet_ask_prints_the_answer_of_an_agent_with_the_capability(
@@ -109,10 +107,8 @@ def test_ask_reroutes_once_when_the_chosen_agent_dies(
     asking = threading.Thread(target=lambda: result.update(answer=ask(
         load_registry(registry), KEYS, "code", "hi", timeout=60)))
     asking.start()
-    deadline = time.monotonic() + 20
-    while bezalel.status["current"] is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(lambda: bezalel.status["current"] is not None, 20,
+             "bezalel's runtime to take the request")
     gateways["bezalel"].kill()  # bezalel dies mid-request
     bezalel.stop.set()
     allegro = runtime_of(registry, gateways["allegro"].state, provider, "allegro")
@@ -135,16 +131,11 @@ def test_a_runtime_routes_a_request_by_capability_over_the_bus(
     with BusClient.for_agent(load_registry(registry), "ezra", KEYS) as ezra:
         ezra.send("bezalel", "request", {"capability": "code", "prompt": "What is 2+2?"},
                   correlation_id="c-routed", reply_to="ezra")
-        deadline = time.monotonic() + 20
-        while not bezalel.inbox.messages(type="request", unacked=1)["messages"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: bezalel.inbox.messages(type="request", unacked=1)["messages"], 20,
+                 "the request in bezalel's inbox")
         assert bezalel.step() == 1
-        deadline = time.monotonic() + 20
-        while not (found := ezra.messages(type="response",
-                                          correlation_id="c-routed")["messages"]):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        found = wait_for(lambda: ezra.messages(type="response", correlation_id="c-routed")[
+            "messages"], 20, "the routed response")
     payload = found[0]["payload"]
     assert (payload["text"], payload["routed_to"], payload["routed_by"]) == (
         "four", "allegro", "bezalel")  # bezalel does not route to itself
@@ -179,7 +170,12 @@ def test_a_runtime_answers_other_requests_while_it_routes_one(
         released.set()
         routed = wait_for(lambda: ezra.messages(type="response", correlation_id="c-slow")[
             "messages"], what="the routed response")
-        time.sleep(1.0)  # room for a second answer, if one were sent
+
+        def idle() -> bool:  # nothing in hand: no request being answered, none being routed
+            return bezalel.status["current"] is None and not bezalel._routing
+
+        with gateways["bezalel"].client() as worker:
+            wait_for(lambda: idle() and settled_bus(worker), what="bezalel to settle")
         responses = ezra.messages(type="response")["messages"]
     assert routed[0]["payload"]["text"] == "from afar"
     assert sorted(m["correlation_id"] for m in responses) == ["c-plain", "c-slow"]

@@ -23,19 +23,30 @@ def test_agents_without_a_chat_api_think_with_the_lab_model() -> None:
                                                "base_url": "http://10.231.7.1:8650/v1"}
 
 
+STAND_IN = ("import signal, sys, time\n"
+            "def stopped(*_):\n"
+            "    print('SIGTERM', flush=True)\n"
+            "    sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, stopped)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(120)\n")
+"""A model server's stand-in: says when it is ready, and that it was asked to stop."""
+
+
 def test_stop_ends_a_server_left_behind_on_the_labs_address(tmp_path: Path) -> None:
     (tmp_path / INDEX_FILE).write_text("250\n")
-    left = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
-                             "llama_cpp.server", "--host", "10.231.250.1"],
-                            start_new_session=True)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
-                              "llama_cpp.server", "--host", "10.231.251.1"],
-                             start_new_session=True)
+    left, other = (subprocess.Popen([sys.executable, "-c", STAND_IN, "llama_cpp.server",
+                                     "--host", address], stdout=subprocess.PIPE, text=True,
+                                    start_new_session=True)
+                   for address in ("10.231.250.1", "10.231.251.1"))
     try:
+        for process in (left, other):
+            assert process.stdout is not None and process.stdout.readline() == "ready\n"
         model.stop(tmp_path, timeout=5)
-        assert left.wait(10) is not None
+        assert left.poll() is not None, "still running when stop returned"
+        assert left.communicate(timeout=10)[0] == "SIGTERM\n"  # asked to stop, not killed
         assert other.poll() is None  # another lab's server is left alone
     finally:
         for process in (left, other):
             process.kill()
-            process.wait()
+            process.communicate()

@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,18 @@ def runtime_of(registry: Path, state: Path, provider: MockProvider, agent: str =
 
 def responses(ezra: BusClient, correlation: str) -> list[dict[str, Any]]:
     return list(ezra.messages(type="response", correlation_id=correlation)["messages"])
+
+
+def settled_bus(worker: BusClient) -> dict[str, Any] | None:
+    """``worker``'s bus stats once nothing more can reach an asker from its gateway, else None:
+    every request in its inbox acknowledged (the runtime queues its response first), then its
+    outbox empty (every queued response delivered: none in flight or waiting for a retry).
+    Read in that order, so a response queued between the two reads is still counted. A
+    runtime still running must also have nothing in hand (the caller checks)."""
+    if worker.messages(type="request", unacked=1)["messages"]:
+        return None
+    stats: dict[str, Any] = worker.stats()
+    return stats if stats["outbox_depth"] == 0 else None
 
 
 def test_request_is_answered_by_the_model_with_its_correlation_id(
@@ -96,10 +107,11 @@ def test_crash_between_reply_and_ack_answers_exactly_once(
         second = runtime_of(registry, gateways["bezalel"].state, provider)
         assert second.step() == 1  # handled again after the "restart"
         assert second.step() == 0  # and acknowledged this time
-        wait_for(lambda: responses(ezra, "c-1"))
-        time.sleep(1.5)  # room for a second delivery, if there were one
+        with gateways["bezalel"].client() as bezalel:
+            sent = wait_for(lambda: settled_bus(bezalel), what="bezalel's bus to settle")
         found = responses(ezra, "c-1")
-    assert len(found) == 1
+    assert len(found) == 1, found
+    assert sent["delivered"] == 1  # the second answer was the same message, queued once
     assert found[0]["id"] == response_id(request)
     assert len(provider.requests) == 2  # the model was asked twice, answered once
 
@@ -126,8 +138,10 @@ def test_expired_request_gets_an_error_response(
     with BusClient.for_agent(load_registry(registry), "ezra", KEYS) as ezra:
         ezra.send("bezalel", "request", {"prompt": "hi"}, correlation_id="c-3", reply_to="ezra",
                   ttl=1)
-        wait_for(lambda: runtime.inbox.messages(type="request", unacked=1)["messages"])
-        time.sleep(1.5)
+        [request] = wait_for(lambda: runtime.inbox.messages(type="request",
+                                                            unacked=1)["messages"])
+        sent = Runtime.sent_at(request)
+        runtime.now = lambda: sent + 2  # the runtime's clock: a second past the ttl
         assert runtime.step() == 1
         answer = wait_for(lambda: responses(ezra, "c-3"))[0]
     assert "expired" in answer["payload"]["error"]

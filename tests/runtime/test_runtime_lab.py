@@ -32,6 +32,7 @@ from fleet.lab import model
 from fleet.lab.network import MAX_INDEX, controller_ip, read_index
 from tests.deploy.conftest import SECRETS, Fleet, make_fleet
 from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
+from tests.runtime.test_runtime import settled_bus
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -70,6 +71,22 @@ def asker(fleet: Fleet) -> BusClient:
 
 def responses(client: BusClient, correlation: str) -> list[dict[str, Any]]:
     return list(client.messages(type="response", correlation_id=correlation)["messages"])
+
+
+def worker_client(fleet: Fleet) -> BusClient:
+    """A client of the worker's own gateway, signed as the worker."""
+    return BusClient.for_agent(load_registry(fleet.registry), WORKER, KEYS, timeout=30)
+
+
+def failed_try(fleet: Fleet, request_id: str) -> dict[str, Any] | None:
+    """The runtime's last model round trip while it holds request ``request_id`` and waits
+    for the provider after that round trip failed; None otherwise."""
+    state = runtime_state(fleet)
+    last = state.get("last_round_trip") or {}
+    if (state.get("current"), state.get("state"), last.get("ok")) == (
+            request_id, "waiting_provider", False):
+        return dict(last)
+    return None
 
 
 def runtime_state(fleet: Fleet) -> dict[str, Any]:
@@ -130,7 +147,9 @@ def test_runtime_killed_mid_request_answers_exactly_once(fleet: Fleet) -> None:
         fleet.ssh(WORKER, f"systemctl kill -s KILL {RUNTIME}")
         wait_for(lambda: responses(ezra, correlation), 400, "the answer after the restart",
                  every=0.2)
-        time.sleep(5)  # room for a second answer, if there were one
+        with worker_client(fleet) as worker:  # nothing in hand, nothing unacked, all delivered
+            wait_for(lambda: runtime_state(fleet).get("current") is None
+                     and settled_bus(worker), 120, "the worker to settle", every=0.5)
         found = responses(ezra, correlation)
     pid_after = fleet.ssh(WORKER, f"systemctl show -p MainPID --value {RUNTIME}").strip()
     assert pid_after != pid_before  # systemd restarted it
@@ -145,12 +164,17 @@ def test_requests_wait_while_the_model_is_down_and_are_answered_after(fleet: Fle
     model.stop(lab_path)
     correlation = f"lab-outage-{uuid.uuid4()}"
     try:
-        with asker(fleet) as ezra:
-            ezra.send(WORKER, "request", {"prompt": "Say hello."}, correlation_id=correlation,
-                      reply_to=ASKER)
-            time.sleep(8)
+        with asker(fleet) as ezra, worker_client(fleet) as worker:
+            sent = ezra.send(WORKER, "request", {"prompt": "Say hello."},
+                             correlation_id=correlation, reply_to=ASKER)
+            first = wait_for(lambda: failed_try(fleet, sent["id"]), 120,
+                             "the runtime to try the stopped model for the request", every=0.2)
+            wait_for(lambda: (again := failed_try(fleet, sent["id"])) and again["at"] > first["at"],
+                     120, "the runtime to try the model again (it waits, not gives up)", every=0.2)
+            held = worker.messages(type="request", unacked=1)["messages"]
+            assert sent["id"] in [m["id"] for m in held]  # taken in, not acknowledged
+            assert worker.stats()["outbox_depth"] == 0  # no answer queued, not even an error
             assert responses(ezra, correlation) == []
-            assert runtime_state(fleet)["state"] == "waiting_provider"
             model.start(lab_path, index)
             answer = wait_for(lambda: responses(ezra, correlation), 300, "the answer",
                               every=0.2)[0]

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,14 +147,16 @@ class Server:
              "--bind", f"127.0.0.1:{self.port}", "webhook_app:app"],
             cwd=REPO, env={**os.environ, **self.env}, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             try:
-                requests.get(f"{self.url}/openapi.json", timeout=5)
-                return self
+                requests.get(f"{self.url}/openapi.json", timeout=5).close()
+                return True
             except requests.RequestException:
-                time.sleep(0.05)
-        raise AssertionError("gunicorn did not start within 30s")
+                return False
+
+        wait_for(answers, 30, "gunicorn to answer")
+        return self
 
     def pids(self) -> list[int]:
         """The master and its workers."""

@@ -43,7 +43,8 @@ def test_missing_required_settings_name_the_variable(missing: str, message: str)
 def test_a_gitlab_token_alone_is_enough() -> None:
     env = {**BASE, "FLEET_GITLAB_TOKEN": "g" * 20}
     del env["FLEET_WEBHOOK_SECRET"]
-    assert load_settings(env).webhook_secret is None
+    settings = load_settings(env)
+    assert (settings.webhook_secret, settings.gitlab_token) == (None, "g" * 20)
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
