@@ -9,7 +9,7 @@ from pathlib import Path
 import paramiko
 
 from fleet.control.inventory import host_data
-from fleet.control.sshdeadline import DEAD_AFTER_S, SOCKET_OPTIONS, transport_factory, watch_peer
+from fleet.control.sshdeadline import DEAD_AFTER_S, SOCKET_OPTIONS, transport_factory
 from fleet.core.registry import load_registry
 
 
