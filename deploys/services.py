@@ -26,7 +26,7 @@ UNIT_TEMPLATE = "fleet-agent.service.j2"
 RUNTIME_TEMPLATE = "fleet-runtime.service.j2"
 RUNTIME_UNIT_FILE = "Runtime unit file"
 RUNTIME_RUNNING = "Runtime service enabled and running (it restarts with the agent service)"
-BUILTIN_RUNTIME = ("/usr/bin/python3", "-m", "fleet.node.runtime")
+BUILTIN_RUNTIME = ("/usr/bin/python3", "-m", "fleet.runtime")  # see release.ENTRY_POINTS
 MEMORY_MAX = "1G"  # the unit's MemoryMax= (a gateway uses ~150 MB)
 TASKS_MAX = 512  # its TasksMax=: 2 workers x (32 request + bus delivery threads), with room
 UNIT_FILE = "Agent unit file"

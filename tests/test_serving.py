@@ -59,5 +59,5 @@ def test_every_serve_command_uses_the_one_setup(path: str) -> None:
 def test_the_gateway_unit_uses_the_one_setup() -> None:
     unit = (REPO / "fleet/control/templates/fleet-agent.service.j2").read_text(encoding="utf-8")
     start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
-    assert "--config python:fleet.core.serving " in start and "--worker-class" not in start
+    assert "--config python:fleet.serving " in start and "--worker-class" not in start
 

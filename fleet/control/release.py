@@ -63,6 +63,19 @@ RECEIVER_CODE = ("fleet",)
 status and drift probes), shipped to its node only ..."""
 RECEIVER_LEAVES_OUT = ("fleet/lab",)
 """... but the lab (systemd-nspawn on an operator's machine)."""
+ENTRY_POINTS: dict[str, str] = {
+    "fleet/serving.py": '"""gunicorn settings of the gateway unit: fleet.core.serving."""\n'
+                        "from fleet.core.serving import *  # noqa: F403\n",
+    "fleet/gateway/__init__.py": '"""The units\' entry to the gateway: fleet.node.gateway."""\n',
+    "fleet/gateway/wsgi.py": "from fleet.node.gateway.wsgi import app\n\n__all__ = [\"app\"]\n",
+    "fleet/runtime/__init__.py": '"""The units\' entry to the runtime: fleet.node.runtime."""\n',
+    "fleet/runtime/__main__.py": "import sys\n\nfrom fleet.node.runtime import main\n\n"
+                                 "sys.exit(main())\n",
+}
+"""What the agents' units run (``python:fleet.serving``, ``fleet.gateway.wsgi:app``,
+``-m fleet.runtime``), written into every release's ``site/``: a rollback switches releases,
+not units, and releases built before the code was laid out by where it runs (``fleet/node``,
+``fleet/core``) have these modules themselves, so one unit runs either."""
 NODE_REQUIREMENTS = ("Flask", "gunicorn", "gevent", "PyYAML", "requests", "cryptography",
                      "jsonschema")  # tool argument schemas (Draft 2020-12)
 """What node code needs (gevent: gunicorn's worker, :mod:`fleet.core.serving`; it brings greenlet
@@ -284,6 +297,8 @@ def _write_artifact(root: Path, ident: str, broken: str, dest: Path) -> None:
             for package in SHIPPED_PACKAGES:
                 if (source / package).exists():
                     tar.add(source / package, arcname=f"site/{package}", filter=_reset_owner)
+            for path, text in ENTRY_POINTS.items():
+                _add_bytes(tar, f"site/{path}", text.encode())
             _add_bytes(tar, f"site/{RELEASE_FILE}", f"{ident}\n".encode())
             if broken:
                 _add_bytes(tar, f"site/{BROKEN_MARKER}", f"{broken}\n".encode())

@@ -139,7 +139,7 @@ def test_systemd_reads_every_accepted_registry_exactly(node: tuple[Path, str],
             f"FLEET_PROVIDER_KEY_ENV={agent.provider_key or ''}",
             "FLEET_GATEWAY_URL=http://127.0.0.1:8646"]
         expected = (list(agent.runtime_command) if agent.runtime == "command"
-                    else ["/usr/bin/python3", "-m", "fleet.node.runtime"])
+                    else ["/usr/bin/python3", "-m", "fleet.runtime"])
         exec_start = busctl_property(node, runtime, "ExecStart")
         assert isinstance(exec_start, list) and len(exec_start) == 1
         assert exec_start[0][1] == [arg.replace("$", "$$") for arg in expected]

@@ -61,7 +61,7 @@ def half_open(host: str, port: int, count: int) -> Iterator[None]:
 def test_the_node_serves_the_gateway_with_gevent_workers(deployed: Fleet) -> None:
     shown = deployed.ssh(AGENT, f"systemctl show -p ExecStart fleet-agent-{AGENT}.service; "
                          "python3 --version")
-    assert "--config python:fleet.core.serving" in shown and "Python 3.11" in shown
+    assert "--config python:fleet.serving" in shown and "Python 3.11" in shown
     journal = deployed.ssh(AGENT, f"journalctl -u fleet-agent-{AGENT}.service -b --no-pager")
     # gevent's, JSON errors
     assert "Using worker: fleet.core.http_worker.JsonErrorsWorker" in journal

@@ -256,3 +256,41 @@ def test_a_declared_tool_runs_as_the_agent_inside_its_sandbox(fleet: Fleet,
                          f"/var/lib/fleet/{AGENT}/tool-wrote-this")
         back = fleet.run("deploy")
         assert back.returncode == 0, back.stdout + back.stderr
+
+
+PRE_LAYOUT = "7a143ff"
+"""The last commit before the code was laid out by where it runs (fleet/core, fleet/node)."""
+
+
+def test_a_rollback_to_a_release_from_before_the_layout_starts_under_todays_units(
+        fleet: Fleet) -> None:
+    """An upgrade's way back: ``AGENT`` deployed by the commit before the layout, then by
+    today's (its units rewritten), then ``fleet rollback`` to the first release: it starts
+    under today's units and answers healthy (the units name entry points every release has)."""
+    git = ["git", "-C", str(fleet.clone), "-c", "advice.detachedHead=false"]
+    subprocess.run([*git, "checkout", "-q", PRE_LAYOUT], check=True)
+    try:
+        old = fleet.run("deploy", "--limit", AGENT)
+    finally:
+        subprocess.run([*git, "checkout", "-q", "-"], check=True)
+    try:
+        assert old.returncode == 0, old.stdout + old.stderr
+        old_release = fleet.record(old.stdout)["hosts"][AGENT]["release"]
+        assert "fleet.gateway.wsgi:app" in fleet.ssh(AGENT, f"systemctl cat {UNIT}")
+        assert fleet.ssh(AGENT, f"test -d /opt/fleet/releases/{old_release}/site/fleet/node "
+                                "&& echo new || echo old").strip() == "old"
+        new = fleet.run("deploy", "--limit", AGENT)
+        assert new.returncode == 0, new.stdout + new.stderr
+        new_release = fleet.record(new.stdout)["hosts"][AGENT]["release"]
+        assert new_release != old_release
+        back = fleet.run("rollback", AGENT, "--to", old_release)
+        assert back.returncode == 0, back.stdout + back.stderr
+        entry = fleet.record(back.stdout)["hosts"][AGENT]
+        assert entry["status"] == "ok" and entry["release"] == old_release, entry
+        health = json.loads(fleet.ssh(AGENT, "python3 -c \"import urllib.request; print("
+                                             "urllib.request.urlopen('http://127.0.0.1:8646/"
+                                             "health', timeout=10).read().decode())\""))
+        assert health["status"] == "ok" and health["release"] == old_release, health
+    finally:
+        again = fleet.run("deploy")
+        assert again.returncode == 0, again.stdout + again.stderr

@@ -4,7 +4,9 @@ preflight rules, node-side release switching and audit drift."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,16 @@ import pytest
 from deploys import preflight
 from deploys.audit import drift
 from deploys.context import AgentContext
+from deploys.services import BUILTIN_RUNTIME
 from fleet.control import records
 from fleet.control.expected import expected, judge
-from fleet.control.release import broken_requested, content_hash, release_id, shipped_files
+from fleet.control.release import (
+    ENTRY_POINTS,
+    broken_requested,
+    content_hash,
+    release_id,
+    shipped_files,
+)
 from fleet.control.status import AgentStatus
 from fleet.core.masking import MASK, Masker, mask_env, mask_env_pair
 from fleet.core.registry import load_registry
@@ -405,3 +414,64 @@ def test_record_lists_exactly_this_hosts_changed_operations(registry) -> None:
     ctx.track("Agent service restarted", Ran(True, complete=False))  # not run (host failed)
     assert ctx.changed() == ["Agent soul", "Agent config.json"]
     assert ctx.planned() == ["Agent soul", "Agent config.json", "Agent service restarted"]
+
+
+def staged_site(tmp_path: Path) -> Path:
+    """What a release's ``site/`` holds of ours: the shipped files and the units' entry
+    points (the dependencies come from this interpreter)."""
+    site = tmp_path / "site"
+    for relative in shipped_files(REPO):
+        (site / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / relative, site / relative)
+    for relative, text in ENTRY_POINTS.items():
+        (site / relative).parent.mkdir(parents=True, exist_ok=True)
+        (site / relative).write_text(text, encoding="utf-8")
+    return site
+
+
+def test_the_units_name_only_entry_points_every_release_has() -> None:
+    """The gateway unit's config and app and the built-in runtime's module are the entry
+    points written into each release (releases before the layout have them as modules)."""
+    unit = (REPO / "fleet/control/templates/fleet-agent.service.j2").read_text(encoding="utf-8")
+    start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    config = start.split("--config python:", 1)[1].split()[0]
+    app = start.split()[-1].split(":")[0]
+    runtime = BUILTIN_RUNTIME[BUILTIN_RUNTIME.index("-m") + 1]
+    named = {f"{config.replace('.', '/')}.py", f"{app.replace('.', '/')}.py",
+             f"{runtime.replace('.', '/')}/__main__.py"}
+    assert named <= set(ENTRY_POINTS)
+    assert not [path for path in ENTRY_POINTS if (REPO / path).exists()]  # no module shadowed
+
+
+def test_the_entry_points_run_the_node_code(tmp_path: Path) -> None:
+    site = staged_site(tmp_path)
+    (tmp_path / "registry.yaml").write_text("""\
+fleet: {name: t}
+wizards:
+  bezalel:
+    role: worker
+    host: 127.0.0.1
+    runtime: builtin
+    model: test/m
+    provider: {base_url: 'http://127.0.0.1:9/v1', api_key: MOCK_API_KEY}
+    config: {max_tokens: lots}
+""")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "FLEET_AGENT": "bezalel",
+           "FLEET_REGISTRY": str(tmp_path / "registry.yaml"),
+           "FLEET_STATE_DIR": str(tmp_path / "state")}
+    runtime = subprocess.run([sys.executable, "-m", "fleet.runtime"], capture_output=True,
+                             text=True, env=env, timeout=60, check=False, cwd=tmp_path)
+    assert runtime.returncode == 1, runtime.stderr
+    assert "config: max_tokens 'lots' is not a whole number" in runtime.stderr
+    probe = ("import fleet.serving as entry, fleet.core.serving as core, fleet.gateway.wsgi as w;"
+             "import fleet.node.gateway.wsgi as n;"
+             "names = [k for k in vars(core) if not k.startswith('_')];"
+             "assert all(getattr(entry, k) is getattr(core, k) for k in names), names;"
+             "assert w.app is n.app; print(w.app.config['AGENT'], entry.__file__)")
+    valid = (tmp_path / "registry.yaml").read_text().replace("    config: {max_tokens: lots}\n", "")
+    (tmp_path / "valid.yaml").write_text(valid)
+    gateway = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                             env={**env, "FLEET_REGISTRY": str(tmp_path / "valid.yaml")},
+                             timeout=60, check=False, cwd=tmp_path)
+    assert gateway.returncode == 0, gateway.stderr
+    assert gateway.stdout.split() == ["bezalel", str(site / "fleet" / "serving.py")]

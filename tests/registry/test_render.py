@@ -116,7 +116,7 @@ def test_every_accepted_registry_renders_units_that_read_back_exactly(data: dict
                    ("FLEET_GATEWAY_URL", "http://127.0.0.1:8646")]
     exec_start = [value for _, key, value in entries if key == "ExecStart"]
     expected = (list(agent.runtime_command) if agent.runtime == "command"
-                else ["/usr/bin/python3", "-m", "fleet.node.runtime"])
+                else ["/usr/bin/python3", "-m", "fleet.runtime"])
     assert [unit_syntax.command(value) for value in exec_start] == [expected]
     assert shape(unit_text(ctx)) == shape(unit_text(PLAIN))
 
