@@ -31,6 +31,7 @@ from bench.roundtrips import RoundTrips, describe  # noqa: E402
 from fleet import lab  # noqa: E402
 from fleet.control.release import build_release  # noqa: E402
 from fleet.core.registry import load_registry  # noqa: E402
+from fleet.core.release_marker import Broken  # noqa: E402
 
 
 def timed_deploy(clone: Path, registry: Path, cpu: list[float]) -> float:
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--rev", default="HEAD", help="commit to deploy (default: HEAD)")
     args = parser.parse_args()
     scratch, clone = clean_clone(args.rev)
-    release = build_release(clone, broken="")
+    release = build_release(clone, broken=Broken.NO)
     print(f"release {release.id} ({release.path.stat().st_size / 1e6:.1f} MB)")
     cold: list[float] = []
     no_change: list[float] = []

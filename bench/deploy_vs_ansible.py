@@ -271,7 +271,8 @@ def main() -> int:
     venv = tool.ensure_venv() if set(args.tools) - {"fleet"} else None
     release = subprocess.run(
         [sys.executable, "-c", "from fleet.control.release import build_release; "
-         "print(build_release(broken="").id)"],
+         "from fleet.core.release_marker import Broken; "
+         "print(build_release(broken=Broken.NO).id)"],
         env={**os.environ, "PYTHONPATH": str(checkout)}, cwd=checkout, capture_output=True,
         text=True, check=True).stdout.strip()
     print(f"release {release}; tools {', '.join(args.tools)}", flush=True)

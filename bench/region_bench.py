@@ -33,6 +33,7 @@ from bench.roundtrips import RoundTrips, describe  # noqa: E402
 from fleet import lab  # noqa: E402
 from fleet.control.release import build_release  # noqa: E402
 from fleet.core.registry import load_registry  # noqa: E402
+from fleet.core.release_marker import Broken  # noqa: E402
 from fleet.lab.regions import latency_method, parse_spec  # noqa: E402
 
 
@@ -70,7 +71,7 @@ def main() -> None:
     method = latency_method()
     scratch_dir, clone = clean_clone(args.rev)
     counters = Path(tempfile.mkdtemp(prefix="fleet-roundtrips-"))
-    release = build_release(clone, broken="")
+    release = build_release(clone, broken=Broken.NO)
     print(f"release {release.id}; regions {args.regions}; load {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} cores", flush=True)
     base: dict[str, float] = {}

@@ -111,10 +111,11 @@ def wanted_release(project: Path | None = None) -> tuple[str | None, str]:
     deploy recorded under the records dir; ``(None, reason)`` when neither says."""
     from fleet.control.records import latest_deploy
     from fleet.control.release import release_id
+    from fleet.core.release_marker import Broken
 
     root = project or Path.cwd()
     if (root / "deploy.py").is_file() and (root / "inventory.py").is_file():
-        return release_id(root, broken=""), f"the repository in {root}"
+        return release_id(root, broken=Broken.NO), f"the repository in {root}"
     deployed = latest_deploy()
     if deployed is not None:
         return deployed.get("release"), f"the last deploy (run {deployed.get('run_id')})"

@@ -43,7 +43,7 @@ from typing import Any
 
 from fleet.core.atomic import publish_dir, replace_atomic
 from fleet.core.errors import DeployError
-from fleet.core.release_marker import BROKEN_ENV, BROKEN_MARKER, BROKEN_SUFFIX, RELEASE_FILE
+from fleet.core.release_marker import BROKEN_ENV, BROKEN_MARKER, RELEASE_FILE, Broken
 from fleet.core.validate import ValidationError
 from fleet.node.nodectl import RELEASE_ID_FORM, RELEASE_ID_RE
 
@@ -51,8 +51,6 @@ CACHE_ENV = "FLEET_CACHE_DIR"
 ARTIFACT_ENV = "FLEET_RELEASE_ARTIFACT"
 ID_ENV = "FLEET_RELEASE_ID"
 DEFAULT_CACHE = Path("/var/cache/sovereign-fleet")
-BROKEN_KINDS = {"1": "unhealthy", "true": "unhealthy", "yes": "unhealthy", "exit": "exit"}
-"""``FLEET_BROKEN_RELEASE`` values and the broken release each builds."""
 SHIPPED = ("fleet/__init__.py", "fleet/core", "fleet/node", "bus")
 """What a release ships of this repository: the code a node runs (``lint-imports`` keeps it
 from importing anything else of ours)."""
@@ -104,8 +102,8 @@ class Release:
 
     id: str
     path: Path
-    broken: str = ""
-    """``""``, or how it was built broken: ``unhealthy`` or ``exit`` (see the module)."""
+    broken: Broken = Broken.NO
+    """How it was built broken on purpose, if it was (see the module)."""
 
 
 def repo_root() -> Path:
@@ -118,11 +116,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE) / "release"
 
 
-def broken_requested(env: Mapping[str, str] | None = None) -> str:
+def broken_requested(env: Mapping[str, str] | None = None) -> Broken:
     """The deliberately broken release ``FLEET_BROKEN_RELEASE`` in ``env`` (default: this
-    process's) asks for: ``unhealthy``, ``exit``, or ``""`` for a normal one."""
-    value = (os.environ if env is None else env).get(BROKEN_ENV, "")
-    return BROKEN_KINDS.get(value.strip().lower(), "")
+    process's) asks for (``Broken.NO``: a normal one)."""
+    return Broken.asked((os.environ if env is None else env).get(BROKEN_ENV, ""))
 
 
 def shipped_files(root: Path, shipped: tuple[str, ...] = SHIPPED,
@@ -177,9 +174,9 @@ def _git(root: Path, *args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def release_id(root: Path | None = None, broken: str | None = None) -> str:
+def release_id(root: Path | None = None, broken: Broken | None = None) -> str:
     """``<sha12>``, ``<sha12>-dirty-<hash8>`` or ``nogit-<hash12>``; ``-broken`` or
-    ``-broken-exit`` if asked (``broken``: see :data:`BROKEN_SUFFIX`)."""
+    ``-broken-exit`` if asked (``broken``: see :class:`Broken`)."""
     root = root or repo_root()
     broken = broken_requested() if broken is None else broken
     sha = _git(root, "rev-parse", "HEAD")
@@ -189,7 +186,7 @@ def release_id(root: Path | None = None, broken: str | None = None) -> str:
         paths = [*SHIPPED, "pyproject.toml"]
         dirty = _git(root, "status", "--porcelain", "--untracked-files=normal", "--", *paths)
         ident = sha[:12] if not dirty else f"{sha[:12]}-dirty-{content_hash(root)[:8]}"
-    return f"{ident}{BROKEN_SUFFIX[broken]}" if broken else ident
+    return f"{ident}{broken.id_suffix}"
 
 
 def deps_key(names: tuple[str, ...] = NODE_REQUIREMENTS) -> str:
@@ -287,7 +284,7 @@ def _staged(root: Path, files: list[Path], scratch: Path) -> Path:
     return source
 
 
-def _write_artifact(root: Path, ident: str, broken: str, dest: Path) -> None:
+def _write_artifact(root: Path, ident: str, broken: Broken, dest: Path) -> None:
     deps = _deps_dir()
     with tempfile.TemporaryDirectory(prefix="fleet-release-") as scratch:
         source = _staged(root, shipped_files(root), Path(scratch))
@@ -301,7 +298,7 @@ def _write_artifact(root: Path, ident: str, broken: str, dest: Path) -> None:
                 _add_bytes(tar, f"site/{path}", text.encode())
             _add_bytes(tar, f"site/{RELEASE_FILE}", f"{ident}\n".encode())
             if broken:
-                _add_bytes(tar, f"site/{BROKEN_MARKER}", f"{broken}\n".encode())
+                _add_bytes(tar, f"site/{BROKEN_MARKER}", f"{broken.value}\n".encode())
         replace_atomic(partial, dest)
 
 
@@ -359,7 +356,7 @@ def build_receiver_code(root: Path | None = None) -> Release:
 
 
 @functools.cache
-def build_release(root: Path | None = None, broken: str | None = None) -> Release:
+def build_release(root: Path | None = None, broken: Broken | None = None) -> Release:
     """Build (or reuse from the cache) the release tarball of ``root``; one build per process.
 
     A runner that built the release already passes it on in ``$FLEET_RELEASE_ID`` and
@@ -382,7 +379,7 @@ def release_env(release: Release) -> dict[str, str]:
     """Environment that hands a built release to child deploy processes."""
     env = {ID_ENV: release.id, ARTIFACT_ENV: str(release.path)}
     if release.broken:
-        env[BROKEN_ENV] = "exit" if release.broken == "exit" else "1"
+        env[BROKEN_ENV] = release.broken.asked_with
     return env
 
 

@@ -9,6 +9,7 @@ import pytest
 from flask import Flask
 
 from fleet.core.errors import DeployError
+from fleet.core.release_marker import Broken
 from fleet.node.gateway import create_app, health
 
 REGISTRY = """\
@@ -71,7 +72,7 @@ def test_health_fails_for_a_broken_release(node: dict[str, Path]) -> None:
 
 def test_a_release_built_to_exit_stops_the_gateway_at_start_up(
         node: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(health, "running_release", lambda: ("abc123-broken-exit", "exit"))
+    monkeypatch.setattr(health, "running_release", lambda: ("abc123-broken-exit", Broken.EXIT))
     with pytest.raises(DeployError, match=r"built broken on purpose .* exits at start-up"):
         make_app(node)
 

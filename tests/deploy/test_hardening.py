@@ -16,6 +16,7 @@ from pyinfra.api import DeployError
 from deploys import rollback
 from deploys.verify import nodectl_command
 from fleet.control.release import check_release_id
+from fleet.core.release_marker import Broken
 from fleet.core.validate import ValidationError, check_user_name
 from fleet.node import nodectl
 
@@ -54,7 +55,7 @@ def test_release_ids_built_here_pass_the_check(tmp_path: Path) -> None:
     git, and each with the broken suffixes."""
     from fleet.control.release import release_id
     built = [release_id(root, broken) for root in (Path(__file__).parents[2], tmp_path)
-             for broken in ("", "unhealthy", "exit")]
+             for broken in Broken]
     assert [check_release_id(value) for value in built] == built
     assert built[3].startswith("nogit-") and built[4:] == [built[3] + "-broken",
                                                            built[3] + "-broken-exit"]

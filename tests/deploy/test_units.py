@@ -30,7 +30,7 @@ from fleet.control.release import (
 from fleet.control.status import AgentStatus
 from fleet.core.masking import MASK, Masker, mask_env, mask_env_pair
 from fleet.core.registry import load_registry
-from fleet.core.release_marker import running_release
+from fleet.core.release_marker import Broken, running_release
 from fleet.node import nodectl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,21 +53,21 @@ def source_tree(tmp_path: Path) -> Path:
 
 
 def test_release_id_is_the_sha_then_dirty_with_content_hash(source_tree: Path) -> None:
-    clean = release_id(source_tree, broken="")
+    clean = release_id(source_tree, broken=Broken.NO)
     assert len(clean) == 12
     (source_tree / "fleet" / "__init__.py").write_text("# changed\n")
-    dirty = release_id(source_tree, broken="")
+    dirty = release_id(source_tree, broken=Broken.NO)
     assert dirty == f"{clean}-dirty-{content_hash(source_tree)[:8]}"
-    assert release_id(source_tree, broken="unhealthy") == f"{dirty}-broken"
+    assert release_id(source_tree, broken=Broken.UNHEALTHY) == f"{dirty}-broken"
 
 
 def test_release_ignores_changes_outside_shipped_packages(source_tree: Path) -> None:
-    clean = release_id(source_tree, broken="")
+    clean = release_id(source_tree, broken=Broken.NO)
     (source_tree / "notes.txt").write_text("not shipped\n")
     (source_tree / "fleet" / "control" / "__init__.py").write_text("# the controller's\n")
-    assert release_id(source_tree, broken="") == clean
+    assert release_id(source_tree, broken=Broken.NO) == clean
     (source_tree / "fleet" / "node" / "__init__.py").write_text("# a node's\n")
-    assert release_id(source_tree, broken="") != clean
+    assert release_id(source_tree, broken=Broken.NO) != clean
 
 
 def test_shipped_files_skip_caches_and_the_controllers_code(source_tree: Path) -> None:
@@ -99,18 +99,21 @@ def test_running_release_reads_the_release_file(tmp_path: Path) -> None:
     site = tmp_path / "site"
     (site / "fleet").mkdir(parents=True)
     (site / "RELEASE").write_text("abc123\n")
-    assert running_release(str(site / "fleet" / "__init__.py")) == ("abc123", "")
-    for marker, kind in (("", "unhealthy"), ("unhealthy\n", "unhealthy"), ("exit\n", "exit")):
+    assert running_release(str(site / "fleet" / "__init__.py")) == ("abc123", Broken.NO)
+    for marker, kind in (("", Broken.UNHEALTHY), ("unhealthy\n", Broken.UNHEALTHY),
+                         ("exit\n", Broken.EXIT), ("nonsense\n", Broken.UNHEALTHY)):
         (site / "BROKEN_RELEASE").write_text(marker)
         assert running_release(str(site / "fleet" / "__init__.py")) == ("abc123", kind)
 
 
 def test_broken_release_kinds_have_their_own_ids(monkeypatch: pytest.MonkeyPatch) -> None:
-    for value, kind in (("1", "unhealthy"), ("yes", "unhealthy"), (" EXIT", "exit"),
-                        ("", ""), ("0", ""), ("exit; rm", "")):
-        assert broken_requested({"FLEET_BROKEN_RELEASE": value}) == kind
-    plain = release_id(REPO, broken="")
-    assert [release_id(REPO, broken=kind) for kind in ("unhealthy", "exit")] == [
+    for value, kind in (("1", Broken.UNHEALTHY), ("yes", Broken.UNHEALTHY),
+                        (" EXIT", Broken.EXIT), ("", Broken.NO), ("0", Broken.NO),
+                        ("exit; rm", Broken.NO)):
+        assert broken_requested({"FLEET_BROKEN_RELEASE": value}) is kind
+        assert kind is Broken.NO or Broken.asked(kind.asked_with) is kind
+    plain = release_id(REPO, broken=Broken.NO)
+    assert [release_id(REPO, broken=kind) for kind in (Broken.UNHEALTHY, Broken.EXIT)] == [
         f"{plain}-broken", f"{plain}-broken-exit"]
     assert nodectl.release_id(f"{plain}-broken-exit") == f"{plain}-broken-exit"
     monkeypatch.setenv("FLEET_BROKEN_RELEASE", "exit")
@@ -258,7 +261,7 @@ def test_release_artifact_has_deps_and_code_and_is_cached() -> None:
     from fleet.control.release import build_release
 
     build_release.cache_clear()
-    first = build_release(REPO, broken="")
+    first = build_release(REPO, broken=Broken.NO)
     with tarfile.open(first.path) as tar:
         names = set(tar.getnames())
         release_file = tar.extractfile("site/RELEASE")
@@ -268,7 +271,7 @@ def test_release_artifact_has_deps_and_code_and_is_cached() -> None:
     assert any(name.startswith("site/yaml/_yaml.cpython-311-x86_64-linux-gnu") for name in names)
     mtime = first.path.stat().st_mtime
     build_release.cache_clear()
-    second = build_release(REPO, broken="")
+    second = build_release(REPO, broken=Broken.NO)
     assert (second.path, second.path.stat().st_mtime) == (first.path, mtime)
 
 

@@ -19,6 +19,7 @@ from deploys.ops import _hide_all
 from fleet.control.release import Release, build_receiver_code, build_release
 from fleet.control.secrets import BUS_KEY, Secrets
 from fleet.core.registry import Registry, load_registry
+from fleet.core.release_marker import Broken
 from tests.webhook.forge import READ_TOKEN, SECRET
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,7 +143,7 @@ def test_a_release_built_under_umask_0077_is_readable_by_all(tmp_path: Path) -> 
     (tmp_path / "fleet" / "__init__.py").write_text("# fleet\n")
     (tmp_path / "fleet" / "__init__.py").chmod(0o600)
     (tmp_path / "bus").mkdir(mode=0o700)
-    release = build_release(root=tmp_path, broken="")
+    release = build_release(root=tmp_path, broken=Broken.NO)
     with tarfile.open(release.path) as tar:
         modes = {info.name: (info.mode, info.uname) for info in tar.getmembers()
                  if info.name.startswith(("site/fleet", "site/bus"))}

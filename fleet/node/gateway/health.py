@@ -18,7 +18,7 @@ from flask.typing import ResponseReturnValue
 from bus.openapi import OPENAPI_ATTRIBUTE
 from fleet.core.digests import file_sha256
 from fleet.core.errors import DeployError
-from fleet.core.release_marker import BROKEN_ENV, running_release
+from fleet.core.release_marker import BROKEN_ENV, Broken, running_release
 from fleet.node.gateway.agent import current_agent
 from fleet.node.runtime.thinking import runtime_report
 
@@ -40,7 +40,7 @@ def init_app(app: Flask) -> None:
     app.config["CONFIG"] = app.config.get("CONFIG") or f"/etc/fleet/{agent}/config.json"
     app.config["SOUL"] = app.config.get("SOUL") or f"/etc/fleet/{agent}/soul.md"
     release, broken = running_release()
-    if broken == "exit":  # gunicorn's worker fails to boot, so the gateway process exits
+    if broken is Broken.EXIT:  # gunicorn's worker fails to boot, so the gateway process exits
         raise DeployError(f"release {release} was built broken on purpose "
                           f"({BROKEN_ENV}=exit): the gateway exits at start-up",
                           hint="Deploy a normal release.")
