@@ -284,18 +284,27 @@ def _staged(root: Path, files: list[Path], scratch: Path) -> Path:
     return source
 
 
+def release_code(root: Path, scratch: Path) -> Path:
+    """What a release's ``site/`` holds of ours, laid out in ``scratch/src`` (returned):
+    the shipped files (byte-compiled) and the units' :data:`ENTRY_POINTS`. On
+    ``PYTHONPATH`` (with the dependencies) it runs what a node's units run."""
+    source = _staged(root, shipped_files(root), scratch)
+    for path, text in ENTRY_POINTS.items():
+        (source / path).parent.mkdir(parents=True, exist_ok=True)
+        (source / path).write_text(text, encoding="utf-8")
+    return source
+
+
 def _write_artifact(root: Path, ident: str, broken: Broken, dest: Path) -> None:
     deps = _deps_dir()
     with tempfile.TemporaryDirectory(prefix="fleet-release-") as scratch:
-        source = _staged(root, shipped_files(root), Path(scratch))
+        source = release_code(root, Path(scratch))
         partial = dest.with_name(f".{dest.name}.{os.getpid()}")
         with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
             _add_deps(tar, deps)
             for package in SHIPPED_PACKAGES:
                 if (source / package).exists():
                     tar.add(source / package, arcname=f"site/{package}", filter=_reset_owner)
-            for path, text in ENTRY_POINTS.items():
-                _add_bytes(tar, f"site/{path}", text.encode())
             _add_bytes(tar, f"site/{RELEASE_FILE}", f"{ident}\n".encode())
             if broken:
                 _add_bytes(tar, f"site/{BROKEN_MARKER}", f"{broken.value}\n".encode())

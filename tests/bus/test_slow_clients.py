@@ -30,6 +30,7 @@ import pytest
 import requests
 
 from bus.keys import PRIVATE_KEY_ENV, PUBLIC_KEYS_ENV
+from fleet.control.release import release_code
 from fleet.core import serving
 from tests.bus.conftest import KEYS, PUBLIC, Fleet, Gateway, message, signed_headers
 from tests.slow_clients import assert_dropped_at_header_deadline, half_open
@@ -54,8 +55,9 @@ def unit_command(port: int) -> list[str]:
 @contextlib.contextmanager
 def unit_gateway(gateway: Gateway) -> Iterator[Gateway]:
     """``gateway``'s agent served the way its node serves it (the unit's command line)."""
+    site = release_code(REPO, gateway.state.parent / f"{gateway.name}-release")
     env = {**gateway.env, "FLEET_AGENT": gateway.name, "FLEET_REGISTRY": str(gateway.registry),
-           "FLEET_STATE_DIR": str(gateway.state), "PYTHONPATH": str(REPO),
+           "FLEET_STATE_DIR": str(gateway.state), "PYTHONPATH": str(site),
            PUBLIC_KEYS_ENV: PUBLIC, PRIVATE_KEY_ENV: KEYS[gateway.name]}
     gateway.state.mkdir(parents=True, exist_ok=True)
     with gateway.log.open("ab") as log:

@@ -4,7 +4,6 @@ preflight rules, node-side release switching and audit drift."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from fleet.control.release import (
     ENTRY_POINTS,
     broken_requested,
     content_hash,
+    release_code,
     release_id,
     shipped_files,
 )
@@ -419,19 +419,6 @@ def test_record_lists_exactly_this_hosts_changed_operations(registry) -> None:
     assert ctx.planned() == ["Agent soul", "Agent config.json", "Agent service restarted"]
 
 
-def staged_site(tmp_path: Path) -> Path:
-    """What a release's ``site/`` holds of ours: the shipped files and the units' entry
-    points (the dependencies come from this interpreter)."""
-    site = tmp_path / "site"
-    for relative in shipped_files(REPO):
-        (site / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / relative, site / relative)
-    for relative, text in ENTRY_POINTS.items():
-        (site / relative).parent.mkdir(parents=True, exist_ok=True)
-        (site / relative).write_text(text, encoding="utf-8")
-    return site
-
-
 def test_the_units_name_only_entry_points_every_release_has() -> None:
     """The gateway unit's config and app and the built-in runtime's module are the entry
     points written into each release (releases before the layout have them as modules)."""
@@ -447,7 +434,7 @@ def test_the_units_name_only_entry_points_every_release_has() -> None:
 
 
 def test_the_entry_points_run_the_node_code(tmp_path: Path) -> None:
-    site = staged_site(tmp_path)
+    site = release_code(REPO, tmp_path / "release")
     (tmp_path / "registry.yaml").write_text("""\
 fleet: {name: t}
 wizards:
