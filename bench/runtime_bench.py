@@ -86,7 +86,7 @@ def main() -> None:
 
 def run(lab_registry: Path, secrets: Path, options: argparse.Namespace) -> None:
     registry = load_registry(lab_registry)
-    keys = load_secrets(secrets).bus_keys()
+    keys = load_secrets(secrets).private_keys()
     workers = [agent.name for agent in registry.by_role("worker")][:3]
     asker = registry.by_role("orchestrator")[0].name
     index = read_index(lab_registry.parent)

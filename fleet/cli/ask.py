@@ -4,16 +4,12 @@ model's answer."""
 from __future__ import annotations
 
 import json
-import os
 
 import click
 
 from fleet.cli.context import CliContext, pass_cli
 from fleet.control.secrets import load_secrets
-from fleet.core.keylist import parse_keyring
 from fleet.node.runtime.ask import ask as ask_agent
-
-LOCAL_KEYS = "FLEET_BUS_KEYS"
 
 
 @click.command()
@@ -29,9 +25,8 @@ def ask(cli: CliContext, capability: str, prompt: str, sender: str | None, timeo
         as_json: bool) -> None:
     """Send PROMPT to a healthy agent declaring the capability (load spread among them; sent
     once more to another if it dies) and print the answer."""
-    keyring = os.environ.get(LOCAL_KEYS)  # name=private key,... (else the secrets file's)
-    keys = parse_keyring(keyring) if keyring else load_secrets().private_keys()
-    answer = ask_agent(cli.registry, keys, capability, prompt, sender, timeout)
+    answer = ask_agent(cli.registry, load_secrets().private_keys(), capability, prompt, sender,
+                       timeout)
     if as_json:
         click.echo(json.dumps({"agent": answer.agent, "correlation_id": answer.correlation_id,
                                "asked": list(answer.asked), "payload": answer.payload}))

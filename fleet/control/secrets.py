@@ -80,10 +80,6 @@ class Secrets:
         return {name: env[BUS_KEY] for name, env in {**self.identities, **self.agents}.items()
                 if env.get(BUS_KEY)}
 
-    def bus_keys(self) -> dict[str, str]:
-        """The private bus keys by name (:meth:`private_keys`; kept for older callers)."""
-        return self.private_keys()
-
     def operator_key(self) -> SigningKey | None:
         """The key the operator's CLI signs with (``identities.operator``), if any."""
         text = self.identities.get(OPERATOR, {}).get(BUS_KEY)

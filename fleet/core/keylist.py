@@ -1,5 +1,5 @@
-"""``NAME=VALUE,...`` lists of keys: an operator's local ``FLEET_BUS_KEYS`` (name = private
-key), read by the runtime and the CLI, and the text form the secrets file gives keyrings in."""
+"""``NAME=VALUE,...`` lists of keys: the text form the secrets file gives keyrings in (checked
+keyrings of public keys: :func:`bus.keys.parse_keyring`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ def format_keyring(keys: dict[str, str]) -> str:
 
 
 def parse_keyring(text: str) -> dict[str, str]:
-    """``name=value,...`` as a mapping (an operator's local ``name=private key`` override;
-    kept for older callers). Empty text gives an empty mapping."""
+    """``name=value,...`` as a mapping. Empty text gives an empty mapping."""
     keys: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, key = item.partition("=")

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from bus.client import BusClient
+from bus.keys import PRIVATE_KEY_ENV
 from fleet.control.status import OK, probe_health
-from fleet.core.keylist import format_keyring
 from fleet.core.registry import load_registry
 from fleet.node.runtime.ask import AskError, ask, candidates
 from fleet.node.runtime.loop import Runtime
@@ -66,7 +66,11 @@ def test_fleet_ask_prints_the_answer_of_an_agent_with_the_capability(
     registry, gateways = fleet_pair
     for name in ("bezalel", "allegro"):
         wait_ready(running.start(runtime_of(registry, gateways[name].state, provider, name)))
-    env = {"FLEET_BUS_KEYS": format_keyring(KEYS), "PATH": "/usr/bin:/bin"}
+    secrets = registry.parent / "secrets.json"  # the operator's secrets file: agents' keys
+    secrets.write_text(json.dumps({"agents": {name: {PRIVATE_KEY_ENV: key}
+                                              for name, key in KEYS.items()}}))
+    secrets.chmod(0o600)
+    env = {"FLEET_SECRETS": str(secrets), "PATH": "/usr/bin:/bin"}
     answered = set()
     for _ in range(6):
         done = subprocess.run([sys.executable, "-c", "from fleet.cli import main; main()",

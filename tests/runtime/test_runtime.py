@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from bus.client import BusClient
+from bus.keys import PRIVATE_KEY_ENV
 from fleet.control.secrets import BUS_KEY
-from fleet.core.keylist import format_keyring
 from fleet.core.registry import load_registry
 from fleet.node.runtime import from_env
 from fleet.node.runtime.loop import Runtime, response_id
@@ -30,7 +30,7 @@ def runtime_of(registry: Path, state: Path, provider: MockProvider, agent: str =
                **changes: Any) -> Runtime:
     """An agent's runtime, built from the environment its unit would give it."""
     env = {"FLEET_REGISTRY": str(registry), "FLEET_AGENT": agent,
-           "FLEET_BUS_KEYS": format_keyring(KEYS), "FLEET_STATE_DIR": str(state),
+           PRIVATE_KEY_ENV: KEYS[agent], "FLEET_STATE_DIR": str(state),
            "FLEET_SOUL": str(registry.parent / "souls" / f"{agent}.md"),
            "MOCK_API_KEY": provider.key}
     runtime = from_env(env)

@@ -22,7 +22,6 @@ from typing import Any
 from bus.client import BusClient
 from bus.keys import PRIVATE_KEY_ENV
 from fleet.core.errors import USER_ERRORS, FleetError
-from fleet.core.keylist import parse_keyring
 from fleet.core.registry import Agent, Registry, load_registry
 from fleet.core.release_marker import running_release
 from fleet.core.runtime_config import RuntimeConfigError, runtime_settings
@@ -48,8 +47,7 @@ def from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> Runtime:
     """The runtime of the agent the environment names."""
     registry = load_registry(env.get("FLEET_REGISTRY", "registry.yaml"))
     agent = registry.get(env.get("FLEET_AGENT", ""))
-    own = env.get(PRIVATE_KEY_ENV) or parse_keyring(env.get("FLEET_BUS_KEYS", "")).get(
-        agent.name, "")  # FLEET_BUS_KEYS: an operator's local name=private-key override
+    own = env.get(PRIVATE_KEY_ENV, "")
     inbox = BusClient.for_agent(registry, agent.name, {agent.name: own}, timeout=30.0)
     soul_path = Path(env.get("FLEET_SOUL") or f"/etc/fleet/{agent.name}/soul.md")
     state_dir = Path(env.get("FLEET_STATE_DIR") or f"/var/lib/fleet/{agent.name}")
