@@ -20,8 +20,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import yaml
-from jinja2 import Environment, StrictUndefined
+from jinja2 import Environment, FunctionLoader, StrictUndefined
 
+from fleet.control.templates import read_template
 from fleet.core.envfile import format_env
 from fleet.core.errors import FleetError
 from fleet.core.validate import (
@@ -104,8 +105,17 @@ def _finalize(value: Any) -> str:
                       "fleet.control.render.unit_word")
 
 
-_UNITS = Environment(finalize=_finalize, undefined=StrictUndefined, keep_trailing_newline=True,
-                     autoescape=False)
+UNIT_INCLUDES = ("sandbox.conf.j2",)
+"""What unit templates may ``{% include %}``: the one sandbox block (``systemd-analyze
+security`` rates it OK) every fleet service runs in, each unit adding its ``ReadWritePaths=``."""
+
+
+def _include(name: str) -> str | None:
+    return read_template(name) if name in UNIT_INCLUDES else None
+
+
+_UNITS = Environment(loader=FunctionLoader(_include), finalize=_finalize,
+                     undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
 
 
 def unit_file(template: str, **values: Any) -> str:

@@ -328,3 +328,33 @@ def test_provider_base_url_with_a_newline_is_refused_though_urlsplit_drops_it() 
         parse_registry(yaml.safe_dump(data), REGISTRY)
     assert [problem.split(": ", 2)[1] for problem in caught.value.problems] == [
         "wizards.a.provider.base_url"]
+
+
+def test_every_fleet_unit_runs_in_the_one_sandbox_block() -> None:
+    """The agent, runtime and receiver units include the one sandbox block (each adds only
+    its ``ReadWritePaths=``): no template spells a sandbox setting itself."""
+    from fleet.control.templates import read_template
+
+    block = read_template("sandbox.conf.j2")
+    assert "ProtectSystem=strict" in block and "SystemCallFilter=@system-service" in block
+    root = Path(render.__file__).resolve().parents[1]
+    sources = [root / "control/templates/fleet-agent.service.j2",
+               root / "control/templates/fleet-runtime.service.j2",
+               root / "webhook/fleet-webhook.service"]
+    settings_in_block = {line.split("=", 1)[0] for line in block.splitlines()}
+    for source in sources:
+        text = source.read_text(encoding="utf-8")
+        assert '{% include "sandbox.conf.j2" %}' in text, source
+        own = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line}
+        assert not own & settings_in_block, (source, own & settings_in_block)
+        rendered = render.unit_file(text, **UNIT_VALUES)
+        assert block in rendered, source
+
+
+UNIT_VALUES: dict[str, Any] = {
+    "agent": "a", "user_name": "a", "etc_dir": "/etc/fleet/a", "current": "/opt/fleet/current",
+    "state_dir": "/var/lib/fleet/a", "port": 8646, "memory_max": "1G", "tasks_max": 512,
+    "kind": "builtin", "gateway_unit": "fleet-agent-a.service", "extra_env": [],
+    "work_dir": "/var/lib/fleet/a", "python": "/usr/bin/python3", "pythonpath": "",
+    "cache_dir": "/var/cache/fleet",
+    "exec_start": render.unit_command(["/usr/bin/python3", "-m", "fleet.runtime"])}
