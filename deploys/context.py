@@ -6,11 +6,12 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from typing import Concatenate, ParamSpec, TypeVar, cast
 
 from pyinfra import host
 from pyinfra.api import deploy
 
+from deploys.facts import NodeSnapshot, empty_snapshot
 from deploys.lock import LOCK_DIR
 from deploys.ops import UPLOAD_DIR, Outcome
 from deploys.secret_cache import secrets
@@ -73,7 +74,7 @@ class AgentContext:
     preflight_ok: bool = False
     stale_lock: str = ""  # a dead deploy's lock preflight found: it may be taken over
     will_change: bool = True  # some operation will change the node (set by verify's plan)
-    node: dict[str, Any] = field(default_factory=dict)
+    node: NodeSnapshot = field(default_factory=empty_snapshot)
     phase_name: str = ""  # the phase running now (see :func:`phase`)
 
     def track(self, name: str, op: OpT) -> OpT:

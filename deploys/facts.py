@@ -7,12 +7,69 @@ import re
 import shlex
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from pyinfra.api import FactBase
 
 PYTHON_VERSION_RE = re.compile(r"Python ([0-9]+)\.([0-9]+)(?:\.[0-9]+)?\S*")  # python3 -V
 UNIT_TIME_FORMAT = "%a %Y-%m-%d %H:%M:%S.%f UTC"  # systemctl show --timestamp=us+utc
+
+
+class Basics(TypedDict):
+    """What preflight checks of a node (:class:`NodeBasics`)."""
+
+    os: str
+    os_like: str
+    systemd: bool
+    python: tuple[int, ...]  # (3, 11); () when python3 -V said no version
+    free_mb: int | None
+    skew_s: float | None  # the node's clock minus the controller's
+    lock: str  # the deploy lock's owner line, "" when free
+
+
+class PathInfo(TypedDict):
+    """One managed path as ``stat`` (and ``sha256sum``, for files) saw it."""
+
+    type: str  # stat's %F: "regular file", "directory", "symbolic link"
+    user: str
+    group: str
+    mode: str  # octal, e.g. "644"
+    sha256: str | None  # files only
+    mtime: float
+
+
+class UnitInfo(TypedDict, total=False):
+    """The agent unit as ``systemctl show`` saw it (empty when systemd knows none)."""
+
+    active: str  # ActiveState
+    enabled: str  # UnitFileState
+    started: float | None  # ActiveEnterTimestamp, Unix time
+    need_reload: bool  # its unit file changed since systemd loaded it
+
+
+class NodeSnapshot(TypedDict):
+    """Everything the deploy manages on a node, read in one round trip (:class:`NodeState`)."""
+
+    paths: dict[str, PathInfo]  # only the paths that exist
+    current: str | None  # the release /opt/fleet/current points at
+    releases: list[str]  # installed releases
+    user: bool  # the agent's user exists
+    group: bool  # ... and its group
+    unit: UnitInfo
+    authorized_keys: list[str]  # the login user's lines
+    basics: NotRequired[Basics]  # when preflight asked for them in the same round trip
+
+
+def empty_basics() -> Basics:
+    """A node that answered nothing of what preflight asks."""
+    return {"os": "", "os_like": "", "systemd": False, "python": (), "free_mb": None,
+            "skew_s": None, "lock": ""}
+
+
+def empty_snapshot() -> NodeSnapshot:
+    """A node with nothing of the deploy's on it."""
+    return {"paths": {}, "current": None, "releases": [], "user": False, "group": False,
+            "unit": {}, "authorized_keys": []}
 
 
 def unit_started(value: str) -> float | None:
@@ -24,18 +81,18 @@ def unit_started(value: str) -> float | None:
         return None
 
 
-def newer_than_unit(node: dict[str, Any], paths: list[str]) -> list[str]:
+def newer_than_unit(node: NodeSnapshot, paths: list[str]) -> list[str]:
     """The ``paths`` modified after the node's unit last became active: files the running
     service has not loaded (a deploy that failed between writing them and the restart).
     Empty when the unit is not active (it will be started, reading them all)."""
-    started = node.get("unit", {}).get("started")
-    if node.get("unit", {}).get("active") != "active" or started is None:
+    started = node["unit"].get("started")
+    if node["unit"].get("active") != "active" or started is None:
         return []
     return [path for path in paths
-            if (node["paths"].get(path) or {}).get("mtime", 0.0) > started]
+            if (info := node["paths"].get(path)) is not None and info["mtime"] > started]
 
 
-class NodeBasics(FactBase[dict[str, Any]]):
+class NodeBasics(FactBase[Basics]):
     """
     What preflight checks, read in one command:
 
@@ -45,7 +102,7 @@ class NodeBasics(FactBase[dict[str, Any]]):
          "free_mb": 10240, "skew_s": 0.02, "lock": "controller:1234:run-id 1764290000"}
     """
 
-    default = dict
+    default = staticmethod(empty_basics)
 
     def command(self, lock_dir: str) -> str:
         lock = shlex.quote(f"{lock_dir}/owner")
@@ -58,7 +115,7 @@ class NodeBasics(FactBase[dict[str, Any]]):
             f"echo \"lock=$(cat {lock} 2>/dev/null)\"",
         ])
 
-    def process(self, output: list[str]) -> dict[str, Any]:
+    def process(self, output: list[str]) -> Basics:
         received = time.time()
         raw = dict(line.split("=", 1) for line in output if "=" in line)
         found = PYTHON_VERSION_RE.fullmatch(raw.get("python", ""))
@@ -97,7 +154,7 @@ class AgentAudit(FactBase[dict[str, Any]]):
         return data
 
 
-class NodeState(FactBase[dict[str, Any]]):
+class NodeState(FactBase[NodeSnapshot]):
     """
     One snapshot of everything the deploy manages on a node (read once per host and run):
 
@@ -120,7 +177,7 @@ class NodeState(FactBase[dict[str, Any]]):
     into ``"basics"``.
     """
 
-    default = dict
+    default = staticmethod(empty_snapshot)
 
     def command(self, paths: list[str], user: str, unit: str, current: str, releases_dir: str,
                 keys_file: str, lock_dir: str | None = None) -> str:
@@ -143,9 +200,8 @@ class NodeState(FactBase[dict[str, Any]]):
             "true",
         ])
 
-    def process(self, output: list[str]) -> dict[str, Any]:
-        state: dict[str, Any] = {"paths": {}, "current": None, "releases": [], "user": False,
-                                 "group": False, "unit": {}, "authorized_keys": []}
+    def process(self, output: list[str]) -> NodeSnapshot:
+        state = empty_snapshot()
         basics = []
         for line in output:
             kind, _, rest = line.partition("|")
@@ -165,13 +221,16 @@ class NodeState(FactBase[dict[str, Any]]):
                 state["current"] = rest.rsplit("/", 1)[-1] or None
             elif kind == "release":
                 state["releases"].append(rest)
-            elif kind in ("user", "group"):
-                state[kind] = True
+            elif kind == "user":
+                state["user"] = True
+            elif kind == "group":
+                state["group"] = True
             elif kind == "unit":  # systemctl show's ActiveState= and UnitFileState= lines
                 name, _, value = rest.partition("=")
-                key = {"ActiveState": "active", "UnitFileState": "enabled"}.get(name)
-                if key:
-                    state["unit"][key] = value
+                if name == "ActiveState":
+                    state["unit"]["active"] = value
+                elif name == "UnitFileState":
+                    state["unit"]["enabled"] = value
                 elif name == "ActiveEnterTimestamp":
                     state["unit"]["started"] = unit_started(value)
                 elif name == "NeedDaemonReload":

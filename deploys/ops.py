@@ -39,12 +39,13 @@ from pyinfra import host, logger, state
 from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, operation
 from pyinfra.facts.files import FileContents
 
+from deploys.facts import NodeSnapshot, PathInfo
 from deploys.secret_cache import masker
 from fleet.control.records import add_diff, current_run_id
 from fleet.core.digests import text_sha256
 from fleet.core.masking import mask_env_pair
 
-Node = dict[str, Any]  # a NodeState snapshot (deploys.facts.NodeState)
+Node = NodeSnapshot  # the host's one snapshot (deploys.facts.NodeState)
 
 
 class Outcome(Protocol):
@@ -110,7 +111,7 @@ def _show_diff(dest: str, exists: bool, new_text: str,
     add_diff(current_run_id(), host.name, dest, lines, hide)
 
 
-def _attributes(path: str, have: dict[str, Any], user: str, group: str,
+def _attributes(path: str, have: PathInfo, user: str, group: str,
                 mode: str) -> list[str]:
     """Commands that fix owner and mode of an existing ``path`` (none when right)."""
     commands = []
@@ -205,7 +206,7 @@ def managed_file(dest: str, content: str, user: str, group: str, mode: str, node
     yield from _upload(dest, StringIO(content), user, group, mode, then)
 
 
-def _kept_if_same(dest: str, have: dict[str, Any] | None, text: str, user: str, group: str,
+def _kept_if_same(dest: str, have: PathInfo | None, text: str, user: str, group: str,
                   mode: str) -> Generator[str, None, bool]:
     """When ``dest`` already holds ``text``: yield only owner/mode fixes (a noop if none) and
     return True; otherwise yield nothing and return False."""
@@ -331,7 +332,7 @@ def tree_unpacked(dest: str, tarball: str, node: Node):
                       tarball="/var/cache/sovereign-fleet/release/artifacts/receiver-x.tar.gz",
                       node=node)
     """
-    if node["paths"].get(dest, {}).get("type") == "directory":
+    if (info := node["paths"].get(dest)) is not None and info["type"] == "directory":
         host.noop(f"{dest} is unpacked already")
         return
     parent, _, name = dest.rstrip("/").rpartition("/")

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import shlex
 import time
-from typing import Any
 
 from pyinfra import host, logger
 from pyinfra.operations import server
 
 from deploys import lock
 from deploys.context import AgentContext, load_node, phase
+from deploys.facts import Basics
 from fleet.control.records import current_run_id, update_host
 from fleet.control.release import NODE_PYTHONS
 
@@ -28,7 +28,7 @@ MAX_SKEW_S = 10.0
 SUPPORTED_OS = ("debian", "ubuntu")
 
 
-def problems(facts: dict[str, Any], owner: str) -> tuple[list[str], str]:
+def problems(facts: Basics, owner: str) -> tuple[list[str], str]:
     """(reasons the node cannot be deployed, a stale lock holder that may be taken over)."""
     found = []
     if facts["os"] not in SUPPORTED_OS and not set(facts["os_like"].split()) & {"debian"}:

@@ -140,7 +140,7 @@ def runtime_removed(ctx: AgentContext) -> None:
                                                running=False, enabled=False))
     removed = ctx.track(RUNTIME_REMOVED, files.file(name=RUNTIME_REMOVED,
                                                     path=ctx.runtime_unit_path, present=False))
-    shipped = (ctx.node["paths"].get(ctx.ship_dir) or {}).get("type")
+    shipped = (info := ctx.node["paths"].get(ctx.ship_dir)) and info["type"]
     if shipped == "symbolic link":
         ctx.track(RUNTIME_SHIP_REMOVED, files.link(name=RUNTIME_SHIP_REMOVED, path=ctx.ship_dir,
                                                    present=False))

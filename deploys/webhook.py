@@ -34,7 +34,7 @@ from pyinfra.api import HiddenValue
 from pyinfra.operations import apt
 
 from deploys.context import OPT, RELEASES, AgentContext, phase
-from deploys.facts import NodeState
+from deploys.facts import NodeState, empty_snapshot
 from deploys.ops import (
     Node,
     Outcome,
@@ -98,7 +98,7 @@ class Receiver:
     """The receiver's plan on one host: why it is skipped (if it is) and its node snapshot."""
 
     problem: str | None
-    node: Node = field(default_factory=dict)
+    node: Node = field(default_factory=empty_snapshot)
 
 
 _receivers: dict[str, Receiver] = {}
