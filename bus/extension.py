@@ -37,6 +37,12 @@ SETTINGS: dict[str, Any] = {  # app setting -> (type, Settings field)
 }
 
 
+TUNING = (*SETTINGS, "BUS_MAX_BODY", "BUS_INBOX_QUOTA", "BUS_MAX_WAIT_MS", "BUS_WORKER",
+          "BUS_MAX_LONG_POLLS")
+"""The app settings that tune the bus (beside who it is: ``BUS_AGENT``/``AGENT``, its keys
+``BUS_PUBLIC_KEYS`` and ``BUS_PRIVATE_KEY``, and ``BUS_STATE_DIR``/``STATE_DIR``)."""
+
+
 def setting(app: Flask, name: str, default: Any = None) -> Any:
     """App setting ``name`` (given, or loaded by the app from its environment), else
     ``default``."""

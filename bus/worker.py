@@ -46,7 +46,7 @@ PRUNE_EVERY = 600  # seconds between deletions of old acknowledged messages
 
 @dataclass(frozen=True)
 class Settings:
-    """Delivery tuning (``BUS_*`` app settings, ``FLEET_BUS_*`` environment)."""
+    """Delivery tuning (``BUS_*`` app settings; the gateway reads them from ``FLEET_BUS_*``)."""
 
     max_attempts: int = 0  # 0: no cap; rows are given up by age (give_up_after)
     retry_base: float = 0.5

@@ -166,8 +166,9 @@ def problem(ctx: AgentContext) -> str | None:
 
 def code_dir(ctx: AgentContext) -> str:
     """Where the receiver's code is unpacked: in this deploy's release folder, so pruning the
-    release removes it."""
-    return f"{RELEASES}/{ctx.release.id}/receiver"
+    release removes it, under its own id (``receiver-<hash>``), so a change to the receiver's
+    code alone (which does not change the release id) is unpacked and restarts it."""
+    return f"{RELEASES}/{ctx.release.id}/{build_receiver_code().id}"
 
 
 def receiver(ctx: AgentContext) -> Receiver | None:

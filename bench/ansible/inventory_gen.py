@@ -24,7 +24,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.append(str(REPO))  # after $PYTHONPATH: the bench points it at a clean clone
 
-import fleet.control.templates  # noqa: E402
 import fleet.node.nodectl  # noqa: E402
 from deploys.baseline import SSHD_SETTINGS  # noqa: E402
 from deploys.context import (  # noqa: E402
@@ -36,7 +35,7 @@ from deploys.context import (  # noqa: E402
     SSHD_DROPIN,
     AgentContext,
 )
-from deploys.services import MEMORY_MAX, TASKS_MAX, UNIT_TEMPLATE  # noqa: E402
+from deploys.services import MEMORY_MAX, TASKS_MAX, unit_text  # noqa: E402
 from deploys.verify import HEALTH_TIMEOUT_S  # noqa: E402
 from fleet.control.hosts import known_hosts_path  # noqa: E402
 from fleet.control.release import Release, build_release  # noqa: E402
@@ -85,14 +84,14 @@ def common_vars() -> dict[str, Any]:
         "keep_releases": KEEP_RELEASES, "sshd_dropin": SSHD_DROPIN,
         "sshd_settings": SSHD_SETTINGS, "memory_max": MEMORY_MAX, "tasks_max": TASKS_MAX,
         "health_timeout": HEALTH_TIMEOUT_S,
-        "unit_template": str(Path(fleet.control.templates.__file__).resolve().parent
-                             / UNIT_TEMPLATE),
     }
 
 
 def write_files(ctx: AgentContext, folder: Path) -> None:
-    """The agent's generated files: registry copy, config.json, env (0600)."""
+    """The agent's generated files: registry copy, config.json, env (0600) and its unit (our
+    renderer's: Ansible's template module would render the template's include differently)."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (folder / "agent.service").write_text(unit_text(ctx), encoding="utf-8")
     (folder / "registry.yaml").write_text(ctx.node_registry(), encoding="utf-8")
     (folder / "config.json").write_text(ctx.config_json(), encoding="utf-8")
     env = folder / "env"

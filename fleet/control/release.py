@@ -156,6 +156,8 @@ def content_hash(root: Path) -> str:
     for line in requirements():
         digest.update(f"req {line}\n".encode())
     _hash_files(digest, root, shipped_files(root))
+    for path, text in ENTRY_POINTS.items():
+        digest.update(f"entry {path}\n{text}".encode())
     return digest.hexdigest()
 
 
@@ -344,7 +346,7 @@ def build_receiver_code(root: Path | None = None) -> Release:
     dashboard it shows, and :mod:`fleet.core` and :mod:`fleet.node` again: one package), as
     ``fleet/`` at the top of the tarball; id ``receiver-<hash12>`` of its files.
 
-    Unpacked as ``<release>/receiver`` beside the release's ``site/`` (and removed with it),
+    Unpacked as ``<release>/<its id>`` beside the release's ``site/`` (and removed with it),
     first on the receiver's ``PYTHONPATH``: the release gives ``bus`` and the dependencies."""
     root = root or repo_root()
     files = shipped_files(root, RECEIVER_CODE, RECEIVER_LEAVES_OUT)

@@ -8,6 +8,7 @@ unit loads it so); variables set in the environment win.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from collections.abc import Mapping
@@ -65,13 +66,17 @@ class Settings:
         return {key: value for key, value in self.env.items() if key not in RECEIVER_SECRETS}
 
 
+AFTER_QUOTE_RE = re.compile(r"""=[ \t]*(["'])(?:\\.|(?!\1)[^\\])*\1[ \t]*[^\s]""", re.DOTALL)
+"""An assignment whose quoted value is followed by more text (``KEY="v" # note``)."""
+
+
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, str]:
     """The variables systemd's ``EnvironmentFile=`` would set from ``path``
     (:func:`fleet.core.envfile.scan_env`); an entry systemd would skip or misread is refused,
     naming its line (never a value)."""
     config_path = Path(path)
     try:
-        text = config_path.read_text(encoding="utf-8")
+        text = config_path.read_text(encoding="utf-8-sig")  # an editor's BOM is no name
     except OSError as exc:
         raise WebhookError(f"{config_path}: cannot read config file: {exc.strerror}",
                            hint=f"Pass an existing file or unset {CONFIG_ENV}.") from None
@@ -80,6 +85,10 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, str]:
         if entry.problem:
             raise WebhookError(f"{config_path}:{entry.line}: {entry.name!r} {entry.problem}",
                                hint=CONFIG_HINT)
+        if AFTER_QUOTE_RE.search(entry.source):  # systemd would glue it to the value
+            raise WebhookError(
+                f"{config_path}:{entry.line}: {entry.name!r} has text after its closing quote, "
+                "which systemd adds to the value", hint="Put a comment on a line of its own.")
         values[entry.name] = entry.value
     return values
 

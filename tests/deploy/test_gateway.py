@@ -10,7 +10,7 @@ from flask import Flask
 
 from fleet.core.errors import DeployError
 from fleet.core.release_marker import Broken
-from fleet.node.gateway import create_app, health
+from fleet.node.gateway import SettingsError, create_app, health
 
 REGISTRY = """\
 fleet: {name: testfleet}
@@ -91,3 +91,35 @@ def test_agent_card_lists_capabilities_as_skills(node: dict[str, Path]) -> None:
     assert card["url"] == "http://127.0.0.1:8646/a2a"
     assert card["version"] == "abc123"
     assert [skill["id"] for skill in card["skills"]] == ["code", "review"]
+
+
+def test_settings_come_from_the_agents_environment_and_only_the_known_ones(
+        node: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``FLEET_NAME`` sets ``NAME`` (Flask's ``from_prefixed_env``, as text) for the gateway's
+    and the bus's settings only: another ``FLEET_*`` variable of the env file (a secret, the
+    release, Flask's own settings) never reaches the app."""
+    env = {"FLEET_AGENT": "alpha", "FLEET_REGISTRY": str(node["registry.yaml"]),
+           "FLEET_STATE_DIR": str(node["state"]), "FLEET_CONFIG": str(node["config.json"]),
+           "FLEET_SOUL": str(node["soul.md"]), "FLEET_BUS_INBOX_QUOTA": "7",
+           "FLEET_RELEASE": "ffffffffffff", "FLEET_RELEASE_BROKEN": "0",
+           "FLEET_MAX_CONTENT_LENGTH": "1000000", "FLEET_DEBUG": "0",
+           "FLEET_API_TOKEN": "s3cret-value", "FLEET_NESTED__PART": "1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(health, "running_release", lambda: ("abc123", Broken.NO))  # a node's
+    app = create_app()
+    assert (app.config["AGENT"], app.config["SOUL"]) == ("alpha", str(node["soul.md"]))
+    assert app.extensions["bus"].inbox_quota == 7
+    assert app.debug is False and app.config["MAX_CONTENT_LENGTH"] is None
+    assert "s3cret-value" not in repr(dict(app.config)) and "NESTED" not in app.config
+    answer = app.test_client().get("/health").get_json()
+    assert (answer["release"], answer["status"]) == ("abc123", "ok"), answer
+    assert app.test_client().post("/outbox", data=b"{}").status_code in (400, 401)
+
+
+def test_a_setting_and_a_nested_one_of_the_same_name_are_refused(
+        node: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_AGENT", "alpha")
+    monkeypatch.setenv("FLEET_AGENT__X", "1")
+    with pytest.raises(SettingsError, match="a nested one"):
+        create_app({"REGISTRY": str(node["registry.yaml"]), "STATE_DIR": str(node["state"])})

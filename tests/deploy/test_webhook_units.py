@@ -45,6 +45,8 @@ def context(registry: Registry, secrets: Secrets, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(webhook, "secrets", lambda: secrets)
     monkeypatch.setattr(AgentContext, "release",
                         property(lambda self: Release(id="abc123", path=Path("/x"))))
+    monkeypatch.setattr(webhook, "build_receiver_code",
+                        lambda: Release(id="receiver-0123", path=Path("/c.tar.gz")))
     agent = registry.get(name)
     return AgentContext(agent=agent, registry=registry, soul_source=registry.soul_path(agent))
 
@@ -121,7 +123,7 @@ def test_why_the_receiver_is_skipped(registry: Registry, monkeypatch: pytest.Mon
 def test_unit_runs_the_receiver_code_of_this_release_with_the_deploy_tools(
         registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     unit = webhook.unit_text(context(registry, FULL, monkeypatch), "deploy-tools-0123")
-    assert ("Environment=PYTHONPATH=/opt/fleet/releases/abc123/receiver:"
+    assert ("Environment=PYTHONPATH=/opt/fleet/releases/abc123/receiver-0123:"
             "/opt/fleet/releases/abc123/site:/opt/fleet/tools/deploy-tools-0123/site\n") in unit
     assert ("ExecStart=/usr/bin/python3 -m fleet webhook serve --host 0.0.0.0 --port 9876 "
             "--workers 2\n") in unit
@@ -205,6 +207,6 @@ def test_the_webhook_step_installs_account_settings_then_service(
     assert [name for name, _ in ctx.changes] == [f"Webhook | {name}" for name in (
         webhook.GIT, webhook.ACCOUNT, webhook.DIRECTORIES, webhook.ENV, webhook.KEY, webhook.SSH,
         webhook.CODE, webhook.TOOLS, webhook.CACHE, webhook.UNIT_FILE, webhook.SERVICE)]
-    assert calls[webhook.CODE]["dest"] == "/opt/fleet/releases/abc123/receiver"
+    assert calls[webhook.CODE]["dest"] == "/opt/fleet/releases/abc123/receiver-0123"
     assert [op.name for op in calls[webhook.SERVICE]["triggers"]] == [webhook.ENV]
     assert calls[webhook.SERVICE]["unit_file"].name == webhook.UNIT_FILE

@@ -102,6 +102,8 @@ def config_file(tmp_path: Path, text: str) -> dict[str, str]:
     ('A="one\ntwo\n  three"\nB=\'x\ny\'\nC=1\n', {"A": "one\ntwo\n  three", "B": "x\ny", "C": "1"}),
     ("A=continued \\\nline\n", {"A": "continued line"}),
     ("  A = spaced  \n", {"A": "spaced"}),
+    ("\ufeffA=after an editor's byte order mark\r\n", {"A": "after an editor's byte order mark"}),
+    ('A="a\\"b"  \n', {"A": 'a"b'}),
 ])
 def test_the_config_file_is_read_as_systemd_reads_it(tmp_path: Path, text: str,
                                                      values: dict[str, str]) -> None:
@@ -120,6 +122,8 @@ def test_what_the_deploy_writes_the_receiver_reads_back(tmp_path: Path) -> None:
                     "with a digit)"),
     ('A=1\nFLEET_WEBHOOK_SECRET="sec\nret\n', "2: 'FLEET_WEBHOOK_SECRET' has a value whose "
      "quote is never closed (systemd reads on to the end of the file)"),
+    ('FLEET_WEBHOOK_SECRET="secret-one" # rotated\n', "1: 'FLEET_WEBHOOK_SECRET' has text "
+     "after its closing quote, which systemd adds to the value"),
 ])
 def test_a_bad_config_entry_names_its_line_and_never_a_value(tmp_path: Path, text: str,
                                                              message: str) -> None:
@@ -128,7 +132,7 @@ def test_a_bad_config_entry_names_its_line_and_never_a_value(tmp_path: Path, tex
     with pytest.raises(WebhookError) as caught:
         load_settings(BASE, config_file=config)
     assert str(caught.value) == f"{config}:{message}"
-    assert caught.value.hint == CONFIG_HINT
+    assert caught.value.hint in (CONFIG_HINT, "Put a comment on a line of its own.")
     assert "sec" not in str(caught.value).replace("SECRET", "")
 
 

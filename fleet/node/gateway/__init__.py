@@ -23,15 +23,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Config, Flask
 
 from bus import Bus, a2a
+from bus.extension import TUNING
+from fleet.core.errors import FleetError
 from fleet.core.registry import Registry, load_registry
 from fleet.node.gateway import card, health, tools
 
 ENV_PREFIX = "FLEET"
 DEFAULTS: dict[str, Any] = {"AGENT": "", "REGISTRY": "registry.yaml", "STATE_DIR": "",
-                            "BUS_PUBLIC_KEYS": "", "BUS_PRIVATE_KEY": ""}
+                            "CONFIG": "", "SOUL": "", "BUS_PUBLIC_KEYS": "",
+                            "BUS_PRIVATE_KEY": ""}
+FROM_ENVIRONMENT = (*DEFAULTS, *TUNING)
+"""The settings the environment may set: no other ``FLEET_*`` variable of the agent's
+environment (its secrets, ``FLEET_RELEASE``, Flask's own ``FLEET_DEBUG`` ...) reaches the app."""
 
 
 def as_text(value: str) -> str:
@@ -40,11 +46,28 @@ def as_text(value: str) -> str:
     return value
 
 
+class SettingsError(FleetError):
+    """The gateway's environment cannot be read as its settings."""
+
+
+def settings_from_env(root_path: str) -> dict[str, Any]:
+    """:data:`FROM_ENVIRONMENT` as ``from_prefixed_env("FLEET")`` reads them (as text)."""
+    found = Config(root_path)
+    try:
+        found.from_prefixed_env(ENV_PREFIX, loads=as_text)
+    except TypeError:  # FLEET_NAME and FLEET_NAME__PART both set: a value and a nested one
+        raise SettingsError(
+            f"the environment sets a {ENV_PREFIX}_* setting and a nested one (NAME__PART) "
+            "of the same name", hint="Rename the variable with a double underscore.") from None
+    return {name: found[name] for name in FROM_ENVIRONMENT
+            if name in found and isinstance(found[name], str)}
+
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway app from the environment, overridden by ``test_config``."""
     app = Flask(__name__)
     app.config.from_mapping(DEFAULTS)
-    app.config.from_prefixed_env(ENV_PREFIX, loads=as_text)
+    app.config.update(settings_from_env(app.root_path))
     if test_config is not None:
         app.config.update(test_config)
     app.config["STATE_DIR"] = app.config["STATE_DIR"] or str(
