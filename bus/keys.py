@@ -129,11 +129,22 @@ def format_keyring(keys: Mapping[str, str]) -> str:
     return ",".join(f"{ident}={public}" for ident, public in sorted(keys.items()))
 
 
+def split_keyring(text: str) -> dict[str, str]:
+    """A keyring text as ``{key id: public key text}``, unchecked (:func:`parse_keyring`
+    checks); :class:`BadKey` for an item that is no ``ID=KEY``. Empty text: ``{}``."""
+    found: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        ident, sep, public = item.partition("=")
+        if not sep or not ident or not public:
+            raise BadKey(f"{PUBLIC_KEYS_ENV}: {item[:40]!r} is not ID=KEY")
+        found[ident] = public
+    return found
+
+
 def parse_keyring(text: str) -> dict[str, PublicKey]:
     """The trusted keys of a keyring text by key id; each key id must match its key."""
     keys: dict[str, PublicKey] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        ident, _, public = item.partition("=")
+    for ident, public in split_keyring(text).items():
         match = KEYID_RE.fullmatch(ident)
         if match is None:
             raise BadKey(f"{PUBLIC_KEYS_ENV}: {ident!r} is not a key id (<name>:<16 hex "

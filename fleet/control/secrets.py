@@ -46,14 +46,14 @@ from bus.keys import (
     RECEIVER,
     BadKey,
     SigningKey,
+    format_keyring,
     keyring_of,
+    parse_keyring,
     private_keys,
     signing_key,
+    split_keyring,
 )
-from bus.keys import format_keyring as format_bus_keyring
-from bus.keys import parse_keyring as parse_keyring_keys
 from fleet.core.errors import SecretsError
-from fleet.core.keylist import format_keyring, parse_keyring
 from fleet.core.masking import MIN_SECRET_LENGTH
 
 SECRETS_ENV = "FLEET_SECRETS"
@@ -91,7 +91,7 @@ class Secrets:
         ring = keyring_of(self.private_keys().items())
         for env in self.identities.values():
             if BUS_KEYRING in env and BUS_KEY not in env:
-                ring.update(parse_keyring(env[BUS_KEYRING]))
+                ring.update(split_keyring(env[BUS_KEYRING]))
         return ring
 
     def receiver_copy(self) -> str:
@@ -103,7 +103,7 @@ class Secrets:
         for name, env in self.identities.items():
             env = dict(env)
             if name == OPERATOR and env.get(BUS_KEY):
-                env[BUS_KEYRING] = format_bus_keyring(keyring_of([(name, env.pop(BUS_KEY))]))
+                env[BUS_KEYRING] = format_keyring(keyring_of([(name, env.pop(BUS_KEY))]))
             identities[name] = env
         data = {"fleet": self.fleet, "agents": self.agents, "identities": identities}
         return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
@@ -206,7 +206,7 @@ def parse_secrets(data: object, resolved: Path) -> Secrets:
                     raise SecretsError(f"{where}.{BUS_KEY}: {exc}", hint=exc.hint) from None
             elif BUS_KEYRING in env and section == "identities":  # public half only
                 try:
-                    keys = parse_keyring_keys(env[BUS_KEYRING])
+                    keys = parse_keyring(env[BUS_KEYRING])
                 except BadKey as exc:
                     raise SecretsError(f"{where}.{BUS_KEYRING}: {exc}", hint=exc.hint) from None
                 if any(key.name != name for key in keys.values()):
