@@ -14,21 +14,21 @@ from pathlib import Path
 import pytest
 
 from fleet import lab
+from fleet.control.templates import read_template
 from fleet.core.registry import load_registry
 from fleet.lab.node import ssh_base
 from fleet.node.tools import supervise
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
-UNIT = Path(__file__).resolve().parents[2] / "fleet" / "templates" / "fleet-agent.service.j2"
 ON_NODE = "/opt/fleet-test/supervise.py"
 
 
 def sandbox() -> list[str]:
-    """The gateway unit's hardening lines (those without template values) as
+    """The gateway unit's hardening lines (the sandbox block every fleet unit includes) as
     ``systemd-run -p`` options."""
-    lines = UNIT.read_text().split("# Sandbox", 1)[1].split("\n[Install]", 1)[0].splitlines()
-    settings = [line for line in lines[1:] if "=" in line and not line.startswith("#")
-                and "{{" not in line]
+    assert '{% include "sandbox.conf.j2" %}' in read_template("fleet-agent.service.j2")
+    settings = [line for line in read_template("sandbox.conf.j2").splitlines()
+                if "=" in line and not line.startswith("#") and "{{" not in line]
     assert "SystemCallFilter=~@privileged @resources" in settings
     return [option for setting in settings for option in ("-p", setting)]
 

@@ -42,7 +42,7 @@ def test_stop_ends_a_server_left_behind_on_the_labs_address(tmp_path: Path) -> N
     try:
         for process in (left, other):
             assert process.stdout is not None and process.stdout.readline() == "ready\n"
-        model.stop(tmp_path, timeout=5)
+        model.stop(tmp_path, timeout=30)  # the longest it waits for SIGTERM before SIGKILL
         assert left.poll() is not None, "still running when stop returned"
         assert left.communicate(timeout=10)[0] == "SIGTERM\n"  # asked to stop, not killed
         assert other.poll() is None  # another lab's server is left alone

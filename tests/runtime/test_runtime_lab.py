@@ -184,9 +184,9 @@ def test_requests_wait_while_the_model_is_down_and_are_answered_after(fleet: Fle
 
 
 def test_release_whose_runtime_cannot_reach_its_provider_is_rolled_back(fleet: Fleet) -> None:
-    before = requests.get(f"http://{load_registry(fleet.core.registry).get(WORKER).host}:8646"
+    before = requests.get(f"http://{load_registry(fleet.registry).get(WORKER).host}:8646"
                           "/health", timeout=10).json()["release"]
-    source = fleet.clone / "fleet" / "runtime" / "__init__.py"
+    source = fleet.clone / "fleet" / "node" / "runtime" / "__init__.py"
     text = source.read_text()
     source.write_text(text.replace("return Provider(base_url=agent.provider_url,",
                                    "return Provider(base_url='http://127.0.0.1:9/v1',"))
@@ -201,7 +201,7 @@ def test_release_whose_runtime_cannot_reach_its_provider_is_rolled_back(fleet: F
     assert entry["status"] == "rolled_back", entry
     problems = " ".join(entry["verify"]["problems"])
     assert "runtime is waiting_provider" in problems and "127.0.0.1:9" in problems, problems
-    health = requests.get(f"http://{load_registry(fleet.core.registry).get(WORKER).host}:8646"
+    health = requests.get(f"http://{load_registry(fleet.registry).get(WORKER).host}:8646"
                           "/health?roundtrip=1", timeout=30).json()
     assert health["release"] == before and health["status"] == "ok", health
 
