@@ -14,7 +14,7 @@ hold ``required``, ``properties`` or ``not: {required}``).
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from bus.timestamps import parse_timestamp
@@ -182,7 +182,7 @@ def _is_integer(value: object) -> bool:
         isinstance(value, float) and value.is_integer())
 
 
-TYPE_CHECKS = {
+TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "string": lambda v: isinstance(v, str),
     "integer": _is_integer,
     "null": lambda v: v is None,

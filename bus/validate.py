@@ -97,4 +97,4 @@ def expired(message: dict[str, Any], now: float | None = None) -> bool:
         return False
     sent = parse_timestamp(message["timestamp"])
     assert sent is not None
-    return sent.timestamp() + message["ttl"] < (time.time() if now is None else now)
+    return sent.timestamp() + float(message["ttl"]) < (time.time() if now is None else now)

@@ -61,7 +61,7 @@ class Settings:
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt ``attempts + 1``: doubling from ``retry_base``, jittered."""
-        ceiling = min(self.retry_max, self.retry_base * 2 ** min(attempts - 1, 30))
+        ceiling = min(self.retry_max, self.retry_base * 2.0 ** min(attempts - 1, 30))
         return ceiling * random.uniform(0.5, 1.0)
 
     def gives_up(self, attempts: int, created_at: float, now: float) -> bool:

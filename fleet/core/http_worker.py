@@ -44,7 +44,7 @@ def refusal(exc: BaseException, max_line: int, max_fields: int,
     return None
 
 
-class JsonErrorsWorker(GeventWorker):
+class JsonErrorsWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no types
     """gunicorn's gevent worker answering its own refusals in JSON (``{"error", "hint"}``)."""
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:

@@ -636,7 +636,7 @@ class _AgentFields:
         path, no ``..`` out of it, no symlink leading out of it."""
         value = self.string("soul", default)
         if value is default:
-            return default
+            return str(default)
         problem = soul_problem(self.validator.path, value)
         if problem:
             self.bad("soul", f"{value!r} {problem}; write a path relative to the registry's "

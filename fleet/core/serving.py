@@ -138,7 +138,7 @@ def limited(app: Any) -> Any:
     return app
 
 
-class FactoryServer(BaseApplication):
+class FactoryServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no types
     """gunicorn calling ``module:factory()`` in each worker, with :data:`OPTIONS` and
     ``options`` (gunicorn settings by name: ``bind``, ``workers``, logs) on top.
 
