@@ -76,7 +76,10 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, str]:
     naming its line (never a value)."""
     config_path = Path(path)
     try:
-        text = config_path.read_text(encoding="utf-8-sig")  # an editor's BOM is no name
+        # as systemd reads it: a carriage return stays one (no newline translation), and an
+        # editor's byte order mark is no name
+        with config_path.open(encoding="utf-8-sig", newline="") as stream:
+            text = stream.read()
     except OSError as exc:
         raise WebhookError(f"{config_path}: cannot read config file: {exc.strerror}",
                            hint=f"Pass an existing file or unset {CONFIG_ENV}.") from None

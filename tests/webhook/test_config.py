@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from fleet.core.envfile import format_env
+from fleet.core.envfile import EnvFileError, format_env, quote
 from fleet.core.errors import WebhookError
 from fleet.webhook.config import CONFIG_HINT, load_settings, read_config_file
 
@@ -172,3 +174,25 @@ def test_drift_checks_default_to_every_15_minutes_without_healing() -> None:
     assert (settings.drift_interval, settings.drift_heal) == (900.0, False)
     settings = load_settings({**BASE, "FLEET_DRIFT_INTERVAL": "0", "FLEET_DRIFT_HEAL": "1"})
     assert (settings.drift_interval, settings.drift_heal) == (0.0, True)
+
+
+ENV_NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True)
+
+
+def representable(value: str) -> bool:
+    try:
+        quote("X", value)
+    except EnvFileError:
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(env=st.dictionaries(ENV_NAMES, st.text().filter(representable), max_size=6))
+def test_every_env_file_the_deploy_can_write_the_receiver_reads_back_exactly(
+        tmp_path: Path, env: dict[str, str]) -> None:
+    """Whatever values ``format_env`` accepts (quotes, backslashes, ``$``, newlines, ``#``
+    and ``;``, spaces at either end, any Unicode it can carry) come back from the receiver's
+    config reader as they were: no entry is refused, none altered."""
+    assert config_file(tmp_path, format_env(env)) == env
