@@ -6,7 +6,9 @@
 
 Phases, in order (``deploys/``): preflight, baseline, release, soul, keys, services, webhook
 (the deploy webhook receiver, on the agent with that capability), verify, audit. A second run
-with nothing changed changes and restarts nothing.
+with nothing changed changes and restarts nothing. Each phase returns what a later one needs
+(the operations whose change restarts the agent, verify's check for the audit); the lines
+below hand it on.
 
 ``fleet deploy`` runs one pyinfra process per rollout stage (``--limit`` its hosts,
 ``--data rollout_stage=N``); a later stage waits at its gate for the earlier stages' verdict
@@ -40,16 +42,17 @@ from deploys.context import agent_context
 ctx = agent_context()
 audit.record_failures()  # a host an operation fails is recorded, naming the operation
 gate.run(ctx)  # in a later stage of `fleet deploy`: wait for the earlier stages' verdict
-preflight.run(ctx)  # also reads the node's snapshot (ctx.node) the phases decide from
-if ctx.preflight_ok and ctx.rollback:
-    rollback.run(ctx, host.data.get("rollback_to"))
-    audit.run(ctx)
-elif ctx.preflight_ok:
+checked = preflight.run(ctx)  # also reads the node's snapshot (ctx.node) the phases decide from
+if checked.ok and ctx.rollback:
+    check = rollback.run(ctx, checked, host.data.get("rollback_to"))
+    audit.run(ctx, check)
+elif checked.ok:
     baseline.run(ctx)
-    release.run(ctx)
-    soul.run(ctx)
-    keys.run(ctx)
-    services.run(ctx)
+    release_files = release.run(ctx)  # the switch, registry copy and config: they restart it
+    soul_file = soul.run(ctx)
+    env_file = keys.run(ctx)
+    service_ops = services.run(ctx, restart_on=[*release_files, soul_file, env_file])
     webhook.run(ctx)  # the deploy webhook receiver, where the registry puts it
-    verify.run(ctx)
-    audit.run(ctx)
+    check = verify.run(ctx, checked, env_file, service_ops)
+    audit.run(ctx, check)
+ctx.finish_plan()  # whether this host changes at all: the gate and the lock run only then

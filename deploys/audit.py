@@ -19,10 +19,9 @@ from bus.timestamps import utc_timestamp
 from deploys import lock
 from deploys.context import NODECTL, AgentContext, context_of, phase
 from deploys.facts import AgentAudit
-from deploys.secret_cache import secrets
+from deploys.verify import Check
 from fleet.control.expected import Expected, compare
 from fleet.control.records import current_run_id, load_record, update_host
-from fleet.core.masking import Masker
 from fleet.node.nodectl import fingerprint
 
 AUDIT = "Audit: record the node's state and drift, release the lock"
@@ -68,11 +67,10 @@ def drift(facts: dict[str, Any], ctx: AgentContext, expected_release: str) -> li
     return found
 
 
-def check_result(ctx: AgentContext) -> dict[str, Any]:
+def check_result(ctx: AgentContext, check: Check) -> dict[str, Any]:
     """This host's verify outcome, from the JSON its verify (or rollback) printed; a rollback's
     outcome in the shape of a verify's."""
-    check = ctx.check
-    output = check.stdout if check is not None and check.is_complete() else ""
+    output = check.op.stdout if check.op.is_complete() else ""
     try:
         result: dict[str, Any] = json.loads(output) if output.strip() else {}
     except ValueError:
@@ -88,10 +86,10 @@ def check_result(ctx: AgentContext) -> dict[str, Any]:
             "facts": result.pop("facts", None), "unlocked": True}
 
 
-def audit_node(state: State, host: Host, ctx: AgentContext) -> bool:
+def audit_node(state: State, host: Host, ctx: AgentContext, check: Check) -> bool:
     """Collect facts, write this host's part of the run record, release the lock; False (the
     host fails) when verify failed."""
-    verify = check_result(ctx)
+    verify = check_result(ctx, check)
     facts = verify.pop("facts", None) or host.get_fact(
         AgentAudit, nodectl=NODECTL, agent=ctx.name, unit=ctx.unit,
         port=ctx.agent.gateway_port, login_user=ctx.agent.ssh_user)
@@ -107,13 +105,13 @@ def audit_node(state: State, host: Host, ctx: AgentContext) -> bool:
         "config_hash": facts.get("config_hash"),
         "changed": changed,
         "restarted": bool(rollback.get("restarted")) or any(
-            op.is_complete() and op.did_change() for op in ctx.service_ops),
+            op.is_complete() and op.did_change() for op in check.service_ops),
         "verify": verify,
         "facts": facts,
         "drift": found,
         "finished": utc_timestamp(),
     }
-    update_host(current_run_id(), host.name, entry, Masker(secrets().values()))
+    update_host(current_run_id(), host.name, entry, ctx.masker)
     if not verify.get("unlocked"):
         # a direct command gets no host-data global arguments: pass ``_sudo`` on
         host.run_shell_command(StringCommand(lock.release_command(lock.owner())),
@@ -123,9 +121,9 @@ def audit_node(state: State, host: Host, ctx: AgentContext) -> bool:
     if status == "ok":
         return True
     reason = "; ".join(verify.get("problems", [])) or "health check failed"
-    if env_changed(ctx):
+    if env_changed(check):
         reason += ("; this deploy changed the agent's environment (secrets in "
-                   f"{secrets().path or '$FLEET_SECRETS'}): check them")
+                   f"{ctx.secrets.path or '$FLEET_SECRETS'}): check them")
     if status == "rolled_back":
         restored = " and its previous environment" if rollback.get("env_restored") else ""
         message = (f"{host.name}: verify failed ({reason}); rolled back to release "
@@ -151,9 +149,9 @@ def rollback_changes(rollback: dict[str, Any]) -> list[str]:
     return changes
 
 
-def env_changed(ctx: AgentContext) -> bool:
+def env_changed(check: Check) -> bool:
     """Whether this deploy changed the agent's environment (its secrets)."""
-    op = ctx.env_write
+    op = check.env_write
     return op is not None and op.is_complete() and op.did_change()
 
 
@@ -173,13 +171,13 @@ class FailureRecorder(BaseStateCallback):
     def operation_host_error(state: State, host: Host, op_hash: Any, retry_count: int = 0,
                              max_retries: int = 0) -> None:
         ctx = context_of(str(host.data.get("agent_name")))
-        if ctx is None or (ctx.check is not None and ctx.check.is_complete()):
-            return  # not an agent's deploy, or verify ran: the audit records the host
+        if ctx is None:
+            return  # not an agent's deploy
         try:
             entry = load_record(current_run_id()).get("hosts", {}).get(host.name, {})
         except FileNotFoundError:
             entry = {}
-        if entry.get("status"):  # preflight or the rollout gate recorded why already
+        if entry.get("status"):  # preflight, the rollout gate or the audit recorded it already
             return
         name = failed_operation(ctx)
         update_host(current_run_id(), host.name, {
@@ -187,7 +185,7 @@ class FailureRecorder(BaseStateCallback):
             else "", "reason": f"operation failed: {name} (the node was reached; see the "
                                "pyinfra output of this stage)",
             "changed": ctx.changed(), "restarted": False, "finished": utc_timestamp()},
-            Masker(secrets().values()))
+            ctx.masker)
 
 
 _recording = False
@@ -203,32 +201,33 @@ def record_failures() -> None:
 
 
 @operation(is_idempotent=False)
-def agent_audited(ctx: AgentContext):
+def agent_audited(ctx: AgentContext, check: Check):
     """
     Record what the node runs (release, hashes, unit, ports, keys, sudoers), the operations
     that changed on it and every drift from the registry in the run record; release the deploy
     lock if verify did not; fail the host when its verify failed. A check, not a change: at
     plan time (a dry run) it does nothing.
 
-    + ctx: the agent's deploy context (its verify and the operations it ran)
+    + ctx: the agent's deploy context (the operations it ran)
+    + check: the host's verify (or rollback) and what the audit reports with it
 
     **Example:**
 
     .. code:: python
 
-        agent_audited(name="Audit", ctx=ctx)
+        agent_audited(name="Audit", ctx=ctx, check=check)
     """
     if not state.is_executing:
         host.noop("the audit runs when the deploy runs")
         return
-    yield FunctionCommand(audit_node, (ctx,), {})
+    yield FunctionCommand(audit_node, (ctx, check), {})
 
 
 @phase("Audit")
-def run(ctx: AgentContext) -> None:
+def run(ctx: AgentContext, check: Check) -> None:
     """Record the node's real state and drift; release the lock; fail a rolled-back host. At
     plan time (when pyinfra plans first), the record gets the names of this host's operations
     that would change."""
     if state.check_for_changes:  # planning first (a dry run, or pyinfra without -y)
         update_host(current_run_id(), host.name, {"planned": ctx.planned()})
-    agent_audited(name=AUDIT, ctx=ctx)
+    agent_audited(name=AUDIT, ctx=ctx, check=check)

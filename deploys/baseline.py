@@ -39,4 +39,5 @@ def run(ctx: AgentContext) -> None:
     ctx.track(DIRECTORIES, directories(name=DIRECTORIES, node=ctx.node, specs=specs))
     ctx.track(SSHD, managed_file(
         name=SSHD, dest=SSHD_DROPIN, content=SSHD_SETTINGS, user="root", group="root",
-        mode="644", node=ctx.node, then=["sshd -t", "systemctl reload ssh.service"]))
+        mode="644", node=ctx.node, diffs=ctx.diffs(),
+        then=["sshd -t", "systemctl reload ssh.service"]))

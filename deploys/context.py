@@ -13,11 +13,13 @@ from pyinfra.api import deploy
 
 from deploys.facts import NodeSnapshot, empty_snapshot
 from deploys.lock import LOCK_DIR
-from deploys.ops import UPLOAD_DIR, Outcome
-from deploys.secret_cache import secrets
+from deploys.ops import UPLOAD_DIR, DiffReport, Outcome
 from fleet.control import expected, render
+from fleet.control.records import add_diff, current_run_id
 from fleet.control.release import Release, build_release
+from fleet.control.secrets import Secrets, load_secrets
 from fleet.core.digests import text_sha256
+from fleet.core.masking import Masker
 from fleet.core.registry import Agent, Registry, load_registry
 
 OPT = "/opt/fleet"
@@ -29,23 +31,26 @@ KEEP_RELEASES = 5
 
 
 P = ParamSpec("P")
+R = TypeVar("R")
 OpT = TypeVar("OpT", bound=Outcome)
 
 
-def phase(name: str) -> Callable[[Callable[Concatenate[AgentContext, P], None]],
-                                  Callable[Concatenate[AgentContext, P], None]]:
+def phase(name: str) -> Callable[[Callable[Concatenate[AgentContext, P], R]],
+                                  Callable[Concatenate[AgentContext, P], R]]:
     """pyinfra's ``@deploy(name)`` (operation names get the ``name | `` prefix) for a phase
     taking the agent's context first; the context knows the phase it is in (for the names of
-    the operations it tracks). Keeps the phase function's own signature for type checkers."""
-    def decorate(func: Callable[Concatenate[AgentContext, P], None]
-                 ) -> Callable[Concatenate[AgentContext, P], None]:
-        planned = cast("Callable[Concatenate[AgentContext, P], None]", deploy(name)(func))
+    the operations it tracks). A phase returns what later phases need of it (the operations it
+    planned, its outcome): ``deploy.py`` hands them on. Keeps the phase function's own
+    signature for type checkers."""
+    def decorate(func: Callable[Concatenate[AgentContext, P], R]
+                 ) -> Callable[Concatenate[AgentContext, P], R]:
+        planned = cast("Callable[Concatenate[AgentContext, P], R]", deploy(name)(func))
 
         @functools.wraps(func)
-        def run(ctx: AgentContext, *args: P.args, **kwargs: P.kwargs) -> None:
+        def run(ctx: AgentContext, *args: P.args, **kwargs: P.kwargs) -> R:
             ctx.phase_name = name
             try:
-                planned(ctx, *args, **kwargs)
+                return planned(ctx, *args, **kwargs)
             finally:
                 ctx.phase_name = ""
         return run
@@ -60,22 +65,47 @@ def registry_at(path: str) -> Registry:
 
 @dataclass
 class AgentContext:
-    """Everything the phases need to know about the agent on the current host."""
+    """Everything the phases need to know about the agent on the current host: its inputs
+    (registry, soul, the controller's secrets and the masker made of them), the node's
+    snapshot, and the operations planned so far (for the run record). Phases do not hand
+    each other data through it: each returns what a later phase needs (``deploy.py``)."""
 
     agent: Agent
     registry: Registry
     soul_source: Path
     rollback: bool = False  # this run rolls the node back (``--data action=rollback``)
+    secrets: Secrets = field(default_factory=load_secrets)
     changes: list[tuple[str, Outcome]] = field(default_factory=list)
-    restart_triggers: list[Outcome] = field(default_factory=list)
-    service_ops: list[Outcome] = field(default_factory=list)
-    check: Outcome | None = None  # this host's verify (or rollback): its JSON on stdout
-    env_write: Outcome | None = None  # the keys phase's write of the agent's environment
-    preflight_ok: bool = False
-    stale_lock: str = ""  # a dead deploy's lock preflight found: it may be taken over
-    will_change: bool = True  # some operation will change the node (set by verify's plan)
     node: NodeSnapshot = field(default_factory=empty_snapshot)
     phase_name: str = ""  # the phase running now (see :func:`phase`)
+    _will_change: bool | None = field(default=None, init=False)  # see :meth:`finish_plan`
+
+    @functools.cached_property
+    def masker(self) -> Masker:
+        """Hides every secret value (in every form it travels in) in what the deploy prints,
+        logs or records: plain ``pyinfra`` output included, not only ``fleet``'s."""
+        return Masker(self.secrets.values())
+
+    def diffs(self) -> DiffReport:
+        """Where this host's file operations put their ``--diff``: masked, into the run
+        record."""
+        masker = self.masker
+        return DiffReport(masker, lambda dest, lines: add_diff(current_run_id(), host.name, dest,
+                                                               lines, masker))
+
+    @property
+    def will_change(self) -> bool:
+        """Whether some operation of this host will change the node: decided at plan time,
+        once every phase has planned (:meth:`finish_plan`); True until then. The rollout gate
+        and the deploy lock run only then (``_if=``)."""
+        return True if self._will_change is None else self._will_change
+
+    def finish_plan(self) -> None:
+        """Decide :attr:`will_change` from the planned operations (the last line of
+        ``deploy.py``). At plan time, as pyinfra's ``will_change`` must be read: with ``-y``
+        reading it at exec time would run command generators then, which pyinfra forbids."""
+        if self._will_change is None:
+            self._will_change = any(op.will_change for _, op in self.changes)
 
     def track(self, name: str, op: OpT) -> OpT:
         """Keep ``op`` (a state-changing operation this host runs, named ``name``) for the
@@ -238,7 +268,7 @@ class AgentContext:
     def env_file(self) -> str:
         """``/etc/fleet/<agent>/env``: public settings then secrets, in systemd's
         ``EnvironmentFile=`` syntax (double-quoted values, :mod:`fleet.core.envfile`)."""
-        return render.env_file({**self.public_env(), **secrets().for_agent(self.name)})
+        return render.env_file({**self.public_env(), **self.secrets.for_agent(self.name)})
 
 
 _contexts: dict[str, AgentContext] = {}
@@ -259,6 +289,13 @@ def load_node(ctx: AgentContext) -> None:
                              keys_file=ctx.login_keys_file, lock_dir=LOCK_DIR)
 
 
+@functools.cache
+def controller_secrets() -> Secrets:
+    """The controller's secrets (``$FLEET_SECRETS``), read once per deploy process: every
+    host's context holds them."""
+    return load_secrets()
+
+
 def agent_context() -> AgentContext:
     """The context of the host pyinfra is planning for now (one per host and process)."""
     name = host.data.agent_name
@@ -266,5 +303,6 @@ def agent_context() -> AgentContext:
         registry = registry_at(host.data.registry_path)
         _contexts[name] = AgentContext(agent=registry.get(name), registry=registry,
                                        soul_source=Path(host.data.soul_path),
-                                       rollback=host.data.get("action") == "rollback")
+                                       rollback=host.data.get("action") == "rollback",
+                                       secrets=controller_secrets())
     return _contexts[name]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import difflib
 import shlex
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from io import StringIO
 from typing import Any, Protocol
 
@@ -40,10 +41,8 @@ from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, operatio
 from pyinfra.facts.files import FileContents
 
 from deploys.facts import NodeSnapshot, PathInfo
-from deploys.secret_cache import masker
-from fleet.control.records import add_diff, current_run_id
 from fleet.core.digests import text_sha256
-from fleet.core.masking import mask_env_pair
+from fleet.core.masking import Masker, mask_env_pair
 
 Node = NodeSnapshot  # the host's one snapshot (deploys.facts.NodeState)
 
@@ -61,6 +60,16 @@ class Outcome(Protocol):
 
     @property
     def stdout(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class DiffReport:
+    """Where a file operation's ``--diff`` goes: every line through ``masker`` (any file may
+    hold a secret: a registry ``config:`` value, say), logged, then handed to ``record``
+    (``record(dest, masked_lines)``: the run record's diffs)."""
+
+    masker: Masker
+    record: Callable[[str, list[str]], None]
 
 
 UPLOAD_DIR = "/var/lib/fleet/.upload"
@@ -95,20 +104,21 @@ def coloured(line: str) -> str:
     return click.style(line, fg={"+": "green", "-": "red"}.get(line[:1]))
 
 
-def _show_diff(dest: str, exists: bool, new_text: str,
+def _show_diff(diffs: DiffReport, dest: str, exists: bool, new_text: str,
                mask: Callable[[str, str], tuple[str, str]] = lambda old, new: (old, new)) -> None:
-    """Log a unified diff of ``dest`` when pyinfra runs with ``--diff``, through ``mask``."""
+    """Log a unified diff of ``dest`` when pyinfra runs with ``--diff``, through ``mask`` and
+    ``diffs.masker``, and hand it to ``diffs.record``."""
     if not state.config.DIFF or state.is_executing:
         return
-    hide = masker()  # any file may hold a secret (a registry `config:` value, say)
+    hide = diffs.masker
     old = host.get_fact(FileContents, path=dest) if exists else None
     old_text, new_text = mask("".join(f"{line}\n" for line in old or []), new_text)
     host.log(f"Will {'modify' if exists else 'create'} {dest}", logger.info)
-    lines = diff_lines(hide(old_text), hide(new_text))
+    lines = hide.data(diff_lines(hide(old_text), hide(new_text)))
     for line in lines:
         logger.info("  %s", coloured(line))
     logger.info("")
-    add_diff(current_run_id(), host.name, dest, lines, hide)
+    diffs.record(dest, lines)
 
 
 def _attributes(path: str, have: PathInfo, user: str, group: str,
@@ -180,7 +190,7 @@ def directories(specs: Sequence[tuple[str, str, str, str]], node: Node):
 
 @operation()
 def managed_file(dest: str, content: str, user: str, group: str, mode: str, node: Node,
-                 then: Sequence[str] = ()):
+                 diffs: DiffReport, then: Sequence[str] = ()):
     """
     A file with exactly ``content``; written to ``dest.new`` with its final mode, then moved.
 
@@ -190,6 +200,7 @@ def managed_file(dest: str, content: str, user: str, group: str, mode: str, node
     + group: group
     + mode: octal mode
     + node: the host's NodeState snapshot
+    + diffs: where ``--diff`` output goes (masked; the run record's diffs)
     + then: shell commands to run after the content changed (e.g. check and reload)
 
     **Example:**
@@ -197,12 +208,12 @@ def managed_file(dest: str, content: str, user: str, group: str, mode: str, node
     .. code:: python
 
         managed_file(name="Soul", dest="/etc/fleet/a/soul.md", content="# Soul\n", user="root",
-                     group="root", mode="444", node=node)
+                     group="root", mode="444", node=node, diffs=diffs)
     """
     have = node["paths"].get(dest)
     if (yield from _kept_if_same(dest, have, content, user, group, mode)):
         return
-    _show_diff(dest, have is not None, content)
+    _show_diff(diffs, dest, have is not None, content)
     yield from _upload(dest, StringIO(content), user, group, mode, then)
 
 
@@ -235,7 +246,7 @@ def _upload(dest: str, source: Any, user: str, group: str, mode: str, then: Sequ
 
 @operation()
 def secret_file(dest: str, content: HiddenValue, public: tuple[str, ...] | None, user: str,
-                group: str, node: Node, mode: str = "600", backup: str = ""):
+                group: str, node: Node, diffs: DiffReport, mode: str = "600", backup: str = ""):
     """
     An env file holding secrets; ``--diff`` shows it with every secret value masked. With
     ``backup``, the content it replaces is kept there first (same owner and mode).
@@ -247,6 +258,7 @@ def secret_file(dest: str, content: HiddenValue, public: tuple[str, ...] | None,
     + user: owner
     + group: group
     + node: the host's NodeState snapshot
+    + diffs: where ``--diff`` output goes (masked; the run record's diffs)
     + mode: octal mode
     + backup: where the replaced content is kept (none kept when empty)
 
@@ -256,16 +268,16 @@ def secret_file(dest: str, content: HiddenValue, public: tuple[str, ...] | None,
 
         secret_file(name="Env", dest="/etc/fleet/a/env", content=HiddenValue("K=v\n"),
                     public=("FLEET_AGENT",), user="root", group="root", node=node,
-                    backup="/etc/fleet/a/env.previous")
+                    diffs=diffs, backup="/etc/fleet/a/env.previous")
     """
     text = content.unmask()
     have = node["paths"].get(dest)
     if (yield from _kept_if_same(dest, have, text, user, group, mode)):
         return
     if public is None:
-        _show_diff(dest, have is not None, text, _hide_all)
+        _show_diff(diffs, dest, have is not None, text, _hide_all)
     else:
-        _show_diff(dest, have is not None, text,
+        _show_diff(diffs, dest, have is not None, text,
                    lambda old, new: mask_env_pair(old, new, public))
     if backup and have is not None:  # its final owner and mode before the content
         yield (f"{_q('install', '-m', mode, '-o', user, '-g', group, '/dev/null', backup)} && "

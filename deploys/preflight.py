@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from dataclasses import dataclass
 
 from pyinfra import host, logger
 from pyinfra.operations import server
@@ -26,6 +27,15 @@ MIN_PYTHON = (3, 11)
 MIN_FREE_MB = 200
 MAX_SKEW_S = 10.0
 SUPPORTED_OS = ("debian", "ubuntu")
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What preflight found: whether the node can take the deploy, and a dead deploy's lock
+    that may be taken over ('' if none)."""
+
+    ok: bool
+    stale_lock: str = ""
 
 
 def problems(facts: Basics, owner: str) -> tuple[list[str], str]:
@@ -56,9 +66,9 @@ def problems(facts: Basics, owner: str) -> tuple[list[str], str]:
 
 
 @phase("Preflight")
-def run(ctx: AgentContext) -> None:
+def run(ctx: AgentContext) -> Preflight:
     """Read the node's snapshot (``ctx.node``), check the node and take its lock before the
-    first change (if any); sets ``ctx.preflight_ok`` (a failing op if not)."""
+    first change (if any); a failing operation when the node cannot take the deploy."""
     owner = lock.owner()
     load_node(ctx)
     update_host(current_run_id(), host.name, {"reached": True})  # connected, snapshot read
@@ -70,12 +80,10 @@ def run(ctx: AgentContext) -> None:
                     {"status": "failed", "phase": "preflight", "problems": found})
         server.shell(name="Preflight failed (the reason is in the host's lines above)",
                      commands=[f"echo {shlex.quote('preflight: ' + reason)} >&2; exit 1"])
-        ctx.preflight_ok = False
-        return
-    # Only when an operation will change the node (verify's phase knows, once every phase
-    # has planned): a no-change deploy takes the lock in verify's command instead, one SSH
-    # command (about 3 round trips) fewer per host.
+        return Preflight(ok=False)
+    # Only when an operation will change the node (known once every phase has planned,
+    # :meth:`AgentContext.finish_plan`): a no-change deploy takes the lock in verify's command
+    # instead, one SSH command (about 3 round trips) fewer per host.
     lock.lock_taken(name="Take the node's deploy lock", owner=owner, stale_owner=stale,
                     _if=lambda: ctx.will_change)
-    ctx.stale_lock = stale
-    ctx.preflight_ok = True
+    return Preflight(ok=True, stale_lock=stale)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import fleet.node.nodectl
 from deploys.context import KEEP_RELEASES, NODECTL, RELEASES, AgentContext, phase
-from deploys.ops import managed_file, release_current, release_unpacked, releases_pruned
+from deploys.ops import Outcome, managed_file, release_current, release_unpacked, releases_pruned
 
 NODE_HELPER = "Node helper fleet-nodectl"
 UNPACKED = "Release unpacked"
@@ -19,22 +19,24 @@ PRUNED = f"Only the newest {KEEP_RELEASES} releases kept"
 
 
 @phase("Release")
-def run(ctx: AgentContext) -> None:
-    """Upload + unpack the release, switch current, prune, registry copy and config file."""
+def run(ctx: AgentContext) -> list[Outcome]:
+    """Upload + unpack the release, switch current, prune, registry copy and config file;
+    returns the operations whose change restarts the agent (the switch and the two files)."""
     release = ctx.release
     ctx.track(NODE_HELPER, managed_file(
         name=NODE_HELPER, dest=NODECTL, content=Path(fleet.node.nodectl.__file__).read_text(),
-        user="root", group="root", mode="755", node=ctx.node))
+        user="root", group="root", mode="755", node=ctx.node, diffs=ctx.diffs()))
     ctx.track(UNPACKED, release_unpacked(
         name=UNPACKED, release_id=release.id, tarball=str(release.path), releases_dir=RELEASES,
         node=ctx.node))
-    ctx.restart_triggers.append(ctx.track(SWITCHED, release_current(
-        name=SWITCHED, release_id=release.id, nodectl=NODECTL, node=ctx.node)))
+    restart_on: list[Outcome] = [ctx.track(SWITCHED, release_current(
+        name=SWITCHED, release_id=release.id, nodectl=NODECTL, node=ctx.node))]
     ctx.track(PRUNED, releases_pruned(name=PRUNED, keep=KEEP_RELEASES, incoming=release.id,
                                       nodectl=NODECTL, node=ctx.node))
     for filename, text in (("registry.yaml", ctx.node_registry()),
                            ("config.json", ctx.config_json())):
         name = f"Agent {filename}"
-        ctx.restart_triggers.append(ctx.track(name, managed_file(
+        restart_on.append(ctx.track(name, managed_file(
             name=name, dest=f"{ctx.etc_dir}/{filename}", content=text, user="root",
-            group=ctx.user, mode="640", node=ctx.node)))
+            group=ctx.user, mode="640", node=ctx.node, diffs=ctx.diffs())))
+    return restart_on

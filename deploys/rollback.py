@@ -11,7 +11,8 @@ from pyinfra.api import DeployError
 
 from deploys import lock
 from deploys.context import NODECTL, AgentContext, phase
-from deploys.verify import agent_args, agent_verified
+from deploys.preflight import Preflight
+from deploys.verify import Check, agent_args, agent_verified
 from fleet.control.release import check_release_id
 from fleet.core.validate import ValidationError
 
@@ -19,12 +20,12 @@ ROLLBACK = "Roll back: switch, restart and verify"
 
 
 @phase("Rollback")
-def run(ctx: AgentContext, to: str | None) -> None:
+def run(ctx: AgentContext, preflight: Preflight, to: str | None) -> Check:
     """Switch to ``to`` (or the previous release), restart and verify."""
     try:
         target = ["--to", check_release_id(to)] if to is not None else []
     except ValidationError as exc:  # pyinfra prints its own errors as one line
         raise DeployError(f"rollback_to: {exc}") from None
-    ctx.check = agent_verified(name=ROLLBACK, nodectl=NODECTL, owner=lock.owner(),
-                               stale_owner=ctx.stale_lock,
-                               args=["rollback", *target, *agent_args(ctx)])
+    return Check(op=agent_verified(name=ROLLBACK, nodectl=NODECTL, owner=lock.owner(),
+                                   stale_owner=preflight.stale_lock,
+                                   args=["rollback", *target, *agent_args(ctx)]))

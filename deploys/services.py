@@ -12,6 +12,7 @@ running (then it is started with the new files).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import PurePosixPath
 
 from pyinfra.operations import files, systemd
@@ -90,23 +91,26 @@ def runtime(ctx: AgentContext) -> list[Outcome]:
             changed.append(ctx.track(f"Runtime file {relative}", managed_file(
                 name=f"Runtime file {relative}", dest=dest,
                 content=source.read_text(encoding="utf-8"), user="root", group="root",
-                mode=mode, node=ctx.node)))
+                mode=mode, node=ctx.node, diffs=ctx.diffs())))
         # compatibility: until 0.3.0: a ship folder, not a link
         changed.append(ctx.track(RUNTIME_SHIP_LINK, files.link(
             name=RUNTIME_SHIP_LINK, path=ctx.ship_dir, target=ctx.ship_target, user="root",
             group="root", force=True, force_backup=False)))
     unit_file = ctx.track(RUNTIME_UNIT_FILE, managed_file(
         name=RUNTIME_UNIT_FILE, dest=f"/etc/systemd/system/{unit}",
-        content=runtime_unit_text(ctx), user="root", group="root", mode="644", node=ctx.node))
+        content=runtime_unit_text(ctx), user="root", group="root", mode="644", node=ctx.node,
+        diffs=ctx.diffs()))
     return [*changed, unit_file]
 
 
 @phase("Services")
-def run(ctx: AgentContext) -> None:
-    """Unit file, daemon-reload if it changed, enabled and running, restart on any change."""
+def run(ctx: AgentContext, restart_on: Sequence[Outcome]) -> list[Outcome]:
+    """Unit file, daemon-reload if it changed, enabled and running, restart when the unit or
+    one of ``restart_on`` (the earlier phases' writes the agent loads) changes. Returns the
+    operations that start or restart the agent's services (the audit reports a restart)."""
     unit = ctx.track(UNIT_FILE, managed_file(
         name=UNIT_FILE, dest=ctx.unit_path, content=unit_text(ctx), user="root", group="root",
-        mode="644", node=ctx.node))
+        mode="644", node=ctx.node, diffs=ctx.diffs()))
     runtime_ops = runtime(ctx)
     unit_files = [unit, *runtime_ops[-1:]]
     stale_units = bool(ctx.node["unit"].get("need_reload"))  # a deploy failed before reload
@@ -114,19 +118,20 @@ def run(ctx: AgentContext) -> None:
         ctx.track(RELOAD, systemd.daemon_reload(
             name=RELOAD, _if=lambda: stale_units or any(op.did_change() for op in unit_files)))
     runtime_removed(ctx)
-    ctx.service_ops.append(ctx.track(RUNNING, unit_running(name=RUNNING, unit=ctx.unit,
-                                                           node=ctx.node)))
+    service_ops: list[Outcome] = [
+        ctx.track(RUNNING, unit_running(name=RUNNING, unit=ctx.unit, node=ctx.node))]
     if ctx.agent.runtime_unit:
-        ctx.service_ops.append(ctx.track(RUNTIME_RUNNING, systemd.service(
+        service_ops.append(ctx.track(RUNTIME_RUNNING, systemd.service(
             name=RUNTIME_RUNNING, service=ctx.agent.runtime_unit, running=True,
             enabled=True)))
-    triggers = [unit, *runtime_ops, *ctx.restart_triggers]
+    triggers = [unit, *runtime_ops, *restart_on]
     pending = newer_than_unit(ctx.node, ctx.loaded_paths())  # written, never loaded
     if ctx.node["unit"].get("active") == "active" and (
             pending or any(op.will_change for op in triggers)):
-        ctx.service_ops.append(ctx.track(RESTART, systemd.service(
+        service_ops.append(ctx.track(RESTART, systemd.service(
             name=RESTART, service=ctx.unit, restarted=True,
             _if=lambda: bool(pending) or any(op.did_change() for op in triggers))))
+    return service_ops
 
 
 def runtime_removed(ctx: AgentContext) -> None:

@@ -9,14 +9,28 @@ stdout) is read by the audit phase, which fails the host after recording it."""
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pyinfra import host, state
 from pyinfra.api import operation
 
 from deploys import lock
 from deploys.context import NODECTL, AgentContext, phase
+from deploys.ops import Outcome
+from deploys.preflight import Preflight
 
 HEALTH_TIMEOUT_S = 20
+
+
+@dataclass(frozen=True)
+class Check:
+    """A host's check, for the audit: the verify (or rollback) operation, whose JSON outcome
+    is on its stdout, and the operations of this deploy the audit reports with it."""
+
+    op: Outcome
+    env_write: Outcome | None = None  # the keys phase's write of the agent's environment
+    service_ops: tuple[Outcome, ...] = ()  # what starts or restarts the agent's services
 VERIFY = "Verify: /health shows the expected release, config and soul"
 
 
@@ -62,22 +76,22 @@ def agent_verified(nodectl: str, args: list[str], owner: str, stale_owner: str =
 
 
 @phase("Verify")
-def run(ctx: AgentContext) -> None:
-    """Check health on the node; roll back automatically when it fails. Also notes, now that
-    every phase has planned, whether the deploy changes the node at all (preflight's lock
-    operation runs only then)."""
-    ctx.will_change = any(op.will_change for _, op in ctx.changes)  # stops at the first
-    ctx.check = agent_verified(name=VERIFY, nodectl=NODECTL, owner=lock.owner(),
-                               stale_owner=ctx.stale_lock, args=[
+def run(ctx: AgentContext, preflight: Preflight, env_write: Outcome,
+        service_ops: Sequence[Outcome]) -> Check:
+    """Check health on the node; roll back automatically when it fails (restoring the
+    environment too when ``env_write`` changes it)."""
+    op = agent_verified(name=VERIFY, nodectl=NODECTL, owner=lock.owner(),
+                        stale_owner=preflight.stale_lock, args=[
         "verify", "--release", ctx.release.id, "--config-hash", ctx.config_hash(),
-        "--soul-sha", ctx.soul_sha256(), "--rollback", *env_args(ctx), *runtime_args(ctx),
-        *agent_args(ctx)])
+        "--soul-sha", ctx.soul_sha256(), "--rollback", *env_args(env_write),
+        *runtime_args(ctx), *agent_args(ctx)])
+    return Check(op=op, env_write=env_write, service_ops=tuple(service_ops))
 
 
-def env_args(ctx: AgentContext) -> list[str]:
+def env_args(env_write: Outcome) -> list[str]:
     """``--restore-env`` when this deploy changes the agent's environment: a rollback then
     restores the one it replaced (a wrong secret is undone with the release)."""
-    return ["--restore-env"] if ctx.env_write is not None and ctx.env_write.will_change else []
+    return ["--restore-env"] if env_write.will_change else []
 
 
 def runtime_args(ctx: AgentContext) -> list[str]:

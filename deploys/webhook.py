@@ -47,7 +47,6 @@ from deploys.ops import (
     secret_file,
     tree_unpacked,
 )
-from deploys.secret_cache import secrets
 from fleet.control import render
 from fleet.control.release import (
     DEPLOY_TOOL_REQUIREMENTS,
@@ -123,14 +122,14 @@ def ssh_config() -> str:
 
 def receiver_env(ctx: AgentContext) -> dict[str, str]:
     """Everything in ``webhook.env``: public settings, then the receiver's secrets."""
-    own = secrets().for_receiver(ctx.name)
+    own = ctx.secrets.for_receiver(ctx.name)
     own.pop(DEPLOY_SSH_KEY, None)
     return {**public_env(ctx), **own}
 
 
 def deploy_key(ctx: AgentContext) -> str:
     """``FLEET_DEPLOY_SSH_KEY`` for this agent ('' when not set), newline-terminated."""
-    key = secrets().for_receiver(ctx.name).get(DEPLOY_SSH_KEY, "").strip()
+    key = ctx.secrets.for_receiver(ctx.name).get(DEPLOY_SSH_KEY, "").strip()
     return f"{key}\n" if key else ""
 
 
@@ -155,7 +154,7 @@ def problem(ctx: AgentContext) -> str | None:
     try:
         load_settings(env)
     except WebhookError as exc:
-        where = secrets().path or "the secrets file ($FLEET_SECRETS is not set)"
+        where = ctx.secrets.path or "the secrets file ($FLEET_SECRETS is not set)"
         return f"{exc}; add it under fleet: or agents.{ctx.name}: in {where}"
     for name, value in env.items():
         if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
@@ -249,17 +248,20 @@ def settings(ctx: AgentContext, plan: Receiver) -> Outcome:
     env = ctx.track(ENV, secret_file(
         name=ENV, dest=ENV_FILE,
         content=HiddenValue(render.env_file(receiver_env(ctx))),
-        public=tuple(public_env(ctx)), user=USER, group=USER, node=plan.node))
-    if secrets().path is not None:  # the operator's bus key as its public half only
+        public=tuple(public_env(ctx)), user=USER, group=USER, node=plan.node,
+        diffs=ctx.diffs()))
+    if ctx.secrets.path is not None:  # the operator's bus key as its public half only
         ctx.track(SECRETS, secret_file(
-            name=SECRETS, dest=SECRETS_COPY, content=HiddenValue(secrets().receiver_copy()),
-            public=None, user=USER, group=USER, node=plan.node))
+            name=SECRETS, dest=SECRETS_COPY, content=HiddenValue(ctx.secrets.receiver_copy()),
+            public=None, user=USER, group=USER, node=plan.node, diffs=ctx.diffs()))
     key = deploy_key(ctx)
     if key:
         ctx.track(KEY, secret_file(name=KEY, dest=KEY_FILE, content=HiddenValue(key),
-                                   public=None, user=USER, group=USER, node=plan.node))
+                                   public=None, user=USER, group=USER, node=plan.node,
+                                   diffs=ctx.diffs()))
         ctx.track(SSH, managed_file(name=SSH, dest=SSH_CONFIG, content=ssh_config(), user=USER,
-                                    group=USER, mode="600", node=plan.node))
+                                    group=USER, mode="600", node=plan.node,
+                                    diffs=ctx.diffs()))
     return env
 
 
@@ -280,7 +282,7 @@ def service(ctx: AgentContext, plan: Receiver, triggers: list[Outcome]) -> None:
         leave_out=[*SHIPPED_PACKAGES, RELEASE_FILE, BROKEN_MARKER]))
     unit = ctx.track(UNIT_FILE, managed_file(
         name=UNIT_FILE, dest=UNIT_PATH, content=unit_text(ctx, tools.id), user="root",
-        group="root", mode="644", node=plan.node))
+        group="root", mode="644", node=plan.node, diffs=ctx.diffs()))
     ctx.track(SERVICE, agent_service(
         name=SERVICE, unit=UNIT, node=plan.node, unit_file=unit, triggers=triggers,
         restart=restart_command()))

@@ -67,7 +67,7 @@ def test_rollback_phase_refuses_a_bad_target_before_any_operation(
     monkeypatch.setattr(rollback, "agent_verified", lambda **kwargs: called.append(kwargs))
     phase = rollback.run.__wrapped__  # type: ignore[attr-defined]  # without pyinfra's @deploy
     with pytest.raises(DeployError) as caught:
-        phase(SimpleNamespace(), "x;touch /tmp/pwned;#")
+        phase(SimpleNamespace(), SimpleNamespace(stale_lock=""), "x;touch /tmp/pwned;#")
     assert str(caught.value) == f"rollback_to: 'x;touch /tmp/pwned;#' is not a release id ({FORM})"
     assert called == []
 

@@ -45,16 +45,16 @@ def test_env_file_refuses_what_it_cannot_hold_naming_only_the_variable(char: str
     assert "-value" not in str(caught.value) + str(caught.value.hint)
 
 
-def test_deploy_env_file_is_quoted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_deploy_env_file_is_quoted(tmp_path: Path) -> None:
     from deploys import context
     from fleet.control.secrets import Secrets
     from fleet.core.registry import parse_registry
 
     registry = parse_registry("wizards:\n  a: {host: 192.0.2.1, role: worker, model: m}\n",
                               tmp_path / "registry.yaml")
-    monkeypatch.setattr(context, "secrets", lambda: Secrets(fleet={"API_KEY": HARD}))
     ctx = context.AgentContext(agent=registry.get("a"), registry=registry,
-                               soul_source=tmp_path / "soul.md")
+                               soul_source=tmp_path / "soul.md",
+                               secrets=Secrets(fleet={"API_KEY": HARD}))
     env = {entry.name: entry.value for entry in parse_env_entries(ctx.env_file())}
     assert env["API_KEY"] == HARD and env["FLEET_AGENT"] == "a"
 
@@ -199,7 +199,9 @@ def test_plain_pyinfra_diff_masks_secrets_in_any_file(
 
     from pyinfra.context import ctx_host, ctx_state
 
-    from deploys import ops, secret_cache
+    from deploys import ops
+    from deploys.context import AgentContext
+    from fleet.core.registry import parse_registry
     from tests.deploy.test_operations import EMPTY_NODE, FakeHost
 
     secret = "sk-or-test-SECRET/1a2b+3c4d"
@@ -209,8 +211,10 @@ def test_plain_pyinfra_diff_masks_secrets_in_any_file(
     monkeypatch.setenv("FLEET_SECRETS", str(path))
     monkeypatch.setenv("FLEET_RECORDS_DIR", str(tmp_path / "records"))
     monkeypatch.setenv("FLEET_RUN_ID", "masking-test")
-    secret_cache.secrets.cache_clear()
-    secret_cache.masker.cache_clear()
+    registry = parse_registry("wizards:\n  a: {host: 192.0.2.1, role: worker, model: m}\n",
+                              tmp_path / "registry.yaml")
+    ctx = AgentContext(agent=registry.get("a"), registry=registry,  # reads $FLEET_SECRETS
+                       soul_source=tmp_path / "soul.md")
     encoded = base64.b64encode(secret.encode()).decode()
     content = json.dumps({"config": {"key": secret, "b64": encoded,
                                      "url": quote_plus(secret), "path": quote(secret)}})
@@ -219,13 +223,9 @@ def test_plain_pyinfra_diff_masks_secrets_in_any_file(
     body = inspect.unwrap(ops.managed_file)
     node = {**EMPTY_NODE, "paths": {"/etc/fleet/a/config.json": {
         "type": "regular file", "user": "root", "group": "a", "mode": "640", "sha256": "0"}}}
-    try:
-        with ctx_state.use(state), ctx_host.use(host), caplog.at_level("INFO", "pyinfra"):
-            list(body(dest="/etc/fleet/a/config.json", content=content, user="root",
-                      group="a", mode="640", node=node))
-    finally:
-        secret_cache.secrets.cache_clear()
-        secret_cache.masker.cache_clear()
+    with ctx_state.use(state), ctx_host.use(host), caplog.at_level("INFO", "pyinfra"):
+        list(body(dest="/etc/fleet/a/config.json", content=content, user="root",
+                  group="a", mode="640", node=node, diffs=ctx.diffs()))
     shown = "\n".join(record.getMessage() for record in caplog.records)
     assert '"key": "***"' in shown, shown
     for form in (secret, encoded, quote_plus(secret), quote(secret), json.dumps(secret)[1:-1]):

@@ -9,7 +9,9 @@ yields, without a node:
   default to an empty node);
 - ``facts``: other facts the operation reads, by fact class name (``{"FileContents": [...]}``);
 - ``executing`` (default true): pyinfra's execute stage, else its prepare stage (plan, dry run);
-- ``diff``: pyinfra runs with ``--diff``;
+- ``diff``: pyinfra runs with ``--diff``; an operation taking ``diffs`` gets a
+  :class:`deploys.ops.DiffReport` masking ``secrets`` (a list, default none) whose record
+  must receive exactly the diff lines logged;
 - expected: ``commands`` (strings, ``["upload", CONTENT, DEST]``, ``["function", NAME]``) and,
   when nothing is yielded, ``noop`` (the reason given); or ``exception`` (``name``, ``message``);
   ``logs``: the lines it logs (a ``--diff``), colours left out.
@@ -34,6 +36,8 @@ from pyinfra.api import FileUploadCommand, FunctionCommand, HiddenValue, StringC
 from pyinfra.context import ctx_host, ctx_state
 
 import deploys
+from deploys.ops import DiffReport
+from fleet.core.masking import Masker
 
 CASES = Path(__file__).parent / "operations"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -129,20 +133,26 @@ def test_operation(path: Path, caplog: pytest.LogCaptureFixture) -> None:
     host = FakeHost(data.get("facts", {}))
     state = SimpleNamespace(is_executing=data.get("executing", True),
                             config=SimpleNamespace(DIFF=data.get("diff", False)))
+    args = arguments(data)
+    recorded: dict[str, list[str]] = {}
+    if "diffs" in inspect.signature(body).parameters:
+        args["diffs"] = DiffReport(Masker(data.get("secrets", [])), recorded.__setitem__)
     with ctx_state.use(state), ctx_host.use(host), caplog.at_level("INFO", "pyinfra"):
         if "exception" in data:
             with pytest.raises(Exception) as raised:
-                list(body(**arguments(data)))
+                list(body(**args))
             assert type(raised.value).__name__ == data["exception"]["name"]
             assert str(raised.value) == data["exception"]["message"]
             return
-        commands = [as_json(command) for command in body(**arguments(data))]
+        commands = [as_json(command) for command in body(**args)]
     assert commands == data["commands"]
     if not commands:
         assert host.noop_description == data["noop"]
     if "logs" in data:
         logged = [*host.logs, *(record.getMessage() for record in caplog.records)]
         assert [ANSI.sub("", line).rstrip() for line in logged] == data["logs"]
+    if data.get("diff") and "logs" in data:  # the run record gets the lines --diff shows
+        assert recorded == {args["dest"]: [line[2:] for line in data["logs"][1:-1]]}
 
 
 def test_every_custom_operation_has_cases() -> None:

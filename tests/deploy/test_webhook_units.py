@@ -42,13 +42,13 @@ def registry() -> Registry:
 def context(registry: Registry, secrets: Secrets, monkeypatch: pytest.MonkeyPatch,
             name: str = "ezra-primary") -> AgentContext:
     """The context of ``name`` with ``secrets`` as the secrets file and a fixed release."""
-    monkeypatch.setattr(webhook, "secrets", lambda: secrets)
     monkeypatch.setattr(AgentContext, "release",
                         property(lambda self: Release(id="abc123", path=Path("/x"))))
     monkeypatch.setattr(webhook, "build_receiver_code",
                         lambda: Release(id="receiver-0123", path=Path("/c.tar.gz")))
     agent = registry.get(name)
-    return AgentContext(agent=agent, registry=registry, soul_source=registry.soul_path(agent))
+    return AgentContext(agent=agent, registry=registry, soul_source=registry.soul_path(agent),
+                        secrets=secrets)
 
 
 def test_receiver_only_secrets_stay_out_of_agent_environments() -> None:

@@ -1,0 +1,139 @@
+"""Data between the deploy's phases: each phase returns what a later one needs and
+``deploy.py`` hands it on; operations get the secrets' masker as an argument (no
+process-global cache); whether a host changes at all is decided once, at plan time."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploys import services
+from deploys.context import AgentContext
+from fleet.control.secrets import Secrets
+from fleet.core.masking import MASK
+from fleet.core.registry import Registry, load_registry
+
+REPO = Path(__file__).resolve().parents[2]
+PHASES = sorted((REPO / "deploys").glob("*.py"))
+SECRET = "sk-or-test-SECRET-9f8e7d6c"
+
+
+class Ran:
+    """An operation's result as the phases read it (pyinfra's OperationMeta)."""
+
+    def __init__(self, changed: bool, name: str = "") -> None:
+        self.name = name
+        self.will_change = changed
+        self.stdout = ""
+        self.changed = changed
+
+    def is_complete(self) -> bool:
+        return True
+
+    def did_change(self) -> bool:
+        return self.changed
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return load_registry(REPO / "registry.yaml")
+
+
+def context(registry: Registry, name: str = "bezalel") -> AgentContext:
+    agent = registry.get(name)
+    return AgentContext(agent=agent, registry=registry, soul_source=registry.soul_path(agent),
+                        secrets=Secrets(fleet={"OPENROUTER_API_KEY": SECRET}))
+
+
+def test_no_phase_sets_or_appends_to_the_context() -> None:
+    """Outside ``deploys/context.py`` nothing assigns ``ctx.X`` or grows a list on it: the
+    context holds inputs and the planned-operations log (``ctx.track``), not hand-offs."""
+    found = []
+    for path in PHASES:
+        if path.name == "context.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, ast.AugAssign | ast.AnnAssign) else []
+            for target in targets:
+                if isinstance(target, ast.Attribute) and ast.unparse(target.value) == "ctx":
+                    line = getattr(node, "lineno", 0)
+                    found.append(f"{path.name}:{line}: {ast.unparse(target)} =")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr in ("append", "extend", "update", "insert") \
+                    and ast.unparse(node.func.value).startswith("ctx."):
+                found.append(f"{path.name}:{node.lineno}: {ast.unparse(node.func)}")
+    assert found == []
+
+
+def test_secrets_are_loaded_by_the_context_only_and_every_file_op_gets_diffs() -> None:
+    """No module of the deploy but the context reads the secrets file; every file operation
+    is handed the masker (``diffs=``) instead of reaching for a global one."""
+    loaders, without_diffs, file_ops = [], [], 0
+    for path in [*PHASES, REPO / "deploy.py"]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and node.id == "load_secrets" \
+                    and path.name != "context.py":
+                loaders.append(path.name)
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("managed_file",
+                                                                         "secret_file"):
+                file_ops += 1
+                if "diffs" not in {keyword.arg for keyword in node.keywords}:
+                    without_diffs.append(f"{path.name}:{node.lineno}")
+    assert loaders == [] and without_diffs == []
+    assert file_ops >= 10  # baseline, release, soul, keys, services, webhook
+    assert not (REPO / "deploys" / "secret_cache.py").exists()
+
+
+def test_the_context_masks_its_own_secrets(registry: Registry) -> None:
+    ctx = context(registry)
+    assert ctx.masker(f"key={SECRET}") == f"key={MASK}"
+    assert ctx.diffs().masker is ctx.masker
+    assert f"OPENROUTER_API_KEY=\"{SECRET}\"" in ctx.env_file()
+    other = AgentContext(agent=ctx.agent, registry=registry, soul_source=ctx.soul_source,
+                         secrets=Secrets())
+    assert other.masker(f"key={SECRET}") == f"key={SECRET}"  # each context its own secrets
+
+
+def test_will_change_is_decided_once_when_the_plan_is_finished(registry: Registry) -> None:
+    converged, changing = context(registry), context(registry, "allegro")
+    for ctx in (converged, changing):
+        assert ctx.will_change  # undecided: the gate and the lock stay planned
+        ctx.track("Agent soul", Ran(False))
+    changing.track("Agent config.json", Ran(True))
+    converged.finish_plan()
+    changing.finish_plan()
+    assert (converged.will_change, changing.will_change) == (False, True)
+    converged.track("late", Ran(True))
+    converged.finish_plan()
+    assert converged.will_change is False  # decided once, at plan time
+
+
+@pytest.mark.parametrize(("changed", "restarted"), [(False, False), (True, True)])
+def test_services_restart_on_what_the_earlier_phases_returned(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch, changed: bool,
+        restarted: bool) -> None:
+    """The restart is planned exactly when an operation handed in as ``restart_on`` changes,
+    and it is among the service operations the phase returns (the audit's "restarted")."""
+    ctx = context(registry)
+    ctx.node = {**ctx.node, "unit": {"active": "active", "enabled": "enabled"}}
+    planned: list[str] = []
+
+    def operation(**kwargs: Any) -> Ran:
+        planned.append(kwargs["name"])
+        return Ran(kwargs["name"] == services.RESTART, kwargs["name"])
+
+    for name in ("managed_file", "unit_running"):
+        monkeypatch.setattr(services, name, operation)
+    monkeypatch.setattr(services.systemd, "service", operation)
+    monkeypatch.setattr(services.systemd, "daemon_reload", operation)
+    phase = services.run.__wrapped__  # type: ignore[attr-defined]  # without pyinfra's @deploy
+    returned = phase(ctx, restart_on=[Ran(False), Ran(changed)])
+    assert (services.RESTART in planned) is restarted
+    runtime = [services.RUNTIME_RUNNING] if ctx.agent.runtime_unit else []
+    assert [op.name for op in returned] == [services.RUNNING, *runtime,
+                                            *[services.RESTART] * restarted]
