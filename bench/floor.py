@@ -45,14 +45,19 @@ with ThreadPoolExecutor(len(targets)) as pool:
 
 
 def targets(registry_path: Path) -> list[dict[str, Any]]:
-    """Host, port, user, key and known_hosts of every agent (the deploy's SSH settings)."""
-    from fleet.control.hosts import known_hosts_path
+    """Host, port, user, key and known_hosts of every agent, and OpenSSH's arguments: the
+    deploy's SSH settings (:func:`fleet.control.hosts.ssh_settings`)."""
+    from fleet.control.hosts import ssh_settings
     from fleet.core.registry import load_registry
 
     registry = load_registry(registry_path)
-    pinned = known_hosts_path(registry)
-    return [{"host": agent.host, "port": agent.ssh_port, "user": agent.ssh_user,
-             "key": registry.ssh_key, "known_hosts": str(pinned)} for agent in registry]
+    found = []
+    for agent in registry:
+        settings = ssh_settings(agent, registry)
+        found.append({"host": settings.host, "port": settings.port, "user": settings.user,
+                      "key": settings.key, "known_hosts": settings.known_hosts,
+                      "ssh": [*settings.ssh_args(), settings.destination]})
+    return found
 
 
 def _timed(command: list[str]) -> float:
@@ -64,12 +69,8 @@ def _timed(command: list[str]) -> float:
 def openssh_parallel(hosts: list[dict[str, Any]]) -> float:
     """Seconds for ``ssh HOST true`` to every host at once (fresh connections)."""
     def one(target: dict[str, Any]) -> None:
-        subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ControlMaster=no",
-                        "-o", "ControlPath=none", "-o", "StrictHostKeyChecking=yes",
-                        "-o", f"UserKnownHostsFile={target['known_hosts']}",
-                        "-o", "IdentitiesOnly=yes", "-i", target["key"],
-                        "-p", str(target["port"]), f"{target['user']}@{target['host']}", "true"],
-                       check=True, capture_output=True)
+        subprocess.run(["ssh", "-o", "ControlMaster=no", "-o", "ControlPath=none",
+                        *target["ssh"], "true"], check=True, capture_output=True)
     started = time.perf_counter()
     with ThreadPoolExecutor(len(hosts)) as pool:
         list(pool.map(one, hosts))

@@ -22,6 +22,7 @@ from deploys.facts import newer_than_unit
 from deploys.ops import Outcome, managed_file, unit_running
 from fleet.control import render
 from fleet.control.templates import read_template
+from fleet.core.serving import GATEWAY_WORKERS
 
 UNIT_TEMPLATE = "fleet-agent.service.j2"
 RUNTIME_TEMPLATE = "fleet-runtime.service.j2"
@@ -48,7 +49,7 @@ def unit_text(ctx: AgentContext) -> str:
     return render.unit_file(read_template(UNIT_TEMPLATE), agent=ctx.name, user_name=ctx.user,
                             port=ctx.agent.gateway_port, etc_dir=ctx.etc_dir,
                             state_dir=ctx.state_dir, current=CURRENT, memory_max=MEMORY_MAX,
-                            tasks_max=TASKS_MAX)
+                            tasks_max=TASKS_MAX, workers=GATEWAY_WORKERS)
 
 
 def runtime_unit_text(ctx: AgentContext) -> str:

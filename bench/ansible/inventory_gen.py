@@ -14,7 +14,7 @@ bytes. Contents live in files (``copy: src=``), not in variables, so Ansible nev
 from __future__ import annotations
 
 import argparse
-import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,25 +37,23 @@ from deploys.context import (  # noqa: E402
 )
 from deploys.services import MEMORY_MAX, TASKS_MAX, unit_text  # noqa: E402
 from deploys.verify import HEALTH_TIMEOUT_S  # noqa: E402
-from fleet.control.hosts import known_hosts_path  # noqa: E402
+from fleet.control.hosts import ssh_settings  # noqa: E402
 from fleet.control.release import Release, build_release  # noqa: E402
 from fleet.core.registry import Agent, Registry, load_registry  # noqa: E402
 
 
 def ssh_vars(registry: Registry, agent: Agent) -> dict[str, Any]:
-    """How Ansible reaches ``agent``: as the deploy does (strict host keys, the lab key)."""
-    pinned = known_hosts_path(registry)
-    args = ["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-            "-o", f"UserKnownHostsFile={pinned.resolve() if pinned else os.devnull}"]
+    """How Ansible reaches ``agent``: with the deploy's SSH settings
+    (:func:`fleet.control.hosts.ssh_settings`: strict host keys, the lab key)."""
+    settings = ssh_settings(agent, registry)
     data: dict[str, Any] = {
-        "ansible_host": agent.host, "ansible_user": agent.ssh_user,
-        "ansible_port": agent.ssh_port, "ansible_python_interpreter": "/usr/bin/python3",
-        "ansible_ssh_common_args": " ".join(args),
+        "ansible_host": settings.host, "ansible_user": settings.user,
+        "ansible_port": settings.port, "ansible_python_interpreter": "/usr/bin/python3",
+        "ansible_ssh_common_args": shlex.join(
+            arg for option in settings.options() for arg in ("-o", option)),
     }
-    if registry.ssh_key:
-        data["ansible_ssh_private_key_file"] = registry.ssh_key
-        args += ["-o", "IdentitiesOnly=yes"]
-        data["ansible_ssh_common_args"] = " ".join(args)
+    if settings.key:
+        data["ansible_ssh_private_key_file"] = settings.key
     if registry.become:
         data["ansible_become"] = True
         data["ansible_become_method"] = registry.become

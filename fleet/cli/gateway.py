@@ -9,7 +9,7 @@ import click
 from bus.keys import format_keyring
 from fleet.cli.context import CliContext, pass_cli
 from fleet.control.secrets import BUS_KEY, BUS_KEYRING, load_secrets
-from fleet.core.serving import FactoryServer
+from fleet.core.serving import GATEWAY_WORKERS, FactoryServer
 
 
 @click.group()
@@ -26,7 +26,8 @@ def gateway() -> None:
 @click.option("--state-dir", envvar="FLEET_STATE_DIR", type=click.Path(file_okay=False),
               help="State dir holding bus.sqlite3 (default: $FLEET_STATE_DIR, else "
                    ".fleet/state/AGENT).")
-@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+@click.option("--workers", type=click.IntRange(1, 64), default=GATEWAY_WORKERS,
+              show_default=True,
               help="gunicorn worker processes (gevent: each serves many connections; "
                    "see fleet.core.serving).")
 @click.option("--dev", is_flag=True, help="Use Flask's threaded development server.")

@@ -58,6 +58,9 @@ access_log_format = '%(h)s - - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 MAX_REQUEST_LINE = 4094  # bytes: method, target and version (RequestLimits: 414)
 MAX_HEADER_FIELDS = 50  # header fields of one request (RequestLimits: 431)
 MAX_HEADER_FIELD_SIZE = 4094  # bytes of one header field, name and value (RequestLimits: 431)
+GATEWAY_WORKERS = 2
+"""gunicorn worker processes of an agent's gateway: its unit (the deploy) and ``fleet gateway
+serve`` both run this many (gevent: each serves many connections)."""
 
 OPTIONS: dict[str, Any] = {
     "worker_class": worker_class,

@@ -393,6 +393,23 @@ def test_unit_template_ships_in_the_package(registry) -> None:
     assert not (REPO / "templates").exists()
 
 
+def test_the_gateways_worker_count_has_one_owner(registry) -> None:
+    """The unit the deploy writes and ``fleet gateway serve`` run the same number of gunicorn
+    workers: :data:`fleet.core.serving.GATEWAY_WORKERS`, named nowhere else."""
+    from deploys.services import unit_text
+    from fleet.cli.gateway import serve
+    from fleet.core.serving import GATEWAY_WORKERS
+
+    agent = registry.get("bezalel")
+    ctx = AgentContext(agent=agent, registry=registry, soul_source=registry.soul_path(agent))
+    start = next(line for line in unit_text(ctx).splitlines() if line.startswith("ExecStart="))
+    assert f" --workers {GATEWAY_WORKERS} " in start
+    option = next(param for param in serve.params if param.name == "workers")
+    assert option.default == GATEWAY_WORKERS
+    template = (REPO / "fleet/control/templates/fleet-agent.service.j2").read_text()
+    assert "--workers {{ workers }}" in template
+
+
 class Ran:
     """An operation's result as the record reads it (pyinfra's OperationMeta)."""
 

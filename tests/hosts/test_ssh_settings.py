@@ -85,3 +85,16 @@ def test_fleet_test_without_testinfra_says_once_what_to_install(
         f"Hint: Install it: {livetest.sys.executable} -m pip install pytest-testinfra (or: pip "
         "install -e '.[test]' in the fleet repository)"]
     assert "no report" not in result.output
+
+
+def test_ssh_options_are_written_in_one_place() -> None:
+    """Every OpenSSH option naming how host keys are checked is written by
+    :class:`fleet.control.hosts.SshSettings`: the deploy, status, ``fleet test``, the lab and
+    the benches (bench/floor.py, the Ansible inventory) take theirs from it."""
+    root = Path(__file__).resolve().parents[2]
+    writers = sorted(str(path.relative_to(root)) for folder in ("fleet", "deploys", "bench",
+                                                               "scripts")
+                     for path in (root / folder).rglob("*")
+                     if path.is_file() and path.suffix in (".py", ".j2", "", ".sh")
+                     and "StrictHostKeyChecking" in path.read_text(errors="replace"))
+    assert writers == ["fleet/control/hosts.py"]
