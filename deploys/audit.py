@@ -10,7 +10,7 @@ it is back on.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from pyinfra import host, logger, state
 from pyinfra.api import BaseStateCallback, FunctionCommand, Host, State, StringCommand, operation
@@ -21,19 +21,32 @@ from deploys.context import NODECTL, AgentContext, context_of, phase
 from deploys.facts import AgentAudit
 from deploys.verify import Check
 from fleet.control.expected import Expected, compare
-from fleet.control.records import current_run_id, load_record, update_host
-from fleet.node.nodectl import fingerprint
+from fleet.control.records import (
+    CheckRecord,
+    HostRecord,
+    HostStatus,
+    current_run_id,
+    load_record,
+    update_host,
+)
+from fleet.node.nodectl import (
+    AgentFacts,
+    FileFacts,
+    RollbackOutcome,
+    VerifyOutcome,
+    fingerprint,
+)
 
 AUDIT = "Audit: record the node's state and drift, release the lock"
 
 
-def drift(facts: dict[str, Any], ctx: AgentContext, expected_release: str) -> list[str]:
+def drift(facts: AgentFacts, ctx: AgentContext, expected_release: str) -> list[str]:
     """Every difference between the node (``facts``) and the registry/release wanted."""
     agent = ctx.agent
     must = Expected(config_hash=ctx.config_hash(), soul_sha256=ctx.soul_sha256())
     found = list(compare(facts.get("release"), facts.get("soul_sha256"), facts.get("config_hash"),
                          must, expected_release, absent="drift")[1])
-    unit = facts.get("unit", {})
+    unit: dict[str, str] = facts.get("unit", {})
     if unit.get("ActiveState") != "active":
         found.append(f"{ctx.unit} is {unit.get('ActiveState')}, expected active")
     if unit.get("UnitFileState") != "enabled":
@@ -57,7 +70,7 @@ def drift(facts: dict[str, Any], ctx: AgentContext, expected_release: str) -> li
         f"/etc/fleet/{agent.name}/soul.md": ("0444", "root"),
         f"/var/lib/fleet/{agent.name}": ("0700", agent.name),
     }
-    files = facts.get("files", {})
+    files: dict[str, FileFacts | None] = facts.get("files", {})
     for path, (mode, owner) in wanted.items():
         info = files.get(path)
         if not info:
@@ -67,37 +80,42 @@ def drift(facts: dict[str, Any], ctx: AgentContext, expected_release: str) -> li
     return found
 
 
-def check_result(ctx: AgentContext, check: Check) -> dict[str, Any]:
-    """This host's verify outcome, from the JSON its verify (or rollback) printed; a rollback's
-    outcome in the shape of a verify's."""
+def check_result(ctx: AgentContext, check: Check) -> tuple[CheckRecord, AgentFacts | None]:
+    """This host's verify outcome, from the JSON its verify (or rollback) printed (a
+    rollback's in the shape of a verify's), and the agent's facts when it printed them."""
     output = check.op.stdout if check.op.is_complete() else ""
     try:
-        result: dict[str, Any] = json.loads(output) if output.strip() else {}
+        printed = json.loads(output) if output.strip() else None
     except ValueError:
-        result = {}
-    if not result:
-        return {"ok": False, "problems": ["fleet-nodectl did not answer (no JSON output)"]}
-    result["unlocked"] = True  # the same command released the lock
-    if not ctx.rollback:
-        return result
-    healthy = bool(result.get("rolled_back") and result.get("healthy"))
-    problems = result.get("problems") or [result.get("reason") or "rollback failed"]
-    return {"ok": healthy, "problems": [] if healthy else problems, "rollback": result,
-            "facts": result.pop("facts", None), "unlocked": True}
+        printed = None
+    if not isinstance(printed, dict) or not printed:
+        return {"ok": False, "problems": ["fleet-nodectl did not answer (no JSON output)"]}, None
+    if ctx.rollback:
+        rolled = cast(RollbackOutcome, printed)
+        facts = rolled.pop("facts", None)
+        healthy = bool(rolled.get("rolled_back") and rolled.get("healthy"))
+        problems = rolled.get("problems") or [rolled.get("reason") or "rollback failed"]
+        return {"ok": healthy, "problems": [] if healthy else problems, "rollback": rolled,
+                "unlocked": True}, facts
+    verified = cast(VerifyOutcome, printed)
+    facts = verified.pop("facts", None)
+    # its facts taken out; the same command released the lock
+    return cast(CheckRecord, {**verified, "unlocked": True}), facts
 
 
 def audit_node(state: State, host: Host, ctx: AgentContext, check: Check) -> bool:
     """Collect facts, write this host's part of the run record, release the lock; False (the
     host fails) when verify failed."""
-    verify = check_result(ctx, check)
-    facts = verify.pop("facts", None) or host.get_fact(
+    verify, printed = check_result(ctx, check)
+    facts = printed or host.get_fact(
         AgentAudit, nodectl=NODECTL, agent=ctx.name, unit=ctx.unit,
         port=ctx.agent.gateway_port, login_user=ctx.agent.ssh_user)
-    rollback = verify.get("rollback") or {}
-    status = "ok" if verify.get("ok") else "rolled_back" if rollback.get("healthy") else "failed"
+    rollback: RollbackOutcome = verify.get("rollback") or {}
+    status: HostStatus = ("ok" if verify.get("ok") else
+                          "rolled_back" if rollback.get("healthy") else "failed")
     changed = [*ctx.changed(), *rollback_changes(rollback)]
     found = drift(facts, ctx, ctx.release.id)
-    entry = {
+    entry: HostRecord = {
         "status": status,
         "expected_release": ctx.release.id,
         "release": facts.get("release"),
@@ -137,7 +155,7 @@ def audit_node(state: State, host: Host, ctx: AgentContext, check: Check) -> boo
     return False
 
 
-def rollback_changes(rollback: dict[str, Any]) -> list[str]:
+def rollback_changes(rollback: RollbackOutcome) -> list[str]:
     """What a rollback (``fleet-nodectl``'s JSON) changed on the node, as operation names."""
     changes = []
     if rollback.get("release") and rollback.get("from") not in (None, rollback["release"]):

@@ -7,9 +7,11 @@ import re
 import shlex
 import time
 from datetime import UTC, datetime
-from typing import Any, NotRequired, TypedDict
+from typing import NotRequired, TypedDict, cast
 
 from pyinfra.api import FactBase
+
+from fleet.node.nodectl import AgentFacts, unknown_agent
 
 PYTHON_VERSION_RE = re.compile(r"Python ([0-9]+)\.([0-9]+)(?:\.[0-9]+)?\S*")  # python3 -V
 UNIT_TIME_FORMAT = "%a %Y-%m-%d %H:%M:%S.%f UTC"  # systemctl show --timestamp=us+utc
@@ -135,23 +137,22 @@ class NodeBasics(FactBase[Basics]):
         }
 
 
-class AgentAudit(FactBase[dict[str, Any]]):
+class AgentAudit(FactBase[AgentFacts]):
     """
     The audit view of one agent, from ``fleet-nodectl facts`` (see :mod:`fleet.node.nodectl`):
     release, soul and config hashes, file modes, unit state, listening ports, authorized key
     fingerprints, sudoers lines and the gateway's /health answer.
     """
 
-    default = dict
+    default = unknown_agent
 
     def command(self, nodectl: str, agent: str, unit: str, port: int, login_user: str) -> str:
         args = [nodectl, "facts", "--agent", agent, "--unit", unit, "--port", str(port),
                 "--login-user", login_user]
         return " ".join(shlex.quote(arg) for arg in args)
 
-    def process(self, output: list[str]) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads("\n".join(output))
-        return data
+    def process(self, output: list[str]) -> AgentFacts:
+        return cast(AgentFacts, json.loads("\n".join(output)))
 
 
 class NodeState(FactBase[NodeSnapshot]):

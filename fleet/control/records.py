@@ -25,6 +25,7 @@ from bus.timestamps import id_stamp, utc_timestamp
 from fleet.core.atomic import write_atomic
 from fleet.core.errors import FleetError
 from fleet.core.masking import Masker
+from fleet.node.nodectl import AgentFacts, RollbackOutcome
 
 RECORDS_ENV = "FLEET_RECORDS_DIR"
 RUN_ID_ENV = "FLEET_RUN_ID"
@@ -32,6 +33,19 @@ RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 HostStatus = Literal["ok", "failed", "rolled_back", "skipped", "planned"]
 RunStatus = Literal["running", "ok", "degraded", "partial", "failed"]
+
+
+class CheckRecord(TypedDict, total=False):
+    """A host's verify (or ``fleet rollback``) outcome as the record keeps it: what
+    ``fleet-nodectl`` printed (:class:`fleet.node.nodectl.VerifyOutcome`), a rollback's in the
+    same shape."""
+
+    ok: bool
+    problems: list[str]
+    health: Any  # the gateway's last /health body
+    release: str
+    rollback: RollbackOutcome  # verify's automatic rollback, or ``fleet rollback``'s
+    unlocked: bool  # the same command released the node's deploy lock
 
 
 class HostRecord(TypedDict, total=False):
@@ -51,8 +65,8 @@ class HostRecord(TypedDict, total=False):
     planned: list[str]  # dry run: names of this host's operations that would change
     diffs: dict[str, list[str]]  # dry run with --diff: unified diff lines per file, masked
     restarted: bool
-    verify: dict[str, Any]
-    facts: dict[str, Any]
+    verify: CheckRecord
+    facts: AgentFacts
     drift: list[str]
     finished: str
 

@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 ROOT = Path(os.environ.get("FLEET_OPT", "/opt/fleet"))
 RELEASES = ROOT / "releases"
@@ -91,7 +91,74 @@ def sync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def switch(release: str) -> dict[str, Any]:
+class Switched(TypedDict):
+    """``fleet-nodectl switch``: the release now current, the one before, whether it moved."""
+
+    release: str
+    before: str | None
+    changed: bool
+
+
+class Pruned(TypedDict):
+    """``fleet-nodectl prune``: the releases kept and removed."""
+
+    kept: list[str]
+    removed: list[str]
+
+
+class FileFacts(TypedDict):
+    """A managed path's mode (``0640``), owner and group names."""
+
+    mode: str
+    user: str
+    group: str
+
+
+class AgentFacts(TypedDict):
+    """``fleet-nodectl facts``: everything the audit records about one agent on its node."""
+
+    release: str | None
+    releases: list[str]
+    soul_sha256: str | None
+    config_hash: str | None
+    files: dict[str, FileFacts | None]  # None: missing
+    unit: dict[str, str]  # ``systemctl show`` properties (:data:`UNIT_KEYS`)
+    ports: list[int]  # listening TCP ports
+    authorized_keys: list[str]  # fingerprints in the login user's authorized_keys
+    sudoers: list[str]
+    health_status: int  # 0: no answer
+    health: dict[str, Any] | None  # the gateway's /health body
+
+
+def unknown_agent() -> AgentFacts:
+    """The facts of an agent nothing could be read of (``fleet-nodectl`` gave no answer)."""
+    return {"release": None, "releases": [], "soul_sha256": None, "config_hash": None,
+            "files": {}, "unit": {}, "ports": [], "authorized_keys": [], "sudoers": [],
+            "health_status": 0, "health": None}
+
+
+# ``fleet-nodectl rollback`` (or verify's automatic one): whether it rolled back (else the
+# reason), the release it went back to and the one it left ("from": a keyword, hence this
+# form), whether the environment was restored, health after the restart, and with ``--agent``
+# the agent's facts.
+RollbackOutcome = TypedDict("RollbackOutcome", {
+    "rolled_back": bool, "reason": str, "release": str, "from": str | None,
+    "env_restored": bool, "restarted": bool, "healthy": bool, "problems": list[str],
+    "health": Any, "facts": AgentFacts}, total=False)
+
+
+class VerifyOutcome(TypedDict, total=False):
+    """``fleet-nodectl verify``: health as expected, else the problems and the rollback."""
+
+    ok: bool
+    problems: list[str]
+    health: Any
+    release: str
+    rollback: RollbackOutcome
+    facts: AgentFacts  # with ``--agent``
+
+
+def switch(release: str) -> Switched:
     """Point ``current`` at ``release`` (symlink + rename) and append it to the history."""
     if not RELEASE_ID_RE.fullmatch(release):
         raise SystemExit(f"{release!r} is not a release id ({RELEASE_ID_FORM})")
@@ -111,7 +178,7 @@ def switch(release: str) -> dict[str, Any]:
     return {"release": release, "before": before, "changed": before != release}
 
 
-def prune(keep: int) -> dict[str, Any]:
+def prune(keep: int) -> Pruned:
     """Delete releases beyond the newest ``keep`` (by last use), never the current one."""
     installed = [path.name for path in RELEASES.iterdir()
                  if path.is_dir() and not path.name.startswith(".")]
@@ -233,7 +300,7 @@ def restore_env(agent: str | None) -> bool:
 
 
 def rollback(unit: str, port: int, to: str | None, timeout: float,
-             runtime_unit: str | None = None, env_of: str | None = None) -> dict[str, Any]:
+             runtime_unit: str | None = None, env_of: str | None = None) -> RollbackOutcome:
     """Switch to ``to`` (default: previous release), restart and verify the result. With
     ``env_of`` (an agent whose environment this deploy changed) its previous environment is
     restored too, and the current release restarted with it when there is no previous one."""
@@ -345,13 +412,13 @@ def checked(unit: str, runtime_unit: str | None, port: int, expect: dict[str, st
     return problems, body
 
 
-def verify(args: argparse.Namespace) -> dict[str, Any]:
+def verify(args: argparse.Namespace) -> VerifyOutcome:
     """Check the deployed agent; on failure optionally roll back (see module docstring)."""
     expect = {"release": args.release, "config_hash": args.config_hash,
               "soul_sha256": args.soul_sha}
     problems, body = checked(args.unit, args.runtime_unit, args.port, expect, args.timeout)
-    result: dict[str, Any] = {"ok": not problems, "problems": problems, "health": body,
-                              "release": args.release}
+    result: VerifyOutcome = {"ok": not problems, "problems": problems, "health": body,
+                             "release": args.release}
     if problems and args.rollback:
         result["rollback"] = rollback(args.unit, args.port, None, args.timeout,
                                       args.runtime_unit,
@@ -410,7 +477,7 @@ def sha256_of(path: Path) -> str | None:
         return None
 
 
-def file_info(path: Path) -> dict[str, Any] | None:
+def file_info(path: Path) -> FileFacts | None:
     try:
         info = path.stat()
     except OSError:
@@ -435,7 +502,7 @@ def unit_state(unit: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
 
 
-def facts(args: argparse.Namespace) -> dict[str, Any]:
+def facts(args: argparse.Namespace) -> AgentFacts:
     """Everything the audit phase records about one agent on this node."""
     etc = Path("/etc/fleet") / args.agent
     home = Path(os.path.expanduser(f"~{args.login_user}"))
@@ -497,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--agent", help="also report the audit facts of this agent")
             sub.add_argument("--login-user", default="root")
     args = parser.parse_args(argv)
+    result: Switched | Pruned | AgentFacts | VerifyOutcome | RollbackOutcome
     if args.command == "switch":
         result = switch(args.release)
     elif args.command == "prune":
@@ -504,12 +572,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "facts":
         result = facts(args)
     else:
-        if args.command == "verify":
-            result = verify(args)
-        else:
-            result = rollback(args.unit, args.port, args.to, args.timeout, args.runtime_unit)
+        checked_agent = (verify(args) if args.command == "verify" else
+                         rollback(args.unit, args.port, args.to, args.timeout, args.runtime_unit))
         if args.agent:
-            result["facts"] = facts(args)
+            checked_agent["facts"] = facts(args)
+        result = checked_agent
     json.dump(result, sys.stdout, sort_keys=True)
     sys.stdout.write("\n")
     return 0

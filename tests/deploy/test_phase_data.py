@@ -137,3 +137,36 @@ def test_services_restart_on_what_the_earlier_phases_returned(
     runtime = [services.RUNTIME_RUNNING] if ctx.agent.runtime_unit else []
     assert [op.name for op in returned] == [services.RUNNING, *runtime,
                                             *[services.RESTART] * restarted]
+
+
+def test_the_audit_reads_typed_outcomes_and_facts(registry: Registry) -> None:
+    """What fleet-nodectl prints is read as its TypedDicts: a verify's facts come apart from
+    the check the record keeps; a rollback's outcome takes a verify's shape; no answer at all
+    is a failed check, and the facts of an agent nothing could be read of are complete."""
+    import json
+
+    from deploys.audit import check_result, drift
+    from deploys.facts import AgentAudit
+    from deploys.verify import Check
+    from fleet.node.nodectl import AgentFacts, unknown_agent
+
+    ctx = context(registry)
+    facts = {**unknown_agent(), "release": "r1", "health_status": 200}
+    op = Ran(False)
+    op.stdout = json.dumps({"ok": True, "problems": [], "release": "r1", "facts": facts})
+    record, printed = check_result(ctx, Check(op=op))
+    assert record == {"ok": True, "problems": [], "release": "r1", "unlocked": True}
+    assert printed == facts
+    rolled = AgentContext(agent=ctx.agent, registry=registry, soul_source=ctx.soul_source,
+                          rollback=True, secrets=Secrets())
+    op.stdout = json.dumps({"rolled_back": True, "healthy": True, "release": "r0",
+                            "from": "r1", "problems": []})
+    record, printed = check_result(rolled, Check(op=op))
+    assert record["ok"] and record["rollback"]["from"] == "r1" and printed is None
+    op.stdout = "not json"
+    assert check_result(ctx, Check(op=op)) == (
+        {"ok": False, "problems": ["fleet-nodectl did not answer (no JSON output)"]}, None)
+    assert set(AgentAudit.default()) == set(AgentFacts.__annotations__)
+    found = drift(unknown_agent(), ctx, "r1")
+    assert f"{ctx.unit} is None, expected active" in found
+    assert f"/var/lib/fleet/{ctx.name} is missing" in found
