@@ -42,17 +42,17 @@ from deploys.context import agent_context
 ctx = agent_context()
 audit.record_failures()  # a host an operation fails is recorded, naming the operation
 gate.run(ctx)  # in a later stage of `fleet deploy`: wait for the earlier stages' verdict
-checked = preflight.run(ctx)  # also reads the node's snapshot (ctx.node) the phases decide from
-if checked.ok and ctx.rollback:
-    check = rollback.run(ctx, checked, host.data.get("rollback_to"))
+ready = preflight.run(ctx)  # also reads the node's snapshot (ctx.node) the phases decide from
+if ready.ok and ctx.rollback:
+    check = rollback.run(ctx, ready, host.data.get("rollback_to"))
     audit.run(ctx, check)
-elif checked.ok:
+elif ready.ok:
     baseline.run(ctx)
-    release_files = release.run(ctx)  # the switch, registry copy and config: they restart it
-    soul_file = soul.run(ctx)
-    env_file = keys.run(ctx)
-    service_ops = services.run(ctx, restart_on=[*release_files, soul_file, env_file])
+    release_writes = release.run(ctx)  # the switch, registry copy and config: they restart it
+    soul_write = soul.run(ctx)
+    env_write = keys.run(ctx)
+    service_ops = services.run(ctx, restart_on=[*release_writes, soul_write, env_write])
     webhook.run(ctx)  # the deploy webhook receiver, where the registry puts it
-    check = verify.run(ctx, checked, env_file, service_ops)
+    check = verify.run(ctx, ready, env_write, service_ops)
     audit.run(ctx, check)
 ctx.finish_plan()  # whether this host changes at all: the gate and the lock run only then
