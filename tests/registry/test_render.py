@@ -354,6 +354,7 @@ def test_every_fleet_unit_runs_in_the_one_sandbox_block() -> None:
 UNIT_VALUES: dict[str, Any] = {
     "agent": "a", "user_name": "a", "etc_dir": "/etc/fleet/a", "current": "/opt/fleet/current",
     "state_dir": "/var/lib/fleet/a", "port": 8646, "memory_max": "1G", "tasks_max": 512,
+    "workers": 2,
     "kind": "builtin", "gateway_unit": "fleet-agent-a.service", "extra_env": [],
     "work_dir": "/var/lib/fleet/a", "python": "/usr/bin/python3", "pythonpath": "",
     "cache_dir": "/var/cache/fleet",
