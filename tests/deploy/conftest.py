@@ -21,7 +21,7 @@ from fleet.core.registry import load_registry
 from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
 
 REPO = Path(__file__).resolve().parents[2]
-SECRETS = {
+SECRETS: dict[str, dict[str, Any]] = {  # fleet: env; agents, identities: env by name
     "fleet": {"OPENROUTER_API_KEY": "sk-or-test-SECRET-1a2b3c4d"},
     "agents": {name: {PRIVATE_KEY_ENV: new_private_key()}
                for name in ("ezra-primary", "bezalel", "allegro")},

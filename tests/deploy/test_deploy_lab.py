@@ -1,9 +1,11 @@
 """Acceptance of the 8-phase deploy on the nspawn lab, from a clean clone.
 
-The tests share one lab and run in file order: cold deploy, no-change redeploy, one agent's
-config change, a broken release rolled back by verify, ``fleet rollback``, a release whose
-gateway exits at once rolled back on the canary only, then checks over
-everything that happened (state dir untouched, secrets never printed).
+The scenario: cold deploy, no-change redeploy, one agent's config change, a broken release
+rolled back by verify, ``fleet rollback``, a release whose gateway exits at once rolled back on
+the canary only, then checks over everything that happened (state dir untouched, secrets never
+printed). Every test also runs alone: the module's ``cold`` fixture re-creates the nodes and
+deploys to them once, and a test that needs an earlier step gets it from a fixture
+(``broken_deploy``) or brings the fleet to the state it starts from itself.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -25,30 +29,88 @@ import yaml
 
 from bus.keys import PRIVATE_KEY_ENV
 from tests.deploy.conftest import COLD_CHANGES, SECRETS, Fleet, secret_values
+from tests.lab_fixtures import fresh_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 AGENTS = list(SECRETS["agents"])
 STATE_FILE = "/var/lib/fleet/bezalel/memory.txt"
 STATE_PROBE = f"stat -c '%i %Y %s' {STATE_FILE} && sha256sum {STATE_FILE}"
-RUN: dict[str, str] = {}
+ROTATED_KEY = "sk-or-test-SECRET-rotated-5e6f"
+FULL_TRANSCRIPT = 8
+"""At least this many commands run when the whole scenario ran."""
+
+
+@dataclass(frozen=True)
+class ColdDeploy:
+    """The module's first deploy, to freshly booted nodes, and what later tests compare with."""
+
+    done: subprocess.CompletedProcess[str]
+    record: dict[str, Any]
+    release: str
+    state: str
+    """``STATE_PROBE`` of bezalel's state file, written just after the deploy."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cold(fleet: Fleet, session_lab_name: str) -> ColdDeploy:
+    """Re-create the session lab's nodes and deploy to them once per module; then leave a file
+    in bezalel's state dir. Every test starts from this converged fleet (or from what earlier
+    tests left, which they converge back to)."""
+    assert fresh_lab(session_lab_name) == fleet.registry  # cold: every operation changes
+    done = fleet.run("deploy")
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = fleet.record(done.stdout)
+    fleet.ssh("bezalel", f"echo remembered > {STATE_FILE} && chown bezalel: {STATE_FILE}")
+    return ColdDeploy(done=done, record=record, release=record["release"],
+                      state=fleet.ssh("bezalel", STATE_PROBE))
+
+
+@pytest.fixture(scope="module")
+def broken_deploy(fleet: Fleet, cold: ColdDeploy) -> subprocess.CompletedProcess[str]:
+    """A deploy of a release that fails verify on the canary (rolled back there), once per
+    module: afterwards ezra-primary's previous release is the broken one."""
+    return fleet.run("deploy", extra_env={"FLEET_BROKEN_RELEASE": "1"})
 
 
 def lab_hosts(fleet: Fleet) -> dict[str, str]:
+    """Each agent's node address, from the lab registry."""
     data = yaml.safe_load(fleet.registry.read_text())
     return {name: entry["host"] for name, entry in data["wizards"].items()}
 
 
-def test_cold_deploy_brings_every_agent_to_healthy(
-        fleet: Fleet, lab_refresh: Callable[[], Path]) -> None:
-    assert lab_refresh() == fleet.registry  # fresh nodes: every operation changes something
-    done = fleet.run("deploy")
-    assert done.returncode == 0, done.stdout + done.stderr
-    record = fleet.record(done.stdout)
+def edited_registry(fleet: Fleet, folder: Path, changes: dict[str, dict[str, Any]]) -> Path:
+    """A copy of the lab registry in ``folder`` (souls beside it, as they must be) with each
+    agent's entries in ``changes`` set."""
+    data = yaml.safe_load(fleet.registry.read_text())
+    for agent, entries in changes.items():
+        data["wizards"][agent].update(entries)
+    shutil.copytree(fleet.registry.parent / "souls", folder / "souls")
+    edited = folder / "registry.yaml"
+    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    return edited
+
+
+def rotated_secrets(folder: Path) -> Path:
+    """A 0600 secrets file like the fleet's, with OPENROUTER_API_KEY rotated."""
+    changed = json.loads(json.dumps(SECRETS))
+    changed["fleet"]["OPENROUTER_API_KEY"] = ROTATED_KEY
+    secrets = folder / "secrets.yaml"
+    secrets.write_text(json.dumps(changed))
+    secrets.chmod(0o600)
+    return secrets
+
+
+def whole_scenario(request: pytest.FixtureRequest) -> bool:
+    """Whether this session runs every test of this file (not one or a few of them)."""
+    selected = {item.name for item in request.session.items if item.path == request.path}
+    return selected >= {name for name in globals() if name.startswith("test_")}
+
+
+def test_cold_deploy_brings_every_agent_to_healthy(fleet: Fleet, cold: ColdDeploy) -> None:
+    record = cold.record
     assert record["status"] == "ok"
     assert [stage["hosts"] for stage in record["stages"]] == [["ezra-primary"],
                                                             ["bezalel", "allegro"]]
-    release = record["release"]
-    RUN["release"] = release
     for agent, host in lab_hosts(fleet).items():
         assert record["hosts"][agent]["status"] == "ok"
         assert record["hosts"][agent]["drift"] == []
@@ -56,28 +118,26 @@ def test_cold_deploy_brings_every_agent_to_healthy(
         health = requests.get(f"http://{host}:8646/health", timeout=5)
         assert health.status_code == 200
         body = health.json()
-        assert (body["agent"], body["release"], body["status"]) == (agent, release, "ok")
+        assert (body["agent"], body["release"], body["status"]) == (agent, cold.release, "ok")
         soul = (fleet.clone / "souls" / f"{agent}.md").read_bytes()
         assert body["soul_sha256"] == hashlib.sha256(soul).hexdigest()
         card = requests.get(f"http://{host}:8646/.well-known/agent-card.json", timeout=5).json()
-        assert card["name"] == agent and card["version"] == release
-    fleet.ssh("bezalel", f"echo remembered > {STATE_FILE} && chown bezalel: {STATE_FILE}")
-    RUN["state"] = fleet.ssh("bezalel", STATE_PROBE)
+        assert card["name"] == agent and card["version"] == cold.release
 
 
-def test_status_shows_release_soul_hash_and_health(fleet: Fleet) -> None:
+def test_status_shows_release_soul_hash_and_health(fleet: Fleet, cold: ColdDeploy) -> None:
     done = fleet.run("status", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     agents = {entry["agent"]: entry for entry in json.loads(done.stdout)["agents"]}
     assert list(agents) == AGENTS
     for agent, entry in agents.items():
         soul = (fleet.clone / "souls" / f"{agent}.md").read_bytes()
-        assert (entry["ssh"], entry["health"], entry["release"]) == ("ok", "ok", RUN["release"])
+        assert (entry["ssh"], entry["health"], entry["release"]) == ("ok", "ok", cold.release)
         assert entry["soul_sha256"] == hashlib.sha256(soul).hexdigest()
     table = fleet.run("status").stdout.splitlines()
     assert table[0].split() == ["AGENT", "ROLE", "HOST", "SSH", "HEALTH", "RELEASE", "SOUL",
                                 "STATE"]
-    assert all(row.split()[3:6] == ["ok", "ok", RUN["release"]] and row.split()[7] == "ok"
+    assert all(row.split()[3:6] == ["ok", "ok", cold.release] and row.split()[7] == "ok"
                for row in table[1:4])
 
 
@@ -116,11 +176,7 @@ def test_converged_fleet_dry_run_shows_no_change(fleet: Fleet) -> None:
 
 def test_config_change_touches_only_that_agent(
         fleet: Fleet, unit_state: Callable[[], dict[str, str]], tmp_path: Path) -> None:
-    data = yaml.safe_load(fleet.registry.read_text())
-    data["wizards"]["bezalel"]["config"] = {"temperature": 0.2}
-    edited = tmp_path / "registry.yaml"
-    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls")  # souls: inside
-    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    edited = edited_registry(fleet, tmp_path, {"bezalel": {"config": {"temperature": 0.2}}})
     before = unit_state()
     done = fleet.run("deploy", registry=edited)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -146,11 +202,12 @@ def restarted_at(fleet: Fleet, agent: str) -> datetime:
 
 def test_batch_one_deploys_the_workers_one_after_the_other(
         fleet: Fleet, tmp_path: Path) -> None:
-    data = yaml.safe_load(fleet.registry.read_text())
-    data["wizards"]["allegro"]["config"] = {"temperature": 0.3}  # bezalel: back to no config
-    edited = tmp_path / "registry.yaml"
-    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls")  # souls: inside
-    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    start = edited_registry(fleet, tmp_path / "start",  # as the config-change test leaves it
+                            {"bezalel": {"config": {"temperature": 0.2}}})
+    started = fleet.run("deploy", registry=start)
+    assert started.returncode == 0, started.stdout + started.stderr
+    edited = edited_registry(fleet, tmp_path / "edited",  # bezalel: back to no config
+                             {"allegro": {"config": {"temperature": 0.3}}})
     for registry, restarted in ((edited, {"bezalel", "allegro"}), (fleet.registry, {"allegro"})):
         done = fleet.run("deploy", "--batch", "1", registry=registry)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -172,10 +229,11 @@ def test_batch_one_deploys_the_workers_one_after_the_other(
     assert config["config"] == {}
 
 
-def test_broken_release_is_rolled_back_by_verify(fleet: Fleet) -> None:
-    done = fleet.run("deploy", extra_env={"FLEET_BROKEN_RELEASE": "1"})
+def test_broken_release_is_rolled_back_by_verify(
+        fleet: Fleet, cold: ColdDeploy, broken_deploy: subprocess.CompletedProcess[str]) -> None:
+    done = broken_deploy
     assert done.returncode == 1, done.stdout + done.stderr
-    good = RUN["release"]
+    good = cold.release
     assert f"rolled back to release {good}, which is healthy" in done.stdout
     record = fleet.record(done.stdout)
     canary = record["hosts"]["ezra-primary"]
@@ -192,9 +250,10 @@ def test_broken_release_is_rolled_back_by_verify(fleet: Fleet) -> None:
     assert (body["status"], body["release"]) == ("ok", good)
 
 
-def test_fleet_rollback_switches_restarts_and_verifies(fleet: Fleet) -> None:
-    good = RUN["release"]
-    to_broken = fleet.run("rollback", "ezra-primary")  # previous release: the broken one
+@pytest.mark.usefixtures("broken_deploy")  # ezra-primary's previous release: the broken one
+def test_fleet_rollback_switches_restarts_and_verifies(fleet: Fleet, cold: ColdDeploy) -> None:
+    good = cold.release
+    to_broken = fleet.run("rollback", "ezra-primary")
     assert to_broken.returncode == 1
     assert fleet.record(to_broken.stdout)["hosts"]["ezra-primary"]["release"] == f"{good}-broken"
     back = fleet.run("rollback", "ezra-primary", "--to", good)
@@ -208,8 +267,8 @@ def test_fleet_rollback_switches_restarts_and_verifies(fleet: Fleet) -> None:
 
 
 def test_release_whose_gateway_exits_at_once_is_rolled_back_on_the_canary_only(
-        fleet: Fleet) -> None:
-    good = RUN["release"]
+        fleet: Fleet, cold: ColdDeploy) -> None:
+    good = cold.release
     workers_before = {agent: fleet.ssh(agent, "readlink /opt/fleet/current")
                       for agent in ("bezalel", "allegro")}
     done = fleet.run("deploy", extra_env={"FLEET_BROKEN_RELEASE": "exit"})
@@ -231,21 +290,21 @@ def test_release_whose_gateway_exits_at_once_is_rolled_back_on_the_canary_only(
     assert (body["status"], body["release"]) == ("ok", good)
 
 
-def test_state_dir_survives_deploys_and_rollbacks(fleet: Fleet) -> None:
-    done = fleet.run("deploy", "--limit", "bezalel")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert fleet.ssh("bezalel", STATE_PROBE) == RUN["state"]
+def test_state_dir_survives_deploys_and_rollbacks(
+        fleet: Fleet, cold: ColdDeploy, tmp_path: Path) -> None:
+    edited = edited_registry(fleet, tmp_path, {"bezalel": {"config": {"temperature": 0.4}}})
+    for registry in (edited, fleet.registry):  # a config change and back: two restarts
+        done = fleet.run("deploy", "--limit", "bezalel", registry=registry)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert fleet.record(done.stdout)["hosts"]["bezalel"]["restarted"] is True
+        assert fleet.ssh("bezalel", STATE_PROBE) == cold.state  # as the cold fixture left it
 
 
 def test_operator_keys_are_added_next_to_the_lab_key(fleet: Fleet, tmp_path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "operator",
                     "-f", str(tmp_path / "op")], check=True)
     public = (tmp_path / "op.pub").read_text().strip()
-    data = yaml.safe_load(fleet.registry.read_text())
-    data["wizards"]["allegro"]["authorized_keys"] = [public]
-    edited = tmp_path / "registry.yaml"
-    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls")  # souls: inside
-    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    edited = edited_registry(fleet, tmp_path, {"allegro": {"authorized_keys": [public]}})
     before = fleet.ssh("allegro", "cat /root/.ssh/authorized_keys")
     done = fleet.run("deploy", "--limit", "allegro", registry=edited)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -271,13 +330,8 @@ def test_locked_node_fails_preflight_before_anything_changes(fleet: Fleet) -> No
 
 
 def test_dry_diff_shows_file_diffs_with_secrets_masked(fleet: Fleet, tmp_path: Path) -> None:
-    changed = json.loads(json.dumps(SECRETS))
-    changed["fleet"]["OPENROUTER_API_KEY"] = "sk-or-test-SECRET-rotated-5e6f"
-    secrets = tmp_path / "secrets.yaml"
-    secrets.write_text(json.dumps(changed))
-    secrets.chmod(0o600)
     done = fleet.pyinfra("inventory.py", "deploy.py", "--dry", "--diff",
-                         extra_env={"FLEET_SECRETS": str(secrets)})
+                         extra_env={"FLEET_SECRETS": str(rotated_secrets(tmp_path))})
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert "Will modify /etc/fleet/allegro/env" in output
@@ -286,11 +340,8 @@ def test_dry_diff_shows_file_diffs_with_secrets_masked(fleet: Fleet, tmp_path: P
 
     secret = SECRETS["fleet"]["OPENROUTER_API_KEY"]  # a secret sitting in `config:`
     forms = [secret, base64.b64encode(secret.encode()).decode(), quote(secret, safe="")]
-    data = yaml.safe_load(fleet.registry.read_text())
-    data["wizards"]["allegro"]["config"] = {f"k{i}": form for i, form in enumerate(forms)}
-    edited = tmp_path / "registry.yaml"
-    shutil.copytree(fleet.registry.parent / "souls", tmp_path / "souls")
-    edited.write_text(yaml.safe_dump(data, sort_keys=False))
+    edited = edited_registry(fleet, tmp_path, {
+        "allegro": {"config": {f"k{i}": form for i, form in enumerate(forms)}}})
     done = fleet.pyinfra("inventory.py", "deploy.py", "--dry", "--diff", "--limit", "allegro",
                          extra_env={"FLEET_REGISTRY": str(edited)})
     output = done.stdout + done.stderr
@@ -300,11 +351,21 @@ def test_dry_diff_shows_file_diffs_with_secrets_masked(fleet: Fleet, tmp_path: P
     assert not [form for form in forms if form in output]
 
 
-def test_no_secret_in_any_output_or_record(fleet: Fleet) -> None:
-    assert len(fleet.transcript) >= 8
+def test_no_secret_in_any_output_or_record(
+        fleet: Fleet, cold: ColdDeploy, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    if whole_scenario(request):  # every command of the scenario is in the transcript
+        assert len(fleet.transcript) >= FULL_TRANSCRIPT
+    else:  # alone: besides the cold deploy, the outputs that show secrets when they change
+        diff = fleet.pyinfra("inventory.py", "deploy.py", "--dry", "--diff",
+                             extra_env={"FLEET_SECRETS": str(rotated_secrets(tmp_path))})
+        assert diff.returncode == 0, diff.stdout + diff.stderr
+        assert "OPENROUTER_API_KEY=*** (changed)" in diff.stdout + diff.stderr
+        status = fleet.run("status", "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+    assert cold.done.stdout + cold.done.stderr in fleet.transcript  # it wrote every secret
     records = [path.read_text() for path in fleet.records.glob("*.json")]
     assert records
-    for value in secret_values():
+    for value in [*secret_values(), ROTATED_KEY]:
         assert not [text for text in fleet.transcript if value in text]
         assert not [text for text in records if value in text]
     for agent in AGENTS:
