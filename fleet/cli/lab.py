@@ -14,6 +14,7 @@ import click
 from fleet import lab as lab_api
 from fleet.cli.context import CliContext, pass_cli
 from fleet.core.validate import USER_NAME_FORM, USER_NAME_RE
+from fleet.lab import model as lab_model
 from fleet.lab.paths import DEFAULT_LAB, LAB_ENV
 from fleet.lab.rootfs import SUITES
 
@@ -101,9 +102,14 @@ def lab() -> None:
               help="Debian release the nodes boot: bookworm (default) or trixie; NAME=SUITE "
                    "for one node (repeat for several).")
 @click.option("--model", "with_model", is_flag=True,
-              help="Also serve the lab model (Gemma 3 270M through llama.cpp's OpenAI-"
-                   "compatible server) on the bridge; agents without a provider URL use it. "
-                   "The first time builds and caches the server (about 5 minutes).")
+              help="Also serve the lab model (through llama.cpp's OpenAI-compatible server) "
+                   "on the bridge; agents without a provider URL use it. The first time "
+                   "builds and caches the server (about 5 minutes).")
+@click.option("--model-name", type=click.Choice(sorted(lab_model.MODELS)),
+              envvar=lab_model.MODEL_ENV, default=None,
+              help="The model --model serves: smollm2 (SmolLM2 135M Instruct, follows the "
+                   "soul; the default) or gemma (Gemma 3 270M, a base model). Also from "
+                   f"${lab_model.MODEL_ENV}.")
 @click.option("--regions", "regions", metavar="NAME:N,...", callback=_regions,
               help="Regions and their node counts, e.g. eu:3,us:3,ap:3 (the lab registry "
                    "lists them as fleet.regions, in this order).")
@@ -116,8 +122,9 @@ def lab() -> None:
 @lab_option
 @pass_cli
 def up(cli: CliContext, nodes: int | None, ssh_user: str | None, repo_url: str | None,
-       releases: dict[str, str], with_model: bool, regions: list[tuple[str, int]] | None,
-       latency_ms: float, jitter_ms: float, lab_name: str) -> None:
+       releases: dict[str, str], with_model: bool, model_name: str | None,
+       regions: list[tuple[str, int]] | None, latency_ms: float, jitter_ms: float,
+       lab_name: str) -> None:
     """Boot one node per registry agent and write the lab registry."""
     if (latency_ms or jitter_ms) and not (regions or cli.registry.regions):
         raise click.UsageError("--latency and --jitter need regions (--regions or the "
@@ -129,7 +136,7 @@ def up(cli: CliContext, nodes: int | None, ssh_user: str | None, repo_url: str |
     path = lab_api.up(registry, nodes=nodes, lab=lab_name, progress=_progress,
                       cancel=cancel, ssh_user=ssh_user, releases=releases,
                       with_model=with_model, regions=regions, latency_ms=latency_ms,
-                      jitter_ms=jitter_ms)
+                      jitter_ms=jitter_ms, model_name=model_name)
     count = len(lab_api.status(lab_name))
     click.echo(f"Lab {lab_name!r} is up with {count} nodes. Point the fleet at it with:")
     click.echo(f"  export FLEET_REGISTRY={path}")

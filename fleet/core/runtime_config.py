@@ -13,6 +13,7 @@ from typing import Any
 
 MAX_TOKENS_LIMIT = 1_000_000
 MODEL_CHECK_LIMIT_S = 86_400
+MAX_TEMPERATURE = 2
 
 
 class RuntimeConfigError(ValueError):
@@ -26,10 +27,13 @@ class RuntimeSettings:
     + max_tokens: the most tokens one answer may take (default 256)
     + model_check_s: seconds between the runtime's checks of its provider while idle (a
       1-token round trip; 0 turns the check off)
+    + temperature: the sampling temperature of every answer (0: always the likeliest token,
+      the same answer to the same prompt); None: the provider's default
     """
 
     max_tokens: int = 256
     model_check_s: float = 60.0
+    temperature: float | None = None
 
 
 def _whole(value: Any) -> bool:
@@ -57,6 +61,8 @@ _RULES = {  # the keys the runtime reads, in the order their problems are listed
                         "the most tokens one answer may take", "256"),
     "model_check_s": _Rule(_number, 0, MODEL_CHECK_LIMIT_S, "a number of seconds",
                            "how often an idle runtime checks its model; 0 = never", "60"),
+    "temperature": _Rule(_number, 0, MAX_TEMPERATURE, "a number",
+                         "the sampling temperature; 0 = always the likeliest token", "0.7"),
 }
 
 
@@ -83,4 +89,6 @@ def runtime_settings(config: Mapping[str, Any]) -> RuntimeSettings:
     defaults = RuntimeSettings()
     return RuntimeSettings(
         max_tokens=int(config.get("max_tokens", defaults.max_tokens)),
-        model_check_s=float(config.get("model_check_s", defaults.model_check_s)))
+        model_check_s=float(config.get("model_check_s", defaults.model_check_s)),
+        temperature=None if config.get("temperature") is None
+        else float(config["temperature"]))

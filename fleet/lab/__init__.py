@@ -53,12 +53,13 @@ def up(registry: Registry, nodes: int | None = None, lab: str = DEFAULT_LAB,
        cancel: threading.Event | None = None, ssh_user: str | None = None,
        releases: dict[str, str] | None = None, with_model: bool = False,
        regions: list[tuple[str, int]] | None = None, latency_ms: float = 0,
-       jitter_ms: float = 0) -> Path:
+       jitter_ms: float = 0, model_name: str | None = None) -> Path:
     """Boot the lab from ``registry`` (first ``nodes`` agents, extra workers beyond) and
     return the lab registry path; with ``ssh_user``, nodes are reached as that sudo user and
     refuse root logins; ``releases`` maps node names (``""``: all) to the Debian release they
-    boot (bookworm by default, trixie); ``with_model`` also serves the lab model (see
-    :mod:`fleet.lab.model`); ``regions`` boots that many nodes per region, with
+    boot (bookworm by default, trixie); ``with_model`` also serves the lab model
+    ``model_name`` (see :mod:`fleet.lab.model`; default ``$FLEET_LAB_MODEL``, else
+    ``smollm2``); ``regions`` boots that many nodes per region, with
     ``latency_ms`` (± ``jitter_ms``) between regions (see :mod:`fleet.lab.regions`). On any
     failure (or ``cancel`` being set) everything is
     torn down before raising."""
@@ -73,7 +74,8 @@ def up(registry: Registry, nodes: int | None = None, lab: str = DEFAULT_LAB,
             teardown(lab, path)  # left over from a killed run or a reboot: nothing runs
         try:
             return bring_up(registry, nodes, lab, path, progress or (lambda _: None), cancel,
-                            ssh_user, releases, with_model, regions, latency_ms, jitter_ms)
+                            ssh_user, releases, with_model, regions, latency_ms, jitter_ms,
+                            model_name)
         except BaseException as exc:
             join_threads(thread_prefix(lab))  # no node thread may build while we tear down
             try:

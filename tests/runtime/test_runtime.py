@@ -72,10 +72,12 @@ def test_request_is_answered_by_the_model_with_its_correlation_id(
     assert answer["from"] == "bezalel"
     assert answer["payload"]["text"] == "four"
     assert answer["payload"]["tokens"] == 1
+    assert answer["payload"]["prompt_tokens"] == 5  # the provider's usage.prompt_tokens
     asked = provider.requests[-1]
     assert asked["messages"] == [
         {"role": "system", "content": "You are bezalel. Answer briefly.\n"},
         {"role": "user", "content": "What is 2+2?"}]
+    assert "temperature" not in asked  # none set: the provider's default
     state = read_state(gateways["bezalel"].state)
     assert state is not None and state["handled"] == 1
     assert state["last_round_trip"]["ok"] is True
@@ -129,6 +131,22 @@ def test_provider_outage_waits_and_answers_after_it_returns(
         answer = wait_for(lambda: responses(ezra, "c-2"))[0]
     assert answer["payload"]["text"] == "four"
     assert len(provider.requests) == 4
+
+
+def test_the_agents_temperature_reaches_the_provider(
+        fleet_pair: tuple[Path, dict[str, Gateway]], provider: MockProvider) -> None:
+    registry, gateways = fleet_pair
+    text = registry.read_text()
+    registry.write_text(text.replace("    capabilities: [code]\n    provider:\n",
+                                     "    capabilities: [code]\n    config: {temperature: 0}\n"
+                                     "    provider:\n", 1))
+    runtime = runtime_of(registry, gateways["bezalel"].state, provider)
+    with BusClient.for_agent(load_registry(registry), "ezra", KEYS) as ezra:
+        ezra.send("bezalel", "request", {"prompt": "hi"}, correlation_id="c-t", reply_to="ezra")
+        wait_for(lambda: runtime.inbox.messages(type="request", unacked=1)["messages"])
+        assert runtime.step() == 1
+        wait_for(lambda: responses(ezra, "c-t"))
+    assert provider.requests[-1]["temperature"] == 0
 
 
 def test_expired_request_gets_an_error_response(

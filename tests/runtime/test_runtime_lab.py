@@ -1,16 +1,19 @@
-"""Agents that think, on the lab with the real model server (Gemma 3 270M through llama.cpp's
-OpenAI-compatible server on the lab bridge). The tests share one lab and run in file order:
-a deploy leaves agents whose runtimes answer requests with model-written text; a runtime
-killed -9 mid-request answers once after its restart; with the model server stopped requests
-wait and are answered after it returns; a release whose runtime cannot reach its provider
-fails verify and is rolled back.
+"""Agents that think, on the lab with the real model server (the lab model, SmolLM2 135M
+Instruct by default, through llama.cpp's OpenAI-compatible server on the lab bridge). The
+tests share one lab and run in file order: a deploy leaves agents whose runtimes answer
+requests with model-written text; a runtime killed -9 mid-request answers once after its
+restart; with the model server stopped requests wait and are answered after it returns; a
+release whose runtime cannot reach its provider fails verify and is rolled back; the soul
+reaches the model, and a new soul changes the answers.
 
-The model is a small base model: the tests check that answers came from it over the wire
-(tokens, timing, the right correlation id), not what they say."""
+The model is very small: the tests check that answers came from it over the wire (tokens,
+timing, the right correlation id, the prompt's token count), and count what it says rather
+than expect each answer to follow the soul."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -40,6 +43,21 @@ KEYS = {name: env[PRIVATE_KEY_ENV] for name, env in SECRETS["agents"].items()}
 ASKER, WORKER = "ezra-primary", "bezalel"
 RUNTIME = f"fleet-runtime-{WORKER}.service"
 MAX_TOKENS = 64  # per answer: a few seconds here, minutes when the machine is very busy
+NEW_SOUL = "You only answer in French.\n"
+"""The worker's new soul: an instruction the 135M model follows in some answers, not all
+(measured with the worker's own soul before it: 0 of 10 answers in French; prepended to
+that soul the instruction is drowned out: 0 of 10 too)."""
+PROMPTS = ["What colour is the sky on a clear day?", "Name three fruits.",
+           "What is the capital of Italy?", "Describe a cat in one sentence.", "Say hello.",
+           "Say goodbye.", "What is rain?", "Suggest a name for a dog.", "Introduce yourself.",
+           "Thank the user for their help."]
+FRENCH_WORDS = frozenset({"le", "la", "les", "un", "une", "des", "est", "et", "je", "tu", "vous",
+                          "nous", "il", "elle", "ce", "cette", "qui", "que", "pour", "dans",
+                          "avec", "sur", "pas", "sont", "ou", "du", "au", "aux", "mais", "très",
+                          "bonjour", "en"})
+ENGLISH_WORDS = frozenset({"the", "is", "are", "and", "i", "you", "we", "it", "this", "that",
+                           "which", "for", "in", "with", "not", "of", "to", "or", "but", "very",
+                           "hello"})
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +69,7 @@ def model_lab() -> Iterator[Path]:
         lab.down(claimed.lab)
         try:
             registry = load_registry(EXAMPLE_REGISTRY)
-            short = {name: replace(agent, config={"max_tokens": MAX_TOKENS})
+            short = {name: replace(agent, config={"max_tokens": MAX_TOKENS, "temperature": 0})
                      for name, agent in registry.agents.items()}
             yield lab.up(replace(registry, agents=short), lab=claimed.lab, with_model=True)
         finally:
@@ -212,6 +230,75 @@ def test_fleet_ask_routes_by_capability_and_prints_the_model_answer(fleet: Fleet
     answer = json.loads(done.stdout)
     assert answer["agent"] == WORKER and answer["asked"] == [WORKER]  # the one coder
     assert answer["payload"]["tokens"] > 0 and answer["payload"]["text"].strip(), answer
+
+
+def chatml(soul: str, prompt: str) -> str:
+    """What the model reads for ``prompt`` under ``soul``: the ChatML rendering of the system
+    and user messages (the GGUF's own chat template), up to the assistant's turn."""
+    return (f"<|im_start|>system\n{soul}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
+            "<|im_start|>assistant\n")
+
+
+def token_count(lab_path: Path, text: str) -> int:
+    """How many tokens the lab's model server makes of ``text``."""
+    index = read_index(lab_path)
+    assert index is not None
+    with requests.post(f"http://{controller_ip(index)}:{model.MODEL_PORT}/extras/tokenize/count",
+                       json={"input": text}, timeout=60) as answer:
+        answer.raise_for_status()
+        return int(answer.json()["count"])
+
+
+def looks_french(text: str) -> bool:
+    """More French function words in ``text`` than English ones."""
+    words = re.findall(r"[a-zàâçéèêëîïôûùüÿœ]+", text.lower())
+    return sum(w in FRENCH_WORDS for w in words) > sum(w in ENGLISH_WORDS for w in words)
+
+
+def answers(registry: Path) -> list[dict[str, Any]]:
+    """The worker's answers to :data:`PROMPTS`, asked one at a time."""
+    with BusClient.for_agent(load_registry(registry), ASKER, KEYS, timeout=30) as ezra:
+        found = [ezra.request(WORKER, {"prompt": prompt}, timeout=300)["payload"]
+                 for prompt in PROMPTS]
+    for payload in found:
+        assert "error" not in payload and payload["tokens"] > 0, payload
+    return found
+
+
+def test_the_soul_reaches_the_model_and_a_new_soul_changes_the_answers(
+        fleet: Fleet, tmp_path: Path) -> None:
+    lab_path = fleet.registry.parent
+    if model.served_by(lab_path) is not model.SMOLLM2:
+        pytest.skip("the lab serves a model whose chat format drops the system message")
+    soul = fleet.ssh(WORKER, f"cat /etc/fleet/{WORKER}/soul.md")
+    before = answers(fleet.registry)
+    # the soul is in the model's prompt: the prompt it read is exactly soul + question
+    assert [a["prompt_tokens"] for a in before] == [
+        token_count(lab_path, chatml(soul, prompt)) for prompt in PROMPTS]
+    shutil.copytree(lab_path / "souls", tmp_path / "souls")
+    (tmp_path / "souls" / f"{WORKER}.md").write_text(NEW_SOUL)
+    edited = tmp_path / "registry.yaml"
+    shutil.copy(fleet.registry, edited)
+    try:
+        done = fleet.run("deploy", "--limit", WORKER, registry=edited)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert fleet.ssh(WORKER, f"cat /etc/fleet/{WORKER}/soul.md") == NEW_SOUL
+        after = answers(edited)
+    finally:
+        back = fleet.run("deploy", "--limit", WORKER)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert fleet.ssh(WORKER, f"cat /etc/fleet/{WORKER}/soul.md") == soul
+    assert [a["prompt_tokens"] for a in after] == [
+        token_count(lab_path, chatml(NEW_SOUL, prompt)) for prompt in PROMPTS]
+    changed = sum(a["text"] != b["text"] for a, b in zip(after, before, strict=True))
+    french_before = sum(looks_french(a["text"]) for a in before)
+    french_after = sum(looks_french(a["text"]) for a in after)
+    print(f"\nprompt_tokens = the server's count of soul + prompt for all {len(PROMPTS)} "
+          f"prompts, both souls; answers changed by the new soul: {changed}/{len(PROMPTS)}; "
+          f"French-looking: {french_before}/{len(PROMPTS)} with the worker's soul, "
+          f"{french_after}/{len(PROMPTS)} with {NEW_SOUL.strip()!r}")
+    assert changed >= len(PROMPTS) // 2
+    assert french_after > french_before
 
 
 def operator_runtime_registry(fleet: Fleet, tmp_path: Path, script: str, shipped: str,

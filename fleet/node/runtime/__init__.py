@@ -63,6 +63,7 @@ def from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> Runtime:
     return Runtime(agent=agent.name, inbox=inbox, provider=provider_for(agent, env),
                    soul=lambda: soul_path.read_text(encoding="utf-8"), state_dir=state_dir,
                    release=running_release()[0], max_tokens=settings.max_tokens,
+                   temperature=settings.temperature,
                    model_check_s=settings.model_check_s,
                    tools=[tool.openai() for tool in agent.tools],
                    call_tool=call_tool if agent.tools else None,

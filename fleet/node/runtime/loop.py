@@ -97,6 +97,8 @@ class Runtime:
     state_dir: Path
     release: str
     max_tokens: int = 256
+    temperature: float | None = None
+    """The sampling temperature of every answer (None: the provider's default)."""
     wait_s: float = LONG_POLL_S
     """How long one read of the inbox waits for a request (the gateway answers at once when
     one arrives)."""
@@ -307,6 +309,7 @@ class Runtime:
                                  "content": json.dumps(result)[:MAX_TOOL_RESULT]})
         assert done is not None
         answer = {"text": done.text, "model": self.provider.model, "tokens": done.tokens,
+                  "prompt_tokens": done.prompt_tokens,
                   "latency_ms": round(done.latency_s * 1000, 1),
                   "finish_reason": done.finish_reason, "agent": self.agent}
         if used:
@@ -326,6 +329,7 @@ class Runtime:
             try:
                 done = self.provider.chat(messages, max_tokens=self.max_tokens,
                                           tools=self.tools if tools else None,
+                                          temperature=self.temperature,
                                           timeout=min(self.provider.timeout, left)
                                           if left is not None else None)
                 self._model_seen = self.clock()

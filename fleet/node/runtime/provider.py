@@ -25,7 +25,8 @@ class ProviderError(Exception):
 
 @dataclass(frozen=True)
 class Completion:
-    """What the model answered: its text (or tool calls), token count and the round trip."""
+    """What the model answered: its text (or tool calls), token count and the round trip;
+    ``prompt_tokens``: how many tokens the prompt it read had (None when not reported)."""
 
     text: str
     tokens: int
@@ -33,6 +34,7 @@ class Completion:
     finish_reason: str | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     message: dict[str, Any] = field(default_factory=dict)
+    prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,16 @@ class Provider:
 
     def chat(self, messages: list[dict[str, Any]], max_tokens: int = 256,
              tools: list[dict[str, Any]] | None = None, timeout: float | None = None,
-             session: requests.Session | None = None) -> Completion:
-        """One chat completion; :class:`ProviderError` on any failure (no retries here)."""
+             session: requests.Session | None = None,
+             temperature: float | None = None) -> Completion:
+        """One chat completion (at ``temperature``, else the provider's default);
+        :class:`ProviderError` on any failure (no retries here)."""
         body: dict[str, Any] = {"model": self.model, "messages": messages,
                                 "max_tokens": max_tokens}
         if tools:
             body["tools"] = tools
+        if temperature is not None:
+            body["temperature"] = temperature
         headers = {"Content-Type": "application/json"}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
@@ -87,13 +93,15 @@ def parse_completion(raw: bytes, latency: float, url: str) -> Completion:
         calls = message.get("tool_calls") or []
         usage = data.get("usage") or {}
         tokens = int(usage.get("completion_tokens") or 0)
+        prompt = usage.get("prompt_tokens")
+        prompt_tokens = None if prompt is None else int(prompt)
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise ProviderError(f"{url}: not a chat completion answer", retryable=False) from None
     if not isinstance(text, str) or not isinstance(calls, list):
         raise ProviderError(f"{url}: not a chat completion answer", retryable=False)
     return Completion(text=text, tokens=tokens, latency_s=latency,
                       finish_reason=choice.get("finish_reason"), tool_calls=calls,
-                      message=message)
+                      message=message, prompt_tokens=prompt_tokens)
 
 
 PROBE = [{"role": "user", "content": "Say OK."}]
