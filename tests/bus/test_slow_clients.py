@@ -32,6 +32,7 @@ import requests
 from bus.keys import PRIVATE_KEY_ENV, PUBLIC_KEYS_ENV
 from fleet.control.release import release_code
 from fleet.core import serving
+from fleet.core.serving import GATEWAY_WORKERS
 from tests.bus.conftest import KEYS, PUBLIC, Fleet, Gateway, message, signed_headers
 from tests.slow_clients import assert_dropped_at_header_deadline, half_open
 from tests.waiting import wait_for
@@ -47,7 +48,8 @@ def unit_command(port: int) -> list[str]:
     """The gateway unit's ``ExecStart``, on loopback and with this test's interpreter."""
     template = (REPO / "fleet/control/templates/fleet-agent.service.j2").read_text(encoding="utf-8")
     line = next(line for line in template.splitlines() if line.startswith("ExecStart="))
-    argv = shlex.split(jinja2.Template(line.removeprefix("ExecStart=")).render(port=port))
+    command = jinja2.Template(line.removeprefix("ExecStart="), undefined=jinja2.StrictUndefined)
+    argv = shlex.split(command.render(port=port, workers=GATEWAY_WORKERS))
     assert argv[0] == "/usr/bin/python3"
     return [sys.executable, *(arg.replace("0.0.0.0:", "127.0.0.1:") for arg in argv[1:])]
 
