@@ -89,9 +89,8 @@ class AgentContext:
     def diffs(self) -> DiffReport:
         """Where this host's file operations put their ``--diff``: masked, into the run
         record."""
-        masker = self.masker
-        return DiffReport(masker, lambda dest, lines: add_diff(current_run_id(), host.name, dest,
-                                                               lines, masker))
+        return DiffReport(self.masker, lambda dest, lines: add_diff(current_run_id(), host.name,
+                                                                    dest, lines))
 
     @property
     def will_change(self) -> bool:

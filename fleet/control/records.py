@@ -178,12 +178,12 @@ def update_host(run_id: str, host: str, entry: HostRecord | dict[str, Any],
             masker.data(dict(entry)) if masker else entry)
 
 
-def add_diff(run_id: str, host: str, path: str, lines: list[str],
-             masker: Masker | None = None) -> None:
-    """Keep the planned diff of ``path`` on ``host`` (a dry run with ``--diff``)."""
+def add_diff(run_id: str, host: str, path: str, lines: list[str]) -> None:
+    """Keep the planned diff of ``path`` on ``host`` (a dry run with ``--diff``): ``lines``
+    masked already (:class:`deploys.ops.DiffReport` masks them as it logs them)."""
     with _locked(run_id) as record:
         entry = record.setdefault("hosts", {}).setdefault(host, {})
-        entry.setdefault("diffs", {})[path] = masker.data(lines) if masker else lines
+        entry.setdefault("diffs", {})[path] = lines
 
 
 def set_verdict(run_id: str, stage: int, verdict: Verdict) -> None:
