@@ -3,14 +3,17 @@ unit has the gateway's sandbox, starts and restarts with it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleet.control.templates import read_template
 from fleet.core.errors import RegistryError
 from fleet.core.registry import parse_registry
-from fleet.core.runtime_config import runtime_settings
+from fleet.core.runtime_config import RuntimeConfigError, runtime_settings
 
 BASE = """\
 wizards:
@@ -146,3 +149,26 @@ def test_runtime_settings_and_the_agents_own_keys_pass() -> None:
     settings = runtime_settings(agent.get("bezalel").config)  # type: ignore[attr-defined]
     assert (settings.max_tokens, settings.model_check_s, settings.temperature) == (64, 0, 0.2)
     assert runtime_settings({}).temperature is None  # the provider's default
+
+
+VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30),
+                   st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
+                   st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(config=st.dictionaries(st.sampled_from(["max_tokens", "model_check_s", "temperature"]),
+                              VALUES))
+def test_every_config_the_validator_accepts_makes_a_request_the_provider_can_read(
+        config: dict[str, object]) -> None:
+    """Whatever an agent's ``config:`` holds, the runtime's settings are refused with
+    :class:`RuntimeConfigError` or are finite numbers in range that a chat request carries as
+    plain JSON (no NaN, no infinity, no boolean)."""
+    try:
+        found = runtime_settings(config)
+    except RuntimeConfigError:
+        return
+    assert 1 <= found.max_tokens <= 1_000_000 and 0 <= found.model_check_s <= 86_400
+    assert found.temperature is None or 0 <= found.temperature <= 2
+    body = {"max_tokens": found.max_tokens, "temperature": found.temperature}
+    assert json.loads(json.dumps(body, allow_nan=False)) == body
