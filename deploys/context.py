@@ -289,10 +289,10 @@ def load_node(ctx: AgentContext) -> None:
 
 
 @functools.cache
-def controller_secrets() -> Secrets:
-    """The controller's secrets (``$FLEET_SECRETS``), read once per deploy process: every
-    host's context holds them."""
-    return load_secrets()
+def controller_secrets(registry_path: str) -> Secrets:
+    """The controller's secrets (``$FLEET_SECRETS``, else the registry's sealed file, opened
+    in memory), read once per deploy process: every host's context holds them."""
+    return load_secrets(registry=registry_at(registry_path))
 
 
 def agent_context() -> AgentContext:
@@ -303,5 +303,5 @@ def agent_context() -> AgentContext:
         _contexts[name] = AgentContext(agent=registry.get(name), registry=registry,
                                        soul_source=Path(host.data.soul_path),
                                        rollback=host.data.get("action") == "rollback",
-                                       secrets=controller_secrets())
+                                       secrets=controller_secrets(host.data.registry_path))
     return _contexts[name]

@@ -25,8 +25,8 @@ def ask(cli: CliContext, capability: str, prompt: str, sender: str | None, timeo
         as_json: bool) -> None:
     """Send PROMPT to a healthy agent declaring the capability (load spread among them; sent
     once more to another if it dies) and print the answer."""
-    answer = ask_agent(cli.registry, load_secrets().private_keys(), capability, prompt, sender,
-                       timeout)
+    keys = load_secrets(registry=cli.registry).private_keys()
+    answer = ask_agent(cli.registry, keys, capability, prompt, sender, timeout)
     if as_json:
         click.echo(json.dumps({"agent": answer.agent, "correlation_id": answer.correlation_id,
                                "asked": list(answer.asked), "payload": answer.payload}))

@@ -26,7 +26,7 @@ PAGE = 1000
 def client(cli: CliContext, agent: str) -> BusClient:
     """A signed client for ``agent``'s gateway: the operator's key, else the agent's own from
     the environment."""
-    operator = load_secrets().operator_key()
+    operator = load_secrets(registry=cli.registry).operator_key()
     if operator is not None:
         return BusClient.for_agent(cli.registry, agent, operator)
     own = os.environ.get(BUS_KEY) if os.environ.get("FLEET_AGENT") == agent else None

@@ -43,7 +43,7 @@ def serve(cli: CliContext, agent: str, port: int | None, host: str, state_dir: s
     if state_dir:
         os.environ["FLEET_STATE_DIR"] = state_dir
     if not os.environ.get(BUS_KEYRING) or not os.environ.get(BUS_KEY):
-        secrets = load_secrets()
+        secrets = load_secrets(registry=registry)
         keys = secrets.public_keyring()
         own = secrets.agents.get(agent, {}).get(BUS_KEY)
         if keys and not os.environ.get(BUS_KEYRING):

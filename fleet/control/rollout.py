@@ -277,7 +277,7 @@ class Rollout:
         self.root = project_dir()
         if options.rollback_to is not None:
             check_release_id(options.rollback_to)
-        self.masker = Masker(load_secrets().values())
+        self.masker = Masker(load_secrets(registry=registry).values())
         self.names = select(registry, options.limit, options.regions)
         if self.names:  # first contact is explicit: every host key pinned before connecting
             check_known_hosts(registry, self.names)

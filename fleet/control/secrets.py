@@ -55,6 +55,7 @@ from bus.keys import (
 )
 from fleet.core.errors import SecretsError
 from fleet.core.masking import MIN_SECRET_LENGTH
+from fleet.core.registry import Registry
 
 SECRETS_ENV = "FLEET_SECRETS"
 BUS_KEY = PRIVATE_KEY_ENV  # an agent's or identity's private bus key(s)
@@ -137,19 +138,35 @@ class Secrets:
         return {value for value in found if value}
 
 
-def secrets_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
-    """The secrets file to use: ``explicit``, else ``$FLEET_SECRETS``, else none."""
+def secrets_path(explicit: str | os.PathLike[str] | None = None,
+                 registry: Registry | None = None) -> Path | None:
+    """The secrets file to use: ``explicit``, else ``$FLEET_SECRETS``, else the registry's
+    sealed file (``fleet.secrets.file``), else none."""
     if explicit:
         return Path(explicit)
     from_env = os.environ.get(SECRETS_ENV)
-    return Path(from_env) if from_env else None
+    if from_env:
+        return Path(from_env)
+    if registry is not None and registry.secrets is not None:
+        return registry.path.parent / registry.secrets.file
+    return None
 
 
-def load_secrets(path: str | os.PathLike[str] | None = None) -> Secrets:
-    """Load and check the secrets file; no file configured gives empty secrets."""
-    resolved = secrets_path(path)
+def is_sealed(path: Path) -> bool:
+    """Whether ``path`` names a sealed (age-encrypted) secrets file: ``*.age``."""
+    return path.suffix == ".age"
+
+
+def load_secrets(path: str | os.PathLike[str] | None = None,
+                 registry: Registry | None = None) -> Secrets:
+    """Load and check the secrets file (:func:`secrets_path`); a sealed one (``*.age``) is
+    decrypted in memory with the age identity of ``$FLEET_AGE_IDENTITY``. No file configured
+    gives empty secrets."""
+    resolved = secrets_path(path, registry)
     if resolved is None:
         return Secrets()
+    if is_sealed(resolved):
+        return parse_secrets_text(read_sealed(resolved), resolved)
     try:
         mode = resolved.stat().st_mode
     except FileNotFoundError:
@@ -161,8 +178,22 @@ def load_secrets(path: str | os.PathLike[str] | None = None) -> Secrets:
             f"(mode {stat.S_IMODE(mode):04o})",
             hint=f"Run: chmod 600 {resolved}",
         )
+    return parse_secrets_text(resolved.read_text(encoding="utf-8"), resolved)
+
+
+def read_sealed(path: Path) -> str:
+    """The plaintext of sealed secrets file ``path``, opened in memory with the identity of
+    ``$FLEET_AGE_IDENTITY``."""
+    from fleet.control.sealed import identity_path, load_identities, open_sealed
+
+    identity = identity_path()
+    return open_sealed(path, load_identities(identity), identity)
+
+
+def parse_secrets_text(text: str, resolved: Path) -> Secrets:
+    """Check the text of a secrets file (YAML; ``resolved`` names it in errors)."""
     try:
-        data = yaml.safe_load(resolved.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise SecretsError(f"{resolved}:{_yaml_error(exc)}",
                            hint="Fix the YAML at that line and column.") from None

@@ -68,7 +68,12 @@ AGENT_FIELDS = (
     "tools",
 )
 REQUIRED_AGENT_FIELDS = ("host", "role", "model")
-FLEET_FIELDS = ("name", "ssh_key", "known_hosts", "repo_url", "become", "regions")
+FLEET_FIELDS = ("name", "ssh_key", "known_hosts", "repo_url", "become", "regions", "secrets")
+SECRETS_FIELDS = ("file", "recipients")
+"""``fleet.secrets``: the fleet's secrets file kept in the repository, sealed with age
+(``file``, inside the registry's folder) to the ``recipients`` (``age1...`` public keys)."""
+AGE_RECIPIENT_RE = re.compile(r"age1[02-9ac-hj-np-z]{58}")  # Bech32; matched in full
+MAX_RECIPIENTS = 64
 REGION_FIELDS = ("batch", "max_failures")
 """``fleet.regions`` as a mapping: each region's own rollout settings (workers ``batch`` at a
 time, ``max_failures`` allowed in the region)."""
@@ -192,6 +197,19 @@ class Region:
 
 
 @dataclass(frozen=True)
+class SealedSecrets:
+    """``fleet.secrets``: the sealed secrets file (relative to the registry's folder) and the
+    age recipients it is sealed to."""
+
+    file: str
+    recipients: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """As registry YAML spells it."""
+        return {"file": self.file, "recipients": list(self.recipients)}
+
+
+@dataclass(frozen=True)
 class Registry:
     """A validated registry: fleet-wide settings and the agents in file order."""
 
@@ -203,6 +221,7 @@ class Registry:
     repo_url: str | None = None
     become: str | None = None
     regions: tuple[Region, ...] = ()
+    secrets: SealedSecrets | None = None
 
     def __iter__(self) -> Iterator[Agent]:
         return iter(self.agents.values())
@@ -256,7 +275,8 @@ class Registry:
         """The whole registry as plain data (for ``--json`` and for writing lab registries)."""
         fleet = {"name": self.name, "ssh_key": self.ssh_key, "known_hosts": self.known_hosts,
                  "repo_url": self.repo_url, "become": self.become,
-                 "regions": regions_data(self.regions)}
+                 "regions": regions_data(self.regions),
+                 "secrets": self.secrets.to_dict() if self.secrets else None}
         return {
             "fleet": {key: value for key, value in fleet.items() if value},
             "wizards": {agent.name: agent.to_dict() for agent in self},
@@ -423,6 +443,11 @@ class _Validator:
             if key == "regions":
                 settings["regions"] = self.regions(value_node)
                 continue
+            if key == "secrets":
+                sealed = self.sealed_secrets(value_node)
+                if sealed is not None:
+                    settings["secrets"] = sealed
+                continue
             value = self.value(value_node)
             if value is not None and not isinstance(value, str):
                 self.problem(value_node, f"fleet.{key}", f"{value!r} is not a string")
@@ -464,6 +489,43 @@ class _Validator:
                 continue
             regions.append(Region(name, **self.region_settings(settings_node, where)))
         return tuple(regions)
+
+    def sealed_secrets(self, node: yaml.Node) -> SealedSecrets | None:
+        """``fleet.secrets``: ``{file: secrets.yaml.age, recipients: [age1..., ...]}``."""
+        form = "write `secrets: {file: secrets.yaml.age, recipients: [age1...]}`"
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, "fleet.secrets", f"must be a mapping; {form}")
+            return None
+        found = self.mapping(node, "fleet.secrets", SECRETS_FIELDS)
+        if "file" not in found:
+            self.problem(node, "fleet.secrets", f"missing `file:`; {form}")
+            return None
+        file_node = found["file"][1]
+        file = self.value(file_node)
+        if not isinstance(file, str) or not file:
+            self.problem(file_node, "fleet.secrets.file", f"{file!r} is not a file name")
+            return None
+        problem = soul_problem(self.path, file)
+        if problem:
+            self.problem(file_node, "fleet.secrets.file", f"{file!r} {problem}")
+            return None
+        listed: tuple[str, ...] = ()
+        if "recipients" in found:
+            recipients_node = found["recipients"][1]
+            values = self.value(recipients_node)
+            if not isinstance(values, list) or len(values) > MAX_RECIPIENTS:
+                self.problem(recipients_node, "fleet.secrets.recipients",
+                             f"must be a list of at most {MAX_RECIPIENTS} age recipients")
+                return None
+            bad = [value for value in values
+                   if not isinstance(value, str) or not AGE_RECIPIENT_RE.fullmatch(value)]
+            if bad:
+                self.problem(recipients_node, "fleet.secrets.recipients",
+                             f"{str(bad[0])[:80]!r} is not an age recipient (age1 and 58 "
+                             "Bech32 characters); `age-keygen -y FILE` prints one")
+                return None
+            listed = tuple(dict.fromkeys(values))
+        return SealedSecrets(file=file, recipients=listed)
 
     def region_settings(self, node: yaml.Node | None, where: str) -> dict[str, int]:
         """One region's settings: ``batch`` (1 or more), ``max_failures`` (0 or more)."""

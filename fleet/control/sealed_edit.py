@@ -1,0 +1,255 @@
+"""What ``fleet secrets`` does to the sealed secrets file named by the registry
+(``fleet.secrets``): seal a plaintext file, edit, check, show masked, change the recipients.
+
+``edit`` is the one place plaintext meets a file: the decrypted text goes to a file of mode
+0600 in a private directory (0700) on a memory file system (``/dev/shm``, else
+``$XDG_RUNTIME_DIR``; never a disk), the editor runs, the result is checked and sealed over the
+old file atomically, and the directory is removed, on errors and signals too. A directory left
+by an edit killed with SIGKILL is removed by the next ``fleet secrets`` command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import yaml
+
+from fleet.control.sealed import (
+    SealedError,
+    identity_path,
+    load_identities,
+    open_sealed,
+    recipient_of,
+    recipients,
+    write_sealed,
+)
+from fleet.control.secrets import Secrets, load_secrets, parse_secrets_text
+from fleet.core.atomic import write_atomic
+from fleet.core.masking import Masker
+from fleet.core.registry import AGE_RECIPIENT_RE, Registry, load_registry
+
+EDIT_PREFIX = "fleet-secrets-edit-"
+MEMORY_DIRS = ("/dev/shm",)
+EMPTY_SECRETS = "fleet: {}\nagents: {}\nidentities: {}\n"
+
+
+@dataclass(frozen=True)
+class SealedFile:
+    """The registry's sealed secrets file: where it is and whom it is sealed to."""
+
+    path: Path
+    recipients: tuple[str, ...]
+
+    def open(self) -> str:
+        """Its plaintext, decrypted in memory with ``$FLEET_AGE_IDENTITY``."""
+        identity = identity_path()
+        return open_sealed(self.path, load_identities(identity), identity)
+
+    def seal(self, text: str) -> Secrets:
+        """Check ``text`` as a secrets file and seal it over the file; the checked secrets."""
+        found = parse_secrets_text(text, self.path)
+        write_sealed(self.path, text, recipients(self.recipients,
+                                                 "registry fleet.secrets.recipients"))
+        return found
+
+
+def sealed_file(registry: Registry) -> SealedFile:
+    """The registry's ``fleet.secrets`` (:class:`SealedError` when it names none)."""
+    if registry.secrets is None:
+        raise SealedError(f"{registry.path}: names no sealed secrets file",
+                          hint="Add `fleet: {secrets: {file: secrets.yaml.age, recipients: "
+                               "[age1...]}}`; `fleet secrets init` prints your recipient.")
+    return SealedFile(registry.path.parent / registry.secrets.file, registry.secrets.recipients)
+
+
+def init_identity(path: Path) -> str:
+    """Create an age identity at ``path`` (0600; never over an existing file) and return its
+    recipient."""
+    from pyrage import x25519
+
+    if path.exists():
+        return recipient_of(load_identities(path)[0])
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    identity = x25519.Identity.generate()
+    public = recipient_of(identity)
+    write_atomic(path, f"# public key: {public}\n{identity}\n", mode=0o600)
+    return public
+
+
+def encrypt_plain(registry: Registry, plain: Path) -> Secrets:
+    """Seal the plaintext secrets file ``plain`` (checked first: mode 0600, content) as the
+    registry's sealed file. ``plain`` is left as it is: delete it once the sealed file is
+    committed."""
+    load_secrets(plain)
+    return sealed_file(registry).seal(plain.read_text(encoding="utf-8"))
+
+
+def check(registry: Registry) -> Secrets:
+    """Open and check the registry's sealed file (every problem names its key path)."""
+    target = sealed_file(registry)
+    return parse_secrets_text(target.open(), target.path)
+
+
+def show_masked(registry: Registry) -> str:
+    """The sealed file's YAML with every value masked."""
+    target = sealed_file(registry)
+    text = target.open()
+    secrets = parse_secrets_text(text, target.path)
+    data = yaml.safe_load(text) or {}
+    masker = Masker(secrets.values())
+    return masker(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+
+
+def memory_dir() -> Path:
+    """A directory on a memory file system, for the plaintext while it is edited."""
+    for candidate in (*MEMORY_DIRS, os.environ.get("XDG_RUNTIME_DIR") or ""):
+        if candidate and os.path.isdir(candidate) and _on_tmpfs(candidate):
+            return Path(candidate)
+    raise SealedError("no memory file system (/dev/shm or $XDG_RUNTIME_DIR on tmpfs) to edit "
+                      "the secrets in: they are never written to a disk",
+                      hint="Mount a tmpfs at /dev/shm, or set XDG_RUNTIME_DIR to one.")
+
+
+def _on_tmpfs(path: str) -> bool:
+    """Whether ``path`` lies on a tmpfs (its longest mount point in /proc/mounts)."""
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    with contextlib.suppress(OSError), open("/proc/mounts", encoding="utf-8") as mounts:
+        for line in mounts:
+            parts = line.split()
+            if len(parts) < 3:
+                continue
+            point = parts[1].replace("\\040", " ")
+            inside = real == point or real.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, kind = point, parts[2]
+    return kind == "tmpfs"
+
+
+def sweep_left_behind(folder: Path) -> list[Path]:
+    """Remove the edit directories in ``folder`` of ``fleet secrets edit`` runs that died
+    (their pid, in the name, no longer runs); the removed ones."""
+    removed = []
+    for entry in folder.glob(f"{EDIT_PREFIX}*"):
+        pid = entry.name.removeprefix(EDIT_PREFIX).partition("-")[0]
+        if not pid.isdigit() or entry.owner() != _me() or _running(int(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _me() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def private_copy(text: str) -> Iterator[Path]:
+    """``text`` in a 0600 file in a fresh 0700 directory on a memory file system, removed
+    when the block ends, on SIGTERM, SIGHUP and SIGINT too."""
+    folder = memory_dir()
+    sweep_left_behind(folder)
+    work = Path(tempfile.mkdtemp(prefix=f"{EDIT_PREFIX}{os.getpid()}-", dir=folder))
+    handlers = {}
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        for number in (signal.SIGTERM, signal.SIGHUP):
+            handlers[number] = signal.signal(number, stop)
+        plain = work / "secrets.yaml"
+        fd = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        yield plain
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+
+
+def editor_command() -> list[str]:
+    """``$VISUAL``, else ``$EDITOR``, else ``vi``, split as a shell would."""
+    return shlex.split(os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi")
+
+
+def edit(registry: Registry, editor: Sequence[str] | None = None) -> Secrets:
+    """Open the sealed file (or start an empty one), let ``editor`` change the plaintext,
+    check it and seal it over the old file. An editor that fails, or a text that does not
+    check, leaves the old file as it was."""
+    target = sealed_file(registry)
+    text = target.open() if target.path.exists() else EMPTY_SECRETS
+    with private_copy(text) as plain:
+        command = [*(editor or editor_command()), str(plain)]
+        try:
+            done = subprocess.run(command, check=False)
+        except OSError as exc:
+            raise SealedError(f"cannot run the editor {command[0]!r}: {exc.strerror}",
+                              hint="Set $EDITOR to an editor on your PATH.") from None
+        if done.returncode != 0:
+            raise SealedError(f"the editor exited {done.returncode}: "
+                              f"{target.path} is unchanged")
+        edited = plain.read_text(encoding="utf-8")
+    if edited == text and target.path.exists():
+        return parse_secrets_text(text, target.path)
+    return target.seal(edited)
+
+
+RECIPIENTS_LINE_RE = re.compile(r"(?P<indent>[ \t]*)recipients:[ \t]*\[(?P<list>[^\]\n]*)\]"
+                                r"[ \t]*(?P<comment>#.*)?")
+
+
+def set_recipients(registry: Registry, wanted: Sequence[str]) -> Registry:
+    """Write ``wanted`` as ``fleet.secrets.recipients`` (a one-line flow list in the registry
+    file), then seal the secrets file to exactly them; the registry as reloaded."""
+    for value in wanted:
+        if not AGE_RECIPIENT_RE.fullmatch(value):
+            raise SealedError(f"{value[:80]!r} is not an age recipient (age1 and 58 Bech32 "
+                              "characters)", hint="`age-keygen -y FILE` prints one.")
+    if not wanted:
+        raise SealedError("a sealed secrets file needs at least one recipient",
+                          hint="Add the new recipient before you remove the last one.")
+    target = sealed_file(registry)
+    text = target.open() if target.path.exists() else None
+    source = registry.path.read_text(encoding="utf-8")
+    lines = source.splitlines(keepends=True)
+    matches = [index for index, line in enumerate(lines) if RECIPIENTS_LINE_RE.fullmatch(
+        line.rstrip("\n"))]
+    if len(matches) != 1:
+        raise SealedError(f"{registry.path}: fleet.secrets.recipients is not written as one "
+                          "line `recipients: [age1..., ...]`",
+                          hint="Write the list on one line in brackets, then run this again.")
+    found = RECIPIENTS_LINE_RE.fullmatch(lines[matches[0]].rstrip("\n"))
+    assert found is not None
+    comment = f"  {found['comment']}" if found["comment"] else ""
+    newline = "\n" if lines[matches[0]].endswith("\n") else ""
+    lines[matches[0]] = (f"{found['indent']}recipients: [{', '.join(wanted)}]"
+                         f"{comment}{newline}")
+    if text is not None:  # sealed to the new recipients first: the registry says so next
+        SealedFile(target.path, tuple(wanted)).seal(text)
+    write_atomic(registry.path, "".join(lines), mode=registry.path.stat().st_mode & 0o777)
+    return load_registry(registry.path)
