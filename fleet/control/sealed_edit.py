@@ -25,6 +25,7 @@ from types import FrameType
 
 import yaml
 
+from bus.keys import OPERATOR
 from fleet.control.sealed import (
     SealedError,
     identity_path,
@@ -34,7 +35,18 @@ from fleet.control.sealed import (
     recipients,
     write_sealed,
 )
-from fleet.control.secrets import Secrets, load_secrets, parse_secrets_text
+from fleet.control.secrets import (
+    BUS_KEY,
+    BUS_KEYRING,
+    SECRETS_ENV,
+    Secrets,
+    is_sealed,
+    load_plain,
+    operator_key_problem,
+    overlay,
+    parse_secrets_text,
+    secrets_path,
+)
 from fleet.core.atomic import write_atomic
 from fleet.core.masking import Masker
 from fleet.core.registry import AGE_RECIPIENT_RE, Registry, load_registry
@@ -57,8 +69,17 @@ class SealedFile:
         return open_sealed(self.path, load_identities(identity), identity)
 
     def seal(self, text: str) -> Secrets:
-        """Check ``text`` as a secrets file and seal it over the file; the checked secrets."""
+        """Check ``text`` as a secrets file and seal it over the file; the checked secrets.
+        The operator's private bus key is refused: the webhook receiver opens this file."""
         found = parse_secrets_text(text, self.path)
+        if found.identities.get(OPERATOR, {}).get(BUS_KEY):
+            raise SealedError(
+                f"{self.path}: identities.{OPERATOR}.{BUS_KEY}: the operator's private bus "
+                "key may not be sealed into the repository file (the webhook receiver can "
+                "open it)",
+                hint=f"Keep it in your own 0600 file named by ${SECRETS_ENV} (it overlays the "
+                     f"sealed file); seal its public half ({BUS_KEYRING}) instead: `fleet "
+                     "secrets encrypt` splits a plaintext file for you.")
         write_sealed(self.path, text, recipients(self.recipients,
                                                  "registry fleet.secrets.recipients"))
         return found
@@ -89,16 +110,30 @@ def init_identity(path: Path) -> str:
 
 def encrypt_plain(registry: Registry, plain: Path) -> Secrets:
     """Seal the plaintext secrets file ``plain`` (checked first: mode 0600, content) as the
-    registry's sealed file. ``plain`` is left as it is: delete it once the sealed file is
-    committed."""
-    load_secrets(plain)
-    return sealed_file(registry).seal(plain.read_text(encoding="utf-8"))
+    registry's sealed file, the operator's private bus key as its public half only
+    (:meth:`Secrets.receiver_copy`): that key stays in ``plain`` (or your own file named by
+    ``$FLEET_SECRETS``), never in the repository. ``plain`` is left as it is."""
+    found = load_plain(plain)
+    text = (found.receiver_copy() if found.identities.get(OPERATOR, {}).get(BUS_KEY)
+            else plain.read_text(encoding="utf-8"))
+    return sealed_file(registry).seal(text)
 
 
 def check(registry: Registry) -> Secrets:
-    """Open and check the registry's sealed file (every problem names its key path)."""
+    """Open and check the registry's sealed file (every problem names its key path), and the
+    local file overlaid on it (``$FLEET_SECRETS``): its operator key must be the one whose
+    public half the sealed file holds."""
     target = sealed_file(registry)
-    return parse_secrets_text(target.open(), target.path)
+    sealed = parse_secrets_text(target.open(), target.path)
+    local_path = secrets_path(None, None)
+    if local_path is None or is_sealed(local_path):
+        return sealed
+    local = load_plain(local_path)
+    problem = operator_key_problem(sealed, local)
+    if problem:
+        raise SealedError(problem, hint="Seal the current public half: `fleet secrets edit`, "
+                                        f"identities.{OPERATOR}.{BUS_KEYRING}.")
+    return overlay(sealed, local)
 
 
 def show_masked(registry: Registry) -> str:

@@ -75,6 +75,8 @@ class Secrets:
     fleet: dict[str, str] = field(default_factory=dict)
     agents: dict[str, dict[str, str]] = field(default_factory=dict)
     identities: dict[str, dict[str, str]] = field(default_factory=dict)
+    local: Path | None = None
+    """The plaintext file overlaid on a sealed one (:func:`overlay`), if any."""
 
     def private_keys(self) -> dict[str, str]:
         """The private bus key text of every agent and identity that has one, by name."""
@@ -147,9 +149,14 @@ def secrets_path(explicit: str | os.PathLike[str] | None = None,
     from_env = os.environ.get(SECRETS_ENV)
     if from_env:
         return Path(from_env)
-    if registry is not None and registry.secrets is not None:
-        return registry.path.parent / registry.secrets.file
-    return None
+    return sealed_path(registry)
+
+
+def sealed_path(registry: Registry | None) -> Path | None:
+    """The registry's sealed secrets file (``fleet.secrets.file``), if it names one."""
+    if registry is None or registry.secrets is None:
+        return None
+    return registry.path.parent / registry.secrets.file
 
 
 def is_sealed(path: Path) -> bool:
@@ -159,14 +166,25 @@ def is_sealed(path: Path) -> bool:
 
 def load_secrets(path: str | os.PathLike[str] | None = None,
                  registry: Registry | None = None) -> Secrets:
-    """Load and check the secrets file (:func:`secrets_path`); a sealed one (``*.age``) is
-    decrypted in memory with the age identity of ``$FLEET_AGE_IDENTITY``. No file configured
-    gives empty secrets."""
+    """Load and check the secrets (:func:`secrets_path`); a sealed file (``*.age``) is
+    decrypted in memory with the age identity of ``$FLEET_AGE_IDENTITY``. When the registry
+    names a sealed file and ``$FLEET_SECRETS`` (or ``path``) a plaintext one, the plaintext
+    file overlays the sealed one: it holds what never goes to the repository, such as the
+    operator's private bus key (:func:`overlay`). No file configured gives empty secrets."""
     resolved = secrets_path(path, registry)
     if resolved is None:
         return Secrets()
     if is_sealed(resolved):
         return parse_secrets_text(read_sealed(resolved), resolved)
+    local = load_plain(resolved)
+    sealed = sealed_path(registry)
+    if sealed is None:
+        return local
+    return overlay(parse_secrets_text(read_sealed(sealed), sealed), local)
+
+
+def load_plain(resolved: Path) -> Secrets:
+    """A plaintext secrets file: mode 0600 or stricter, then its content checked."""
     try:
         mode = resolved.stat().st_mode
     except FileNotFoundError:
@@ -179,6 +197,36 @@ def load_secrets(path: str | os.PathLike[str] | None = None,
             hint=f"Run: chmod 600 {resolved}",
         )
     return parse_secrets_text(resolved.read_text(encoding="utf-8"), resolved)
+
+
+def overlay(base: Secrets, local: Secrets) -> Secrets:
+    """``base`` (the sealed repository file) with ``local``'s values over it, name by name;
+    an identity whose private key is local keeps no other public key than that key's."""
+    identities = {name: dict(env) for name, env in base.identities.items()}
+    for name, env in local.identities.items():
+        merged = {**identities.get(name, {}), **env}
+        if BUS_KEY in env:
+            merged.pop(BUS_KEYRING, None)
+        identities[name] = merged
+    agents = {name: dict(env) for name, env in base.agents.items()}
+    for name, env in local.agents.items():
+        agents[name] = {**agents.get(name, {}), **env}
+    return Secrets(path=base.path, fleet={**base.fleet, **local.fleet}, agents=agents,
+                   identities=identities, local=local.path)
+
+
+def operator_key_problem(base: Secrets, local: Secrets) -> str | None:
+    """Why the local operator key and the sealed file's public half of it disagree (the
+    receiver's deploys would give every gateway the sealed one): None when they agree."""
+    private = local.identities.get(OPERATOR, {}).get(BUS_KEY)
+    public = base.identities.get(OPERATOR, {}).get(BUS_KEYRING)
+    if not private or not public:
+        return None
+    mine = keyring_of([(OPERATOR, private)])
+    if mine != split_keyring(public):
+        return (f"identities.{OPERATOR}.{BUS_KEYRING} in {base.path} is not the public half "
+                f"of the operator key in {local.path}")
+    return None
 
 
 def read_sealed(path: Path) -> str:

@@ -324,3 +324,53 @@ def test_the_library_raises_typed_errors(project: Project, tmp_path: Path) -> No
 def no_leftover_edits() -> Iterator[None]:
     yield
     assert not list(memory_dir().glob(f"{EDIT_PREFIX}{os.getpid()}-*"))
+
+
+def test_the_operator_key_never_enters_the_repository_file(project: Project,
+                                                          tmp_path: Path) -> None:
+    """``fleet secrets encrypt`` seals the operator's key as its public half only; the local
+    plaintext file overlays the sealed one for the operator's CLI; what the receiver opens
+    (the sealed file alone) trusts the operator and cannot sign as it; an edit that adds the
+    private key is refused; ``check`` finds a local key the sealed file does not match."""
+    from bus.keys import OPERATOR, PRIVATE_KEY_ENV, keyring_of, new_private_key
+
+    operator = new_private_key()
+    plain = tmp_path / "local.yaml"
+    plain.write_text(yaml.safe_dump({"fleet": {"OPENROUTER_API_KEY": OLD_KEY},
+                                     "identities": {OPERATOR: {PRIVATE_KEY_ENV: operator}}}))
+    plain.chmod(0o600)
+    done = project.fleet("secrets", "encrypt", str(plain))
+    assert done.returncode == 0, done.stderr
+    opened = subprocess.run(  # what the receiver can read: the public half, no private key
+        [sys.executable, "-c", "from fleet.control.sealed_edit import *; "
+         "from fleet.core.registry import load_registry; "
+         f"print(sealed_file(load_registry({str(project.registry)!r})).open())"],
+        env=project.env(), capture_output=True, text=True, check=True).stdout
+    assert operator not in opened
+    receiver_view = yaml.safe_load(opened)["identities"][OPERATOR]
+    assert set(receiver_view) == {"FLEET_BUS_PUBLIC_KEYS"}
+    os.environ["FLEET_AGE_IDENTITY"] = str(project.identity)
+    try:
+        registry = load_registry(project.registry)
+        alone = load_secrets(registry=registry)
+        assert alone.operator_key() is None
+        assert keyring_of([(OPERATOR, operator)]).items() <= alone.public_keyring().items()
+        os.environ["FLEET_SECRETS"] = str(plain)
+        both = load_secrets(registry=registry)
+        assert both.operator_key() is not None and both.local == plain
+        assert both.fleet["OPENROUTER_API_KEY"] == OLD_KEY
+        assert both.public_keyring() == alone.public_keyring()
+    finally:
+        os.environ.pop("FLEET_AGE_IDENTITY", None)
+        os.environ.pop("FLEET_SECRETS", None)
+    assert project.fleet("secrets", "check", FLEET_SECRETS=str(plain)).returncode == 0
+    before = project.sealed.read_bytes()
+    adds = editor(project.folder, f'printf "identities:\\n  operator:\\n    '
+                                  f'FLEET_BUS_PRIVATE_KEY: {operator}\\n" > "$1"')
+    refused = project.fleet("secrets", "edit", EDITOR=adds)
+    assert refused.returncode == 1 and "may not be sealed into the repository" in refused.stderr
+    assert project.sealed.read_bytes() == before
+    plain.write_text(yaml.safe_dump({"identities": {OPERATOR: {PRIVATE_KEY_ENV:
+                                                               new_private_key()}}}))
+    stale = project.fleet("secrets", "check", FLEET_SECRETS=str(plain))
+    assert stale.returncode == 1 and "is not the public half of the operator key" in stale.stderr
