@@ -374,3 +374,23 @@ def test_the_operator_key_never_enters_the_repository_file(project: Project,
                                                                new_private_key()}}}))
     stale = project.fleet("secrets", "check", FLEET_SECRETS=str(plain))
     assert stale.returncode == 1 and "is not the public half of the operator key" in stale.stderr
+
+
+def test_the_deploy_writes_agents_env_from_the_sealed_file(project: Project,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``pyinfra inventory.py deploy.py`` plans with (``controller_secrets``): the
+    registry's sealed file opened in memory, its values in the agent's env file, masked."""
+    from deploys.context import AgentContext, controller_secrets
+
+    monkeypatch.setenv("FLEET_AGE_IDENTITY", str(project.identity))
+    controller_secrets.cache_clear()
+    try:
+        found = controller_secrets(str(project.registry))
+    finally:
+        controller_secrets.cache_clear()
+    assert found.path == project.sealed and found.fleet["OPENROUTER_API_KEY"] == OLD_KEY
+    registry = load_registry(project.registry)
+    ctx = AgentContext(agent=registry.get("ezra"), registry=registry,
+                       soul_source=project.folder / "soul.md", secrets=found)
+    assert f'OPENROUTER_API_KEY="{OLD_KEY}"' in ctx.env_file()
+    assert OLD_KEY not in ctx.masker(f"key={OLD_KEY}")
