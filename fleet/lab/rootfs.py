@@ -11,7 +11,6 @@ import hashlib
 import re
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from fleet.core.atomic import publish_dir, replace_atomic
 from fleet.core.errors import LabError
 from fleet.lab.commands import Cancelled, run, unmount_all
 from fleet.lab.paths import cache_dir, lab_lock
+from fleet.lab.steps import long_step
 
 SUITE = "bookworm"
 SUITES = ("bookworm", "trixie")
@@ -126,15 +126,16 @@ def _build_tarball(tarball: Path, progress: Callable[[str], None], suite: str = 
     build = tarball.parent / f"{tarball.name}.build"
     shutil.rmtree(build, ignore_errors=True)
     build.mkdir(parents=True)
-    progress(f"building the {suite} base rootfs with debootstrap from {mirror} (about 1-2 min)")
-    started = time.monotonic()
     partial = tarball.with_name(tarball.name + ".part")
     try:
-        run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-             suite, str(build), mirror], timeout=1800, cancel=cancel)
-        customise(build)
-        run(["tar", "--zstd", "-cpf", str(partial), "--numeric-owner", "-C", str(build), "."],
-            timeout=1800, cancel=cancel)
+        with long_step(progress, f"rootfs-{suite}",
+                       f"building the {suite} base rootfs with debootstrap from {mirror}"):
+            run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+                 suite, str(build), mirror], timeout=1800, cancel=cancel)
+            customise(build)
+        with long_step(progress, f"rootfs-{suite}-pack", f"packing the {suite} rootfs"):
+            run(["tar", "--zstd", "-cpf", str(partial), "--numeric-owner", "-C", str(build),
+                 "."], timeout=1800, cancel=cancel)
         replace_atomic(partial, tarball)
     except Cancelled:
         progress(f"building the {suite} base rootfs was cancelled; cleaning up")
@@ -148,7 +149,7 @@ def _build_tarball(tarball: Path, progress: Callable[[str], None], suite: str = 
         unmount_all(build)  # debootstrap mounts /proc and /sys inside the target
         shutil.rmtree(build, ignore_errors=True)
         partial.unlink(missing_ok=True)
-    progress(f"base rootfs cached as {tarball} in {time.monotonic() - started:.0f} s")
+    progress(f"base rootfs cached as {tarball}")
 
 
 def customise(root: Path) -> None:
