@@ -48,7 +48,7 @@ def status(cli: CliContext, as_json: bool, timeout: float, think: bool) -> None:
                         "config_state": verdict.config, "drift": list(verdict.drift)}
                        for result, verdict in zip(results, verdicts, strict=True)]}, indent=2))
     else:
-        click.echo(format_table(results, verdicts, regional))
+        click.echo(format_table(results, verdicts, regional, think))
         for line in region_summary(results, verdicts) if regional else []:
             click.echo(line)
         click.echo(f"expected release: {release or 'unknown'} ({source})")
@@ -80,18 +80,21 @@ def region_summary(results: list[AgentStatus], verdicts: list[Judgement]) -> lis
 
 
 def format_table(results: list[AgentStatus], verdicts: list[Judgement],
-                 regional: bool = False) -> str:
+                 regional: bool = False, think: bool = False) -> str:
     """A table for people: one row per agent, reasons in full after it; ``regional`` adds a
     REGION column (the rows come grouped by region, see
-    :func:`fleet.control.status.probe_fleet`)."""
+    :func:`fleet.control.status.probe_fleet`); ``think`` the MODEL each agent's /health names
+    and its model ROUND TRIP (``-``: none succeeded)."""
     rows = [("AGENT", "ROLE", *(("REGION",) if regional else ()), "HOST", "SSH", "HEALTH",
-             "RELEASE", "SOUL", "STATE")]
+             "RELEASE", "SOUL", *(("MODEL", "ROUND TRIP") if think else ()), "STATE")]
     for result, verdict in zip(results, verdicts, strict=True):
+        trip = "-" if result.round_trip_ms is None else f"{result.round_trip_ms:.0f} ms"
         rows.append((
             result.agent, result.role, *((result.region or "-",) if regional else ()),
             result.host, "ok" if result.ssh == "ok" else "FAIL",
             "ok" if result.health == "ok" else "FAIL",
-            result.release or "-", short(result.soul_sha256), verdict.state,
+            result.release or "-", short(result.soul_sha256),
+            *((result.model or "-", trip) if think else ()), verdict.state,
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

@@ -54,6 +54,9 @@ class AgentStatus:
     soul_sha256: str | None = None
     config_hash: str | None = None
     model: str | None = None
+    round_trip_ms: float | None = None
+    """The live model round trip's latency (``--think``), else the runtime's last one; None
+    when neither succeeded."""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -184,8 +187,25 @@ def probe_agent(agent: Agent, registry: Registry, timeout: float = DEFAULT_TIMEO
     status.soul_sha256 = body.get("soul_sha256")
     status.config_hash = body.get("config_hash")
     status.model = body.get("model")
+    status.round_trip_ms = round_trip_ms(body)
     status.problems = [str(problem) for problem in body.get("problems", [])]
     return status
+
+
+def round_trip_ms(body: dict[str, Any]) -> float | None:
+    """The latency of the model round trip a /health answer shows: the live one it made when
+    asked (``roundtrip=1``), else the runtime's last; None when that one failed or is not
+    there."""
+    runtime = body.get("runtime")
+    if not isinstance(runtime, dict):
+        return None
+    trip = runtime.get("live_round_trip") or runtime.get("last_round_trip")
+    if not isinstance(trip, dict) or trip.get("ok") is not True:
+        return None
+    latency = trip.get("latency_ms")
+    if not isinstance(latency, int | float) or isinstance(latency, bool) or latency < 0:
+        return None
+    return float(latency)
 
 
 def probe_fleet(registry: Registry, timeout: float = DEFAULT_TIMEOUT,

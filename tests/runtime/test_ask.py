@@ -16,7 +16,7 @@ import pytest
 
 from bus.client import BusClient
 from bus.keys import PRIVATE_KEY_ENV
-from fleet.control.status import OK, probe_health
+from fleet.control.status import OK, probe_health, round_trip_ms
 from fleet.core.registry import load_registry
 from fleet.node.runtime.ask import AskError, ask, candidates
 from fleet.node.runtime.loop import Runtime
@@ -217,10 +217,12 @@ def test_a_thinking_status_shows_the_live_round_trip_and_a_wrong_key(
         assert live["ok"] is True and live["error"] is None and live["tokens"] == 1
         assert 0 < live["latency_ms"] < 15_000 and before - 1 <= live["at"] <= time.time()
         assert body["runtime"]["last_round_trip"]["ok"] is True  # the runtime's own, too
+        assert round_trip_ms(body) == live["latency_ms"]  # fleet status --think's ROUND TRIP
         verdict, body = probe_health(agents.get("allegro"), 15.0, think=True)
         assert verdict.startswith("HTTP 503: live model round trip failed: "), verdict
         live = body["runtime"]["live_round_trip"]
         assert live["ok"] is False and "401" in live["error"] and live["latency_ms"] is None
+        assert round_trip_ms(body) is None  # a failed live trip is no round trip time
         verdict, _ = probe_health(agents.get("allegro"), 15.0)  # without --think: its runtime
         assert verdict == OK  # (with the right key) is ready; only the live trip shows the key
     finally:

@@ -80,3 +80,18 @@ def test_a_partial_webhook_deploy_is_degraded(tmp_path: Path) -> None:
     outcome = record_outcome(record, 1)
     assert outcome.status == "degraded"
     assert "u" in outcome.summary
+
+
+def test_status_think_shows_each_agents_model_and_round_trip() -> None:
+    results = [AgentStatus("o", "orchestrator", "192.0.2.1", ssh="ok", health="ok",
+                           release="abc", model="lab/smollm2", round_trip_ms=312.4),
+               AgentStatus("e", "worker", "192.0.2.2", ssh="ok", health="HTTP 503: x",
+                           model="lab/smollm2")]
+    verdicts = [judged("ok"), judged("down")]
+    assert format_table(results, verdicts, think=True).splitlines()[:3] == [
+        "AGENT  ROLE          HOST       SSH  HEALTH  RELEASE  SOUL  MODEL        ROUND TRIP  "
+        "STATE",
+        "o      orchestrator  192.0.2.1  ok   ok      abc      -     lab/smollm2  312 ms      ok",
+        "e      worker        192.0.2.2  ok   FAIL    -        -     lab/smollm2  -           "
+        "down"]
+    assert "MODEL" not in format_table(results, verdicts)  # only with --think
