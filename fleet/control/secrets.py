@@ -158,15 +158,16 @@ def is_sealed(path: Path) -> bool:
 
 
 def load_secrets(path: str | os.PathLike[str] | None = None,
-                 registry: Registry | None = None) -> Secrets:
+                 registry: Registry | None = None,
+                 identity: str | os.PathLike[str] | None = None) -> Secrets:
     """Load and check the secrets file (:func:`secrets_path`); a sealed one (``*.age``) is
-    decrypted in memory with the age identity of ``$FLEET_AGE_IDENTITY``. No file configured
-    gives empty secrets."""
+    decrypted in memory with the age identity file ``identity`` (default
+    ``$FLEET_AGE_IDENTITY``). No file configured gives empty secrets."""
     resolved = secrets_path(path, registry)
     if resolved is None:
         return Secrets()
     if is_sealed(resolved):
-        return parse_secrets_text(read_sealed(resolved), resolved)
+        return parse_secrets_text(read_sealed(resolved, identity), resolved)
     try:
         mode = resolved.stat().st_mode
     except FileNotFoundError:
@@ -181,13 +182,13 @@ def load_secrets(path: str | os.PathLike[str] | None = None,
     return parse_secrets_text(resolved.read_text(encoding="utf-8"), resolved)
 
 
-def read_sealed(path: Path) -> str:
-    """The plaintext of sealed secrets file ``path``, opened in memory with the identity of
-    ``$FLEET_AGE_IDENTITY``."""
+def read_sealed(path: Path, identity: str | os.PathLike[str] | None = None) -> str:
+    """The plaintext of sealed secrets file ``path``, opened in memory with the identity file
+    ``identity`` (default ``$FLEET_AGE_IDENTITY``)."""
     from fleet.control.sealed import identity_path, load_identities, open_sealed
 
-    identity = identity_path()
-    return open_sealed(path, load_identities(identity), identity)
+    chosen = identity_path(identity)
+    return open_sealed(path, load_identities(chosen), chosen)
 
 
 def parse_secrets_text(text: str, resolved: Path) -> Secrets:
