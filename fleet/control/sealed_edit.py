@@ -26,6 +26,7 @@ from types import FrameType
 import yaml
 
 from fleet.control.sealed import (
+    RECEIVER_RECIPIENT,
     SealedError,
     identity_path,
     load_identities,
@@ -85,6 +86,41 @@ def init_identity(path: Path) -> str:
     public = recipient_of(identity)
     write_atomic(path, f"# public key: {public}\n{identity}\n", mode=0o600)
     return public
+
+
+RECEIVER_CAPABILITY = "webhook-receiver"
+
+
+def receiver_recipient(registry: Registry, timeout: float = 15.0) -> str:
+    """The public recipient of the webhook receiver's age identity, read over SSH from its node
+    (:data:`fleet.control.sealed.RECEIVER_RECIPIENT`, written by its deploy)."""
+    from fleet.control.status import ssh_command
+
+    agent = next((agent for agent in registry
+                  if RECEIVER_CAPABILITY in agent.capabilities), None)
+    if agent is None:
+        raise SealedError(f"{registry.path}: no agent has the {RECEIVER_CAPABILITY!r} "
+                          "capability: there is no receiver to seal to",
+                          hint=f"Give the agent running the receiver `capabilities: "
+                               f"[{RECEIVER_CAPABILITY}]` and deploy it.")
+    remote = f"cat {RECEIVER_RECIPIENT}"
+    if registry.become == "sudo":
+        remote = f"sudo -n {remote}"
+    try:
+        done = subprocess.run([*ssh_command(agent, registry, timeout), remote],
+                              capture_output=True, text=True, timeout=timeout + 5,
+                              stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        done = subprocess.CompletedProcess([], 255, "", f"no answer in {timeout:g}s")
+    found = done.stdout.strip()
+    if done.returncode != 0 or not AGE_RECIPIENT_RE.fullmatch(found):
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1] \
+            if done.returncode else "not an age recipient"
+        raise SealedError(f"{agent.name}: cannot read the receiver's recipient "
+                          f"{RECEIVER_RECIPIENT} ({why})",
+                          hint="Deploy the receiver first (`fleet deploy`): its deploy makes "
+                               "its age identity on the node.")
+    return found
 
 
 def encrypt_plain(registry: Registry, plain: Path) -> Secrets:
