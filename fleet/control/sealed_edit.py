@@ -35,7 +35,15 @@ from fleet.control.sealed import (
     recipients,
     write_sealed,
 )
-from fleet.control.secrets import Secrets, load_secrets, parse_secrets_text
+from fleet.control.secrets import (
+    BUS_KEY,
+    BUS_KEYRING,
+    OPERATOR,
+    SECRETS_ENV,
+    Secrets,
+    load_secrets,
+    parse_secrets_text,
+)
 from fleet.core.atomic import write_atomic
 from fleet.core.masking import Masker
 from fleet.core.registry import AGE_RECIPIENT_RE, Registry, load_registry
@@ -58,8 +66,18 @@ class SealedFile:
         return open_sealed(self.path, load_identities(identity), identity)
 
     def seal(self, text: str) -> Secrets:
-        """Check ``text`` as a secrets file and seal it over the file; the checked secrets."""
+        """Check ``text`` as a secrets file and seal it over the file; the checked secrets.
+        The operator's private bus key is refused: every recipient, the webhook receiver among
+        them, can open the file, and none may sign as the operator."""
         found = parse_secrets_text(text, self.path)
+        if found.identities.get(OPERATOR, {}).get(BUS_KEY):
+            raise SealedError(
+                f"{self.path}: identities.{OPERATOR}.{BUS_KEY} may not be sealed in the "
+                "repository: every recipient (the webhook receiver too) could sign as the "
+                "operator",
+                hint=f"Keep the operator's key in a local ${SECRETS_ENV} file (0600) for "
+                     f"`fleet bus`; seal the operator as its public half "
+                     f"({BUS_KEYRING}: \"{OPERATOR}:ID=KEY\").")
         write_sealed(self.path, text, recipients(self.recipients,
                                                  "registry fleet.secrets.recipients"))
         return found
