@@ -28,6 +28,7 @@ from tests.deploy.test_webhook_lab import (
     wait_answering,
     wait_run,
 )
+from tests.waiting import wait_for
 from tests.webhook.forge import READ_TOKEN, SECRET, signed_push
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -94,6 +95,10 @@ def publish(fleet: Fleet, setup: dict[str, Path], message: str) -> dict[str, Any
     run = wait_run(fleet, int(deliver(fleet, body, headers)["run_id"]))
     assert run["commit_sha"] == sha, run
     RUN["sha"] = sha
+    wait_for(lambda: f"/opt/fleet/releases/{sha[:12]}/site" in fleet.ssh(
+        ORCH, "systemctl show fleet-webhook.service -p Environment --value"), 120,
+        "the receiver to restart on the new release after its run", every=1)
+    wait_answering(fleet, 60)
     for value in (OLD_KEY, NEW_KEY, BAD_KEY, SECRET, READ_TOKEN):
         assert value not in run["log"], f"{value[:8]}... in the run log"
     return run
@@ -161,7 +166,7 @@ def test_sealed_secrets_replace_the_receivers_plaintext_copy(fleet: Fleet,
         "FLEET_AGE_IDENTITY": str(setup["operator"])})
     assert done.returncode == 0, done.stdout + done.stderr
     env = fleet.ssh(ORCH, "cat /etc/fleet/webhook/webhook.env")
-    assert f"FLEET_AGE_IDENTITY={IDENTITY}" in env and "FLEET_SECRETS" not in env
+    assert f'FLEET_AGE_IDENTITY="{IDENTITY}"' in env and "FLEET_SECRETS" not in env
     assert fleet.ssh(ORCH, "ls /etc/fleet/webhook").split().count("secrets.yaml") == 0
     serve_repo_on_node(fleet, setup, RUN["sha"])  # the lab registry drop-in names the file too
 
@@ -192,3 +197,5 @@ def test_a_bad_value_in_a_sealed_change_fails_verify_and_rolls_back(
     env = agent_env(fleet, WORKER)
     assert f'OPENROUTER_API_KEY="{NEW_KEY}"' in env and BAD_KEY not in env
     assert "FLEET_BUS_INBOX_QUOTA" not in env
+    record = json.loads(fleet.ssh(ORCH, f"cat {run['record_path']}"))
+    assert record["hosts"][WORKER]["verify"]["rollback"]["env_restored"] is True
