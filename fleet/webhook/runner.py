@@ -275,15 +275,19 @@ def checkout_secrets(work: Path) -> Path | None:
 def secret_values(settings: Settings, env: dict[str, str] | None = None) -> list[str]:
     """What the run log masks: the receiver's own secrets and the values of the deploy's
     ``$FLEET_SECRETS`` (of ``env``, the deploy's environment, when given: a sealed file of the
-    checkout, opened in memory with ``$FLEET_AGE_IDENTITY``)."""
+    checkout, opened in memory with ``$FLEET_AGE_IDENTITY``). Without ``env`` (a log left by a
+    killed run, a failed drift check), the sealed file of the last checkout if it has one."""
     from fleet.control.sealed import IDENTITY_ENV  # pyrage: imported when a run needs it
 
     values = [value for value in (settings.env.get(name) for name in RECEIVER_SECRETS) if value]
     source = env if env is not None else settings.env
+    path = source.get(SECRETS_ENV) or os.environ.get(SECRETS_ENV) or None
+    if env is None:
+        path = str(checkout_secrets(settings.state_dir / "work") or "") or path
     with contextlib.suppress(FleetError):  # the deploy reports a broken secrets file itself
         values += load_secrets(
-            source.get(SECRETS_ENV) or os.environ.get(SECRETS_ENV) or None,
-            identity=source.get(IDENTITY_ENV) or os.environ.get(IDENTITY_ENV) or None).values()
+            path, identity=source.get(IDENTITY_ENV) or os.environ.get(IDENTITY_ENV) or None
+        ).values()
     return values
 
 

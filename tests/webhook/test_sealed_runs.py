@@ -79,6 +79,8 @@ def test_the_tag_deploys_the_sealed_secrets_of_its_commit_and_the_log_masks_them
         assert "sealed-value" not in run["log"]
         opened.append(read_records(record_file)[-1]["secret_sha256"])
     assert opened == [hashlib.sha256(key.encode()).hexdigest() for key in (NEW_KEY, OLD_KEY)]
+    # between runs (a log left by a killed run, a drift check): the last checkout's values
+    assert OLD_KEY in secret_values(receiver) and NEW_KEY not in secret_values(receiver)
 
 
 def test_the_deploy_env_names_the_checkouts_sealed_file(
