@@ -5,10 +5,13 @@ no-op on every other host. In order:
 - its account: ``git`` (apt), the ``fleet-webhook`` system user, ``/etc/fleet/webhook`` and the
   state dir ``/var/lib/fleet/webhook`` (also its home and build cache);
 - its settings: ``webhook.env`` (0600: the receiver's secrets, ``FLEET_REPO_URL`` from the
-  registry's ``fleet.repo_url``), a copy of the secrets file its deploys use (the operator's bus
-  key as its public half only: :meth:`fleet.control.secrets.Secrets.receiver_copy`), and
-  ``FLEET_DEPLOY_SSH_KEY`` as the private key they reach the fleet with (named in the user's
-  ``~/.ssh/config``, which ssh, git and pyinfra read);
+  registry's ``fleet.repo_url``), the secrets its deploys use, and ``FLEET_DEPLOY_SSH_KEY`` as
+  the private key they reach the fleet with (named in the user's ``~/.ssh/config``, which ssh,
+  git and pyinfra read). The secrets its deploys use: when the registry names a sealed file
+  (``fleet.secrets``), that file of the commit each deploy checks out, opened in memory with the
+  receiver's age identity (``FLEET_AGE_IDENTITY``; a plaintext copy an earlier deploy left is
+  removed); otherwise a plaintext copy of the controller's secrets file (the operator's bus key
+  as its public half only: :meth:`fleet.control.secrets.Secrets.receiver_copy`);
 - its service: the receiver's code (a release ships only what a node runs: see
   :func:`fleet.control.release.build_receiver_code`) unpacked beside this deploy's release
   site, the deploy tools (pyinfra, see :func:`fleet.control.release.build_deploy_tools`), the
@@ -16,7 +19,11 @@ no-op on every other host. In order:
   ``fleet-webhook.service`` from ``fleet/webhook/fleet-webhook.service`` running
   ``fleet webhook serve`` (gunicorn and the deploy dispatcher) of that code, enabled and
   started; restarted when its release, tools, unit or env changed (after the run, when the
-  receiver is deploying its own node: :func:`restart_command`).
+  receiver is deploying its own node: :func:`restart_command`);
+- its age identity: ``age-identity.txt`` (0600, the receiver's user) generated on the node by
+  the deploy tools' pyrage when absent, never replaced, its private key never leaving the node;
+  its public recipient in a ``# public key:`` line and in ``age-recipient.txt`` (0644), which
+  ``fleet secrets init --receiver`` prints for the operator to add as a recipient.
 
 Without the receiver's secrets (or ``fleet.repo_url``) nothing is installed and the deploy
 says why; the deploy does not fail. The host reads one snapshot of the receiver's paths and
@@ -31,7 +38,7 @@ from pathlib import Path
 
 from pyinfra import host, logger
 from pyinfra.api import HiddenValue
-from pyinfra.operations import apt
+from pyinfra.operations import apt, server
 
 from deploys.context import OPT, RELEASES, AgentContext, phase
 from deploys.facts import NodeState, empty_snapshot
@@ -55,7 +62,8 @@ from fleet.control.release import (
     build_receiver_code,
     deps_key,
 )
-from fleet.control.secrets import DEPLOY_SSH_KEY
+from fleet.control.sealed import IDENTITY_ENV, RECEIVER_IDENTITY, RECEIVER_RECIPIENT
+from fleet.control.secrets import DEPLOY_SSH_KEY, SECRETS_ENV
 from fleet.core.errors import WebhookError
 from fleet.core.release_marker import BROKEN_MARKER, RELEASE_FILE
 
@@ -70,6 +78,8 @@ LOCK_FILE = f"{STATE_DIR}/deploy.lock"  # fleet.webhook.lock: held while the rec
 ENV_FILE = f"{ETC_DIR}/webhook.env"
 SECRETS_COPY = f"{ETC_DIR}/secrets.yaml"
 KEY_FILE = f"{ETC_DIR}/deploy_key"
+IDENTITY_FILE = RECEIVER_IDENTITY  # the receiver's age identity (made on the node)
+RECIPIENT_FILE = RECEIVER_RECIPIENT  # its public recipient (0644)
 SSH_DIR = f"{STATE_DIR}/.ssh"  # the user's home is the state dir
 SSH_CONFIG = f"{SSH_DIR}/config"
 UNIT = "fleet-webhook.service"
@@ -84,6 +94,10 @@ ENV = f"Environment of the webhook receiver {ENV_FILE} (secrets masked)"
 SECRETS = f"Secrets file of the receiver's deploys {SECRETS_COPY} (not shown)"
 KEY = f"SSH key of the receiver's deploys {KEY_FILE} (not shown)"
 SSH = f"SSH config of the receiver's deploys {SSH_CONFIG} (their key)"
+COPY_REMOVED = (f"Plaintext secrets copy {SECRETS_COPY} removed (the receiver's deploys open "
+                "the sealed file)")
+IDENTITY = (f"Age identity of the receiver {IDENTITY_FILE} (made on the node when absent; "
+            f"recipient in {RECIPIENT_FILE})")
 CODE = "Webhook receiver code (the controller's, beside the release)"
 TOOLS = "Deploy tools (pyinfra) for the webhook receiver"
 CACHE = "Release build cache of the receiver's deploys (no package index needed)"
@@ -105,13 +119,22 @@ _receivers: dict[str, Receiver] = {}
 
 def public_env(ctx: AgentContext) -> dict[str, str]:
     """The receiver's non-secret settings (``webhook.env``); its deploys run
-    ``python3 -m fleet deploy``."""
+    ``python3 -m fleet deploy``, with the sealed file of their checkout and the receiver's age
+    identity when the registry names a sealed file, else with the plaintext copy."""
+    secrets = ({IDENTITY_ENV: IDENTITY_FILE} if sealed(ctx)
+               else {SECRETS_ENV: SECRETS_COPY})
     return {
         "FLEET_STATE_DIR": STATE_DIR,
         "FLEET_REPO_URL": ctx.registry.repo_url or "",
-        "FLEET_SECRETS": SECRETS_COPY,
+        **secrets,
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+
+
+def sealed(ctx: AgentContext) -> bool:
+    """Whether the registry names a sealed secrets file (``fleet.secrets``): the receiver's
+    deploys then open the one of their checkout, and no plaintext copy is kept."""
+    return ctx.registry.secrets is not None
 
 
 def ssh_config() -> str:
@@ -184,7 +207,8 @@ def receiver(ctx: AgentContext) -> Receiver | None:
         else:
             plan.node = host.get_fact(
                 NodeState, paths=[ETC_DIR, STATE_DIR, SSH_DIR, TOOLS_DIR, ENV_FILE, SECRETS_COPY,
-                                  KEY_FILE, SSH_CONFIG, UNIT_PATH, code_dir(ctx),
+                                  KEY_FILE, SSH_CONFIG, UNIT_PATH, IDENTITY_FILE,
+                                  RECIPIENT_FILE, code_dir(ctx),
                                   *(f"{DEPS_CACHE}/{key}/.complete" for key in deps_keys())],
                 user=USER, unit=UNIT, current=f"{TOOLS_DIR}/current", releases_dir=TOOLS_DIR,
                 keys_file="/dev/null")
@@ -227,7 +251,8 @@ def run(ctx: AgentContext) -> None:
         return
     account(ctx, plan)
     env = settings(ctx, plan)
-    service(ctx, plan, triggers=[env])
+    tools_id = service(ctx, plan, triggers=[env])
+    identity(ctx, plan, tools_id)
 
 
 def account(ctx: AgentContext, plan: Receiver) -> None:
@@ -243,14 +268,19 @@ def account(ctx: AgentContext, plan: Receiver) -> None:
 
 
 def settings(ctx: AgentContext, plan: Receiver) -> Outcome:
-    """``webhook.env``, the secrets file copy and the deploy SSH key (all 0600, masked);
-    returns the operation writing ``webhook.env``."""
+    """``webhook.env``, the secrets file copy (none with a sealed file: one left is removed)
+    and the deploy SSH key (all 0600, masked); returns the operation writing
+    ``webhook.env``."""
     env = ctx.track(ENV, secret_file(
         name=ENV, dest=ENV_FILE,
         content=HiddenValue(render.env_file(receiver_env(ctx))),
         public=tuple(public_env(ctx)), user=USER, group=USER, node=plan.node,
         diffs=ctx.diffs()))
-    if ctx.secrets.path is not None:  # the operator's bus key as its public half only
+    if sealed(ctx):
+        if plan.node["paths"].get(SECRETS_COPY) is not None:
+            ctx.track(COPY_REMOVED, server.shell(name=COPY_REMOVED,
+                                                 commands=[f"rm -f {shlex.quote(SECRETS_COPY)}"]))
+    elif ctx.secrets.path is not None:  # the operator's bus key as its public half only
         ctx.track(SECRETS, secret_file(
             name=SECRETS, dest=SECRETS_COPY, content=HiddenValue(ctx.secrets.receiver_copy()),
             public=None, user=USER, group=USER, node=plan.node, diffs=ctx.diffs()))
@@ -265,9 +295,9 @@ def settings(ctx: AgentContext, plan: Receiver) -> Outcome:
     return env
 
 
-def service(ctx: AgentContext, plan: Receiver, triggers: list[Outcome]) -> None:
+def service(ctx: AgentContext, plan: Receiver, triggers: list[Outcome]) -> str:
     """Receiver code, deploy tools, the unit, and the service enabled, running and restarted
-    when the unit or one of ``triggers`` changed."""
+    when the unit or one of ``triggers`` changed; returns the deploy tools' id."""
     code = build_receiver_code()
     ctx.track(CODE, tree_unpacked(name=CODE, dest=code_dir(ctx), tarball=str(code.path),
                                   node=plan.node))
@@ -286,4 +316,49 @@ def service(ctx: AgentContext, plan: Receiver, triggers: list[Outcome]) -> None:
     ctx.track(SERVICE, agent_service(
         name=SERVICE, unit=UNIT, node=plan.node, unit_file=unit, triggers=triggers,
         restart=restart_command()))
+    return tools.id
+
+
+IDENTITY_SCRIPT = """\
+import os, sys
+from pyrage import x25519
+secret, recipient = sys.argv[1:3]
+if os.path.exists(secret):
+    lines = [line.strip() for line in open(secret, encoding="utf-8")]
+    key = x25519.Identity.from_str(next(line for line in lines if line.startswith("AGE-")))
+else:
+    key = x25519.Identity.generate()
+    staged = secret + ".new"
+    with open(staged, "w", encoding="utf-8") as out:  # created 0600 by install(1) before
+        out.write(f"# public key: {key.to_public()}\\n{key}\\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.rename(staged, secret)
+staged = recipient + ".new"
+with open(staged, "w", encoding="utf-8") as out:
+    out.write(f"{key.to_public()}\\n")
+os.chmod(staged, 0o644)
+os.rename(staged, recipient)
+"""
+"""Run on the node by the deploy tools' Python: the identity (when absent) and its recipient.
+The private key is written to a file made 0600 first and printed nowhere."""
+
+
+def identity_command(tools_id: str) -> str:
+    """The shell command making the receiver's age identity (when absent) and its recipient
+    file on the node, with the deploy tools' pyrage."""
+    staged = shlex.quote(f"{IDENTITY_FILE}.new")
+    site = shlex.quote(f"{TOOLS_DIR}/{tools_id}/site")
+    return (f"{{ [ -e {shlex.quote(IDENTITY_FILE)} ] || "
+            f"install -m 600 -o {USER} -g {USER} /dev/null {staged}; }} && "
+            f"PYTHONPATH={site} {PYTHON} -c {shlex.quote(IDENTITY_SCRIPT)} "
+            f"{shlex.quote(IDENTITY_FILE)} {shlex.quote(RECIPIENT_FILE)}")
+
+
+def identity(ctx: AgentContext, plan: Receiver, tools_id: str) -> None:
+    """The receiver's age identity, made on its node when absent (the private key never leaves
+    it), and its public recipient file; no operation when both are there."""
+    paths = plan.node["paths"]
+    if paths.get(IDENTITY_FILE) is None or paths.get(RECIPIENT_FILE) is None:
+        ctx.track(IDENTITY, server.shell(name=IDENTITY, commands=[identity_command(tools_id)]))
 

@@ -28,11 +28,20 @@ def secrets() -> None:
 @click.option("--identity", type=click.Path(dir_okay=False), envvar=IDENTITY_ENV,
               help=f"Where your age identity is kept (default: ${IDENTITY_ENV}, else "
                    "~/.config/sovereign-fleet/age-identity.txt).")
-def init(identity: str | None) -> None:
+@click.option("--receiver", is_flag=True,
+              help="Print the webhook receiver's recipient instead, read over SSH from its "
+                   "node (its deploy made its identity there).")
+@pass_cli
+def init(cli: CliContext, identity: str | None, receiver: bool) -> None:
     """Create your age identity (0600; an existing one is kept) and print its recipient, the
-    public key to list in `fleet.secrets.recipients`."""
-    from fleet.control.sealed_edit import init_identity
+    public key to list in `fleet.secrets.recipients`; with --receiver, print the receiver's."""
+    from fleet.control.sealed_edit import init_identity, receiver_recipient
 
+    if receiver:
+        click.echo(receiver_recipient(cli.registry))
+        click.echo("(the receiver's; add it with `fleet secrets recipients add` and commit)",
+                   err=True)
+        return
     path = identity_path(identity)
     click.echo(init_identity(path))
     click.echo(f"(identity: {path}; list the line above in registry.yaml under "

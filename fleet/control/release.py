@@ -78,7 +78,9 @@ NODE_REQUIREMENTS = ("Flask", "gunicorn", "gevent", "PyYAML", "requests", "crypt
                      "jsonschema")  # tool argument schemas (Draft 2020-12)
 """What node code needs (gevent: gunicorn's worker, :mod:`fleet.core.serving`; it brings greenlet
 and zope.*)."""
-DEPLOY_TOOL_REQUIREMENTS = ("pyinfra",)  # only on the node running the webhook receiver
+DEPLOY_TOOL_REQUIREMENTS = ("pyinfra", "pyrage")
+"""Only on the node running the webhook receiver: its deploys (pyinfra), its age identity and
+the sealed secrets file its deploys open (pyrage, abi3 wheels for every node Python)."""
 NODE_PYTHONS = ("3.11", "3.12", "3.13")
 """The node interpreters a release carries compiled modules for (preflight refuses others)."""
 

@@ -36,6 +36,11 @@ MAX_IDENTITY_BYTES = 64 * 1024
 # Bech32 (BIP 173) data characters; matched in full
 RECIPIENT_RE = re.compile(r"age1[02-9ac-hj-np-z]{58}")
 IDENTITY_RE = re.compile(r"AGE-SECRET-KEY-1[02-9AC-HJ-NP-Z]{58}")
+RECEIVER_IDENTITY = "/etc/fleet/webhook/age-identity.txt"
+"""The webhook receiver's age identity on its node (made there by its deploy, 0600, its user's;
+see :mod:`deploys.webhook`)."""
+RECEIVER_RECIPIENT = "/etc/fleet/webhook/age-recipient.txt"
+"""The public recipient of :data:`RECEIVER_IDENTITY`, beside it (0644)."""
 IDENTITY_HINT = (f"Point ${IDENTITY_ENV} at your age identity file (mode 0600), or create one "
                  "with `fleet secrets init`.")
 

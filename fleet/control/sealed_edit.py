@@ -27,6 +27,7 @@ import yaml
 
 from bus.keys import OPERATOR
 from fleet.control.sealed import (
+    RECEIVER_RECIPIENT,
     SealedError,
     identity_path,
     load_identities,
@@ -70,16 +71,17 @@ class SealedFile:
 
     def seal(self, text: str) -> Secrets:
         """Check ``text`` as a secrets file and seal it over the file; the checked secrets.
-        The operator's private bus key is refused: the webhook receiver opens this file."""
+        The operator's private bus key is refused: every recipient, the webhook receiver among
+        them, can open the file, and none may sign as the operator."""
         found = parse_secrets_text(text, self.path)
         if found.identities.get(OPERATOR, {}).get(BUS_KEY):
             raise SealedError(
-                f"{self.path}: identities.{OPERATOR}.{BUS_KEY}: the operator's private bus "
-                "key may not be sealed into the repository file (the webhook receiver can "
-                "open it)",
-                hint=f"Keep it in your own 0600 file named by ${SECRETS_ENV} (it overlays the "
-                     f"sealed file); seal its public half ({BUS_KEYRING}) instead: `fleet "
-                     "secrets encrypt` splits a plaintext file for you.")
+                f"{self.path}: identities.{OPERATOR}.{BUS_KEY} may not be sealed in the "
+                "repository: every recipient (the webhook receiver too) could sign as the "
+                "operator",
+                hint=f"Keep the operator's key in a local ${SECRETS_ENV} file (0600; it "
+                     f"overlays the sealed file); seal the operator as its public half "
+                     f"({BUS_KEYRING}): `fleet secrets encrypt` splits a plaintext file so.")
         write_sealed(self.path, text, recipients(self.recipients,
                                                  "registry fleet.secrets.recipients"))
         return found
@@ -106,6 +108,41 @@ def init_identity(path: Path) -> str:
     public = recipient_of(identity)
     write_atomic(path, f"# public key: {public}\n{identity}\n", mode=0o600)
     return public
+
+
+RECEIVER_CAPABILITY = "webhook-receiver"
+
+
+def receiver_recipient(registry: Registry, timeout: float = 15.0) -> str:
+    """The public recipient of the webhook receiver's age identity, read over SSH from its node
+    (:data:`fleet.control.sealed.RECEIVER_RECIPIENT`, written by its deploy)."""
+    from fleet.control.status import ssh_command
+
+    agent = next((agent for agent in registry
+                  if RECEIVER_CAPABILITY in agent.capabilities), None)
+    if agent is None:
+        raise SealedError(f"{registry.path}: no agent has the {RECEIVER_CAPABILITY!r} "
+                          "capability: there is no receiver to seal to",
+                          hint=f"Give the agent running the receiver `capabilities: "
+                               f"[{RECEIVER_CAPABILITY}]` and deploy it.")
+    remote = f"cat {RECEIVER_RECIPIENT}"
+    if registry.become == "sudo":
+        remote = f"sudo -n {remote}"
+    try:
+        done = subprocess.run([*ssh_command(agent, registry, timeout), remote],
+                              capture_output=True, text=True, timeout=timeout + 5,
+                              stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        done = subprocess.CompletedProcess([], 255, "", f"no answer in {timeout:g}s")
+    found = done.stdout.strip()
+    if done.returncode != 0 or not AGE_RECIPIENT_RE.fullmatch(found):
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1] \
+            if done.returncode else "not an age recipient"
+        raise SealedError(f"{agent.name}: cannot read the receiver's recipient "
+                          f"{RECEIVER_RECIPIENT} ({why})",
+                          hint="Deploy the receiver first (`fleet deploy`): its deploy makes "
+                               "its age identity on the node.")
+    return found
 
 
 def encrypt_plain(registry: Registry, plain: Path) -> Secrets:

@@ -165,22 +165,24 @@ def is_sealed(path: Path) -> bool:
 
 
 def load_secrets(path: str | os.PathLike[str] | None = None,
-                 registry: Registry | None = None) -> Secrets:
+                 registry: Registry | None = None,
+                 identity: str | os.PathLike[str] | None = None) -> Secrets:
     """Load and check the secrets (:func:`secrets_path`); a sealed file (``*.age``) is
-    decrypted in memory with the age identity of ``$FLEET_AGE_IDENTITY``. When the registry
-    names a sealed file and ``$FLEET_SECRETS`` (or ``path``) a plaintext one, the plaintext
-    file overlays the sealed one: it holds what never goes to the repository, such as the
-    operator's private bus key (:func:`overlay`). No file configured gives empty secrets."""
+    decrypted in memory with the age identity file ``identity`` (default
+    ``$FLEET_AGE_IDENTITY``). When the registry names a sealed file and ``$FLEET_SECRETS``
+    (or ``path``) a plaintext one, the plaintext file overlays the sealed one: it holds what
+    never goes to the repository, such as the operator's private bus key (:func:`overlay`).
+    No file configured gives empty secrets."""
     resolved = secrets_path(path, registry)
     if resolved is None:
         return Secrets()
     if is_sealed(resolved):
-        return parse_secrets_text(read_sealed(resolved), resolved)
+        return parse_secrets_text(read_sealed(resolved, identity), resolved)
     local = load_plain(resolved)
     sealed = sealed_path(registry)
     if sealed is None:
         return local
-    return overlay(parse_secrets_text(read_sealed(sealed), sealed), local)
+    return overlay(parse_secrets_text(read_sealed(sealed, identity), sealed), local)
 
 
 def load_plain(resolved: Path) -> Secrets:
@@ -229,13 +231,13 @@ def operator_key_problem(base: Secrets, local: Secrets) -> str | None:
     return None
 
 
-def read_sealed(path: Path) -> str:
-    """The plaintext of sealed secrets file ``path``, opened in memory with the identity of
-    ``$FLEET_AGE_IDENTITY``."""
+def read_sealed(path: Path, identity: str | os.PathLike[str] | None = None) -> str:
+    """The plaintext of sealed secrets file ``path``, opened in memory with the identity file
+    ``identity`` (default ``$FLEET_AGE_IDENTITY``)."""
     from fleet.control.sealed import identity_path, load_identities, open_sealed
 
-    identity = identity_path()
-    return open_sealed(path, load_identities(identity), identity)
+    chosen = identity_path(identity)
+    return open_sealed(path, load_identities(chosen), chosen)
 
 
 def parse_secrets_text(text: str, resolved: Path) -> Secrets:

@@ -71,6 +71,12 @@ class MaskedLog:
                 with self.log.open("ab") as out:
                     out.write(self.masker(text).encode("utf-8", errors="surrogateescape"))
 
+    def mask_with(self, masker: Masker) -> None:
+        """Mask what is copied from now on with ``masker`` (one that knows more secrets: those
+        of the checkout, once the run has one)."""
+        with self.lock:
+            self.masker = masker
+
     def __enter__(self) -> MaskedLog:
         fd = os.open(self.raw, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.close(fd)

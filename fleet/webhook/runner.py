@@ -9,6 +9,11 @@ rollback) with ``FLEET_RUN_ID`` and ``FLEET_RECORDS_DIR`` set, and takes the out
 typed run record that rollout writes, never from its console output. The command's output
 goes to ``<state dir>/logs/run-<id>.log``, masked line by line as it is written (see
 :mod:`fleet.webhook.logcopy`); it inherits the deploy lock (see :mod:`fleet.webhook.lock`).
+
+When the checkout's ``registry.yaml`` names a sealed secrets file (``fleet.secrets``), the
+deploy opens that file of the checked-out commit (``FLEET_SECRETS`` names it; the receiver's
+age identity is ``FLEET_AGE_IDENTITY``): the tag's commit brings its own secrets, so moving the
+tag back deploys the older ones too. The run log masks every value decrypted from it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from fleet.control.release import broken_requested, release_id
 from fleet.control.secrets import SECRETS_ENV, load_secrets
 from fleet.core.errors import DeployError, FleetError
 from fleet.core.masking import Masker
+from fleet.core.registry import load_registry
 from fleet.webhook.checkout import checkout, fetch, is_ancestor, redact, resolve_tag, rev_parse
 from fleet.webhook.config import RECEIVER_SECRETS, Settings
 from fleet.webhook.current import deployed_everywhere, fleet_releases
@@ -73,12 +79,12 @@ def execute(conn: sqlite3.Connection, settings: Settings, claim: Claim, lock_fd:
     record = settings.state_dir / "records" / f"{fleet_run_id(claim.run_id)}.json"
     update(conn, claim.run_id, log_path=str(log_path))
     raw_path = unmasked_path(log_path)
-    with MaskedLog(raw_path, log_path, Masker(secret_values(settings))), \
+    with MaskedLog(raw_path, log_path, Masker(secret_values(settings))) as masked, \
             raw_path.open("ab") as log:
         log.write(f"==> run {claim.run_id}: tag {claim.tag} (the push claimed {claim.sha}) "
                   f"from {redact(settings.repo_url)} ({utc_timestamp()})\n".encode())
         try:
-            outcome = deploy(conn, settings, claim, record, log, lock_fd)
+            outcome = deploy(conn, settings, claim, record, log, lock_fd, masked)
         except DeployError as exc:
             outcome = Outcome("failed", str(exc))
         log.write(f"==> {outcome.status}: {outcome.summary}\n".encode())
@@ -87,14 +93,18 @@ def execute(conn: sqlite3.Connection, settings: Settings, claim: Claim, lock_fd:
 
 
 def deploy(conn: sqlite3.Connection, settings: Settings, claim: Claim, record: Path,
-           log: IO[bytes], lock_fd: int) -> Outcome:
+           log: IO[bytes], lock_fd: int, masked: MaskedLog | None = None) -> Outcome:
     """Resolve, check out, and deploy unless the fleet runs the release already (a self-heal
-    run deploys anyway: its drift is in files the release does not name)."""
+    run deploys anyway: its drift is in files the release does not name). ``masked`` (the run
+    log's copier) masks the secrets of the checkout from then on."""
     cache = fetch(settings.repo_url, settings.state_dir, log)
     commit = resolve_tag(cache, claim.tag, settings.repo_url)
     log.write(f"==> tag {claim.tag} points to {commit}\n".encode())
     work = checkout(cache, commit, settings.state_dir, log)
     env = deploy_env(settings, claim, work, commit, record)
+    if masked is not None and SECRETS_ENV in env:
+        log.flush()
+        masked.mask_with(Masker(secret_values(settings, env)))
     release = release_id(work, broken=broken_requested(env))
     update(conn, claim.run_id, commit_sha=commit, release=release)
     registry = Path(env.get("FLEET_REGISTRY") or work / "registry.yaml")
@@ -210,9 +220,13 @@ def deploy_env(settings: Settings, claim: Claim, work: Path, commit: str,
 
 def work_env(settings: Settings, work: Path, record: Path) -> dict[str, str]:
     """The receiver's environment without its secrets, plus the run record to write; the work
-    dir first on ``PYTHONPATH`` (the checked-out code runs)."""
+    dir first on ``PYTHONPATH`` (the checked-out code runs); ``FLEET_SECRETS`` the checkout's
+    sealed file when its registry names one (:func:`checkout_secrets`)."""
     env = {key: value for key, value in os.environ.items() if key not in RECEIVER_SECRETS}
     env.update(settings.deploy_env())
+    sealed = checkout_secrets(work)
+    if sealed is not None:
+        env[SECRETS_ENV] = str(sealed)
     bin_dir = str(Path(sys.executable).parent)
     env.update(
         FLEET_RUN_ID=record.stem, FLEET_RECORDS_DIR=str(record.parent), PYTHONUNBUFFERED="1",
@@ -247,12 +261,33 @@ def run_command(settings: Settings, work: Path, env: dict[str, str], log: IO[byt
                           f"({settings.deploy_timeout:g}s) and was stopped") from None
 
 
-def secret_values(settings: Settings) -> list[str]:
-    """What the run log masks: the receiver's own secrets and the deploy's ``$FLEET_SECRETS``."""
+def checkout_secrets(work: Path) -> Path | None:
+    """The sealed secrets file the checkout's ``registry.yaml`` names (``fleet.secrets.file``,
+    in the checkout), or None: none named, or a registry the deploy will refuse itself. The
+    same file whichever registry the deploy reads (``FLEET_REGISTRY`` may name another)."""
+    try:
+        registry = load_registry(work / "registry.yaml")
+    except FleetError:
+        return None
+    return None if registry.secrets is None else work / registry.secrets.file
+
+
+def secret_values(settings: Settings, env: dict[str, str] | None = None) -> list[str]:
+    """What the run log masks: the receiver's own secrets and the values of the deploy's
+    ``$FLEET_SECRETS`` (of ``env``, the deploy's environment, when given: a sealed file of the
+    checkout, opened in memory with ``$FLEET_AGE_IDENTITY``). Without ``env`` (a log left by a
+    killed run, a failed drift check), the sealed file of the last checkout if it has one."""
+    from fleet.control.sealed import IDENTITY_ENV  # pyrage: imported when a run needs it
+
     values = [value for value in (settings.env.get(name) for name in RECEIVER_SECRETS) if value]
+    source = env if env is not None else settings.env
+    path = source.get(SECRETS_ENV) or os.environ.get(SECRETS_ENV) or None
+    if env is None:
+        path = str(checkout_secrets(settings.state_dir / "work") or "") or path
     with contextlib.suppress(FleetError):  # the deploy reports a broken secrets file itself
-        values += load_secrets(settings.env.get(SECRETS_ENV)
-                               or os.environ.get(SECRETS_ENV) or None).values()
+        values += load_secrets(
+            path, identity=source.get(IDENTITY_ENV) or os.environ.get(IDENTITY_ENV) or None
+        ).values()
     return values
 
 

@@ -4,6 +4,9 @@ skipped, its environment and its unit."""
 from __future__ import annotations
 
 import ast
+import stat
+import subprocess
+import sys
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -15,10 +18,12 @@ import pytest
 from bus.keys import format_keyring, keyring_of, new_private_key
 from deploys import webhook
 from deploys.context import AgentContext
+from deploys.facts import empty_snapshot
 from deploys.ops import _hide_all
 from fleet.control.release import Release, build_receiver_code, build_release
+from fleet.control.sealed import load_identities, recipient_of
 from fleet.control.secrets import BUS_KEY, Secrets
-from fleet.core.registry import Registry, load_registry
+from fleet.core.registry import Registry, SealedSecrets, load_registry
 from fleet.core.release_marker import Broken
 from tests.webhook.forge import READ_TOKEN, SECRET
 
@@ -196,6 +201,7 @@ def test_the_webhook_step_installs_account_settings_then_service(
                  "release_unpacked", "deps_seeded", "agent_service"):
         monkeypatch.setattr(webhook, name, operation)
     monkeypatch.setattr(webhook, "apt", SimpleNamespace(packages=operation))
+    monkeypatch.setattr(webhook, "server", SimpleNamespace(shell=operation))
     monkeypatch.setattr(webhook, "receiver", lambda ctx: webhook.Receiver(problem=None))
     monkeypatch.setattr(webhook, "build_receiver_code",
                         lambda: Release(id="receiver-0123", path=Path("/r.tar.gz")))
@@ -206,7 +212,109 @@ def test_the_webhook_step_installs_account_settings_then_service(
     webhook.run.__wrapped__(ctx)  # type: ignore[attr-defined]
     assert [name for name, _ in ctx.changes] == [f"Webhook | {name}" for name in (
         webhook.GIT, webhook.ACCOUNT, webhook.DIRECTORIES, webhook.ENV, webhook.KEY, webhook.SSH,
-        webhook.CODE, webhook.TOOLS, webhook.CACHE, webhook.UNIT_FILE, webhook.SERVICE)]
+        webhook.CODE, webhook.TOOLS, webhook.CACHE, webhook.UNIT_FILE, webhook.SERVICE,
+        webhook.IDENTITY)]
     assert calls[webhook.CODE]["dest"] == "/opt/fleet/releases/abc123/receiver-0123"
     assert [op.name for op in calls[webhook.SERVICE]["triggers"]] == [webhook.ENV]
     assert calls[webhook.SERVICE]["unit_file"].name == webhook.UNIT_FILE
+
+
+SEALED = SealedSecrets(file="secrets.yaml.age", recipients=("age1" + "q" * 58,))
+
+
+def planned(ctx: AgentContext, monkeypatch: pytest.MonkeyPatch,
+            on_node: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """The webhook step's operations by name (their arguments), on a node holding the files
+    ``on_node``."""
+    calls: dict[str, dict[str, Any]] = {}
+
+    def operation(**kwargs: Any) -> SimpleNamespace:
+        calls[kwargs["name"]] = kwargs
+        return SimpleNamespace(name=kwargs["name"])
+
+    for name in ("agent_account", "directories", "secret_file", "managed_file", "tree_unpacked",
+                 "release_unpacked", "deps_seeded", "agent_service"):
+        monkeypatch.setattr(webhook, name, operation)
+    monkeypatch.setattr(webhook, "apt", SimpleNamespace(packages=operation))
+    monkeypatch.setattr(webhook, "server", SimpleNamespace(shell=operation))
+    node = empty_snapshot()
+    node["paths"] = {path: {"user": "fleet-webhook", "group": "fleet-webhook", "mode": "600",
+                            "sha256": "0" * 64} for path in on_node}
+    monkeypatch.setattr(webhook, "receiver", lambda ctx: webhook.Receiver(problem=None,
+                                                                           node=node))
+    monkeypatch.setattr(webhook, "build_deploy_tools",
+                        lambda: Release(id="deploy-tools-0123", path=Path("/t.tar.gz")))
+    monkeypatch.setattr(webhook, "deps_keys", lambda: ("r", "t"))
+    ctx.phase_name = "Webhook"
+    webhook.run.__wrapped__(ctx)  # type: ignore[attr-defined]
+    return calls
+
+
+def test_with_a_sealed_file_the_receiver_gets_its_identity_and_no_plaintext_copy(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry names a sealed file: ``webhook.env`` names the receiver's age identity and
+    no secrets file (its deploys open the sealed file of their checkout), no plaintext copy is
+    written, and the one an earlier deploy left is removed."""
+    ctx = context(replace(registry, secrets=SEALED), replace(FULL, path=Path("/s.yaml.age")),
+                  monkeypatch)
+    env = webhook.receiver_env(ctx)
+    assert env["FLEET_AGE_IDENTITY"] == "/etc/fleet/webhook/age-identity.txt"
+    assert "FLEET_SECRETS" not in env and "FLEET_SECRETS" not in webhook.public_env(ctx)
+    assert "FLEET_AGE_IDENTITY" in webhook.public_env(ctx)  # a path: shown in diffs
+    assert webhook.problem(ctx) is None
+    calls = planned(ctx, monkeypatch, on_node=(webhook.SECRETS_COPY,))
+    assert webhook.SECRETS not in calls
+    assert calls[webhook.COPY_REMOVED]["commands"] == ["rm -f /etc/fleet/webhook/secrets.yaml"]
+    assert webhook.IDENTITY in calls  # none on the node yet: made there
+
+
+def test_without_a_sealed_file_the_receiver_keeps_the_plaintext_copy(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = context(registry, replace(FULL, path=Path("/s.yaml")), monkeypatch)
+    assert webhook.receiver_env(ctx)["FLEET_SECRETS"] == "/etc/fleet/webhook/secrets.yaml"
+    assert "FLEET_AGE_IDENTITY" not in webhook.receiver_env(ctx)
+    calls = planned(ctx, monkeypatch, on_node=(webhook.SECRETS_COPY,))
+    assert webhook.SECRETS in calls and webhook.COPY_REMOVED not in calls
+
+
+def test_an_identity_on_the_node_is_left_alone(registry: Registry,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = context(replace(registry, secrets=SEALED), FULL, monkeypatch)
+    calls = planned(ctx, monkeypatch, on_node=(webhook.IDENTITY_FILE, webhook.RECIPIENT_FILE))
+    assert webhook.IDENTITY not in calls and webhook.COPY_REMOVED not in calls
+
+
+def test_the_identity_command_makes_a_0600_identity_once_and_prints_no_key(
+        tmp_path: Path) -> None:
+    """The node's side of the identity operation (run here with this Python's pyrage): an
+    age identity ``age-keygen`` would write (a ``# public key:`` line, then the key) in a file
+    created 0600 before its content, its recipient in a 0644 file; run again, the identity is
+    kept and the recipient file restored."""
+    secret, recipient = tmp_path / "age-identity.txt", tmp_path / "age-recipient.txt"
+    command = webhook.identity_command("deploy-tools-0123")
+    assert command.startswith("{ [ -e /etc/fleet/webhook/age-identity.txt ] || install -m 600 "
+                              "-o fleet-webhook -g fleet-webhook /dev/null "
+                              "/etc/fleet/webhook/age-identity.txt.new; } && "
+                              "PYTHONPATH=/opt/fleet/tools/deploy-tools-0123/site "
+                              "/usr/bin/python3 -c ")
+    assert command.endswith(" /etc/fleet/webhook/age-identity.txt "
+                            "/etc/fleet/webhook/age-recipient.txt")
+
+    def run() -> str:
+        if not secret.exists():  # what install(1) does first on the node
+            Path(f"{secret}.new").touch(mode=0o600)
+        done = subprocess.run([sys.executable, "-c", webhook.IDENTITY_SCRIPT, str(secret),
+                               str(recipient)], capture_output=True, text=True, check=True)
+        return done.stdout + done.stderr
+
+    assert run() == ""  # nothing printed: the key stays in its file
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(recipient.stat().st_mode) == 0o644
+    [key] = load_identities(secret)
+    public = recipient_of(key)
+    assert secret.read_text().splitlines() == [f"# public key: {public}", str(key)]
+    assert recipient.read_text() == f"{public}\n"
+    before = secret.read_text()
+    recipient.unlink()
+    assert run() == ""
+    assert secret.read_text() == before and recipient.read_text() == f"{public}\n"

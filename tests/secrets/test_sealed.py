@@ -368,7 +368,7 @@ def test_the_operator_key_never_enters_the_repository_file(project: Project,
     adds = editor(project.folder, f'printf "identities:\\n  operator:\\n    '
                                   f'FLEET_BUS_PRIVATE_KEY: {operator}\\n" > "$1"')
     refused = project.fleet("secrets", "edit", EDITOR=adds)
-    assert refused.returncode == 1 and "may not be sealed into the repository" in refused.stderr
+    assert refused.returncode == 1 and "may not be sealed in the repository" in refused.stderr
     assert project.sealed.read_bytes() == before
     plain.write_text(yaml.safe_dump({"identities": {OPERATOR: {PRIVATE_KEY_ENV:
                                                                new_private_key()}}}))

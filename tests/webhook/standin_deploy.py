@@ -8,6 +8,9 @@ and skips the workers) and exits 0 only when it is ``ok``. The release is the co
 fleet's state), the deployed hosts are set to it. It appends one JSON line ``{"run", "sha",
 "pid", "start", "end", "secret_seen"}`` to ``$STANDIN_RECORD``, writes its pid to
 ``$STANDIN_PIDFILE`` when set, prints ``$STANDIN_PRINT`` and sleeps ``$STANDIN_SLEEP`` s.
+With ``$STANDIN_SECRET`` naming a fleet value, it opens the deploy's secrets as ``fleet deploy``
+does (``$FLEET_SECRETS``, sealed ones with ``$FLEET_AGE_IDENTITY``), prints that value and
+records its SHA-256 (``secret_sha256``).
 """
 
 import json
@@ -22,6 +25,15 @@ if os.environ.get("STANDIN_PIDFILE"):
     Path(os.environ["STANDIN_PIDFILE"]).write_text(f"{os.getpid()}\n")
 print(f"stand-in deploy of {sha} in {os.getcwd()}", flush=True)
 print(os.environ.get("STANDIN_PRINT", ""), flush=True)
+opened = ""
+if os.environ.get("STANDIN_SECRET"):
+    import hashlib
+
+    from fleet.control.secrets import load_secrets
+
+    value = load_secrets().fleet[os.environ["STANDIN_SECRET"]]
+    print(f"stand-in deploy: {os.environ['STANDIN_SECRET']}={value}", flush=True)
+    opened = hashlib.sha256(value.encode()).hexdigest()
 for second in range(int(float(os.environ.get("STANDIN_SLEEP", "0")))):
     print(f"stand-in deploy: second {second + 1}", flush=True)
     time.sleep(1)
@@ -58,7 +70,7 @@ records.mkdir(parents=True, exist_ok=True)
     "release": release, "stages": stages, "skipped": skipped, "hosts": entries}))
 record = {"run": int(os.environ["FLEET_DEPLOY_RUN"]), "sha": sha, "pid": os.getpid(),
           "start": start, "end": time.time(),
-          "secret_seen": "FLEET_WEBHOOK_SECRET" in os.environ}
+          "secret_seen": "FLEET_WEBHOOK_SECRET" in os.environ, "secret_sha256": opened}
 with open(os.environ["STANDIN_RECORD"], "a") as handle:
     handle.write(json.dumps(record) + "\n")
 print(f"==> run {os.environ['FLEET_RUN_ID']}: {status}", flush=True)
