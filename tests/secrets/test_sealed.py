@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -394,3 +395,51 @@ def test_the_deploy_writes_agents_env_from_the_sealed_file(project: Project,
                        soul_source=project.folder / "soul.md", secrets=found)
     assert f'OPENROUTER_API_KEY="{OLD_KEY}"' in ctx.env_file()
     assert OLD_KEY not in ctx.masker(f"key={OLD_KEY}")
+
+
+def test_keys_rotate_and_retire_work_on_the_sealed_file(project: Project,
+                                                        tmp_path: Path) -> None:
+    """An agent's key is rotated in the sealed file (re-sealed); the operator's in the local
+    file, with the sealed file's public half of it kept in step (what the receiver deploys)."""
+    from bus.keys import OPERATOR, PRIVATE_KEY_ENV, keyring_of, new_private_key, split_keyring
+
+    plain = tmp_path / "local.yaml"
+    operator = new_private_key()
+    plain.write_text(yaml.safe_dump({
+        "fleet": {"OPENROUTER_API_KEY": OLD_KEY},
+        "agents": {"ezra": {PRIVATE_KEY_ENV: new_private_key()}},
+        "identities": {OPERATOR: {PRIVATE_KEY_ENV: operator}}}))
+    plain.chmod(0o600)
+    assert project.fleet("secrets", "encrypt", str(plain)).returncode == 0
+    plain.write_text(yaml.safe_dump({"identities": {OPERATOR: {PRIVATE_KEY_ENV: operator}}}))
+
+    def sealed() -> dict[str, Any]:
+        done = subprocess.run(
+            ["age", "--decrypt", "-i", str(project.identity), str(project.sealed)]
+            if os.path.exists("/usr/bin/age") else [sys.executable, "-c", (
+                "from fleet.control.sealed_edit import sealed_file; from fleet.core.registry "
+                f"import load_registry; print(sealed_file(load_registry({str(project.registry)!r}"
+                ")).open())")], capture_output=True, text=True, check=True, env=project.env())
+        data: dict[str, Any] = yaml.safe_load(done.stdout)
+        return data
+
+    local_env = {"FLEET_SECRETS": str(plain)}
+    done = project.fleet("keys", "rotate", "ezra", **local_env)
+    assert done.returncode == 0, done.stderr
+    assert len(sealed()["agents"]["ezra"][PRIVATE_KEY_ENV].split(",")) == 2
+    assert "ezra" not in plain.read_text()  # an agent's key stays in the sealed file
+    done = project.fleet("keys", "rotate", OPERATOR, **local_env)
+    assert done.returncode == 0, done.stderr
+    keys = yaml.safe_load(plain.read_text())["identities"][OPERATOR][PRIVATE_KEY_ENV]
+    assert len(keys.split(",")) == 2
+    half = sealed()["identities"][OPERATOR]
+    assert set(half) == {"FLEET_BUS_PUBLIC_KEYS"}  # still no private key in the repository
+    assert split_keyring(half["FLEET_BUS_PUBLIC_KEYS"]) == keyring_of([(OPERATOR, keys)])
+    assert project.fleet("secrets", "check", **local_env).returncode == 0  # in step
+    assert project.fleet("keys", "retire", "ezra", **local_env).returncode == 0
+    assert project.fleet("keys", "retire", OPERATOR, **local_env).returncode == 0
+    assert len(sealed()["agents"]["ezra"][PRIVATE_KEY_ENV].split(",")) == 1
+    assert split_keyring(sealed()["identities"][OPERATOR]["FLEET_BUS_PUBLIC_KEYS"]) == \
+        keyring_of([(OPERATOR, keys.split(",")[1])])
+    refused = project.fleet("keys", "rotate", OPERATOR)  # no local file: nowhere to keep it
+    assert refused.returncode == 1 and "never in the sealed repository file" in refused.stderr
