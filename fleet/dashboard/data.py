@@ -22,6 +22,7 @@ from fleet.control.records import RunRecord, went_through
 from fleet.control.status import AgentStatus, probe_fleet, region_sorted
 from fleet.core.errors import FleetError
 from fleet.core.registry import Agent, Registry, load_registry
+from fleet.dashboard.charts import BusHistory, RunChart, Traffic, run_chart
 
 METRIC_RE = re.compile(r'(fleet_bus_[a-z_]+)\{[^}]*\} ([0-9]+)')
 RUNS_SHOWN = 10
@@ -98,6 +99,8 @@ class Snapshot:
     deployed_release: str | None
     problem: str | None = None  # why the fleet could not be probed at all (with the fix)
     checks: tuple[CheckView, ...] | None = None  # None: no scheduled drift checks here
+    run_chart: RunChart | None = None  # the latest runs' durations and outcomes
+    traffic: tuple[Traffic, ...] = ()  # each agent's bus traffic over the last hour
 
     @property
     def counts(self) -> dict[str, int]:
@@ -178,6 +181,13 @@ class Dashboard:
         self._lock = threading.Lock()
         self._cached: tuple[float, Snapshot] | None = None
         self.last_seen: dict[str, str] = {}
+        self._agents: dict[str, Agent] = {}
+        self.history = BusHistory(self._gauges, every_s=max(refresh_s, 5.0))
+
+    def _gauges(self, name: str) -> dict[str, int]:
+        """One agent's bus gauges, for the history's sampler."""
+        agent = self._agents.get(name)
+        return bus_gauges(agent) if agent is not None else {}
 
     def snapshot(self) -> Snapshot:
         """The fleet now (or as probed less than half a refresh interval ago)."""
@@ -200,8 +210,12 @@ class Dashboard:
         release = deployed_release(runs)
         views = self.runs() if self.runs else list(view_runs(runs))
         agents = region_sorted(registry)  # the order probe_fleet answers in
+        self._agents = {agent.name: agent for agent in agents}
         with ThreadPoolExecutor(max_workers=max(1, len(agents))) as pool:
             gauges = list(pool.map(bus_gauges, agents))
+        for agent, gauge in zip(agents, gauges, strict=True):
+            self.history.record(agent.name, gauge)
+        self.history.watch(self._agents)
         problem = None
         try:
             statuses = probe_fleet(registry)
@@ -216,7 +230,10 @@ class Dashboard:
                                                             strict=True))
         return Snapshot(taken=taken, fleet=registry.name, agents=agent_views, runs=tuple(views),
                         deployed_release=release, problem=problem,
-                        checks=tuple(self.checks()) if self.checks else None)
+                        checks=tuple(self.checks()) if self.checks else None,
+                        run_chart=run_chart([(view.run_id, view.status, view.started,
+                                              view.finished) for view in views]),
+                        traffic=self.history.charts())
 
     def _view(self, registry: Registry, agent: Agent, status: AgentStatus,
               gauge: dict[str, int], release: str | None, taken: str) -> AgentView:

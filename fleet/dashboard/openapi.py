@@ -86,6 +86,22 @@ AGENT_VIEW = _object({
 CHECK_VIEW = _object({"check_id": {"type": "integer"}, "status": STRING,
                       "started": MAYBE_STRING, "drifted": STRINGS, "summary": STRING,
                       "alert": STRING})
+NUMBER = {"type": "number"}
+RUN_BAR = _object({"run_id": STRING, "status": STRING,
+                   "seconds": {"type": ["number", "null"], "minimum": 0,
+                               "description": "how long the run took (null: not finished)"},
+                   "x": NUMBER, "y": NUMBER, "width": NUMBER, "height": NUMBER,
+                   "shape": {"enum": ["circle", "cross", "triangle"]}})
+RUN_CHART = _object({"bars": {"type": "array", "items": {"$ref": "#/components/schemas/RunBar"}},
+                     "top_s": NUMBER, "width": {"type": "integer"}, "height": {"type": "integer"},
+                     "plot_top": {"type": "integer"}, "plot_bottom": {"type": "integer"},
+                     "plot_left": {"type": "integer"}})
+TRAFFIC = _object({"agent": STRING, "inbound": STRING, "outbound": STRING, "outbox": STRING,
+                   "peak_per_minute": {"type": "integer", "minimum": 0},
+                   "peak_outbox": {"type": "integer", "minimum": 0},
+                   "minutes": {"type": "integer", "minimum": 0},
+                   "total_in": {"type": "integer"}, "total_out": {"type": "integer"},
+                   "width": {"type": "integer"}, "height": {"type": "integer"}})
 STATE = _object({
     "taken": {**STRING, "description": "when the fleet was probed (UTC, ISO 8601)"},
     "fleet": {**STRING, "description": "the registry's fleet name (`?`: no registry)"},
@@ -97,7 +113,12 @@ STATE = _object({
     "checks": {"type": ["array", "null"], "items": {"$ref": "#/components/schemas/Check"},
                "description": "the receiver's drift checks (null here: none)"},
     "counts": _object({state: {"type": "integer", "minimum": 0}
-                       for state in ("ok", "drift", "down")})})
+                       for state in ("ok", "drift", "down")}),
+    "run_chart": {"oneOf": [{"$ref": "#/components/schemas/RunChart"}, {"type": "null"}],
+                  "description": "the latest runs' durations and outcomes"},
+    "traffic": {"type": "array", "items": {"$ref": "#/components/schemas/Traffic"},
+                "description": "each agent's bus traffic over the last hour (SVG polylines)"}},
+    optional=("run_chart", "traffic"))
 HOST_RECORD = {"type": "object", "properties": {
     "status": {"enum": ["ok", "failed", "rolled_back", "skipped", "planned"]},
     "release": MAYBE_STRING, "reason": STRING, "problems": STRINGS, "changed": STRINGS,
@@ -116,7 +137,8 @@ RUN_RECORD = {"type": "object", "description": "the run record as `fleet deploy`
 SCHEMAS: dict[str, Any] = {
     "Error": _object({"error": STRING, "hint": STRING}, optional=("hint",)),
     "State": STATE, "Agent": AGENT_VIEW, "Run": RUN_VIEW, "HostRun": HOST_RUN,
-    "Check": CHECK_VIEW, "RunRecord": RUN_RECORD, "HostRecord": HOST_RECORD}
+    "Check": CHECK_VIEW, "RunRecord": RUN_RECORD, "HostRecord": HOST_RECORD,
+    "RunBar": RUN_BAR, "RunChart": RUN_CHART, "Traffic": TRAFFIC}
 
 
 def schemas(prefix: str) -> dict[str, Any]:
