@@ -102,7 +102,7 @@ def test_dashboard_shows_health_then_a_stopped_agent_without_reload(
             assert bars.count() >= 3
             statuses = [bars.nth(i).get_attribute("data-status") for i in range(bars.count())]
             assert statuses[-3:] == ["ok", "ok", "ok"]  # the newest three, on the right
-            assert page.locator("svg.chart a.bar").last.locator("text").first.inner_text() \
+            assert page.locator("svg.chart a.bar").last.locator("text").first.text_content() \
                 == "ok"  # the outcome written under its bar
             assert page.locator("ul.traffic li svg.spark").count() == 3
             assert any(int(text.split(" in,")[0]) >= 15 for text in
