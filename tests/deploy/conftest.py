@@ -18,6 +18,7 @@ import pytest
 from bus.keys import IDENTITIES, PRIVATE_KEY_ENV, new_private_key
 from fleet import lab
 from fleet.core.registry import load_registry
+from fleet.lab.network import controller_ip, read_index
 from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,6 +90,13 @@ class Fleet:
                 data: dict[str, Any] = json.loads(Path(path).read_text())
                 return data
         raise AssertionError(f"no record named in output:\n{output}")
+
+    def controller(self) -> str:
+        """The controller's address on the lab's bridge: where the nodes reach it (a stand-in
+        listening on loopback is out of their reach)."""
+        index = read_index(self.registry.parent)
+        assert index is not None, f"no lab index in {self.registry.parent}"
+        return controller_ip(index)
 
     def ssh(self, agent: str, command: str) -> str:
         """Run a command on a lab node; its stdout."""

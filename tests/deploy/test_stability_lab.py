@@ -149,8 +149,7 @@ def test_a_wrong_model_key_is_undone_by_the_rollback_and_no_tokens_fail_verify(
     restores the environment that worked and says so. A provider answering no tokens fails
     verify too."""
     data = yaml.safe_load(fleet.registry.read_text())
-    controller = data["wizards"][AGENT]["host"].rsplit(".", 1)[0] + ".1"
-    provider = MockProvider(host=controller)
+    provider = MockProvider(host=fleet.controller())
     env_file = f"/etc/fleet/{AGENT}/env"
     try:
         data["wizards"][AGENT]["provider"] = {"base_url": provider.url,

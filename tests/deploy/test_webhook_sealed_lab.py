@@ -1,7 +1,10 @@
 """The webhook receiver with the fleet's secrets sealed in the repository (age): its deploy makes
 the receiver's age identity on its node; an operator seals the secrets to their own and the
 receiver's recipients, rotates a key with ``fleet secrets edit``, commits and moves PROD: the
-receiver deploys the new key; a bad value in such a change fails verify and is rolled back.
+receiver deploys the new key; a bad key in such a change fails verify and is rolled back.
+
+The worker thinks with a stand-in provider on the lab's bridge that checks the key (OpenAI's
+wire format): verify's live model round trip is what a wrong key fails.
 
 Run alone with:
 ``FLEET_TEST_LAB=seal pytest -m "lab or slow" -n 0 tests/deploy/test_webhook_sealed_lab.py``
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,8 @@ import pytest
 import yaml
 
 from fleet.control.secrets import load_secrets
+from fleet.control.status import OK, probe_health
+from fleet.core.registry import load_registry
 from tests.deploy.conftest import SECRETS, Fleet
 from tests.deploy.test_webhook_lab import (
     ORCH,
@@ -28,6 +34,7 @@ from tests.deploy.test_webhook_lab import (
     wait_answering,
     wait_run,
 )
+from tests.runtime.conftest import MockProvider
 from tests.waiting import wait_for
 from tests.webhook.forge import READ_TOKEN, SECRET, signed_push
 
@@ -52,11 +59,32 @@ RUN: dict[str, Any] = {}
 
 
 @pytest.fixture(scope="module")
-def setup(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The receiver's registry and plaintext secrets (:func:`receiver_setup`), the operator's
-    age identity path and the editor script."""
+def provider(fleet: Fleet) -> Iterator[MockProvider]:
+    """The worker's model provider on the lab's bridge: it accepts the fleet's key and the
+    rotated one (a provider keeps the old key valid while it is rotated), no other. Afterwards
+    the worker is deployed with the lab's own registry again (no runtime, no provider)."""
+    stand_in = MockProvider(host=fleet.controller())
+    stand_in.key, stand_in.keys = OLD_KEY, {NEW_KEY}
+    try:
+        yield stand_in
+    finally:
+        stand_in.close()
+        back = fleet.run("deploy", "--limit", WORKER)
+        assert back.returncode == 0, back.stdout + back.stderr
+
+
+@pytest.fixture(scope="module")
+def setup(fleet: Fleet, provider: MockProvider,
+          tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The receiver's registry (:func:`receiver_setup`; the worker thinks with ``provider``,
+    keyed by the secret ``OPENROUTER_API_KEY``) and plaintext secrets, the operator's age
+    identity path and the editor script."""
     base = tmp_path_factory.mktemp("sealed")
     files = receiver_setup(fleet, base)
+    registry = yaml.safe_load(files["registry"].read_text())
+    registry["wizards"][WORKER]["provider"] = {"name": "stand-in", "base_url": provider.url,
+                                               "api_key": "OPENROUTER_API_KEY"}
+    files["registry"].write_text(yaml.safe_dump(registry, sort_keys=False))
     (base / "editor.py").write_text(EDITOR)
     return {**files, "operator": base / "operator-age.txt", "editor": base / "editor.py"}
 
@@ -184,18 +212,23 @@ def test_a_tag_push_rotates_a_key_through_the_sealed_file(fleet: Fleet,
         assert f'OPENROUTER_API_KEY="{NEW_KEY}"' in agent_env(fleet, agent), agent
 
 
-def test_a_bad_value_in_a_sealed_change_fails_verify_and_rolls_back(
-        fleet: Fleet, setup: dict[str, Path]) -> None:
-    """A change giving a worker another key and a value its service cannot start with: verify
-    fails there, the rollback restores the environment it replaced (the rotated key)."""
+def test_a_bad_key_in_a_sealed_change_fails_verify_and_rolls_back(
+        fleet: Fleet, setup: dict[str, Path], provider: MockProvider) -> None:
+    """A change giving the worker a key its provider refuses (and nothing else): verify's live
+    model round trip fails there (401), the rollback restores the environment it replaced, and
+    the worker thinks with the rotated key again."""
     secrets_cli(fleet, setup, "edit", EDITOR=f"{sys.executable} {setup['editor']}",
-                ROTATE=json.dumps({"agents": {WORKER: {"OPENROUTER_API_KEY": BAD_KEY,
-                                                       "FLEET_BUS_INBOX_QUOTA": "not-a-number"}}}))
+                ROTATE=json.dumps({"agents": {WORKER: {"OPENROUTER_API_KEY": BAD_KEY}}}))
     run = publish(fleet, setup, "a bad key for one worker")
     assert run["status"] != "ok", run["summary"]
     assert run["hosts"][WORKER]["status"] == "rolled_back", run["hosts"]
     env = agent_env(fleet, WORKER)
     assert f'OPENROUTER_API_KEY="{NEW_KEY}"' in env and BAD_KEY not in env
-    assert "FLEET_BUS_INBOX_QUOTA" not in env
     record = json.loads(fleet.ssh(ORCH, f"cat {run['record_path']}"))
-    assert record["hosts"][WORKER]["verify"]["rollback"]["env_restored"] is True
+    verify = record["hosts"][WORKER]["verify"]
+    assert "401" in " ".join(verify["problems"]), verify
+    assert verify["rollback"]["env_restored"] is True, verify
+    agent = load_registry(setup["registry"]).get(WORKER)
+    verdict, body = probe_health(agent, 15.0, think=True)
+    assert verdict == OK, body  # the rotated key, put back, works
+    assert body["runtime"]["live_round_trip"]["ok"] is True, body

@@ -18,7 +18,8 @@ from tests.jsonhttp import LoopbackServer, answer_json
 
 class MockProvider:
     """``POST /v1/chat/completions`` answering ``reply`` (or failing as told), recording
-    every request body; on loopback, or on ``host`` (a lab's bridge address, for its nodes)."""
+    every request body; 401 unless the bearer is ``key`` or one of ``keys``; on loopback, or on
+    ``host`` (a lab's bridge address, for its nodes)."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.requests: list[dict[str, Any]] = []
@@ -27,6 +28,7 @@ class MockProvider:
         self.hold: threading.Event | None = None  # answers wait until it is set
         self.script: list[dict[str, Any]] = []  # assistant messages to answer first, in order
         self.key = "sk-test-KEY-0123456789"
+        self.keys: set[str] = set()  # more keys it accepts (both halves of a rotation)
         self.down = False  # every call answers 503 while set
         self.tokens = 1  # the completion_tokens each answer reports
         outer = self
@@ -36,7 +38,8 @@ class MockProvider:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length))
                 outer.requests.append(body)
-                if self.headers.get("Authorization") != f"Bearer {outer.key}":
+                if self.headers.get("Authorization") not in {
+                        f"Bearer {key}" for key in (outer.key, *outer.keys)}:
                     return self.answer(401, {"error": {"message": "bad key"}})
                 if outer.hold is not None:
                     outer.hold.wait(60)
