@@ -48,6 +48,7 @@ from fleet.control.secrets import (
     parse_secrets_text,
     secrets_path,
 )
+from fleet.core import liveness
 from fleet.core.atomic import write_atomic
 from fleet.core.masking import Masker
 from fleet.core.registry import AGE_RECIPIENT_RE, Registry, load_registry
@@ -211,31 +212,19 @@ def _on_tmpfs(path: str) -> bool:
 
 def sweep_left_behind(folder: Path) -> list[Path]:
     """Remove the edit directories in ``folder`` of ``fleet secrets edit`` runs that died
-    (their pid, in the name, no longer runs); the removed ones."""
+    (their process, named in the directory by pid and start time, no longer runs: a later
+    process with the same pid is not it); the removed ones."""
     removed = []
     for entry in folder.glob(f"{EDIT_PREFIX}*"):
-        pid = entry.name.removeprefix(EDIT_PREFIX).partition("-")[0]
-        if not pid.isdigit() or entry.owner() != _me() or _running(int(pid)):
+        tag = entry.name.removeprefix(EDIT_PREFIX).partition("-")[0]
+        pid, _, started = tag.partition(".")
+        if not (pid.isdigit() and started.isdigit()) or entry.stat().st_uid != os.getuid():
+            continue
+        if liveness.alive(int(pid), int(started)):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed
-
-
-def _me() -> str:
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager
@@ -244,7 +233,8 @@ def private_copy(text: str) -> Iterator[Path]:
     when the block ends, on SIGTERM, SIGHUP and SIGINT too."""
     folder = memory_dir()
     sweep_left_behind(folder)
-    work = Path(tempfile.mkdtemp(prefix=f"{EDIT_PREFIX}{os.getpid()}-", dir=folder))
+    work = Path(tempfile.mkdtemp(prefix=f"{EDIT_PREFIX}{liveness.process_tag()}-",
+                                dir=folder))
     handlers = {}
 
     def stop(signum: int, frame: FrameType | None) -> None:

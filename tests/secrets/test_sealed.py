@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,11 +156,13 @@ def test_edit_seals_the_editors_text_and_leaves_no_plaintext(project: Project) -
 def test_an_edit_that_fails_or_does_not_check_changes_nothing(
         project: Project, body: str, message: str) -> None:
     before = project.sealed.read_bytes()
-    done = project.fleet("secrets", "edit", EDITOR=editor(project.folder, body))
+    seen = project.folder / "seen-path"
+    done = project.fleet("secrets", "edit",
+                         EDITOR=editor(project.folder, f'echo "$1" > {seen}; {body}'))
     assert done.returncode == 1 and message in done.stderr, done.stderr
     assert done.stderr.count("\n") <= 2  # one line and a hint
     assert project.sealed.read_bytes() == before
-    assert not list(memory_dir().glob(f"{EDIT_PREFIX}{os.getpid()}*"))
+    assert not Path(seen.read_text().strip()).parent.exists()  # the plaintext's folder: gone
 
 
 def left_plaintext(secret: str) -> list[Path]:
@@ -321,12 +322,6 @@ def test_the_library_raises_typed_errors(project: Project, tmp_path: Path) -> No
         load_identities(bad)
 
 
-@pytest.fixture(autouse=True)
-def no_leftover_edits() -> Iterator[None]:
-    yield
-    assert not list(memory_dir().glob(f"{EDIT_PREFIX}{os.getpid()}-*"))
-
-
 def test_the_operator_key_never_enters_the_repository_file(project: Project,
                                                           tmp_path: Path) -> None:
     """``fleet secrets encrypt`` seals the operator's key as its public half only; the local
@@ -443,3 +438,20 @@ def test_keys_rotate_and_retire_work_on_the_sealed_file(project: Project,
         keyring_of([(OPERATOR, keys.split(",")[1])])
     refused = project.fleet("keys", "rotate", OPERATOR)  # no local file: nowhere to keep it
     assert refused.returncode == 1 and "never in the sealed repository file" in refused.stderr
+
+
+def test_a_dead_edits_folder_is_swept_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """The sweep goes by pid and start time: a folder of a process that is gone, or of a
+    later process that got the same pid, is removed; one of a running edit is not."""
+    from fleet.control.sealed_edit import sweep_left_behind
+    from fleet.core import liveness
+
+    mine = tmp_path / f"{EDIT_PREFIX}{liveness.process_tag()}-abc"
+    pid, _, started = liveness.process_tag().partition(".")
+    reused = tmp_path / f"{EDIT_PREFIX}{pid}.{int(started) + 1}-abc"  # same pid, not this one
+    gone = tmp_path / f"{EDIT_PREFIX}999999999.1-abc"
+    for folder in (mine, reused, gone):
+        folder.mkdir()
+        (folder / "secrets.yaml").write_text(OLD_KEY)
+    assert sorted(sweep_left_behind(tmp_path)) == sorted([reused, gone])
+    assert mine.exists() and not reused.exists() and not gone.exists()
