@@ -191,25 +191,7 @@ def test_the_webhook_step_installs_account_settings_then_service(
     """Its operations in order, named under its own phase; the service restarts on a change
     of its environment (the operation writing webhook.env is its trigger)."""
     ctx = context(registry, FULL, monkeypatch)
-    calls: dict[str, dict[str, Any]] = {}
-
-    def operation(**kwargs: Any) -> SimpleNamespace:
-        calls[kwargs["name"]] = kwargs
-        return SimpleNamespace(name=kwargs["name"])
-
-    for name in ("agent_account", "directories", "secret_file", "managed_file", "tree_unpacked",
-                 "release_unpacked", "deps_seeded", "agent_service"):
-        monkeypatch.setattr(webhook, name, operation)
-    monkeypatch.setattr(webhook, "apt", SimpleNamespace(packages=operation))
-    monkeypatch.setattr(webhook, "server", SimpleNamespace(shell=operation))
-    monkeypatch.setattr(webhook, "receiver", lambda ctx: webhook.Receiver(problem=None))
-    monkeypatch.setattr(webhook, "build_receiver_code",
-                        lambda: Release(id="receiver-0123", path=Path("/r.tar.gz")))
-    monkeypatch.setattr(webhook, "build_deploy_tools",
-                        lambda: Release(id="deploy-tools-0123", path=Path("/t.tar.gz")))
-    monkeypatch.setattr(webhook, "deps_keys", lambda: ("r", "t"))
-    ctx.phase_name = "Webhook"  # what the phase decorator sets around pyinfra's deploy
-    webhook.run.__wrapped__(ctx)  # type: ignore[attr-defined]
+    calls = planned(ctx, monkeypatch)
     assert [name for name, _ in ctx.changes] == [f"Webhook | {name}" for name in (
         webhook.GIT, webhook.ACCOUNT, webhook.DIRECTORIES, webhook.ENV, webhook.KEY, webhook.SSH,
         webhook.CODE, webhook.TOOLS, webhook.CACHE, webhook.UNIT_FILE, webhook.SERVICE,
@@ -242,10 +224,12 @@ def planned(ctx: AgentContext, monkeypatch: pytest.MonkeyPatch,
                             "sha256": "0" * 64} for path in on_node}
     monkeypatch.setattr(webhook, "receiver", lambda ctx: webhook.Receiver(problem=None,
                                                                            node=node))
+    monkeypatch.setattr(webhook, "build_receiver_code",
+                        lambda: Release(id="receiver-0123", path=Path("/r.tar.gz")))
     monkeypatch.setattr(webhook, "build_deploy_tools",
                         lambda: Release(id="deploy-tools-0123", path=Path("/t.tar.gz")))
     monkeypatch.setattr(webhook, "deps_keys", lambda: ("r", "t"))
-    ctx.phase_name = "Webhook"
+    ctx.phase_name = "Webhook"  # what the phase decorator sets around pyinfra's deploy
     webhook.run.__wrapped__(ctx)  # type: ignore[attr-defined]
     return calls
 
