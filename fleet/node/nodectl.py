@@ -327,6 +327,7 @@ def rollback(unit: str, port: int, to: str | None, timeout: float,
                               "rolled back"}
         if target is None:
             return {"rolled_back": False, "reason": "no previous release on the node"}
+        check_files(SNAPSHOTS / with_state / snapshot["id"], snapshot)  # damaged: refused
     env_restored = restore_env(env_of)
     target = target or (current_release() if env_restored else None)
     if target is None:
@@ -802,6 +803,13 @@ def sqlite_backup(source: Path, fd: int, target: Path) -> None:
         raise state_error(f"{source} changed while it was read (a symlink?): not copied")
 
 
+def sqlite3_error() -> type[Exception]:
+    """``sqlite3.Error`` (imported when needed: the controller imports this module)."""
+    import sqlite3
+
+    return sqlite3.Error
+
+
 def entry_of(path: str, kind: str, info: os.stat_result, size: int = 0,
              sha: str = "", sqlite: bool = False) -> SnapshotFile:
     user, group = owner_names(info.st_uid, info.st_gid)
@@ -841,7 +849,12 @@ def copy_tree(dir_fd: int, real: Path, relative: str, data: Path, manifest: Mani
             is_sqlite = os.pread(source, len(SQLITE_HEADER), 0) == SQLITE_HEADER
             target = data / rel
             if is_sqlite:
-                sqlite_backup(real / name, source, target)
+                try:
+                    sqlite_backup(real / name, source, target)
+                except sqlite3_error() as exc:  # a damaged database must not stop a deploy
+                    target.unlink(missing_ok=True)
+                    manifest["skipped"].append(f"{rel} (SQLite: {exc})")
+                    continue
                 os.chmod(target, 0o600)
                 copied = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
                 try:
@@ -1168,7 +1181,10 @@ def import_snapshot(agent: str, stream: Any) -> SnapshotInfo:
         check_files(temp, manifest)
         manifest["agent"] = agent
         if (folder / ident).exists():
-            raise state_error(f"agent {agent} already has snapshot {ident}")
+            if same_files(read_manifest(folder / ident), manifest):  # already here, the same
+                return info_of(manifest)
+            raise state_error(f"agent {agent} already has a different snapshot {ident}: "
+                              "nothing imported")
         sync_tree(temp)
         temp.rename(folder / ident)
         sync_dir(folder)
@@ -1176,6 +1192,11 @@ def import_snapshot(agent: str, stream: Any) -> SnapshotInfo:
     finally:
         shutil.rmtree(temp, ignore_errors=True)
         os.close(lock)
+
+
+def same_files(one: Manifest, other: Manifest) -> bool:
+    """Whether two manifests list the same files with the same sha256s, owners and modes."""
+    return sorted(map(json.dumps, one["files"])) == sorted(map(json.dumps, other["files"]))
 
 
 def check_files(folder: Path, manifest: Manifest) -> None:

@@ -183,6 +183,16 @@ def test_symlinks_in_the_state_dir_are_never_followed(node: Path, tmp_path: Path
     assert secret.read_text() == "root:SECRET-HASH\n"
 
 
+def test_a_damaged_database_is_left_out_and_does_not_stop_the_snapshot(node: Path) -> None:
+    broken = node / "state" / AGENT / "broken.db"
+    broken.write_bytes(b"SQLite format 3\0" + b"\xff" * 4000)
+    ident = nodectl.take_snapshot(AGENT)["snapshot"]["id"]
+    manifest = nodectl.snapshots(AGENT)[0]
+    assert manifest["id"] == ident
+    assert [name for name in manifest["skipped"] if name.startswith("broken.db (SQLite: ")]
+    assert "bus.db" in {entry["path"] for entry in manifest["files"]}
+
+
 def test_a_state_dir_that_is_a_symlink_is_refused(node: Path, tmp_path: Path) -> None:
     state = node / "state" / AGENT
     elsewhere = tmp_path / "elsewhere"
@@ -234,8 +244,15 @@ def test_export_then_import_gives_the_same_snapshot(node: Path) -> None:
     theirs = node / "snapshots" / "allegro" / ident / "data"
     assert {str(p.relative_to(ours)): sha(p) for p in ours.rglob("*") if p.is_file()} == {
         str(p.relative_to(theirs)): sha(p) for p in theirs.rglob("*") if p.is_file()}
-    with pytest.raises(SystemExit, match="already has snapshot"):
+    again = nodectl.import_snapshot("allegro", io.BytesIO(exported))  # the same: a no-op
+    assert again == imported
+    kept = theirs.parent / "manifest.json"  # the node's own differs: it is not replaced
+    manifest = json.loads(kept.read_text())
+    manifest["files"][1]["mode"] = "0777"
+    kept.write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match="already has a different snapshot"):
         nodectl.import_snapshot("allegro", io.BytesIO(exported))
+    assert json.loads(kept.read_text()) == manifest
 
 
 def tar_with(ident: str, member: tarfile.TarInfo, content: bytes = b"") -> bytes:
