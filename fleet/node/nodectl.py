@@ -823,6 +823,9 @@ def copy_tree(dir_fd: int, real: Path, relative: str, data: Path, manifest: Mani
     into ``data``, recording each entry in ``manifest``."""
     for name in sorted(os.listdir(dir_fd)):
         rel = f"{relative}/{name}" if relative != "." else name
+        if not safe_relative(rel):  # a name no restore would take (a newline, ...)
+            manifest["skipped"].append(repr(rel))
+            continue
         info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if stat.S_ISDIR(info.st_mode):
             child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
@@ -843,7 +846,9 @@ def copy_tree(dir_fd: int, real: Path, relative: str, data: Path, manifest: Mani
             continue
         try:
             opened = os.fstat(source)
-            if not stat.S_ISREG(opened.st_mode):
+            # a hard link may be another user's file (/etc/shadow where protected_hardlinks
+            # is off): never read as root into a snapshot
+            if not stat.S_ISREG(opened.st_mode) or opened.st_nlink > 1:
                 manifest["skipped"].append(rel)
                 continue
             is_sqlite = os.pread(source, len(SQLITE_HEADER), 0) == SQLITE_HEADER

@@ -171,10 +171,12 @@ def test_symlinks_in_the_state_dir_are_never_followed(node: Path, tmp_path: Path
     (state / "shadow").symlink_to(secret)
     (state / "etc").symlink_to(secret.parent)
     (state / "tools" / "db").symlink_to(secret)
+    os.link(secret, state / "hardlink")  # what protected_hardlinks=0 would let an agent do
+    (state / "bad\nname").write_text("SECRET-HASH")  # no restore would take the name
     ident = nodectl.take_snapshot(AGENT)["snapshot"]["id"]
     folder = node / "snapshots" / AGENT / ident
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert {"shadow", "etc", "tools/db"} <= set(manifest["skipped"])
+    assert {"shadow", "etc", "tools/db", "hardlink", "'bad\\nname'"} <= set(manifest["skipped"])
     copied = b"".join(path.read_bytes() for path in folder.rglob("*") if path.is_file())
     assert b"SECRET-HASH" not in copied
     (state / "shadow").unlink()
