@@ -161,11 +161,11 @@ def test_backup_then_wipe_then_restore_from_the_file_gives_identical_files(
     original = node_hashes(fleet)
     assert original["memory.txt"] == files["memory.txt"]["sha256"]
     fleet.ssh(AGENT, f"systemctl stop fleet-agent-{AGENT}.service && rm -rf {STATE}")
-    restored = fleet.run("state", "restore", AGENT, "--from", str(backup))
-    assert restored.returncode == 0, restored.stdout + restored.stderr
-    fleet.ssh(AGENT, f"systemctl stop fleet-runtime-{AGENT}.service "
-                     f"fleet-agent-{AGENT}.service")  # nothing writes while we compare
     try:
+        restored = fleet.run("state", "restore", AGENT, "--from", str(backup))
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        fleet.ssh(AGENT, f"systemctl stop fleet-runtime-{AGENT}.service "
+                         f"fleet-agent-{AGENT}.service")  # nothing writes while we compare
         now = node_hashes(fleet)
         assert set(now) >= set(files)
         # what the agent does not write itself is back byte for byte: the marker and the
@@ -175,13 +175,14 @@ def test_backup_then_wipe_then_restore_from_the_file_gives_identical_files(
         stable = {name for name, entry in files.items() if not entry["sqlite"]
                   and name not in ("runtime.json",) and original.get(name) == entry["sha256"]}
         assert {name: now[name] for name in stable} == {name: original[name] for name in stable}
-    finally:
-        fleet.ssh(AGENT, f"systemctl start fleet-agent-{AGENT}.service "
+    finally:  # as the deploy left it, should the restore have failed
+        fleet.ssh(AGENT, f"[ -d {STATE} ] || install -d -o {AGENT} -g {AGENT} -m 750 {STATE}; "
+                         f"systemctl start fleet-agent-{AGENT}.service "
                          f"fleet-runtime-{AGENT}.service")
 
 
-def test_rollback_with_state_brings_back_release_and_state(
-        fleet: Fleet, converged: str, restarting_deploys: tuple[list[str], list[str]]) -> None:
+def test_rollback_with_state_brings_back_release_and_state(fleet: Fleet,
+                                                          converged: str) -> None:
     before_release = delivered(fleet, "before-release")
     git = ["git", "-C", str(fleet.clone), "-c", "user.name=test", "-c",
            "user.email=test@localhost"]
