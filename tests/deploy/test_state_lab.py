@@ -176,7 +176,7 @@ def test_backup_then_wipe_then_restore_from_the_file_gives_identical_files(
                   and name not in ("runtime.json",) and original.get(name) == entry["sha256"]}
         assert {name: now[name] for name in stable} == {name: original[name] for name in stable}
     finally:  # as the deploy left it, should the restore have failed
-        fleet.ssh(AGENT, f"[ -d {STATE} ] || install -d -o {AGENT} -g {AGENT} -m 750 {STATE}; "
+        fleet.ssh(AGENT, f"[ -d {STATE} ] || install -d -o {AGENT} -g {AGENT} -m 700 {STATE}; "
                          f"systemctl start fleet-agent-{AGENT}.service "
                          f"fleet-runtime-{AGENT}.service")
 
