@@ -327,7 +327,11 @@ def rollback(unit: str, port: int, to: str | None, timeout: float,
                               "rolled back"}
         if target is None:
             return {"rolled_back": False, "reason": "no previous release on the node"}
-        check_files(SNAPSHOTS / with_state / snapshot["id"], snapshot)  # damaged: refused
+        try:  # a damaged snapshot is refused before anything changes
+            check_files(SNAPSHOTS / with_state / snapshot["id"], snapshot,
+                        "nothing rolled back")
+        except SystemExit as exc:
+            return {"rolled_back": False, "reason": str(exc.code)}
     env_restored = restore_env(env_of)
     target = target or (current_release() if env_restored else None)
     if target is None:
@@ -1204,8 +1208,9 @@ def same_files(one: Manifest, other: Manifest) -> bool:
     return sorted(map(json.dumps, one["files"])) == sorted(map(json.dumps, other["files"]))
 
 
-def check_files(folder: Path, manifest: Manifest) -> None:
-    """Refuse a snapshot whose files are not exactly its manifest's, with those sha256s."""
+def check_files(folder: Path, manifest: Manifest, outcome: str = "nothing imported") -> None:
+    """Refuse a snapshot whose files are not exactly its manifest's, with those sha256s (the
+    message ends with ``outcome``)."""
     data = folder / "data"
     listed = {entry["path"]: entry for entry in manifest.get("files", [])}
     found = {str(path.relative_to(data)) for path in data.rglob("*")}
@@ -1213,7 +1218,7 @@ def check_files(folder: Path, manifest: Manifest) -> None:
     if found != wanted:
         extra = sorted(found ^ wanted)[:3]
         raise state_error(f"snapshot {manifest.get('id')}: its files differ from its manifest "
-                          f"({', '.join(extra)}): nothing imported")
+                          f"({', '.join(extra)}): {outcome}")
     for path, entry in listed.items():
         if not safe_relative(path):
             raise state_error(f"snapshot {manifest.get('id')}: {path!r} is not a path inside "
@@ -1226,7 +1231,7 @@ def check_files(folder: Path, manifest: Manifest) -> None:
                 os.close(fd)
             if (size, sha) != (entry["size"], entry["sha256"]):
                 raise state_error(f"snapshot {manifest.get('id')}: {path} does not match its "
-                                  "sha256: nothing imported")
+                                  f"sha256: {outcome}")
 
 
 def state_command(args: argparse.Namespace) -> Any:

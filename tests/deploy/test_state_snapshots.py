@@ -365,6 +365,13 @@ def test_rollback_with_state_without_a_matching_snapshot_changes_nothing(
         "no state snapshot of bezalel was taken before release fedcba987654 was deployed "
         "(fleet state list bezalel): nothing rolled back")}
     assert touched == []
+    ident = nodectl.take_snapshot(AGENT, 5, "0123456789ab", "fedcba987654")["snapshot"]["id"]
+    (node / "snapshots" / AGENT / ident / "data" / "runtime.json").write_text("damaged")
+    outcome = nodectl.rollback("u.service", 1, None, 1.0, with_state=AGENT)
+    assert outcome == {"rolled_back": False, "reason": (
+        f"fleet-nodectl state: snapshot {ident}: runtime.json does not match its sha256: "
+        "nothing rolled back")}
+    assert touched == []
 
 
 def test_rollback_with_state_restores_the_snapshot_of_the_release_left(
