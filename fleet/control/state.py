@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from fleet.control.status import ssh_command
+from fleet.core.atomic import replace_atomic
 from fleet.core.errors import StateError
 from fleet.core.registry import DEFAULT_SSH_USER, Agent, Registry
 from fleet.node.nodectl import SNAPSHOT_ID_FORM, SNAPSHOT_ID_RE, Manifest, Restored, SnapshotInfo
@@ -113,10 +114,8 @@ def backup(agent: Agent, registry: Registry, to: Path, snapshot_id: str | None =
         with os.fdopen(fd, "wb") as out:
             run_nodectl(agent, registry, ["state", "export", "--agent", agent.name,
                                           "--snapshot", ident], stdout=out)
-            out.flush()
-            os.fsync(out.fileno())
         manifest = check_backup(partial)
-        os.replace(partial, path)
+        replace_atomic(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     return Backup(path=path, snapshot=ident, manifest=manifest, sha256=file_sha256(path))

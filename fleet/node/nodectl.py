@@ -738,12 +738,21 @@ def agent_name_checked(agent: str) -> str:
 
 def locked(agent: str) -> int:
     """Take the agent's snapshot lock (one snapshot, prune, restore or import at a time);
-    released when the process ends."""
+    released when its descriptor is closed or the process ends. (``bus.locks`` is the fleet's
+    lock module; this script is stdlib only and cannot import it.)"""
     import fcntl
 
     fd = os.open(snapshot_dir(agent) / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     return fd
+
+
+def utc_time() -> str:
+    """Now, in the fleet's one time format (``bus.timestamps.utc_timestamp``: UTC, milliseconds,
+    ``Z``; this script is stdlib only and cannot import it)."""
+    now_ms = time.time_ns() // 1000000
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now_ms // 1000))
+    return f"{seconds}.{now_ms % 1000:03d}Z"
 
 
 def new_snapshot_id() -> str:
@@ -951,7 +960,7 @@ def take_snapshot(agent: str, keep: int = KEEP_SNAPSHOTS, release_before: str | 
         (temp / "data").mkdir(mode=0o700)
         manifest: Manifest = {
             "id": ident, "agent": agent,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "time": utc_time(),
             "release_before": release_before, "release_after": release_after,
             "files": [], "skipped": []}
         try:
