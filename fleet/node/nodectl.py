@@ -839,9 +839,20 @@ def copy_tree(dir_fd: int, real: Path, relative: str, data: Path, manifest: Mani
         if not safe_relative(rel):  # a name no restore would take (a newline, ...)
             manifest["skipped"].append(repr(rel))
             continue
-        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if name.endswith(SQLITE_SIDE_FILES):  # come and go with the database's connections
+            manifest["skipped"].append(rel)
+            continue
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:  # gone since the folder was listed
+            continue
         if stat.S_ISDIR(info.st_mode):
-            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            try:
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                dir_fd=dir_fd)
+            except OSError:  # gone meanwhile, or swapped for a symlink
+                manifest["skipped"].append(rel)
+                continue
             try:
                 (data / rel).mkdir(mode=0o700)
                 manifest["files"].append(entry_of(rel, "dir", os.fstat(child)))
@@ -849,7 +860,7 @@ def copy_tree(dir_fd: int, real: Path, relative: str, data: Path, manifest: Mani
             finally:
                 os.close(child)
             continue
-        if not stat.S_ISREG(info.st_mode) or name.endswith(SQLITE_SIDE_FILES):
+        if not stat.S_ISREG(info.st_mode):
             manifest["skipped"].append(rel)
             continue
         try:
