@@ -16,7 +16,9 @@ below hand it on.
 with no canary.
 
 ``--data action=rollback`` (used by ``fleet rollback``) runs preflight, rollback, audit only;
-``--data rollback_to=RELEASE`` picks the release (default: the previous one).
+``--data rollback_to=RELEASE`` picks the release (default: the previous one);
+``--data rollback_with_state=true`` restores the agent's state snapshot taken before the
+release being rolled back.
 
 Test hook: ``FLEET_BROKEN_RELEASE=1`` builds a release whose /health fails, so verify rolls the
 node back (see ``fleet/control/release.py``).
@@ -44,7 +46,8 @@ audit.record_failures()  # a host an operation fails is recorded, naming the ope
 gate.run(ctx)  # in a later stage of `fleet deploy`: wait for the earlier stages' verdict
 ready = preflight.run(ctx)  # also reads the node's snapshot (ctx.node) the phases decide from
 if ready.ok and ctx.rollback:
-    check = rollback.run(ctx, ready, host.data.get("rollback_to"))
+    check = rollback.run(ctx, ready, host.data.get("rollback_to"),
+                         with_state=bool(host.data.get("rollback_with_state")))
     audit.run(ctx, check)
 elif ready.ok:
     baseline.run(ctx)

@@ -162,6 +162,9 @@ def rollback_changes(rollback: RollbackOutcome) -> list[str]:
         changes.append(f"Rollback | current release switched back to {rollback['release']}")
     if rollback.get("env_restored"):
         changes.append("Rollback | agent environment restored from env.previous")
+    if rollback.get("state_restored"):
+        changes.append(f"Rollback | agent state restored from snapshot "
+                       f"{rollback['state_restored']}")
     if rollback.get("restarted"):
         changes.append("Rollback | agent service restarted")
     return changes

@@ -7,22 +7,26 @@ asks for is stopped and removed.
 As in pyinfra-examples, the daemon-reload and the restart are pyinfra's own operations hung on
 ``did_change`` (``_if=``). They are planned only when a file they depend on will change, so a
 no-change deploy neither lists nor runs them; the restart is left out when the unit was not
-running (then it is started with the new files).
+running (then it is started with the new files). Right before a restart, on the same condition,
+the agent's state dir is snapshotted on the node (``fleet-nodectl state snapshot``), so a
+deploy that changes nothing snapshots nothing.
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 
-from pyinfra.operations import files, systemd
+from pyinfra.operations import files, server, systemd
 
-from deploys.context import CURRENT, AgentContext, phase
+from deploys.context import CURRENT, NODECTL, AgentContext, phase
 from deploys.facts import newer_than_unit
 from deploys.ops import Outcome, managed_file, unit_running
 from fleet.control import render
 from fleet.control.templates import read_template
 from fleet.core.serving import GATEWAY_WORKERS
+from fleet.node.nodectl import RELEASE_ID_RE
 
 UNIT_TEMPLATE = "fleet-agent.service.j2"
 RUNTIME_TEMPLATE = "fleet-runtime.service.j2"
@@ -36,6 +40,7 @@ RELOAD = "systemd daemon-reload (unit file changed)"
 RUNNING = "Agent service enabled and running"
 RESTART = ("Agent service restarted (its release, config, soul, env or unit changed, now or "
            "since it started)")
+SNAPSHOT = "Agent state snapshotted (before its restart)"
 RUNTIME_STOPPED = "Runtime service stopped and disabled (the registry asks for no runtime)"
 RUNTIME_REMOVED = "Runtime unit file removed"
 RUNTIME_SHIP_REMOVED = "Runtime's shipped files removed"
@@ -127,12 +132,28 @@ def run(ctx: AgentContext, restart_on: Sequence[Outcome]) -> list[Outcome]:
             enabled=True)))
     triggers = [unit, *runtime_ops, *restart_on]
     pending = newer_than_unit(ctx.node, ctx.loaded_paths())  # written, never loaded
+
+    def restart_due() -> bool:
+        return bool(pending) or any(op.did_change() for op in triggers)
+
     if ctx.node["unit"].get("active") == "active" and (
             pending or any(op.will_change for op in triggers)):
+        ctx.track(SNAPSHOT, server.shell(name=SNAPSHOT, commands=[snapshot_command(ctx)],
+                                         _if=restart_due))
         service_ops.append(ctx.track(RESTART, systemd.service(
-            name=RESTART, service=ctx.unit, restarted=True,
-            _if=lambda: bool(pending) or any(op.did_change() for op in triggers))))
+            name=RESTART, service=ctx.unit, restarted=True, _if=restart_due)))
     return service_ops
+
+
+def snapshot_command(ctx: AgentContext) -> str:
+    """``fleet-nodectl state snapshot`` of the agent's state dir, keeping the registry's
+    ``state.snapshots`` newest, with the release running now and the one this deploy brings
+    (``fleet rollback --with-state`` finds the snapshot by the latter)."""
+    args = ["state", "snapshot", "--agent", ctx.name, "--keep", str(ctx.agent.state_snapshots)]
+    before = ctx.node["current"]
+    if before and RELEASE_ID_RE.fullmatch(before):
+        args += ["--release-before", before]
+    return shlex.join([NODECTL, *args, "--release-after", ctx.release.id])
 
 
 def runtime_removed(ctx: AgentContext) -> None:

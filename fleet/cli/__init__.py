@@ -38,6 +38,7 @@ COMMANDS = {
     "tools": "fleet.cli.tools:tools",
     "keys": "fleet.cli.keys:keys",
     "secrets": "fleet.cli.secrets:secrets",
+    "state": "fleet.cli.state:state",
 }
 
 

@@ -46,17 +46,21 @@ def deploy(cli: CliContext, dry: bool, diff: bool, limit: tuple[str, ...],
 @click.command()
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--to", "to", metavar="RELEASE", help="Release id (default: the previous one).")
+@click.option("--with-state", is_flag=True,
+              help="Also restore each agent's state snapshot taken before the release being "
+                   "rolled back was deployed (an agent without one is not rolled back).")
 @limit_option
 @batch_option
 @max_failures_option
 @pass_cli
-def rollback(cli: CliContext, names: tuple[str, ...], to: str | None, limit: tuple[str, ...],
-             batch: int | None, max_failures: int) -> None:
+def rollback(cli: CliContext, names: tuple[str, ...], to: str | None, with_state: bool,
+             limit: tuple[str, ...], batch: int | None, max_failures: int) -> None:
     """Roll agents back to an earlier release, restart and verify them (canary first)."""
     if not names and not limit:
         raise click.UsageError("name the agents to roll back (NAME... or --limit GROUP)")
     options = RolloutOptions(limit=(*names, *limit), batch=batch, max_failures=max_failures,
-                             action="rollback", rollback_to=to)
+                             action="rollback", rollback_to=to,
+                             rollback_with_state=with_state)
     report(deploy_fleet(cli.registry, options, click.echo))
 
 

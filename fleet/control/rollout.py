@@ -71,6 +71,7 @@ class RolloutOptions:
     max_failures: int = 0
     action: Literal["deploy", "rollback"] = "deploy"
     rollback_to: str | None = None
+    rollback_with_state: bool = False  # restore the state snapshot taken before the release
     regions: tuple[str, ...] = ()  # only the agents of these regions
     stop_on_unreachable_region: bool = False
 
@@ -179,6 +180,8 @@ def pyinfra_command(hosts: Sequence[str], options: RolloutOptions, stage: int = 
         command += ["--data", "action=rollback"]
         if options.rollback_to:  # JSON-quoted: pyinfra would read "0123" as a number
             command += ["--data", f"rollback_to={json.dumps(options.rollback_to)}"]
+        if options.rollback_with_state:
+            command += ["--data", "rollback_with_state=true"]
     if options.dry:
         command.append("--dry")
     if options.diff:

@@ -16,6 +16,7 @@ __all__ = [
     "LabError",
     "RegistryError",
     "SecretsError",
+    "StateError",
     "StatusError",
     "WebhookError",
 ]
@@ -49,6 +50,10 @@ class DeployError(FleetError):
 
 class SecretsError(FleetError):
     """The controller-side secrets file is missing, unsafe or invalid."""
+
+
+class StateError(FleetError):
+    """An agent's state could not be listed, backed up or restored."""
 
 
 class WebhookError(FleetError):

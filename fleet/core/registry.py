@@ -66,6 +66,7 @@ AGENT_FIELDS = (
     "config",
     "runtime",
     "tools",
+    "state",
 )
 REQUIRED_AGENT_FIELDS = ("host", "role", "model")
 FLEET_FIELDS = ("name", "ssh_key", "known_hosts", "repo_url", "become", "regions", "secrets")
@@ -92,6 +93,11 @@ RUNTIME_FIELDS = ("command", "ship")
 the agent's environment; ``ship``: files beside the registry it needs, shipped to the node)."""
 SECRET_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")
 SHIP_PATH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
+STATE_FIELDS = ("snapshots",)
+"""``state:`` an agent's state dir settings: ``snapshots``, how many snapshots of it each node
+keeps (taken before a deploy restarts the agent; ``fleet state``)."""
+DEFAULT_SNAPSHOTS = 5
+MAX_SNAPSHOTS = 1000  # fleet.node.nodectl.MAX_KEEP
 TEXT_LIMITS = {"model": 256, "description": 1024, "provider": 256}
 """The longest value of these agent fields (any other string: ``MAX_TEXT``)."""
 MAX_URL = 1024
@@ -131,6 +137,7 @@ class Agent:
     runtime_command: tuple[str, ...] = ()
     runtime_ship: tuple[str, ...] = ()
     tools: tuple[Tool, ...] = ()
+    state_snapshots: int = DEFAULT_SNAPSHOTS
 
     def tool(self, name: str) -> Tool | None:
         """The declared tool called ``name``, or None."""
@@ -179,6 +186,8 @@ class Agent:
             data["runtime"] = self.runtime
         if self.tools:
             data["tools"] = {tool.name: tool.to_dict() for tool in self.tools}
+        if self.state_snapshots != DEFAULT_SNAPSHOTS:
+            data["state"] = {"snapshots": self.state_snapshots}
         return data
 
 
@@ -623,6 +632,7 @@ class _Validator:
         agent_data["health_endpoint"] = checked.url("health_endpoint", default_health)
         agent_data.update(checked.runtime(bool(agent_data["provider_url"])))
         agent_data["tools"] = checked.tools()
+        agent_data["state_snapshots"] = checked.state()
         if len(self.problems) > before:
             return None
         return Agent(**agent_data)
@@ -858,6 +868,29 @@ class _AgentFields:
                 self.bad("runtime", f"ship path {item!r} is not a file beside the registry")
         return {"runtime": "command", "runtime_command": tuple(command),
                 "runtime_ship": tuple(ship)}
+
+    def state(self) -> int:
+        """``state: {snapshots: N}``: how many state snapshots the node keeps (1-1000)."""
+        if "state" not in self.values:
+            return DEFAULT_SNAPSHOTS
+        value = self.values["state"][0]
+        if not isinstance(value, dict):
+            self.bad("state", f"{value!r} is not a mapping; write e.g. `state: {{snapshots: "
+                     f"{DEFAULT_SNAPSHOTS}}}`")
+            return DEFAULT_SNAPSHOTS
+        unknown = sorted(set(map(str, value)) - set(STATE_FIELDS))
+        if unknown:
+            self.bad("state", f"unknown field {unknown[0]!r}; allowed: "
+                     f"{', '.join(STATE_FIELDS)}")
+            return DEFAULT_SNAPSHOTS
+        count = value.get("snapshots", DEFAULT_SNAPSHOTS)
+        if isinstance(count, bool) or not isinstance(count, int) \
+                or not 1 <= count <= MAX_SNAPSHOTS:
+            self.validator.problem(self.values["state"][1], f"{self.where}.state.snapshots",
+                                   f"{count!r} is not a number of snapshots to keep "
+                                   f"(1-{MAX_SNAPSHOTS})")
+            return DEFAULT_SNAPSHOTS
+        return count
 
     def tools(self) -> tuple[Tool, ...]:
         """``tools``: name -> {command or handler, args, timeout, callers, description}."""

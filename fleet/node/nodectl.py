@@ -13,10 +13,17 @@ Subcommands, each printing one JSON document:
   restarted fails however its restarts fall; with ``--rollback`` a failure switches back to
   the previous release, restarts and re-verifies it
 - ``rollback [--to RELEASE]``: switch to RELEASE (default: the previous one), restart, verify
+- ``rollback --with-state AGENT``: also put back the agent's state as the snapshot taken
+  before the current release was deployed (refused, changing nothing, when there is none)
 - ``facts ...``: what the audit phase records (release, hashes, unit, ports, keys, sudoers)
+- ``state snapshot|list|restore|export|import --agent AGENT ...``: snapshots of an agent's
+  state dir (``/var/lib/fleet/AGENT``) kept outside it (``/var/lib/fleet-snapshots/AGENT/ID``,
+  root only): SQLite databases through the online backup API, other files copied; restore
+  stops the agent, swaps a rebuilt state dir in, starts and verifies it
 
-Agent state dirs are never touched here, nor is the deploy lock (the deploy releases it in
-the same round trip: :mod:`deploys.lock`).
+An agent's state dir is only ever changed by ``state restore`` and ``rollback --with-state``;
+the deploy lock is never touched here (the deploy releases it in the same round trip:
+:mod:`deploys.lock`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -144,7 +152,7 @@ def unknown_agent() -> AgentFacts:
 RollbackOutcome = TypedDict("RollbackOutcome", {
     "rolled_back": bool, "reason": str, "release": str, "from": str | None,
     "env_restored": bool, "restarted": bool, "healthy": bool, "problems": list[str],
-    "health": Any, "facts": AgentFacts}, total=False)
+    "health": Any, "facts": AgentFacts, "state_restored": str}, total=False)
 
 
 class VerifyOutcome(TypedDict, total=False):
@@ -300,21 +308,55 @@ def restore_env(agent: str | None) -> bool:
 
 
 def rollback(unit: str, port: int, to: str | None, timeout: float,
-             runtime_unit: str | None = None, env_of: str | None = None) -> RollbackOutcome:
+             runtime_unit: str | None = None, env_of: str | None = None,
+             with_state: str | None = None) -> RollbackOutcome:
     """Switch to ``to`` (default: previous release), restart and verify the result. With
     ``env_of`` (an agent whose environment this deploy changed) its previous environment is
-    restored too, and the current release restarted with it when there is no previous one."""
+    restored too, and the current release restarted with it when there is no previous one.
+    With ``with_state`` (an agent) its state dir is put back as the snapshot taken before the
+    current release was deployed; without such a snapshot nothing is changed."""
     target = to or previous_release()
+    snapshot: Manifest | None = None
+    if with_state:
+        now = current_release()
+        snapshot = snapshot_before(with_state, now)
+        if snapshot is None:
+            return {"rolled_back": False,
+                    "reason": f"no state snapshot of {with_state} was taken before release "
+                              f"{now} was deployed (fleet state list {with_state}): nothing "
+                              "rolled back"}
+        if target is None:
+            return {"rolled_back": False, "reason": "no previous release on the node"}
+        try:  # a damaged snapshot is refused before anything changes
+            check_files(SNAPSHOTS / with_state / snapshot["id"], snapshot,
+                        "nothing rolled back")
+        except SystemExit as exc:
+            return {"rolled_back": False, "reason": str(exc.code)}
     env_restored = restore_env(env_of)
     target = target or (current_release() if env_restored else None)
     if target is None:
         return {"rolled_back": False, "reason": "no previous release on the node"}
     switched = switch(target)
-    restart(unit)
+    if snapshot is not None and with_state:
+        lock = locked(with_state)
+        try:
+            stop_units(unit, runtime_unit)
+            try:
+                restore_state(with_state, snapshot["id"])
+            finally:
+                start_units(unit, runtime_unit)
+        finally:
+            os.close(lock)
+    else:
+        restart(unit)
     problems, body = checked(unit, runtime_unit, port, {"release": target}, timeout)
-    return {"rolled_back": True, "release": target, "from": switched["before"],
-            "env_restored": env_restored, "restarted": True,
-            "healthy": not problems, "problems": problems, "health": body}
+    outcome: RollbackOutcome = {
+        "rolled_back": True, "release": target, "from": switched["before"],
+        "env_restored": env_restored, "restarted": True, "healthy": not problems,
+        "problems": problems, "health": body}
+    if snapshot is not None:
+        outcome["state_restored"] = snapshot["id"]
+    return outcome
 
 
 STABLE_S = 3.0  # a unit must stay up this long after it (re)started to pass verify
@@ -530,6 +572,729 @@ def facts(args: argparse.Namespace) -> AgentFacts:
     }
 
 
+# --- Agent state: snapshots, restore, export and import -------------------------------------
+# An agent's state dir (``/var/lib/fleet/AGENT``) is snapshotted into a root-only folder beside
+# it (``/var/lib/fleet-snapshots/AGENT/ID/``: ``manifest.json`` and ``data/``), never inside it,
+# so a restore cannot eat its own snapshots. Only what the agent's user could have put there is
+# read, and never through a symlink: every file is opened relative to its folder's descriptor
+# with O_NOFOLLOW; symlinks and special files are left out (listed in the manifest).
+
+STATE_ROOT = Path(os.environ.get("FLEET_STATE_ROOT", "/var/lib/fleet"))
+SNAPSHOTS = Path(os.environ.get("FLEET_SNAPSHOTS", "/var/lib/fleet-snapshots"))
+AGENT_RE = re.compile(r"[a-z][a-z0-9-]{0,30}")  # fleet.core.registry.NAME_RE
+AGENT_FORM = "1-31 characters of lowercase letters, digits and '-', starting with a letter"
+SNAPSHOT_ID_RE = re.compile(r"[0-9]{8}T[0-9]{12}Z")
+SNAPSHOT_ID_FORM = "YYYYMMDDTHHMMSS then 6 digits of microseconds and Z"
+SQLITE_HEADER = b"SQLite format 3\0"
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+KEEP_SNAPSHOTS = 5
+MAX_KEEP = 1000
+MANIFEST = "manifest.json"
+CHUNK = 1 << 20
+
+
+def agent_name(value: str) -> str:
+    """``value`` if it is an agent name (argparse type); refuses paths, options, newlines."""
+    if not AGENT_RE.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an agent name ({AGENT_FORM})")
+    return value
+
+
+def keep_count(value: str) -> int:
+    """A number of snapshots to keep (argparse type): 1 to 1000."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_KEEP:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of snapshots to keep "
+                                         f"(1-{MAX_KEEP})")
+    return number
+
+
+def snapshot_id(value: str) -> str:
+    """``value`` if it is a snapshot id (argparse type)."""
+    if not SNAPSHOT_ID_RE.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a snapshot id ({SNAPSHOT_ID_FORM})")
+    return value
+
+
+class SnapshotFile(TypedDict):
+    """One entry of a snapshot's manifest: a folder or a file of the state dir (``.``: the
+    state dir itself), its mode (``0640``), owner (name and number) and, for a file, size
+    and sha256 of the copy (a SQLite database: of its online backup)."""
+
+    path: str
+    type: str  # "dir" or "file"
+    mode: str
+    user: str
+    group: str
+    uid: int
+    gid: int
+    size: int
+    sha256: str
+    sqlite: bool
+
+
+class Manifest(TypedDict):
+    """``manifest.json`` of a snapshot."""
+
+    id: str
+    agent: str
+    time: str  # UTC, ISO 8601
+    release_before: str | None  # the release running when it was taken
+    release_after: str | None  # the release the deploy that took it switched to
+    files: list[SnapshotFile]
+    skipped: list[str]  # symlinks, sockets, SQLite side files: never copied
+
+
+class SnapshotInfo(TypedDict):
+    """``fleet-nodectl state list``: one snapshot, without its file list."""
+
+    id: str
+    time: str
+    release_before: str | None
+    release_after: str | None
+    files: int
+    bytes: int
+
+
+class Snapshotted(TypedDict):
+    """``fleet-nodectl state snapshot``: the new snapshot and the ones pruned."""
+
+    snapshot: SnapshotInfo
+    removed: list[str]
+
+
+class Restored(TypedDict, total=False):
+    """``fleet-nodectl state restore``: whether the snapshot is back (else the reason), and
+    the agent's health after the start."""
+
+    restored: bool
+    reason: str
+    snapshot: str
+    healthy: bool
+    problems: list[str]
+    health: Any
+
+
+def state_error(message: str) -> SystemExit:
+    """A refusal: one line on stderr, exit 1, nothing changed."""
+    return SystemExit(f"fleet-nodectl state: {message}")
+
+
+def fsync_fd(fd: int) -> None:
+    os.fsync(fd)
+
+
+def owner_names(uid: int, gid: int) -> tuple[str, str]:
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = str(gid)
+    return user, group
+
+
+def owner_ids(entry: SnapshotFile) -> tuple[int, int]:
+    """The uid and gid for ``entry`` on this node: by name (an agent moved to another node
+    keeps its user), else the recorded numbers."""
+    import grp
+    import pwd
+
+    try:
+        uid = pwd.getpwnam(entry["user"]).pw_uid
+    except KeyError:
+        uid = entry["uid"]
+    try:
+        gid = grp.getgrnam(entry["group"]).gr_gid
+    except KeyError:
+        gid = entry["gid"]
+    return uid, gid
+
+
+def snapshot_dir(agent: str) -> Path:
+    """``SNAPSHOTS/AGENT``, created root-only (0700, with its parent)."""
+    agent_name_checked(agent)
+    for folder in (SNAPSHOTS, SNAPSHOTS / agent):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        if folder.is_symlink() or not folder.is_dir():
+            raise state_error(f"{folder} is not a folder")
+        os.chmod(folder, 0o700)
+    return SNAPSHOTS / agent
+
+
+def agent_name_checked(agent: str) -> str:
+    if not AGENT_RE.fullmatch(agent):
+        raise state_error(f"{agent!r} is not an agent name ({AGENT_FORM})")
+    return agent
+
+
+def locked(agent: str) -> int:
+    """Take the agent's snapshot lock (one snapshot, prune, restore or import at a time);
+    released when its descriptor is closed or the process ends. (``bus.locks`` is the fleet's
+    lock module; this script is stdlib only and cannot import it.)"""
+    import fcntl
+
+    fd = os.open(snapshot_dir(agent) / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def utc_time() -> str:
+    """Now, in the fleet's one time format (``bus.timestamps.utc_timestamp``: UTC, milliseconds,
+    ``Z``; this script is stdlib only and cannot import it)."""
+    now_ms = time.time_ns() // 1000000
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now_ms // 1000))
+    return f"{seconds}.{now_ms % 1000:03d}Z"
+
+
+def new_snapshot_id() -> str:
+    """A new snapshot id: the UTC time to the microsecond (ids sort as the snapshots were
+    taken)."""
+    now_us = time.time_ns() // 1000
+    seconds = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_us // 1000000))
+    return f"{seconds}{now_us % 1000000:06d}Z"
+
+
+def copy_fd(source: int, target: int) -> tuple[int, str]:
+    """Copy ``source`` to ``target`` (both descriptors); (bytes, sha256)."""
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := os.read(source, CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(target, view):]
+    return size, digest.hexdigest()
+
+
+def file_sha256(fd: int) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := os.read(fd, CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def sqlite_backup(source: Path, fd: int, target: Path) -> None:
+    """Copy the live database ``source`` (opened as ``fd``, O_NOFOLLOW) to ``target`` through
+    SQLite's online backup API: a consistent copy however the agent writes meanwhile (never a
+    file copy of a live database). Refused when ``source`` is not the file ``fd`` is (a symlink
+    swapped in between). Run as root, SQLite gives any -wal or -shm file it creates the
+    database's owner."""
+    import sqlite3
+
+    def same() -> bool:
+        try:
+            found, opened = os.lstat(source), os.fstat(fd)
+        except OSError:
+            return False
+        return (stat.S_ISREG(found.st_mode) and (found.st_dev, found.st_ino)
+                == (opened.st_dev, opened.st_ino) and os.path.realpath(source) == str(source))
+
+    if not same():
+        raise state_error(f"{source} changed while it was read (a symlink?): not copied")
+    live = sqlite3.connect(f"file:{source}", uri=True, timeout=30)
+    try:
+        copy = sqlite3.connect(target)
+        try:
+            live.backup(copy)
+        finally:
+            copy.close()
+    finally:
+        live.close()
+    if not same():
+        raise state_error(f"{source} changed while it was read (a symlink?): not copied")
+
+
+def sqlite3_error() -> type[Exception]:
+    """``sqlite3.Error`` (imported when needed: the controller imports this module)."""
+    import sqlite3
+
+    return sqlite3.Error
+
+
+def entry_of(path: str, kind: str, info: os.stat_result, size: int = 0,
+             sha: str = "", sqlite: bool = False) -> SnapshotFile:
+    user, group = owner_names(info.st_uid, info.st_gid)
+    return {"path": path, "type": kind, "mode": f"{info.st_mode & 0o7777:04o}", "user": user,
+            "group": group, "uid": info.st_uid, "gid": info.st_gid, "size": size,
+            "sha256": sha, "sqlite": sqlite}
+
+
+def copy_tree(dir_fd: int, real: Path, relative: str, data: Path, manifest: Manifest) -> None:
+    """Copy the folder open as ``dir_fd`` (``real`` on disk, ``relative`` in the state dir)
+    into ``data``, recording each entry in ``manifest``."""
+    for name in sorted(os.listdir(dir_fd)):
+        rel = f"{relative}/{name}" if relative != "." else name
+        if not safe_relative(rel):  # a name no restore would take (a newline, ...)
+            manifest["skipped"].append(repr(rel))
+            continue
+        if name.endswith(SQLITE_SIDE_FILES):  # come and go with the database's connections
+            manifest["skipped"].append(rel)
+            continue
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:  # gone since the folder was listed
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            try:
+                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                dir_fd=dir_fd)
+            except OSError:  # gone meanwhile, or swapped for a symlink
+                manifest["skipped"].append(rel)
+                continue
+            try:
+                (data / rel).mkdir(mode=0o700)
+                manifest["files"].append(entry_of(rel, "dir", os.fstat(child)))
+                copy_tree(child, real / name, rel, data, manifest)
+            finally:
+                os.close(child)
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            manifest["skipped"].append(rel)
+            continue
+        try:
+            source = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except OSError:  # gone meanwhile, or swapped for a symlink
+            manifest["skipped"].append(rel)
+            continue
+        try:
+            opened = os.fstat(source)
+            # a hard link may be another user's file (/etc/shadow where protected_hardlinks
+            # is off): never read as root into a snapshot
+            if not stat.S_ISREG(opened.st_mode) or opened.st_nlink > 1:
+                manifest["skipped"].append(rel)
+                continue
+            is_sqlite = os.pread(source, len(SQLITE_HEADER), 0) == SQLITE_HEADER
+            target = data / rel
+            if is_sqlite:
+                try:
+                    sqlite_backup(real / name, source, target)
+                except sqlite3_error() as exc:  # a damaged database must not stop a deploy
+                    target.unlink(missing_ok=True)
+                    manifest["skipped"].append(f"{rel} (SQLite: {exc})")
+                    continue
+                os.chmod(target, 0o600)
+                copied = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    size, sha = file_sha256(copied)
+                    fsync_fd(copied)
+                finally:
+                    os.close(copied)
+            else:
+                out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                              0o600)
+                try:
+                    size, sha = copy_fd(source, out)
+                    fsync_fd(out)
+                finally:
+                    os.close(out)
+            manifest["files"].append(entry_of(rel, "file", opened, size, sha, is_sqlite))
+        finally:
+            os.close(source)
+
+
+def sync_tree(root: Path) -> None:
+    """fsync every folder under ``root`` (the files were synced as they were written)."""
+    for folder, _, _ in os.walk(root):
+        sync_dir(Path(folder))
+
+
+def read_manifest(folder: Path) -> Manifest:
+    with (folder / MANIFEST).open() as handle:
+        manifest: Manifest = json.load(handle)
+    return manifest
+
+
+def info_of(manifest: Manifest) -> SnapshotInfo:
+    files = [entry for entry in manifest["files"] if entry["type"] == "file"]
+    return {"id": manifest["id"], "time": manifest["time"],
+            "release_before": manifest.get("release_before"),
+            "release_after": manifest.get("release_after"), "files": len(files),
+            "bytes": sum(entry["size"] for entry in files)}
+
+
+def snapshots(agent: str) -> list[Manifest]:
+    """The agent's complete snapshots, newest first (a folder renamed into place only once
+    written and synced: a half-written one is a ``.tmp-*`` folder, never listed)."""
+    folder = SNAPSHOTS / agent_name_checked(agent)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        if SNAPSHOT_ID_RE.fullmatch(path.name) and not path.is_symlink():
+            try:
+                found.append(read_manifest(path))
+            except (OSError, ValueError):
+                continue
+    return sorted(found, key=lambda manifest: manifest["id"], reverse=True)
+
+
+def prune_snapshots(agent: str, keep: int) -> list[str]:
+    """Remove all but the newest ``keep`` snapshots, and leftovers of interrupted ones."""
+    folder = SNAPSHOTS / agent
+    removed = [manifest["id"] for manifest in snapshots(agent)[max(keep, 1):]]
+    for name in removed:
+        shutil.rmtree(folder / name)
+    for stale in folder.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if removed:
+        sync_dir(folder)
+    return removed
+
+
+def take_snapshot(agent: str, keep: int = KEEP_SNAPSHOTS, release_before: str | None = None,
+                  release_after: str | None = None) -> Snapshotted:
+    """Snapshot the agent's state dir: written to a temporary folder, synced, then renamed
+    into place (a kill midway leaves no snapshot listed), then the newest ``keep`` kept."""
+    state = STATE_ROOT / agent_name_checked(agent)
+    lock = locked(agent)
+    try:
+        folder = SNAPSHOTS / agent
+        for stale in folder.glob(".tmp-*"):  # an interrupted snapshot's (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        ident = new_snapshot_id()
+        while (folder / ident).exists():
+            ident = new_snapshot_id()
+        temp = folder / f".tmp-{ident}"
+        temp.mkdir(mode=0o700)
+        (temp / "data").mkdir(mode=0o700)
+        manifest: Manifest = {
+            "id": ident, "agent": agent,
+            "time": utc_time(),
+            "release_before": release_before, "release_after": release_after,
+            "files": [], "skipped": []}
+        try:
+            root = os.open(state, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            shutil.rmtree(temp)
+            raise state_error(f"{state} is not a folder ({exc.strerror})") from None
+        try:
+            manifest["files"].append(entry_of(".", "dir", os.fstat(root)))
+            copy_tree(root, state, ".", temp / "data", manifest)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        finally:
+            os.close(root)
+        out = os.open(temp / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(out, json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n")
+            fsync_fd(out)
+        finally:
+            os.close(out)
+        sync_tree(temp)
+        temp.rename(folder / ident)
+        sync_dir(folder)
+        removed = prune_snapshots(agent, keep)
+        return {"snapshot": info_of(manifest), "removed": removed}
+    finally:
+        os.close(lock)
+
+
+def find_snapshot(agent: str, ident: str) -> tuple[Path, Manifest]:
+    """The snapshot ``ident`` of ``agent`` (refused when it is not there)."""
+    snapshot_id_checked(ident)
+    folder = SNAPSHOTS / agent_name_checked(agent) / ident
+    try:
+        return folder, read_manifest(folder)
+    except (OSError, ValueError):
+        raise state_error(f"agent {agent} has no snapshot {ident} (see `fleet-nodectl state "
+                          f"list --agent {agent}`)") from None
+
+
+def snapshot_id_checked(ident: str) -> str:
+    if not SNAPSHOT_ID_RE.fullmatch(ident):
+        raise state_error(f"{ident!r} is not a snapshot id ({SNAPSHOT_ID_FORM})")
+    return ident
+
+
+def safe_relative(path: str) -> bool:
+    """Whether ``path`` (from a manifest) stays inside its folder: relative, no ``..``, no
+    empty part, no control character."""
+    parts = path.split("/")
+    return (path == "." or (not path.startswith("/") and all(
+        part not in ("", ".", "..") for part in parts))) and path.isprintable()
+
+
+def rebuild(folder: Path, manifest: Manifest, target: Path) -> None:
+    """Build ``target`` (a new folder) from the snapshot in ``folder``: each file checked
+    against its sha256, each entry given its recorded owner and mode, everything synced.
+    Nothing is followed through a symlink: the snapshot's files are opened O_NOFOLLOW and
+    every path is checked to stay inside."""
+    data = folder / "data"
+    entries = manifest["files"]
+    if not entries or entries[0]["path"] != ".":
+        raise state_error(f"snapshot {manifest['id']} has no entry for the state dir itself")
+    for entry in entries:
+        if not safe_relative(entry["path"]) or entry["type"] not in ("dir", "file"):
+            raise state_error(f"snapshot {manifest['id']}: {entry['path']!r} is not a path "
+                              "inside the state dir")
+    target.mkdir(mode=0o700)
+    for entry in entries:
+        rel = entry["path"]
+        dest = target if rel == "." else target / rel
+        if entry["type"] == "dir":
+            if rel != ".":
+                dest.mkdir(mode=0o700)
+            continue
+        if os.path.realpath(dest.parent) != str(dest.parent):
+            raise state_error(f"snapshot {manifest['id']}: {rel!r} leaves the state dir")
+        source = os.open(data / rel, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                size, sha = copy_fd(source, out)
+                if sha != entry["sha256"] or size != entry["size"]:
+                    raise state_error(f"snapshot {manifest['id']}: {rel} does not match its "
+                                      "sha256 in the manifest (the snapshot is damaged)")
+                fsync_fd(out)
+            finally:
+                os.close(out)
+        finally:
+            os.close(source)
+    for entry in reversed(entries):  # owners and modes last: a 0500 folder is filled first
+        dest = target if entry["path"] == "." else target / entry["path"]
+        uid, gid = owner_ids(entry)
+        os.chown(dest, uid, gid, follow_symlinks=False)
+        os.chmod(dest, int(entry["mode"], 8), follow_symlinks=False)
+    sync_tree(target)
+
+
+def swap_in(new: Path, state: Path) -> None:
+    """Put ``new`` in place of ``state`` (absent or a folder) in one rename where the kernel
+    can (``renameat2(RENAME_EXCHANGE)``), then delete the old state."""
+    import ctypes
+
+    old = state.parent / f".{state.name}.replaced-{os.getpid()}"
+    exchanged = False
+    if state.is_dir() and not state.is_symlink():
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = getattr(libc, "renameat2", None)
+        if renameat2 is not None:
+            at_fdcwd, rename_exchange = -100, 2
+            exchanged = renameat2(at_fdcwd, bytes(new), at_fdcwd, bytes(state),
+                                  rename_exchange) == 0
+        if exchanged:
+            new.rename(old)
+        else:
+            state.rename(old)
+    elif state.is_symlink() or state.exists():
+        raise state_error(f"{state} is not a folder: nothing restored")
+    if not exchanged:
+        new.rename(state)
+    sync_dir(state.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_state(agent: str, ident: str) -> None:
+    """Replace the agent's state dir by snapshot ``ident`` (its units must be stopped): built
+    beside it in a fresh folder, then swapped in."""
+    folder, manifest = find_snapshot(agent, ident)
+    state = STATE_ROOT / agent
+    new = STATE_ROOT / f".{agent}.restore-{os.getpid()}"
+    shutil.rmtree(new, ignore_errors=True)
+    for stale in STATE_ROOT.glob(f".{agent}.restore-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        rebuild(folder, manifest, new)
+    except OSError as exc:  # a file of the snapshot missing, or a symlink where it was
+        shutil.rmtree(new, ignore_errors=True)
+        raise state_error(f"snapshot {ident} of {agent} cannot be restored ({exc}): the "
+                          "state dir is unchanged") from None
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    swap_in(new, state)
+
+
+def stop_units(unit: str, runtime_unit: str | None) -> None:
+    """Stop the agent's runtime, then its gateway (nothing writes its state meanwhile)."""
+    for name in ([runtime_unit] if runtime_unit else []) + [unit]:
+        subprocess.run(["systemctl", "stop", name], check=True, capture_output=True)
+
+
+def start_units(unit: str, runtime_unit: str | None) -> None:
+    for name in [unit] + ([runtime_unit] if runtime_unit else []):
+        subprocess.run(["systemctl", "start", name], check=True, capture_output=True)
+
+
+def restore(agent: str, ident: str, unit: str, runtime_unit: str | None, port: int,
+            timeout: float) -> Restored:
+    """Stop the agent, put snapshot ``ident`` back as its state, start it and verify it like
+    a rollback does (/health with the current release, its units staying up)."""
+    find_snapshot(agent, ident)  # refused before anything stops
+    lock = locked(agent)
+    try:
+        stop_units(unit, runtime_unit)
+        try:
+            restore_state(agent, ident)
+        finally:
+            start_units(unit, runtime_unit)
+    finally:
+        os.close(lock)
+    problems, body = checked(unit, runtime_unit, port, {"release": current_release() or ""},
+                             timeout)
+    return {"restored": True, "snapshot": ident, "healthy": not problems,
+            "problems": problems, "health": body}
+
+
+def snapshot_before(agent: str, release: str | None) -> Manifest | None:
+    """The newest snapshot taken by the deploy that brought ``release`` (its release_after)."""
+    return next((manifest for manifest in snapshots(agent)
+                 if release and manifest.get("release_after") == release), None)
+
+
+def export_snapshot(agent: str, ident: str, out: Any) -> None:
+    """Write snapshot ``ident`` as a tar stream (``manifest.json``, ``data/...``) to ``out``."""
+    import tarfile
+
+    folder, _ = find_snapshot(agent, ident)
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(folder / MANIFEST, arcname=MANIFEST)
+        tar.add(folder / "data", arcname="data", recursive=True)
+
+
+def import_snapshot(agent: str, stream: Any) -> SnapshotInfo:
+    """Read a snapshot exported by :func:`export_snapshot` from ``stream`` into the agent's
+    snapshots (under its own id). Only folders and regular files inside ``data/`` are taken,
+    each file checked against the manifest's sha256; anything else refuses the whole import."""
+    import tarfile
+
+    lock = locked(agent)
+    folder = SNAPSHOTS / agent
+    temp = folder / f".tmp-import-{os.getpid()}"
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir(mode=0o700)
+    try:
+        (temp / "data").mkdir(mode=0o700)
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                name = member.name.rstrip("/")
+                inside = name == MANIFEST or name == "data" or (
+                    name.startswith("data/") and safe_relative(name[5:]))
+                if not inside or not (member.isfile() or member.isdir()):
+                    raise state_error(f"the archive holds {member.name!r}, which is not a "
+                                      "snapshot's file: nothing imported")
+                dest = temp / name
+                if member.isdir():
+                    dest.mkdir(mode=0o700, exist_ok=True)
+                    continue
+                if os.path.realpath(dest.parent) != str(dest.parent):
+                    raise state_error(f"the archive's {member.name!r} leaves the snapshot")
+                handle = tar.extractfile(member)
+                assert handle is not None
+                out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                try:
+                    while chunk := handle.read(CHUNK):
+                        os.write(out, chunk)
+                    fsync_fd(out)
+                finally:
+                    os.close(out)
+        try:
+            manifest = read_manifest(temp)
+        except (OSError, ValueError):
+            raise state_error("the archive has no readable manifest.json: nothing "
+                              "imported") from None
+        ident = snapshot_id_checked(str(manifest.get("id")))
+        check_files(temp, manifest)
+        manifest["agent"] = agent
+        if (folder / ident).exists():
+            if same_files(read_manifest(folder / ident), manifest):  # already here, the same
+                return info_of(manifest)
+            raise state_error(f"agent {agent} already has a different snapshot {ident}: "
+                              "nothing imported")
+        sync_tree(temp)
+        temp.rename(folder / ident)
+        sync_dir(folder)
+        return info_of(manifest)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+        os.close(lock)
+
+
+def same_files(one: Manifest, other: Manifest) -> bool:
+    """Whether two manifests list the same files with the same sha256s, owners and modes."""
+    return sorted(map(json.dumps, one["files"])) == sorted(map(json.dumps, other["files"]))
+
+
+def check_files(folder: Path, manifest: Manifest, outcome: str = "nothing imported") -> None:
+    """Refuse a snapshot whose files are not exactly its manifest's, with those sha256s (the
+    message ends with ``outcome``)."""
+    data = folder / "data"
+    listed = {entry["path"]: entry for entry in manifest.get("files", [])}
+    found = {str(path.relative_to(data)) for path in data.rglob("*")}
+    wanted = {path for path in listed if path != "."}
+    if found != wanted:
+        extra = sorted(found ^ wanted)[:3]
+        raise state_error(f"snapshot {manifest.get('id')}: its files differ from its manifest "
+                          f"({', '.join(extra)}): {outcome}")
+    for path, entry in listed.items():
+        if not safe_relative(path):
+            raise state_error(f"snapshot {manifest.get('id')}: {path!r} is not a path inside "
+                              "the state dir")
+        if entry["type"] == "file":
+            fd = os.open(data / path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                size, sha = file_sha256(fd)
+            finally:
+                os.close(fd)
+            if (size, sha) != (entry["size"], entry["sha256"]):
+                raise state_error(f"snapshot {manifest.get('id')}: {path} does not match its "
+                                  f"sha256: {outcome}")
+
+
+def state_command(args: argparse.Namespace) -> Any:
+    """``fleet-nodectl state SUBCOMMAND``."""
+    if args.state_command == "snapshot":
+        return take_snapshot(args.agent, args.keep, args.release_before, args.release_after)
+    if args.state_command == "list":
+        return [info_of(manifest) for manifest in snapshots(args.agent)]
+    if args.state_command == "restore":
+        return restore(args.agent, args.snapshot, args.unit, args.runtime_unit, args.port,
+                       args.timeout)
+    if args.state_command == "export":
+        sys.stdout.flush()
+        export_snapshot(args.agent, args.snapshot, sys.stdout.buffer)
+        return None
+    return import_snapshot(args.agent, sys.stdin.buffer)
+
+
+def add_state_parser(commands: Any) -> None:
+    """The ``state`` subcommands."""
+    state = commands.add_parser("state", help="snapshot, list, restore, export or import an "
+                                              "agent's state dir")
+    sub = state.add_subparsers(dest="state_command", required=True)
+    for name, text in (("snapshot", "snapshot the state dir (keeping the newest N)"),
+                       ("list", "the agent's snapshots, newest first"),
+                       ("restore", "stop the agent, restore a snapshot, start and verify"),
+                       ("export", "a snapshot as a tar stream on stdout"),
+                       ("import", "a snapshot from a tar stream on stdin")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--agent", required=True, type=agent_name)
+        if name == "snapshot":
+            cmd.add_argument("--keep", type=keep_count, default=KEEP_SNAPSHOTS)
+            cmd.add_argument("--release-before", type=release_id, default=None)
+            cmd.add_argument("--release-after", type=release_id, default=None)
+        if name in ("restore", "export"):
+            cmd.add_argument("--snapshot", required=True, type=snapshot_id)
+        if name == "restore":
+            cmd.add_argument("--unit", required=True)
+            cmd.add_argument("--runtime-unit", default=None)
+            cmd.add_argument("--port", type=int, required=True)
+            cmd.add_argument("--timeout", type=float, default=20.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fleet-nodectl", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -537,6 +1302,7 @@ def main(argv: list[str] | None = None) -> int:
     switch_cmd.add_argument("release", type=release_id)
     prune_cmd = commands.add_parser("prune", help="keep only the newest releases")
     prune_cmd.add_argument("--keep", type=int, default=5)
+    add_state_parser(commands)
     for name in ("verify", "rollback", "facts"):
         sub = commands.add_parser(name, help=f"{name} one agent")
         sub.add_argument("--unit", required=True)
@@ -557,6 +1323,9 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--to", type=release_id)
             sub.add_argument("--runtime-unit", default=None,
                              help="the agent's runtime unit: it must stay up too")
+            sub.add_argument("--with-state", type=agent_name, default=None, metavar="AGENT",
+                             help="also restore the agent's state snapshot taken before the "
+                                  "current release was deployed")
         else:
             sub.add_argument("--agent", required=True)
             sub.add_argument("--login-user", default="root")
@@ -564,8 +1333,12 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--agent", help="also report the audit facts of this agent")
             sub.add_argument("--login-user", default="root")
     args = parser.parse_args(argv)
-    result: Switched | Pruned | AgentFacts | VerifyOutcome | RollbackOutcome
-    if args.command == "switch":
+    result: Any
+    if args.command == "state":
+        result = state_command(args)
+        if result is None:  # export: the tar stream is the output
+            return 0
+    elif args.command == "switch":
         result = switch(args.release)
     elif args.command == "prune":
         result = prune(args.keep)
@@ -573,7 +1346,8 @@ def main(argv: list[str] | None = None) -> int:
         result = facts(args)
     else:
         checked_agent = (verify(args) if args.command == "verify" else
-                         rollback(args.unit, args.port, args.to, args.timeout, args.runtime_unit))
+                         rollback(args.unit, args.port, args.to, args.timeout, args.runtime_unit,
+                                  with_state=args.with_state))
         if args.agent:
             checked_agent["facts"] = facts(args)
         result = checked_agent

@@ -12,6 +12,7 @@ import pytest
 
 from deploys import services
 from deploys.context import AgentContext
+from fleet.control.release import Release
 from fleet.control.secrets import Secrets
 from fleet.core.masking import MASK
 from fleet.core.registry import Registry, load_registry
@@ -131,9 +132,13 @@ def test_services_restart_on_what_the_earlier_phases_returned(
         monkeypatch.setattr(services, name, operation)
     monkeypatch.setattr(services.systemd, "service", operation)
     monkeypatch.setattr(services.systemd, "daemon_reload", operation)
+    monkeypatch.setattr(services.server, "shell", operation)
     phase = services.run.__wrapped__  # type: ignore[attr-defined]  # without pyinfra's @deploy
     returned = phase(ctx, restart_on=[Ran(False), Ran(changed)])
     assert (services.RESTART in planned) is restarted
+    # the state snapshot: planned with the restart only, right before it
+    assert planned[-2:] == [services.SNAPSHOT, services.RESTART] if restarted else \
+        services.SNAPSHOT not in planned
     runtime = [services.RUNTIME_RUNNING] if ctx.agent.runtime_unit else []
     assert [op.name for op in returned] == [services.RUNNING, *runtime,
                                             *[services.RESTART] * restarted]
@@ -170,3 +175,40 @@ def test_the_audit_reads_typed_outcomes_and_facts(registry: Registry) -> None:
     found = drift(unknown_agent(), ctx, "r1")
     assert f"{ctx.unit} is None, expected active" in found
     assert f"/var/lib/fleet/{ctx.name} is missing" in found
+
+
+@pytest.mark.parametrize("changed", [False, True])
+def test_the_state_snapshot_runs_on_the_restarts_condition(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch, changed: bool) -> None:
+    """The snapshot is planned when a restart may come and runs only when the restart does
+    (the same ``_if=``), with the release running now and the one the deploy brings; an agent
+    whose unit is not running (a first deploy) gets neither."""
+    ctx = context(registry)
+    ctx.node = {**ctx.node, "current": "0123456789ab",
+                "unit": {"active": "active", "enabled": "enabled"}}
+    calls: dict[str, dict[str, Any]] = {}
+
+    def operation(**kwargs: Any) -> Ran:
+        calls[kwargs["name"]] = kwargs
+        return Ran(False, kwargs["name"])
+
+    for name in ("managed_file", "unit_running"):
+        monkeypatch.setattr(services, name, operation)
+    monkeypatch.setattr(services.systemd, "service", operation)
+    monkeypatch.setattr(services.systemd, "daemon_reload", operation)
+    monkeypatch.setattr(services.server, "shell", operation)
+    release = Release("fedcba987654", Path("release.tar"))
+    monkeypatch.setattr(AgentContext, "release", property(lambda self: release))
+    phase = services.run.__wrapped__  # type: ignore[attr-defined]
+    trigger = Ran(True)
+    phase(ctx, restart_on=[trigger])
+    snapshot, restart = calls[services.SNAPSHOT], calls[services.RESTART]
+    assert snapshot["commands"] == [
+        "/opt/fleet/bin/fleet-nodectl state snapshot --agent bezalel --keep 5 "
+        "--release-before 0123456789ab --release-after fedcba987654"]
+    trigger.changed = changed  # what the earlier phase really did, known when it ran
+    assert snapshot["_if"]() is restart["_if"]() is changed
+    calls.clear()
+    ctx.node = {**ctx.node, "unit": {"active": "inactive"}}
+    phase(ctx, restart_on=[Ran(True)])
+    assert services.SNAPSHOT not in calls and services.RESTART not in calls

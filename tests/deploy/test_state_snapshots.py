@@ -1,0 +1,408 @@
+"""``fleet-nodectl state``: snapshots of an agent's state dir on a temporary node root.
+
+Paths come from the module's globals (``STATE_ROOT``, ``SNAPSHOTS``), or, for a real
+``fleet-nodectl`` process, from ``FLEET_STATE_ROOT`` / ``FLEET_SNAPSHOTS``. Tests run as root
+where the lab runs, so owners are real; as another user, chown is left to what it may do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet.node import nodectl
+
+NODECTL = Path(nodectl.__file__)
+AGENT = "bezalel"
+
+
+@pytest.fixture
+def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A node root: ``state/bezalel`` (a text file, a live WAL database with an open
+    connection, a folder), ``snapshots``."""
+    monkeypatch.setattr(nodectl, "STATE_ROOT", tmp_path / "state")
+    monkeypatch.setattr(nodectl, "SNAPSHOTS", tmp_path / "snapshots")
+    state = tmp_path / "state" / AGENT
+    (state / "tools").mkdir(parents=True)
+    (state / "runtime.json").write_text('{"state": "ready"}\n')
+    (state / "runtime.json").chmod(0o640)
+    (state / "tools" / "calls.jsonl").write_text("{}\n")
+    db = sqlite3.connect(state / "bus.db")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE inbox (id TEXT)")
+    db.execute("INSERT INTO inbox VALUES ('first')")
+    db.commit()  # the connection stays open: the -wal holds the row, the main file may not
+    try:
+        yield tmp_path
+    finally:
+        db.close()
+
+
+def rows(path: Path) -> list[str]:
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return [row[0] for row in db.execute("SELECT id FROM inbox ORDER BY rowid")]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_snapshot_copies_files_and_backs_up_live_databases_outside_the_state_dir(
+        node: Path) -> None:
+    taken = nodectl.take_snapshot(AGENT, 5, "0123456789ab", "fedcba987654")
+    ident = taken["snapshot"]["id"]
+    folder = node / "snapshots" / AGENT / ident
+    assert stat.S_IMODE((node / "snapshots").stat().st_mode) == 0o700
+    assert stat.S_IMODE((node / "snapshots" / AGENT).stat().st_mode) == 0o700
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (manifest["id"], manifest["release_before"], manifest["release_after"]) == (
+        ident, "0123456789ab", "fedcba987654")
+    files = {entry["path"]: entry for entry in manifest["files"]}
+    assert sorted(files) == [".", "bus.db", "runtime.json", "tools", "tools/calls.jsonl"]
+    assert "bus.db-wal" in manifest["skipped"] and "bus.db-shm" in manifest["skipped"]
+    assert not (folder / "data" / "bus.db-wal").exists()
+    assert files["bus.db"]["sqlite"] and rows(folder / "data" / "bus.db") == ["first"]
+    assert files["runtime.json"]["mode"] == "0640"
+    for name in ("runtime.json", "tools/calls.jsonl", "bus.db"):
+        assert files[name]["sha256"] == sha(folder / "data" / name)
+        assert files[name]["size"] == (folder / "data" / name).stat().st_size
+    assert nodectl.snapshots(AGENT)[0]["id"] == ident
+
+
+def test_restore_puts_the_snapshot_back_with_owner_and_mode(node: Path) -> None:
+    state = node / "state" / AGENT
+    if os.geteuid() == 0:
+        os.chown(state / "runtime.json", 65534, 65534)
+    ident = nodectl.take_snapshot(AGENT)["snapshot"]["id"]
+    (state / "runtime.json").write_text("changed")
+    (state / "runtime.json").chmod(0o666)
+    (state / "new-file").write_text("later")
+    with closing(sqlite3.connect(state / "bus.db")) as db:
+        db.execute("INSERT INTO inbox VALUES ('later')")
+        db.commit()
+    nodectl.restore_state(AGENT, ident)
+    assert (state / "runtime.json").read_text() == '{"state": "ready"}\n'
+    assert stat.S_IMODE((state / "runtime.json").stat().st_mode) == 0o640
+    if os.geteuid() == 0:
+        assert (state / "runtime.json").stat().st_uid == 65534
+    assert not (state / "new-file").exists()
+    assert rows(state / "bus.db") == ["first"]
+    assert not list((node / "state").glob(f".{AGENT}.*"))  # nothing left beside it
+    assert [manifest["id"] for manifest in nodectl.snapshots(AGENT)] == [ident]  # kept
+
+
+def test_restore_into_a_wiped_state_dir(node: Path) -> None:
+    ident = nodectl.take_snapshot(AGENT)["snapshot"]["id"]
+    import shutil
+
+    shutil.rmtree(node / "state" / AGENT)
+    nodectl.restore_state(AGENT, ident)
+    assert rows(node / "state" / AGENT / "bus.db") == ["first"]
+
+
+def test_only_the_newest_n_snapshots_are_kept(node: Path) -> None:
+    taken = [nodectl.take_snapshot(AGENT, 3)["snapshot"]["id"] for _ in range(5)]
+    assert [manifest["id"] for manifest in nodectl.snapshots(AGENT)] == taken[::-1][:3]
+    assert sorted(path.name for path in (node / "snapshots" / AGENT).iterdir()
+                  if not path.name.startswith(".")) == sorted(taken[2:])
+    removed = nodectl.take_snapshot(AGENT, 1)["removed"]
+    assert removed == taken[::-1][:3]
+
+
+@pytest.mark.parametrize("bad", ["../x", "--x", "bezalel\n", "a" * 32, "", "Bezalel", "a/b",
+                                 "."])
+def test_agent_names_are_refused_before_they_reach_a_path(
+        node: Path, bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["state", "list", f"--agent={bad}"],
+                 ["state", "snapshot", f"--agent={bad}"],
+                 ["state", "export", f"--agent={bad}", "--snapshot=20261206T230000000000Z"]):
+        with pytest.raises(SystemExit) as caught:
+            nodectl.main(argv)
+        assert caught.value.code == 2
+        assert f"{bad!r} is not an agent name" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="is not an agent name"):
+        nodectl.take_snapshot(bad)
+    assert not (node / "snapshots").exists()
+
+
+@pytest.mark.parametrize("bad", ["../x", "--x", "20261206T230000000000Z\n", "1" * 100,
+                                 "20261206T230000000000Z/..", ".tmp-20261206T230000000000Z"])
+def test_snapshot_ids_are_refused_before_they_reach_a_path(
+        node: Path, bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        nodectl.main(["state", "restore", f"--agent={AGENT}", f"--snapshot={bad}",
+                      "--unit=u.service", "--port=1"])
+    assert caught.value.code == 2
+    assert f"{bad!r} is not a snapshot id" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="is not a snapshot id"):
+        nodectl.restore_state(AGENT, bad)
+
+
+@pytest.mark.parametrize("keep", ["0", "-1", "x", "1001"])
+def test_keep_must_be_a_count(node: Path, keep: str) -> None:
+    with pytest.raises(SystemExit):
+        nodectl.main(["state", "snapshot", f"--agent={AGENT}", f"--keep={keep}"])
+
+
+def test_symlinks_in_the_state_dir_are_never_followed(node: Path, tmp_path: Path) -> None:
+    """A link to a secret outside (a file, a folder) is neither read into a snapshot nor
+    written through by a restore."""
+    secret = tmp_path / "outside" / "shadow"
+    secret.parent.mkdir()
+    secret.write_text("root:SECRET-HASH\n")
+    state = node / "state" / AGENT
+    (state / "shadow").symlink_to(secret)
+    (state / "etc").symlink_to(secret.parent)
+    (state / "tools" / "db").symlink_to(secret)
+    os.link(secret, state / "hardlink")  # what protected_hardlinks=0 would let an agent do
+    (state / "bad\nname").write_text("SECRET-HASH")  # no restore would take the name
+    ident = nodectl.take_snapshot(AGENT)["snapshot"]["id"]
+    folder = node / "snapshots" / AGENT / ident
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert {"shadow", "etc", "tools/db", "hardlink", "'bad\\nname'"} <= set(manifest["skipped"])
+    copied = b"".join(path.read_bytes() for path in folder.rglob("*") if path.is_file())
+    assert b"SECRET-HASH" not in copied
+    (state / "shadow").unlink()
+    nodectl.restore_state(AGENT, ident)
+    assert not (state / "shadow").exists() and not (state / "etc").exists()
+    assert secret.read_text() == "root:SECRET-HASH\n"
+
+
+def test_a_damaged_database_is_left_out_and_does_not_stop_the_snapshot(node: Path) -> None:
+    broken = node / "state" / AGENT / "broken.db"
+    broken.write_bytes(b"SQLite format 3\0" + b"\xff" * 4000)
+    ident = nodectl.take_snapshot(AGENT)["snapshot"]["id"]
+    manifest = nodectl.snapshots(AGENT)[0]
+    assert manifest["id"] == ident
+    assert [name for name in manifest["skipped"] if name.startswith("broken.db (SQLite: ")]
+    assert "bus.db" in {entry["path"] for entry in manifest["files"]}
+
+
+def test_a_state_dir_that_is_a_symlink_is_refused(node: Path, tmp_path: Path) -> None:
+    state = node / "state" / AGENT
+    elsewhere = tmp_path / "elsewhere"
+    state.rename(elsewhere)
+    state.symlink_to(elsewhere)
+    with pytest.raises(SystemExit, match="is not a folder"):
+        nodectl.take_snapshot(AGENT)
+    assert nodectl.snapshots(AGENT) == []
+
+
+def test_a_tampered_snapshot_is_not_restored(node: Path, tmp_path: Path) -> None:
+    """A data file swapped for a symlink, a manifest path leaving the state dir, a changed
+    file: each refused, the state dir unchanged."""
+    state = node / "state" / AGENT
+    before = sha(state / "runtime.json")
+    ident = nodectl.take_snapshot(AGENT)["snapshot"]["id"]
+    folder = node / "snapshots" / AGENT / ident
+    data = folder / "data" / "runtime.json"
+    data.write_text("tampered")
+    with pytest.raises(SystemExit, match="does not match its sha256"):
+        nodectl.restore_state(AGENT, ident)
+    data.unlink()
+    data.symlink_to(tmp_path / "outside-file")
+    (tmp_path / "outside-file").write_text('{"state": "ready"}\n')
+    with pytest.raises(SystemExit, match="cannot be restored"):
+        nodectl.restore_state(AGENT, ident)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"][1]["path"] = "../escaped"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match="is not a path inside the state dir"):
+        nodectl.restore_state(AGENT, ident)
+    assert not (node / "state" / "escaped").exists()
+    assert sha(state / "runtime.json") == before
+    assert not list((node / "state").glob(f".{AGENT}.*"))
+
+
+def export_bytes(ident: str) -> bytes:
+    out = io.BytesIO()
+    nodectl.export_snapshot(AGENT, ident, out)
+    return out.getvalue()
+
+
+def test_export_then_import_gives_the_same_snapshot(node: Path) -> None:
+    ident = nodectl.take_snapshot(AGENT)["snapshot"]["id"]
+    exported = export_bytes(ident)
+    imported = nodectl.import_snapshot("allegro", io.BytesIO(exported))
+    assert imported["id"] == ident
+    ours = node / "snapshots" / AGENT / ident / "data"
+    theirs = node / "snapshots" / "allegro" / ident / "data"
+    assert {str(p.relative_to(ours)): sha(p) for p in ours.rglob("*") if p.is_file()} == {
+        str(p.relative_to(theirs)): sha(p) for p in theirs.rglob("*") if p.is_file()}
+    again = nodectl.import_snapshot("allegro", io.BytesIO(exported))  # the same: a no-op
+    assert again == imported
+    kept = theirs.parent / "manifest.json"  # the node's own differs: it is not replaced
+    manifest = json.loads(kept.read_text())
+    manifest["files"][1]["mode"] = "0777"
+    kept.write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match="already has a different snapshot"):
+        nodectl.import_snapshot("allegro", io.BytesIO(exported))
+    assert json.loads(kept.read_text()) == manifest
+
+
+def tar_with(ident: str, member: tarfile.TarInfo, content: bytes = b"") -> bytes:
+    """An export of ``ident`` with one more member."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(export_bytes(ident))) as source, \
+            tarfile.open(fileobj=out, mode="w") as tar:
+        for item in source:
+            tar.addfile(item, source.extractfile(item) if item.isfile() else None)
+        tar.addfile(member, io.BytesIO(content) if member.isfile() else None)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name,kind", [("data/../../escaped", tarfile.REGTYPE),
+                                       ("/etc/escaped", tarfile.REGTYPE),
+                                       ("data/link", tarfile.SYMTYPE),
+                                       ("data/extra", tarfile.REGTYPE),
+                                       ("elsewhere", tarfile.REGTYPE)])
+def test_an_import_refuses_anything_but_the_snapshots_own_files(
+        node: Path, name: str, kind: bytes) -> None:
+    ident = nodectl.take_snapshot(AGENT)["snapshot"]["id"]
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    member.linkname = "/etc/shadow" if kind == tarfile.SYMTYPE else ""
+    member.size = 1 if kind == tarfile.REGTYPE else 0
+    with pytest.raises(SystemExit, match="nothing imported"):
+        nodectl.import_snapshot("allegro", io.BytesIO(tar_with(ident, member, b"x")))
+    assert nodectl.snapshots("allegro") == []
+    assert not list((node / "snapshots" / "allegro").glob(".tmp-*"))
+    assert not (node / "escaped").exists()
+
+
+WRITER = """
+import sqlite3, sys, itertools
+db = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+db.execute("PRAGMA journal_mode=" + sys.argv[2])
+db.execute("CREATE TABLE IF NOT EXISTS inbox (id TEXT, body BLOB)")
+print("ready", flush=True)
+for n in itertools.count():
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("INSERT INTO inbox VALUES (?, randomblob(2000))", (str(n),))
+    if n % 7 == 0:
+        db.execute("DELETE FROM inbox WHERE rowid IN (SELECT rowid FROM inbox LIMIT 3)")
+    db.execute("COMMIT")
+"""
+
+
+def test_kill_9_during_snapshots_never_leaves_a_corrupt_or_half_snapshot(node: Path) -> None:
+    """20 tries: an agent writing its database as fast as it can and a snapshot running
+    beside it, one of them (or both) killed with SIGKILL at a random moment. Afterwards the
+    live database and every listed snapshot's copy pass ``PRAGMA integrity_check``, every
+    listed snapshot matches its manifest, and no half-written one is listed."""
+    env = {**os.environ, "FLEET_STATE_ROOT": str(node / "state"),
+           "FLEET_SNAPSHOTS": str(node / "snapshots")}
+    chance = random.Random(22)
+    midway = 0  # snapshots killed while they ran
+    for attempt in range(20):
+        mode = "WAL" if attempt % 2 == 0 else "DELETE"  # both journal modes, a db each
+        live = node / "state" / AGENT / f"store-{mode.lower()}.db"
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(live), mode],
+                                  stdout=subprocess.PIPE, text=True)
+        assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+        time.sleep(0.05)
+        folder = node / "snapshots" / AGENT
+        earlier = set(folder.glob(".tmp-*"))
+        snapshot = subprocess.Popen([sys.executable, "-IS", str(NODECTL), "state", "snapshot",
+                                     "--agent", AGENT, "--keep", "50"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30  # until it writes its temporary folder (or is done)
+        while snapshot.poll() is None and time.monotonic() < deadline \
+                and not set(folder.glob(".tmp-*")) - earlier:
+            time.sleep(0.001)
+        time.sleep(chance.uniform(0.0, 0.01))
+        if attempt % 3 != 1:  # the agent, the snapshot, or both
+            writer.send_signal(signal.SIGKILL)
+        if attempt % 3 != 0:
+            midway += snapshot.poll() is None
+            snapshot.send_signal(signal.SIGKILL)
+        _, errors = snapshot.communicate(timeout=60)
+        if attempt % 3 == 0:  # not killed: it completes
+            assert snapshot.returncode == 0, errors
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+        assert rows_ok(live)
+    assert all(rows_ok(node / "state" / AGENT / f"store-{mode}.db") for mode in ("wal", "delete"))
+    assert midway >= 1, "no snapshot was killed while it ran"
+    listed = nodectl.snapshots(AGENT)
+    assert len(listed) >= 7  # every one not killed, maybe more
+    for manifest in listed:
+        folder = node / "snapshots" / AGENT / manifest["id"]
+        nodectl.check_files(folder, manifest)  # every file there, with its sha256
+        assert all(rows_ok(folder / "data" / entry["path"]) for entry in manifest["files"]
+                   if entry["sqlite"])
+    leftovers = [path.name for path in (node / "snapshots" / AGENT).iterdir()
+                 if not nodectl.SNAPSHOT_ID_RE.fullmatch(path.name) and path.name != ".lock"]
+    assert all(name.startswith(".tmp-") for name in leftovers)  # never listed
+    nodectl.take_snapshot(AGENT, 50)  # the next snapshot clears them
+    assert [path.name for path in (node / "snapshots" / AGENT).glob(".tmp-*")] == []
+
+
+def rows_ok(path: Path) -> bool:
+    with closing(sqlite3.connect(path, timeout=30)) as db:
+        return bool(db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+
+def test_rollback_with_state_without_a_matching_snapshot_changes_nothing(
+        node: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No snapshot was taken by the deploy of the current release: refused with the reason,
+    before the release, environment or units are touched."""
+    monkeypatch.setattr(nodectl, "current_release", lambda: "fedcba987654")
+    monkeypatch.setattr(nodectl, "previous_release", lambda: "0123456789ab")
+    touched: list[Any] = []
+    for name in ("switch", "restart", "restore_env", "stop_units", "start_units"):
+        monkeypatch.setattr(nodectl, name, lambda *args, name=name: touched.append(name))
+    nodectl.take_snapshot(AGENT, 5, "0123456789ab", "0123456789ab")  # an older deploy's
+    outcome = nodectl.rollback("u.service", 1, None, 1.0, with_state=AGENT)
+    assert outcome == {"rolled_back": False, "reason": (
+        "no state snapshot of bezalel was taken before release fedcba987654 was deployed "
+        "(fleet state list bezalel): nothing rolled back")}
+    assert touched == []
+    ident = nodectl.take_snapshot(AGENT, 5, "0123456789ab", "fedcba987654")["snapshot"]["id"]
+    (node / "snapshots" / AGENT / ident / "data" / "runtime.json").write_text("damaged")
+    outcome = nodectl.rollback("u.service", 1, None, 1.0, with_state=AGENT)
+    assert outcome == {"rolled_back": False, "reason": (
+        f"fleet-nodectl state: snapshot {ident}: runtime.json does not match its sha256: "
+        "nothing rolled back")}
+    assert touched == []
+
+
+def test_rollback_with_state_restores_the_snapshot_of_the_release_left(
+        node: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nodectl, "current_release", lambda: "fedcba987654")
+    monkeypatch.setattr(nodectl, "previous_release", lambda: "0123456789ab")
+    done: list[Any] = []
+    def switch(release: str) -> nodectl.Switched:
+        done.append(("switch", release))
+        return {"release": release, "before": "fedcba987654", "changed": True}
+
+    monkeypatch.setattr(nodectl, "switch", switch)
+    monkeypatch.setattr(nodectl, "stop_units", lambda *units: done.append(("stop", *units)))
+    monkeypatch.setattr(nodectl, "start_units", lambda *units: done.append(("start", *units)))
+    monkeypatch.setattr(nodectl, "checked", lambda *args: ([], {"status": "ok"}))
+    ident = nodectl.take_snapshot(AGENT, 5, "0123456789ab", "fedcba987654")["snapshot"]["id"]
+    state = node / "state" / AGENT
+    (state / "runtime.json").write_text("after the deploy")
+    outcome = nodectl.rollback("u.service", 1, None, 1.0, "r.service", with_state=AGENT)
+    assert outcome["rolled_back"] and outcome["state_restored"] == ident
+    assert done == [("switch", "0123456789ab"), ("stop", "u.service", "r.service"),
+                    ("start", "u.service", "r.service")]
+    assert (state / "runtime.json").read_text() == '{"state": "ready"}\n'
