@@ -37,6 +37,7 @@ COMMANDS = {
     "ask": "fleet.cli.ask:ask",
     "tools": "fleet.cli.tools:tools",
     "keys": "fleet.cli.keys:keys",
+    "memory": "fleet.cli.memory:memory",
 }
 
 

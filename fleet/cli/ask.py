@@ -20,13 +20,16 @@ from fleet.node.runtime.ask import ask as ask_agent
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
               help="Seconds to wait for the answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer as JSON.")
+@click.option("--conversation", metavar="ID",
+              help="Continue conversation ID: the answering agent sends its earlier turns "
+                   "with the prompt and remembers this one (see `fleet memory`).")
 @pass_cli
 def ask(cli: CliContext, capability: str, prompt: str, sender: str | None, timeout: float,
-        as_json: bool) -> None:
+        as_json: bool, conversation: str | None) -> None:
     """Send PROMPT to a healthy agent declaring the capability (load spread among them; sent
     once more to another if it dies) and print the answer."""
     answer = ask_agent(cli.registry, load_secrets().private_keys(), capability, prompt, sender,
-                       timeout)
+                       timeout, conversation=conversation)
     if as_json:
         click.echo(json.dumps({"agent": answer.agent, "correlation_id": answer.correlation_id,
                                "asked": list(answer.asked), "payload": answer.payload}))
