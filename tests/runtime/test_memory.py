@@ -199,9 +199,13 @@ def test_turns_older_than_keep_days_are_deleted_when_a_turn_is_written(
     converse(alone, provider, ["old"])
     alone.now = lambda: start + 1.5 * day
     converse(alone, provider, ["newer"])
+    assert provider.requests[-1]["messages"][1:] == [
+        user("old"), assistant("answer to old"), user("newer")]
     alone.now = lambda: start + 2.5 * day
     assert [t["prompt"] for t in turns(tmp_path, "ezra", "c")] == ["old", "newer"]
-    converse(alone, provider, ["newest"])
+    converse(alone, provider, ["newest"])  # "old" is past keep_days: not sent, and deleted
+    assert provider.requests[-1]["messages"][1:] == [
+        user("newer"), assistant("answer to newer"), user("newest")]
     assert [t["prompt"] for t in turns(tmp_path, "ezra", "c")] == ["newer", "newest"]
 
 

@@ -309,7 +309,7 @@ class Runtime:
         if self.routes(request):
             return self.routed(request["payload"]["capability"], chat[-1]["content"])
         history = [] if conversation is None else recent(
-            self.state_dir, request["from"], conversation, self.memory)
+            self.state_dir, request["from"], conversation, self.memory, now=self.now())
         messages: list[dict[str, Any]] = [{"role": "system", "content": self.soul()},
                                           *history, *chat]
         used: list[dict[str, Any]] = []

@@ -107,17 +107,18 @@ def connect(state_dir: str | Path) -> Iterator[sqlite3.Connection]:
         db.close()
 
 
-def recent(state_dir: str | Path, peer: str, conversation: str,
-           settings: MemorySettings) -> list[dict[str, str]]:
+def recent(state_dir: str | Path, peer: str, conversation: str, settings: MemorySettings,
+           now: float | None = None) -> list[dict[str, str]]:
     """The conversation's newest turns that fit ``settings.turns`` and ``settings.max_chars``
-    (prompt and answer counted), oldest first, as chat messages (user, assistant pairs)."""
+    (prompt and answer counted), oldest first, as chat messages (user, assistant pairs);
+    none older than ``keep_days`` (even before they are deleted)."""
     if settings.turns == 0:
         return []
+    since = (time.time() if now is None else now) - settings.keep_days * DAY_S
     with connect(state_dir) as db:
         rows = db.execute("SELECT prompt, answer FROM turns WHERE peer = ? AND "
                           "conversation = ? AND at >= ? ORDER BY seq DESC LIMIT ?",
-                          (peer, conversation, time.time() - settings.keep_days * DAY_S,
-                           settings.turns)).fetchall()
+                          (peer, conversation, since, settings.turns)).fetchall()
     kept: list[sqlite3.Row] = []
     chars = 0
     for row in rows:
