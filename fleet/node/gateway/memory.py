@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from bus.keys import OPERATOR
@@ -21,6 +21,7 @@ from bus.signing import SECURITY
 from bus.web import authenticate, fail
 from fleet.core.registry import NAME_RE
 from fleet.node.gateway.agent import current_agent
+from fleet.node.gateway.openapi import documenting, json_answer
 from fleet.node.runtime.memory import (
     CONVERSATION_RULE,
     MAX_CONVERSATION,
@@ -40,7 +41,7 @@ def init_app(app: Flask) -> None:
     /openapi.json."""
     if app.extensions["fleet.agent"].runtime == "builtin":
         app.register_blueprint(bp)
-        app.after_request(_document)
+        app.after_request(documenting(paths))
 
 
 def operator_only() -> None:
@@ -96,25 +97,10 @@ def forget_conversation() -> ResponseReturnValue:
                     "forgotten": forget(current_app.config["STATE_DIR"], peer, conversation)})
 
 
-def _document(response: Response) -> Response:
-    """Add the memory API to the gateway's /openapi.json."""
-    if request.path != "/openapi.json" or response.status_code != 200:
-        return response
-    document = response.get_json()
-    document["paths"].update(paths())
-    response.set_data(current_app.json.dumps(document))
-    return response
-
-
-def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {
-        "schema": schema or {"type": "object"}}}}
-
-
 def paths() -> dict[str, Any]:
     """The OpenAPI operations of the memory API."""
     signed: dict[str, Any] = {"security": SECURITY}
-    error = _answer("JSON error", {"type": "object", "required": ["error"]})
+    error = json_answer("JSON error", {"type": "object", "required": ["error"]})
     refused = {"401": error, "403": error}
     query = [
         {"name": "peer", "in": "query", "required": True, "description": PEER_RULE,
@@ -127,17 +113,17 @@ def paths() -> dict[str, Any]:
     return {
         "/memory": {
             "get": {"summary": "Remembered conversations (the operator only)", **signed,
-                    "responses": {"200": _answer("the conversations", {
+                    "responses": {"200": json_answer("the conversations", {
                         "type": "object", "required": ["conversations"]}), **refused}},
             "delete": {"summary": "Forget a conversation (the operator only); forgotten: "
                                   "0 when none was kept", **signed, "parameters": query,
-                       "responses": {"200": _answer("how many turns went", {
+                       "responses": {"200": json_answer("how many turns went", {
                            "type": "object", "required": ["forgotten"]}),
                            "400": error, **refused}}},
         "/memory/turns": {
             "get": {"summary": "A conversation's turns, oldest first (the operator only)",
                     **signed, "parameters": query,
-                    "responses": {"200": _answer("the turns", {
+                    "responses": {"200": json_answer("the turns", {
                         "type": "object", "required": ["turns"]}), "400": error,
                         **refused}}},
     }
