@@ -10,6 +10,14 @@ import click
 from fleet.cli.context import CliContext, pass_cli
 from fleet.control.secrets import load_secrets
 from fleet.node.runtime.ask import ask as ask_agent
+from fleet.node.runtime.memory import CONVERSATION_RULE, is_conversation
+
+
+def checked_id(value: str | None) -> str | None:
+    """``--conversation``: a conversation id, else a usage error naming the rule."""
+    if value is not None and not is_conversation(value):
+        raise click.BadParameter(f"{value!r} is not {CONVERSATION_RULE}")
+    return value
 
 
 @click.command()
@@ -20,7 +28,7 @@ from fleet.node.runtime.ask import ask as ask_agent
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
               help="Seconds to wait for the answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer as JSON.")
-@click.option("--conversation", metavar="ID",
+@click.option("--conversation", metavar="ID", callback=lambda ctx, param, value: checked_id(value),
               help="Continue conversation ID: the answering agent sends its earlier turns "
                    "with the prompt and remembers this one (see `fleet memory`).")
 @pass_cli

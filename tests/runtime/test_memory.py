@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import given, settings
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 
 from bus.client import BusClient
 from bus.keys import OPERATOR, PRIVATE_KEY_ENV
+from fleet.cli import main
 from fleet.core.registry import load_registry
 from fleet.core.runtime_config import MemorySettings
 from fleet.node.runtime.loop import MAX_PROMPT_CHARS, Runtime, response_id
@@ -448,3 +450,12 @@ def test_the_memory_api_is_in_openapi_on_builtin_runtimes_only(
                        BUS_PRIVATE_KEY=KEYS["ezra"])  # no runtime: no memory API
     assert "/memory" not in ezra.test_client().get("/openapi.json").json["paths"]
     assert ezra.test_client().get("/memory").status_code == 404
+
+
+def test_fleet_ask_refuses_a_bad_conversation_id_before_sending(tmp_path: Path) -> None:
+    registry = write_registry(tmp_path, "http://127.0.0.1:9/v1")
+    done = CliRunner().invoke(main, ["--registry", str(registry), "ask", "-c", "code",
+                                     "--conversation", "a\nb", "hi"])
+    assert done.exit_code == 2
+    assert "Invalid value for '--conversation': 'a\\nb' is not 1 to 128 printable characters " \
+           "(no control characters, no line breaks, no surrogates)" in done.output, done.output
