@@ -308,7 +308,7 @@ def stored_rows(state: Path) -> list[tuple[Any, ...]]:
         return []
     db = sqlite3.connect(path)
     try:
-        return db.execute("SELECT peer, request_id, answer FROM turns").fetchall()
+        return db.execute("SELECT peer, request_id, answer FROM turns ORDER BY seq").fetchall()
     except sqlite3.OperationalError:  # not created yet
         return []
     finally:
@@ -349,10 +349,18 @@ def test_kill_9_after_the_model_answered_stores_the_turn_once_and_answers_once(
         with bezalel.client() as own:
             wait_for(lambda: settled_bus(own), what="bezalel's bus to settle")
         assert len(responses(ezra, "c-k")) == 1
+        provider.reply = "next"
+        after = ezra.request("bezalel", {"prompt": "and now?", "conversation": "k"},
+                             timeout=30)  # the restarted runtime remembers the stored turn
+        assert after["payload"]["text"] == "next"
     assert answer[0]["payload"]["text"] == "remembered"
     assert answer[0]["id"] == response_id({"from": "ezra", "id": "req-k"})
     assert len(asked_about(provider, "keep me")) == 1  # not asked again after the restart
-    assert stored_rows(bezalel.state) == [("ezra", "req-k", "remembered")]
+    rows = stored_rows(bezalel.state)
+    assert rows[0] == ("ezra", "req-k", "remembered") and len(rows) == 2  # req-k once
+    assert asked_about(provider, "and now?")[0][1:] == [user("keep me"),
+                                                        assistant("remembered"),
+                                                        user("and now?")]
 
 
 # The operator's memory API on the gateway
