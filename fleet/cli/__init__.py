@@ -39,6 +39,7 @@ COMMANDS = {
     "keys": "fleet.cli.keys:keys",
     "secrets": "fleet.cli.secrets:secrets",
     "state": "fleet.cli.state:state",
+    "memory": "fleet.cli.memory:memory",
 }
 
 

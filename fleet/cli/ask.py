@@ -10,6 +10,14 @@ import click
 from fleet.cli.context import CliContext, pass_cli
 from fleet.control.secrets import load_secrets
 from fleet.node.runtime.ask import ask as ask_agent
+from fleet.node.runtime.memory import CONVERSATION_RULE, is_conversation
+
+
+def checked_id(value: str | None) -> str | None:
+    """``--conversation``: a conversation id, else a usage error naming the rule."""
+    if value is not None and not is_conversation(value):
+        raise click.BadParameter(f"{value!r} is not {CONVERSATION_RULE}")
+    return value
 
 
 @click.command()
@@ -20,13 +28,17 @@ from fleet.node.runtime.ask import ask as ask_agent
 @click.option("--timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
               help="Seconds to wait for the answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer as JSON.")
+@click.option("--conversation", metavar="ID", callback=lambda ctx, param, value: checked_id(value),
+              help="Continue conversation ID: the answering agent sends its earlier turns "
+                   "with the prompt and remembers this one (see `fleet memory`).")
 @pass_cli
 def ask(cli: CliContext, capability: str, prompt: str, sender: str | None, timeout: float,
-        as_json: bool) -> None:
+        as_json: bool, conversation: str | None) -> None:
     """Send PROMPT to a healthy agent declaring the capability (load spread among them; sent
     once more to another if it dies) and print the answer."""
     keys = load_secrets(registry=cli.registry).private_keys()
-    answer = ask_agent(cli.registry, keys, capability, prompt, sender, timeout)
+    answer = ask_agent(cli.registry, keys, capability, prompt, sender, timeout,
+                       conversation=conversation)
     if as_json:
         click.echo(json.dumps({"agent": answer.agent, "correlation_id": answer.correlation_id,
                                "asked": list(answer.asked), "payload": answer.payload}))

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from fleet.core.errors import RegistryError
-from fleet.core.runtime_config import runtime_config_problems
+from fleet.core.runtime_config import NESTED_KEYS, runtime_config_problems
 from fleet.core.tool_model import Tool
 from fleet.core.tool_spec import parse_tools
 from fleet.core.validate import (
@@ -778,11 +778,14 @@ class _AgentFields:
         value = self.values["config"][0]
         scalars = (str, int, float, bool)
         if not isinstance(value, dict) or not all(
-            isinstance(k, str) and (v is None or isinstance(v, scalars)) for k, v in value.items()
+            isinstance(k, str) and (v is None or isinstance(v, scalars) or k in NESTED_KEYS)
+            for k, v in value.items()
         ):
             self.bad("config", "must be a mapping of setting name to a string, number or boolean")
             return {}
         for name, item in value.items():
+            if isinstance(item, dict):  # the runtime's own mapping: runtime_config checks it
+                continue
             if isinstance(item, float) and not math.isfinite(item):
                 self.bad("config", f"{name}: {item!r} is not a finite number (config.json "
                          "holds JSON numbers only)")

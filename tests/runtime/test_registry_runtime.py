@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from fleet.control.templates import read_template
 from fleet.core.errors import RegistryError
 from fleet.core.registry import parse_registry
-from fleet.core.runtime_config import RuntimeConfigError, runtime_settings
+from fleet.core.runtime_config import MemorySettings, RuntimeConfigError, runtime_settings
 
 BASE = """\
 wizards:
@@ -133,6 +133,19 @@ def test_node_registry_names_shipped_files_where_the_node_has_them(tmp_path: Pat
     ("{temperature: hot}", "temperature 'hot' is not a number from 0 to 2 (the sampling "
      "temperature; 0 = always the likeliest token), e.g. temperature: 0.7"),
     ("{temperature: 2.5}", "temperature 2.5 is not a number from 0 to 2"),
+    ("{memory: 20}", "memory 20 is not a mapping of turns, max_chars, keep_days, e.g. "
+     "memory: {turns: 20, max_chars: 16000, keep_days: 30}"),
+    ("{memory: {turns: 20, days: 3}}", "memory.days is not a memory setting (settings: "
+     "turns, max_chars, keep_days), e.g. memory: {turns: 20, max_chars: 16000, keep_days: 30}"),
+    ("{memory: {turns: many}}", "memory.turns 'many' is not a whole number from 0 to 1000 "
+     "(the most earlier turns sent with a prompt), e.g. memory: {turns: 20}"),
+    ("{memory: {turns: 2.5}}", "memory.turns 2.5 is not a whole number"),
+    ("{memory: {max_chars: true}}", "memory.max_chars True is not a whole number from 0 to "
+     "1000000 (the most characters of earlier turns sent with a prompt), e.g. memory: "
+     "{max_chars: 16000}"),
+    ("{memory: {keep_days: 0}}", "memory.keep_days 0 is not a whole number from 1 to 3650 "
+     "(days a turn is kept), e.g. memory: {keep_days: 30}"),
+    ("{memory: {keep_days: .inf}}", "memory.keep_days inf is not a whole number"),
 ])
 def test_runtime_settings_in_config_are_checked_with_their_types(config: str,
                                                                  problem: str) -> None:
@@ -149,6 +162,10 @@ def test_runtime_settings_and_the_agents_own_keys_pass() -> None:
     settings = runtime_settings(agent.get("bezalel").config)  # type: ignore[attr-defined]
     assert (settings.max_tokens, settings.model_check_s, settings.temperature) == (64, 0, 0.2)
     assert runtime_settings({}).temperature is None  # the provider's default
+    remembers = parse("    config: {memory: {turns: 5, max_chars: 900}}\n").get(  # type: ignore[attr-defined]
+        "bezalel")
+    assert runtime_settings(remembers.config).memory == MemorySettings(5, 900, 30)
+    assert runtime_settings({}).memory == MemorySettings(20, 16_000, 30)
 
 
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30),
@@ -156,19 +173,32 @@ VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30),
                    st.lists(st.integers(), max_size=2))
 
 
-@settings(max_examples=300, deadline=None)
+MEMORY = st.one_of(VALUES, st.dictionaries(
+    st.one_of(st.sampled_from(["turns", "max_chars", "keep_days"]), st.text(max_size=4)),
+    VALUES))
+
+
+@settings(max_examples=500, deadline=None)
 @given(config=st.dictionaries(st.sampled_from(["max_tokens", "model_check_s", "temperature"]),
-                              VALUES))
+                              VALUES).flatmap(lambda found: st.one_of(
+                                  st.just(found), MEMORY.map(lambda memory: {
+                                      **found, "memory": memory}))))
 def test_every_config_the_validator_accepts_makes_a_request_the_provider_can_read(
         config: dict[str, object]) -> None:
     """Whatever an agent's ``config:`` holds, the runtime's settings are refused with
     :class:`RuntimeConfigError` or are finite numbers in range that a chat request carries as
-    plain JSON (no NaN, no infinity, no boolean)."""
+    plain JSON (no NaN, no infinity, no boolean), and memory bounds that are whole numbers in
+    range."""
     try:
         found = runtime_settings(config)
     except RuntimeConfigError:
         return
     assert 1 <= found.max_tokens <= 1_000_000 and 0 <= found.model_check_s <= 86_400
     assert found.temperature is None or 0 <= found.temperature <= 2
+    memory = found.memory
+    for value, high in ((memory.turns, 1000), (memory.max_chars, 1_000_000),
+                        (memory.keep_days, 3650)):
+        assert type(value) is int and 0 <= value <= high
+    assert memory.keep_days >= 1
     body = {"max_tokens": found.max_tokens, "temperature": found.temperature}
     assert json.loads(json.dumps(body, allow_nan=False)) == body

@@ -31,6 +31,7 @@ from bus.web import authenticate, fail, header_signer, json_body, signature_id
 from fleet.core.registry import NAME_RE
 from fleet.core.tool_model import MAX_ARG_CHARS, Tool
 from fleet.node.gateway.agent import current_agent
+from fleet.node.gateway.openapi import documenting, json_answer
 from fleet.node.tools.records import ReplayError, calls, claim, finish, record
 from fleet.node.tools.run import ToolError, argument_problems, run
 
@@ -45,7 +46,7 @@ def init_app(app: Flask) -> None:
     """Mount the tool API when the agent declares tools; describe it in /openapi.json."""
     if app.extensions["fleet.agent"].tools:
         app.register_blueprint(bp)
-        app.after_request(_document)
+        app.after_request(documenting(paths))
 
 
 def allowed(tool: Tool, caller: str) -> bool:
@@ -186,21 +187,6 @@ def record_call(response: Response) -> Response:
     return response
 
 
-def _document(response: Response) -> Response:
-    """Add the tool API to the gateway's /openapi.json."""
-    if request.path != "/openapi.json" or response.status_code != 200:
-        return response
-    document = response.get_json()
-    document["paths"].update(paths())
-    response.set_data(current_app.json.dumps(document))
-    return response
-
-
-def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {
-        "schema": schema or {"type": "object"}}}}
-
-
 def call_body(args: dict[str, Any]) -> dict[str, Any]:
     """The request body of a tool call whose arguments follow the schema ``args``."""
     call_id = {"type": "string", "minLength": 1, "maxLength": MAX_ID,
@@ -223,20 +209,20 @@ def paths() -> dict[str, Any]:
     """The OpenAPI operations of the tool API: ``/tools/{name}`` for any name, and each
     declared tool with its own argument schema."""
     signed: dict[str, Any] = {"security": SECURITY}
-    error = _answer("JSON error", {"type": "object", "required": ["error"]})
+    error = json_answer("JSON error", {"type": "object", "required": ["error"]})
     unsigned = {"401": error, "413": error}
-    ran = {"200": _answer("the tool ran (exit code and output)"), "400": error, "403": error,
-           "409": error, "503": _answer("the tool could not run", {
+    ran = {"200": json_answer("the tool ran (exit code and output)"), "400": error, "403": error,
+           "409": error, "503": json_answer("the tool could not run", {
                "type": "object", "required": ["error"]}),
-           "504": _answer("the tool ran past its timeout and was stopped"), **unsigned}
+           "504": json_answer("the tool ran past its timeout and was stopped"), **unsigned}
     found: dict[str, Any] = {
         "/tools": {"get": {"summary": "The agent's tools (public)",
-                           "responses": {"200": _answer("the tools")}}},
+                           "responses": {"200": json_answer("the tools")}}},
         "/tool-calls": {"get": {
             "summary": "Recorded tool calls (owner-signed)", **signed,
             "parameters": [{"name": "limit", "in": "query", "required": False,
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
-            "responses": {"200": _answer("the calls"), "400": error, "403": error,
+            "responses": {"200": json_answer("the calls"), "400": error, "403": error,
                           **unsigned}}},
         "/tools/{name}": {"post": {
             "summary": "Run a declared tool (signed, allowed callers)", **signed,

@@ -64,7 +64,7 @@ def from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> Runtime:
                    soul=lambda: soul_path.read_text(encoding="utf-8"), state_dir=state_dir,
                    release=running_release()[0], max_tokens=settings.max_tokens,
                    temperature=settings.temperature,
-                   model_check_s=settings.model_check_s,
+                   model_check_s=settings.model_check_s, memory=settings.memory,
                    tools=[tool.openai() for tool in agent.tools],
                    call_tool=call_tool if agent.tools else None,
                    route=lambda capability, prompt: routed(registry, agent.name, own,

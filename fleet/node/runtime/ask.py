@@ -6,12 +6,15 @@ with the capability, picked at random among them so that load spreads. While wai
 chosen agent's health is watched; if it goes down the same request (same correlation id) is
 sent once to another healthy agent. The first response is the answer: the asker never
 returns or prints two. Each request carries a ttl that runs out when the asker stops waiting,
-so a runtime drops a request nobody waits for without asking its model. "Healthy" is the
+so a runtime drops a request nobody waits for without asking its model. A request that
+continues a conversation goes to the same healthy agent every time (rendezvous hashing of
+the conversation id), since each agent remembers its own conversations. "Healthy" is the
 agent's own ``/health`` verdict (:func:`fleet.node.runtime.state.runtime_ready`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
@@ -25,6 +28,7 @@ import requests
 from bus.client import LONG_POLL_S, BusClient
 from fleet.core.errors import BusError
 from fleet.core.registry import Agent, Registry
+from fleet.node.runtime.memory import CONVERSATION_RULE, is_conversation
 from fleet.node.runtime.state import runtime_ready
 
 HEALTH_TIMEOUT_S = 5.0
@@ -68,21 +72,30 @@ def candidates(registry: Registry, capability: str, exclude: tuple[str, ...] = (
 
 def ask(registry: Registry, keys: Mapping[str, str], capability: str, prompt: str,
         sender: str | None = None, timeout: float = 120.0,
-        healthy: Callable[[Agent], bool] = thinks) -> Answer:
+        healthy: Callable[[Agent], bool] = thinks, conversation: str | None = None) -> Answer:
     """Send ``prompt`` to a healthy agent with ``capability``; its first response. The asker
-    asks itself only when no other agent can answer."""
+    asks itself only when no other agent can answer. ``conversation``: the id of the
+    conversation the prompt continues (the answering agent remembers its earlier turns)."""
     sender = sender or (registry.by_role("orchestrator") or list(registry))[0].name
     with BusClient.for_agent(registry, sender, keys) as client:
-        return ask_as(client, registry, capability, prompt, timeout, healthy, ask_self=True)
+        return ask_as(client, registry, capability, prompt, timeout, healthy, ask_self=True,
+                      conversation=conversation)
 
 
 def ask_as(client: BusClient, registry: Registry, capability: str, prompt: str,
            timeout: float = 120.0, healthy: Callable[[Agent], bool] = thinks,
-           ask_self: bool = False) -> Answer:
+           ask_self: bool = False, conversation: str | None = None) -> Answer:
     """:func:`ask` through ``client``, the asking agent's own signed client (an agent's
     runtime routing a request it was given by capability, never to itself). ``ask_self``:
     the asker is asked when it is the only healthy agent with the capability."""
     sender = client.agent
+    if conversation is not None and not is_conversation(conversation):
+        raise AskError(f"conversation {conversation!r} is not a conversation id: "
+                       f"{CONVERSATION_RULE}", hint="Name the conversation with printable "
+                                                    "characters only.")
+    payload: dict[str, Any] = {"prompt": prompt}
+    if conversation is not None:
+        payload["conversation"] = conversation
     if not registry.with_capability(capability):
         raise AskError(f"no agent declares capability {capability!r}",
                        hint="See `fleet find --capability NAME`.")
@@ -90,13 +103,16 @@ def ask_as(client: BusClient, registry: Registry, capability: str, prompt: str,
     if not first and ask_self:
         first = [agent for agent in candidates(registry, capability, (), healthy)
                  if agent.name == sender]
+    if conversation is not None:  # the same agent for the same conversation while it is up
+        first.sort(key=lambda agent: hashlib.sha256(
+            f"{conversation}\n{agent.name}".encode()).hexdigest())
     if not first:
         raise AskError(f"no healthy agent with capability {capability!r} can answer now",
                        hint="Check `fleet status`: their runtimes must be ready.")
     correlation = str(uuid.uuid4())
     asked = [first[0].name]
     deadline = time.monotonic() + timeout
-    client.send(asked[0], "request", {"prompt": prompt}, id=f"{correlation}-1",
+    client.send(asked[0], "request", payload, id=f"{correlation}-1",
                 correlation_id=correlation, reply_to=sender, ttl=math.ceil(timeout))
     misses, next_watch = 0, time.monotonic() + WATCH_EVERY_S
     while time.monotonic() < deadline:
@@ -113,7 +129,7 @@ def ask_as(client: BusClient, registry: Registry, capability: str, prompt: str,
                 others = candidates(registry, capability, (sender, asked[0]), healthy)
                 if others:
                     asked.append(others[0].name)
-                    client.send(asked[1], "request", {"prompt": prompt},
+                    client.send(asked[1], "request", payload,
                                 id=f"{correlation}-2", correlation_id=correlation,
                                 reply_to=sender,
                                 ttl=max(1, math.ceil(deadline - time.monotonic())))

@@ -13,6 +13,12 @@ The response's id is derived from the request (:func:`response_id`), and the gat
 an id once, so a crash between the reply and the acknowledgement answers nothing twice: the
 request is handled again after the restart and the same response is sent again, which the
 outbox drops as a duplicate. The request is acknowledged only after that.
+
+A request naming a ``conversation`` (:mod:`fleet.node.runtime.memory`) is sent to the model
+with the conversation's recent turns between the soul and its prompt; its turn, with the
+whole response payload, is stored once before the response is queued. Handled again after a
+crash, it is answered with the stored payload (the model is not asked again), so the memory
+and the response sent agree.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from typing import Any, Protocol
 from bus.client import LONG_POLL_S
 from bus.timestamps import parse_timestamp
 from bus.validate import expired
-from fleet.core.runtime_config import RuntimeSettings
+from fleet.core.runtime_config import MemorySettings, RuntimeSettings
+from fleet.node.runtime.memory import conversation_of, recent, store_turn, stored_reply
 from fleet.node.runtime.provider import (
     Completion,
     Provider,
@@ -121,6 +128,8 @@ class Runtime:
     """The clock the model checks are scheduled by."""
     now: Callable[[], float] = time.time
     """Wall-clock time, for request ttls."""
+    memory: MemorySettings = field(default_factory=MemorySettings)
+    """How much of a conversation is sent with a prompt, and how long turns are kept."""
 
     def __post_init__(self) -> None:
         self.status = {"agent": self.agent, "state": "starting", "release": self.release,
@@ -279,7 +288,17 @@ class Runtime:
         return True
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any] | None:
-        """The response payload for ``request``; None when stopped while waiting."""
+        """The response payload for ``request``; None when stopped while waiting. A request
+        in a conversation whose turn is stored already (handled before a crash) gets the
+        stored payload, expired or not: what was remembered is what is sent."""
+        try:
+            conversation = conversation_of(request["payload"])
+        except ValueError as exc:
+            return self.error(str(exc))
+        if conversation is not None and not self.routes(request):
+            stored = stored_reply(self.state_dir, request["from"], request["id"])
+            if stored is not None:
+                return stored
         if expired(request, now=self.now()):
             return self.error(f"request {request['id']!r} expired (ttl {request['ttl']} s) "
                               "before it was answered: the model was not asked")
@@ -289,7 +308,10 @@ class Runtime:
             return self.error(str(exc))
         if self.routes(request):
             return self.routed(request["payload"]["capability"], chat[-1]["content"])
-        messages: list[dict[str, Any]] = [{"role": "system", "content": self.soul()}, *chat]
+        history = [] if conversation is None else recent(
+            self.state_dir, request["from"], conversation, self.memory, now=self.now())
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self.soul()},
+                                          *history, *chat]
         used: list[dict[str, Any]] = []
         done: Completion | None = None
         for round_number in range(MAX_TOOL_ROUNDS + 1):
@@ -314,6 +336,9 @@ class Runtime:
                   "finish_reason": done.finish_reason, "agent": self.agent}
         if used:
             answer["tools_used"] = used
+        if conversation is not None:
+            return store_turn(self.state_dir, request["from"], conversation, request["id"],
+                              chat[-1]["content"], answer, self.memory, now=self.now())
         return answer
 
     def complete(self, request: dict[str, Any], messages: list[dict[str, Any]],
