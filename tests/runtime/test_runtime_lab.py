@@ -301,6 +301,58 @@ def test_the_soul_reaches_the_model_and_a_new_soul_changes_the_answers(
     assert french_after > french_before
 
 
+CONVERSATION = "lab memory 1"
+FIRST = "My favourite colour is green. Say OK."
+SECOND = "What is my favourite colour?"
+
+
+def ask_payload(fleet: Fleet, prompt: str, conversation: str | None = None) -> dict[str, Any]:
+    """``fleet ask --capability code`` (the worker is the one coder): the answer's payload."""
+    extra = ("--conversation", conversation) if conversation else ()
+    done = fleet.run("ask", "--capability", "code", "--json", "--timeout", "300", *extra,
+                     prompt)
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["agent"] == WORKER, answer
+    payload: dict[str, Any] = answer["payload"]
+    assert "error" not in payload and payload["tokens"] > 0, payload
+    return payload
+
+
+def chat_turns(messages: list[tuple[str, str]]) -> str:
+    """The ChatML rendering of ``messages`` (role, content) up to the assistant's turn."""
+    return "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n"
+                   for role, content in messages) + "<|im_start|>assistant\n"
+
+
+def test_the_second_question_of_a_conversation_reaches_the_model_after_the_first_turn(
+        fleet: Fleet) -> None:
+    """Memory with the real model: the prompt the server read for the second question is
+    exactly soul, first turn, question (its own token count), more than the same question
+    asked one-off by the first turn's tokens; ``fleet memory show`` lists both turns. (That
+    memory outlives restarts, deploys and rollbacks: tests/runtime/test_memory_survives_lab.py,
+    with a scripted provider.)"""
+    lab_path = fleet.registry.parent
+    if model.served_by(lab_path) is not model.SMOLLM2:
+        pytest.skip("the lab serves a model whose chat format drops the system message")
+    soul = fleet.ssh(WORKER, f"cat /etc/fleet/{WORKER}/soul.md")
+    alone = ask_payload(fleet, SECOND)
+    first = ask_payload(fleet, FIRST, CONVERSATION)
+    second = ask_payload(fleet, SECOND, CONVERSATION)
+    turn = [("user", FIRST), ("assistant", first["text"])]
+    first_turn = token_count(lab_path, chat_turns(turn)) - token_count(lab_path, chat_turns([]))
+    print(f"\nprompt_tokens: {alone['prompt_tokens']} one-off, {second['prompt_tokens']} in "
+          f"the conversation (the first turn: {first_turn} tokens); answers: "
+          f"{first['text']!r}, then {second['text']!r}")
+    assert second["prompt_tokens"] >= alone["prompt_tokens"] + first_turn
+    assert second["prompt_tokens"] == token_count(lab_path, chat_turns(
+        [("system", soul), *turn, ("user", SECOND)]))
+    shown = fleet.run("memory", "show", WORKER, CONVERSATION, "--peer", ASKER, "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert [(t["prompt"], t["answer"]) for t in json.loads(shown.stdout)] == [
+        (FIRST, first["text"]), (SECOND, second["text"])]
+
+
 def operator_runtime_registry(fleet: Fleet, tmp_path: Path, script: str, shipped: str,
                               *args: str) -> Path:
     """A copy of the lab registry in ``tmp_path`` (souls beside it) whose worker runs this
