@@ -52,7 +52,9 @@ def test_a_soul_edited_on_the_node_is_drift_until_the_next_deploy(fleet: Fleet) 
     drift = fleet.run("drift")
     assert drift.returncode == 1, drift.stdout + drift.stderr
     assert "1 of 3 host(s) drifted" in drift.stdout
-    assert f"    {AGENT}: 2 operation(s) would change" in drift.stdout  # soul, then restart
+    # the soul, then the state snapshot taken before the restart, then the restart
+    assert f"    {AGENT}: 3 operation(s) would change" in drift.stdout
+    assert "Agent state snapshotted (before its restart)" in drift.stdout
     assert "      Soul | Agent soul (read-only)\n" in drift.stdout
     assert f"      {SOUL}:" in drift.stdout
     assert f"-{EDIT}" in drift.stdout

@@ -141,6 +141,7 @@ def test_the_deploy_makes_the_receivers_identity_on_its_node(fleet: Fleet,
     """A deploy with the receiver (plaintext secrets still) makes its age identity on the node:
     0600, its user's, made there (no private key in any output on the controller); the
     operator reads its recipient with ``fleet secrets init --receiver``."""
+    fleet.ssh(ORCH, f"rm -f {IDENTITY} {RECIPIENT}")  # an earlier module's receiver made one
     done = fleet.run("deploy", registry=setup["registry"],
                      extra_env={"FLEET_SECRETS": str(setup["secrets"])})
     assert done.returncode == 0, done.stdout + done.stderr
