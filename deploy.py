@@ -54,7 +54,8 @@ elif ready.ok:
     release_writes = release.run(ctx)  # the switch, registry copy and config: they restart it
     soul_write = soul.run(ctx)
     env_write = keys.run(ctx)
-    service_ops = services.run(ctx, restart_on=[*release_writes, soul_write, env_write])
+    service_ops = services.run(ctx, restart_on=[*release_writes, soul_write, env_write],
+                               env_write=env_write)
     webhook.run(ctx)  # the deploy webhook receiver, where the registry puts it
     check = verify.run(ctx, ready, env_write, service_ops)
     audit.run(ctx, check)

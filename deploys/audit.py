@@ -160,8 +160,10 @@ def rollback_changes(rollback: RollbackOutcome) -> list[str]:
     changes = []
     if rollback.get("release") and rollback.get("from") not in (None, rollback["release"]):
         changes.append(f"Rollback | current release switched back to {rollback['release']}")
-    if rollback.get("env_restored"):
-        changes.append("Rollback | agent environment restored from env.previous")
+    if rollback.get("env_restored"):  # with the state: the one kept with its snapshot
+        source = (f"snapshot {rollback['state_restored']}" if rollback.get("state_restored")
+                  else "env.previous")
+        changes.append(f"Rollback | agent environment restored from {source}")
     if rollback.get("state_restored"):
         changes.append(f"Rollback | agent state restored from snapshot "
                        f"{rollback['state_restored']}")

@@ -110,9 +110,12 @@ def runtime(ctx: AgentContext) -> list[Outcome]:
 
 
 @phase("Services")
-def run(ctx: AgentContext, restart_on: Sequence[Outcome]) -> list[Outcome]:
+def run(ctx: AgentContext, restart_on: Sequence[Outcome],
+        env_write: Outcome | None = None) -> list[Outcome]:
     """Unit file, daemon-reload if it changed, enabled and running, restart when the unit or
-    one of ``restart_on`` (the earlier phases' writes the agent loads) changes. Returns the
+    one of ``restart_on`` (the earlier phases' writes the agent loads) changes; the snapshot
+    before that restart keeps the environment the agent ran with (``env_write``: the keys
+    phase's write, which keeps the one it replaces as ``env.previous``). Returns the
     operations that start or restart the agent's services (the audit reports a restart)."""
     unit = ctx.track(UNIT_FILE, managed_file(
         name=UNIT_FILE, dest=ctx.unit_path, content=unit_text(ctx), user="root", group="root",
@@ -138,18 +141,22 @@ def run(ctx: AgentContext, restart_on: Sequence[Outcome]) -> list[Outcome]:
 
     if ctx.node["unit"].get("active") == "active" and (
             pending or any(op.will_change for op in triggers)):
-        ctx.track(SNAPSHOT, server.shell(name=SNAPSHOT, commands=[snapshot_command(ctx)],
-                                         _if=restart_due))
+        env_replaced = ctx.env_path in pending or (  # the running agent has env.previous
+            env_write is not None and env_write.will_change)
+        ctx.track(SNAPSHOT, server.shell(name=SNAPSHOT, commands=[snapshot_command(
+            ctx, env_replaced)], _if=restart_due))
         service_ops.append(ctx.track(RESTART, systemd.service(
             name=RESTART, service=ctx.unit, restarted=True, _if=restart_due)))
     return service_ops
 
 
-def snapshot_command(ctx: AgentContext) -> str:
+def snapshot_command(ctx: AgentContext, env_replaced: bool = False) -> str:
     """``fleet-nodectl state snapshot`` of the agent's state dir, keeping the registry's
     ``state.snapshots`` newest, with the release running now and the one this deploy brings
-    (``fleet rollback --with-state`` finds the snapshot by the latter)."""
-    args = ["state", "snapshot", "--agent", ctx.name, "--keep", str(ctx.agent.state_snapshots)]
+    (``fleet rollback --with-state`` finds the snapshot by the latter), and the environment
+    the running release has (``env.previous`` when this deploy replaced it)."""
+    args = ["state", "snapshot", "--agent", ctx.name, "--keep", str(ctx.agent.state_snapshots),
+            "--env-before", "env.previous" if env_replaced else "env"]
     before = ctx.node["current"]
     if before and RELEASE_ID_RE.fullmatch(before):
         args += ["--release-before", before]

@@ -41,7 +41,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 ROOT = Path(os.environ.get("FLEET_OPT", "/opt/fleet"))
 RELEASES = ROOT / "releases"
@@ -314,9 +314,11 @@ def rollback(unit: str, port: int, to: str | None, timeout: float,
     ``env_of`` (an agent whose environment this deploy changed) its previous environment is
     restored too, and the current release restarted with it when there is no previous one.
     With ``with_state`` (an agent) its state dir is put back as the snapshot taken before the
-    current release was deployed; without such a snapshot nothing is changed."""
+    current release was deployed, and its environment as kept with that snapshot; without
+    such a snapshot nothing is changed."""
     target = to or previous_release()
     snapshot: Manifest | None = None
+    env: bytes | None = None
     if with_state:
         now = current_release()
         snapshot = snapshot_before(with_state, now)
@@ -330,6 +332,7 @@ def rollback(unit: str, port: int, to: str | None, timeout: float,
         try:  # a damaged snapshot is refused before anything changes
             check_files(SNAPSHOTS / with_state / snapshot["id"], snapshot,
                         "nothing rolled back")
+            env = snapshot_env(SNAPSHOTS / with_state / snapshot["id"], snapshot)
         except SystemExit as exc:
             return {"rolled_back": False, "reason": str(exc.code)}
     env_restored = restore_env(env_of)
@@ -343,6 +346,9 @@ def rollback(unit: str, port: int, to: str | None, timeout: float,
             stop_units(unit, runtime_unit)
             try:
                 restore_state(with_state, snapshot["id"])
+                if env is not None:
+                    put_env(with_state, env)
+                    env_restored = True
             finally:
                 start_units(unit, runtime_unit)
         finally:
@@ -646,6 +652,7 @@ class Manifest(TypedDict):
     release_after: str | None  # the release the deploy that took it switched to
     files: list[SnapshotFile]
     skipped: list[str]  # symlinks, sockets, SQLite side files: never copied
+    env_sha256: NotRequired[str]  # the agent's environment before the deploy (file ``env``)
 
 
 class SnapshotInfo(TypedDict):
@@ -953,10 +960,20 @@ def prune_snapshots(agent: str, keep: int) -> list[str]:
     return removed
 
 
+ENV_FILES = ("env", "env.previous")
+"""Which of the agent's environment files a deploy's snapshot keeps: ``env.previous`` when
+the deploy has just replaced the environment (the keys phase kept the old one there), else
+``env``: either way the environment the release being left ran with."""
+SNAPSHOT_ENV = "env"  # its copy in the snapshot folder (root's, 0600; never exported)
+
+
 def take_snapshot(agent: str, keep: int = KEEP_SNAPSHOTS, release_before: str | None = None,
-                  release_after: str | None = None) -> Snapshotted:
+                  release_after: str | None = None, env_before: str | None = None
+                  ) -> Snapshotted:
     """Snapshot the agent's state dir: written to a temporary folder, synced, then renamed
-    into place (a kill midway leaves no snapshot listed), then the newest ``keep`` kept."""
+    into place (a kill midway leaves no snapshot listed), then the newest ``keep`` kept.
+    ``env_before`` (one of :data:`ENV_FILES`): that environment file of the agent is kept
+    with it, for ``rollback --with-state``."""
     state = STATE_ROOT / agent_name_checked(agent)
     lock = locked(agent)
     try:
@@ -987,6 +1004,8 @@ def take_snapshot(agent: str, keep: int = KEEP_SNAPSHOTS, release_before: str | 
             raise
         finally:
             os.close(root)
+        if env_before is not None:
+            keep_env(agent, env_before, temp, manifest)
         out = os.open(temp / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(out, json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n")
@@ -1000,6 +1019,60 @@ def take_snapshot(agent: str, keep: int = KEEP_SNAPSHOTS, release_before: str | 
         return {"snapshot": info_of(manifest), "removed": removed}
     finally:
         os.close(lock)
+
+
+def keep_env(agent: str, name: str, temp: Path, manifest: Manifest) -> None:
+    """Copy ``/etc/fleet/AGENT/NAME`` (not through a symlink) into the snapshot being built
+    and record its sha256; an absent file (a first deploy) records nothing."""
+    if name not in ENV_FILES:
+        raise state_error(f"{name!r} is not an environment file ({', '.join(ENV_FILES)})")
+    try:
+        source = os.open(ETC / agent / name, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    try:
+        out = os.open(temp / SNAPSHOT_ENV, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _, manifest["env_sha256"] = copy_fd(source, out)
+            fsync_fd(out)
+        finally:
+            os.close(out)
+    finally:
+        os.close(source)
+
+
+def snapshot_env(folder: Path, manifest: Manifest) -> bytes | None:
+    """The environment kept with a snapshot (checked against its sha256), or None when it
+    kept none (taken outside a deploy, by an older release, or imported)."""
+    want = manifest.get("env_sha256")
+    try:
+        fd = os.open(folder / SNAPSHOT_ENV, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        data = b""
+        while chunk := os.read(fd, CHUNK):
+            data += chunk
+    finally:
+        os.close(fd)
+    if want is None or hashlib.sha256(data).hexdigest() != want:
+        raise state_error(f"snapshot {manifest['id']}: its environment does not match its "
+                          "sha256 in the manifest (the snapshot is damaged)")
+    return data
+
+
+def put_env(agent: str, content: bytes) -> None:
+    """Replace the agent's environment file atomically (root's, 0600, synced)."""
+    folder = ETC / agent
+    temp = folder / f".env.restore-{os.getpid()}"
+    out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(out, content)
+        fsync_fd(out)
+    finally:
+        os.close(out)
+    os.replace(temp, folder / "env")
+    sync_dir(folder)
 
 
 def find_snapshot(agent: str, ident: str) -> tuple[Path, Manifest]:
@@ -1257,7 +1330,8 @@ def check_files(folder: Path, manifest: Manifest, outcome: str = "nothing import
 def state_command(args: argparse.Namespace) -> Any:
     """``fleet-nodectl state SUBCOMMAND``."""
     if args.state_command == "snapshot":
-        return take_snapshot(args.agent, args.keep, args.release_before, args.release_after)
+        return take_snapshot(args.agent, args.keep, args.release_before, args.release_after,
+                             args.env_before)
     if args.state_command == "list":
         return [info_of(manifest) for manifest in snapshots(args.agent)]
     if args.state_command == "restore":
@@ -1286,6 +1360,9 @@ def add_state_parser(commands: Any) -> None:
             cmd.add_argument("--keep", type=keep_count, default=KEEP_SNAPSHOTS)
             cmd.add_argument("--release-before", type=release_id, default=None)
             cmd.add_argument("--release-after", type=release_id, default=None)
+            cmd.add_argument("--env-before", choices=ENV_FILES, default=None,
+                             help="keep this environment file of the agent with the snapshot "
+                                  "(the one the release being left ran with)")
         if name in ("restore", "export"):
             cmd.add_argument("--snapshot", required=True, type=snapshot_id)
         if name == "restore":

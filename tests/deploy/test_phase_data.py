@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from deploys import services
+from deploys import audit, services
 from deploys.context import AgentContext
 from fleet.control.release import Release
 from fleet.control.secrets import Secrets
@@ -204,11 +204,23 @@ def test_the_state_snapshot_runs_on_the_restarts_condition(
     phase(ctx, restart_on=[trigger])
     snapshot, restart = calls[services.SNAPSHOT], calls[services.RESTART]
     assert snapshot["commands"] == [
-        "/opt/fleet/bin/fleet-nodectl state snapshot --agent bezalel --keep 5 "
+        "/opt/fleet/bin/fleet-nodectl state snapshot --agent bezalel --keep 5 --env-before env "
         "--release-before 0123456789ab --release-after fedcba987654"]
     trigger.changed = changed  # what the earlier phase really did, known when it ran
     assert snapshot["_if"]() is restart["_if"]() is changed
     calls.clear()
+    env_write = Ran(True)  # the keys phase replaces the environment, keeping the old one
+    phase(ctx, restart_on=[env_write], env_write=env_write)
+    assert "--env-before env.previous " in calls[services.SNAPSHOT]["commands"][0]
+    calls.clear()
     ctx.node = {**ctx.node, "unit": {"active": "inactive"}}
     phase(ctx, restart_on=[Ran(True)])
     assert services.SNAPSHOT not in calls and services.RESTART not in calls
+
+
+def test_a_rollback_names_where_the_environment_it_restored_came_from() -> None:
+    assert audit.rollback_changes({"env_restored": True}) == [
+        "Rollback | agent environment restored from env.previous"]
+    assert audit.rollback_changes({"env_restored": True, "state_restored": "20261207T0"}) == [
+        "Rollback | agent environment restored from snapshot 20261207T0",
+        "Rollback | agent state restored from snapshot 20261207T0"]

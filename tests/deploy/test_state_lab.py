@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.conftest import Fleet
+from tests.deploy.conftest import SECRETS, Fleet
 from tests.deploy.test_deploy_lab import edited_registry
 from tests.lab_fixtures import fresh_lab
 from tests.waiting import wait_for
@@ -181,20 +181,30 @@ def test_backup_then_wipe_then_restore_from_the_file_gives_identical_files(
                          f"systemctl start fleet-runtime-{AGENT}.service 2>/dev/null || true")
 
 
-def test_rollback_with_state_brings_back_release_and_state(fleet: Fleet,
-                                                          converged: str) -> None:
+def test_rollback_with_state_brings_back_release_key_and_state(
+        fleet: Fleet, converged: str, tmp_path: Path) -> None:
+    """A new release deployed with a new provider key; ``fleet rollback bezalel
+    --with-state`` brings back bezalel's release, state and the key it had before."""
     before_release = delivered(fleet, "before-release")
+    key_line = f"OPENROUTER_API_KEY={SECRETS['fleet']['OPENROUTER_API_KEY']}"
+    env = f"/etc/fleet/{AGENT}/env"
+    assert key_line in fleet.ssh(AGENT, f"cat {env}").splitlines()
     git = ["git", "-C", str(fleet.clone), "-c", "user.name=test", "-c",
            "user.email=test@localhost"]
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "a new release"], check=True)
+    new_key = tmp_path / "secrets.yaml"
+    new_key.write_text(json.dumps({**SECRETS, "fleet": {
+        "OPENROUTER_API_KEY": "sk-or-test-NEWKEY-9f8e7d6c"}}))
+    new_key.chmod(0o600)
     try:
-        done = fleet.run("deploy")
+        done = fleet.run("deploy", extra_env={"FLEET_SECRETS": str(new_key)})
     finally:  # later deploys of this module build the converged release again
         subprocess.run([*git, "reset", "-q", "--hard", "HEAD~1"], check=True)
     assert done.returncode == 0, done.stdout + done.stderr
     new_release = fleet.record(done.stdout)["release"]
     previous = fleet.ssh(AGENT, "readlink /opt/fleet/current").strip().rsplit("/", 1)[-1]
     assert previous == new_release
+    assert "OPENROUTER_API_KEY=sk-or-test-NEWKEY-9f8e7d6c" in fleet.ssh(AGENT, f"cat {env}")
     after_release = delivered(fleet, "after-release")
     rolled = fleet.run("rollback", AGENT, "--with-state")
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
@@ -202,6 +212,10 @@ def test_rollback_with_state_brings_back_release_and_state(fleet: Fleet,
     assert (entry["status"], entry["release"]) == ("ok", converged), entry
     assert any(name.startswith("Rollback | agent state restored from snapshot")
                for name in entry["changed"]), entry
+    assert any(name.startswith("Rollback | agent environment restored from snapshot")
+               for name in entry["changed"]), entry
+    assert key_line in fleet.ssh(AGENT, f"cat {env}").splitlines()
+    assert fleet.ssh(AGENT, f"stat -c '%a %U %G' {env}").split() == ["600", "root", "root"]
     now = fleet.ssh(AGENT, "readlink /opt/fleet/current").strip().rsplit("/", 1)[-1]
     assert now != new_release
     messages = inbox(fleet)

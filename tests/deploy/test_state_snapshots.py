@@ -406,3 +406,81 @@ def test_rollback_with_state_restores_the_snapshot_of_the_release_left(
     assert done == [("switch", "0123456789ab"), ("stop", "u.service", "r.service"),
                     ("start", "u.service", "r.service")]
     assert (state / "runtime.json").read_text() == '{"state": "ready"}\n'
+
+
+@pytest.fixture
+def etc(node: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``/etc/fleet/bezalel`` of the node: the environment a deploy replaced (env.previous,
+    the old key) and the one it wrote (env, the new key)."""
+    monkeypatch.setattr(nodectl, "ETC", node / "etc")
+    folder = node / "etc" / AGENT
+    folder.mkdir(parents=True)
+    (folder / "env").write_text("FLEET_AGENT=bezalel\nOPENAI_API_KEY=new-key-bad-bad\n")
+    (folder / "env.previous").write_text("FLEET_AGENT=bezalel\nOPENAI_API_KEY=old-key-good\n")
+    return folder
+
+
+def test_a_deploys_snapshot_keeps_the_environment_the_release_left_ran_with(
+        node: Path, etc: Path) -> None:
+    """``--env-before env.previous`` (the deploy replaced it): the old environment is kept,
+    root's 0600, with its sha256; it never leaves the node in an export."""
+    ident = nodectl.take_snapshot(AGENT, 5, env_before="env.previous")["snapshot"]["id"]
+    folder = node / "snapshots" / AGENT / ident
+    kept = folder / "env"
+    assert kept.read_bytes() == (etc / "env.previous").read_bytes()
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert json.loads((folder / "manifest.json").read_text())["env_sha256"] == sha(kept)
+    same = nodectl.take_snapshot(AGENT, 5, env_before="env")["snapshot"]["id"]
+    assert (node / "snapshots" / AGENT / same / "env").read_bytes() == (etc / "env").read_bytes()
+    stream = io.BytesIO()
+    nodectl.export_snapshot(AGENT, ident, stream)
+    stream.seek(0)
+    with tarfile.open(fileobj=stream) as tar:
+        names = tar.getnames()
+    assert "env" not in names and b"old-key-good" not in stream.getvalue()
+    (etc / "env.previous").unlink()  # a first deploy: nothing to keep
+    first = nodectl.take_snapshot(AGENT, 5, env_before="env.previous")["snapshot"]["id"]
+    assert not (node / "snapshots" / AGENT / first / "env").exists()
+    with pytest.raises(SystemExit, match="not an environment file"):
+        nodectl.take_snapshot(AGENT, 5, env_before="../../shadow")
+
+
+def test_rollback_with_state_puts_back_the_environment_kept_with_the_snapshot(
+        node: Path, etc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bad-key case by hand: a deploy replaced the key and the agent's state changed;
+    ``rollback --with-state`` brings back the old key (written before the units start) and
+    the old state, and says so."""
+    monkeypatch.setattr(nodectl, "current_release", lambda: "fedcba987654")
+    monkeypatch.setattr(nodectl, "previous_release", lambda: "0123456789ab")
+    monkeypatch.setattr(nodectl, "switch", lambda release: {
+        "release": release, "before": "fedcba987654", "changed": True})
+    env_at_start: list[str] = []
+    monkeypatch.setattr(nodectl, "stop_units", lambda *units: None)
+    monkeypatch.setattr(nodectl, "start_units",
+                        lambda *units: env_at_start.append((etc / "env").read_text()))
+    monkeypatch.setattr(nodectl, "checked", lambda *args: ([], {"status": "ok"}))
+    nodectl.take_snapshot(AGENT, 5, "0123456789ab", "fedcba987654", env_before="env.previous")
+    (node / "state" / AGENT / "runtime.json").write_text("after the deploy")
+    outcome = nodectl.rollback("u.service", 1, None, 1.0, "r.service", with_state=AGENT)
+    assert outcome["rolled_back"] and outcome["env_restored"] is True
+    assert env_at_start == ["FLEET_AGENT=bezalel\nOPENAI_API_KEY=old-key-good\n"]
+    assert stat.S_IMODE((etc / "env").stat().st_mode) == 0o600
+    assert (node / "state" / AGENT / "runtime.json").read_text() == '{"state": "ready"}\n'
+    assert sorted(path.name for path in etc.iterdir()) == ["env", "env.previous"]  # no temp
+
+
+def test_a_snapshot_whose_kept_environment_is_damaged_rolls_back_nothing(
+        node: Path, etc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nodectl, "current_release", lambda: "fedcba987654")
+    monkeypatch.setattr(nodectl, "previous_release", lambda: "0123456789ab")
+    touched: list[str] = []
+    for name in ("switch", "restart", "restore_env", "stop_units", "start_units", "put_env"):
+        monkeypatch.setattr(nodectl, name, lambda *args, name=name: touched.append(name))
+    ident = nodectl.take_snapshot(AGENT, 5, "0123456789ab", "fedcba987654",
+                                  env_before="env.previous")["snapshot"]["id"]
+    (node / "snapshots" / AGENT / ident / "env").write_text("OPENAI_API_KEY=swapped-in\n")
+    outcome = nodectl.rollback("u.service", 1, None, 1.0, with_state=AGENT)
+    assert outcome == {"rolled_back": False, "reason": (
+        f"fleet-nodectl state: snapshot {ident}: its environment does not match its sha256 "
+        "in the manifest (the snapshot is damaged)")}
+    assert touched == []
