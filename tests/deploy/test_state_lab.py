@@ -186,7 +186,7 @@ def test_rollback_with_state_brings_back_release_key_and_state(
     """A new release deployed with a new provider key; ``fleet rollback bezalel
     --with-state`` brings back bezalel's release, state and the key it had before."""
     before_release = delivered(fleet, "before-release")
-    key_line = f"OPENROUTER_API_KEY={SECRETS['fleet']['OPENROUTER_API_KEY']}"
+    key_line = f'OPENROUTER_API_KEY="{SECRETS["fleet"]["OPENROUTER_API_KEY"]}"'
     env = f"/etc/fleet/{AGENT}/env"
     assert key_line in fleet.ssh(AGENT, f"cat {env}").splitlines()
     git = ["git", "-C", str(fleet.clone), "-c", "user.name=test", "-c",
@@ -204,7 +204,7 @@ def test_rollback_with_state_brings_back_release_key_and_state(
     new_release = fleet.record(done.stdout)["release"]
     previous = fleet.ssh(AGENT, "readlink /opt/fleet/current").strip().rsplit("/", 1)[-1]
     assert previous == new_release
-    assert "OPENROUTER_API_KEY=sk-or-test-NEWKEY-9f8e7d6c" in fleet.ssh(AGENT, f"cat {env}")
+    assert 'OPENROUTER_API_KEY="sk-or-test-NEWKEY-9f8e7d6c"' in fleet.ssh(AGENT, f"cat {env}")
     after_release = delivered(fleet, "after-release")
     rolled = fleet.run("rollback", AGENT, "--with-state")
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
