@@ -161,3 +161,29 @@ def test_memory_survives_a_deploy_and_a_rollback(thinking: Thinking) -> None:
         before, "And after a rollback?")
     listed = thinking.run("memory", "list", WORKER)
     assert f'{ASKER:<12} "{CONVERSATION}"  4 turn(s)' in listed.stdout, listed.stdout
+
+
+def inbox_ids(thinking: Thinking) -> set[str]:
+    """The ids of the messages in the worker's inbox, read through its gateway."""
+    done = thinking.run("bus", "tail", WORKER, "--json")
+    return {json.loads(line)["id"] for line in done.stdout.splitlines() if line.strip()}
+
+
+def test_a_restore_brings_back_memory_and_inbox_as_they_were(thinking: Thinking) -> None:
+    """``fleet state restore`` of a running runtime: a turn and a message that came after the
+    snapshot are gone, the runtime answers again and the model sees the restored history."""
+    before, messages = thinking.turns(), inbox_ids(thinking)
+    taken = thinking.run("state", "backup", WORKER, "--to",
+                         str(thinking.fleet.records / "memory-backups"))
+    snapshot = next(line.split()[0] for line in thinking.run(
+        "state", "list", WORKER).stdout.splitlines() if line[:1].isdigit())
+    assert snapshot in taken.stdout, taken.stdout
+    thinking.ask("Forget green: it is red now.", "Noted: red.")
+    assert len(thinking.turns()) == len(before) + 1 and inbox_ids(thinking) > messages
+    done = thinking.run("state", "restore", WORKER, "--snapshot", snapshot)
+    assert f"{WORKER}: state restored from snapshot {snapshot}; healthy" in done.stdout
+    assert thinking.turns() == before
+    assert inbox_ids(thinking) == messages
+    thinking.ask("What is my favourite colour now?", "Green.")
+    assert sent_with(thinking.provider, "What is my favourite colour now?") == history(
+        before, "What is my favourite colour now?")
