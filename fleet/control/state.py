@@ -65,11 +65,33 @@ def run_nodectl(agent: Agent, registry: Registry, args: list[str],
                          ) from None
     if done.returncode != 0:
         said = done.stderr.decode(errors="replace").strip().splitlines()
-        reason = said[-1] if said else f"exit status {done.returncode}"
+        reason, hint = failure(agent, args, done.returncode, said[-1] if said else "")
         raise StateError(f"{agent.name}: fleet-nodectl {args[0]} {args[1]} failed: {reason}",
-                         hint="Check that the agent is deployed with this release (`fleet "
-                              "status`) and that SSH reaches it (`fleet hosts scan`).")
+                         hint=hint)
     return done.stdout or b""
+
+
+REFUSAL = "fleet-nodectl state: "  # how the node's refusals begin (nothing changed there)
+SSH_FAILED = 255  # ssh's own exit status: no connection, or the connection was cut
+
+
+def failure(agent: Agent, args: list[str], code: int, last_line: str) -> tuple[str, str]:
+    """What a failed ``fleet-nodectl ARGS`` means, and what to do next: a refusal by the node
+    (nothing changed), a cut connection (a restore may have stopped the agent), a node
+    without the helper, or anything else the node said."""
+    if last_line.startswith(REFUSAL):
+        return last_line, (f"The node changed nothing; see `fleet state list {agent.name}`.")
+    if code == SSH_FAILED or code < 0:
+        cut = f"the SSH connection failed or was cut (exit status {code})"
+        if args[:2] == ["state", "restore"]:
+            return cut, (f"The agent may have been left stopped: check `fleet status` and run "
+                         f"the restore again (`fleet state list {agent.name}`).")
+        return cut, "Check that SSH reaches the node (`fleet hosts scan`, `fleet status`)."
+    if code == 127:
+        return "fleet-nodectl is not on the node", (
+            f"Deploy the agent first (`fleet deploy --limit {agent.name}`).")
+    return (last_line or f"exit status {code}"), (
+        "Check that the agent is deployed with this release (`fleet status`).")
 
 
 def as_json(agent: Agent, output: bytes) -> Any:

@@ -653,6 +653,7 @@ class Manifest(TypedDict):
     files: list[SnapshotFile]
     skipped: list[str]  # symlinks, sockets, SQLite side files: never copied
     env_sha256: NotRequired[str]  # the agent's environment before the deploy (file ``env``)
+    imported_from: NotRequired[str]  # the id it had where it was exported (an import)
 
 
 class SnapshotInfo(TypedDict):
@@ -709,21 +710,61 @@ def owner_names(uid: int, gid: int) -> tuple[str, str]:
     return user, group
 
 
-def owner_ids(entry: SnapshotFile) -> tuple[int, int]:
-    """The uid and gid for ``entry`` on this node: by name (an agent moved to another node
-    keeps its user), else the recorded numbers."""
-    import grp
+def agent_owner(agent: str, state: Path) -> tuple[int, int]:
+    """Who owns a restored state dir and everything in it: the agent's user and its group on
+    this node (by name: an agent moved to another node keeps its user, whatever its uid),
+    else the owner of the state dir there now. Never what a snapshot's manifest says: a
+    backup file is not trusted to choose owners."""
     import pwd
 
     try:
-        uid = pwd.getpwnam(entry["user"]).pw_uid
+        user = pwd.getpwnam(agent)
+        return user.pw_uid, user.pw_gid
     except KeyError:
-        uid = entry["uid"]
+        pass
     try:
-        gid = grp.getgrnam(entry["group"]).gr_gid
-    except KeyError:
-        gid = entry["gid"]
-    return uid, gid
+        info = os.stat(state, follow_symlinks=False)
+    except FileNotFoundError:
+        return os.geteuid(), os.getegid()
+    return info.st_uid, info.st_gid
+
+
+RESTORED_MODE_MASK = 0o755
+"""What a restore keeps of a recorded mode: owner bits, and read/search for group and others;
+never setuid, setgid, sticky, or write for anyone but the owner."""
+MODE_RE = re.compile(r"[0-7]{4}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """What makes ``manifest`` (read from a snapshot or an archive) unusable, or None: an id,
+    then the state dir itself first, then entries with a path inside, a type, a mode of four
+    octal digits, and for files a size and a sha256; no path twice."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("id"), str) or \
+            not SNAPSHOT_ID_RE.fullmatch(manifest["id"]):
+        return "its manifest has no snapshot id"
+    entries = manifest.get("files")
+    if not isinstance(entries, list) or not entries or not isinstance(entries[0], dict) or \
+            entries[0].get("path") != "." or entries[0].get("type") != "dir":
+        return "its manifest has no entry for the state dir itself"
+    seen: set[str] = set()
+    for entry in entries:
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(path, str) or not safe_relative(path) or path in seen:
+            return f"{str(path)[:80]!r} is not a path inside the state dir (or is listed twice)"
+        seen.add(path)
+        parent = path.rpartition("/")[0]
+        if path != "." and parent and parent not in seen:
+            return f"{path!r} comes before the folder it is in"
+        if entry.get("type") not in ("dir", "file") or not isinstance(entry.get("mode"), str) \
+                or not MODE_RE.fullmatch(entry["mode"]):
+            return f"{path!r} has no valid type and mode"
+        if entry["type"] == "file" and not (
+                type(entry.get("size")) is int and entry["size"] >= 0
+                and isinstance(entry.get("sha256"), str)
+                and SHA256_RE.fullmatch(entry["sha256"])):
+            return f"{path!r} has no valid size and sha256"
+    return None
 
 
 def snapshot_dir(agent: str) -> Path:
@@ -792,13 +833,33 @@ def file_sha256(fd: int) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def sqlite_backup(source: Path, fd: int, target: Path) -> None:
+SQLITE_READER = """
+import sqlite3, sys
+live = sqlite3.connect(sys.argv[1], timeout=30)  # a plain path, never a URI: no %-decoding
+copy = sqlite3.connect(":memory:")
+live.backup(copy)
+live.close()
+sys.stdout.buffer.write(copy.serialize())
+"""
+"""The online backup of one live database, run as the state dir's owner (the agent): every file
+SQLite opens, rolls back or deletes on the way (a hot journal, its super-journal named inside
+it) is one the agent could touch itself. The copy goes to stdout, serialized."""
+
+
+PYTHON = sys.executable  # the interpreter the reader runs on (the node's python3)
+
+
+class SQLiteUnreadable(Exception):
+    """The database could not be read by SQLite (damaged, not a database): skipped."""
+
+
+def sqlite_backup(source: Path, fd: int, target: Path, reader: tuple[int, int]) -> None:
     """Copy the live database ``source`` (opened as ``fd``, O_NOFOLLOW) to ``target`` through
     SQLite's online backup API: a consistent copy however the agent writes meanwhile (never a
-    file copy of a live database). Refused when ``source`` is not the file ``fd`` is (a symlink
-    swapped in between). Run as root, SQLite gives any -wal or -shm file it creates the
-    database's owner."""
-    import sqlite3
+    file copy of a live database). SQLite runs in a child process as ``reader`` (uid, gid: the
+    state dir's owner), never as root, so nothing the agent plants (a name SQLite would
+    decode, a symlink, a hot journal) makes root read, create or delete a file. Refused when
+    ``source`` is not the file ``fd`` is (a symlink swapped in between)."""
 
     def same() -> bool:
         try:
@@ -810,24 +871,25 @@ def sqlite_backup(source: Path, fd: int, target: Path) -> None:
 
     if not same():
         raise state_error(f"{source} changed while it was read (a symlink?): not copied")
-    live = sqlite3.connect(f"file:{source}", uri=True, timeout=30)
+    uid, gid = reader
+    drop = os.geteuid() == 0 and uid != 0  # as root: become the owner (tests run as a user)
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        copy = sqlite3.connect(target)
-        try:
-            live.backup(copy)
-        finally:
-            copy.close()
+        with subprocess.Popen(
+                [PYTHON, "-I", "-c", SQLITE_READER, str(source)], cwd="/",
+                env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, user=uid if drop else None,
+                group=gid if drop else None, extra_groups=[] if drop else None) as child:
+            assert child.stdout is not None and child.stderr is not None
+            copy_fd(child.stdout.fileno(), out)
+            error = child.stderr.read(4096).decode(errors="replace").strip()
+        fsync_fd(out)
     finally:
-        live.close()
+        os.close(out)
+    if child.returncode != 0:
+        raise SQLiteUnreadable((error.splitlines() or ["no message"])[-1])
     if not same():
         raise state_error(f"{source} changed while it was read (a symlink?): not copied")
-
-
-def sqlite3_error() -> type[Exception]:
-    """``sqlite3.Error`` (imported when needed: the controller imports this module)."""
-    import sqlite3
-
-    return sqlite3.Error
 
 
 def entry_of(path: str, kind: str, info: os.stat_result, size: int = 0,
@@ -838,9 +900,11 @@ def entry_of(path: str, kind: str, info: os.stat_result, size: int = 0,
             "sha256": sha, "sqlite": sqlite}
 
 
-def copy_tree(dir_fd: int, real: Path, relative: str, data: Path, manifest: Manifest) -> None:
+def copy_tree(dir_fd: int, real: Path, relative: str, data: Path, manifest: Manifest,
+              reader: tuple[int, int]) -> None:
     """Copy the folder open as ``dir_fd`` (``real`` on disk, ``relative`` in the state dir)
-    into ``data``, recording each entry in ``manifest``."""
+    into ``data``, recording each entry in ``manifest``; databases are read as ``reader``
+    (:func:`sqlite_backup`)."""
     for name in sorted(os.listdir(dir_fd)):
         rel = f"{relative}/{name}" if relative != "." else name
         if not safe_relative(rel):  # a name no restore would take (a newline, ...)
@@ -863,7 +927,7 @@ def copy_tree(dir_fd: int, real: Path, relative: str, data: Path, manifest: Mani
             try:
                 (data / rel).mkdir(mode=0o700)
                 manifest["files"].append(entry_of(rel, "dir", os.fstat(child)))
-                copy_tree(child, real / name, rel, data, manifest)
+                copy_tree(child, real / name, rel, data, manifest, reader)
             finally:
                 os.close(child)
             continue
@@ -886,8 +950,8 @@ def copy_tree(dir_fd: int, real: Path, relative: str, data: Path, manifest: Mani
             target = data / rel
             if is_sqlite:
                 try:
-                    sqlite_backup(real / name, source, target)
-                except sqlite3_error() as exc:  # a damaged database must not stop a deploy
+                    sqlite_backup(real / name, source, target, reader)
+                except SQLiteUnreadable as exc:  # a damaged database must not stop a deploy
                     target.unlink(missing_ok=True)
                     manifest["skipped"].append(f"{rel} (SQLite: {exc})")
                     continue
@@ -997,8 +1061,9 @@ def take_snapshot(agent: str, keep: int = KEEP_SNAPSHOTS, release_before: str | 
             shutil.rmtree(temp)
             raise state_error(f"{state} is not a folder ({exc.strerror})") from None
         try:
-            manifest["files"].append(entry_of(".", "dir", os.fstat(root)))
-            copy_tree(root, state, ".", temp / "data", manifest)
+            top = os.fstat(root)
+            manifest["files"].append(entry_of(".", "dir", top))
+            copy_tree(root, state, ".", temp / "data", manifest, (top.st_uid, top.st_gid))
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
@@ -1100,19 +1165,17 @@ def safe_relative(path: str) -> bool:
         part not in ("", ".", "..") for part in parts))) and path.isprintable()
 
 
-def rebuild(folder: Path, manifest: Manifest, target: Path) -> None:
+def rebuild(folder: Path, manifest: Manifest, target: Path, owner: tuple[int, int]) -> None:
     """Build ``target`` (a new folder) from the snapshot in ``folder``: each file checked
-    against its sha256, each entry given its recorded owner and mode, everything synced.
-    Nothing is followed through a symlink: the snapshot's files are opened O_NOFOLLOW and
-    every path is checked to stay inside."""
+    against its sha256, everything owned by ``owner`` (:func:`agent_owner`) with its
+    recorded mode cut to :data:`RESTORED_MODE_MASK`, everything synced. Nothing is followed
+    through a symlink: the snapshot's files are opened O_NOFOLLOW and every path is checked
+    to stay inside."""
     data = folder / "data"
+    problem = manifest_problem(manifest)
+    if problem:
+        raise state_error(f"snapshot {manifest.get('id')}: {problem}")
     entries = manifest["files"]
-    if not entries or entries[0]["path"] != ".":
-        raise state_error(f"snapshot {manifest['id']} has no entry for the state dir itself")
-    for entry in entries:
-        if not safe_relative(entry["path"]) or entry["type"] not in ("dir", "file"):
-            raise state_error(f"snapshot {manifest['id']}: {entry['path']!r} is not a path "
-                              "inside the state dir")
     target.mkdir(mode=0o700)
     for entry in entries:
         rel = entry["path"]
@@ -1136,11 +1199,11 @@ def rebuild(folder: Path, manifest: Manifest, target: Path) -> None:
                 os.close(out)
         finally:
             os.close(source)
+    uid, gid = owner
     for entry in reversed(entries):  # owners and modes last: a 0500 folder is filled first
         dest = target if entry["path"] == "." else target / entry["path"]
-        uid, gid = owner_ids(entry)
         os.chown(dest, uid, gid, follow_symlinks=False)
-        os.chmod(dest, int(entry["mode"], 8), follow_symlinks=False)
+        os.chmod(dest, int(entry["mode"], 8) & RESTORED_MODE_MASK, follow_symlinks=False)
     sync_tree(target)
 
 
@@ -1180,7 +1243,7 @@ def restore_state(agent: str, ident: str) -> None:
     for stale in STATE_ROOT.glob(f".{agent}.restore-*"):
         shutil.rmtree(stale, ignore_errors=True)
     try:
-        rebuild(folder, manifest, new)
+        rebuild(folder, manifest, new, agent_owner(agent, state))
     except OSError as exc:  # a file of the snapshot missing, or a symlink where it was
         shutil.rmtree(new, ignore_errors=True)
         raise state_error(f"snapshot {ident} of {agent} cannot be restored ({exc}): the "
@@ -1240,8 +1303,11 @@ def export_snapshot(agent: str, ident: str, out: Any) -> None:
 
 def import_snapshot(agent: str, stream: Any) -> SnapshotInfo:
     """Read a snapshot exported by :func:`export_snapshot` from ``stream`` into the agent's
-    snapshots (under its own id). Only folders and regular files inside ``data/`` are taken,
-    each file checked against the manifest's sha256; anything else refuses the whole import."""
+    snapshots, under a new id of this node's clock (the archive's id is kept as
+    ``imported_from``: an archive does not choose where it sorts or whether it is pruned).
+    Only folders and regular files inside ``data/`` are taken, each once, each file checked
+    against the manifest's sha256; anything else refuses the whole import. Importing the same
+    archive again, or one exported from this node's own snapshot, adds nothing."""
     import tarfile
 
     lock = locked(agent)
@@ -1251,42 +1317,38 @@ def import_snapshot(agent: str, stream: Any) -> SnapshotInfo:
     temp.mkdir(mode=0o700)
     try:
         (temp / "data").mkdir(mode=0o700)
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                name = member.name.rstrip("/")
-                inside = name == MANIFEST or name == "data" or (
-                    name.startswith("data/") and safe_relative(name[5:]))
-                if not inside or not (member.isfile() or member.isdir()):
-                    raise state_error(f"the archive holds {member.name!r}, which is not a "
-                                      "snapshot's file: nothing imported")
-                dest = temp / name
-                if member.isdir():
-                    dest.mkdir(mode=0o700, exist_ok=True)
-                    continue
-                if os.path.realpath(dest.parent) != str(dest.parent):
-                    raise state_error(f"the archive's {member.name!r} leaves the snapshot")
-                handle = tar.extractfile(member)
-                assert handle is not None
-                out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                try:
-                    while chunk := handle.read(CHUNK):
-                        os.write(out, chunk)
-                    fsync_fd(out)
-                finally:
-                    os.close(out)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    take_member(tar, member, temp)
+        except (tarfile.TarError, EOFError) as exc:
+            raise state_error(f"the archive cannot be read ({exc}): nothing imported") from None
         try:
             manifest = read_manifest(temp)
         except (OSError, ValueError):
             raise state_error("the archive has no readable manifest.json: nothing "
                               "imported") from None
-        ident = snapshot_id_checked(str(manifest.get("id")))
+        problem = manifest_problem(manifest)
+        if problem:
+            raise state_error(f"the archive's snapshot: {problem}: nothing imported")
         check_files(temp, manifest)
-        manifest["agent"] = agent
-        if (folder / ident).exists():
-            if same_files(read_manifest(folder / ident), manifest):  # already here, the same
-                return info_of(manifest)
-            raise state_error(f"agent {agent} already has a different snapshot {ident}: "
-                              "nothing imported")
+        original = manifest["id"]
+        for known in snapshots(agent):
+            if original in (known["id"], known.get("imported_from")) and same_files(
+                    known, manifest):
+                return info_of(known)  # already here, the same
+        ident = new_snapshot_id()
+        while (folder / ident).exists():
+            ident = new_snapshot_id()
+        manifest.pop("env_sha256", None)  # an archive never carries an environment
+        manifest.update({"id": ident, "agent": agent, "imported_from": original})
+        (temp / MANIFEST).unlink()
+        out = os.open(temp / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(out, json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n")
+            fsync_fd(out)
+        finally:
+            os.close(out)
         sync_tree(temp)
         temp.rename(folder / ident)
         sync_dir(folder)
@@ -1294,6 +1356,35 @@ def import_snapshot(agent: str, stream: Any) -> SnapshotInfo:
     finally:
         shutil.rmtree(temp, ignore_errors=True)
         os.close(lock)
+
+
+def take_member(tar: Any, member: Any, temp: Path) -> None:
+    """One archive member into ``temp``: ``manifest.json``, or a folder or regular file
+    under ``data/`` whose folder came before it; anything else refuses the import."""
+    name = member.name.rstrip("/")
+    inside = name == MANIFEST or name == "data" or (
+        name.startswith("data/") and safe_relative(name[5:]))
+    if not inside or not (member.isfile() or member.isdir()):
+        raise state_error(f"the archive holds {member.name[:200]!r}, which is not a "
+                          "snapshot's file: nothing imported")
+    dest = temp / name
+    try:
+        if member.isdir():
+            dest.mkdir(mode=0o700, exist_ok=name == "data")
+            return
+        if os.path.realpath(dest.parent) != str(dest.parent):
+            raise state_error(f"the archive's {member.name[:200]!r} leaves the snapshot")
+        handle = tar.extractfile(member)
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            while chunk := handle.read(CHUNK):
+                os.write(out, chunk)
+            fsync_fd(out)
+        finally:
+            os.close(out)
+    except OSError as exc:  # listed twice, its folder missing or a file: not an export
+        raise state_error(f"the archive's {member.name[:200]!r} cannot be placed "
+                          f"({exc.strerror}): nothing imported") from None
 
 
 def same_files(one: Manifest, other: Manifest) -> bool:

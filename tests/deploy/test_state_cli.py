@@ -147,3 +147,30 @@ def test_every_state_command_has_help(command: str) -> None:
     result = CliRunner().invoke(main, ["state", command, "--help"])
     assert result.exit_code == 0
     assert len(result.output.split("Options:")[0].strip().splitlines()) >= 3
+
+
+@pytest.mark.parametrize("code,stderr,args,reason,hint", [
+    (1, "fleet-nodectl state: agent bezalel has no snapshot X", ["state", "restore"],
+     "fleet-nodectl state: agent bezalel has no snapshot X",
+     "The node changed nothing; see `fleet state list bezalel`."),
+    (255, "Connection to 192.0.2.20 closed by remote host.", ["state", "restore"],
+     "the SSH connection failed or was cut (exit status 255)",
+     "The agent may have been left stopped: check `fleet status` and run the restore again "
+     "(`fleet state list bezalel`)."),
+    (255, "", ["state", "list"], "the SSH connection failed or was cut (exit status 255)",
+     "Check that SSH reaches the node (`fleet hosts scan`, `fleet status`)."),
+    (127, "sh: 1: /opt/fleet/bin/fleet-nodectl: not found", ["state", "list"],
+     "fleet-nodectl is not on the node", "Deploy the agent first (`fleet deploy --limit "
+     "bezalel`)."),
+])
+def test_a_failed_node_command_says_what_happened_and_what_to_do(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch, code: int, stderr: str,
+        args: list[str], reason: str, hint: str) -> None:
+    """A refusal, a cut connection (the restore's says the agent may be stopped) and a node
+    without the helper each get their own reason and hint."""
+    monkeypatch.setattr(state, "remote", lambda agent, registry, argv: [
+        "sh", "-c", f"echo {shlex.quote(stderr)} >&2; exit {code}"])
+    with pytest.raises(StateError) as caught:
+        state.run_nodectl(registry.get("bezalel"), registry, [*args, "--agent", "bezalel"])
+    assert str(caught.value) == f"bezalel: fleet-nodectl {args[0]} {args[1]} failed: {reason}"
+    assert caught.value.hint == hint

@@ -12,12 +12,14 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -33,9 +35,25 @@ AGENT = "bezalel"
 
 
 @pytest.fixture
-def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def node_root() -> Iterator[Path]:
+    """A folder others may pass through (0711, as /var/lib is): SQLite reads a database as
+    the state dir's owner, who must reach it."""
+    root = Path(tempfile.mkdtemp(prefix="fleet-node-"))
+    root.chmod(0o711)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def node(node_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A node root: ``state/bezalel`` (a text file, a live WAL database with an open
-    connection, a folder), ``snapshots``."""
+    connection, a folder), ``snapshots``. The SQLite reader runs on the system's python3
+    when there is one (the test's own may be in a folder only root can enter)."""
+    tmp_path = node_root
+    if Path("/usr/bin/python3").exists():
+        monkeypatch.setattr(nodectl, "PYTHON", "/usr/bin/python3")
     monkeypatch.setattr(nodectl, "STATE_ROOT", tmp_path / "state")
     monkeypatch.setattr(nodectl, "SNAPSHOTS", tmp_path / "snapshots")
     state = tmp_path / "state" / AGENT
@@ -86,10 +104,20 @@ def test_a_snapshot_copies_files_and_backs_up_live_databases_outside_the_state_d
     assert nodectl.snapshots(AGENT)[0]["id"] == ident
 
 
-def test_restore_puts_the_snapshot_back_with_owner_and_mode(node: Path) -> None:
-    state = node / "state" / AGENT
+def owned_by_nobody(state: Path) -> None:
+    """As root: the state dir and everything in it owned by uid/gid 65534 (the agent)."""
     if os.geteuid() == 0:
-        os.chown(state / "runtime.json", 65534, 65534)
+        for path in [state, *state.rglob("*")]:
+            os.chown(path, 65534, 65534, follow_symlinks=False)
+
+
+def test_restore_puts_the_snapshot_back_with_owner_and_mode(node: Path) -> None:
+    """Modes as recorded; every entry owned by the agent (here: the state dir's owner, the
+    agent's user does not exist on this machine), also one that root owned."""
+    state = node / "state" / AGENT
+    owned_by_nobody(state)
+    if os.geteuid() == 0:
+        os.chown(state / "tools" / "calls.jsonl", 0, 0)
     ident = nodectl.take_snapshot(AGENT)["snapshot"]["id"]
     (state / "runtime.json").write_text("changed")
     (state / "runtime.json").chmod(0o666)
@@ -101,7 +129,8 @@ def test_restore_puts_the_snapshot_back_with_owner_and_mode(node: Path) -> None:
     assert (state / "runtime.json").read_text() == '{"state": "ready"}\n'
     assert stat.S_IMODE((state / "runtime.json").stat().st_mode) == 0o640
     if os.geteuid() == 0:
-        assert (state / "runtime.json").stat().st_uid == 65534
+        assert {(path.stat().st_uid, path.stat().st_gid) for path in [
+            state, *state.rglob("*")]} == {(65534, 65534)}
     assert not (state / "new-file").exists()
     assert rows(state / "bus.db") == ["first"]
     assert not list((node / "state").glob(f".{AGENT}.*"))  # nothing left beside it
@@ -241,19 +270,21 @@ def test_export_then_import_gives_the_same_snapshot(node: Path) -> None:
     ident = nodectl.take_snapshot(AGENT)["snapshot"]["id"]
     exported = export_bytes(ident)
     imported = nodectl.import_snapshot("allegro", io.BytesIO(exported))
-    assert imported["id"] == ident
+    assert imported["id"] > ident  # a new id of this node's clock
     ours = node / "snapshots" / AGENT / ident / "data"
-    theirs = node / "snapshots" / "allegro" / ident / "data"
+    theirs = node / "snapshots" / "allegro" / imported["id"] / "data"
     assert {str(p.relative_to(ours)): sha(p) for p in ours.rglob("*") if p.is_file()} == {
         str(p.relative_to(theirs)): sha(p) for p in theirs.rglob("*") if p.is_file()}
+    kept = theirs.parent / "manifest.json"
+    assert json.loads(kept.read_text())["imported_from"] == ident
     again = nodectl.import_snapshot("allegro", io.BytesIO(exported))  # the same: a no-op
     assert again == imported
-    kept = theirs.parent / "manifest.json"  # the node's own differs: it is not replaced
-    manifest = json.loads(kept.read_text())
-    manifest["files"][1]["mode"] = "0777"
+    assert nodectl.import_snapshot(AGENT, io.BytesIO(exported))["id"] == ident  # its own
+    manifest = json.loads(kept.read_text())  # the node's copy differs now: a new snapshot
+    manifest["files"][1]["mode"] = "0700"
     kept.write_text(json.dumps(manifest))
-    with pytest.raises(SystemExit, match="already has a different snapshot"):
-        nodectl.import_snapshot("allegro", io.BytesIO(exported))
+    third = nodectl.import_snapshot("allegro", io.BytesIO(exported))
+    assert third["id"] not in (ident, imported["id"])
     assert json.loads(kept.read_text()) == manifest
 
 
@@ -484,3 +515,134 @@ def test_a_snapshot_whose_kept_environment_is_damaged_rolls_back_nothing(
         f"fleet-nodectl state: snapshot {ident}: its environment does not match its sha256 "
         "in the manifest (the snapshot is damaged)")}
     assert touched == []
+
+
+def test_a_database_name_sqlite_would_decode_reads_only_that_file(node: Path) -> None:
+    """A file the agent names ``..%2f..%2foutside.db`` (with SQLite's header) is that file:
+    SQLite never gets a URI, so root neither reads the database it would name outside the
+    state dir nor creates one where it points."""
+    outside = node / "outside.db"
+    with closing(sqlite3.connect(outside)) as db:
+        db.execute("CREATE TABLE inbox (id TEXT)")
+        db.execute("INSERT INTO inbox VALUES ('root-only secret')")
+        db.commit()
+    outside.chmod(0o600)
+    state = node / "state" / AGENT
+    (state / "..%2f..%2foutside.db").write_bytes(nodectl.SQLITE_HEADER)
+    (state / "..%2f..%2fcreated-by-root.db").write_bytes(nodectl.SQLITE_HEADER)
+    owned_by_nobody(state)
+    ident = nodectl.take_snapshot(AGENT)["snapshot"]["id"]
+    folder = node / "snapshots" / AGENT / ident
+    assert not (node / "created-by-root.db").exists()
+    copied = b"".join(path.read_bytes() for path in folder.rglob("*") if path.is_file())
+    assert b"root-only secret" not in copied
+    skipped = json.loads((folder / "manifest.json").read_text())["skipped"]
+    assert any(entry.startswith("..%2f..%2foutside.db (SQLite") for entry in skipped)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="owners need root")
+def test_databases_are_read_as_the_state_dirs_owner_never_as_root(node: Path) -> None:
+    """A database in the agent's state dir that the agent itself cannot read (root's, 0600)
+    is not read into the snapshot by root either: SQLite runs as the state dir's owner."""
+    state = node / "state" / AGENT
+    owned_by_nobody(state)
+    with closing(sqlite3.connect(state / "roots.db")) as db:
+        db.execute("CREATE TABLE t (secret TEXT)")
+        db.execute("INSERT INTO t VALUES ('root secret')")
+        db.commit()
+    (state / "roots.db").chmod(0o600)  # root's
+    ident = nodectl.take_snapshot(AGENT)["snapshot"]["id"]
+    folder = node / "snapshots" / AGENT / ident
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "roots.db" not in {entry["path"] for entry in manifest["files"]}
+    assert any(entry.startswith("roots.db (SQLite") for entry in manifest["skipped"])
+    assert rows(folder / "data" / "bus.db") == ["first"]  # the agent's own: read as it
+
+
+def crafted(ident: str, edit: Any) -> bytes:
+    """An export of ``ident`` whose manifest ``edit`` changed (sha256s kept consistent)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(export_bytes(ident))) as source, \
+            tarfile.open(fileobj=out, mode="w") as tar:
+        for item in source:
+            data = source.extractfile(item).read() if item.isfile() else b""  # type: ignore[union-attr]
+            if item.name == "manifest.json":
+                manifest = json.loads(data)
+                edit(manifest)
+                data = json.dumps(manifest).encode()
+                item.size = len(data)
+            tar.addfile(item, io.BytesIO(data) if item.isfile() else None)
+    return out.getvalue()
+
+
+def test_a_backup_does_not_choose_owners_or_special_modes(node: Path) -> None:
+    """A tampered backup asking for a world-writable state dir, a setuid root file and a
+    sticky folder: restored owned by the agent, without setuid, setgid, sticky or write for
+    group and others."""
+    state = node / "state" / AGENT
+    owned_by_nobody(state)
+    ident = nodectl.take_snapshot(AGENT)["snapshot"]["id"]
+
+    def evil(manifest: dict[str, Any]) -> None:
+        for entry in manifest["files"]:
+            entry.update(user="root", group="root", uid=0, gid=0)
+            entry["mode"] = {"dir": "1777", "file": "6755"}[entry["type"]]
+        manifest["files"][0]["mode"] = "0777"
+
+    imported = nodectl.import_snapshot(AGENT, io.BytesIO(crafted(ident, evil)))
+    nodectl.restore_state(AGENT, imported["id"])
+    modes = {str(path.relative_to(state)): stat.S_IMODE(path.stat().st_mode)
+             for path in [state, *state.rglob("*")]}
+    assert modes["."] == 0o755 and modes["tools"] == 0o755 and modes["runtime.json"] == 0o755
+    assert all(mode & 0o7022 == 0 for mode in modes.values()), modes
+    if os.geteuid() == 0:
+        assert {(path.stat().st_uid, path.stat().st_gid) for path in [
+            state, *state.rglob("*")]} == {(65534, 65534)}
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (lambda m: m["files"][1].update(mode="zz"), "has no valid type and mode"),
+    (lambda m: m["files"][1].update(mode="755"), "has no valid type and mode"),
+    (lambda m: m["files"].append(dict(m["files"][1])), "listed twice"),
+    (lambda m: m["files"].reverse(), "no entry for the state dir itself"),
+    (lambda m: m.update(id="99991231T235959999999Z\n"), "no snapshot id"),
+    (lambda m: next(e for e in m["files"] if e["type"] == "file").update(size="1"),
+     "no valid size and sha256"),
+])
+def test_an_import_refuses_a_manifest_a_restore_could_not_use(
+        node: Path, edit: Any, problem: str) -> None:
+    ident = nodectl.take_snapshot(AGENT)["snapshot"]["id"]
+    with pytest.raises(SystemExit, match=problem):
+        nodectl.import_snapshot("allegro", io.BytesIO(crafted(ident, edit)))
+    assert nodectl.snapshots("allegro") == []
+
+
+def test_an_imported_far_future_id_neither_sorts_first_nor_escapes_pruning(node: Path) -> None:
+    ident = nodectl.take_snapshot(AGENT)["snapshot"]["id"]
+    future = nodectl.import_snapshot("allegro", io.BytesIO(crafted(
+        ident, lambda m: m.update(id="99991231T235959999999Z"))))
+    assert future["id"] < "2100"
+    newer = nodectl.take_snapshot("allegro", 1) if (node / "state" / "allegro").mkdir() is None \
+        else None
+    assert newer is not None and newer["removed"] == [future["id"]]
+
+
+@pytest.mark.parametrize("members", [
+    [("data/x", b"1"), ("data/x", b"2")],  # listed twice
+    [("data/missing/x", b"1")],  # its folder never came
+    [("data/f", b"1"), ("data/f/x", b"2")],  # a file used as a folder
+])
+def test_a_malformed_archive_is_refused_in_one_line(
+        node: Path, members: list[tuple[str, bytes]]) -> None:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        folder = tarfile.TarInfo("data")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        for name, content in members:
+            member = tarfile.TarInfo(name)
+            member.size = len(content)
+            tar.addfile(member, io.BytesIO(content))
+    with pytest.raises(SystemExit, match=r"cannot be placed .*: nothing imported"):
+        nodectl.import_snapshot("allegro", io.BytesIO(out.getvalue()))
+    assert nodectl.snapshots("allegro") == []
