@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fleet.node import nodectl
 
@@ -646,3 +648,72 @@ def test_a_malformed_archive_is_refused_in_one_line(
     with pytest.raises(SystemExit, match=r"cannot be placed .*: nothing imported"):
         nodectl.import_snapshot("allegro", io.BytesIO(out.getvalue()))
     assert nodectl.snapshots("allegro") == []
+
+
+NAMES = st.text(alphabet="abc.%-_\\ \n/", min_size=1, max_size=6)
+
+
+@st.composite
+def manifests(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A manifest (paths of any shape, any modes and owners) and the files it lists."""
+    entries: list[dict[str, Any]] = [{"path": ".", "type": "dir", "mode": draw(MODES)}]
+    files: dict[str, bytes] = {}
+    for name in draw(st.lists(NAMES, max_size=6)):
+        parents = [entry["path"] for entry in entries if entry["type"] == "dir"]
+        parent = draw(st.sampled_from(parents))
+        path = name if parent == "." else f"{parent}/{name}"
+        kind = draw(st.sampled_from(["dir", "file"]))
+        entry: dict[str, Any] = {"path": path, "type": kind, "mode": draw(MODES),
+                                 "user": "root", "group": "root", "uid": 0, "gid": 0}
+        if kind == "file":
+            content = draw(st.binary(max_size=8))
+            files[path] = content
+            entry.update(size=len(content), sha256=hashlib.sha256(content).hexdigest())
+        entries.append(entry)
+    return {"id": "20261207T000000000000Z", "files": entries}, files
+
+
+MODES = st.integers(0, 0o7777).map(lambda mode: f"{mode:04o}")
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=manifests())
+def test_whatever_a_manifest_says_a_rebuild_stays_inside_and_grants_nothing_special(
+        node_root: Path, case: tuple[dict[str, Any], dict[str, bytes]]) -> None:
+    """Property: every manifest ``manifest_problem`` accepts rebuilds into the new folder
+    only, with no setuid, setgid, sticky or group/other write bit and the given owner; every
+    other one is refused before anything is written."""
+    manifest, files = case
+    work = Path(tempfile.mkdtemp(dir=node_root))
+    try:
+        data = work / "snap" / "data"
+        data.mkdir(parents=True)
+        for entry in manifest["files"]:
+            if nodectl.safe_relative(entry["path"]) and entry["path"] != ".":
+                try:
+                    if entry["type"] == "dir":
+                        (data / entry["path"]).mkdir(parents=True, exist_ok=True)
+                    else:
+                        (data / entry["path"]).parent.mkdir(parents=True, exist_ok=True)
+                        (data / entry["path"]).write_bytes(files[entry["path"]])
+                except OSError:
+                    pass  # a name twice: the manifest is refused anyway
+        target = work / "new"
+        owner = (os.geteuid(), os.getegid())
+        if nodectl.manifest_problem(manifest) is not None:
+            with pytest.raises(SystemExit):
+                nodectl.rebuild(work / "snap", manifest, target, owner)  # type: ignore[arg-type]
+            assert not target.exists()
+            return
+        nodectl.rebuild(work / "snap", manifest, target, owner)  # type: ignore[arg-type]
+        found = [target, *target.rglob("*")]
+        assert {str(path.relative_to(target)) for path in found} == {
+            entry["path"] for entry in manifest["files"]}
+        for path in found:
+            info = path.lstat()
+            assert stat.S_IMODE(info.st_mode) & 0o7022 == 0
+            assert (info.st_uid, info.st_gid) == owner
+        assert sorted(path.name for path in work.iterdir()) == ["new", "snap"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
