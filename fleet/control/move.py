@@ -85,10 +85,10 @@ def check_target(registry: Registry, name: str, to: str, shared: bool = False) -
     agent = registry.get(name)
     shown = printable(to[:80])
     if to.startswith("-"):
-        raise MoveError(f"--to {shown!r} looks like an option, not a host",
+        raise MoveError(f"--to '{shown}' looks like an option, not a host",
                         hint="Give the new server's host name or IP address: --to HOST.")
     if len(to) > MAX_HOST or unsafe_character(to) or not is_host(to):
-        raise MoveError(f"--to {shown!r} is not a hostname or IP address (at most {MAX_HOST} "
+        raise MoveError(f"--to '{shown}' is not a hostname or IP address (at most {MAX_HOST} "
                         "characters; no scheme, port, path or spaces)",
                         hint="Give the new server's host name or IP address: --to HOST.")
     if to.lower() == agent.host.lower():

@@ -74,9 +74,9 @@ def set_host(registry: Registry, text: str, agent: str, host: str) -> str:
     change anything else."""
     old = registry.get(agent)
     health = moved_health(old, host)
-    wanted = dataclasses.replace(old, host=host, health_endpoint=health)
     fields = [("host", host)]
-    if health != old.health_endpoint:
+    explicit = _value_node(text, agent, "health_endpoint") is not None
+    if health != old.health_endpoint and explicit:
         fields.append(("health_endpoint", health))
     for field, value in fields:
         node = _value_node(text, agent, field)
@@ -97,6 +97,9 @@ def set_host(registry: Registry, text: str, agent: str, host: str) -> str:
             raise RegistryError([f"{registry.path}: wizards.{agent}.{field} cannot be set to "
                                  f"{value!r} in place"])
     again = parse_registry(text, registry.path)
+    if not explicit:  # the default, derived from the host by the registry
+        health = again.get(agent).health_endpoint
+    wanted = dataclasses.replace(old, host=host, health_endpoint=health)
     if (again.agents != {**registry.agents, agent: wanted}
             or dataclasses.replace(again, agents=registry.agents) != registry):
         raise RegistryError([f"{registry.path}: setting wizards.{agent}.host would change "
