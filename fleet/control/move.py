@@ -293,8 +293,12 @@ class Move:
         plan, nodes = self.plan, self.nodes
         name, old, new = plan.agent.name, plan.agent, plan.moved
         self.save(status="running", started=utc_timestamp())
-        nodes.reachable(old, nodectl=True)
-        nodes.reachable(new, nodectl=False)
+        try:
+            nodes.reachable(old, nodectl=True)
+            nodes.reachable(new, nodectl=False)
+        except FleetError as exc:
+            raise self.fail(f"{name} not moved, nothing changed: {exc}",
+                            hint=exc.hint or "Check both servers with SSH.") from None
         self.note("checked", detail=f"{old.host} -> {new.host}")
         with edited_copy(plan) as edited:
             prepared = nodes.deploy(edited, (name,))

@@ -208,3 +208,24 @@ def test_a_failed_redeploy_leaves_the_agent_on_the_new_server(registry: Registry
     assert registry.path.read_text() == plan.after
     assert "retire" not in [call[0] for call in nodes.calls]
     assert "resume" not in [call[0] for call in nodes.calls]
+
+
+def test_an_unreachable_server_changes_nothing(registry: Registry) -> None:
+    nodes, _, outcome = run(registry, {"reachable"})
+    assert isinstance(outcome, MoveError)
+    assert str(outcome).startswith("bezalel not moved, nothing changed: reachable failed here")
+    assert nodes.calls == [("reachable", "192.0.2.20")]
+    assert registry.path.read_text() == REGISTRY
+    assert record(registry)["status"] == "failed"
+
+
+def test_the_cli_shows_the_diff_and_writes_nothing_when_declined(registry: Registry) -> None:
+    done = CliRunner().invoke(main, ["--registry", str(registry.path), "move", "bezalel",
+                                     "--to", SPARE], input="n\n")
+    assert done.exit_code == 1
+    assert done.output.startswith("--- a/registry.yaml\n+++ b/registry.yaml\n")
+    assert f"-    host: 192.0.2.20   # moves\n+    host: {SPARE}   # moves\n" in done.output
+    assert done.output.endswith(f"Move bezalel from 192.0.2.20 to {SPARE} and write this "
+                                "edit? [y/N]: n\nAborted!\n")
+    assert registry.path.read_text() == REGISTRY
+    assert not (registry.path.parent / "records").exists()

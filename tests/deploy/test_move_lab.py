@@ -19,6 +19,7 @@ import shlex
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,11 @@ def bus_key(fleet: Fleet, node: str) -> dict[str, str]:
     return public_keys(AGENT, env[PRIVATE_KEY_ENV])
 
 
-def send_steadily(url: str, ids: list[str], sent: list[str], refused: list[str]) -> None:
-    """Queue one alert to bezalel per id in the orchestrator's outbox, the n-th at n/RATE s;
-    a refused send (the gateway restarting) is tried again with the same id."""
+def send_steadily(url: str, ids: list[str], sent: list[tuple[str, float]],
+                  refused: list[str]) -> None:
+    """Queue one alert to bezalel per id in the orchestrator's outbox, the n-th at n/RATE s
+    (each noted with the time it was queued); a refused send (the gateway restarting) is tried
+    again with the same id."""
     key = signing_key(OPERATOR, SECRETS["identities"][OPERATOR][PRIVATE_KEY_ENV])
     client = BusClient(url, SENDER, key, timeout=5)
     start = time.monotonic()
@@ -97,7 +100,7 @@ def send_steadily(url: str, ids: list[str], sent: list[str], refused: list[str])
                     refused.append(message_id)
                     assert time.monotonic() < give_up, f"{SENDER} refused {message_id} for 120 s"
                     time.sleep(0.1)
-            sent.append(message_id)
+            sent.append((message_id, time.time()))
     finally:
         client.session.close()
 
@@ -116,18 +119,24 @@ def test_move_a_worker_to_the_spare_while_it_receives(lab_fleet: Fleet) -> None:
     text_before = fleet.registry.read_text()
 
     ids = [f"move-{n}" for n in range(COUNT)]
-    sent: list[str] = []
+    sent: list[tuple[str, float]] = []
     refused: list[str] = []
     sender = threading.Thread(target=send_steadily, daemon=True, args=(
         registry.get(SENDER).gateway_url, ids, sent, refused))
     sender.start()
     wait_for(lambda: len(sent) >= COUNT // 10, 60, "the first messages to be queued")
     moved = fleet.run("move", AGENT, "--to", spare, "--yes")
-    during = len(sent)
     sender.join(300)
     assert moved.returncode == 0, moved.stdout + moved.stderr
-    assert during < COUNT, "the move ended before the sender: move during the sending"
-    assert sorted(sent) == sorted(ids)
+    assert sorted(message for message, _ in sent) == sorted(ids)
+    record_line = moved.stdout.strip().splitlines()[-1]
+    record = json.loads(Path(record_line.rsplit("(record: ", 1)[1].rstrip(")")).read_text())
+    assert (record["kind"], record["status"], record["move"]["to"]) == ("move", "ok", spare)
+    steps = {step["step"].split(" ")[0]: datetime.fromisoformat(step["at"]).timestamp()
+             for step in record["move"]["steps"]}
+    while_away = [message for message, at in sent if steps["stopped"] <= at <= steps[
+        "registry"]]  # queued while bezalel ran nowhere, before the registry changed
+    assert len(while_away) >= 100, (steps, len(while_away))
 
     text_after = fleet.registry.read_text()  # one edit: bezalel's host (spelled twice)
     changed = [line for line in difflib.ndiff(text_before.splitlines(), text_after.splitlines())
@@ -162,6 +171,3 @@ def test_move_a_worker_to_the_spare_while_it_receives(lab_fleet: Fleet) -> None:
     assert f"fleet-agent-{AGENT}.service" not in leftover  # the old service is gone
     assert f"\n{AGENT}\n" not in f"\n{leftover}"  # and its secrets: /etc/fleet/{AGENT}
     assert STATE in leftover  # its state stays until --purge
-    record_line = moved.stdout.strip().splitlines()[-1]
-    record = json.loads(Path(record_line.rsplit("(record: ", 1)[1].rstrip(")")).read_text())
-    assert (record["kind"], record["status"], record["move"]["to"]) == ("move", "ok", spare)
