@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from fleet.control.move import MoveError, MovePlan, Nodes, check_target, plan_mo
 from fleet.control.rollout import RolloutResult
 from fleet.core.errors import StateError
 from fleet.core.registry import Agent, Registry, is_host, load_registry
+from fleet.node import nodectl
 from fleet.node.nodectl import Retired
 
 REGISTRY = """\
@@ -229,3 +231,51 @@ def test_the_cli_shows_the_diff_and_writes_nothing_when_declined(registry: Regis
                                 "edit? [y/N]: n\nAborted!\n")
     assert registry.path.read_text() == REGISTRY
     assert not (registry.path.parent / "records").exists()
+
+
+@pytest.fixture
+def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """A node root for ``fleet-nodectl``: bezalel's state, snapshots, /etc/fleet and units
+    (gateway and runtime); systemctl calls are noted, not run."""
+    for name, path in (("STATE_ROOT", "state"), ("SNAPSHOTS", "snapshots"), ("ETC", "etc"),
+                       ("UNIT_DIR", "units")):
+        monkeypatch.setattr(nodectl, name, tmp_path / path)
+    (tmp_path / "state" / "bezalel").mkdir(parents=True)
+    (tmp_path / "state" / "bezalel" / "memory.txt").write_text("remembered\n")
+    (tmp_path / "etc" / "bezalel").mkdir(parents=True)
+    (tmp_path / "etc" / "bezalel" / "env").write_text('FLEET_BUS_PRIVATE_KEY="secret"\n')
+    (tmp_path / "units").mkdir()
+    for unit in ("fleet-agent-bezalel.service", "fleet-runtime-bezalel.service"):
+        (tmp_path / "units" / unit).write_text("[Unit]\n")
+    calls: list[tuple[str, ...]] = []
+
+    def systemctl(argv: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(tuple(argv))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", systemctl)  # the module nodectl calls
+    return calls
+
+
+def test_hand_over_stops_the_runtime_then_the_gateway_then_snapshots(
+        node: list[tuple[str, ...]], tmp_path: Path) -> None:
+    done = nodectl.hand_over("bezalel", keep=5)
+    assert node == [("systemctl", "stop", "fleet-runtime-bezalel.service"),
+                    ("systemctl", "stop", "fleet-agent-bezalel.service")]
+    copy = tmp_path / "snapshots" / "bezalel" / done["snapshot"]["id"] / "data" / "memory.txt"
+    assert copy.read_text() == "remembered\n"
+
+
+@pytest.mark.parametrize("purge", [False, True])
+def test_retire_removes_units_and_secrets_and_keeps_state_unless_purged(
+        node: list[tuple[str, ...]], tmp_path: Path, purge: bool) -> None:
+    nodectl.take_snapshot("bezalel")
+    done = nodectl.retire("bezalel", purge)
+    assert node == [("systemctl", "disable", "--now", "fleet-runtime-bezalel.service"),
+                    ("systemctl", "disable", "--now", "fleet-agent-bezalel.service"),
+                    ("systemctl", "daemon-reload")]
+    assert list((tmp_path / "units").iterdir()) == []
+    assert not (tmp_path / "etc" / "bezalel").exists()  # its secrets go with the service
+    kept = [str(tmp_path / "state" / "bezalel"), str(tmp_path / "snapshots" / "bezalel")]
+    assert done["kept"] == ([] if purge else kept)
+    assert all(Path(path).exists() != purge for path in kept)
