@@ -40,6 +40,7 @@ COMMANDS = {
     "secrets": "fleet.cli.secrets:secrets",
     "state": "fleet.cli.state:state",
     "memory": "fleet.cli.memory:memory",
+    "move": "fleet.cli.move:move",
 }
 
 

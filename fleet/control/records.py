@@ -92,11 +92,26 @@ class Verdict(TypedDict):
     reason: NotRequired[str]  # why not, when no failure count says it
 
 
+class MoveStep(TypedDict, total=False):
+    """One step of ``fleet move``: what was done, whether it worked, when, and a detail."""
+
+    step: str
+    ok: bool
+    at: str
+    detail: str
+
+
+# ``fleet move``: the agent, its old and new host ("from": a keyword, hence this form), whether
+# its old state is purged, the registry edit as a diff, and the steps so far.
+MoveRecord = TypedDict("MoveRecord", {"agent": str, "from": str, "to": str, "purge": bool,
+                                      "diff": str, "steps": list[MoveStep]})
+
+
 class RunRecord(TypedDict, total=False):
-    """A whole deploy or rollback run."""
+    """A whole deploy, rollback or move run (a move's deploys have records of their own)."""
 
     run_id: str
-    kind: Literal["deploy", "rollback"]
+    kind: Literal["deploy", "rollback", "move"]
     dry: bool
     status: RunStatus
     started: str
@@ -113,6 +128,8 @@ class RunRecord(TypedDict, total=False):
     regions: list[str]  # the regions of the run, in rollout order
     unreachable_regions: list[str]  # regions skipped as unreachable (the run is ``partial``)
     hosts: dict[str, HostRecord]
+    move: MoveRecord  # kind move
+    snapshot: str  # kind move: the final snapshot carried
 
 
 class RecordError(FleetError):

@@ -720,7 +720,7 @@ class _AgentFields:
         if "host" not in self.values:
             return ""
         value = self.values["host"][0]
-        if isinstance(value, str) and _is_host(value):
+        if isinstance(value, str) and is_host(value):
             return value
         self.bad("host", f"{value!r} is not a hostname or IP address "
                  "(write just the name or address, no scheme, port or path)")
@@ -931,7 +931,7 @@ def soul_problem(registry_path: Path, soul: str) -> str:
     return ""
 
 
-def _is_host(value: str) -> bool:
+def is_host(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
         return "%" not in value  # no IPv6 zone ids: free text after the '%'

@@ -20,6 +20,11 @@ Subcommands, each printing one JSON document:
   state dir (``/var/lib/fleet/AGENT``) kept outside it (``/var/lib/fleet-snapshots/AGENT/ID``,
   root only): SQLite databases through the online backup API, other files copied; restore
   stops the agent, swaps a rebuilt state dir in, starts and verifies it
+- ``state hand-over|resume|retire --agent AGENT ...`` (``fleet move``): stop the agent (its
+  runtime, then its gateway: nothing is accepted or written after) and take its final
+  snapshot; start it again and verify it (a move that failed); remove its units and its
+  ``/etc/fleet/AGENT`` (config, soul, secrets), keeping its state dir and snapshots unless
+  ``--purge``
 
 An agent's state dir is only ever changed by ``state restore`` and ``rollback --with-state``;
 the deploy lock is never touched here (the deploy releases it in the same round trip:
@@ -587,6 +592,7 @@ def facts(args: argparse.Namespace) -> AgentFacts:
 
 STATE_ROOT = Path(os.environ.get("FLEET_STATE_ROOT", "/var/lib/fleet"))
 SNAPSHOTS = Path(os.environ.get("FLEET_SNAPSHOTS", "/var/lib/fleet-snapshots"))
+UNIT_DIR = Path("/etc/systemd/system")
 AGENT_RE = re.compile(r"[a-z][a-z0-9-]{0,30}")  # fleet.core.registry.NAME_RE
 AGENT_FORM = "1-31 characters of lowercase letters, digits and '-', starting with a letter"
 SNAPSHOT_ID_RE = re.compile(r"[0-9]{8}T[0-9]{12}Z")
@@ -1285,6 +1291,65 @@ def restore(agent: str, ident: str, unit: str, runtime_unit: str | None, port: i
             "problems": problems, "health": body}
 
 
+def agent_units(agent: str) -> tuple[str, str | None]:
+    """The agent's gateway unit and its runtime unit (None when this node has none)."""
+    agent_name_checked(agent)
+    runtime = f"fleet-runtime-{agent}.service"
+    return (f"fleet-agent-{agent}.service",
+            runtime if (UNIT_DIR / runtime).is_file() else None)
+
+
+def hand_over(agent: str, keep: int) -> Snapshotted:
+    """Stop the agent (runtime first, then the gateway: once stopped it accepts nothing, and
+    every message it acknowledged is committed) and snapshot its state: the snapshot a move
+    carries to the agent's new node. Its units stay enabled: ``resume`` starts them again."""
+    unit, runtime_unit = agent_units(agent)
+    stop_units(unit, runtime_unit)
+    return take_snapshot(agent, keep)
+
+
+def resume(agent: str, port: int, timeout: float) -> Restored:
+    """Start the agent again where it was stopped (a move that could not finish) and verify
+    it like a restore does."""
+    unit, runtime_unit = agent_units(agent)
+    start_units(unit, runtime_unit)
+    problems, body = checked(unit, runtime_unit, port, {"release": current_release() or ""},
+                             timeout)
+    return {"restored": False, "reason": "resumed", "healthy": not problems,
+            "problems": problems, "health": body}
+
+
+class Retired(TypedDict):
+    """``fleet-nodectl state retire``: the units and folders removed, and what was kept."""
+
+    removed: list[str]
+    kept: list[str]
+
+
+def retire(agent: str, purge: bool) -> Retired:
+    """Remove the agent's service from this node (it moved): its units stopped, disabled and
+    deleted, and ``/etc/fleet/AGENT`` (config, soul, registry copy, the env file with its
+    secrets) deleted. Its state dir and snapshots stay unless ``purge``."""
+    unit, runtime_unit = agent_units(agent)
+    removed: list[str] = []
+    for name in ([runtime_unit] if runtime_unit else []) + [unit]:
+        subprocess.run(["systemctl", "disable", "--now", name], check=False,
+                       capture_output=True)
+        path = UNIT_DIR / name
+        if path.is_file():
+            path.unlink()
+            removed.append(str(path))
+    subprocess.run(["systemctl", "daemon-reload"], check=True, capture_output=True)
+    folders = [ETC / agent] + ([STATE_ROOT / agent, SNAPSHOTS / agent] if purge else [])
+    for folder in folders:
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+            removed.append(str(folder))
+    kept = [str(folder) for folder in (STATE_ROOT / agent, SNAPSHOTS / agent)
+            if folder.exists()]
+    return {"removed": removed, "kept": kept}
+
+
 def snapshot_before(agent: str, release: str | None) -> Manifest | None:
     """The newest snapshot taken by the deploy that brought ``release`` (its release_after)."""
     return next((manifest for manifest in snapshots(agent)
@@ -1428,6 +1493,12 @@ def state_command(args: argparse.Namespace) -> Any:
     if args.state_command == "restore":
         return restore(args.agent, args.snapshot, args.unit, args.runtime_unit, args.port,
                        args.timeout)
+    if args.state_command == "hand-over":
+        return hand_over(args.agent, args.keep)
+    if args.state_command == "resume":
+        return resume(args.agent, args.port, args.timeout)
+    if args.state_command == "retire":
+        return retire(args.agent, args.purge)
     if args.state_command == "export":
         sys.stdout.flush()
         export_snapshot(args.agent, args.snapshot, sys.stdout.buffer)
@@ -1444,11 +1515,21 @@ def add_state_parser(commands: Any) -> None:
                        ("list", "the agent's snapshots, newest first"),
                        ("restore", "stop the agent, restore a snapshot, start and verify"),
                        ("export", "a snapshot as a tar stream on stdout"),
-                       ("import", "a snapshot from a tar stream on stdin")):
+                       ("import", "a snapshot from a tar stream on stdin"),
+                       ("hand-over", "stop the agent and take its final snapshot (a move)"),
+                       ("resume", "start the agent again and verify it (a failed move)"),
+                       ("retire", "remove the agent's units and /etc/fleet/AGENT (it moved); "
+                                  "--purge: its state and snapshots too")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--agent", required=True, type=agent_name)
-        if name == "snapshot":
+        if name in ("snapshot", "hand-over"):
             cmd.add_argument("--keep", type=keep_count, default=KEEP_SNAPSHOTS)
+        if name == "resume":
+            cmd.add_argument("--port", type=int, required=True)
+            cmd.add_argument("--timeout", type=float, default=20.0)
+        if name == "retire":
+            cmd.add_argument("--purge", action="store_true")
+        if name == "snapshot":
             cmd.add_argument("--release-before", type=release_id, default=None)
             cmd.add_argument("--release-after", type=release_id, default=None)
             cmd.add_argument("--env-before", choices=ENV_FILES, default=None,
