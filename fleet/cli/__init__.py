@@ -40,6 +40,7 @@ COMMANDS = {
     "secrets": "fleet.cli.secrets:secrets",
     "state": "fleet.cli.state:state",
     "memory": "fleet.cli.memory:memory",
+    "work": "fleet.cli.work:work",
 }
 
 
