@@ -124,7 +124,8 @@ _ITEM_RE = re.compile(r"\*|(?P<a>[0-9]{1,4})(?:\.\.(?P<b>[0-9]{1,4}))?(?:/(?P<n>
 FALLBACK_FORM = ("without systemd-analyze only this form is checked: a keyword (minutely, "
                  "hourly, daily, weekly, monthly, quarterly, semiannually, yearly, annually) or "
                  "[Mon..Fri,Sun ]YEAR-MONTH-DAY HOUR:MINUTE[:SECOND][ UTC], each part * or a "
-                 "list of N, N..M or N/STEP (install systemd for the whole grammar)")
+                 "list of N, N..M (N below M) or N/STEP (N+STEP in range); install systemd for "
+                 "the whole grammar")
 
 
 def _component_problem(text: str, field: str) -> str:
@@ -141,8 +142,11 @@ def _component_problem(text: str, field: str) -> str:
         last = int(found["b"]) if found["b"] is not None else first
         if not low <= first <= last <= high:
             return f"{field} {item!r} is outside {low}..{high}"
-        if found["n"] is not None and int(found["n"]) < 1:
-            return f"{field} {item!r} repeats every 0"
+        if found["b"] is not None and first == last:
+            return f"{field} {item!r} is a range of one value; write {first}"
+        if found["n"] is not None and not 1 <= int(found["n"]) <= high - first:
+            return (f"{field} {item!r} repeats every {int(found['n'])}: from {first} at most "
+                    f"{high - first}")
     return ""
 
 

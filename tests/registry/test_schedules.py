@@ -187,7 +187,8 @@ def test_without_systemd_analyze_the_strict_fallback_decides() -> None:
     for bad, why in [("*-*-* 24:00", "hour '24' is outside 0..23"),
                      ("Fri..Mon2 *-*-* 00:00", "weekday 'Fri..Mon2' is not Mon..Sun"),
                      ("*-*-* 1..0:00", "hour '1..0' is outside 0..23"),
-                     ("*-*-* 0/0:00", "hour '0/0' repeats every 0"),
+                     ("*-*-* 0/0:00", "hour '0/0' repeats every 0: from 0 at most 23"),
+                     ("*-2/11-* 00:00", "month '2/11' repeats every 11: from 2 at most 10"),
                      ("*-*-* *,1:00", "hour '*,1' lists *, which stands alone"),
                      ("*:0/15", "is not of the form checked here"),
                      ("*-*-* 02:00 Europe/Berlin", "is not of the form checked here"),
@@ -200,12 +201,16 @@ def test_without_systemd_analyze_the_strict_fallback_decides() -> None:
 
 
 def component(low: int, high: int) -> st.SearchStrategy[str]:
-    """One part of a calendar expression in the fallback's grammar, in or out of range."""
-    number = st.integers(max(0, low - 2), high + 2)
+    """One part of a calendar expression in the fallback's grammar: mostly in range, now
+    and then just outside it."""
+    number = st.one_of(st.integers(low, high), st.integers(max(0, low - 2), high + 2))
+    step = st.one_of(st.integers(1, max(1, (high - low) // 3)), st.integers(0, high - low + 2))
     item = st.one_of(st.just("*"), number.map(str),
-                     st.tuples(number, number).map(lambda p: f"{p[0]}..{p[1]}"),
-                     st.tuples(number, st.integers(0, 30)).map(lambda p: f"{p[0]}/{p[1]}"))
-    return st.lists(item, min_size=1, max_size=3).map(",".join)
+                     st.tuples(number, number).map(lambda p: f"{min(p)}..{max(p)}"),
+                     st.tuples(number, step).map(lambda p: f"{p[0]}/{p[1]}"),
+                     st.tuples(number, number, step).map(
+                         lambda p: f"{min(p[:2])}..{max(p[:2])}/{p[2]}"))
+    return st.one_of(st.just("*"), st.lists(item, min_size=1, max_size=3).map(",".join))
 
 
 days = st.sampled_from([*schedules.WEEKDAYS, "Mon..Fri", "Sat..Sun", "Mon,Thu"])
