@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,8 @@ def node_time(fleet: Fleet) -> float:
     return float(fleet.ssh(AGENT, "date +%s.%N"))
 
 
-def test_schedules_fire_run_now_and_go_away_with_the_registry(fleet: Fleet) -> None:
+def test_schedules_fire_run_now_and_go_away_with_the_registry(
+        fleet: Fleet, unit_state: Callable[[], dict[str, str]]) -> None:
     hour = (time.gmtime(node_time(fleet)).tm_hour + 12) % 24  # far from now: never fires here
     nightly = {"on": f"*-*-* {hour:02d}:00:00 UTC", "prompt": PROMPT}
     first = with_schedules(fleet, "registry-schedules-1.yaml", {"nightly": nightly})
@@ -90,6 +92,7 @@ def test_schedules_fire_run_now_and_go_away_with_the_registry(fleet: Fleet) -> N
     soon = {"on": time.strftime("*-*-* %H:%M:%S UTC", time.gmtime(target)), "prompt": "tick"}
     second = with_schedules(fleet, "registry-schedules-2.yaml",
                             {"nightly": nightly, "soon": soon})
+    running = unit_state()[AGENT]  # the agent's MainPID and start: no schedule restarts it
     host = deployed(fleet, second)
     assert (host["changed"], host["restarted"]) == ([
         f"Services | Schedule unit fleet-schedule-{AGENT}_soon.service",
@@ -119,6 +122,7 @@ def test_schedules_fire_run_now_and_go_away_with_the_registry(fleet: Fleet) -> N
     assert planned == removal
     host = deployed(fleet, fleet.registry)
     assert (host["changed"], host["restarted"]) == (removal, False)
+    assert unit_state()[AGENT] == running
     assert fleet.ssh(AGENT, f"ls {UNITS}* 2>/dev/null; systemctl list-units --all --no-legend "
                             "'fleet-schedule-*'; systemctl list-unit-files --no-legend "
                             "'fleet-schedule-*'; true").strip() == ""
