@@ -88,7 +88,7 @@ def test_schedules_fire_run_now_and_go_away_with_the_registry(
     assert found and float(found.group(1)) <= MAX_EXPOSURE and found.group(2) == "OK", report
 
     # a schedule a minute ahead: adding it writes its units, reloads and starts its timer
-    target = int(node_time(fleet)) + 60
+    target = int(node_time(fleet)) + 75  # about a minute ahead, with room for two deploys
     soon = {"on": time.strftime("*-*-* %H:%M:%S UTC", time.gmtime(target)), "prompt": "tick"}
     second = with_schedules(fleet, "registry-schedules-2.yaml",
                             {"nightly": nightly, "soon": soon})
