@@ -85,7 +85,8 @@ def test_schedules_fire_run_now_and_go_away_with_the_registry(
     unit = f"fleet-schedule-{AGENT}_nightly.service"
     report = fleet.ssh(AGENT, f"systemd-analyze security --no-pager {unit}")
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", report)
-    assert found and float(found.group(1)) <= MAX_EXPOSURE and found.group(2) == "OK", report
+    assert found and float(found.group(1)) <= MAX_EXPOSURE, report
+    assert found.group(2) in ("SAFE", "OK"), report  # ≤ 2.5: OK; the loopback rule: 0.9 SAFE
 
     # a schedule a minute ahead: adding it writes its units, reloads and starts its timer
     target = int(node_time(fleet)) + 75  # about a minute ahead, with room for two deploys
