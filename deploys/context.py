@@ -21,12 +21,14 @@ from fleet.control.secrets import Secrets, load_secrets
 from fleet.core.digests import text_sha256
 from fleet.core.masking import Masker
 from fleet.core.registry import Agent, Registry, load_registry
+from fleet.core.schedules import Schedule, unit_base, unit_glob
 
 OPT = "/opt/fleet"
 RELEASES = f"{OPT}/releases"
 CURRENT = f"{OPT}/current"
 NODECTL = f"{OPT}/bin/fleet-nodectl"
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-fleet.conf"
+UNIT_DIR = "/etc/systemd/system"
 KEEP_RELEASES = 5
 
 
@@ -159,7 +161,20 @@ class AgentContext:
         if self.agent.runtime_unit is None:  # one left from before is removed
             paths += [self.runtime_unit_path, self.ship_dir]
         paths += self.release_ship_paths()
+        paths += [f"{UNIT_DIR}/{unit}" for item in self.agent.schedules
+                  for unit in self.schedule_units(item)]
         return [*paths, UPLOAD_DIR] if self.registry.become else paths
+
+    def schedule_units(self, schedule: Schedule) -> tuple[str, str]:
+        """The timer and the service of one of the agent's schedules."""
+        base = unit_base(self.name, schedule.name)
+        return f"{base}.timer", f"{base}.service"
+
+    @property
+    def schedule_glob(self) -> str:
+        """Every schedule unit file of this agent, the registry's or left from before (the
+        node's snapshot lists them: one the registry no longer has is removed)."""
+        return f"{UNIT_DIR}/{unit_glob(self.name)}"
 
     def loaded_paths(self) -> list[str]:
         """What the running agent loaded when it started (the release, its files, units): one
@@ -230,6 +245,7 @@ class AgentContext:
                          if key not in ("ssh_key", "known_hosts")}
         for name, entry in data["wizards"].items():
             entry.pop("authorized_keys", None)
+            entry.pop("schedules", None)  # on the node as their units: a change restarts nothing
             runtime = entry.get("runtime")
             if name == self.name:
                 entry["soul"] = "soul.md"  # beside the copy: /etc/fleet/<agent>/soul.md
@@ -285,7 +301,10 @@ def load_node(ctx: AgentContext) -> None:
 
     ctx.node = host.get_fact(NodeState, paths=ctx.managed_paths(), user=ctx.user, unit=ctx.unit,
                              current=CURRENT, releases_dir=RELEASES,
-                             keys_file=ctx.login_keys_file, lock_dir=LOCK_DIR)
+                             keys_file=ctx.login_keys_file, lock_dir=LOCK_DIR,
+                             schedule_glob=ctx.schedule_glob.rstrip("*"),
+                             timers=tuple(ctx.schedule_units(item)[0]
+                                          for item in ctx.agent.schedules))
 
 
 @functools.cache

@@ -49,6 +49,20 @@ class UnitInfo(TypedDict, total=False):
     need_reload: bool  # its unit file changed since systemd loaded it
 
 
+class TimerInfo(TypedDict, total=False):
+    """A schedule's timer as ``systemctl show`` saw it."""
+
+    active: str  # ActiveState
+    enabled: str  # UnitFileState
+
+
+class ScheduleUnits(TypedDict):
+    """The agent's schedule units on the node (:mod:`fleet.core.schedules`)."""
+
+    files: list[str]  # every /etc/systemd/system/fleet-schedule-AGENT_* there
+    timers: dict[str, TimerInfo]  # the registry's timers, by unit name
+
+
 class NodeSnapshot(TypedDict):
     """Everything the deploy manages on a node, read in one round trip (:class:`NodeState`)."""
 
@@ -59,6 +73,7 @@ class NodeSnapshot(TypedDict):
     group: bool  # ... and its group
     unit: UnitInfo
     authorized_keys: list[str]  # the login user's lines
+    schedules: ScheduleUnits
     basics: NotRequired[Basics]  # when preflight asked for them in the same round trip
 
 
@@ -71,7 +86,7 @@ def empty_basics() -> Basics:
 def empty_snapshot() -> NodeSnapshot:
     """A node with nothing of the deploy's on it."""
     return {"paths": {}, "current": None, "releases": [], "user": False, "group": False,
-            "unit": {}, "authorized_keys": []}
+            "unit": {}, "authorized_keys": [], "schedules": {"files": [], "timers": {}}}
 
 
 def unit_started(value: str) -> float | None:
@@ -175,15 +190,25 @@ class NodeState(FactBase[NodeSnapshot]):
     loaded it.
 
     Given ``lock_dir``, the same round trip also reads what preflight checks (``NodeBasics``)
-    into ``"basics"``.
+    into ``"basics"``. Given ``schedule_glob`` (``/etc/systemd/system/fleet-schedule-AGENT_``,
+    matched with a trailing ``*``) and ``timers``, ``"schedules"`` lists the agent's schedule
+    unit files there and the state of those timers:
+    ``{"files": [...], "timers": {"fleet-schedule-a_x.timer": {"active": "active",
+    "enabled": "enabled"}}}``.
     """
 
     default = staticmethod(empty_snapshot)
 
     def command(self, paths: list[str], user: str, unit: str, current: str, releases_dir: str,
-                keys_file: str, lock_dir: str | None = None) -> str:
+                keys_file: str, lock_dir: str | None = None, schedule_glob: str = "",
+                timers: tuple[str, ...] = ()) -> str:
         quoted = " ".join(shlex.quote(path) for path in paths)
         basics = [f"({NodeBasics().command(lock_dir)}) | sed 's/^/basics|/'"] if lock_dir else []
+        schedules = [f"for f in {shlex.quote(schedule_glob)}*; do [ -e \"$f\" ] && "
+                     "echo \"schedule|$f\"; done"] if schedule_glob else []
+        if timers:
+            schedules.append(f"systemctl show {' '.join(map(shlex.quote, timers))} -p Id "
+                             "-p ActiveState -p UnitFileState | sed 's/^/timer|/'")
         # A few processes in all, not a few per path: one stat, one sha256sum, one systemctl.
         return "; ".join([
             f"stat -c 'path|%n|%F|%U|%G|%a|%.9Y' -- {quoted} 2>/dev/null",
@@ -197,6 +222,7 @@ class NodeState(FactBase[NodeSnapshot]):
             f"systemctl show {shlex.quote(unit)} --timestamp=us+utc -p ActiveState "
             "-p UnitFileState -p ActiveEnterTimestamp -p NeedDaemonReload | sed 's/^/unit|/'",
             f"sed 's/^/key|/' {shlex.quote(keys_file)} 2>/dev/null",
+            *schedules,
             *basics,  # last: its clock reading is closest to when the output arrives
             "true",
         ])
@@ -204,9 +230,21 @@ class NodeState(FactBase[NodeSnapshot]):
     def process(self, output: list[str]) -> NodeSnapshot:
         state = empty_snapshot()
         basics = []
-        for line in output:
+        timer: dict[str, str] = {}
+        for line in [*output, "timer|"]:  # systemctl show: a blank line ends each unit
             kind, _, rest = line.partition("|")
-            if kind == "basics":
+            if kind == "timer":
+                if rest:
+                    name, _, value = rest.partition("=")
+                    timer[name] = value
+                elif timer.get("Id"):
+                    state["schedules"]["timers"][timer["Id"]] = {
+                        "active": timer.get("ActiveState", ""),
+                        "enabled": timer.get("UnitFileState", "")}
+                    timer = {}
+            elif kind == "schedule":
+                state["schedules"]["files"].append(rest)
+            elif kind == "basics":
                 basics.append(rest)
             elif kind == "path":
                 path, kind_, user, group, mode, mtime = (rest.split("|") + [""] * 6)[:6]

@@ -523,3 +523,35 @@ def unit_running(unit: str, node: Node):
         yield " && ".join(commands)
     else:
         host.noop(f"{unit} is enabled and running")
+
+
+@operation()
+def timers_running(timers: Sequence[tuple[str, Outcome]], node: Node):
+    """
+    Schedule timers enabled and running; a running timer whose unit file changed is
+    restarted (it computes its next elapse from the new ``OnCalendar=``), from the node's
+    snapshot (its ``schedules.timers``). Run after the daemon-reload of the changed files.
+
+    + timers: each timer's unit name and the operation writing its unit file
+    + node: the host's NodeState snapshot
+
+    **Example:**
+
+    .. code:: python
+
+        timers_running(name="Schedule timers enabled and running",
+                       timers=[("fleet-schedule-a_nightly.timer", timer_file)], node=node)
+    """
+    commands = []
+    for unit, unit_file in timers:
+        status = node["schedules"]["timers"].get(unit, {})
+        if status.get("enabled") != "enabled":
+            commands.append(_q("systemctl", "enable", unit))
+        if status.get("active") != "active":
+            commands.append(_q("systemctl", "start", unit))
+        elif _changed(unit_file):
+            commands.append(_q("systemctl", "restart", unit))
+    if commands:
+        yield " && ".join(commands)
+    else:
+        host.noop(f"{len(timers)} schedule timers are running and unchanged")

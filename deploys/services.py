@@ -2,7 +2,8 @@
 when the release, config, registry copy, soul, environment or unit changed, in this deploy or
 after the unit last started (an earlier deploy that failed before its restart: the node's
 snapshot has each file's mtime and the unit's start). A runtime unit the registry no longer
-asks for is stopped and removed.
+asks for is stopped and removed. The agent's schedules (:mod:`deploys.schedules`): their timers
+and services, and the removal of those the registry no longer has; they restart no agent.
 
 As in pyinfra-examples, the daemon-reload and the restart are pyinfra's own operations hung on
 ``did_change`` (``_if=``). They are planned only when a file they depend on will change, so a
@@ -20,6 +21,7 @@ from pathlib import PurePosixPath
 
 from pyinfra.operations import files, server, systemd
 
+from deploys import schedules
 from deploys.context import CURRENT, NODECTL, AgentContext, phase
 from deploys.facts import newer_than_unit
 from deploys.ops import Outcome, managed_file, unit_running
@@ -121,12 +123,14 @@ def run(ctx: AgentContext, restart_on: Sequence[Outcome],
         name=UNIT_FILE, dest=ctx.unit_path, content=unit_text(ctx), user="root", group="root",
         mode="644", node=ctx.node, diffs=ctx.diffs()))
     runtime_ops = runtime(ctx)
-    unit_files = [unit, *runtime_ops[-1:]]
+    schedule_files, timers = schedules.unit_files(ctx)
+    unit_files = [unit, *runtime_ops[-1:], *schedule_files]
     stale_units = bool(ctx.node["unit"].get("need_reload"))  # a deploy failed before reload
     if stale_units or any(op.will_change for op in unit_files):
         ctx.track(RELOAD, systemd.daemon_reload(
             name=RELOAD, _if=lambda: stale_units or any(op.did_change() for op in unit_files)))
     runtime_removed(ctx)
+    schedules.removed(ctx)
     service_ops: list[Outcome] = [
         ctx.track(RUNNING, unit_running(name=RUNNING, unit=ctx.unit, node=ctx.node))]
     if ctx.agent.runtime_unit:
@@ -147,6 +151,7 @@ def run(ctx: AgentContext, restart_on: Sequence[Outcome],
             ctx, env_replaced)], _if=restart_due))
         service_ops.append(ctx.track(RESTART, systemd.service(
             name=RESTART, service=ctx.unit, restarted=True, _if=restart_due)))
+    schedules.timers_started(ctx, timers)
     return service_ops
 
 

@@ -41,6 +41,7 @@ COMMANDS = {
     "state": "fleet.cli.state:state",
     "memory": "fleet.cli.memory:memory",
     "move": "fleet.cli.move:move",
+    "work": "fleet.cli.work:work",
 }
 
 

@@ -25,6 +25,7 @@ from jinja2 import Environment, FunctionLoader, StrictUndefined
 from fleet.control.templates import read_template
 from fleet.core.envfile import format_env
 from fleet.core.errors import FleetError
+from fleet.core.schedules import on_shape_problem
 from fleet.core.validate import (
     AUTHORIZED_KEY_FORM,
     EXEC_PREFIXES,
@@ -90,6 +91,17 @@ def unit_command(argv: Sequence[str], what: str = "command") -> UnitWord:
             raise RenderError(f"{what}: the argument {arg!r} cannot be written to a unit "
                               "(systemd drops an empty word and reads ';' as a separator)")
     return UnitWord(" ".join(unit_word(arg, command=True, what=what) for arg in argv))
+
+
+def unit_calendar(value: str, what: str = "OnCalendar") -> UnitWord:
+    """An ``OnCalendar=`` value. systemd reads it unquoted (only specifiers are expanded), so
+    it passes as it is when it holds none of what the unit parser would read: only the
+    characters :func:`fleet.core.schedules.on_shape_problem` allows (no quote, backslash,
+    ``%``, ``$``, ``#`` or control character), nothing leading or trailing."""
+    problem = on_shape_problem(value)
+    if problem:
+        raise RenderError(f"{what}: {problem}")
+    return UnitWord(value)
 
 
 def _finalize(value: Any) -> str:

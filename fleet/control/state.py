@@ -13,17 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shlex
 import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-from fleet.control.status import ssh_command
+from fleet.control.status import as_root
 from fleet.core.atomic import replace_atomic
 from fleet.core.errors import StateError
-from fleet.core.registry import DEFAULT_SSH_USER, Agent, Registry
+from fleet.core.registry import Agent, Registry
 from fleet.node.nodectl import SNAPSHOT_ID_FORM, SNAPSHOT_ID_RE, Manifest, Restored, SnapshotInfo
 
 NODECTL = "/opt/fleet/bin/fleet-nodectl"  # deploys.context.NODECTL
@@ -45,10 +44,7 @@ class Backup:
 def remote(agent: Agent, registry: Registry, args: list[str]) -> list[str]:
     """The argv running ``fleet-nodectl ARGS`` on ``agent``'s node as root: ``sudo -n`` when
     the login user is not root (the registry's ``fleet.become``)."""
-    command = [NODECTL, *args]
-    if agent.ssh_user != DEFAULT_SSH_USER and registry.become == "sudo":
-        command = ["sudo", "-n", *command]
-    return [*ssh_command(agent, registry, SSH_TIMEOUT), shlex.join(command)]
+    return as_root(agent, registry, [NODECTL, *args], SSH_TIMEOUT)
 
 
 def run_nodectl(agent: Agent, registry: Registry, args: list[str],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -30,7 +31,7 @@ from fleet.control.hosts import (
     unknown_agents,
 )
 from fleet.core.errors import StatusError
-from fleet.core.registry import Agent, Registry
+from fleet.core.registry import DEFAULT_SSH_USER, Agent, Registry
 from fleet.node.runtime.state import runtime_ready
 
 DEFAULT_TIMEOUT = 2.0
@@ -95,6 +96,14 @@ def ssh_command(agent: Agent, registry: Registry, timeout: float) -> list[str]:
         "-o", "ServerAliveCountMax=2",
     ]
     return [*command, settings.destination]
+
+
+def as_root(agent: Agent, registry: Registry, argv: list[str], timeout: float) -> list[str]:
+    """The ``ssh`` argv running ``argv`` (quoted) as root on ``agent``'s node: through
+    ``sudo -n`` when the login user is not root (the registry's ``fleet.become``)."""
+    if agent.ssh_user != DEFAULT_SSH_USER and registry.become == "sudo":
+        argv = ["sudo", "-n", *argv]
+    return [*ssh_command(agent, registry, timeout), shlex.join(argv)]
 
 
 def close_master(agent: Agent, registry: Registry, timeout: float) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "StateError",
     "StatusError",
     "WebhookError",
+    "WorkError",
 ]
 
 
@@ -58,6 +59,10 @@ class StateError(FleetError):
 
 class WebhookError(FleetError):
     """The webhook receiver is misconfigured."""
+
+
+class WorkError(FleetError):
+    """An autonomous-work command (``fleet work``: a schedule run now) failed."""
 
 
 USER_ERRORS = (HintedError,)

@@ -25,8 +25,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from fleet.core import schedules as schedule_rules
 from fleet.core.errors import RegistryError
 from fleet.core.runtime_config import NESTED_KEYS, runtime_config_problems
+from fleet.core.schedules import Schedule, on_problem, prompt_problem
 from fleet.core.tool_model import Tool
 from fleet.core.tool_spec import parse_tools
 from fleet.core.validate import (
@@ -67,6 +69,7 @@ AGENT_FIELDS = (
     "runtime",
     "tools",
     "state",
+    "schedules",
 )
 REQUIRED_AGENT_FIELDS = ("host", "role", "model")
 FLEET_FIELDS = ("name", "ssh_key", "known_hosts", "repo_url", "become", "regions", "secrets")
@@ -138,10 +141,23 @@ class Agent:
     runtime_ship: tuple[str, ...] = ()
     tools: tuple[Tool, ...] = ()
     state_snapshots: int = DEFAULT_SNAPSHOTS
+    schedules: tuple[Schedule, ...] = ()
 
     def tool(self, name: str) -> Tool | None:
         """The declared tool called ``name``, or None."""
         return next((tool for tool in self.tools if tool.name == name), None)
+
+    def schedule(self, name: str) -> Schedule:
+        """The schedule called ``name``; :class:`RegistryError` naming the agent's schedules
+        if it has none of that name."""
+        found = next((item for item in self.schedules if item.name == name), None)
+        if found is None:
+            known = ", ".join(item.name for item in self.schedules) or "none"
+            raise RegistryError(
+                [f"agent {self.name!r} has no schedule named {name!r} (its schedules: {known})"],
+                hint=f"Name one of {self.name}'s schedules (`fleet registry show --json`), or "
+                     f"add it under wizards.{self.name}.schedules and deploy.")
+        return found
 
     @property
     def runtime_unit(self) -> str | None:
@@ -188,6 +204,8 @@ class Agent:
             data["tools"] = {tool.name: tool.to_dict() for tool in self.tools}
         if self.state_snapshots != DEFAULT_SNAPSHOTS:
             data["state"] = {"snapshots": self.state_snapshots}
+        if self.schedules:
+            data["schedules"] = {item.name: item.to_dict() for item in self.schedules}
         return data
 
 
@@ -373,6 +391,7 @@ class _Validator:
             self.check_agent_regions(agents, settings["regions"])
         if "become" not in self.fleet_keys:  # a wrong `become` is reported already
             self.check_become(agents)
+        self.check_schedule_capabilities(agents)
         if self.problems:
             raise self.fail()
         return Registry(path=self.path, agents=agents, **settings)
@@ -633,6 +652,7 @@ class _Validator:
         agent_data.update(checked.runtime(bool(agent_data["provider_url"])))
         agent_data["tools"] = checked.tools()
         agent_data["state_snapshots"] = checked.state()
+        agent_data["schedules"] = checked.schedules(agent_data["runtime"])
         if len(self.problems) > before:
             return None
         return Agent(**agent_data)
@@ -645,6 +665,22 @@ class _Validator:
                     f"{self.path}:{agent.line}: wizards.{agent.name}.ssh_user: "
                     f"{agent.ssh_user!r} is not root and the fleet sets no `become`; add "
                     "`become: sudo` under `fleet:` (the user needs passwordless sudo)")
+
+    def check_schedule_capabilities(self, agents: dict[str, Agent]) -> None:
+        """A schedule's ``capability`` is declared by another agent (its runtime routes the
+        request there, never to itself)."""
+        for agent in agents.values():
+            for item in agent.schedules:
+                if item.capability is None:
+                    continue
+                others = [other.name for other in agents.values()
+                          if item.capability in other.capabilities and other is not agent]
+                if not others:
+                    self.problems.append(
+                        f"{self.path}:{item.line}: wizards.{agent.name}.schedules.{item.name}"
+                        f".capability: no other agent declares {item.capability!r}; add it to "
+                        "an agent's `capabilities:` or drop `capability:` (then the agent "
+                        "answers the prompt itself)")
 
     def check_endpoints_unique(self, agents: dict[str, Agent]) -> None:
         seen: dict[tuple[str, int], Agent] = {}
@@ -894,6 +930,71 @@ class _AgentFields:
                                    f"(1-{MAX_SNAPSHOTS})")
             return DEFAULT_SNAPSHOTS
         return count
+
+    def schedules(self, runtime: str) -> tuple[Schedule, ...]:
+        """``schedules``: name -> ``{on, prompt, capability?}`` (:mod:`fleet.core.schedules`),
+        each problem at the line of the schedule or field it is about."""
+        if "schedules" not in self.values:
+            return ()
+        value, node = self.values["schedules"]
+        if not isinstance(node, yaml.MappingNode):
+            self.bad("schedules", f"{value!r} is not a mapping of schedule name to "
+                     "{on: CALENDAR, prompt: TEXT}; write e.g. `schedules: {nightly: {on: "
+                     "\"*-*-* 02:00:00\", prompt: \"...\"}}`")
+            return ()
+        found: list[Schedule] = []
+        for key_node, entry_node in node.value:
+            # the key as written: YAML 1.1 would read a bare `on` or `yes` as a boolean
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            where = f"{self.where}.schedules.{name}"
+            if not isinstance(name, str) or not schedule_rules.NAME_RE.fullmatch(name):
+                self.validator.problem(key_node, where, f"{name!r} is not a schedule name "
+                                       f"({schedule_rules.NAME_FORM})")
+                continue
+            if any(item.name == name for item in found):
+                self.validator.problem(key_node, where, "repeated schedule name")
+                continue
+            item = self.schedule(name, key_node, entry_node, where, runtime)
+            if item is not None:
+                found.append(item)
+        return tuple(found)
+
+    def schedule(self, name: str, key_node: yaml.Node, node: yaml.Node, where: str,
+                 runtime: str) -> Schedule | None:
+        """One schedule's fields, each checked where it is written."""
+        validator = self.validator
+        if not isinstance(node, yaml.MappingNode):
+            validator.problem(node, where, "must be a mapping with `on:` and `prompt:` (and "
+                              "optionally `capability:`)")
+            return None
+        fields = validator.mapping(node, where, schedule_rules.FIELDS)
+        before = len(validator.problems)
+        for required in schedule_rules.REQUIRED:
+            if required not in fields:
+                validator.problem(key_node, f"{where}.{required}", "missing required field")
+        values = {key: (validator.value(v), v) for key, (_, v) in fields.items()
+                  if key in schedule_rules.FIELDS}
+        checks = {"on": on_problem, "prompt": prompt_problem}
+        for key, check in checks.items():
+            if key in values:
+                problem = check(values[key][0])
+                if problem:
+                    validator.problem(values[key][1], f"{where}.{key}", problem)
+        capability = values.get("capability", (None, None))[0]
+        if "capability" in values:
+            if not isinstance(capability, str) or not CAPABILITY_RE.fullmatch(capability):
+                validator.problem(values["capability"][1], f"{where}.capability",
+                                  f"{capability!r} is not a capability name (lowercase "
+                                  "letters, digits, '.', '_' and '-')")
+            elif runtime != "builtin":
+                validator.problem(values["capability"][1], f"{where}.capability",
+                                  f"the agent's runtime is {runtime!r}, and only the built-in "
+                                  "runtime routes a request by capability; give the agent a "
+                                  "provider (the built-in runtime) or drop `capability:`")
+        if len(validator.problems) > before:
+            return None
+        return Schedule(name=name, on=values["on"][0], prompt=values["prompt"][0],
+                        capability=capability, line=key_node.start_mark.line + 1)
 
     def tools(self) -> tuple[Tool, ...]:
         """``tools``: name -> {command or handler, args, timeout, callers, description}."""

@@ -42,7 +42,8 @@ from fleet.core.masking import Masker
 CASES = Path(__file__).parent / "operations"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 EMPTY_NODE: dict[str, Any] = {"paths": {}, "current": None, "releases": [], "user": False,
-                              "group": False, "unit": {}, "authorized_keys": []}
+                              "group": False, "unit": {}, "authorized_keys": [],
+                              "schedules": {"files": [], "timers": {}}}
 
 
 class FakeHost:

@@ -1,13 +1,16 @@
 """systemd's own parser on a lab node reads the units :mod:`fleet.control.render` writes for an
 agent whose registry holds hostile but valid values (quotes, ``%``, ``$``, spaces, backslashes,
 Unicode): ``systemd-analyze verify`` finds nothing, and the loaded unit's ``Environment`` and
-``ExecStart`` (read over D-Bus as JSON: exact strings) are exactly the registry's values. Once
+``ExecStart`` (read over D-Bus as JSON: exact strings) are exactly the registry's values; a
+schedule's timer holds exactly its calendar expression. Once
 for a registry written by hand, and as a property test for registries drawn by the unit
 tests' strategy (``tests/registry/test_render.py``)."""
 
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -20,11 +23,14 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 
 from deploys.context import AgentContext
+from deploys.schedules import service_text, timer_text
 from deploys.services import runtime_unit_text, unit_text
 from fleet import lab
+from fleet.core.errors import RegistryError
 from fleet.core.registry import load_registry, parse_registry
 from tests.lab_fixtures import EXAMPLE_REGISTRY, claim_test_lab, skip_unless_root
-from tests.registry.test_render import agents, context, load
+from tests.registry.test_render import REGISTRY, agents, context, load
+from tests.registry.test_schedules import registry_text, schedule_entries
 
 pytestmark = [pytest.mark.lab]
 PROGRAMS = ("python3", "/usr/bin/env")  # on the node: systemd-analyze checks they exist
@@ -67,13 +73,15 @@ def hostile_units(name: str) -> tuple[str, str]:
     return unit_text(ctx), runtime_unit_text(ctx)
 
 
-def busctl_property(node: tuple[Path, str], unit: str, name: str) -> object:
-    """A property of a loaded service unit, exactly, from systemd over D-Bus (JSON)."""
+def busctl_property(node: tuple[Path, str], unit: str, name: str,
+                    kind: str = "Service") -> object:
+    """A property of a loaded unit (a ``Service``, a ``Timer``), exactly, from systemd over
+    D-Bus (JSON)."""
     path = json.loads(ssh(node, "busctl --json=short call org.freedesktop.systemd1 "
                                 "/org/freedesktop/systemd1 org.freedesktop.systemd1.Manager "
                                 f"LoadUnit s {unit}"))["data"][0]
     return json.loads(ssh(node, f"busctl --json=short get-property org.freedesktop.systemd1 "
-                                f"{path} org.freedesktop.systemd1.Service {name}"))["data"]
+                                f"{path} org.freedesktop.systemd1.{kind} {name}"))["data"]
 
 
 @contextmanager
@@ -144,3 +152,36 @@ def test_systemd_reads_every_accepted_registry_exactly(node: tuple[Path, str],
         assert isinstance(exec_start, list) and len(exec_start) == 1
         assert exec_start[0][1] == [arg.replace("$", "$$") for arg in expected]
         assert ssh(node, f"systemctl show -p ExecStartPre --value {runtime}").strip() == ""
+
+
+@settings(max_examples=8, derandomize=True, deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(entries=schedule_entries())
+def test_systemd_reads_every_accepted_schedule_exactly(node: tuple[Path, str],
+                                                      entries: dict[str, Any]) -> None:
+    """Schedules the validator accepts (hostile prompts, calendar expressions valid or not)
+    render a service and a timer that systemd's own parser verifies and loads with exactly
+    the prompt, and the calendar expression the registry holds (systemd's normalized form of
+    the registry's value)."""
+    try:
+        registry = parse_registry(registry_text(entries), REGISTRY)
+    except RegistryError:
+        assume(False)
+        return
+    agent = registry.get("a")
+    ctx = AgentContext(agent=agent, registry=registry, soul_source=REGISTRY.parent / "x.md")
+    item = agent.schedules[0]
+    timer, service = ctx.schedule_units(item)
+    with loaded_units(node, {service: service_text(ctx, item), timer: timer_text(ctx, item)},
+                      "fleet-"):
+        env = busctl_property(node, service, "Environment")
+        assert env == ["PYTHONPATH=/opt/fleet/current/site", f"FLEET_SCHEDULE={item.name}",
+                       f"FLEET_SCHEDULE_PROMPT={item.prompt}",
+                       *([f"FLEET_SCHEDULE_CAPABILITY={item.capability}"]
+                         if item.capability else []),
+                       "FLEET_GATEWAY_URL=http://127.0.0.1:8646"]
+        calendar = busctl_property(node, timer, "TimersCalendar", "Timer")
+        said = ssh(node, f"systemd-analyze calendar -- {shlex.quote(item.on)}")
+        normalized = re.search(r"Normalized form: (.*)", said)
+        assert normalized and isinstance(calendar, list)
+        assert [entry[:2] for entry in calendar] == [["OnCalendar", normalized.group(1)]]

@@ -482,3 +482,31 @@ wizards:
                              timeout=60, check=False, cwd=tmp_path)
     assert gateway.returncode == 0, gateway.stderr
     assert gateway.stdout.split() == ["bezalel", str(site / "fleet" / "serving.py")]
+
+
+def test_node_state_lists_the_agents_schedule_units_and_their_timers() -> None:
+    """The snapshot lists every schedule unit file of the agent (a glob, so one the registry
+    dropped is found) and the state of the registry's timers (``systemctl show`` blocks)."""
+    from deploys.facts import NodeState
+
+    fact = NodeState()
+    args = dict(paths=["/opt/fleet"], user="a", unit="u", current="/opt/fleet/current",
+                releases_dir="/opt/fleet/releases", keys_file="/root/.ssh/authorized_keys")
+    assert "schedule|" not in fact.command(**args) and "timer|" not in fact.command(**args)
+    command = fact.command(**args, schedule_glob="/etc/systemd/system/fleet-schedule-a_",
+                           timers=("fleet-schedule-a_x.timer",))
+    assert "for f in /etc/systemd/system/fleet-schedule-a_*; do" in command
+    assert "systemctl show fleet-schedule-a_x.timer -p Id -p ActiveState" in command
+    state = fact.process([
+        "schedule|/etc/systemd/system/fleet-schedule-a_x.service",
+        "schedule|/etc/systemd/system/fleet-schedule-a_old.timer",
+        "timer|ActiveState=active", "timer|UnitFileState=enabled",
+        "timer|Id=fleet-schedule-a_x.timer", "timer|",
+        "timer|Id=fleet-schedule-a_y.timer", "timer|ActiveState=inactive",
+        "timer|UnitFileState="])
+    assert state["schedules"] == {
+        "files": ["/etc/systemd/system/fleet-schedule-a_x.service",
+                  "/etc/systemd/system/fleet-schedule-a_old.timer"],
+        "timers": {"fleet-schedule-a_x.timer": {"active": "active", "enabled": "enabled"},
+                   "fleet-schedule-a_y.timer": {"active": "inactive", "enabled": ""}}}
+    assert fact.process([])["schedules"] == {"files": [], "timers": {}}

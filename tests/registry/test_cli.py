@@ -35,7 +35,7 @@ def test_validate_typo_exits_1_naming_line_and_field(repo: Path, tmp_path: Path)
     assert lines[0] == (f"Error: {bad}:20: wizards.bezalel.rol: unknown field; did you mean "
                         "'role'? allowed: host, role, model, health_endpoint, capabilities, "
                         "description, gateway_port, ssh_user, ssh_port, soul, region, provider, "
-                        "authorized_keys, config, runtime, tools, state")
+                        "authorized_keys, config, runtime, tools, state, schedules")
     assert f"Error: {bad}:18: wizards.bezalel.role: missing required field" in lines
     assert lines[-1] == "Hint: Fix the registry file, then check it with `fleet registry validate`."
     assert "Traceback" not in err

@@ -75,7 +75,7 @@ def test_unknown_field_suggests_close_name() -> None:
     assert "registry.yaml:5: wizards.ezra-primary.modle: unknown field; did you mean 'model'? " \
         "allowed: host, role, model, health_endpoint, capabilities, description, gateway_port, " \
         "ssh_user, ssh_port, soul, region, provider, authorized_keys, config, runtime, " \
-        "tools, state" in found
+        "tools, state, schedules" in found
     assert "registry.yaml:2: wizards.ezra-primary.model: missing required field" in found
 
 

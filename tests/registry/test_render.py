@@ -331,7 +331,7 @@ def test_provider_base_url_with_a_newline_is_refused_though_urlsplit_drops_it() 
 
 
 def test_every_fleet_unit_runs_in_the_one_sandbox_block() -> None:
-    """The agent, runtime and receiver units include the one sandbox block (each adds only
+    """The agent, runtime, schedule and receiver units include the one sandbox block (each adds only
     its ``ReadWritePaths=``): no template spells a sandbox setting itself."""
     from fleet.control.templates import read_template
 
@@ -340,6 +340,7 @@ def test_every_fleet_unit_runs_in_the_one_sandbox_block() -> None:
     root = Path(render.__file__).resolve().parents[1]
     sources = [root / "control/templates/fleet-agent.service.j2",
                root / "control/templates/fleet-runtime.service.j2",
+               root / "control/templates/fleet-schedule.service.j2",
                root / "webhook/fleet-webhook.service"]
     settings_in_block = {line.split("=", 1)[0] for line in block.splitlines()}
     for source in sources:
@@ -357,5 +358,5 @@ UNIT_VALUES: dict[str, Any] = {
     "workers": 2,
     "kind": "builtin", "gateway_unit": "fleet-agent-a.service", "extra_env": [],
     "work_dir": "/var/lib/fleet/a", "python": "/usr/bin/python3", "pythonpath": "",
-    "cache_dir": "/var/cache/fleet",
+    "cache_dir": "/var/cache/fleet", "schedule": "nightly", "timeout_s": 120,
     "exec_start": render.unit_command(["/usr/bin/python3", "-m", "fleet.runtime"])}
