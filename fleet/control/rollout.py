@@ -213,8 +213,9 @@ class StageProcess:
 
     def _read(self, masker: Masker) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(masker(line.rstrip("\n")))
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self.lines.put(masker(line.rstrip("\n")))
         self.lines.put(None)
 
     def echo_available(self, echo: Echo, wait: float) -> None:
