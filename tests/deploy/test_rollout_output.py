@@ -1,14 +1,15 @@
 """The streamed output of ``fleet deploy`` when stdout is not a terminal (and with
-``--plain``), pinned byte for byte: a scripted rollout (``tests/deploy/fake_stage.py`` stands
-in for each stage's pyinfra process) of a canary and two batches, the first batch's host
-failing, so the rollout stops and the last batch is skipped."""
+``--plain``), pinned byte for byte as it was before the live view: a scripted rollout
+(``tests/deploy/fake_stage.py`` stands in for each stage's pyinfra process) of a canary and two
+batches, the first batch's host failing, so the rollout stops and the last batch is skipped.
+The same rollout's typed events: phases from the stages' processes, outcomes from the record."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -16,6 +17,19 @@ from click.testing import CliRunner
 from fleet.cli import main
 from fleet.control import rollout
 from fleet.control.records import RECORDS_ENV, RUN_ID_ENV
+from fleet.control.rollout_events import (
+    HostDone,
+    HostPhase,
+    RolloutEvent,
+    RolloutFinished,
+    RolloutPlanned,
+    RolloutStopped,
+    StagePlan,
+    StageStarted,
+)
+from fleet.core.registry import load_registry
+from tests.deploy.fake_stage import script_rollout
+from tests.terminal import final_screen, run_on_terminal
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,12 +74,7 @@ def scripted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FAKE_STAGE_OUTCOMES", json.dumps({"bezalel": {
         "status": "failed", "phase": "preflight",
         "problems": ["preflight: another deploy holds the lock"]}}))
-    monkeypatch.setattr(rollout, "check_known_hosts", lambda registry, names: None)
-    monkeypatch.setattr(rollout, "build_release", lambda root: SimpleNamespace(id="rel-1"))
-    monkeypatch.setattr(rollout, "release_env", lambda release: {})
-    real = rollout.pyinfra_command
-    monkeypatch.setattr(rollout, "pyinfra_command", lambda *args, **kwargs: [
-        sys.executable, "-m", "tests.deploy.fake_stage", *real(*args, **kwargs)[3:]])
+    script_rollout(monkeypatch.setattr)
     return tmp_path / "records"
 
 
@@ -75,3 +84,55 @@ def test_streamed_output_is_todays_byte_for_byte(scripted: Path, plain: list[str
                                      "--batch", "1", *plain])
     assert done.exit_code == 1, done.output
     assert done.output.replace(str(scripted), "RECORDS") == TODAY
+
+
+def test_the_rollout_tells_phases_from_its_stages_and_outcomes_from_the_record(
+        scripted: Path) -> None:
+    events: list[RolloutEvent] = []
+    lines: list[str] = []
+    result = rollout.deploy_fleet(load_registry(REPO / "registry.yaml"),
+                                  rollout.RolloutOptions(batch=1), lines.append, events.append)
+    assert result.status == "failed"
+    assert events[0] == RolloutPlanned(run_id="run-1", kind="deploy", release="rel-1", dry=False,
+                                       stages=(StagePlan("canary", None, ("ezra-primary",)),
+                                               StagePlan("workers", None, ("bezalel",)),
+                                               StagePlan("workers", None, ("allegro",))))
+    assert events[-1] == RolloutFinished("failed")
+    phases = [(event.host, event.phase) for event in events if isinstance(event, HostPhase)]
+    assert [phase for host, phase in phases if host == "ezra-primary"] == \
+        ["preflight", "baseline"]
+    assert [phase for host, phase in phases if host == "bezalel"] == \
+        ["preflight", "waiting", "baseline"]
+    assert ("allegro", "waiting") in phases and ("allegro", "baseline") not in phases
+    done = [event for event in events if isinstance(event, HostDone)]
+    assert done == [HostDone("ezra-primary", "ok"),
+                    HostDone("bezalel", "failed", "preflight: another deploy holds the lock"),
+                    HostDone("allegro", "skipped", "not deployed: 1 host(s) of earlier rollout "
+                                                   "stages failed (allowed: 0)")]
+    stopped = events.index(RolloutStopped("1 host(s) failed (allowed: 0)"))
+    assert events.index(done[1]) < stopped < events.index(done[2])
+    assert [event.index for event in events if isinstance(event, StageStarted)] == [0, 1, 2]
+    assert lines[0].startswith("==> canary: ezra-primary; then workers: bezalel")
+
+
+def test_on_a_terminal_the_rollout_is_drawn_live(scripted: Path, tmp_path: Path) -> None:
+    typescript = tmp_path / "typescript"
+    code = run_on_terminal([sys.executable, "-m", "tests.deploy.fake_stage", "--cli",
+                            "--registry", str(REPO / "registry.yaml"), "deploy", "--batch", "1"],
+                           os.environ, tmp_path, typescript, timeout=120)
+    assert code == 1
+    raw = typescript.read_bytes()
+    assert b"\x1b[" in raw and b"--> Loading config" not in raw  # drawn, pyinfra's lines not
+    screen = final_screen(typescript)
+    assert screen[:10] == [
+        "deploy release rel-1, run run-1",
+        "canary                ok",
+        "  ezra-primary        ok",
+        "workers batch 1 of 2  failed",
+        "  bezalel             failed       preflight: another deploy holds the lock",
+        "workers batch 2 of 2  skipped",
+        "  allegro             skipped      not deployed: 1 host(s) of earlier rollout stages "
+        "failed (allowed: 0)",
+        "stopped: 1 host(s) failed (allowed: 0); the later stages change nothing",
+        "run run-1: failed",
+        f"==> run run-1: failed (record: {scripted}/run-1.json)"], "\n".join(screen)
