@@ -16,17 +16,8 @@ from click.testing import CliRunner
 
 from fleet.cli import main
 from fleet.control import rollout
+from fleet.control import rollout_events as ev
 from fleet.control.records import RECORDS_ENV, RUN_ID_ENV
-from fleet.control.rollout_events import (
-    HostDone,
-    HostPhase,
-    RolloutEvent,
-    RolloutFinished,
-    RolloutPlanned,
-    RolloutStopped,
-    StagePlan,
-    StageStarted,
-)
 from fleet.core.registry import load_registry
 from tests.deploy.fake_stage import script_rollout
 from tests.terminal import final_screen, run_on_terminal
@@ -88,30 +79,30 @@ def test_streamed_output_is_todays_byte_for_byte(scripted: Path, plain: list[str
 
 def test_the_rollout_tells_phases_from_its_stages_and_outcomes_from_the_record(
         scripted: Path) -> None:
-    events: list[RolloutEvent] = []
+    events: list[ev.RolloutEvent] = []
     lines: list[str] = []
     result = rollout.deploy_fleet(load_registry(REPO / "registry.yaml"),
                                   rollout.RolloutOptions(batch=1), lines.append, events.append)
     assert result.status == "failed"
-    assert events[0] == RolloutPlanned(run_id="run-1", kind="deploy", release="rel-1", dry=False,
-                                       stages=(StagePlan("canary", None, ("ezra-primary",)),
-                                               StagePlan("workers", None, ("bezalel",)),
-                                               StagePlan("workers", None, ("allegro",))))
-    assert events[-1] == RolloutFinished("failed")
-    phases = [(event.host, event.phase) for event in events if isinstance(event, HostPhase)]
+    assert events[0] == ev.RolloutPlanned(run_id="run-1", kind="deploy", release="rel-1", dry=False,
+                                       stages=(ev.StagePlan("canary", None, ("ezra-primary",)),
+                                               ev.StagePlan("workers", None, ("bezalel",)),
+                                               ev.StagePlan("workers", None, ("allegro",))))
+    assert events[-1] == ev.RolloutFinished("failed")
+    phases = [(event.host, event.phase) for event in events if isinstance(event, ev.HostPhase)]
     assert [phase for host, phase in phases if host == "ezra-primary"] == \
         ["preflight", "baseline"]
     assert [phase for host, phase in phases if host == "bezalel"] == \
         ["preflight", "waiting", "baseline"]
     assert ("allegro", "waiting") in phases and ("allegro", "baseline") not in phases
-    done = [event for event in events if isinstance(event, HostDone)]
-    assert done == [HostDone("ezra-primary", "ok"),
-                    HostDone("bezalel", "failed", "preflight: another deploy holds the lock"),
-                    HostDone("allegro", "skipped", "not deployed: 1 host(s) of earlier rollout "
+    done = [event for event in events if isinstance(event, ev.HostDone)]
+    assert done == [ev.HostDone("ezra-primary", "ok"),
+                    ev.HostDone("bezalel", "failed", "preflight: another deploy holds the lock"),
+                    ev.HostDone("allegro", "skipped", "not deployed: 1 host(s) of earlier rollout "
                                                    "stages failed (allowed: 0)")]
-    stopped = events.index(RolloutStopped("1 host(s) failed (allowed: 0)"))
+    stopped = events.index(ev.RolloutStopped("1 host(s) failed (allowed: 0)"))
     assert events.index(done[1]) < stopped < events.index(done[2])
-    assert [event.index for event in events if isinstance(event, StageStarted)] == [0, 1, 2]
+    assert [event.index for event in events if isinstance(event, ev.StageStarted)] == [0, 1, 2]
     assert lines[0].startswith("==> canary: ezra-primary; then workers: bezalel")
 
 

@@ -7,33 +7,24 @@ from __future__ import annotations
 import io
 
 from fleet.cli.progress import RolloutView
-from fleet.control.rollout_events import (
-    HostDone,
-    HostPhase,
-    RolloutEvent,
-    RolloutFinished,
-    RolloutPlanned,
-    RolloutStopped,
-    StagePlan,
-    StageStarted,
-)
+from fleet.control import rollout_events as ev
 
-DEPLOY = RolloutPlanned(run_id="run-1", kind="deploy", release="rel-1", dry=False, stages=(
-    StagePlan("canary", None, ("ezra-primary",)),
-    StagePlan("workers", None, ("bezalel", "allegro")),
-    StagePlan("workers", None, ("worker-04", "worker-05"))))
+DEPLOY = ev.RolloutPlanned(run_id="run-1", kind="deploy", release="rel-1", dry=False, stages=(
+    ev.StagePlan("canary", None, ("ezra-primary",)),
+    ev.StagePlan("workers", None, ("bezalel", "allegro")),
+    ev.StagePlan("workers", None, ("worker-04", "worker-05"))))
 LOCKED = "deploy lock /run/fleet-deploy.lock is held by elsewhere:1:run-x"
 SKIPPED = "not deployed: 1 host(s) of earlier rollout stages failed (allowed: 0)"
 
 
-def screen(events: list[RolloutEvent], now: float = 30.0) -> str:
+def screen(events: list[ev.RolloutEvent], now: float = 30.0) -> str:
     """The view, 100 columns wide, after ``events`` (stages start at 10 s, 20 s, ...; the
     clock says ``now``)."""
     starts = iter([10.0, 20.0, 30.0])
     at = [now]
     view = RolloutView(clock=lambda: at[0])
     for event in events:
-        at[0] = next(starts) if isinstance(event, StageStarted) else now
+        at[0] = next(starts) if isinstance(event, ev.StageStarted) else now
         view.observe(event)
     at[0] = now
     out = io.StringIO()
@@ -44,8 +35,8 @@ def screen(events: list[RolloutEvent], now: float = 30.0) -> str:
 
 
 def test_hosts_show_their_phase_while_their_stage_runs() -> None:
-    assert screen([DEPLOY, StageStarted(0), HostPhase("ezra-primary", "release"),
-                   StageStarted(1), HostPhase("bezalel", "waiting")]) == """\
+    assert screen([DEPLOY, ev.StageStarted(0), ev.HostPhase("ezra-primary", "release"),
+                   ev.StageStarted(1), ev.HostPhase("bezalel", "waiting")]) == """\
 deploy release rel-1, run run-1
 canary                running      20 s
   ezra-primary        release
@@ -58,10 +49,11 @@ workers batch 2 of 2  pending
 
 
 def test_canary_ok_then_a_batch_with_a_failed_host_and_its_reason() -> None:
-    assert screen([DEPLOY, StageStarted(0), StageStarted(1), HostDone("ezra-primary", "ok"),
-                   StageStarted(2), HostDone("bezalel", "failed", LOCKED),
-                   HostDone("allegro", "ok"), HostDone("worker-04", "ok"),
-                   HostPhase("worker-05", "verify")]) == f"""\
+    assert screen([DEPLOY, ev.StageStarted(0), ev.StageStarted(1),
+                   ev.HostDone("ezra-primary", "ok"),
+                   ev.StageStarted(2), ev.HostDone("bezalel", "failed", LOCKED),
+                   ev.HostDone("allegro", "ok"), ev.HostDone("worker-04", "ok"),
+                   ev.HostPhase("worker-05", "verify")]) == f"""\
 deploy release rel-1, run run-1
 canary                ok
   ezra-primary        ok
@@ -74,13 +66,14 @@ workers batch 2 of 2  running      0 s
 
 
 def test_a_stopped_rollout_shows_why_a_rolled_back_host_and_the_skipped_batch() -> None:
-    assert screen([DEPLOY, StageStarted(0), StageStarted(1), HostDone("ezra-primary", "ok"),
-                   StageStarted(2), HostDone("bezalel", "failed", LOCKED),
-                   HostDone("allegro", "rolled_back", "verify failed: /health answers 503"),
-                   RolloutStopped("2 host(s) failed (allowed: 0)"),
-                   HostDone("worker-04", "skipped", SKIPPED),
-                   HostDone("worker-05", "skipped", SKIPPED),
-                   RolloutFinished("failed")]) == f"""\
+    assert screen([DEPLOY, ev.StageStarted(0), ev.StageStarted(1),
+                   ev.HostDone("ezra-primary", "ok"),
+                   ev.StageStarted(2), ev.HostDone("bezalel", "failed", LOCKED),
+                   ev.HostDone("allegro", "rolled_back", "verify failed: /health answers 503"),
+                   ev.RolloutStopped("2 host(s) failed (allowed: 0)"),
+                   ev.HostDone("worker-04", "skipped", SKIPPED),
+                   ev.HostDone("worker-05", "skipped", SKIPPED),
+                   ev.RolloutFinished("failed")]) == f"""\
 deploy release rel-1, run run-1
 canary                ok
   ezra-primary        ok
@@ -97,10 +90,11 @@ run run-1: failed"""
 
 
 def test_a_rollback_run_over_regions() -> None:
-    planned = RolloutPlanned(run_id="run-2", kind="rollback", release="", dry=False, stages=(
-        StagePlan("canary", "eu", ("ezra-primary",)), StagePlan("workers", "us", ("allegro",))))
-    assert screen([planned, StageStarted(0), HostDone("ezra-primary", "ok"), StageStarted(1),
-                   HostPhase("allegro", "rollback")]) == """\
+    planned = ev.RolloutPlanned(run_id="run-2", kind="rollback", release="", dry=False,
+                                stages=(ev.StagePlan("canary", "eu", ("ezra-primary",)),
+                                        ev.StagePlan("workers", "us", ("allegro",))))
+    assert screen([planned, ev.StageStarted(0), ev.HostDone("ezra-primary", "ok"),
+                   ev.StageStarted(1), ev.HostPhase("allegro", "rollback")]) == """\
 rollback, run run-2
 eu canary       ok
   ezra-primary  ok
@@ -110,7 +104,7 @@ us workers      running      10 s
 
 def test_a_long_reason_folds_within_its_column() -> None:
     reason = "; ".join(f"problem number {n} of the node" for n in range(6))
-    lines = screen([DEPLOY, StageStarted(0), HostDone("ezra-primary", "failed", reason)]
+    lines = screen([DEPLOY, ev.StageStarted(0), ev.HostDone("ezra-primary", "failed", reason)]
                    ).splitlines()
     assert all(len(line) <= 100 for line in lines)
     column = lines[2].index("problem")
