@@ -1,8 +1,9 @@
-"""Per-host phases for the rollout's live view (:mod:`fleet.control.rollout_events`): a pyinfra
-state callback tells the controller when a host connects (``preflight``: its checks run with
-the plan) and, after each of its operations, which phase it is in now
-(:meth:`deploys.context.AgentContext.phase_now`); the rollout gate says ``waiting`` itself.
-Outside ``fleet deploy`` (plain ``pyinfra``) nothing is sent."""
+"""Per-host phases for the rollout's live view (:mod:`fleet.control.rollout_events`): preflight
+says ``preflight`` as its checks run (with the plan), the rollout gate ``waiting``, and a pyinfra
+state callback, after each operation a host ran, the phase it is in now
+(:meth:`deploys.context.AgentContext.phase_now`). A failed operation changes no phase: the
+host's outcome comes from the run record. Outside ``fleet deploy`` (plain ``pyinfra``) nothing
+is sent."""
 
 from __future__ import annotations
 
@@ -28,21 +29,8 @@ class PhaseReporter(BaseStateCallback):
     """Sends each host's phase as its operations run."""
 
     @staticmethod
-    def host_connect(state: State, host: Host) -> None:
-        tell(host.name, "preflight")
-
-    @staticmethod
     def operation_host_success(state: State, host: Host, op_hash: Any,
                                retry_count: int = 0) -> None:
-        PhaseReporter._after_operation(host)
-
-    @staticmethod
-    def operation_host_error(state: State, host: Host, op_hash: Any, retry_count: int = 0,
-                             max_retries: int = 0) -> None:
-        PhaseReporter._after_operation(host)
-
-    @staticmethod
-    def _after_operation(host: Host) -> None:
         ctx = context_of(str(host.data.get("agent_name")))
         if ctx is not None:
             tell(host.name, ctx.phase_now())
