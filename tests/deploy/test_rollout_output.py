@@ -106,15 +106,20 @@ def test_the_rollout_tells_phases_from_its_stages_and_outcomes_from_the_record(
     assert lines[0].startswith("==> canary: ezra-primary; then workers: bezalel")
 
 
-def test_on_a_terminal_the_rollout_is_drawn_live(scripted: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("verbose", [False, True], ids=["view", "view-and-pyinfra-lines"])
+def test_on_a_terminal_the_rollout_is_drawn_live(scripted: Path, tmp_path: Path,
+                                                 verbose: bool) -> None:
     typescript = tmp_path / "typescript"
     code = run_on_terminal([sys.executable, "-m", "tests.deploy.fake_stage", "--cli",
-                            "--registry", str(REPO / "registry.yaml"), "deploy", "--batch", "1"],
+                            "--registry", str(REPO / "registry.yaml"), "deploy", "--batch", "1",
+                            *(["-v"] if verbose else [])],
                            os.environ, tmp_path, typescript, timeout=120)
     assert code == 1
     raw = typescript.read_bytes()
-    assert b"\x1b[" in raw and b"--> Loading config" not in raw  # drawn, pyinfra's lines not
-    screen = final_screen(typescript)
+    assert b"\x1b[" in raw  # drawn
+    assert (raw.count(b"--> Loading config...\r\n") == 3) is verbose  # one per stage with -v
+    streamed = ("-->", "    [", "    not deployed", "==> canary", "==> stopped")  # with -v
+    screen = [line for line in final_screen(typescript) if not line.startswith(streamed)]
     assert screen[:10] == [
         "deploy release rel-1, run run-1",
         "canary                ok",
