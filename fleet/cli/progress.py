@@ -60,6 +60,7 @@ class LabProgress:
 
     def end(self, label: str, elapsed: float, ok: bool) -> None:
         """The step ended: the live line gives way to one line with its time."""
+        self._drawing = False
         if self._live is not None:
             self._live.stop()
             self._live = None
@@ -98,14 +99,15 @@ class RolloutView:
         self.finished = ""
         self._lock = threading.Lock()
         self._live: Live | None = None
+        self._drawing = False  # inside ``with``: the view is drawn once the plan is known
 
     def __enter__(self) -> RolloutView:
-        self._live = Live(self, console=self.console, refresh_per_second=4)
-        self._live.start()
+        self._drawing = True
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  trace: TracebackType | None) -> None:
+        self._drawing = False
         if self._live is not None:
             self._live.stop()
             self._live = None
@@ -132,7 +134,10 @@ class RolloutView:
                 self.unreachable.append(event.region)
             elif isinstance(event, RolloutFinished):
                 self.finished = event.status
-        if self._live is not None:
+        if self._live is None and self._drawing and self.plan is not None:
+            self._live = Live(self, console=self.console, refresh_per_second=4)  # drawn from
+            self._live.start()  # the plan on (it renders: outside the lock)
+        elif self._live is not None:
             self._live.refresh()
 
     def __rich__(self) -> RenderableType:

@@ -235,8 +235,10 @@ class StageProcess:
             os.close(phase_write)  # the child's copy stays open: the reader ends with it
         self._reader = threading.Thread(target=self._read, args=(masker,), daemon=True)
         self._reader.start()
-        threading.Thread(target=self._read_phases, args=(phase_read,), daemon=True).start()
-        self.done = False  # all output read and the process ended
+        self._phase_reader = threading.Thread(target=self._read_phases, args=(phase_read,),
+                                              daemon=True)
+        self._phase_reader.start()
+        self.done = False  # all output and phases read, and the process ended
 
     def _read(self, masker: Masker) -> None:
         assert self.process.stdout is not None
@@ -257,6 +259,7 @@ class StageProcess:
             while True:
                 if line is None:
                     self.process.wait()
+                    self._phase_reader.join(timeout=5)  # its phases too (5 s if a child kept them)
                     self.done = True
                     return
                 echo(line)
@@ -422,6 +425,7 @@ class Rollout:
                 outcome = final_outcome(self.run_id, hosts, ended=process.done,
                                         watch=self.watch)
                 if outcome is not None:
+                    self._tell_outcomes(hosts, load_record(self.run_id))  # before the verdict
                     self._judge(index, outcome)
         code = process.process.returncode
         if outcome is None:
@@ -437,9 +441,7 @@ class Rollout:
         record has now for ``hosts`` (a stat of the record, unless it changed)."""
         for process in self.processes.values():
             while not process.phases.empty():
-                phase = process.phases.get_nowait()
-                if phase.host not in self.told:
-                    self.observe(phase)
+                self.observe(process.phases.get_nowait())
         self._tell_outcomes(hosts, self.watch.read())
 
     def _tell_outcomes(self, hosts: Sequence[str], record: RunRecord) -> None:
