@@ -31,7 +31,8 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--plain`` and ``-v``: how the rollout is shown."""
     command = click.option(
         "-v", "--verbose", is_flag=True,
-        help="On a terminal, also show pyinfra's own lines above the live view.")(command)
+        help="On a terminal, also show pyinfra's own lines above the live view (fleet "
+             "deploy --diff shows them too: its diffs are among them).")(command)
     return click.option(
         "--plain", is_flag=True,
         help="Stream each stage's pyinfra output instead of the live view (the default when "
@@ -59,7 +60,7 @@ def deploy(cli: CliContext, dry: bool, diff: bool, limit: tuple[str, ...],
     options = RolloutOptions(dry=dry, diff=diff, limit=limit, batch=batch,
                              max_failures=max_failures, regions=regions,
                              stop_on_unreachable_region=stop_on_unreachable_region)
-    report(run(cli.registry, options, plain, verbose))
+    report(run(cli.registry, options, plain, verbose or diff))  # diffs are pyinfra's lines
 
 
 @click.command()
