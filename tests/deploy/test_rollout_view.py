@@ -14,6 +14,9 @@ DEPLOY = ev.RolloutPlanned(run_id="run-1", kind="deploy", release="rel-1", dry=F
     ev.StagePlan("workers", None, ("bezalel", "allegro")),
     ev.StagePlan("workers", None, ("worker-04", "worker-05"))))
 LOCKED = "deploy lock /run/fleet-deploy.lock is held by elsewhere:1:run-x"
+CANARY_OK_BEZALEL_FAILED: list[ev.RolloutEvent] = [  # batch 2 starts as batch 1 ends
+    DEPLOY, ev.StageStarted(0), ev.StageStarted(1), ev.HostDone("ezra-primary", "ok"),
+    ev.StageStarted(2), ev.HostDone("bezalel", "failed", LOCKED)]
 SKIPPED = "not deployed: 1 host(s) of earlier rollout stages failed (allowed: 0)"
 
 
@@ -49,11 +52,8 @@ workers batch 2 of 2  pending
 
 
 def test_canary_ok_then_a_batch_with_a_failed_host_and_its_reason() -> None:
-    assert screen([DEPLOY, ev.StageStarted(0), ev.StageStarted(1),
-                   ev.HostDone("ezra-primary", "ok"),
-                   ev.StageStarted(2), ev.HostDone("bezalel", "failed", LOCKED),
-                   ev.HostDone("allegro", "ok"), ev.HostDone("worker-04", "ok"),
-                   ev.HostPhase("worker-05", "verify")]) == f"""\
+    assert screen([*CANARY_OK_BEZALEL_FAILED, ev.HostDone("allegro", "ok"),
+                   ev.HostDone("worker-04", "ok"), ev.HostPhase("worker-05", "verify")]) == f"""\
 deploy release rel-1, run run-1
 canary                ok
   ezra-primary        ok
@@ -66,9 +66,7 @@ workers batch 2 of 2  running      0 s
 
 
 def test_a_stopped_rollout_shows_why_a_rolled_back_host_and_the_skipped_batch() -> None:
-    assert screen([DEPLOY, ev.StageStarted(0), ev.StageStarted(1),
-                   ev.HostDone("ezra-primary", "ok"),
-                   ev.StageStarted(2), ev.HostDone("bezalel", "failed", LOCKED),
+    assert screen([*CANARY_OK_BEZALEL_FAILED,
                    ev.HostDone("allegro", "rolled_back", "verify failed: /health answers 503"),
                    ev.RolloutStopped("2 host(s) failed (allowed: 0)"),
                    ev.HostDone("worker-04", "skipped", SKIPPED),
