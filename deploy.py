@@ -32,6 +32,7 @@ from deploys import (
     gate,
     keys,
     preflight,
+    progress,
     release,
     rollback,
     services,
@@ -43,6 +44,7 @@ from deploys.context import agent_context
 
 ctx = agent_context()
 audit.record_failures()  # a host an operation fails is recorded, naming the operation
+progress.report_phases()  # under `fleet deploy`: each host's phase, for its live view
 gate.run(ctx)  # in a later stage of `fleet deploy`: wait for the earlier stages' verdict
 ready = preflight.run(ctx)  # also reads the node's snapshot (ctx.node) the phases decide from
 if ready.ok and ctx.rollback:

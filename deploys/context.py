@@ -115,6 +115,15 @@ class AgentContext:
         self.changes.append((prefix + name, op))
         return op
 
+    def phase_now(self) -> str:
+        """The phase this host is in as it runs: the one of its first state-changing operation
+        not run yet (lowercase: ``baseline``, ``release``, ...), then ``verify`` (``rollback``
+        when it rolls back). Progress for the rollout's live view only."""
+        pending = next((name for name, op in self.changes if not op.is_complete()), None)
+        if pending is None:
+            return "rollback" if self.rollback else "verify"
+        return pending.split(" | ", 1)[0].lower() if " | " in pending else "deploy"
+
     def changed(self) -> list[str]:
         """Names of this host's operations that changed something, in order (when run)."""
         return [name for name, op in self.changes if op.is_complete() and op.did_change()]

@@ -22,6 +22,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, Host, State, operation
 
 from deploys.context import AgentContext, phase
+from deploys.progress import tell
 from fleet.control.records import RecordWatch, Verdict, current_run_id, record_path, update_host
 
 POLL_S = 0.01
@@ -49,6 +50,7 @@ def wait_for_verdict(state: State, host: Host, stage: int, controller: int) -> b
     run_id = current_run_id()
     deadline = time.monotonic() + WAIT_LIMIT_S
     verdict = None
+    tell(host.name, "waiting")
     while verdict is None:
         verdict = verdict_on(run_id, stage - 1)
         if verdict is not None:

@@ -20,6 +20,7 @@ from pyinfra.operations import server
 from deploys import lock
 from deploys.context import AgentContext, load_node, phase
 from deploys.facts import Basics
+from deploys.progress import tell
 from fleet.control.records import current_run_id, update_host
 from fleet.control.release import NODE_PYTHONS
 
@@ -70,6 +71,7 @@ def run(ctx: AgentContext) -> Preflight:
     """Read the node's snapshot (``ctx.node``), check the node and take its lock before the
     first change (if any); a failing operation when the node cannot take the deploy."""
     owner = lock.owner()
+    tell(host.name, "preflight")
     load_node(ctx)
     update_host(current_run_id(), host.name, {"reached": True})  # connected, snapshot read
     found, stale = problems(ctx.node["basics"], owner)

@@ -1,13 +1,20 @@
 """``fleet deploy`` and ``fleet rollback``: thin over :mod:`fleet.control.rollout` (one rollout for
-both, and for the webhook)."""
+both, and for the webhook). On a terminal the rollout is drawn live
+(:class:`fleet.cli.progress.RolloutView`); with ``--plain`` or output to a file or pipe, each
+stage's pyinfra output is streamed as it comes. Either way the run's outcome is then printed
+from its record."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from fleet.cli.context import CliContext, pass_cli
 from fleet.control.records import record_path
 from fleet.control.rollout import RolloutOptions, RolloutResult, deploy_fleet
+from fleet.core.registry import Registry
 
 limit_option = click.option(
     "--limit", multiple=True, metavar="NAME",
@@ -18,6 +25,18 @@ batch_option = click.option(
 max_failures_option = click.option(
     "--max-failures", type=click.IntRange(min=0), default=0, show_default=True,
     help="Stop the rollout when more hosts than this have failed.")
+
+
+def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--plain`` and ``-v``: how the rollout is shown."""
+    command = click.option(
+        "-v", "--verbose", is_flag=True,
+        help="On a terminal, also show pyinfra's own lines above the live view (fleet "
+             "deploy --diff shows them too: its diffs are among them).")(command)
+    return click.option(
+        "--plain", is_flag=True,
+        help="Stream each stage's pyinfra output instead of the live view (the default when "
+             "the output is not a terminal).")(command)
 
 
 @click.command()
@@ -31,16 +50,17 @@ max_failures_option = click.option(
                    "deploy the others, and end the run partial).")
 @batch_option
 @max_failures_option
+@output_options
 @pass_cli
 def deploy(cli: CliContext, dry: bool, diff: bool, limit: tuple[str, ...],
            regions: tuple[str, ...], stop_on_unreachable_region: bool, batch: int | None,
-           max_failures: int) -> None:
+           max_failures: int, plain: bool, verbose: bool) -> None:
     """Deploy the fleet: the orchestrator first as a canary, then the workers (region by
     region when the registry lists ``fleet.regions``)."""
     options = RolloutOptions(dry=dry, diff=diff, limit=limit, batch=batch,
                              max_failures=max_failures, regions=regions,
                              stop_on_unreachable_region=stop_on_unreachable_region)
-    report(deploy_fleet(cli.registry, options, click.echo))
+    report(run(cli.registry, options, plain, verbose or diff))  # diffs are pyinfra's lines
 
 
 @click.command()
@@ -52,16 +72,30 @@ def deploy(cli: CliContext, dry: bool, diff: bool, limit: tuple[str, ...],
 @limit_option
 @batch_option
 @max_failures_option
+@output_options
 @pass_cli
 def rollback(cli: CliContext, names: tuple[str, ...], to: str | None, with_state: bool,
-             limit: tuple[str, ...], batch: int | None, max_failures: int) -> None:
+             limit: tuple[str, ...], batch: int | None, max_failures: int, plain: bool,
+             verbose: bool) -> None:
     """Roll agents back to an earlier release, restart and verify them (canary first)."""
     if not names and not limit:
         raise click.UsageError("name the agents to roll back (NAME... or --limit GROUP)")
     options = RolloutOptions(limit=(*names, *limit), batch=batch, max_failures=max_failures,
                              action="rollback", rollback_to=to,
                              rollback_with_state=with_state)
-    report(deploy_fleet(cli.registry, options, click.echo))
+    report(run(cli.registry, options, plain, verbose))
+
+
+def run(registry: Registry, options: RolloutOptions, plain: bool,
+        verbose: bool) -> RolloutResult:
+    """The rollout, drawn live on a terminal unless ``plain``, else streamed as text."""
+    from fleet.cli.progress import RolloutView, terminal_console
+
+    console = terminal_console()
+    if plain or not console.is_terminal:
+        return deploy_fleet(registry, options, click.echo)
+    with RolloutView(console, verbose=verbose) as view:
+        return deploy_fleet(registry, options, view.echo, view.observe)
 
 
 def report(result: RolloutResult) -> None:

@@ -244,6 +244,14 @@ class RecordWatch:
         return self._record
 
 
+def host_reason(entry: HostRecord) -> str:
+    """Why a host is not ``ok``, in one line: its reason, else its problems (its verify's),
+    else its drift; '' when the entry says nothing."""
+    problems = entry.get("problems") or entry.get("verify", {}).get("problems") or []
+    return (entry.get("reason") or "; ".join(map(str, problems))
+            or "; ".join(map(str, entry.get("drift") or [])))
+
+
 def went_through(record: RunRecord) -> bool:
     """A deploy that changed the fleet: not a dry run, ``ok``, ``degraded`` or ``partial``,
     with a release."""

@@ -11,7 +11,9 @@ earlier stages (a host with nothing to change does not wait: it is only checked)
 controller judges a stage from the run record (:mod:`fleet.control.records`) as soon as all its
 hosts are audited, or when its process ends (a host with no entry then failed).
 Each stage's output is streamed, secrets masked, one stage after the other. The outcome is the
-typed run record; nothing is read from console output.
+typed run record; nothing is read from console output. An observer is also told the rollout's
+typed events (:mod:`fleet.control.rollout_events`): the stages, each host's phase as its
+stage's process reports it, and each host's outcome as soon as the record has it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from fleet.control.records import (
     StageRecord,
     Verdict,
     current_run_id,
+    host_reason,
     load_record,
     records_dir,
     set_verdict,
@@ -46,6 +49,19 @@ from fleet.control.records import (
     update_run,
 )
 from fleet.control.release import build_release, check_release_id, release_env
+from fleet.control.rollout_events import (
+    PHASE_FD_ENV,
+    HostDone,
+    HostPhase,
+    Observer,
+    RegionUnreachable,
+    RolloutFinished,
+    RolloutPlanned,
+    RolloutStopped,
+    StagePlan,
+    StageStarted,
+    read_phases,
+)
 from fleet.control.secrets import load_secrets
 from fleet.core.errors import DeployError
 from fleet.core.masking import Masker
@@ -198,24 +214,43 @@ def stage_env(registry: Registry, run_id: str, extra: dict[str, str]) -> dict[st
 
 
 class StageProcess:
-    """One stage's pyinfra process; a thread collects its output lines (masked)."""
+    """One stage's pyinfra process; a thread collects its output lines (masked), another the
+    host phases it reports on its phase pipe (``$FLEET_PHASE_FD``)."""
 
     def __init__(self, command: list[str], env: dict[str, str], cwd: Path,
                  masker: Masker) -> None:
         self.lines: queue.Queue[str | None] = queue.Queue()
+        self.phases: queue.Queue[HostPhase] = queue.Queue()
         self.started = utc_timestamp()
-        self.process = subprocess.Popen(command, cwd=cwd, env=env, text=True, errors="replace",
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT)
+        phase_read, phase_write = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                command, cwd=cwd, env={**env, PHASE_FD_ENV: str(phase_write)}, text=True,
+                errors="replace", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, pass_fds=(phase_write,))
+        except BaseException:
+            os.close(phase_read)
+            raise
+        finally:
+            os.close(phase_write)  # the child's copy stays open: the reader ends with it
         self._reader = threading.Thread(target=self._read, args=(masker,), daemon=True)
         self._reader.start()
-        self.done = False  # all output read and the process ended
+        self._phase_reader = threading.Thread(target=self._read_phases, args=(phase_read,),
+                                              daemon=True)
+        self._phase_reader.start()
+        self.done = False  # all output and phases read, and the process ended
 
     def _read(self, masker: Masker) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(masker(line.rstrip("\n")))
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self.lines.put(masker(line.rstrip("\n")))
         self.lines.put(None)
+
+    def _read_phases(self, fd: int) -> None:
+        with os.fdopen(fd, "rb") as stream:
+            for phase in read_phases(stream):
+                self.phases.put(phase)
 
     def echo_available(self, echo: Echo, wait: float) -> None:
         """Echo the lines read so far, waiting up to ``wait`` s for the first one."""
@@ -224,6 +259,7 @@ class StageProcess:
             while True:
                 if line is None:
                     self.process.wait()
+                    self._phase_reader.join(timeout=5)  # its phases too (5 s if a child kept them)
                     self.done = True
                     return
                 echo(line)
@@ -273,10 +309,13 @@ def planned_outcome(run_id: str, hosts: Sequence[str], code: int) -> dict[str, s
 class Rollout:
     """One run of the rollout: its stages, their processes and verdicts."""
 
-    def __init__(self, registry: Registry, options: RolloutOptions, echo: Echo) -> None:
+    def __init__(self, registry: Registry, options: RolloutOptions, echo: Echo,
+                 observe: Observer | None = None) -> None:
         self.registry = registry
         self.options = options
         self.echo = echo
+        self.observe: Observer = observe or (lambda event: None)
+        self.told: dict[str, tuple[str, str]] = {}  # per host: the outcome last told
         self.root = project_dir()
         if options.rollback_to is not None:
             check_release_id(options.rollback_to)
@@ -306,6 +345,7 @@ class Rollout:
             command = pyinfra_command(self.stages[index], self.options,
                                       stage=0 if self.options.dry else index)
             self.processes[index] = StageProcess(command, self.env, self.root, self.masker)
+            self.observe(StageStarted(index))
 
     def run(self) -> RunRecord:
         """Run every stage; returns the final run record."""
@@ -323,6 +363,10 @@ class Rollout:
                               for index, hosts in enumerate(self.stages))
         what = f"release {self.release}" if self.release else "rollback"
         self.echo(f"==> {plan} ({what}, run {self.run_id})")
+        self.observe(RolloutPlanned(
+            run_id=self.run_id, kind=options.action, release=self.release, dry=options.dry,
+            stages=tuple(StagePlan(self.label(index), self.regions[index], tuple(hosts))
+                         for index, hosts in enumerate(self.stages))))
         try:
             self._stages()
         finally:
@@ -332,7 +376,10 @@ class Rollout:
                   else "degraded" if any(self.failures.values()) else "ok")
         update_run(self.run_id, status=status, finished=utc_timestamp(),
                    skipped=self.not_deployed())
-        return load_record(self.run_id)
+        record = load_record(self.run_id)
+        self._tell_outcomes(self.names, record)
+        self.observe(RolloutFinished(status))
+        return record
 
     def not_deployed(self) -> list[str]:
         """The hosts of a stopped rollout that were skipped (a host with nothing to change
@@ -373,17 +420,41 @@ class Rollout:
         outcome: dict[str, str] | None = None
         while not process.done:
             process.echo_available(self.echo, POLL_S)
+            self._tell_progress(hosts)
             if outcome is None and not self.options.dry:
                 outcome = final_outcome(self.run_id, hosts, ended=process.done,
                                         watch=self.watch)
                 if outcome is not None:
+                    self._tell_outcomes(hosts, load_record(self.run_id))  # before the verdict
                     self._judge(index, outcome)
         code = process.process.returncode
         if outcome is None:
             outcome = planned_outcome(self.run_id, hosts, code)
+        self._tell_progress(hosts)
+        self._tell_outcomes(hosts, load_record(self.run_id))
         return {"stage": self.label(index), "region": self.regions[index], "hosts": hosts,
                 "exit_code": code, "outcome": outcome, "started": process.started,
                 "finished": utc_timestamp()}
+
+    def _tell_progress(self, hosts: Sequence[str]) -> None:
+        """Tell the observer the phases every running stage reported, and the outcomes the
+        record has now for ``hosts`` (a stat of the record, unless it changed)."""
+        for process in self.processes.values():
+            while not process.phases.empty():
+                self.observe(process.phases.get_nowait())
+        self._tell_outcomes(hosts, self.watch.read())
+
+    def _tell_outcomes(self, hosts: Sequence[str], record: RunRecord) -> None:
+        """Tell the observer each of ``hosts`` whose final outcome in ``record`` is new."""
+        entries = record.get("hosts", {})
+        for name in hosts:
+            entry = entries.get(name, {})
+            status = entry.get("status", "")
+            if status in (*FINAL, "planned"):
+                told = (status, "" if status in ("ok", "planned") else host_reason(entry))
+                if self.told.get(name) != told:
+                    self.told[name] = told
+                    self.observe(HostDone(name, *told))
 
     def _judge(self, index: int, outcome: dict[str, str]) -> None:
         """Count the stage's failures and write the verdict the next stage's gate waits for.
@@ -422,6 +493,7 @@ class Rollout:
         set_verdict(self.run_id, index, verdict)
         if any(self.stages[index + 1:]):
             self.echo(f"==> stopped: {why}; the later stages change nothing")
+            self.observe(RolloutStopped(why))
 
     def _unreachable(self, index: int, outcome: dict[str, str]) -> bool:
         """Whether every host of stage ``index`` failed preflight or never connected."""
@@ -446,6 +518,7 @@ class Rollout:
             self.echo(f"==> region {region} is unreachable: skipped"
                       + ("" if self.options.stop_on_unreachable_region
                          else "; the other regions go on"))
+            self.observe(RegionUnreachable(region))
             update_run(self.run_id, unreachable_regions=self.unreachable)
 
     def _skip_unstarted(self, index: int, hosts: list[str]) -> None:
@@ -456,11 +529,14 @@ class Rollout:
         for name in hosts:
             update_host(self.run_id, name, {"status": "skipped", "reason": reason,
                                             **({} if self.stopped else {"unreachable": True})})
+        self._tell_outcomes(hosts, load_record(self.run_id))
 
 
-def deploy_fleet(registry: Registry, options: RolloutOptions, echo: Echo) -> RolloutResult:
+def deploy_fleet(registry: Registry, options: RolloutOptions, echo: Echo,
+                 observe: Observer | None = None) -> RolloutResult:
     """Deploy (or roll back) the selected agents: canary first, then the workers; stop past
-    ``max_failures``. The run record is the outcome."""
-    rollout = Rollout(registry, options, echo)
+    ``max_failures``. ``echo`` gets the streamed text, ``observe`` (if given) the typed events
+    (:mod:`fleet.control.rollout_events`). The run record is the outcome."""
+    rollout = Rollout(registry, options, echo, observe)
     record = rollout.run()
     return RolloutResult(run_id=rollout.run_id, record=record)

@@ -2,13 +2,16 @@
 own changed operations (the cold deploy's list, in order) after a cold deploy, none after a
 no-change deploy, and a converged fleet's dry run plans none (``fleet deploy --dry`` and plain
 pyinfra agree). Then, on the same nodes: ``--max-failures`` decides whether the workers after a
-failed one deploy, and plain ``pyinfra -y inventory.py deploy.py`` deploys for real, with
+failed one deploy; on a terminal, a deploy of a canary and two batches with a broken worker is
+drawn live (issue 26); and plain ``pyinfra -y inventory.py deploy.py`` deploys for real, with
 verify and rollback per host."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from fleet import lab
 from fleet.control.records import new_run_id
 from tests.deploy.conftest import COLD_CHANGES, Fleet, make_fleet
 from tests.lab_fixtures import claim_test_lab, fresh_lab
+from tests.terminal import final_screen, run_on_terminal
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 NODES = 5
@@ -128,6 +132,42 @@ def test_max_failures_decides_whether_the_workers_after_a_failed_one_deploy(
     finally:
         for name in (first, second):
             fleet5.ssh(name, f"rm -rf {LOCK}")
+
+
+def test_a_rollout_is_drawn_live_on_a_terminal(fleet5: Fleet, tmp_path: Path) -> None:
+    """``fleet deploy --batch 2`` under a pseudo-terminal, the first worker locked by another
+    deploy (it fails preflight): the final screen shows the canary and both batches, the
+    broken host with its reason, the others ok; the phases were shown as they came."""
+    names = list(yaml.safe_load(fleet5.registry.read_text())["wizards"])
+    broken = names[1]  # as the last test left it: {} on it, so the next test's plan holds
+    edited = with_config(fleet5, tmp_path / "live", {"round": "live"})  # every host changes
+    typescript = tmp_path / "typescript"
+    hold_lock(fleet5, broken)
+    try:
+        code = run_on_terminal([sys.executable, "-c", "from fleet.cli import main; main()",
+                                "--registry", str(edited), "deploy", "--batch", "2",
+                                "--max-failures", "1"], fleet5.env, fleet5.clone, typescript)
+    finally:
+        fleet5.ssh(broken, f"rm -rf {LOCK}")
+    raw = typescript.read_bytes()
+    screen = final_screen(typescript)
+    text = "\n".join(screen)
+    assert code == 1, text  # degraded
+    assert b"--> Starting operation" not in raw, text  # pyinfra's own lines only with -v
+    for phase in (b"preflight", b"waiting", b"release", b"verify"):  # drawn as they came
+        assert phase in raw, (phase, text)
+    assert re.search(r"^canary +ok$", text, re.MULTILINE), text
+    assert re.search(r"^workers batch 1 of 2 +not ok +1 ok, 1 failed$", text, re.MULTILINE), text
+    assert re.search(r"^workers batch 2 of 2 +ok$", text, re.MULTILINE), text
+    assert re.search(rf"^  {broken} +failed +deploy lock {LOCK} is held by elsewhere:1:run-x",
+                     text, re.MULTILINE), text
+    for name in names:
+        if name != broken:
+            assert re.search(rf"^  {name} +ok$", text, re.MULTILINE), (name, text)
+    assert re.search(r"^run \S+: degraded$", text, re.MULTILINE), text
+    record = fleet5.record(text)
+    assert {name: entry["status"] for name, entry in record["hosts"].items()} == \
+        {name: "failed" if name == broken else "ok" for name in names}
 
 
 def test_plain_pyinfra_deploys_every_host_with_verify_and_rollback_per_host(

@@ -1,0 +1,81 @@
+"""A scripted stand-in for one rollout stage's pyinfra process: ``python -m
+tests.deploy.fake_stage ARGS``, with the arguments ``fleet.control.rollout.pyinfra_command``
+gives. It waits at the real rollout gate in a later stage, writes each host's entry of the run
+record as ``$FAKE_STAGE_OUTCOMES`` (JSON: host -> entry, default ``{"status": "ok"}``) says,
+and prints pyinfra-like lines only once the controller judged the stage, so the controller's
+lines and the stage's come in one order every time. It reports its hosts' phases as the real
+deploy does (``preflight``, then ``baseline``; the gate says ``waiting``). Nothing is reached
+over SSH. ``python -m tests.deploy.fake_stage --cli ARGS`` runs ``fleet ARGS`` with every
+stage scripted so."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from deploys.gate import wait_for_verdict
+from fleet.control import rollout
+from fleet.control.records import RecordWatch, current_run_id, update_host
+from fleet.control.rollout_events import send_phase
+
+OUTCOMES_ENV = "FAKE_STAGE_OUTCOMES"
+
+
+def script_rollout(setattr_: Callable[[Any, str, Any], None] = setattr) -> None:
+    """Have :mod:`fleet.control.rollout` run this module for each stage, with release
+    ``rel-1`` and no host key check (``setattr_``: pytest's ``monkeypatch.setattr`` in a
+    test)."""
+    real = rollout.pyinfra_command
+    setattr_(rollout, "check_known_hosts", lambda registry, names: None)
+    setattr_(rollout, "build_release", lambda root: SimpleNamespace(id="rel-1"))
+    setattr_(rollout, "release_env", lambda release: {})
+    setattr_(rollout, "pyinfra_command", lambda *args, **kwargs: [
+        sys.executable, "-m", "tests.deploy.fake_stage", *real(*args, **kwargs)[3:]])
+
+
+def main(argv: list[str]) -> int:
+    """Run the scripted stage; exit 1 when a host failed, as pyinfra does."""
+    hosts = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--limit"]
+    data = dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv) if arg == "--data")
+    stage, controller = int(data.get("rollout_stage", 0)), int(data.get("rollout_controller", 0))
+    outcomes = json.loads(os.environ.get(OUTCOMES_ENV, "{}"))
+    run_id = current_run_id()
+    lines = ["--> Loading config...", "--> Connecting to hosts...",
+             *[f"    [{name}] Connected" for name in hosts]]
+    for name in hosts:
+        send_phase(name, "preflight")
+    go = {}
+    for name in hosts:
+        target = SimpleNamespace(name=name, log_styled=lambda text, **_: lines.append(
+            f"    {text}"))
+        go[name] = not stage or wait_for_verdict(None, target, stage, controller)  # type: ignore[arg-type]
+    lines.append("--> Starting operation: Baseline | Agent user and group")
+    for name in hosts:
+        if go[name]:
+            send_phase(name, "baseline")
+            entry = outcomes.get(name, {"status": "ok"})
+            lines.append(f"    [{name}] {'Success' if entry['status'] == 'ok' else 'Error'}")
+            update_host(run_id, name, {"release": "rel-1", "changed": [], "restarted": False,
+                                       **entry})
+    if all(go.values()):  # the controller judges this stage: wait for it (at most 60 s)
+        watch, deadline = RecordWatch(run_id), time.monotonic() + 60
+        while str(stage) not in watch.read().get("verdicts", {}) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    print("\n".join(lines), flush=True)
+    failed = not all(go.values()) or any(
+        outcomes.get(name, {}).get("status", "ok") != "ok" for name in hosts)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--cli"]:  # `fleet ARGS` with the scripted rollout
+        from fleet.cli import main as fleet
+
+        script_rollout()
+        fleet(sys.argv[2:], prog_name="fleet")
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,134 @@
+"""The streamed output of ``fleet deploy`` when stdout is not a terminal (and with
+``--plain``), pinned byte for byte as it was before the live view: a scripted rollout
+(``tests/deploy/fake_stage.py`` stands in for each stage's pyinfra process) of a canary and two
+batches, the first batch's host failing, so the rollout stops and the last batch is skipped.
+The same rollout's typed events: phases from the stages' processes, outcomes from the record."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fleet.cli import main
+from fleet.control import rollout
+from fleet.control import rollout_events as ev
+from fleet.control.records import RECORDS_ENV, RUN_ID_ENV
+from fleet.core.registry import load_registry
+from tests.deploy.fake_stage import script_rollout
+from tests.terminal import final_screen, run_on_terminal
+
+REPO = Path(__file__).resolve().parents[2]
+
+TODAY = """\
+==> canary: ezra-primary; then workers: bezalel; then workers: allegro (release rel-1, run run-1)
+--> Loading config...
+--> Connecting to hosts...
+    [ezra-primary] Connected
+--> Starting operation: Baseline | Agent user and group
+    [ezra-primary] Success
+==> stopped: 1 host(s) failed (allowed: 0); the later stages change nothing
+--> Loading config...
+--> Connecting to hosts...
+    [bezalel] Connected
+--> Starting operation: Baseline | Agent user and group
+    [bezalel] Error
+--> Loading config...
+--> Connecting to hosts...
+    [allegro] Connected
+    not deployed: 1 host(s) of earlier rollout stages failed (allowed: 0)
+--> Starting operation: Baseline | Agent user and group
+==> run run-1: failed (record: RECORDS/run-1.json)
+    allegro          skipped      None 0 changed, not restarted; not deployed: 1 host(s) of \
+earlier rollout stages failed (allowed: 0)
+    bezalel          failed       rel-1 0 changed, not restarted; preflight: another deploy \
+holds the lock
+    ezra-primary     ok           rel-1 0 changed, not restarted
+"""
+
+
+@pytest.fixture
+def scripted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fleet repository whose stages run ``fake_stage`` (bezalel fails preflight); the
+    records dir, returned, is under ``tmp_path``."""
+    (tmp_path / "inventory.py").write_text("")
+    (tmp_path / "deploy.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(RECORDS_ENV, str(tmp_path / "records"))
+    monkeypatch.setenv(RUN_ID_ENV, "run-1")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.delenv("FLEET_SECRETS", raising=False)
+    monkeypatch.setenv("FAKE_STAGE_OUTCOMES", json.dumps({"bezalel": {
+        "status": "failed", "phase": "preflight",
+        "problems": ["preflight: another deploy holds the lock"]}}))
+    script_rollout(monkeypatch.setattr)
+    return tmp_path / "records"
+
+
+@pytest.mark.parametrize("plain", [[], ["--plain"]], ids=["not-a-terminal", "plain"])
+def test_streamed_output_is_todays_byte_for_byte(scripted: Path, plain: list[str]) -> None:
+    done = CliRunner().invoke(main, ["--registry", str(REPO / "registry.yaml"), "deploy",
+                                     "--batch", "1", *plain])
+    assert done.exit_code == 1, done.output
+    assert done.output.replace(str(scripted), "RECORDS") == TODAY
+
+
+def test_the_rollout_tells_phases_from_its_stages_and_outcomes_from_the_record(
+        scripted: Path) -> None:
+    events: list[ev.RolloutEvent] = []
+    lines: list[str] = []
+    result = rollout.deploy_fleet(load_registry(REPO / "registry.yaml"),
+                                  rollout.RolloutOptions(batch=1), lines.append, events.append)
+    assert result.status == "failed"
+    assert events[0] == ev.RolloutPlanned(run_id="run-1", kind="deploy", release="rel-1", dry=False,
+                                       stages=(ev.StagePlan("canary", None, ("ezra-primary",)),
+                                               ev.StagePlan("workers", None, ("bezalel",)),
+                                               ev.StagePlan("workers", None, ("allegro",))))
+    assert events[-1] == ev.RolloutFinished("failed")
+    phases = [(event.host, event.phase) for event in events if isinstance(event, ev.HostPhase)]
+    assert [phase for host, phase in phases if host == "ezra-primary"] == \
+        ["preflight", "baseline"]
+    assert [phase for host, phase in phases if host == "bezalel"] == \
+        ["preflight", "waiting", "baseline"]
+    assert ("allegro", "waiting") in phases and ("allegro", "baseline") not in phases
+    done = [event for event in events if isinstance(event, ev.HostDone)]
+    assert done == [ev.HostDone("ezra-primary", "ok"),
+                    ev.HostDone("bezalel", "failed", "preflight: another deploy holds the lock"),
+                    ev.HostDone("allegro", "skipped", "not deployed: 1 host(s) of earlier rollout "
+                                                   "stages failed (allowed: 0)")]
+    stopped = events.index(ev.RolloutStopped("1 host(s) failed (allowed: 0)"))
+    assert events.index(done[1]) < stopped < events.index(done[2])
+    assert [event.index for event in events if isinstance(event, ev.StageStarted)] == [0, 1, 2]
+    assert lines[0].startswith("==> canary: ezra-primary; then workers: bezalel")
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["view", "view-and-pyinfra-lines"])
+def test_on_a_terminal_the_rollout_is_drawn_live(scripted: Path, tmp_path: Path,
+                                                 verbose: bool) -> None:
+    typescript = tmp_path / "typescript"
+    code = run_on_terminal([sys.executable, "-m", "tests.deploy.fake_stage", "--cli",
+                            "--registry", str(REPO / "registry.yaml"), "deploy", "--batch", "1",
+                            *(["-v"] if verbose else [])],
+                           os.environ, tmp_path, typescript, timeout=120)
+    assert code == 1
+    raw = typescript.read_bytes()
+    assert b"\x1b[" in raw  # drawn
+    assert (raw.count(b"--> Loading config...\r\n") == 3) is verbose  # one per stage with -v
+    streamed = ("-->", "    [", "    not deployed", "==> canary", "==> stopped")  # with -v
+    screen = [line for line in final_screen(typescript) if not line.startswith(streamed)]
+    assert screen[:10] == [
+        "deploy release rel-1, run run-1",
+        "canary                ok",
+        "  ezra-primary        ok",
+        "workers batch 1 of 2  failed",
+        "  bezalel             failed       preflight: another deploy holds the lock",
+        "workers batch 2 of 2  skipped",
+        "  allegro             skipped      not deployed: 1 host(s) of earlier rollout stages "
+        "failed (allowed: 0)",
+        "stopped: 1 host(s) failed (allowed: 0); the later stages change nothing",
+        "run run-1: failed",
+        f"==> run run-1: failed (record: {scripted}/run-1.json)"], "\n".join(screen)
