@@ -3,13 +3,19 @@ recipients the registry lists (``fleet.secrets``)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from fleet.cli.context import CliContext, pass_cli
 from fleet.control.sealed import IDENTITY_ENV, identity_path
 from fleet.control.secrets import SECRETS_ENV, Secrets
+from fleet.core.errors import SecretsError
+
+if TYPE_CHECKING:
+    from fleet.control.sealed_edit import Sealing
 
 
 def summary(found: Secrets) -> str:
@@ -18,10 +24,30 @@ def summary(found: Secrets) -> str:
             f"{len(found.identities)} identit(y/ies)")
 
 
+def report(done: Sealing) -> None:
+    """Say whom a seal sealed the file to, and warn about recipients it was not sealed to
+    before (a registry change may have added one: check who did)."""
+    click.echo(f"sealed {done.path} to {len(done.recipients)} recipient(s): "
+               f"{', '.join(done.recipients)}; {summary(done.secrets)}")
+    if done.added is None:
+        click.echo(f"Note: {done.path} did not record whom it was sealed to before: check "
+                   "that every recipient above is meant to read the secrets.", err=True)
+    elif done.added:
+        click.echo(f"Warning: {len(done.added)} recipient(s) added since the file was last "
+                   f"sealed: {', '.join(done.added)}", err=True)
+        click.echo("Hint: each can now open the secrets; check who listed them: "
+                   "`git log -p -- registry.yaml`, and `fleet secrets recipients remove` a "
+                   "stranger (then rotate the secrets).", err=True)
+
+
 @click.group()
 def secrets() -> None:
     """The sealed secrets file in the fleet repository (age; `fleet.secrets` in the
-    registry)."""
+    registry). Every command first removes the plaintext folder of an edit that was killed."""
+    from fleet.control.sealed_edit import sweep_edits
+
+    for path in sweep_edits():
+        click.echo(f"removed {path}: the plaintext of a killed `fleet secrets edit`", err=True)
 
 
 @secrets.command()
@@ -55,12 +81,11 @@ def init(cli: CliContext, identity: str | None, receiver: bool) -> None:
 def encrypt(cli: CliContext, plain: Path | None) -> None:
     """Seal the plaintext secrets file PLAIN (default: $FLEET_SECRETS) as the registry's
     sealed file. PLAIN is kept: delete it once the sealed file is committed."""
-    from fleet.control.sealed_edit import encrypt_plain, sealed_file
+    from fleet.control.sealed_edit import encrypt_plain
 
     if plain is None:
         raise click.UsageError(f"name the plaintext secrets file (PLAIN or ${SECRETS_ENV})")
-    found = encrypt_plain(cli.registry, plain)
-    click.echo(f"sealed {plain} to {sealed_file(cli.registry).path}: {summary(found)}")
+    report(encrypt_plain(cli.registry, plain))
 
 
 @secrets.command()
@@ -68,12 +93,23 @@ def encrypt(cli: CliContext, plain: Path | None) -> None:
 def edit(cli: CliContext) -> None:
     """Decrypt into a private file on a memory file system, run $VISUAL / $EDITOR, check the
     result and seal it over the old file (unchanged when the editor fails or the text does
-    not check)."""
+    not check; at a terminal you are asked whether to edit the same text again)."""
     from fleet.control.sealed_edit import edit as edit_sealed
     from fleet.control.sealed_edit import sealed_file
 
-    found = edit_sealed(cli.registry)
-    click.echo(f"sealed {sealed_file(cli.registry).path}: {summary(found)}")
+    done = edit_sealed(cli.registry, again=ask_again if sys.stdin.isatty() else None)
+    if done is None:
+        click.echo(f"{sealed_file(cli.registry).path}: unchanged, not re-sealed")
+    else:
+        report(done)
+
+
+def ask_again(problem: SecretsError) -> bool:
+    """Show why the edited text does not check and ask whether to edit it again."""
+    for line in str(problem).splitlines():
+        click.echo(f"Error: {line}", err=True)
+    return click.confirm("Edit the same text again? (no: discard the edit)", default=True,
+                         err=True)
 
 
 @secrets.command()
@@ -130,8 +166,11 @@ def add(cli: CliContext, recipient: str) -> None:
 
 @recipients.command()
 @click.argument("recipient")
+@click.option("--force", is_flag=True,
+              help="Also when it leaves none of your own identity's recipients (you could no "
+                   "longer open the file).")
 @pass_cli
-def remove(cli: CliContext, recipient: str) -> None:
+def remove(cli: CliContext, recipient: str, force: bool) -> None:
     """Drop RECIPIENT from the registry and re-seal the file to the rest. Rotate the values
     it could read: it may have kept a copy."""
     from fleet.control.sealed_edit import sealed_file, set_recipients
@@ -139,6 +178,6 @@ def remove(cli: CliContext, recipient: str) -> None:
     listed = sealed_file(cli.registry).recipients
     if recipient not in listed:
         raise click.ClickException(f"{recipient} is not a recipient")
-    set_recipients(cli.registry, [value for value in listed if value != recipient])
+    set_recipients(cli.registry, [value for value in listed if value != recipient], force=force)
     click.echo(f"removed {recipient}; re-sealed to {len(listed) - 1} recipient(s). Rotate "
                "the secrets it could read: an old copy of the file still opens with its key.")

@@ -44,6 +44,7 @@ from fleet.control.secrets import (
     is_sealed,
     load_secrets,
     parse_secrets,
+    secrets_yaml,
 )
 from fleet.core.atomic import write_atomic
 from fleet.core.errors import SecretsError
@@ -56,12 +57,12 @@ if TYPE_CHECKING:
 def _load(path: Path) -> tuple[str, dict[str, Any]]:
     load_secrets(path)  # mode and content checks
     text = path.read_text(encoding="utf-8")
-    return _leading_comments(text), yaml.safe_load(text) or {}
+    return _leading_comments(text), secrets_yaml(text, path)
 
 
 def _load_sealed(sealed: SealedFile) -> tuple[str, dict[str, Any]]:
     text = sealed.open()
-    return _leading_comments(text), yaml.safe_load(text) or {}
+    return _leading_comments(text), secrets_yaml(text, sealed.path)
 
 
 def _holds(data: dict[str, Any], name: str) -> bool:

@@ -26,6 +26,7 @@ from pyrage import x25519
 
 from fleet.core.atomic import write_atomic
 from fleet.core.errors import SecretsError
+from fleet.core.files import read_regular
 
 IDENTITY_ENV = "FLEET_AGE_IDENTITY"
 DEFAULT_IDENTITY = Path("~/.config/sovereign-fleet/age-identity.txt")
@@ -103,15 +104,9 @@ def recipient_of(identity: x25519.Identity) -> str:
 def open_sealed(path: Path, identities: Sequence[x25519.Identity],
                 identity_file: Path | None = None) -> str:
     """The text of sealed file ``path``, decrypted in memory with ``identities``."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise SealedError(f"{path}: sealed secrets file not found",
-                          hint="Create it with `fleet secrets encrypt` or `fleet secrets "
-                               "edit`.") from None
-    if size > MAX_SEALED_BYTES:
-        raise SealedError(f"{path}: over {MAX_SEALED_BYTES} bytes: not a secrets file")
-    data = path.read_bytes()
+    data = read_regular(path, "sealed secrets file", MAX_SEALED_BYTES,
+                        hint="Create it with `fleet secrets encrypt` or `fleet secrets edit`.",
+                        error=SealedError)
     if not data.startswith(AGE_HEADER):
         raise SealedError(f"{path}: not an age file (no age-encryption.org/v1 header)",
                           hint="Seal a plaintext secrets file with `fleet secrets encrypt`.")
@@ -131,6 +126,28 @@ def open_sealed(path: Path, identities: Sequence[x25519.Identity],
         raise SealedError(f"{path}: the sealed text is not UTF-8") from None
 
 
+SEALED_TO = "# sealed to: "
+SEALED_TO_RE = re.compile(rf"{SEALED_TO}((?:{RECIPIENT_RE.pattern})(?:, {RECIPIENT_RE.pattern})*)"
+                          r"[^\n]*\n")
+"""The first line of every text ``fleet secrets`` seals: whom it sealed it to (a YAML comment;
+only those who can open the file read it)."""
+
+
+def recorded_recipients(text: str) -> tuple[str, ...] | None:
+    """The recipients ``text`` was last sealed to, as its first line records them (None when it
+    records none: a file the ``age`` tool or an older ``fleet`` wrote)."""
+    found = SEALED_TO_RE.match(text)
+    return tuple(found[1].split(", ")) if found else None
+
+
+def with_recipients(text: str, to: Sequence[str]) -> str:
+    """``text`` with its first line recording ``to`` (:data:`SEALED_TO_RE`), an old such line
+    replaced."""
+    found = SEALED_TO_RE.match(text)
+    body = text[found.end():] if found else text
+    return f"{SEALED_TO}{', '.join(to)}  (fleet secrets rewrites this line)\n{body}"
+
+
 def seal(text: str, to: Sequence[x25519.Recipient], where: str) -> bytes:
     """``text`` encrypted to every recipient in ``to`` (at least one)."""
     if not to:
@@ -142,4 +159,10 @@ def seal(text: str, to: Sequence[x25519.Recipient], where: str) -> bytes:
 def write_sealed(path: Path, text: str, to: Sequence[x25519.Recipient]) -> None:
     """Replace ``path`` with ``text`` sealed to ``to``, atomically: the old file or the new
     one, never part of one, never plaintext."""
-    write_atomic(path, seal(text, to, str(path)), mode=0o644)
+    sealed = seal(text, to, str(path))
+    try:
+        write_atomic(path, sealed, mode=0o644)
+    except OSError as exc:
+        raise SealedError(f"{path}: cannot write the sealed file ({exc.strerror or exc})",
+                          hint="It must be a regular file (or absent) in an existing folder "
+                               "you can write.") from None

@@ -4,8 +4,14 @@
 ``edit`` is the one place plaintext meets a file: the decrypted text goes to a file of mode
 0600 in a private directory (0700) on a memory file system (``/dev/shm``, else
 ``$XDG_RUNTIME_DIR``; never a disk), the editor runs, the result is checked and sealed over the
-old file atomically, and the directory is removed, on errors and signals too. A directory left
-by an edit killed with SIGKILL is removed by the next ``fleet secrets`` command.
+old file atomically, and the directory is removed, on errors and signals too; a text that does
+not check can be edited again in the same place (the caller's ``again``). A directory left by
+an edit killed with SIGKILL is removed by the next ``fleet secrets`` command
+(:func:`sweep_edits`).
+
+Every sealed text records on its first line whom it was sealed to
+(:func:`~fleet.control.sealed.with_recipients`): a later seal names the recipients added since
+(:class:`Sealing`), such as one a hostile registry change slipped in.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -34,11 +41,14 @@ from fleet.control.sealed import (
     open_sealed,
     recipient_of,
     recipients,
+    recorded_recipients,
+    with_recipients,
     write_sealed,
 )
 from fleet.control.secrets import (
     BUS_KEY,
     BUS_KEYRING,
+    MAX_SECRETS_BYTES,
     SECRETS_ENV,
     Secrets,
     is_sealed,
@@ -50,12 +60,26 @@ from fleet.control.secrets import (
 )
 from fleet.core import liveness
 from fleet.core.atomic import write_atomic
+from fleet.core.errors import SecretsError
+from fleet.core.files import read_regular
 from fleet.core.masking import Masker
 from fleet.core.registry import AGE_RECIPIENT_RE, Registry, load_registry
 
 EDIT_PREFIX = "fleet-secrets-edit-"
 MEMORY_DIRS = ("/dev/shm",)
 EMPTY_SECRETS = "fleet: {}\nagents: {}\nidentities: {}\n"
+
+
+@dataclass(frozen=True)
+class Sealing:
+    """What a seal did: the checked secrets, whom they were sealed to, and which of those the
+    file was not sealed to before (empty for a new file; None: the old file did not record
+    whom it was sealed to, or this identity could not open it)."""
+
+    secrets: Secrets
+    path: Path
+    recipients: tuple[str, ...]
+    added: tuple[str, ...] | None
 
 
 @dataclass(frozen=True)
@@ -70,10 +94,12 @@ class SealedFile:
         identity = identity_path()
         return open_sealed(self.path, load_identities(identity), identity)
 
-    def seal(self, text: str) -> Secrets:
-        """Check ``text`` as a secrets file and seal it over the file; the checked secrets.
-        The operator's private bus key is refused: every recipient, the webhook receiver among
-        them, can open the file, and none may sign as the operator."""
+    def seal(self, text: str, old: str | None = None) -> Sealing:
+        """Check ``text`` as a secrets file and seal it over the file, its first line
+        recording the recipients; ``old`` is the file's current plaintext (opened here when not
+        given) to tell which recipients are new. The operator's private bus key is refused:
+        every recipient, the webhook receiver among them, can open the file, and none may sign
+        as the operator."""
         found = parse_secrets_text(text, self.path)
         if found.identities.get(OPERATOR, {}).get(BUS_KEY):
             raise SealedError(
@@ -83,9 +109,22 @@ class SealedFile:
                 hint=f"Keep the operator's key in a local ${SECRETS_ENV} file (0600; it "
                      f"overlays the sealed file); seal the operator as its public half "
                      f"({BUS_KEYRING}): `fleet secrets encrypt` splits a plaintext file so.")
-        write_sealed(self.path, text, recipients(self.recipients,
-                                                 "registry fleet.secrets.recipients"))
-        return found
+        to = recipients(self.recipients, "registry fleet.secrets.recipients")
+        before = self.recorded(old) if os.path.lexists(self.path) else ()
+        write_sealed(self.path, with_recipients(text, self.recipients), to)
+        added = None if before is None else tuple(value for value in self.recipients
+                                                  if value not in before)
+        return Sealing(found, self.path, self.recipients, added)
+
+    def recorded(self, old: str | None) -> tuple[str, ...] | None:
+        """Whom the file was sealed to, as its plaintext ``old`` (else the file, if this
+        identity opens it) records; None when unknown."""
+        if old is None:
+            try:
+                old = self.open()
+            except SecretsError:
+                return None
+        return recorded_recipients(old)
 
 
 def sealed_file(registry: Registry) -> SealedFile:
@@ -94,7 +133,9 @@ def sealed_file(registry: Registry) -> SealedFile:
         raise SealedError(f"{registry.path}: names no sealed secrets file",
                           hint="Add `fleet: {secrets: {file: secrets.yaml.age, recipients: "
                                "[age1...]}}`; `fleet secrets init` prints your recipient.")
-    return SealedFile(registry.path.parent / registry.secrets.file, registry.secrets.recipients)
+    path = registry.sealed_path()
+    assert path is not None
+    return SealedFile(path, registry.secrets.recipients)
 
 
 def init_identity(path: Path) -> str:
@@ -146,14 +187,15 @@ def receiver_recipient(registry: Registry, timeout: float = 15.0) -> str:
     return found
 
 
-def encrypt_plain(registry: Registry, plain: Path) -> Secrets:
+def encrypt_plain(registry: Registry, plain: Path) -> Sealing:
     """Seal the plaintext secrets file ``plain`` (checked first: mode 0600, content) as the
     registry's sealed file, the operator's private bus key as its public half only
     (:meth:`Secrets.receiver_copy`): that key stays in ``plain`` (or your own file named by
     ``$FLEET_SECRETS``), never in the repository. ``plain`` is left as it is."""
     found = load_plain(plain)
     text = (found.receiver_copy() if found.identities.get(OPERATOR, {}).get(BUS_KEY)
-            else plain.read_text(encoding="utf-8"))
+            else read_regular(plain, "secrets file", MAX_SECRETS_BYTES,
+                              error=SecretsError).decode("utf-8"))
     return sealed_file(registry).seal(text)
 
 
@@ -213,18 +255,40 @@ def _on_tmpfs(path: str) -> bool:
 def sweep_left_behind(folder: Path) -> list[Path]:
     """Remove the edit directories in ``folder`` of ``fleet secrets edit`` runs that died
     (their process, named in the directory by pid and start time, no longer runs: a later
-    process with the same pid is not it); the removed ones."""
-    removed = []
-    for entry in folder.glob(f"{EDIT_PREFIX}*"):
+    process with the same pid is not it); the removed ones. Only real directories of this user
+    are touched (``lstat``: a symlink, or anything another user put there, is never followed
+    or removed), and an entry gone meanwhile (another sweep) is skipped."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
         tag = entry.name.removeprefix(EDIT_PREFIX).partition("-")[0]
         pid, _, started = tag.partition(".")
-        if not (pid.isdigit() and started.isdigit()) or entry.stat().st_uid != os.getuid():
+        if not (entry.name.startswith(EDIT_PREFIX) and pid.isdigit() and started.isdigit()):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
             continue
         if liveness.alive(int(pid), int(started)):
             continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
+        shutil.rmtree(entry.path, ignore_errors=True)
+        if not os.path.lexists(entry.path):
+            removed.append(Path(entry.path))
     return removed
+
+
+def sweep_edits() -> list[Path]:
+    """:func:`sweep_left_behind` in every memory file system an edit may have used (what
+    every ``fleet secrets`` command does first)."""
+    folders = dict.fromkeys(candidate for candidate in (*MEMORY_DIRS,
+                                                        os.environ.get("XDG_RUNTIME_DIR"))
+                            if candidate and os.path.isdir(candidate))
+    return [path for folder in folders for path in sweep_left_behind(Path(folder))]
 
 
 @contextlib.contextmanager
@@ -232,7 +296,7 @@ def private_copy(text: str) -> Iterator[Path]:
     """``text`` in a 0600 file in a fresh 0700 directory on a memory file system, removed
     when the block ends, on SIGTERM, SIGHUP and SIGINT too."""
     folder = memory_dir()
-    sweep_left_behind(folder)
+    sweep_edits()
     work = Path(tempfile.mkdtemp(prefix=f"{EDIT_PREFIX}{liveness.process_tag()}-",
                                 dir=folder))
     handlers = {}
@@ -259,35 +323,45 @@ def editor_command() -> list[str]:
     return shlex.split(os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi")
 
 
-def edit(registry: Registry, editor: Sequence[str] | None = None) -> Secrets:
+def edit(registry: Registry, editor: Sequence[str] | None = None,
+         again: Callable[[SecretsError], bool] | None = None) -> Sealing | None:
     """Open the sealed file (or start an empty one), let ``editor`` change the plaintext,
-    check it and seal it over the old file. An editor that fails, or a text that does not
-    check, leaves the old file as it was."""
+    check it and seal it over the old file; None when the text is unchanged. An editor that
+    fails leaves the old file as it was; so does a text that does not check, unless
+    ``again(problem)`` says to edit it again: the editor reopens the same file, still only on
+    the memory file system."""
     target = sealed_file(registry)
     text = target.open() if target.path.exists() else EMPTY_SECRETS
     with private_copy(text) as plain:
-        command = [*(editor or editor_command()), str(plain)]
-        try:
-            done = subprocess.run(command, check=False)
-        except OSError as exc:
-            raise SealedError(f"cannot run the editor {command[0]!r}: {exc.strerror}",
-                              hint="Set $EDITOR to an editor on your PATH.") from None
-        if done.returncode != 0:
-            raise SealedError(f"the editor exited {done.returncode}: "
-                              f"{target.path} is unchanged")
-        edited = plain.read_text(encoding="utf-8")
-    if edited == text and target.path.exists():
-        return parse_secrets_text(text, target.path)
-    return target.seal(edited)
+        while True:
+            command = [*(editor or editor_command()), str(plain)]
+            try:
+                done = subprocess.run(command, check=False)
+            except OSError as exc:
+                raise SealedError(f"cannot run the editor {command[0]!r}: {exc.strerror}",
+                                  hint="Set $EDITOR to an editor on your PATH.") from None
+            if done.returncode != 0:
+                raise SealedError(f"the editor exited {done.returncode}: "
+                                  f"{target.path} is unchanged")
+            edited = plain.read_text(encoding="utf-8")
+            if edited == text and target.path.exists():
+                return None
+            try:
+                return target.seal(edited, old=text if target.path.exists() else None)
+            except SecretsError as exc:
+                if again is None or not again(exc):
+                    raise
 
 
 RECIPIENTS_LINE_RE = re.compile(r"(?P<indent>[ \t]*)recipients:[ \t]*\[(?P<list>[^\]\n]*)\]"
                                 r"[ \t]*(?P<comment>#.*)?")
 
 
-def set_recipients(registry: Registry, wanted: Sequence[str]) -> Registry:
+def set_recipients(registry: Registry, wanted: Sequence[str], force: bool = False) -> Registry:
     """Write ``wanted`` as ``fleet.secrets.recipients`` (a one-line flow list in the registry
-    file), then seal the secrets file to exactly them; the registry as reloaded."""
+    file), then seal the secrets file to exactly them; the registry as reloaded. A change that
+    leaves none of your own identity's recipients (you could no longer open the file) is
+    refused unless ``force``."""
     for value in wanted:
         if not AGE_RECIPIENT_RE.fullmatch(value):
             raise SealedError(f"{value[:80]!r} is not an age recipient (age1 and 58 Bech32 "
@@ -297,6 +371,13 @@ def set_recipients(registry: Registry, wanted: Sequence[str]) -> Registry:
                           hint="Add the new recipient before you remove the last one.")
     target = sealed_file(registry)
     text = target.open() if target.path.exists() else None
+    if text is not None and not force:
+        mine = {recipient_of(identity) for identity in load_identities(identity_path())}
+        if not mine & set(wanted):
+            raise SealedError(f"none of your identity's recipients ({identity_path()}) would "
+                              f"be left: you could no longer open {target.path}",
+                              hint="Add another recipient of yours first, or pass --force if "
+                                   "someone who stays a recipient can add you back.")
     source = registry.path.read_text(encoding="utf-8")
     lines = source.splitlines(keepends=True)
     matches = [index for index, line in enumerate(lines) if RECIPIENTS_LINE_RE.fullmatch(
@@ -312,6 +393,6 @@ def set_recipients(registry: Registry, wanted: Sequence[str]) -> Registry:
     lines[matches[0]] = (f"{found['indent']}recipients: [{', '.join(wanted)}]"
                          f"{comment}{newline}")
     if text is not None:  # sealed to the new recipients first: the registry says so next
-        SealedFile(target.path, tuple(wanted)).seal(text)
+        SealedFile(target.path, tuple(wanted)).seal(text, old=text)
     write_atomic(registry.path, "".join(lines), mode=registry.path.stat().st_mode & 0o777)
     return load_registry(registry.path)

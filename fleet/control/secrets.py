@@ -30,11 +30,12 @@ key.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -54,6 +55,7 @@ from bus.keys import (
     split_keyring,
 )
 from fleet.core.errors import SecretsError
+from fleet.core.files import read_regular
 from fleet.core.masking import MIN_SECRET_LENGTH
 from fleet.core.registry import Registry
 
@@ -62,6 +64,8 @@ BUS_KEY = PRIVATE_KEY_ENV  # an agent's or identity's private bus key(s)
 BUS_KEYRING = PUBLIC_KEYS_ENV  # the public keyring every agent gets (not secret)
 OLD_BUS_KEY = "FLEET_BUS_KEY"  # the shared HMAC key of before: refused with a hint
 ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]*")  # matched in full
+MAX_SECRETS_BYTES = 1024 * 1024
+"""The largest secrets file read (one is a few KiB)."""
 RECEIVER_SECRETS = ("FLEET_WEBHOOK_SECRET", "FLEET_GITLAB_TOKEN", "FLEET_READ_TOKEN")
 DEPLOY_SSH_KEY = "FLEET_DEPLOY_SSH_KEY"
 RECEIVER_ONLY = (*RECEIVER_SECRETS, DEPLOY_SSH_KEY)
@@ -153,10 +157,9 @@ def secrets_path(explicit: str | os.PathLike[str] | None = None,
 
 
 def sealed_path(registry: Registry | None) -> Path | None:
-    """The registry's sealed secrets file (``fleet.secrets.file``), if it names one."""
-    if registry is None or registry.secrets is None:
-        return None
-    return registry.path.parent / registry.secrets.file
+    """The registry's sealed secrets file (``fleet.secrets.file``), if it names one
+    (:meth:`Registry.sealed_path`: checked again)."""
+    return None if registry is None else registry.sealed_path()
 
 
 def is_sealed(path: Path) -> bool:
@@ -186,19 +189,16 @@ def load_secrets(path: str | os.PathLike[str] | None = None,
 
 
 def load_plain(resolved: Path) -> Secrets:
-    """A plaintext secrets file: mode 0600 or stricter, then its content checked."""
+    """A plaintext secrets file: a regular file of mode 0600 or stricter, then its content
+    checked."""
+    data = read_regular(resolved, "secrets file", MAX_SECRETS_BYTES, private=True,
+                        hint=f"Create it (mode 0600) or unset {SECRETS_ENV}.",
+                        error=SecretsError)
     try:
-        mode = resolved.stat().st_mode
-    except FileNotFoundError:
-        raise SecretsError(f"{resolved}: secrets file not found",
-                           hint=f"Create it (mode 0600) or unset {SECRETS_ENV}.") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SecretsError(
-            f"{resolved}: secrets file is readable by group or others "
-            f"(mode {stat.S_IMODE(mode):04o})",
-            hint=f"Run: chmod 600 {resolved}",
-        )
-    return parse_secrets_text(resolved.read_text(encoding="utf-8"), resolved)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretsError(f"{resolved}: the secrets file is not UTF-8 text") from None
+    return parse_secrets_text(text, resolved)
 
 
 def overlay(base: Secrets, local: Secrets) -> Secrets:
@@ -242,12 +242,37 @@ def read_sealed(path: Path, identity: str | os.PathLike[str] | None = None) -> s
 
 def parse_secrets_text(text: str, resolved: Path) -> Secrets:
     """Check the text of a secrets file (YAML; ``resolved`` names it in errors)."""
+    return parse_secrets(secrets_yaml(text, resolved), resolved)
+
+
+class RepeatedKey(yaml.constructor.ConstructorError):
+    """A mapping of a secrets file names a key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key repeated in a mapping (it would keep the last one
+    silently: a value edited in one place and left in another)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            with contextlib.suppress(TypeError):  # unhashable: the loader refuses it itself
+                if key in first:
+                    raise RepeatedKey(None, None, "repeated key (first defined on line "
+                                      f"{first[key]}); keep one", key_node.start_mark)
+                first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def secrets_yaml(text: str, resolved: Path) -> Any:
+    """The YAML data of a secrets file's ``text`` (``resolved`` names it in errors), a key
+    repeated in a mapping refused; no error quotes the text."""
     try:
-        data = yaml.safe_load(text) or {}
+        return yaml.load(text, Loader=_UniqueKeyLoader) or {}  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise SecretsError(f"{resolved}:{_yaml_error(exc)}",
                            hint="Fix the YAML at that line and column.") from None
-    return parse_secrets(data, resolved)
 
 
 def parse_secrets(data: object, resolved: Path) -> Secrets:
@@ -322,5 +347,7 @@ def _yaml_error(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     where = f"{mark.line + 1}:{mark.column + 1}:" if mark is not None else ""
     problem = getattr(exc, "problem", None) or "not valid YAML"
+    if isinstance(exc, RepeatedKey):
+        return f"{where} {problem}"
     problem = re.sub(r"'[^']*'|\"[^\"]*\"", "(text not shown)", problem)
     return f"{where} YAML syntax error: {problem}"

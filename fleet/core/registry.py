@@ -17,7 +17,8 @@ import ipaddress
 import math
 import os
 import re
-from collections.abc import Iterator
+import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,7 @@ class SealedSecrets:
 
     file: str
     recipients: tuple[str, ...] = ()
+    line: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """As registry YAML spells it."""
@@ -298,6 +300,27 @@ class Registry:
                                  f"{agent.soul!r} {problem}"])
         return self.path.parent / agent.soul
 
+    def referenced_files(self) -> tuple[str, ...]:
+        """The files beside the registry that it names (relative to its folder): the souls,
+        the runtimes' shipped files, ``fleet.ssh_key`` and ``fleet.known_hosts``."""
+        named = [agent.soul for agent in self] + [item for agent in self
+                                                  for item in agent.runtime_ship]
+        return tuple(dict.fromkeys(item for item in (*named, self.ssh_key, self.known_hosts)
+                                   if item))
+
+    def sealed_path(self) -> Path | None:
+        """The sealed secrets file (``fleet.secrets.file``) on the controller, None when the
+        registry names none; checked again here (:func:`sealed_file_problem`: the folder may
+        have changed since loading), :class:`RegistryError` naming its line if it may not be
+        used."""
+        if self.secrets is None:
+            return None
+        problem = sealed_file_problem(self.path, self.secrets.file, self.referenced_files())
+        if problem:
+            raise RegistryError([f"{self.path}:{self.secrets.line}: fleet.secrets.file: "
+                                 f"{self.secrets.file!r} {problem}"], hint=SEALED_FILE_HINT)
+        return self.path.parent / self.secrets.file
+
     def to_dict(self) -> dict[str, Any]:
         """The whole registry as plain data (for ``--json`` and for writing lab registries)."""
         fleet = {"name": self.name, "ssh_key": self.ssh_key, "known_hosts": self.known_hosts,
@@ -354,6 +377,7 @@ class _Validator:
         self.loader: yaml.SafeLoader | None = None
         self.fleet_keys: set[str] = set()
         self.refused: list[int] = []  # where the strings check_text refused start
+        self.sealed_file_node: yaml.Node | None = None
 
     def problem(self, node: yaml.Node | None, where: str, message: str) -> None:
         if node is not None and any(node.start_mark.index <= index < node.end_mark.index
@@ -386,6 +410,8 @@ class _Validator:
             self.problem(root, "", "missing `wizards:`, the mapping of agent name to agent")
             raise self.fail()
         agents = self.agents(wizards[1])
+        if settings.get("secrets"):
+            self.check_sealed_file(settings, agents)
         self.check_endpoints_unique(agents)
         if settings.get("regions"):
             self.check_agent_regions(agents, settings["regions"])
@@ -529,13 +555,10 @@ class _Validator:
             self.problem(node, "fleet.secrets", f"missing `file:`; {form}")
             return None
         file_node = found["file"][1]
+        self.sealed_file_node = file_node
         file = self.value(file_node)
         if not isinstance(file, str) or not file:
             self.problem(file_node, "fleet.secrets.file", f"{file!r} is not a file name")
-            return None
-        problem = soul_problem(self.path, file)
-        if problem:
-            self.problem(file_node, "fleet.secrets.file", f"{file!r} {problem}")
             return None
         listed: tuple[str, ...] = ()
         if "recipients" in found:
@@ -553,7 +576,18 @@ class _Validator:
                              "Bech32 characters); `age-keygen -y FILE` prints one")
                 return None
             listed = tuple(dict.fromkeys(values))
-        return SealedSecrets(file=file, recipients=listed)
+        return SealedSecrets(file=file, recipients=listed, line=file_node.start_mark.line + 1)
+
+    def check_sealed_file(self, settings: dict[str, Any], agents: dict[str, Agent]) -> None:
+        """``fleet.secrets.file`` against the folder and every file the registry names
+        (:func:`sealed_file_problem`); a refused one is dropped from ``settings``."""
+        sealed: SealedSecrets = settings["secrets"]
+        named = Registry(path=self.path, agents=agents, **settings).referenced_files()
+        problem = sealed_file_problem(self.path, sealed.file, named)
+        if problem:
+            self.problem(self.sealed_file_node, "fleet.secrets.file",
+                         f"{sealed.file!r} {problem}; {SEALED_FILE_HINT}")
+            del settings["secrets"]
 
     def region_settings(self, node: yaml.Node | None, where: str) -> dict[str, int]:
         """One region's settings: ``batch`` (1 or more), ``max_failures`` (0 or more)."""
@@ -1029,6 +1063,51 @@ def soul_problem(registry_path: Path, soul: str) -> str:
     resolved = (folder / soul).resolve()
     if not resolved.is_relative_to(folder) or resolved == folder:
         return f"resolves outside the registry's folder {folder} (to {resolved})"
+    return ""
+
+
+SEALED_SUFFIX = ".age"
+SEALED_FILE_HINT = ("name a new or existing age file of its own inside the registry's folder, "
+                    "e.g. `file: secrets.yaml.age`")
+
+
+def sealed_file_problem(registry_path: Path, file: str, named: Iterable[str] = ()) -> str:
+    """Why ``file`` may not be the sealed secrets file of the registry at ``registry_path``
+    (empty when it may). The sealing commands replace it, so it must be a file of its own: a
+    relative path ending in ``.age`` that resolves inside the registry's folder, not under
+    ``.git``, in an existing folder, not the registry itself nor any file the registry names
+    (``named``: souls, shipped files, keys), and a regular file (not a symlink, folder or
+    FIFO) or absent."""
+    problem = soul_problem(registry_path, file)
+    if problem:
+        return problem
+    if ".." in Path(file).parts:
+        return "holds a '..' part: name the file by its path inside the registry's folder"
+    if not file.endswith(SEALED_SUFFIX) or file.endswith("/"):
+        return (f"does not end in {SEALED_SUFFIX!r}: the sealed file is an age file "
+                "(fleet secrets encrypt replaces it)")
+    folder = registry_path.parent.resolve()
+    target = folder / file
+    try:
+        resolved = target.resolve()
+        if ".git" in Path(file).parts or ".git" in resolved.relative_to(folder).parts:
+            return "is inside .git"
+        if resolved == registry_path.resolve():
+            return "is the registry file itself"
+        for other in named:
+            if resolved == (folder / other).resolve():
+                return f"is {other!r}, a file the registry names (a soul, key or shipped file)"
+        if not resolved.parent.is_dir():
+            return f"is in a folder that does not exist ({resolved.parent})"
+        info = target.lstat()
+    except FileNotFoundError:
+        return ""  # not sealed yet: the first `fleet secrets encrypt` or edit makes it
+    except OSError as exc:
+        return f"cannot be checked ({exc.strerror or exc})"
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symlink: the sealed file must be a regular file"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file (a folder, FIFO or device)"
     return ""
 
 

@@ -266,10 +266,9 @@ def checkout_secrets(work: Path) -> Path | None:
     in the checkout), or None: none named, or a registry the deploy will refuse itself. The
     same file whichever registry the deploy reads (``FLEET_REGISTRY`` may name another)."""
     try:
-        registry = load_registry(work / "registry.yaml")
+        return load_registry(work / "registry.yaml").sealed_path()
     except FleetError:
         return None
-    return None if registry.secrets is None else work / registry.secrets.file
 
 
 def secret_values(settings: Settings, env: dict[str, str] | None = None) -> list[str]:

@@ -262,7 +262,7 @@ def test_removing_a_recipient_reseals_without_it_and_edits_one_registry_line(
     changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
     assert len(changed) == 1 and other in changed[0][1] and "# who may open it" in changed[0][1]
     assert project.fleet("secrets", "check", FLEET_AGE_IDENTITY=str(second)).returncode == 0
-    done = project.fleet("secrets", "recipients", "remove", project.recipient)
+    done = project.fleet("secrets", "recipients", "remove", project.recipient, "--force")
     assert done.returncode == 0 and "Rotate" in done.stdout
     assert project.fleet("secrets", "check", FLEET_AGE_IDENTITY=str(second)).returncode == 0
     refused = project.fleet("secrets", "check")
