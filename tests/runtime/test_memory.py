@@ -467,3 +467,22 @@ def test_fleet_ask_refuses_a_bad_conversation_id_before_sending(tmp_path: Path) 
     assert done.exit_code == 2
     assert "Invalid value for '--conversation': 'a\\nb' is not 1 to 128 printable characters " \
            "(no control characters, no line breaks, no surrogates)" in done.output, done.output
+
+
+def test_a_replayed_forget_is_refused_and_forgets_nothing_stored_since(memory_app: Flask) -> None:
+    client = memory_app.test_client()
+    query = "peer=ezra&conversation=c+1"
+    headers = signed_headers(OPERATOR, b"", path="/memory", method="DELETE", query=query,
+                             content_type=None)
+    first = client.delete(f"/memory?{query}", headers=headers)
+    assert (first.status_code, first.json["forgotten"]) == (200, 2)
+    store_turn(memory_app.config["STATE_DIR"], "ezra", "c 1", "r3", "q3", {"text": "a3"},
+               MemorySettings())
+    replay = client.delete(f"/memory?{query}", headers=headers)
+    assert replay.status_code == 409, replay.json
+    assert replay.json["error"].startswith("request 'sig-")
+    assert replay.json["error"].endswith("; a replayed request is refused")
+    assert [t["request_id"] for t in turns(memory_app.config["STATE_DIR"], "ezra", "c 1")] == [
+        "r3"]
+    again = signed(client, OPERATOR, "DELETE", "/memory", query)  # signed anew: forgets
+    assert (again.status_code, again.json["forgotten"]) == (200, 1)
