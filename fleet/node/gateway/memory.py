@@ -28,6 +28,7 @@ from fleet.node.gateway.openapi import documenting, json_answer
 from fleet.node.runtime.memory import (
     CONVERSATION_RULE,
     MAX_CONVERSATION,
+    PEER_RULE,
     conversations,
     forget,
     is_conversation,
@@ -36,7 +37,6 @@ from fleet.node.runtime.memory import (
 )
 
 bp = Blueprint("memory", __name__)
-PEER_RULE = "an agent's or identity's name (a-z, digits, '-'; up to 31 characters)"
 
 
 def init_app(app: Flask) -> None:

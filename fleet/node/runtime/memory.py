@@ -33,6 +33,7 @@ MAX_CONVERSATION = 128
 CONVERSATION_RE = re.compile(rf"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]{{1,{MAX_CONVERSATION}}}")
 CONVERSATION_RULE = (f"1 to {MAX_CONVERSATION} printable characters (no control characters, "
                      "no line breaks, no surrogates)")
+PEER_RULE = "an agent's or identity's name (a-z, digits, '-'; up to 31 characters)"
 DAY_S = 86_400.0
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS turns (
