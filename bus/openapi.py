@@ -102,7 +102,8 @@ def document() -> dict[str, Any]:
             "200": _json("dead letters"), "400": ERROR, **owner},
             parameters=_params(stats.DEAD_LETTER_QUERY))},
         "/bus/dead-letters/redrive": {"post": _op("Queue dead letters again (owner-signed)", {
-            "200": _json("the re-queued messages"), **owner}, body=True,
+            "200": _json("the re-queued messages"), **owner,
+            "409": _json("a replay: this signed request was made before")}, body=True,
             requestBody=_body(REDRIVE_SCHEMA))},
         "/metrics": {"get": _op("Prometheus metrics (public)", {"200": {
             "description": "Prometheus text", "content": {"text/plain": {}}}}, signed=False)},

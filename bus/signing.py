@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import math
 import re
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
@@ -111,8 +112,10 @@ def authority(netloc: str, scheme: str) -> str:
 
 
 def sign(key: SigningKey, method: str, url: str, body: bytes = b"",
-         now: float | None = None) -> dict[str, str]:
-    """The headers that sign a request to ``url`` (an absolute URL, as sent) as ``key``."""
+         now: float | None = None, nonce: str | None = None) -> dict[str, str]:
+    """The headers that sign a request to ``url`` (an absolute URL, as sent) as ``key``, with
+    a fresh random ``nonce`` (unless given): two requests signed alike in the same second
+    still differ, so a gateway's replay guard (:mod:`bus.replay`) refuses only a replay."""
     parts = urlsplit(url)
     values = [("@method", method.upper()), ("@authority", authority(parts.netloc, parts.scheme)),
               ("@path", parts.path or "/"), ("@query", f"?{parts.query}")]
@@ -122,7 +125,8 @@ def sign(key: SigningKey, method: str, url: str, body: bytes = b"",
         values.append((DIGEST, headers[CONTENT_DIGEST]))
     created = int(time.time() if now is None else now)
     params = signature_params([name for name, _ in values],
-                              [("created", created), ("keyid", key.keyid), ("alg", ALG)])
+                              [("created", created), ("keyid", key.keyid), ("alg", ALG),
+                               ("nonce", secrets.token_hex(16) if nonce is None else nonce)])
     signature = key.key.sign(signature_base(values, params))
     headers[SIGNATURE_INPUT] = f"{LABEL}={params}"
     headers[SIGNATURE] = f"{LABEL}=:{base64.b64encode(signature).decode()}:"

@@ -11,13 +11,14 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from bus import replay
 from bus.db import get_db, write
 from bus.outbox import DELIVERY_COUNT, DELIVERY_MS, redrive
 from bus.schema import query_problems
 from bus.state import state
 from bus.store import counters
 from bus.validate import fields_problems
-from bus.web import authenticate, fail, json_body, me
+from bus.web import authenticate, fail, json_body, me, signature_id
 
 bp = Blueprint("bus_stats", __name__)
 COUNTERS = ("received", "duplicates", "delivered", "retried", "dead_lettered", "redriven")
@@ -114,15 +115,27 @@ REDRIVE_SCHEMA: dict[str, Any] = {
 
 @bp.post("/bus/dead-letters/redrive")
 def redrive_dead_letters() -> ResponseReturnValue:
-    """Queue dead letters again (``{"seqs": [...]}``, or all): fresh attempts from now."""
-    authenticate(owner_only=True)
+    """Queue dead letters again (``{"seqs": [...]}``, or all): fresh attempts from now. Once
+    per signature: a replay is 409 (:mod:`bus.replay`), so it moves no letter that died
+    since."""
+    signer = authenticate(owner_only=True)
     body = json_body()
     problems = fields_problems(REDRIVE_SCHEMA, body)
     if problems:
         fail(400, "invalid redrive", problems)
     given = body.get("seqs")
     seqs = None if given is None else [int(seq) for seq in given]
-    moved = write(lambda db: redrive(db, seqs))
+    request_id = signature_id()
+
+    def once(db: sqlite3.Connection) -> list[tuple[str, str]]:
+        replay.prune(db)
+        replay.claim(db, signer, request_id)
+        return redrive(db, seqs)
+
+    try:
+        moved = write(once)
+    except replay.ReplayError as exc:
+        fail(409, str(exc), hint=exc.hint)
     worker = state().worker
     if moved and worker is not None:
         worker.wake()

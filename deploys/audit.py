@@ -105,7 +105,10 @@ def check_result(ctx: AgentContext, check: Check) -> tuple[CheckRecord, AgentFac
 
 def audit_node(state: State, host: Host, ctx: AgentContext, check: Check) -> bool:
     """Collect facts, write this host's part of the run record, release the lock; False (the
-    host fails) when verify failed."""
+    host fails) when verify failed. A rollback the node refused (``--with-state`` without a
+    snapshot: nothing changed) is ``failed`` in the record with the node's reason, and
+    pyinfra's host is not failed: the console says the node's reason, not pyinfra's "No
+    hosts remaining!"."""
     verify, printed = check_result(ctx, check)
     facts = printed or host.get_fact(
         AgentAudit, nodectl=NODECTL, agent=ctx.name, unit=ctx.unit,
@@ -114,10 +117,15 @@ def audit_node(state: State, host: Host, ctx: AgentContext, check: Check) -> boo
     status: HostStatus = ("ok" if verify.get("ok") else
                           "rolled_back" if rollback.get("healthy") else "failed")
     changed = [*ctx.changed(), *rollback_changes(rollback)]
-    found = drift(facts, ctx, ctx.release.id)
+    refused = ctx.rollback and rollback.get("rolled_back") is False
+    # ``fleet rollback`` expects the release it rolled back to (the node's own word), or the
+    # one the node stays on when it refused; a deploy the release it brings
+    expected = (rollback.get("release") or facts.get("release") or "?") if ctx.rollback \
+        else ctx.release.id
+    found = drift(facts, ctx, expected)
     entry: HostRecord = {
         "status": status,
-        "expected_release": ctx.release.id,
+        "expected_release": expected,
         "release": facts.get("release"),
         "soul_sha256": facts.get("soul_sha256"),
         "config_hash": facts.get("config_hash"),
@@ -129,6 +137,8 @@ def audit_node(state: State, host: Host, ctx: AgentContext, check: Check) -> boo
         "drift": found,
         "finished": utc_timestamp(),
     }
+    if refused:
+        entry["reason"] = rollback.get("reason") or "the node did not roll back"
     update_host(current_run_id(), host.name, entry, ctx.masker)
     if not verify.get("unlocked"):
         # a direct command gets no host-data global arguments: pass ``_sudo`` on
@@ -137,6 +147,10 @@ def audit_node(state: State, host: Host, ctx: AgentContext, check: Check) -> boo
     host.log(f"audit: {status}, {len(changed)} operation(s) changed, "
              f"{len(found)} drift(s)", logger.info)
     if status == "ok":
+        return True
+    if refused:  # nothing changed: the run fails by its record, pyinfra's host goes on
+        host.log_styled(f"{host.name}: not rolled back: {entry['reason']}", fg="red",
+                        log_func=logger.error)
         return True
     reason = "; ".join(verify.get("problems", [])) or "health check failed"
     if env_changed(check):

@@ -49,6 +49,21 @@ def test_a_request_over_the_limits_gets_a_json_error(query: str, headers: dict[s
         assert answer == {"error": error, "hint": answer["hint"]}
 
 
+def test_the_414_hint_says_to_shorten_the_url_in_both_refusers() -> None:
+    """A GET (or DELETE) has no body to move a value into: the hint of both 414s (the app's
+    limit, gunicorn's own) says to shorten the URL, never to send the value in the body."""
+    from gunicorn.http.errors import LimitRequestLine
+
+    from fleet.core.http_worker import refusal
+
+    client = limited_app().test_client()
+    client.environ_base = {}
+    hint = client.get("/health?x=" + "a" * 4100).get_json()["hint"]
+    found = refusal(LimitRequestLine(8191, 8190), 8190, 100, 8190)
+    assert found is not None and found[2] == hint
+    assert hint.startswith("Shorten the URL") and "body" not in hint
+
+
 @pytest.mark.parametrize("path", ["fleet/cli/gateway.py", "fleet/cli/dashboard.py",
                                   "fleet/cli/webhook.py"])
 def test_every_serve_command_uses_the_one_setup(path: str) -> None:

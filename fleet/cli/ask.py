@@ -10,13 +10,14 @@ import click
 from fleet.cli.context import CliContext, pass_cli
 from fleet.control.secrets import load_secrets
 from fleet.node.runtime.ask import ask as ask_agent
-from fleet.node.runtime.memory import CONVERSATION_RULE, is_conversation
+from fleet.node.runtime.memory import CONVERSATION_RULE, is_conversation, shown
 
 
 def checked_id(value: str | None) -> str | None:
-    """``--conversation``: a conversation id, else a usage error naming the rule."""
+    """A conversation id (``fleet ask --conversation``, ``fleet memory show|forget``), checked
+    before anything is sent; else a usage error naming the rule and the value cut short."""
     if value is not None and not is_conversation(value):
-        raise click.BadParameter(f"{value!r} is not {CONVERSATION_RULE}")
+        raise click.BadParameter(f"{shown(value)} is not {CONVERSATION_RULE}")
     return value
 
 

@@ -113,8 +113,8 @@ def report(result: RolloutResult) -> None:
             continue
         changed = len(entry.get("changed", []))
         restarted = "restarted" if entry.get("restarted") else "not restarted"
-        detail = "; ".join(entry.get("drift", []) or entry.get("problems", [])
-                           or [entry.get("reason", "")])
+        detail = "; ".join(([entry["reason"]] if entry.get("reason") else [])
+                           + (entry.get("drift", []) or entry.get("problems", [])))
         click.echo(f"    {name:<16} {entry.get('status', '?'):<12} {entry.get('release')} "
                    f"{changed} changed, {restarted}{'; ' + detail if detail else ''}")
     if not result.ok:

@@ -11,10 +11,13 @@ import click
 
 from bus.client import BusClient
 from bus.timestamps import utc_timestamp
+from fleet.cli.ask import checked_id
 from fleet.cli.bus import client
 from fleet.cli.context import CliContext, pass_cli
 from fleet.control.secrets import load_secrets
 from fleet.core.errors import FleetError
+from fleet.core.registry import NAME_RE
+from fleet.node.runtime.memory import PEER_RULE, shown
 
 
 class MemoryUseError(FleetError):
@@ -39,8 +42,18 @@ def default_peer(cli: CliContext, peer: str | None) -> str:
     return peer or (cli.registry.by_role("orchestrator") or list(cli.registry))[0].name
 
 
+def checked_peer(value: str | None) -> str | None:
+    """``--peer``: a name, checked before anything is sent; else a usage error naming the
+    rule and the value cut short."""
+    if value is not None and NAME_RE.fullmatch(value) is None:
+        raise click.BadParameter(f"{shown(value)} is not {PEER_RULE}")
+    return value
+
+
+conversation_argument = click.argument(
+    "conversation", callback=lambda ctx, param, value: checked_id(value))
 peer_option = click.option(
-    "--peer", envvar="FLEET_AGENT",
+    "--peer", envvar="FLEET_AGENT", callback=lambda ctx, param, value: checked_peer(value),
     help="Who the conversation is with (default: $FLEET_AGENT, else the first orchestrator: "
          "the sender `fleet ask` uses).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -72,7 +85,7 @@ def list_conversations(cli: CliContext, agent: str, as_json: bool) -> None:
 
 @memory.command()
 @click.argument("agent")
-@click.argument("conversation")
+@conversation_argument
 @peer_option
 @json_option
 @pass_cli
@@ -96,7 +109,7 @@ def show(cli: CliContext, agent: str, conversation: str, peer: str | None,
 
 @memory.command()
 @click.argument("agent")
-@click.argument("conversation")
+@conversation_argument
 @peer_option
 @click.confirmation_option(prompt="Forget this conversation for good?")
 @pass_cli

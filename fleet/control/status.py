@@ -7,7 +7,6 @@ endpoint, concurrently, with short timeouts.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -17,8 +16,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-import requests
 
 from fleet.control.hosts import (
     TRUST_HINT,
@@ -30,6 +27,7 @@ from fleet.control.hosts import (
     ssh_settings,
     unknown_agents,
 )
+from fleet.core.bounded_http import AnswerError, get
 from fleet.core.errors import StatusError
 from fleet.core.registry import DEFAULT_SSH_USER, Agent, Registry
 from fleet.node.runtime.state import runtime_ready
@@ -154,7 +152,8 @@ def host_key_reason(agent: Agent, what: str) -> str:
 
 def probe_health(agent: Agent, timeout: float,
                  think: bool = False) -> tuple[str, dict[str, Any]]:
-    """GET the health endpoint; ``(ok | reason, body)``: ``ok`` only when /health says so
+    """GET the health endpoint, read within bounds (:mod:`fleet.core.bounded_http`);
+    ``(ok | reason, body)``: ``ok`` only when /health says so
     and, for an agent with a runtime, says that runtime is ready (the runtime contract's
     verdict). ``think``: also a live model round trip on agents with a runtime (a wrong key or
     an unreachable provider shows as down)."""
@@ -162,18 +161,18 @@ def probe_health(agent: Agent, timeout: float,
     if think and agent.runtime != "none":
         url += ("&" if "?" in url else "?") + "roundtrip=1"
     try:
-        response = requests.get(url, timeout=timeout)
-    except requests.RequestException as exc:
-        return _short_reason(exc), {}
+        answer = get(url, timeout)
+    except AnswerError as exc:
+        return str(exc), {}
     try:
-        body = response.json()
-    except (ValueError, json.JSONDecodeError):
+        body = answer.json()
+    except AnswerError:
         body = {}
     if not isinstance(body, dict):
         body = {}
-    if response.status_code != 200:
-        problems = "; ".join(map(str, body.get("problems", []))) or response.reason
-        return f"HTTP {response.status_code}: {problems}", body
+    if answer.status != 200:
+        problems = "; ".join(map(str, body.get("problems", []))) or answer.reason
+        return f"HTTP {answer.status}: {problems}", body
     if agent.runtime != "none" and not runtime_ready(body):
         return "runtime not ready: its /health does not say it is", body
     return OK, body
@@ -243,15 +242,3 @@ def region_sorted(registry: Registry) -> list[Agent]:
     return sorted(registry, key=lambda agent: order.index(agent.region)
                   if agent.region in order else len(order))
 
-
-def _short_reason(exc: requests.RequestException) -> str:
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    if isinstance(exc, requests.ConnectionError):
-        text = str(exc)
-        for marker in ("Connection refused", "No route to host", "Name or service not known",
-                       "Network is unreachable"):
-            if marker in text:
-                return marker.lower()
-        return "connection failed"
-    return type(exc).__name__

@@ -17,6 +17,8 @@ from typing import Any
 from gunicorn.http import errors
 from gunicorn.workers.ggevent import GeventWorker
 
+from fleet.core.serving import URL_TOO_LONG_HINT
+
 MALFORMED = (errors.InvalidRequestLine, errors.InvalidRequestMethod, errors.InvalidHTTPVersion,
              errors.InvalidHeader, errors.InvalidHeaderName, errors.InvalidProxyLine,
              errors.InvalidSchemeHeaders, errors.ObsoleteFolding)
@@ -28,7 +30,7 @@ def refusal(exc: BaseException, max_line: int, max_fields: int,
     ``None`` when ``exc`` is not such a refusal."""
     if isinstance(exc, errors.LimitRequestLine):
         return ("414 URI Too Long", f"request line is over {exc.max_size} bytes, over the limit of "
-                f"{max_line}", "Send long values in the request body (JSON), not in the URL.")
+                f"{max_line}", URL_TOO_LONG_HINT)
     if isinstance(exc, errors.LimitRequestHeaders):
         return ("431 Request Header Fields Too Large",
                 f"request header fields are over the limits ({max_fields} fields of at most "

@@ -43,6 +43,8 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+URL_TOO_LONG_HINT = ("Shorten the URL: no value the fleet's APIs take in a URL is this long "
+                     "(check what was sent).")
 worker_class = "fleet.core.http_worker.JsonErrorsWorker"  # gunicorn's gevent worker, JSON refusals
 worker_connections = 500
 keepalive = 5
@@ -118,7 +120,7 @@ class RequestLimits:
         if line > self.max_line:
             return ("414 URI Too Long",
                     f"request line is {line} bytes, over the limit of {self.max_line}",
-                    "Send long values in the request body (JSON), not in the URL.")
+                    URL_TOO_LONG_HINT)
         fields = [(key, value) for key, value in environ.items()
                   if key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")]
         if len(fields) > self.max_fields:

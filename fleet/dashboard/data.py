@@ -14,17 +14,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import requests
-
 from bus.timestamps import utc_timestamp
 from fleet.control.expected import expected, judge
 from fleet.control.records import RunRecord, went_through
 from fleet.control.status import AgentStatus, probe_fleet, region_sorted
+from fleet.core.bounded_http import AnswerError, get
 from fleet.core.errors import FleetError
 from fleet.core.registry import Agent, Registry, load_registry
 from fleet.dashboard.charts import BusHistory, RunChart, Traffic, run_chart
 
-METRIC_RE = re.compile(r'(fleet_bus_[a-z_]+)\{[^}]*\} ([0-9]+)')
 RUNS_SHOWN = 10
 METRICS_TIMEOUT_S = 2.0
 
@@ -134,14 +132,17 @@ def deployed_release(runs: list[RunRecord]) -> str | None:
 
 
 def bus_gauges(agent: Agent) -> dict[str, int]:
-    """The gateway's bus gauges from its public Prometheus ``/metrics`` (empty on failure)."""
+    """The gateway's bus gauges from its public Prometheus ``/metrics``, read within bounds
+    (:mod:`fleet.core.bounded_http`); empty (unknown) when it cannot be read, or is not 200."""
     url = re.sub(r"/health$", "/metrics", agent.health_endpoint)
     try:
-        text = requests.get(url, timeout=METRICS_TIMEOUT_S).text
-    except requests.RequestException:
+        answer = get(url, METRICS_TIMEOUT_S)
+    except AnswerError:
         return {}
-    return {match[1]: int(match[2]) for line in text.splitlines()
-            if (match := METRIC_RE.fullmatch(line))}
+    if answer.status != 200:
+        return {}
+    return {name: value for name, value in answer.samples().items()
+            if name.startswith("fleet_bus_")}
 
 
 def view_runs(runs: list[RunRecord]) -> tuple[RunView, ...]:

@@ -132,6 +132,38 @@ def test_dead_letters_are_kept_until_redriven(store: Path, client: FlaskClient) 
     db.close()
 
 
+def dead_letter(store: Path, message_id: str) -> None:
+    """A message of bezalel's to ezra, given up on as refused."""
+    db = connect(store)
+    try:
+        outbox.enqueue(db, {"id": message_id, "from": "bezalel", "type": "alert", "payload": 1},
+                       ["ezra"])
+        (row,) = outbox.claim(db, "1:w:0", 30, 1)
+        outbox.finish(db, "1:w:0", [outbox.Outcome(row["seq"], dead_reason="refused")], {}, 0,
+                      0)
+    finally:
+        db.close()
+
+
+def test_a_replayed_redrive_is_refused_and_moves_no_later_dead_letter(
+        store: Path, client: FlaskClient) -> None:
+    dead_letter(store, "d-1")
+    body = dumps({"seqs": None})
+    headers = signed_headers("bezalel", body, path="/bus/dead-letters/redrive")
+    first = client.post("/bus/dead-letters/redrive", data=body, headers=headers)
+    assert first.json["redriven"] == [{"id": "d-1", "to": "ezra"}]
+    db = sqlite3.connect(store)
+    with db:
+        db.execute("DELETE FROM outbox")  # as after its delivery
+    db.close()
+    dead_letter(store, "d-2")
+    replay = client.post("/bus/dead-letters/redrive", data=body, headers=headers)
+    assert replay.status_code == 409, replay.json
+    assert replay.json["error"].endswith("; a replayed request is refused")
+    assert rows(store, "SELECT id FROM dead_letters") == [("d-2",)]
+    assert rows(store, "SELECT COUNT(*) FROM outbox") == [(0,)]
+
+
 @pytest.fixture
 def quota_client(tmp_path: Path, registry_path: Path) -> FlaskClient:
     app = bezalel_app(registry_path, tmp_path / "q", BUS_INBOX_QUOTA=2)

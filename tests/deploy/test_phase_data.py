@@ -224,3 +224,70 @@ def test_a_rollback_names_where_the_environment_it_restored_came_from() -> None:
     assert audit.rollback_changes({"env_restored": True, "state_restored": "20261207T0"}) == [
         "Rollback | agent environment restored from snapshot 20261207T0",
         "Rollback | agent state restored from snapshot 20261207T0"]
+
+
+class AuditedHost:
+    """A host as :func:`deploys.audit.audit_node` uses it: its facts, what it logs."""
+
+    name = "bezalel"
+    data: dict[str, Any] = {}
+
+    def __init__(self, facts: dict[str, Any]) -> None:
+        self.facts, self.logged = facts, []
+
+    def get_fact(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.facts
+
+    def log(self, message: str, log_func: Any = None) -> None:
+        self.logged.append(message)
+
+    def log_styled(self, message: str, log_func: Any = None, **style: Any) -> None:
+        self.logged.append(message)
+
+    def run_shell_command(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the rollback released the lock itself")
+
+
+def test_a_refused_rollback_shows_the_nodes_reason_and_fails_no_pyinfra_host(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``fleet rollback --with-state`` with no snapshot for the current release: the node
+    changes nothing and says why; the record's reason and the console say the node's reason
+    (not "release is X, expected Y", the controller's checkout), and pyinfra is not made to
+    fail the host (its "No hosts remaining!" said nothing); the run still fails."""
+    import json
+
+    import click
+
+    from deploys.verify import Check
+    from fleet.cli.deploy import report
+    from fleet.control.records import load_record, update_run
+    from fleet.control.rollout import RolloutResult
+    from fleet.node.nodectl import unknown_agent
+
+    monkeypatch.setenv("FLEET_RECORDS_DIR", str(tmp_path))
+    monkeypatch.setenv("FLEET_RUN_ID", "20261207T000000Z-rollbk")
+    monkeypatch.setattr(AgentContext, "release", property(lambda ctx: Release(
+        "new-release", tmp_path / "new.tar")))
+    why = ("no state snapshot of bezalel was taken before release r1 was deployed (fleet "
+           "state list bezalel): nothing rolled back")
+    facts = {**unknown_agent(), "release": "r1", "health_status": 200}
+    op = Ran(False)
+    op.stdout = json.dumps({"rolled_back": False, "reason": why})
+    rolled = AgentContext(agent=registry.get("bezalel"), registry=registry,
+                          soul_source=registry.soul_path(registry.get("bezalel")),
+                          rollback=True, secrets=Secrets())
+    host = AuditedHost(facts)
+    update_run("20261207T000000Z-rollbk", kind="rollback", status="failed")
+    assert audit.audit_node(None, host, rolled, Check(op=op)) is True  # type: ignore[arg-type]
+    record = load_record("20261207T000000Z-rollbk")
+    entry = record["hosts"]["bezalel"]
+    assert (entry["status"], entry["reason"]) == ("failed", why)
+    assert entry["verify"]["rollback"]["reason"] == why
+    assert not any(line.startswith("release is") for line in entry["drift"])
+    assert host.logged[-1] == f"bezalel: not rolled back: {why}"
+    with pytest.raises(click.exceptions.Exit):
+        report(RolloutResult("20261207T000000Z-rollbk", record))
+    line = next(line for line in capsys.readouterr().out.splitlines() if "bezalel" in line)
+    assert line.split()[1:3] == ["failed", "r1"] and f"not restarted; {why}" in line
+    assert "release is" not in line and "new-release" not in line

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 from flask import Flask
@@ -25,7 +26,9 @@ from hypothesis import strategies as st
 from bus.client import BusClient
 from bus.keys import OPERATOR, PRIVATE_KEY_ENV
 from fleet.cli import main
-from fleet.core.registry import load_registry
+from fleet.cli.ask import checked_id
+from fleet.cli.memory import checked_peer
+from fleet.core.registry import NAME_RE, load_registry
 from fleet.core.runtime_config import MemorySettings
 from fleet.node.runtime.loop import MAX_PROMPT_CHARS, Runtime, response_id
 from fleet.node.runtime.memory import (
@@ -128,9 +131,9 @@ def test_a_conversation_sends_its_earlier_turns_in_order_to_its_sender_only(
                             "to forget.\n")
     assert len(turns(gateways["bezalel"].state, "ezra", "c1")) == 6  # ezra's are kept
     bad = fleet_cli(registry, "memory", "show", "bezalel", "c\x7f1", env=env)
-    assert bad.returncode == 1
-    assert bad.stderr.startswith("Error: GET /memory/turns: HTTP 400: invalid query; "
-                                 "conversation: 'c\\x7f1' is not 1 to 128 printable"), bad.stderr
+    assert bad.returncode == 2  # checked here, before anything is sent
+    assert "Error: Invalid value for 'CONVERSATION': 'c\\x7f1' is not 1 to 128 " \
+           "printable" in bad.stderr, bad.stderr
     unkeyed = fleet_cli(registry, "memory", "list", "bezalel",
                         env={"FLEET_AGENT": "bezalel", PRIVATE_KEY_ENV: KEYS["bezalel"]})
     assert unkeyed.returncode == 1
@@ -467,3 +470,65 @@ def test_fleet_ask_refuses_a_bad_conversation_id_before_sending(tmp_path: Path) 
     assert done.exit_code == 2
     assert "Invalid value for '--conversation': 'a\\nb' is not 1 to 128 printable characters " \
            "(no control characters, no line breaks, no surrogates)" in done.output, done.output
+
+
+def test_a_replayed_forget_is_refused_and_forgets_nothing_stored_since(memory_app: Flask) -> None:
+    client = memory_app.test_client()
+    query = "peer=ezra&conversation=c+1"
+    headers = signed_headers(OPERATOR, b"", path="/memory", method="DELETE", query=query,
+                             content_type=None)
+    first = client.delete(f"/memory?{query}", headers=headers)
+    assert (first.status_code, first.json["forgotten"]) == (200, 2)
+    store_turn(memory_app.config["STATE_DIR"], "ezra", "c 1", "r3", "q3", {"text": "a3"},
+               MemorySettings())
+    replay = client.delete(f"/memory?{query}", headers=headers)
+    assert replay.status_code == 409, replay.json
+    assert replay.json["error"].startswith("request 'sig-")
+    assert replay.json["error"].endswith("; a replayed request is refused")
+    assert [t["request_id"] for t in turns(memory_app.config["STATE_DIR"], "ezra", "c 1")] == [
+        "r3"]
+    again = signed(client, OPERATOR, "DELETE", "/memory", query)  # signed anew: forgets
+    assert (again.status_code, again.json["forgotten"]) == (200, 1)
+
+
+RULE = "is not 1 to 128 printable characters (no control characters, no line breaks, no " \
+       "surrogates)"
+
+
+@pytest.mark.parametrize(("args", "problem"), [
+    ([b"memory", b"show", b"bezalel", b"\xed\xa0\x80"],
+     f"Invalid value for 'CONVERSATION': '\\udced\\udca0\\udc80' {RULE}"),
+    ([b"memory", b"forget", b"bezalel", b"\xff", b"--yes"],
+     f"Invalid value for 'CONVERSATION': '\\udcff' {RULE}"),
+    ([b"memory", b"show", b"bezalel", b"x" * 100_000],
+     f"Invalid value for 'CONVERSATION': '{'x' * 56}... {RULE}"),
+    ([b"memory", b"forget", b"bezalel", b"c", b"--peer", b"\xff", b"--yes"],
+     "Invalid value for '--peer': '\\udcff' is not an agent's or identity's name (a-z, "
+     "digits, '-'; up to 31 characters)"),
+    ([b"ask", b"-c", b"code", b"--conversation", b"y" * 100_000, b"hi"],
+     f"Invalid value for '--conversation': '{'y' * 56}... {RULE}"),
+])
+def test_fleet_memory_and_ask_check_ids_before_sending_and_quote_them_short(
+        tmp_path: Path, args: list[bytes], problem: str) -> None:
+    registry = write_registry(tmp_path, "http://127.0.0.1:9/v1")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.getcwd(),
+           "FLEET_SECRETS": str(write_operator_secrets(tmp_path))}
+    done = subprocess.run([sys.executable, "-c", "from fleet.cli import main; main()",
+                           "--registry", str(registry), *args], capture_output=True,
+                          timeout=60, check=False, env=env)
+    error = done.stderr.decode()
+    assert done.returncode == 2, error
+    assert problem in error and "Traceback" not in error
+    assert len(error) < 1000
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_the_cli_checks_take_what_the_gateway_takes_and_quote_it_short(value: str) -> None:
+    for check, valid in ((checked_id, is_conversation(value)),
+                         (checked_peer, NAME_RE.fullmatch(value) is not None)):
+        try:
+            assert check(value) == value and valid
+        except click.BadParameter as exc:
+            assert not valid
+            assert len(str(exc)) < 200 and str(exc).isprintable()

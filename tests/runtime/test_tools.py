@@ -19,6 +19,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from bus import replay
 from fleet.node.tools import records
 from fleet.node.tools.run import MAX_OUTPUT, SUPERVISOR
 from fleet.node.tools.supervise import decode
@@ -497,7 +498,7 @@ def test_the_record_keeps_the_newest_calls_and_ids_for_a_day(
     monkeypatch.setattr(records, "KEEP_CALLS", 150)
     now = time.time()
     old_claim = records.claim(tmp_path, "ezra", "old-id", "count")
-    monkeypatch.setattr(records.time, "time", lambda: now + records.KEEP_IDS_S + 1)
+    monkeypatch.setattr(records.time, "time", lambda: now + replay.KEEP_IDS_S + 1)
     for n in range(2, 201):
         records.record(tmp_path, "count", caller="ezra", error=f"call {n}")
     with contextlib.closing(sqlite3.connect(tmp_path / records.STORE)) as db:
@@ -506,5 +507,5 @@ def test_the_record_keeps_the_newest_calls_and_ids_for_a_day(
     assert old_claim == 1 and kept == list(range(51, 201))  # pruned at call 200
     assert ids == []  # a day on, the old id may be used again
     assert records.claim(tmp_path, "ezra", "old-id", "count") == 201
-    with pytest.raises(records.ReplayError):
+    with pytest.raises(replay.ReplayError):
         records.claim(tmp_path, "ezra", "old-id", "count")

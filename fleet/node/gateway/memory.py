@@ -1,7 +1,9 @@
 """The operator's view of the runtime's conversation memory (:mod:`fleet.node.runtime.memory`):
 ``GET /memory`` lists the conversations, ``GET /memory/turns?peer=P&conversation=C`` shows one,
 ``DELETE /memory?peer=P&conversation=C`` forgets it (``{"forgotten": N}``, 0 when there was
-nothing to forget: forgetting is idempotent).
+nothing to forget: forgetting is idempotent). A forget is accepted once per signature: the same
+signed request sent again is a replay, refused (409) by the gateway's replay guard
+(:mod:`bus.replay`), so it cannot forget turns stored since.
 
 Mounted on agents with the built-in runtime. Signed requests of the operator
 (:data:`bus.keys.OPERATOR`) only: unsigned or forged 401, any other key 403, the agent's own
@@ -17,14 +19,16 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from bus.keys import OPERATOR
+from bus.replay import ReplayError
 from bus.signing import SECURITY
-from bus.web import authenticate, fail
+from bus.web import authenticate, fail, signature_id
 from fleet.core.registry import NAME_RE
 from fleet.node.gateway.agent import current_agent
 from fleet.node.gateway.openapi import documenting, json_answer
 from fleet.node.runtime.memory import (
     CONVERSATION_RULE,
     MAX_CONVERSATION,
+    PEER_RULE,
     conversations,
     forget,
     is_conversation,
@@ -33,7 +37,6 @@ from fleet.node.runtime.memory import (
 )
 
 bp = Blueprint("memory", __name__)
-PEER_RULE = "an agent's or identity's name (a-z, digits, '-'; up to 31 characters)"
 
 
 def init_app(app: Flask) -> None:
@@ -89,12 +92,16 @@ def show_turns() -> ResponseReturnValue:
 
 @bp.delete("/memory")
 def forget_conversation() -> ResponseReturnValue:
-    """Forget one conversation: how many turns went (0: none were kept)."""
+    """Forget one conversation: how many turns went (0: none were kept); a replay is 409."""
     operator_only()
     peer, conversation = conversation_query()
+    try:
+        forgotten = forget(current_app.config["STATE_DIR"], peer, conversation,
+                           once=(OPERATOR, signature_id()))
+    except ReplayError as exc:
+        fail(409, str(exc), hint=exc.hint)
     return jsonify({"agent": current_agent().name, "peer": peer,
-                    "conversation": conversation,
-                    "forgotten": forget(current_app.config["STATE_DIR"], peer, conversation)})
+                    "conversation": conversation, "forgotten": forgotten})
 
 
 def paths() -> dict[str, Any]:
@@ -119,7 +126,9 @@ def paths() -> dict[str, Any]:
                                   "0 when none was kept", **signed, "parameters": query,
                        "responses": {"200": json_answer("how many turns went", {
                            "type": "object", "required": ["forgotten"]}),
-                           "400": error, **refused}}},
+                           "400": error, **refused,
+                           "409": json_answer("a replay: this signed request was made before",
+                                              {"type": "object", "required": ["error"]})}}},
         "/memory/turns": {
             "get": {"summary": "A conversation's turns, oldest first (the operator only)",
                     **signed, "parameters": query,

@@ -25,6 +25,7 @@ from flask.typing import ResponseReturnValue
 
 from bus.db import get_db
 from bus.inbox_store import pending_request
+from bus.replay import ReplayError
 from bus.schema import MAX_ID
 from bus.signing import SECURITY
 from bus.web import authenticate, fail, header_signer, json_body, signature_id
@@ -32,7 +33,7 @@ from fleet.core.registry import NAME_RE
 from fleet.core.tool_model import MAX_ARG_CHARS, Tool
 from fleet.node.gateway.agent import current_agent
 from fleet.node.gateway.openapi import documenting, json_answer
-from fleet.node.tools.records import ReplayError, calls, claim, finish, record
+from fleet.node.tools.records import calls, claim, finish, record
 from fleet.node.tools.run import ToolError, argument_problems, run
 
 bp = Blueprint("tools", __name__)

@@ -23,9 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-
 from bus.client import LONG_POLL_S, BusClient
+from fleet.core.bounded_http import AnswerError, get
 from fleet.core.errors import BusError
 from fleet.core.registry import Agent, Registry
 from fleet.node.runtime.memory import CONVERSATION_RULE, is_conversation
@@ -52,11 +51,12 @@ class Answer:
 
 
 def thinks(agent: Agent, timeout: float = HEALTH_TIMEOUT_S) -> bool:
-    """Whether ``agent`` is healthy and its runtime ready to answer (its /health says so)."""
+    """Whether ``agent`` is healthy and its runtime ready to answer (its /health says so,
+    read within bounds: :mod:`fleet.core.bounded_http`)."""
     try:
-        with requests.get(agent.health_endpoint, timeout=timeout) as answer:
-            body = answer.json() if answer.status_code == 200 else {}
-    except (requests.RequestException, ValueError):
+        answer = get(agent.health_endpoint, timeout)
+        body = answer.json() if answer.status == 200 else {}
+    except AnswerError:
         return False
     return runtime_ready(body)
 

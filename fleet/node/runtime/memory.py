@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypedDict
 
+from bus import replay
 from bus.sqlite import immediate, open_db
 from fleet.core.runtime_config import MemorySettings
 
@@ -32,6 +33,7 @@ MAX_CONVERSATION = 128
 CONVERSATION_RE = re.compile(rf"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]{{1,{MAX_CONVERSATION}}}")
 CONVERSATION_RULE = (f"1 to {MAX_CONVERSATION} printable characters (no control characters, "
                      "no line breaks, no surrogates)")
+PEER_RULE = "an agent's or identity's name (a-z, digits, '-'; up to 31 characters)"
 DAY_S = 86_400.0
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS turns (
@@ -190,10 +192,17 @@ def turns(state_dir: str | Path, peer: str, conversation: str) -> list[Turn]:
                  at=row["at"]) for row in rows]
 
 
-def forget(state_dir: str | Path, peer: str, conversation: str) -> int:
-    """Delete the conversation's turns; how many there were (0: none)."""
-    if not path_of(state_dir).exists():
+def forget(state_dir: str | Path, peer: str, conversation: str,
+           once: tuple[str, str] | None = None) -> int:
+    """Delete the conversation's turns; how many there were (0: none). ``once``: the
+    ``(caller, request id)`` of the signed request asking, claimed in the same transaction
+    (:func:`bus.replay.claim`: :class:`bus.replay.ReplayError` for a replay, and nothing is
+    deleted)."""
+    if once is None and not path_of(state_dir).exists():
         return 0
     with connect(state_dir) as db, immediate(db):
+        if once is not None:
+            replay.prune(db)
+            replay.claim(db, *once)
         return db.execute("DELETE FROM turns WHERE peer = ? AND conversation = ?",
                           (peer, conversation)).rowcount

@@ -8,11 +8,12 @@ names masked; None when refused before they were read), ``outcome`` (``running``
 ``failed``, ``timeout``, ``error``: could not run, ``refused``), the HTTP ``status``, the
 refusal or failure (``error``), exit code and duration.
 
-A call that runs claims ``(caller, call_id)`` first (:func:`claim`): the same pair again is a
-replay and is refused (:class:`ReplayError`), as the bus stores a sender's message id once.
+A call that runs claims ``(caller, call_id)`` first (:func:`claim`, through the gateway's one
+replay guard, :mod:`bus.replay`): the same pair again is a replay and is refused
+(:class:`bus.replay.ReplayError`), as the bus stores a sender's message id once.
 
 Both tables are bounded: the newest :data:`KEEP_CALLS` calls are kept, and a claimed id for
-:data:`KEEP_IDS_S` seconds (far past the signature window, after which a captured call is
+:data:`bus.replay.KEEP_IDS_S` seconds (far past the signature window, after which a captured call is
 refused as too old anyway); older rows go every :data:`PRUNE_EVERY` calls.
 """
 
@@ -25,9 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, TypedDict
 
+from bus import replay
 from bus.sqlite import open_db
-from bus.timestamps import utc_timestamp
-from fleet.core.errors import FleetError
 
 STORE = "tools.sqlite3"
 SECRET_NAME = re.compile(r"(?i).*(key|token|secret|password|passwd|credential).*")
@@ -35,17 +35,14 @@ MASK = "***"
 MAX_ERROR = 500
 KEEP_CALLS = 10_000
 """How many of the newest calls the record keeps."""
-KEEP_IDS_S = 24 * 3600.0
-"""How long a claimed call id refuses its replay (the signature window is 300 s)."""
 PRUNE_EVERY = 100
+CALL_HINT = "Give every new call a new `id` (or sign it anew)."
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS tool_calls (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, caller TEXT,
     on_behalf_of TEXT, request_id TEXT, call_id TEXT, tool TEXT NOT NULL, args TEXT,
     outcome TEXT NOT NULL, status INTEGER, error TEXT, exit INTEGER, duration_ms REAL)""",
-    """CREATE TABLE IF NOT EXISTS call_ids (
-    caller TEXT NOT NULL, id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL,
-    PRIMARY KEY (caller, id))""",
+    replay.SCHEMA,
 )
 # Releases before this one kept `calls` (no status, ids or on-behalf-of; args cut at 2,000
 # characters, so possibly not JSON): their rows move over once.
@@ -72,17 +69,6 @@ class ToolCall(TypedDict):
     error: str | None
     exit: int | None
     duration_ms: float | None
-
-
-class ReplayError(FleetError):
-    """``caller`` made a call with this id before (``seq``, at ``at``): a replay."""
-
-    def __init__(self, caller: str, call_id: str, seq: int, at: float) -> None:
-        self.seq, self.at = seq, at
-        when = utc_timestamp(at)
-        super().__init__(f"tool call {call_id!r} by {caller!r} was already made at {when} "
-                         f"(call #{seq}); a replayed call is refused",
-                         hint="Give every new call a new `id` (or sign it anew).")
 
 
 def masked(args: Any) -> Any:
@@ -134,10 +120,9 @@ def _insert(db: sqlite3.Connection, fields: dict[str, Any]) -> int:
 
 def prune(db: sqlite3.Connection, newest: int, now: float | None = None) -> None:
     """Drop the calls older than the newest :data:`KEEP_CALLS` and the claimed ids older than
-    :data:`KEEP_IDS_S` (inside the caller's transaction)."""
+    :data:`bus.replay.KEEP_IDS_S` (inside the caller's transaction)."""
     db.execute("DELETE FROM tool_calls WHERE seq <= ?", (newest - KEEP_CALLS,))
-    db.execute("DELETE FROM call_ids WHERE at < ?",
-               ((time.time() if now is None else now) - KEEP_IDS_S,))
+    replay.prune(db, now)
 
 
 def _short(text: str | None) -> str | None:
@@ -157,19 +142,15 @@ def record(state_dir: str | Path, tool: str, **fields: Any) -> int:
 
 def claim(state_dir: str | Path, caller: str, call_id: str, tool: str, **fields: Any) -> int:
     """Record a call about to run (outcome ``running``) and claim its id; its ``seq``, or
-    :class:`ReplayError` when ``caller`` used ``call_id`` before (then nothing is added)."""
+    :class:`bus.replay.ReplayError` when ``caller`` used ``call_id`` before (then nothing is
+    added)."""
     db = connect(state_dir)
     try:
         db.execute("BEGIN IMMEDIATE")
         try:
-            seen = db.execute("SELECT seq, at FROM call_ids WHERE caller = ? AND id = ?",
-                              (caller, call_id)).fetchone()
-            if seen is not None:
-                raise ReplayError(caller, call_id, seen["seq"], seen["at"])
             seq = _insert(db, {"tool": tool, "caller": caller, "call_id": call_id,
                                "outcome": "running", **fields})
-            db.execute("INSERT INTO call_ids (caller, id, seq, at) VALUES (?, ?, ?, ?)",
-                       (caller, call_id, seq, time.time()))
+            replay.claim(db, caller, call_id, "tool call", seq, hint=CALL_HINT)
         except BaseException:
             db.execute("ROLLBACK")
             raise
