@@ -19,6 +19,7 @@ def pytest_configure(config: pytest.Config) -> None:
     track_connections()
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``--dist loadgroup``) each lab test module runs whole on one worker,
     in file order, in one of two groups: the modules that use the session lab (``lab_registry``)
