@@ -23,8 +23,8 @@ still installs every package, only the downloads are saved; a run keeps what it 
 pip's cache (``stock-pip/``: wheels by interpreter, downloads by URL). Slow: debootstrap once
 per release (cached), then apt and PyPI installs and the tests.
 Seen here with the caches warm on 2 cores at a load of 1 to 3: Debian 12 about 4.5 min,
-Debian 13 about 7 min (the first run on a C library builds the model server's wheel once,
-about 5 minutes more).
+Debian 13 about 7 min (the model server's wheel is built once, about 5 minutes more, only
+on a cache without a wheel of Debian 12's or an older glibc: Debian 13 loads those).
 """
 
 from __future__ import annotations
