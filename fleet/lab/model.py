@@ -12,9 +12,11 @@ The lab serves one of :data:`MODELS` (``fleet lab up --model --model-name NAME``
 
 Everything it needs is installed once and cached under ``$FLEET_CACHE_DIR``:
 
-- ``wheels-glibcX.Y/llama_cpp_python-*.whl``: built from source once per C library version
-  (CPU only, ``-DGGML_NATIVE=OFF`` so the wheel runs on any x86_64 machine; about 5 minutes
-  on 2 cores);
+- ``wheels-glibcX.Y/llama_cpp_python-*.whl``: built from source once, against C library
+  version X.Y (CPU only, ``-DGGML_NATIVE=OFF`` so the wheel runs on any x86_64 machine; about
+  5 minutes on 2 cores); a machine uses the wheel built against its own version or the
+  newest older one (glibc loads what an older glibc built, never the reverse), so Debian 13
+  uses Debian 12's wheel rather than building its own;
 - ``model-venv-pyX.Y-HASH/``: the server's own virtual environment (not the project's), one
   per interpreter (its version and install prefix), so that a cache shared by machines or
   kept across a Python upgrade never runs a venv whose interpreter is gone;
@@ -32,6 +34,8 @@ import hashlib
 import json
 import os
 import platform
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,6 +62,8 @@ MODEL_ENV = "FLEET_LAB_MODEL"
 NAME_FILE = "model-name"
 LLAMA_PACKAGE = "llama-cpp-python"
 BUILD_ARGS = "-DGGML_NATIVE=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF"
+WHEEL_GLOB = "llama_cpp_python-*.whl"
+VERSION_RE = re.compile(r"\d+(\.\d+)*")
 PID_FILE = "model-server.pid"
 LOG_FILE = "model-server.log"
 START_TIMEOUT = 120.0
@@ -144,10 +150,31 @@ def remember(lab_path: Path, lab_model: LabModel | None) -> None:
 
 
 def wheels_dir() -> Path:
-    """The built wheel's folder, by C library (a wheel built against a newer glibc does not
-    load on an older one)."""
+    """The folder of wheels built against this machine's C library (a wheel built against a
+    newer glibc does not load on an older one)."""
     libc, version = platform.libc_ver()
     return cache_dir() / f"wheels-{libc or 'libc'}{version}"
+
+
+def usable_wheels() -> list[Path]:
+    """Cached server wheels that load here, best first: built against this C library's
+    version or an older one of the same library (glibc keeps loading what an older glibc
+    built), the newest version first."""
+    libc, version = platform.libc_ver()
+    if not version:
+        return sorted(wheels_dir().glob(WHEEL_GLOB))
+    prefix = f"wheels-{libc}"
+    found: list[tuple[tuple[int, ...], Path]] = []
+    for folder in cache_dir().glob(f"{prefix}*"):
+        built = folder.name.removeprefix(prefix)
+        if VERSION_RE.fullmatch(built) and _numbers(built) <= _numbers(version):
+            found += [(_numbers(built), wheel)
+                      for wheel in sorted(folder.glob(WHEEL_GLOB), reverse=True)]
+    return [wheel for _, wheel in sorted(found, key=lambda item: item[0], reverse=True)]
+
+
+def _numbers(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
 def venv_dir() -> Path:
@@ -196,19 +223,7 @@ def ensure_installed(progress: Callable[[str], None] | None = None,
     root.mkdir(parents=True, exist_ok=True)
     with lab_lock(root / "model.lock"):
         if not _server_installed():
-            if not venv_python().exists():
-                subprocess.run([sys.executable, "-m", "venv", str(venv_dir())], check=True,
-                               capture_output=True, timeout=300)
-            wheels_dir().mkdir(parents=True, exist_ok=True)
-            if not list(wheels_dir().glob("llama_cpp_python-*.whl")):
-                env = {**os.environ, "CMAKE_ARGS": BUILD_ARGS,
-                       "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
-                with long_step(say, "model-server-build",
-                               "building llama-cpp-python once (CPU only)"):
-                    _pip("wheel", "--no-deps", "-w", str(wheels_dir()), LLAMA_PACKAGE, env=env)
-            with long_step(say, "model-server-install",
-                           "installing the lab model server into its own venv"):
-                _pip("install", "--find-links", str(wheels_dir()), f"{LLAMA_PACKAGE}[server]")
+            _install_server(say)
         target = lab_model.path()
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +238,54 @@ def ensure_installed(progress: Callable[[str], None] | None = None,
             finally:
                 partial.unlink(missing_ok=True)
     return target
+
+
+def _install_server(say: Callable[[str], None]) -> None:
+    """Install the server into its venv from the best cached wheel (:func:`usable_wheels`),
+    or from one built here when none is usable or an older C library's wheel does not load
+    here after all (then in a new venv)."""
+    wheels = usable_wheels()
+    if wheels:
+        _install_wheel(wheels[0], say)
+        if _server_installed():
+            return
+        if wheels[0].parent != wheels_dir():
+            shutil.rmtree(venv_dir(), ignore_errors=True)
+            wheels = []
+    if not wheels:
+        _install_wheel(_build_wheel(say), say)
+        if _server_installed():
+            return
+    raise LabError(f"the lab model server installed in {venv_dir()} does not load",
+                   hint=f"Remove {venv_dir()} and {wheels_dir()} to build it again.")
+
+
+def _build_wheel(say: Callable[[str], None]) -> Path:
+    """Build the server's wheel against this machine's C library, into :func:`wheels_dir`."""
+    env = {**os.environ, "CMAKE_ARGS": BUILD_ARGS,
+           "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
+    wheels_dir().mkdir(parents=True, exist_ok=True)
+    with long_step(say, "model-server-build", "building llama-cpp-python once (CPU only)"):
+        _pip("wheel", "--no-deps", "-w", str(wheels_dir()), LLAMA_PACKAGE, env=env)
+    built = sorted(wheels_dir().glob(WHEEL_GLOB))
+    if not built:
+        raise LabError(f"pip built no wheel of {LLAMA_PACKAGE} in {wheels_dir()}",
+                       hint="Check that cmake and a C++ compiler are installed "
+                            "(`bash scripts/setup`).")
+    return built[-1]
+
+
+def _install_wheel(wheel: Path, say: Callable[[str], None]) -> None:
+    """Install ``wheel`` (its version exactly: never a newer one from PyPI, which would be
+    built from source) with the server's extras into the server's venv (made if missing)."""
+    if not venv_python().exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv_dir())], check=True,
+                       capture_output=True, timeout=300)
+    version = wheel.name.split("-")[1]
+    with long_step(say, "model-server-install",
+                   "installing the lab model server into its own venv"):
+        _pip("install", "--find-links", str(wheel.parent),
+             f"{LLAMA_PACKAGE}[server]=={version}")
 
 
 def _fetch(lab_model: LabModel, partial: Path) -> None:

@@ -2,11 +2,14 @@
 zstd tarball, unpack.
 
 The cache key is a hash of the suite, the package list and the customisation version, so
-changing any of them builds a new base. A lock file keeps concurrent builds apart.
+changing any of them builds a new base. A lock file keeps concurrent builds apart. The
+packages debootstrap fetched are kept too (``debs-<suite>/``, only those of the last build), so
+a new base downloads only what changed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import shutil
@@ -75,6 +78,11 @@ def debian_mirror(sources_dir: Path = SOURCES_DIR, suite: str = SUITE) -> str:
     return DEFAULT_MIRROR
 
 
+def debs_dir(suite: str = SUITE) -> Path:
+    """The package files of ``suite``'s last base build (debootstrap's ``--cache-dir``)."""
+    return cache_dir() / f"debs-{suite}"
+
+
 def check_suite(suite: str) -> str:
     """``suite`` if the lab can boot it, else :class:`LabError` naming the ones it can."""
     if suite not in SUITES:
@@ -126,12 +134,16 @@ def _build_tarball(tarball: Path, progress: Callable[[str], None], suite: str = 
     build = tarball.parent / f"{tarball.name}.build"
     shutil.rmtree(build, ignore_errors=True)
     build.mkdir(parents=True)
+    debs = debs_dir(suite)
+    debs.mkdir(exist_ok=True)
     partial = tarball.with_name(tarball.name + ".part")
     try:
         with long_step(progress, f"rootfs-{suite}",
                        f"building the {suite} base rootfs with debootstrap from {mirror}"):
             run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                 suite, str(build), mirror], timeout=1800, cancel=cancel)
+                 f"--cache-dir={debs}", suite, str(build), mirror], timeout=1800,
+                cancel=cancel)
+            prune_debs(debs, build / "var/cache/apt/archives")
             customise(build)
         with long_step(progress, f"rootfs-{suite}-pack", f"packing the {suite} rootfs"):
             run(["tar", "--zstd", "-cpf", str(partial), "--numeric-owner", "-C", str(build),
@@ -149,7 +161,20 @@ def _build_tarball(tarball: Path, progress: Callable[[str], None], suite: str = 
         unmount_all(build)  # debootstrap mounts /proc and /sys inside the target
         shutil.rmtree(build, ignore_errors=True)
         partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            debs.rmdir()  # only when empty: nothing was fetched
     progress(f"base rootfs cached as {tarball}")
+
+
+def prune_debs(debs: Path, used: Path) -> None:
+    """Remove the package files in ``debs`` that are not in ``used`` (older versions); a
+    rootfs build leaves a copy of each package it installed in ``var/cache/apt/archives``."""
+    keep = {path.name for path in used.glob("*.deb")}
+    if not keep:
+        return  # nothing to tell old from new by
+    for path in debs.glob("*.deb"):
+        if path.name not in keep:
+            path.unlink()
 
 
 def customise(root: Path) -> None:

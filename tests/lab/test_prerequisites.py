@@ -81,6 +81,19 @@ def test_rootfs_cache_key_changes_with_the_package_list() -> None:
     assert {"python3", "python3-venv", "openssh-server", "systemd"} <= set(rootfs.PACKAGES)
 
 
+def test_a_rebuild_keeps_only_the_package_files_it_used(tmp_path: Path) -> None:
+    debs, used = tmp_path / "debs-bookworm", tmp_path / "archives"
+    for folder, names in ((debs, ["a_1_amd64.deb", "b_1_amd64.deb", "notes"]),
+                          (used, ["a_1_amd64.deb", "b_2_amd64.deb"])):
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text(name)
+    rootfs.prune_debs(debs, tmp_path / "empty")  # nothing to tell old from new by
+    assert len(list(debs.iterdir())) == 3
+    rootfs.prune_debs(debs, used)
+    assert sorted(path.name for path in debs.iterdir()) == ["a_1_amd64.deb", "notes"]
+
+
 def test_mirror_comes_from_apt_sources(tmp_path: Path) -> None:
     (tmp_path / "debian.sources").write_text(
         "Types: deb\nURIs: http://mirror.example/debian-security\n"

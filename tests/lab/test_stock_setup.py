@@ -18,10 +18,13 @@ over the bus), and the README's test command (setup, ``ruff``, ``mypy``, pytest)
 
 The host's lab cache (``$FLEET_CACHE_DIR``: node rootfs images, the model and its server's
 wheel, kept by C library and interpreter) is shared, so a warm host does not build them
-again. Slow: debootstrap once per release (cached), then apt and PyPI installs and the tests.
+again; so are the package files each release's setup fetched (``stock-<release>-apt/``: apt
+still installs every package, only the downloads are saved; a run keeps what it used) and
+pip's cache (``stock-pip/``: wheels by interpreter, downloads by URL). Slow: debootstrap once
+per release (cached), then apt and PyPI installs and the tests.
 Seen here with the caches warm on 2 cores at a load of 1 to 3: Debian 12 about 4.5 min,
-Debian 13 about 7 min (the first run on a C library builds the model server's wheel once,
-about 5 minutes more).
+Debian 13 about 7 min (the model server's wheel is built once, about 5 minutes more, only
+on a cache without a wheel of Debian 12's or an older glibc: Debian 13 loads those).
 """
 
 from __future__ import annotations
@@ -39,11 +42,14 @@ import pytest
 from fleet import lab
 from fleet.lab.paths import cache_dir, lab_lock
 from fleet.lab.rootfs import debian_mirror
+from tests.lab.package_cache import keep_debs, link_debs
 from tests.lab_fixtures import REPO, skip_unless_root
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.stock]
 SUITES = ("bookworm", "trixie")
 
+APT_ARCHIVES = "var/cache/apt/archives"
+PIP_CACHE = "root/.cache/pip"
 PIP_CONFIGS = (Path("/etc/pip.conf"), Path.home() / ".config/pip/pip.conf",
                Path.home() / ".pip/pip.conf")
 HOST_FILES = (Path("/etc/ssl/certs/ca-certificates.crt"), Path("/etc/resolv.conf"))
@@ -112,8 +118,12 @@ def stock_root(request: pytest.FixtureRequest,
             if path.is_file():
                 path.write_text(path.read_text().replace(host_suite, request.param))
     subprocess.run(["git", "clone", "-q", str(REPO), str(root / "src")], check=True)
+    apt_cache = cache_dir() / f"stock-{request.param}-apt"
+    link_debs(apt_cache, root / APT_ARCHIVES)
     try:
         yield root
+        with lab_lock(cache_dir() / "stock.lock"):
+            keep_debs(root / APT_ARCHIVES, apt_cache)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -156,7 +166,8 @@ def enter_script(root: Path, binds: list[str], command: str) -> str:
     """A shell script for ``unshare --mount``: ``root`` becomes the root of a private mount
     namespace (pivot_root, not chroot: lab nodes are systemd-nspawn containers, whose
     services may not create user namespaces under a chroot) with the host's /proc, /sys, /dev,
-    the lab cache and the local package indexes, then ``command`` runs in /src."""
+    the lab cache, pip's cache (``stock-pip/`` of the lab cache) and the local package
+    indexes, then ``command`` runs in /src."""
     q = shlex.quote
     cache = cache_dir()
     env = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8",
@@ -166,7 +177,9 @@ def enter_script(root: Path, binds: list[str], command: str) -> str:
              f"cd {q(str(root))}", "mount -t proc proc proc",  # in the new mount, not under it
              "mount --rbind /sys sys", "mount --rbind /dev dev", "mount -t tmpfs tmpfs run",
              "mount -t tmpfs tmpfs tmp", f"mkdir -p .{q(str(cache))}",
-             f"mount --bind {q(str(cache))} .{q(str(cache))}"]
+             f"mount --bind {q(str(cache))} .{q(str(cache))}",
+             f"mkdir -p {q(str(cache / 'stock-pip'))} {PIP_CACHE}",
+             f"mount --bind {q(str(cache / 'stock-pip'))} {PIP_CACHE}"]
     for path in binds:
         lines += [f"mkdir -p .{q(path)}", f"mount --bind -o ro {q(path)} .{q(path)}"]
     inner = f"umount -l /.oldroot && rmdir /.oldroot && cd /src && {command}"

