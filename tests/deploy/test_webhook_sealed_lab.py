@@ -123,9 +123,13 @@ def publish(fleet: Fleet, setup: dict[str, Path], message: str) -> dict[str, Any
     run = wait_run(fleet, int(deliver(fleet, body, headers)["run_id"]))
     assert run["commit_sha"] == sha, run
     RUN["sha"] = sha
-    wait_for(lambda: f"/opt/fleet/releases/{sha[:12]}/site" in fleet.ssh(
-        ORCH, "systemctl show fleet-webhook.service -p Environment --value"), 120,
-        "the receiver to restart on the new release after its run", every=1)
+    try:
+        wait_for(lambda: f"/opt/fleet/releases/{sha[:12]}/site" in fleet.ssh(
+            ORCH, "systemctl show fleet-webhook.service -p Environment --value"), 120,
+            "the receiver to restart on the new release after its run", every=1)
+    except AssertionError as exc:  # the run's own account says why
+        raise AssertionError(f"{exc}: {run['status']}: {run.get('summary')}\n"
+                             f"{str(run.get('log', ''))[-3000:]}") from None
     wait_answering(fleet, 60)
     for value in (OLD_KEY, NEW_KEY, BAD_KEY, SECRET, READ_TOKEN):
         assert value not in run["log"], f"{value[:8]}... in the run log"
