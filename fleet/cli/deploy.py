@@ -6,6 +6,7 @@ from its record."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -88,7 +89,10 @@ def rollback(cli: CliContext, names: tuple[str, ...], to: str | None, with_state
 
 def run(registry: Registry, options: RolloutOptions, plain: bool,
         verbose: bool) -> RolloutResult:
-    """The rollout, drawn live on a terminal unless ``plain``, else streamed as text."""
+    """The rollout, drawn live on a terminal unless ``plain``, else streamed as text. ``rich``
+    is imported only for a terminal: the webhook receiver's node runs this without it."""
+    if plain or not sys.stdout.isatty():
+        return deploy_fleet(registry, options, click.echo)
     from fleet.cli.progress import RolloutView, terminal_console
 
     console = terminal_console()

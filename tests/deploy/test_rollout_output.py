@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -132,3 +133,19 @@ def test_on_a_terminal_the_rollout_is_drawn_live(scripted: Path, tmp_path: Path,
         "stopped: 1 host(s) failed (allowed: 0); the later stages change nothing",
         "run run-1: failed",
         f"==> run run-1: failed (record: {scripted}/run-1.json)"], "\n".join(screen)
+
+
+def test_a_rollout_without_a_terminal_needs_no_rich() -> None:
+    """The webhook receiver runs ``fleet deploy`` on its node, whose release carries no
+    ``rich``: off a terminal the CLI streams text without importing it."""
+    code = (
+        "import sys; sys.modules['rich'] = None\n"
+        "from fleet.cli import deploy\n"
+        "seen = []\n"
+        "deploy.deploy_fleet = lambda registry, options, echo, *rest: seen.append(rest)\n"
+        "deploy.run(None, None, plain=False, verbose=False)\n"
+        "assert seen == [()], seen\n"
+        "assert not any(name.startswith('fleet.cli.progress') for name in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
