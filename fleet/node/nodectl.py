@@ -1050,9 +1050,7 @@ def take_snapshot(agent: str, keep: int = KEEP_SNAPSHOTS, release_before: str | 
         folder = SNAPSHOTS / agent
         for stale in folder.glob(".tmp-*"):  # an interrupted snapshot's (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        ident = new_snapshot_id()
-        while (folder / ident).exists():
-            ident = new_snapshot_id()
+        ident = free_id(folder)
         temp = folder / f".tmp-{ident}"
         temp.mkdir(mode=0o700)
         (temp / "data").mkdir(mode=0o700)
@@ -1077,15 +1075,7 @@ def take_snapshot(agent: str, keep: int = KEEP_SNAPSHOTS, release_before: str | 
             os.close(root)
         if env_before is not None:
             keep_env(agent, env_before, temp, manifest)
-        out = os.open(temp / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(out, json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n")
-            fsync_fd(out)
-        finally:
-            os.close(out)
-        sync_tree(temp)
-        temp.rename(folder / ident)
-        sync_dir(folder)
+        publish(temp, folder, manifest)
         removed = prune_snapshots(agent, keep)
         return {"snapshot": info_of(manifest), "removed": removed}
     finally:
@@ -1143,6 +1133,28 @@ def put_env(agent: str, content: bytes) -> None:
     finally:
         os.close(out)
     os.replace(temp, folder / "env")
+    sync_dir(folder)
+
+
+def free_id(folder: Path) -> str:
+    """A new snapshot id no snapshot in ``folder`` has."""
+    ident = new_snapshot_id()
+    while (folder / ident).exists():
+        ident = new_snapshot_id()
+    return ident
+
+
+def publish(temp: Path, folder: Path, manifest: Manifest) -> None:
+    """Write ``manifest`` into the finished snapshot ``temp``, sync it all, then rename it
+    into ``folder`` under its id (listed only from then on)."""
+    out = os.open(temp / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(out, json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n")
+        fsync_fd(out)
+    finally:
+        os.close(out)
+    sync_tree(temp)
+    temp.rename(folder / manifest["id"])
     sync_dir(folder)
 
 
@@ -1402,21 +1414,10 @@ def import_snapshot(agent: str, stream: Any) -> SnapshotInfo:
             if original in (known["id"], known.get("imported_from")) and same_files(
                     known, manifest):
                 return info_of(known)  # already here, the same
-        ident = new_snapshot_id()
-        while (folder / ident).exists():
-            ident = new_snapshot_id()
         manifest.pop("env_sha256", None)  # an archive never carries an environment
-        manifest.update({"id": ident, "agent": agent, "imported_from": original})
+        manifest.update({"id": free_id(folder), "agent": agent, "imported_from": original})
         (temp / MANIFEST).unlink()
-        out = os.open(temp / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(out, json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n")
-            fsync_fd(out)
-        finally:
-            os.close(out)
-        sync_tree(temp)
-        temp.rename(folder / ident)
-        sync_dir(folder)
+        publish(temp, folder, manifest)
         return info_of(manifest)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
