@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -11,7 +12,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from bus.keys import OPERATOR
-from bus.signing import SIGNATURE, AuthError, Target, authority, verify
+from bus.signing import SIGNATURE, SIGNATURE_RE, AuthError, Target, authority, verify
 from bus.state import state
 from bus.validate import JSONError, parse_json
 
@@ -141,7 +142,11 @@ def header_signer() -> str | None:
 
 
 def signature_id() -> str:
-    """An id for a request that names none, derived from its signature: the very same signed
-    request sent again (a replay) gets the same id, a request signed anew another."""
-    signature = request.headers.get(SIGNATURE, "").encode()
+    """An id for a request that names none, derived from its signature's 64 bytes (what was
+    signed, not how the header spells it: a label or spaces the verifier does not sign leave
+    the id alone): the very same signed request sent again (a replay) gets the same id, a
+    request signed anew another."""
+    header = request.headers.get(SIGNATURE, "")
+    match = SIGNATURE_RE.fullmatch(header)
+    signature = base64.b64decode(match.group(2)) if match else header.encode()
     return "sig-" + hashlib.sha256(signature).hexdigest()[:32]

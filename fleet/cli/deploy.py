@@ -15,7 +15,7 @@ import click
 from fleet.cli.context import CliContext, pass_cli
 from fleet.control.records import record_path
 from fleet.control.rollout import RolloutOptions, RolloutResult, deploy_fleet
-from fleet.core.registry import Registry
+from fleet.core.registry import Registry, printable
 
 limit_option = click.option(
     "--limit", multiple=True, metavar="NAME",
@@ -117,8 +117,8 @@ def report(result: RolloutResult) -> None:
             continue
         changed = len(entry.get("changed", []))
         restarted = "restarted" if entry.get("restarted") else "not restarted"
-        detail = "; ".join(([entry["reason"]] if entry.get("reason") else [])
-                           + (entry.get("drift", []) or entry.get("problems", [])))
+        detail = printable("; ".join(([entry["reason"]] if entry.get("reason") else [])
+                                     + (entry.get("drift", []) or entry.get("problems", []))))
         click.echo(f"    {name:<16} {entry.get('status', '?'):<12} {entry.get('release')} "
                    f"{changed} changed, {restarted}{'; ' + detail if detail else ''}")
     if not result.ok:

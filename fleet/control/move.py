@@ -60,6 +60,7 @@ from fleet.core.errors import FleetError
 from fleet.core.registry import (
     Agent,
     Registry,
+    host_identity,
     is_host,
     load_registry,
     parse_registry,
@@ -91,11 +92,11 @@ def check_target(registry: Registry, name: str, to: str, shared: bool = False) -
         raise MoveError(f"--to '{shown}' is not a hostname or IP address (at most {MAX_HOST} "
                         "characters; no scheme, port, path or spaces)",
                         hint="Give the new server's host name or IP address: --to HOST.")
-    if to.lower() == agent.host.lower():
+    if host_identity(to) == host_identity(agent.host):
         raise MoveError(f"{name} already runs on {to}",
                         hint="Name another server with --to.")
     for other in registry:
-        if other.name != name and other.host.lower() == to.lower():
+        if other.name != name and host_identity(other.host) == host_identity(to):
             if other.gateway_port == agent.gateway_port:
                 raise MoveError(f"{to}:{agent.gateway_port} is {other.name}'s gateway: two "
                                 "agents cannot share a host and a gateway port",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from fleet.core.registry import NAME_RE as HOST_RE
+from fleet.core.registry import printable
 
 PHASE_FD_ENV = "FLEET_PHASE_FD"
 PHASE_RE = re.compile(r"[a-z][a-z-]{0,23}")  # ``preflight``, ``waiting``, ``release``, ...
@@ -71,12 +72,18 @@ class HostDone:
     status: str
     reason: str = ""
 
+    def __post_init__(self) -> None:  # a node's words: never a terminal's escape sequence
+        object.__setattr__(self, "reason", printable(self.reason))
+
 
 @dataclass(frozen=True)
 class RolloutStopped:
     """The rollout stopped after a stage: no later stage deploys."""
 
     why: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "why", printable(self.why))
 
 
 @dataclass(frozen=True)

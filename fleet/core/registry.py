@@ -719,7 +719,7 @@ class _Validator:
     def check_endpoints_unique(self, agents: dict[str, Agent]) -> None:
         seen: dict[tuple[str, int], Agent] = {}
         for agent in agents.values():
-            key = (agent.host.lower(), agent.gateway_port)
+            key = (host_identity(agent.host), agent.gateway_port)
             other = seen.get(key)
             if other is not None:
                 self.problems.append(
@@ -1109,6 +1109,17 @@ def sealed_file_problem(registry_path: Path, file: str, named: Iterable[str] = (
     if not stat.S_ISREG(info.st_mode):
         return "is not a regular file (a folder, FIFO or device)"
     return ""
+
+
+def host_identity(host: str) -> str:
+    """The one spelling of ``host`` for comparing servers: an IP address in its compressed
+    form (an IPv4-mapped IPv6 address as its IPv4 address), a host name in lower case."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower().rstrip(".")
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
 
 
 def is_host(value: str) -> bool:

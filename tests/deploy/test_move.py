@@ -71,6 +71,8 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
     ("192.0.2.20", "bezalel already runs on 192.0.2.20"),
     ("192.0.2.10", "192.0.2.10:8646 is ezra-primary's gateway: two agents cannot share a "
                    "host and a gateway port"),
+    ("::ffff:192.0.2.10", "::ffff:192.0.2.10:8646 is ezra-primary's gateway"),  # one server
+    ("::ffff:c000:214", "bezalel already runs on ::ffff:c000:214"),  # 192.0.2.20 spelled so
     ("192.0.2.30", "192.0.2.30 is allegro's host"),
     ("192.0.2.99", "no host key pinned for 192.0.2.99: first contact is explicit"),
 ])

@@ -108,3 +108,19 @@ def test_a_long_reason_folds_within_its_column() -> None:
     column = lines[2].index("problem")
     assert " ".join(line[column:] for line in lines[2:5]) == reason
     assert lines[5].startswith("workers batch 1 of 2")
+
+
+def test_a_nodes_words_never_reach_the_terminal_as_escape_sequences() -> None:
+    """A reason from a node (its nodectl's JSON) or a stop's why holding ESC, OSC 52 (a
+    clipboard write), CSI and C1 characters is drawn escaped: no control byte reaches the
+    screen."""
+    hostile = "boom \x1b]52;c;aGFjaw==\x07 \x1b[2J\x1b[31mRED \x9b31m"
+    done = ev.HostDone("bezalel", "failed", hostile)
+    stopped = ev.RolloutStopped(hostile)
+    for text in (done.reason, stopped.why):
+        assert not any(ord(char) < 32 or 0x7f <= ord(char) < 0xa0 for char in text), text
+        assert "boom" in text and "RED" in text
+    drawn = screen([DEPLOY, ev.StageStarted(0), ev.HostDone("ezra-primary", "ok"),
+                    ev.StageStarted(1), done, stopped])
+    assert "\x1b" not in drawn and "\x07" not in drawn and "\x9b" not in drawn
+    assert "boom \\x1b]52;c;aGFjaw==\\x07" in drawn

@@ -122,6 +122,19 @@ def test_two_agents_on_same_host_and_port() -> None:
                      "ezra-primary (line 2); give each agent its own host or gateway_port"]
 
 
+@pytest.mark.parametrize(("first", "second"), [("::1", "0:0::1"),
+                                               ("192.0.2.10", "::ffff:192.0.2.10"),
+                                               ("Host.example", "host.example")])
+def test_one_server_spelled_two_ways_is_one_host(first: str, second: str) -> None:
+    """Host and port are compared as servers: an IP address in one form (IPv4-mapped IPv6
+    unwrapped), a host name without case."""
+    text = GOOD.replace("host: 192.0.2.10", f'host: "{first}"').replace(
+        "host: 192.0.2.20", f'host: "{second}"').replace(
+        '"http://192.0.2.10:8646/health"', '"http://127.0.0.1:8646/health"')
+    found = problems(text)
+    assert len(found) == 1 and "is already used by ezra-primary (line 2)" in found[0], found
+
+
 def test_same_host_other_port_is_fine() -> None:
     text = GOOD.replace("host: 192.0.2.20", "host: 192.0.2.10\n    gateway_port: 8647")
     assert parse_registry(text, Path("r.yaml")).get("bezalel").gateway_port == 8647
