@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -58,19 +57,12 @@ def identity_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_identities(path: Path) -> list[x25519.Identity]:
-    """The age identities in ``path`` (mode 0600 or stricter; ``#`` lines are comments)."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise SealedError(f"{path}: age identity file not found", hint=IDENTITY_HINT) from None
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SealedError(f"{path}: age identity file is readable by group or others (mode "
-                          f"{stat.S_IMODE(info.st_mode):04o})", hint=f"Run: chmod 600 {path}")
-    if info.st_size > MAX_IDENTITY_BYTES:
-        raise SealedError(f"{path}: over {MAX_IDENTITY_BYTES} bytes: not an age identity file")
+    """The age identities in ``path`` (mode 0600 or stricter; ``#`` lines are comments),
+    read as :func:`fleet.core.files.read_regular` reads every file a person names."""
+    text = read_regular(path, "age identity file", MAX_IDENTITY_BYTES, hint=IDENTITY_HINT,
+                        private=True, error=SealedError).decode("utf-8", errors="replace")
     identities = []
-    for number, line in enumerate(path.read_text(encoding="utf-8",
-                                                 errors="replace").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
