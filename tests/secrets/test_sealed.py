@@ -455,3 +455,16 @@ def test_a_dead_edits_folder_is_swept_and_a_live_ones_kept(tmp_path: Path) -> No
         (folder / "secrets.yaml").write_text(OLD_KEY)
     assert sorted(sweep_left_behind(tmp_path)) == sorted([reused, gone])
     assert mine.exists() and not reused.exists() and not gone.exists()
+
+
+def test_an_identity_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    """The identity file is read like every file a person names: a FIFO is refused without
+    blocking on it (a second stat-then-read copy waited for a writer forever)."""
+    from fleet.control.sealed import load_identities
+
+    fifo = tmp_path / "identity.txt"
+    os.mkfifo(fifo, 0o600)
+    started = time.monotonic()
+    with pytest.raises(SealedError, match="is not a regular file"):
+        load_identities(fifo)
+    assert time.monotonic() - started < 5
