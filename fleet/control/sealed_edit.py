@@ -2,12 +2,12 @@
 (``fleet.secrets``): seal a plaintext file, edit, check, show masked, change the recipients.
 
 ``edit`` is the one place plaintext meets a file: the decrypted text goes to a file of mode
-0600 in a private directory (0700) on a memory file system (``/dev/shm``, else
-``$XDG_RUNTIME_DIR``; never a disk), the editor runs, the result is checked and sealed over the
-old file atomically, and the directory is removed, on errors and signals too; a text that does
-not check can be edited again in the same place (the caller's ``again``). A directory left by
-an edit killed with SIGKILL is removed by the next ``fleet secrets`` command
-(:func:`sweep_edits`).
+0600 in a private directory (0700) on a memory file system (the user's own
+``$XDG_RUNTIME_DIR``, else the shared ``/dev/shm``; never a disk), the editor runs, the result
+is checked and sealed over the old file atomically, and the directory is removed, on errors and
+signals too; a text that does not check can be edited again in the same place (the caller's
+``again``). A directory left by an edit killed with SIGKILL is removed by the next
+``fleet secrets`` command (:func:`sweep_edits`).
 
 Every sealed text records on its first line whom it was sealed to
 (:func:`~fleet.control.sealed.with_recipients`): a later seal names the recipients added since
@@ -227,11 +227,12 @@ def show_masked(registry: Registry) -> str:
 
 
 def memory_dir() -> Path:
-    """A directory on a memory file system, for the plaintext while it is edited."""
-    for candidate in (*MEMORY_DIRS, os.environ.get("XDG_RUNTIME_DIR") or ""):
+    """A directory on a memory file system, for the plaintext while it is edited: the user's
+    own runtime directory before the one every user shares."""
+    for candidate in (os.environ.get("XDG_RUNTIME_DIR") or "", *MEMORY_DIRS):
         if candidate and os.path.isdir(candidate) and _on_tmpfs(candidate):
             return Path(candidate)
-    raise SealedError("no memory file system (/dev/shm or $XDG_RUNTIME_DIR on tmpfs) to edit "
+    raise SealedError("no memory file system ($XDG_RUNTIME_DIR or /dev/shm on tmpfs) to edit "
                       "the secrets in: they are never written to a disk",
                       hint="Mount a tmpfs at /dev/shm, or set XDG_RUNTIME_DIR to one.")
 
@@ -285,8 +286,8 @@ def sweep_left_behind(folder: Path) -> list[Path]:
 def sweep_edits() -> list[Path]:
     """:func:`sweep_left_behind` in every memory file system an edit may have used (what
     every ``fleet secrets`` command does first)."""
-    folders = dict.fromkeys(candidate for candidate in (*MEMORY_DIRS,
-                                                        os.environ.get("XDG_RUNTIME_DIR"))
+    folders = dict.fromkeys(candidate for candidate in (os.environ.get("XDG_RUNTIME_DIR"),
+                                                        *MEMORY_DIRS)
                             if candidate and os.path.isdir(candidate))
     return [path for folder in folders for path in sweep_left_behind(Path(folder))]
 

@@ -66,7 +66,7 @@ class Project:
     def env(self, **extra: str) -> dict[str, str]:
         env = {"PATH": os.environ["PATH"], "FLEET_AGE_IDENTITY": str(self.identity),
                "FLEET_REGISTRY": str(self.registry), "HOME": str(self.folder / "home"),
-               **extra}
+               "XDG_RUNTIME_DIR": os.environ["XDG_RUNTIME_DIR"], **extra}
         return env
 
     def fleet(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
@@ -144,6 +144,8 @@ def test_edit_seals_the_editors_text_and_leaves_no_plaintext(project: Project) -
     path, file_mode, dir_mode = seen.read_text().split()
     assert (file_mode, dir_mode) == ("600", "700")
     assert Path(path).parent.parent == memory_dir()  # a memory file system, not a disk
+    # the user's own runtime dir before the /dev/shm every user shares
+    assert memory_dir() == Path(os.environ["XDG_RUNTIME_DIR"])
     assert not Path(path).parent.exists()  # removed after the edit
     assert NEW_KEY.encode() not in project.sealed.read_bytes()
 
