@@ -58,10 +58,11 @@ from fleet.control.status import ssh_command
 from fleet.core.atomic import write_atomic
 from fleet.core.errors import FleetError
 from fleet.core.registry import (
+    NOT_A_HOST,
     Agent,
     Registry,
     host_identity,
-    is_host,
+    host_problem,
     load_registry,
     parse_registry,
     printable,
@@ -88,9 +89,11 @@ def check_target(registry: Registry, name: str, to: str, shared: bool = False) -
     if to.startswith("-"):
         raise MoveError(f"--to '{shown}' looks like an option, not a host",
                         hint="Give the new server's host name or IP address: --to HOST.")
-    if len(to) > MAX_HOST or unsafe_character(to) or not is_host(to):
-        raise MoveError(f"--to '{shown}' is not a hostname or IP address (at most {MAX_HOST} "
-                        "characters; no scheme, port, path or spaces)",
+    problem = NOT_A_HOST if len(to) > MAX_HOST or unsafe_character(to) else host_problem(to)
+    if problem == NOT_A_HOST:
+        problem += f" (at most {MAX_HOST} characters; no scheme, port, path or spaces)"
+    if problem:
+        raise MoveError(f"--to '{shown}' {problem}",
                         hint="Give the new server's host name or IP address: --to HOST.")
     if host_identity(to) == host_identity(agent.host):
         raise MoveError(f"{name} already runs on {to}",

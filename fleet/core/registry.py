@@ -17,6 +17,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}")
 CAPABILITY_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*")
+NOT_A_HOST = "is not a hostname or IP address"
 
 AGENT_FIELDS = (
     "host",
@@ -106,7 +108,7 @@ TEXT_LIMITS = {"model": 256, "description": 1024, "provider": 256}
 """The longest value of these agent fields (any other string: ``MAX_TEXT``)."""
 MAX_URL = 1024
 TEXT_RULE = ("no registry string may hold a control character: newline, CR, tab, NUL, ESC, "
-             "U+2028, U+2029 and the like")
+             "U+2028, U+2029, bidirectional controls, zero-width characters and the like")
 
 
 def printable(text: str) -> str:
@@ -790,10 +792,12 @@ class _AgentFields:
         if "host" not in self.values:
             return ""
         value = self.values["host"][0]
-        if isinstance(value, str) and is_host(value):
-            return value
-        self.bad("host", f"{value!r} is not a hostname or IP address "
-                 "(write just the name or address, no scheme, port or path)")
+        problem = host_problem(value) if isinstance(value, str) else NOT_A_HOST
+        if not problem:
+            return str(value)
+        if problem == NOT_A_HOST:
+            problem += " (write just the name or address, no scheme, port or path)"
+        self.bad("host", f"{value!r} {problem}")
         return ""
 
     def role(self) -> str:
@@ -1123,11 +1127,35 @@ def host_identity(host: str) -> str:
 
 
 def is_host(value: str) -> bool:
+    """Whether ``value`` is an IP address or a host name (:func:`host_problem`)."""
+    return not host_problem(value)
+
+
+def host_problem(value: str) -> str:
+    """Why ``value`` is not an IP address (no IPv6 zone id: free text after the ``%``) or a
+    host name (empty when it is one). A name that the resolver reads as an address is refused:
+    one whose last label is all digits (RFC 1123 2.1), or a legacy IPv4 form such as ``10``,
+    ``10.1`` or ``0x7f.1`` (``inet_aton`` reads them as 0.0.0.10, 10.0.0.1, 127.0.0.1): two
+    spellings of one server would pass as two hosts."""
     try:
         ipaddress.ip_address(value)
-        return "%" not in value  # no IPv6 zone ids: free text after the '%'
     except ValueError:
-        return bool(HOSTNAME_RE.fullmatch(value))
+        pass
+    else:
+        return "" if "%" not in value else NOT_A_HOST
+    if not HOSTNAME_RE.fullmatch(value):
+        return NOT_A_HOST
+    try:
+        address = socket.inet_ntoa(socket.inet_aton(value))
+    except OSError:
+        address = ""
+    if address:
+        return (f"is the address {address} to ssh and the resolver (a legacy IPv4 form): write "
+                f"{address}, or the server's name")
+    if value.rsplit(".", 1)[-1].isdigit():
+        return ("ends in an all-digit label, which resolvers take for an address: write an "
+                "address as a.b.c.d, or the server's full name")
+    return ""
 
 
 def _url_problem(value: Any) -> str:

@@ -24,7 +24,9 @@ _CHARACTER_NAMES = {"\n": "a newline", "\r": "a carriage return", "\0": "a NUL",
                     "\t": "a tab", "\x1b": "an escape character",
                     "\u2028": "a line separator (U+2028)",
                     "\u2029": "a paragraph separator (U+2029)", "\ufeff": "a byte order mark"}
-_REFUSED_CATEGORIES = ("Cc", "Cs", "Zl", "Zp")
+_REFUSED_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
+"""Control, format (bidirectional controls, zero-width characters: text that displays other
+than it reads), surrogate, line and paragraph separator characters."""
 
 KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
              "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com",
@@ -53,13 +55,17 @@ def check_user_name(value: str) -> str:
 
 def unsafe_character(value: str) -> str:
     """What makes ``value`` unfit for any file written to a node (empty when nothing does):
-    a control character (newline, CR, tab, NUL, ESC, ...), a line or paragraph separator, a
-    lone surrogate, U+FEFF or a Unicode noncharacter, named with its position."""
+    a control character (newline, CR, tab, NUL, ESC, ...), a format character (a bidirectional
+    control such as U+202E, a zero-width character such as U+200B, U+FEFF), a line or paragraph
+    separator, a lone surrogate or a Unicode noncharacter, named with its position."""
     for index, char in enumerate(value):
         code = ord(char)
         if (unicodedata.category(char) in _REFUSED_CATEGORIES or char == "\ufeff"
                 or 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE):
-            name = _CHARACTER_NAMES.get(char) or f"the control character U+{code:04X}"
+            name = _CHARACTER_NAMES.get(char) or (
+                f"the invisible format character U+{code:04X} (a bidirectional control or "
+                "zero-width character)" if unicodedata.category(char) == "Cf"
+                else f"the control character U+{code:04X}")
             return f"{name} at position {index + 1}"
     return ""
 

@@ -69,6 +69,11 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
     ("a" * 254, "is not a hostname or IP address"),
     ("fe80::1%eth0", "--to 'fe80::1%eth0' is not a hostname or IP address"),
     ("192.0.2.20", "bezalel already runs on 192.0.2.20"),
+    # left alone at stop 34: names the resolver reads as addresses (one server, two names)
+    ("10", "--to '10' is the address 0.0.0.10 to ssh and the resolver (a legacy IPv4 form)"),
+    ("0xc0.0.532", "--to '0xc0.0.532' is the address 192.0.2.20 to ssh and the resolver"),
+    ("3221226004", "--to '3221226004' is the address 192.0.2.20 to ssh and the resolver"),
+    ("web.42", "--to 'web.42' ends in an all-digit label, which resolvers take for an address"),
     ("192.0.2.10", "192.0.2.10:8646 is ezra-primary's gateway: two agents cannot share a "
                    "host and a gateway port"),
     ("::ffff:192.0.2.10", "::ffff:192.0.2.10:8646 is ezra-primary's gateway"),  # one server

@@ -135,6 +135,24 @@ def test_one_server_spelled_two_ways_is_one_host(first: str, second: str) -> Non
     assert len(found) == 1 and "is already used by ezra-primary (line 2)" in found[0], found
 
 
+@pytest.mark.parametrize(("host", "problem"), [
+    ("10", "is the address 0.0.0.10 to ssh and the resolver (a legacy IPv4 form): write "
+           "0.0.0.10, or the server's name"),
+    ("0x7f.1", "is the address 127.0.0.1 to ssh and the resolver (a legacy IPv4 form): write "
+               "127.0.0.1, or the server's name"),
+    ("192.0.2.010", "is the address 192.0.2.8 to ssh and the resolver (a legacy IPv4 form): "
+                    "write 192.0.2.8, or the server's name"),
+    ("node.7", "ends in an all-digit label, which resolvers take for an address: write an "
+               "address as a.b.c.d, or the server's full name"),
+])
+def test_a_host_name_the_resolver_reads_as_an_address_is_refused(host: str,
+                                                                  problem: str) -> None:
+    """Left alone at stop 34: `10` or `0x7f.1` passed as host names, so one server could be
+    registered twice (0x7f.1 and 127.0.0.1) past the one-host check."""
+    found = problems(GOOD.replace("host: 192.0.2.20", f'host: "{host}"'))
+    assert found == [f"registry.yaml:9: wizards.bezalel.host: {host!r} {problem}"]
+
+
 def test_same_host_other_port_is_fine() -> None:
     text = GOOD.replace("host: 192.0.2.20", "host: 192.0.2.10\n    gateway_port: 8647")
     assert parse_registry(text, Path("r.yaml")).get("bezalel").gateway_port == 8647

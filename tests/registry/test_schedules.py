@@ -22,7 +22,7 @@ from deploys.schedules import service_text, timer_text
 from fleet.control import render
 from fleet.core import schedules
 from fleet.core.errors import RegistryError
-from fleet.core.registry import parse_registry
+from fleet.core.registry import parse_registry, printable
 from tests.registry import unit_syntax
 from tests.registry.test_render import REGISTRY, SETTINGS, shape, text
 
@@ -139,7 +139,24 @@ def test_a_control_character_in_a_prompt_is_refused_like_any_registry_string() -
     assert found == [
         f"{REGISTRY}:12: wizards.a.schedules.x.prompt: 'p\\nExecStartPre=+/bin/touch "
         "/tmp/PWNED' holds a newline at position 2; remove it (no registry string may hold a "
-        "control character: newline, CR, tab, NUL, ESC, U+2028, U+2029 and the like)"]
+        "control character: newline, CR, tab, NUL, ESC, U+2028, U+2029, bidirectional "
+        "controls, zero-width characters and the like)"]
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\u2066", "\u200b", "\u200d", "\u2060",
+                                  "\u061c", "\u00ad"])
+def test_a_prompt_that_reads_other_than_it_displays_is_refused(char: str) -> None:
+    """Left alone at stop 34: a bidirectional override or a zero-width character in a prompt
+    (any registry string) made the text an operator reviews differ from what the agent is
+    given."""
+    found = problems(registry_text({"x": {"on": "daily", "prompt": f"tidy up{char} please"}}))
+    assert found == [
+        f"{REGISTRY}:12: wizards.a.schedules.x.prompt: {f'tidy up{char} please'!r} holds the "
+        f"invisible format character U+{ord(char):04X} (a bidirectional control or zero-width "
+        "character) at position 8; remove it (no registry string may hold a control character: "
+        "newline, CR, tab, NUL, ESC, U+2028, U+2029, bidirectional controls, zero-width "
+        "characters and the like)"]
+    assert printable(f"a{char}b") == repr(f"a{char}b")[1:-1]
 
 
 def test_a_capability_needs_the_built_in_runtime() -> None:
