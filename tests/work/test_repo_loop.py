@@ -1,0 +1,282 @@
+"""The repository loop of one work item against a real git server (git http-backend on
+loopback) and a scripted OpenAI-compatible provider (deterministic tool calls)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fleet.node.runtime.provider import Provider
+from fleet.node.work.repo_loop import (
+    Bounds,
+    Git,
+    SuiteRun,
+    Task,
+    basic_auth_header,
+    work_on,
+    workspace_root,
+)
+from fleet.node.work.workspace import Workspace, WorkspaceError, path_problem
+from tests.runtime.conftest import MockProvider
+from tests.work.git_server import GitServer
+
+TOKEN = "forge-token-0123456789abcdef"
+BUGGY = "def add(a, b):\n    return a - b\n"
+FIXED = "def add(a, b):\n    return a + b\n"
+TESTS = "from calc import add\n\nassert add(2, 3) == 5, 'add(2, 3) is not 5'\nprint('ok')\n"
+
+
+class Proposals:
+    """A forge's pull requests as the loop sees them: one per branch (an open one is found,
+    not opened again), and comments on issues."""
+
+    def __init__(self) -> None:
+        self.opened: dict[str, dict[str, str]] = {}
+        self.comments: list[tuple[int, str]] = []
+
+    def propose(self, branch: str, base: str, title: str, body: str) -> str:
+        if branch not in self.opened:
+            self.opened[branch] = {"base": base, "title": title, "body": body,
+                                   "url": f"http://forge.invalid/pulls/{len(self.opened) + 1}"}
+        return self.opened[branch]["url"]
+
+    def comment(self, issue_number: int, body: str) -> None:
+        self.comments.append((issue_number, body))
+
+
+def local_tests(workspace: Path) -> SuiteRun:
+    """The repository's test command, run plainly (the sandbox has tests of its own)."""
+    done = subprocess.run([sys.executable, "test_calc.py"], cwd=workspace, capture_output=True,
+                          text=True, timeout=60, check=False)
+    return SuiteRun(done.returncode == 0, "passed" if done.returncode == 0 else "failed",
+                   done.stdout + done.stderr)
+
+
+def call(name: str, **args: Any) -> dict[str, Any]:
+    return {"id": f"call-{name}", "type": "function",
+            "function": {"name": name, "arguments": json.dumps(args)}}
+
+
+def turn(*calls: dict[str, Any], text: str = "") -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = list(calls)
+    return message
+
+
+DEFAULT_BOUNDS = Bounds(max_steps=10, max_minutes=5)
+FIX_SCRIPT = [turn(call("list_files")), turn(call("read_file", path="calc.py")),
+              turn(call("write_file", path="calc.py", content=FIXED)),
+              turn(call("run_tests")), turn(text="add() now adds.")]
+
+
+@pytest.fixture
+def git_server(tmp_path: Path) -> Iterator[GitServer]:
+    server = GitServer(tmp_path / "forge", TOKEN)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def mock_provider() -> Iterator[MockProvider]:
+    mock = MockProvider()
+    try:
+        yield mock
+    finally:
+        mock.close()
+
+
+class Run:
+    """One item against the server, with its timeline."""
+
+    def __init__(self, tmp_path: Path, server: GitServer, mock: MockProvider) -> None:
+        self.url = server.create("acme/shop", {"calc.py": BUGGY, "test_calc.py": TESTS})
+        self.task = Task("w-0123456789ab", 7, "add() subtracts", "2 + 3 gives -1",
+                         "http://forge.invalid/acme/shop/issues/7", self.url)
+        self.state = tmp_path / "state"
+        self.provider = Provider(mock.url, mock.key, "test/m", timeout=30)
+        self.proposals = Proposals()
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, bounds: Bounds = DEFAULT_BOUNDS, **kw: Any) -> Any:
+        root = workspace_root(self.state, self.task.item_id)
+        git = kw.pop("git", None) or Git(root, auth_header=basic_auth_header("gitea", TOKEN))
+        return work_on(self.task, root, provider=self.provider, proposals=self.proposals,
+                       run_tests=kw.pop("run_tests", local_tests),
+                       events=lambda kind, detail: self.events.append((kind, detail)),
+                       bounds=bounds, git=git, **kw)
+
+
+@pytest.fixture
+def run(tmp_path: Path, git_server: GitServer, mock_provider: MockProvider) -> Run:
+    return Run(tmp_path, git_server, mock_provider)
+
+
+def test_a_fix_is_pushed_on_its_branch_and_proposed_with_the_issue_linked(
+        run: Run, git_server: GitServer, mock_provider: MockProvider) -> None:
+    mock_provider.script = list(FIX_SCRIPT)
+    main_before = git_server.branches("acme/shop")["main"]
+    outcome = run()
+    assert (outcome.state, outcome.pr_url, outcome.steps) == (
+        "proposed", "http://forge.invalid/pulls/1", 5)
+    branches = git_server.branches("acme/shop")
+    assert branches["main"] == main_before  # the default branch is never pushed
+    assert git_server.show("acme/shop", "fleet/ISSUE-7", "calc.py") == FIXED
+    opened = run.proposals.opened["fleet/ISSUE-7"]
+    assert opened["base"] == "main" and opened["title"] == "add() subtracts"
+    assert "For #7: http://forge.invalid/acme/shop/issues/7" in opened["body"]
+    assert "add() now adds." in opened["body"]
+    assert run.proposals.comments == [(7, "A pull request for this issue: "
+                                          "http://forge.invalid/pulls/1")]
+    assert [kind for kind, _ in run.events] == [
+        "turn", "tool", "turn", "tool", "turn", "tool", "turn", "test", "turn", "test",
+        "pushed", "proposed"]
+    tools = mock_provider.requests[0]["tools"]
+    assert [tool["function"]["name"] for tool in tools] == [
+        "list_files", "read_file", "write_file", "run_tests"]
+    assert mock_provider.requests[1]["messages"][-1]["role"] == "tool"  # results go back
+
+
+def test_the_same_item_run_again_continues_its_branch_and_opens_no_second_pull_request(
+        run: Run, git_server: GitServer, mock_provider: MockProvider) -> None:
+    """A worker killed after the push: the next attempt (a fresh workspace) starts from the
+    pushed branch, and the open pull request is found, not opened again."""
+    mock_provider.script = list(FIX_SCRIPT)
+    first = run()
+    pushed = git_server.branches("acme/shop")["fleet/ISSUE-7"]
+    subprocess.run(["rm", "-rf", str(run.state / "work")], check=True)
+    mock_provider.script = [turn(call("read_file", path="calc.py")), turn(text="Done already.")]
+    second = run()
+    assert second.state == "proposed" and second.pr_url == first.pr_url
+    assert len(run.proposals.opened) == 1
+    assert git_server.branches("acme/shop")["fleet/ISSUE-7"] == pushed  # nothing new to push
+    read = mock_provider.requests[-1]["messages"][-1]
+    assert json.loads(read["content"]) == {"content": FIXED}  # it saw the pushed fix
+
+
+def test_the_loop_stops_at_max_steps_and_fails_saying_why(
+        run: Run, git_server: GitServer, mock_provider: MockProvider) -> None:
+    mock_provider.script = [turn(call("list_files")) for _ in range(10)]
+    outcome = run(Bounds(max_steps=3, max_minutes=5))
+    assert outcome.state == "failed" and outcome.steps == 3
+    assert outcome.reason == ("the tests do not pass (failed) after 3 model turns (max_steps 3): "
+                              "AssertionError: add(2, 3) is not 5")
+    assert len(mock_provider.requests) == 3
+    assert "fleet/ISSUE-7" not in git_server.branches("acme/shop")
+    assert run.proposals.opened == {}
+
+
+def test_the_loop_stops_at_max_minutes(run: Run, mock_provider: MockProvider) -> None:
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 200.0  # each look at the clock: 200 s later
+        return now[0]
+
+    mock_provider.script = [turn(call("list_files")) for _ in range(10)]
+    outcome = run(Bounds(max_steps=10, max_minutes=10), clock=clock)
+    assert outcome.state == "failed"
+    assert outcome.reason.startswith("out of time after 2 model turns (max_minutes 10)")
+
+
+def test_tests_that_pass_with_nothing_changed_open_no_pull_request(
+        run: Run, git_server: GitServer, mock_provider: MockProvider) -> None:
+    mock_provider.script = [turn(text="Nothing to do.")]
+    outcome = run(run_tests=lambda root: SuiteRun(True, "passed", "ok"))
+    assert (outcome.state, outcome.reason) == (
+        "failed", "the tests pass but nothing was changed: no pull request")
+    assert "fleet/ISSUE-7" not in git_server.branches("acme/shop")
+
+
+def test_a_wrong_token_fails_the_item_and_the_token_is_in_no_reason_or_event(
+        run: Run, mock_provider: MockProvider) -> None:
+    root = workspace_root(run.state, run.task.item_id)
+    wrong = "forge-token-WRONG-secret-value"
+    outcome = run(git=Git(root, auth_header=basic_auth_header("github", wrong)))
+    assert outcome.state == "failed"
+    assert outcome.reason.startswith("could not prepare the workspace: git clone failed:")
+    shown = json.dumps([outcome.reason, run.events])
+    assert wrong not in shown and TOKEN not in shown
+    assert mock_provider.requests == []
+
+
+@pytest.mark.parametrize(("tool", "args", "refusal"), [
+    ("read_file", {"path": "../outside.txt"}, "has a '.' or '..' part"),
+    ("read_file", {"path": "/etc/passwd"}, "is not a relative path"),
+    ("read_file", {"path": "a/../../outside.txt"}, "has a '.' or '..' part"),
+    ("read_file", {"path": ".git/config"}, "is inside .git"),
+    ("read_file", {"path": "leak/passwd"}, "is not a folder of the workspace"),
+    ("read_file", {"path": "link.txt"}, "is a symlink; it is not followed"),
+    ("write_file", {"path": "leak/planted", "content": "x"}, "is not a folder of the workspace"),
+    ("write_file", {"path": "link.txt", "content": "x"}, "is a symlink, a folder or a device"),
+    ("write_file", {"path": "x\ud800", "content": "x"}, "is not a relative path"),
+    ("write_file", {"path": "ok.txt", "content": "\ud800"}, "lone surrogate"),
+    ("write_file", {"path": "-rf", "content": "x"}, "starting with '-'"),
+    ("list_files", {"path": "leak"}, "is not a folder of the workspace"),
+    ("delete_everything", {}, "no tool 'delete_everything'"),
+])
+def test_the_file_tools_never_leave_the_workspace(
+        tmp_path: Path, tool: str, args: dict[str, Any], refusal: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "passwd").write_text("root:x:0:0\n")
+    (tmp_path / "outside.txt").write_text("secret\n")
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "leak").symlink_to(outside)
+    (root / "link.txt").symlink_to(tmp_path / "outside.txt")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("[core]\n")
+    from fleet.node.work.repo_loop import use_tool
+
+    events: list[tuple[str, dict[str, Any]]] = []
+    result = use_tool(call(tool, **args), Workspace(root), lambda path: SuiteRun(True, "passed"),
+                      lambda kind, detail: events.append((kind, detail)))
+    assert refusal in result["error"], result
+    assert sorted(p.name for p in outside.iterdir()) == ["passwd"]
+    assert (tmp_path / "outside.txt").read_text() == "secret\n"
+    assert events[-1][1]["ok"] is False
+
+
+def test_listing_skips_git_and_never_follows_a_symlinked_folder(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "a.py").write_text("")
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("")
+    (root / "etc").symlink_to("/etc")
+    assert Workspace(root).list_files() == ["etc", "src/a.py"]
+    assert Workspace(root).write_file("new/deep/b.py", "x = 1\n") == 6
+    assert Workspace(root).read_file("new/deep/b.py") == "x = 1\n"
+    with pytest.raises(WorkspaceError, match=r"is larger than|bytes; the tools"):
+        Workspace(root).write_file("big", "x" * (256 * 1024 + 1))
+
+
+@given(st.text(max_size=80))
+def test_every_path_the_tools_accept_stays_inside_the_workspace(path: str) -> None:
+    if path_problem(path):
+        return
+    resolved = os.path.normpath(os.path.join("/ws", path))
+    assert resolved.startswith("/ws/") and ".git" not in path.split("/")
+    assert not any(part.startswith("-") or part in ("", ".", "..") for part in path.split("/"))
+    assert path.isascii() and path.isprintable()
+
+
+def test_an_item_id_is_checked_before_it_names_a_folder(tmp_path: Path) -> None:
+    from fleet.node.work.repo_loop import RepoLoopError
+
+    arabic_indic_digits = "".join(chr(0x660 + digit) for digit in range(10))
+    for bad in ("../x", "w-0123456789aB", "w-0123456789ab/..", f"w-{arabic_indic_digits}ab"):
+        with pytest.raises(RepoLoopError):
+            workspace_root(tmp_path, bad)
