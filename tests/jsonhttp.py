@@ -7,6 +7,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from werkzeug.serving import make_server
+
 
 def answer_json(handler: BaseHTTPRequestHandler, status: int, data: Any) -> None:
     """Send ``data`` as a JSON response with ``status`` and its length."""
@@ -18,17 +20,35 @@ def answer_json(handler: BaseHTTPRequestHandler, status: int, data: Any) -> None
     handler.wfile.write(body)
 
 
-class LoopbackServer:
-    """A threaded HTTP server on 127.0.0.1 (or ``host``: a lab's bridge address) serving
-    ``handler`` until :meth:`close`."""
+class Serving:
+    """A server object (``serve_forever``, ``shutdown``, ``server_close``) served in a thread
+    until :meth:`close`."""
 
-    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0,
-                 host: str = "127.0.0.1") -> None:
-        self.server = ThreadingHTTPServer((host, port), handler)
-        self.address = f"http://{host}:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def __init__(self, server: Any, address: str) -> None:
+        self.server = server
+        self.address = address
+        self.thread = threading.Thread(target=server.serve_forever, daemon=True)
         self.thread.start()
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class LoopbackServer(Serving):
+    """A threaded HTTP server on 127.0.0.1 (or ``host``: a lab's bridge address) serving
+    ``handler`` until :meth:`close`."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0,
+                 host: str = "127.0.0.1") -> None:
+        server = ThreadingHTTPServer((host, port), handler)
+        super().__init__(server, f"http://{host}:{server.server_address[1]}")
+
+
+class WsgiLoopback(Serving):
+    """A WSGI ``app`` (a Flask stand-in, git's CGI front) served on 127.0.0.1 (or ``host``) by
+    werkzeug's threaded server until :meth:`close`."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
+        server = make_server(host, 0, app, threaded=True)
+        super().__init__(server, f"http://{host}:{server.server_port}")

@@ -228,13 +228,30 @@ def show_masked(registry: Registry) -> str:
 
 def memory_dir() -> Path:
     """A directory on a memory file system, for the plaintext while it is edited: the user's
-    own runtime directory before the one every user shares."""
-    for candidate in (os.environ.get("XDG_RUNTIME_DIR") or "", *MEMORY_DIRS):
+    own runtime directory (only when it is one: :func:`own_runtime_dir`) before the one every
+    user shares."""
+    for candidate in (own_runtime_dir(), *MEMORY_DIRS):
         if candidate and os.path.isdir(candidate) and _on_tmpfs(candidate):
             return Path(candidate)
     raise SealedError("no memory file system ($XDG_RUNTIME_DIR or /dev/shm on tmpfs) to edit "
                       "the secrets in: they are never written to a disk",
                       hint="Mount a tmpfs at /dev/shm, or set XDG_RUNTIME_DIR to one.")
+
+
+def own_runtime_dir() -> str:
+    """``$XDG_RUNTIME_DIR`` when it is what the XDG spec makes it (a real directory, not a
+    symlink, owned by this user, mode 0700: no one else can rename what is in it), else "".
+    Another user's directory there (a ``su`` that kept the caller's environment) could swap the
+    edit's folder for a symlink to a disk while the editor runs."""
+    path = os.environ.get("XDG_RUNTIME_DIR") or ""
+    try:
+        info = os.lstat(path) if path.startswith("/") else None
+    except OSError:
+        return ""
+    if (info is None or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
+            or info.st_mode & 0o077):
+        return ""
+    return path
 
 
 def _on_tmpfs(path: str) -> bool:
@@ -286,8 +303,7 @@ def sweep_left_behind(folder: Path) -> list[Path]:
 def sweep_edits() -> list[Path]:
     """:func:`sweep_left_behind` in every memory file system an edit may have used (what
     every ``fleet secrets`` command does first)."""
-    folders = dict.fromkeys(candidate for candidate in (os.environ.get("XDG_RUNTIME_DIR"),
-                                                        *MEMORY_DIRS)
+    folders = dict.fromkeys(candidate for candidate in (own_runtime_dir(), *MEMORY_DIRS)
                             if candidate and os.path.isdir(candidate))
     return [path for folder in folders for path in sweep_left_behind(Path(folder))]
 

@@ -53,6 +53,8 @@ CAPABILITY_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*")
 NOT_A_HOST = "is not a hostname or IP address"
+EMBEDDING_PREFIXES = (ipaddress.IPv6Network("64:ff9b::/96"),  # NAT64 (RFC 6052)
+                      ipaddress.IPv6Network("::ffff:0:0:0/96"))  # IPv4-translated (RFC 2765)
 
 AGENT_FIELDS = (
     "host",
@@ -1117,13 +1119,19 @@ def sealed_file_problem(registry_path: Path, file: str, named: Iterable[str] = (
 
 def host_identity(host: str) -> str:
     """The one spelling of ``host`` for comparing servers: an IP address in its compressed
-    form (an IPv4-mapped IPv6 address as its IPv4 address), a host name in lower case."""
+    form (an IPv6 address carrying an IPv4 one, IPv4-mapped, IPv4-translated, NAT64
+    64:ff9b::/96 or 6to4 2002::/16, as that IPv4 address; any loopback address as
+    ``loopback``: one machine), a host name in lower case."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return host.lower().rstrip(".")
-    mapped = getattr(address, "ipv4_mapped", None)
-    return str(mapped or address)
+    if isinstance(address, ipaddress.IPv6Address):
+        if any(address in prefix for prefix in EMBEDDING_PREFIXES):
+            address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        else:
+            address = address.ipv4_mapped or address.sixtofour or address
+    return "loopback" if address.is_loopback else str(address)
 
 
 def is_host(value: str) -> bool:
@@ -1136,22 +1144,28 @@ def host_problem(value: str) -> str:
     host name (empty when it is one). A name that the resolver reads as an address is refused:
     one whose last label is all digits (RFC 1123 2.1), or a legacy IPv4 form such as ``10``,
     ``10.1`` or ``0x7f.1`` (``inet_aton`` reads them as 0.0.0.10, 10.0.0.1, 127.0.0.1): two
-    spellings of one server would pass as two hosts."""
+    spellings of one server would pass as two hosts. So is an unspecified address (0.0.0.0,
+    ::): to ssh it is this machine."""
+    if not isinstance(value, str):
+        return NOT_A_HOST
     try:
-        ipaddress.ip_address(value)
+        address = ipaddress.ip_address(value)
     except ValueError:
         pass
     else:
-        return "" if "%" not in value else NOT_A_HOST
+        if "%" in value:
+            return NOT_A_HOST
+        return ("is the unspecified address, which ssh takes for this machine: write the "
+                "server's own address" if address.is_unspecified else "")
     if not HOSTNAME_RE.fullmatch(value):
         return NOT_A_HOST
     try:
-        address = socket.inet_ntoa(socket.inet_aton(value))
+        legacy = socket.inet_ntoa(socket.inet_aton(value))
     except OSError:
-        address = ""
-    if address:
-        return (f"is the address {address} to ssh and the resolver (a legacy IPv4 form): write "
-                f"{address}, or the server's name")
+        legacy = ""
+    if legacy:
+        return (f"is the address {legacy} to ssh and the resolver (a legacy IPv4 form): write "
+                f"{legacy}, or the server's name")
     if value.rsplit(".", 1)[-1].isdigit():
         return ("ends in an all-digit label, which resolvers take for an address: write an "
                 "address as a.b.c.d, or the server's full name")

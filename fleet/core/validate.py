@@ -24,9 +24,15 @@ _CHARACTER_NAMES = {"\n": "a newline", "\r": "a carriage return", "\0": "a NUL",
                     "\t": "a tab", "\x1b": "an escape character",
                     "\u2028": "a line separator (U+2028)",
                     "\u2029": "a paragraph separator (U+2029)", "\ufeff": "a byte order mark"}
-_REFUSED_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
+_REFUSED_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
 """Control, format (bidirectional controls, zero-width characters: text that displays other
-than it reads), surrogate, line and paragraph separator characters."""
+than it reads), surrogate, private-use, unassigned, line and paragraph separator characters."""
+_INVISIBLE = frozenset(chr(code) for code in (
+    0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x2800, 0x3164, 0xFFA0,
+    *range(0x180B, 0x1810), *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)))
+"""Characters that draw nothing yet are not format characters: the combining grapheme joiner,
+Hangul fillers, Khmer inherent vowels, the blank Braille pattern and the variation selectors
+(which can carry a hidden byte each)."""
 
 KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
              "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com",
@@ -56,16 +62,19 @@ def check_user_name(value: str) -> str:
 def unsafe_character(value: str) -> str:
     """What makes ``value`` unfit for any file written to a node (empty when nothing does):
     a control character (newline, CR, tab, NUL, ESC, ...), a format character (a bidirectional
-    control such as U+202E, a zero-width character such as U+200B, U+FEFF), a line or paragraph
-    separator, a lone surrogate or a Unicode noncharacter, named with its position."""
+    control such as U+202E, a zero-width character such as U+200B, U+FEFF), a character that
+    draws nothing (:data:`_INVISIBLE`), a line or paragraph separator, a lone surrogate, a
+    private-use, unassigned or noncharacter code point, named with its position."""
     for index, char in enumerate(value):
         code = ord(char)
-        if (unicodedata.category(char) in _REFUSED_CATEGORIES or char == "\ufeff"
-                or 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE):
+        category = unicodedata.category(char)
+        if category in _REFUSED_CATEGORIES or char in _INVISIBLE:
             name = _CHARACTER_NAMES.get(char) or (
                 f"the invisible format character U+{code:04X} (a bidirectional control or "
-                "zero-width character)" if unicodedata.category(char) == "Cf"
-                else f"the control character U+{code:04X}")
+                "zero-width character)" if category == "Cf"
+                else f"the invisible character U+{code:04X}" if char in _INVISIBLE
+                else f"the unassigned or private-use character U+{code:04X}"
+                if category in ("Co", "Cn") else f"the control character U+{code:04X}")
             return f"{name} at position {index + 1}"
     return ""
 

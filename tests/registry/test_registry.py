@@ -124,6 +124,12 @@ def test_two_agents_on_same_host_and_port() -> None:
 
 @pytest.mark.parametrize(("first", "second"), [("::1", "0:0::1"),
                                                ("192.0.2.10", "::ffff:192.0.2.10"),
+                                               # outside attack r35: one machine, other words
+                                               ("127.0.0.1", "127.0.0.2"),
+                                               ("127.0.0.1", "64:ff9b::7f00:1"),
+                                               ("192.0.2.10", "64:ff9b::c000:20a"),
+                                               ("192.0.2.10", "2002:c000:20a::"),
+                                               ("192.0.2.10", "::ffff:0:c000:20a"),
                                                ("Host.example", "host.example")])
 def test_one_server_spelled_two_ways_is_one_host(first: str, second: str) -> None:
     """Host and port are compared as servers: an IP address in one form (IPv4-mapped IPv6
@@ -142,6 +148,10 @@ def test_one_server_spelled_two_ways_is_one_host(first: str, second: str) -> Non
                "127.0.0.1, or the server's name"),
     ("192.0.2.010", "is the address 192.0.2.8 to ssh and the resolver (a legacy IPv4 form): "
                     "write 192.0.2.8, or the server's name"),
+    ("0.0.0.0", "is the unspecified address, which ssh takes for this machine: write the "
+                "server's own address"),
+    ("::", "is the unspecified address, which ssh takes for this machine: write the server's "
+           "own address"),
     ("node.7", "ends in an all-digit label, which resolvers take for an address: write an "
                "address as a.b.c.d, or the server's full name"),
 ])
@@ -151,6 +161,13 @@ def test_a_host_name_the_resolver_reads_as_an_address_is_refused(host: str,
     registered twice (0x7f.1 and 127.0.0.1) past the one-host check."""
     found = problems(GOOD.replace("host: 192.0.2.20", f'host: "{host}"'))
     assert found == [f"registry.yaml:9: wizards.bezalel.host: {host!r} {problem}"]
+
+
+def test_a_host_that_is_not_a_string_is_no_host() -> None:
+    from fleet.core.registry import host_problem, is_host
+
+    assert [is_host(value) for value in (None, 10, b"192.0.2.1", ["x"])] == [False] * 4  # type: ignore[arg-type]
+    assert host_problem(10) == "is not a hostname or IP address"  # type: ignore[arg-type]
 
 
 def test_same_host_other_port_is_fine() -> None:

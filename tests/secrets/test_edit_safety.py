@@ -239,3 +239,28 @@ def test_encrypt_refuses_a_fifo_at_once(project: Project) -> None:
     assert done.returncode == 1, done.stderr
     lines = done.stderr.splitlines()
     assert len(lines) == 2 and "is not a regular file" in lines[0], lines
+
+
+@pytest.mark.parametrize("kind", ["open to others", "a symlink", "another user's", "relative"])
+def test_a_runtime_dir_that_is_not_the_users_own_is_not_used(
+        own_runtime_dir: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Outside attack r35: $XDG_RUNTIME_DIR naming another user's tmpfs folder (a `su` that
+    kept the caller's environment) let that user swap the edit's folder for a symlink to a
+    disk while the editor ran. Only the user's own 0700 directory is used; else /dev/shm."""
+    assert memory_dir() == own_runtime_dir
+    target = own_runtime_dir / "candidate"
+    target.mkdir(mode=0o700)
+    if kind == "open to others":
+        target.chmod(0o1777)
+    elif kind == "a symlink":
+        (own_runtime_dir / "link").symlink_to(target)
+        target = own_runtime_dir / "link"
+    elif kind == "another user's":
+        if os.getuid() != 0:
+            pytest.skip("needs root to make a folder of another user")
+        os.chown(target, NOBODY, NOBODY)
+    else:
+        monkeypatch.chdir(own_runtime_dir)
+        target = Path("candidate")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(target))
+    assert memory_dir() == Path("/dev/shm")

@@ -8,12 +8,11 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from werkzeug.serving import make_server
+from tests.jsonhttp import WsgiLoopback
 
 HTTP_BACKEND = "/usr/lib/git-core/git-http-backend"
 MAX_BODY = 64 * 1024 * 1024
@@ -27,14 +26,9 @@ class GitServer:
         self.root = root
         self.token = token
         self.pushes: list[str] = []
-        self.server = make_server(host, 0, self.app, threaded=True)
-        self.url = f"http://{host}:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.loopback = WsgiLoopback(self.app, host)
+        self.url = self.loopback.address
+        self.close = self.loopback.close
 
     def bare(self, repo: str) -> Path:
         return self.root / f"{repo}.git"
@@ -118,10 +112,3 @@ def run(*argv: str) -> str:
                                "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"},
                           ).stdout
 
-
-def serving(root: Path, token: str) -> Iterator[GitServer]:
-    server = GitServer(root, token)
-    try:
-        yield server
-    finally:
-        server.close()

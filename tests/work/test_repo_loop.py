@@ -88,15 +88,6 @@ def git_server(tmp_path: Path) -> Iterator[GitServer]:
         server.close()
 
 
-@pytest.fixture
-def mock_provider() -> Iterator[MockProvider]:
-    mock = MockProvider()
-    try:
-        yield mock
-    finally:
-        mock.close()
-
-
 class Run:
     """One item against the server, with its timeline."""
 
@@ -119,13 +110,13 @@ class Run:
 
 
 @pytest.fixture
-def run(tmp_path: Path, git_server: GitServer, mock_provider: MockProvider) -> Run:
-    return Run(tmp_path, git_server, mock_provider)
+def run(tmp_path: Path, git_server: GitServer, provider: MockProvider) -> Run:
+    return Run(tmp_path, git_server, provider)
 
 
 def test_a_fix_is_pushed_on_its_branch_and_proposed_with_the_issue_linked(
-        run: Run, git_server: GitServer, mock_provider: MockProvider) -> None:
-    mock_provider.script = list(FIX_SCRIPT)
+        run: Run, git_server: GitServer, provider: MockProvider) -> None:
+    provider.script = list(FIX_SCRIPT)
     main_before = git_server.branches("acme/shop")["main"]
     outcome = run()
     assert (outcome.state, outcome.pr_url, outcome.steps) == (
@@ -142,57 +133,57 @@ def test_a_fix_is_pushed_on_its_branch_and_proposed_with_the_issue_linked(
     assert [kind for kind, _ in run.events] == [
         "turn", "tool", "turn", "tool", "turn", "tool", "turn", "test", "turn", "test",
         "pushed", "proposed"]
-    tools = mock_provider.requests[0]["tools"]
+    tools = provider.requests[0]["tools"]
     assert [tool["function"]["name"] for tool in tools] == [
         "list_files", "read_file", "write_file", "run_tests"]
-    assert mock_provider.requests[1]["messages"][-1]["role"] == "tool"  # results go back
+    assert provider.requests[1]["messages"][-1]["role"] == "tool"  # results go back
 
 
 def test_the_same_item_run_again_continues_its_branch_and_opens_no_second_pull_request(
-        run: Run, git_server: GitServer, mock_provider: MockProvider) -> None:
+        run: Run, git_server: GitServer, provider: MockProvider) -> None:
     """A worker killed after the push: the next attempt (a fresh workspace) starts from the
     pushed branch, and the open pull request is found, not opened again."""
-    mock_provider.script = list(FIX_SCRIPT)
+    provider.script = list(FIX_SCRIPT)
     first = run()
     pushed = git_server.branches("acme/shop")["fleet/ISSUE-7"]
     subprocess.run(["rm", "-rf", str(run.state / "work")], check=True)
-    mock_provider.script = [turn(call("read_file", path="calc.py")), turn(text="Done already.")]
+    provider.script = [turn(call("read_file", path="calc.py")), turn(text="Done already.")]
     second = run()
     assert second.state == "proposed" and second.pr_url == first.pr_url
     assert len(run.proposals.opened) == 1
     assert git_server.branches("acme/shop")["fleet/ISSUE-7"] == pushed  # nothing new to push
-    read = mock_provider.requests[-1]["messages"][-1]
+    read = provider.requests[-1]["messages"][-1]
     assert json.loads(read["content"]) == {"content": FIXED}  # it saw the pushed fix
 
 
 def test_the_loop_stops_at_max_steps_and_fails_saying_why(
-        run: Run, git_server: GitServer, mock_provider: MockProvider) -> None:
-    mock_provider.script = [turn(call("list_files")) for _ in range(10)]
+        run: Run, git_server: GitServer, provider: MockProvider) -> None:
+    provider.script = [turn(call("list_files")) for _ in range(10)]
     outcome = run(Bounds(max_steps=3, max_minutes=5))
     assert outcome.state == "failed" and outcome.steps == 3
     assert outcome.reason == ("the tests do not pass (failed) after 3 model turns (max_steps 3): "
                               "AssertionError: add(2, 3) is not 5")
-    assert len(mock_provider.requests) == 3
+    assert len(provider.requests) == 3
     assert "fleet/ISSUE-7" not in git_server.branches("acme/shop")
     assert run.proposals.opened == {}
 
 
-def test_the_loop_stops_at_max_minutes(run: Run, mock_provider: MockProvider) -> None:
+def test_the_loop_stops_at_max_minutes(run: Run, provider: MockProvider) -> None:
     now = [0.0]
 
     def clock() -> float:
         now[0] += 200.0  # each look at the clock: 200 s later
         return now[0]
 
-    mock_provider.script = [turn(call("list_files")) for _ in range(10)]
+    provider.script = [turn(call("list_files")) for _ in range(10)]
     outcome = run(Bounds(max_steps=10, max_minutes=10), clock=clock)
-    assert outcome.state == "failed"
-    assert outcome.reason.startswith("out of time after 2 model turns (max_minutes 10)")
+    assert outcome.state == "failed" and 1 <= outcome.steps <= 2
+    assert outcome.reason == f"out of time after {outcome.steps} model turns (max_minutes 10)"
 
 
 def test_tests_that_pass_with_nothing_changed_open_no_pull_request(
-        run: Run, git_server: GitServer, mock_provider: MockProvider) -> None:
-    mock_provider.script = [turn(text="Nothing to do.")]
+        run: Run, git_server: GitServer, provider: MockProvider) -> None:
+    provider.script = [turn(text="Nothing to do.")]
     outcome = run(run_tests=lambda root: SuiteRun(True, "passed", "ok"))
     assert (outcome.state, outcome.reason) == (
         "failed", "the tests pass but nothing was changed: no pull request")
@@ -200,15 +191,15 @@ def test_tests_that_pass_with_nothing_changed_open_no_pull_request(
 
 
 def test_a_wrong_token_fails_the_item_and_the_token_is_in_no_reason_or_event(
-        run: Run, mock_provider: MockProvider) -> None:
+        run: Run, provider: MockProvider) -> None:
     root = workspace_root(run.state, run.task.item_id)
     wrong = "forge-token-WRONG-secret-value"
     outcome = run(git=Git(root, auth_header=basic_auth_header("github", wrong)))
     assert outcome.state == "failed"
-    assert outcome.reason.startswith("could not prepare the workspace: git clone failed:")
+    assert outcome.reason.startswith("could not prepare the workspace: git fetch failed:")
     shown = json.dumps([outcome.reason, run.events])
     assert wrong not in shown and TOKEN not in shown
-    assert mock_provider.requests == []
+    assert provider.requests == []
 
 
 @pytest.mark.parametrize(("tool", "args", "refusal"), [
@@ -280,3 +271,125 @@ def test_an_item_id_is_checked_before_it_names_a_folder(tmp_path: Path) -> None:
     for bad in ("../x", "w-0123456789aB", "w-0123456789ab/..", f"w-{arabic_indic_digits}ab"):
         with pytest.raises(RepoLoopError):
             workspace_root(tmp_path, bad)
+
+
+def test_test_code_cannot_make_git_run_a_command_or_see_the_token(
+        run: Run, git_server: GitServer, provider: MockProvider, tmp_path: Path) -> None:
+    """Outside attack r35 (F1): the repository's tests wrote `core.fsmonitor` into .git/config
+    in the tree, and the next `git add` ran it outside the sandbox with the token in its
+    environment. Git now works on a git dir beside the tree, and only commands that talk to
+    the forge get the token."""
+    dump = tmp_path / "fsmonitor-ran"
+    planting = (f"import os, pathlib\nos.makedirs('.git', exist_ok=True)\n"
+                f"pathlib.Path('.git/config').write_text('[core]\\n\\tfsmonitor = \"env > {dump}; "
+                f"true\"\\n[remote \"origin\"]\\n\\turl = http://192.0.2.66/x.git\\n')\n"
+                f"pathlib.Path('.gitattributes').write_text('* filter=evil\\n')\n")
+    provider.script = [turn(call("write_file", path="conftest_plant.py", content=planting)),
+                       turn(call("write_file", path="calc.py", content=FIXED)),
+                       turn(text="Fixed.")]
+
+    def tests_that_plant(workspace: Path) -> SuiteRun:
+        subprocess.run([sys.executable, "conftest_plant.py"], cwd=workspace, check=True)
+        return local_tests(workspace)
+
+    outcome = run(run_tests=tests_that_plant)
+    assert outcome.state == "proposed", outcome.reason
+    assert not dump.exists()  # git ran no command of the repository's
+    item = workspace_root(run.state, run.task.item_id)
+    config = (item / "git" / "config").read_text()
+    assert "fsmonitor" not in config and run.url in config  # the remote is still the forge's
+    assert git_server.show("acme/shop", "fleet/ISSUE-7", "calc.py") == FIXED
+    git = Git(item, auth_header=basic_auth_header("gitea", TOKEN))
+    assert "http.extraHeader" not in json.dumps(git.env(network=False))
+    assert "http.extraHeader" in json.dumps(git.env(network=True))
+
+
+@pytest.mark.parametrize("calls", [
+    ["x"], [None], [{"function": None}], "not a list",
+    [{"id": {"x": 1}, "function": {"name": "list_files", "arguments": "[" * 100_000}}],
+    [{"id": "a", "function": {"name": "read_file", "arguments": {"path": "calc.py"}}}],
+    [{"id": "a" * 10_000, "function": {"name": "x" * 10_000, "arguments": "{}"}}],
+])
+def test_hostile_tool_calls_never_raise(run: Run, provider: MockProvider, calls: Any) -> None:
+    """Outside attack r35 (F2): tool_calls of strings or nulls, or arguments nested 100,000
+    deep, crashed the loop with a traceback."""
+    provider.script = [{"role": "assistant", "content": "", "tool_calls": calls},
+                       turn(text="Done.")]
+    outcome = run(run_tests=lambda root: SuiteRun(True, "passed", "ok"))
+    assert outcome.state == "failed"
+    if calls == "not a list":  # the provider's parser refuses the answer: the model failed
+        assert outcome.reason.endswith("/chat/completions: not a chat completion answer")
+        return
+    assert "nothing was changed" in outcome.reason
+    sent = provider.requests[-1]["messages"]
+    for message in sent:
+        for tool_call in message.get("tool_calls") or []:
+            assert isinstance(tool_call["id"], str) and len(tool_call["id"]) <= 100
+            assert tool_call["function"]["name"] in ("list_files", "read_file", "?")
+
+
+def test_a_tree_nested_too_deep_is_refused_not_a_crash(tmp_path: Path) -> None:
+    """Outside attack r35 (F3): 1,000 nested folders made list_files recurse past Python's
+    limit. The walk keeps no stack of calls, and stops at 64 levels."""
+    root = tmp_path / "ws"
+    deep = root.joinpath(*["d"] * 200)
+    deep.mkdir(parents=True)
+    (deep / "f.txt").write_text("")
+    with pytest.raises(WorkspaceError, match="folders nest deeper than 64"):
+        Workspace(root).list_files()
+    assert Workspace(root).list_files("/".join(["d"] * 150)) == [
+        "/".join(["d"] * 200) + "/f.txt"]
+
+
+def test_one_turn_runs_at_most_eight_tool_calls(run: Run, provider: MockProvider) -> None:
+    """Outside attack r35 (F4): one turn of 50 run_tests calls ran 51 suites past
+    max_minutes."""
+    runs: list[Path] = []
+
+    def counting(root: Path) -> SuiteRun:
+        runs.append(root)
+        return SuiteRun(False, "failed", "no")
+
+    provider.script = [{"role": "assistant", "content": "",
+                        "tool_calls": [call("run_tests") for _ in range(50)]}]
+    provider.reply = ""
+    outcome = run(Bounds(max_steps=1, max_minutes=5), run_tests=counting)
+    assert len(runs) == 8 + 1  # eight in the turn, then the final run
+    refused = [json.loads(message["content"]) for message in provider.requests[-1]["messages"]
+               if message["role"] == "tool"] if len(provider.requests) > 1 else []
+    assert refused == [] and outcome.state == "failed"
+
+
+def test_a_turn_past_the_deadline_runs_no_more_tools(run: Run, provider: MockProvider) -> None:
+    now = [0.0]
+    runs: list[Path] = []
+
+    def slow_tests(root: Path) -> SuiteRun:
+        runs.append(root)
+        now[0] += 400.0  # each suite: 400 s
+        return SuiteRun(False, "failed", "no")
+
+    provider.script = [{"role": "assistant", "content": "",
+                        "tool_calls": [call("run_tests") for _ in range(5)]}]
+    outcome = run(Bounds(max_steps=5, max_minutes=10), run_tests=slow_tests,
+                  clock=lambda: now[0])
+    assert len(runs) == 2  # 0 s and 400 s start; at 800 s the deadline (600 s) has passed
+    assert outcome.reason == "out of time after 1 model turns (max_minutes 10)"
+
+
+@pytest.mark.parametrize("tool", ["read_file", "write_file"])
+def test_a_hard_link_to_a_file_outside_is_neither_read_nor_written(
+        tmp_path: Path, tool: str) -> None:
+    """Outside attack r35 (F7): a hard link in the workspace (test code can make one) let the
+    tools read and overwrite a file outside it."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret\n")
+    root = tmp_path / "ws"
+    root.mkdir()
+    os.link(outside, root / "linked.txt")
+    with pytest.raises(WorkspaceError, match="has other hard links"):
+        if tool == "read_file":
+            Workspace(root).read_file("linked.txt")
+        else:
+            Workspace(root).write_file("linked.txt", "overwritten\n")
+    assert outside.read_text() == "secret\n"

@@ -3,9 +3,16 @@ workspace, give the model file tools and the repository's test command, at most 
 model turns within ``max_minutes``, then commit on the item's branch (``fleet/ISSUE-N``), push
 it and propose a pull request (a merge request on GitLab) that a person reviews.
 
+An item's folder (``work/ITEM_ID`` under the state dir) holds the work tree (``tree``: the
+only place the file tools and the sandboxed tests may write) and, beside it, the git directory
+(``git``), which git is always pointed at (``GIT_DIR``, ``GIT_WORK_TREE``): the repository's
+code and tests can neither plant git configuration (``core.fsmonitor``, filters, a new
+``remote.origin.url``) nor hooks that git would run outside the sandbox.
+
 What the loop never does: merge, push the default branch, force-push (the push names one
-branch, ``HEAD:refs/heads/fleet/ISSUE-N``, without ``+``), run a hook from the repository
-(``core.hooksPath=/dev/null``), or write outside the workspace (:mod:`fleet.node.work.workspace`).
+branch, ``HEAD:refs/heads/fleet/ISSUE-N``, without ``+``), run a hook or a configured command
+from the repository, hand the forge's credentials to a git command that does not talk to the
+forge, or write outside the work tree (:mod:`fleet.node.work.workspace`).
 Started again on the same item (a worker killed midway), it picks up the branch it pushed and
 the pull request it opened instead of opening a second one (:meth:`Proposals.propose` finds an
 open one for the branch first).
@@ -22,18 +29,21 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from fleet.core.errors import FleetError
-from fleet.node.runtime.provider import Completion, Provider, ProviderError
+from fleet.node.runtime.provider import Provider, ProviderError
 from fleet.node.work.workspace import Workspace, WorkspaceError
 
 BRANCH_PREFIX = "fleet/ISSUE-"
 GIT_TIMEOUT_S = 300.0
 MAX_TOOL_RESULT = 16 * 1024
+MAX_CALLS_PER_TURN = 8
+MAX_ARGUMENTS = 2 * 256 * 1024 + 4096  # a whole file's content, JSON-escaped
+MAX_CONVERSATION = 512 * 1024  # beyond it, the oldest tool results are dropped
 MAX_ANSWER_TOKENS = 2048
 MAX_ISSUE_TEXT = 8192
 GIT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -133,64 +143,78 @@ class Outcome:
 
 @dataclass
 class Git:
-    """``git`` in one workspace, as argv (no shell), with no prompt, no system or global
-    config, no hooks, and the forge's credentials (an ``Authorization`` header) in the
-    environment only (``GIT_CONFIG_*``), never in argv or a file."""
+    """``git`` for one item, as argv (no shell), on its git directory and work tree (never a
+    ``.git`` found in the tree), with no prompt, no system or global config, no hooks, no
+    fsmonitor, http(s) only, and the forge's credentials (an ``Authorization`` header) in the
+    environment of the commands that talk to the forge only (``GIT_CONFIG_*``), never in argv
+    or a file."""
 
-    cwd: Path
+    item: Path
     auth_header: str = ""
     author: str = "Sovereign Fleet agent"
     email: str = "agent@fleet.invalid"
     timeout: float = GIT_TIMEOUT_S
-    env: dict[str, str] = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.env = {"PATH": GIT_PATH, "HOME": str(self.cwd), "LANG": "C.UTF-8",
-                    "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1",
-                    "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": self.author,
-                    "GIT_AUTHOR_EMAIL": self.email, "GIT_COMMITTER_NAME": self.author,
-                    "GIT_COMMITTER_EMAIL": self.email}
-        settings = {"core.hooksPath": "/dev/null", "protocol.allow": "never",
-                    "protocol.http.allow": "always", "protocol.https.allow": "always",
-                    "push.default": "nothing"}
-        if self.auth_header:
+    @property
+    def tree(self) -> Path:
+        return self.item / "tree"
+
+    @property
+    def git_dir(self) -> Path:
+        return self.item / "git"
+
+    def env(self, network: bool) -> dict[str, str]:
+        env = {"PATH": GIT_PATH, "HOME": str(self.item), "LANG": "C.UTF-8",
+               "GIT_DIR": str(self.git_dir), "GIT_WORK_TREE": str(self.tree),
+               "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1",
+               "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_ATTR_NOSYSTEM": "1",
+               "GIT_AUTHOR_NAME": self.author, "GIT_AUTHOR_EMAIL": self.email,
+               "GIT_COMMITTER_NAME": self.author, "GIT_COMMITTER_EMAIL": self.email}
+        settings = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false",
+                    "protocol.allow": "never", "protocol.http.allow": "always",
+                    "protocol.https.allow": "always", "push.default": "nothing",
+                    "http.followRedirects": "false", "submodule.recurse": "false"}
+        if network and self.auth_header:
             settings["http.extraHeader"] = self.auth_header
-        self.env["GIT_CONFIG_COUNT"] = str(len(settings))
+        env["GIT_CONFIG_COUNT"] = str(len(settings))
         for index, (key, value) in enumerate(settings.items()):
-            self.env[f"GIT_CONFIG_KEY_{index}"] = key
-            self.env[f"GIT_CONFIG_VALUE_{index}"] = value
+            env[f"GIT_CONFIG_KEY_{index}"] = key
+            env[f"GIT_CONFIG_VALUE_{index}"] = value
+        return env
 
-    def __call__(self, *args: str, cwd: Path | None = None, check: bool = True) -> str:
-        """``git ARGS``' output; :class:`RepoLoopError` with its last error line on failure."""
+    def __call__(self, *args: str, network: bool = False) -> str:
+        """``git ARGS``' output; :class:`RepoLoopError` with its last error line on failure.
+        ``network``: the command talks to the forge (clone, fetch, ls-remote, push)."""
         try:
-            done = subprocess.run(["git", *args], cwd=cwd or self.cwd, env=self.env,
+            done = subprocess.run(["git", *args], cwd=self.item, env=self.env(network),
                                   capture_output=True, text=True, timeout=self.timeout,
                                   check=False, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise RepoLoopError(f"git {args[0]} took longer than {self.timeout:.0f} s") from None
-        if check and done.returncode != 0:
+        if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
             raise RepoLoopError(f"git {args[0]} failed: {last[:300]}")
         return done.stdout
 
 
-def prepare(task: Task, root: Path, git: Git) -> Workspace:
-    """The item's workspace at ``root`` on its branch: cloned (or, left by an earlier attempt,
-    fetched again), the branch taken from the remote when an earlier attempt pushed it, else
-    made from the default branch."""
-    if not (root / ".git").is_dir():
-        if root.exists():
-            shutil.rmtree(root)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        git("clone", "--quiet", "--no-tags", "--origin", "origin", "--", task.git_url,
-            str(root), cwd=root.parent)
-    else:
-        git("fetch", "--quiet", "--prune", "origin")
-    pushed = git("ls-remote", "--heads", "origin", f"refs/heads/{task.branch}").strip()
+def prepare(task: Task, git: Git) -> Workspace:
+    """The item's work tree on its branch: cloned (or, left by an earlier attempt, fetched
+    again), the branch taken from the remote when an earlier attempt pushed it, else made from
+    the default branch; anything else in the tree is removed."""
+    if not (git.git_dir / "HEAD").is_file():
+        if git.item.exists():
+            shutil.rmtree(git.item)
+        git.item.mkdir(parents=True, mode=0o700)
+        git.tree.mkdir(mode=0o755)
+        git("init", "--quiet")  # at GIT_DIR, for the work tree GIT_WORK_TREE
+        git("remote", "add", "origin", "--", task.git_url)
+    git("fetch", "--quiet", "--prune", "--no-tags", "origin", network=True)
+    pushed = git("ls-remote", "--heads", "origin", f"refs/heads/{task.branch}",
+                 network=True).strip()
     start = f"origin/{task.branch}" if pushed else f"origin/{task.base}"
     git("checkout", "--quiet", "--force", "-B", task.branch, start)
-    git("clean", "--quiet", "-d", "--force", "-x")
-    return Workspace(root)
+    git("clean", "--quiet", "-d", "--force", "--force", "-x")
+    return Workspace(git.tree)
 
 
 def issue_prompt(task: Task) -> str:
@@ -201,12 +225,12 @@ def issue_prompt(task: Task) -> str:
 def work_on(task: Task, root: Path, *, provider: Provider, proposals: Proposals,
             run_tests: RunTests, events: Events, bounds: Bounds, soul: str = "",
             git: Git | None = None, clock: Callable[[], float] = time.monotonic) -> Outcome:
-    """Run the loop for ``task`` in the workspace ``root``; never raises for what the model,
-    the tests, git or the forge do: the outcome says how it ended."""
+    """Run the loop for ``task`` in the item's folder ``root``; never raises for what the
+    model, the tests, git or the forge do: the outcome says how it ended."""
     git = git or Git(root)
     deadline = clock() + bounds.max_minutes * 60
     try:
-        workspace = prepare(task, root, git)
+        workspace = prepare(task, git)
     except (RepoLoopError, OSError) as exc:
         return failed(events, f"could not prepare the workspace: {exc}", 0)
     messages: list[dict[str, Any]] = [
@@ -227,17 +251,28 @@ def work_on(task: Task, root: Path, *, provider: Provider, proposals: Proposals,
         except ProviderError as exc:
             return failed(events, f"the model failed: {str(exc)[:300]}", steps)
         steps += 1
+        calls = well_formed(done.tool_calls)
         events("turn", {"step": steps, "tokens": done.tokens,
-                        "tool_calls": [call_name(call) for call in done.tool_calls]})
+                        "tool_calls": [call_name(call) for call in calls[:MAX_CALLS_PER_TURN]]})
         if not done.tool_calls:
             summary = done.text.strip()
             break
-        messages.append(assistant_message(done))
-        for call in done.tool_calls:
-            result = use_tool(call, workspace, run_tests, events)
-            messages.append({"role": "tool", "tool_call_id": str(call.get("id") or ""),
+        messages.append({"role": "assistant", "content": done.text[:MAX_TOOL_RESULT],
+                         "tool_calls": calls})
+        for index, call in enumerate(calls):
+            if index >= MAX_CALLS_PER_TURN:
+                result = {"error": f"at most {MAX_CALLS_PER_TURN} tool calls a turn"}
+            elif clock() >= deadline:
+                result = {"error": "out of time: the call was not run"}
+            else:
+                result = use_tool(call, workspace, run_tests, events)
+            messages.append({"role": "tool", "tool_call_id": call["id"],
                              "content": json.dumps(result)[:MAX_TOOL_RESULT]})
-    tests = run_tests(root)
+        trim(messages)
+    if clock() >= deadline:
+        return failed(events, f"out of time after {steps} model turns "
+                              f"(max_minutes {bounds.max_minutes:g})", steps)
+    tests = run_tests(workspace.root)
     events("test", {"passed": tests.passed, "reason": tests.reason, "final": True})
     if not tests.passed:
         bound = f" after {steps} model turns (max_steps {bounds.max_steps})" \
@@ -266,7 +301,8 @@ def propose(task: Task, git: Git, proposals: Proposals, events: Events, summary:
     if ahead in ("", "0"):
         return failed(events, "the tests pass but nothing was changed: no pull request",
                       steps)
-    git("push", "--quiet", "--porcelain", "origin", f"HEAD:refs/heads/{task.branch}")
+    git("push", "--quiet", "--porcelain", "origin", f"HEAD:refs/heads/{task.branch}",
+        network=True)
     events("pushed", {"branch": task.branch, "files": staged[:50]})
     body = (f"For #{task.issue_number}: {task.issue_url}\n\n{summary[:4000]}\n\n"
             f"Made by a Sovereign Fleet agent in {steps} model turns; the tests pass. "
@@ -282,28 +318,57 @@ def failed(events: Events, reason: str, steps: int) -> Outcome:
     return Outcome("failed", reason, None, steps)
 
 
-def call_name(call: Mapping[str, Any]) -> str:
-    function = call.get("function")
+def well_formed(calls: Any) -> list[dict[str, Any]]:
+    """The model's tool calls rebuilt from their parts (OpenAI format), each with a string id
+    and name and string arguments; anything else the model sent (not a list, not objects) is
+    left out, so nothing it shaped goes back to the provider as is."""
+    kept: list[dict[str, Any]] = []
+    for index, call in enumerate(calls if isinstance(calls, list) else []):
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function")
+        arguments = function.get("arguments") if isinstance(function, dict) else None
+        ident = call.get("id")
+        kept.append({"id": ident if isinstance(ident, str) and len(ident) <= 100
+                     else f"call-{index}", "type": "function",
+                     "function": {"name": call_name(call),
+                                  "arguments": arguments if isinstance(arguments, str)
+                                  and len(arguments) <= MAX_ARGUMENTS else "{}"}})
+    return kept
+
+
+def trim(messages: list[dict[str, Any]]) -> None:
+    """Drop the oldest tool results while the conversation is over :data:`MAX_CONVERSATION`
+    characters (the newest stay whole)."""
+    total = sum(len(str(message.get("content") or "")) for message in messages)
+    for message in messages:
+        if total <= MAX_CONVERSATION:
+            return
+        if message.get("role") == "tool" and message["content"] != DROPPED:
+            total -= len(message["content"]) - len(DROPPED)
+            message["content"] = DROPPED
+
+
+DROPPED = '{"dropped": "an older tool result, dropped to keep the conversation bounded"}'
+
+
+def call_name(call: Any) -> str:
+    function = call.get("function") if isinstance(call, dict) else None
     name = function.get("name") if isinstance(function, dict) else None
     return name if isinstance(name, str) and re.fullmatch(r"[a-z_]{1,40}", name) else "?"
 
 
-def assistant_message(done: Completion) -> dict[str, Any]:
-    """The model's turn as the conversation carries it on (its tool calls included)."""
-    return done.message or {"role": "assistant", "content": done.text,
-                            "tool_calls": done.tool_calls}
-
-
-def use_tool(call: Mapping[str, Any], workspace: Workspace, run_tests: RunTests,
+def use_tool(call: Any, workspace: Workspace, run_tests: RunTests,
              events: Events) -> dict[str, Any]:
     """Run one tool call; what goes back to the model (a result or the reason it was
     refused)."""
     name = call_name(call)
-    function = call.get("function")
+    function = call.get("function") if isinstance(call, dict) else None
+    raw = function.get("arguments") if isinstance(function, dict) else None
     try:
-        args = json.loads(function.get("arguments") or "{}") if isinstance(function, dict) \
+        args = json.loads(raw or "{}") if isinstance(raw, str) and len(raw) <= MAX_ARGUMENTS \
             else None
-    except (TypeError, ValueError):
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         args = None
     if not isinstance(args, dict):
         events("tool", {"tool": name, "ok": False})
@@ -350,7 +415,8 @@ def basic_auth_header(forge: str, token: str) -> str:
 
 
 def workspace_root(state_dir: Path, item_id: str) -> Path:
-    """Where an item's workspace lives under the agent's state dir."""
+    """Where an item's folder (its work tree and git directory) lives under the agent's state
+    dir."""
     if not re.fullmatch(r"w-[0-9a-f]{12}", item_id):
         raise RepoLoopError(f"{item_id[:40]!r} is not a work item id")
     return state_dir / "work" / item_id

@@ -27,6 +27,7 @@ PATH_RE = re.compile(r"[A-Za-z0-9._+@=,-]+(?:/[A-Za-z0-9._+@=,-]+)*")
 MAX_PATH = 512
 MAX_FILE_BYTES = 256 * 1024
 MAX_LISTED = 2000
+MAX_DEPTH = 64
 HIDDEN_PARTS = frozenset({".git"})
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -111,6 +112,8 @@ class Workspace:
                 info = os.fstat(handle.fileno())
                 if not stat.S_ISREG(info.st_mode):
                     raise WorkspaceError(f"{path!r} is not a regular file")
+                if info.st_nlink > 1:
+                    raise WorkspaceError(f"{path!r} has other hard links; it is not read")
                 if info.st_size > MAX_FILE_BYTES:
                     raise WorkspaceError(f"{path!r} is {info.st_size} bytes; the tools read at "
                                          f"most {MAX_FILE_BYTES}")
@@ -137,40 +140,54 @@ class Workspace:
         *folders, name = checked_path(path)
         with self._directory(folders, create=True) as parent:
             try:
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                             | os.O_CLOEXEC | os.O_NONBLOCK, 0o644, dir_fd=parent)
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                             | os.O_NONBLOCK, 0o644, dir_fd=parent)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
                     raise WorkspaceError(f"{path!r} is a symlink, a folder or a device; it is "
                                          "not written") from None
                 raise
             with os.fdopen(fd, "wb") as handle:
-                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode):
                     raise WorkspaceError(f"{path!r} is not a regular file")
+                if info.st_nlink > 1:  # a file outside the workspace, linked in
+                    raise WorkspaceError(f"{path!r} has other hard links; it is not written")
+                handle.truncate(0)
                 handle.write(data)
         return len(data)
 
     def list_files(self, under: str = "") -> list[str]:
-        """The regular files below ``under`` (the whole workspace when empty), sorted, without
-        ``.git``; symlinks are listed but never followed. At most :data:`MAX_LISTED`."""
+        """The files below ``under`` (the whole workspace when empty), sorted, without
+        ``.git``; symlinks are listed but never followed. At most :data:`MAX_LISTED` entries
+        and :data:`MAX_DEPTH` folders deep (walked without recursion)."""
         parts = checked_path(under) if under else []
         found: list[str] = []
         with self._directory(parts) as top:
-            self._walk(top, "/".join(parts), found)
+            pending: list[tuple[int, str, int]] = [(os.dup(top), "/".join(parts), 0)]
+            try:
+                while pending:
+                    fd, prefix, depth = pending.pop()
+                    try:
+                        entries = sorted(os.scandir(fd), key=lambda item: item.name)
+                        for entry in entries:
+                            if entry.name in HIDDEN_PARTS:
+                                continue
+                            if len(found) + len(pending) >= MAX_LISTED:
+                                raise WorkspaceError(f"more than {MAX_LISTED} files; list a "
+                                                     "folder instead")
+                            name = f"{prefix}/{entry.name}" if prefix else entry.name
+                            if entry.is_dir(follow_symlinks=False):
+                                if depth + 1 > MAX_DEPTH:
+                                    raise WorkspaceError(f"folders nest deeper than {MAX_DEPTH}; "
+                                                         "list a deeper folder instead")
+                                pending.append((os.open(entry.name, DIR_FLAGS, dir_fd=fd), name,
+                                                depth + 1))
+                            else:
+                                found.append(name)
+                    finally:
+                        os.close(fd)
+            finally:
+                for fd, _, _ in pending:
+                    os.close(fd)
         return sorted(found)
-
-    def _walk(self, fd: int, prefix: str, found: list[str]) -> None:
-        for entry in sorted(os.scandir(fd), key=lambda item: item.name):
-            if len(found) >= MAX_LISTED:
-                raise WorkspaceError(f"more than {MAX_LISTED} files; list a folder instead")
-            name = f"{prefix}/{entry.name}" if prefix else entry.name
-            if entry.name in HIDDEN_PARTS:
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
-                try:
-                    self._walk(child, name, found)
-                finally:
-                    os.close(child)
-            else:
-                found.append(name)
