@@ -20,7 +20,9 @@ from fleet.node.work.forges.base import (
     ForgeError,
     ForgeNotFound,
     ForgeRateLimited,
+    ForgeUnreachable,
 )
+from tests.hostile_http import finishes, hostile
 from tests.work.forge_standin import PREFIX, SCHEMAS, TOKEN, ForgeState, create_app, serve
 
 KINDS = ("gitea", "github", "gitlab")
@@ -259,3 +261,20 @@ def test_schemas_refuse_an_answer_without_the_url(kind: str, field: str) -> None
     del data[field]
     with pytest.raises(jsonschema.ValidationError, match=field):
         jsonschema.validate(data, definition)
+
+
+@pytest.mark.parametrize(("mode", "error", "message"), [
+    ("drip-body", ForgeUnreachable, "timed out"),
+    ("huge-body", ForgeAnswerError, "answer over"),
+    ("deep-json", ForgeAnswerError, "not JSON"),
+])
+def test_hostile_answers_end_within_bounds(mode: str, error: type[ForgeError],
+                                           message: str) -> None:
+    """A forge that drips its answer, sends 300 MiB or JSON nested 100,000 deep costs one
+    bounded call and a typed error."""
+    with hostile(mode) as server:
+        forge = open_forge(source("gitea", f"http://127.0.0.1:{server.port}/api/v1"), TOKEN,
+                           timeout=(2.0, 2.0), deadline=1.0)
+        done, took, result = finishes(forge.default_branch, within_s=10)
+    assert done and took < 5
+    assert isinstance(result, error) and message in str(result)

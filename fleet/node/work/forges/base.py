@@ -1,7 +1,8 @@
 """What every forge client shares: the :class:`Forge` protocol, the records it returns, typed
 errors, and :class:`ForgeHttp`, the one place a forge's REST API is called.
 
-:class:`ForgeHttp` holds a ``requests.Session`` and, on every call: a (connect, read) timeout;
+:class:`ForgeHttp` holds a ``requests.Session`` and, on every call: a (connect, read) timeout
+and a deadline for the whole body;
 no redirects (a token header must never follow one to another host); a body read up to
 :data:`MAX_ANSWER_BYTES` (one byte more is refused, never kept whole) and parsed by
 :func:`bus.strictjson.loads`; rate limits honoured (``Retry-After``, GitHub's
@@ -33,6 +34,9 @@ MAX_ANSWER_BYTES = 4 * 1024 * 1024
 """The largest answer body read (a page of 100 issues is well below it)."""
 TIMEOUT = (5.0, 30.0)
 """Connect and read timeouts of every call, in seconds."""
+DEADLINE_S = 60.0
+"""The longest one answer's body may take to arrive whole."""
+CHUNK = 64 * 1024
 MAX_WAIT_S = 60.0
 """The longest a call waits for a rate limit to reset before raising :class:`ForgeRateLimited`."""
 MAX_ATTEMPTS = 3
@@ -158,7 +162,8 @@ class ForgeHttp:
 
     def __init__(self, kind: str, api_url: str, token: str, auth: Mapping[str, str], *,
                  session: requests.Session | None = None,
-                 timeout: tuple[float, float] = TIMEOUT, max_wait: float = MAX_WAIT_S,
+                 timeout: tuple[float, float] = TIMEOUT, deadline: float = DEADLINE_S,
+                 max_wait: float = MAX_WAIT_S,
                  max_pages: int = MAX_PAGES, max_bytes: int = MAX_ANSWER_BYTES,
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -167,6 +172,7 @@ class ForgeHttp:
         self.auth = dict(auth)
         self.session = session or requests.Session()
         self.timeout = timeout
+        self.deadline = deadline
         self.max_wait = max_wait
         self.max_pages = max_pages
         self.max_bytes = max_bytes
@@ -202,6 +208,7 @@ class ForgeHttp:
              body: Mapping[str, Any] | None) -> Answer:
         """One request and its whole answer, read within the bounds."""
         shown = self.mask(url)
+        started = time.monotonic()  # real time: a deadline the injected clock cannot stretch
         try:
             with self.session.request(method, url, params=params, json=body,
                                       headers=self.auth, timeout=self.timeout,
@@ -210,7 +217,7 @@ class ForgeHttp:
                 if length.isdigit() and int(length) > self.max_bytes:
                     raise ForgeAnswerError(f"{self.kind}: {method} {shown}: answer over "
                                            f"{self.max_bytes} bytes")
-                raw = response.raw.read(self.max_bytes + 1, decode_content=True)
+                raw = self.body(response, started + self.deadline, f"{method} {shown}")
                 status, headers = response.status_code, response.headers
                 final, links = response.url, response.links
         except requests.RequestException as exc:
@@ -229,6 +236,24 @@ class ForgeHttp:
                     raise ForgeAnswerError(f"{self.kind}: {method} {shown}: the answer is not "
                                            "JSON") from None
         return Answer(status, headers, data, final, links)
+
+    def body(self, response: requests.Response, deadline: float, what: str) -> bytes:
+        """The answer's body, read as it arrives up to one byte over ``max_bytes`` and only
+        until ``deadline`` (``time.monotonic``): an answer dripping a byte at a time within
+        the read timeout ends there."""
+        chunks: list[bytes] = []
+        size = 0
+        while size <= self.max_bytes:
+            if time.monotonic() > deadline:
+                raise ForgeUnreachable(f"{self.kind}: {what}: timed out (the answer was not "
+                                       f"whole within {self.deadline:.0f} s)")
+            chunk = response.raw.read1(min(CHUNK, self.max_bytes + 1 - size),
+                                       decode_content=True)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
 
     def wait_for_limit(self, url: str) -> None:
         """Wait out a limit an earlier answer spent, or raise when it is too far off."""
