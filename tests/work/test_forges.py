@@ -18,6 +18,7 @@ from fleet.node.work.forges.base import (
     ForgeAnswerError,
     ForgeAuthError,
     ForgeError,
+    ForgeHttp,
     ForgeNotFound,
     ForgeRateLimited,
     ForgeUnreachable,
@@ -278,3 +279,20 @@ def test_hostile_answers_end_within_bounds(mode: str, error: type[ForgeError],
         done, took, result = finishes(forge.default_branch, within_s=10)
     assert done and took < 5
     assert isinstance(result, error) and message in str(result)
+
+
+@pytest.mark.parametrize(("link", "same"), [
+    ("http://192.0.2.5:3000/api/v1/repos/a/b/issues?page=2", True),
+    ("http://192.0.2.5:3000/api/v1", True),
+    ("https://192.0.2.5:3000/api/v1/repos?page=2", False),
+    ("http://192.0.2.5:3001/api/v1/repos?page=2", False),
+    ("http://192.0.2.6:3000/api/v1/repos?page=2", False),
+    ("http://192.0.2.5:3000@192.0.2.6/api/v1/repos", False),
+    ("http://user@192.0.2.5:3000/api/v1/repos", False),
+    ("http://192.0.2.5:3000/api/v1evil/repos", False),
+    ("http://192.0.2.5:3000/other/api/v1/repos", False),
+    ("http://192.0.2.5:99999/api/v1/repos", False),
+])
+def test_same_origin_is_scheme_host_port_and_api_path(link: str, same: bool) -> None:
+    http = ForgeHttp("gitea", "http://192.0.2.5:3000/api/v1", TOKEN, {})
+    assert http.same_origin(link) is same
