@@ -41,6 +41,7 @@ from fleet.core.validate import (
     authorized_key_problem,
     unsafe_character,
 )
+from fleet.core.work_config import WorkConfig, capability_problems, check_work
 
 REGISTRY_ENV = "FLEET_REGISTRY"
 ROLES = ("orchestrator", "worker")
@@ -90,7 +91,7 @@ REGION_RE = re.compile(r"[a-z][a-z0-9-]{0,30}")
 BECOME_METHODS = ("sudo",)
 """``fleet.become``: how a non-root ``ssh_user`` becomes root on the nodes (absent: it logs in
 as root, or the deploy runs as ``ssh_user``)."""
-TOP_FIELDS = ("wizards", "fleet")
+TOP_FIELDS = ("wizards", "fleet", "work")
 PROVIDER_FIELDS = ("name", "base_url", "api_key")
 """``provider:`` as a mapping: the OpenAI-compatible chat API the agent's runtime calls
 (``base_url`` like ``https://openrouter.ai/api/v1``; ``api_key`` names the secret holding the
@@ -255,6 +256,8 @@ class Registry:
     become: str | None = None
     regions: tuple[Region, ...] = ()
     secrets: SealedSecrets | None = None
+    work: WorkConfig | None = None
+    """The ``work:`` section (:mod:`fleet.core.work_config`); None when absent."""
 
     def __iter__(self) -> Iterator[Agent]:
         return iter(self.agents.values())
@@ -331,10 +334,13 @@ class Registry:
                  "repo_url": self.repo_url, "become": self.become,
                  "regions": regions_data(self.regions),
                  "secrets": self.secrets.to_dict() if self.secrets else None}
-        return {
+        data: dict[str, Any] = {
             "fleet": {key: value for key, value in fleet.items() if value},
             "wizards": {agent.name: agent.to_dict() for agent in self},
         }
+        if self.work is not None:
+            data["work"] = self.work.to_dict()
+        return data
 
 
 def regions_data(regions: tuple[Region, ...]) -> list[str] | dict[str, dict[str, int]]:
@@ -422,9 +428,10 @@ class _Validator:
         if "become" not in self.fleet_keys:  # a wrong `become` is reported already
             self.check_become(agents)
         self.check_schedule_capabilities(agents)
+        work = self.work(top.get("work"), agents)
         if self.problems:
             raise self.fail()
-        return Registry(path=self.path, agents=agents, **settings)
+        return Registry(path=self.path, agents=agents, work=work, **settings)
 
     def compose(self, text: str) -> yaml.Node | None:
         self.loader = yaml.SafeLoader(text)
@@ -719,6 +726,20 @@ class _Validator:
                         f".capability: no other agent declares {item.capability!r}; add it to "
                         "an agent's `capabilities:` or drop `capability:` (then the agent "
                         "answers the prompt itself)")
+
+    def work(self, entry: tuple[yaml.Node, yaml.Node] | None,
+             agents: dict[str, Agent]) -> WorkConfig | None:
+        """The ``work:`` section (:func:`~fleet.core.work_config.check_work`), each of its
+        ``capability_labels`` declared by some agent."""
+        if entry is None:
+            return None
+        config = check_work(entry[1], self.value, self.problem, self.mapping)
+        if config is None:
+            return None
+        declared = [capability for agent in agents.values() for capability in agent.capabilities]
+        for line, message in capability_problems(config, declared):
+            self.problems.append(f"{self.path}:{line}: {message}")
+        return config
 
     def check_endpoints_unique(self, agents: dict[str, Agent]) -> None:
         seen: dict[tuple[str, int], Agent] = {}

@@ -62,7 +62,7 @@ def test_defaults_are_filled_in() -> None:
         ("wizards: {}\n", "registry.yaml:1: wizards: no agents defined; add at least one agent"),
         ("- a\n- b\n", "registry.yaml:1: the registry must be a mapping with a `wizards:` key"),
         ("wizard: {}\n", "registry.yaml:1: wizard: unknown field; did you mean 'wizards'? "
-         "allowed: wizards, fleet"),
+         "allowed: wizards, fleet, work"),
     ],
 )
 def test_file_level_errors(text: str, expected: str) -> None:
