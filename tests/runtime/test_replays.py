@@ -1,8 +1,9 @@
 """The replay property of every signed state-changing route of a gateway (tool API, memory
-API, work API, bus): the very same signed request sent again, whatever was stored in between, changes
-nothing. It is refused (409, :mod:`bus.replay`) or answered as a duplicate of a request whose
-id the gateway keeps (a message id). Every such route in ``/openapi.json`` must have a case
-here, so a new one cannot go without."""
+API, work API, bus): the very same signed request sent again, whatever was stored in between,
+changes nothing. It is refused (409, :mod:`bus.replay`) or answered as a duplicate of a
+request whose id the gateway keeps (a message id). Every such route in ``/openapi.json`` (of
+a worker's gateway and of the orchestrator's) must have a case here, so a new one cannot go
+without."""
 
 from __future__ import annotations
 

@@ -4,9 +4,13 @@ bus keys of :data:`tests.bus.conftest.KEYS`, items stored through the real store
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from flask import Flask
+from werkzeug.serving import make_server
 
 from fleet.node.gateway import create_app
 from fleet.node.work import items
@@ -49,3 +53,17 @@ def proposed(state: Path, number: int) -> str:
     items.propose(state, item_id, f"{FORGE}/acme/shop/pulls/{number + 100}",
                   now=1_800_000_120.0)
     return item_id
+
+
+@contextmanager
+def serving(app: Flask, port: int) -> Iterator[str]:
+    """``app`` served on 127.0.0.1:``port`` by a thread while inside; its base URL."""
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()

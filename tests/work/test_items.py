@@ -135,6 +135,13 @@ def test_retry_requeues_a_failed_item_and_cancel_closes_it_once(tmp_path: Path) 
         items.cancel(tmp_path, item["id"])
 
 
+def test_a_failure_reason_is_kept_escaped_and_bounded(tmp_path: Path) -> None:
+    item = items.start(tmp_path, new(tmp_path)["id"], "bezalel")
+    stored = items.fail(tmp_path, item["id"], "model said \x1b[2J" + "x" * 1000)
+    assert stored["reason"] is not None and len(stored["reason"]) == items.MAX_REASON
+    assert stored["reason"].startswith("model said \\x1b[2J")
+
+
 def test_a_dead_worker_s_item_resumes(tmp_path: Path) -> None:
     item = items.start(tmp_path, new(tmp_path)["id"], "bezalel")
     resumed = items.resume(tmp_path, item["id"], "bezalel stopped answering")

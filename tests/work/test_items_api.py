@@ -94,7 +94,7 @@ def test_the_work_api_is_the_operators_only(app: Flask, method: str, path: str) 
                                       "failed, closed"}),
     ("/work", "limit=0", {"limit": "'0' is not a whole number from 1 to 200"}),
     ("/work", "limit=201", {"limit": "'201' is not a whole number from 1 to 200"}),
-    ("/work", "limit=%EF%BC%93", {"limit": "'３' is not a whole number from 1 to 200"}),
+    ("/work", "limit=%EF%BC%93", {"limit": "'\uff13' is not a whole number from 1 to 200"}),
     ("/work", "after=w-XYZ", {"after": "'w-XYZ' is not 'w-' and 12 lowercase hex digits (as "
                                        "`fleet work list` shows them)"}),
     ("/work", "state=failed&state=queued", {"state": "given more than once"}),

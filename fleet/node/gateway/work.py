@@ -8,8 +8,9 @@ gateway's replay guard (:mod:`bus.replay`), so it cannot retry a failure that ca
 Mounted on the orchestrator only (elsewhere ``/work`` is 404). Signed requests of the
 operator only (unsigned 401, any other key 403). The query is checked whole: unknown or
 repeated names, a state not in :data:`~fleet.node.work.items.STATES`, a limit out of bounds,
-an id that is not one: 400 naming the rule; an ``after`` or an id of no item: 404. The POSTs take no body (the bus's body limit
-refuses a large one, 413, before it is read). Every refusal is a JSON problem, never a 500.
+an id that is not one: 400 naming the rule; an ``after`` or an id of no item: 404. The POSTs
+take no body (the bus's body limit refuses a large one, 413, before it is read). Every
+refusal is a JSON problem, never a 500.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from bus import replay
 from bus.errors import BusError
 from bus.sqlite import immediate, open_db
 from bus.timestamps import utc_timestamp
+from fleet.core.registry import printable
 from fleet.core.validate import unsafe_character
 
 STORE = "work.sqlite3"
@@ -364,8 +365,8 @@ def transition(state_dir: str | Path, item_id: str, to: str, *, version: int | N
     unknown = set(fields) - {"assignee", "pr_url", "reason", "attempts"}
     if unknown:
         raise WorkValueError(f"{', '.join(sorted(unknown))}: not a field a change sets")
-    if fields.get("reason") is not None:
-        fields["reason"] = checked_text("reason", fields["reason"][:MAX_REASON], MAX_REASON)
+    if fields.get("reason") is not None:  # a model's or a forge's words: kept, escaped
+        fields["reason"] = printable(str(fields["reason"]))[:MAX_REASON] or "-"
     if fields.get("pr_url") is not None:
         _checked("pull request url", fields["pr_url"], URL_RE, "an http(s) URL")
     if fields.get("assignee") is not None:
