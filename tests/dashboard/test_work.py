@@ -13,12 +13,10 @@ from flask.testing import FlaskClient
 from fleet.dashboard.app import create_app
 from fleet.dashboard.data import link
 from tests.bus.conftest import write_operator_secrets
+from tests.dashboard.browser import axe_violations, chromium, watched_page
 from tests.dashboard.conftest import closed_port
 from tests.ports import free_port
 from tests.work.items_gateway import failed, gateway_app, issue, proposed, serving
-
-AXE = Path(__file__).parent / "vendor" / "axe.min.js"
-CHROMIUM = "/usr/bin/chromium"
 
 
 def work_registry(folder: Path, port: int) -> Path:
@@ -112,15 +110,9 @@ def test_the_work_section_in_chromium_is_axe_clean(
                       "RECORDS_DIR": str(tmp_path / "records"), "REFRESH_S": 2.0})
     port = free_port()
     with serving(app, port) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = chromium(playwright)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error"
-                    else None)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page, errors = watched_page(browser)
             page.goto(f"{url}/dashboard/")
             rows = page.locator("tr[data-work]")
             assert rows.count() == 3
@@ -132,12 +124,7 @@ def test_the_work_section_in_chromium_is_axe_clean(
                 "1", "queued", "0", "working", "1", "proposed", "1", "failed", "0", "closed"]
             pull = page.locator(f'tr[data-work="{work_fleet["proposed"]}"] a').nth(1)
             assert pull.get_attribute("href") == "http://192.0.2.5:3000/acme/shop/pulls/103"
-            page.add_script_tag(path=str(AXE))
-            violations = page.evaluate(
-                "async () => (await axe.run(document, {runOnly: {type: 'tag', values: "
-                "['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']}}))"
-                ".violations.map(v => v.id + ': ' + v.help)")
-            assert violations == []
+            assert axe_violations(page) == []
             page.set_viewport_size({"width": 390, "height": 900})
             phone = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
             assert phone[0] <= phone[1], phone  # nothing to scroll sideways on a phone

@@ -9,15 +9,14 @@ import atexit
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
 from bus.keys import OPERATOR
-from tests.bus.conftest import signed_headers, write_registry
-from tests.signed_fuzz import SignInTheMiddleware, signing
+from tests.bus.conftest import write_registry
+from tests.signed_fuzz import SignInTheMiddleware, signed_as, signing
 from tests.work.items_gateway import failed, gateway_app, issue, proposed
 
 pytestmark = pytest.mark.slow
@@ -30,15 +29,9 @@ failed(FOLDER / "state", 4)
 proposed(FOLDER / "state", 5)
 
 
-def signed_as_operator(environ: dict[str, Any], body: bytes) -> dict[str, str]:
-    path = environ["RAW_URI"].partition("?")[0]
-    return signed_headers(OPERATOR, body, path=path, method=environ["REQUEST_METHOD"],
-                          query=environ.get("QUERY_STRING", ""), content_type=None,
-                          host=environ["HTTP_HOST"])
-
 
 schema = schemathesis.openapi.from_wsgi(
-    "/openapi.json", signing(APP.wsgi_app, signed_as_operator)).include(path_regex="^/work")
+    "/openapi.json", signing(APP.wsgi_app, signed_as(OPERATOR))).include(path_regex="^/work")
 schema.auth(retry_on=[])(SignInTheMiddleware)
 
 

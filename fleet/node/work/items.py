@@ -26,7 +26,7 @@ from typing import Any, TypedDict, cast
 
 from bus import replay
 from bus.errors import BusError
-from bus.sqlite import immediate, open_db
+from bus.sqlite import immediate, store
 from bus.timestamps import utc_timestamp
 from fleet.core.registry import printable
 from fleet.core.validate import unsafe_character
@@ -198,16 +198,8 @@ def path_of(state_dir: str | Path) -> Path:
 @contextmanager
 def connect(state_dir: str | Path) -> Iterator[sqlite3.Connection]:
     """The work store (created on first use, WAL), closed again on leaving."""
-    db = open_db(path_of(state_dir))
-    try:
-        db.execute("PRAGMA journal_mode = WAL")
-        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone() is None:
-            with immediate(db):  # the intake and a gateway worker may create it at once
-                for statement in SCHEMA:
-                    db.execute(statement)
+    with store(path_of(state_dir), SCHEMA, "call_ids") as db:  # intake and gateway may create
         yield db
-    finally:
-        db.close()
 
 
 def _item(row: sqlite3.Row) -> WorkItem:
