@@ -4,6 +4,7 @@ item counts, and a kill -9 mid-write leaving the old row or the new one."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -251,7 +252,7 @@ def test_kill_9_mid_write_leaves_the_old_row_or_the_new(tmp_path: Path) -> None:
         item = items.get(tmp_path, item_id)
         assert item["state"] in ("queued", "working")
         assert (item["assignee"] is None) == (item["state"] == "queued")
-        with sqlite3.connect(tmp_path / items.STORE) as db:
+        with contextlib.closing(sqlite3.connect(tmp_path / items.STORE)) as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
             # every state change wrote its event in the same transaction
             kinds = db.execute("SELECT COUNT(*) FROM events WHERE kind IN ('routed', "
