@@ -83,6 +83,37 @@ def test_two_concurrent_creators_make_one_item(tmp_path: Path) -> None:
     assert len(items.timeline(tmp_path, page["items"][0]["id"])) == 1
 
 
+def _finish(state: str, item_id: str, version: int, number: int,
+            barrier: multiprocessing.synchronize.Barrier) -> None:  # type: ignore[name-defined]
+    barrier.wait()
+    try:
+        if number % 2:
+            items.propose(Path(state), item_id, f"http://192.0.2.5/pulls/{number}", version)
+        else:
+            items.fail(Path(state), item_id, f"writer {number}", version)
+    except WorkConflictError:
+        sys.exit(3)
+
+
+def test_of_concurrent_writers_that_read_the_same_version_exactly_one_wins(
+        tmp_path: Path) -> None:
+    item = items.start(tmp_path, new(tmp_path)["id"], "bezalel")
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(4)
+    writers = [context.Process(target=_finish, args=(str(tmp_path), item["id"],
+                                                     item["version"], number, barrier))
+               for number in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    assert sorted(writer.exitcode for writer in writers) == [0, 3, 3, 3]
+    final = items.get(tmp_path, item["id"])
+    assert final["version"] == item["version"] + 1
+    assert [e["kind"] for e in items.timeline(tmp_path, item["id"])][2:] in (
+        ["proposed"], ["failed"])
+
+
 @pytest.mark.parametrize(("source", "target"), [
     (source, target) for source in STATES for target in STATES])
 def test_only_the_legal_transitions_are_taken(tmp_path: Path, source: str, target: str) -> None:
