@@ -1,10 +1,11 @@
-"""SQLite for every store we keep (the bus, the tool call record, the webhook receiver's runs):
-the one way to open a database, and the one write transaction."""
+"""SQLite for every store we keep (the bus, the tool call record, the webhook receiver's runs,
+conversation memory, work items): the one way to open a database, the one write transaction,
+and the one way to open a store that creates its schema on first use."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,3 +36,20 @@ def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+@contextmanager
+def store(path: str | Path, schema: Iterable[str], table: str) -> Iterator[sqlite3.Connection]:
+    """The store at ``path`` in WAL mode, its ``schema`` created first when ``table`` (one of
+    its tables) is missing, all in one write transaction (two processes may create it at
+    once); closed again on leaving."""
+    db = open_db(path)
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone() is None:
+            with immediate(db):
+                for statement in schema:
+                    db.execute(statement)
+        yield db
+    finally:
+        db.close()

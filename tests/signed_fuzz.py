@@ -46,3 +46,16 @@ class SignInTheMiddleware:
         headers = CaseInsensitiveDict(case.headers or {})
         headers.update({"Signature-Input": "fleet=()", "Signature": data})
         case.headers = headers
+
+
+def signed_as(identity: str) -> HeadersFor:
+    """Headers signing the request the middleware passes as ``identity``."""
+    from tests.bus.conftest import signed_headers
+
+    def headers(environ: dict[str, Any], body: bytes) -> dict[str, str]:
+        path = environ["RAW_URI"].partition("?")[0]
+        return signed_headers(identity, body, path=path, method=environ["REQUEST_METHOD"],
+                              query=environ.get("QUERY_STRING", ""), content_type=None,
+                              host=environ["HTTP_HOST"])
+
+    return headers

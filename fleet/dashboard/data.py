@@ -1,6 +1,8 @@
-"""What the dashboard shows: every agent's live state against what it must run, and the
-latest runs. Built from ``fleet status``'s probes (SSH and ``/health`` in parallel), each
-gateway's public ``/metrics`` (bus outbox depth, dead letters), and the run records."""
+"""What the dashboard shows: every agent's live state against what it must run, the latest
+runs, and the orchestrator's work items. Built from ``fleet status``'s probes (SSH and
+``/health`` in parallel), each gateway's public ``/metrics`` (bus outbox depth, dead
+letters), the run records, and the orchestrator's work API (:mod:`fleet.control.work`,
+signed with the operator's key)."""
 
 from __future__ import annotations
 
@@ -22,8 +24,10 @@ from fleet.core.bounded_http import AnswerError, get
 from fleet.core.errors import FleetError
 from fleet.core.registry import Agent, Registry, load_registry
 from fleet.dashboard.charts import BusHistory, RunChart, Traffic, run_chart
+from fleet.node.work.items import STATES as WORK_STATES
 
 RUNS_SHOWN = 10
+WORK_SHOWN = 20
 METRICS_TIMEOUT_S = 2.0
 
 
@@ -87,6 +91,30 @@ class CheckView:
 
 
 @dataclass(frozen=True)
+class WorkRow:
+    """One work item as the Work section lists it (links only to http(s) URLs)."""
+
+    item_id: str
+    state: str
+    issue: str  # ``acme/shop#7 (gitea)``
+    issue_url: str | None
+    title: str
+    assignee: str | None
+    pr_url: str | None
+    reason: str | None
+    updated: str
+
+
+@dataclass(frozen=True)
+class WorkBoard:
+    """The orchestrator's work items: how many each state holds, and the newest ones."""
+
+    counts: dict[str, int]
+    items: tuple[WorkRow, ...] = ()
+    problem: str | None = None  # why the orchestrator's work API could not be read
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything one page (or one refresh of it) shows."""
 
@@ -99,6 +127,7 @@ class Snapshot:
     checks: tuple[CheckView, ...] | None = None  # None: no scheduled drift checks here
     run_chart: RunChart | None = None  # the latest runs' durations and outcomes
     traffic: tuple[Traffic, ...] = ()  # each agent's bus traffic over the last hour
+    work: WorkBoard | None = None  # None: no Work section here (no operator's key given)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -159,6 +188,34 @@ def view_runs(runs: list[RunRecord]) -> tuple[RunView, ...]:
     ) for run in runs)
 
 
+def link(url: object) -> str | None:
+    """``url`` when it is an http(s) URL fit for a link, else None (a node's word is never
+    a ``javascript:`` link)."""
+    return url if isinstance(url, str) and re.fullmatch(r"https?://[^\s\x00-\x1f\x7f]+",
+                                                        url) else None
+
+
+def work_board(registry: Registry, newest: int = WORK_SHOWN) -> WorkBoard:
+    """The orchestrator's work items from its work API; the reason (with the fix) when it
+    cannot be read."""
+    from fleet.control.work import list_items
+
+    try:
+        page = list_items(registry, limit=newest)
+    except FleetError as exc:
+        return WorkBoard(counts=dict.fromkeys(WORK_STATES, 0),
+                         problem=f"{exc}" + (f" ({exc.hint})" if exc.hint else ""))
+    return WorkBoard(
+        counts={state: int(page["counts"].get(state, 0)) for state in WORK_STATES},
+        items=tuple(WorkRow(
+            item_id=item["id"], state=item["state"],
+            issue=f"{item['repo']}#{item['issue']} ({item['forge']})",
+            issue_url=link(item["issue_url"]), title=item["title"],
+            assignee=item["assignee"], pr_url=link(item["pr_url"]), reason=item["reason"],
+            updated=item["updated"]) for item in page["items"]))
+
+
+WorkSource = Callable[[Registry], WorkBoard]
 RunSource = Callable[[], list[RunView]]
 CheckSource = Callable[[], list[CheckView]]
 LogSource = Callable[[str], str | None]
@@ -170,15 +227,18 @@ class Dashboard:
     so many viewers cost one probe of the fleet per interval. Runs come from the run records
     in ``records_dir`` unless ``runs`` gives them (the receiver's own runs, with logs);
     ``checks`` and ``logs`` are the receiver's drift checks and run logs; ``records`` finds
-    the run record of one of those runs (by the same run id as ``logs``)."""
+    the run record of one of those runs (by the same run id as ``logs``); ``work`` reads the
+    orchestrator's work items (e.g. :func:`work_board`; None: no Work section)."""
 
     def __init__(self, registry_path: Path, records_dir: Path, refresh_s: float = 5.0,
                  runs: RunSource | None = None, checks: CheckSource | None = None,
-                 logs: LogSource | None = None, records: RecordSource | None = None) -> None:
+                 logs: LogSource | None = None, records: RecordSource | None = None,
+                 work: WorkSource | None = None) -> None:
         self.registry_path = registry_path
         self.records_dir = records_dir
         self.refresh_s = refresh_s
         self.runs, self.checks, self.logs, self.records = runs, checks, logs, records
+        self.work = work
         self._lock = threading.Lock()
         self._cached: tuple[float, Snapshot] | None = None
         self.last_seen: dict[str, str] = {}
@@ -234,7 +294,8 @@ class Dashboard:
                         checks=tuple(self.checks()) if self.checks else None,
                         run_chart=run_chart([(view.run_id, view.status, view.started,
                                               view.finished) for view in views]),
-                        traffic=self.history.charts())
+                        traffic=self.history.charts(),
+                        work=self.work(registry) if self.work else None)
 
     def _view(self, registry: Registry, agent: Agent, status: AgentStatus,
               gauge: dict[str, int], release: str | None, taken: str) -> AgentView:

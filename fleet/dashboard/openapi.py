@@ -12,7 +12,7 @@ from flask import Blueprint, Response, jsonify
 from fleet import __version__
 from fleet.control.records import RUN_ID_RE
 from fleet.core.serving import MAX_HEADER_FIELD_SIZE, MAX_HEADER_FIELDS, MAX_REQUEST_LINE
-from fleet.dashboard.data import RUNS_SHOWN
+from fleet.dashboard.data import RUNS_SHOWN, WORK_SHOWN, WORK_STATES
 
 bp = Blueprint("dashboard_openapi", __name__)
 
@@ -117,8 +117,18 @@ STATE = _object({
     "run_chart": {"oneOf": [{"$ref": "#/components/schemas/RunChart"}, {"type": "null"}],
                   "description": "the latest runs' durations and outcomes"},
     "traffic": {"type": "array", "items": {"$ref": "#/components/schemas/Traffic"},
-                "description": "each agent's bus traffic over the last hour (SVG polylines)"}},
-    optional=("run_chart", "traffic"))
+                "description": "each agent's bus traffic over the last hour (SVG polylines)"},
+    "work": {"oneOf": [{"$ref": "#/components/schemas/WorkBoard"}, {"type": "null"}],
+             "description": "the orchestrator's work items (null: no Work section here)"}},
+    optional=("run_chart", "traffic", "work"))
+WORK_ROW = _object({"item_id": STRING, "state": {"enum": list(WORK_STATES)}, "issue": STRING,
+                    "issue_url": MAYBE_STRING, "title": STRING, "assignee": MAYBE_STRING,
+                    "pr_url": MAYBE_STRING, "reason": MAYBE_STRING, "updated": STRING})
+WORK_BOARD = _object({
+    "counts": _object({state: {"type": "integer", "minimum": 0} for state in WORK_STATES}),
+    "items": {"type": "array", "items": {"$ref": "#/components/schemas/WorkRow"},
+              "maxItems": WORK_SHOWN, "description": "the newest work items, newest first"},
+    "problem": {**MAYBE_STRING, "description": "why the work API could not be read"}})
 HOST_RECORD = {"type": "object", "properties": {
     "status": {"enum": ["ok", "failed", "rolled_back", "skipped", "planned"]},
     "release": MAYBE_STRING, "reason": STRING, "problems": STRINGS, "changed": STRINGS,
@@ -138,7 +148,8 @@ SCHEMAS: dict[str, Any] = {
     "Error": _object({"error": STRING, "hint": STRING}, optional=("hint",)),
     "State": STATE, "Agent": AGENT_VIEW, "Run": RUN_VIEW, "HostRun": HOST_RUN,
     "Check": CHECK_VIEW, "RunRecord": RUN_RECORD, "HostRecord": HOST_RECORD,
-    "RunBar": RUN_BAR, "RunChart": RUN_CHART, "Traffic": TRAFFIC}
+    "RunBar": RUN_BAR, "RunChart": RUN_CHART, "Traffic": TRAFFIC, "WorkBoard": WORK_BOARD,
+    "WorkRow": WORK_ROW}
 
 
 def schemas(prefix: str) -> dict[str, Any]:

@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.dashboard.browser import axe_violations, chromium, watched_page
 from tests.deploy.conftest import Fleet
 from tests.ports import free_port
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
-AXE = REPO / "tests" / "dashboard" / "vendor" / "axe.min.js"
-CHROMIUM = "/usr/bin/chromium"
 REFRESH_S = 3.0
 PROBE_SLACK_S = 3.0  # one probe of the fleet (SSH and /health) on a loaded 2-core machine
 WORKER = "allegro"
@@ -76,15 +75,9 @@ def test_dashboard_shows_health_then_a_stopped_agent_without_reload(
 
     wait_for(burst_sampled, 60, "the dashboard to sample the burst from /metrics", every=1)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = chromium(playwright)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error"
-                    else None)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page, errors = watched_page(browser)
             page.goto(dashboard_url)
             rows = page.locator("tr[data-agent]")
             assert rows.count() == 3
@@ -92,12 +85,7 @@ def test_dashboard_shows_health_then_a_stopped_agent_without_reload(
                 row = rows.nth(index)
                 assert row.get_attribute("data-state") == "ok", row.inner_text()
                 assert release in row.inner_text()
-            page.add_script_tag(path=str(AXE))
-            violations = page.evaluate(
-                "async () => (await axe.run(document, {runOnly: {type: 'tag', values: "
-                "['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice']}}))"
-                ".violations.map(v => v.id + ': ' + v.help)")
-            assert violations == []  # the charts too
+            assert axe_violations(page) == []  # the charts too
             bars = page.locator("svg.chart a.bar")
             assert bars.count() >= 3
             statuses = [bars.nth(i).get_attribute("data-status") for i in range(bars.count())]

@@ -1,16 +1,23 @@
 """``fleet work run-now AGENT SCHEDULE``: exact output, the command reaching the node (the
-schedule's service started as root over the deploy's SSH), one line with a hint otherwise."""
+schedule's service started as root over the deploy's SSH), one line with a hint otherwise;
+``fleet work list|show|retry|cancel``: exact output against the orchestrator's gateway."""
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from fleet.cli import main
 from fleet.control import schedules
+from fleet.core.registry import load_registry
+from fleet.node.work import items
+from tests.bus.conftest import write_operator_secrets
+from tests.bus.conftest import write_registry as bus_registry
+from tests.work.items_gateway import failed, gateway_app, issue, proposed, serving
 
 REGISTRY = """\
 fleet:
@@ -118,3 +125,134 @@ def test_a_schedule_not_deployed_yet_says_to_deploy(registry: Path,
     assert fleet(registry, "work", "run-now", "ezra", "nightly") == (
         1, "", f"Error: ezra: systemctl start {unit} failed: Job failed.\nHint: See "
                f"`journalctl -u {unit}` on the node, and `fleet status`.\n")
+
+
+# fleet work list|show|retry|cancel: the orchestrator's work items through its gateway
+
+
+@pytest.fixture
+def work_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Path]]:
+    """ezra's gateway (the orchestrator) served on loopback with its real work store, and
+    the operator's key in $FLEET_SECRETS: (registry, ezra's state dir)."""
+    registry = bus_registry(tmp_path)
+    monkeypatch.setenv("FLEET_SECRETS", str(write_operator_secrets(tmp_path)))
+    state = tmp_path / "state"
+    app = gateway_app(registry, state)
+    with serving(app, load_registry(registry).get("ezra").gateway_port):
+        yield registry, state
+
+
+def work(registry: Path, *args: str, stdin: str | None = None) -> Result:
+    return CliRunner().invoke(main, ["--registry", str(registry), "work", *args], input=stdin)
+
+
+def test_work_list_of_no_items(work_fleet: tuple[Path, Path]) -> None:
+    registry, _ = work_fleet
+    assert work(registry, "list").output == "No work items.\n"
+    assert work(registry, "list", "--state", "failed").output == "No failed work items.\n"
+
+
+def test_work_list_shows_state_issue_assignee_pr_and_reason(
+        work_fleet: tuple[Path, Path]) -> None:
+    registry, state = work_fleet
+    queued, broken, open_pr = issue(state, 1), failed(state, 2), proposed(state, 3)
+    listed = work(registry, "list")
+    assert listed.exit_code == 0, listed.output
+    assert listed.output == (
+        f"{open_pr}  proposed  acme/shop#3 (gitea)  bezalel  Fix the parser\n"
+        "    pull request http://192.0.2.5:3000/acme/shop/pulls/103\n"
+        f"{broken}  failed    acme/shop#2 (gitea)  bezalel  Fix the parser\n"
+        "    reason: tests still fail after 20 steps\n"
+        f"{queued}  queued    acme/shop#1 (gitea)  -  Fix the parser\n"
+        "3 work item(s): 1 queued, 0 working, 1 proposed, 1 failed, 0 closed\n")
+    paged = work(registry, "list", "--limit", "1", "--state", "failed")
+    assert paged.output == (
+        f"{broken}  failed    acme/shop#2 (gitea)  bezalel  Fix the parser\n"
+        "    reason: tests still fail after 20 steps\n"
+        "3 work item(s): 1 queued, 0 working, 1 proposed, 1 failed, 0 closed\n")
+    first = work(registry, "list", "--limit", "2")
+    assert first.output.splitlines()[-1] == f"More: fleet work list --after {broken}"
+
+
+def test_work_show_prints_the_timeline(work_fleet: tuple[Path, Path]) -> None:
+    registry, state = work_fleet
+    item_id = proposed(state, 3)
+    shown = work(registry, "show", item_id)
+    assert shown.exit_code == 0, shown.output
+    assert shown.output == f"""\
+{item_id}  proposed  attempt(s) 1
+issue     acme/shop#3 (gitea) http://192.0.2.5:3000/acme/shop/issues/3
+title     Fix the parser
+assignee  bezalel (capability code)
+branch    fleet/ISSUE-3
+pull      http://192.0.2.5:3000/acme/shop/pulls/103
+reason    -
+created   2027-01-15T08:00:03.000Z, updated 2027-01-15T08:02:00.000Z
+timeline
+  2027-01-15T08:00:03.000Z  intake    {{"forge": "gitea", "issue": 3, "repo": "acme/shop", \
+"url": "http://192.0.2.5:3000/acme/shop/issues/3"}}
+  2027-01-15T08:01:40.000Z  routed    {{"assignee": "bezalel", "attempt": 1}}
+  2027-01-15T08:01:50.000Z  turn      {{"step": 1, "tool_calls": 1}}
+  2027-01-15T08:01:50.000Z  tool      {{"path": "shop/parser.py", "tool": "write_file"}}
+  2027-01-15T08:01:50.000Z  test      {{"exit": 0, "failed": 0, "passed": 12}}
+  2027-01-15T08:01:50.000Z  pushed    {{"branch": "fleet/ISSUE-3", "commits": 1}}
+  2027-01-15T08:02:00.000Z  proposed  {{"pr_url": "http://192.0.2.5:3000/acme/shop/pulls/103"}}
+"""
+
+
+def test_a_node_s_words_reach_the_terminal_escaped(work_fleet: tuple[Path, Path]) -> None:
+    registry, state = work_fleet
+    item_id = failed(state, 4)
+    with items.connect(state) as db:  # what a node could say: the store never keeps it so
+        db.execute("UPDATE items SET reason = 'bad \x1b[2J evil', assignee = 'a\nb'")
+    listed = work(registry, "list")
+    assert f"{item_id}  failed    acme/shop#4 (gitea)  a\\nb  Fix the parser\n" \
+           "    reason: bad \\x1b[2J evil\n" in listed.output
+    assert "\x1b" not in work(registry, "show", item_id).output
+
+
+def test_work_retry_and_cancel_and_their_refusals(work_fleet: tuple[Path, Path]) -> None:
+    registry, state = work_fleet
+    broken, open_pr = failed(state, 2), proposed(state, 3)
+    retried = work(registry, "retry", broken)
+    assert (retried.exit_code, retried.output) == (0, (
+        f"{broken}: queued again (attempt 2 next); the orchestrator routes it to a worker.\n"))
+    again = work(registry, "retry", broken)
+    assert (again.exit_code, again.output) == (1, (
+        f"Error: POST /work/{broken}/retry: HTTP 409: {broken} is queued: only a failed item "
+        "is retried; it is queued already\nHint: See `fleet work show ID`.\n"))
+    refused = work(registry, "cancel", open_pr, "--yes")
+    assert (refused.exit_code, refused.output) == (1, (
+        f"Error: POST /work/{open_pr}/cancel: HTTP 409: {open_pr} is proposed: it cannot be "
+        "cancelled; its pull request is open (http://192.0.2.5:3000/acme/shop/pulls/103): "
+        "close it on the forge\nHint: See `fleet work show ID`.\n"))
+    cancelled = work(registry, "cancel", broken, stdin="y\n")
+    assert cancelled.output == ("Cancel this work item for good? [y/N]: y\n"
+                                f"{broken}: closed (cancelled by the operator).\n")
+    missing = work(registry, "show", "w-000000000000")
+    assert (missing.exit_code, missing.output) == (1, (
+        "Error: GET /work/w-000000000000: HTTP 404: no work item w-000000000000\n"
+        "Hint: See `fleet work list`.\n"))
+
+
+@pytest.mark.parametrize("command", ["show", "retry", "cancel"])
+def test_work_ids_are_checked_before_anything_is_sent(tmp_path: Path, command: str) -> None:
+    path = tmp_path / "registry.yaml"
+    path.write_text(REGISTRY)  # unreachable hosts: nothing may be sent
+    found = work(path, command, "w-XYZ\x1b[2J", *(["--yes"] if command == "cancel" else []))
+    assert found.exit_code == 2
+    assert found.output.splitlines()[-1] == (
+        "Error: Invalid value for 'ID': 'w-XYZ\\x1b[2J' is not a work item id: 'w-' and 12 "
+        "lowercase hex digits (as `fleet work list` shows them)")
+
+
+def test_work_commands_need_the_operator_key(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "secrets.yaml"
+    empty.touch(mode=0o600)
+    empty.write_text("identities: {}\n")
+    monkeypatch.setenv("FLEET_SECRETS", str(empty))
+    found = work(bus_registry(tmp_path), "list")
+    assert (found.exit_code, found.output) == (1, (
+        "Error: fleet work needs the operator's key, and $FLEET_SECRETS has none\n"
+        "Hint: Add identities.operator to the secrets file (`fleet keys` makes one).\n"))

@@ -9,7 +9,6 @@ import atexit
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 import schemathesis
@@ -19,9 +18,9 @@ from schemathesis.checks import positive_data_acceptance
 from bus.keys import OPERATOR
 from fleet.core.runtime_config import MemorySettings
 from fleet.node.runtime.memory import store_turn
-from tests.bus.conftest import bezalel_app, signed_headers
+from tests.bus.conftest import bezalel_app
 from tests.runtime.conftest import write_registry
-from tests.signed_fuzz import SignInTheMiddleware, signing
+from tests.signed_fuzz import SignInTheMiddleware, signed_as, signing
 
 pytestmark = pytest.mark.slow
 FOLDER = Path(tempfile.mkdtemp(prefix="memory-fuzz-"))
@@ -32,15 +31,9 @@ for _number in range(3):
                {"text": f"a{_number}"}, MemorySettings())
 
 
-def signed_as_operator(environ: dict[str, Any], body: bytes) -> dict[str, str]:
-    path = environ["RAW_URI"].partition("?")[0]
-    return signed_headers(OPERATOR, body, path=path, method=environ["REQUEST_METHOD"],
-                          query=environ.get("QUERY_STRING", ""), content_type=None,
-                          host=environ["HTTP_HOST"])
-
 
 schema = schemathesis.openapi.from_wsgi(
-    "/openapi.json", signing(APP.wsgi_app, signed_as_operator)).include(
+    "/openapi.json", signing(APP.wsgi_app, signed_as(OPERATOR))).include(
     path_regex="^/memory")
 schema.auth(retry_on=[])(SignInTheMiddleware)
 

@@ -1,8 +1,9 @@
 """The replay property of every signed state-changing route of a gateway (tool API, memory
-API, bus): the very same signed request sent again, whatever was stored in between, changes
-nothing. It is refused (409, :mod:`bus.replay`) or answered as a duplicate of a request whose
-id the gateway keeps (a message id). Every such route in ``/openapi.json`` must have a case
-here, so a new one cannot go without."""
+API, work API, bus): the very same signed request sent again, whatever was stored in between,
+changes nothing. It is refused (409, :mod:`bus.replay`) or answered as a duplicate of a
+request whose id the gateway keeps (a message id). Every such route in ``/openapi.json`` (of
+a worker's gateway and of the orchestrator's) must have a case here, so a new one cannot go
+without."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from bus.keys import OPERATOR
 from bus.store import connect
 from fleet.core.runtime_config import MemorySettings
 from fleet.node.runtime.memory import store_turn
+from fleet.node.work import items
 from tests.bus.conftest import bezalel_app, message, signed_headers
 from tests.runtime.conftest import write_registry
+from tests.work.items_gateway import FORGE, failed, gateway_app, issue
 
 Request = tuple[str, str, str, Any, str]  # method, path, query, JSON body (None: none), signer
 CASES: dict[tuple[str, str], Request] = {
@@ -45,10 +48,19 @@ CASES: dict[tuple[str, str], Request] = {
     ("post", "/tools/words"): ("POST", "/tools/words", "", {"args": {"text": "a b"}}, "ezra"),
 }
 CASES[("post", "/tools/{name}")] = CASES[("post", "/tools/words")]
+RETRIED = items.work_id(f"{FORGE}/acme/shop/issues/1")
+CANCELLED = items.work_id(f"{FORGE}/acme/shop/issues/2")
+ORCHESTRATOR: dict[tuple[str, str], Request] = {  # the work API: on ezra's gateway only
+    ("post", "/work/{item_id}/retry"): ("POST", f"/work/{RETRIED}/retry", "", None, OPERATOR),
+    ("post", "/work/{item_id}/cancel"): ("POST", f"/work/{CANCELLED}/cancel", "", None,
+                                         OPERATOR),
+}
+CASES.update(ORCHESTRATOR)
 STATE = {"bus.sqlite3": ["SELECT sender, id, acked_at IS NULL FROM inbox ORDER BY sender, id",
                          "SELECT id, recipient FROM outbox ORDER BY id, recipient",
                          "SELECT id, recipient FROM dead_letters ORDER BY id, recipient"],
          "memory.db": ["SELECT peer, request_id FROM turns ORDER BY seq"],
+         "work.sqlite3": ["SELECT id, state, version FROM items ORDER BY id"],
          "tools.sqlite3": ["SELECT seq, tool FROM tool_calls WHERE outcome != 'refused'"]}
 
 
@@ -57,6 +69,30 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Flask:
     """bezalel's gateway: built-in runtime (memory API), a tool, the bus."""
     folder = tmp_path_factory.mktemp("replays")
     return bezalel_app(write_registry(folder, "http://127.0.0.1:9/v1"), folder / "state")
+
+
+@pytest.fixture(scope="module")
+def ezra(tmp_path_factory: pytest.TempPathFactory) -> Flask:
+    """ezra's gateway: the orchestrator (work API)."""
+    folder = tmp_path_factory.mktemp("replays-ezra")
+    return gateway_app(write_registry(folder, "http://127.0.0.1:9/v1"), folder / "state")
+
+
+def work_since(app: Flask) -> None:
+    """New state a replay could wrongly touch: the retried item failed again, the cancelled
+    one taken in anew."""
+    state = Path(app.config["STATE_DIR"])
+    with items.connect(state) as db:
+        db.execute("DELETE FROM items WHERE id = ? AND state = 'closed'", (CANCELLED,))
+    issue(state, 2)
+    try:
+        item = items.get(state, RETRIED)
+    except items.WorkNotFound:
+        failed(state, 1)
+        return
+    if item["state"] == "queued":
+        items.start(state, RETRIED, "bezalel")
+        items.fail(state, RETRIED, "failed again")
 
 
 def state_of(app: Flask) -> dict[str, list[tuple[Any, ...]]]:
@@ -103,11 +139,13 @@ def send(client: FlaskClient, request: Request, headers: dict[str, str] | None =
     return answer, headers
 
 
-def test_every_signed_state_changing_route_has_a_replay_case(app: Flask) -> None:
-    document = app.test_client().get("/openapi.json").json or {}
-    routes = {(method, path) for path, operations in document["paths"].items()
-              for method, operation in operations.items()
-              if method != "get" and operation.get("security")}
+def test_every_signed_state_changing_route_has_a_replay_case(app: Flask, ezra: Flask) -> None:
+    routes = set()
+    for gateway in (app, ezra):
+        document = gateway.test_client().get("/openapi.json").json or {}
+        routes |= {(method, path) for path, operations in document["paths"].items()
+                   for method, operation in operations.items()
+                   if method != "get" and operation.get("security")}
     assert routes == set(CASES)
 
 
@@ -139,14 +177,18 @@ def respelled(headers: dict[str, str], how: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("how", ["same", "relabelled", "spaced"])
 @pytest.mark.parametrize("route", sorted(CASES))
-def test_a_replayed_request_changes_nothing(app: Flask, route: tuple[str, str],
+def test_a_replayed_request_changes_nothing(app: Flask, ezra: Flask, route: tuple[str, str],
                                             how: str) -> None:
     """The very same request again, also with its signature headers spelled otherwise."""
+    if route in ORCHESTRATOR:
+        app, since = ezra, (lambda app, number: work_since(app))
+    else:
+        since = stored_since
     client = app.test_client()
-    stored_since(app, 0)
+    since(app, 0)
     first, headers = send(client, CASES[route])
     assert first.status_code in (200, 201, 202), first.json
-    stored_since(app, sorted(CASES).index(route) + 1)
+    since(app, sorted(CASES).index(route) + 1)
     before = state_of(app)
     again, _ = send(client, CASES[route], respelled(headers, how))
     path = CASES[route][1]

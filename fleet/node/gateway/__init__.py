@@ -1,5 +1,5 @@
 """The agent gateway: the Flask app every agent serves (health, agent card, message bus, tool
-API, the operator's memory API).
+API, the operator's memory and work APIs).
 
 On a node it runs under gunicorn as ``fleet.node.gateway.wsgi:app``. Its settings come from the
 environment (the systemd unit's ``EnvironmentFile=``) through Flask's
@@ -30,7 +30,7 @@ from bus import Bus, a2a
 from bus.extension import TUNING
 from fleet.core.errors import FleetError
 from fleet.core.registry import Registry, load_registry
-from fleet.node.gateway import card, health, memory, tools
+from fleet.node.gateway import card, health, memory, tools, work
 
 ENV_PREFIX = "FLEET"
 DEFAULTS: dict[str, Any] = {"AGENT": "", "REGISTRY": "registry.yaml", "STATE_DIR": "",
@@ -90,3 +90,4 @@ def _register_blueprints(app: Flask) -> None:
     a2a.init_app(app)  # the A2A binding the agent card advertises, into the bus's inbox
     tools.init_app(app)  # the tool execution API, on agents that declare tools
     memory.init_app(app)  # the operator's view of conversation memory, on built-in runtimes
+    work.init_app(app)  # the operator's view of work items, on the orchestrator

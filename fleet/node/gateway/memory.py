@@ -47,13 +47,14 @@ def init_app(app: Flask) -> None:
         app.after_request(documenting(paths))
 
 
-def operator_only() -> None:
-    """401 unless signed, 403 unless by the operator. (``authenticate(owner_only=True)``
-    would let the agent's own key in, and name it as allowed when refusing another.)"""
+def operator_only(command: str = "fleet memory") -> None:
+    """401 unless signed, 403 unless by the operator (the hint names ``command``, which
+    signs with the operator's key). (``authenticate(owner_only=True)`` would let the agent's
+    own key in, and name it as allowed when refusing another.)"""
     signer = authenticate()
     if signer != OPERATOR:
         fail(403, f"{request.path} is allowed only to the operator ({OPERATOR!r}), "
-                  f"not {signer!r}", hint="Use `fleet memory` with the operator's key.")
+                  f"not {signer!r}", hint=f"Use `{command}` with the operator's key.")
 
 
 def conversation_query() -> tuple[str, str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from bus import replay
-from bus.sqlite import immediate, open_db
+from bus.sqlite import immediate, store
 from fleet.core.runtime_config import MemorySettings
 
 STORE = "memory.db"
@@ -97,16 +97,8 @@ def path_of(state_dir: str | Path) -> Path:
 @contextmanager
 def connect(state_dir: str | Path) -> Iterator[sqlite3.Connection]:
     """The memory store (created on first use, WAL), closed again on leaving."""
-    db = open_db(path_of(state_dir))
-    try:
-        db.execute("PRAGMA journal_mode = WAL")
-        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'turns'").fetchone() is None:
-            with immediate(db):  # the runtime and a gateway worker may create it at once
-                for statement in SCHEMA:
-                    db.execute(statement)
+    with store(path_of(state_dir), SCHEMA, "turns") as db:  # runtime and gateway may create
         yield db
-    finally:
-        db.close()
 
 
 def recent(state_dir: str | Path, peer: str, conversation: str, settings: MemorySettings,
