@@ -1,0 +1,1 @@
+"""Autonomous work on a node: forge clients, the test sandbox, work items."""
