@@ -7,8 +7,8 @@ a command or a limit from the agent's request. Both sides check it with :func:`p
 so a value the deploy would refuse is refused on the node too:
 
 - ``argv``: 1-:data:`MAX_ARGS` arguments, each 1-:data:`MAX_ARG` characters, no control
-  character; the program (``argv[0]``) of :data:`PROGRAM_RE` (no ``-`` first: it is never read
-  as an option of ``systemd-run``, nor as one of systemd's command prefixes);
+  character; the program (``argv[0]``) of :data:`PROGRAM_RE` (no ``-`` or ``+`` first: it is
+  never read as an option of ``systemd-run``, nor as one of systemd's command prefixes);
 - ``limits``: integers in the ranges of :data:`LIMIT_RANGES` (defaults :data:`DEFAULT_LIMITS`);
 - ``allow``: at most :data:`MAX_ALLOW` ``{"ip": IP literal, "port": 1-65535}`` entries.
 """
@@ -29,8 +29,8 @@ DEFAULT_ARGV = ("python3", "-m", "pytest", "-q")
 MAX_ARGS = 32
 MAX_ARG = 256
 MAX_ALLOW = 32
-PROGRAM_RE = re.compile(r"[A-Za-z0-9_./+][A-Za-z0-9_./+-]{0,255}", re.ASCII)
-PROGRAM_FORM = "letters, digits and _ . / + - (not first), like python3 or /usr/bin/make"
+PROGRAM_RE = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./+-]{0,255}", re.ASCII)
+PROGRAM_FORM = "letters, digits and _ . / + - (+ and - not first), like python3 or /usr/bin/make"
 LIMIT_RANGES: dict[str, tuple[int, int]] = {
     "cpu_quota_percent": (1, 800),
     "memory_max_mib": (16, 65536),

@@ -15,16 +15,18 @@ only writable place, ``/etc/fleet`` and every agent's state dir are hidden, CPU,
 and time limits apply, and the network is the policy's allowlist only (``IPAddressDeny=any``).
 Where the host cannot enforce a systemd guarantee, a stricter or a kernel one stands in:
 no cgroup-v2 BPF firewall (systemd-nspawn, hybrid cgroups) -> ``PrivateNetwork=yes`` (no
-network at all); no cgroup memory/pids controller -> ``LimitDATA=``/``LimitNPROC=`` and the
-front door's own watch of the unit's processes (:class:`Usage`), which stops the unit at its
-limits. Each run is answered as a :class:`SandboxResult`, logged to the journal and appended
-to ``sandbox-runs.jsonl`` in the agent's state dir (root's, bounded, readable by the agent).
+network at all); no cgroup memory/pids controller -> ``LimitDATA=``/``LimitNPROC=`` (twice the
+limits, a kernel bound) and the front door's own watch of the unit's cgroup
+(:func:`cgroup_tasks`, :func:`cgroup_rss`), which stops the unit when it reaches them. Each
+run is answered as a :class:`SandboxResult`, logged to the journal and appended to
+``sandbox-runs.jsonl`` in the agent's state dir (root's, bounded, readable by the agent).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import pwd
@@ -64,7 +66,8 @@ WORKSPACE_FORM = "work/w- and 12 lowercase hex digits, relative to the agent's s
 REASONS = ("passed", "failed", "timeout", "memory", "tasks", "killed", "refused")
 SYSTEMD_RUN = "/usr/bin/systemd-run"
 SYSTEMCTL = "/usr/bin/systemctl"
-WATCH_EVERY_S = 0.05
+WATCH_EVERY_S = 0.01  # a fork bomb under LimitNPROC= peaks for ~0.1 s, then dies out
+MEMORY_EVERY = 5  # turns: resident memory is summed over /proc every 0.05 s
 GRACE_S = 15  # past RuntimeMaxSec= the front door stops the unit itself
 CGROUP_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup", "/sys/fs/cgroup/systemd")
 HARDENING = (
@@ -237,28 +240,33 @@ def uid_tasks(uid: int) -> int:
     return count
 
 
-@dataclass(frozen=True)
-class Usage:
-    """Tasks and resident memory of a unit's processes now."""
+def unit_cgroup(unit: str) -> str | None:
+    """The cgroup directory of a running system unit (unified, hybrid or legacy layout)."""
+    for root in CGROUP_ROOTS:
+        path = f"{root}/system.slice/{unit}"
+        if os.path.exists(f"{path}/cgroup.procs"):
+            return path
+    return None
 
-    tasks: int
-    rss_bytes: int
 
-    @classmethod
-    def of(cls, unit: str) -> Usage:
-        for root in CGROUP_ROOTS:
-            try:
-                with open(f"{root}/system.slice/{unit}/cgroup.procs", encoding="ascii") as f:
-                    pids = f.read().split()
-            except OSError:
-                continue
-            tasks = rss = 0
-            for pid in pids:
-                fields = _status_fields(pid)
-                tasks += int(fields.get("Threads", "0") or 0)
-                rss += int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
-            return cls(tasks, rss)
-        return cls(0, 0)
+def _ids(path: str) -> list[str]:
+    try:
+        with open(path, encoding="ascii") as ids:
+            return ids.read().split()
+    except OSError:
+        return []
+
+
+def cgroup_tasks(cgroup: str) -> int:
+    """The threads in ``cgroup`` now (``cgroup.threads``; its processes where there is none)."""
+    threads = _ids(f"{cgroup}/cgroup.threads")
+    return len(threads) if threads else len(_ids(f"{cgroup}/cgroup.procs"))
+
+
+def cgroup_rss(cgroup: str) -> int:
+    """The resident memory of the processes in ``cgroup`` now, in bytes."""
+    return sum(int(_status_fields(pid).get("VmRSS", "0 kB").split()[0]) * 1024
+               for pid in _ids(f"{cgroup}/cgroup.procs"))
 
 
 def run_argv(policy: SandboxPolicy, agent: str, unit: str, workspace: str, *,
@@ -335,7 +343,7 @@ def run_sandboxed(policy: SandboxPolicy, agent: str, uid: int, workspace: str) -
     unit = f"fleet-sandbox-{agent}-{secrets.token_hex(6)}.service"
     firewall = firewall_supported()
     argv = run_argv(policy, agent, unit, workspace, firewall=firewall,
-                    nproc_limit=uid_tasks(uid) + policy.tasks_max)
+                    nproc_limit=uid_tasks(uid) + 2 * policy.tasks_max)
     network = ("allowlist" if policy.allow else "none") if firewall else "none"
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -343,11 +351,15 @@ def run_sandboxed(policy: SandboxPolicy, agent: str, uid: int, workspace: str) -
     tail = _Tail(proc.stdout, policy.output_max_bytes)
     stopped = ""
     deadline = start + policy.runtime_max_s + GRACE_S
-    while proc.poll() is None:
-        usage = Usage.of(unit)
-        if usage.tasks >= policy.tasks_max:
+    cgroup: str | None = None
+    for turn in itertools.count():
+        if proc.poll() is not None:
+            break
+        cgroup = cgroup or unit_cgroup(unit)
+        if cgroup and cgroup_tasks(cgroup) >= policy.tasks_max:
             stopped = "tasks"
-        elif usage.rss_bytes > policy.memory_max_mib * 1024 * 1024:
+        elif cgroup and turn % MEMORY_EVERY == 0 and \
+                cgroup_rss(cgroup) > policy.memory_max_mib * 1024 * 1024:
             stopped = "memory"
         elif time.monotonic() > deadline:
             stopped = "timeout"
@@ -378,10 +390,12 @@ def load_policy(etc_dir: str) -> SandboxPolicy:
     return policy_from_dict(json.loads(raw))
 
 
-def record(state_dir: str, line: dict[str, Any], max_bytes: int = RECORDS_MAX_BYTES) -> None:
+def record(state_dir: str, line: dict[str, Any], max_bytes: int = RECORDS_MAX_BYTES,
+           owner: int = 0) -> None:
     """Append ``line`` to the agent's run records: root's file in its state dir, opened
     without following a symlink and only when it is a single-link regular file of root's;
-    past ``max_bytes`` the older half is dropped (written aside, then moved over it)."""
+    past ``max_bytes`` the older half is dropped (written aside, then moved over it). ``owner``:
+    the uid the file must have (root's; another in tests)."""
     data = (json.dumps(line, sort_keys=True) + "\n").encode()
     dirfd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
@@ -389,7 +403,7 @@ def record(state_dir: str, line: dict[str, Any], max_bytes: int = RECORDS_MAX_BY
                      | os.O_NONBLOCK | os.O_CLOEXEC, 0o644, dir_fd=dirfd)
         with os.fdopen(fd, "r+b") as records:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != 0:
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != owner:
                 raise OSError(f"{state_dir}/{RECORDS_FILE} is not root's own regular file")
             if info.st_size + len(data) <= max_bytes:
                 records.write(data)
