@@ -13,6 +13,7 @@ import json
 import shlex
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from fleet.control import render
 from fleet.control.status import probe_health
 from fleet.core.registry import load_registry
 from fleet.core.sandbox_policy import policy_from_dict
-from tests.deploy.conftest import SECRETS, Fleet
+from tests.deploy.conftest import SECRETS, Fleet, make_fleet
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -69,6 +70,12 @@ def run_as(fleet: Fleet, user: str, workspace: str) -> dict[str, Any]:
                f"work/{workspace} {AGENT}")
     answer: dict[str, Any] = json.loads(ssh(fleet, command).strip().splitlines()[-1])
     return answer
+
+
+@pytest.fixture(scope="module")
+def fleet(lab_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    """A clean clone of the repo's HEAD wired to the session lab."""
+    return make_fleet(lab_registry, tmp_path_factory.mktemp("sandbox"))
 
 
 @pytest.fixture(scope="module")
