@@ -45,7 +45,7 @@ SCRIPTS = {  # workspace: the run-tests.sh it holds
     "w-00000000a004": "cat /var/lib/fleet/other-agent/notes.txt || exit 1\n",
     "w-00000000a005": "echo x > /var/lib/fleet/{agent}/escaped; echo x > /var/tmp/escaped; "
                       "echo x > /opt/escaped; echo x > /tmp/private; exit 1\n",
-    "w-00000000a006": "bomb() { bomb | bomb & }; bomb; sleep 30\n",
+    "w-00000000a006": "bomb() {{ bomb | bomb & }}; bomb; sleep 30\n",
     "w-00000000a007": "exec python3 -c 'import time\nx = []\nwhile True:\n"
                       "    x.append(b\"x\" * (4 << 20)); time.sleep(0.02)'\n",
     "w-00000000a008": "echo started; sleep 60\n",
