@@ -177,6 +177,22 @@ def test_a_policy_anyone_but_root_could_change_is_refused(state: Path,
     assert result.error == f"{etc}/sandbox.json is not root's own file"
 
 
+def test_a_refusal_reaches_a_caller_that_sent_more_than_was_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, never_runs: None) -> None:
+    """The front door answers before it closes, and reads the rest first: a caller whose
+    request was refused unread gets the refusal, not a reset connection."""
+    monkeypatch.setattr(sandbox.pwd, "getpwnam", lambda name: type("P", (), {"pw_uid": 1})())
+    front, caller = socket.socketpair()
+    with front, caller:
+        caller.sendall(b"x" * 5000)
+        caller.shutdown(socket.SHUT_WR)
+        sandbox.serve("agent", front, state_root=str(tmp_path), etc_root=str(tmp_path))
+        front.close()
+        answer = json.loads(caller.recv(65536))
+    assert (answer["status"], answer["error"]) == ("refused", f"uid {os.getuid()} is not "
+                                                              "agent's (uid 1)")
+
+
 def test_the_command_line_carries_every_limit_and_the_network_rule() -> None:
     policy = policy_for(["sh", "run-tests.sh"], ["http://192.0.2.5:3000/x"])
     argv = run_argv(policy, "bezalel", "fleet-sandbox-bezalel-0a.service", "/w", nproc_limit=99,

@@ -439,6 +439,19 @@ def handle(conn: socket.socket, agent: str, uid: int, *, state_root: str = STATE
     return run_sandboxed(policy, agent, uid, path)
 
 
+def drain(conn: socket.socket, limit: int = 64 * 1024, deadline_s: float = 1.0) -> None:
+    """Read what is left of a refused request (bounded), so closing the connection does not
+    reset it before the caller has read the answer."""
+    end = time.monotonic() + deadline_s
+    left = limit
+    while left > 0 and (wait := end - time.monotonic()) > 0:
+        conn.settimeout(wait)
+        chunk = conn.recv(min(left, 65536))
+        if not chunk:
+            return
+        left -= len(chunk)
+
+
 def serve(agent: str, conn: socket.socket, *, state_root: str = STATE_ROOT,
           etc_root: str = ETC_ROOT) -> SandboxResult:
     """Answer one connection (the front door's whole life) and record the run."""
@@ -448,6 +461,8 @@ def serve(agent: str, conn: socket.socket, *, state_root: str = STATE_ROOT,
     try:
         conn.settimeout(REQUEST_TIMEOUT_S)
         conn.sendall(answer)
+        conn.shutdown(socket.SHUT_WR)
+        drain(conn)
     except OSError:
         pass
     line = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "agent": agent,
