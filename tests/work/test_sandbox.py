@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import socket
 import threading
 from collections.abc import Iterator
@@ -181,7 +182,7 @@ def test_a_refusal_reaches_a_caller_that_sent_more_than_was_read(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, never_runs: None) -> None:
     """The front door answers before it closes, and reads the rest first: a caller whose
     request was refused unread gets the refusal, not a reset connection."""
-    monkeypatch.setattr(sandbox.pwd, "getpwnam", lambda name: type("P", (), {"pw_uid": 1})())
+    monkeypatch.setattr(pwd, "getpwnam", lambda name: type("P", (), {"pw_uid": 1})())
     front, caller = socket.socketpair()
     with front, caller:
         caller.sendall(b"x" * 5000)
@@ -215,22 +216,27 @@ def test_the_command_line_carries_every_limit_and_the_network_rule() -> None:
                                             firewall=True)
 
 
-@pytest.mark.parametrize(("shown", "outcome"), [
-    ("LoadState=not-found\nResult=success\n", ("passed", 0)),
-    ("LoadState=loaded\nResult=exit-code\nExecMainCode=1\nExecMainStatus=3\n", ("failed", 3)),
-    ("LoadState=loaded\nResult=timeout\nExecMainCode=2\nExecMainStatus=15\n", ("timeout", None)),
-    ("LoadState=loaded\nResult=oom-kill\nExecMainCode=2\nExecMainStatus=9\n", ("memory", None)),
-    ("LoadState=loaded\nResult=signal\nExecMainCode=2\nExecMainStatus=9\n", ("killed", None)),
+@pytest.mark.parametrize(("shown", "returncode", "outcome"), [
+    ("LoadState=not-found\nResult=success\n", 0, ("passed", 0)),
+    ("LoadState=not-found\nResult=success\n", 1, ("failed", 1)),  # never started
+    ("LoadState=loaded\nResult=exit-code\nExecMainCode=1\nExecMainStatus=3\n", 3, ("failed", 3)),
+    ("LoadState=loaded\nResult=timeout\nExecMainCode=2\nExecMainStatus=15\n", 1,
+     ("timeout", None)),
+    ("LoadState=loaded\nResult=oom-kill\nExecMainCode=2\nExecMainStatus=9\n", 1,
+     ("memory", None)),
+    ("LoadState=loaded\nResult=signal\nExecMainCode=2\nExecMainStatus=9\n", 1,
+     ("killed", None)),
 ])
 def test_the_reason_comes_from_systemd_and_the_unit_is_reset(
-        monkeypatch: pytest.MonkeyPatch, shown: str, outcome: tuple[str, int | None]) -> None:
+        monkeypatch: pytest.MonkeyPatch, shown: str, returncode: int,
+        outcome: tuple[str, int | None]) -> None:
     calls: list[tuple[str, ...]] = []
 
     def systemctl(*args: str) -> str:
         calls.append(args)
         return shown if args[0] == "show" else ""
     monkeypatch.setattr(sandbox, "_systemctl", systemctl)
-    assert unit_outcome("u.service") == outcome
+    assert unit_outcome("u.service", returncode) == outcome
     assert (("reset-failed", "u.service") in calls) is ("loaded" in shown)
 
 

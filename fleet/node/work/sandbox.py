@@ -316,9 +316,10 @@ def _systemctl(*args: str) -> str:
     return done.stdout
 
 
-def unit_outcome(unit: str) -> tuple[str, int | None]:
+def unit_outcome(unit: str, returncode: int) -> tuple[str, int | None]:
     """The reason and exit status systemd recorded for the finished ``unit`` (a successful
-    unit is already gone: passed), then the unit is reset so nothing of it lingers."""
+    unit is already gone: passed when ``systemd-run`` exited 0, else it could not start it),
+    then the unit is reset so nothing of it lingers."""
     shown = dict(line.split("=", 1) for line in _systemctl(
         "show", unit, "-p", "LoadState", "-p", "Result", "-p", "ExecMainCode",
         "-p", "ExecMainStatus").splitlines() if "=" in line)
@@ -327,7 +328,7 @@ def unit_outcome(unit: str) -> tuple[str, int | None]:
     result, code = shown.get("Result", "success"), shown.get("ExecMainCode", "0")
     status = int(shown.get("ExecMainStatus", "0") or 0)
     if result == "success":
-        return "passed", 0
+        return ("passed", 0) if returncode == 0 else ("failed", returncode)
     if result == "timeout":
         return "timeout", None
     if result == "oom-kill":
@@ -370,7 +371,7 @@ def run_sandboxed(policy: SandboxPolicy, agent: str, uid: int, workspace: str) -
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=WATCH_EVERY_S)
     duration = round(time.monotonic() - start, 3)
-    reason, exit_status = unit_outcome(unit)
+    reason, exit_status = unit_outcome(unit, proc.wait())
     if stopped:
         reason, exit_status = stopped, None
     return SandboxResult(reason, exit_status, duration, tail.text(), unit=unit,
