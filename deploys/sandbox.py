@@ -1,0 +1,91 @@
+"""Phase 5b, sandbox: the agent's test sandbox: the root-owned policy
+``/etc/fleet/AGENT/sandbox.json`` (what runs, its limits, its network allowlist:
+:mod:`fleet.core.sandbox_policy`), the socket ``fleet-sandbox-AGENT.socket`` the agent's
+runtime connects to and the root front door it starts per connection
+(``fleet-sandbox-AGENT@.service``, :mod:`fleet.node.work.sandbox`).
+
+The files are rendered by :mod:`fleet.control.render`; the daemon-reload and the socket's
+restart hang on their change, and nothing here restarts the agent. A no-change deploy plans
+nothing here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from io import StringIO
+from typing import Any, Protocol
+
+from pyinfra.operations import files, systemd
+
+from deploys.context import CURRENT, UNIT_DIR, AgentContext, phase
+from deploys.ops import Outcome
+from fleet.control import render
+from fleet.control.templates import read_template
+from fleet.core.sandbox_policy import SandboxPolicy, policy_for
+from fleet.node.work.sandbox import GRACE_S, POLICY_FILE, SOCKET_DIR
+
+SOCKET_TEMPLATE = "fleet-sandbox.socket.j2"
+SERVICE_TEMPLATE = "fleet-sandbox@.service.j2"
+MAX_CONNECTIONS = 2  # runs at once per agent; more connections are closed unanswered
+POLICY = "Sandbox policy (root's: the test command, its limits, its network allowlist)"
+SOCKET_FILE = "Sandbox socket unit"
+SERVICE_FILE = "Sandbox front door unit"
+RELOAD = "systemd daemon-reload (sandbox units changed)"
+LISTENING = "Sandbox socket enabled and listening (restarted when its file changed)"
+
+
+class Source(Protocol):
+    """What the sandbox needs of one ``work.sources`` entry."""
+
+    api_url: str
+    git_url: str
+
+
+def policy(work_config: Any | None = None) -> SandboxPolicy:
+    """The sandbox policy from the registry's ``work:`` section (its ``test_command`` and the
+    hosts of its sources' ``api_url`` and ``git_url``); the defaults, with no network, when
+    there is none."""
+    if work_config is None:
+        return policy_for()
+    sources: Iterable[Source] = getattr(work_config, "sources", ())
+    urls = [url for source in sources for url in (source.api_url, source.git_url) if url]
+    return policy_for(getattr(work_config, "test_command", None), urls)
+
+
+def socket_unit(ctx: AgentContext) -> str:
+    return f"fleet-sandbox-{ctx.name}.socket"
+
+
+def unit_texts(ctx: AgentContext, chosen: SandboxPolicy) -> dict[str, str]:
+    """The socket and the front door's template unit, by file name."""
+    socket_text = render.unit_file(
+        read_template(SOCKET_TEMPLATE), agent=ctx.name, user_name=ctx.user,
+        socket_path=f"{SOCKET_DIR}/{ctx.name}.sock", max_connections=MAX_CONNECTIONS)
+    service_text = render.unit_file(
+        read_template(SERVICE_TEMPLATE), agent=ctx.name, user_name=ctx.user,
+        etc_dir=ctx.etc_dir, state_dir=ctx.state_dir, current=CURRENT,
+        runtime_max_s=chosen.runtime_max_s + 2 * GRACE_S + 60)
+    return {socket_unit(ctx): socket_text, f"fleet-sandbox-{ctx.name}@.service": service_text}
+
+
+@phase("Sandbox")
+def run(ctx: AgentContext, work_config: Any | None = None) -> list[Outcome]:
+    """Policy file, socket and front door units, daemon-reload when a unit changed, the
+    socket enabled and listening (restarted when its unit changed). Returns the writes."""
+    chosen = policy(work_config)
+    written = [ctx.track(POLICY, files.put(
+        name=POLICY, src=StringIO(render.config_json(chosen.to_dict())),
+        dest=f"{ctx.etc_dir}/{POLICY_FILE}", user="root", group="root", mode="644"))]
+    units = []
+    for (unit, text), name in zip(unit_texts(ctx, chosen).items(), (SOCKET_FILE, SERVICE_FILE),
+                                  strict=True):
+        units.append(ctx.track(name, files.put(
+            name=name, src=StringIO(text), dest=f"{UNIT_DIR}/{unit}", user="root",
+            group="root", mode="644")))
+    if any(op.will_change for op in units):
+        ctx.track(RELOAD, systemd.daemon_reload(
+            name=RELOAD, _if=lambda: any(op.did_change() for op in units)))
+    ctx.track(LISTENING, systemd.service(
+        name=LISTENING, service=socket_unit(ctx), running=True, enabled=True,
+        restarted=units[0].will_change))
+    return [*written, *units]
