@@ -101,9 +101,9 @@ class Run:
         self.events: list[tuple[str, dict[str, Any]]] = []
 
     def __call__(self, bounds: Bounds = DEFAULT_BOUNDS, **kw: Any) -> Any:
-        root = workspace_root(self.state, self.task.item_id)
-        git = kw.pop("git", None) or Git(root, auth_header=basic_auth_header("gitea", TOKEN))
-        return work_on(self.task, root, provider=self.provider, proposals=self.proposals,
+        git = kw.pop("git", None) or Git.for_item(self.state, self.task.item_id,
+                                                  basic_auth_header("gitea", TOKEN))
+        return work_on(self.task, self.state, provider=self.provider, proposals=self.proposals,
                        run_tests=kw.pop("run_tests", local_tests),
                        events=lambda kind, detail: self.events.append((kind, detail)),
                        bounds=bounds, git=git, **kw)
@@ -146,7 +146,8 @@ def test_the_same_item_run_again_continues_its_branch_and_opens_no_second_pull_r
     provider.script = list(FIX_SCRIPT)
     first = run()
     pushed = git_server.branches("acme/shop")["fleet/ISSUE-7"]
-    subprocess.run(["rm", "-rf", str(run.state / "work")], check=True)
+    subprocess.run(["rm", "-rf", str(run.state / "work"), str(run.state / "work-git")],
+                   check=True)
     provider.script = [turn(call("read_file", path="calc.py")), turn(text="Done already.")]
     second = run()
     assert second.state == "proposed" and second.pr_url == first.pr_url
@@ -192,9 +193,9 @@ def test_tests_that_pass_with_nothing_changed_open_no_pull_request(
 
 def test_a_wrong_token_fails_the_item_and_the_token_is_in_no_reason_or_event(
         run: Run, provider: MockProvider) -> None:
-    root = workspace_root(run.state, run.task.item_id)
     wrong = "forge-token-WRONG-secret-value"
-    outcome = run(git=Git(root, auth_header=basic_auth_header("github", wrong)))
+    outcome = run(git=Git.for_item(run.state, run.task.item_id,
+                                   basic_auth_header("github", wrong)))
     assert outcome.state == "failed"
     assert outcome.reason.startswith("could not prepare the workspace: git fetch failed:")
     shown = json.dumps([outcome.reason, run.events])
@@ -295,11 +296,13 @@ def test_test_code_cannot_make_git_run_a_command_or_see_the_token(
     outcome = run(run_tests=tests_that_plant)
     assert outcome.state == "proposed", outcome.reason
     assert not dump.exists()  # git ran no command of the repository's
-    item = workspace_root(run.state, run.task.item_id)
-    config = (item / "git" / "config").read_text()
+    git = Git.for_item(run.state, run.task.item_id, basic_auth_header("gitea", TOKEN))
+    assert git.tree == workspace_root(run.state, run.task.item_id) == run.state / "work" / (
+        run.task.item_id)
+    assert not git.git_dir.is_relative_to(git.tree)  # out of the sandbox's writable tree
+    config = (git.git_dir / "config").read_text()
     assert "fsmonitor" not in config and run.url in config  # the remote is still the forge's
     assert git_server.show("acme/shop", "fleet/ISSUE-7", "calc.py") == FIXED
-    git = Git(item, auth_header=basic_auth_header("gitea", TOKEN))
     assert "http.extraHeader" not in json.dumps(git.env(network=False))
     assert "http.extraHeader" in json.dumps(git.env(network=True))
 

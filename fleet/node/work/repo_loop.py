@@ -3,11 +3,12 @@ workspace, give the model file tools and the repository's test command, at most 
 model turns within ``max_minutes``, then commit on the item's branch (``fleet/ISSUE-N``), push
 it and propose a pull request (a merge request on GitLab) that a person reviews.
 
-An item's folder (``work/ITEM_ID`` under the state dir) holds the work tree (``tree``: the
-only place the file tools and the sandboxed tests may write) and, beside it, the git directory
-(``git``), which git is always pointed at (``GIT_DIR``, ``GIT_WORK_TREE``): the repository's
-code and tests can neither plant git configuration (``core.fsmonitor``, filters, a new
-``remote.origin.url``) nor hooks that git would run outside the sandbox.
+An item's work tree is ``work/ITEM_ID`` under the state dir (the only place the file tools
+and the sandboxed tests may write: :mod:`fleet.node.work.sandbox`); its git directory lies
+outside it, in ``work-git/ITEM_ID``, and git is always pointed at both (``GIT_DIR``,
+``GIT_WORK_TREE``): the repository's code and tests can neither plant git configuration
+(``core.fsmonitor``, filters, a new ``remote.origin.url``) nor hooks that git would run
+outside the sandbox.
 
 What the loop never does: merge, push the default branch, force-push (the push names one
 branch, ``HEAD:refs/heads/fleet/ISSUE-N``, without ``+``), run a hook or a configured command
@@ -149,22 +150,21 @@ class Git:
     environment of the commands that talk to the forge only (``GIT_CONFIG_*``), never in argv
     or a file."""
 
-    item: Path
+    tree: Path
+    git_dir: Path
     auth_header: str = ""
     author: str = "Sovereign Fleet agent"
     email: str = "agent@fleet.invalid"
     timeout: float = GIT_TIMEOUT_S
 
-    @property
-    def tree(self) -> Path:
-        return self.item / "tree"
-
-    @property
-    def git_dir(self) -> Path:
-        return self.item / "git"
+    @classmethod
+    def for_item(cls, state_dir: Path, item_id: str, auth_header: str = "") -> Git:
+        """Git for the item ``item_id`` of the agent whose state dir is ``state_dir``."""
+        tree = workspace_root(state_dir, item_id)
+        return cls(tree, state_dir / "work-git" / item_id, auth_header)
 
     def env(self, network: bool) -> dict[str, str]:
-        env = {"PATH": GIT_PATH, "HOME": str(self.item), "LANG": "C.UTF-8",
+        env = {"PATH": GIT_PATH, "HOME": str(self.git_dir), "LANG": "C.UTF-8",
                "GIT_DIR": str(self.git_dir), "GIT_WORK_TREE": str(self.tree),
                "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1",
                "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_ATTR_NOSYSTEM": "1",
@@ -186,7 +186,7 @@ class Git:
         """``git ARGS``' output; :class:`RepoLoopError` with its last error line on failure.
         ``network``: the command talks to the forge (clone, fetch, ls-remote, push)."""
         try:
-            done = subprocess.run(["git", *args], cwd=self.item, env=self.env(network),
+            done = subprocess.run(["git", *args], cwd=self.git_dir, env=self.env(network),
                                   capture_output=True, text=True, timeout=self.timeout,
                                   check=False, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
@@ -202,10 +202,11 @@ def prepare(task: Task, git: Git) -> Workspace:
     again), the branch taken from the remote when an earlier attempt pushed it, else made from
     the default branch; anything else in the tree is removed."""
     if not (git.git_dir / "HEAD").is_file():
-        if git.item.exists():
-            shutil.rmtree(git.item)
-        git.item.mkdir(parents=True, mode=0o700)
-        git.tree.mkdir(mode=0o755)
+        for folder in (git.tree, git.git_dir):
+            if folder.exists():
+                shutil.rmtree(folder)
+        git.git_dir.mkdir(parents=True, mode=0o700)
+        git.tree.mkdir(parents=True, mode=0o755)
         git("init", "--quiet")  # at GIT_DIR, for the work tree GIT_WORK_TREE
         git("remote", "add", "origin", "--", task.git_url)
     git("fetch", "--quiet", "--prune", "--no-tags", "origin", network=True)
@@ -222,12 +223,13 @@ def issue_prompt(task: Task) -> str:
             f"{task.body[:MAX_ISSUE_TEXT]}")
 
 
-def work_on(task: Task, root: Path, *, provider: Provider, proposals: Proposals,
+def work_on(task: Task, state_dir: Path, *, provider: Provider, proposals: Proposals,
             run_tests: RunTests, events: Events, bounds: Bounds, soul: str = "",
             git: Git | None = None, clock: Callable[[], float] = time.monotonic) -> Outcome:
-    """Run the loop for ``task`` in the item's folder ``root``; never raises for what the
-    model, the tests, git or the forge do: the outcome says how it ended."""
-    git = git or Git(root)
+    """Run the loop for ``task`` in its work tree under ``state_dir`` (``git``: how to reach
+    the forge's git server, :meth:`Git.for_item`); never raises for what the model, the tests,
+    git or the forge do: the outcome says how it ended."""
+    git = git or Git.for_item(state_dir, task.item_id)
     deadline = clock() + bounds.max_minutes * 60
     try:
         workspace = prepare(task, git)
@@ -415,8 +417,8 @@ def basic_auth_header(forge: str, token: str) -> str:
 
 
 def workspace_root(state_dir: Path, item_id: str) -> Path:
-    """Where an item's folder (its work tree and git directory) lives under the agent's state
-    dir."""
+    """Where an item's work tree lives under the agent's state dir (``work/ITEM_ID``: what
+    the sandbox makes writable)."""
     if not re.fullmatch(r"w-[0-9a-f]{12}", item_id):
         raise RepoLoopError(f"{item_id[:40]!r} is not a work item id")
     return state_dir / "work" / item_id
