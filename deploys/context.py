@@ -22,6 +22,7 @@ from fleet.core.digests import text_sha256
 from fleet.core.masking import Masker
 from fleet.core.registry import Agent, Registry, load_registry
 from fleet.core.schedules import Schedule, unit_base, unit_glob
+from fleet.node.work.sandbox import POLICY_FILE as SANDBOX_POLICY_FILE
 
 OPT = "/opt/fleet"
 RELEASES = f"{OPT}/releases"
@@ -172,7 +173,14 @@ class AgentContext:
         paths += self.release_ship_paths()
         paths += [f"{UNIT_DIR}/{unit}" for item in self.agent.schedules
                   for unit in self.schedule_units(item)]
+        paths += [f"{UNIT_DIR}/{unit}" for unit in self.sandbox_units]
+        paths.append(f"{self.etc_dir}/{SANDBOX_POLICY_FILE}")
         return [*paths, UPLOAD_DIR] if self.registry.become else paths
+
+    @property
+    def sandbox_units(self) -> tuple[str, str]:
+        """The agent's sandbox socket and the template unit of its front door."""
+        return f"fleet-sandbox-{self.name}.socket", f"fleet-sandbox-{self.name}@.service"
 
     def schedule_units(self, schedule: Schedule) -> tuple[str, str]:
         """The timer and the service of one of the agent's schedules."""
@@ -312,8 +320,9 @@ def load_node(ctx: AgentContext) -> None:
                              current=CURRENT, releases_dir=RELEASES,
                              keys_file=ctx.login_keys_file, lock_dir=LOCK_DIR,
                              schedule_glob=ctx.schedule_glob.rstrip("*"),
-                             timers=tuple(ctx.schedule_units(item)[0]
-                                          for item in ctx.agent.schedules))
+                             timers=(*(ctx.schedule_units(item)[0]
+                                       for item in ctx.agent.schedules),
+                                     ctx.sandbox_units[0]))
 
 
 @functools.cache

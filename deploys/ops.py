@@ -526,14 +526,17 @@ def unit_running(unit: str, node: Node):
 
 
 @operation()
-def timers_running(timers: Sequence[tuple[str, Outcome]], node: Node):
+def timers_running(timers: Sequence[tuple[str, Outcome]], node: Node,
+                   what: str = "schedule timers are"):
     """
-    Schedule timers enabled and running; a running timer whose unit file changed is
-    restarted (it computes its next elapse from the new ``OnCalendar=``), from the node's
-    snapshot (its ``schedules.timers``). Run after the daemon-reload of the changed files.
+    Timers (or sockets) enabled and running; a running one whose unit file changed is
+    restarted (a timer computes its next elapse from the new ``OnCalendar=``, a socket binds
+    anew), from the node's snapshot (its ``schedules.timers``: the units it was asked about).
+    Run after the daemon-reload of the changed files.
 
-    + timers: each timer's unit name and the operation writing its unit file
+    + timers: each unit's name and the operation writing its unit file
     + node: the host's NodeState snapshot
+    + what: what the units are, for the no-change message ("schedule timers are")
 
     **Example:**
 
@@ -554,4 +557,4 @@ def timers_running(timers: Sequence[tuple[str, Outcome]], node: Node):
     if commands:
         yield " && ".join(commands)
     else:
-        host.noop(f"{len(timers)} schedule timers are running and unchanged")
+        host.noop(f"{len(timers)} {what} running and unchanged")

@@ -4,21 +4,21 @@
 runtime connects to and the root front door it starts per connection
 (``fleet-sandbox-AGENT@.service``, :mod:`fleet.node.work.sandbox`).
 
-The files are rendered by :mod:`fleet.control.render`; the daemon-reload and the socket's
-restart hang on their change, and nothing here restarts the agent. A no-change deploy plans
-nothing here.
+The files are rendered by :mod:`fleet.control.render` and decided from the node's one
+snapshot (:func:`~deploys.ops.managed_file`, :func:`~deploys.ops.timers_running`); the
+daemon-reload and the socket's restart hang on their change, and nothing here restarts the
+agent. A no-change deploy plans nothing here but the check of the snapshot.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from io import StringIO
 from typing import Any, Protocol
 
-from pyinfra.operations import files, systemd
+from pyinfra.operations import systemd
 
 from deploys.context import CURRENT, UNIT_DIR, AgentContext, phase
-from deploys.ops import Outcome
+from deploys.ops import Outcome, managed_file, timers_running
 from fleet.control import render
 from fleet.control.templates import read_template
 from fleet.core.sandbox_policy import SandboxPolicy, policy_for
@@ -53,7 +53,7 @@ def policy(work_config: Any | None = None) -> SandboxPolicy:
 
 
 def socket_unit(ctx: AgentContext) -> str:
-    return f"fleet-sandbox-{ctx.name}.socket"
+    return ctx.sandbox_units[0]
 
 
 def unit_texts(ctx: AgentContext, chosen: SandboxPolicy) -> dict[str, str]:
@@ -65,7 +65,8 @@ def unit_texts(ctx: AgentContext, chosen: SandboxPolicy) -> dict[str, str]:
         read_template(SERVICE_TEMPLATE), agent=ctx.name, user_name=ctx.user,
         etc_dir=ctx.etc_dir, state_dir=ctx.state_dir, current=CURRENT,
         runtime_max_s=chosen.runtime_max_s + 2 * GRACE_S + 60)
-    return {socket_unit(ctx): socket_text, f"fleet-sandbox-{ctx.name}@.service": service_text}
+    socket_name, service_name = ctx.sandbox_units
+    return {socket_name: socket_text, service_name: service_text}
 
 
 @phase("Sandbox")
@@ -73,19 +74,19 @@ def run(ctx: AgentContext, work_config: Any | None = None) -> list[Outcome]:
     """Policy file, socket and front door units, daemon-reload when a unit changed, the
     socket enabled and listening (restarted when its unit changed). Returns the writes."""
     chosen = policy(work_config)
-    written = [ctx.track(POLICY, files.put(
-        name=POLICY, src=StringIO(render.config_json(chosen.to_dict())),
-        dest=f"{ctx.etc_dir}/{POLICY_FILE}", user="root", group="root", mode="644"))]
+    written = [ctx.track(POLICY, managed_file(
+        name=POLICY, dest=f"{ctx.etc_dir}/{POLICY_FILE}",
+        content=render.config_json(chosen.to_dict()), user="root", group="root", mode="644",
+        node=ctx.node, diffs=ctx.diffs()))]
     units = []
     for (unit, text), name in zip(unit_texts(ctx, chosen).items(), (SOCKET_FILE, SERVICE_FILE),
                                   strict=True):
-        units.append(ctx.track(name, files.put(
-            name=name, src=StringIO(text), dest=f"{UNIT_DIR}/{unit}", user="root",
-            group="root", mode="644")))
+        units.append(ctx.track(name, managed_file(
+            name=name, dest=f"{UNIT_DIR}/{unit}", content=text, user="root", group="root",
+            mode="644", node=ctx.node, diffs=ctx.diffs())))
     if any(op.will_change for op in units):
         ctx.track(RELOAD, systemd.daemon_reload(
             name=RELOAD, _if=lambda: any(op.did_change() for op in units)))
-    ctx.track(LISTENING, systemd.service(
-        name=LISTENING, service=socket_unit(ctx), running=True, enabled=True,
-        restarted=units[0].will_change))
+    ctx.track(LISTENING, timers_running(name=LISTENING, timers=[(socket_unit(ctx), units[0])],
+                                        node=ctx.node, what="sandbox socket is"))
     return [*written, *units]

@@ -59,6 +59,29 @@ def replace_atomic(staged: Path, path: Path) -> None:
     fsync_dir(path.parent)
 
 
+def write_atomic_at(dirfd: int, name: str, data: bytes, mode: int = 0o644) -> None:
+    """:func:`write_atomic` inside the directory open as ``dirfd`` (a directory another user
+    owns: no path is followed again, and nothing is created through a symlink): ``.NAME.new``
+    made exclusively with its mode, written, synced, renamed over ``name``, the directory
+    synced."""
+    staged = f".{name}.new"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(staged, dir_fd=dirfd)
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 mode, dir_fd=dirfd)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staged, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged, dir_fd=dirfd)
+        raise
+    os.fsync(dirfd)
+
+
 def publish_dir(staged: Path, target: Path) -> bool:
     """Move ``staged``, a directory built beside ``target`` (a cache: a rootfs, wheels),
     into place durably: everything written is flushed to disk first (``sync``: the tree may

@@ -43,6 +43,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bus.timestamps import utc_timestamp
+from fleet.core.atomic import write_atomic_at
 from fleet.core.errors import FleetError
 from fleet.core.sandbox_policy import (
     DEFAULT_LIMITS,
@@ -411,14 +413,7 @@ def record(state_dir: str, line: dict[str, Any], max_bytes: int = RECORDS_MAX_BY
                 return
             records.seek(max(0, info.st_size - max_bytes // 2))
             kept = records.read(max_bytes // 2).split(b"\n", 1)[-1]
-        aside = f".{RECORDS_FILE}.new"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(aside, dir_fd=dirfd)
-        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o644, dir_fd=dirfd)
-        with os.fdopen(fd, "wb") as new:
-            new.write(kept + data)
-        os.replace(aside, RECORDS_FILE, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        write_atomic_at(dirfd, RECORDS_FILE, kept + data)
     finally:
         os.close(dirfd)
 
@@ -466,7 +461,7 @@ def serve(agent: str, conn: socket.socket, *, state_root: str = STATE_ROOT,
         drain(conn)
     except OSError:
         pass
-    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "agent": agent,
+    line = {"time": utc_timestamp(), "agent": agent,
             **{key: value for key, value in result.to_dict().items() if key != "output"},
             "output_bytes": len(result.output.encode())}
     print(json.dumps(line, sort_keys=True), file=sys.stderr, flush=True)  # the journal

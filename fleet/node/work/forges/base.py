@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import requests
 
 from bus.strictjson import loads
+from bus.timestamps import utc_timestamp
 from fleet.core.errors import FleetError
 from fleet.core.masking import Masker
 
@@ -290,8 +291,7 @@ class ForgeHttp:
 
     def limited(self, url: str) -> ForgeRateLimited:
         reset_at = self.blocked_until
-        when = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reset_at))
-                if reset_at is not None else "an unknown time")
+        when = utc_timestamp(reset_at) if reset_at is not None else "an unknown time"
         return ForgeRateLimited(f"{self.kind}: {self.mask(url)}: rate limited until {when} "
                                 f"(longer than the {self.max_wait:.0f} s a call waits)", reset_at)
 
