@@ -33,6 +33,13 @@ class Serving:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.thread.join(timeout=10)
+
+    def __enter__(self) -> str:
+        return self.address
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class LoopbackServer(Serving):
@@ -46,9 +53,10 @@ class LoopbackServer(Serving):
 
 
 class WsgiLoopback(Serving):
-    """A WSGI ``app`` (a Flask stand-in, git's CGI front) served on 127.0.0.1 (or ``host``) by
-    werkzeug's threaded server until :meth:`close`."""
+    """A WSGI ``app`` (a Flask stand-in, git's CGI front) served on 127.0.0.1 (or ``host``;
+    ``port``, else a free one) by werkzeug's threaded server until :meth:`close`, or while
+    inside ``with`` (which yields its base URL)."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
-        server = make_server(host, 0, app, threaded=True)
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        server = make_server(host, port, app, threaded=True)
         super().__init__(server, f"http://{host}:{server.server_port}")

@@ -12,9 +12,7 @@ rate-limit refusal (:meth:`ForgeState.throttle`) or put a next link on another o
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,8 @@ from urllib.parse import urlencode
 
 import jsonschema
 from flask import Flask, Response, abort, request
-from werkzeug.serving import make_server
+
+from tests.jsonhttp import WsgiLoopback
 
 SCHEMAS = Path(__file__).parent / "schemas"
 PREFIX = {"github": "", "gitea": "/api/v1", "gitlab": "/api/v4"}
@@ -590,15 +589,6 @@ class GitLabWire(Wire):
                "pull": "merge_request"}
 
 
-@contextmanager
-def serve(app: Flask) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 (a free port) in a thread; yields its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
+def serve(app: Flask) -> WsgiLoopback:
+    """Serve ``app`` on 127.0.0.1 (a free port) in a thread; ``with`` yields its base URL."""
+    return WsgiLoopback(app)

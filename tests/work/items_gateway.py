@@ -4,17 +4,14 @@ bus keys of :data:`tests.bus.conftest.KEYS`, items stored through the real store
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from flask import Flask
-from werkzeug.serving import make_server
 
 from fleet.node.gateway import create_app
 from fleet.node.work import items
 from tests.bus.conftest import KEYS, PUBLIC
+from tests.jsonhttp import WsgiLoopback
 
 FORGE = "http://192.0.2.5:3000"
 
@@ -55,15 +52,6 @@ def proposed(state: Path, number: int) -> str:
     return item_id
 
 
-@contextmanager
-def serving(app: Flask, port: int) -> Iterator[str]:
-    """``app`` served on 127.0.0.1:``port`` by a thread while inside; its base URL."""
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+def serving(app: Flask, port: int) -> WsgiLoopback:
+    """``app`` served on 127.0.0.1:``port`` by a thread; ``with`` yields its base URL."""
+    return WsgiLoopback(app, port=port)
