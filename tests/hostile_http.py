@@ -27,7 +27,9 @@ class Hostile(socketserver.ThreadingTCPServer):
     """Answers every request as ``mode`` says: ``good`` (well-formed metrics), ``huge-number``
     (a metric of 5,000 digits), ``huge-body`` (300 MiB of comment lines), ``drip-body`` (a
     line every 0.1 s, never ending), ``drip-headers`` (a header line every 0.1 s, never
-    ending), ``deep-json`` (a JSON array nested 100,000 deep)."""
+    ending), ``deep-json`` (a JSON array nested 100,000 deep), ``bad-gzip`` (a body said to
+    be gzip that is not), ``reset-past-calendar`` (a GitHub rate limit spent until the year
+    33658)."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -79,6 +81,15 @@ class Handler(socketserver.BaseRequestHandler):
         elif mode == "deep-json":
             body = b"[" * 100_000
             sock.sendall(head(len(body), "application/json") + body)
+        elif mode == "bad-gzip":  # says gzip, is not
+            body = b"this is not gzip at all"
+            sock.sendall(head(len(body), "application/json").replace(
+                b"\r\n\r\n", b"\r\nContent-Encoding: gzip\r\n\r\n", 1) + body)
+        elif mode == "reset-past-calendar":  # the limit spent, reset in the year 33658
+            body = b'{"default_branch": "main"}'
+            sock.sendall(head(len(body), "application/json").replace(
+                b"\r\n\r\n", b"\r\nX-RateLimit-Remaining: 0\r\n"
+                b"X-RateLimit-Reset: 999999999999\r\n\r\n", 1) + body)
         elif mode in ("drip-body", "drip-headers"):
             if mode == "drip-body":
                 sock.sendall(head())

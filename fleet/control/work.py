@@ -2,10 +2,12 @@
 the dashboard's Work section): calls of its gateway's work API
 (:mod:`fleet.node.gateway.work`), signed with the operator's key, the only one it takes.
 
-Ids and states are checked here before anything is sent. What the node says back (its
-refusals too) reaches the caller as :class:`WorkError` subclasses, its words escaped
-(:func:`~fleet.core.registry.printable`): a node's text never moves the operator's
-terminal.
+Ids and states are checked here before anything is sent. What the node says back is checked
+against the API's shapes before anyone reads it (:func:`checked_page`, :func:`checked_item`:
+ids, states and numbers of their form, texts strings; anything else is
+:class:`WorkUnreachableError`), and its refusals reach the caller as :class:`WorkError`
+subclasses, its words escaped (:func:`~fleet.core.registry.printable`): a node's text never
+moves the operator's terminal, and a malformed answer never becomes a traceback.
 """
 
 from __future__ import annotations
@@ -102,6 +104,80 @@ def _as_work_error(exc: GatewayError) -> WorkError:
     return kind(printable(str(exc)), hint=printable(exc.hint) if exc.hint else None)
 
 
+ITEM_TEXTS = ("forge", "repo", "issue_url", "title", "branch", "created", "updated")
+ITEM_OPTIONAL_TEXTS = ("capability", "assignee", "pr_url", "reason")
+ITEM_NUMBERS = ("issue", "attempts", "version", "events_dropped")
+
+
+def malformed(what: str) -> WorkUnreachableError:
+    return WorkUnreachableError(
+        f"the orchestrator's answer is not a work API answer: {what}",
+        hint="Is the orchestrator on this release? `fleet status`, then `fleet deploy`.")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
+
+
+def checked_item(value: Any) -> WorkItem:
+    """``value`` if it is a work item as the API answers it, else :func:`malformed`."""
+    if not isinstance(value, dict):
+        raise malformed("an item is not an object")
+    if not isinstance(value.get("id"), str) or not WORK_ID_RE.fullmatch(value["id"]):
+        raise malformed("an item's id is not a work item id")
+    if value.get("state") not in STATES:
+        raise malformed(f"item {value['id']}: its state is not one of {', '.join(STATES)}")
+    for key in ITEM_TEXTS:
+        if not isinstance(value.get(key), str):
+            raise malformed(f"item {value['id']}: {key} is not a string")
+    for key in ITEM_OPTIONAL_TEXTS:
+        if value.get(key) is not None and not isinstance(value[key], str):
+            raise malformed(f"item {value['id']}: {key} is not a string or null")
+    for key in ITEM_NUMBERS:
+        if not _number(value.get(key)):
+            raise malformed(f"item {value['id']}: {key} is not a whole number")
+    item: WorkItem = value  # type: ignore[assignment]
+    return item
+
+
+def checked_page(value: Any) -> Page:
+    """``value`` if it is a page of the work list, else :func:`malformed`."""
+    if not isinstance(value, dict) or not isinstance(value.get("items"), list):
+        raise malformed("the list has no items")
+    for item in value["items"]:
+        checked_item(item)
+    after = value.get("next")
+    if after is not None and not (isinstance(after, str) and WORK_ID_RE.fullmatch(after)):
+        raise malformed("next is not a work item id")
+    counts = value.get("counts")
+    if not isinstance(counts, dict) or not all(
+            key in STATES and _number(number) for key, number in counts.items()):
+        raise malformed("counts is not a number per state")
+    page: Page = value  # type: ignore[assignment]
+    return page
+
+
+def checked_shown(value: Any) -> Shown:
+    """``value`` if it is an item with its timeline, else :func:`malformed`."""
+    if not isinstance(value, dict) or not isinstance(value.get("timeline"), list):
+        raise malformed("the item has no timeline")
+    checked_item(value.get("item"))
+    for event in value["timeline"]:
+        if not (isinstance(event, dict) and _number(event.get("seq"))
+                and isinstance(event.get("at"), str) and isinstance(event.get("kind"), str)
+                and isinstance(event.get("detail"), dict)):
+            raise malformed("an event is not {seq, at, kind, detail}")
+    shown_item: Shown = value  # type: ignore[assignment]
+    return shown_item
+
+
+def checked_change(value: Any) -> WorkItem:
+    """The item a retry or cancel answered, else :func:`malformed`."""
+    if not isinstance(value, dict):
+        raise malformed("the answer is not an object")
+    return checked_item(value.get("item"))
+
+
 def list_items(registry: Registry, state: str | None = None, limit: int = DEFAULT_LIMIT,
                after: str | None = None) -> Page:
     """A page of work items, newest first (``after``: the last id of the previous page)."""
@@ -109,24 +185,20 @@ def list_items(registry: Registry, state: str | None = None, limit: int = DEFAUL
         raise WorkValueError(f"{shown(state)} is not a state: {', '.join(STATES)}")
     if not 1 <= limit <= MAX_LIMIT:
         raise WorkValueError(f"limit {limit} is not 1 to {MAX_LIMIT}")
-    page: Page = call(registry, "GET", "/work", {
-        "state": state, "limit": limit, "after": None if after is None else checked_id(after)})
-    return page
+    return checked_page(call(registry, "GET", "/work", {
+        "state": state, "limit": limit, "after": None if after is None else checked_id(after)}))
 
 
 def show(registry: Registry, item_id: str) -> Shown:
     """One work item and its timeline."""
-    found: Shown = call(registry, "GET", f"/work/{checked_id(item_id)}")
-    return found
+    return checked_shown(call(registry, "GET", f"/work/{checked_id(item_id)}"))
 
 
 def retry(registry: Registry, item_id: str) -> WorkItem:
     """Queue a failed item again (:class:`WorkRefusedError` naming why otherwise)."""
-    item: WorkItem = call(registry, "POST", f"/work/{checked_id(item_id)}/retry")["item"]
-    return item
+    return checked_change(call(registry, "POST", f"/work/{checked_id(item_id)}/retry"))
 
 
 def cancel(registry: Registry, item_id: str) -> WorkItem:
     """Close a queued, working or failed item (:class:`WorkRefusedError` otherwise)."""
-    item: WorkItem = call(registry, "POST", f"/work/{checked_id(item_id)}/cancel")["item"]
-    return item
+    return checked_change(call(registry, "POST", f"/work/{checked_id(item_id)}/cancel"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -256,3 +257,64 @@ def test_work_commands_need_the_operator_key(tmp_path: Path,
     assert (found.exit_code, found.output) == (1, (
         "Error: fleet work needs the operator's key, and $FLEET_SECRETS has none\n"
         "Hint: Add identities.operator to the secrets file (`fleet keys` makes one).\n"))
+
+
+GOOD_ITEM = {"id": "w-0123456789ab", "forge": "gitea", "repo": "acme/shop", "issue": 4,
+             "issue_url": "http://192.0.2.5:3000/acme/shop/issues/4", "title": "Fix",
+             "capability": None, "assignee": None, "state": "failed", "branch": "fleet/ISSUE-4",
+             "pr_url": None, "reason": "tests fail", "attempts": 1, "version": 3,
+             "events_dropped": 0, "created": "2026-12-07T00:00:00.000Z",
+             "updated": "2026-12-07T00:00:00.000Z"}
+HOSTILE_ITEMS = [
+    ({"id": "w-0123456789ab\x1b]0;pwned\x07"}, "an item's id is not a work item id"),
+    ({"state": "failed\x1b[2J\n$ rm -rf /"}, "item w-0123456789ab: its state is not one of"),
+    ({"title": 5}, "item w-0123456789ab: title is not a string"),
+    ({"attempts": "1\x1b[2J"}, "item w-0123456789ab: attempts is not a whole number"),
+    ({"events_dropped": True}, "item w-0123456789ab: events_dropped is not a whole number"),
+    ({"pr_url": ["x"]}, "item w-0123456789ab: pr_url is not a string or null"),
+]
+
+
+@pytest.mark.parametrize(("change", "problem"), HOSTILE_ITEMS)
+@pytest.mark.parametrize("command", ["list", "show", "retry", "cancel"])
+def test_a_hostile_orchestrators_answer_is_one_line_and_moves_no_terminal(
+        registry: Path, monkeypatch: pytest.MonkeyPatch, command: str,
+        change: dict[str, Any], problem: str) -> None:
+    """Outside attack r36 (F3): ids, states and numbers from the node reached the terminal
+    unescaped (a title escape, a screen clear, a fake prompt line), and a title of the wrong
+    type was a traceback. The answer is checked against the API's shape first."""
+    from fleet.control import work as control
+
+    item = {**GOOD_ITEM, **change}
+    answers = {"list": {"items": [item], "next": None, "counts": {"failed": 1}},
+               "show": {"item": item, "timeline": []}, "retry": {"item": item},
+               "cancel": {"item": item}}
+    monkeypatch.setattr(control, "work_client", lambda registry: pytest.fail("no call"))
+    monkeypatch.setattr(control, "call", lambda *args, **kw: answers[command])
+    args = [command] if command == "list" else [command, GOOD_ITEM["id"]]
+    done = work(registry, *args, *(["--yes"] if command == "cancel" else []))
+    assert done.exit_code == 1, done.output
+    assert done.output.startswith("Error: the orchestrator's answer is not a work API answer: "
+                                  f"{problem}"), done.output
+    assert done.output.count("\n") == 2 and "\x1b" not in done.output
+    assert "Hint: Is the orchestrator on this release?" in done.output
+
+
+@pytest.mark.parametrize("answer", [
+    {"items": [], "next": None, "counts": {"queued": "lots"}},
+    {"items": [], "next": None, "counts": []},
+    {"items": 5, "next": None, "counts": {}},
+    {"items": [{"id": "w-0123456789ab"}], "next": None, "counts": {}},
+    {"items": [], "next": "../../etc", "counts": {}},
+])
+def test_a_hostile_orchestrator_costs_the_dashboard_only_its_work_section(
+        registry: Path, monkeypatch: pytest.MonkeyPatch, answer: dict[str, Any]) -> None:
+    """Outside attack r36 (F4): a malformed work list made the whole dashboard a 500."""
+    from fleet.control import work as control
+    from fleet.core.registry import load_registry
+    from fleet.dashboard.data import work_board
+
+    monkeypatch.setattr(control, "call", lambda *args, **kw: answer)
+    board = work_board(load_registry(registry))
+    assert board.items == () and (board.problem or "").startswith(
+        "the orchestrator's answer is not a work API answer: ")

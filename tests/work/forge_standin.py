@@ -42,6 +42,7 @@ class Item:
     head: str = ""
     base: str = ""
     pull: bool = False
+    fork: str = ""  # a pull request from this owner's fork (same branch name)
 
 
 @dataclass
@@ -69,9 +70,10 @@ class ForgeState:
         self.items.append(item)
         return item
 
-    def add_pull(self, head: str, base: str, labels: list[str] | None = None) -> Item:
+    def add_pull(self, head: str, base: str, labels: list[str] | None = None,
+                 fork: str = "") -> Item:
         item = Item(len(self.items) + 1, f"PR from {head}", "", labels or [], "open", head,
-                    base, pull=True)
+                    base, pull=True, fork=fork)
         self.items.append(item)
         return item
 
@@ -290,9 +292,9 @@ class GitHubWire(Wire):
         return data
 
     def pull_data(self, item: Item) -> dict[str, Any]:
-        def side(ref: str) -> dict[str, Any]:
-            return {"label": f"{self.forge.repo.split('/')[0]}:{ref}", "ref": ref,
-                    "sha": "0" * 40, "user": user("acme"), "repo": None}
+        def side(ref: str, owner: str = self.forge.repo.split("/")[0]) -> dict[str, Any]:
+            return {"label": f"{owner}:{ref}", "ref": ref, "sha": "0" * 40,
+                    "user": user(owner), "repo": None}
         return {"id": 2000 + item.number, "node_id": f"PR_{item.number}",
                 "url": self.url(f"/pulls/{item.number}"),
                 "html_url": self.html(f"/pull/{item.number}"), "number": item.number,
@@ -301,7 +303,8 @@ class GitHubWire(Wire):
                 "created_at": STAMP, "updated_at": STAMP,
                 "closed_at": None if item.state == "open" else STAMP,
                 "merged_at": STAMP if item.state == "merged" else None,
-                "head": side(item.head), "base": side(item.base), "draft": False,
+                "head": side(item.head, *([item.fork] if item.fork else [])),
+                "base": side(item.base), "draft": False,
                 "merged": item.state == "merged"}
 
     def repository(self) -> Response:
@@ -334,18 +337,22 @@ class GitHubWire(Wire):
         self.forge.comments.append({"issue": number, "body": data["body"]})
         return self.json(data, 201)
 
-    def open_pulls(self, head: str | None) -> list[Item]:
+    def open_pulls(self, head: str | None, owner: str | None = None) -> list[Item]:
+        """Open pull requests (from ``head``; of ``owner``'s repository: the repository's
+        own owner, or a fork's)."""
         return [item for item in self.forge.pulls() if item.state == "open"
-                and (head is None or item.head == head)]
+                and (head is None or item.head == head)
+                and (owner is None or (item.fork or self.forge.repo.split("/")[0]) == owner)]
 
     def pulls(self) -> Response:
         if request.method == "GET":
             head = request.args.get("head")
-            branch = head.split(":", 1)[1] if head and ":" in head else None
-            chosen, headers = self.page([self.pull_data(item) for item in self.open_pulls(branch)])
+            owner, branch = head.split(":", 1) if head and ":" in head else (None, None)
+            chosen, headers = self.page([self.pull_data(item)
+                                         for item in self.open_pulls(branch, owner)])
             return self.json(chosen, headers=headers)
         data = self.body()
-        if self.open_pulls(data.get("head")):
+        if self.open_pulls(data.get("head"), self.forge.repo.split("/")[0]):
             return self.conflict(data.get("head"))
         item = self.forge.add_pull(str(data.get("head")), str(data.get("base")))
         item.title, item.body = str(data.get("title")), str(data.get("body"))
@@ -410,8 +417,8 @@ class GiteaWire(GitHubWire):
                                "full_name": self.forge.repo}}
 
     def pull_data(self, item: Item) -> dict[str, Any]:
-        def side(ref: str) -> dict[str, Any]:
-            return {"label": ref, "ref": ref, "sha": "0" * 40, "repo_id": 1}
+        def side(ref: str, repo_id: int = 1) -> dict[str, Any]:
+            return {"label": ref, "ref": ref, "sha": "0" * 40, "repo_id": repo_id}
         return {"id": 2000 + item.number, "url": self.html(f"/pulls/{item.number}"),
                 "number": item.number, "user": user(), "title": item.title,
                 "body": item.body, "labels": [], "milestone": None, "assignee": None,
@@ -422,7 +429,7 @@ class GiteaWire(GitHubWire):
                 "mergeable": True, "merged": item.state == "merged",
                 "merged_at": STAMP if item.state == "merged" else None,
                 "merge_commit_sha": None, "merged_by": None,
-                "base": side(item.base), "head": side(item.head),
+                "base": side(item.base), "head": side(item.head, 2 if item.fork else 1),
                 "created_at": STAMP, "updated_at": STAMP,
                 "closed_at": None if item.state == "open" else STAMP}
 
@@ -525,7 +532,8 @@ class GitLabWire(Wire):
                 "merged_at": STAMP if state == "merged" else None,
                 "closed_at": STAMP if state == "closed" else None,
                 "target_branch": item.base, "source_branch": item.head,
-                "source_project_id": 1, "target_project_id": 1, "labels": [],
+                "source_project_id": 2 if item.fork else 1, "target_project_id": 1,
+                "labels": [],
                 "draft": False, "merge_status": "can_be_merged", "sha": "0" * 40,
                 "author": {"id": 7, "username": "fleet-bot", "name": "Fleet",
                            "state": "active", "web_url": "https://forge.invalid/fleet-bot"},
@@ -576,7 +584,8 @@ class GitLabWire(Wire):
             return self.json(chosen, headers=headers)
         data = self.body()
         head = data.get("source_branch")
-        found = [item for item in self.forge.pulls() if item.state == "open" and item.head == head]
+        found = [item for item in self.forge.pulls()
+                 if item.state == "open" and item.head == head and not item.fork]
         if found:
             return self.json({"message": ["Another open merge request already exists for this "
                                            f"source branch: !{found[0].number}"]}, 409)

@@ -126,12 +126,12 @@ def test_pull_request_opened_meanwhile_is_found_not_doubled(
     calls = []
     original = setup.forge.find_pull_request  # type: ignore[attr-defined]
 
-    def racing(head: str) -> object:
+    def racing(head: str, base: str | None = None) -> object:
         calls.append(head)
         if len(calls) == 1:
             setup.state.add_pull(head, "main")
             return None
-        return original(head)
+        return original(head, base)
 
     monkeypatch.setattr(setup.forge, "find_pull_request", racing)
     found = setup.forge.open_pull_request("fleet/ISSUE-9", "main", "t", "b")
@@ -268,6 +268,8 @@ def test_schemas_refuse_an_answer_without_the_url(kind: str, field: str) -> None
     ("drip-body", ForgeUnreachable, "timed out"),
     ("huge-body", ForgeAnswerError, "answer over"),
     ("deep-json", ForgeAnswerError, "not JSON"),
+    # outside attack r36 (F7): these escaped as urllib3's DecodeError and a ValueError
+    ("bad-gzip", ForgeAnswerError, "the answer could not be read (DecodeError)"),
 ])
 def test_hostile_answers_end_within_bounds(mode: str, error: type[ForgeError],
                                            message: str) -> None:
@@ -281,6 +283,18 @@ def test_hostile_answers_end_within_bounds(mode: str, error: type[ForgeError],
     assert isinstance(result, error) and message in str(result)
 
 
+def test_a_rate_limit_reset_past_the_calendar_is_a_typed_error() -> None:
+    """Outside attack r36 (F7): X-RateLimit-Reset 999999999999 with none remaining raised
+    ValueError (year 33658) from the next call instead of ForgeRateLimited."""
+    with hostile("reset-past-calendar") as server:
+        forge = open_forge(source("github", f"http://127.0.0.1:{server.port}"), TOKEN,
+                           timeout=(2.0, 2.0))
+        assert forge.default_branch() == "main"
+        with pytest.raises(ForgeRateLimited, match="rate limited until a time past any "
+                                                   "calendar"):
+            forge.default_branch()
+
+
 @pytest.mark.parametrize(("link", "same"), [
     ("http://192.0.2.5:3000/api/v1/repos/a/b/issues?page=2", True),
     ("http://192.0.2.5:3000/api/v1", True),
@@ -292,7 +306,29 @@ def test_hostile_answers_end_within_bounds(mode: str, error: type[ForgeError],
     ("http://192.0.2.5:3000/api/v1evil/repos", False),
     ("http://192.0.2.5:3000/other/api/v1/repos", False),
     ("http://192.0.2.5:99999/api/v1/repos", False),
+    # outside attack r36 (F8): the prefix held before the dots were resolved
+    ("http://192.0.2.5:3000/api/v1/../../steal", False),
+    ("http://192.0.2.5:3000/api/v1/%2e%2e/%2E%2E/steal", False),
+    ("http://192.0.2.5:3000/api/v1/./repos", False),
 ])
 def test_same_origin_is_scheme_host_port_and_api_path(link: str, same: bool) -> None:
     http = ForgeHttp("gitea", "http://192.0.2.5:3000/api/v1", TOKEN, {})
     assert http.same_origin(link) is same
+
+
+def test_a_pull_request_from_a_fork_or_into_another_base_is_not_ours(setup: Setup) -> None:
+    """Outside attack r36 (F2): an open pull request from mallory's fork, of the predictable
+    branch fleet/ISSUE-N, came back as the agent's own, and none was opened. Only the
+    repository's own branch (into the asked base) is ours."""
+    state, forge = setup.state, setup.forge
+    stranger = state.add_pull("fleet/ISSUE-1", "main", fork="mallory")
+    assert forge.find_pull_request("fleet/ISSUE-1") is None  # type: ignore[attr-defined]
+    other_base = state.add_pull("fleet/ISSUE-2", "release")
+    assert forge.find_pull_request("fleet/ISSUE-2", "main") is None  # type: ignore[attr-defined]
+    assert forge.find_pull_request(  # type: ignore[attr-defined]
+        "fleet/ISSUE-2", "release").number == other_base.number
+    ours = forge.open_pull_request("fleet/ISSUE-1", "main", "Fix it", "body")
+    assert ours.number != stranger.number
+    assert (ours.head, ours.base, ours.same_repo) == ("fleet/ISSUE-1", "main", True)
+    assert len(state.pulls()) == 3
+    assert forge.open_pull_request("fleet/ISSUE-1", "main", "Fix it", "again") == ours

@@ -129,3 +129,21 @@ def test_the_work_api_is_on_the_orchestrator_only(tmp_path: Path) -> None:
     orchestrator = gateway_app(registry, tmp_path / "orchestrator")
     assert {"/work", "/work/{item_id}", "/work/{item_id}/retry", "/work/{item_id}/cancel"} <= set(
         orchestrator.test_client().get("/openapi.json").json["paths"])
+
+
+def test_a_refused_retry_stays_used_and_cannot_retry_a_failure_that_came_later(
+        app: Flask) -> None:
+    """Outside attack r36 (F5): the replay claim rolled back with the state refusal, so the
+    same signed retry, refused while the item was working, queued it when replayed after the
+    item had failed."""
+    state = Path(app.config["STATE_DIR"])
+    item_id = issue(state, 1)
+    items.start(state, item_id, "bezalel")
+    headers = signed_headers(OPERATOR, b"", path=f"/work/{item_id}/retry", method="POST",
+                             query="")
+    first = app.test_client().post(f"/work/{item_id}/retry", headers=headers)
+    assert first.status_code == 409 and "a worker is on it" in first.json["error"]
+    items.fail(state, item_id, "a failure after the operator's request")
+    again = app.test_client().post(f"/work/{item_id}/retry", headers=headers)
+    assert again.status_code == 409 and "replay" in again.json["error"]
+    assert items.get(state, item_id)["state"] == "failed"

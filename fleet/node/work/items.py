@@ -348,7 +348,8 @@ def transition(state_dir: str | Path, item_id: str, to: str, *, version: int | N
     Compare-and-set: ``version`` is the version the caller read (None: the current one);
     :class:`WorkConflictError` when the item has moved on since, :class:`WorkStateError`
     when ``(state, to)`` is not in :data:`TRANSITIONS`. ``once``: the ``(caller, request
-    id)`` of the signed request asking, claimed in the same transaction
+    id)`` of the signed request asking, claimed first in a transaction of its own, so a
+    request refused for the item's state stays used and cannot succeed when replayed later
     (:class:`bus.replay.ReplayError` for a replay: nothing changes). ``refuse(item)``: why
     this change is refused to the item as read in the transaction (None: it is not)."""
     checked_id(item_id)
@@ -364,10 +365,11 @@ def transition(state_dir: str | Path, item_id: str, to: str, *, version: int | N
     if fields.get("assignee") is not None:
         _checked("assignee", fields["assignee"], NAME_RE, "an agent's name")
     at = utc_timestamp(now)
-    with connect(state_dir) as db, immediate(db):
-        if once is not None:
+    if once is not None:
+        with connect(state_dir) as db, immediate(db):
             replay.prune(db)
             replay.claim(db, *once)
+    with connect(state_dir) as db, immediate(db):
         item = _row(db, item_id)
         if version is not None and item["version"] != version:
             raise WorkConflictError(

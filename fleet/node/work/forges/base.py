@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
+import urllib3
 
 from bus.strictjson import loads
 from bus.timestamps import utc_timestamp
@@ -106,13 +107,15 @@ class Issue:
 @dataclass(frozen=True)
 class PullRequest:
     """A pull request (GitLab: merge request): number (``iid``), web page URL, state
-    (``open``, ``merged`` or ``closed``), head and base branch."""
+    (``open``, ``merged`` or ``closed``), head and base branch; ``same_repo``: its head branch
+    is in the repository itself (not a fork's branch of the same name)."""
 
     number: int
     url: str
     state: str
     head: str
     base: str
+    same_repo: bool = False
 
 
 class Forge(Protocol):
@@ -224,6 +227,9 @@ class ForgeHttp:
         except requests.RequestException as exc:
             raise ForgeUnreachable(f"{self.kind}: {method} {shown}: unreachable "
                                    f"({type(exc).__name__})") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # a body that does not decode
+            raise ForgeAnswerError(f"{self.kind}: {method} {shown}: the answer could not be "
+                                   f"read ({type(exc).__name__})") from None
         log.debug("%s %s -> %s", method, self.mask(final), status)
         if len(raw) > self.max_bytes:
             raise ForgeAnswerError(f"{self.kind}: {method} {shown}: answer over "
@@ -291,7 +297,10 @@ class ForgeHttp:
 
     def limited(self, url: str) -> ForgeRateLimited:
         reset_at = self.blocked_until
-        when = utc_timestamp(reset_at) if reset_at is not None else "an unknown time"
+        try:
+            when = utc_timestamp(reset_at) if reset_at is not None else "an unknown time"
+        except (ValueError, OverflowError, OSError):  # a reset past the calendar's end
+            when = "a time past any calendar"
         return ForgeRateLimited(f"{self.kind}: {self.mask(url)}: rate limited until {when} "
                                 f"(longer than the {self.max_wait:.0f} s a call waits)", reset_at)
 
@@ -335,13 +344,16 @@ class ForgeHttp:
             answer = self.call("GET", path, full_url=link)
 
     def same_origin(self, url: str) -> bool:
-        """``url`` is on the API's scheme, host and port, under its path."""
+        """``url`` is on the API's scheme, host and port, under its path (with no ``.`` or
+        ``..`` segment, even percent-encoded, that would climb out of it)."""
         try:
             mine, theirs = urlsplit(self.api_url), urlsplit(url)
+            climbs = any(segment in (".", "..")
+                         for segment in unquote(theirs.path).replace("\\", "/").split("/"))
             return (mine.scheme, mine.hostname, _port(mine.scheme, mine.port)) == \
                 (theirs.scheme, theirs.hostname, _port(theirs.scheme, theirs.port)) \
                 and (theirs.path + "/").startswith(mine.path.rstrip("/") + "/") \
-                and not theirs.username and not theirs.password
+                and not theirs.username and not theirs.password and not climbs
         except ValueError:
             return False
 
@@ -475,24 +487,26 @@ class ForgeClient:
     def open_pull_request(self, head: str, base: str, title: str, body: str) -> PullRequest:
         """The open pull request from ``head`` into ``base``: the one already open (looked up
         first, and again when the forge answers that one exists), else a new one."""
-        existing = self.find_pull_request(head)
+        existing = self.find_pull_request(head, base)
         if existing is not None:
             return existing
         answer = self.http.call("POST", f"{self.base}/{self.pulls}", ok=(201, self.conflict),
                                 body=self.pull_body(head, base, title, body))
         if answer.status == self.conflict:  # opened meanwhile (else a real refusal)
-            existing = self.find_pull_request(head)
+            existing = self.find_pull_request(head, base)
             if existing is None:
                 raise self.http.failure("POST", answer)
             return existing
         return self.parse_pull(record(answer.data, self.kind))
 
-    def find_pull_request(self, head: str) -> PullRequest | None:
-        """The open pull request from branch ``head``, if any."""
+    def find_pull_request(self, head: str, base: str | None = None) -> PullRequest | None:
+        """The open pull request from the repository's own branch ``head`` (into ``base``,
+        when given), if any: one from a fork's branch of the same name is someone else's."""
         for item in self.http.pages(f"{self.base}/{self.pulls}", self.pull_params(head),
                                     self.next_page):
             found = self.parse_pull(record(item, self.kind))
-            if found.head == head and found.state == "open":
+            if (found.head == head and found.state == "open" and found.same_repo
+                    and (base is None or found.base == base)):
                 return found
         return None
 

@@ -84,4 +84,21 @@ def pull_request(data: dict[str, Any], kind: str) -> PullRequest:
     return PullRequest(number=number(data.get("number"), "number", kind),
                        url=web_url(data.get("html_url"), "html_url", kind), state=state,
                        head=text(head.get("ref"), "head.ref", kind, 255),
-                       base=text(base.get("ref"), "base.ref", kind, 255))
+                       base=text(base.get("ref"), "base.ref", kind, 255),
+                       same_repo=same_repo(head, base))
+
+
+def same_repo(head: dict[str, Any], base: dict[str, Any]) -> bool:
+    """Whether a pull request's head is a branch of its base's repository: by ``repo_id``
+    (Gitea), else ``repo.full_name``, else the owner in ``label`` (``owner:branch``); False
+    when none of them says so."""
+    for key in ("repo_id",):
+        if isinstance(head.get(key), int) and isinstance(base.get(key), int):
+            return bool(head[key] == base[key])
+    repos = [side.get("repo") for side in (head, base)]
+    if all(isinstance(repo, dict) and isinstance(repo.get("full_name"), str) for repo in repos):
+        return str(repos[0]["full_name"]).lower() == str(repos[1]["full_name"]).lower()  # type: ignore[index]
+    labels = [side.get("label") for side in (head, base)]
+    if all(isinstance(label, str) and ":" in label for label in labels):
+        return str(labels[0]).split(":", 1)[0].lower() == str(labels[1]).split(":", 1)[0].lower()
+    return False

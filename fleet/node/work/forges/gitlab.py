@@ -98,4 +98,6 @@ def merge_request(data: dict[str, Any]) -> PullRequest:
                        url=web_url(data.get("web_url"), "web_url", "gitlab"),
                        state=MR_STATES.get(str(data.get("state")), "closed"),
                        head=text(data.get("source_branch"), "source_branch", "gitlab", 255),
-                       base=text(data.get("target_branch"), "target_branch", "gitlab", 255))
+                       base=text(data.get("target_branch"), "target_branch", "gitlab", 255),
+                       same_repo=isinstance(data.get("source_project_id"), int)
+                       and data.get("source_project_id") == data.get("target_project_id"))
