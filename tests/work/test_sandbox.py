@@ -10,6 +10,8 @@ import json
 import os
 import pwd
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,8 @@ from fleet.control import render
 from fleet.core.sandbox_policy import policy_for, policy_from_dict
 from fleet.node.work import sandbox
 from fleet.node.work.sandbox import (
+    MOVED,
+    MOVED_EXIT,
     WORKSPACE_RE,
     RequestRefused,
     SandboxError,
@@ -104,7 +108,34 @@ def state(tmp_path: Path) -> Path:
 
 
 def test_a_real_workspace_resolves_to_its_path(state: Path) -> None:
-    assert open_workspace(str(state), GOOD, os.getuid()) == str(state / GOOD)
+    checked = (state / GOOD).stat()
+    assert open_workspace(str(state), GOOD, os.getuid()) == (
+        str(state / GOOD), f"{checked.st_dev}:{checked.st_ino}")
+
+
+@pytest.mark.parametrize("swap", ["symlink", "another directory"])
+def test_a_workspace_swapped_after_its_check_runs_nothing(
+        state: Path, tmp_path: Path, swap: str) -> None:
+    """Outside attack r36 (F1): the agent renamed its checked workspace and put a symlink (or
+    another directory) in its place before systemd-run, so systemd would have bound the
+    target into the unit. The unit's first step checks it is the directory checked, and
+    refuses before any of the repository's code runs."""
+    path, identity = open_workspace(str(state), GOOD, os.getuid())
+    marker = tmp_path / "ran"
+    os.rename(path, tmp_path / "moved")
+    if swap == "symlink":
+        (tmp_path / "root-only").mkdir()
+        Path(path).symlink_to(tmp_path / "root-only")
+    else:
+        Path(path).mkdir()
+    done = subprocess.run([sys.executable, "-m", "fleet.node.work.sandbox", "enter", identity,
+                           "--", "touch", str(marker)], cwd=path, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == MOVED_EXIT and not marker.exists()
+    assert done.stderr == f"fleet sandbox: {MOVED}\n"
+    kept = subprocess.run([sys.executable, "-m", "fleet.node.work.sandbox", "enter", identity,
+                           "--", "touch", str(marker)], cwd=tmp_path / "moved", check=False)
+    assert kept.returncode == 0 and marker.exists()  # the directory checked: it runs
 
 
 @pytest.mark.parametrize("escape", ["workspace", "work"])
@@ -201,7 +232,8 @@ def test_the_command_line_carries_every_limit_and_the_network_rule() -> None:
     props = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-p"]
     assert argv[:6] == ["/usr/bin/systemd-run", "--wait", "--pipe", "--quiet", "--unit",
                         "fleet-sandbox-bezalel-0a.service"]
-    assert argv[-3:] == ["--", "sh", "run-tests.sh"]
+    assert argv[argv.index("--") + 1:] == [sys.executable, "-m", "fleet.node.work.sandbox",
+                                           "enter", "", "--", "sh", "run-tests.sh"]
     assert {"User=bezalel", "Group=bezalel", "WorkingDirectory=/w", "CPUQuota=100%",
             "MemoryMax=512M", "MemorySwapMax=0", "TasksMax=64", "RuntimeMaxSec=600",
             "LimitNPROC=99", "LimitDATA=1024M", "TemporaryFileSystem=/var/lib/fleet:ro",

@@ -41,6 +41,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from bus.timestamps import utc_timestamp
@@ -67,6 +68,8 @@ WORKSPACE_RE = re.compile(r"work/w-[0-9a-f]{12}", re.ASCII)
 WORKSPACE_FORM = "work/w- and 12 lowercase hex digits, relative to the agent's state dir"
 REASONS = ("passed", "failed", "timeout", "memory", "tasks", "killed", "refused")
 SYSTEMD_RUN = "/usr/bin/systemd-run"
+PYTHON = sys.executable  # the node's python3, which runs this front door
+CURRENT_SITE = str(Path(__file__).parents[3])  # the release's site dir this module came from
 SYSTEMCTL = "/usr/bin/systemctl"
 WATCH_EVERY_S = 0.01  # a fork bomb under LimitNPROC= peaks for ~0.1 s, then dies out
 MEMORY_EVERY = 5  # turns: resident memory is summed over /proc every 0.05 s
@@ -186,9 +189,11 @@ def peer_uid(conn: socket.socket) -> int:
     return int(struct.unpack("3i", creds)[1])
 
 
-def open_workspace(state_dir: str, workspace: str, uid: int) -> str:
-    """The workspace's path: each component opened as a directory without following a
-    symlink, owned by ``uid``; the path as the kernel names the directory opened."""
+def open_workspace(state_dir: str, workspace: str, uid: int) -> tuple[str, str]:
+    """The workspace's path and identity (``DEV:INO`` of the directory checked): each
+    component opened as a directory without following a symlink, owned by ``uid``; the path
+    as the kernel names the directory opened. The agent can still rename it afterwards, so
+    the unit checks the identity again before anything runs (:func:`enter`)."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     fds: list[int] = []
     try:
@@ -202,13 +207,33 @@ def open_workspace(state_dir: str, workspace: str, uid: int) -> str:
             if os.fstat(fds[-1]).st_uid != uid:
                 raise RequestRefused(f"workspace {workspace}: {part} is not the agent's")
         path = os.readlink(f"/proc/self/fd/{fds[-1]}")
+        checked = os.fstat(fds[-1])
+        identity = f"{checked.st_dev}:{checked.st_ino}"
     finally:
         for fd in fds:
             os.close(fd)
     if path != f"{state_dir}/{workspace}":
         raise RequestRefused(f"workspace {workspace} resolves to {path!r}, outside the "
                              "agent's state dir")
-    return path
+    return path, identity
+
+
+MOVED_EXIT = 125
+"""What :func:`enter` exits with when the workspace the unit was given is not the directory
+the front door checked (the agent swapped it meanwhile): nothing of the repository ran."""
+MOVED = "the workspace was replaced after it was checked; nothing ran"
+
+
+def enter(identity: str, argv: Sequence[str]) -> int:
+    """Inside the unit, as the agent: run ``argv`` only if the working directory systemd set
+    up (``WorkingDirectory=``, bound by ``BindPaths=``) is the directory the front door
+    checked (``DEV:INO``); a symlink or another directory renamed into its place between the
+    check and the unit's start is refused here, before any of the repository's code runs."""
+    here = os.stat(".")
+    if f"{here.st_dev}:{here.st_ino}" != identity or not argv:
+        print(f"fleet sandbox: {MOVED}", file=sys.stderr, flush=True)
+        return MOVED_EXIT
+    os.execvp(argv[0], list(argv))
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -272,8 +297,9 @@ def cgroup_rss(cgroup: str) -> int:
 
 
 def run_argv(policy: SandboxPolicy, agent: str, unit: str, workspace: str, *,
-             nproc_limit: int, firewall: bool) -> list[str]:
-    """The ``systemd-run`` command line of one run (the policy's argv after ``--``)."""
+             nproc_limit: int, firewall: bool, identity: str = "") -> list[str]:
+    """The ``systemd-run`` command line of one run: after ``--``, :func:`enter` checking the
+    workspace is still the directory ``identity`` names, then the policy's argv."""
     memory = policy.memory_max_mib
     props = [
         f"User={agent}", f"Group={agent}", f"WorkingDirectory={workspace}",
@@ -287,10 +313,12 @@ def run_argv(policy: SandboxPolicy, agent: str, unit: str, workspace: str, *,
         *HARDENING]
     if not firewall or not policy.allow:
         props.append("PrivateNetwork=yes")
+    props.append(f"Environment=PYTHONPATH={CURRENT_SITE}")
     argv = [SYSTEMD_RUN, "--wait", "--pipe", "--quiet", "--unit", unit]
     for prop in props:
         argv += ["-p", prop]
-    return [*argv, "--", *policy.argv]
+    return [*argv, "--", PYTHON, "-m", "fleet.node.work.sandbox", "enter", identity, "--",
+            *policy.argv]
 
 
 class _Tail:
@@ -340,12 +368,13 @@ def unit_outcome(unit: str, returncode: int) -> tuple[str, int | None]:
     return "killed", None
 
 
-def run_sandboxed(policy: SandboxPolicy, agent: str, uid: int, workspace: str) -> SandboxResult:
+def run_sandboxed(policy: SandboxPolicy, agent: str, uid: int, workspace: str,
+                  identity: str = "") -> SandboxResult:
     """Run the policy's command in ``workspace`` as ``agent`` under every limit; the front
     door stops the unit itself when it outgrows its task or memory limit or its time."""
     unit = f"fleet-sandbox-{agent}-{secrets.token_hex(6)}.service"
     firewall = firewall_supported()
-    argv = run_argv(policy, agent, unit, workspace, firewall=firewall,
+    argv = run_argv(policy, agent, unit, workspace, firewall=firewall, identity=identity,
                     nproc_limit=uid_tasks(uid) + 2 * policy.tasks_max)
     network = ("allowlist" if policy.allow else "none") if firewall else "none"
     start = time.monotonic()
@@ -376,7 +405,11 @@ def run_sandboxed(policy: SandboxPolicy, agent: str, uid: int, workspace: str) -
     reason, exit_status = unit_outcome(unit, proc.wait())
     if stopped:
         reason, exit_status = stopped, None
-    return SandboxResult(reason, exit_status, duration, tail.text(), unit=unit,
+    output = tail.text()
+    if exit_status == MOVED_EXIT and output.startswith(f"fleet sandbox: {MOVED}"):
+        return SandboxResult("refused", None, duration, output, unit=unit, network=network,
+                             error=MOVED)
+    return SandboxResult(reason, exit_status, duration, output, unit=unit,
                          network=network)
 
 
@@ -426,13 +459,13 @@ def handle(conn: socket.socket, agent: str, uid: int, *, state_root: str = STATE
         return refused(f"uid {caller} is not {agent}'s (uid {uid})")
     try:
         workspace = parse_request(read_request(conn))
-        path = open_workspace(f"{state_root}/{agent}", workspace, uid)
+        path, identity = open_workspace(f"{state_root}/{agent}", workspace, uid)
         policy = load_policy(f"{etc_root}/{agent}")
     except (RequestRefused, SandboxPolicyError) as exc:
         return refused(str(exc))
     except (OSError, ValueError) as exc:
         return refused(f"the sandbox policy cannot be read: {exc}")
-    return run_sandboxed(policy, agent, uid, path)
+    return run_sandboxed(policy, agent, uid, path, identity)
 
 
 def drain(conn: socket.socket, limit: int = 64 * 1024, deadline_s: float = 1.0) -> None:
@@ -519,12 +552,16 @@ def run_tests(workspace_rel: str, *, agent: str | None = None, socket_path: str 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``serve --agent AGENT``: answer the connection on stdin (socket activation)."""
+    """``serve --agent AGENT``: answer the connection on stdin (socket activation);
+    ``enter DEV:INO -- ARGV``: inside the unit, run ARGV in the checked workspace only."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["enter"] and args_list[2:3] == ["--"]:
+        return enter(args_list[1], args_list[3:])
     parser = argparse.ArgumentParser(prog="python3 -m fleet.node.work.sandbox")
     sub = parser.add_subparsers(dest="command", required=True)
     serve_parser = sub.add_parser("serve", help="answer one connection on stdin")
     serve_parser.add_argument("--agent", required=True)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     with socket.socket(fileno=os.dup(0)) as conn:
         result = serve(args.agent, conn)
     return 0 if result.status != "refused" else 1
