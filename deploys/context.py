@@ -22,6 +22,7 @@ from fleet.core.digests import text_sha256
 from fleet.core.masking import Masker
 from fleet.core.registry import Agent, Registry, load_registry
 from fleet.core.schedules import Schedule, unit_base, unit_glob
+from fleet.core.work_config import holds_forge_tokens, token_names
 from fleet.node.work.sandbox import POLICY_FILE as SANDBOX_POLICY_FILE
 
 OPT = "/opt/fleet"
@@ -300,7 +301,13 @@ class AgentContext:
     def env_file(self) -> str:
         """``/etc/fleet/<agent>/env``: public settings then secrets, in systemd's
         ``EnvironmentFile=`` syntax (double-quoted values, :mod:`fleet.core.envfile`)."""
-        return render.env_file({**self.public_env(), **self.secrets.for_agent(self.name)})
+        secrets = self.secrets.for_agent(self.name)
+        work = self.registry.work
+        if work is not None and not holds_forge_tokens(work, self.agent.role,
+                                                       self.agent.capabilities):
+            secrets = {key: value for key, value in secrets.items()
+                       if key not in token_names(work)}  # least privilege: no forge token
+        return render.env_file({**self.public_env(), **secrets})
 
 
 _contexts: dict[str, AgentContext] = {}
