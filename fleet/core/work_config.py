@@ -372,6 +372,11 @@ def capability_problems(config: WorkConfig, declared: Iterable[str]) -> list[tup
             for label, capability in source.capability_labels if capability not in known]
 
 
+INTAKE_SCHEDULE = "work-intake"
+"""The orchestrator's schedule running work intake (``fleet.node.work.intake``) when the
+registry has a ``work:`` section."""
+INTAKE_ON = "*:0/10"
+"""When intake runs: every 10 minutes (a systemd calendar expression)."""
 DEFAULT_CAPABILITY = "code"
 """The capability an issue needs when none of its labels is in ``capability_labels``."""
 
