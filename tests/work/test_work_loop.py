@@ -23,7 +23,7 @@ from fleet.node.provider import Provider
 from fleet.node.runtime.loop import Runtime
 from fleet.node.work import items
 from fleet.node.work.intake import GRACE_S, Intake
-from fleet.node.work.messages import EVENT, ITEM
+from fleet.node.work.messages import EVENT, ITEM, ItemOrder
 from fleet.node.work.worker import Worker, WorkerStopped
 from tests.bus.conftest import FAST_RETRIES, KEYS, Gateway, free_port
 from tests.runtime.conftest import MockProvider
@@ -175,6 +175,15 @@ def test_one_intake_run_proposes_a_tested_pull_request_per_issue_and_a_second_ad
     assert work_fleet.pulls() == {"gitea": 1, "github": 1, "gitlab": 1}
     assert all(len(state.comments) == 1 for state in work_fleet.forges.values())
 
+    work_fleet.forges["gitea"].pulls()[0].state = "merged"  # a person merged it
+    work_fleet.forges["github"].items[0].state = "closed"  # a person closed the issue
+    ended = work_fleet.intake().run()
+    states = {item["forge"]: (item["state"], item["reason"]) for item in work_fleet.items()}
+    assert len(ended.closed) == 2 and states == {
+        "gitea": ("closed", "its pull request was merged on the forge"),
+        "github": ("closed", "its issue was closed on the forge"),
+        "gitlab": ("proposed", None)}
+
 
 class Killer:
     """A worker's bus client that kills its worker (as kill -9 would: no outcome, nothing more
@@ -240,7 +249,7 @@ def test_a_work_event_from_another_than_the_assignee_is_refused(
              "allegro's messages to reach ezra")
     intake = work_fleet.intake()
     intake.record_messages()
-    assert intake.report.refused == [
+    assert sorted(intake.report.refused) == [  # delivered in either order
         f"work.event from allegro refused: {item['id']} is working on bezalel, not on allegro",
         f"work.outcome from allegro refused: {item['id']} is working on bezalel, not on "
         "allegro"]
@@ -269,3 +278,32 @@ def test_a_work_item_from_anyone_but_the_orchestrator_is_refused(
     assert worker.offer({"from": "ezra", "payload": {**payload, "issue": True}}) == {
         "refused": "issue number True is not a positive integer"}
     assert worker.current is None
+
+
+def test_while_an_item_runs_the_worker_answers_requests_and_another_item_is_busy(
+        work_fleet: WorkFleet, provider: MockProvider) -> None:
+    for kind in ("github", "gitlab"):
+        work_fleet.forges[kind].items.clear()
+    second = work_fleet.forges["gitea"].add_issue("another", ["fleet"])
+    runtime = work_fleet.start_worker("bezalel", FIX_SCRIPT)
+    model = work_fleet.models["bezalel"]
+    model.hold = threading.Event()  # the item's model thinks until released
+    try:
+        report = work_fleet.intake().run()
+        assert report.taken == 2 and len(report.routed) == 1  # one item per worker
+        wait_for(lambda: len(model.requests) == 1, 30, "the item's first model turn")
+        provider.reply = "four"
+        answer = work_fleet.ezra.request("bezalel", {"prompt": "2+2?"}, timeout=30)
+        assert answer["payload"]["text"] == "four"  # the runtime answers meanwhile
+        queued = next(item for item in work_fleet.items() if item["state"] == "queued")
+        assert queued["issue"] == second.number
+        intake = work_fleet.intake()
+        order = ItemOrder(queued["id"], second.number, second.title, "", queued["issue_url"],
+                          "gitea", "acme/gitea-shop", work_fleet.git.url +
+                          "/acme/gitea-shop.git", "main")
+        running = work_fleet.worker(runtime).current
+        assert intake.offer("bezalel", order, 9)["busy"] == running
+        assert runtime.status["state"] == "ready"
+    finally:
+        model.hold.set()
+    work_fleet.settled("proposed", 1)
