@@ -166,7 +166,8 @@ class Intake:
         at = min(self.now(), sent.timestamp()) if sent is not None else self.now()
         try:
             if message["type"] == EVENT:
-                items.record(self.state_dir, item_id, kind, detail, now=at)
+                if kind not in ("proposed", "failed"):  # the outcome records those
+                    items.record(self.state_dir, item_id, kind, detail, now=at)
             elif state == "proposed" and pr_url is not None:
                 items.propose(self.state_dir, item_id, pr_url, version=item["version"], now=at)
             else:
