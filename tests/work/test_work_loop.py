@@ -277,6 +277,9 @@ def test_a_work_item_from_anyone_but_the_orchestrator_is_refused(
         "refused"].startswith("base branch '--upload-pack=x' is not a branch name")
     assert worker.offer({"from": "ezra", "payload": {**payload, "issue": True}}) == {
         "refused": "issue number True is not a positive integer"}
+    assert worker.offer({"from": "ezra", "payload": payload, "ttl": 30,
+                         "timestamp": "2026-01-01T00:00:00Z"}) == {
+        "refused": "the work item came too late (ttl 30 s): the orchestrator gave up waiting"}
     assert worker.current is None
 
 

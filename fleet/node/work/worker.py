@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from bus.validate import expired
 from fleet.core.registry import Registry
 from fleet.node.provider import Provider
 from fleet.node.work import sandbox
@@ -111,6 +112,9 @@ class Worker:
                         message.get("from"))
             return {"refused": f"only the orchestrator ({', '.join(orchestrators)}) sends "
                                "work items"}
+        if message.get("timestamp") and expired(message):
+            return {"refused": f"the work item came too late (ttl {message.get('ttl')} s): "
+                               "the orchestrator gave up waiting"}
         try:
             order, source = read_order(message.get("payload"), self.registry.work)
         except WorkMessageError as exc:
