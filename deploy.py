@@ -58,7 +58,8 @@ elif ready.ok:
     release_writes = release.run(ctx)  # the switch, registry copy and config: they restart it
     soul_write = soul.run(ctx)
     env_write = keys.run(ctx)
-    sandbox.run(ctx)  # the test sandbox's policy, socket and front door; restarts no agent
+    sandbox.run(ctx, ctx.registry.work)  # the sandbox: policy (the registry's test command and
+    # forge allowlist), socket and front door; restarts no agent
     service_ops = services.run(ctx, restart_on=[*release_writes, soul_write, env_write],
                                env_write=env_write)
     webhook.run(ctx)  # the deploy webhook receiver, where the registry puts it

@@ -19,7 +19,9 @@ from typing import Any
 
 from bus.timestamps import parse_timestamp
 
-TYPES = ("request", "response", "broadcast", "alert")
+TYPES = ("request", "response", "broadcast", "alert", "work.item", "work.event", "work.outcome")
+"""Message types; the ``work.*`` ones carry autonomous work between the orchestrator and a
+worker (:mod:`fleet.node.work.messages`)."""
 MAX_ID = 200
 MAX_TTL = 365 * 86400  # one year, in seconds
 MAX_BATCH = 500

@@ -22,6 +22,12 @@ from fleet.core.digests import text_sha256
 from fleet.core.masking import Masker
 from fleet.core.registry import Agent, Registry, load_registry
 from fleet.core.schedules import Schedule, unit_base, unit_glob
+from fleet.core.work_config import (
+    INTAKE_ON,
+    INTAKE_SCHEDULE,
+    holds_forge_tokens,
+    token_names,
+)
 from fleet.node.work.sandbox import POLICY_FILE as SANDBOX_POLICY_FILE
 
 OPT = "/opt/fleet"
@@ -171,7 +177,7 @@ class AgentContext:
         if self.agent.runtime_unit is None:  # one left from before is removed
             paths += [self.runtime_unit_path, self.ship_dir]
         paths += self.release_ship_paths()
-        paths += [f"{UNIT_DIR}/{unit}" for item in self.agent.schedules
+        paths += [f"{UNIT_DIR}/{unit}" for item in self.schedules
                   for unit in self.schedule_units(item)]
         paths += [f"{UNIT_DIR}/{unit}" for unit in self.sandbox_units]
         paths.append(f"{self.etc_dir}/{SANDBOX_POLICY_FILE}")
@@ -181,6 +187,16 @@ class AgentContext:
     def sandbox_units(self) -> tuple[str, str]:
         """The agent's sandbox socket and the template unit of its front door."""
         return f"fleet-sandbox-{self.name}.socket", f"fleet-sandbox-{self.name}@.service"
+
+    @property
+    def schedules(self) -> list[Schedule]:
+        """The agent's schedules: the registry's, and work intake
+        (:data:`~fleet.core.work_config.INTAKE_SCHEDULE`) on the orchestrator when the
+        registry has a ``work:`` section."""
+        found = list(self.agent.schedules)
+        if self.registry.work is not None and self.agent.role == "orchestrator":
+            found.append(Schedule(INTAKE_SCHEDULE, INTAKE_ON, ""))
+        return found
 
     def schedule_units(self, schedule: Schedule) -> tuple[str, str]:
         """The timer and the service of one of the agent's schedules."""
@@ -300,7 +316,13 @@ class AgentContext:
     def env_file(self) -> str:
         """``/etc/fleet/<agent>/env``: public settings then secrets, in systemd's
         ``EnvironmentFile=`` syntax (double-quoted values, :mod:`fleet.core.envfile`)."""
-        return render.env_file({**self.public_env(), **self.secrets.for_agent(self.name)})
+        secrets = self.secrets.for_agent(self.name)
+        work = self.registry.work
+        if work is not None and not holds_forge_tokens(work, self.agent.role,
+                                                       self.agent.capabilities):
+            secrets = {key: value for key, value in secrets.items()
+                       if key not in token_names(work)}  # least privilege: no forge token
+        return render.env_file({**self.public_env(), **secrets})
 
 
 _contexts: dict[str, AgentContext] = {}
@@ -321,7 +343,7 @@ def load_node(ctx: AgentContext) -> None:
                              keys_file=ctx.login_keys_file, lock_dir=LOCK_DIR,
                              schedule_glob=ctx.schedule_glob.rstrip("*"),
                              timers=(*(ctx.schedule_units(item)[0]
-                                       for item in ctx.agent.schedules),
+                                       for item in ctx.schedules),
                                      ctx.sandbox_units[0]))
 
 

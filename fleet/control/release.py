@@ -66,8 +66,8 @@ ENTRY_POINTS: dict[str, str] = {
                         "from fleet.core.serving import *  # noqa: F403\n",
     "fleet/gateway/__init__.py": '"""The units\' entry to the gateway: fleet.node.gateway."""\n',
     "fleet/gateway/wsgi.py": "from fleet.node.gateway.wsgi import app\n\n__all__ = [\"app\"]\n",
-    "fleet/runtime/__init__.py": '"""The units\' entry to the runtime: fleet.node.runtime."""\n',
-    "fleet/runtime/__main__.py": "import sys\n\nfrom fleet.node.runtime import main\n\n"
+    "fleet/runtime/__init__.py": '"""The units\' entry to the runtime: fleet.node.agent."""\n',
+    "fleet/runtime/__main__.py": "import sys\n\nfrom fleet.node.agent import main\n\n"
                                  "sys.exit(main())\n",
 }
 """What the agents' units run (``python:fleet.serving``, ``fleet.gateway.wsgi:app``,

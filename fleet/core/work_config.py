@@ -370,3 +370,33 @@ def capability_problems(config: WorkConfig, declared: Iterable[str]) -> list[tup
              f"declares {capability!r}; add it to an agent's `capabilities:` or drop the label")
             for index, source in enumerate(config.sources)
             for label, capability in source.capability_labels if capability not in known]
+
+
+INTAKE_SCHEDULE = "work-intake"
+"""The orchestrator's schedule running work intake (``fleet.node.work.intake``) when the
+registry has a ``work:`` section."""
+INTAKE_ON = "*:0/10"
+"""When intake runs: every 10 minutes (a systemd calendar expression)."""
+DEFAULT_CAPABILITY = "code"
+"""The capability an issue needs when none of its labels is in ``capability_labels``."""
+
+
+def work_capabilities(config: WorkConfig) -> frozenset[str]:
+    """Every capability a work item can need: :data:`DEFAULT_CAPABILITY` and each value of
+    the sources' ``capability_labels``."""
+    return frozenset({DEFAULT_CAPABILITY, *(capability for source in config.sources
+                                            for _, capability in source.capability_labels)})
+
+
+def token_names(config: WorkConfig) -> frozenset[str]:
+    """The names of the fleet secrets holding the sources' forge tokens."""
+    return frozenset(source.token for source in config.sources)
+
+
+def holds_forge_tokens(config: WorkConfig | None, role: str,
+                       capabilities: Iterable[str]) -> bool:
+    """Whether an agent gets the forge tokens (least privilege): the orchestrator (intake reads
+    the forges) and agents with a capability work items need (they push and propose)."""
+    if config is None:
+        return False
+    return role == "orchestrator" or not work_capabilities(config).isdisjoint(capabilities)

@@ -17,6 +17,8 @@ from flask.testing import FlaskClient
 from tests.bus.conftest import dumps, message, rows, signed_headers
 from tests.waiting import wait_for
 
+TYPES_SHOWN = "(request, response, broadcast, alert, work.item, work.event, work.outcome)"
+
 
 def call(client: FlaskClient, method: str, path: str, params: dict[str, Any] | None = None,
          body: Any = None, agent: str = "bezalel") -> Any:
@@ -64,7 +66,7 @@ def test_bad_inbox_query_lists_each_parameter(client: FlaskClient) -> None:
     assert response.json["problems"] == {
         "since": "'-1' is not an inbox position (a whole number >= 0 in ASCII digits)",
         "limit": "'5000' is not a whole number from 1 to 1000",
-        "type": "'x' is not a message type (request, response, broadcast, alert)",
+        "type": "'x' is not a message type " + TYPES_SHOWN,
         "unacked": "'maybe' is not 1, 0, true or false",
         "q": "unknown parameter",
     }

@@ -11,6 +11,8 @@ from flask.testing import FlaskClient
 
 from tests.bus.conftest import UNTRUSTED_KEY, dumps, message, rows, signed_headers
 
+TYPES_SHOWN = "(request, response, broadcast, alert, work.item, work.event, work.outcome)"
+
 AGENTS = "ezra, bezalel, allegro, ghost"
 
 
@@ -48,7 +50,7 @@ def test_same_id_from_another_sender_is_another_message(client: FlaskClient,
 @pytest.mark.parametrize(("fields", "problems"), [
     ({"id": None}, {"id": "missing required field"}),
     ({"type": "gossip"},
-     {"type": "'gossip' is not a message type (request, response, broadcast, alert)"}),
+     {"type": "'gossip' is not a message type " + TYPES_SHOWN}),
     ({"timestamp": "yesterday"},
      {"timestamp": "'yesterday' is not an ISO 8601 timestamp with a UTC offset "
                    "(e.g. 2026-11-28T01:02:03Z)"}),
@@ -65,7 +67,7 @@ def test_same_id_from_another_sender_is_another_message(client: FlaskClient,
                                    "timestamp, correlation_id, reply_to, ttl)"}),
     ({"id": "", "type": 3, "payload": None},
      {"id": "'' is not a non-empty string of at most 200 characters",
-      "type": "3 is not a message type (request, response, broadcast, alert)"}),
+      "type": "3 is not a message type " + TYPES_SHOWN}),
 ])
 def test_bad_fields_are_listed_and_not_stored(client: FlaskClient, store: Path,
                                               fields: dict[str, Any],
@@ -193,7 +195,7 @@ def test_batch_stores_valid_messages_and_lists_the_rest(client: FlaskClient,
         {"id": "a", "status": "stored"},
         {"id": "seen", "status": "duplicate"},
         {"id": "b", "status": "invalid", "problems": {
-            "type": "'gossip' is not a message type (request, response, broadcast, alert)"}},
+            "type": "'gossip' is not a message type " + TYPES_SHOWN}},
         {"id": "c", "status": "invalid", "problems": {
             "signer": "from 'allegro' does not match the signing agent 'ezra'"}},
         {"id": "d", "status": "stored"},

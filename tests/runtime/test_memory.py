@@ -30,6 +30,7 @@ from fleet.cli.ask import checked_id
 from fleet.cli.memory import checked_peer
 from fleet.core.registry import NAME_RE, load_registry
 from fleet.core.runtime_config import MemorySettings
+from fleet.node.provider import Provider
 from fleet.node.runtime.loop import MAX_PROMPT_CHARS, Runtime, response_id
 from fleet.node.runtime.memory import (
     MAX_CONVERSATION,
@@ -38,7 +39,6 @@ from fleet.node.runtime.memory import (
     store_turn,
     turns,
 )
-from fleet.node.runtime.provider import Provider
 from fleet.node.runtime.state import read_state
 from tests.bus.conftest import Gateway, bezalel_app, signed_headers, write_operator_secrets
 from tests.runtime.conftest import KEYS, MockProvider, write_registry

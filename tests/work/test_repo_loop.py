@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet.node.runtime.provider import Provider
+from fleet.node.provider import Provider
 from fleet.node.work.repo_loop import (
     Bounds,
     Git,

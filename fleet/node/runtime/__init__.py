@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -25,9 +25,9 @@ from fleet.core.errors import USER_ERRORS, FleetError
 from fleet.core.registry import Agent, Registry, load_registry
 from fleet.core.release_marker import running_release
 from fleet.core.runtime_config import RuntimeConfigError, runtime_settings
+from fleet.node.provider import Provider
 from fleet.node.runtime.ask import ask_as
 from fleet.node.runtime.loop import Runtime
-from fleet.node.runtime.provider import Provider
 from fleet.node.runtime.state import write_state
 
 ROUTE_TIMEOUT_S = 300.0
@@ -81,13 +81,13 @@ def routed(registry: Registry, agent: str, key: str, capability: str,
     return {**payload, "routed_to": answer.agent, "routed_by": client.agent}
 
 
-def main() -> int:
-    """Run until SIGTERM/SIGINT. A runtime that cannot start (a config value it cannot use,
-    no provider) says why in its state file, so ``/health`` and verify name the cause, and
-    exits 1."""
+def main(make: Callable[[], Runtime] = from_env) -> int:
+    """Run the runtime ``make`` builds (from the environment) until SIGTERM/SIGINT. A
+    runtime that cannot start (a config value it cannot use, no provider) says why in its
+    state file, so ``/health`` and verify name the cause, and exits 1."""
     started = time.time()
     try:
-        runtime = from_env()
+        runtime = make()
     except (*USER_ERRORS, RuntimeConfigError) as exc:
         state_dir = os.environ.get("FLEET_STATE_DIR") or ""
         if state_dir:

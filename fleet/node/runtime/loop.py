@@ -37,14 +37,14 @@ from bus.client import LONG_POLL_S
 from bus.timestamps import parse_timestamp
 from bus.validate import expired
 from fleet.core.runtime_config import MemorySettings, RuntimeSettings
-from fleet.node.runtime.memory import conversation_of, recent, store_turn, stored_reply
-from fleet.node.runtime.provider import (
+from fleet.node.provider import (
     Completion,
     Provider,
     ProviderError,
     answered_tokens,
     round_trip,
 )
+from fleet.node.runtime.memory import conversation_of, recent, store_turn, stored_reply
 from fleet.node.runtime.state import write_state
 
 MAX_PROMPT_CHARS = 32_000
@@ -130,6 +130,11 @@ class Runtime:
     """Wall-clock time, for request ttls."""
     memory: MemorySettings = field(default_factory=MemorySettings)
     """How much of a conversation is sent with a prompt, and how long turns are kept."""
+    handlers: Mapping[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = field(
+        default_factory=dict)
+    """Message types other than ``request`` this runtime takes (``work.item`` on a worker:
+    :mod:`fleet.node.work.worker`): the handler's answer (if any) goes back as a
+    ``response``, then the message is acknowledged. A handler returns at once."""
 
     def __post_init__(self) -> None:
         self.status = {"agent": self.agent, "state": "starting", "release": self.release,
@@ -213,19 +218,33 @@ class Runtime:
         with self._lock:
             if self._rescan:
                 self._cursor, self._rescan = 0, False
-        page = self.inbox.messages(type="request", unacked=1, limit=20, wait=self.wait_s,
-                                   since=self._cursor)
+        filters = {} if self.handlers else {"type": "request"}
+        page = self.inbox.messages(unacked=1, limit=20, wait=self.wait_s, since=self._cursor,
+                                   **filters)
         count = 0
         for request in page["messages"]:
             if self.stop.is_set():
                 break
-            if self.routes(request):
+            if request.get("type") in self.handlers:
+                self.dispatch(request)
+            elif request.get("type") != "request":
+                pass  # a response, broadcast or alert: read by whoever waits for it
+            elif self.routes(request):
                 self.start_routing(request)
             elif not self.handle(request):
                 break
             self._cursor = max(self._cursor, int(request.get("seq") or 0))
             count += 1
         return count
+
+    def dispatch(self, message: dict[str, Any]) -> None:
+        """Hand ``message`` to the handler of its type, send its answer, acknowledge it."""
+        answer = self.handlers[message["type"]](message)
+        if answer is not None:
+            self.inbox.send(message.get("reply_to") or message["from"], "response",
+                            {**answer, "agent": self.agent}, id=response_id(message),
+                            correlation_id=message.get("correlation_id") or message["id"])
+        self.inbox.ack(message["from"], message["id"])
 
     def rescan(self) -> None:
         """Read the inbox from its start at the next step: a request taken in was not

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from fleet.core.registry import Agent
-from fleet.node.runtime.provider import Provider, round_trip
+from fleet.node.provider import Provider, round_trip
 from fleet.node.runtime.state import REPORTED, process_alive, read_state, runtime_problems
 
 LIVE_EVERY_S = 5.0

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fleet.core.errors import FleetError
-from fleet.node.runtime.provider import Provider, ProviderError
+from fleet.node.provider import Provider, ProviderError
 from fleet.node.work.workspace import Workspace, WorkspaceError
 
 BRANCH_PREFIX = "fleet/ISSUE-"

@@ -1,0 +1,178 @@
+"""The worker's side of autonomous work: a ``work.item`` from the orchestrator runs the
+repository loop (:func:`fleet.node.work.repo_loop.work_on`) in a thread beside the runtime.
+
+The item must come from the registry's orchestrator and be well formed
+(:func:`fleet.node.work.messages.read_order`: its ``git_url`` one of the registry's sources);
+one item runs at a time, and another offered meanwhile is answered ``busy`` (the orchestrator
+keeps it queued). The tests run in the agent's sandbox (:func:`sandbox_tests`), the pull
+request is opened through the source's forge client (:class:`ForgeProposals`) with the token
+the source's ``token:`` names, read from the agent's environment. Each timeline event goes back
+to the orchestrator as a signed ``work.event``, the end as a ``work.outcome``; sending them
+through the agent's own gateway makes them durable (its outbox retries delivery).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bus.validate import expired
+from fleet.core.registry import Registry
+from fleet.node.provider import Provider
+from fleet.node.work import sandbox
+from fleet.node.work.forges import open_forge
+from fleet.node.work.forges.base import Forge
+from fleet.node.work.messages import (
+    EVENT,
+    OUTCOME,
+    WorkMessageError,
+    event_payload,
+    outcome_payload,
+    read_order,
+)
+from fleet.node.work.repo_loop import (
+    Bounds,
+    Git,
+    Outcome,
+    RunTests,
+    SuiteRun,
+    basic_auth_header,
+    work_on,
+)
+
+log = logging.getLogger("fleet.node.work.worker")
+
+
+class Sender(Protocol):
+    """What the worker needs of a bus client signing as its agent."""
+
+    def send(self, to: str | None, type: str, payload: Any, retries: int = 3,
+             **options: Any) -> dict[str, Any]: ...
+
+
+class ForgeProposals:
+    """The repository loop's :class:`~fleet.node.work.repo_loop.Proposals` over a forge
+    client: the open pull request of a branch (found before one is opened), issue comments."""
+
+    def __init__(self, forge: Forge) -> None:
+        self.forge = forge
+
+    def propose(self, branch: str, base: str, title: str, body: str) -> str:
+        return self.forge.open_pull_request(branch, base, title, body).url
+
+    def comment(self, issue_number: int, body: str) -> None:
+        self.forge.comment(issue_number, body)
+
+
+def sandbox_tests(state_dir: Path, agent: str) -> RunTests:
+    """Runs the test command of a work tree under ``state_dir`` in ``agent``'s sandbox."""
+
+    def run(tree: Path) -> SuiteRun:
+        try:
+            result = sandbox.run_tests(str(tree.relative_to(state_dir)), agent=agent)
+        except (sandbox.SandboxError, ValueError) as exc:
+            return SuiteRun(False, "refused", str(exc))
+        return SuiteRun(result.passed, result.status, result.output)
+
+    return run
+
+
+@dataclass
+class Worker:
+    """The work items of one agent: at most one at a time, each in a thread of its own."""
+
+    agent: str
+    registry: Registry
+    state_dir: Path
+    provider: Provider
+    sender: Callable[[], Sender]
+    """A new bus client signing as the agent (the item's thread sends through its own)."""
+    env: Mapping[str, str]
+    soul: Callable[[], str] = lambda: ""
+    run_tests: RunTests | None = None
+    """How tests run (default: the agent's sandbox)."""
+    forge_options: dict[str, Any] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
+    current: str | None = None
+    thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def offer(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The answer to a ``work.item`` message: ``accepted`` (its loop started), ``busy``
+        or ``refused`` with the reason."""
+        orchestrators = [agent.name for agent in self.registry.by_role("orchestrator")]
+        if message.get("from") not in orchestrators:
+            log.warning("work.item from %s refused: only the orchestrator sends work",
+                        message.get("from"))
+            return {"refused": f"only the orchestrator ({', '.join(orchestrators)}) sends "
+                               "work items"}
+        if message.get("timestamp") and expired(message):
+            return {"refused": f"the work item came too late (ttl {message.get('ttl')} s): "
+                               "the orchestrator gave up waiting"}
+        try:
+            order, source = read_order(message.get("payload"), self.registry.work)
+        except WorkMessageError as exc:
+            log.warning("work.item from %s refused: %s", message.get("from"), exc)
+            return {"refused": str(exc)}
+        token = self.env.get(source.token, "")
+        if not token:
+            return {"refused": f"the forge token {source.token} is not in {self.agent}'s "
+                               "environment"}
+        with self._lock:
+            if self.current is not None:
+                return {"busy": self.current}
+            self.current = order.item
+        forge = open_forge(source, token, **self.forge_options)
+        orchestrator = str(message["from"])
+        work = self.registry.work
+        assert work is not None  # read_order checked it
+        bounds = Bounds(work.max_steps, work.max_minutes)
+        git = Git.for_item(self.state_dir, order.item, basic_auth_header(source.forge, token))
+
+        def run() -> None:
+            client = self.sender()
+            try:
+                outcome = work_on(
+                    order.task(), self.state_dir, provider=self.provider,
+                    proposals=ForgeProposals(forge),
+                    run_tests=self.run_tests or sandbox_tests(self.state_dir, self.agent),
+                    events=lambda kind, detail: self.send(client, orchestrator, EVENT,
+                                                          event_payload(order.item, kind,
+                                                                        detail)),
+                    bounds=bounds, soul=self.soul(), git=git)
+            except WorkerStopped:
+                return  # as a killed worker: no outcome (the finally frees the slot)
+            except Exception as exc:  # a bug or the bus: the item fails, the runtime lives on
+                log.exception("work item %s broke", order.item)
+                outcome = Outcome("failed", f"the worker broke: {type(exc).__name__}: {exc}")
+            finally:
+                with self._lock:
+                    self.current = None
+            if not self.stop.is_set():
+                self.send(client, orchestrator, OUTCOME, outcome_payload(
+                    order.item, outcome.state, outcome.reason, outcome.pr_url))
+
+        self.thread = threading.Thread(target=run, name=f"work-{order.item}", daemon=True)
+        self.thread.start()
+        return {"accepted": order.item}
+
+    def send(self, client: Sender, to: str, kind: str, payload: dict[str, Any]) -> None:
+        """Queue one message for the orchestrator; a bus failure is logged, never raised
+        into the loop (the orchestrator resumes an item it hears nothing of)."""
+        if self.stop.is_set():
+            raise WorkerStopped(f"{self.agent} stopped during {payload.get('item')}")
+        try:
+            client.send(to, kind, payload)
+        except Exception as exc:  # the gateway restarting: this event is lost, the item not
+            log.warning("could not send %s of %s: %s", kind, payload.get("item"), exc)
+
+
+class WorkerStopped(BaseException):
+    """The runtime stopped while an item ran: its thread ends without an outcome (as a killed
+    process would), and the orchestrator resumes the item."""
