@@ -83,14 +83,37 @@ def test_no_work_section_is_none() -> None:
 
 
 def test_allowed_endpoints_default_ports_by_scheme() -> None:
-    second = {**SOURCE, "forge": "github", "api_url": "https://api.example.org",
-              "git_url": "https://example.org/acme/shop.git", "repo": "acme/shop"}
+    second = {**SOURCE, "forge": "github", "api_url": "https://198.51.100.7",
+              "git_url": "https://198.51.100.8/acme/shop.git", "repo": "acme/shop"}
     third = {**SOURCE, "forge": "gitlab", "api_url": "http://[2001:db8::5]/api/v4",
              "git_url": "http://192.0.2.5:3000/acme/tools/shop.git", "repo": "acme/tools/shop"}
     config = load({**WORK, "sources": [SOURCE, second, third]})
     assert config is not None
-    assert allowed_endpoints(config) == (("192.0.2.5", 3000), ("api.example.org", 443),
-                                         ("example.org", 443), ("2001:db8::5", 80))
+    assert allowed_endpoints(config) == (("192.0.2.5", 3000), ("198.51.100.7", 443),
+                                         ("198.51.100.8", 443), ("2001:db8::5", 80))
+
+
+@pytest.mark.parametrize(("work", "problem"), [
+    ({**WORK, "test_command": ["+/bin/sh", "-c", "id"]}, "the program '+/bin/sh' is not a "
+                                                         "program name"),
+    ({**WORK, "test_command": ["@sh"]}, "the program '@sh' is not a program name"),
+    ({**WORK, "test_command": ["py test"]}, "the program 'py test' is not a program name"),
+    ({**WORK, "test_command": ["pytest"] * 33}, "has 33 arguments; at most 32 allowed"),
+    ({**WORK, "test_command": ["pytest", "x" * 300]}, "argument 2"),
+    ({**WORK, "sources": [{**SOURCE, "api_url": "https://api.example.org"}]},
+     "the test sandbox allows addresses only"),
+    ({**WORK, "sources": [{**SOURCE, "git_url": "http://0x7f.1/acme/shop.git"}]},
+     "work.sources[0].git_url: "),
+])
+def test_validate_refuses_what_the_sandbox_policy_would_refuse(
+        work: dict[str, Any], problem: str) -> None:
+    """Outside attack r36 (F9): `fleet registry validate` said ok to a test command of
+    systemd's `+` (full privileges) form, to more or longer arguments than the sandbox takes,
+    and to host names the sandbox's allowlist cannot hold; the deploy would then fail. The
+    registry now asks the sandbox policy's own checks."""
+    found = problems(work)
+    assert len(found) == 1 and problem in found[0], found
+    assert LINE_RE.fullmatch(found[0]), found
 
 
 @pytest.mark.parametrize(("work", "expected"), [
@@ -130,12 +153,13 @@ def test_allowed_endpoints_default_ports_by_scheme() -> None:
     ({**WORK, "max_steps": "20"}, "work.max_steps:"),
     ({**WORK, "max_steps": 2.5}, "work.max_steps:"),
     ({**WORK, "max_minutes": 241}, "work.max_minutes: '241' is not a whole number from 1 to 240"),
-    ({**WORK, "test_command": []}, "work.test_command: is not a list of arguments"),
+    ({**WORK, "test_command": []}, "work.test_command: [] is not a non-empty list of "
+     "arguments"),
     ({**WORK, "test_command": "pytest -q"}, "work.test_command: is not a list of arguments"),
-    ({**WORK, "test_command": ["--pytest"]}, "work.test_command: the program '--pytest' "
-     "starts with '-'"),
-    ({**WORK, "test_command": ["pytest", ""]}, "work.test_command: argument 1"),
-    ({**WORK, "test_command": ["pytest", 3]}, "work.test_command: argument 1"),
+    ({**WORK, "test_command": ["--pytest"]}, "work.test_command: the program '--pytest' is "
+     "not a program name"),
+    ({**WORK, "test_command": ["pytest", ""]}, "work.test_command: argument 2"),
+    ({**WORK, "test_command": ["pytest", 3]}, "work.test_command: argument 2"),
     ({**WORK, "sources": []}, "work.sources: must be a list of 1-20 sources"),
     ({**WORK, "sources": [SOURCE] * (MAX_SOURCES + 1)}, "work.sources: must be a list"),
     ({"sources": [SOURCE]}, "work.test_command: missing required field"),
@@ -165,10 +189,7 @@ def test_control_character_is_one_line() -> None:
 
 # Property tests ---------------------------------------------------------------------------
 
-_dns_label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
-hosts = st.one_of(
-    st.lists(_dns_label, min_size=1, max_size=3).map(".".join).filter(
-        lambda host: not re.fullmatch(r"[0-9.]+", host)),
+hosts = st.one_of(  # addresses: what the sandbox's allowlist holds
     st.ip_addresses(v=4).map(str),
     st.ip_addresses(v=6).map(lambda address: f"[{address}]"))
 urls = st.builds(
@@ -188,8 +209,10 @@ sources = st.builds(
 works = st.builds(
     lambda command, steps, minutes, items: {"test_command": command, "max_steps": steps,
                                             "max_minutes": minutes, "sources": items},
-    st.lists(st.from_regex(r"[A-Za-z0-9_./=:+][A-Za-z0-9_./=:+ -]{0,20}", fullmatch=True),
-             min_size=1, max_size=6),
+    st.tuples(st.from_regex(r"[A-Za-z0-9_./][A-Za-z0-9_./+-]{0,20}", fullmatch=True),
+              st.lists(st.from_regex(r"[A-Za-z0-9_./=:+][A-Za-z0-9_./=:+ -]{0,20}",
+                                     fullmatch=True), max_size=5)).map(
+        lambda parts: [parts[0], *parts[1]]),
     st.integers(1, 200), st.integers(1, 240),
     st.lists(sources, min_size=1, max_size=4, unique_by=lambda s: (s["forge"], s["api_url"],
                                                                    s["repo"].lower())))

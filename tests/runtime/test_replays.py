@@ -48,8 +48,8 @@ CASES: dict[tuple[str, str], Request] = {
     ("post", "/tools/words"): ("POST", "/tools/words", "", {"args": {"text": "a b"}}, "ezra"),
 }
 CASES[("post", "/tools/{name}")] = CASES[("post", "/tools/words")]
-RETRIED = items.work_id(f"{FORGE}/acme/shop/issues/1")
-CANCELLED = items.work_id(f"{FORGE}/acme/shop/issues/2")
+RETRIED = items.work_id("gitea", f"{FORGE}/api/v1", "acme/shop", 1)
+CANCELLED = items.work_id("gitea", f"{FORGE}/api/v1", "acme/shop", 2)
 ORCHESTRATOR: dict[tuple[str, str], Request] = {  # the work API: on ezra's gateway only
     ("post", "/work/{item_id}/retry"): ("POST", f"/work/{RETRIED}/retry", "", None, OPERATOR),
     ("post", "/work/{item_id}/cancel"): ("POST", f"/work/{CANCELLED}/cancel", "", None,

@@ -52,6 +52,7 @@ class ForgeState:
     kind: str
     repo: str = "acme/shop"
     token: str = TOKEN
+    web: str = "https://forge.invalid"  # the forge's site: issue and pull request pages
     default_branch: str = "main"
     items: list[Item] = field(default_factory=list)
     comments: list[dict[str, Any]] = field(default_factory=list)
@@ -266,7 +267,7 @@ class GitHubWire(Wire):
         return f"{request.host_url.rstrip('/')}{PREFIX[self.kind]}/repos/{self.forge.repo}{path}"
 
     def html(self, path: str) -> str:
-        return f"https://forge.invalid/{self.forge.repo}{path}"
+        return f"{self.forge.web}/{self.forge.repo}{path}"
 
     def issue_data(self, item: Item) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -395,7 +396,7 @@ class GiteaWire(GitHubWire):
         return {"X-Total-Count": str(total)}
 
     def html(self, path: str) -> str:
-        return f"https://forge.invalid/{self.forge.repo}{path.replace('/pull/', '/pulls/')}"
+        return f"{self.forge.web}/{self.forge.repo}{path.replace('/pull/', '/pulls/')}"
 
     def issue_data(self, item: Item) -> dict[str, Any]:
         owner, name = self.forge.repo.split("/")
@@ -508,7 +509,7 @@ class GitLabWire(Wire):
                 "X-Next-Page": str(number + 1) if number < last else ""}
 
     def web(self, path: str) -> str:
-        return f"https://forge.invalid/{self.forge.repo}/-{path}"
+        return f"{self.forge.web}/{self.forge.repo}/-{path}"
 
     def issue_data(self, item: Item) -> dict[str, Any]:
         return {"id": 1000 + item.number, "iid": item.number, "project_id": 1,

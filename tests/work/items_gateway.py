@@ -27,7 +27,7 @@ def issue(state: Path, number: int, title: str = "Fix the parser") -> str:
     """A queued item of issue ``number`` of acme/shop on the Gitea stand-in; its id."""
     return items.create(state, "gitea", "acme/shop", number,
                         f"{FORGE}/acme/shop/issues/{number}", title, "code",
-                        now=1_800_000_000.0 + number)["id"]
+                        now=1_800_000_000.0 + number, api_url=f"{FORGE}/api/v1")["id"]
 
 
 def failed(state: Path, number: int, reason: str = "tests still fail after 20 steps") -> str:

@@ -33,11 +33,13 @@ from fleet.node.work.items import (
 )
 
 URL = "http://192.0.2.5:3000/acme/shop/issues/7"
+API = "http://192.0.2.5:3000/api/v1"
 
 
 def new(state: Path, number: int = 7, title: str = "Fix the parser") -> items.WorkItem:
     return items.create(state, "gitea", "acme/shop", number,
-                        f"http://192.0.2.5:3000/acme/shop/issues/{number}", title, "code")
+                        f"http://192.0.2.5:3000/acme/shop/issues/{number}", title, "code",
+                        api_url=API)
 
 
 def to_state(state: Path, item_id: str, target: str) -> items.WorkItem:
@@ -56,7 +58,8 @@ def to_state(state: Path, item_id: str, target: str) -> items.WorkItem:
 
 def test_an_item_is_created_queued_once_per_issue_url(tmp_path: Path) -> None:
     first = new(tmp_path)
-    assert WORK_ID_RE.fullmatch(first["id"]) and first["id"] == items.work_id(URL)
+    assert WORK_ID_RE.fullmatch(first["id"]) and first["id"] == items.work_id(
+        "gitea", API, "acme/shop", 7)
     assert (first["state"], first["branch"], first["attempts"], first["assignee"]) == (
         "queued", "fleet/ISSUE-7", 0, None)
     again = new(tmp_path, title="another title")
@@ -289,3 +292,15 @@ def test_kill_9_mid_write_leaves_the_old_row_or_the_new(tmp_path: Path) -> None:
             kinds = db.execute("SELECT COUNT(*) FROM events WHERE kind IN ('routed', "
                                "'retried')").fetchone()[0]
         assert kinds + items.get(tmp_path, item_id)["events_dropped"] >= item["version"]
+
+
+def test_an_items_id_is_its_source_and_number_never_the_page_a_forge_names(
+        tmp_path: Path) -> None:
+    """Outside attack r36 (F6): the id was the hash of the issue's web URL, which the forge
+    answers, so forge A naming forge B's issue URL first took over B's item."""
+    mine = items.create(tmp_path, "gitea", "acme/shop", 1, URL, "one", api_url=API)
+    theirs = items.create(tmp_path, "github", "mallory/bait", 1, URL, "bait",
+                          api_url="http://192.0.2.66/api")
+    assert mine["id"] != theirs["id"]
+    assert (items.get(tmp_path, mine["id"])["repo"], theirs["repo"]) == (
+        "acme/shop", "mallory/bait")

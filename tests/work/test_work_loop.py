@@ -50,7 +50,7 @@ class WorkFleet:
         sources = []
         for kind in FORGES:
             repo = f"acme/{kind}-shop"
-            state = ForgeState(kind, repo=repo, token=TOKEN)
+            state = ForgeState(kind, repo=repo, token=TOKEN, web=self.git.url)
             state.add_issue(f"add() subtracts on {kind}", ["fleet", "bug"])
             base = stack.enter_context(serve(create_app(kind, state)))
             self.forges[kind] = state
@@ -238,7 +238,8 @@ def test_a_work_event_from_another_than_the_assignee_is_refused(
     state = work_fleet.gateways["ezra"].state
     issue = work_fleet.forges["gitea"].items[0]
     item = items.create(state, "gitea", "acme/gitea-shop", issue.number,
-                        "https://forge.invalid/acme/gitea-shop/issues/1", issue.title)
+                        "https://forge.invalid/acme/gitea-shop/issues/1", issue.title,
+                        api_url="https://forge.invalid/api/v1")
     items.start(state, item["id"], "bezalel")
     with work_fleet.gateways["allegro"].client() as allegro:
         allegro.send("ezra", EVENT, {"item": item["id"], "kind": "pushed",
@@ -310,3 +311,15 @@ def test_while_an_item_runs_the_worker_answers_requests_and_another_item_is_busy
     finally:
         model.hold.set()
     work_fleet.settled("proposed", 1)
+
+
+def test_an_issue_whose_page_is_not_on_its_forges_site_is_not_taken(
+        work_fleet: WorkFleet) -> None:
+    """Outside attack r36 (F6): a forge could answer an issue page on another site (another
+    source's issue, or a link the dashboard would follow); intake takes only its own."""
+    state = work_fleet.gateways["ezra"].state
+    forge = work_fleet.forges["github"]
+    forge.web = "http://192.0.2.66"
+    report = work_fleet.intake().run()
+    assert any("is not on the forge's own site" in why for why in report.refused)
+    assert not [item for item in items.listing(state)["items"] if item["forge"] == "github"]

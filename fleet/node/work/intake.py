@@ -29,12 +29,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from bus.client import BusClient
 from bus.keys import PRIVATE_KEY_ENV
 from bus.timestamps import parse_timestamp
 from fleet.core.errors import USER_ERRORS, FleetError
 from fleet.core.registry import Agent, Registry, load_registry, printable
+from fleet.core.sandbox_policy import DEFAULT_PORTS
 from fleet.core.work_config import DEFAULT_CAPABILITY, WorkConfig, WorkSource
 from fleet.node.runtime.ask import candidates, thinks
 from fleet.node.work import items
@@ -60,6 +62,17 @@ MAX_MESSAGES = 2000
 PULL_NUMBER_RE = re.compile(r"/(?:pulls|pull|merge_requests)/([0-9]{1,12})")
 
 log = logging.getLogger("fleet.node.work.intake")
+
+
+def same_site(url: str, git_url: str) -> bool:
+    """Whether an issue's web page ``url`` is on the forge's own site: the host and port its
+    repositories are cloned from (``git_url``)."""
+    try:
+        page, git = urlsplit(url), urlsplit(git_url)
+        return (page.hostname, page.port or DEFAULT_PORTS.get(page.scheme)) == (
+            git.hostname, git.port or DEFAULT_PORTS.get(git.scheme))
+    except ValueError:
+        return False
 
 
 class IntakeError(FleetError):
@@ -182,10 +195,17 @@ class Intake:
         forge = self.forge_for(source, self.env.get(source.token, ""))
         issues: dict[str, Issue] = {}
         for issue in forge.labelled_issues(source.label):
+            if not same_site(issue.url, source.git_url):
+                why = (f"{source.forge} {source.repo}: issue {issue.number}'s page "
+                       f"{printable(issue.url[:200])} is not on the forge's own site "
+                       f"({printable(source.git_url)}): not taken")
+                log.warning("%s", why)
+                self.report.refused.append(why)
+                continue
             title = printable(issue.title)[:items.MAX_TITLE].strip() or f"#{issue.number}"
             items.create(self.state_dir, source.forge, source.repo, issue.number, issue.url,
                          title, capability=source.capability_for(issue.labels)
-                         or DEFAULT_CAPABILITY, now=self.now())
+                         or DEFAULT_CAPABILITY, now=self.now(), api_url=source.api_url)
             issues[issue.url] = issue
             self.report.taken += 1
         mine = [item for item in self.stored() if (item["forge"], item["repo"])

@@ -142,9 +142,12 @@ class Page(TypedDict):
     counts: dict[str, int]
 
 
-def work_id(issue_url: str) -> str:
-    """The id of the item of the issue at ``issue_url``: ``w-`` and 12 hex of its sha256."""
-    return "w-" + hashlib.sha256(issue_url.encode()).hexdigest()[:12]
+def work_id(forge: str, api_url: str, repo: str, issue: int) -> str:
+    """The id of the item of issue ``issue`` of ``repo`` on the forge at ``api_url``: ``w-``
+    and 12 hex of their sha256. Not of the issue's web URL: a forge names that, and one forge
+    could name another source's issue and take over its item."""
+    key = f"{forge}\n{api_url.rstrip('/')}\n{repo.lower()}\n{issue}"
+    return "w-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def is_work_id(value: object) -> bool:
@@ -246,20 +249,23 @@ def _make_room(db: sqlite3.Connection) -> None:
 
 
 def create(state_dir: str | Path, forge: str, repo: str, issue: int, issue_url: str,
-           title: str, capability: str | None = None, now: float | None = None) -> WorkItem:
-    """The item of the issue at ``issue_url``: created ``queued`` with an ``intake`` event,
-    or the one already there (also when another intake creates it at the same time).
-    :class:`WorkValueError` for a value that breaks its rule."""
+           title: str, capability: str | None = None, now: float | None = None, *,
+           api_url: str) -> WorkItem:
+    """The item of issue ``issue`` of ``repo`` on the forge at ``api_url`` (its page at
+    ``issue_url``): created ``queued`` with an ``intake`` event, or the one already there
+    (also when another intake creates it at the same time). :class:`WorkValueError` for a
+    value that breaks its rule."""
     if forge not in FORGES:
         raise WorkValueError(f"forge {shown(forge)} is not one of {', '.join(FORGES)}")
     _checked("repo", repo, REPO_RE, "owner/name (letters, digits, '_', '.', '-')")
     if isinstance(issue, bool) or not isinstance(issue, int) or not 0 < issue < 2**53:
         raise WorkValueError(f"issue number {shown(issue)} is not a positive integer")
     _checked("issue url", issue_url, URL_RE, "an http(s) URL of up to 1000 characters")
+    _checked("api url", api_url, URL_RE, "an http(s) URL of up to 1000 characters")
     checked_text("title", title, MAX_TITLE)
     if capability is not None:
         _checked("capability", capability, CAPABILITY_RE, "a capability name")
-    item_id, at = work_id(issue_url), utc_timestamp(now)
+    item_id, at = work_id(forge, api_url, repo, issue), utc_timestamp(now)
     with connect(state_dir) as db, immediate(db):
         if db.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone() is None:
             _make_room(db)
