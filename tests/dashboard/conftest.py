@@ -4,19 +4,20 @@ down, nothing pinned so nothing is probed over SSH) and a records folder with on
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 RUN_ID = "20261130T100000Z-aaaaaa"
 
 
 def closed_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, never one given before in this session (two
+    agents of one registry must not share a port: the kernel may hand the same one out
+    twice)."""
+    return free_port()
 
 
 @pytest.fixture
