@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.append(str(REPO))  # after $PYTHONPATH: the bench points it at a clean clone
 
 import fleet.node.nodectl  # noqa: E402
+from deploys import sandbox  # noqa: E402
 from deploys.baseline import SSHD_SETTINGS  # noqa: E402
 from deploys.context import (  # noqa: E402
     CURRENT,
@@ -37,6 +38,7 @@ from deploys.context import (  # noqa: E402
 )
 from deploys.services import MEMORY_MAX, TASKS_MAX, unit_text  # noqa: E402
 from deploys.verify import HEALTH_TIMEOUT_S  # noqa: E402
+from fleet.control import render  # noqa: E402
 from fleet.control.hosts import ssh_settings  # noqa: E402
 from fleet.control.release import Release, build_release  # noqa: E402
 from fleet.core.registry import Agent, Registry, load_registry  # noqa: E402
@@ -66,6 +68,7 @@ def agent_vars(ctx: AgentContext, release: Release, files: Path) -> dict[str, An
     return {
         "agent_name": agent.name, "agent_port": agent.gateway_port,
         "agent_unit": ctx.unit, "etc_dir": ctx.etc_dir, "state_dir": ctx.state_dir,
+        "sandbox_socket": ctx.sandbox_units[0], "sandbox_service": ctx.sandbox_units[1],
         "login_user": agent.ssh_user, "login_keys_file": ctx.login_keys_file,
         "operator_keys": list(agent.authorized_keys),
         "soul_source": str(ctx.soul_source), "soul_sha256": ctx.soul_sha256(),
@@ -90,6 +93,11 @@ def write_files(ctx: AgentContext, folder: Path) -> None:
     renderer's: Ansible's template module would render the template's include differently)."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     (folder / "agent.service").write_text(unit_text(ctx), encoding="utf-8")
+    chosen = sandbox.policy(ctx.registry.work)  # the test sandbox, as deploys/sandbox.py writes it
+    (folder / "sandbox.json").write_text(render.config_json(chosen.to_dict()), encoding="utf-8")
+    socket_text, service_text = sandbox.unit_texts(ctx, chosen).values()
+    (folder / "sandbox.socket").write_text(socket_text, encoding="utf-8")
+    (folder / "sandbox@.service").write_text(service_text, encoding="utf-8")
     (folder / "registry.yaml").write_text(ctx.node_registry(), encoding="utf-8")
     (folder / "config.json").write_text(ctx.config_json(), encoding="utf-8")
     env = folder / "env"
