@@ -57,6 +57,11 @@ class GitServer:
                   "--format=%(refname:short) %(objectname)", "refs/heads")
         return dict(line.split(" ", 1) for line in out.splitlines())
 
+    def files(self, repo: str, ref: str) -> list[str]:
+        """The paths of every file in ``ref``'s tree."""
+        return run("git", "-C", str(self.bare(repo)), "ls-tree", "-r", "--name-only",
+                   ref).splitlines()
+
     def show(self, repo: str, ref: str, path: str) -> str:
         return run("git", "-C", str(self.bare(repo)), "show", f"{ref}:{path}")
 

@@ -54,9 +54,12 @@ class Proposals:
 
 
 def local_tests(workspace: Path) -> SuiteRun:
-    """The repository's test command, run plainly (the sandbox has tests of its own)."""
+    """The repository's test command, run plainly (the sandbox has tests of its own); it
+    leaves ``__pycache__`` behind as a real one does, whatever this machine's environment."""
+    env = {key: value for key, value in os.environ.items()
+           if key != "PYTHONDONTWRITEBYTECODE"}
     done = subprocess.run([sys.executable, "test_calc.py"], cwd=workspace, capture_output=True,
-                          text=True, timeout=60, check=False)
+                          text=True, timeout=60, check=False, env=env)
     return SuiteRun(done.returncode == 0, "passed" if done.returncode == 0 else "failed",
                    done.stdout + done.stderr)
 
@@ -155,6 +158,50 @@ def test_the_same_item_run_again_continues_its_branch_and_opens_no_second_pull_r
     assert git_server.branches("acme/shop")["fleet/ISSUE-7"] == pushed  # nothing new to push
     read = provider.requests[-1]["messages"][-1]
     assert json.loads(read["content"]) == {"content": FIXED}  # it saw the pushed fix
+
+
+def test_only_the_files_the_model_wrote_are_committed(
+        run: Run, git_server: GitServer, provider: MockProvider) -> None:
+    """Stop 35's CI failure: the commit took the whole tree, so the test command's
+    ``__pycache__`` went into the pull request, and an attempt run again pushed a new commit
+    when only a cache's timestamp had changed. A commit now takes the files the model wrote,
+    and of those not one the repository ignores."""
+    provider.script = [turn(call("write_file", path=".gitignore", content="secret.env\n")),
+                       turn(call("write_file", path="secret.env", content="TOKEN=x\n")),
+                       turn(call("write_file", path="docs/fix.md", content="add adds\n")),
+                       turn(call("write_file", path="calc.py", content=FIXED)),
+                       turn(call("run_tests")), turn(text="Fixed.")]
+
+    def tests_that_leave_output(workspace: Path) -> SuiteRun:
+        (workspace / "build").mkdir(exist_ok=True)
+        (workspace / "build" / "report.xml").write_text("<ok/>")
+        return local_tests(workspace)  # python writes __pycache__/calc.*.pyc
+
+    outcome = run(run_tests=tests_that_leave_output)
+    assert outcome.state == "proposed", outcome.reason
+    assert (workspace_root(run.state, run.task.item_id) / "__pycache__").is_dir()
+    assert sorted(git_server.files("acme/shop", "fleet/ISSUE-7")) == [
+        ".gitignore", "calc.py", "docs/fix.md", "test_calc.py"]
+    assert [detail["files"] for kind, detail in run.events if kind == "pushed"] == [
+        [".gitignore", "calc.py", "docs/fix.md"]]
+
+
+def test_a_rerun_after_the_clock_moved_pushes_nothing_new(
+        run: Run, git_server: GitServer, provider: MockProvider) -> None:
+    """The same item run again a second later (the checkout's timestamps new, the test
+    command's caches rebuilt) finds nothing to commit: the pushed branch stays as it was."""
+    provider.script = list(FIX_SCRIPT)
+    run()
+    pushed = git_server.branches("acme/shop")["fleet/ISSUE-7"]
+    provider.script = [turn(call("run_tests")), turn(text="Done already.")]
+
+    def tests_a_second_later(workspace: Path) -> SuiteRun:
+        os.utime(workspace / "calc.py", (2, 2))  # as a checkout in another second leaves it
+        return local_tests(workspace)  # so python rebuilds its cache, with other bytes
+
+    again = run(run_tests=tests_a_second_later)
+    assert again.state == "proposed"
+    assert git_server.branches("acme/shop")["fleet/ISSUE-7"] == pushed
 
 
 def test_the_loop_stops_at_max_steps_and_fails_saying_why(

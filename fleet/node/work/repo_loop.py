@@ -167,7 +167,8 @@ class Git:
         env = {"PATH": GIT_PATH, "HOME": str(self.git_dir), "LANG": "C.UTF-8",
                "GIT_DIR": str(self.git_dir), "GIT_WORK_TREE": str(self.tree),
                "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1",
-               "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_ATTR_NOSYSTEM": "1",
+               "GIT_LITERAL_PATHSPECS": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
+               "GIT_ATTR_NOSYSTEM": "1",
                "GIT_AUTHOR_NAME": self.author, "GIT_AUTHOR_EMAIL": self.email,
                "GIT_COMMITTER_NAME": self.author, "GIT_COMMITTER_EMAIL": self.email}
         settings = {"core.hooksPath": "/dev/null", "core.fsmonitor": "false",
@@ -282,7 +283,8 @@ def work_on(task: Task, state_dir: Path, *, provider: Provider, proposals: Propo
         return failed(events, f"the tests do not pass ({tests.reason}){bound}: "
                               f"{last_line(tests.output)}", steps)
     try:
-        return propose(task, git, proposals, events, summary, steps)
+        return propose(task, git, proposals, events, summary, steps,
+                       sorted(workspace.written))
     except (RepoLoopError, OSError) as exc:
         return failed(events, str(exc), steps)
     except Exception as exc:  # the forge client's typed errors: the item fails with them
@@ -290,11 +292,19 @@ def work_on(task: Task, state_dir: Path, *, provider: Provider, proposals: Propo
 
 
 def propose(task: Task, git: Git, proposals: Proposals, events: Events, summary: str,
-            steps: int) -> Outcome:
-    """Commit what changed on the item's branch, push that branch (never forced), open (or
-    find) its pull request and comment the link on the issue."""
-    git("add", "--all", "--", ".")
-    staged = git("diff", "--cached", "--name-only").split()
+            steps: int, written: list[str]) -> Outcome:
+    """Commit the files the model wrote (``written``) on the item's branch, push that branch
+    (never forced), open (or find) its pull request and comment the link on the issue.
+    Nothing else in the tree is committed: not the test command's caches or output, not a
+    file the repository ignores."""
+    if written:  # tracked ones (even if since removed) and new ones the repository keeps
+        tracked = git("ls-files", "-z", "--", *written)
+        new = git("ls-files", "-z", "--others", "--exclude-standard", "--", *written)
+        taken = sorted({path for path in (tracked + new).split("\0") if path})
+        if taken:
+            git("add", "--all", "--", *taken)
+    staged = git("diff", "--cached", "--name-only", "-z").split("\0")
+    staged = [path for path in staged if path]
     if staged:
         git("commit", "--quiet", "--no-verify", "-m",
             f"{task.title[:60]} (#{task.issue_number})\n\n{summary[:2000]}\n\n"

@@ -17,7 +17,7 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +66,12 @@ def checked_path(path: Any) -> list[str]:
 
 @dataclass(frozen=True)
 class Workspace:
-    """The clone at ``root`` (a directory the agent owns under its state dir)."""
+    """The clone at ``root`` (a directory the agent owns under its state dir); ``written``:
+    the paths the model wrote through :meth:`write_file`, the only ones a commit takes (what
+    the test command leaves behind, caches and build output, is never proposed)."""
 
     root: Path
+    written: set[str] = field(default_factory=set)
 
     @contextlib.contextmanager
     def _directory(self, parts: list[str], create: bool = False) -> Iterator[int]:
@@ -155,6 +158,7 @@ class Workspace:
                     raise WorkspaceError(f"{path!r} has other hard links; it is not written")
                 handle.truncate(0)
                 handle.write(data)
+        self.written.add(path)
         return len(data)
 
     def list_files(self, under: str = "") -> list[str]:
