@@ -4,7 +4,9 @@ and the one way to open a store that creates its schema on first use."""
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +28,31 @@ def open_db(path: str | Path) -> sqlite3.Connection:
     return db
 
 
+WAL_WAIT_S = 30.0
+
+
+def use_wal(db: sqlite3.Connection) -> None:
+    """Put the database in WAL mode (persistent in the file), however many processes open a
+    fresh file at once. Switching takes the exclusive lock, and SQLite answers ``database is
+    locked`` at once, without its busy wait, to the second of two connections that both read
+    the file and then asked for it (its deadlock rule): that one tries again, for up to
+    :data:`WAL_WAIT_S`, and finds the file already in WAL mode."""
+    deadline = time.monotonic() + WAL_WAIT_S
+    pause = 0.005
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_BUSY) != sqlite3.SQLITE_BUSY \
+                    or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause * (1 + random.random()))
+        pause = min(pause * 2, 0.2)
+
+
 @contextmanager
 def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """A ``BEGIN IMMEDIATE`` write transaction: committed on success, rolled back on error."""
@@ -45,7 +72,7 @@ def store(path: str | Path, schema: Iterable[str], table: str) -> Iterator[sqlit
     once); closed again on leaving."""
     db = open_db(path)
     try:
-        db.execute("PRAGMA journal_mode = WAL")
+        use_wal(db)
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone() is None:
             with immediate(db):
                 for statement in schema:

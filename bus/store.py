@@ -15,7 +15,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from bus.locks import FileLock
-from bus.sqlite import open_db
+from bus.sqlite import open_db, use_wal
 
 STORE_NAME = "bus.sqlite3"
 SCHEMA_VERSION = 2
@@ -44,7 +44,7 @@ def init_db(path: str | Path) -> None:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version >= SCHEMA_VERSION:
                 return
-            db.execute("PRAGMA journal_mode = WAL")
+            use_wal(db)
             schema = files("bus").joinpath("schema.sql").read_text(encoding="utf-8")
             db.executescript(f"BEGIN IMMEDIATE;\n{schema}\n{MIGRATE_TO_2}\n"
                              f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")

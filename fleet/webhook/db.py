@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from flask import Flask, current_app, g
 
-from bus.sqlite import immediate, open_db
+from bus.sqlite import immediate, open_db, use_wal
 from fleet.core.errors import WebhookError
 
 SCHEMA_VERSION = 4
@@ -37,7 +37,7 @@ def connect(path: str | Path, create: bool = True) -> sqlite3.Connection:
     try:
         conn.execute("PRAGMA foreign_keys = ON")
         if create:
-            conn.execute("PRAGMA journal_mode = WAL")
+            use_wal(conn)
             create_schema(conn)
     except BaseException:  # e.g. a locked or corrupt file: no connection left behind
         conn.close()

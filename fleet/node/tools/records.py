@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from bus import replay
-from bus.sqlite import open_db
+from bus.sqlite import open_db, use_wal
 
 STORE = "tools.sqlite3"
 SECRET_NAME = re.compile(r"(?i).*(key|token|secret|password|passwd|credential).*")
@@ -85,7 +85,7 @@ def connect(state_dir: str | Path) -> sqlite3.Connection:
     """The record store (created, or moved over from an earlier release, on first use)."""
     db = open_db(Path(state_dir) / STORE)
     try:
-        db.execute("PRAGMA journal_mode=WAL")
+        use_wal(db)
         if not _exists(db, "call_ids"):
             db.execute("BEGIN IMMEDIATE")  # one gunicorn worker creates, the others wait
             # compatibility: until 0.3.0: a tool record's calls table
