@@ -26,12 +26,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     share it, so they all run on one worker; the modules that boot only labs of their own
     (other lab names: :func:`tests.lab_fixtures.claim_test_lab`) run on another meanwhile, and
     one that asks for ``lab_registry`` only at run time (``tests/live``) gets that worker's own
-    session lab. Slow tests that need no lab go to any worker."""
+    session lab. A module that names its own group keeps it (the stock Debian runs: their own
+    worker, as they are the tier's longest). Slow tests that need no lab go to any worker."""
     lab_items = [item for item in items if item.get_closest_marker("lab")]
     shared = {item.path for item in lab_items
               if SESSION_LAB in getattr(item, "fixturenames", ())}  # a pytest.Function's
     for item in lab_items:
-        item.add_marker(pytest.mark.xdist_group("lab" if item.path in shared else "own-labs"))
+        if item.get_closest_marker("xdist_group") is None:  # a module may name its own
+            item.add_marker(pytest.mark.xdist_group("lab" if item.path in shared
+                                                    else "own-labs"))
 
 
 @pytest.fixture

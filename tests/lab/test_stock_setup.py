@@ -43,9 +43,10 @@ from fleet import lab
 from fleet.lab.paths import cache_dir, lab_lock
 from fleet.lab.rootfs import debian_mirror
 from tests.lab.package_cache import keep_debs, link_debs
-from tests.lab_fixtures import REPO, skip_unless_root
+from tests.lab_fixtures import REPO, claim_test_lab, fresh_lab, skip_unless_root
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.stock]
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.stock,
+              pytest.mark.xdist_group("stock")]  # a worker of its own: the lab tier's longest
 SUITES = ("bookworm", "trixie")
 
 APT_ARCHIVES = "var/cache/apt/archives"
@@ -197,15 +198,28 @@ def run_inside(root: Path, command: str, timeout: float) -> subprocess.Completed
                           stdin=subprocess.DEVNULL, check=False)
 
 
-def test_readme_commands_on_stock_debian(stock_root: Path, session_lab_name: str,
-                                        lab_registry: Path) -> None:
+@pytest.fixture(scope="module")
+def host_lab() -> Iterator[str]:
+    """A one-node lab of the host's, up while the runs inside boot theirs: they must leave
+    it alone (lab names meet in the host's cgroups; see :func:`inner_lab_names`)."""
+    skip_unless_root()
+    claimed = claim_test_lab("stock-witness")
+    try:
+        fresh_lab(claimed.lab, nodes=1)
+        yield claimed.lab
+    finally:
+        lab.down(claimed.lab)
+        claimed.release()
+
+
+def test_readme_commands_on_stock_debian(stock_root: Path, host_lab: str) -> None:
     try:
         done = run_inside(stock_root, CHECKS[stock_root.name], timeout=3600)
     finally:
         if (stock_root / "src/.venv/bin/fleet").exists():
             run_inside(stock_root, CLEAN_UP, timeout=600)  # labs left by a failure
-    host_lab = lab.status(session_lab_name)  # the labs inside left the host's alone
-    assert host_lab and all(node.running for node in host_lab), host_lab
+    nodes = lab.status(host_lab)  # the labs inside left the host's alone
+    assert nodes and all(node.running for node in nodes), nodes
     assert done.returncode == 0, f"{done.stdout[-5000:]}\n--- stderr:\n{done.stderr[-1500:]}"
     summaries = [line for line in done.stdout.splitlines()
                  if re.fullmatch(r"\d+ passed.* in [\d.]+s( \(.*\))?", line)]
