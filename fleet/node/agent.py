@@ -32,6 +32,7 @@ def from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> Runtime:
                                                        timeout=30.0),
                     soul=made.soul, stop=made.stop)
     made.handlers = {**made.handlers, ITEM: worker.offer}
+    made.on_start = worker.resume  # the item it was on when it died, if any
     return made
 
 

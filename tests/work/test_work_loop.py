@@ -5,6 +5,7 @@ sandbox is replaced by a local runner (the sandbox has tests of its own)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -24,13 +25,13 @@ from fleet.node.runtime.loop import Runtime
 from fleet.node.work import items
 from fleet.node.work.intake import GRACE_S, Intake
 from fleet.node.work.messages import EVENT, ITEM, ItemOrder
-from fleet.node.work.worker import Worker, WorkerStopped
+from fleet.node.work.worker import CURRENT_FILE, MAX_RESUMES, Worker, WorkerStopped
 from tests.bus.conftest import FAST_RETRIES, KEYS, Gateway, free_port
 from tests.runtime.conftest import MockProvider
 from tests.waiting import wait_for
 from tests.work.forge_standin import ForgeState, create_app, serve
 from tests.work.git_server import GitServer
-from tests.work.test_repo_loop import BUGGY, FIX_SCRIPT, TESTS, local_tests
+from tests.work.test_repo_loop import BUGGY, FIX_SCRIPT, TESTS, local_tests, turn
 
 TOKEN = "forge-token-0123456789abcdef"
 FORGES = ("gitea", "github", "gitlab")
@@ -231,6 +232,69 @@ def test_a_worker_killed_mid_item_leaves_it_resumed_and_still_one_pull_request(
     assert work_fleet.pulls()["gitea"] == 1
     assert proposed["pr_url"] and proposed["pr_url"].endswith(
         f"/{work_fleet.forges['gitea'].pulls()[0].number}")
+
+
+def test_a_worker_killed_mid_item_resumes_it_when_it_starts_again(
+        work_fleet: WorkFleet) -> None:
+    """kill -9 (or a crash, or a stop for a deploy) midway: the runtime's next start takes the
+    item up again at once, from the branch it pushed, and finds the pull request it opened."""
+    for kind in ("github", "gitlab"):
+        work_fleet.forges[kind].items.clear()
+    first = work_fleet.start_worker("bezalel", FIX_SCRIPT)
+    killers: list[Killer] = []
+
+    def killing() -> Killer:
+        killers.append(Killer(work_fleet.gateways["bezalel"].client(timeout=30), first))
+        return killers[-1]
+
+    work_fleet.worker(first).sender = killing
+    assert len(work_fleet.intake(healthy=lambda agent: agent.name == "bezalel").run().routed) == 1
+    wait_for(lambda: killers and killers[0].killed.is_set(), 60, "bezalel to be killed")
+    assert (work_fleet.gateways["bezalel"].state / CURRENT_FILE).is_file()
+    assert work_fleet.pulls()["gitea"] == 1
+
+    work_fleet.start_worker("bezalel", [turn(text="The fix is pushed already.")])
+    (proposed,) = work_fleet.settled("proposed", 1)
+    assert (proposed["assignee"], proposed["attempts"]) == ("bezalel", 1)
+    assert work_fleet.pulls()["gitea"] == 1 and len(work_fleet.forges["gitea"].comments) == 2
+    kinds = [event["kind"] for event in items.timeline(work_fleet.gateways["ezra"].state,
+                                                       proposed["id"])]
+    assert kinds.count("resumed") == 1 and kinds.index("resumed") > kinds.index("pushed")
+    assert not (work_fleet.gateways["bezalel"].state / CURRENT_FILE).exists()
+
+
+def test_an_item_the_runtime_keeps_dying_on_fails_instead_of_being_resumed_again(
+        work_fleet: WorkFleet) -> None:
+    for kind in ("github", "gitlab"):
+        work_fleet.forges[kind].items.clear()
+    report = work_fleet.intake(healthy=lambda agent: False).run()
+    (item,) = work_fleet.items()
+    assert report.routed == []
+    items.start(work_fleet.gateways["ezra"].state, item["id"], "bezalel")
+    issue = work_fleet.forges["gitea"].items[0]
+    order = ItemOrder(item["id"], issue.number, issue.title, "", item["issue_url"], "gitea",
+                      "acme/gitea-shop", work_fleet.git.url + "/acme/gitea-shop.git", "main")
+    state = work_fleet.gateways["bezalel"].state
+    (state / CURRENT_FILE).write_text(json.dumps(
+        {"from": "ezra", "payload": order.payload(), "resumes": MAX_RESUMES}))
+    work_fleet.start_worker("bezalel", FIX_SCRIPT)
+    (failed,) = work_fleet.settled("failed", 1)
+    assert failed["reason"] == ("bezalel's runtime stopped 3 times during this item; it was "
+                                "not resumed again")
+    assert work_fleet.pulls()["gitea"] == 0 and not (state / CURRENT_FILE).exists()
+
+
+@pytest.mark.parametrize("kept", ["not json", '{"from": "allegro", "payload": {}, "resumes": 0}',
+                                  '{"from": "ezra", "payload": {"item": "x"}, "resumes": true}',
+                                  '{"from": "ezra", "payload": {"item": "../x"}, "resumes": 0}'])
+def test_a_kept_item_that_is_not_one_is_dropped_and_nothing_runs(
+        work_fleet: WorkFleet, kept: str) -> None:
+    state = work_fleet.gateways["bezalel"].state
+    state.mkdir(parents=True, exist_ok=True)
+    (state / CURRENT_FILE).write_text(kept)
+    runtime = from_env(work_fleet.env("bezalel"))
+    assert work_fleet.worker(runtime).resume() is None
+    assert not (state / CURRENT_FILE).exists() and work_fleet.worker(runtime).current is None
 
 
 def test_a_work_event_from_another_than_the_assignee_is_refused(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -47,6 +48,7 @@ from fleet.node.provider import (
 from fleet.node.runtime.memory import conversation_of, recent, store_turn, stored_reply
 from fleet.node.runtime.state import write_state
 
+log = logging.getLogger("fleet.node.runtime")
 MAX_PROMPT_CHARS = 32_000
 BACKOFF_MAX_S = 30.0
 PROBE_TIMEOUT_S = 30.0
@@ -136,6 +138,10 @@ class Runtime:
     :mod:`fleet.node.work.worker`): the handler's answer (if any) goes back as a
     ``response``, then the message is acknowledged. A handler returns at once."""
 
+    on_start: Callable[[], object] | None = None
+    """Run once as the loop starts, after the first model check (a worker resumes the work
+    item it was on when the runtime died); what it raises is logged, the loop goes on."""
+
     def __post_init__(self) -> None:
         self.status = {"agent": self.agent, "state": "starting", "release": self.release,
                        "handled": 0, "errors": 0, "last_round_trip": None,
@@ -189,6 +195,11 @@ class Runtime:
         threading.Thread(target=self.heartbeat, name="runtime-heartbeat", daemon=True).start()
         delay = 1.0
         next_probe = self.clock() + delay if not self.probe() else None
+        if self.on_start is not None:
+            try:
+                self.on_start()
+            except Exception:
+                log.exception("starting %s's work failed", self.agent)
         while not self.stop.is_set():
             if next_probe is not None and self.clock() >= next_probe:
                 delay = min(delay * 2, BACKOFF_MAX_S, self.model_check_s or BACKOFF_MAX_S)

@@ -34,8 +34,8 @@ from fleet.core.validate import unsafe_character
 STORE = "work.sqlite3"
 STATES = ("queued", "working", "proposed", "failed", "closed")
 FORGES = ("gitea", "github", "gitlab")
-EVENT_KINDS = ("intake", "routed", "turn", "tool", "test", "pushed", "proposed", "failed",
-               "retried", "cancelled", "closed")
+EVENT_KINDS = ("intake", "routed", "resumed", "turn", "tool", "test", "pushed", "proposed",
+               "failed", "retried", "cancelled", "closed")
 TRANSITIONS = frozenset({
     ("queued", "working"), ("working", "proposed"), ("working", "failed"),
     ("working", "queued"),  # its worker died: the item resumes

@@ -38,7 +38,7 @@ EVENT = "work.event"
 OUTCOME = "work.outcome"
 ITEM_FIELDS = ("item", "issue", "title", "body", "issue_url", "forge", "repo", "git_url",
                "base")
-WORKER_EVENTS = ("turn", "tool", "test", "pushed", "proposed", "failed")
+WORKER_EVENTS = ("resumed", "turn", "tool", "test", "pushed", "proposed", "failed")
 OUTCOMES = ("proposed", "failed")
 MAX_BODY = MAX_ISSUE_TEXT
 BRANCH_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_./-]{0,98}[A-Za-z0-9_])?")

@@ -9,10 +9,17 @@ request is opened through the source's forge client (:class:`ForgeProposals`) wi
 the source's ``token:`` names, read from the agent's environment. Each timeline event goes back
 to the orchestrator as a signed ``work.event``, the end as a ``work.outcome``; sending them
 through the agent's own gateway makes them durable (its outbox retries delivery).
+
+The item a worker took is kept in its state dir (:data:`CURRENT_FILE`, 0600) until its outcome
+is queued: a runtime killed midway (kill -9, a crash, a stop) resumes it when it starts again
+(:meth:`Worker.resume`): the next attempt starts from the branch it pushed and finds the pull
+request it opened, so an issue never gets two. An item the runtime died on
+:data:`MAX_RESUMES` times fails with that reason instead of killing it again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -21,14 +28,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bus.validate import expired
+from fleet.core.atomic import write_atomic
 from fleet.core.registry import Registry
+from fleet.core.work_config import WorkSource
 from fleet.node.provider import Provider
 from fleet.node.work import sandbox
 from fleet.node.work.forges import open_forge
 from fleet.node.work.forges.base import Forge
+from fleet.node.work.items import WORK_ID_RE
 from fleet.node.work.messages import (
     EVENT,
     OUTCOME,
+    ItemOrder,
     WorkMessageError,
     event_payload,
     outcome_payload,
@@ -45,6 +56,10 @@ from fleet.node.work.repo_loop import (
 )
 
 log = logging.getLogger("fleet.node.work.worker")
+CURRENT_FILE = "work-current.json"
+"""The item being worked on: ``{"from", "payload", "resumes"}``, in the agent's state dir."""
+MAX_RESUMES = 2
+MAX_CURRENT_BYTES = 64 * 1024
 
 
 class Sender(Protocol):
@@ -120,16 +135,69 @@ class Worker:
         except WorkMessageError as exc:
             log.warning("work.item from %s refused: %s", message.get("from"), exc)
             return {"refused": str(exc)}
-        token = self.env.get(source.token, "")
-        if not token:
-            return {"refused": f"the forge token {source.token} is not in {self.agent}'s "
-                               "environment"}
         with self._lock:
             if self.current is not None:
                 return {"busy": self.current}
             self.current = order.item
+        try:
+            self.keep(message["from"], order.payload(), 0)
+            return self.start(order, source, str(message["from"]))
+        except BaseException:
+            with self._lock:
+                self.current = None
+            raise
+
+    def resume(self) -> str | None:
+        """Take up again the item the runtime was working on when it died (the id), or fail
+        it after :data:`MAX_RESUMES`; nothing when there was none. Run once, as the runtime
+        starts."""
+        kept = self.kept()
+        if kept is None:
+            return None
+        sender, payload, resumes = kept
+        if sender not in [agent.name for agent in self.registry.by_role("orchestrator")]:
+            self.forget()
+            return None
+        try:
+            order, source = read_order(payload, self.registry.work)
+        except WorkMessageError as exc:  # the registry changed meanwhile: report why
+            self.forget()
+            item = payload.get("item") if isinstance(payload, dict) else None
+            if isinstance(item, str) and WORK_ID_RE.fullmatch(item):
+                self.report(sender, item, Outcome("failed", f"not resumed: {exc}"))
+            return None
+        if resumes >= MAX_RESUMES:
+            self.forget()
+            self.report(sender, order.item, Outcome(
+                "failed", f"{self.agent}'s runtime stopped {resumes + 1} times during this "
+                          "item; it was not resumed again"))
+            return order.item
+        with self._lock:
+            if self.current is not None:
+                return None
+            self.current = order.item
+        try:
+            self.keep(sender, order.payload(), resumes + 1)
+            client = self.sender()
+            self.send(client, sender, EVENT, event_payload(order.item, "resumed", {
+                "agent": self.agent, "resumes": resumes + 1}))
+            self.start(order, source, sender)
+        except BaseException:
+            with self._lock:
+                self.current = None
+            raise
+        return order.item
+
+    def start(self, order: ItemOrder, source: WorkSource, orchestrator: str) -> dict[str, Any]:
+        """Run ``order``'s loop in a thread of its own (the slot is taken already)."""
+        token = self.env.get(source.token, "")
+        if not token:
+            self.forget()
+            with self._lock:
+                self.current = None
+            return {"refused": f"the forge token {source.token} is not in {self.agent}'s "
+                               "environment"}
         forge = open_forge(source, token, **self.forge_options)
-        orchestrator = str(message["from"])
         work = self.registry.work
         assert work is not None  # read_order checked it
         bounds = Bounds(work.max_steps, work.max_minutes)
@@ -147,20 +215,60 @@ class Worker:
                                                                         detail)),
                     bounds=bounds, soul=self.soul(), git=git)
             except WorkerStopped:
-                return  # as a killed worker: no outcome (the finally frees the slot)
+                with self._lock:
+                    self.current = None
+                return  # as a killed worker: no outcome; kept, so the next start resumes it
             except Exception as exc:  # a bug or the bus: the item fails, the runtime lives on
                 log.exception("work item %s broke", order.item)
                 outcome = Outcome("failed", f"the worker broke: {type(exc).__name__}: {exc}")
-            finally:
-                with self._lock:
-                    self.current = None
             if not self.stop.is_set():
-                self.send(client, orchestrator, OUTCOME, outcome_payload(
-                    order.item, outcome.state, outcome.reason, outcome.pr_url))
+                self.report(orchestrator, order.item, outcome, client)
+            with self._lock:
+                self.current = None
 
         self.thread = threading.Thread(target=run, name=f"work-{order.item}", daemon=True)
         self.thread.start()
         return {"accepted": order.item}
+
+    def report(self, orchestrator: str, item: str, outcome: Outcome,
+               client: Sender | None = None) -> None:
+        """Queue the item's outcome for the orchestrator, then forget the kept item."""
+        try:
+            self.send(client or self.sender(), orchestrator, OUTCOME, outcome_payload(
+                item, outcome.state, outcome.reason, outcome.pr_url))
+        except WorkerStopped:
+            return  # stopping: kept, the next start resumes it
+        self.forget()
+
+    @property
+    def current_path(self) -> Path:
+        return self.state_dir / CURRENT_FILE
+
+    def keep(self, sender: str, payload: dict[str, Any], resumes: int) -> None:
+        """Record the item being worked on (see :meth:`resume`)."""
+        write_atomic(self.current_path, json.dumps(
+            {"from": sender, "payload": payload, "resumes": resumes}), mode=0o600)
+
+    def kept(self) -> tuple[str, Any, int] | None:
+        """The kept item (sender, payload, times resumed), or None; a file that is not one is
+        removed."""
+        try:
+            with open(self.current_path, "rb") as handle:
+                data = json.loads(handle.read(MAX_CURRENT_BYTES + 1) or b"null")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            data = None
+        if (not isinstance(data, dict) or not isinstance(data.get("from"), str)
+                or isinstance(data.get("resumes"), bool)
+                or not isinstance(data.get("resumes"), int)):
+            log.warning("%s is not a kept work item; removed", self.current_path)
+            self.forget()
+            return None
+        return data["from"], data.get("payload"), data["resumes"]
+
+    def forget(self) -> None:
+        self.current_path.unlink(missing_ok=True)
 
     def send(self, client: Sender, to: str, kind: str, payload: dict[str, Any]) -> None:
         """Queue one message for the orchestrator; a bus failure is logged, never raised
