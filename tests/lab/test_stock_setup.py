@@ -46,7 +46,7 @@ from tests.lab.package_cache import keep_debs, link_debs
 from tests.lab_fixtures import REPO, claim_test_lab, fresh_lab, skip_unless_root
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.stock,
-              pytest.mark.xdist_group("stock")]  # a worker of its own: the lab tier's longest
+              pytest.mark.xdist_group("apart")]  # a worker of its own: the lab tier's longest
 SUITES = ("bookworm", "trixie")
 
 APT_ARCHIVES = "var/cache/apt/archives"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ class MockProvider:
         self.keys: set[str] = set()  # more keys it accepts (both halves of a rotation)
         self.down = False  # every call answers 503 while set
         self.tokens = 1  # the completion_tokens each answer reports
+        self.respond: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+        """The assistant message for a request body (None: as if unset), after ``script``."""
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -47,7 +49,8 @@ class MockProvider:
                     return self.answer(outer.failures.pop(0), {"error": {"message": "busy"}})
                 if outer.down:
                     return self.answer(503, {"error": {"message": "model server down"}})
-                message = outer.script.pop(0) if outer.script else {
+                message = outer.script.pop(0) if outer.script else (
+                    outer.respond and outer.respond(body)) or {
                     "role": "assistant", "content": outer.reply}
                 self.answer(200, {
                     "id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],

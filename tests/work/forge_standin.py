@@ -12,6 +12,7 @@ rate-limit refusal (:meth:`ForgeState.throttle`) or put a next link on another o
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,9 @@ class ForgeState:
     reset_in: float | None = None
     schema_errors: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
+    hold_comments: threading.Event | None = None
+    """While set to an event, a comment waits (up to 120 s) until it is set."""
+    comment_waiting: threading.Event = field(default_factory=threading.Event)
 
     def add_issue(self, title: str, labels: list[str], state: str = "open") -> Item:
         """A new issue (numbered after every issue and pull request, as forges do)."""
@@ -104,6 +108,9 @@ def create_app(kind: str, state: ForgeState | None = None) -> Flask:
             return wire.limited()
         if not wire.authorized():
             return wire.error(401)
+        if request.endpoint == "comment" and forge.hold_comments is not None:
+            forge.comment_waiting.set()
+            forge.hold_comments.wait(120)
         return None
 
     @app.after_request
