@@ -23,8 +23,6 @@ from fleet.core.masking import Masker
 from fleet.core.registry import Agent, Registry, load_registry
 from fleet.core.schedules import Schedule, unit_base, unit_glob
 from fleet.core.work_config import (
-    INTAKE_ON,
-    INTAKE_SCHEDULE,
     holds_forge_tokens,
     token_names,
 )
@@ -190,13 +188,9 @@ class AgentContext:
 
     @property
     def schedules(self) -> list[Schedule]:
-        """The agent's schedules: the registry's, and work intake
-        (:data:`~fleet.core.work_config.INTAKE_SCHEDULE`) on the orchestrator when the
-        registry has a ``work:`` section."""
-        found = list(self.agent.schedules)
-        if self.registry.work is not None and self.agent.role == "orchestrator":
-            found.append(Schedule(INTAKE_SCHEDULE, INTAKE_ON, ""))
-        return found
+        """The agent's schedules (:meth:`~fleet.core.registry.Registry.schedules_of`: the
+        registry's, and work intake on the orchestrator)."""
+        return self.registry.schedules_of(self.agent)
 
     def schedule_units(self, schedule: Schedule) -> tuple[str, str]:
         """The timer and the service of one of the agent's schedules."""

@@ -26,11 +26,17 @@ def work() -> None:
 @click.argument("schedule")
 @pass_cli
 def run_now_command(cli: CliContext, agent: str, schedule: str) -> None:
-    """Run AGENT's SCHEDULE now: its request goes into AGENT's inbox (or, with a capability,
-    is routed by AGENT's runtime), as when its timer fires."""
+    """Run AGENT's SCHEDULE now, as when its timer fires: its request goes into AGENT's inbox
+    (or, with a capability, is routed by AGENT's runtime); the orchestrator's `work-intake`
+    takes in the forges' issues and routes the queued items."""
     from fleet.control.schedules import run_now
+    from fleet.core.work_config import INTAKE_SCHEDULE
 
     started = run_now(cli.registry, agent, schedule)
+    if started.schedule.name == INTAKE_SCHEDULE and not started.schedule.prompt:
+        click.echo(f"{started.agent}: work intake ran ({started.unit}): the forges' issues "
+                   "are taken in and queued items routed (`fleet work list`)")
+        return
     routed = (f", routed by capability {started.schedule.capability}"
               if started.schedule.capability else "")
     click.echo(f"{started.agent}: schedule {schedule} ran ({started.unit}): its request is "

@@ -35,7 +35,7 @@ def run_now(registry: Registry, agent_name: str, schedule_name: str) -> Started:
     service has posted the request. :class:`~fleet.core.errors.RegistryError` for an unknown
     agent or schedule (nothing is run), :class:`WorkError` when the node does not run it."""
     agent = registry.get(agent_name)
-    schedule = agent.schedule(schedule_name)
+    schedule = registry.schedule_of(agent, schedule_name)
     unit = f"{unit_base(agent.name, schedule.name)}.service"
     argv = as_root(agent, registry, ["systemctl", "start", unit], SSH_TIMEOUT)
     try:

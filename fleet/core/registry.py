@@ -41,7 +41,12 @@ from fleet.core.validate import (
     authorized_key_problem,
     unsafe_character,
 )
-from fleet.core.work_config import WorkConfig, capability_problems, check_work
+from fleet.core.work_config import (
+    INTAKE_SCHEDULE,
+    WorkConfig,
+    capability_problems,
+    check_work,
+)
 
 REGISTRY_ENV = "FLEET_REGISTRY"
 ROLES = ("orchestrator", "worker")
@@ -153,18 +158,6 @@ class Agent:
         """The declared tool called ``name``, or None."""
         return next((tool for tool in self.tools if tool.name == name), None)
 
-    def schedule(self, name: str) -> Schedule:
-        """The schedule called ``name``; :class:`RegistryError` naming the agent's schedules
-        if it has none of that name."""
-        found = next((item for item in self.schedules if item.name == name), None)
-        if found is None:
-            known = ", ".join(item.name for item in self.schedules) or "none"
-            raise RegistryError(
-                [f"agent {self.name!r} has no schedule named {name!r} (its schedules: {known})"],
-                hint=f"Name one of {self.name}'s schedules (`fleet registry show --json`), or "
-                     f"add it under wizards.{self.name}.schedules and deploy.")
-        return found
-
     @property
     def runtime_unit(self) -> str | None:
         """The systemd unit of the agent's runtime (None when it runs none)."""
@@ -275,6 +268,29 @@ class Registry:
                 [f"{self.path}: no agent named {name!r} (agents: {known})"],
                 hint="Use one of the agent names listed by `fleet registry show`.",
             ) from None
+
+    def schedules_of(self, agent: Agent) -> list[Schedule]:
+        """``agent``'s schedules, the one list the deploy installs and ``fleet work run-now``
+        runs: the registry's, and work intake (:data:`INTAKE_SCHEDULE`, at ``work.intake_on``)
+        on the orchestrator while the registry has a ``work:`` section."""
+        found = list(agent.schedules)
+        if self.work is not None and agent.role == "orchestrator":
+            found.append(Schedule(INTAKE_SCHEDULE, self.work.intake_on, ""))
+        return found
+
+    def schedule_of(self, agent: Agent, name: str) -> Schedule:
+        """``agent``'s schedule ``name`` (see :meth:`schedules_of`); :class:`RegistryError`
+        naming its schedules if it has none of that name."""
+        found = self.schedules_of(agent)
+        chosen = next((item for item in found if item.name == name), None)
+        if chosen is None:
+            known = ", ".join(item.name for item in found) or "none"
+            raise RegistryError(
+                [f"agent {agent.name!r} has no schedule named {name!r} (its schedules: "
+                 f"{known})"],
+                hint=f"Name one of {agent.name}'s schedules (`fleet registry show --json`), or "
+                     f"add it under wizards.{agent.name}.schedules and deploy.")
+        return chosen
 
     def with_capability(self, capability: str) -> list[Agent]:
         """Agents that declare ``capability``, in registry order."""

@@ -34,9 +34,10 @@ from urllib.parse import urlsplit
 import yaml
 
 from fleet.core.sandbox_policy import SandboxPolicyError, argv_problem, url_allowed
+from fleet.core.schedules import on_problem
 
 FORGES = ("gitea", "github", "gitlab")
-FIELDS = ("test_command", "max_steps", "max_minutes", "sources")
+FIELDS = ("test_command", "max_steps", "max_minutes", "intake_on", "sources")
 REQUIRED = ("test_command", "sources")
 SOURCE_FIELDS = ("forge", "api_url", "git_url", "repo", "label", "token", "capability_labels")
 SOURCE_REQUIRED = ("forge", "api_url", "git_url", "repo", "label", "token")
@@ -114,12 +115,15 @@ class WorkConfig:
     sources: tuple[WorkSource, ...]
     max_steps: int = DEFAULT_MAX_STEPS
     max_minutes: int = DEFAULT_MAX_MINUTES
+    intake_on: str = "*:0/10"
+    """When the orchestrator's intake runs (a systemd calendar expression): :data:`INTAKE_ON`
+    unless the registry says."""
     line: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """As registry YAML spells it."""
         return {"test_command": list(self.test_command), "max_steps": self.max_steps,
-                "max_minutes": self.max_minutes,
+                "max_minutes": self.max_minutes, "intake_on": self.intake_on,
                 "sources": [source.to_dict() for source in self.sources]}
 
 
@@ -266,7 +270,8 @@ def check_work(node: yaml.Node, value: Value, report: Report,
     values = {key: (value(v), v) for key, (_, v) in found.items() if key in FIELDS}
     checks: dict[str, Callable[[Any], str]] = {"test_command": command_problem,
               "max_steps": lambda v: bounded_int_problem(v, 1, MAX_STEPS),
-              "max_minutes": lambda v: bounded_int_problem(v, 1, MAX_MINUTES)}
+              "max_minutes": lambda v: bounded_int_problem(v, 1, MAX_MINUTES),
+              "intake_on": on_problem}
     for key, check in checks.items():
         if key in values:
             problem = check(values[key][0])
@@ -300,6 +305,7 @@ def check_work(node: yaml.Node, value: Value, report: Report,
     return WorkConfig(test_command=tuple(values["test_command"][0]), sources=tuple(sources),
                       max_steps=values.get("max_steps", (DEFAULT_MAX_STEPS,))[0],
                       max_minutes=values.get("max_minutes", (DEFAULT_MAX_MINUTES,))[0],
+                      intake_on=values.get("intake_on", (INTAKE_ON,))[0],
                       line=node.start_mark.line + 1)
 
 
@@ -385,8 +391,8 @@ def capability_problems(config: WorkConfig, declared: Iterable[str]) -> list[tup
 INTAKE_SCHEDULE = "work-intake"
 """The orchestrator's schedule running work intake (``fleet.node.work.intake``) when the
 registry has a ``work:`` section."""
-INTAKE_ON = "*:0/10"
-"""When intake runs: every 10 minutes (a systemd calendar expression)."""
+INTAKE_ON = WorkConfig.intake_on
+"""When intake runs unless ``work.intake_on`` says: every 10 minutes."""
 DEFAULT_CAPABILITY = "code"
 """The capability an issue needs when none of its labels is in ``capability_labels``."""
 

@@ -86,6 +86,27 @@ def test_run_now_starts_the_schedules_service_and_says_so(registry: Path,
                     ["systemctl", "start", "fleet-schedule-ezra_triage.service"]]
 
 
+def test_run_now_runs_the_orchestrators_work_intake(tmp_path: Path, node: Node) -> None:
+    """Found by the work lab test: ``fleet work run-now ORCHESTRATOR work-intake`` said the
+    orchestrator had no such schedule, though the deploy installs it (one list now:
+    :meth:`~fleet.core.registry.Registry.schedules_of`)."""
+    path = tmp_path / "registry.yaml"
+    path.write_text(REGISTRY + """work:
+  test_command: [make, test]
+  intake_on: "*:0/5"
+  sources:
+    - {forge: gitea, api_url: "http://192.0.2.5:3000/api/v1", repo: acme/shop, label: fleet,
+       git_url: "http://192.0.2.5:3000/acme/shop.git", token: GITEA_TOKEN}
+""")
+    assert fleet(path, "work", "run-now", "ezra", "work-intake") == (
+        0, "ezra: work intake ran (fleet-schedule-ezra_work-intake.service): the forges' "
+           "issues are taken in and queued items routed (`fleet work list`)\n", "")
+    assert node.ran == [["systemctl", "start", "fleet-schedule-ezra_work-intake.service"]]
+    code, _, said = fleet(path, "work", "run-now", "bezalel", "work-intake")
+    assert code == 1 and said.startswith(
+        "Error: agent 'bezalel' has no schedule named 'work-intake' (its schedules: none)")
+
+
 def test_run_now_runs_as_root_through_sudo_for_a_non_root_login(registry: Path) -> None:
     from fleet.core.registry import load_registry
 

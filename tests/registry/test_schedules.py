@@ -65,20 +65,21 @@ def test_a_schedule_is_read_with_its_line_and_kept_in_the_registry_data() -> Non
     assert [(item.name, item.on, item.prompt, item.capability) for item in agent.schedules] == [
         ("nightly", "*-*-* 02:00:00", "Review the open issues.", None),
         ("routed", "Mon..Fri *-*-* 09:00", "Triage.", "code")]
-    assert agent.schedule("nightly").line == 10
+    assert registry.schedule_of(agent, "nightly").line == 10
     assert agent.to_dict()["schedules"] == {
         "nightly": {"on": "*-*-* 02:00:00", "prompt": "Review the open issues."},
         "routed": {"on": "Mon..Fri *-*-* 09:00", "prompt": "Triage.", "capability": "code"}}
     again = parse_registry(yaml.safe_dump(registry.to_dict()), REGISTRY)
     assert again.get("a").schedules == tuple(
         type(item)(item.name, item.on, item.prompt, item.capability,
-                   again.get("a").schedule(item.name).line) for item in agent.schedules)
+                   again.schedule_of(again.get("a"), item.name).line) for item in agent.schedules)
 
 
 def test_a_bare_on_key_is_read_as_written_not_as_yaml_1_1_true() -> None:
     text_ = registry_text({"x": {"on": "daily", "prompt": "p"}}).replace("'on':", "on:")
     assert "    on: daily" in text_ or "on: daily" in text_
-    assert parse_registry(text_, REGISTRY).get("a").schedule("x").on == "daily"
+    registry = parse_registry(text_, REGISTRY)
+    assert registry.schedule_of(registry.get("a"), "x").on == "daily"
 
 
 @needs_analyze

@@ -71,7 +71,10 @@ def test_the_example_section_loads() -> None:
 def test_defaults_and_registry_round_trip() -> None:
     work = {"test_command": ["make", "test"], "sources": [SOURCE]}
     config = load(work)
-    assert config is not None and (config.max_steps, config.max_minutes) == (20, 15)
+    assert config is not None and (config.max_steps, config.max_minutes, config.intake_on) == (
+        20, 15, "*:0/10")
+    hourly = load({**work, "intake_on": "hourly"})
+    assert hourly is not None and hourly.intake_on == "hourly"
     registry = parse_registry(yaml.safe_dump({"wizards": WIZARDS, "work": work}), PATH)
     again = parse_registry(yaml.safe_dump(registry.to_dict()), PATH)
     assert again.work is not None and again.work.to_dict() == config.to_dict()
@@ -164,6 +167,10 @@ def test_validate_refuses_what_the_sandbox_policy_would_refuse(
     ({**WORK, "sources": [SOURCE] * (MAX_SOURCES + 1)}, "work.sources: must be a list"),
     ({"sources": [SOURCE]}, "work.test_command: missing required field"),
     ({**WORK, "timeout": 3}, "work.timeout: unknown field"),
+    ({**WORK, "intake_on": "--now"}, "work.intake_on: '--now' starts with '-'"),
+    ({**WORK, "intake_on": "every tuesday"}, "work.intake_on: 'every tuesday' is not a "
+     "systemd calendar expression"),
+    ({**WORK, "intake_on": 10}, "work.intake_on: 10 is not a calendar expression"),
     ("yes", "work: must be a mapping"),
 ])
 def test_refused_with_file_and_line(work: Any, expected: str) -> None:
@@ -207,15 +214,17 @@ sources = st.builds(
     st.from_regex(r"[A-Z][A-Z0-9]{0,8}(_[A-Z0-9]{1,8}){0,3}", fullmatch=True),
     st.dictionaries(labels, st.sampled_from(["code", "docs"]), max_size=3))
 works = st.builds(
-    lambda command, steps, minutes, items: {"test_command": command, "max_steps": steps,
-                                            "max_minutes": minutes, "sources": items},
+    lambda command, steps, minutes, items, on: {"test_command": command, "max_steps": steps,
+                                                "max_minutes": minutes, "sources": items,
+                                                **({"intake_on": on} if on else {})},
     st.tuples(st.from_regex(r"[A-Za-z0-9_./][A-Za-z0-9_./+-]{0,20}", fullmatch=True),
               st.lists(st.from_regex(r"[A-Za-z0-9_./=:+][A-Za-z0-9_./=:+ -]{0,20}",
                                      fullmatch=True), max_size=5)).map(
         lambda parts: [parts[0], *parts[1]]),
     st.integers(1, 200), st.integers(1, 240),
     st.lists(sources, min_size=1, max_size=4, unique_by=lambda s: (s["forge"], s["api_url"],
-                                                                   s["repo"].lower())))
+                                                                   s["repo"].lower())),
+    st.sampled_from(["", "hourly", "*:0/5", "Mon..Fri *-*-* 02:00:00"]))
 
 OPTION_OR_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -243,8 +252,9 @@ def test_accepted_sections_round_trip_and_are_clean(work: dict[str, Any]) -> Non
 
 
 def _same(config: WorkConfig, work: dict[str, Any]) -> bool:
-    """``config`` holds ``work`` (an empty capability_labels mapping is left out)."""
-    expected = copy.deepcopy(work)
+    """``config`` holds ``work`` (an empty capability_labels mapping is left out; intake's
+    calendar is filled in)."""
+    expected = {"intake_on": "*:0/10", **copy.deepcopy(work)}
     for item in expected["sources"]:
         if not item["capability_labels"]:
             del item["capability_labels"]

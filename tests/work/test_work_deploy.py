@@ -71,6 +71,9 @@ def test_the_orchestrator_gets_an_intake_timer_while_the_registry_has_work() -> 
                      unit_syntax.unit_entries(schedules.timer_text(ctx, intake))}
     assert timer_entries["OnCalendar"] == "*:0/10"
     assert f"/etc/systemd/system/{timer}" in ctx.managed_paths()  # removed with work:
+    hourly = context("ezra", {**WORK, "intake_on": "hourly"})
+    assert {key: value for _, key, value in unit_syntax.unit_entries(
+        schedules.timer_text(hourly, hourly.schedules[0]))}["OnCalendar"] == "hourly"
     assert context("coder").schedules == [] and context("ezra", None).schedules == []
 
 
