@@ -160,7 +160,7 @@ def test_one_intake_opens_a_tested_pull_request_per_issue_and_a_second_opens_non
             "calc.py", "test_calc.py"]
         assert state.schema_errors == []
         shown = json.loads(work_lab.run("work", "show", item["id"], "--json"))
-        tests = [event["detail"] for event in shown["events"] if event["kind"] == "test"]
+        tests = [event["detail"] for event in shown["timeline"] if event["kind"] == "test"]
         assert tests and all(test["passed"] for test in tests), tests  # in the sandbox
     for name in {item["assignee"] for item in proposed}:
         runs = [json.loads(line) for line in work_lab.fleet.ssh(
@@ -203,7 +203,7 @@ def test_a_runtime_killed_after_opening_its_pull_request_resumes_and_leaves_one(
     heads = [pull.head for pull in gitea.pulls()]
     assert heads.count(f"fleet/ISSUE-{issue.number}") == 1, heads
     kinds = [event["kind"] for event in json.loads(
-        work_lab.run("work", "show", item["id"], "--json"))["events"]]
+        work_lab.run("work", "show", item["id"], "--json"))["timeline"]]
     assert kinds.count("resumed") == 1 and kinds[-1] == "proposed", kinds
     assert work_lab.fleet.ssh(worker, f"test -e /var/lib/fleet/{worker}/work-current.json "
                                       "&& echo kept || echo gone").strip() == "gone"
