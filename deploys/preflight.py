@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pyinfra import host, logger
 from pyinfra.operations import server
 
-from deploys import lock
+from deploys import lock, sandbox
 from deploys.context import AgentContext, load_node, phase
 from deploys.facts import Basics
 from deploys.progress import tell
@@ -75,6 +75,9 @@ def run(ctx: AgentContext) -> Preflight:
     load_node(ctx)
     update_host(current_run_id(), host.name, {"reached": True})  # connected, snapshot read
     found, stale = problems(ctx.node["basics"], owner)
+    unpinned = sandbox.policy_problem(ctx.registry.work)
+    if unpinned:
+        found.append(unpinned)
     if found:
         reason = "; ".join(found)
         host.log_styled(f"preflight failed: {reason}", fg="red", log_func=logger.error)

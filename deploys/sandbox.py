@@ -12,6 +12,8 @@ agent. A no-change deploy plans nothing here but the check of the snapshot.
 
 from __future__ import annotations
 
+import functools
+import socket
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -21,7 +23,13 @@ from deploys.context import CURRENT, UNIT_DIR, AgentContext, phase
 from deploys.ops import Outcome, managed_file, timers_running
 from fleet.control import render
 from fleet.control.templates import read_template
-from fleet.core.sandbox_policy import SandboxPolicy, policy_for
+from fleet.core.sandbox_policy import (
+    Resolver,
+    SandboxPolicy,
+    SandboxPolicyError,
+    allowed,
+    policy_for,
+)
 from fleet.node.work.sandbox import GRACE_S, POLICY_FILE, SOCKET_DIR
 
 SOCKET_TEMPLATE = "fleet-sandbox.socket.j2"
@@ -32,6 +40,7 @@ SOCKET_FILE = "Sandbox socket unit"
 SERVICE_FILE = "Sandbox front door unit"
 RELOAD = "systemd daemon-reload (sandbox units changed)"
 LISTENING = "Sandbox socket enabled and listening (restarted when its file changed)"
+MAX_ADDRESSES = 8  # of one forge host name, pinned in the policy
 
 
 class Source(Protocol):
@@ -41,15 +50,49 @@ class Source(Protocol):
     git_url: str
 
 
-def policy(work_config: Any | None = None) -> SandboxPolicy:
+@functools.cache
+def resolved(host: str, port: int) -> tuple[str, ...]:
+    """The addresses of forge host ``host`` as the controller's resolver gives them (once per
+    deploy: every agent's policy pins the same ones), at most :data:`MAX_ADDRESSES`;
+    :class:`SandboxPolicyError` when it does not resolve."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise SandboxPolicyError(f"the forge host {host!r} does not resolve ({exc}); the test "
+                                 "sandbox allows the addresses it resolves to at deploy "
+                                 "time") from None
+    addresses: list[str] = []
+    for *_, address in found:
+        try:
+            entry = allowed(str(address[0]), port).ip
+        except SandboxPolicyError:
+            continue  # an IPv6 address with a zone: not one a firewall rule can hold
+        if entry not in addresses:
+            addresses.append(entry)
+    if not addresses:
+        raise SandboxPolicyError(f"the forge host {host!r} resolved to no address")
+    return tuple(sorted(addresses)[:MAX_ADDRESSES])
+
+
+def policy(work_config: Any | None = None, resolve: Resolver = resolved) -> SandboxPolicy:
     """The sandbox policy from the registry's ``work:`` section (its ``test_command`` and the
-    hosts of its sources' ``api_url`` and ``git_url``); the defaults, with no network, when
-    there is none."""
+    hosts of its sources' ``api_url`` and ``git_url``, a host name pinned to the addresses
+    ``resolve`` gives it); the defaults, with no network, when there is none."""
     if work_config is None:
         return policy_for()
     sources: Iterable[Source] = getattr(work_config, "sources", ())
     urls = [url for source in sources for url in (source.api_url, source.git_url) if url]
-    return policy_for(getattr(work_config, "test_command", None), urls)
+    return policy_for(getattr(work_config, "test_command", None), urls, resolve=resolve)
+
+
+def policy_problem(work_config: Any | None, resolve: Resolver = resolved) -> str:
+    """Why the sandbox policy cannot be made (a forge host that does not resolve), empty when
+    it can: preflight refuses the node with it, before anything changes."""
+    try:
+        policy(work_config, resolve)
+    except SandboxPolicyError as exc:
+        return str(exc)
+    return ""
 
 
 def socket_unit(ctx: AgentContext) -> str:

@@ -58,16 +58,14 @@ from fleet.control.status import ssh_command
 from fleet.core.atomic import write_atomic
 from fleet.core.errors import FleetError
 from fleet.core.registry import (
-    NOT_A_HOST,
     Agent,
     Registry,
     host_identity,
-    host_problem,
     load_registry,
     parse_registry,
     printable,
 )
-from fleet.core.validate import unsafe_character
+from fleet.core.validate import NOT_A_HOST, host_problem, unsafe_character
 from fleet.node.nodectl import Retired
 
 Echo = Callable[[str], None]

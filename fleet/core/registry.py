@@ -17,7 +17,6 @@ import ipaddress
 import math
 import os
 import re
-import socket
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,9 +35,11 @@ from fleet.core.tool_spec import parse_tools
 from fleet.core.validate import (
     EXEC_PREFIXES,
     MAX_TEXT,
+    NOT_A_HOST,
     USER_NAME_FORM,
     USER_NAME_RE,
     authorized_key_problem,
+    host_problem,
     unsafe_character,
 )
 from fleet.core.work_config import (
@@ -56,9 +57,6 @@ DEFAULT_SSH_USER = "root"
 # Matched in full (``re.fullmatch``): a trailing newline is not part of a name.
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}")
 CAPABILITY_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
-_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*")
-NOT_A_HOST = "is not a hostname or IP address"
 EMBEDDING_PREFIXES = (ipaddress.IPv6Network("64:ff9b::/96"),  # NAT64 (RFC 6052)
                       ipaddress.IPv6Network("::ffff:0:0:0/96"))  # IPv4-translated (RFC 2765)
 
@@ -1174,39 +1172,6 @@ def host_identity(host: str) -> str:
 def is_host(value: str) -> bool:
     """Whether ``value`` is an IP address or a host name (:func:`host_problem`)."""
     return not host_problem(value)
-
-
-def host_problem(value: str) -> str:
-    """Why ``value`` is not an IP address (no IPv6 zone id: free text after the ``%``) or a
-    host name (empty when it is one). A name that the resolver reads as an address is refused:
-    one whose last label is all digits (RFC 1123 2.1), or a legacy IPv4 form such as ``10``,
-    ``10.1`` or ``0x7f.1`` (``inet_aton`` reads them as 0.0.0.10, 10.0.0.1, 127.0.0.1): two
-    spellings of one server would pass as two hosts. So is an unspecified address (0.0.0.0,
-    ::): to ssh it is this machine."""
-    if not isinstance(value, str):
-        return NOT_A_HOST
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        pass
-    else:
-        if "%" in value:
-            return NOT_A_HOST
-        return ("is the unspecified address, which ssh takes for this machine: write the "
-                "server's own address" if address.is_unspecified else "")
-    if not HOSTNAME_RE.fullmatch(value):
-        return NOT_A_HOST
-    try:
-        legacy = socket.inet_ntoa(socket.inet_aton(value))
-    except OSError:
-        legacy = ""
-    if legacy:
-        return (f"is the address {legacy} to ssh and the resolver (a legacy IPv4 form): write "
-                f"{legacy}, or the server's name")
-    if value.rsplit(".", 1)[-1].isdigit():
-        return ("ends in an all-digit label, which resolvers take for an address: write an "
-                "address as a.b.c.d, or the server's full name")
-    return ""
 
 
 def _url_problem(value: Any) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -130,7 +130,7 @@ def _limits(value: Any) -> dict[str, int]:
 
 def allowed(ip: Any, port: Any) -> Allowed:
     """One allowlist entry: an IP literal (written as :mod:`ipaddress` spells it) and a port."""
-    if not isinstance(ip, str) or len(ip) > 64:
+    if not isinstance(ip, str) or len(ip) > 64 or "%" in ip:  # no IPv6 zone: no rule holds it
         raise SandboxPolicyError(f"allow: {ip!r} is not an IP address")
     try:
         address = ipaddress.ip_address(ip)
@@ -166,9 +166,14 @@ def policy_from_dict(data: Any) -> SandboxPolicy:
                          allow=tuple(dict.fromkeys(allow)))
 
 
-def url_allowed(url: str) -> Allowed:
-    """The allowlist entry of a forge or git URL: its host (an IP literal) and port (the
-    scheme's default when none is written)."""
+Resolver = Callable[[str, int], Sequence[str]]
+"""The addresses of a host name and port (the controller's resolver at deploy time)."""
+
+
+def url_allowed(url: str, resolve: Resolver | None = None) -> list[Allowed]:
+    """The allowlist entries of a forge or git URL: its host and port (the scheme's default
+    when none is written); a host name is pinned to the addresses ``resolve`` gives it (no
+    ``resolve``: refused, the firewall takes addresses only)."""
     try:
         parts = urlsplit(url)
         port = parts.port or DEFAULT_PORTS.get(parts.scheme)
@@ -176,14 +181,25 @@ def url_allowed(url: str) -> Allowed:
         raise SandboxPolicyError(f"allow: {url!r} is not a URL ({exc})") from None
     if not parts.hostname or port is None:
         raise SandboxPolicyError(f"allow: {url!r} names no host and port")
-    return allowed(parts.hostname, port)
+    try:
+        return [allowed(parts.hostname, port)]
+    except SandboxPolicyError:
+        if resolve is None:
+            raise
+    addresses = list(resolve(parts.hostname, port))
+    if not addresses:
+        raise SandboxPolicyError(f"allow: {parts.hostname!r} resolved to no address")
+    return [allowed(address, port) for address in addresses]
 
 
 def policy_for(test_command: Sequence[str] | None = None, urls: Iterable[str] = (),
-               limits: Mapping[str, int] | None = None) -> SandboxPolicy:
+               limits: Mapping[str, int] | None = None,
+               resolve: Resolver | None = None) -> SandboxPolicy:
     """The policy from the registry's ``work:`` values: the test command (default
-    :data:`DEFAULT_ARGV`), the allowlist from the sources' URLs (none: no network at all)."""
+    :data:`DEFAULT_ARGV`), the allowlist from the sources' URLs (none: no network at all), a
+    host name's addresses pinned by ``resolve``."""
     return policy_from_dict({
         "argv": list(test_command or DEFAULT_ARGV), "limits": dict(limits or {}),
         "allow": [{"ip": item.ip, "port": item.port}
-                  for item in dict.fromkeys(url_allowed(url) for url in urls)]})
+                  for item in dict.fromkeys(entry for url in urls
+                                            for entry in url_allowed(url, resolve))]})

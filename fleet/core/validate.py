@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
+import socket
 import unicodedata
 
 from fleet.core.errors import FleetError
@@ -102,4 +104,42 @@ def authorized_key_problem(line: str) -> str:
     length = int.from_bytes(blob[:4], "big")
     if blob[4:4 + length] != kind.encode() or len(blob) <= 4 + length:
         return f"the key's data is not a {kind} key (copy the whole line of the .pub file)"
+    return ""
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*")
+NOT_A_HOST = "is not a hostname or IP address"
+
+
+def host_problem(value: str) -> str:
+    """Why ``value`` is not an IP address (no IPv6 zone id: free text after the ``%``) or a
+    host name (empty when it is one). A name that the resolver reads as an address is refused:
+    one whose last label is all digits (RFC 1123 2.1), or a legacy IPv4 form such as ``10``,
+    ``10.1`` or ``0x7f.1`` (``inet_aton`` reads them as 0.0.0.10, 10.0.0.1, 127.0.0.1): two
+    spellings of one server would pass as two hosts. So is an unspecified address (0.0.0.0,
+    ::): to ssh it is this machine."""
+    if not isinstance(value, str):
+        return NOT_A_HOST
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        if "%" in value:
+            return NOT_A_HOST
+        return ("is the unspecified address, which ssh takes for this machine: write the "
+                "server's own address" if address.is_unspecified else "")
+    if not HOSTNAME_RE.fullmatch(value):
+        return NOT_A_HOST
+    try:
+        legacy = socket.inet_ntoa(socket.inet_aton(value))
+    except OSError:
+        legacy = ""
+    if legacy:
+        return (f"is the address {legacy} to ssh and the resolver (a legacy IPv4 form): write "
+                f"{legacy}, or the server's name")
+    if value.rsplit(".", 1)[-1].isdigit():
+        return ("ends in an all-digit label, which resolvers take for an address: write an "
+                "address as a.b.c.d, or the server's full name")
     return ""

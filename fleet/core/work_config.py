@@ -35,6 +35,7 @@ import yaml
 
 from fleet.core.sandbox_policy import SandboxPolicyError, argv_problem, url_allowed
 from fleet.core.schedules import on_problem
+from fleet.core.validate import host_problem
 
 FORGES = ("gitea", "github", "gitlab")
 FIELDS = ("test_command", "max_steps", "max_minutes", "intake_on", "sources")
@@ -157,6 +158,8 @@ def url_problem(value: Any) -> str:
             ipaddress.IPv4Address(match["name"])
         except ValueError:
             return f"{value!r} has host {match['name']!r}, which is not an IPv4 address"
+    elif host_problem(match["name"]):  # e.g. 0x7f.1: a name the resolver reads as an address
+        return f"{value!r} has host {match['name']!r}, which {host_problem(match['name'])}"
     return ""
 
 
@@ -202,16 +205,16 @@ def command_problem(value: Any) -> str:
 
 
 def sandbox_url_problem(value: Any) -> str:
-    """Why the sandbox could not allow ``value``'s host and port (empty when it can): its
-    network allowlist takes IP addresses, as systemd's ``IPAddressAllow=`` does."""
+    """Why the sandbox could not allow ``value``'s host and port (empty when it can): an IP
+    address as it is, a host name pinned at deploy time to the addresses it resolves to
+    (systemd's ``IPAddressAllow=`` takes addresses)."""
     problem = url_problem(value)
     if problem:
         return problem
     try:
-        url_allowed(value)
+        url_allowed(value, resolve=lambda host, port: ["192.0.2.1"])  # the shape, not DNS
     except SandboxPolicyError as exc:
-        return (f"{exc}; the test sandbox allows addresses only (systemd's IPAddressAllow=): "
-                "write the forge's IP address")
+        return f"{exc}; write the forge's address or its DNS name"
     return ""
 
 

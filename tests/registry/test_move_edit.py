@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from fleet.control.registry_edit import diff, set_host
 from fleet.core.errors import RegistryError
-from fleet.core.registry import HOSTNAME_RE, is_host, parse_registry
+from fleet.core.registry import is_host, parse_registry
+from fleet.core.validate import HOSTNAME_RE
 
 REGISTRY = """\
 # the fleet (a comment the edit keeps)

@@ -164,7 +164,8 @@ def test_a_host_name_the_resolver_reads_as_an_address_is_refused(host: str,
 
 
 def test_a_host_that_is_not_a_string_is_no_host() -> None:
-    from fleet.core.registry import host_problem, is_host
+    from fleet.core.registry import is_host
+    from fleet.core.validate import host_problem
 
     assert [is_host(value) for value in (None, 10, b"192.0.2.1", ["x"])] == [False] * 4  # type: ignore[arg-type]
     assert host_problem(10) == "is not a hostname or IP address"  # type: ignore[arg-type]

@@ -103,8 +103,6 @@ def test_allowed_endpoints_default_ports_by_scheme() -> None:
     ({**WORK, "test_command": ["py test"]}, "the program 'py test' is not a program name"),
     ({**WORK, "test_command": ["pytest"] * 33}, "has 33 arguments; at most 32 allowed"),
     ({**WORK, "test_command": ["pytest", "x" * 300]}, "argument 2"),
-    ({**WORK, "sources": [{**SOURCE, "api_url": "https://api.example.org"}]},
-     "the test sandbox allows addresses only"),
     ({**WORK, "sources": [{**SOURCE, "git_url": "http://0x7f.1/acme/shop.git"}]},
      "work.sources[0].git_url: "),
 ])
@@ -112,11 +110,19 @@ def test_validate_refuses_what_the_sandbox_policy_would_refuse(
         work: dict[str, Any], problem: str) -> None:
     """Outside attack r36 (F9): `fleet registry validate` said ok to a test command of
     systemd's `+` (full privileges) form, to more or longer arguments than the sandbox takes,
-    and to host names the sandbox's allowlist cannot hold; the deploy would then fail. The
+    and to addresses the sandbox's allowlist cannot hold; the deploy would then fail. The
     registry now asks the sandbox policy's own checks."""
     found = problems(work)
     assert len(found) == 1 and problem in found[0], found
     assert LINE_RE.fullmatch(found[0]), found
+
+
+def test_a_forge_named_by_its_dns_name_is_accepted() -> None:
+    """The sandbox pins a host name to its addresses at deploy time (deploys.sandbox), so a
+    source may name its forge as operators do (``https://api.github.com``)."""
+    config = load({**WORK, "sources": [{**SOURCE, "api_url": "https://api.example.org/v3",
+                                        "git_url": "https://git.example.org/acme/shop.git"}]})
+    assert config is not None and config.sources[0].api_url == "https://api.example.org/v3"
 
 
 @pytest.mark.parametrize(("work", "expected"), [

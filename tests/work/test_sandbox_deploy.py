@@ -7,11 +7,13 @@ import ast
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from deploys import sandbox
 from fleet.control import render
 from fleet.core.registry import parse_registry
+from fleet.core.sandbox_policy import SandboxPolicyError
 
 REPO = Path(__file__).resolve().parents[2]
 WIZARDS = {"a": {"host": "192.0.2.1", "role": "orchestrator", "model": "m"},
@@ -53,3 +55,32 @@ def test_the_deploy_passes_the_registrys_work_section_to_the_sandbox_phase() -> 
     calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
              and ast.unparse(node.func) == "sandbox.run"]
     assert [ast.unparse(call) for call in calls] == ["sandbox.run(ctx, ctx.registry.work)"]
+
+
+def test_a_forge_host_name_is_pinned_to_what_the_controller_resolves() -> None:
+    """Forges named by DNS name: the deploy resolves each name once on the controller and
+    pins its addresses in every agent's policy; a name that does not resolve is preflight's
+    reason to refuse the node, before anything changes."""
+    named = [{**SOURCES[0], "api_url": "https://forge.example/api/v1",
+              "git_url": "https://forge.example/acme/shop.git"}]
+    registry = parse_registry(yaml.safe_dump({"wizards": WIZARDS, "work": {
+        "test_command": ["make"], "sources": named}}, sort_keys=False), Path("registry.yaml"))
+    pinned = sandbox.policy(registry.work, resolve=lambda host, port: ["192.0.2.44"])
+    assert [(item.ip, item.port) for item in pinned.allow] == [("192.0.2.44", 443)]
+
+    def unresolvable(host: str, port: int) -> list[str]:
+        raise SandboxPolicyError(f"the forge host {host!r} does not resolve (test)")
+
+    assert sandbox.policy_problem(registry.work, unresolvable) == (
+        "the forge host 'forge.example' does not resolve (test)")
+    assert sandbox.policy_problem(registry.work, lambda host, port: ["192.0.2.44"]) == ""
+    assert sandbox.policy_problem(None) == ""
+
+
+def test_the_controllers_resolver_gives_addresses_a_firewall_rule_holds() -> None:
+    """``localhost`` (resolved from /etc/hosts: no query leaves the machine)."""
+    found = sandbox.resolved("localhost", 80)
+    assert found and set(found) <= {"127.0.0.1", "::1"}
+    assert sandbox.resolved("localhost", 80) is found  # once per deploy
+    with pytest.raises(SandboxPolicyError, match="does not resolve"):
+        sandbox.resolved("bad..name", 80)  # refused by the resolver itself, nothing sent

@@ -78,9 +78,23 @@ def test_bad_policies_are_refused_naming_the_field(data: Any, message: str) -> N
     assert str(raised.value) == message
 
 
-def test_a_source_url_with_a_host_name_is_refused() -> None:
+def test_a_host_name_is_refused_unless_resolved_and_then_pinned_to_its_addresses() -> None:
     with pytest.raises(SandboxPolicyError, match=r"'forge\.example' is not an IP address"):
-        policy_for(None, ["https://forge.example/api/v1"])
+        policy_for(None, ["https://forge.example/api/v1"])  # the node never resolves
+    asked: list[tuple[str, int]] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        return ["2001:db8::7", "192.0.2.7"]
+
+    policy = policy_for(None, ["https://forge.example/api/v1", "http://192.0.2.9:3000/x.git",
+                               "https://forge.example/acme/shop.git"], resolve=resolve)
+    assert [(item.ip, item.port) for item in policy.allow] == [
+        ("2001:db8::7", 443), ("192.0.2.7", 443), ("192.0.2.9", 3000)]
+    assert asked == [("forge.example", 443), ("forge.example", 443)]
+    for bad in ([], ["not an address"], ["fe80::1%eth0"]):
+        with pytest.raises(SandboxPolicyError):
+            policy_for(None, ["https://forge.example/api/v1"], resolve=lambda h, p, b=bad: b)
 
 
 @given(st.lists(st.text(max_size=300), max_size=40))
