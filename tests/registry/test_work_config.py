@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from fleet.core.errors import RegistryError
 from fleet.core.registry import parse_registry
+from fleet.core.validate import HOSTNAME_RE, host_problem
 from fleet.core.work_config import (
     MAX_SOURCES,
     WorkConfig,
@@ -202,9 +203,10 @@ def test_control_character_is_one_line() -> None:
 
 # Property tests ---------------------------------------------------------------------------
 
-hosts = st.one_of(  # addresses: what the sandbox's allowlist holds
+hosts = st.one_of(  # addresses, and DNS names (pinned to addresses at deploy time)
     st.ip_addresses(v=4).map(str),
-    st.ip_addresses(v=6).map(lambda address: f"[{address}]"))
+    st.ip_addresses(v=6).map(lambda address: f"[{address}]"),
+    st.from_regex(HOSTNAME_RE, fullmatch=True).filter(lambda name: not host_problem(name)))
 urls = st.builds(
     lambda scheme, host, port, path: f"{scheme}://{host}{port}{path}",
     st.sampled_from(["http", "https"]), hosts,
