@@ -133,7 +133,7 @@ def create_app(kind: str, state: ForgeState | None = None) -> Flask:
     app.add_url_rule(f"{prefix}{repo}/issues", "issues", wire.guarded(wire.list_issues))
     app.add_url_rule(f"{prefix}{repo}/issues/<int:number>", "issue", wire.guarded(wire.issue))
     app.add_url_rule(f"{prefix}{repo}/issues/<int:number>/{note}", "comment",
-                     wire.guarded(wire.comment), methods=["POST"])
+                     wire.guarded(wire.comment), methods=["GET", "POST"])
     app.add_url_rule(f"{prefix}{repo}/{child}", "pulls", wire.guarded(wire.pulls),
                      methods=["GET", "POST"])
     app.add_url_rule(f"{prefix}{repo}/{child}/<int:number>", "pull", wire.guarded(wire.pull))
@@ -153,11 +153,30 @@ class Wire:
     def schema_name(self, endpoint: str, status: int) -> str:
         if status >= 400:
             return "error"
+        if endpoint == "comment" and request.method == "GET":
+            return f"{self.schemas['comment']}_list"
         return self.schemas["new_pull" if endpoint == "pulls" and request.method == "POST"
                             else endpoint]
 
     def pull(self, number: int) -> Response:
         return self.json(self.pull_data(self.find(number, pull=True)))
+
+    def comment(self, number: int) -> Response:
+        """POST: a new comment on issue ``number``; GET: its comments, oldest first, paged."""
+        self.find(number, pull=False if self.kind == "gitlab" else None)
+        if request.method == "GET":
+            mine = [(index, found["body"]) for index, found in enumerate(self.forge.comments)
+                    if found["issue"] == number]
+            chosen, headers = self.page(mine)
+            return self.json([self.comment_data(number, 3000 + index, body)
+                              for index, body in chosen], headers=headers)
+        body = self.body().get("body")
+        self.forge.comments.append({"issue": number, "body": body})
+        return self.json(self.comment_data(number, 3000 + len(self.forge.comments) - 1, body),
+                         201)
+
+    def comment_data(self, number: int, comment_id: int, body: Any) -> dict[str, Any]:
+        raise NotImplementedError
 
     def pull_data(self, item: Item) -> dict[str, Any]:
         raise NotImplementedError
@@ -333,17 +352,13 @@ class GitHubWire(Wire):
     def issue(self, number: int) -> Response:
         return self.json(self.issue_data(self.find(number)))
 
-    def comment(self, number: int) -> Response:
-        self.find(number)
-        comment_id = 3000 + len(self.forge.comments)
-        data = {"id": comment_id, "node_id": f"IC_{comment_id}",
+    def comment_data(self, number: int, comment_id: int, body: Any) -> dict[str, Any]:
+        return {"id": comment_id, "node_id": f"IC_{comment_id}",
                 "url": self.url(f"/issues/comments/{comment_id}"),
                 "html_url": self.html(f"/issues/{number}#issuecomment-{comment_id}"),
-                "issue_url": self.url(f"/issues/{number}"), "body": self.body().get("body"),
+                "issue_url": self.url(f"/issues/{number}"), "body": body,
                 "user": user(), "created_at": STAMP, "updated_at": STAMP,
                 "author_association": "MEMBER"}
-        self.forge.comments.append({"issue": number, "body": data["body"]})
-        return self.json(data, 201)
 
     def open_pulls(self, head: str | None, owner: str | None = None) -> list[Item]:
         """Open pull requests (from ``head``; of ``owner``'s repository: the repository's
@@ -451,16 +466,12 @@ class GiteaWire(GitHubWire):
         chosen, headers = self.page(items)
         return self.json(chosen, headers=headers)
 
-    def comment(self, number: int) -> Response:
-        self.find(number)
-        comment_id = 3000 + len(self.forge.comments)
-        data = {"id": comment_id,
+    def comment_data(self, number: int, comment_id: int, body: Any) -> dict[str, Any]:
+        return {"id": comment_id,
                 "html_url": self.html(f"/issues/{number}#issuecomment-{comment_id}"),
                 "pull_request_url": "", "issue_url": self.html(f"/issues/{number}"),
-                "user": user(), "original_author": "", "body": self.body().get("body"),
+                "user": user(), "original_author": "", "body": body,
                 "created_at": STAMP, "updated_at": STAMP}
-        self.forge.comments.append({"issue": number, "body": data["body"]})
-        return self.json(data, 201)
 
     def conflict(self, head: Any) -> Response:
         return self.json({"message": "pull request already exists for these targets",
@@ -567,19 +578,14 @@ class GitLabWire(Wire):
     def issue(self, number: int) -> Response:
         return self.json(self.issue_data(self.find(number, pull=False)))
 
-    def comment(self, number: int) -> Response:
-        self.find(number, pull=False)
-        note_id = 3000 + len(self.forge.comments)
-        body = self.body().get("body")
-        self.forge.comments.append({"issue": number, "body": body})
-        return self.json({"id": note_id, "type": None, "body": body,
-                          "author": {"id": 7, "username": "fleet-bot", "name": "Fleet",
-                                     "state": "active",
-                                     "web_url": "https://forge.invalid/fleet-bot"},
-                          "created_at": STAMP, "updated_at": STAMP, "system": False,
-                          "noteable_id": 1000 + number, "noteable_type": "Issue",
-                          "noteable_iid": number, "project_id": 1, "resolvable": False,
-                          "confidential": False, "internal": False}, 201)
+    def comment_data(self, number: int, comment_id: int, body: Any) -> dict[str, Any]:
+        return {"id": comment_id, "type": None, "body": body,
+                "author": {"id": 7, "username": "fleet-bot", "name": "Fleet",
+                           "state": "active", "web_url": "https://forge.invalid/fleet-bot"},
+                "created_at": STAMP, "updated_at": STAMP, "system": False,
+                "noteable_id": 1000 + number, "noteable_type": "Issue",
+                "noteable_iid": number, "project_id": 1, "resolvable": False,
+                "confidential": False, "internal": False}
 
     def pulls(self) -> Response:
         if request.method == "GET":

@@ -119,6 +119,25 @@ def test_opens_one_pull_request_per_branch_and_comments(setup: Setup) -> None:
     assert forge.pull_request_state(first.number) == "merged"
 
 
+def test_a_comment_is_found_on_any_page_so_a_resumed_attempt_does_not_repeat_it(
+        setup: Setup) -> None:
+    """A worker killed after commenting comments again when resumed (seen in the work lab):
+    the loop now asks first, through each forge's documented list of an issue's comments."""
+    state, forge = setup.state, setup.forge
+    issue = state.add_issue("fix it", ["fleet"])
+    other = state.add_issue("other", ["fleet"])
+    for n in range(5):
+        forge.comment(issue.number, f"note {n}")
+    forge.comment(other.number, "A pull request for this issue: x")
+    assert not forge.has_comment(issue.number, "A pull request for this issue: x")
+    forge.comment(issue.number, "A pull request for this issue: x")
+    assert forge.has_comment(issue.number, "A pull request for this issue: x")  # 6th of 6
+    assert not forge.has_comment(issue.number, "A pull request for this issue: x ")
+    listed = [line for line in state.requests if f"/issues/{issue.number}/" in line
+              and line.startswith("GET")]
+    assert len(listed) >= 5 if setup.state.kind != "gitea" else len(listed) == 3  # one list
+
+
 def test_pull_request_opened_meanwhile_is_found_not_doubled(
         setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another run opened it between the look-up and the create: the forge's conflict answer

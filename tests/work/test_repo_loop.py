@@ -49,6 +49,9 @@ class Proposals:
                                    "url": f"http://forge.invalid/pulls/{len(self.opened) + 1}"}
         return self.opened[branch]["url"]
 
+    def commented(self, issue_number: int, body: str) -> bool:
+        return (issue_number, body) in self.comments
+
     def comment(self, issue_number: int, body: str) -> None:
         self.comments.append((issue_number, body))
 

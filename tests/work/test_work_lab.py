@@ -202,6 +202,8 @@ def test_a_runtime_killed_after_opening_its_pull_request_resumes_and_leaves_one(
     assert (ended["state"], ended["assignee"], ended["attempts"]) == ("proposed", worker, 1)
     heads = [pull.head for pull in gitea.pulls()]
     assert heads.count(f"fleet/ISSUE-{issue.number}") == 1, heads
+    assert [found["body"] for found in gitea.comments if found["issue"] == issue.number] == [
+        f"A pull request for this issue: {ended['pr_url']}"]  # the killed one's, not repeated
     kinds = [event["kind"] for event in json.loads(
         work_lab.run("work", "show", item["id"], "--json"))["timeline"]]
     assert kinds.count("resumed") == 1 and kinds[-1] == "proposed", kinds

@@ -103,6 +103,10 @@ class Proposals(Protocol):
         """The URL of the open pull request from ``branch`` into ``base``, opened if none."""
         ...
 
+    def commented(self, issue_number: int, body: str) -> bool:
+        """Whether the issue has this comment already (an earlier attempt made it)."""
+        ...
+
     def comment(self, issue_number: int, body: str) -> None: ...
 
 
@@ -320,7 +324,9 @@ def propose(task: Task, git: Git, proposals: Proposals, events: Events, summary:
             f"Made by a Sovereign Fleet agent in {steps} model turns; the tests pass. "
             "A person reviews and merges; the agent never does.")
     url = proposals.propose(task.branch, task.base, f"{task.title[:200]}", body)
-    proposals.comment(task.issue_number, f"A pull request for this issue: {url}")
+    link = f"A pull request for this issue: {url}"
+    if not proposals.commented(task.issue_number, link):  # once, also when resumed
+        proposals.comment(task.issue_number, link)
     events("proposed", {"pr_url": url, "branch": task.branch})
     return Outcome("proposed", "the tests pass; a person reviews the pull request", url, steps)
 

@@ -79,6 +79,9 @@ class ForgeProposals:
     def propose(self, branch: str, base: str, title: str, body: str) -> str:
         return self.forge.open_pull_request(branch, base, title, body).url
 
+    def commented(self, issue_number: int, body: str) -> bool:
+        return self.forge.has_comment(issue_number, body)
+
     def comment(self, issue_number: int, body: str) -> None:
         self.forge.comment(issue_number, body)
 

@@ -140,6 +140,10 @@ class Forge(Protocol):
         """``open``, ``merged`` or ``closed``."""
         ...
 
+    def has_comment(self, issue_number: int, body: str) -> bool:
+        """Whether the issue has a comment reading exactly ``body``."""
+        ...
+
     def comment(self, issue_number: int, body: str) -> int:
         """Comment on the issue; the comment's id."""
         ...
@@ -514,6 +518,21 @@ class ForgeClient:
         """``open``, ``merged`` or ``closed``."""
         answer = self.http.call("GET", f"{self.base}/{self.pulls}/{number}")
         return self.parse_pull(record(answer.data, self.kind)).state
+
+    page_size = 100
+
+    def comment_params(self) -> dict[str, Any]:
+        """The query of an issue's comments, first page."""
+        return {"page": 1, "per_page": self.page_size}
+
+    def has_comment(self, issue_number: int, body: str) -> bool:
+        """Whether the issue has a comment reading exactly ``body`` (every page, as far as
+        the client pages): an attempt resumed after a crash does not comment twice."""
+        for item in self.http.pages(f"{self.base}/issues/{issue_number}/{self.notes}",
+                                    self.comment_params(), self.next_page):
+            if record(item, self.kind).get("body") == body:
+                return True
+        return False
 
     def comment(self, issue_number: int, body: str) -> int:
         """Comment on the issue; the comment's id."""

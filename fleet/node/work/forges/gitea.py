@@ -2,7 +2,7 @@
 
 - ``GET /repos/{owner}/{repo}/issues?state=open&labels=L&type=issues&page=&limit=`` (paged by
   ``Link: rel="next"``, with ``X-Total-Count``);
-- ``GET /repos/{owner}/{repo}/issues/{index}``, ``POST .../issues/{index}/comments``;
+- ``GET /repos/{owner}/{repo}/issues/{index}``, ``GET|POST .../issues/{index}/comments``;
 - ``GET|POST /repos/{owner}/{repo}/pulls`` (409 when one is open already),
   ``GET /repos/{owner}/{repo}/pulls/{index}`` (``merged``);
 - ``GET /repos/{owner}/{repo}`` (``default_branch``).
@@ -43,6 +43,9 @@ class Gitea(ForgeClient):
 
     def pull_params(self, head: str) -> dict[str, Any]:
         return {"state": "open", "page": 1, "limit": self.page_size}
+
+    def comment_params(self) -> dict[str, Any]:
+        return {}  # Gitea answers an issue's comments in one list
 
     def pull_body(self, head: str, base: str, title: str, body: str) -> dict[str, Any]:
         return {"title": title, "head": head, "base": base, "body": body}

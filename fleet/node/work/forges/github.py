@@ -3,7 +3,7 @@ Enterprise Server), documented endpoints only:
 
 - ``GET /repos/{owner}/{repo}/issues?state=open&labels=L&per_page=&page=`` (pull requests are
   listed there too, with a ``pull_request`` key: left out), paged by ``Link: rel="next"``;
-- ``GET /repos/{owner}/{repo}/issues/{n}``, ``POST /repos/{owner}/{repo}/issues/{n}/comments``;
+- ``GET /repos/{owner}/{repo}/issues/{n}``, ``GET|POST /repos/{owner}/{repo}/issues/{n}/comments``;
 - ``GET|POST /repos/{owner}/{repo}/pulls`` (``head``, ``base``, ``title``, ``body``; 422 when one
   is open already), ``GET /repos/{owner}/{repo}/pulls/{n}`` (``merged``);
 - ``GET /repos/{owner}/{repo}`` (``default_branch``).

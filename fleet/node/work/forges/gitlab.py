@@ -3,7 +3,7 @@ project path URL-encoded (``group%2Fsub%2Fname``):
 
 - ``GET /projects/:id/issues?state=opened&labels=L&per_page=&page=`` (paged by
   ``X-Next-Page``, or ``Link: rel="next"``);
-- ``GET /projects/:id/issues/:iid``, ``POST /projects/:id/issues/:iid/notes``;
+- ``GET /projects/:id/issues/:iid``, ``GET|POST /projects/:id/issues/:iid/notes``;
 - ``GET|POST /projects/:id/merge_requests`` (``source_branch``, ``target_branch``, ``title``,
   ``description``; 409 when one is open already), ``GET /projects/:id/merge_requests/:iid``;
 - ``GET /projects/:id`` (``default_branch``).
