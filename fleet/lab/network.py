@@ -18,6 +18,9 @@ MAX_INDEX = 254
 FIRST_NODE_HOST = 10
 MAX_NODES = 254 - FIRST_NODE_HOST + 1
 INDEX_FILE = "index"
+LAST_INDEX_FILE = "index.last"
+"""The index a lab had before its last ``down``: ``up`` takes it again when it is free, so a
+lab comes back on the same addresses (its pinned host keys and registry still hold)."""
 SYS_NET = Path("/sys/class/net")
 
 
@@ -59,17 +62,22 @@ def veth_name(index: int, position: int) -> str:
     return f"{veth_prefix(index)}{position}"
 
 
-def read_index(lab_path: Path) -> int | None:
-    """The index stored in a lab folder, or None when it has none."""
+def read_index(lab_path: Path, name: str = INDEX_FILE) -> int | None:
+    """The index stored in a lab folder (``name``: the one it holds, or
+    :data:`LAST_INDEX_FILE`), or None when it has none."""
     try:
-        return int((lab_path / INDEX_FILE).read_text().strip())
+        index = int((lab_path / name).read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
+    return index if 0 <= index <= MAX_INDEX else None
 
 
-def free_index(used: set[int], link_exists: Callable[[str], bool]) -> int:
-    """The lowest index neither claimed by a lab nor holding a leftover bridge."""
-    for index in range(MAX_INDEX + 1):
+def free_index(used: set[int], link_exists: Callable[[str], bool],
+               preferred: int | None = None) -> int:
+    """``preferred`` when it is free, else the lowest index neither claimed by a lab nor
+    holding a leftover bridge."""
+    order = [preferred] if preferred is not None else []
+    for index in [*order, *range(MAX_INDEX + 1)]:
         if index not in used and not link_exists(bridge_name(index)):
             return index
     raise LabError(f"all {MAX_INDEX + 1} lab subnets are in use",
@@ -77,14 +85,23 @@ def free_index(used: set[int], link_exists: Callable[[str], bool]) -> int:
 
 
 def allocate_index(lab_path: Path) -> int:
-    """Claim the lowest free index for ``lab_path`` (kept if it already has one)."""
+    """Claim an index for ``lab_path`` (kept if it already has one): the one it had before its
+    last ``down`` when that is free, else the lowest index no lab holds or had last (so each
+    lab keeps its addresses across down and up), else the lowest no lab holds."""
     root = lab_path.parent
     with lab_lock(root / ".index.lock"):
         existing = read_index(lab_path)
         if existing is not None:
             return existing
-        used = {i for d in root.iterdir() if d.is_dir() and (i := read_index(d)) is not None}
-        index = free_index(used, link_exists)
+        folders = [folder for folder in root.iterdir() if folder.is_dir()]
+        used = {i for folder in folders if (i := read_index(folder)) is not None}
+        kept = {i for folder in folders if folder != lab_path
+                and (i := read_index(folder, LAST_INDEX_FILE)) is not None}  # others' last
+        preferred = read_index(lab_path, LAST_INDEX_FILE)
+        try:
+            index = free_index(used | kept, link_exists, preferred)
+        except LabError:  # every index is in use or kept for another lab: take a kept one
+            index = free_index(used, link_exists, preferred)
         lab_path.mkdir(parents=True, exist_ok=True)
         (lab_path / INDEX_FILE).write_text(f"{index}\n")
         return index

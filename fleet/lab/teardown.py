@@ -18,6 +18,7 @@ from fleet.lab import delayline, model, processes
 from fleet.lab.commands import mounts_under, unmount_all
 from fleet.lab.network import (
     INDEX_FILE,
+    LAST_INDEX_FILE,
     lab_links,
     lab_netns,
     netns_prefix,
@@ -120,6 +121,8 @@ def teardown(lab: str, lab_path: Path, grace: float = STOP_TIMEOUT) -> None:
                        hint=f"Run `fleet lab down --lab {lab}` again; if it persists, remove "
                             "them by hand.")
     shutil.rmtree(lab_path / NODES_DIR, ignore_errors=True)
+    if index is not None:  # the next `up` takes it again when it is free: the same addresses
+        (lab_path / LAST_INDEX_FILE).write_text(f"{index}\n")
     for name in (STATE_FILE, INDEX_FILE, model.NAME_FILE):
         (lab_path / name).unlink(missing_ok=True)
     # compatibility: until 0.3.0: labs' SSH sockets in the lab folder

@@ -42,6 +42,8 @@ def test_node_ip_out_of_range_names_the_limit() -> None:
 
 def test_free_index_skips_claimed_indices_and_leftover_bridges() -> None:
     assert network.free_index(set(), lambda _: False) == 0
+    assert network.free_index({0, 1}, lambda _: False, preferred=7) == 7
+    assert network.free_index({0, 7}, lambda _: False, preferred=7) == 1
     assert network.free_index({0, 1, 3}, lambda _: False) == 2
     assert network.free_index({0, 1}, lambda name: name == "flbr2") == 3
     with pytest.raises(LabError, match="all 255 lab subnets are in use"):
@@ -196,3 +198,24 @@ def test_bad_regions_spec_is_named(spec: str, message: str) -> None:
 
     with pytest.raises(LabError, match=message):
         parse_spec(spec)
+
+
+def test_a_lab_gets_its_last_index_back_and_others_leave_it_while_they_can(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen in CI: a lab taken down and up again while other labs came and went got another
+    subnet, so its addresses (and the host keys pinned for them) changed."""
+    monkeypatch.setattr(network, "link_exists", lambda name: False)
+    first, second, third = (tmp_path / name for name in ("first", "second", "third"))
+    assert [network.allocate_index(path) for path in (first, second)] == [0, 1]
+    (second / network.INDEX_FILE).unlink()  # as `down` leaves it
+    (second / network.LAST_INDEX_FILE).write_text("1\n")
+    (first / network.INDEX_FILE).unlink()
+    (first / network.LAST_INDEX_FILE).write_text("0\n")
+    assert network.allocate_index(third) == 2  # not 0 or 1: they are kept for their labs
+    assert network.allocate_index(second) == 1 and network.allocate_index(first) == 0
+    for path in (first, second, third):
+        (path / network.INDEX_FILE).unlink()
+    (third / network.LAST_INDEX_FILE).write_text("2\n")
+    monkeypatch.setattr(network, "MAX_INDEX", 2)
+    fourth = tmp_path / "fourth"
+    assert network.allocate_index(fourth) == 0  # all kept: the lowest no lab holds
