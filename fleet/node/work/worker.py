@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import stat
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -59,7 +62,10 @@ log = logging.getLogger("fleet.node.work.worker")
 CURRENT_FILE = "work-current.json"
 """The item being worked on: ``{"from", "payload", "resumes"}``, in the agent's state dir."""
 MAX_RESUMES = 2
-MAX_CURRENT_BYTES = 64 * 1024
+MAX_CURRENT_BYTES = 256 * 1024
+"""Read up to this much of :data:`CURRENT_FILE`: more than the largest item
+:func:`~fleet.node.work.messages.read_order` lets through, as JSON escapes it (an 8192-character
+body outside the BMP takes 12 bytes a character, about 100 KiB)."""
 
 
 class Sender(Protocol):
@@ -175,6 +181,11 @@ class Worker:
                 "failed", f"{self.agent}'s runtime stopped {resumes + 1} times during this "
                           "item; it was not resumed again"))
             return order.item
+        if not self.env.get(source.token, ""):  # it could not start: say so, not 'resumed'
+            self.forget()
+            self.report(sender, order.item, Outcome("failed",
+                                                    f"not resumed: {self.no_token(source)}"))
+            return None
         with self._lock:
             if self.current is not None:
                 return None
@@ -198,8 +209,7 @@ class Worker:
             self.forget()
             with self._lock:
                 self.current = None
-            return {"refused": f"the forge token {source.token} is not in {self.agent}'s "
-                               "environment"}
+            return {"refused": self.no_token(source)}
         forge = open_forge(source, token, **self.forge_options)
         work = self.registry.work
         assert work is not None  # read_order checked it
@@ -233,6 +243,9 @@ class Worker:
         self.thread.start()
         return {"accepted": order.item}
 
+    def no_token(self, source: WorkSource) -> str:
+        return f"the forge token {source.token} is not in {self.agent}'s environment"
+
     def report(self, orchestrator: str, item: str, outcome: Outcome,
                client: Sender | None = None) -> None:
         """Queue the item's outcome for the orchestrator, then forget the kept item."""
@@ -255,23 +268,35 @@ class Worker:
     def kept(self) -> tuple[str, Any, int] | None:
         """The kept item (sender, payload, times resumed), or None; a file that is not one is
         removed."""
-        try:
-            with open(self.current_path, "rb") as handle:
-                data = json.loads(handle.read(MAX_CURRENT_BYTES + 1) or b"null")
+        data: Any = None
+        try:  # never through a symlink, never waiting on a FIFO's writer
+            fd = os.open(self.current_path,
+                         os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
-            data = None
+        except OSError:
+            fd = -1
+        if fd >= 0 and not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a folder ...
+            os.close(fd)
+        elif fd >= 0:
+            with os.fdopen(fd, "rb") as handle:
+                try:
+                    data = json.loads(handle.read(MAX_CURRENT_BYTES + 1) or b"null")
+                except (OSError, ValueError, RecursionError):  # deep nesting: RecursionError
+                    data = None
         if (not isinstance(data, dict) or not isinstance(data.get("from"), str)
                 or isinstance(data.get("resumes"), bool)
-                or not isinstance(data.get("resumes"), int)):
+                or not isinstance(data.get("resumes"), int) or data["resumes"] < 0):
             log.warning("%s is not a kept work item; removed", self.current_path)
             self.forget()
             return None
         return data["from"], data.get("payload"), data["resumes"]
 
     def forget(self) -> None:
-        self.current_path.unlink(missing_ok=True)
+        try:
+            self.current_path.unlink(missing_ok=True)
+        except IsADirectoryError:  # not ours, in the name of ours: keep() could never write
+            shutil.rmtree(self.current_path)
 
     def send(self, client: Sender, to: str, kind: str, payload: dict[str, Any]) -> None:
         """Queue one message for the orchestrator; a bus failure is logged, never raised
