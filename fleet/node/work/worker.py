@@ -37,7 +37,7 @@ from fleet.core.work_config import WorkSource
 from fleet.node.provider import Provider
 from fleet.node.work import sandbox
 from fleet.node.work.forges import open_forge
-from fleet.node.work.forges.base import Forge
+from fleet.node.work.forges.base import Forge, ForgeError
 from fleet.node.work.items import WORK_ID_RE
 from fleet.node.work.messages import (
     EVENT,
@@ -86,7 +86,14 @@ class ForgeProposals:
         return self.forge.open_pull_request(branch, base, title, body).url
 
     def commented(self, issue_number: int, body: str) -> bool:
-        return self.forge.has_comment(issue_number, body)
+        """Whether the issue has ``body`` already; a list the client cannot read (too large,
+        not a list) counts as no: the pull request is open, its link is worth a second
+        comment rather than a failed item."""
+        try:
+            return self.forge.has_comment(issue_number, body)
+        except ForgeError as exc:
+            log.warning("could not list the comments of issue #%d: %s", issue_number, exc)
+            return False
 
     def comment(self, issue_number: int, body: str) -> None:
         self.forge.comment(issue_number, body)
