@@ -62,15 +62,19 @@ def resolved(host: str, port: int) -> tuple[str, ...]:
                                  "sandbox allows the addresses it resolves to at deploy "
                                  "time") from None
     addresses: list[str] = []
+    refused: list[str] = []
     for *_, address in found:
         try:
             entry = allowed(str(address[0]), port).ip
-        except SandboxPolicyError:
-            continue  # an IPv6 address with a zone: not one a firewall rule can hold
+        except SandboxPolicyError:  # an IPv6 address with a zone, 0.0.0.0 (a DNS blocklist's)
+            refused.append(str(address[0]))
+            continue
         if entry not in addresses:
             addresses.append(entry)
     if not addresses:
-        raise SandboxPolicyError(f"the forge host {host!r} resolved to no address")
+        besides = f" a firewall rule can hold (it gave {', '.join(refused[:4])})" \
+            if refused else ""
+        raise SandboxPolicyError(f"the forge host {host!r} resolved to no address{besides}")
     return tuple(sorted(addresses)[:MAX_ADDRESSES])
 
 

@@ -137,6 +137,8 @@ def allowed(ip: Any, port: Any) -> Allowed:
     except ValueError:
         raise SandboxPolicyError(f"allow: {ip!r} is not an IP address (the sandbox's "
                                  "firewall takes addresses, not host names)") from None
+    if address.is_unspecified:  # a DNS blocklist's answer; a connection to it stays local
+        raise SandboxPolicyError(f"allow: {ip} is the unspecified address, no server's")
     if type(port) is not int or not 1 <= port <= 65535:
         raise SandboxPolicyError(f"allow: port {port!r} of {ip} is not in 1..65535")
     return Allowed(str(address), port)
@@ -184,12 +186,20 @@ def url_allowed(url: str, resolve: Resolver | None = None) -> list[Allowed]:
     try:
         return [allowed(parts.hostname, port)]
     except SandboxPolicyError:
-        if resolve is None:
+        if resolve is None or _is_address(parts.hostname):  # an address refused stays so
             raise
     addresses = list(resolve(parts.hostname, port))
     if not addresses:
         raise SandboxPolicyError(f"allow: {parts.hostname!r} resolved to no address")
     return [allowed(address, port) for address in addresses]
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def policy_for(test_command: Sequence[str] | None = None, urls: Iterable[str] = (),
@@ -198,8 +208,12 @@ def policy_for(test_command: Sequence[str] | None = None, urls: Iterable[str] = 
     """The policy from the registry's ``work:`` values: the test command (default
     :data:`DEFAULT_ARGV`), the allowlist from the sources' URLs (none: no network at all), a
     host name's addresses pinned by ``resolve``."""
+    entries = list(dict.fromkeys(entry for url in urls for entry in url_allowed(url, resolve)))
+    if len(entries) > MAX_ALLOW:
+        raise SandboxPolicyError(
+            f"allow: the forge URLs come to {len(entries)} addresses and ports (a DNS name "
+            f"counts each address it resolves to); the sandbox allows at most {MAX_ALLOW}: "
+            "list fewer forge hosts, or one host for a source's api_url and git_url")
     return policy_from_dict({
         "argv": list(test_command or DEFAULT_ARGV), "limits": dict(limits or {}),
-        "allow": [{"ip": item.ip, "port": item.port}
-                  for item in dict.fromkeys(entry for url in urls
-                                            for entry in url_allowed(url, resolve))]})
+        "allow": [{"ip": item.ip, "port": item.port} for item in entries]})

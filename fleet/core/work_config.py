@@ -26,14 +26,19 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from fleet.core.sandbox_policy import SandboxPolicyError, argv_problem, url_allowed
+from fleet.core.sandbox_policy import (
+    SandboxPolicyError,
+    argv_problem,
+    policy_for,
+    url_allowed,
+)
 from fleet.core.schedules import on_problem
 from fleet.core.validate import host_problem
 
@@ -218,6 +223,22 @@ def sandbox_url_problem(value: Any) -> str:
     return ""
 
 
+def sandbox_allow_problem(urls: Sequence[str]) -> str:
+    """Why the sandbox could not allow all of ``urls`` at once (empty when it can): each
+    distinct host and port is one entry at least (a DNS name one per address at deploy time),
+    and the allowlist holds :data:`~fleet.core.sandbox_policy.MAX_ALLOW`."""
+    names: dict[str, str] = {}
+
+    def placeholder(host: str, port: int) -> list[str]:  # one distinct address a name
+        return [names.setdefault(host, str(ipaddress.IPv6Address("2001:db8::") + len(names)))]
+
+    try:
+        policy_for(None, urls, resolve=placeholder)
+    except SandboxPolicyError as exc:
+        return str(exc)
+    return ""
+
+
 def bounded_int_problem(value: Any, low: int, high: int) -> str:
     """Why ``value`` is not a whole number from ``low`` to ``high`` (empty when it is)."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -303,6 +324,11 @@ def check_work(node: yaml.Node, value: Value, report: Report,
                     continue
                 seen[identity] = source.line
                 sources.append(source)
+    if sources and not problems:
+        problem = sandbox_allow_problem([url for source in sources
+                                         for url in (source.api_url, source.git_url)])
+        if problem:
+            bad(values["sources"][1], "work.sources", problem)
     if problems:
         return None
     return WorkConfig(test_command=tuple(values["test_command"][0]), sources=tuple(sources),

@@ -106,6 +106,16 @@ def test_allowed_endpoints_default_ports_by_scheme() -> None:
     ({**WORK, "test_command": ["pytest", "x" * 300]}, "argument 2"),
     ({**WORK, "sources": [{**SOURCE, "git_url": "http://0x7f.1/acme/shop.git"}]},
      "work.sources[0].git_url: "),
+    # outside attack r37: the unspecified address (a connection to it stays on the node), and
+    # more hosts than the allowlist holds, passed here and failed the deploy
+    ({**WORK, "sources": [{**SOURCE, "api_url": "http://0.0.0.0:3000/api/v1"}]},
+     "work.sources[0].api_url: allow: 0.0.0.0 is the unspecified address"),
+    ({**WORK, "sources": [{**SOURCE, "git_url": "http://[::]:3000/acme/shop.git"}]},
+     "work.sources[0].git_url: allow: :: is the unspecified address"),
+    ({**WORK, "sources": [{**SOURCE, "api_url": f"http://api{n}.example.org/v1",
+                           "git_url": f"http://10.0.{n}.1/acme/s{n}.git", "repo": f"acme/s{n}"}
+                          for n in range(17)]},
+     "work.sources: allow: the forge URLs come to 34 addresses and ports"),
 ])
 def test_validate_refuses_what_the_sandbox_policy_would_refuse(
         work: dict[str, Any], problem: str) -> None:
@@ -203,9 +213,10 @@ def test_control_character_is_one_line() -> None:
 
 # Property tests ---------------------------------------------------------------------------
 
-hosts = st.one_of(  # addresses, and DNS names (pinned to addresses at deploy time)
-    st.ip_addresses(v=4).map(str),
-    st.ip_addresses(v=6).map(lambda address: f"[{address}]"),
+hosts = st.one_of(  # addresses of a server, and DNS names (pinned to addresses at deploy time)
+    st.ip_addresses(v=4).filter(lambda address: not address.is_unspecified).map(str),
+    st.ip_addresses(v=6).filter(lambda address: not address.is_unspecified).map(
+        lambda address: f"[{address}]"),
     st.from_regex(HOSTNAME_RE, fullmatch=True).filter(lambda name: not host_problem(name)))
 urls = st.builds(
     lambda scheme, host, port, path: f"{scheme}://{host}{port}{path}",

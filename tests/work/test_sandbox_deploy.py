@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,55 @@ def test_the_controllers_resolver_gives_addresses_a_firewall_rule_holds() -> Non
     assert sandbox.resolved("localhost", 80) is found  # once per deploy
     with pytest.raises(SandboxPolicyError, match="does not resolve"):
         sandbox.resolved("bad..name", 80)  # refused by the resolver itself, nothing sent
+
+
+def _answers(*addresses: str) -> list[tuple[object, ...]]:
+    """What ``socket.getaddrinfo`` gives for ``addresses`` (IPv6 ones with a scope id)."""
+    return [(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+             (address, 443, 0, 0) if ":" in address else (address, 443))
+            for address in addresses]
+
+
+@pytest.mark.parametrize(("answers", "pinned"), [
+    (("0.0.0.0", "::"), None),  # a DNS blocklist's answer
+    (("fe80::1%eth0",), None),
+    (("0.0.0.0", "192.0.2.9"), ("192.0.2.9",)),
+])
+def test_a_name_is_pinned_only_to_addresses_of_a_server(
+        monkeypatch: pytest.MonkeyPatch, answers: tuple[str, ...],
+        pinned: tuple[str, ...] | None) -> None:
+    """Outside attack r37: a name resolving to 0.0.0.0 (a sinkholed name) was pinned as the
+    forge's address, so preflight passed and the sandbox could reach no forge (a connection
+    to the unspecified address stays on the node). The resolver's answer is stubbed: nothing
+    is sent."""
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: _answers(*answers))
+    sandbox.resolved.cache_clear()
+    try:
+        if pinned is None:
+            with pytest.raises(SandboxPolicyError, match="resolved to no address a firewall "
+                                                         "rule can hold"):
+                sandbox.resolved("forge.example", 443)
+        else:
+            assert sandbox.resolved("forge.example", 443) == pinned
+    finally:
+        sandbox.resolved.cache_clear()
+
+
+def test_more_pinned_addresses_than_the_sandbox_holds_are_named_as_such() -> None:
+    """Three sources on CDN names of 8 addresses each passed `fleet registry validate` and
+    the deploy refused them saying only 'allow: not a list of at most 32 entries'."""
+    named = [{**SOURCES[0], "api_url": f"https://api{n}.example/v1",
+              "git_url": f"https://git{n}.example/acme/s{n}.git", "repo": f"acme/s{n}"}
+             for n in range(3)]
+    registry = parse_registry(yaml.safe_dump({"wizards": WIZARDS, "work": {
+        "test_command": ["make"], "sources": named}}, sort_keys=False), Path("registry.yaml"))
+    hosts: dict[str, int] = {}
+
+    def eight(host: str, port: int) -> list[str]:
+        base = hosts.setdefault(host, len(hosts)) * 8
+        return [f"198.51.100.{base + n + 1}" for n in range(8)]
+
+    assert sandbox.policy_problem(registry.work, eight) == (
+        "allow: the forge URLs come to 48 addresses and ports (a DNS name counts each address "
+        "it resolves to); the sandbox allows at most 32: list fewer forge hosts, or one host "
+        "for a source's api_url and git_url")
