@@ -16,9 +16,11 @@ from fleet.control.status import as_root
 from fleet.core.errors import WorkError
 from fleet.core.registry import Registry
 from fleet.core.schedules import Schedule, unit_base
+from fleet.core.work_config import INTAKE_SCHEDULE
 
 SSH_TIMEOUT = 10.0
 RUN_TIMEOUT = 180.0  # the unit's TimeoutStartSec (deploys.schedules.TIMEOUT_S), with room
+INTAKE_RUN_TIMEOUT = 960.0  # work intake's (deploys.schedules.INTAKE_TIMEOUT_S), with room
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,13 @@ def run_now(registry: Registry, agent_name: str, schedule_name: str) -> Started:
     agent = registry.get(agent_name)
     schedule = registry.schedule_of(agent, schedule_name)
     unit = f"{unit_base(agent.name, schedule.name)}.service"
+    wait = INTAKE_RUN_TIMEOUT if schedule.name == INTAKE_SCHEDULE else RUN_TIMEOUT
     argv = as_root(agent, registry, ["systemctl", "start", unit], SSH_TIMEOUT)
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=wait,
                               stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
-        raise WorkError(f"{agent.name}: {unit} did not finish within {RUN_TIMEOUT:.0f} s",
+        raise WorkError(f"{agent.name}: {unit} did not finish within {wait:.0f} s",
                         hint=f"See `journalctl -u {unit}` on the node.") from None
     if done.returncode != 0:
         said = done.stderr.strip().splitlines()

@@ -753,6 +753,15 @@ class _Validator:
         declared = [capability for agent in agents.values() for capability in agent.capabilities]
         for line, message in capability_problems(config, declared):
             self.problems.append(f"{self.path}:{line}: {message}")
+        for agent in agents.values():  # the deploy adds the orchestrator's intake by this name
+            clash = next((item for item in agent.schedules if item.name == INTAKE_SCHEDULE),
+                         None)
+            if clash is not None and agent.role == "orchestrator":
+                self.problems.append(
+                    f"{self.path}:{clash.line}: wizards.{agent.name}.schedules."
+                    f"{INTAKE_SCHEDULE}: the name is the work intake's, which the orchestrator "
+                    "runs while the registry has a work: section; rename this schedule "
+                    "(work.intake_on sets the intake's calendar)")
         return config
 
     def check_endpoints_unique(self, agents: dict[str, Agent]) -> None:

@@ -107,6 +107,49 @@ def test_run_now_runs_the_orchestrators_work_intake(tmp_path: Path, node: Node) 
         "Error: agent 'bezalel' has no schedule named 'work-intake' (its schedules: none)")
 
 
+def test_run_now_waits_for_the_intake_as_long_as_its_unit_may_run(
+        tmp_path: Path, node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside attack r37: run-now gave every schedule the 180 s of a prompt's unit, while
+    work intake's may run 900 s (forges paged, each worker asked): a slow intake was reported
+    failed while it went on. Here a prompt's bound is cut to 0.2 s and the node takes 1 s."""
+    from deploys.schedules import INTAKE_TIMEOUT_S, TIMEOUT_S
+
+    assert schedules.RUN_TIMEOUT > TIMEOUT_S and schedules.INTAKE_RUN_TIMEOUT > INTAKE_TIMEOUT_S
+    monkeypatch.setattr(schedules, "RUN_TIMEOUT", 0.2)
+    node.answer = "sleep 1"
+    path = tmp_path / "registry.yaml"
+    path.write_text(REGISTRY + """work:
+  test_command: [make, test]
+  sources:
+    - {forge: gitea, api_url: "http://192.0.2.5:3000/api/v1", repo: acme/shop, label: fleet,
+       git_url: "http://192.0.2.5:3000/acme/shop.git", token: GITEA_TOKEN}
+""")
+    assert fleet(path, "work", "run-now", "ezra", "work-intake")[0] == 0
+    code, _, said = fleet(path, "work", "run-now", "ezra", "nightly")
+    assert code == 1 and said.startswith(
+        "Error: ezra: fleet-schedule-ezra_nightly.service did not finish within 0 s")
+
+
+def test_an_orchestrators_schedule_named_like_the_intake_is_refused(tmp_path: Path) -> None:
+    """Outside attack r37: with a work: section, the orchestrator's own `work-intake` schedule
+    passed validate; the deploy's list then held two schedules of that name, written to the
+    same unit files, and run-now said a prompt was queued while it started the intake."""
+    path = tmp_path / "registry.yaml"
+    path.write_text(REGISTRY.replace("      nightly:", "      work-intake:") + """work:
+  test_command: [make, test]
+  sources:
+    - {forge: gitea, api_url: "http://192.0.2.5:3000/api/v1", repo: acme/shop, label: fleet,
+       git_url: "http://192.0.2.5:3000/acme/shop.git", token: GITEA_TOKEN}
+""")
+    code, _, said = fleet(path, "registry", "validate", str(path))
+    assert code == 1 and said.splitlines()[0] == (
+        f"Error: {path}:10: wizards.ezra.schedules.work-intake: the name is the work "
+        "intake's, which the orchestrator runs while the registry has a work: section; rename "
+        "this schedule (work.intake_on sets the intake's calendar)")
+    path.write_text(REGISTRY.replace("      nightly:", "      work-intake:"))
+    assert fleet(path, "registry", "validate", str(path))[0] == 0  # no work: the name is free
+
+
 def test_run_now_runs_as_root_through_sudo_for_a_non_root_login(registry: Path) -> None:
     from fleet.core.registry import load_registry
 
