@@ -121,3 +121,27 @@ def test_a_kept_path_that_is_no_regular_file_is_dropped_without_blocking(
     assert done == [None]
     assert not os.path.lexists(path) and recorder.sent == []
     assert EVENT not in [kind for _, kind, _ in recorder.sent]
+
+
+class DownGateway(Recorder):
+    """The agent's gateway restarting: nothing can be queued."""
+
+    def send(self, to: str | None, type: str, payload: Any, retries: int = 3,
+             **options: Any) -> dict[str, Any]:
+        raise ConnectionError("gateway down")
+
+
+def test_an_outcome_that_could_not_be_queued_keeps_the_item_for_the_next_start(
+        tmp_path: Path) -> None:
+    """Outside attack r38: the kept item was forgotten although its outcome never reached the
+    gateway; the orchestrator then waited max_minutes + 5 min. It is kept, and the next start
+    resumes the item and reports it."""
+    worker, recorder = make_worker(tmp_path, env={})
+    worker.keep("ezra", order().payload(), 0)
+    worker.sender = DownGateway
+    worker.resume()  # fails the item (no token): its outcome cannot be queued
+    assert (worker.state_dir / CURRENT_FILE).is_file()
+    worker.sender = lambda: recorder
+    worker.resume()
+    assert [kind for _, kind, _ in recorder.sent] == [OUTCOME]
+    assert not (worker.state_dir / CURRENT_FILE).exists()

@@ -90,7 +90,7 @@ class SuiteRun:
 RunTests = Callable[[Path], SuiteRun]
 """Runs the test command in the workspace at the given path (the sandbox's client)."""
 
-Events = Callable[[str, dict[str, Any]], None]
+Events = Callable[[str, dict[str, Any]], object]
 """Records one timeline event of the item: kind (turn, tool, test, pushed, proposed, failed)
 and a small JSON detail."""
 

@@ -177,19 +177,18 @@ class Worker:
         try:
             order, source = read_order(payload, self.registry.work)
         except WorkMessageError as exc:  # the registry changed meanwhile: report why
-            self.forget()
             item = payload.get("item") if isinstance(payload, dict) else None
             if isinstance(item, str) and WORK_ID_RE.fullmatch(item):
                 self.report(sender, item, Outcome("failed", f"not resumed: {exc}"))
+            else:
+                self.forget()
             return None
         if resumes >= MAX_RESUMES:
-            self.forget()
             self.report(sender, order.item, Outcome(
                 "failed", f"{self.agent}'s runtime stopped {resumes + 1} times during this "
                           "item; it was not resumed again"))
             return order.item
         if not self.env.get(source.token, ""):  # it could not start: say so, not 'resumed'
-            self.forget()
             self.report(sender, order.item, Outcome("failed",
                                                     f"not resumed: {self.no_token(source)}"))
             return None
@@ -255,13 +254,15 @@ class Worker:
 
     def report(self, orchestrator: str, item: str, outcome: Outcome,
                client: Sender | None = None) -> None:
-        """Queue the item's outcome for the orchestrator, then forget the kept item."""
+        """Queue the item's outcome for the orchestrator, then forget the kept item (kept when
+        the outcome could not be queued: the next start resumes the item and reports it)."""
         try:
-            self.send(client or self.sender(), orchestrator, OUTCOME, outcome_payload(
+            queued = self.send(client or self.sender(), orchestrator, OUTCOME, outcome_payload(
                 item, outcome.state, outcome.reason, outcome.pr_url))
         except WorkerStopped:
             return  # stopping: kept, the next start resumes it
-        self.forget()
+        if queued:
+            self.forget()
 
     @property
     def current_path(self) -> Path:
@@ -305,15 +306,17 @@ class Worker:
         except IsADirectoryError:  # not ours, in the name of ours: keep() could never write
             shutil.rmtree(self.current_path)
 
-    def send(self, client: Sender, to: str, kind: str, payload: dict[str, Any]) -> None:
-        """Queue one message for the orchestrator; a bus failure is logged, never raised
-        into the loop (the orchestrator resumes an item it hears nothing of)."""
+    def send(self, client: Sender, to: str, kind: str, payload: dict[str, Any]) -> bool:
+        """Queue one message for the orchestrator (whether it was); a bus failure is logged,
+        never raised into the loop (the orchestrator resumes an item it hears nothing of)."""
         if self.stop.is_set():
             raise WorkerStopped(f"{self.agent} stopped during {payload.get('item')}")
         try:
             client.send(to, kind, payload)
         except Exception as exc:  # the gateway restarting: this event is lost, the item not
             log.warning("could not send %s of %s: %s", kind, payload.get("item"), exc)
+            return False
+        return True
 
 
 class WorkerStopped(BaseException):
