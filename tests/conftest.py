@@ -26,9 +26,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     share it, so they all run on one worker; the modules that boot only labs of their own
     (other lab names: :func:`tests.lab_fixtures.claim_test_lab`) run on another meanwhile, and
     one that asks for ``lab_registry`` only at run time (``tests/live``) gets that worker's own
-    session lab. A module that names its own group keeps it (``apart``: the stock Debian runs
-    and the work lab, on a worker of their own, as the stock runs are the tier's longest).
-    Slow tests that need no lab go to any worker."""
+    session lab. A module that names its own group keeps it (the stock Debian runs, whose
+    labs are their own, run in turn with the session lab's modules: two heavy groups at once is
+    what 2 cores take). Slow tests that need no lab go to any worker."""
     lab_items = [item for item in items if item.get_closest_marker("lab")]
     shared = {item.path for item in lab_items
               if SESSION_LAB in getattr(item, "fixturenames", ())}  # a pytest.Function's

@@ -34,7 +34,7 @@ from tests.work.forge_standin import ForgeState, create_app
 from tests.work.git_server import GitServer
 from tests.work.test_repo_loop import BUGGY, FIXED, TESTS, call, turn
 
-pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.xdist_group("apart")]
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
 ORCHESTRATOR, WORKERS = "ezra-primary", ("bezalel", "allegro")
 TOKEN = "forge-token-0123456789abcdef"
 FORGES = ("gitea", "github", "gitlab")
