@@ -11,6 +11,11 @@ with nothing changed changes and restarts nothing. Each phase returns what a lat
 (the operations whose change restarts the agent, verify's check for the audit); the lines
 below hand it on.
 
+A host whose snapshot (read once, in preflight) shows every phase's work already done plans
+only its checks, verify and audit: the phases are first run as a probe that decides each
+operation from the snapshot and plans none (:meth:`deploys.context.AgentContext.converged`).
+A host with something to change gets every phase, as planned the first time.
+
 ``fleet deploy`` runs one pyinfra process per rollout stage (``--limit`` its hosts,
 ``--data rollout_stage=N``); a later stage waits at its gate for the earlier stages' verdict
 (see ``deploys/gate.py``). Plain ``pyinfra inventory.py deploy.py`` deploys all hosts at once,
@@ -43,6 +48,7 @@ from deploys import (
     webhook,
 )
 from deploys.context import agent_context
+from deploys.ops import UNCHANGED, Outcome
 
 ctx = agent_context()
 audit.record_failures()  # a host an operation fails is recorded, naming the operation
@@ -54,15 +60,22 @@ if ready.ok and ctx.rollback:
                          with_state=bool(host.data.get("rollback_with_state")))
     audit.run(ctx, check)
 elif ready.ok:
-    baseline.run(ctx)
-    release_writes = release.run(ctx)  # the switch, registry copy and config: they restart it
-    soul_write = soul.run(ctx)
-    env_write = keys.run(ctx)
-    sandbox.run(ctx, ctx.registry.work)  # the sandbox: policy (the registry's test command and
-    # forge allowlist), socket and front door; restarts no agent
-    service_ops = services.run(ctx, restart_on=[*release_writes, soul_write, env_write],
-                               env_write=env_write)
-    webhook.run(ctx)  # the deploy webhook receiver, where the registry puts it
+    def changes() -> tuple[Outcome, list[Outcome]]:
+        """The phases that change the node; their environment write and service operations."""
+        baseline.run(ctx)
+        release_writes = release.run(ctx)  # the switch, registry copy and config: they restart it
+        soul_write = soul.run(ctx)
+        env_write = keys.run(ctx)
+        sandbox.run(ctx, ctx.registry.work)  # the sandbox: policy (the registry's test command
+        # and forge allowlist), socket and front door; restarts no agent
+        service_ops = services.run(ctx, restart_on=[*release_writes, soul_write, env_write],
+                                   env_write=env_write)
+        webhook.run(ctx)  # the deploy webhook receiver, where the registry puts it
+        return env_write, service_ops
+
+    # pyinfra orders operations by the line numbers of their calls: every phase's operation
+    # is planned from the probe's line, before verify's
+    env_write, service_ops = (UNCHANGED, []) if ctx.converged(changes) else changes()
     check = verify.run(ctx, ready, env_write, service_ops)
     audit.run(ctx, check)
 ctx.finish_plan()  # whether this host changes at all: the gate and the lock run only then

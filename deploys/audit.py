@@ -135,6 +135,7 @@ def audit_node(state: State, host: Host, ctx: AgentContext, check: Check) -> boo
         "verify": verify,
         "facts": facts,
         "drift": found,
+        "operations": ctx.operations,
         "finished": utc_timestamp(),
     }
     if refused:
@@ -267,4 +268,4 @@ def run(ctx: AgentContext, check: Check) -> None:
     that would change."""
     if state.check_for_changes:  # planning first (a dry run, or pyinfra without -y)
         update_host(current_run_id(), host.name, {"planned": ctx.planned()})
-    agent_audited(name=AUDIT, ctx=ctx, check=check)
+    ctx.check(agent_audited, AUDIT, ctx=ctx, check=check)

@@ -24,7 +24,7 @@ SSHD = "sshd: no password logins (checked, then reloaded)"
 @phase("Baseline")
 def run(ctx: AgentContext) -> None:
     """User (no login shell), /opt/fleet, /etc/fleet/<agent>, state dir, sshd settings."""
-    ctx.track(USER, agent_account(name=USER, user=ctx.user, home=ctx.state_dir, node=ctx.node))
+    ctx.plan(agent_account, USER, user=ctx.user, home=ctx.state_dir, node=ctx.node)
     specs = [
         (OPT, "root", "root", "755"),
         (RELEASES, "root", "root", "755"),
@@ -36,8 +36,7 @@ def run(ctx: AgentContext) -> None:
     ]
     if ctx.registry.become:  # the sudo user's private upload folder (deploys/ops.upload_temp)
         specs.append((UPLOAD_DIR, ctx.agent.ssh_user, "root", "700"))
-    ctx.track(DIRECTORIES, directories(name=DIRECTORIES, node=ctx.node, specs=specs))
-    ctx.track(SSHD, managed_file(
-        name=SSHD, dest=SSHD_DROPIN, content=SSHD_SETTINGS, user="root", group="root",
-        mode="644", node=ctx.node, diffs=ctx.diffs(),
-        then=["sshd -t", "systemctl reload ssh.service"]))
+    ctx.plan(directories, DIRECTORIES, node=ctx.node, specs=specs)
+    ctx.plan(managed_file, SSHD, dest=SSHD_DROPIN, content=SSHD_SETTINGS, user="root", group="root",
+             mode="644", node=ctx.node, diffs=ctx.diffs(),
+             then=["sshd -t", "systemctl reload ssh.service"])

@@ -5,15 +5,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar, cast
+from pathlib import Path, PurePosixPath
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from pyinfra import host
 from pyinfra.api import deploy
 
 from deploys.facts import NodeSnapshot, empty_snapshot
 from deploys.lock import LOCK_DIR
-from deploys.ops import UPLOAD_DIR, DiffReport, Outcome
+from deploys.ops import UPLOAD_DIR, Changes, DiffReport, Outcome, probe
 from fleet.control import expected, render
 from fleet.control.records import add_diff, current_run_id
 from fleet.control.release import Release, build_release
@@ -85,7 +85,10 @@ class AgentContext:
     changes: list[tuple[str, Outcome]] = field(default_factory=list)
     node: NodeSnapshot = field(default_factory=empty_snapshot)
     phase_name: str = ""  # the phase running now (see :func:`phase`)
+    operations: int = 0  # operations planned for this host (:meth:`plan`, :meth:`check`)
+    unconverged: str = ""  # why :meth:`converged` said no: the first change it met
     _will_change: bool | None = field(default=None, init=False)  # see :meth:`finish_plan`
+    _probing: bool = field(default=False, init=False)  # see :meth:`converged`
 
     @functools.cached_property
     def masker(self) -> Masker:
@@ -112,6 +115,46 @@ class AgentContext:
         reading it at exec time would run command generators then, which pyinfra forbids."""
         if self._will_change is None:
             self._will_change = any(op.will_change for _, op in self.changes)
+
+    def plan(self, operation: Callable[..., OpT], name: str, **arguments: Any) -> OpT:
+        """Plan ``operation`` named ``name`` with ``arguments`` on this host and keep it for
+        the run record (:meth:`track`): every state-changing operation of the phases is
+        planned here. While :meth:`converged` probes, decide it from the node's snapshot
+        instead (:func:`deploys.ops.probe`), planning nothing."""
+        if self._probing:
+            return cast(OpT, probe(operation, f"{self.phase_name} | {name}", arguments))
+        self.operations += 1
+        return self.track(name, operation(name=name, **arguments))
+
+    def check(self, operation: Callable[..., OpT], name: str, **arguments: Any) -> OpT:
+        """Plan ``operation``, a check that changes nothing (the gate, the lock, verify, the
+        audit), counted with the host's operations but not kept as a change."""
+        self.operations += 1
+        return operation(name=name, **arguments)
+
+    def converged(self, phases: Callable[[], object]) -> bool:
+        """Whether ``phases`` (the deploy's state-changing phases, :func:`plan` in order)
+        would change nothing on this host, decided from its snapshot alone by running them
+        with every operation probed, not planned: then the deploy plans only its checks for
+        the host. False at the first operation that would change something, or that cannot
+        be decided from the snapshot (its name in :attr:`unconverged`); the phases are then
+        planned in full. Nothing is planned, logged or recorded while probing."""
+        kept = len(self.changes)
+        self._probing = True
+        try:
+            phases()
+        except Changes as change:
+            self.unconverged = str(change)
+            return False
+        finally:
+            self._probing = False
+            del self.changes[kept:]
+        return True
+
+    @property
+    def probing(self) -> bool:
+        """Whether :meth:`converged` is running the phases now."""
+        return self._probing
 
     def track(self, name: str, op: OpT) -> OpT:
         """Keep ``op`` (a state-changing operation this host runs, named ``name``) for the
@@ -174,7 +217,9 @@ class AgentContext:
                  "/var/lib/fleet", self.state_dir, SSHD_DROPIN, *self.loaded_paths()]
         if self.agent.runtime_unit is None:  # one left from before is removed
             paths += [self.runtime_unit_path, self.ship_dir]
-        paths += self.release_ship_paths()
+        paths += self.release_ship_paths() + self.release_ship_folders()
+        if self.agent.runtime == "command":
+            paths.append(self.ship_dir)
         paths += [f"{UNIT_DIR}/{unit}" for item in self.schedules
                   for unit in self.schedule_units(item)]
         paths += [f"{UNIT_DIR}/{unit}" for unit in self.sandbox_units]
@@ -191,6 +236,13 @@ class AgentContext:
         """The agent's schedules (:meth:`~fleet.core.registry.Registry.schedules_of`: the
         registry's, and work intake on the orchestrator)."""
         return self.registry.schedules_of(self.agent)
+
+    def listed_units(self) -> tuple[str, ...]:
+        """The units the node's snapshot asks about by name (its ``schedules.timers``): the
+        schedules' timers, the sandbox socket and the runtime's unit."""
+        runtime = (self.agent.runtime_unit,) if self.agent.runtime_unit else ()
+        return (*(self.schedule_units(item)[0] for item in self.schedules),
+                self.sandbox_units[0], *runtime)
 
     def schedule_units(self, schedule: Schedule) -> tuple[str, str]:
         """The timer and the service of one of the agent's schedules."""
@@ -249,6 +301,14 @@ class AgentContext:
         if self.agent.runtime != "command" or self.rollback:
             return []
         return [f"{self.release_ship_dir()}/{relative}" for relative in self.agent.runtime_ship]
+
+    def release_ship_folders(self) -> list[str]:
+        """The folders holding the shipped files in the release (parents first)."""
+        if self.agent.runtime != "command" or self.rollback:
+            return []
+        base = self.release_ship_dir()
+        return sorted({str(PurePosixPath(base, relative).parent)
+                       for relative in self.agent.runtime_ship} | {base})
 
     def runtime_paths(self) -> list[str]:
         """The runtime's unit file and shipped files (none without a runtime)."""
@@ -336,9 +396,8 @@ def load_node(ctx: AgentContext) -> None:
                              current=CURRENT, releases_dir=RELEASES,
                              keys_file=ctx.login_keys_file, lock_dir=LOCK_DIR,
                              schedule_glob=ctx.schedule_glob.rstrip("*"),
-                             timers=(*(ctx.schedule_units(item)[0]
-                                       for item in ctx.schedules),
-                                     ctx.sandbox_units[0]))
+                             timers=ctx.listed_units(),
+                             links=(ctx.ship_dir,) if ctx.agent.runtime == "command" else ())
 
 
 @functools.cache

@@ -74,6 +74,7 @@ class NodeSnapshot(TypedDict):
     unit: UnitInfo
     authorized_keys: list[str]  # the login user's lines
     schedules: ScheduleUnits
+    links: NotRequired[dict[str, str]]  # the symbolic links it was asked about: their targets
     basics: NotRequired[Basics]  # when preflight asked for them in the same round trip
 
 
@@ -201,7 +202,7 @@ class NodeState(FactBase[NodeSnapshot]):
 
     def command(self, paths: list[str], user: str, unit: str, current: str, releases_dir: str,
                 keys_file: str, lock_dir: str | None = None, schedule_glob: str = "",
-                timers: tuple[str, ...] = ()) -> str:
+                timers: tuple[str, ...] = (), links: tuple[str, ...] = ()) -> str:
         quoted = " ".join(shlex.quote(path) for path in paths)
         basics = [f"({NodeBasics().command(lock_dir)}) | sed 's/^/basics|/'"] if lock_dir else []
         schedules = [f"for f in {shlex.quote(schedule_glob)}*; do [ -e \"$f\" ] && "
@@ -215,6 +216,8 @@ class NodeState(FactBase[NodeSnapshot]):
             f"(for p in {quoted}; do [ -f \"$p\" ] && set -- \"$@\" \"$p\"; done; "
             "[ $# -eq 0 ] || sha256sum -- \"$@\") | sed 's/^/sha|/; s/  /|/'",
             f"echo \"current|$(readlink {shlex.quote(current)} 2>/dev/null)\"",
+            *(f"[ -L {shlex.quote(link)} ] && printf 'link|%s|%s\\n' {shlex.quote(link)} "
+              f"\"$(readlink -- {shlex.quote(link)})\"" for link in links),
             f"for d in {shlex.quote(releases_dir)}/*/site; do [ -d \"$d\" ] && "
             "echo \"release|$(basename \"$(dirname \"$d\")\")\"; done",
             f"getent passwd {shlex.quote(user)} >/dev/null && echo user",
@@ -256,6 +259,9 @@ class NodeState(FactBase[NodeSnapshot]):
                 digest, _, path = rest.partition("|")
                 if path in state["paths"]:
                     state["paths"][path]["sha256"] = digest
+            elif kind == "link":
+                path, _, target = rest.partition("|")
+                state.setdefault("links", {})[path] = target
             elif kind == "current":
                 state["current"] = rest.rsplit("/", 1)[-1] or None
             elif kind == "release":

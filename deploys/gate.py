@@ -104,6 +104,6 @@ def run(ctx: AgentContext) -> None:
     stage = stage_of(host)
     if stage:
         controller = host.data.get("rollout_controller")
-        earlier_stages_passed(name="Rollout: earlier stages passed", stage=stage,
-                              controller=controller if isinstance(controller, int) else 0,
-                              _if=lambda: ctx.will_change)
+        ctx.check(earlier_stages_passed, "Rollout: earlier stages passed", stage=stage,
+                  controller=controller if isinstance(controller, int) else 0,
+                  _if=lambda: ctx.will_change)

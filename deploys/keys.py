@@ -21,12 +21,10 @@ def run(ctx: AgentContext) -> Outcome:
     The environment it replaces is kept as ``env.previous``, which a rollback restores.
     Returns the environment's write (its change restarts the agent; verify and the audit
     read it)."""
-    env_write = ctx.track(ENV, secret_file(
-        name=ENV, dest=ctx.env_path, content=HiddenValue(ctx.env_file()),
-        public=tuple(ctx.public_env()), user="root", group="root", node=ctx.node,
-        diffs=ctx.diffs(), backup=ctx.env_previous_path))
+    env_write = ctx.plan(secret_file, ENV, dest=ctx.env_path, content=HiddenValue(ctx.env_file()),
+                         public=tuple(ctx.public_env()), user="root", group="root", node=ctx.node,
+                         diffs=ctx.diffs(), backup=ctx.env_previous_path)
     if ctx.agent.authorized_keys:
-        ctx.track(OPERATOR_KEYS, authorized_keys_added(
-            name=OPERATOR_KEYS, keys_file=ctx.login_keys_file,
-            keys=render.authorized_keys(ctx.agent.authorized_keys), node=ctx.node))
+        ctx.plan(authorized_keys_added, OPERATOR_KEYS, keys_file=ctx.login_keys_file,
+                 keys=render.authorized_keys(ctx.agent.authorized_keys), node=ctx.node)
     return env_write

@@ -33,7 +33,7 @@ import shlex
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from io import StringIO
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import click
 from pyinfra import host, logger, state
@@ -107,8 +107,8 @@ def coloured(line: str) -> str:
 def _show_diff(diffs: DiffReport, dest: str, exists: bool, new_text: str,
                mask: Callable[[str, str], tuple[str, str]] = lambda old, new: (old, new)) -> None:
     """Log a unified diff of ``dest`` when pyinfra runs with ``--diff``, through ``mask`` and
-    ``diffs.masker``, and hand it to ``diffs.record``."""
-    if not state.config.DIFF or state.is_executing:
+    ``diffs.masker``, and hand it to ``diffs.record``; never while probing."""
+    if not state.config.DIFF or state.is_executing or _probing:
         return
     hide = diffs.masker
     old = host.get_fact(FileContents, path=dest) if exists else None
@@ -119,6 +119,69 @@ def _show_diff(diffs: DiffReport, dest: str, exists: bool, new_text: str,
         logger.info("  %s", coloured(line))
     logger.info("")
     diffs.record(dest, lines)
+
+
+_probing = False  # a probe runs the operations' functions now (:func:`probe`): no output
+SNAPSHOT_OPERATIONS: dict[object, Callable[..., Generator[Any, None, Any]]] = {}
+"""Each operation deciding from the node's snapshot only, with its undecorated function."""
+
+
+class Changes(Exception):
+    """The probe met an operation that would change the node, or one it cannot decide from the
+    snapshot (pyinfra's own operations read facts of their own): the host is planned in full."""
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """The outcome of an operation the probe found would change nothing (:class:`Outcome`)."""
+
+    will_change: bool = False
+    stdout: str = ""
+
+    def is_complete(self) -> bool:
+        return True
+
+    def did_change(self) -> bool:
+        return False
+
+
+UNCHANGED = Unchanged()
+
+OperationFunction = TypeVar("OperationFunction", bound=Callable[..., Generator[Any, None, Any]])
+
+
+def snapshot_operation(func: OperationFunction) -> OperationFunction:
+    """pyinfra's ``@operation()`` for an operation that decides from the node's one snapshot
+    and its arguments alone (no fact of its own): :func:`probe` can then run the same function
+    to learn whether it would change anything, planning nothing."""
+    decorated = operation()(func)
+    SNAPSHOT_OPERATIONS[decorated] = func
+    return cast(OperationFunction, decorated)
+
+
+def probe(op: Callable[..., Any], name: str, arguments: dict[str, Any]) -> Outcome:
+    """Whether ``op`` (named ``name``) with ``arguments`` would change the node, decided by
+    running its function on the snapshot, silently, without planning it: :data:`UNCHANGED`,
+    else :class:`Changes`. An operation that is not a :func:`snapshot_operation`, or one with
+    pyinfra's global arguments (``_if=``...), counts as a change: it is then planned for real."""
+    function = SNAPSHOT_OPERATIONS.get(op)
+    if function is None or any(key.startswith("_") for key in arguments):
+        raise Changes(f"{name}: not decided from the node's snapshot")
+    global _probing
+    _probing = True
+    try:
+        commands = function(**arguments)
+        if next(commands, None) is not None:
+            raise Changes(name)
+    finally:
+        _probing = False
+    return UNCHANGED
+
+
+def _noop(description: str) -> None:
+    """pyinfra's ``host.noop``: logged when planning, not while probing."""
+    if not _probing:
+        host.noop(description)
 
 
 def _attributes(path: str, have: PathInfo, user: str, group: str,
@@ -132,7 +195,7 @@ def _attributes(path: str, have: PathInfo, user: str, group: str,
     return commands
 
 
-@operation()
+@snapshot_operation
 def agent_account(user: str, home: str, node: Node):
     """
     A system user and group for the agent, with no login shell.
@@ -156,10 +219,10 @@ def agent_account(user: str, home: str, node: Node):
     if commands:
         yield " && ".join(commands)
     else:
-        host.noop(f"user {user} exists")
+        _noop(f"user {user} exists")
 
 
-@operation()
+@snapshot_operation
 def directories(specs: Sequence[tuple[str, str, str, str]], node: Node):
     """
     Directories with owner, group and mode, created when missing.
@@ -185,10 +248,10 @@ def directories(specs: Sequence[tuple[str, str, str, str]], node: Node):
     if commands:
         yield " && ".join(commands)
     else:
-        host.noop("directories are up to date")
+        _noop("directories are up to date")
 
 
-@operation()
+@snapshot_operation
 def managed_file(dest: str, content: str, user: str, group: str, mode: str, node: Node,
                  diffs: DiffReport, then: Sequence[str] = ()):
     """
@@ -227,7 +290,7 @@ def _kept_if_same(dest: str, have: PathInfo | None, text: str, user: str, group:
     if commands:
         yield " && ".join(commands)
     else:
-        host.noop(f"{dest} is up to date")
+        _noop(f"{dest} is up to date")
     return True
 
 
@@ -244,7 +307,7 @@ def _upload(dest: str, source: Any, user: str, group: str, mode: str, then: Sequ
     yield " && ".join([*fix, _q("mv", "-f", staging, dest), *then])
 
 
-@operation()
+@snapshot_operation
 def secret_file(dest: str, content: HiddenValue, public: tuple[str, ...] | None, user: str,
                 group: str, node: Node, diffs: DiffReport, mode: str = "600", backup: str = ""):
     """
@@ -291,7 +354,7 @@ def _hide_all(old: str, new: str) -> tuple[str, str]:
             f"(secret content not shown{', changed' if old else ''})\n")
 
 
-@operation()
+@snapshot_operation
 def release_unpacked(release_id: str, tarball: str, releases_dir: str, node: Node):
     """
     Upload a release tarball and unpack it to ``releases_dir/<release_id>/`` unless present.
@@ -310,7 +373,7 @@ def release_unpacked(release_id: str, tarball: str, releases_dir: str, node: Nod
                          releases_dir="/opt/fleet/releases", node=node)
     """
     if release_id in node["releases"]:
-        host.noop(f"release {release_id} is already installed")
+        _noop(f"release {release_id} is already installed")
         return
     yield from _unpacked(tarball, releases_dir, release_id)
 
@@ -327,7 +390,7 @@ def _unpacked(tarball: str, parent: str, name: str) -> Generator[Any, None, None
            f"mv -T {_q(staging, final)}")
 
 
-@operation()
+@snapshot_operation
 def tree_unpacked(dest: str, tarball: str, node: Node):
     """
     Upload a tarball and unpack it as the folder ``dest``, unless that folder is there.
@@ -345,13 +408,13 @@ def tree_unpacked(dest: str, tarball: str, node: Node):
                       node=node)
     """
     if (info := node["paths"].get(dest)) is not None and info["type"] == "directory":
-        host.noop(f"{dest} is unpacked already")
+        _noop(f"{dest} is unpacked already")
         return
     parent, _, name = dest.rstrip("/").rpartition("/")
     yield from _unpacked(tarball, parent, name)
 
 
-@operation()
+@snapshot_operation
 def deps_seeded(cache: str, trees: Sequence[tuple[str, str]], user: str, node: Node,
                 leave_out: Sequence[str] = ()):
     """
@@ -375,7 +438,7 @@ def deps_seeded(cache: str, trees: Sequence[tuple[str, str]], user: str, node: N
     missing = [(key, source) for key, source in trees
                if f"{cache}/{key}/.complete" not in node["paths"]]
     if not missing:
-        host.noop(f"{len(trees)} dependency trees are in {cache}")
+        _noop(f"{len(trees)} dependency trees are in {cache}")
         return
     parent = cache.rsplit("/", 1)[0]
     commands = [_q("install", "-d", "-o", user, "-g", user, "-m", "700", parent, cache)]
@@ -388,7 +451,7 @@ def deps_seeded(cache: str, trees: Sequence[tuple[str, str]], user: str, node: N
     yield " && ".join(commands)
 
 
-@operation()
+@snapshot_operation
 def release_current(release_id: str, nodectl: str, node: Node):
     """
     Point ``/opt/fleet/current`` at a release, atomically (``fleet-nodectl switch``).
@@ -405,12 +468,12 @@ def release_current(release_id: str, nodectl: str, node: Node):
                         nodectl="/opt/fleet/bin/fleet-nodectl", node=node)
     """
     if node["current"] == release_id:
-        host.noop(f"current already points at {release_id}")
+        _noop(f"current already points at {release_id}")
         return
     yield _q(nodectl, "switch", release_id)
 
 
-@operation()
+@snapshot_operation
 def releases_pruned(keep: int, incoming: str, nodectl: str, node: Node):
     """
     Keep only the newest ``keep`` releases on the node.
@@ -429,12 +492,12 @@ def releases_pruned(keep: int, incoming: str, nodectl: str, node: Node):
     """
     installed = {*node["releases"], incoming}
     if len(installed) <= keep:
-        host.noop(f"{len(installed)} releases installed (keeping up to {keep})")
+        _noop(f"{len(installed)} releases installed (keeping up to {keep})")
         return
     yield _q(nodectl, "prune", "--keep", str(keep))
 
 
-@operation()
+@snapshot_operation
 def authorized_keys_added(keys_file: str, keys: Sequence[str], node: Node):
     """
     Add public keys to an ``authorized_keys`` file; keys already there are left alone.
@@ -453,7 +516,7 @@ def authorized_keys_added(keys_file: str, keys: Sequence[str], node: Node):
     present = {" ".join(line.split()[:2]) for line in node["authorized_keys"]}
     missing = [key.strip() for key in keys if " ".join(key.split()[:2]) not in present]
     if not missing:
-        host.noop(f"all {len(keys)} operator keys present")
+        _noop(f"all {len(keys)} operator keys present")
         return
     folder = keys_file.rsplit("/", 1)[0]
     yield f"install -d -m 700 {_q(folder)} && touch {_q(keys_file)} && chmod 600 {_q(keys_file)}"
@@ -461,7 +524,7 @@ def authorized_keys_added(keys_file: str, keys: Sequence[str], node: Node):
         yield f"echo {_q(key)} >> {_q(keys_file)}"
 
 
-@operation()
+@snapshot_operation
 def agent_service(unit: str, node: Node, unit_file: Outcome, triggers: Sequence[Outcome],
                   restart: str = ""):
     """
@@ -495,16 +558,18 @@ def agent_service(unit: str, node: Node, unit_file: Outcome, triggers: Sequence[
     if commands:
         yield " && ".join(commands)
     else:
-        host.noop(f"{unit} is running and nothing it uses changed")
+        _noop(f"{unit} is running and nothing it uses changed")
 
 
-@operation()
-def unit_running(unit: str, node: Node):
+@snapshot_operation
+def unit_running(unit: str, node: Node, listed: bool = False):
     """
     A systemd unit enabled and running (started if it is not; never restarted here).
 
     + unit: the unit name
     + node: the host's NodeState snapshot (its ``unit`` state)
+    + listed: the unit is one the snapshot was asked about by name (its ``schedules.timers``:
+      timers, the sandbox socket, the runtime), not the agent's unit
 
     **Example:**
 
@@ -513,7 +578,7 @@ def unit_running(unit: str, node: Node):
         unit_running(name="Agent service enabled and running", unit="fleet-agent-a.service",
                      node=node)
     """
-    status = node["unit"]
+    status = node["schedules"]["timers"].get(unit, {}) if listed else node["unit"]
     commands = []
     if status.get("enabled") != "enabled":
         commands.append(_q("systemctl", "enable", unit))
@@ -522,10 +587,40 @@ def unit_running(unit: str, node: Node):
     if commands:
         yield " && ".join(commands)
     else:
-        host.noop(f"{unit} is enabled and running")
+        _noop(f"{unit} is enabled and running")
 
 
-@operation()
+@snapshot_operation
+def symlink(path: str, target: str, node: Node):
+    """
+    ``path`` a symbolic link to ``target`` (replaced atomically when it points elsewhere; a
+    folder there from an earlier layout is removed first).
+
+    + path: the link on the node
+    + target: what it points at
+    + node: the host's NodeState snapshot (``path`` among its ``links``)
+
+    **Example:**
+
+    .. code:: python
+
+        symlink(name="Runtime files", path="/etc/fleet/a/ship",
+                target="/opt/fleet/current/ship/a", node=node)
+    """
+    have = node["paths"].get(path)
+    if have is not None and have["type"] == "symbolic link" \
+            and node.get("links", {}).get(path) == target:
+        _noop(f"{path} points at {target}")
+        return
+    staging = f"{path}.new"
+    commands = [_q("rm", "-rf", "--", path)] if have is not None and \
+        have["type"] == "directory" else []
+    commands += [_q("rm", "-f", "--", staging), _q("ln", "-s", "--", target, staging),
+                 _q("mv", "-Tf", "--", staging, path)]
+    yield " && ".join(commands)
+
+
+@snapshot_operation
 def timers_running(timers: Sequence[tuple[str, Outcome]], node: Node,
                    what: str = "schedule timers are"):
     """
@@ -557,4 +652,4 @@ def timers_running(timers: Sequence[tuple[str, Outcome]], node: Node,
     if commands:
         yield " && ".join(commands)
     else:
-        host.noop(f"{len(timers)} {what} running and unchanged")
+        _noop(f"{len(timers)} {what} running and unchanged")

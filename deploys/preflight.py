@@ -83,12 +83,12 @@ def run(ctx: AgentContext) -> Preflight:
         host.log_styled(f"preflight failed: {reason}", fg="red", log_func=logger.error)
         update_host(current_run_id(), host.name,
                     {"status": "failed", "phase": "preflight", "problems": found})
-        server.shell(name="Preflight failed (the reason is in the host's lines above)",
-                     commands=[f"echo {shlex.quote('preflight: ' + reason)} >&2; exit 1"])
+        ctx.check(server.shell, "Preflight failed (the reason is in the host's lines above)",
+                  commands=[f"echo {shlex.quote('preflight: ' + reason)} >&2; exit 1"])
         return Preflight(ok=False)
     # Only when an operation will change the node (known once every phase has planned,
     # :meth:`AgentContext.finish_plan`): a no-change deploy takes the lock in verify's command
     # instead, one SSH command (about 3 round trips) fewer per host.
-    lock.lock_taken(name="Take the node's deploy lock", owner=owner, stale_owner=stale,
-                    _if=lambda: ctx.will_change)
+    ctx.check(lock.lock_taken, "Take the node's deploy lock", owner=owner, stale_owner=stale,
+              _if=lambda: ctx.will_change)
     return Preflight(ok=True, stale_lock=stale)

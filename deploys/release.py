@@ -23,20 +23,19 @@ def run(ctx: AgentContext) -> list[Outcome]:
     """Upload + unpack the release, switch current, prune, registry copy and config file;
     returns the operations whose change restarts the agent (the switch and the two files)."""
     release = ctx.release
-    ctx.track(NODE_HELPER, managed_file(
-        name=NODE_HELPER, dest=NODECTL, content=Path(fleet.node.nodectl.__file__).read_text(),
-        user="root", group="root", mode="755", node=ctx.node, diffs=ctx.diffs()))
-    ctx.track(UNPACKED, release_unpacked(
-        name=UNPACKED, release_id=release.id, tarball=str(release.path), releases_dir=RELEASES,
-        node=ctx.node))
-    restart_on: list[Outcome] = [ctx.track(SWITCHED, release_current(
-        name=SWITCHED, release_id=release.id, nodectl=NODECTL, node=ctx.node))]
-    ctx.track(PRUNED, releases_pruned(name=PRUNED, keep=KEEP_RELEASES, incoming=release.id,
-                                      nodectl=NODECTL, node=ctx.node))
+    ctx.plan(managed_file, NODE_HELPER, dest=NODECTL,
+             content=Path(fleet.node.nodectl.__file__).read_text(), user="root", group="root",
+             mode="755", node=ctx.node, diffs=ctx.diffs())
+    ctx.plan(release_unpacked, UNPACKED, release_id=release.id, tarball=str(release.path),
+             releases_dir=RELEASES, node=ctx.node)
+    restart_on: list[Outcome] = [ctx.plan(release_current, SWITCHED, release_id=release.id,
+                                          nodectl=NODECTL, node=ctx.node)]
+    ctx.plan(releases_pruned, PRUNED, keep=KEEP_RELEASES, incoming=release.id, nodectl=NODECTL,
+             node=ctx.node)
     for filename, text in (("registry.yaml", ctx.node_registry()),
                            ("config.json", ctx.config_json())):
         name = f"Agent {filename}"
-        restart_on.append(ctx.track(name, managed_file(
-            name=name, dest=f"{ctx.etc_dir}/{filename}", content=text, user="root",
-            group=ctx.user, mode="640", node=ctx.node, diffs=ctx.diffs())))
+        restart_on.append(ctx.plan(managed_file, name, dest=f"{ctx.etc_dir}/{filename}",
+                                   content=text, user="root", group=ctx.user, mode="640",
+                                   node=ctx.node, diffs=ctx.diffs()))
     return restart_on

@@ -31,10 +31,10 @@ def run(ctx: AgentContext, preflight: Preflight, to: str | None,
         target = ["--to", check_release_id(to)] if to is not None else []
     except ValidationError as exc:  # pyinfra prints its own errors as one line
         raise DeployError(f"rollback_to: {exc}") from None
-    return Check(op=agent_verified(name=ROLLBACK, nodectl=NODECTL, owner=lock.owner(),
-                                   stale_owner=preflight.stale_lock,
-                                   args=["rollback", *target, *state_args(ctx, with_state),
-                                         *agent_args(ctx)]))
+    return Check(op=ctx.check(agent_verified, ROLLBACK, nodectl=NODECTL, owner=lock.owner(),
+                              stale_owner=preflight.stale_lock,
+                              args=["rollback", *target, *state_args(ctx, with_state),
+                                    *agent_args(ctx)]))
 
 
 def state_args(ctx: AgentContext, with_state: bool) -> list[str]:

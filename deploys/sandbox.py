@@ -121,19 +121,17 @@ def run(ctx: AgentContext, work_config: Any | None = None) -> list[Outcome]:
     """Policy file, socket and front door units, daemon-reload when a unit changed, the
     socket enabled and listening (restarted when its unit changed). Returns the writes."""
     chosen = policy(work_config)
-    written = [ctx.track(POLICY, managed_file(
-        name=POLICY, dest=f"{ctx.etc_dir}/{POLICY_FILE}",
-        content=render.config_json(chosen.to_dict()), user="root", group="root", mode="644",
-        node=ctx.node, diffs=ctx.diffs()))]
+    written = [ctx.plan(managed_file, POLICY, dest=f"{ctx.etc_dir}/{POLICY_FILE}",
+                        content=render.config_json(chosen.to_dict()), user="root", group="root",
+                        mode="644", node=ctx.node, diffs=ctx.diffs())]
     units = []
     for (unit, text), name in zip(unit_texts(ctx, chosen).items(), (SOCKET_FILE, SERVICE_FILE),
                                   strict=True):
-        units.append(ctx.track(name, managed_file(
-            name=name, dest=f"{UNIT_DIR}/{unit}", content=text, user="root", group="root",
-            mode="644", node=ctx.node, diffs=ctx.diffs())))
+        units.append(ctx.plan(managed_file, name, dest=f"{UNIT_DIR}/{unit}", content=text,
+                              user="root", group="root", mode="644", node=ctx.node,
+                              diffs=ctx.diffs()))
     if any(op.will_change for op in units):
-        ctx.track(RELOAD, systemd.daemon_reload(
-            name=RELOAD, _if=lambda: any(op.did_change() for op in units)))
-    ctx.track(LISTENING, timers_running(name=LISTENING, timers=[(socket_unit(ctx), units[0])],
-                                        node=ctx.node, what="sandbox socket is"))
+        ctx.plan(systemd.daemon_reload, RELOAD, _if=lambda: any(op.did_change() for op in units))
+    ctx.plan(timers_running, LISTENING, timers=[(socket_unit(ctx), units[0])], node=ctx.node,
+             what="sandbox socket is")
     return [*written, *units]

@@ -78,9 +78,8 @@ def unit_files(ctx: AgentContext) -> tuple[list[Outcome], list[tuple[str, Outcom
         for unit, text in ((service, service_text(ctx, schedule)),
                            (timer, timer_text(ctx, schedule))):
             name = f"Schedule unit {unit}"
-            op = ctx.track(name, managed_file(
-                name=name, dest=f"{UNIT_DIR}/{unit}", content=text, user="root", group="root",
-                mode="644", node=ctx.node, diffs=ctx.diffs()))
+            op = ctx.plan(managed_file, name, dest=f"{UNIT_DIR}/{unit}", content=text, user="root",
+                          group="root", mode="644", node=ctx.node, diffs=ctx.diffs())
             written.append(op)
             if unit == timer:
                 timers.append((unit, op))
@@ -90,7 +89,7 @@ def unit_files(ctx: AgentContext) -> tuple[list[Outcome], list[tuple[str, Outcom
 def timers_started(ctx: AgentContext, timers: Sequence[tuple[str, Outcome]]) -> None:
     """The timers enabled and running (after the daemon-reload of changed files)."""
     if timers:
-        ctx.track(TIMERS, timers_running(name=TIMERS, timers=timers, node=ctx.node))
+        ctx.plan(timers_running, TIMERS, timers=timers, node=ctx.node)
 
 
 def removed(ctx: AgentContext) -> None:
@@ -106,12 +105,11 @@ def removed(ctx: AgentContext) -> None:
     for path in stale:
         unit = PurePosixPath(path).name
         stopped = "stopped and disabled" if unit.endswith(".timer") else "stopped"
-        ctx.track(f"Removed schedule {unit} {stopped}", systemd.service(
-            name=f"Removed schedule {unit} {stopped}", service=unit, running=False,
-            enabled=False if unit.endswith(".timer") else None))
+        ctx.plan(systemd.service, f"Removed schedule {unit} {stopped}", service=unit, running=False,
+                 enabled=False if unit.endswith(".timer") else None)
     for path in stale:
         unit = PurePosixPath(path).name
-        deleted.append(ctx.track(f"Removed schedule unit {unit}", files.file(
-            name=f"Removed schedule unit {unit}", path=path, present=False)))
-    ctx.track(REMOVED_RELOAD, systemd.daemon_reload(
-        name=REMOVED_RELOAD, _if=lambda: any(op.did_change() for op in deleted)))
+        deleted.append(ctx.plan(files.file, f"Removed schedule unit {unit}", path=path,
+                                present=False))
+    ctx.plan(systemd.daemon_reload, REMOVED_RELOAD,
+             _if=lambda: any(op.did_change() for op in deleted))

@@ -24,7 +24,7 @@ from pyinfra.operations import files, server, systemd
 from deploys import schedules
 from deploys.context import CURRENT, NODECTL, AgentContext, phase
 from deploys.facts import newer_than_unit
-from deploys.ops import Outcome, managed_file, unit_running
+from deploys.ops import Outcome, directories, managed_file, symlink, unit_running
 from fleet.control import render
 from fleet.control.templates import read_template
 from fleet.core.serving import GATEWAY_WORKERS
@@ -47,6 +47,7 @@ RUNTIME_STOPPED = "Runtime service stopped and disabled (the registry asks for n
 RUNTIME_REMOVED = "Runtime unit file removed"
 RUNTIME_SHIP_REMOVED = "Runtime's shipped files removed"
 RUNTIME_SHIP_LINK = "Runtime files: the current release's"
+RUNTIME_FOLDERS = "Runtime folders in the release"
 RUNTIME_RELOAD = "systemd daemon-reload (runtime unit removed)"
 
 
@@ -86,28 +87,22 @@ def runtime(ctx: AgentContext) -> list[Outcome]:
         return []
     changed = []
     if ctx.agent.runtime == "command":  # shipped with the release: a rollback brings them back
-        base = ctx.release_ship_dir()
-        folders = sorted({str(PurePosixPath(base, relative).parent)
-                          for relative in ctx.agent.runtime_ship} | {base})
-        for folder in folders:
-            files.directory(name=f"Runtime folder {folder}", path=folder, user="root",
-                            group="root", mode="755", recursive=False)
+        ctx.plan(directories, RUNTIME_FOLDERS, node=ctx.node,
+                 specs=[(folder, "root", "root", "755")
+                        for folder in ctx.release_ship_folders()])
         for relative, dest in zip(ctx.agent.runtime_ship, ctx.release_ship_paths(),
                                   strict=True):
             source = ctx.registry.path.parent / relative
             mode = "755" if source.stat().st_mode & 0o100 else "644"
-            changed.append(ctx.track(f"Runtime file {relative}", managed_file(
-                name=f"Runtime file {relative}", dest=dest,
-                content=source.read_text(encoding="utf-8"), user="root", group="root",
-                mode=mode, node=ctx.node, diffs=ctx.diffs())))
-        # compatibility: until 0.3.0: a ship folder, not a link
-        changed.append(ctx.track(RUNTIME_SHIP_LINK, files.link(
-            name=RUNTIME_SHIP_LINK, path=ctx.ship_dir, target=ctx.ship_target, user="root",
-            group="root", force=True, force_backup=False)))
-    unit_file = ctx.track(RUNTIME_UNIT_FILE, managed_file(
-        name=RUNTIME_UNIT_FILE, dest=f"/etc/systemd/system/{unit}",
-        content=runtime_unit_text(ctx), user="root", group="root", mode="644", node=ctx.node,
-        diffs=ctx.diffs()))
+            changed.append(ctx.plan(managed_file, f"Runtime file {relative}", dest=dest,
+                                    content=source.read_text(encoding="utf-8"), user="root",
+                                    group="root", mode=mode, node=ctx.node, diffs=ctx.diffs()))
+        # a link (until 0.3.0: a folder, which is replaced)
+        changed.append(ctx.plan(symlink, RUNTIME_SHIP_LINK, path=ctx.ship_dir,
+                                target=ctx.ship_target, node=ctx.node))
+    unit_file = ctx.plan(managed_file, RUNTIME_UNIT_FILE, dest=f"/etc/systemd/system/{unit}",
+                         content=runtime_unit_text(ctx), user="root", group="root", mode="644",
+                         node=ctx.node, diffs=ctx.diffs())
     return [*changed, unit_file]
 
 
@@ -119,24 +114,22 @@ def run(ctx: AgentContext, restart_on: Sequence[Outcome],
     before that restart keeps the environment the agent ran with (``env_write``: the keys
     phase's write, which keeps the one it replaces as ``env.previous``). Returns the
     operations that start or restart the agent's services (the audit reports a restart)."""
-    unit = ctx.track(UNIT_FILE, managed_file(
-        name=UNIT_FILE, dest=ctx.unit_path, content=unit_text(ctx), user="root", group="root",
-        mode="644", node=ctx.node, diffs=ctx.diffs()))
+    unit = ctx.plan(managed_file, UNIT_FILE, dest=ctx.unit_path, content=unit_text(ctx),
+                    user="root", group="root", mode="644", node=ctx.node, diffs=ctx.diffs())
     runtime_ops = runtime(ctx)
     schedule_files, timers = schedules.unit_files(ctx)
     unit_files = [unit, *runtime_ops[-1:], *schedule_files]
     stale_units = bool(ctx.node["unit"].get("need_reload"))  # a deploy failed before reload
     if stale_units or any(op.will_change for op in unit_files):
-        ctx.track(RELOAD, systemd.daemon_reload(
-            name=RELOAD, _if=lambda: stale_units or any(op.did_change() for op in unit_files)))
+        ctx.plan(systemd.daemon_reload, RELOAD,
+                 _if=lambda: stale_units or any(op.did_change() for op in unit_files))
     runtime_removed(ctx)
     schedules.removed(ctx)
     service_ops: list[Outcome] = [
-        ctx.track(RUNNING, unit_running(name=RUNNING, unit=ctx.unit, node=ctx.node))]
+        ctx.plan(unit_running, RUNNING, unit=ctx.unit, node=ctx.node)]
     if ctx.agent.runtime_unit:
-        service_ops.append(ctx.track(RUNTIME_RUNNING, systemd.service(
-            name=RUNTIME_RUNNING, service=ctx.agent.runtime_unit, running=True,
-            enabled=True)))
+        service_ops.append(ctx.plan(unit_running, RUNTIME_RUNNING, unit=ctx.agent.runtime_unit,
+                                    node=ctx.node, listed=True))
     triggers = [unit, *runtime_ops, *restart_on]
     pending = newer_than_unit(ctx.node, ctx.loaded_paths())  # written, never loaded
 
@@ -147,10 +140,10 @@ def run(ctx: AgentContext, restart_on: Sequence[Outcome],
             pending or any(op.will_change for op in triggers)):
         env_replaced = ctx.env_path in pending or (  # the running agent has env.previous
             env_write is not None and env_write.will_change)
-        ctx.track(SNAPSHOT, server.shell(name=SNAPSHOT, commands=[snapshot_command(
-            ctx, env_replaced)], _if=restart_due))
-        service_ops.append(ctx.track(RESTART, systemd.service(
-            name=RESTART, service=ctx.unit, restarted=True, _if=restart_due)))
+        ctx.plan(server.shell, SNAPSHOT, commands=[snapshot_command( ctx, env_replaced)],
+                 _if=restart_due)
+        service_ops.append(ctx.plan(systemd.service, RESTART, service=ctx.unit, restarted=True,
+                                    _if=restart_due))
     schedules.timers_started(ctx, timers)
     return service_ops
 
@@ -175,16 +168,11 @@ def runtime_removed(ctx: AgentContext) -> None:
     if ctx.agent.runtime_unit is not None or ctx.runtime_unit_path not in ctx.node["paths"]:
         return
     unit = PurePosixPath(ctx.runtime_unit_path).name
-    ctx.track(RUNTIME_STOPPED, systemd.service(name=RUNTIME_STOPPED, service=unit,
-                                               running=False, enabled=False))
-    removed = ctx.track(RUNTIME_REMOVED, files.file(name=RUNTIME_REMOVED,
-                                                    path=ctx.runtime_unit_path, present=False))
+    ctx.plan(systemd.service, RUNTIME_STOPPED, service=unit, running=False, enabled=False)
+    removed = ctx.plan(files.file, RUNTIME_REMOVED, path=ctx.runtime_unit_path, present=False)
     shipped = (info := ctx.node["paths"].get(ctx.ship_dir)) and info["type"]
     if shipped == "symbolic link":
-        ctx.track(RUNTIME_SHIP_REMOVED, files.link(name=RUNTIME_SHIP_REMOVED, path=ctx.ship_dir,
-                                                   present=False))
+        ctx.plan(files.link, RUNTIME_SHIP_REMOVED, path=ctx.ship_dir, present=False)
     elif shipped == "directory":  # an earlier layout's folder
-        ctx.track(RUNTIME_SHIP_REMOVED, files.directory(name=RUNTIME_SHIP_REMOVED,
-                                                        path=ctx.ship_dir, present=False))
-    ctx.track(RUNTIME_RELOAD, systemd.daemon_reload(name=RUNTIME_RELOAD,
-                                                    _if=removed.did_change))
+        ctx.plan(files.directory, RUNTIME_SHIP_REMOVED, path=ctx.ship_dir, present=False)
+    ctx.plan(systemd.daemon_reload, RUNTIME_RELOAD, _if=removed.did_change)

@@ -12,7 +12,6 @@ SOUL = "Agent soul (read-only)"
 def run(ctx: AgentContext) -> Outcome:
     """Copy ``souls/<agent>.md`` to ``/etc/fleet/<agent>/soul.md`` (0444, root); returns the
     write (its change restarts the agent)."""
-    return ctx.track(SOUL, managed_file(
-        name=SOUL, dest=f"{ctx.etc_dir}/soul.md",
-        content=ctx.soul_source.read_text(encoding="utf-8"), user="root", group="root",
-        mode="444", node=ctx.node, diffs=ctx.diffs()))
+    return ctx.plan(managed_file, SOUL, dest=f"{ctx.etc_dir}/soul.md",
+                    content=ctx.soul_source.read_text(encoding="utf-8"), user="root", group="root",
+                    mode="444", node=ctx.node, diffs=ctx.diffs())

@@ -80,8 +80,8 @@ def run(ctx: AgentContext, preflight: Preflight, env_write: Outcome,
         service_ops: Sequence[Outcome]) -> Check:
     """Check health on the node; roll back automatically when it fails (restoring the
     environment too when ``env_write`` changes it)."""
-    op = agent_verified(name=VERIFY, nodectl=NODECTL, owner=lock.owner(),
-                        stale_owner=preflight.stale_lock, args=[
+    op = ctx.check(agent_verified, VERIFY, nodectl=NODECTL, owner=lock.owner(),
+                   stale_owner=preflight.stale_lock, args=[
         "verify", "--release", ctx.release.id, "--config-hash", ctx.config_hash(),
         "--soul-sha", ctx.soul_sha256(), "--rollback", *env_args(env_write),
         *runtime_args(ctx), *agent_args(ctx)])

@@ -257,41 +257,37 @@ def run(ctx: AgentContext) -> None:
 
 def account(ctx: AgentContext, plan: Receiver) -> None:
     """git, the receiver's user and directories."""
-    ctx.track(GIT, apt.packages(name=GIT, packages=["git"]))
-    ctx.track(ACCOUNT, agent_account(name=ACCOUNT, user=USER, home=STATE_DIR, node=plan.node))
-    ctx.track(DIRECTORIES, directories(name=DIRECTORIES, node=plan.node, specs=[
+    ctx.plan(apt.packages, GIT, packages=["git"])
+    ctx.plan(agent_account, ACCOUNT, user=USER, home=STATE_DIR, node=plan.node)
+    ctx.plan(directories, DIRECTORIES, node=plan.node, specs=[
         (ETC_DIR, "root", USER, "750"),
         (STATE_DIR, USER, USER, "700"),
         (SSH_DIR, USER, USER, "700"),
         (TOOLS_DIR, "root", "root", "755"),
-    ]))
+    ])
 
 
 def settings(ctx: AgentContext, plan: Receiver) -> Outcome:
     """``webhook.env``, the secrets file copy (none with a sealed file: one left is removed)
     and the deploy SSH key (all 0600, masked); returns the operation writing
     ``webhook.env``."""
-    env = ctx.track(ENV, secret_file(
-        name=ENV, dest=ENV_FILE,
-        content=HiddenValue(render.env_file(receiver_env(ctx))),
-        public=tuple(public_env(ctx)), user=USER, group=USER, node=plan.node,
-        diffs=ctx.diffs()))
+    env = ctx.plan(secret_file, ENV, dest=ENV_FILE,
+                   content=HiddenValue(render.env_file(receiver_env(ctx))),
+                   public=tuple(public_env(ctx)), user=USER, group=USER, node=plan.node,
+                   diffs=ctx.diffs())
     if sealed(ctx):
         if plan.node["paths"].get(SECRETS_COPY) is not None:
-            ctx.track(COPY_REMOVED, server.shell(name=COPY_REMOVED,
-                                                 commands=[f"rm -f {shlex.quote(SECRETS_COPY)}"]))
+            ctx.plan(server.shell, COPY_REMOVED, commands=[f"rm -f {shlex.quote(SECRETS_COPY)}"])
     elif ctx.secrets.path is not None:  # the operator's bus key as its public half only
-        ctx.track(SECRETS, secret_file(
-            name=SECRETS, dest=SECRETS_COPY, content=HiddenValue(ctx.secrets.receiver_copy()),
-            public=None, user=USER, group=USER, node=plan.node, diffs=ctx.diffs()))
+        ctx.plan(secret_file, SECRETS, dest=SECRETS_COPY,
+                 content=HiddenValue(ctx.secrets.receiver_copy()), public=None, user=USER,
+                 group=USER, node=plan.node, diffs=ctx.diffs())
     key = deploy_key(ctx)
     if key:
-        ctx.track(KEY, secret_file(name=KEY, dest=KEY_FILE, content=HiddenValue(key),
-                                   public=None, user=USER, group=USER, node=plan.node,
-                                   diffs=ctx.diffs()))
-        ctx.track(SSH, managed_file(name=SSH, dest=SSH_CONFIG, content=ssh_config(), user=USER,
-                                    group=USER, mode="600", node=plan.node,
-                                    diffs=ctx.diffs()))
+        ctx.plan(secret_file, KEY, dest=KEY_FILE, content=HiddenValue(key), public=None, user=USER,
+                 group=USER, node=plan.node, diffs=ctx.diffs())
+        ctx.plan(managed_file, SSH, dest=SSH_CONFIG, content=ssh_config(), user=USER, group=USER,
+                 mode="600", node=plan.node, diffs=ctx.diffs())
     return env
 
 
@@ -299,23 +295,19 @@ def service(ctx: AgentContext, plan: Receiver, triggers: list[Outcome]) -> str:
     """Receiver code, deploy tools, the unit, and the service enabled, running and restarted
     when the unit or one of ``triggers`` changed; returns the deploy tools' id."""
     code = build_receiver_code()
-    ctx.track(CODE, tree_unpacked(name=CODE, dest=code_dir(ctx), tarball=str(code.path),
-                                  node=plan.node))
+    ctx.plan(tree_unpacked, CODE, dest=code_dir(ctx), tarball=str(code.path), node=plan.node)
     tools = build_deploy_tools()
-    ctx.track(TOOLS, release_unpacked(name=TOOLS, release_id=tools.id, tarball=str(tools.path),
-                                      releases_dir=TOOLS_DIR, node=plan.node))
+    ctx.plan(release_unpacked, TOOLS, release_id=tools.id, tarball=str(tools.path),
+             releases_dir=TOOLS_DIR, node=plan.node)
     release_deps, tools_deps = deps_keys()
-    ctx.track(CACHE, deps_seeded(
-        name=CACHE, cache=DEPS_CACHE, user=USER, node=plan.node,
-        trees=[(release_deps, f"{RELEASES}/{ctx.release.id}/site"),
-               (tools_deps, f"{TOOLS_DIR}/{tools.id}/site")],
-        leave_out=[*SHIPPED_PACKAGES, RELEASE_FILE, BROKEN_MARKER]))
-    unit = ctx.track(UNIT_FILE, managed_file(
-        name=UNIT_FILE, dest=UNIT_PATH, content=unit_text(ctx, tools.id), user="root",
-        group="root", mode="644", node=plan.node, diffs=ctx.diffs()))
-    ctx.track(SERVICE, agent_service(
-        name=SERVICE, unit=UNIT, node=plan.node, unit_file=unit, triggers=triggers,
-        restart=restart_command()))
+    ctx.plan(deps_seeded, CACHE, cache=DEPS_CACHE, user=USER, node=plan.node,
+             trees=[(release_deps, f"{RELEASES}/{ctx.release.id}/site"),
+                    (tools_deps, f"{TOOLS_DIR}/{tools.id}/site")],
+             leave_out=[*SHIPPED_PACKAGES, RELEASE_FILE, BROKEN_MARKER])
+    unit = ctx.plan(managed_file, UNIT_FILE, dest=UNIT_PATH, content=unit_text(ctx, tools.id),
+                    user="root", group="root", mode="644", node=plan.node, diffs=ctx.diffs())
+    ctx.plan(agent_service, SERVICE, unit=UNIT, node=plan.node, unit_file=unit, triggers=triggers,
+             restart=restart_command())
     return tools.id
 
 
@@ -360,5 +352,5 @@ def identity(ctx: AgentContext, plan: Receiver, tools_id: str) -> None:
     it), and its public recipient file; no operation when both are there."""
     paths = plan.node["paths"]
     if paths.get(IDENTITY_FILE) is None or paths.get(RECIPIENT_FILE) is None:
-        ctx.track(IDENTITY, server.shell(name=IDENTITY, commands=[identity_command(tools_id)]))
+        ctx.plan(server.shell, IDENTITY, commands=[identity_command(tools_id)])
 

@@ -68,6 +68,7 @@ class HostRecord(TypedDict, total=False):
     verify: CheckRecord
     facts: AgentFacts
     drift: list[str]
+    operations: int  # operations pyinfra planned for the host (a converged one: its checks)
     finished: str
 
 

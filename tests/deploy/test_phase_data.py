@@ -80,8 +80,8 @@ def test_secrets_are_loaded_by_the_context_only_and_every_file_op_gets_diffs() -
             if isinstance(node, ast.Name) and node.id == "load_secrets" \
                     and path.name != "context.py":
                 loaders.append(path.name)
-            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("managed_file",
-                                                                         "secret_file"):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "ctx.plan" \
+                    and ast.unparse(node.args[0]) in ("managed_file", "secret_file"):
                 file_ops += 1
                 if "diffs" not in {keyword.arg for keyword in node.keywords}:
                     without_diffs.append(f"{path.name}:{node.lineno}")

@@ -178,8 +178,9 @@ def test_deploy_py_shows_the_receiver_as_its_own_step_before_verify() -> None:
     """The agent's phases know no receiver; deploy.py runs it after the agent's services and
     before verify (which releases the node's deploy lock)."""
     tree = ast.parse((REPO / "deploy.py").read_text(encoding="utf-8"))
-    steps = [ast.unparse(node.func) for node in ast.walk(tree)
-             if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(".run")]
+    calls = sorted((node for node in ast.walk(tree) if isinstance(node, ast.Call)),
+                   key=lambda node: node.lineno)
+    steps = [ast.unparse(node.func) for node in calls if ast.unparse(node.func).endswith(".run")]
     assert steps[steps.index("services.run"):] == ["services.run", "webhook.run", "verify.run",
                                                    "audit.run"]
     for phase in ("baseline", "keys", "services"):
