@@ -4,8 +4,8 @@
     pyinfra inventory.py deploy.py --dry --diff       # show what would change, secrets masked
     fleet deploy [--batch N]                          # canary first, then the workers
 
-Phases, in order (``deploys/``): preflight, baseline, release, soul, keys, sandbox (the
-agent's test sandbox), services, webhook
+Phases, in order (``deploys/``): preflight, baseline, release, soul, keys, services, sandbox
+(the agent's test sandbox), webhook
 (the deploy webhook receiver, on the agent with that capability), verify, audit. A second run
 with nothing changed changes and restarts nothing. Each phase returns what a later one needs
 (the operations whose change restarts the agent, verify's check for the audit); the lines
@@ -66,10 +66,11 @@ elif ready.ok:
         release_writes = release.run(ctx)  # the switch, registry copy and config: they restart it
         soul_write = soul.run(ctx)
         env_write = keys.run(ctx)
-        sandbox.run(ctx, ctx.registry.work)  # the sandbox: policy (the registry's test command
-        # and forge allowlist), socket and front door; restarts no agent
         service_ops = services.run(ctx, restart_on=[*release_writes, soul_write, env_write],
                                    env_write=env_write)
+        sandbox.run(ctx, ctx.registry.work)  # the sandbox: policy (the registry's test command
+        # and forge allowlist), socket and front door; restarts no agent, so it comes after
+        # the agent's (re)start: verify's stability window runs while it is set up
         webhook.run(ctx)  # the deploy webhook receiver, where the registry puts it
         return env_write, service_ops
 

@@ -1,4 +1,5 @@
-"""Phase 5b, sandbox: the agent's test sandbox: the root-owned policy
+"""Phase 6b, sandbox (after services: it restarts no agent, so verify's stability window of
+a (re)started agent runs while it is set up): the agent's test sandbox: the root-owned policy
 ``/etc/fleet/AGENT/sandbox.json`` (what runs, its limits, its network allowlist:
 :mod:`fleet.core.sandbox_policy`), the socket ``fleet-sandbox-AGENT.socket`` the agent's
 runtime connects to and the root front door it starts per connection

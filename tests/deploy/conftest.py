@@ -40,14 +40,14 @@ COLD_CHANGES = [  # every state-changing operation of a deploy to a fresh node, 
     "Release | Agent config.json",
     "Soul | Agent soul (read-only)",
     "Keys | Agent environment (secrets masked)",
+    "Services | Agent unit file",
+    "Services | systemd daemon-reload (unit file changed)",
+    "Services | Agent service enabled and running",
     "Sandbox | Sandbox policy (root's: the test command, its limits, its network allowlist)",
     "Sandbox | Sandbox socket unit",
     "Sandbox | Sandbox front door unit",
     "Sandbox | systemd daemon-reload (sandbox units changed)",
     "Sandbox | Sandbox socket enabled and listening (restarted when its file changed)",
-    "Services | Agent unit file",
-    "Services | systemd daemon-reload (unit file changed)",
-    "Services | Agent service enabled and running",
 ]
 
 

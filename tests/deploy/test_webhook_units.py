@@ -181,8 +181,8 @@ def test_deploy_py_shows_the_receiver_as_its_own_step_before_verify() -> None:
     calls = sorted((node for node in ast.walk(tree) if isinstance(node, ast.Call)),
                    key=lambda node: node.lineno)
     steps = [ast.unparse(node.func) for node in calls if ast.unparse(node.func).endswith(".run")]
-    assert steps[steps.index("services.run"):] == ["services.run", "webhook.run", "verify.run",
-                                                   "audit.run"]
+    assert steps[steps.index("services.run"):] == ["services.run", "sandbox.run", "webhook.run",
+                                                   "verify.run", "audit.run"]
     for phase in ("baseline", "keys", "services"):
         assert "webhook" not in (REPO / "deploys" / f"{phase}.py").read_text(encoding="utf-8")
 
