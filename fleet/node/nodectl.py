@@ -430,21 +430,22 @@ def stayed_up(port: int, expect: dict[str, str], first: dict[str, dict[str, str]
     waited = False
     for unit, before in first.items():
         window = RUNTIME_STABLE_S if unit.startswith("fleet-runtime-") else STABLE_S
-        found = unit_problems(unit, before, unit_state(unit))
+        now = unit_state(unit)  # one look per unit: its problems and how long it has been up
+        found = unit_problems(unit, before, now)
         if found:
             return found
-        left = window - up_for(unit_state(unit))
+        left = window - up_for(now)
         if left > 0:
             sleep(left)
             waited = True
+    if not waited:  # each was just seen up past its window, and /health just found good
+        return []
     for unit, before in first.items():
         found = unit_problems(unit, before, unit_state(unit))
         if found:
             return found
-    if waited:  # else /health was just found good (wait_healthy)
-        status, body = get_health(port, roundtrip=roundtrip)
-        return health_problems(status, body, expect)
-    return []
+    status, body = get_health(port, roundtrip=roundtrip)
+    return health_problems(status, body, expect)
 
 
 def checked(unit: str, runtime_unit: str | None, port: int, expect: dict[str, str],

@@ -175,3 +175,15 @@ def test_the_state_file_of_the_runtime_before_the_restart_is_waited_out(
     problems, took = verify(node, monkeypatch)
     assert problems == []
     assert 4.9 <= took < 7.0  # not settled on the old file: waited for the new one
+
+
+def test_an_agent_up_long_since_is_verified_with_one_look_at_each_unit_after_health(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A no-change deploy verifies agents up for long: each unit is looked at once after
+    /health was found good (its problems and how long it has been up from the same look),
+    not three times: at 50 nodes sharing a machine every ``systemctl show`` counts. Here:
+    once when verify begins, twice while /health is polled, once after (five before)."""
+    node = Node(Runtime(start=0.0, life=math.inf))
+    problems, _ = verify(node, monkeypatch)
+    assert problems == []
+    assert (node.asked.count(GATEWAY), node.asked.count(RUNTIME)) == (4, 4), node.asked
