@@ -186,6 +186,8 @@ def read_notes(stream: IO[bytes]) -> Iterator[HostPhase | HostRecorded]:
             while raw and not raw.endswith(b"\n"):
                 raw = stream.readline(MAX_LINE + 1)
             continue
+        if len(raw) > MAX_LINE:
+            continue
         note = _note(raw)
         if note is not None:
             yield note
