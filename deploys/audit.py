@@ -29,6 +29,7 @@ from fleet.control.records import (
     load_record,
     update_host,
 )
+from fleet.control.rollout_events import send_recorded
 from fleet.node.nodectl import (
     AgentFacts,
     FileFacts,
@@ -141,6 +142,7 @@ def audit_node(state: State, host: Host, ctx: AgentContext, check: Check) -> boo
     if refused:
         entry["reason"] = rollback.get("reason") or "the node did not roll back"
     update_host(current_run_id(), host.name, entry, ctx.masker)
+    send_recorded(host.name)  # the controller reads the record now
     if not verify.get("unlocked"):
         # a direct command gets no host-data global arguments: pass ``_sudo`` on
         host.run_shell_command(StringCommand(lock.release_command(lock.owner())),
@@ -215,15 +217,15 @@ class FailureRecorder(BaseStateCallback):
             entry = load_record(current_run_id()).get("hosts", {}).get(host.name, {})
         except FileNotFoundError:
             entry = {}
-        if entry.get("status"):  # preflight, the rollout gate or the audit recorded it already
-            return
-        name = failed_operation(ctx)
-        update_host(current_run_id(), host.name, {
-            "status": "failed", "phase": name.split(" | ", 1)[0].lower() if " | " in name
-            else "", "reason": f"operation failed: {name} (the node was reached; see the "
-                               "pyinfra output of this stage)",
-            "changed": ctx.changed(), "restarted": False, "finished": utc_timestamp()},
-            ctx.masker)
+        if not entry.get("status"):  # else preflight, the gate or the audit recorded it
+            name = failed_operation(ctx)
+            update_host(current_run_id(), host.name, {
+                "status": "failed", "phase": name.split(" | ", 1)[0].lower() if " | " in name
+                else "", "reason": f"operation failed: {name} (the node was reached; see the "
+                                   "pyinfra output of this stage)",
+                "changed": ctx.changed(), "restarted": False, "finished": utc_timestamp()},
+                ctx.masker)
+        send_recorded(host.name)  # final now (a failed preflight too): the controller looks
 
 
 _recording = False

@@ -8,6 +8,18 @@ hosts are audited) and goes on only when no more hosts than allowed failed. Othe
 is recorded ``skipped`` and fails here, before anything changes on it. The gate is a check,
 not a change: at plan time (a dry run) it does nothing.
 
+The hand-off does not poll. The gate reads the record first (a verdict written before this
+process started is seen there); then it blocks on the verdict pipe the controller gave this
+process (``$FLEET_VERDICT_FD``, :class:`fleet.control.rollout_events.VerdictPipe`), on which
+the controller writes a note right after writing its verdict to the record, and reads the
+record again on each note. The stage's hosts share one reader of the pipe (one host reads it,
+the others wait cooperatively under gevent). End of file on the pipe means the controller is
+gone: the host is skipped. Every skip is recorded, then told to the controller on the phase
+pipe ("recorded"), so it judges this stage without waiting for the process to end. Without a
+verdict pipe (a later stage started by hand with ``--data rollout_stage=N``) the gate reads the
+record every :data:`FALLBACK_S` seconds and gives up when the ``rollout_controller`` process is
+no longer its parent. A host waits at most :data:`WAIT_LIMIT_S`.
+
 A host with nothing to change does not wait (known once every phase has planned, see
 ``deploys/verify.py``): what it runs, verify and audit, checks the agent that is already
 there, so it checks it while the earlier stages deploy. Its stage is still judged as usual.
@@ -24,18 +36,20 @@ from pyinfra.api import FunctionCommand, Host, State, operation
 from deploys.context import AgentContext, phase
 from deploys.progress import tell
 from fleet.control.records import RecordWatch, Verdict, current_run_id, record_path, update_host
+from fleet.control.rollout_events import send_recorded, verdict_pipe
 
-POLL_S = 0.01
+FALLBACK_S = 0.5  # without a verdict pipe: how often the record is read
 WAIT_LIMIT_S = 6 * 3600.0  # a stage never waits longer than this for the ones before it
+GONE = "not deployed: the fleet deploy that started this stage is gone"
 _watches: dict[str, RecordWatch] = {}  # one per record in this process: its hosts share it
 
 
 def verdict_on(run_id: str, stage: int) -> Verdict | None:
-    """The controller's verdict on stage ``stage`` so far. Every host's gate polls the same
-    watch of the record, so a stage of many hosts still looks at it once per ``POLL_S``."""
+    """The controller's verdict on stage ``stage`` in the record now. The stage's hosts share
+    one watch of the record: it is parsed again only when it changed."""
     key = str(record_path(run_id))
     watch = _watches.get(key) or _watches.setdefault(key, RecordWatch(run_id))
-    return watch.read(max_age=POLL_S).get("verdicts", {}).get(str(stage))
+    return watch.read().get("verdicts", {}).get(str(stage))
 
 
 def stage_of(target: Host) -> int:
@@ -45,22 +59,29 @@ def stage_of(target: Host) -> int:
 
 
 def wait_for_verdict(state: State, host: Host, stage: int, controller: int) -> bool:
-    """Wait until the controller judged stage ``stage - 1``; True when this host may go on."""
+    """Wait until the controller judged stage ``stage - 1``; True when this host may go on.
+    ``controller``: the ``fleet deploy`` pid, checked only without a verdict pipe."""
     del state
     run_id = current_run_id()
     deadline = time.monotonic() + WAIT_LIMIT_S
-    verdict = None
+    pipe = verdict_pipe()
     tell(host.name, "waiting")
-    while verdict is None:
+    while True:
+        seen = pipe.notes if pipe else 0  # before reading: a note after it wakes this host
         verdict = verdict_on(run_id, stage - 1)
         if verdict is not None:
             break
-        if controller and os.getppid() != controller:
-            reason = "not deployed: the fleet deploy that started this stage is gone"
-            return _skip(host, run_id, reason)
-        if time.monotonic() > deadline:
+        if pipe is not None and pipe.closed:
+            return _skip(host, run_id, GONE)
+        if pipe is None and controller and os.getppid() != controller:
+            return _skip(host, run_id, GONE)
+        left = deadline - time.monotonic()
+        if left <= 0:
             return _skip(host, run_id, "not deployed: no verdict on the earlier stages came")
-        time.sleep(POLL_S)
+        if pipe is not None:
+            pipe.wait(seen, left)
+        else:
+            time.sleep(min(FALLBACK_S, left))
     if verdict["go"]:
         return True
     if verdict.get("reason"):
@@ -72,6 +93,7 @@ def wait_for_verdict(state: State, host: Host, stage: int, controller: int) -> b
 def _skip(target: Host, run_id: str, reason: str) -> bool:
     """Record ``target`` skipped with ``reason``; False (the host fails here)."""
     update_host(run_id, target.name, {"status": "skipped", "reason": reason})
+    send_recorded(target.name)
     target.log_styled(reason, fg="yellow", log_func=logger.warning)
     return False
 
@@ -83,7 +105,8 @@ def earlier_stages_passed(stage: int, controller: int = 0):
     (nothing changes on it) when they failed. A check, not a change: nothing at plan time.
 
     + stage: this host's rollout stage (1 or more)
-    + controller: pid of the ``fleet deploy`` process; the gate fails when it is gone
+    + controller: pid of the ``fleet deploy`` process; without a verdict pipe, the gate fails
+      when it is no longer this process's parent
 
     **Example:**
 

@@ -10,14 +10,25 @@ meanwhile; its first operation (``deploys/gate.py``) waits for the controller's 
 earlier stages (a host with nothing to change does not wait: it is only checked). The
 controller judges a stage from the run record (:mod:`fleet.control.records`) as soon as all its
 hosts are audited, or when its process ends (a host with no entry then failed).
-Each stage's output is streamed, secrets masked, one stage after the other. The outcome is the
-typed run record; nothing is read from console output. An observer is also told the rollout's
-typed events (:mod:`fleet.control.rollout_events`): the stages, each host's phase as its
-stage's process reports it, and each host's outcome as soon as the record has it.
+
+Nothing polls. Each stage process tells the controller on its phase pipe when it wrote a
+host's final outcome to the record ("recorded"); the controller blocks on one queue fed by
+every running stage process (output lines, phases, "recorded" notes, ends) and reads the record
+only when it starts following a stage, on a "recorded" note of that stage, and at its end.
+Right after writing its verdict on stage N to the record, it writes a note to stage N+1's
+verdict pipe, on which that stage's gate blocks (then reads the record); the pipe's end tells
+the gate the controller is gone. The record stays the record: the pipes only say "look now".
+
+Each stage's output is streamed, secrets masked, one stage after the other (a later stage's
+lines wait until it is followed). The outcome is the typed run record; nothing is read from
+console output. An observer is also told the rollout's typed events
+(:mod:`fleet.control.rollout_events`): the stages, each host's phase as its stage's process
+reports it, and each host's outcome as soon as the record has it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -51,8 +62,10 @@ from fleet.control.records import (
 from fleet.control.release import build_release, check_release_id, release_env
 from fleet.control.rollout_events import (
     PHASE_FD_ENV,
+    VERDICT_FD_ENV,
     HostDone,
     HostPhase,
+    HostRecorded,
     Observer,
     RegionUnreachable,
     RolloutFinished,
@@ -60,7 +73,8 @@ from fleet.control.rollout_events import (
     RolloutStopped,
     StagePlan,
     StageStarted,
-    read_phases,
+    read_notes,
+    verdict_line,
 )
 from fleet.control.secrets import load_secrets
 from fleet.core.errors import DeployError
@@ -69,7 +83,6 @@ from fleet.core.registry import REGISTRY_ENV, Registry
 
 Echo = Callable[[str], None]
 FINAL = ("ok", "failed", "rolled_back", "skipped")
-POLL_S = 0.01  # how often a running stage's record is looked at (a stat, unless it changed)
 NO_ENTRY = ("no audit record: not reached over SSH (no connection, or its snapshot could "
             "not be read); see the pyinfra output of this stage")
 NO_ENTRY_REACHED = ("no audit record: reached over SSH, then the deploy stopped before verify; "
@@ -213,65 +226,87 @@ def stage_env(registry: Registry, run_id: str, extra: dict[str, str]) -> dict[st
     return env
 
 
-class StageProcess:
-    """One stage's pyinfra process; a thread collects its output lines (masked), another the
-    host phases it reports on its phase pipe (``$FLEET_PHASE_FD``)."""
+Note = tuple[int, str | HostPhase | HostRecorded | None]
+"""What a stage process sends the controller, with the stage's index: an output line (masked),
+a host's phase, a "recorded" note, or None once its output and phases are read and it ended."""
 
-    def __init__(self, command: list[str], env: dict[str, str], cwd: Path,
-                 masker: Masker) -> None:
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.phases: queue.Queue[HostPhase] = queue.Queue()
+
+class StageProcess:
+    """One stage's pyinfra process. Two threads put what it sends on the rollout's one queue of
+    :data:`Note`: its output lines (masked), then its end; and what it reports on its phase
+    pipe (``$FLEET_PHASE_FD``): host phases and "recorded" notes. A later stage also gets the
+    read end of a verdict pipe (``$FLEET_VERDICT_FD``): :meth:`tell_verdict` writes to it."""
+
+    def __init__(self, command: list[str], env: dict[str, str], cwd: Path, masker: Masker,
+                 index: int, notes: queue.Queue[Note], verdicts: bool = False) -> None:
+        self.index = index
+        self.notes = notes
+        self.backlog: list[str] = []  # output lines read while another stage is followed
         self.started = utc_timestamp()
         phase_read, phase_write = os.pipe()
+        verdict_read, self._verdict = os.pipe() if verdicts else (-1, -1)
+        env = {**env, PHASE_FD_ENV: str(phase_write)}
+        env.pop(VERDICT_FD_ENV, None)
+        if verdicts:
+            env[VERDICT_FD_ENV] = str(verdict_read)
         try:
             self.process = subprocess.Popen(
-                command, cwd=cwd, env={**env, PHASE_FD_ENV: str(phase_write)}, text=True,
-                errors="replace", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, pass_fds=(phase_write,))
+                command, cwd=cwd, env=env, text=True, errors="replace",
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                pass_fds=(phase_write, *([verdict_read] if verdicts else [])))
         except BaseException:
             os.close(phase_read)
+            self.close_verdict()
             raise
         finally:
-            os.close(phase_write)  # the child's copy stays open: the reader ends with it
-        self._reader = threading.Thread(target=self._read, args=(masker,), daemon=True)
-        self._reader.start()
+            os.close(phase_write)  # the child's copies stay open: the readers end with them
+            if verdicts:
+                os.close(verdict_read)
         self._phase_reader = threading.Thread(target=self._read_phases, args=(phase_read,),
                                               daemon=True)
         self._phase_reader.start()
+        self._reader = threading.Thread(target=self._read, args=(masker,), daemon=True)
+        self._reader.start()
         self.done = False  # all output and phases read, and the process ended
 
     def _read(self, masker: Masker) -> None:
         assert self.process.stdout is not None
         with self.process.stdout:
             for line in self.process.stdout:
-                self.lines.put(masker(line.rstrip("\n")))
-        self.lines.put(None)
+                self.notes.put((self.index, masker(line.rstrip("\n"))))
+        self.process.wait()
+        self._phase_reader.join(timeout=5)  # its phases too (5 s if a child kept the pipe)
+        self.notes.put((self.index, None))
 
     def _read_phases(self, fd: int) -> None:
         with os.fdopen(fd, "rb") as stream:
-            for phase in read_phases(stream):
-                self.phases.put(phase)
+            for note in read_notes(stream):
+                self.notes.put((self.index, note))
 
-    def echo_available(self, echo: Echo, wait: float) -> None:
-        """Echo the lines read so far, waiting up to ``wait`` s for the first one."""
-        try:
-            line = self.lines.get(timeout=wait)
-            while True:
-                if line is None:
-                    self.process.wait()
-                    self._phase_reader.join(timeout=5)  # its phases too (5 s if a child kept them)
-                    self.done = True
-                    return
-                echo(line)
-                line = self.lines.get_nowait()
-        except queue.Empty:
-            return
+    def tell_verdict(self, stage: int) -> None:
+        """Tell this stage's gate that the verdict on ``stage`` is in the record (nothing when
+        it has no verdict pipe, or it ended)."""
+        if self._verdict >= 0:
+            with contextlib.suppress(OSError):  # it ended: nothing waits any more
+                os.write(self._verdict, verdict_line(stage))
+
+    def close_verdict(self) -> None:
+        """Close the verdict pipe's write end (its gate, if it still waits, sees the end)."""
+        if self._verdict >= 0:
+            os.close(self._verdict)
+            self._verdict = -1
+
+    def ended(self) -> None:
+        """Its end came through the queue: every line and phase is read."""
+        self.close_verdict()
+        self.done = True
 
     def stop(self) -> None:
         """End the process (used only when the controller itself fails)."""
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+        self.close_verdict()
 
 
 def final_outcome(run_id: str, hosts: Sequence[str], ended: bool,
@@ -329,6 +364,7 @@ class Rollout:
         self.stages = [hosts for _, hosts in waves]
         self.regions = [region for region, _ in waves]
         self.processes: dict[int, StageProcess] = {}
+        self.notes: queue.Queue[Note] = queue.Queue()  # from every running stage process
         self.watch = RecordWatch(self.run_id)
         self.failures: dict[str, int] = {}  # per failure group: a region, or "" (the rest)
         self.unreachable: list[str] = []  # regions found unreachable, in order
@@ -344,7 +380,9 @@ class Rollout:
                 and self.regions[index] not in self.unreachable):
             command = pyinfra_command(self.stages[index], self.options,
                                       stage=0 if self.options.dry else index)
-            self.processes[index] = StageProcess(command, self.env, self.root, self.masker)
+            self.processes[index] = StageProcess(
+                command, self.env, self.root, self.masker, index, self.notes,
+                verdicts=index > 0 and not self.options.dry)
             self.observe(StageStarted(index))
 
     def run(self) -> RunRecord:
@@ -405,6 +443,8 @@ class Rollout:
             self.start(index)
             if index not in self.processes:  # stopped, or its region is unreachable
                 self._skip_unstarted(index, hosts)
+                if not self.stopped:  # the next stage's gate waits for a verdict on this one
+                    self._verdict(index, {"go": True, "failures": 0, "allowed": 0})
                 records.append({"stage": self.label(index), "region": self.regions[index],
                                 "hosts": hosts, "exit_code": None,
                                 "outcome": dict.fromkeys(hosts, "skipped")})
@@ -415,34 +455,55 @@ class Rollout:
             update_run(self.run_id, stages=records)
 
     def _follow(self, index: int, hosts: list[str]) -> StageRecord:
-        """Stream stage ``index`` until its process ends; judge it as soon as it can be."""
+        """Stream stage ``index`` until its process ends; judge it as soon as it can be.
+
+        Blocks on the rollout's one queue of notes (:class:`StageProcess`): lines of this stage
+        are echoed, those of a later stage kept for when it is followed; phases of every stage
+        go to the observer as they come. The record is read when following starts, on each
+        "recorded" note of this stage and at its end, never on a timer."""
         process = self.processes[index]
-        outcome: dict[str, str] | None = None
+        for line in process.backlog:
+            self.echo(line)
+        process.backlog.clear()
+        outcome = None if self.options.dry else self._look(index, hosts)
         while not process.done:
-            process.echo_available(self.echo, POLL_S)
-            self._tell_progress(hosts)
-            if outcome is None and not self.options.dry:
-                outcome = final_outcome(self.run_id, hosts, ended=process.done,
-                                        watch=self.watch)
-                if outcome is not None:
-                    self._tell_outcomes(hosts, load_record(self.run_id))  # before the verdict
-                    self._judge(index, outcome)
+            which, note = self.notes.get()
+            if self._take(index, which, note) and outcome is None and not self.options.dry:
+                outcome = self._look(index, hosts)
         code = process.process.returncode
         if outcome is None:
             outcome = planned_outcome(self.run_id, hosts, code)
-        self._tell_progress(hosts)
         self._tell_outcomes(hosts, load_record(self.run_id))
         return {"stage": self.label(index), "region": self.regions[index], "hosts": hosts,
                 "exit_code": code, "outcome": outcome, "started": process.started,
                 "finished": utc_timestamp()}
 
-    def _tell_progress(self, hosts: Sequence[str]) -> None:
-        """Tell the observer the phases every running stage reported, and the outcomes the
-        record has now for ``hosts`` (a stat of the record, unless it changed)."""
-        for process in self.processes.values():
-            while not process.phases.empty():
-                self.observe(process.phases.get_nowait())
-        self._tell_outcomes(hosts, self.watch.read())
+    def _take(self, index: int, which: int, note: str | HostPhase | HostRecorded | None) -> bool:
+        """Handle one note of stage ``which`` while stage ``index`` is followed; True when the
+        record may now hold more of stage ``index`` (a "recorded" note of it, or its end)."""
+        process = self.processes[which]
+        if note is None:
+            process.ended()
+            return which == index
+        if isinstance(note, HostPhase):
+            self.observe(note)
+        elif isinstance(note, HostRecorded):
+            return which == index
+        elif which == index:
+            self.echo(note)
+        else:
+            process.backlog.append(note)
+        return False
+
+    def _look(self, index: int, hosts: list[str]) -> dict[str, str] | None:
+        """Read the record: tell the observer the outcomes of ``hosts`` it has now and, once
+        the stage is final (:func:`final_outcome`), judge it; its outcome, or None."""
+        process = self.processes[index]
+        outcome = final_outcome(self.run_id, hosts, ended=process.done, watch=self.watch)
+        self._tell_outcomes(hosts, self.watch.read())  # before the verdict
+        if outcome is not None:
+            self._judge(index, outcome)
+        return outcome
 
     def _tell_outcomes(self, hosts: Sequence[str], record: RunRecord) -> None:
         """Tell the observer each of ``hosts`` whose final outcome in ``record`` is new."""
@@ -471,7 +532,7 @@ class Rollout:
             if self.options.stop_on_unreachable_region:
                 self._stop(index, f"region {region} is unreachable", 0, 0)
                 return
-            set_verdict(self.run_id, index, {"go": True, "failures": 0, "allowed": 0})
+            self._verdict(index, {"go": True, "failures": 0, "allowed": 0})
             return
         group = region if region and self.label(index) == "workers" else ""
         allowed = self.options.max_failures
@@ -480,9 +541,17 @@ class Rollout:
         count = self.failures.get(group, 0) + sum(s != "ok" for s in outcome.values())
         self.failures[group] = count
         go = count <= allowed
-        set_verdict(self.run_id, index, {"go": go, "failures": count, "allowed": allowed})
+        self._verdict(index, {"go": go, "failures": count, "allowed": allowed})
         if not go:
             self._stop(index, f"{count} host(s) failed (allowed: {allowed})", count, allowed)
+
+    def _verdict(self, index: int, verdict: Verdict) -> None:
+        """Write the verdict on stage ``index`` to the record, then tell the next stage's gate
+        (when its process runs; one started later reads the record first)."""
+        set_verdict(self.run_id, index, verdict)
+        following = self.processes.get(index + 1)
+        if following is not None:
+            following.tell_verdict(index)
 
     def _stop(self, index: int, why: str, failures: int, allowed: int) -> None:
         """Stop the rollout after stage ``index``: no later stage deploys."""
@@ -490,7 +559,7 @@ class Rollout:
         verdict: Verdict = {"go": False, "failures": failures, "allowed": allowed}
         if not failures:
             verdict["reason"] = f"not deployed: {why} (--stop-on-unreachable-region)"
-        set_verdict(self.run_id, index, verdict)
+        self._verdict(index, verdict)
         if any(self.stages[index + 1:]):
             self.echo(f"==> stopped: {why}; the later stages change nothing")
             self.observe(RolloutStopped(why))

@@ -1,12 +1,12 @@
 """A scripted stand-in for one rollout stage's pyinfra process: ``python -m
 tests.deploy.fake_stage ARGS``, with the arguments ``fleet.control.rollout.pyinfra_command``
 gives. It waits at the real rollout gate in a later stage, writes each host's entry of the run
-record as ``$FAKE_STAGE_OUTCOMES`` (JSON: host -> entry, default ``{"status": "ok"}``) says,
-and prints pyinfra-like lines only once the controller judged the stage, so the controller's
-lines and the stage's come in one order every time. It reports its hosts' phases as the real
-deploy does (``preflight``, then ``baseline``; the gate says ``waiting``). Nothing is reached
-over SSH. ``python -m tests.deploy.fake_stage --cli ARGS`` runs ``fleet ARGS`` with every
-stage scripted so."""
+record as ``$FAKE_STAGE_OUTCOMES`` (JSON: host -> entry, default ``{"status": "ok"}``) says
+(telling the controller "recorded" as the audit does), and prints pyinfra-like lines only once
+the controller judged the stage, so the controller's lines and the stage's come in one order
+every time. It reports its hosts' phases as the real deploy does (``preflight``, then
+``baseline``; the gate says ``waiting``). Nothing is reached over SSH. ``python -m
+tests.deploy.fake_stage --cli ARGS`` runs ``fleet ARGS`` with every stage scripted so."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from typing import Any
 from deploys.gate import wait_for_verdict
 from fleet.control import rollout
 from fleet.control.records import RecordWatch, current_run_id, update_host
-from fleet.control.rollout_events import send_phase
+from fleet.control.rollout_events import send_phase, send_recorded
 
 OUTCOMES_ENV = "FAKE_STAGE_OUTCOMES"
+LINGER_ENV = "FAKE_STAGE_LINGER"  # seconds a stage runs on after its output (default 0)
 
 
 def script_rollout(setattr_: Callable[[Any, str, Any], None] = setattr) -> None:
@@ -62,11 +63,13 @@ def main(argv: list[str]) -> int:
             lines.append(f"    [{name}] {'Success' if entry['status'] == 'ok' else 'Error'}")
             update_host(run_id, name, {"release": "rel-1", "changed": [], "restarted": False,
                                        **entry})
+            send_recorded(name)
     if all(go.values()):  # the controller judges this stage: wait for it (at most 60 s)
         watch, deadline = RecordWatch(run_id), time.monotonic() + 60
         while str(stage) not in watch.read().get("verdicts", {}) and time.monotonic() < deadline:
             time.sleep(0.01)
     print("\n".join(lines), flush=True)
+    time.sleep(float(os.environ.get(LINGER_ENV, "0")))  # a stage that runs on once judged
     failed = not all(go.values()) or any(
         outcomes.get(name, {}).get("status", "ok") != "ok" for name in hosts)
     return 1 if failed else 0

@@ -3,6 +3,7 @@ and the typed run record (where it lives, its mode, run ids)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -13,8 +14,10 @@ from typing import Any
 
 import pytest
 
+from deploys import gate
 from deploys.gate import wait_for_verdict
 from fleet.control import records
+from fleet.control import rollout_events as ev
 from fleet.control.rollout import (
     RolloutOptions,
     final_outcome,
@@ -143,11 +146,123 @@ def test_gate_skips_the_host_when_earlier_stages_failed(run: str) -> None:
     assert target.logged == [entry["reason"]]
 
 
-def test_gate_gives_up_when_the_controller_is_gone(run: str) -> None:
+def test_without_a_verdict_pipe_the_gate_gives_up_when_the_controller_is_gone(
+        run: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ev.VERDICT_FD_ENV, raising=False)
     target = host("d")
     assert wait_for_verdict(None, target, 1, 1) is False  # type: ignore[arg-type]
     assert "the fleet deploy that started this stage is gone" in \
         records.load_record(run)["hosts"]["d"]["reason"]
+
+
+@pytest.fixture
+def verdict_fd(monkeypatch: pytest.MonkeyPatch):
+    """This process as a later stage: ``$FLEET_VERDICT_FD`` is a pipe's read end; the write
+    end (the controller's) is yielded."""
+    read, write = os.pipe()
+    monkeypatch.setenv(ev.VERDICT_FD_ENV, str(read))
+    yield write
+    for fd in (read, write):
+        with contextlib.suppress(OSError):  # the test closed it
+            os.close(fd)
+
+
+@pytest.fixture
+def record_reads(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """When each gate read the record (:func:`deploys.gate.verdict_on`)."""
+    reads: list[float] = []
+    real = gate.verdict_on
+
+    def counted(run_id: str, stage: int) -> records.Verdict | None:
+        reads.append(time.monotonic())
+        return real(run_id, stage)
+
+    monkeypatch.setattr(gate, "verdict_on", counted)
+    return reads
+
+
+def waiting_hosts(names: str, stage: int = 1) -> tuple[list[threading.Thread], dict[str, Any]]:
+    """One thread per host name waiting at the gate of ``stage`` (as pyinfra's greenlets
+    do); the dict gets each host's answer and when it came."""
+    answers: dict[str, Any] = {}
+
+    def wait(name: str) -> None:
+        answer = wait_for_verdict(None, host(name), stage, os.getppid())  # type: ignore[arg-type]
+        answers[name] = (answer, time.monotonic())
+
+    threads = [threading.Thread(target=wait, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    return threads, answers
+
+
+def until_read(reads: list[float], count: int) -> None:
+    """Wait (at most 10 s) until the gates read the record ``count`` times: they all wait."""
+    deadline = time.monotonic() + 10
+    while len(reads) < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def test_the_gate_wakes_on_the_verdict_note_without_polling(
+        run: str, verdict_fd: int, record_reads: list[float]) -> None:
+    """Three hosts of a later stage wait on one verdict pipe: each reads the record once
+    before it waits and once after the controller's note, with no reads between."""
+    threads, answers = waiting_hosts("bcd")
+    until_read(record_reads, 3)
+    time.sleep(0.3)  # the hosts wait: a gate polling every 10 ms would read 90 times more
+    before = len(record_reads)
+    records.set_verdict(run, 0, {"go": True, "failures": 0, "allowed": 0})
+    told = time.monotonic()
+    os.write(verdict_fd, ev.verdict_line(0))
+    for thread in threads:
+        thread.join(timeout=10)
+    assert {name: answer for name, (answer, _) in answers.items()} == dict.fromkeys("bcd", True)
+    assert max(when for _, when in answers.values()) - told < 1.0  # woken by the note
+    assert before == 3  # one read each before waiting: no 10 ms loop while waiting
+    assert len(record_reads) == 6
+    assert "b" not in records.load_record(run).get("hosts", {})
+
+
+def test_a_verdict_written_before_the_stage_started_is_read_from_the_record(
+        run: str, verdict_fd: int, record_reads: list[float]) -> None:
+    records.set_verdict(run, 0, {"go": False, "failures": 1, "allowed": 0})
+    target = host("b")
+    assert wait_for_verdict(None, target, 1, os.getppid()) is False  # type: ignore[arg-type]
+    assert len(record_reads) == 1
+    assert target.logged == ["not deployed: 1 host(s) of earlier rollout stages failed "
+                             "(allowed: 0)"]
+
+
+def test_end_of_the_verdict_pipe_skips_the_host_as_the_controller_is_gone(
+        run: str, verdict_fd: int) -> None:
+    """The controller's end of the pipe closes (it died): every waiting host is skipped, while
+    its parent (this test's) still runs."""
+    threads, answers = waiting_hosts("bc")
+    os.close(verdict_fd)
+    for thread in threads:
+        thread.join(timeout=10)
+    assert {name: answer for name, (answer, _) in answers.items()} == dict.fromkeys("bc", False)
+    for name in "bc":
+        assert records.load_record(run)["hosts"][name] == {
+            "status": "skipped",
+            "reason": "not deployed: the fleet deploy that started this stage is gone"}
+
+
+def test_the_gate_ignores_garbage_on_the_verdict_pipe(
+        run: str, verdict_fd: int, record_reads: list[float]) -> None:
+    """Lines that are not a stage number wake no host to read the record; a note after them
+    still does."""
+    threads, answers = waiting_hosts("b")
+    until_read(record_reads, 1)
+    os.write(verdict_fd, b"x\n-1\n 0\n1234567\n\xff\n" + b"9" * 600 + b"\n")
+    os.write(verdict_fd, b"0" * 700)  # a line too long, cut across reads
+    records.set_verdict(run, 0, {"go": True, "failures": 0, "allowed": 0})
+    os.write(verdict_fd, b"\n0\n")
+    threads[0].join(timeout=10)
+    assert answers["b"][0] is True
+    assert len(record_reads) == 2
+    pipe = ev.verdict_pipe()
+    assert pipe is not None and pipe.notes == 1
 
 
 REGION_FLEET = """\

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,9 @@ from click.testing import CliRunner
 from fleet.cli import main
 from fleet.control import rollout
 from fleet.control import rollout_events as ev
-from fleet.control.records import RECORDS_ENV, RUN_ID_ENV
+from fleet.control.records import RECORDS_ENV, RUN_ID_ENV, RecordWatch, RunRecord, Verdict
 from fleet.core.registry import load_registry
-from tests.deploy.fake_stage import script_rollout
+from tests.deploy.fake_stage import LINGER_ENV, script_rollout
 from tests.terminal import final_screen, run_on_terminal
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,6 +106,53 @@ def test_the_rollout_tells_phases_from_its_stages_and_outcomes_from_the_record(
     assert events.index(done[1]) < stopped < events.index(done[2])
     assert [event.index for event in events if isinstance(event, ev.StageStarted)] == [0, 1, 2]
     assert lines[0].startswith("==> canary: ezra-primary; then workers: bezalel")
+    assert not any(isinstance(event, ev.HostRecorded) for event in events)  # notes, not events
+
+
+def test_the_controller_judges_a_stage_on_its_recorded_note_without_a_timer(
+        scripted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each stage process (``fake_stage``) waits for the verdict on its own stage before it
+    prints and ends, then runs on for a second: the verdict comes right after the stage's
+    "recorded" note, before its end, and the controller reads the record on notes only (when it
+    starts following a stage, on a "recorded" note of it, at its end), not while it waits."""
+    monkeypatch.setenv(LINGER_ENV, "1")
+    log: list[tuple[object, ...]] = []
+    reads: list[float] = []
+
+    class CountedWatch(RecordWatch):
+        def read(self, max_age: float = 0.0) -> RunRecord:
+            reads.append(time.monotonic())
+            return super().read(max_age)
+
+    real_take, real_verdict = rollout.Rollout._take, rollout.set_verdict
+
+    def take(self: rollout.Rollout, index: int, which: int, note: object) -> bool:
+        log.append(("note", which, note, time.monotonic()))
+        return real_take(self, index, which, note)  # type: ignore[arg-type]
+
+    def set_verdict(run_id: str, stage: int, verdict: Verdict) -> None:
+        log.append(("verdict", stage, None, time.monotonic()))
+        real_verdict(run_id, stage, verdict)
+
+    monkeypatch.setattr(rollout, "RecordWatch", CountedWatch)
+    monkeypatch.setattr(rollout.Rollout, "_take", take)
+    monkeypatch.setattr(rollout, "set_verdict", set_verdict)
+    result = rollout.deploy_fleet(load_registry(REPO / "registry.yaml"),
+                                  rollout.RolloutOptions(batch=1), lambda line: None)
+    assert result.status == "failed"
+    for stage, name in ((0, "ezra-primary"), (1, "bezalel")):
+        recorded = next(i for i, entry in enumerate(log)
+                        if entry[:3] == ("note", stage, ev.HostRecorded(name)))
+        verdict = next(i for i, entry in enumerate(log) if entry[:2] == ("verdict", stage))
+        end = log.index(next(entry for entry in log if entry[:3] == ("note", stage, None)))
+        assert recorded < verdict < end
+    # stage 0 is followed when its note comes (stage 1's comes while stage 0 runs on: it is
+    # judged when followed, as soon as stage 0 ended)
+    recorded = next(e for e in log if e[:3] == ("note", 0, ev.HostRecorded("ezra-primary")))
+    verdict = next(entry for entry in log if entry[:2] == ("verdict", 0))
+    assert verdict[3] - recorded[3] < 0.5
+    # 3 stages, each looked at (2 reads) when followed and on its one recorded note
+    assert len(reads) <= 12, len(reads)
 
 
 @pytest.mark.parametrize("verbose", [False, True], ids=["view", "view-and-pyinfra-lines"])
@@ -149,3 +197,27 @@ def test_a_rollout_without_a_terminal_needs_no_rich() -> None:
     done = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_region_unreachable_for_three_batches_does_not_hold_up_the_next_region(
+        scripted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Region eu's first batch fails preflight: its second batch (started meanwhile) is skipped
+    and its third never starts; region us's stage still gets a verdict to go on (it waited
+    for one on the unstarted batch before)."""
+    registry = tmp_path / "regions.yaml"
+    registry.write_text(
+        "fleet:\n  regions: {eu: {batch: 1}, us: null}\nwizards:\n"
+        "  o: {host: 192.0.2.1, role: orchestrator, model: m, region: us}\n"
+        + "".join(f"  e{i}: {{host: 192.0.2.{i + 1}, role: worker, model: m, region: eu}}\n"
+                  for i in (1, 2, 3))
+        + "  u1: {host: 192.0.2.9, role: worker, model: m, region: us}\n")
+    failed = {"status": "failed", "phase": "preflight", "problems": ["no route"]}
+    monkeypatch.setenv("FAKE_STAGE_OUTCOMES", json.dumps(dict.fromkeys(["e1", "e2", "e3"],
+                                                                        failed)))
+    started = time.monotonic()
+    result = rollout.deploy_fleet(load_registry(registry), rollout.RolloutOptions(),
+                                  lambda line: None)
+    assert time.monotonic() - started < 60
+    assert result.status == "partial"
+    assert {name: entry["status"] for name, entry in result.hosts.items()} == {
+        "o": "ok", "e1": "skipped", "e2": "skipped", "e3": "skipped", "u1": "ok"}
