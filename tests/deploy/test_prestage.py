@@ -3,26 +3,30 @@ stage's hosts get the release uploaded and unpacked before their rollout gate, n
 
 The plan tests run ``deploy.py`` itself at plan time for one host (its snapshot handed in)
 and order the operations it plans as pyinfra does, by the line numbers of their call stacks
-(``pyinfra.api.util.get_operation_order_from_stack``)."""
+from the deploy file on (:func:`stack_order`)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import runpy
 import shutil
+import subprocess
+import tarfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pyinfra
 import pytest
 from click.testing import CliRunner
-from pyinfra.api import Config
-from pyinfra.api.util import get_operation_order_from_stack
+from pyinfra.api import Config, FileUploadCommand
 from pyinfra.context import ctx_host, ctx_state
 
-from deploys import baseline, context, gate, lock
+from deploys import baseline, context, gate, lock, ops
 from deploys.context import OPT, RELEASES, AgentContext
 from deploys.facts import NodeSnapshot, empty_snapshot
 from deploys.ops import UPLOAD_DIR
@@ -32,7 +36,7 @@ from fleet.control.release import Release
 from fleet.control.secrets import Secrets
 from fleet.core.registry import load_registry
 from tests.deploy.fake_stage import script_rollout
-from tests.deploy.test_converged import KEY, REGISTRY, FakeHost
+from tests.deploy.test_converged import FakeHost, write_fleet
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = str(REPO / "deploy.py")
@@ -58,6 +62,16 @@ class Planned:
         return False
 
 
+def stack_order() -> list[int]:
+    """pyinfra's order of an operation called now: the line numbers of the call stack from the
+    deploy file on, pyinfra's own frames left out (pyinfra.api.util's
+    ``get_operation_order_from_stack``; operations run sorted by these lists)."""
+    frames = list(reversed(inspect.stack(context=0)))
+    start = next(index for index, frame in enumerate(frames) if frame.filename == DEPLOY)
+    own = str(Path(pyinfra.__file__).parent)
+    return [frame.lineno for frame in frames[start:] if not frame.filename.startswith(own)]
+
+
 @dataclass
 class Recorder(AgentContext):
     """The deploy's context, recording each operation the phases plan (checks included) with
@@ -66,7 +80,7 @@ class Recorder(AgentContext):
     order: list[tuple[list[int], str, dict[str, Any]]] = field(default_factory=list)
 
     def _record(self, name: str, arguments: dict[str, Any]) -> Planned:
-        where = get_operation_order_from_stack(STATE)  # type: ignore[arg-type]
+        where = stack_order()
         self.order.append((where, f"{self.phase_name} | {name}", arguments))
         return Planned()
 
@@ -84,7 +98,6 @@ class Recorder(AgentContext):
 
 
 STATE = SimpleNamespace(config=Config(), is_executing=False, check_for_changes=False,
-                        current_deploy_filename=DEPLOY,
                         add_callback_handler=lambda handler: None)
 
 
@@ -113,13 +126,7 @@ class NodeHost(FakeHost):
 @pytest.fixture
 def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A registry (an orchestrator and two workers) and a run record under ``tmp_path``."""
-    (tmp_path / "registry.yaml").write_text(REGISTRY.format(key=KEY))
-    (tmp_path / "souls").mkdir()
-    for name in ("boss", "plain", "own"):
-        (tmp_path / "souls" / f"{name}.md").write_text(f"# {name}\n")
-    (tmp_path / "bot" / "lib").mkdir(parents=True)
-    (tmp_path / "bot" / "main.py").write_text("print('hi')\n")
-    (tmp_path / "bot" / "lib" / "util.py").write_text("X = 1\n")
+    registry = write_fleet(tmp_path)
     monkeypatch.setenv(records.RECORDS_ENV, str(tmp_path / "records"))
     monkeypatch.setenv(records.RUN_ID_ENV, "r1")
     built = Release(RELEASE, tmp_path / "release.tar.gz")
@@ -127,7 +134,7 @@ def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(context, "AgentContext", Recorder)
     monkeypatch.setattr(context, "_contexts", {})
     monkeypatch.setattr(context, "controller_secrets", lambda path: Secrets())
-    return tmp_path / "registry.yaml"
+    return registry
 
 
 def cold() -> NodeSnapshot:
@@ -166,6 +173,7 @@ def test_a_later_stage_unpacks_the_release_before_its_gate_and_switches_after(
                                           (RELEASES, "root", "root", "755")]
     assert set(staged[STAGED[0]]["specs"]) <= set(staged["Baseline | Fleet directories "
                                                           "(owners and modes)"]["specs"])
+    assert staged[LOCK]["_if"]() is True  # the host changes: the lock is taken, before them
 
 
 @pytest.mark.parametrize("data", [
@@ -242,6 +250,44 @@ def test_a_host_the_gate_stops_releases_the_lock_preflight_took(
     target = LockHost()
     assert gate.gate_passed(None, target, 1, 0) is go  # type: ignore[arg-type]
     assert target.commands == ([] if go else [lock.release_command(lock.owner())])
+
+
+def node_commands(tarball: Path, releases: Path, me: str) -> str:
+    """What a deploy ``me`` runs on a node to pre-stage: take the lock (preflight's operation),
+    then the upload (here a copy) and the unpacking (the pre-stage operation), each only if
+    the one before succeeded (pyinfra stops a host at its first failing operation)."""
+    upload, unpack = ops._unpacked(str(tarball), str(releases), RELEASE)
+    assert isinstance(upload, FileUploadCommand)
+    return (f"{lock.take_command(me)} && cp {tarball} {upload.dest} && {unpack} && "
+            f"{lock.release_command(me)}")
+
+
+def test_two_deploys_prestaging_one_release_at_once_take_turns_by_the_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two deploys pre-staging the same release on one node at the same moment would share
+    ``.unpack-<id>`` and remove each other's work: the lock, taken before, lets one in and
+    fails the other before its upload; the release ends unpacked whole."""
+    monkeypatch.setattr(lock, "LOCK_DIR", str(tmp_path / "fleet-deploy.lock"))
+    monkeypatch.setattr(lock, "OWNER_FILE", str(tmp_path / "fleet-deploy.lock" / "owner"))
+    tarball, releases = tmp_path / "release.tar.gz", tmp_path / "releases"
+    (tmp_path / "site").mkdir()
+    for index in range(200):
+        (tmp_path / "site" / f"m{index}.py").write_text("x = 1\n" * 50)
+    with tarfile.open(tarball, "w:gz") as archive:
+        archive.add(tmp_path / "site", arcname="site")
+    releases.mkdir()
+    for _ in range(5):
+        commands = [node_commands(tarball, releases, f"ctl:{n}:run-{n}") for n in (1, 2)]
+        with ThreadPoolExecutor(2) as pool:
+            done = list(pool.map(lambda command: subprocess.run(
+                ["sh", "-c", command], capture_output=True, text=True, check=False), commands))
+        codes = sorted(run.returncode for run in done)
+        assert codes in ([0, 0], [0, 1]), done  # one at a time: both (in turn) or one of them
+        for run in done:
+            assert run.returncode == 0 or "node is locked by another deploy" in run.stderr
+        assert sorted(path.name for path in releases.iterdir()) == [RELEASE]
+        assert len(list((releases / RELEASE / "site").iterdir())) == 200
+        assert not (tmp_path / "fleet-deploy.lock").exists()
 
 
 def test_pyinfra_gets_the_setting_in_later_stages_of_a_deploy_only() -> None:
