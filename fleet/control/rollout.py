@@ -6,8 +6,10 @@ reported unreachable and skipped, and the run ends ``partial``.
 
 Built on pyinfra's CLI only: each stage is one ``pyinfra -y inventory.py deploy.py --limit
 HOST ...`` process. Stage N+1's process starts while stage N deploys, so it connects and plans
-meanwhile; its first operation (``deploys/gate.py``) waits for the controller's verdict on the
-earlier stages (a host with nothing to change does not wait: it is only checked). The
+meanwhile; after preflight (and, with ``fleet.prestage`` or ``--prestage``, the release's
+upload and unpacking: ``--data prestage=true``) its gate (``deploys/gate.py``) waits for the
+controller's verdict on the earlier stages (a host with nothing to change does not wait: it is
+only checked). The
 controller judges a stage from the run record (:mod:`fleet.control.records`) as soon as all its
 hosts are audited, or when its process ends (a host with no entry then failed).
 Each stage's output is streamed, secrets masked, one stage after the other. The outcome is the
