@@ -1,6 +1,7 @@
 """Time ``fleet deploy`` on a lab of 3 nodes: cold (fresh nodes) and no-change (again).
 
     python bench/deploy_bench.py [--rounds 3] [--lab deploy-bench] [--rev HEAD] [--prestage]
+                                 [--nodes 3]
 
 Deploys a clean clone of HEAD (or ``--rev``, to compare with an earlier commit; edits in the
 work tree do not change the release midway). Besides wall time it prints the CPU time (user +
@@ -10,7 +11,8 @@ and then no-change deploys. The release is built (or taken from the cache) befor
 a controller that deployed before would have it. Prints every figure and the medians, and
 the SSH round trips per host of a no-change deploy (:mod:`bench.roundtrips`, counted in each
 node's namespace during an extra no-change deploy that is not timed). ``--prestage`` deploys
-with ``fleet deploy --prestage`` (the workers get the release before their rollout gate).
+with ``fleet deploy --prestage`` (the workers get the release before their rollout gate);
+``--nodes N`` boots N nodes (the registry's agents, then extra workers).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def main() -> None:
     parser.add_argument("--rev", default="HEAD", help="commit to deploy (default: HEAD)")
     parser.add_argument("--prestage", action="store_true",
                         help="deploy with --prestage (default: the registry's setting, off)")
+    parser.add_argument("--nodes", type=int, default=None,
+                        help="lab nodes (default: one per agent of registry.yaml, 3)")
     args = parser.parse_args()
     options = ("--prestage",) if args.prestage else ()
     scratch, clone = clean_clone(args.rev)
@@ -71,7 +75,8 @@ def main() -> None:
     try:
         for round_ in range(1, args.rounds + 1):
             lab.down(args.lab)
-            registry = lab.up(load_registry(REPO / "registry.yaml"), lab=args.lab)
+            registry = lab.up(load_registry(REPO / "registry.yaml"), nodes=args.nodes,
+                              lab=args.lab)
             cold.append(timed_deploy(clone, registry, cold_cpu, *options))
             runs = [timed_deploy(clone, registry, no_change_cpu, *options)
                     for _ in range(args.no_change_runs)]
@@ -89,7 +94,7 @@ def main() -> None:
         scratch.cleanup()
     load = os.getloadavg()[0]
     command = " ".join(("fleet deploy", *options))
-    print(f"{command}, 3 nodes: cold median {statistics.median(cold):.2f} s "
+    print(f"{command}, {args.nodes or 3} nodes: cold median {statistics.median(cold):.2f} s "
           f"(CPU {statistics.median(cold_cpu):.2f} s), "
           f"no-change median {statistics.median(no_change):.2f} s "
           f"({min(no_change):.2f}-{max(no_change):.2f} s, CPU "
