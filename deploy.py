@@ -4,9 +4,10 @@
     pyinfra inventory.py deploy.py --dry --diff       # show what would change, secrets masked
     fleet deploy [--batch N]                          # canary first, then the workers
 
-Phases, in order (``deploys/``): preflight, baseline, release, soul, keys, services, sandbox
-(the agent's test sandbox), webhook
-(the deploy webhook receiver, on the agent with that capability), verify, audit. A second run
+Phases, in order (``deploys/``): preflight, in a later rollout stage pre-stage (with
+``fleet.prestage``) and the rollout gate, then baseline, release, soul, keys, services, sandbox
+(the agent's test sandbox), webhook (the deploy webhook receiver, on the agent with that
+capability), verify, audit. A second run
 with nothing changed changes and restarts nothing. Each phase returns what a later one needs
 (the operations whose change restarts the agent, verify's check for the audit); the lines
 below hand it on.
@@ -18,8 +19,11 @@ A host with something to change gets every phase, as planned the first time.
 
 ``fleet deploy`` runs one pyinfra process per rollout stage (``--limit`` its hosts,
 ``--data rollout_stage=N``); a later stage waits at its gate for the earlier stages' verdict
-(see ``deploys/gate.py``). Plain ``pyinfra inventory.py deploy.py`` deploys all hosts at once,
-with no canary.
+(see ``deploys/gate.py``), after preflight. With ``fleet.prestage`` (or ``fleet deploy
+--prestage``, passed as ``--data prestage=true``) a later stage's hosts get the release
+uploaded and unpacked before the gate, while the earlier stages deploy; nothing the agent uses
+changes before it (``deploys.release.prestage``). Plain ``pyinfra inventory.py deploy.py``
+deploys all hosts at once, with no canary.
 
 ``--data action=rollback`` (used by ``fleet rollback``) runs preflight, rollback, audit only;
 ``--data rollback_to=RELEASE`` picks the release (default: the previous one);
@@ -53,8 +57,10 @@ from deploys.ops import UNCHANGED, Outcome
 ctx = agent_context()
 audit.record_failures()  # a host an operation fails is recorded, naming the operation
 progress.report_phases()  # under `fleet deploy`: each host's phase, for its live view
+ready = preflight.run(ctx)  # reads the node's snapshot (ctx.node) the phases decide from,
+# fails a node that cannot take the deploy and takes its deploy lock (when the host changes)
+release.prestage(ctx, ready)  # with fleet.prestage, in a later stage: the release unpacked
 gate.run(ctx)  # in a later stage of `fleet deploy`: wait for the earlier stages' verdict
-ready = preflight.run(ctx)  # also reads the node's snapshot (ctx.node) the phases decide from
 if ready.ok and ctx.rollback:
     check = rollback.run(ctx, ready, host.data.get("rollback_to"),
                          with_state=bool(host.data.get("rollback_with_state")))

@@ -13,7 +13,7 @@ import json
 from typing import Any, cast
 
 from pyinfra import host, logger, state
-from pyinfra.api import BaseStateCallback, FunctionCommand, Host, State, StringCommand, operation
+from pyinfra.api import BaseStateCallback, FunctionCommand, Host, State, operation
 
 from bus.timestamps import utc_timestamp
 from deploys import lock
@@ -144,9 +144,7 @@ def audit_node(state: State, host: Host, ctx: AgentContext, check: Check) -> boo
     update_host(current_run_id(), host.name, entry, ctx.masker)
     send_recorded(host.name)  # the controller reads the record now
     if not verify.get("unlocked"):
-        # a direct command gets no host-data global arguments: pass ``_sudo`` on
-        host.run_shell_command(StringCommand(lock.release_command(lock.owner())),
-                               _sudo=bool(host.data.get("_sudo")))
+        lock.release_now(host)
     host.log(f"audit: {status}, {len(changed)} operation(s) changed, "
              f"{len(found)} drift(s)", logger.info)
     if status == "ok":

@@ -21,10 +21,11 @@ DIRECTORIES = "Fleet directories (owners and modes)"
 SSHD = "sshd: no password logins (checked, then reloaded)"
 
 
-@phase("Baseline")
-def run(ctx: AgentContext) -> None:
-    """User (no login shell), /opt/fleet, /etc/fleet/<agent>, state dir, sshd settings."""
-    ctx.plan(agent_account, USER, user=ctx.user, home=ctx.state_dir, node=ctx.node)
+Folder = tuple[str, str, str, str]  # (path, user, group, mode), as ``directories`` takes it
+
+
+def folders(ctx: AgentContext) -> list[Folder]:
+    """The fleet's directories on the node with their owners and modes, parents first."""
     specs = [
         (OPT, "root", "root", "755"),
         (RELEASES, "root", "root", "755"),
@@ -36,7 +37,22 @@ def run(ctx: AgentContext) -> None:
     ]
     if ctx.registry.become:  # the sudo user's private upload folder (deploys/ops.upload_temp)
         specs.append((UPLOAD_DIR, ctx.agent.ssh_user, "root", "700"))
-    ctx.plan(directories, DIRECTORIES, node=ctx.node, specs=specs)
+    return specs
+
+
+def release_folders(ctx: AgentContext) -> list[Folder]:
+    """Of :func:`folders`, the ones a release upload needs (``deploys.release.prestage``, on a
+    node baseline has not set up yet): the releases folder, and the upload folder with sudo.
+    None of them is owned by the agent's user, which baseline creates later."""
+    needed = {OPT, RELEASES, *(("/var/lib/fleet", UPLOAD_DIR) if ctx.registry.become else ())}
+    return [spec for spec in folders(ctx) if spec[0] in needed]
+
+
+@phase("Baseline")
+def run(ctx: AgentContext) -> None:
+    """User (no login shell), /opt/fleet, /etc/fleet/<agent>, state dir, sshd settings."""
+    ctx.plan(agent_account, USER, user=ctx.user, home=ctx.state_dir, node=ctx.node)
+    ctx.plan(directories, DIRECTORIES, node=ctx.node, specs=folders(ctx))
     ctx.plan(managed_file, SSHD, dest=SSHD_DROPIN, content=SSHD_SETTINGS, user="root", group="root",
              mode="644", node=ctx.node, diffs=ctx.diffs(),
              then=["sshd -t", "systemctl reload ssh.service"])

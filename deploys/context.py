@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra.api import Host, deploy
 
 from deploys.facts import NodeSnapshot, empty_snapshot
 from deploys.lock import LOCK_DIR
@@ -81,6 +81,7 @@ class AgentContext:
     registry: Registry
     soul_source: Path
     rollback: bool = False  # this run rolls the node back (``--data action=rollback``)
+    prestage: bool = False  # a later rollout stage with ``fleet.prestage`` (:meth:`prestages`)
     secrets: Secrets = field(default_factory=load_secrets)
     changes: list[tuple[str, Outcome]] = field(default_factory=list)
     node: NodeSnapshot = field(default_factory=empty_snapshot)
@@ -150,6 +151,15 @@ class AgentContext:
             self._probing = False
             del self.changes[kept:]
         return True
+
+    def prestages(self) -> bool:
+        """Whether this host gets the release sent and unpacked before its rollout gate
+        (``deploys.release.prestage``), and so not in the release phase: asked to
+        (:attr:`prestage`), a deploy (not a rollback), and the node's snapshot has the
+        release neither unpacked nor current."""
+        release = self.release.id
+        return (self.prestage and not self.rollback and release not in self.node["releases"]
+                and self.node["current"] != release)
 
     @property
     def probing(self) -> bool:
@@ -387,6 +397,12 @@ def context_of(name: str) -> AgentContext | None:
     return _contexts.get(name)
 
 
+def stage_of(target: Host) -> int:
+    """This process's rollout stage (0 outside ``fleet deploy`` or for its first stage)."""
+    value = target.data.get("rollout_stage")
+    return int(value) if isinstance(value, int) and value > 0 else 0
+
+
 def load_node(ctx: AgentContext) -> None:
     """Read the host's NodeState snapshot once (with preflight's basics, in the same round
     trip); every phase decides from it."""
@@ -415,5 +431,7 @@ def agent_context() -> AgentContext:
         _contexts[name] = AgentContext(agent=registry.get(name), registry=registry,
                                        soul_source=Path(host.data.soul_path),
                                        rollback=host.data.get("action") == "rollback",
+                                       prestage=host.data.get("prestage") is True
+                                       and stage_of(host) > 0,
                                        secrets=controller_secrets(host.data.registry_path))
     return _contexts[name]

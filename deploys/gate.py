@@ -2,11 +2,14 @@
 
 ``fleet deploy`` runs one pyinfra process per rollout stage (``--limit`` the stage's hosts,
 ``--data rollout_stage=N``) and starts stage N's process while stage N-1 still deploys, so it
-connects and plans in the meantime. Its first operation on every host is this gate: it waits
-for the controller's verdict on the earlier stages (written to the run record when all their
-hosts are audited) and goes on only when no more hosts than allowed failed. Otherwise the host
-is recorded ``skipped`` and fails here, before anything changes on it. The gate is a check,
-not a change: at plan time (a dry run) it does nothing.
+connects and plans in the meantime. On every host the gate comes right after preflight (its
+checks, and the deploy lock) and, with ``fleet.prestage``, the release's upload and unpacking
+(``deploys.release.prestage``, which switches nothing the agent uses): it waits for the
+controller's verdict on the earlier stages (written to the run record when all their hosts
+are audited) and goes on only when no more hosts than allowed failed. Otherwise the host is
+recorded ``skipped``, releases its deploy lock and fails here, before anything else changes on
+it (a pre-staged release stays unpacked, unused, until pruned). The gate is a check, not a
+change: at plan time (a dry run) it does nothing.
 
 The hand-off does not poll. The gate reads the record first (a verdict written before this
 process started is seen there); then it blocks on the verdict pipe the controller gave this
@@ -33,7 +36,8 @@ import time
 from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, Host, State, operation
 
-from deploys.context import AgentContext, phase
+from deploys import lock
+from deploys.context import AgentContext, phase, stage_of
 from deploys.progress import tell
 from fleet.control.records import RecordWatch, Verdict, current_run_id, record_path, update_host
 from fleet.control.rollout_events import send_recorded, verdict_pipe
@@ -50,12 +54,6 @@ def verdict_on(run_id: str, stage: int) -> Verdict | None:
     key = str(record_path(run_id))
     watch = _watches.get(key) or _watches.setdefault(key, RecordWatch(run_id))
     return watch.read().get("verdicts", {}).get(str(stage))
-
-
-def stage_of(target: Host) -> int:
-    """This process's rollout stage (0 outside ``fleet deploy`` or for its first stage)."""
-    value = target.data.get("rollout_stage")
-    return int(value) if isinstance(value, int) and value > 0 else 0
 
 
 def wait_for_verdict(state: State, host: Host, stage: int, controller: int) -> bool:
@@ -98,6 +96,16 @@ def _skip(target: Host, run_id: str, reason: str) -> bool:
     return False
 
 
+def gate_passed(state: State, host: Host, stage: int, controller: int) -> bool:
+    """:func:`wait_for_verdict`; a host that may not go on releases the deploy lock it took
+    before the gate (preflight takes it, before any pre-staging), so the node is not left
+    locked by a deploy that stopped here."""
+    if wait_for_verdict(state, host, stage, controller):
+        return True
+    lock.release_now(host)
+    return False
+
+
 @operation(is_idempotent=False)
 def earlier_stages_passed(stage: int, controller: int = 0):
     """
@@ -117,7 +125,7 @@ def earlier_stages_passed(stage: int, controller: int = 0):
     if not state.is_executing:
         host.noop("the rollout gate waits for the earlier stages when the deploy runs")
         return
-    yield FunctionCommand(wait_for_verdict, (stage, controller), {})
+    yield FunctionCommand(gate_passed, (stage, controller), {})
 
 
 @phase("Rollout")

@@ -13,7 +13,8 @@ about it lives here:
   (a check: nothing at plan time); a deploy that changes nothing skips it, and verify's (or
   rollback's) command takes it (:func:`take_command` keeps a lock its owner holds);
 - :func:`release_command`: the shell command releasing it, if this deploy holds it (run with
-  verify, rollback or, failing those, audit).
+  verify, rollback or, failing those, audit; :func:`release_now` by the audit and by the
+  rollout gate when it skips a host).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import shlex
 import socket
 
 from pyinfra import host, state
-from pyinfra.api import operation
+from pyinfra.api import Host, StringCommand, operation
 
 from fleet.control.records import current_run_id
 from fleet.core.liveness import Process, process_tag
@@ -82,6 +83,14 @@ def take_command(me: str, stale_owner: str = "") -> str:
 def release_command(me: str) -> str:
     """Shell command removing the lock if ``me`` holds it (always succeeds)."""
     return f"{{ {_holder_is(me)} && rm -rf {shlex.quote(LOCK_DIR)}; true; }}"
+
+
+def release_now(target: Host) -> None:
+    """Release ``target``'s lock now if this deploy holds it (a host the deploy stops: the
+    rollout gate skipped it, or the audit of a host whose verify did not release it)."""
+    # a direct command gets no host-data global arguments: pass ``_sudo`` on
+    target.run_shell_command(StringCommand(release_command(owner())),
+                             _sudo=bool(target.data.get("_sudo")))
 
 
 @operation(is_idempotent=False)

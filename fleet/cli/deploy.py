@@ -51,16 +51,21 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
                    "deploy the others, and end the run partial).")
 @batch_option
 @max_failures_option
+@click.option("--prestage/--no-prestage", default=None,
+              help="Upload and unpack the release on later stages' hosts while the earlier "
+                   "stages deploy, before their gate; nothing switches until it opens "
+                   "(default: the registry's fleet.prestage, else off).")
 @output_options
 @pass_cli
 def deploy(cli: CliContext, dry: bool, diff: bool, limit: tuple[str, ...],
            regions: tuple[str, ...], stop_on_unreachable_region: bool, batch: int | None,
-           max_failures: int, plain: bool, verbose: bool) -> None:
+           max_failures: int, prestage: bool | None, plain: bool, verbose: bool) -> None:
     """Deploy the fleet: the orchestrator first as a canary, then the workers (region by
     region when the registry lists ``fleet.regions``)."""
     options = RolloutOptions(dry=dry, diff=diff, limit=limit, batch=batch,
                              max_failures=max_failures, regions=regions,
-                             stop_on_unreachable_region=stop_on_unreachable_region)
+                             stop_on_unreachable_region=stop_on_unreachable_region,
+                             prestage=prestage)
     report(run(cli.registry, options, plain, verbose or diff))  # diffs are pyinfra's lines
 
 

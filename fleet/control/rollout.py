@@ -6,8 +6,10 @@ reported unreachable and skipped, and the run ends ``partial``.
 
 Built on pyinfra's CLI only: each stage is one ``pyinfra -y inventory.py deploy.py --limit
 HOST ...`` process. Stage N+1's process starts while stage N deploys, so it connects and plans
-meanwhile; its first operation (``deploys/gate.py``) waits for the controller's verdict on the
-earlier stages (a host with nothing to change does not wait: it is only checked). The
+meanwhile; after preflight (and, with ``fleet.prestage`` or ``--prestage``, the release's
+upload and unpacking: ``--data prestage=true``) its gate (``deploys/gate.py``) waits for the
+controller's verdict on the earlier stages (a host with nothing to change does not wait: it is
+only checked). The
 controller judges a stage from the run record (:mod:`fleet.control.records`) as soon as all its
 hosts are audited, or when its process ends (a host with no entry then failed).
 
@@ -103,6 +105,8 @@ class RolloutOptions:
     rollback_with_state: bool = False  # restore the state snapshot taken before the release
     regions: tuple[str, ...] = ()  # only the agents of these regions
     stop_on_unreachable_region: bool = False
+    prestage: bool | None = None  # later stages get the release before their gate (None:
+    # the registry's ``fleet.prestage``)
 
 
 @dataclass
@@ -195,8 +199,11 @@ def stage_label(registry: Registry, stages: list[list[str]], index: int) -> str:
     return "canary" if index == 0 and first.role == "orchestrator" else "workers"
 
 
-def pyinfra_command(hosts: Sequence[str], options: RolloutOptions, stage: int = 0) -> list[str]:
-    """The pyinfra CLI call for one stage (``-y`` unless dry: a dry run shows the changes)."""
+def pyinfra_command(hosts: Sequence[str], options: RolloutOptions, stage: int = 0,
+                    prestage: bool = False) -> list[str]:
+    """The pyinfra CLI call for one stage (``-y`` unless dry: a dry run shows the changes);
+    ``prestage``: a later stage's hosts get the release before their gate
+    (``deploys.release.prestage``)."""
     command = [sys.executable, "-m", "fleet.control.pyinfra_launcher",
                *([] if options.dry else ["-y"]),
                "inventory.py", "deploy.py"]
@@ -205,6 +212,8 @@ def pyinfra_command(hosts: Sequence[str], options: RolloutOptions, stage: int = 
     if stage:
         command += ["--data", f"rollout_stage={stage}",
                     "--data", f"rollout_controller={os.getpid()}"]
+        if prestage and options.action == "deploy":
+            command += ["--data", "prestage=true"]
     if options.action == "rollback":
         command += ["--data", "action=rollback"]
         if options.rollback_to:  # JSON-quoted: pyinfra would read "0123" as a number
@@ -355,6 +364,7 @@ class Rollout:
         if options.rollback_to is not None:
             check_release_id(options.rollback_to)
         self.masker = Masker(load_secrets(registry=registry).values())
+        self.prestage = registry.prestage if options.prestage is None else options.prestage
         self.names = select(registry, options.limit, options.regions)
         if self.names:  # first contact is explicit: every host key pinned before connecting
             check_known_hosts(registry, self.names)
@@ -379,7 +389,8 @@ class Rollout:
         if (index < len(self.stages) and index not in self.processes and not self.stopped
                 and self.regions[index] not in self.unreachable):
             command = pyinfra_command(self.stages[index], self.options,
-                                      stage=0 if self.options.dry else index)
+                                      stage=0 if self.options.dry else index,
+                                      prestage=self.prestage)
             self.processes[index] = StageProcess(
                 command, self.env, self.root, self.masker, index, self.notes,
                 verdicts=index > 0 and not self.options.dry)

@@ -81,7 +81,12 @@ AGENT_FIELDS = (
     "schedules",
 )
 REQUIRED_AGENT_FIELDS = ("host", "role", "model")
-FLEET_FIELDS = ("name", "ssh_key", "known_hosts", "repo_url", "become", "regions", "secrets")
+FLEET_FIELDS = ("name", "ssh_key", "known_hosts", "repo_url", "become", "regions", "secrets",
+                "prestage")
+FLEET_FLAGS = ("prestage",)
+"""``fleet:`` settings that are true or false: ``prestage`` (``fleet deploy`` sends and unpacks
+the release on a later rollout stage's hosts while the earlier stages deploy, before its gate;
+off when absent)."""
 SECRETS_FIELDS = ("file", "recipients")
 """``fleet.secrets``: the fleet's secrets file kept in the repository, sealed with age
 (``file``, inside the registry's folder) to the ``recipients`` (``age1...`` public keys)."""
@@ -247,6 +252,8 @@ class Registry:
     become: str | None = None
     regions: tuple[Region, ...] = ()
     secrets: SealedSecrets | None = None
+    prestage: bool = False
+    """``fleet.prestage``: pre-stage the release on later rollout stages (``fleet deploy``)."""
     work: WorkConfig | None = None
     """The ``work:`` section (:mod:`fleet.core.work_config`); None when absent."""
 
@@ -347,7 +354,8 @@ class Registry:
         fleet = {"name": self.name, "ssh_key": self.ssh_key, "known_hosts": self.known_hosts,
                  "repo_url": self.repo_url, "become": self.become,
                  "regions": regions_data(self.regions),
-                 "secrets": self.secrets.to_dict() if self.secrets else None}
+                 "secrets": self.secrets.to_dict() if self.secrets else None,
+                 "prestage": self.prestage}
         data: dict[str, Any] = {
             "fleet": {key: value for key, value in fleet.items() if value},
             "wizards": {agent.name: agent.to_dict() for agent in self},
@@ -528,6 +536,14 @@ class _Validator:
                     settings["secrets"] = sealed
                 continue
             value = self.value(value_node)
+            if key in FLEET_FLAGS:
+                if isinstance(value, bool):
+                    settings[key] = value
+                else:
+                    self.problem(value_node, f"fleet.{key}",
+                                 f"{value!r} is not true or false; write `{key}: true` or "
+                                 f"`{key}: false`")
+                continue
             if value is not None and not isinstance(value, str):
                 self.problem(value_node, f"fleet.{key}", f"{value!r} is not a string")
                 continue

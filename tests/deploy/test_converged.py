@@ -93,9 +93,8 @@ def release(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(AgentContext, "release", property(lambda self: built))
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
-    root = tmp_path_factory.mktemp("fleet")
+def write_fleet(root: Path) -> Path:
+    """``REGISTRY`` in ``root`` with its souls and shipped files; the registry's path."""
     (root / "registry.yaml").write_text(REGISTRY.format(key=KEY))
     (root / "souls").mkdir()
     for name in ("boss", "plain", "own"):
@@ -103,7 +102,12 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     (root / "bot" / "lib").mkdir(parents=True)
     (root / "bot" / "main.py").write_text("print('hi')\n")
     (root / "bot" / "lib" / "util.py").write_text("X = 1\n")
-    return load_registry(root / "registry.yaml")
+    return root / "registry.yaml"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    return load_registry(write_fleet(tmp_path_factory.mktemp("fleet")))
 
 
 class FakeHost:

@@ -201,6 +201,23 @@ def test_nodectl_prune_keeps_current_and_newest(node_root: Path) -> None:
     assert not (node_root / "releases" / "222222222222").exists()
 
 
+def test_nodectl_prune_removes_prestaged_unused_releases_first_never_current(
+        node_root: Path) -> None:
+    """Releases pre-staged by rollouts that stopped at their gate (never current, so not in
+    the history), more of them than kept: the current release stays, then the ones used."""
+    for release in ("111111111111", "222222222222"):
+        nodectl.switch(release)
+    for release in ("aaaaaaaaaaa1", "aaaaaaaaaaa2", "aaaaaaaaaaa3", "aaaaaaaaaaa4"):
+        (node_root / "releases" / release / "site").mkdir(parents=True)
+    (node_root / "releases" / ".unpack-aaaaaaaaaaa5").mkdir()  # an unpack cut short
+    pruned = nodectl.prune(keep=3)
+    assert pruned["kept"] == ["222222222222", "111111111111", "aaaaaaaaaaa4"]
+    assert nodectl.current_release() == "222222222222"
+    left = sorted(path.name for path in (node_root / "releases").iterdir())
+    assert left == sorted(pruned["kept"])
+    assert nodectl.prune(keep=1)["kept"] == ["222222222222"]
+
+
 def test_nodectl_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:
     key = tmp_path / "k"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
