@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import click
 
@@ -31,9 +32,11 @@ def status(cli: CliContext, as_json: bool, timeout: float, think: bool) -> None:
     """Each agent `ok`, `drift` or `down`: SSH, health, and its release, soul and config
     against the registry and repository. Exit 0 all ok, 1 some down, 3 some in drift."""
     registry = cli.registry
-    release, source = wanted_release()
-    results = probe_fleet(registry, timeout=max(timeout, 15.0) if think else timeout,
-                          think=think)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the release is worked out meanwhile
+        wanted = pool.submit(wanted_release)
+        results = probe_fleet(registry, timeout=max(timeout, 15.0) if think else timeout,
+                              think=think)
+        release, source = wanted.result()
     verdicts = [judge(result, expected(registry, registry.get(result.agent)), release)
                 for result in results]
     states = [verdict.state for verdict in verdicts]

@@ -110,11 +110,12 @@ def wanted_release(project: Path | None = None) -> tuple[str | None, str]:
     ``project`` (default: the working directory, when it holds ``deploy.py``), else the last
     deploy recorded under the records dir; ``(None, reason)`` when neither says."""
     from fleet.control.records import latest_deploy
-    from fleet.control.release import release_id
-    from fleet.core.release_marker import Broken
 
     root = project or Path.cwd()
     if (root / "deploy.py").is_file() and (root / "inventory.py").is_file():
+        from fleet.control.release import release_id  # the release builder: only here
+        from fleet.core.release_marker import Broken
+
         return release_id(root, broken=Broken.NO), f"the repository in {root}"
     deployed = latest_deploy()
     if deployed is not None:

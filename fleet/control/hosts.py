@@ -107,13 +107,24 @@ def _entries(text: str) -> Iterable[tuple[str, str, str, str]]:
 
 def keys_of(path: Path, agent: Agent) -> list[HostKey]:
     """The keys ``path`` pins for ``agent``'s host (none if the file is missing)."""
+    return pinned_keys(path, [agent])[agent.name]
+
+
+def pinned_keys(path: Path, agents: Iterable[Agent]) -> dict[str, list[HostKey]]:
+    """The keys ``path`` pins for each agent's host, by agent name (none if the file is
+    missing): the file is read and split once for the whole fleet."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return []
-    pattern = host_pattern(agent)
-    return [HostKey(agent.name, pattern, key_type, key)
-            for _, field, key_type, key in _entries(text) if _matches(field, pattern)]
+        text = ""
+    entries = list(_entries(text))
+    found: dict[str, list[HostKey]] = {}
+    for agent in agents:
+        pattern = host_pattern(agent)
+        found[agent.name] = [HostKey(agent.name, pattern, key_type, key)
+                             for _, field, key_type, key in entries
+                             if _matches(field, pattern)]
+    return found
 
 
 def require_known_hosts(registry: Registry) -> Path:
@@ -134,7 +145,9 @@ def require_known_hosts(registry: Registry) -> Path:
 
 def unknown_agents(path: Path, agents: Iterable[Agent]) -> list[Agent]:
     """The agents whose host has no key in ``path``."""
-    return [agent for agent in agents if not keys_of(path, agent)]
+    listed = list(agents)
+    keys = pinned_keys(path, listed)
+    return [agent for agent in listed if not keys[agent.name]]
 
 
 def check_known_hosts(registry: Registry, names: Sequence[str] = ()) -> Path:

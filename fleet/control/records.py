@@ -18,14 +18,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, cast
 
 from bus.locks import FileLock
 from bus.timestamps import id_stamp, utc_timestamp
 from fleet.core.atomic import write_atomic
 from fleet.core.errors import FleetError
 from fleet.core.masking import Masker
-from fleet.node.nodectl import AgentFacts, RollbackOutcome
+
+if TYPE_CHECKING:  # types only: the node's command line stays unloaded on the controller
+    from fleet.node.nodectl import AgentFacts, RollbackOutcome
 
 RECORDS_ENV = "FLEET_RECORDS_DIR"
 RUN_ID_ENV = "FLEET_RUN_ID"

@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from jinja2 import Environment, FunctionLoader, StrictUndefined
 
 from fleet.control.templates import read_template
 from fleet.core.envfile import format_env
@@ -32,6 +32,9 @@ from fleet.core.validate import (
     authorized_key_problem,
     unsafe_character,
 )
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 BARE_RE = re.compile(r"[A-Za-z0-9_./:@+,=-]*")
 """What a unit template may hold unquoted: no space, quote, backslash, ``%`` or ``$``."""
@@ -126,13 +129,19 @@ def _include(name: str) -> str | None:
     return read_template(name) if name in UNIT_INCLUDES else None
 
 
-_UNITS = Environment(loader=FunctionLoader(_include), finalize=_finalize,
-                     undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+@cache
+def _units() -> Environment:
+    """The Jinja2 environment of unit templates (built on first use: what only hashes a
+    config, such as ``fleet status``, never imports Jinja2)."""
+    from jinja2 import Environment, FunctionLoader, StrictUndefined
+
+    return Environment(loader=FunctionLoader(_include), finalize=_finalize,
+                       undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
 
 
 def unit_file(template: str, **values: Any) -> str:
     """A systemd unit from a Jinja2 ``template`` text: every value checked as above."""
-    return _UNITS.from_string(template).render(**values)
+    return _units().from_string(template).render(**values)
 
 
 def env_file(env: Mapping[str, str]) -> str:

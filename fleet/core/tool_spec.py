@@ -7,9 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-
 from fleet.core.tool_model import (
     DEFAULT_TIMEOUT_S,
     EMPTY_ARGS,
@@ -44,6 +41,11 @@ def schema_problems(args: Any) -> list[str]:
     object whose references stay inside it."""
     if not (isinstance(args, dict) and args.get("type") == "object"):
         return ["args must be a JSON Schema of an object (type: object, properties)"]
+    # imported here: a registry whose tools declare no arguments (and every `fleet status`)
+    # loads without jsonschema's few hundred milliseconds of imports
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
     try:
         Draft202012Validator.check_schema(args)
     except SchemaError as exc:
@@ -71,6 +73,8 @@ def placeholder_problems(command: list[str], args: dict[str, Any]) -> list[str]:
     """Why ``command``'s ``{name}`` elements cannot be filled from ``args``: each names a
     property, and an optional one has a valid ``default`` (an omitted value would otherwise
     shift the next argument into its place)."""
+    from jsonschema import Draft202012Validator
+
     properties = args.get("properties") or {}
     required = args.get("required") or []
     problems = []

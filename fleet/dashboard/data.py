@@ -29,6 +29,10 @@ from fleet.node.work.items import STATES as WORK_STATES
 RUNS_SHOWN = 10
 WORK_SHOWN = 20
 METRICS_TIMEOUT_S = 2.0
+IDLE_REFRESHES = 6
+"""Refresh intervals without a request after which the dashboard stops probing the fleet
+(at least :data:`MIN_IDLE_S` seconds)."""
+MIN_IDLE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -223,8 +227,12 @@ RecordSource = Callable[[str], Path | None]
 
 
 class Dashboard:
-    """The dashboard's data source, one per app: probes cached for half a refresh interval,
-    so many viewers cost one probe of the fleet per interval. Runs come from the run records
+    """The dashboard's data source, one per app. The first request probes the fleet itself
+    (the first fill); from then on a refresher thread of the dashboard's own probes it again
+    half a refresh interval after each probe for as long as someone asks (until ``idle_s``
+    passes without a request), and every request is answered at once from the newest probe:
+    many viewers cost one probe of the fleet per half interval, and none waits on one. Runs
+    come from the run records
     in ``records_dir`` unless ``runs`` gives them (the receiver's own runs, with logs);
     ``checks`` and ``logs`` are the receiver's drift checks and run logs; ``records`` finds
     the run record of one of those runs (by the same run id as ``logs``); ``work`` reads the
@@ -233,14 +241,19 @@ class Dashboard:
     def __init__(self, registry_path: Path, records_dir: Path, refresh_s: float = 5.0,
                  runs: RunSource | None = None, checks: CheckSource | None = None,
                  logs: LogSource | None = None, records: RecordSource | None = None,
-                 work: WorkSource | None = None) -> None:
+                 work: WorkSource | None = None, idle_s: float | None = None) -> None:
         self.registry_path = registry_path
         self.records_dir = records_dir
         self.refresh_s = refresh_s
+        self.idle_s = max(IDLE_REFRESHES * refresh_s, MIN_IDLE_S) if idle_s is None else idle_s
         self.runs, self.checks, self.logs, self.records = runs, checks, logs, records
         self.work = work
-        self._lock = threading.Lock()
-        self._cached: tuple[float, Snapshot] | None = None
+        self._lock = threading.Lock()  # the cache, the last request, the refresher
+        self._taking = threading.Lock()  # one probe of the fleet at a time
+        self._cached: tuple[float, Snapshot] | None = None  # (monotonic time taken, snapshot)
+        self._wanted = 0.0  # when a request last asked (monotonic)
+        self._refresher: threading.Thread | None = None
+        self._stop = threading.Event()
         self.last_seen: dict[str, str] = {}
         self._agents: dict[str, Agent] = {}
         self.history = BusHistory(self._gauges, every_s=max(refresh_s, 5.0))
@@ -251,13 +264,70 @@ class Dashboard:
         return bus_gauges(agent) if agent is not None else {}
 
     def snapshot(self) -> Snapshot:
-        """The fleet now (or as probed less than half a refresh interval ago)."""
+        """The fleet as last probed: at once while the refresher keeps it fresh (or it is
+        less than half a refresh interval old); otherwise probed now (the first fill, or the
+        first request after the dashboard went unwatched)."""
         with self._lock:
-            if self._cached and time.monotonic() - self._cached[0] < self.refresh_s / 2:
+            self._wanted = time.monotonic()
+            if self._cached and (self.refreshing or self._fresh(self._cached[0])):
+                self._start_refresher()
                 return self._cached[1]
-            snapshot = self._take()
-            self._cached = (time.monotonic(), snapshot)
-            return snapshot
+        with self._taking:
+            with self._lock:  # another request may have filled it while this one waited
+                cached = self._cached
+            if cached is None or not self._fresh(cached[0]):
+                cached = self._store(self._take())
+        with self._lock:
+            self._start_refresher()
+        return cached[1]
+
+    def stop(self) -> None:
+        """End the refresher and the bus history's sampler (tests)."""
+        self._stop.set()
+        self.history.stop()
+
+    def _fresh(self, taken: float) -> bool:
+        return time.monotonic() - taken < self.refresh_s / 2
+
+    @property
+    def refreshing(self) -> bool:
+        """Whether the refresher keeps the snapshot fresh now."""
+        return self._refresher is not None and self._refresher.is_alive()
+
+    def _store(self, snapshot: Snapshot) -> tuple[float, Snapshot]:
+        cached = (time.monotonic(), snapshot)
+        with self._lock:
+            self._cached = cached
+        return cached
+
+    def _start_refresher(self) -> None:
+        """Start the refresher unless it runs (called with ``_lock`` held)."""
+        if not self.refreshing and not self._stop.is_set():
+            self._refresher = threading.Thread(target=self._refresh, daemon=True,
+                                               name="dashboard-refresh")
+            self._refresher.start()
+
+    def _refresh(self) -> None:
+        """Probe the fleet half a refresh interval after each probe while requests come. A
+        probe that fails ends the refresher: the next request then probes itself once its
+        snapshot is stale, and the failure reaches that request (as without a refresher)."""
+        while not self._stop.is_set():
+            with self._lock:
+                if time.monotonic() - self._wanted > self.idle_s:
+                    self._refresher = None  # unwatched: the next request fills it again
+                    return
+                due = (self._cached[0] + self.refresh_s / 2 - time.monotonic()
+                       if self._cached else 0.0)
+            if due > 0 and self._stop.wait(due):
+                return
+            with self._taking:
+                try:
+                    snapshot = self._take()
+                except Exception:  # reported by the request that probes next
+                    with self._lock:
+                        self._refresher = None
+                    return
+            self._store(snapshot)
 
     def _take(self) -> Snapshot:
         try:

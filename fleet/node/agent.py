@@ -11,7 +11,7 @@ from bus.client import BusClient
 from bus.keys import PRIVATE_KEY_ENV
 from fleet.core.registry import load_registry
 from fleet.core.work_config import holds_forge_tokens
-from fleet.node import runtime
+from fleet.node.runtime import service as runtime
 from fleet.node.runtime.loop import Runtime
 from fleet.node.work.messages import ITEM
 from fleet.node.work.worker import Worker

@@ -18,8 +18,8 @@ from bus.client import BusClient
 from bus.keys import PRIVATE_KEY_ENV
 from fleet.control.secrets import BUS_KEY
 from fleet.core.registry import load_registry
-from fleet.node.runtime import from_env
 from fleet.node.runtime.loop import Runtime, response_id
+from fleet.node.runtime.service import from_env
 from fleet.node.runtime.state import STABLE_S, read_state, runtime_problems
 from tests.bus.conftest import Gateway
 from tests.runtime.conftest import KEYS, MockProvider

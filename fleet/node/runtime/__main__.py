@@ -2,6 +2,6 @@
 
 import sys
 
-from fleet.node.runtime import main
+from fleet.node.runtime.service import main
 
 sys.exit(main())
