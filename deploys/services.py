@@ -97,7 +97,7 @@ def runtime(ctx: AgentContext) -> list[Outcome]:
             changed.append(ctx.plan(managed_file, f"Runtime file {relative}", dest=dest,
                                     content=source.read_text(encoding="utf-8"), user="root",
                                     group="root", mode=mode, node=ctx.node, diffs=ctx.diffs()))
-        # a link (until 0.3.0: a folder, which is replaced)
+        # compatibility: until 0.3.0: a ship folder, not a link
         changed.append(ctx.plan(symlink, RUNTIME_SHIP_LINK, path=ctx.ship_dir,
                                 target=ctx.ship_target, node=ctx.node))
     unit_file = ctx.plan(managed_file, RUNTIME_UNIT_FILE, dest=f"/etc/systemd/system/{unit}",
