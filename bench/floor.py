@@ -30,34 +30,12 @@ from pathlib import Path
 from typing import Any
 
 IMPORTS = "import pyinfra_cli.main, pyinfra.api, pyinfra.connectors.ssh"
-# Run in a fresh interpreter: imports, then one connection and round trip per host.
-PROBE = IMPORTS + """
-import json, sys
-from concurrent.futures import ThreadPoolExecutor
-import paramiko
-targets = json.loads(sys.argv[1])
-def probe(t):
-    client = paramiko.SSHClient()
-    client.load_host_keys(t["known_hosts"])
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect(t["host"], port=t["port"], username=t["user"], key_filename=t["key"],
-                   look_for_keys=False, allow_agent=False, timeout=30)
-    _, out, _ = client.exec_command("true")
-    status = out.channel.recv_exit_status()
-    client.close()
-    return status
-with ThreadPoolExecutor(len(targets)) as pool:
-    assert not any(pool.map(probe, targets))
-"""
-
-
-# After the connections are open: send TARBALL to each host and unpack it, all at once; prints
-# the seconds that took.
-TRANSFER = IMPORTS + """
+# Both scripts below: the imports, then a paramiko connection per host (the lab's key, the
+# pinned host keys), as pyinfra's SSH connector opens it.
+CONNECT = IMPORTS + """
 import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
 import paramiko
-targets, tarball = json.loads(sys.argv[1]), sys.argv[2]
 def connect(t):
     client = paramiko.SSHClient()
     client.load_host_keys(t["known_hosts"])
@@ -68,6 +46,23 @@ def connect(t):
 def run(client, command):
     _, out, _ = client.exec_command(command)
     assert out.channel.recv_exit_status() == 0, command
+"""
+# Run in a fresh interpreter: imports, then one connection and round trip per host.
+PROBE = CONNECT + """
+targets = json.loads(sys.argv[1])
+def probe(t):
+    client = connect(t)
+    run(client, "true")
+    client.close()
+with ThreadPoolExecutor(len(targets)) as pool:
+    list(pool.map(probe, targets))
+"""
+
+
+# After the connections are open: send TARBALL to each host and unpack it, all at once; prints
+# the seconds that took.
+TRANSFER = CONNECT + """
+targets, tarball = json.loads(sys.argv[1]), sys.argv[2]
 def move(client):
     _, out, _ = client.exec_command("mktemp -d /var/tmp/fleet-floor.XXXXXX")
     scratch = out.read().decode().strip()
