@@ -207,10 +207,12 @@ def test_requests_wait_while_the_model_is_down_and_are_answered_after(fleet: Fle
 def test_release_whose_runtime_cannot_reach_its_provider_is_rolled_back(fleet: Fleet) -> None:
     before = requests.get(f"http://{load_registry(fleet.registry).get(WORKER).host}:8646"
                           "/health", timeout=10).json()["release"]
-    source = fleet.clone / "fleet" / "node" / "runtime" / "__init__.py"
+    source = fleet.clone / "fleet" / "node" / "runtime" / "service.py"
     text = source.read_text()
-    source.write_text(text.replace("return Provider(base_url=agent.provider_url,",
-                                   "return Provider(base_url='http://127.0.0.1:9/v1',"))
+    broken_text = text.replace("return Provider(base_url=agent.provider_url,",
+                               "return Provider(base_url='http://127.0.0.1:9/v1',")
+    assert broken_text != text  # the runtime's provider is made there
+    source.write_text(broken_text)
     git = ["git", "-C", str(fleet.clone), "-c", "user.name=t", "-c", "user.email=t@localhost"]
     subprocess.run([*git, "commit", "-qam", "runtime calls nothing"], check=True)
     try:
