@@ -177,10 +177,21 @@ def config_json(data: Mapping[str, Any]) -> str:
         raise RenderError(f"config.json: {exc}") from None
 
 
+YAML_UNFOLDED = 2**31 - 1
+"""The registry copy's line width: no line is folded. PyYAML's Python and C (libyaml)
+emitters fold long escaped strings at different columns and write the same text otherwise,
+so either renders a node's copy byte for byte alike (a controller without libyaml changes no
+node)."""
+_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def registry_copy(data: Mapping[str, Any]) -> str:
-    """The node's registry copy: YAML (control characters escaped by the dumper) that loads
-    back to exactly ``data``, else :class:`RenderError`."""
-    text = yaml.safe_dump(dict(data), sort_keys=False)
-    if yaml.safe_load(text) != data:
+    """The node's registry copy: YAML (control characters escaped by the dumper, no line
+    folded) that loads back to exactly ``data``, else :class:`RenderError`. Rendered once per
+    host, each a copy of the whole registry: libyaml's emitter and parser where PyYAML has
+    them (about ten times faster), else PyYAML's own, which write the same text."""
+    text = yaml.dump(dict(data), Dumper=_DUMPER, sort_keys=False, width=YAML_UNFOLDED)
+    if yaml.load(text, Loader=_LOADER) != data:  # a safe loader
         raise RenderError("the registry copy does not load back to the registry's values")
     return REGISTRY_COPY_HEADER + text

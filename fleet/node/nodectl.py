@@ -272,8 +272,10 @@ def wait_healthy(port: int, expect: dict[str, str], timeout: float, roundtrip: b
     started = monotonic()
     deadline = started + timeout
     running_since: float | None = None
-    while True:
-        crashed = watch() if watch else []
+    first = True
+    while True:  # the units are watched from the second look on: the caller just saw them
+        crashed = watch() if watch and not first else []
+        first = False
         if crashed:  # with what /health says about it (a runtime's state names its error)
             status, body = get_health(port)
             said = [str(problem) for problem in (body or {}).get("problems", [])]
@@ -419,18 +421,33 @@ def up_for(state: dict[str, str]) -> float:
     return (monotonic_us() - entered) / 1e6 if entered else 0.0
 
 
+class Looks:
+    """What verify saw last: each unit's state and the /health answer (when it was good), so
+    the audit facts that follow ask neither again."""
+
+    def __init__(self) -> None:
+        self.units: dict[str, dict[str, str]] = {}
+        self.health: tuple[int, Any] | None = None
+
+    def unit(self, unit: str) -> dict[str, str]:
+        """``unit_state(unit)``, kept as the unit's last look."""
+        self.units[unit] = unit_state(unit)
+        return self.units[unit]
+
+
 def stayed_up(port: int, expect: dict[str, str], first: dict[str, dict[str, str]],
-              roundtrip: bool = False) -> list[str]:
+              roundtrip: bool = False, looks: Looks | None = None) -> list[str]:
     """Why the units did not stay up across their stability window: each must have been
     active ``STABLE_S`` seconds (a runtime unit ``RUNTIME_STABLE_S``) since it last started,
     with the same activation time, restart count and main process as in ``first`` (taken
     when verify began), so a unit that crashes and is restarted fails however its restarts
     fall. Units up for longer are checked at once (no wait); after a wait /health is asked
-    again."""
+    again. ``looks`` keeps the last look at each unit and the last good /health."""
+    looks = looks or Looks()
     waited = False
     for unit, before in first.items():
         window = RUNTIME_STABLE_S if unit.startswith("fleet-runtime-") else STABLE_S
-        now = unit_state(unit)  # one look per unit: its problems and how long it has been up
+        now = looks.unit(unit)  # one look per unit: its problems and how long it has been up
         found = unit_problems(unit, before, now)
         if found:
             return found
@@ -440,18 +457,23 @@ def stayed_up(port: int, expect: dict[str, str], first: dict[str, dict[str, str]
             waited = True
     if not waited:  # each was just seen up past its window, and /health just found good
         return []
+    looks.health = None  # asked again below
     for unit, before in first.items():
-        found = unit_problems(unit, before, unit_state(unit))
+        found = unit_problems(unit, before, looks.unit(unit))
         if found:
             return found
     status, body = get_health(port, roundtrip=roundtrip)
-    return health_problems(status, body, expect)
+    problems = health_problems(status, body, expect)
+    looks.health = None if problems else (status, body)
+    return problems
 
 
 def checked(unit: str, runtime_unit: str | None, port: int, expect: dict[str, str],
-            timeout: float) -> tuple[list[str], Any]:
+            timeout: float, looks: Looks | None = None) -> tuple[list[str], Any]:
     """Wait for /health to show ``expect`` while watching the agent's units (the gateway and
-    its runtime, if any), then make sure they stayed up: (problems, last /health body)."""
+    its runtime, if any), then make sure they stayed up: (problems, last /health body).
+    ``looks`` keeps what was seen last (see :class:`Looks`)."""
+    looks = looks or Looks()
     units = [unit, *([runtime_unit] if runtime_unit else [])]
     first = {name: unit_state(name) for name in units}
 
@@ -462,18 +484,26 @@ def checked(unit: str, runtime_unit: str | None, port: int, expect: dict[str, st
     problems, body = wait_healthy(port, expect, timeout, roundtrip=bool(runtime_unit),
                                   watch=watch)
     if not problems:
-        problems = stayed_up(port, expect, first, roundtrip=bool(runtime_unit))
+        looks.health = (200, body)  # no problem: /health answered 200 with the expected body
+        problems = stayed_up(port, expect, first, roundtrip=bool(runtime_unit), looks=looks)
+    if problems:
+        looks.health = None
     return problems, body
 
 
-def verify(args: argparse.Namespace) -> VerifyOutcome:
-    """Check the deployed agent; on failure optionally roll back (see module docstring)."""
+def verify(args: argparse.Namespace, looks: Looks | None = None) -> VerifyOutcome:
+    """Check the deployed agent; on failure optionally roll back (see module docstring).
+    ``looks`` keeps what was seen last, for the audit facts (none after a rollback)."""
     expect = {"release": args.release, "config_hash": args.config_hash,
               "soul_sha256": args.soul_sha}
-    problems, body = checked(args.unit, args.runtime_unit, args.port, expect, args.timeout)
+    looks = looks or Looks()
+    problems, body = checked(args.unit, args.runtime_unit, args.port, expect, args.timeout,
+                             looks)
     result: VerifyOutcome = {"ok": not problems, "problems": problems, "health": body,
                              "release": args.release}
     if problems and args.rollback:
+        looks.units.clear()
+        looks.health = None
         result["rollback"] = rollback(args.unit, args.port, None, args.timeout,
                                       args.runtime_unit,
                                       args.agent if args.restore_env else None)
@@ -556,8 +586,10 @@ def unit_state(unit: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
 
 
-def facts(args: argparse.Namespace) -> AgentFacts:
-    """Everything the audit phase records about one agent on this node."""
+def facts(args: argparse.Namespace, looks: Looks | None = None) -> AgentFacts:
+    """Everything the audit phase records about one agent on this node; the unit's state and
+    a good /health answer verify just saw (``looks``) are not asked again."""
+    looks = looks or Looks()
     etc = Path("/etc/fleet") / args.agent
     home = Path(os.path.expanduser(f"~{args.login_user}"))
     keys_file = home / ".ssh" / "authorized_keys"
@@ -565,7 +597,7 @@ def facts(args: argparse.Namespace) -> AgentFacts:
         key_lines = keys_file.read_text().splitlines()
     except OSError:
         key_lines = []
-    status, body = get_health(args.port)
+    status, body = looks.health or get_health(args.port)
     return {
         "release": current_release(),
         "releases": sorted(p.name for p in RELEASES.iterdir() if p.is_dir()
@@ -575,7 +607,7 @@ def facts(args: argparse.Namespace) -> AgentFacts:
         "files": {str(path): file_info(path) for path in (
             etc / "soul.md", etc / "env", etc / "config.json", etc,
             Path("/var/lib/fleet") / args.agent)},
-        "unit": unit_state(args.unit),
+        "unit": looks.units.get(args.unit) or unit_state(args.unit),
         "ports": listening_ports(),
         "authorized_keys": [fp for fp in map(fingerprint, key_lines) if fp],
         "sudoers": sudoers(),
@@ -1596,11 +1628,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "facts":
         result = facts(args)
     else:
-        checked_agent = (verify(args) if args.command == "verify" else
+        looks = Looks()
+        checked_agent = (verify(args, looks) if args.command == "verify" else
                          rollback(args.unit, args.port, args.to, args.timeout, args.runtime_unit,
                                   with_state=args.with_state))
         if args.agent:
-            checked_agent["facts"] = facts(args)
+            checked_agent["facts"] = facts(args, looks)
         result = checked_agent
     json.dump(result, sys.stdout, sort_keys=True)
     sys.stdout.write("\n")

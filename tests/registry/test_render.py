@@ -11,6 +11,7 @@ import json
 import tempfile
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
@@ -143,6 +144,63 @@ def test_every_accepted_registry_renders_config_keys_and_registry_copy_exactly(
             copy.provider_url, copy.runtime_command) == (
         agent.model, agent.description, agent.region, agent.config, agent.provider,
         agent.provider_url, agent.runtime_command)
+
+
+# Any YAML value: text of every code point but surrogates (control characters included, which
+# the registry refuses but a value from code might hold), numbers, nesting; keys as the
+# registry takes them (a key with a control character is written another way by each).
+any_key = st.text(min_size=1, max_size=12).filter(
+    lambda key: not any(unsafe_character(char) for char in key))
+any_yaml = st.recursive(
+    st.one_of(st.text(max_size=300), st.integers(), st.booleans(), st.none(),
+              st.floats(allow_nan=False)),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_key, inner, max_size=4),
+    max_leaves=20)
+
+
+def python_emitter_copy(data: Any) -> str:
+    """The registry copy as a controller whose PyYAML lacks libyaml renders it."""
+    with mock.patch.object(render, "_DUMPER", yaml.SafeDumper), \
+            mock.patch.object(render, "_LOADER", yaml.SafeLoader):
+        return render.registry_copy(data)
+
+
+needs_libyaml = pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML without libyaml")
+
+
+@needs_libyaml
+@SETTINGS
+@given(agents(), agents())
+def test_every_accepted_registry_copy_is_the_same_text_with_or_without_libyaml(
+        first: dict, second: dict) -> None:
+    registry = load({"wizards": {"a": first, "b": {**second, "role": "worker"}}})
+    if registry is None:
+        return
+    data = yaml.safe_load(context(registry).node_registry().removeprefix(
+        render.REGISTRY_COPY_HEADER))
+    assert render.registry_copy(data) == python_emitter_copy(data)
+
+
+@needs_libyaml
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.dictionaries(any_key, any_yaml, max_size=5))
+def test_the_registry_copy_is_the_same_text_with_or_without_libyaml_for_any_value(
+        data: dict) -> None:
+    try:
+        expected = python_emitter_copy(data)
+    except render.RenderError:
+        with pytest.raises(render.RenderError):
+            render.registry_copy(data)
+        return
+    assert render.registry_copy(data) == expected
+
+
+def test_a_long_escaped_value_stays_on_one_line_of_the_copy() -> None:
+    """The width at which libyaml and PyYAML's emitter would fold it differently."""
+    value = "\xa1" * 4 + "\u0100" * 2 + "\U00010000" * 40
+    body = render.registry_copy({"description": value}).removeprefix(
+        render.REGISTRY_COPY_HEADER)
+    assert body.count("\n") == 1 and yaml.safe_load(body) == {"description": value}
 
 
 @SETTINGS

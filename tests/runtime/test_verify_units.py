@@ -179,11 +179,57 @@ def test_the_state_file_of_the_runtime_before_the_restart_is_waited_out(
 
 def test_an_agent_up_long_since_is_verified_with_one_look_at_each_unit_after_health(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A no-change deploy verifies agents up for long: each unit is looked at once after
-    /health was found good (its problems and how long it has been up from the same look),
-    not three times: at 50 nodes sharing a machine every ``systemctl show`` counts. Here:
-    once when verify begins, twice while /health is polled, once after (five before)."""
-    node = Node(Runtime(start=0.0, life=math.inf))
+    """A no-change deploy verifies agents up for long: each unit is looked at when verify
+    begins and once after /health was found good (its problems and how long it has been up
+    from the same look); not watched before the first /health, which comes right after the
+    first look: at 50 nodes sharing a machine every ``systemctl show`` counts (five looks at
+    each unit at stop 36, four at stop 37)."""
+    node = Node(Runtime(start=1.0, life=math.inf))
     problems, _ = verify(node, monkeypatch)
     assert problems == []
-    assert (node.asked.count(GATEWAY), node.asked.count(RUNTIME)) == (4, 4), node.asked
+    assert (node.asked.count(GATEWAY), node.asked.count(RUNTIME)) == (2, 2), node.asked
+
+
+def audit_facts(node: Node, monkeypatch: pytest.MonkeyPatch, **args: Any) -> dict[str, Any]:
+    """``fleet-nodectl verify --agent bezalel`` on ``node``: the outcome with its audit facts
+    (the node's files read from wherever nodectl looks; only units and /health matter here)."""
+    monkeypatch.setattr(nodectl, "unit_state", node.unit_state)
+    monkeypatch.setattr(nodectl, "get_health", node.get_health)
+    monkeypatch.setattr(nodectl, "sleep", node.sleep)
+    monkeypatch.setattr(nodectl, "monotonic_us", lambda: int(node.now * 1e6))
+    monkeypatch.setattr(nodectl, "rollback", lambda *_, **__: {"ok": True})
+    namespace = argparse.Namespace(
+        release=RELEASE, config_hash="", soul_sha="", unit=GATEWAY, runtime_unit=RUNTIME,
+        port=8646, timeout=20.0, rollback=True, restore_env=False, agent="bezalel",
+        login_user="root", **args)
+    looks = nodectl.Looks()
+    result = dict(nodectl.verify(namespace, looks))
+    result["facts"] = nodectl.facts(namespace, looks)
+    return result
+
+
+def test_the_audit_facts_after_a_good_verify_ask_neither_systemd_nor_health_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    node = Node(Runtime(start=1.0, life=math.inf))
+    healths: list[float] = []
+    answer = node.get_health
+    node.get_health = lambda port, timeout=2.0, roundtrip=False: (  # type: ignore[method-assign]
+        healths.append(node.now) or answer(port, timeout, roundtrip))
+    result = audit_facts(node, monkeypatch)
+    assert result["ok"] and len(healths) == 1
+    assert (node.asked.count(GATEWAY), node.asked.count(RUNTIME)) == (2, 2), node.asked
+    facts = result["facts"]
+    assert facts["health_status"] == 200 and facts["health"]["release"] == RELEASE
+    assert facts["unit"]["ActiveState"] == "active" and facts["unit"]["MainPID"] == "77"
+
+
+def test_the_audit_facts_after_a_failed_verify_are_asked_afresh(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a failure (and its rollback) the node has changed: the audit sees it anew."""
+    node = Node(Runtime(start=0.0, life=0.05, writes=False))
+    result = audit_facts(node, monkeypatch)
+    assert not result["ok"]
+    looks_after = node.asked.count(GATEWAY)
+    health_status = result["facts"]["health_status"]
+    assert health_status == 503
+    assert node.asked[-1] == GATEWAY and looks_after >= 2
