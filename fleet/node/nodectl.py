@@ -210,23 +210,26 @@ def prune(keep: int) -> Pruned:
 
 def get_health(port: int, timeout: float = 2.0,
                roundtrip: bool = False) -> tuple[int, dict[str, Any] | None]:
-    """(HTTP status, JSON body) of the local gateway's /health; status 0 when unreachable.
-    ``roundtrip`` asks the gateway for a live model round trip too."""
-    import urllib.error  # here: the controller imports this module for its constants
-    import urllib.request
+    """(HTTP status, JSON body) of the local gateway's /health; status 0 when unreachable,
+    body None when it is not JSON. ``roundtrip`` asks the gateway for a live model round trip
+    too. ``http.client``, not ``urllib.request``: half the import time, on every verify."""
+    import http.client  # here: the controller imports this module for its constants
 
-    url = f"http://127.0.0.1:{port}/health" + ("?roundtrip=1" if roundtrip else "")
+    path = "/health" + ("?roundtrip=1" if roundtrip else "")
     timeout = max(timeout, 15.0) if roundtrip else timeout
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, json.loads(exc.read())
-        except ValueError:
-            return exc.code, None
-    except (OSError, ValueError):
+        connection.request("GET", path)
+        response = connection.getresponse()
+        status, raw = response.status, response.read()
+    except (OSError, http.client.HTTPException):
         return 0, None
+    finally:
+        connection.close()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, None
 
 
 def health_problems(status: int, body: dict[str, Any] | None, expect: dict[str, str]) -> list[str]:
