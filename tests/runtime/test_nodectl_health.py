@@ -1,7 +1,7 @@
 """``fleet-nodectl``'s look at the local gateway's /health (:func:`fleet.node.nodectl.get_health`)
 against a real HTTP server on loopback: the status and JSON body of any answer, status 0 for no
-answer (nothing listening, a server that never answers, a broken status line), and no body for
-an answer that is not JSON."""
+answer (nothing listening, a server that never answers or stops halfway, a broken status line,
+an answer over the limit), and no body for an answer that is not a JSON object."""
 
 from __future__ import annotations
 
@@ -52,18 +52,27 @@ def test_the_status_and_body_of_a_good_and_a_failing_answer(gateway: int) -> Non
         503, {"status": "fail", "problems": ["x"]})
 
 
-def test_an_answer_that_is_not_json_has_no_body(gateway: int,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Gateway, "answers", {"/health": (200, b"<html>up</html>")})
+@pytest.mark.parametrize("body", [b"<html>up</html>", b"\xff\xfe{", b"[1, 2]",
+                                  b"[" * 100_000 + b"]" * 100_000])
+def test_an_answer_that_is_not_a_json_object_has_no_body(
+        gateway: int, monkeypatch: pytest.MonkeyPatch, body: bytes) -> None:
+    monkeypatch.setattr(Gateway, "answers", {"/health": (200, body)})
     assert nodectl.get_health(gateway) == (200, None)
     assert nodectl.health_problems(200, None, {}) == ["gateway not answering on /health"]
+
+
+def test_an_answer_over_the_limit_is_no_answer(gateway: int,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    big = b'{"x": "' + b"a" * nodectl.HEALTH_MAX_BYTES + b'"}'
+    monkeypatch.setattr(Gateway, "answers", {"/health": (200, big)})
+    assert nodectl.get_health(gateway) == (0, None)
 
 
 def test_nothing_listening_is_status_zero() -> None:
     assert nodectl.get_health(free_port()) == (0, None)
 
 
-@pytest.mark.parametrize("reply", [b"", b"garbage\r\n\r\n"])
+@pytest.mark.parametrize("reply", [b"", b"garbage\r\n\r\n", b"HTTP/1.0 200 OK\r\nContent-"])
 def test_a_server_that_never_answers_or_answers_garbage_is_status_zero(reply: bytes) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -76,8 +85,8 @@ def test_a_server_that_never_answers_or_answers_garbage_is_status_zero(reply: by
                 connection.recv(4096)
                 if reply:
                     connection.sendall(reply)
-                    return
-                connection.recv(4096)  # holds the connection until the client gives up
+                if not reply.startswith(b"garbage"):
+                    connection.recv(4096)  # holds the connection until the client gives up
 
         thread = threading.Thread(target=answer, daemon=True)
         thread.start()
