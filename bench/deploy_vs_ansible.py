@@ -40,12 +40,14 @@ sys.path.insert(0, str(REPO))
 
 from bench import floor  # noqa: E402
 from bench._common import (  # noqa: E402
+    QUIET_BUSY,
     Measured,
     clone,
     equivalence_problems,
     fleet_command,
     fleet_env,
     run_measured,
+    settle,
     stock_python,
 )
 from bench.ansible import tool  # noqa: E402
@@ -104,12 +106,13 @@ def run_tool(name: str, checkout: Path, registry: Path, work: Path, release: str
     env = stock_python(env)
     try:
         for phase in ("cold", "no_change"):
+            waited, busy = settle()  # the nodes' agents just started (or were just deployed)
             load = os.getloadavg()[0]
             measured = run_measured(command, env, checkout, work / f"{name}-{phase}.log")
             if measured.returncode != 0:
                 raise BenchError(f"{name} {phase} failed (exit {measured.returncode}), see "
                                  f"{measured.log}:\n{measured.output()[-3000:]}")
-            runs[phase] = sample(measured, load)
+            runs[phase] = {**sample(measured, load), "settled_s": waited, "busy_before": busy}
             if name == "fleet":
                 runs[phase]["operations"] = planned_operations(records)
             if name != "fleet":
@@ -274,6 +277,12 @@ def markdown(data: dict[str, Any]) -> str:
         loads = [r[p]["load_before"] for runs in size["runs"].values() for r in runs
                  for p in ("cold", "no_change")]
         checks = next(iter(size["runs"].values()))[0]["checks"]
+        busy = [r[p]["busy_before"] for runs in size["runs"].values() for r in runs
+                for p in ("cold", "no_change") if "busy_before" in r[p]]
+        if busy:
+            lines += ["", "Each timed run began once the machine was quiet (its CPUs busy at "
+                      f"most {QUIET_BUSY:.0%} of two seconds in a row, waiting at most 180 s): "
+                      f"busy {min(busy):.0%}-{max(busy):.0%} in the second before."]
         lines += ["", f"Load average before runs: {min(loads):.1f}-{max(loads):.1f}. Checks "
                   f"after each tool: {checks} (tests/live in round 1); the second Ansible "
                   "run changed=0 on every host.", ""]
@@ -384,6 +393,7 @@ def save(data: dict[str, Any], size: dict[str, Any], path: Path) -> None:
 def floor_of(checkout: Path, registry: Path, tarball: Path) -> dict[str, Any]:
     """The floor and the equal-work minimum, measured in a process with the clone's code
     (``bench/floor.py``)."""
+    settle()
     done = subprocess.run([sys.executable, str(Path(floor.__file__)), str(registry),
                            "--release", str(tarball)],
                           env=stock_python({**os.environ, "PYTHONPATH": f"{checkout}:{REPO}"}),
