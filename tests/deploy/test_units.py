@@ -218,6 +218,22 @@ def test_nodectl_prune_removes_prestaged_unused_releases_first_never_current(
     assert nodectl.prune(keep=1)["kept"] == ["222222222222"]
 
 
+def test_nodectl_prune_removes_the_upload_of_a_deploy_killed_before_unpacking(
+        node_root: Path) -> None:
+    """A deploy killed between upload and unpack leaves ``.unpack-<id>.tar.gz`` (a file, a
+    whole release tarball) and maybe a half-filled ``.unpack-<id>``: the release is not
+    installed (no folder of its own), and the next prune removes both."""
+    nodectl.switch("111111111111")
+    releases = node_root / "releases"
+    (releases / ".unpack-aaaaaaaaaaa5.tar.gz").write_bytes(b"\x1f\x8b" + b"x" * 4096)
+    (releases / ".unpack-aaaaaaaaaaa5" / "site").mkdir(parents=True)
+    (releases / ".unpack-aaaaaaaaaaa6").symlink_to("111111111111")  # never followed
+    assert nodectl.prune(keep=3)["removed"] == []
+    assert sorted(path.name for path in releases.iterdir()) == [
+        "111111111111", "222222222222", "333333333333"]
+    assert (releases / "111111111111" / "site").is_dir()
+
+
 def test_nodectl_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:
     key = tmp_path / "k"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
