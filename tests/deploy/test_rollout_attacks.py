@@ -4,19 +4,33 @@ one is killed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
+import sys
 import textwrap
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from deploys import gate, lock
+from fleet.control import rollout
 from fleet.control.inventory import inventory_groups
+from fleet.control.records import RECORDS_ENV, RUN_ID_ENV, RecordWatch, load_record
 from fleet.control.rollout import RolloutOptions, plan_waves, pyinfra_command, select
 from fleet.core.registry import ROLES, load_registry, parse_registry
+from tests.deploy.fake_stage import HANG_ENV, TRACE_ENV, script_rollout
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,3 +99,111 @@ def test_no_inventory_group_is_named_like_an_agent(
                      if name in [entry[0] for entry in entries]}
         assert role in member_of
         assert len(member_of) >= 1 + bool(caps), member_of
+
+
+@pytest.fixture
+def trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fleet repository whose stages are ``fake_stage`` processes, the canary's hanging
+    until killed; the folder they trace into is yielded. Every stage process still running
+    at the end (by the pid it wrote) is killed."""
+    (tmp_path / "inventory.py").write_text("")
+    (tmp_path / "deploy.py").write_text("")
+    folder = tmp_path / "trace"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(RECORDS_ENV, str(tmp_path / "records"))
+    monkeypatch.setenv(RUN_ID_ENV, "run-k")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.delenv("FLEET_SECRETS", raising=False)
+    monkeypatch.setenv(TRACE_ENV, str(folder))
+    monkeypatch.setenv(HANG_ENV, "0")
+    yield folder
+    if (folder / "1.pid").exists():  # the canary started too: its pid comes at once
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: (folder / "0.pid").exists(), 10)
+    for pid_file in folder.glob("*.pid"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def at_gate(trace: Path) -> None:
+    """Wait until the canary's process started (hanging) and stage 1's waits at its gate."""
+    wait_for(lambda: (trace / "0.pid").exists() and (trace / "1.waiting").exists(), 60,
+             "the canary started and stage 1 at its gate")
+
+
+def gone(pid: int) -> bool:
+    """The process ended (reaped, or a zombie its new parent has not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_controller_killed_while_a_stage_waits_at_its_gate_skips_its_hosts_and_unlocks(
+        trace: Path) -> None:
+    """``fleet deploy`` is killed (SIGKILL) while the canary deploys and the first batch
+    waits at its gate: the batch's host is recorded skipped at once (the verdict pipe ended),
+    its deploy lock released, and its process ends; nothing later starts."""
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "tests.deploy.fake_stage", "--cli", "--registry",
+         str(REPO / "registry.yaml"), "deploy", "--batch", "1"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        at_gate(trace)
+        watch = RecordWatch("run-k")
+        assert "bezalel" not in watch.read().get("hosts", {})
+        stage = int((trace / "1.pid").read_text())
+        controller.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        controller.wait()
+        entry = wait_for(lambda: watch.read().get("hosts", {}).get("bezalel"), 10,
+                         "bezalel's entry")
+        assert time.monotonic() - killed < 5
+        assert entry == {"status": "skipped", "reason": gate.GONE}
+        command = (trace / "bezalel.released").read_text()
+        assert f" = {socket.gethostname()}:{stage}." in command
+        assert command.endswith(f":run-k ] && rm -rf {lock.LOCK_DIR}; true; }}")
+        wait_for(lambda: gone(stage), 10, "stage 1's process to end")
+        assert watch.read().get("verdicts", {}) == {}
+        assert not (trace / "2.pid").exists()
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+            controller.wait()
+
+
+@pytest.mark.parametrize(("allowed", "status", "batch"), [(0, "failed", "skipped"),
+                                                           (1, "degraded", "ok")])
+def test_a_stage_process_killed_mid_run_is_judged_failed_by_the_rules(
+        trace: Path, allowed: int, status: str, batch: str) -> None:
+    """The canary's process is killed (SIGKILL) mid-run, the first batch waiting at its gate:
+    the controller does not hang; it judges the canary failed (no audit record), then stops
+    the rollout (the batch skipped) or, with ``--max-failures 1``, lets the batch deploy."""
+    script_rollout()
+    result: dict[str, rollout.RolloutResult] = {}
+
+    def deploy() -> None:
+        result["done"] = rollout.deploy_fleet(
+            load_registry(REPO / "registry.yaml"),
+            RolloutOptions(batch=1, max_failures=allowed), lambda line: None)
+
+    runner = threading.Thread(target=deploy, daemon=True)
+    runner.start()
+    at_gate(trace)
+    os.kill(int((trace / "0.pid").read_text()), signal.SIGKILL)
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "the controller hangs"
+    record = load_record("run-k")
+    assert record["status"] == status
+    assert record["hosts"]["ezra-primary"]["status"] == "failed"
+    assert record["hosts"]["ezra-primary"]["reason"] == rollout.NO_ENTRY
+    assert record["verdicts"]["0"] == {"go": bool(allowed), "failures": 1, "allowed": allowed}
+    assert record["hosts"]["bezalel"]["status"] == batch
+    assert record["stages"][0]["exit_code"] == -signal.SIGKILL
+    released = (trace / "bezalel.released").exists()
+    assert released is (batch == "skipped")
+    if released:  # the lock the stage's process took (its owner names that process)
+        command = (trace / "bezalel.released").read_text()
+        assert f" = {socket.gethostname()}:{(trace / '1.pid').read_text()}." in command
+        assert command.endswith(f":run-k ] && rm -rf {lock.LOCK_DIR}; true; }}")
