@@ -5,6 +5,7 @@ one is killed."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -19,12 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deploys import gate, lock
 from fleet.control import rollout
+from fleet.control import rollout_events as ev
 from fleet.control.inventory import inventory_groups
 from fleet.control.records import RECORDS_ENV, RUN_ID_ENV, RecordWatch, load_record
 from fleet.control.rollout import RolloutOptions, plan_waves, pyinfra_command, select
@@ -207,3 +208,48 @@ def test_a_stage_process_killed_mid_run_is_judged_failed_by_the_rules(
         command = (trace / "bezalel.released").read_text()
         assert f" = {socket.gethostname()}:{(trace / '1.pid').read_text()}." in command
         assert command.endswith(f":run-k ] && rm -rf {lock.LOCK_DIR}; true; }}")
+
+
+pipe_lines = st.lists(st.one_of(
+    st.integers(0, 999999).map(lambda n: b"%d" % n),  # a note
+    st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")),  # garbage, invalid UTF-8
+    st.integers(507, 520).map(lambda n: b"7" * n),  # digits around the line limit
+    st.just("\ud800".encode("utf-8", "surrogatepass"))), max_size=8)  # a lone surrogate
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=pipe_lines, cuts=st.lists(st.integers(0, 4000), max_size=6), end=st.booleans())
+def test_the_verdict_pipe_counts_the_same_however_the_reads_cut_the_lines(
+        lines: list[bytes], cuts: list[int], end: bool) -> None:
+    """Whatever lines come (notes, garbage, digits past the limit, a lone surrogate) and
+    wherever the pipe's reads cut them, exactly the stage-number lines of at most
+    :data:`~fleet.control.rollout_events.MAX_LINE` bytes count; a last line without its
+    newline never does."""
+    data = b"\n".join(lines) + (b"\n" if end and lines else b"")
+    pipe = ev.VerdictPipe(-1)
+    at = 0
+    for cut in sorted({min(cut, len(data)) for cut in cuts} | {len(data)}):
+        if cut > at:
+            pipe._take(data[at:cut])
+            at = cut
+    complete = lines if end else lines[:-1]
+    assert pipe.notes == sum(1 for line in complete
+                             if re.fullmatch(rb"[0-9]{1,6}", line) and len(line) <= ev.MAX_LINE)
+    pipe._take(b"")
+    assert pipe.closed
+
+
+@pytest.mark.parametrize("line", [
+    b'{"host": "\\ud800", "phase": "verify"}\n',  # a lone surrogate, JSON-escaped
+    b'{"host": "a", "phase": "\\udfff"}\n',
+    '{"host": "a", "phase": "\ud800"}\n'.encode("utf-8", "surrogatepass"),  # raw, not UTF-8
+    b'{"host": "\\u0430", "phase": "verify"}\n',  # a Cyrillic look-alike of "a"
+    b'{"host": "a", "recorded": true, "phase": "verify"}\n',
+    b'{"host": "a", "phase": "verify"' + b" " * 600 + b"}\n",  # longer than a line may be
+    b"[" * 511 + b"\n",  # deep nesting within the limit
+    b'{"host": "a", "recorded": 1e999}\n',
+    b"\x00" * 40 + b"\n",
+])
+def test_the_phase_pipe_skips_hostile_lines_and_reads_the_next(line: bytes) -> None:
+    notes = list(ev.read_notes(io.BytesIO(line + ev.recorded_line("b") + line[:-1])))
+    assert notes == [ev.HostRecorded("b")]
