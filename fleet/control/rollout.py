@@ -491,11 +491,14 @@ class Rollout:
 
     def _take(self, index: int, which: int, note: str | HostPhase | HostRecorded | None) -> bool:
         """Handle one note of stage ``which`` while stage ``index`` is followed; True when the
-        record may now hold more of stage ``index`` (a "recorded" note of it, or its end)."""
+        record may now hold more of stage ``index`` (a "recorded" note of it, or its end). A
+        phase or "recorded" note naming a host of another stage is dropped."""
         process = self.processes[which]
         if note is None:
             process.ended()
             return which == index
+        if isinstance(note, HostPhase | HostRecorded) and note.host not in self.stages[which]:
+            return False  # a stage speaks for its own hosts only
         if isinstance(note, HostPhase):
             self.observe(note)
         elif isinstance(note, HostRecorded):
