@@ -18,13 +18,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deploys import gate, lock
-from fleet.control import rollout
+from fleet.control import records, rollout
 from fleet.control import rollout_events as ev
 from fleet.control.inventory import inventory_groups
 from fleet.control.records import RECORDS_ENV, RUN_ID_ENV, RecordWatch, load_record
@@ -253,3 +254,52 @@ def test_the_verdict_pipe_counts_the_same_however_the_reads_cut_the_lines(
 def test_the_phase_pipe_skips_hostile_lines_and_reads_the_next(line: bytes) -> None:
     notes = list(ev.read_notes(io.BytesIO(line + ev.recorded_line("b") + line[:-1])))
     assert notes == [ev.HostRecorded("b")]
+
+
+def test_verdict_notes_twice_early_or_of_another_stage_only_make_the_gate_read_the_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 2's gate waits for the verdict on stage 1. Notes for stage 1 before its verdict
+    is in the record (twice), a verdict on stage 0 and on stage 2 (another stage's), a note
+    naming stage 7: the gate reads the record on each and waits on; the verdict on stage 1,
+    noted as stage 0, stops it."""
+    monkeypatch.setenv(RECORDS_ENV, str(tmp_path))
+    monkeypatch.setenv(RUN_ID_ENV, "r-notes")
+    read, write = os.pipe()
+    monkeypatch.setenv(ev.VERDICT_FD_ENV, str(read))
+    reads: list[int] = []
+    real = gate.verdict_on
+    monkeypatch.setattr(gate, "verdict_on", lambda run_id, stage: (
+        reads.append(stage), real(run_id, stage))[1])
+    target = SimpleNamespace(name="b", data={}, logged=[], commands=[])
+    target.log_styled = lambda text, **_: target.logged.append(text)
+    target.run_shell_command = lambda command, **_: (target.commands.append(str(command)),
+                                                     (True, None))[1]
+    answer: list[bool] = []
+    waiter = threading.Thread(target=lambda: answer.append(
+        gate.gate_passed(None, target, 2, os.getppid())))  # type: ignore[arg-type]
+    def note(*stages: int) -> None:
+        """Write notes naming ``stages``; wait until the gate read the record again."""
+        before = len(reads)
+        os.write(write, b"".join(map(ev.verdict_line, stages)))
+        wait_for(lambda: len(reads) > before, 10, f"a read on the notes {stages}")
+
+    try:
+        waiter.start()
+        wait_for(lambda: len(reads) == 1, 10)
+        note(1, 1)
+        note(1)
+        records.set_verdict("r-notes", 0, {"go": True, "failures": 0, "allowed": 0})
+        records.set_verdict("r-notes", 2, {"go": True, "failures": 0, "allowed": 0})
+        note(7)
+        assert waiter.is_alive() and not answer
+        records.set_verdict("r-notes", 1, {"go": False, "failures": 1, "allowed": 0})
+        os.write(write, ev.verdict_line(0))
+        waiter.join(timeout=10)
+        assert answer == [False]
+        assert set(reads) == {1}  # only the verdict on stage 1 is ever looked at
+        assert records.load_record("r-notes")["hosts"]["b"]["status"] == "skipped"
+        assert target.commands == [lock.release_command(lock.owner())]
+    finally:
+        os.close(write)
+        waiter.join(timeout=10)
+        os.close(read)
