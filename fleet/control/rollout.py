@@ -37,6 +37,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,7 @@ from fleet.core.registry import REGISTRY_ENV, Registry
 
 Echo = Callable[[str], None]
 FINAL = ("ok", "failed", "rolled_back", "skipped")
+STOP_GRACE_S = 10.0  # a failing controller lets later stages skip at their gates this long
 NO_ENTRY = ("no audit record: not reached over SSH (no connection, or its snapshot could "
             "not be read); see the pyinfra output of this stage")
 NO_ENTRY_REACHED = ("no audit record: reached over SSH, then the deploy stopped before verify; "
@@ -380,6 +382,7 @@ class Rollout:
         self.unreachable: list[str] = []  # regions found unreachable, in order
         self.stopped = False
         self.stopped_after = -1  # the stage after which the rollout stopped
+        self.following = -1  # the stage whose process is followed now
         release = None if options.action == "rollback" else build_release(self.root)
         self.release = release.id if release else ""
         self.env = stage_env(registry, self.run_id, release_env(release) if release else {})
@@ -419,8 +422,7 @@ class Rollout:
         try:
             self._stages()
         finally:
-            for process in self.processes.values():
-                process.stop()
+            self._stop_processes()
         status = ("failed" if self.stopped else "partial" if self.unreachable
                   else "degraded" if any(self.failures.values()) else "ok")
         update_run(self.run_id, status=status, finished=utc_timestamp(),
@@ -429,6 +431,27 @@ class Rollout:
         self._tell_outcomes(self.names, record)
         self.observe(RolloutFinished(status))
         return record
+
+    def _stop_processes(self) -> None:
+        """End every stage process still running (only when the controller itself fails).
+        The stages not followed yet are told the controller is gone first (their verdict
+        pipes close): their hosts waiting at the gate are skipped and release their deploy
+        locks; any of them still running after :data:`STOP_GRACE_S` is killed too."""
+        for process in self.processes.values():
+            process.close_verdict()
+        later = [process for index, process in sorted(self.processes.items())
+                 if index > self.following]
+        for process in self.processes.values():
+            if process not in later:
+                process.stop()
+        deadline = time.monotonic() + STOP_GRACE_S
+        try:
+            for process in later:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        finally:  # a second interrupt while waiting: killed now
+            for process in later:
+                process.stop()
 
     def not_deployed(self) -> list[str]:
         """The hosts of a stopped rollout that were skipped (a host with nothing to change
@@ -473,6 +496,7 @@ class Rollout:
         go to the observer as they come. The record is read when following starts, on each
         "recorded" note of this stage and at its end, never on a timer."""
         process = self.processes[index]
+        self.following = index
         for line in process.backlog:
             self.echo(line)
         process.backlog.clear()

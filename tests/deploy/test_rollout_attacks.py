@@ -303,3 +303,48 @@ def test_verdict_notes_twice_early_or_of_another_stage_only_make_the_gate_read_t
         os.close(write)
         waiter.join(timeout=10)
         os.close(read)
+
+
+def test_a_controller_failing_lets_the_waiting_stage_skip_and_unlock_before_it_stops_it(
+        trace: Path) -> None:
+    """The controller fails (here its observer raises) while the canary deploys and the first
+    batch waits at its gate: it stops the canary's process, and the batch's hosts are told
+    the controller is gone (skipped, their locks released) instead of being killed at the
+    gate with their nodes locked and no record of them."""
+    script_rollout()
+
+    def observe(event: ev.RolloutEvent) -> None:
+        if event == ev.HostPhase("bezalel", "waiting"):
+            wait_for(lambda: (trace / "0.pid").exists(), 60, "the canary's process")
+            raise RuntimeError("the controller fails")
+
+    with pytest.raises(RuntimeError, match="the controller fails"):
+        rollout.deploy_fleet(load_registry(REPO / "registry.yaml"), RolloutOptions(batch=1),
+                             lambda line: None, observe)
+    assert gone(int((trace / "0.pid").read_text()))
+    entry = load_record("run-k")["hosts"]["bezalel"]
+    assert entry == {"status": "skipped", "reason": gate.GONE}
+    assert (trace / "bezalel.released").read_text().endswith(
+        f":run-k ] && rm -rf {lock.LOCK_DIR}; true; }}")
+    assert not (trace / "2.pid").exists()
+
+
+def test_a_later_stage_that_does_not_end_within_the_grace_is_killed(
+        trace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller fails while the first batch's process hangs before its gate: it waits
+    :data:`~fleet.control.rollout.STOP_GRACE_S` for it, then kills it; it never hangs."""
+    script_rollout()
+    monkeypatch.setenv(HANG_ENV, "1")
+    monkeypatch.setattr(rollout, "STOP_GRACE_S", 1.0)
+
+    def observe(event: ev.RolloutEvent) -> None:
+        if event == ev.HostPhase("bezalel", "preflight"):
+            wait_for(lambda: (trace / "1.pid").exists(), 60, "the batch's process")
+            raise RuntimeError("the controller fails")
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="the controller fails"):
+        rollout.deploy_fleet(load_registry(REPO / "registry.yaml"), RolloutOptions(batch=1),
+                             lambda line: None, observe)
+    assert time.monotonic() - started < 30
+    assert gone(int((trace / "1.pid").read_text()))
