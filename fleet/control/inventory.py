@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
 from typing import Any
 
 from fleet.control.hosts import (
@@ -15,9 +14,9 @@ from fleet.control.hosts import (
     unknown_agents,
 )
 from fleet.control.sshdeadline import PARAMIKO_CONNECT_KWARGS
-from fleet.core.registry import GROUP_NAMES, ROLES, Agent, Registry
+from fleet.core.registry import ROLES, Agent, Registry
 
-RESERVED_GROUPS = set(GROUP_NAMES)
+RESERVED_GROUPS = {"all", "inventory", *ROLES}
 HostEntry = tuple[str, dict[str, Any]]
 
 
@@ -41,14 +40,10 @@ def host_data(agent: Agent, registry: Registry) -> dict[str, Any]:
     return data
 
 
-def capability_group(capability: str, agents: Collection[str] = ()) -> str:
-    """Inventory group name for a capability: prefixed (``capability-``) while it would clash
-    with a role, ``all``, ``inventory`` or one of ``agents`` (pyinfra's ``--limit NAME`` takes
-    a group of that name before a host: a rollout stage of the agent would deploy the group)."""
+def capability_group(capability: str) -> str:
+    """Inventory group name for a capability (prefixed when it would clash with a role)."""
     name = re.sub(r"[^A-Za-z0-9_-]", "_", capability)
-    while name in RESERVED_GROUPS or name in agents:
-        name = f"capability-{name}"
-    return name
+    return f"capability-{name}" if name in RESERVED_GROUPS else name
 
 
 def host_key_warnings(registry: Registry) -> list[str]:
@@ -72,6 +67,5 @@ def inventory_groups(registry: Registry) -> dict[str, list[HostEntry]]:
     for agent in registry:
         groups[agent.role].append(entries[agent.name])
         for capability in agent.capabilities:
-            groups.setdefault(capability_group(capability, registry.agents), []).append(
-                entries[agent.name])
+            groups.setdefault(capability_group(capability), []).append(entries[agent.name])
     return groups

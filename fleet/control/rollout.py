@@ -5,7 +5,8 @@ gated on the regions before it; a region whose hosts all fail preflight (SSH inc
 reported unreachable and skipped, and the run ends ``partial``.
 
 Built on pyinfra's CLI only: each stage is one ``pyinfra -y inventory.py deploy.py --limit
-HOST ...`` process. Stage N+1's process starts while stage N deploys, so it connects and plans
+HOST ...`` process (each HOST as a pattern only it matches: :func:`limit_pattern`). Stage
+N+1's process starts while stage N deploys, so it connects and plans
 meanwhile; after preflight (and, with ``fleet.prestage`` or ``--prestage``, the release's
 upload and unpacking: ``--data prestage=true``) its gate (``deploys/gate.py``) waits for the
 controller's verdict on the earlier stages (a host with nothing to change does not wait: it is
@@ -82,7 +83,7 @@ from fleet.control.rollout_events import (
 from fleet.control.secrets import load_secrets
 from fleet.core.errors import DeployError
 from fleet.core.masking import Masker
-from fleet.core.registry import REGISTRY_ENV, Registry
+from fleet.core.registry import NAME_RE, REGISTRY_ENV, Registry
 
 Echo = Callable[[str], None]
 FINAL = ("ok", "failed", "rolled_back", "skipped")
@@ -201,6 +202,17 @@ def stage_label(registry: Registry, stages: list[list[str]], index: int) -> str:
     return "canary" if index == 0 and first.role == "orchestrator" else "workers"
 
 
+def limit_pattern(name: str) -> str:
+    """pyinfra's ``--limit`` for agent ``name`` and no other host: pyinfra reads a ``--limit``
+    value as a group name first (``worker``, ``inventory``, a capability) and only then as a
+    glob of host names, so an agent named like a group would have its stage deploy the group.
+    ``[w]orker`` names no group (group names have no brackets) and, as a glob, only ``worker``
+    (agent names are letters, digits and '-', literal in a glob)."""
+    if not NAME_RE.fullmatch(name):
+        raise DeployError(f"{name!r} is not an agent name", hint="Use an agent of the registry.")
+    return f"[{name[0]}]{name[1:]}"
+
+
 def pyinfra_command(hosts: Sequence[str], options: RolloutOptions, stage: int = 0,
                     prestage: bool = False) -> list[str]:
     """The pyinfra CLI call for one stage (``-y`` unless dry: a dry run shows the changes);
@@ -210,7 +222,7 @@ def pyinfra_command(hosts: Sequence[str], options: RolloutOptions, stage: int = 
                *([] if options.dry else ["-y"]),
                "inventory.py", "deploy.py"]
     for name in hosts:
-        command += ["--limit", name]
+        command += ["--limit", limit_pattern(name)]
     if stage:
         command += ["--data", f"rollout_stage={stage}",
                     "--data", f"rollout_controller={os.getpid()}"]

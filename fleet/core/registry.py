@@ -51,7 +51,6 @@ from fleet.core.work_config import (
 
 REGISTRY_ENV = "FLEET_REGISTRY"
 ROLES = ("orchestrator", "worker")
-GROUP_NAMES = ("all", "inventory", *ROLES)  # pyinfra inventory groups whatever the fleet
 DEFAULT_GATEWAY_PORT = 8646
 DEFAULT_SSH_PORT = 22
 DEFAULT_SSH_USER = "root"
@@ -687,10 +686,6 @@ class _Validator:
             if not NAME_RE.fullmatch(name):
                 self.problem(key_node, where, "agent name must be 1-31 characters of lowercase "
                              "letters, digits and '-', starting with a letter")
-            elif name in GROUP_NAMES:
-                self.problem(key_node, where, f"agent name {name!r} is the name of an inventory "
-                             "group (a role, 'all' or 'inventory'): pyinfra's --limit "
-                             f"{name} would pick the group; rename the agent")
             agent = self.agent(name, key_node, value_node)
             if agent is not None:
                 agents[name] = agent

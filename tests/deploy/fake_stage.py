@@ -56,7 +56,8 @@ def released(trace: Path | None, name: str) -> Callable[..., tuple[bool, None]]:
 
 def main(argv: list[str]) -> int:
     """Run the scripted stage; exit 1 when a host failed, as pyinfra does."""
-    hosts = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--limit"]
+    hosts = [argv[i + 1].replace("[", "").replace("]", "")  # rollout.limit_pattern's
+             for i, arg in enumerate(argv) if arg == "--limit"]
     data = dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv) if arg == "--data")
     stage, controller = int(data.get("rollout_stage", 0)), int(data.get("rollout_controller", 0))
     outcomes = json.loads(os.environ.get(OUTCOMES_ENV, "{}"))

@@ -5,15 +5,14 @@ one is killed."""
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import io
-import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -27,10 +26,16 @@ from hypothesis import strategies as st
 from deploys import gate, lock
 from fleet.control import records, rollout
 from fleet.control import rollout_events as ev
-from fleet.control.inventory import inventory_groups
 from fleet.control.records import RECORDS_ENV, RUN_ID_ENV, RecordWatch, load_record
-from fleet.control.rollout import RolloutOptions, plan_waves, pyinfra_command, select
-from fleet.core.registry import ROLES, load_registry, parse_registry
+from fleet.control.rollout import (
+    RolloutOptions,
+    limit_pattern,
+    plan_waves,
+    pyinfra_command,
+    select,
+)
+from fleet.core.errors import DeployError
+from fleet.core.registry import NAME_RE, load_registry
 from tests.deploy.fake_stage import HANG_ENV, TRACE_ENV, script_rollout
 from tests.waiting import wait_for
 
@@ -40,8 +45,10 @@ CLASHING = """\
 fleet:
   name: clash
 wizards:
-  o: {host: 127.0.0.2, ssh_port: 1, gateway_port: 8601, role: orchestrator,
-      model: m}
+  worker: {host: 127.0.0.2, ssh_port: 1, gateway_port: 8601, role: orchestrator,
+           model: m}
+  inventory: {host: 127.0.0.5, ssh_port: 1, gateway_port: 8604, role: orchestrator,
+              model: m}
   code: {host: 127.0.0.3, ssh_port: 1, gateway_port: 8602, role: worker, model: m}
   w2: {host: 127.0.0.4, ssh_port: 1, gateway_port: 8603, role: worker, model: m,
        capabilities: [code]}
@@ -62,45 +69,40 @@ def tried_hosts(registry: Path, hosts: list[str]) -> set[str]:
     return set(re.findall(r"\[([a-z][a-z0-9-]*)\]\s+Could not connect", out))
 
 
-def test_a_stage_of_an_agent_named_like_a_capability_deploys_that_agent_only(
+def test_each_stage_reaches_its_own_hosts_whatever_groups_share_their_names(
         tmp_path: Path) -> None:
-    """``--limit code`` names the agent ``code``; pyinfra takes a group of that name first, so
-    the capability group ``code`` (the worker ``w2``) must not be called so: the stage would
-    deploy ``w2`` and never ``code``, whose stage is then judged without it."""
+    """pyinfra reads ``--limit NAME`` as a group first: the canary ``worker`` (an
+    orchestrator) would have its stage, which has no gate, deploy every worker before any
+    verdict; ``inventory`` every host; ``code`` the capability group's ``w2``, never itself.
+    Each stage tries its own hosts only."""
     path = tmp_path / "registry.yaml"
     path.write_text(CLASHING)
     registry = load_registry(path)
     stages = [hosts for _, hosts in plan_waves(registry, select(registry, ()), 1)]
-    assert stages == [["o"], ["code"], ["w2"]]
+    assert stages == [["worker", "inventory"], ["code"], ["w2"]]
+    assert tried_hosts(path, ["worker"]) == {"worker"}
+    assert tried_hosts(path, ["worker", "inventory"]) == {"worker", "inventory"}
     assert tried_hosts(path, ["code"]) == {"code"}
-    assert tried_hosts(path, ["w2"]) == {"w2"}
 
 
-names = st.sampled_from(["code", "w2", "review", "capability-code", "gpu", "o"])
-capabilities = st.lists(st.sampled_from(["code", "review", "gpu", "worker", "all", "o",
-                                         "capability-code", "co.de"]), max_size=3, unique=True)
+agent_names = st.from_regex(NAME_RE, fullmatch=True)
 
 
-@settings(max_examples=60, deadline=None)
-@given(agents=st.dictionaries(names, st.tuples(st.sampled_from(ROLES), capabilities),
-                              min_size=1, max_size=5))
-def test_no_inventory_group_is_named_like_an_agent(
-        agents: dict[str, tuple[str, list[str]]]) -> None:
-    """Whatever the agents' names and capabilities, no inventory group bears an agent's name
-    (pyinfra's ``--limit`` would read it as the group), and every capable agent is in a group
-    of its capability."""
-    text = "wizards:\n" + "".join(
-        f"  {name}: {{host: 192.0.2.{index + 1}, role: {role}, model: m, "
-        f"capabilities: {json.dumps(caps)}}}\n"
-        for index, (name, (role, caps)) in enumerate(agents.items()))
-    registry = parse_registry(textwrap.dedent(text), Path("registry.yaml"))
-    groups = inventory_groups(registry)
-    assert not set(groups) & set(registry.agents)
-    for name, (role, caps) in agents.items():
-        member_of = {group for group, entries in groups.items()
-                     if name in [entry[0] for entry in entries]}
-        assert role in member_of
-        assert len(member_of) >= 1 + bool(caps), member_of
+@given(name=agent_names, others=st.lists(agent_names, max_size=8))
+def test_a_limit_pattern_names_no_group_and_globs_its_agent_only(
+        name: str, others: list[str]) -> None:
+    """pyinfra's rule for ``--limit``: a group of that name, else the hosts the glob matches.
+    No inventory group is named so (groups: roles, ``all``, ``inventory``, capabilities made
+    of letters, digits, '_' and '-'), and the glob matches ``name`` and no other agent."""
+    pattern = limit_pattern(name)
+    assert not re.fullmatch(r"[A-Za-z0-9_-]+", pattern)
+    assert [other for other in {name, *others} if fnmatch.fnmatchcase(other, pattern)] == [name]
+
+
+@pytest.mark.parametrize("bad", ["", "*", "a*", "[a]", "A", "a b", "w\n"])
+def test_a_limit_pattern_is_only_made_of_an_agent_name(bad: str) -> None:
+    with pytest.raises(DeployError, match="is not an agent name"):
+        limit_pattern(bad)
 
 
 @pytest.fixture

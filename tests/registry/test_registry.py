@@ -196,16 +196,6 @@ def test_bad_agent_name() -> None:
                      "lowercase letters, digits and '-', starting with a letter"]
 
 
-@pytest.mark.parametrize("name", ["worker", "orchestrator", "all", "inventory"])
-def test_an_agent_named_like_an_inventory_group_is_refused(name: str) -> None:
-    """pyinfra's ``--limit NAME`` picks the group of that name before a host: a rollout stage
-    of an agent named ``worker`` would deploy every worker, ungated."""
-    found = problems(GOOD.replace("  bezalel:", f"  {name}:"))
-    assert found == [f"registry.yaml:8: wizards.{name}: agent name {name!r} is the name of an "
-                     "inventory group (a role, 'all' or 'inventory'): pyinfra's --limit "
-                     f"{name} would pick the group; rename the agent"]
-
-
 def test_all_problems_reported_together() -> None:
     found = problems(GOOD.replace("role: worker", "role: boss").replace("modle", "model")
                      .replace("[ansible-deploy, webhook-receiver]", "yes"))
