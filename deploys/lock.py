@@ -70,13 +70,21 @@ def _holder_is(name: str) -> str:
 
 
 def take_command(me: str, stale_owner: str = "") -> str:
-    """Shell command taking the lock for ``me`` (or taking it over from ``stale_owner``)."""
+    """Shell command taking the lock for ``me`` (or taking it over from ``stale_owner``).
+
+    The lock appears with its owner in it: a folder holding ``owner`` is made beside it,
+    then renamed onto it (``mv -T``: atomic; it fails on a lock held, whose folder is not
+    empty, and replaces an empty one, which a deploy that died between ``mkdir`` and
+    writing its owner left: preflight reads such a lock as free)."""
+    lock, owner = shlex.quote(LOCK_DIR), shlex.quote(OWNER_FILE)
+    line = f"{shlex.quote(me)} \"$(date +%s)\""
     takeover = f" || {_holder_is(stale_owner)}" if stale_owner else ""
     return (
-        f"if mkdir {shlex.quote(LOCK_DIR)} 2>/dev/null || {_holder_is(me)}{takeover}; "
-        f"then echo {shlex.quote(me)} \"$(date +%s)\" > {shlex.quote(OWNER_FILE)}; "
-        f"else echo \"node is locked by another deploy: $(cat {shlex.quote(OWNER_FILE)}); "
-        f"remove {LOCK_DIR} if that deploy is dead\" >&2; exit 1; fi"
+        f"{{ t=$(mktemp -d {lock}.XXXXXX) && echo {line} > \"$t/owner\" || exit 1; "
+        f"if mv -T \"$t\" {lock} 2>/dev/null; then :; "
+        f"elif rm -rf \"$t\"; {_holder_is(me)}{takeover}; then echo {line} > {owner}; "
+        f"else echo \"node is locked by another deploy: $(cat {owner}); "
+        f"remove {LOCK_DIR} if that deploy is dead\" >&2; exit 1; fi; }}"
     )
 
 

@@ -5,7 +5,8 @@ gated on the regions before it; a region whose hosts all fail preflight (SSH inc
 reported unreachable and skipped, and the run ends ``partial``.
 
 Built on pyinfra's CLI only: each stage is one ``pyinfra -y inventory.py deploy.py --limit
-HOST ...`` process. Stage N+1's process starts while stage N deploys, so it connects and plans
+HOST ...`` process (each HOST as a pattern only it matches: :func:`limit_pattern`). Stage
+N+1's process starts while stage N deploys, so it connects and plans
 meanwhile; after preflight (and, with ``fleet.prestage`` or ``--prestage``, the release's
 upload and unpacking: ``--data prestage=true``) its gate (``deploys/gate.py``) waits for the
 controller's verdict on the earlier stages (a host with nothing to change does not wait: it is
@@ -37,6 +38,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,10 +83,11 @@ from fleet.control.rollout_events import (
 from fleet.control.secrets import load_secrets
 from fleet.core.errors import DeployError
 from fleet.core.masking import Masker
-from fleet.core.registry import REGISTRY_ENV, Registry
+from fleet.core.registry import NAME_RE, REGISTRY_ENV, Registry
 
 Echo = Callable[[str], None]
 FINAL = ("ok", "failed", "rolled_back", "skipped")
+STOP_GRACE_S = 10.0  # a failing controller lets later stages skip at their gates this long
 NO_ENTRY = ("no audit record: not reached over SSH (no connection, or its snapshot could "
             "not be read); see the pyinfra output of this stage")
 NO_ENTRY_REACHED = ("no audit record: reached over SSH, then the deploy stopped before verify; "
@@ -199,6 +202,17 @@ def stage_label(registry: Registry, stages: list[list[str]], index: int) -> str:
     return "canary" if index == 0 and first.role == "orchestrator" else "workers"
 
 
+def limit_pattern(name: str) -> str:
+    """pyinfra's ``--limit`` for agent ``name`` and no other host: pyinfra reads a ``--limit``
+    value as a group name first (``worker``, ``inventory``, a capability) and only then as a
+    glob of host names, so an agent named like a group would have its stage deploy the group.
+    ``[w]orker`` names no group (group names have no brackets) and, as a glob, only ``worker``
+    (agent names are letters, digits and '-', literal in a glob)."""
+    if not NAME_RE.fullmatch(name):
+        raise DeployError(f"{name!r} is not an agent name", hint="Use an agent of the registry.")
+    return f"[{name[0]}]{name[1:]}"
+
+
 def pyinfra_command(hosts: Sequence[str], options: RolloutOptions, stage: int = 0,
                     prestage: bool = False) -> list[str]:
     """The pyinfra CLI call for one stage (``-y`` unless dry: a dry run shows the changes);
@@ -208,7 +222,7 @@ def pyinfra_command(hosts: Sequence[str], options: RolloutOptions, stage: int = 
                *([] if options.dry else ["-y"]),
                "inventory.py", "deploy.py"]
     for name in hosts:
-        command += ["--limit", name]
+        command += ["--limit", limit_pattern(name)]
     if stage:
         command += ["--data", f"rollout_stage={stage}",
                     "--data", f"rollout_controller={os.getpid()}"]
@@ -380,6 +394,7 @@ class Rollout:
         self.unreachable: list[str] = []  # regions found unreachable, in order
         self.stopped = False
         self.stopped_after = -1  # the stage after which the rollout stopped
+        self.following = -1  # the stage whose process is followed now
         release = None if options.action == "rollback" else build_release(self.root)
         self.release = release.id if release else ""
         self.env = stage_env(registry, self.run_id, release_env(release) if release else {})
@@ -419,8 +434,7 @@ class Rollout:
         try:
             self._stages()
         finally:
-            for process in self.processes.values():
-                process.stop()
+            self._stop_processes()
         status = ("failed" if self.stopped else "partial" if self.unreachable
                   else "degraded" if any(self.failures.values()) else "ok")
         update_run(self.run_id, status=status, finished=utc_timestamp(),
@@ -429,6 +443,27 @@ class Rollout:
         self._tell_outcomes(self.names, record)
         self.observe(RolloutFinished(status))
         return record
+
+    def _stop_processes(self) -> None:
+        """End every stage process still running (only when the controller itself fails).
+        The stages not followed yet are told the controller is gone first (their verdict
+        pipes close): their hosts waiting at the gate are skipped and release their deploy
+        locks; any of them still running after :data:`STOP_GRACE_S` is killed too."""
+        for process in self.processes.values():
+            process.close_verdict()
+        later = [process for index, process in sorted(self.processes.items())
+                 if index > self.following]
+        for process in self.processes.values():
+            if process not in later:
+                process.stop()
+        deadline = time.monotonic() + STOP_GRACE_S
+        try:
+            for process in later:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        finally:  # a second interrupt while waiting: killed now
+            for process in later:
+                process.stop()
 
     def not_deployed(self) -> list[str]:
         """The hosts of a stopped rollout that were skipped (a host with nothing to change
@@ -473,6 +508,7 @@ class Rollout:
         go to the observer as they come. The record is read when following starts, on each
         "recorded" note of this stage and at its end, never on a timer."""
         process = self.processes[index]
+        self.following = index
         for line in process.backlog:
             self.echo(line)
         process.backlog.clear()
@@ -491,11 +527,14 @@ class Rollout:
 
     def _take(self, index: int, which: int, note: str | HostPhase | HostRecorded | None) -> bool:
         """Handle one note of stage ``which`` while stage ``index`` is followed; True when the
-        record may now hold more of stage ``index`` (a "recorded" note of it, or its end)."""
+        record may now hold more of stage ``index`` (a "recorded" note of it, or its end). A
+        phase or "recorded" note naming a host of another stage is dropped."""
         process = self.processes[which]
         if note is None:
             process.ended()
             return which == index
+        if isinstance(note, HostPhase | HostRecorded) and note.host not in self.stages[which]:
+            return False  # a stage speaks for its own hosts only
         if isinstance(note, HostPhase):
             self.observe(note)
         elif isinstance(note, HostRecorded):

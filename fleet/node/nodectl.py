@@ -192,7 +192,8 @@ def switch(release: str) -> Switched:
 
 
 def prune(keep: int) -> Pruned:
-    """Delete releases beyond the newest ``keep`` (by last use), never the current one."""
+    """Delete releases beyond the newest ``keep`` (by last use), never the current one, and
+    what an unpack cut short left (``.unpack-<id>`` and its uploaded ``.unpack-<id>.tar.gz``)."""
     installed = [path.name for path in RELEASES.iterdir()
                  if path.is_dir() and not path.name.startswith(".")]
     order = {release: index for index, release in enumerate(history())}
@@ -203,8 +204,11 @@ def prune(keep: int) -> Pruned:
     removed = [name for name in installed if name not in kept]
     for name in removed:
         shutil.rmtree(RELEASES / name)
-    for stale in RELEASES.glob(".unpack-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in RELEASES.glob(".unpack-*"):  # an unpack cut short: its folder, its upload
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
     return {"kept": kept, "removed": removed}
 
 

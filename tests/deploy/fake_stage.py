@@ -15,16 +15,22 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from deploys.gate import wait_for_verdict
+from deploys.gate import gate_passed
 from fleet.control import rollout
 from fleet.control.records import RecordWatch, current_run_id, update_host
 from fleet.control.rollout_events import send_phase, send_recorded
 
 OUTCOMES_ENV = "FAKE_STAGE_OUTCOMES"
 LINGER_ENV = "FAKE_STAGE_LINGER"  # seconds a stage runs on after its output (default 0)
+TRACE_ENV = "FAKE_STAGE_TRACE"  # a folder: each stage writes ``<stage>.pid`` as it starts,
+# ``<stage>.waiting`` before its gate and ``<host>.released`` when the gate releases the lock
+HANG_ENV = "FAKE_STAGE_HANG"  # a stage number: that stage hangs once started (until killed)
+FOREIGN_ENV = "FAKE_STAGE_FOREIGN"  # a host name every stage also reports as verified and
+# recorded, whichever stage it belongs to (a stage speaking for another's host)
 
 
 def script_rollout(setattr_: Callable[[Any, str, Any], None] = setattr) -> None:
@@ -39,22 +45,42 @@ def script_rollout(setattr_: Callable[[Any, str, Any], None] = setattr) -> None:
         sys.executable, "-m", "tests.deploy.fake_stage", *real(*args, **kwargs)[3:]])
 
 
+def released(trace: Path | None, name: str) -> Callable[..., tuple[bool, None]]:
+    """The host's ``run_shell_command``: the gate runs only the lock's release through it."""
+    def run(command: object, **kwargs: object) -> tuple[bool, None]:
+        if trace:
+            (trace / f"{name}.released").write_text(str(command))
+        return True, None
+    return run
+
+
 def main(argv: list[str]) -> int:
     """Run the scripted stage; exit 1 when a host failed, as pyinfra does."""
-    hosts = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--limit"]
+    hosts = [argv[i + 1].replace("[", "").replace("]", "")  # rollout.limit_pattern's
+             for i, arg in enumerate(argv) if arg == "--limit"]
     data = dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv) if arg == "--data")
     stage, controller = int(data.get("rollout_stage", 0)), int(data.get("rollout_controller", 0))
     outcomes = json.loads(os.environ.get(OUTCOMES_ENV, "{}"))
     run_id = current_run_id()
     lines = ["--> Loading config...", "--> Connecting to hosts...",
              *[f"    [{name}] Connected" for name in hosts]]
+    trace = Path(os.environ[TRACE_ENV]) if os.environ.get(TRACE_ENV) else None
+    if trace:
+        (trace / f"{stage}.pid").write_text(str(os.getpid()))
     for name in hosts:
         send_phase(name, "preflight")
+    if os.environ.get(FOREIGN_ENV):
+        send_phase(os.environ[FOREIGN_ENV], "verify")
+        send_recorded(os.environ[FOREIGN_ENV])
+    while os.environ.get(HANG_ENV) == str(stage):
+        time.sleep(3600)
+    if trace and stage:
+        (trace / f"{stage}.waiting").write_text("")
     go = {}
     for name in hosts:
-        target = SimpleNamespace(name=name, log_styled=lambda text, **_: lines.append(
-            f"    {text}"))
-        go[name] = not stage or wait_for_verdict(None, target, stage, controller)  # type: ignore[arg-type]
+        target = SimpleNamespace(name=name, data={}, log_styled=lambda text, **_: lines.append(
+            f"    {text}"), run_shell_command=released(trace, name))
+        go[name] = not stage or gate_passed(None, target, stage, controller)  # type: ignore[arg-type]
     lines.append("--> Starting operation: Baseline | Agent user and group")
     for name in hosts:
         if go[name]:

@@ -350,3 +350,56 @@ def test_the_flag_overrides_the_registry_setting(
 def test_the_help_names_the_flag() -> None:
     done = CliRunner().invoke(main, ["deploy", "--help"])
     assert "--prestage / --no-prestage" in done.output
+
+
+def snapshot_releases(releases: Path, current: Path) -> NodeSnapshot:
+    """The node snapshot's ``releases`` and ``current`` as the real snapshot command reads
+    them from a local folder (``sh``)."""
+    from deploys.facts import NodeState
+
+    fact = NodeState()
+    command = fact.command(paths=[str(releases)], user="nobody-here", unit="none.service",
+                           current=str(current), releases_dir=str(releases),
+                           keys_file=str(releases / "no-keys"))
+    done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=False)
+    return fact.process(done.stdout.splitlines())
+
+
+@pytest.mark.parametrize("killed", ["after-upload", "mid-unpack", "mid-upload"])
+def test_a_prestage_killed_between_upload_and_unpack_is_never_used_and_redone_whole(
+        tmp_path: Path, killed: str) -> None:
+    """A deploy killed after its upload, in the middle of unpacking, or in the middle of
+    the upload leaves ``.unpack-<id>.tar.gz`` (whole or cut) and maybe a half-filled
+    ``.unpack-<id>``: the node's snapshot does not list the release (so the next deploy
+    pre-stages it again, and ``fleet-nodectl switch`` refuses it), and the next deploy's
+    upload and unpack leave it whole, with nothing of the first try."""
+    tarball, releases = tmp_path / "release.tar.gz", tmp_path / "releases"
+    (tmp_path / "site").mkdir()
+    for index in range(50):
+        (tmp_path / "site" / f"m{index}.py").write_text(f"x = {index}\n" * 50)
+    with tarfile.open(tarball, "w:gz") as archive:
+        archive.add(tmp_path / "site", arcname="site")
+    releases.mkdir()
+    upload, unpack = ops._unpacked(str(tarball), str(releases), RELEASE)
+    assert isinstance(upload, FileUploadCommand)
+    whole = tarball.read_bytes()
+    Path(upload.dest).write_bytes(whole if killed != "mid-upload" else whole[:len(whole) // 2])
+    if killed == "mid-unpack":
+        staging = releases / f".unpack-{RELEASE}" / "site"
+        staging.mkdir(parents=True)
+        (staging / "m0.py").write_text("half")
+        (staging / "stray.py").write_text("from the first try")
+    node = snapshot_releases(releases, tmp_path / "current")
+    assert node["releases"] == [] and node["current"] is None
+    ctx = SimpleNamespace(prestage=True, rollback=False, release=SimpleNamespace(id=RELEASE),
+                          node=node)
+    assert AgentContext.prestages(ctx)  # type: ignore[arg-type]  # staged again, whole
+    Path(upload.dest).write_bytes(whole)  # the next deploy's upload
+    done = subprocess.run(["sh", "-c", unpack], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert sorted(path.name for path in releases.iterdir()) == [RELEASE]
+    site = releases / RELEASE / "site"
+    assert sorted(path.name for path in site.iterdir()) == sorted(
+        path.name for path in (tmp_path / "site").iterdir())
+    assert (site / "m0.py").read_text() == "x = 0\n" * 50
+    assert snapshot_releases(releases, tmp_path / "current")["releases"] == [RELEASE]

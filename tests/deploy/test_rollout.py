@@ -64,11 +64,11 @@ def test_limit_names_unknown_values(registry) -> None:
 def test_each_stage_is_a_plain_pyinfra_cli_call() -> None:
     command = pyinfra_command(["a", "b"], RolloutOptions(dry=True, diff=True))
     assert command[1:] == ["-m", "fleet.control.pyinfra_launcher", "inventory.py", "deploy.py",
-                           "--limit", "a", "--limit", "b", "--dry", "--diff"]
+                           "--limit", "[a]", "--limit", "[b]", "--dry", "--diff"]
     command = pyinfra_command(["b"], RolloutOptions(), stage=2)
     assert command[1:] == ["-m", "fleet.control.pyinfra_launcher", "-y", "inventory.py",
                            "deploy.py",
-                           "--limit", "b", "--data", "rollout_stage=2",
+                           "--limit", "[b]", "--data", "rollout_stage=2",
                            "--data", f"rollout_controller={os.getpid()}"]
 
 

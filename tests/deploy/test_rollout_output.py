@@ -21,7 +21,7 @@ from fleet.control import rollout
 from fleet.control import rollout_events as ev
 from fleet.control.records import RECORDS_ENV, RUN_ID_ENV, RecordWatch, RunRecord, Verdict
 from fleet.core.registry import load_registry
-from tests.deploy.fake_stage import LINGER_ENV, script_rollout
+from tests.deploy.fake_stage import FOREIGN_ENV, LINGER_ENV, script_rollout
 from tests.terminal import final_screen, run_on_terminal
 
 REPO = Path(__file__).resolve().parents[2]
@@ -221,3 +221,24 @@ def test_a_region_unreachable_for_three_batches_does_not_hold_up_the_next_region
     assert result.status == "partial"
     assert {name: entry["status"] for name, entry in result.hosts.items()} == {
         "o": "ok", "e1": "skipped", "e2": "skipped", "e3": "skipped", "u1": "ok"}
+
+
+def test_a_stage_speaks_for_its_own_hosts_only(scripted: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every stage's process also reports ``allegro`` (the last batch's host) as verified:
+    only allegro's own stage may tell its phases, so the view never shows it verifying while
+    its stage waits or was skipped."""
+    monkeypatch.setenv(FOREIGN_ENV, "allegro")
+    events: list[ev.RolloutEvent] = []
+    result = rollout.deploy_fleet(load_registry(REPO / "registry.yaml"),
+                                  rollout.RolloutOptions(batch=1), lambda line: None,
+                                  events.append)
+    assert result.status == "failed"
+    phases = [(event.host, event.phase) for event in events if isinstance(event, ev.HostPhase)]
+    assert ("allegro", "waiting") in phases
+    assert ("allegro", "verify") in phases  # its own stage said so (the scripted stage does)
+    first_of_its_stage = next(i for i, event in enumerate(events)
+                              if event == ev.StageStarted(2))
+    assert ("allegro", "verify") not in [
+        (event.host, event.phase) for event in events[:first_of_its_stage]
+        if isinstance(event, ev.HostPhase)]

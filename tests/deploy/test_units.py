@@ -218,6 +218,22 @@ def test_nodectl_prune_removes_prestaged_unused_releases_first_never_current(
     assert nodectl.prune(keep=1)["kept"] == ["222222222222"]
 
 
+def test_nodectl_prune_removes_the_upload_of_a_deploy_killed_before_unpacking(
+        node_root: Path) -> None:
+    """A deploy killed between upload and unpack leaves ``.unpack-<id>.tar.gz`` (a file, a
+    whole release tarball) and maybe a half-filled ``.unpack-<id>``: the release is not
+    installed (no folder of its own), and the next prune removes both."""
+    nodectl.switch("111111111111")
+    releases = node_root / "releases"
+    (releases / ".unpack-aaaaaaaaaaa5.tar.gz").write_bytes(b"\x1f\x8b" + b"x" * 4096)
+    (releases / ".unpack-aaaaaaaaaaa5" / "site").mkdir(parents=True)
+    (releases / ".unpack-aaaaaaaaaaa6").symlink_to("111111111111")  # never followed
+    assert nodectl.prune(keep=3)["removed"] == []
+    assert sorted(path.name for path in releases.iterdir()) == [
+        "111111111111", "222222222222", "333333333333"]
+    assert (releases / "111111111111" / "site").is_dir()
+
+
 def test_nodectl_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:
     key = tmp_path / "k"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -398,6 +414,33 @@ def test_lock_release_removes_only_its_own_lock(tmp_path: Path,
     assert lock_dir.exists()
     subprocess.run(["sh", "-c", lock.release_command("me:1:r")], check=True)
     assert not lock_dir.exists()
+
+
+def test_a_lock_left_without_its_owner_does_not_lock_the_node_for_good(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deploy that died between making the lock folder and writing its owner (or could not
+    write it: /run full) left an ownerless lock: preflight reads it as free, so the next
+    deploy must be able to take it, not fail on it until someone removes it by hand. A lock
+    with its owner still keeps every other deploy out, and a take never leaves the lock
+    ownerless (the owner is written before the lock appears)."""
+    from deploys import lock
+
+    lock_dir = tmp_path / "fleet-deploy.lock"
+    monkeypatch.setattr(lock, "LOCK_DIR", str(lock_dir))
+    monkeypatch.setattr(lock, "OWNER_FILE", str(lock_dir / "owner"))
+    lock_dir.mkdir()
+    assert lock.blocker("", "me:1:r", 0.0) == (None, "")  # what preflight makes of it
+    take = subprocess.run(["sh", "-c", lock.take_command("me:1:r")], capture_output=True,
+                          text=True, check=False)
+    assert take.returncode == 0, take.stderr
+    assert (lock_dir / "owner").read_text().startswith("me:1:r ")
+    assert subprocess.run(["sh", "-c", lock.take_command("me:1:r")], check=False).returncode == 0
+    other = subprocess.run(["sh", "-c", lock.take_command("other:2:s")], capture_output=True,
+                           text=True, check=False)
+    assert other.returncode == 1 and "node is locked by another deploy: me:1:r" in other.stderr
+    assert (lock_dir / "owner").read_text().startswith("me:1:r ")
+    subprocess.run(["sh", "-c", lock.release_command("me:1:r")], check=True)
+    assert sorted(path.name for path in tmp_path.iterdir()) == []  # no temporary folder left
 
 
 def test_unit_template_ships_in_the_package(registry) -> None:
