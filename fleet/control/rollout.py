@@ -273,10 +273,11 @@ class StageProcess:
         if verdicts:
             env[VERDICT_FD_ENV] = str(verdict_read)
         try:
-            self.process = subprocess.Popen(
-                command, cwd=cwd, env=env, text=True, errors="replace",
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                pass_fds=(phase_write, *([verdict_read] if verdicts else [])))
+            self.process = subprocess.Popen(  # a session of its own: a Ctrl-C at the
+                command, cwd=cwd, env=env, text=True, errors="replace",  # terminal stops
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,  # the controller, which
+                stderr=subprocess.STDOUT, start_new_session=True,  # stops the stages in
+                pass_fds=(phase_write, *([verdict_read] if verdicts else [])))  # order
         except BaseException:
             os.close(phase_read)
             self.close_verdict()

@@ -177,6 +177,37 @@ def test_a_controller_killed_while_a_stage_waits_at_its_gate_skips_its_hosts_and
             controller.wait()
 
 
+def test_a_ctrl_c_stops_the_controller_and_the_waiting_stage_skips_and_unlocks(
+        trace: Path) -> None:
+    """Ctrl-C at the terminal (SIGINT to the foreground process group) while the canary
+    deploys and the first batch waits at its gate: only the controller gets it (each stage
+    runs in a session of its own), and it stops the stages in order: the batch's host is
+    recorded skipped and its deploy lock released, and the controller exits."""
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "tests.deploy.fake_stage", "--cli", "--registry",
+         str(REPO / "registry.yaml"), "deploy", "--batch", "1"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)  # the terminal's foreground group, of the controller
+    try:
+        at_gate(trace)
+        watch = RecordWatch("run-k")
+        stage = int((trace / "1.pid").read_text())
+        os.killpg(controller.pid, signal.SIGINT)
+        assert controller.wait(timeout=30) != 0
+        entry = wait_for(lambda: watch.read().get("hosts", {}).get("bezalel"), 10,
+                         "bezalel's entry")
+        assert entry == {"status": "skipped", "reason": gate.GONE}
+        command = (trace / "bezalel.released").read_text()
+        assert f" = {socket.gethostname()}:{stage}." in command
+        wait_for(lambda: gone(stage), 10, "stage 1's process to end")
+        assert watch.read().get("verdicts", {}) == {}
+        assert not (trace / "2.pid").exists()
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+            controller.wait()
+
+
 @pytest.mark.parametrize(("allowed", "status", "batch"), [(0, "failed", "skipped"),
                                                            (1, "degraded", "ok")])
 def test_a_stage_process_killed_mid_run_is_judged_failed_by_the_rules(
@@ -270,8 +301,12 @@ def test_verdict_notes_twice_early_or_of_another_stage_only_make_the_gate_read_t
     monkeypatch.setenv(ev.VERDICT_FD_ENV, str(read))
     reads: list[int] = []
     real = gate.verdict_on
-    monkeypatch.setattr(gate, "verdict_on", lambda run_id, stage: (
-        reads.append(stage), real(run_id, stage))[1])
+
+    def counted(run_id: str, stage: int) -> object:
+        reads.append(stage)
+        return real(run_id, stage)
+
+    monkeypatch.setattr(gate, "verdict_on", counted)
     target = SimpleNamespace(name="b", data={}, logged=[], commands=[])
     target.log_styled = lambda text, **_: target.logged.append(text)
     target.run_shell_command = lambda command, **_: (target.commands.append(str(command)),
