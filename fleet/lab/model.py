@@ -192,7 +192,17 @@ def base_url(index: int) -> str:
     return f"http://{controller_ip(index)}:{MODEL_PORT}/v1"
 
 
+def ensure_venv() -> None:
+    """Make the server's venv (this interpreter's ``venv``, with pip) when it is missing."""
+    if not venv_python().exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv_dir())], check=True,
+                       capture_output=True, timeout=300)
+
+
 def _pip(*args: str, env: dict[str, str] | None = None) -> None:
+    """``pip ARGS`` in the server's venv, made first when missing (a fresh cache builds the
+    wheel before anything is installed, and a venv an older wheel failed in is removed)."""
+    ensure_venv()
     done = subprocess.run([str(venv_python()), "-m", "pip", "--disable-pip-version-check",
                            "--quiet", *args], capture_output=True, text=True, check=False,
                           timeout=INSTALL_TIMEOUT, env=env)
@@ -278,9 +288,6 @@ def _build_wheel(say: Callable[[str], None]) -> Path:
 def _install_wheel(wheel: Path, say: Callable[[str], None]) -> None:
     """Install ``wheel`` (its version exactly: never a newer one from PyPI, which would be
     built from source) with the server's extras into the server's venv (made if missing)."""
-    if not venv_python().exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv_dir())], check=True,
-                       capture_output=True, timeout=300)
     version = wheel.name.split("-")[1]
     with long_step(say, "model-server-install",
                    "installing the lab model server into its own venv"):

@@ -203,6 +203,37 @@ def test_the_server_installs_from_an_older_glibcs_wheel_and_builds_only_if_it_do
         assert installed[-1] == tmp_path / "wheels-glibc2.41"
 
 
+@pytest.mark.parametrize("older", [False, True])
+def test_a_fresh_cache_makes_the_venv_before_pip_builds_the_wheel(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, older: bool) -> None:
+    """No venv and no usable wheel (a fresh machine), or an older C library's wheel that does
+    not load (its venv removed): every pip call runs in a venv that exists (the build used to
+    run the venv's pip before the venv was made: FileNotFoundError on a fresh machine)."""
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    if older:
+        cached_wheels(tmp_path, "glibc2.36")
+    monkeypatch.setattr(model.platform, "libc_ver", lambda: ("glibc", "2.41"))
+    pips: list[tuple[str, bool]] = []
+
+    def run(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        if command[1:3] == ["-m", "venv"]:
+            python = Path(command[3]) / "bin" / "python"
+            python.parent.mkdir(parents=True)
+            python.write_text("")
+        elif command[1:3] == ["-m", "pip"]:
+            pips.append((command[5], Path(command[0]).exists()))
+            if command[5] == "wheel":
+                (Path(command[command.index("-w") + 1]) / WHEEL).write_bytes(b"built")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(model.subprocess, "run", run)
+    monkeypatch.setattr(model, "_server_installed", lambda: bool(pips) and pips[-1][0] ==
+                        "install" and any(step == "wheel" for step, _ in pips))
+    model._install_server(lambda _message: None)
+    assert [step for step, _ in pips] == ([*(["install"] if older else []), "wheel", "install"])
+    assert all(existed for _, existed in pips), pips
+
+
 STAND_IN = ("import signal, sys, time\n"
             "def stopped(*_):\n"
             "    print('SIGTERM', flush=True)\n"
