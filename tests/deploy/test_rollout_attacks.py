@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -144,45 +144,25 @@ def gone(pid: int) -> bool:
         return True
 
 
-def test_a_controller_killed_while_a_stage_waits_at_its_gate_skips_its_hosts_and_unlocks(
-        trace: Path) -> None:
-    """``fleet deploy`` is killed (SIGKILL) while the canary deploys and the first batch
-    waits at its gate: the batch's host is recorded skipped at once (the verdict pipe ended),
-    its deploy lock released, and its process ends; nothing later starts."""
-    controller = subprocess.Popen(
-        [sys.executable, "-m", "tests.deploy.fake_stage", "--cli", "--registry",
-         str(REPO / "registry.yaml"), "deploy", "--batch", "1"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        at_gate(trace)
-        watch = RecordWatch("run-k")
-        assert "bezalel" not in watch.read().get("hosts", {})
-        stage = int((trace / "1.pid").read_text())
-        controller.send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-        controller.wait()
-        entry = wait_for(lambda: watch.read().get("hosts", {}).get("bezalel"), 10,
-                         "bezalel's entry")
-        assert time.monotonic() - killed < 5
-        assert entry == {"status": "skipped", "reason": gate.GONE}
-        command = (trace / "bezalel.released").read_text()
-        assert f" = {socket.gethostname()}:{stage}." in command
-        assert command.endswith(f":run-k ] && rm -rf {lock.LOCK_DIR}; true; }}")
-        wait_for(lambda: gone(stage), 10, "stage 1's process to end")
-        assert watch.read().get("verdicts", {}) == {}
-        assert not (trace / "2.pid").exists()
-    finally:
-        if controller.poll() is None:
-            controller.kill()
-            controller.wait()
+def kill_9(controller: subprocess.Popen[bytes]) -> None:
+    controller.send_signal(signal.SIGKILL)
+    controller.wait()
 
 
-def test_a_ctrl_c_stops_the_controller_and_the_waiting_stage_skips_and_unlocks(
-        trace: Path) -> None:
-    """Ctrl-C at the terminal (SIGINT to the foreground process group) while the canary
-    deploys and the first batch waits at its gate: only the controller gets it (each stage
-    runs in a session of its own), and it stops the stages in order: the batch's host is
-    recorded skipped and its deploy lock released, and the controller exits."""
+def ctrl_c(controller: subprocess.Popen[bytes]) -> None:
+    """The terminal's Ctrl-C: SIGINT to the foreground process group (the controller's)."""
+    os.killpg(controller.pid, signal.SIGINT)
+    assert controller.wait(timeout=30) != 0
+
+
+@pytest.mark.parametrize("stop", [kill_9, ctrl_c])
+def test_a_controller_stopped_while_a_stage_waits_at_its_gate_skips_its_hosts_and_unlocks(
+        trace: Path, stop: Callable[[subprocess.Popen[bytes]], None]) -> None:
+    """``fleet deploy`` is killed (SIGKILL), or stopped by a Ctrl-C, while the canary deploys
+    and the first batch waits at its gate: the batch's host is recorded skipped at once (the
+    verdict pipe ended), its deploy lock released, and its process ends; nothing later
+    starts. A Ctrl-C reaches the controller only (each stage runs in a session of its own),
+    which stops the stages in order: it killed the waiting stage, locks held, before."""
     controller = subprocess.Popen(
         [sys.executable, "-m", "tests.deploy.fake_stage", "--cli", "--registry",
          str(REPO / "registry.yaml"), "deploy", "--batch", "1"],
@@ -191,14 +171,17 @@ def test_a_ctrl_c_stops_the_controller_and_the_waiting_stage_skips_and_unlocks(
     try:
         at_gate(trace)
         watch = RecordWatch("run-k")
+        assert "bezalel" not in watch.read().get("hosts", {})
         stage = int((trace / "1.pid").read_text())
-        os.killpg(controller.pid, signal.SIGINT)
-        assert controller.wait(timeout=30) != 0
+        stopped = time.monotonic()
+        stop(controller)
         entry = wait_for(lambda: watch.read().get("hosts", {}).get("bezalel"), 10,
                          "bezalel's entry")
+        assert time.monotonic() - stopped < 5
         assert entry == {"status": "skipped", "reason": gate.GONE}
         command = (trace / "bezalel.released").read_text()
         assert f" = {socket.gethostname()}:{stage}." in command
+        assert command.endswith(f":run-k ] && rm -rf {lock.LOCK_DIR}; true; }}")
         wait_for(lambda: gone(stage), 10, "stage 1's process to end")
         assert watch.read().get("verdicts", {}) == {}
         assert not (trace / "2.pid").exists()
