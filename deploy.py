@@ -13,9 +13,10 @@ with nothing changed changes and restarts nothing. Each phase returns what a lat
 below hand it on.
 
 A host whose snapshot (read once, in preflight) shows every phase's work already done plans
-only its checks, verify and audit: the phases are first run as a probe that decides each
-operation from the snapshot and plans none (:meth:`deploys.context.AgentContext.converged`).
-A host with something to change gets every phase, as planned the first time.
+only its checks, verify and audit (no lock operation, no rollout gate: verify's command takes
+the lock): preflight first runs the phases as a probe that decides each operation from the
+snapshot and plans none (:meth:`deploys.context.AgentContext.converged`). A host with
+something to change gets every phase, as planned the first time.
 
 ``fleet deploy`` runs one pyinfra process per rollout stage (``--limit`` its hosts,
 ``--data rollout_stage=N``); a later stage waits at its gate for the earlier stages' verdict
@@ -55,34 +56,39 @@ from deploys.context import agent_context
 from deploys.ops import UNCHANGED, Outcome
 
 ctx = agent_context()
+
+
+def changes() -> tuple[Outcome, list[Outcome]]:
+    """The phases that change the node; their environment write and service operations."""
+    baseline.run(ctx)
+    release_writes = release.run(ctx)  # the switch, registry copy and config: they restart it
+    soul_write = soul.run(ctx)
+    env_write = keys.run(ctx)
+    service_ops = services.run(ctx, restart_on=[*release_writes, soul_write, env_write],
+                               env_write=env_write)
+    sandbox.run(ctx, ctx.registry.work)  # the sandbox: policy (the registry's test command
+    # and forge allowlist), socket and front door; restarts no agent, so it comes after
+    # the agent's (re)start: verify's stability window runs while it is set up
+    webhook.run(ctx)  # the deploy webhook receiver, where the registry puts it
+    return env_write, service_ops
+
+
 audit.record_failures()  # a host an operation fails is recorded, naming the operation
 progress.report_phases()  # under `fleet deploy`: each host's phase, for its live view
-ready = preflight.run(ctx)  # reads the node's snapshot (ctx.node) the phases decide from,
-# fails a node that cannot take the deploy and takes its deploy lock (when the host changes)
+ready = preflight.run(ctx, None if ctx.rollback else changes)  # reads the node's snapshot
+# (ctx.node) the phases decide from, fails a node that cannot take the deploy, probes the
+# phases on it (converged: only its checks are planned) and, when the host changes, takes
+# its deploy lock
 release.prestage(ctx, ready)  # with fleet.prestage, in a later stage: the release unpacked
-gate.run(ctx)  # in a later stage of `fleet deploy`: wait for the earlier stages' verdict
+gate.run(ctx, ready)  # in a later stage of `fleet deploy`: wait for the earlier stages' verdict
 if ready.ok and ctx.rollback:
     check = rollback.run(ctx, ready, host.data.get("rollback_to"),
                          with_state=bool(host.data.get("rollback_with_state")))
     audit.run(ctx, check)
 elif ready.ok:
-    def changes() -> tuple[Outcome, list[Outcome]]:
-        """The phases that change the node; their environment write and service operations."""
-        baseline.run(ctx)
-        release_writes = release.run(ctx)  # the switch, registry copy and config: they restart it
-        soul_write = soul.run(ctx)
-        env_write = keys.run(ctx)
-        service_ops = services.run(ctx, restart_on=[*release_writes, soul_write, env_write],
-                                   env_write=env_write)
-        sandbox.run(ctx, ctx.registry.work)  # the sandbox: policy (the registry's test command
-        # and forge allowlist), socket and front door; restarts no agent, so it comes after
-        # the agent's (re)start: verify's stability window runs while it is set up
-        webhook.run(ctx)  # the deploy webhook receiver, where the registry puts it
-        return env_write, service_ops
-
     # pyinfra orders operations by the line numbers of their calls: every phase's operation
-    # is planned from the probe's line, before verify's
-    env_write, service_ops = (UNCHANGED, []) if ctx.converged(changes) else changes()
+    # is planned from this line, before verify's
+    env_write, service_ops = (UNCHANGED, []) if ready.converged else changes()
     check = verify.run(ctx, ready, env_write, service_ops)
     audit.run(ctx, check)
 ctx.finish_plan()  # whether this host changes at all: the gate and the lock run only then

@@ -12,7 +12,9 @@ the median of --rounds:
   page again and again after it (real HTTP GETs on new connections, --page-every seconds
   apart while its refresher probes the fleet in the background).
 
-Each line ends with the load average (as `uptime` shows it). Takes the lab down again. Needs
+Each timed probe starts once the machine is quiet (:func:`bench._common.settle`: a just
+deployed lab's agents keep the cores busy for a while). Each line ends with the load average
+(as `uptime` shows it). Takes the lab down again. Needs
 root.
 
     python bench/status_bench.py --nodes 3 20 [--deploy]
@@ -33,7 +35,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._common import fleet_command, free_port, http_answers, wait_serving  # noqa: E402
+from bench._common import (  # noqa: E402
+    fleet_command,
+    free_port,
+    http_answers,
+    settle,
+    wait_serving,
+)
 from fleet import lab  # noqa: E402
 from fleet.control.status import CONTROL_DIR_ENV, AgentStatus, probe_fleet  # noqa: E402
 from fleet.core.registry import load_registry  # noqa: E402
@@ -60,6 +68,7 @@ def time_probes(registry_path: Path, rounds: int) -> tuple[list[float], list[flo
     results: list[AgentStatus] = []
     for _ in range(rounds):
         os.environ[CONTROL_DIR_ENV] = fresh_control_dir()
+        settle()
         for timings in (cold, warm):  # new SSH connections, then the shared ones
             start = time.perf_counter()
             results = probe_fleet(registry)
@@ -73,6 +82,7 @@ def time_command(registry_path: Path, rounds: int) -> list[float]:
     for _ in range(rounds):
         env = {**os.environ, "FLEET_REGISTRY": str(registry_path),
                CONTROL_DIR_ENV: fresh_control_dir()}
+        settle()
         start = time.perf_counter()
         subprocess.run(fleet_command("status", "--json"), env=env, cwd=REPO,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
@@ -121,7 +131,7 @@ def time_dashboard(registry_path: Path, rounds: int, every: float,
         server.wait(timeout=30)
 
 
-def bench(nodes: int, rounds: int, deploy: bool, settle: float, page_rounds: int,
+def bench(nodes: int, rounds: int, deploy: bool, settle_s: float, page_rounds: int,
           page_every: float, refresh: float) -> None:
     """Time status and the dashboard over a fresh lab of ``nodes`` nodes."""
     print(f"lab     nodes={nodes:<3} before up: {load()}", flush=True)
@@ -131,7 +141,10 @@ def bench(nodes: int, rounds: int, deploy: bool, settle: float, page_rounds: int
             subprocess.run([sys.executable, "-m", "fleet", "deploy"], cwd=REPO, check=True,
                            stdout=subprocess.DEVNULL,
                            env={**os.environ, "FLEET_REGISTRY": str(lab_registry)})
-        time.sleep(settle)  # let freshly started gateways finish booting before timing
+        time.sleep(settle_s)  # let freshly started gateways finish booting, then wait
+        waited, busy = settle()  # for a quiet machine (at most 180 s) before timing
+        print(f"settle  nodes={nodes:<3} waited {waited:g}s for a quiet machine (busy share "
+              f"{busy:.0%})  {load()}", flush=True)
         cold, warm, results = time_probes(lab_registry, rounds)
         ssh_ok = sum(result.ssh == "ok" for result in results)
         healthy = sum(result.healthy for result in results)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploys.context import OPT, RELEASES, SSHD_DROPIN, AgentContext, phase
+from deploys.context import NODECTL_DIR, OPT, RELEASES, SSHD_DROPIN, AgentContext, phase
 from deploys.ops import UPLOAD_DIR, agent_account, directories, managed_file
 
 # sshd takes the first value it reads for a keyword, and Debian's sshd_config includes
@@ -30,6 +30,7 @@ def folders(ctx: AgentContext) -> list[Folder]:
         (OPT, "root", "root", "755"),
         (RELEASES, "root", "root", "755"),
         (f"{OPT}/bin", "root", "root", "755"),
+        (NODECTL_DIR, "root", "root", "755"),
         ("/etc/fleet", "root", "root", "755"),
         (ctx.etc_dir, "root", ctx.user, "750"),
         ("/var/lib/fleet", "root", "root", "755"),

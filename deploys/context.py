@@ -31,7 +31,9 @@ from fleet.node.work.sandbox import POLICY_FILE as SANDBOX_POLICY_FILE
 OPT = "/opt/fleet"
 RELEASES = f"{OPT}/releases"
 CURRENT = f"{OPT}/current"
-NODECTL = f"{OPT}/bin/fleet-nodectl"
+NODECTL = f"{OPT}/bin/fleet-nodectl"  # the node helper's command: a launcher of its module
+NODECTL_DIR = f"{OPT}/lib"
+NODECTL_MODULE = "fleet_nodectl"  # fleet/node/nodectl.py, in NODECTL_DIR
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-fleet.conf"
 UNIT_DIR = "/etc/systemd/system"
 KEEP_RELEASES = 5
@@ -55,11 +57,11 @@ def phase(name: str) -> Callable[[Callable[Concatenate[AgentContext, P], R]],
 
         @functools.wraps(func)
         def run(ctx: AgentContext, *args: P.args, **kwargs: P.kwargs) -> R:
-            ctx.phase_name = name
-            try:
+            outer, ctx.phase_name = ctx.phase_name, name  # a phase run inside another (the
+            try:  # probe of the changing phases, in preflight) gives the outer one its name back
                 return planned(ctx, *args, **kwargs)
             finally:
-                ctx.phase_name = ""
+                ctx.phase_name = outer
         return run
     return decorate
 
@@ -223,7 +225,8 @@ class AgentContext:
 
     def managed_paths(self) -> list[str]:
         """Every path the deploy manages for this agent (read in one NodeState snapshot)."""
-        paths = [OPT, RELEASES, f"{OPT}/bin", NODECTL, "/etc/fleet", self.etc_dir,
+        paths = [OPT, RELEASES, f"{OPT}/bin", NODECTL, NODECTL_DIR,
+                 f"{NODECTL_DIR}/{NODECTL_MODULE}.py", "/etc/fleet", self.etc_dir,
                  "/var/lib/fleet", self.state_dir, SSHD_DROPIN, *self.loaded_paths()]
         if self.agent.runtime_unit is None:  # one left from before is removed
             paths += [self.runtime_unit_path, self.ship_dir]

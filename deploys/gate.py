@@ -38,6 +38,7 @@ from pyinfra.api import FunctionCommand, Host, State, operation
 
 from deploys import lock
 from deploys.context import AgentContext, phase, stage_of
+from deploys.preflight import Preflight
 from deploys.progress import tell
 from fleet.control.records import RecordWatch, Verdict, current_run_id, record_path, update_host
 from fleet.control.rollout_events import send_recorded, verdict_pipe
@@ -129,11 +130,12 @@ def earlier_stages_passed(stage: int, controller: int = 0):
 
 
 @phase("Rollout")
-def run(ctx: AgentContext) -> None:
+def run(ctx: AgentContext, ready: Preflight) -> None:
     """In a later stage of ``fleet deploy``, wait for the earlier stages' verdict first,
-    unless nothing changes on the host."""
+    unless nothing changes on the host (then nothing is planned: ``ready.converged``, the
+    probe's verdict; else ``_if=``, once the plan is known)."""
     stage = stage_of(host)
-    if stage:
+    if stage and not ready.converged:
         controller = host.data.get("rollout_controller")
         ctx.check(earlier_stages_passed, "Rollout: earlier stages passed", stage=stage,
                   controller=controller if isinstance(controller, int) else 0,

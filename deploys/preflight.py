@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyinfra import host, logger
@@ -37,6 +38,7 @@ class Preflight:
 
     ok: bool
     stale_lock: str = ""
+    converged: bool = False  # the phases would change nothing: only verify and audit run
 
 
 def problems(facts: Basics, owner: str) -> tuple[list[str], str]:
@@ -67,9 +69,11 @@ def problems(facts: Basics, owner: str) -> tuple[list[str], str]:
 
 
 @phase("Preflight")
-def run(ctx: AgentContext) -> Preflight:
-    """Read the node's snapshot (``ctx.node``), check the node and take its lock before the
-    first change (if any); a failing operation when the node cannot take the deploy."""
+def run(ctx: AgentContext, phases: Callable[[], object] | None) -> Preflight:
+    """Read the node's snapshot (``ctx.node``), check the node, probe ``phases`` (the
+    deploy's state-changing phases; None for a rollback) on it (:meth:`AgentContext.converged`)
+    and, unless they would change nothing, take its lock before the first change (if any); a
+    failing operation when the node cannot take the deploy."""
     owner = lock.owner()
     tell(host.name, "preflight")
     load_node(ctx)
@@ -86,6 +90,8 @@ def run(ctx: AgentContext) -> Preflight:
         ctx.check(server.shell, "Preflight failed (the reason is in the host's lines above)",
                   commands=[f"echo {shlex.quote('preflight: ' + reason)} >&2; exit 1"])
         return Preflight(ok=False)
+    if phases is not None and ctx.converged(phases):  # nothing to change: verify takes the
+        return Preflight(ok=True, stale_lock=stale, converged=True)  # lock in its command
     # Only when an operation will change the node (known once every phase has planned,
     # :meth:`AgentContext.finish_plan`): a no-change deploy takes the lock in verify's command
     # instead, one SSH command (about 3 round trips) fewer per host.

@@ -9,11 +9,20 @@ agent config file whose sha256 is the config hash. Keeps the newest releases onl
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import fleet.node.nodectl
 from deploys.baseline import release_folders
-from deploys.context import KEEP_RELEASES, NODECTL, RELEASES, AgentContext, phase
+from deploys.context import (
+    KEEP_RELEASES,
+    NODECTL,
+    NODECTL_DIR,
+    NODECTL_MODULE,
+    RELEASES,
+    AgentContext,
+    phase,
+)
 from deploys.ops import (
     Outcome,
     directories,
@@ -23,12 +32,20 @@ from deploys.ops import (
     releases_pruned,
 )
 from deploys.preflight import Preflight
+from fleet.control.render import nodectl_launcher
 
 NODE_HELPER = "Node helper fleet-nodectl"
+NODE_HELPER_MODULE = "Node helper module (fleet-nodectl runs it)"
 UNPACKED = "Release unpacked"
 FOLDERS = "Release folders (owners and modes as baseline sets them)"
 SWITCHED = "Current release switched"
 PRUNED = f"Only the newest {KEEP_RELEASES} releases kept"
+
+
+@functools.cache
+def nodectl_source() -> str:
+    """The node helper's source (:mod:`fleet.node.nodectl`), read once per process."""
+    return Path(fleet.node.nodectl.__file__).read_text()
 
 
 def unpack(ctx: AgentContext) -> Outcome:
@@ -59,9 +76,12 @@ def run(ctx: AgentContext) -> list[Outcome]:
     """Upload + unpack the release, switch current, prune, registry copy and config file;
     returns the operations whose change restarts the agent (the switch and the two files)."""
     release = ctx.release
+    ctx.plan(managed_file, NODE_HELPER_MODULE, dest=f"{NODECTL_DIR}/{NODECTL_MODULE}.py",
+             content=nodectl_source(), user="root", group="root", mode="644", node=ctx.node,
+             diffs=ctx.diffs())  # first: the launcher below runs it
     ctx.plan(managed_file, NODE_HELPER, dest=NODECTL,
-             content=Path(fleet.node.nodectl.__file__).read_text(), user="root", group="root",
-             mode="755", node=ctx.node, diffs=ctx.diffs())
+             content=nodectl_launcher(NODECTL_DIR, NODECTL_MODULE), user="root",
+             group="root", mode="755", node=ctx.node, diffs=ctx.diffs())
     if not ctx.prestages():  # else unpacked before the rollout gate (:func:`prestage`)
         unpack(ctx)
     restart_on: list[Outcome] = [ctx.plan(release_current, SWITCHED, release_id=release.id,

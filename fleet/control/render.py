@@ -139,9 +139,35 @@ def _units() -> Environment:
                        undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
 
 
+@cache
+def _unit_template(template: str) -> Any:
+    """``template`` compiled once per process (every host of a deploy renders the same few)."""
+    return _units().from_string(template)
+
+
 def unit_file(template: str, **values: Any) -> str:
     """A systemd unit from a Jinja2 ``template`` text: every value checked as above."""
-    return _units().from_string(template).render(**values)
+    return str(_unit_template(template).render(**values))
+
+
+def nodectl_launcher(module_dir: str, module: str) -> str:
+    """``fleet-nodectl`` on the node: runs ``main()`` of the node helper kept as the module
+    ``module`` in ``module_dir``. As a module its compiled code is cached (``__pycache__``,
+    written by root on first run); a script is compiled again on every run, and the helper
+    runs on every deploy of every host. ``module_dir`` goes last on ``sys.path``: nothing in
+    it shadows the standard library."""
+    for value, what in ((module_dir, "module folder"), (module, "module name")):
+        if not isinstance(value, str) or not BARE_RE.fullmatch(value) or not value:
+            raise RenderError(f"{what} {value!r} is not a plain path or name")
+    if not module.isidentifier():
+        raise RenderError(f"module name {module!r} is not a Python identifier")
+    return (f"#!/usr/bin/python3 -IS\n"
+            f'"""The fleet deploy\'s node helper: {module_dir}/{module}.py (written by the '
+            f'deploy)."""\n'
+            f"import sys\n\n"
+            f"sys.path.append({module_dir!r})\n"
+            f"from {module} import main  # noqa: E402\n\n"
+            f"sys.exit(main())\n")
 
 
 def env_file(env: Mapping[str, str]) -> str:

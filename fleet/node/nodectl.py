@@ -1,5 +1,7 @@
 #!/usr/bin/python3 -IS
-"""Node-side helper of the deploy (stdlib only; installed as /opt/fleet/bin/fleet-nodectl).
+"""Node-side helper of the deploy (stdlib only). Installed as the module
+/opt/fleet/lib/fleet_nodectl.py, run by the launcher /opt/fleet/bin/fleet-nodectl
+(:func:`fleet.control.render.nodectl_launcher`): as a module its compiled code is cached.
 
 Subcommands, each printing one JSON document:
 
@@ -39,7 +41,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -66,6 +67,14 @@ def release_id(value: str) -> str:
     if not RELEASE_ID_RE.fullmatch(value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a release id ({RELEASE_ID_FORM})")
     return value
+
+
+def rmtree(path: Path, ignore_errors: bool = False) -> None:
+    """:func:`shutil.rmtree`, imported on first use: verify, which every deploy runs on every
+    host, removes nothing."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=ignore_errors)
 
 
 def current_release() -> str | None:
@@ -203,10 +212,10 @@ def prune(keep: int) -> Pruned:
     kept += [name for name in installed if name != now][: max(keep - len(kept), 0)]
     removed = [name for name in installed if name not in kept]
     for name in removed:
-        shutil.rmtree(RELEASES / name)
+        rmtree(RELEASES / name)
     for stale in RELEASES.glob(".unpack-*"):  # an unpack cut short: its folder, its upload
         if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
+            rmtree(stale, ignore_errors=True)
         else:
             stale.unlink(missing_ok=True)
     return {"kept": kept, "removed": removed}
@@ -495,14 +504,38 @@ def stayed_up(port: int, expect: dict[str, str], first: dict[str, dict[str, str]
     return problems
 
 
+def up_since_before(unit: str, state: dict[str, str], asked_us: int) -> bool:
+    """Whether ``unit`` (one look, ``state``) is active and has been since at least its
+    stability window before ``asked_us`` (the monotonic time /health was asked): then it
+    stayed up, without a restart (which would move its activation time), from before that
+    /health answer until this look."""
+    window = RUNTIME_STABLE_S if unit.startswith("fleet-runtime-") else STABLE_S
+    try:
+        entered = int(state.get("ActiveEnterTimestampMonotonic") or 0)
+    except ValueError:
+        return False
+    return (not unit_problems(unit, state, state) and entered > 0
+            and entered <= asked_us - int(window * 1e6))
+
+
 def checked(unit: str, runtime_unit: str | None, port: int, expect: dict[str, str],
             timeout: float, looks: Looks | None = None) -> tuple[list[str], Any]:
     """Wait for /health to show ``expect`` while watching the agent's units (the gateway and
     its runtime, if any), then make sure they stayed up: (problems, last /health body).
+    An agent up long since (a no-change deploy) is done after one /health and one look at
+    each unit (:func:`up_since_before`); else that look starts the watch.
     ``looks`` keeps what was seen last (see :class:`Looks`)."""
     looks = looks or Looks()
     units = [unit, *([runtime_unit] if runtime_unit else [])]
-    first = {name: unit_state(name) for name in units}
+    asked = monotonic_us()
+    status, body = get_health(port, roundtrip=bool(runtime_unit))
+    if not health_problems(status, body, expect):  # /health good at once: one look each
+        first = {name: looks.unit(name) for name in units}
+        if all(up_since_before(name, state, asked) for name, state in first.items()):
+            looks.health = (status, body)
+            return [], body
+    else:
+        first = {name: unit_state(name) for name in units}
 
     def watch() -> list[str]:
         return [problem for name in units
@@ -1082,9 +1115,9 @@ def prune_snapshots(agent: str, keep: int) -> list[str]:
     folder = SNAPSHOTS / agent
     removed = [manifest["id"] for manifest in snapshots(agent)[max(keep, 1):]]
     for name in removed:
-        shutil.rmtree(folder / name)
+        rmtree(folder / name)
     for stale in folder.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        rmtree(stale, ignore_errors=True)
     if removed:
         sync_dir(folder)
     return removed
@@ -1109,7 +1142,7 @@ def take_snapshot(agent: str, keep: int = KEEP_SNAPSHOTS, release_before: str | 
     try:
         folder = SNAPSHOTS / agent
         for stale in folder.glob(".tmp-*"):  # an interrupted snapshot's (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
+            rmtree(stale, ignore_errors=True)
         ident = free_id(folder)
         temp = folder / f".tmp-{ident}"
         temp.mkdir(mode=0o700)
@@ -1122,14 +1155,14 @@ def take_snapshot(agent: str, keep: int = KEEP_SNAPSHOTS, release_before: str | 
         try:
             root = os.open(state, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError as exc:
-            shutil.rmtree(temp)
+            rmtree(temp)
             raise state_error(f"{state} is not a folder ({exc.strerror})") from None
         try:
             top = os.fstat(root)
             manifest["files"].append(entry_of(".", "dir", top))
             copy_tree(root, state, ".", temp / "data", manifest, (top.st_uid, top.st_gid))
         except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
+            rmtree(temp, ignore_errors=True)
             raise
         finally:
             os.close(root)
@@ -1308,7 +1341,7 @@ def swap_in(new: Path, state: Path) -> None:
     if not exchanged:
         new.rename(state)
     sync_dir(state.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    rmtree(old, ignore_errors=True)
 
 
 def restore_state(agent: str, ident: str) -> None:
@@ -1317,17 +1350,17 @@ def restore_state(agent: str, ident: str) -> None:
     folder, manifest = find_snapshot(agent, ident)
     state = STATE_ROOT / agent
     new = STATE_ROOT / f".{agent}.restore-{os.getpid()}"
-    shutil.rmtree(new, ignore_errors=True)
+    rmtree(new, ignore_errors=True)
     for stale in STATE_ROOT.glob(f".{agent}.restore-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        rmtree(stale, ignore_errors=True)
     try:
         rebuild(folder, manifest, new, agent_owner(agent, state))
     except OSError as exc:  # a file of the snapshot missing, or a symlink where it was
-        shutil.rmtree(new, ignore_errors=True)
+        rmtree(new, ignore_errors=True)
         raise state_error(f"snapshot {ident} of {agent} cannot be restored ({exc}): the "
                           "state dir is unchanged") from None
     except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
+        rmtree(new, ignore_errors=True)
         raise
     swap_in(new, state)
 
@@ -1415,7 +1448,7 @@ def retire(agent: str, purge: bool) -> Retired:
     folders = [ETC / agent] + ([STATE_ROOT / agent, SNAPSHOTS / agent] if purge else [])
     for folder in folders:
         if folder.is_dir() and not folder.is_symlink():
-            shutil.rmtree(folder)
+            rmtree(folder)
             removed.append(str(folder))
     kept = [str(folder) for folder in (STATE_ROOT / agent, SNAPSHOTS / agent)
             if folder.exists()]
@@ -1450,7 +1483,7 @@ def import_snapshot(agent: str, stream: Any) -> SnapshotInfo:
     lock = locked(agent)
     folder = SNAPSHOTS / agent
     temp = folder / f".tmp-import-{os.getpid()}"
-    shutil.rmtree(temp, ignore_errors=True)
+    rmtree(temp, ignore_errors=True)
     temp.mkdir(mode=0o700)
     try:
         (temp / "data").mkdir(mode=0o700)
@@ -1480,7 +1513,7 @@ def import_snapshot(agent: str, stream: Any) -> SnapshotInfo:
         publish(temp, folder, manifest)
         return info_of(manifest)
     finally:
-        shutil.rmtree(temp, ignore_errors=True)
+        rmtree(temp, ignore_errors=True)
         os.close(lock)
 
 

@@ -179,7 +179,9 @@ def test_a_controller_stopped_while_a_stage_waits_at_its_gate_skips_its_hosts_an
                          "bezalel's entry")
         assert time.monotonic() - stopped < 5
         assert entry == {"status": "skipped", "reason": gate.GONE}
-        command = (trace / "bezalel.released").read_text()
+        released = trace / "bezalel.released"  # right after the entry (gate.gate_passed)
+        wait_for(lambda: released.exists(), 10, "bezalel's lock released")
+        command = released.read_text()
         assert f" = {socket.gethostname()}:{stage}." in command
         assert command.endswith(f":run-k ] && rm -rf {lock.LOCK_DIR}; true; }}")
         wait_for(lambda: gone(stage), 10, "stage 1's process to end")

@@ -178,11 +178,22 @@ def test_deploy_py_shows_the_receiver_as_its_own_step_before_verify() -> None:
     """The agent's phases know no receiver; deploy.py runs it after the agent's services and
     before verify (which releases the node's deploy lock)."""
     tree = ast.parse((REPO / "deploy.py").read_text(encoding="utf-8"))
-    calls = sorted((node for node in ast.walk(tree) if isinstance(node, ast.Call)),
-                   key=lambda node: node.lineno)
-    steps = [ast.unparse(node.func) for node in calls if ast.unparse(node.func).endswith(".run")]
-    assert steps[steps.index("services.run"):] == ["services.run", "sandbox.run", "webhook.run",
-                                                   "verify.run", "audit.run"]
+
+    def steps(node: ast.AST) -> list[str]:
+        calls = sorted((call for call in ast.walk(node) if isinstance(call, ast.Call)),
+                       key=lambda call: call.lineno)
+        return [ast.unparse(call.func) for call in calls
+                if ast.unparse(call.func).endswith(".run") or ast.unparse(call.func)
+                == "changes"]
+
+    changes = next(node for node in tree.body
+                   if isinstance(node, ast.FunctionDef) and node.name == "changes")
+    phases = steps(changes)
+    assert phases[phases.index("services.run"):] == ["services.run", "sandbox.run",
+                                                     "webhook.run"]
+    planned = steps(ast.Module(body=[node for node in tree.body if node is not changes],
+                               type_ignores=[]))
+    assert planned[planned.index("changes"):][:3] == ["changes", "verify.run", "audit.run"]
     for phase in ("baseline", "keys", "services"):
         assert "webhook" not in (REPO / "deploys" / f"{phase}.py").read_text(encoding="utf-8")
 

@@ -6,8 +6,11 @@ string of the registry is refused, naming the field."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -420,3 +423,65 @@ UNIT_VALUES: dict[str, Any] = {
     "work_dir": "/var/lib/fleet/a", "python": "/usr/bin/python3", "pythonpath": "",
     "cache_dir": "/var/cache/fleet", "schedule": "nightly", "timeout_s": 120,
     "exec_start": render.unit_command(["/usr/bin/python3", "-m", "fleet.runtime"])}
+
+
+# --- the node helper's launcher (fleet-nodectl) ----------------------------------------------
+
+def _launcher_dir(tmp_path: Path) -> Path:
+    """A copy of /opt/fleet/lib as the deploy writes it: the helper's source as a module."""
+    from deploys.release import nodectl_source
+
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    (folder / "fleet_nodectl.py").write_text(nodectl_source())
+    (tmp_path / "fleet-nodectl").write_text(render.nodectl_launcher(str(folder), "fleet_nodectl"))
+    (tmp_path / "opt" / "releases").mkdir(parents=True)  # $FLEET_OPT: the helper's /opt/fleet
+    return folder
+
+
+def _run_launcher(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-IS", str(tmp_path / "fleet-nodectl"), *args],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={"FLEET_OPT": str(tmp_path / "opt"), "PATH": "/usr/bin:/bin"})
+
+
+def test_the_launcher_runs_the_helper_module_and_its_code_is_cached_after_the_first_run(
+        tmp_path: Path) -> None:
+    folder = _launcher_dir(tmp_path)
+    refused = _run_launcher(tmp_path, "switch", "../../../tmp")
+    assert refused.returncode == 2  # the helper's own argument check, its exit code passed on
+    assert "'../../../tmp' is not a release id" in refused.stderr
+    assert [path.name for path in (folder / "__pycache__").iterdir()] == [
+        f"fleet_nodectl.{sys.implementation.cache_tag}.pyc"]
+    pruned = _run_launcher(tmp_path, "prune", "--keep", "2")  # the cached code runs
+    assert pruned.returncode == 0, pruned.stderr
+    assert json.loads(pruned.stdout) == {"kept": [], "removed": []}
+
+
+def test_nothing_in_the_helper_folder_shadows_the_standard_library(tmp_path: Path) -> None:
+    folder = _launcher_dir(tmp_path)
+    for name in ("json", "argparse", "subprocess", "os"):
+        (folder / f"{name}.py").write_text("raise SystemExit('shadowed the standard library')\n")
+    done = _run_launcher(tmp_path, "prune", "--keep", "2")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"kept": [], "removed": []}
+
+
+@SETTINGS
+@given(folder=st.text(max_size=80), module=st.text(max_size=40))
+def test_the_launcher_names_exactly_its_folder_and_module_or_is_refused(folder: str,
+                                                                       module: str) -> None:
+    try:
+        text = render.nodectl_launcher(folder, module)
+    except render.RenderError:
+        assert not (folder and module and module.isidentifier()
+                    and render.BARE_RE.fullmatch(folder) and render.BARE_RE.fullmatch(module))
+        return
+    tree = ast.parse(text)  # valid Python, whatever the values
+    appended = [node.value.args[0] for node in tree.body if isinstance(node, ast.Expr)
+                and isinstance(node.value, ast.Call) and ast.unparse(node.value.func)
+                == "sys.path.append"]
+    imported = [node.module for node in tree.body if isinstance(node, ast.ImportFrom)]
+    assert [ast.literal_eval(value) for value in appended] == [folder]
+    assert imported == [module]
+    assert text.startswith("#!/usr/bin/python3 -IS\n")

@@ -177,17 +177,40 @@ def test_the_state_file_of_the_runtime_before_the_restart_is_waited_out(
     assert 4.9 <= took < 7.0  # not settled on the old file: waited for the new one
 
 
-def test_an_agent_up_long_since_is_verified_with_one_look_at_each_unit_after_health(
+def test_an_agent_up_long_since_is_verified_with_one_health_and_one_look_at_each_unit(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A no-change deploy verifies agents up for long: each unit is looked at when verify
-    begins and once after /health was found good (its problems and how long it has been up
-    from the same look); not watched before the first /health, which comes right after the
-    first look: at 50 nodes sharing a machine every ``systemctl show`` counts (five looks at
-    each unit at stop 36, four at stop 37)."""
+    """A no-change deploy verifies agents up for long: /health first, then one look at each
+    unit, which shows it active since before that /health by more than its stability window
+    (so it stayed up across it): at 50 nodes sharing a machine every ``systemctl show``
+    counts (five looks at each unit at stop 36, four at stop 37, two at stop 38)."""
     node = Node(Runtime(start=1.0, life=math.inf))
-    problems, _ = verify(node, monkeypatch)
+    healths: list[float] = []
+    answer = node.get_health
+    node.get_health = lambda port, timeout=2.0, roundtrip=False: (  # type: ignore[method-assign]
+        healths.append(node.now) or answer(port, timeout, roundtrip))
+    problems, took = verify(node, monkeypatch)
+    assert problems == [] and took == 0.0 and len(healths) == 1
+    assert (node.asked.count(GATEWAY), node.asked.count(RUNTIME)) == (1, 1), node.asked
+
+
+@pytest.mark.parametrize("started_before_health", [
+    0.0, 0.5, nodectl.RUNTIME_STABLE_S - 0.1,  # within its window before /health
+    -0.2,  # restarted right after /health answered (a look sees a later activation)
+])
+def test_a_runtime_started_within_its_window_is_watched_for_all_of_it(
+        monkeypatch: pytest.MonkeyPatch, started_before_health: float) -> None:
+    """One look passes only a unit active since before /health by its whole stability
+    window; one started later, however little, is watched until it has stayed up that long."""
+    node = Node(Runtime(start=0.0, life=math.inf))
+    node.runtime.start = node.now - started_before_health
+    node.runtime.previous_s = 0.0
+    answer = node.runtime.health
+    node.runtime.health = lambda now: (200, {  # type: ignore[method-assign]
+        **answer(now + 10.0)[1], "status": "ok"})  # its /health is good from the start
+    problems, took = verify(node, monkeypatch)
     assert problems == []
-    assert (node.asked.count(GATEWAY), node.asked.count(RUNTIME)) == (2, 2), node.asked
+    assert took >= nodectl.RUNTIME_STABLE_S - max(started_before_health, 0.0) - 1e-6
+    assert node.asked.count(RUNTIME) >= 2  # looked at again after its window
 
 
 def audit_facts(node: Node, monkeypatch: pytest.MonkeyPatch, **args: Any) -> dict[str, Any]:
@@ -217,7 +240,7 @@ def test_the_audit_facts_after_a_good_verify_ask_neither_systemd_nor_health_agai
         healths.append(node.now) or answer(port, timeout, roundtrip))
     result = audit_facts(node, monkeypatch)
     assert result["ok"] and len(healths) == 1
-    assert (node.asked.count(GATEWAY), node.asked.count(RUNTIME)) == (2, 2), node.asked
+    assert (node.asked.count(GATEWAY), node.asked.count(RUNTIME)) == (1, 1), node.asked
     facts = result["facts"]
     assert facts["health_status"] == 200 and facts["health"]["release"] == RELEASE
     assert facts["unit"]["ActiveState"] == "active" and facts["unit"]["MainPID"] == "77"
