@@ -17,6 +17,15 @@ PYTHON_VERSION_RE = re.compile(r"Python ([0-9]+)\.([0-9]+)(?:\.[0-9]+)?\S*")  # 
 UNIT_TIME_FORMAT = "%a %Y-%m-%d %H:%M:%S.%f UTC"  # systemctl show --timestamp=us+utc
 
 
+NEWLINE = "_nl='\n'"  # $_nl: a newline, for parameter expansions (dash has no $'\n')
+# `_out PREFIX TEXT`: each line of TEXT after PREFIX (sed 's/^/PREFIX/' by builtins, no process);
+# in sha256sum's lines (PREFIX sha|) also the first two spaces as "|". Nothing for an empty TEXT.
+PREFIX_LINES = ("_out() { [ -n \"$2\" ] || return 0; _t=$2$_nl; while [ -n \"$_t\" ]; do "
+                "_o=${_t%%\"$_nl\"*}; _t=${_t#*\"$_nl\"}; case $1$_o in \"sha|\"*\"  \"*) "
+                "_o=${_o%%\"  \"*}\"|\"${_o#*\"  \"};; esac; printf '%s%s\\n' \"$1\" \"$_o\"; "
+                "done; }")
+
+
 class Basics(TypedDict):
     """What preflight checks of a node (:class:`NodeBasics`)."""
 
@@ -125,12 +134,16 @@ class NodeBasics(FactBase[Basics]):
     def command(self, lock_dir: str) -> str:
         lock = shlex.quote(f"{lock_dir}/owner")
         return "; ".join([
+            NEWLINE,
             "(. /etc/os-release 2>/dev/null; echo \"os=$ID\"; echo \"os_like=$ID_LIKE\")",
             "if [ -d /run/systemd/system ]; then echo systemd=yes; else echo systemd=no; fi",
             "echo \"python=$(python3 -V 2>/dev/null)\"",
-            "echo \"free_kb=$(df -Pk /opt 2>/dev/null | awk 'NR==2 {print $4}')\"",
+            # df's second line, fourth field (awk 'NR==2 {print $4}' without awk)
+            "_df=$(df -Pk /opt 2>/dev/null); case $_df in *\"$_nl\"*) _df=${_df#*\"$_nl\"}; "
+            "_df=${_df%%\"$_nl\"*};; *) _df=;; esac; set -f; set -- $_df; set +f; "
+            "echo \"free_kb=$4\"",
             "echo \"epoch=$(date +%s.%N)\"",
-            f"echo \"lock=$(cat {lock} 2>/dev/null)\"",
+            f"_lock=; [ ! -e {lock} ] || _lock=$(cat {lock} 2>/dev/null); echo \"lock=$_lock\"",
         ])
 
     def process(self, output: list[str]) -> Basics:
@@ -203,29 +216,38 @@ class NodeState(FactBase[NodeSnapshot]):
     def command(self, paths: list[str], user: str, unit: str, current: str, releases_dir: str,
                 keys_file: str, lock_dir: str | None = None, schedule_glob: str = "",
                 timers: tuple[str, ...] = (), links: tuple[str, ...] = ()) -> str:
+        # Few processes, none per path or per line: one stat, one sha256sum, one systemctl for
+        # the unit and the timers; lines are prefixed by shell builtins (``_out``), not sed.
         quoted = " ".join(shlex.quote(path) for path in paths)
-        basics = [f"({NodeBasics().command(lock_dir)}) | sed 's/^/basics|/'"] if lock_dir else []
+        basics = [f"_out 'basics|' \"$({NodeBasics().command(lock_dir)})\""] if lock_dir else []
         schedules = [f"for f in {shlex.quote(schedule_glob)}*; do [ -e \"$f\" ] && "
                      "echo \"schedule|$f\"; done"] if schedule_glob else []
-        if timers:
-            schedules.append(f"systemctl show {' '.join(map(shlex.quote, timers))} -p Id "
-                             "-p ActiveState -p UnitFileState | sed 's/^/timer|/'")
-        # A few processes in all, not a few per path: one stat, one sha256sum, one systemctl.
+        timer_lines = ["case $_units in *\"$_nl$_nl\"*) _out 'timer|' "
+                       "\"${_units#*\"$_nl$_nl\"}\";; esac"] if timers else []
         return "; ".join([
+            NEWLINE,
+            PREFIX_LINES,
             f"stat -c 'path|%n|%F|%U|%G|%a|%.9Y' -- {quoted} 2>/dev/null",
-            f"(for p in {quoted}; do [ -f \"$p\" ] && set -- \"$@\" \"$p\"; done; "
-            "[ $# -eq 0 ] || sha256sum -- \"$@\") | sed 's/^/sha|/; s/  /|/'",
+            f"_sha=$(for p in {quoted}; do [ -f \"$p\" ] && set -- \"$@\" \"$p\"; done; "
+            "[ $# -eq 0 ] || sha256sum -- \"$@\"); _out 'sha|' \"$_sha\"",
             f"echo \"current|$(readlink {shlex.quote(current)} 2>/dev/null)\"",
             *(f"[ -L {shlex.quote(link)} ] && printf 'link|%s|%s\\n' {shlex.quote(link)} "
               f"\"$(readlink -- {shlex.quote(link)})\"" for link in links),
-            f"for d in {shlex.quote(releases_dir)}/*/site; do [ -d \"$d\" ] && "
-            "echo \"release|$(basename \"$(dirname \"$d\")\")\"; done",
+            f"for d in {shlex.quote(releases_dir)}/*/site; do _rel=${{d%/site}}; "
+            "[ -d \"$d\" ] && echo \"release|${_rel##*/}\"; done",
             f"getent passwd {shlex.quote(user)} >/dev/null && echo user",
             f"getent group {shlex.quote(user)} >/dev/null && echo group",
-            f"systemctl show {shlex.quote(unit)} --timestamp=us+utc -p ActiveState "
-            "-p UnitFileState -p ActiveEnterTimestamp -p NeedDaemonReload | sed 's/^/unit|/'",
-            f"sed 's/^/key|/' {shlex.quote(keys_file)} 2>/dev/null",
+            # One systemctl: a block per unit, in the order named, a blank line between them;
+            # the first is the agent's unit, the rest the timers (printed where they were).
+            f"_units=$(systemctl show {' '.join(map(shlex.quote, (unit, *timers)))} "
+            "--timestamp=us+utc -p Id -p ActiveState -p UnitFileState -p ActiveEnterTimestamp "
+            "-p NeedDaemonReload); _out 'unit|' \"${_units%%\"$_nl$_nl\"*}\"",
+            # Like sed 's/^/key|/': a last line without a newline stays without one (the
+            # next output line joins it, as it did; the parsed snapshot is unchanged).
+            f"_l=; while IFS= read -r _l; do printf 'key|%s\\n' \"$_l\"; done "
+            f"2>/dev/null < {shlex.quote(keys_file)}; [ -z \"$_l\" ] || printf 'key|%s' \"$_l\"",
             *schedules,
+            *timer_lines,
             *basics,  # last: its clock reading is closest to when the output arrives
             "true",
         ])

@@ -556,7 +556,7 @@ def test_node_state_lists_the_agents_schedule_units_and_their_timers() -> None:
     command = fact.command(**args, schedule_glob="/etc/systemd/system/fleet-schedule-a_",
                            timers=("fleet-schedule-a_x.timer",))
     assert "for f in /etc/systemd/system/fleet-schedule-a_*; do" in command
-    assert "systemctl show fleet-schedule-a_x.timer -p Id -p ActiveState" in command
+    assert "systemctl show u fleet-schedule-a_x.timer --timestamp=us+utc -p Id" in command
     state = fact.process([
         "schedule|/etc/systemd/system/fleet-schedule-a_x.service",
         "schedule|/etc/systemd/system/fleet-schedule-a_old.timer",
