@@ -242,10 +242,10 @@ class NodeState(FactBase[NodeSnapshot]):
             f"_units=$(systemctl show {' '.join(map(shlex.quote, (unit, *timers)))} "
             "--timestamp=us+utc -p Id -p ActiveState -p UnitFileState -p ActiveEnterTimestamp "
             "-p NeedDaemonReload); _out 'unit|' \"${_units%%\"$_nl$_nl\"*}\"",
-            # Like sed 's/^/key|/': a last line without a newline stays without one (the
-            # next output line joins it, as it did; the parsed snapshot is unchanged).
-            f"_l=; while IFS= read -r _l; do printf 'key|%s\\n' \"$_l\"; done "
-            f"2>/dev/null < {shlex.quote(keys_file)}; [ -z \"$_l\" ] || printf 'key|%s' \"$_l\"",
+            # Each line as key|LINE, a last one without a newline too: it ends with one here
+            # (it used to take the next output line with it: a timer, or preflight's os=).
+            f"while IFS= read -r _l || [ -n \"$_l\" ]; do printf 'key|%s\\n' \"$_l\"; done "
+            f"2>/dev/null < {shlex.quote(keys_file)}",
             *schedules,
             *timer_lines,
             *basics,  # last: its clock reading is closest to when the output arrives

@@ -519,7 +519,9 @@ def authorized_keys_added(keys_file: str, keys: Sequence[str], node: Node):
         _noop(f"all {len(keys)} operator keys present")
         return
     folder = keys_file.rsplit("/", 1)[0]
-    yield f"install -d -m 700 {_q(folder)} && touch {_q(keys_file)} && chmod 600 {_q(keys_file)}"
+    yield (f"install -d -m 700 {_q(folder)} && touch {_q(keys_file)} && chmod 600 {_q(keys_file)}"
+           f" && {{ [ -z \"$(tail -c 1 {_q(keys_file)})\" ] || echo >> {_q(keys_file)}; }}")
+    # (a last line without a newline is ended first: an added key must not join it)
     for key in missing:
         yield f"echo {_q(key)} >> {_q(keys_file)}"
 

@@ -27,6 +27,7 @@ import inspect
 import json
 import pkgutil
 import re
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -170,3 +171,27 @@ def test_every_custom_operation_has_cases() -> None:
                     and getattr(value, "__module__", "") == loaded.__name__:
                 found.add(f"{module}.{name}")
     assert found and found <= tested, sorted(found - tested)
+
+
+@pytest.mark.parametrize("before", ["", "ssh-ed25519 AAAAC3old lab\n", "ssh-ed25519 AAAAC3old lab",
+                                    "ssh-ed25519 AAAAC3old lab\n\n", "# no newline at the end"])
+def test_added_keys_each_get_a_line_of_their_own_after_a_last_line_without_newline(
+        tmp_path: Path, before: str) -> None:
+    """The commands of ``authorized_keys_added`` run in a real shell: a key file whose last
+    line lacks its newline gets it before the added keys (else the first one joins that line
+    and both keys stop working)."""
+    keys_file = tmp_path / "ssh" / "authorized_keys"
+    keys_file.parent.mkdir()
+    keys_file.write_text(before, newline="")
+    added = ["ssh-ed25519 AAAAC3one op@laptop", "ssh-ed25519 AAAAC3two op@desk"]
+    body = inspect.unwrap(load_operation("ops.authorized_keys_added"))
+    state = SimpleNamespace(is_executing=True, config=SimpleNamespace(DIFF=False))
+    with ctx_state.use(state), ctx_host.use(FakeHost({})):
+        commands = [as_json(command) for command in body(
+            keys_file=str(keys_file), keys=added, node={**EMPTY_NODE, "authorized_keys": []})]
+    for command in commands:
+        subprocess.run(["sh", "-c", command], check=True, timeout=30)
+    lines = keys_file.read_text().splitlines()
+    assert lines[-2:] == added
+    assert lines[:-2] == before.splitlines()
+    assert keys_file.read_text().endswith("\n")
