@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from deploys.context import NODECTL_DIR, OPT, RELEASES, SSHD_DROPIN, AgentContext, phase
+from deploys.context import (
+    NODECTL_CACHE,
+    NODECTL_DIR,
+    OPT,
+    RELEASES,
+    SSHD_DROPIN,
+    AgentContext,
+    phase,
+)
 from deploys.ops import UPLOAD_DIR, agent_account, directories, managed_file
 
 # sshd takes the first value it reads for a keyword, and Debian's sshd_config includes
@@ -31,6 +39,8 @@ def folders(ctx: AgentContext) -> list[Folder]:
         (RELEASES, "root", "root", "755"),
         (f"{OPT}/bin", "root", "root", "755"),
         (NODECTL_DIR, "root", "root", "755"),
+        (NODECTL_CACHE, "root", "root", "755"),  # before the helper's first run: else Python
+        # makes it with the umask of that run (000: anyone could swap in code root runs)
         ("/etc/fleet", "root", "root", "755"),
         (ctx.etc_dir, "root", ctx.user, "750"),
         ("/var/lib/fleet", "root", "root", "755"),

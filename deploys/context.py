@@ -34,6 +34,7 @@ CURRENT = f"{OPT}/current"
 NODECTL = f"{OPT}/bin/fleet-nodectl"  # the node helper's command: a launcher of its module
 NODECTL_DIR = f"{OPT}/lib"
 NODECTL_MODULE = "fleet_nodectl"  # fleet/node/nodectl.py, in NODECTL_DIR
+NODECTL_CACHE = f"{NODECTL_DIR}/__pycache__"  # its compiled code, written by Python as root
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-fleet.conf"
 UNIT_DIR = "/etc/systemd/system"
 KEEP_RELEASES = 5
@@ -225,7 +226,7 @@ class AgentContext:
 
     def managed_paths(self) -> list[str]:
         """Every path the deploy manages for this agent (read in one NodeState snapshot)."""
-        paths = [OPT, RELEASES, f"{OPT}/bin", NODECTL, NODECTL_DIR,
+        paths = [OPT, RELEASES, f"{OPT}/bin", NODECTL, NODECTL_DIR, NODECTL_CACHE,
                  f"{NODECTL_DIR}/{NODECTL_MODULE}.py", "/etc/fleet", self.etc_dir,
                  "/var/lib/fleet", self.state_dir, SSHD_DROPIN, *self.loaded_paths()]
         if self.agent.runtime_unit is None:  # one left from before is removed

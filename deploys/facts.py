@@ -242,10 +242,11 @@ class NodeState(FactBase[NodeSnapshot]):
             f"_units=$(systemctl show {' '.join(map(shlex.quote, (unit, *timers)))} "
             "--timestamp=us+utc -p Id -p ActiveState -p UnitFileState -p ActiveEnterTimestamp "
             "-p NeedDaemonReload); _out 'unit|' \"${_units%%\"$_nl$_nl\"*}\"",
-            # Each line as key|LINE, a last one without a newline too: it ends with one here
-            # (it used to take the next output line with it: a timer, or preflight's os=).
-            f"while IFS= read -r _l || [ -n \"$_l\" ]; do printf 'key|%s\\n' \"$_l\"; done "
-            f"2>/dev/null < {shlex.quote(keys_file)}",
+            # Each line as key|LINE, a last one without a newline too: sed's `$a\` ends it
+            # (it took the next output line with it: a timer, or preflight's os=); one sed,
+            # whatever the file's size. Only a regular file is read (a FIFO would hang).
+            f"[ ! -f {shlex.quote(keys_file)} ] || sed -e 's/^/key|/' -e '$a\\' -- "
+            f"{shlex.quote(keys_file)} 2>/dev/null",
             *schedules,
             *timer_lines,
             *basics,  # last: its clock reading is closest to when the output arrives

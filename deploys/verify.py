@@ -79,11 +79,14 @@ def agent_verified(nodectl: str, args: list[str], owner: str, stale_owner: str =
 def run(ctx: AgentContext, preflight: Preflight, env_write: Outcome,
         service_ops: Sequence[Outcome]) -> Check:
     """Check health on the node; roll back automatically when it fails (restoring the
-    environment too when ``env_write`` changes it)."""
+    environment too when ``env_write`` changes it). A converged host (nothing to change) is
+    only checked: its failure is reported, nothing is rolled back (the deploy changed
+    nothing, so a rollback would be a change nobody asked for)."""
+    rollback = [] if preflight.converged else ["--rollback"]
     op = ctx.check(agent_verified, VERIFY, nodectl=NODECTL, owner=lock.owner(),
                    stale_owner=preflight.stale_lock, args=[
         "verify", "--release", ctx.release.id, "--config-hash", ctx.config_hash(),
-        "--soul-sha", ctx.soul_sha256(), "--rollback", *env_args(env_write),
+        "--soul-sha", ctx.soul_sha256(), *rollback, *env_args(env_write),
         *runtime_args(ctx), *agent_args(ctx)])
     return Check(op=op, env_write=env_write, service_ops=tuple(service_ops))
 

@@ -15,6 +15,7 @@ and ``"`` escaped, ``%`` specifiers doubled and, in command lines, ``$`` doubled
 from __future__ import annotations
 
 import json
+import keyword
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
@@ -159,7 +160,7 @@ def nodectl_launcher(module_dir: str, module: str) -> str:
     for value, what in ((module_dir, "module folder"), (module, "module name")):
         if not isinstance(value, str) or not BARE_RE.fullmatch(value) or not value:
             raise RenderError(f"{what} {value!r} is not a plain path or name")
-    if not module.isidentifier():
+    if not module.isidentifier() or keyword.iskeyword(module):
         raise RenderError(f"module name {module!r} is not a Python identifier")
     return (f"#!/usr/bin/python3 -IS\n"
             f'"""The fleet deploy\'s node helper: {module_dir}/{module}.py (written by the '

@@ -291,3 +291,41 @@ def test_a_refused_rollback_shows_the_nodes_reason_and_fails_no_pyinfra_host(
     line = next(line for line in capsys.readouterr().out.splitlines() if "bezalel" in line)
     assert line.split()[1:3] == ["failed", "r1"] and f"not restarted; {why}" in line
     assert "release is" not in line and "new-release" not in line
+
+
+@pytest.mark.parametrize("converged", [True, False])
+def test_a_converged_host_is_only_checked_and_never_rolled_back(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch, converged: bool) -> None:
+    """Verify rolls back only what this deploy changed: a host preflight found converged gets
+    ``fleet-nodectl verify`` without ``--rollback`` (an agent failing on its own is reported,
+    not switched to an older release nobody asked for)."""
+    from deploys import verify
+    from deploys.preflight import Preflight
+
+    ctx = context(registry)
+    monkeypatch.setattr(AgentContext, "release", property(
+        lambda self: Release("444a224b3f00", REPO / "release.tar.gz")))
+    checked: list[dict[str, Any]] = []
+    monkeypatch.setattr(ctx, "check", lambda operation, name, **arguments: (
+        checked.append(arguments) or Ran(False, name)))
+    phase = verify.run.__wrapped__  # type: ignore[attr-defined]  # without pyinfra's @deploy
+    phase(ctx, Preflight(ok=True, converged=converged), Ran(False), [])
+    (arguments,) = checked
+    assert arguments["args"][0] == "verify"
+    assert ("--rollback" in arguments["args"]) is not converged
+
+
+def test_the_helpers_code_cache_is_a_folder_baseline_makes_root_only_writable(
+        registry: Registry) -> None:
+    """``/opt/fleet/lib/__pycache__`` is made by baseline (before the release phase first runs
+    the helper) and checked on every deploy: Python would make it with the umask of the
+    helper's first run, and code in it runs as root."""
+    from deploys import baseline
+    from deploys.context import NODECTL_CACHE, NODECTL_DIR
+
+    ctx = context(registry)
+    folders = baseline.folders(ctx)
+    assert (NODECTL_DIR, "root", "root", "755") in folders
+    assert folders.index((NODECTL_CACHE, "root", "root", "755")) > folders.index(
+        (NODECTL_DIR, "root", "root", "755"))
+    assert {NODECTL_DIR, NODECTL_CACHE} <= set(ctx.managed_paths())

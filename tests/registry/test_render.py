@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import base64
 import json
+import keyword
 import subprocess
 import sys
 import tempfile
@@ -434,6 +435,7 @@ def _launcher_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "lib"
     folder.mkdir()
     (folder / "fleet_nodectl.py").write_text(nodectl_source())
+    (folder / "fleet_nodectl.py").chmod(0o644)  # as the deploy writes it
     (tmp_path / "fleet-nodectl").write_text(render.nodectl_launcher(str(folder), "fleet_nodectl"))
     (tmp_path / "opt" / "releases").mkdir(parents=True)  # $FLEET_OPT: the helper's /opt/fleet
     return folder
@@ -441,18 +443,20 @@ def _launcher_dir(tmp_path: Path) -> Path:
 
 def _run_launcher(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-IS", str(tmp_path / "fleet-nodectl"), *args],
-                          capture_output=True, text=True, timeout=60, check=False,
+                          capture_output=True, text=True, timeout=60, check=False, umask=0,
                           env={"FLEET_OPT": str(tmp_path / "opt"), "PATH": "/usr/bin:/bin"})
 
 
 def test_the_launcher_runs_the_helper_module_and_its_code_is_cached_after_the_first_run(
         tmp_path: Path) -> None:
     folder = _launcher_dir(tmp_path)
-    refused = _run_launcher(tmp_path, "switch", "../../../tmp")
+    (folder / "__pycache__").mkdir(mode=0o755)  # made by baseline (deploys/baseline.py)
+    refused = _run_launcher(tmp_path, "switch", "../../../tmp")  # with umask 000
     assert refused.returncode == 2  # the helper's own argument check, its exit code passed on
     assert "'../../../tmp' is not a release id" in refused.stderr
-    assert [path.name for path in (folder / "__pycache__").iterdir()] == [
-        f"fleet_nodectl.{sys.implementation.cache_tag}.pyc"]
+    (cached,) = (folder / "__pycache__").iterdir()
+    assert cached.name == f"fleet_nodectl.{sys.implementation.cache_tag}.pyc"
+    assert cached.stat().st_mode & 0o777 == 0o644  # the module's mode, not the umask's
     pruned = _run_launcher(tmp_path, "prune", "--keep", "2")  # the cached code runs
     assert pruned.returncode == 0, pruned.stderr
     assert json.loads(pruned.stdout) == {"kept": [], "removed": []}
@@ -474,7 +478,7 @@ def test_the_launcher_names_exactly_its_folder_and_module_or_is_refused(folder: 
     try:
         text = render.nodectl_launcher(folder, module)
     except render.RenderError:
-        assert not (folder and module and module.isidentifier()
+        assert not (folder and module and module.isidentifier() and not keyword.iskeyword(module)
                     and render.BARE_RE.fullmatch(folder) and render.BARE_RE.fullmatch(module))
         return
     tree = ast.parse(text)  # valid Python, whatever the values
