@@ -448,13 +448,24 @@ def unit_problems(unit: str, before: dict[str, str], now: dict[str, str]) -> lis
     return []
 
 
+def activated_us(state: dict[str, str]) -> int:
+    """When the unit last became active, on :func:`monotonic_us`'s clock (0 when unknown)."""
+    try:
+        return max(0, int(state.get("ActiveEnterTimestampMonotonic") or 0))
+    except ValueError:
+        return 0
+
+
 def up_for(state: dict[str, str]) -> float:
     """Seconds since the unit last became active (0 when unknown)."""
-    try:
-        entered = int(state.get("ActiveEnterTimestampMonotonic") or 0)
-    except ValueError:
-        return 0.0
+    entered = activated_us(state)
     return (monotonic_us() - entered) / 1e6 if entered else 0.0
+
+
+def stability_window(unit: str) -> float:
+    """Seconds ``unit`` must stay up: ``RUNTIME_STABLE_S`` for a runtime unit, else
+    ``STABLE_S``."""
+    return RUNTIME_STABLE_S if unit.startswith("fleet-runtime-") else STABLE_S
 
 
 class Looks:
@@ -482,7 +493,7 @@ def stayed_up(port: int, expect: dict[str, str], first: dict[str, dict[str, str]
     looks = looks or Looks()
     waited = False
     for unit, before in first.items():
-        window = RUNTIME_STABLE_S if unit.startswith("fleet-runtime-") else STABLE_S
+        window = stability_window(unit)
         now = looks.unit(unit)  # one look per unit: its problems and how long it has been up
         found = unit_problems(unit, before, now)
         if found:
@@ -509,13 +520,9 @@ def up_since_before(unit: str, state: dict[str, str], asked_us: int) -> bool:
     stability window before ``asked_us`` (the monotonic time /health was asked): then it
     stayed up, without a restart (which would move its activation time), from before that
     /health answer until this look."""
-    window = RUNTIME_STABLE_S if unit.startswith("fleet-runtime-") else STABLE_S
-    try:
-        entered = int(state.get("ActiveEnterTimestampMonotonic") or 0)
-    except ValueError:
-        return False
+    entered = activated_us(state)
     return (not unit_problems(unit, state, state) and entered > 0
-            and entered <= asked_us - int(window * 1e6))
+            and entered <= asked_us - int(stability_window(unit) * 1e6))
 
 
 def checked(unit: str, runtime_unit: str | None, port: int, expect: dict[str, str],

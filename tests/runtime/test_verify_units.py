@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleet.node import nodectl
 
@@ -256,3 +258,25 @@ def test_the_audit_facts_after_a_failed_verify_are_asked_afresh(
     health_status = result["facts"]["health_status"]
     assert health_status == 503
     assert node.asked[-1] == GATEWAY and looks_after >= 2
+
+
+@settings(max_examples=500, deadline=None)
+@given(unit=st.sampled_from([GATEWAY, RUNTIME]),
+       active=st.sampled_from(["active", "activating", "deactivating", "failed", ""]),
+       entered=st.one_of(st.integers(min_value=-10**13, max_value=10**13),
+                         st.text(max_size=12)),
+       asked=st.integers(min_value=0, max_value=10**13))
+def test_one_look_passes_exactly_a_unit_active_since_its_window_before_health(
+        unit: str, active: str, entered: int | str, asked: int) -> None:
+    """For any look at a unit (any state, any activation time, a value systemd never gives)
+    and any moment /health was asked: one look passes it only when it is active and became
+    active at least its whole stability window before that moment."""
+    state = {"ActiveState": active, "SubState": "running", "NRestarts": "0", "MainPID": "7",
+             "ActiveEnterTimestampMonotonic": str(entered)}
+    window_us = int((nodectl.RUNTIME_STABLE_S if unit == RUNTIME else nodectl.STABLE_S) * 1e6)
+    try:  # a value that is no number: unknown, never passes
+        since = int(entered)
+    except ValueError:
+        since = 0
+    assert nodectl.up_since_before(unit, state, asked) is (
+        active == "active" and since > 0 and since <= asked - window_us)
