@@ -52,9 +52,10 @@ from deploys import (
     verify,
     webhook,
 )
-from deploys.context import agent_context
+from deploys.context import agent_context, name_as_module
 from deploys.ops import UNCHANGED, Outcome
 
+name_as_module(__file__)  # pyinfra's walk of the call stack at each operation: see there
 ctx = agent_context()
 
 

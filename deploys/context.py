@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -439,3 +442,20 @@ def agent_context() -> AgentContext:
                                        and stage_of(host) > 0,
                                        secrets=controller_secrets(host.data.registry_path))
     return _contexts[name]
+
+
+DEPLOY_FILE_MODULE = "_fleet_deploy_file"
+
+
+def name_as_module(deploy_file: str) -> None:
+    """Name the deploy file pyinfra runs (``deploy.py``, executed without a module of its
+    own) in ``sys.modules``, once per process. pyinfra orders each operation by walking the
+    call stack with ``inspect``, which looks every frame's file up among the files of
+    ``sys.modules`` and, for a file that is none of theirs, scans all of them again: twice
+    per operation, about 1 ms each with a controller's 1,500 modules. Named, the lookup hits
+    its cache."""
+    path = os.path.abspath(deploy_file)
+    if getattr(sys.modules.get(DEPLOY_FILE_MODULE), "__file__", None) != path:
+        module = types.ModuleType(DEPLOY_FILE_MODULE, "the deploy file pyinfra runs")
+        module.__file__ = path
+        sys.modules[DEPLOY_FILE_MODULE] = module

@@ -1,0 +1,170 @@
+"""What ``fleet-nodectl`` reads on the node for verify and the audit facts, as cheaply as every
+deploy of every host needs it: the listening TCP ports (``sock_diag`` over netlink, the same
+ports /proc/net/tcp{,6} lists, which stays the fallback), a command's output without
+``subprocess``, and a parser built for the one command run that reads its arguments as the
+whole parser does. A verify run imports neither ``subprocess`` nor the
+``idna`` codec (a host name's lookup)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleet.node import nodectl
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+def sockets() -> Iterator[dict[str, int]]:
+    """Listening sockets on IPv4 and (when the machine has it) IPv6 loopback, a socket bound
+    but not listening, and a connected client and its accepted peer: their ports by role."""
+    opened: list[socket.socket] = []
+
+    def new(family: socket.AddressFamily, host: str, listen: bool) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        opened.append(sock)
+        sock.bind((host, 0))
+        if listen:
+            sock.listen()
+        return sock
+
+    try:
+        ports = {"v4": new(socket.AF_INET, "127.0.0.1", True).getsockname()[1],
+                 "bound": new(socket.AF_INET, "127.0.0.1", False).getsockname()[1]}
+        if ipv6_loopback():
+            ports["v6"] = new(socket.AF_INET6, "::1", True).getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", ports["v4"]))
+        opened.append(client)
+        ports["client"] = client.getsockname()[1]
+        yield ports
+    finally:
+        for sock in opened:
+            sock.close()
+
+
+def test_the_netlink_dump_lists_exactly_the_listening_ports_proc_lists(
+        sockets: dict[str, int]) -> None:
+    by_diag, by_proc = nodectl.diag_listening_ports(), nodectl.proc_listening_ports()
+    listening = {sockets["v4"], *([sockets["v6"]] if "v6" in sockets else [])}
+    assert listening <= by_diag and listening <= by_proc
+    assert sockets["bound"] not in by_diag | by_proc
+    assert sockets["client"] not in by_diag | by_proc
+    assert nodectl.listening_ports() == sorted(nodectl.listening_ports())
+    assert listening <= set(nodectl.listening_ports())
+
+
+def test_without_sock_diag_the_ports_come_from_proc(sockets: dict[str, int],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused() -> set[int]:
+        raise OSError(93, "Protocol not supported")
+
+    monkeypatch.setattr(nodectl, "diag_listening_ports", refused)
+    assert sockets["v4"] in nodectl.listening_ports()
+
+
+def message(kind: int, seq: int, payload: bytes) -> bytes:
+    """One netlink message (header, payload, padded to 4 bytes)."""
+    raw = struct.pack("=IHHII", 16 + len(payload), kind, 2, seq, 0) + payload
+    return raw + bytes(-len(raw) % 4)
+
+
+def diag_msg(state: int, port: int) -> bytes:
+    """A ``struct inet_diag_msg`` (72 bytes) of a socket in ``state`` on ``port``."""
+    return bytes([socket.AF_INET, state, 0, 0]) + struct.pack(">H", port) + bytes(66)
+
+
+@given(st.lists(st.tuples(st.integers(1, 11), st.integers(0, 65535)), max_size=40),
+       st.integers(1, 2**32 - 1), st.booleans())
+def test_a_dump_yields_the_ports_of_listening_sockets_only(
+        found: list[tuple[int, int]], seq: int, done: bool) -> None:
+    data = b"".join(message(nodectl.SOCK_DIAG_BY_FAMILY, seq, diag_msg(state, port))
+                    for state, port in found)
+    data += message(3, seq, struct.pack("=i", 0)) if done else b""
+    ports: set[int] = set()
+    assert nodectl.read_diag_answer(data, seq, ports) is done
+    assert ports == {port for state, port in found if state == nodectl.TCP_LISTEN}
+
+
+def test_a_netlink_error_raises_oserror() -> None:
+    with pytest.raises(OSError, match="error 22"):
+        nodectl.read_diag_answer(message(2, 7, struct.pack("=i", -22) + bytes(16)), 7, set())
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300), st.integers(0, 2**32 - 1))
+def test_any_datagram_is_read_or_refused_with_oserror(data: bytes, seq: int) -> None:
+    ports: set[int] = set()
+    try:
+        ended = nodectl.read_diag_answer(data, seq, ports)
+    except OSError:
+        return
+    assert isinstance(ended, bool)
+    assert all(0 <= port <= 65535 for port in ports)
+
+
+def test_output_of_is_the_commands_stdout_with_nothing_on_stdin() -> None:
+    assert nodectl.output_of([sys.executable, "-c", "import sys; print('out'); "
+                              "print('err', file=sys.stderr); print(repr(sys.stdin.read()))"]
+                             ) == "out\n''\n"
+    assert nodectl.output_of(["/nonexistent/systemctl", "show"]) == ""
+
+
+VERIFY = ["verify", "--unit", "fleet-agent-a.service", "--port", "8646", "--timeout", "20",
+          "--release", "0123456789ab", "--config-hash", "c" * 64, "--soul-sha", "d" * 64,
+          "--agent", "a", "--login-user", "root"]
+ARGVS = [VERIFY, [*VERIFY, "--rollback", "--restore-env", "--runtime-unit", "r.service"],
+         ["facts", "--unit", "u.service", "--port", "1", "--agent", "a"],
+         ["rollback", "--unit", "u.service", "--port", "2", "--to", "0123456789ab"],
+         ["switch", "0123456789ab"], ["prune", "--keep", "3"],
+         ["state", "list", "--agent", "a"]]
+
+
+@pytest.mark.parametrize("argv", ARGVS, ids=lambda argv: " ".join(argv[:2]))
+def test_the_parser_of_one_command_reads_it_as_the_whole_parser(argv: list[str]) -> None:
+    assert (nodectl.build_parser(argv[0]).parse_args(argv)
+            == nodectl.build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("argv", [["verify", "--port", "x"], ["verify", "--release", "../x"],
+                                  ["nonsense"], []])
+def test_what_the_whole_parser_refuses_one_command_refuses(argv: list[str],
+                                                           capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    with pytest.raises(SystemExit) as refused:
+        nodectl.main(argv)
+    assert refused.value.code == 2
+    assert "usage: fleet-nodectl" in capsys.readouterr().err
+
+
+def test_a_verify_run_imports_neither_subprocess_nor_the_idna_codec() -> None:
+    """Run as on a node (``-I``, the module on its own): a verify of an agent with no gateway
+    (nothing listening on its port) answers its JSON, and what it imported is listed."""
+    script = ("import sys, json; before = set(sys.modules); sys.path.insert(0, sys.argv[1]); "
+              "from fleet.node import nodectl; nodectl.main(sys.argv[2:]); "
+              "print(json.dumps(sorted(set(sys.modules) - before)))")
+    argv = [*VERIFY[:4], "1", "--timeout", "0.2", *VERIFY[7:]]
+    done = subprocess.run([sys.executable, "-I", "-c", script, str(REPO), *argv],
+                          capture_output=True, text=True, check=True, timeout=60)
+    outcome, imported = map(json.loads, done.stdout.splitlines())
+    assert outcome["ok"] is False and outcome["problems"]
+    assert "facts" in outcome and isinstance(outcome["facts"]["ports"], list)
+    assert not {"subprocess", "encodings.idna"} & set(imported), imported
