@@ -1,7 +1,9 @@
 """The floor of a no-change deploy on this machine: what no deploy tool written in Python on
 pyinfra can go below. One process that starts the interpreter, imports pyinfra's CLI (as every
 pyinfra run does), opens one SSH connection per host in parallel with pyinfra's transport
-(paramiko, the lab's key and pinned host keys) and runs one command on each.
+(paramiko, the lab's key and pinned host keys, the deploy's socket options: no Nagle stall, as
+:mod:`fleet.control.sshsocket` sets them through pyinfra's host data) and runs one command on
+each.
 
     python bench/floor.py REGISTRY [--runs 5] [--release TARBALL]
 
@@ -31,17 +33,19 @@ from typing import Any
 
 IMPORTS = "import pyinfra_cli.main, pyinfra.api, pyinfra.connectors.ssh"
 # Both scripts below: the imports, then a paramiko connection per host (the lab's key, the
-# pinned host keys), as pyinfra's SSH connector opens it.
+# pinned host keys, the deploy's socket options), as pyinfra's SSH connector opens it.
 CONNECT = IMPORTS + """
 import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
 import paramiko
+from fleet.control.sshsocket import transport_factory
 def connect(t):
     client = paramiko.SSHClient()
     client.load_host_keys(t["known_hosts"])
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     client.connect(t["host"], port=t["port"], username=t["user"], key_filename=t["key"],
-                   look_for_keys=False, allow_agent=False, timeout=30)
+                   look_for_keys=False, allow_agent=False, timeout=30,
+                   transport_factory=transport_factory)
     return client
 def run(client, command):
     _, out, _ = client.exec_command(command)

@@ -13,7 +13,7 @@ from fleet.control.hosts import (
     ssh_settings,
     unknown_agents,
 )
-from fleet.control.sshdeadline import PARAMIKO_CONNECT_KWARGS
+from fleet.control.sshsocket import PARAMIKO_CONNECT_KWARGS
 from fleet.core.registry import ROLES, Agent, Registry
 
 RESERVED_GROUPS = {"all", "inventory", *ROLES}

@@ -1,6 +1,6 @@
 """A node that vanishes in the middle of a command (its link cut, as by a partition) fails
 its host within the dead-peer time instead of holding the deploy's SSH connection forever
-(fleet.control.sshdeadline through pyinfra's ``ssh_paramiko_connect_kwargs``)."""
+(fleet.control.sshsocket through pyinfra's ``ssh_paramiko_connect_kwargs``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fleet import lab
-from fleet.control.sshdeadline import DEAD_AFTER_S
+from fleet.control.sshsocket import DEAD_AFTER_S
 from fleet.core.registry import load_registry
 from fleet.lab.regions import set_links
 from tests.deploy.conftest import make_fleet

@@ -1,5 +1,7 @@
-"""The deploy's SSH connections detect a vanished peer: keepalives and a TCP user timeout on
-the socket paramiko's transport runs over, set through pyinfra's documented host data."""
+"""The deploy's SSH connections detect a vanished peer (keepalives and a TCP user timeout) and
+send each SSH packet at once (no Nagle: a command's round trip does not wait for a delayed
+ACK): options on the socket paramiko's transport runs over, set through pyinfra's documented
+host data."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 import paramiko
 
 from fleet.control.inventory import host_data
-from fleet.control.sshdeadline import DEAD_AFTER_S, SOCKET_OPTIONS, transport_factory
+from fleet.control.sshsocket import DEAD_AFTER_S, SOCKET_OPTIONS, transport_factory
 from fleet.core.registry import load_registry
 
 
@@ -22,7 +24,7 @@ def test_every_deploy_connection_gets_the_transport_factory(tmp_path: Path) -> N
     assert data["ssh_paramiko_connect_kwargs"] == {"transport_factory": transport_factory}
 
 
-def test_the_socket_gets_keepalives_and_a_user_timeout() -> None:
+def test_the_socket_gets_keepalives_a_user_timeout_and_no_nagle() -> None:
     with socket.create_server(("127.0.0.1", 0)) as server, \
             socket.create_connection(server.getsockname()) as client:
         transport = transport_factory(client)
@@ -32,6 +34,7 @@ def test_the_socket_gets_keepalives_and_a_user_timeout() -> None:
                 == [value for _, _, value in SOCKET_OPTIONS]
             assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == \
                 DEAD_AFTER_S * 1000
+            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         finally:
             transport.close()
 
