@@ -184,6 +184,13 @@ class AgentAudit(FactBase[AgentFacts]):
         return cast(AgentFacts, json.loads("\n".join(output)))
 
 
+ASCII_ONLY = "LC_ALL=C tr '\\200-\\377' '?'"
+"""The snapshot's output with every byte over 127 made a ``?``: pyinfra decodes a command's
+output as strict UTF-8, so one byte that is not (in a key's comment, a file name, a symlink's
+target) would fail the host's whole snapshot. Nothing the deploy decides from it is
+non-ASCII when it is the deploy's own: a release id, a path, a unit, a key's type and data."""
+
+
 class NodeState(FactBase[NodeSnapshot]):
     """
     One snapshot of everything the deploy manages on a node (read once per host and run):
@@ -224,7 +231,7 @@ class NodeState(FactBase[NodeSnapshot]):
                      "echo \"schedule|$f\"; done"] if schedule_glob else []
         timer_lines = ["case $_units in *\"$_nl$_nl\"*) _out 'timer|' "
                        "\"${_units#*\"$_nl$_nl\"}\";; esac"] if timers else []
-        return "; ".join([
+        return "{ " + "; ".join([
             NEWLINE,
             PREFIX_LINES,
             f"stat -c 'path|%n|%F|%U|%G|%a|%.9Y' -- {quoted} 2>/dev/null",
@@ -251,7 +258,7 @@ class NodeState(FactBase[NodeSnapshot]):
             *timer_lines,
             *basics,  # last: its clock reading is closest to when the output arrives
             "true",
-        ])
+        ]) + "; } | " + ASCII_ONLY
 
     def process(self, output: list[str]) -> NodeSnapshot:
         state = empty_snapshot()

@@ -666,19 +666,25 @@ def listening_ports() -> list[int]:
         return sorted(proc_listening_ports())
 
 
-def sudoers() -> list[str]:
+def text_lines(path: Path) -> list[str]:
+    """The lines of a file the node's admins write (``authorized_keys``, sudoers), bytes that
+    are not UTF-8 read as U+FFFD (never a failed verify); none when it cannot be read."""
+    try:
+        return path.read_bytes().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+
+
+def sudoers(etc: Path = Path("/etc")) -> list[str]:
     """Effective lines of /etc/sudoers and /etc/sudoers.d/*, prefixed with their file."""
-    files = [Path("/etc/sudoers"), *sorted(Path("/etc/sudoers.d").glob("*"))]
+    files = [etc / "sudoers", *sorted((etc / "sudoers.d").glob("*"))]
     lines = []
     for path in files:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
+        for line in text_lines(path):
             stripped = line.strip()
             if stripped and (not stripped.startswith("#") or stripped.startswith("#include")):
-                lines.append(f"{path.name}: {stripped}")
+                name = path.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                lines.append(f"{name}: {stripped}")
     return lines
 
 
@@ -748,11 +754,7 @@ def facts(args: argparse.Namespace, looks: Looks | None = None) -> AgentFacts:
     looks = looks or Looks()
     etc = Path("/etc/fleet") / args.agent
     home = Path(os.path.expanduser(f"~{args.login_user}"))
-    keys_file = home / ".ssh" / "authorized_keys"
-    try:
-        key_lines = keys_file.read_text().splitlines()
-    except OSError:
-        key_lines = []
+    key_lines = text_lines(home / ".ssh" / "authorized_keys")
     status, body = looks.health or get_health(args.port)
     return {
         "release": current_release(),

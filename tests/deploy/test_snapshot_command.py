@@ -304,3 +304,27 @@ def test_the_keys_file_is_read_only_when_it_is_a_regular_file(tmp_path: Path,
                      env, tmp_path)  # within snapshot()'s timeout
     assert state["authorized_keys"] == {"fifo": [], "large": lines, "link": lines[:1]}[kind]
     assert state["basics"]["os"] != ""  # the output after the keys is all there
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_bytes_that_are_not_utf8_reach_the_controller_as_question_marks(
+        tmp_path: Path, shell: str) -> None:
+    """pyinfra decodes a command's output as strict UTF-8: a Latin-1 comment in the keys
+    file, a release folder or a lock owner with such bytes must not fail the snapshot. Every
+    byte over 127 arrives as ``?``; the rest of the snapshot is as it was."""
+    args = tree(tmp_path / "node", keys=None, lock=None, schedules=True)
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBff3HrNM0Ju0S"
+    Path(args["keys_file"]).write_bytes(f"{key} jos\xe9@x\n\xff\xfe\n".encode("latin-1"))
+    os.makedirs(os.fsencode(args["releases_dir"]) + b"/caf\xe9/site")
+    with open(os.fsencode(args["lock_dir"]) + b"/owner", "wb") as owner:
+        owner.write(b"ctl:\xff:run 1764290000")
+    env = {**os.environ, "STUB_UNITS": json.dumps(UNITS),
+           "PATH": f"{stub_bin(tmp_path / 'bin', DF)}:{os.environ['PATH']}"}
+    done = subprocess.run([shell, "-c", NodeState().command(**args, user="root", unit=UNIT,
+                                                            timers=TIMERS)],
+                          capture_output=True, env=env, cwd=tmp_path, timeout=60, check=True)
+    state = NodeState().process(done.stdout.decode("utf-8").splitlines())  # strict
+    assert state["authorized_keys"] == [f"{key} jos?@x", "??"]
+    assert "caf?" in state["releases"] and "444a224b3f00" in state["releases"]
+    assert state["basics"]["lock"] == "ctl:?:run 1764290000"
+    assert state["unit"]["active"] == "active" and state["current"] == "444a224b3f00"

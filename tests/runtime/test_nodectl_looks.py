@@ -7,7 +7,10 @@ whole parser does. A verify run imports neither ``subprocess`` nor the
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -168,3 +171,29 @@ def test_a_verify_run_imports_neither_subprocess_nor_the_idna_codec() -> None:
     assert outcome["ok"] is False and outcome["problems"]
     assert "facts" in outcome and isinstance(outcome["facts"]["ports"], list)
     assert not {"subprocess", "encodings.idna"} & set(imported), imported
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBff3HrNM0Ju0SqmsDMUM4PzkNvVa0Z7kDmrWhVVGQqz"
+
+
+def test_files_with_bytes_that_are_not_utf8_are_read_not_failed(tmp_path: Path) -> None:
+    """An admin's authorized_keys or sudoers with a Latin-1 comment (or a sudoers.d file so
+    named) is read with U+FFFD for those bytes: its keys are fingerprinted, its rules listed,
+    and the facts stay JSON a UTF-8 record can hold."""
+    keys = tmp_path / "authorized_keys"
+    keys.write_bytes(f"{KEY} jos\xe9@laptop\n".encode("latin-1") + b"\xff\xfe\x00junk\n")
+    lines = nodectl.text_lines(keys)
+    assert lines[0] == f"{KEY} jos\ufffd@laptop" and len(lines) == 2
+    digest = hashlib.sha256(base64.b64decode(KEY.split()[1])).digest()
+    assert [nodectl.fingerprint(line) for line in lines] == [
+        "SHA256:" + base64.b64encode(digest).decode().rstrip("="), None]
+    assert nodectl.text_lines(tmp_path / "missing") == []
+    (tmp_path / "sudoers").write_bytes(b"root ALL=(ALL) ALL # caf\xe9\n#comment\n")
+    (tmp_path / "sudoers.d").mkdir()
+    (tmp_path / "sudoers.d" / "ops").write_bytes(b"op ALL=(ALL) NOPASSWD: ALL\n")
+    with open(os.fsencode(tmp_path / "sudoers.d") + b"/caf\xe9", "wb") as latin1_named:
+        latin1_named.write(b"x ALL=ALL\n")
+    found = nodectl.sudoers(tmp_path)
+    assert found == ["sudoers: root ALL=(ALL) ALL # caf\ufffd",
+                     "caf\ufffd: x ALL=ALL", "ops: op ALL=(ALL) NOPASSWD: ALL"]
+    json.dumps(found, ensure_ascii=False).encode("utf-8")  # no lone surrogates
