@@ -668,11 +668,22 @@ def listening_ports() -> list[int]:
 
 def text_lines(path: Path) -> list[str]:
     """The lines of a file the node's admins write (``authorized_keys``, sudoers), bytes that
-    are not UTF-8 read as U+FFFD (never a failed verify); none when it cannot be read."""
+    are not UTF-8 read as U+FFFD (never a failed verify); none when it cannot be read or is no
+    regular file (a FIFO with no writer would be waited on forever: opened without blocking)."""
     try:
-        return path.read_bytes().decode("utf-8", "replace").splitlines()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return []
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            data = stream.read()
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    return data.decode("utf-8", "replace").splitlines()
 
 
 def sudoers(etc: Path = Path("/etc")) -> list[str]:

@@ -197,3 +197,19 @@ def test_files_with_bytes_that_are_not_utf8_are_read_not_failed(tmp_path: Path) 
     assert found == ["sudoers: root ALL=(ALL) ALL # caf\ufffd",
                      "caf\ufffd: x ALL=ALL", "ops: op ALL=(ALL) NOPASSWD: ALL"]
     json.dumps(found, ensure_ascii=False).encode("utf-8")  # no lone surrogates
+
+
+def test_a_fifo_among_the_admin_files_is_skipped_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO as authorized_keys (its login user can make one) or in sudoers.d has no writer:
+    reading it would wait forever, and verify, and the deploy with it. It is no file of lines:
+    none are read from it (as from a directory)."""
+    os.mkfifo(tmp_path / "authorized_keys")
+    (tmp_path / "sudoers.d").mkdir()
+    os.mkfifo(tmp_path / "sudoers.d" / "fifo")
+    (tmp_path / "sudoers.d" / "ops").write_text("op ALL=(ALL) NOPASSWD: ALL\n")
+    script = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+              "from fleet.node import nodectl; etc = Path(sys.argv[2]); "
+              "print(nodectl.text_lines(etc / 'authorized_keys'), nodectl.sudoers(etc))")
+    done = subprocess.run([sys.executable, "-c", script, str(REPO), str(tmp_path)],
+                          capture_output=True, text=True, timeout=10, check=True)
+    assert done.stdout == "[] ['ops: op ALL=(ALL) NOPASSWD: ALL']\n"
