@@ -1749,13 +1749,15 @@ def add_state_parser(commands: Any) -> None:
 
 
 COMMANDS = ("switch", "prune", "state", "verify", "rollback", "facts")
+USAGE = "%(prog)s [-h] {" + ",".join(COMMANDS) + "} ..."
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser; ``only``: with just that subcommand (a run of one command
     builds only its own parser: building all of them cost verify about 3 ms)."""
-    parser = argparse.ArgumentParser(prog="fleet-nodectl", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="fleet-nodectl", description=__doc__.splitlines()[0],
+                                     usage=USAGE)  # every command's name, with `only` too
+    commands = parser.add_subparsers(dest="command", required=True, prog=parser.prog)
     if only in (None, "switch"):
         switch_cmd = commands.add_parser("switch", help="point current at a release")
         switch_cmd.add_argument("release", type=release_id)

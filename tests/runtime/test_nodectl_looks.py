@@ -8,7 +8,9 @@ whole parser does. A verify run imports neither ``subprocess`` nor the
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import io
 import json
 import os
 import socket
@@ -17,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -156,6 +159,32 @@ def test_what_the_whole_parser_refuses_one_command_refuses(argv: list[str],
         nodectl.main(argv)
     assert refused.value.code == 2
     assert "usage: fleet-nodectl" in capsys.readouterr().err
+
+
+def parsed(parser: Any, argv: list[str]) -> tuple[Any, Any, str, str]:
+    """What ``parser`` makes of ``argv``: its Namespace or exit code, and what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            return parser.parse_args(argv), None, out.getvalue(), err.getvalue()
+        except SystemExit as refused:
+            return None, refused.code, out.getvalue(), err.getvalue()
+
+
+TOKENS = ["snapshot", "list", "restore", "retire", "--unit", "--uni", "--unit=u.service",
+          "--port", "--port=1", "1", "x", "--release", "0123456789ab", "--rel", "--rollback",
+          "--runtime-unit", "--agent", "a", "--login-user", "--to", "--with-state", "--keep",
+          "--timeout", "--snapshot", "20250101T000000000000Z", "--purge", "-h", "--", "-x"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(nodectl.COMMANDS), st.lists(st.sampled_from(TOKENS), max_size=8))
+def test_one_commands_parser_answers_any_argv_as_the_whole_parser(command: str,
+                                                                  rest: list[str]) -> None:
+    """Accepted alike with the same Namespace, refused alike with the same messages: an
+    "unrecognized arguments" error (the top parser's) named only the one command built."""
+    argv = [command, *rest]
+    assert parsed(nodectl.build_parser(command), argv) == parsed(nodectl.build_parser(), argv)
 
 
 def test_a_verify_run_imports_neither_subprocess_nor_the_idna_codec() -> None:
