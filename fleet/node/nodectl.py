@@ -253,7 +253,7 @@ def get_health(port: int, timeout: float = 2.0,
                 if not chunk:
                     break
                 answer += chunk
-    except OSError:
+    except (OSError, OverflowError):  # OverflowError: connect() to a port out of 0-65535
         return 0, None
     head, blank, body = bytes(answer).partition(b"\r\n\r\n")
     status = STATUS_LINE_RE.fullmatch(head.split(b"\r\n", 1)[0])

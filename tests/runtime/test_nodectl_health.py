@@ -72,6 +72,13 @@ def test_nothing_listening_is_status_zero() -> None:
     assert nodectl.get_health(free_port()) == (0, None)
 
 
+@pytest.mark.parametrize("port", [-1, 65536, 70000])
+def test_a_port_out_of_range_is_no_answer_not_a_crash(port: int) -> None:
+    """``--port`` is any int on the command line: connect() refuses one over 65535 or below
+    0 with OverflowError, not OSError; verify must report no answer, not a traceback."""
+    assert nodectl.get_health(port, timeout=0.5) == (0, None)
+
+
 @pytest.mark.parametrize("reply", [b"", b"garbage\r\n\r\n", b"HTTP/1.0 200 OK\r\nContent-"])
 def test_a_server_that_never_answers_or_answers_garbage_is_status_zero(reply: bytes) -> None:
     with socket.socket() as listener:
