@@ -230,12 +230,13 @@ def test_files_with_bytes_that_are_not_utf8_are_read_not_failed(tmp_path: Path) 
 
 def test_a_fifo_among_the_admin_files_is_skipped_not_waited_on(tmp_path: Path) -> None:
     """A FIFO as authorized_keys (its login user can make one) or in sudoers.d has no writer:
-    reading it would wait forever, and verify, and the deploy with it. It is no file of lines:
-    none are read from it (as from a directory)."""
+    reading it would wait forever, and verify, and the deploy with it (a link to /dev/zero would
+    fill the memory). Neither is a file of lines: none are read from it (as from a directory)."""
     os.mkfifo(tmp_path / "authorized_keys")
     (tmp_path / "sudoers.d").mkdir()
     os.mkfifo(tmp_path / "sudoers.d" / "fifo")
     (tmp_path / "sudoers.d" / "ops").write_text("op ALL=(ALL) NOPASSWD: ALL\n")
+    (tmp_path / "sudoers.d" / "zero").symlink_to("/dev/zero")  # endless: never read either
     script = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
               "from fleet.node import nodectl; etc = Path(sys.argv[2]); "
               "print(nodectl.text_lines(etc / 'authorized_keys'), nodectl.sudoers(etc))")
