@@ -66,8 +66,10 @@ class Settings:
         return {key: value for key, value in self.env.items() if key not in RECEIVER_SECRETS}
 
 
-AFTER_QUOTE_RE = re.compile(r"""=[ \t]*(["'])(?:\\.|(?!\1)[^\\])*\1[ \t]*[^\s]""", re.DOTALL)
-"""An assignment whose quoted value is followed by more text (``KEY="v" # note``)."""
+AFTER_QUOTE_RE = re.compile(r"""[^=]*=[ \t]*(["'])(?:\\.|(?!\1)[^\\])*\1[ \t]*[^\s]""",
+                            re.DOTALL)
+"""An assignment whose quoted value is followed by more text (``KEY="v" # note``), matched
+from the assignment's start: a quoted value holding ``=''`` is not an assignment of its own."""
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -88,7 +90,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, str]:
         if entry.problem:
             raise WebhookError(f"{config_path}:{entry.line}: {entry.name!r} {entry.problem}",
                                hint=CONFIG_HINT)
-        if AFTER_QUOTE_RE.search(entry.source):  # systemd would glue it to the value
+        if AFTER_QUOTE_RE.match(entry.source):  # systemd would glue it to the value
             raise WebhookError(
                 f"{config_path}:{entry.line}: {entry.name!r} has text after its closing quote, "
                 "which systemd adds to the value", hint="Put a comment on a line of its own.")

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fleet.core.envfile import EnvFileError, format_env, quote
@@ -190,6 +190,8 @@ def representable(value: str) -> bool:
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(env=st.dictionaries(ENV_NAMES, st.text().filter(representable), max_size=6))
+@example(env={"A": "=''"})  # a quoted value holding a quoted value: no text after its quote
+@example(env={"A": 'x="y" z'})
 def test_every_env_file_the_deploy_can_write_the_receiver_reads_back_exactly(
         tmp_path: Path, env: dict[str, str]) -> None:
     """Whatever values ``format_env`` accepts (quotes, backslashes, ``$``, newlines, ``#``
