@@ -691,10 +691,10 @@ def sudoers(etc: Path = Path("/etc")) -> list[str]:
     files = [etc / "sudoers", *sorted((etc / "sudoers.d").glob("*"))]
     lines = []
     for path in files:
+        name = path.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         for line in text_lines(path):
             stripped = line.strip()
             if stripped and (not stripped.startswith("#") or stripped.startswith("#include")):
-                name = path.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                 lines.append(f"{name}: {stripped}")
     return lines
 

@@ -6,6 +6,7 @@ ones print (``systemctl show``: a block per unit named, in order, a blank line b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from deploys.facts import NodeSnapshot, NodeState
 
@@ -328,3 +331,29 @@ def test_bytes_that_are_not_utf8_reach_the_controller_as_question_marks(
     assert "caf?" in state["releases"] and "444a224b3f00" in state["releases"]
     assert state["basics"]["lock"] == "ctl:?:run 1764290000"
     assert state["unit"]["active"] == "active" and state["current"] == "444a224b3f00"
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(keys=st.binary(max_size=300), release=st.binary(min_size=1, max_size=20).filter(
+    lambda name: b"/" not in name and b"\0" not in name and name not in (b".", b"..")),
+       owner=st.binary(max_size=60).filter(lambda text: b"\0" not in text))
+def test_any_bytes_the_snapshot_reads_decode_as_strict_utf8(
+        tmp_path_factory: pytest.TempPathFactory, keys: bytes, release: bytes,
+        owner: bytes) -> None:
+    """For any bytes in the keys file, a release folder's name and the lock owner, the
+    snapshot's output is strict UTF-8 (as pyinfra decodes it), with every part there."""
+    tmp_path = tmp_path_factory.mktemp("node")
+    args = tree(tmp_path / "node", keys=None, lock=None, schedules=False)
+    Path(args["keys_file"]).write_bytes(keys)
+    with contextlib.suppress(FileExistsError):
+        os.makedirs(os.fsencode(args["releases_dir"]) + b"/" + release + b"/site")
+    with open(os.fsencode(args["lock_dir"]) + b"/owner", "wb") as lock_owner:
+        lock_owner.write(owner)
+    env = {**os.environ, "STUB_UNITS": json.dumps(UNITS),
+           "PATH": f"{stub_bin(tmp_path / 'bin', DF)}:{os.environ['PATH']}"}
+    done = subprocess.run(["sh", "-c", NodeState().command(**args, user="root", unit=UNIT)],
+                          capture_output=True, env=env, cwd=tmp_path, timeout=60, check=True)
+    state = NodeState().process(done.stdout.decode("utf-8").splitlines())  # strict
+    assert "444a224b3f00" in state["releases"] and state["current"] == "444a224b3f00"
+    assert state["unit"]["active"] == "active" and "basics" in state
